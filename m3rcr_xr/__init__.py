@@ -1,0 +1,57 @@
+"""m3rcr_xr: cloud removal for high-resolution satellite imagery at scale.
+
+The M3R-CR benchmark (PlanetScope + Sentinel-1 + WorldCover + cloud masks) as xarray
+objects on Dask and Zarr. Data flows one way: readers (:mod:`m3rcr_xr.io`), then
+stores (:mod:`m3rcr_xr.store`), then inference or metrics. The data model is in
+:mod:`m3rcr_xr.schema`.
+"""
+
+from __future__ import annotations
+
+from . import accessor  # noqa: F401 - registers ds.m3rcr
+from .exceptions import (
+    AlignmentError,
+    CheckpointError,
+    InputFileError,
+    M3RCRError,
+    M3RCRWarning,
+    MissingFileError,
+    ModelConfigError,
+    SchemaError,
+    StoreError,
+    UnsafePathError,
+)
+from .io import open_m3rcr, open_quartet
+from .options import get_options, set_options
+from .schema import BANDS, POLARIZATIONS, is_collection, validate
+from .store import is_complete, open_zarr, to_zarr
+from .synthetic import synthetic_collection, synthetic_scene
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BANDS",
+    "POLARIZATIONS",
+    "AlignmentError",
+    "CheckpointError",
+    "InputFileError",
+    "M3RCRError",
+    "M3RCRWarning",
+    "MissingFileError",
+    "ModelConfigError",
+    "SchemaError",
+    "StoreError",
+    "UnsafePathError",
+    "__version__",
+    "get_options",
+    "is_collection",
+    "is_complete",
+    "open_m3rcr",
+    "open_quartet",
+    "open_zarr",
+    "set_options",
+    "synthetic_collection",
+    "synthetic_scene",
+    "to_zarr",
+    "validate",
+]

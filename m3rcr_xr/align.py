@@ -1,0 +1,164 @@
+"""Put the 10 m layers (SAR, land cover) onto the 3 m optical grid.
+
+Two ways, chosen by ``align=``:
+
+``"coords"`` (default)
+    Each optical pixel centre takes the value of the coarse pixel that contains it,
+    found from the coordinates. In the same CRS this is an index computation, which
+    stays lazy on Dask arrays whatever the scene size. Where the CRS differs the layer
+    is reprojected with odc-geo's ``xr_reproject`` (nearest), which is lazy too
+    (rioxarray's ``reproject`` is eager: rioxarray#119, #189).
+``"shape"``
+    The published M3R-CR loader: nearest resampling of the array to the optical
+    shape, ignoring coordinates (and so the 1-2 m offset between the grids).
+
+Pixels of the optical grid outside the coarse layer become ``fill`` (NaN for SAR,
+0 = nodata for land cover).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+from affine import Affine
+
+from .exceptions import AlignmentError
+
+AlignMethod = Literal["coords", "shape"]
+
+
+def pixel_centres(transform: Affine, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the (y, x) pixel-centre coordinates of a north-up grid."""
+    if transform.b != 0 or transform.d != 0:
+        raise AlignmentError(f"rotated grids are not supported (transform {tuple(transform)})")
+    x = transform.c + (np.arange(width) + 0.5) * transform.a
+    y = transform.f + (np.arange(height) + 0.5) * transform.e
+    return y, x
+
+
+def containing_index(centres: np.ndarray, origin: float, step: float, size: int) -> np.ndarray:
+    """Index of the coarse pixel (origin, step, size) that holds each centre; -1 outside.
+
+    Centres up to half a coarse pixel beyond the layer's edge take its edge pixel: the
+    M3R-CR grids are offset by a metre or two, and would otherwise lose a row or column.
+    """
+    position = (np.asarray(centres, dtype=np.float64) - origin) / step
+    index = np.clip(np.floor(position), 0, size - 1).astype(np.int64)
+    index[(position < -0.5) | (position >= size + 0.5)] = -1
+    return index
+
+
+def shape_index(coarse: int, fine: int) -> np.ndarray:
+    """Nearest-neighbour index of a resampling by array shape (as GDAL does it)."""
+    return np.floor((np.arange(fine) + 0.5) * coarse / fine).astype(np.int64)
+
+
+def _take(layer: xr.DataArray, rows: np.ndarray, cols: np.ndarray, fill) -> xr.DataArray:
+    """Orthogonal take along y and x; -1 marks pixels outside the layer."""
+    if (rows < 0).all() or (cols < 0).all():
+        raise AlignmentError(f"{layer.name or 'layer'}: does not overlap the optical grid")
+    taken = layer.isel(y=np.clip(rows, 0, None), x=np.clip(cols, 0, None))
+    inside = xr.DataArray(rows >= 0, dims="y") & xr.DataArray(cols >= 0, dims="x")
+    if not bool(inside.all()):
+        taken = taken.where(inside, fill)
+        if not np.isnan(fill):
+            taken = taken.astype(layer.dtype)
+    return taken
+
+
+def _reproject(layer: xr.DataArray, target: xr.DataArray, fill) -> xr.DataArray:
+    """Reproject ``layer`` onto the grid of ``target`` with odc-geo (lazy on Dask)."""
+    import odc.geo.xr  # noqa: F401 - registers the .odc accessor
+    from odc.geo.geobox import GeoBox
+    from odc.geo.xr import xr_reproject
+
+    _check_overlap(layer, target)  # also proves the transform exists, before any work
+    geobox = GeoBox(target.rio.shape, target.rio.transform(), target.rio.crs)
+    return xr_reproject(layer, geobox, resampling="nearest", dst_nodata=fill)
+
+
+def align_to(
+    layer: xr.DataArray, target: xr.DataArray, *, method: AlignMethod = "coords", fill=np.nan
+) -> xr.DataArray:
+    """Put ``layer`` (y, x last, rioxarray georeference) onto the grid of ``target``.
+
+    Parameters
+    ----------
+    layer
+        The coarse layer, with ``y`` and ``x`` dims and a CRS (``layer.rio.crs``).
+    target
+        Anything on the optical grid (``y``, ``x`` pixel centres and a CRS).
+    method
+        ``"coords"``: by coordinates; ``"shape"``: by array shape (published loader).
+    fill
+        Value for optical pixels outside the layer.
+
+    Returns
+    -------
+    xr.DataArray
+        ``layer`` on the ``y``/``x`` coordinates of ``target``, lazy if ``layer`` is.
+    """
+    height, width = target.sizes["y"], target.sizes["x"]
+    if method == "shape":
+        rows = shape_index(layer.sizes["y"], height)
+        cols = shape_index(layer.sizes["x"], width)
+        out = layer.isel(y=rows, x=cols)
+    elif method == "coords":
+        if layer.rio.crs is None or target.rio.crs is None:
+            raise AlignmentError(f"{layer.name or 'layer'}: no CRS; cannot align by coordinates")
+        if layer.rio.crs != target.rio.crs:
+            return _reproject(layer, target, fill)
+        _check_overlap(layer, target)
+        src = layer.rio.transform()
+        rows = containing_index(target["y"].values, src.f, src.e, layer.sizes["y"])
+        cols = containing_index(target["x"].values, src.c, src.a, layer.sizes["x"])
+        out = _take(layer, rows, cols, fill)
+    else:
+        raise AlignmentError(f"align must be 'coords' or 'shape', not {method!r}")
+    return out.assign_coords(y=target["y"].values, x=target["x"].values)
+
+
+def _bounds_in(layer: xr.DataArray, crs) -> tuple[float, float, float, float]:
+    """Bounds of ``layer`` in ``crs``; AlignmentError when no transform exists."""
+    from rasterio.warp import transform_bounds
+
+    bounds = layer.rio.bounds()
+    if layer.rio.crs == crs:
+        return bounds
+    try:
+        moved = transform_bounds(layer.rio.crs, crs, *bounds)
+    except Exception as err:  # rasterio/PROJ raise several types for impossible transforms
+        raise AlignmentError(
+            f"{layer.name or 'layer'}: cannot reproject from {layer.rio.crs} to {crs}: {err}"
+        ) from err
+    if not np.all(np.isfinite(moved)):
+        raise AlignmentError(
+            f"{layer.name or 'layer'}: cannot reproject from {layer.rio.crs} to {crs}"
+        )
+    return moved
+
+
+def _check_overlap(layer: xr.DataArray, target: xr.DataArray) -> None:
+    left, bottom, right, top = _bounds_in(layer, target.rio.crs)
+    t_left, t_bottom, t_right, t_top = target.rio.bounds()
+    if left >= t_right or right <= t_left or bottom >= t_top or top <= t_bottom:
+        raise AlignmentError(
+            f"{layer.name or 'layer'}: extent {(left, bottom, right, top)} does not overlap "
+            f"the optical extent {(t_left, t_bottom, t_right, t_top)}"
+        )
+
+
+def fill_nan_with_mean(sar: xr.DataArray, *, per_band: bool = True) -> xr.DataArray:
+    """Fill NaN holes with the mean of the valid values, as the published loader does.
+
+    The published loader uses one mean over all bands (``per_band=False``); by default
+    each polarization takes its own mean. Lazy on Dask arrays. The choice is recorded
+    in ``attrs["nan_fill"]``.
+    """
+    dims = ["y", "x"] if per_band else None
+    mean = sar.mean(dim=dims, skipna=True)
+    filled = sar.fillna(mean)
+    filled.attrs = {**sar.attrs, "nan_fill": "band mean" if per_band else "image mean"}
+    return filled

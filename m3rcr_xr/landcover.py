@@ -1,0 +1,93 @@
+"""ESA WorldCover 2020 classes, and the class groupings of the M3R-CR evaluation.
+
+One table, used by the readers (valid codes), the synthetic scenes (which classes to
+draw), metrics (grouping by class) and plots (official colours).
+
+- level 2: the eleven WorldCover classes in code order;
+- level 1: seven groups, as in the reference evaluation: forest land (10),
+  rangeland (20, 30), agriculture (40), urban (50), barren (60), water (80, 90),
+  unknown (70, 95, 100).
+
+Examples
+--------
+>>> class_names(1)
+('forest land', 'rangeland', 'agriculture', 'urban', 'barren', 'water', 'unknown')
+>>> int(code_to_index(1)[30])
+1
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .exceptions import SchemaError
+
+
+class WorldCoverClass(NamedTuple):
+    code: int
+    name: str
+    color: str
+
+
+WORLDCOVER: tuple[WorldCoverClass, ...] = (
+    WorldCoverClass(10, "tree cover", "#006400"),
+    WorldCoverClass(20, "shrubland", "#ffbb22"),
+    WorldCoverClass(30, "grassland", "#ffff4c"),
+    WorldCoverClass(40, "cropland", "#f096ff"),
+    WorldCoverClass(50, "built-up", "#fa0000"),
+    WorldCoverClass(60, "bare / sparse vegetation", "#b4b4b4"),
+    WorldCoverClass(70, "snow and ice", "#f0f0f0"),
+    WorldCoverClass(80, "permanent water bodies", "#0064c8"),
+    WorldCoverClass(90, "herbaceous wetland", "#0096a0"),
+    WorldCoverClass(95, "mangroves", "#00cf75"),
+    WorldCoverClass(100, "moss and lichen", "#fae6a0"),
+)
+WORLDCOVER_CODES: tuple[int, ...] = tuple(c.code for c in WORLDCOVER)
+NODATA_CODE = 0
+
+LEVEL1_GROUPS: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("forest land", (10,)),
+    ("rangeland", (20, 30)),
+    ("agriculture", (40,)),
+    ("urban", (50,)),
+    ("barren", (60,)),
+    ("water", (80, 90)),
+    ("unknown", (70, 95, 100)),
+)
+
+
+def _groups(level: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    if level == 1:
+        return LEVEL1_GROUPS
+    if level == 2:
+        return tuple((c.name, (c.code,)) for c in WORLDCOVER)
+    raise SchemaError(f"level must be 1 or 2, not {level!r}")
+
+
+def class_names(level: int) -> tuple[str, ...]:
+    """Names of the classes at ``level`` (1: seven groups, 2: eleven classes)."""
+    return tuple(name for name, _ in _groups(level))
+
+
+def class_codes(level: int) -> tuple[tuple[int, ...], ...]:
+    """WorldCover codes that make up each class at ``level``, in class order."""
+    return tuple(codes for _, codes in _groups(level))
+
+
+def code_to_index(level: int) -> np.ndarray:
+    """A lookup table of 256 entries: WorldCover code to class index, -1 for none.
+
+    Index it with a uint8 land-cover array: ``code_to_index(1)[landcover]``.
+    """
+    table = np.full(256, -1, dtype=np.int8)
+    for index, codes in enumerate(class_codes(level)):
+        table[list(codes)] = index
+    return table
+
+
+def colors(level: int = 2) -> tuple[str, ...]:
+    """Colours of the classes; a level-1 group takes the colour of its first code."""
+    by_code = {c.code: c.color for c in WORLDCOVER}
+    return tuple(by_code[codes[0]] for codes in class_codes(level))

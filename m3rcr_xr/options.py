@@ -1,0 +1,80 @@
+"""Settings that cut across modules, in one place (as ``xarray.set_options``).
+
+Examples
+--------
+>>> import m3rcr_xr
+>>> with m3rcr_xr.set_options(progress=False):
+...     m3rcr_xr.get_options()["progress"]
+False
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .exceptions import M3RCRError
+
+_DEFAULTS: dict[str, Any] = {
+    # show progress bars on long work (ingest, to_zarr, decloud, train)
+    "progress": True,
+    # spatial chunk edge of a scene store, in pixels
+    "scene_chunk": 1024,
+    # patches per chunk along ``patch`` in a collection store
+    "patches_per_chunk": 8,
+    # torch intra-op threads per worker; None = cores / workers
+    "torch_threads": None,
+}
+
+_VALIDATORS: dict[str, Any] = {
+    "progress": lambda v: isinstance(v, bool),
+    "scene_chunk": lambda v: isinstance(v, int) and v >= 16,
+    "patches_per_chunk": lambda v: isinstance(v, int) and v >= 1,
+    "torch_threads": lambda v: v is None or (isinstance(v, int) and v >= 1),
+}
+
+OPTIONS: dict[str, Any] = dict(_DEFAULTS)
+
+
+class OptionError(M3RCRError, ValueError):
+    """An unknown option, or a value it cannot take."""
+
+
+def _check(options: Mapping[str, Any]) -> None:
+    for key, value in options.items():
+        if key not in _DEFAULTS:
+            raise OptionError(f"unknown option {key!r}; known: {sorted(_DEFAULTS)}")
+        if not _VALIDATORS[key](value):
+            raise OptionError(f"option {key!r} cannot be {value!r}")
+
+
+class set_options:  # noqa: N801 - named like xarray.set_options, used as a context manager
+    """Set options globally, or for a ``with`` block.
+
+    Parameters
+    ----------
+    progress : bool
+        Show progress bars on long work. Default True.
+    scene_chunk : int
+        Edge, in pixels, of a scene chunk in a Zarr store. Default 1024.
+    patches_per_chunk : int
+        Patches per chunk in a collection store. Default 8.
+    torch_threads : int or None
+        Torch threads per worker; None divides the cores among the workers.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        _check(kwargs)
+        self._old = {key: OPTIONS[key] for key in kwargs}
+        OPTIONS.update(kwargs)
+
+    def __enter__(self) -> set_options:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        OPTIONS.update(self._old)
+
+
+def get_options() -> dict[str, Any]:
+    """Return a copy of the current options."""
+    return dict(OPTIONS)

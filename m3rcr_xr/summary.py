@@ -1,0 +1,57 @@
+"""Human-readable summaries of scenes, collections and stores (``m3rcr info``)."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .landcover import WORLDCOVER
+from .schema import is_collection
+
+
+def layout(ds: xr.Dataset) -> pd.DataFrame:
+    """One row per variable: dims, dtype, shape and chunk shape (no data is read)."""
+    rows = []
+    for name, var in ds.data_vars.items():
+        chunks = "x".join(str(c[0]) for c in var.chunks) if var.chunks else "in memory"
+        rows.append({"variable": name, "dims": ", ".join(map(str, var.dims)),
+                     "dtype": str(var.dtype), "shape": "x".join(map(str, var.shape)),
+                     "chunks": chunks})
+    return pd.DataFrame(rows).set_index("variable")
+
+
+def statistics(ds: xr.Dataset) -> dict[str, float]:
+    """Cloud fraction and land-cover shares, in one pass over the data."""
+    lazy: dict[str, object] = {}
+    if "cloudmask" in ds:
+        lazy["cloud fraction"] = ds["cloudmask"].mean().data
+    if "landcover" in ds:
+        codes = ds["landcover"].data
+        for cls in WORLDCOVER:
+            lazy[f"landcover {cls.name}"] = (codes == cls.code).mean()
+    if "cloudy" in ds:
+        lazy["cloudy nodata fraction"] = (ds["cloudy"].data == 0).all(axis=-3).mean()
+    (values,) = dask.compute(lazy)
+    return {key: float(np.asarray(value)) for key, value in values.items()}
+
+
+def describe(ds: xr.Dataset, *, stats: bool = False) -> str:
+    """A text summary of a scene or collection."""
+    lines = []
+    if is_collection(ds):
+        epsg = sorted({int(e) for e in np.asarray(ds["epsg"].values)})
+        lines.append(f"collection: {ds.sizes['patch']} patches of "
+                     f"{ds.sizes['y']}x{ds.sizes['x']} px; EPSG {epsg}")
+        for name in ("split", "season"):
+            counts = pd.Series(np.asarray(ds[name].values)).value_counts().to_dict()
+            lines.append(f"{name}: {counts}")
+    else:
+        transform = ds.rio.transform()
+        lines.append(f"scene: {ds.sizes['y']}x{ds.sizes['x']} px at {abs(transform.a):g} m; "
+                     f"CRS {ds.rio.crs}; bounds {tuple(round(b, 1) for b in ds.rio.bounds())}")
+    lines.append(layout(ds).to_string())
+    if stats:
+        lines.extend(f"{key}: {value:.4f}" for key, value in statistics(ds).items() if value)
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Shared fixtures: the reference data beside the checkout, and small synthetic scenes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _require_shared() -> bool:
+    return os.environ.get("M3RCR_REQUIRE_SHARED") == "1"
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """``../shared`` beside the checkout; skips when absent, fails under CI."""
+    if not SHARED.is_dir():
+        message = f"reference data not found at {SHARED}"
+        if _require_shared():
+            pytest.fail(message + " (M3RCR_REQUIRE_SHARED=1)")
+        pytest.skip(message)
+    return SHARED
+
+
+@pytest.fixture
+def samples_dir(shared_dir: Path) -> Path:
+    """The two real M3R-CR quartets, in the dataset's own layout."""
+    return shared_dir / "data" / "m3rcr-samples"
+
+
+class CountingScheduler:
+    """A dask scheduler that counts computes, and raises past ``max_computes``
+    (as xarray's ``raise_if_dask_computes``)."""
+
+    def __init__(self, max_computes: int = 0) -> None:
+        self.total_computes = 0
+        self.max_computes = max_computes
+
+    def __call__(self, dsk, keys, **kwargs):
+        import dask
+
+        self.total_computes += 1
+        if self.total_computes > self.max_computes:
+            raise RuntimeError(
+                f"too many dask computations: {self.total_computes} > {self.max_computes}"
+            )
+        return dask.get(dsk, keys, **kwargs)
+
+
+def raise_if_dask_computes(max_computes: int = 0):
+    """Context manager: fail if the block computes anything with dask."""
+    import dask
+
+    return dask.config.set(scheduler=CountingScheduler(max_computes))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress():
+    """No progress bars in test output."""
+    import m3rcr_xr
+
+    with m3rcr_xr.set_options(progress=False):
+        yield
+
+
+@pytest.fixture
+def small_scene():
+    """A lazy 300 x 420 synthetic scene in 128-pixel chunks."""
+    import m3rcr_xr
+
+    return m3rcr_xr.synthetic_scene((300, 420), seed=3, chunks=128)
+
+
+@pytest.fixture
+def train_quartet(samples_dir: Path) -> dict[str, Path]:
+    """The files of the real ``fall_1_p_457`` quartet (train split)."""
+    return _quartet(samples_dir / "train", "fall", "1", "457")
+
+
+@pytest.fixture
+def test_quartet(samples_dir: Path) -> dict[str, Path]:
+    """The files of the real ``summer_33_p_1`` quartet (test split)."""
+    return _quartet(samples_dir / "test", "summer", "33", "1")
+
+
+def _quartet(root: Path, season: str, aoi: str, n: str) -> dict[str, Path]:
+    def path(prefix: str, ext: str = "tif") -> Path:
+        return root / f"{prefix}_{season}" / f"{prefix}_{season}_{aoi}" / (
+            f"{prefix}_{season}_{aoi}_p_{n}.{ext}"
+        )
+
+    return {
+        "cloudy": path("planet_cloudy"),
+        "cloudfree": path("planet_cloudfree"),
+        "sar": path("S1"),
+        "landcover": path("landcover"),
+        "cloudmask": path("cloudmask", "npy"),
+    }

@@ -1,0 +1,38 @@
+import json
+
+import numpy as np
+import pytest
+
+from m3rcr_xr import landcover
+
+
+def test_eleven_classes_in_code_order():
+    assert landcover.WORLDCOVER_CODES == (10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
+    assert len(landcover.class_names(2)) == 11
+    assert all(c.startswith("#") and len(c) == 7 for c in landcover.colors(2))
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        (1, {10: 0, 20: 1, 30: 1, 40: 2, 50: 3, 60: 4, 70: 6, 80: 5, 90: 5, 95: 6, 100: 6}),
+        (2, {10: 0, 20: 1, 30: 2, 40: 3, 50: 4, 60: 5, 70: 6, 80: 7, 90: 8, 95: 9, 100: 10}),
+    ],
+)
+def test_index_maps_match_the_reference_evaluation(level, expected):
+    table = landcover.code_to_index(level)
+    assert {code: int(table[code]) for code in expected} == expected
+    others = np.setdiff1d(np.arange(256), list(expected))
+    assert (table[others] == -1).all()
+
+
+def test_class_lists_have_the_golden_lengths(shared_dir):
+    golden = json.loads((shared_dir / "reference/golden/metrics.json").read_text())
+    values = golden["fall_1_p_457"]["full300/identity_cloudy"]
+    assert len(values["MAE_by_class_level1"]) == len(landcover.class_names(1))
+    assert len(values["MAE_by_class_level2"]) == len(landcover.class_names(2))
+
+
+def test_bad_level():
+    with pytest.raises(ValueError, match="level must be 1 or 2"):
+        landcover.class_names(3)
