@@ -21,7 +21,9 @@ from .exceptions import (
     StoreError,
     UnsafePathError,
 )
+from .inference import decloud
 from .io import open_m3rcr, open_quartet
+from .metrics import evaluate
 from .options import get_options, set_options
 from .schema import BANDS, POLARIZATIONS, is_collection, validate
 from .store import is_complete, open_zarr, to_zarr
@@ -43,6 +45,8 @@ __all__ = [
     "StoreError",
     "UnsafePathError",
     "__version__",
+    "decloud",
+    "evaluate",
     "get_options",
     "is_collection",
     "is_complete",

@@ -14,7 +14,7 @@ from typing import Any
 
 import xarray as xr
 
-from . import schema, store
+from . import inference, schema, store
 
 
 @xr.register_dataset_accessor("m3rcr")
@@ -36,3 +36,14 @@ class M3RCRAccessor:
     def to_zarr(self, store_path: Any, **kwargs: Any) -> None:
         """See :func:`m3rcr_xr.to_zarr`."""
         store.to_zarr(self._obj, store_path, **kwargs)
+
+    def decloud(self, model: str = "dsen2_cr", checkpoint: Any = None, **kwargs: Any
+                ) -> xr.DataArray:
+        """See :func:`m3rcr_xr.decloud`."""
+        return inference.decloud(self._obj, model, checkpoint, **kwargs)
+
+    def evaluate(self, pred: Any = "decloud", target: Any = "cloudfree", **kwargs: Any) -> Any:
+        """See :func:`m3rcr_xr.metrics.evaluate`."""
+        from . import metrics
+
+        return metrics.evaluate(self._obj, pred, target, **kwargs)

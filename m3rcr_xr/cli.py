@@ -1,4 +1,4 @@
-"""The ``m3rcr`` command line: ``ingest``, ``info``, ``demo``.
+"""The ``m3rcr`` command line: ``ingest``, ``info``, ``decloud``, ``demo``.
 
 Bad input ends with exit status 2 and one line naming the file and the problem.
 """
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .exceptions import M3RCRError
+from .exceptions import M3RCRError, UsageError
 
 log = logging.getLogger("m3rcr_xr")
 EXIT_BAD_INPUT = 2
@@ -49,6 +49,62 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_config(items: Sequence[str]) -> dict[str, object]:
+    """``["n_feats=16", "preset=small"]`` to a dict, numbers as numbers."""
+    import ast
+
+    config: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--config {item!r}: expected KEY=VALUE")
+        try:
+            config[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            config[key] = text
+    return config
+
+
+def _decloud(args: argparse.Namespace) -> int:
+    from .inference import decloud
+    from .store import open_zarr, to_zarr
+
+    ds = open_zarr(args.input)
+    result = decloud(ds, args.model, args.checkpoint, config=_parse_config(args.config),
+                     tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                     device=args.device, composite=args.composite)
+    if args.cog and "patch" in result.dims:
+        raise UsageError("--cog: a Cloud-Optimised GeoTIFF needs a scene, "
+                                  f"{args.input} holds a collection")
+    to_zarr(result.to_dataset(), args.output, overwrite=args.overwrite, progress=True)
+    print(f"wrote {args.output}")
+    if args.cog:
+        written = open_zarr(args.output)["decloud"]
+        written.rio.to_raster(args.cog, driver="COG", compress="DEFLATE")
+        print(f"wrote {args.cog}")
+    return 0
+
+
+def _add_decloud(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decloud", help="remove clouds from a scene or collection store")
+    p.add_argument("input", help="Zarr store with cloudy and sar (from m3rcr ingest)")
+    p.add_argument("output", help="Zarr store to write the decloud variable to")
+    p.add_argument("--model", default="dsen2_cr", help="dsen2_cr, glf_cr or align_cr")
+    p.add_argument("--checkpoint", help="weights (.pth published layout, state dict, "
+                                        ".safetensors)")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture argument, repeatable (e.g. preset=small)")
+    p.add_argument("--tile", type=int, help="tile size (default: the model's)")
+    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile // 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--composite", action="store_true",
+                   help="keep the cloudy input outside the cloud mask")
+    p.add_argument("--cog", help="also write a Cloud-Optimised GeoTIFF here (scenes only)")
+    p.add_argument("--overwrite", action="store_true", help="replace a complete store")
+    p.set_defaults(func=_decloud)
+
+
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ingest", help="read M3R-CR files into a Zarr store")
     p.add_argument("src", help="a split folder (train/, test/), a file-list CSV, or a cloudy "
@@ -79,9 +135,35 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_demo)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .metrics import evaluate, write_table
+    from .store import open_zarr
+
+    result = evaluate(open_zarr(args.store), args.pred, args.target, level=args.level,
+                      protocol=args.protocol)
+    print(result.to_dataframe().to_string())
+    if args.out:
+        write_table(result, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="metrics per land-cover class of a prediction")
+    p.add_argument("store", help="a Zarr store holding the prediction and the target")
+    p.add_argument("--pred", default="decloud", help="prediction variable (default decloud)")
+    p.add_argument("--target", default="cloudfree", help="target variable (default cloudfree)")
+    p.add_argument("--level", type=int, choices=(1, 2), default=1,
+                   help="WorldCover class level: 1 (7 groups) or 2 (11 classes)")
+    p.add_argument("--protocol", choices=("pooled", "per_patch"), default="pooled",
+                   help="pool all pixels, or average per-patch metrics (collections)")
+    p.add_argument("--out", help="also write the table: a .csv or .json path")
+    p.set_defaults(func=_evaluate)
+
+
 #: each adds one subcommand; later commands (decloud, evaluate, train) add theirs here
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_ingest, _add_info, _add_demo,
+    _add_ingest, _add_info, _add_decloud, _add_evaluate, _add_demo,
 ]
 
 

@@ -43,5 +43,13 @@ class ModelConfigError(M3RCRError, ValueError):
     """A model configuration or tile size that the model cannot take."""
 
 
+class OptionError(M3RCRError, ValueError):
+    """An unknown option, or a value it cannot take."""
+
+
+class UsageError(M3RCRError, ValueError):
+    """Arguments that cannot be used together (command line or API)."""
+
+
 class M3RCRWarning(UserWarning):
     """Something unusual that m3rcr_xr handled (duplicate rows, filled holes...)."""

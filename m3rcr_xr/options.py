@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .exceptions import M3RCRError
+from .exceptions import OptionError
 
 _DEFAULTS: dict[str, Any] = {
     # show progress bars on long work (ingest, to_zarr, decloud, train)
@@ -34,10 +34,6 @@ _VALIDATORS: dict[str, Any] = {
 }
 
 OPTIONS: dict[str, Any] = dict(_DEFAULTS)
-
-
-class OptionError(M3RCRError, ValueError):
-    """An unknown option, or a value it cannot take."""
 
 
 def _check(options: Mapping[str, Any]) -> None:

@@ -46,6 +46,8 @@ VARIABLES: Mapping[str, tuple[tuple[str, ...], np.dtype]] = {
     "sar": (("polarization", "y", "x"), np.dtype("float32")),
     "landcover": (("y", "x"), np.dtype("uint8")),
     "cloudmask": (("y", "x"), np.dtype("bool")),
+    # what decloud adds: the network's estimate, in the units of cloudy
+    "decloud": (("band", "y", "x"), np.dtype("float32")),
 }
 REQUIRED = ("cloudy",)
 PATCH_COORDS = ("epsg", "season", "aoi", "split", "source")
@@ -56,8 +58,11 @@ def is_collection(ds: xr.Dataset) -> bool:
     return "patch" in ds.dims
 
 
-def validate(ds: xr.Dataset) -> xr.Dataset:
+def validate(ds: xr.Dataset, *, required: tuple[str, ...] = REQUIRED) -> xr.Dataset:
     """Check that ``ds`` is a scene or a collection; return it unchanged.
+
+    ``required`` names the variables that must be present (``cloudy`` by default; a
+    store of decloud output alone passes ``required=()``).
 
     Raises
     ------
@@ -74,7 +79,7 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
     if not isinstance(ds, xr.Dataset):
         raise SchemaError(f"expected an xarray.Dataset, got {type(ds).__name__}")
     collection = is_collection(ds)
-    for name in REQUIRED:
+    for name in required:
         if name not in ds.data_vars:
             raise SchemaError(f"{name}: required variable is missing (have {list(ds.data_vars)})")
     for name, (dims, dtype) in VARIABLES.items():

@@ -23,7 +23,7 @@ import zarr
 
 from .exceptions import StoreError
 from .options import OPTIONS
-from .progress import progress_bar
+from .progress import compute_with_progress, progress_bar
 from .schema import is_collection, validate
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def to_zarr(
     >>> m3rcr_xr.open_zarr("scene.zarr").rio.crs  # doctest: +SKIP
     CRS.from_epsg(32632)
     """
-    validate(ds)
+    validate(ds, required=())
     ds = _prepare(ds)
     dim = _write_dim(ds)
     steps = _steps(ds, dim)
@@ -155,10 +155,12 @@ def to_zarr(
     else:
         log.info("%s: resuming, %d of %d steps already written", store, len(done), len(steps))
     show = OPTIONS["progress"] if progress is None else progress
-    with progress_bar(total=len(steps), desc=f"writing {_name(store)}", disable=not show) as bar:
+    # one step: show dask's own progress inside it; several: one tick a step
+    with progress_bar(total=len(steps), desc=f"writing {_name(store)}",
+                      disable=not show or len(steps) == 1) as bar:
         bar.update(len(done))
         for index in _pending(steps, done):
-            _write_step(ds, store, dim, steps[index])
+            _write_step(ds, store, dim, steps[index], show=show and len(steps) == 1)
             done.add(index)
             _set_attrs(store, {PROGRESS: sorted(done)})
             bar.update(1)
@@ -180,12 +182,14 @@ def _initialise(ds: xr.Dataset, store: Any, fingerprint: str) -> None:
     template.to_zarr(store, mode="w", compute=False, consolidated=False, zarr_format=3)
 
 
-def _write_step(ds: xr.Dataset, store: Any, dim: str, region: slice) -> None:
+def _write_step(ds: xr.Dataset, store: Any, dim: str, region: slice, show: bool = False) -> None:
     data_vars = [name for name in ds.data_vars if dim in ds[name].dims]
     block = ds[data_vars].isel({dim: region})
     block = block.drop_vars(list(block.coords))  # written with the metadata
     block.attrs = {}
-    block.to_zarr(store, region={dim: region}, consolidated=False, zarr_format=3)
+    writes = block.to_zarr(store, region={dim: region}, consolidated=False, zarr_format=3,
+                           compute=False)
+    compute_with_progress(writes, show=show)
 
 
 def _set_attrs(store: Any, attrs: dict[str, Any]) -> None:
@@ -231,4 +235,4 @@ def open_zarr(store: Any, *, chunks: Any = None, validate_schema: bool = True) -
     # coordinates are small and used everywhere: in memory, strings as str
     ds = ds.assign_coords({name: _unicode(ds[name].load()) for name in ds.coords})
     ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("m3rcr_")}
-    return validate(ds) if validate_schema else ds
+    return validate(ds, required=()) if validate_schema else ds

@@ -163,8 +163,7 @@ def _optical_block(seed: int, cover: float, y0: int, x0: int, h: int, w: int):
     brightness = 7200 + 1800 * (fbm(rows, cols, 40.0, 3, seed, 8) - 0.5)
     cloudy = (cloudfree * (1 - 0.65 * shadow)) * (1 - opacity) + brightness * opacity
     mask = (opacity > 0.1) | (shadow > 0.35)
-    to_uint16 = functools.partial(_to_reflectance)
-    return to_uint16(cloudfree), to_uint16(cloudy), mask
+    return _to_reflectance(cloudfree), _to_reflectance(cloudy), mask
 
 
 def _to_reflectance(values: np.ndarray) -> np.ndarray:
@@ -201,18 +200,27 @@ def _normalise_chunks(chunks: int | tuple[int, int]) -> tuple[int, int]:
     return (chunks, chunks) if isinstance(chunks, int) else (int(chunks[0]), int(chunks[1]))
 
 
+def _render_block(render, block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    (y0, y1), (x0, x1) = block_info[None]["array-location"][-2:]
+    return render(y0, x0, y1 - y0, x1 - x0)
+
+
 def _lazy(render, name: str, shape: tuple[int, int], chunks: tuple[int, int], lead: int | None,
           dtype: str, token: str) -> da.Array:
     """A Dask array whose block at (y0, x0) is ``render(y0, x0, h, w)``."""
     spatial = da.core.normalize_chunks(chunks, shape)
     full_chunks = spatial if lead is None else ((lead,), *spatial)
-
-    def block(block_info: dict[Any, Any] | None = None) -> np.ndarray:
-        (y0, y1), (x0, x1) = block_info[None]["array-location"][-2:]
-        return render(y0, x0, y1 - y0, x1 - x0)
-
-    return da.map_blocks(block, chunks=full_chunks, dtype=dtype, name=f"{name}-{token}",
+    return da.map_blocks(_render_block, render, chunks=full_chunks, dtype=dtype,
+                         name=f"{name}-{token}",
                          meta=np.empty((0,) * len(full_chunks), dtype=dtype))
+
+
+def _optical_part(index: int, seed: int, cover: float, y0: int, x0: int, h: int, w: int):
+    return _optical_block(seed, cover, y0, x0, h, w)[index]
+
+
+def _coarse_part(index: int, seed: int, y0: int, x0: int, h: int, w: int):
+    return _coarse_block(seed, y0, x0, h, w)[index]
 
 
 def synthetic_scene(
@@ -250,10 +258,10 @@ def synthetic_scene(
     token = tokenize(seed, height, width, chunk_yx, cover)
 
     def optical(index: int):
-        return lambda y0, x0, h, w: _optical_block(seed, cover, y0, x0, h, w)[index]
+        return functools.partial(_optical_part, index, seed, cover)
 
     def coarse(index: int):
-        return lambda y0, x0, h, w: _coarse_block(seed, y0, x0, h, w)[index]
+        return functools.partial(_coarse_part, index, seed)
 
     size = (height, width)
     data = {

@@ -1,0 +1,481 @@
+"""Decloud whole scenes and collections, tile by tile, on any Dask scheduler.
+
+How a scene is tiled
+    Tiles of the model's size ``T`` lie on one grid anchored at the scene origin, a
+    stride ``S = T - overlap`` apart; the last row and column of tiles reach past the
+    scene's bottom and right edges, where the input is mirrored (scenes smaller than a
+    tile are padded the same way). Each tile's output is weighted by a smooth window
+    (``sin^2``, never zero) and the weighted sum is divided by the sum of the weights,
+    so the weights of every pixel sum to one, edges included.
+
+How it runs on Dask (two stages, so that no tile is computed twice)
+    1. the tiles are taken in groups of ``g x g``; a group's task runs its tiles through
+       the network and returns the weighted sums on the group's *canvas*: its block of
+       ``g*S`` pixels a side plus a spill of ``T - S`` pixels into its right and bottom
+       neighbours;
+    2. each output block adds its own canvas and the spills of its top, left and
+       top-left neighbours, then divides by the weight sum.
+    The result does not depend on the chunking (up to float rounding): each tile sees
+    the same pixels whatever the chunks. ``g`` follows the input's chunk size.
+
+The model travels as a :class:`ModelRef` (name, configuration, checkpoint path and
+content hash): each worker process builds it once and caches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask import delayed
+
+from .exceptions import CheckpointError, ModelConfigError, SchemaError
+from .normalize import OPTICAL_SCALE, normalize_optical, normalize_sar
+from .options import OPTIONS
+from .schema import is_collection, validate
+
+log = logging.getLogger(__name__)
+
+OPTICAL_CHANNELS = 4
+DEFAULT_TILE = 256  # for models that take any size
+
+
+# ------------------------------------------------------------------------------ model
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a checkpoint, so a worker never runs a file that changed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a worker needs to build the model: small, hashable and picklable.
+
+    The weights never enter the task graph; each worker process loads them from
+    ``checkpoint`` once (checking ``sha256``) and keeps the model in a cache.
+    """
+
+    name: str
+    config: tuple[tuple[str, Any], ...] = ()
+    checkpoint: str | None = None
+    sha256: str | None = None
+    device: str = "auto"
+
+    @classmethod
+    def create(cls, name: str, checkpoint: str | os.PathLike | None = None,
+               config: Mapping[str, Any] | None = None, device: str = "auto") -> ModelRef:
+        path = None if checkpoint is None else str(Path(checkpoint).resolve())
+        if path is not None and not Path(path).is_file():
+            raise CheckpointError(f"{checkpoint}: checkpoint file does not exist")
+        return cls(name=name, config=tuple(sorted((config or {}).items())), checkpoint=path,
+                   sha256=None if path is None else file_sha256(path), device=device)
+
+    def build(self):
+        """Build the model on the CPU, in eval mode (weights loaded if any)."""
+        from . import models
+
+        config = dict(self.config)
+        if self.checkpoint is None:
+            return models.build(self.name, **config)
+        if file_sha256(self.checkpoint) != self.sha256:
+            raise CheckpointError(f"{self.checkpoint}: checkpoint changed since decloud began")
+        return models.load(self.name, self.checkpoint, **config)
+
+
+_CACHE: dict[tuple[ModelRef, str], Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"``: this process's CUDA GPU when there is one, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _torch_threads() -> int:
+    """Torch threads for this process, so parallel tasks don't oversubscribe the cores."""
+    if OPTIONS["torch_threads"] is not None:
+        return OPTIONS["torch_threads"]
+    cores = os.cpu_count() or 1
+    try:
+        from distributed import get_worker
+
+        tasks = get_worker().state.nthreads
+    except (ImportError, ValueError):
+        tasks = dask.config.get("num_workers", None) or cores
+    return max(1, cores // max(1, tasks))
+
+
+def cached_model(ref: ModelRef):
+    """The model of ``ref`` in this process, built on first use; (model, device)."""
+    import torch
+
+    device = resolve_device(ref.device)
+    key = (ref, device)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            if device == "cpu":
+                torch.set_num_threads(_torch_threads())
+            model = ref.build().to(device)
+            if device.startswith("cuda"):
+                model = model.to(memory_format=torch.channels_last)
+            _CACHE[key] = model
+            log.info("built %s on %s (pid %d)", ref.name, device, os.getpid())
+        return _CACHE[key], device
+
+
+def clear_model_cache() -> None:
+    """Forget the models built in this process."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+# ------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class TilePlan:
+    """Tiles of ``tile`` pixels, ``stride`` apart, covering ``height x width``."""
+
+    tile: int
+    overlap: int
+    height: int
+    width: int
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    @property
+    def spill(self) -> int:
+        """How far a group's canvas reaches into its neighbours."""
+        return self.overlap
+
+    def count(self, size: int) -> int:
+        """Tiles along an axis of ``size`` pixels."""
+        return math.ceil(max(size - self.tile, 0) / self.stride) + 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.count(self.height), self.count(self.width)
+
+    def padded(self, size: int) -> int:
+        """Extent of the tile grid along an axis of ``size`` pixels (>= size)."""
+        return (self.count(size) - 1) * self.stride + self.tile
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return self.padded(self.height), self.padded(self.width)
+
+
+def make_plan(tile: int, overlap: int, height: int, width: int) -> TilePlan:
+    if not 0 <= overlap < tile / 2:
+        raise ModelConfigError(f"overlap must be in [0, tile/2) = [0, {tile / 2:g}), "
+                               f"not {overlap}")
+    return TilePlan(tile=tile, overlap=overlap, height=height, width=width)
+
+
+def window(tile: int) -> np.ndarray:
+    """Blending weights of one tile: a separable ``sin^2`` bump, positive everywhere."""
+    ramp = np.sin(np.pi * (np.arange(tile) + 0.5) / tile) ** 2
+    return np.outer(ramp, ramp)
+
+
+# ---------------------------------------------------------------------- tile running
+def run_tiles(model, device: str, tiles: np.ndarray, batch_size: int) -> np.ndarray:
+    """Run (N, 6, T, T) normalised inputs through ``model`` in batches; (N, 4, T, T)."""
+    import torch
+
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(tiles), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(tiles[start:start + batch_size]))
+            batch = batch.to(device, non_blocking=True)
+            if device.startswith("cuda"):
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            out = model(batch[:, :OPTICAL_CHANNELS], batch[:, OPTICAL_CHANNELS:])
+            outputs.append(out.float().cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.empty((0, OPTICAL_CHANNELS, 0, 0))
+
+
+def accumulate(inputs: np.ndarray, plan: TilePlan, rows: range, cols: range, ref: ModelRef,
+               batch_size: int) -> np.ndarray:
+    """Weighted sums of the tiles ``rows x cols`` (tile indices) on their canvas.
+
+    ``inputs`` (6, h, w) holds the padded scene from the first tile's corner. Returns
+    (5, h, w) float64: the 4 weighted bands, then the weight sum.
+    """
+    model, device = cached_model(ref)
+    tile, stride = plan.tile, plan.stride
+    top, left = rows.start * stride, cols.start * stride
+    canvas = np.zeros((OPTICAL_CHANNELS + 1, *inputs.shape[1:]), dtype=np.float64)
+    weights = window(tile)
+    corners = [(r * stride - top, c * stride - left) for r in rows for c in cols]
+    crops = np.stack([inputs[:, y:y + tile, x:x + tile] for y, x in corners])
+    outputs = run_tiles(model, device, crops, batch_size)
+    for (y, x), out in zip(corners, outputs, strict=True):
+        canvas[:OPTICAL_CHANNELS, y:y + tile, x:x + tile] += weights * out
+        canvas[OPTICAL_CHANNELS, y:y + tile, x:x + tile] += weights
+    return canvas
+
+
+def finish(canvas: np.ndarray, cloudy: np.ndarray) -> np.ndarray:
+    """Divide by the weight sum and go back to reflectance x10000, float32.
+
+    The blended change is added to the (clipped) input in its own units: the same as
+    ``blended * 10000`` up to float32 rounding, but exact where the network changes
+    nothing, so a model whose residual is zero returns its input bit for bit (and
+    weights that did not sum to one would show).
+    """
+    blended = canvas[:OPTICAL_CHANNELS] / canvas[OPTICAL_CHANNELS]
+    seen = normalize_optical(cloudy.astype(np.float32))  # exactly what the network saw
+    base = np.clip(cloudy, 0, OPTICAL_SCALE).astype(np.float64)
+    return (base + (blended - seen) * OPTICAL_SCALE).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ scene
+def model_inputs(ds: xr.Dataset) -> xr.DataArray:
+    """Normalised network input, (…, 6, y, x) float32: 4 optical bands, then VV, VH.
+
+    SAR pixels without data (NaN) are set to 0 (the low end of the range).
+    """
+    optical = normalize_optical(ds["cloudy"].astype(np.float32)).rename(band="channel")
+    sar = normalize_sar(ds["sar"]).fillna(0.0).rename(polarization="channel")
+    stacked = xr.concat([optical.drop_vars("channel"), sar.drop_vars("channel")], "channel")
+    return stacked.astype(np.float32).transpose(..., "channel", "y", "x")
+
+
+def _group_size(chunk: int, stride: int) -> int:
+    return max(1, round(chunk / stride))
+
+
+def _edges(count: int, group: int) -> list[range]:
+    return [range(start, min(start + group, count)) for start in range(0, count, group)]
+
+
+def _group_canvas(inputs: np.ndarray, plan: TilePlan, rows: range, cols: range, ref: ModelRef,
+                  batch_size: int) -> np.ndarray:
+    return accumulate(inputs, plan, rows, cols, ref, batch_size)
+
+
+def _assemble(cloudy: np.ndarray, own: np.ndarray, up: np.ndarray | None,
+              left: np.ndarray | None, corner: np.ndarray | None, spill: int) -> np.ndarray:
+    """One output block: its canvas plus the spills of its neighbours, finished."""
+    height, width = cloudy.shape[1:]
+    total = own[:, :height, :width].copy()
+    if up is not None:
+        total[:, :spill, :width] += up[:, -spill:, :width]
+    if left is not None:
+        total[:, :height, :spill] += left[:, :height, -spill:]
+    if corner is not None:
+        total[:, :spill, :spill] += corner[:, -spill:, -spill:]
+    return finish(total, cloudy)
+
+
+def _block_end(group: range, stride: int, padded: int, last: bool) -> int:
+    return padded if last else group.stop * stride
+
+
+def _annotate(resources: Mapping[str, float] | None):
+    """Annotate the tasks built inside with worker resources (e.g. ``{"GPU": 1}``)."""
+    if not resources:
+        return contextlib.nullcontext()
+    return dask.annotate(resources=dict(resources))
+
+
+def _pad(array: da.Array | np.ndarray, plan: TilePlan):
+    """Mirror the bottom and right edges out to the tile grid's extent.
+
+    Done in rounds of at most the array's size, as numpy does for wide pads (Dask's
+    pad would stop at one reflection).
+    """
+    xp = da if isinstance(array, da.Array) else np
+    target = plan.padded_shape
+    while array.shape[-2:] != target:
+        widths = [(0, 0)] * (array.ndim - 2) + [
+            (0, min(goal - size, size)) for goal, size in zip(target, array.shape[-2:],
+                                                              strict=True)
+        ]
+        array = xp.pad(array, widths, mode="symmetric")
+    return array
+
+
+def _decloud_scene(inputs: da.Array, cloudy: da.Array, plan: TilePlan, ref: ModelRef,
+                   batch_size: int, resources: Mapping[str, float] | None) -> da.Array:
+    """(6, y, x) lazy inputs to (4, y, x) lazy output, in two stages (see module doc)."""
+    padded_h, padded_w = plan.padded_shape
+    padded = _pad(inputs, plan)
+    padded_cloudy = _pad(cloudy, plan)
+    group_y = _group_size(inputs.chunks[1][0], plan.stride)
+    group_x = _group_size(inputs.chunks[2][0], plan.stride)
+    row_groups = _edges(plan.shape[0], group_y)
+    col_groups = _edges(plan.shape[1], group_x)
+    spill = plan.spill if plan.overlap else 0
+    stride, tile = plan.stride, plan.tile
+
+    def extent(group: range) -> tuple[int, int]:
+        return group.start * stride, (group.stop - 1) * stride + tile
+
+    with _annotate(resources):
+        canvases = {}
+        for a, rows in enumerate(row_groups):
+            for b, cols in enumerate(col_groups):
+                (y0, y1), (x0, x1) = extent(rows), extent(cols)
+                canvases[a, b] = delayed(_group_canvas, pure=True)(
+                    padded[:, y0:y1, x0:x1], plan, rows, cols, ref, batch_size,
+                    dask_key_name=f"decloud-tiles-{dask.base.tokenize(padded, plan, ref, a, b)}",
+                )
+    blocks = []
+    for a, rows in enumerate(row_groups):
+        line = []
+        for b, cols in enumerate(col_groups):
+            height = _block_end(rows, stride, padded_h, a + 1 == len(row_groups)) - extent(rows)[0]
+            width = _block_end(cols, stride, padded_w, b + 1 == len(col_groups)) - extent(cols)[0]
+            parts = [canvases.get((a - 1, b)) if spill else None,
+                     canvases.get((a, b - 1)) if spill else None,
+                     canvases.get((a - 1, b - 1)) if spill else None]
+            y0, x0 = extent(rows)[0], extent(cols)[0]
+            block = delayed(_assemble, pure=True)(
+                padded_cloudy[:, y0:y0 + height, x0:x0 + width], canvases[a, b], *parts, spill)
+            line.append(da.from_delayed(block, (OPTICAL_CHANNELS, height, width), np.float32))
+        blocks.append(line)
+    return da.block(blocks)[:, :plan.height, :plan.width]
+
+
+# ------------------------------------------------------------------------- collection
+def _decloud_patches(inputs: np.ndarray, cloudy: np.ndarray, plan: TilePlan, ref: ModelRef,
+                     batch_size: int) -> np.ndarray:
+    """(p, 6, y, x) patches to (p, 4, y, x): each patch tiled on its own."""
+    rows, cols = range(plan.shape[0]), range(plan.shape[1])
+    out = np.empty((inputs.shape[0], OPTICAL_CHANNELS, plan.height, plan.width), np.float32)
+    for index, patch in enumerate(inputs):
+        canvas = accumulate(_pad(patch, plan), plan, rows, cols, ref, batch_size)
+        out[index] = finish(canvas[:, :plan.height, :plan.width], cloudy[index])
+    return out
+
+
+def _decloud_collection(inputs: da.Array, cloudy: da.Array, plan: TilePlan, ref: ModelRef,
+                        batch_size: int, resources: Mapping[str, float] | None) -> da.Array:
+    inputs = inputs.rechunk({1: -1, 2: -1, 3: -1})
+    cloudy = cloudy.rechunk((inputs.chunks[0], -1, -1, -1))
+    with _annotate(resources):
+        return da.map_blocks(
+            _decloud_patches, inputs, cloudy, plan, ref, batch_size, dtype=np.float32,
+            chunks=(inputs.chunks[0], (OPTICAL_CHANNELS,), *inputs.chunks[2:]),
+            name=f"decloud-patches-{dask.base.tokenize(inputs, plan, ref, batch_size)}",
+        )
+
+
+# ---------------------------------------------------------------------------- public
+def _check_inputs(ds: xr.Dataset, composite: bool) -> None:
+    validate(ds)
+    needed = ["cloudy", "sar"] + (["cloudmask"] if composite else [])
+    missing = [name for name in needed if name not in ds.data_vars]
+    if missing:
+        raise SchemaError(f"{', '.join(missing)}: decloud needs this variable "
+                          f"(have {list(ds.data_vars)})")
+
+
+def _tiling(model, tile: int | None, overlap: int | None, height: int, width: int) -> TilePlan:
+    from .models import check_tile
+
+    tile = tile or model.tile_size or DEFAULT_TILE
+    check_tile(model, tile)
+    overlap = tile // 8 if overlap is None else int(overlap)
+    return make_plan(int(tile), overlap, height, width)
+
+
+def decloud(
+    ds: xr.Dataset,
+    model: str = "dsen2_cr",
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    device: str = "auto",
+    composite: bool = False,
+    resources: Mapping[str, float] | None = None,
+) -> xr.DataArray:
+    """Remove clouds from a scene or a collection with one of the M3R-CR networks, lazily.
+
+    Parameters
+    ----------
+    ds
+        A scene or a collection with ``cloudy`` and ``sar``.
+    model
+        ``"dsen2_cr"``, ``"glf_cr"`` or ``"align_cr"``.
+    checkpoint
+        Weights (published layout, bare state dict or safetensors); None: untrained.
+    config
+        Architecture arguments (e.g. ``{"preset": "small"}`` or ``{"n_feats": 64}``); must
+        match the checkpoint.
+    tile
+        Tile side; default the model's own (160 for GLF-CR and Align-CR), else 256.
+    overlap
+        Pixels shared by neighbouring tiles; default ``tile // 8``.
+    batch_size
+        Tiles per forward pass.
+    device
+        ``"auto"`` (each worker's GPU if it has one, else the CPU), ``"cpu"``, ``"cuda"``...
+    composite
+        Keep the cloudy input where ``cloudmask`` is False, the network's output elsewhere.
+    resources
+        Dask worker resources each task needs, e.g. ``{"GPU": 1}`` so that the tasks run
+        only on workers that advertise a GPU. Compute with graph optimisation off to keep
+        them (``dask.compute(..., optimize_graph=False)``; dask#7036).
+
+    Returns
+    -------
+    xr.DataArray
+        ``decloud`` (band, y, x) (``patch`` first for a collection), float32 reflectance
+        x10000, with the input's coordinates and CRS. Lazy for a Dask-backed input
+        (nothing is computed yet); in memory for an in-memory input.
+
+    Raises
+    ------
+    SchemaError, ModelConfigError, CheckpointError
+        Before any work starts: missing variables, a tile size the model cannot take,
+        weights that do not fit the model.
+
+    Examples
+    --------
+    >>> import m3rcr_xr
+    >>> scene = m3rcr_xr.synthetic_scene((512, 512))
+    >>> out = m3rcr_xr.decloud(scene, "dsen2_cr", config={"preset": "small"})
+    >>> out.dims
+    ('band', 'y', 'x')
+    """
+    _check_inputs(ds, composite)
+    ref = ModelRef.create(model, checkpoint, config, device)
+    plan = _tiling(ref.build(), tile, overlap, ds.sizes["y"], ds.sizes["x"])
+    eager = ds["cloudy"].chunks is None
+    inputs, cloudy = model_inputs(ds).chunk(), ds["cloudy"].chunk()  # no-op when lazy
+    decloud_array = _decloud_collection if is_collection(ds) else _decloud_scene
+    data = decloud_array(inputs.data, cloudy.data, plan, ref, batch_size, resources)
+    template = ds["cloudy"]
+    result = xr.DataArray(data, dims=template.dims, coords=template.coords, name="decloud")
+    if composite:
+        result = result.where(ds["cloudmask"], template.astype(np.float32))
+    result.attrs = {"long_name": "cloud-free estimate", "units": "reflectance x10000",
+                    "model": ref.name, "config": repr(dict(ref.config)),
+                    "tile": plan.tile, "overlap": plan.overlap, "composite": int(composite)}
+    result = result.rename("decloud")
+    return result.compute() if eager else result  # in memory in, in memory out

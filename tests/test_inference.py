@@ -1,0 +1,216 @@
+import pickle
+
+import dask
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import m3rcr_xr
+from m3rcr_xr import inference, models
+from m3rcr_xr.inference import ModelRef, decloud, make_plan, window
+from tests.conftest import raise_if_dask_computes
+
+SMALL = {"preset": "small"}
+
+
+@pytest.fixture(scope="module")
+def zero_checkpoints(tmp_path_factory):
+    """Small models whose residual is zero: they return their cloudy input."""
+    folder = tmp_path_factory.mktemp("weights")
+    paths = {}
+    for name in ("dsen2_cr", "glf_cr"):
+        net = models.zero_residual_(models.build(name, **SMALL))
+        paths[name] = folder / f"{name}-zero.pt"
+        torch.save(net.state_dict(), paths[name])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def trained_like_checkpoint(tmp_path_factory):
+    """A small DSen2-CR with non-trivial weights (seeded)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "dsen2-small.pt"
+    torch.save(models.build("dsen2_cr", **SMALL).state_dict(), path)
+    return path
+
+
+def test_building_the_graph_computes_nothing(small_scene):
+    with raise_if_dask_computes():
+        out = small_scene.m3rcr.decloud("dsen2_cr", config=SMALL)
+    assert out.name == "decloud" and out.dims == ("band", "y", "x")
+    assert out.dtype == np.float32 and out.chunks is not None
+    assert out.rio.crs == small_scene.rio.crs
+    np.testing.assert_array_equal(out.x, small_scene.x)
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(height=st.integers(5, 150), width=st.integers(5, 150), chunk=st.integers(16, 96),
+       tile=st.sampled_from([16, 24, 40]), overlap=st.integers(0, 7))
+def test_zero_residual_returns_the_input_exactly(zero_checkpoints, height, width, chunk, tile,
+                                                  overlap):
+    scene = m3rcr_xr.synthetic_scene((height, width), seed=height, chunks=chunk)
+    out = decloud(scene, "dsen2_cr", zero_checkpoints["dsen2_cr"], config=SMALL, tile=tile,
+                  overlap=overlap).values
+    np.testing.assert_array_equal(out, scene.cloudy.values.astype(np.float32))
+
+
+def test_zero_residual_with_a_fixed_size_model(zero_checkpoints):
+    scene = m3rcr_xr.synthetic_scene((75, 101), chunks=40)
+    out = decloud(scene, "glf_cr", zero_checkpoints["glf_cr"], config=SMALL, overlap=6)
+    np.testing.assert_array_equal(out.values, scene.cloudy.values.astype(np.float32))
+
+
+def test_weights_that_do_not_sum_to_one_would_show(zero_checkpoints, monkeypatch):
+    monkeypatch.setattr(inference, "window", lambda tile: np.full((tile, tile), 1.0))
+    real_accumulate = inference.accumulate
+
+    def leaky(*args, **kwargs):
+        canvas = real_accumulate(*args, **kwargs)
+        canvas[-1] *= 1.001  # a weight sum off by 0.1 %
+        return canvas
+
+    monkeypatch.setattr(inference, "accumulate", leaky)
+    scene = m3rcr_xr.synthetic_scene((64, 64), chunks=64)
+    out = decloud(scene, "dsen2_cr", zero_checkpoints["dsen2_cr"], config=SMALL, tile=32)
+    assert np.abs(out.values - scene.cloudy.values).max() > 1
+
+
+def test_result_does_not_depend_on_chunking(trained_like_checkpoint):
+    scene = m3rcr_xr.synthetic_scene((600, 530), seed=4, chunks=256)
+    chunked = decloud(scene, "dsen2_cr", trained_like_checkpoint, config=SMALL, tile=96).values
+    whole = decloud(scene.chunk({"y": -1, "x": -1}), "dsen2_cr", trained_like_checkpoint,
+                    config=SMALL, tile=96).values
+    assert np.abs(chunked - whole).max() <= 0.1  # reflectance x10000
+    assert np.abs(chunked - whole).max() / 10000 <= 1e-5
+    odd = decloud(scene.chunk({"y": 77, "x": 130}), "dsen2_cr", trained_like_checkpoint,
+                  config=SMALL, tile=96).values
+    assert np.abs(odd - whole).max() <= 0.1
+
+
+def test_dask_result_equals_in_memory_result(trained_like_checkpoint, small_scene):
+    lazy = decloud(small_scene, "dsen2_cr", trained_like_checkpoint, config=SMALL)
+    eager = decloud(small_scene.compute(), "dsen2_cr", trained_like_checkpoint, config=SMALL)
+    assert eager.chunks is None
+    np.testing.assert_allclose(lazy.values, eager.values, atol=0.1)
+
+
+def test_scene_smaller_than_a_tile_and_odd_edges(trained_like_checkpoint):
+    tiny = m3rcr_xr.synthetic_scene((13, 29), chunks=8)
+    out = decloud(tiny, "dsen2_cr", trained_like_checkpoint, config=SMALL, tile=64)
+    assert out.shape == (4, 13, 29) and np.isfinite(out.values).all()
+
+
+def test_plan_covers_the_scene_with_positive_weights():
+    plan = make_plan(160, 20, 1000, 301)
+    assert plan.stride == 140
+    assert plan.shape == (7, 3)  # starts 0, 140, ... 840: the last tile ends at 1000
+    assert plan.padded_shape[0] >= 1000 and plan.padded_shape[0] - 1000 < plan.stride
+    assert (window(160) > 0).all()
+    with pytest.raises(m3rcr_xr.ModelConfigError, match="overlap"):
+        make_plan(32, 16, 100, 100)
+
+
+def test_composite_keeps_clear_pixels(trained_like_checkpoint, small_scene):
+    out = decloud(small_scene, "dsen2_cr", trained_like_checkpoint, config=SMALL,
+                  composite=True).values
+    clear = ~small_scene.cloudmask.values
+    cloudy = small_scene.cloudy.values.astype(np.float32)
+    np.testing.assert_array_equal(out[:, clear], cloudy[:, clear])
+    assert (out[:, ~clear] != cloudy[:, ~clear]).mean() > 0.9
+
+
+def test_collection_patches_are_decloud_ed_one_by_one(trained_like_checkpoint):
+    collection = m3rcr_xr.synthetic_collection(3, 70, seed=1).chunk({"patch": 2})
+    out = decloud(collection, "dsen2_cr", trained_like_checkpoint, config=SMALL, tile=48)
+    assert out.dims == ("patch", "band", "y", "x")
+    scene = collection.isel(patch=1).drop_vars(["patch", "epsg", "season", "aoi", "split",
+                                                "source"])
+    scene = scene.assign_coords(x=scene.x.values, y=scene.y.values).rio.write_crs("EPSG:32632")
+    alone = decloud(scene, "dsen2_cr", trained_like_checkpoint, config=SMALL, tile=48)
+    np.testing.assert_allclose(out.values[1], alone.values, atol=0.1)
+
+
+def test_graph_carries_a_reference_not_the_weights(small_scene, tmp_path):
+    sizes = {}
+    for label, config in {"small": SMALL, "default": {}}.items():
+        path = tmp_path / f"{label}.pt"
+        torch.save(models.build("dsen2_cr", **config).state_dict(), path)
+        out = decloud(small_scene, "dsen2_cr", path, config=config)
+        sizes[label] = (len(pickle.dumps(dict(out.__dask_graph__()))), path.stat().st_size)
+    (small_graph, small_weights), (default_graph, default_weights) = sizes.values()
+    assert default_weights > 100 * small_weights  # the published DSen2-CR is ~5 MB
+    assert default_graph < 1.05 * small_graph  # the graph does not grow with it
+    assert default_graph < default_weights / 10
+
+
+def test_each_process_builds_the_model_once(trained_like_checkpoint, monkeypatch):
+    inference.clear_model_cache()
+    builds = []
+    real_build = ModelRef.build
+    monkeypatch.setattr(ModelRef, "build", lambda self: builds.append(1) or real_build(self))
+    scene = m3rcr_xr.synthetic_scene((300, 300), chunks=64)
+    decloud(scene, "dsen2_cr", trained_like_checkpoint, config=SMALL, tile=48).compute(
+        scheduler="threads")
+    assert len(builds) == 2  # one check on the client, one build for all tasks
+
+
+def test_changed_checkpoint_is_refused(small_scene, tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save(models.build("dsen2_cr", **SMALL).state_dict(), path)
+    out = decloud(small_scene, "dsen2_cr", path, config=SMALL)
+    torch.manual_seed(1)
+    torch.save(models.build("dsen2_cr", **SMALL).state_dict(), path)
+    inference.clear_model_cache()
+    with pytest.raises(m3rcr_xr.CheckpointError, match="changed since decloud began"):
+        out.compute()
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_missing_sar(small_scene):
+    with raise_if_dask_computes(), pytest.raises(m3rcr_xr.SchemaError, match="sar: decloud"):
+        decloud(small_scene.drop_vars("sar"))
+
+
+def test_composite_needs_a_cloudmask(small_scene):
+    with pytest.raises(m3rcr_xr.SchemaError, match="cloudmask"):
+        decloud(small_scene.drop_vars("cloudmask"), config=SMALL, composite=True)
+
+
+def test_tile_size_the_model_cannot_take(small_scene):
+    with pytest.raises(m3rcr_xr.ModelConfigError, match="built for 32x32 tiles only"):
+        decloud(small_scene, "glf_cr", config=SMALL, tile=64)
+
+
+def test_checkpoint_that_does_not_match(small_scene, trained_like_checkpoint):
+    with pytest.raises(m3rcr_xr.CheckpointError, match="missing|unexpected|shape"):
+        decloud(small_scene, "dsen2_cr", trained_like_checkpoint, config={"n_feats": 32})
+
+
+def test_missing_checkpoint(small_scene, tmp_path):
+    with pytest.raises(m3rcr_xr.CheckpointError, match="does not exist"):
+        decloud(small_scene, "dsen2_cr", tmp_path / "none.pt")
+
+
+def test_torch_threads_follow_the_option():
+    with m3rcr_xr.set_options(torch_threads=1):
+        assert inference._torch_threads() == 1
+    with dask.config.set(num_workers=2):
+        assert inference._torch_threads() >= 1
+
+
+def test_device_auto_is_cpu_without_cuda():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert inference.resolve_device("auto") == expected
+    assert inference.resolve_device("cpu") == "cpu"
+
+
+def test_result_round_trips_through_zarr(trained_like_checkpoint, small_scene, tmp_path):
+    out = decloud(small_scene, "dsen2_cr", trained_like_checkpoint, config=SMALL)
+    m3rcr_xr.to_zarr(out.to_dataset(), tmp_path / "d.zarr")
+    back = m3rcr_xr.open_zarr(tmp_path / "d.zarr")
+    assert back.rio.crs == small_scene.rio.crs
+    xr.testing.assert_allclose(back.decloud, out.compute())

@@ -1,0 +1,81 @@
+"""Decloud on real distributed clusters: process workers, GPU resources, a killed worker."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_task_stream
+
+import m3rcr_xr
+from m3rcr_xr import models
+from m3rcr_xr.inference import decloud
+
+SMALL = {"preset": "small"}
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "dsen2-small.pt"
+    torch.save(models.build("dsen2_cr", **SMALL).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def process_cluster():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def test_two_process_workers_give_the_threaded_result(process_cluster, checkpoint):
+    scene = m3rcr_xr.synthetic_scene((400, 380), chunks=128)
+    out = decloud(scene, "dsen2_cr", checkpoint, config=SMALL, tile=64)
+    with get_task_stream(process_cluster) as stream:
+        distributed = process_cluster.compute(out).result()
+    threaded = out.compute(scheduler="threads")
+    np.testing.assert_allclose(distributed.values, threaded.values, atol=0.1)
+    assert len({event["worker"] for event in stream.data}) == 2
+
+
+def test_a_killed_worker_does_not_change_the_result(process_cluster, checkpoint):
+    scene = m3rcr_xr.synthetic_scene((800, 800), seed=2, chunks=200)
+    out = decloud(scene, "dsen2_cr", checkpoint, config=SMALL, tile=64, batch_size=2)
+    expected = out.compute(scheduler="threads").values
+    future = process_cluster.compute(out)
+    pids = process_cluster.run(os.getpid)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _some_tiles_done(process_cluster):
+        time.sleep(0.05)
+    assert not future.done(), "finished before a worker could be killed"
+    os.kill(next(iter(pids.values())), signal.SIGKILL)
+    result = future.result(timeout=180)
+    np.testing.assert_allclose(result.values, expected, atol=0.1)
+
+
+def _some_tiles_done(client: Client) -> bool:
+    return any(key.startswith("decloud-tiles") for key in map(str, client.who_has()))
+
+
+def test_gpu_annotated_tasks_run_only_where_the_resource_is(checkpoint):
+    workers = {
+        "plain": {"cls": Nanny, "options": {"nthreads": 1}},
+        "gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        gpu_worker = next(addr for addr, info in client.scheduler_info()["workers"].items()
+                          if info["resources"].get("GPU"))
+        scene = m3rcr_xr.synthetic_scene((300, 300), chunks=100)
+        out = decloud(scene, "dsen2_cr", checkpoint, config=SMALL, tile=48,
+                      resources={"GPU": 1}, device="cpu")
+        with get_task_stream(client) as stream:
+            client.compute(out.data, optimize_graph=False).result()
+        tiles = [e["worker"] for e in stream.data if str(e["key"]).count("decloud-tiles")]
+        assert len(tiles) > 4
+        assert set(tiles) == {gpu_worker}
