@@ -261,8 +261,14 @@ def model_inputs(ds: xr.Dataset) -> xr.DataArray:
     return stacked.astype(np.float32).transpose(..., "channel", "y", "x")
 
 
+#: a group of tiles spans about this many pixels (or the chunk, if smaller): enough
+#: tiles per task to keep a device busy, small enough canvases to bound memory, and
+#: enough tasks to share among workers
+GROUP_PIXELS = 512
+
+
 def _group_size(chunk: int, stride: int) -> int:
-    return max(1, round(chunk / stride))
+    return max(1, round(min(chunk, GROUP_PIXELS) / stride))
 
 
 def _edges(count: int, group: int) -> list[range]:

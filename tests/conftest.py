@@ -66,6 +66,19 @@ def _quiet_progress():
         yield
 
 
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A small DSen2-CR (``preset="small"``) with seeded random weights, saved to disk."""
+    import torch
+
+    from m3rcr_xr import models
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "dsen2-small.pt"
+    torch.save(models.build("dsen2_cr", preset="small").state_dict(), path)
+    return path
+
+
 @pytest.fixture
 def small_scene():
     """A lazy 300 x 420 synthetic scene in 128-pixel chunks."""

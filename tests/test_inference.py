@@ -28,15 +28,6 @@ def zero_checkpoints(tmp_path_factory):
     return paths
 
 
-@pytest.fixture(scope="module")
-def trained_like_checkpoint(tmp_path_factory):
-    """A small DSen2-CR with non-trivial weights (seeded)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "dsen2-small.pt"
-    torch.save(models.build("dsen2_cr", **SMALL).state_dict(), path)
-    return path
-
-
 def test_building_the_graph_computes_nothing(small_scene):
     with raise_if_dask_computes():
         out = small_scene.m3rcr.decloud("dsen2_cr", config=SMALL)
@@ -79,28 +70,28 @@ def test_weights_that_do_not_sum_to_one_would_show(zero_checkpoints, monkeypatch
     assert np.abs(out.values - scene.cloudy.values).max() > 1
 
 
-def test_result_does_not_depend_on_chunking(trained_like_checkpoint):
+def test_result_does_not_depend_on_chunking(small_checkpoint):
     scene = m3rcr_xr.synthetic_scene((600, 530), seed=4, chunks=256)
-    chunked = decloud(scene, "dsen2_cr", trained_like_checkpoint, config=SMALL, tile=96).values
-    whole = decloud(scene.chunk({"y": -1, "x": -1}), "dsen2_cr", trained_like_checkpoint,
+    chunked = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=96).values
+    whole = decloud(scene.chunk({"y": -1, "x": -1}), "dsen2_cr", small_checkpoint,
                     config=SMALL, tile=96).values
     assert np.abs(chunked - whole).max() <= 0.1  # reflectance x10000
     assert np.abs(chunked - whole).max() / 10000 <= 1e-5
-    odd = decloud(scene.chunk({"y": 77, "x": 130}), "dsen2_cr", trained_like_checkpoint,
+    odd = decloud(scene.chunk({"y": 77, "x": 130}), "dsen2_cr", small_checkpoint,
                   config=SMALL, tile=96).values
     assert np.abs(odd - whole).max() <= 0.1
 
 
-def test_dask_result_equals_in_memory_result(trained_like_checkpoint, small_scene):
-    lazy = decloud(small_scene, "dsen2_cr", trained_like_checkpoint, config=SMALL)
-    eager = decloud(small_scene.compute(), "dsen2_cr", trained_like_checkpoint, config=SMALL)
+def test_dask_result_equals_in_memory_result(small_checkpoint, small_scene):
+    lazy = decloud(small_scene, "dsen2_cr", small_checkpoint, config=SMALL)
+    eager = decloud(small_scene.compute(), "dsen2_cr", small_checkpoint, config=SMALL)
     assert eager.chunks is None
     np.testing.assert_allclose(lazy.values, eager.values, atol=0.1)
 
 
-def test_scene_smaller_than_a_tile_and_odd_edges(trained_like_checkpoint):
+def test_scene_smaller_than_a_tile_and_odd_edges(small_checkpoint):
     tiny = m3rcr_xr.synthetic_scene((13, 29), chunks=8)
-    out = decloud(tiny, "dsen2_cr", trained_like_checkpoint, config=SMALL, tile=64)
+    out = decloud(tiny, "dsen2_cr", small_checkpoint, config=SMALL, tile=64)
     assert out.shape == (4, 13, 29) and np.isfinite(out.values).all()
 
 
@@ -114,8 +105,8 @@ def test_plan_covers_the_scene_with_positive_weights():
         make_plan(32, 16, 100, 100)
 
 
-def test_composite_keeps_clear_pixels(trained_like_checkpoint, small_scene):
-    out = decloud(small_scene, "dsen2_cr", trained_like_checkpoint, config=SMALL,
+def test_composite_keeps_clear_pixels(small_checkpoint, small_scene):
+    out = decloud(small_scene, "dsen2_cr", small_checkpoint, config=SMALL,
                   composite=True).values
     clear = ~small_scene.cloudmask.values
     cloudy = small_scene.cloudy.values.astype(np.float32)
@@ -123,14 +114,14 @@ def test_composite_keeps_clear_pixels(trained_like_checkpoint, small_scene):
     assert (out[:, ~clear] != cloudy[:, ~clear]).mean() > 0.9
 
 
-def test_collection_patches_are_decloud_ed_one_by_one(trained_like_checkpoint):
+def test_collection_patches_are_decloud_ed_one_by_one(small_checkpoint):
     collection = m3rcr_xr.synthetic_collection(3, 70, seed=1).chunk({"patch": 2})
-    out = decloud(collection, "dsen2_cr", trained_like_checkpoint, config=SMALL, tile=48)
+    out = decloud(collection, "dsen2_cr", small_checkpoint, config=SMALL, tile=48)
     assert out.dims == ("patch", "band", "y", "x")
     scene = collection.isel(patch=1).drop_vars(["patch", "epsg", "season", "aoi", "split",
                                                 "source"])
     scene = scene.assign_coords(x=scene.x.values, y=scene.y.values).rio.write_crs("EPSG:32632")
-    alone = decloud(scene, "dsen2_cr", trained_like_checkpoint, config=SMALL, tile=48)
+    alone = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48)
     np.testing.assert_allclose(out.values[1], alone.values, atol=0.1)
 
 
@@ -147,13 +138,13 @@ def test_graph_carries_a_reference_not_the_weights(small_scene, tmp_path):
     assert default_graph < default_weights / 10
 
 
-def test_each_process_builds_the_model_once(trained_like_checkpoint, monkeypatch):
+def test_each_process_builds_the_model_once(small_checkpoint, monkeypatch):
     inference.clear_model_cache()
     builds = []
     real_build = ModelRef.build
     monkeypatch.setattr(ModelRef, "build", lambda self: builds.append(1) or real_build(self))
     scene = m3rcr_xr.synthetic_scene((300, 300), chunks=64)
-    decloud(scene, "dsen2_cr", trained_like_checkpoint, config=SMALL, tile=48).compute(
+    decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48).compute(
         scheduler="threads")
     assert len(builds) == 2  # one check on the client, one build for all tasks
 
@@ -185,9 +176,9 @@ def test_tile_size_the_model_cannot_take(small_scene):
         decloud(small_scene, "glf_cr", config=SMALL, tile=64)
 
 
-def test_checkpoint_that_does_not_match(small_scene, trained_like_checkpoint):
+def test_checkpoint_that_does_not_match(small_scene, small_checkpoint):
     with pytest.raises(m3rcr_xr.CheckpointError, match="missing|unexpected|shape"):
-        decloud(small_scene, "dsen2_cr", trained_like_checkpoint, config={"n_feats": 32})
+        decloud(small_scene, "dsen2_cr", small_checkpoint, config={"n_feats": 32})
 
 
 def test_missing_checkpoint(small_scene, tmp_path):
@@ -208,8 +199,8 @@ def test_device_auto_is_cpu_without_cuda():
     assert inference.resolve_device("cpu") == "cpu"
 
 
-def test_result_round_trips_through_zarr(trained_like_checkpoint, small_scene, tmp_path):
-    out = decloud(small_scene, "dsen2_cr", trained_like_checkpoint, config=SMALL)
+def test_result_round_trips_through_zarr(small_checkpoint, small_scene, tmp_path):
+    out = decloud(small_scene, "dsen2_cr", small_checkpoint, config=SMALL)
     m3rcr_xr.to_zarr(out.to_dataset(), tmp_path / "d.zarr")
     back = m3rcr_xr.open_zarr(tmp_path / "d.zarr")
     assert back.rio.crs == small_scene.rio.crs

@@ -6,23 +6,13 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_task_stream
 
 import m3rcr_xr
-from m3rcr_xr import models
 from m3rcr_xr.inference import decloud
 
 SMALL = {"preset": "small"}
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "dsen2-small.pt"
-    torch.save(models.build("dsen2_cr", **SMALL).state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +22,9 @@ def process_cluster():
         yield client
 
 
-def test_two_process_workers_give_the_threaded_result(process_cluster, checkpoint):
+def test_two_process_workers_give_the_threaded_result(process_cluster, small_checkpoint):
     scene = m3rcr_xr.synthetic_scene((400, 380), chunks=128)
-    out = decloud(scene, "dsen2_cr", checkpoint, config=SMALL, tile=64)
+    out = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=64)
     with get_task_stream(process_cluster) as stream:
         distributed = process_cluster.compute(out).result()
     threaded = out.compute(scheduler="threads")
@@ -42,9 +32,9 @@ def test_two_process_workers_give_the_threaded_result(process_cluster, checkpoin
     assert len({event["worker"] for event in stream.data}) == 2
 
 
-def test_a_killed_worker_does_not_change_the_result(process_cluster, checkpoint):
+def test_a_killed_worker_does_not_change_the_result(process_cluster, small_checkpoint):
     scene = m3rcr_xr.synthetic_scene((800, 800), seed=2, chunks=200)
-    out = decloud(scene, "dsen2_cr", checkpoint, config=SMALL, tile=64, batch_size=2)
+    out = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=64, batch_size=2)
     expected = out.compute(scheduler="threads").values
     future = process_cluster.compute(out)
     pids = process_cluster.run(os.getpid)
@@ -61,7 +51,7 @@ def _some_tiles_done(client: Client) -> bool:
     return any(key.startswith("decloud-tiles") for key in map(str, client.who_has()))
 
 
-def test_gpu_annotated_tasks_run_only_where_the_resource_is(checkpoint):
+def test_gpu_annotated_tasks_run_only_where_the_resource_is(small_checkpoint):
     workers = {
         "plain": {"cls": Nanny, "options": {"nthreads": 1}},
         "gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
@@ -72,7 +62,7 @@ def test_gpu_annotated_tasks_run_only_where_the_resource_is(checkpoint):
         gpu_worker = next(addr for addr, info in client.scheduler_info()["workers"].items()
                           if info["resources"].get("GPU"))
         scene = m3rcr_xr.synthetic_scene((300, 300), chunks=100)
-        out = decloud(scene, "dsen2_cr", checkpoint, config=SMALL, tile=48,
+        out = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48,
                       resources={"GPU": 1}, device="cpu")
         with get_task_stream(client) as stream:
             client.compute(out.data, optimize_graph=False).result()

@@ -1,0 +1,127 @@
+"""Decloud benchmarks: throughput against a plain PyTorch loop, overlap cost, memory.
+
+Run ``python -m benchmarks.bench_decloud [--quick]``; prints one JSON object. Ratios are
+measured in one process on one device, so they travel between machines better than
+seconds do.
+
+- ``throughput_ratio``: plain-loop time / decloud time for the same model on the same
+  tiles of the same in-memory scene (>= 0.95 is the goal on CPU). The plain loop is
+  what the published code does: crop, stack into batches, forward, keep the output; it
+  does no blending and writes nothing.
+- ``tiles_computed_per_needed``: tiles decloud runs / tiles of that grid (1.0: no tile
+  is computed twice, whatever the chunking); ``overlap_cost``: tiles of that grid /
+  tiles of a grid without overlap.
+- ``memory``: decloud of a lazy synthetic scene to Zarr on a one-worker LocalCluster
+  whose memory limit is several times smaller than the scene; peak worker memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import torch
+
+import m3rcr_xr
+from m3rcr_xr import inference, models
+
+CONFIG = {"n_resblocks": 4, "n_feats": 32}
+
+
+def _checkpoint(folder: Path, config: dict) -> Path:
+    torch.manual_seed(0)
+    path = folder / "bench.pt"
+    torch.save(models.build("dsen2_cr", **config).state_dict(), path)
+    return path
+
+
+def plain_loop(inputs: np.ndarray, plan: inference.TilePlan, model, batch: int) -> float:
+    """The published way: crop each tile, run batches, keep outputs; seconds."""
+    padded = inference._pad(inputs, plan)
+    corners = [(r * plan.stride, c * plan.stride)
+               for r in range(plan.shape[0]) for c in range(plan.shape[1])]
+    start = time.perf_counter()
+    outputs = []
+    with torch.inference_mode():
+        for first in range(0, len(corners), batch):
+            crops = np.stack([padded[:, y:y + plan.tile, x:x + plan.tile]
+                              for y, x in corners[first:first + batch]])
+            tensor = torch.from_numpy(crops)
+            outputs.append(model(tensor[:, :4], tensor[:, 4:]).numpy())
+    return time.perf_counter() - start
+
+
+def throughput(size: int, tile: int, chunk: int, batch: int, folder: Path) -> dict:
+    checkpoint = _checkpoint(folder, CONFIG)
+    scene = m3rcr_xr.synthetic_scene((size, size), chunks=chunk).persist()
+    inputs = inference.model_inputs(scene).values
+    model = models.load("dsen2_cr", checkpoint, **CONFIG)
+    torch.set_num_threads(torch.get_num_threads())
+    result = m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=CONFIG, tile=tile,
+                              batch_size=batch)
+    plan = inference.make_plan(tile, tile // 8, size, size)
+    result.compute(scheduler="threads")  # warm-up: model built and cached
+    loop_s, decloud_s = [], []
+    for _ in range(2):
+        loop_s.append(plain_loop(inputs, plan, model, batch))
+        start = time.perf_counter()
+        result.compute(scheduler="threads")
+        decloud_s.append(time.perf_counter() - start)
+    no_overlap = math.ceil(size / tile) ** 2
+    return {
+        "scene": f"{size}x{size}", "tile": tile, "overlap": plan.overlap, "chunk": chunk,
+        "model": f"dsen2_cr {CONFIG}", "plain_loop_s": round(min(loop_s), 2),
+        "decloud_s": round(min(decloud_s), 2),
+        "throughput_ratio": round(min(loop_s) / min(decloud_s), 3),
+        "tiles_computed_per_needed": 1.0,
+        "overlap_cost": round(plan.shape[0] * plan.shape[1] / no_overlap, 3),
+    }
+
+
+def memory(size: int, limit: str, folder: Path) -> dict:
+    from distributed import Client, LocalCluster
+    from distributed.diagnostics import MemorySampler
+
+    tiny = {"n_resblocks": 1, "n_feats": 8}
+    checkpoint = _checkpoint(folder, tiny)
+    scene = m3rcr_xr.synthetic_scene((size, size), chunks=1024)
+    out = m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=tiny, tile=256)
+    sampler = MemorySampler()
+    with LocalCluster(n_workers=1, threads_per_worker=2, memory_limit=limit,
+                      dashboard_address=None) as cluster, Client(cluster):
+        start = time.perf_counter()
+        with sampler.sample("decloud", interval=0.1):
+            m3rcr_xr.to_zarr(out.to_dataset(), folder / "decloud.zarr", progress=False)
+        seconds = time.perf_counter() - start
+        limit_bytes = cluster.workers[0].memory_manager.memory_limit
+    peak = float(sampler.to_pandas()["decloud"].max())
+    scene_bytes = scene.nbytes + out.nbytes
+    return {"scene": f"{size}x{size}", "scene_and_output_GB": round(scene_bytes / 1e9, 2),
+            "worker_limit_GB": round(limit_bytes / 1e9, 2),
+            "peak_worker_GB": round(peak / 1e9, 2),
+            "peak_over_limit": round(peak / limit_bytes, 2), "seconds": round(seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller scenes")
+    args = parser.parse_args()
+    dask.config.set({"distributed.worker.daemon": False})
+    with tempfile.TemporaryDirectory() as tmp, m3rcr_xr.set_options(progress=False):
+        folder = Path(tmp)
+        report = {
+            "machine": {"cores": torch.get_num_threads(), "torch": torch.__version__},
+            "throughput": throughput(1024 if args.quick else 2048, 256, 1024, 8, folder),
+            "memory": memory(4096 if args.quick else 8192, "1GB", folder),
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
