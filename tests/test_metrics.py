@@ -1,0 +1,479 @@
+"""Metrics: golden parity with the reference, chunk independence, one lazy pass, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401 - registers .rio
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rasterio.enums import Resampling
+
+from m3rcr_xr import SchemaError, metrics
+from m3rcr_xr.landcover import class_names
+from m3rcr_xr.normalize import normalize_sar
+from tests.conftest import CountingScheduler, raise_if_dask_computes
+
+BANDS = ["blue", "green", "red", "nir"]
+CODES = np.array([10, 20, 30, 40, 50, 60, 80, 90, 0], dtype="uint8")
+SAMPLES = {
+    "summer_33_p_1": ("test", "one_test_sample.csv"),
+    "fall_1_p_457": ("train", "one_train_sample.csv"),
+}
+
+
+# ------------------------------------------------------------------------------ helpers
+def make_scene(shape=(48, 56), *, seed=0, patches=None, nodata=0.02, crs="EPSG:32632"):
+    """A small in-memory scene (or collection) with a float32 ``decloud`` prediction."""
+    rng = np.random.default_rng(seed)
+    lead = () if patches is None else (patches,)
+    target = rng.integers(1, 10001, (*lead, 4, *shape), dtype="uint16")
+    target[..., rng.random(shape) < nodata] = 0  # nodata in all bands
+    noise = rng.normal(1.0, 0.08, target.shape).astype("float32")
+    pred = (target * noise + rng.normal(0, 150, target.shape)).astype("float32")
+    landcover = rng.choice(CODES, (*lead, *shape))
+    cloudmask = rng.random((*lead, *shape)) < 0.35
+    dims = ("patch",) * len(lead)
+    ds = xr.Dataset(
+        {
+            "cloudfree": ((*dims, "band", "y", "x"), target),
+            "decloud": ((*dims, "band", "y", "x"), pred),
+            "landcover": ((*dims, "y", "x"), landcover),
+            "cloudmask": ((*dims, "y", "x"), cloudmask),
+        },
+        coords={
+            "band": BANDS,
+            "y": 5000.0 - 3.0 * np.arange(shape[0]),
+            "x": 400.0 + 3.0 * np.arange(shape[1]),
+        },
+    )
+    return ds.rio.write_crs(crs) if crs else ds
+
+
+def assert_same_result(actual: xr.Dataset, expected: xr.Dataset, rtol: float = 1e-12) -> None:
+    for name in (*metrics.METRICS, "n_pixels", "n_nodata"):
+        np.testing.assert_allclose(
+            actual[name].values, expected[name].values, rtol=rtol, equal_nan=True, err_msg=name
+        )
+
+
+def reference_like(ds: xr.Dataset, pred: str = "decloud") -> dict[str, float]:
+    """Whole-scene MAE, PSNR and n over valid pixels, straight from NumPy."""
+    t = ds.cloudfree.values.astype("float32")
+    p = ds[pred].values.astype("float32")
+    valid = (t != 0).all(axis=0)
+    pn = np.clip(p, 0, 10000) / np.float32(10000)
+    tn = np.clip(t, 0, 10000) / np.float32(10000)
+    err = (pn - tn)[:, valid].astype("float64")
+    return {
+        "MAE": np.abs(err).mean(),
+        "PSNR": -10 * np.log10((err**2).mean()),
+        "n": int(valid.sum()),
+    }
+
+
+# ---------------------------------------------------------------------- golden parity
+def _read_sample(samples_dir: Path, sample: str) -> tuple[xr.Dataset, np.ndarray]:
+    split, listing = SAMPLES[sample]
+    row = next(csv.reader((samples_dir / listing).open()))
+    cloudfree, cloudy, sar, landcover, cloudmask = (samples_dir / split / p for p in row)
+
+    def read(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+        with rasterio.open(path) as src:
+            if shape is None:
+                return src.read()
+            return src.read(out_shape=(src.count, *shape), resampling=Resampling.nearest)
+
+    target = read(cloudfree)
+    affine = np.clip(0.9 * (target.astype("float32") / 10000) + 0.02, 0, 1) * 10000
+    ds = xr.Dataset(
+        {
+            "cloudfree": (("band", "y", "x"), target),
+            "cloudy": (("band", "y", "x"), read(cloudy)),
+            "affine": (("band", "y", "x"), affine.astype("float32")),
+            "landcover": (("y", "x"), read(landcover, (300, 300))[0]),
+            "cloudmask": (("y", "x"), np.load(cloudmask)),
+        },
+        coords={"band": BANDS},
+    )
+    return ds, read(sar, (300, 300)).astype("float32")
+
+
+def _close(actual: float, expected: float) -> bool:
+    return abs(actual - expected) <= 1e-6 * abs(expected)
+
+
+def _compare(golden: dict, by_level: dict[int, xr.Dataset]) -> list[str]:
+    overall = by_level[1].sel(stratum="all", landcover_class="all")
+    values = {name: float(overall[name]) for name in ("PSNR", "SSIM", "SAM", "MAE")}
+    values["PSNR_cloudy_pixels"] = float(
+        by_level[1].PSNR.sel(stratum="cloudy", landcover_class="all")
+    )
+    bad = [f"{k}: {v!r} != {golden[k]!r}" for k, v in values.items() if not _close(v, golden[k])]
+    for level, result in by_level.items():
+        per_class = result.sel(stratum="all").drop_sel(landcover_class="all")
+        assert list(per_class.landcover_class.values) == list(class_names(level))
+        for name in ("MAE", "SAM"):
+            key = f"{name}_by_class_level{level}"
+            for got, want in zip(per_class[name].values, golden[key], strict=True):
+                if (want is None) != bool(np.isnan(got)) or (
+                    want is not None and not _close(float(got), want)
+                ):
+                    bad.append(f"{key}: {per_class[name].values.tolist()} != {golden[key]}")
+                    break
+    return bad
+
+
+@pytest.mark.parametrize("sample", list(SAMPLES))
+def test_golden_parity_on_both_real_samples(shared_dir, sample):
+    golden = json.loads((shared_dir / "reference/golden/metrics.json").read_text())[sample]
+    ds, sar = _read_sample(shared_dir / "data/m3rcr-samples", sample)
+    # the inputs are built as the reference builds them: SAR (and land cover) by nearest
+    sar_n = normalize_sar(sar, axis=0).astype("float64")
+    np.testing.assert_allclose(
+        sar_n.mean(axis=(1, 2)), golden["sar_normalized_mean_per_channel"], rtol=1e-6
+    )
+    np.testing.assert_allclose(sar_n[:, 150, 150], golden["sar_normalized_center_pixel"], rtol=1e-6)
+    failures = []
+    for crop, window in (("full300", slice(None)), ("center160", slice(70, 230))):
+        scene = ds.isel(y=window, x=window)
+        for case, pred in (("identity_cloudy", "cloudy"), ("affine_cloudfree", "affine")):
+            by_level = {
+                level: metrics.evaluate(scene, pred, "cloudfree", level=level) for level in (1, 2)
+            }
+            failures += [
+                f"{crop}/{case} {msg}" for msg in _compare(golden[f"{crop}/{case}"], by_level)
+            ]
+    assert not failures, "\n".join(failures)
+
+
+def test_golden_parity_holds_in_small_chunks(shared_dir):
+    golden = json.loads((shared_dir / "reference/golden/metrics.json").read_text())
+    ds, _ = _read_sample(shared_dir / "data/m3rcr-samples", "fall_1_p_457")
+    chunked = ds.chunk(y=64, x=64)
+    by_level = {
+        level: metrics.evaluate(chunked, "cloudy", "cloudfree", level=level) for level in (1, 2)
+    }
+    assert not _compare(golden["fall_1_p_457"]["full300/identity_cloudy"], by_level)
+
+
+# ------------------------------------------------------------------- building blocks
+def test_window_is_the_reference_one_centred_at_5_5():
+    window = metrics.gaussian_window()
+    assert window.dtype == np.float32 and window.shape == (11,)
+    assert window[5] == window[6] and window.argmax() in (5, 6)
+    np.testing.assert_allclose(window.sum(), 1.0, rtol=1e-6)
+
+
+def test_ssim_map_is_one_for_identical_images_and_chunk_independent():
+    rng = np.random.default_rng(1)
+    img = xr.DataArray(rng.random((2, 40, 50), dtype="float32"), dims=("band", "y", "x"))
+    other = (img + xr.DataArray(rng.normal(0, 0.05, img.shape), dims=img.dims)).clip(0, 1)
+    np.testing.assert_allclose(metrics.ssim_map(img, img).values, 1.0, rtol=1e-5)
+    whole = metrics.ssim_map(other, img)
+    chunked = metrics.ssim_map(other.chunk(y=7, x=13), img.chunk(y=7, x=13))
+    assert chunked.chunks is not None
+    np.testing.assert_array_equal(chunked.values, whole.values)
+
+
+def test_sam_map_clips_norms_and_is_in_degrees():
+    pred = xr.DataArray(
+        np.array([[1.0, 0.0], [0.0, 0.0], [0.5, 0.5]], "float32"), dims=("pixel", "band")
+    )
+    target = xr.DataArray(
+        np.array([[0.0, 1.0], [0.3, 0.4], [0.2, 0.2]], "float32"), dims=("pixel", "band")
+    )
+    np.testing.assert_allclose(metrics.sam_map(pred, target).values, [90.0, 90.0, 0.0], atol=1e-3)
+
+
+def test_psnr_from_mse_caps_a_perfect_prediction_at_100():
+    values = metrics.psnr(xr.DataArray([0.01, 0.0, np.nan]))
+    np.testing.assert_allclose(values.values, [20.0, 100.0, np.nan])
+
+
+# --------------------------------------------------------------------- scene results
+def test_result_layout_and_table():
+    ds = make_scene()
+    result = metrics.evaluate(ds, level=2)
+    assert set(result.data_vars) == {*metrics.METRICS, "n_pixels", "n_nodata"}
+    assert result.PSNR.dims == ("stratum", "landcover_class")
+    assert list(result.stratum.values) == ["all", "cloudy", "clear"]
+    assert list(result.landcover_class.values) == [*class_names(2), "all"]
+    table = result.to_dataframe()
+    assert len(table) == 3 * 12 and {"PSNR", "n_pixels"} <= set(table.columns)
+    n = result.n_pixels
+    assert int(n.sel(stratum="all", landcover_class="all")) == int(
+        n.sel(stratum="cloudy", landcover_class="all")
+        + n.sel(stratum="clear", landcover_class="all")
+    )
+
+
+def test_pooled_values_match_a_direct_computation_and_exclude_nodata():
+    ds = make_scene(nodata=0.1, seed=4)
+    ds["decloud"] = ds.decloud.where(ds.cloudfree != 0, 60000.0)  # wild values on nodata
+    expected = reference_like(ds)
+    result = metrics.evaluate(ds)
+    overall = result.sel(stratum="all", landcover_class="all")
+    np.testing.assert_allclose(float(overall.MAE), expected["MAE"], rtol=1e-6)
+    np.testing.assert_allclose(float(overall.PSNR), expected["PSNR"], rtol=1e-6)
+    n_nodata = ds.sizes["y"] * ds.sizes["x"] - expected["n"]
+    assert int(overall.n_pixels) == expected["n"] == result.attrs["n_valid_pixels"]
+    assert result.attrs["n_nodata_pixels"] == n_nodata == int(overall.n_nodata)
+    assert result.attrs["n_pixels_total"] == ds.sizes["y"] * ds.sizes["x"]
+
+
+def test_integer_prediction_zeros_are_nodata_too():
+    ds = make_scene(nodata=0.0, seed=5)
+    cloudy = ds.cloudfree.copy(data=ds.cloudfree.values // 2 + 1)
+    cloudy[:, :3, :] = 0
+    ds["cloudy"] = cloudy
+    result = metrics.evaluate(ds, "cloudy")
+    assert result.attrs["n_nodata_pixels"] == 3 * ds.sizes["x"]
+
+
+def test_nan_prediction_on_target_nodata_is_allowed():
+    ds = make_scene(nodata=0.1, seed=6)
+    with_nan = ds.assign(decloud=ds.decloud.where(ds.cloudfree != 0))
+    assert_same_result(metrics.evaluate(with_nan), metrics.evaluate(ds))
+
+
+def test_band_order_of_the_prediction_does_not_matter():
+    ds = make_scene(seed=7)
+    reordered = ds.decloud.isel(band=[3, 1, 0, 2])
+    assert_same_result(metrics.evaluate(ds, reordered), metrics.evaluate(ds))
+
+
+def test_without_landcover_or_cloudmask_only_all_remains():
+    ds = make_scene(seed=8).drop_vars(["landcover", "cloudmask"])
+    result = metrics.evaluate(ds, landcover=None, strata=("all",))
+    assert result.PSNR.shape == (1, 1)
+    full = metrics.evaluate(make_scene(seed=8))
+    np.testing.assert_allclose(
+        float(result.PSNR[0, 0]), float(full.PSNR.sel(stratum="all", landcover_class="all"))
+    )
+
+
+def test_dataarray_inputs_without_a_dataset():
+    ds = make_scene(seed=9)
+    result = metrics.evaluate(
+        None, ds.decloud, ds.cloudfree, landcover=ds.landcover, cloudmask=ds.cloudmask
+    )
+    assert_same_result(result, metrics.evaluate(ds))
+
+
+# ------------------------------------------------------------------ dask and chunking
+def test_dask_result_equals_numpy_result():
+    ds = make_scene((70, 90), seed=10)
+    assert_same_result(metrics.evaluate(ds.chunk(y=32, x=40)), metrics.evaluate(ds))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cy=st.integers(3, 70), cx=st.integers(3, 90))
+def test_no_value_depends_on_the_chunking(cy, cx):
+    ds = make_scene((70, 90), seed=11)
+    whole = metrics.evaluate(ds.chunk(y=-1, x=-1))
+    assert_same_result(metrics.evaluate(ds.chunk(y=cy, x=cx)), whole)
+
+
+def test_synthetic_scene_chunkings_agree(small_scene):
+    scene = small_scene
+    a = metrics.evaluate(scene, "cloudy", "cloudfree", level=2)
+    b = metrics.evaluate(scene.chunk(y=64, x=100), "cloudy", "cloudfree", level=2)
+    assert_same_result(b, a)
+
+
+def test_building_the_graph_computes_nothing():
+    ds = make_scene(seed=12).chunk(y=16, x=16)
+    with raise_if_dask_computes():
+        lazy = metrics.evaluate(ds, compute=False)
+        lazy_pp = metrics.evaluate(
+            make_scene(seed=12, patches=3).chunk(patch=1), protocol="per_patch", compute=False
+        )
+    assert lazy.PSNR.chunks is not None and lazy_pp.SSIM.chunks is not None
+    assert_same_result(lazy.compute(), metrics.evaluate(ds))
+
+
+@pytest.mark.parametrize("protocol", ["pooled", "per_patch"])
+def test_everything_in_one_compute(protocol):
+    ds = make_scene(seed=13, patches=4).chunk(patch=2, y=24, x=28)
+    counter = CountingScheduler(max_computes=1)
+    with dask.config.set(scheduler=counter):
+        metrics.evaluate(ds, protocol=protocol, level=2, return_per_patch=protocol != "pooled")
+    assert counter.total_computes == 1
+
+
+def test_the_graph_has_no_task_per_class():
+    small = metrics.evaluate(make_scene(seed=14).chunk(y=24, x=28), compute=False, level=1)
+    large = metrics.evaluate(make_scene(seed=14).chunk(y=24, x=28), compute=False, level=2)
+    assert len(dict(small.PSNR.data.dask)) == len(dict(large.PSNR.data.dask))
+
+
+def test_streamed_sums_equal_flox_map_reduce_over_a_halo_exchange():
+    import flox
+
+    ds = make_scene((70, 90), seed=24).chunk(y=32, x=40)
+    labels = metrics.group_labels(ds.landcover, ds.cloudmask, like=ds.cloudfree)
+    streamed = metrics.grouped_sums(ds.decloud, ds.cloudfree, labels)
+    quantities = metrics.pixel_quantities(ds.decloud, ds.cloudfree)
+    assert quantities.chunks is not None
+    sums, _ = flox.groupby_reduce(
+        quantities.data,
+        labels.data,
+        func="sum",
+        expected_groups=np.arange(metrics.N_LABELS),
+        axis=(1, 2),
+        method="map-reduce",
+        fill_value=0.0,
+        dtype=np.float64,
+    )
+    np.testing.assert_allclose(streamed.values.reshape(sums.shape), sums.compute(), rtol=1e-12)
+
+
+def test_each_chunk_is_read_by_its_own_task_only():
+    """What bounds memory: no other task waits for a chunk, so it is freed at once."""
+    ds = make_scene((60, 70), seed=25).chunk(y=20, x=25)
+    graph = dict(metrics.evaluate(ds, compute=False).PSNR.data.__dask_graph__())
+    dependents: dict = {key: [] for key in graph}
+    for key, task in graph.items():
+        for dep in dask.core.get_dependencies(graph, key, task=task):
+            dependents[dep].append(key)
+    for block in dask.core.flatten(ds.decloud.data.__dask_keys__()):
+        key, readers = block, dependents[block]
+        while len(readers) == 1 and not str(
+            readers[0][0] if isinstance(readers[0], tuple) else readers[0]
+        ).startswith("chunk_pass"):
+            key, readers = readers[0], dependents[readers[0]]
+        assert len(readers) == 1, (block, readers)
+        assert str(readers[0]).startswith("chunk_pass"), (block, readers)
+
+
+# ------------------------------------------------------------------------- collections
+def test_per_patch_protocol_equals_a_loop_over_patches():
+    ds = make_scene((40, 44), seed=15, patches=5, crs=None)
+    ds["decloud"][2] = ds.cloudfree[2]  # a perfect patch: PSNR 100 as in the reference
+    summary, per_patch = metrics.evaluate(
+        ds.chunk(patch=2, y=16), protocol="per_patch", return_per_patch=True
+    )
+    loop = [metrics.evaluate(ds.isel(patch=i)) for i in range(ds.sizes["patch"])]
+    for name in metrics.METRICS:
+        stacked = np.stack([r[name].values for r in loop])
+        np.testing.assert_allclose(per_patch[name].values, stacked, rtol=1e-12, equal_nan=True)
+        counts = np.isfinite(stacked).sum(axis=0)
+        with np.errstate(invalid="ignore"):
+            mean = np.where(counts > 0, np.nansum(stacked, axis=0) / counts, np.nan)
+        np.testing.assert_allclose(summary[name].values, mean, rtol=1e-12, equal_nan=True)
+    assert float(per_patch.PSNR.sel(stratum="all", landcover_class="all")[2]) == 100.0
+    assert summary.n_pixels.sel(stratum="all", landcover_class="all") == sum(
+        int(r.n_pixels.sel(stratum="all", landcover_class="all")) for r in loop
+    )
+
+
+def test_pooled_collection_keeps_patches_apart_in_ssim():
+    ds = make_scene((40, 44), seed=16, patches=3, crs=None)
+    pooled = metrics.evaluate(ds)
+    loop = [metrics.evaluate(ds.isel(patch=i), level=1) for i in range(3)]
+    n = sum(r.n_pixels for r in loop)
+    ssim = sum((r.SSIM * r.n_pixels).fillna(0) for r in loop) / n.where(n > 0)
+    np.testing.assert_allclose(pooled.SSIM.values, ssim.values, rtol=1e-12, equal_nan=True)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_grids_that_do_not_match_are_refused():
+    ds = make_scene(seed=17)
+    with pytest.raises(SchemaError, match="y has 47 pixels"):
+        metrics.evaluate(ds, ds.decloud.isel(y=slice(1, None)).drop_vars("y"))
+    shifted = ds.decloud.assign_coords(x=ds.x + 3.0)
+    with pytest.raises(SchemaError, match="coordinate 'x' differs"):
+        metrics.evaluate(ds, shifted)
+    other_crs = ds.decloud.rio.write_crs("EPSG:32633")
+    with pytest.raises(SchemaError, match="CRS"):
+        metrics.evaluate(ds, other_crs)
+    with pytest.raises(SchemaError, match="landcover: grid does not match"):
+        metrics.evaluate(ds, landcover=ds.landcover.isel(x=slice(0, 10)))
+
+
+def test_missing_variables_are_named():
+    ds = make_scene(seed=18)
+    with pytest.raises(SchemaError, match="'cloudfree' is missing"):
+        metrics.evaluate(ds.drop_vars("cloudfree"))
+    with pytest.raises(SchemaError, match="'decloud' is missing"):
+        metrics.evaluate(ds.drop_vars("decloud"))
+    with pytest.raises(SchemaError, match="'landcover' is missing.*landcover=None"):
+        metrics.evaluate(ds.drop_vars("landcover"))
+    with pytest.raises(SchemaError, match="'cloudmask' is missing"):
+        metrics.evaluate(ds.drop_vars("cloudmask"))
+    assert metrics.evaluate(ds.drop_vars("cloudmask"), strata=("all",)).sizes["stratum"] == 1
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_nan_predictions_are_refused(lazy):
+    ds = make_scene(seed=19)
+    all_nan = ds.assign(decloud=ds.decloud * np.nan)
+    some_nan = ds.assign(decloud=ds.decloud.where(ds.x != ds.x[5]))
+    if lazy:
+        all_nan, some_nan = all_nan.chunk(y=16, x=16), some_nan.chunk(y=16, x=16)
+    with pytest.raises(SchemaError, match="'decloud' is all NaN"):
+        metrics.evaluate(all_nan)
+    n_bad = int((ds.cloudfree.isel(x=5) != 0).all("band").sum())
+    with pytest.raises(SchemaError, match=f"NaN at {n_bad} pixel.*'cloudfree' has data"):
+        metrics.evaluate(some_nan)
+
+
+def test_bad_arguments_are_refused():
+    ds = make_scene(seed=20)
+    with pytest.raises(SchemaError, match="protocol"):
+        metrics.evaluate(ds, protocol="mean")
+    with pytest.raises(SchemaError, match="strata"):
+        metrics.evaluate(ds, strata=("all", "hazy"))
+    with pytest.raises(SchemaError, match="level"):
+        metrics.evaluate(ds, level=3)
+    with pytest.raises(SchemaError, match="needs a collection"):
+        metrics.evaluate(ds, protocol="per_patch")
+    with pytest.raises(SchemaError, match="mismatched|do not match"):
+        metrics.evaluate(ds, ds.decloud.assign_coords(band=["a", "b", "c", "d"]))
+
+
+# --------------------------------------------------------------- accessor, CLI, output
+def test_accessor_calls_evaluate():
+    ds = make_scene(seed=21)
+    assert_same_result(ds.m3rcr.evaluate(level=2), metrics.evaluate(ds, level=2))
+
+
+def test_cli_prints_the_table_and_writes_csv_and_json(tmp_path, capsys):
+    import pandas as pd
+
+    from m3rcr_xr import cli, to_zarr
+
+    ds = make_scene(seed=22)
+    store = tmp_path / "scene.zarr"
+    to_zarr(ds, store)
+    expected = metrics.evaluate(ds, level=2)
+    assert cli.main(["evaluate", str(store), "--level", "2", "--out", str(tmp_path / "m.csv")]) == 0
+    assert "tree cover" in capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "m.csv")
+    np.testing.assert_allclose(table.PSNR, expected.PSNR.values.ravel(), rtol=1e-12)
+    assert cli.main(["evaluate", str(store), "--out", str(tmp_path / "m.json")]) == 0
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written["attrs"]["n_nodata_pixels"] == expected.attrs["n_nodata_pixels"]
+    assert len(written["rows"]) == 3 * 8
+    assert cli.main(["evaluate", str(store), "--pred", "nope"]) == 2
+    assert "'nope' is missing" in capsys.readouterr().err
+
+
+def test_on_a_distributed_cluster_errors_and_values_come_back():
+    distributed = pytest.importorskip("distributed")
+    ds = make_scene(seed=23).chunk(y=24, x=28)
+    expected = metrics.evaluate(ds)
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0"
+    ):
+        assert_same_result(metrics.evaluate(ds), expected)
+        with pytest.raises(SchemaError, match="all NaN"):
+            metrics.evaluate(ds.assign(decloud=ds.decloud * np.nan))
