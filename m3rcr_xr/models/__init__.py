@@ -1,0 +1,62 @@
+"""The three networks of the M3R-CR benchmark in pure PyTorch: DSen2-CR, GLF-CR, Align-CR.
+
+Each is an ``nn.Module`` with ``forward(cloudy, sar)`` on normalised tensors (B, 4, H, W)
+(blue, green, red, nir) and (B, 2, H, W) (VV, VH, on the optical grid), returning the
+(B, 4, H, W) cloud-free estimate (the cloudy input plus a predicted residual). The default
+configuration of each is the published one, with the published state-dict keys, so the
+published checkpoints load with :func:`load`. No compiled extension is needed: the
+deformable convolution and the dynamic filtering are written in PyTorch
+(:mod:`m3rcr_xr.models.deform`).
+
+Each model carries a :class:`ModelSpec` (``model.spec``; also ``model.tile_size``,
+``model.tile_multiple``, ``model.optical_bands``, ``model.sar_polarizations``,
+``model.normalisation``): GLF-CR and Align-CR run only on tiles of their ``input_size``
+(160 by default), DSen2-CR on any size.
+
+>>> import torch
+>>> from m3rcr_xr.models import build
+>>> net = build("glf_cr", preset="small")
+>>> with torch.inference_mode():
+...     out = net(torch.rand(1, 4, 32, 32), torch.rand(1, 2, 32, 32))
+>>> out.shape
+torch.Size([1, 4, 32, 32])
+"""
+
+from __future__ import annotations
+
+from .aligncr import AlignCR
+from .checkpoint import extract_state_dict, load_state_dict_into, read_checkpoint
+from .common import OPTICAL_BANDS, SAR_POLARIZATIONS, CloudRemovalNet, ModelSpec
+from .deform import DCNv2Pack, deform_conv2d, kernel2d_conv, torchvision_available
+from .dsen2cr import DSen2CR
+from .glfcr import GLFCR
+from .losses import CARLLoss, ECCharbonnierLoss, carl_loss, ec_charbonnier_loss
+from .registry import MODELS, PRESETS, available, build, check_tile, load, zero_residual_
+
+__all__ = [
+    "GLFCR",
+    "MODELS",
+    "OPTICAL_BANDS",
+    "PRESETS",
+    "SAR_POLARIZATIONS",
+    "AlignCR",
+    "CARLLoss",
+    "CloudRemovalNet",
+    "DCNv2Pack",
+    "DSen2CR",
+    "ECCharbonnierLoss",
+    "ModelSpec",
+    "available",
+    "build",
+    "carl_loss",
+    "check_tile",
+    "deform_conv2d",
+    "ec_charbonnier_loss",
+    "extract_state_dict",
+    "kernel2d_conv",
+    "load",
+    "load_state_dict_into",
+    "read_checkpoint",
+    "torchvision_available",
+    "zero_residual_",
+]

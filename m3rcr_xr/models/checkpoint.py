@@ -1,0 +1,199 @@
+"""Reading checkpoints safely and matching them strictly to a model.
+
+Accepted inputs:
+
+- the published layout, ``torch.save({'network': DataParallel(net).state_dict(), ...})``
+  (keys prefixed ``module.``; other entries such as the optimizer state are ignored);
+- a bare state dict (with or without the ``module.`` prefix);
+- a safetensors file;
+- an in-memory mapping of either of the first two forms.
+
+``.pth``/``.pt`` files are read with ``torch.load(..., weights_only=True)``: a pickle that
+would construct arbitrary objects (and so could run code) is refused with a
+:class:`~m3rcr_xr.exceptions.CheckpointError`, never executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..exceptions import CheckpointError
+
+__all__ = [
+    "CheckpointSource",
+    "extract_state_dict",
+    "load_state_dict_into",
+    "read_checkpoint",
+]
+
+CheckpointSource = str | os.PathLike[str] | Mapping[str, Any]
+
+_PREFIX = "module."
+_MAX_LISTED = 20
+# New-style weight-norm parametrisation names -> the legacy names the models use.
+_WN_RENAMES = {
+    ".parametrizations.weight.original0": ".weight_g",
+    ".parametrizations.weight.original1": ".weight_v",
+}
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Sniff the safetensors header: 8-byte little-endian length, then a JSON object."""
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (length,) = struct.unpack("<Q", head[:8])
+    return 0 < length <= path.stat().st_size - 8
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint file without executing code.
+
+    Parameters
+    ----------
+    path
+        A ``torch.save`` file (zip or legacy format) or a safetensors file.
+
+    Returns
+    -------
+    dict
+        The loaded object (for safetensors: the flat tensor mapping).
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing or unreadable, holds pickled objects beyond tensors and plain
+        containers (refused by ``weights_only=True``), or is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors" or _is_safetensors(path):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:  # pragma: no cover - safetensors is a dependency
+            raise CheckpointError(
+                f"{path}: reading safetensors needs the safetensors package"
+            ) from exc
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = _unpickler_detail(exc)
+        if "Unsupported global" in detail:
+            raise CheckpointError(
+                f"{path}: refused to load: the pickle references code beyond tensors and plain "
+                "containers, and unpickling it could run arbitrary code (torch.load with "
+                f"weights_only=True rejected it: {detail}). Only load checkpoints you trust; "
+                "re-save trusted ones as a bare state dict or safetensors to load them here."
+            ) from exc
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, or one that uses pickle features the "
+            f"safe loader (weights_only=True) refuses: {detail}"
+        ) from exc
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    """The informative part of torch's weights-only error (its first line otherwise)."""
+    text = str(exc)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, flags=re.DOTALL)
+    if match:
+        detail = " ".join(match.group(1).split())
+        return detail.split(". Please use")[0]
+    text = text.strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The model's tensors from a loaded checkpoint, keys without ``module.``.
+
+    The published layout nests the state dict under ``'network'``; a bare state dict is
+    used as it is. The ``module.`` prefix of ``nn.DataParallel`` is removed, and new-style
+    weight-norm names (``parametrizations.weight.original0/1``) become ``weight_g/weight_v``.
+
+    Raises
+    ------
+    CheckpointError
+        No state dict is found, or an entry is not a tensor.
+    """
+    state: Any = obj
+    for key in ("network", "state_dict"):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError("checkpoint holds no state dict (expected 'network' or tensors)")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if not_tensors:
+        raise CheckpointError(
+            "checkpoint is not a state dict: entries that are not tensors: "
+            + _listing(sorted(map(str, not_tensors)))
+        )
+    out: dict[str, Tensor] = {}
+    strip = all(str(k).startswith(_PREFIX) for k in state)
+    for key, value in state.items():
+        name = str(key)[len(_PREFIX) :] if strip else str(key)
+        for old, new in _WN_RENAMES.items():
+            if name.endswith(old):
+                name = name[: -len(old)] + new
+        out[name] = value
+    return out
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    more = len(keys) - _MAX_LISTED
+    return shown + (f", ... ({more} more)" if more > 0 else "")
+
+
+def load_state_dict_into(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
+    """Copy ``state`` into ``model`` with strict matching of keys and shapes.
+
+    Raises
+    ------
+    CheckpointError
+        Keys are missing or unexpected, or shapes differ; the message lists them (up to
+        20 of each, with the count of the rest).
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in set(expected) & set(state)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {_listing(mismatched)}")
+        config = getattr(model, "config", None)
+        hint = f" (model config: {json.dumps(config, default=str)})" if config else ""
+        raise CheckpointError(
+            f"checkpoint does not match {type(model).__name__}{hint}: " + "; ".join(parts)
+        )
+    model.load_state_dict(dict(state), strict=True)
+    return model

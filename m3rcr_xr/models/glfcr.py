@@ -1,0 +1,305 @@
+"""GLF-CR: global-local fusion of SAR and optical features (M3R-CR baseline).
+
+Published code: ``baselines/GLF-CR/net_CR_RDN.py`` (class ``RDN_residual_CR``) and
+``baselines/GLF-CR/submodules.py`` of ``zhu-xlab/M3R-CR``.
+
+Structure (published default in brackets):
+
+- both inputs are pixel-unshuffled by 2 and embedded (``SFENet1``: conv5x5, ``SFENet2``:
+  conv3x3) into ``n_feats`` [96] channels, one stream per modality;
+- ``n_blocks`` [6] residual dense blocks (``RDBs``); each dense layer (``convs.{c}``) is a
+  conv3x3 + ReLU of ``growth_rate`` [48] channels followed by a cross-modal (shifted-)
+  window transformer layer (``num_heads`` [8], ``window_size`` [8], ``mlp_ratio`` [2];
+  shifted on odd layers); ``n_layers`` [5] layers per block, then ``LFF``/``LFF_SAR``;
+- after each block, the SAR features are filtered per pixel by predicted kernels of size
+  ``dynamic_kernel_size`` [5] (``DF``) and the two streams exchange information through two
+  gates (``sar_fuse_1x1conv``, ``opt_distribute_1x1conv``);
+- global feature fusion (``GFF``) plus the first embedding, ``UPNet`` back to full
+  resolution, and the result is added to the cloudy input.
+
+The windowed attention is built for one feature size (``input_size / 2``), so the
+network runs on ``input_size`` x ``input_size`` tiles only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..exceptions import ModelConfigError
+from .common import (
+    CloudRemovalNet,
+    CrossModalWindowAttention,
+    DropPath,
+    Mlp,
+    ModelSpec,
+    ShiftedWindowMixin,
+    build_fusion_lists,
+    build_gff,
+    build_upnet,
+    gated_fusion,
+    pixel_reshuffle,
+    resolve_window,
+)
+
+__all__ = ["GLFCR", "GLFRDB", "GLFDenseLayer"]
+
+
+class GLFDenseLayer(ShiftedWindowMixin):
+    """One dense layer of a GLF-CR block (published ``RDB_Conv`` of GLF-CR).
+
+    conv3x3 + ReLU per stream, then a cross-modal window transformer layer on the new
+    ``growth`` channels (attention with a residual, then LayerNorm + MLP with a residual;
+    no norm before the attention, as published); the result is concatenated to the input.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        growth: int,
+        resolution: int,
+        num_heads: int,
+        window: int,
+        shift: int,
+        mlp_ratio: float,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self._init_windows(resolution, window, shift)
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, growth, 3, padding=1), nn.ReLU())
+        self.conv_SAR = nn.Sequential(nn.Conv2d(in_channels, growth, 3, padding=1), nn.ReLU())
+        self.attn = CrossModalWindowAttention(growth, self.window, num_heads)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(growth)
+        self.norm2_SAR = nn.LayerNorm(growth)
+        hidden = int(growth * mlp_ratio)
+        self.mlp = Mlp(growth, hidden)
+        self.mlp_SAR = Mlp(growth, hidden)
+
+    def forward(self, x: Tensor, x_sar: Tensor) -> tuple[Tensor, Tensor]:
+        # Tokens as (B, H, W, C): a free view for channels_last inputs.
+        t = self.conv(x).permute(0, 2, 3, 1)
+        t_sar = self.conv_SAR(x_sar).permute(0, 2, 3, 1)
+        a, a_sar = self.window_attention(t, t_sar)
+        t = t + self.drop_path(a)
+        t = t + self.drop_path(self.mlp(self.norm2(t)))
+        t_sar = t_sar + self.drop_path(a_sar)
+        t_sar = t_sar + self.drop_path(self.mlp_SAR(self.norm2_SAR(t_sar)))
+        return (
+            torch.cat((x, t.permute(0, 3, 1, 2)), dim=1),
+            torch.cat((x_sar, t_sar.permute(0, 3, 1, 2)), dim=1),
+        )
+
+
+class GLFRDB(nn.Module):
+    """Residual dense block of GLF-CR (published ``RDB``): dense layers, then local fusion."""
+
+    def __init__(
+        self,
+        channels: int,
+        growth: int,
+        n_layers: int,
+        resolution: int,
+        num_heads: int,
+        window: int,
+        mlp_ratio: float,
+        drop_paths: list[float],
+    ) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            *(
+                GLFDenseLayer(
+                    channels + c * growth,
+                    growth,
+                    resolution,
+                    num_heads,
+                    window,
+                    0 if c % 2 == 0 else window // 2,
+                    mlp_ratio,
+                    drop_paths[c],
+                )
+                for c in range(n_layers)
+            )
+        )
+        self.LFF = nn.Conv2d(channels + n_layers * growth, channels, 3, padding=1)
+        self.LFF_SAR = nn.Conv2d(channels + n_layers * growth, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, x_sar: Tensor) -> tuple[Tensor, Tensor]:
+        y, y_sar = x, x_sar
+        for layer in self.convs:
+            y, y_sar = layer(y, y_sar)
+        return self.LFF(y) + x, self.LFF_SAR(y_sar) + x_sar
+
+
+class GLFCR(CloudRemovalNet):
+    """GLF-CR (published ``RDN_residual_CR`` of ``baselines/GLF-CR``).
+
+    Parameters
+    ----------
+    input_size
+        Tile size the network is built for (published: 160); it must be even, and half of
+        it a multiple of ``window_size`` (or at most ``window_size``).
+    n_feats
+        Feature channels ``G0`` (published: 96).
+    n_blocks
+        Residual dense blocks ``D`` (published: 6).
+    n_layers
+        Dense layers per block ``C`` (published: 5).
+    growth_rate
+        Channels added per dense layer ``G`` (published: 48); a multiple of ``num_heads``.
+    num_heads
+        Attention heads (published: 8).
+    window_size
+        Attention window (published: 8).
+    mlp_ratio
+        Hidden size of the transformer MLP relative to ``growth_rate`` (published: 2).
+    dynamic_kernel_size
+        Size of the per-pixel SAR filters (published: 5; odd).
+    up_feats
+        Channels before the pixel shuffle of ``UPNet`` (published: 256; multiple of 4).
+    drop_path_rate
+        Largest stochastic-depth rate, reached linearly over all dense layers (published:
+        0.2). Active in training only.
+
+    Notes
+    -----
+    Valid small configurations (all run on CPU in well under a second): for instance
+    ``input_size=32, n_feats=16, n_blocks=2, n_layers=2, growth_rate=8, num_heads=2,
+    window_size=4, up_feats=16`` (tiles of 32x32 only).
+    """
+
+    name = "glf_cr"
+
+    def __init__(
+        self,
+        input_size: int = 160,
+        n_feats: int = 96,
+        n_blocks: int = 6,
+        n_layers: int = 5,
+        growth_rate: int = 48,
+        num_heads: int = 8,
+        window_size: int = 8,
+        mlp_ratio: float = 2.0,
+        dynamic_kernel_size: int = 5,
+        up_feats: int = 256,
+        drop_path_rate: float = 0.2,
+    ) -> None:
+        super().__init__()
+        config = {
+            "input_size": input_size,
+            "n_feats": n_feats,
+            "n_blocks": n_blocks,
+            "n_layers": n_layers,
+            "growth_rate": growth_rate,
+            "num_heads": num_heads,
+            "window_size": window_size,
+            "mlp_ratio": mlp_ratio,
+            "dynamic_kernel_size": dynamic_kernel_size,
+            "up_feats": up_feats,
+            "drop_path_rate": drop_path_rate,
+        }
+        resolution = _check_common(self.name, config)
+        if growth_rate % num_heads:
+            raise ModelConfigError(
+                f"glf_cr: growth_rate {growth_rate} must be a multiple of num_heads {num_heads}"
+            )
+        window, _ = resolve_window(resolution, window_size, window_size // 2)
+        self.spec = ModelSpec(
+            name=self.name,
+            tile_size=input_size,
+            tile_multiple=2 * window,
+            config=config,
+        )
+        self.n_blocks = n_blocks
+        self.kernel_size_2d = dynamic_kernel_size
+        opt_in = 4 * self.spec.optical_channels  # after pixel unshuffle by 2
+        sar_in = 4 * self.spec.sar_channels
+        self.SFENet1 = nn.Conv2d(opt_in, n_feats, 5, padding=2)
+        self.SFENet2 = nn.Conv2d(n_feats, n_feats, 3, padding=1)
+        self.SFENet1_SAR = nn.Conv2d(sar_in, n_feats, 5, padding=2)
+        self.SFENet2_SAR = nn.Conv2d(n_feats, n_feats, 3, padding=1)
+        total = n_blocks * n_layers
+        rates = torch.linspace(0, drop_path_rate, total).tolist() if total else []
+        self.RDBs = nn.ModuleList(
+            GLFRDB(
+                n_feats,
+                growth_rate,
+                n_layers,
+                resolution,
+                num_heads,
+                window_size,
+                mlp_ratio,
+                rates[i * n_layers : (i + 1) * n_layers],
+            )
+            for i in range(n_blocks)
+        )
+        self.DF, self.sar_fuse_1x1conv, self.opt_distribute_1x1conv = build_fusion_lists(
+            n_blocks, n_feats, dynamic_kernel_size
+        )
+        self.GFF = build_gff(n_blocks, n_feats)
+        self.UPNet = build_upnet(n_feats, up_feats, self.spec.optical_channels)
+
+    def output_conv(self) -> nn.Conv2d:
+        return self.UPNet[-1]  # type: ignore[return-value]
+
+    def forward(self, cloudy: Tensor, sar: Tensor) -> Tensor:
+        """Predict the cloud-free image.
+
+        Parameters
+        ----------
+        cloudy
+            (B, 4, S, S) normalised optical image (blue, green, red, nir), S = ``input_size``.
+        sar
+            (B, 2, S, S) normalised SAR (VV, VH) on the optical grid.
+
+        Returns
+        -------
+        Tensor
+            (B, 4, S, S): ``cloudy`` plus the predicted residual.
+        """
+        self.check_inputs(cloudy, sar)
+        first = self.SFENet1(pixel_reshuffle(cloudy, 2))
+        x = self.SFENet2(first)
+        x_sar = self.SFENet2_SAR(self.SFENet1_SAR(pixel_reshuffle(sar, 2)))
+        outs = []
+        for i in range(self.n_blocks):
+            x, x_sar = self.RDBs[i](x, x_sar)
+            x, x_sar = gated_fusion(
+                x,
+                x_sar,
+                self.DF[i],
+                self.sar_fuse_1x1conv[i],
+                self.opt_distribute_1x1conv[i],
+                self.kernel_size_2d,
+            )
+            outs.append(x)
+        x = self.GFF(torch.cat(outs, dim=1)) + first
+        return self.UPNet(x) + cloudy
+
+
+def _check_common(name: str, config: dict) -> int:
+    """Validate the knobs GLF-CR and Align-CR share; return the feature resolution."""
+    input_size = config["input_size"]
+    positive = ("input_size", "n_feats", "n_blocks", "num_heads", "window_size", "up_feats")
+    bad = [k for k in positive if not isinstance(config[k], int) or config[k] < 1]
+    if bad:
+        raise ModelConfigError(f"{name}: {', '.join(bad)} must be positive integers")
+    if config["n_layers"] < 0 or config["growth_rate"] < 1:
+        raise ModelConfigError(f"{name}: need n_layers >= 0 and growth_rate >= 1")
+    if input_size % 2:
+        raise ModelConfigError(f"{name}: input_size must be even, got {input_size}")
+    k = config["dynamic_kernel_size"]
+    if k < 1 or k % 2 == 0:
+        raise ModelConfigError(f"{name}: dynamic_kernel_size must be odd, got {k}")
+    if not math.isfinite(config["mlp_ratio"]) or config["mlp_ratio"] <= 0:
+        raise ModelConfigError(f"{name}: mlp_ratio must be positive")
+    resolution = input_size // 2
+    window = config["window_size"]
+    if resolution > window and resolution % window:
+        raise ModelConfigError(
+            f"{name}: input_size / 2 = {resolution} must be a multiple of window_size "
+            f"{window} (or at most window_size)"
+        )
+    return resolution

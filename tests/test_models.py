@@ -1,0 +1,519 @@
+"""The three networks: golden parity, state-dict layout, checkpoints, specs, losses."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import pickle
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from m3rcr_xr.exceptions import CheckpointError, M3RCRError, ModelConfigError
+from m3rcr_xr.models import (
+    GLFCR,
+    PRESETS,
+    AlignCR,
+    CARLLoss,
+    DSen2CR,
+    ECCharbonnierLoss,
+    available,
+    build,
+    carl_loss,
+    check_tile,
+    ec_charbonnier_loss,
+    extract_state_dict,
+    load,
+    zero_residual_,
+)
+
+NAMES = ("dsen2_cr", "glf_cr", "align_cr")
+CLASSES = {"dsen2_cr": DSen2CR, "glf_cr": GLFCR, "align_cr": AlignCR}
+TOL = 1e-4
+
+
+def fill_reference_parameters_(model: torch.nn.Module) -> torch.nn.Module:
+    """The parameter-fill recipe of ``../shared/reference/README.md`` (buffers untouched)."""
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            r = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            parts = name.split(".")
+            if name.endswith("relative_position_bias_table"):
+                v = 0.02 * r
+            elif p.ndim >= 2:
+                v = 0.5 * r / math.sqrt(math.prod(p.shape[1:]))
+            elif len(parts) >= 2 and parts[-2].startswith("norm") and name.endswith("weight"):
+                v = 1 + 0.01 * r
+            else:
+                v = 0.01 * r
+            if "conv_offset" in name:
+                v = 2.0 * r / math.sqrt(math.prod(p.shape[1:])) if p.ndim >= 2 else 0.5 * r
+            p.copy_(v.to(p.dtype))
+    return model
+
+
+@functools.cache
+def _filled_default(name: str) -> torch.nn.Module:
+    # Built once per session: the default networks are large.
+    return fill_reference_parameters_(build(name))
+
+
+def _reference(shared_dir: Path) -> Path:
+    return shared_dir / "reference"
+
+
+def _load_npy(path: Path) -> torch.Tensor:
+    if not path.is_file():
+        pytest.fail(f"reference file missing: {path}")
+    return torch.from_numpy(np.load(path))
+
+
+def _inputs(size: int, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 4, size, size, generator=gen), torch.rand(
+        batch, 2, size, size, generator=gen
+    )
+
+
+# --- golden parity ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_default_model_reproduces_golden_output(shared_dir: Path, name: str) -> None:
+    golden = _reference(shared_dir) / "golden"
+    cloudy = _load_npy(golden / "input_cloudy.npy")
+    sar = _load_npy(golden / "input_sar.npy")
+    expected = _load_npy(golden / f"output_{name}.npy")
+    model = _filled_default(name)
+    with torch.inference_mode():
+        out = model(cloudy, sar)
+    assert out.shape == expected.shape == (1, 4, 160, 160)
+    diff = (out - expected).abs().max().item()
+    assert diff < TOL, f"{name}: max abs difference {diff:.3g} to the golden output"
+
+
+@pytest.mark.slow
+def test_align_cr_sfalign0_reproduces_reference_case(shared_dir: Path) -> None:
+    path = _reference(shared_dir) / "golden" / "align_cr_sfalign0_case.npz"
+    if not path.is_file():
+        pytest.fail(f"reference file missing: {path}")
+    case = np.load(path)
+    src, ref, expected = (torch.from_numpy(case[k]) for k in ("src", "ref", "out"))
+    block = _filled_default("align_cr").SFAlign[0]
+    with torch.inference_mode():
+        out = block(src, ref)
+    assert (out - expected).abs().max().item() < TOL
+
+
+# --- state-dict layout --------------------------------------------------------------------
+
+
+@pytest.fixture
+def reference_state_dicts(shared_dir: Path) -> dict:
+    path = _reference(shared_dir) / "state_dicts.json"
+    if not path.is_file():
+        pytest.fail(f"reference file missing: {path}")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_state_dict_keys_and_shapes_are_published(
+    reference_state_dicts: dict, name: str
+) -> None:
+    ref = reference_state_dicts[name]
+    model = build(name)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == ref["state_dict"]
+    assert list(ours) == list(ref["state_dict"])  # same order too
+    assert sum(p.numel() for p in model.parameters()) == ref["n_params"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_published_layout_of_default_loads(reference_state_dicts: dict, name: str) -> None:
+    # A checkpoint exactly as published: {'network': DataParallel state dict, ...}.
+    shapes = reference_state_dicts[name]["state_dict"]
+    checkpoint = {
+        "network": {f"module.{k}": torch.full(s, 0.5) for k, s in shapes.items()},
+        "epoch": 10,
+    }
+    model = load(name, checkpoint)
+    assert not model.training
+    assert all(torch.all(p == 0.5) for p in model.parameters())
+
+
+def test_align_cr_legacy_weight_norm_and_buffers() -> None:
+    keys = build("align_cr").state_dict().keys()
+    assert "SFE_module.0.body.0.weight_g" in keys and "SFE_module.0.body.0.weight_v" in keys
+    assert not any(k.endswith("body.0.weight") for k in keys if k.startswith("SFE_module"))
+    # Shifted blocks (odd stages) carry the attention mask; all carry the position index.
+    assert "RDBs.1.SwinTransformerBlock.attn_mask" in keys
+    assert "RDBs.0.SwinTransformerBlock.attn_mask" not in keys
+    assert "RDBs.0.SwinTransformerBlock.attn.relative_position_index" in keys
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+
+def _small_trained(name: str) -> torch.nn.Module:
+    model = build(name, preset="small")
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(7)
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def _assert_same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    cloudy, sar = _inputs(32)
+    with torch.inference_mode():
+        torch.testing.assert_close(a(cloudy, sar), b(cloudy, sar), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("layout", ["published", "bare", "bare_prefixed", "safetensors", "mapping"])
+def test_load_checkpoint_formats(tmp_path: Path, name: str, layout: str) -> None:
+    source = _small_trained(name)
+    state = source.state_dict()
+    if layout == "published":
+        path = tmp_path / "10_net_CR.pth"
+        torch.save(
+            {
+                "network": {f"module.{k}": v for k, v in state.items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+                "epoch": 10,
+            },
+            path,
+        )
+        checkpoint: object = path
+    elif layout == "bare":
+        checkpoint = tmp_path / "bare.pt"
+        torch.save(state, checkpoint)
+    elif layout == "bare_prefixed":
+        checkpoint = str(tmp_path / "bare_prefixed.pth")
+        torch.save({f"module.{k}": v for k, v in state.items()}, checkpoint)
+    elif layout == "safetensors":
+        checkpoint = tmp_path / "weights.bin"  # sniffed by content, not by suffix
+        save_file({k: v.contiguous() for k, v in state.items()}, str(checkpoint))
+    else:
+        checkpoint = {"network": {f"module.{k}": v.clone() for k, v in state.items()}}
+    loaded = load(name, checkpoint, preset="small", device="cpu")
+    assert not loaded.training
+    _assert_same_outputs(source.eval(), loaded)
+
+
+def test_load_strict_mismatch_lists_missing_and_unexpected(tmp_path: Path) -> None:
+    state = build("glf_cr", preset="small").state_dict()
+    state.pop("GFF.0.weight")
+    state.pop("UPNet.2.bias")
+    state["extra.weight"] = torch.zeros(1)
+    state["SFENet2.bias"] = torch.zeros(3)
+    path = tmp_path / "bad.pth"
+    torch.save({"network": state}, path)
+    with pytest.raises(CheckpointError) as info:
+        load("glf_cr", path, preset="small")
+    message = str(info.value)
+    assert "missing keys (2): GFF.0.weight, UPNet.2.bias" in message
+    assert "unexpected keys (1): extra.weight" in message
+    assert "SFENet2.bias (checkpoint (3,), model (16,))" in message
+
+
+def test_load_with_wrong_architecture_fails_clearly() -> None:
+    state = build("dsen2_cr", preset="small").state_dict()
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load("dsen2_cr", state)  # default has 16 blocks, the small one 2
+
+
+class _Exploit:
+    """Unpickling this would write a marker file: the code must never run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        code = f"open({str(self.marker)!r}, 'w').write('pwned')"
+        return (exec, (code,))
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "plain_pickle"])
+def test_malicious_pickle_is_refused(tmp_path: Path, kind: str) -> None:
+    marker = tmp_path / "executed.txt"
+    path = tmp_path / "evil.pth"
+    payload = {"network": {"head.0.weight": torch.zeros(1)}, "hook": _Exploit(marker)}
+    if kind == "zip":
+        torch.save(payload, path)
+    elif kind == "legacy":
+        torch.save(payload, path, _use_new_zipfile_serialization=False)
+    else:
+        # No tensor here: a plainly pickled tensor would be refused before the exploit.
+        path.write_bytes(pickle.dumps({"network": {}, "hook": _Exploit(marker)}, protocol=2))
+    # The file really is dangerous: unrestricted unpickling runs the code.
+    if kind == "plain_pickle":
+        pickle.loads(path.read_bytes())
+        assert marker.read_text() == "pwned"
+        marker.unlink()
+    with pytest.raises(CheckpointError, match="refused to load") as info:
+        load("dsen2_cr", path, preset="small")
+    assert not marker.exists(), "checkpoint loading executed code from the pickle"
+    assert "weights_only=True" in str(info.value) and "exec" in str(info.value)
+
+
+def test_checkpoint_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load("dsen2_cr", tmp_path / "nope.pth")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load("dsen2_cr", garbage)
+    listed = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], listed)
+    with pytest.raises(CheckpointError, match="expected a dict"):
+        load("dsen2_cr", listed)
+    with pytest.raises(CheckpointError, match="not tensors"):
+        load("dsen2_cr", {"network": {"head.0.weight": 1.0}}, preset="small")
+    with pytest.raises(CheckpointError, match="no state dict"):
+        load("dsen2_cr", {}, preset="small")
+    assert issubclass(CheckpointError, M3RCRError) and issubclass(CheckpointError, ValueError)
+
+
+def test_extract_state_dict_renames_new_weight_norm() -> None:
+    state = extract_state_dict(
+        {
+            "module.a.parametrizations.weight.original0": torch.zeros(1),
+            "module.a.parametrizations.weight.original1": torch.zeros(1),
+            "module.a.bias": torch.zeros(1),
+        }
+    )
+    assert sorted(state) == ["a.bias", "a.weight_g", "a.weight_v"]
+
+
+# --- build, spec and tiles ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spec_of_defaults(name: str) -> None:
+    model = build(name)
+    assert isinstance(model, CLASSES[name])
+    assert model.name == model.spec.name == name
+    assert model.optical_bands == model.spec.optical_bands == ("blue", "green", "red", "nir")
+    assert model.sar_polarizations == model.spec.sar_polarizations == ("VV", "VH")
+    assert model.normalisation == model.spec.normalisation == "m3rcr"
+    assert model.spec.residual
+    if name == "dsen2_cr":
+        assert model.tile_size is None and model.tile_multiple == 1
+        assert model.config == {
+            "n_resblocks": 16,
+            "n_feats": 256,
+            "res_scale": 0.1,
+            "kernel_size": 3,
+        }
+    else:
+        assert model.tile_size == 160 and 160 % model.tile_multiple == 0
+        assert model.config["input_size"] == 160
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_small_presets_run_and_keep_shape(name: str) -> None:
+    model = build(name, preset="small")
+    size = model.tile_size or 24
+    cloudy, sar = _inputs(size, batch=2)
+    with torch.inference_mode():
+        out = model(cloudy, sar)
+    assert out.shape == cloudy.shape and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out, cloudy)
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "size"),
+    [
+        ("glf_cr", {"input_size": 64}, 64),
+        ("glf_cr", {"input_size": 16, "window_size": 8}, 16),  # window covers the map
+        ("glf_cr", {"input_size": 48, "window_size": 8}, 48),
+        ("align_cr", {"input_size": 64}, 64),
+        ("align_cr", {"input_size": 16, "window_size": 8}, 16),
+        ("align_cr", {"input_size": 48, "window_size": 4}, 48),
+        ("dsen2_cr", {}, 37),
+    ],
+)
+def test_valid_size_combinations(name: str, config: dict, size: int) -> None:
+    model = build(name, preset="small", **config)
+    check_tile(model, size)
+    cloudy, sar = _inputs(size)
+    with torch.inference_mode():
+        assert model(cloudy, sar).shape == cloudy.shape
+
+
+@pytest.mark.parametrize("name", ["glf_cr", "align_cr"])
+def test_windowed_models_reject_other_tile_sizes(name: str) -> None:
+    model = build(name, preset="small")
+    for size in (16, 48, 33):
+        with pytest.raises(ModelConfigError, match="32x32 tiles only"):
+            check_tile(model, size)
+        cloudy, sar = _inputs(size)
+        with pytest.raises(ModelConfigError, match="tiles only"):
+            model(cloudy, sar)
+    with pytest.raises(ModelConfigError):
+        check_tile(model, (32, 16))
+    check_tile(model, (32, 32))
+
+
+def test_dsen2cr_takes_any_size_and_checks_inputs() -> None:
+    model = build("dsen2_cr", preset="small")
+    for size in (1, 7, 30):
+        check_tile(model, size)
+    check_tile(model, (5, 9))
+    with pytest.raises(ModelConfigError, match="positive"):
+        check_tile(model, 0)
+    cloudy, sar = _inputs(8)
+    with pytest.raises(ModelConfigError, match=r"cloudy must be \(B, 4, H, W\)"):
+        model(cloudy[:, :3], sar)
+    with pytest.raises(ModelConfigError, match=r"sar must be \(B, 2, H, W\)"):
+        model(cloudy, sar[:, :1])
+    with pytest.raises(ModelConfigError, match="optical grid"):
+        model(cloudy, sar[..., :4, :4])
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "match"),
+    [
+        ("glf_cr", {"input_size": 33}, "even"),
+        ("glf_cr", {"input_size": 36, "window_size": 4}, "multiple of window_size"),
+        ("glf_cr", {"growth_rate": 6, "num_heads": 4}, "multiple of num_heads"),
+        ("glf_cr", {"dynamic_kernel_size": 4}, "odd"),
+        ("align_cr", {"input_size": 36, "window_size": 2}, "multiple of 8"),
+        ("align_cr", {"deformable_groups": 3}, "deformable_groups"),
+        ("align_cr", {"up_feats": 10}, "multiple of 4"),
+        ("dsen2_cr", {"kernel_size": 2}, "odd"),
+        ("dsen2_cr", {"n_blocks": 3}, "bad configuration"),
+    ],
+)
+def test_invalid_configs_raise(name: str, config: dict, match: str) -> None:
+    with pytest.raises(ModelConfigError, match=match):
+        build(name, preset="small", **config)
+
+
+def test_registry_names_and_errors() -> None:
+    assert available() == NAMES
+    assert set(PRESETS) == set(NAMES)
+    assert isinstance(build("Align-CR", preset="small"), AlignCR)
+    with pytest.raises(ModelConfigError, match="unknown model"):
+        build("unet")
+    with pytest.raises(ModelConfigError, match="unknown preset"):
+        build("glf_cr", preset="huge")
+    with pytest.raises(ModelConfigError, match="no model spec"):
+        check_tile(torch.nn.Conv2d(1, 1, 1), 32)
+    assert issubclass(ModelConfigError, ValueError)
+
+
+def test_dsen2cr_keeps_published_argument_names() -> None:
+    model = DSen2CR(n_resblocks=3, n_feats=8, res_scale=0.5)
+    assert len(model.body) == 4 and model.body[0].res_scale == 0.5
+    assert model.head[0].out_channels == 8
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_residual_gives_identity(name: str) -> None:
+    model = zero_residual_(build(name, preset="small"))
+    cloudy, sar = _inputs(model.tile_size or 20, batch=2, seed=3)
+    with torch.inference_mode():
+        assert torch.equal(model(cloudy, sar), cloudy)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last_and_autocast(name: str) -> None:
+    model = build(name, preset="small")
+    cloudy, sar = _inputs(model.tile_size or 24, batch=2)
+    with torch.inference_mode():
+        reference = model(cloudy, sar)
+    model_cl = build(name, preset="small").to(memory_format=torch.channels_last)
+    model_cl.load_state_dict(model.state_dict())
+    cl = torch.channels_last
+    with torch.inference_mode():
+        out = model_cl(cloudy.contiguous(memory_format=cl), sar.contiguous(memory_format=cl))
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(cloudy, sar)
+    assert torch.isfinite(low).all()
+    assert (low.float() - reference).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_small_models_train(name: str) -> None:
+    model = build(name, preset="small").train()
+    cloudy, sar = _inputs(model.tile_size or 16, batch=2)
+    target = torch.rand_like(cloudy)
+    mask = (torch.rand(2, *cloudy.shape[-2:]) > 0.5).float()
+    pred = model(cloudy, sar)
+    loss = ec_charbonnier_loss(pred, target, mask) + carl_loss(pred, target, cloudy, mask)
+    loss.backward()
+    # The SAR update after the last stage feeds nothing (as published): no gradient there.
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None}
+    if name == "dsen2_cr":
+        assert not no_grad
+    else:
+        assert no_grad == {"opt_distribute_1x1conv.1.weight", "opt_distribute_1x1conv.1.bias"}
+
+
+# --- losses -------------------------------------------------------------------------------
+
+
+def test_ec_charbonnier_hand_computed() -> None:
+    pred = torch.tensor([[[[0.0, 0.0]]]])
+    target = torch.tensor([[[[0.0, 1.0]]]])
+    mask = torch.tensor([[[0.0, 1.0]]])  # (B, H, W), as the published loader gives it
+    expected = (1.0 * (1e-6) ** 0.45 + 6.0 * (1.0 + 1e-6) ** 0.45) / 2
+    assert ec_charbonnier_loss(pred, target, mask).item() == pytest.approx(expected, rel=1e-6)
+    assert ECCharbonnierLoss()(pred, target, mask.unsqueeze(1)).item() == pytest.approx(
+        expected, rel=1e-6
+    )
+
+
+def test_carl_hand_computed() -> None:
+    pred = torch.tensor([[[[0.5, 0.5]]]])
+    target = torch.tensor([[[[1.0, 0.0]]]])
+    cloudy = torch.tensor([[[[0.0, 0.5]]]])
+    mask = torch.tensor([[[1.0, 0.0]]])
+    # cloudy pixel vs target: 0.5; clear pixel vs cloudy input: 0; L1 to target: 0.5.
+    assert carl_loss(pred, target, cloudy, mask).item() == pytest.approx(0.25 + 0.5)
+    assert CARLLoss(weight=0.0)(pred, target, cloudy, mask).item() == pytest.approx(0.25)
+
+
+def _published_ec(pred, target, mask):  # transcription of Align-CR/losses.py
+    loss = 0.0
+    for i in range(pred.shape[0]):
+        weight = torch.ones_like(mask[i]) + 5.0 * mask[i]
+        loss += torch.mean(weight * torch.pow((pred[i] - target[i]) ** 2 + 1e-3**2, 0.45))
+    return loss / pred.shape[0]
+
+
+def _published_carl(pred, target, cloudy, mask):  # transcription of DSen2-CR/losses.py
+    loss = 0.0
+    for i in range(pred.shape[0]):
+        clear = torch.ones_like(mask[i]) - mask[i]
+        loss += torch.mean(
+            clear * torch.abs(pred[i] - cloudy[i]) + mask[i] * torch.abs(pred[i] - target[i])
+        ) + torch.mean(torch.abs(pred[i] - target[i]))
+    return loss / pred.shape[0]
+
+
+def test_losses_match_published_loops_on_batches() -> None:
+    gen = torch.Generator().manual_seed(5)
+    pred, target, cloudy = (
+        torch.rand(3, 4, 6, 5, generator=gen, dtype=torch.float64) for _ in range(3)
+    )
+    mask = (torch.rand(3, 6, 5, generator=gen) > 0.4).double()
+    torch.testing.assert_close(
+        ec_charbonnier_loss(pred, target, mask), _published_ec(pred, target, mask)
+    )
+    torch.testing.assert_close(
+        carl_loss(pred, target, cloudy, mask), _published_carl(pred, target, cloudy, mask)
+    )
+    with pytest.raises(ValueError, match="cloudmask"):
+        ec_charbonnier_loss(pred, target, mask[:2])
