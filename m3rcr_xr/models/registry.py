@@ -38,41 +38,26 @@ MODELS: dict[str, type[CloudRemovalNet]] = {
     "align_cr": AlignCR,
 }
 
+_WINDOWED_SMALL: dict[str, Any] = {
+    "input_size": 32,
+    "n_feats": 16,
+    "n_blocks": 2,
+    "n_layers": 2,
+    "growth_rate": 8,
+    "num_heads": 2,
+    "window_size": 4,
+    "up_feats": 16,
+}
+
 #: Named configurations. ``default`` is the published one; ``small`` is a tiny variant
 #: for tests and CPU demos (32x32 tiles for the windowed models, any size for DSen2-CR),
 #: running in a few tens of milliseconds on a CPU.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "dsen2_cr": {
-        "default": {},
-        "small": {"n_resblocks": 2, "n_feats": 16},
-    },
-    "glf_cr": {
-        "default": {},
-        "small": {
-            "input_size": 32,
-            "n_feats": 16,
-            "n_blocks": 2,
-            "n_layers": 2,
-            "growth_rate": 8,
-            "num_heads": 2,
-            "window_size": 4,
-            "up_feats": 16,
-        },
-    },
+    "dsen2_cr": {"default": {}, "small": {"n_resblocks": 2, "n_feats": 16}},
+    "glf_cr": {"default": {}, "small": dict(_WINDOWED_SMALL)},
     "align_cr": {
         "default": {},
-        "small": {
-            "input_size": 32,
-            "n_feats": 16,
-            "n_blocks": 2,
-            "n_layers": 2,
-            "growth_rate": 8,
-            "num_heads": 2,
-            "window_size": 4,
-            "n_sfe_blocks": 1,
-            "deformable_groups": 2,
-            "up_feats": 16,
-        },
+        "small": {**_WINDOWED_SMALL, "n_sfe_blocks": 1, "deformable_groups": 2},
     },
 }
 
