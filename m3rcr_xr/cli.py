@@ -1,4 +1,4 @@
-"""The ``m3rcr`` command line: ``ingest``, ``info``, ``decloud``, ``demo``.
+"""The ``m3rcr`` command line: ``ingest``, ``info``, ``decloud``, ``demo``, ``train``.
 
 Bad input ends with exit status 2 and one line naming the file and the problem.
 """
@@ -161,9 +161,61 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainSettings, export_weights, train
+
+    settings = TrainSettings(
+        model=args.model, steps=args.steps, config=_parse_config(args.config),
+        batch_size=args.batch_size, crop=args.crop, lr=args.lr, lr_step=args.lr_step,
+        lr_decay_start=args.lr_decay_start, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, num_workers=args.workers, device=args.device,
+        amp=args.amp)
+    result = train(args.store, args.out, settings, val=args.val, resume=args.resume,
+                   progress=True)
+    print(f"wrote {result.checkpoint} (step {result.settings.steps}, "
+          f"{result.wall_s:.0f} s)")
+    for stratum, values in result.metrics.get("model", {}).items():
+        baseline = result.metrics["input"][stratum]
+        print(f"validation {stratum}: " + ", ".join(
+            f"{name} {values[name]:.4g} (cloudy input {baseline[name]:.4g})"
+            for name in ("PSNR", "SSIM", "SAM", "MAE")))
+    if args.export:
+        print(f"wrote {export_weights(result.checkpoint, args.export)}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a network on a Zarr store (published recipe)")
+    p.add_argument("store", help="training data: a scene or collection store")
+    p.add_argument("--model", required=True, help="dsen2_cr, glf_cr or align_cr")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture argument, repeatable (e.g. preset=small)")
+    p.add_argument("--steps", type=int, required=True, help="optimiser steps in all")
+    p.add_argument("--out", required=True, help="checkpoint to write (.pth)")
+    p.add_argument("--batch-size", type=int, help="crops per step (published: 1, Align-CR 2)")
+    p.add_argument("--crop", type=int, help="crop side (default: the model's tile, else 160)")
+    p.add_argument("--lr", type=float, help="learning rate (published: 1e-4)")
+    p.add_argument("--lr-step", type=int, help="halve the rate every N steps (default steps/6)")
+    p.add_argument("--lr-decay-start", type=int,
+                   help="first halving after this step (default steps/3)")
+    p.add_argument("--seed", type=int, help="seed of weights and crops (published: 7)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="write the checkpoint (and validate) every N steps")
+    p.add_argument("--resume", metavar="CKPT", help="continue the run of this checkpoint")
+    p.add_argument("--val", metavar="STORE", help="validation store (centre crops)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="mixed precision on a GPU (never on the CPU)")
+    p.add_argument("--export", metavar="FILE.safetensors",
+                   help="also write the final weights as safetensors (model and config in "
+                        "its metadata)")
+    p.set_defaults(func=_train)
+
+
 #: each adds one subcommand; later commands (decloud, evaluate, train) add theirs here
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_ingest, _add_info, _add_decloud, _add_evaluate, _add_demo,
+    _add_ingest, _add_info, _add_decloud, _add_evaluate, _add_demo, _add_train,
 ]
 
 
@@ -181,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # distributed sets its own loggers to INFO
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except M3RCRError as err:

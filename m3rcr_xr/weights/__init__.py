@@ -1,0 +1,118 @@
+"""Weights shipped with the package: a small DSen2-CR trained on synthetic scenes.
+
+They exist so that the demo and the tests run the whole job with no download. They were
+trained on :func:`m3rcr_xr.synthetic_collection` patches only (see ``MODEL_CARD.md``
+beside this file and ``scripts/train_demo_weights.sh``): use them for demonstrations,
+never for real imagery, where they do little better than the cloudy input or worse. Real
+work needs weights trained on real data (the published M3R-CR checkpoints, or
+``m3rcr train`` on the dataset).
+
+Examples
+--------
+>>> from m3rcr_xr.weights import default_checkpoint
+>>> ckpt = default_checkpoint()
+>>> ckpt.model
+'dsen2_cr'
+>>> path, config = ckpt                                 # unpacks as (path, config)
+>>> net = ckpt.load()                                   # doctest: +SKIP
+>>> scene.m3rcr.decloud(ckpt.model, ckpt.path, config=ckpt.config)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import CheckpointError
+
+__all__ = ["DEMO_WEIGHTS", "DefaultCheckpoint", "default_checkpoint", "read_weights"]
+
+#: file name of the demo weights inside this package
+DEMO_WEIGHTS = "dsen2_cr_demo.safetensors"
+_FILES = contextlib.ExitStack()
+atexit.register(_FILES.close)
+
+
+@dataclass(frozen=True)
+class DefaultCheckpoint:
+    """A shipped checkpoint: where it is and what it needs to load.
+
+    Attributes
+    ----------
+    model
+        Registry name for :func:`m3rcr_xr.models.load` and :func:`m3rcr_xr.decloud`.
+    path
+        The safetensors file.
+    config
+        Architecture arguments the weights were trained with.
+    metadata
+        Everything the file's header records (``model``, ``config``, ``step``...).
+    """
+
+    model: str
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Unpacks as ``path, config``: ``checkpoint, config = default_checkpoint()``."""
+        return iter((self.path, self.config))
+
+    def load(self, device: str | None = None) -> Any:
+        """The network with these weights, in eval mode (see :func:`m3rcr_xr.models.load`)."""
+        from ..models import load
+
+        return load(self.model, self.path, device=device, **self.config)
+
+
+def _package_file(name: str) -> Path:
+    """A real file system path of a package resource (extracted if zipped)."""
+    resource = resources.files(__name__).joinpath(name)
+    if not resource.is_file():
+        raise CheckpointError(f"{name}: not shipped with this installation of m3rcr_xr")
+    if isinstance(resource, Path):
+        return resource
+    return Path(_FILES.enter_context(resources.as_file(resource)))
+
+
+def read_weights(path: str | Path) -> DefaultCheckpoint:
+    """Describe a safetensors file written by ``m3rcr train --export``: the model name and
+    configuration come from its header.
+
+    Raises
+    ------
+    CheckpointError
+        The file is unreadable or its header does not name the model and configuration.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if "model" not in metadata or "config" not in metadata:
+        raise CheckpointError(f"{path}: the header does not name the model and its config")
+    return DefaultCheckpoint(
+        model=metadata["model"], path=path, config=json.loads(metadata["config"]), metadata=metadata
+    )
+
+
+def default_checkpoint() -> DefaultCheckpoint:
+    """The demo weights shipped with the package, with the configuration to load them.
+
+    Unpacks as ``path, config``; ``.model`` names the network, ``.load()`` builds it.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing from this installation or its header lacks the description.
+    """
+    return read_weights(_package_file(DEMO_WEIGHTS))
