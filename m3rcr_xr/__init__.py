@@ -9,6 +9,7 @@ stores (:mod:`m3rcr_xr.store`), then inference or metrics. The data model is in
 from __future__ import annotations
 
 from . import accessor  # noqa: F401 - registers ds.m3rcr
+from .cluster import local_cluster, pbs_cluster, slurm_cluster
 from .exceptions import (
     AlignmentError,
     CheckpointError,
@@ -50,10 +51,13 @@ __all__ = [
     "get_options",
     "is_collection",
     "is_complete",
+    "local_cluster",
     "open_m3rcr",
     "open_quartet",
     "open_zarr",
+    "pbs_cluster",
     "set_options",
+    "slurm_cluster",
     "synthetic_collection",
     "synthetic_scene",
     "to_zarr",

@@ -24,7 +24,6 @@ content hash): each worker process builds it once and caches it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -44,6 +43,7 @@ from dask import delayed
 from .exceptions import CheckpointError, ModelConfigError, SchemaError
 from .normalize import OPTICAL_SCALE, normalize_optical, normalize_sar
 from .options import OPTIONS
+from .resources import annotate
 from .schema import is_collection, validate
 
 log = logging.getLogger(__name__)
@@ -298,13 +298,6 @@ def _block_end(group: range, stride: int, padded: int, last: bool) -> int:
     return padded if last else group.stop * stride
 
 
-def _annotate(resources: Mapping[str, float] | None):
-    """Annotate the tasks built inside with worker resources (e.g. ``{"GPU": 1}``)."""
-    if not resources:
-        return contextlib.nullcontext()
-    return dask.annotate(resources=dict(resources))
-
-
 def _pad(array: da.Array | np.ndarray, plan: TilePlan):
     """Mirror the bottom and right edges out to the tile grid's extent.
 
@@ -338,7 +331,7 @@ def _decloud_scene(inputs: da.Array, cloudy: da.Array, plan: TilePlan, ref: Mode
     def extent(group: range) -> tuple[int, int]:
         return group.start * stride, (group.stop - 1) * stride + tile
 
-    with _annotate(resources):
+    with annotate(resources):
         canvases = {}
         for a, rows in enumerate(row_groups):
             for b, cols in enumerate(col_groups):
@@ -380,7 +373,7 @@ def _decloud_collection(inputs: da.Array, cloudy: da.Array, plan: TilePlan, ref:
                         batch_size: int, resources: Mapping[str, float] | None) -> da.Array:
     inputs = inputs.rechunk({1: -1, 2: -1, 3: -1})
     cloudy = cloudy.rechunk((inputs.chunks[0], -1, -1, -1))
-    with _annotate(resources):
+    with annotate(resources):
         return da.map_blocks(
             _decloud_patches, inputs, cloudy, plan, ref, batch_size, dtype=np.float32,
             chunks=(inputs.chunks[0], (OPTICAL_CHANNELS,), *inputs.chunks[2:]),
@@ -444,9 +437,10 @@ def decloud(
     composite
         Keep the cloudy input where ``cloudmask`` is False, the network's output elsewhere.
     resources
-        Dask worker resources each task needs, e.g. ``{"GPU": 1}`` so that the tasks run
-        only on workers that advertise a GPU. Compute with graph optimisation off to keep
-        them (``dask.compute(..., optimize_graph=False)``; dask#7036).
+        Dask worker resources the tile tasks need, e.g. ``{"GPU": 1}`` so that they run
+        only on workers that advertise a GPU. :func:`m3rcr_xr.to_zarr` keeps them; graph
+        optimisation drops them (dask#7036), so compute otherwise with
+        ``client.compute(out.data, optimize_graph=False)``.
 
     Returns
     -------

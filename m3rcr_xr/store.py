@@ -24,6 +24,7 @@ import zarr
 from .exceptions import StoreError
 from .options import OPTIONS
 from .progress import compute_with_progress, progress_bar
+from .resources import annotate, required_resources
 from .schema import is_collection, validate
 
 log = logging.getLogger(__name__)
@@ -154,13 +155,15 @@ def to_zarr(
         done = set()
     else:
         log.info("%s: resuming, %d of %d steps already written", store, len(done), len(steps))
+    resources = required_resources(ds)  # e.g. decloud's {"GPU": 1}, kept for the writes
     show = OPTIONS["progress"] if progress is None else progress
     # one step: show dask's own progress inside it; several: one tick a step
     with progress_bar(total=len(steps), desc=f"writing {_name(store)}",
                       disable=not show or len(steps) == 1) as bar:
         bar.update(len(done))
         for index in _pending(steps, done):
-            _write_step(ds, store, dim, steps[index], show=show and len(steps) == 1)
+            with annotate(resources):
+                _write_step(ds, store, dim, steps[index], show=show and len(steps) == 1)
             done.add(index)
             _set_attrs(store, {PROGRESS: sorted(done)})
             bar.update(1)

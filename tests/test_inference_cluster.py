@@ -51,7 +51,7 @@ def _some_tiles_done(client: Client) -> bool:
     return any(key.startswith("decloud-tiles") for key in map(str, client.who_has()))
 
 
-def test_gpu_annotated_tasks_run_only_where_the_resource_is(small_checkpoint):
+def test_gpu_annotated_tasks_run_only_where_the_resource_is(small_checkpoint, tmp_path):
     workers = {
         "plain": {"cls": Nanny, "options": {"nthreads": 1}},
         "gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
@@ -66,6 +66,12 @@ def test_gpu_annotated_tasks_run_only_where_the_resource_is(small_checkpoint):
                       resources={"GPU": 1}, device="cpu")
         with get_task_stream(client) as stream:
             client.compute(out.data, optimize_graph=False).result()
+        tiles = [e["worker"] for e in stream.data if str(e["key"]).count("decloud-tiles")]
+        assert len(tiles) > 4
+        assert set(tiles) == {gpu_worker}
+        # writing the result keeps the placement (dask.array.store drops annotations)
+        with get_task_stream(client) as stream:
+            m3rcr_xr.to_zarr(out.to_dataset(), tmp_path / "d.zarr")
         tiles = [e["worker"] for e in stream.data if str(e["key"]).count("decloud-tiles")]
         assert len(tiles) > 4
         assert set(tiles) == {gpu_worker}

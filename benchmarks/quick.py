@@ -1,0 +1,367 @@
+"""Quick benchmark: m3rcr_xr against the plain way, time and peak memory, in one run.
+
+Run ``python -m benchmarks.quick`` from the repository root; it prints one JSON object.
+Each way of each part runs in fresh interpreters on the same data (written once by this
+one), ``--rounds`` times, the two ways alternating, with glibc's malloc thresholds fixed
+so that freed memory goes back to the system. Each process makes a warm-up run, then
+``--repeats`` timed runs; the best time of a way is kept, and its largest peak resident
+memory above the size before the first run (psutil every 20 ms):
+
+``decloud``
+    ``m3rcr_xr.decloud`` (threaded scheduler, blended overlapping tiles) against the
+    published way on the same tiles of the same in-memory scene: crop, batch, forward,
+    keep the outputs (:func:`benchmarks.bench_decloud.plain_loop`; no blending, no
+    output array). Untrained DSen2-CR of :data:`benchmarks.bench_decloud.CONFIG`.
+``ingest``
+    ``m3rcr ingest`` of a quartet of GeoTIFFs (``open_quartet`` + ``to_zarr``: the 10 m
+    layers aligned to the 3 m grid by coordinates, chunked Zarr v3, resumable steps)
+    against a raw rasterio read of the same files, nearest upsampling of the 10 m layers
+    by index and a zarr-python write of the same five arrays, same chunks and codec.
+``metrics``
+    ``m3rcr_xr.evaluate`` (chunked, one dask pass) against the straightforward NumPy
+    evaluation of :func:`benchmarks.bench_metrics.numpy_metrics` on the same arrays.
+
+``speed_ratio`` is baseline seconds / m3rcr_xr seconds (above 1: m3rcr_xr is faster);
+``memory_ratio`` is m3rcr_xr peak / baseline peak (below 1: m3rcr_xr needs less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import bench_decloud, bench_metrics
+
+MIB = 2**20
+OPTICAL_RES, COARSE_RES = 3.0, 10.0
+ORIGIN = (400000.0, 5000000.0)
+CRS = "EPSG:32632"
+
+
+# ------------------------------------------------------------------------- measuring
+#: glibc keeps freed memory for reuse, and grows its mmap threshold as big arrays come
+#: and go, so a second run in a process shows no peak; fixed thresholds give memory back
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 20)}
+
+
+def measure(func: Callable[[], Any], repeats: int) -> dict[str, float]:
+    """Run ``func`` once to warm up, then ``repeats`` times: the best warm time, and the
+    peak resident memory above the start, over every run (warm-up included)."""
+    gc.collect()
+    with bench_metrics.PeakRSS() as rss:
+        func()
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            func()
+            seconds.append(time.perf_counter() - start)
+    return {"seconds": min(seconds), "peak_mib": (rss.peak - rss.baseline) / MIB}
+
+
+def run_child(part: str, way: str, folder: Path, size: int, repeats: int) -> dict[str, float]:
+    """One way of one part in a fresh interpreter, so that memory peaks do not mix."""
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.quick",
+        "--child",
+        part,
+        way,
+        "--folder",
+        str(folder),
+        f"--{part}-size",
+        str(size),
+        "--repeats",
+        str(repeats),
+    ]
+    env = {**os.environ, **MALLOC_ENV}
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1]
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{part}/{way} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(part: str, folder: Path, size: int, repeats: int, rounds: int) -> dict:
+    """Both ways of ``part`` in ``rounds`` alternating rounds (baseline first): the best
+    time and the largest peak of each way, and the two ratios. Alternating rounds keep
+    a load that comes and goes on a shared machine from favouring one way."""
+    runs: dict[str, list[dict[str, float]]] = {"baseline": [], "m3rcr_xr": []}
+    for _ in range(rounds):
+        for way, results in runs.items():
+            results.append(run_child(part, way, folder, size, repeats))
+    seconds = {way: min(r["seconds"] for r in results) for way, results in runs.items()}
+    peaks = {way: max(r["peak_mib"] for r in results) for way, results in runs.items()}
+    return {
+        "m3rcr_xr_s": round(seconds["m3rcr_xr"], 3),
+        "baseline_s": round(seconds["baseline"], 3),
+        "speed_ratio": round(seconds["baseline"] / seconds["m3rcr_xr"], 3),
+        "m3rcr_xr_peak_mib": round(peaks["m3rcr_xr"]),
+        "baseline_peak_mib": round(peaks["baseline"]),
+        "memory_ratio": round(peaks["m3rcr_xr"] / max(peaks["baseline"], 1.0), 3),
+    }
+
+
+# --------------------------------------------------------------------------- decloud
+TILE, BATCH = 256, 8
+
+
+def setup_decloud(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
+    """The two ways on the same in-memory scene and checkpoint (written by the parent)."""
+    import m3rcr_xr
+    from m3rcr_xr import inference, models
+
+    config = bench_decloud.CONFIG
+    checkpoint = folder / "bench.pt"
+    scene = m3rcr_xr.synthetic_scene((size, size), chunks=size).persist()
+    inputs = inference.model_inputs(scene).values
+    plan = inference.make_plan(TILE, TILE // 8, size, size)
+    result = m3rcr_xr.decloud(
+        scene, "dsen2_cr", checkpoint, config=config, tile=TILE, batch_size=BATCH
+    )
+    model = models.load("dsen2_cr", checkpoint, **config)
+    return {
+        "m3rcr_xr": lambda: result.compute(scheduler="threads"),
+        "baseline": lambda: bench_decloud.plain_loop(inputs, plan, model, BATCH),
+    }
+
+
+def part_decloud(size: int, repeats: int, rounds: int, folder: Path) -> dict:
+    from m3rcr_xr import inference
+
+    config = bench_decloud.CONFIG
+    bench_decloud._checkpoint(folder, config)
+    plan = inference.make_plan(TILE, TILE // 8, size, size)
+    return {
+        "scene": f"{size}x{size}",
+        "tile": TILE,
+        "overlap": plan.overlap,
+        "tiles": plan.shape[0] * plan.shape[1],
+        "batch": BATCH,
+        "model": f"dsen2_cr {config}",
+        **compare("decloud", folder, size, repeats, rounds),
+    }
+
+
+# ---------------------------------------------------------------------------- ingest
+def _write_tif(path: Path, data: np.ndarray, res: float) -> Path:
+    import rasterio
+    from affine import Affine
+
+    transform = Affine(res, 0, ORIGIN[0], 0, -res, ORIGIN[1])
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=CRS,
+        transform=transform,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    ) as dst:
+        dst.write(data)
+    return path
+
+
+def write_quartet(folder: Path, size: int, seed: int = 0) -> dict[str, Path]:
+    """A quartet of GeoTIFFs (and the .npy mask) in the dataset's form, ``size`` px a side."""
+    rng = np.random.default_rng(seed)
+    coarse = int(np.ceil(size * OPTICAL_RES / COARSE_RES))
+    optical = (4, size, size)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "mask.npy", rng.random((size, size)) < 0.3)
+    return {
+        "cloudy": _write_tif(
+            folder / "cloudy.tif", rng.integers(1, 10000, optical, dtype=np.uint16), OPTICAL_RES
+        ),
+        "cloudfree": _write_tif(
+            folder / "cloudfree.tif", rng.integers(1, 10000, optical, dtype=np.uint16), OPTICAL_RES
+        ),
+        "sar": _write_tif(
+            folder / "s1.tif",
+            rng.uniform(-30, 0, (2, coarse, coarse)).astype(np.float32),
+            COARSE_RES,
+        ),
+        "landcover": _write_tif(
+            folder / "lc.tif", rng.choice(bench_metrics.CODES[:-1], (1, coarse, coarse)), COARSE_RES
+        ),
+        "cloudmask": folder / "mask.npy",
+    }
+
+
+def ingest_m3rcr(files: dict[str, Path], store: Path) -> None:
+    """What ``m3rcr ingest CLOUDY --cloudfree ... DEST`` does."""
+    import m3rcr_xr
+
+    ds = m3rcr_xr.open_quartet(
+        files["cloudy"], files["cloudfree"], files["sar"], files["landcover"], files["cloudmask"]
+    )
+    m3rcr_xr.to_zarr(ds, store, overwrite=True, progress=False)
+
+
+def _nearest_index(size: int) -> np.ndarray:
+    """Row (or column) of the 10 m grid holding each 3 m pixel centre."""
+    return ((np.arange(size) + 0.5) * OPTICAL_RES // COARSE_RES).astype(np.intp)
+
+
+def ingest_raw(files: dict[str, Path], store: Path, chunk: int) -> None:
+    """rasterio reads, 10 m layers upsampled by index, one zarr-python array each."""
+    import rasterio
+    import zarr
+
+    arrays = {}
+    for name in ("cloudy", "cloudfree", "sar", "landcover"):
+        with rasterio.open(files[name]) as src:
+            arrays[name] = src.read()
+    size = arrays["cloudy"].shape[-1]
+    index = _nearest_index(size)
+    arrays["sar"] = arrays["sar"][:, index[:, None], index[None, :]]
+    arrays["landcover"] = arrays["landcover"][0][index[:, None], index[None, :]]
+    arrays["cloudmask"] = np.load(files["cloudmask"])
+    group = zarr.open_group(store, mode="w", zarr_format=3)
+    for name, data in arrays.items():
+        chunks = (*data.shape[:-2], chunk, chunk)
+        target = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks)
+        target[...] = data
+
+
+def setup_ingest(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
+    import m3rcr_xr
+
+    files = {
+        "cloudy": "cloudy.tif",
+        "cloudfree": "cloudfree.tif",
+        "sar": "s1.tif",
+        "landcover": "lc.tif",
+        "cloudmask": "mask.npy",
+    }
+    files = {name: folder / "quartet" / file for name, file in files.items()}
+    chunk = m3rcr_xr.get_options()["scene_chunk"]
+    return {
+        "m3rcr_xr": lambda: ingest_m3rcr(files, folder / "m3rcr.zarr"),
+        "baseline": lambda: ingest_raw(files, folder / "raw.zarr", chunk),
+    }
+
+
+def part_ingest(size: int, repeats: int, rounds: int, folder: Path) -> dict:
+    import m3rcr_xr
+
+    files = write_quartet(folder / "quartet", size)
+    on_disk = sum(path.stat().st_size for path in files.values())
+    return {
+        "scene": f"{size}x{size} (3 m) with 10 m SAR and land cover",
+        "input_mib": round(on_disk / MIB),
+        "chunk": m3rcr_xr.get_options()["scene_chunk"],
+        **compare("ingest", folder, size, repeats, rounds),
+    }
+
+
+# --------------------------------------------------------------------------- metrics
+METRICS_CHUNK = 1024
+
+
+def setup_metrics(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
+    from m3rcr_xr import metrics
+
+    arrays = bench_metrics.in_memory_scene(size)
+    inputs = (arrays["decloud"], arrays["cloudfree"], arrays["landcover"], arrays["cloudmask"])
+    ds = bench_metrics.as_dataset(arrays).chunk(y=METRICS_CHUNK, x=METRICS_CHUNK)
+    return {
+        "m3rcr_xr": lambda: metrics.evaluate(ds),
+        "baseline": lambda: bench_metrics.numpy_metrics(*inputs, blur=bench_metrics._blur_numpy),
+    }
+
+
+def part_metrics(size: int, repeats: int, rounds: int, folder: Path) -> dict:
+    return {
+        "scene": f"{size}x{size}, 4 bands",
+        "chunk": METRICS_CHUNK,
+        **compare("metrics", folder, size, repeats, rounds),
+    }
+
+
+SETUPS = {"decloud": setup_decloud, "ingest": setup_ingest, "metrics": setup_metrics}
+
+
+# ------------------------------------------------------------------------------ main
+def machine() -> dict[str, Any]:
+    import torch
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        model = names[0] if names else model
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def child(part: str, way: str, folder: Path, size: int, repeats: int) -> None:
+    """Inside :func:`run_child`: set up, measure one way, print one JSON line."""
+    import m3rcr_xr
+
+    m3rcr_xr.set_options(progress=False)
+    func = SETUPS[part](folder, size)[way]
+    print(json.dumps(measure(func, repeats)))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decloud-size", type=int, default=1024)
+    parser.add_argument("--ingest-size", type=int, default=2048)
+    parser.add_argument("--metrics-size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per process")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per way, alternating")
+    parser.add_argument("--child", nargs=2, metavar=("PART", "WAY"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        part, way = args.child
+        child(part, way, args.folder, getattr(args, f"{part}_size"), args.repeats)
+        return None
+    import m3rcr_xr
+
+    with tempfile.TemporaryDirectory() as tmp, m3rcr_xr.set_options(progress=False):
+        folder = Path(tmp)
+        report = {
+            "machine": machine(),
+            "decloud": part_decloud(args.decloud_size, args.repeats, args.rounds, folder),
+            "ingest": part_ingest(args.ingest_size, args.repeats, args.rounds, folder),
+            "metrics": part_metrics(args.metrics_size, args.repeats, args.rounds, folder),
+            "ratios": "speed_ratio = baseline s / m3rcr_xr s (>1: faster); "
+            "memory_ratio = m3rcr_xr peak / baseline peak (<1: less memory)",
+        }
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,508 @@
+"""Dask clusters for decloud: one machine (:func:`local_cluster`) or an HPC batch system
+(:func:`slurm_cluster`, :func:`pbs_cluster`, thin helpers over dask-jobqueue).
+
+Every worker made here
+
+- runs in its own process (a ``Nanny``), so that torch's threads and a GPU belong to one
+  worker;
+- advertises the resource ``GPU=1`` when it owns a GPU, which is what
+  ``decloud(..., resources={"GPU": 1})`` asks of its tile tasks;
+- sees only its own GPU (``CUDA_VISIBLE_DEVICES``), so that ``device="auto"`` picks it;
+- imports this module as a Dask *preload*: :func:`dask_setup` reads the environment the
+  cluster gave the worker (:data:`TORCH_THREADS_ENV`, :data:`PIN_GPU_ENV`) and sets the
+  ``torch_threads`` option, so that the workers of a machine together use its cores
+  once, not once each.
+
+Examples
+--------
+>>> from distributed import Client
+>>> import m3rcr_xr
+>>> cluster = m3rcr_xr.local_cluster()  # doctest: +SKIP
+>>> client = Client(cluster)  # doctest: +SKIP
+>>> cluster = m3rcr_xr.slurm_cluster("gpu", gpus_per_job=1, cores=8, memory="32GB",
+...                                  walltime="01:00:00")  # doctest: +SKIP
+>>> cluster.scale(jobs=4)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .exceptions import UsageError
+from .options import set_options
+
+log = logging.getLogger(__name__)
+
+#: environment variable read by each worker at start: its torch intra-op threads
+TORCH_THREADS_ENV = "M3RCR_TORCH_THREADS"
+#: environment variable: "1" makes the workers of a multi-GPU job take one GPU each
+PIN_GPU_ENV = "M3RCR_PIN_GPU"
+#: the worker resource that decloud's GPU-annotated tasks ask for
+GPU_RESOURCE = "GPU"
+#: the module the workers preload (this one: see :func:`dask_setup`)
+PRELOAD = __name__
+
+GpuSpec = str | int | Sequence[int | str]
+
+
+# ------------------------------------------------------------------------ GPUs
+def _visible_devices() -> list[str] | None:
+    """The ids of ``CUDA_VISIBLE_DEVICES``, or None when it is not set.
+
+    CUDA stops at the first invalid entry (``-1`` hides every device).
+    """
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    ids: list[str] = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry or entry.startswith("-"):
+            break
+        ids.append(entry)
+    return ids
+
+
+def _torch_gpu_count() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return int(torch.cuda.device_count())
+
+
+def _nvidia_smi_gpu_count() -> int:
+    """GPUs that ``nvidia-smi -L`` lists (0 without the tool or a driver)."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.splitlines())
+
+
+def gpu_devices() -> list[str]:
+    """CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` entries.
+
+    The count comes from torch (``torch.cuda.device_count()``), else ``nvidia-smi``; the
+    ids from ``CUDA_VISIBLE_DEVICES`` when it is set (so a batch job's allocation is
+    kept), else ``0 .. n-1``.
+
+    Examples
+    --------
+    >>> gpu_devices()  # doctest: +SKIP
+    ['0', '1']
+    """
+    count = _torch_gpu_count()
+    if count is None:
+        count = _nvidia_smi_gpu_count()
+    visible = _visible_devices()
+    if visible is None:
+        return [str(index) for index in range(count)]
+    return visible[:count]
+
+
+def _select_gpus(gpus: GpuSpec) -> list[str]:
+    """``"auto"``: every visible GPU; an int: the first ``n`` of them; a list: those ids."""
+    if isinstance(gpus, str):
+        if gpus != "auto":
+            raise UsageError(f"gpus must be 'auto', a count or a list of ids, not {gpus!r}")
+        return gpu_devices()
+    if isinstance(gpus, int):
+        found = gpu_devices()
+        if not 0 <= gpus <= len(found):
+            raise UsageError(f"gpus={gpus}: this machine has {len(found)} GPU(s) {found}")
+        return found[:gpus]
+    return [str(device) for device in gpus]
+
+
+# --------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class WorkerLayout:
+    """How a machine's cores (and GPUs) are shared among worker processes.
+
+    ``torch_threads`` is what each task's torch gets, so that ``n_workers *
+    threads_per_worker * torch_threads`` does not exceed the cores.
+    """
+
+    n_workers: int
+    threads_per_worker: int
+    torch_threads: int
+    gpus: tuple[str, ...] = ()
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise UsageError(f"{name} must be a positive integer, not {value!r}")
+
+
+def cpu_layout(
+    cores: int, n_workers: int | None = None, threads_per_worker: int | None = None
+) -> WorkerLayout:
+    """Split ``cores`` among worker processes (about sqrt(cores) of them by default).
+
+    Examples
+    --------
+    >>> cpu_layout(32)
+    WorkerLayout(n_workers=8, threads_per_worker=4, torch_threads=1, gpus=())
+    >>> cpu_layout(8, n_workers=2, threads_per_worker=1)
+    WorkerLayout(n_workers=2, threads_per_worker=1, torch_threads=4, gpus=())
+    """
+    from distributed.deploy.utils import nprocesses_nthreads
+
+    _positive("n_workers", n_workers)
+    _positive("threads_per_worker", threads_per_worker)
+    if n_workers is None and threads_per_worker is None:
+        n_workers, threads_per_worker = nprocesses_nthreads(cores)
+    elif n_workers is None:
+        n_workers = max(1, cores // threads_per_worker)
+    elif threads_per_worker is None:
+        threads_per_worker = max(1, cores // n_workers)
+    tasks = n_workers * threads_per_worker
+    return WorkerLayout(n_workers, threads_per_worker, max(1, cores // tasks))
+
+
+def gpu_layout(
+    cores: int,
+    devices: Sequence[str],
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+) -> WorkerLayout:
+    """One worker per GPU, the cores shared among them.
+
+    Examples
+    --------
+    >>> gpu_layout(16, ["0", "1"])
+    WorkerLayout(n_workers=2, threads_per_worker=8, torch_threads=1, gpus=('0', '1'))
+    """
+    _positive("n_workers", n_workers)
+    _positive("threads_per_worker", threads_per_worker)
+    if n_workers is not None and n_workers > len(devices):
+        raise UsageError(
+            f"n_workers={n_workers}: one worker per GPU, and there are "
+            f"{len(devices)} ({list(devices)})"
+        )
+    devices = tuple(devices[:n_workers] if n_workers else devices)
+    threads = threads_per_worker or max(1, cores // len(devices))
+    torch_threads = max(1, cores // (len(devices) * threads))
+    return WorkerLayout(len(devices), threads, torch_threads, devices)
+
+
+# ---------------------------------------------------------------- local cluster
+def _worker_spec(
+    layout: WorkerLayout, device: str | None, memory_limit: str | int | float, extra: dict[str, Any]
+) -> dict[str, Any]:
+    from distributed import Nanny
+
+    env = {TORCH_THREADS_ENV: str(layout.torch_threads), **extra.pop("env", {})}
+    options: dict[str, Any] = {
+        "nthreads": layout.threads_per_worker,
+        "memory_limit": memory_limit,
+        "host": "127.0.0.1",
+        "dashboard": False,
+        "silence_logs": logging.WARN,
+        "preload": [PRELOAD, *extra.pop("preload", [])],
+        **extra,
+    }
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+        options["resources"] = {GPU_RESOURCE: 1, **options.get("resources", {})}
+    options["env"] = env
+    return {"cls": Nanny, "options": options}
+
+
+def local_cluster(
+    n_workers: int | None = None,
+    *,
+    gpus: GpuSpec = "auto",
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | float = "auto",
+    dashboard_address: str | None = ":8787",
+    **worker_kwargs: Any,
+):
+    """A Dask cluster of worker processes on this machine, laid out for decloud.
+
+    Parameters
+    ----------
+    n_workers
+        Worker processes. With GPUs: one per GPU (fewer takes the first ones). On the
+        CPU: by default about the square root of the cores (``distributed``'s split).
+    gpus
+        ``"auto"`` (every GPU torch or ``nvidia-smi`` sees, within
+        ``CUDA_VISIBLE_DEVICES``), a count, a list of device ids, or 0 for CPU workers.
+        Each GPU worker sees only its own device and advertises ``GPU=1``.
+    threads_per_worker
+        Parallel tasks per worker; default: the cores divided among the workers.
+    memory_limit
+        Per worker (``"auto"``: the machine's memory shared in proportion to threads).
+    dashboard_address
+        The scheduler's dashboard; None for none.
+    **worker_kwargs
+        More ``Nanny`` options (``env``, ``preload`` and ``resources`` are merged).
+
+    Returns
+    -------
+    distributed.SpecCluster
+        A ``LocalCluster`` on the CPU; a ``SpecCluster`` of one named worker per GPU
+        (``gpu-<id>``) with GPUs, which ``scale`` cannot grow (there is no more GPU).
+
+    Examples
+    --------
+    >>> from distributed import Client
+    >>> with local_cluster(gpus=0, dashboard_address=None) as cluster:  # doctest: +SKIP
+    ...     client = Client(cluster)
+    """
+    cores = os.cpu_count() or 1
+    devices = _select_gpus(gpus)
+    if devices:
+        layout = gpu_layout(cores, devices, n_workers, threads_per_worker)
+        return _gpu_cluster(layout, memory_limit, dashboard_address, worker_kwargs)
+    layout = cpu_layout(cores, n_workers, threads_per_worker)
+    log.info(
+        "local cluster: %d worker(s) x %d thread(s), torch threads %d",
+        layout.n_workers,
+        layout.threads_per_worker,
+        layout.torch_threads,
+    )
+    return _cpu_cluster(layout, memory_limit, dashboard_address, worker_kwargs)
+
+
+def _cpu_cluster(
+    layout: WorkerLayout,
+    memory_limit: Any,
+    dashboard_address: str | None,
+    worker_kwargs: dict[str, Any],
+):
+    from distributed import LocalCluster
+
+    options = _worker_spec(layout, None, memory_limit, dict(worker_kwargs))["options"]
+    for key in ("nthreads", "host", "dashboard", "silence_logs"):
+        options.pop(key)
+    return LocalCluster(
+        n_workers=layout.n_workers,
+        threads_per_worker=layout.threads_per_worker,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=dashboard_address,
+        **options,
+    )
+
+
+def _gpu_cluster(
+    layout: WorkerLayout,
+    memory_limit: Any,
+    dashboard_address: str | None,
+    worker_kwargs: dict[str, Any],
+):
+    from distributed import Scheduler, SpecCluster
+
+    workers = {
+        f"gpu-{device}": _worker_spec(layout, device, memory_limit, dict(worker_kwargs))
+        for device in layout.gpus
+    }
+    scheduler = {
+        "cls": Scheduler,
+        "options": {
+            "host": "127.0.0.1",
+            "dashboard": dashboard_address is not None,
+            "dashboard_address": dashboard_address,
+        },
+    }
+    log.info(
+        "local cluster: one worker per GPU %s, %d thread(s) each",
+        list(layout.gpus),
+        layout.threads_per_worker,
+    )
+    return SpecCluster(
+        workers=workers, scheduler=scheduler, name="m3rcr-gpu", silence_logs=logging.WARN
+    )
+
+
+# ---------------------------------------------------------------- worker side
+def _rank(name: Any) -> int:
+    """The index of a worker among the processes of its job (``--nworkers``
+    names them ``<name>-<i>``); 0 for a lone worker."""
+    head, sep, tail = str(name).rpartition("-")
+    return int(tail) if sep and head and tail.isdigit() else 0
+
+
+def pin_gpu(name: Any) -> str | None:
+    """Restrict this process to one of the job's GPUs, chosen by the worker's rank.
+
+    Must run before CUDA starts in the process (a preload does).
+    """
+    visible = _visible_devices()
+    if not visible:
+        return None
+    device = visible[_rank(name) % len(visible)]
+    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    return device
+
+
+def dask_setup(worker: Any) -> None:
+    """Dask preload hook, run in each worker process before any task (see module doc)."""
+    threads = os.environ.get(TORCH_THREADS_ENV)
+    if threads:
+        set_options(torch_threads=int(threads))
+    if os.environ.get(PIN_GPU_ENV) == "1":
+        device = pin_gpu(worker.name)
+        log.info("worker %s pinned to GPU %s", worker.name, device)
+
+
+# ----------------------------------------------------------------- batch jobs
+def _require_jobqueue():
+    try:
+        import dask_jobqueue
+    except ImportError as error:  # pragma: no cover - depends on the installation
+        raise ImportError("HPC clusters need dask-jobqueue: pip install 'm3rcr_xr[hpc]'") from error
+    return dask_jobqueue
+
+
+def _job_layout(cores: int, gpus_per_job: int, processes: int | None) -> WorkerLayout:
+    _positive("cores", cores)
+    if not isinstance(gpus_per_job, int) or gpus_per_job < 0:
+        raise UsageError(f"gpus_per_job must be an integer >= 0, not {gpus_per_job!r}")
+    if gpus_per_job:
+        if processes not in (None, gpus_per_job):
+            raise UsageError(
+                f"processes={processes} with gpus_per_job={gpus_per_job}: "
+                "a job runs one worker process per GPU"
+            )
+        return gpu_layout(cores, [str(i) for i in range(gpus_per_job)])
+    if processes is not None:
+        _positive("processes", processes)
+        if processes > cores:
+            raise UsageError(f"processes={processes} > cores={cores}")
+    return cpu_layout(cores, processes)
+
+
+def _jobqueue_kwargs(
+    layout: WorkerLayout, gpus_per_job: int, python: str | None, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """What every job needs, added to the caller's own lists (never replacing them)."""
+    prologue = [f"export {TORCH_THREADS_ENV}={layout.torch_threads}"]
+    worker_args = ["--preload", PRELOAD]
+    if gpus_per_job:
+        worker_args += ["--resources", f"{GPU_RESOURCE}=1"]
+    if gpus_per_job > 1:
+        prologue.append(f"export {PIN_GPU_ENV}=1")
+    return {
+        **kwargs,
+        "processes": layout.n_workers,
+        "python": python or sys.executable,
+        "job_script_prologue": [*kwargs.get("job_script_prologue", []), *prologue],
+        "worker_extra_args": [*kwargs.get("worker_extra_args", []), *worker_args],
+    }
+
+
+def slurm_cluster(
+    queue: str | None,
+    *,
+    gpus_per_job: int = 0,
+    cores: int,
+    memory: str,
+    walltime: str,
+    processes: int | None = None,
+    mem_per_gpu: str | None = None,
+    python: str | None = None,
+    **kwargs: Any,
+):
+    """A ``dask_jobqueue.SLURMCluster`` whose jobs carry decloud's workers.
+
+    Parameters
+    ----------
+    queue
+        Slurm partition (``-p``); None for the default one.
+    gpus_per_job
+        GPUs each job asks for (``--gres=gpu:N``); the job then runs one worker process
+        per GPU, each pinned to its GPU and advertising ``GPU=1``.
+    cores, memory, walltime
+        Per job, as dask-jobqueue takes them (``memory`` is shared among the job's
+        workers and written as ``--mem``).
+    processes
+        Worker processes per job on the CPU (default: about sqrt(cores)); with GPUs it
+        is ``gpus_per_job``.
+    mem_per_gpu
+        Ask for memory per GPU instead (``--mem-per-gpu``); the ``--mem`` line that
+        dask-jobqueue always writes is then left out, as Slurm refuses both
+        (dask-jobqueue#698).
+    python
+        The workers' Python; default this one (``sys.executable``), so that jobs import
+        the same m3rcr_xr.
+    **kwargs
+        Passed to ``SLURMCluster`` (``account``, ``log_directory``, ``job_extra_directives``,
+        ``worker_extra_args``, ``job_script_prologue``...); lists are extended, not replaced.
+
+    Returns
+    -------
+    dask_jobqueue.SLURMCluster
+        No job is submitted yet: ``cluster.scale(jobs=n)`` or ``cluster.adapt(...)``.
+
+    Examples
+    --------
+    >>> cluster = slurm_cluster("gpu", gpus_per_job=1, cores=8, memory="32GB",
+    ...                         walltime="01:00:00")  # doctest: +SKIP
+    >>> print(cluster.job_script())  # doctest: +SKIP
+    """
+    jobqueue = _require_jobqueue()
+    layout = _job_layout(cores, gpus_per_job, processes)
+    options = _jobqueue_kwargs(layout, gpus_per_job, python, kwargs)
+    directives = list(kwargs.get("job_extra_directives", []))
+    if gpus_per_job:
+        directives.append(f"--gres=gpu:{gpus_per_job}")
+    if mem_per_gpu is not None:
+        if not gpus_per_job:
+            raise UsageError("mem_per_gpu needs gpus_per_job >= 1")
+        directives.append(f"--mem-per-gpu={mem_per_gpu}")
+        options["job_directives_skip"] = [*kwargs.get("job_directives_skip", []), "--mem="]
+    options["job_extra_directives"] = directives
+    return jobqueue.SLURMCluster(
+        queue=queue, cores=cores, memory=memory, walltime=walltime, **options
+    )
+
+
+def pbs_cluster(
+    queue: str | None,
+    *,
+    gpus_per_job: int = 0,
+    cores: int,
+    memory: str,
+    walltime: str,
+    processes: int | None = None,
+    python: str | None = None,
+    **kwargs: Any,
+):
+    """A ``dask_jobqueue.PBSCluster`` whose jobs carry decloud's workers.
+
+    As :func:`slurm_cluster`; the GPUs are asked for in the PBS Pro select statement
+    (``-l select=1:ncpus=C:ngpus=G:mem=M``). Pass ``resource_spec`` for another form
+    (Torque: ``nodes=1:ppn=C:gpus=G``).
+
+    Returns
+    -------
+    dask_jobqueue.PBSCluster
+        No job is submitted yet: ``cluster.scale(jobs=n)``.
+    """
+    jobqueue = _require_jobqueue()
+    from dask.utils import parse_bytes
+    from dask_jobqueue.pbs import pbs_format_bytes_ceil
+
+    layout = _job_layout(cores, gpus_per_job, processes)
+    options = _jobqueue_kwargs(layout, gpus_per_job, python, kwargs)
+    if "resource_spec" not in options:
+        gpu_part = f":ngpus={gpus_per_job}" if gpus_per_job else ""
+        options["resource_spec"] = (
+            f"select=1:ncpus={cores}{gpu_part}:mem={pbs_format_bytes_ceil(parse_bytes(memory))}"
+        )
+    return jobqueue.PBSCluster(
+        queue=queue, cores=cores, memory=memory, walltime=walltime, **options
+    )

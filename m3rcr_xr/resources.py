@@ -1,0 +1,38 @@
+"""Dask worker resources (``{"GPU": 1}``) on task graphs, kept through writes.
+
+Graph optimisation and ``dask.array.store`` rebuild layers and drop their annotations
+(dask#7036, #9541). Decloud annotates its tile tasks; a writer that finds such
+annotations in its input builds its own graph under the same annotation, so that the
+whole write runs on workers that have the resource.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dask
+import xarray as xr
+
+
+def annotate(resources: Mapping[str, float] | None) -> contextlib.AbstractContextManager:
+    """Annotate the tasks built inside with worker ``resources``; no-op for None."""
+    if not resources:
+        return contextlib.nullcontext()
+    return dask.annotate(resources=dict(resources))
+
+
+def _layers(ds: xr.Dataset) -> Iterator[Any]:
+    for var in ds.data_vars.values():
+        if dask.is_dask_collection(var.data):
+            yield from getattr(var.data.__dask_graph__(), "layers", {}).values()
+
+
+def required_resources(ds: xr.Dataset) -> dict[str, float] | None:
+    """The worker resources some task behind ``ds`` asks for, or None."""
+    for layer in _layers(ds):
+        resources = (getattr(layer, "annotations", None) or {}).get("resources")
+        if resources:
+            return dict(resources)
+    return None

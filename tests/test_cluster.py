@@ -1,0 +1,242 @@
+"""m3rcr_xr.cluster: worker layouts, GPU detection and pinning, job scripts.
+
+The local clusters are real (worker processes); GPUs are faked by replacing the
+detection, since CI has none. The Slurm clusters here only write job scripts; jobs on a
+real Slurm are in test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from distributed import Client, get_task_stream
+
+import m3rcr_xr
+from m3rcr_xr import cluster as mc
+from m3rcr_xr import models
+from m3rcr_xr.exceptions import UsageError
+
+SMALL = {"preset": "small"}
+CORES = os.cpu_count() or 1
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "dsen2-small.pt"
+    torch.save(models.build("dsen2_cr", **SMALL).state_dict(), path)
+    return path
+
+
+# ------------------------------------------------------------------- detection
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0,1", ["0", "1"]),
+        ("", []),
+        ("-1", []),
+        ("2, 3,-1,4", ["2", "3"]),
+        ("GPU-8f1c,GPU-77aa", ["GPU-8f1c", "GPU-77aa"]),
+    ],
+)
+def test_cuda_visible_devices_is_read_as_cuda_reads_it(monkeypatch, value, expected):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    assert mc._visible_devices() == expected
+
+
+def test_gpu_devices_counts_with_torch_and_keeps_the_visible_ids(monkeypatch):
+    monkeypatch.setattr(mc, "_torch_gpu_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert mc.gpu_devices() == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert mc.gpu_devices() == ["3", "5"]
+
+
+def test_gpu_devices_falls_back_to_nvidia_smi(monkeypatch):
+    monkeypatch.setattr(mc, "_torch_gpu_count", lambda: None)
+    monkeypatch.setattr(mc, "_nvidia_smi_gpu_count", lambda: 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    assert mc.gpu_devices() == ["1", "2"]
+
+
+def test_no_gpu_here_is_no_gpu():
+    assert mc.gpu_devices() == [] or torch.cuda.is_available()
+
+
+def test_a_gpu_count_beyond_the_machine_is_refused(monkeypatch):
+    monkeypatch.setattr(mc, "gpu_devices", lambda: ["0"])
+    with pytest.raises(UsageError, match="has 1 GPU"):
+        mc.local_cluster(gpus=2)
+    with pytest.raises(UsageError, match="'auto'"):
+        mc.local_cluster(gpus="all")
+
+
+# ---------------------------------------------------------------------- layout
+@pytest.mark.parametrize(
+    ("cores", "n_workers", "threads", "expected"),
+    [
+        (2, None, None, (2, 1, 1)),
+        (32, None, None, (8, 4, 1)),
+        (8, 2, None, (2, 4, 1)),
+        (8, None, 2, (4, 2, 1)),
+        (8, 2, 1, (2, 1, 4)),
+        (1, 1, 1, (1, 1, 1)),
+    ],
+)
+def test_cpu_layout_never_oversubscribes(cores, n_workers, threads, expected):
+    layout = mc.cpu_layout(cores, n_workers, threads)
+    assert (layout.n_workers, layout.threads_per_worker, layout.torch_threads) == expected
+    assert layout.n_workers * layout.threads_per_worker * layout.torch_threads <= max(
+        cores, layout.n_workers * layout.threads_per_worker
+    )
+
+
+def test_gpu_layout_is_one_worker_per_gpu():
+    layout = mc.gpu_layout(16, ["0", "1", "2", "3"])
+    assert (layout.n_workers, layout.threads_per_worker, layout.gpus) == (
+        4,
+        4,
+        ("0", "1", "2", "3"),
+    )
+    assert mc.gpu_layout(16, ["0", "1", "2", "3"], n_workers=2).gpus == ("0", "1")
+    with pytest.raises(UsageError, match="one worker per GPU"):
+        mc.gpu_layout(16, ["0"], n_workers=2)
+    with pytest.raises(UsageError, match="positive"):
+        mc.cpu_layout(4, n_workers=0)
+
+
+# ------------------------------------------------------------ local clusters
+@pytest.mark.slow
+def test_cpu_cluster_shares_the_cores_among_workers(checkpoint):
+    with (
+        mc.local_cluster(2, gpus=0, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        client.wait_for_workers(2)
+        info = client.scheduler_info()["workers"].values()
+        assert [w["nthreads"] for w in info] == [1, 1]
+        assert all(not w["resources"] for w in info)
+        expected = max(1, CORES // 2)
+        options = client.run(lambda: m3rcr_xr.get_options()["torch_threads"])
+        assert set(options.values()) == {expected}
+        scene = m3rcr_xr.synthetic_scene((200, 200), chunks=100)
+        out = m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=SMALL, tile=64)
+        result = client.compute(out).result()
+        np.testing.assert_allclose(result.values, out.compute(scheduler="threads").values, atol=0.1)
+        assert set(client.run(torch.get_num_threads).values()) == {expected}
+
+
+@pytest.mark.slow
+def test_fake_gpus_get_one_pinned_worker_each(monkeypatch, checkpoint):
+    monkeypatch.setattr(mc, "gpu_devices", lambda: ["0", "1"])
+    with mc.local_cluster(dashboard_address=None) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        workers = client.scheduler_info()["workers"]
+        names = {info["name"]: address for address, info in workers.items()}
+        assert sorted(names) == ["gpu-0", "gpu-1"]
+        assert all(info["resources"] == {"GPU": 1} for info in workers.values())
+        devices = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"])
+        assert devices == {names["gpu-0"]: "0", names["gpu-1"]: "1"}
+        scene = m3rcr_xr.synthetic_scene((300, 300), chunks=100)
+        out = m3rcr_xr.decloud(
+            scene, "dsen2_cr", checkpoint, config=SMALL, tile=48, resources={"GPU": 1}, device="cpu"
+        )
+        with get_task_stream(client) as stream:
+            result = client.compute(out.data, optimize_graph=False).result()
+        tiles = {e["worker"] for e in stream.data if "decloud-tiles" in str(e["key"])}
+        assert tiles == set(workers)
+        np.testing.assert_allclose(result, out.compute(scheduler="threads").values, atol=0.1)
+
+
+# ------------------------------------------------------------- worker preload
+def test_dask_setup_sets_torch_threads_and_pins_by_rank(monkeypatch):
+    monkeypatch.setenv(mc.TORCH_THREADS_ENV, "3")
+    monkeypatch.setenv(mc.PIN_GPU_ENV, "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    with m3rcr_xr.set_options(torch_threads=None):
+        mc.dask_setup(SimpleNamespace(name="SLURMCluster-7-1"))
+        assert m3rcr_xr.get_options()["torch_threads"] == 3
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+@pytest.mark.parametrize(
+    ("name", "rank"),
+    [("job-0", 0), ("job-3", 3), ("job", 0), ("tcp://1.2.3.4:5", 0), (7, 0), ("-2", 0)],
+)
+def test_rank_comes_from_the_worker_name(name, rank):
+    assert mc._rank(name) == rank
+
+
+# ------------------------------------------------------------------ job scripts
+def _directives(script: str, prefix: str = "#SBATCH") -> list[str]:
+    return [line.split(None, 1)[1] for line in script.splitlines() if line.startswith(prefix)]
+
+
+def test_slurm_job_asks_for_gpus_and_advertises_them():
+    with mc.slurm_cluster(
+        "gpu",
+        gpus_per_job=2,
+        cores=8,
+        memory="16GB",
+        walltime="00:30:00",
+        job_extra_directives=["--exclusive"],
+    ) as cluster:
+        script = cluster.job_script()
+    directives = _directives(script)
+    assert "--gres=gpu:2" in directives and "--exclusive" in directives
+    assert "-p gpu" in directives and any(d.startswith("--mem=") for d in directives)
+    command = script.strip().splitlines()[-1]
+    assert command.startswith(f"{sys.executable} -m distributed.cli.dask_worker")
+    assert "--nworkers 2" in command and "--nthreads 4" in command
+    assert "--resources GPU=1" in command and "--preload m3rcr_xr.cluster" in command
+    assert f"export {mc.PIN_GPU_ENV}=1" in script
+    assert f"export {mc.TORCH_THREADS_ENV}=1" in script
+
+
+def test_slurm_mem_per_gpu_drops_the_mem_line():
+    with mc.slurm_cluster(
+        None, gpus_per_job=1, cores=4, memory="8GB", walltime="01:00:00", mem_per_gpu="8G"
+    ) as cluster:
+        directives = _directives(cluster.job_script())
+    assert "--mem-per-gpu=8G" in directives and "--gres=gpu:1" in directives
+    assert not any(re.match(r"--mem=", d) for d in directives)
+
+
+def test_slurm_cpu_job_has_no_gpu_and_sets_torch_threads():
+    with mc.slurm_cluster(
+        "cpu", cores=8, memory="16GB", walltime="01:00:00", processes=2
+    ) as cluster:
+        script = cluster.job_script()
+    assert "gres" not in script and "GPU=" not in script and mc.PIN_GPU_ENV not in script
+    assert "--nworkers 2" in script and "--nthreads 4" in script
+    assert f"export {mc.TORCH_THREADS_ENV}=1" in script
+
+
+def test_bad_job_arguments_are_refused():
+    with pytest.raises(UsageError, match="one worker process per GPU"):
+        mc.slurm_cluster(
+            "q", gpus_per_job=2, processes=1, cores=4, memory="8GB", walltime="01:00:00"
+        )
+    with pytest.raises(UsageError, match="mem_per_gpu needs"):
+        mc.slurm_cluster("q", cores=4, memory="8GB", walltime="01:00:00", mem_per_gpu="1G")
+    with pytest.raises(UsageError, match="gpus_per_job"):
+        mc.pbs_cluster("q", gpus_per_job=-1, cores=4, memory="8GB", walltime="01:00:00")
+
+
+def test_pbs_job_asks_for_gpus_in_the_select_statement():
+    with mc.pbs_cluster(
+        "gpuq", gpus_per_job=1, cores=4, memory="8GB", walltime="01:00:00"
+    ) as cluster:
+        script = cluster.job_script()
+    assert re.search(r"^#PBS -l select=1:ncpus=4:ngpus=1:mem=\d+MB$", script, re.MULTILINE)
+    assert "--resources GPU=1" in script and "--preload m3rcr_xr.cluster" in script
+    with mc.pbs_cluster(
+        "q", cores=4, memory="8GB", walltime="01:00:00", resource_spec="nodes=1:ppn=4"
+    ) as cluster:
+        assert "#PBS -l nodes=1:ppn=4" in cluster.job_script()

@@ -1,0 +1,83 @@
+"""The notebooks in ``notebooks/`` run from top to bottom and are stored without outputs.
+
+They are executed with nbclient (the engine of nbmake) in a kernel running this
+interpreter, from the ``notebooks/`` folder, as a user would open them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+EXPECTED = ["01-quickstart.ipynb", "02-m3rcr-dataset.ipynb", "03-hpc-cluster.ipynb"]
+KERNEL = "m3rcr-tests"
+
+
+def _notebooks() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+def test_the_three_notebooks_are_there():
+    assert [path.name for path in _notebooks()] == EXPECTED
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda path: path.stem)
+def test_notebook_is_stored_without_outputs(path: Path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"{path.name}: outputs stored; clear them (jupyter nbconvert "
+                "--clear-output --inplace)"
+            )
+    assert set(notebook.metadata) <= {"kernelspec", "language_info"}
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory) -> str:
+    """A kernel spec that starts this interpreter, whatever is on PATH."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "m3rcr tests", "language": "python"})
+    )
+    return str(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda path: path.stem)
+def test_notebook_runs(path: Path, kernel: str, monkeypatch):
+    monkeypatch.setenv("JUPYTER_PATH", kernel)
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel draws inline
+    python_path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(python_path))
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook, kernel_name=KERNEL, timeout=180, resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
+    client.execute()
+    errors = [
+        output
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+    assert not errors
+    images = [
+        output
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
+    assert images or path.name == "03-hpc-cluster.ipynb", f"{path.name} drew nothing"

@@ -1,0 +1,140 @@
+"""Zarr stores on S3-compatible object storage, through fsspec/s3fs.
+
+An S3 server (moto in server mode: real HTTP) runs on loopback for the module; the
+library is given nothing but ``s3://`` URLs, and s3fs takes the credentials and the
+endpoint from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_ENDPOINT_URL_S3``), as it would on a cloud machine or an HPC login node.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import s3fs
+import torch
+import xarray as xr
+from distributed import Client
+from moto.server import ThreadedMotoServer
+
+import m3rcr_xr
+from m3rcr_xr import models, store
+from m3rcr_xr.cli import main
+from m3rcr_xr.cluster import local_cluster
+from m3rcr_xr.exceptions import StoreError
+
+TINY = {"n_resblocks": 1, "n_feats": 8}
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """An S3 endpoint on loopback (``http://127.0.0.1:PORT``)."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(endpoint: str, monkeypatch, tmp_path) -> Iterator[str]:
+    """A fresh bucket; credentials and endpoint only in the environment."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "m3rcr-test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "m3rcr-test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    s3fs.S3FileSystem.clear_instance_cache()
+    name = f"m3rcr-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem().mkdir(name)
+    yield name
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "dsen2-tiny.pt"
+    torch.save(models.build("dsen2_cr", **TINY).state_dict(), path)
+    return path
+
+
+def _same(a: xr.Dataset, b: xr.Dataset) -> None:
+    xr.testing.assert_identical(
+        a.drop_vars("spatial_ref").compute(), b.drop_vars("spatial_ref").compute()
+    )
+    assert a.rio.crs == b.rio.crs and a.rio.transform() == b.rio.transform()
+
+
+def test_a_scene_goes_to_s3_and_back(bucket):
+    scene = m3rcr_xr.synthetic_scene((300, 260), seed=5, chunks=128)
+    url = f"s3://{bucket}/scene.zarr"
+    m3rcr_xr.to_zarr(scene, url)
+    assert m3rcr_xr.is_complete(url)
+    assert "scene.zarr/zarr.json" in " ".join(s3fs.S3FileSystem().ls(f"{bucket}/scene.zarr"))
+    _same(m3rcr_xr.open_zarr(url), scene)
+
+
+def test_an_interrupted_write_to_s3_resumes(bucket, monkeypatch):
+    scene = m3rcr_xr.synthetic_scene((144, 16), seed=6, chunks=16)
+    url = f"s3://{bucket}/resumed.zarr"
+    write_step = store._write_step
+    calls: list[slice] = []
+
+    def dies_on_second_step(ds, where, dim, region, show=False):
+        calls.append(region)
+        if len(calls) == 2:
+            raise RuntimeError("killed half-way")
+        write_step(ds, where, dim, region, show)
+
+    with m3rcr_xr.set_options(scene_chunk=16):
+        monkeypatch.setattr(store, "_write_step", dies_on_second_step)
+        with pytest.raises(RuntimeError, match="half-way"):
+            m3rcr_xr.to_zarr(scene, url)
+        with pytest.raises(StoreError, match="incomplete"):
+            m3rcr_xr.open_zarr(url)
+        monkeypatch.setattr(store, "_write_step", write_step)
+        m3rcr_xr.to_zarr(scene, url)
+    assert len(calls) == 2
+    _same(m3rcr_xr.open_zarr(url), scene)
+
+
+def test_the_command_line_ingests_a_split_to_s3(bucket, samples_dir, capsys):
+    url = f"s3://{bucket}/test.zarr"
+    assert main(["ingest", str(samples_dir / "test"), url]) == 0
+    assert main(["info", url]) == 0
+    assert "collection: 1 patches of 300x300 px; EPSG [32736]" in capsys.readouterr().out
+    assert m3rcr_xr.open_zarr(url).patch.values.tolist() == ["summer_33_p_1"]
+
+
+def test_no_store_there_is_a_store_error(bucket):
+    with pytest.raises(StoreError, match="no Zarr store"):
+        m3rcr_xr.open_zarr(f"s3://{bucket}/missing.zarr")
+
+
+@pytest.mark.slow
+def test_decloud_and_evaluate_on_s3_from_worker_processes(bucket, checkpoint):
+    """Workers in other processes read and write S3 with the environment's credentials."""
+    scene = m3rcr_xr.synthetic_scene((256, 256), seed=7, chunks=128)
+    with m3rcr_xr.set_options(scene_chunk=128):
+        m3rcr_xr.to_zarr(scene, f"s3://{bucket}/scene.zarr")
+    with local_cluster(2, gpus=0, dashboard_address=None) as cluster, Client(cluster):
+        ds = m3rcr_xr.open_zarr(f"s3://{bucket}/scene.zarr")
+        out = m3rcr_xr.decloud(ds, "dsen2_cr", checkpoint, config=TINY, tile=64)
+        m3rcr_xr.to_zarr(out.to_dataset(), f"s3://{bucket}/decloud.zarr")
+        pred = m3rcr_xr.open_zarr(f"s3://{bucket}/decloud.zarr", validate_schema=False)
+        remote = m3rcr_xr.evaluate(ds.assign(decloud=pred["decloud"]))
+    local_pred = m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=TINY, tile=64).compute(
+        scheduler="threads"
+    )
+    np.testing.assert_allclose(pred["decloud"].values, local_pred.values, atol=0.1)
+    local = m3rcr_xr.evaluate(scene.assign(decloud=local_pred))
+    xr.testing.assert_allclose(remote, local, rtol=1e-4)
+    assert float(remote.PSNR.sel(stratum="all", landcover_class="all")) > 0
