@@ -53,8 +53,9 @@ def _some_tiles_done(client: Client) -> bool:
 
 def test_gpu_annotated_tasks_run_only_where_the_resource_is(small_checkpoint, tmp_path):
     workers = {
-        "plain": {"cls": Nanny, "options": {"nthreads": 1}},
-        "gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
+        "plain": {"cls": Nanny, "options": {"nthreads": 1, "dashboard": False}},
+        "gpu": {"cls": Nanny, "options": {"nthreads": 1, "dashboard": False,
+                                          "resources": {"GPU": 1}}},
     }
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
     with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
