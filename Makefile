@@ -27,8 +27,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check m3rcr_xr tests benchmarks
-	$(BIN)/ruff format --check m3rcr_xr tests benchmarks
+	$(BIN)/ruff check m3rcr_xr tests benchmarks scripts
+	$(BIN)/ruff format --check m3rcr_xr tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

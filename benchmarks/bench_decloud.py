@@ -44,14 +44,21 @@ def _checkpoint(folder: Path, config: dict) -> Path:
 def plain_loop(inputs: np.ndarray, plan: inference.TilePlan, model, batch: int) -> float:
     """The published way: crop each tile, run batches, keep outputs; seconds."""
     padded = inference._pad(inputs, plan)
-    corners = [(r * plan.stride, c * plan.stride)
-               for r in range(plan.shape[0]) for c in range(plan.shape[1])]
+    corners = [
+        (r * plan.stride, c * plan.stride)
+        for r in range(plan.shape[0])
+        for c in range(plan.shape[1])
+    ]
     start = time.perf_counter()
     outputs = []
     with torch.inference_mode():
         for first in range(0, len(corners), batch):
-            crops = np.stack([padded[:, y:y + plan.tile, x:x + plan.tile]
-                              for y, x in corners[first:first + batch]])
+            crops = np.stack(
+                [
+                    padded[:, y : y + plan.tile, x : x + plan.tile]
+                    for y, x in corners[first : first + batch]
+                ]
+            )
             tensor = torch.from_numpy(crops)
             outputs.append(model(tensor[:, :4], tensor[:, 4:]).numpy())
     return time.perf_counter() - start
@@ -63,8 +70,9 @@ def throughput(size: int, tile: int, chunk: int, batch: int, folder: Path) -> di
     inputs = inference.model_inputs(scene).values
     model = models.load("dsen2_cr", checkpoint, **CONFIG)
     torch.set_num_threads(torch.get_num_threads())
-    result = m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=CONFIG, tile=tile,
-                              batch_size=batch)
+    result = m3rcr_xr.decloud(
+        scene, "dsen2_cr", checkpoint, config=CONFIG, tile=tile, batch_size=batch
+    )
     plan = inference.make_plan(tile, tile // 8, size, size)
     result.compute(scheduler="threads")  # warm-up: model built and cached
     loop_s, decloud_s = [], []
@@ -75,8 +83,12 @@ def throughput(size: int, tile: int, chunk: int, batch: int, folder: Path) -> di
         decloud_s.append(time.perf_counter() - start)
     no_overlap = math.ceil(size / tile) ** 2
     return {
-        "scene": f"{size}x{size}", "tile": tile, "overlap": plan.overlap, "chunk": chunk,
-        "model": f"dsen2_cr {CONFIG}", "plain_loop_s": round(min(loop_s), 2),
+        "scene": f"{size}x{size}",
+        "tile": tile,
+        "overlap": plan.overlap,
+        "chunk": chunk,
+        "model": f"dsen2_cr {CONFIG}",
+        "plain_loop_s": round(min(loop_s), 2),
         "decloud_s": round(min(decloud_s), 2),
         "throughput_ratio": round(min(loop_s) / min(decloud_s), 3),
         "tiles_computed_per_needed": 1.0,
@@ -93,8 +105,12 @@ def memory(size: int, limit: str, folder: Path) -> dict:
     scene = m3rcr_xr.synthetic_scene((size, size), chunks=1024)
     out = m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=tiny, tile=256)
     sampler = MemorySampler()
-    with LocalCluster(n_workers=1, threads_per_worker=2, memory_limit=limit,
-                      dashboard_address=None) as cluster, Client(cluster):
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, memory_limit=limit, dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
         start = time.perf_counter()
         with sampler.sample("decloud", interval=0.1):
             m3rcr_xr.to_zarr(out.to_dataset(), folder / "decloud.zarr", progress=False)
@@ -102,10 +118,14 @@ def memory(size: int, limit: str, folder: Path) -> dict:
         limit_bytes = cluster.workers[0].memory_manager.memory_limit
     peak = float(sampler.to_pandas()["decloud"].max())
     scene_bytes = scene.nbytes + out.nbytes
-    return {"scene": f"{size}x{size}", "scene_and_output_GB": round(scene_bytes / 1e9, 2),
-            "worker_limit_GB": round(limit_bytes / 1e9, 2),
-            "peak_worker_GB": round(peak / 1e9, 2),
-            "peak_over_limit": round(peak / limit_bytes, 2), "seconds": round(seconds, 1)}
+    return {
+        "scene": f"{size}x{size}",
+        "scene_and_output_GB": round(scene_bytes / 1e9, 2),
+        "worker_limit_GB": round(limit_bytes / 1e9, 2),
+        "peak_worker_GB": round(peak / 1e9, 2),
+        "peak_over_limit": round(peak / limit_bytes, 2),
+        "seconds": round(seconds, 1),
+    }
 
 
 def main() -> None:

@@ -37,8 +37,9 @@ class M3RCRAccessor:
         """See :func:`m3rcr_xr.to_zarr`."""
         store.to_zarr(self._obj, store_path, **kwargs)
 
-    def decloud(self, model: str = "dsen2_cr", checkpoint: Any = None, **kwargs: Any
-                ) -> xr.DataArray:
+    def decloud(
+        self, model: str = "dsen2_cr", checkpoint: Any = None, **kwargs: Any
+    ) -> xr.DataArray:
         """See :func:`m3rcr_xr.decloud`."""
         return inference.decloud(self._obj, model, checkpoint, **kwargs)
 

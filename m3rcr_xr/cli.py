@@ -27,8 +27,9 @@ def _ingest(args: argparse.Namespace) -> int:
     elif source.suffix.lower() == ".csv":
         ds = open_m3rcr(args.root or source.parent, source, align=args.align)
     else:
-        ds = open_quartet(source, args.cloudfree, args.sar, args.landcover, args.cloudmask,
-                          align=args.align)
+        ds = open_quartet(
+            source, args.cloudfree, args.sar, args.landcover, args.cloudmask, align=args.align
+        )
     to_zarr(ds, args.dest, overwrite=args.overwrite)
     print(f"wrote {args.dest}")
     return 0
@@ -69,13 +70,23 @@ def _decloud(args: argparse.Namespace) -> int:
     from .inference import decloud
     from .store import open_zarr, to_zarr
 
+    config = _parse_config(args.config)  # arguments first, then the data
     ds = open_zarr(args.input)
-    result = decloud(ds, args.model, args.checkpoint, config=_parse_config(args.config),
-                     tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                     device=args.device, composite=args.composite)
+    result = decloud(
+        ds,
+        args.model,
+        args.checkpoint,
+        config=config,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        composite=args.composite,
+    )
     if args.cog and "patch" in result.dims:
-        raise UsageError("--cog: a Cloud-Optimised GeoTIFF needs a scene, "
-                                  f"{args.input} holds a collection")
+        raise UsageError(
+            f"--cog: a Cloud-Optimised GeoTIFF needs a scene, {args.input} holds a collection"
+        )
     to_zarr(result.to_dataset(), args.output, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.output}")
     if args.cog:
@@ -90,16 +101,21 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="Zarr store with cloudy and sar (from m3rcr ingest)")
     p.add_argument("output", help="Zarr store to write the decloud variable to")
     p.add_argument("--model", default="dsen2_cr", help="dsen2_cr, glf_cr or align_cr")
-    p.add_argument("--checkpoint", help="weights (.pth published layout, state dict, "
-                                        ".safetensors)")
-    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
-                   help="architecture argument, repeatable (e.g. preset=small)")
+    p.add_argument("--checkpoint", help="weights (.pth published layout, state dict, .safetensors)")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture argument, repeatable (e.g. preset=small)",
+    )
     p.add_argument("--tile", type=int, help="tile size (default: the model's)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile // 8)")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--composite", action="store_true",
-                   help="keep the cloudy input outside the cloud mask")
+    p.add_argument(
+        "--composite", action="store_true", help="keep the cloudy input outside the cloud mask"
+    )
     p.add_argument("--cog", help="also write a Cloud-Optimised GeoTIFF here (scenes only)")
     p.add_argument("--overwrite", action="store_true", help="replace a complete store")
     p.set_defaults(func=_decloud)
@@ -107,16 +123,23 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ingest", help="read M3R-CR files into a Zarr store")
-    p.add_argument("src", help="a split folder (train/, test/), a file-list CSV, or a cloudy "
-                               "GeoTIFF (then give the other layers as options)")
+    p.add_argument(
+        "src",
+        help="a split folder (train/, test/), a file-list CSV, or a cloudy "
+        "GeoTIFF (then give the other layers as options)",
+    )
     p.add_argument("dest", help="the Zarr store to write (path or fsspec URL)")
     p.add_argument("--root", help="data root of a CSV's paths (default: the CSV's folder)")
     p.add_argument("--cloudfree", help="cloud-free GeoTIFF of a quartet")
     p.add_argument("--sar", help="Sentinel-1 GeoTIFF of a quartet")
     p.add_argument("--landcover", help="WorldCover GeoTIFF of a quartet")
     p.add_argument("--cloudmask", help="cloud mask (.npy or GeoTIFF) of a quartet")
-    p.add_argument("--align", choices=("coords", "shape"), default="coords",
-                   help="put the 10 m layers on the 3 m grid by coordinates or by shape")
+    p.add_argument(
+        "--align",
+        choices=("coords", "shape"),
+        default="coords",
+        help="put the 10 m layers on the 3 m grid by coordinates or by shape",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a complete store")
     p.set_defaults(func=_ingest)
 
@@ -139,8 +162,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate, write_table
     from .store import open_zarr
 
-    result = evaluate(open_zarr(args.store), args.pred, args.target, level=args.level,
-                      protocol=args.protocol)
+    result = evaluate(
+        open_zarr(args.store), args.pred, args.target, level=args.level, protocol=args.protocol
+    )
     print(result.to_dataframe().to_string())
     if args.out:
         write_table(result, args.out)
@@ -153,10 +177,19 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", help="a Zarr store holding the prediction and the target")
     p.add_argument("--pred", default="decloud", help="prediction variable (default decloud)")
     p.add_argument("--target", default="cloudfree", help="target variable (default cloudfree)")
-    p.add_argument("--level", type=int, choices=(1, 2), default=1,
-                   help="WorldCover class level: 1 (7 groups) or 2 (11 classes)")
-    p.add_argument("--protocol", choices=("pooled", "per_patch"), default="pooled",
-                   help="pool all pixels, or average per-patch metrics (collections)")
+    p.add_argument(
+        "--level",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="WorldCover class level: 1 (7 groups) or 2 (11 classes)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("pooled", "per_patch"),
+        default="pooled",
+        help="pool all pixels, or average per-patch metrics (collections)",
+    )
     p.add_argument("--out", help="also write the table: a .csv or .json path")
     p.set_defaults(func=_evaluate)
 
@@ -165,20 +198,31 @@ def _train(args: argparse.Namespace) -> int:
     from .train import TrainSettings, export_weights, train
 
     settings = TrainSettings(
-        model=args.model, steps=args.steps, config=_parse_config(args.config),
-        batch_size=args.batch_size, crop=args.crop, lr=args.lr, lr_step=args.lr_step,
-        lr_decay_start=args.lr_decay_start, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, num_workers=args.workers, device=args.device,
-        amp=args.amp)
-    result = train(args.store, args.out, settings, val=args.val, resume=args.resume,
-                   progress=True)
-    print(f"wrote {result.checkpoint} (step {result.settings.steps}, "
-          f"{result.wall_s:.0f} s)")
+        model=args.model,
+        steps=args.steps,
+        config=_parse_config(args.config),
+        batch_size=args.batch_size,
+        crop=args.crop,
+        lr=args.lr,
+        lr_step=args.lr_step,
+        lr_decay_start=args.lr_decay_start,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        num_workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+    )
+    result = train(args.store, args.out, settings, val=args.val, resume=args.resume, progress=True)
+    print(f"wrote {result.checkpoint} (step {result.settings.steps}, {result.wall_s:.0f} s)")
     for stratum, values in result.metrics.get("model", {}).items():
         baseline = result.metrics["input"][stratum]
-        print(f"validation {stratum}: " + ", ".join(
-            f"{name} {values[name]:.4g} (cloudy input {baseline[name]:.4g})"
-            for name in ("PSNR", "SSIM", "SAM", "MAE")))
+        print(
+            f"validation {stratum}: "
+            + ", ".join(
+                f"{name} {values[name]:.4g} (cloudy input {baseline[name]:.4g})"
+                for name in ("PSNR", "SSIM", "SAM", "MAE")
+            )
+        )
     if args.export:
         print(f"wrote {export_weights(result.checkpoint, args.export)}")
     return 0
@@ -188,34 +232,55 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a network on a Zarr store (published recipe)")
     p.add_argument("store", help="training data: a scene or collection store")
     p.add_argument("--model", required=True, help="dsen2_cr, glf_cr or align_cr")
-    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
-                   help="architecture argument, repeatable (e.g. preset=small)")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture argument, repeatable (e.g. preset=small)",
+    )
     p.add_argument("--steps", type=int, required=True, help="optimiser steps in all")
     p.add_argument("--out", required=True, help="checkpoint to write (.pth)")
     p.add_argument("--batch-size", type=int, help="crops per step (published: 1, Align-CR 2)")
     p.add_argument("--crop", type=int, help="crop side (default: the model's tile, else 160)")
     p.add_argument("--lr", type=float, help="learning rate (published: 1e-4)")
     p.add_argument("--lr-step", type=int, help="halve the rate every N steps (default steps/6)")
-    p.add_argument("--lr-decay-start", type=int,
-                   help="first halving after this step (default steps/3)")
+    p.add_argument(
+        "--lr-decay-start", type=int, help="first halving after this step (default steps/3)"
+    )
     p.add_argument("--seed", type=int, help="seed of weights and crops (published: 7)")
-    p.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help="write the checkpoint (and validate) every N steps")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="write the checkpoint (and validate) every N steps",
+    )
     p.add_argument("--resume", metavar="CKPT", help="continue the run of this checkpoint")
     p.add_argument("--val", metavar="STORE", help="validation store (centre crops)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                   help="mixed precision on a GPU (never on the CPU)")
-    p.add_argument("--export", metavar="FILE.safetensors",
-                   help="also write the final weights as safetensors (model and config in "
-                        "its metadata)")
+    p.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp16", "off"),
+        default="auto",
+        help="mixed precision on a GPU (never on the CPU)",
+    )
+    p.add_argument(
+        "--export",
+        metavar="FILE.safetensors",
+        help="also write the final weights as safetensors (model and config in its metadata)",
+    )
     p.set_defaults(func=_train)
 
 
 #: each adds one subcommand; later commands (decloud, evaluate, train) add theirs here
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_ingest, _add_info, _add_decloud, _add_evaluate, _add_demo, _add_train,
+    _add_ingest,
+    _add_info,
+    _add_decloud,
+    _add_evaluate,
+    _add_demo,
+    _add_train,
 ]
 
 
@@ -231,8 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``m3rcr``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not args.verbose:  # distributed sets its own loggers to INFO
         logging.getLogger("distributed").setLevel(logging.WARNING)
     try:

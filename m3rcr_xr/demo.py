@@ -33,7 +33,8 @@ def _figures(scene: xr.Dataset, result: xr.Dataset, out: Path) -> dict[str, Path
     paths = {"quicklook": out / "quicklook.png", "metrics_by_class": out / "metrics_by_class.png"}
     quicklook(scene).savefig(paths["quicklook"], dpi=100, bbox_inches="tight")
     metrics_by_class(result, ["PSNR", "SSIM", "SAM", "MAE"]).savefig(
-        paths["metrics_by_class"], dpi=100, bbox_inches="tight")
+        paths["metrics_by_class"], dpi=100, bbox_inches="tight"
+    )
     return paths
 
 
@@ -49,8 +50,11 @@ def run_demo(out: Path, *, size: int = 2048, seed: int = DEMO_SEED) -> dict[str,
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"scene": out / "scene.zarr", "decloud": out / "decloud.zarr",
-             "metrics": out / "metrics.csv"}
+    paths = {
+        "scene": out / "scene.zarr",
+        "decloud": out / "decloud.zarr",
+        "metrics": out / "metrics.csv",
+    }
     checkpoint, config = default_checkpoint()
     with local_cluster() as cluster, cluster.get_client() as client:
         print(f"Dask dashboard: {client.dashboard_link}")
@@ -74,6 +78,8 @@ def _print_summary(result: xr.Dataset, baseline: xr.Dataset) -> None:
     print(table.round(4).to_string())
     before = baseline.sel(stratum="all", landcover_class="all")
     after = result.sel(stratum="all", landcover_class="all")
-    print(f"\nwhole scene: PSNR {float(before.PSNR):.2f} dB (cloudy input) -> "
-          f"{float(after.PSNR):.2f} dB (decloud); SAM {float(before.SAM):.2f} -> "
-          f"{float(after.SAM):.2f} degrees")
+    print(
+        f"\nwhole scene: PSNR {float(before.PSNR):.2f} dB (cloudy input) -> "
+        f"{float(after.PSNR):.2f} dB (decloud); SAM {float(before.SAM):.2f} -> "
+        f"{float(after.SAM):.2f} degrees"
+    )

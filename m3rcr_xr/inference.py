@@ -77,13 +77,23 @@ class ModelRef:
     device: str = "auto"
 
     @classmethod
-    def create(cls, name: str, checkpoint: str | os.PathLike | None = None,
-               config: Mapping[str, Any] | None = None, device: str = "auto") -> ModelRef:
+    def create(
+        cls,
+        name: str,
+        checkpoint: str | os.PathLike | None = None,
+        config: Mapping[str, Any] | None = None,
+        device: str = "auto",
+    ) -> ModelRef:
         path = None if checkpoint is None else str(Path(checkpoint).resolve())
         if path is not None and not Path(path).is_file():
             raise CheckpointError(f"{checkpoint}: checkpoint file does not exist")
-        return cls(name=name, config=tuple(sorted((config or {}).items())), checkpoint=path,
-                   sha256=None if path is None else file_sha256(path), device=device)
+        return cls(
+            name=name,
+            config=tuple(sorted((config or {}).items())),
+            checkpoint=path,
+            sha256=None if path is None else file_sha256(path),
+            device=device,
+        )
 
     def build(self):
         """Build the model on the CPU, in eval mode (weights loaded if any)."""
@@ -186,8 +196,7 @@ class TilePlan:
 
 def make_plan(tile: int, overlap: int, height: int, width: int) -> TilePlan:
     if not 0 <= overlap < tile / 2:
-        raise ModelConfigError(f"overlap must be in [0, tile/2) = [0, {tile / 2:g}), "
-                               f"not {overlap}")
+        raise ModelConfigError(f"overlap must be in [0, tile/2) = [0, {tile / 2:g}), not {overlap}")
     return TilePlan(tile=tile, overlap=overlap, height=height, width=width)
 
 
@@ -205,7 +214,7 @@ def run_tiles(model, device: str, tiles: np.ndarray, batch_size: int) -> np.ndar
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(tiles), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(tiles[start:start + batch_size]))
+            batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
             batch = batch.to(device, non_blocking=True)
             if device.startswith("cuda"):
                 batch = batch.contiguous(memory_format=torch.channels_last)
@@ -214,8 +223,9 @@ def run_tiles(model, device: str, tiles: np.ndarray, batch_size: int) -> np.ndar
     return np.concatenate(outputs) if outputs else np.empty((0, OPTICAL_CHANNELS, 0, 0))
 
 
-def accumulate(inputs: np.ndarray, plan: TilePlan, rows: range, cols: range, ref: ModelRef,
-               batch_size: int) -> np.ndarray:
+def accumulate(
+    inputs: np.ndarray, plan: TilePlan, rows: range, cols: range, ref: ModelRef, batch_size: int
+) -> np.ndarray:
     """Weighted sums of the tiles ``rows x cols`` (tile indices) on their canvas.
 
     ``inputs`` (6, h, w) holds the padded scene from the first tile's corner. Returns
@@ -227,11 +237,11 @@ def accumulate(inputs: np.ndarray, plan: TilePlan, rows: range, cols: range, ref
     canvas = np.zeros((OPTICAL_CHANNELS + 1, *inputs.shape[1:]), dtype=np.float64)
     weights = window(tile)
     corners = [(r * stride - top, c * stride - left) for r in rows for c in cols]
-    crops = np.stack([inputs[:, y:y + tile, x:x + tile] for y, x in corners])
+    crops = np.stack([inputs[:, y : y + tile, x : x + tile] for y, x in corners])
     outputs = run_tiles(model, device, crops, batch_size)
     for (y, x), out in zip(corners, outputs, strict=True):
-        canvas[:OPTICAL_CHANNELS, y:y + tile, x:x + tile] += weights * out
-        canvas[OPTICAL_CHANNELS, y:y + tile, x:x + tile] += weights
+        canvas[:OPTICAL_CHANNELS, y : y + tile, x : x + tile] += weights * out
+        canvas[OPTICAL_CHANNELS, y : y + tile, x : x + tile] += weights
     return canvas
 
 
@@ -275,13 +285,20 @@ def _edges(count: int, group: int) -> list[range]:
     return [range(start, min(start + group, count)) for start in range(0, count, group)]
 
 
-def _group_canvas(inputs: np.ndarray, plan: TilePlan, rows: range, cols: range, ref: ModelRef,
-                  batch_size: int) -> np.ndarray:
+def _group_canvas(
+    inputs: np.ndarray, plan: TilePlan, rows: range, cols: range, ref: ModelRef, batch_size: int
+) -> np.ndarray:
     return accumulate(inputs, plan, rows, cols, ref, batch_size)
 
 
-def _assemble(cloudy: np.ndarray, own: np.ndarray, up: np.ndarray | None,
-              left: np.ndarray | None, corner: np.ndarray | None, spill: int) -> np.ndarray:
+def _assemble(
+    cloudy: np.ndarray,
+    own: np.ndarray,
+    up: np.ndarray | None,
+    left: np.ndarray | None,
+    corner: np.ndarray | None,
+    spill: int,
+) -> np.ndarray:
     """One output block: its canvas plus the spills of its neighbours, finished."""
     height, width = cloudy.shape[1:]
     total = own[:, :height, :width].copy()
@@ -308,15 +325,20 @@ def _pad(array: da.Array | np.ndarray, plan: TilePlan):
     target = plan.padded_shape
     while array.shape[-2:] != target:
         widths = [(0, 0)] * (array.ndim - 2) + [
-            (0, min(goal - size, size)) for goal, size in zip(target, array.shape[-2:],
-                                                              strict=True)
+            (0, min(goal - size, size)) for goal, size in zip(target, array.shape[-2:], strict=True)
         ]
         array = xp.pad(array, widths, mode="symmetric")
     return array
 
 
-def _decloud_scene(inputs: da.Array, cloudy: da.Array, plan: TilePlan, ref: ModelRef,
-                   batch_size: int, resources: Mapping[str, float] | None) -> da.Array:
+def _decloud_scene(
+    inputs: da.Array,
+    cloudy: da.Array,
+    plan: TilePlan,
+    ref: ModelRef,
+    batch_size: int,
+    resources: Mapping[str, float] | None,
+) -> da.Array:
     """(6, y, x) lazy inputs to (4, y, x) lazy output, in two stages (see module doc)."""
     padded_h, padded_w = plan.padded_shape
     padded = _pad(inputs, plan)
@@ -337,7 +359,12 @@ def _decloud_scene(inputs: da.Array, cloudy: da.Array, plan: TilePlan, ref: Mode
             for b, cols in enumerate(col_groups):
                 (y0, y1), (x0, x1) = extent(rows), extent(cols)
                 canvases[a, b] = delayed(_group_canvas, pure=True)(
-                    padded[:, y0:y1, x0:x1], plan, rows, cols, ref, batch_size,
+                    padded[:, y0:y1, x0:x1],
+                    plan,
+                    rows,
+                    cols,
+                    ref,
+                    batch_size,
                     dask_key_name=f"decloud-tiles-{dask.base.tokenize(padded, plan, ref, a, b)}",
                 )
     blocks = []
@@ -346,36 +373,52 @@ def _decloud_scene(inputs: da.Array, cloudy: da.Array, plan: TilePlan, ref: Mode
         for b, cols in enumerate(col_groups):
             height = _block_end(rows, stride, padded_h, a + 1 == len(row_groups)) - extent(rows)[0]
             width = _block_end(cols, stride, padded_w, b + 1 == len(col_groups)) - extent(cols)[0]
-            parts = [canvases.get((a - 1, b)) if spill else None,
-                     canvases.get((a, b - 1)) if spill else None,
-                     canvases.get((a - 1, b - 1)) if spill else None]
+            parts = [
+                canvases.get((a - 1, b)) if spill else None,
+                canvases.get((a, b - 1)) if spill else None,
+                canvases.get((a - 1, b - 1)) if spill else None,
+            ]
             y0, x0 = extent(rows)[0], extent(cols)[0]
             block = delayed(_assemble, pure=True)(
-                padded_cloudy[:, y0:y0 + height, x0:x0 + width], canvases[a, b], *parts, spill)
+                padded_cloudy[:, y0 : y0 + height, x0 : x0 + width], canvases[a, b], *parts, spill
+            )
             line.append(da.from_delayed(block, (OPTICAL_CHANNELS, height, width), np.float32))
         blocks.append(line)
-    return da.block(blocks)[:, :plan.height, :plan.width]
+    return da.block(blocks)[:, : plan.height, : plan.width]
 
 
 # ------------------------------------------------------------------------- collection
-def _decloud_patches(inputs: np.ndarray, cloudy: np.ndarray, plan: TilePlan, ref: ModelRef,
-                     batch_size: int) -> np.ndarray:
+def _decloud_patches(
+    inputs: np.ndarray, cloudy: np.ndarray, plan: TilePlan, ref: ModelRef, batch_size: int
+) -> np.ndarray:
     """(p, 6, y, x) patches to (p, 4, y, x): each patch tiled on its own."""
     rows, cols = range(plan.shape[0]), range(plan.shape[1])
     out = np.empty((inputs.shape[0], OPTICAL_CHANNELS, plan.height, plan.width), np.float32)
     for index, patch in enumerate(inputs):
         canvas = accumulate(_pad(patch, plan), plan, rows, cols, ref, batch_size)
-        out[index] = finish(canvas[:, :plan.height, :plan.width], cloudy[index])
+        out[index] = finish(canvas[:, : plan.height, : plan.width], cloudy[index])
     return out
 
 
-def _decloud_collection(inputs: da.Array, cloudy: da.Array, plan: TilePlan, ref: ModelRef,
-                        batch_size: int, resources: Mapping[str, float] | None) -> da.Array:
+def _decloud_collection(
+    inputs: da.Array,
+    cloudy: da.Array,
+    plan: TilePlan,
+    ref: ModelRef,
+    batch_size: int,
+    resources: Mapping[str, float] | None,
+) -> da.Array:
     inputs = inputs.rechunk({1: -1, 2: -1, 3: -1})
     cloudy = cloudy.rechunk((inputs.chunks[0], -1, -1, -1))
     with annotate(resources):
         return da.map_blocks(
-            _decloud_patches, inputs, cloudy, plan, ref, batch_size, dtype=np.float32,
+            _decloud_patches,
+            inputs,
+            cloudy,
+            plan,
+            ref,
+            batch_size,
+            dtype=np.float32,
             chunks=(inputs.chunks[0], (OPTICAL_CHANNELS,), *inputs.chunks[2:]),
             name=f"decloud-patches-{dask.base.tokenize(inputs, plan, ref, batch_size)}",
         )
@@ -387,8 +430,9 @@ def _check_inputs(ds: xr.Dataset, composite: bool) -> None:
     needed = ["cloudy", "sar"] + (["cloudmask"] if composite else [])
     missing = [name for name in needed if name not in ds.data_vars]
     if missing:
-        raise SchemaError(f"{', '.join(missing)}: decloud needs this variable "
-                          f"(have {list(ds.data_vars)})")
+        raise SchemaError(
+            f"{', '.join(missing)}: decloud needs this variable (have {list(ds.data_vars)})"
+        )
 
 
 def _tiling(model, tile: int | None, overlap: int | None, height: int, width: int) -> TilePlan:
@@ -474,8 +518,14 @@ def decloud(
     result = xr.DataArray(data, dims=template.dims, coords=template.coords, name="decloud")
     if composite:
         result = result.where(ds["cloudmask"], template.astype(np.float32))
-    result.attrs = {"long_name": "cloud-free estimate", "units": "reflectance x10000",
-                    "model": ref.name, "config": repr(dict(ref.config)),
-                    "tile": plan.tile, "overlap": plan.overlap, "composite": int(composite)}
+    result.attrs = {
+        "long_name": "cloud-free estimate",
+        "units": "reflectance x10000",
+        "model": ref.name,
+        "config": repr(dict(ref.config)),
+        "tile": plan.tile,
+        "overlap": plan.overlap,
+        "composite": int(composite),
+    }
     result = result.rename("decloud")
     return result.compute() if eager else result  # in memory in, in memory out

@@ -131,8 +131,11 @@ def _optical(path: PathType, name: str, chunks: Any) -> xr.DataArray:
         raise InputFileError(f"{path}: {name} has dtype {array.dtype}, expected uint16")
     array = array.astype("uint16") if array.dtype != np.uint16 else array
     array = array.assign_coords(band=list(BANDS))
-    array.attrs = {"long_name": f"{name} surface reflectance", "units": "reflectance x10000",
-                   "nodata": OPTICAL_NODATA}
+    array.attrs = {
+        "long_name": f"{name} surface reflectance",
+        "units": "reflectance x10000",
+        "nodata": OPTICAL_NODATA,
+    }
     return array
 
 
@@ -144,8 +147,12 @@ def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod)
     # fill each polarization with its own mean
     array = fill_nan_with_mean(array, per_band=align != "shape")
     aligned = align_to(array, optical, method=align, fill=np.nan)
-    aligned.attrs = {"long_name": "Sentinel-1 backscatter", "units": "dB",
-                     "nan_fill": array.attrs["nan_fill"], "align": align}
+    aligned.attrs = {
+        "long_name": "Sentinel-1 backscatter",
+        "units": "dB",
+        "nan_fill": array.attrs["nan_fill"],
+        "align": align,
+    }
     return aligned
 
 
@@ -216,8 +223,9 @@ def open_quartet(
         mask = read_cloudmask(cloudmask, shape)
         if optical.chunks is not None:
             mask = da.from_array(mask, chunks=optical.data.chunks[1:])
-        layers["cloudmask"] = xr.DataArray(mask, dims=("y", "x"),
-                                           attrs={"long_name": "cloud mask, True = cloud"})
+        layers["cloudmask"] = xr.DataArray(
+            mask, dims=("y", "x"), attrs={"long_name": "cloud mask, True = cloud"}
+        )
     ds = _assemble(layers, optical)
     return validate(ds)
 
@@ -226,8 +234,10 @@ def _check_same_grid(array: xr.DataArray, optical: xr.DataArray, path: PathType)
     if array.rio.crs != optical.rio.crs:
         raise AlignmentError(f"{path}: CRS {array.rio.crs} differs from cloudy's {optical.rio.crs}")
     if array.shape != optical.shape or array.rio.transform() != optical.rio.transform():
-        raise AlignmentError(f"{path}: grid differs from cloudy's (shape {array.shape}, "
-                             f"transform {tuple(array.rio.transform())[:6]})")
+        raise AlignmentError(
+            f"{path}: grid differs from cloudy's (shape {array.shape}, "
+            f"transform {tuple(array.rio.transform())[:6]})"
+        )
 
 
 def _assemble(layers: dict[str, xr.DataArray], optical: xr.DataArray) -> xr.Dataset:
@@ -299,14 +309,19 @@ def read_filelist(path: PathType) -> list[Quartet]:
             if not any(row):
                 continue
             if len(row) != len(FILELIST_COLUMNS):
-                raise InputFileError(f"{path}:{line}: expected {len(FILELIST_COLUMNS)} columns "
-                                     f"({', '.join(FILELIST_COLUMNS)}), got {len(row)}")
+                raise InputFileError(
+                    f"{path}:{line}: expected {len(FILELIST_COLUMNS)} columns "
+                    f"({', '.join(FILELIST_COLUMNS)}), got {len(row)}"
+                )
             fields = dict(zip(FILELIST_COLUMNS, row, strict=True))
             quartets.append(Quartet(**{k: v or None for k, v in fields.items()}))  # type: ignore[arg-type]
     unique = list(dict.fromkeys(quartets))
     if len(unique) < len(quartets):
-        warnings.warn(f"{path}: {len(quartets) - len(unique)} duplicate row(s) ignored",
-                      M3RCRWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: {len(quartets) - len(unique)} duplicate row(s) ignored",
+            M3RCRWarning,
+            stacklevel=2,
+        )
     return unique
 
 
@@ -331,7 +346,10 @@ def discover(root: PathType) -> list[Quartet]:
 
 
 def open_m3rcr(
-    root: PathType, filelist: PathType | None = None, *, chunks: Mapping[str, int] | None = None,
+    root: PathType,
+    filelist: PathType | None = None,
+    *,
+    chunks: Mapping[str, int] | None = None,
     align: AlignMethod = "coords",
 ) -> xr.Dataset:
     """Open an M3R-CR split folder (``train/``, ``test/``) as a lazy collection.
@@ -362,9 +380,13 @@ def open_m3rcr(
     if not quartets:
         raise InputFileError(f"{root}: no quartets found")
     scenes = [_open_patch(q, root, align) for q in quartets]
-    meta = {"patch": [q.patch_id for q in quartets], "season": [q.season for q in quartets],
-            "aoi": [q.aoi for q in quartets], "split": [root.name] * len(quartets),
-            "source": [q.cloudy for q in quartets]}
+    meta = {
+        "patch": [q.patch_id for q in quartets],
+        "season": [q.season for q in quartets],
+        "aoi": [q.aoi for q in quartets],
+        "split": [root.name] * len(quartets),
+        "source": [q.cloudy for q in quartets],
+    }
     collection = stack_scenes(scenes, meta)
     if chunks:
         collection = collection.chunk(dict(chunks))
@@ -393,8 +415,9 @@ def stack_scenes(scenes: Sequence[xr.Dataset], meta: Mapping[str, Sequence[str]]
     if any(n != names[0] for n in names):
         raise SchemaError("patches differ in their variables; a collection needs the same set")
     bare = [s.drop_vars(["x", "y", "spatial_ref"]) for s in scenes]
-    stacked = xr.concat(bare, dim="patch", coords="minimal", compat="override",
-                        combine_attrs="drop_conflicts")
+    stacked = xr.concat(
+        bare, dim="patch", coords="minimal", compat="override", combine_attrs="drop_conflicts"
+    )
     labels = {name: ("patch", list(meta[name])) for name in ("season", "aoi", "split", "source")}
     return stacked.assign_coords(
         patch=list(meta["patch"]),

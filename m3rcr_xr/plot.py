@@ -150,8 +150,13 @@ def _landcover_image(codes: xr.DataArray) -> np.ndarray:
     return lut[np.asarray(codes.values)]
 
 
-def quicklook(ds: xr.Dataset, *, decloud: str | xr.DataArray = "decloud", max_size: int = 1024,
-              stretch: float = 3000.0) -> Any:
+def quicklook(
+    ds: xr.Dataset,
+    *,
+    decloud: str | xr.DataArray = "decloud",
+    max_size: int = 1024,
+    stretch: float = 3000.0,
+) -> Any:
     """Cloudy, decloud, cloud-free and land cover of a scene, side by side.
 
     Panels appear for the variables present; large scenes are decimated to about
@@ -168,14 +173,23 @@ def quicklook(ds: xr.Dataset, *, decloud: str | xr.DataArray = "decloud", max_si
         decloud = "decloud"
     step = max(1, int(np.ceil(max(ds.sizes["y"], ds.sizes["x"]) / max_size)))
     small = ds.isel(y=slice(None, None, step), x=slice(None, None, step))
-    panels = [(name, title) for name, title in (("cloudy", "cloudy"), (decloud, "decloud"),
-                                                  ("cloudfree", "cloud-free"),
-                                                  ("landcover", "land cover"))
-              if name in small]
+    panels = [
+        (name, title)
+        for name, title in (
+            ("cloudy", "cloudy"),
+            (decloud, "decloud"),
+            ("cloudfree", "cloud-free"),
+            ("landcover", "land cover"),
+        )
+        if name in small
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3), squeeze=False)
     for ax, (name, title) in zip(axes[0], panels, strict=True):
-        image = (_landcover_image(small[name]) if name == "landcover"
-                 else _true_colour(small[name], stretch))
+        image = (
+            _landcover_image(small[name])
+            if name == "landcover"
+            else _true_colour(small[name], stretch)
+        )
         ax.imshow(image, interpolation="nearest")
         ax.set_title(title)
         ax.set_axis_off()

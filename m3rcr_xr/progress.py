@@ -18,8 +18,15 @@ from tqdm.auto import tqdm
 
 def progress_bar(total: int, desc: str, disable: bool = False) -> tqdm:
     """A tqdm bar on stderr, quiet when ``disable`` is True."""
-    return tqdm(total=total, desc=desc, disable=disable, file=sys.stderr, unit="step",
-                dynamic_ncols=True, leave=False)
+    return tqdm(
+        total=total,
+        desc=desc,
+        disable=disable,
+        file=sys.stderr,
+        unit="step",
+        dynamic_ncols=True,
+        leave=False,
+    )
 
 
 def _distributed_client() -> Any | None:

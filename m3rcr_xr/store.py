@@ -158,8 +158,9 @@ def to_zarr(
     resources = required_resources(ds)  # e.g. decloud's {"GPU": 1}, kept for the writes
     show = OPTIONS["progress"] if progress is None else progress
     # one step: show dask's own progress inside it; several: one tick a step
-    with progress_bar(total=len(steps), desc=f"writing {_name(store)}",
-                      disable=not show or len(steps) == 1) as bar:
+    with progress_bar(
+        total=len(steps), desc=f"writing {_name(store)}", disable=not show or len(steps) == 1
+    ) as bar:
         bar.update(len(done))
         for index in _pending(steps, done):
             with annotate(resources):
@@ -190,8 +191,9 @@ def _write_step(ds: xr.Dataset, store: Any, dim: str, region: slice, show: bool 
     block = ds[data_vars].isel({dim: region})
     block = block.drop_vars(list(block.coords))  # written with the metadata
     block.attrs = {}
-    writes = block.to_zarr(store, region={dim: region}, consolidated=False, zarr_format=3,
-                           compute=False)
+    writes = block.to_zarr(
+        store, region={dim: region}, consolidated=False, zarr_format=3, compute=False
+    )
     compute_with_progress(writes, show=show)
 
 
@@ -233,8 +235,12 @@ def open_zarr(store: Any, *, chunks: Any = None, validate_schema: bool = True) -
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=zarr.errors.ZarrUserWarning)
-        ds = xr.open_zarr(store, chunks=chunks if chunks is not None else {},
-                          consolidated=True, decode_coords="all")
+        ds = xr.open_zarr(
+            store,
+            chunks=chunks if chunks is not None else {},
+            consolidated=True,
+            decode_coords="all",
+        )
     # coordinates are small and used everywhere: in memory, strings as str
     ds = ds.assign_coords({name: _unicode(ds[name].load()) for name in ds.coords})
     ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("m3rcr_")}

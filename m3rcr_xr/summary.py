@@ -16,9 +16,15 @@ def layout(ds: xr.Dataset) -> pd.DataFrame:
     rows = []
     for name, var in ds.data_vars.items():
         chunks = "x".join(str(c[0]) for c in var.chunks) if var.chunks else "in memory"
-        rows.append({"variable": name, "dims": ", ".join(map(str, var.dims)),
-                     "dtype": str(var.dtype), "shape": "x".join(map(str, var.shape)),
-                     "chunks": chunks})
+        rows.append(
+            {
+                "variable": name,
+                "dims": ", ".join(map(str, var.dims)),
+                "dtype": str(var.dtype),
+                "shape": "x".join(map(str, var.shape)),
+                "chunks": chunks,
+            }
+        )
     return pd.DataFrame(rows).set_index("variable")
 
 
@@ -42,15 +48,19 @@ def describe(ds: xr.Dataset, *, stats: bool = False) -> str:
     lines = []
     if is_collection(ds):
         epsg = sorted({int(e) for e in np.asarray(ds["epsg"].values)})
-        lines.append(f"collection: {ds.sizes['patch']} patches of "
-                     f"{ds.sizes['y']}x{ds.sizes['x']} px; EPSG {epsg}")
+        lines.append(
+            f"collection: {ds.sizes['patch']} patches of "
+            f"{ds.sizes['y']}x{ds.sizes['x']} px; EPSG {epsg}"
+        )
         for name in ("split", "season"):
             counts = pd.Series(np.asarray(ds[name].values)).value_counts().to_dict()
             lines.append(f"{name}: {counts}")
     else:
         transform = ds.rio.transform()
-        lines.append(f"scene: {ds.sizes['y']}x{ds.sizes['x']} px at {abs(transform.a):g} m; "
-                     f"CRS {ds.rio.crs}; bounds {tuple(round(b, 1) for b in ds.rio.bounds())}")
+        lines.append(
+            f"scene: {ds.sizes['y']}x{ds.sizes['x']} px at {abs(transform.a):g} m; "
+            f"CRS {ds.rio.crs}; bounds {tuple(round(b, 1) for b in ds.rio.bounds())}"
+        )
     lines.append(layout(ds).to_string())
     if stats:
         lines.extend(f"{key}: {value:.4f}" for key, value in statistics(ds).items() if value)

@@ -93,8 +93,10 @@ def value_noise(rows: np.ndarray, cols: np.ndarray, scale: float, seed: int, lay
     col_index, col_t = _split(cols, scale)
     r0, c0 = row_index.min(), col_index.min()
     lattice = _hash_uniform(
-        seed, layer,
-        np.arange(r0, row_index.max() + 2)[:, None], np.arange(c0, col_index.max() + 2)[None, :],
+        seed,
+        layer,
+        np.arange(r0, row_index.max() + 2)[:, None],
+        np.arange(c0, col_index.max() + 2)[None, :],
     )
     a, b = row_index - r0, col_index - c0
     col_w = _smoothstep(col_t)
@@ -186,10 +188,12 @@ def _coarse_block(seed: int, y0: int, x0: int, h: int, w: int):
     centre_cols = (left + (ucols + 0.5) * COARSE_RES - ORIGIN[0]) / OPTICAL_RES - 0.5
     codes = _classes(centre_rows, centre_cols, seed)
     looks = [_hash_uniform(seed, 20 + k, urows[:, None], ucols[None, :]) for k in range(8)]
-    speckle = np.stack([
-        10 * np.log10(np.mean([-np.log1p(-u) for u in looks[p * 4:(p + 1) * 4]], axis=0))
-        for p in range(2)
-    ])
+    speckle = np.stack(
+        [
+            10 * np.log10(np.mean([-np.log1p(-u) for u in looks[p * 4 : (p + 1) * 4]], axis=0))
+            for p in range(2)
+        ]
+    )
     sar = _lookup(BACKSCATTER, codes) + speckle.astype(np.float32)
     take = np.ix_(row_inverse, col_inverse)
     return sar[(slice(None), *take)].astype(np.float32), codes[take]
@@ -205,14 +209,26 @@ def _render_block(render, block_info: dict[Any, Any] | None = None) -> np.ndarra
     return render(y0, x0, y1 - y0, x1 - x0)
 
 
-def _lazy(render, name: str, shape: tuple[int, int], chunks: tuple[int, int], lead: int | None,
-          dtype: str, token: str) -> da.Array:
+def _lazy(
+    render,
+    name: str,
+    shape: tuple[int, int],
+    chunks: tuple[int, int],
+    lead: int | None,
+    dtype: str,
+    token: str,
+) -> da.Array:
     """A Dask array whose block at (y0, x0) is ``render(y0, x0, h, w)``."""
     spatial = da.core.normalize_chunks(chunks, shape)
     full_chunks = spatial if lead is None else ((lead,), *spatial)
-    return da.map_blocks(_render_block, render, chunks=full_chunks, dtype=dtype,
-                         name=f"{name}-{token}",
-                         meta=np.empty((0,) * len(full_chunks), dtype=dtype))
+    return da.map_blocks(
+        _render_block,
+        render,
+        chunks=full_chunks,
+        dtype=dtype,
+        name=f"{name}-{token}",
+        meta=np.empty((0,) * len(full_chunks), dtype=dtype),
+    )
 
 
 def _optical_part(index: int, seed: int, cover: float, y0: int, x0: int, h: int, w: int):
@@ -265,16 +281,26 @@ def synthetic_scene(
 
     size = (height, width)
     data = {
-        "cloudy": (("band", "y", "x"), _lazy(optical(1), "cloudy", size, chunk_yx, 4, "uint16",
-                                              token)),
-        "cloudfree": (("band", "y", "x"), _lazy(optical(0), "cloudfree", size, chunk_yx, 4,
-                                                 "uint16", token)),
-        "sar": (("polarization", "y", "x"), _lazy(coarse(0), "sar", size, chunk_yx, 2, "float32",
-                                                  token)),
-        "landcover": (("y", "x"), _lazy(coarse(1), "landcover", size, chunk_yx, None, "uint8",
-                                        token)),
-        "cloudmask": (("y", "x"), _lazy(optical(2), "cloudmask", size, chunk_yx, None, "bool",
-                                        token)),
+        "cloudy": (
+            ("band", "y", "x"),
+            _lazy(optical(1), "cloudy", size, chunk_yx, 4, "uint16", token),
+        ),
+        "cloudfree": (
+            ("band", "y", "x"),
+            _lazy(optical(0), "cloudfree", size, chunk_yx, 4, "uint16", token),
+        ),
+        "sar": (
+            ("polarization", "y", "x"),
+            _lazy(coarse(0), "sar", size, chunk_yx, 2, "float32", token),
+        ),
+        "landcover": (
+            ("y", "x"),
+            _lazy(coarse(1), "landcover", size, chunk_yx, None, "uint8", token),
+        ),
+        "cloudmask": (
+            ("y", "x"),
+            _lazy(optical(2), "cloudmask", size, chunk_yx, None, "bool", token),
+        ),
     }
     coords = {
         "band": list(BANDS),
@@ -282,8 +308,11 @@ def synthetic_scene(
         "y": ORIGIN[1] - (np.arange(height) + 0.5) * OPTICAL_RES,
         "x": ORIGIN[0] + (np.arange(width) + 0.5) * OPTICAL_RES,
     }
-    ds = xr.Dataset(data, coords=coords, attrs={"title": "m3rcr_xr synthetic scene",
-                                                "seed": seed, "cloud_cover": cover})
+    ds = xr.Dataset(
+        data,
+        coords=coords,
+        attrs={"title": "m3rcr_xr synthetic scene", "seed": seed, "cloud_cover": cover},
+    )
     ds = ds.rio.write_crs(crs).rio.write_transform()
     return validate(ds)
 
@@ -302,12 +331,17 @@ def synthetic_collection(
     from .io import stack_scenes
 
     scenes = [
-        synthetic_scene((patch_size, patch_size), seed=seed + i, chunks=patch_size,
-                        cloud_cover=cloud_cover)
+        synthetic_scene(
+            (patch_size, patch_size), seed=seed + i, chunks=patch_size, cloud_cover=cloud_cover
+        )
         for i in range(n_patches)
     ]
     ids = [f"synthetic_{seed + i}_p_0" for i in range(n_patches)]
-    meta = {"patch": ids, "season": ["synthetic"] * n_patches,
-            "aoi": [str(seed + i) for i in range(n_patches)], "split": ["synthetic"] * n_patches,
-            "source": [f"synthetic/{pid}" for pid in ids]}
+    meta = {
+        "patch": ids,
+        "season": ["synthetic"] * n_patches,
+        "aoi": [str(seed + i) for i in range(n_patches)],
+        "split": ["synthetic"] * n_patches,
+        "source": [f"synthetic/{pid}" for pid in ids],
+    }
     return validate(stack_scenes(scenes, meta))

@@ -101,8 +101,11 @@ def test_quartet(samples_dir: Path) -> dict[str, Path]:
 
 def _quartet(root: Path, season: str, aoi: str, n: str) -> dict[str, Path]:
     def path(prefix: str, ext: str = "tif") -> Path:
-        return root / f"{prefix}_{season}" / f"{prefix}_{season}_{aoi}" / (
-            f"{prefix}_{season}_{aoi}_p_{n}.{ext}"
+        return (
+            root
+            / f"{prefix}_{season}"
+            / f"{prefix}_{season}_{aoi}"
+            / (f"{prefix}_{season}_{aoi}_p_{n}.{ext}")
         )
 
     return {

@@ -31,8 +31,9 @@ def test_shape_index_is_gdal_nearest(tmp_path, coarse, fine):
 
 def test_coordinate_alignment_matches_the_geotiff_transform(train_quartet, test_quartet):
     for quartet in (train_quartet, test_quartet):
-        ds = m3rcr_xr.open_quartet(quartet["cloudy"], sar=quartet["sar"],
-                                   landcover=quartet["landcover"])
+        ds = m3rcr_xr.open_quartet(
+            quartet["cloudy"], sar=quartet["sar"], landcover=quartet["landcover"]
+        )
         rng = np.random.default_rng(0)
         rows = rng.integers(0, ds.sizes["y"], 400)
         cols = rng.integers(0, ds.sizes["x"], 400)
@@ -58,8 +59,9 @@ def test_coordinate_alignment_matches_the_geotiff_transform(train_quartet, test_
 
 def test_coordinates_differ_from_shape_alignment(train_quartet):
     by_coords = m3rcr_xr.open_quartet(train_quartet["cloudy"], sar=train_quartet["sar"])
-    by_shape = m3rcr_xr.open_quartet(train_quartet["cloudy"], sar=train_quartet["sar"],
-                                     align="shape")
+    by_shape = m3rcr_xr.open_quartet(
+        train_quartet["cloudy"], sar=train_quartet["sar"], align="shape"
+    )
     differ = float((by_coords.sar != by_shape.sar).mean())
     assert 0.01 < differ < 0.5  # the 1-2 m offset moves some cell borders by a pixel
     assert by_shape.sar.attrs["align"] == "shape"

@@ -8,8 +8,13 @@ pytestmark = pytest.mark.slow
 
 def test_demo_writes_every_output(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--size", "512"]) == 0
-    for name in ("scene.zarr", "decloud.zarr", "quicklook.png", "metrics.csv",
-                 "metrics_by_class.png"):
+    for name in (
+        "scene.zarr",
+        "decloud.zarr",
+        "quicklook.png",
+        "metrics.csv",
+        "metrics_by_class.png",
+    ):
         assert (tmp_path / name).exists(), name
     out = capsys.readouterr().out
     assert "Dask dashboard: http" in out

@@ -37,15 +37,23 @@ def test_building_the_graph_computes_nothing(small_scene):
     np.testing.assert_array_equal(out.x, small_scene.x)
 
 
-@settings(max_examples=8, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(height=st.integers(5, 150), width=st.integers(5, 150), chunk=st.integers(16, 96),
-       tile=st.sampled_from([16, 24, 40]), overlap=st.integers(0, 7))
-def test_zero_residual_returns_the_input_exactly(zero_checkpoints, height, width, chunk, tile,
-                                                  overlap):
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    height=st.integers(5, 150),
+    width=st.integers(5, 150),
+    chunk=st.integers(16, 96),
+    tile=st.sampled_from([16, 24, 40]),
+    overlap=st.integers(0, 7),
+)
+def test_zero_residual_returns_the_input_exactly(
+    zero_checkpoints, height, width, chunk, tile, overlap
+):
     scene = m3rcr_xr.synthetic_scene((height, width), seed=height, chunks=chunk)
-    out = decloud(scene, "dsen2_cr", zero_checkpoints["dsen2_cr"], config=SMALL, tile=tile,
-                  overlap=overlap).values
+    out = decloud(
+        scene, "dsen2_cr", zero_checkpoints["dsen2_cr"], config=SMALL, tile=tile, overlap=overlap
+    ).values
     np.testing.assert_array_equal(out, scene.cloudy.values.astype(np.float32))
 
 
@@ -73,12 +81,14 @@ def test_weights_that_do_not_sum_to_one_would_show(zero_checkpoints, monkeypatch
 def test_result_does_not_depend_on_chunking(small_checkpoint):
     scene = m3rcr_xr.synthetic_scene((600, 530), seed=4, chunks=256)
     chunked = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=96).values
-    whole = decloud(scene.chunk({"y": -1, "x": -1}), "dsen2_cr", small_checkpoint,
-                    config=SMALL, tile=96).values
+    whole = decloud(
+        scene.chunk({"y": -1, "x": -1}), "dsen2_cr", small_checkpoint, config=SMALL, tile=96
+    ).values
     assert np.abs(chunked - whole).max() <= 0.1  # reflectance x10000
     assert np.abs(chunked - whole).max() / 10000 <= 1e-5
-    odd = decloud(scene.chunk({"y": 77, "x": 130}), "dsen2_cr", small_checkpoint,
-                  config=SMALL, tile=96).values
+    odd = decloud(
+        scene.chunk({"y": 77, "x": 130}), "dsen2_cr", small_checkpoint, config=SMALL, tile=96
+    ).values
     assert np.abs(odd - whole).max() <= 0.1
 
 
@@ -106,8 +116,7 @@ def test_plan_covers_the_scene_with_positive_weights():
 
 
 def test_composite_keeps_clear_pixels(small_checkpoint, small_scene):
-    out = decloud(small_scene, "dsen2_cr", small_checkpoint, config=SMALL,
-                  composite=True).values
+    out = decloud(small_scene, "dsen2_cr", small_checkpoint, config=SMALL, composite=True).values
     clear = ~small_scene.cloudmask.values
     cloudy = small_scene.cloudy.values.astype(np.float32)
     np.testing.assert_array_equal(out[:, clear], cloudy[:, clear])
@@ -118,8 +127,9 @@ def test_collection_patches_are_decloud_ed_one_by_one(small_checkpoint):
     collection = m3rcr_xr.synthetic_collection(3, 70, seed=1).chunk({"patch": 2})
     out = decloud(collection, "dsen2_cr", small_checkpoint, config=SMALL, tile=48)
     assert out.dims == ("patch", "band", "y", "x")
-    scene = collection.isel(patch=1).drop_vars(["patch", "epsg", "season", "aoi", "split",
-                                                "source"])
+    scene = collection.isel(patch=1).drop_vars(
+        ["patch", "epsg", "season", "aoi", "split", "source"]
+    )
     scene = scene.assign_coords(x=scene.x.values, y=scene.y.values).rio.write_crs("EPSG:32632")
     alone = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48)
     np.testing.assert_allclose(out.values[1], alone.values, atol=0.1)
@@ -144,8 +154,7 @@ def test_each_process_builds_the_model_once(small_checkpoint, monkeypatch):
     real_build = ModelRef.build
     monkeypatch.setattr(ModelRef, "build", lambda self: builds.append(1) or real_build(self))
     scene = m3rcr_xr.synthetic_scene((300, 300), chunks=64)
-    decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48).compute(
-        scheduler="threads")
+    decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48).compute(scheduler="threads")
     assert len(builds) == 2  # one check on the client, one build for all tasks
 
 

@@ -17,8 +17,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def process_cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -54,17 +58,29 @@ def _some_tiles_done(client: Client) -> bool:
 def test_gpu_annotated_tasks_run_only_where_the_resource_is(small_checkpoint, tmp_path):
     workers = {
         "plain": {"cls": Nanny, "options": {"nthreads": 1, "dashboard": False}},
-        "gpu": {"cls": Nanny, "options": {"nthreads": 1, "dashboard": False,
-                                          "resources": {"GPU": 1}}},
+        "gpu": {
+            "cls": Nanny,
+            "options": {"nthreads": 1, "dashboard": False, "resources": {"GPU": 1}},
+        },
     }
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
     with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
-        gpu_worker = next(addr for addr, info in client.scheduler_info()["workers"].items()
-                          if info["resources"].get("GPU"))
+        gpu_worker = next(
+            addr
+            for addr, info in client.scheduler_info()["workers"].items()
+            if info["resources"].get("GPU")
+        )
         scene = m3rcr_xr.synthetic_scene((300, 300), chunks=100)
-        out = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48,
-                      resources={"GPU": 1}, device="cpu")
+        out = decloud(
+            scene,
+            "dsen2_cr",
+            small_checkpoint,
+            config=SMALL,
+            tile=48,
+            resources={"GPU": 1},
+            device="cpu",
+        )
         with get_task_stream(client) as stream:
             client.compute(out.data, optimize_graph=False).result()
         tiles = [e["worker"] for e in stream.data if str(e["key"]).count("decloud-tiles")]

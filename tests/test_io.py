@@ -36,19 +36,22 @@ def test_big_scene_is_opened_in_chunks_without_reading(tmp_path):
     with raise_if_dask_computes():
         ds = m3rcr_xr.open_quartet(path, chunks=512)
     assert ds.cloudy.data.numblocks == (1, 4, 3)
-    np.testing.assert_array_equal(ds.cloudy[:, 1000:1010, 700:720].values,
-                                  scene.cloudy[:, 1000:1010, 700:720].values)
+    np.testing.assert_array_equal(
+        ds.cloudy[:, 1000:1010, 700:720].values, scene.cloudy[:, 1000:1010, 700:720].values
+    )
 
 
 @pytest.mark.parametrize("sample", ["summer_33_p_1", "fall_1_p_457"])
 def test_shape_alignment_reproduces_the_reference_sar(shared_dir, request, sample):
-    quartet = request.getfixturevalue("test_quartet" if sample.startswith("summer")
-                                      else "train_quartet")
+    quartet = request.getfixturevalue(
+        "test_quartet" if sample.startswith("summer") else "train_quartet"
+    )
     golden = json.loads((shared_dir / "reference/golden/metrics.json").read_text())[sample]
     ds = m3rcr_xr.open_quartet(quartet["cloudy"], sar=quartet["sar"], align="shape")
     sar = normalize_sar(ds.sar).values.astype("float64")
-    np.testing.assert_allclose(sar.mean(axis=(1, 2)), golden["sar_normalized_mean_per_channel"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        sar.mean(axis=(1, 2)), golden["sar_normalized_mean_per_channel"], rtol=1e-6
+    )
     np.testing.assert_allclose(sar[:, 150, 150], golden["sar_normalized_center_pixel"], rtol=1e-6)
 
 
@@ -67,8 +70,10 @@ def test_open_m3rcr_discovers_the_layout(samples_dir, test_quartet):
         warnings.simplefilter("error", m3rcr_xr.M3RCRWarning)
         ds = m3rcr_xr.open_m3rcr(samples_dir / "test", chunks={"patch": 1})
     assert ds.patch.values.tolist() == ["summer_33_p_1"]
-    assert ds.source.values[0] == "planet_cloudy_summer/planet_cloudy_summer_33/" \
-                                  "planet_cloudy_summer_33_p_1.tif"
+    assert (
+        ds.source.values[0] == "planet_cloudy_summer/planet_cloudy_summer_33/"
+        "planet_cloudy_summer_33_p_1.tif"
+    )
     scene = m3rcr_xr.open_quartet(**test_quartet)
     np.testing.assert_array_equal(ds.sar.values[0], scene.sar.values)
     np.testing.assert_array_equal(ds.x.values[0], scene.x.values)
@@ -132,8 +137,9 @@ def test_extents_that_do_not_overlap(copied, tmp_path):
 def test_crs_that_cannot_be_reprojected(copied, tmp_path):
     with rasterio.open(copied["sar"]) as src:
         data = src.read()
-    mars = write_raster(tmp_path / "mars.tif", data, Affine(0.001, 0, 10, 0, -0.001, 10),
-                        "IAU_2015:49900")
+    mars = write_raster(
+        tmp_path / "mars.tif", data, Affine(0.001, 0, 10, 0, -0.001, 10), "IAU_2015:49900"
+    )
     with pytest.raises(m3rcr_xr.AlignmentError, match="cannot reproject"):
         m3rcr_xr.open_quartet(copied["cloudy"], sar=mars)
 

@@ -13,8 +13,9 @@ from m3rcr_xr.normalize import (
 def test_optical_clip_and_scale():
     values = np.array([0, 2500, 10000, 12000], dtype=np.uint16)
     np.testing.assert_allclose(normalize_optical(values), [0, 0.25, 1, 1])
-    np.testing.assert_allclose(denormalize_optical(normalize_optical(values)),
-                               [0, 2500, 10000, 10000])
+    np.testing.assert_allclose(
+        denormalize_optical(normalize_optical(values)), [0, 2500, 10000, 10000]
+    )
 
 
 def test_sar_per_polarization_ranges():
@@ -29,8 +30,9 @@ def test_sar_same_on_numpy_torch_and_xarray():
     sar = rng.uniform(-40, 10, size=(3, 2, 5, 5)).astype(np.float32)
     expected = normalize_sar(sar)
     np.testing.assert_allclose(normalize_sar(torch.from_numpy(sar)).numpy(), expected, rtol=1e-6)
-    da = xr.DataArray(sar, dims=("t", "polarization", "y", "x"),
-                      coords={"polarization": ["VV", "VH"]})
+    da = xr.DataArray(
+        sar, dims=("t", "polarization", "y", "x"), coords={"polarization": ["VV", "VH"]}
+    )
     np.testing.assert_allclose(normalize_sar(da).values, expected, rtol=1e-6)
 
 

@@ -27,8 +27,10 @@ def test_optional_variables_may_be_absent(small_scene):
         (lambda ds: ds.assign(landcover=ds.landcover.T), r"landcover: dims are \('x', 'y'\)"),
         (lambda ds: ds.assign_coords(band=["b", "g", "r", "n"]), "band: labels"),
         (lambda ds: ds.drop_vars("spatial_ref"), "no CRS"),
-        (lambda ds: ds.assign_coords(x=np.r_[0.0, np.cumsum(np.arange(1, ds.sizes["x"]))]),
-         "x: coordinate is not regularly spaced"),
+        (
+            lambda ds: ds.assign_coords(x=np.r_[0.0, np.cumsum(np.arange(1, ds.sizes["x"]))]),
+            "x: coordinate is not regularly spaced",
+        ),
     ],
 )
 def test_schema_errors_name_the_variable(small_scene, change, message):

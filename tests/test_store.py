@@ -91,9 +91,14 @@ def test_failed_write_is_incomplete_then_resumes(tmp_path, monkeypatch):
 
         written = []
         original = store._write_step
-        monkeypatch.setattr(store, "_write_step",
-                            lambda ds, st, dim, region, **kw: (written.append(region),
-                                                               original(ds, st, dim, region)))
+        monkeypatch.setattr(
+            store,
+            "_write_step",
+            lambda ds, st, dim, region, **kw: (
+                written.append(region),
+                original(ds, st, dim, region),
+            ),
+        )
         m3rcr_xr.to_zarr(collection, tmp_path / "c.zarr")
         assert written == [slice(4, 6)]  # only the step that had not been written
         monkeypatch.setattr(store, "_write_step", original)

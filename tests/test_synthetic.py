@@ -24,8 +24,9 @@ def test_building_a_huge_scene_computes_nothing():
     assert scene.cloudy.data.numblocks == (1, 20, 20)
 
 
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(cy=st.integers(17, 240), cx=st.integers(17, 280))
 def test_values_do_not_depend_on_chunking(reference, cy, cx):
     chunked = m3rcr_xr.synthetic_scene(SHAPE, seed=11, chunks=(cy, cx)).compute()
@@ -58,8 +59,13 @@ def test_sar_and_landcover_are_constant_on_each_10m_cell(reference):
     rows = containing_index(reference.y.values, ORIGIN[1] + COARSE_OFFSET[1], -COARSE_RES, 10**9)
     cols = containing_index(reference.x.values, ORIGIN[0] + COARSE_OFFSET[0], COARSE_RES, 10**9)
     cell = (rows[:, None] * 10**6 + cols[None, :]).ravel()
-    frame = pd.DataFrame({"cell": cell, "vv": reference.sar.values[0].ravel(),
-                          "lc": reference.landcover.values.ravel()})
+    frame = pd.DataFrame(
+        {
+            "cell": cell,
+            "vv": reference.sar.values[0].ravel(),
+            "lc": reference.landcover.values.ravel(),
+        }
+    )
     per_cell = frame.groupby("cell").nunique()
     assert (per_cell["vv"] == 1).all() and (per_cell["lc"] == 1).all()
     # a 10 m cell holds 3 or 4 optical pixels a side: the grids are offset, not nested

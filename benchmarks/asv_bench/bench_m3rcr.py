@@ -16,8 +16,8 @@ SIZE = {"decloud": 512, "ingest": 1024, "metrics": 1024}
 
 class _Part:
     part = ""
-    params = ["m3rcr_xr", "baseline"]
-    param_names = ["way"]
+    params = ("m3rcr_xr", "baseline")  # asv's parameter grid: one axis
+    param_names = ("way",)
     timeout = 600
 
     def prepare(self, folder: Path) -> None:
