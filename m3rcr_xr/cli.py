@@ -96,19 +96,23 @@ def _decloud(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_decloud(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("decloud", help="remove clouds from a scene or collection store")
-    p.add_argument("input", help="Zarr store with cloudy and sar (from m3rcr ingest)")
-    p.add_argument("output", help="Zarr store to write the decloud variable to")
-    p.add_argument("--model", default="dsen2_cr", help="dsen2_cr, glf_cr or align_cr")
-    p.add_argument("--checkpoint", help="weights (.pth published layout, state dict, .safetensors)")
-    p.add_argument(
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--config",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="architecture argument, repeatable (e.g. preset=small)",
     )
+
+
+def _add_decloud(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decloud", help="remove clouds from a scene or collection store")
+    p.add_argument("input", help="Zarr store with cloudy and sar (from m3rcr ingest)")
+    p.add_argument("output", help="Zarr store to write the decloud variable to")
+    p.add_argument("--model", default="dsen2_cr", help="dsen2_cr, glf_cr or align_cr")
+    p.add_argument("--checkpoint", help="weights (.pth published layout, state dict, .safetensors)")
+    _add_config_argument(p)
     p.add_argument("--tile", type=int, help="tile size (default: the model's)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile // 8)")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
@@ -232,13 +236,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a network on a Zarr store (published recipe)")
     p.add_argument("store", help="training data: a scene or collection store")
     p.add_argument("--model", required=True, help="dsen2_cr, glf_cr or align_cr")
-    p.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="architecture argument, repeatable (e.g. preset=small)",
-    )
+    _add_config_argument(p)
     p.add_argument("--steps", type=int, required=True, help="optimiser steps in all")
     p.add_argument("--out", required=True, help="checkpoint to write (.pth)")
     p.add_argument("--batch-size", type=int, help="crops per step (published: 1, Align-CR 2)")

@@ -32,15 +32,12 @@ from torch import Tensor, nn
 
 from ..exceptions import ModelConfigError
 from .common import (
-    CloudRemovalNet,
     CrossModalWindowAttention,
+    FusionRDN,
     Mlp,
     ModelSpec,
     ShiftedWindowMixin,
     WNConv2d,
-    build_fusion_lists,
-    build_gff,
-    build_upnet,
     gated_fusion,
     pixel_reshuffle,
     resolve_window,
@@ -271,7 +268,7 @@ class AlignRDB(nn.Module):
         return y.permute(0, 3, 1, 2) + x, y_sar.permute(0, 3, 1, 2) + x_sar
 
 
-class AlignCR(CloudRemovalNet):
+class AlignCR(FusionRDN):
     """Align-CR (published ``RDN_residual_CR`` of ``Align-CR/net_CR_RDN.py``).
 
     Parameters
@@ -394,14 +391,7 @@ class AlignCR(CloudRemovalNet):
             AlignFeature(n_feats, deformable_groups, backend=deform_backend)
             for _ in range(n_blocks)
         )
-        self.DF, self.sar_fuse_1x1conv, self.opt_distribute_1x1conv = build_fusion_lists(
-            n_blocks, n_feats, dynamic_kernel_size
-        )
-        self.GFF = build_gff(n_blocks, n_feats)
-        self.UPNet = build_upnet(n_feats, up_feats, self.spec.optical_channels)
-
-    def output_conv(self) -> nn.Conv2d:
-        return self.UPNet[-1]  # type: ignore[return-value]
+        self.add_fusion_and_head(n_blocks, n_feats, dynamic_kernel_size, up_feats)
 
     def forward(self, cloudy: Tensor, sar: Tensor) -> Tensor:
         """Predict the cloud-free image.

@@ -512,3 +512,22 @@ def build_upnet(channels: int, up_feats: int, out_channels: int = 4) -> nn.Seque
         nn.PixelShuffle(2),
         nn.Conv2d(up_feats // 4, out_channels, 3, padding=1),
     )
+
+
+class FusionRDN(CloudRemovalNet):
+    """What GLF-CR and Align-CR share: per-block SAR-optical fusion, global feature
+    fusion and the pixel-shuffle head (attribute names as published)."""
+
+    def add_fusion_and_head(
+        self, n_blocks: int, n_feats: int, dynamic_kernel_size: int, up_feats: int
+    ) -> None:
+        """Create ``DF``, ``sar_fuse_1x1conv``, ``opt_distribute_1x1conv``, ``GFF`` and
+        ``UPNet``, in the published order (it is the state-dict order)."""
+        self.DF, self.sar_fuse_1x1conv, self.opt_distribute_1x1conv = build_fusion_lists(
+            n_blocks, n_feats, dynamic_kernel_size
+        )
+        self.GFF = build_gff(n_blocks, n_feats)
+        self.UPNet = build_upnet(n_feats, up_feats, self.spec.optical_channels)
+
+    def output_conv(self) -> nn.Conv2d:
+        return self.UPNet[-1]  # type: ignore[return-value]

@@ -30,15 +30,12 @@ from torch import Tensor, nn
 
 from ..exceptions import ModelConfigError
 from .common import (
-    CloudRemovalNet,
     CrossModalWindowAttention,
     DropPath,
+    FusionRDN,
     Mlp,
     ModelSpec,
     ShiftedWindowMixin,
-    build_fusion_lists,
-    build_gff,
-    build_upnet,
     gated_fusion,
     pixel_reshuffle,
     resolve_window,
@@ -133,7 +130,7 @@ class GLFRDB(nn.Module):
         return self.LFF(y) + x, self.LFF_SAR(y_sar) + x_sar
 
 
-class GLFCR(CloudRemovalNet):
+class GLFCR(FusionRDN):
     """GLF-CR (published ``RDN_residual_CR`` of ``baselines/GLF-CR``).
 
     Parameters
@@ -235,14 +232,7 @@ class GLFCR(CloudRemovalNet):
             )
             for i in range(n_blocks)
         )
-        self.DF, self.sar_fuse_1x1conv, self.opt_distribute_1x1conv = build_fusion_lists(
-            n_blocks, n_feats, dynamic_kernel_size
-        )
-        self.GFF = build_gff(n_blocks, n_feats)
-        self.UPNet = build_upnet(n_feats, up_feats, self.spec.optical_channels)
-
-    def output_conv(self) -> nn.Conv2d:
-        return self.UPNet[-1]  # type: ignore[return-value]
+        self.add_fusion_and_head(n_blocks, n_feats, dynamic_kernel_size, up_feats)
 
     def forward(self, cloudy: Tensor, sar: Tensor) -> Tensor:
         """Predict the cloud-free image.
