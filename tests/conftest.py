@@ -66,17 +66,32 @@ def _quiet_progress():
         yield
 
 
-@pytest.fixture(scope="session")
-def small_checkpoint(tmp_path_factory) -> Path:
-    """A small DSen2-CR (``preset="small"``) with seeded random weights, saved to disk."""
+#: the smallest DSen2-CR worth running: for tests that only need a model to move data
+TINY = {"n_resblocks": 1, "n_feats": 8}
+
+
+def _seeded_checkpoint(folder: Path, name: str, **config) -> Path:
+    """A DSen2-CR of ``config`` with seeded random weights, saved to ``folder/name``."""
     import torch
 
     from m3rcr_xr import models
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "dsen2-small.pt"
-    torch.save(models.build("dsen2_cr", preset="small").state_dict(), path)
+    path = folder / name
+    torch.save(models.build("dsen2_cr", **config).state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A small DSen2-CR (``preset="small"``) with seeded random weights, saved to disk."""
+    return _seeded_checkpoint(tmp_path_factory.mktemp("weights"), "dsen2-small.pt", preset="small")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A DSen2-CR of :data:`TINY` with seeded random weights, saved to disk."""
+    return _seeded_checkpoint(tmp_path_factory.mktemp("weights"), "dsen2-tiny.pt", **TINY)
 
 
 @pytest.fixture

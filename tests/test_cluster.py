@@ -19,19 +19,10 @@ from distributed import Client, get_task_stream
 
 import m3rcr_xr
 from m3rcr_xr import cluster as mc
-from m3rcr_xr import models
 from m3rcr_xr.exceptions import UsageError
 
 SMALL = {"preset": "small"}
 CORES = os.cpu_count() or 1
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "dsen2-small.pt"
-    torch.save(models.build("dsen2_cr", **SMALL).state_dict(), path)
-    return path
 
 
 # ------------------------------------------------------------------- detection
@@ -113,7 +104,7 @@ def test_gpu_layout_is_one_worker_per_gpu():
 
 # ------------------------------------------------------------ local clusters
 @pytest.mark.slow
-def test_cpu_cluster_shares_the_cores_among_workers(checkpoint):
+def test_cpu_cluster_shares_the_cores_among_workers(small_checkpoint):
     with (
         mc.local_cluster(2, gpus=0, threads_per_worker=1, dashboard_address=None) as cluster,
         Client(cluster) as client,
@@ -126,14 +117,14 @@ def test_cpu_cluster_shares_the_cores_among_workers(checkpoint):
         options = client.run(lambda: m3rcr_xr.get_options()["torch_threads"])
         assert set(options.values()) == {expected}
         scene = m3rcr_xr.synthetic_scene((200, 200), chunks=100)
-        out = m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=SMALL, tile=64)
+        out = m3rcr_xr.decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=64)
         result = client.compute(out).result()
         np.testing.assert_allclose(result.values, out.compute(scheduler="threads").values, atol=0.1)
         assert set(client.run(torch.get_num_threads).values()) == {expected}
 
 
 @pytest.mark.slow
-def test_fake_gpus_get_one_pinned_worker_each(monkeypatch, checkpoint):
+def test_fake_gpus_get_one_pinned_worker_each(monkeypatch, small_checkpoint):
     monkeypatch.setattr(mc, "gpu_devices", lambda: ["0", "1"])
     with mc.local_cluster(dashboard_address=None) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
@@ -145,7 +136,13 @@ def test_fake_gpus_get_one_pinned_worker_each(monkeypatch, checkpoint):
         assert devices == {names["gpu-0"]: "0", names["gpu-1"]: "1"}
         scene = m3rcr_xr.synthetic_scene((300, 300), chunks=100)
         out = m3rcr_xr.decloud(
-            scene, "dsen2_cr", checkpoint, config=SMALL, tile=48, resources={"GPU": 1}, device="cpu"
+            scene,
+            "dsen2_cr",
+            small_checkpoint,
+            config=SMALL,
+            tile=48,
+            resources={"GPU": 1},
+            device="cpu",
         )
         with get_task_stream(client) as stream:
             result = client.compute(out.data, optimize_graph=False).result()

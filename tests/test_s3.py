@@ -15,18 +15,16 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import s3fs
-import torch
 import xarray as xr
 from distributed import Client
 from moto.server import ThreadedMotoServer
 
 import m3rcr_xr
-from m3rcr_xr import models, store
+from m3rcr_xr import store
 from m3rcr_xr.cli import main
 from m3rcr_xr.cluster import local_cluster
 from m3rcr_xr.exceptions import StoreError
-
-TINY = {"n_resblocks": 1, "n_feats": 8}
+from tests.conftest import TINY
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +54,6 @@ def bucket(endpoint: str, monkeypatch, tmp_path) -> Iterator[str]:
     s3fs.S3FileSystem().mkdir(name)
     yield name
     s3fs.S3FileSystem.clear_instance_cache()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "dsen2-tiny.pt"
-    torch.save(models.build("dsen2_cr", **TINY).state_dict(), path)
-    return path
 
 
 def _same(a: xr.Dataset, b: xr.Dataset) -> None:
@@ -120,18 +110,18 @@ def test_no_store_there_is_a_store_error(bucket):
 
 
 @pytest.mark.slow
-def test_decloud_and_evaluate_on_s3_from_worker_processes(bucket, checkpoint):
+def test_decloud_and_evaluate_on_s3_from_worker_processes(bucket, tiny_checkpoint):
     """Workers in other processes read and write S3 with the environment's credentials."""
     scene = m3rcr_xr.synthetic_scene((256, 256), seed=7, chunks=128)
     with m3rcr_xr.set_options(scene_chunk=128):
         m3rcr_xr.to_zarr(scene, f"s3://{bucket}/scene.zarr")
     with local_cluster(2, gpus=0, dashboard_address=None) as cluster, Client(cluster):
         ds = m3rcr_xr.open_zarr(f"s3://{bucket}/scene.zarr")
-        out = m3rcr_xr.decloud(ds, "dsen2_cr", checkpoint, config=TINY, tile=64)
+        out = m3rcr_xr.decloud(ds, "dsen2_cr", tiny_checkpoint, config=TINY, tile=64)
         m3rcr_xr.to_zarr(out.to_dataset(), f"s3://{bucket}/decloud.zarr")
         pred = m3rcr_xr.open_zarr(f"s3://{bucket}/decloud.zarr", validate_schema=False)
         remote = m3rcr_xr.evaluate(ds.assign(decloud=pred["decloud"]))
-    local_pred = m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=TINY, tile=64).compute(
+    local_pred = m3rcr_xr.decloud(scene, "dsen2_cr", tiny_checkpoint, config=TINY, tile=64).compute(
         scheduler="threads"
     )
     np.testing.assert_allclose(pred["decloud"].values, local_pred.values, atol=0.1)

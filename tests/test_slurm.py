@@ -21,16 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from distributed import Client, get_task_stream
 
 import m3rcr_xr
-from m3rcr_xr import models
 from m3rcr_xr.cluster import slurm_cluster
+from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-TINY = {"n_resblocks": 1, "n_feats": 8}
+
 DAEMONS = ("slurmd", "slurmctld", "munged")
 pytestmark = pytest.mark.slow
 
@@ -126,14 +125,6 @@ def slurm() -> Iterator[str]:
 
 
 # ---------------------------------------------------------------------- decloud
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "dsen2-tiny.pt"
-    torch.save(models.build("dsen2_cr", **TINY).state_dict(), path)
-    return path
-
-
 def _cluster(logs: Path, **kwargs):
     return slurm_cluster(
         "debug",
@@ -168,9 +159,9 @@ def _wait_running(cluster, client: Client, n: int) -> None:
         time.sleep(0.2)
 
 
-def _decloud_on(client: Client, checkpoint: Path, **kwargs):
+def _decloud_on(client: Client, tiny_checkpoint: Path, **kwargs):
     scene = m3rcr_xr.synthetic_scene((256, 256), seed=4, chunks=128)
-    out = m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=TINY, tile=64, **kwargs)
+    out = m3rcr_xr.decloud(scene, "dsen2_cr", tiny_checkpoint, config=TINY, tile=64, **kwargs)
     with get_task_stream(client) as stream:
         result = client.compute(out.data, optimize_graph=False).result()
     local = out.compute(scheduler="threads").values
@@ -178,7 +169,7 @@ def _decloud_on(client: Client, checkpoint: Path, **kwargs):
     return {e["worker"] for e in stream.data if "decloud-tiles" in str(e["key"])}
 
 
-def test_decloud_on_two_slurm_jobs_equals_the_local_result(slurm, checkpoint, tmp_path):
+def test_decloud_on_two_slurm_jobs_equals_the_local_result(slurm, tiny_checkpoint, tmp_path):
     with _cluster(tmp_path) as cluster, Client(cluster) as client:
         cluster.scale(jobs=2)
         _wait_running(cluster, client, 2)
@@ -187,11 +178,11 @@ def test_decloud_on_two_slurm_jobs_equals_the_local_result(slurm, checkpoint, tm
         assert sorted(job_ids.values()) == _job_ids(cluster)
         threads = client.run(lambda: m3rcr_xr.get_options()["torch_threads"])
         assert set(threads.values()) == {1}
-        tile_workers = _decloud_on(client, checkpoint)
+        tile_workers = _decloud_on(client, tiny_checkpoint)
         assert tile_workers == set(job_ids)
 
 
-def test_gpu_jobs_get_a_gres_gpu_and_run_the_gpu_tasks(slurm, checkpoint, tmp_path):
+def test_gpu_jobs_get_a_gres_gpu_and_run_the_gpu_tasks(slurm, tiny_checkpoint, tmp_path):
     # --mem-per-gpu: sbatch refuses it beside the --mem line dask-jobqueue writes
     with _cluster(tmp_path, gpus_per_job=1, mem_per_gpu="1G") as cluster, Client(cluster) as client:
         script = cluster.job_script()
@@ -204,5 +195,5 @@ def test_gpu_jobs_get_a_gres_gpu_and_run_the_gpu_tasks(slurm, checkpoint, tmp_pa
         assert all(info["resources"] == {"GPU": 1} for info in workers.values())
         devices = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
         assert sorted(devices.values()) == ["0", "1"]  # Slurm gave each job its own
-        tile_workers = _decloud_on(client, checkpoint, resources={"GPU": 1}, device="cpu")
+        tile_workers = _decloud_on(client, tiny_checkpoint, resources={"GPU": 1}, device="cpu")
         assert tile_workers == set(workers)
