@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .exceptions import M3RCRError, UsageError
+from .exceptions import M3RCRError, UsageError, command_line_names
 
 log = logging.getLogger("m3rcr_xr")
 EXIT_BAD_INPUT = 2
@@ -301,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # distributed sets its own loggers to INFO
         logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
-        return args.func(args)
+        with command_line_names():  # errors name --flags, not Python arguments
+            return args.func(args)
     except M3RCRError as err:
         print(f"m3rcr {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

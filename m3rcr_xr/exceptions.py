@@ -6,6 +6,11 @@ Each class also derives from the built-in exception a caller would expect
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
 
 class M3RCRError(Exception):
     """Root of every error raised by m3rcr_xr."""
@@ -53,3 +58,39 @@ class UsageError(M3RCRError, ValueError):
 
 class M3RCRWarning(UserWarning):
     """Something unusual that m3rcr_xr handled (duplicate rows, filled holes...)."""
+
+
+# --------------------------------------------------------------- naming arguments
+#: True while the command line runs: errors then name flags, not Python arguments
+_COMMAND_LINE: ContextVar[bool] = ContextVar("m3rcr_command_line", default=False)
+_UNSET = object()
+
+
+@contextmanager
+def command_line_names() -> Iterator[None]:
+    """Within this block, :func:`argument` names command-line flags (the CLI uses it)."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def argument(name: str, value: Any = _UNSET) -> str:
+    """How an error message names an argument, for whoever called.
+
+    ``batch_size=0`` from Python, ``--batch-size 0`` from the command line, so that a
+    message tells the user what to change where they typed it.
+
+    Examples
+    --------
+    >>> argument("batch_size", 0)
+    'batch_size=0'
+    >>> with command_line_names():
+    ...     argument("batch_size", 0), argument("overwrite")
+    ('--batch-size 0', '--overwrite')
+    """
+    if _COMMAND_LINE.get():
+        flag = "--" + name.replace("_", "-")
+        return flag if value is _UNSET or value is True else f"{flag} {value}"
+    return name if value is _UNSET else f"{name}={value!r}"
