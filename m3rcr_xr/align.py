@@ -29,10 +29,23 @@ from .exceptions import AlignmentError
 AlignMethod = Literal["coords", "shape"]
 
 
+def check_north_up(transform: Affine, what: str = "grid") -> None:
+    """Raise :class:`AlignmentError` for a rotated or sheared grid.
+
+    Such a grid has no 1-D ``x``/``y`` pixel-centre coordinates (rioxarray then gives
+    pixel indices, which must never be taken for metres). It is refused rather than
+    reprojected: warp it to a north-up grid first (``gdalwarp``).
+    """
+    if transform.b != 0 or transform.d != 0:
+        raise AlignmentError(
+            f"{what}: rotated or sheared grids are not supported (transform "
+            f"{tuple(transform)[:6]}); warp it to a north-up grid first (gdalwarp)"
+        )
+
+
 def pixel_centres(transform: Affine, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Return the (y, x) pixel-centre coordinates of a north-up grid."""
-    if transform.b != 0 or transform.d != 0:
-        raise AlignmentError(f"rotated grids are not supported (transform {tuple(transform)})")
+    check_north_up(transform)
     x = transform.c + (np.arange(width) + 0.5) * transform.a
     y = transform.f + (np.arange(height) + 0.5) * transform.e
     return y, x
@@ -151,14 +164,17 @@ def _check_overlap(layer: xr.DataArray, target: xr.DataArray) -> None:
 
 
 def fill_nan_with_mean(sar: xr.DataArray, *, per_band: bool = True) -> xr.DataArray:
-    """Fill NaN holes with the mean of the valid values, as the published loader does.
+    """Fill holes with the mean of the valid values, as the published loader does.
 
-    The published loader uses one mean over all bands (``per_band=False``); by default
-    each polarization takes its own mean. Lazy on Dask arrays. The choice is recorded
-    in ``attrs["nan_fill"]``.
+    Holes are NaN and +-inf alike: an infinite value is no measurement, and would
+    otherwise make the mean, and so every filled hole, infinite. The mean is taken over
+    the finite values only. The published loader uses one mean over all bands
+    (``per_band=False``); by default each polarization takes its own mean. Lazy on Dask
+    arrays. The choice is recorded in ``attrs["nan_fill"]``.
     """
     dims = ["y", "x"] if per_band else None
-    mean = sar.mean(dim=dims, skipna=True)
-    filled = sar.fillna(mean)
+    finite = sar.where(np.isfinite(sar))
+    mean = finite.mean(dim=dims, skipna=True)
+    filled = finite.fillna(mean)
     filled.attrs = {**sar.attrs, "nan_fill": "band mean" if per_band else "image mean"}
     return filled

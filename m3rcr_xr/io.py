@@ -4,6 +4,20 @@
 :mod:`m3rcr_xr.schema`). Everything stays lazy (Dask-backed): a scene tens of thousands
 of pixels a side is never read whole; only headers are read at open time, plus one
 block of each raster to catch truncated files early.
+
+What an open reads is bounded: a raster whose declared size is beyond the
+``max_raster_bytes`` option, or whose blocks (tiles or strips) are beyond
+:data:`MAX_BLOCK_BYTES`, is refused from its header, before any pixel is read (a
+file of a few hundred bytes may declare a 200000 x 200000 raster in one strip).
+
+Values are checked as they are read (lazily, chunk by chunk), never wrapped around:
+
+- optical layers become uint16 exactly (NaN and the declared nodata become 0), or
+  raise :class:`InputFileError` naming the file and the values found;
+- SAR: NaN, +-inf and the declared nodata are holes, filled as the published loader
+  fills NaN (:func:`m3rcr_xr.align.fill_nan_with_mean`);
+- land cover: codes outside ESA WorldCover become nodata 0, with an
+  :class:`M3RCRWarning` (:func:`m3rcr_xr.landcover.to_worldcover`).
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from io import StringIO
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -25,7 +40,7 @@ import rioxarray
 import xarray as xr
 from rasterio.errors import RasterioError
 
-from .align import AlignMethod, align_to, fill_nan_with_mean
+from .align import AlignMethod, align_to, check_north_up, fill_nan_with_mean
 from .exceptions import (
     AlignmentError,
     InputFileError,
@@ -33,7 +48,9 @@ from .exceptions import (
     MissingFileError,
     SchemaError,
     UnsafePathError,
+    argument,
 )
+from .landcover import NODATA_CODE, to_worldcover
 from .options import OPTIONS
 from .schema import BANDS, OPTICAL_NODATA, POLARIZATIONS, validate
 
@@ -51,6 +68,12 @@ LAYOUT_PREFIX = {
     "cloudmask": "cloudmask",
 }
 _PATCH_NAME = re.compile(r"^planet_cloudy_(?P<season>[A-Za-z]+)_(?P<aoi>\w+?)_p_(?P<n>\d+)$")
+#: largest block (tile or strip, all bands) a raster may have, in bytes. Any read decodes
+#: whole blocks, so one block bounds the memory of the open-time check and of each chunk
+#: read later. GDAL writes 8 KiB strips and 256 x 256 tiles; a file in one huge strip
+#: can be retiled with ``gdal_translate -co TILED=YES``.
+MAX_BLOCK_BYTES = 256 * 2**20
+_UINT16_MAX = int(np.iinfo(np.uint16).max)
 
 
 # ----------------------------------------------------------------------------- rasters
@@ -67,8 +90,43 @@ def _spatial_chunks(chunks: Any) -> Any:
     raise SchemaError(f"chunks: expected 'auto', an int, a dict or None, not {chunks!r}")
 
 
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB"
+
+
+def _check_header(path: Path, name: str, src: rasterio.DatasetReader) -> None:
+    """Refuse, from the header alone, a raster whose reads could not be bounded.
+
+    The declared size (width x height x bands x bytes per value) must be within the
+    ``max_raster_bytes`` option, one block of all bands within :data:`MAX_BLOCK_BYTES`,
+    and the grid north-up (a rotated grid has no 1-D ``x``/``y`` coordinates).
+
+    GDAL may present one huge DEFLATE strip as one-row blocks: each read then inflates
+    the strip up to that row, in bounded memory; ``max_raster_bytes`` bounds that work.
+    """
+    itemsize = max(np.dtype(dtype).itemsize for dtype in src.dtypes)
+    size = src.width * src.height * src.count * itemsize
+    limit = OPTIONS["max_raster_bytes"]
+    if size > limit:
+        raise InputFileError(
+            f"{path}: {name} declares {src.width} x {src.height} pixels x {src.count} "
+            f"band(s) of {src.dtypes[0]} ({_gib(size)}), beyond the max_raster_bytes "
+            f"option ({_gib(limit)}; raise it with m3rcr_xr.set_options to open it)"
+        )
+    block_h, block_w = src.block_shapes[0]
+    block = block_h * block_w * src.count * itemsize
+    if block > MAX_BLOCK_BYTES:
+        raise InputFileError(
+            f"{path}: {name} is stored in blocks of {block_h} x {block_w} pixels "
+            f"({_gib(block)} with all bands), beyond {_gib(MAX_BLOCK_BYTES)}: any read "
+            "would decode a whole block; retile it (gdal_translate -co TILED=YES)"
+        )
+    check_north_up(src.transform, f"{path}: {name}")
+
+
 def _check_readable(path: Path, src: rasterio.DatasetReader) -> None:
-    """Read the last block: a truncated GeoTIFF fails here, not in the middle of a job."""
+    """Read the last block (bounded by :func:`_check_header`): a truncated GeoTIFF fails
+    here, not in the middle of a job."""
     block_h, block_w = src.block_shapes[0]
     row = max(src.height - block_h, 0)
     col = max(src.width - block_w, 0)
@@ -82,7 +140,14 @@ def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> 
     Raises
     ------
     MissingFileError, InputFileError
-        The file is missing, unreadable or truncated, or has not ``count`` bands.
+        The file is missing, unreadable or truncated, or has not ``count`` bands; its
+        declared size or its blocks are beyond the limits of :func:`_check_header`.
+    AlignmentError
+        Its grid is rotated or sheared.
+
+    Notes
+    -----
+    The declared nodata, if any, is kept as ``attrs["_FillValue"]`` (``array.rio.nodata``).
     """
     path = Path(path)
     if not path.is_file():
@@ -91,45 +156,104 @@ def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> 
         with rasterio.open(path) as src:
             if src.count != count:
                 raise InputFileError(f"{path}: {name} has {src.count} band(s), expected {count}")
+            _check_header(path, name, src)
             _check_readable(path, src)
         array = rioxarray.open_rasterio(
             path, chunks=_spatial_chunks(chunks), mask_and_scale=False, lock=False
         )
     except RasterioError as err:
         raise InputFileError(f"{path}: {name} is not a readable GeoTIFF ({err})") from err
-    array.attrs = {}
+    array.attrs = {key: value for key, value in array.attrs.items() if key == "_FillValue"}
     array.encoding = {}
     array.name = name
     return array
 
 
 def read_cloudmask(path: PathType, shape: tuple[int, int]) -> np.ndarray:
-    """Read a boolean cloud mask from ``.npy`` (never unpickling) or a GeoTIFF."""
+    """Read a boolean cloud mask from ``.npy`` (never unpickling) or a GeoTIFF.
+
+    Shape and dtype are checked from the header, before the values are read: a file
+    that declares a huge array is refused without reading it.
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: cloudmask file does not exist")
     if path.suffix.lower() == ".npy":
-        try:
-            mask = np.load(path, allow_pickle=False)
-        except ValueError as err:  # object arrays need pickle: refused
+        try:  # memory-mapped: only the header is read until the checks pass
+            mask = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as err:  # object arrays need pickle: refused; or truncated
             raise InputFileError(f"{path}: cloudmask is not a plain array ({err})") from err
         except (OSError, EOFError) as err:
             raise InputFileError(f"{path}: cloudmask is not a readable .npy file ({err})") from err
     else:
-        mask = open_raster(path, "cloudmask", 1, chunks=None).values[0]
+        mask = open_raster(path, "cloudmask", 1, chunks=None).isel(band=0, drop=True)
     if mask.shape != shape:
         raise InputFileError(f"{path}: cloudmask has shape {mask.shape}, optical grid is {shape}")
     if mask.dtype.kind not in "biu":
         raise InputFileError(f"{path}: cloudmask has dtype {mask.dtype}, expected bool")
-    return mask.astype(bool)
+    return np.asarray(mask).astype(bool)
 
 
 # ------------------------------------------------------------------------------ quartet
+def _require_georeference(array: xr.DataArray, path: PathType, name: str, why: str) -> None:
+    """Refuse a raster without a CRS or a geotransform: its coordinates would be pixel
+    indices, which must never be stored as metres."""
+    if array.rio.crs is None:
+        raise InputFileError(f"{path}: {name} has no CRS; {why}")
+    if array.rio.transform().is_identity:
+        raise InputFileError(f"{path}: {name} has no geotransform (pixel indices only); {why}")
+
+
+def _map_blocks(func: Any, array: xr.DataArray, dtype: str, **kwargs: Any) -> xr.DataArray:
+    """``func(block, **kwargs)`` on each chunk, lazily on Dask; keeps coords, drops attrs."""
+    return xr.apply_ufunc(
+        func, array, kwargs=kwargs, dask="parallelized", output_dtypes=[np.dtype(dtype)]
+    )
+
+
+def _exact_uint16(values: np.ndarray, source: str, nodata: float | None) -> np.ndarray:
+    """Optical values as uint16, exactly; :class:`InputFileError` for any other value.
+
+    NaN and the declared ``nodata`` become ``OPTICAL_NODATA`` (0). Every other value
+    must be a whole number in [0, 65535]: nothing is wrapped around (int16 -4630 is not
+    61066), clipped or rounded. Runs on one chunk, so the error names the values found
+    in the chunk that held them.
+    """
+    missing = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+    if nodata is not None and not np.isnan(nodata):
+        missing |= values == nodata
+    bad = (values < 0) | (values > _UINT16_MAX)
+    if values.dtype.kind == "f":
+        bad |= values != np.floor(values)
+    bad &= ~missing
+    if bad.any():
+        wrong = values[bad]
+        raise InputFileError(
+            f"{source}: {wrong.size} value(s) are not whole numbers in [0, {_UINT16_MAX}] "
+            f"(found {wrong.min()} to {wrong.max()}); expected uint16 reflectance x10000, "
+            "and values are never wrapped around or clipped"
+        )
+    return np.where(missing, OPTICAL_NODATA, values).astype(np.uint16)
+
+
+def _as_uint16(array: xr.DataArray, path: PathType, name: str) -> xr.DataArray:
+    """The optical layer as uint16 reflectance x10000, checked chunk by chunk when read.
+
+    uint8 and uint16 need no check (nor a task) unless a nodata other than 0 is declared.
+    """
+    if array.dtype.kind not in "uif":
+        raise InputFileError(f"{path}: {name} has dtype {array.dtype}, expected uint16")
+    nodata = array.attrs.get("_FillValue")
+    if array.dtype in (np.uint8, np.uint16) and nodata in (None, OPTICAL_NODATA):
+        return array.astype(np.uint16)
+    source = f"{path}: {name} (dtype {array.dtype})"
+    return _map_blocks(_exact_uint16, array, "uint16", source=source, nodata=nodata)
+
+
 def _optical(path: PathType, name: str, chunks: Any) -> xr.DataArray:
     array = open_raster(path, name, len(BANDS), chunks)
-    if array.dtype.kind not in "ui":
-        raise InputFileError(f"{path}: {name} has dtype {array.dtype}, expected uint16")
-    array = array.astype("uint16") if array.dtype != np.uint16 else array
+    _require_georeference(array, path, name, "a scene needs one for its optical grid")
+    array = _as_uint16(array, path, name)
     array = array.assign_coords(band=list(BANDS))
     array.attrs = {
         "long_name": f"{name} surface reflectance",
@@ -139,8 +263,21 @@ def _optical(path: PathType, name: str, chunks: Any) -> xr.DataArray:
     return array
 
 
+def _by_coords_needs(align: AlignMethod) -> str:
+    return (
+        f"{argument('align', align)} needs one; "
+        f"pass {argument('align', 'shape')} to align by array shape"
+    )
+
+
 def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod) -> xr.DataArray:
     array = open_raster(path, "sar", len(POLARIZATIONS), chunks)
+    if align == "coords":
+        _require_georeference(array, path, "sar", _by_coords_needs(align))
+    nodata = array.attrs.get("_FillValue")
+    if nodata is not None and not np.isnan(nodata):  # declared nodata: holes, as NaN
+        array = array.where(array != nodata)
+    # NaN and +-inf are holes (fill_nan_with_mean), as is a value beyond float32's range
     array = array.astype("float32").rename(band="polarization")
     array = array.assign_coords(polarization=list(POLARIZATIONS))
     # the published loader fills holes with one mean over the image; by coordinates we
@@ -158,9 +295,18 @@ def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod)
 
 def _landcover(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod):
     array = open_raster(path, "landcover", 1, chunks).isel(band=0, drop=True)
-    array = array.astype("uint8")
-    aligned = align_to(array, optical, method=align, fill=0)
-    aligned.attrs = {"long_name": "ESA WorldCover 2020 class code", "nodata": 0, "align": align}
+    if align == "coords":
+        _require_georeference(array, path, "landcover", _by_coords_needs(align))
+    nodata = array.attrs.get("_FillValue")
+    array = _map_blocks(
+        to_worldcover, array, "uint8", nodata=nodata, source=f"{path}: landcover"
+    ).rename("landcover")
+    aligned = align_to(array, optical, method=align, fill=NODATA_CODE)
+    aligned.attrs = {
+        "long_name": "ESA WorldCover 2020 class code",
+        "nodata": NODATA_CODE,
+        "align": align,
+    }
     return aligned
 
 
@@ -296,25 +442,58 @@ def safe_join(root: Path, relative: str) -> Path:
     return resolved
 
 
+def _read_utf8(path: Path) -> str:
+    """The text of ``path`` as UTF-8, without a byte-order mark (spreadsheets write one).
+
+    Raises InputFileError naming the line of the first byte that is not UTF-8.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise InputFileError(
+            f"{path}:{line}: file list is not UTF-8 text "
+            f"(byte {data[err.start]:#04x} at offset {err.start}); save it as UTF-8"
+        ) from err
+
+
 def read_filelist(path: PathType) -> list[Quartet]:
     """Read a published file list (CSV, no header; cloudfree, cloudy, S1, landcover,
-    cloudmask). Duplicate rows give a warning and are kept once."""
+    cloudmask). Duplicate rows give a warning and are kept once.
+
+    The CSV must be UTF-8 (a byte-order mark is ignored); blank rows are skipped, and
+    every other row needs a path in each of the five columns, as the published lists
+    have.
+
+    Raises
+    ------
+    InputFileError
+        Naming the CSV and the line: not UTF-8, a wrong number of columns, an empty path
+        (and its column).
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: file list does not exist")
     quartets: list[Quartet] = []
-    with path.open(newline="") as handle:
-        for line, row in enumerate(csv.reader(handle), start=1):
-            row = [cell.strip() for cell in row]
-            if not any(row):
-                continue
-            if len(row) != len(FILELIST_COLUMNS):
-                raise InputFileError(
-                    f"{path}:{line}: expected {len(FILELIST_COLUMNS)} columns "
-                    f"({', '.join(FILELIST_COLUMNS)}), got {len(row)}"
-                )
-            fields = dict(zip(FILELIST_COLUMNS, row, strict=True))
-            quartets.append(Quartet(**{k: v or None for k, v in fields.items()}))  # type: ignore[arg-type]
+    reader = csv.reader(StringIO(_read_utf8(path), newline=""))
+    for row in reader:
+        row = [cell.strip() for cell in row]
+        if not any(row):
+            continue
+        if len(row) != len(FILELIST_COLUMNS):
+            raise InputFileError(
+                f"{path}:{reader.line_num}: expected {len(FILELIST_COLUMNS)} columns "
+                f"({', '.join(FILELIST_COLUMNS)}), got {len(row)}"
+            )
+        fields = dict(zip(FILELIST_COLUMNS, row, strict=True))
+        empty = [name for name, value in fields.items() if not value]
+        if empty:
+            raise InputFileError(
+                f"{path}:{reader.line_num}: empty path in column {empty[0]!r} "
+                f"(columns: {', '.join(FILELIST_COLUMNS)})"
+            )
+        quartets.append(Quartet(**fields))
     unique = list(dict.fromkeys(quartets))
     if len(unique) < len(quartets):
         warnings.warn(

@@ -1,7 +1,7 @@
 """ESA WorldCover 2020 classes, and the class groupings of the M3R-CR evaluation.
 
-One table, used by the readers (valid codes), the synthetic scenes (which classes to
-draw), metrics (grouping by class) and plots (official colours).
+One table, used by the readers (valid codes, :func:`to_worldcover`), the synthetic
+scenes (which classes to draw), metrics (grouping by class) and plots (official colours).
 
 - level 2: the eleven WorldCover classes in code order;
 - level 1: seven groups, as in the reference evaluation: forest land (10),
@@ -18,11 +18,12 @@ Examples
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from .exceptions import SchemaError
+from .exceptions import M3RCRWarning, SchemaError
 
 
 class WorldCoverClass(NamedTuple):
@@ -85,6 +86,40 @@ def code_to_index(level: int) -> np.ndarray:
     for index, codes in enumerate(class_codes(level)):
         table[list(codes)] = index
     return table
+
+
+def to_worldcover(
+    values: np.ndarray, *, nodata: float | None = None, source: str = "landcover"
+) -> np.ndarray:
+    """Land-cover values as uint8 WorldCover codes, anything else as :data:`NODATA_CODE`.
+
+    Never cast blindly: code 266 in a uint16 file would become 10 (tree cover). NaN and
+    the declared ``nodata`` become 0 silently; values that are not WorldCover codes
+    become 0 with an :class:`M3RCRWarning` naming ``source`` and the codes (no count:
+    this runs on one chunk at a time, and the same message from every chunk is shown
+    once). :func:`m3rcr_xr.metrics.evaluate` counts land-cover nodata pixels.
+
+    Examples
+    --------
+    >>> to_worldcover(np.array([10, 0, 95, 255], dtype="uint16"), nodata=255)
+    array([10,  0, 95,  0], dtype=uint8)
+    """
+    values = np.asarray(values)
+    declared = np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+    if nodata is not None:
+        declared |= values == nodata
+    known = np.isin(values, (NODATA_CODE, *WORLDCOVER_CODES))
+    unknown = ~known & ~declared
+    if unknown.any():
+        codes = [f"{code:.10g}" for code in np.unique(values[unknown]).tolist()]
+        shown = ", ".join(codes[:8]) + (", ..." if len(codes) > 8 else "")
+        warnings.warn(
+            f"{source}: code(s) {shown} are not ESA WorldCover classes; "
+            f"read as nodata {NODATA_CODE}",
+            M3RCRWarning,
+            stacklevel=2,
+        )
+    return np.where(known & ~declared, values, NODATA_CODE).astype(np.uint8)
 
 
 def colors(level: int = 2) -> tuple[str, ...]:

@@ -6,10 +6,10 @@ their grouped sums, computed in one pass over the data (one ``dask.compute``):
 
 1. one task per chunk reads the chunk once and computes the per-pixel quantities (valid
    and nodata flags, sums over bands of the absolute and squared error and of the SSIM
-   map, the spectral angle, NaN flags) of every pixel that needs no other chunk, sums
-   them per group label (11 WorldCover codes + "other", times cloud / clear) with
-   :func:`flox.groupby_reduce` (``expected_groups`` given), and hands on its 10-pixel
-   edge strips;
+   map, the spectral angle, non-finite flags) of every pixel that needs no other chunk,
+   sums them per group label (11 WorldCover codes, land-cover nodata, unknown codes;
+   times cloud / clear) with :func:`flox.groupby_reduce` (``expected_groups`` given),
+   and hands on its 10-pixel edge strips;
 2. small seam tasks do the pixels within 5 pixels of a border between chunks (the reach
    of the 11x11 SSIM window) from those strips, so every pixel is computed from the
    same neighbourhood as in one piece (zero padding only at the image edge) and no
@@ -44,10 +44,15 @@ float32 like the reference; sums are accumulated in float64. With ``n`` valid pi
 Nodata
 ------
 A pixel is excluded from every metric (and counted in ``n_nodata`` and the attribute
-``n_nodata_pixels``) when any band of the target is 0 or NaN, or any band of an
-integer-typed prediction is 0 (optical nodata). Excluded pixels enter the SSIM windows
-of their neighbours as zeros, as the image edge does. A float prediction may be NaN
-only where the target has no data.
+``n_nodata_pixels``) when any band of the target is 0, NaN or infinite, or any band of
+an integer-typed prediction is 0 (optical nodata). Excluded pixels enter the SSIM
+windows of their neighbours as zeros, as the image edge does. A float prediction may be
+NaN or infinite (the two alike) only where the target has no data.
+
+A valid pixel whose land cover is nodata (0) or not an ESA WorldCover code belongs to
+class ``"all"`` only; it never vanishes uncounted: the attributes
+``n_landcover_nodata_pixels`` and ``n_landcover_unknown_pixels`` count them, and
+unknown codes give an :class:`~m3rcr_xr.exceptions.M3RCRWarning`.
 
 Examples
 --------
@@ -63,6 +68,7 @@ True
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from math import exp
 from typing import Any
@@ -74,8 +80,8 @@ import xarray as xr
 from dask import delayed
 from scipy import ndimage
 
-from .exceptions import SchemaError
-from .landcover import WORLDCOVER_CODES, class_codes, class_names, code_to_index
+from .exceptions import M3RCRWarning, SchemaError
+from .landcover import NODATA_CODE, WORLDCOVER_CODES, class_codes, class_names, code_to_index
 from .normalize import normalize_optical
 from .options import get_options
 
@@ -95,7 +101,8 @@ SAM_EPS = float(np.finfo(np.float16).eps)
 #: PSNR reported when the MSE is exactly 0 (the reference's convention)
 PSNR_IF_PERFECT = 100.0
 
-#: per-pixel quantities that are summed per group, in this order
+#: per-pixel quantities that are summed per group, in this order; ``nan_pred`` flags a
+#: prediction that is NaN or infinite in any band, ``nan_in_valid`` those of valid pixels
 QUANTITIES: tuple[str, ...] = (
     "n_valid",
     "n_nodata",
@@ -107,10 +114,14 @@ QUANTITIES: tuple[str, ...] = (
     "nan_pred",
 )
 _Q = {name: i for i, name in enumerate(QUANTITIES)}
-#: group label of a pixel: WorldCover code position (0..10), or OTHER, plus cloud offset
+#: land-cover code of each group: the WorldCover codes, nodata (0), then -1 for codes
+#: that are not WorldCover's; a pixel's group label is the position of its code here,
+#: plus ``len(GROUP_CODES)`` under the cloud mask
+GROUP_CODES: tuple[int, ...] = (*WORLDCOVER_CODES, NODATA_CODE, -1)
 N_CODES = len(WORLDCOVER_CODES)
-OTHER = N_CODES
-N_LABELS = 2 * (N_CODES + 1)
+NODATA_LABEL = N_CODES
+UNKNOWN_LABEL = N_CODES + 1
+N_LABELS = 2 * len(GROUP_CODES)
 #: flox's per-chunk algorithm; "numpy" (numpy_groupies' bincount) measured faster than
 #: "flox" (sort + reduceat) in benchmarks/bench_metrics.py
 DEFAULT_ENGINE = "numpy"
@@ -218,9 +229,12 @@ def psnr(mse: Any) -> Any:
 
 
 # ------------------------------------------------------------------- per-pixel quantities
-def _excluded(pred_raw: np.ndarray, target_raw: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Pixels excluded as nodata: target 0 / NaN in any band, integer prediction 0."""
-    excluded = ((target_raw == 0) | np.isnan(t)).any(axis=-3)
+def _excluded(pred_raw: np.ndarray, target_raw: np.ndarray) -> np.ndarray:
+    """Pixels excluded as nodata: target 0 / NaN / +-inf in any band, integer prediction 0.
+
+    Tested on the raw values: the normalisation clips +-inf to 0 and 1.
+    """
+    excluded = ((target_raw == 0) | ~np.isfinite(target_raw)).any(axis=-3)
     if np.issubdtype(pred_raw.dtype, np.integer):
         excluded |= (pred_raw == 0).any(axis=-3)
     return excluded
@@ -238,8 +252,8 @@ def _quantities_block(pred_raw: np.ndarray, target_raw: np.ndarray, halo: int) -
     """
     p = normalize_optical(pred_raw.astype(np.float32, copy=False))
     t = normalize_optical(target_raw.astype(np.float32, copy=False))
-    excluded = _excluded(pred_raw, target_raw, t)
-    nan_pred = np.isnan(p).any(axis=-3)
+    excluded = _excluded(pred_raw, target_raw)
+    nan_pred = ~np.isfinite(pred_raw).any(axis=-3)
     keep = ~excluded[..., None, :, :]
     p, t = np.where(keep, p, np.float32(0)), np.where(keep, t, np.float32(0))
     ssim = np.stack(
@@ -540,16 +554,19 @@ _CODE_INDEX = code_to_index(2).astype(np.int16)  # WorldCover code -> position 0
 
 
 def _labels_block(landcover: np.ndarray, cloud: np.ndarray) -> np.ndarray:
-    """Group label per pixel: code position (``OTHER`` if unknown) + 12 if cloudy."""
+    """Group label per pixel: position of the code in :data:`GROUP_CODES`, + 13 if cloudy."""
     codes = np.asarray(landcover)
+    missing = codes == NODATA_CODE
     if codes.dtype == np.uint8:
         index = _CODE_INDEX[codes]
     else:
         known = np.isfinite(codes) & (codes >= 0) & (codes <= 255)
         index = _CODE_INDEX[np.where(known, codes, 0).astype(np.intp)]
         index = np.where(known & (codes == np.round(codes)), index, -1)
-    index = np.where(index < 0, OTHER, index).astype(np.int16)
-    return index + np.int16(N_CODES + 1) * (np.asarray(cloud) != 0).astype(np.int16)
+        missing |= np.isnan(codes) if codes.dtype.kind == "f" else False
+    index = np.where(index < 0, UNKNOWN_LABEL, index)
+    index = np.where(missing, NODATA_LABEL, index).astype(np.int16)
+    return index + np.int16(len(GROUP_CODES)) * (np.asarray(cloud) != 0).astype(np.int16)
 
 
 def group_labels(
@@ -557,8 +574,9 @@ def group_labels(
 ) -> xr.DataArray:
     """Integer group label per pixel, on the grid and chunks of ``like`` (dims ([patch,] y, x)).
 
-    ``label = position of the WorldCover code (0..10, 11 for nodata or unknown codes)
-    + 12 * cloudmask``; a missing land cover or cloud mask counts as "other" / clear.
+    ``label = position of the code in GROUP_CODES (0..10 WorldCover, 11 nodata, 12 codes
+    outside WorldCover) + 13 * cloudmask``; a missing land cover or cloud mask counts as
+    land-cover nodata / clear.
     """
     template = like.isel(band=0, drop=True) if "band" in like.dims else like
     layers = [landcover, cloudmask]
@@ -604,9 +622,9 @@ def grouped_sums(
     Returns
     -------
     xarray.DataArray
-        float64, dims ``(quantity, [patch,] cloud, code)``; ``code`` holds the WorldCover
-        codes then -1 for "other" (land-cover nodata or unknown codes). Lazy (one chunk)
-        for dask inputs.
+        float64, dims ``(quantity, [patch,] cloud, code)``; ``code`` holds
+        :data:`GROUP_CODES`: the WorldCover codes, 0 for land-cover nodata and -1 for
+        codes outside WorldCover. Lazy (one chunk) for dask inputs.
     """
     arrays = [a.data for a in (pred, target, labels)]
     if "patch" not in labels.dims:
@@ -618,8 +636,8 @@ def grouped_sums(
     if not per_patch:
         sums = sums.sum(axis=1)
     kept = ["patch"] if per_patch else []
-    shape = (*sums.shape[:-1], 2, N_CODES + 1)
-    coords = {"quantity": list(QUANTITIES), "cloud": [False, True], "code": [*WORLDCOVER_CODES, -1]}
+    shape = (*sums.shape[:-1], 2, len(GROUP_CODES))
+    coords = {"quantity": list(QUANTITIES), "cloud": [False, True], "code": list(GROUP_CODES)}
     return xr.DataArray(
         sums.reshape(shape), dims=("quantity", *kept, "cloud", "code"), coords=coords
     )
@@ -627,15 +645,16 @@ def grouped_sums(
 
 # ------------------------------------------------------------------------ checking sums
 def _check_sums_block(sums: np.ndarray, pred_name: str, target_name: str) -> np.ndarray:
-    """Raise :class:`SchemaError` on NaN predictions; return ``sums`` unchanged."""
+    """Raise :class:`SchemaError` on NaN or infinite predictions (alike); return ``sums``."""
     totals = sums.reshape(len(QUANTITIES), -1).sum(axis=1)
     n_pixels = totals[_Q["n_valid"]] + totals[_Q["n_nodata"]]
     if n_pixels > 0 and totals[_Q["nan_pred"]] == n_pixels:
-        raise SchemaError(f"prediction {pred_name!r} is all NaN")
+        raise SchemaError(f"prediction {pred_name!r} is all NaN or infinite")
     if totals[_Q["nan_in_valid"]] > 0:
         raise SchemaError(
-            f"prediction {pred_name!r} is NaN at {int(totals[_Q['nan_in_valid']])} pixel(s) "
-            f"where the target {target_name!r} has data"
+            f"prediction {pred_name!r} is NaN or infinite at "
+            f"{int(totals[_Q['nan_in_valid']])} pixel(s) where the target {target_name!r} "
+            "has data"
         )
     return sums
 
@@ -643,7 +662,8 @@ def _check_sums_block(sums: np.ndarray, pred_name: str, target_name: str) -> np.
 def checked(
     sums: xr.DataArray, pred_name: str = "pred", target_name: str = "target"
 ) -> xr.DataArray:
-    """``sums`` with the NaN checks of the prediction in its graph (raised when computed)."""
+    """``sums`` with the NaN / inf checks of the prediction in its graph (raised when
+    computed)."""
     if not isinstance(sums.data, da.Array):
         return sums.copy(data=_check_sums_block(sums.data, pred_name, target_name))
     data = sums.data.rechunk(-1).map_blocks(
@@ -667,7 +687,7 @@ def _strata_matrix(strata: Sequence[str]) -> xr.DataArray:
 
 
 def _class_matrix(level: int | None) -> xr.DataArray:
-    codes = [*WORLDCOVER_CODES, -1]
+    codes = list(GROUP_CODES)
     groups = list(zip(class_names(level), class_codes(level), strict=True)) if level else []
     rows = [[1.0 if c in members else 0.0 for c in codes] for _, members in groups]
     rows.append([1.0] * len(codes))
@@ -909,8 +929,12 @@ def prepare_inputs(
 
 # ------------------------------------------------------------------------------ evaluate
 NODATA_RULE = (
-    "pixels where any target band is 0 or NaN, or any band of an integer "
+    "pixels where any target band is 0, NaN or infinite, or any band of an integer "
     "prediction is 0, are excluded from every metric"
+)
+LANDCOVER_RULE = (
+    "valid pixels whose land cover is nodata (0) or not an ESA WorldCover code are in "
+    "class 'all' only"
 )
 
 
@@ -949,13 +973,35 @@ def _patch_coords(target: xr.DataArray) -> dict[str, xr.DataArray]:
     return {name: coord for name, coord in target.coords.items() if coord.dims == ("patch",)}
 
 
-def _attrs(sums: xr.DataArray, **kwargs: Any) -> dict[str, Any]:
+def _landcover_counts(sums: xr.DataArray, landcover_name: str) -> dict[str, int]:
+    """Valid pixels in no land-cover class (nodata, unknown codes); warns on unknown codes."""
+    valid = sums.sel(quantity="n_valid").sum(
+        [d for d in sums.dims if d not in ("quantity", "code")]
+    )
+    counts = {
+        "n_landcover_nodata_pixels": round(float(valid.sel(code=NODATA_CODE))),
+        "n_landcover_unknown_pixels": round(float(valid.sel(code=-1))),
+    }
+    if counts["n_landcover_unknown_pixels"]:
+        warnings.warn(
+            f"{landcover_name}: {counts['n_landcover_unknown_pixels']} valid pixel(s) have "
+            "codes that are not ESA WorldCover classes; they count in class 'all' only "
+            "(attribute n_landcover_unknown_pixels)",
+            M3RCRWarning,
+            stacklevel=4,  # the caller of evaluate
+        )
+    return counts
+
+
+def _attrs(sums: xr.DataArray, landcover_name: str | None, **kwargs: Any) -> dict[str, Any]:
     attrs = {key: value for key, value in kwargs.items() if value is not None}
     attrs.update(
         nodata_rule=NODATA_RULE,
         normalization="clip to [0, 10000], divide by 10000",
         psnr_if_mse_is_zero=PSNR_IF_PERFECT,
     )
+    if landcover_name is not None:
+        attrs.update(landcover_rule=LANDCOVER_RULE)
     if not isinstance(sums.data, da.Array):
         totals = sums.sum([d for d in sums.dims if d != "quantity"])
         n_valid = round(float(totals.sel(quantity="n_valid")))
@@ -963,6 +1009,8 @@ def _attrs(sums: xr.DataArray, **kwargs: Any) -> dict[str, Any]:
         attrs.update(
             n_valid_pixels=n_valid, n_nodata_pixels=n_nodata, n_pixels_total=n_valid + n_nodata
         )
+        if landcover_name is not None:
+            attrs.update(_landcover_counts(sums, landcover_name))
     return attrs
 
 
@@ -1007,8 +1055,8 @@ def evaluate(
     return_per_patch
         With ``protocol="per_patch"``, also return the per-patch table.
     compute
-        False returns the result lazily (no attributes with pixel counts then); the NaN
-        checks run when it is computed.
+        False returns the result lazily (no attributes with pixel counts then); the
+        NaN / inf checks run when it is computed.
     engine
         flox's per-chunk algorithm, "numpy" (default, measured faster) or "flox".
 
@@ -1017,14 +1065,22 @@ def evaluate(
     xarray.Dataset or (xarray.Dataset, xarray.Dataset)
         Variables PSNR, SSIM, SAM, MAE, RMSE, n_pixels, n_nodata over dims ``stratum`` and
         ``landcover_class`` (class names at ``level``, then ``"all"``); attributes include
-        ``n_nodata_pixels`` and ``n_valid_pixels``. With ``return_per_patch``, also the
-        per-patch Dataset (dims ``patch``, ``stratum``, ``landcover_class``).
+        ``n_nodata_pixels`` and ``n_valid_pixels`` and, with a land cover,
+        ``n_landcover_nodata_pixels`` and ``n_landcover_unknown_pixels`` (valid pixels
+        in class ``"all"`` only). With ``return_per_patch``, also the per-patch Dataset
+        (dims ``patch``, ``stratum``, ``landcover_class``).
 
     Raises
     ------
     SchemaError
         Missing variables, mismatched grids or CRS, bad arguments; a prediction that is
-        all NaN or NaN where the target has data (at compute time when lazy).
+        all NaN / inf, or NaN / inf where the target has data (at compute time when lazy).
+
+    Warns
+    -----
+    M3RCRWarning
+        Valid pixels have land-cover codes outside ESA WorldCover (counted in the
+        attribute ``n_landcover_unknown_pixels``).
     """
     strata = _check_arguments(level, strata, protocol, return_per_patch)
     per_patch = protocol == "per_patch"
@@ -1049,6 +1105,7 @@ def evaluate(
     table = metrics_from_sums(cell_sums(sums, level, strata), target_da.sizes["band"])
     attrs = _attrs(
         sums,
+        None if inputs["landcover"] is None else _name(landcover, "landcover"),
         protocol=protocol,
         level=level,
         pred=_name(pred, "pred"),

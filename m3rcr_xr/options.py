@@ -24,6 +24,8 @@ _DEFAULTS: dict[str, Any] = {
     "patches_per_chunk": 8,
     # torch intra-op threads per worker; None = cores / workers
     "torch_threads": None,
+    # largest raster a reader opens, declared width x height x bands x bytes per value
+    "max_raster_bytes": 64 * 2**30,
 }
 
 _VALIDATORS: dict[str, Any] = {
@@ -31,6 +33,7 @@ _VALIDATORS: dict[str, Any] = {
     "scene_chunk": lambda v: isinstance(v, int) and v >= 16,
     "patches_per_chunk": lambda v: isinstance(v, int) and v >= 1,
     "torch_threads": lambda v: v is None or (isinstance(v, int) and v >= 1),
+    "max_raster_bytes": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
 }
 
 OPTIONS: dict[str, Any] = dict(_DEFAULTS)
@@ -57,6 +60,10 @@ class set_options:  # noqa: N801 - named like xarray.set_options, used as a cont
         Patches per chunk in a collection store. Default 8.
     torch_threads : int or None
         Torch threads per worker; None divides the cores among the workers.
+    max_raster_bytes : int
+        Largest raster the readers open, as declared in its header (width x height x
+        bands x bytes per value). Default 64 GiB: a larger declaration is refused
+        before anything is read, as a file of a few hundred bytes can declare it.
     """
 
     def __init__(self, **kwargs: Any) -> None:

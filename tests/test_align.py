@@ -7,6 +7,7 @@ from pyproj import Transformer
 from rasterio.enums import Resampling
 
 import m3rcr_xr
+from m3rcr_xr import align
 from m3rcr_xr.align import align_to, containing_index, fill_nan_with_mean, shape_index
 from tests.rasters import write_raster
 
@@ -118,3 +119,19 @@ def test_nan_holes_filled_with_band_mean_lazily():
     assert filled.attrs["nan_fill"] == "band mean"
     image = fill_nan_with_mean(sar, per_band=False)
     np.testing.assert_allclose(image.values[0, 0, 1], 15 / 6)
+
+
+def test_infinite_values_are_holes_and_left_out_of_the_mean():
+    data = np.array([[[1.0, np.inf], [3.0, 5.0]], [[-np.inf, 2.0], [np.nan, 4.0]]], "float32")
+    sar = xr.DataArray(data, dims=("polarization", "y", "x")).chunk(1)
+    filled = fill_nan_with_mean(sar).values
+    np.testing.assert_allclose(filled, [[[1.0, 3.0], [3.0, 5.0]], [[3.0, 2.0], [3.0, 4.0]]])
+    np.testing.assert_allclose(fill_nan_with_mean(sar, per_band=False).values[0, 0, 1], 15 / 5)
+
+
+def test_rotated_transform_is_refused_by_name():
+    with pytest.raises(m3rcr_xr.AlignmentError, match="s1.tif: rotated or sheared"):
+        align.check_north_up(Affine(10, 0, 0, 0.1, -10, 0), "s1.tif")
+    with pytest.raises(m3rcr_xr.AlignmentError, match="grid: rotated or sheared"):
+        align.pixel_centres(Affine(10, 1, 0, 0, -10, 0), 3, 3)
+    align.check_north_up(Affine(10, 0, 0, 0, -10, 0))

@@ -2,10 +2,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from affine import Affine
 
 import m3rcr_xr
 from m3rcr_xr.cli import main
+from tests.rasters import (
+    COARSE_GRID,
+    CRS,
+    OPTICAL_GRID,
+    write_coarse,
+    write_lying_tiff,
+    write_optical,
+    write_raster,
+)
 
 
 def test_ingest_a_split_folder_then_info(tmp_path, samples_dir, capsys):
@@ -133,3 +144,108 @@ def test_config_arguments_must_be_key_value(tmp_path, capsys):
         == 2
     )
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+# ------------------------------------------------- bad input files: exit 2, one line (io)
+def _one_error_line(capsys, *needles: str) -> str:
+    """The one stderr line of a failed command; checks it names each of ``needles``."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("m3rcr "), err
+    assert all(needle in err[0] for needle in needles), err[0]
+    return err[0]
+
+
+def _filelist(samples_dir, tmp_path, name: str = "list.csv") -> tuple[Path, list[str]]:
+    """A copy of the test split's file list beside its data: (path, the row's cells)."""
+    row = (samples_dir / "one_test_sample.csv").read_text().splitlines()[0].split(",")
+    return tmp_path / name, row
+
+
+def test_ingest_a_filelist_that_is_not_utf8(samples_dir, tmp_path, capsys):
+    csv, row = _filelist(samples_dir, tmp_path)  # line 2 in UTF-16, as some editors save
+    csv.write_bytes(",".join(row).encode() + b"\n" + ",".join(row).encode("utf-16") + b"\n")
+    dest = tmp_path / "never.zarr"
+    code = main(["ingest", str(csv), str(dest), "--root", str(samples_dir / "test")])
+    assert code == 2
+    _one_error_line(capsys, "list.csv:2:", "not UTF-8")
+    assert not dest.exists()
+
+
+def test_ingest_a_filelist_with_a_byte_order_mark(samples_dir, tmp_path):
+    csv, row = _filelist(samples_dir, tmp_path)
+    csv.write_text("\ufeff" + ",".join(row) + "\n", encoding="utf-8")
+    dest = tmp_path / "bom.zarr"
+    assert main(["ingest", str(csv), str(dest), "--root", str(samples_dir / "test")]) == 0
+    assert m3rcr_xr.open_zarr(dest).patch.values.tolist() == ["summer_33_p_1"]
+
+
+def test_ingest_a_filelist_row_with_an_empty_path(samples_dir, tmp_path, capsys):
+    csv, row = _filelist(samples_dir, tmp_path)
+    row[2] = ""
+    csv.write_text(",".join(row) + "\n")
+    dest = tmp_path / "never.zarr"
+    assert main(["ingest", str(csv), str(dest), "--root", str(samples_dir / "test")]) == 2
+    _one_error_line(capsys, "list.csv:1:", "empty path in column 'sar'")
+    assert not dest.exists()
+
+
+def test_ingest_a_cloudy_raster_without_crs(tmp_path, capsys):
+    cloudy = write_raster(
+        tmp_path / "nocrs.tif", np.ones((4, 30, 30), "uint16"), OPTICAL_GRID, None
+    )
+    dest = tmp_path / "never.zarr"
+    assert main(["ingest", str(cloudy), str(dest)]) == 2
+    _one_error_line(capsys, "nocrs.tif: cloudy has no CRS")
+    assert not dest.exists()
+
+
+def test_ingest_a_sar_without_crs_names_the_align_flag(tmp_path, capsys):
+    cloudy = write_optical(tmp_path / "cloudy.tif", np.ones((4, 30, 30), "uint16"))
+    sar = write_raster(tmp_path / "s1.tif", np.zeros((2, 9, 9), "float32"), COARSE_GRID, None)
+    assert main(["ingest", str(cloudy), str(tmp_path / "a.zarr"), "--sar", str(sar)]) == 2
+    _one_error_line(capsys, "s1.tif: sar has no CRS", "--align coords", "--align shape")
+
+
+def test_ingest_a_rotated_cloudy_raster(tmp_path, capsys):
+    rotated = Affine(3, 0.2, 500_000, 0.2, -3, 4_000_020)
+    cloudy = write_raster(tmp_path / "rot.tif", np.ones((4, 30, 30), "uint16"), rotated, CRS)
+    assert main(["ingest", str(cloudy), str(tmp_path / "never.zarr")]) == 2
+    _one_error_line(capsys, "rot.tif: cloudy: rotated or sheared")
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_ingest_a_tiny_file_declaring_a_huge_raster(tmp_path, capsys):
+    cloudy = write_lying_tiff(tmp_path / "huge.tif", 200_000, 200_000, 4, "uint16")
+    assert main(["ingest", str(cloudy), str(tmp_path / "never.zarr")]) == 2
+    _one_error_line(capsys, "huge.tif: cloudy declares 200000 x 200000")
+
+
+def test_ingest_optical_values_that_would_wrap_around(tmp_path, capsys):
+    data = np.full((4, 30, 30), 500, "int16")
+    data[2, 10, 10] = -4630
+    cloudy = write_optical(tmp_path / "int16.tif", data)
+    dest = tmp_path / "never.zarr"
+    assert main(["ingest", str(cloudy), str(dest)]) == 2  # found while writing: lazy reader
+    _one_error_line(capsys, "int16.tif: cloudy (dtype int16)", "-4630", "[0, 65535]")
+    assert not m3rcr_xr.is_complete(dest)
+
+
+def test_ingest_landcover_codes_outside_worldcover(tmp_path):
+    cloudy = write_optical(tmp_path / "cloudy.tif", np.full((4, 30, 30), 500, "uint16"))
+    codes = np.full((1, 9, 9), 50, "uint8")
+    codes[0, 0, 0] = 201
+    landcover = write_coarse(tmp_path / "lc.tif", codes)
+    dest = tmp_path / "lc.zarr"
+    with pytest.warns(m3rcr_xr.M3RCRWarning, match=r"lc.tif: landcover: code\(s\) 201"):
+        assert main(["ingest", str(cloudy), str(dest), "--landcover", str(landcover)]) == 0
+    stored = m3rcr_xr.open_zarr(dest).landcover.values
+    assert stored[0, 0] == 0 and (stored[5:, 5:] == 50).all()
+
+
+def test_evaluate_an_infinite_prediction(tmp_path, capsys):
+    scene = m3rcr_xr.synthetic_scene((64, 64), chunks=32)
+    decloud = scene.cloudfree.astype("float32")
+    scene["decloud"] = decloud.where(decloud.x != decloud.x[3], np.inf)
+    m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    assert main(["evaluate", str(tmp_path / "s.zarr")]) == 2
+    _one_error_line(capsys, "'decloud' is NaN or infinite at", "'cloudfree' has data")

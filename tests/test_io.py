@@ -1,5 +1,7 @@
 import json
+import resource
 import shutil
+import time
 import warnings
 
 import numpy as np
@@ -8,10 +10,19 @@ import rasterio
 from affine import Affine
 
 import m3rcr_xr
-from m3rcr_xr.io import discover, read_filelist
+from m3rcr_xr.exceptions import OptionError
+from m3rcr_xr.io import discover, open_raster, read_filelist
 from m3rcr_xr.normalize import normalize_sar
 from tests.conftest import raise_if_dask_computes
-from tests.rasters import write_raster
+from tests.rasters import (
+    COARSE_GRID,
+    CRS,
+    OPTICAL_GRID,
+    write_coarse,
+    write_lying_tiff,
+    write_optical,
+    write_raster,
+)
 
 
 def test_open_quartet_is_lazy_and_follows_the_data_model(train_quartet):
@@ -170,4 +181,230 @@ def test_filelist_with_wrong_columns(tmp_path):
     csv = tmp_path / "list.csv"
     csv.write_text("a.tif,b.tif\n")
     with pytest.raises(m3rcr_xr.InputFileError, match="list.csv:1: expected 5 columns"):
+        read_filelist(csv)
+
+
+# ------------------------------------------------------------------------ wrong values
+def _reflectance(dtype: str, seed: int = 0) -> np.ndarray:
+    """(4, 30, 30) whole reflectance values in [1, 12000], as ``dtype``."""
+    return np.random.default_rng(seed).integers(1, 12000, (4, 30, 30)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint32", "int64", "float32", "float64"])
+def test_optical_values_that_fit_are_converted_exactly_and_lazily(tmp_path, dtype):
+    data = _reflectance("uint8" if dtype == "uint8" else dtype)
+    path = write_optical(tmp_path / "cloudy.tif", data)
+    with raise_if_dask_computes():
+        ds = m3rcr_xr.open_quartet(path, chunks=16)
+    assert ds.cloudy.dtype == np.uint16
+    np.testing.assert_array_equal(ds.cloudy.values, data.astype("uint16"))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "nodata"), [("int16", -9999), ("float32", np.nan), ("uint16", 65535)]
+)
+def test_declared_optical_nodata_becomes_0(tmp_path, dtype, nodata):
+    data = _reflectance(dtype)
+    data[:, 2, :] = nodata
+    ds = m3rcr_xr.open_quartet(write_optical(tmp_path / "c.tif", data, nodata=nodata))
+    expected = data.copy()
+    expected[:, 2, :] = 0
+    np.testing.assert_array_equal(ds.cloudy.values, expected.astype("uint16"))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bad", "found"),
+    [
+        ("int16", -4630, "-4630"),  # a cast would give 61066
+        ("uint32", 70530, "70530"),  # a cast would give 4994
+        ("float32", 12.5, "12.5"),
+        ("float32", np.inf, "inf"),
+    ],
+)
+def test_optical_values_outside_uint16_are_refused_never_wrapped(tmp_path, dtype, bad, found):
+    data = _reflectance(dtype)
+    data[1, 20, 7] = bad
+    path = write_optical(tmp_path / "cloudy.tif", data)
+    with raise_if_dask_computes():
+        ds = m3rcr_xr.open_quartet(path, chunks=16)  # lazily: checked when read
+    np.testing.assert_array_equal(ds.cloudy[:, :16].values, data[:, :16])  # clean chunks
+    with pytest.raises(
+        m3rcr_xr.InputFileError, match=rf"cloudy.tif: cloudy \(dtype {dtype}\): 1 value.*{found}"
+    ):
+        ds.cloudy.compute()
+
+
+def test_optical_of_a_complex_dtype_is_refused_at_open(tmp_path):
+    path = write_optical(tmp_path / "c.tif", _reflectance("complex64"))
+    with pytest.raises(m3rcr_xr.InputFileError, match="c.tif: cloudy has dtype complex64"):
+        m3rcr_xr.open_quartet(path)
+
+
+def _sar_with_holes(tmp_path, nodata=None):
+    """A 2-band 10 m SAR whose column 0 holds +inf, -inf, NaN (and ``nodata``)."""
+    sar = np.random.default_rng(1).uniform(-25, 0, (2, 9, 9)).astype("float32")
+    sar[:, 0, 0], sar[:, 1, 0], sar[:, 2, 0] = np.inf, -np.inf, np.nan
+    if nodata is not None:
+        sar[:, 3, 0] = nodata
+    optical = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    return optical, write_coarse(tmp_path / "sar.tif", sar, nodata=nodata), sar
+
+
+@pytest.mark.parametrize("nodata", [None, -9999.0])
+def test_infinite_sar_values_are_holes_filled_with_the_finite_mean(tmp_path, nodata):
+    optical, path, raw = _sar_with_holes(tmp_path, nodata)
+    with raise_if_dask_computes():
+        ds = m3rcr_xr.open_quartet(optical, sar=path, chunks=16)
+    sar = ds.sar.values
+    assert np.isfinite(sar).all()
+    holes = ~np.isfinite(raw) | (raw == nodata)
+    means = [raw[b][~holes[b]].mean() for b in range(2)]
+    # optical rows 0..2 lie in SAR row 0 (a 3 m pixel in a 10 m one)
+    np.testing.assert_allclose(sar[:, 1, 1], means, rtol=1e-5)
+    np.testing.assert_allclose(sar[:, 4, 0], means, rtol=1e-5)
+    assert ds.sar.attrs["nan_fill"] == "band mean"
+
+
+def test_landcover_codes_outside_worldcover_become_nodata_with_a_warning(tmp_path):
+    codes = np.full((1, 9, 9), 40, dtype="uint8")
+    codes[0, 0, :3] = [255, 7, 80]
+    optical = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    path = write_coarse(tmp_path / "lc.tif", codes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", m3rcr_xr.M3RCRWarning)
+        with raise_if_dask_computes():
+            ds = m3rcr_xr.open_quartet(optical, landcover=path)  # lazy: no warning yet
+    with pytest.warns(m3rcr_xr.M3RCRWarning, match=r"lc.tif: landcover: code\(s\) 7, 255 are not"):
+        landcover = ds.landcover.values
+    assert landcover.dtype == np.uint8
+    assert landcover[0, [0, 3, 7, 10]].tolist() == [0, 0, 80, 40]  # 3 m in 10 m cells
+
+
+def test_landcover_of_another_dtype_is_never_cast_blindly(tmp_path):
+    codes = np.full((1, 9, 9), 30, dtype="uint16")
+    codes[0, 4, 4] = 266  # uint8 would make it 10, tree cover
+    codes[0, 5, 5] = 65535  # the declared nodata: no warning for it
+    optical = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    path = write_coarse(tmp_path / "lc.tif", codes, nodata=65535)
+    with pytest.warns(m3rcr_xr.M3RCRWarning, match=r"code\(s\) 266 are not") as record:
+        landcover = m3rcr_xr.open_quartet(optical, landcover=path).landcover.values
+    assert len({str(w.message) for w in record if w.category is m3rcr_xr.M3RCRWarning}) == 1
+    assert landcover[13, 13] == 0 and landcover[16, 16] == 0 and landcover[0, 0] == 30
+    assert set(np.unique(landcover)) == {0, 30}
+
+
+# ---------------------------------------------------------------------- georeference
+def test_rotated_or_sheared_grids_are_refused(tmp_path):
+    rotated = Affine(3, 0.5, 500_000, 0.5, -3, 4_000_020)
+    cloudy = write_raster(tmp_path / "rot.tif", _reflectance("uint16"), rotated, "EPSG:32632")
+    with pytest.raises(m3rcr_xr.AlignmentError, match="rot.tif: cloudy: rotated or sheared"):
+        m3rcr_xr.open_quartet(cloudy)
+    sheared = Affine(10, 2, 500_000, 0, -10, 4_000_020)
+    sar = write_raster(tmp_path / "shear.tif", np.zeros((2, 9, 9), "float32"), sheared, CRS)
+    optical = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    for align in ("coords", "shape"):
+        with pytest.raises(m3rcr_xr.AlignmentError, match="shear.tif: sar: rotated or sheared"):
+            m3rcr_xr.open_quartet(optical, sar=sar, align=align)
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize(
+    ("transform", "crs", "missing"),
+    [(OPTICAL_GRID, None, "no CRS"), (None, None, "no CRS"), (None, CRS, "no geotransform")],
+)
+def test_optical_without_georeference_is_refused(tmp_path, transform, crs, missing):
+    path = write_raster(tmp_path / "bare.tif", _reflectance("uint16"), transform, crs)
+    with pytest.raises(m3rcr_xr.InputFileError, match=f"bare.tif: cloudy has {missing}"):
+        m3rcr_xr.open_quartet(path)
+
+
+def test_coarse_layer_without_crs_needs_shape_alignment(tmp_path):
+    optical = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    sar = write_raster(tmp_path / "s1.tif", np.zeros((2, 9, 9), "float32"), COARSE_GRID, None)
+    with pytest.raises(
+        m3rcr_xr.InputFileError,
+        match=r"s1.tif: sar has no CRS; align='coords' needs one; pass align='shape'",
+    ):
+        m3rcr_xr.open_quartet(optical, sar=sar)
+    assert m3rcr_xr.open_quartet(optical, sar=sar, align="shape").sar.shape == (2, 30, 30)
+
+
+# ------------------------------------------------------------------------ bounded opens
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize(
+    ("width", "bands", "dtype", "message"),
+    [
+        (200_000, 4, "uint16", "declares 200000 x 200000 pixels x 4 band.*max_raster_bytes"),
+        (60_000, 4, "uint16", "blocks of 60000 x 60000 pixels"),
+        (200_000, 1, "uint8", "not a readable GeoTIFF"),  # GDAL reads it a row at a time
+    ],
+)
+def test_a_tiny_file_declaring_a_huge_raster_fails_fast(tmp_path, width, bands, dtype, message):
+    path = write_lying_tiff(tmp_path / "huge.tif", width, width, bands, dtype)
+    assert path.stat().st_size < 300
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(m3rcr_xr.InputFileError, match=f"huge.tif: cloudy.*{message}"):
+        m3rcr_xr.open_quartet(path) if bands == 4 else open_raster(path, "cloudy", 1)
+    assert time.perf_counter() - start < 2
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 100 * 1024
+
+
+def test_max_raster_bytes_option(copied):
+    with (
+        m3rcr_xr.set_options(max_raster_bytes=300 * 300 * 4 * 2 - 1),
+        pytest.raises(m3rcr_xr.InputFileError, match="beyond the max_raster_bytes option"),
+    ):
+        m3rcr_xr.open_quartet(copied["cloudy"])
+    with m3rcr_xr.set_options(max_raster_bytes=300 * 300 * 4 * 2):
+        assert m3rcr_xr.open_quartet(copied["cloudy"]).sizes["x"] == 300
+    with pytest.raises(OptionError, match="max_raster_bytes"):
+        m3rcr_xr.set_options(max_raster_bytes=0)
+
+
+def test_npy_cloudmask_declaring_a_huge_array_is_refused_unread(copied):
+    with copied["cloudmask"].open("wb") as handle:
+        header = {"descr": "|b1", "fortran_order": False, "shape": (200_000, 200_000)}
+        np.lib.format.write_array_header_1_0(handle, header)
+    with pytest.raises(m3rcr_xr.InputFileError, match="cloudmask_fall_1_p_457.npy: cloudmask"):
+        m3rcr_xr.open_quartet(**copied)
+
+
+def test_geotiff_cloudmask_is_shape_checked_before_it_is_read(copied, tmp_path):
+    mask = write_raster(tmp_path / "mask.tif", np.ones((1, 90, 90), "uint8"), COARSE_GRID, CRS)
+    with pytest.raises(m3rcr_xr.InputFileError, match=r"mask.tif: cloudmask has shape \(90, 90\)"):
+        m3rcr_xr.open_quartet(copied["cloudy"], cloudmask=mask)
+    values = np.random.default_rng(2).random((1, 300, 300)) < 0.3
+    fits = write_raster(tmp_path / "fits.tif", values.astype("uint8"), OPTICAL_GRID, CRS)
+    with raise_if_dask_computes():
+        ds = m3rcr_xr.open_quartet(copied["cloudy"], cloudmask=fits)
+    np.testing.assert_array_equal(ds.cloudmask.values, values[0])
+
+
+# ---------------------------------------------------------------------------- file lists
+def test_filelist_that_is_not_utf8_names_the_line(tmp_path):
+    csv = tmp_path / "list.csv"
+    csv.write_bytes(b"a,b,c,d,e\ncaf\xe9.tif,b,c,d,e\n")
+    with pytest.raises(m3rcr_xr.InputFileError, match="list.csv:2: file list is not UTF-8"):
+        read_filelist(csv)
+
+
+def test_filelist_with_a_byte_order_mark(samples_dir, tmp_path):
+    text = (samples_dir / "one_test_sample.csv").read_text()
+    csv = tmp_path / "list.csv"
+    csv.write_bytes("\ufeff".encode() + text.replace("\n", "\r\n").encode())
+    (quartet,) = read_filelist(csv)
+    assert quartet.cloudfree.startswith("planet_cloudfree_summer/")
+    assert m3rcr_xr.open_m3rcr(samples_dir / "test", csv).sizes["patch"] == 1
+
+
+@pytest.mark.parametrize("column", range(5))
+def test_filelist_row_with_an_empty_path_names_line_and_column(tmp_path, column):
+    row = ["a.tif", "b.tif", "c.tif", "d.tif", "e.npy"]
+    row[column] = "  "
+    csv = tmp_path / "list.csv"
+    csv.write_text("\n" + ",".join(row) + "\n")  # a blank first line is skipped, but counted
+    name = ("cloudfree", "cloudy", "sar", "landcover", "cloudmask")[column]
+    with pytest.raises(m3rcr_xr.InputFileError, match=f"list.csv:2: empty path in column '{name}'"):
         read_filelist(csv)

@@ -1,9 +1,10 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
 
-from m3rcr_xr import landcover
+from m3rcr_xr import M3RCRWarning, landcover
 
 
 def test_eleven_classes_in_code_order():
@@ -36,3 +37,21 @@ def test_class_lists_have_the_golden_lengths(shared_dir):
 def test_bad_level():
     with pytest.raises(ValueError, match="level must be 1 or 2"):
         landcover.class_names(3)
+
+
+def test_to_worldcover_keeps_codes_and_maps_the_rest_to_nodata():
+    values = np.array([[10, 0, 95, 7], [266, 100, 255, 40]], dtype="uint16")
+    with pytest.warns(M3RCRWarning, match=r"lc.tif: code\(s\) 7, 266 are not ESA WorldCover"):
+        codes = landcover.to_worldcover(values, nodata=255, source="lc.tif")
+    assert codes.dtype == np.uint8
+    assert codes.tolist() == [[10, 0, 95, 0], [0, 100, 0, 40]]
+
+
+def test_to_worldcover_of_floats_nan_is_nodata_silently():
+    values = np.array([10.0, np.nan, 10.5, 30.0], dtype="float32")
+    with pytest.warns(M3RCRWarning, match=r"code\(s\) 10.5 are not") as record:
+        codes = landcover.to_worldcover(values)
+    assert codes.tolist() == [10, 0, 0, 30] and len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert landcover.to_worldcover(np.array([0, 10, 50], "uint8")).tolist() == [0, 10, 50]

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio.enums import Resampling
 
-from m3rcr_xr import SchemaError, metrics
+from m3rcr_xr import M3RCRWarning, SchemaError, metrics
 from m3rcr_xr.landcover import class_names
 from m3rcr_xr.normalize import normalize_sar
 from tests.conftest import CountingScheduler, raise_if_dask_computes
@@ -238,10 +238,57 @@ def test_integer_prediction_zeros_are_nodata_too():
     assert result.attrs["n_nodata_pixels"] == 3 * ds.sizes["x"]
 
 
-def test_nan_prediction_on_target_nodata_is_allowed():
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_infinite_prediction_on_target_nodata_is_allowed(bad):
     ds = make_scene(nodata=0.1, seed=6)
-    with_nan = ds.assign(decloud=ds.decloud.where(ds.cloudfree != 0))
-    assert_same_result(metrics.evaluate(with_nan), metrics.evaluate(ds))
+    with_bad = ds.assign(decloud=ds.decloud.where(ds.cloudfree != 0, bad))
+    assert_same_result(metrics.evaluate(with_bad), metrics.evaluate(ds))
+
+
+def test_infinite_target_is_nodata_like_nan():
+    ds = make_scene(nodata=0.0, seed=21)
+    target = ds.cloudfree.astype("float32")
+    with_inf = ds.assign(cloudfree=target.where(ds.x != ds.x[4], np.inf))
+    with_nan = ds.assign(cloudfree=target.where(ds.x != ds.x[4]))
+    result = metrics.evaluate(with_inf)
+    assert result.attrs["n_nodata_pixels"] == ds.sizes["y"]
+    assert_same_result(result, metrics.evaluate(with_nan))
+
+
+def _landcover_with_unknown_codes(ds: xr.Dataset) -> tuple[xr.Dataset, int, int]:
+    """``ds`` with codes 7 and 255 (not WorldCover) in two columns; the valid pixels of
+    those codes and of nodata 0."""
+    landcover = ds.landcover.copy(data=ds.landcover.values.copy())
+    landcover[:, 3] = 7
+    landcover[:, 9] = 255
+    valid = (ds.cloudfree != 0).all("band")
+    unknown = int((valid & landcover.isin([7, 255])).sum())
+    nodata = int((valid & (landcover == 0)).sum())
+    return ds.assign(landcover=landcover), unknown, nodata
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_landcover_nodata_and_unknown_codes_are_counted_not_lost(lazy):
+    ds, unknown, nodata = _landcover_with_unknown_codes(make_scene(nodata=0.05, seed=22))
+    ds = ds.chunk(y=16, x=16) if lazy else ds
+    with pytest.warns(M3RCRWarning, match=f"landcover: {unknown} valid pixel.*not ESA WorldCover"):
+        result = metrics.evaluate(ds, level=2)
+    assert unknown > 0 and nodata > 0
+    assert result.attrs["n_landcover_unknown_pixels"] == unknown
+    assert result.attrs["n_landcover_nodata_pixels"] == nodata
+    n = result.n_pixels.sel(stratum="all")
+    in_classes = int(n.drop_sel(landcover_class="all").sum())
+    assert in_classes + unknown + nodata == int(n.sel(landcover_class="all"))
+
+
+def test_landcover_counts_per_patch_and_without_landcover():
+    ds, unknown, nodata = _landcover_with_unknown_codes(make_scene(seed=23, patches=2))
+    with pytest.warns(M3RCRWarning, match="not ESA WorldCover"):
+        result = metrics.evaluate(ds, protocol="per_patch")
+    assert result.attrs["n_landcover_unknown_pixels"] == unknown
+    assert result.attrs["n_landcover_nodata_pixels"] == nodata
+    without = metrics.evaluate(ds, landcover=None)
+    assert "n_landcover_unknown_pixels" not in without.attrs
 
 
 def test_band_order_of_the_prediction_does_not_matter():
@@ -413,17 +460,20 @@ def test_missing_variables_are_named():
 
 
 @pytest.mark.parametrize("lazy", [False, True])
-def test_nan_predictions_are_refused(lazy):
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_infinite_predictions_are_refused_alike(lazy, bad):
     ds = make_scene(seed=19)
-    all_nan = ds.assign(decloud=ds.decloud * np.nan)
-    some_nan = ds.assign(decloud=ds.decloud.where(ds.x != ds.x[5]))
+    all_bad = ds.assign(decloud=ds.decloud * 0 + bad)
+    some_bad = ds.assign(decloud=ds.decloud.where(ds.x != ds.x[5], bad))
     if lazy:
-        all_nan, some_nan = all_nan.chunk(y=16, x=16), some_nan.chunk(y=16, x=16)
-    with pytest.raises(SchemaError, match="'decloud' is all NaN"):
-        metrics.evaluate(all_nan)
+        all_bad, some_bad = all_bad.chunk(y=16, x=16), some_bad.chunk(y=16, x=16)
+    with pytest.raises(SchemaError, match="'decloud' is all NaN or infinite"):
+        metrics.evaluate(all_bad)
     n_bad = int((ds.cloudfree.isel(x=5) != 0).all("band").sum())
-    with pytest.raises(SchemaError, match=f"NaN at {n_bad} pixel.*'cloudfree' has data"):
-        metrics.evaluate(some_nan)
+    with pytest.raises(
+        SchemaError, match=rf"NaN or infinite at {n_bad} pixel\(s\) where the target 'cloudfree'"
+    ):
+        metrics.evaluate(some_bad)
 
 
 def test_bad_arguments_are_refused():
