@@ -97,7 +97,8 @@ def to_worldcover(
     the declared ``nodata`` become 0 silently; values that are not WorldCover codes
     become 0 with an :class:`M3RCRWarning` naming ``source`` and the codes (no count:
     this runs on one chunk at a time, and the same message from every chunk is shown
-    once). :func:`m3rcr_xr.metrics.evaluate` counts land-cover nodata pixels.
+    once; on a distributed cluster it is in the worker's log).
+    :func:`m3rcr_xr.metrics.evaluate` counts land-cover nodata pixels.
 
     Examples
     --------
