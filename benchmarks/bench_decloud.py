@@ -13,6 +13,9 @@ seconds do.
   tiles of a grid without overlap.
 - ``memory``: decloud of a lazy synthetic scene to Zarr on a one-worker LocalCluster
   whose memory limit is several times smaller than the scene; peak worker memory.
+- ``tiny``: decloud (graph and compute) of scenes smaller than a tile, 1x1, 5x3 and
+  64x64, over the decloud of a scene of exactly one tile with the same model; each is
+  padded to one tile, so the goal is a ratio of about 1 (at most 2).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ import m3rcr_xr
 from m3rcr_xr import inference, models
 
 CONFIG = {"n_resblocks": 4, "n_feats": 32}
+PARTS = ("throughput", "memory", "tiny")
+#: scenes smaller than the default tile (256) of the ``tiny`` part
+TINY_SHAPES = [(1, 1), (5, 3), (64, 64)]
 
 
 def _checkpoint(folder: Path, config: dict) -> Path:
@@ -128,18 +134,56 @@ def memory(size: int, limit: str, folder: Path) -> dict:
     }
 
 
+def _decloud_seconds(shape: tuple[int, int], checkpoint: Path, repeats: int) -> float:
+    """Best time to build the graph of a scene of ``shape`` and compute it."""
+    scene = m3rcr_xr.synthetic_scene(shape, seed=1).persist()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=CONFIG).compute(scheduler="threads")
+        seconds.append(time.perf_counter() - start)
+    return min(seconds)
+
+
+def tiny(folder: Path, repeats: int, shapes: list[tuple[int, int]] = TINY_SHAPES) -> dict:
+    """Scenes smaller than a tile against one tile: each should cost about one tile."""
+    checkpoint = _checkpoint(folder, CONFIG)
+    tile = inference.DEFAULT_TILE
+    _decloud_seconds((tile, tile), checkpoint, 1)  # warm-up: model built and cached
+    one_tile = _decloud_seconds((tile, tile), checkpoint, repeats)
+    report = {"model": f"dsen2_cr {CONFIG}", "tile": tile, "one_tile_s": round(one_tile, 3)}
+    for shape in shapes:
+        seconds = _decloud_seconds(shape, checkpoint, repeats)
+        name = "x".join(map(str, shape))
+        report[f"{name}_s"] = round(seconds, 3)
+        report[f"{name}_over_one_tile"] = round(seconds / one_tile, 2)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller scenes")
+    parser.add_argument(
+        "--part", choices=PARTS, action="append", help="run only this part (repeatable)"
+    )
+    parser.add_argument(
+        "--tiny-shape",
+        action="append",
+        metavar="HxW",
+        help=f"scene shapes of the tiny part (default {', '.join(map(str, TINY_SHAPES))})",
+    )
     args = parser.parse_args()
+    shapes = [tuple(map(int, s.split("x"))) for s in args.tiny_shape or []] or TINY_SHAPES
     dask.config.set({"distributed.worker.daemon": False})
     with tempfile.TemporaryDirectory() as tmp, m3rcr_xr.set_options(progress=False):
         folder = Path(tmp)
-        report = {
-            "machine": {"cores": torch.get_num_threads(), "torch": torch.__version__},
-            "throughput": throughput(1024 if args.quick else 2048, 256, 1024, 8, folder),
-            "memory": memory(4096 if args.quick else 8192, "1GB", folder),
+        runs = {
+            "throughput": lambda: throughput(1024 if args.quick else 2048, 256, 1024, 8, folder),
+            "memory": lambda: memory(4096 if args.quick else 8192, "1GB", folder),
+            "tiny": lambda: tiny(folder, 2 if args.quick else 3, shapes),
         }
+        report = {"machine": {"cores": torch.get_num_threads(), "torch": torch.__version__}}
+        report.update({part: runs[part]() for part in args.part or PARTS})
     print(json.dumps(report, indent=2))
 
 

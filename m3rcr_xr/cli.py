@@ -7,14 +7,52 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .exceptions import M3RCRError, UsageError, command_line_names
+from .exceptions import M3RCRError, UsageError, argument, command_line_names
 
 log = logging.getLogger("m3rcr_xr")
 EXIT_BAD_INPUT = 2
+#: file suffixes of the files the commands write besides their stores
+COG_SUFFIXES = (".tif", ".tiff")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
+EXPORT_SUFFIXES = (".safetensors",)
+
+
+def _check_output_file(
+    path: str, name: str, suffixes: Sequence[str], *, overwrite: bool | None = None
+) -> Path:
+    """Check, before any work, that the file ``path`` (given as ``--name``) can be written.
+
+    Its suffix must be one of ``suffixes`` and its folder must exist and be writable
+    (a typo in a folder name fails now, not after hours of computing). With ``overwrite``
+    False, an existing file is refused: the command replaces only what the user asked
+    it to; with None (commands that replace their own outputs), it is not checked.
+
+    Raises
+    ------
+    UsageError
+        Naming the flag and the path.
+    """
+    target = Path(path)
+    flag = argument(name, path)
+    if target.suffix.lower() not in suffixes:
+        raise UsageError(
+            f"{flag}: write a {'/'.join(suffixes)} file, not {target.suffix or 'no suffix'!r}"
+        )
+    folder = target.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: folder {folder} is not writable")
+    if target.is_dir():
+        raise UsageError(f"{flag}: {target} is a folder")
+    if overwrite is False and target.exists():
+        raise UsageError(f"{flag}: {target} exists; pass {argument('overwrite')} to replace it")
+    return target
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -68,10 +106,17 @@ def _parse_config(items: Sequence[str]) -> dict[str, object]:
 
 def _decloud(args: argparse.Namespace) -> int:
     from .inference import decloud
+    from .schema import is_collection
     from .store import open_zarr, to_zarr
 
     config = _parse_config(args.config)  # arguments first, then the data
+    if args.cog:
+        _check_output_file(args.cog, "cog", COG_SUFFIXES, overwrite=args.overwrite)
     ds = open_zarr(args.input)
+    if args.cog and is_collection(ds):
+        raise UsageError(
+            f"--cog: a Cloud-Optimised GeoTIFF needs a scene, {args.input} holds a collection"
+        )
     result = decloud(
         ds,
         args.model,
@@ -83,10 +128,6 @@ def _decloud(args: argparse.Namespace) -> int:
         device=args.device,
         composite=args.composite,
     )
-    if args.cog and "patch" in result.dims:
-        raise UsageError(
-            f"--cog: a Cloud-Optimised GeoTIFF needs a scene, {args.input} holds a collection"
-        )
     to_zarr(result.to_dataset(), args.output, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.output}")
     if args.cog:
@@ -163,9 +204,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .metrics import evaluate, write_table
+    from .metrics import TABLE_SUFFIXES, evaluate, write_table
     from .store import open_zarr
 
+    if args.out:
+        _check_output_file(args.out, "out", TABLE_SUFFIXES)
     result = evaluate(
         open_zarr(args.store), args.pred, args.target, level=args.level, protocol=args.protocol
     )
@@ -201,6 +244,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .train import TrainSettings, export_weights, train
 
+    _check_output_file(args.out, "out", CHECKPOINT_SUFFIXES)
+    if args.export:
+        _check_output_file(args.export, "export", EXPORT_SUFFIXES)
     settings = TrainSettings(
         model=args.model,
         steps=args.steps,
@@ -255,7 +301,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--resume", metavar="CKPT", help="continue the run of this checkpoint")
     p.add_argument("--val", metavar="STORE", help="validation store (centre crops)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument(
+        "--workers", "--num-workers", type=int, default=0, help="DataLoader worker processes"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument(
         "--amp",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import xarray as xr
 
+from .exceptions import UsageError, argument, check_integer
 from .inference import decloud
 from .metrics import evaluate, write_table
 from .store import open_zarr, to_zarr
@@ -22,6 +23,9 @@ from .synthetic import synthetic_scene
 log = logging.getLogger(__name__)
 #: the demo scene's seed: the demo weights never saw it in training
 DEMO_SEED = 2026
+#: the largest demo scene edge: 16384 px is already ~7 GB of scene and hours of CPU work;
+#: real data goes through ``m3rcr ingest`` and ``m3rcr decloud``
+MAX_SIZE = 16384
 
 
 def _figures(scene: xr.Dataset, result: xr.Dataset, out: Path) -> dict[str, Path]:
@@ -38,8 +42,14 @@ def _figures(scene: xr.Dataset, result: xr.Dataset, out: Path) -> dict[str, Path
     return paths
 
 
-def run_demo(out: Path, *, size: int = 2048, seed: int = DEMO_SEED) -> dict[str, Path]:
+def run_demo(out: str | Path, *, size: int = 2048, seed: int = DEMO_SEED) -> dict[str, Path]:
     """Run the demo into ``out``; return the paths it wrote.
+
+    Raises
+    ------
+    UsageError
+        Before any work: ``size`` not an integer from 1 to :data:`MAX_SIZE`, or ``out``
+        an existing file.
 
     Examples
     --------
@@ -48,6 +58,10 @@ def run_demo(out: Path, *, size: int = 2048, seed: int = DEMO_SEED) -> dict[str,
     from .cluster import local_cluster
     from .weights import default_checkpoint
 
+    check_integer("size", size, maximum=MAX_SIZE)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{argument('out', str(out))}: {out} is a file, not a folder")
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     paths = {

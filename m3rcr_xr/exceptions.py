@@ -6,9 +6,11 @@ Each class also derives from the built-in exception a caller would expect
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from numbers import Integral, Real
 from typing import Any
 
 
@@ -94,3 +96,46 @@ def argument(name: str, value: Any = _UNSET) -> str:
         flag = "--" + name.replace("_", "-")
         return flag if value is _UNSET or value is True else f"{flag} {value}"
     return name if value is _UNSET else f"{name}={value!r}"
+
+
+def check_integer(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an ``int``, if it is an integer in ``[minimum, maximum]``.
+
+    Integers of any kind count (numpy's too); bools, floats (even ``16.0``) and strings
+    do not, so that a typo never silently becomes another number.
+
+    Raises
+    ------
+    UsageError
+        Naming the argument as the caller wrote it (see :func:`argument`).
+
+    Examples
+    --------
+    >>> check_integer("batch_size", 8)
+    8
+    >>> check_integer("batch_size", 0)
+    Traceback (most recent call last):
+    ...
+    m3rcr_xr.exceptions.UsageError: batch_size=0: must be an integer >= 1
+    """
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    if not isinstance(value, Integral) or isinstance(value, bool):
+        raise UsageError(
+            f"{argument(name, value)}: must be an integer {bounds}, not {type(value).__name__}"
+        )
+    if value < minimum or (maximum is not None and value > maximum):
+        raise UsageError(f"{argument(name, value)}: must be an integer {bounds}")
+    return int(value)
+
+
+def check_positive(name: str, value: Any) -> float:
+    """``value`` as a ``float``, if it is a finite real number above 0 (not a bool).
+
+    Raises
+    ------
+    UsageError
+        Naming the argument as the caller wrote it (see :func:`argument`).
+    """
+    if not isinstance(value, Real) or isinstance(value, bool) or not 0 < value < math.inf:
+        raise UsageError(f"{argument(name, value)}: must be a finite number > 0")
+    return float(value)

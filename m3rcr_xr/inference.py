@@ -40,7 +40,14 @@ import numpy as np
 import xarray as xr
 from dask import delayed
 
-from .exceptions import CheckpointError, ModelConfigError, SchemaError
+from .exceptions import (
+    CheckpointError,
+    ModelConfigError,
+    SchemaError,
+    UsageError,
+    argument,
+    check_integer,
+)
 from .normalize import OPTICAL_SCALE, normalize_optical, normalize_sar
 from .options import OPTIONS
 from .resources import annotate
@@ -112,12 +119,78 @@ _CACHE_LOCK = threading.Lock()
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"``: this process's CUDA GPU when there is one, else the CPU."""
+    """``"auto"``: this process's CUDA GPU when there is one, else the CPU; any other
+    device is checked (:func:`check_device`) and returned as is.
+
+    Raises
+    ------
+    UsageError
+        Not a device, or a device this process does not have.
+    """
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return check_device(device)
+
+
+def _device_count(kind: str) -> int:
+    """Devices of type ``kind`` (``"cuda"``, ``"mps"``, ``"xpu"``...) in this process."""
+    import torch
+
+    if kind == "cpu":
+        return 1
+    if kind == "mps":
+        return int(torch.backends.mps.is_available())
+    backend = getattr(torch, kind, None)  # torch.cuda, torch.xpu: same interface
+    if backend is None or not hasattr(backend, "device_count"):
+        return 0  # "meta" and other types that do not run a model
+    return int(backend.device_count()) if backend.is_available() else 0
+
+
+def check_device(device: Any, *, here: bool = True) -> str:
+    """``device`` as a string, checked: ``"auto"``, or a device torch can parse
+    (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...) that, with ``here``, this
+    process has (``"cuda:3"`` on a machine with one GPU is refused).
+
+    Raises
+    ------
+    UsageError
+        Naming the argument as the caller wrote it (``device='cuda'`` or ``--device cuda``).
+    """
+    import torch
+
+    text = str(device)
+    if text == "auto":
+        return text
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(
+            f"{argument('device', device)}: not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if here:
+        count = _device_count(parsed.type)
+        if count <= (parsed.index or 0):
+            raise UsageError(
+                f"{argument('device', device)}: this process has {count} {parsed.type} "
+                f"device(s) (pid {os.getpid()}); use {argument('device', 'auto')} or "
+                f"{argument('device', 'cpu')}"
+            )
+    return text
+
+
+def _distributed_client() -> bool:
+    """Whether a ``distributed`` client is active: then tasks run on its workers."""
+    try:
+        from distributed import default_client
+    except ImportError:
+        return False
+    try:
+        default_client()
+    except ValueError:
+        return False
+    return True
 
 
 def _torch_threads() -> int:
@@ -196,7 +269,10 @@ class TilePlan:
 
 def make_plan(tile: int, overlap: int, height: int, width: int) -> TilePlan:
     if not 0 <= overlap < tile / 2:
-        raise ModelConfigError(f"overlap must be in [0, tile/2) = [0, {tile / 2:g}), not {overlap}")
+        raise ModelConfigError(
+            f"{argument('overlap', overlap)}: must be in [0, tile/2) = [0, {tile / 2:g}) "
+            f"for tiles of {tile}"
+        )
     return TilePlan(tile=tile, overlap=overlap, height=height, width=width)
 
 
@@ -315,19 +391,51 @@ def _block_end(group: range, stride: int, padded: int, last: bool) -> int:
     return padded if last else group.stop * stride
 
 
-def _pad(array: da.Array | np.ndarray, plan: TilePlan):
-    """Mirror the bottom and right edges out to the tile grid's extent.
+def mirror_index(size: int, target: int) -> np.ndarray:
+    """Source index of each of ``target`` positions along an axis of ``size`` that is
+    extended by mirroring: ``0 .. size-1, size-1 .. 0, 0 ..`` (period ``2 * size``).
 
-    Done in rounds of at most the array's size, as numpy does for wide pads (Dask's
-    pad would stop at one reflection).
+    The same as numpy's ``symmetric`` pad (edge repeated) however wide the pad, i.e.
+    as reflecting again and again until ``target`` is reached.
+
+    Examples
+    --------
+    >>> mirror_index(3, 8).tolist()
+    [0, 1, 2, 2, 1, 0, 0, 1]
     """
-    xp = da if isinstance(array, da.Array) else np
-    target = plan.padded_shape
-    while array.shape[-2:] != target:
-        widths = [(0, 0)] * (array.ndim - 2) + [
-            (0, min(goal - size, size)) for goal, size in zip(target, array.shape[-2:], strict=True)
-        ]
-        array = xp.pad(array, widths, mode="symmetric")
+    position = np.arange(target) % (2 * size)
+    return np.where(position < size, position, 2 * size - 1 - position)
+
+
+def _pad_axis(array: da.Array | np.ndarray, axis: int, target: int):
+    """Mirror ``array``'s end along ``axis`` out to ``target``, in one operation.
+
+    The extension reads the last ``min(size, target - size)`` positions only (fewer than
+    a tile); with Dask it is taken from them in one block along ``axis``, so a scene
+    smaller than a tile grows to one tile in one step, not in rounds that double its
+    chunks (a 1x1 scene would otherwise end up in 256x256 chunks of one pixel).
+    """
+    size = array.shape[axis]
+    if target <= size:
+        return array
+    tail = mirror_index(size, target)[size:]
+    start = int(tail.min())
+    source = array[(slice(None),) * axis + (slice(start, None),)]
+    if isinstance(array, np.ndarray):
+        return np.concatenate([array, np.take(source, tail - start, axis=axis)], axis=axis)
+    source = source.rechunk({axis: -1})
+    chunks = (*source.chunks[:axis], (len(tail),), *source.chunks[axis + 1 :])
+    extension = source.map_blocks(
+        np.take, tail - start, axis=axis, chunks=chunks, dtype=array.dtype
+    )
+    return da.concatenate([array, extension], axis=axis)
+
+
+def _pad(array: da.Array | np.ndarray, plan: TilePlan):
+    """Mirror the bottom and right edges out to the tile grid's extent (see
+    :func:`mirror_index`): any scene, however small, costs at most about one tile."""
+    for axis, target in zip((array.ndim - 2, array.ndim - 1), plan.padded_shape, strict=True):
+        array = _pad_axis(array, axis, target)
     return array
 
 
@@ -435,13 +543,29 @@ def _check_inputs(ds: xr.Dataset, composite: bool) -> None:
         )
 
 
+def _check_arguments(
+    tile: int | None, overlap: int | None, batch_size: int, device: Any
+) -> tuple[int | None, int | None, int, str]:
+    """The tiling and running arguments of :func:`decloud`, checked, as plain ints.
+
+    The device is checked for presence only when the tasks run in this process: with a
+    ``distributed`` client they run on its workers, which may have GPUs that this process
+    (say, a login node) has not; a worker without the device then refuses it when it
+    builds the model (:func:`resolve_device`).
+    """
+    tile = None if tile is None else check_integer("tile", tile)
+    overlap = None if overlap is None else check_integer("overlap", overlap, minimum=0)
+    batch_size = check_integer("batch_size", batch_size)
+    return tile, overlap, batch_size, check_device(device, here=not _distributed_client())
+
+
 def _tiling(model, tile: int | None, overlap: int | None, height: int, width: int) -> TilePlan:
     from .models import check_tile
 
     tile = tile or model.tile_size or DEFAULT_TILE
     check_tile(model, tile)
-    overlap = tile // 8 if overlap is None else int(overlap)
-    return make_plan(int(tile), overlap, height, width)
+    overlap = tile // 8 if overlap is None else overlap
+    return make_plan(tile, overlap, height, width)
 
 
 def decloud(
@@ -495,9 +619,15 @@ def decloud(
 
     Raises
     ------
+    UsageError
+        Before any work starts: ``tile`` or ``batch_size`` not an integer >= 1,
+        ``overlap`` not one >= 0, ``device`` not a device, or one this process does not
+        have (with a ``distributed`` client active, the workers check it instead: an
+        HPC job may build the graph on a CPU-only login node for GPU workers).
     SchemaError, ModelConfigError, CheckpointError
-        Before any work starts: missing variables, a tile size the model cannot take,
-        weights that do not fit the model.
+        Before any work starts: missing variables, a configuration the model cannot be
+        built with (naming the key), a tile size the model cannot take, weights that do
+        not fit the model.
 
     Examples
     --------
@@ -507,6 +637,7 @@ def decloud(
     >>> out.dims
     ('band', 'y', 'x')
     """
+    tile, overlap, batch_size, device = _check_arguments(tile, overlap, batch_size, device)
     _check_inputs(ds, composite)
     ref = ModelRef.create(model, checkpoint, config, device)
     plan = _tiling(ref.build(), tile, overlap, ds.sizes["y"], ds.sizes["x"])

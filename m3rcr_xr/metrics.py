@@ -87,6 +87,8 @@ from .options import get_options
 
 STRATA: tuple[str, ...] = ("all", "cloudy", "clear")
 PROTOCOLS: tuple[str, ...] = ("pooled", "per_patch")
+#: file suffixes :func:`write_table` writes
+TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".json")
 METRICS: tuple[str, ...] = ("PSNR", "SSIM", "SAM", "MAE", "RMSE")
 ALL_CLASSES = "all"
 
@@ -1139,4 +1141,6 @@ def write_table(result: xr.Dataset, path: str | Any) -> None:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in result.attrs.items()}
         path.write_text(json.dumps({"attrs": attrs, "rows": rows}, indent=1))
     else:
-        raise SchemaError(f"{path}: write .csv or .json, not {suffix or 'no suffix'!r}")
+        raise SchemaError(
+            f"{path}: write {' or '.join(TABLE_SUFFIXES)}, not {suffix or 'no suffix'!r}"
+        )

@@ -57,7 +57,14 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import StepLR
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .exceptions import CheckpointError, SchemaError, UsageError
+from .exceptions import (
+    CheckpointError,
+    SchemaError,
+    UsageError,
+    argument,
+    check_integer,
+    check_positive,
+)
 from .inference import model_inputs, resolve_device
 from .metrics import evaluate, mean_over_patches
 from .models import (
@@ -359,18 +366,38 @@ class TrainSettings:
     #: fields that define the run: kept from the checkpoint when resuming
     RUN_FIELDS = ("config", "batch_size", "crop", "lr", "lr_step", "lr_decay_start", "seed")
 
+    #: the integer fields and their least value; ``lr`` is a finite number > 0
+    MINIMA = (
+        ("steps", 1),
+        ("batch_size", 1),
+        ("crop", 1),
+        ("lr_step", 1),
+        ("lr_decay_start", 0),
+        ("seed", 0),
+        ("checkpoint_every", 1),
+        ("num_workers", 0),
+    )
+
+    def check(self) -> None:
+        """Raise :class:`UsageError` for a number that is set but out of range (or not an
+        integer), named as the caller wrote it (``batch_size=0`` or ``--batch-size 0``)."""
+        for name, minimum in self.MINIMA:
+            if getattr(self, name) is not None:
+                check_integer(name, getattr(self, name), minimum)
+        if self.lr is not None:
+            check_positive("lr", self.lr)
+        if self.amp not in ("auto", "off", *AMP_DTYPES):
+            raise UsageError(f"{argument('amp', self.amp)}: use auto, off, bf16 or fp16")
+
     def resolved(self) -> TrainSettings:
         """A copy with every ``None`` run field replaced by its default; checked."""
         key = _model_key(self.model)
-        if int(self.steps) < 1:
-            raise UsageError(f"steps must be at least 1, got {self.steps}")
-        if self.amp not in ("auto", "off", *AMP_DTYPES):
-            raise UsageError(f"amp must be auto, off, bf16 or fp16, not {self.amp!r}")
+        self.check()
         lr_step = self.lr_step or max(1, round(self.steps * LR_STEP_FRACTION))
         decay_start = self.lr_decay_start
         if decay_start is None:
             decay_start = max(1, round(self.steps * DECAY_START_FRACTION))
-        out = dataclasses.replace(
+        return dataclasses.replace(
             self,
             model=key,
             config=dict(self.config or {}),
@@ -380,11 +407,6 @@ class TrainSettings:
             lr_decay_start=int(decay_start),
             seed=PUBLISHED_SEED if self.seed is None else int(self.seed),
         )
-        if out.batch_size < 1 or out.lr <= 0 or out.lr_step < 1 or out.seed < 0:
-            raise UsageError(f"need batch_size >= 1, lr > 0, lr_step >= 1 and seed >= 0: {out}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise UsageError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
-        return out
 
     def run_fields(self) -> dict[str, Any]:
         """The fields that define the run, for the checkpoint."""

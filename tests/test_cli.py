@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +250,135 @@ def test_evaluate_an_infinite_prediction(tmp_path, capsys):
     m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
     assert main(["evaluate", str(tmp_path / "s.zarr")]) == 2
     _one_error_line(capsys, "'decloud' is NaN or infinite at", "'cloudfree' has data")
+
+
+# ------------------------------------------------- argument and output-path checks
+# Each bad argument ends with exit 2, one line naming the flag, before any work: no
+# output store, no partial file.
+def _fails_alone(capsys, argv: list[str], match: str, *never: Path) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
+    assert err[0].startswith(f"m3rcr {argv[0]}: error: ")
+    for path in never:
+        assert not path.exists(), path
+
+
+@pytest.fixture(scope="module")
+def scene_store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "scene.zarr"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((48, 40), seed=2), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("size", "match"),
+    [
+        ("0", "--size 0: must be an integer from 1 to 16384"),
+        ("-3", "--size -3: must be an integer from 1"),
+        ("1000000", "--size 1000000: must be an integer from 1 to 16384"),
+    ],
+)
+def test_demo_refuses_a_size_before_writing(tmp_path, capsys, size, match):
+    out = tmp_path / "demo"
+    _fails_alone(capsys, ["demo", "--out", str(out), "--size", size], match, out)
+
+
+def test_demo_refuses_a_file_as_its_folder(tmp_path, capsys):
+    (tmp_path / "taken").write_text("mine")
+    _fails_alone(capsys, ["demo", "--out", str(tmp_path / "taken")], "is a file, not a folder")
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--batch-size", "0"], "--batch-size 0: must be an integer >= 1"),
+        (["--batch-size", "-2"], "--batch-size -2: must be an integer >= 1"),
+        (["--tile", "0"], "--tile 0: must be an integer >= 1"),
+        (["--overlap", "-1"], "--overlap -1: must be an integer >= 0"),
+        (["--tile", "32", "--overlap", "16"], "--overlap 16: must be in [0, tile/2)"),
+        (["--device", "gpu"], "--device gpu: not a device"),
+        (["--device", "cuda:99"], "--device cuda:99: this process has"),
+        (["--config", "n_feats=16.5"], "dsen2_cr: n_feats=16.5 must be an integer"),
+        (["--config", "n_feets=16"], "unknown configuration key 'n_feets'"),
+        (["--cog", "{tmp}/d.png"], "write a .tif/.tiff file, not '.png'"),
+        (["--cog", "{tmp}/d"], "write a .tif/.tiff file, not 'no suffix'"),
+        (["--cog", "{tmp}/no/d.tif"], "/no does not exist"),
+    ],
+)
+def test_decloud_refuses_arguments_before_writing(scene_store, tmp_path, capsys, flags, match):
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    out = tmp_path / "out.zarr"
+    argv = ["decloud", str(scene_store), str(out), "--config", "preset=small", *flags]
+    _fails_alone(capsys, argv, match, out, tmp_path / "d.tif", tmp_path / "d.png")
+
+
+def test_decloud_never_replaces_a_cog_unasked(scene_store, tmp_path, capsys):
+    cog, out = tmp_path / "mine.tif", tmp_path / "out.zarr"
+    cog.write_bytes(b"not ours")
+    argv = ["decloud", str(scene_store), str(out), "--config", "preset=small", "--cog", str(cog)]
+    _fails_alone(capsys, argv, f"--cog {cog}: {cog} exists; pass --overwrite", out)
+    assert cog.read_bytes() == b"not ours"
+    assert main([*argv, "--tile", "32", "--overwrite"]) == 0  # asked: replaced
+    assert cog.read_bytes()[:2] in (b"II", b"MM")
+
+
+def test_decloud_refuses_a_cog_of_a_collection_before_computing(tmp_path, capsys, monkeypatch):
+    from m3rcr_xr import inference
+
+    monkeypatch.setattr(inference, "decloud", lambda *a, **k: pytest.fail("decloud ran"))
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(2, 16), tmp_path / "c.zarr")
+    out, cog = tmp_path / "out.zarr", tmp_path / "d.tif"
+    argv = ["decloud", str(tmp_path / "c.zarr"), str(out), "--cog", str(cog)]
+    _fails_alone(capsys, argv, "needs a scene", out, cog)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_decloud_refuses_a_folder_it_cannot_write_to(scene_store, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    argv = ["decloud", str(scene_store), str(tmp_path / "o.zarr"), "--cog", str(locked / "d.tif")]
+    _fails_alone(capsys, argv, "is not writable", tmp_path / "o.zarr")
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [("m.txt", "--out {path}: write a .csv/.json file"), ("no/m.csv", "folder {folder}")],
+)
+def test_evaluate_checks_its_table_path_before_computing(
+    scene_store, tmp_path, capsys, monkeypatch, name, match
+):
+    from m3rcr_xr import metrics
+
+    monkeypatch.setattr(metrics, "evaluate", lambda *a, **k: pytest.fail("evaluate ran"))
+    path = tmp_path / name
+    argv = ["evaluate", str(scene_store), "--pred", "cloudy", "--out", str(path)]
+    _fails_alone(capsys, argv, match.format(path=path, folder=path.parent), path)
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--steps", "0"], "--steps 0: must be an integer >= 1"),
+        (["--batch-size", "0"], "--batch-size 0: must be an integer >= 1"),
+        (["--crop", "0"], "--crop 0: must be an integer >= 1"),
+        (["--lr", "0"], "--lr 0.0: must be a finite number > 0"),
+        (["--lr", "nan"], "--lr nan: must be a finite number > 0"),
+        (["--lr-step", "-1"], "--lr-step -1: must be an integer >= 1"),
+        (["--lr-decay-start", "-1"], "--lr-decay-start -1: must be an integer >= 0"),
+        (["--seed", "-1"], "--seed -1: must be an integer >= 0"),
+        (["--checkpoint-every", "0"], "--checkpoint-every 0: must be an integer >= 1"),
+        (["--workers", "-1"], "--num-workers -1: must be an integer >= 0"),
+        (["--device", "cuda:99"], "--device cuda:99: this process has"),
+        (["--config", "n_feats=16.5"], "dsen2_cr: n_feats=16.5 must be an integer"),
+        (["--out", "{tmp}/run.txt"], "--out {tmp}/run.txt: write a .pth/.pt/.ckpt file"),
+        (["--out", "{tmp}/no/run.pth"], "/no does not exist"),
+        (["--export", "{tmp}/w.pth"], "write a .safetensors file, not '.pth'"),
+    ],
+)
+def test_train_refuses_arguments_before_any_work(scene_store, tmp_path, capsys, flags, match):
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    run = tmp_path / "run.pth"
+    argv = ["train", str(scene_store), "--model", "dsen2_cr", "--steps", "1", "--out", str(run)]
+    _fails_alone(capsys, [*argv, *flags], match.format(tmp=tmp_path), run, tmp_path / "run.txt")

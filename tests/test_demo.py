@@ -2,10 +2,11 @@ import pytest
 
 import m3rcr_xr
 from m3rcr_xr.cli import main
+from m3rcr_xr.demo import MAX_SIZE, run_demo
+from m3rcr_xr.exceptions import UsageError
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_demo_writes_every_output(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--size", "512"]) == 0
     for name in (
@@ -24,3 +25,28 @@ def test_demo_writes_every_output(tmp_path, capsys):
     assert decloud.shape == scene.cloudy.shape and decloud.rio.crs == scene.rio.crs
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert "PSNR" in header and "landcover_class" in header
+
+
+@pytest.mark.parametrize(
+    ("size", "match"),
+    [
+        (0, "size=0: must be an integer from 1 to 16384"),
+        (-1, "size=-1"),
+        (MAX_SIZE + 1, f"size={MAX_SIZE + 1}"),
+        (512.0, "size=512.0: .* not float"),
+        (True, "size=True"),
+    ],
+)
+def test_sizes_the_demo_cannot_run_are_refused_before_any_work(tmp_path, size, match):
+    out = tmp_path / "demo"
+    with pytest.raises(UsageError, match=match):
+        run_demo(out, size=size)
+    assert not out.exists()
+
+
+def test_the_demo_folder_cannot_be_a_file(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    with pytest.raises(UsageError, match="out='.*taken': .* is a file, not a folder"):
+        run_demo(str(taken), size=16)
+    assert taken.read_text() == "mine"

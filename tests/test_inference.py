@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import m3rcr_xr
 from m3rcr_xr import inference, models
+from m3rcr_xr.exceptions import UsageError
 from m3rcr_xr.inference import ModelRef, decloud, make_plan, window
 from tests.conftest import raise_if_dask_computes
 
@@ -214,3 +215,148 @@ def test_result_round_trips_through_zarr(small_checkpoint, small_scene, tmp_path
     back = m3rcr_xr.open_zarr(tmp_path / "d.zarr")
     assert back.rio.crs == small_scene.rio.crs
     xr.testing.assert_allclose(back.decloud, out.compute())
+
+
+# -------------------------------------------------------------------- tiny scenes, padding
+def _pad_in_rounds(array: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    """Oracle: numpy's symmetric pad, in rounds of at most the array's size (one
+    reflection each)."""
+    while array.shape[-2:] != target:
+        widths = [(0, 0)] * (array.ndim - 2) + [
+            (0, min(goal - size, size)) for goal, size in zip(target, array.shape[-2:], strict=True)
+        ]
+        array = np.pad(array, widths, mode="symmetric")
+    return array
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    height=st.integers(1, 70),
+    width=st.integers(1, 70),
+    tile=st.sampled_from([16, 32, 64]),
+    chunk=st.integers(3, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_padding_equals_numpy_symmetric_pad_in_rounds(height, width, tile, chunk, seed):
+    plan = make_plan(tile, tile // 8, height, width)
+    array = np.random.default_rng(seed).random((2, height, width), dtype=np.float32)
+    expected = _pad_in_rounds(array, plan.padded_shape)
+    np.testing.assert_array_equal(inference._pad(array, plan), expected)
+    lazy = inference._pad(dask.array.from_array(array, chunks=(2, chunk, chunk)), plan)
+    np.testing.assert_array_equal(lazy.compute(), expected)
+    assert len(lazy.chunks[1]) <= len(range(0, height, chunk)) + 1  # one block added
+
+
+def test_mirror_index_repeats_the_edge_with_period_twice_the_size():
+    assert inference.mirror_index(1, 4).tolist() == [0, 0, 0, 0]
+    assert inference.mirror_index(3, 10).tolist() == [0, 1, 2, 2, 1, 0, 0, 1, 2, 2]
+    np.testing.assert_array_equal(
+        inference.mirror_index(5, 37), np.pad(np.arange(5), (0, 32), mode="symmetric")
+    )
+
+
+def _tasks(shape: tuple[int, int]) -> int:
+    scene = m3rcr_xr.synthetic_scene(shape, seed=1)
+    return len(decloud(scene, "dsen2_cr", config=SMALL, tile=64).__dask_graph__())
+
+
+def test_a_one_pixel_scene_costs_about_one_tile(zero_checkpoints):
+    # padding in rounds made the graph of a 1x1 scene a million tasks (~400 s); one step
+    # keeps it near that of a scene of one tile (the time is in benchmarks/bench_decloud)
+    assert _tasks((1, 1)) <= 4 * _tasks((64, 64))
+    for shape in [(1, 1), (1, 5), (5, 3)]:
+        scene = m3rcr_xr.synthetic_scene(shape, seed=2)
+        out = decloud(scene, "dsen2_cr", zero_checkpoints["dsen2_cr"], config=SMALL, tile=64)
+        np.testing.assert_array_equal(out.values, scene.cloudy.values.astype(np.float32))
+
+
+def test_a_collection_of_one_pixel_patches(zero_checkpoints, small_checkpoint):
+    collection = m3rcr_xr.synthetic_collection(3, 1, seed=5)
+    cloudy = collection.cloudy.values.astype(np.float32)
+    for name, path in zero_checkpoints.items():  # glf_cr: fixed 32x32 tiles
+        out = decloud(collection, name, path, config=SMALL)
+        np.testing.assert_array_equal(out.values, cloudy)
+    trained = decloud(collection, "dsen2_cr", small_checkpoint, config=SMALL, tile=32)
+    assert trained.shape == (3, 4, 1, 1) and np.isfinite(trained.values).all()
+
+
+# -------------------------------------------------------------------- argument checks
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size=0: must be an integer >= 1"),
+        ({"batch_size": -3}, "batch_size=-3"),
+        ({"batch_size": 2.5}, "batch_size=2.5: .* not float"),
+        ({"batch_size": True}, "batch_size=True: .* not bool"),
+        ({"batch_size": "8"}, "batch_size='8'"),
+        ({"tile": 0}, "tile=0: must be an integer >= 1"),
+        ({"tile": 32.0}, "tile=32.0"),
+        ({"tile": -32}, "tile=-32"),
+        ({"overlap": -1}, "overlap=-1: must be an integer >= 0"),
+        ({"overlap": 2.5}, "overlap=2.5"),
+        ({"device": "gpu"}, "device='gpu': not a device"),
+        ({"device": "cuda:x"}, "device='cuda:x': not a device"),
+        ({"device": "meta"}, "device='meta': this process has 0 meta device"),
+        (
+            {"device": f"cuda:{torch.cuda.device_count()}"},
+            r"device='cuda:\d+': this process has \d+ cuda",
+        ),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(small_scene, kwargs, match):
+    with raise_if_dask_computes(), pytest.raises(UsageError, match=match):
+        decloud(small_scene, "dsen2_cr", config=SMALL, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_device_this_process_does_not_have(small_scene):
+    with pytest.raises(UsageError, match="device='cuda': this process has 0 cuda"):
+        decloud(small_scene, config=SMALL, device="cuda")
+    with pytest.raises(UsageError, match="device='cuda'"):
+        inference.resolve_device("cuda")
+
+
+def test_numpy_integers_and_torch_devices_are_fine(zero_checkpoints):
+    scene = m3rcr_xr.synthetic_scene((40, 40), chunks=40)
+    out = decloud(
+        scene,
+        "dsen2_cr",
+        zero_checkpoints["dsen2_cr"],
+        config={"preset": "small", "n_feats": np.int64(16)},
+        tile=np.int32(32),
+        overlap=np.int64(4),
+        batch_size=np.uint8(2),
+        device=torch.device("cpu"),
+    )
+    assert (out.attrs["tile"], out.attrs["overlap"]) == (32, 4)
+    assert type(out.attrs["tile"]) is int
+    np.testing.assert_array_equal(out.values, scene.cloudy.values.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"n_feats": 16.5}, "n_feats=16.5 must be an integer"),
+        ({"n_feats": "16"}, "n_feats='16' must be an integer"),
+        ({"n_resblocks": 2, "n_blocks": 3}, "unknown configuration key 'n_blocks'"),
+        ({"kernel_size": 2}, "odd kernel_size"),
+    ],
+)
+def test_config_the_model_cannot_take_names_the_key(small_scene, config, match):
+    with raise_if_dask_computes(), pytest.raises(m3rcr_xr.ModelConfigError, match=match):
+        decloud(small_scene, "dsen2_cr", config=config)
+
+
+def test_with_a_distributed_client_the_workers_check_the_device(small_scene):
+    from distributed import Client, LocalCluster
+
+    absent = f"cuda:{torch.cuda.device_count()}"  # e.g. a GPU of the workers, not here
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster),
+    ):
+        out = decloud(small_scene.isel(x=slice(64), y=slice(64)), config=SMALL, device=absent)
+        with pytest.raises(UsageError, match=f"device='{absent}'"):
+            out.compute()
+    with pytest.raises(UsageError, match=f"device='{absent}'"):
+        decloud(small_scene, config=SMALL, device=absent)  # no client: checked here

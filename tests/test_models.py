@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from m3rcr_xr.exceptions import CheckpointError, M3RCRError, ModelConfigError
 from m3rcr_xr.models import (
     GLFCR,
+    MODELS,
     PRESETS,
     AlignCR,
     CARLLoss,
@@ -391,12 +392,32 @@ def test_dsen2cr_takes_any_size_and_checks_inputs() -> None:
         ("align_cr", {"deformable_groups": 3}, "deformable_groups"),
         ("align_cr", {"up_feats": 10}, "multiple of 4"),
         ("dsen2_cr", {"kernel_size": 2}, "odd"),
-        ("dsen2_cr", {"n_blocks": 3}, "bad configuration"),
+        ("dsen2_cr", {"n_blocks": 3}, "unknown configuration key 'n_blocks'; known: n_resblocks"),
+        ("dsen2_cr", {"n_feats": 16.5}, "n_feats=16.5 must be an integer"),
+        ("dsen2_cr", {"n_feats": True}, "n_feats=True must be an integer"),
+        ("dsen2_cr", {"res_scale": "0.1"}, "res_scale='0.1' must be a number"),
+        ("glf_cr", {"mlp_ratio": None}, "mlp_ratio=None must be a number"),
+        ("align_cr", {"deform_backend": "cuda"}, "deform_backend='cuda' must be one of 'auto'"),
     ],
 )
 def test_invalid_configs_raise(name: str, config: dict, match: str) -> None:
     with pytest.raises(ModelConfigError, match=match):
         build(name, preset="small", **config)
+
+
+def test_numbers_of_any_integer_type_build() -> None:
+    model = build("dsen2_cr", n_resblocks=np.int64(1), n_feats=np.int32(8), res_scale=1)
+    assert model.head[0].out_channels == 8
+
+
+def test_errors_of_the_constructor_become_config_errors(monkeypatch) -> None:
+    class Broken(DSen2CR):
+        def __init__(self, n_feats: int = 8) -> None:
+            raise ValueError("out_channels must be divisible by groups")  # as torch's
+
+    monkeypatch.setitem(MODELS, "dsen2_cr", Broken)
+    with pytest.raises(ModelConfigError, match="dsen2_cr: cannot be built with .*n_feats.*groups"):
+        build("dsen2_cr", n_feats=7)
 
 
 def test_registry_names_and_errors() -> None:

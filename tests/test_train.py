@@ -14,7 +14,7 @@ import torch
 import m3rcr_xr
 from m3rcr_xr import models
 from m3rcr_xr.cli import main
-from m3rcr_xr.exceptions import CheckpointError, SchemaError, UsageError
+from m3rcr_xr.exceptions import CheckpointError, ModelConfigError, SchemaError, UsageError
 from m3rcr_xr.normalize import normalize_optical
 from m3rcr_xr.train import (
     CropDataset,
@@ -180,6 +180,39 @@ def test_published_recipe():
     resolved = TrainSettings("Align-CR", 30).resolved()
     assert (resolved.batch_size, resolved.lr, resolved.seed) == (2, 1e-4, 7)
     assert (resolved.lr_decay_start, resolved.lr_step) == (10, 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 0}, "steps=0: must be an integer >= 1"),
+        ({"steps": 2.5}, "steps=2.5: .* not float"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"crop": 0}, "crop=0"),
+        ({"crop": True}, "crop=True"),
+        ({"lr": 0}, "lr=0: must be a finite number > 0"),
+        ({"lr": float("inf")}, "lr=inf"),
+        ({"lr_step": 0}, "lr_step=0"),
+        ({"lr_decay_start": -1}, "lr_decay_start=-1: must be an integer >= 0"),
+        ({"seed": -1}, "seed=-1"),
+        ({"checkpoint_every": 0}, "checkpoint_every=0"),
+        ({"num_workers": -1}, "num_workers=-1"),
+        ({"amp": "fp8"}, "amp='fp8': use auto, off, bf16 or fp16"),
+    ],
+)
+def test_settings_out_of_range_are_named(kwargs, match):
+    settings = TrainSettings("dsen2_cr", **{"steps": 10, **kwargs})
+    with pytest.raises(UsageError, match=match):
+        settings.resolved()
+
+
+def test_bad_model_settings_fail_before_writing(collection_store, tmp_path):
+    out = tmp_path / "run.pth"
+    with pytest.raises(ModelConfigError, match="n_feats=16.5 must be an integer"):
+        train(collection_store, out, _settings(1, config={"n_feats": 16.5}), progress=False)
+    with pytest.raises(UsageError, match="device='cuda:99'"):
+        train(collection_store, out, _settings(1, device="cuda:99"), progress=False)
+    assert not out.exists()
 
 
 def test_learning_rate_halves_as_published(collection_store, tmp_path):

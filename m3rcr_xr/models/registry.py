@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Mapping
+from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -74,6 +77,40 @@ def _canonical(name: str) -> str:
     return key
 
 
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` fits a constructor annotation (bools are not numbers here)."""
+    if hint is int:
+        return isinstance(value, Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, Real) and not isinstance(value, bool)
+    if typing.get_origin(hint) is typing.Literal:
+        return value in typing.get_args(hint)
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
+def _expected(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    return {int: "an integer", float: "a number"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _check_config(key: str, cls: type[CloudRemovalNet], config: Mapping[str, Any]) -> None:
+    """Refuse unknown keys and values of the wrong type, naming the key, before the
+    constructor turns them into an obscure torch error (``n_feats=16.5``)."""
+    known = list(inspect.signature(cls).parameters)
+    unknown = [name for name in config if name not in known]
+    if unknown:
+        raise ModelConfigError(
+            f"{key}: unknown configuration key {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(known)}"
+        )
+    hints = typing.get_type_hints(cls.__init__)
+    for name, value in config.items():
+        hint = hints.get(name, Any)
+        if not _accepts(hint, value):
+            raise ModelConfigError(f"{key}: {name}={value!r} must be {_expected(hint)}")
+
+
 def build(name: str, *, preset: str | None = None, **config: Any) -> CloudRemovalNet:
     """Construct a network by name, in eval mode, with fresh (untrained) parameters.
 
@@ -91,19 +128,23 @@ def build(name: str, *, preset: str | None = None, **config: Any) -> CloudRemova
     Raises
     ------
     ModelConfigError
-        Unknown name or preset, unknown argument, or an invalid combination.
+        Unknown name or preset, unknown argument or one of the wrong type (naming it), or
+        a configuration the constructor rejects.
     """
     key = _canonical(name)
     presets = PRESETS[key]
     preset_name = preset or "default"
     if preset_name not in presets:
         raise ModelConfigError(f"{key}: unknown preset {preset!r}; available: {', '.join(presets)}")
-    merged = {**presets[preset_name], **config}
     cls = MODELS[key]
+    _check_config(key, cls, config)
+    merged = {**presets[preset_name], **config}
     try:
         model = cls(**merged)
-    except TypeError as exc:
-        raise ModelConfigError(f"{key}: bad configuration {merged}: {exc}") from exc
+    except ModelConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:  # torch's own checks
+        raise ModelConfigError(f"{key}: cannot be built with {config or merged}: {exc}") from exc
     return model.eval()
 
 
