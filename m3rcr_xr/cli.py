@@ -15,12 +15,15 @@ from .exceptions import M3RCRError, UsageError, command_line_names
 
 log = logging.getLogger("m3rcr_xr")
 EXIT_BAD_INPUT = 2
+OVERWRITE_HELP = "replace a store written by m3rcr (other folders and files never are)"
 
 
 def _ingest(args: argparse.Namespace) -> int:
     from .io import open_m3rcr, open_quartet
-    from .store import to_zarr
+    from .store import check_destination, to_zarr
 
+    inputs = (args.src, args.root, args.cloudfree, args.sar, args.landcover, args.cloudmask)
+    check_destination(args.dest, sources=[p for p in inputs if p], overwrite=args.overwrite)
     source = Path(args.src)
     if source.is_dir():
         ds = open_m3rcr(source, align=args.align)
@@ -68,9 +71,11 @@ def _parse_config(items: Sequence[str]) -> dict[str, object]:
 
 def _decloud(args: argparse.Namespace) -> int:
     from .inference import decloud
-    from .store import open_zarr, to_zarr
+    from .store import check_destination, open_zarr, to_zarr
 
     config = _parse_config(args.config)  # arguments first, then the data
+    inputs = [p for p in (args.input, args.checkpoint) if p]
+    check_destination(args.output, sources=inputs, overwrite=args.overwrite)
     ds = open_zarr(args.input)
     result = decloud(
         ds,
@@ -121,7 +126,7 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
         "--composite", action="store_true", help="keep the cloudy input outside the cloud mask"
     )
     p.add_argument("--cog", help="also write a Cloud-Optimised GeoTIFF here (scenes only)")
-    p.add_argument("--overwrite", action="store_true", help="replace a complete store")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_decloud)
 
 
@@ -144,7 +149,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         default="coords",
         help="put the 10 m layers on the 3 m grid by coordinates or by shape",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a complete store")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_ingest)
 
 

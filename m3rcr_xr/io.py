@@ -98,7 +98,7 @@ def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> 
     except RasterioError as err:
         raise InputFileError(f"{path}: {name} is not a readable GeoTIFF ({err})") from err
     array.attrs = {}
-    array.encoding = {}
+    array.encoding = {"source": str(path)}  # xarray's convention; see store.sources
     array.name = name
     return array
 
@@ -227,6 +227,7 @@ def open_quartet(
             mask, dims=("y", "x"), attrs={"long_name": "cloud mask, True = cloud"}
         )
     ds = _assemble(layers, optical)
+    ds.encoding["source"] = [str(p) for p in (cloudy, cloudfree, sar, landcover, cloudmask) if p]
     return validate(ds)
 
 
@@ -388,6 +389,7 @@ def open_m3rcr(
         "source": [q.cloudy for q in quartets],
     }
     collection = stack_scenes(scenes, meta)
+    collection.encoding["source"] = [path for s in scenes for path in s.encoding["source"]]
     if chunks:
         collection = collection.chunk(dict(chunks))
     return validate(collection)
