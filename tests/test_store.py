@@ -14,10 +14,7 @@ import zarr
 
 import m3rcr_xr
 from m3rcr_xr import store
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+from tests.conftest import a_file, foreign_store, snapshot, unconsolidated_store, user_folder
 
 
 def test_scene_round_trip_keeps_values_and_crs(tmp_path, small_scene):
@@ -101,7 +98,7 @@ def test_failed_write_is_incomplete_then_resumes(tmp_path, monkeypatch):
         m3rcr_xr.to_zarr(collection, tmp_path / "c.zarr")
         assert written == [slice(4, 6)]  # only the step that had not been written
         m3rcr_xr.to_zarr(collection, tmp_path / "fresh.zarr")
-    assert _files(tmp_path / "c.zarr") == _files(tmp_path / "fresh.zarr")
+    assert snapshot(tmp_path / "c.zarr") == snapshot(tmp_path / "fresh.zarr")
 
 
 #: writes a collection slowly (every task waits: the graph, and so the data's
@@ -146,7 +143,7 @@ def test_killed_write_resumes_to_an_identical_store(tmp_path, monkeypatch):
     with m3rcr_xr.set_options(patches_per_chunk=1):
         m3rcr_xr.to_zarr(collection, target)
         m3rcr_xr.to_zarr(collection, tmp_path / "fresh.zarr")
-    assert _files(target) == _files(tmp_path / "fresh.zarr")
+    assert snapshot(target) == snapshot(tmp_path / "fresh.zarr")
     back = m3rcr_xr.open_zarr(target)
     np.testing.assert_array_equal(back.cloudy.values, collection.cloudy.values)
 
@@ -163,32 +160,12 @@ def _steps_done(target: Path) -> int:
 # and checks it is all still there, unchanged, and nothing was added.
 
 
-def _snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` (or ``root`` itself when it is a file), with its bytes."""
-    return {"": root.read_bytes()} if root.is_file() else _files(root)
-
-
-def _user_folder(root: Path) -> Path:
-    """A folder of a user's files, one of them in a subfolder."""
-    (root / "sub").mkdir(parents=True)
-    (root / "notes.txt").write_text("my notes")
-    (root / "sub" / "cloudy.tif").write_bytes(bytes(range(256)))
-    return root
-
-
-def _foreign_store(root: Path) -> Path:
-    """A Zarr store written by other software: no m3rcr_* attributes."""
-    group = zarr.open_group(root, mode="w", attributes={"title": "theirs"})
-    group.create_array("values", shape=(4,), dtype="int32")[:] = [1, 2, 3, 4]
-    return root
-
-
 @pytest.mark.parametrize("overwrite", [False, True])
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (_user_folder, "a folder of other files, not a store written by m3rcr_xr"),
-        (_foreign_store, "a Zarr store of other software"),
+        (user_folder, "a folder of other files, not a store written by m3rcr_xr"),
+        (foreign_store, "a Zarr store of other software"),
     ],
     ids=["user-folder", "foreign-zarr"],
 )
@@ -196,14 +173,14 @@ def test_what_this_library_did_not_write_is_never_written_over(
     tmp_path, small_scene, make, message, overwrite
 ):
     target = make(tmp_path / "dest")
-    before = _snapshot(target)
+    before = snapshot(target)
     with pytest.raises(m3rcr_xr.StoreError, match=message):
         m3rcr_xr.to_zarr(small_scene, target, overwrite=overwrite)
-    assert _snapshot(target) == before
+    assert snapshot(target) == before
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_a_file_is_not_a_destination(tmp_path, small_scene, overwrite):
+def testa_file_is_not_a_destination(tmp_path, small_scene, overwrite):
     target = tmp_path / "scene.zarr"
     target.write_bytes(b"not a store")
     with pytest.raises(m3rcr_xr.StoreError, match="is a file, not a Zarr store"):
@@ -264,14 +241,14 @@ def test_fsspec_destinations_follow_the_same_rules(small_scene):
 )
 def test_a_destination_overlapping_an_input_is_refused(tmp_path, where, how):
     m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64), seed=1), tmp_path / "in.zarr")
-    before = _files(tmp_path)
+    before = snapshot(tmp_path)
     scene = m3rcr_xr.open_zarr(tmp_path / "in.zarr")
     out = m3rcr_xr.decloud(scene, "dsen2_cr", config={"n_resblocks": 1, "n_feats": 8}, tile=32)
     assert store.sources(out) == [str(tmp_path / "in.zarr")]  # decloud keeps its input's
     for data in (scene, out.to_dataset()):
         with pytest.raises(m3rcr_xr.StoreError, match=f"the destination {how} the input"):
             m3rcr_xr.to_zarr(data, tmp_path / where, overwrite=True)
-    assert _files(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_a_destination_holding_the_input_files_is_refused(tmp_path, train_quartet):
@@ -280,13 +257,13 @@ def test_a_destination_holding_the_input_files_is_refused(tmp_path, train_quarte
     folder = tmp_path / "quartet"
     folder.mkdir()
     files = {name: shutil.copy(path, folder) for name, path in train_quartet.items()}
-    before = _files(folder)
+    before = snapshot(folder)
     scene = m3rcr_xr.open_quartet(**files)
     assert store.sources(scene) == sorted(map(str, files.values()))
     for overwrite in (False, True):
         with pytest.raises(m3rcr_xr.StoreError, match="the destination contains the input"):
             m3rcr_xr.to_zarr(scene, folder, overwrite=overwrite)
-    assert _files(folder) == before
+    assert snapshot(folder) == before
 
 
 # ----------------------------------------------------- point 3: resume identity
@@ -299,16 +276,16 @@ def test_an_unfinished_store_of_other_data_is_not_resumed(tmp_path, monkeypatch)
         with pytest.raises(OSError, match="disk went away"):
             m3rcr_xr.to_zarr(first, target)
         written = _recording(monkeypatch)
-        before = _files(target)
+        before = snapshot(target)
         with pytest.raises(
             m3rcr_xr.StoreError, match="unfinished store of other data.*overwrite=True"
         ):
             m3rcr_xr.to_zarr(other, target)  # same grid, other values
-        assert _files(target) == before and written == []
+        assert snapshot(target) == before and written == []
         m3rcr_xr.to_zarr(other, target, overwrite=True)
         assert len(written) == 4  # started over, nothing kept from the first data
         m3rcr_xr.to_zarr(other, tmp_path / "fresh.zarr")
-    assert _files(target) == _files(tmp_path / "fresh.zarr")
+    assert snapshot(target) == snapshot(tmp_path / "fresh.zarr")
 
 
 def _geotiff_scene(folder: Path, value: int) -> dict[str, Path]:
@@ -435,7 +412,7 @@ def test_two_writing_processes_one_is_refused_and_nothing_mixes(tmp_path, monkey
     monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
     with m3rcr_xr.set_options(patches_per_chunk=1):
         m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(3, 32, seed=9), tmp_path / "fresh.zarr")
-    assert _files(target) == _files(tmp_path / "fresh.zarr")  # the first writer's only
+    assert snapshot(target) == snapshot(tmp_path / "fresh.zarr")  # the first writer's only
 
 
 # ------------------------------------------------------ point 5: completion last
@@ -460,7 +437,7 @@ def test_a_kill_while_completing_leaves_a_store_that_finishes(tmp_path, monkeypa
     m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
     assert written == []  # every step was there: only the completion was missing
     m3rcr_xr.to_zarr(small_scene, tmp_path / "fresh.zarr")
-    assert _files(tmp_path / "s.zarr") == _files(tmp_path / "fresh.zarr")
+    assert snapshot(tmp_path / "s.zarr") == snapshot(tmp_path / "fresh.zarr")
 
 
 def test_the_consolidated_metadata_is_zarrs_own(tmp_path, small_scene):
@@ -478,29 +455,14 @@ def test_the_consolidated_metadata_is_zarrs_own(tmp_path, small_scene):
 
 
 # -------------------------------------------------- reading what is not ours
-def _unconsolidated(root: Path) -> Path:
-    import json
-
-    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((32, 32)), root)
-    doc = json.loads((root / "zarr.json").read_text())
-    del doc["consolidated_metadata"]
-    (root / "zarr.json").write_text(json.dumps(doc))
-    return root
-
-
-def _a_file(root: Path) -> Path:
-    root.write_bytes(b"GeoTIFF, say")
-    return root
-
-
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (_a_file, "not a store written by m3rcr_xr \\(a file\\)"),
-        (_user_folder, "not a store written by m3rcr_xr \\(no zarr.json\\)"),
+        (a_file, "not a store written by m3rcr_xr \\(a file\\)"),
+        (user_folder, "not a store written by m3rcr_xr \\(no zarr.json\\)"),
         (lambda root: root.mkdir() or root, "not a store written by m3rcr_xr \\(an empty folder"),
-        (_foreign_store, "not a store written by m3rcr_xr \\(a Zarr store without m3rcr_"),
-        (_unconsolidated, "no consolidated metadata.*overwrite=True"),
+        (foreign_store, "not a store written by m3rcr_xr \\(a Zarr store without m3rcr_"),
+        (unconsolidated_store, "no consolidated metadata.*overwrite=True"),
     ],
     ids=["file", "user-folder", "empty-folder", "foreign-zarr", "unconsolidated"],
 )
@@ -508,7 +470,7 @@ def test_open_zarr_says_what_is_there(tmp_path, make, message):
     target = make(tmp_path / "in.zarr")
     with pytest.raises(m3rcr_xr.StoreError, match=message):
         m3rcr_xr.open_zarr(target)
-    assert not m3rcr_xr.is_complete(target) or make is _unconsolidated
+    assert not m3rcr_xr.is_complete(target) or make is unconsolidated_store
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
