@@ -149,6 +149,7 @@ def _overlap(destination: _Target, source: _Target) -> str | None:
 # ------------------------------------------------------------------ what is there
 def _read_json(target: _Target, key: str) -> dict[str, Any] | None:
     """The JSON document at ``key`` of the store, None when there is none."""
+    target.fs.invalidate_cache(target.key(key))  # s3fs sizes files from cached listings
     try:
         raw = target.fs.cat_file(target.key(key))
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -286,6 +287,7 @@ def _source_identity(source: str) -> str:
     """What changes when an input changes: a store's own fingerprint, else a file's
     size and modification time (ETag or date on object stores)."""
     target = _Target.of(source)
+    target.fs.invalidate_cache(target.path)
     try:
         info = target.fs.info(target.path)
     except FileNotFoundError:
@@ -509,6 +511,7 @@ def _clear(target: _Target) -> None:
     fs = target.fs
     for entry in fs.ls(target.path, detail=True):
         member = entry["name"]
+        fs.invalidate_cache(member)
         if entry["type"] != "directory" or not fs.exists(f"{member}/zarr.json"):
             continue
         for key in (f"{member}/c", f"{member}/zarr.json"):  # chunks, then metadata
