@@ -23,7 +23,7 @@ def _ingest(args: argparse.Namespace) -> int:
     from .store import check_destination, to_zarr
 
     inputs = (args.src, args.root, args.cloudfree, args.sar, args.landcover, args.cloudmask)
-    check_destination(args.dest, sources=[p for p in inputs if p], overwrite=args.overwrite)
+    check_destination(args.dest, inputs=[p for p in inputs if p], overwrite=args.overwrite)
     source = Path(args.src)
     if source.is_dir():
         ds = open_m3rcr(source, align=args.align)
@@ -75,7 +75,7 @@ def _decloud(args: argparse.Namespace) -> int:
 
     config = _parse_config(args.config)  # arguments first, then the data
     inputs = [p for p in (args.input, args.checkpoint) if p]
-    check_destination(args.output, sources=inputs, overwrite=args.overwrite)
+    check_destination(args.output, inputs=inputs, overwrite=args.overwrite)
     ds = open_zarr(args.input)
     result = decloud(
         ds,

@@ -154,6 +154,8 @@ def _read_json(target: _Target, key: str) -> dict[str, Any] | None:
         raw = target.fs.cat_file(target.key(key))
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+    except PermissionError as err:
+        raise StoreError(f"{target.name}: cannot read {key} ({err.strerror or err})") from err
     try:
         doc = json.loads(raw)
     except ValueError as err:
@@ -209,7 +211,7 @@ def _refuse(target: _Target, state: _State, doc: dict[str, Any] | None, overwrit
 
 
 def check_destination(
-    store: str | os.PathLike, *, sources: Iterable[Any] = (), overwrite: bool = False
+    store: str | os.PathLike, *, inputs: Iterable[Any] = (), overwrite: bool = False
 ) -> None:
     """Refuse a destination :func:`to_zarr` would not write, before any work is done.
 
@@ -220,7 +222,7 @@ def check_destination(
     ----------
     store
         The destination: a path or an fsspec URL.
-    sources
+    inputs
         Paths or URLs of the inputs; a destination that is, contains or lies inside
         one of them is refused.
     overwrite
@@ -233,7 +235,7 @@ def check_destination(
         write, a complete store (without ``overwrite``), or overlaps an input.
     """
     target = _Target.of(store)
-    for source in sources:
+    for source in inputs:
         how = _overlap(target, _Target.of(source))
         if how is not None:
             raise StoreError(
@@ -465,7 +467,7 @@ def to_zarr(
     validate(ds, required=())
     target = _Target.of(store)
     inputs = sources(ds)
-    check_destination(store, sources=inputs, overwrite=overwrite)
+    check_destination(store, inputs=inputs, overwrite=overwrite)
     ds = _prepare(ds)
     dim = _write_dim(ds)
     steps = _steps(ds, dim)
