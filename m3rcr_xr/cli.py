@@ -55,10 +55,15 @@ def _check_output_file(
     return target
 
 
+OVERWRITE_HELP = "replace a store written by m3rcr (other folders and files never are)"
+
+
 def _ingest(args: argparse.Namespace) -> int:
     from .io import open_m3rcr, open_quartet
-    from .store import to_zarr
+    from .store import check_destination, to_zarr
 
+    inputs = (args.src, args.root, args.cloudfree, args.sar, args.landcover, args.cloudmask)
+    check_destination(args.dest, inputs=[p for p in inputs if p], overwrite=args.overwrite)
     source = Path(args.src)
     if source.is_dir():
         ds = open_m3rcr(source, align=args.align)
@@ -112,6 +117,11 @@ def _decloud(args: argparse.Namespace) -> int:
     config = _parse_config(args.config)  # arguments first, then the data
     if args.cog:
         _check_output_file(args.cog, "cog", COG_SUFFIXES, overwrite=args.overwrite)
+    from .store import check_destination
+
+    config = _parse_config(args.config)  # arguments first, then the data
+    inputs = [p for p in (args.input, args.checkpoint) if p]
+    check_destination(args.output, inputs=inputs, overwrite=args.overwrite)
     ds = open_zarr(args.input)
     if args.cog and is_collection(ds):
         raise UsageError(
@@ -162,7 +172,7 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
         "--composite", action="store_true", help="keep the cloudy input outside the cloud mask"
     )
     p.add_argument("--cog", help="also write a Cloud-Optimised GeoTIFF here (scenes only)")
-    p.add_argument("--overwrite", action="store_true", help="replace a complete store")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_decloud)
 
 
@@ -185,7 +195,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         default="coords",
         help="put the 10 m layers on the 3 m grid by coordinates or by shape",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a complete store")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=_ingest)
 
 

@@ -52,6 +52,7 @@ from .normalize import OPTICAL_SCALE, normalize_optical, normalize_sar
 from .options import OPTIONS
 from .resources import annotate
 from .schema import is_collection, validate
+from .store import sources
 
 log = logging.getLogger(__name__)
 
@@ -659,4 +660,5 @@ def decloud(
         "composite": int(composite),
     }
     result = result.rename("decloud")
+    result.encoding["source"] = sources(ds)  # to_zarr never writes over its own input
     return result.compute() if eager else result  # in memory in, in memory out

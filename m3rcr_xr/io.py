@@ -164,7 +164,7 @@ def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> 
     except RasterioError as err:
         raise InputFileError(f"{path}: {name} is not a readable GeoTIFF ({err})") from err
     array.attrs = {key: value for key, value in array.attrs.items() if key == "_FillValue"}
-    array.encoding = {}
+    array.encoding = {"source": str(path)}  # xarray's convention; see store.sources
     array.name = name
     return array
 
@@ -373,6 +373,7 @@ def open_quartet(
             mask, dims=("y", "x"), attrs={"long_name": "cloud mask, True = cloud"}
         )
     ds = _assemble(layers, optical)
+    ds.encoding["source"] = [str(p) for p in (cloudy, cloudfree, sar, landcover, cloudmask) if p]
     return validate(ds)
 
 
@@ -567,6 +568,7 @@ def open_m3rcr(
         "source": [q.cloudy for q in quartets],
     }
     collection = stack_scenes(scenes, meta)
+    collection.encoding["source"] = [path for s in scenes for path in s.encoding["source"]]
     if chunks:
         collection = collection.chunk(dict(chunks))
     return validate(collection)

@@ -3,25 +3,57 @@
 :func:`to_zarr` writes in steps along the leading spatial or patch dim, each step a
 region that lines up with the store's chunks (misaligned regions lose data,
 xarray#8371), and records the steps done in the store's attributes. A run killed
-half-way and started again skips the finished steps. Consolidated metadata is
-written last, together with the ``m3rcr_complete`` flag, so an unfinished store never
-opens as if complete: :func:`open_zarr` refuses it.
+half-way and started again with the same data skips the finished steps.
+
+Safety rules, for local paths and fsspec URLs alike:
+
+* **Destinations.** Without ``overwrite`` a store is only written where there is
+  nothing, into an empty folder, or into an unfinished store of this library holding
+  the same data (a resume). With ``overwrite`` a store of this library may also be
+  replaced; only its own keys (metadata and arrays) are removed, never other files.
+  Anything else (a file, a folder of other files, a Zarr store written by other
+  software) is refused, even with ``overwrite``. A destination that is, contains or
+  lies inside one of the data's sources (:func:`sources`) is refused too.
+* **Resumes.** The fingerprint kept in the store covers the layout *and* the data's
+  identity: the Dask graph's token (file names and modification times for rasters
+  opened lazily, a content hash for arrays in memory, the checkpoint's hash for
+  decloud) and the size and modification time of each source file (the fingerprint
+  of each source store). An unfinished store of other data is never resumed.
+* **One writer.** A writer holds :data:`LOCK` inside the store while it writes: an
+  OS lock (``flock``) on a local file, released by the OS when the process ends, so a
+  killed writer never blocks the resume; on object stores a marker object created
+  with a conditional write (``If-None-Match``), removed when the writer ends. The lock
+  file is not part of the Zarr hierarchy and is removed once the store is complete.
+* **Completion.** The root ``zarr.json`` is only ever replaced whole (a temporary file
+  and ``os.replace`` locally, one PUT on object stores). Completion is a single such
+  write holding both the ``m3rcr_complete`` flag and the consolidated metadata, so a
+  kill at any moment leaves a complete store or an unfinished one that resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import socket
+import time
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
 
+import dask.base
+import fsspec
 import numpy as np
 import xarray as xr
 import zarr
+from fsspec.implementations.local import LocalFileSystem
 
-from .exceptions import StoreError
+from .exceptions import StoreError, argument
 from .options import OPTIONS
 from .progress import compute_with_progress, progress_bar
 from .resources import annotate, required_resources
@@ -32,10 +64,189 @@ log = logging.getLogger(__name__)
 COMPLETE = "m3rcr_complete"
 PROGRESS = "m3rcr_steps_done"
 FINGERPRINT = "m3rcr_fingerprint"
+#: the writer's lock: a file (local) or a marker object (object stores) in the store
+LOCK = ".m3rcr-lock"
 #: chunks written per step: the unit of progress and of parallel work
 CHUNKS_PER_STEP = 8
+#: where a new root ``zarr.json`` is written before it replaces the old one (locally)
+_ROOT_TMP = "zarr.json.m3rcr-tmp"
+#: errors of the file system that make a destination unwritable (named, not traced)
+_UNWRITABLE = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+_State = Literal["missing", "file", "empty", "foreign", "unfinished", "complete"]
 
 
+# ----------------------------------------------------------------------- locations
+@dataclass(frozen=True)
+class _Target:
+    """A store's location: ``name`` as the caller wrote it, a file system and a path."""
+
+    name: str
+    fs: fsspec.AbstractFileSystem
+    path: str
+
+    @classmethod
+    def of(cls, store: Any) -> _Target:
+        if not isinstance(store, str | os.PathLike):
+            raise StoreError(f"{store!r}: expected a path or an fsspec URL for a store")
+        fs, path = fsspec.core.url_to_fs(os.fspath(store))
+        return cls(os.fspath(store), fs, path.rstrip("/") or "/")
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def url(self) -> str:
+        """The location in one form: an absolute path, or a URL with its protocol."""
+        return self.path if self.local else self.fs.unstrip_protocol(self.path)
+
+    def key(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def resolved(self) -> tuple[str, str]:
+        """(protocol, path) with symbolic links resolved, to compare locations."""
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return protocol, os.path.realpath(self.path) if self.local else self.path
+
+
+def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
+    """Where the data of ``obj`` was read from: paths and URLs, sorted, no repeats.
+
+    Taken from ``encoding["source"]`` of ``obj`` and of each of its variables, xarray's
+    own convention (``xr.open_dataset`` sets it), extended to a list for data
+    assembled from many files. The readers of this library fill it in:
+    :func:`m3rcr_xr.open_quartet` and :func:`m3rcr_xr.open_m3rcr` with their files,
+    :func:`open_zarr` with the store, :func:`m3rcr_xr.decloud` with its input's.
+    """
+    holders = [obj, *obj.variables.values()] if isinstance(obj, xr.Dataset) else [obj]
+    if isinstance(obj, xr.DataArray):
+        holders += list(obj.coords.values())
+    found: set[str] = set()
+    for holder in holders:
+        value = holder.encoding.get("source")
+        if value is None:
+            continue
+        values = [value] if isinstance(value, str | os.PathLike) else value
+        found.update(_Target.of(v).url for v in values)
+    return sorted(found)
+
+
+def _overlap(destination: _Target, source: _Target) -> str | None:
+    """How ``destination`` overlaps ``source`` ("is", "contains", "lies inside"), if it does."""
+    (dest_protocol, dest), (src_protocol, src) = destination.resolved(), source.resolved()
+    if dest_protocol != src_protocol:
+        return None
+    if dest == src:
+        return "is"
+    if src.startswith(dest.rstrip("/") + "/"):
+        return "contains"
+    if dest.startswith(src.rstrip("/") + "/"):
+        return "lies inside"
+    return None
+
+
+# ------------------------------------------------------------------ what is there
+def _read_json(target: _Target, key: str) -> dict[str, Any] | None:
+    """The JSON document at ``key`` of the store, None when there is none."""
+    target.fs.invalidate_cache(target.key(key))  # s3fs sizes files from cached listings
+    try:
+        raw = target.fs.cat_file(target.key(key))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except PermissionError as err:
+        raise StoreError(f"{target.name}: cannot read {key} ({err.strerror or err})") from err
+    try:
+        doc = json.loads(raw)
+    except ValueError as err:
+        raise StoreError(f"{target.name}: {key} is not valid JSON ({err})") from err
+    if not isinstance(doc, dict):
+        raise StoreError(f"{target.name}: {key} is not a Zarr metadata document")
+    return doc
+
+
+def _inspect(target: _Target) -> tuple[_State, dict[str, Any] | None]:
+    """What is at ``target``, and its root ``zarr.json`` when it has one.
+
+    A store of this library is recognised by ``m3rcr_*`` keys in the attributes of
+    its root group; a folder holding nothing but a writer's lock counts as empty.
+    """
+    fs, path = target.fs, target.path
+    fs.invalidate_cache(path)  # object stores cache listings; other writers change them
+    if fs.isfile(path):
+        return "file", None
+    if not fs.isdir(path):
+        return "missing", None
+    doc = _read_json(target, "zarr.json")
+    if doc is None:
+        names = {_basename(p) for p in fs.ls(path, detail=False)}
+        return ("empty" if names <= {LOCK, _ROOT_TMP} else "foreign"), None
+    attrs = doc.get("attributes") or {}
+    if doc.get("node_type") != "group" or not any(k.startswith("m3rcr_") for k in attrs):
+        return "foreign", doc
+    return ("complete" if attrs.get(COMPLETE) else "unfinished"), doc
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _refuse(target: _Target, state: _State, doc: dict[str, Any] | None, overwrite: bool) -> None:
+    """Raise for a destination never to be written, or a complete store not to be
+    replaced; return for one that may be (what to do with it is decided later)."""
+    if state == "file":
+        raise StoreError(f"{target.name}: is a file, not a Zarr store; choose another destination")
+    if state == "foreign":
+        what = "a Zarr store of other software" if doc else "a folder of other files"
+        raise StoreError(
+            f"{target.name}: is {what}, not a store written by m3rcr_xr; it is never "
+            f"written over, even with {argument('overwrite', True)}: choose a new or "
+            "empty folder"
+        )
+    if state == "complete" and not overwrite:
+        raise StoreError(
+            f"{target.name}: a complete store exists; pass {argument('overwrite', True)} "
+            "to replace it"
+        )
+
+
+def check_destination(
+    store: str | os.PathLike, *, inputs: Iterable[Any] = (), overwrite: bool = False
+) -> None:
+    """Refuse a destination :func:`to_zarr` would not write, before any work is done.
+
+    Reads only; the command line calls it with its own input arguments before it
+    opens them.
+
+    Parameters
+    ----------
+    store
+        The destination: a path or an fsspec URL.
+    inputs
+        Paths or URLs of the inputs; a destination that is, contains or lies inside
+        one of them is refused.
+    overwrite
+        As in :func:`to_zarr`.
+
+    Raises
+    ------
+    StoreError
+        The destination is a file, a folder or Zarr store this library did not
+        write, a complete store (without ``overwrite``), or overlaps an input.
+    """
+    target = _Target.of(store)
+    for source in inputs:
+        how = _overlap(target, _Target.of(source))
+        if how is not None:
+            raise StoreError(
+                f"{target.name}: the destination {how} the input {os.fspath(source)}; "
+                "write the store somewhere else"
+            )
+    state, doc = _inspect(target)
+    _refuse(target, state, doc, overwrite)
+
+
+# -------------------------------------------------------------------- identity
 def store_chunks(ds: xr.Dataset) -> dict[str, int]:
     """The chunking of a store: ~1024 px a side for a scene, a few patches for a
     collection; all bands (and polarizations) of a pixel in one chunk."""
@@ -51,16 +262,43 @@ def _write_dim(ds: xr.Dataset) -> str:
     return "patch" if is_collection(ds) else "y"
 
 
-def _fingerprint(ds: xr.Dataset) -> str:
-    """What identifies the data being written: layout, dtypes and coordinates."""
+def _fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
+    """What identifies the data being written, the same in every process.
+
+    Layout, dtypes, coordinates and attributes; the Dask token of each data variable
+    (its graph: file names and modification times of lazily opened rasters, a
+    content hash of arrays from memory, the checkpoint hash of decloud); and the
+    identity of each input (:func:`_source_identity`), which the token may miss.
+    """
     digest = hashlib.sha256()
     digest.update(json.dumps({k: int(v) for k, v in ds.sizes.items()}, sort_keys=True).encode())
     for name in sorted(ds.variables):
         var = ds.variables[name]
         digest.update(f"{name}:{var.dims}:{var.dtype}".encode())
+        digest.update(json.dumps(var.attrs, sort_keys=True, default=str).encode())
         if name in ds.coords:
             digest.update(_coordinate_bytes(var.values))
+    digest.update(json.dumps(ds.attrs, sort_keys=True, default=str).encode())
+    digest.update(dask.base.tokenize(*(ds[name].data for name in sorted(ds.data_vars))).encode())
+    for source in sorted(inputs):
+        digest.update(f"{source}:{_source_identity(source)}".encode())
     return digest.hexdigest()
+
+
+def _source_identity(source: str) -> str:
+    """What changes when an input changes: a store's own fingerprint, else a file's
+    size and modification time (ETag or date on object stores)."""
+    target = _Target.of(source)
+    target.fs.invalidate_cache(target.path)
+    try:
+        info = target.fs.info(target.path)
+    except FileNotFoundError:
+        return "missing"
+    if info.get("type") == "directory":
+        attrs = (_read_json(target, "zarr.json") or {}).get("attributes") or {}
+        return str(attrs.get(FINGERPRINT, ""))
+    changed = info.get("mtime", info.get("ETag", info.get("LastModified")))
+    return f"{info.get('size')}:{changed}"
 
 
 def _coordinate_bytes(values: np.ndarray) -> bytes:
@@ -99,43 +337,125 @@ def _unicode(coord: xr.DataArray) -> xr.DataArray:
     return coord
 
 
-def _open_group(store: Any, mode: str = "r") -> zarr.Group | None:
+# ------------------------------------------------------------------------- locks
+@contextlib.contextmanager
+def _locked(target: _Target) -> Iterator[None]:
+    """Hold the store's lock while writing; refuse when another writer holds it.
+
+    The folder of a local store is created here (and removed again if it is still
+    empty at the end and this writer created it).
+    """
+    created = target.local and not target.fs.isdir(target.path)
+    if target.local:
+        os.makedirs(target.path, exist_ok=True)
+        hold = _flock(target)
+    else:
+        hold = _marker(target)
     try:
-        return zarr.open_group(store, mode=mode)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-        return None
+        with hold:
+            yield
+    finally:
+        if created and not os.listdir(target.path):
+            os.rmdir(target.path)
 
 
-def _resumable_steps(store: Any, fingerprint: str, overwrite: bool) -> set[int] | None:
-    """Steps already written by an earlier, unfinished run of the same data, or None
-    to start afresh. A finished store is only replaced with ``overwrite=True``."""
-    group = _open_group(store)
-    if group is None:
-        return None
-    attrs = dict(group.attrs)
-    if attrs.get(COMPLETE) and not overwrite:
-        raise StoreError(f"{store}: a complete store exists; pass overwrite=True to replace it")
-    if overwrite or attrs.get(FINGERPRINT) != fingerprint:
-        return None
-    return set(attrs.get(PROGRESS, []))
+@contextlib.contextmanager
+def _flock(target: _Target) -> Iterator[None]:
+    """An exclusive ``flock`` on the lock file; the OS drops it when the process dies.
+
+    The file is removed while still held, at the end; a writer that opened it just
+    before sees that its file is no longer the one at the path, and tries again.
+    """
+    path = target.key(LOCK)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(_busy(target, "another process holds its lock file")) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.unlink(path)
+        os.close(fd)
 
 
+@contextlib.contextmanager
+def _marker(target: _Target) -> Iterator[None]:
+    """A marker object made by a conditional write, for object stores.
+
+    Object stores have no locks that end with a process: a writer that is killed
+    leaves the marker, and the message says which object to delete.
+    """
+    key = target.key(LOCK)
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.ctime()}
+    try:
+        with target.fs.open(key, "xb") as handle:
+            handle.write(json.dumps(owner).encode())
+    except FileExistsError:
+        holder = _read_json(target, LOCK) or {}
+        raise StoreError(
+            _busy(target, f"marker {target.fs.unstrip_protocol(key)} from {holder}")
+            + "; if that writer is no longer running, delete the marker and run again"
+        ) from None
+    try:
+        yield
+    finally:
+        target.fs.rm(key)
+
+
+def _busy(target: _Target, why: str) -> str:
+    return f"{target.name}: another writer is writing this store ({why})"
+
+
+@contextlib.contextmanager
+def _write_errors(target: _Target) -> Iterator[None]:
+    """A full, read-only or forbidden destination as a StoreError naming it."""
+    try:
+        yield
+    except OSError as err:
+        if not isinstance(err, PermissionError) and err.errno not in _UNWRITABLE:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        reason = err.strerror or str(err) or type(err).__name__
+        raise StoreError(f"{target.name}: writing the store failed: {reason}{where}") from err
+
+
+# ------------------------------------------------------------------------ writing
 def to_zarr(
-    ds: xr.Dataset, store: Any, *, progress: bool | None = None, overwrite: bool = False
+    ds: xr.Dataset,
+    store: str | os.PathLike,
+    *,
+    progress: bool | None = None,
+    overwrite: bool = False,
 ) -> None:
-    """Write a scene or a collection to a Zarr (v3) store, resumably.
+    """Write a scene or a collection to a Zarr (v3) store, resumably and safely.
 
     Parameters
     ----------
     ds
         A scene or a collection (lazy or in memory).
     store
-        A path or any fsspec URL (``s3://bucket/scene.zarr``).
+        A path or any fsspec URL (``s3://bucket/scene.zarr``): nothing there, an empty
+        folder, or a store of this library (see the module's safety rules).
     progress
         Show a progress bar; default: the ``progress`` option.
     overwrite
-        Replace a complete store of the same name. An unfinished store of the same
-        data is resumed; of other data, replaced.
+        Replace a store of this library (complete, or unfinished with other data):
+        its own keys are removed, other files in its folder are kept. Without it, an
+        unfinished store of the same data is resumed, anything else refused.
+
+    Raises
+    ------
+    StoreError
+        Before anything is written: the destination is not one of the above, overlaps
+        a source of ``ds``, is being written by another process, or is an unfinished
+        store of other data; or the file system is read-only or full.
 
     Examples
     --------
@@ -145,16 +465,85 @@ def to_zarr(
     CRS.from_epsg(32632)
     """
     validate(ds, required=())
+    target = _Target.of(store)
+    inputs = sources(ds)
+    check_destination(store, inputs=inputs, overwrite=overwrite)
     ds = _prepare(ds)
     dim = _write_dim(ds)
     steps = _steps(ds, dim)
-    fingerprint = _fingerprint(ds)
-    done = _resumable_steps(store, fingerprint, overwrite)
-    if done is None:
-        _initialise(ds, store, fingerprint)
-        done = set()
-    else:
-        log.info("%s: resuming, %d of %d steps already written", store, len(done), len(steps))
+    fingerprint = _fingerprint(ds, inputs)
+    with _write_errors(target), _locked(target), _quiet_lock_listing():
+        done = _plan(target, fingerprint, overwrite)
+        if done is None:
+            _initialise(ds, store, fingerprint)
+            done = set()
+        else:
+            log.info("%s: resuming, %d of %d steps already written", store, len(done), len(steps))
+        _write_steps(ds, store, target, dim, steps, done, progress)
+        _finish(target, ds)
+
+
+def _plan(target: _Target, fingerprint: str, overwrite: bool) -> set[int] | None:
+    """Under the lock: the steps an earlier, unfinished run of the same data wrote
+    (to skip), or None to start afresh (after removing a store being replaced)."""
+    state, doc = _inspect(target)
+    _refuse(target, state, doc, overwrite)
+    if doc is None:  # nothing there, or an empty folder
+        return None
+    attrs = doc["attributes"]
+    if overwrite:
+        _clear(target)
+        return None
+    if attrs.get(FINGERPRINT) != fingerprint:
+        raise StoreError(
+            f"{target.name}: an unfinished store of other data is there (other inputs, "
+            f"or the same files changed since); pass {argument('overwrite', True)} to "
+            "start it over"
+        )
+    return set(attrs.get(PROGRESS, []))
+
+
+def _clear(target: _Target) -> None:
+    """Remove a store of this library: its metadata and arrays, nothing else.
+
+    The root is first marked unfinished with no fingerprint, so that a kill half-way
+    leaves a store that is replaced again, never one that opens with arrays missing.
+    """
+    _set_attrs(target, {COMPLETE: False, FINGERPRINT: "", PROGRESS: []})
+    fs = target.fs
+    for entry in fs.ls(target.path, detail=True):
+        member = entry["name"]
+        fs.invalidate_cache(member)
+        if entry["type"] != "directory" or not fs.exists(f"{member}/zarr.json"):
+            continue
+        for key in (f"{member}/c", f"{member}/zarr.json"):  # chunks, then metadata
+            if fs.exists(key):
+                fs.rm(key, recursive=True)
+        if target.local and not os.listdir(member):
+            os.rmdir(member)
+    fs.rm(target.key("zarr.json"))
+
+
+def _initialise(ds: xr.Dataset, store: Any, fingerprint: str) -> None:
+    """Create the arrays and write the in-memory coordinates; no data yet.
+
+    Mode ``"a"``, not ``"w"``: the destination was checked under the lock to hold no
+    Zarr node, and ``"w"`` would delete whatever else is in the folder.
+    """
+    template = ds.copy()
+    template.attrs = {**ds.attrs, COMPLETE: False, FINGERPRINT: fingerprint, PROGRESS: []}
+    template.to_zarr(store, mode="a", compute=False, consolidated=False, zarr_format=3)
+
+
+def _write_steps(
+    ds: xr.Dataset,
+    store: Any,
+    target: _Target,
+    dim: str,
+    steps: list[slice],
+    done: set[int],
+    progress: bool | None,
+) -> None:
     resources = required_resources(ds)  # e.g. decloud's {"GPU": 1}, kept for the writes
     show = OPTIONS["progress"] if progress is None else progress
     # one step: show dask's own progress inside it; several: one tick a step
@@ -166,9 +555,8 @@ def to_zarr(
             with annotate(resources):
                 _write_step(ds, store, dim, steps[index], show=show and len(steps) == 1)
             done.add(index)
-            _set_attrs(store, {PROGRESS: sorted(done)})
+            _set_attrs(target, {PROGRESS: sorted(done)})
             bar.update(1)
-    _finish(store)
 
 
 def _name(store: Any) -> str:
@@ -177,13 +565,6 @@ def _name(store: Any) -> str:
 
 def _pending(steps: list[slice], done: set[int]) -> Iterator[int]:
     return (i for i in range(len(steps)) if i not in done)
-
-
-def _initialise(ds: xr.Dataset, store: Any, fingerprint: str) -> None:
-    """Create the arrays and write the in-memory coordinates; no data yet."""
-    template = ds.copy()
-    template.attrs = {**ds.attrs, COMPLETE: False, FINGERPRINT: fingerprint, PROGRESS: []}
-    template.to_zarr(store, mode="w", compute=False, consolidated=False, zarr_format=3)
 
 
 def _write_step(ds: xr.Dataset, store: Any, dim: str, region: slice, show: bool = False) -> None:
@@ -197,46 +578,84 @@ def _write_step(ds: xr.Dataset, store: Any, dim: str, region: slice, show: bool 
     compute_with_progress(writes, show=show)
 
 
-def _set_attrs(store: Any, attrs: dict[str, Any]) -> None:
-    group = zarr.open_group(store, mode="r+")
-    group.attrs.update(attrs)
-
-
-def _finish(store: Any) -> None:
-    _set_attrs(store, {COMPLETE: True})
+@contextlib.contextmanager
+def _quiet_lock_listing() -> Iterator[None]:
+    """Zarr warns about the lock file when it lists the store's members: it is not
+    part of the hierarchy, and zarr is right to skip it."""
     with warnings.catch_warnings():
-        # zarr-python keeps consolidated metadata for v3 outside the spec, and says so
-        warnings.simplefilter("ignore", category=zarr.errors.ZarrUserWarning)
-        zarr.consolidate_metadata(store)
+        warnings.filterwarnings(
+            "ignore", message=f"Object at {LOCK} is not recognized", category=UserWarning
+        )
+        yield
 
 
+def _set_attrs(target: _Target, attrs: dict[str, Any]) -> None:
+    """Update the root group's attributes in one atomic write of the root ``zarr.json``;
+    consolidated metadata is dropped, as only a complete store has it."""
+    doc = _read_json(target, "zarr.json")
+    if doc is None:
+        raise StoreError(f"{target.name}: zarr.json disappeared while writing the store")
+    doc["attributes"] = {**(doc.get("attributes") or {}), **attrs}
+    doc.pop("consolidated_metadata", None)
+    _write_root(target, doc)
+
+
+def _finish(target: _Target, ds: xr.Dataset) -> None:
+    """The last step, one atomic write: the complete flag with the consolidated
+    metadata (zarr-python's inline form: each array's ``zarr.json`` under its name)."""
+    members = {}
+    for name in ds.variables:
+        members[str(name)] = _read_json(target, f"{name}/zarr.json")
+    doc = _read_json(target, "zarr.json") or {}
+    doc["attributes"] = {**doc.get("attributes", {}), COMPLETE: True}
+    doc["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": members}
+    _write_root(target, doc)
+
+
+def _write_root(target: _Target, doc: dict[str, Any]) -> None:
+    """Replace the root ``zarr.json`` whole: readers and a kill see the old or the new."""
+    data = json.dumps(doc, indent=2).encode()
+    if not target.local:
+        target.fs.pipe_file(target.key("zarr.json"), data)  # one PUT: all or nothing
+        return
+    tmp = target.key(_ROOT_TMP)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target.key("zarr.json"))
+
+
+# ------------------------------------------------------------------------ reading
 def is_complete(store: Any) -> bool:
-    """True when ``store`` was written to the end by :func:`to_zarr`."""
-    group = _open_group(store)
-    return bool(group is not None and group.attrs.get(COMPLETE))
+    """True when ``store`` is a store of this library written to the end by
+    :func:`to_zarr`; False for anything else, never an error."""
+    try:
+        state, _ = _inspect(_Target.of(store))
+    except StoreError:
+        return False
+    return state == "complete"
 
 
 def open_zarr(store: Any, *, chunks: Any = None, validate_schema: bool = True) -> xr.Dataset:
     """Open a store written by :func:`to_zarr`, lazily, with its CRS.
 
+    The result records the store in ``encoding["source"]`` (of the dataset and of
+    each variable), so that :func:`to_zarr` never writes over its own input.
+
     Raises
     ------
     StoreError
-        The store does not exist or was not written to the end.
+        Nothing there; not a store of this library (a file, a folder of other files,
+        a Zarr store of other software); or a store not written to the end.
     """
-    group = _open_group(store)
-    if group is None:
-        raise StoreError(f"{store}: no Zarr store there")
-    if not group.attrs.get(COMPLETE):
-        done = len(group.attrs.get(PROGRESS, []))
-        raise StoreError(
-            f"{store}: the store is incomplete ({done} step(s) written); "
-            "run to_zarr again with the same data to finish it"
-        )
+    target = _Target.of(store)
+    state, doc = _inspect(target)
+    _check_readable(target, state, doc)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=zarr.errors.ZarrUserWarning)
         ds = xr.open_zarr(
-            store,
+            target.url,
             chunks=chunks if chunks is not None else {},
             consolidated=True,
             decode_coords="all",
@@ -244,4 +663,29 @@ def open_zarr(store: Any, *, chunks: Any = None, validate_schema: bool = True) -
     # coordinates are small and used everywhere: in memory, strings as str
     ds = ds.assign_coords({name: _unicode(ds[name].load()) for name in ds.coords})
     ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("m3rcr_")}
+    for holder in (ds, *ds.variables.values()):
+        holder.encoding["source"] = target.url
     return validate(ds, required=()) if validate_schema else ds
+
+
+def _check_readable(target: _Target, state: _State, doc: dict[str, Any] | None) -> None:
+    if state == "missing":
+        raise StoreError(f"{target.name}: no Zarr store there")
+    if state in ("file", "empty", "foreign"):
+        what = {
+            "file": "a file",
+            "empty": "an empty folder",
+            "foreign": "a Zarr store without m3rcr_* attributes" if doc else "no zarr.json",
+        }[state]
+        raise StoreError(f"{target.name}: not a store written by m3rcr_xr ({what})")
+    if state == "unfinished":
+        done = len((doc or {})["attributes"].get(PROGRESS, []))
+        raise StoreError(
+            f"{target.name}: the store is incomplete ({done} step(s) written); write the "
+            "same data to it again to finish it"
+        )
+    if not (doc or {}).get("consolidated_metadata"):
+        raise StoreError(
+            f"{target.name}: marked complete but has no consolidated metadata, so "
+            f"m3rcr_xr did not finish it; write it again with {argument('overwrite', True)}"
+        )

@@ -130,3 +130,48 @@ def _quartet(root: Path, season: str, aoi: str, n: str) -> dict[str, Path]:
         "landcover": path("landcover"),
         "cloudmask": path("cloudmask", "npy"),
     }
+
+
+# ------------------------------------------------------- data-safety helpers
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (or ``root`` itself when a file) with its bytes: what a
+    data-safety test compares before and after."""
+    if root.is_file():
+        return {"": root.read_bytes()}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def a_file(path: Path) -> Path:
+    """A file where a store might be expected."""
+    path.write_bytes(b"GeoTIFF, say")
+    return path
+
+
+def user_folder(root: Path) -> Path:
+    """A folder of a user's files, one of them in a subfolder."""
+    (root / "sub").mkdir(parents=True)
+    (root / "notes.txt").write_text("my notes")
+    (root / "sub" / "cloudy.tif").write_bytes(bytes(range(256)))
+    return root
+
+
+def foreign_store(root: Path) -> Path:
+    """A Zarr store written by other software: no m3rcr_* attributes."""
+    import zarr
+
+    group = zarr.open_group(root, mode="w", attributes={"title": "theirs"})
+    group.create_array("values", shape=(4,), dtype="int32")[:] = [1, 2, 3, 4]
+    return root
+
+
+def unconsolidated_store(root: Path) -> Path:
+    """A store of m3rcr_xr marked complete whose consolidated metadata was removed."""
+    import json
+
+    import m3rcr_xr
+
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((32, 32)), root)
+    doc = json.loads((root / "zarr.json").read_text())
+    del doc["consolidated_metadata"]
+    (root / "zarr.json").write_text(json.dumps(doc))
+    return root

@@ -128,3 +128,22 @@ def test_decloud_and_evaluate_on_s3_from_worker_processes(bucket, tiny_checkpoin
     local = m3rcr_xr.evaluate(scene.assign(decloud=local_pred))
     xr.testing.assert_allclose(remote, local, rtol=1e-4)
     assert float(remote.PSNR.sel(stratum="all", landcover_class="all")) > 0
+
+
+def test_s3_keeps_other_objects_and_one_writer(bucket):
+    """The destination rules and the writer's marker (a conditional write) on S3."""
+    fs = s3fs.S3FileSystem()
+    scene = m3rcr_xr.synthetic_scene((64, 48), seed=8)
+    fs.pipe_file(f"{bucket}/theirs/notes.txt", b"my notes")
+    with pytest.raises(StoreError, match="a folder of other files"):
+        m3rcr_xr.to_zarr(scene, f"s3://{bucket}/theirs", overwrite=True)
+    assert fs.ls(f"{bucket}/theirs", refresh=True) == [f"{bucket}/theirs/notes.txt"]
+    assert fs.cat_file(f"{bucket}/theirs/notes.txt") == b"my notes"
+
+    url = f"s3://{bucket}/scene.zarr"
+    held = pytest.raises(StoreError, match="another writer is writing this store.*delete the")
+    with store._locked(store._Target.of(url)), held:
+        m3rcr_xr.to_zarr(scene, url)
+    m3rcr_xr.to_zarr(scene, url)
+    assert m3rcr_xr.is_complete(url)
+    assert not fs.exists(f"{bucket}/scene.zarr/{store.LOCK}")

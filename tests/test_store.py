@@ -1,3 +1,4 @@
+import errno
 import os
 import signal
 import subprocess
@@ -13,10 +14,7 @@ import zarr
 
 import m3rcr_xr
 from m3rcr_xr import store
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+from tests.conftest import a_file, foreign_store, snapshot, unconsolidated_store, user_folder
 
 
 def test_scene_round_trip_keeps_values_and_crs(tmp_path, small_scene):
@@ -64,61 +62,56 @@ def test_missing_store():
         m3rcr_xr.open_zarr("memory://nothing-here.zarr")
 
 
-def _failing_at(ds: xr.Dataset, patch: int) -> xr.Dataset:
-    """``ds`` whose ``cloudy`` raises when the block holding ``patch`` is computed."""
+#: the real step writer, before any test wraps it
+WRITE_STEP = store._write_step
 
-    def maybe_fail(block, block_info=None):
-        start, stop = block_info[0]["array-location"][0]
-        if start <= patch < stop:
+
+def _recording(monkeypatch, fail_at: int | None = None) -> list[slice]:
+    """Record the regions ``to_zarr`` writes; the one starting at ``fail_at`` fails as
+    a disk that goes away would. The data (and so its fingerprint) is left alone."""
+    regions: list[slice] = []
+
+    def write_step(ds, where, dim, region, show=False):
+        regions.append(region)
+        if region.start == fail_at:
             raise OSError("disk went away")
-        return block
+        WRITE_STEP(ds, where, dim, region, show)
 
-    failing = ds.cloudy.data.map_blocks(maybe_fail, dtype=ds.cloudy.dtype)
-    return ds.assign(cloudy=ds.cloudy.copy(data=failing))
+    monkeypatch.setattr(store, "_write_step", write_step)
+    return regions
 
 
 def test_failed_write_is_incomplete_then_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
     collection = m3rcr_xr.synthetic_collection(6, 48, seed=5)
     with m3rcr_xr.set_options(patches_per_chunk=2):
+        _recording(monkeypatch, fail_at=4)
         with pytest.raises(OSError, match="disk went away"):
-            m3rcr_xr.to_zarr(_failing_at(collection, 4), tmp_path / "c.zarr")
+            m3rcr_xr.to_zarr(collection, tmp_path / "c.zarr")
         assert not m3rcr_xr.is_complete(tmp_path / "c.zarr")
         with pytest.raises(m3rcr_xr.StoreError, match=r"incomplete \(2 step"):
             m3rcr_xr.open_zarr(tmp_path / "c.zarr")
         with pytest.raises(Exception):  # noqa: B017 - plain xarray must not open it either
             xr.open_zarr(tmp_path / "c.zarr", consolidated=True)
 
-        written = []
-        original = store._write_step
-        monkeypatch.setattr(
-            store,
-            "_write_step",
-            lambda ds, st, dim, region, **kw: (
-                written.append(region),
-                original(ds, st, dim, region),
-            ),
-        )
+        written = _recording(monkeypatch)
         m3rcr_xr.to_zarr(collection, tmp_path / "c.zarr")
         assert written == [slice(4, 6)]  # only the step that had not been written
-        monkeypatch.setattr(store, "_write_step", original)
         m3rcr_xr.to_zarr(collection, tmp_path / "fresh.zarr")
-    assert _files(tmp_path / "c.zarr") == _files(tmp_path / "fresh.zarr")
+    assert snapshot(tmp_path / "c.zarr") == snapshot(tmp_path / "fresh.zarr")
 
 
+#: writes a collection slowly (every task waits: the graph, and so the data's
+#: fingerprint, stays that of the plain collection); argv: store, seed
 WRITER = textwrap.dedent("""
     import sys, time
+    from dask.callbacks import Callback
     import m3rcr_xr
     from m3rcr_xr import store
     store.CHUNKS_PER_STEP = 1
+    Callback(posttask=lambda *args: time.sleep(0.03)).register()
 
-    def slow(block):
-        time.sleep(0.4)
-        return block
-
-    collection = m3rcr_xr.synthetic_collection(10, 48, seed=9)
-    collection = collection.assign(cloudy=collection.cloudy.copy(
-        data=collection.cloudy.data.map_blocks(slow)))
+    collection = m3rcr_xr.synthetic_collection(10, 48, seed=int(sys.argv[2]))
     with m3rcr_xr.set_options(patches_per_chunk=1, progress=False):
         m3rcr_xr.to_zarr(collection, sys.argv[1])
 """)
@@ -127,7 +120,7 @@ WRITER = textwrap.dedent("""
 def test_killed_write_resumes_to_an_identical_store(tmp_path, monkeypatch):
     target = tmp_path / "killed.zarr"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), "9"], env=env)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -150,7 +143,7 @@ def test_killed_write_resumes_to_an_identical_store(tmp_path, monkeypatch):
     with m3rcr_xr.set_options(patches_per_chunk=1):
         m3rcr_xr.to_zarr(collection, target)
         m3rcr_xr.to_zarr(collection, tmp_path / "fresh.zarr")
-    assert _files(target) == _files(tmp_path / "fresh.zarr")
+    assert snapshot(target) == snapshot(tmp_path / "fresh.zarr")
     back = m3rcr_xr.open_zarr(target)
     np.testing.assert_array_equal(back.cloudy.values, collection.cloudy.values)
 
@@ -160,3 +153,345 @@ def _steps_done(target: Path) -> int:
         return len(zarr.open_group(target, mode="r").attrs.get(store.PROGRESS, []))
     except Exception:  # not created yet, or being rewritten
         return 0
+
+
+# ------------------------------------------------------------------ data safety
+# Every test that refuses a destination snapshots what was there (all files, bytes)
+# and checks it is all still there, unchanged, and nothing was added.
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (user_folder, "a folder of other files, not a store written by m3rcr_xr"),
+        (foreign_store, "a Zarr store of other software"),
+    ],
+    ids=["user-folder", "foreign-zarr"],
+)
+def test_what_this_library_did_not_write_is_never_written_over(
+    tmp_path, small_scene, make, message, overwrite
+):
+    target = make(tmp_path / "dest")
+    before = snapshot(target)
+    with pytest.raises(m3rcr_xr.StoreError, match=message):
+        m3rcr_xr.to_zarr(small_scene, target, overwrite=overwrite)
+    assert snapshot(target) == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def testa_file_is_not_a_destination(tmp_path, small_scene, overwrite):
+    target = tmp_path / "scene.zarr"
+    target.write_bytes(b"not a store")
+    with pytest.raises(m3rcr_xr.StoreError, match="is a file, not a Zarr store"):
+        m3rcr_xr.to_zarr(small_scene, target, overwrite=overwrite)
+    assert target.read_bytes() == b"not a store"
+
+
+def test_an_empty_folder_is_written_and_keeps_no_lock(tmp_path, small_scene):
+    (tmp_path / "empty.zarr").mkdir()
+    m3rcr_xr.to_zarr(small_scene, tmp_path / "empty.zarr")
+    assert m3rcr_xr.is_complete(tmp_path / "empty.zarr")
+    assert store.LOCK not in os.listdir(tmp_path / "empty.zarr")
+
+
+@pytest.mark.filterwarnings("ignore:Object at README.txt is not recognized")
+def test_overwrite_replaces_only_the_stores_own_keys(tmp_path, small_scene):
+    target = tmp_path / "s.zarr"
+    m3rcr_xr.to_zarr(small_scene, target)
+    (target / "README.txt").write_text("kept beside the arrays")
+    (tmp_path / "notes.txt").write_text("kept beside the store")
+    smaller = m3rcr_xr.synthetic_scene((64, 80), seed=4)[["cloudy"]]
+    m3rcr_xr.to_zarr(smaller, target, overwrite=True)
+    back = m3rcr_xr.open_zarr(target)
+    xr.testing.assert_identical(back.compute(), smaller.compute())
+    assert (target / "README.txt").read_text() == "kept beside the arrays"
+    assert (tmp_path / "notes.txt").read_text() == "kept beside the store"
+    assert not (target / "sar").exists()  # the old store's arrays are gone
+    assert sorted(os.listdir(target)) == sorted(
+        ["README.txt", "zarr.json", *map(str, smaller.variables)]
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Object at README.txt is not recognized")
+def test_fsspec_destinations_follow_the_same_rules(small_scene):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/user-folder/notes.txt", b"my notes")
+    with pytest.raises(m3rcr_xr.StoreError, match="folder of other files"):
+        m3rcr_xr.to_zarr(small_scene, "memory://user-folder", overwrite=True)
+    assert fs.ls("/user-folder", detail=False) == ["/user-folder/notes.txt"]
+    assert fs.cat_file("/user-folder/notes.txt") == b"my notes"
+
+    m3rcr_xr.to_zarr(small_scene, "memory://safety/s.zarr")
+    fs.pipe_file("/safety/s.zarr/README.txt", b"mine")
+    fs.pipe_file("/safety/notes.txt", b"beside")
+    m3rcr_xr.to_zarr(small_scene[["cloudy"]], "memory://safety/s.zarr", overwrite=True)
+    assert set(m3rcr_xr.open_zarr("memory://safety/s.zarr").data_vars) == {"cloudy"}
+    assert fs.cat_file("/safety/s.zarr/README.txt") == b"mine"
+    assert fs.cat_file("/safety/notes.txt") == b"beside"
+    assert not fs.exists("/safety/s.zarr/sar")
+
+
+# ---------------------------------------------------------- point 2: own input
+@pytest.mark.parametrize(
+    ("where", "how"),
+    [("in.zarr", "is"), ("in.zarr/out.zarr", "lies inside"), (".", "contains")],
+)
+def test_a_destination_overlapping_an_input_is_refused(tmp_path, where, how):
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64), seed=1), tmp_path / "in.zarr")
+    before = snapshot(tmp_path)
+    scene = m3rcr_xr.open_zarr(tmp_path / "in.zarr")
+    out = m3rcr_xr.decloud(scene, "dsen2_cr", config={"n_resblocks": 1, "n_feats": 8}, tile=32)
+    assert store.sources(out) == [str(tmp_path / "in.zarr")]  # decloud keeps its input's
+    for data in (scene, out.to_dataset()):
+        with pytest.raises(m3rcr_xr.StoreError, match=f"the destination {how} the input"):
+            m3rcr_xr.to_zarr(data, tmp_path / where, overwrite=True)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_destination_holding_the_input_files_is_refused(tmp_path, train_quartet):
+    import shutil
+
+    folder = tmp_path / "quartet"
+    folder.mkdir()
+    files = {name: shutil.copy(path, folder) for name, path in train_quartet.items()}
+    before = snapshot(folder)
+    scene = m3rcr_xr.open_quartet(**files)
+    assert store.sources(scene) == sorted(map(str, files.values()))
+    for overwrite in (False, True):
+        with pytest.raises(m3rcr_xr.StoreError, match="the destination contains the input"):
+            m3rcr_xr.to_zarr(scene, folder, overwrite=overwrite)
+    assert snapshot(folder) == before
+
+
+# ----------------------------------------------------- point 3: resume identity
+def test_an_unfinished_store_of_other_data_is_not_resumed(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+    target = tmp_path / "c.zarr"
+    first, other = (m3rcr_xr.synthetic_collection(4, 32, seed=s) for s in (5, 6))
+    with m3rcr_xr.set_options(patches_per_chunk=1):
+        _recording(monkeypatch, fail_at=2)
+        with pytest.raises(OSError, match="disk went away"):
+            m3rcr_xr.to_zarr(first, target)
+        written = _recording(monkeypatch)
+        before = snapshot(target)
+        with pytest.raises(
+            m3rcr_xr.StoreError, match="unfinished store of other data.*overwrite=True"
+        ):
+            m3rcr_xr.to_zarr(other, target)  # same grid, other values
+        assert snapshot(target) == before and written == []
+        m3rcr_xr.to_zarr(other, target, overwrite=True)
+        assert len(written) == 4  # started over, nothing kept from the first data
+        m3rcr_xr.to_zarr(other, tmp_path / "fresh.zarr")
+    assert snapshot(target) == snapshot(tmp_path / "fresh.zarr")
+
+
+def _geotiff_scene(folder: Path, value: int) -> dict[str, Path]:
+    """cloudy and sar GeoTIFFs on one 64 x 48 grid, cloudy filled with ``value``."""
+    from affine import Affine
+
+    from tests.rasters import write_raster
+
+    transform = Affine(3.0, 0, 500000, 0, -3.0, 4000000)
+    cloudy = np.full((4, 64, 48), value, dtype="uint16")
+    sar = np.full((2, 64, 48), -12.5, dtype="float32")
+    return {
+        "cloudy": write_raster(folder / "cloudy.tif", cloudy, transform, "EPSG:32632"),
+        "sar": write_raster(folder / "sar.tif", sar, transform, "EPSG:32632"),
+    }
+
+
+def test_corrected_input_files_are_not_resumed(tmp_path, monkeypatch):
+    files = _geotiff_scene(tmp_path / "in", 100)
+    with m3rcr_xr.set_options(scene_chunk=16):
+        monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+        _recording(monkeypatch, fail_at=32)
+        with pytest.raises(OSError, match="disk went away"):
+            m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "s.zarr")
+        written = _recording(monkeypatch)
+        _geotiff_scene(tmp_path / "in", 200)  # the same files, corrected
+        with pytest.raises(m3rcr_xr.StoreError, match="unfinished store of other data"):
+            m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "s.zarr")
+        assert written == []
+
+
+def test_an_input_file_that_changed_changes_the_fingerprint(tmp_path):
+    files = _geotiff_scene(tmp_path, 100)
+
+    def fingerprint() -> str:
+        scene = m3rcr_xr.open_quartet(**files)
+        return store._fingerprint(store._prepare(scene), store.sources(scene))
+
+    first = fingerprint()
+    assert fingerprint() == first  # reopening the same files: the same data
+    stat = files["sar"].stat()
+    with files["sar"].open("ab") as handle:  # same modification time, other size:
+        handle.write(b"\0")  # the graph's token (name, mtime) misses it
+    os.utime(files["sar"], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fingerprint() != first
+
+
+# ---------------------------------------------------------- point 4: one writer
+def test_a_second_writer_in_this_process_is_refused(tmp_path, small_scene):
+    target = store._Target.of(tmp_path / "s.zarr")
+    busy = pytest.raises(m3rcr_xr.StoreError, match="another writer is writing this store")
+    with store._locked(target), busy:
+        m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
+    m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")  # the lock went with its holder
+    assert m3rcr_xr.is_complete(tmp_path / "s.zarr")
+
+
+def test_object_stores_keep_one_writer_with_a_marker(small_scene):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    marker = f"/one-writer/s.zarr/{store.LOCK}"
+    fs.pipe_file(marker, b'{"host": "node-7", "pid": 4242}')
+    with pytest.raises(m3rcr_xr.StoreError, match="node-7.*delete the marker"):
+        m3rcr_xr.to_zarr(small_scene, "memory://one-writer/s.zarr")
+    assert fs.ls("/one-writer/s.zarr", detail=False) == [marker]
+    fs.rm(marker)
+    m3rcr_xr.to_zarr(small_scene, "memory://one-writer/s.zarr")
+    assert m3rcr_xr.is_complete("memory://one-writer/s.zarr") and not fs.exists(marker)
+
+
+#: one of two writers of a collection to one store; argv: store, seed, role, signals.
+#: The first pauses after its first step until the test says go; the second waits
+#: until the first is writing, then tries.
+TWO_WRITERS = textwrap.dedent("""
+    import os, sys, time
+    import m3rcr_xr
+    from m3rcr_xr import store
+    target, seed, role, signals = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    store.CHUNKS_PER_STEP = 1
+    write_step = store._write_step
+
+    def wait_for(name):
+        while not os.path.exists(os.path.join(signals, name)):
+            time.sleep(0.02)
+
+    def paused(ds, where, dim, region, show=False):
+        if region.start == 1:
+            open(os.path.join(signals, "writing"), "w").close()
+            wait_for("go")
+        write_step(ds, where, dim, region, show)
+
+    if role == "first":
+        store._write_step = paused
+    else:
+        wait_for("writing")
+    collection = m3rcr_xr.synthetic_collection(3, 32, seed=seed)
+    with m3rcr_xr.set_options(patches_per_chunk=1, progress=False):
+        m3rcr_xr.to_zarr(collection, target)
+""")
+
+
+@pytest.mark.slow
+def test_two_writing_processes_one_is_refused_and_nothing_mixes(tmp_path, monkeypatch):
+    target, signals = tmp_path / "s.zarr", tmp_path / "signals"
+    signals.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def writer(seed: int, role: str) -> subprocess.Popen:
+        args = [sys.executable, "-c", TWO_WRITERS, str(target), str(seed), role, str(signals)]
+        return subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+
+    first, second = writer(9, "first"), writer(10, "second")
+    try:
+        _, refused = second.communicate(timeout=120)
+        (signals / "go").touch()
+        _, first_err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+        second.kill()
+    assert first.returncode == 0, first_err
+    assert second.returncode != 0
+    assert "StoreError" in refused and "another writer is writing this store" in refused
+    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+    with m3rcr_xr.set_options(patches_per_chunk=1):
+        m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(3, 32, seed=9), tmp_path / "fresh.zarr")
+    assert snapshot(target) == snapshot(tmp_path / "fresh.zarr")  # the first writer's only
+
+
+# ------------------------------------------------------ point 5: completion last
+def test_a_kill_while_completing_leaves_a_store_that_finishes(tmp_path, monkeypatch, small_scene):
+    write_root = store._write_root
+
+    def killed_while_completing(target, doc):
+        if doc["attributes"].get(store.COMPLETE):  # half a new root, never renamed
+            (Path(target.path) / store._ROOT_TMP).write_bytes(b'{"attributes": {"m3r')
+            raise RuntimeError("killed")
+        write_root(target, doc)
+
+    monkeypatch.setattr(store, "_write_root", killed_while_completing)
+    with pytest.raises(RuntimeError, match="killed"):
+        m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
+    assert not m3rcr_xr.is_complete(tmp_path / "s.zarr")
+    with pytest.raises(m3rcr_xr.StoreError, match="incomplete"):
+        m3rcr_xr.open_zarr(tmp_path / "s.zarr")
+
+    monkeypatch.setattr(store, "_write_root", write_root)
+    written = _recording(monkeypatch)
+    m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
+    assert written == []  # every step was there: only the completion was missing
+    m3rcr_xr.to_zarr(small_scene, tmp_path / "fresh.zarr")
+    assert snapshot(tmp_path / "s.zarr") == snapshot(tmp_path / "fresh.zarr")
+
+
+def test_the_consolidated_metadata_is_zarrs_own(tmp_path, small_scene):
+    import json
+    import shutil
+
+    m3rcr_xr.to_zarr(small_scene, tmp_path / "ours.zarr")
+    shutil.copytree(tmp_path / "ours.zarr", tmp_path / "zarrs.zarr")
+    with pytest.warns(UserWarning, match="Consolidated metadata"):
+        zarr.consolidate_metadata(tmp_path / "zarrs.zarr")
+    ours, zarrs = (
+        json.loads((tmp_path / n / "zarr.json").read_text()) for n in ("ours.zarr", "zarrs.zarr")
+    )
+    assert ours == zarrs
+
+
+# -------------------------------------------------- reading what is not ours
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (a_file, "not a store written by m3rcr_xr \\(a file\\)"),
+        (user_folder, "not a store written by m3rcr_xr \\(no zarr.json\\)"),
+        (lambda root: root.mkdir() or root, "not a store written by m3rcr_xr \\(an empty folder"),
+        (foreign_store, "not a store written by m3rcr_xr \\(a Zarr store without m3rcr_"),
+        (unconsolidated_store, "no consolidated metadata.*overwrite=True"),
+    ],
+    ids=["file", "user-folder", "empty-folder", "foreign-zarr", "unconsolidated"],
+)
+def test_open_zarr_says_what_is_there(tmp_path, make, message):
+    target = make(tmp_path / "in.zarr")
+    with pytest.raises(m3rcr_xr.StoreError, match=message):
+        m3rcr_xr.open_zarr(target)
+    assert not m3rcr_xr.is_complete(target) or make is unconsolidated_store
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_file_system_is_a_store_error(tmp_path, monkeypatch, small_scene, code):
+    def unwritable(ds, where, dim, region, show=False):
+        raise OSError(code, os.strerror(code), str(where))
+
+    monkeypatch.setattr(store, "_write_step", unwritable)
+    with pytest.raises(
+        m3rcr_xr.StoreError, match=f"s.zarr: writing the store failed: {os.strerror(code)}"
+    ):
+        m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_a_store_error(tmp_path, small_scene):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        with pytest.raises(m3rcr_xr.StoreError, match="Permission denied"):
+            m3rcr_xr.to_zarr(small_scene, tmp_path / "ro" / "s.zarr")
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    assert os.listdir(tmp_path / "ro") == []
