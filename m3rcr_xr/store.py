@@ -53,7 +53,7 @@ import xarray as xr
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from .exceptions import StoreError, argument
+from .exceptions import M3RCRError, StoreError, argument
 from .options import OPTIONS
 from .progress import compute_with_progress, progress_bar
 from .resources import annotate, required_resources
@@ -474,12 +474,22 @@ def to_zarr(
     fingerprint = _fingerprint(ds, inputs)
     with _write_errors(target), _locked(target), _quiet_lock_listing():
         done = _plan(target, fingerprint, overwrite)
-        if done is None:
+        fresh = done is None
+        if fresh:
             _initialise(ds, store, fingerprint)
             done = set()
         else:
             log.info("%s: resuming, %d of %d steps already written", store, len(done), len(steps))
-        _write_steps(ds, store, target, dim, steps, done, progress)
+        try:
+            _write_steps(ds, store, target, dim, steps, done, progress)
+        except M3RCRError:
+            # the data itself is wrong (a value found while reading): a resume could
+            # only fail again, so a store this call began is taken back; an interrupted
+            # write (a kill, Ctrl-C, an I/O error) stays, to be resumed; the folder, if
+            # this call made it, goes with the lock
+            if fresh:
+                _clear(target)
+            raise
         _finish(target, ds)
 
 

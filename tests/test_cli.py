@@ -232,7 +232,17 @@ def test_ingest_optical_values_that_would_wrap_around(tmp_path, capsys):
     dest = tmp_path / "never.zarr"
     assert main(["ingest", str(cloudy), str(dest)]) == 2  # found while writing: lazy reader
     _one_error_line(capsys, "int16.tif: cloudy (dtype int16)", "-4630", "[0, 65535]")
-    assert not m3rcr_xr.is_complete(dest)
+    assert not dest.exists()  # nothing half-written: the store this run began is gone
+
+
+def test_a_wrong_value_in_an_empty_folder_leaves_the_folder_empty(tmp_path, capsys):
+    data = np.full((4, 30, 30), 500, "int16")
+    data[0, 0, 0] = -1
+    cloudy = write_optical(tmp_path / "int16.tif", data)
+    (dest := tmp_path / "made-by-the-user").mkdir()
+    assert main(["ingest", str(cloudy), str(dest)]) == 2
+    _one_error_line(capsys, "int16.tif")
+    assert dest.is_dir() and not any(dest.iterdir())
 
 
 def test_ingest_landcover_codes_outside_worldcover(tmp_path):
