@@ -312,11 +312,12 @@ def measure_pair(
         lambda: raw_loop(raw_model, probe, args.batch_size, device, precision), device
     ) / len(probe)
     group = inference._group_size(CHUNK, plan0.stride)
-    cap = inference.make_plan(tile, tile // 8, scene.sizes["y"], scene.sizes["x"]).shape[0]
+    cap = (min(scene.sizes["y"], scene.sizes["x"]) - tile) // plan0.stride + 1
     side = grid_side(per_tile, target_s, group, cap)
-    size = (side - 1) * plan0.stride + tile
+    size = (side - 1) * plan0.stride + tile  # the grid ends where the scene does
     part = scene.isel(y=slice(0, size), x=slice(0, size))
     plan = inference.make_plan(tile, tile // 8, size, size)
+    assert plan.shape == (side, side) and plan.padded_shape == (size, size)
     tiles = crop_tiles(inference.model_inputs(part).values, plan)
     result = m3rcr_xr.decloud(
         part,
@@ -440,9 +441,9 @@ def part_cluster(check: Check) -> dict[str, Any]:
     tiles = side * side
     own = {"cuda:0"} if check.cuda else {"cpu"}
     on_own_device = all(set(w["tiles"]) <= own for w in workers)
-    on_own_gpu = (
-        all(w.get("gpu") == expected.get(w["visible"]) for w in workers) if check.cuda else None
-    )
+    for w in workers:  # a worker's own GPU is the first it sees (dask-cuda lists others after)
+        w["expected_gpu"] = expected.get((w["visible"] or "").split(",")[0])
+    on_own_gpu = all(w.get("gpu") == w["expected_gpu"] for w in workers) if check.cuda else None
     ran = sum(sum(w["tiles"].values()) for w in workers)
     return {
         "cluster": type(cluster).__name__,
@@ -580,7 +581,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:1 ... or cpu")
     parser.add_argument("--golden", default="../shared/reference/golden", help="golden files")
     parser.add_argument("--out", help="write the JSON here too, after each part")
-    parser.add_argument("--budget-s", type=float, default=270.0, help="time for the whole run")
+    parser.add_argument("--budget-s", type=float, default=240.0, help="time for the whole run")
     parser.add_argument("--quick", action="store_true", help="small networks, tiny scenes")
     parser.add_argument("--models", nargs="+", default=list(NAMES), choices=NAMES)
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")

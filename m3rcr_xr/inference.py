@@ -28,8 +28,8 @@ On a GPU (safe by default, and fast)
     read, crop, blend and write. A task stages its tiles in page-locked host memory
     before it takes the lock, then queues the uploads on a side stream and the forward
     passes and downloads on the compute stream, and lets go of the lock before they
-    finish: the next task queues its own work behind them, so the device never waits
-    for the host.
+    finish: the next task queues its own work behind them, so that the device need not
+    wait for the host between tasks.
 """
 
 from __future__ import annotations
@@ -218,8 +218,9 @@ def clear_model_cache() -> None:
 CONCURRENT_DEVICE_TYPES = frozenset({"cpu"})
 
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_COPY_STREAMS: dict[str, Any] = {}
 _TILE_COUNTS: Counter[str] = Counter()
-_COUNT_LOCK = threading.Lock()
+_STATE_LOCK = threading.Lock()  # guards the three above
 
 
 def device_lock(device: str) -> contextlib.AbstractContextManager:
@@ -232,7 +233,7 @@ def device_lock(device: str) -> contextlib.AbstractContextManager:
     """
     if device.split(":")[0] in CONCURRENT_DEVICE_TYPES:
         return contextlib.nullcontext()
-    with _COUNT_LOCK:
+    with _STATE_LOCK:
         return _DEVICE_LOCKS.setdefault(device, threading.Lock())
 
 
@@ -244,7 +245,7 @@ def tile_counts(reset: bool = False) -> dict[str, int]:
     >>> tile_counts()  # doctest: +SKIP
     {'cuda:0': 240}
     """
-    with _COUNT_LOCK:
+    with _STATE_LOCK:
         counts = dict(_TILE_COUNTS)
         if reset:
             _TILE_COUNTS.clear()
@@ -252,7 +253,7 @@ def tile_counts(reset: bool = False) -> dict[str, int]:
 
 
 def _count_tiles(device: str, tiles: int) -> None:
-    with _COUNT_LOCK:
+    with _STATE_LOCK:
         _TILE_COUNTS[device] += tiles
 
 
@@ -352,20 +353,17 @@ def _run_host(model, device: str, tiles: np.ndarray, batch_size: int) -> np.ndar
     return np.concatenate(outputs) if outputs else np.empty((0, OPTICAL_CHANNELS, 0, 0))
 
 
-_COPY_STREAMS: dict[str, Any] = {}
-
-
 def _copy_stream(device: str):
     """This process's side stream for uploads to ``device`` (made once)."""
     import torch
 
-    with _COUNT_LOCK:
+    with _STATE_LOCK:
         if device not in _COPY_STREAMS:
             _COPY_STREAMS[device] = torch.cuda.Stream(device=device)
         return _COPY_STREAMS[device]
 
 
-def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype) -> np.ndarray:
+def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any) -> np.ndarray:
     """:func:`run_tiles` on a CUDA device.
 
     The tiles are staged in page-locked memory before the lock is taken; under it, every
