@@ -19,6 +19,16 @@ python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir 
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 -c 'import sys, torch, m3rcr_xr; print(sys.version.split()[0], "torch", torch.__version__,
-"cuda", torch.cuda.is_available(), "m3rcr_xr", m3rcr_xr.__file__)'
+python3 - <<'PY'
+import importlib.metadata as metadata
+import sys
+
+names = ("torch", "numpy", "pandas", "xarray", "dask", "distributed", "zarr", "rasterio")
+print("python", sys.version.split()[0], *(f"{n} {metadata.version(n)}" for n in names))
+import torch  # noqa: E402
+
+import m3rcr_xr  # noqa: E402
+
+print("cuda", torch.cuda.is_available(), "m3rcr_xr from", m3rcr_xr.__file__)
+PY
 exec python3 -m benchmarks.gpu_check --golden .device/golden --out "$OUT/gpu_check.json" "$@"
