@@ -137,6 +137,7 @@ def _decloud(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         composite=args.composite,
+        precision=args.precision,
     )
     to_zarr(result.to_dataset(), args.output, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.output}")
@@ -168,6 +169,9 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile // 8)")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--precision", default="fp32", help="on a GPU: fp32 (default), bf16, fp16 or auto"
+    )
     p.add_argument(
         "--composite", action="store_true", help="keep the cloudy input outside the cloud mask"
     )

@@ -6,7 +6,8 @@ Every worker made here
 - runs in its own process (a ``Nanny``), so that torch's threads and a GPU belong to one
   worker;
 - advertises the resource ``GPU=1`` when it owns a GPU, which is what
-  ``decloud(..., resources={"GPU": 1})`` asks of its tile tasks;
+  ``decloud(..., resources={"GPU": 1})`` asks of its tile tasks (for placement only: a
+  worker runs one tile task at a time on its GPU whatever its threads);
 - sees only its own GPU (``CUDA_VISIBLE_DEVICES``), so that ``device="auto"`` picks it;
 - imports this module as a Dask *preload*: :func:`dask_setup` reads the environment the
   cluster gave the worker (:data:`TORCH_THREADS_ENV`, :data:`PIN_GPU_ENV`) and sets the
@@ -252,8 +253,14 @@ def local_cluster(
     Returns
     -------
     distributed.SpecCluster
-        A ``LocalCluster`` on the CPU; a ``SpecCluster`` of one named worker per GPU
-        (``gpu-<id>``) with GPUs, which ``scale`` cannot grow (there is no more GPU).
+        A ``LocalCluster`` on the CPU. With GPUs, dask-cuda's ``LocalCUDACluster`` when
+        dask-cuda is installed: it also binds each worker to the cores nearest its GPU
+        and offers RMM memory pools and UCX/NVLink transfers, which matter on
+        multi-socket, multi-GPU machines. Without it, a ``SpecCluster`` of one named
+        worker per GPU (``gpu-<id>``), which ``scale`` cannot grow (there is no more
+        GPU): the same placement, with no dependency beyond ``distributed``. Either
+        way a worker runs one tile task at a time on its GPU, its other threads reading
+        and writing (see :func:`m3rcr_xr.inference.device_lock`).
 
     Examples
     --------
@@ -265,6 +272,9 @@ def local_cluster(
     devices = _select_gpus(gpus)
     if devices:
         layout = gpu_layout(cores, devices, n_workers, threads_per_worker)
+        dask_cuda = _dask_cuda()
+        if dask_cuda is not None:
+            return _cuda_cluster(dask_cuda, layout, memory_limit, dashboard_address, worker_kwargs)
         return _gpu_cluster(layout, memory_limit, dashboard_address, worker_kwargs)
     layout = cpu_layout(cores, n_workers, threads_per_worker)
     log.info(
@@ -295,6 +305,53 @@ def _cpu_cluster(
         dashboard_address=dashboard_address,
         **options,
     )
+
+
+def _dask_cuda():
+    """The ``dask_cuda`` module, or None when it is not installed."""
+    try:
+        import dask_cuda
+    except ImportError:
+        return None
+    return dask_cuda
+
+
+def _cuda_cluster(
+    dask_cuda: Any,
+    layout: WorkerLayout,
+    memory_limit: Any,
+    dashboard_address: str | None,
+    worker_kwargs: dict[str, Any],
+):
+    """dask-cuda's ``LocalCUDACluster`` with this module's worker options.
+
+    It sets each worker's ``CUDA_VISIBLE_DEVICES`` itself (its own GPU first) and
+    replaces the workers' ``env`` with that alone, so the rest of the environment goes
+    through ``distributed.nanny.environ``, which the nannies read when they are made.
+    """
+    import dask
+
+    options = _worker_spec(layout, None, memory_limit, dict(worker_kwargs))["options"]
+    env = options.pop("env")
+    for key in ("nthreads", "memory_limit", "host", "dashboard", "silence_logs"):
+        options.pop(key)
+    options["resources"] = {GPU_RESOURCE: 1, **options.get("resources", {})}
+    environ = {**dask.config.get("distributed.nanny.environ", {}), **env}
+    log.info(
+        "local cluster: dask-cuda, one worker per GPU %s, %d thread(s) each",
+        list(layout.gpus),
+        layout.threads_per_worker,
+    )
+    with dask.config.set({"distributed.nanny.environ": environ}):
+        return dask_cuda.LocalCUDACluster(
+            CUDA_VISIBLE_DEVICES=list(layout.gpus),
+            n_workers=layout.n_workers,
+            threads_per_worker=layout.threads_per_worker,
+            memory_limit=memory_limit,
+            host="127.0.0.1",
+            dashboard_address=dashboard_address,
+            **options,
+        )
 
 
 def _gpu_cluster(

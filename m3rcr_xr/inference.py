@@ -20,17 +20,29 @@ How it runs on Dask (two stages, so that no tile is computed twice)
 
 The model travels as a :class:`ModelRef` (name, configuration, checkpoint path and
 content hash): each worker process builds it once and caches it.
+
+On a GPU (safe by default, and fast)
+    Each worker process runs the GPU work of one tile task at a time per device (a
+    process-wide lock per device, :func:`device_lock`), whatever its thread count, so
+    that tasks never contend for the device's memory; its other threads meanwhile
+    read, crop, blend and write. A task stages its tiles in page-locked host memory
+    before it takes the lock, then queues the uploads on a side stream and the forward
+    passes and downloads on the compute stream, and lets go of the lock before they
+    finish: the next task queues its own work behind them, so that the device need not
+    wait for the host between tasks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import threading
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +82,37 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+#: how the tile forwards run on a CUDA GPU (see :func:`decloud`); a CPU runs float32
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+DEFAULT_PRECISION = "fp32"
+
+
+def check_precision(precision: str, device: str) -> None:
+    """Refuse an unknown precision, or a reduced one on a device that is not a GPU.
+
+    Raises
+    ------
+    UsageError
+        Naming the argument as the caller wrote it.
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(
+            f"{argument('precision', precision)}: must be one of {', '.join(PRECISIONS)}"
+        )
+    if precision in ("bf16", "fp16") and not device.startswith(("auto", "cuda")):
+        raise UsageError(
+            f"{argument('precision', precision)} runs on a CUDA GPU only, not with "
+            f"{argument('device', device)}: the CPU runs float32"
+        )
+
+
 @dataclass(frozen=True)
 class ModelRef:
-    """What a worker needs to build the model: small, hashable and picklable.
+    """What a worker needs to build and run the model: small, hashable and picklable.
 
     The weights never enter the task graph; each worker process loads them from
     ``checkpoint`` once (checking ``sha256``) and keeps the model in a cache.
+    ``device`` and ``precision`` say how the worker runs it.
     """
 
     name: str
@@ -83,6 +120,7 @@ class ModelRef:
     checkpoint: str | None = None
     sha256: str | None = None
     device: str = "auto"
+    precision: str = DEFAULT_PRECISION
 
     @classmethod
     def create(
@@ -91,7 +129,9 @@ class ModelRef:
         checkpoint: str | os.PathLike | None = None,
         config: Mapping[str, Any] | None = None,
         device: str = "auto",
+        precision: str = DEFAULT_PRECISION,
     ) -> ModelRef:
+        check_precision(precision, device)
         path = None if checkpoint is None else str(Path(checkpoint).resolve())
         if path is not None and not Path(path).is_file():
             raise CheckpointError(f"{checkpoint}: checkpoint file does not exist")
@@ -101,6 +141,7 @@ class ModelRef:
             checkpoint=path,
             sha256=None if path is None else file_sha256(path),
             device=device,
+            precision=precision,
         )
 
     def build(self):
@@ -194,6 +235,15 @@ def _distributed_client() -> bool:
     return True
 
 
+def _device_name(device: str) -> str:
+    """One name per device (``"cuda"`` is ``"cuda:<current>"``), for locks and counts."""
+    import torch
+
+    if device == "cuda":
+        return f"cuda:{torch.cuda.current_device()}"
+    return device
+
+
 def _torch_threads() -> int:
     """Torch threads for this process, so parallel tasks don't oversubscribe the cores."""
     if OPTIONS["torch_threads"] is not None:
@@ -209,11 +259,15 @@ def _torch_threads() -> int:
 
 
 def cached_model(ref: ModelRef):
-    """The model of ``ref`` in this process, built on first use; (model, device)."""
+    """The model of ``ref`` in this process, built on first use; (model, device).
+
+    One model per device whatever the precision (autocast is applied per call); on a
+    CUDA device in ``channels_last`` layout, which cuDNN's convolutions run fastest.
+    """
     import torch
 
-    device = resolve_device(ref.device)
-    key = (ref, device)
+    device = _device_name(resolve_device(ref.device))
+    key = (replace(ref, precision=DEFAULT_PRECISION), device)
     with _CACHE_LOCK:
         if key not in _CACHE:
             if device == "cpu":
@@ -230,6 +284,67 @@ def clear_model_cache() -> None:
     """Forget the models built in this process."""
     with _CACHE_LOCK:
         _CACHE.clear()
+
+
+# ----------------------------------------------------------------------------- device
+#: device types whose tile tasks run side by side, each with its share of the cores;
+#: on any other (a GPU), one tile task at a time per device (:func:`device_lock`)
+CONCURRENT_DEVICE_TYPES = frozenset({"cpu"})
+
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_COPY_STREAMS: dict[str, Any] = {}
+_TILE_COUNTS: Counter[str] = Counter()
+_STATE_LOCK = threading.Lock()  # guards the three above
+
+
+def device_lock(device: str) -> contextlib.AbstractContextManager:
+    """The lock that tile tasks of this process hold while they use ``device``.
+
+    Shared by every thread of the process, so that a worker with many threads runs the
+    GPU work of one tile task at a time per device (the others read, crop and blend
+    meanwhile): tasks never contend for the device's memory and streams. A no-op on the
+    CPU (:data:`CONCURRENT_DEVICE_TYPES`).
+    """
+    if device.split(":")[0] in CONCURRENT_DEVICE_TYPES:
+        return contextlib.nullcontext()
+    with _STATE_LOCK:
+        return _DEVICE_LOCKS.setdefault(device, threading.Lock())
+
+
+def tile_counts(reset: bool = False) -> dict[str, int]:
+    """Tiles this process has run through a network, per device (``"cuda:0"``...).
+
+    Examples
+    --------
+    >>> tile_counts()  # doctest: +SKIP
+    {'cuda:0': 240}
+    """
+    with _STATE_LOCK:
+        counts = dict(_TILE_COUNTS)
+        if reset:
+            _TILE_COUNTS.clear()
+    return counts
+
+
+def _count_tiles(device: str, tiles: int) -> None:
+    with _STATE_LOCK:
+        _TILE_COUNTS[device] += tiles
+
+
+def autocast_dtype(precision: str, device: str):
+    """The torch dtype the forwards run in under autocast on ``device``; None: float32.
+
+    ``"auto"`` is bf16 on GPUs that compute it natively (compute capability 8 and up),
+    float32 elsewhere. A CPU always runs float32.
+    """
+    import torch
+
+    if not device.startswith("cuda") or precision == "fp32":
+        return None
+    if precision == "auto":
+        native = torch.cuda.get_device_capability(device)[0] >= 8
+        return torch.bfloat16 if native else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 # ------------------------------------------------------------------------------- plan
@@ -284,20 +399,80 @@ def window(tile: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- tile running
-def run_tiles(model, device: str, tiles: np.ndarray, batch_size: int) -> np.ndarray:
-    """Run (N, 6, T, T) normalised inputs through ``model`` in batches; (N, 4, T, T)."""
+def run_tiles(
+    model, device: str, tiles: np.ndarray, batch_size: int, precision: str = DEFAULT_PRECISION
+) -> np.ndarray:
+    """Run (N, 6, T, T) normalised inputs through ``model`` in batches; (N, 4, T, T).
+
+    On a CUDA device through :func:`_run_cuda` (page-locked copies, overlapped uploads,
+    autocast to ``precision``); elsewhere batch after batch. Either way under
+    :func:`device_lock`, and counted in :func:`tile_counts`.
+    """
+    if device.startswith("cuda"):
+        outputs = _run_cuda(model, device, tiles, batch_size, autocast_dtype(precision, device))
+    else:
+        with device_lock(device):
+            outputs = _run_host(model, device, tiles, batch_size)
+    _count_tiles(device, len(tiles))
+    return outputs
+
+
+def _run_host(model, device: str, tiles: np.ndarray, batch_size: int) -> np.ndarray:
     import torch
 
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(tiles), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
-            batch = batch.to(device, non_blocking=True)
-            if device.startswith("cuda"):
-                batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = batch.to(device)
             out = model(batch[:, :OPTICAL_CHANNELS], batch[:, OPTICAL_CHANNELS:])
             outputs.append(out.float().cpu().numpy())
     return np.concatenate(outputs) if outputs else np.empty((0, OPTICAL_CHANNELS, 0, 0))
+
+
+def _copy_stream(device: str):
+    """This process's side stream for uploads to ``device`` (made once)."""
+    import torch
+
+    with _STATE_LOCK:
+        if device not in _COPY_STREAMS:
+            _COPY_STREAMS[device] = torch.cuda.Stream(device=device)
+        return _COPY_STREAMS[device]
+
+
+def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any) -> np.ndarray:
+    """:func:`run_tiles` on a CUDA device.
+
+    The tiles are staged in page-locked memory before the lock is taken; under it, every
+    batch's upload is queued on a side stream (so the next batch is copied while the
+    current one runs) and its forward pass and download on the compute stream. The lock
+    is released once the work is queued; the outputs are read when it is done.
+    """
+    import torch
+
+    staged = torch.empty(tiles.shape, dtype=torch.float32, pin_memory=True)
+    staged.numpy()[...] = tiles
+    outputs = torch.empty(
+        (len(tiles), OPTICAL_CHANNELS, *tiles.shape[2:]), dtype=torch.float32, pin_memory=True
+    )
+    with device_lock(device), torch.cuda.device(device), torch.inference_mode():
+        compute, copy = torch.cuda.current_stream(), _copy_stream(device)
+        uploads = []
+        with torch.cuda.stream(copy):
+            for start in range(0, len(tiles), batch_size):
+                batch = staged[start : start + batch_size].to(device, non_blocking=True)
+                uploads.append((start, batch, copy.record_event()))
+        for start, batch, uploaded in uploads:
+            compute.wait_event(uploaded)
+            batch.record_stream(compute)  # made on the side stream, used on this one
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                out = model(batch[:, :OPTICAL_CHANNELS], batch[:, OPTICAL_CHANNELS:])
+            out = out.to(torch.float32, memory_format=torch.contiguous_format)
+            outputs[start : start + len(out)].copy_(out, non_blocking=True)
+        done = compute.record_event()
+    done.synchronize()
+    return outputs.numpy()
 
 
 def accumulate(
@@ -315,7 +490,7 @@ def accumulate(
     weights = window(tile)
     corners = [(r * stride - top, c * stride - left) for r in rows for c in cols]
     crops = np.stack([inputs[:, y : y + tile, x : x + tile] for y, x in corners])
-    outputs = run_tiles(model, device, crops, batch_size)
+    outputs = run_tiles(model, device, crops, batch_size, ref.precision)
     for (y, x), out in zip(corners, outputs, strict=True):
         canvas[:OPTICAL_CHANNELS, y : y + tile, x : x + tile] += weights * out
         canvas[OPTICAL_CHANNELS, y : y + tile, x : x + tile] += weights
@@ -440,6 +615,16 @@ def _pad(array: da.Array | np.ndarray, plan: TilePlan):
     return array
 
 
+def _unoptimized(array: da.Array):
+    """``array`` as one Delayed whose keys are those of the graph it comes from.
+
+    A dask array passed to ``delayed`` is optimised on its own, under new keys, so that
+    every group would compute the normalised chunks under it again (nine times each for
+    groups of half a chunk); unoptimised, the groups share them.
+    """
+    return array.rechunk(-1).to_delayed(optimize_graph=False).item()
+
+
 def _decloud_scene(
     inputs: da.Array,
     cloudy: da.Array,
@@ -468,7 +653,7 @@ def _decloud_scene(
             for b, cols in enumerate(col_groups):
                 (y0, y1), (x0, x1) = extent(rows), extent(cols)
                 canvases[a, b] = delayed(_group_canvas, pure=True)(
-                    padded[:, y0:y1, x0:x1],
+                    _unoptimized(padded[:, y0:y1, x0:x1]),
                     plan,
                     rows,
                     cols,
@@ -581,6 +766,7 @@ def decloud(
     device: str = "auto",
     composite: bool = False,
     resources: Mapping[str, float] | None = None,
+    precision: str = DEFAULT_PRECISION,
 ) -> xr.DataArray:
     """Remove clouds from a scene or a collection with one of the M3R-CR networks, lazily.
 
@@ -609,7 +795,17 @@ def decloud(
         Dask worker resources the tile tasks need, e.g. ``{"GPU": 1}`` so that they run
         only on workers that advertise a GPU. :func:`m3rcr_xr.to_zarr` keeps them; graph
         optimisation drops them (dask#7036), so compute otherwise with
-        ``client.compute(out.data, optimize_graph=False)``.
+        ``client.compute(out.data, optimize_graph=False)``. Not needed for safety: a
+        worker runs one tile task at a time per GPU whatever its threads.
+    precision
+        How the forward passes run on a CUDA GPU: ``"fp32"`` (default), ``"bf16"`` or
+        ``"fp16"`` (autocast), ``"auto"`` (bf16 where the GPU computes it natively, else
+        fp32). float32 by default, so that the result is the CPU's up to float rounding
+        (and cuDNN's TF32 convolutions where torch allows them) on any card; bf16 (8
+        significant bits to float32's 24) runs on the tensor cores, for speed
+        (``benchmarks/gpu_check.py`` measures both). A CPU always runs float32: a
+        reduced precision with ``device="cpu"`` is refused, and CPU workers run float32
+        under ``device="auto"``.
 
     Returns
     -------
@@ -628,7 +824,7 @@ def decloud(
     SchemaError, ModelConfigError, CheckpointError
         Before any work starts: missing variables, a configuration the model cannot be
         built with (naming the key), a tile size the model cannot take, weights that do
-        not fit the model.
+        not fit the model, an unknown precision (or a reduced one on the CPU).
 
     Examples
     --------
@@ -640,7 +836,7 @@ def decloud(
     """
     tile, overlap, batch_size, device = _check_arguments(tile, overlap, batch_size, device)
     _check_inputs(ds, composite)
-    ref = ModelRef.create(model, checkpoint, config, device)
+    ref = ModelRef.create(model, checkpoint, config, device, precision)
     plan = _tiling(ref.build(), tile, overlap, ds.sizes["y"], ds.sizes["x"])
     eager = ds["cloudy"].chunks is None
     inputs, cloudy = model_inputs(ds).chunk(), ds["cloudy"].chunk()  # no-op when lazy

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +180,70 @@ def unconsolidated_store(root: Path) -> Path:
     del doc["consolidated_metadata"]
     (root / "zarr.json").write_text(json.dumps(doc))
     return root
+
+
+# ------------------------------------------------------------- concurrent tile tasks
+class ConcurrencyProbe:
+    """Counts, per label, how many calls of the functions it wraps run at once."""
+
+    def __init__(self) -> None:
+        self.active: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def wrap(self, label: str, func: Callable, delay: float = 0.0) -> Callable:
+        """``func``, counted under ``label``; ``delay`` seconds longer, so that calls
+        that may overlap do."""
+
+        def probed(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.active[label] += 1
+                self.peak[label] = max(self.peak[label], self.active[label])
+            try:
+                time.sleep(delay)
+                return func(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.active[label] -= 1
+
+        return probed
+
+
+_PROBE: ConcurrencyProbe | None = None
+
+
+def probe_tile_tasks(
+    exclusive_cpu: bool, delay: float = 0.02, patch: Callable[..., None] = setattr
+) -> ConcurrencyProbe:
+    """Count the tile tasks and the forward passes that run at once in this process.
+
+    ``exclusive_cpu`` treats the CPU as a GPU would be treated (one tile task's device
+    work at a time); ``patch`` is ``monkeypatch.setattr`` in a test, plain ``setattr``
+    in a throw-away worker process (:func:`start_worker_probe`).
+    """
+    from m3rcr_xr import inference
+
+    global _PROBE
+    probe = _PROBE = ConcurrencyProbe()
+    real_cached_model = inference.cached_model
+
+    def cached_model(ref):
+        model, device = real_cached_model(ref)
+        return probe.wrap("forward", model, delay), device
+
+    if exclusive_cpu:
+        patch(inference, "CONCURRENT_DEVICE_TYPES", frozenset())
+    patch(inference, "cached_model", cached_model)
+    patch(inference, "accumulate", probe.wrap("task", inference.accumulate))
+    return probe
+
+
+def start_worker_probe(exclusive_cpu: bool) -> None:
+    """:func:`probe_tile_tasks` in a worker process (for ``client.run``)."""
+    probe_tile_tasks(exclusive_cpu)
+
+
+def worker_probe_peaks() -> dict[str, int]:
+    """The peaks counted by :func:`start_worker_probe` (for ``client.run``)."""
+    assert _PROBE is not None
+    return dict(_PROBE.peak)

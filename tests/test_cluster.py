@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import sys
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
+import dask
 import numpy as np
 import pytest
 import torch
@@ -126,6 +127,7 @@ def test_cpu_cluster_shares_the_cores_among_workers(small_checkpoint):
 @pytest.mark.slow
 def test_fake_gpus_get_one_pinned_worker_each(monkeypatch, small_checkpoint):
     monkeypatch.setattr(mc, "gpu_devices", lambda: ["0", "1"])
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # the layout without dask-cuda
     with mc.local_cluster(dashboard_address=None) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
         workers = client.scheduler_info()["workers"]
@@ -149,6 +151,50 @@ def test_fake_gpus_get_one_pinned_worker_each(monkeypatch, small_checkpoint):
         tiles = {e["worker"] for e in stream.data if "decloud-tiles" in str(e["key"])}
         assert tiles == set(workers)
         np.testing.assert_allclose(result, out.compute(scheduler="threads").values, atol=0.1)
+
+
+# ------------------------------------------------------------------- dask-cuda
+class FakeLocalCUDACluster:
+    """Records what ``local_cluster`` gives dask-cuda, and the nannies' environment then."""
+
+    def __init__(self, **kwargs) -> None:
+        self.kwargs = kwargs
+        self.environ = dict(dask.config.get("distributed.nanny.environ"))
+
+
+@pytest.fixture
+def fake_dask_cuda(monkeypatch):
+    module = ModuleType("dask_cuda")
+    module.LocalCUDACluster = FakeLocalCUDACluster
+    monkeypatch.setitem(sys.modules, "dask_cuda", module)
+    return module
+
+
+def test_dask_cuda_makes_the_gpu_cluster_when_installed(monkeypatch, fake_dask_cuda):
+    monkeypatch.setattr(mc, "gpu_devices", lambda: ["0", "1"])
+    cluster = mc.local_cluster(dashboard_address=None, env={"MY_VAR": "x"}, resources={"MEM": 2})
+    assert isinstance(cluster, FakeLocalCUDACluster)
+    layout = mc.gpu_layout(CORES, ["0", "1"])
+    options = cluster.kwargs
+    assert options["CUDA_VISIBLE_DEVICES"] == ["0", "1"] and options["n_workers"] == 2
+    assert options["threads_per_worker"] == layout.threads_per_worker
+    assert options["resources"] == {"GPU": 1, "MEM": 2}
+    assert options["preload"][0] == mc.PRELOAD and options["host"] == "127.0.0.1"
+    assert "env" not in options  # dask-cuda replaces it: the nannies' environ carries it
+    assert cluster.environ[mc.TORCH_THREADS_ENV] == str(layout.torch_threads)
+    assert cluster.environ["MY_VAR"] == "x"
+    assert "MY_VAR" not in dask.config.get("distributed.nanny.environ")  # set while made only
+
+
+def test_the_gpu_layout_without_dask_cuda_and_the_cpu_layout_without_gpus(monkeypatch):
+    monkeypatch.setattr(mc, "_gpu_cluster", lambda *args: "one worker per GPU")
+    monkeypatch.setattr(mc, "_cpu_cluster", lambda *args: "CPU workers")
+    monkeypatch.setattr(mc, "gpu_devices", lambda: ["0"])
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # not installed
+    assert mc._dask_cuda() is None
+    assert mc.local_cluster() == "one worker per GPU"
+    monkeypatch.setitem(sys.modules, "dask_cuda", ModuleType("dask_cuda"))
+    assert mc.local_cluster(gpus=0) == "CPU workers"
 
 
 # ------------------------------------------------------------- worker preload

@@ -1,4 +1,6 @@
+import contextlib
 import pickle
+import re
 
 import dask
 import numpy as np
@@ -9,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import m3rcr_xr
-from m3rcr_xr import inference, models
+from m3rcr_xr import cli, inference, models
 from m3rcr_xr.exceptions import UsageError
 from m3rcr_xr.inference import ModelRef, decloud, make_plan, window
-from tests.conftest import raise_if_dask_computes
+from tests.conftest import probe_tile_tasks, raise_if_dask_computes
 
 SMALL = {"preset": "small"}
 
@@ -360,3 +362,108 @@ def test_with_a_distributed_client_the_workers_check_the_device(small_scene):
             out.compute()
     with pytest.raises(UsageError, match=f"device='{absent}'"):
         decloud(small_scene, config=SMALL, device=absent)  # no client: checked here
+
+
+# ------------------------------------------------------------ GPU path, on the CPU
+# There is no GPU here: the per-device lock is shown with the CPU treated as a GPU is,
+# and the rest of the GPU path (streams, page-locked copies, autocast) runs in
+# benchmarks/gpu_check.py on a GPU.
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_one_tile_task_at_a_time_per_exclusive_device(small_checkpoint, monkeypatch, exclusive):
+    probe = probe_tile_tasks(exclusive, patch=monkeypatch.setattr)
+    scene = m3rcr_xr.synthetic_scene((300, 300), chunks=64)  # 16 groups of 2 x 2 tiles
+    out = decloud(
+        scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48, batch_size=2, device="cpu"
+    )
+    out.compute(scheduler="threads", num_workers=4)
+    assert probe.peak["task"] > 1  # the other threads go on cropping and blending
+    if exclusive:
+        assert probe.peak["forward"] == 1
+    else:  # the probe does see forward passes overlap where they may
+        assert probe.peak["forward"] > 1
+
+
+def test_device_lock_is_one_per_device_and_none_on_the_cpu():
+    assert isinstance(inference.device_lock("cpu"), contextlib.nullcontext)
+    lock = inference.device_lock("cuda:0")
+    assert lock is inference.device_lock("cuda:0")
+    assert lock is not inference.device_lock("cuda:1")
+
+
+def test_tile_counts_count_each_tile_once_per_device(small_checkpoint):
+    inference.tile_counts(reset=True)
+    scene = m3rcr_xr.synthetic_scene((300, 300), chunks=64)
+    out = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48, device="cpu")
+    out.compute(scheduler="threads")
+    rows, cols = make_plan(48, 6, 300, 300).shape
+    assert inference.tile_counts(reset=True) == {"cpu": rows * cols}
+    assert inference.tile_counts() == {}
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "message"),
+    [
+        ("fp64", "auto", "precision='fp64': must be one of fp32, bf16, fp16, auto"),
+        ("bf16", "cpu", "precision='bf16' runs on a CUDA GPU only, not with device='cpu'"),
+    ],
+)
+def test_precision_is_checked_before_any_work(small_scene, precision, device, message):
+    with raise_if_dask_computes(), pytest.raises(UsageError, match=re.escape(message)):
+        decloud(small_scene, config=SMALL, precision=precision, device=device)
+
+
+def test_the_command_line_names_the_precision_flag(tmp_path, capsys):
+    store = tmp_path / "scene.zarr"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64), chunks=64), store)
+    args = ["decloud", str(store), str(tmp_path / "out.zarr"), "--config", "preset=small"]
+    assert cli.main([*args, "--precision", "fp64"]) == 2
+    assert "error: --precision fp64: must be one of" in capsys.readouterr().err
+    assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="device='auto' is a GPU here")
+def test_a_cpu_runs_float32_whatever_the_precision(small_checkpoint, monkeypatch):
+    seen = []
+    real_run_tiles = inference.run_tiles
+    monkeypatch.setattr(inference, "run_tiles", lambda *a: seen.append(a[4]) or real_run_tiles(*a))
+    scene = m3rcr_xr.synthetic_scene((100, 100), chunks=64)
+    fp32, bf16 = (
+        decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, precision=p).values
+        for p in ("fp32", "bf16")
+    )
+    assert set(seen) == {"fp32", "bf16"}  # the precision reaches the tile tasks
+    np.testing.assert_array_equal(bf16, fp32)
+
+
+def test_autocast_dtype_per_device_and_precision(monkeypatch):
+    assert all(inference.autocast_dtype(p, "cpu") is None for p in inference.PRECISIONS)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert inference.autocast_dtype("auto", "cuda:0") is torch.bfloat16
+    assert inference.autocast_dtype("bf16", "cuda:0") is torch.bfloat16
+    assert inference.autocast_dtype("fp16", "cuda:0") is torch.float16
+    assert inference.autocast_dtype("fp32", "cuda:0") is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    assert inference.autocast_dtype("auto", "cuda:0") is None  # no native bf16: float32
+
+
+def test_one_cached_model_whatever_the_precision(small_checkpoint):
+    inference.clear_model_cache()
+    fp32, bf16 = (
+        inference.cached_model(ModelRef.create("dsen2_cr", small_checkpoint, SMALL, "cpu", p))[0]
+        for p in ("fp32", "auto")
+    )
+    assert fp32 is bf16
+
+
+@pytest.mark.parametrize("name", ["dsen2_cr", "glf_cr", "align_cr"])
+def test_networks_give_the_same_output_in_channels_last(name):
+    """The layout decloud runs the networks in on a GPU, checked on the CPU."""
+    torch.manual_seed(0)
+    net = models.build(name, **SMALL)
+    x = torch.rand(2, 6, 32, 32)
+    with torch.inference_mode():
+        plain = net(x[:, :4], x[:, 4:])
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        last = net(x[:, :4], x[:, 4:])
+    torch.testing.assert_close(last, plain, rtol=1e-4, atol=1e-5)

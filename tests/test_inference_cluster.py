@@ -10,6 +10,7 @@ from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get
 
 import m3rcr_xr
 from m3rcr_xr.inference import decloud
+from tests.conftest import start_worker_probe, worker_probe_peaks
 
 SMALL = {"preset": "small"}
 pytestmark = pytest.mark.slow
@@ -92,3 +93,22 @@ def test_gpu_annotated_tasks_run_only_where_the_resource_is(small_checkpoint, tm
         tiles = [e["worker"] for e in stream.data if str(e["key"]).count("decloud-tiles")]
         assert len(tiles) > 4
         assert set(tiles) == {gpu_worker}
+
+
+def test_a_worker_runs_one_tile_task_at_a_time_on_its_device(small_checkpoint):
+    # the CPU treated as a GPU is: 4 threads, one tile task's forward passes at a time
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=4, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.run(start_worker_probe, True)
+        scene = m3rcr_xr.synthetic_scene((300, 300), chunks=64)
+        out = decloud(
+            scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48, batch_size=2, device="cpu"
+        )
+        client.compute(out).result()
+        (peaks,) = client.run(worker_probe_peaks).values()
+    assert peaks["forward"] == 1
+    assert peaks["task"] > 1

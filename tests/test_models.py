@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import pickle
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from benchmarks.reference import fill_reference_parameters_
 from m3rcr_xr.exceptions import CheckpointError, M3RCRError, ModelConfigError
 from m3rcr_xr.models import (
     GLFCR,
@@ -36,27 +35,6 @@ from m3rcr_xr.models import (
 NAMES = ("dsen2_cr", "glf_cr", "align_cr")
 CLASSES = {"dsen2_cr": DSen2CR, "glf_cr": GLFCR, "align_cr": AlignCR}
 TOL = 1e-4
-
-
-def fill_reference_parameters_(model: torch.nn.Module) -> torch.nn.Module:
-    """The parameter-fill recipe of ``../shared/reference/README.md`` (buffers untouched)."""
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-            r = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-            parts = name.split(".")
-            if name.endswith("relative_position_bias_table"):
-                v = 0.02 * r
-            elif p.ndim >= 2:
-                v = 0.5 * r / math.sqrt(math.prod(p.shape[1:]))
-            elif len(parts) >= 2 and parts[-2].startswith("norm") and name.endswith("weight"):
-                v = 1 + 0.01 * r
-            else:
-                v = 0.01 * r
-            if "conv_offset" in name:
-                v = 2.0 * r / math.sqrt(math.prod(p.shape[1:])) if p.ndim >= 2 else 0.5 * r
-            p.copy_(v.to(p.dtype))
-    return model
 
 
 @functools.cache

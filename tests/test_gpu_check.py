@@ -1,0 +1,126 @@
+"""benchmarks.gpu_check: its smoke mode end to end on the CPU, and its pieces.
+
+The check itself runs on a GPU (``scripts/gpu-check.sh``); here every part runs but the
+CUDA calls, so that the one GPU run it gets does not fail on the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import gpu_check
+from benchmarks.reference import NAMES, fill_reference_parameters_
+from m3rcr_xr import models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_smoke_mode_runs_every_part_on_the_cpu(tmp_path):
+    out = tmp_path / "out" / "gpu_check.json"
+    command = ["-m", "benchmarks.gpu_check", "--device", "cpu", "--quick", "--out", str(out)]
+    run = subprocess.run(
+        [sys.executable, *command],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    report = json.loads(run.stdout)  # the JSON object is the whole of stdout
+    assert json.loads(out.read_text()) == report
+    assert set(report) == {"device", "quick", "skipped", "elapsed_s", *gpu_check.PARTS, "goals"}
+    assert gpu_check.failures(report) == []
+    assert report["skipped"] == ["golden: no --golden-models"]  # slow networks on a CPU
+    assert set(report["throughput"]) == {f"{name} fp32" for name in NAMES}
+    for entry in report["throughput"].values():
+        assert entry["ratio"] > 0 and entry["decloud_finite"]
+        assert entry["tiles"] > 0 and len(entry["raw_s"]) == len(entry["decloud_s"]) == 1
+    cluster = report["cluster"]
+    assert cluster["tiles_run"] == cluster["tiles"] > 1
+    assert cluster["every_tile_on_its_worker_device"] and cluster["finite"]
+    assert all(report["memory"][name]["largest_batch_run"] == 2 for name in NAMES)
+    assert report["goals"]["ratio"]["measured"] == "3 of 3"
+
+
+def test_golden_errors_compare_the_tile_path_with_the_reference(tmp_path):
+    net = fill_reference_parameters_(models.build("dsen2_cr", preset="small"))
+    inputs = torch.rand(1, 6, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = net(inputs[:, :4], inputs[:, 4:]).numpy()
+    np.save(tmp_path / "input_cloudy.npy", inputs[:, :4].numpy())
+    np.save(tmp_path / "input_sar.npy", inputs[:, 4:].numpy())
+    np.save(tmp_path / "output_dsen2_cr.npy", expected)
+    small = {"preset": "small"}
+    errors = gpu_check.golden_errors(tmp_path, "dsen2_cr", small, "cpu", ("fp32",))
+    assert errors["fp32_vs_golden"] < 1e-6 and errors["fp32_vs_golden_residual"] < 1e-5
+    np.save(tmp_path / "output_dsen2_cr.npy", expected * 1.01)  # a reference 1 % off
+    errors = gpu_check.golden_errors(tmp_path, "dsen2_cr", small, "cpu", ("fp32",))
+    assert 0.009 < errors["fp32_vs_golden"] < 0.011
+
+
+def test_memory_sweep_stops_where_a_batch_does_not_fit():
+    def run(batch: int) -> float:
+        if batch > 8:
+            raise torch.cuda.OutOfMemoryError("fake: out of memory")
+        return 100.0 + 10.0 * batch
+
+    later = time.perf_counter() + 60
+    sweep = gpu_check.memory_sweep(run, max_batch=1024, deadline=later)
+    assert sweep["stopped_by"] == "out of memory" and sweep["largest_batch_run"] == 8
+    assert sweep["peak_mib"] == {"1": 110.0, "2": 120.0, "4": 140.0, "8": 180.0}
+    assert gpu_check.fitted_largest_batch(sweep["peak_mib"], free_mib=1100.0) == 100
+    assert gpu_check.memory_sweep(run, max_batch=4, deadline=later)["stopped_by"] == "max_batch"
+    hurried = gpu_check.memory_sweep(run, max_batch=1024, deadline=time.perf_counter())
+    assert hurried["stopped_by"] == "time" and hurried["largest_batch_run"] == 1
+
+
+def test_memory_sweep_stops_at_other_device_errors():
+    def run(batch: int) -> float:
+        if batch == 4:
+            raise RuntimeError("CUBLAS_STATUS_ALLOC_FAILED")
+        return float(batch)
+
+    sweep = gpu_check.memory_sweep(run, max_batch=64, deadline=time.perf_counter() + 60)
+    assert sweep["largest_batch_run"] == 2 and "CUBLAS_STATUS_ALLOC_FAILED" in sweep["stopped_by"]
+    assert gpu_check.fitted_largest_batch({"1": 5.0}, 100.0) is None  # one point: no line
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_tile", "group", "cap", "side"),
+    [
+        (0.01, 4, 28, 12),  # 200 tiles in 2 s: 14 a side, rounded down to whole groups
+        (0.0001, 4, 28, 28),  # fast: the largest scene
+        (10.0, 4, 28, 4),  # slow: one group at least
+        (0.01, 18, 4, 4),  # groups larger than the scene: as large as it is
+    ],
+)
+def test_grid_side_takes_whole_groups_under_the_cap(seconds_per_tile, group, cap, side):
+    assert gpu_check.grid_side(seconds_per_tile, 2.0, group, cap) == side
+
+
+def test_goals_and_failures_from_what_was_measured():
+    report = {
+        "throughput": {
+            "a fp32": {"ratio": 0.95},
+            "b fp32": {"ratio": 0.85},
+            "c fp32": {"error": "x"},
+        },
+        "golden": {"a": {"fp32_vs_golden": 2e-4, "bf16_vs_fp32": 3e-3}},
+    }
+    summary = gpu_check.goals(report, {"ratio": 3, "bf16_vs_fp32": 1, "fp32_vs_golden": 1})
+    assert summary["ratio"] == {"goal": 0.9, "worst": 0.85, "met": False, "measured": "2 of 3"}
+    assert summary["bf16_vs_fp32"]["met"] and summary["fp32_vs_golden"]["met"]
+    nothing = gpu_check.goals({}, {"ratio": 3, "bf16_vs_fp32": 0, "fp32_vs_golden": 0})
+    assert nothing["ratio"] == {"goal": 0.9, "worst": None, "met": None, "measured": "0 of 3"}
+    assert gpu_check.failures(report) == ["throughput c fp32"]
