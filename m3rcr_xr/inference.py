@@ -262,7 +262,7 @@ def cached_model(ref: ModelRef):
     """The model of ``ref`` in this process, built on first use; (model, device).
 
     One model per device whatever the precision (autocast is applied per call); on a
-    CUDA device in ``channels_last`` layout, which cuDNN's convolutions run fastest.
+    CUDA device in ``channels_last`` layout where its spec says that runs faster.
     """
     import torch
 
@@ -273,7 +273,7 @@ def cached_model(ref: ModelRef):
             if device == "cpu":
                 torch.set_num_threads(_torch_threads())
             model = ref.build().to(device)
-            if device.startswith("cuda"):
+            if device.startswith("cuda") and model.spec.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             _CACHE[key] = model
             log.info("built %s on %s (pid %d)", ref.name, device, os.getpid())
@@ -462,14 +462,17 @@ def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any
             for start in range(0, len(tiles), batch_size):
                 batch = staged[start : start + batch_size].to(device, non_blocking=True)
                 uploads.append((start, batch, copy.record_event()))
-        for start, batch, uploaded in uploads:
-            compute.wait_event(uploaded)
-            batch.record_stream(compute)  # made on the side stream, used on this one
-            batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+        # one autocast block for all the batches: it casts each weight once per block,
+        # which is many small kernels for the attention networks, launch-bound on a GPU
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            for start, batch, uploaded in uploads:
+                compute.wait_event(uploaded)
+                batch.record_stream(compute)  # made on the side stream, used on this one
+                if model.spec.channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
                 out = model(batch[:, :OPTICAL_CHANNELS], batch[:, OPTICAL_CHANNELS:])
-            out = out.to(torch.float32, memory_format=torch.contiguous_format)
-            outputs[start : start + len(out)].copy_(out, non_blocking=True)
+                out = out.to(torch.float32, memory_format=torch.contiguous_format)
+                outputs[start : start + len(out)].copy_(out, non_blocking=True)
         done = compute.record_event()
     done.synchronize()
     return outputs.numpy()

@@ -78,6 +78,7 @@ class DSen2CR(CloudRemovalNet):
             name=self.name,
             tile_size=None,
             tile_multiple=1,
+            channels_last=True,
             config={
                 "n_resblocks": n_resblocks,
                 "n_feats": n_feats,
