@@ -271,9 +271,7 @@ def test_evaluate_an_infinite_prediction(tmp_path, capsys):
 # output store, no partial file.
 def _fails_alone(capsys, argv: list[str], match: str, *never: Path) -> None:
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and match in err[0], err
-    assert err[0].startswith(f"m3rcr {argv[0]}: error: ")
+    assert _one_error_line(capsys, match).startswith(f"m3rcr {argv[0]}: error: ")
     for path in never:
         assert not path.exists(), path
 
