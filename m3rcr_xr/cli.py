@@ -109,19 +109,29 @@ def _parse_config(items: Sequence[str]) -> dict[str, object]:
     return config
 
 
+def _write_cog(array, path: Path) -> None:
+    """Write a Cloud-Optimised GeoTIFF whole or not at all: into a hidden file beside
+    ``path``, renamed over it once complete (a crash leaves no partial GeoTIFF)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        array.rio.to_raster(partial, driver="COG", compress="DEFLATE")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def _decloud(args: argparse.Namespace) -> int:
     from .inference import decloud
     from .schema import is_collection
-    from .store import open_zarr, to_zarr
-
-    config = _parse_config(args.config)  # arguments first, then the data
-    if args.cog:
-        _check_output_file(args.cog, "cog", COG_SUFFIXES, overwrite=args.overwrite)
-    from .store import check_destination
+    from .store import check_apart, check_destination, open_zarr, to_zarr
 
     config = _parse_config(args.config)  # arguments first, then the data
     inputs = [p for p in (args.input, args.checkpoint) if p]
     check_destination(args.output, inputs=inputs, overwrite=args.overwrite)
+    if args.cog:
+        check_apart(args.cog, inputs)
+        check_apart(args.cog, [args.output], role="output store")
+        _check_output_file(args.cog, "cog", COG_SUFFIXES, overwrite=args.overwrite)
     ds = open_zarr(args.input)
     if args.cog and is_collection(ds):
         raise UsageError(
@@ -142,8 +152,7 @@ def _decloud(args: argparse.Namespace) -> int:
     to_zarr(result.to_dataset(), args.output, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.output}")
     if args.cog:
-        written = open_zarr(args.output)["decloud"]
-        written.rio.to_raster(args.cog, driver="COG", compress="DEFLATE")
+        _write_cog(open_zarr(args.output)["decloud"], Path(args.cog))
         print(f"wrote {args.cog}")
     return 0
 

@@ -146,6 +146,26 @@ def _overlap(destination: _Target, source: _Target) -> str | None:
     return None
 
 
+def check_apart(destination: str | os.PathLike, inputs: Iterable[Any], role: str = "input") -> None:
+    """Refuse a destination (a store or a file) that is, contains or lies inside one of
+    ``inputs`` (paths or fsspec URLs, symbolic links resolved): writing it would destroy
+    what is being read (or written: ``role`` names what the others are in messages).
+
+    Raises
+    ------
+    StoreError
+        Naming the destination, the input and how they overlap.
+    """
+    target = _Target.of(destination)
+    for source in inputs:
+        how = _overlap(target, _Target.of(source))
+        if how is not None:
+            raise StoreError(
+                f"{target.name}: the destination {how} the {role} {os.fspath(source)}; "
+                "write it somewhere else"
+            )
+
+
 # ------------------------------------------------------------------ what is there
 def _read_json(target: _Target, key: str) -> dict[str, Any] | None:
     """The JSON document at ``key`` of the store, None when there is none."""
@@ -235,13 +255,7 @@ def check_destination(
         write, a complete store (without ``overwrite``), or overlaps an input.
     """
     target = _Target.of(store)
-    for source in inputs:
-        how = _overlap(target, _Target.of(source))
-        if how is not None:
-            raise StoreError(
-                f"{target.name}: the destination {how} the input {os.fspath(source)}; "
-                "write the store somewhere else"
-            )
+    check_apart(store, inputs)
     state, doc = _inspect(target)
     _refuse(target, state, doc, overwrite)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 from affine import Affine
 
 import m3rcr_xr
@@ -436,6 +437,31 @@ def test_decloud_into_its_own_input_deletes_nothing(tmp_path, capsys, out, how):
     assert main([*args, "--config", "preset=small", "--tile", "32"]) == 2
     assert f"the destination {how} the input" in _one_error_line(capsys)
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("cog", "role"), [("S.zarr/d.tif", "input"), ("out.zarr/d.tif", "output store")]
+)
+def test_a_cog_inside_the_input_or_the_output_is_refused(tmp_path, capsys, cog, role):
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64)), tmp_path / "S.zarr")
+    before = snapshot(tmp_path)
+    args = ["decloud", str(tmp_path / "S.zarr"), str(tmp_path / "out.zarr"), "--tile", "32"]
+    assert main([*args, "--config", "preset=small", "--cog", str(tmp_path / cog)]) == 2
+    assert f"the destination lies inside the {role}" in _one_error_line(capsys, cog)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_failed_cog_write_leaves_no_partial_file(scene_store, tmp_path, capsys, monkeypatch):
+    def crash(array, path, **kwargs):
+        Path(path).write_bytes(b"half a GeoTIFF")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(xr.DataArray([0]).rio), "to_raster", crash)
+    cog = tmp_path / "d.tif"
+    argv = ["decloud", str(scene_store), str(tmp_path / "o.zarr"), "--config", "preset=small"]
+    with pytest.raises(OSError, match="No space"):
+        main([*argv, "--tile", "32", "--cog", str(cog)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]  # no d.tif, no partial
 
 
 @pytest.mark.parametrize(
