@@ -12,16 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from m3rcr_xr.models import deform_conv2d, kernel2d_conv, torchvision_available
-from m3rcr_xr.models.common import (
-    DropPath,
-    WNConv2d,
-    pixel_reshuffle,
+from m3rcr_xr.models.attention import (
     relative_position_index,
     shifted_window_mask,
     window_partition,
     window_reverse,
 )
 from m3rcr_xr.models.deform import DCNv2Pack
+from m3rcr_xr.models.layers import DropPath, WNConv2d, pixel_reshuffle
 
 GOLDEN = ("reference", "golden")
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 from .aligncr import AlignCR
 from .checkpoint import extract_state_dict, load_state_dict_into, read_checkpoint
-from .common import OPTICAL_BANDS, SAR_POLARIZATIONS, CloudRemovalNet, ModelSpec
 from .deform import DCNv2Pack, deform_conv2d, kernel2d_conv, torchvision_available
 from .dsen2cr import DSen2CR
 from .glfcr import GLFCR
+from .interface import OPTICAL_BANDS, SAR_POLARIZATIONS, CloudRemovalNet, ModelSpec
 from .losses import CARLLoss, ECCharbonnierLoss, carl_loss, ec_charbonnier_loss
 from .registry import MODELS, PRESETS, available, build, check_tile, load, zero_residual_
 

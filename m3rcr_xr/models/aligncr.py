@@ -31,19 +31,11 @@ import torch.nn.functional as F  # noqa: N812 - the usual alias
 from torch import Tensor, nn
 
 from ..exceptions import ModelConfigError
-from .common import (
-    CrossModalWindowAttention,
-    FusionRDN,
-    Mlp,
-    ModelSpec,
-    ShiftedWindowMixin,
-    WNConv2d,
-    gated_fusion,
-    pixel_reshuffle,
-    resolve_window,
-)
+from .attention import CrossModalWindowAttention, ShiftedWindowMixin, resolve_window
 from .deform import Backend, DCNv2Pack
-from .glfcr import _check_common
+from .fusion_rdn import FusionRDN, check_fusion_config
+from .interface import ModelSpec
+from .layers import Mlp, WNConv2d
 
 __all__ = [
     "AlignCR",
@@ -345,7 +337,7 @@ class AlignCR(FusionRDN):
             "up_feats": up_feats,
             "deform_backend": deform_backend,
         }
-        resolution = _check_common(self.name, config)
+        resolution = check_fusion_config(self.name, config)
         if input_size % 8:
             raise ModelConfigError(
                 f"align_cr: input_size must be a multiple of 8, got {input_size}"
@@ -364,8 +356,6 @@ class AlignCR(FusionRDN):
             tile_multiple=math.lcm(8, 2 * window),
             config=config,
         )
-        self.n_blocks = n_blocks
-        self.kernel_size_2d = dynamic_kernel_size
         opt_in = 4 * self.spec.optical_channels
         sar_in = 4 * self.spec.sar_channels
         self.SFE_conv = nn.Conv2d(opt_in, n_feats, 3, padding=1)
@@ -393,39 +383,13 @@ class AlignCR(FusionRDN):
         )
         self.add_fusion_and_head(n_blocks, n_feats, dynamic_kernel_size, up_feats)
 
-    def forward(self, cloudy: Tensor, sar: Tensor) -> Tensor:
-        """Predict the cloud-free image.
-
-        Parameters
-        ----------
-        cloudy
-            (B, 4, S, S) normalised optical image (blue, green, red, nir), S = ``input_size``.
-        sar
-            (B, 2, S, S) normalised SAR (VV, VH) on the optical grid.
-
-        Returns
-        -------
-        Tensor
-            (B, 4, S, S): ``cloudy`` plus the predicted residual.
-        """
-        self.check_inputs(cloudy, sar)
+    def embed(self, cloudy: Tensor, sar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # The published code applies an in-place ReLU to the first embedding before the
-        # extractor, so the global skip below adds the ReLU-ed embedding.
-        first = F.relu(self.SFE_conv(pixel_reshuffle(cloudy, 2)))
-        x = self.SFE_module(first)
-        x_sar = self.SFE_module_SAR(F.relu(self.SFE_conv_SAR(pixel_reshuffle(sar, 2))))
-        outs = []
-        for i in range(self.n_blocks):
-            x_sar = self.SFAlign[i](x_sar, x)
-            x, x_sar = self.RDBs[i](x, x_sar)
-            x, x_sar = gated_fusion(
-                x,
-                x_sar,
-                self.DF[i],
-                self.sar_fuse_1x1conv[i],
-                self.opt_distribute_1x1conv[i],
-                self.kernel_size_2d,
-            )
-            outs.append(x)
-        x = self.GFF(torch.cat(outs, dim=1)) + first
-        return self.UPNet(x) + cloudy
+        # extractor, so the global skip adds the ReLU-ed embedding.
+        first = F.relu(self.SFE_conv(cloudy))
+        x_sar = self.SFE_module_SAR(F.relu(self.SFE_conv_SAR(sar)))
+        return first, self.SFE_module(first), x_sar
+
+    def block(self, index: int, x: Tensor, x_sar: Tensor) -> tuple[Tensor, Tensor]:
+        """Align the SAR features to the optical ones (``SFAlign``), then the dense block."""
+        return super().block(index, x, self.SFAlign[index](x_sar, x))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..exceptions import ModelConfigError
-from .common import CloudRemovalNet, ModelSpec
+from .interface import CloudRemovalNet, ModelSpec
 
 __all__ = ["DSen2CR", "ResBlock"]
 
@@ -100,19 +100,6 @@ class DSen2CR(CloudRemovalNet):
         return self.body[-1]  # type: ignore[return-value]
 
     def forward(self, cloudy: Tensor, sar: Tensor) -> Tensor:
-        """Predict the cloud-free image.
-
-        Parameters
-        ----------
-        cloudy
-            (B, 4, H, W) normalised optical image (blue, green, red, nir).
-        sar
-            (B, 2, H, W) normalised SAR (VV, VH) on the optical grid.
-
-        Returns
-        -------
-        Tensor
-            (B, 4, H, W): ``cloudy`` plus the predicted residual.
-        """
+        """Predict the cloud-free image (any tile size); see :meth:`CloudRemovalNet.forward`."""
         self.check_inputs(cloudy, sar)
         return cloudy + self.body(self.head(torch.cat((cloudy, sar), dim=1)))

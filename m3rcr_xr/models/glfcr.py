@@ -23,23 +23,14 @@ network runs on ``input_size`` x ``input_size`` tiles only.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from ..exceptions import ModelConfigError
-from .common import (
-    CrossModalWindowAttention,
-    DropPath,
-    FusionRDN,
-    Mlp,
-    ModelSpec,
-    ShiftedWindowMixin,
-    gated_fusion,
-    pixel_reshuffle,
-    resolve_window,
-)
+from .attention import CrossModalWindowAttention, ShiftedWindowMixin, resolve_window
+from .fusion_rdn import FusionRDN, check_fusion_config
+from .interface import ModelSpec
+from .layers import DropPath, Mlp
 
 __all__ = ["GLFCR", "GLFRDB", "GLFDenseLayer"]
 
@@ -197,7 +188,7 @@ class GLFCR(FusionRDN):
             "up_feats": up_feats,
             "drop_path_rate": drop_path_rate,
         }
-        resolution = _check_common(self.name, config)
+        resolution = check_fusion_config(self.name, config)
         if growth_rate % num_heads:
             raise ModelConfigError(
                 f"glf_cr: growth_rate {growth_rate} must be a multiple of num_heads {num_heads}"
@@ -209,8 +200,6 @@ class GLFCR(FusionRDN):
             tile_multiple=2 * window,
             config=config,
         )
-        self.n_blocks = n_blocks
-        self.kernel_size_2d = dynamic_kernel_size
         opt_in = 4 * self.spec.optical_channels  # after pixel unshuffle by 2
         sar_in = 4 * self.spec.sar_channels
         self.SFENet1 = nn.Conv2d(opt_in, n_feats, 5, padding=2)
@@ -234,62 +223,6 @@ class GLFCR(FusionRDN):
         )
         self.add_fusion_and_head(n_blocks, n_feats, dynamic_kernel_size, up_feats)
 
-    def forward(self, cloudy: Tensor, sar: Tensor) -> Tensor:
-        """Predict the cloud-free image.
-
-        Parameters
-        ----------
-        cloudy
-            (B, 4, S, S) normalised optical image (blue, green, red, nir), S = ``input_size``.
-        sar
-            (B, 2, S, S) normalised SAR (VV, VH) on the optical grid.
-
-        Returns
-        -------
-        Tensor
-            (B, 4, S, S): ``cloudy`` plus the predicted residual.
-        """
-        self.check_inputs(cloudy, sar)
-        first = self.SFENet1(pixel_reshuffle(cloudy, 2))
-        x = self.SFENet2(first)
-        x_sar = self.SFENet2_SAR(self.SFENet1_SAR(pixel_reshuffle(sar, 2)))
-        outs = []
-        for i in range(self.n_blocks):
-            x, x_sar = self.RDBs[i](x, x_sar)
-            x, x_sar = gated_fusion(
-                x,
-                x_sar,
-                self.DF[i],
-                self.sar_fuse_1x1conv[i],
-                self.opt_distribute_1x1conv[i],
-                self.kernel_size_2d,
-            )
-            outs.append(x)
-        x = self.GFF(torch.cat(outs, dim=1)) + first
-        return self.UPNet(x) + cloudy
-
-
-def _check_common(name: str, config: dict) -> int:
-    """Validate the knobs GLF-CR and Align-CR share; return the feature resolution."""
-    input_size = config["input_size"]
-    positive = ("input_size", "n_feats", "n_blocks", "num_heads", "window_size", "up_feats")
-    bad = [k for k in positive if not isinstance(config[k], int) or config[k] < 1]
-    if bad:
-        raise ModelConfigError(f"{name}: {', '.join(bad)} must be positive integers")
-    if config["n_layers"] < 0 or config["growth_rate"] < 1:
-        raise ModelConfigError(f"{name}: need n_layers >= 0 and growth_rate >= 1")
-    if input_size % 2:
-        raise ModelConfigError(f"{name}: input_size must be even, got {input_size}")
-    k = config["dynamic_kernel_size"]
-    if k < 1 or k % 2 == 0:
-        raise ModelConfigError(f"{name}: dynamic_kernel_size must be odd, got {k}")
-    if not math.isfinite(config["mlp_ratio"]) or config["mlp_ratio"] <= 0:
-        raise ModelConfigError(f"{name}: mlp_ratio must be positive")
-    resolution = input_size // 2
-    window = config["window_size"]
-    if resolution > window and resolution % window:
-        raise ModelConfigError(
-            f"{name}: input_size / 2 = {resolution} must be a multiple of window_size "
-            f"{window} (or at most window_size)"
-        )
-    return resolution
+    def embed(self, cloudy: Tensor, sar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        first = self.SFENet1(cloudy)
+        return first, self.SFENet2(first), self.SFENet2_SAR(self.SFENet1_SAR(sar))

@@ -21,9 +21,9 @@ from torch import nn
 from ..exceptions import ModelConfigError
 from .aligncr import AlignCR
 from .checkpoint import CheckpointSource, extract_state_dict, load_state_dict_into, read_checkpoint
-from .common import CloudRemovalNet, check_size
 from .dsen2cr import DSen2CR
 from .glfcr import GLFCR
+from .interface import CloudRemovalNet, check_size
 
 __all__ = [
     "MODELS",

@@ -1,0 +1,164 @@
+"""What a model says about itself (:class:`ModelSpec`) and the interface of the networks.
+
+:class:`CloudRemovalNet` is the base of the three networks: ``forward(cloudy, sar)`` on
+normalised tensors, the input checks, and the spec that decloud reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from ..exceptions import ModelConfigError
+
+__all__ = [
+    "OPTICAL_BANDS",
+    "SAR_POLARIZATIONS",
+    "CloudRemovalNet",
+    "ModelSpec",
+    "check_size",
+]
+
+OPTICAL_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir")
+SAR_POLARIZATIONS: tuple[str, ...] = ("VV", "VH")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model needs from its input; decloud reads this instead of hard-coding it.
+
+    Attributes
+    ----------
+    name
+        Registry name (``"dsen2_cr"``, ``"glf_cr"``, ``"align_cr"``).
+    tile_size
+        The only tile size (height = width) the model accepts, or ``None`` for any size.
+    tile_multiple
+        Height and width must be multiples of this (1: no constraint). For a model with a
+        ``tile_size``, this is the constraint that the configured size itself satisfies.
+    optical_bands
+        Order of the 4 optical channels of ``cloudy`` (and of the output).
+    sar_polarizations
+        Order of the 2 SAR channels of ``sar``.
+    normalisation
+        Name of the input normalisation (``"m3rcr"``: optical reflectance x10000 clipped
+        to [0, 10000] and divided by 10000; SAR dB, VV clipped to [-25, 0] and VH to
+        [-32.5, 0], each scaled to [0, 1]; see :mod:`m3rcr_xr.normalize`).
+    residual
+        Whether the network predicts a residual that is added to the cloudy input.
+    channels_last
+        Whether the network runs faster on a GPU in ``channels_last`` layout: true for
+        convolutions alone (cuDNN's fastest layout), false where window attention
+        reshapes the features (on an H200, GLF-CR ran 11% (fp32) to 16% (bf16) slower
+        in it).
+    """
+
+    name: str
+    tile_size: int | None
+    tile_multiple: int
+    optical_bands: tuple[str, ...] = OPTICAL_BANDS
+    sar_polarizations: tuple[str, ...] = SAR_POLARIZATIONS
+    normalisation: str = "m3rcr"
+    residual: bool = True
+    channels_last: bool = False
+    config: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def optical_channels(self) -> int:
+        return len(self.optical_bands)
+
+    @property
+    def sar_channels(self) -> int:
+        return len(self.sar_polarizations)
+
+
+class CloudRemovalNet(nn.Module):
+    """Base of the three networks: ``forward(cloudy, sar) -> cloud-free`` and a :class:`ModelSpec`.
+
+    Subclasses set :attr:`name`, :attr:`spec` (in ``__init__``) and implement
+    :meth:`output_conv` (the last convolution, zeroed by ``zero_residual_``).
+    """
+
+    name: ClassVar[str] = ""
+    optical_bands: ClassVar[tuple[str, ...]] = OPTICAL_BANDS
+    sar_polarizations: ClassVar[tuple[str, ...]] = SAR_POLARIZATIONS
+    normalisation: ClassVar[str] = "m3rcr"
+    spec: ModelSpec
+
+    @property
+    def tile_size(self) -> int | None:
+        """The one accepted tile size, or ``None`` when any size works."""
+        return self.spec.tile_size
+
+    @property
+    def tile_multiple(self) -> int:
+        """Height and width must be multiples of this."""
+        return self.spec.tile_multiple
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, enough to rebuild the same architecture."""
+        return dict(self.spec.config)
+
+    def output_conv(self) -> nn.Conv2d:
+        """The last convolution, whose output is the residual."""
+        raise NotImplementedError
+
+    def forward(self, cloudy: Tensor, sar: Tensor) -> Tensor:
+        """Predict the cloud-free image.
+
+        Parameters
+        ----------
+        cloudy
+            (B, 4, H, W) normalised optical image (blue, green, red, nir); H and W as
+            :attr:`spec` allows.
+        sar
+            (B, 2, H, W) normalised SAR (VV, VH) on the optical grid.
+
+        Returns
+        -------
+        Tensor
+            (B, 4, H, W): ``cloudy`` plus the predicted residual.
+        """
+        raise NotImplementedError
+
+    def check_inputs(self, cloudy: Tensor, sar: Tensor) -> None:
+        """Raise :class:`ModelConfigError` unless ``cloudy``/``sar`` fit this model."""
+        spec = self.spec
+        if cloudy.ndim != 4 or cloudy.shape[1] != spec.optical_channels:
+            raise ModelConfigError(
+                f"{spec.name}: cloudy must be (B, {spec.optical_channels}, H, W) "
+                f"({', '.join(spec.optical_bands)}), got {tuple(cloudy.shape)}"
+            )
+        if sar.ndim != 4 or sar.shape[1] != spec.sar_channels:
+            raise ModelConfigError(
+                f"{spec.name}: sar must be (B, {spec.sar_channels}, H, W) "
+                f"({', '.join(spec.sar_polarizations)}), got {tuple(sar.shape)}"
+            )
+        if sar.shape[0] != cloudy.shape[0] or sar.shape[-2:] != cloudy.shape[-2:]:
+            raise ModelConfigError(
+                f"{spec.name}: sar {tuple(sar.shape)} is not on the grid of cloudy "
+                f"{tuple(cloudy.shape)} (resample SAR onto the optical grid first)"
+            )
+        check_size(spec, (int(cloudy.shape[-2]), int(cloudy.shape[-1])))
+
+
+def check_size(spec: ModelSpec, size: int | tuple[int, int]) -> None:
+    """Raise :class:`ModelConfigError` unless a tile of ``size`` fits ``spec``."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if height < 1 or width < 1:
+        raise ModelConfigError(f"{spec.name}: tile size must be positive, got {(height, width)}")
+    if spec.tile_size is not None and (height, width) != (spec.tile_size, spec.tile_size):
+        raise ModelConfigError(
+            f"{spec.name}: built for {spec.tile_size}x{spec.tile_size} tiles only (its windowed "
+            f"attention is fixed at construction), got {height}x{width}; use tiles of "
+            f"{spec.tile_size} or build the model with input_size={height}"
+        )
+    multiple = spec.tile_multiple
+    if height % multiple or width % multiple:
+        raise ModelConfigError(
+            f"{spec.name}: tile height and width must be multiples of {multiple}, "
+            f"got {height}x{width}"
+        )
