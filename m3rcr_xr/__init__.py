@@ -18,9 +18,11 @@ from .exceptions import (
     M3RCRWarning,
     MissingFileError,
     ModelConfigError,
+    OptionError,
     SchemaError,
     StoreError,
     UnsafePathError,
+    UsageError,
 )
 from .inference import decloud
 from .io import open_m3rcr, open_quartet
@@ -42,9 +44,11 @@ __all__ = [
     "M3RCRWarning",
     "MissingFileError",
     "ModelConfigError",
+    "OptionError",
     "SchemaError",
     "StoreError",
     "UnsafePathError",
+    "UsageError",
     "__version__",
     "decloud",
     "evaluate",

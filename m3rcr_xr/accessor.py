@@ -1,4 +1,10 @@
-"""The ``.m3rcr`` accessor: thin methods over the library's pure functions.
+"""The ``.m3rcr`` accessor: thin methods over the library's public functions.
+
+One class, registered on :class:`xarray.Dataset` and :class:`xarray.DataArray` (as
+odc-geo's ``.odc``). Each method is the function of the same name with the object as its
+first argument: same parameters, same defaults, same docstring, taken from the function
+itself so that the two cannot drift apart. Methods that need a scene or a collection
+(every one but :attr:`M3RCRAccessor.is_collection`) refuse a DataArray.
 
 Examples
 --------
@@ -6,45 +12,63 @@ Examples
 >>> scene = m3rcr_xr.synthetic_scene((128, 128))
 >>> scene.m3rcr.validate() is scene
 True
+>>> scene["cloudy"].m3rcr.is_collection
+False
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
 
 import xarray as xr
 
-from . import inference, schema, store
+from . import inference, metrics, schema, store
+from .exceptions import UsageError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
+def _dataset_method(
+    func: Callable[Concatenate[xr.Dataset, P], R],
+) -> Callable[Concatenate[M3RCRAccessor, P], R]:
+    """``func`` as a method that passes the accessor's Dataset as the first argument.
+
+    ``functools.wraps`` keeps the docstring and, through ``__wrapped__``, the signature:
+    ``help(ds.m3rcr.decloud)`` shows the parameters of :func:`m3rcr_xr.decloud`.
+    """
+
+    @functools.wraps(func)
+    def method(self: M3RCRAccessor, *args: P.args, **kwargs: P.kwargs) -> R:
+        return func(self._dataset(func.__name__), *args, **kwargs)
+
+    return method
+
+
+@xr.register_dataarray_accessor("m3rcr")
 @xr.register_dataset_accessor("m3rcr")
 class M3RCRAccessor:
-    """Scene and collection methods; each one calls a function of the same name."""
+    """Scene and collection methods; each one calls the public function of its name."""
 
-    def __init__(self, obj: xr.Dataset) -> None:
+    def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
         self._obj = obj
+
+    def _dataset(self, method: str) -> xr.Dataset:
+        if not isinstance(self._obj, xr.Dataset):
+            raise UsageError(
+                f".m3rcr.{method}() needs a Dataset (a scene or a collection), "
+                f"not a {type(self._obj).__name__}"
+            )
+        return self._obj
 
     @property
     def is_collection(self) -> bool:
         """True for a collection (a ``patch`` dim), False for a scene."""
         return schema.is_collection(self._obj)
 
-    def validate(self) -> xr.Dataset:
-        """See :func:`m3rcr_xr.validate`."""
-        return schema.validate(self._obj)
-
-    def to_zarr(self, store_path: Any, **kwargs: Any) -> None:
-        """See :func:`m3rcr_xr.to_zarr`."""
-        store.to_zarr(self._obj, store_path, **kwargs)
-
-    def decloud(
-        self, model: str = "dsen2_cr", checkpoint: Any = None, **kwargs: Any
-    ) -> xr.DataArray:
-        """See :func:`m3rcr_xr.decloud`."""
-        return inference.decloud(self._obj, model, checkpoint, **kwargs)
-
-    def evaluate(self, pred: Any = "decloud", target: Any = "cloudfree", **kwargs: Any) -> Any:
-        """See :func:`m3rcr_xr.metrics.evaluate`."""
-        from . import metrics
-
-        return metrics.evaluate(self._obj, pred, target, **kwargs)
+    validate = _dataset_method(schema.validate)
+    to_zarr = _dataset_method(store.to_zarr)
+    decloud = _dataset_method(inference.decloud)
+    evaluate = _dataset_method(metrics.evaluate)

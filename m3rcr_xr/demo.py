@@ -69,12 +69,12 @@ def run_demo(out: str | Path, *, size: int = 2048, seed: int = DEMO_SEED) -> dic
         "decloud": out / "decloud.zarr",
         "metrics": out / "metrics.csv",
     }
-    checkpoint, config = default_checkpoint()
+    weights = default_checkpoint()
     with local_cluster() as cluster, cluster.get_client() as client:
         print(f"Dask dashboard: {client.dashboard_link}")
         to_zarr(synthetic_scene((size, size), seed=seed), paths["scene"], overwrite=True)
         scene = open_zarr(paths["scene"])
-        estimate = decloud(scene, "dsen2_cr", checkpoint, config=config)
+        estimate = decloud(scene, weights.model, weights.path, config=weights.config)
         to_zarr(estimate.to_dataset(), paths["decloud"], overwrite=True)
         scene = scene.assign(decloud=open_zarr(paths["decloud"])["decloud"])
         result = evaluate(scene, "decloud", "cloudfree", level=1)

@@ -540,12 +540,6 @@ def _edges(count: int, group: int) -> list[range]:
     return [range(start, min(start + group, count)) for start in range(0, count, group)]
 
 
-def _group_canvas(
-    inputs: np.ndarray, plan: TilePlan, rows: range, cols: range, ref: ModelRef, batch_size: int
-) -> np.ndarray:
-    return accumulate(inputs, plan, rows, cols, ref, batch_size)
-
-
 def _assemble(
     cloudy: np.ndarray,
     own: np.ndarray,
@@ -644,7 +638,7 @@ def _decloud_scene(
     group_x = _group_size(inputs.chunks[2][0], plan.stride)
     row_groups = _edges(plan.shape[0], group_y)
     col_groups = _edges(plan.shape[1], group_x)
-    spill = plan.spill if plan.overlap else 0
+    spill = plan.spill
     stride, tile = plan.stride, plan.tile
 
     def extent(group: range) -> tuple[int, int]:
@@ -655,7 +649,7 @@ def _decloud_scene(
         for a, rows in enumerate(row_groups):
             for b, cols in enumerate(col_groups):
                 (y0, y1), (x0, x1) = extent(rows), extent(cols)
-                canvases[a, b] = delayed(_group_canvas, pure=True)(
+                canvases[a, b] = delayed(accumulate, pure=True)(
                     _unoptimized(padded[:, y0:y1, x0:x1]),
                     plan,
                     rows,
@@ -858,6 +852,5 @@ def decloud(
         "overlap": plan.overlap,
         "composite": int(composite),
     }
-    result = result.rename("decloud")
     result.encoding["source"] = sources(ds)  # to_zarr never writes over its own input
     return result.compute() if eager else result  # in memory in, in memory out

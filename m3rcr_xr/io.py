@@ -48,6 +48,7 @@ from .exceptions import (
     MissingFileError,
     SchemaError,
     UnsafePathError,
+    UsageError,
     argument,
 )
 from .landcover import NODATA_CODE, to_worldcover
@@ -83,11 +84,11 @@ def _spatial_chunks(chunks: Any) -> Any:
         return None
     if chunks == "auto":
         chunks = OPTIONS["scene_chunk"]
-    if isinstance(chunks, int):
+    if isinstance(chunks, int) and not isinstance(chunks, bool):
         return {"band": -1, "y": chunks, "x": chunks}
     if isinstance(chunks, Mapping):
         return {"band": -1, **{k: v for k, v in chunks.items() if k in ("y", "x")}}
-    raise SchemaError(f"chunks: expected 'auto', an int, a dict or None, not {chunks!r}")
+    raise UsageError(f"chunks: expected 'auto', an int, a dict or None, not {chunks!r}")
 
 
 def _gib(size: int) -> str:

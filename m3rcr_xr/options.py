@@ -10,7 +10,7 @@ False
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .exceptions import OptionError
@@ -28,14 +28,31 @@ _DEFAULTS: dict[str, Any] = {
     "max_raster_bytes": 64 * 2**30,
 }
 
-_VALIDATORS: dict[str, Any] = {
+
+def _integer(minimum: int, optional: bool = False) -> Callable[[Any], bool]:
+    """A validator of integers >= ``minimum`` (``None`` too when ``optional``).
+
+    ``bool`` is an ``int`` to Python but never a size: ``scene_chunk=True`` is refused.
+    """
+
+    def valid(value: Any) -> bool:
+        if value is None:
+            return optional
+        return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+    return valid
+
+
+_VALIDATORS: dict[str, Callable[[Any], bool]] = {
     "progress": lambda v: isinstance(v, bool),
-    "scene_chunk": lambda v: isinstance(v, int) and v >= 16,
-    "patches_per_chunk": lambda v: isinstance(v, int) and v >= 1,
-    "torch_threads": lambda v: v is None or (isinstance(v, int) and v >= 1),
-    "max_raster_bytes": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "scene_chunk": _integer(16),
+    "patches_per_chunk": _integer(1),
+    "torch_threads": _integer(1, optional=True),
+    "max_raster_bytes": _integer(1),
 }
 
+#: the current options; modules read them as ``OPTIONS[name]`` (as xarray does), users
+#: through :func:`get_options`
 OPTIONS: dict[str, Any] = dict(_DEFAULTS)
 
 

@@ -12,6 +12,14 @@ from typing import Any
 
 import pytest
 
+from m3rcr_xr.testing import (  # noqa: F401 - the tests import them from here too
+    TINY,
+    CountingScheduler,
+    raise_if_dask_computes,
+    seeded_checkpoint,
+)
+from m3rcr_xr.testing import small_scene as small_scene_of
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
@@ -36,32 +44,6 @@ def samples_dir(shared_dir: Path) -> Path:
     return shared_dir / "data" / "m3rcr-samples"
 
 
-class CountingScheduler:
-    """A dask scheduler that counts computes, and raises past ``max_computes``
-    (as xarray's ``raise_if_dask_computes``)."""
-
-    def __init__(self, max_computes: int = 0) -> None:
-        self.total_computes = 0
-        self.max_computes = max_computes
-
-    def __call__(self, dsk, keys, **kwargs):
-        import dask
-
-        self.total_computes += 1
-        if self.total_computes > self.max_computes:
-            raise RuntimeError(
-                f"too many dask computations: {self.total_computes} > {self.max_computes}"
-            )
-        return dask.get(dsk, keys, **kwargs)
-
-
-def raise_if_dask_computes(max_computes: int = 0):
-    """Context manager: fail if the block computes anything with dask."""
-    import dask
-
-    return dask.config.set(scheduler=CountingScheduler(max_computes))
-
-
 @pytest.fixture(autouse=True)
 def _quiet_progress():
     """No progress bars in test output."""
@@ -71,40 +53,22 @@ def _quiet_progress():
         yield
 
 
-#: the smallest DSen2-CR worth running: for tests that only need a model to move data
-TINY = {"n_resblocks": 1, "n_feats": 8}
-
-
-def _seeded_checkpoint(folder: Path, name: str, **config) -> Path:
-    """A DSen2-CR of ``config`` with seeded random weights, saved to ``folder/name``."""
-    import torch
-
-    from m3rcr_xr import models
-
-    torch.manual_seed(0)
-    path = folder / name
-    torch.save(models.build("dsen2_cr", **config).state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory) -> Path:
     """A small DSen2-CR (``preset="small"``) with seeded random weights, saved to disk."""
-    return _seeded_checkpoint(tmp_path_factory.mktemp("weights"), "dsen2-small.pt", preset="small")
+    return seeded_checkpoint(tmp_path_factory.mktemp("weights") / "dsen2-small.pt", preset="small")
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A DSen2-CR of :data:`TINY` with seeded random weights, saved to disk."""
-    return _seeded_checkpoint(tmp_path_factory.mktemp("weights"), "dsen2-tiny.pt", **TINY)
+    return seeded_checkpoint(tmp_path_factory.mktemp("weights") / "dsen2-tiny.pt", **TINY)
 
 
 @pytest.fixture
 def small_scene():
     """A lazy 300 x 420 synthetic scene in 128-pixel chunks."""
-    import m3rcr_xr
-
-    return m3rcr_xr.synthetic_scene((300, 420), seed=3, chunks=128)
+    return small_scene_of()
 
 
 @pytest.fixture

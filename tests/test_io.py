@@ -408,3 +408,10 @@ def test_filelist_row_with_an_empty_path_names_line_and_column(tmp_path, column)
     name = ("cloudfree", "cloudy", "sar", "landcover", "cloudmask")[column]
     with pytest.raises(m3rcr_xr.InputFileError, match=f"list.csv:2: empty path in column '{name}'"):
         read_filelist(csv)
+
+
+@pytest.mark.parametrize("chunks", [True, "big", 16.0, [16, 16]])
+def test_chunks_that_are_not_chunks_are_a_usage_error(tmp_path, chunks):
+    path = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    with pytest.raises(m3rcr_xr.UsageError, match="chunks: expected 'auto', an int, a dict"):
+        m3rcr_xr.open_quartet(path, chunks=chunks)

@@ -383,7 +383,7 @@ def test_shipped_weights_beat_the_cloudy_input():
     from m3rcr_xr.weights import default_checkpoint
 
     ckpt = default_checkpoint()
-    path, config = ckpt
+    path, config = ckpt.path, ckpt.config
     assert ckpt.model == "dsen2_cr" and path.stat().st_size <= 5 * 2**20
     models.load(ckpt.model, path, **config)  # safetensors: tensors only, nothing executed
     scene = m3rcr_xr.synthetic_scene((192, 192), seed=90210, chunks=192, cloud_cover=0.5)

@@ -13,7 +13,6 @@ Examples
 >>> ckpt = default_checkpoint()
 >>> ckpt.model
 'dsen2_cr'
->>> path, config = ckpt                                 # unpacks as (path, config)
 >>> net = ckpt.load()                                   # doctest: +SKIP
 >>> scene.m3rcr.decloud(ckpt.model, ckpt.path, config=ckpt.config)  # doctest: +SKIP
 """
@@ -23,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -61,7 +61,17 @@ class DefaultCheckpoint:
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __iter__(self) -> Iterator[Any]:
-        """Unpacks as ``path, config``: ``checkpoint, config = default_checkpoint()``."""
+        """Unpacks as ``path, config``; deprecated, as it drops :attr:`model`.
+
+        Read the attributes instead: ``decloud(ds, ckpt.model, ckpt.path,
+        config=ckpt.config)``.
+        """
+        warnings.warn(
+            "unpacking a DefaultCheckpoint as (path, config) drops its model and is "
+            "deprecated; read .model, .path and .config instead",
+            FutureWarning,
+            stacklevel=2,
+        )
         return iter((self.path, self.config))
 
     def load(self, device: str | None = None) -> Any:
@@ -108,7 +118,8 @@ def read_weights(path: str | Path) -> DefaultCheckpoint:
 def default_checkpoint() -> DefaultCheckpoint:
     """The demo weights shipped with the package, with the configuration to load them.
 
-    Unpacks as ``path, config``; ``.model`` names the network, ``.load()`` builds it.
+    ``.model`` names the network, ``.path`` is the file, ``.config`` the arguments it
+    needs; ``.load()`` builds it.
 
     Raises
     ------

@@ -1,0 +1,83 @@
+"""Helpers for testing code that uses m3rcr_xr (as ``xarray.testing``, ``xbatcher.testing``).
+
+Our own test suite uses them too: a dask scheduler that counts (and can forbid)
+computes, a small lazy scene, and small DSen2-CR checkpoints with seeded weights.
+
+Examples
+--------
+>>> from m3rcr_xr.testing import raise_if_dask_computes, small_scene
+>>> with raise_if_dask_computes():
+...     scene = small_scene()
+>>> scene.sizes["y"], scene.sizes["x"]
+(300, 420)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+__all__ = [
+    "TINY",
+    "CountingScheduler",
+    "raise_if_dask_computes",
+    "seeded_checkpoint",
+    "small_scene",
+]
+
+#: the smallest DSen2-CR worth running: for tests that only need a model to move data
+TINY: Mapping[str, int] = {"n_resblocks": 1, "n_feats": 8}
+
+
+class CountingScheduler:
+    """A dask scheduler that counts computes, and raises past ``max_computes``.
+
+    As xarray's test helper of the same name: ``total_computes`` says how many graphs
+    were computed, which is how a test checks that work stays lazy or runs in one pass.
+    """
+
+    def __init__(self, max_computes: int = 0) -> None:
+        self.total_computes = 0
+        self.max_computes = max_computes
+
+    def __call__(self, dsk: Mapping, keys: Any, **kwargs: Any) -> Any:
+        import dask
+
+        self.total_computes += 1
+        if self.total_computes > self.max_computes:
+            raise RuntimeError(
+                f"too many dask computations: {self.total_computes} > {self.max_computes}"
+            )
+        return dask.get(dsk, keys, **kwargs)
+
+
+def raise_if_dask_computes(max_computes: int = 0) -> Any:
+    """Context manager: raise if the block computes more than ``max_computes`` graphs."""
+    import dask
+
+    return dask.config.set(scheduler=CountingScheduler(max_computes))
+
+
+def small_scene(seed: int = 3) -> xr.Dataset:
+    """A lazy 300 x 420 synthetic scene in 128-pixel chunks: edges on no chunk boundary."""
+    from .synthetic import synthetic_scene
+
+    return synthetic_scene((300, 420), seed=seed, chunks=128)
+
+
+def seeded_checkpoint(path: str | Path, **config: Any) -> Path:
+    """Save a DSen2-CR of ``config`` with seeded random weights to ``path``; return it.
+
+    The same ``config`` gives the same weights on every run, so that results compare.
+    """
+    import torch
+
+    from . import models
+
+    torch.manual_seed(0)
+    path = Path(path)
+    torch.save(models.build("dsen2_cr", **config).state_dict(), path)
+    return path
