@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from .exceptions import AlignmentError
+from .exceptions import AlignmentError, UsageError, argument
 
 AlignMethod = Literal["coords", "shape"]
 
@@ -129,7 +129,7 @@ def align_to(
         cols = containing_index(target["x"].values, src.c, src.a, layer.sizes["x"])
         out = _take(layer, rows, cols, fill)
     else:
-        raise AlignmentError(f"align must be 'coords' or 'shape', not {method!r}")
+        raise UsageError(f"{argument('align', method)}: must be 'coords' or 'shape'")
     return out.assign_coords(y=target["y"].values, x=target["x"].values)
 
 

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .exceptions import M3RCRWarning, SchemaError
+from .exceptions import M3RCRWarning, UsageError, argument
 
 
 class WorldCoverClass(NamedTuple):
@@ -64,7 +64,7 @@ def _groups(level: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
         return LEVEL1_GROUPS
     if level == 2:
         return tuple((c.name, (c.code,)) for c in WORLDCOVER)
-    raise SchemaError(f"level must be 1 or 2, not {level!r}")
+    raise UsageError(f"{argument('level', level)}: must be 1 or 2")
 
 
 def class_names(level: int) -> tuple[str, ...]:

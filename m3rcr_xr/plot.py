@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .exceptions import SchemaError
+from .exceptions import SchemaError, UsageError, argument
 from .landcover import WORLDCOVER, class_names, colors
 from .metrics import ALL_CLASSES, METRICS
 
@@ -38,8 +38,8 @@ def _metrics_to_draw(result: xr.Dataset, metric: str | Sequence[str] | None) -> 
     )
     missing = [m for m in names if m not in result]
     if not names or missing:
-        raise SchemaError(
-            f"metric(s) {missing or names} not in the result "
+        raise UsageError(
+            f"{argument('metric', metric)}: metric(s) {missing or names} not in the result "
             f"(have {sorted(map(str, result.data_vars))})"
         )
     return names
@@ -116,7 +116,7 @@ def metrics_by_class(
             "plot the summary, not the per-patch table"
         )
     if ax is not None and len(names) != 1:
-        raise SchemaError("ax draws one metric: pass metric='PSNR' (or another)")
+        raise UsageError(f"{argument('ax', ax)} draws one metric: pass metric='PSNR' (or another)")
     if ax is None:
         fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
         axes = list(axes[0])

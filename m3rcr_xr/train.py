@@ -45,6 +45,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,7 @@ class CropDataset(Dataset):
     mode
         ``"random"``: item ``n`` is sample number ``n`` of an endless stream: epoch
         ``n // len(self)`` visits the patches in a seeded random order, each at a random
-        offset (for a scene: anywhere in it); any ``n >= 0`` is valid. ``"centre"``: item
+        offset (for a scene: anywhere in it); any ``n >= 0`` is valid. ``"center"``: item
         ``i`` is the centre crop of patch ``i`` (offset ``(H - tile) // 2``; for a scene,
         window ``i`` of a grid of ``tile``-sized windows).
     seed
@@ -178,7 +179,7 @@ class CropDataset(Dataset):
     Examples
     --------
     >>> import m3rcr_xr
-    >>> data = CropDataset(m3rcr_xr.synthetic_collection(2, 300), 160, mode="centre")
+    >>> data = CropDataset(m3rcr_xr.synthetic_collection(2, 300), 160, mode="center")
     >>> data.window(0)
     (0, 70, 70)
     >>> sorted(data[0])
@@ -186,8 +187,11 @@ class CropDataset(Dataset):
     """
 
     def __init__(self, source: Source, tile: int, *, mode: str = "random", seed: int = 0) -> None:
-        if mode not in ("random", "centre"):
-            raise UsageError(f"mode must be 'random' or 'centre', not {mode!r}")
+        if mode == "centre":  # the British spelling of earlier releases
+            warnings.warn("mode='centre' is deprecated; use 'center'", DeprecationWarning, 2)
+            mode = "center"
+        if mode not in ("random", "center"):
+            raise UsageError(f"{argument('mode', mode)}: must be 'random' or 'center'")
         if int(tile) < 1 or int(seed) < 0:
             raise UsageError(f"need tile >= 1 and seed >= 0, got tile={tile}, seed={seed}")
         self.tile, self.mode, self.seed = int(tile), mode, int(seed)
@@ -248,9 +252,9 @@ class CropDataset(Dataset):
         """(patch or None for a scene, first row, first column) of item ``index``."""
         index = int(index)
         n, tile = self.layout.n_patches, self.tile
-        if index < 0 or (self.mode == "centre" and index >= n):
+        if index < 0 or (self.mode == "center" and index >= n):
             raise IndexError(f"item {index} out of range for {self.mode} crops of {n}")
-        if self.mode == "centre":
+        if self.mode == "center":
             return self._centre_window(index)
         rng = np.random.default_rng([self.seed, 1, index])
         y0 = int(rng.integers(0, self.layout.height - tile + 1))
@@ -901,7 +905,7 @@ def train(
     data = CropDataset(source, run.tile, mode="random", seed=settings.seed or 0)
     if PUBLISHED[settings.model]["loss"] != "l1" and not data.has_cloudmask:
         raise SchemaError(f"{data.label}: the {settings.model} loss needs a cloudmask")
-    val_data = None if val is None else CropDataset(val, run.tile, mode="centre")
+    val_data = None if val is None else CropDataset(val, run.tile, mode="center")
     log.info("training %s", _describe(run, data))
     out = Path(out)
     losses, metrics = _loop(run, data, out, val_data, progress)

@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
-from m3rcr_xr import M3RCRWarning, landcover
+from m3rcr_xr import M3RCRWarning, UsageError, landcover
 
 
 def test_eleven_classes_in_code_order():
@@ -35,7 +35,7 @@ def test_class_lists_have_the_golden_lengths(shared_dir):
 
 
 def test_bad_level():
-    with pytest.raises(ValueError, match="level must be 1 or 2"):
+    with pytest.raises(UsageError, match="level=3: must be 1 or 2"):
         landcover.class_names(3)
 
 

@@ -282,7 +282,9 @@ def test_spec_of_defaults(name: str) -> None:
     assert model.name == model.spec.name == name
     assert model.optical_bands == model.spec.optical_bands == ("blue", "green", "red", "nir")
     assert model.sar_polarizations == model.spec.sar_polarizations == ("VV", "VH")
-    assert model.normalisation == model.spec.normalisation == "m3rcr"
+    assert model.normalization == model.spec.normalization == "m3rcr"
+    with pytest.warns(DeprecationWarning, match="use normalization"):
+        assert model.normalisation == model.spec.normalisation == "m3rcr"
     assert model.spec.residual
     if name == "dsen2_cr":
         assert model.tile_size is None and model.tile_multiple == 1

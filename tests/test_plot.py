@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from m3rcr_xr import SchemaError, metrics
+from m3rcr_xr import UsageError, metrics
 from m3rcr_xr.landcover import colors
 from m3rcr_xr.plot import metrics_by_class
 
@@ -53,9 +53,9 @@ def test_one_metric_into_a_given_axes(result):
 
 
 def test_bad_requests_are_refused(result):
-    with pytest.raises(SchemaError, match="not in the result"):
+    with pytest.raises(UsageError, match="not in the result"):
         metrics_by_class(result, "FID")
     fig, ax = plt.subplots()
-    with pytest.raises(SchemaError, match="one metric"):
+    with pytest.raises(UsageError, match="one metric"):
         metrics_by_class(result, ax=ax)
     plt.close(fig)

@@ -101,8 +101,15 @@ def test_crop_values_are_the_store_normalised(collection_store):
     assert item["window"].tolist() == [patch, y0, x0]
 
 
+def test_the_british_centre_still_works_with_a_warning(val_store):
+    with pytest.warns(DeprecationWarning, match="use 'center'"):
+        data = CropDataset(val_store, 160, mode="centre")
+    center = CropDataset(val_store, 160, mode="center")
+    assert data.mode == "center" and data.window(0) == center.window(0)
+
+
 def test_centre_crop_is_the_published_one(val_store):
-    data = CropDataset(val_store, 160, mode="centre")
+    data = CropDataset(val_store, 160, mode="center")
     assert len(data) == 2
     assert [data.window(i) for i in range(2)] == [(0, 70, 70), (1, 70, 70)]
     crop = data.read(1)
@@ -118,7 +125,7 @@ def test_scene_crops():
     assert len(data) == (100 // TILE) * (140 // TILE)
     windows = [data.window(i) for i in range(20)]
     assert all(p is None and 0 <= y <= 100 - TILE and 0 <= x <= 140 - TILE for p, y, x in windows)
-    centre = CropDataset(scene, TILE, mode="centre")
+    centre = CropDataset(scene, TILE, mode="center")
     assert [centre.window(i) for i in (0, 1, 4)] == [(None, 0, 0), (None, 0, 32), (None, 32, 0)]
     assert centre[4]["cloudy"].shape == (4, TILE, TILE)
 
@@ -136,7 +143,7 @@ def test_dataset_errors(collection_store):
 def test_real_samples_store(samples_dir, tmp_path):
     store = tmp_path / "real.zarr"
     m3rcr_xr.to_zarr(m3rcr_xr.open_m3rcr(samples_dir / "test"), store, progress=False)
-    centre = CropDataset(store, 160, mode="centre")
+    centre = CropDataset(store, 160, mode="center")
     assert len(centre) == 1 and centre.window(0) == (0, 70, 70)
     item = centre[0]
     assert item["cloudy"].shape == (4, 160, 160) and item["sar"].shape == (2, 160, 160)

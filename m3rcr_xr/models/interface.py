@@ -6,6 +6,7 @@ normalised tensors, the input checks, and the spec that decloud reads.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -25,6 +26,12 @@ OPTICAL_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir")
 SAR_POLARIZATIONS: tuple[str, ...] = ("VV", "VH")
 
 
+def _deprecated_spelling(obj: Any, old: str, new: str) -> Any:
+    """``obj.<new>``, with a DeprecationWarning for the British spelling ``old``."""
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+    return getattr(obj, new)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model needs from its input; decloud reads this instead of hard-coding it.
@@ -42,8 +49,8 @@ class ModelSpec:
         Order of the 4 optical channels of ``cloudy`` (and of the output).
     sar_polarizations
         Order of the 2 SAR channels of ``sar``.
-    normalisation
-        Name of the input normalisation (``"m3rcr"``: optical reflectance x10000 clipped
+    normalization
+        Name of the input normalization (``"m3rcr"``: optical reflectance x10000 clipped
         to [0, 10000] and divided by 10000; SAR dB, VV clipped to [-25, 0] and VH to
         [-32.5, 0], each scaled to [0, 1]; see :mod:`m3rcr_xr.normalize`).
     residual
@@ -60,10 +67,15 @@ class ModelSpec:
     tile_multiple: int
     optical_bands: tuple[str, ...] = OPTICAL_BANDS
     sar_polarizations: tuple[str, ...] = SAR_POLARIZATIONS
-    normalisation: str = "m3rcr"
+    normalization: str = "m3rcr"
     residual: bool = True
     channels_last: bool = False
     config: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def normalisation(self) -> str:
+        """Deprecated spelling of :attr:`normalization`."""
+        return _deprecated_spelling(self, "normalisation", "normalization")
 
     @property
     def optical_channels(self) -> int:
@@ -84,8 +96,13 @@ class CloudRemovalNet(nn.Module):
     name: ClassVar[str] = ""
     optical_bands: ClassVar[tuple[str, ...]] = OPTICAL_BANDS
     sar_polarizations: ClassVar[tuple[str, ...]] = SAR_POLARIZATIONS
-    normalisation: ClassVar[str] = "m3rcr"
+    normalization: ClassVar[str] = "m3rcr"
     spec: ModelSpec
+
+    @property
+    def normalisation(self) -> str:
+        """Deprecated spelling of :attr:`normalization`."""
+        return _deprecated_spelling(self, "normalisation", "normalization")
 
     @property
     def tile_size(self) -> int | None:
