@@ -193,6 +193,19 @@ def test_sam_map_clips_norms_and_is_in_degrees():
     np.testing.assert_allclose(metrics.sam_map(pred, target).values, [90.0, 90.0, 0.0], atol=1e-3)
 
 
+def test_each_result_variable_is_declared_once_with_its_sums_and_attrs():
+    names = [agg.name for agg in metrics.AGGREGATIONS]
+    assert names == [*metrics.METRICS, "n_pixels", "n_nodata"]
+    for agg in metrics.AGGREGATIONS:
+        assert set(agg.sums) <= set(metrics.QUANTITIES), agg.name
+        assert agg.attrs["units"] and agg.attrs["long_name"], agg.name
+    result = metrics.evaluate(make_scene(seed=3), level=1)
+    assert list(result.data_vars) == names
+    assert {name: dict(result[name].attrs) for name in names} == {
+        agg.name: dict(agg.attrs) for agg in metrics.AGGREGATIONS
+    }
+
+
 def test_psnr_from_mse_caps_a_perfect_prediction_at_100():
     values = metrics.psnr(xr.DataArray([0.01, 0.0, np.nan]))
     np.testing.assert_allclose(values.values, [20.0, 100.0, np.nan])
@@ -352,8 +365,20 @@ def test_everything_in_one_compute(protocol):
     ds = make_scene(seed=13, patches=4).chunk(patch=2, y=24, x=28)
     counter = CountingScheduler(max_computes=1)
     with dask.config.set(scheduler=counter):
-        metrics.evaluate(ds, protocol=protocol, level=2, return_per_patch=protocol != "pooled")
+        metrics.evaluate(ds, protocol=protocol, level=2)
     assert counter.total_computes == 1
+
+
+def test_the_per_patch_table_in_one_compute():
+    ds = make_scene(seed=13, patches=4).chunk(patch=2, y=24, x=28)
+    counter = CountingScheduler(max_computes=1)
+    with dask.config.set(scheduler=counter):
+        table = metrics.evaluate_per_patch(ds, level=2)
+    assert counter.total_computes == 1 and table.PSNR.dims == (
+        "patch",
+        "stratum",
+        "landcover_class",
+    )
 
 
 def test_the_graph_has_no_task_per_class():
@@ -405,9 +430,8 @@ def test_each_chunk_is_read_by_its_own_task_only():
 def test_per_patch_protocol_equals_a_loop_over_patches():
     ds = make_scene((40, 44), seed=15, patches=5, crs=None)
     ds["decloud"][2] = ds.cloudfree[2]  # a perfect patch: PSNR 100 as in the reference
-    summary, per_patch = metrics.evaluate(
-        ds.chunk(patch=2, y=16), protocol="per_patch", return_per_patch=True
-    )
+    summary = metrics.evaluate(ds.chunk(patch=2, y=16), protocol="per_patch")
+    per_patch = metrics.evaluate_per_patch(ds.chunk(patch=2, y=16))
     loop = [metrics.evaluate(ds.isel(patch=i)) for i in range(ds.sizes["patch"])]
     for name in metrics.METRICS:
         stacked = np.stack([r[name].values for r in loop])
@@ -420,6 +444,17 @@ def test_per_patch_protocol_equals_a_loop_over_patches():
     assert summary.n_pixels.sel(stratum="all", landcover_class="all") == sum(
         int(r.n_pixels.sel(stratum="all", landcover_class="all")) for r in loop
     )
+
+
+def test_return_per_patch_still_works_but_is_deprecated():
+    ds = make_scene((24, 28), seed=15, patches=2)
+    with pytest.warns(DeprecationWarning, match="evaluate_per_patch"):
+        summary, table = metrics.evaluate(ds, protocol="per_patch", return_per_patch=True)
+    assert_same_result(summary, metrics.evaluate(ds, protocol="per_patch"))
+    assert_same_result(table, metrics.evaluate_per_patch(ds))
+    assert int(summary.n_patches.sel(stratum="all", landcover_class="all")) == 2
+    with pytest.warns(DeprecationWarning), pytest.raises(SchemaError, match="needs protocol"):
+        metrics.evaluate(ds, return_per_patch=True)
 
 
 def test_pooled_collection_keeps_patches_apart_in_ssim():
