@@ -381,6 +381,15 @@ def test_the_per_patch_table_in_one_compute():
     )
 
 
+def test_two_lazy_results_computed_together_keep_their_own_values():
+    """Graph keys depend on the inputs: two graphs merged in one compute do not collide."""
+    first, second = (make_scene(seed=seed).chunk(y=16) for seed in (26, 27))
+    lazy = [metrics.evaluate(ds, compute=False) for ds in (first, second)]
+    computed = dask.compute(*lazy)
+    for result, ds in zip(computed, (first, second), strict=True):
+        assert_same_result(result, metrics.evaluate(ds.compute()))
+
+
 def test_the_graph_has_no_task_per_class():
     small = metrics.evaluate(make_scene(seed=14).chunk(y=24, x=28), compute=False, level=1)
     large = metrics.evaluate(make_scene(seed=14).chunk(y=24, x=28), compute=False, level=2)
