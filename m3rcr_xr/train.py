@@ -67,7 +67,7 @@ from .exceptions import (
     check_positive,
 )
 from .inference import model_inputs, resolve_device
-from .metrics import evaluate, mean_over_patches
+from .metrics import evaluate_per_patch, mean_over_patches
 from .models import (
     build,
     carl_loss,
@@ -576,7 +576,7 @@ def _per_patch_table(pred: Tensor, batch: Mapping[str, Tensor], masked: bool) ->
     dims = ("patch", "band", "y", "x")
     as_reflectance = functools.partial(_reflectance, dims=dims)
     cloudmask = xr.DataArray(batch["cloudmask"].numpy() > 0.5, dims=("patch", "y", "x"))
-    _, table = evaluate(
+    return evaluate_per_patch(
         None,
         as_reflectance(pred),
         as_reflectance(batch["target"]),
@@ -584,10 +584,7 @@ def _per_patch_table(pred: Tensor, batch: Mapping[str, Tensor], masked: bool) ->
         cloudmask=cloudmask if masked else None,
         level=None,
         strata=("all", "cloudy", "clear") if masked else ("all",),
-        protocol="per_patch",
-        return_per_patch=True,
     )
-    return table
 
 
 def _reflectance(values: Tensor, dims: tuple[str, ...]) -> xr.DataArray:

@@ -6,23 +6,18 @@ import csv
 import json
 from pathlib import Path
 
-import dask
 import numpy as np
 import pytest
 import rasterio
-import rioxarray  # noqa: F401 - registers .rio
 import xarray as xr
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from rasterio.enums import Resampling
 
 from m3rcr_xr import M3RCRWarning, SchemaError, metrics
 from m3rcr_xr.landcover import class_names
 from m3rcr_xr.normalize import normalize_sar
-from tests.conftest import CountingScheduler, raise_if_dask_computes
+from tests.metrics_scenes import assert_same_result, make_scene
 
 BANDS = ["blue", "green", "red", "nir"]
-CODES = np.array([10, 20, 30, 40, 50, 60, 80, 90, 0], dtype="uint8")
 SAMPLES = {
     "summer_33_p_1": ("test", "one_test_sample.csv"),
     "fall_1_p_457": ("train", "one_train_sample.csv"),
@@ -30,40 +25,6 @@ SAMPLES = {
 
 
 # ------------------------------------------------------------------------------ helpers
-def make_scene(shape=(48, 56), *, seed=0, patches=None, nodata=0.02, crs="EPSG:32632"):
-    """A small in-memory scene (or collection) with a float32 ``decloud`` prediction."""
-    rng = np.random.default_rng(seed)
-    lead = () if patches is None else (patches,)
-    target = rng.integers(1, 10001, (*lead, 4, *shape), dtype="uint16")
-    target[..., rng.random(shape) < nodata] = 0  # nodata in all bands
-    noise = rng.normal(1.0, 0.08, target.shape).astype("float32")
-    pred = (target * noise + rng.normal(0, 150, target.shape)).astype("float32")
-    landcover = rng.choice(CODES, (*lead, *shape))
-    cloudmask = rng.random((*lead, *shape)) < 0.35
-    dims = ("patch",) * len(lead)
-    ds = xr.Dataset(
-        {
-            "cloudfree": ((*dims, "band", "y", "x"), target),
-            "decloud": ((*dims, "band", "y", "x"), pred),
-            "landcover": ((*dims, "y", "x"), landcover),
-            "cloudmask": ((*dims, "y", "x"), cloudmask),
-        },
-        coords={
-            "band": BANDS,
-            "y": 5000.0 - 3.0 * np.arange(shape[0]),
-            "x": 400.0 + 3.0 * np.arange(shape[1]),
-        },
-    )
-    return ds.rio.write_crs(crs) if crs else ds
-
-
-def assert_same_result(actual: xr.Dataset, expected: xr.Dataset, rtol: float = 1e-12) -> None:
-    for name in (*metrics.METRICS, "n_pixels", "n_nodata"):
-        np.testing.assert_allclose(
-            actual[name].values, expected[name].values, rtol=rtol, equal_nan=True, err_msg=name
-        )
-
-
 def reference_like(ds: xr.Dataset, pred: str = "decloud") -> dict[str, float]:
     """Whole-scene MAE, PSNR and n over valid pixels, straight from NumPy."""
     t = ds.cloudfree.values.astype("float32")
@@ -164,40 +125,6 @@ def test_golden_parity_holds_in_small_chunks(shared_dir):
     assert not _compare(golden["fall_1_p_457"]["full300/identity_cloudy"], by_level)
 
 
-# ------------------------------------------------------------------- building blocks
-def test_window_is_the_reference_one_centred_at_5_5():
-    window = metrics.gaussian_window()
-    assert window.dtype == np.float32 and window.shape == (11,)
-    assert window[5] == window[6] and window.argmax() in (5, 6)
-    np.testing.assert_allclose(window.sum(), 1.0, rtol=1e-6)
-
-
-def test_ssim_map_is_one_for_identical_images_and_chunk_independent():
-    rng = np.random.default_rng(1)
-    img = xr.DataArray(rng.random((2, 40, 50), dtype="float32"), dims=("band", "y", "x"))
-    other = (img + xr.DataArray(rng.normal(0, 0.05, img.shape), dims=img.dims)).clip(0, 1)
-    np.testing.assert_allclose(metrics.ssim_map(img, img).values, 1.0, rtol=1e-5)
-    whole = metrics.ssim_map(other, img)
-    chunked = metrics.ssim_map(other.chunk(y=7, x=13), img.chunk(y=7, x=13))
-    assert chunked.chunks is not None
-    np.testing.assert_array_equal(chunked.values, whole.values)
-
-
-def test_sam_map_clips_norms_and_is_in_degrees():
-    pred = xr.DataArray(
-        np.array([[1.0, 0.0], [0.0, 0.0], [0.5, 0.5]], "float32"), dims=("pixel", "band")
-    )
-    target = xr.DataArray(
-        np.array([[0.0, 1.0], [0.3, 0.4], [0.2, 0.2]], "float32"), dims=("pixel", "band")
-    )
-    np.testing.assert_allclose(metrics.sam_map(pred, target).values, [90.0, 90.0, 0.0], atol=1e-3)
-
-
-def test_psnr_from_mse_caps_a_perfect_prediction_at_100():
-    values = metrics.psnr(xr.DataArray([0.01, 0.0, np.nan]))
-    np.testing.assert_allclose(values.values, [20.0, 100.0, np.nan])
-
-
 # --------------------------------------------------------------------- scene results
 def test_result_layout_and_table():
     ds = make_scene()
@@ -291,12 +218,6 @@ def test_landcover_counts_per_patch_and_without_landcover():
     assert "n_landcover_unknown_pixels" not in without.attrs
 
 
-def test_band_order_of_the_prediction_does_not_matter():
-    ds = make_scene(seed=7)
-    reordered = ds.decloud.isel(band=[3, 1, 0, 2])
-    assert_same_result(metrics.evaluate(ds, reordered), metrics.evaluate(ds))
-
-
 def test_without_landcover_or_cloudmask_only_all_remains():
     ds = make_scene(seed=8).drop_vars(["landcover", "cloudmask"])
     result = metrics.evaluate(ds, landcover=None, strata=("all",))
@@ -307,107 +228,12 @@ def test_without_landcover_or_cloudmask_only_all_remains():
     )
 
 
-def test_dataarray_inputs_without_a_dataset():
-    ds = make_scene(seed=9)
-    result = metrics.evaluate(
-        None, ds.decloud, ds.cloudfree, landcover=ds.landcover, cloudmask=ds.cloudmask
-    )
-    assert_same_result(result, metrics.evaluate(ds))
-
-
-# ------------------------------------------------------------------ dask and chunking
-def test_dask_result_equals_numpy_result():
-    ds = make_scene((70, 90), seed=10)
-    assert_same_result(metrics.evaluate(ds.chunk(y=32, x=40)), metrics.evaluate(ds))
-
-
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cy=st.integers(3, 70), cx=st.integers(3, 90))
-def test_no_value_depends_on_the_chunking(cy, cx):
-    ds = make_scene((70, 90), seed=11)
-    whole = metrics.evaluate(ds.chunk(y=-1, x=-1))
-    assert_same_result(metrics.evaluate(ds.chunk(y=cy, x=cx)), whole)
-
-
-def test_synthetic_scene_chunkings_agree(small_scene):
-    scene = small_scene
-    a = metrics.evaluate(scene, "cloudy", "cloudfree", level=2)
-    b = metrics.evaluate(scene.chunk(y=64, x=100), "cloudy", "cloudfree", level=2)
-    assert_same_result(b, a)
-
-
-def test_building_the_graph_computes_nothing():
-    ds = make_scene(seed=12).chunk(y=16, x=16)
-    with raise_if_dask_computes():
-        lazy = metrics.evaluate(ds, compute=False)
-        lazy_pp = metrics.evaluate(
-            make_scene(seed=12, patches=3).chunk(patch=1), protocol="per_patch", compute=False
-        )
-    assert lazy.PSNR.chunks is not None and lazy_pp.SSIM.chunks is not None
-    assert_same_result(lazy.compute(), metrics.evaluate(ds))
-
-
-@pytest.mark.parametrize("protocol", ["pooled", "per_patch"])
-def test_everything_in_one_compute(protocol):
-    ds = make_scene(seed=13, patches=4).chunk(patch=2, y=24, x=28)
-    counter = CountingScheduler(max_computes=1)
-    with dask.config.set(scheduler=counter):
-        metrics.evaluate(ds, protocol=protocol, level=2, return_per_patch=protocol != "pooled")
-    assert counter.total_computes == 1
-
-
-def test_the_graph_has_no_task_per_class():
-    small = metrics.evaluate(make_scene(seed=14).chunk(y=24, x=28), compute=False, level=1)
-    large = metrics.evaluate(make_scene(seed=14).chunk(y=24, x=28), compute=False, level=2)
-    assert len(dict(small.PSNR.data.dask)) == len(dict(large.PSNR.data.dask))
-
-
-def test_streamed_sums_equal_flox_map_reduce_over_a_halo_exchange():
-    import flox
-
-    ds = make_scene((70, 90), seed=24).chunk(y=32, x=40)
-    labels = metrics.group_labels(ds.landcover, ds.cloudmask, like=ds.cloudfree)
-    streamed = metrics.grouped_sums(ds.decloud, ds.cloudfree, labels)
-    quantities = metrics.pixel_quantities(ds.decloud, ds.cloudfree)
-    assert quantities.chunks is not None
-    sums, _ = flox.groupby_reduce(
-        quantities.data,
-        labels.data,
-        func="sum",
-        expected_groups=np.arange(metrics.N_LABELS),
-        axis=(1, 2),
-        method="map-reduce",
-        fill_value=0.0,
-        dtype=np.float64,
-    )
-    np.testing.assert_allclose(streamed.values.reshape(sums.shape), sums.compute(), rtol=1e-12)
-
-
-def test_each_chunk_is_read_by_its_own_task_only():
-    """What bounds memory: no other task waits for a chunk, so it is freed at once."""
-    ds = make_scene((60, 70), seed=25).chunk(y=20, x=25)
-    graph = dict(metrics.evaluate(ds, compute=False).PSNR.data.__dask_graph__())
-    dependents: dict = {key: [] for key in graph}
-    for key, task in graph.items():
-        for dep in dask.core.get_dependencies(graph, key, task=task):
-            dependents[dep].append(key)
-    for block in dask.core.flatten(ds.decloud.data.__dask_keys__()):
-        key, readers = block, dependents[block]
-        while len(readers) == 1 and not str(
-            readers[0][0] if isinstance(readers[0], tuple) else readers[0]
-        ).startswith("chunk_pass"):
-            key, readers = readers[0], dependents[readers[0]]
-        assert len(readers) == 1, (block, readers)
-        assert str(readers[0]).startswith("chunk_pass"), (block, readers)
-
-
 # ------------------------------------------------------------------------- collections
 def test_per_patch_protocol_equals_a_loop_over_patches():
     ds = make_scene((40, 44), seed=15, patches=5, crs=None)
     ds["decloud"][2] = ds.cloudfree[2]  # a perfect patch: PSNR 100 as in the reference
-    summary, per_patch = metrics.evaluate(
-        ds.chunk(patch=2, y=16), protocol="per_patch", return_per_patch=True
-    )
+    summary = metrics.evaluate(ds.chunk(patch=2, y=16), protocol="per_patch")
+    per_patch = metrics.evaluate_per_patch(ds.chunk(patch=2, y=16))
     loop = [metrics.evaluate(ds.isel(patch=i)) for i in range(ds.sizes["patch"])]
     for name in metrics.METRICS:
         stacked = np.stack([r[name].values for r in loop])
@@ -422,6 +248,17 @@ def test_per_patch_protocol_equals_a_loop_over_patches():
     )
 
 
+def test_return_per_patch_still_works_but_is_deprecated():
+    ds = make_scene((24, 28), seed=15, patches=2)
+    with pytest.warns(DeprecationWarning, match="evaluate_per_patch"):
+        summary, table = metrics.evaluate(ds, protocol="per_patch", return_per_patch=True)
+    assert_same_result(summary, metrics.evaluate(ds, protocol="per_patch"))
+    assert_same_result(table, metrics.evaluate_per_patch(ds))
+    assert int(summary.n_patches.sel(stratum="all", landcover_class="all")) == 2
+    with pytest.warns(DeprecationWarning), pytest.raises(SchemaError, match="needs protocol"):
+        metrics.evaluate(ds, return_per_patch=True)
+
+
 def test_pooled_collection_keeps_patches_apart_in_ssim():
     ds = make_scene((40, 44), seed=16, patches=3, crs=None)
     pooled = metrics.evaluate(ds)
@@ -432,33 +269,6 @@ def test_pooled_collection_keeps_patches_apart_in_ssim():
 
 
 # ----------------------------------------------------------------------------- bad input
-def test_grids_that_do_not_match_are_refused():
-    ds = make_scene(seed=17)
-    with pytest.raises(SchemaError, match="y has 47 pixels"):
-        metrics.evaluate(ds, ds.decloud.isel(y=slice(1, None)).drop_vars("y"))
-    shifted = ds.decloud.assign_coords(x=ds.x + 3.0)
-    with pytest.raises(SchemaError, match="coordinate 'x' differs"):
-        metrics.evaluate(ds, shifted)
-    other_crs = ds.decloud.rio.write_crs("EPSG:32633")
-    with pytest.raises(SchemaError, match="CRS"):
-        metrics.evaluate(ds, other_crs)
-    with pytest.raises(SchemaError, match="landcover: grid does not match"):
-        metrics.evaluate(ds, landcover=ds.landcover.isel(x=slice(0, 10)))
-
-
-def test_missing_variables_are_named():
-    ds = make_scene(seed=18)
-    with pytest.raises(SchemaError, match="'cloudfree' is missing"):
-        metrics.evaluate(ds.drop_vars("cloudfree"))
-    with pytest.raises(SchemaError, match="'decloud' is missing"):
-        metrics.evaluate(ds.drop_vars("decloud"))
-    with pytest.raises(SchemaError, match="'landcover' is missing.*landcover=None"):
-        metrics.evaluate(ds.drop_vars("landcover"))
-    with pytest.raises(SchemaError, match="'cloudmask' is missing"):
-        metrics.evaluate(ds.drop_vars("cloudmask"))
-    assert metrics.evaluate(ds.drop_vars("cloudmask"), strata=("all",)).sizes["stratum"] == 1
-
-
 @pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nan_and_infinite_predictions_are_refused_alike(lazy, bad):

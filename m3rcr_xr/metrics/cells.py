@@ -1,0 +1,55 @@
+"""From group sums to (stratum, land-cover class) cells, by adding groups.
+
+A group is a (cloud, land-cover code) pair (:data:`~m3rcr_xr.metrics.kernels.GROUP_CODES`);
+a stratum adds cloud states and a class adds codes, each as a 0/1 matrix product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import xarray as xr
+
+from ..landcover import class_codes, class_names
+from .kernels import GROUP_CODES
+
+STRATA: tuple[str, ...] = ("all", "cloudy", "clear")
+ALL_CLASSES = "all"
+
+
+def _strata_matrix(strata: Sequence[str]) -> xr.DataArray:
+    rows = {"all": [1.0, 1.0], "cloudy": [0.0, 1.0], "clear": [1.0, 0.0]}
+    return xr.DataArray(
+        [rows[s] for s in strata],
+        dims=("stratum", "cloud"),
+        coords={"stratum": list(strata), "cloud": [False, True]},
+    )
+
+
+def _class_matrix(level: int | None) -> xr.DataArray:
+    codes = list(GROUP_CODES)
+    groups = list(zip(class_names(level), class_codes(level), strict=True)) if level else []
+    rows = [[1.0 if c in members else 0.0 for c in codes] for _, members in groups]
+    rows.append([1.0] * len(codes))
+    names = [name for name, _ in groups] + [ALL_CLASSES]
+    return xr.DataArray(
+        rows, dims=("landcover_class", "code"), coords={"landcover_class": names, "code": codes}
+    )
+
+
+def cell_sums(
+    sums: xr.DataArray, level: int | None = 1, strata: Sequence[str] = STRATA
+) -> xr.DataArray:
+    """Group sums added up into (stratum, landcover_class) cells.
+
+    ``level`` None keeps only the class ``"all"``.
+    """
+    by_stratum = xr.dot(sums, _strata_matrix(strata), dim="cloud")
+    cells = xr.dot(by_stratum, _class_matrix(level), dim="code")
+    order = [
+        "quantity",
+        *(["patch"] if "patch" in cells.dims else []),
+        "stratum",
+        "landcover_class",
+    ]
+    return cells.transpose(*order)

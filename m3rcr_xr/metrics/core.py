@@ -1,0 +1,274 @@
+"""The xarray layer: :func:`evaluate` and :func:`evaluate_per_patch`.
+
+Thin on purpose: check the arguments, resolve the inputs (:mod:`.inputs`), label the
+pixels and sum per group (:mod:`.sums`, running :mod:`.engine`), compute once, add the
+groups into cells (:mod:`.cells`) and finish each metric (:mod:`.aggregations`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import xarray as xr
+
+from ..exceptions import M3RCRWarning, SchemaError
+from ..landcover import NODATA_CODE, class_names
+from ..options import get_options
+from .aggregations import PSNR_IF_PERFECT, mean_over_patches, metrics_from_sums
+from .cells import STRATA, cell_sums
+from .dispatch import is_lazy
+from .engine import DEFAULT_ENGINE
+from .inputs import prepare_inputs
+from .sums import checked, group_labels, grouped_sums
+
+PROTOCOLS: tuple[str, ...] = ("pooled", "per_patch")
+NODATA_RULE = (
+    "pixels where any target band is 0, NaN or infinite, or any band of an integer "
+    "prediction is 0, are excluded from every metric"
+)
+LANDCOVER_RULE = (
+    "valid pixels whose land cover is nodata (0) or not an ESA WorldCover code are in "
+    "class 'all' only"
+)
+#: how far up the stack a warning of :func:`_table` points: the caller of the public
+#: function that called it
+_CALLER = 5
+
+
+def _check_strata(level: int | None, strata: Sequence[str]) -> tuple[str, ...]:
+    strata = (strata,) if isinstance(strata, str) else tuple(strata)
+    unknown = [s for s in strata if s not in STRATA]
+    if not strata or unknown or len(set(strata)) != len(strata):
+        raise SchemaError(f"strata must be distinct values of {STRATA}, got {strata}")
+    if level is not None:
+        class_names(level)  # raises SchemaError for a level other than 1 or 2
+    return strata
+
+
+def _name(item: Any, default: str) -> str:
+    if isinstance(item, str):
+        return item
+    return str(getattr(item, "name", None) or default)
+
+
+def _compute_sums(sums: xr.DataArray) -> xr.DataArray:
+    if not is_lazy(sums):
+        return sums
+    from ..progress import compute_with_progress
+
+    (data,) = compute_with_progress(sums.data, show=bool(get_options()["progress"]))
+    return sums.copy(data=data)
+
+
+def _patch_coords(target: xr.DataArray) -> dict[str, xr.DataArray]:
+    return {name: coord for name, coord in target.coords.items() if coord.dims == ("patch",)}
+
+
+def _landcover_counts(sums: xr.DataArray, landcover_name: str) -> dict[str, int]:
+    """Valid pixels in no land-cover class (nodata, unknown codes); warns on unknown codes."""
+    valid = sums.sel(quantity="n_valid").sum(
+        [d for d in sums.dims if d not in ("quantity", "code")]
+    )
+    counts = {
+        "n_landcover_nodata_pixels": round(float(valid.sel(code=NODATA_CODE))),
+        "n_landcover_unknown_pixels": round(float(valid.sel(code=-1))),
+    }
+    if counts["n_landcover_unknown_pixels"]:
+        warnings.warn(
+            f"{landcover_name}: {counts['n_landcover_unknown_pixels']} valid pixel(s) have "
+            "codes that are not ESA WorldCover classes; they count in class 'all' only "
+            "(attribute n_landcover_unknown_pixels)",
+            M3RCRWarning,
+            stacklevel=_CALLER,
+        )
+    return counts
+
+
+def _attrs(sums: xr.DataArray, landcover_name: str | None, **kwargs: Any) -> dict[str, Any]:
+    attrs = {key: value for key, value in kwargs.items() if value is not None}
+    attrs.update(
+        nodata_rule=NODATA_RULE,
+        normalization="clip to [0, 10000], divide by 10000",
+        psnr_if_mse_is_zero=PSNR_IF_PERFECT,
+    )
+    if landcover_name is not None:
+        attrs.update(landcover_rule=LANDCOVER_RULE)
+    if not is_lazy(sums):
+        totals = sums.sum([d for d in sums.dims if d != "quantity"])
+        n_valid = round(float(totals.sel(quantity="n_valid")))
+        n_nodata = round(float(totals.sel(quantity="n_nodata")))
+        attrs.update(
+            n_valid_pixels=n_valid, n_nodata_pixels=n_nodata, n_pixels_total=n_valid + n_nodata
+        )
+        if landcover_name is not None:
+            attrs.update(_landcover_counts(sums, landcover_name))
+    return attrs
+
+
+def _table(
+    per_patch: bool,
+    ds: xr.Dataset | None,
+    pred: Any,
+    target: Any,
+    level: int | None,
+    strata: Sequence[str],
+    landcover: Any,
+    cloudmask: Any,
+    compute: bool,
+    engine: str,
+) -> xr.Dataset:
+    """The pooled table, or with ``per_patch`` the per-patch one, with attributes.
+
+    Arguments by position, in the order of :func:`evaluate_per_patch`.
+    """
+    strata = _check_strata(level, strata)
+    need_cloudmask = any(s != "all" for s in strata)
+    if landcover is None:
+        level = None
+    inputs = prepare_inputs(
+        ds, pred, target, landcover, cloudmask, need_cloudmask=need_cloudmask, per_patch=per_patch
+    )
+    if need_cloudmask and inputs["cloudmask"] is None:
+        raise SchemaError(
+            f"cloudmask: strata {strata} need a cloud mask; "
+            "pass strata=('all',) to evaluate without one"
+        )
+    target_da = inputs["target"]
+    assert target_da is not None and inputs["pred"] is not None
+    labels = group_labels(inputs["landcover"], inputs["cloudmask"], like=target_da)
+    sums = grouped_sums(inputs["pred"], target_da, labels, per_patch=per_patch, engine=engine)
+    sums = checked(sums, _name(pred, "pred"), _name(target, "target"))
+    if compute:
+        sums = _compute_sums(sums)
+    table = metrics_from_sums(cell_sums(sums, level, strata), target_da.sizes["band"])
+    attrs = _attrs(
+        sums,
+        None if inputs["landcover"] is None else _name(landcover, "landcover"),
+        protocol="per_patch" if per_patch else "pooled",
+        level=level,
+        pred=_name(pred, "pred"),
+        target=_name(target, "target"),
+        strata=", ".join(strata),
+    )
+    if per_patch:
+        table = table.assign_coords(_patch_coords(target_da))
+    return table.assign_attrs(attrs)
+
+
+def evaluate(
+    ds: xr.Dataset | None = None,
+    pred: str | xr.DataArray = "decloud",
+    target: str | xr.DataArray = "cloudfree",
+    *,
+    protocol: str = "pooled",
+    level: int | None = 1,
+    strata: Sequence[str] = STRATA,
+    landcover: str | xr.DataArray | None = "landcover",
+    cloudmask: str | xr.DataArray | None = "cloudmask",
+    return_per_patch: bool = False,
+    compute: bool = True,
+    engine: str = DEFAULT_ENGINE,
+) -> xr.Dataset:
+    """PSNR, SSIM, SAM, MAE and RMSE of a prediction per stratum and land-cover class.
+
+    All sums of every metric, class and stratum come from one pass over the data: with
+    dask inputs, one ``dask.compute`` whose memory is bounded by the chunk size.
+
+    Parameters
+    ----------
+    ds
+        A scene or a collection; None when every input is given as a DataArray.
+    pred, target
+        Variable names in ``ds`` or DataArrays, dims ``([patch,] band, y, x)``, reflectance
+        x10000 (normalised here to [0, 1] as the reference does).
+    protocol
+        ``"pooled"``: each metric over all pixels of the cell (PSNR from the pooled MSE).
+        ``"per_patch"`` (collections): each metric per patch, then the mean over the
+        patches where the cell has pixels, as the published test script reports (the
+        per-patch values themselves: :func:`evaluate_per_patch`).
+    level
+        WorldCover class level: 1 (seven groups) or 2 (eleven classes); None: only "all".
+    strata
+        Subset of ``("all", "cloudy", "clear")``: all valid pixels, those under the cloud
+        mask, those outside it.
+    landcover, cloudmask
+        Variable names or DataArrays (y, x); None to go without (class "all" only /
+        stratum "all" only). The cloud mask is needed only for "cloudy" and "clear".
+    return_per_patch
+        Deprecated: use :func:`evaluate_per_patch` for the per-patch table. With
+        ``protocol="per_patch"``, returns ``(summary, per_patch_table)``.
+    compute
+        False returns the result lazily (no attributes with pixel counts then); the
+        NaN / inf checks run when it is computed.
+    engine
+        flox's per-chunk algorithm, "numpy" (default, measured faster) or "flox".
+
+    Returns
+    -------
+    xarray.Dataset
+        Variables PSNR, SSIM, SAM, MAE, RMSE, n_pixels, n_nodata (and with the per-patch
+        protocol n_patches) over dims ``stratum`` and ``landcover_class`` (class names at
+        ``level``, then ``"all"``); attributes include ``n_nodata_pixels`` and
+        ``n_valid_pixels`` and, with a land cover, ``n_landcover_nodata_pixels`` and
+        ``n_landcover_unknown_pixels`` (valid pixels in class ``"all"`` only).
+
+    Raises
+    ------
+    SchemaError
+        Missing variables, mismatched grids or CRS, bad arguments; a prediction that is
+        all NaN / inf, or NaN / inf where the target has data (at compute time when lazy).
+
+    Warns
+    -----
+    M3RCRWarning
+        Valid pixels have land-cover codes outside ESA WorldCover (counted in the
+        attribute ``n_landcover_unknown_pixels``).
+    """
+    if protocol not in PROTOCOLS:
+        raise SchemaError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if return_per_patch:
+        warnings.warn(
+            "evaluate(return_per_patch=True) is deprecated: the per-patch table is "
+            "evaluate_per_patch(...), its summary mean_over_patches(table)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if protocol != "per_patch":
+            raise SchemaError("return_per_patch=True needs protocol='per_patch'")
+    per_patch = protocol == "per_patch"
+    table = _table(
+        per_patch, ds, pred, target, level, strata, landcover, cloudmask, compute, engine
+    )
+    if not per_patch:
+        return table
+    summary = mean_over_patches(table).assign_attrs(table.attrs)
+    return (summary, table) if return_per_patch else summary  # type: ignore[return-value]
+
+
+def evaluate_per_patch(
+    ds: xr.Dataset | None = None,
+    pred: str | xr.DataArray = "decloud",
+    target: str | xr.DataArray = "cloudfree",
+    *,
+    level: int | None = 1,
+    strata: Sequence[str] = STRATA,
+    landcover: str | xr.DataArray | None = "landcover",
+    cloudmask: str | xr.DataArray | None = "cloudmask",
+    compute: bool = True,
+    engine: str = DEFAULT_ENGINE,
+) -> xr.Dataset:
+    """The metrics of each patch of a collection: the per-patch protocol's table.
+
+    Parameters as :func:`evaluate`; ``ds`` (or the inputs) must have a ``patch`` dim.
+    :func:`mean_over_patches` of the result is ``evaluate(..., protocol="per_patch")``.
+
+    Returns
+    -------
+    xarray.Dataset
+        The variables of :func:`evaluate` (without ``n_patches``) over dims ``patch``,
+        ``stratum`` and ``landcover_class``, with the target's patch coordinates and
+        the attributes of :func:`evaluate`.
+    """
+    return _table(True, ds, pred, target, level, strata, landcover, cloudmask, compute, engine)

@@ -1,0 +1,169 @@
+"""Input resolution and grid checks: names to DataArrays on one grid, with one chunking.
+
+:func:`prepare_inputs` turns the ``pred``, ``target``, ``landcover`` and ``cloudmask``
+arguments of :func:`~m3rcr_xr.metrics.evaluate` (variable names or DataArrays) into
+DataArrays with dims in the engine's order, checked to lie on the target's grid (dims,
+sizes, coordinates, CRS, bands) and on the same spatial chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..exceptions import SchemaError
+from .dispatch import is_lazy
+
+#: the dims of a pixel grid
+PIXEL_DIMS = ("y", "x")
+
+
+def require_dims(array: xr.DataArray, dims: Sequence[str], role: str) -> None:
+    missing = [d for d in dims if d not in array.dims]
+    if missing:
+        raise SchemaError(f"{role}: dims {array.dims} lack {missing}")
+
+
+def _resolve(ds: xr.Dataset | None, item: Any, role: str, hint: str = "") -> xr.DataArray:
+    if isinstance(item, xr.DataArray):
+        return item
+    if not isinstance(item, str):
+        raise SchemaError(
+            f"{role}: expected a variable name or a DataArray, got {type(item).__name__}"
+        )
+    if ds is None:
+        raise SchemaError(f"{role}: {item!r} is a variable name but no dataset was given")
+    if item not in ds.data_vars:
+        raise SchemaError(
+            f"{role}: variable {item!r} is missing from the dataset "
+            f"(have {sorted(map(str, ds.data_vars))}){hint}"
+        )
+    return ds[item]
+
+
+def _crs(array: xr.DataArray) -> Any:
+    try:
+        return array.rio.crs
+    except Exception:  # a malformed grid mapping is not ours to diagnose here
+        return None
+
+
+def _same_values(a: xr.DataArray, b: xr.DataArray) -> bool:
+    va, vb = np.asarray(a.values), np.asarray(b.values)
+    if va.shape != vb.shape:
+        return False
+    if np.issubdtype(va.dtype, np.number) and np.issubdtype(vb.dtype, np.number):
+        return bool(np.allclose(va, vb, rtol=0, atol=1e-6, equal_nan=True))
+    return bool(np.array_equal(va, vb))
+
+
+def _check_grid(array: xr.DataArray, role: str, ref: xr.DataArray, allowed: set[str]) -> None:
+    """``array`` must lie on the grid of ``ref``: dims, sizes, coordinates and CRS."""
+    grid = [d for d in ref.dims if d in ("patch", *PIXEL_DIMS)]
+    require_dims(array, grid, role)
+    extra = [d for d in array.dims if d not in allowed | set(grid)]
+    if extra:
+        raise SchemaError(f"{role}: unexpected dims {extra} (dims {array.dims})")
+    for dim in grid:
+        if array.sizes[dim] != ref.sizes[dim]:
+            raise SchemaError(
+                f"{role}: grid does not match the target: {dim} has "
+                f"{array.sizes[dim]} pixels, the target {ref.sizes[dim]}"
+            )
+    for name in set(array.coords) & set(ref.coords):
+        dims = set(array[name].dims)
+        if dims and dims <= set(grid) and not _same_values(array[name], ref[name]):
+            raise SchemaError(
+                f"{role}: grid does not match the target: coordinate {name!r} differs"
+            )
+    crs, ref_crs = _crs(array), _crs(ref)
+    if crs is not None and ref_crs is not None and crs != ref_crs:
+        raise SchemaError(f"{role}: CRS {crs} does not match the target's CRS {ref_crs}")
+
+
+def _match_bands(pred: xr.DataArray, target: xr.DataArray) -> xr.DataArray:
+    if pred.sizes["band"] != target.sizes["band"]:
+        raise SchemaError(
+            f"pred: {pred.sizes['band']} bands, the target has {target.sizes['band']}"
+        )
+    if "band" in pred.coords and "band" in target.coords:
+        labels, wanted = list(pred["band"].values), list(target["band"].values)
+        if sorted(map(str, labels)) != sorted(map(str, wanted)):
+            raise SchemaError(f"pred: bands {labels} do not match the target's {wanted}")
+        if labels != wanted:
+            pred = pred.sel(band=target["band"].values)
+    return pred
+
+
+def _unify_chunks(arrays: dict[str, xr.DataArray | None]) -> dict[str, xr.DataArray | None]:
+    """All inputs on the spatial chunks of the first dask one, ``band`` in one chunk."""
+    lazy = [a for a in arrays.values() if a is not None and is_lazy(a)]
+    if not lazy:
+        return arrays
+    chunks = {d: lazy[0].chunksizes[d] for d in lazy[0].dims if d != "band"}
+    out: dict[str, xr.DataArray | None] = {}
+    for key, array in arrays.items():
+        if array is not None:
+            spec: dict[str, Any] = {d: chunks[d] for d in array.dims if d in chunks}
+            if "band" in array.dims:
+                spec["band"] = -1
+            array = array.chunk(spec)
+        out[key] = array
+    return out
+
+
+def _optional_layer(
+    ds: xr.Dataset | None, item: Any, role: str, needed: bool, hint: str
+) -> xr.DataArray | None:
+    if item is None:
+        return None
+    if isinstance(item, str) and ds is not None and item not in ds.data_vars and not needed:
+        return None
+    return _resolve(ds, item, role, hint)
+
+
+def prepare_inputs(
+    ds: xr.Dataset | None,
+    pred: Any,
+    target: Any,
+    landcover: Any,
+    cloudmask: Any,
+    *,
+    need_cloudmask: bool,
+    per_patch: bool,
+) -> dict[str, xr.DataArray | None]:
+    """Resolve names to DataArrays, check their grids, order dims and unify chunks.
+
+    Raises
+    ------
+    SchemaError
+        A missing variable, mismatched grids (dims, sizes, coordinates, CRS, bands), or a
+        per-patch protocol without a ``patch`` dim.
+    """
+    target_da = _resolve(ds, target, "target")
+    pred_da = _resolve(ds, pred, "pred")
+    require_dims(target_da, ("band", *PIXEL_DIMS), "target")
+    if per_patch and "patch" not in target_da.dims:
+        raise SchemaError("protocol 'per_patch' needs a collection (a 'patch' dim)")
+    order = [d for d in ("patch", "band", *PIXEL_DIMS) if d in target_da.dims]
+    target_da = target_da.transpose(*order)
+    _check_grid(pred_da, "pred", target_da, {"band"})
+    pred_da = _match_bands(pred_da.transpose(*order), target_da)
+    layers: dict[str, xr.DataArray | None] = {"pred": pred_da, "target": target_da}
+    hints = {
+        "landcover": " (pass landcover=None to evaluate without classes)",
+        "cloudmask": " (pass strata=('all',) to evaluate without a cloud mask)",
+    }
+    for role, item, needed in (
+        ("landcover", landcover, True),
+        ("cloudmask", cloudmask, need_cloudmask),
+    ):
+        layer = _optional_layer(ds, item, role, needed, hints[role])
+        if layer is not None:
+            _check_grid(layer, role, target_da, set())
+            layer = layer.transpose(*[d for d in order if d != "band"])
+        layers[role] = layer
+    return _unify_chunks(layers)

@@ -1,0 +1,46 @@
+"""Small in-memory scenes for the metric tests, and a comparison of two results."""
+
+from __future__ import annotations
+
+import numpy as np
+import rioxarray  # noqa: F401 - registers .rio
+import xarray as xr
+
+from m3rcr_xr import metrics
+
+BANDS = ["blue", "green", "red", "nir"]
+CODES = np.array([10, 20, 30, 40, 50, 60, 80, 90, 0], dtype="uint8")
+
+
+def make_scene(shape=(48, 56), *, seed=0, patches=None, nodata=0.02, crs="EPSG:32632"):
+    """A small in-memory scene (or collection) with a float32 ``decloud`` prediction."""
+    rng = np.random.default_rng(seed)
+    lead = () if patches is None else (patches,)
+    target = rng.integers(1, 10001, (*lead, 4, *shape), dtype="uint16")
+    target[..., rng.random(shape) < nodata] = 0  # nodata in all bands
+    noise = rng.normal(1.0, 0.08, target.shape).astype("float32")
+    pred = (target * noise + rng.normal(0, 150, target.shape)).astype("float32")
+    landcover = rng.choice(CODES, (*lead, *shape))
+    cloudmask = rng.random((*lead, *shape)) < 0.35
+    dims = ("patch",) * len(lead)
+    ds = xr.Dataset(
+        {
+            "cloudfree": ((*dims, "band", "y", "x"), target),
+            "decloud": ((*dims, "band", "y", "x"), pred),
+            "landcover": ((*dims, "y", "x"), landcover),
+            "cloudmask": ((*dims, "y", "x"), cloudmask),
+        },
+        coords={
+            "band": BANDS,
+            "y": 5000.0 - 3.0 * np.arange(shape[0]),
+            "x": 400.0 + 3.0 * np.arange(shape[1]),
+        },
+    )
+    return ds.rio.write_crs(crs) if crs else ds
+
+
+def assert_same_result(actual: xr.Dataset, expected: xr.Dataset, rtol: float = 1e-12) -> None:
+    for name in (*metrics.METRICS, "n_pixels", "n_nodata"):
+        np.testing.assert_allclose(
+            actual[name].values, expected[name].values, rtol=rtol, equal_nan=True, err_msg=name
+        )
