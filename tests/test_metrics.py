@@ -12,7 +12,7 @@ import rasterio
 import xarray as xr
 from rasterio.enums import Resampling
 
-from m3rcr_xr import M3RCRWarning, SchemaError, metrics
+from m3rcr_xr import M3RCRWarning, SchemaError, UsageError, metrics
 from m3rcr_xr.landcover import class_names
 from m3rcr_xr.normalize import normalize_sar
 from tests.metrics_scenes import assert_same_result, make_scene
@@ -255,7 +255,7 @@ def test_return_per_patch_still_works_but_is_deprecated():
     assert_same_result(summary, metrics.evaluate(ds, protocol="per_patch"))
     assert_same_result(table, metrics.evaluate_per_patch(ds))
     assert int(summary.n_patches.sel(stratum="all", landcover_class="all")) == 2
-    with pytest.warns(DeprecationWarning), pytest.raises(SchemaError, match="needs protocol"):
+    with pytest.warns(DeprecationWarning), pytest.raises(UsageError, match="needs protocol"):
         metrics.evaluate(ds, return_per_patch=True)
 
 
@@ -288,11 +288,11 @@ def test_nan_and_infinite_predictions_are_refused_alike(lazy, bad):
 
 def test_bad_arguments_are_refused():
     ds = make_scene(seed=20)
-    with pytest.raises(SchemaError, match="protocol"):
+    with pytest.raises(UsageError, match="protocol='mean'"):
         metrics.evaluate(ds, protocol="mean")
-    with pytest.raises(SchemaError, match="strata"):
+    with pytest.raises(UsageError, match="strata"):
         metrics.evaluate(ds, strata=("all", "hazy"))
-    with pytest.raises(SchemaError, match="level"):
+    with pytest.raises(UsageError, match="level=3"):
         metrics.evaluate(ds, level=3)
     with pytest.raises(SchemaError, match="needs a collection"):
         metrics.evaluate(ds, protocol="per_patch")

@@ -13,9 +13,9 @@ from typing import Any
 
 import xarray as xr
 
-from ..exceptions import M3RCRWarning, SchemaError
+from ..exceptions import M3RCRWarning, SchemaError, UsageError, argument
 from ..landcover import NODATA_CODE, class_names
-from ..options import get_options
+from ..options import OPTIONS
 from .aggregations import PSNR_IF_PERFECT, mean_over_patches, metrics_from_sums
 from .cells import STRATA, cell_sums
 from .dispatch import is_lazy
@@ -41,9 +41,9 @@ def _check_strata(level: int | None, strata: Sequence[str]) -> tuple[str, ...]:
     strata = (strata,) if isinstance(strata, str) else tuple(strata)
     unknown = [s for s in strata if s not in STRATA]
     if not strata or unknown or len(set(strata)) != len(strata):
-        raise SchemaError(f"strata must be distinct values of {STRATA}, got {strata}")
+        raise UsageError(f"{argument('strata', strata)}: must be distinct values of {STRATA}")
     if level is not None:
-        class_names(level)  # raises SchemaError for a level other than 1 or 2
+        class_names(level)  # raises UsageError for a level other than 1 or 2
     return strata
 
 
@@ -58,7 +58,7 @@ def _compute_sums(sums: xr.DataArray) -> xr.DataArray:
         return sums
     from ..progress import compute_with_progress
 
-    (data,) = compute_with_progress(sums.data, show=bool(get_options()["progress"]))
+    (data,) = compute_with_progress(sums.data, show=bool(OPTIONS["progress"]))
     return sums.copy(data=data)
 
 
@@ -227,7 +227,7 @@ def evaluate(
         attribute ``n_landcover_unknown_pixels``).
     """
     if protocol not in PROTOCOLS:
-        raise SchemaError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise UsageError(f"{argument('protocol', protocol)}: must be one of {PROTOCOLS}")
     if return_per_patch:
         warnings.warn(
             "evaluate(return_per_patch=True) is deprecated: the per-patch table is "
@@ -236,7 +236,9 @@ def evaluate(
             stacklevel=2,
         )
         if protocol != "per_patch":
-            raise SchemaError("return_per_patch=True needs protocol='per_patch'")
+            raise UsageError(
+                f"{argument('return_per_patch', True)} needs {argument('protocol', 'per_patch')}"
+            )
     per_patch = protocol == "per_patch"
     table = _table(
         per_patch, ds, pred, target, level, strata, landcover, cloudmask, compute, engine

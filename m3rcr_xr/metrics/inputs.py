@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..exceptions import SchemaError
+from ..exceptions import SchemaError, UsageError
 from .dispatch import is_lazy
 
 #: the dims of a pixel grid
@@ -35,7 +35,7 @@ def _resolve(ds: xr.Dataset | None, item: Any, role: str, hint: str = "") -> xr.
             f"{role}: expected a variable name or a DataArray, got {type(item).__name__}"
         )
     if ds is None:
-        raise SchemaError(f"{role}: {item!r} is a variable name but no dataset was given")
+        raise UsageError(f"{role}: {item!r} is a variable name but no dataset was given")
     if item not in ds.data_vars:
         raise SchemaError(
             f"{role}: variable {item!r} is missing from the dataset "

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..exceptions import SchemaError
+from ..exceptions import UsageError
 
 #: file suffixes :func:`write_table` writes
 TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".json")
@@ -31,6 +31,6 @@ def write_table(result: xr.Dataset, path: str | Any) -> None:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in result.attrs.items()}
         path.write_text(json.dumps({"attrs": attrs, "rows": rows}, indent=1))
     else:
-        raise SchemaError(
+        raise UsageError(
             f"{path}: write {' or '.join(TABLE_SUFFIXES)}, not {suffix or 'no suffix'!r}"
         )
