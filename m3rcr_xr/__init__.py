@@ -21,6 +21,7 @@ from .exceptions import (
     OptionError,
     SchemaError,
     StoreError,
+    UnknownModelError,
     UnsafePathError,
     UsageError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "OptionError",
     "SchemaError",
     "StoreError",
+    "UnknownModelError",
     "UnsafePathError",
     "UsageError",
     "__version__",

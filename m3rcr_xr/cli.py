@@ -20,6 +20,9 @@ EXIT_BAD_INPUT = 2
 COG_SUFFIXES = (".tif", ".tiff")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 EXPORT_SUFFIXES = (".safetensors",)
+#: the names live in the model records (m3rcr_xr.models.records), which import torch;
+#: the command line reads them only when a name is refused, so that --help stays fast
+MODEL_HELP = "model name, e.g. dsen2_cr (an unknown name is refused with the known ones)"
 
 
 def _check_output_file(
@@ -171,7 +174,7 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decloud", help="remove clouds from a scene or collection store")
     p.add_argument("input", help="Zarr store with cloudy and sar (from m3rcr ingest)")
     p.add_argument("output", help="Zarr store to write the decloud variable to")
-    p.add_argument("--model", default="dsen2_cr", help="dsen2_cr, glf_cr or align_cr")
+    p.add_argument("--model", default="dsen2_cr", help=MODEL_HELP)
     p.add_argument("--checkpoint", help="weights (.pth published layout, state dict, .safetensors)")
     _add_config_argument(p)
     p.add_argument("--tile", type=int, help="tile size (default: the model's)")
@@ -304,7 +307,7 @@ def _train(args: argparse.Namespace) -> int:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a network on a Zarr store (published recipe)")
     p.add_argument("store", help="training data: a scene or collection store")
-    p.add_argument("--model", required=True, help="dsen2_cr, glf_cr or align_cr")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     _add_config_argument(p)
     p.add_argument("--steps", type=int, required=True, help="optimiser steps in all")
     p.add_argument("--out", required=True, help="checkpoint to write (.pth)")

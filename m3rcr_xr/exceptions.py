@@ -58,6 +58,10 @@ class UsageError(M3RCRError, ValueError):
     """Arguments that cannot be used together (command line or API)."""
 
 
+class UnknownModelError(ModelConfigError, UsageError):
+    """A model name that is not one of :func:`m3rcr_xr.models.available` (listed)."""
+
+
 class M3RCRWarning(UserWarning):
     """Something unusual that m3rcr_xr handled (duplicate rows, filled holes...)."""
 

@@ -144,6 +144,14 @@ class ModelRef:
             precision=precision,
         )
 
+    def spec(self):
+        """Check the configuration and the checkpoint's keys and shapes as :meth:`build`
+        would, on torch's ``meta`` device (no memory, no weights); return the model's
+        :class:`~m3rcr_xr.models.ModelSpec`. The client calls this; workers build."""
+        from . import models
+
+        return models.model_spec(self.name, self.checkpoint, **dict(self.config))
+
     def build(self):
         """Build the model on the CPU, in eval mode (weights loaded if any)."""
         from . import models
@@ -742,11 +750,12 @@ def _check_arguments(
     return tile, overlap, batch_size, check_device(device, here=not _distributed_client())
 
 
-def _tiling(model, tile: int | None, overlap: int | None, height: int, width: int) -> TilePlan:
-    from .models import check_tile
+def _tiling(spec, tile: int | None, overlap: int | None, height: int, width: int) -> TilePlan:
+    """The tile plan for a model of ``spec`` (:class:`~m3rcr_xr.models.ModelSpec`)."""
+    from .models.interface import check_size
 
-    tile = tile or model.tile_size or DEFAULT_TILE
-    check_tile(model, tile)
+    tile = tile or spec.tile_size or DEFAULT_TILE
+    check_size(spec, tile)
     overlap = tile // 8 if overlap is None else overlap
     return make_plan(tile, overlap, height, width)
 
@@ -834,7 +843,7 @@ def decloud(
     tile, overlap, batch_size, device = _check_arguments(tile, overlap, batch_size, device)
     _check_inputs(ds, composite)
     ref = ModelRef.create(model, checkpoint, config, device, precision)
-    plan = _tiling(ref.build(), tile, overlap, ds.sizes["y"], ds.sizes["x"])
+    plan = _tiling(ref.spec(), tile, overlap, ds.sizes["y"], ds.sizes["x"])
     eager = ds["cloudy"].chunks is None
     inputs, cloudy = model_inputs(ds).chunk(), ds["cloudy"].chunk()  # no-op when lazy
     decloud_array = _decloud_collection if is_collection(ds) else _decloud_scene

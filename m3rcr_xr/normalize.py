@@ -21,12 +21,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .exceptions import SchemaError
+from .schema import POLARIZATIONS
 
 T = TypeVar("T")
 
 OPTICAL_SCALE = 10000.0
 SAR_RANGE_DB: dict[str, tuple[float, float]] = {"VV": (-25.0, 0.0), "VH": (-32.5, 0.0)}
-POLARIZATIONS: tuple[str, ...] = ("VV", "VH")
 
 
 def normalize_optical(values: T) -> T:

@@ -46,7 +46,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +69,15 @@ from .exceptions import (
 from .inference import model_inputs, resolve_device
 from .metrics import evaluate_per_patch, mean_over_patches
 from .models import (
+    RECORDS,
     build,
-    carl_loss,
     check_tile,
-    ec_charbonnier_loss,
     extract_state_dict,
     load_state_dict_into,
+    model_record,
 )
 from .models.checkpoint import read_checkpoint
+from .models.records import LossFn
 from .normalize import denormalize_optical, normalize_optical
 from .options import OPTIONS
 from .progress import progress_bar
@@ -101,19 +102,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: published per-model settings: batch size and loss
+#: published per-model settings: batch size and loss (read from the model records)
 PUBLISHED: dict[str, dict[str, Any]] = {
-    "dsen2_cr": {"batch_size": 1, "loss": "carl"},
-    "glf_cr": {"batch_size": 1, "loss": "l1"},
-    "align_cr": {"batch_size": 2, "loss": "ec_charbonnier"},
+    name: {"batch_size": r.published_batch_size, "loss": r.loss.name} for name, r in RECORDS.items()
 }
 PUBLISHED_CROP = 160
 PUBLISHED_LR = 1e-4
 PUBLISHED_SEED = 7
 LR_GAMMA = 0.5
-#: Align-CR's deformable alignment modules and their share of the learning rate
-ALIGN_MODULE = "SFAlign"
-ALIGN_LR_FACTOR = 0.1
 #: the published schedule over 30 epochs: first halving at epoch 10, then every 5
 DECAY_START_FRACTION = 10 / 30
 LR_STEP_FRACTION = 5 / 30
@@ -128,7 +124,6 @@ CHECKPOINT_KEYS = ("network", "optimizer", "scheduler", "step", "rng", "sampler"
 VAL_BATCH = 8
 
 Source = str | os.PathLike[str] | xr.Dataset
-LossFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 # ============================================================================= data
@@ -395,7 +390,7 @@ class TrainSettings:
 
     def resolved(self) -> TrainSettings:
         """A copy with every ``None`` run field replaced by its default; checked."""
-        key = _model_key(self.model)
+        record = model_record(self.model)
         self.check()
         lr_step = self.lr_step or max(1, round(self.steps * LR_STEP_FRACTION))
         decay_start = self.lr_decay_start
@@ -403,9 +398,9 @@ class TrainSettings:
             decay_start = max(1, round(self.steps * DECAY_START_FRACTION))
         return dataclasses.replace(
             self,
-            model=key,
+            model=record.name,
             config=dict(self.config or {}),
-            batch_size=self.batch_size or PUBLISHED[key]["batch_size"],
+            batch_size=self.batch_size or record.published_batch_size,
             lr=PUBLISHED_LR if self.lr is None else float(self.lr),
             lr_step=int(lr_step),
             lr_decay_start=int(decay_start),
@@ -418,7 +413,7 @@ class TrainSettings:
 
     def merged(self, saved: Mapping[str, Any]) -> TrainSettings:
         """Fill unset run fields from a checkpoint's; raise where they disagree."""
-        if _model_key(self.model) != saved.get("model"):
+        if model_record(self.model).name != saved.get("model"):
             raise UsageError(
                 f"--model {self.model} does not match the checkpoint's {saved.get('model')!r}"
             )
@@ -439,36 +434,19 @@ def _normalised(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _model_key(name: str) -> str:
-    key = str(name).strip().lower().replace("-", "_")
-    if key not in PUBLISHED:
-        raise UsageError(f"unknown model {name!r}; available: {', '.join(PUBLISHED)}")
-    return key
-
-
 def loss_function(model: str) -> LossFn:
     """The published loss of ``model`` as ``loss(pred, target, cloudy, cloudmask)``."""
-    kind = PUBLISHED[_model_key(model)]["loss"]
-    if kind == "carl":
-        return carl_loss
-    if kind == "ec_charbonnier":
-        return lambda pred, target, cloudy, mask: ec_charbonnier_loss(pred, target, mask)
-    return lambda pred, target, cloudy, mask: nn.functional.l1_loss(pred, target)
+    return model_record(model).loss.function
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam at ``lr``; Align-CR's ``SFAlign`` parameters at ``0.1 * lr`` (published)."""
-    align = getattr(model, ALIGN_MODULE, None)
-    if align is None:
+    """Adam at ``lr``, with the learning-rate groups of the model's record (Align-CR's
+    ``SFAlign`` parameters at ``0.1 * lr``, as published); one group for a network
+    that is not one of the package's."""
+    record = RECORDS.get(getattr(model, "name", None))
+    if record is None:
         return torch.optim.Adam(model.parameters(), lr=lr)
-    aligned = {id(p) for p in align.parameters()}
-    base = [p for p in model.parameters() if id(p) not in aligned]
-    return torch.optim.Adam(
-        [
-            {"params": base, "lr": lr},
-            {"params": list(align.parameters()), "lr": lr * ALIGN_LR_FACTOR},
-        ]
-    )
+    return torch.optim.Adam(record.param_groups(model, lr))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, lr_step: int) -> StepLR:
@@ -712,8 +690,10 @@ def _payload(
     scaler: Any,
     metrics: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
+    record = model_record(settings.model)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload: dict[str, Any] = {
-        "network": {f"module.{k}": v.detach().cpu() for k, v in model.state_dict().items()},
+        record.checkpoint_key: record.published_state(weights),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "step": step,
@@ -900,7 +880,7 @@ def train(
     settings = settings.resolved()
     run = _Run(settings, payload)
     data = CropDataset(source, run.tile, mode="random", seed=settings.seed or 0)
-    if PUBLISHED[settings.model]["loss"] != "l1" and not data.has_cloudmask:
+    if model_record(settings.model).loss.needs_cloudmask and not data.has_cloudmask:
         raise SchemaError(f"{data.label}: the {settings.model} loss needs a cloudmask")
     val_data = None if val is None else CropDataset(val, run.tile, mode="center")
     log.info("training %s", _describe(run, data))

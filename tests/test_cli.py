@@ -144,6 +144,14 @@ def test_decloud_bad_tile_exits_2_before_writing(tmp_path, capsys):
     assert not (tmp_path / "out.zarr").exists()
 
 
+def test_unknown_model_exits_2_listing_the_known_ones(tmp_path, capsys):
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64)), tmp_path / "in.zarr")
+    argv = ["decloud", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), "--model", "unet"]
+    assert main(argv) == 2
+    assert "unknown model 'unet'; available: dsen2_cr, glf_cr, align_cr" in capsys.readouterr().err
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_config_arguments_must_be_key_value(tmp_path, capsys):
     assert (
         main(["decloud", str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr"), "--config", "oops"])

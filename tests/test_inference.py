@@ -159,7 +159,7 @@ def test_each_process_builds_the_model_once(small_checkpoint, monkeypatch):
     monkeypatch.setattr(ModelRef, "build", lambda self: builds.append(1) or real_build(self))
     scene = m3rcr_xr.synthetic_scene((300, 300), chunks=64)
     decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48).compute(scheduler="threads")
-    assert len(builds) == 2  # one check on the client, one build for all tasks
+    assert len(builds) == 1  # none on the client (it checks on the meta device), one for the tasks
 
 
 def test_changed_checkpoint_is_refused(small_scene, tmp_path):

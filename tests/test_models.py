@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pickle
@@ -13,11 +14,18 @@ import torch
 from safetensors.torch import save_file
 
 from benchmarks.reference import fill_reference_parameters_
-from m3rcr_xr.exceptions import CheckpointError, M3RCRError, ModelConfigError
+from m3rcr_xr.exceptions import (
+    CheckpointError,
+    M3RCRError,
+    ModelConfigError,
+    UnknownModelError,
+    UsageError,
+)
 from m3rcr_xr.models import (
     GLFCR,
     MODELS,
     PRESETS,
+    RECORDS,
     AlignCR,
     CARLLoss,
     DSen2CR,
@@ -29,6 +37,9 @@ from m3rcr_xr.models import (
     ec_charbonnier_loss,
     extract_state_dict,
     load,
+    model_record,
+    model_spec,
+    registry,
     zero_residual_,
 )
 
@@ -395,7 +406,8 @@ def test_errors_of_the_constructor_become_config_errors(monkeypatch) -> None:
         def __init__(self, n_feats: int = 8) -> None:
             raise ValueError("out_channels must be divisible by groups")  # as torch's
 
-    monkeypatch.setitem(MODELS, "dsen2_cr", Broken)
+    record = dataclasses.replace(RECORDS["dsen2_cr"], cls=Broken)
+    monkeypatch.setattr(registry, "model_record", lambda name: record)
     with pytest.raises(ModelConfigError, match="dsen2_cr: cannot be built with .*n_feats.*groups"):
         build("dsen2_cr", n_feats=7)
 
@@ -404,7 +416,9 @@ def test_registry_names_and_errors() -> None:
     assert available() == NAMES
     assert set(PRESETS) == set(NAMES)
     assert isinstance(build("Align-CR", preset="small"), AlignCR)
-    with pytest.raises(ModelConfigError, match="unknown model"):
+    with pytest.raises(
+        UnknownModelError, match="unknown model 'unet'; available: dsen2_cr, glf_cr"
+    ):
         build("unet")
     with pytest.raises(ModelConfigError, match="unknown preset"):
         build("glf_cr", preset="huge")
@@ -518,3 +532,56 @@ def test_losses_match_published_loops_on_batches() -> None:
     )
     with pytest.raises(ValueError, match="cloudmask"):
         ec_charbonnier_loss(pred, target, mask[:2])
+
+
+def test_one_record_per_model() -> None:
+    assert tuple(RECORDS) == NAMES
+    for name, record in RECORDS.items():
+        assert record.name == name == record.cls.name
+        assert MODELS[name] is record.cls
+        assert PRESETS[name] == {k: dict(v) for k, v in record.presets.items()}
+        assert model_record(name.upper().replace("_", "-")) is record
+        assert model_record(record.cls.__name__.lower()) is record  # dsen2cr, glfcr, aligncr
+    assert [RECORDS[n].default_tile for n in NAMES] == [None, 160, 160]
+    assert [RECORDS[n].published_batch_size for n in NAMES] == [1, 1, 2]
+    assert [RECORDS[n].loss.name for n in NAMES] == ["carl", "l1", "ec_charbonnier"]
+    assert not RECORDS["glf_cr"].loss.needs_cloudmask
+
+
+def test_unknown_model_is_one_error_for_every_caller() -> None:
+    assert issubclass(UnknownModelError, ModelConfigError)
+    assert issubclass(UnknownModelError, UsageError)
+    with pytest.raises(UnknownModelError, match="available: dsen2_cr, glf_cr, align_cr"):
+        model_record("unet")
+
+
+def test_param_groups_follow_the_record() -> None:
+    net = build("align_cr", preset="small")
+    base, align = RECORDS["align_cr"].param_groups(net, 1.0)
+    assert align["lr"] == pytest.approx(0.1) and base["lr"] == 1.0
+    assert len(base["params"]) + len(align["params"]) == len(list(net.parameters()))
+    assert {id(p) for p in align["params"]} == {id(p) for p in net.SFAlign.parameters()}
+    (only,) = RECORDS["dsen2_cr"].param_groups(build("dsen2_cr", preset="small"), 1.0)
+    assert only["lr"] == 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_spec_builds_nothing_and_checks_like_load(name, tmp_path) -> None:
+    spec = model_spec(name, preset="small")
+    assert spec == build(name, preset="small").spec
+    assert spec.config == build(name, preset="small").config
+    path = tmp_path / "w.pt"
+    torch.save(build(name, preset="small").state_dict(), path)
+    assert model_spec(name, path, preset="small") == spec
+    with pytest.raises(CheckpointError, match="does not match"):
+        model_spec(name, path)  # the default architecture: other shapes
+    with pytest.raises(ModelConfigError, match="unknown configuration key"):
+        model_spec(name, preset="small", n_feets=3)
+
+
+def test_model_spec_allocates_no_parameters(monkeypatch) -> None:
+    built = []
+    real = registry.build
+    monkeypatch.setattr(registry, "build", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    model_spec("dsen2_cr")
+    assert all(p.is_meta for p in built[0].parameters())

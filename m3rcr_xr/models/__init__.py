@@ -10,7 +10,7 @@ deformable convolution and the dynamic filtering are written in PyTorch
 
 Each model carries a :class:`ModelSpec` (``model.spec``; also ``model.tile_size``,
 ``model.tile_multiple``, ``model.optical_bands``, ``model.sar_polarizations``,
-``model.normalisation``): GLF-CR and Align-CR run only on tiles of their ``input_size``
+``model.normalization``): GLF-CR and Align-CR run only on tiles of their ``input_size``
 (160 by default), DSen2-CR on any size.
 
 >>> import torch
@@ -31,13 +31,24 @@ from .dsen2cr import DSen2CR
 from .glfcr import GLFCR
 from .interface import OPTICAL_BANDS, SAR_POLARIZATIONS, CloudRemovalNet, ModelSpec
 from .losses import CARLLoss, ECCharbonnierLoss, carl_loss, ec_charbonnier_loss
-from .registry import MODELS, PRESETS, available, build, check_tile, load, zero_residual_
+from .records import RECORDS, ModelRecord, model_record
+from .registry import (
+    MODELS,
+    PRESETS,
+    available,
+    build,
+    check_tile,
+    load,
+    model_spec,
+    zero_residual_,
+)
 
 __all__ = [
     "GLFCR",
     "MODELS",
     "OPTICAL_BANDS",
     "PRESETS",
+    "RECORDS",
     "SAR_POLARIZATIONS",
     "AlignCR",
     "CARLLoss",
@@ -45,6 +56,7 @@ __all__ = [
     "DCNv2Pack",
     "DSen2CR",
     "ECCharbonnierLoss",
+    "ModelRecord",
     "ModelSpec",
     "available",
     "build",
@@ -56,6 +68,8 @@ __all__ = [
     "kernel2d_conv",
     "load",
     "load_state_dict_into",
+    "model_record",
+    "model_spec",
     "read_checkpoint",
     "torchvision_available",
     "zero_residual_",

@@ -31,6 +31,7 @@ from ..exceptions import CheckpointError
 
 __all__ = [
     "CheckpointSource",
+    "check_state_dict",
     "extract_state_dict",
     "load_state_dict_into",
     "read_checkpoint",
@@ -165,8 +166,11 @@ def _listing(keys: list[str]) -> str:
     return shown + (f", ... ({more} more)" if more > 0 else "")
 
 
-def load_state_dict_into(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
-    """Copy ``state`` into ``model`` with strict matching of keys and shapes.
+def check_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Raise unless ``state`` has exactly ``model``'s keys and shapes.
+
+    Only the keys and shapes of ``model.state_dict()`` are read, so ``model`` may live on
+    the ``meta`` device (no memory, no weights).
 
     Raises
     ------
@@ -195,5 +199,16 @@ def load_state_dict_into(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Mo
         raise CheckpointError(
             f"checkpoint does not match {type(model).__name__}{hint}: " + "; ".join(parts)
         )
+
+
+def load_state_dict_into(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
+    """Copy ``state`` into ``model`` with strict matching of keys and shapes.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`check_state_dict`.
+    """
+    check_state_dict(model, state)
     model.load_state_dict(dict(state), strict=True)
     return model

@@ -207,7 +207,7 @@ class GLFCR(FusionRDN):
         self.SFENet1_SAR = nn.Conv2d(sar_in, n_feats, 5, padding=2)
         self.SFENet2_SAR = nn.Conv2d(n_feats, n_feats, 3, padding=1)
         total = n_blocks * n_layers
-        rates = torch.linspace(0, drop_path_rate, total).tolist() if total else []
+        rates = torch.linspace(0, drop_path_rate, total, device="cpu").tolist() if total else []
         self.RDBs = nn.ModuleList(
             GLFRDB(
                 n_feats,

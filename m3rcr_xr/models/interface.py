@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from ..exceptions import ModelConfigError
+from ..schema import BANDS, POLARIZATIONS
 
 __all__ = [
     "OPTICAL_BANDS",
@@ -22,8 +23,9 @@ __all__ = [
     "check_size",
 ]
 
-OPTICAL_BANDS: tuple[str, ...] = ("blue", "green", "red", "nir")
-SAR_POLARIZATIONS: tuple[str, ...] = ("VV", "VH")
+#: the data model's names (:mod:`m3rcr_xr.schema`), in the networks' channel order
+OPTICAL_BANDS: tuple[str, ...] = BANDS
+SAR_POLARIZATIONS: tuple[str, ...] = POLARIZATIONS
 
 
 def _deprecated_spelling(obj: Any, old: str, new: str) -> Any:
@@ -94,10 +96,22 @@ class CloudRemovalNet(nn.Module):
     """
 
     name: ClassVar[str] = ""
-    optical_bands: ClassVar[tuple[str, ...]] = OPTICAL_BANDS
-    sar_polarizations: ClassVar[tuple[str, ...]] = SAR_POLARIZATIONS
-    normalization: ClassVar[str] = "m3rcr"
     spec: ModelSpec
+
+    @property
+    def optical_bands(self) -> tuple[str, ...]:
+        """Order of the optical channels of ``cloudy`` and of the output."""
+        return self.spec.optical_bands
+
+    @property
+    def sar_polarizations(self) -> tuple[str, ...]:
+        """Order of the SAR channels of ``sar``."""
+        return self.spec.sar_polarizations
+
+    @property
+    def normalization(self) -> str:
+        """Name of the input normalization (see :class:`ModelSpec`)."""
+        return self.spec.normalization
 
     @property
     def normalisation(self) -> str:

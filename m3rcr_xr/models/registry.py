@@ -19,11 +19,15 @@ import torch
 from torch import nn
 
 from ..exceptions import ModelConfigError
-from .aligncr import AlignCR
-from .checkpoint import CheckpointSource, extract_state_dict, load_state_dict_into, read_checkpoint
-from .dsen2cr import DSen2CR
-from .glfcr import GLFCR
-from .interface import CloudRemovalNet, check_size
+from .checkpoint import (
+    CheckpointSource,
+    check_state_dict,
+    extract_state_dict,
+    load_state_dict_into,
+    read_checkpoint,
+)
+from .interface import CloudRemovalNet, ModelSpec, check_size
+from .records import RECORDS, model_record
 
 __all__ = [
     "MODELS",
@@ -32,49 +36,25 @@ __all__ = [
     "build",
     "check_tile",
     "load",
+    "model_spec",
     "zero_residual_",
 ]
 
-MODELS: dict[str, type[CloudRemovalNet]] = {
-    "dsen2_cr": DSen2CR,
-    "glf_cr": GLFCR,
-    "align_cr": AlignCR,
-}
+#: the network classes by name (read from :data:`~m3rcr_xr.models.records.RECORDS`)
+MODELS: dict[str, type[CloudRemovalNet]] = {name: r.cls for name, r in RECORDS.items()}
 
-_WINDOWED_SMALL: dict[str, Any] = {
-    "input_size": 32,
-    "n_feats": 16,
-    "n_blocks": 2,
-    "n_layers": 2,
-    "growth_rate": 8,
-    "num_heads": 2,
-    "window_size": 4,
-    "up_feats": 16,
-}
-
-#: Named configurations. ``default`` is the published one; ``small`` is a tiny variant
-#: for tests and CPU demos (32x32 tiles for the windowed models, any size for DSen2-CR),
-#: running in a few tens of milliseconds on a CPU.
+#: Named configurations by model (read from the records; a copy: editing it changes
+#: nothing). ``default`` is the published one; ``small`` is a tiny variant for tests and
+#: CPU demos (32x32 tiles for the windowed models, any size for DSen2-CR).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "dsen2_cr": {"default": {}, "small": {"n_resblocks": 2, "n_feats": 16}},
-    "glf_cr": {"default": {}, "small": dict(_WINDOWED_SMALL)},
-    "align_cr": {
-        "default": {},
-        "small": {**_WINDOWED_SMALL, "n_sfe_blocks": 1, "deformable_groups": 2},
-    },
+    name: {preset: dict(config) for preset, config in r.presets.items()}
+    for name, r in RECORDS.items()
 }
 
 
 def available() -> tuple[str, ...]:
     """Names accepted by :func:`build` and :func:`load`."""
-    return tuple(MODELS)
-
-
-def _canonical(name: str) -> str:
-    key = str(name).strip().lower().replace("-", "_")
-    if key not in MODELS:
-        raise ModelConfigError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-    return key
+    return tuple(RECORDS)
 
 
 def _accepts(hint: Any, value: Any) -> bool:
@@ -127,16 +107,17 @@ def build(name: str, *, preset: str | None = None, **config: Any) -> CloudRemova
 
     Raises
     ------
+    UnknownModelError
+        Unknown name (a :class:`ModelConfigError`).
     ModelConfigError
-        Unknown name or preset, unknown argument or one of the wrong type (naming it), or
-        a configuration the constructor rejects.
+        Unknown preset, unknown argument or one of the wrong type (naming it), or a
+        configuration the constructor rejects.
     """
-    key = _canonical(name)
-    presets = PRESETS[key]
+    record = model_record(name)
+    key, cls, presets = record.name, record.cls, record.presets
     preset_name = preset or "default"
     if preset_name not in presets:
         raise ModelConfigError(f"{key}: unknown preset {preset!r}; available: {', '.join(presets)}")
-    cls = MODELS[key]
     _check_config(key, cls, config)
     merged = {**presets[preset_name], **config}
     try:
@@ -185,6 +166,39 @@ def load(
     if device is not None:
         model = model.to(device)
     return model.eval()
+
+
+def model_spec(
+    name: str,
+    checkpoint: CheckpointSource | None = None,
+    *,
+    preset: str | None = None,
+    **config: Any,
+) -> ModelSpec:
+    """The spec of a network, checked as :func:`load` checks it, without its weights.
+
+    The network is built on torch's ``meta`` device (shapes only: no memory, no
+    initialisation), so that a client can validate a configuration and a checkpoint and
+    read the tile size cheaply, leaving the real build to the workers.
+
+    Parameters
+    ----------
+    name, preset, **config
+        As for :func:`build`.
+    checkpoint
+        As for :func:`load`; its keys and shapes are compared with the network's.
+
+    Raises
+    ------
+    ModelConfigError, CheckpointError
+        As :func:`load` raises them.
+    """
+    with torch.device("meta"):
+        model = build(name, preset=preset, **config)
+    if checkpoint is not None:
+        raw = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+        check_state_dict(model, extract_state_dict(raw))
+    return model.spec
 
 
 def check_tile(model: nn.Module, size: int | tuple[int, int]) -> None:
