@@ -6,6 +6,7 @@ Bad input ends with exit status 2 and one line naming the file and the problem.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -59,6 +60,50 @@ def _check_output_file(
 
 
 OVERWRITE_HELP = "replace a store written by m3rcr (other folders and files never are)"
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
+    return seconds
+
+
+def _add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--scheduler ADDRESS | --scheduler-file FILE``: compute on a running Dask cluster."""
+    from .cluster import SCHEDULER_TIMEOUT
+
+    group = parser.add_argument_group("running Dask cluster (default: this machine's cores)")
+    where = group.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scheduler", metavar="ADDRESS", help="compute on this scheduler (tcp://host:8786)"
+    )
+    where.add_argument(
+        "--scheduler-file",
+        metavar="FILE",
+        help="compute on the scheduler this file names (dask scheduler --scheduler-file)",
+    )
+    group.add_argument(
+        "--scheduler-timeout",
+        type=_positive_seconds,
+        default=SCHEDULER_TIMEOUT,
+        metavar="SECONDS",
+        help=f"fail if no scheduler answers within this time (default {SCHEDULER_TIMEOUT:g})",
+    )
+
+
+def _scheduler_client(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """A client of the cluster the command names, open for the command; else nothing."""
+    address = getattr(args, "scheduler", None)
+    scheduler_file = getattr(args, "scheduler_file", None)
+    if address is None and scheduler_file is None:
+        return contextlib.nullcontext()
+    from .cluster import connect
+
+    return connect(address, scheduler_file=scheduler_file, timeout=args.scheduler_timeout)
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -189,6 +234,7 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cog", help="also write a Cloud-Optimised GeoTIFF here (scenes only)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    _add_scheduler_arguments(p)
     p.set_defaults(func=_decloud)
 
 
@@ -212,6 +258,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         help="put the 10 m layers on the 3 m grid by coordinates or by shape",
     )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    _add_scheduler_arguments(p)
     p.set_defaults(func=_ingest)
 
 
@@ -264,6 +311,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="pool all pixels, or average per-patch metrics (collections)",
     )
     p.add_argument("--out", help="also write the table: a .csv or .json path")
+    _add_scheduler_arguments(p)
     p.set_defaults(func=_evaluate)
 
 
@@ -375,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # distributed sets its own loggers to INFO
         logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
-        with command_line_names():  # errors name --flags, not Python arguments
+        with command_line_names(), _scheduler_client(args):  # errors name --flags
             return args.func(args)
     except M3RCRError as err:
         print(f"m3rcr {args.command}: error: {err}", file=sys.stderr)

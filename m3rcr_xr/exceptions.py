@@ -127,7 +127,7 @@ def check_integer(name: str, value: Any, minimum: int = 1, maximum: int | None =
         raise UsageError(
             f"{argument(name, value)}: must be an integer {bounds}, not {type(value).__name__}"
         )
-    if value < minimum or (maximum is not None and value > maximum):
+    if int(value) < minimum or (maximum is not None and int(value) > maximum):
         raise UsageError(f"{argument(name, value)}: must be an integer {bounds}")
     return int(value)
 
@@ -140,6 +140,6 @@ def check_positive(name: str, value: Any) -> float:
     UsageError
         Naming the argument as the caller wrote it (see :func:`argument`).
     """
-    if not isinstance(value, Real) or isinstance(value, bool) or not 0 < value < math.inf:
+    if not isinstance(value, Real) or isinstance(value, bool) or not 0 < float(value) < math.inf:
         raise UsageError(f"{argument(name, value)}: must be a finite number > 0")
     return float(value)

@@ -602,7 +602,7 @@ def _pad_axis(array: da.Array | np.ndarray, axis: int, target: int):
     tail = mirror_index(size, target)[size:]
     start = int(tail.min())
     source = array[(slice(None),) * axis + (slice(start, None),)]
-    if isinstance(array, np.ndarray):
+    if isinstance(source, np.ndarray):
         return np.concatenate([array, np.take(source, tail - start, axis=axis)], axis=axis)
     source = source.rechunk({axis: -1})
     chunks = (*source.chunks[:axis], (len(tail),), *source.chunks[axis + 1 :])

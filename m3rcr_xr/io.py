@@ -164,6 +164,8 @@ def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> 
         )
     except RasterioError as err:
         raise InputFileError(f"{path}: {name} is not a readable GeoTIFF ({err})") from err
+    if not isinstance(array, xr.DataArray):  # a container of several subdatasets
+        raise InputFileError(f"{path}: {name} holds several subdatasets, not one raster")
     array.attrs = {key: value for key, value in array.attrs.items() if key == "_FillValue"}
     array.encoding = {"source": str(path)}  # xarray's convention; see store.sources
     array.name = name
@@ -513,7 +515,7 @@ def discover(root: PathType) -> list[Quartet]:
     quartets = []
     for cloudy in found:
         relative = cloudy.relative_to(root).as_posix()
-        layers: dict[str, str | None] = {"cloudy": relative}
+        layers: dict[str, str | None] = {}
         for name, prefix in LAYOUT_PREFIX.items():
             if name == "cloudy":
                 continue
@@ -522,7 +524,7 @@ def discover(root: PathType) -> list[Quartet]:
                 other = other[: -len(".tif")] + ".npy"
             top = root / other.split("/")[0]
             layers[name] = other if top.is_dir() else None
-        quartets.append(Quartet(**layers))
+        quartets.append(Quartet(relative, **layers))
     return quartets
 
 
@@ -602,9 +604,11 @@ def stack_scenes(scenes: Sequence[xr.Dataset], meta: Mapping[str, Sequence[str]]
     )
     labels = {name: ("patch", list(meta[name])) for name in ("season", "aoi", "split", "source")}
     return stacked.assign_coords(
-        patch=list(meta["patch"]),
-        y=(("patch", "y"), np.stack([s["y"].values for s in scenes])),
-        x=(("patch", "x"), np.stack([s["x"].values for s in scenes])),
-        epsg=("patch", np.array([s.rio.crs.to_epsg() or -1 for s in scenes], dtype=np.int32)),
-        **labels,
+        {
+            "patch": list(meta["patch"]),
+            "y": (("patch", "y"), np.stack([s["y"].values for s in scenes])),
+            "x": (("patch", "x"), np.stack([s["x"].values for s in scenes])),
+            "epsg": ("patch", np.array([s.rio.crs.to_epsg() or -1 for s in scenes], np.int32)),
+            **labels,
+        }
     )

@@ -118,13 +118,13 @@ def metrics_by_class(
     if ax is not None and len(names) != 1:
         raise UsageError(f"{argument('ax', ax)} draws one metric: pass metric='PSNR' (or another)")
     if ax is None:
-        fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
-        axes = list(axes[0])
+        fig, grid = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
+        axes = list(grid[0])
     else:
         fig, axes = ax.figure, [ax]
     for axis, name in zip(axes, names, strict=True):
         _draw(axis, result[name], name)
-    handles = _strata_legend(result["stratum"].values)
+    handles = _strata_legend(list(result["stratum"].values))
     if ax is not None:
         ax.legend(handles=handles, title="stratum", fontsize="small")
         return fig

@@ -53,7 +53,7 @@ REQUIRED = ("cloudy",)
 PATCH_COORDS = ("epsg", "season", "aoi", "split", "source")
 
 
-def is_collection(ds: xr.Dataset) -> bool:
+def is_collection(ds: xr.Dataset | xr.DataArray) -> bool:
     """True when ``ds`` is a collection (has a ``patch`` dim)."""
     return "patch" in ds.dims
 

@@ -119,7 +119,7 @@ def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
     :func:`m3rcr_xr.open_quartet` and :func:`m3rcr_xr.open_m3rcr` with their files,
     :func:`open_zarr` with the store, :func:`m3rcr_xr.decloud` with its input's.
     """
-    holders = [obj, *obj.variables.values()] if isinstance(obj, xr.Dataset) else [obj]
+    holders: list[Any] = [obj, *obj.variables.values()] if isinstance(obj, xr.Dataset) else [obj]
     if isinstance(obj, xr.DataArray):
         holders += list(obj.coords.values())
     found: set[str] = set()
@@ -286,14 +286,16 @@ def _fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
     """
     digest = hashlib.sha256()
     digest.update(json.dumps({k: int(v) for k, v in ds.sizes.items()}, sort_keys=True).encode())
-    for name in sorted(ds.variables):
+    for name in sorted(ds.variables, key=str):
         var = ds.variables[name]
         digest.update(f"{name}:{var.dims}:{var.dtype}".encode())
         digest.update(json.dumps(var.attrs, sort_keys=True, default=str).encode())
         if name in ds.coords:
             digest.update(_coordinate_bytes(var.values))
     digest.update(json.dumps(ds.attrs, sort_keys=True, default=str).encode())
-    digest.update(dask.base.tokenize(*(ds[name].data for name in sorted(ds.data_vars))).encode())
+    digest.update(
+        dask.base.tokenize(*(ds[name].data for name in sorted(ds.data_vars, key=str))).encode()
+    )
     for source in sorted(inputs):
         digest.update(f"{source}:{_source_identity(source)}".encode())
     return digest.hexdigest()
@@ -489,7 +491,7 @@ def to_zarr(
     with _write_errors(target), _locked(target), _quiet_lock_listing():
         done = _plan(target, fingerprint, overwrite)
         fresh = done is None
-        if fresh:
+        if done is None:
             _initialise(ds, store, fingerprint)
             done = set()
         else:

@@ -18,6 +18,7 @@ What it looks like:
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask.array as da
@@ -136,7 +137,7 @@ def _classes(rows: np.ndarray, cols: np.ndarray, seed: int) -> np.ndarray:
     return codes
 
 
-def _lookup(table: dict[int, tuple[float, ...]], codes: np.ndarray) -> np.ndarray:
+def _lookup(table: Mapping[int, Sequence[float]], codes: np.ndarray) -> np.ndarray:
     """Per-class values, (n_values, *codes.shape)."""
     lut = np.zeros((256, len(next(iter(table.values())))), dtype=np.float32)
     for code, values in table.items():
@@ -196,7 +197,7 @@ def _coarse_block(seed: int, y0: int, x0: int, h: int, w: int):
     )
     sar = _lookup(BACKSCATTER, codes) + speckle.astype(np.float32)
     take = np.ix_(row_inverse, col_inverse)
-    return sar[(slice(None), *take)].astype(np.float32), codes[take]
+    return sar[:, take[0], take[1]].astype(np.float32), codes[take]
 
 
 # ---------------------------------------------------------------------------- scene
@@ -204,7 +205,7 @@ def _normalise_chunks(chunks: int | tuple[int, int]) -> tuple[int, int]:
     return (chunks, chunks) if isinstance(chunks, int) else (int(chunks[0]), int(chunks[1]))
 
 
-def _render_block(render, block_info: dict[Any, Any] | None = None) -> np.ndarray:
+def _render_block(render, block_info: dict[Any, Any]) -> np.ndarray:
     (y0, y1), (x0, x1) = block_info[None]["array-location"][-2:]
     return render(y0, x0, y1 - y0, x1 - x0)
 

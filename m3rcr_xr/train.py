@@ -443,7 +443,7 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
     """Adam at ``lr``, with the learning-rate groups of the model's record (Align-CR's
     ``SFAlign`` parameters at ``0.1 * lr``, as published); one group for a network
     that is not one of the package's."""
-    record = RECORDS.get(getattr(model, "name", None))
+    record = RECORDS.get(str(getattr(model, "name", "")))
     if record is None:
         return torch.optim.Adam(model.parameters(), lr=lr)
     return torch.optim.Adam(record.param_groups(model, lr))
@@ -625,7 +625,7 @@ def _format_metrics(result: Mapping[str, Mapping[str, Mapping[str, float]]]) -> 
 # ======================================================================= checkpoints
 def _rng_state() -> dict[str, Any]:
     """The torch, NumPy and Python random states, as tensors and plain containers."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     py_version, py_state, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

@@ -2,17 +2,23 @@
 
 The local clusters are real (worker processes); GPUs are faked by replacing the
 detection, since CI has none. The Slurm clusters here only write job scripts; jobs on a
-real Slurm are in test_slurm.py.
+real Slurm are in test_slurm.py. :func:`connect` and the command line's ``--scheduler``
+run against a cluster the tests start.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import sys
+import time
+from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import dask
+import distributed
 import numpy as np
 import pytest
 import torch
@@ -20,7 +26,10 @@ from distributed import Client, get_task_stream
 
 import m3rcr_xr
 from m3rcr_xr import cluster as mc
-from m3rcr_xr.exceptions import UsageError
+from m3rcr_xr.cli import main
+from m3rcr_xr.cluster import connect
+from m3rcr_xr.exceptions import InputFileError, MissingFileError, UsageError
+from tests.conftest import TINY
 
 SMALL = {"preset": "small"}
 CORES = os.cpu_count() or 1
@@ -283,3 +292,103 @@ def test_pbs_job_asks_for_gpus_in_the_select_statement():
         "q", cores=4, memory="8GB", walltime="01:00:00", resource_spec="nodes=1:ppn=4"
     ) as cluster:
         assert "#PBS -l nodes=1:ppn=4" in cluster.job_script()
+
+
+# -------------------------------------------------------- a running cluster: connect
+@pytest.fixture(scope="module")
+def running_cluster():
+    """A cluster started beside the command, as a user's would be (one worker thread pool,
+    in this process so that the test can read what its worker did)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+    ) as cluster:
+        yield cluster
+
+
+def _closed_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"  # closed once the block ends
+
+
+def _scheduler_file(path: Path, address: str) -> Path:
+    path.write_text(json.dumps({"type": "Scheduler", "address": address}))
+    return path
+
+
+def test_connect_by_address_or_file_gives_a_default_client(running_cluster, tmp_path):
+    address = running_cluster.scheduler_address
+    with connect(address) as client:
+        assert client.scheduler.address == address
+        assert distributed.get_client() is client  # dask's collections compute there
+    assert client.status == "closed"
+    with connect(scheduler_file=_scheduler_file(tmp_path / "s.json", address)) as client:
+        assert client.scheduler.address == address
+
+
+def test_connect_refuses_both_or_neither_and_a_bad_timeout(tmp_path):
+    with pytest.raises(UsageError, match="one of them, not neither"):
+        connect()
+    with pytest.raises(UsageError, match="not both"):
+        connect("tcp://127.0.0.1:1", scheduler_file=tmp_path / "s.json")
+    with pytest.raises(UsageError, match="timeout=0"):
+        connect("tcp://127.0.0.1:1", timeout=0)
+
+
+def test_connect_to_a_dead_address_fails_within_the_timeout():
+    address = _closed_port()
+    start = time.monotonic()
+    with pytest.raises(UsageError, match=f"no Dask scheduler answered at {address} within 1 s"):
+        connect(address, timeout=1)
+    assert time.monotonic() - start < 5
+
+
+def test_a_missing_or_foreign_scheduler_file_is_named(tmp_path):
+    with pytest.raises(MissingFileError, match="scheduler file .*gone.json does not exist"):
+        connect(scheduler_file=tmp_path / "gone.json", timeout=0.2)
+    (tmp_path / "other.json").write_text('{"workers": []}')
+    with pytest.raises(InputFileError, match="other.json is not a Dask scheduler file"):
+        connect(scheduler_file=tmp_path / "other.json", timeout=0.2)
+
+
+def _tasks_on(cluster, run) -> set[str]:
+    """The task-name prefixes the cluster's workers ran while ``run()`` ran."""
+    with distributed.Client(cluster) as observer, distributed.get_task_stream(observer) as stream:
+        assert run() == 0
+    return {distributed.utils.key_split(event["key"]) for event in stream.data}
+
+
+def test_cli_computes_on_a_running_cluster(running_cluster, tmp_path, capsys):
+    scene = tmp_path / "in.zarr"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((96, 80), chunks=48), scene)
+    config = [f"--config={key}={value}" for key, value in TINY.items()]
+    by_file = [
+        "--scheduler-file",
+        str(_scheduler_file(tmp_path / "s.json", running_cluster.scheduler_address)),
+    ]
+    decloud = ["decloud", str(scene), str(tmp_path / "out.zarr"), "--tile", "32", *config]
+    ran = _tasks_on(running_cluster, lambda: main([*decloud, *by_file]))
+    assert any(name.startswith("decloud-tiles") for name in ran), ran
+    by_address = ["--scheduler", running_cluster.scheduler_address]
+    evaluate = ["evaluate", str(scene), "--pred", "cloudy"]
+    assert _tasks_on(running_cluster, lambda: main([*evaluate, *by_address]))
+    assert "PSNR" in capsys.readouterr().out
+
+
+def test_cli_with_a_dead_scheduler_exits_2_naming_it_and_writes_nothing(tmp_path, capsys):
+    address = _closed_port()
+    argv = ["decloud", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr")]
+    assert main([*argv, "--scheduler", address, "--scheduler-timeout", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("m3rcr decloud: error: no Dask scheduler answered at " + address)
+    assert "\n" not in error and not (tmp_path / "out.zarr").exists()
+
+
+def test_cli_scheduler_options_exclude_each_other(tmp_path, capsys):
+    argv = ["ingest", "a", "b", "--scheduler", "tcp://x:1", "--scheduler-file", "s.json"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

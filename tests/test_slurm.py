@@ -1,4 +1,5 @@
-"""decloud on a real single-node Slurm, through :func:`m3rcr_xr.cluster.slurm_cluster`.
+"""decloud on a real single-node Slurm, through :func:`m3rcr_xr.cluster.slurm_cluster`
+(and through ``m3rcr decloud --scheduler`` given that cluster's address).
 
 The module starts its own Slurm (munged, slurmctld, slurmd) with ``scripts/slurm-up.sh``
 and stops it with ``scripts/slurm-down.sh``, unless ``SLURM_CONF`` already points at a
@@ -24,6 +25,7 @@ import pytest
 from distributed import Client, get_task_stream
 
 import m3rcr_xr
+from m3rcr_xr.cli import main
 from m3rcr_xr.cluster import slurm_cluster
 from tests.conftest import TINY
 
@@ -197,3 +199,19 @@ def test_gpu_jobs_get_a_gres_gpu_and_run_the_gpu_tasks(slurm, tiny_checkpoint, t
         assert sorted(devices.values()) == ["0", "1"]  # Slurm gave each job its own
         tile_workers = _decloud_on(client, tiny_checkpoint, resources={"GPU": 1}, device="cpu")
         assert tile_workers == set(workers)
+
+
+def test_the_cli_decloud_runs_on_the_slurm_cluster_it_is_given(slurm, tiny_checkpoint, tmp_path):
+    scene, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((128, 128), seed=4, chunks=64), scene)
+    config = [f"--config={key}={value}" for key, value in TINY.items()]
+    argv = ["decloud", str(scene), str(out), "--checkpoint", str(tiny_checkpoint), *config]
+    with _cluster(tmp_path / "logs") as cluster, Client(cluster) as client:
+        cluster.scale(jobs=1)
+        _wait_running(cluster, client, 1)
+        with get_task_stream(client) as stream:
+            code = main([*argv, "--tile", "64", "--scheduler", cluster.scheduler_address])
+        assert code == 0
+        tile_workers = {e["worker"] for e in stream.data if "decloud-tiles" in str(e["key"])}
+        assert tile_workers == set(client.scheduler_info()["workers"])
+    assert m3rcr_xr.open_zarr(out)["decloud"].shape == (4, 128, 128)

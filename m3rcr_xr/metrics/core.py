@@ -8,7 +8,7 @@ groups into cells (:mod:`.cells`) and finish each metric (:mod:`.aggregations`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import xarray as xr
@@ -62,7 +62,7 @@ def _compute_sums(sums: xr.DataArray) -> xr.DataArray:
     return sums.copy(data=data)
 
 
-def _patch_coords(target: xr.DataArray) -> dict[str, xr.DataArray]:
+def _patch_coords(target: xr.DataArray) -> dict[Hashable, xr.DataArray]:
     return {name: coord for name, coord in target.coords.items() if coord.dims == ("patch",)}
 
 

@@ -34,7 +34,7 @@ _Q = {name: i for i, name in enumerate(QUANTITIES)}
 
 def _group_sum(quantities: np.ndarray, labels: np.ndarray, engine: str) -> np.ndarray:
     """Sums of (patch, quantity, y, x) by (patch, y, x) labels: (quantity, patch, group)."""
-    sums, _ = flox.groupby_reduce(
+    sums = flox.groupby_reduce(
         np.moveaxis(quantities, -3, 0),
         labels,
         func="sum",
@@ -42,8 +42,8 @@ def _group_sum(quantities: np.ndarray, labels: np.ndarray, engine: str) -> np.nd
         axis=(-2, -1),
         fill_value=0.0,
         dtype=np.float64,
-        engine=engine,
-    )
+        engine=engine,  # type: ignore[arg-type]  # flox checks the name
+    )[0]
     return np.asarray(sums)
 
 
@@ -113,8 +113,8 @@ def _beside(
 
 
 def row_seam(
-    above: Sequence[dict[str, Any] | None],
-    below: Sequence[dict[str, Any] | None],
+    above: Sequence[Any],
+    below: Sequence[Any],
     engine: str = DEFAULT_ENGINE,
 ) -> np.ndarray:
     """Grouped sums of the ``2 HALO`` rows around a border between two chunk rows.
@@ -259,8 +259,10 @@ def streamed_sums(
 def group_sums(pred: Any, target: Any, labels: Any, engine: str = DEFAULT_ENGINE) -> Any:
     """(quantity, patch, group) sums: :func:`chunk_pass` on NumPy arrays, else streamed."""
     if is_lazy(pred, target, labels):
-        return streamed_sums(*(da.asarray(a) for a in (pred, target, labels)), engine=engine)
-    return chunk_pass(*(np.asarray(a) for a in (pred, target, labels)), engine=engine)["sums"]
+        return streamed_sums(da.asarray(pred), da.asarray(target), da.asarray(labels), engine)
+    return chunk_pass(np.asarray(pred), np.asarray(target), np.asarray(labels), engine=engine)[
+        "sums"
+    ]
 
 
 def _check_sums_block(sums: np.ndarray, pred_name: str, target_name: str) -> np.ndarray:

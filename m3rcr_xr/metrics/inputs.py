@@ -8,7 +8,7 @@ sizes, coordinates, CRS, bands) and on the same spatial chunks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -107,7 +107,7 @@ def _unify_chunks(arrays: dict[str, xr.DataArray | None]) -> dict[str, xr.DataAr
     out: dict[str, xr.DataArray | None] = {}
     for key, array in arrays.items():
         if array is not None:
-            spec: dict[str, Any] = {d: chunks[d] for d in array.dims if d in chunks}
+            spec: dict[Hashable, Any] = {d: chunks[d] for d in array.dims if d in chunks}
             if "band" in array.dims:
                 spec["band"] = -1
             array = array.chunk(spec)

@@ -8,6 +8,7 @@ definitions follow the reference ``Align-CR/metrics.py`` (see the package docstr
 from __future__ import annotations
 
 from math import exp
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -79,8 +80,9 @@ def ssim_same(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     return ((2 * mu12 + c1) * (2 * cov + c2)) / ((mu1_sq + mu2_sq + c1) * (var1 + var2 + c2))
 
 
-def spectral_angle(dot: np.ndarray, norm1: np.ndarray, norm2: np.ndarray) -> np.ndarray:
-    """Angle in degrees from a dot product and squared norms (float32, clipped)."""
+def spectral_angle(dot: Any, norm1: Any, norm2: Any) -> Any:
+    """Angle in degrees from a dot product and squared norms (float32, clipped); NumPy,
+    Dask or xarray arrays."""
     eps = np.float32(SAM_EPS)
     cosine = dot / np.sqrt(np.maximum(norm1, eps) * np.maximum(norm2, eps))
     return np.arccos(np.clip(cosine, -1, 1)) / np.float32(np.pi) * np.float32(180)

@@ -31,7 +31,7 @@ def group_labels(
             layer = xr.zeros_like(template, dtype=type(fill))
         layer = layer.transpose(*template.dims)
         if is_lazy(template):
-            layer = layer.chunk(dict(zip(template.dims, template.chunks, strict=True)))
+            layer = layer.chunk(template.chunksizes)
         layers.append(layer.data)
     labels = map_blocks(labels_block, *layers, dtype=np.int16, token="m3rcr-metric-labels")
     return xr.DataArray(labels, dims=template.dims)
@@ -69,7 +69,7 @@ def grouped_sums(
     arrays = [a.data for a in (pred, target, labels)]
     if "patch" not in labels.dims:
         arrays = [a[None] for a in arrays]
-    sums = group_sums(*arrays, engine=engine)
+    sums = group_sums(arrays[0], arrays[1], arrays[2], engine=engine)
     if not per_patch:
         sums = sums.sum(axis=1)
     kept = ["patch"] if per_patch else []

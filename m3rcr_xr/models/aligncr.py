@@ -167,7 +167,7 @@ class AlignFeature(nn.Module):
         self.pcd_align = PCDAlignment(c, deformable_groups, backend=backend)
 
     def _pyramid(self, side: str, l1: Tensor) -> list[Tensor]:
-        m = self._modules
+        m = dict(self.named_children())
         l2 = F.relu(m[f"{side}_L2_conv1"](l1))
         l3 = F.relu(m[f"{side}_L3_conv1"](l2))
         l3 = F.relu(m[f"{side}_toplayer"](l3))

@@ -63,9 +63,9 @@ class DynamicFilterGenerator(nn.Module):
 def gated_fusion(
     opt: Tensor,
     sar: Tensor,
-    filter_generator: DynamicFilterGenerator,
-    sar_gate: nn.Conv2d,
-    opt_gate: nn.Conv2d,
+    filter_generator: nn.Module,
+    sar_gate: nn.Module,
+    opt_gate: nn.Module,
     kernel_size: int,
 ) -> tuple[Tensor, Tensor]:
     """One fusion step of the published ``fuse``: filter SAR, then two gated exchanges.

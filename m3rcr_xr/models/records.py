@@ -106,7 +106,8 @@ class ModelRecord:
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups of ``model`` at base rate ``lr`` (see :attr:`lr_groups`)."""
-        groups, taken = [], set()
+        groups: list[dict[str, Any]] = []
+        taken: set[int] = set()
         for attribute, factor in self.lr_groups:
             params = list(getattr(model, attribute).parameters())
             taken.update(map(id, params))
