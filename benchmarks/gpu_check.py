@@ -322,6 +322,7 @@ def measure_pair(
     result = m3rcr_xr.decloud(
         part,
         name,
+        "untrained",
         config=config,
         tile=tile,
         batch_size=args.batch_size,
@@ -432,7 +433,7 @@ def part_cluster(check: Check) -> dict[str, Any]:
         client.wait_for_workers(len(cluster.worker_spec))
         client.run(inference.tile_counts, reset=True)
         result = m3rcr_xr.decloud(
-            scene, name, config=config, tile=tile, batch_size=check.args.batch_size
+            scene, name, "untrained", config=config, tile=tile, batch_size=check.args.batch_size
         )
         start = time.perf_counter()
         out = client.compute(result.data, optimize_graph=False).result()
@@ -521,7 +522,7 @@ def batch_peak(model, device: str, tile: int, batch: int) -> float | None:
 def memory_of(check: Check, name: str, seconds: float) -> dict[str, Any]:
     """:func:`memory_sweep` of one network (fp32, decloud's model and tile path)."""
     config, tile = setups(check.args.quick)[name]
-    ref = inference.ModelRef.create(name, config=config, device=check.device)
+    ref = inference.ModelRef.create(name, "untrained", config=config, device=check.device)
     model, device = inference.cached_model(ref)
     free_mib = None
     if check.cuda:

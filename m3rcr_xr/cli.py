@@ -1,4 +1,5 @@
-"""The ``m3rcr`` command line: ``ingest``, ``info``, ``decloud``, ``demo``, ``train``.
+"""The ``m3rcr`` command line: ``ingest``, ``info``, ``decloud``, ``demo``, ``train``,
+``weights``.
 
 Bad input ends with exit status 2 and one line naming the file and the problem.
 """
@@ -174,7 +175,9 @@ def _decloud(args: argparse.Namespace) -> int:
     from .store import check_apart, check_destination, open_zarr, to_zarr
 
     config = _parse_config(args.config)  # arguments first, then the data
-    inputs = [p for p in (args.input, args.checkpoint) if p]
+    # a registered name, a URL or "untrained" is no file the output could overlap
+    local = args.checkpoint and "://" not in args.checkpoint and Path(args.checkpoint).exists()
+    inputs = [args.input, args.checkpoint] if local else [args.input]
     check_destination(args.output, inputs=inputs, overwrite=args.overwrite)
     if args.cog:
         check_apart(args.cog, inputs)
@@ -189,7 +192,7 @@ def _decloud(args: argparse.Namespace) -> int:
         ds,
         args.model,
         args.checkpoint,
-        config=config,
+        config=config or None,  # no --config: the registered weights bring theirs
         tile=args.tile,
         overlap=args.overlap,
         batch_size=args.batch_size,
@@ -219,8 +222,13 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decloud", help="remove clouds from a scene or collection store")
     p.add_argument("input", help="Zarr store with cloudy and sar (from m3rcr ingest)")
     p.add_argument("output", help="Zarr store to write the decloud variable to")
-    p.add_argument("--model", default="dsen2_cr", help=MODEL_HELP)
-    p.add_argument("--checkpoint", help="weights (.pth published layout, state dict, .safetensors)")
+    p.add_argument("--model", help=MODEL_HELP + "; default: the weights' own, else dsen2_cr")
+    p.add_argument(
+        "--checkpoint",
+        help="weights: a registered name (m3rcr weights), a file (.pth published layout, "
+        "state dict, .safetensors), a URL (https://, s3://, file://; end it with "
+        "#sha256=HEX to check the download), or 'untrained' (random weights)",
+    )
     _add_config_argument(p)
     p.add_argument("--tile", type=int, help="tile size (default: the model's)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile // 8)")
@@ -393,6 +401,43 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
+def _weights_list(args: argparse.Namespace) -> int:
+    from .weights import available
+    from .weights.download import cached_file
+
+    rows = [("name", "model", "size", "license", "cached", "default")]
+    for e in available(args.model):
+        local = e.urls[0].startswith("file://")
+        here = "local" if local else ("yes" if cached_file(e.urls[0]).is_file() else "no")
+        size = "?" if e.size is None else f"{e.size / 2**20:.1f} MiB"
+        rows.append((e.name, e.model, size, e.license, here, "yes" if e.default else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _weights_fetch(args: argparse.Namespace) -> int:
+    from .weights import fetch
+
+    print(fetch(args.name, known_hash=args.known_hash))
+    return 0
+
+
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="list the registered weights, or fetch them")
+    p.add_argument("--model", help="list only the weights of this model")
+    p.set_defaults(func=_weights_list)
+    actions = p.add_subparsers(dest="action")
+    listing = actions.add_parser("list", help="the registered weights (the default)")
+    listing.add_argument("--model", help="list only the weights of this model")
+    listing.set_defaults(func=_weights_list)
+    get = actions.add_parser("fetch", help="download weights into the cache; print the file")
+    get.add_argument("name", help="a registered name or a URL")
+    get.add_argument("--known-hash", help="the expected SHA-256 of a URL's file")
+    get.set_defaults(func=_weights_fetch)
+
+
 #: each adds one subcommand; later commands (decloud, evaluate, train) add theirs here
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_ingest,
@@ -401,6 +446,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_evaluate,
     _add_demo,
     _add_train,
+    _add_weights,
 ]
 
 

@@ -23,6 +23,8 @@ from .synthetic import synthetic_scene
 log = logging.getLogger(__name__)
 #: the demo scene's seed: the demo weights never saw it in training
 DEMO_SEED = 2026
+#: the registered weights the demo runs (small, trained on synthetic scenes only)
+DEMO_WEIGHTS = "dsen2_cr-demo"
 #: the largest demo scene edge: 16384 px is already ~7 GB of scene and hours of CPU work;
 #: real data goes through ``m3rcr ingest`` and ``m3rcr decloud``
 MAX_SIZE = 16384
@@ -56,7 +58,6 @@ def run_demo(out: str | Path, *, size: int = 2048, seed: int = DEMO_SEED) -> dic
     >>> run_demo(Path("demo-output"), size=512)  # doctest: +SKIP
     """
     from .cluster import local_cluster
-    from .weights import default_checkpoint
 
     check_integer("size", size, maximum=MAX_SIZE)
     out = Path(out)
@@ -69,12 +70,11 @@ def run_demo(out: str | Path, *, size: int = 2048, seed: int = DEMO_SEED) -> dic
         "decloud": out / "decloud.zarr",
         "metrics": out / "metrics.csv",
     }
-    weights = default_checkpoint()
     with local_cluster() as cluster, cluster.get_client() as client:
         print(f"Dask dashboard: {client.dashboard_link}")
         to_zarr(synthetic_scene((size, size), seed=seed), paths["scene"], overwrite=True)
         scene = open_zarr(paths["scene"])
-        estimate = decloud(scene, weights.model, weights.path, config=weights.config)
+        estimate = decloud(scene, checkpoint=DEMO_WEIGHTS)  # registered: model and config
         to_zarr(estimate.to_dataset(), paths["decloud"], overwrite=True)
         scene = scene.assign(decloud=open_zarr(paths["decloud"])["decloud"])
         result = evaluate(scene, "decloud", "cloudfree", level=1)

@@ -18,8 +18,9 @@ How it runs on Dask (two stages, so that no tile is computed twice)
     The result does not depend on the chunking (up to float rounding): each tile sees
     the same pixels whatever the chunks. ``g`` follows the input's chunk size.
 
-The model travels as a :class:`ModelRef` (name, configuration, checkpoint path and
-content hash): each worker process builds it once and caches it.
+The model travels as a :class:`ModelRef` (name, configuration, where its weights come
+from and their content hash, never the weights): each worker process fetches the weights
+itself (:func:`m3rcr_xr.weights.fetch`), builds the model once and caches it.
 
 On a GPU (safe by default, and fast)
     Each worker process runs the GPU work of one tile task at a time per device (a
@@ -35,7 +36,6 @@ On a GPU (safe by default, and fast)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -43,7 +43,6 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -65,6 +64,10 @@ from .options import OPTIONS
 from .resources import annotate
 from .schema import is_collection, validate
 from .store import sources
+from .weights import UNTRAINED
+from .weights import resolve as resolve_weights
+from .weights.download import file_sha256  # noqa: F401 - kept importable from here
+from .weights.resolve import fetch_first
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +76,6 @@ DEFAULT_TILE = 256  # for models that take any size
 
 
 # ------------------------------------------------------------------------------ model
-def file_sha256(path: str | os.PathLike) -> str:
-    """Content hash of a checkpoint, so a worker never runs a file that changed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 #: how the tile forwards run on a CUDA GPU (see :func:`decloud`); a CPU runs float32
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DEFAULT_PRECISION = "fp32"
@@ -110,9 +104,13 @@ def check_precision(precision: str, device: str) -> None:
 class ModelRef:
     """What a worker needs to build and run the model: small, hashable and picklable.
 
-    The weights never enter the task graph; each worker process loads them from
-    ``checkpoint`` once (checking ``sha256``) and keeps the model in a cache.
-    ``device`` and ``precision`` say how the worker runs it.
+    The weights never enter the task graph: ``sources`` says where to get them (a
+    registered name then its URLs, a URL, or a path) and ``sha256`` what they must be;
+    each worker process fetches them itself (:func:`m3rcr_xr.weights.fetch`, into its own
+    cache), checks the hash, builds the model once and keeps it in a cache.
+    ``checkpoint`` is the file on the client (checked there on the meta device), and
+    ``weights`` says how the user asked for it. ``device`` and ``precision`` say how the
+    worker runs it.
     """
 
     name: str
@@ -121,27 +119,33 @@ class ModelRef:
     sha256: str | None = None
     device: str = "auto"
     precision: str = DEFAULT_PRECISION
+    sources: tuple[str, ...] = ()
+    weights: str = UNTRAINED
 
     @classmethod
     def create(
         cls,
-        name: str,
+        name: str | None,
         checkpoint: str | os.PathLike | None = None,
         config: Mapping[str, Any] | None = None,
         device: str = "auto",
         precision: str = DEFAULT_PRECISION,
     ) -> ModelRef:
+        """Resolve ``checkpoint`` (:func:`m3rcr_xr.weights.resolve`) on the client.
+
+        ``name`` None takes the registered entry's model.
+        """
         check_precision(precision, device)
-        path = None if checkpoint is None else str(Path(checkpoint).resolve())
-        if path is not None and not Path(path).is_file():
-            raise CheckpointError(f"{checkpoint}: checkpoint file does not exist")
+        found = resolve_weights(name, checkpoint, config)
         return cls(
-            name=name,
-            config=tuple(sorted((config or {}).items())),
-            checkpoint=path,
-            sha256=None if path is None else file_sha256(path),
+            name=found.model,
+            config=tuple(sorted(found.config.items())),
+            checkpoint=None if found.path is None else str(found.path),
+            sha256=found.sha256,
             device=device,
             precision=precision,
+            sources=found.sources,
+            weights=found.label,
         )
 
     def spec(self):
@@ -153,15 +157,21 @@ class ModelRef:
         return models.model_spec(self.name, self.checkpoint, **dict(self.config))
 
     def build(self):
-        """Build the model on the CPU, in eval mode (weights loaded if any)."""
+        """Build the model on the CPU, in eval mode, with its weights fetched and checked
+        in this process (untrained only if asked for)."""
         from . import models
 
         config = dict(self.config)
         if self.checkpoint is None:
             return models.build(self.name, **config)
-        if file_sha256(self.checkpoint) != self.sha256:
-            raise CheckpointError(f"{self.checkpoint}: checkpoint changed since decloud began")
-        return models.load(self.name, self.checkpoint, **config)
+        try:
+            path = fetch_first(self.sources or (self.checkpoint,), self.sha256)
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"{self.weights}: the checkpoint changed since decloud began, or cannot be "
+                f"fetched in this process (pid {os.getpid()}): {exc}"
+            ) from exc
+        return models.load(self.name, path, **config)
 
 
 _CACHE: dict[tuple[ModelRef, str], Any] = {}
@@ -762,7 +772,7 @@ def _tiling(spec, tile: int | None, overlap: int | None, height: int, width: int
 
 def decloud(
     ds: xr.Dataset,
-    model: str = "dsen2_cr",
+    model: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     *,
     config: Mapping[str, Any] | None = None,
@@ -781,12 +791,19 @@ def decloud(
     ds
         A scene or a collection with ``cloudy`` and ``sar``.
     model
-        ``"dsen2_cr"``, ``"glf_cr"`` or ``"align_cr"``.
+        ``"dsen2_cr"``, ``"glf_cr"`` or ``"align_cr"``; None: the model of the registered
+        weights, else ``"dsen2_cr"``.
     checkpoint
-        Weights (published layout, bare state dict or safetensors); None: untrained.
+        The weights (published layout, bare state dict or safetensors), as a registered
+        name (``"dsen2_cr-demo"``; see :func:`m3rcr_xr.weights.available`), a path, or a
+        URL (``https://``, ``s3://``, ``file://``...; append ``#sha256=HEX`` to have the
+        download checked), fetched into the cache and checked by SHA-256 (see
+        :func:`m3rcr_xr.weights.fetch`); ``"untrained"`` for random weights. None: the
+        model's default registered weights; no model has any today, so None raises
+        :class:`CheckpointError` saying how to get weights.
     config
         Architecture arguments (e.g. ``{"preset": "small"}`` or ``{"n_feats": 64}``); must
-        match the checkpoint.
+        match the checkpoint. Registered weights bring their own: leave it out.
     tile
         Tile side; default the model's own (160 for GLF-CR and Align-CR), else 256.
     overlap
@@ -829,16 +846,17 @@ def decloud(
         HPC job may build the graph on a CPU-only login node for GPU workers).
     SchemaError, ModelConfigError, CheckpointError
         Before any work starts: missing variables, a configuration the model cannot be
-        built with (naming the key), a tile size the model cannot take, weights that do
-        not fit the model, an unknown precision (or a reduced one on the CPU).
+        built with (naming the key) or that is not the registered weights' own, a tile
+        size the model cannot take, no checkpoint and no default weights, weights that
+        cannot be fetched, fail their SHA-256 or do not fit the model.
 
     Examples
     --------
     >>> import m3rcr_xr
-    >>> scene = m3rcr_xr.synthetic_scene((512, 512))
-    >>> out = m3rcr_xr.decloud(scene, "dsen2_cr", config={"preset": "small"})
-    >>> out.dims
-    ('band', 'y', 'x')
+    >>> scene = m3rcr_xr.synthetic_scene((128, 128))
+    >>> out = m3rcr_xr.decloud(scene, checkpoint="dsen2_cr-demo")
+    >>> out.dims, out.attrs["checkpoint"]
+    (('band', 'y', 'x'), 'dsen2_cr-demo')
     """
     tile, overlap, batch_size, device = _check_arguments(tile, overlap, batch_size, device)
     _check_inputs(ds, composite)
@@ -857,6 +875,8 @@ def decloud(
         "units": "reflectance x10000",
         "model": ref.name,
         "config": repr(dict(ref.config)),
+        "checkpoint": ref.weights,
+        "checkpoint_sha256": ref.sha256 or "",
         "tile": plan.tile,
         "overlap": plan.overlap,
         "composite": int(composite),

@@ -10,6 +10,7 @@ False
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,8 @@ _DEFAULTS: dict[str, Any] = {
     "torch_threads": None,
     # largest raster a reader opens, declared width x height x bands x bytes per value
     "max_raster_bytes": 64 * 2**30,
+    # folder of downloaded weights; None = $M3RCR_CACHE, else pooch.os_cache("m3rcr_xr")
+    "weights_cache": None,
 }
 
 
@@ -49,6 +52,7 @@ _VALIDATORS: dict[str, Callable[[Any], bool]] = {
     "patches_per_chunk": _integer(1),
     "torch_threads": _integer(1, optional=True),
     "max_raster_bytes": _integer(1),
+    "weights_cache": lambda v: v is None or (isinstance(v, str | os.PathLike) and str(v) != ""),
 }
 
 #: the current options; modules read them as ``OPTIONS[name]`` (as xarray does), users
@@ -81,6 +85,10 @@ class set_options:  # noqa: N801 - named like xarray.set_options, used as a cont
         Largest raster the readers open, as declared in its header (width x height x
         bands x bytes per value). Default 64 GiB: a larger declaration is refused
         before anything is read, as a file of a few hundred bytes can declare it.
+    weights_cache : str, os.PathLike or None
+        Folder that downloaded weights go to (:func:`m3rcr_xr.weights.fetch`). Default
+        None: the ``M3RCR_CACHE`` environment variable, else ``pooch.os_cache("m3rcr_xr")``.
+        Worker processes read their own environment: set the variable there to share it.
     """
 
     def __init__(self, **kwargs: Any) -> None:

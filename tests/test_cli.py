@@ -24,6 +24,9 @@ from tests.rasters import (
     write_raster,
 )
 
+#: a small network with random weights, asked for explicitly (decloud never runs one silently)
+UNTRAINED_SMALL = ["--checkpoint", "untrained", "--config", "preset=small"]
+
 
 def test_ingest_a_split_folder_then_info(tmp_path, samples_dir, capsys):
     assert main(["ingest", str(samples_dir / "test"), str(tmp_path / "t.zarr")]) == 0
@@ -109,6 +112,8 @@ def test_decloud_writes_zarr_and_a_cog(tmp_path, capsys):
             str(tmp_path / "out.zarr"),
             "--config",
             "preset=small",
+            "--checkpoint",
+            "untrained",
             "--tile",
             "64",
             "--cog",
@@ -135,6 +140,8 @@ def test_decloud_bad_tile_exits_2_before_writing(tmp_path, capsys):
             "glf_cr",
             "--config",
             "preset=small",
+            "--checkpoint",
+            "untrained",
             "--tile",
             "48",
         ]
@@ -331,14 +338,14 @@ def test_demo_refuses_a_file_as_its_folder(tmp_path, capsys):
 def test_decloud_refuses_arguments_before_writing(scene_store, tmp_path, capsys, flags, match):
     flags = [flag.format(tmp=tmp_path) for flag in flags]
     out = tmp_path / "out.zarr"
-    argv = ["decloud", str(scene_store), str(out), "--config", "preset=small", *flags]
+    argv = ["decloud", str(scene_store), str(out), *UNTRAINED_SMALL, *flags]
     _fails_alone(capsys, argv, match, out, tmp_path / "d.tif", tmp_path / "d.png")
 
 
 def test_decloud_never_replaces_a_cog_unasked(scene_store, tmp_path, capsys):
     cog, out = tmp_path / "mine.tif", tmp_path / "out.zarr"
     cog.write_bytes(b"not ours")
-    argv = ["decloud", str(scene_store), str(out), "--config", "preset=small", "--cog", str(cog)]
+    argv = ["decloud", str(scene_store), str(out), *UNTRAINED_SMALL, "--cog", str(cog)]
     _fails_alone(capsys, argv, f"--cog {cog}: {cog} exists; pass --overwrite", out)
     assert cog.read_bytes() == b"not ours"
     assert main([*argv, "--tile", "32", "--overwrite"]) == 0  # asked: replaced
@@ -442,7 +449,7 @@ def test_decloud_into_its_own_input_deletes_nothing(tmp_path, capsys, out, how):
     m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64)), tmp_path / "S.zarr")
     before = snapshot(tmp_path)
     args = ["decloud", str(tmp_path / "S.zarr"), str(tmp_path / out), "--overwrite"]
-    assert main([*args, "--config", "preset=small", "--tile", "32"]) == 2
+    assert main([*args, *UNTRAINED_SMALL, "--tile", "32"]) == 2
     assert f"the destination {how} the input" in _one_error_line(capsys)
     assert snapshot(tmp_path) == before
 
@@ -454,7 +461,7 @@ def test_a_cog_inside_the_input_or_the_output_is_refused(tmp_path, capsys, cog, 
     m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64)), tmp_path / "S.zarr")
     before = snapshot(tmp_path)
     args = ["decloud", str(tmp_path / "S.zarr"), str(tmp_path / "out.zarr"), "--tile", "32"]
-    assert main([*args, "--config", "preset=small", "--cog", str(tmp_path / cog)]) == 2
+    assert main([*args, *UNTRAINED_SMALL, "--cog", str(tmp_path / cog)]) == 2
     assert f"the destination lies inside the {role}" in _one_error_line(capsys, cog)
     assert snapshot(tmp_path) == before
 
@@ -466,7 +473,7 @@ def test_a_failed_cog_write_leaves_no_partial_file(scene_store, tmp_path, capsys
 
     monkeypatch.setattr(type(xr.DataArray([0]).rio), "to_raster", crash)
     cog = tmp_path / "d.tif"
-    argv = ["decloud", str(scene_store), str(tmp_path / "o.zarr"), "--config", "preset=small"]
+    argv = ["decloud", str(scene_store), str(tmp_path / "o.zarr"), *UNTRAINED_SMALL]
     with pytest.raises(OSError, match="No space"):
         main([*argv, "--tile", "32", "--cog", str(cog)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]  # no d.tif, no partial

@@ -34,7 +34,7 @@ def zero_checkpoints(tmp_path_factory):
 
 def test_building_the_graph_computes_nothing(small_scene):
     with raise_if_dask_computes():
-        out = small_scene.m3rcr.decloud("dsen2_cr", config=SMALL)
+        out = small_scene.m3rcr.decloud("dsen2_cr", checkpoint="untrained", config=SMALL)
     assert out.name == "decloud" and out.dims == ("band", "y", "x")
     assert out.dtype == np.float32 and out.chunks is not None
     assert out.rio.crs == small_scene.rio.crs
@@ -181,12 +181,14 @@ def test_missing_sar(small_scene):
 
 def test_composite_needs_a_cloudmask(small_scene):
     with pytest.raises(m3rcr_xr.SchemaError, match="cloudmask"):
-        decloud(small_scene.drop_vars("cloudmask"), config=SMALL, composite=True)
+        decloud(
+            small_scene.drop_vars("cloudmask"), checkpoint="untrained", config=SMALL, composite=True
+        )
 
 
 def test_tile_size_the_model_cannot_take(small_scene):
     with pytest.raises(m3rcr_xr.ModelConfigError, match="built for 32x32 tiles only"):
-        decloud(small_scene, "glf_cr", config=SMALL, tile=64)
+        decloud(small_scene, "glf_cr", checkpoint="untrained", config=SMALL, tile=64)
 
 
 def test_checkpoint_that_does_not_match(small_scene, small_checkpoint):
@@ -264,7 +266,9 @@ def test_mirror_index_repeats_the_edge_with_period_twice_the_size():
 
 def _tasks(shape: tuple[int, int]) -> int:
     scene = m3rcr_xr.synthetic_scene(shape, seed=1)
-    return len(decloud(scene, "dsen2_cr", config=SMALL, tile=64).__dask_graph__())
+    return len(
+        decloud(scene, "dsen2_cr", checkpoint="untrained", config=SMALL, tile=64).__dask_graph__()
+    )
 
 
 def test_a_one_pixel_scene_costs_about_one_tile(zero_checkpoints):
@@ -312,13 +316,13 @@ def test_a_collection_of_one_pixel_patches(zero_checkpoints, small_checkpoint):
 )
 def test_bad_arguments_are_refused_before_any_work(small_scene, kwargs, match):
     with raise_if_dask_computes(), pytest.raises(UsageError, match=match):
-        decloud(small_scene, "dsen2_cr", config=SMALL, **kwargs)
+        decloud(small_scene, "dsen2_cr", checkpoint="untrained", config=SMALL, **kwargs)
 
 
 def test_a_device_this_process_does_not_have(small_scene, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU machine
     with pytest.raises(UsageError, match="device='cuda': this process has 0 cuda"):
-        decloud(small_scene, config=SMALL, device="cuda")
+        decloud(small_scene, checkpoint="untrained", config=SMALL, device="cuda")
     with pytest.raises(UsageError, match="device='cuda'"):
         inference.resolve_device("cuda")
 
@@ -351,7 +355,7 @@ def test_numpy_integers_and_torch_devices_are_fine(zero_checkpoints):
 )
 def test_config_the_model_cannot_take_names_the_key(small_scene, config, match):
     with raise_if_dask_computes(), pytest.raises(m3rcr_xr.ModelConfigError, match=match):
-        decloud(small_scene, "dsen2_cr", config=config)
+        decloud(small_scene, "dsen2_cr", checkpoint="untrained", config=config)
 
 
 def test_with_a_distributed_client_the_workers_check_the_device(small_scene):
@@ -362,11 +366,18 @@ def test_with_a_distributed_client_the_workers_check_the_device(small_scene):
         LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
         Client(cluster),
     ):
-        out = decloud(small_scene.isel(x=slice(64), y=slice(64)), config=SMALL, device=absent)
+        out = decloud(
+            small_scene.isel(x=slice(64), y=slice(64)),
+            checkpoint="untrained",
+            config=SMALL,
+            device=absent,
+        )
         with pytest.raises(UsageError, match=f"device='{absent}'"):
             out.compute()
     with pytest.raises(UsageError, match=f"device='{absent}'"):
-        decloud(small_scene, config=SMALL, device=absent)  # no client: checked here
+        decloud(
+            small_scene, checkpoint="untrained", config=SMALL, device=absent
+        )  # no client: checked here
 
 
 # ------------------------------------------------------------ GPU path, on the CPU
@@ -414,7 +425,9 @@ def test_tile_counts_count_each_tile_once_per_device(small_checkpoint):
 )
 def test_precision_is_checked_before_any_work(small_scene, precision, device, message):
     with raise_if_dask_computes(), pytest.raises(UsageError, match=re.escape(message)):
-        decloud(small_scene, config=SMALL, precision=precision, device=device)
+        decloud(
+            small_scene, "dsen2_cr", "untrained", config=SMALL, precision=precision, device=device
+        )
 
 
 def test_the_command_line_names_the_precision_flag(tmp_path, capsys):

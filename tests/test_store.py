@@ -243,7 +243,9 @@ def test_a_destination_overlapping_an_input_is_refused(tmp_path, where, how):
     m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64), seed=1), tmp_path / "in.zarr")
     before = snapshot(tmp_path)
     scene = m3rcr_xr.open_zarr(tmp_path / "in.zarr")
-    out = m3rcr_xr.decloud(scene, "dsen2_cr", config={"n_resblocks": 1, "n_feats": 8}, tile=32)
+    out = m3rcr_xr.decloud(
+        scene, "dsen2_cr", checkpoint="untrained", config={"n_resblocks": 1, "n_feats": 8}, tile=32
+    )
     assert store.sources(out) == [str(tmp_path / "in.zarr")]  # decloud keeps its input's
     for data in (scene, out.to_dataset()):
         with pytest.raises(m3rcr_xr.StoreError, match=f"the destination {how} the input"):

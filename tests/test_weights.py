@@ -1,13 +1,110 @@
+"""Weights by name, path and URL (m3rcr_xr.weights): the registry, fetching into the
+cache with SHA-256 checks, resolution for decloud, and workers that fetch for themselves.
+
+Everything is served on loopback: an HTTP server started here and the moto S3 server of
+conftest; the cache is a temporary folder named by ``$M3RCR_CACHE``.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import pickle
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
 import pytest
 
-from m3rcr_xr.weights import default_checkpoint
+import m3rcr_xr
+from m3rcr_xr import inference, weights
+from m3rcr_xr.cli import main
+from m3rcr_xr.exceptions import CheckpointError, ModelConfigError, UsageError
+from m3rcr_xr.weights import WeightsEntry, default_checkpoint
+from m3rcr_xr.weights.download import file_sha256
+from tests.conftest import TINY, seeded_checkpoint
+
+DEMO = "dsen2_cr-demo"
 
 
-def test_the_shipped_checkpoint_names_its_model_file_and_config():
-    ckpt = default_checkpoint()
-    assert ckpt.model == "dsen2_cr"
-    assert ckpt.path.name == "dsen2_cr_demo.safetensors" and ckpt.path.is_file()
-    assert ckpt.config and ckpt.metadata["model"] == ckpt.model
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    """Downloads go to a fresh folder; no registry file from the environment."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(weights.CACHE_ENV, str(folder))
+    monkeypatch.delenv(weights.REGISTRY_ENV, raising=False)
+    return folder
+
+
+@pytest.fixture
+def tiny(tmp_path) -> tuple[Path, str]:
+    """A small checkpoint in a folder of its own, and its SHA-256."""
+    (tmp_path / "served").mkdir()
+    path = seeded_checkpoint(tmp_path / "served" / "tiny.pt", **TINY)
+    return path, file_sha256(path)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    requests: ClassVar[list[str]] = []
+
+    def log_message(self, *args: object) -> None:  # quiet test output
+        pass
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        super().do_GET()
+
+
+@pytest.fixture
+def server(tiny) -> Iterator[tuple[str, list[str]]]:
+    """``http://127.0.0.1:PORT`` serving the folder of ``tiny``, and the paths requested."""
+    folder = str(tiny[0].parent)
+    handler = type("Handler", (_Handler,), {"requests": []})
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a: handler(*a, directory=folder)
+    )
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler.requests
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def lab_entry(tiny) -> Iterator[WeightsEntry]:
+    """``tiny`` registered as ``lab-tiny`` (TINY config) for this test only."""
+    path, sha256 = tiny
+    entry = WeightsEntry("lab-tiny", "dsen2_cr", (path.as_uri(),), sha256, config=TINY)
+    yield weights.register(entry)
+    weights.unregister("lab-tiny")
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*")) if folder.exists() else []
+
+
+# ------------------------------------------------------------------------- registry
+def test_the_demo_entry_is_the_shipped_file():
+    entry = weights.entry(DEMO)
+    shipped = default_checkpoint()
+    assert weights.available()[0] == entry and not entry.default
+    assert (entry.model, dict(entry.config)) == (shipped.model, shipped.config)
+    assert entry.sha256 == file_sha256(shipped.path)
+    assert entry.size == shipped.path.stat().st_size
+    assert weights.fetch(DEMO) == shipped.path
+    assert "For demonstrations and tests only" in entry.card()
 
 
 def test_unpacking_drops_the_model_and_is_deprecated():
@@ -15,3 +112,272 @@ def test_unpacking_drops_the_model_and_is_deprecated():
     with pytest.warns(FutureWarning, match=r"drops its model .* read \.model, \.path"):
         path, config = ckpt
     assert (path, config) == (ckpt.path, ckpt.config)
+
+
+def test_an_unknown_name_lists_the_registered_ones(lab_entry):
+    with pytest.raises(CheckpointError, match=f"'nope': neither .* registered: {DEMO}, lab-tiny"):
+        weights.fetch("nope")
+    with pytest.raises(CheckpointError, match=f"no weights registered .* {DEMO}, lab-tiny"):
+        weights.entry("nope")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"name": "a/b"}, "without '/'"),
+        ({"name": "untrained"}, "not 'untrained'"),
+        ({"urls": "weights.pt"}, "give one or more URLs"),
+        ({"sha256": "abc"}, "sha256='abc': not a SHA-256"),
+    ],
+)
+def test_a_bad_entry_is_refused(kwargs, match):
+    fields = {"name": "x", "model": "dsen2_cr", "urls": "file:///w.pt", "sha256": "0" * 64}
+    with pytest.raises(UsageError, match=match):
+        WeightsEntry(**{**fields, **kwargs})
+
+
+def test_register_refuses_a_taken_name_and_a_second_default(lab_entry, tiny):
+    with pytest.raises(UsageError, match="'lab-tiny': .* already registered"):
+        weights.register(lab_entry)
+    with pytest.raises(UsageError, match=f"'{DEMO}': .* already registered"):
+        weights.register(WeightsEntry(DEMO, "dsen2_cr", lab_entry.urls, tiny[1]))
+    first = WeightsEntry("d1", "dsen2_cr", lab_entry.urls, tiny[1], default=True)
+    weights.register(first)
+    try:
+        with pytest.raises(UsageError, match="two default weights, 'd1' and 'd2'"):
+            weights.register(WeightsEntry("d2", "dsen2_cr", lab_entry.urls, tiny[1], default=True))
+        weights.register(first, replace=True)
+    finally:
+        weights.unregister("d1")
+    with pytest.raises(m3rcr_xr.UnknownModelError, match="unknown model 'unet'"):
+        weights.register(WeightsEntry("u", "unet", lab_entry.urls, tiny[1]))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_a_registry_file_named_by_the_environment(tmp_path, monkeypatch, tiny, suffix):
+    path, sha256 = tiny
+    table = {"name": "from-file", "model": "glf_cr", "urls": [path.as_uri()], "sha256": sha256}
+    file = tmp_path / f"registry{suffix}"
+    if suffix == ".json":
+        file.write_text(json.dumps({"weights": [table]}))
+    else:
+        file.write_text(
+            f'[[weights]]\nname = "from-file"\nmodel = "glf_cr"\n'
+            f'urls = ["{path.as_uri()}"]\nsha256 = "{sha256}"\n'
+        )
+    monkeypatch.setenv(weights.REGISTRY_ENV, str(file))
+    assert [e.name for e in weights.available("glf_cr")] == ["from-file"]
+    assert weights.fetch("from-file") == path
+
+
+def test_a_bad_registry_file_is_named(tmp_path, monkeypatch):
+    file = tmp_path / "bad.json"
+    file.write_text(json.dumps({"weights": [{"name": "x", "model": "dsen2_cr", "url": "y"}]}))
+    monkeypatch.setenv(weights.REGISTRY_ENV, str(file))
+    with pytest.raises(CheckpointError, match=r"bad.json: entry 'x': unknown fields \['url'\]"):
+        weights.available()
+
+
+# --------------------------------------------------------------------------- fetching
+def test_a_path_and_a_file_url_are_read_in_place(tiny, cache):
+    path, sha256 = tiny
+    assert weights.fetch(path) == path
+    assert weights.fetch(path.as_uri(), known_hash=f"sha256:{sha256.upper()}") == path
+    assert weights.fetch(f"{path.as_uri()}#sha256={sha256}") == path
+    with pytest.raises(CheckpointError, match=f"expected {'0' * 64}, the file has {sha256}"):
+        weights.fetch(path, known_hash="0" * 64)
+    assert path.is_file() and _files(cache) == []  # a user's file is never removed
+
+
+def test_http_downloads_once_into_the_cache(server, tiny, cache):
+    base, requests = server
+    path, sha256 = tiny
+    url = f"{base}/tiny.pt"
+    got = weights.fetch(url, known_hash=sha256)
+    assert got.parent == cache and got.read_bytes() == path.read_bytes()
+    assert weights.fetch(f"{url}#sha256={sha256}") == got
+    assert weights.fetch(url) == got
+    assert requests == ["/tiny.pt"]  # the cached file is reused, checked by its hash
+
+
+def test_a_hash_mismatch_removes_the_download(server, tiny, cache):
+    url, wrong = f"{server[0]}/tiny.pt", "ab" * 32
+    with pytest.raises(CheckpointError) as info:
+        weights.fetch(url, known_hash=wrong)
+    message = str(info.value)
+    assert url in message and wrong in message and tiny[1] in message
+    assert _files(cache) == []
+
+
+def test_an_unreachable_url_leaves_nothing_in_the_cache(closed_port, cache):
+    url = f"http://127.0.0.1:{closed_port}/w.pt"
+    with pytest.raises(CheckpointError, match=f"{url}: cannot download"):
+        weights.fetch(url, known_hash="ab" * 32)
+    assert _files(cache) == []
+
+
+def test_s3_downloads_through_fsspec(bucket, tiny, cache):
+    import s3fs
+
+    path, sha256 = tiny
+    s3fs.S3FileSystem().put(str(path), f"{bucket}/w/tiny.pt")
+    got = weights.fetch(f"s3://{bucket}/w/tiny.pt", known_hash=sha256)
+    assert got.parent == cache and file_sha256(got) == sha256
+    with pytest.raises(CheckpointError, match=f"s3://{bucket}/w/other.pt: cannot download"):
+        weights.fetch(f"s3://{bucket}/w/other.pt")
+    assert _files(cache) == [got.name]
+
+
+def test_the_cache_option_wins_over_the_environment(tmp_path):
+    with m3rcr_xr.set_options(weights_cache=str(tmp_path / "opt")):
+        assert weights.cache_dir() == tmp_path / "opt"
+    with pytest.raises(m3rcr_xr.OptionError):
+        m3rcr_xr.set_options(weights_cache=3)
+
+
+# ------------------------------------------------------------------------- resolving
+def test_no_checkpoint_and_no_default_says_how_to_get_weights(small_scene):
+    with pytest.raises(CheckpointError) as info:
+        m3rcr_xr.decloud(small_scene)
+    message = str(info.value)
+    for needle in (DEMO, "m3rcr train", "not released", "checkpoint='untrained'"):
+        assert needle in message
+    with pytest.raises(CheckpointError, match=r"glf_cr \(none\)"):
+        m3rcr_xr.decloud(small_scene, "glf_cr")
+
+
+def test_untrained_only_when_asked(small_scene):
+    out = m3rcr_xr.decloud(small_scene, "dsen2_cr", "untrained", config=TINY)
+    assert out.attrs["checkpoint"] == "untrained" and out.attrs["checkpoint_sha256"] == ""
+
+
+def test_a_default_entry_stands_for_none(small_scene, tiny):
+    path, sha256 = tiny
+    default = WeightsEntry("lab-default", "dsen2_cr", path.as_uri(), sha256, TINY, default=True)
+    weights.register(default)
+    try:
+        out = m3rcr_xr.decloud(small_scene)
+    finally:
+        weights.unregister("lab-default")
+    assert out.attrs["checkpoint"] == "lab-default" and out.attrs["checkpoint_sha256"] == sha256
+    expected = m3rcr_xr.decloud(small_scene, "dsen2_cr", path, config=TINY)
+    np.testing.assert_array_equal(out.values, expected.values)
+
+
+def test_the_entry_gives_model_and_config(lab_entry):
+    found = weights.resolve(None, "lab-tiny")
+    assert (found.model, found.config, found.sha256) == ("dsen2_cr", TINY, lab_entry.sha256)
+    assert found.sources == ("lab-tiny", *lab_entry.urls)
+    # the same architecture written otherwise (a default value spelt out) is accepted
+    assert weights.resolve("DSen2-CR", "lab-tiny", {**TINY, "res_scale": 0.1}).config == TINY
+    with pytest.raises(ModelConfigError, match=r"config=\{'n_feats': 16\}: .* 'lab-tiny'"):
+        weights.resolve(None, "lab-tiny", {"n_feats": 16})
+    with pytest.raises(ModelConfigError, match="model='glf_cr': the weights 'lab-tiny' are for"):
+        weights.resolve("glf_cr", "lab-tiny")
+
+
+def test_a_url_records_its_hash_and_source(server, tiny):
+    url = f"{server[0]}/tiny.pt"
+    ref = inference.ModelRef.create("dsen2_cr", url, TINY, "cpu")
+    assert (ref.sha256, ref.sources, ref.weights) == (tiny[1], (url,), url)
+    assert len(pickle.dumps(ref)) < 1000
+
+
+def test_workers_fetch_for_themselves(server, tiny, cache, tmp_path):
+    """The graph carries the URL and the hash; a worker with an empty cache downloads,
+    checks and builds the model, and gives the local result."""
+    from distributed import Client, LocalCluster
+
+    demo = default_checkpoint().path
+    shutil.copy(demo, tiny[0].parent / "demo.safetensors")
+    base, requests = server
+    entry = WeightsEntry(
+        "served-demo",
+        "dsen2_cr",
+        f"{base}/demo.safetensors",
+        file_sha256(demo),
+        {"n_resblocks": 4, "n_feats": 32},
+    )
+    weights.register(entry)
+    try:
+        scene = m3rcr_xr.synthetic_scene((96, 80), seed=4, chunks=48)
+        out = m3rcr_xr.decloud(scene, checkpoint="served-demo", tile=64)
+    finally:
+        weights.unregister("served-demo")  # the workers never see the registration
+    graph = len(pickle.dumps(dict(out.__dask_graph__())))
+    assert graph < demo.stat().st_size / 4
+    expected = m3rcr_xr.decloud(scene, checkpoint=DEMO, tile=64).compute(scheduler="sync")
+    shutil.rmtree(cache)
+    inference.clear_model_cache()
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster),
+    ):
+        got = out.compute()
+    np.testing.assert_allclose(got.values, expected.values, rtol=1e-6)
+    assert requests == ["/demo.safetensors", "/demo.safetensors"]  # client, then worker
+    inference.clear_model_cache()
+
+
+# --------------------------------------------------------------------- command line
+@pytest.fixture
+def scene_store(tmp_path) -> Path:
+    path = tmp_path / "scene.zarr"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((40, 40), seed=2), path)
+    return path
+
+
+def _fails(capsys, argv: list[str], *needles: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"m3rcr {argv[0]}: error:"), err
+    assert all(needle in err[0] for needle in needles), err[0]
+
+
+def test_weights_lists_and_fetches(capsys, lab_entry, tiny):
+    assert main(["weights"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "model", "size", "license", "cached", "default"]
+    assert lines[1].split() == [DEMO, "dsen2_cr", "0.3", "MiB", "MIT", "local"]
+    assert lines[2].split()[:2] == ["lab-tiny", "dsen2_cr"]
+    assert main(["weights", "list", "--model", "glf_cr"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert main(["weights", "fetch", "lab-tiny"]) == 0
+    assert capsys.readouterr().out.strip() == str(tiny[0])
+
+
+def test_decloud_by_name_on_the_command_line(scene_store, tmp_path, capsys):
+    assert main(["decloud", str(scene_store), str(tmp_path / "o.zarr"), "--checkpoint", DEMO]) == 0
+    out = m3rcr_xr.open_zarr(tmp_path / "o.zarr")["decloud"]
+    assert out.attrs["checkpoint"] == DEMO
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        ([], ("no checkpoint given", "--checkpoint untrained")),
+        (["--checkpoint", "nope"], ("'nope': neither registered weights nor a file", DEMO)),
+        (["--checkpoint", DEMO, "--config", "n_feats=8"], ("--config", DEMO)),
+        (["--checkpoint", DEMO, "--model", "glf_cr"], ("--model glf_cr", DEMO)),
+        (["--checkpoint", "http://127.0.0.1:{port}/w.pt"], ("cannot download",)),
+        (
+            ["--checkpoint", "file:///nowhere/w.pt#sha256=12"],
+            ("#sha256= fragment is not a SHA-256",),
+        ),
+    ],
+)
+def test_bad_weights_exit_2_before_writing(
+    scene_store, tmp_path, capsys, closed_port, flags, needles
+):
+    flags = [f.format(port=closed_port) for f in flags]
+    _fails(capsys, ["decloud", str(scene_store), str(tmp_path / "o.zarr"), *flags], *needles)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_weights_fetch_exits_2_on_bad_input(capsys, closed_port, cache):
+    _fails(capsys, ["weights", "fetch", "nope"], "'nope'", DEMO)
+    _fails(capsys, ["weights", "fetch", DEMO, "--known-hash", "xyz"], "--known-hash xyz")
+    _fails(capsys, ["weights", "--model", "unet"], "unknown model 'unet'")
+    url = f"http://127.0.0.1:{closed_port}/w.pt"
+    _fails(capsys, ["weights", "fetch", url], url)
+    assert _files(cache) == []

@@ -1,20 +1,28 @@
-"""Weights shipped with the package: a small DSen2-CR trained on synthetic scenes.
+"""Weights by name, path or URL, checked by SHA-256; and the demo weights shipped here.
 
-They exist so that the demo and the tests run the whole job with no download. They were
-trained on :func:`m3rcr_xr.synthetic_collection` patches only (see ``MODEL_CARD.md``
-beside this file and ``scripts/train_demo_weights.sh``): use them for demonstrations,
-never for real imagery, where they do little better than the cloudy input or worse. Real
-work needs weights trained on real data (the published M3R-CR checkpoints, or
-``m3rcr train`` on the dataset).
+``m3rcr_xr.decloud(scene, checkpoint=...)`` takes a registered name, a path or a URL
+(:func:`resolve`); :func:`fetch` gets the file (downloads go into a cache through pooch,
+see :mod:`m3rcr_xr.weights.download`), :func:`available` and :func:`entry` read the
+registry, :func:`register` adds to it (see :mod:`m3rcr_xr.weights.registry` for registry
+files named by ``$M3RCR_WEIGHTS_REGISTRY``).
+
+One entry is shipped: ``"dsen2_cr-demo"``, a small DSen2-CR trained on
+:func:`m3rcr_xr.synthetic_collection` patches only (see ``MODEL_CARD.md`` beside this file
+and ``scripts/train_demo_weights.sh``), so that the demo and the tests run the whole job
+with no download. Use it for demonstrations, never for real imagery, where it does little
+better than the cloudy input or worse; it is no model's default. Real work needs weights
+trained on real data: the checkpoints of the M3R-CR paper are not released, so train
+them with ``m3rcr train`` and register them.
 
 Examples
 --------
->>> from m3rcr_xr.weights import default_checkpoint
->>> ckpt = default_checkpoint()
->>> ckpt.model
-'dsen2_cr'
->>> net = ckpt.load()                                   # doctest: +SKIP
->>> scene.m3rcr.decloud(ckpt.model, ckpt.path, config=ckpt.config)  # doctest: +SKIP
+>>> from m3rcr_xr import weights
+>>> demo = weights.entry("dsen2_cr-demo")
+>>> demo.model, demo.license
+('dsen2_cr', 'MIT')
+>>> weights.fetch("dsen2_cr-demo").is_file()
+True
+>>> scene.m3rcr.decloud(checkpoint="dsen2_cr-demo")     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,8 +38,28 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import CheckpointError
+from .download import CACHE_ENV, cache_dir
+from .registry import REGISTRY_ENV, UNTRAINED, WeightsEntry, available, entry, register, unregister
+from .resolve import ResolvedWeights, fetch, resolve
 
-__all__ = ["DEMO_WEIGHTS", "DefaultCheckpoint", "default_checkpoint", "read_weights"]
+__all__ = [
+    "CACHE_ENV",
+    "DEMO_WEIGHTS",
+    "REGISTRY_ENV",
+    "UNTRAINED",
+    "DefaultCheckpoint",
+    "ResolvedWeights",
+    "WeightsEntry",
+    "available",
+    "cache_dir",
+    "default_checkpoint",
+    "entry",
+    "fetch",
+    "read_weights",
+    "register",
+    "resolve",
+    "unregister",
+]
 
 #: file name of the demo weights inside this package
 DEMO_WEIGHTS = "dsen2_cr_demo.safetensors"
@@ -117,6 +145,9 @@ def read_weights(path: str | Path) -> DefaultCheckpoint:
 
 def default_checkpoint() -> DefaultCheckpoint:
     """The demo weights shipped with the package, with the configuration to load them.
+
+    The file of the registered entry ``"dsen2_cr-demo"`` (``checkpoint="dsen2_cr-demo"``
+    in :func:`m3rcr_xr.decloud` does the same in one step).
 
     ``.model`` names the network, ``.path`` is the file, ``.config`` the arguments it
     needs; ``.load()`` builds it.

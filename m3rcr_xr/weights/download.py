@@ -1,0 +1,197 @@
+"""Getting weights files: from a path, a ``file://`` URL, or a download into the cache.
+
+Downloads go through `pooch <https://www.fatiando.org/pooch>`_: http(s), ftp and DOI
+URLs with its own downloaders, any other fsspec protocol (``s3://``, ``gs://``...) by
+streaming through fsspec. pooch writes a temporary file beside the destination and
+moves it into place only once its SHA-256 matches, so an interrupted or failed download
+leaves nothing behind, and a file in the cache is always a whole one.
+
+The cache is the ``weights_cache`` option if set, else the ``M3RCR_CACHE`` environment
+variable, else ``pooch.os_cache("m3rcr_xr")`` (``~/.cache/m3rcr_xr`` on Linux). Workers
+of a cluster use their own (set the variable in their environment to share one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.request import url2pathname
+
+from ..exceptions import CheckpointError, UsageError, argument
+from ..options import OPTIONS
+
+__all__ = ["CACHE_ENV", "cache_dir", "cached_file", "fetch_url", "file_sha256", "split_url"]
+
+log = logging.getLogger(__name__)
+
+#: environment variable naming the download cache (the ``weights_cache`` option wins)
+CACHE_ENV = "M3RCR_CACHE"
+#: URL schemes pooch downloads itself; any other goes through fsspec
+_POOCH_SCHEMES = frozenset({"http", "https", "ftp", "sftp", "doi"})
+_SHA256 = re.compile(r"(?:sha256:)?([0-9a-fA-F]{64})")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file (hex), so that a worker never runs weights that changed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(value: str | None, name: str = "known_hash") -> str | None:
+    """``value`` as 64 lower-case hex digits (``"sha256:"`` prefix allowed), or None.
+
+    Raises
+    ------
+    UsageError
+        Not a SHA-256, naming the argument.
+    """
+    if value is None:
+        return None
+    match = _SHA256.fullmatch(str(value).strip())
+    if match is None:
+        raise UsageError(f"{argument(name, value)}: not a SHA-256 (64 hex digits)")
+    return match.group(1).lower()
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """A URL without its ``#sha256=HEX`` fragment, and that hash (None without one).
+
+    Examples
+    --------
+    >>> split_url("https://example.org/w.pth#sha256=" + "ab" * 32)[0]
+    'https://example.org/w.pth'
+    >>> split_url("s3://bucket/w.pth")
+    ('s3://bucket/w.pth', None)
+    """
+    parts = urlsplit(url)
+    if not parts.fragment:
+        return url, None
+    key, _, value = parts.fragment.partition("=")
+    if key != "sha256":
+        raise UsageError(f"{url}: the only URL fragment understood is #sha256=HEX")
+    if _SHA256.fullmatch(value) is None:
+        raise UsageError(f"{url}: the #sha256= fragment is not a SHA-256 (64 hex digits)")
+    return urlunsplit(parts._replace(fragment="")), check_sha256(value)
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights go: option ``weights_cache``, else ``$M3RCR_CACHE``, else
+    ``pooch.os_cache("m3rcr_xr")``."""
+    import pooch
+
+    chosen = OPTIONS["weights_cache"] or os.environ.get(CACHE_ENV)
+    return Path(chosen).expanduser() if chosen else Path(pooch.os_cache("m3rcr_xr"))
+
+
+def cached_file(url: str) -> Path:
+    """The file a download of ``url`` lands in (whether it is there yet or not)."""
+    import pooch
+
+    return cache_dir() / pooch.utils.unique_file_name(split_url(url)[0])
+
+
+def _local_path(url: str) -> Path:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise CheckpointError(f"{url}: a file:// URL must name a local file (no host)")
+    return Path(url2pathname(unquote(parts.path)))
+
+
+def check_file(path: Path, known_hash: str | None, source: str) -> str:
+    """The SHA-256 of an existing file, checked against ``known_hash`` when given.
+
+    Raises
+    ------
+    CheckpointError
+        The file does not exist, or its hash is not ``known_hash`` (both named). The file
+        is left alone: it is the user's.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"{source}: checkpoint file does not exist")
+    actual = file_sha256(path)
+    if known_hash is not None and actual != known_hash:
+        raise CheckpointError(
+            f"{source}: SHA-256 mismatch: expected {known_hash}, the file has {actual}"
+        )
+    return actual
+
+
+def _fsspec_download(url: str, output_file: str, pooch_obj: Any, check_only: bool = False) -> Any:
+    """A pooch downloader for any fsspec URL (``s3://`` with s3fs...)."""
+    import fsspec
+
+    if check_only:
+        return fsspec.core.url_to_fs(url)[0].exists(url)
+    with fsspec.open(url, "rb") as source, open(output_file, "wb") as target:
+        shutil.copyfileobj(source, target, 1 << 20)
+    return None
+
+
+class _Recorder:
+    """Wraps a pooch downloader to keep the hash of what it wrote: pooch deletes a file
+    whose hash does not match, and our error names the hash it had."""
+
+    def __init__(self, download: Callable[..., Any]) -> None:
+        self.download = download
+        self.sha256: str | None = None
+
+    def __call__(self, url: str, output_file: str, pooch_obj: Any, **kwargs: Any) -> Any:
+        result = self.download(url, output_file, pooch_obj, **kwargs)
+        self.sha256 = file_sha256(output_file)
+        return result
+
+
+def fetch_url(url: str, known_hash: str | None = None) -> tuple[Path, str]:
+    """The local file of ``url`` and its SHA-256, downloaded into the cache if needed.
+
+    A ``file://`` URL is read in place. A download whose hash is not ``known_hash`` is
+    deleted; a cached file whose hash is not ``known_hash`` is downloaded again.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the URL: a hash mismatch (expected and actual), or a download that
+        failed (nothing is left in the cache).
+    """
+    import pooch
+
+    url, fragment_hash = split_url(url)
+    if known_hash and fragment_hash and known_hash != fragment_hash:
+        raise CheckpointError(f"{url}: two different hashes given ({known_hash}, {fragment_hash})")
+    known_hash = known_hash or fragment_hash
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "file":
+        path = _local_path(url)
+        return path, check_file(path, known_hash, url)
+    if scheme in _POOCH_SCHEMES:
+        show = OPTIONS["progress"] and scheme != "doi"
+        recorder = _Recorder(pooch.downloaders.choose_downloader(url, progressbar=show))
+    else:
+        recorder = _Recorder(_fsspec_download)
+    try:
+        path = pooch.retrieve(
+            url,
+            known_hash=None if known_hash is None else f"sha256:{known_hash}",
+            path=cache_dir(),
+            downloader=recorder,
+        )
+    except ValueError as exc:
+        if recorder.sha256 is None or recorder.sha256 == known_hash:
+            raise CheckpointError(f"{url}: cannot download ({exc})") from exc
+        raise CheckpointError(
+            f"{url}: SHA-256 mismatch: expected {known_hash}, downloaded {recorder.sha256} "
+            "(the download was deleted)"
+        ) from exc
+    except Exception as exc:  # requests, botocore, fsspec, OS errors: all mean "not here"
+        raise CheckpointError(f"{url}: cannot download ({type(exc).__name__}: {exc})") from exc
+    return Path(path), known_hash or recorder.sha256 or file_sha256(path)

@@ -1,0 +1,237 @@
+"""From what a user passes as ``checkpoint`` to a local file, its hash and its config.
+
+``checkpoint`` is a registered name (:mod:`~m3rcr_xr.weights.registry`), a URL
+(``https://``, ``s3://``, ``file://``..., optionally ending in ``#sha256=HEX``), a path,
+``"untrained"`` (random weights, asked for explicitly), or None (the model's default
+entry, if it has one; no model has one today).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import CheckpointError, ModelConfigError, argument
+from .download import check_file, check_sha256, fetch_url, split_url
+from .registry import UNTRAINED, WeightsEntry, available, entry
+
+__all__ = ["DEFAULT_MODEL", "ResolvedWeights", "fetch", "fetch_first", "resolve"]
+
+#: the model when neither ``model`` nor a registered entry names one
+DEFAULT_MODEL = "dsen2_cr"
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """What :func:`resolve` found.
+
+    Attributes
+    ----------
+    model
+        Registry key of the network.
+    config
+        Architecture arguments: the entry's, or those given.
+    path
+        The local file (None: untrained).
+    sha256
+        Its SHA-256 (None: untrained).
+    sources
+        Where another process gets the same file: the entry's name then its URLs, the
+        URL, or the path; each is checked against :attr:`sha256`.
+    label
+        How the weights were asked for (the name, URL, path or ``"untrained"``).
+    """
+
+    model: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    sha256: str | None = None
+    sources: tuple[str, ...] = ()
+    label: str = UNTRAINED
+
+
+def _is_name(text: str) -> bool:
+    return "://" not in text and "/" not in text and os.sep not in text
+
+
+def _fetch(source: str | os.PathLike, known_hash: str | None) -> tuple[Path, str, Any]:
+    """(local file, its SHA-256, the entry or None) for a name, URL or path."""
+    if isinstance(source, str) and "://" in source:
+        return (*fetch_url(source, known_hash), None)
+    text = os.fspath(source)
+    if isinstance(source, str) and _is_name(text) and text in {e.name for e in available()}:
+        found = entry(text)
+        if known_hash is not None and known_hash != found.sha256:
+            raise CheckpointError(
+                f"{text}: registered with SHA-256 {found.sha256}, expected {known_hash}"
+            )
+        errors = []
+        for url in found.urls:
+            try:
+                return (*fetch_url(url, found.sha256), found)
+            except CheckpointError as exc:
+                errors.append(str(exc))
+        raise CheckpointError(f"{text}: no URL of this entry gave its file: " + "; ".join(errors))
+    path = Path(text).expanduser()
+    if isinstance(source, str) and _is_name(text) and not path.exists():
+        names = ", ".join(e.name for e in available())
+        raise CheckpointError(
+            f"{text!r}: neither registered weights nor a file; registered: {names} "
+            "(m3rcr_xr.weights.available() or `m3rcr weights` lists them)"
+        )
+    return path.resolve(), check_file(path, known_hash, text), None
+
+
+def fetch(name_or_url: str | os.PathLike, *, known_hash: str | None = None) -> Path:
+    """The local file of registered weights, a URL or a path, checked by its SHA-256.
+
+    Parameters
+    ----------
+    name_or_url
+        A registered name (its URLs are tried in order, checked against its hash), a
+        URL (``https://``, ``s3://`` and any fsspec protocol are downloaded into the
+        cache, see :func:`~m3rcr_xr.weights.download.cache_dir`; ``file://`` is read in
+        place; a ``#sha256=HEX`` fragment is a ``known_hash``), or a path.
+    known_hash
+        The file's expected SHA-256 (hex, ``"sha256:"`` prefix allowed); optional for
+        URLs and paths. Without it a URL already in the cache is not downloaded again.
+
+    Raises
+    ------
+    CheckpointError
+        An unknown name (listing the registered ones), a missing file, a download that
+        failed (naming the URL; nothing is left in the cache), or a hash mismatch
+        (naming the URL, the expected and the actual hash; a download is deleted, a
+        user's file is left alone).
+
+    Examples
+    --------
+    >>> from m3rcr_xr import weights
+    >>> weights.fetch("dsen2_cr-demo").name
+    'dsen2_cr_demo.safetensors'
+    """
+    return _fetch(name_or_url, check_sha256(known_hash))[0]
+
+
+def fetch_first(sources: Iterable[str], known_hash: str) -> Path:
+    """The first of ``sources`` (names, URLs, paths) that gives a file of ``known_hash``.
+
+    Raises
+    ------
+    CheckpointError
+        None did; the message has each one's reason.
+    """
+    errors = []
+    for source in sources:
+        try:
+            return _fetch(source, known_hash)[0]
+        except CheckpointError as exc:
+            errors.append(str(exc))
+    raise CheckpointError("; ".join(errors) or "no source of weights given")
+
+
+def _effective(model: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments ``config`` means: defaults, then preset, then keys."""
+    from ..models.records import model_record
+
+    record = model_record(model)
+    rest = dict(config)
+    preset = rest.pop("preset", None) or "default"
+    parameters = inspect.signature(record.cls).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not p.empty}
+    return {**defaults, **record.presets.get(preset, {"preset": preset}), **rest}
+
+
+def _from_entry(
+    found: WeightsEntry, model: str | None, config: Mapping[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    """The entry's model and configuration, refusing a different ``model`` or ``config``.
+
+    Raises
+    ------
+    ModelConfigError
+        ``model`` or ``config`` given and not the entry's.
+    """
+    from ..models.records import model_record
+
+    key = model_record(found.model).name
+    if model is not None and model_record(model).name != key:
+        raise ModelConfigError(
+            f"{argument('model', model)}: the weights {found.name!r} are for {key}"
+        )
+    if config is not None and _effective(key, config) != _effective(key, found.config):
+        raise ModelConfigError(
+            f"{argument('config', dict(config))}: the weights {found.name!r} were trained "
+            f"with {dict(found.config)}; leave the configuration out to use theirs"
+        )
+    return key, dict(found.config)
+
+
+def _no_weights(model: str) -> CheckpointError:
+    names = ", ".join(e.name for e in available(model)) or "none"
+    return CheckpointError(
+        f"no checkpoint given and {model} has no default weights (a network is never run "
+        f"untrained silently). Pass {argument('checkpoint', 'NAME')} with weights registered "
+        f"for {model} ({names}), a path or a URL; train your own with `m3rcr train` (the "
+        f"published M3R-CR checkpoints are not released); or "
+        f"{argument('checkpoint', UNTRAINED)} for random weights (tests, benchmarks)"
+    )
+
+
+def resolve(
+    model: str | None,
+    checkpoint: str | os.PathLike | None,
+    config: Mapping[str, Any] | None = None,
+) -> ResolvedWeights:
+    """The model, configuration, local file and hash that ``checkpoint`` stands for.
+
+    Parameters
+    ----------
+    model
+        Registry key of the network; None: the entry's, else ``"dsen2_cr"``.
+    checkpoint
+        A registered name, a URL, a path, ``"untrained"``, or None (the model's default
+        entry). See :func:`fetch`.
+    config
+        Architecture arguments; with a registered entry, None takes the entry's, and a
+        different one is refused.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`fetch`, or None given for a model without a default entry (the message
+        says how to get weights).
+    ModelConfigError
+        ``model`` or ``config`` that are not those of the registered entry.
+
+    Examples
+    --------
+    >>> from m3rcr_xr import weights
+    >>> found = weights.resolve(None, "dsen2_cr-demo")
+    >>> found.model, found.config
+    ('dsen2_cr', {'n_resblocks': 4, 'n_feats': 32})
+    >>> weights.resolve("glf_cr", "untrained").path is None
+    True
+    """
+    from ..models.records import model_record
+
+    if checkpoint is None:
+        key = model_record(model or DEFAULT_MODEL).name
+        defaults = [e for e in available(key) if e.default]
+        if not defaults:
+            raise _no_weights(key)
+        checkpoint = defaults[0].name
+    if isinstance(checkpoint, str) and checkpoint == UNTRAINED:
+        return ResolvedWeights(model_record(model or DEFAULT_MODEL).name, dict(config or {}))
+    path, sha256, found = _fetch(checkpoint, None)
+    if found is not None:
+        key, config = _from_entry(found, model, config)
+        return ResolvedWeights(key, config, path, sha256, (found.name, *found.urls), found.name)
+    label = split_url(checkpoint)[0] if isinstance(checkpoint, str) else os.fspath(checkpoint)
+    source = label if "://" in label else str(path)
+    key = model_record(model or DEFAULT_MODEL).name
+    return ResolvedWeights(key, dict(config or {}), path, sha256, (source,), label)
