@@ -9,13 +9,19 @@ the line before it; such marks must stay rare (:data:`MAX_SKIPPED`).
 
 from __future__ import annotations
 
+import http.server
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import m3rcr_xr
+from m3rcr_xr import weights
+from m3rcr_xr.weights import default_checkpoint
+from m3rcr_xr.weights.download import file_sha256
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(
@@ -68,17 +74,53 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r"client\.wait_for_workers\(4\)", "client.wait_for_workers(1)", ""),
     (r"/scratch/m3rcr/", "scratch/", "the test's folder; test.zarr: the samples' test split"),
     (
+        r'"https://data\.example\.org/dsen2cr-v1\.pth"',
+        '"{weights_url}"',
+        "the lab's weights: the demo weights served by a server on 127.0.0.1",
+    ),
+    (r'sha256="9f86d0[0-9a-f]*"', 'sha256="{weights_sha256}"', "and their hash"),
+    (r'config=\{"n_feats": 256\}', "config={weights_config}", "and their configuration"),
+    (
         r'"glf_cr", "GLF-CR\.pth"',
-        "ckpt.model, ckpt.path, config=ckpt.config",
+        'checkpoint="dsen2_cr-demo"',
         "the demo weights of the Quick start, not the published ones",
     ),
 ]
 
 
-def substitute(code: str, samples: Path) -> str:
+def substitute(code: str, samples: Path, **values: str) -> str:
+    """``code`` with every substitution applied; ``values`` fill the ``{name}`` fields."""
+    values = {"samples": str(samples), **values}
     for pattern, replacement, _ in SUBSTITUTIONS:
-        code = re.sub(pattern, replacement.replace("{samples}", str(samples)), code, flags=re.S)
+        for name, value in values.items():
+            replacement = replacement.replace("{" + name + "}", value)
+        code = re.sub(pattern, lambda _, text=replacement: text, code, flags=re.S)
     return code
+
+
+@pytest.fixture
+def demo_weights_served(tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
+    """The demo weights at ``http://127.0.0.1:PORT/...``, their hash and configuration, a
+    fresh weights cache, and the README's example entry unregistered afterwards."""
+    ckpt = default_checkpoint()
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
+    folder = str(ckpt.path.parent)
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0),
+        lambda *args: http.server.SimpleHTTPRequestHandler(*args, directory=folder),
+    )
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield {
+            "weights_url": f"http://127.0.0.1:{httpd.server_address[1]}/{ckpt.path.name}",
+            "weights_sha256": file_sha256(ckpt.path),
+            "weights_config": repr(ckpt.config),
+        }
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        if any(entry.name == "lab-dsen2_cr-v1" for entry in weights.available()):
+            weights.unregister("lab-dsen2_cr-v1")
 
 
 def _close_clusters(namespace: dict) -> None:
@@ -92,7 +134,7 @@ def _close_clusters(namespace: dict) -> None:
 
 
 @pytest.mark.slow
-def test_the_readme_blocks_run_in_order(samples_dir, tmp_path, monkeypatch):
+def test_the_readme_blocks_run_in_order(samples_dir, tmp_path, monkeypatch, demo_weights_served):
     monkeypatch.chdir(tmp_path)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -103,7 +145,7 @@ def test_the_readme_blocks_run_in_order(samples_dir, tmp_path, monkeypatch):
         for block in readme_blocks(README.read_text()):
             if block.skip is not None:
                 continue
-            code = substitute(block.code, samples_dir)
+            code = substitute(block.code, samples_dir, **demo_weights_served)
             exec(compile(code, f"README.md, block at line {block.line}", "exec"), namespace)
             ran += 1
     finally:
