@@ -250,10 +250,10 @@ def test_autocast_only_on_a_gpu(collection_store, monkeypatch):
     assert autocast_dtype("cpu") is None and autocast_dtype("cpu", "off") is None
     with pytest.raises(UsageError, match="GPU"):
         autocast_dtype("cpu", "bf16")
-    monkeypatch.setattr("m3rcr_xr.train._cuda_bf16_supported", lambda: True)
+    monkeypatch.setattr("m3rcr_xr.train.recipe._cuda_bf16_supported", lambda: True)
     assert autocast_dtype("cuda") == torch.bfloat16
     assert autocast_dtype("cuda:0", "fp16") == torch.float16
-    monkeypatch.setattr("m3rcr_xr.train._cuda_bf16_supported", lambda: False)
+    monkeypatch.setattr("m3rcr_xr.train.recipe._cuda_bf16_supported", lambda: False)
     assert autocast_dtype("cuda") == torch.float16
 
     def no_autocast(*args, **kwargs):
