@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import m3rcr_xr
 from m3rcr_xr.testing import (  # noqa: F401 - the tests import them from here too
     TINY,
     CountingScheduler,
@@ -211,3 +212,21 @@ def worker_probe_peaks() -> dict[str, int]:
     """The peaks counted by :func:`start_worker_probe` (for ``client.run``)."""
     assert _PROBE is not None
     return dict(_PROBE.peak)
+
+
+@pytest.fixture(scope="session")
+def collection_store(tmp_path_factory) -> Path:
+    """Four 96x96 synthetic patches (cloudy ones among them) in a Zarr store: training data."""
+    path = tmp_path_factory.mktemp("train") / "train.zarr"
+    m3rcr_xr.to_zarr(
+        m3rcr_xr.synthetic_collection(4, 96, seed=11, cloud_cover=0.6), path, progress=False
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def val_store(tmp_path_factory) -> Path:
+    """Two 300x300 synthetic patches, as M3R-CR's: for the published centre crop."""
+    path = tmp_path_factory.mktemp("val") / "val.zarr"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(2, 300, seed=500), path, progress=False)
+    return path
