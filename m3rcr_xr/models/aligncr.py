@@ -231,18 +231,10 @@ class AlignRDB(nn.Module):
     features, and the block input added back.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        growth: int,
-        n_layers: int,
-        resolution: int,
-        num_heads: int,
-        window: int,
-        shift: int,
-        mlp_ratio: float,
-    ) -> None:
+    def __init__(self, config: FusionConfig, resolution: int, shift: int) -> None:
         super().__init__()
+        channels, growth, n_layers = config.n_feats, config.growth_rate, config.n_layers
+        num_heads, window, mlp_ratio = config.num_heads, config.window_size, config.mlp_ratio
         self.convs = nn.Sequential(
             *(_DenseConv(channels + c * growth, growth) for c in range(n_layers))
         )
@@ -353,16 +345,7 @@ class AlignCR(FusionRDN):
             *(WideActResBlock(c.n_feats) for _ in range(c.n_sfe_blocks))
         )
         self.RDBs = nn.ModuleList(
-            AlignRDB(
-                c.n_feats,
-                c.growth_rate,
-                c.n_layers,
-                resolution,
-                c.num_heads,
-                c.window_size,
-                0 if i % 2 == 0 else c.window_size // 2,
-                c.mlp_ratio,
-            )
+            AlignRDB(c, resolution, 0 if i % 2 == 0 else c.window_size // 2)
             for i in range(c.n_blocks)
         )
         self.SFAlign = nn.ModuleList(

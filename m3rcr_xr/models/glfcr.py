@@ -87,18 +87,10 @@ class GLFDenseLayer(ShiftedWindowMixin):
 class GLFRDB(nn.Module):
     """Residual dense block of GLF-CR (published ``RDB``): dense layers, then local fusion."""
 
-    def __init__(
-        self,
-        channels: int,
-        growth: int,
-        n_layers: int,
-        resolution: int,
-        num_heads: int,
-        window: int,
-        mlp_ratio: float,
-        drop_paths: list[float],
-    ) -> None:
+    def __init__(self, config: FusionConfig, resolution: int, drop_paths: list[float]) -> None:
         super().__init__()
+        channels, growth, n_layers = config.n_feats, config.growth_rate, config.n_layers
+        num_heads, window, mlp_ratio = config.num_heads, config.window_size, config.mlp_ratio
         self.convs = nn.Sequential(
             *(
                 GLFDenseLayer(
@@ -197,16 +189,7 @@ class GLFCR(FusionRDN):
         total = c.n_blocks * c.n_layers
         rates = torch.linspace(0, c.drop_path_rate, total, device="cpu").tolist() if total else []
         self.RDBs = nn.ModuleList(
-            GLFRDB(
-                c.n_feats,
-                c.growth_rate,
-                c.n_layers,
-                resolution,
-                c.num_heads,
-                c.window_size,
-                c.mlp_ratio,
-                rates[i * c.n_layers : (i + 1) * c.n_layers],
-            )
+            GLFRDB(c, resolution, rates[i * c.n_layers : (i + 1) * c.n_layers])
             for i in range(c.n_blocks)
         )
         self.add_fusion_and_head(c.n_blocks, c.n_feats, c.dynamic_kernel_size, c.up_feats)
