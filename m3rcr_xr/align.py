@@ -18,6 +18,7 @@ Pixels of the optical grid outside the coarse layer become ``fill`` (NaN for SAR
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -43,12 +44,25 @@ def check_north_up(transform: Affine, what: str = "grid") -> None:
         )
 
 
-def pixel_centres(transform: Affine, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the (y, x) pixel-centre coordinates of a north-up grid."""
+def pixel_centers(transform: Affine, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the (y, x) pixel-center coordinates of a north-up grid.
+
+    Examples
+    --------
+    >>> y, x = pixel_centers(Affine(10, 0, 500000, 0, -10, 4000000), 2, 3)
+    >>> y.tolist(), x.tolist()
+    ([3999995.0, 3999985.0], [500005.0, 500015.0, 500025.0])
+    """
     check_north_up(transform)
     x = transform.c + (np.arange(width) + 0.5) * transform.a
     y = transform.f + (np.arange(height) + 0.5) * transform.e
     return y, x
+
+
+def pixel_centres(transform: Affine, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deprecated British spelling of :func:`pixel_centers`."""
+    warnings.warn("pixel_centres is deprecated; use pixel_centers", FutureWarning, stacklevel=2)
+    return pixel_centers(transform, height, width)
 
 
 def containing_index(centres: np.ndarray, origin: float, step: float, size: int) -> np.ndarray:

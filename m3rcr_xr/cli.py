@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -329,21 +330,12 @@ def _train(args: argparse.Namespace) -> int:
     _check_output_file(args.out, "out", CHECKPOINT_SUFFIXES)
     if args.export:
         _check_output_file(args.export, "export", EXPORT_SUFFIXES)
-    settings = TrainSettings(
-        model=args.model,
-        steps=args.steps,
-        config=_parse_config(args.config),
-        batch_size=args.batch_size,
-        crop=args.crop,
-        lr=args.lr,
-        lr_step=args.lr_step,
-        lr_decay_start=args.lr_decay_start,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        num_workers=args.workers,
-        device=args.device,
-        amp=args.amp,
-    )
+    # each setting is the option of its name (--batch-size: batch_size), but --workers
+    options = {
+        field.name: getattr(args, "workers" if field.name == "num_workers" else field.name)
+        for field in dataclasses.fields(TrainSettings)
+    }
+    settings = TrainSettings(**{**options, "config": _parse_config(args.config)})
     result = train(args.store, args.out, settings, val=args.val, resume=args.resume, progress=True)
     print(f"wrote {result.checkpoint} (step {result.settings.steps}, {result.wall_s:.0f} s)")
     for stratum, values in result.metrics.get("model", {}).items():

@@ -51,6 +51,8 @@ import numpy as np
 import xarray as xr
 from dask import delayed
 
+# resolve_device and model_inputs live below this module; inference.X still names them
+from .devices import _device_name, check_device, resolve_device
 from .exceptions import (
     CheckpointError,
     ModelConfigError,
@@ -59,7 +61,7 @@ from .exceptions import (
     argument,
     check_integer,
 )
-from .normalize import OPTICAL_SCALE, normalize_optical, normalize_sar
+from .normalize import OPTICAL_SCALE, model_inputs, normalize_optical
 from .options import OPTIONS
 from .resources import annotate
 from .schema import is_collection, validate
@@ -178,68 +180,6 @@ _CACHE: dict[tuple[ModelRef, str], Any] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"``: this process's CUDA GPU when there is one, else the CPU; any other
-    device is checked (:func:`check_device`) and returned as is.
-
-    Raises
-    ------
-    UsageError
-        Not a device, or a device this process does not have.
-    """
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return check_device(device)
-
-
-def _device_count(kind: str) -> int:
-    """Devices of type ``kind`` (``"cuda"``, ``"mps"``, ``"xpu"``...) in this process."""
-    import torch
-
-    if kind == "cpu":
-        return 1
-    if kind == "mps":
-        return int(torch.backends.mps.is_available())
-    backend = getattr(torch, kind, None)  # torch.cuda, torch.xpu: same interface
-    if backend is None or not hasattr(backend, "device_count"):
-        return 0  # "meta" and other types that do not run a model
-    return int(backend.device_count()) if backend.is_available() else 0
-
-
-def check_device(device: Any, *, here: bool = True) -> str:
-    """``device`` as a string, checked: ``"auto"``, or a device torch can parse
-    (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...) that, with ``here``, this
-    process has (``"cuda:3"`` on a machine with one GPU is refused).
-
-    Raises
-    ------
-    UsageError
-        Naming the argument as the caller wrote it (``device='cuda'`` or ``--device cuda``).
-    """
-    import torch
-
-    text = str(device)
-    if text == "auto":
-        return text
-    try:
-        parsed = torch.device(text)
-    except (RuntimeError, TypeError, ValueError):
-        raise UsageError(
-            f"{argument('device', device)}: not a device; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if here:
-        count = _device_count(parsed.type)
-        if count <= (parsed.index or 0):
-            raise UsageError(
-                f"{argument('device', device)}: this process has {count} {parsed.type} "
-                f"device(s) (pid {os.getpid()}); use {argument('device', 'auto')} or "
-                f"{argument('device', 'cpu')}"
-            )
-    return text
-
-
 def _distributed_client() -> bool:
     """Whether a ``distributed`` client is active: then tasks run on its workers."""
     try:
@@ -251,15 +191,6 @@ def _distributed_client() -> bool:
     except ValueError:
         return False
     return True
-
-
-def _device_name(device: str) -> str:
-    """One name per device (``"cuda"`` is ``"cuda:<current>"``), for locks and counts."""
-    import torch
-
-    if device == "cuda":
-        return f"cuda:{torch.cuda.current_device()}"
-    return device
 
 
 def _torch_threads() -> int:
@@ -533,17 +464,6 @@ def finish(canvas: np.ndarray, cloudy: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ scene
-def model_inputs(ds: xr.Dataset) -> xr.DataArray:
-    """Normalised network input, (…, 6, y, x) float32: 4 optical bands, then VV, VH.
-
-    SAR pixels without data (NaN) are set to 0 (the low end of the range).
-    """
-    optical = normalize_optical(ds["cloudy"].astype(np.float32)).rename(band="channel")
-    sar = normalize_sar(ds["sar"]).fillna(0.0).rename(polarization="channel")
-    stacked = xr.concat([optical.drop_vars("channel"), sar.drop_vars("channel")], "channel")
-    return stacked.astype(np.float32).transpose(..., "channel", "y", "x")
-
-
 #: a group of tiles spans about this many pixels (or the chunk, if smaller): enough
 #: tiles per task to keep a device busy, small enough canvases to bound memory, and
 #: enough tasks to share among workers

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import numpy as np
+import xarray as xr
 
 from .exceptions import SchemaError
 from .schema import POLARIZATIONS
@@ -59,8 +60,6 @@ def normalize_sar(values: Any, polarizations: tuple[str, ...] = POLARIZATIONS, a
         An xarray object with a ``polarization`` dim, or an array / tensor whose
         ``axis`` runs over ``polarizations`` (default: channels of (..., C, H, W)).
     """
-    import xarray as xr
-
     if isinstance(values, (xr.DataArray, xr.Dataset)):
         pols = [str(p) for p in values["polarization"].values]
         low = xr.DataArray([SAR_RANGE_DB[p][0] for p in pols], dims="polarization")
@@ -72,3 +71,14 @@ def normalize_sar(values: Any, polarizations: tuple[str, ...] = POLARIZATIONS, a
         high = values.new_tensor(high)
         return (values.clamp(min=low, max=high) - low) / (high - low)
     return (np.clip(values, low, high) - low) / (high - low)
+
+
+def model_inputs(ds: xr.Dataset) -> xr.DataArray:
+    """Normalised network input, (…, 6, y, x) float32: 4 optical bands, then VV, VH.
+
+    SAR pixels without data (NaN) are set to 0 (the low end of the range).
+    """
+    optical = normalize_optical(ds["cloudy"].astype(np.float32)).rename(band="channel")
+    sar = normalize_sar(ds["sar"]).fillna(0.0).rename(polarization="channel")
+    stacked = xr.concat([optical.drop_vars("channel"), sar.drop_vars("channel")], "channel")
+    return stacked.astype(np.float32).transpose(..., "channel", "y", "x")

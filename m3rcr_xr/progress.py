@@ -15,6 +15,21 @@ from typing import Any
 import dask
 from tqdm.auto import tqdm
 
+from .options import OPTIONS
+
+
+def show_progress(progress: bool | None = None) -> bool:
+    """Whether to show a bar: ``progress`` as given, or the ``progress`` option when None.
+
+    Examples
+    --------
+    >>> from m3rcr_xr import set_options
+    >>> with set_options(progress=False):
+    ...     show_progress(), show_progress(True)
+    (False, True)
+    """
+    return bool(OPTIONS["progress"] if progress is None else progress)
+
 
 def progress_bar(total: int, desc: str, disable: bool = False) -> tqdm:
     """A tqdm bar on stderr, quiet when ``disable`` is True."""

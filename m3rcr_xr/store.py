@@ -55,7 +55,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .exceptions import M3RCRError, StoreError, argument
 from .options import OPTIONS
-from .progress import compute_with_progress, progress_bar
+from .progress import compute_with_progress, progress_bar, show_progress
 from .resources import annotate, required_resources
 from .schema import is_collection, validate
 
@@ -571,7 +571,7 @@ def _write_steps(
     progress: bool | None,
 ) -> None:
     resources = required_resources(ds)  # e.g. decloud's {"GPU": 1}, kept for the writes
-    show = OPTIONS["progress"] if progress is None else progress
+    show = show_progress(progress)
     # one step: show dask's own progress inside it; several: one tick a step
     with progress_bar(
         total=len(steps), desc=f"writing {_name(store)}", disable=not show or len(steps) == 1

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import m3rcr_xr
 from m3rcr_xr.testing import (  # noqa: F401 - the tests import them from here too
     TINY,
     CountingScheduler,
@@ -247,3 +248,21 @@ def bucket(endpoint: str, monkeypatch, tmp_path) -> Iterator[str]:
     s3fs.S3FileSystem().mkdir(name)
     yield name
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def collection_store(tmp_path_factory) -> Path:
+    """Four 96x96 synthetic patches (cloudy ones among them) in a Zarr store: training data."""
+    path = tmp_path_factory.mktemp("train") / "train.zarr"
+    m3rcr_xr.to_zarr(
+        m3rcr_xr.synthetic_collection(4, 96, seed=11, cloud_cover=0.6), path, progress=False
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def val_store(tmp_path_factory) -> Path:
+    """Two 300x300 synthetic patches, as M3R-CR's: for the published centre crop."""
+    path = tmp_path_factory.mktemp("val") / "val.zarr"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(2, 300, seed=500), path, progress=False)
+    return path

@@ -133,5 +133,13 @@ def test_rotated_transform_is_refused_by_name():
     with pytest.raises(m3rcr_xr.AlignmentError, match="s1.tif: rotated or sheared"):
         align.check_north_up(Affine(10, 0, 0, 0.1, -10, 0), "s1.tif")
     with pytest.raises(m3rcr_xr.AlignmentError, match="grid: rotated or sheared"):
-        align.pixel_centres(Affine(10, 1, 0, 0, -10, 0), 3, 3)
+        align.pixel_centers(Affine(10, 1, 0, 0, -10, 0), 3, 3)
     align.check_north_up(Affine(10, 0, 0, 0, -10, 0))
+
+
+def test_pixel_centres_is_a_deprecated_alias_of_pixel_centers():
+    transform = Affine(10, 0, 100, 0, -10, 200)
+    with pytest.warns(FutureWarning, match="use pixel_centers"):
+        old = align.pixel_centres(transform, 2, 3)
+    new = align.pixel_centers(transform, 2, 3)
+    assert [a.tolist() for a in old] == [a.tolist() for a in new] == [[195, 185], [105, 115, 125]]

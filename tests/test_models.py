@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import pickle
 from pathlib import Path
@@ -585,3 +586,29 @@ def test_model_spec_allocates_no_parameters(monkeypatch) -> None:
     monkeypatch.setattr(registry, "build", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
     model_spec("dsen2_cr")
     assert all(p.is_meta for p in built[0].parameters())
+
+
+def test_fusion_networks_share_their_config_and_keep_their_signatures():
+    """GLF-CR and Align-CR take a config dataclass's fields, keyword or positional in
+    the published order, and show them as their signature."""
+    from m3rcr_xr.models.aligncr import AlignCRConfig
+    from m3rcr_xr.models.fusion_rdn import FusionConfig
+    from m3rcr_xr.models.glfcr import GLFCRConfig
+
+    shared = [f.name for f in dataclasses.fields(FusionConfig)]
+    for cls, config in ((GLFCR, GLFCRConfig), (AlignCR, AlignCRConfig)):
+        names = list(inspect.signature(cls).parameters)
+        assert names[: len(shared)] == shared and issubclass(config, FusionConfig)
+        assert names == [f.name for f in dataclasses.fields(config)]
+    assert list(inspect.signature(AlignCR).parameters)[-4:] == [
+        "n_sfe_blocks",
+        "deformable_groups",
+        "up_feats",
+        "deform_backend",
+    ]
+    with torch.device("meta"):  # shapes only
+        positional = GLFCR(32, 16, 2, 2, 8, 2, 4, 2.0, 5, 16, 0.1)
+    values = (32, 16, 2, 2, 8, 2, 4, 2.0, 5, 16, 0.1)
+    names = [*shared, "up_feats", "drop_path_rate"]
+    assert positional.config == dict(zip(names, values, strict=True))
+    assert AlignCRConfig().mlp_ratio == 4.0 and GLFCRConfig().mlp_ratio == 2.0

@@ -72,6 +72,11 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r"print\(cluster\.job_script\(\)\)", "print(cluster)", "a local cluster has no job"),
     (r"cluster\.scale\(jobs=4\)", "cluster.scale(1)", "one worker"),
     (r"client\.wait_for_workers\(4\)", "client.wait_for_workers(1)", ""),
+    (
+        r"num_workers=4, sampler=range\(10_000\)",
+        "num_workers=0, sampler=range(16)",
+        "a few crops, read in this process",
+    ),
     (r"/scratch/m3rcr/", "scratch/", "the test's folder; test.zarr: the samples' test split"),
     (
         r'"https://data\.example\.org/dsen2cr-v1\.pth"',
@@ -139,6 +144,7 @@ def test_the_readme_blocks_run_in_order(samples_dir, tmp_path, monkeypatch, demo
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     m3rcr_xr.to_zarr(m3rcr_xr.open_m3rcr(samples_dir / "test"), scratch / "test.zarr")
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(2, 160, seed=3), "train.zarr")
     namespace: dict = {"__name__": "readme"}
     ran = 0
     try:

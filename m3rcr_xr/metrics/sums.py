@@ -1,11 +1,13 @@
 """Labelled group sums: the engine's bare arrays as DataArrays with named groups.
 
 :func:`group_labels` gives each pixel its group, :func:`grouped_sums` runs the engine
-(:mod:`.engine`) and names the result's axes, :func:`checked` adds the checks of the
-prediction to it.
+(:mod:`.engine`) and names the result's axes (:func:`named_sums`), :func:`checked` adds
+the checks of the prediction to it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -70,9 +72,20 @@ def grouped_sums(
     if "patch" not in labels.dims:
         arrays = [a[None] for a in arrays]
     sums = group_sums(arrays[0], arrays[1], arrays[2], engine=engine)
-    if not per_patch:
-        sums = sums.sum(axis=1)
-    kept = ["patch"] if per_patch else []
+    return named_sums(sums if per_patch else sums.sum(axis=1))
+
+
+def named_sums(sums: Any) -> xr.DataArray:
+    """The engine's bare ``(quantity, [patch,] label)`` sums (NumPy or dask) as a
+    DataArray over ``(quantity, [patch,] cloud, code)``, the layout of :func:`grouped_sums`.
+
+    Examples
+    --------
+    >>> from m3rcr_xr.metrics.kernels import N_LABELS
+    >>> named_sums(np.zeros((len(QUANTITIES), 3, N_LABELS))).dims
+    ('quantity', 'patch', 'cloud', 'code')
+    """
+    kept = ["patch"] if sums.ndim == 3 else []
     shape = (*sums.shape[:-1], 2, len(GROUP_CODES))
     coords = {"quantity": list(QUANTITIES), "cloud": [False, True], "code": list(GROUP_CODES)}
     return xr.DataArray(

@@ -24,7 +24,9 @@ Runs on ``input_size`` x ``input_size`` tiles only (windowed attention).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
@@ -33,7 +35,7 @@ from torch import Tensor, nn
 from ..exceptions import ModelConfigError
 from .attention import CrossModalWindowAttention, ShiftedWindowMixin, resolve_window
 from .deform import Backend, DCNv2Pack
-from .fusion_rdn import FusionRDN, check_fusion_config
+from .fusion_rdn import FusionConfig, FusionRDN, check_fusion_config
 from .interface import ModelSpec
 from .layers import Mlp, WNConv2d
 
@@ -229,18 +231,10 @@ class AlignRDB(nn.Module):
     features, and the block input added back.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        growth: int,
-        n_layers: int,
-        resolution: int,
-        num_heads: int,
-        window: int,
-        shift: int,
-        mlp_ratio: float,
-    ) -> None:
+    def __init__(self, config: FusionConfig, resolution: int, shift: int) -> None:
         super().__init__()
+        channels, growth, n_layers = config.n_feats, config.growth_rate, config.n_layers
+        num_heads, window, mlp_ratio = config.num_heads, config.window_size, config.mlp_ratio
         self.convs = nn.Sequential(
             *(_DenseConv(channels + c * growth, growth) for c in range(n_layers))
         )
@@ -258,6 +252,17 @@ class AlignRDB(nn.Module):
         y_sar = self.LFF_SAR(y_sar).permute(0, 2, 3, 1)
         y, y_sar = self.SwinTransformerBlock(y, y_sar)
         return y.permute(0, 3, 1, 2) + x, y_sar.permute(0, 3, 1, 2) + x_sar
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignCRConfig(FusionConfig):
+    """The constructor arguments of :class:`AlignCR` (see there), published values."""
+
+    mlp_ratio: float = 4.0
+    n_sfe_blocks: int = 5
+    deformable_groups: int = 8
+    up_feats: int = 256
+    deform_backend: Backend = "torch"
 
 
 class AlignCR(FusionRDN):
@@ -304,84 +309,50 @@ class AlignCR(FusionRDN):
     """
 
     name = "align_cr"
+    config_class = AlignCRConfig
 
-    def __init__(
-        self,
-        input_size: int = 160,
-        n_feats: int = 96,
-        n_blocks: int = 6,
-        n_layers: int = 5,
-        growth_rate: int = 48,
-        num_heads: int = 8,
-        window_size: int = 8,
-        mlp_ratio: float = 4.0,
-        dynamic_kernel_size: int = 5,
-        n_sfe_blocks: int = 5,
-        deformable_groups: int = 8,
-        up_feats: int = 256,
-        deform_backend: Backend = "torch",
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        config = {
-            "input_size": input_size,
-            "n_feats": n_feats,
-            "n_blocks": n_blocks,
-            "n_layers": n_layers,
-            "growth_rate": growth_rate,
-            "num_heads": num_heads,
-            "window_size": window_size,
-            "mlp_ratio": mlp_ratio,
-            "dynamic_kernel_size": dynamic_kernel_size,
-            "n_sfe_blocks": n_sfe_blocks,
-            "deformable_groups": deformable_groups,
-            "up_feats": up_feats,
-            "deform_backend": deform_backend,
-        }
+        c = AlignCRConfig(*args, **kwargs)
+        config = dataclasses.asdict(c)
         resolution = check_fusion_config(self.name, config)
-        if input_size % 8:
+        if c.input_size % 8:
             raise ModelConfigError(
-                f"align_cr: input_size must be a multiple of 8, got {input_size}"
+                f"align_cr: input_size must be a multiple of 8, got {c.input_size}"
             )
-        if n_feats % num_heads or deformable_groups < 1 or n_feats % deformable_groups:
+        if c.n_feats % c.num_heads or c.deformable_groups < 1 or c.n_feats % c.deformable_groups:
             raise ModelConfigError(
-                f"align_cr: n_feats {n_feats} must be a multiple of num_heads {num_heads} and "
-                f"of deformable_groups {deformable_groups}"
+                f"align_cr: n_feats {c.n_feats} must be a multiple of num_heads {c.num_heads} and "
+                f"of deformable_groups {c.deformable_groups}"
             )
-        if n_sfe_blocks < 0 or int(n_feats * 0.8) < 1:
+        if c.n_sfe_blocks < 0 or int(c.n_feats * 0.8) < 1:
             raise ModelConfigError("align_cr: need n_sfe_blocks >= 0 and n_feats >= 2")
-        window, _ = resolve_window(resolution, window_size, window_size // 2)
+        window, _ = resolve_window(resolution, c.window_size, c.window_size // 2)
         self.spec = ModelSpec(
             name=self.name,
-            tile_size=input_size,
+            tile_size=c.input_size,
             tile_multiple=math.lcm(8, 2 * window),
             config=config,
         )
         opt_in = 4 * self.spec.optical_channels
         sar_in = 4 * self.spec.sar_channels
-        self.SFE_conv = nn.Conv2d(opt_in, n_feats, 3, padding=1)
-        self.SFE_module = nn.Sequential(*(WideActResBlock(n_feats) for _ in range(n_sfe_blocks)))
-        self.SFE_conv_SAR = nn.Conv2d(sar_in, n_feats, 3, padding=1)
+        self.SFE_conv = nn.Conv2d(opt_in, c.n_feats, 3, padding=1)
+        self.SFE_module = nn.Sequential(
+            *(WideActResBlock(c.n_feats) for _ in range(c.n_sfe_blocks))
+        )
+        self.SFE_conv_SAR = nn.Conv2d(sar_in, c.n_feats, 3, padding=1)
         self.SFE_module_SAR = nn.Sequential(
-            *(WideActResBlock(n_feats) for _ in range(n_sfe_blocks))
+            *(WideActResBlock(c.n_feats) for _ in range(c.n_sfe_blocks))
         )
         self.RDBs = nn.ModuleList(
-            AlignRDB(
-                n_feats,
-                growth_rate,
-                n_layers,
-                resolution,
-                num_heads,
-                window_size,
-                0 if i % 2 == 0 else window_size // 2,
-                mlp_ratio,
-            )
-            for i in range(n_blocks)
+            AlignRDB(c, resolution, 0 if i % 2 == 0 else c.window_size // 2)
+            for i in range(c.n_blocks)
         )
         self.SFAlign = nn.ModuleList(
-            AlignFeature(n_feats, deformable_groups, backend=deform_backend)
-            for _ in range(n_blocks)
+            AlignFeature(c.n_feats, c.deformable_groups, backend=c.deform_backend)
+            for _ in range(c.n_blocks)
         )
-        self.add_fusion_and_head(n_blocks, n_feats, dynamic_kernel_size, up_feats)
+        self.add_fusion_and_head(c.n_blocks, c.n_feats, c.dynamic_kernel_size, c.up_feats)
 
     def embed(self, cloudy: Tensor, sar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # The published code applies an in-place ReLU to the first embedding before the

@@ -10,6 +10,7 @@ Subclasses build their layers and fill in the two hooks where the networks diffe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -21,7 +22,27 @@ from .fusion import build_fusion_lists, gated_fusion
 from .interface import CloudRemovalNet
 from .layers import pixel_reshuffle
 
-__all__ = ["FusionRDN", "build_gff", "build_upnet", "check_fusion_config"]
+__all__ = ["FusionConfig", "FusionRDN", "build_gff", "build_upnet", "check_fusion_config"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+    """The constructor arguments GLF-CR and Align-CR share, with the published values.
+
+    Each network's own config dataclass adds its arguments after these (in the order of
+    its published signature); the network's constructor takes them as keywords (or in
+    that order), and its signature is the dataclass's.
+    """
+
+    input_size: int = 160
+    n_feats: int = 96
+    n_blocks: int = 6
+    n_layers: int = 5
+    growth_rate: int = 48
+    num_heads: int = 8
+    window_size: int = 8
+    mlp_ratio: float = 2.0
+    dynamic_kernel_size: int = 5
 
 
 def build_gff(n_blocks: int, channels: int) -> nn.Sequential:

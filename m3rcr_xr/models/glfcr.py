@@ -23,12 +23,15 @@ network runs on ``input_size`` x ``input_size`` tiles only.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from ..exceptions import ModelConfigError
 from .attention import CrossModalWindowAttention, ShiftedWindowMixin, resolve_window
-from .fusion_rdn import FusionRDN, check_fusion_config
+from .fusion_rdn import FusionConfig, FusionRDN, check_fusion_config
 from .interface import ModelSpec
 from .layers import DropPath, Mlp
 
@@ -84,18 +87,10 @@ class GLFDenseLayer(ShiftedWindowMixin):
 class GLFRDB(nn.Module):
     """Residual dense block of GLF-CR (published ``RDB``): dense layers, then local fusion."""
 
-    def __init__(
-        self,
-        channels: int,
-        growth: int,
-        n_layers: int,
-        resolution: int,
-        num_heads: int,
-        window: int,
-        mlp_ratio: float,
-        drop_paths: list[float],
-    ) -> None:
+    def __init__(self, config: FusionConfig, resolution: int, drop_paths: list[float]) -> None:
         super().__init__()
+        channels, growth, n_layers = config.n_feats, config.growth_rate, config.n_layers
+        num_heads, window, mlp_ratio = config.num_heads, config.window_size, config.mlp_ratio
         self.convs = nn.Sequential(
             *(
                 GLFDenseLayer(
@@ -119,6 +114,14 @@ class GLFRDB(nn.Module):
         for layer in self.convs:
             y, y_sar = layer(y, y_sar)
         return self.LFF(y) + x, self.LFF_SAR(y_sar) + x_sar
+
+
+@dataclasses.dataclass(frozen=True)
+class GLFCRConfig(FusionConfig):
+    """The constructor arguments of :class:`GLFCR` (see there), published values."""
+
+    up_feats: int = 256
+    drop_path_rate: float = 0.2
 
 
 class GLFCR(FusionRDN):
@@ -159,69 +162,37 @@ class GLFCR(FusionRDN):
     """
 
     name = "glf_cr"
+    config_class = GLFCRConfig
 
-    def __init__(
-        self,
-        input_size: int = 160,
-        n_feats: int = 96,
-        n_blocks: int = 6,
-        n_layers: int = 5,
-        growth_rate: int = 48,
-        num_heads: int = 8,
-        window_size: int = 8,
-        mlp_ratio: float = 2.0,
-        dynamic_kernel_size: int = 5,
-        up_feats: int = 256,
-        drop_path_rate: float = 0.2,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        config = {
-            "input_size": input_size,
-            "n_feats": n_feats,
-            "n_blocks": n_blocks,
-            "n_layers": n_layers,
-            "growth_rate": growth_rate,
-            "num_heads": num_heads,
-            "window_size": window_size,
-            "mlp_ratio": mlp_ratio,
-            "dynamic_kernel_size": dynamic_kernel_size,
-            "up_feats": up_feats,
-            "drop_path_rate": drop_path_rate,
-        }
+        c = GLFCRConfig(*args, **kwargs)
+        config = dataclasses.asdict(c)
         resolution = check_fusion_config(self.name, config)
-        if growth_rate % num_heads:
+        if c.growth_rate % c.num_heads:
             raise ModelConfigError(
-                f"glf_cr: growth_rate {growth_rate} must be a multiple of num_heads {num_heads}"
+                f"glf_cr: growth_rate {c.growth_rate} must be a multiple of num_heads {c.num_heads}"
             )
-        window, _ = resolve_window(resolution, window_size, window_size // 2)
+        window, _ = resolve_window(resolution, c.window_size, c.window_size // 2)
         self.spec = ModelSpec(
             name=self.name,
-            tile_size=input_size,
+            tile_size=c.input_size,
             tile_multiple=2 * window,
             config=config,
         )
         opt_in = 4 * self.spec.optical_channels  # after pixel unshuffle by 2
         sar_in = 4 * self.spec.sar_channels
-        self.SFENet1 = nn.Conv2d(opt_in, n_feats, 5, padding=2)
-        self.SFENet2 = nn.Conv2d(n_feats, n_feats, 3, padding=1)
-        self.SFENet1_SAR = nn.Conv2d(sar_in, n_feats, 5, padding=2)
-        self.SFENet2_SAR = nn.Conv2d(n_feats, n_feats, 3, padding=1)
-        total = n_blocks * n_layers
-        rates = torch.linspace(0, drop_path_rate, total, device="cpu").tolist() if total else []
+        self.SFENet1 = nn.Conv2d(opt_in, c.n_feats, 5, padding=2)
+        self.SFENet2 = nn.Conv2d(c.n_feats, c.n_feats, 3, padding=1)
+        self.SFENet1_SAR = nn.Conv2d(sar_in, c.n_feats, 5, padding=2)
+        self.SFENet2_SAR = nn.Conv2d(c.n_feats, c.n_feats, 3, padding=1)
+        total = c.n_blocks * c.n_layers
+        rates = torch.linspace(0, c.drop_path_rate, total, device="cpu").tolist() if total else []
         self.RDBs = nn.ModuleList(
-            GLFRDB(
-                n_feats,
-                growth_rate,
-                n_layers,
-                resolution,
-                num_heads,
-                window_size,
-                mlp_ratio,
-                rates[i * n_layers : (i + 1) * n_layers],
-            )
-            for i in range(n_blocks)
+            GLFRDB(c, resolution, rates[i * c.n_layers : (i + 1) * c.n_layers])
+            for i in range(c.n_blocks)
         )
-        self.add_fusion_and_head(n_blocks, n_feats, dynamic_kernel_size, up_feats)
+        self.add_fusion_and_head(c.n_blocks, c.n_feats, c.dynamic_kernel_size, c.up_feats)
 
     def embed(self, cloudy: Tensor, sar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         first = self.SFENet1(cloudy)

@@ -6,6 +6,8 @@ normalised tensors, the input checks, and the spec that decloud reads.
 
 from __future__ import annotations
 
+import inspect
+import typing
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -96,7 +98,15 @@ class CloudRemovalNet(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    #: the dataclass of the constructor's arguments, for networks whose constructor
+    #: takes one's fields (``GLFCR``, ``AlignCR``); None: the arguments of ``__init__``
+    config_class: ClassVar[type | None] = None
     spec: ModelSpec
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.config_class is not None:  # help() and inspect show the real arguments
+            cls.__signature__ = inspect.signature(cls.config_class)  # type: ignore[attr-defined]
 
     @property
     def optical_bands(self) -> tuple[str, ...]:
@@ -193,3 +203,15 @@ def check_size(spec: ModelSpec, size: int | tuple[int, int]) -> None:
             f"{spec.name}: tile height and width must be multiples of {multiple}, "
             f"got {height}x{width}"
         )
+
+
+def constructor_arguments(cls: type[CloudRemovalNet]) -> dict[str, tuple[Any, Any]]:
+    """The constructor arguments of a network class: ``{name: (type, default)}``.
+
+    Read from the class's :attr:`~CloudRemovalNet.config_class` where it has one, else
+    from its ``__init__``; the default is ``inspect.Parameter.empty`` for a required one.
+    """
+    source = cls.config_class or cls.__init__
+    hints = typing.get_type_hints(source)
+    parameters = inspect.signature(cls.config_class or cls).parameters
+    return {name: (hints.get(name, Any), p.default) for name, p in parameters.items()}

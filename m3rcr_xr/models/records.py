@@ -14,7 +14,6 @@ checkpoint layout. Building (:mod:`~m3rcr_xr.models.registry`), training
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -26,7 +25,7 @@ from ..exceptions import UnknownModelError
 from .aligncr import AlignCR
 from .dsen2cr import DSen2CR
 from .glfcr import GLFCR
-from .interface import CloudRemovalNet
+from .interface import CloudRemovalNet, constructor_arguments
 from .losses import carl_loss, ec_charbonnier_loss
 
 __all__ = ["RECORDS", "LossFn", "ModelRecord", "TrainingLoss", "model_record"]
@@ -101,8 +100,8 @@ class ModelRecord:
     @property
     def default_tile(self) -> int | None:
         """The tile size of the published configuration (``None``: any size)."""
-        parameter = inspect.signature(self.cls).parameters.get("input_size")
-        return None if parameter is None else parameter.default
+        argument = constructor_arguments(self.cls).get("input_size")
+        return None if argument is None else argument[1]
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups of ``model`` at base rate ``lr`` (see :attr:`lr_groups`)."""

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import inspect
 import typing
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -26,7 +25,7 @@ from .checkpoint import (
     load_state_dict_into,
     read_checkpoint,
 )
-from .interface import CloudRemovalNet, ModelSpec, check_size
+from .interface import CloudRemovalNet, ModelSpec, check_size, constructor_arguments
 from .records import RECORDS, model_record
 
 __all__ = [
@@ -77,16 +76,16 @@ def _expected(hint: Any) -> str:
 def _check_config(key: str, cls: type[CloudRemovalNet], config: Mapping[str, Any]) -> None:
     """Refuse unknown keys and values of the wrong type, naming the key, before the
     constructor turns them into an obscure torch error (``n_feats=16.5``)."""
-    known = list(inspect.signature(cls).parameters)
+    arguments = constructor_arguments(cls)
+    known = list(arguments)
     unknown = [name for name in config if name not in known]
     if unknown:
         raise ModelConfigError(
             f"{key}: unknown configuration key {', '.join(map(repr, unknown))}; "
             f"known: {', '.join(known)}"
         )
-    hints = typing.get_type_hints(cls.__init__)
     for name, value in config.items():
-        hint = hints.get(name, Any)
+        hint = arguments[name][0]
         if not _accepts(hint, value):
             raise ModelConfigError(f"{key}: {name}={value!r} must be {_expected(hint)}")
 

@@ -1,0 +1,254 @@
+"""The training loop: one optimiser step, a run's state, and :func:`train`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..exceptions import SchemaError
+from ..models import build, check_tile, extract_state_dict, load_state_dict_into, model_record
+from ..models.records import LossFn
+from ..progress import progress_bar, show_progress
+from .data import BATCH_KEYS, CountingSampler, CropDataset, Source, loader
+from .recipe import (
+    autocast,
+    autocast_dtype,
+    grad_scaler,
+    loss_function,
+    make_optimizer,
+    make_scheduler,
+)
+from .settings import ResolvedSettings, TrainSettings
+from .state import (
+    checkpoint_payload,
+    read_training_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from .validation import VAL_BATCH, format_metrics, validate_model
+
+log = logging.getLogger(__name__)
+
+
+def train_step(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    *,
+    device: str = "cpu",
+    amp: torch.dtype | None = None,
+    scaler: Any = None,
+) -> float:
+    """One optimiser step on ``batch``; returns the loss.
+
+    The forward pass runs under autocast when ``amp`` is a dtype (GPU only); the loss is
+    computed in float32. ``scaler`` (a ``torch.amp.GradScaler``) scales fp16 gradients.
+    """
+    cloudy, sar, target, mask = (batch[k].to(device, non_blocking=True) for k in BATCH_KEYS)
+    with autocast(device, amp):
+        pred = model(cloudy, sar)
+    loss = loss_fn(pred.float(), target, cloudy, mask)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return float(loss.detach())
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` did: the checkpoint, the settings it ran with, the loss of every
+    step it ran, the last validation (see :func:`validate_model`; empty without validation
+    data), its wall time."""
+
+    checkpoint: Path
+    settings: ResolvedSettings
+    losses: dict[int, float]
+    metrics: dict[str, Any]
+    wall_s: float
+
+
+class _Run:
+    """The state of one training run: model, optimiser, scheduler, scaler, device."""
+
+    def __init__(self, settings: ResolvedSettings, resume: Mapping[str, Any] | None) -> None:
+        self.settings = settings
+        self.device = settings.device
+        self.amp = autocast_dtype(self.device, settings.amp)
+        if self.device.startswith("cuda"):  # as the published seed_torch: reproducible
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        seed_everything(settings.seed)
+        self.model = build(settings.model, **settings.config).to(self.device).train()
+        check_tile(self.model, settings.crop)
+        self.optimizer = make_optimizer(self.model, settings.lr)
+        self.scheduler = make_scheduler(self.optimizer, settings.lr_step)
+        self.scaler = grad_scaler() if self.amp == torch.float16 else None
+        self.step = 0
+        self.next_sample = 0  # the sampler's state: sample number of the next crop
+        if resume is not None:
+            self._restore(resume)
+
+    def _restore(self, payload: Mapping[str, Any]) -> None:
+        load_state_dict_into(self.model, extract_state_dict(payload))
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if self.scaler is not None and "scaler" in payload:
+            self.scaler.load_state_dict(payload["scaler"])
+        set_rng_state(payload["rng"])  # last: building the model drew from the RNG
+        self.step = int(payload["step"])
+        self.next_sample = int(payload["sampler"]["next"])
+
+    def save(self, path: Path, metrics: Mapping[str, Any] | None) -> None:
+        payload = checkpoint_payload(
+            self.step,
+            self.next_sample,
+            self.settings,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            metrics,
+        )
+        save_checkpoint(path, payload)
+        log.info("step %d: wrote %s", self.step, path)
+
+    def validate(self, data: CropDataset | None) -> dict[str, Any]:
+        if data is None:
+            return {}
+        result = validate_model(
+            self.model,
+            data,
+            batch_size=VAL_BATCH,
+            device=self.device,
+            amp=self.amp,
+            num_workers=self.settings.num_workers,
+        )
+        log.info(
+            "step %d: validation on %d crops: %s", self.step, len(data), format_metrics(result)
+        )
+        return result
+
+    def describe(self, data: CropDataset) -> str:
+        s = self.settings
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return (
+            f"{s.model} {s.config} ({n_params:,} parameters) on {self.device}"
+            f"{'' if self.amp is None else f' with {self.amp} autocast'}: {s.steps} steps of "
+            f"{s.batch_size} crops of {s.crop} from {len(data)} patches, lr {s.lr:g} "
+            f"halving after step {s.lr_decay_start} and every {s.lr_step} after"
+        )
+
+
+def train(
+    source: Source,
+    out: str | os.PathLike[str],
+    settings: TrainSettings,
+    *,
+    val: Source | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train a network on a scene or collection store with the published recipe.
+
+    Parameters
+    ----------
+    source
+        Training data: a store written by :func:`m3rcr_xr.to_zarr` or an xarray Dataset
+        with ``cloudy``, ``cloudfree``, ``sar`` (and ``cloudmask`` for DSen2-CR and
+        Align-CR, whose losses use it).
+    out
+        Checkpoint path, written every ``settings.checkpoint_every`` steps and at the end.
+    settings
+        See :class:`TrainSettings`.
+    val
+        Validation data (centre crops), checked at each checkpoint and at the end.
+    resume
+        A checkpoint of this function to continue from; unset run fields of ``settings``
+        are taken from it, and the run goes on exactly as if it had not stopped.
+    progress
+        Show a progress bar with the loss; default: the ``progress`` option.
+
+    Raises
+    ------
+    UsageError, SchemaError, ModelConfigError, CheckpointError
+        Bad settings, data without the variables needed, a crop the model cannot take, a
+        checkpoint that cannot be resumed or does not match ``settings``.
+    """
+    start_time = time.perf_counter()
+    payload = read_training_checkpoint(resume) if resume is not None else None
+    if payload is not None:
+        settings = settings.merged(payload["settings"])
+    resolved = settings.resolved()
+    run = _Run(resolved, payload)
+    data = CropDataset(source, resolved.crop, mode="random", seed=resolved.seed)
+    if model_record(resolved.model).loss.needs_cloudmask and not data.has_cloudmask:
+        raise SchemaError(f"{data.label}: the {resolved.model} loss needs a cloudmask")
+    val_data = None if val is None else CropDataset(val, resolved.crop, mode="center")
+    log.info("training %s", run.describe(data))
+    out = Path(out)
+    losses, metrics = _loop(run, data, out, val_data, show_progress(progress))
+    if not losses:  # nothing left to do: write the state reached (and validate it)
+        metrics = run.validate(val_data)
+        run.save(out, metrics)
+    return TrainResult(out, resolved, losses, metrics, time.perf_counter() - start_time)
+
+
+def _loop(
+    run: _Run, data: CropDataset, out: Path, val_data: CropDataset | None, show: bool
+) -> tuple[dict[int, float], dict[str, Any]]:
+    """Steps ``run.step + 1 .. settings.steps``, with a checkpoint (and a validation)
+    every ``checkpoint_every`` steps and at the end; the losses and the last metrics."""
+    settings = run.settings
+    losses: dict[int, float] = {}
+    metrics: dict[str, Any] = {}
+    if run.step >= settings.steps:
+        return losses, metrics
+    loss_fn = loss_function(settings.model)
+    batches = loader(
+        data,
+        settings.batch_size,
+        settings.num_workers,
+        sampler=CountingSampler(run.next_sample),
+        pin=run.device.startswith("cuda"),
+    )
+    with progress_bar(settings.steps, f"training {settings.model}", disable=not show) as bar:
+        bar.update(run.step)
+        for batch in batches:
+            run.step += 1
+            run.next_sample += len(batch["window"])
+            losses[run.step] = train_step(
+                run.model,
+                batch,
+                run.optimizer,
+                loss_fn,
+                device=run.device,
+                amp=run.amp,
+                scaler=run.scaler,
+            )
+            if settings.steps_scheduler(run.step):
+                run.scheduler.step()
+            bar.set_postfix(
+                loss=f"{losses[run.step]:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2g}"
+            )
+            bar.update(1)
+            if settings.checkpoints_at(run.step):
+                metrics = run.validate(val_data)
+                run.save(out, metrics)
+            if run.step >= settings.steps:
+                break
+    return losses, metrics

@@ -1,0 +1,109 @@
+"""The published training recipe: losses, optimiser, learning-rate schedule, autocast.
+
+From ``zhu-xlab/M3R-CR`` (``Align-CR/model_CR_net.py``, ``Align-CR/train_CR_net.py``,
+``baselines/{DSen2-CR,GLF-CR}/{model_CR_net,train_CR_net}.py``):
+
+- losses: CARL (DSen2-CR), EC-Charbonnier (Align-CR), L1 (GLF-CR), read from the model
+  records (:mod:`m3rcr_xr.models.records`);
+- Adam (default betas (0.9, 0.999)), learning rate 1e-4; Align-CR's alignment modules
+  (``SFAlign``) at 0.1 x the learning rate;
+- StepLR with gamma 0.5: the published loop steps it once per epoch from epoch
+  ``lr_start_epoch_decay - lr_step`` (10 - 5) on, so the rate halves after epoch 10 and
+  every 5 epochs after, over 30 epochs. Here one optimiser step plays the part of an epoch:
+  the rate halves after step ``lr_decay_start`` and every ``lr_step`` steps after (defaults:
+  a third and a sixth of the run, the published proportions);
+- crops of 160 (the published ``crop_size``; the model's tile size where it has one),
+  batch size 1 (DSen2-CR, GLF-CR) or 2 (Align-CR), seed 7.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import StepLR
+
+from ..exceptions import UsageError
+from ..models import RECORDS, model_record
+from ..models.records import LossFn
+
+#: published per-model settings: batch size and loss (read from the model records)
+PUBLISHED: dict[str, dict[str, Any]] = {
+    name: {"batch_size": r.published_batch_size, "loss": r.loss.name} for name, r in RECORDS.items()
+}
+PUBLISHED_CROP = 160
+PUBLISHED_LR = 1e-4
+PUBLISHED_SEED = 7
+LR_GAMMA = 0.5
+#: the published schedule over 30 epochs: first halving at epoch 10, then every 5
+DECAY_START_FRACTION = 10 / 30
+LR_STEP_FRACTION = 5 / 30
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def loss_function(model: str) -> LossFn:
+    """The published loss of ``model`` as ``loss(pred, target, cloudy, cloudmask)``."""
+    return model_record(model).loss.function
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam at ``lr``, with the learning-rate groups of the model's record (Align-CR's
+    ``SFAlign`` parameters at ``0.1 * lr``, as published); one group for a network
+    that is not one of the package's."""
+    record = RECORDS.get(str(getattr(model, "name", "")))
+    if record is None:
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    return torch.optim.Adam(record.param_groups(model, lr))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, lr_step: int) -> StepLR:
+    """StepLR halving the rate every ``lr_step`` scheduler steps (published gamma 0.5)."""
+    return StepLR(optimizer, step_size=lr_step, gamma=LR_GAMMA)
+
+
+def steps_scheduler(step: int, lr_decay_start: int, lr_step: int) -> bool:
+    """Whether the scheduler steps after optimiser step ``step`` (1-based): as the
+    published loop after epoch ``step - 1`` (``epoch >= start - lr_step``)."""
+    return step - 1 >= lr_decay_start - lr_step
+
+
+def _cuda_bf16_supported() -> bool:
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def autocast_dtype(device: str, amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype on ``device``: None on the CPU (and with ``amp="off"``).
+
+    Raises
+    ------
+    UsageError
+        ``amp`` names a dtype but the device is not a GPU.
+    """
+    if amp == "off":
+        return None
+    if not str(device).startswith("cuda"):
+        if amp != "auto":
+            raise UsageError(
+                f"amp={amp!r}: mixed precision runs on a CUDA GPU only, not on {device}"
+            )
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if _cuda_bf16_supported() else torch.float16
+    return AMP_DTYPES[amp]
+
+
+def grad_scaler() -> Any:
+    """A CUDA gradient scaler for fp16 (``torch.amp`` from torch 2.3, ``torch.cuda.amp``
+    before)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()  # pragma: no cover - torch < 2.3
+
+
+def autocast(device: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on a CUDA ``device`` to ``dtype``; nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dtype)

@@ -1,0 +1,211 @@
+"""What a training run does: :class:`TrainSettings` as given (``None``: the published
+default, or the checkpoint's value when resuming), resolved once into
+:class:`ResolvedSettings`, where every field is concrete.
+
+Examples
+--------
+>>> settings = TrainSettings("Align-CR", steps=30).resolved()
+>>> settings.model, settings.batch_size, settings.crop, settings.lr_decay_start
+('align_cr', 2, 160, 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from ..devices import resolve_device
+from ..exceptions import UsageError, argument, check_integer, check_positive
+from ..models import model_record, model_spec
+from .recipe import (
+    AMP_DTYPES,
+    DECAY_START_FRACTION,
+    LR_STEP_FRACTION,
+    PUBLISHED_CROP,
+    PUBLISHED_LR,
+    PUBLISHED_SEED,
+    steps_scheduler,
+)
+
+#: fields that define the run: recorded in the checkpoint, kept from it when resuming
+RUN_FIELDS = ("config", "batch_size", "crop", "lr", "lr_step", "lr_decay_start", "seed")
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """What a training run does. ``None`` means the published default (or, when
+    resuming, the checkpoint's value).
+
+    Attributes
+    ----------
+    model
+        ``"dsen2_cr"``, ``"glf_cr"`` or ``"align_cr"``.
+    steps
+        Optimiser steps in all (a resumed run goes on up to this many).
+    config
+        Architecture (``{"preset": "small"}``, ``{"n_feats": 32}``...), as for
+        :func:`m3rcr_xr.models.build`.
+    batch_size
+        Crops per step (published: 1, Align-CR 2).
+    crop
+        Crop side (published: 160; the model's tile size where it has one).
+    lr
+        Learning rate (published: 1e-4).
+    lr_step, lr_decay_start
+        The rate halves after step ``lr_decay_start`` and every ``lr_step`` steps after
+        (default: a third and a sixth of ``steps``).
+    seed
+        Seed of the initial weights, random crops and patch order (published: 7).
+    checkpoint_every
+        Write a checkpoint (and validate) every so many steps; None: only at the end.
+    num_workers
+        DataLoader worker processes (0: read in this process).
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    amp
+        Mixed precision on a GPU: ``"auto"`` (bf16 where supported, else fp16), ``"bf16"``,
+        ``"fp16"`` or ``"off"``. Never used on the CPU.
+    """
+
+    model: str
+    steps: int
+    config: dict[str, Any] | None = None
+    batch_size: int | None = None
+    crop: int | None = None
+    lr: float | None = None
+    lr_step: int | None = None
+    lr_decay_start: int | None = None
+    seed: int | None = None
+    checkpoint_every: int | None = None
+    num_workers: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+
+    #: fields that define the run: kept from the checkpoint when resuming
+    RUN_FIELDS: ClassVar[tuple[str, ...]] = RUN_FIELDS
+
+    #: the integer fields and their least value; ``lr`` is a finite number > 0
+    MINIMA: ClassVar[tuple[tuple[str, int], ...]] = (
+        ("steps", 1),
+        ("batch_size", 1),
+        ("crop", 1),
+        ("lr_step", 1),
+        ("lr_decay_start", 0),
+        ("seed", 0),
+        ("checkpoint_every", 1),
+        ("num_workers", 0),
+    )
+
+    def check(self) -> None:
+        """Raise :class:`UsageError` for a number that is set but out of range (or not an
+        integer), named as the caller wrote it (``batch_size=0`` or ``--batch-size 0``)."""
+        for name, minimum in self.MINIMA:
+            if getattr(self, name) is not None:
+                check_integer(name, getattr(self, name), minimum)
+        if self.lr is not None:
+            check_positive("lr", self.lr)
+        if self.amp not in ("auto", "off", *AMP_DTYPES):
+            raise UsageError(f"{argument('amp', self.amp)}: use auto, off, bf16 or fp16")
+
+    def resolved(self) -> ResolvedSettings:
+        """Every ``None`` replaced by its default, the device resolved; checked.
+
+        Raises
+        ------
+        UsageError, ModelConfigError
+            A setting out of range, an unknown model, a configuration the model refuses
+            (checked on torch's ``meta`` device: nothing is allocated).
+        """
+        record = model_record(self.model)
+        self.check()
+        config = dict(self.config or {})
+        lr_step = self.lr_step or max(1, round(self.steps * LR_STEP_FRACTION))
+        decay_start = self.lr_decay_start
+        if decay_start is None:
+            decay_start = max(1, round(self.steps * DECAY_START_FRACTION))
+        crop = self.crop or model_spec(record.name, **config).tile_size or PUBLISHED_CROP
+        return ResolvedSettings(
+            model=record.name,
+            steps=int(self.steps),
+            config=config,
+            batch_size=int(self.batch_size or record.published_batch_size),
+            crop=int(crop),
+            lr=PUBLISHED_LR if self.lr is None else float(self.lr),
+            lr_step=int(lr_step),
+            lr_decay_start=int(decay_start),
+            seed=PUBLISHED_SEED if self.seed is None else int(self.seed),
+            checkpoint_every=self.checkpoint_every,
+            num_workers=int(self.num_workers),
+            device=resolve_device(self.device),
+            amp=self.amp,
+        )
+
+    def run_fields(self) -> dict[str, Any]:
+        """The fields that define the run, for the checkpoint."""
+        return _run_fields(self)
+
+    def merged(self, saved: Mapping[str, Any]) -> TrainSettings:
+        """Fill unset run fields from a checkpoint's; raise where they disagree."""
+        if model_record(self.model).name != saved.get("model"):
+            raise UsageError(
+                f"--model {self.model} does not match the checkpoint's {saved.get('model')!r}"
+            )
+        updates: dict[str, Any] = {}
+        for name in self.RUN_FIELDS:
+            mine, theirs = getattr(self, name), saved.get(name)
+            if mine is None or (name == "config" and not mine):
+                updates[name] = theirs
+            elif _normalised(mine) != _normalised(theirs):
+                raise UsageError(
+                    f"{name}={mine!r} differs from the checkpoint's {theirs!r}; "
+                    "leave it out to resume the same run"
+                )
+        return dataclasses.replace(self, **updates)
+
+
+def _normalised(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _run_fields(settings: TrainSettings | ResolvedSettings) -> dict[str, Any]:
+    return {"model": settings.model, **{f: getattr(settings, f) for f in RUN_FIELDS}}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedSettings:
+    """A run's settings with every default filled in (:meth:`TrainSettings.resolved`).
+
+    The fields of :class:`TrainSettings`, each concrete: ``model`` is the registry name,
+    ``config`` a dict, ``crop`` the crop side (the model's tile size where it has one),
+    ``device`` the device itself (``"auto"`` resolved); ``checkpoint_every`` None still
+    means a checkpoint at the end only.
+    """
+
+    model: str
+    steps: int
+    config: dict[str, Any]
+    batch_size: int
+    crop: int
+    lr: float
+    lr_step: int
+    lr_decay_start: int
+    seed: int
+    checkpoint_every: int | None
+    num_workers: int
+    device: str
+    amp: str
+
+    def run_fields(self) -> dict[str, Any]:
+        """The fields that define the run, for the checkpoint."""
+        return _run_fields(self)
+
+    def steps_scheduler(self, step: int) -> bool:
+        """Whether the learning-rate scheduler steps after optimiser step ``step``."""
+        return steps_scheduler(step, self.lr_decay_start, self.lr_step)
+
+    def checkpoints_at(self, step: int) -> bool:
+        """Whether a checkpoint (and a validation) follows optimiser step ``step``."""
+        every = self.checkpoint_every
+        return step >= self.steps or bool(every and step % every == 0)

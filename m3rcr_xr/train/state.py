@@ -1,0 +1,157 @@
+"""A run's state on disk: random states, checkpoints (written, read, exported).
+
+Checkpoints follow the published layout (``network``: the state dict with ``module.``
+keys, ``optimizer``, ``scheduler``), plus ``step``, the random states (torch, NumPy,
+Python), the sampler position and the run's settings: a run resumed from one continues
+exactly as the uninterrupted run would (bit for bit on the CPU). They are written with
+``torch.save`` and read back with ``torch.load(weights_only=True)``; the weights load
+with :func:`m3rcr_xr.models.load`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..exceptions import CheckpointError
+from ..models import extract_state_dict, model_record
+from ..models.checkpoint import read_checkpoint
+from .settings import ResolvedSettings
+
+#: what a checkpoint holds to resume a run. The weights entry keeps its published name,
+#: "network": the published code saves and loads ``{'network': ...}``, every model
+#: record's ``checkpoint_key`` is "network", and models.load and every checkpoint
+#: written so far read it there; another name would break all three.
+CHECKPOINT_KEYS = ("network", "optimizer", "scheduler", "step", "rng", "sampler", "settings")
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch, NumPy and Python random states, as tensors and plain containers."""
+    np_state: Any = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "python": {
+            "version": py_version,
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss": py_gauss,
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["gauss"],
+        )
+    )
+    py_state = state["python"]
+    random.setstate(
+        (py_state["version"], tuple(int(v) for v in py_state["state"].tolist()), py_state["gauss"])
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
+
+def checkpoint_payload(
+    step: int,
+    next_sample: int,
+    settings: ResolvedSettings,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    metrics: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    record = model_record(settings.model)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload: dict[str, Any] = {
+        record.checkpoint_key: record.published_state(weights),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "rng": rng_state(),
+        "sampler": {"next": next_sample, "seed": settings.seed},
+        "settings": settings.run_fields(),
+    }
+    if scaler is not None:
+        payload["scaler"] = scaler.state_dict()
+    if metrics:
+        payload["metrics"] = json.loads(json.dumps(metrics))  # plain floats and strings
+    return payload
+
+
+def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint written by :func:`train`, read with ``torch.load(weights_only=True)``.
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable or unsafe file, or one without the training state (optimizer,
+        scheduler, step, random states, settings) needed to resume.
+    """
+    payload = read_checkpoint(path)
+    missing = [k for k in CHECKPOINT_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a training checkpoint of m3rcr_xr (no "
+            f"{', '.join(missing)}); it cannot be resumed"
+        )
+    return payload
+
+
+def export_weights(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Write a training checkpoint's weights as safetensors, with the model name and its
+    configuration in the file's metadata (keys ``model``, ``config`` as JSON, ``step``)."""
+    from safetensors.torch import save_file
+
+    payload = read_training_checkpoint(checkpoint)
+    state = {k: v.contiguous() for k, v in extract_state_dict(payload).items()}
+    settings = payload["settings"]
+    metadata = {
+        "model": str(settings["model"]),
+        "config": json.dumps(settings["config"]),
+        "step": str(payload["step"]),
+        "format": "m3rcr_xr",
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out), metadata=metadata)
+    return out

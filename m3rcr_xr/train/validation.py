@@ -1,0 +1,111 @@
+"""Validation during training: the benchmark's metrics on centre crops, per crop.
+
+The metric engine's bare-array layer does the work on each batch as NumPy arrays
+(:func:`m3rcr_xr.metrics.engine.group_sums`: the per-pixel quantities summed per cloud
+group, per crop); the small per-crop sums of all batches are kept, and the declared
+aggregations (:data:`m3rcr_xr.metrics.AGGREGATIONS`) finish them once at the end, with
+the per-patch protocol's mean over crops. The numbers are those of
+:func:`m3rcr_xr.metrics.evaluate_per_patch` on the same crops, without building an
+xarray table per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..metrics import cell_sums, mean_over_patches, metrics_from_sums
+from ..metrics.engine import check_sums, group_sums
+from ..metrics.kernels import labels_block
+from ..metrics.sums import named_sums
+from ..normalize import denormalize_optical
+from ..schema import BANDS
+from .data import CropDataset, loader
+from .recipe import autocast
+
+#: the metrics a validation reports, and the log shows
+METRIC_NAMES = ("PSNR", "SSIM", "SAM", "MAE")
+#: crops per forward pass in validation during training
+VAL_BATCH = 8
+
+Metrics = dict[str, dict[str, dict[str, float]]]
+
+
+def _reflectance(values: Tensor) -> np.ndarray:
+    return denormalize_optical(values.float().cpu().numpy())
+
+
+def _crop_sums(pred: Tensor, target: Tensor, labels: np.ndarray, name: str) -> np.ndarray:
+    """(quantity, crop, group) sums of one batch; raises on a NaN or infinite ``pred``."""
+    sums = group_sums(_reflectance(pred), _reflectance(target), labels)
+    return check_sums(sums, pred_name=name, target_name="cloudfree")
+
+
+def _summary(parts: list[np.ndarray], strata: tuple[str, ...], n_bands: int) -> dict:
+    """Each metric per stratum, averaged over the crops, from the per-crop sums."""
+    cells = cell_sums(named_sums(np.concatenate(parts, axis=1)), level=None, strata=strata)
+    summary = mean_over_patches(metrics_from_sums(cells, n_bands)).sel(landcover_class="all")
+    return {
+        stratum: {
+            name: float(summary[name].sel(stratum=stratum)) for name in (*METRIC_NAMES, "n_patches")
+        }
+        for stratum in strata
+    }
+
+
+@torch.no_grad()
+def validate_model(
+    model: nn.Module,
+    data: CropDataset,
+    *,
+    batch_size: int = VAL_BATCH,
+    device: str = "cpu",
+    amp: torch.dtype | None = None,
+    num_workers: int = 0,
+) -> Metrics:
+    """PSNR, SSIM, SAM and MAE of ``model`` on ``data``'s crops, and of the cloudy input.
+
+    The metrics are those of :func:`m3rcr_xr.metrics.evaluate` per crop, averaged over
+    the crops (its ``per_patch`` protocol, as the published validation averages per-batch
+    scores), for the strata all, cloudy and clear (all only without a cloud mask).
+
+    Returns
+    -------
+    dict
+        ``{"model": {stratum: {metric: value}}, "input": {...}}``; ``n_patches`` counts the
+        crops a stratum's means are over.
+
+    Examples
+    --------
+    >>> import m3rcr_xr
+    >>> from m3rcr_xr import models
+    >>> data = CropDataset(m3rcr_xr.synthetic_collection(2, 64), 32, mode="center")
+    >>> result = validate_model(models.build("dsen2_cr", preset="small"), data)
+    >>> sorted(result["input"]), result["input"]["all"]["n_patches"]
+    (['all', 'clear', 'cloudy'], 2.0)
+    """
+    strata = ("all", "cloudy", "clear") if data.has_cloudmask else ("all",)
+    was_training = model.training
+    model.eval()
+    sums: dict[str, list[np.ndarray]] = {"model": [], "input": []}
+    try:
+        for batch in loader(data, batch_size, num_workers):
+            with autocast(device, amp):
+                pred = model(batch["cloudy"].to(device), batch["sar"].to(device))
+            # no land cover: every pixel is land-cover nodata, in class "all" only
+            cloud = batch["cloudmask"].numpy() > 0.5
+            labels = labels_block(np.zeros(cloud.shape, np.uint8), cloud)
+            sums["model"].append(_crop_sums(pred, batch["target"], labels, "model"))
+            sums["input"].append(_crop_sums(batch["cloudy"], batch["target"], labels, "cloudy"))
+    finally:
+        model.train(was_training)
+    return {name: _summary(parts, strata, len(BANDS)) for name, parts in sums.items()}
+
+
+def format_metrics(result: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """One line: each metric of the model on all pixels, and of the cloudy input."""
+    model, base = result["model"]["all"], result["input"]["all"]
+    return ", ".join(f"{m} {model[m]:.4g} (input {base[m]:.4g})" for m in METRIC_NAMES)

@@ -1,0 +1,89 @@
+"""The published recipe: optimiser groups, losses, the learning-rate schedule, autocast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from m3rcr_xr import models
+from m3rcr_xr.exceptions import UsageError
+from m3rcr_xr.train import (
+    CropDataset,
+    autocast_dtype,
+    loss_function,
+    make_optimizer,
+    make_scheduler,
+    read_training_checkpoint,
+    train,
+    train_step,
+)
+
+from .train_runs import SMALL, TILE, run_settings
+
+
+def test_published_recipe():
+    net = models.build("align_cr", preset="small")
+    optimizer = make_optimizer(net, 1e-4)
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-4, pytest.approx(1e-5)]
+    aligned = {id(p) for p in net.SFAlign.parameters()}
+    assert {id(p) for p in optimizer.param_groups[1]["params"]} == aligned
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.defaults["betas"] == (0.9, 0.999)
+    assert len(make_optimizer(models.build("dsen2_cr", **SMALL), 1e-4).param_groups) == 1
+    scheduler = make_scheduler(optimizer, 5)
+    assert scheduler.step_size == 5 and scheduler.gamma == 0.5
+    pred, target = torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2)
+    cloudy, mask = torch.full((1, 4, 2, 2), 0.5), torch.zeros(1, 2, 2)
+    assert float(loss_function("glf_cr")(pred, target, cloudy, mask)) == 1.0
+    assert float(loss_function("dsen2_cr")(pred, target, cloudy, mask)) == 1.5  # 0.5 + 1
+    assert float(loss_function("align_cr")(pred, target, cloudy, mask)) == pytest.approx(
+        1.0, rel=1e-3
+    )
+
+
+def test_learning_rate_halves_as_published(collection_store, tmp_path):
+    """The published loop steps StepLR(5) after each epoch >= 10 - 5: the rate halves
+    after epoch 10 and every 5 after; a step here is an epoch there."""
+    result = train(
+        collection_store,
+        tmp_path / "lr.pth",
+        run_settings(12, lr_step=2, lr_decay_start=4, batch_size=1),
+        progress=False,
+    )
+    ckpt = read_training_checkpoint(result.checkpoint)
+    # steps 1..4 at lr, 5..6 at lr/2, 7..8 at lr/4, ... after step 12: lr/32
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 32)
+
+
+def test_loss_goes_down_on_a_fixed_batch(collection_store):
+    torch.manual_seed(0)
+    data = CropDataset(collection_store, TILE, seed=0)
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    net = models.build("dsen2_cr", **SMALL).train()
+    optimizer = make_optimizer(net, 3e-3)
+    losses = [train_step(net, batch, optimizer, loss_function("dsen2_cr")) for _ in range(15)]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_autocast_only_on_a_gpu(collection_store, monkeypatch):
+    assert autocast_dtype("cpu") is None and autocast_dtype("cpu", "off") is None
+    with pytest.raises(UsageError, match="GPU"):
+        autocast_dtype("cpu", "bf16")
+    monkeypatch.setattr("m3rcr_xr.train.recipe._cuda_bf16_supported", lambda: True)
+    assert autocast_dtype("cuda") == torch.bfloat16
+    assert autocast_dtype("cuda:0", "fp16") == torch.float16
+    monkeypatch.setattr("m3rcr_xr.train.recipe._cuda_bf16_supported", lambda: False)
+    assert autocast_dtype("cuda") == torch.float16
+
+    def no_autocast(*args, **kwargs):
+        raise AssertionError("autocast used on the CPU")
+
+    monkeypatch.setattr(torch, "autocast", no_autocast)
+    data = CropDataset(collection_store, TILE)
+    batch = torch.utils.data.default_collate([data[0], data[1]])
+    net = models.build("dsen2_cr", **SMALL).train()
+    optimizer = make_optimizer(net, 1e-3)
+    assert np.isfinite(
+        train_step(net, batch, optimizer, loss_function("dsen2_cr"), amp=autocast_dtype("cpu"))
+    )

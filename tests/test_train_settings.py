@@ -1,0 +1,77 @@
+"""TrainSettings: checked, and resolved once into ResolvedSettings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from m3rcr_xr.exceptions import ModelConfigError, UsageError
+from m3rcr_xr.train import ResolvedSettings, TrainSettings, train
+
+from .train_runs import run_settings
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 0}, "steps=0: must be an integer >= 1"),
+        ({"steps": 2.5}, "steps=2.5: .* not float"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"crop": 0}, "crop=0"),
+        ({"crop": True}, "crop=True"),
+        ({"lr": 0}, "lr=0: must be a finite number > 0"),
+        ({"lr": float("inf")}, "lr=inf"),
+        ({"lr_step": 0}, "lr_step=0"),
+        ({"lr_decay_start": -1}, "lr_decay_start=-1: must be an integer >= 0"),
+        ({"seed": -1}, "seed=-1"),
+        ({"checkpoint_every": 0}, "checkpoint_every=0"),
+        ({"num_workers": -1}, "num_workers=-1"),
+        ({"amp": "fp8"}, "amp='fp8': use auto, off, bf16 or fp16"),
+    ],
+)
+def test_settings_out_of_range_are_named(kwargs, match):
+    settings = TrainSettings("dsen2_cr", **{"steps": 10, **kwargs})
+    with pytest.raises(UsageError, match=match):
+        settings.resolved()
+
+
+def test_bad_model_settings_fail_before_writing(collection_store, tmp_path):
+    out = tmp_path / "run.pth"
+    with pytest.raises(ModelConfigError, match="n_feats=16.5 must be an integer"):
+        train(collection_store, out, run_settings(1, config={"n_feats": 16.5}), progress=False)
+    with pytest.raises(UsageError, match="device='cuda:99'"):
+        train(collection_store, out, run_settings(1, device="cuda:99"), progress=False)
+    assert not out.exists()
+
+
+def test_published_defaults_resolve_once_into_concrete_settings(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    resolved = TrainSettings("Align-CR", 30).resolved()
+    assert isinstance(resolved, ResolvedSettings)
+    assert (resolved.batch_size, resolved.lr, resolved.seed) == (2, 1e-4, 7)
+    assert (resolved.lr_decay_start, resolved.lr_step) == (10, 5)
+    assert (resolved.model, resolved.crop, resolved.device) == ("align_cr", 160, "cpu")
+    assert all(v is not None for k, v in vars(resolved).items() if k != "checkpoint_every")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        resolved.lr = 1.0  # type: ignore[misc]
+
+
+def test_crop_defaults_to_the_tile_size_of_the_configuration():
+    assert TrainSettings("glf_cr", 3, config={"preset": "small"}).resolved().crop == 32
+    assert TrainSettings("glf_cr", 3, config={"preset": "small"}, crop=64).resolved().crop == 64
+    assert TrainSettings("dsen2_cr", 3).resolved().crop == 160  # any size: the published
+
+
+def test_resolved_run_fields_resume_to_the_same_settings():
+    resolved = run_settings(6, lr_step=None, seed=None).resolved()
+    again = TrainSettings("dsen2_cr", 6).merged(resolved.run_fields()).resolved()
+    assert again == resolved
+    fields = resolved.run_fields()
+    assert (fields["model"], fields["seed"], fields["lr_step"], fields["crop"]) == (
+        "dsen2_cr",
+        7,
+        1,
+        32,
+    )
