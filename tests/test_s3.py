@@ -1,23 +1,19 @@
 """Zarr stores on S3-compatible object storage, through fsspec/s3fs.
 
-An S3 server (moto in server mode: real HTTP) runs on loopback for the module; the
-library is given nothing but ``s3://`` URLs, and s3fs takes the credentials and the
-endpoint from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-``AWS_ENDPOINT_URL_S3``), as it would on a cloud machine or an HPC login node.
+An S3 server (moto in server mode: real HTTP; fixtures ``endpoint`` and ``bucket`` in
+conftest) runs on loopback; the library is given nothing but ``s3://`` URLs, and s3fs
+takes the credentials and the endpoint from the environment (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL_S3``), as it would on a cloud machine or an
+HPC login node.
 """
 
 from __future__ import annotations
-
-import logging
-import uuid
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import s3fs
 import xarray as xr
 from distributed import Client
-from moto.server import ThreadedMotoServer
 
 import m3rcr_xr
 from m3rcr_xr import store
@@ -25,35 +21,6 @@ from m3rcr_xr.cli import main
 from m3rcr_xr.cluster import local_cluster
 from m3rcr_xr.exceptions import StoreError
 from tests.conftest import TINY
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    """An S3 endpoint on loopback (``http://127.0.0.1:PORT``)."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(endpoint: str, monkeypatch, tmp_path) -> Iterator[str]:
-    """A fresh bucket; credentials and endpoint only in the environment."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "m3rcr-test-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "m3rcr-test-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    s3fs.S3FileSystem.clear_instance_cache()
-    name = f"m3rcr-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem().mkdir(name)
-    yield name
-    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _same(a: xr.Dataset, b: xr.Dataset) -> None:
@@ -147,3 +114,22 @@ def test_s3_keeps_other_objects_and_one_writer(bucket):
     m3rcr_xr.to_zarr(scene, url)
     assert m3rcr_xr.is_complete(url)
     assert not fs.exists(f"{bucket}/scene.zarr/{store.LOCK}")
+
+
+def test_storage_options_reach_the_file_system(bucket, endpoint, monkeypatch):
+    """Credentials and endpoint given as storage_options, none in the environment."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name)
+    s3fs.S3FileSystem.clear_instance_cache()
+    options = {
+        "key": "m3rcr-test-key",
+        "secret": "m3rcr-test-secret",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
+    scene = m3rcr_xr.synthetic_scene((64, 48), seed=9)
+    url = f"s3://{bucket}/options.zarr"
+    m3rcr_xr.to_zarr(scene, url, storage_options=options)
+    assert m3rcr_xr.is_complete(url, storage_options=options)
+    _same(m3rcr_xr.open_zarr(url, storage_options=options), scene)
+    with pytest.raises(StoreError, match="a complete store exists"):
+        m3rcr_xr.to_zarr(scene, url, storage_options=options)
