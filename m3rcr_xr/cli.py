@@ -75,6 +75,9 @@ def _ingest(args: argparse.Namespace) -> int:
     if suffix in STAC_SUFFIXES:
         from .stac import open_stac
 
+        for flag in ("cloudfree", "cloudmask", "root"):
+            if getattr(args, flag):
+                raise UsageError(f"{argument(flag, getattr(args, flag))}: not with STAC items")
         ds = open_stac(
             source, sar_items=args.sar, landcover_items=args.landcover, bbox=args.bbox, crs=args.crs
         )
