@@ -275,3 +275,10 @@ def test_the_scene_grid_is_the_first_items_grid(files):
     assert geobox.transform == OPTICAL and geobox.shape == (96, 96)
     half = stac.optical_geobox([item], "ortho_analytic_4b_sr", resolution=6.0)
     assert half.shape == (48, 48) and half.transform.a == 6.0
+
+
+def test_quartet_options_with_stac_items_are_a_usage_error(catalog, tmp_path, capsys):
+    items = str(catalog.parent / "planet" / "catalog.json")
+    assert main(["ingest", items, str(tmp_path / "x.zarr"), "--cloudfree", "cf.tif"]) == 2
+    assert "--cloudfree cf.tif: not with STAC items" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists()
