@@ -17,6 +17,10 @@ memory above the size before the first run (psutil every 20 ms):
     layers aligned to the 3 m grid by coordinates, chunked Zarr v3, resumable steps)
     against a raw rasterio read of the same files, nearest upsampling of the 10 m layers
     by index and a zarr-python write of the same five arrays, same chunks and codec.
+``stac``
+    ``m3rcr_xr.open_stac`` + ``m3rcr_xr.to_zarr`` of a PlanetScope, a Sentinel-1 RTC
+    (linear power) and a WorldCover item (STAC item collections on disk) against bare
+    ``odc.stac.load`` of the same bands onto the same grid + ``xarray.Dataset.to_zarr``.
 ``metrics``
     ``m3rcr_xr.evaluate`` (chunked, one dask pass) against the straightforward NumPy
     evaluation of :func:`benchmarks.bench_metrics.numpy_metrics` on the same arrays.
@@ -273,6 +277,91 @@ def part_ingest(size: int, repeats: int, rounds: int, folder: Path) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------ stac
+def write_stac(folder: Path, size: int) -> dict[str, Path]:
+    """The ingest quartet's layers as STAC item collections (one item each), SAR as
+    ``vv``/``vh`` in linear power; bands declared (``raster:bands``) for bare odc-stac."""
+    import pystac
+    import rasterio
+
+    from m3rcr_xr.testing import stac_item
+
+    files = write_quartet(folder, size)
+    with rasterio.open(files["sar"]) as src:
+        power = 10 ** (src.read().astype(np.float64) / 10)
+    vv = _write_tif(folder / "vv.tif", power[:1].astype(np.float32), COARSE_RES)
+    vh = _write_tif(folder / "vh.tif", power[1:].astype(np.float32), COARSE_RES)
+    layouts = {
+        "planet": {"ortho_analytic_4b_sr": (files["cloudy"], "uint16", 4)},
+        "s1": {"vv": (vv, "float32", 1), "vh": (vh, "float32", 1)},
+        "worldcover": {"map": (files["landcover"], "uint8", 1)},
+    }
+    out = {}
+    for name, assets in layouts.items():
+        item = stac_item(name, {asset: path for asset, (path, _, _) in assets.items()})
+        for asset, (_, dtype, count) in assets.items():
+            item.assets[asset].extra_fields["raster:bands"] = [{"data_type": dtype}] * count
+        out[name] = folder / f"{name}.json"
+        pystac.ItemCollection([item]).save_object(dest_href=str(out[name]))
+    return out
+
+
+def ingest_stac(collections: dict[str, Path], store: Path) -> None:
+    import m3rcr_xr
+
+    ds = m3rcr_xr.open_stac(
+        collections["planet"],
+        sar_items=collections["s1"],
+        landcover_items=collections["worldcover"],
+    )
+    m3rcr_xr.to_zarr(ds, store, overwrite=True, progress=False)
+
+
+def stac_raw(collections: dict[str, Path], store: Path, chunk: int) -> None:
+    """Bare odc-stac: the same bands onto the optical grid, written by xarray."""
+    import odc.stac
+    import pystac
+    import xarray as xr
+
+    from m3rcr_xr.stac import item_geobox
+
+    items = {name: list(pystac.ItemCollection.from_file(str(p))) for name, p in collections.items()}
+    geobox = item_geobox(items["planet"][0], "ortho_analytic_4b_sr")
+    bands = {
+        "planet": [f"ortho_analytic_4b_sr.{i}" for i in range(1, 5)],
+        "s1": ["vv", "vh"],
+        "worldcover": ["map"],
+    }
+    loaded = [
+        odc.stac.load(
+            items[name], bands=names, geobox=geobox, chunks={"y": chunk, "x": chunk}
+        ).isel(time=0, drop=True)
+        for name, names in bands.items()
+    ]
+    xr.merge(loaded).to_zarr(store, mode="w", zarr_format=3, consolidated=True)
+
+
+def setup_stac(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
+    import m3rcr_xr
+
+    collections = {
+        name: folder / "stac" / f"{name}.json" for name in ("planet", "s1", "worldcover")
+    }
+    chunk = m3rcr_xr.get_options()["scene_chunk"]
+    return {
+        "m3rcr_xr": lambda: ingest_stac(collections, folder / "stac-m3rcr.zarr"),
+        "baseline": lambda: stac_raw(collections, folder / "stac-raw.zarr", chunk),
+    }
+
+
+def part_stac(size: int, repeats: int, rounds: int, folder: Path) -> dict:
+    write_stac(folder / "stac", size)
+    return {
+        "scene": f"{size}x{size} (3 m) from STAC, with 10 m SAR (linear) and land cover",
+        **compare("stac", folder, size, repeats, rounds),
+    }
+
+
 # --------------------------------------------------------------------------- metrics
 METRICS_CHUNK = 1024
 
@@ -297,7 +386,12 @@ def part_metrics(size: int, repeats: int, rounds: int, folder: Path) -> dict:
     }
 
 
-SETUPS = {"decloud": setup_decloud, "ingest": setup_ingest, "metrics": setup_metrics}
+SETUPS = {
+    "decloud": setup_decloud,
+    "ingest": setup_ingest,
+    "stac": setup_stac,
+    "metrics": setup_metrics,
+}
 
 
 # ------------------------------------------------------------------------------ main
@@ -337,7 +431,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decloud-size", type=int, default=1024)
     parser.add_argument("--ingest-size", type=int, default=2048)
+    parser.add_argument("--stac-size", type=int, default=2048)
     parser.add_argument("--metrics-size", type=int, default=2048)
+    parser.add_argument(
+        "--parts", nargs="+", choices=list(SETUPS), default=list(SETUPS), help="parts to run"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per process")
     parser.add_argument("--rounds", type=int, default=3, help="processes per way, alternating")
     parser.add_argument("--child", nargs=2, metavar=("PART", "WAY"), help=argparse.SUPPRESS)
@@ -351,11 +449,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     with tempfile.TemporaryDirectory() as tmp, m3rcr_xr.set_options(progress=False):
         folder = Path(tmp)
+        parts = {
+            "decloud": part_decloud,
+            "ingest": part_ingest,
+            "stac": part_stac,
+            "metrics": part_metrics,
+        }
         report = {
             "machine": machine(),
-            "decloud": part_decloud(args.decloud_size, args.repeats, args.rounds, folder),
-            "ingest": part_ingest(args.ingest_size, args.repeats, args.rounds, folder),
-            "metrics": part_metrics(args.metrics_size, args.repeats, args.rounds, folder),
+            **{
+                name: part(getattr(args, f"{name}_size"), args.repeats, args.rounds, folder)
+                for name, part in parts.items()
+                if name in args.parts
+            },
             "ratios": "speed_ratio = baseline s / m3rcr_xr s (>1: faster); "
             "memory_ratio = m3rcr_xr peak / baseline peak (<1: less memory)",
         }

@@ -30,6 +30,7 @@ from .io import open_m3rcr, open_quartet
 from .metrics import evaluate
 from .options import get_options, set_options
 from .schema import BANDS, POLARIZATIONS, is_collection, validate
+from .stac import open_stac
 from .store import is_complete, open_zarr, to_zarr
 from .synthetic import synthetic_collection, synthetic_scene
 
@@ -60,6 +61,7 @@ __all__ = [
     "local_cluster",
     "open_m3rcr",
     "open_quartet",
+    "open_stac",
     "open_zarr",
     "pbs_cluster",
     "set_options",

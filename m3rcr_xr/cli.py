@@ -23,6 +23,8 @@ EXIT_BAD_INPUT = 2
 COG_SUFFIXES = (".tif", ".tiff")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
 EXPORT_SUFFIXES = (".safetensors",)
+#: an ingest source with one of these is STAC JSON (an item, item collection or catalog)
+STAC_SUFFIXES = (".json", ".geojson")
 #: the names live in the model records (m3rcr_xr.models.records), which import torch;
 #: the command line reads them only when a name is refused, so that --help stays fast
 MODEL_HELP = "model name, e.g. dsen2_cr (an unknown name is refused with the known ones)"
@@ -109,16 +111,28 @@ def _scheduler_client(args: argparse.Namespace) -> contextlib.AbstractContextMan
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from . import href
     from .io import open_m3rcr, open_quartet
     from .store import check_destination, to_zarr
 
     inputs = (args.src, args.root, args.cloudfree, args.sar, args.landcover, args.cloudmask)
     check_destination(args.dest, inputs=[p for p in inputs if p], overwrite=args.overwrite)
-    source = Path(args.src)
-    if source.is_dir():
+    source = href.as_href(args.src)
+    suffix = href.name_of(source).suffix.lower()
+    if suffix in STAC_SUFFIXES:
+        from .stac import open_stac
+
+        for flag in ("cloudfree", "cloudmask", "root"):
+            if getattr(args, flag):
+                raise UsageError(f"{argument(flag, getattr(args, flag))}: not with STAC items")
+        ds = open_stac(
+            source, sar_items=args.sar, landcover_items=args.landcover, bbox=args.bbox, crs=args.crs
+        )
+    elif href.is_dir(source):
         ds = open_m3rcr(source, align=args.align)
-    elif source.suffix.lower() == ".csv":
-        ds = open_m3rcr(args.root or source.parent, source, align=args.align)
+    elif suffix == ".csv":
+        root = args.root or (source.rsplit("/", 1)[0] if isinstance(source, str) else source.parent)
+        ds = open_m3rcr(root, source, align=args.align)
     else:
         ds = open_quartet(
             source, args.cloudfree, args.sar, args.landcover, args.cloudmask, align=args.align
@@ -251,8 +265,9 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ingest", help="read M3R-CR files into a Zarr store")
     p.add_argument(
         "src",
-        help="a split folder (train/, test/), a file-list CSV, or a cloudy "
-        "GeoTIFF (then give the other layers as options)",
+        help="a split folder (train/, test/), a file-list CSV, a cloudy GeoTIFF (then "
+        "give the other layers as options), or STAC JSON of PlanetScope items (then "
+        "--sar and --landcover take STAC JSON too); paths or http(s)/s3 URLs",
     )
     p.add_argument("dest", help="the Zarr store to write (path or fsspec URL)")
     p.add_argument("--root", help="data root of a CSV's paths (default: the CSV's folder)")
@@ -260,6 +275,14 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sar", help="Sentinel-1 GeoTIFF of a quartet")
     p.add_argument("--landcover", help="WorldCover GeoTIFF of a quartet")
     p.add_argument("--cloudmask", help="cloud mask (.npy or GeoTIFF) of a quartet")
+    p.add_argument(
+        "--bbox",
+        type=float,
+        nargs=4,
+        metavar=("WEST", "SOUTH", "EAST", "NORTH"),
+        help="STAC: the scene's extent in degrees (default: the optical items')",
+    )
+    p.add_argument("--crs", help="STAC: the scene's CRS (default: the first optical item's)")
     p.add_argument(
         "--align",
         choices=("coords", "shape"),

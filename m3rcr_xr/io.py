@@ -34,12 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import fsspec
 import numpy as np
 import rasterio
 import rioxarray
 import xarray as xr
 from rasterio.errors import RasterioError
 
+from . import href
 from .align import AlignMethod, align_to, check_north_up, fill_nan_with_mean
 from .exceptions import (
     AlignmentError,
@@ -47,7 +49,6 @@ from .exceptions import (
     M3RCRWarning,
     MissingFileError,
     SchemaError,
-    UnsafePathError,
     UsageError,
     argument,
 )
@@ -95,7 +96,7 @@ def _gib(size: int) -> str:
     return f"{size / 2**30:.3g} GiB"
 
 
-def _check_header(path: Path, name: str, src: rasterio.DatasetReader) -> None:
+def _check_header(path: PathType, name: str, src: rasterio.DatasetReader) -> None:
     """Refuse, from the header alone, a raster whose reads could not be bounded.
 
     The declared size (width x height x bands x bytes per value) must be within the
@@ -125,7 +126,7 @@ def _check_header(path: Path, name: str, src: rasterio.DatasetReader) -> None:
     check_north_up(src.transform, f"{path}: {name}")
 
 
-def _check_readable(path: Path, src: rasterio.DatasetReader) -> None:
+def _check_readable(path: PathType, src: rasterio.DatasetReader) -> None:
     """Read the last block (bounded by :func:`_check_header`): a truncated GeoTIFF fails
     here, not in the middle of a job."""
     block_h, block_w = src.block_shapes[0]
@@ -137,6 +138,8 @@ def _check_readable(path: Path, src: rasterio.DatasetReader) -> None:
 
 def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> xr.DataArray:
     """Open one GeoTIFF lazily as (band, y, x), after checking that it is whole.
+
+    ``path`` may be a remote href (``https://``, ``s3://``), read by GDAL.
 
     Raises
     ------
@@ -150,8 +153,8 @@ def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> 
     -----
     The declared nodata, if any, is kept as ``attrs["_FillValue"]`` (``array.rio.nodata``).
     """
-    path = Path(path)
-    if not path.is_file():
+    path = href.as_href(path)
+    if not href.is_remote(path) and not Path(path).is_file():
         raise MissingFileError(f"{path}: {name} file does not exist")
     try:
         with rasterio.open(path) as src:
@@ -163,7 +166,8 @@ def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> 
             path, chunks=_spatial_chunks(chunks), mask_and_scale=False, lock=False
         )
     except RasterioError as err:
-        raise InputFileError(f"{path}: {name} is not a readable GeoTIFF ({err})") from err
+        what = "cannot be read" if href.is_remote(path) else "is not a readable GeoTIFF"
+        raise InputFileError(f"{path}: {name} {what} ({err})") from err
     if not isinstance(array, xr.DataArray):  # a container of several subdatasets
         raise InputFileError(f"{path}: {name} holds several subdatasets, not one raster")
     array.attrs = {key: value for key, value in array.attrs.items() if key == "_FillValue"}
@@ -178,12 +182,12 @@ def read_cloudmask(path: PathType, shape: tuple[int, int]) -> np.ndarray:
     Shape and dtype are checked from the header, before the values are read: a file
     that declares a huge array is refused without reading it.
     """
-    path = Path(path)
-    if not path.is_file():
+    path = href.as_href(path)
+    if not href.is_file(path):
         raise MissingFileError(f"{path}: cloudmask file does not exist")
-    if path.suffix.lower() == ".npy":
-        try:  # memory-mapped: only the header is read until the checks pass
-            mask = np.load(path, mmap_mode="r", allow_pickle=False)
+    if href.name_of(path).suffix.lower() == ".npy":
+        try:  # memory-mapped (locally): only the header is read until the checks pass
+            mask = _load_npy(path, shape)
         except ValueError as err:  # object arrays need pickle: refused; or truncated
             raise InputFileError(f"{path}: cloudmask is not a plain array ({err})") from err
         except (OSError, EOFError) as err:
@@ -195,6 +199,23 @@ def read_cloudmask(path: PathType, shape: tuple[int, int]) -> np.ndarray:
     if mask.dtype.kind not in "biu":
         raise InputFileError(f"{path}: cloudmask has dtype {mask.dtype}, expected bool")
     return np.asarray(mask).astype(bool)
+
+
+def _load_npy(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """A ``.npy`` array, never unpickled: memory-mapped locally; a remote one is read
+    only when its header declares ``shape`` and an integer dtype (else a stand-in of
+    the declared shape and dtype, holding nothing, for the caller to refuse)."""
+    if not href.is_remote(path):
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    with fsspec.open(str(path), "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0}
+        header = read_header.get(version, np.lib.format.read_array_header_2_0)
+        declared, _, dtype = header(handle)
+        if declared != shape or dtype.kind not in "biu":
+            return np.broadcast_to(np.zeros((), dtype), declared)
+        handle.seek(0)
+        return np.load(handle, allow_pickle=False)
 
 
 # ------------------------------------------------------------------------------ quartet
@@ -256,7 +277,11 @@ def _as_uint16(array: xr.DataArray, path: PathType, name: str) -> xr.DataArray:
 def _optical(path: PathType, name: str, chunks: Any) -> xr.DataArray:
     array = open_raster(path, name, len(BANDS), chunks)
     _require_georeference(array, path, name, "a scene needs one for its optical grid")
-    array = _as_uint16(array, path, name)
+    return describe_optical(_as_uint16(array, path, name), name)
+
+
+def describe_optical(array: xr.DataArray, name: str) -> xr.DataArray:
+    """Band labels and attributes of an optical layer (uint16 reflectance x10000)."""
     array = array.assign_coords(band=list(BANDS))
     array.attrs = {
         "long_name": f"{name} surface reflectance",
@@ -287,13 +312,18 @@ def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod)
     # fill each polarization with its own mean
     array = fill_nan_with_mean(array, per_band=align != "shape")
     aligned = align_to(array, optical, method=align, fill=np.nan)
-    aligned.attrs = {
+    aligned.attrs = sar_attrs(array.attrs["nan_fill"], align)
+    return aligned
+
+
+def sar_attrs(nan_fill: str, align: str) -> dict[str, str]:
+    """Attributes of the ``sar`` variable: how holes were filled, how it was aligned."""
+    return {
         "long_name": "Sentinel-1 backscatter",
         "units": "dB",
-        "nan_fill": array.attrs["nan_fill"],
+        "nan_fill": nan_fill,
         "align": align,
     }
-    return aligned
 
 
 def _landcover(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod):
@@ -305,12 +335,13 @@ def _landcover(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignM
         to_worldcover, array, "uint8", nodata=nodata, source=f"{path}: landcover"
     ).rename("landcover")
     aligned = align_to(array, optical, method=align, fill=NODATA_CODE)
-    aligned.attrs = {
-        "long_name": "ESA WorldCover 2020 class code",
-        "nodata": NODATA_CODE,
-        "align": align,
-    }
+    aligned.attrs = landcover_attrs(align)
     return aligned
+
+
+def landcover_attrs(align: str) -> dict[str, Any]:
+    """Attributes of the ``landcover`` variable."""
+    return {"long_name": "ESA WorldCover 2020 class code", "nodata": NODATA_CODE, "align": align}
 
 
 def _rechunk_like(array: xr.DataArray, like: xr.DataArray) -> xr.DataArray:
@@ -431,27 +462,22 @@ class Quartet:
         match = _PATCH_NAME.match(Path(self.cloudy).stem)
         return match["aoi"] if match else ""
 
-    def paths(self, root: Path) -> dict[str, Path]:
-        """Absolute paths of the present layers, each checked to stay inside ``root``."""
+    def paths(self, root: PathType) -> dict[str, str | Path]:
+        """Paths (or URLs) of the present layers, each checked to stay inside ``root``."""
         return {name: safe_join(root, rel) for name, rel in vars(self).items() if rel}
 
 
-def safe_join(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing anything that resolves outside ``root``."""
-    if Path(relative).is_absolute():
-        raise UnsafePathError(f"{relative}: absolute path in a file list (must be under {root})")
-    resolved = (root / relative).resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise UnsafePathError(f"{relative}: path escapes the data root {root}")
-    return resolved
+def safe_join(root: PathType, relative: str) -> str | Path:
+    """``root / relative``, refusing anything outside ``root`` (:func:`m3rcr_xr.href.join`)."""
+    return href.join(root, relative)
 
 
-def _read_utf8(path: Path) -> str:
+def _read_utf8(path: str | Path) -> str:
     """The text of ``path`` as UTF-8, without a byte-order mark (spreadsheets write one).
 
     Raises InputFileError naming the line of the first byte that is not UTF-8.
     """
-    data = path.read_bytes()
+    data = href.read_bytes(path, "file list")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -476,8 +502,8 @@ def read_filelist(path: PathType) -> list[Quartet]:
         Naming the CSV and the line: not UTF-8, a wrong number of columns, an empty path
         (and its column).
     """
-    path = Path(path)
-    if not path.is_file():
+    path = href.as_href(path)
+    if not href.is_file(path):
         raise MissingFileError(f"{path}: file list does not exist")
     quartets: list[Quartet] = []
     reader = csv.reader(StringIO(_read_utf8(path), newline=""))
@@ -510,11 +536,10 @@ def read_filelist(path: PathType) -> list[Quartet]:
 
 def discover(root: PathType) -> list[Quartet]:
     """Find the quartets of a split folder by walking the dataset's layout."""
-    root = Path(root)
-    found = sorted(root.glob("planet_cloudy_*/planet_cloudy_*/planet_cloudy_*.tif"))
+    found = href.glob(root, "planet_cloudy_*/planet_cloudy_*/planet_cloudy_*.tif")
+    present = {top.split("/")[0] for top in href.glob(root, "*")}
     quartets = []
-    for cloudy in found:
-        relative = cloudy.relative_to(root).as_posix()
+    for relative in found:
         layers: dict[str, str | None] = {}
         for name, prefix in LAYOUT_PREFIX.items():
             if name == "cloudy":
@@ -522,8 +547,7 @@ def discover(root: PathType) -> list[Quartet]:
             other = relative.replace("planet_cloudy", prefix)
             if name == "cloudmask":
                 other = other[: -len(".tif")] + ".npy"
-            top = root / other.split("/")[0]
-            layers[name] = other if top.is_dir() else None
+            layers[name] = other if other.split("/")[0] in present else None
         quartets.append(Quartet(relative, **layers))
     return quartets
 
@@ -556,8 +580,8 @@ def open_m3rcr(
         ``x(patch, x)``, ``y(patch, y)``, ``epsg(patch)`` and ``season``, ``aoi``,
         ``split``, ``source`` (cloudy path relative to ``root``).
     """
-    root = Path(root)
-    if not root.is_dir():
+    root = href.as_href(root)
+    if not href.is_dir(root):
         raise MissingFileError(f"{root}: dataset root is not a folder")
     quartets = read_filelist(filelist) if filelist is not None else discover(root)
     if not quartets:
@@ -567,7 +591,7 @@ def open_m3rcr(
         "patch": [q.patch_id for q in quartets],
         "season": [q.season for q in quartets],
         "aoi": [q.aoi for q in quartets],
-        "split": [root.name] * len(quartets),
+        "split": [href.name_of(root).name] * len(quartets),
         "source": [q.cloudy for q in quartets],
     }
     collection = stack_scenes(scenes, meta)
@@ -577,7 +601,7 @@ def open_m3rcr(
     return validate(collection)
 
 
-def _open_patch(quartet: Quartet, root: Path, align: AlignMethod) -> xr.Dataset:
+def _open_patch(quartet: Quartet, root: str | Path, align: AlignMethod) -> xr.Dataset:
     paths = quartet.paths(root)
     return open_quartet(**paths, chunks={"y": -1, "x": -1}, align=align)
 

@@ -84,13 +84,25 @@ class _Target:
     name: str
     fs: fsspec.AbstractFileSystem
     path: str
+    storage_options: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
-    def of(cls, store: Any) -> _Target:
+    def of(cls, store: Any, storage_options: dict[str, Any] | None = None) -> _Target:
+        """``storage_options`` go to the fsspec file system (credentials, endpoint)."""
         if not isinstance(store, str | os.PathLike):
             raise StoreError(f"{store!r}: expected a path or an fsspec URL for a store")
-        fs, path = fsspec.core.url_to_fs(os.fspath(store))
-        return cls(os.fspath(store), fs, path.rstrip("/") or "/")
+        options = dict(storage_options or {})
+        fs, path = fsspec.core.url_to_fs(os.fspath(store), **options)
+        return cls(os.fspath(store), fs, path.rstrip("/") or "/", tuple(options.items()))
+
+    @property
+    def zarr_store(self) -> Any:
+        """What xarray and zarr are given: the name, or a store holding the options."""
+        if not self.storage_options or self.local:
+            return self.name
+        return zarr.storage.FsspecStore.from_url(
+            self.url, storage_options=dict(self.storage_options)
+        )
 
     @property
     def local(self) -> bool:
@@ -231,7 +243,11 @@ def _refuse(target: _Target, state: _State, doc: dict[str, Any] | None, overwrit
 
 
 def check_destination(
-    store: str | os.PathLike, *, inputs: Iterable[Any] = (), overwrite: bool = False
+    store: str | os.PathLike,
+    *,
+    inputs: Iterable[Any] = (),
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> None:
     """Refuse a destination :func:`to_zarr` would not write, before any work is done.
 
@@ -245,7 +261,7 @@ def check_destination(
     inputs
         Paths or URLs of the inputs; a destination that is, contains or lies inside
         one of them is refused.
-    overwrite
+    overwrite, storage_options
         As in :func:`to_zarr`.
 
     Raises
@@ -254,7 +270,7 @@ def check_destination(
         The destination is a file, a folder or Zarr store this library did not
         write, a complete store (without ``overwrite``), or overlaps an input.
     """
-    target = _Target.of(store)
+    target = _Target.of(store, storage_options)
     check_apart(store, inputs)
     state, doc = _inspect(target)
     _refuse(target, state, doc, overwrite)
@@ -449,6 +465,7 @@ def to_zarr(
     *,
     progress: bool | None = None,
     overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> None:
     """Write a scene or a collection to a Zarr (v3) store, resumably and safely.
 
@@ -465,6 +482,10 @@ def to_zarr(
         Replace a store of this library (complete, or unfinished with other data):
         its own keys are removed, other files in its folder are kept. Without it, an
         unfinished store of the same data is resumed, anything else refused.
+    storage_options
+        For a URL: options of its fsspec file system, as in ``xarray.Dataset.to_zarr``
+        (e.g. ``{"key": ..., "secret": ..., "client_kwargs": {"endpoint_url": ...}}``
+        for s3fs); default: what the file system finds in the environment.
 
     Raises
     ------
@@ -481,23 +502,23 @@ def to_zarr(
     CRS.from_epsg(32632)
     """
     validate(ds, required=())
-    target = _Target.of(store)
+    target = _Target.of(store, storage_options)
     inputs = sources(ds)
-    check_destination(store, inputs=inputs, overwrite=overwrite)
+    check_destination(store, inputs=inputs, overwrite=overwrite, storage_options=storage_options)
     ds = _prepare(ds)
     dim = _write_dim(ds)
     steps = _steps(ds, dim)
     fingerprint = _fingerprint(ds, inputs)
     with _write_errors(target), _locked(target), _quiet_lock_listing():
-        done = _plan(target, fingerprint, overwrite)
-        fresh = done is None
-        if done is None:
-            _initialise(ds, store, fingerprint)
-            done = set()
+        planned = _plan(target, fingerprint, overwrite)
+        fresh = planned is None
+        done: set[int] = set() if planned is None else planned
+        if fresh:
+            _initialise(ds, target.zarr_store, fingerprint)
         else:
             log.info("%s: resuming, %d of %d steps already written", store, len(done), len(steps))
         try:
-            _write_steps(ds, store, target, dim, steps, done, progress)
+            _write_steps(ds, target.zarr_store, target, dim, steps, done, progress)
         except M3RCRError:
             # the data itself is wrong (a value found while reading): a resume could
             # only fail again, so a store this call began is taken back; an interrupted
@@ -574,7 +595,7 @@ def _write_steps(
     show = show_progress(progress)
     # one step: show dask's own progress inside it; several: one tick a step
     with progress_bar(
-        total=len(steps), desc=f"writing {_name(store)}", disable=not show or len(steps) == 1
+        total=len(steps), desc=f"writing {_name(target.name)}", disable=not show or len(steps) == 1
     ) as bar:
         bar.update(len(done))
         for index in _pending(steps, done):
@@ -653,18 +674,26 @@ def _write_root(target: _Target, doc: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------ reading
-def is_complete(store: Any) -> bool:
+def is_complete(store: Any, *, storage_options: dict[str, Any] | None = None) -> bool:
     """True when ``store`` is a store of this library written to the end by
     :func:`to_zarr`; False for anything else, never an error."""
     try:
-        state, _ = _inspect(_Target.of(store))
+        state, _ = _inspect(_Target.of(store, storage_options))
     except StoreError:
         return False
     return state == "complete"
 
 
-def open_zarr(store: Any, *, chunks: Any = None, validate_schema: bool = True) -> xr.Dataset:
+def open_zarr(
+    store: Any,
+    *,
+    chunks: Any = None,
+    validate_schema: bool = True,
+    storage_options: dict[str, Any] | None = None,
+) -> xr.Dataset:
     """Open a store written by :func:`to_zarr`, lazily, with its CRS.
+
+    ``storage_options`` go to the fsspec file system of a URL, as in :func:`to_zarr`.
 
     The result records the store in ``encoding["source"]`` (of the dataset and of
     each variable), so that :func:`to_zarr` never writes over its own input.
@@ -675,13 +704,13 @@ def open_zarr(store: Any, *, chunks: Any = None, validate_schema: bool = True) -
         Nothing there; not a store of this library (a file, a folder of other files,
         a Zarr store of other software); or a store not written to the end.
     """
-    target = _Target.of(store)
+    target = _Target.of(store, storage_options)
     state, doc = _inspect(target)
     _check_readable(target, state, doc)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=zarr.errors.ZarrUserWarning)
         ds = xr.open_zarr(
-            target.url,
+            target.zarr_store if target.storage_options else target.url,
             chunks=chunks if chunks is not None else {},
             consolidated=True,
             decode_coords="all",

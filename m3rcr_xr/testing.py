@@ -14,7 +14,11 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,9 @@ __all__ = [
     "CountingScheduler",
     "raise_if_dask_computes",
     "seeded_checkpoint",
+    "serve_directory",
     "small_scene",
+    "stac_item",
 ]
 
 #: the smallest DSen2-CR worth running: for tests that only need a model to move data
@@ -81,3 +87,63 @@ def seeded_checkpoint(path: str | Path, **config: Any) -> Path:
     path = Path(path)
     torch.save(models.build("dsen2_cr", **config).state_dict(), path)
     return path
+
+
+def stac_item(item_id: str, assets: Mapping[str, str | Path], when: datetime | None = None) -> Any:
+    """A STAC item for GeoTIFFs on one grid, with the ``proj`` extension filled from the
+    first file's header (CRS, shape, transform) and its footprint in lon/lat.
+
+    Examples
+    --------
+    >>> item = stac_item("p1", {"ortho_analytic_4b_sr": "cloudy.tif"})  # doctest: +SKIP
+    >>> item.properties["proj:shape"]  # doctest: +SKIP
+    [300, 300]
+    """
+    import pystac
+    import rasterio
+    from odc.geo.geobox import GeoBox
+    from pystac.extensions.projection import ProjectionExtension
+
+    with rasterio.open(next(iter(assets.values()))) as src:
+        geobox = GeoBox(src.shape, src.transform, src.crs)
+    footprint = geobox.extent.to_crs("EPSG:4326")
+    item = pystac.Item(
+        item_id,
+        geometry=footprint.json,
+        bbox=list(footprint.boundingbox),
+        datetime=when or datetime(2020, 7, 1),
+        properties={},
+    )
+    for name, path in assets.items():
+        item.add_asset(name, pystac.Asset(str(path), media_type=pystac.MediaType.GEOTIFF))
+    projection = ProjectionExtension.ext(item, add_if_missing=True)
+    projection.code = f"EPSG:{geobox.crs.epsg}" if geobox.crs is not None else None
+    projection.shape = list(geobox.shape)
+    projection.transform = list(geobox.transform)[:6]
+    return item
+
+
+@contextlib.contextmanager
+def serve_directory(root: str | Path) -> Iterator[str]:
+    """Serve the files under ``root`` over HTTP on loopback, with range requests (as
+    GDAL's ``/vsicurl/`` needs); yields the base URL, ``http://127.0.0.1:PORT``.
+
+    The server runs in a child process: GDAL holds the GIL while it reads, so a server
+    thread in the reading process would never answer.
+
+    Examples
+    --------
+    >>> with serve_directory(".") as url:  # doctest: +SKIP
+    ...     m3rcr_xr.open_quartet(f"{url}/cloudy.tif")
+    """
+    server = Path(__file__).with_name("_range_server.py")  # run as a script: no package import
+    child = subprocess.Popen(
+        [sys.executable, str(server), str(root)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        child.terminate()
+        child.wait()

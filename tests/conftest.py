@@ -104,6 +104,45 @@ def _quartet(root: Path, season: str, aoi: str, n: str) -> dict[str, Path]:
     }
 
 
+# ------------------------------------------------------------ S3 on loopback
+@pytest.fixture(scope="session")
+def endpoint() -> Iterator[str]:
+    """An S3 endpoint on loopback (``http://127.0.0.1:PORT``)."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(endpoint: str, monkeypatch, tmp_path) -> Iterator[str]:
+    """A fresh bucket; credentials and endpoint only in the environment, where s3fs
+    (``AWS_ENDPOINT_URL_S3``) and GDAL (``AWS_S3_ENDPOINT``, plain HTTP, path-style
+    addresses) look for them."""
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "m3rcr-test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "m3rcr-test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    monkeypatch.setenv("AWS_S3_ENDPOINT", endpoint.removeprefix("http://"))
+    monkeypatch.setenv("AWS_HTTPS", "NO")
+    monkeypatch.setenv("AWS_VIRTUAL_HOSTING", "FALSE")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    s3fs.S3FileSystem.clear_instance_cache()
+    name = f"m3rcr-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem().mkdir(name)
+    yield name
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 # ------------------------------------------------------- data-safety helpers
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (or ``root`` itself when a file) with its bytes: what a
@@ -214,40 +253,6 @@ def worker_probe_peaks() -> dict[str, int]:
     """The peaks counted by :func:`start_worker_probe` (for ``client.run``)."""
     assert _PROBE is not None
     return dict(_PROBE.peak)
-
-
-# ------------------------------------------------------- S3 on loopback (moto)
-@pytest.fixture(scope="session")
-def endpoint() -> Iterator[str]:
-    """An S3 endpoint on loopback (``http://127.0.0.1:PORT``): moto in server mode."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(endpoint: str, monkeypatch, tmp_path) -> Iterator[str]:
-    """A fresh bucket; credentials and endpoint only in the environment."""
-    import s3fs
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "m3rcr-test-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "m3rcr-test-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    s3fs.S3FileSystem.clear_instance_cache()
-    name = f"m3rcr-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem().mkdir(name)
-    yield name
-    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="session")

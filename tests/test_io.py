@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import rasterio
+import xarray as xr
 from affine import Affine
 
 import m3rcr_xr
@@ -415,3 +416,43 @@ def test_chunks_that_are_not_chunks_are_a_usage_error(tmp_path, chunks):
     path = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
     with pytest.raises(m3rcr_xr.UsageError, match="chunks: expected 'auto', an int, a dict"):
         m3rcr_xr.open_quartet(path, chunks=chunks)
+
+
+# ------------------------------------------------------------------------ remote hrefs
+def _as_urls(quartet: dict, root, base: str) -> dict[str, str]:
+    return {name: f"{base}/{path.relative_to(root).as_posix()}" for name, path in quartet.items()}
+
+
+def test_open_quartet_reads_https_as_it_reads_paths(samples_dir, test_quartet, monkeypatch):
+    """Rasters and the .npy mask over HTTP (range requests, a server on loopback)."""
+    from m3rcr_xr.testing import serve_directory
+
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    local = m3rcr_xr.open_quartet(**test_quartet).compute()
+    with serve_directory(samples_dir) as url:
+        remote = m3rcr_xr.open_quartet(**_as_urls(test_quartet, samples_dir, url))
+        assert remote.encoding["source"][0].startswith(f"{url}/test/planet_cloudy_summer")
+        xr.testing.assert_identical(remote.compute(), local)
+        missing = f"{url}/test/nothing.tif"
+        with pytest.raises(m3rcr_xr.InputFileError, match=f"{missing}: cloudy cannot be read"):
+            m3rcr_xr.open_quartet(missing)
+        with pytest.raises(m3rcr_xr.MissingFileError, match=f"{url}/x.npy: cloudmask file"):
+            m3rcr_xr.open_quartet(test_quartet["cloudy"], cloudmask=f"{url}/x.npy")
+
+
+def test_open_m3rcr_from_s3_with_a_filelist_under_its_root(samples_dir, bucket, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.put(str(samples_dir / "test"), f"{bucket}/test", recursive=True)
+    fs.put(str(samples_dir / "one_test_sample.csv"), f"{bucket}/list.csv")
+    local = m3rcr_xr.open_m3rcr(samples_dir / "test", samples_dir / "one_test_sample.csv")
+    remote = m3rcr_xr.open_m3rcr(f"s3://{bucket}/test", f"s3://{bucket}/list.csv")
+    # one thread: GDAL holds the GIL while it reads, and moto answers from this process
+    xr.testing.assert_identical(remote.compute(scheduler="synchronous"), local.compute())
+    assert m3rcr_xr.open_m3rcr(f"s3://{bucket}/test").patch.values.tolist() == ["summer_33_p_1"]
+    line = (samples_dir / "one_test_sample.csv").read_text().splitlines()[0].split(",")
+    line[0] = "../elsewhere/a.tif"
+    fs.pipe_file(f"{bucket}/escape.csv", (",".join(line) + "\n").encode())
+    with pytest.raises(m3rcr_xr.UnsafePathError, match="escapes the data root s3://"):
+        m3rcr_xr.open_m3rcr(f"s3://{bucket}/test", f"s3://{bucket}/escape.csv")

@@ -1,10 +1,10 @@
 """Zarr stores on S3-compatible object storage, through fsspec/s3fs.
 
-An S3 server (moto in server mode: real HTTP; the ``bucket`` fixture of conftest) runs on
-loopback for the session; the
-library is given nothing but ``s3://`` URLs, and s3fs takes the credentials and the
-endpoint from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-``AWS_ENDPOINT_URL_S3``), as it would on a cloud machine or an HPC login node.
+An S3 server (moto in server mode: real HTTP; fixtures ``endpoint`` and ``bucket`` in
+conftest) runs on loopback; the library is given nothing but ``s3://`` URLs, and s3fs
+takes the credentials and the endpoint from the environment (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL_S3``), as it would on a cloud machine or an
+HPC login node.
 """
 
 from __future__ import annotations
@@ -114,3 +114,22 @@ def test_s3_keeps_other_objects_and_one_writer(bucket):
     m3rcr_xr.to_zarr(scene, url)
     assert m3rcr_xr.is_complete(url)
     assert not fs.exists(f"{bucket}/scene.zarr/{store.LOCK}")
+
+
+def test_storage_options_reach_the_file_system(bucket, endpoint, monkeypatch):
+    """Credentials and endpoint given as storage_options, none in the environment."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name)
+    s3fs.S3FileSystem.clear_instance_cache()
+    options = {
+        "key": "m3rcr-test-key",
+        "secret": "m3rcr-test-secret",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
+    scene = m3rcr_xr.synthetic_scene((64, 48), seed=9)
+    url = f"s3://{bucket}/options.zarr"
+    m3rcr_xr.to_zarr(scene, url, storage_options=options)
+    assert m3rcr_xr.is_complete(url, storage_options=options)
+    _same(m3rcr_xr.open_zarr(url, storage_options=options), scene)
+    with pytest.raises(StoreError, match="a complete store exists"):
+        m3rcr_xr.to_zarr(scene, url, storage_options=options)

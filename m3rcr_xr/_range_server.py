@@ -1,0 +1,55 @@
+"""An HTTP file server with range requests, for :func:`m3rcr_xr.testing.serve_directory`.
+
+Run as a script (``python _range_server.py ROOT``): it prints its port, then serves the
+files under ROOT on 127.0.0.1 until killed. Python's own server answers a range request
+with the whole file; GDAL's ``/vsicurl/`` reads files by ranges.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class _RangeRequestHandler(SimpleHTTPRequestHandler):
+    """Python's file server, plus the HTTP range requests GDAL's ``/vsicurl/`` makes."""
+
+    def send_head(self) -> Any:
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
+        path = self.translate_path(self.path)
+        if wanted is None or not os.path.isfile(path):
+            return super().send_head()
+        size = os.path.getsize(path)
+        start = int(wanted[1])
+        end = min(int(wanted[2]) if wanted[2] else size - 1, size - 1)
+        if start >= size:
+            self.send_error(416, "range not satisfiable")
+            return None
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            body = handle.read(end - start + 1)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return io.BytesIO(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: tests read the files, not the log."""
+
+
+def main(root: str) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_RangeRequestHandler, directory=root))
+    print(server.server_port, flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,116 @@
+"""Where the data lives: local paths, and remote hrefs (``https://``, ``s3://``, any fsspec URL).
+
+The readers take a remote href wherever they take a path. Rasters are read by GDAL
+(rasterio turns ``https://`` into ``/vsicurl/`` and ``s3://`` into ``/vsis3/``); other
+files (``.npy`` masks, file lists, STAC JSON) through fsspec. Credentials and endpoints
+come from where GDAL and s3fs look for them: ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL_S3`` (s3fs) and ``AWS_S3_ENDPOINT``,
+``AWS_HTTPS``, ``AWS_VIRTUAL_HOSTING`` (GDAL), or the machine's role.
+
+A remote href is kept as the string the user wrote: ``Path("https://h/a.tif")`` would
+collapse its ``//``.
+
+Examples
+--------
+>>> is_remote("s3://bucket/cloudy.tif"), is_remote("data/cloudy.tif")
+(True, False)
+>>> join("https://example.org/m3rcr/test", "S1/a.tif")
+'https://example.org/m3rcr/test/S1/a.tif'
+>>> join("https://example.org/m3rcr/test", "../train/a.tif")
+Traceback (most recent call last):
+...
+m3rcr_xr.exceptions.UnsafePathError: ../train/a.tif: path escapes the data root https://example.org/m3rcr/test
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from os import PathLike
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import fsspec
+
+from .exceptions import InputFileError, UnsafePathError
+
+PathType = str | PathLike
+#: a URL scheme (``s3://``, ``https://``); ``file://`` is a local path
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def is_remote(href: PathType) -> bool:
+    """True for a URL with a scheme other than ``file://``."""
+    match = _SCHEME.match(str(href)) if isinstance(href, str) else None
+    return match is not None and match["scheme"].lower() != "file"
+
+
+def as_href(href: PathType) -> str | Path:
+    """A remote href unchanged, anything else as a :class:`~pathlib.Path`."""
+    return str(href) if is_remote(href) else Path(href)
+
+
+def name_of(href: PathType) -> PurePosixPath:
+    """The path part of ``href`` (for ``.stem``, ``.suffix``, ``.name``)."""
+    return PurePosixPath(urlsplit(str(href)).path if is_remote(href) else Path(href).as_posix())
+
+
+def is_file(href: PathType) -> bool:
+    """True when ``href`` is a file (a remote one is asked for, once)."""
+    if not is_remote(href):
+        return Path(href).is_file()
+    fs, path = fsspec.core.url_to_fs(str(href))
+    try:
+        return fs.isfile(path)
+    except OSError:  # unreachable host, refused credentials: not a file we can read
+        return False
+
+
+def is_dir(href: PathType) -> bool:
+    """True when ``href`` is a folder (an object-store prefix holding objects)."""
+    if not is_remote(href):
+        return Path(href).is_dir()
+    fs, path = fsspec.core.url_to_fs(str(href))
+    try:
+        return fs.isdir(path)
+    except OSError:
+        return False
+
+
+def read_bytes(href: PathType, what: str) -> bytes:
+    """The bytes of a local or remote file; :class:`InputFileError` naming it otherwise."""
+    try:
+        with fsspec.open(str(href), "rb") as handle:
+            return handle.read()
+    except (OSError, ValueError) as err:  # aiohttp's and botocore's errors are OSErrors
+        raise InputFileError(f"{href}: {what} cannot be read ({err})") from err
+
+
+def join(root: PathType, relative: str) -> str | Path:
+    """``root / relative``, refusing anything outside ``root``.
+
+    A file list names files under its data root only: an absolute path or URL, or one
+    that resolves (``..``, symbolic links for local roots) outside the root, raises
+    :class:`UnsafePathError`. A remote root is held to the same rule on its URL path.
+    """
+    if Path(relative).is_absolute() or _SCHEME.match(relative):
+        raise UnsafePathError(f"{relative}: absolute path in a file list (must be under {root})")
+    if not is_remote(root):
+        resolved = (Path(root) / relative).resolve()
+        if not resolved.is_relative_to(Path(root).resolve()):
+            raise UnsafePathError(f"{relative}: path escapes the data root {root}")
+        return resolved
+    base = str(root).rstrip("/")
+    joined = posixpath.normpath(posixpath.join(urlsplit(base).path or "/", relative))
+    if not (joined + "/").startswith(urlsplit(base).path.rstrip("/") + "/"):
+        raise UnsafePathError(f"{relative}: path escapes the data root {root}")
+    return f"{base}/{posixpath.normpath(relative)}"
+
+
+def glob(root: PathType, pattern: str) -> list[str]:
+    """Paths under ``root`` that match ``pattern``, relative to ``root``, sorted."""
+    if not is_remote(root):
+        return sorted(p.relative_to(root).as_posix() for p in Path(root).glob(pattern))
+    fs, path = fsspec.core.url_to_fs(str(root))
+    base = path.rstrip("/") + "/"
+    return sorted(found[len(base) :] for found in fs.glob(base + pattern))

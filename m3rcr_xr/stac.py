@@ -1,0 +1,546 @@
+"""Scenes from STAC: PlanetScope, Sentinel-1 RTC and ESA WorldCover items, via odc-stac.
+
+:func:`open_stac` returns the same *scene* as :func:`m3rcr_xr.open_quartet` (see
+:mod:`m3rcr_xr.schema`), from STAC items instead of files: the optical items define
+the grid (one CRS, 3 m), several of them are mosaicked into one scene (the first item
+with a valid pixel wins), and the 10 m layers go onto that grid as ``align="coords"``
+puts them: by nearest, each optical pixel centre taking the coarse pixel that holds it.
+
+The asset layouts it knows (:data:`ASSETS`; any name can be overridden with
+``assets=``):
+
+``ortho_analytic_4b_sr``
+    PlanetScope surface reflectance, 4 bands (blue, green, red, NIR), uint16
+    reflectance x10000, nodata 0.
+``ortho_udm2``
+    PlanetScope's usable data mask (8 bands), loaded as the variable ``udm2``
+    (``udm2_band``, y, x) when every optical item has it.
+``vv``, ``vh``
+    Sentinel-1 RTC backscatter in linear power, converted to dB (``10 log10``; powers
+    at or below :data:`SAR_POWER_FLOOR` become :data:`SAR_DB_FLOOR`, -50 dB).
+``map``
+    ESA WorldCover class codes.
+
+Items need the ``proj`` extension (a CRS, ``proj:shape`` and ``proj:transform``):
+it gives each item's grid without opening its files. Each asset's header is still
+read once at open time, so that a missing or unreachable file fails now, naming it,
+not half-way through a write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import pystac
+import rasterio
+import xarray as xr
+from affine import Affine
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import BoundingBox, Geometry, box, unary_union
+from rasterio.errors import RasterioError
+
+from . import href
+from .align import align_to, fill_nan_with_mean
+from .exceptions import AlignmentError, InputFileError, UsageError, argument
+from .io import (
+    _as_uint16,
+    _assemble,
+    _check_header,
+    _map_blocks,
+    _rechunk_like,
+    _spatial_chunks,
+    describe_optical,
+    landcover_attrs,
+    sar_attrs,
+)
+from .landcover import NODATA_CODE, to_worldcover
+from .schema import BANDS, POLARIZATIONS, validate
+
+log = logging.getLogger(__name__)
+
+#: asset names of each layer, as PlanetScope, Sentinel-1 RTC and WorldCover items have them
+ASSETS: Mapping[str, str] = {
+    "optical": "ortho_analytic_4b_sr",
+    "udm2": "ortho_udm2",
+    "vv": "vv",
+    "vh": "vh",
+    "landcover": "map",
+}
+#: bands of a PlanetScope UDM2 asset
+UDM2_BANDS = 8
+#: linear SAR power at or below this (zeros included) is taken as this value: -50 dB
+SAR_POWER_FLOOR = 1e-5
+SAR_DB_FLOOR = 10 * math.log10(SAR_POWER_FLOOR)
+#: asset headers read at once when an open checks them (remote reads wait on the network)
+HEADER_THREADS = 8
+
+ItemsLike = (
+    pystac.Item | pystac.ItemCollection | pystac.Catalog | Iterable[pystac.Item] | str | PathLike
+)
+
+
+# -------------------------------------------------------------------------- items
+class _FsspecStacIO(pystac.stac_io.DefaultStacIO):
+    """pystac reads through fsspec: local paths, ``https://`` and ``s3://`` alike."""
+
+    def read_text_from_href(self, href_: str) -> str:
+        return href.read_bytes(href_, "STAC JSON").decode("utf-8")
+
+
+def read_items(source: ItemsLike) -> list[pystac.Item]:
+    """The STAC items of ``source``: an item, an item collection, a catalog (all its
+    items, recursively), a sequence of items, or the path or URL of any of them as JSON.
+
+    Raises
+    ------
+    InputFileError
+        Naming the file or URL: it cannot be read, or is not STAC JSON.
+    """
+    if isinstance(source, pystac.Item):
+        return [source]
+    if isinstance(source, pystac.Catalog):
+        return list(source.get_items(recursive=True))
+    if isinstance(source, str | PathLike):
+        return _read_json_items(source)
+    items = list(source)
+    wrong = [type(item).__name__ for item in items if not isinstance(item, pystac.Item)]
+    if wrong:
+        raise UsageError(f"expected STAC items, got {wrong[0]}")
+    return items
+
+
+def _read_json_items(source: str | PathLike) -> list[pystac.Item]:
+    location = str(source) if href.is_remote(source) else os.path.abspath(source)
+    stac_io = _FsspecStacIO()
+    try:
+        doc = json.loads(stac_io.read_text_from_href(location))
+        if doc.get("type") == "FeatureCollection":
+            items = list(pystac.ItemCollection.from_dict(doc))
+            for item in items:  # relative asset hrefs: relative to the collection's file
+                if item.get_self_href() is None:
+                    item.set_self_href(location)
+            return items
+        found = pystac.read_file(location, stac_io=stac_io)
+        return [found] if isinstance(found, pystac.Item) else list(found.get_items(recursive=True))  # type: ignore[attr-defined]
+    except InputFileError:  # a file that cannot be read, already named
+        raise
+    except (ValueError, KeyError, AttributeError, pystac.STACError) as err:
+        raise InputFileError(
+            f"{source}: not a STAC item, item collection or catalog ({err})"
+        ) from err
+
+
+def _crs(item: pystac.Item, asset: pystac.Asset) -> str | None:
+    """The CRS of an asset from the ``proj`` extension (on the asset, else the item)."""
+    for fields in (asset.extra_fields, item.properties):
+        if fields.get("proj:code"):
+            return str(fields["proj:code"])
+        if fields.get("proj:epsg"):
+            return f"EPSG:{int(fields['proj:epsg'])}"
+        if fields.get("proj:wkt2"):
+            return str(fields["proj:wkt2"])
+    return None
+
+
+def _proj(item: pystac.Item, asset: pystac.Asset, key: str) -> Any:
+    return asset.extra_fields.get(key, item.properties.get(key))
+
+
+def _asset(item: pystac.Item, asset_name: str) -> pystac.Asset:
+    if asset_name not in item.assets:
+        raise InputFileError(
+            f"STAC item {item.id!r}: no asset {asset_name!r} (it has {sorted(item.assets)}); "
+            f"name the asset with {argument('assets', {'LAYER': 'NAME'})}"
+        )
+    return item.assets[asset_name]
+
+
+def item_geobox(item: pystac.Item, asset_name: str) -> GeoBox:
+    """The pixel grid of an item's asset, from its ``proj`` fields.
+
+    Raises
+    ------
+    InputFileError
+        Naming the item: it has no such asset, or no CRS, shape or transform.
+    """
+    asset = _asset(item, asset_name)
+    crs = _crs(item, asset)
+    shape, transform = _proj(item, asset, "proj:shape"), _proj(item, asset, "proj:transform")
+    if crs is None or shape is None or transform is None:
+        missing = [
+            k for k, v in (("CRS", crs), ("shape", shape), ("transform", transform)) if not v
+        ]
+        raise InputFileError(
+            f"STAC item {item.id!r}: asset {asset_name!r} has no {' or '.join(missing)} "
+            "(the proj extension: proj:code or proj:epsg, proj:shape, proj:transform)"
+        )
+    return GeoBox(tuple(shape), Affine(*transform[:6]), crs)
+
+
+# -------------------------------------------------------------------------- grids
+def snapped_geobox(bounds: BoundingBox, crs: Any, grid: Affine) -> GeoBox:
+    """The smallest grid that covers ``bounds``, with the pixels of ``grid`` (size and
+    phase), so that one item alone gives back its own grid exactly."""
+
+    def edges(low: float, high: float, origin: float, step: float) -> tuple[float, int]:
+        first = math.floor(round((low - origin) / step, 6))
+        last = math.ceil(round((high - origin) / step, 6))
+        return origin + first * step, max(last - first, 1)
+
+    left, width = edges(bounds.left, bounds.right, grid.c, grid.a)
+    top, height = edges(-bounds.top, -bounds.bottom, -grid.f, -grid.e)
+    return GeoBox((height, width), Affine(grid.a, 0, left, 0, grid.e, -top), crs)
+
+
+def _union(geoboxes: Sequence[GeoBox], crs: Any) -> Geometry:
+    union = unary_union(g.extent.to_crs(crs) for g in geoboxes)
+    assert union is not None  # a union of at least one extent
+    return union
+
+
+def _check_overlap(items: Sequence[pystac.Item], geoboxes: Sequence[GeoBox], scene: Geometry):
+    for item, geobox in zip(items, geoboxes, strict=True):
+        if not geobox.extent.to_crs(scene.crs).intersects(scene):  # type: ignore[arg-type]
+            raise AlignmentError(f"STAC item {item.id!r}: does not overlap the scene's extent")
+
+
+def optical_geobox(
+    items: Sequence[pystac.Item],
+    asset_name: str,
+    *,
+    bbox: Sequence[float] | None = None,
+    crs: Any = None,
+    resolution: float = 3.0,
+) -> GeoBox:
+    """The scene's grid: the optical items' extent (or ``bbox``, lon/lat), in ``crs``
+    (default: the first item's), ``resolution`` metres, on the first item's pixel phase.
+
+    Raises
+    ------
+    InputFileError
+        An item without the asset or its ``proj`` fields.
+    AlignmentError
+        An item that overlaps neither ``bbox`` nor the other items.
+    """
+    geoboxes = [item_geobox(item, asset_name) for item in items]
+    first = geoboxes[0]
+    target = crs if crs is not None else first.crs
+    assert target is not None  # item_geobox refuses an item without a CRS
+    if bbox is not None:
+        west, south, east, north = bbox
+        region = box(west, south, east, north, "EPSG:4326").to_crs(target)
+        _check_overlap(items, geoboxes, region)
+    else:
+        region = _union(geoboxes, target)
+        for index, item in enumerate(items[1:], start=1):
+            _check_overlap([item], [geoboxes[index]], _union(geoboxes[:index], target))
+    grid = Affine(resolution, 0, 0, 0, -resolution, 0)
+    if first.crs == target and first.resolution.x == resolution:
+        grid = first.transform
+    return snapped_geobox(region.boundingbox, target, grid)
+
+
+def _coarse_geobox(geoboxes: Sequence[GeoBox], scene: GeoBox) -> GeoBox | None:
+    """The coarse items' own grid over the scene (one pixel beyond its edges), when they
+    share the scene's CRS: loaded there and aligned by coordinates as
+    :func:`m3rcr_xr.align.align_to` does. None when a CRS differs: then odc-stac
+    reprojects them onto the scene's grid by nearest, as ``align_to`` does too."""
+    if any(g.crs != scene.crs for g in geoboxes):
+        return None
+    grid = geoboxes[0].transform
+    margin = abs(grid.a)
+    covered = _union(geoboxes, scene.crs).boundingbox
+    wanted = scene.extent.buffer(margin).boundingbox
+    bounds = BoundingBox(
+        max(covered.left, wanted.left),
+        max(covered.bottom, wanted.bottom),
+        min(covered.right, wanted.right),
+        min(covered.top, wanted.top),
+    )
+    return snapped_geobox(bounds, scene.crs, grid)
+
+
+# ------------------------------------------------------------------------ headers
+def _header(item: pystac.Item, asset_name: str) -> tuple[str, int, str, float | None]:
+    """(href, band count, dtype, nodata) from the asset's file header, checked as
+    :func:`m3rcr_xr.io.open_raster` checks a file."""
+    location = item.assets[asset_name].get_absolute_href() or item.assets[asset_name].href
+    what = f"STAC item {item.id!r} asset {asset_name!r}"
+    try:
+        with rasterio.open(location) as src:
+            _check_header(location, what, src)
+            return location, src.count, src.dtypes[0], src.nodata
+    except RasterioError as err:
+        raise InputFileError(f"{location}: {what} cannot be read ({err})") from err
+
+
+def _headers(items: Sequence[pystac.Item], asset_name: str) -> list[tuple[str, int, str, Any]]:
+    with ThreadPoolExecutor(HEADER_THREADS) as pool:
+        return list(pool.map(lambda item: _header(item, asset_name), items))
+
+
+def _declare_bands(item: pystac.Item, asset_name: str, header: tuple) -> None:
+    """Give odc-stac the band layout of an asset from its file header, where the item
+    does not declare it (``raster:bands``): without it, odc-stac reads band 1 only."""
+    asset = item.assets[asset_name]
+    if asset.extra_fields.get("raster:bands") or asset.extra_fields.get("bands"):
+        return
+    _, count, dtype, nodata = header
+    band = {"data_type": dtype, **({"nodata": nodata} if nodata is not None else {})}
+    asset.extra_fields["raster:bands"] = [dict(band) for _ in range(count)]
+
+
+def _prepared(
+    items: Sequence[pystac.Item], asset_name: str, count: int | None, layer: str
+) -> list[str]:
+    """Check the asset of every item (proj fields, header, band count), declare its
+    band layout for odc-stac; return the files' hrefs."""
+    for item in items:
+        item_geobox(item, asset_name)
+    headers = _headers(items, asset_name)
+    for item, header in zip(items, headers, strict=True):
+        if count is not None and header[1] != count:
+            raise InputFileError(
+                f"{header[0]}: STAC item {item.id!r} asset {asset_name!r} has {header[1]} "
+                f"band(s); {layer} needs {count}"
+            )
+        _declare_bands(item, asset_name, header)
+    return [header[0] for header in headers]
+
+
+# ------------------------------------------------------------------------ loading
+def _one_group(*_: Any) -> int:
+    """odc-stac's ``groupby``: every item in one group, one scene (a mosaic)."""
+    return 0
+
+
+def _load(
+    items: Sequence[pystac.Item], bands: list[str], geobox: GeoBox, chunks: Any, **kwargs: Any
+) -> xr.Dataset:
+    import odc.stac
+
+    loaded = odc.stac.load(
+        items,
+        bands=bands,
+        geobox=geobox,
+        groupby=_one_group,
+        preserve_original_order=True,  # the first item given wins where they overlap
+        resampling="nearest",
+        chunks=chunks,
+        **kwargs,
+    )
+    return loaded.isel(time=0, drop=True)
+
+
+def _stack(loaded: xr.Dataset, names: Sequence[str], dim: str) -> xr.DataArray:
+    """The variables ``names`` of odc-stac's result as one array along ``dim``."""
+    array = xr.concat([loaded[name] for name in names], dim=dim)
+    array.attrs = {"_FillValue": loaded[names[0]].attrs.get("nodata")}
+    return array.rio.write_crs(loaded.rio.crs)
+
+
+def _band_names(asset_name: str, count: int) -> list[str]:
+    return [f"{asset_name}.{i}" for i in range(1, count + 1)] if count > 1 else [asset_name]
+
+
+def _optical(
+    items: Sequence[pystac.Item], asset_name: str, geobox: GeoBox, chunks: Any
+) -> tuple[xr.DataArray, list[str]]:
+    sources = _prepared(items, asset_name, len(BANDS), "optical")
+    bands = _band_names(asset_name, len(BANDS))
+    array = _stack(_load(items, bands, geobox, chunks), bands, "band")
+    return describe_optical(_as_uint16(array, sources[0], "cloudy"), "cloudy"), sources
+
+
+def _udm2(
+    items: Sequence[pystac.Item], asset_name: str, geobox: GeoBox, chunks: Any
+) -> tuple[xr.DataArray, list[str]]:
+    sources = _prepared(items, asset_name, UDM2_BANDS, "udm2")
+    bands = _band_names(asset_name, UDM2_BANDS)
+    array = _stack(_load(items, bands, geobox, chunks), bands, "udm2_band")
+    array = array.assign_coords(udm2_band=np.arange(1, UDM2_BANDS + 1))
+    array.attrs = {"long_name": "PlanetScope usable data mask (UDM2)"}
+    return array, sources
+
+
+def _coarse(
+    items: Sequence[pystac.Item],
+    asset_names: Sequence[str],
+    scene: GeoBox,
+    chunks: Any,
+    dim: str,
+    **kwargs: Any,
+) -> tuple[xr.DataArray, GeoBox | None, list[str]]:
+    """The assets (one band each) stacked along ``dim``, on their own grid where they
+    share the scene's CRS (else on the scene's); the declared nodata in ``_FillValue``."""
+    sources = [h for name in asset_names for h in _prepared(items, name, 1, dim)]
+    geoboxes = [item_geobox(item, asset_names[0]) for item in items]
+    _check_overlap(items, geoboxes, scene.extent)
+    native = _coarse_geobox(geoboxes, scene)
+    loaded = _load(items, list(asset_names), native or scene, chunks, **kwargs)
+    return _stack(loaded, asset_names, dim), native, sources
+
+
+def to_db(power: xr.DataArray) -> xr.DataArray:
+    """Linear SAR power in dB: ``10 log10``, powers at or below :data:`SAR_POWER_FLOOR`
+    (zeros, negative noise) taken as the floor (-50 dB); NaN stays NaN.
+
+    Examples
+    --------
+    >>> to_db(xr.DataArray(np.array([1.0, 0.01, 0.0], dtype="float32"))).values
+    array([  0., -20., -50.], dtype=float32)
+    """
+    floored = power.where(np.isnan(power) | (power > SAR_POWER_FLOOR), SAR_POWER_FLOOR)
+    return (10 * np.log10(floored)).astype("float32")
+
+
+def _on_scene(array: xr.DataArray, native: GeoBox | None, optical: xr.DataArray, fill: Any):
+    if native is None:
+        return array.assign_coords(y=optical["y"].values, x=optical["x"].values)
+    return align_to(array, optical, method="coords", fill=fill)
+
+
+def _sar(items, assets: Mapping[str, str], scene: GeoBox, optical: xr.DataArray, chunks: Any):
+    power, native, sources = _coarse(
+        items, [assets["vv"], assets["vh"]], scene, chunks, "polarization", dtype="float32"
+    )
+    nodata = power.attrs["_FillValue"]
+    if nodata is not None and not np.isnan(nodata):  # declared nodata: holes, as NaN
+        power = power.where(power != nodata)
+    array = to_db(power).assign_coords(polarization=list(POLARIZATIONS)).rename("sar")
+    array = fill_nan_with_mean(array.rio.write_crs(power.rio.crs), per_band=True)
+    aligned = _on_scene(array, native, optical, np.nan)
+    aligned.attrs = sar_attrs(array.attrs["nan_fill"], "coords")
+    return _rechunk_like(aligned, optical), sources
+
+
+def _landcover(items, assets: Mapping[str, str], scene, optical: xr.DataArray, chunks: Any):
+    codes, native, sources = _coarse(items, [assets["landcover"]], scene, chunks, "band")
+    nodata = codes.attrs["_FillValue"]
+    array = _map_blocks(
+        to_worldcover,
+        codes.isel(band=0, drop=True),
+        "uint8",
+        nodata=nodata,
+        source=f"{sources[0]}: landcover",
+    ).rio.write_crs(codes.rio.crs)
+    aligned = _on_scene(array.rename("landcover"), native, optical, NODATA_CODE)
+    aligned.attrs = landcover_attrs("coords")
+    return _rechunk_like(aligned, optical), sources
+
+
+def _asset_names(assets: Mapping[str, str] | None) -> dict[str, str]:
+    unknown = sorted(set(assets or {}) - set(ASSETS))
+    if unknown:
+        raise UsageError(
+            f"{argument('assets', dict(assets or {}))}: unknown layer {unknown[0]!r} "
+            f"(layers: {', '.join(ASSETS)})"
+        )
+    return {**ASSETS, **(assets or {})}
+
+
+def _stac_chunks(chunks: Any) -> dict[str, int] | None:
+    spatial = _spatial_chunks(chunks)
+    return None if spatial is None else {k: v for k, v in spatial.items() if k in ("y", "x")}
+
+
+def with_cloudmask(ds: xr.Dataset) -> xr.Dataset:
+    """MERGE HOOK (issue 10): where ``m3rcr_xr.cloudmask`` exists, it turns ``udm2``
+    into ``cloudmask`` (and nodata); until it is wired here the scene keeps ``udm2``."""
+    return ds
+
+
+def open_stac(
+    optical_items: ItemsLike,
+    *,
+    sar_items: ItemsLike | None = None,
+    landcover_items: ItemsLike | None = None,
+    bbox: Sequence[float] | None = None,
+    crs: Any = None,
+    resolution: float = 3.0,
+    chunks: Any = "auto",
+    assets: Mapping[str, str] | None = None,
+) -> xr.Dataset:
+    """Open a scene from STAC items: PlanetScope optical, Sentinel-1 RTC, WorldCover.
+
+    Parameters
+    ----------
+    optical_items
+        PlanetScope items (4-band surface reflectance): an item, an item collection, a
+        catalog, a list of items, or the path or URL (``https://``, ``s3://``) of their
+        JSON. Several are mosaicked into one scene, the first given winning where they
+        overlap; items in other CRSs (UTM zones) are reprojected onto one.
+    sar_items, landcover_items
+        Sentinel-1 RTC items (``vv``, ``vh`` in linear power) and WorldCover items
+        (``map``), in the same forms; optional.
+    bbox
+        (west, south, east, north) in degrees; default: the optical items' extent.
+    crs
+        CRS of the scene; default: the first optical item's.
+    resolution
+        Pixel size in metres (3 for PlanetScope).
+    chunks
+        As in :func:`m3rcr_xr.open_quartet`: ``"auto"``, an int, a dict or None.
+    assets
+        Asset names instead of :data:`ASSETS`, e.g. ``{"optical": "analytic_sr"}``
+        (layers ``optical``, ``udm2``, ``vv``, ``vh``, ``landcover``).
+
+    Returns
+    -------
+    xr.Dataset
+        A scene: ``cloudy``, and ``sar``, ``landcover`` when their items are given;
+        ``udm2`` when every optical item has that asset. ``encoding["source"]`` lists
+        the files read.
+
+    Raises
+    ------
+    InputFileError
+        The JSON or an asset cannot be read; an item lacks an asset asked for, or the
+        ``proj`` fields (CRS, shape, transform); an asset has the wrong band count.
+    AlignmentError
+        An item overlaps neither the scene nor the other optical items.
+
+    Examples
+    --------
+    >>> scene = open_stac("planet/items.json", sar_items="s1-rtc.json",
+    ...                   landcover_items="worldcover.json")  # doctest: +SKIP
+    >>> scene.m3rcr.decloud("dsen2_cr", "weights.pth")  # doctest: +SKIP
+    """
+    names = _asset_names(assets)
+    stac_chunks = _stac_chunks(chunks)
+    optical_list = read_items(optical_items)
+    if not optical_list:
+        raise InputFileError(f"{optical_items}: no STAC items found")
+    scene = optical_geobox(
+        optical_list, names["optical"], bbox=bbox, crs=crs, resolution=resolution
+    )
+    optical, sources = _optical(optical_list, names["optical"], scene, stac_chunks)
+    layers: dict[str, xr.DataArray] = {"cloudy": optical}
+    without = [item for item in optical_list if names["udm2"] not in item.assets]
+    if not without:
+        layers["udm2"], found = _udm2(optical_list, names["udm2"], scene, stac_chunks)
+        sources += found
+    elif assets and "udm2" in assets:  # asked for by name: its absence is an error
+        _asset(without[0], names["udm2"])
+    for given, opener, name in (
+        (sar_items, _sar, "sar"),
+        (landcover_items, _landcover, "landcover"),
+    ):
+        if given is None:
+            continue
+        items = read_items(given)
+        if not items:
+            raise InputFileError(f"{given}: no STAC items found for {name}")
+        layers[name], found = opener(items, names, scene, optical, stac_chunks)
+        sources += found
+    ds = _assemble(layers, optical)
+    ds.encoding["source"] = list(dict.fromkeys(sources))
+    return validate(with_cloudmask(ds))

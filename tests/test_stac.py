@@ -1,0 +1,284 @@
+"""Scenes from STAC (m3rcr_xr.stac): the same scene as open_quartet on the same files,
+by path, over HTTP (a range-serving server on loopback) and on S3 (moto)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import s3fs
+import xarray as xr
+from affine import Affine
+
+import m3rcr_xr
+from m3rcr_xr import stac
+from m3rcr_xr.cli import main
+from m3rcr_xr.exceptions import AlignmentError, InputFileError, UsageError
+from m3rcr_xr.testing import raise_if_dask_computes, serve_directory, stac_item
+from tests.conftest import snapshot
+from tests.rasters import write_raster
+
+#: 96 x 96 px at 3 m and 30 x 30 px at 10 m over the same corner, UTM 32N near 12 E
+ZONE32 = "EPSG:32632"
+OPTICAL = Affine(3, 0, 735_000, 0, -3, 4_985_010)
+COARSE = Affine(10, 0, 735_000, 0, -10, 4_985_010)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """The GeoTIFFs of one scene: as a quartet (SAR in dB) and as STAC assets (vv, vh
+    in linear power, with a hole and a zero), plus a UDM2."""
+    root = tmp_path_factory.mktemp("stac-files")
+    rng = np.random.default_rng(0)
+    cloudy = rng.integers(1, 10_000, (4, 96, 96), dtype=np.uint16)
+    db = rng.uniform(-30, 0, (2, 30, 30)).astype(np.float32)
+    db[0, 3, 4] = np.nan  # a hole: filled with the band mean
+    db[1, 7, 8] = -50.0  # zero power: the -50 dB floor
+    power = np.where(np.isnan(db), np.nan, 10 ** (db.astype(np.float64) / 10)).astype(np.float32)
+    power[1, 7, 8] = 0.0
+    codes = rng.choice(np.array([10, 20, 30, 40, 50, 80], dtype=np.uint8), (1, 30, 30))
+    udm2 = rng.integers(0, 2, (8, 96, 96), dtype=np.uint8)
+    return {
+        "cloudy": write_raster(root / "cloudy.tif", cloudy, OPTICAL, ZONE32, nodata=0),
+        "udm2": write_raster(root / "udm2.tif", udm2, OPTICAL, ZONE32),
+        "sar": write_raster(root / "s1_db.tif", db, COARSE, ZONE32),
+        "vv": write_raster(root / "vv.tif", power[:1], COARSE, ZONE32),
+        "vh": write_raster(root / "vh.tif", power[1:], COARSE, ZONE32),
+        "landcover": write_raster(root / "map.tif", codes, COARSE, ZONE32),
+    }
+
+
+def write_catalog(root: Path, files: dict[str, Path]) -> Path:
+    """A static catalog with sub-catalogs planet/, s1/, worldcover/, one item each,
+    asset hrefs relative (so that it serves as well over HTTP as from disk)."""
+    catalog = pystac.Catalog("m3rcr", "test scene")
+    layouts = {
+        "planet": {"ortho_analytic_4b_sr": files["cloudy"], "ortho_udm2": files["udm2"]},
+        "s1": {"vv": files["vv"], "vh": files["vh"]},
+        "worldcover": {"map": files["landcover"]},
+    }
+    for name, assets in layouts.items():
+        child = pystac.Catalog(name, name)
+        copied = {}
+        for asset, path in assets.items():
+            target = root / name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+            copied[asset] = target
+        child.add_item(stac_item(f"{name}-1", copied))
+        catalog.add_child(child)
+    catalog.normalize_hrefs(str(root))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"
+
+
+@pytest.fixture(scope="module")
+def catalog(files, tmp_path_factory) -> Path:
+    return write_catalog(tmp_path_factory.mktemp("catalog"), files)
+
+
+@pytest.fixture(scope="module")
+def quartet(files) -> xr.Dataset:
+    return m3rcr_xr.open_quartet(
+        files["cloudy"], sar=files["sar"], landcover=files["landcover"]
+    ).compute()
+
+
+def open_catalog(base: str | Path, **kwargs) -> xr.Dataset:
+    return m3rcr_xr.open_stac(
+        f"{base}/planet/catalog.json",
+        sar_items=f"{base}/s1/catalog.json",
+        landcover_items=f"{base}/worldcover/catalog.json",
+        **kwargs,
+    )
+
+
+def assert_same_scene(scene: xr.Dataset, quartet: xr.Dataset) -> None:
+    """Bit-equal optical and land cover, SAR within 1e-5 dB, one grid and CRS."""
+    scene = scene.compute()
+    assert scene.rio.crs == quartet.rio.crs
+    assert scene.rio.transform() == quartet.rio.transform()
+    np.testing.assert_array_equal(scene["cloudy"].values, quartet["cloudy"].values)
+    np.testing.assert_array_equal(scene["landcover"].values, quartet["landcover"].values)
+    np.testing.assert_allclose(scene["sar"].values, quartet["sar"].values, rtol=0, atol=1e-5)
+    for name in ("cloudy", "sar", "landcover"):
+        assert scene[name].dtype == quartet[name].dtype
+        assert scene[name].attrs == quartet[name].attrs
+
+
+def test_a_scene_from_a_stac_catalog_is_the_quartet(catalog, quartet, files):
+    with raise_if_dask_computes():
+        scene = open_catalog(catalog.parent, chunks=32)
+    assert scene["cloudy"].chunks[1] == (32, 32, 32)
+    assert_same_scene(scene, quartet)
+    assert scene["udm2"].dims == ("udm2_band", "y", "x") and scene.sizes["udm2_band"] == 8
+    np.testing.assert_array_equal(scene["udm2"].values[:, :5, :5], _read(files["udm2"])[:, :5, :5])
+    assert {Path(s).name for s in scene.encoding["source"]} == {
+        "cloudy.tif",
+        "udm2.tif",
+        "vv.tif",
+        "vh.tif",
+        "map.tif",
+    }
+    assert float(scene["sar"].sel(polarization="VH")[24, 27]) == pytest.approx(-50.0)
+
+
+def _read(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def test_the_same_catalog_over_http(catalog, quartet, monkeypatch):
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")  # no folder listings
+    with serve_directory(catalog.parent) as url:
+        scene = open_catalog(url)
+        assert all(s.startswith(url) for s in scene.encoding["source"])
+        assert_same_scene(scene, quartet)
+
+
+def test_the_same_catalog_on_s3(catalog, quartet, bucket):
+    s3fs.S3FileSystem().put(str(catalog.parent), f"{bucket}/stac", recursive=True)
+    assert_same_scene(open_catalog(f"s3://{bucket}/stac"), quartet)
+
+
+def test_items_in_memory_and_an_item_collection(catalog, quartet, tmp_path):
+    sar = stac.read_items(catalog.parent / "s1" / "catalog.json")
+    collection = pystac.ItemCollection(sar)
+    collection.save_object(dest_href=str(tmp_path / "s1.json"))
+    scene = m3rcr_xr.open_stac(
+        pystac.Catalog.from_file(str(catalog.parent / "planet" / "catalog.json")),
+        sar_items=str(tmp_path / "s1.json"),
+    )
+    np.testing.assert_allclose(scene["sar"].values, quartet["sar"].values, atol=1e-5)
+
+
+def test_asset_names_can_be_overridden(files, quartet):
+    item = stac_item("p", {"analytic_sr": files["cloudy"]})
+    scene = m3rcr_xr.open_stac([item], assets={"optical": "analytic_sr"})
+    np.testing.assert_array_equal(scene["cloudy"].values, quartet["cloudy"].values)
+    assert "udm2" not in scene
+    with pytest.raises(InputFileError, match="STAC item 'p': no asset 'ortho_udm2'"):
+        m3rcr_xr.open_stac([item], assets={"optical": "analytic_sr", "udm2": "ortho_udm2"})
+    with pytest.raises(UsageError, match="unknown layer 'clouds'"):
+        m3rcr_xr.open_stac([item], assets={"clouds": "x"})
+
+
+def test_items_in_two_utm_zones_make_one_mosaic(tmp_path, files):
+    """A second item in zone 33 east of the first: one scene in the first's CRS, the
+    first item's pixels where it has data, the second's beyond."""
+    from odc.geo.geobox import GeoBox
+
+    west = _read(files["cloudy"])
+    west[:, :, -10:] = 0  # nodata: the mosaic takes the next item's pixels there
+    write_raster(tmp_path / "west.tif", west, OPTICAL, ZONE32, nodata=0)
+    first = GeoBox((96, 96), OPTICAL, ZONE32)
+    east_box = GeoBox.from_bbox(
+        first.extent.to_crs("EPSG:32633").boundingbox, "EPSG:32633", resolution=3
+    )
+    shifted = east_box.translate_pix(60, 0)  # ~180 m east of the first's left edge
+    east = np.full((4, *shifted.shape), 777, np.uint16)
+    write_raster(tmp_path / "east.tif", east, shifted.transform, "EPSG:32633", nodata=0)
+    items = [
+        stac_item("west", {"ortho_analytic_4b_sr": tmp_path / "west.tif"}),
+        stac_item("east", {"ortho_analytic_4b_sr": tmp_path / "east.tif"}),
+    ]
+    scene = m3rcr_xr.open_stac(items).compute()
+    assert scene.rio.crs == ZONE32
+    assert scene.sizes["x"] > 96 + 40
+    col, row = (~scene.rio.transform()) * (OPTICAL.c, OPTICAL.f)  # the first's corner
+    assert (col, row) == (int(col), int(row))  # on the first item's pixel grid
+    cloudy = scene["cloudy"].values[:, int(row) :, int(col) :]
+    np.testing.assert_array_equal(cloudy[:, :96, :86], west[:, :, :86])
+    assert (cloudy[:, 30:70, 88:96] == 777).all()  # the first's nodata, from "east"
+    assert (cloudy[:, 30:70, 100:140] == 777).all()
+    in_33 = m3rcr_xr.open_stac(items, crs="EPSG:32633")
+    assert in_33.rio.crs == "EPSG:32633"
+
+
+def test_an_item_without_the_asset_or_a_crs_is_refused(files):
+    item = stac_item("no-proj", {"ortho_analytic_4b_sr": files["cloudy"]})
+    for key in ("proj:code", "proj:epsg"):
+        item.properties.pop(key, None)
+    with pytest.raises(InputFileError, match="STAC item 'no-proj'.*no CRS"):
+        m3rcr_xr.open_stac([item])
+    sar = stac_item("s1", {"vv": files["vv"]})
+    optical = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
+    with pytest.raises(InputFileError, match="STAC item 's1': no asset 'vh'"):
+        m3rcr_xr.open_stac([optical], sar_items=[sar])
+
+
+def test_items_that_do_not_overlap_are_refused(files, tmp_path):
+    far = Affine(10, 0, 200_000, 0, -10, 4_985_010)
+    write_raster(tmp_path / "vv.tif", _read(files["vv"]), far, ZONE32)
+    write_raster(tmp_path / "vh.tif", _read(files["vh"]), far, ZONE32)
+    sar = stac_item("far-s1", {"vv": tmp_path / "vv.tif", "vh": tmp_path / "vh.tif"})
+    optical = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
+    with pytest.raises(AlignmentError, match="STAC item 'far-s1': does not overlap"):
+        m3rcr_xr.open_stac([optical], sar_items=[sar])
+    with pytest.raises(AlignmentError, match="STAC item 'p': does not overlap"):
+        m3rcr_xr.open_stac([optical], bbox=(0.0, 0.0, 0.1, 0.1))
+
+
+def test_an_unreachable_url_is_named_and_nothing_is_written(
+    catalog, files, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    with serve_directory(catalog.parent) as url:
+        missing = f"{url}/planet/nothing.json"
+        with pytest.raises(InputFileError, match=f"{missing}: STAC JSON cannot be read"):
+            m3rcr_xr.open_stac(missing)
+        item = stac_item("gone", {"ortho_analytic_4b_sr": files["cloudy"]})
+        item.assets["ortho_analytic_4b_sr"].href = f"{url}/planet/gone.tif"
+        with pytest.raises(InputFileError, match=f"{url}/planet/gone.tif: .*'gone'.*cannot be"):
+            m3rcr_xr.open_stac([item])
+        dest = tmp_path / "out.zarr"
+        assert main(["ingest", missing, str(dest)]) == 2
+    assert f"m3rcr ingest: error: {missing}" in capsys.readouterr().err
+    assert not dest.exists()
+
+
+def test_the_command_line_ingests_a_stac_catalog(catalog, quartet, tmp_path):
+    before = snapshot(catalog.parent)
+    dest = tmp_path / "scene.zarr"
+    base = catalog.parent
+    code = main(
+        [
+            "ingest",
+            str(base / "planet" / "catalog.json"),
+            str(dest),
+            "--sar",
+            str(base / "s1" / "catalog.json"),
+            "--landcover",
+            str(base / "worldcover" / "catalog.json"),
+        ]
+    )
+    assert code == 0
+    assert_same_scene(m3rcr_xr.open_zarr(dest), quartet)
+    assert snapshot(catalog.parent) == before
+
+
+def test_to_db_floors_zero_power():
+    power = xr.DataArray(np.array([1e-3, 0.0, -1.0, np.nan], dtype=np.float32))
+    db = stac.to_db(power).values
+    np.testing.assert_allclose(db[:3], [-30.0, stac.SAR_DB_FLOOR, stac.SAR_DB_FLOOR])
+    assert np.isnan(db[3]) and pytest.approx(-50.0) == stac.SAR_DB_FLOOR
+
+
+def test_the_scene_grid_is_the_first_items_grid(files):
+    item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
+    geobox = stac.optical_geobox([item], "ortho_analytic_4b_sr")
+    assert geobox.transform == OPTICAL and geobox.shape == (96, 96)
+    half = stac.optical_geobox([item], "ortho_analytic_4b_sr", resolution=6.0)
+    assert half.shape == (48, 48) and half.transform.a == 6.0
+
+
+def test_quartet_options_with_stac_items_are_a_usage_error(catalog, tmp_path, capsys):
+    items = str(catalog.parent / "planet" / "catalog.json")
+    assert main(["ingest", items, str(tmp_path / "x.zarr"), "--cloudfree", "cf.tif"]) == 2
+    assert "--cloudfree cf.tif: not with STAC items" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists()
