@@ -52,6 +52,7 @@ import numpy as np
 import xarray as xr
 from dask import delayed
 
+from .cloudmask import warn_if_estimated
 from .exceptions import (
     CheckpointError,
     ModelConfigError,
@@ -851,6 +852,7 @@ def decloud(
     template = ds["cloudy"]
     result = xr.DataArray(data, dims=template.dims, coords=template.coords, name="decloud")
     if composite:
+        warn_if_estimated(ds["cloudmask"], "decloud(composite=True)")
         result = result.where(ds["cloudmask"], template.astype(np.float32))
     result.attrs = {
         "long_name": "cloud-free estimate",
