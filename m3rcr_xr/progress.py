@@ -30,12 +30,10 @@ def progress_bar(total: int, desc: str, disable: bool = False) -> tqdm:
 
 
 def _distributed_client() -> Any | None:
-    # a client exists only once distributed is imported: importing it here (tornado and
-    # all, ~0.3 s and tens of MiB) for a plain threaded compute would only cost
-    if "distributed" not in sys.modules:
+    try:
+        from distributed import get_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
         return None
-    from distributed import get_client
-
     with contextlib.suppress(ValueError):
         return get_client()
     return None
