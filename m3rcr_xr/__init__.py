@@ -9,6 +9,7 @@ stores (:mod:`m3rcr_xr.store`), then inference or metrics. The data model is in
 from __future__ import annotations
 
 from . import accessor  # noqa: F401 - registers ds.m3rcr
+from .cloudmask import estimate_cloudmask, open_udm2, udm2_cloudmask, udm2_nodata
 from .cluster import local_cluster, pbs_cluster, slurm_cluster
 from .exceptions import (
     AlignmentError,
@@ -54,6 +55,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "decloud",
+    "estimate_cloudmask",
     "evaluate",
     "get_options",
     "is_collection",
@@ -62,6 +64,7 @@ __all__ = [
     "open_m3rcr",
     "open_quartet",
     "open_stac",
+    "open_udm2",
     "open_zarr",
     "pbs_cluster",
     "set_options",
@@ -69,5 +72,7 @@ __all__ = [
     "synthetic_collection",
     "synthetic_scene",
     "to_zarr",
+    "udm2_cloudmask",
+    "udm2_nodata",
     "validate",
 ]

@@ -19,8 +19,9 @@ Pixels of the optical grid outside the coarse layer become ``fill`` (NaN for SAR
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 from affine import Affine
@@ -82,17 +83,81 @@ def shape_index(coarse: int, fine: int) -> np.ndarray:
     return np.floor((np.arange(fine) + 0.5) * coarse / fine).astype(np.int64)
 
 
-def _take(layer: xr.DataArray, rows: np.ndarray, cols: np.ndarray, fill) -> xr.DataArray:
-    """Orthogonal take along y and x; -1 marks pixels outside the layer."""
+def _take(
+    layer: xr.DataArray, rows: np.ndarray, cols: np.ndarray, fill, target: xr.DataArray
+) -> xr.DataArray:
+    """Orthogonal take along y and x (-1 marks pixels outside the layer, which become
+    ``fill``), lazily in the chunks of ``target`` when ``layer`` is on Dask."""
     if (rows < 0).all() or (cols < 0).all():
         raise AlignmentError(f"{layer.name or 'layer'}: does not overlap the optical grid")
-    taken = layer.isel(y=np.clip(rows, 0, None), x=np.clip(cols, 0, None))
-    inside = xr.DataArray(rows >= 0, dims="y") & xr.DataArray(cols >= 0, dims="x")
-    if not bool(inside.all()):
-        taken = taken.where(inside, fill)
-        if not np.isnan(fill):
-            taken = taken.astype(layer.dtype)
-    return taken
+    outside = bool((rows < 0).any() or (cols < 0).any())
+    dtype = layer.dtype
+    if outside and np.isnan(fill) and dtype.kind != "f":
+        dtype = np.dtype("float64")
+    data: Any
+    if layer.chunks is None:
+        data = _take_block(layer.values, rows, cols, fill, dtype)
+    else:
+        chunks = target.chunksizes if target.chunks is not None else {}
+        row_chunks = chunks.get("y", (len(rows),))
+        col_chunks = chunks.get("x", (len(cols),))
+        data = _take_chunked(layer.data, rows, cols, fill, dtype, (row_chunks, col_chunks))
+    dims = layer.dims
+    coords = {
+        name: c for name, c in layer.coords.items() if "y" not in c.dims and "x" not in c.dims
+    }
+    return xr.DataArray(data, dims=dims, coords=coords, name=layer.name, attrs=layer.attrs)
+
+
+def _take_block(block: np.ndarray, rows: np.ndarray, cols: np.ndarray, fill, dtype) -> np.ndarray:
+    """``block[..., rows, cols]`` (orthogonally), ``fill`` where an index is -1."""
+    out = block[..., np.clip(rows, 0, None), :][..., np.clip(cols, 0, None)].astype(dtype)
+    out[..., rows < 0, :] = fill
+    out[..., cols < 0] = fill
+    return out
+
+
+def _take_chunked(
+    data: da.Array, rows: np.ndarray, cols: np.ndarray, fill, dtype, chunks
+) -> da.Array:
+    """:func:`_take_block` per output chunk, each on the few coarse pixels it needs.
+
+    Dask's own fancy indexing gives one output chunk per *source* chunk: a 10 m layer
+    in one chunk becomes one 3 m chunk of the whole scene (11 times its size), split
+    afterwards. Here each output chunk is made at its final size from its own window.
+    """
+    row_parts = np.split(rows, np.cumsum(chunks[0])[:-1])
+    col_parts = np.split(cols, np.cumsum(chunks[1])[:-1])
+    grid = []
+    for r in row_parts:
+        r0, r1 = _window(r)
+        line = []
+        for c in col_parts:
+            c0, c1 = _window(c)
+            # the window is small (a tenth of the output chunk): one chunk of it
+            window = data[..., r0:r1, c0:c1]
+            window = window.rechunk(window.shape, method="tasks")
+            line.append(
+                window.map_blocks(
+                    _take_block,
+                    np.where(r < 0, -1, r - r0),
+                    np.where(c < 0, -1, c - c0),
+                    fill,
+                    dtype,
+                    chunks=(*window.shape[:-2], len(r), len(c)),
+                    dtype=dtype,
+                )
+            )
+        grid.append(line)
+    return da.block(grid)
+
+
+def _window(index: np.ndarray) -> tuple[int, int]:
+    """The slice of the coarse layer that holds ``index`` (-1 outside: not read)."""
+    inside = index[index >= 0]
+    if inside.size == 0:
+        return 0, 1
+    return int(inside.min()), int(inside.max()) + 1
 
 
 def _reproject(layer: xr.DataArray, target: xr.DataArray, fill) -> xr.DataArray:
@@ -141,7 +206,7 @@ def align_to(
         src = layer.rio.transform()
         rows = containing_index(target["y"].values, src.f, src.e, layer.sizes["y"])
         cols = containing_index(target["x"].values, src.c, src.a, layer.sizes["x"])
-        out = _take(layer, rows, cols, fill)
+        out = _take(layer, rows, cols, fill, target)
     else:
         raise UsageError(f"{argument('align', method)}: must be 'coords' or 'shape'")
     return out.assign_coords(y=target["y"].values, x=target["x"].values)

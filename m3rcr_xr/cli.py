@@ -63,6 +63,11 @@ def _check_output_file(
     return target
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 OVERWRITE_HELP = "replace a store written by m3rcr (other folders and files never are)"
 
 
@@ -112,10 +117,11 @@ def _scheduler_client(args: argparse.Namespace) -> contextlib.AbstractContextMan
 
 def _ingest(args: argparse.Namespace) -> int:
     from . import href
-    from .io import open_m3rcr, open_quartet
+    from .io import ESTIMATE, open_m3rcr, open_quartet
     from .store import check_destination, to_zarr
 
-    inputs = (args.src, args.root, args.cloudfree, args.sar, args.landcover, args.cloudmask)
+    mask = None if args.cloudmask == ESTIMATE else args.cloudmask
+    inputs = (args.src, args.root, args.cloudfree, args.sar, args.landcover, mask)
     check_destination(args.dest, inputs=[p for p in inputs if p], overwrite=args.overwrite)
     source = href.as_href(args.src)
     suffix = href.name_of(source).suffix.lower()
@@ -135,7 +141,13 @@ def _ingest(args: argparse.Namespace) -> int:
         ds = open_m3rcr(root, source, align=args.align)
     else:
         ds = open_quartet(
-            source, args.cloudfree, args.sar, args.landcover, args.cloudmask, align=args.align
+            source,
+            args.cloudfree,
+            args.sar,
+            args.landcover,
+            args.cloudmask,
+            align=args.align,
+            **({"udm2_classes": args.udm2_classes} if args.udm2_classes else {}),
         )
     to_zarr(ds, args.dest, overwrite=args.overwrite)
     print(f"wrote {args.dest}")
@@ -274,7 +286,20 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cloudfree", help="cloud-free GeoTIFF of a quartet")
     p.add_argument("--sar", help="Sentinel-1 GeoTIFF of a quartet")
     p.add_argument("--landcover", help="WorldCover GeoTIFF of a quartet")
-    p.add_argument("--cloudmask", help="cloud mask (.npy or GeoTIFF) of a quartet")
+    p.add_argument(
+        "--cloudmask",
+        help="cloud mask of a quartet: .npy, 1-band GeoTIFF, a Planet UDM2 GeoTIFF (8 bands; "
+        "its blackfill becomes nodata 0 in cloudy) or 'estimate' (a spectral test on "
+        "cloudy; a warning says so)",
+    )
+    p.add_argument(
+        "--udm2-classes",
+        type=_names,
+        metavar="CLASS,...",
+        help="UDM2 classes that count as cloud, of clear, snow, shadow, light_haze, "
+        "heavy_haze, cloud (default cloud,heavy_haze,shadow; add light_haze for the haze "
+        "of UDM2.1)",
+    )
     p.add_argument(
         "--bbox",
         type=float,

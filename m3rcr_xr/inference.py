@@ -51,6 +51,8 @@ import numpy as np
 import xarray as xr
 from dask import delayed
 
+from .cloudmask import warn_if_estimated
+
 # resolve_device and model_inputs live below this module; inference.X still names them
 from .devices import _device_name, check_device, resolve_device
 from .exceptions import (
@@ -789,6 +791,7 @@ def decloud(
     template = ds["cloudy"]
     result = xr.DataArray(data, dims=template.dims, coords=template.coords, name="decloud")
     if composite:
+        warn_if_estimated(ds["cloudmask"], "decloud(composite=True)")
         result = result.where(ds["cloudmask"], template.astype(np.float32))
     result.attrs = {
         "long_name": "cloud-free estimate",

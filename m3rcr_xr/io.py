@@ -43,6 +43,17 @@ from rasterio.errors import RasterioError
 
 from . import href
 from .align import AlignMethod, align_to, check_north_up, fill_nan_with_mean
+from .cloudmask import (
+    DEFAULT_CLASSES,
+    check_classes,
+    estimate_cloudmask,
+    is_udm2,
+    mask_nodata,
+    open_udm2,
+    udm2_cloudmask,
+    udm2_nodata,
+    warn_if_estimated,
+)
 from .exceptions import (
     AlignmentError,
     InputFileError,
@@ -76,6 +87,8 @@ _PATCH_NAME = re.compile(r"^planet_cloudy_(?P<season>[A-Za-z]+)_(?P<aoi>\w+?)_p_
 #: can be retiled with ``gdal_translate -co TILED=YES``.
 MAX_BLOCK_BYTES = 256 * 2**20
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
+#: ``open_quartet(cloudmask=ESTIMATE)`` estimates the mask from the optical bands
+ESTIMATE = "estimate"
 
 
 # ----------------------------------------------------------------------------- rasters
@@ -359,6 +372,7 @@ def open_quartet(
     *,
     chunks: Any = "auto",
     align: AlignMethod = "coords",
+    udm2_classes: Sequence[str] = DEFAULT_CLASSES,
 ) -> xr.Dataset:
     """Open one M3R-CR quartet (or any scene in that form) as a lazy scene.
 
@@ -371,13 +385,20 @@ def open_quartet(
     landcover
         1-band ESA WorldCover GeoTIFF, at any resolution and CRS.
     cloudmask
-        Boolean mask on the optical grid, ``.npy`` or GeoTIFF.
+        The cloud mask, on the optical grid: a boolean ``.npy`` or 1-band GeoTIFF (the
+        dataset's masks); a Planet UDM2 GeoTIFF (recognised by its 8 uint8 bands), whose
+        ``udm2_classes`` make the mask and whose blackfill (not imaged) pixels become
+        nodata 0 in ``cloudy``; or ``"estimate"``, a spectral test on ``cloudy``
+        (:func:`m3rcr_xr.estimate_cloudmask`), with an :class:`M3RCRWarning`.
     chunks
         ``"auto"`` (the ``scene_chunk`` option, 1024 px), an int, a dict of ``y``/``x``
         chunk sizes, or ``None`` to load into memory.
     align
         ``"coords"``: the 10 m layers go onto the optical grid by coordinates;
         ``"shape"``: by array shape, as the published loader does.
+    udm2_classes
+        The UDM2 classes that count as cloud (:data:`m3rcr_xr.cloudmask.UDM2_CLASSES`);
+        default cloud, heavy haze and shadow. Add ``"light_haze"`` for UDM2.1's haze.
 
     Returns
     -------
@@ -388,6 +409,7 @@ def open_quartet(
     --------
     >>> ds = open_quartet("cloudy.tif", sar="s1.tif", landcover="lc.tif")  # doctest: +SKIP
     >>> ds.sar.sel(polarization="VV")  # doctest: +SKIP
+    >>> ds = open_quartet("scene.tif", cloudmask="scene_udm2.tif")  # doctest: +SKIP
     """
     optical = _optical(cloudy, "cloudy", chunks)
     layers: dict[str, xr.DataArray] = {"cloudy": optical}
@@ -399,16 +421,33 @@ def open_quartet(
     if landcover is not None:
         layers["landcover"] = _rechunk_like(_landcover(landcover, optical, chunks, align), optical)
     if cloudmask is not None:
-        shape = (optical.sizes["y"], optical.sizes["x"])
-        mask = read_cloudmask(cloudmask, shape)
-        if optical.chunks is not None:
-            mask = da.from_array(mask, chunks=optical.data.chunks[1:])
-        layers["cloudmask"] = xr.DataArray(
-            mask, dims=("y", "x"), attrs={"long_name": "cloud mask, True = cloud"}
-        )
+        layers["cloudmask"] = _cloudmask(cloudmask, layers, chunks, udm2_classes)
     ds = _assemble(layers, optical)
-    ds.encoding["source"] = [str(p) for p in (cloudy, cloudfree, sar, landcover, cloudmask) if p]
+    files = (cloudy, cloudfree, sar, landcover, None if cloudmask == ESTIMATE else cloudmask)
+    ds.encoding["source"] = [str(p) for p in files if p]
     return validate(ds)
+
+
+def _cloudmask(
+    source: PathType, layers: dict[str, xr.DataArray], chunks: Any, classes: Sequence[str]
+) -> xr.DataArray:
+    """The cloud mask from ``source``: ``"estimate"``, a Planet UDM2 (whose blackfill
+    becomes nodata 0 in ``layers["cloudy"]``), a ``.npy`` or a 1-band GeoTIFF."""
+    optical = layers["cloudy"]
+    if source == ESTIMATE:
+        mask = estimate_cloudmask(optical)
+        warn_if_estimated(mask, "open_quartet", stacklevel=4)
+        return mask
+    if Path(source).suffix.lower() != ".npy" and is_udm2(source):
+        classes = check_classes(classes, "udm2_classes")
+        udm2 = open_udm2(source, chunks=chunks)
+        _check_same_grid(udm2.isel(band=0), optical.isel(band=0), source)
+        layers["cloudy"] = mask_nodata(optical, udm2_nodata(udm2))
+        return udm2_cloudmask(udm2, classes)
+    values: Any = read_cloudmask(source, (optical.sizes["y"], optical.sizes["x"]))
+    if optical.chunks is not None:
+        values = da.from_array(values, chunks=optical.data.chunks[1:])
+    return xr.DataArray(values, dims=("y", "x"), attrs={"long_name": "cloud mask, True = cloud"})
 
 
 def _check_same_grid(array: xr.DataArray, optical: xr.DataArray, path: PathType) -> None:
@@ -602,7 +641,7 @@ def open_m3rcr(
 
 
 def _open_patch(quartet: Quartet, root: str | Path, align: AlignMethod) -> xr.Dataset:
-    paths = quartet.paths(root)
+    paths: dict[str, Any] = quartet.paths(root)
     return open_quartet(**paths, chunks={"y": -1, "x": -1}, align=align)
 
 

@@ -68,6 +68,8 @@ FINGERPRINT = "m3rcr_fingerprint"
 LOCK = ".m3rcr-lock"
 #: chunks written per step: the unit of progress and of parallel work
 CHUNKS_PER_STEP = 8
+#: GDAL's block cache while a store is written, unless the user sets GDAL_CACHEMAX
+READ_CACHE_BYTES = 16 * 2**20
 #: where a new root ``zarr.json`` is written before it replaces the old one (locally)
 _ROOT_TMP = "zarr.json.m3rcr-tmp"
 #: errors of the file system that make a destination unwritable (named, not traced)
@@ -594,9 +596,14 @@ def _write_steps(
     resources = required_resources(ds)  # e.g. decloud's {"GPU": 1}, kept for the writes
     show = show_progress(progress)
     # one step: show dask's own progress inside it; several: one tick a step
-    with progress_bar(
-        total=len(steps), desc=f"writing {_name(target.name)}", disable=not show or len(steps) == 1
-    ) as bar:
+    with (
+        _small_block_cache(),
+        progress_bar(
+            total=len(steps),
+            desc=f"writing {_name(target.name)}",
+            disable=not show or len(steps) == 1,
+        ) as bar,
+    ):
         bar.update(len(done))
         for index in _pending(steps, done):
             with annotate(resources):
@@ -604,6 +611,28 @@ def _write_steps(
             done.add(index)
             _set_attrs(target, {PROGRESS: sorted(done)})
             bar.update(1)
+
+
+@contextlib.contextmanager
+def _small_block_cache() -> Iterator[None]:
+    """Hold GDAL's block cache to :data:`READ_CACHE_BYTES` while writing.
+
+    The chunks of a raster are read once each, in whole tiles: GDAL's block cache (5 %
+    of the RAM by default) would only keep every block read so far, which made the peak
+    memory of an ingest 1.3 times that of reading the files whole. The limit is GDAL's
+    process-wide one, restored afterwards; a ``GDAL_CACHEMAX`` the user set (in the
+    environment or an active ``rasterio.Env``) is left alone.
+    """
+    import rasterio
+
+    user_set = "GDAL_CACHEMAX" in os.environ or (
+        rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv()
+    )
+    if user_set:
+        yield
+        return
+    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES):
+        yield
 
 
 def _name(store: Any) -> str:

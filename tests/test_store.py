@@ -497,3 +497,35 @@ def test_a_read_only_folder_is_a_store_error(tmp_path, small_scene):
     finally:
         (tmp_path / "ro").chmod(0o755)
     assert os.listdir(tmp_path / "ro") == []
+
+
+def _cache_probe(seen: list) -> xr.Dataset:
+    """A small scene whose cloudy chunks record GDAL's block-cache limit when computed."""
+    from rasterio._env import get_gdal_config
+
+    def record(block):
+        seen.append(int(get_gdal_config("GDAL_CACHEMAX")))
+        return block
+
+    scene = m3rcr_xr.synthetic_scene((64, 64), chunks=32)
+    data = scene["cloudy"].data
+    scene["cloudy"] = scene["cloudy"].copy(data=data.map_blocks(record, meta=data._meta))
+    return scene
+
+
+def test_writes_hold_gdal_block_cache_small_then_restore_it(tmp_path):
+    from rasterio._env import get_gdal_config
+
+    before, seen = get_gdal_config("GDAL_CACHEMAX"), []
+    m3rcr_xr.to_zarr(_cache_probe(seen), tmp_path / "s.zarr")
+    assert seen and set(seen) == {store.READ_CACHE_BYTES}
+    assert get_gdal_config("GDAL_CACHEMAX") == before
+
+
+def test_writes_leave_a_users_gdal_cachemax_alone(tmp_path, monkeypatch):
+    from rasterio._env import get_gdal_config
+
+    monkeypatch.setenv("GDAL_CACHEMAX", "512")
+    before, seen = get_gdal_config("GDAL_CACHEMAX"), []
+    m3rcr_xr.to_zarr(_cache_probe(seen), tmp_path / "s.zarr")
+    assert seen and set(seen) == {before}

@@ -1,0 +1,244 @@
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+from affine import Affine
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import m3rcr_xr
+from benchmarks.cloudmask_agreement import agreement_table
+from m3rcr_xr import cli
+from m3rcr_xr.cloudmask import (
+    UDM2_BANDS,
+    estimate_cloudmask,
+    open_udm2,
+    udm2_cloudmask,
+    udm2_nodata,
+)
+from m3rcr_xr.exceptions import (
+    AlignmentError,
+    InputFileError,
+    M3RCRWarning,
+    SchemaError,
+    UsageError,
+)
+from tests.conftest import raise_if_dask_computes
+from tests.rasters import CRS, OPTICAL_GRID, write_optical, write_raster
+
+SHAPE = (30, 30)
+#: planted UDM2 classes, one per 5-row stripe: band number (1-based) of each stripe
+STRIPES = {"clear": 1, "snow": 2, "shadow": 3, "light_haze": 4, "heavy_haze": 5, "cloud": 6}
+
+
+def planted_udm2() -> tuple[np.ndarray, np.ndarray]:
+    """An 8-band UDM2 of :data:`SHAPE`: one class per 5-row stripe, and blackfill in the
+    first 4 columns (bit 0 of band 8, with another bit set elsewhere to be ignored)."""
+    udm2 = np.zeros((8, *SHAPE), np.uint8)
+    for row, band in enumerate(STRIPES.values()):
+        udm2[band - 1, 5 * row : 5 * row + 5, 4:] = 1
+    udm2[6] = 80  # confidence
+    blackfill = np.zeros(SHAPE, bool)
+    blackfill[:, :4] = True
+    udm2[7][blackfill] = 1
+    udm2[7, :, 10] = 2  # bit 1 (cloud in the legacy UDM): not nodata
+    return udm2, blackfill
+
+
+def stripes(*classes: str) -> np.ndarray:
+    expected = np.zeros(SHAPE, bool)
+    for row, name in enumerate(STRIPES):
+        if name in classes:
+            expected[5 * row : 5 * row + 5, 4:] = True
+    return expected
+
+
+@pytest.fixture
+def udm2_scene(tmp_path):
+    udm2, blackfill = planted_udm2()
+    cloudy = write_optical(tmp_path / "cloudy.tif", np.full((4, *SHAPE), 1000, np.uint16))
+    path = write_raster(tmp_path / "udm2.tif", udm2, OPTICAL_GRID, CRS)
+    return cloudy, path, blackfill
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [("cloud", "heavy_haze", "shadow"), ("cloud", "heavy_haze", "shadow", "light_haze")],
+)
+def test_udm2_gives_the_planted_mask_and_nodata(udm2_scene, classes):
+    cloudy, udm2, blackfill = udm2_scene
+    ds = m3rcr_xr.open_quartet(cloudy, cloudmask=udm2, udm2_classes=classes, chunks=16)
+    np.testing.assert_array_equal(ds["cloudmask"].values, stripes(*classes))
+    # blackfill becomes optical nodata 0 in every band, nothing else changes
+    expected = np.where(blackfill, 0, 1000)
+    np.testing.assert_array_equal(ds["cloudy"].values, np.broadcast_to(expected, (4, *SHAPE)))
+    assert ds["cloudy"].dtype == np.uint16
+    assert ds["cloudmask"].attrs["udm2_classes"] == ", ".join(classes)
+
+
+def test_udm2_default_classes(udm2_scene):
+    cloudy, udm2, _ = udm2_scene
+    ds = m3rcr_xr.open_quartet(cloudy, cloudmask=udm2)
+    np.testing.assert_array_equal(ds["cloudmask"].values, stripes("cloud", "heavy_haze", "shadow"))
+
+
+def test_udm2_open_is_lazy(udm2_scene):
+    cloudy, udm2, _ = udm2_scene
+    with raise_if_dask_computes():
+        ds = m3rcr_xr.open_quartet(cloudy, cloudmask=udm2, chunks=16)
+    assert ds["cloudmask"].chunks == ((16, 14), (16, 14))
+
+
+@pytest.mark.parametrize(
+    ("bands", "dtype", "match"),
+    [(7, np.uint8, "7 band"), (8, np.uint16, "dtype uint16, expected uint8")],
+)
+def test_udm2_of_another_form_is_refused_naming_the_file(tmp_path, bands, dtype, match):
+    path = write_raster(
+        tmp_path / "bad_udm2.tif", np.zeros((bands, *SHAPE), dtype), OPTICAL_GRID, CRS
+    )
+    with pytest.raises(InputFileError, match=rf"bad_udm2\.tif.*{match}"):
+        open_udm2(path)
+
+
+def test_udm2_of_another_dtype_is_refused_by_open_quartet(tmp_path):
+    cloudy = write_optical(tmp_path / "cloudy.tif", np.ones((4, *SHAPE), np.uint16))
+    udm2 = write_raster(tmp_path / "udm2.tif", np.zeros((8, *SHAPE), np.int16), OPTICAL_GRID, CRS)
+    with pytest.raises(InputFileError, match=r"udm2\.tif: udm2 has dtype int16"):
+        m3rcr_xr.open_quartet(cloudy, cloudmask=udm2)
+
+
+def test_udm2_on_another_grid_is_refused(tmp_path):
+    cloudy = write_optical(tmp_path / "cloudy.tif", np.ones((4, *SHAPE), np.uint16))
+    shifted = OPTICAL_GRID * Affine.translation(1, 0)
+    udm2 = write_raster(tmp_path / "udm2.tif", planted_udm2()[0], shifted, CRS)
+    with pytest.raises(AlignmentError, match=r"udm2\.tif: grid differs"):
+        m3rcr_xr.open_quartet(cloudy, cloudmask=udm2)
+
+
+def test_unknown_udm2_class_is_a_usage_error():
+    udm2 = xr.DataArray(
+        planted_udm2()[0], dims=("band", "y", "x"), coords={"band": list(UDM2_BANDS)}
+    )
+    with pytest.raises(UsageError, match="classes=.*'fog'"):
+        udm2_cloudmask(udm2, ("cloud", "fog"))
+
+
+def random_udm2(seed: int) -> xr.DataArray:
+    rng = np.random.default_rng(seed)
+    flags = np.zeros((8, 24, 20), np.uint8)
+    label = rng.integers(0, 6, (24, 20))
+    for band in range(6):
+        flags[band] = label == band
+    flags[7] = rng.integers(0, 256, (24, 20))
+    return xr.DataArray(flags, dims=("band", "y", "x"), coords={"band": list(UDM2_BANDS)})
+
+
+def random_cloudy(seed: int) -> xr.DataArray:
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 8000, (4, 24, 20)).astype(np.uint16)
+    values[:, :3, :3] = 0  # nodata
+    return xr.DataArray(values, dims=("band", "y", "x"), coords={"band": list(m3rcr_xr.BANDS)})
+
+
+chunk = st.integers(min_value=4, max_value=24)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(y=chunk, x=chunk, seed=st.integers(0, 3))
+def test_masks_do_not_depend_on_chunking(y, x, seed):
+    udm2, cloudy = random_udm2(seed), random_cloudy(seed)
+    chunks = {"y": y, "x": x}
+    for func, data in [
+        (udm2_cloudmask, udm2),
+        (udm2_nodata, udm2),
+        (estimate_cloudmask, cloudy),
+    ]:
+        with raise_if_dask_computes():
+            lazy = func(data.chunk(chunks))
+        xr.testing.assert_identical(lazy.compute(), func(data))
+
+
+def test_estimate_is_flagged_loudly():
+    mask = estimate_cloudmask(random_cloudy(0))
+    assert mask.dtype == bool and mask.dims == ("y", "x")
+    assert mask.attrs["estimated"] == 1
+    assert mask.attrs["long_name"].startswith("estimated cloud mask")
+    assert {"method", "hot_threshold", "brightness_threshold"} <= set(mask.attrs)
+    assert not mask.values[:3, :3].any()  # nodata is never cloud
+
+
+def test_estimate_thresholds_move_the_mask():
+    cloudy = random_cloudy(1)
+    loose = estimate_cloudmask(cloudy, brightness_threshold=0).values
+    strict = estimate_cloudmask(cloudy, brightness_threshold=7000).values
+    assert strict.sum() < loose.sum()
+    assert not (strict & ~loose).any()
+
+
+def test_estimate_without_nir_is_a_schema_error():
+    cloudy = random_cloudy(0).isel(band=slice(0, 3))
+    with pytest.raises(SchemaError, match="band.*nir missing"):
+        estimate_cloudmask(cloudy)
+
+
+def test_open_quartet_estimates_with_a_warning(tmp_path):
+    values = np.full((4, *SHAPE), 900, np.uint16)
+    values[:, :10] = [[[6000]], [[6100]], [[6200]], [[6300]]]  # white, bright: cloud
+    cloudy = write_optical(tmp_path / "cloudy.tif", values)
+    with pytest.warns(M3RCRWarning, match="estimated cloud mask"):
+        ds = m3rcr_xr.open_quartet(cloudy, cloudmask="estimate")
+    expected = np.zeros(SHAPE, bool)
+    expected[:10] = True
+    np.testing.assert_array_equal(ds["cloudmask"].values, expected)
+    assert ds.encoding["source"] == [str(cloudy)]
+
+
+def test_composite_with_an_estimated_mask_warns(small_scene):
+    small_scene["cloudmask"] = estimate_cloudmask(small_scene["cloudy"])
+    with pytest.warns(M3RCRWarning, match=r"decloud\(composite=True\) uses an estimated"):
+        m3rcr_xr.decloud(small_scene, "dsen2_cr", config={"preset": "small"}, composite=True)
+    small_scene["cloudmask"].attrs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", M3RCRWarning)
+        m3rcr_xr.decloud(small_scene, "dsen2_cr", config={"preset": "small"}, composite=True)
+
+
+#: measured IoU on the two samples: 0.693 (test/summer_33_p_1), 0.553 (train/fall_1_p_457)
+IOU_FLOOR = {"test/summer_33_p_1": 0.66, "train/fall_1_p_457": 0.52}
+
+
+def test_estimate_agrees_with_the_dataset_masks(samples_dir):
+    table = agreement_table(samples_dir)
+    assert set(table) == set(IOU_FLOOR)
+    for patch, row in table.items():
+        assert row["iou"] >= IOU_FLOOR[patch], (patch, row)
+
+
+def test_cli_ingest_reads_a_udm2(udm2_scene, tmp_path):
+    cloudy, udm2, blackfill = udm2_scene
+    dest = tmp_path / "scene.zarr"
+    argv = ["ingest", str(cloudy), str(dest), "--cloudmask", str(udm2)]
+    assert cli.main([*argv, "--udm2-classes", "cloud,light_haze"]) == 0
+    ds = m3rcr_xr.open_zarr(dest)
+    np.testing.assert_array_equal(ds["cloudmask"].values, stripes("cloud", "light_haze"))
+    assert (ds["cloudy"].values[:, blackfill] == 0).all()
+
+
+def test_cli_ingest_refuses_an_unknown_udm2_class(udm2_scene, tmp_path, capsys):
+    cloudy, udm2, _ = udm2_scene
+    argv = ["ingest", str(cloudy), str(tmp_path / "s.zarr"), "--cloudmask", str(udm2)]
+    assert cli.main([*argv, "--udm2-classes", "cloud,fog"]) == 2
+    assert "--udm2-classes" in capsys.readouterr().err
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_cli_ingest_estimates_a_mask(tmp_path):
+    cloudy = write_optical(tmp_path / "cloudy.tif", np.full((4, *SHAPE), 900, np.uint16))
+    dest = tmp_path / "scene.zarr"
+    with pytest.warns(M3RCRWarning, match="estimated"):
+        assert cli.main(["ingest", str(cloudy), str(dest), "--cloudmask", "estimate"]) == 0
+    mask = m3rcr_xr.open_zarr(dest)["cloudmask"]
+    assert mask.attrs["estimated"] == 1
+    assert not mask.values.any()
