@@ -49,6 +49,8 @@ from rasterio.errors import RasterioError
 
 from . import href
 from .align import align_to, fill_nan_with_mean
+from .cloudmask import DEFAULT_CLASSES, check_classes, mask_nodata, udm2_cloudmask, udm2_nodata
+from .cloudmask import UDM2_BANDS as CLOUDMASK_UDM2_BANDS
 from .exceptions import AlignmentError, InputFileError, UsageError, argument
 from .io import (
     _as_uint16,
@@ -452,10 +454,16 @@ def _stac_chunks(chunks: Any) -> dict[str, int] | None:
     return None if spatial is None else {k: v for k, v in spatial.items() if k in ("y", "x")}
 
 
-def with_cloudmask(ds: xr.Dataset) -> xr.Dataset:
-    """MERGE HOOK (issue 10): where ``m3rcr_xr.cloudmask`` exists, it turns ``udm2``
-    into ``cloudmask`` (and nodata); until it is wired here the scene keeps ``udm2``."""
-    return ds
+def with_cloudmask(ds: xr.Dataset, classes: Sequence[str] = DEFAULT_CLASSES) -> xr.Dataset:
+    """The scene with its ``udm2`` turned into ``cloudmask`` (``classes`` flagged) and its
+    blackfill into optical nodata (0 in every band of ``cloudy``), as
+    :func:`m3rcr_xr.open_quartet` does with a UDM2 file; unchanged without ``udm2``."""
+    if "udm2" not in ds:
+        return ds
+    udm2 = ds["udm2"].rename(udm2_band="band").assign_coords(band=list(CLOUDMASK_UDM2_BANDS))
+    cloudmask = udm2_cloudmask(udm2, check_classes(classes, "udm2_classes"))
+    cloudy = mask_nodata(ds["cloudy"], udm2_nodata(udm2))
+    return ds.drop_vars("udm2").assign(cloudy=cloudy, cloudmask=cloudmask)
 
 
 def open_stac(
@@ -468,6 +476,7 @@ def open_stac(
     resolution: float = 3.0,
     chunks: Any = "auto",
     assets: Mapping[str, str] | None = None,
+    udm2_classes: Sequence[str] = DEFAULT_CLASSES,
 ) -> xr.Dataset:
     """Open a scene from STAC items: PlanetScope optical, Sentinel-1 RTC, WorldCover.
 
@@ -492,12 +501,15 @@ def open_stac(
     assets
         Asset names instead of :data:`ASSETS`, e.g. ``{"optical": "analytic_sr"}``
         (layers ``optical``, ``udm2``, ``vv``, ``vh``, ``landcover``).
+    udm2_classes
+        The UDM2 classes that count as cloud (see :func:`m3rcr_xr.cloudmask.udm2_cloudmask`).
 
     Returns
     -------
     xr.Dataset
         A scene: ``cloudy``, and ``sar``, ``landcover`` when their items are given;
-        ``udm2`` when every optical item has that asset. ``encoding["source"]`` lists
+        ``cloudmask`` from the UDM2 when every optical item has that asset (its
+        blackfill becomes optical nodata, 0 in ``cloudy``). ``encoding["source"]`` lists
         the files read.
 
     Raises
@@ -543,4 +555,4 @@ def open_stac(
         sources += found
     ds = _assemble(layers, optical)
     ds.encoding["source"] = list(dict.fromkeys(sources))
-    return validate(with_cloudmask(ds))
+    return validate(with_cloudmask(ds, udm2_classes))

@@ -82,8 +82,9 @@ def catalog(files, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def quartet(files) -> xr.Dataset:
+    """The same files through open_quartet, the UDM2 as its cloud mask."""
     return m3rcr_xr.open_quartet(
-        files["cloudy"], sar=files["sar"], landcover=files["landcover"]
+        files["cloudy"], sar=files["sar"], landcover=files["landcover"], cloudmask=files["udm2"]
     ).compute()
 
 
@@ -103,6 +104,7 @@ def assert_same_scene(scene: xr.Dataset, quartet: xr.Dataset) -> None:
     assert scene.rio.transform() == quartet.rio.transform()
     np.testing.assert_array_equal(scene["cloudy"].values, quartet["cloudy"].values)
     np.testing.assert_array_equal(scene["landcover"].values, quartet["landcover"].values)
+    np.testing.assert_array_equal(scene["cloudmask"].values, quartet["cloudmask"].values)
     np.testing.assert_allclose(scene["sar"].values, quartet["sar"].values, rtol=0, atol=1e-5)
     for name in ("cloudy", "sar", "landcover"):
         assert scene[name].dtype == quartet[name].dtype
@@ -114,8 +116,10 @@ def test_a_scene_from_a_stac_catalog_is_the_quartet(catalog, quartet, files):
         scene = open_catalog(catalog.parent, chunks=32)
     assert scene["cloudy"].chunks[1] == (32, 32, 32)
     assert_same_scene(scene, quartet)
-    assert scene["udm2"].dims == ("udm2_band", "y", "x") and scene.sizes["udm2_band"] == 8
-    np.testing.assert_array_equal(scene["udm2"].values[:, :5, :5], _read(files["udm2"])[:, :5, :5])
+    udm2 = _read(files["udm2"])  # cloud (6), heavy haze (5), shadow (3); blackfill: bit 0 of 8
+    np.testing.assert_array_equal(scene["cloudmask"].values, udm2[[2, 4, 5]].any(axis=0))
+    np.testing.assert_array_equal(scene["cloudy"].values[:, udm2[7] & 1 == 1], 0)
+    assert "udm2" not in scene
     assert {Path(s).name for s in scene.encoding["source"]} == {
         "cloudy.tif",
         "udm2.tif",
@@ -157,11 +161,11 @@ def test_items_in_memory_and_an_item_collection(catalog, quartet, tmp_path):
     np.testing.assert_allclose(scene["sar"].values, quartet["sar"].values, atol=1e-5)
 
 
-def test_asset_names_can_be_overridden(files, quartet):
+def test_asset_names_can_be_overridden(files):
     item = stac_item("p", {"analytic_sr": files["cloudy"]})
     scene = m3rcr_xr.open_stac([item], assets={"optical": "analytic_sr"})
-    np.testing.assert_array_equal(scene["cloudy"].values, quartet["cloudy"].values)
-    assert "udm2" not in scene
+    np.testing.assert_array_equal(scene["cloudy"].values, _read(files["cloudy"]))
+    assert "cloudmask" not in scene  # no UDM2 asset
     with pytest.raises(InputFileError, match="STAC item 'p': no asset 'ortho_udm2'"):
         m3rcr_xr.open_stac([item], assets={"optical": "analytic_sr", "udm2": "ortho_udm2"})
     with pytest.raises(UsageError, match="unknown layer 'clouds'"):
