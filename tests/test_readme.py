@@ -22,6 +22,7 @@ import m3rcr_xr
 from m3rcr_xr import weights
 from m3rcr_xr.weights import default_checkpoint
 from m3rcr_xr.weights.download import file_sha256
+from tests.test_stac import scene_files, write_catalog
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(
@@ -77,6 +78,9 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
         "num_workers=0, sampler=range(16)",
         "a few crops, read in this process",
     ),
+    (r'"planet/items\.json"', '"stac/planet/catalog.json"', "a local catalog written by the test"),
+    (r'"s1-rtc/catalog\.json"', '"stac/s1/catalog.json"', ""),
+    (r'"worldcover\.json"', '"stac/worldcover/catalog.json"', ""),
     (r"/scratch/m3rcr/", "scratch/", "the test's folder; test.zarr: the samples' test split"),
     (
         r'"https://data\.example\.org/dsen2cr-v1\.pth"',
@@ -145,6 +149,8 @@ def test_the_readme_blocks_run_in_order(samples_dir, tmp_path, monkeypatch, demo
     scratch.mkdir()
     m3rcr_xr.to_zarr(m3rcr_xr.open_m3rcr(samples_dir / "test"), scratch / "test.zarr")
     m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(2, 160, seed=3), "train.zarr")
+    (tmp_path / "stac").mkdir()
+    write_catalog(tmp_path / "stac", scene_files(tmp_path))
     namespace: dict = {"__name__": "readme"}
     ran = 0
     try:

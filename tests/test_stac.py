@@ -28,9 +28,12 @@ COARSE = Affine(10, 0, 735_000, 0, -10, 4_985_010)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
+    return scene_files(tmp_path_factory.mktemp("stac-files"))
+
+
+def scene_files(root: Path) -> dict[str, Path]:
     """The GeoTIFFs of one scene: as a quartet (SAR in dB) and as STAC assets (vv, vh
     in linear power, with a hole and a zero), plus a UDM2."""
-    root = tmp_path_factory.mktemp("stac-files")
     rng = np.random.default_rng(0)
     cloudy = rng.integers(1, 10_000, (4, 96, 96), dtype=np.uint16)
     db = rng.uniform(-30, 0, (2, 30, 30)).astype(np.float32)
