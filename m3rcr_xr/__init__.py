@@ -9,6 +9,7 @@ stores (:mod:`m3rcr_xr.store`), then inference or metrics. The data model is in
 from __future__ import annotations
 
 from . import accessor  # noqa: F401 - registers ds.m3rcr
+from .classify import classify
 from .cluster import local_cluster, pbs_cluster, slurm_cluster
 from .exceptions import (
     AlignmentError,
@@ -27,7 +28,7 @@ from .exceptions import (
 )
 from .inference import decloud
 from .io import open_m3rcr, open_quartet
-from .metrics import evaluate
+from .metrics import evaluate, evaluate_semantic
 from .options import get_options, set_options
 from .schema import BANDS, POLARIZATIONS, is_collection, validate
 from .store import is_complete, open_zarr, to_zarr
@@ -52,8 +53,10 @@ __all__ = [
     "UnsafePathError",
     "UsageError",
     "__version__",
+    "classify",
     "decloud",
     "evaluate",
+    "evaluate_semantic",
     "get_options",
     "is_collection",
     "is_complete",
