@@ -186,7 +186,7 @@ RECORDS: Mapping[str, ModelRecord] = MappingProxyType(
             ),
             ModelRecord(
                 cls=LandCoverUNet,
-                aliases=("unet", "landcover"),
+                aliases=("landcoverunet",),
                 presets=_presets({"depth": 2, "features": 8}),
                 loss=CROSS_ENTROPY,
                 published_batch_size=8,  # M3R-CR publishes no classifier: our default
