@@ -511,12 +511,12 @@ def accumulate(
     model, device = cached_model(ref)
     tile, stride = plan.tile, plan.stride
     top, left = rows.start * stride, cols.start * stride
-    channels = model.spec.output_channels
-    canvas = np.zeros((channels + 1, *inputs.shape[1:]), dtype=np.float64)
     weights = window(tile)
     corners = [(r * stride - top, c * stride - left) for r in rows for c in cols]
     crops = np.stack([inputs[:, y : y + tile, x : x + tile] for y, x in corners])
     outputs = run_tiles(model, device, crops, batch_size, ref.precision)
+    channels = outputs.shape[1]
+    canvas = np.zeros((channels + 1, *inputs.shape[1:]), dtype=np.float64)
     for (y, x), out in zip(corners, outputs, strict=True):
         canvas[:channels, y : y + tile, x : x + tile] += weights * out
         canvas[channels, y : y + tile, x : x + tile] += weights
