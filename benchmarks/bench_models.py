@@ -107,7 +107,7 @@ def time_forward(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="*", default=list(available()))
+    parser.add_argument("--models", nargs="*", default=list(available("cloud_removal")))
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of default models")
     parser.add_argument("--small-repeats", type=int, default=10, help="timed runs of small ones")
     parser.add_argument("--tile", type=int, default=160)

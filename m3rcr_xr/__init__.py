@@ -9,6 +9,7 @@ stores (:mod:`m3rcr_xr.store`), then inference or metrics. The data model is in
 from __future__ import annotations
 
 from . import accessor  # noqa: F401 - registers ds.m3rcr
+from .classify import classify
 from .cloudmask import estimate_cloudmask, open_udm2, udm2_cloudmask, udm2_nodata
 from .cluster import local_cluster, pbs_cluster, slurm_cluster
 from .exceptions import (
@@ -28,7 +29,7 @@ from .exceptions import (
 )
 from .inference import decloud
 from .io import open_m3rcr, open_quartet
-from .metrics import evaluate
+from .metrics import evaluate, evaluate_semantic
 from .options import get_options, set_options
 from .schema import BANDS, POLARIZATIONS, is_collection, validate
 from .stac import open_stac
@@ -54,9 +55,11 @@ __all__ = [
     "UnsafePathError",
     "UsageError",
     "__version__",
+    "classify",
     "decloud",
     "estimate_cloudmask",
     "evaluate",
+    "evaluate_semantic",
     "get_options",
     "is_collection",
     "is_complete",

@@ -4,7 +4,8 @@ One class, registered on :class:`xarray.Dataset` and :class:`xarray.DataArray` (
 odc-geo's ``.odc``). Each method is the function of the same name with the object as its
 first argument: same parameters, same defaults, same docstring, taken from the function
 itself so that the two cannot drift apart. Methods that need a scene or a collection
-(every one but :attr:`M3RCRAccessor.is_collection`) refuse a DataArray.
+(every one but :attr:`M3RCRAccessor.is_collection` and ``classify``, which classifies
+the optical bands of a DataArray) refuse a DataArray, and ``classify`` a Dataset.
 
 Examples
 --------
@@ -24,7 +25,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import xarray as xr
 
-from . import inference, metrics, schema, store
+from . import classify, inference, metrics, schema, store
 from .exceptions import UsageError
 
 P = ParamSpec("P")
@@ -43,6 +44,23 @@ def _dataset_method(
     @functools.wraps(func)
     def method(self: M3RCRAccessor, *args: P.args, **kwargs: P.kwargs) -> R:
         return func(self._dataset(func.__name__), *args, **kwargs)
+
+    return method
+
+
+def _dataarray_method(
+    func: Callable[Concatenate[xr.DataArray, P], R],
+) -> Callable[Concatenate[M3RCRAccessor, P], R]:
+    """``func`` as a method that passes the accessor's DataArray as the first argument."""
+
+    @functools.wraps(func)
+    def method(self: M3RCRAccessor, *args: P.args, **kwargs: P.kwargs) -> R:
+        if not isinstance(self._obj, xr.DataArray):
+            raise UsageError(
+                f".m3rcr.{func.__name__}() needs a DataArray (optical bands), "
+                f"not a {type(self._obj).__name__}: try ds['cloudfree'].m3rcr.{func.__name__}()"
+            )
+        return func(self._obj, *args, **kwargs)
 
     return method
 
@@ -72,3 +90,5 @@ class M3RCRAccessor:
     to_zarr = _dataset_method(store.to_zarr)
     decloud = _dataset_method(inference.decloud)
     evaluate = _dataset_method(metrics.evaluate)
+    evaluate_semantic = _dataset_method(metrics.evaluate_semantic)
+    classify = _dataarray_method(classify.classify)

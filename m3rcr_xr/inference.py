@@ -376,9 +376,20 @@ def _run_host(model, device: str, tiles: np.ndarray, batch_size: int) -> np.ndar
         for start in range(0, len(tiles), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
             batch = batch.to(device)
-            out = model(batch[:, :OPTICAL_CHANNELS], batch[:, OPTICAL_CHANNELS:])
-            outputs.append(out.float().cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.empty((0, OPTICAL_CHANNELS, 0, 0))
+            outputs.append(_forward(model, batch).float().cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.empty((0, model.spec.output_channels, 0, 0))
+
+
+def _forward(model, batch):
+    """The output of ``model`` on a batch of stacked inputs, as tiles blend it.
+
+    The inputs are split into the optical channels and the rest (the SAR channels,
+    none for a classifier); a classifier's logits become class probabilities, which
+    blend across overlaps into labels that do not depend on the tiling.
+    """
+    optical = model.spec.optical_channels
+    out = model(batch[:, :optical], batch[:, optical:])
+    return out.softmax(1) if model.spec.task == "landcover" else out
 
 
 def _copy_stream(device: str):
@@ -404,7 +415,9 @@ def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any
     staged = torch.empty(tiles.shape, dtype=torch.float32, pin_memory=True)
     staged.numpy()[...] = tiles
     outputs = torch.empty(
-        (len(tiles), OPTICAL_CHANNELS, *tiles.shape[2:]), dtype=torch.float32, pin_memory=True
+        (len(tiles), model.spec.output_channels, *tiles.shape[2:]),
+        dtype=torch.float32,
+        pin_memory=True,
     )
     with device_lock(device), torch.cuda.device(device), torch.inference_mode():
         compute, copy = torch.cuda.current_stream(), _copy_stream(device)
@@ -421,7 +434,7 @@ def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any
                 batch.record_stream(compute)  # made on the side stream, used on this one
                 if model.spec.channels_last:
                     batch = batch.contiguous(memory_format=torch.channels_last)
-                out = model(batch[:, :OPTICAL_CHANNELS], batch[:, OPTICAL_CHANNELS:])
+                out = _forward(model, batch)
                 out = out.to(torch.float32, memory_format=torch.contiguous_format)
                 outputs[start : start + len(out)].copy_(out, non_blocking=True)
         done = compute.record_event()
@@ -434,20 +447,22 @@ def accumulate(
 ) -> np.ndarray:
     """Weighted sums of the tiles ``rows x cols`` (tile indices) on their canvas.
 
-    ``inputs`` (6, h, w) holds the padded scene from the first tile's corner. Returns
-    (5, h, w) float64: the 4 weighted bands, then the weight sum.
+    ``inputs`` (6, h, w) (4 for a classifier) holds the padded scene from the first
+    tile's corner. Returns (5, h, w) float64: the 4 weighted bands (a classifier's class
+    probabilities), then the weight sum.
     """
     model, device = cached_model(ref)
     tile, stride = plan.tile, plan.stride
     top, left = rows.start * stride, cols.start * stride
-    canvas = np.zeros((OPTICAL_CHANNELS + 1, *inputs.shape[1:]), dtype=np.float64)
     weights = window(tile)
     corners = [(r * stride - top, c * stride - left) for r in rows for c in cols]
     crops = np.stack([inputs[:, y : y + tile, x : x + tile] for y, x in corners])
     outputs = run_tiles(model, device, crops, batch_size, ref.precision)
+    channels = outputs.shape[1]
+    canvas = np.zeros((channels + 1, *inputs.shape[1:]), dtype=np.float64)
     for (y, x), out in zip(corners, outputs, strict=True):
-        canvas[:OPTICAL_CHANNELS, y : y + tile, x : x + tile] += weights * out
-        canvas[OPTICAL_CHANNELS, y : y + tile, x : x + tile] += weights
+        canvas[:channels, y : y + tile, x : x + tile] += weights * out
+        canvas[channels, y : y + tile, x : x + tile] += weights
     return canvas
 
 
@@ -463,6 +478,24 @@ def finish(canvas: np.ndarray, cloudy: np.ndarray) -> np.ndarray:
     seen = normalize_optical(cloudy.astype(np.float32))  # exactly what the network saw
     base = np.clip(cloudy, 0, OPTICAL_SCALE).astype(np.float64)
     return (base + (blended - seen) * OPTICAL_SCALE).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BlockOutput:
+    """How the engine turns a block's blended canvas into output.
+
+    ``finish(canvas, base)`` returns ``(channels, h, w)`` of ``dtype`` from the summed
+    canvas (weighted outputs, then the weight sum) and ``base``, the block of the
+    array the engine carries beside the inputs (decloud's cloudy bands).
+    """
+
+    finish: Any
+    channels: int
+    dtype: Any
+
+
+#: decloud's output: the blended change added to the cloudy input (:func:`finish`)
+CLOUD_FREE = BlockOutput(finish, OPTICAL_CHANNELS, np.float32)
 
 
 # ------------------------------------------------------------------------------ scene
@@ -487,6 +520,7 @@ def _assemble(
     left: np.ndarray | None,
     corner: np.ndarray | None,
     spill: int,
+    output: BlockOutput = CLOUD_FREE,
 ) -> np.ndarray:
     """One output block: its canvas plus the spills of its neighbours, finished."""
     height, width = cloudy.shape[1:]
@@ -497,7 +531,7 @@ def _assemble(
         total[:, :height, :spill] += left[:, :height, -spill:]
     if corner is not None:
         total[:, :spill, :spill] += corner[:, -spill:, -spill:]
-    return finish(total, cloudy)
+    return output.finish(total, cloudy)
 
 
 def _block_end(group: range, stride: int, padded: int, last: bool) -> int:
@@ -569,8 +603,10 @@ def _decloud_scene(
     ref: ModelRef,
     batch_size: int,
     resources: Mapping[str, float] | None,
+    output: BlockOutput = CLOUD_FREE,
 ) -> da.Array:
-    """(6, y, x) lazy inputs to (4, y, x) lazy output, in two stages (see module doc)."""
+    """(6, y, x) lazy inputs to (4, y, x) lazy output, in two stages (see module doc);
+    ``output`` says how a block is finished (a classifier's: (1, y, x) labels)."""
     padded_h, padded_w = plan.padded_shape
     padded = _pad(inputs, plan)
     padded_cloudy = _pad(cloudy, plan)
@@ -611,23 +647,33 @@ def _decloud_scene(
             ]
             y0, x0 = extent(rows)[0], extent(cols)[0]
             block = delayed(_assemble, pure=True)(
-                padded_cloudy[:, y0 : y0 + height, x0 : x0 + width], canvases[a, b], *parts, spill
+                padded_cloudy[:, y0 : y0 + height, x0 : x0 + width],
+                canvases[a, b],
+                *parts,
+                spill,
+                output,
             )
-            line.append(da.from_delayed(block, (OPTICAL_CHANNELS, height, width), np.float32))
+            line.append(da.from_delayed(block, (output.channels, height, width), output.dtype))
         blocks.append(line)
     return da.block(blocks)[:, : plan.height, : plan.width]
 
 
 # ------------------------------------------------------------------------- collection
 def _decloud_patches(
-    inputs: np.ndarray, cloudy: np.ndarray, plan: TilePlan, ref: ModelRef, batch_size: int
+    inputs: np.ndarray,
+    cloudy: np.ndarray,
+    plan: TilePlan,
+    ref: ModelRef,
+    batch_size: int,
+    output: BlockOutput = CLOUD_FREE,
 ) -> np.ndarray:
     """(p, 6, y, x) patches to (p, 4, y, x): each patch tiled on its own."""
     rows, cols = range(plan.shape[0]), range(plan.shape[1])
-    out = np.empty((inputs.shape[0], OPTICAL_CHANNELS, plan.height, plan.width), np.float32)
+    shape = (inputs.shape[0], output.channels, plan.height, plan.width)
+    out = np.empty(shape, output.dtype)
     for index, patch in enumerate(inputs):
         canvas = accumulate(_pad(patch, plan), plan, rows, cols, ref, batch_size)
-        out[index] = finish(canvas[:, : plan.height, : plan.width], cloudy[index])
+        out[index] = output.finish(canvas[:, : plan.height, : plan.width], cloudy[index])
     return out
 
 
@@ -638,6 +684,7 @@ def _decloud_collection(
     ref: ModelRef,
     batch_size: int,
     resources: Mapping[str, float] | None,
+    output: BlockOutput = CLOUD_FREE,
 ) -> da.Array:
     inputs = inputs.rechunk({1: -1, 2: -1, 3: -1})
     cloudy = cloudy.rechunk((inputs.chunks[0], -1, -1, -1))
@@ -649,9 +696,10 @@ def _decloud_collection(
             plan,
             ref,
             batch_size,
-            dtype=np.float32,
-            chunks=(inputs.chunks[0], (OPTICAL_CHANNELS,), *inputs.chunks[2:]),
-            name=f"decloud-patches-{dask.base.tokenize(inputs, plan, ref, batch_size)}",
+            output,
+            dtype=output.dtype,
+            chunks=(inputs.chunks[0], (output.channels,), *inputs.chunks[2:]),
+            name=f"decloud-patches-{dask.base.tokenize(inputs, plan, ref, batch_size, output)}",
         )
 
 
@@ -680,6 +728,12 @@ def _check_arguments(
     overlap = None if overlap is None else check_integer("overlap", overlap, minimum=0)
     batch_size = check_integer("batch_size", batch_size)
     return tile, overlap, batch_size, check_device(device, here=not _distributed_client())
+
+
+def _check_task(spec, task: str, use: str) -> None:
+    from .models.interface import check_task  # torch is imported only when a model runs
+
+    check_task(spec, task, use)
 
 
 def _tiling(spec, tile: int | None, overlap: int | None, height: int, width: int) -> TilePlan:
@@ -783,7 +837,9 @@ def decloud(
     tile, overlap, batch_size, device = _check_arguments(tile, overlap, batch_size, device)
     _check_inputs(ds, composite)
     ref = ModelRef.create(model, checkpoint, config, device, precision)
-    plan = _tiling(ref.spec(), tile, overlap, ds.sizes["y"], ds.sizes["x"])
+    spec = ref.spec()
+    _check_task(spec, "cloud_removal", "decloud")
+    plan = _tiling(spec, tile, overlap, ds.sizes["y"], ds.sizes["x"])
     eager = ds["cloudy"].chunks is None
     inputs, cloudy = model_inputs(ds).chunk(), ds["cloudy"].chunk()  # no-op when lazy
     decloud_array = _decloud_collection if is_collection(ds) else _decloud_scene

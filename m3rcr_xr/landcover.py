@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import NamedTuple
 
@@ -86,6 +87,58 @@ def code_to_index(level: int) -> np.ndarray:
     for index, codes in enumerate(class_codes(level)):
         table[list(codes)] = index
     return table
+
+
+#: class index of a pixel that has no label: land-cover nodata (0), a code that is not a
+#: WorldCover class, and at level 1 the "unknown" group (see :func:`worldcover_labels`)
+IGNORE_INDEX = 255
+
+
+def ignored_classes(level: int) -> tuple[str, ...]:
+    """Classes of ``level`` that never serve as labels: ``("unknown",)`` at level 1.
+
+    The level-1 "unknown" group (snow and ice, mangroves, moss and lichen) gathers
+    classes the reference evaluation does not judge; a classifier still has an output
+    for it (its class list is that of the level), but no pixel is labelled with it.
+    """
+    class_names(level)  # raises UsageError for a level other than 1 or 2
+    return ("unknown",) if level == 1 else ()
+
+
+def worldcover_labels(codes, level: int):
+    """Class indices at ``level`` of WorldCover ``codes``, :data:`IGNORE_INDEX` where none.
+
+    Pixels of nodata (0), codes that are not WorldCover classes and, at level 1, the
+    "unknown" group (:func:`ignored_classes`) are ignored: in a loss
+    (``ignore_index=IGNORE_INDEX``) and in the semantic metrics alike. Works on NumPy
+    and Dask arrays and on DataArrays (uint8 in, uint8 out).
+
+    Examples
+    --------
+    >>> worldcover_labels(np.array([10, 0, 30, 95, 7], dtype="uint8"), 1)
+    array([  0, 255,   1, 255, 255], dtype=uint8)
+    >>> worldcover_labels(np.array([95, 100]), 2)
+    array([ 9, 10], dtype=uint8)
+    """
+    table = code_to_index(level).astype(np.int16)
+    for name in ignored_classes(level):
+        table[table == class_names(level).index(name)] = -1
+    lookup = np.where(table < 0, IGNORE_INDEX, table).astype(np.uint8)
+    return _apply_lookup(lookup, codes)
+
+
+def _apply_lookup(lookup: np.ndarray, codes):
+    """``lookup[codes]`` for NumPy, Dask and xarray objects (codes above 255: ignored)."""
+    import xarray as xr
+
+    if isinstance(codes, xr.DataArray):
+        return codes.copy(data=_apply_lookup(lookup, codes.data))
+    if not isinstance(codes, np.ndarray) and hasattr(codes, "map_blocks"):
+        return codes.map_blocks(functools.partial(_apply_lookup, lookup), dtype=np.uint8)
+    codes = np.asarray(codes)
+    inside = (codes >= 0) & (codes < len(lookup))
+    labels = lookup[np.where(inside, codes, 0).astype(np.intp)]
+    return np.where(inside, labels, IGNORE_INDEX).astype(np.uint8)
 
 
 def to_worldcover(

@@ -54,14 +54,15 @@ def _class_colors(classes: Sequence[str]) -> list[str]:
     return [_ALL_COLOR] * len(classes)
 
 
-def _draw(ax: Any, values: xr.DataArray, metric: str) -> None:
+def _draw(ax: Any, values: xr.DataArray, metric: str, dim: str = "stratum") -> None:
+    """Bars per land-cover class in its colour, one hatched bar per value of ``dim``."""
     classes = [str(c) for c in values["landcover_class"].values]
-    strata = [str(s) for s in values["stratum"].values]
+    strata = [str(s) for s in values[dim].values]
     width = 0.8 / len(strata)
     x = np.arange(len(classes))
     face = _class_colors(classes)
     for i, stratum in enumerate(strata):
-        heights = values.sel(stratum=stratum).values.astype(float)
+        heights = values.sel({dim: stratum}).values.astype(float)
         ax.bar(
             x + (i - (len(strata) - 1) / 2) * width,
             heights,
@@ -193,5 +194,154 @@ def quicklook(
         ax.imshow(image, interpolation="nearest")
         ax.set_title(title)
         ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def _confusion_of(result: xr.Dataset | xr.DataArray, source: str, stratum: str) -> xr.DataArray:
+    """The (true_class, predicted_class) matrix of ``source`` and ``stratum`` in a result."""
+    matrix = result if isinstance(result, xr.DataArray) else result.get("confusion")
+    if matrix is None:
+        raise SchemaError(
+            "no 'confusion' variable: plot a result of evaluate_semantic, "
+            "semantic_metrics or evaluate(..., semantic=True)"
+        )
+    for dim, value in (("source", source), ("stratum", stratum)):
+        if dim in matrix.dims:
+            if value not in matrix[dim].values:
+                raise UsageError(
+                    f"{argument(dim, value)}: not in the result (have "
+                    f"{[str(v) for v in matrix[dim].values]})"
+                )
+            matrix = matrix.sel({dim: value})
+    return matrix.transpose("true_class", "predicted_class")
+
+
+def _color_ticks(labels: Any, classes: Sequence[str]) -> None:
+    for label, color in zip(labels, _class_colors(classes), strict=True):
+        label.set_bbox({"facecolor": color, "edgecolor": "none", "alpha": 0.7, "pad": 1.5})
+
+
+def confusion_matrix(
+    result: xr.Dataset | xr.DataArray,
+    source: str = "pred",
+    stratum: str = "all",
+    *,
+    normalize: str | None = "true",
+    ax: Any = None,
+) -> Any:
+    """The confusion matrix of a semantic evaluation, class names in WorldCover colours.
+
+    Parameters
+    ----------
+    result
+        From :func:`m3rcr_xr.metrics.evaluate_semantic`, :func:`~m3rcr_xr.metrics.
+        semantic_metrics` or ``evaluate(..., semantic=True)``, or its ``confusion``.
+    source, stratum
+        Which matrix (``source`` where the result has that dim).
+    normalize
+        ``"true"``: each row (true class) as fractions, as scikit-learn's
+        ``confusion_matrix(normalize="true")``; None: counts. Each cell is annotated
+        with its count either way.
+    ax
+        A matplotlib Axes to draw into; None makes a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np, xarray as xr
+    >>> from m3rcr_xr.metrics import semantic_metrics
+    >>> labels = xr.DataArray(np.array([[0, 1], [1, 5]], "uint8"), dims=("y", "x"))
+    >>> codes = xr.DataArray(np.array([[10, 20], [40, 80]], "uint8"), dims=("y", "x"))
+    >>> fig = confusion_matrix(semantic_metrics(labels, codes))
+    >>> fig.axes[0].get_xlabel()
+    'predicted class'
+    """
+    import matplotlib.pyplot as plt
+
+    if normalize not in ("true", None):
+        raise UsageError(f"{argument('normalize', normalize)}: must be 'true' or None")
+    matrix = _confusion_of(result, source, stratum)
+    counts = matrix.values.astype(np.int64)
+    shown = counts.astype(float)
+    if normalize == "true":
+        rows = counts.sum(axis=1, keepdims=True)
+        shown = np.divide(shown, rows, out=np.zeros_like(shown), where=rows > 0)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(counts), 0.8 + 0.6 * len(counts)))
+    else:
+        fig = ax.figure
+    image = ax.imshow(shown, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, label="fraction of the true class" if normalize else "pixels")
+    threshold = shown.max() / 2 if shown.size else 0
+    for (i, j), count in np.ndenumerate(counts):
+        color = "white" if shown[i, j] > threshold else "black"
+        ax.text(j, i, f"{count}", ha="center", va="center", fontsize="x-small", color=color)
+    classes = [str(c) for c in matrix["true_class"].values]
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    _color_ticks(ax.get_xticklabels(), classes)
+    _color_ticks(ax.get_yticklabels(), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{source}, {stratum}" if "source" in matrix.coords else stratum)
+    fig.tight_layout()
+    return fig
+
+
+def iou_bars(
+    result: xr.Dataset, metric: str = "IoU", *, stratum: str = "all", ax: Any = None
+) -> Any:
+    """Per-class IoU (or F1) of a semantic evaluation: bars in WorldCover colours, one
+    hatched bar per source (pred, target, cloudy).
+
+    Parameters
+    ----------
+    result
+        From :func:`m3rcr_xr.metrics.evaluate_semantic`, :func:`~m3rcr_xr.metrics.
+        semantic_metrics` or ``evaluate(..., semantic=True)``.
+    metric
+        ``"IoU"``, ``"F1"`` or ``"agreement_IoU"``.
+    stratum
+        Which stratum.
+    ax
+        A matplotlib Axes to draw into; None makes a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Classes with no value in any source (NaN: absent from truth and prediction,
+        class ``"all"``) have no bar.
+    """
+    import matplotlib.pyplot as plt
+
+    name = str(metric)
+    if name not in result or "landcover_class" not in result[name].dims:
+        raise UsageError(
+            f"{argument('metric', metric)}: not a per-class variable of the result (have "
+            f"{sorted(str(v) for v in result.data_vars if 'landcover_class' in result[v].dims)})"
+        )
+    values = result[name]
+    if "stratum" in values.dims:
+        if stratum not in values["stratum"].values:
+            raise UsageError(f"{argument('stratum', stratum)}: not in the result")
+        values = values.sel(stratum=stratum)
+    if "source" not in values.dims:
+        values = values.expand_dims(source=[name])
+    values = values.dropna("landcover_class", how="all").transpose("source", "landcover_class")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.5 + 0.6 * values.sizes["landcover_class"], 4))
+    else:
+        fig = ax.figure
+    _draw(ax, values, name, dim="source")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{name}, {stratum}")
+    ax.legend(handles=_strata_legend(values["source"].values), title="source", fontsize="small")
     fig.tight_layout()
     return fig

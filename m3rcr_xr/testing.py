@@ -27,6 +27,7 @@ import xarray as xr
 __all__ = [
     "TINY",
     "CountingScheduler",
+    "classifier_checkpoint",
     "raise_if_dask_computes",
     "seeded_checkpoint",
     "serve_directory",
@@ -147,3 +148,27 @@ def serve_directory(root: str | Path) -> Iterator[str]:
     finally:
         child.terminate()
         child.wait()
+
+
+def classifier_checkpoint(path: str | Path, seed: int = 2, **config: Any) -> Path:
+    """Save a land-cover U-Net of ``config`` with seeded weights to ``path``; return it.
+
+    An untrained network gives one class everywhere (reflectance varies little, the
+    biases dominate); here the batch-norm statistics are drawn so that the small
+    variations of reflectance are amplified, and a scene gets several classes: what a
+    test of labels, confusion matrices and chunk independence needs.
+    """
+    import torch
+
+    from . import models
+
+    torch.manual_seed(seed)
+    net = models.build("landcover_unet", **config)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.05)
+                module.running_var.uniform_(0.001, 0.01)
+    path = Path(path)
+    torch.save(net.state_dict(), path)
+    return path

@@ -235,7 +235,9 @@ def probe_tile_tasks(
 
     def cached_model(ref):
         model, device = real_cached_model(ref)
-        return probe.wrap("forward", model, delay), device
+        probed = probe.wrap("forward", model, delay)
+        probed.spec = model.spec  # type: ignore[attr-defined]  # the engine reads it
+        return probed, device
 
     if exclusive_cpu:
         patch(inference, "CONCURRENT_DEVICE_TYPES", frozenset())

@@ -55,3 +55,26 @@ def test_to_worldcover_of_floats_nan_is_nodata_silently():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert landcover.to_worldcover(np.array([0, 10, 50], "uint8")).tolist() == [0, 10, 50]
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_worldcover_labels_ignore_nodata_unknown_codes_and_ignored_classes(level):
+    import dask.array as da
+    import xarray as xr
+
+    codes = np.arange(256, dtype=np.uint8)
+    labels = landcover.worldcover_labels(codes, level)
+    index = landcover.code_to_index(level).astype(np.int16)
+    ignored = [landcover.class_names(level).index(c) for c in landcover.ignored_classes(level)]
+    expected = np.where((index < 0) | np.isin(index, ignored), landcover.IGNORE_INDEX, index)
+    np.testing.assert_array_equal(labels, expected)
+    assert labels.dtype == np.uint8
+    assert labels[0] == landcover.IGNORE_INDEX  # nodata
+    assert (labels[70] == landcover.IGNORE_INDEX) == (level == 1)  # "unknown" at level 1
+    lazy = landcover.worldcover_labels(da.from_array(codes, chunks=100), level)
+    np.testing.assert_array_equal(lazy.compute(), labels)
+    wrapped = landcover.worldcover_labels(xr.DataArray(codes, dims="x", name="lc"), level)
+    assert wrapped.name == "lc" and (wrapped.values == labels).all()
+    np.testing.assert_array_equal(
+        landcover.worldcover_labels(np.array([300, -1]), level), landcover.IGNORE_INDEX
+    )

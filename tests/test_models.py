@@ -31,6 +31,7 @@ from m3rcr_xr.models import (
     CARLLoss,
     DSen2CR,
     ECCharbonnierLoss,
+    LandCoverUNet,
     available,
     build,
     carl_loss,
@@ -45,6 +46,7 @@ from m3rcr_xr.models import (
 )
 
 NAMES = ("dsen2_cr", "glf_cr", "align_cr")
+CLASSIFIERS = ("landcover_unet",)
 CLASSES = {"dsen2_cr": DSen2CR, "glf_cr": GLFCR, "align_cr": AlignCR}
 TOL = 1e-4
 
@@ -414,8 +416,10 @@ def test_errors_of_the_constructor_become_config_errors(monkeypatch) -> None:
 
 
 def test_registry_names_and_errors() -> None:
-    assert available() == NAMES
-    assert set(PRESETS) == set(NAMES)
+    assert available() == NAMES + CLASSIFIERS
+    assert available("cloud_removal") == NAMES
+    assert available("landcover") == CLASSIFIERS
+    assert set(PRESETS) == set(NAMES + CLASSIFIERS)
     assert isinstance(build("Align-CR", preset="small"), AlignCR)
     with pytest.raises(
         UnknownModelError, match="unknown model 'unet'; available: dsen2_cr, glf_cr"
@@ -536,7 +540,7 @@ def test_losses_match_published_loops_on_batches() -> None:
 
 
 def test_one_record_per_model() -> None:
-    assert tuple(RECORDS) == NAMES
+    assert tuple(RECORDS) == NAMES + CLASSIFIERS
     for name, record in RECORDS.items():
         assert record.name == name == record.cls.name
         assert MODELS[name] is record.cls
@@ -612,3 +616,62 @@ def test_fusion_networks_share_their_config_and_keep_their_signatures():
     names = [*shared, "up_feats", "drop_path_rate"]
     assert positional.config == dict(zip(names, values, strict=True))
     assert AlignCRConfig().mlp_ratio == 4.0 and GLFCRConfig().mlp_ratio == 2.0
+
+
+# ------------------------------------------------------------------ land-cover U-Net
+@pytest.mark.parametrize(("level", "classes"), [(1, 7), (2, 11)])
+def test_landcover_unet_outputs_one_logit_per_class(level, classes) -> None:
+    net = build("landcover_unet", preset="small", level=level)
+    assert isinstance(net, LandCoverUNet) and not net.training
+    with torch.inference_mode():
+        for size in ((32, 32), (20, 44)):  # any multiple of 2 ** depth
+            assert net(torch.rand(2, 4, *size)).shape == (2, classes, *size)
+    spec = net.spec
+    assert spec.task == "landcover" and spec.output_channels == classes
+    assert spec.tile_size is None and spec.tile_multiple == 4 and spec.sar_channels == 0
+    assert net.config == {"level": level, "n_classes": classes, "depth": 2, "features": 8}
+    assert RECORDS["landcover_unet"].task == "landcover"
+    assert RECORDS["landcover_unet"].loss.name == "cross_entropy"
+    assert all(RECORDS[n].task == "cloud_removal" for n in NAMES)
+
+
+def test_landcover_unet_checks_its_configuration_and_input() -> None:
+    with pytest.raises(ModelConfigError, match="n_classes=11 does not fit level=1, which has 7"):
+        build("landcover_unet", n_classes=11)
+    with pytest.raises(ModelConfigError, match="level=3 must be 1 or 2"):
+        build("landcover_unet", level=3)
+    with pytest.raises(ModelConfigError, match="level=1.5 must be an integer"):
+        build("landcover_unet", level=1.5)
+    net = build("landcover_unet", preset="small")
+    with pytest.raises(ModelConfigError, match="multiples of 4, got 30x32"):
+        net(torch.rand(1, 4, 30, 32))
+    with pytest.raises(ModelConfigError, match=r"optical must be \(B, 4, H, W\)"):
+        net(torch.rand(1, 6, 32, 32))
+    with pytest.raises(ModelConfigError, match="takes no SAR"):
+        net(torch.rand(1, 4, 32, 32), torch.rand(1, 2, 32, 32))
+
+
+def test_landcover_unet_checkpoints_record_the_classes(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = build("landcover_unet", preset="small", level=2)
+    path = tmp_path / "unet.pt"
+    torch.save(net.state_dict(), path)
+    loaded = load("landcover_unet", path, preset="small", level=2)
+    x = torch.rand(1, 4, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), net(x))
+    assert model_spec("landcover_unet", path, preset="small", level=2).classes[-1] == (
+        "moss and lichen"
+    )
+    with pytest.raises(CheckpointError, match="n_classes"):
+        model_spec("landcover_unet", path, preset="small")  # level 1: 7 classes
+
+
+def test_the_cross_entropy_loss_ignores_unlabelled_pixels() -> None:
+    loss = RECORDS["landcover_unet"].loss.function
+    logits = torch.zeros(1, 7, 2, 2)
+    logits[0, 3] = 5.0  # every pixel says class 3
+    labels = torch.tensor([[[3, 255], [255, 255]]], dtype=torch.uint8)
+    none = torch.zeros(1, 2, 2)
+    expected = torch.nn.functional.cross_entropy(logits[..., :1, :1], labels[..., :1, :1].long())
+    torch.testing.assert_close(loss(logits, labels, none, none), expected)

@@ -1,4 +1,4 @@
-"""The per-class bar chart of evaluation results."""
+"""The per-class bar chart of evaluation results, and the semantic evaluation's pictures."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from m3rcr_xr import UsageError, metrics
-from m3rcr_xr.landcover import colors
-from m3rcr_xr.plot import metrics_by_class
+from m3rcr_xr import SchemaError, UsageError, metrics
+from m3rcr_xr.landcover import class_names, colors
+from m3rcr_xr.plot import confusion_matrix, iou_bars, metrics_by_class
 
 
 @pytest.fixture
@@ -59,3 +59,76 @@ def test_bad_requests_are_refused(result):
     with pytest.raises(UsageError, match="one metric"):
         metrics_by_class(result, ax=ax)
     plt.close(fig)
+
+
+@pytest.fixture
+def semantic() -> xr.Dataset:
+    """Scores of two labellings stacked on a ``source`` dim, as evaluate_semantic gives."""
+    rng = np.random.default_rng(1)
+    codes = xr.DataArray(rng.choice(np.array([10, 30, 80], "uint8"), (30, 30)), dims=("y", "x"))
+    cloud = xr.DataArray(rng.random((30, 30)) < 0.5, dims=("y", "x"))
+    parts = [
+        metrics.semantic_metrics(
+            xr.DataArray(rng.choice(np.array([0, 1, 5], "uint8"), (30, 30)), dims=("y", "x")),
+            codes,
+            cloud,
+        )
+        for _ in range(2)
+    ]
+    return xr.concat(parts, dim="source").assign_coords(source=["pred", "target"])
+
+
+def test_confusion_matrix_in_worldcover_colours(tmp_path, semantic):
+    fig = confusion_matrix(semantic, "target", "cloudy")
+    ax = fig.axes[0]
+    image = ax.get_images()[0].get_array()
+    matrix = semantic.confusion.sel(source="target", stratum="cloudy").values
+    rows = matrix.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(image, np.divide(matrix, np.maximum(rows, 1)))
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == [str(v) for v in matrix.ravel()]
+    ticks = ax.get_yticklabels()
+    assert [t.get_text() for t in ticks] == list(semantic.true_class.values)
+    faces = [matplotlib.colors.to_hex(t.get_bbox_patch().get_facecolor()) for t in ticks]
+    assert faces == list(colors(1))
+    assert ax.get_title() == "target, cloudy"
+    fig.savefig(tmp_path / "confusion.png")
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    assert confusion_matrix(semantic.confusion, normalize=None, ax=ax) is fig
+    np.testing.assert_array_equal(
+        ax.get_images()[0].get_array(), semantic.confusion.sel(source="pred", stratum="all")
+    )
+    plt.close(fig)
+
+
+def test_confusion_matrix_refuses_what_it_cannot_draw(semantic, result):
+    with pytest.raises(UsageError, match="source='cloudy': not in the result"):
+        confusion_matrix(semantic, "cloudy")
+    with pytest.raises(UsageError, match="normalize='all'"):
+        confusion_matrix(semantic, normalize="all")
+    with pytest.raises(SchemaError, match="no 'confusion' variable"):
+        confusion_matrix(result)
+
+
+def test_iou_bars_one_hatched_bar_per_source(semantic):
+    fig = iou_bars(semantic, stratum="clear")
+    ax = fig.axes[0]
+    drawn = semantic.IoU.sel(stratum="clear").dropna("landcover_class", how="all")
+    assert len(ax.patches) == 2 * drawn.sizes["landcover_class"]
+    heights = [p.get_height() for p in ax.patches]
+    expected = drawn.transpose("source", "landcover_class").values.ravel()
+    np.testing.assert_allclose(np.nan_to_num(heights), np.nan_to_num(expected))
+    by_class = dict(zip(class_names(1), colors(1), strict=True))
+    first = [
+        matplotlib.colors.to_hex(p.get_facecolor())
+        for p in ax.patches[: drawn.sizes["landcover_class"]]
+    ]
+    assert first == [by_class[str(c)] for c in drawn.landcover_class.values]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pred", "target"]
+    plt.close(fig)
+    fig = iou_bars(semantic.sel(source="pred", drop=True), "F1")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["F1"]
+    plt.close(fig)
+    with pytest.raises(UsageError, match="metric='OA': not a per-class variable"):
+        iou_bars(semantic, "OA")

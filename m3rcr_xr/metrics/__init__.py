@@ -39,6 +39,8 @@ One idea per module, each layer on the one below:
 - :mod:`.sums`: the engine's sums as labelled DataArrays;
 - :mod:`.core`: the thin xarray layer, :func:`evaluate` and :func:`evaluate_per_patch`;
 - :mod:`.tables`: :func:`write_table`;
+- :mod:`.semantic`: land-cover accuracy of a result through a classifier
+  (:func:`evaluate_semantic`, :func:`semantic_metrics`), confusion counts per chunk;
 - :mod:`.maps`: the public per-pixel API (:func:`ssim_map`, :func:`sam_map`,
   :func:`pixel_quantities`), a halo exchange that ``evaluate`` does not use.
 
@@ -119,6 +121,13 @@ from .kernels import (
     gaussian_window,
 )
 from .maps import pixel_quantities, sam_map, ssim_map
+from .semantic import (
+    SEMANTIC_RULE,
+    SOURCES,
+    confusion_scores,
+    evaluate_semantic,
+    semantic_metrics,
+)
 from .sums import checked, group_labels, grouped_sums
 from .tables import TABLE_SUFFIXES, write_table
 
@@ -140,6 +149,8 @@ __all__ = [
     "PSNR_IF_PERFECT",
     "QUANTITIES",
     "SAM_EPS",
+    "SEMANTIC_RULE",
+    "SOURCES",
     "SSIM_C1",
     "SSIM_C2",
     "SSIM_SIGMA",
@@ -152,8 +163,10 @@ __all__ = [
     "checked",
     "chunk_pass",
     "column_seam",
+    "confusion_scores",
     "evaluate",
     "evaluate_per_patch",
+    "evaluate_semantic",
     "gaussian_window",
     "group_labels",
     "grouped_sums",
@@ -164,6 +177,7 @@ __all__ = [
     "psnr",
     "row_seam",
     "sam_map",
+    "semantic_metrics",
     "ssim_map",
     "streamed_sums",
     "write_table",

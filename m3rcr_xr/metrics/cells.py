@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import xarray as xr
 
+from ..exceptions import UsageError, argument
 from ..landcover import class_codes, class_names
 from .kernels import GROUP_CODES
 
@@ -17,7 +18,24 @@ STRATA: tuple[str, ...] = ("all", "cloudy", "clear")
 ALL_CLASSES = "all"
 
 
-def _strata_matrix(strata: Sequence[str]) -> xr.DataArray:
+def check_strata(level: int | None, strata: Sequence[str]) -> tuple[str, ...]:
+    """``strata`` as a tuple of distinct values of :data:`STRATA`, and ``level`` checked.
+
+    Raises
+    ------
+    UsageError
+        Naming the argument as the caller wrote it.
+    """
+    strata = (strata,) if isinstance(strata, str) else tuple(strata)
+    unknown = [s for s in strata if s not in STRATA]
+    if not strata or unknown or len(set(strata)) != len(strata):
+        raise UsageError(f"{argument('strata', strata)}: must be distinct values of {STRATA}")
+    if level is not None:
+        class_names(level)  # raises UsageError for a level other than 1 or 2
+    return strata
+
+
+def strata_matrix(strata: Sequence[str]) -> xr.DataArray:
     rows = {"all": [1.0, 1.0], "cloudy": [0.0, 1.0], "clear": [1.0, 0.0]}
     return xr.DataArray(
         [rows[s] for s in strata],
@@ -44,7 +62,7 @@ def cell_sums(
 
     ``level`` None keeps only the class ``"all"``.
     """
-    by_stratum = xr.dot(sums, _strata_matrix(strata), dim="cloud")
+    by_stratum = xr.dot(sums, strata_matrix(strata), dim="cloud")
     cells = xr.dot(by_stratum, _class_matrix(level), dim="code")
     order = [
         "quantity",

@@ -7,20 +7,22 @@ groups into cells (:mod:`.cells`) and finish each metric (:mod:`.aggregations`).
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import xarray as xr
 
 from ..exceptions import M3RCRWarning, SchemaError, UsageError, argument
-from ..landcover import NODATA_CODE, class_names
+from ..landcover import NODATA_CODE
 from ..options import OPTIONS
 from .aggregations import PSNR_IF_PERFECT, mean_over_patches, metrics_from_sums
-from .cells import STRATA, cell_sums
+from .cells import STRATA, cell_sums, check_strata
 from .dispatch import is_lazy
 from .engine import DEFAULT_ENGINE
 from .inputs import prepare_inputs
+from .semantic import semantic_setup, semantic_table
 from .sums import checked, group_labels, grouped_sums
 
 PROTOCOLS: tuple[str, ...] = ("pooled", "per_patch")
@@ -37,29 +39,23 @@ LANDCOVER_RULE = (
 _CALLER = 5
 
 
-def _check_strata(level: int | None, strata: Sequence[str]) -> tuple[str, ...]:
-    strata = (strata,) if isinstance(strata, str) else tuple(strata)
-    unknown = [s for s in strata if s not in STRATA]
-    if not strata or unknown or len(set(strata)) != len(strata):
-        raise UsageError(f"{argument('strata', strata)}: must be distinct values of {STRATA}")
-    if level is not None:
-        class_names(level)  # raises UsageError for a level other than 1 or 2
-    return strata
-
-
 def _name(item: Any, default: str) -> str:
     if isinstance(item, str):
         return item
     return str(getattr(item, "name", None) or default)
 
 
-def _compute_sums(sums: xr.DataArray) -> xr.DataArray:
-    if not is_lazy(sums):
-        return sums
+def _compute_sums(
+    sums: xr.DataArray, semantic: xr.Dataset | None = None
+) -> tuple[xr.DataArray, xr.Dataset | None]:
+    """The sums (and the semantic counts) computed together: one ``dask.compute``."""
+    if not is_lazy(sums) and (semantic is None or not is_lazy(*semantic.data_vars.values())):
+        return sums, semantic
     from ..progress import compute_with_progress
 
-    (data,) = compute_with_progress(sums.data, show=bool(OPTIONS["progress"]))
-    return sums.copy(data=data)
+    extra = () if semantic is None else (semantic,)
+    data, *computed = compute_with_progress(sums.data, *extra, show=bool(OPTIONS["progress"]))
+    return sums.copy(data=data), (computed[0] if computed else None)
 
 
 def _patch_coords(target: xr.DataArray) -> dict[Hashable, xr.DataArray]:
@@ -118,12 +114,15 @@ def _table(
     cloudmask: Any,
     compute: bool,
     engine: str,
+    semantic: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """The pooled table, or with ``per_patch`` the per-patch one, with attributes.
 
-    Arguments by position, in the order of :func:`evaluate_per_patch`.
+    Arguments by position, in the order of :func:`evaluate_per_patch`; ``semantic``: the
+    keyword arguments of :func:`~.semantic.semantic_setup` but the inputs, to add the
+    semantic evaluation (computed with the sums, in one pass).
     """
-    strata = _check_strata(level, strata)
+    strata = check_strata(level, strata)
     need_cloudmask = any(s != "all" for s in strata)
     if landcover is None:
         level = None
@@ -140,8 +139,14 @@ def _table(
     labels = group_labels(inputs["landcover"], inputs["cloudmask"], like=target_da)
     sums = grouped_sums(inputs["pred"], target_da, labels, per_patch=per_patch, engine=engine)
     sums = checked(sums, _name(pred, "pred"), _name(target, "target"))
+    counts, names = (None, {})
+    if semantic is not None:
+        counts, names = semantic_setup(
+            ds, pred, target, landcover=landcover, cloudmask=cloudmask, level=level,
+            strata=strata, **semantic,
+        )  # fmt: skip
     if compute:
-        sums = _compute_sums(sums)
+        sums, counts = _compute_sums(sums, counts)
     table = metrics_from_sums(cell_sums(sums, level, strata), target_da.sizes["band"])
     attrs = _attrs(
         sums,
@@ -154,7 +159,52 @@ def _table(
     )
     if per_patch:
         table = table.assign_coords(_patch_coords(target_da))
-    return table.assign_attrs(attrs)
+    table = table.assign_attrs(attrs)
+    if counts is None:
+        return table
+    assert level is not None
+    extra = semantic_table(counts, strata, level, names)
+    merged = xr.merge([table, extra], join="left", combine_attrs="override")
+    return merged.assign_attrs({**counts.attrs, **extra.attrs, **table.attrs})
+
+
+def _semantic_options(
+    semantic: bool,
+    per_patch: bool,
+    level: int | None,
+    landcover: Any,
+    classifier: str | os.PathLike | None,
+    classifier_config: Mapping[str, Any] | None,
+    cloudy: Any,
+    classify_options: Mapping[str, Any] | None,
+) -> dict[str, Any] | None:
+    """The semantic arguments of :func:`evaluate`, checked; None without ``semantic``."""
+    if not semantic:
+        return None
+    if per_patch:
+        raise UsageError(
+            f"{argument('semantic', True)} is pooled: use {argument('protocol', 'pooled')}"
+        )
+    if level is None or landcover is None:
+        raise UsageError(
+            f"{argument('semantic', True)} needs the land cover and a level (1 or 2), got "
+            f"{argument('level', level)}, {argument('landcover', landcover)}"
+        )
+    known = {"tile", "overlap", "batch_size", "device"}
+    unknown = sorted(set(classify_options or {}) - known)
+    if unknown:
+        raise UsageError(
+            f"{argument('classify_options', classify_options)}: unknown {unknown}; "
+            f"known: {sorted(known)}"
+        )
+    options = {"tile": None, "overlap": None, "batch_size": 8, "device": "auto"}
+    options.update(classify_options or {})
+    return {
+        "cloudy": cloudy,
+        "classifier": classifier,
+        "classifier_config": classifier_config,
+        **options,
+    }
 
 
 def evaluate(
@@ -170,6 +220,11 @@ def evaluate(
     return_per_patch: bool = False,
     compute: bool = True,
     engine: str = DEFAULT_ENGINE,
+    semantic: bool = False,
+    classifier: str | os.PathLike | None = None,
+    classifier_config: Mapping[str, Any] | None = None,
+    cloudy: str | xr.DataArray | None = "cloudy",
+    classify_options: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """PSNR, SSIM, SAM, MAE and RMSE of a prediction per stratum and land-cover class.
 
@@ -204,6 +259,17 @@ def evaluate(
         NaN / inf checks run when it is computed.
     engine
         flox's per-chunk algorithm, "numpy" (default, measured faster) or "flox".
+    semantic
+        Also judge the land cover the prediction keeps (pooled protocol, needs the land
+        cover and a ``level``): the variables of :func:`~m3rcr_xr.metrics.evaluate_semantic`
+        are added, computed in the same pass as the other metrics.
+    classifier, classifier_config, cloudy
+        With ``semantic``: the land-cover classifier (a registry name, a checkpoint file
+        of ``"landcover_unet"``, or None: untrained), its architecture, and the cloudy
+        input to classify too (None or a missing name: left out).
+    classify_options
+        With ``semantic``: ``tile``, ``overlap``, ``batch_size``, ``device`` of the
+        classifier, as for :func:`m3rcr_xr.classify`.
 
     Returns
     -------
@@ -212,7 +278,12 @@ def evaluate(
         protocol n_patches) over dims ``stratum`` and ``landcover_class`` (class names at
         ``level``, then ``"all"``); attributes include ``n_nodata_pixels`` and
         ``n_valid_pixels`` and, with a land cover, ``n_landcover_nodata_pixels`` and
-        ``n_landcover_unknown_pixels`` (valid pixels in class ``"all"`` only).
+        ``n_landcover_unknown_pixels`` (valid pixels in class ``"all"`` only). With
+        ``semantic``, also OA, mIoU, n_labelled, IoU, F1, confusion, agreement,
+        agreement_mIoU, agreement_IoU and agreement_confusion over a ``source`` dim
+        (pred, target, cloudy) and the dims ``true_class`` / ``predicted_class`` (see
+        :func:`~m3rcr_xr.metrics.evaluate_semantic`); IoU and F1 are NaN for class
+        ``"all"`` (their class mean is mIoU).
 
     Raises
     ------
@@ -240,8 +311,12 @@ def evaluate(
                 f"{argument('return_per_patch', True)} needs {argument('protocol', 'per_patch')}"
             )
     per_patch = protocol == "per_patch"
+    options = _semantic_options(
+        semantic, per_patch, level, landcover, classifier, classifier_config, cloudy,
+        classify_options,
+    )  # fmt: skip
     table = _table(
-        per_patch, ds, pred, target, level, strata, landcover, cloudmask, compute, engine
+        per_patch, ds, pred, target, level, strata, landcover, cloudmask, compute, engine, options
     )
     if not per_patch:
         return table

@@ -2,7 +2,9 @@
 
 Each is an ``nn.Module`` with ``forward(cloudy, sar)`` on normalised tensors (B, 4, H, W)
 (blue, green, red, nir) and (B, 2, H, W) (VV, VH, on the optical grid), returning the
-(B, 4, H, W) cloud-free estimate (the cloudy input plus a predicted residual). The default
+(B, 4, H, W) cloud-free estimate (the cloudy input plus a predicted residual). Beside
+them, :class:`LandCoverUNet` (``"landcover_unet"``) classifies an optical image into
+WorldCover classes, for the semantic evaluation. The default
 configuration of each is the published one, with the published state-dict keys, so the
 published checkpoints load with :func:`load`. No compiled extension is needed: the
 deformable convolution and the dynamic filtering are written in PyTorch
@@ -29,7 +31,14 @@ from .checkpoint import extract_state_dict, load_state_dict_into, read_checkpoin
 from .deform import DCNv2Pack, deform_conv2d, kernel2d_conv, torchvision_available
 from .dsen2cr import DSen2CR
 from .glfcr import GLFCR
-from .interface import OPTICAL_BANDS, SAR_POLARIZATIONS, CloudRemovalNet, ModelSpec
+from .interface import (
+    OPTICAL_BANDS,
+    SAR_POLARIZATIONS,
+    TASKS,
+    CloudRemovalNet,
+    ModelSpec,
+    check_task,
+)
 from .losses import CARLLoss, ECCharbonnierLoss, carl_loss, ec_charbonnier_loss
 from .records import RECORDS, ModelRecord, model_record
 from .registry import (
@@ -42,6 +51,7 @@ from .registry import (
     model_spec,
     zero_residual_,
 )
+from .unet import LandCoverUNet
 
 __all__ = [
     "GLFCR",
@@ -50,17 +60,20 @@ __all__ = [
     "PRESETS",
     "RECORDS",
     "SAR_POLARIZATIONS",
+    "TASKS",
     "AlignCR",
     "CARLLoss",
     "CloudRemovalNet",
     "DCNv2Pack",
     "DSen2CR",
     "ECCharbonnierLoss",
+    "LandCoverUNet",
     "ModelRecord",
     "ModelSpec",
     "available",
     "build",
     "carl_loss",
+    "check_task",
     "check_tile",
     "deform_conv2d",
     "ec_charbonnier_loss",

@@ -17,12 +17,17 @@ from torch import Tensor, nn
 from ..exceptions import ModelConfigError
 from ..schema import BANDS, POLARIZATIONS
 
+#: what a network does (:attr:`ModelSpec.task`)
+TASKS: tuple[str, ...] = ("cloud_removal", "landcover")
+
 __all__ = [
     "OPTICAL_BANDS",
     "SAR_POLARIZATIONS",
+    "TASKS",
     "CloudRemovalNet",
     "ModelSpec",
     "check_size",
+    "check_task",
 ]
 
 #: the data model's names (:mod:`m3rcr_xr.schema`), in the networks' channel order
@@ -64,6 +69,12 @@ class ModelSpec:
         convolutions alone (cuDNN's fastest layout), false where window attention
         reshapes the features (on an H200, GLF-CR ran 11% (fp32) to 16% (bf16) slower
         in it).
+    task
+        ``"cloud_removal"`` (the output is the cloud-free image) or ``"landcover"``
+        (the output is one logit per class of :attr:`classes`).
+    classes
+        A classifier's class names, in the order of its output channels; empty for
+        cloud removal.
     """
 
     name: str
@@ -74,6 +85,8 @@ class ModelSpec:
     normalization: str = "m3rcr"
     residual: bool = True
     channels_last: bool = False
+    task: str = "cloud_removal"
+    classes: tuple[str, ...] = ()
     config: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -88,6 +101,11 @@ class ModelSpec:
     @property
     def sar_channels(self) -> int:
         return len(self.sar_polarizations)
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the output: the classes of a classifier, else the optical bands."""
+        return len(self.classes) or self.optical_channels
 
 
 class CloudRemovalNet(nn.Module):
@@ -215,3 +233,13 @@ def constructor_arguments(cls: type[CloudRemovalNet]) -> dict[str, tuple[Any, An
     hints = typing.get_type_hints(source)
     parameters = inspect.signature(cls.config_class or cls).parameters
     return {name: (hints.get(name, Any), p.default) for name, p in parameters.items()}
+
+
+def check_task(spec: ModelSpec, task: str, use: str) -> None:
+    """Raise :class:`ModelConfigError` unless the model of ``spec`` does ``task``.
+
+    ``use`` says what the model was passed to (``"decloud"``, ``"classifier"``), so that
+    a cloud-removal network given as a classifier, or the reverse, is named as such.
+    """
+    if spec.task != task:
+        raise ModelConfigError(f"{spec.name} is a {spec.task} model; {use} needs a {task} model")

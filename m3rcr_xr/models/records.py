@@ -22,13 +22,22 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..exceptions import UnknownModelError
+from ..landcover import IGNORE_INDEX
 from .aligncr import AlignCR
 from .dsen2cr import DSen2CR
 from .glfcr import GLFCR
 from .interface import CloudRemovalNet, constructor_arguments
 from .losses import carl_loss, ec_charbonnier_loss
+from .unet import LandCoverUNet
 
-__all__ = ["RECORDS", "LossFn", "ModelRecord", "TrainingLoss", "model_record"]
+__all__ = [
+    "CROSS_ENTROPY",
+    "RECORDS",
+    "LossFn",
+    "ModelRecord",
+    "TrainingLoss",
+    "model_record",
+]
 
 #: ``loss(pred, target, cloudy, cloudmask)``, the form the training loop calls
 LossFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -36,6 +45,10 @@ LossFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 def _l1(pred: Tensor, target: Tensor, cloudy: Tensor, cloudmask: Tensor) -> Tensor:
     return nn.functional.l1_loss(pred, target)
+
+
+def _cross_entropy(logits: Tensor, labels: Tensor, cloudy: Tensor, cloudmask: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(logits, labels.long(), ignore_index=IGNORE_INDEX)
 
 
 def _ec_charbonnier(pred: Tensor, target: Tensor, cloudy: Tensor, cloudmask: Tensor) -> Tensor:
@@ -55,6 +68,9 @@ class TrainingLoss:
 CARL = TrainingLoss("carl", carl_loss, needs_cloudmask=True)
 L1 = TrainingLoss("l1", _l1, needs_cloudmask=False)
 EC_CHARBONNIER = TrainingLoss("ec_charbonnier", _ec_charbonnier, needs_cloudmask=True)
+#: a classifier's loss: ``function(logits, labels, cloudy, cloudmask)``, labels from
+#: :func:`m3rcr_xr.landcover.worldcover_labels` (nodata and ignored classes skipped)
+CROSS_ENTROPY = TrainingLoss("cross_entropy", _cross_entropy, needs_cloudmask=False)
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,9 @@ class ModelRecord:
     cls
         The network class; its constructor defaults are the published configuration,
         and its ``name`` the registry name.
+    task
+        ``"cloud_removal"`` or ``"landcover"`` (a classifier), as the model's spec says;
+        decloud takes only the first, semantic evaluation only the second.
     aliases
         Other accepted names (case, ``-`` and ``_`` are ignored anyway).
     presets
@@ -83,12 +102,13 @@ class ModelRecord:
         keys prefixed ``checkpoint_prefix`` (``nn.DataParallel``'s ``module.``).
     """
 
-    cls: type[CloudRemovalNet]
+    cls: type[CloudRemovalNet] | type[LandCoverUNet]
     loss: TrainingLoss
     published_batch_size: int
     presets: Mapping[str, Mapping[str, Any]]
     aliases: tuple[str, ...] = ()
     lr_groups: tuple[tuple[str, float], ...] = ()
+    task: str = "cloud_removal"
     checkpoint_key: str = "network"
     checkpoint_prefix: str = "module."
 
@@ -163,6 +183,14 @@ RECORDS: Mapping[str, ModelRecord] = MappingProxyType(
                 loss=EC_CHARBONNIER,
                 published_batch_size=2,
                 lr_groups=(("SFAlign", 0.1),),
+            ),
+            ModelRecord(
+                cls=LandCoverUNet,
+                aliases=("landcoverunet",),
+                presets=_presets({"depth": 2, "features": 8}),
+                loss=CROSS_ENTROPY,
+                published_batch_size=8,  # M3R-CR publishes no classifier: our default
+                task="landcover",
             ),
         )
     }

@@ -51,9 +51,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def available() -> tuple[str, ...]:
-    """Names accepted by :func:`build` and :func:`load`."""
-    return tuple(RECORDS)
+def available(task: str | None = None) -> tuple[str, ...]:
+    """Names accepted by :func:`build` and :func:`load`; with ``task``
+    (``"cloud_removal"`` or ``"landcover"``), those of the networks that do it."""
+    return tuple(name for name, r in RECORDS.items() if task is None or r.task == task)
 
 
 def _accepts(hint: Any, value: Any) -> bool:
@@ -96,7 +97,8 @@ def build(name: str, *, preset: str | None = None, **config: Any) -> CloudRemova
     Parameters
     ----------
     name
-        ``"dsen2_cr"``, ``"glf_cr"`` or ``"align_cr"`` (case and ``-``/``_`` ignored).
+        ``"dsen2_cr"``, ``"glf_cr"``, ``"align_cr"`` or the land-cover classifier
+        ``"landcover_unet"`` (case and ``-``/``_`` ignored).
     preset
         ``None``/``"default"`` (the published configuration) or ``"small"``; see
         :data:`PRESETS`. Keyword arguments override the preset.
