@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from . import accessor  # noqa: F401 - registers ds.m3rcr
 from .cluster import local_cluster, pbs_cluster, slurm_cluster
+from .cog import to_cog
 from .exceptions import (
     AlignmentError,
     CheckpointError,
@@ -66,6 +67,7 @@ __all__ = [
     "slurm_cluster",
     "synthetic_collection",
     "synthetic_scene",
+    "to_cog",
     "to_zarr",
     "validate",
 ]

@@ -4,7 +4,8 @@ One class, registered on :class:`xarray.Dataset` and :class:`xarray.DataArray` (
 odc-geo's ``.odc``). Each method is the function of the same name with the object as its
 first argument: same parameters, same defaults, same docstring, taken from the function
 itself so that the two cannot drift apart. Methods that need a scene or a collection
-(every one but :attr:`M3RCRAccessor.is_collection`) refuse a DataArray.
+(every one but :attr:`M3RCRAccessor.is_collection` and :meth:`M3RCRAccessor.to_cog`)
+refuse a DataArray.
 
 Examples
 --------
@@ -24,7 +25,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import xarray as xr
 
-from . import inference, metrics, schema, store
+from . import cog, inference, metrics, schema, store
 from .exceptions import UsageError
 
 P = ParamSpec("P")
@@ -43,6 +44,18 @@ def _dataset_method(
     @functools.wraps(func)
     def method(self: M3RCRAccessor, *args: P.args, **kwargs: P.kwargs) -> R:
         return func(self._dataset(func.__name__), *args, **kwargs)
+
+    return method
+
+
+def _method(
+    func: Callable[Concatenate[xr.Dataset | xr.DataArray, P], R],
+) -> Callable[Concatenate[M3RCRAccessor, P], R]:
+    """``func`` as a method that passes the accessor's object, Dataset or DataArray."""
+
+    @functools.wraps(func)
+    def method(self: M3RCRAccessor, *args: P.args, **kwargs: P.kwargs) -> R:
+        return func(self._obj, *args, **kwargs)
 
     return method
 
@@ -72,3 +85,4 @@ class M3RCRAccessor:
     to_zarr = _dataset_method(store.to_zarr)
     decloud = _dataset_method(inference.decloud)
     evaluate = _dataset_method(metrics.evaluate)
+    to_cog = _method(cog.to_cog)

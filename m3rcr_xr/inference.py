@@ -63,7 +63,7 @@ from .exceptions import (
 from .normalize import OPTICAL_SCALE, normalize_optical, normalize_sar
 from .options import OPTIONS
 from .resources import annotate
-from .schema import is_collection, validate
+from .schema import OPTICAL_NODATA, is_collection, validate
 from .store import sources
 
 log = logging.getLogger(__name__)
@@ -817,7 +817,9 @@ def decloud(
     -------
     xr.DataArray
         ``decloud`` (band, y, x) (``patch`` first for a collection), float32 reflectance
-        x10000, with the input's coordinates and CRS. Lazy for a Dask-backed input
+        x10000, with the input's coordinates and CRS; NaN where ``cloudy`` has no data
+        (all bands 0: a dark band may be 0, a footprint's edge zeroes them all), the
+        nodata declared the rioxarray way (``encoding["_FillValue"]``). Lazy for a Dask-backed input
         (nothing is computed yet); in memory for an in-memory input.
 
     Raises
@@ -852,6 +854,8 @@ def decloud(
     result = xr.DataArray(data, dims=template.dims, coords=template.coords, name="decloud")
     if composite:
         result = result.where(ds["cloudmask"], template.astype(np.float32))
+    # optical nodata in (all bands 0) is NaN out; the network saw it filled, as ever
+    result = result.where((template != OPTICAL_NODATA).any("band"))
     result.attrs = {
         "long_name": "cloud-free estimate",
         "units": "reflectance x10000",
@@ -861,5 +865,6 @@ def decloud(
         "overlap": plan.overlap,
         "composite": int(composite),
     }
+    result = result.rio.write_nodata(np.nan, encoded=True)  # _FillValue in encoding
     result.encoding["source"] = sources(ds)  # to_zarr never writes over its own input
     return result.compute() if eager else result  # in memory in, in memory out
