@@ -173,14 +173,14 @@ def _cleaned(partials: Sequence[Path], folder: Path) -> Iterator[None]:
         raise
 
 
-def _cog_graph(array: xr.DataArray, dst: Path, compress: str, blocksize: int, **kwargs: Any):
+def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwargs: Any) -> Any:
     """odc-geo's graph writing ``array`` to ``dst`` (a Dask ``Delayed``)."""
     from odc.geo.cog import save_cog_with_dask
 
-    array = array.chunk({"y": blocksize, "x": blocksize})
+    array = array.chunk({"y": size, "x": size})
     if "band" in array.dims:
         array = array.transpose("band", "y", "x")
-    return save_cog_with_dask(array, dst, compression=compress, blocksize=blocksize, **kwargs)
+    return save_cog_with_dask(array, dst, compression=compress, blocksize=size, **kwargs)
 
 
 def to_cog(

@@ -216,7 +216,8 @@ def evaluate(
         protocol n_patches) over dims ``stratum`` and ``landcover_class`` (class names at
         ``level``, then ``"all"``); attributes include ``n_nodata_pixels`` and
         ``n_valid_pixels``, ``n_pred_nodata_pixels`` (those of the nodata pixels where
-        the prediction has none, e.g. decloud's NaN where ``cloudy`` had no data) and, with a land cover, ``n_landcover_nodata_pixels`` and
+        the prediction has none, e.g. decloud's NaN where ``cloudy`` had no data) and,
+        with a land cover, ``n_landcover_nodata_pixels`` and
         ``n_landcover_unknown_pixels`` (valid pixels in class ``"all"`` only).
 
     Raises
