@@ -2,8 +2,9 @@
 
 :func:`to_cog` writes a (lazy) ``(band, y, x)`` array to a COG with odc-geo's
 ``save_cog_with_dask``: each block and each overview block is computed and compressed
-in its own task, written to a part file, and the parts are joined at the end, so
-memory is bounded by a few blocks however large the scene, with no Zarr round trip.
+in its own task, written to a part file, and the parts are joined at the end, with no
+Zarr round trip and without holding the raw scene (memory still grows with the
+compressed size: see ``benchmarks/quick.py``, part ``cog``).
 
 The file's grid is odc-geo's COG layout: the scene's transform and CRS, the width and
 height rounded up (with nodata) to a multiple of ``2**levels`` so that each overview
@@ -198,8 +199,8 @@ def to_cog(
     """Write a scene (or each patch of a collection) to Cloud-Optimised GeoTIFF.
 
     Streams a lazy array through Dask (odc-geo's ``save_cog_with_dask``): blocks and
-    overview blocks are computed and compressed in parallel tasks, so memory stays
-    bounded whatever the scene's size. Band descriptions come from the ``band``
+    overview blocks are computed and compressed in parallel tasks, never the whole
+    raw scene at once. Band descriptions come from the ``band``
     coordinate, nodata from the array (``rio.encoded_nodata`` or ``rio.nodata``; NaN
     for floats that declare none), the georeference from its CRS and coordinates.
 
