@@ -152,7 +152,8 @@ def _lazy_band(side: int) -> xr.DataArray:
 @pytest.mark.slow
 def test_a_workers_memory_does_not_grow_with_the_scene(tmp_path):
     """One worker writes a scene and one 4x as large (512 MiB, above the worker's
-    limit): its peak resident memory grows by less than a few blocks. Pause and
+    limit): it stays under the limit and its peak grows by a third of the raw growth
+    at most (memory follows the compressed size: see benchmarks/quick.py, part cog). Pause and
     termination are off, so that a breach shows as a peak, not as a hang."""
     import dask
     from distributed import Client, LocalCluster
@@ -171,7 +172,8 @@ def test_a_workers_memory_does_not_grow_with_the_scene(tmp_path):
             (peak,) = client.run(_peak_rss).values()
             peaks.append(peak)
     assert _lazy_band(8192).nbytes > limit
-    assert peaks[1] < limit and peaks[1] - peaks[0] < 64 * 2**20, peaks
+    # 384 MiB more of raw scene; of compressed blocks (these compress well), little
+    assert peaks[1] < limit and peaks[1] - peaks[0] < 128 * 2**20, peaks
     with rasterio.open(tmp_path / "8192.tif") as f:
         assert f.shape == (8192, 8192) and f.overviews(1) == [2, 4, 8]
 
