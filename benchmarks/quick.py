@@ -25,6 +25,13 @@ memory above the size before the first run (psutil every 20 ms):
     ``m3rcr_xr.evaluate`` (chunked, one dask pass) against the straightforward NumPy
     evaluation of :func:`benchmarks.bench_metrics.numpy_metrics` on the same arrays.
 
+``cog``
+    ``m3rcr_xr.to_cog`` of a lazy float32 scene (4 bands, 512-pixel chunks) against
+    rioxarray's ``to_raster(driver="COG")`` of the same scene (GDAL's COG driver, which
+    copies a whole image); ``to_cog`` is also run on a scene half as wide, and
+    ``peak_ratio_vs_half`` (its peak at the full size / at half the size) near 1 says
+    that its memory does not grow with the scene.
+
 ``speed_ratio`` is baseline seconds / m3rcr_xr seconds (above 1: m3rcr_xr is faster);
 ``memory_ratio`` is m3rcr_xr peak / baseline peak (below 1: m3rcr_xr needs less).
 """
@@ -386,11 +393,57 @@ def part_metrics(size: int, repeats: int, rounds: int, folder: Path) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------- cog
+COG_CHUNK = 512
+
+
+def lazy_scene(size: int) -> Any:
+    """A lazy float32 (band, y, x) scene with a CRS: random values, computed by chunk."""
+    import dask.array as da
+    import xarray as xr
+
+    data = da.random.default_rng(0).random(
+        (4, size, size), chunks=(4, COG_CHUNK, COG_CHUNK), dtype="float32"
+    )
+    coords = {
+        "band": ["blue", "green", "red", "nir"],
+        "y": ORIGIN[1] - OPTICAL_RES * (np.arange(size) + 0.5),
+        "x": ORIGIN[0] + OPTICAL_RES * (np.arange(size) + 0.5),
+    }
+    return xr.DataArray(data, dims=("band", "y", "x"), coords=coords).rio.write_crs(CRS)
+
+
+def setup_cog(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
+    import m3rcr_xr
+
+    scene = lazy_scene(size)
+    ours, theirs = folder / f"m3rcr-{size}.tif", folder / f"rio-{size}.tif"
+    return {
+        "m3rcr_xr": lambda: m3rcr_xr.to_cog(scene, ours, overwrite=True, blocksize=COG_CHUNK),
+        "baseline": lambda: scene.rio.to_raster(theirs, driver="COG", compress="DEFLATE"),
+    }
+
+
+def part_cog(size: int, repeats: int, rounds: int, folder: Path) -> dict:
+    half = size // 2
+    result = compare("cog", folder, size, repeats, rounds)
+    peak_half = max(
+        run_child("cog", "m3rcr_xr", folder, half, repeats)["peak_mib"] for _ in range(rounds)
+    )
+    return {
+        "scene": f"{size}x{size}, 4 bands float32, lazy, chunks {COG_CHUNK}",
+        **result,
+        "m3rcr_xr_peak_mib_half_size": round(peak_half),
+        "peak_ratio_vs_half": round(result["m3rcr_xr_peak_mib"] / max(peak_half, 1.0), 3),
+    }
+
+
 SETUPS = {
     "decloud": setup_decloud,
     "ingest": setup_ingest,
     "stac": setup_stac,
     "metrics": setup_metrics,
+    "cog": setup_cog,
 }
 
 
@@ -436,6 +489,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument(
         "--parts", nargs="+", choices=list(SETUPS), default=list(SETUPS), help="parts to run"
     )
+    parser.add_argument("--cog-size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per process")
     parser.add_argument("--rounds", type=int, default=3, help="processes per way, alternating")
     parser.add_argument("--child", nargs=2, metavar=("PART", "WAY"), help=argparse.SUPPRESS)
@@ -454,6 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "ingest": part_ingest,
             "stac": part_stac,
             "metrics": part_metrics,
+            "cog": part_cog,
         }
         report = {
             "machine": machine(),

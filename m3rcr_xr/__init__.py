@@ -12,6 +12,7 @@ from . import accessor  # noqa: F401 - registers ds.m3rcr
 from .classify import classify
 from .cloudmask import estimate_cloudmask, open_udm2, udm2_cloudmask, udm2_nodata
 from .cluster import local_cluster, pbs_cluster, slurm_cluster
+from .cog import to_cog
 from .exceptions import (
     AlignmentError,
     CheckpointError,
@@ -74,6 +75,7 @@ __all__ = [
     "slurm_cluster",
     "synthetic_collection",
     "synthetic_scene",
+    "to_cog",
     "to_zarr",
     "udm2_cloudmask",
     "udm2_nodata",

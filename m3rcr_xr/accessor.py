@@ -4,8 +4,9 @@ One class, registered on :class:`xarray.Dataset` and :class:`xarray.DataArray` (
 odc-geo's ``.odc``). Each method is the function of the same name with the object as its
 first argument: same parameters, same defaults, same docstring, taken from the function
 itself so that the two cannot drift apart. Methods that need a scene or a collection
-(every one but :attr:`M3RCRAccessor.is_collection` and ``classify``, which classifies
-the optical bands of a DataArray) refuse a DataArray, and ``classify`` a Dataset.
+(every one but :attr:`M3RCRAccessor.is_collection`, :meth:`M3RCRAccessor.to_cog`, which
+writes either, and ``classify``, which classifies the optical bands of a DataArray)
+refuse a DataArray, and ``classify`` a Dataset.
 
 Examples
 --------
@@ -25,7 +26,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import xarray as xr
 
-from . import classify, inference, metrics, schema, store
+from . import classify, cog, inference, metrics, schema, store
 from .exceptions import UsageError
 
 P = ParamSpec("P")
@@ -65,6 +66,18 @@ def _dataarray_method(
     return method
 
 
+def _method(
+    func: Callable[Concatenate[xr.Dataset | xr.DataArray, P], R],
+) -> Callable[Concatenate[M3RCRAccessor, P], R]:
+    """``func`` as a method that passes the accessor's object, Dataset or DataArray."""
+
+    @functools.wraps(func)
+    def method(self: M3RCRAccessor, *args: P.args, **kwargs: P.kwargs) -> R:
+        return func(self._obj, *args, **kwargs)
+
+    return method
+
+
 @xr.register_dataarray_accessor("m3rcr")
 @xr.register_dataset_accessor("m3rcr")
 class M3RCRAccessor:
@@ -92,3 +105,4 @@ class M3RCRAccessor:
     evaluate = _dataset_method(metrics.evaluate)
     evaluate_semantic = _dataset_method(metrics.evaluate_semantic)
     classify = _dataarray_method(classify.classify)
+    to_cog = _method(cog.to_cog)

@@ -185,18 +185,8 @@ def _parse_config(items: Sequence[str]) -> dict[str, object]:
     return config
 
 
-def _write_cog(array, path: Path) -> None:
-    """Write a Cloud-Optimised GeoTIFF whole or not at all: into a hidden file beside
-    ``path``, renamed over it once complete (a crash leaves no partial GeoTIFF)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        array.rio.to_raster(partial, driver="COG", compress="DEFLATE")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def _decloud(args: argparse.Namespace) -> int:
+    from .cog import check_cog_destination, patch_file_names, to_cog
     from .inference import decloud
     from .schema import is_collection
     from .store import check_apart, check_destination, open_zarr, to_zarr
@@ -206,15 +196,13 @@ def _decloud(args: argparse.Namespace) -> int:
     local = args.checkpoint and "://" not in args.checkpoint and Path(args.checkpoint).exists()
     inputs = [args.input, args.checkpoint] if local else [args.input]
     check_destination(args.output, inputs=inputs, overwrite=args.overwrite)
-    if args.cog:
-        check_apart(args.cog, inputs)
-        check_apart(args.cog, [args.output], role="output store")
-        _check_output_file(args.cog, "cog", COG_SUFFIXES, overwrite=args.overwrite)
     ds = open_zarr(args.input)
-    if args.cog and is_collection(ds):
-        raise UsageError(
-            f"--cog: a Cloud-Optimised GeoTIFF needs a scene, {args.input} holds a collection"
-        )
+    if args.cog:  # a file for a scene, a folder of one GeoTIFF per patch for a collection
+        check_apart(args.cog, [args.output], role="output store")
+        names = patch_file_names(ds) if is_collection(ds) else None
+        if names is None:
+            _check_output_file(args.cog, "cog", COG_SUFFIXES, overwrite=args.overwrite)
+        check_cog_destination(args.cog, names=names, inputs=inputs, overwrite=args.overwrite)
     result = decloud(
         ds,
         args.model,
@@ -230,7 +218,7 @@ def _decloud(args: argparse.Namespace) -> int:
     to_zarr(result.to_dataset(), args.output, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.output}")
     if args.cog:
-        _write_cog(open_zarr(args.output)["decloud"], Path(args.cog))
+        to_cog(open_zarr(args.output)["decloud"], args.cog, overwrite=args.overwrite)
         print(f"wrote {args.cog}")
     return 0
 
@@ -267,7 +255,11 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--composite", action="store_true", help="keep the cloudy input outside the cloud mask"
     )
-    p.add_argument("--cog", help="also write a Cloud-Optimised GeoTIFF here (scenes only)")
+    p.add_argument(
+        "--cog",
+        help="also write a Cloud-Optimised GeoTIFF here (a .tif for a scene, a folder of "
+        "one per patch for a collection)",
+    )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_scheduler_arguments(p)
     p.set_defaults(func=_decloud)

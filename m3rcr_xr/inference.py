@@ -66,7 +66,7 @@ from .exceptions import (
 from .normalize import OPTICAL_SCALE, model_inputs, normalize_optical
 from .options import OPTIONS
 from .resources import annotate
-from .schema import is_collection, validate
+from .schema import OPTICAL_NODATA, is_collection, validate
 from .store import sources
 from .weights import UNTRAINED
 from .weights import resolve as resolve_weights
@@ -810,7 +810,9 @@ def decloud(
     -------
     xr.DataArray
         ``decloud`` (band, y, x) (``patch`` first for a collection), float32 reflectance
-        x10000, with the input's coordinates and CRS. Lazy for a Dask-backed input
+        x10000, with the input's coordinates and CRS; NaN where ``cloudy`` has no data
+        (all bands 0: a dark band may be 0, a footprint's edge zeroes them all), the
+        nodata declared the rioxarray way (``encoding["_FillValue"]``). Lazy for a Dask-backed input
         (nothing is computed yet); in memory for an in-memory input.
 
     Raises
@@ -849,6 +851,8 @@ def decloud(
     if composite:
         warn_if_estimated(ds["cloudmask"], "decloud(composite=True)")
         result = result.where(ds["cloudmask"], template.astype(np.float32))
+    # optical nodata in (all bands 0) is NaN out; the network saw it filled, as ever
+    result = result.where((template != OPTICAL_NODATA).any("band"))
     result.attrs = {
         "long_name": "cloud-free estimate",
         "units": "reflectance x10000",
@@ -860,5 +864,6 @@ def decloud(
         "overlap": plan.overlap,
         "composite": int(composite),
     }
+    result = result.rio.write_nodata(np.nan, encoded=True)  # _FillValue in encoding
     result.encoding["source"] = sources(ds)  # to_zarr never writes over its own input
     return result.compute() if eager else result  # in memory in, in memory out

@@ -75,6 +75,18 @@ _ROOT_TMP = "zarr.json.m3rcr-tmp"
 #: errors of the file system that make a destination unwritable (named, not traced)
 _UNWRITABLE = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 
+#: the encodings of a data variable that :func:`to_zarr` keeps (codecs, fill value and
+#: stored dtype); the others, chunks included, are its own (:func:`store_chunks`)
+KEPT_ENCODING = (
+    "compressors",
+    "filters",
+    "serializer",
+    "_FillValue",
+    "dtype",
+    "scale_factor",
+    "add_offset",
+)
+
 _State = Literal["missing", "file", "empty", "foreign", "unfinished", "complete"]
 
 
@@ -308,6 +320,7 @@ def _fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
         var = ds.variables[name]
         digest.update(f"{name}:{var.dims}:{var.dtype}".encode())
         digest.update(json.dumps(var.attrs, sort_keys=True, default=str).encode())
+        digest.update(json.dumps(var.encoding, sort_keys=True, default=repr).encode())
         if name in ds.coords:
             digest.update(_coordinate_bytes(var.values))
     digest.update(json.dumps(ds.attrs, sort_keys=True, default=str).encode())
@@ -355,8 +368,13 @@ def _prepare(ds: xr.Dataset) -> xr.Dataset:
     # coordinates are small: keep them in memory so they are written with the metadata;
     # strings as variable-length UTF-8, the string type Zarr v3 specifies
     ds = ds.assign_coords({name: _plain(ds[name]) for name in ds.coords})
-    for var in ds.variables.values():
-        var.encoding = {}
+    for name, var in ds.variables.items():
+        kept = KEPT_ENCODING if name in ds.data_vars else ()
+        var.encoding = {key: var.encoding[key] for key in kept if key in var.encoding}
+        if var.dtype.kind != "f":
+            # an integer _FillValue would read back masked, as floats: the data model's
+            # integers keep their nodata as a value (attrs["nodata"])
+            var.encoding.pop("_FillValue", None)
     return ds
 
 
@@ -470,6 +488,11 @@ def to_zarr(
     storage_options: dict[str, Any] | None = None,
 ) -> None:
     """Write a scene or a collection to a Zarr (v3) store, resumably and safely.
+
+    The encodings a data variable carries are kept (:data:`KEPT_ENCODING`: codecs such as
+    ``compressors``, a float's ``_FillValue``, ``dtype``); its chunks are the store's own
+    (:func:`store_chunks`), whatever ``encoding["chunks"]`` says. An integer's
+    ``_FillValue`` is dropped: it would read back masked, as floats.
 
     Parameters
     ----------

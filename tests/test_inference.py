@@ -127,6 +127,23 @@ def test_composite_keeps_clear_pixels(small_checkpoint, small_scene):
     assert (out[:, ~clear] != cloudy[:, ~clear]).mean() > 0.9
 
 
+def test_optical_nodata_is_nan_in_decloud_lazily_and_eagerly(small_checkpoint, small_scene):
+    """Pixels whose cloudy bands are all 0 (a footprint's edge) are NaN, the nodata
+    declared the rioxarray way; a single 0 band is data."""
+    cloudy = small_scene.cloudy.where(small_scene.x > small_scene.x[9], 0)
+    cloudy = cloudy.where((small_scene.band != "blue") | (small_scene.y != small_scene.y[50]), 0)
+    scene = small_scene.assign(cloudy=cloudy.astype("uint16"))
+    with raise_if_dask_computes():
+        lazy = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL)
+    eager = decloud(scene.compute(), "dsen2_cr", small_checkpoint, config=SMALL)
+    for out in (lazy, eager):
+        assert out.dtype == np.float32 and np.isnan(out.rio.encoded_nodata)
+        assert "_FillValue" not in out.attrs
+    values = lazy.values
+    assert np.isnan(values[:, :, :10]).all() and np.isfinite(values[:, :, 10:]).all()
+    np.testing.assert_allclose(eager.values, values, atol=0.1, equal_nan=True)
+
+
 def test_collection_patches_are_decloud_ed_one_by_one(small_checkpoint):
     collection = m3rcr_xr.synthetic_collection(3, 70, seed=1).chunk({"patch": 2})
     out = decloud(collection, "dsen2_cr", small_checkpoint, config=SMALL, tile=48)

@@ -271,7 +271,9 @@ def test_pooled_collection_keeps_patches_apart_in_ssim():
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nan_and_infinite_predictions_are_refused_alike(lazy, bad):
+def test_all_nan_or_infinite_predictions_are_refused(lazy, bad):
+    """A prediction NaN or infinite everywhere is refused; NaN in every band of some
+    pixels is nodata (decloud's), infinite values where the target has data are not."""
     ds = make_scene(seed=19)
     all_bad = ds.assign(decloud=ds.decloud * 0 + bad)
     some_bad = ds.assign(decloud=ds.decloud.where(ds.x != ds.x[5], bad))
@@ -280,6 +282,9 @@ def test_nan_and_infinite_predictions_are_refused_alike(lazy, bad):
     with pytest.raises(SchemaError, match="'decloud' is all NaN or infinite"):
         metrics.evaluate(all_bad)
     n_bad = int((ds.cloudfree.isel(x=5) != 0).all("band").sum())
+    if np.isnan(bad):
+        assert metrics.evaluate(some_bad).attrs["n_pred_nodata_pixels"] == ds.sizes["y"]
+        return
     with pytest.raises(
         SchemaError, match=rf"NaN or infinite at {n_bad} pixel\(s\) where the target 'cloudfree'"
     ):
@@ -337,3 +342,27 @@ def test_on_a_distributed_cluster_errors_and_values_come_back():
         assert_same_result(metrics.evaluate(ds), expected)
         with pytest.raises(SchemaError, match="all NaN"):
             metrics.evaluate(ds.assign(decloud=ds.decloud * np.nan))
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_nan_prediction_is_nodata_excluded_and_counted(lazy):
+    """decloud's nodata (NaN in every band where ``cloudy`` had none) is excluded as if
+    the scene were cropped to the valid area, and counted."""
+    ds = make_scene(nodata=0.0, seed=23)
+    border = ds.assign(decloud=ds.decloud.where(ds.x > ds.x[4]))
+    border = border.chunk(y=16, x=16) if lazy else border
+    result = metrics.evaluate(border)
+    cropped = metrics.evaluate(ds.isel(x=slice(5, None)))
+    for name in metrics.METRICS:
+        np.testing.assert_allclose(result[name], cropped[name], rtol=1e-5, err_msg=name)
+    n_border = 5 * ds.sizes["y"]
+    assert result.attrs["n_pred_nodata_pixels"] == result.attrs["n_nodata_pixels"] == n_border
+    assert cropped.attrs["n_pred_nodata_pixels"] == 0
+
+
+def test_nan_in_some_bands_where_the_target_has_data_is_still_an_error():
+    ds = make_scene(nodata=0.0, seed=24)
+    partial = ds.decloud.copy(data=ds.decloud.values.copy())
+    partial[0, 2, 3] = np.nan
+    with pytest.raises(SchemaError, match="NaN or infinite"):
+        metrics.evaluate(ds.assign(decloud=partial))

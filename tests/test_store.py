@@ -27,6 +27,27 @@ def test_scene_round_trip_keeps_values_and_crs(tmp_path, small_scene):
     assert zarr.open_group(tmp_path / "s.zarr").metadata.zarr_format == 3
 
 
+def test_given_encodings_are_kept_and_chunks_are_the_stores(tmp_path):
+    from zarr.codecs import BloscCodec
+
+    scene = m3rcr_xr.synthetic_scene((64, 48), chunks=16)
+    decloud = scene.cloudy.astype("float32").where(scene.x > scene.x[3])
+    decloud = decloud.rio.write_nodata(np.nan, encoded=True)
+    decloud.encoding.update(compressors=(BloscCodec(cname="lz4", clevel=3),), chunks=(1, 8, 8))
+    cloudy = scene.cloudy.copy()
+    cloudy.encoding = {"dtype": "uint16", "_FillValue": 0, "source": "elsewhere.tif"}
+    m3rcr_xr.to_zarr(scene.assign(decloud=decloud, cloudy=cloudy), tmp_path / "s.zarr")
+    back = m3rcr_xr.open_zarr(tmp_path / "s.zarr")
+    assert np.isnan(back.decloud.encoding["_FillValue"]) and np.isnan(back.decloud.rio.nodata)
+    (codec,) = back.decloud.encoding["compressors"]
+    assert isinstance(codec, BloscCodec) and codec.cname.value == "lz4"
+    assert back.decloud.encoding["chunks"] == (4, 64, 48)  # the store's chunks, not (1, 8, 8)
+    assert back.cloudy.dtype == np.uint16  # an integer _FillValue would mask it to floats
+    assert back.cloudy.encoding["source"] != "elsewhere.tif"
+    np.testing.assert_array_equal(back.decloud.values, decloud.values)
+    assert "_FillValue" not in back.decloud.attrs
+
+
 def test_scene_chunks_follow_the_option(tmp_path):
     scene = m3rcr_xr.synthetic_scene((200, 300), chunks=64)
     with m3rcr_xr.set_options(scene_chunk=128):

@@ -62,10 +62,12 @@ float32 like the reference; sums are accumulated in float64. With ``n`` valid pi
 Nodata
 ------
 A pixel is excluded from every metric (and counted in ``n_nodata`` and the attribute
-``n_nodata_pixels``) when any band of the target is 0, NaN or infinite, or any band of
-an integer-typed prediction is 0 (optical nodata). Excluded pixels enter the SSIM
-windows of their neighbours as zeros, as the image edge does. A float prediction may be
-NaN or infinite (the two alike) only where the target has no data.
+``n_nodata_pixels``) when any band of the target is 0, NaN or infinite, any band of
+an integer-typed prediction is 0 (optical nodata), or every band of a float prediction
+is NaN (decloud's nodata, where ``cloudy`` had none); the attribute
+``n_pred_nodata_pixels`` counts the pixels where the prediction has no data. Excluded
+pixels enter the SSIM windows of their neighbours as zeros, as the image edge does.
+Elsewhere a float prediction may not be NaN or infinite where the target has data.
 
 A valid pixel whose land cover is nodata (0) or not an ESA WorldCover code belongs to
 class ``"all"`` only; it never vanishes uncounted: the attributes

@@ -27,8 +27,9 @@ from .sums import checked, group_labels, grouped_sums
 
 PROTOCOLS: tuple[str, ...] = ("pooled", "per_patch")
 NODATA_RULE = (
-    "pixels where any target band is 0, NaN or infinite, or any band of an integer "
-    "prediction is 0, are excluded from every metric"
+    "pixels where any target band is 0, NaN or infinite, any band of an integer "
+    "prediction is 0, or every band of a float prediction is NaN, are excluded from "
+    "every metric"
 )
 LANDCOVER_RULE = (
     "valid pixels whose land cover is nodata (0) or not an ESA WorldCover code are in "
@@ -96,7 +97,10 @@ def _attrs(sums: xr.DataArray, landcover_name: str | None, **kwargs: Any) -> dic
         n_valid = round(float(totals.sel(quantity="n_valid")))
         n_nodata = round(float(totals.sel(quantity="n_nodata")))
         attrs.update(
-            n_valid_pixels=n_valid, n_nodata_pixels=n_nodata, n_pixels_total=n_valid + n_nodata
+            n_valid_pixels=n_valid,
+            n_nodata_pixels=n_nodata,
+            n_pred_nodata_pixels=round(float(totals.sel(quantity="pred_nodata"))),
+            n_pixels_total=n_valid + n_nodata,
         )
         if landcover_name is not None:
             attrs.update(_landcover_counts(sums, landcover_name))
@@ -277,7 +281,9 @@ def evaluate(
         Variables PSNR, SSIM, SAM, MAE, RMSE, n_pixels, n_nodata (and with the per-patch
         protocol n_patches) over dims ``stratum`` and ``landcover_class`` (class names at
         ``level``, then ``"all"``); attributes include ``n_nodata_pixels`` and
-        ``n_valid_pixels`` and, with a land cover, ``n_landcover_nodata_pixels`` and
+        ``n_valid_pixels``, ``n_pred_nodata_pixels`` (those of the nodata pixels where
+        the prediction has none, e.g. decloud's NaN where ``cloudy`` had no data) and,
+        with a land cover, ``n_landcover_nodata_pixels`` and
         ``n_landcover_unknown_pixels`` (valid pixels in class ``"all"`` only). With
         ``semantic``, also OA, mIoU, n_labelled, IoU, F1, confusion, agreement,
         agreement_mIoU, agreement_IoU and agreement_confusion over a ``source`` dim

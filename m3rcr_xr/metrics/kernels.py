@@ -36,6 +36,7 @@ QUANTITIES: tuple[str, ...] = (
     "ssim",
     "nan_in_valid",
     "nan_pred",
+    "pred_nodata",
 )
 #: land-cover code of each group: the WorldCover codes, nodata (0), then -1 for codes
 #: that are not WorldCover's; a pixel's group label is the position of its code here,
@@ -88,15 +89,22 @@ def spectral_angle(dot: Any, norm1: Any, norm2: Any) -> Any:
     return np.arccos(np.clip(cosine, -1, 1)) / np.float32(np.pi) * np.float32(180)
 
 
+def pred_nodata(pred_raw: np.ndarray) -> np.ndarray:
+    """Pixels where the prediction has no data: an integer one 0 in any band, a float
+    one NaN in every band (decloud's nodata, where ``cloudy`` had none)."""
+    if np.issubdtype(pred_raw.dtype, np.integer):
+        return (pred_raw == 0).any(axis=-3)
+    return np.isnan(pred_raw).all(axis=-3)
+
+
 def _excluded(pred_raw: np.ndarray, target_raw: np.ndarray) -> np.ndarray:
-    """Pixels excluded as nodata: target 0 / NaN / +-inf in any band, integer prediction 0.
+    """Pixels excluded as nodata: target 0 / NaN / +-inf in any band, or prediction
+    nodata (:func:`pred_nodata`).
 
     Tested on the raw values: the normalisation clips +-inf to 0 and 1.
     """
     excluded = ((target_raw == 0) | ~np.isfinite(target_raw)).any(axis=-3)
-    if np.issubdtype(pred_raw.dtype, np.integer):
-        excluded |= (pred_raw == 0).any(axis=-3)
-    return excluded
+    return excluded | pred_nodata(pred_raw)
 
 
 def _band_sum(values: np.ndarray) -> np.ndarray:
@@ -112,7 +120,7 @@ def quantities_block(pred_raw: np.ndarray, target_raw: np.ndarray, halo: int) ->
     p = normalize_optical(pred_raw.astype(np.float32, copy=False))
     t = normalize_optical(target_raw.astype(np.float32, copy=False))
     excluded = _excluded(pred_raw, target_raw)
-    nan_pred = ~np.isfinite(pred_raw).any(axis=-3)
+    nan_pred = ~np.isfinite(pred_raw).all(axis=-3)  # any band
     keep = ~excluded[..., None, :, :]
     p, t = np.where(keep, p, np.float32(0)), np.where(keep, t, np.float32(0))
     ssim = np.stack(
@@ -133,9 +141,10 @@ def quantities_block(pred_raw: np.ndarray, target_raw: np.ndarray, halo: int) ->
         axis=-3,
     )
     sums = np.where(valid[..., None, :, :], sums, 0.0)
-    flags = [valid, ~valid, nan_pred & valid, nan_pred]
+    no_pred = pred_nodata(pred_raw[..., rows, cols])
+    flags = [valid, ~valid, nan_pred & valid, nan_pred, no_pred]
     flags = [f.astype(np.float64)[..., None, :, :] for f in flags]
-    return np.concatenate([flags[0], flags[1], sums, flags[2], flags[3]], axis=-3)
+    return np.concatenate([flags[0], flags[1], sums, *flags[2:]], axis=-3)
 
 
 _CODE_INDEX = code_to_index(2).astype(np.int16)  # WorldCover code -> position 0..10, or -1

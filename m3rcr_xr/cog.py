@@ -1,0 +1,276 @@
+"""Cloud-Optimised GeoTIFFs of scenes and collections, streamed from Dask.
+
+:func:`to_cog` writes a (lazy) ``(band, y, x)`` array to a COG with odc-geo's
+``save_cog_with_dask``: each block and each overview block is computed and compressed
+in its own task, written to a part file, and the parts are joined at the end, with no
+Zarr round trip and without holding the raw scene (memory still grows with the
+compressed size: see ``benchmarks/quick.py``, part ``cog``).
+
+The file's grid is odc-geo's COG layout: the scene's transform and CRS, the width and
+height rounded up (with nodata) to a multiple of ``2**levels`` so that each overview
+halves the one above exactly. A collection (a ``patch`` dim) becomes a folder of one
+GeoTIFF per patch, named by the ``patch`` coordinate (the id :func:`m3rcr_xr.open_m3rcr`
+takes from the cloudy file's name).
+
+Safety rules, as for :func:`m3rcr_xr.to_zarr`: an existing file is replaced only with
+``overwrite=True`` (other files of a destination folder are never touched); a
+destination that is, contains or lies inside an input is refused; and each file is
+written under a hidden temporary name in its own folder and renamed once every file is
+complete, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .exceptions import StoreError, UnsafePathError, UsageError, argument, check_integer
+from .options import OPTIONS
+from .progress import compute_with_progress
+from .schema import is_collection
+from .store import _Target, _write_errors, check_apart, sources
+
+log = logging.getLogger(__name__)
+
+#: file suffix of the GeoTIFFs a collection is written to
+SUFFIX = ".tif"
+
+
+def _array(obj: xr.Dataset | xr.DataArray, variable: str | None) -> xr.DataArray:
+    """The DataArray to write: ``obj`` itself, or its ``variable`` (default ``decloud``)."""
+    if isinstance(obj, xr.DataArray):
+        return obj
+    name = variable or "decloud"
+    if name not in obj.data_vars:
+        raise UsageError(
+            f"{argument('variable', name)}: not a variable of the dataset "
+            f"(it has {sorted(map(str, obj.data_vars))})"
+        )
+    return obj[name]
+
+
+def _with_nodata(array: xr.DataArray) -> xr.DataArray:
+    """``array`` with its nodata in ``encoding`` (the rioxarray way): the one it
+    declares (rioxarray's, else this library's ``attrs["nodata"]``), else NaN for
+    floats; integers without one get none."""
+    nodata = array.rio.encoded_nodata
+    for fallback in (array.rio.nodata, array.attrs.get("nodata")):
+        nodata = fallback if nodata is None else nodata
+    if nodata is None and array.dtype.kind == "f":
+        nodata = np.nan
+    return array if nodata is None else array.rio.write_nodata(nodata, encoded=True)
+
+
+def _patch_scene(collection: xr.DataArray, index: int) -> xr.DataArray:
+    """Patch ``index`` of a collection as a scene: its own grid and CRS (``epsg``)."""
+    patch = collection.isel(patch=index)
+    crs = int(patch["epsg"])
+    patch = patch.drop_vars([name for name in patch.coords if patch[name].ndim == 0])
+    return patch.rio.write_crs(crs)
+
+
+def patch_file_names(collection: xr.Dataset | xr.DataArray) -> list[str]:
+    """The file name of each patch of a collection: its ``patch`` id and ``.tif``.
+
+    Raises
+    ------
+    UnsafePathError
+        A patch id that is not a plain file name (a path separator, ``..``).
+    """
+    names = [f"{patch}{SUFFIX}" for patch in np.asarray(collection["patch"].values).tolist()]
+    for name in names:
+        if Path(name).name != name or name.startswith("."):
+            raise UnsafePathError(f"patch {name[: -len(SUFFIX)]!r}: not a plain file name")
+    return names
+
+
+def _files(path: Path, names: Sequence[str] | None) -> list[Path]:
+    return [path] if names is None else [path / name for name in names]
+
+
+def check_cog_destination(
+    path: str | os.PathLike,
+    *,
+    names: Sequence[str] | None = None,
+    inputs: Sequence[Any] = (),
+    overwrite: bool = False,
+) -> list[Path]:
+    """Refuse a destination :func:`to_cog` would not write, before any work is done.
+
+    Parameters
+    ----------
+    path
+        A GeoTIFF file (a scene), or a folder (a collection: give ``names``).
+    names
+        File names in the folder (:func:`patch_file_names`); None for a scene.
+    inputs
+        Paths or URLs of the inputs; a destination that overlaps one is refused.
+    overwrite
+        Allow replacing existing files of those names.
+
+    Returns
+    -------
+    list of Path
+        The files to write.
+
+    Raises
+    ------
+    StoreError
+        A URL (local paths only), a folder that does not exist or is not writable, a
+        file where a folder is needed or the reverse, an existing file (without
+        ``overwrite``), or an overlap with an input.
+    """
+    target = _Target.of(path)
+    if not target.local:
+        raise StoreError(f"{target.name}: GeoTIFFs are written to local paths only")
+    check_apart(path, inputs)
+    path = Path(path)
+    folder = path if names is not None else path.parent
+    if names is not None and path.exists() and not path.is_dir():
+        raise StoreError(f"{path}: is a file; a collection is written to a folder")
+    parent = folder.parent if names is not None and not folder.exists() else folder
+    if not parent.is_dir():
+        raise StoreError(f"{path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"{path}: folder {parent} is not writable")
+    files = _files(path, names)
+    for file in files:
+        if file.is_dir():
+            raise StoreError(f"{file}: is a folder, not a GeoTIFF")
+        if file.exists() and not overwrite:
+            raise StoreError(f"{file}: exists; pass {argument('overwrite', True)} to replace it")
+    return files
+
+
+def _partial(file: Path) -> Path:
+    return file.with_name(f".{file.name}.{os.getpid()}.partial")
+
+
+@contextlib.contextmanager
+def _cleaned(partials: Sequence[Path], folder: Path) -> Iterator[None]:
+    """Remove the partial files (and odc-geo's part folders) and, if this call made it,
+    the folder, when the block fails."""
+    created = not folder.exists()
+    try:
+        yield
+    except BaseException:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+            parts = partial.with_name(f".{partial.name}.parts")
+            if parts.is_dir():
+                for part in parts.iterdir():
+                    part.unlink()
+                parts.rmdir()
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
+def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwargs: Any) -> Any:
+    """odc-geo's graph writing ``array`` to ``dst`` (a Dask ``Delayed``)."""
+    from odc.geo.cog import save_cog_with_dask
+
+    array = array.chunk({"y": size, "x": size})
+    if "band" in array.dims:
+        array = array.transpose("band", "y", "x")
+    return save_cog_with_dask(array, dst, compression=compress, blocksize=size, **kwargs)
+
+
+def to_cog(
+    obj: xr.DataArray | xr.Dataset,
+    path: str | os.PathLike,
+    *,
+    variable: str | None = None,
+    overwrite: bool = False,
+    compress: str = "deflate",
+    level: int | None = None,
+    blocksize: int = 512,
+    overview_resampling: str = "nearest",
+    progress: bool | None = None,
+) -> list[Path]:
+    """Write a scene (or each patch of a collection) to Cloud-Optimised GeoTIFF.
+
+    Streams a lazy array through Dask (odc-geo's ``save_cog_with_dask``): blocks and
+    overview blocks are computed and compressed in parallel tasks, never the whole
+    raw scene at once. Band descriptions come from the ``band``
+    coordinate, nodata from the array (``rio.encoded_nodata`` or ``rio.nodata``; NaN
+    for floats that declare none), the georeference from its CRS and coordinates.
+
+    Parameters
+    ----------
+    obj
+        A DataArray ``([patch,] [band,] y, x)`` with a CRS, or a Dataset (then
+        ``variable`` is written).
+    path
+        A ``.tif`` file for a scene; a folder for a collection (one
+        ``<patch id>.tif`` each).
+    variable
+        The variable of a Dataset to write; default ``"decloud"``.
+    overwrite
+        Replace existing files of the same names (nothing else is ever touched).
+    compress
+        TIFF compression, as rioxarray's ``to_raster`` names it: ``"deflate"``,
+        ``"zstd"``, ``"lzw"``...
+    level
+        Compression level; default the codec's.
+    blocksize
+        Side of the square blocks of the image and its overviews (a multiple of 16).
+    overview_resampling
+        How overviews are made: ``"nearest"``, ``"average"``...
+    progress
+        Show a progress bar; default: the ``progress`` option.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+
+    Raises
+    ------
+    StoreError
+        Before any work: see :func:`check_cog_destination`; while writing: a full or
+        read-only file system (nothing is left behind).
+    UsageError
+        ``blocksize`` not a positive multiple of 16; ``variable`` not in the Dataset.
+
+    Examples
+    --------
+    >>> import m3rcr_xr
+    >>> scene = m3rcr_xr.synthetic_scene((1024, 1024))
+    >>> m3rcr_xr.to_cog(scene["cloudy"], "cloudy.tif")  # doctest: +SKIP
+    [PosixPath('cloudy.tif')]
+    """
+    blocksize = check_integer("blocksize", blocksize, minimum=16)
+    if blocksize % 16:
+        raise UsageError(f"{argument('blocksize', blocksize)}: must be a multiple of 16")
+    array = _array(obj, variable)
+    collection = is_collection(array)
+    names = patch_file_names(array) if collection else None
+    files = check_cog_destination(path, names=names, inputs=sources(obj), overwrite=overwrite)
+    scenes = [_patch_scene(array, i) for i in range(len(files))] if collection else [array]
+    partials = [_partial(file) for file in files]
+    folder = Path(path) if collection else Path(path).parent
+    options = {"level": level, "overview_resampling": overview_resampling}
+    with _write_errors(_Target.of(path)), _cleaned(partials, folder):
+        folder.mkdir(exist_ok=True)
+        graphs = [
+            _cog_graph(_with_nodata(scene), partial, compress, blocksize, **options)
+            for scene, partial in zip(scenes, partials, strict=True)
+        ]
+        show = OPTIONS["progress"] if progress is None else progress
+        with warnings.catch_warnings():
+            # odc-geo warps overviews between bare arrays, which rasterio warns about
+            warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+            compute_with_progress(*graphs, show=show)
+        for partial, file in zip(partials, files, strict=True):
+            os.replace(partial, file)
+    log.info("wrote %d GeoTIFF(s) to %s", len(files), path)
+    return files

@@ -1,0 +1,184 @@
+import errno
+import os
+
+import dask.array as da
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from rio_cogeo.cogeo import cog_validate
+
+import m3rcr_xr
+from m3rcr_xr import cog
+from m3rcr_xr.testing import raise_if_dask_computes
+from tests.conftest import snapshot
+
+
+def _scene(size: int, chunks: int = 256) -> xr.DataArray:
+    """A lazy float decloud-like scene with a nodata (NaN) border on the left."""
+    scene = m3rcr_xr.synthetic_scene((size, size), chunks=chunks)
+    cloudy = scene["cloudy"].astype("float32")
+    return cloudy.where(cloudy.x > cloudy.x[20]).rename("decloud")
+
+
+def test_a_scene_becomes_a_valid_tiled_cog_with_overviews(tmp_path):
+    scene = _scene(300, 128)
+    path = tmp_path / "d.tif"
+    assert m3rcr_xr.to_cog(scene, path, blocksize=128) == [path]
+    assert cog_validate(str(path), strict=True)[0]
+    with rasterio.open(path) as f:
+        assert f.block_shapes == [(128, 128)] * 4
+        assert f.overviews(1) == [2, 4]
+        assert f.crs == scene.rio.crs and f.transform == scene.rio.transform()
+        assert np.isnan(f.nodata)
+        assert f.descriptions == ("blue", "green", "red", "nir")
+        values = f.read()
+    assert np.array_equal(values[:, :300, :300], scene.values, equal_nan=True)
+    assert np.isnan(values[:, :, :21]).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tif"]  # no partial left
+
+
+def test_integer_bands_take_the_declared_nodata(tmp_path):
+    cloudy = m3rcr_xr.synthetic_scene((64, 64))["cloudy"].assign_attrs(nodata=0)
+    m3rcr_xr.to_cog(cloudy, tmp_path / "c.tif")
+    with rasterio.open(tmp_path / "c.tif") as f:
+        assert f.nodata == 0 and f.dtypes[0] == "uint16"
+
+
+def test_a_collection_becomes_one_cog_per_patch_named_by_patch(tmp_path):
+    collection = m3rcr_xr.synthetic_collection(2, 48)
+    written = collection.m3rcr.to_cog(tmp_path / "out", variable="cloudy")
+    assert [p.name for p in written] == ["synthetic_0_p_0.tif", "synthetic_1_p_0.tif"]
+    for index, path in enumerate(written):
+        patch = collection["cloudy"].isel(patch=index)
+        with rasterio.open(path) as f:
+            assert f.crs.to_epsg() == int(patch["epsg"])
+            assert f.transform.c == float(patch.x[0]) - 1.5  # pixel centres, 3 m
+            assert np.array_equal(f.read(), patch.values)
+
+
+def test_the_dataarray_accessor_writes_too(tmp_path):
+    scene = _scene(64)
+    assert scene.m3rcr.to_cog(tmp_path / "a.tif") == [tmp_path / "a.tif"]
+
+
+def test_building_the_graph_computes_nothing(tmp_path):
+    with raise_if_dask_computes():
+        graph = cog._cog_graph(_scene(64), tmp_path / "x.tif", "deflate", 32)
+    assert hasattr(graph, "compute")
+
+
+def test_an_existing_file_is_kept_without_overwrite(tmp_path):
+    path = tmp_path / "mine.tif"
+    path.write_bytes(b"not ours")
+    with pytest.raises(m3rcr_xr.StoreError, match="exists; pass overwrite=True"):
+        m3rcr_xr.to_cog(_scene(64), path)
+    assert snapshot(tmp_path) == {"mine.tif": b"not ours"}
+    m3rcr_xr.to_cog(_scene(64), path, overwrite=True)
+    assert cog_validate(str(path))[0]
+
+
+def test_a_collection_folder_keeps_other_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "synthetic_0_p_0.tif").write_bytes(b"not ours")
+    collection = m3rcr_xr.synthetic_collection(2, 16)
+    before = snapshot(tmp_path)
+    with pytest.raises(m3rcr_xr.StoreError, match="synthetic_0_p_0.tif: exists"):
+        m3rcr_xr.to_cog(collection, out, variable="cloudy")
+    assert snapshot(tmp_path) == before
+    m3rcr_xr.to_cog(collection, out, variable="cloudy", overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 3
+
+
+@pytest.mark.parametrize(
+    ("where", "match"),
+    [
+        ("missing/d.tif", "does not exist"),
+        ("d.tif/", "is a folder"),
+        ("s3://bucket/d.tif", "local paths only"),
+    ],
+)
+def test_unreachable_destinations_are_refused(tmp_path, where, match):
+    if where.endswith("/"):
+        (tmp_path / where).mkdir()
+    target = where if "://" in where else tmp_path / where
+    before = snapshot(tmp_path)
+    with pytest.raises(m3rcr_xr.StoreError, match=match):
+        m3rcr_xr.to_cog(_scene(64), target)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_destination_inside_an_input_is_refused(tmp_path):
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64)), tmp_path / "s.zarr")
+    scene = m3rcr_xr.open_zarr(tmp_path / "s.zarr")
+    with pytest.raises(m3rcr_xr.StoreError, match="lies inside the input"):
+        m3rcr_xr.to_cog(scene, tmp_path / "s.zarr" / "d.tif", variable="cloudy")
+
+
+def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    out = tmp_path / "new"
+    with pytest.raises(m3rcr_xr.StoreError, match="No space left on device"):
+        m3rcr_xr.to_cog(m3rcr_xr.synthetic_collection(2, 16), out, variable="cloudy")
+    assert list(tmp_path.iterdir()) == []  # no partial file, no part folder, no folder
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_folder_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(m3rcr_xr.StoreError, match="is not writable"):
+        m3rcr_xr.to_cog(_scene(64), locked / "d.tif")
+
+
+@pytest.mark.parametrize("blocksize", [0, 100, 16.0])
+def test_bad_blocksizes_are_usage_errors(tmp_path, blocksize):
+    with pytest.raises(m3rcr_xr.UsageError, match="blocksize"):
+        m3rcr_xr.to_cog(_scene(64), tmp_path / "d.tif", blocksize=blocksize)
+
+
+def _lazy_band(side: int) -> xr.DataArray:
+    """A lazy one-band float64 scene (8 bytes a pixel: few pixels for many bytes)."""
+    data = da.ones((1, side, side), chunks=(1, 1024, 1024), dtype="float64")  # np.ones writes
+    coords = {"band": ["b"], "y": 5e6 - 3.0 * np.arange(side), "x": 4e5 + 3.0 * np.arange(side)}
+    return xr.DataArray(data, dims=("band", "y", "x"), coords=coords).rio.write_crs(32632)
+
+
+@pytest.mark.slow
+def test_a_workers_memory_does_not_grow_with_the_scene(tmp_path):
+    """One worker writes a scene and one 4x as large (512 MiB, above the worker's
+    limit): it stays under the limit and its peak grows by a third of the raw growth
+    at most (memory follows the compressed size: see benchmarks/quick.py, part cog). Pause and
+    termination are off, so that a breach shows as a peak, not as a hang."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    limit = 480 * 2**20
+    unbounded = {f"distributed.worker.memory.{k}": False for k in ("pause", "terminate")}
+    peaks = []
+    with (
+        dask.config.set(unbounded),
+        LocalCluster(n_workers=1, threads_per_worker=2, memory_limit=limit) as cluster,
+        Client(cluster) as client,
+    ):
+        for side in (4096, 8192):
+            client.restart()  # a fresh worker process: its own peak
+            m3rcr_xr.to_cog(_lazy_band(side), tmp_path / f"{side}.tif", blocksize=1024)
+            (peak,) = client.run(_peak_rss).values()
+            peaks.append(peak)
+    assert _lazy_band(8192).nbytes > limit
+    # 384 MiB more of raw scene; of compressed blocks (these compress well), little
+    assert peaks[1] < limit and peaks[1] - peaks[0] < 128 * 2**20, peaks
+    with rasterio.open(tmp_path / "8192.tif") as f:
+        assert f.shape == (8192, 8192) and f.overviews(1) == [2, 4, 8]
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
