@@ -92,7 +92,7 @@ def _info(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), size=args.size)
+    run_demo(Path(args.out), size=args.size, tta=None if args.tta == "none" else args.tta)
     return 0
 
 
@@ -124,12 +124,15 @@ def _write_cog(array, path: Path) -> None:
 
 
 def _decloud(args: argparse.Namespace) -> int:
+    import xarray as xr
+
     from .inference import decloud
     from .schema import is_collection
     from .store import check_apart, check_destination, open_zarr, to_zarr
 
     config = _parse_config(args.config)  # arguments first, then the data
-    inputs = [p for p in (args.input, args.checkpoint) if p]
+    checkpoints = args.checkpoint or [None]
+    inputs = [p for p in (args.input, *checkpoints) if p]
     check_destination(args.output, inputs=inputs, overwrite=args.overwrite)
     if args.cog:
         check_apart(args.cog, inputs)
@@ -143,7 +146,7 @@ def _decloud(args: argparse.Namespace) -> int:
     result = decloud(
         ds,
         args.model,
-        args.checkpoint,
+        checkpoints[0] if len(checkpoints) == 1 else checkpoints,
         config=config,
         tile=args.tile,
         overlap=args.overlap,
@@ -151,8 +154,11 @@ def _decloud(args: argparse.Namespace) -> int:
         device=args.device,
         composite=args.composite,
         precision=args.precision,
+        tta=args.tta,
+        uncertainty=args.uncertainty,
     )
-    to_zarr(result.to_dataset(), args.output, overwrite=args.overwrite, progress=True)
+    result = result if isinstance(result, xr.Dataset) else result.to_dataset()
+    to_zarr(result, args.output, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.output}")
     if args.cog:
         _write_cog(open_zarr(args.output)["decloud"], Path(args.cog))
@@ -175,7 +181,12 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="Zarr store with cloudy and sar (from m3rcr ingest)")
     p.add_argument("output", help="Zarr store to write the decloud variable to")
     p.add_argument("--model", default="dsen2_cr", help=MODEL_HELP)
-    p.add_argument("--checkpoint", help="weights (.pth published layout, state dict, .safetensors)")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        help="weights (.pth published layout, state dict, .safetensors); repeat it for an "
+        "ensemble of one model family and configuration, averaged",
+    )
     _add_config_argument(p)
     p.add_argument("--tile", type=int, help="tile size (default: the model's)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile // 8)")
@@ -186,6 +197,15 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--composite", action="store_true", help="keep the cloudy input outside the cloud mask"
+    )
+    p.add_argument(
+        "--tta",
+        help="test-time augmentation: flips (4 passes a tile) or d4 (8), averaged",
+    )
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write decloud_std, the spread over ensemble members and TTA transforms",
     )
     p.add_argument("--cog", help="also write a Cloud-Optimised GeoTIFF here (scenes only)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
@@ -226,6 +246,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole job on a synthetic scene")
     p.add_argument("--out", default="demo-output", help="output folder")
     p.add_argument("--size", type=int, default=2048, help="scene edge in pixels")
+    p.add_argument(
+        "--tta",
+        default="flips",
+        help="test-time augmentation and its uncertainty layer: flips (default), d4 or none",
+    )
     p.set_defaults(func=_demo)
 
 

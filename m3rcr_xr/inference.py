@@ -41,7 +41,7 @@ import math
 import os
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -406,6 +406,141 @@ def window(tile: int) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
+# ------------------------------------------------------------------------ what to run
+#: Test-time augmentation: each transform as (quarter turns, mirrored left-right), the
+#: mirror first. Tiles are always square (one side in :class:`TilePlan`; a model's
+#: ``tile_size`` is height = width), so the quarter turns of ``"d4"`` keep every tile
+#: valid for every model. ``"flips"``: identity, left-right, up-down (mirror then half
+#: turn) and both (half turn).
+TTA: dict[str | None, tuple[tuple[int, bool], ...]] = {
+    None: ((0, False),),
+    "flips": ((0, False), (0, True), (2, True), (2, False)),
+    "d4": tuple((turns, mirror) for turns in range(4) for mirror in (False, True)),
+}
+
+
+def check_tta(tta: str | None) -> tuple[tuple[int, bool], ...]:
+    """The transforms of ``tta`` (see :data:`TTA`).
+
+    Raises
+    ------
+    UsageError
+        An unknown name, naming the argument as the caller wrote it.
+    """
+    if tta not in TTA:
+        raise UsageError(f"{argument('tta', tta)}: must be one of flips, d4 (or None)")
+    return TTA[tta]
+
+
+def transform_tiles(tiles: np.ndarray, turn: tuple[int, bool]) -> np.ndarray:
+    """``tiles`` (…, y, x) mirrored left-right if ``turn[1]``, then turned ``turn[0]``
+    quarter turns anticlockwise; :func:`invert_transform` undoes it.
+
+    Examples
+    --------
+    >>> tiles = np.arange(6).reshape(1, 2, 3)
+    >>> back = invert_transform(transform_tiles(tiles, (1, True)), (1, True))
+    >>> bool((back == tiles).all())
+    True
+    """
+    turns, mirror = turn
+    return np.rot90(tiles[..., ::-1] if mirror else tiles, turns, axes=(-2, -1))
+
+
+def invert_transform(tiles: np.ndarray, turn: tuple[int, bool]) -> np.ndarray:
+    """The inverse of :func:`transform_tiles` with the same ``turn``."""
+    turns, mirror = turn
+    tiles = np.rot90(tiles, -turns, axes=(-2, -1))
+    return tiles[..., ::-1] if mirror else tiles
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """What every tile task runs, shared by the scene and the collection paths.
+
+    Small, hashable and picklable: references to the models (:class:`ModelRef`), never
+    their weights.
+
+    Attributes
+    ----------
+    plan
+        The tiling.
+    members
+        One model reference per checkpoint of the ensemble (one model family and
+        configuration); one for a single model.
+    batch_size
+        Tiles per forward pass.
+    tta
+        A key of :data:`TTA`: the transforms each member runs every tile under.
+    spread
+        Whether the tasks also return the per-pixel standard deviation of the
+        (member, transform) predictions.
+    channels
+        Output channels of the model (the optical bands).
+    resources
+        Dask worker resources of the tile tasks, as sorted items, or None.
+    """
+
+    plan: TilePlan
+    members: tuple[ModelRef, ...]
+    batch_size: int
+    tta: str | None = None
+    spread: bool = False
+    channels: int = OPTICAL_CHANNELS
+    resources: tuple[tuple[str, float], ...] | None = None
+
+    @property
+    def transforms(self) -> tuple[tuple[int, bool], ...]:
+        return TTA[self.tta]
+
+    @property
+    def samples(self) -> int:
+        """Predictions of each tile: members x transforms."""
+        return len(self.members) * len(self.transforms)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels a task returns: the bands, then their standard deviations if any."""
+        return self.channels * (2 if self.spread else 1)
+
+
+def _predictions(tiles: np.ndarray, job: TileJob) -> Iterator[np.ndarray]:
+    """Each member's prediction of ``tiles`` under each transform, transformed back."""
+    transforms, count = job.transforms, len(tiles)
+    stacked = np.concatenate([transform_tiles(tiles, t) for t in transforms])
+    for ref in job.members:
+        model, device = cached_model(ref)
+        outputs = run_tiles(model, device, stacked, job.batch_size, ref.precision)
+        for index, turn in enumerate(transforms):
+            yield invert_transform(outputs[index * count : (index + 1) * count], turn)
+
+
+def predict_tiles(tiles: np.ndarray, job: TileJob) -> np.ndarray:
+    """(N, 6, T, T) normalised tiles to their mean prediction over every member and
+    transform of ``job``, (N, C, T, T) float64; with ``job.spread`` the population
+    standard deviation of those predictions follows, (N, 2C, T, T).
+
+    Each member runs all the transforms of all the tiles in one :func:`run_tiles` call
+    (the transforms batched together), once each. The moments are running sums of the
+    deviations from the first prediction (shifted data): a model whose predictions agree
+    gives a spread of exactly 0, and a small spread does not vanish in the cancellation
+    of ``E[x^2] - E[x]^2`` in large values.
+    """
+    predictions = _predictions(tiles, job)
+    first = next(predictions).astype(np.float64)
+    total, squares = np.zeros_like(first), np.zeros_like(first)
+    for out in predictions:
+        deviation = out - first
+        total += deviation
+        squares += deviation * deviation
+    shift = total / job.samples
+    mean = first + shift
+    if not job.spread:
+        return mean
+    std = np.sqrt(np.maximum(squares / job.samples - shift * shift, 0.0))
+    return np.concatenate([mean, std], axis=1)
+
+
 # ---------------------------------------------------------------------- tile running
 def run_tiles(
     model, device: str, tiles: np.ndarray, batch_size: int, precision: str = DEFAULT_PRECISION
@@ -486,40 +621,47 @@ def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any
     return outputs.numpy()
 
 
-def accumulate(
-    inputs: np.ndarray, plan: TilePlan, rows: range, cols: range, ref: ModelRef, batch_size: int
-) -> np.ndarray:
+def accumulate(inputs: np.ndarray, job: TileJob, rows: range, cols: range) -> np.ndarray:
     """Weighted sums of the tiles ``rows x cols`` (tile indices) on their canvas.
 
     ``inputs`` (6, h, w) holds the padded scene from the first tile's corner. Returns
-    (5, h, w) float64: the 4 weighted bands, then the weight sum.
+    (C + 1, h, w) float64: the C weighted bands of each tile's mean prediction
+    (:func:`predict_tiles`), then the weight sum; with ``job.spread``, (2C + 1, h, w):
+    the weighted per-tile standard deviations come between the two.
     """
-    model, device = cached_model(ref)
-    tile, stride = plan.tile, plan.stride
+    tile, stride = job.plan.tile, job.plan.stride
     top, left = rows.start * stride, cols.start * stride
-    canvas = np.zeros((OPTICAL_CHANNELS + 1, *inputs.shape[1:]), dtype=np.float64)
-    weights = window(tile)
     corners = [(r * stride - top, c * stride - left) for r in rows for c in cols]
     crops = np.stack([inputs[:, y : y + tile, x : x + tile] for y, x in corners])
-    outputs = run_tiles(model, device, crops, batch_size, ref.precision)
+    outputs = predict_tiles(crops, job)
+    canvas = np.zeros((outputs.shape[1] + 1, *inputs.shape[1:]), dtype=np.float64)
+    weights = window(tile)
     for (y, x), out in zip(corners, outputs, strict=True):
-        canvas[:OPTICAL_CHANNELS, y : y + tile, x : x + tile] += weights * out
-        canvas[OPTICAL_CHANNELS, y : y + tile, x : x + tile] += weights
+        canvas[:-1, y : y + tile, x : x + tile] += weights * out
+        canvas[-1, y : y + tile, x : x + tile] += weights
     return canvas
 
 
-def finish(canvas: np.ndarray, cloudy: np.ndarray) -> np.ndarray:
+def finish(canvas: np.ndarray, cloudy: np.ndarray, spread: bool = False) -> np.ndarray:
     """Divide by the weight sum and go back to reflectance x10000, float32.
 
     The blended change is added to the (clipped) input in its own units: the same as
     ``blended * 10000`` up to float32 rounding, but exact where the network changes
     nothing, so a model whose residual is zero returns its input bit for bit (and
-    weights that did not sum to one would show).
+    weights that did not sum to one would show). With ``spread`` (a canvas of
+    :func:`accumulate` with ``job.spread``), the blended standard deviations follow the
+    bands, scaled to the same units.
     """
-    blended = canvas[:OPTICAL_CHANNELS] / canvas[OPTICAL_CHANNELS]
+    channels = (len(canvas) - 1) // (2 if spread else 1)
+    weight = canvas[-1]
+    blended = canvas[:channels] / weight
     seen = normalize_optical(cloudy.astype(np.float32))  # exactly what the network saw
     base = np.clip(cloudy, 0, OPTICAL_SCALE).astype(np.float64)
-    return (base + (blended - seen) * OPTICAL_SCALE).astype(np.float32)
+    mean = (base + (blended - seen) * OPTICAL_SCALE).astype(np.float32)
+    if not spread:
+        return mean
+    std = (canvas[channels:-1] / weight * OPTICAL_SCALE).astype(np.float32)
+    return np.concatenate([mean, std])
 
 
 # ------------------------------------------------------------------------------ scene
@@ -554,10 +696,11 @@ def _assemble(
     up: np.ndarray | None,
     left: np.ndarray | None,
     corner: np.ndarray | None,
-    spill: int,
+    job: TileJob,
 ) -> np.ndarray:
     """One output block: its canvas plus the spills of its neighbours, finished."""
     height, width = cloudy.shape[1:]
+    spill = job.plan.spill
     total = own[:, :height, :width].copy()
     if up is not None:
         total[:, :spill, :width] += up[:, -spill:, :width]
@@ -565,7 +708,7 @@ def _assemble(
         total[:, :height, :spill] += left[:, :height, -spill:]
     if corner is not None:
         total[:, :spill, :spill] += corner[:, -spill:, -spill:]
-    return finish(total, cloudy)
+    return finish(total, cloudy, job.spread)
 
 
 def _block_end(group: range, stride: int, padded: int, last: bool) -> int:
@@ -630,15 +773,10 @@ def _unoptimized(array: da.Array):
     return array.rechunk(-1).to_delayed(optimize_graph=False).item()
 
 
-def _decloud_scene(
-    inputs: da.Array,
-    cloudy: da.Array,
-    plan: TilePlan,
-    ref: ModelRef,
-    batch_size: int,
-    resources: Mapping[str, float] | None,
-) -> da.Array:
-    """(6, y, x) lazy inputs to (4, y, x) lazy output, in two stages (see module doc)."""
+def _decloud_scene(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
+    """(6, y, x) lazy inputs to (C, y, x) lazy output (2C with ``job.spread``: the bands,
+    then their standard deviations), in two stages (see module doc)."""
+    plan = job.plan
     padded_h, padded_w = plan.padded_shape
     padded = _pad(inputs, plan)
     padded_cloudy = _pad(cloudy, plan)
@@ -652,19 +790,17 @@ def _decloud_scene(
     def extent(group: range) -> tuple[int, int]:
         return group.start * stride, (group.stop - 1) * stride + tile
 
-    with annotate(resources):
+    with annotate(_resources(job)):
         canvases = {}
         for a, rows in enumerate(row_groups):
             for b, cols in enumerate(col_groups):
                 (y0, y1), (x0, x1) = extent(rows), extent(cols)
                 canvases[a, b] = delayed(accumulate, pure=True)(
                     _unoptimized(padded[:, y0:y1, x0:x1]),
-                    plan,
+                    job,
                     rows,
                     cols,
-                    ref,
-                    batch_size,
-                    dask_key_name=f"decloud-tiles-{dask.base.tokenize(padded, plan, ref, a, b)}",
+                    dask_key_name=f"decloud-tiles-{dask.base.tokenize(padded, job, a, b)}",
                 )
     blocks = []
     for a, rows in enumerate(row_groups):
@@ -679,47 +815,42 @@ def _decloud_scene(
             ]
             y0, x0 = extent(rows)[0], extent(cols)[0]
             block = delayed(_assemble, pure=True)(
-                padded_cloudy[:, y0 : y0 + height, x0 : x0 + width], canvases[a, b], *parts, spill
+                padded_cloudy[:, y0 : y0 + height, x0 : x0 + width], canvases[a, b], *parts, job
             )
-            line.append(da.from_delayed(block, (OPTICAL_CHANNELS, height, width), np.float32))
+            line.append(da.from_delayed(block, (job.out_channels, height, width), np.float32))
         blocks.append(line)
     return da.block(blocks)[:, : plan.height, : plan.width]
 
 
+def _resources(job: TileJob) -> dict[str, float] | None:
+    return None if job.resources is None else dict(job.resources)
+
+
 # ------------------------------------------------------------------------- collection
-def _decloud_patches(
-    inputs: np.ndarray, cloudy: np.ndarray, plan: TilePlan, ref: ModelRef, batch_size: int
-) -> np.ndarray:
-    """(p, 6, y, x) patches to (p, 4, y, x): each patch tiled on its own."""
+def _decloud_patches(inputs: np.ndarray, cloudy: np.ndarray, job: TileJob) -> np.ndarray:
+    """(p, 6, y, x) patches to (p, C, y, x) (2C with ``job.spread``): each patch tiled
+    on its own."""
+    plan = job.plan
     rows, cols = range(plan.shape[0]), range(plan.shape[1])
-    out = np.empty((inputs.shape[0], OPTICAL_CHANNELS, plan.height, plan.width), np.float32)
+    out = np.empty((inputs.shape[0], job.out_channels, plan.height, plan.width), np.float32)
     for index, patch in enumerate(inputs):
-        canvas = accumulate(_pad(patch, plan), plan, rows, cols, ref, batch_size)
-        out[index] = finish(canvas[:, : plan.height, : plan.width], cloudy[index])
+        canvas = accumulate(_pad(patch, plan), job, rows, cols)
+        out[index] = finish(canvas[:, : plan.height, : plan.width], cloudy[index], job.spread)
     return out
 
 
-def _decloud_collection(
-    inputs: da.Array,
-    cloudy: da.Array,
-    plan: TilePlan,
-    ref: ModelRef,
-    batch_size: int,
-    resources: Mapping[str, float] | None,
-) -> da.Array:
+def _decloud_collection(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
     inputs = inputs.rechunk({1: -1, 2: -1, 3: -1})
     cloudy = cloudy.rechunk((inputs.chunks[0], -1, -1, -1))
-    with annotate(resources):
+    with annotate(_resources(job)):
         return da.map_blocks(
             _decloud_patches,
             inputs,
             cloudy,
-            plan,
-            ref,
-            batch_size,
+            job,
             dtype=np.float32,
-            chunks=(inputs.chunks[0], (OPTICAL_CHANNELS,), *inputs.chunks[2:]),
-            name=f"decloud-patches-{dask.base.tokenize(inputs, plan, ref, batch_size)}",
+            chunks=(inputs.chunks[0], (job.out_channels,), *inputs.chunks[2:]),
+            name=f"decloud-patches-{dask.base.tokenize(inputs, job)}",
         )
 
 
@@ -760,10 +891,62 @@ def _tiling(spec, tile: int | None, overlap: int | None, height: int, width: int
     return make_plan(tile, overlap, height, width)
 
 
+Checkpoint = str | os.PathLike | None
+
+
+def _checkpoints(checkpoint: Checkpoint | Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
+    """One checkpoint or a list of them (an ensemble) as a tuple."""
+    if not isinstance(checkpoint, (list, tuple)):
+        return (checkpoint,)
+    if not checkpoint:
+        raise UsageError(f"{argument('checkpoint', checkpoint)}: an ensemble needs checkpoints")
+    return tuple(checkpoint)
+
+
+def _check_spread(uncertainty: bool, members: int, tta: str | None) -> None:
+    """A standard deviation needs something to spread: several members or transforms."""
+    if uncertainty and members == 1 and tta is None:
+        raise UsageError(
+            f"{argument('uncertainty', uncertainty)} needs several predictions of each pixel: "
+            f"give several checkpoints (an ensemble) or {argument('tta', 'flips')}"
+        )
+
+
+def _ensemble_spec(members: tuple[ModelRef, ...]):
+    """The :class:`~m3rcr_xr.models.ModelSpec` of the members, checked to be one:
+    every checkpoint fits the model and configuration (as :meth:`ModelRef.spec`), and
+    the members are one model family and configuration, each checkpoint once.
+
+    Raises
+    ------
+    ModelConfigError
+        Members of different families or configurations (naming both).
+    UsageError
+        A checkpoint given twice.
+    """
+    specs = [ref.spec() for ref in members]
+    first = members[0]
+    for ref, spec in zip(members[1:], specs[1:], strict=True):
+        if (ref.name, ref.config, spec) != (first.name, first.config, specs[0]):
+            raise ModelConfigError(
+                f"{argument('checkpoint')}: ensemble members must be one model family and "
+                "configuration: "
+                f"{ref.checkpoint} is {ref.name} {dict(ref.config)}, "
+                f"{first.checkpoint} is {first.name} {dict(first.config)}"
+            )
+    hashes = [ref.sha256 for ref in members if ref.sha256 is not None]
+    if len(set(hashes)) < len(hashes):
+        raise UsageError(
+            f"{argument('checkpoint')}: the same weights appear twice in the ensemble "
+            f"({', '.join(str(ref.checkpoint) for ref in members)})"
+        )
+    return specs[0]
+
+
 def decloud(
     ds: xr.Dataset,
     model: str = "dsen2_cr",
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: Checkpoint | Sequence[Checkpoint] = None,
     *,
     config: Mapping[str, Any] | None = None,
     tile: int | None = None,
@@ -773,7 +956,9 @@ def decloud(
     composite: bool = False,
     resources: Mapping[str, float] | None = None,
     precision: str = DEFAULT_PRECISION,
-) -> xr.DataArray:
+    tta: str | None = None,
+    uncertainty: bool = False,
+) -> xr.DataArray | xr.Dataset:
     """Remove clouds from a scene or a collection with one of the M3R-CR networks, lazily.
 
     Parameters
@@ -783,7 +968,9 @@ def decloud(
     model
         ``"dsen2_cr"``, ``"glf_cr"`` or ``"align_cr"``.
     checkpoint
-        Weights (published layout, bare state dict or safetensors); None: untrained.
+        Weights (published layout, bare state dict or safetensors); None: untrained. A
+        list of them is an ensemble of one model family and configuration: every member
+        runs every tile and their predictions are averaged.
     config
         Architecture arguments (e.g. ``{"preset": "small"}`` or ``{"n_feats": 64}``); must
         match the checkpoint.
@@ -812,13 +999,25 @@ def decloud(
         (``benchmarks/gpu_check.py`` measures both). A CPU always runs float32: a
         reduced precision with ``device="cpu"`` is refused, and CPU workers run float32
         under ``device="auto"``.
+    tta
+        Test-time augmentation: ``"flips"`` runs each tile also mirrored left-right,
+        up-down and both, ``"d4"`` under all 8 quarter turns and mirrors (inputs
+        transformed alike, outputs transformed back), and averages; None: once. Costs
+        4 or 8 forward passes a tile (per member).
+    uncertainty
+        Also return ``decloud_std``: the standard deviation of the predictions of each
+        pixel over the members and transforms, in the units of ``cloudy``, blended across
+        tile overlaps with the same weights as the mean (so as seamless and
+        independent of the chunking as ``decloud``). Needs several checkpoints or a
+        ``tta``. With ``composite``, 0 where the cloudy input is kept.
 
     Returns
     -------
-    xr.DataArray
+    xr.DataArray or xr.Dataset
         ``decloud`` (band, y, x) (``patch`` first for a collection), float32 reflectance
-        x10000, with the input's coordinates and CRS. Lazy for a Dask-backed input
-        (nothing is computed yet); in memory for an in-memory input.
+        x10000, with the input's coordinates and CRS; with ``uncertainty=True`` a Dataset
+        of ``decloud`` and ``decloud_std`` (same dims, units and dtype). Lazy for a
+        Dask-backed input (nothing is computed yet); in memory for an in-memory input.
 
     Raises
     ------
@@ -826,11 +1025,14 @@ def decloud(
         Before any work starts: ``tile`` or ``batch_size`` not an integer >= 1,
         ``overlap`` not one >= 0, ``device`` not a device, or one this process does not
         have (with a ``distributed`` client active, the workers check it instead: an
-        HPC job may build the graph on a CPU-only login node for GPU workers).
+        HPC job may build the graph on a CPU-only login node for GPU workers); an
+        unknown ``tta``; ``uncertainty`` with one checkpoint and no ``tta``; an empty
+        list of checkpoints or one checkpoint twice.
     SchemaError, ModelConfigError, CheckpointError
         Before any work starts: missing variables, a configuration the model cannot be
         built with (naming the key), a tile size the model cannot take, weights that do
-        not fit the model, an unknown precision (or a reduced one on the CPU).
+        not fit the model, an unknown precision (or a reduced one on the CPU), ensemble
+        members of different model families or configurations.
 
     Examples
     --------
@@ -839,27 +1041,68 @@ def decloud(
     >>> out = m3rcr_xr.decloud(scene, "dsen2_cr", config={"preset": "small"})
     >>> out.dims
     ('band', 'y', 'x')
+    >>> both = m3rcr_xr.decloud(scene, "dsen2_cr", config={"preset": "small"},
+    ...                         tta="flips", uncertainty=True)
+    >>> list(both.data_vars)
+    ['decloud', 'decloud_std']
     """
     tile, overlap, batch_size, device = _check_arguments(tile, overlap, batch_size, device)
+    check_tta(tta)
+    checkpoints = _checkpoints(checkpoint)
+    _check_spread(uncertainty, len(checkpoints), tta)
     _check_inputs(ds, composite)
-    ref = ModelRef.create(model, checkpoint, config, device, precision)
-    plan = _tiling(ref.spec(), tile, overlap, ds.sizes["y"], ds.sizes["x"])
+    members = tuple(ModelRef.create(model, c, config, device, precision) for c in checkpoints)
+    spec = _ensemble_spec(members)
+    job = TileJob(
+        plan=_tiling(spec, tile, overlap, ds.sizes["y"], ds.sizes["x"]),
+        members=members,
+        batch_size=batch_size,
+        tta=tta,
+        spread=bool(uncertainty),
+        channels=spec.optical_channels,
+        resources=None if resources is None else tuple(sorted(resources.items())),
+    )
     eager = ds["cloudy"].chunks is None
     inputs, cloudy = model_inputs(ds).chunk(), ds["cloudy"].chunk()  # no-op when lazy
     decloud_array = _decloud_collection if is_collection(ds) else _decloud_scene
-    data = decloud_array(inputs.data, cloudy.data, plan, ref, batch_size, resources)
+    data = decloud_array(inputs.data, cloudy.data, job)
+    result = _variable(ds, data[..., : job.channels, :, :], job, "decloud", composite)
+    if uncertainty:
+        std = _variable(ds, data[..., job.channels :, :, :], job, "decloud_std", composite)
+        result = xr.Dataset({"decloud": result, "decloud_std": std})
+    return result.compute() if eager else result  # in memory in, in memory out
+
+
+_LONG_NAMES = {
+    "decloud": "cloud-free estimate",
+    "decloud_std": "standard deviation of the estimate over ensemble members and TTA transforms",
+}
+
+
+def _variable(
+    ds: xr.Dataset, data: da.Array, job: TileJob, name: str, composite: bool
+) -> xr.DataArray:
+    """``data`` as the variable ``name`` on the grid of ``cloudy``, with its attributes.
+
+    With ``composite``, where the cloudy input is kept the estimate is that input and
+    its spread 0.
+    """
     template = ds["cloudy"]
-    result = xr.DataArray(data, dims=template.dims, coords=template.coords, name="decloud")
+    result = xr.DataArray(data, dims=template.dims, coords=template.coords, name=name)
     if composite:
-        result = result.where(ds["cloudmask"], template.astype(np.float32))
+        kept = template.astype(np.float32) if name == "decloud" else np.float32(0)
+        result = result.where(ds["cloudmask"], kept)
+    member = job.members[0]
     result.attrs = {
-        "long_name": "cloud-free estimate",
+        "long_name": _LONG_NAMES[name],
         "units": "reflectance x10000",
-        "model": ref.name,
-        "config": repr(dict(ref.config)),
-        "tile": plan.tile,
-        "overlap": plan.overlap,
+        "model": member.name,
+        "config": repr(dict(member.config)),
+        "tile": job.plan.tile,
+        "overlap": job.plan.overlap,
         "composite": int(composite),
+        "members": len(job.members),
+        "tta": job.tta or "none",
     }
     result.encoding["source"] = sources(ds)  # to_zarr never writes over its own input
-    return result.compute() if eager else result  # in memory in, in memory out
+    return result
