@@ -19,7 +19,20 @@ How it runs on Dask (two stages, so that no tile is computed twice)
     the same pixels whatever the chunks. ``g`` follows the input's chunk size.
 
 The model travels as a :class:`ModelRef` (name, configuration, checkpoint path and
-content hash): each worker process builds it once and caches it.
+content hash): each worker process builds it once and caches it. What every tile task
+runs is one :class:`TileJob`: the plan, one reference per ensemble member, the batch
+size, the test-time transforms (:data:`TTA`) and whether to return the spread.
+
+Ensembles, test-time augmentation and the uncertainty layer
+    Each tile runs through every member under every transform (one batched call per
+    member and task, outputs transformed back); the tile's mean and, with
+    ``uncertainty=True``, its standard deviation over those predictions are blended with
+    the same window weights. The per-tile standard deviation is blended directly (not
+    ``E[x^2] - E[x]^2`` of blended moments): it is the spread of the members and
+    transforms that the layer is meant to show, without the tile-to-tile disagreement in
+    the overlaps, which would draw the tile grid into it; blended linearly it adds
+    across canvases as the mean does, so it is as chunk-independent; and computed from
+    deviations to the first prediction it is exactly 0 where the predictions agree.
 
 On a GPU (safe by default, and fast)
     Each worker process runs the GPU work of one tile task at a time per device (a
@@ -1041,7 +1054,8 @@ def decloud(
     >>> out = m3rcr_xr.decloud(scene, "dsen2_cr", config={"preset": "small"})
     >>> out.dims
     ('band', 'y', 'x')
-    >>> both = m3rcr_xr.decloud(scene, "dsen2_cr", config={"preset": "small"},
+    >>> small = m3rcr_xr.synthetic_scene((64, 64))
+    >>> both = m3rcr_xr.decloud(small, "dsen2_cr", config={"preset": "small"},
     ...                         tta="flips", uncertainty=True)
     >>> list(both.data_vars)
     ['decloud', 'decloud_std']
