@@ -520,7 +520,11 @@ class TileJob:
 def _predictions(tiles: np.ndarray, job: TileJob) -> Iterator[np.ndarray]:
     """Each member's prediction of ``tiles`` under each transform, transformed back."""
     transforms, count = job.transforms, len(tiles)
-    stacked = np.concatenate([transform_tiles(tiles, t) for t in transforms])
+    stacked = (  # one pass a tile: no copy, the memory of a task as without TTA
+        tiles
+        if len(transforms) == 1
+        else np.concatenate([transform_tiles(tiles, t) for t in transforms])
+    )
     for ref in job.members:
         model, device = cached_model(ref)
         outputs = run_tiles(model, device, stacked, job.batch_size, ref.precision)
@@ -530,7 +534,7 @@ def _predictions(tiles: np.ndarray, job: TileJob) -> Iterator[np.ndarray]:
 
 def predict_tiles(tiles: np.ndarray, job: TileJob) -> np.ndarray:
     """(N, 6, T, T) normalised tiles to their mean prediction over every member and
-    transform of ``job``, (N, C, T, T) float64; with ``job.spread`` the population
+    transform of ``job``, (N, C, T, T); with ``job.spread`` the population
     standard deviation of those predictions follows, (N, 2C, T, T).
 
     Each member runs all the transforms of all the tiles in one :func:`run_tiles` call
@@ -540,6 +544,8 @@ def predict_tiles(tiles: np.ndarray, job: TileJob) -> np.ndarray:
     of ``E[x^2] - E[x]^2`` in large values.
     """
     predictions = _predictions(tiles, job)
+    if job.samples == 1:
+        return next(predictions)
     first = next(predictions).astype(np.float64)
     total, squares = np.zeros_like(first), np.zeros_like(first)
     for out in predictions:
