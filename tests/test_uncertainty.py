@@ -226,3 +226,20 @@ def test_the_command_line_names_the_flags(tmp_path, tiny_checkpoint, capsys):
     assert cli.main([*args, "--tta", "spin"]) == 2
     assert "--tta spin: must be one of" in capsys.readouterr().err
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_the_graph_carries_one_reference_per_member(small_scene, tmp_path):
+    import pickle
+
+    paths = []
+    for seed in (1, 2):  # the published DSen2-CR: about 5 MB of weights each
+        torch.manual_seed(seed)
+        paths.append(_save(models.build("dsen2_cr"), tmp_path / f"default-{seed}.pt"))
+    one = decloud(small_scene, "dsen2_cr", paths[0])
+    both = decloud(small_scene, "dsen2_cr", paths, tta="d4", uncertainty=True)
+    graph = {
+        label: len(pickle.dumps(dict(out.__dask_graph__())))
+        for label, out in (("one", one), ("both", both))
+    }
+    weights = (tmp_path / "default-1.pt").stat().st_size
+    assert graph["both"] < 1.3 * graph["one"] and graph["both"] < weights / 10
