@@ -32,6 +32,7 @@ from .inference import (
     DEFAULT_PRECISION,
     BlockOutput,
     ModelRef,
+    TileJob,
     _check_arguments,
     _check_task,
     _decloud_collection,
@@ -57,9 +58,10 @@ def no_data(optical: np.ndarray) -> np.ndarray:
     return missing.any(axis=-3)
 
 
-def _labels(canvas: np.ndarray, optical: np.ndarray) -> np.ndarray:
+def _labels(canvas: np.ndarray, optical: np.ndarray, spread: bool = False) -> np.ndarray:
     """A block's blended probabilities (then the weight sum) to (1, y, x) uint8 labels,
-    :data:`~m3rcr_xr.landcover.IGNORE_INDEX` where the input has no data."""
+    :data:`~m3rcr_xr.landcover.IGNORE_INDEX` where the input has no data (``spread``:
+    a classifier runs without one)."""
     labels = canvas[:-1].argmax(axis=0).astype(np.uint8)  # dividing by the weights: same order
     labels[no_data(optical)] = IGNORE_INDEX
     return labels[None]
@@ -132,7 +134,14 @@ def classify_lazy(
     raw = optical.chunk().data  # no-op when lazy
     inputs = normalize_optical(raw.astype(np.float32))
     run = _decloud_collection if "patch" in optical.dims else _decloud_scene
-    data = run(inputs, raw, plan, ref, batch_size, resources, output=LABELS)[..., 0, :, :]
+    job = TileJob(
+        plan=plan,
+        members=(ref,),
+        batch_size=batch_size,
+        resources=None if resources is None else tuple(sorted(resources.items())),
+        output=LABELS,
+    )
+    data = run(inputs, raw, job)[..., 0, :, :]
     template = optical.isel(band=0, drop=True)
     codes = np.arange(len(spec.classes), dtype=np.uint8)
     attrs = {

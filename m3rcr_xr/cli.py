@@ -165,7 +165,7 @@ def _info(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), size=args.size)
+    run_demo(Path(args.out), size=args.size, tta=None if args.tta == "none" else args.tta)
     return 0
 
 
@@ -186,15 +186,18 @@ def _parse_config(items: Sequence[str]) -> dict[str, object]:
 
 
 def _decloud(args: argparse.Namespace) -> int:
+    import xarray as xr
+
     from .cog import check_cog_destination, patch_file_names, to_cog
     from .inference import decloud
     from .schema import is_collection
     from .store import check_apart, check_destination, open_zarr, to_zarr
 
     config = _parse_config(args.config)  # arguments first, then the data
+    checkpoints = args.checkpoint or [None]
     # a registered name, a URL or "untrained" is no file the output could overlap
-    local = args.checkpoint and "://" not in args.checkpoint and Path(args.checkpoint).exists()
-    inputs = [args.input, args.checkpoint] if local else [args.input]
+    local = [c for c in checkpoints if c and "://" not in c and Path(c).exists()]
+    inputs = [args.input, *local]
     check_destination(args.output, inputs=inputs, overwrite=args.overwrite)
     ds = open_zarr(args.input)
     if args.cog:  # a file for a scene, a folder of one GeoTIFF per patch for a collection
@@ -206,7 +209,7 @@ def _decloud(args: argparse.Namespace) -> int:
     result = decloud(
         ds,
         args.model,
-        args.checkpoint,
+        checkpoints[0] if len(checkpoints) == 1 else checkpoints,
         config=config or None,  # no --config: the registered weights bring theirs
         tile=args.tile,
         overlap=args.overlap,
@@ -214,8 +217,11 @@ def _decloud(args: argparse.Namespace) -> int:
         device=args.device,
         composite=args.composite,
         precision=args.precision,
+        tta=args.tta,
+        uncertainty=args.uncertainty,
     )
-    to_zarr(result.to_dataset(), args.output, overwrite=args.overwrite, progress=True)
+    result = result if isinstance(result, xr.Dataset) else result.to_dataset()
+    to_zarr(result, args.output, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.output}")
     if args.cog:
         to_cog(open_zarr(args.output)["decloud"], args.cog, overwrite=args.overwrite)
@@ -240,9 +246,11 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help=MODEL_HELP + "; default: the weights' own, else dsen2_cr")
     p.add_argument(
         "--checkpoint",
+        action="append",
         help="weights: a registered name (m3rcr weights), a file (.pth published layout, "
         "state dict, .safetensors), a URL (https://, s3://, file://; end it with "
-        "#sha256=HEX to check the download), or 'untrained' (random weights)",
+        "#sha256=HEX to check the download), or 'untrained' (random weights); repeat it "
+        "for an ensemble of one model family and configuration, averaged",
     )
     _add_config_argument(p)
     p.add_argument("--tile", type=int, help="tile size (default: the model's)")
@@ -254,6 +262,15 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--composite", action="store_true", help="keep the cloudy input outside the cloud mask"
+    )
+    p.add_argument(
+        "--tta",
+        help="test-time augmentation: flips (4 passes a tile) or d4 (8), averaged",
+    )
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write decloud_std, the spread over ensemble members and TTA transforms",
     )
     p.add_argument(
         "--cog",
@@ -322,6 +339,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole job on a synthetic scene")
     p.add_argument("--out", default="demo-output", help="output folder")
     p.add_argument("--size", type=int, default=2048, help="scene edge in pixels")
+    p.add_argument(
+        "--tta",
+        default="flips",
+        help="test-time augmentation and its uncertainty layer: flips (default), d4 or none",
+    )
     p.set_defaults(func=_demo)
 
 

@@ -20,7 +20,21 @@ How it runs on Dask (two stages, so that no tile is computed twice)
 
 The model travels as a :class:`ModelRef` (name, configuration, where its weights come
 from and their content hash, never the weights): each worker process fetches the weights
-itself (:func:`m3rcr_xr.weights.fetch`), builds the model once and caches it.
+itself (:func:`m3rcr_xr.weights.fetch`), builds the model once and caches it. What every
+tile task
+runs is one :class:`TileJob`: the plan, one reference per ensemble member, the batch
+size, the test-time transforms (:data:`TTA`) and whether to return the spread.
+
+Ensembles, test-time augmentation and the uncertainty layer
+    Each tile runs through every member under every transform (one batched call per
+    member and task, outputs transformed back); the tile's mean and, with
+    ``uncertainty=True``, its standard deviation over those predictions are blended with
+    the same window weights. The per-tile standard deviation is blended directly (not
+    ``E[x^2] - E[x]^2`` of blended moments): it is the spread of the members and
+    transforms that the layer is meant to show, without the tile-to-tile disagreement in
+    the overlaps, which would draw the tile grid into it; blended linearly it adds
+    across canvases as the mean does, so it is as chunk-independent; and computed from
+    deviations to the first prediction it is exactly 0 where the predictions agree.
 
 On a GPU (safe by default, and fast)
     Each worker process runs the GPU work of one tile task at a time per device (a
@@ -41,7 +55,7 @@ import math
 import os
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -349,6 +363,193 @@ def window(tile: int) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
+# ------------------------------------------------------------------------ what to run
+#: Test-time augmentation: each transform as (quarter turns, mirrored left-right), the
+#: mirror first. Tiles are always square (one side in :class:`TilePlan`; a model's
+#: ``tile_size`` is height = width), so the quarter turns of ``"d4"`` keep every tile
+#: valid for every model. ``"flips"``: identity, left-right, up-down (mirror then half
+#: turn) and both (half turn).
+TTA: dict[str | None, tuple[tuple[int, bool], ...]] = {
+    None: ((0, False),),
+    "flips": ((0, False), (0, True), (2, True), (2, False)),
+    "d4": tuple((turns, mirror) for turns in range(4) for mirror in (False, True)),
+}
+
+
+def check_tta(tta: str | None) -> tuple[tuple[int, bool], ...]:
+    """The transforms of ``tta`` (see :data:`TTA`).
+
+    Raises
+    ------
+    UsageError
+        An unknown name, naming the argument as the caller wrote it.
+    """
+    if tta not in TTA:
+        raise UsageError(f"{argument('tta', tta)}: must be one of flips, d4 (or None)")
+    return TTA[tta]
+
+
+def transform_tiles(tiles: np.ndarray, turn: tuple[int, bool]) -> np.ndarray:
+    """``tiles`` (…, y, x) mirrored left-right if ``turn[1]``, then turned ``turn[0]``
+    quarter turns anticlockwise; :func:`invert_transform` undoes it.
+
+    Examples
+    --------
+    >>> tiles = np.arange(6).reshape(1, 2, 3)
+    >>> back = invert_transform(transform_tiles(tiles, (1, True)), (1, True))
+    >>> bool((back == tiles).all())
+    True
+    """
+    turns, mirror = turn
+    return np.rot90(tiles[..., ::-1] if mirror else tiles, turns, axes=(-2, -1))
+
+
+def invert_transform(tiles: np.ndarray, turn: tuple[int, bool]) -> np.ndarray:
+    """The inverse of :func:`transform_tiles` with the same ``turn``."""
+    turns, mirror = turn
+    tiles = np.rot90(tiles, -turns, axes=(-2, -1))
+    return tiles[..., ::-1] if mirror else tiles
+
+
+def finish(canvas: np.ndarray, cloudy: np.ndarray, spread: bool = False) -> np.ndarray:
+    """Divide by the weight sum and go back to reflectance x10000, float32.
+
+    The blended change is added to the (clipped) input in its own units: the same as
+    ``blended * 10000`` up to float32 rounding, but exact where the network changes
+    nothing, so a model whose residual is zero returns its input bit for bit (and
+    weights that did not sum to one would show). With ``spread`` (a canvas of
+    :func:`accumulate` with ``job.spread``), the blended standard deviations follow the
+    bands, scaled to the same units.
+    """
+    channels = (len(canvas) - 1) // (2 if spread else 1)
+    weight = canvas[-1]
+    blended = canvas[:channels] / weight
+    seen = normalize_optical(cloudy.astype(np.float32))  # exactly what the network saw
+    base = np.clip(cloudy, 0, OPTICAL_SCALE).astype(np.float64)
+    mean = (base + (blended - seen) * OPTICAL_SCALE).astype(np.float32)
+    if not spread:
+        return mean
+    std = (canvas[channels:-1] / weight * OPTICAL_SCALE).astype(np.float32)
+    return np.concatenate([mean, std])
+
+
+@dataclass(frozen=True)
+class BlockOutput:
+    """How the engine turns a block's blended canvas into output.
+
+    ``finish(canvas, base, spread)`` returns ``(channels, h, w)`` (twice the channels
+    with ``spread``) of ``dtype`` from the summed canvas (weighted outputs, then the
+    weight sum) and ``base``, the block of the array the engine carries beside the
+    inputs (decloud's cloudy bands).
+    """
+
+    finish: Any
+    channels: int
+    dtype: Any
+
+
+#: decloud's output: the blended change added to the cloudy input (:func:`finish`)
+CLOUD_FREE = BlockOutput(finish, OPTICAL_CHANNELS, np.float32)
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """What every tile task runs, shared by the scene and the collection paths.
+
+    Small, hashable and picklable: references to the models (:class:`ModelRef`), never
+    their weights.
+
+    Attributes
+    ----------
+    plan
+        The tiling.
+    members
+        One model reference per checkpoint of the ensemble (one model family and
+        configuration); one for a single model.
+    batch_size
+        Tiles per forward pass.
+    tta
+        A key of :data:`TTA`: the transforms each member runs every tile under.
+    spread
+        Whether the tasks also return the per-pixel standard deviation of the
+        (member, transform) predictions.
+    resources
+        Dask worker resources of the tile tasks, as sorted items, or None.
+    output
+        How a block is finished (:data:`CLOUD_FREE`; a classifier's: labels).
+    """
+
+    plan: TilePlan
+    members: tuple[ModelRef, ...]
+    batch_size: int
+    tta: str | None = None
+    spread: bool = False
+    resources: tuple[tuple[str, float], ...] | None = None
+    output: BlockOutput = CLOUD_FREE
+
+    @property
+    def channels(self) -> int:
+        """Channels of the output (the optical bands; one for labels)."""
+        return self.output.channels
+
+    @property
+    def transforms(self) -> tuple[tuple[int, bool], ...]:
+        return TTA[self.tta]
+
+    @property
+    def samples(self) -> int:
+        """Predictions of each tile: members x transforms."""
+        return len(self.members) * len(self.transforms)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels a task returns: the bands, then their standard deviations if any."""
+        return self.channels * (2 if self.spread else 1)
+
+
+def _predictions(tiles: np.ndarray, job: TileJob) -> Iterator[np.ndarray]:
+    """Each member's prediction of ``tiles`` under each transform, transformed back."""
+    transforms, count = job.transforms, len(tiles)
+    stacked = (  # one pass a tile: no copy, the memory of a task as without TTA
+        tiles
+        if len(transforms) == 1
+        else np.concatenate([transform_tiles(tiles, t) for t in transforms])
+    )
+    for ref in job.members:
+        model, device = cached_model(ref)
+        outputs = run_tiles(model, device, stacked, job.batch_size, ref.precision)
+        for index, turn in enumerate(transforms):
+            yield invert_transform(outputs[index * count : (index + 1) * count], turn)
+
+
+def predict_tiles(tiles: np.ndarray, job: TileJob) -> np.ndarray:
+    """(N, 6, T, T) normalised tiles to their mean prediction over every member and
+    transform of ``job``, (N, C, T, T); with ``job.spread`` the population
+    standard deviation of those predictions follows, (N, 2C, T, T).
+
+    Each member runs all the transforms of all the tiles in one :func:`run_tiles` call
+    (the transforms batched together), once each. The moments are running sums of the
+    deviations from the first prediction (shifted data): a model whose predictions agree
+    gives a spread of exactly 0, and a small spread does not vanish in the cancellation
+    of ``E[x^2] - E[x]^2`` in large values.
+    """
+    predictions = _predictions(tiles, job)
+    if job.samples == 1:
+        return next(predictions)
+    first = next(predictions).astype(np.float64)
+    total, squares = np.zeros_like(first), np.zeros_like(first)
+    for out in predictions:
+        deviation = out - first
+        total += deviation
+        squares += deviation * deviation
+    shift = total / job.samples
+    mean = first + shift
+    if not job.spread:
+        return mean
+    std = np.sqrt(np.maximum(squares / job.samples - shift * shift, 0.0))
+    return np.concatenate([mean, std], axis=1)
+
+
 # ---------------------------------------------------------------------- tile running
 def run_tiles(
     model, device: str, tiles: np.ndarray, batch_size: int, precision: str = DEFAULT_PRECISION
@@ -442,60 +643,25 @@ def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any
     return outputs.numpy()
 
 
-def accumulate(
-    inputs: np.ndarray, plan: TilePlan, rows: range, cols: range, ref: ModelRef, batch_size: int
-) -> np.ndarray:
+def accumulate(inputs: np.ndarray, job: TileJob, rows: range, cols: range) -> np.ndarray:
     """Weighted sums of the tiles ``rows x cols`` (tile indices) on their canvas.
 
-    ``inputs`` (6, h, w) (4 for a classifier) holds the padded scene from the first
-    tile's corner. Returns (5, h, w) float64: the 4 weighted bands (a classifier's class
-    probabilities), then the weight sum.
+    ``inputs`` (6, h, w) holds the padded scene from the first tile's corner. Returns
+    (C + 1, h, w) float64: the C weighted bands of each tile's mean prediction
+    (:func:`predict_tiles`), then the weight sum; with ``job.spread``, (2C + 1, h, w):
+    the weighted per-tile standard deviations come between the two.
     """
-    model, device = cached_model(ref)
-    tile, stride = plan.tile, plan.stride
+    tile, stride = job.plan.tile, job.plan.stride
     top, left = rows.start * stride, cols.start * stride
-    weights = window(tile)
     corners = [(r * stride - top, c * stride - left) for r in rows for c in cols]
     crops = np.stack([inputs[:, y : y + tile, x : x + tile] for y, x in corners])
-    outputs = run_tiles(model, device, crops, batch_size, ref.precision)
-    channels = outputs.shape[1]
-    canvas = np.zeros((channels + 1, *inputs.shape[1:]), dtype=np.float64)
+    outputs = predict_tiles(crops, job)
+    canvas = np.zeros((outputs.shape[1] + 1, *inputs.shape[1:]), dtype=np.float64)
+    weights = window(tile)
     for (y, x), out in zip(corners, outputs, strict=True):
-        canvas[:channels, y : y + tile, x : x + tile] += weights * out
-        canvas[channels, y : y + tile, x : x + tile] += weights
+        canvas[:-1, y : y + tile, x : x + tile] += weights * out
+        canvas[-1, y : y + tile, x : x + tile] += weights
     return canvas
-
-
-def finish(canvas: np.ndarray, cloudy: np.ndarray) -> np.ndarray:
-    """Divide by the weight sum and go back to reflectance x10000, float32.
-
-    The blended change is added to the (clipped) input in its own units: the same as
-    ``blended * 10000`` up to float32 rounding, but exact where the network changes
-    nothing, so a model whose residual is zero returns its input bit for bit (and
-    weights that did not sum to one would show).
-    """
-    blended = canvas[:OPTICAL_CHANNELS] / canvas[OPTICAL_CHANNELS]
-    seen = normalize_optical(cloudy.astype(np.float32))  # exactly what the network saw
-    base = np.clip(cloudy, 0, OPTICAL_SCALE).astype(np.float64)
-    return (base + (blended - seen) * OPTICAL_SCALE).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class BlockOutput:
-    """How the engine turns a block's blended canvas into output.
-
-    ``finish(canvas, base)`` returns ``(channels, h, w)`` of ``dtype`` from the summed
-    canvas (weighted outputs, then the weight sum) and ``base``, the block of the
-    array the engine carries beside the inputs (decloud's cloudy bands).
-    """
-
-    finish: Any
-    channels: int
-    dtype: Any
-
-
-#: decloud's output: the blended change added to the cloudy input (:func:`finish`)
-CLOUD_FREE = BlockOutput(finish, OPTICAL_CHANNELS, np.float32)
 
 
 # ------------------------------------------------------------------------------ scene
@@ -519,11 +685,11 @@ def _assemble(
     up: np.ndarray | None,
     left: np.ndarray | None,
     corner: np.ndarray | None,
-    spill: int,
-    output: BlockOutput = CLOUD_FREE,
+    job: TileJob,
 ) -> np.ndarray:
     """One output block: its canvas plus the spills of its neighbours, finished."""
     height, width = cloudy.shape[1:]
+    spill = job.plan.spill
     total = own[:, :height, :width].copy()
     if up is not None:
         total[:, :spill, :width] += up[:, -spill:, :width]
@@ -531,7 +697,7 @@ def _assemble(
         total[:, :height, :spill] += left[:, :height, -spill:]
     if corner is not None:
         total[:, :spill, :spill] += corner[:, -spill:, -spill:]
-    return output.finish(total, cloudy)
+    return job.output.finish(total, cloudy, job.spread)
 
 
 def _block_end(group: range, stride: int, padded: int, last: bool) -> int:
@@ -568,7 +734,7 @@ def _pad_axis(array: da.Array | np.ndarray, axis: int, target: int):
     tail = mirror_index(size, target)[size:]
     start = int(tail.min())
     source = array[(slice(None),) * axis + (slice(start, None),)]
-    if isinstance(source, np.ndarray):
+    if isinstance(array, np.ndarray):
         return np.concatenate([array, np.take(source, tail - start, axis=axis)], axis=axis)
     source = source.rechunk({axis: -1})
     chunks = (*source.chunks[:axis], (len(tail),), *source.chunks[axis + 1 :])
@@ -596,17 +762,10 @@ def _unoptimized(array: da.Array):
     return array.rechunk(-1).to_delayed(optimize_graph=False).item()
 
 
-def _decloud_scene(
-    inputs: da.Array,
-    cloudy: da.Array,
-    plan: TilePlan,
-    ref: ModelRef,
-    batch_size: int,
-    resources: Mapping[str, float] | None,
-    output: BlockOutput = CLOUD_FREE,
-) -> da.Array:
-    """(6, y, x) lazy inputs to (4, y, x) lazy output, in two stages (see module doc);
-    ``output`` says how a block is finished (a classifier's: (1, y, x) labels)."""
+def _decloud_scene(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
+    """(6, y, x) lazy inputs to (C, y, x) lazy output (2C with ``job.spread``: the bands,
+    then their standard deviations), in two stages (see module doc)."""
+    plan = job.plan
     padded_h, padded_w = plan.padded_shape
     padded = _pad(inputs, plan)
     padded_cloudy = _pad(cloudy, plan)
@@ -620,19 +779,17 @@ def _decloud_scene(
     def extent(group: range) -> tuple[int, int]:
         return group.start * stride, (group.stop - 1) * stride + tile
 
-    with annotate(resources):
+    with annotate(_resources(job)):
         canvases = {}
         for a, rows in enumerate(row_groups):
             for b, cols in enumerate(col_groups):
                 (y0, y1), (x0, x1) = extent(rows), extent(cols)
                 canvases[a, b] = delayed(accumulate, pure=True)(
                     _unoptimized(padded[:, y0:y1, x0:x1]),
-                    plan,
+                    job,
                     rows,
                     cols,
-                    ref,
-                    batch_size,
-                    dask_key_name=f"decloud-tiles-{dask.base.tokenize(padded, plan, ref, a, b)}",
+                    dask_key_name=f"decloud-tiles-{dask.base.tokenize(padded, job, a, b)}",
                 )
     blocks = []
     for a, rows in enumerate(row_groups):
@@ -647,59 +804,44 @@ def _decloud_scene(
             ]
             y0, x0 = extent(rows)[0], extent(cols)[0]
             block = delayed(_assemble, pure=True)(
-                padded_cloudy[:, y0 : y0 + height, x0 : x0 + width],
-                canvases[a, b],
-                *parts,
-                spill,
-                output,
+                padded_cloudy[:, y0 : y0 + height, x0 : x0 + width], canvases[a, b], *parts, job
             )
-            line.append(da.from_delayed(block, (output.channels, height, width), output.dtype))
+            line.append(da.from_delayed(block, (job.out_channels, height, width), job.output.dtype))
         blocks.append(line)
     return da.block(blocks)[:, : plan.height, : plan.width]
 
 
+def _resources(job: TileJob) -> dict[str, float] | None:
+    return None if job.resources is None else dict(job.resources)
+
+
 # ------------------------------------------------------------------------- collection
-def _decloud_patches(
-    inputs: np.ndarray,
-    cloudy: np.ndarray,
-    plan: TilePlan,
-    ref: ModelRef,
-    batch_size: int,
-    output: BlockOutput = CLOUD_FREE,
-) -> np.ndarray:
-    """(p, 6, y, x) patches to (p, 4, y, x): each patch tiled on its own."""
+def _decloud_patches(inputs: np.ndarray, cloudy: np.ndarray, job: TileJob) -> np.ndarray:
+    """(p, 6, y, x) patches to (p, C, y, x) (2C with ``job.spread``): each patch tiled
+    on its own."""
+    plan = job.plan
     rows, cols = range(plan.shape[0]), range(plan.shape[1])
-    shape = (inputs.shape[0], output.channels, plan.height, plan.width)
-    out = np.empty(shape, output.dtype)
+    shape = (inputs.shape[0], job.out_channels, plan.height, plan.width)
+    out = np.empty(shape, job.output.dtype)
     for index, patch in enumerate(inputs):
-        canvas = accumulate(_pad(patch, plan), plan, rows, cols, ref, batch_size)
-        out[index] = output.finish(canvas[:, : plan.height, : plan.width], cloudy[index])
+        canvas = accumulate(_pad(patch, plan), job, rows, cols)
+        canvas = canvas[:, : plan.height, : plan.width]
+        out[index] = job.output.finish(canvas, cloudy[index], job.spread)
     return out
 
 
-def _decloud_collection(
-    inputs: da.Array,
-    cloudy: da.Array,
-    plan: TilePlan,
-    ref: ModelRef,
-    batch_size: int,
-    resources: Mapping[str, float] | None,
-    output: BlockOutput = CLOUD_FREE,
-) -> da.Array:
+def _decloud_collection(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
     inputs = inputs.rechunk({1: -1, 2: -1, 3: -1})
     cloudy = cloudy.rechunk((inputs.chunks[0], -1, -1, -1))
-    with annotate(resources):
+    with annotate(_resources(job)):
         return da.map_blocks(
             _decloud_patches,
             inputs,
             cloudy,
-            plan,
-            ref,
-            batch_size,
-            output,
-            dtype=output.dtype,
-            chunks=(inputs.chunks[0], (output.channels,), *inputs.chunks[2:]),
-            name=f"decloud-patches-{dask.base.tokenize(inputs, plan, ref, batch_size, output)}",
+            job,
+            dtype=job.output.dtype,
+            chunks=(inputs.chunks[0], (job.out_channels,), *inputs.chunks[2:]),
+            name=f"decloud-patches-{dask.base.tokenize(inputs, job)}",
         )
 
 
@@ -730,12 +872,6 @@ def _check_arguments(
     return tile, overlap, batch_size, check_device(device, here=not _distributed_client())
 
 
-def _check_task(spec, task: str, use: str) -> None:
-    from .models.interface import check_task  # torch is imported only when a model runs
-
-    check_task(spec, task, use)
-
-
 def _tiling(spec, tile: int | None, overlap: int | None, height: int, width: int) -> TilePlan:
     """The tile plan for a model of ``spec`` (:class:`~m3rcr_xr.models.ModelSpec`)."""
     from .models.interface import check_size
@@ -746,10 +882,68 @@ def _tiling(spec, tile: int | None, overlap: int | None, height: int, width: int
     return make_plan(tile, overlap, height, width)
 
 
+def _check_task(spec, task: str, use: str) -> None:
+    from .models.interface import check_task  # torch is imported only when a model runs
+
+    check_task(spec, task, use)
+
+
+Checkpoint = str | os.PathLike | None
+
+
+def _checkpoints(checkpoint: Checkpoint | Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
+    """One checkpoint or a list of them (an ensemble) as a tuple."""
+    if not isinstance(checkpoint, (list, tuple)):
+        return (checkpoint,)
+    if not checkpoint:
+        raise UsageError(f"{argument('checkpoint', checkpoint)}: an ensemble needs checkpoints")
+    return tuple(checkpoint)
+
+
+def _check_spread(uncertainty: bool, members: int, tta: str | None) -> None:
+    """A standard deviation needs something to spread: several members or transforms."""
+    if uncertainty and members == 1 and tta is None:
+        raise UsageError(
+            f"{argument('uncertainty', uncertainty)} needs several predictions of each pixel: "
+            f"give several checkpoints (an ensemble) or {argument('tta', 'flips')}"
+        )
+
+
+def _ensemble_spec(members: tuple[ModelRef, ...]):
+    """The :class:`~m3rcr_xr.models.ModelSpec` of the members, checked to be one:
+    every checkpoint fits the model and configuration (as :meth:`ModelRef.spec`), and
+    the members are one model family and configuration, each checkpoint once.
+
+    Raises
+    ------
+    ModelConfigError
+        Members of different families or configurations (naming both).
+    UsageError
+        A checkpoint given twice.
+    """
+    specs = [ref.spec() for ref in members]
+    first = members[0]
+    for ref, spec in zip(members[1:], specs[1:], strict=True):
+        if (ref.name, ref.config, spec) != (first.name, first.config, specs[0]):
+            raise ModelConfigError(
+                f"{argument('checkpoint')}: ensemble members must be one model family and "
+                "configuration: "
+                f"{ref.weights} is {ref.name} {dict(ref.config)}, "
+                f"{first.weights} is {first.name} {dict(first.config)}"
+            )
+    hashes = [ref.sha256 for ref in members if ref.sha256 is not None]
+    if len(set(hashes)) < len(hashes):
+        raise UsageError(
+            f"{argument('checkpoint')}: the same weights appear twice in the ensemble "
+            f"({', '.join(ref.weights for ref in members)})"
+        )
+    return specs[0]
+
+
 def decloud(
     ds: xr.Dataset,
     model: str | None = None,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: Checkpoint | Sequence[Checkpoint] = None,
     *,
     config: Mapping[str, Any] | None = None,
     tile: int | None = None,
@@ -759,7 +953,9 @@ def decloud(
     composite: bool = False,
     resources: Mapping[str, float] | None = None,
     precision: str = DEFAULT_PRECISION,
-) -> xr.DataArray:
+    tta: str | None = None,
+    uncertainty: bool = False,
+) -> xr.DataArray | xr.Dataset:
     """Remove clouds from a scene or a collection with one of the M3R-CR networks, lazily.
 
     Parameters
@@ -776,7 +972,9 @@ def decloud(
         download checked), fetched into the cache and checked by SHA-256 (see
         :func:`m3rcr_xr.weights.fetch`); ``"untrained"`` for random weights. None: the
         model's default registered weights; no model has any today, so None raises
-        :class:`CheckpointError` saying how to get weights.
+        :class:`CheckpointError` saying how to get weights. A list of them is an
+        ensemble of one model family and configuration: every member runs every tile
+        and their predictions are averaged.
     config
         Architecture arguments (e.g. ``{"preset": "small"}`` or ``{"n_feats": 64}``); must
         match the checkpoint. Registered weights bring their own: leave it out.
@@ -805,15 +1003,28 @@ def decloud(
         (``benchmarks/gpu_check.py`` measures both). A CPU always runs float32: a
         reduced precision with ``device="cpu"`` is refused, and CPU workers run float32
         under ``device="auto"``.
+    tta
+        Test-time augmentation: ``"flips"`` runs each tile also mirrored left-right,
+        up-down and both, ``"d4"`` under all 8 quarter turns and mirrors (inputs
+        transformed alike, outputs transformed back), and averages; None: once. Costs
+        4 or 8 forward passes a tile (per member).
+    uncertainty
+        Also return ``decloud_std``: the standard deviation of the predictions of each
+        pixel over the members and transforms, in the units of ``cloudy``, blended across
+        tile overlaps with the same weights as the mean (so as seamless and
+        independent of the chunking as ``decloud``). Needs several checkpoints or a
+        ``tta``. With ``composite``, 0 where the cloudy input is kept.
 
     Returns
     -------
-    xr.DataArray
+    xr.DataArray or xr.Dataset
         ``decloud`` (band, y, x) (``patch`` first for a collection), float32 reflectance
         x10000, with the input's coordinates and CRS; NaN where ``cloudy`` has no data
         (all bands 0: a dark band may be 0, a footprint's edge zeroes them all), the
-        nodata declared the rioxarray way (``encoding["_FillValue"]``). Lazy for a Dask-backed input
-        (nothing is computed yet); in memory for an in-memory input.
+        nodata declared the rioxarray way (``encoding["_FillValue"]``); with
+        ``uncertainty=True`` a Dataset
+        of ``decloud`` and ``decloud_std`` (same dims, units and dtype). Lazy for a
+        Dask-backed input (nothing is computed yet); in memory for an in-memory input.
 
     Raises
     ------
@@ -821,12 +1032,16 @@ def decloud(
         Before any work starts: ``tile`` or ``batch_size`` not an integer >= 1,
         ``overlap`` not one >= 0, ``device`` not a device, or one this process does not
         have (with a ``distributed`` client active, the workers check it instead: an
-        HPC job may build the graph on a CPU-only login node for GPU workers).
+        HPC job may build the graph on a CPU-only login node for GPU workers); an
+        unknown ``tta``; ``uncertainty`` with one checkpoint and no ``tta``; an empty
+        list of checkpoints or one checkpoint twice.
     SchemaError, ModelConfigError, CheckpointError
         Before any work starts: missing variables, a configuration the model cannot be
         built with (naming the key) or that is not the registered weights' own, a tile
         size the model cannot take, no checkpoint and no default weights, weights that
-        cannot be fetched, fail their SHA-256 or do not fit the model.
+        cannot be fetched, fail their SHA-256 or do not fit the model, an unknown
+        precision (or a reduced one on the CPU), ensemble members of different model
+        families or configurations.
 
     Examples
     --------
@@ -835,35 +1050,76 @@ def decloud(
     >>> out = m3rcr_xr.decloud(scene, checkpoint="dsen2_cr-demo")
     >>> out.dims, out.attrs["checkpoint"]
     (('band', 'y', 'x'), 'dsen2_cr-demo')
+    >>> small = m3rcr_xr.synthetic_scene((64, 64))
+    >>> both = m3rcr_xr.decloud(small, checkpoint="dsen2_cr-demo", tta="flips",
+    ...                         uncertainty=True)
+    >>> list(both.data_vars)
+    ['decloud', 'decloud_std']
     """
     tile, overlap, batch_size, device = _check_arguments(tile, overlap, batch_size, device)
+    check_tta(tta)
+    checkpoints = _checkpoints(checkpoint)
+    _check_spread(uncertainty, len(checkpoints), tta)
     _check_inputs(ds, composite)
-    ref = ModelRef.create(model, checkpoint, config, device, precision)
-    spec = ref.spec()
+    members = tuple(ModelRef.create(model, c, config, device, precision) for c in checkpoints)
+    spec = _ensemble_spec(members)
     _check_task(spec, "cloud_removal", "decloud")
-    plan = _tiling(spec, tile, overlap, ds.sizes["y"], ds.sizes["x"])
+    if composite:
+        warn_if_estimated(ds["cloudmask"], "decloud(composite=True)")
+    job = TileJob(
+        plan=_tiling(spec, tile, overlap, ds.sizes["y"], ds.sizes["x"]),
+        members=members,
+        batch_size=batch_size,
+        tta=tta,
+        spread=bool(uncertainty),
+        resources=None if resources is None else tuple(sorted(resources.items())),
+    )
     eager = ds["cloudy"].chunks is None
     inputs, cloudy = model_inputs(ds).chunk(), ds["cloudy"].chunk()  # no-op when lazy
     decloud_array = _decloud_collection if is_collection(ds) else _decloud_scene
-    data = decloud_array(inputs.data, cloudy.data, plan, ref, batch_size, resources)
+    data = decloud_array(inputs.data, cloudy.data, job)
+    result = _variable(ds, data[..., : job.channels, :, :], job, "decloud", composite)
+    if uncertainty:
+        std = _variable(ds, data[..., job.channels :, :, :], job, "decloud_std", composite)
+        result = xr.Dataset({"decloud": result, "decloud_std": std})
+    return result.compute() if eager else result  # in memory in, in memory out
+
+
+_LONG_NAMES = {
+    "decloud": "cloud-free estimate",
+    "decloud_std": "standard deviation of the estimate over ensemble members and TTA transforms",
+}
+
+
+def _variable(
+    ds: xr.Dataset, data: da.Array, job: TileJob, name: str, composite: bool
+) -> xr.DataArray:
+    """``data`` as the variable ``name`` on the grid of ``cloudy``, with its attributes.
+
+    With ``composite``, where the cloudy input is kept the estimate is that input and
+    its spread 0.
+    """
     template = ds["cloudy"]
-    result = xr.DataArray(data, dims=template.dims, coords=template.coords, name="decloud")
+    result = xr.DataArray(data, dims=template.dims, coords=template.coords, name=name)
     if composite:
-        warn_if_estimated(ds["cloudmask"], "decloud(composite=True)")
-        result = result.where(ds["cloudmask"], template.astype(np.float32))
+        kept = template.astype(np.float32) if name == "decloud" else np.float32(0)
+        result = result.where(ds["cloudmask"], kept)
     # optical nodata in (all bands 0) is NaN out; the network saw it filled, as ever
     result = result.where((template != OPTICAL_NODATA).any("band"))
+    member = job.members[0]
     result.attrs = {
-        "long_name": "cloud-free estimate",
+        "long_name": _LONG_NAMES[name],
         "units": "reflectance x10000",
-        "model": ref.name,
-        "config": repr(dict(ref.config)),
-        "checkpoint": ref.weights,
-        "checkpoint_sha256": ref.sha256 or "",
-        "tile": plan.tile,
-        "overlap": plan.overlap,
+        "model": member.name,
+        "config": repr(dict(member.config)),
+        "tile": job.plan.tile,
+        "overlap": job.plan.overlap,
         "composite": int(composite),
+        "members": len(job.members),
+        "tta": job.tta or "none",
+        "checkpoint": ", ".join(ref.weights for ref in job.members),
+        "checkpoint_sha256": ", ".join(ref.sha256 or "" for ref in job.members),
     }
     result = result.rio.write_nodata(np.nan, encoded=True)  # _FillValue in encoding
     result.encoding["source"] = sources(ds)  # to_zarr never writes over its own input
-    return result.compute() if eager else result  # in memory in, in memory out
+    return result

@@ -151,27 +151,52 @@ def _landcover_image(codes: xr.DataArray) -> np.ndarray:
     return lut[np.asarray(codes.values)]
 
 
+def _uncertainty_image(ax: Any, std: xr.DataArray) -> None:
+    """The band-mean standard deviation, dark (trusted) to bright, with a colour bar."""
+    values = np.asarray(std.mean("band").values, dtype=np.float32)
+    top = float(np.nanpercentile(values, 99)) if np.isfinite(values).any() else 0.0
+    image = ax.imshow(values, cmap="magma", vmin=0, vmax=top or 1.0, interpolation="nearest")
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label=std.attrs.get("units"))
+
+
 def quicklook(
     ds: xr.Dataset,
     *,
     decloud: str | xr.DataArray = "decloud",
+    std: str | xr.DataArray = "decloud_std",
     max_size: int = 1024,
     stretch: float = 3000.0,
 ) -> Any:
-    """Cloudy, decloud, cloud-free and land cover of a scene, side by side.
+    """Cloudy, decloud, its uncertainty, cloud-free and land cover of a scene, side by side.
 
     Panels appear for the variables present; large scenes are decimated to about
-    ``max_size`` pixels a side before anything is read.
+    ``max_size`` pixels a side before anything is read. The uncertainty panel
+    (``decloud_std`` of :func:`m3rcr_xr.decloud` with ``uncertainty=True``, or ``std``)
+    shows the standard deviation averaged over the bands, from 0 to its 99th percentile.
 
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import m3rcr_xr
+    >>> scene = m3rcr_xr.synthetic_scene((64, 64))
+    >>> both = m3rcr_xr.decloud(scene, config={"preset": "small"}, tta="flips",
+    ...                         uncertainty=True)
+    >>> [ax.get_title() for ax in quicklook(scene.merge(both)).axes][:5]
+    ['cloudy', 'decloud', 'uncertainty (std)', 'cloud-free', 'land cover']
     """
     import matplotlib.pyplot as plt
 
     if isinstance(decloud, xr.DataArray):
         ds = ds.assign(decloud=decloud)
         decloud = "decloud"
+    if isinstance(std, xr.DataArray):
+        ds = ds.assign(decloud_std=std)
+        std = "decloud_std"
     step = max(1, int(np.ceil(max(ds.sizes["y"], ds.sizes["x"]) / max_size)))
     small = ds.isel(y=slice(None, None, step), x=slice(None, None, step))
     panels = [
@@ -179,6 +204,7 @@ def quicklook(
         for name, title in (
             ("cloudy", "cloudy"),
             (decloud, "decloud"),
+            (std, "uncertainty (std)"),
             ("cloudfree", "cloud-free"),
             ("landcover", "land cover"),
         )
@@ -186,12 +212,12 @@ def quicklook(
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3), squeeze=False)
     for ax, (name, title) in zip(axes[0], panels, strict=True):
-        image = (
-            _landcover_image(small[name])
-            if name == "landcover"
-            else _true_colour(small[name], stretch)
-        )
-        ax.imshow(image, interpolation="nearest")
+        if name == std:
+            _uncertainty_image(ax, small[name])
+        elif name == "landcover":
+            ax.imshow(_landcover_image(small[name]), interpolation="nearest")
+        else:
+            ax.imshow(_true_colour(small[name], stretch), interpolation="nearest")
         ax.set_title(title)
         ax.set_axis_off()
     fig.tight_layout()

@@ -20,9 +20,11 @@ def test_demo_writes_every_output(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Dask dashboard: http" in out
     assert "whole scene: PSNR" in out
-    decloud = m3rcr_xr.open_zarr(tmp_path / "decloud.zarr")["decloud"]
+    result = m3rcr_xr.open_zarr(tmp_path / "decloud.zarr")
+    decloud = result["decloud"]
     scene = m3rcr_xr.open_zarr(tmp_path / "scene.zarr")
     assert decloud.shape == scene.cloudy.shape and decloud.rio.crs == scene.rio.crs
+    assert result.decloud_std.attrs["tta"] == "flips" and float(result.decloud_std.max()) > 0
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert "PSNR" in header and "landcover_class" in header
 
@@ -42,6 +44,12 @@ def test_sizes_the_demo_cannot_run_are_refused_before_any_work(tmp_path, size, m
     with pytest.raises(UsageError, match=match):
         run_demo(out, size=size)
     assert not out.exists()
+
+
+def test_an_unknown_tta_is_refused_before_any_work(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--tta", "spin"]) == 2
+    assert "--tta spin: must be one of" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 def test_the_demo_folder_cannot_be_a_file(tmp_path):

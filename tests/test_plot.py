@@ -1,4 +1,5 @@
-"""The per-class bar chart of evaluation results, and the semantic evaluation's pictures."""
+"""The per-class bar chart of evaluation results, the semantic evaluation's pictures and
+the quick-look."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import xarray as xr
 
 from m3rcr_xr import SchemaError, UsageError, metrics
 from m3rcr_xr.landcover import class_names, colors
-from m3rcr_xr.plot import confusion_matrix, iou_bars, metrics_by_class
+from m3rcr_xr.plot import confusion_matrix, iou_bars, metrics_by_class, quicklook
 
 
 @pytest.fixture
@@ -132,3 +133,27 @@ def test_iou_bars_one_hatched_bar_per_source(semantic):
     plt.close(fig)
     with pytest.raises(UsageError, match="metric='OA': not a per-class variable"):
         iou_bars(semantic, "OA")
+
+
+def _titles(fig) -> list[str]:
+    return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+
+def test_quicklook_draws_the_uncertainty_panel(tmp_path):
+    import m3rcr_xr
+
+    scene = m3rcr_xr.synthetic_scene((48, 40), seed=2)
+    std = xr.full_like(scene.cloudy, 50.0, dtype="float32").rename("decloud_std")
+    std[:, :10] = 400.0
+    decloud = scene.cloudy.astype("float32")
+    plain = quicklook(scene, decloud=decloud)
+    assert "uncertainty (std)" not in _titles(plain)
+    given = quicklook(scene, decloud=decloud, std=std)
+    assert _titles(given) == ["cloudy", "decloud", "uncertainty (std)", "cloud-free", "land cover"]
+    merged = quicklook(scene.assign(decloud=decloud, decloud_std=std))
+    assert _titles(merged) == _titles(given)
+    panel = next(ax for ax in merged.axes if ax.get_title() == "uncertainty (std)")
+    image = panel.get_images()[0]
+    assert image.get_clim() == (0.0, 400.0)  # 0 to the 99th percentile of the band mean
+    merged.savefig(tmp_path / "quicklook.png")
+    plt.close("all")
