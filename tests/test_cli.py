@@ -358,7 +358,7 @@ def test_decloud_writes_a_cog_per_patch_of_a_collection(tmp_path, capsys):
     m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(2, 32), tmp_path / "c.zarr")
     cogs = tmp_path / "cogs"
     argv = ["decloud", str(tmp_path / "c.zarr"), str(tmp_path / "out.zarr"), "--cog", str(cogs)]
-    assert main([*argv, "--config", "preset=small", "--tile", "32"]) == 0
+    assert main([*argv, *UNTRAINED_SMALL, "--tile", "32"]) == 0
     names = sorted(p.name for p in cogs.iterdir())
     assert names == ["synthetic_0_p_0.tif", "synthetic_1_p_0.tif"]
     with rasterio.open(cogs / names[1]) as cog:

@@ -161,13 +161,14 @@ def test_a_workers_memory_does_not_grow_with_the_scene(tmp_path):
     limit = 480 * 2**20
     unbounded = {f"distributed.worker.memory.{k}": False for k in ("pause", "terminate")}
     peaks = []
-    with (
-        dask.config.set(unbounded),
-        LocalCluster(n_workers=1, threads_per_worker=2, memory_limit=limit) as cluster,
-        Client(cluster) as client,
-    ):
-        for side in (4096, 8192):
-            client.restart()  # a fresh worker process: its own peak
+    for side in (4096, 8192):  # a fresh worker process for each: its own peak
+        with (
+            dask.config.set(unbounded),
+            LocalCluster(
+                n_workers=1, threads_per_worker=2, memory_limit=limit, dashboard_address=":0"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             m3rcr_xr.to_cog(_lazy_band(side), tmp_path / f"{side}.tif", blocksize=1024)
             (peak,) = client.run(_peak_rss).values()
             peaks.append(peak)

@@ -223,15 +223,15 @@ def check_size(spec: ModelSpec, size: int | tuple[int, int]) -> None:
         )
 
 
-def constructor_arguments(cls: type[CloudRemovalNet]) -> dict[str, tuple[Any, Any]]:
+def constructor_arguments(cls: type[nn.Module]) -> dict[str, tuple[Any, Any]]:
     """The constructor arguments of a network class: ``{name: (type, default)}``.
 
     Read from the class's :attr:`~CloudRemovalNet.config_class` where it has one, else
     from its ``__init__``; the default is ``inspect.Parameter.empty`` for a required one.
     """
-    source = cls.config_class or cls.__init__
-    hints = typing.get_type_hints(source)
-    parameters = inspect.signature(cls.config_class or cls).parameters
+    config_class = getattr(cls, "config_class", None)  # the classifier has none
+    hints = typing.get_type_hints(config_class or cls.__init__)
+    parameters = inspect.signature(config_class or cls).parameters
     return {name: (hints.get(name, Any), p.default) for name, p in parameters.items()}
 
 

@@ -178,6 +178,10 @@ def fetch_url(url: str, known_hash: str | None = None) -> tuple[Path, str]:
         recorder = _Recorder(pooch.downloaders.choose_downloader(url, progressbar=show))
     else:
         recorder = _Recorder(_fsspec_download)
+    # pooch logs through a stderr handler of its own, bound to the stream of the moment;
+    # the download is logged here, through logging, instead
+    pooch.get_logger().setLevel(logging.WARNING)
+    log.info("fetching %s into %s", url, cache_dir())
     try:
         path = pooch.retrieve(
             url,
