@@ -81,6 +81,11 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r'"planet/items\.json"', '"stac/planet/catalog.json"', "a local catalog written by the test"),
     (r'"s1-rtc/catalog\.json"', '"stac/s1/catalog.json"', ""),
     (r'"worldcover\.json"', '"stac/worldcover/catalog.json"', ""),
+    (
+        r'"dsen2_cr", \["a\.pth", "b\.pth", "c\.pth"\],',
+        '"dsen2_cr", ["a.pth", "b.pth", "c.pth"], config={"preset": "small"},',
+        "an ensemble of three small networks with seeded weights, written by the test",
+    ),
     (r"/scratch/m3rcr/", "scratch/", "the test's folder; test.zarr: the samples' test split"),
     (
         r'"https://data\.example\.org/dsen2cr-v1\.pth"',
@@ -105,6 +110,17 @@ def substitute(code: str, samples: Path, **values: str) -> str:
             replacement = replacement.replace("{" + name + "}", value)
         code = re.sub(pattern, lambda _, text=replacement: text, code, flags=re.S)
     return code
+
+
+def _ensemble_members(names: tuple[str, ...]) -> None:
+    """Small DSen2-CRs with different seeded weights at ``names``: an ensemble."""
+    import torch
+
+    from m3rcr_xr import models
+
+    for seed, name in enumerate(names):
+        torch.manual_seed(seed)
+        torch.save(models.build("dsen2_cr", preset="small").state_dict(), name)
 
 
 @pytest.fixture
@@ -149,6 +165,7 @@ def test_the_readme_blocks_run_in_order(samples_dir, tmp_path, monkeypatch, demo
     scratch.mkdir()
     m3rcr_xr.to_zarr(m3rcr_xr.open_m3rcr(samples_dir / "test"), scratch / "test.zarr")
     m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(2, 160, seed=3), "train.zarr")
+    _ensemble_members(("a.pth", "b.pth", "c.pth"))
     (tmp_path / "stac").mkdir()
     write_catalog(tmp_path / "stac", scene_files(tmp_path))
     namespace: dict = {"__name__": "readme"}
