@@ -3,8 +3,8 @@
 :func:`to_cog` writes a (lazy) ``(band, y, x)`` array to a COG with odc-geo's
 ``save_cog_with_dask``: each block and each overview block is computed and compressed
 in its own task, written to a part file, and the parts are joined at the end, with no
-Zarr round trip and without holding the raw scene (memory still grows with the
-compressed size: see ``benchmarks/quick.py``, part ``cog``).
+Zarr round trip and without holding the raw scene: peak memory hardly grows with the
+scene (see ``benchmarks/quick.py``, part ``cog``). Bands are interleaved by pixel.
 
 The file's grid is odc-geo's COG layout: the scene's transform and CRS, the width and
 height rounded up (with nodata) to a multiple of ``2**levels`` so that each overview
@@ -225,16 +225,20 @@ MAX_PARTS, WRITES_PER_TASK = 10_000, 4
 def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwargs: Any) -> Any:
     """odc-geo's graph writing ``array`` to ``dst`` (a Dask ``Delayed``).
 
-    By default odc-geo gives each compression task one part number, so a task can
-    never write on its own and compressed tiles gather in memory (20 MiB, then a whole
-    tree of merges) before they reach disk; several part numbers a task and a smaller
-    spill let each write as it goes, within the writer's 10 000 parts.
+    Bands are interleaved by pixel (``(y, x, band)``, GDAL's COG default): one tile
+    holds every band, so each block of the scene is compressed once and let go. Band
+    by band (``(band, y, x)``), odc-geo compresses each band in its own stream, and
+    every block, which holds all bands, stayed in memory until the last band's stream
+    reached it: the whole raw scene, at worst. And odc-geo gives each compression task
+    a single part number, so no task could write on its own and compressed tiles
+    gathered in memory (20 MiB, then a whole tree of merges); several part numbers a
+    task and a smaller spill let each write as it goes, within the writer's 10 000 parts.
     """
     from odc.geo.cog import save_cog_with_dask
 
-    array = array.chunk({"y": size, "x": size})
+    array = array.chunk({"y": size, "x": size, **({"band": -1} if "band" in array.dims else {})})
     if "band" in array.dims:
-        array = array.transpose("band", "y", "x")
+        array = array.transpose("y", "x", "band")
     kwargs = {"compression": compress, "blocksize": size, **kwargs}
     tasks = sum(bag.npartitions for bag in save_cog_with_dask(array, "", **kwargs)["tiles"])
     writes = max(1, min(WRITES_PER_TASK, (MAX_PARTS - 1) // max(tasks, 1)))

@@ -28,6 +28,7 @@ def test_a_scene_becomes_a_valid_tiled_cog_with_overviews(tmp_path):
     assert cog_validate(str(path), strict=True)[0]
     with rasterio.open(path) as f:
         assert f.block_shapes == [(128, 128)] * 4
+        assert f.interleaving == rasterio.enums.Interleaving.pixel  # a tile holds all bands
         assert f.overviews(1) == [2, 4]
         assert f.crs == scene.rio.crs and f.transform == scene.rio.transform()
         assert np.isnan(f.nodata)
