@@ -238,7 +238,9 @@ def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwarg
 
     array = array.chunk({"y": size, "x": size, **({"band": -1} if "band" in array.dims else {})})
     if "band" in array.dims:
-        array = array.transpose("y", "x", "band")
+        # one band stays a plane: tifffile refuses a single sample interleaved by pixel
+        many = array.sizes["band"] > 1
+        array = array.transpose(*(("y", "x", "band") if many else ("band", "y", "x")))
     kwargs = {"compression": compress, "blocksize": size, **kwargs}
     tasks = sum(bag.npartitions for bag in save_cog_with_dask(array, "", **kwargs)["tiles"])
     writes = max(1, min(WRITES_PER_TASK, (MAX_PARTS - 1) // max(tasks, 1)))

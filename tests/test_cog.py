@@ -46,6 +46,14 @@ def test_integer_bands_take_the_declared_nodata(tmp_path):
         assert f.nodata == 0 and f.dtypes[0] == "uint16"
 
 
+def test_a_single_band_is_written_too(tmp_path):
+    band = _lazy_band(64)
+    m3rcr_xr.to_cog(band, tmp_path / "b.tif", blocksize=32)
+    with rasterio.open(tmp_path / "b.tif") as f:
+        assert f.count == 1 and f.descriptions == ("b",)
+        np.testing.assert_array_equal(f.read(), band.values)
+
+
 def test_a_collection_becomes_one_cog_per_patch_named_by_patch(tmp_path):
     collection = m3rcr_xr.synthetic_collection(2, 48)
     written = collection.m3rcr.to_cog(tmp_path / "out", variable="cloudy")
