@@ -3,8 +3,8 @@
 :func:`to_cog` writes a (lazy) ``(band, y, x)`` array to a COG with odc-geo's
 ``save_cog_with_dask``: each block and each overview block is computed and compressed
 in its own task, written to a part file, and the parts are joined at the end, with no
-Zarr round trip and without holding the raw scene (memory still grows with the
-compressed size: see ``benchmarks/quick.py``, part ``cog``).
+Zarr round trip and without holding the raw scene: peak memory hardly grows with the
+scene (see ``benchmarks/quick.py``, part ``cog``). Bands are interleaved by pixel.
 
 The file's grid is odc-geo's COG layout: the scene's transform and CRS, the width and
 height rounded up (with nodata) to a multiple of ``2**levels`` so that each overview
@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import posixpath
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -102,7 +104,8 @@ def check_cog_destination(
     names: Sequence[str] | None = None,
     inputs: Sequence[Any] = (),
     overwrite: bool = False,
-) -> list[Path]:
+    storage_options: dict[str, Any] | None = None,
+) -> list[Any]:
     """Refuse a destination :func:`to_cog` would not write, before any work is done.
 
     Parameters
@@ -115,23 +118,25 @@ def check_cog_destination(
         Paths or URLs of the inputs; a destination that overlaps one is refused.
     overwrite
         Allow replacing existing files of those names.
+    storage_options
+        fsspec options for a URL destination (credentials, endpoint).
 
     Returns
     -------
-    list of Path
-        The files to write.
+    list of Path or str
+        The files to write: paths, or URLs for object storage.
 
     Raises
     ------
     StoreError
-        A URL (local paths only), a folder that does not exist or is not writable, a
-        file where a folder is needed or the reverse, an existing file (without
-        ``overwrite``), or an overlap with an input.
+        A folder (or bucket) that does not exist or is not writable, a file where a
+        folder is needed or the reverse, an existing file (without ``overwrite``), or an
+        overlap with an input.
     """
-    target = _Target.of(path)
-    if not target.local:
-        raise StoreError(f"{target.name}: GeoTIFFs are written to local paths only")
     check_apart(path, inputs)
+    target = _Target.of(path, storage_options)
+    if not target.local:
+        return _check_remote(target, names, overwrite)
     path = Path(path)
     folder = path if names is not None else path.parent
     if names is not None and path.exists() and not path.is_dir():
@@ -148,6 +153,43 @@ def check_cog_destination(
         if file.exists() and not overwrite:
             raise StoreError(f"{file}: exists; pass {argument('overwrite', True)} to replace it")
     return files
+
+
+def _check_remote(target: _Target, names: Sequence[str] | None, overwrite: bool) -> list[str]:
+    """:func:`check_cog_destination` on object storage: the objects' URLs."""
+    fs = target.fs
+    fs.invalidate_cache()  # s3fs answers from cached listings
+    bucket = target.path.split("/")[0]
+    if not fs.exists(bucket):
+        raise StoreError(f"{target.name}: bucket {bucket} does not exist")
+    keys = [target.path] if names is None else [target.key(name) for name in names]
+    for key in keys:
+        if fs.isdir(key):
+            raise StoreError(f"{fs.unstrip_protocol(key)}: is a folder, not a GeoTIFF")
+        if fs.exists(key) and not overwrite:
+            raise StoreError(
+                f"{fs.unstrip_protocol(key)}: exists; pass {argument('overwrite', True)} "
+                "to replace it"
+            )
+    return [fs.unstrip_protocol(key) for key in keys]
+
+
+@contextlib.contextmanager
+def _uploaded(target: _Target, urls: Sequence[str]) -> Iterator[Path]:
+    """A temporary local folder; on success its files (named as the last part of each
+    URL) are uploaded, each in one request or multipart upload, which S3 makes visible
+    only once complete; on failure the objects already uploaded are removed."""
+    with tempfile.TemporaryDirectory(prefix=".m3rcr-cog-") as folder:
+        yield Path(folder)
+        done: list[str] = []
+        try:
+            for url in urls:
+                target.fs.put_file(str(Path(folder) / posixpath.basename(url)), url)
+                done.append(url)
+        except BaseException:
+            for url in done:
+                target.fs.rm_file(url)
+            raise
 
 
 def _partial(file: Path) -> Path:
@@ -174,14 +216,35 @@ def _cleaned(partials: Sequence[Path], folder: Path) -> Iterator[None]:
         raise
 
 
+#: compressed bytes a part of odc-geo's writer gathers before it goes to disk
+SPILL_BYTES = 4 * 2**20
+#: part numbers odc-geo's file writer allows, and at most how many each task may use
+MAX_PARTS, WRITES_PER_TASK = 10_000, 4
+
+
 def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwargs: Any) -> Any:
-    """odc-geo's graph writing ``array`` to ``dst`` (a Dask ``Delayed``)."""
+    """odc-geo's graph writing ``array`` to ``dst`` (a Dask ``Delayed``).
+
+    Bands are interleaved by pixel (``(y, x, band)``, GDAL's COG default): one tile
+    holds every band, so each block of the scene is compressed once and let go. Band
+    by band (``(band, y, x)``), odc-geo compresses each band in its own stream, and
+    every block, which holds all bands, stayed in memory until the last band's stream
+    reached it: the whole raw scene, at worst. And odc-geo gives each compression task
+    a single part number, so no task could write on its own and compressed tiles
+    gathered in memory (20 MiB, then a whole tree of merges); several part numbers a
+    task and a smaller spill let each write as it goes, within the writer's 10 000 parts.
+    """
     from odc.geo.cog import save_cog_with_dask
 
-    array = array.chunk({"y": size, "x": size})
+    array = array.chunk({"y": size, "x": size, **({"band": -1} if "band" in array.dims else {})})
     if "band" in array.dims:
-        array = array.transpose("band", "y", "x")
-    return save_cog_with_dask(array, dst, compression=compress, blocksize=size, **kwargs)
+        # one band stays a plane: tifffile refuses a single sample interleaved by pixel
+        many = array.sizes["band"] > 1
+        array = array.transpose(*(("y", "x", "band") if many else ("band", "y", "x")))
+    kwargs = {"compression": compress, "blocksize": size, **kwargs}
+    tasks = sum(bag.npartitions for bag in save_cog_with_dask(array, "", **kwargs)["tiles"])
+    writes = max(1, min(WRITES_PER_TASK, (MAX_PARTS - 1) // max(tasks, 1)))
+    return save_cog_with_dask(array, dst, writes_per_chunk=writes, spill_sz=SPILL_BYTES, **kwargs)
 
 
 def to_cog(
@@ -195,7 +258,8 @@ def to_cog(
     blocksize: int = 512,
     overview_resampling: str = "nearest",
     progress: bool | None = None,
-) -> list[Path]:
+    storage_options: dict[str, Any] | None = None,
+) -> list[Any]:
     """Write a scene (or each patch of a collection) to Cloud-Optimised GeoTIFF.
 
     Streams a lazy array through Dask (odc-geo's ``save_cog_with_dask``): blocks and
@@ -211,7 +275,8 @@ def to_cog(
         ``variable`` is written).
     path
         A ``.tif`` file for a scene; a folder for a collection (one
-        ``<patch id>.tif`` each).
+        ``<patch id>.tif`` each). A path or an fsspec URL (``s3://bucket/key.tif``):
+        there each file is written to a temporary local folder, then uploaded.
     variable
         The variable of a Dataset to write; default ``"decloud"``.
     overwrite
@@ -227,11 +292,14 @@ def to_cog(
         How overviews are made: ``"nearest"``, ``"average"``...
     progress
         Show a progress bar; default: the ``progress`` option.
+    storage_options
+        fsspec options for a URL ``path`` (credentials, endpoint), as for
+        :func:`m3rcr_xr.to_zarr`.
 
     Returns
     -------
-    list of Path
-        The files written.
+    list of Path or str
+        The files written: paths, or URLs on object storage.
 
     Raises
     ------
@@ -254,23 +322,50 @@ def to_cog(
     array = _array(obj, variable)
     collection = is_collection(array)
     names = patch_file_names(array) if collection else None
-    files = check_cog_destination(path, names=names, inputs=sources(obj), overwrite=overwrite)
+    files = check_cog_destination(
+        path,
+        names=names,
+        inputs=sources(obj),
+        overwrite=overwrite,
+        storage_options=storage_options,
+    )
     scenes = [_patch_scene(array, i) for i in range(len(files))] if collection else [array]
-    partials = [_partial(file) for file in files]
-    folder = Path(path) if collection else Path(path).parent
+    target = _Target.of(path, storage_options)
     options = {"level": level, "overview_resampling": overview_resampling}
-    with _write_errors(_Target.of(path)), _cleaned(partials, folder):
+    show = OPTIONS["progress"] if progress is None else progress
+    with _write_errors(target):
+        if target.local:
+            folder = Path(path) if collection else Path(path).parent
+            _write(scenes, files, folder, compress, blocksize, show, options)
+        else:
+            with _uploaded(target, files) as folder:
+                local = [folder / posixpath.basename(url) for url in files]
+                _write(scenes, local, folder, compress, blocksize, show, options)
+    log.info("wrote %d GeoTIFF(s) to %s", len(files), path)
+    return files
+
+
+def _write(
+    scenes: Sequence[xr.DataArray],
+    files: Sequence[Path],
+    folder: Path,
+    compress: str,
+    blocksize: int,
+    show: bool,
+    options: dict[str, Any],
+) -> None:
+    """Write each scene to its file in ``folder`` (made if missing), under a partial
+    name renamed at the end; on failure nothing is left (see :func:`_cleaned`)."""
+    partials = [_partial(file) for file in files]
+    with _cleaned(partials, folder):
         folder.mkdir(exist_ok=True)
         graphs = [
             _cog_graph(_with_nodata(scene), partial, compress, blocksize, **options)
             for scene, partial in zip(scenes, partials, strict=True)
         ]
-        show = OPTIONS["progress"] if progress is None else progress
         with warnings.catch_warnings():
             # odc-geo warps overviews between bare arrays, which rasterio warns about
             warnings.filterwarnings("ignore", message="Dataset has no geotransform")
             compute_with_progress(*graphs, show=show)
         for partial, file in zip(partials, files, strict=True):
             os.replace(partial, file)
-    log.info("wrote %d GeoTIFF(s) to %s", len(files), path)
-    return files

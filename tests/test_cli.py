@@ -571,3 +571,32 @@ def test_a_read_only_or_full_file_system_exits_2(
     monkeypatch.setattr(store, step, unwritable)
     assert main(_ingest_args(train_quartet, tmp_path / "q.zarr")) == 2
     assert f"q.zarr: writing the store failed: {os.strerror(code)}" in _one_error_line(capsys)
+
+
+def test_your_own_area_from_stac_to_a_cog(tmp_path, capsys):
+    """README, "Your own area": ingest STAC items, decloud, --cog; the COG is valid, names
+    its bands, declares NaN nodata and has it exactly where the UDM2 says blackfill."""
+    import rasterio
+
+    from tests.test_stac import scene_files, write_catalog
+
+    stac = tmp_path / "stac"
+    stac.mkdir()
+    files = scene_files(tmp_path)
+    write_catalog(stac, files)
+    ingest = ["ingest", str(stac / "planet" / "catalog.json"), str(tmp_path / "area.zarr")]
+    layers = ["--sar", str(stac / "s1" / "catalog.json")]
+    layers += ["--landcover", str(stac / "worldcover" / "catalog.json")]
+    assert main(ingest + layers) == 0
+    cog = tmp_path / "area-decloud.tif"
+    decloud = ["decloud", str(tmp_path / "area.zarr"), str(tmp_path / "area-decloud.zarr")]
+    assert main([*decloud, "--checkpoint", "dsen2_cr-demo", "--cog", str(cog)]) == 0
+    assert cog_validate(str(cog), strict=True)[0]
+    with rasterio.open(files["udm2"]) as udm2:
+        blackfill = (udm2.read(8) & 1).astype(bool)
+    with rasterio.open(cog) as f:
+        assert np.isnan(f.nodata) and f.descriptions == ("blue", "green", "red", "nir")
+        values = f.read()
+    assert 0 < blackfill.sum() < blackfill.size
+    np.testing.assert_array_equal(np.isnan(values), np.broadcast_to(blackfill, values.shape))
+    assert f"wrote {cog}" in capsys.readouterr().out

@@ -28,6 +28,7 @@ def test_a_scene_becomes_a_valid_tiled_cog_with_overviews(tmp_path):
     assert cog_validate(str(path), strict=True)[0]
     with rasterio.open(path) as f:
         assert f.block_shapes == [(128, 128)] * 4
+        assert f.interleaving == rasterio.enums.Interleaving.pixel  # a tile holds all bands
         assert f.overviews(1) == [2, 4]
         assert f.crs == scene.rio.crs and f.transform == scene.rio.transform()
         assert np.isnan(f.nodata)
@@ -43,6 +44,14 @@ def test_integer_bands_take_the_declared_nodata(tmp_path):
     m3rcr_xr.to_cog(cloudy, tmp_path / "c.tif")
     with rasterio.open(tmp_path / "c.tif") as f:
         assert f.nodata == 0 and f.dtypes[0] == "uint16"
+
+
+def test_a_single_band_is_written_too(tmp_path):
+    band = _lazy_band(64)
+    m3rcr_xr.to_cog(band, tmp_path / "b.tif", blocksize=32)
+    with rasterio.open(tmp_path / "b.tif") as f:
+        assert f.count == 1 and f.descriptions == ("b",)
+        np.testing.assert_array_equal(f.read(), band.values)
 
 
 def test_a_collection_becomes_one_cog_per_patch_named_by_patch(tmp_path):
@@ -97,7 +106,6 @@ def test_a_collection_folder_keeps_other_files(tmp_path):
     [
         ("missing/d.tif", "does not exist"),
         ("d.tif/", "is a folder"),
-        ("s3://bucket/d.tif", "local paths only"),
     ],
 )
 def test_unreachable_destinations_are_refused(tmp_path, where, match):
@@ -183,3 +191,59 @@ def _peak_rss() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _objects(bucket: str) -> dict[str, bytes]:
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    return {key: fs.cat_file(key) for key in fs.find(bucket)}
+
+
+def test_a_scene_is_uploaded_to_object_storage_as_a_valid_cog(bucket, tmp_path):
+    url = f"s3://{bucket}/out/d.tif"
+    assert m3rcr_xr.to_cog(_scene(64), url) == [url]
+    (key,) = _objects(bucket)
+    assert key == f"{bucket}/out/d.tif"
+    with rasterio.open(f"/vsis3/{bucket}/out/d.tif") as f:
+        assert np.isnan(f.nodata) and f.descriptions == ("blue", "green", "red", "nir")
+    local = tmp_path / "d.tif"
+    local.write_bytes(_objects(bucket)[key])
+    assert cog_validate(str(local), strict=True)[0]
+
+
+def test_an_existing_object_is_kept_without_overwrite(bucket):
+    import s3fs
+
+    s3fs.S3FileSystem().pipe_file(f"{bucket}/mine.tif", b"not ours")
+    with pytest.raises(m3rcr_xr.StoreError, match=f"s3://{bucket}/mine.tif: exists; pass"):
+        m3rcr_xr.to_cog(_scene(64), f"s3://{bucket}/mine.tif")
+    assert _objects(bucket) == {f"{bucket}/mine.tif": b"not ours"}
+    m3rcr_xr.to_cog(_scene(64), f"s3://{bucket}/mine.tif", overwrite=True)
+    assert _objects(bucket)[f"{bucket}/mine.tif"][:2] == b"II"  # a TIFF now
+
+
+def test_a_failed_upload_leaves_no_object(bucket, monkeypatch):
+    """The second patch's upload fails: the first, already uploaded, is removed."""
+    import s3fs
+
+    put_file = s3fs.S3FileSystem._put_file  # the sync put_file calls it
+    calls = []
+
+    async def second_fails(self, lpath, rpath, **kwargs):
+        calls.append(rpath)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "connection reset")
+        return await put_file(self, lpath, rpath, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", second_fails)
+    s3fs.S3FileSystem.clear_instance_cache()  # instances bind their sync methods when made
+    with pytest.raises(OSError, match="connection reset"):
+        m3rcr_xr.to_cog(m3rcr_xr.synthetic_collection(2, 16), f"s3://{bucket}/c", variable="cloudy")
+    assert len(calls) == 2 and _objects(bucket) == {}
+
+
+def test_a_missing_bucket_is_refused_before_any_work(bucket):
+    with pytest.raises(m3rcr_xr.StoreError, match="bucket no-such-bucket does not exist"):
+        m3rcr_xr.to_cog(_scene(64), "s3://no-such-bucket/d.tif")

@@ -20,7 +20,12 @@ from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-EXPECTED = ["01-quickstart.ipynb", "02-m3rcr-dataset.ipynb", "03-hpc-cluster.ipynb"]
+EXPECTED = [
+    "01-quickstart.ipynb",
+    "02-m3rcr-dataset.ipynb",
+    "03-hpc-cluster.ipynb",
+    "04-your-own-area.ipynb",
+]
 KERNEL = "m3rcr-tests"
 
 
@@ -42,7 +47,7 @@ def _text(notebook) -> str:
     )
 
 
-def test_the_three_notebooks_are_there():
+def test_the_notebooks_are_there():
     assert [path.name for path in _notebooks()] == EXPECTED
 
 
@@ -102,6 +107,7 @@ def test_notebook_runs(path: Path, kernel: str, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", kernel)
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel draws inline
     monkeypatch.delenv("M3RCR_DATA", raising=False)  # the samples beside the repository
+    monkeypatch.delenv("M3RCR_STAC", raising=False)  # the catalog the notebook writes
     python_path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(python_path))
     notebook = nbformat.read(path, as_version=4)
@@ -128,3 +134,6 @@ def test_notebook_runs(path: Path, kernel: str, monkeypatch):
         assert "data: " in text or "No M3R-CR data found" in text
     if path.name == "03-hpc-cluster.ipynb":
         assert "Dask dashboard: http://" in text
+    if path.name == "04-your-own-area.ipynb":  # the UDM2 blackfill, NaN in the COG
+        assert "nodata: nan bands: ('blue', 'green', 'red', 'nir')" in text
+        assert "no data in the COG: 8.3% of the values" in text
