@@ -198,11 +198,15 @@ def test_open_quartet_estimates_with_a_warning(tmp_path):
 def test_composite_with_an_estimated_mask_warns(small_scene):
     small_scene["cloudmask"] = estimate_cloudmask(small_scene["cloudy"])
     with pytest.warns(M3RCRWarning, match=r"decloud\(composite=True\) uses an estimated"):
-        m3rcr_xr.decloud(small_scene, "dsen2_cr", config={"preset": "small"}, composite=True)
+        m3rcr_xr.decloud(
+            small_scene, "dsen2_cr", "untrained", config={"preset": "small"}, composite=True
+        )
     small_scene["cloudmask"].attrs = {}
     with warnings.catch_warnings():
         warnings.simplefilter("error", M3RCRWarning)
-        m3rcr_xr.decloud(small_scene, "dsen2_cr", config={"preset": "small"}, composite=True)
+        m3rcr_xr.decloud(
+            small_scene, "dsen2_cr", "untrained", config={"preset": "small"}, composite=True
+        )
 
 
 #: measured IoU on the two samples: 0.693 (test/summer_33_p_1), 0.553 (train/fall_1_p_457)

@@ -369,6 +369,7 @@ def test_cli_computes_on_a_running_cluster(running_cluster, tmp_path, capsys):
         str(_scheduler_file(tmp_path / "s.json", running_cluster.scheduler_address)),
     ]
     decloud = ["decloud", str(scene), str(tmp_path / "out.zarr"), "--tile", "32", *config]
+    decloud += ["--checkpoint", "untrained"]
     ran = _tasks_on(running_cluster, lambda: main([*decloud, *by_file]))
     assert any(name.startswith("decloud-tiles") for name in ran), ran
     by_address = ["--scheduler", running_cluster.scheduler_address]

@@ -27,6 +27,8 @@ CONDA_TO_PYPI = {
     "matplotlib-base": "matplotlib",
     "dask": "dask[array]",
 }
+#: pip extras, which conda has not: the packages each one stands for in environment.yml
+EXTRAS_IN_CONDA = {"odc-geo[tiff]": ("odc-geo", "tifffile", "imagecodecs")}
 #: what conda itself needs in the file besides the packages
 CONDA_ONLY = {"python", "pip"}
 
@@ -52,7 +54,12 @@ def pyproject_runtime() -> dict[str, str | None]:
     lines = [*project["dependencies"]]
     for extra in RUNTIME_EXTRAS:
         lines += project["optional-dependencies"][extra]
-    return {_key(req): _lower_bound(req) for req in map(Requirement, lines)}
+    found: dict[str, str | None] = {}
+    for requirement in map(Requirement, lines):
+        base, *extra = EXTRAS_IN_CONDA.get(_key(requirement), (_key(requirement),))
+        found[base] = _lower_bound(requirement)
+        found.update(dict.fromkeys(extra))  # unbounded: the extra's own choice
+    return found
 
 
 def environment() -> dict[str, str | None]:

@@ -102,7 +102,7 @@ AGGREGATIONS: tuple[Aggregation, ...] = (
     Aggregation(
         "RMSE",
         ("sq_error", "n_valid"),
-        lambda sq, n, n_bands: xr.apply_ufunc(np.sqrt, _per_sample(sq, n, n_bands)),
+        lambda sq, n, n_bands: xr.apply_ufunc(np.sqrt, _per_sample(sq, n, n_bands), dask="allowed"),
         "mean",
         {"units": "1", "long_name": "root mean squared error of reflectance in [0, 1]"},
     ),
