@@ -229,9 +229,10 @@ def constructor_arguments(cls: type[CloudRemovalNet]) -> dict[str, tuple[Any, An
     Read from the class's :attr:`~CloudRemovalNet.config_class` where it has one, else
     from its ``__init__``; the default is ``inspect.Parameter.empty`` for a required one.
     """
-    source = cls.config_class or cls.__init__
-    hints = typing.get_type_hints(source)
-    parameters = inspect.signature(cls.config_class or cls).parameters
+    # a network that is not a CloudRemovalNet (the land-cover classifier) has none
+    config_class = getattr(cls, "config_class", None)
+    hints = typing.get_type_hints(config_class or cls.__init__)
+    parameters = inspect.signature(config_class or cls).parameters
     return {name: (hints.get(name, Any), p.default) for name, p in parameters.items()}
 
 
