@@ -414,11 +414,11 @@ def _classifier(
     ``m3rcr train --export``: the model and configuration of its header), or None (the
     default classifier, untrained)."""
     from ..classify import DEFAULT_CLASSIFIER
-    from ..weights import available, read_weights
+    from ..weights import UNTRAINED, available, read_weights
 
     if classifier is None:
         log.warning("semantic evaluation with an untrained classifier: the scores mean nothing")
-        return DEFAULT_CLASSIFIER, None, config
+        return DEFAULT_CLASSIFIER, UNTRAINED, config
     text = str(classifier)
     registered = {e.name: e for e in available()}
     if text in registered:
@@ -429,7 +429,7 @@ def _classifier(
             return header.model, classifier, header.config
     if isinstance(classifier, os.PathLike) or Path(text).suffix:
         return DEFAULT_CLASSIFIER, classifier, config
-    return text, None, config
+    return text, UNTRAINED, config
 
 
 def semantic_setup(

@@ -60,7 +60,8 @@ def train_step(
 
     ``batch`` is a batch of :class:`CropDataset` (for a classifier, with ``labels``: the
     network classifies the cloud-free ``target``). The forward pass runs under autocast
-    when ``amp`` is a dtype (GPU only); the loss is computed in float32. ``scaler`` (a ``torch.amp.GradScaler``) scales fp16 gradients.
+    when ``amp`` is a dtype (GPU only); the loss is computed in float32. ``scaler`` (a
+    ``torch.amp.GradScaler``) scales fp16 gradients.
     """
     inputs, target, optical, mask = step_tensors(batch, device)
     with autocast(device, amp):
