@@ -60,7 +60,7 @@ def _semantic_figure(result: xr.Dataset):
 
     from .plot import confusion_matrix, iou_bars
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     confusion_matrix(result, "pred", ax=left)
     iou_bars(result, ax=right)
     return figure
