@@ -25,6 +25,14 @@ memory above the size before the first run (psutil every 20 ms):
     ``m3rcr_xr.evaluate`` (chunked, one dask pass) against the straightforward NumPy
     evaluation of :func:`benchmarks.bench_metrics.numpy_metrics` on the same arrays.
 
+``semantic``
+    ``m3rcr_xr.evaluate_semantic`` of a scene (the target, a prediction and the cloudy
+    input each classified on the tiling engine, blended probabilities, confusion counts
+    by ``np.bincount`` per chunk, one dask pass) against a plain PyTorch loop over the
+    same tiles of the same three images (crop, batch, forward, argmax; each tile's
+    stride-sized corner kept) followed by one NumPy confusion matrix (``np.bincount``)
+    per image. Untrained classifier of the demo classifier's configuration.
+
 ``cog``
     ``m3rcr_xr.to_cog`` of a lazy float32 scene (4 bands, 512-pixel chunks) against
     rioxarray's ``to_raster(driver="COG")`` of the same scene (GDAL's COG driver, which
@@ -393,6 +401,79 @@ def part_metrics(size: int, repeats: int, rounds: int, folder: Path) -> dict:
     }
 
 
+# -------------------------------------------------------------------------- semantic
+#: the architecture of the shipped demo classifier, untrained here (the cost is the same)
+CLASSIFIER_CONFIG = {"depth": 2, "features": 16, "level": 1}
+
+
+def plain_classification(images: list[np.ndarray], landcover: np.ndarray, plan, model) -> None:
+    """Classify each image tile by tile (no blending: each tile's stride-sized corner is
+    kept), then count its confusion with the WorldCover labels by ``np.bincount``."""
+    import torch
+
+    from m3rcr_xr import inference
+    from m3rcr_xr.landcover import class_names, worldcover_labels
+
+    truth = worldcover_labels(landcover, 1).astype(np.int64).ravel()
+    n_classes = len(class_names(1))
+    rows, cols = plan.shape
+    corners = [(r * plan.stride, c * plan.stride) for r in range(rows) for c in range(cols)]
+    for image in images:
+        padded = inference._pad(image, plan)
+        labels = np.empty(padded.shape[-2:], np.int64)
+        with torch.inference_mode():
+            for first in range(0, len(corners), BATCH):
+                batch = corners[first : first + BATCH]
+                crops = np.stack(
+                    [padded[:, y : y + plan.tile, x : x + plan.tile] for y, x in batch]
+                )
+                predicted = model(torch.from_numpy(crops)).argmax(1).numpy()
+                for (y, x), tile in zip(batch, predicted, strict=True):
+                    labels[y : y + plan.stride, x : x + plan.stride] = tile[
+                        : plan.stride, : plan.stride
+                    ]
+        pred = labels[: image.shape[-2], : image.shape[-1]].ravel()
+        keep = truth < n_classes
+        np.bincount(truth[keep] * n_classes + pred[keep], minlength=n_classes**2)
+
+
+def setup_semantic(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
+    import m3rcr_xr
+    from m3rcr_xr import inference, models
+    from m3rcr_xr.normalize import normalize_optical
+
+    scene = m3rcr_xr.synthetic_scene((size, size), chunks=size).persist()
+    scene = scene.assign(decloud=scene.cloudfree.astype("float32") * 0.9 + 50)
+    images = [
+        normalize_optical(scene[name].values.astype(np.float32))
+        for name in ("decloud", "cloudfree", "cloudy")
+    ]
+    plan = inference.make_plan(TILE, TILE // 8, size, size)
+    options = {"classifier": "landcover_unet", "classifier_config": CLASSIFIER_CONFIG}
+    model = models.build("landcover_unet", **CLASSIFIER_CONFIG).eval()
+    landcover = scene.landcover.values
+    return {
+        "m3rcr_xr": lambda: m3rcr_xr.evaluate_semantic(
+            scene, tile=TILE, batch_size=BATCH, device="cpu", **options
+        ),
+        "baseline": lambda: plain_classification(images, landcover, plan, model),
+    }
+
+
+def part_semantic(size: int, repeats: int, rounds: int, folder: Path) -> dict:
+    from m3rcr_xr import inference
+
+    plan = inference.make_plan(TILE, TILE // 8, size, size)
+    return {
+        "scene": f"{size}x{size}, 3 images classified",
+        "tile": TILE,
+        "tiles_per_image": plan.shape[0] * plan.shape[1],
+        "model": f"landcover_unet {CLASSIFIER_CONFIG} (untrained)",
+        "goal": "speed_ratio >= 1 / 1.1 (at most the forward passes + 10%)",
+        **compare("semantic", folder, size, repeats, rounds),
+    }
+
+
 # ------------------------------------------------------------------------------- cog
 COG_CHUNK = 512
 
@@ -444,6 +525,7 @@ SETUPS = {
     "stac": setup_stac,
     "metrics": setup_metrics,
     "cog": setup_cog,
+    "semantic": setup_semantic,
 }
 
 
@@ -490,6 +572,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "--parts", nargs="+", choices=list(SETUPS), default=list(SETUPS), help="parts to run"
     )
     parser.add_argument("--cog-size", type=int, default=4096)
+    parser.add_argument("--semantic-size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per process")
     parser.add_argument("--rounds", type=int, default=3, help="processes per way, alternating")
     parser.add_argument("--child", nargs=2, metavar=("PART", "WAY"), help=argparse.SUPPRESS)
@@ -509,6 +592,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "stac": part_stac,
             "metrics": part_metrics,
             "cog": part_cog,
+            "semantic": part_semantic,
         }
         report = {
             "machine": machine(),

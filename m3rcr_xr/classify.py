@@ -111,6 +111,10 @@ def classifier_ref(
 ) -> tuple[ModelRef, Any]:
     """The :class:`~m3rcr_xr.inference.ModelRef` of a classifier and its spec, checked
     (a cloud-removal model, a level it was not built for, weights that do not fit)."""
+    from .weights import UNTRAINED
+
+    # None is untrained, as documented (weights.resolve reads None as "the default entry")
+    checkpoint = UNTRAINED if checkpoint is None else checkpoint
     ref = ModelRef.create(classifier, checkpoint, config, device, precision)
     spec = ref.spec()
     _check_task(spec, "landcover", "classify")

@@ -347,19 +347,40 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_demo)
 
 
+def semantic_table_path(path: str) -> str:
+    """Where ``m3rcr evaluate --semantic --out PATH`` writes the semantic table:
+    ``NAME_semantic.SUFFIX`` beside ``PATH``."""
+    out = Path(path)
+    return str(out.with_name(f"{out.stem}_semantic{out.suffix}"))
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from .metrics import TABLE_SUFFIXES, evaluate, write_table
+    from .metrics import TABLE_SUFFIXES, evaluate, split_semantic, write_table
     from .store import open_zarr
 
-    if args.out:
-        _check_output_file(args.out, "out", TABLE_SUFFIXES)
-    result = evaluate(
-        open_zarr(args.store), args.pred, args.target, level=args.level, protocol=args.protocol
+    outputs = (
+        [args.out, semantic_table_path(args.out)] if args.out and args.semantic else [args.out]
     )
-    print(result.to_dataframe().to_string())
-    if args.out:
-        write_table(result, args.out)
-        print(f"wrote {args.out}")
+    for path in filter(None, outputs):
+        _check_output_file(path, "out", TABLE_SUFFIXES)
+    if not args.semantic and (args.classifier or args.classifier_config):
+        raise UsageError("--classifier and --classifier-config go with --semantic")
+    result = evaluate(
+        open_zarr(args.store),
+        args.pred,
+        args.target,
+        level=args.level,
+        protocol=args.protocol,
+        semantic=args.semantic,
+        classifier=args.classifier,
+        classifier_config=_parse_config(args.classifier_config or []) or None,
+    )
+    tables = split_semantic(result) if args.semantic else (result,)
+    for table, path in zip(tables, outputs, strict=False):
+        print(table.to_dataframe().to_string())
+        if path:
+            write_table(table, path)
+            print(f"wrote {path}")
     return 0
 
 
@@ -381,9 +402,35 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         default="pooled",
         help="pool all pixels, or average per-patch metrics (collections)",
     )
-    p.add_argument("--out", help="also write the table: a .csv or .json path")
+    p.add_argument(
+        "--out",
+        help="also write the table: a .csv or .json path (with --semantic, the semantic "
+        "table too, beside it: NAME_semantic.csv)",
+    )
+    p.add_argument(
+        "--semantic",
+        action="store_true",
+        help="also classify the prediction, the target and the cloudy input and score "
+        "their land cover against WorldCover (OA, mIoU, IoU and F1 per class)",
+    )
+    p.add_argument(
+        "--classifier",
+        metavar="NAME|CKPT",
+        help="with --semantic: registered weights (landcover_unet-demo: synthetic data "
+        "only), a checkpoint of landcover_unet, or a model name (untrained)",
+    )
+    p.add_argument(
+        "--classifier-config",
+        action="append",
+        metavar="KEY=VALUE",
+        help="with --semantic: the classifier's architecture (repeatable), as --config",
+    )
     _add_scheduler_arguments(p)
     p.set_defaults(func=_evaluate)
+
+
+#: the model ``m3rcr train --task`` takes without ``--model`` (None: --model is required)
+TASK_MODELS = {"cloud_removal": None, "landcover": "landcover_unet"}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -397,10 +444,17 @@ def _train(args: argparse.Namespace) -> int:
         field.name: getattr(args, "workers" if field.name == "num_workers" else field.name)
         for field in dataclasses.fields(TrainSettings)
     }
+    options["class_weights"] = None if args.class_weights == "none" else args.class_weights
+    options["model"] = args.model or TASK_MODELS.get(args.task or "cloud_removal")
+    if options["model"] is None:
+        raise UsageError("--model is required (dsen2_cr, glf_cr or align_cr)")
     settings = TrainSettings(**{**options, "config": _parse_config(args.config)})
     result = train(args.store, args.out, settings, val=args.val, resume=args.resume, progress=True)
     print(f"wrote {result.checkpoint} (step {result.settings.steps}, {result.wall_s:.0f} s)")
     for stratum, values in result.metrics.get("model", {}).items():
+        if "input" not in result.metrics:  # a classifier
+            print(f"validation {stratum}: OA {values['OA']:.4g}, mIoU {values['mIoU']:.4g}")
+            continue
         baseline = result.metrics["input"][stratum]
         print(
             f"validation {stratum}: "
@@ -417,8 +471,22 @@ def _train(args: argparse.Namespace) -> int:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a network on a Zarr store (published recipe)")
     p.add_argument("store", help="training data: a scene or collection store")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--model", help=f"{MODEL_HELP} (--task landcover: landcover_unet)")
     _add_config_argument(p)
+    p.add_argument(
+        "--task",
+        choices=("cloud_removal", "landcover"),
+        help="cloud_removal (cloudy + sar to cloudfree; default) or landcover "
+        "(a classifier: cloudfree to the WorldCover classes of landcover)",
+    )
+    p.add_argument(
+        "--level", type=int, choices=(1, 2), help="landcover: WorldCover level (default 1)"
+    )
+    p.add_argument(
+        "--class-weights",
+        choices=("balanced", "none"),
+        help="landcover: weigh the classes in the loss (default none)",
+    )
     p.add_argument("--steps", type=int, required=True, help="optimiser steps in all")
     p.add_argument("--out", required=True, help="checkpoint to write (.pth)")
     p.add_argument("--batch-size", type=int, help="crops per step (published: 1, Align-CR 2)")

@@ -2,9 +2,12 @@
 
 A synthetic scene is written to Zarr, decloud-ed with the shipped demo weights on a
 local Dask cluster under test-time augmentation (the 4 flips of each tile, averaged, with
-their spread as the per-pixel uncertainty ``decloud_std``), evaluated by WorldCover class,
-and drawn. Outputs in ``out``: ``scene.zarr``, ``decloud.zarr`` (``decloud`` and
-``decloud_std``), ``quicklook.png``, ``metrics.csv`` and ``metrics_by_class.png``.
+their spread as the per-pixel uncertainty ``decloud_std``), evaluated by WorldCover class
+and by the land cover it keeps (the shipped demo classifier classifies the target, the
+result and the cloudy input, in the same pass), and drawn. Outputs in ``out``:
+``scene.zarr``, ``decloud.zarr`` (``decloud`` and ``decloud_std``), ``quicklook.png``,
+``metrics.csv``, ``metrics_by_class.png``, ``semantic.csv`` and ``semantic.png``
+(confusion matrix of the result's classes and IoU per class).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import xarray as xr
 
 from .exceptions import UsageError, argument, check_integer
 from .inference import decloud
-from .metrics import evaluate, write_table
+from .metrics import evaluate, split_semantic, write_table
 from .store import open_zarr, to_zarr
 from .synthetic import synthetic_scene
 
@@ -28,6 +31,8 @@ DEMO_SEED = 2026
 DEMO_WEIGHTS = "dsen2_cr-demo"
 #: the demo's test-time augmentation: 4 passes a tile, and an uncertainty layer
 DEMO_TTA = "flips"
+#: the registered land-cover classifier of the semantic evaluation (synthetic data only)
+DEMO_CLASSIFIER = "landcover_unet-demo"
 #: the largest demo scene edge: 16384 px is already ~7 GB of scene and hours of CPU work;
 #: real data goes through ``m3rcr ingest`` and ``m3rcr decloud``
 MAX_SIZE = 16384
@@ -39,12 +44,30 @@ def _figures(scene: xr.Dataset, result: xr.Dataset, out: Path) -> dict[str, Path
     matplotlib.use("Agg")
     from .plot import metrics_by_class, quicklook
 
-    paths = {"quicklook": out / "quicklook.png", "metrics_by_class": out / "metrics_by_class.png"}
+    paths = {
+        "quicklook": out / "quicklook.png",
+        "metrics_by_class": out / "metrics_by_class.png",
+        "semantic_figure": out / "semantic.png",
+    }
     quicklook(scene).savefig(paths["quicklook"], dpi=100, bbox_inches="tight")
     metrics_by_class(result, ["PSNR", "SSIM", "SAM", "MAE"]).savefig(
         paths["metrics_by_class"], dpi=100, bbox_inches="tight"
     )
+    _semantic_figure(result).savefig(paths["semantic_figure"], dpi=100, bbox_inches="tight")
     return paths
+
+
+def _semantic_figure(result: xr.Dataset):
+    """The result's confusion matrix (its classes against WorldCover) beside the IoU of
+    each class for the target, the result and the cloudy input."""
+    import matplotlib.pyplot as plt
+
+    from .plot import confusion_matrix, iou_bars
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    confusion_matrix(result, "pred", ax=left)
+    iou_bars(result, ax=right)
+    return figure
 
 
 def run_demo(
@@ -79,6 +102,7 @@ def run_demo(
         "scene": out / "scene.zarr",
         "decloud": out / "decloud.zarr",
         "metrics": out / "metrics.csv",
+        "semantic": out / "semantic.csv",
     }
     with local_cluster() as cluster, cluster.get_client() as client:
         print(f"Dask dashboard: {client.dashboard_link}")
@@ -91,11 +115,16 @@ def run_demo(
             estimate = estimate.to_dataset()
         to_zarr(estimate, paths["decloud"], overwrite=True)
         scene = scene.merge(open_zarr(paths["decloud"]))
-        result = evaluate(scene, "decloud", "cloudfree", level=1)
+        result = evaluate(
+            scene, "decloud", "cloudfree", level=1, semantic=True, classifier=DEMO_CLASSIFIER
+        )
         baseline = evaluate(scene, "cloudy", "cloudfree", level=1, strata=("all",))
-    write_table(result, paths["metrics"])
+    metrics, semantic = split_semantic(result)
+    write_table(metrics, paths["metrics"])
+    write_table(semantic, paths["semantic"])
     paths.update(_figures(scene, result, out))
-    _print_summary(result, baseline)
+    _print_summary(metrics, baseline)
+    _print_semantic(semantic)
     print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs in {out}/")
     return paths
 
@@ -111,3 +140,17 @@ def _print_summary(result: xr.Dataset, baseline: xr.Dataset) -> None:
         f"{float(after.PSNR):.2f} dB (decloud); SAM {float(before.SAM):.2f} -> "
         f"{float(after.SAM):.2f} degrees"
     )
+
+
+def _print_semantic(semantic: xr.Dataset) -> None:
+    iou = semantic.IoU.sel(source=["target", "pred", "cloudy"], stratum="all")
+    print("\nIoU of the demo classifier's land cover (level 1) by class, all pixels")
+    print("(the target, the decloud result and the cloudy input, each classified):")
+    print(iou.drop_sel(landcover_class="all").to_pandas().T.round(3).to_string())
+    scores = semantic.sel(landcover_class="all")
+    for stratum in ("all", "cloudy"):
+        cells = ", ".join(
+            f"{source} {float(scores.mIoU.sel(source=source, stratum=stratum)):.3f}"
+            for source in ("target", "pred", "cloudy")
+        )
+        print(f"mIoU, {stratum} pixels: {cells}")

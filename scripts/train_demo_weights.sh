@@ -20,17 +20,7 @@ mkdir -p "$WORK"
 
 # synthetic data: 64 training patches (seeds 100-163), 8 validation patches (1000-1007)
 # and 16 held-out test patches (3000-3015), 300 x 300 pixels each as in M3R-CR
-"$PYTHON" - "$WORK" <<'PY'
-import sys
-
-import m3rcr_xr
-
-work = sys.argv[1]
-for name, n, seed in (("train", 64, 100), ("val", 8, 1000), ("heldout", 16, 3000)):
-    path = f"{work}/{name}.zarr"
-    if not m3rcr_xr.is_complete(path):
-        m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(n, 300, seed=seed), path)
-PY
+"$PYTHON" scripts/demo_data.py "$WORK"
 
 RESUME=()
 if [ -f "$CKPT" ]; then RESUME=(--resume "$CKPT"); fi

@@ -147,7 +147,7 @@ def test_decloud_refuses_a_classifier():
         raise_if_dask_computes(),
         pytest.raises(ModelConfigError, match="landcover_unet is a landcover model; decloud needs"),
     ):
-        m3rcr_xr.decloud(scene, "landcover_unet", config=SMALL)
+        m3rcr_xr.decloud(scene, "landcover_unet", "untrained", config=SMALL)
 
 
 def test_the_model_is_built_once_per_process(checkpoint, caplog):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
@@ -280,6 +281,39 @@ def test_evaluate_an_infinite_prediction(tmp_path, capsys):
     m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
     assert main(["evaluate", str(tmp_path / "s.zarr")]) == 2
     _one_error_line(capsys, "'decloud' is NaN or infinite at", "'cloudfree' has data")
+
+
+def test_evaluate_semantic_prints_and_writes_both_tables(tmp_path, capsys):
+    scene = m3rcr_xr.synthetic_scene((64, 64), chunks=32, seed=3)
+    m3rcr_xr.to_zarr(scene.assign(decloud=scene.cloudfree.astype("float32")), tmp_path / "s.zarr")
+    out = tmp_path / "table.csv"
+    argv = ["evaluate", str(tmp_path / "s.zarr"), "--semantic", "--out", str(out)]
+    assert main([*argv, "--classifier", "landcover_unet-demo", "--level", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "PSNR" in printed and "mIoU" in printed and f"wrote {out}" in printed
+    metrics = pd.read_csv(out)
+    semantic = pd.read_csv(tmp_path / "table_semantic.csv")
+    assert "PSNR" in metrics and "mIoU" not in metrics and len(metrics) == 3 * 8
+    assert {"source", "stratum", "landcover_class", "IoU", "F1", "OA"} <= set(semantic)
+    assert set(semantic.source) == {"pred", "target", "cloudy"}
+    # the prediction is the target: the same classes, the same scores
+    pred, target = (
+        semantic[semantic.source == s].reset_index(drop=True) for s in ("pred", "target")
+    )
+    pd.testing.assert_series_equal(pred.IoU, target.IoU)
+    # level 2 with an untrained classifier of that level
+    argv = ["evaluate", str(tmp_path / "s.zarr"), "--semantic", "--level", "2"]
+    argv += ["--classifier", "landcover_unet", "--classifier-config", "preset=small"]
+    argv += ["--classifier-config", "level=2"]
+    assert main(argv) == 0
+    assert "built-up" in capsys.readouterr().out
+
+
+def test_evaluate_semantic_refusals(scene_store, capsys):
+    argv = ["evaluate", str(scene_store), "--pred", "cloudy"]
+    _fails_alone(capsys, [*argv, "--classifier", "x"], "--classifier and --classifier-config go")
+    argv += ["--semantic", "--level", "2", "--classifier", "landcover_unet-demo"]
+    _fails_alone(capsys, argv, "built for WorldCover level 1")
 
 
 # ------------------------------------------------- argument and output-path checks

@@ -15,18 +15,23 @@ def test_demo_writes_every_output(tmp_path, capsys):
         "quicklook.png",
         "metrics.csv",
         "metrics_by_class.png",
+        "semantic.csv",
+        "semantic.png",
     ):
         assert (tmp_path / name).exists(), name
     out = capsys.readouterr().out
     assert "Dask dashboard: http" in out
     assert "whole scene: PSNR" in out
+    assert "mIoU, cloudy pixels: target" in out
     result = m3rcr_xr.open_zarr(tmp_path / "decloud.zarr")
     decloud = result["decloud"]
     scene = m3rcr_xr.open_zarr(tmp_path / "scene.zarr")
     assert decloud.shape == scene.cloudy.shape and decloud.rio.crs == scene.rio.crs
     assert result.decloud_std.attrs["tta"] == "flips" and float(result.decloud_std.max()) > 0
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
-    assert "PSNR" in header and "landcover_class" in header
+    assert "PSNR" in header and "landcover_class" in header and "IoU" not in header
+    header = (tmp_path / "semantic.csv").read_text().splitlines()[0]
+    assert "source" in header and "mIoU" in header and "PSNR" not in header
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 import torch
 
 import m3rcr_xr
@@ -112,3 +114,128 @@ def test_shipped_weights_beat_the_cloudy_input():
     )
     assert float(ours["PSNR"]) > float(base["PSNR"])
     assert float(ours["MAE"]) < float(base["MAE"])
+
+
+# ------------------------------------------------------------------- the landcover task
+LANDCOVER = {"preset": "small"}
+
+
+def _landcover_settings(steps: int, **kwargs) -> m3rcr_xr.train.TrainSettings:
+    base = {"config": LANDCOVER, "batch_size": 2, "crop": TILE, "lr": 3e-3, "seed": 5}
+    return m3rcr_xr.train.TrainSettings("landcover_unet", steps, device="cpu", **{**base, **kwargs})
+
+
+def test_landcover_loss_ignores_nodata_and_unknown():
+    from m3rcr_xr.landcover import worldcover_labels
+    from m3rcr_xr.train import loss_function
+
+    # nodata, a non-WorldCover code and level 1's "unknown" (snow and ice) are ignored
+    codes = np.array([[10, 0, 30, 70], [77, 50, 80, 10]], dtype=np.uint8)
+    labels = torch.from_numpy(worldcover_labels(codes, 1).astype(np.int64))[None]
+    logits = torch.randn(1, 7, 2, 4, generator=torch.Generator().manual_seed(0))
+    ignored = labels == 255
+    assert int(ignored.sum()) == 3
+    changed = logits.clone()
+    changed[:, :, ignored[0]] = 100.0  # anything at the ignored pixels: the same loss
+    unused = torch.zeros(1)
+    for weight in (None, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])):
+        loss = loss_function("landcover_unet", weight)
+        value = loss(logits, labels, unused, unused)
+        assert torch.equal(value, loss(changed, labels, unused, unused))
+        kept = ~ignored[0]
+        expected = torch.nn.functional.cross_entropy(
+            logits[0].permute(1, 2, 0)[kept], labels[0][kept], weight=weight
+        )
+        assert torch.allclose(value, expected)
+
+
+def test_balanced_class_weights_follow_the_label_counts():
+    from m3rcr_xr.landcover import worldcover_labels
+    from m3rcr_xr.train.data import balanced_class_weights
+
+    scene = m3rcr_xr.synthetic_collection(2, 64, seed=4)
+    data = m3rcr_xr.train.CropDataset(scene, TILE, level=1)
+    labels = worldcover_labels(scene.landcover.values, 1).ravel()
+    counts = np.bincount(labels[labels < 7], minlength=7)
+    weights = balanced_class_weights(data).numpy()
+    present = counts > 0
+    expected = counts.sum() / (7 * counts[present])
+    np.testing.assert_allclose(weights[present], expected, rtol=1e-6)
+    assert np.all(weights[~present] == 1.0)
+
+
+def test_landcover_checkpoint_resume_and_export(collection_store, tmp_path):
+    """The header records task, level and classes; a resumed run is the uninterrupted
+    one bit for bit; the export loads and its header is checked against its config."""
+    from m3rcr_xr.exceptions import CheckpointError
+    from m3rcr_xr.train import export_weights, read_training_checkpoint, train
+    from m3rcr_xr.weights import read_weights
+
+    whole = train(
+        collection_store, tmp_path / "whole.pth", _landcover_settings(3, class_weights="balanced"),
+        task="landcover", level=1,
+    )  # fmt: skip
+    saved = read_training_checkpoint(whole.checkpoint)["settings"]
+    assert saved["task"] == "landcover" and saved["level"] == 1
+    assert saved["config"]["n_classes"] == 7 and saved["class_weights"] == "balanced"
+    first = train(
+        collection_store, tmp_path / "first.pth", _landcover_settings(2, class_weights="balanced"),
+        level=1,
+    )  # fmt: skip
+    second = train(
+        collection_store,
+        tmp_path / "second.pth",
+        _landcover_settings(3, config=None),
+        resume=first.checkpoint,
+    )
+    assert second.losses == {3: whole.losses[3]}
+    config = {**LANDCOVER, "level": 1}
+    resumed = models.load("landcover_unet", second.checkpoint, **config).state_dict()
+    reference = models.load("landcover_unet", whole.checkpoint, **config).state_dict()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+    exported = export_weights(whole.checkpoint, tmp_path / "lc.safetensors")
+    header = read_weights(exported)
+    assert header.model == "landcover_unet" and header.config["level"] == 1
+    assert header.metadata["task"] == "landcover" and header.metadata["n_classes"] == "7"
+    net = header.load()
+    assert all(torch.equal(net.state_dict()[k], reference[k]) for k in reference)
+    with pytest.raises(CheckpointError, match=r"classify.bias \(checkpoint \(7,\), model \(11,\)"):
+        models.load("landcover_unet", exported, **LANDCOVER, level=2)
+    from safetensors.torch import load_file, save_file
+
+    forged = tmp_path / "forged.safetensors"
+    save_file(load_file(str(exported)), str(forged), metadata={**header.metadata, "level": "2"})
+    with pytest.raises(CheckpointError, match="level=2"):
+        read_weights(forged)
+
+
+def test_landcover_settings_are_checked():
+    from m3rcr_xr.exceptions import UsageError
+
+    with pytest.raises(UsageError, match="task='landcover': dsen2_cr is a cloud_removal model"):
+        m3rcr_xr.train.TrainSettings("dsen2_cr", 1, task="landcover").resolved()
+    with pytest.raises(UsageError, match="level=2: for the landcover task only"):
+        m3rcr_xr.train.TrainSettings("dsen2_cr", 1, level=2).resolved()
+    with pytest.raises(UsageError, match="class_weights='inverse'"):
+        _landcover_settings(1, class_weights="inverse").resolved()
+    with pytest.raises(UsageError, match="level=2 differs"):
+        _landcover_settings(1, config={"level": 1}, level=2).resolved()
+
+
+def test_cli_train_landcover(collection_store, val_store, tmp_path, capsys):
+    ckpt, exported = tmp_path / "lc.pth", tmp_path / "lc.safetensors"
+    argv = ["train", str(collection_store), "--task", "landcover", "--level", "2"]
+    argv += ["--config", "preset=small", "--steps", "1", "--batch-size", "2", "--crop", "64"]
+    argv += ["--class-weights", "none", "--val", str(val_store), "--device", "cpu"]
+    assert main([*argv, "--out", str(ckpt), "--export", str(exported)]) == 0
+    out = capsys.readouterr().out
+    assert "validation all: OA" in out and "mIoU" in out
+    from m3rcr_xr.weights import read_weights
+
+    assert read_weights(exported).config["n_classes"] == 11
+    bad = ["train", str(collection_store), "--level", "2", "--steps", "1"]
+    assert main([*bad, "--out", str(tmp_path / "x.pth")]) == 2
+    assert "--model is required" in capsys.readouterr().err
+    assert main([*bad, "--model", "dsen2_cr", "--out", str(tmp_path / "x.pth")]) == 2
+    assert "--level 2: for the landcover task only" in capsys.readouterr().err

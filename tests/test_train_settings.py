@@ -53,7 +53,10 @@ def test_published_defaults_resolve_once_into_concrete_settings(monkeypatch):
     assert (resolved.batch_size, resolved.lr, resolved.seed) == (2, 1e-4, 7)
     assert (resolved.lr_decay_start, resolved.lr_step) == (10, 5)
     assert (resolved.model, resolved.crop, resolved.device) == ("align_cr", 160, "cpu")
-    assert all(v is not None for k, v in vars(resolved).items() if k != "checkpoint_every")
+    # None by design: a checkpoint at the end only; no land-cover level or class weights
+    optional = ("checkpoint_every", "level", "class_weights")
+    assert all(v is not None for k, v in vars(resolved).items() if k not in optional)
+    assert (resolved.task, resolved.level) == ("cloud_removal", None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         resolved.lr = 1.0  # type: ignore[misc]
 

@@ -107,6 +107,18 @@ def test_the_demo_entry_is_the_shipped_file():
     assert "For demonstrations and tests only" in entry.card()
 
 
+def test_the_demo_classifier_entry_is_the_shipped_file():
+    entry = weights.entry("landcover_unet-demo")
+    path = weights.fetch("landcover_unet-demo")
+    header = weights.read_weights(path)
+    assert entry.model == header.model == "landcover_unet" and not entry.default
+    assert dict(entry.config) == header.config and header.config["level"] == 1
+    assert entry.sha256 == file_sha256(path) and entry.size == path.stat().st_size < 2**20
+    card = entry.card()
+    assert "For demonstrations and tests only" in card and entry.sha256 in card
+    assert [e.name for e in weights.available("landcover_unet")] == ["landcover_unet-demo"]
+
+
 def test_unpacking_drops_the_model_and_is_deprecated():
     ckpt = default_checkpoint()
     with pytest.warns(FutureWarning, match=r"drops its model .* read \.model, \.path"):
@@ -115,9 +127,14 @@ def test_unpacking_drops_the_model_and_is_deprecated():
 
 
 def test_an_unknown_name_lists_the_registered_ones(lab_entry):
-    with pytest.raises(CheckpointError, match=f"'nope': neither .* registered: {DEMO}, lab-tiny"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"'nope': neither .* registered: {DEMO}, landcover_unet-demo, lab-tiny",
+    ):
         weights.fetch("nope")
-    with pytest.raises(CheckpointError, match=f"no weights registered .* {DEMO}, lab-tiny"):
+    with pytest.raises(
+        CheckpointError, match=f"no weights registered .* {DEMO}, landcover_unet-demo, lab-tiny"
+    ):
         weights.entry("nope")
 
 
@@ -339,7 +356,15 @@ def test_weights_lists_and_fetches(capsys, lab_entry, tiny):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["name", "model", "size", "license", "cached", "default"]
     assert lines[1].split() == [DEMO, "dsen2_cr", "0.3", "MiB", "MIT", "local"]
-    assert lines[2].split()[:2] == ["lab-tiny", "dsen2_cr"]
+    assert lines[2].split() == [
+        "landcover_unet-demo",
+        "landcover_unet",
+        "0.5",
+        "MiB",
+        "MIT",
+        "local",
+    ]
+    assert lines[3].split()[:2] == ["lab-tiny", "dsen2_cr"]
     assert main(["weights", "list", "--model", "glf_cr"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
     assert main(["weights", "fetch", "lab-tiny"]) == 0

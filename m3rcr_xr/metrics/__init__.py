@@ -131,7 +131,7 @@ from .semantic import (
     semantic_metrics,
 )
 from .sums import checked, group_labels, grouped_sums
-from .tables import TABLE_SUFFIXES, write_table
+from .tables import SEMANTIC_SCORES, TABLE_SUFFIXES, split_semantic, write_table
 
 __all__ = [
     "AGGREGATIONS",
@@ -152,6 +152,7 @@ __all__ = [
     "QUANTITIES",
     "SAM_EPS",
     "SEMANTIC_RULE",
+    "SEMANTIC_SCORES",
     "SOURCES",
     "SSIM_C1",
     "SSIM_C2",
@@ -180,6 +181,7 @@ __all__ = [
     "row_seam",
     "sam_map",
     "semantic_metrics",
+    "split_semantic",
     "ssim_map",
     "streamed_sums",
     "write_table",

@@ -44,6 +44,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -54,7 +55,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..exceptions import SchemaError, UsageError, argument
+from ..exceptions import CheckpointError, SchemaError, UsageError, argument
 from ..landcover import (
     IGNORE_INDEX,
     NODATA_CODE,
@@ -404,17 +405,31 @@ def semantic_metrics(
     return result.isel(source=0, drop=True)
 
 
-def _classifier(classifier: str | os.PathLike | None) -> tuple[str, str | os.PathLike | None]:
-    """(registry name, checkpoint) of the ``classifier`` argument: a name, a checkpoint
-    file of the default classifier, or None (the default classifier, untrained)."""
+def _classifier(
+    classifier: str | os.PathLike | None, config: Mapping[str, Any] | None
+) -> tuple[str, str | os.PathLike | None, Mapping[str, Any] | None]:
+    """(model, checkpoint, configuration) of the ``classifier`` argument: a model name
+    (untrained), registered weights (``"landcover_unet-demo"``: their model and
+    configuration), a checkpoint file of the default classifier (a safetensors file of
+    ``m3rcr train --export``: the model and configuration of its header), or None (the
+    default classifier, untrained)."""
     from ..classify import DEFAULT_CLASSIFIER
+    from ..weights import UNTRAINED, available, read_weights
 
     if classifier is None:
         log.warning("semantic evaluation with an untrained classifier: the scores mean nothing")
-        return DEFAULT_CLASSIFIER, None
-    if isinstance(classifier, os.PathLike) or Path(str(classifier)).suffix:
-        return DEFAULT_CLASSIFIER, classifier
-    return str(classifier), None
+        return DEFAULT_CLASSIFIER, UNTRAINED, config
+    text = str(classifier)
+    registered = {e.name: e for e in available()}
+    if text in registered:
+        return registered[text].model, text, config
+    if Path(text).suffix == ".safetensors" and config is None:
+        with contextlib.suppress(CheckpointError):  # no header of ours: the default model
+            header = read_weights(text)
+            return header.model, classifier, header.config
+    if isinstance(classifier, os.PathLike) or Path(text).suffix:
+        return DEFAULT_CLASSIFIER, classifier, config
+    return text, UNTRAINED, config
 
 
 def semantic_setup(
@@ -444,8 +459,8 @@ def semantic_setup(
     from ..inference import _check_arguments
 
     tile, overlap, batch_size, device = _check_arguments(tile, overlap, batch_size, device)
-    name, checkpoint = _classifier(classifier)
-    ref, spec = classifier_ref(name, checkpoint, classifier_config, device, "fp32", level)
+    name, checkpoint, config = _classifier(classifier, classifier_config)
+    ref, spec = classifier_ref(name, checkpoint, config, device, "fp32", level)
     if landcover is None:
         raise SchemaError("landcover: the semantic evaluation needs WorldCover land cover")
     need_cloudmask = strata != ("all",)
@@ -520,8 +535,11 @@ def evaluate_semantic(
         Optical images (variable names or DataArrays, reflectance x10000). ``cloudy``
         is optional: None, or a name missing from ``ds``, leaves it out.
     classifier
-        A land-cover classifier: a registry name (``"landcover_unet"``: untrained), a
-        checkpoint file of ``"landcover_unet"``, or None (untrained, logged as such).
+        A land-cover classifier: a model name (``"landcover_unet"``: untrained),
+        registered weights (``"landcover_unet-demo"``, the demo classifier trained on
+        synthetic scenes), a checkpoint file of ``"landcover_unet"`` (a safetensors file
+        of ``m3rcr train --export`` brings its configuration), or None (untrained,
+        logged as such).
     classifier_config
         Its architecture (``{"preset": "small"}``, ``{"level": 2}``): must match the
         checkpoint and ``level``.

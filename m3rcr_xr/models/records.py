@@ -47,8 +47,15 @@ def _l1(pred: Tensor, target: Tensor, cloudy: Tensor, cloudmask: Tensor) -> Tens
     return nn.functional.l1_loss(pred, target)
 
 
-def _cross_entropy(logits: Tensor, labels: Tensor, cloudy: Tensor, cloudmask: Tensor) -> Tensor:
-    return nn.functional.cross_entropy(logits, labels.long(), ignore_index=IGNORE_INDEX)
+def _cross_entropy(
+    logits: Tensor, labels: Tensor, cloudy: Tensor, cloudmask: Tensor, weight: Tensor | None = None
+) -> Tensor:
+    """Cross-entropy over the labelled pixels (``IGNORE_INDEX`` left out), ``weight`` per
+    class (None: all 1)."""
+    weight = None if weight is None else weight.to(logits.device)
+    return nn.functional.cross_entropy(
+        logits, labels.long(), weight=weight, ignore_index=IGNORE_INDEX
+    )
 
 
 def _ec_charbonnier(pred: Tensor, target: Tensor, cloudy: Tensor, cloudmask: Tensor) -> Tensor:

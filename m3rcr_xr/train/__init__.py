@@ -1,4 +1,6 @@
-"""Train the M3R-CR networks on Zarr stores, with the published recipe, resumably.
+"""Train the M3R-CR networks on Zarr stores, with the published recipe, resumably; and
+the land-cover classifier (``task="landcover"``: ``cloudfree`` to the WorldCover classes
+of ``landcover``) with the same machinery.
 
 One idea per module:
 
@@ -18,6 +20,8 @@ Examples
 >>> from m3rcr_xr.train import TrainSettings, train
 >>> result = train("train.zarr", "run.pth", TrainSettings("dsen2_cr", steps=20000),
 ...                val="val.zarr")  # doctest: +SKIP
+>>> result = train("train.zarr", "unet.pth", TrainSettings("landcover_unet", steps=2000),
+...                task="landcover", level=1)  # doctest: +SKIP
 """
 
 from .data import CropDataset

@@ -30,14 +30,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..exceptions import SchemaError, UsageError, argument
+from ..landcover import class_names, worldcover_labels
 from ..normalize import model_inputs, normalize_optical
 from ..schema import is_collection
 from ..store import open_zarr
 
 #: variables a crop reads; cloudmask is optional
 CROP_VARS = ("cloudy", "cloudfree", "sar", "cloudmask")
-#: what a batch holds for a training step, in the order :func:`train_step` takes them
-BATCH_KEYS = ("cloudy", "sar", "target", "cloudmask")
+#: what a crop for a classifier reads (``level`` set); cloudmask is optional
+LABEL_VARS = ("cloudfree", "landcover", "cloudmask")
 
 Source = str | os.PathLike[str] | xr.Dataset
 
@@ -75,6 +76,13 @@ class CropDataset(Dataset):
     in [0, 1], ``cloudmask`` (T, T) in {0, 1}, and ``window``: (patch or -1 for a scene,
     first row, first column).
 
+    With ``level`` set (crops for a land-cover classifier), item ``i`` holds ``target``
+    (the cloud-free image, the classifier's input), ``landcover`` (T, T) the WorldCover
+    codes (uint8), ``labels`` (T, T) their class indices at ``level``
+    (:func:`m3rcr_xr.landcover.worldcover_labels`, 255 where ignored; int64, as
+    ``cross_entropy`` takes them), ``cloudmask`` and ``window``; the source then needs
+    ``cloudfree`` and ``landcover`` only.
+
     Parameters
     ----------
     source
@@ -92,6 +100,9 @@ class CropDataset(Dataset):
         window ``i`` of a grid of ``tile``-sized windows).
     seed
         Seed of the random crops.
+    level
+        None: crops for a cloud-removal network. 1 or 2: crops for a land-cover
+        classifier at that WorldCover level.
 
     Examples
     --------
@@ -109,9 +120,23 @@ class CropDataset(Dataset):
     A store path works the same way (each DataLoader worker opens it itself):
 
     >>> train = CropDataset("train.zarr", 128, seed=7)  # doctest: +SKIP
+
+    Crops for a classifier:
+
+    >>> labelled = CropDataset(m3rcr_xr.synthetic_collection(1, 64), 32, mode="center", level=1)
+    >>> sorted(labelled[0]), labelled[0]["labels"].dtype
+    (['cloudmask', 'labels', 'landcover', 'target', 'window'], torch.int64)
     """
 
-    def __init__(self, source: Source, tile: int, *, mode: str = "random", seed: int = 0) -> None:
+    def __init__(
+        self,
+        source: Source,
+        tile: int,
+        *,
+        mode: str = "random",
+        seed: int = 0,
+        level: int | None = None,
+    ) -> None:
         if mode == "centre":  # the British spelling of earlier releases
             warnings.warn("mode='centre' is deprecated; use 'center'", DeprecationWarning, 2)
             mode = "center"
@@ -119,7 +144,9 @@ class CropDataset(Dataset):
             raise UsageError(f"{argument('mode', mode)}: must be 'random' or 'center'")
         if int(tile) < 1 or int(seed) < 0:
             raise UsageError(f"need tile >= 1 and seed >= 0, got tile={tile}, seed={seed}")
-        self.tile, self.mode, self.seed = int(tile), mode, int(seed)
+        if level is not None:
+            class_names(level)  # raises UsageError for a level other than 1 or 2
+        self.tile, self.mode, self.seed, self.level = int(tile), mode, int(seed), level
         self._path = None if isinstance(source, xr.Dataset) else str(source)
         self._ds: xr.Dataset | None = source if isinstance(source, xr.Dataset) else None
         self._pid = os.getpid()
@@ -142,10 +169,11 @@ class CropDataset(Dataset):
         return state
 
     def _check(self, ds: xr.Dataset) -> _Layout:
-        missing = [v for v in CROP_VARS[:3] if v not in ds.data_vars]
+        needed = CROP_VARS[:3] if self.level is None else LABEL_VARS[:2]
+        missing = [v for v in needed if v not in ds.data_vars]
         if missing:
             raise SchemaError(
-                f"{self.label}: training needs {', '.join(missing)} "
+                f"{self.label}: training {self._purpose} needs {', '.join(missing)} "
                 f"(have {', '.join(map(str, ds.data_vars))})"
             )
         height, width = int(ds.sizes["y"]), int(ds.sizes["x"])
@@ -157,6 +185,15 @@ class CropDataset(Dataset):
         if is_collection(ds):
             return _Layout(True, int(ds.sizes["patch"]), height, width)
         return _Layout(False, (height // self.tile) * (width // self.tile), height, width)
+
+    @property
+    def _purpose(self) -> str:
+        return "a network" if self.level is None else "a classifier"
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The variables a crop reads."""
+        return CROP_VARS if self.level is None else LABEL_VARS
 
     @property
     def label(self) -> str:
@@ -201,7 +238,7 @@ class CropDataset(Dataset):
         """The crop of item ``index`` as an in-memory xarray Dataset (raw units)."""
         patch, y0, x0 = self.window(index)
         ds = self._dataset()
-        names = [v for v in CROP_VARS if v in ds.data_vars]
+        names = [v for v in self.variables if v in ds.data_vars]
         where: dict[str, Any] = {"y": slice(y0, y0 + self.tile), "x": slice(x0, x0 + self.tile)}
         if patch is not None:
             where["patch"] = patch
@@ -210,21 +247,64 @@ class CropDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         crop = self.read(index)
-        inputs = model_inputs(crop).values
         target = normalize_optical(crop["cloudfree"].values.astype(np.float32))
         if "cloudmask" in crop:
             mask = crop["cloudmask"].values.astype(np.float32)
         else:
             mask = np.zeros((self.tile, self.tile), dtype=np.float32)
         patch, y0, x0 = self.window(index)
-        n_optical = crop.sizes["band"]
-        return {
-            "cloudy": torch.from_numpy(np.ascontiguousarray(inputs[:n_optical])),
-            "sar": torch.from_numpy(np.ascontiguousarray(inputs[n_optical:])),
+        item = {
             "target": torch.from_numpy(target),
             "cloudmask": torch.from_numpy(mask),
             "window": torch.tensor([-1 if patch is None else patch, y0, x0]),
         }
+        if self.level is not None:
+            codes = crop["landcover"].values.astype(np.uint8)
+            labels = worldcover_labels(codes, self.level).astype(np.int64)
+            return {
+                **item,
+                "landcover": torch.from_numpy(codes),
+                "labels": torch.from_numpy(labels),
+            }
+        inputs = model_inputs(crop).values
+        n_optical = crop.sizes["band"]
+        return {
+            "cloudy": torch.from_numpy(np.ascontiguousarray(inputs[:n_optical])),
+            "sar": torch.from_numpy(np.ascontiguousarray(inputs[n_optical:])),
+            **item,
+        }
+
+
+def step_tensors(
+    batch: dict[str, Tensor], device: str = "cpu"
+) -> tuple[tuple[Tensor, ...], Tensor, Tensor, Tensor]:
+    """(the network's inputs, what its loss compares with, its optical input, the cloud
+    mask) of a batch, on ``device``: ``(cloudy, sar)`` and ``target`` for cloud removal;
+    ``(target,)`` (the cloud-free image) and ``labels`` for a classifier."""
+    if "labels" in batch:
+        inputs, truth, optical = ("target",), "labels", "target"
+    else:
+        inputs, truth, optical = ("cloudy", "sar"), "target", "cloudy"
+
+    def move(key: str) -> Tensor:
+        return batch[key].to(device, non_blocking=True)
+
+    return tuple(map(move, inputs)), move(truth), move(optical), move("cloudmask")
+
+
+def balanced_class_weights(data: CropDataset) -> Tensor:
+    """Class weights ``n / (n_classes * n_k)`` over the labelled pixels of all of
+    ``data``'s source (scikit-learn's ``class_weight="balanced"``); 1 for a class with
+    no pixel (it adds nothing to the loss anyway)."""
+    if data.level is None:
+        raise UsageError("class weights are for a classifier's crops (level set)")
+    with _synchronous():
+        labels = worldcover_labels(data._dataset()["landcover"].data, data.level)
+        counts = np.bincount(np.asarray(labels).ravel(), minlength=256)
+    n_classes = len(class_names(data.level))
+    counts = counts[:n_classes].astype(np.float64)
+    weights = np.divide(counts.sum(), n_classes * counts, out=np.ones(n_classes), where=counts > 0)
+    return torch.from_numpy(weights.astype(np.float32))
 
 
 class CountingSampler(Sampler[int]):

@@ -17,7 +17,14 @@ from ..exceptions import SchemaError
 from ..models import build, check_tile, extract_state_dict, load_state_dict_into, model_record
 from ..models.records import LossFn
 from ..progress import progress_bar, show_progress
-from .data import BATCH_KEYS, CountingSampler, CropDataset, Source, loader
+from .data import (
+    CountingSampler,
+    CropDataset,
+    Source,
+    balanced_class_weights,
+    loader,
+    step_tensors,
+)
 from .recipe import (
     autocast,
     autocast_dtype,
@@ -51,13 +58,15 @@ def train_step(
 ) -> float:
     """One optimiser step on ``batch``; returns the loss.
 
-    The forward pass runs under autocast when ``amp`` is a dtype (GPU only); the loss is
-    computed in float32. ``scaler`` (a ``torch.amp.GradScaler``) scales fp16 gradients.
+    ``batch`` is a batch of :class:`CropDataset` (for a classifier, with ``labels``: the
+    network classifies the cloud-free ``target``). The forward pass runs under autocast
+    when ``amp`` is a dtype (GPU only); the loss is computed in float32. ``scaler`` (a
+    ``torch.amp.GradScaler``) scales fp16 gradients.
     """
-    cloudy, sar, target, mask = (batch[k].to(device, non_blocking=True) for k in BATCH_KEYS)
+    inputs, target, optical, mask = step_tensors(batch, device)
     with autocast(device, amp):
-        pred = model(cloudy, sar)
-    loss = loss_fn(pred.float(), target, cloudy, mask)
+        pred = model(*inputs)
+    loss = loss_fn(pred.float(), target, optical, mask)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
@@ -162,6 +171,8 @@ def train(
     val: Source | None = None,
     resume: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
+    task: str | None = None,
+    level: int | None = None,
 ) -> TrainResult:
     """Train a network on a scene or collection store with the published recipe.
 
@@ -170,7 +181,8 @@ def train(
     source
         Training data: a store written by :func:`m3rcr_xr.to_zarr` or an xarray Dataset
         with ``cloudy``, ``cloudfree``, ``sar`` (and ``cloudmask`` for DSen2-CR and
-        Align-CR, whose losses use it).
+        Align-CR, whose losses use it); for the land-cover task, ``cloudfree`` and
+        ``landcover``.
     out
         Checkpoint path, written every ``settings.checkpoint_every`` steps and at the end.
     settings
@@ -182,6 +194,9 @@ def train(
         are taken from it, and the run goes on exactly as if it had not stopped.
     progress
         Show a progress bar with the loss; default: the ``progress`` option.
+    task, level
+        Shorthands for ``settings.task`` and ``settings.level`` (set there when given):
+        ``task="landcover", level=1`` trains a classifier of the seven level-1 groups.
 
     Raises
     ------
@@ -190,15 +205,21 @@ def train(
         checkpoint that cannot be resumed or does not match ``settings``.
     """
     start_time = time.perf_counter()
+    given = {"task": task, "level": level}
+    settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None})
     payload = read_training_checkpoint(resume) if resume is not None else None
     if payload is not None:
         settings = settings.merged(payload["settings"])
     resolved = settings.resolved()
     run = _Run(resolved, payload)
-    data = CropDataset(source, resolved.crop, mode="random", seed=resolved.seed)
+    data = CropDataset(
+        source, resolved.crop, mode="random", seed=resolved.seed, level=resolved.level
+    )
     if model_record(resolved.model).loss.needs_cloudmask and not data.has_cloudmask:
         raise SchemaError(f"{data.label}: the {resolved.model} loss needs a cloudmask")
-    val_data = None if val is None else CropDataset(val, resolved.crop, mode="center")
+    val_data = None
+    if val is not None:
+        val_data = CropDataset(val, resolved.crop, mode="center", level=resolved.level)
     log.info("training %s", run.describe(data))
     out = Path(out)
     losses, metrics = _loop(run, data, out, val_data, show_progress(progress))
@@ -218,7 +239,8 @@ def _loop(
     metrics: dict[str, Any] = {}
     if run.step >= settings.steps:
         return losses, metrics
-    loss_fn = loss_function(settings.model)
+    weights = balanced_class_weights(data) if settings.class_weights == "balanced" else None
+    loss_fn = loss_function(settings.model, weights)
     batches = loader(
         data,
         settings.batch_size,

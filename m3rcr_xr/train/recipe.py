@@ -19,6 +19,7 @@ From ``zhu-xlab/M3R-CR`` (``Align-CR/model_CR_net.py``, ``Align-CR/train_CR_net.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import torch
@@ -43,9 +44,15 @@ LR_STEP_FRACTION = 5 / 30
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def loss_function(model: str) -> LossFn:
-    """The published loss of ``model`` as ``loss(pred, target, cloudy, cloudmask)``."""
-    return model_record(model).loss.function
+def loss_function(model: str, class_weights: torch.Tensor | None = None) -> LossFn:
+    """The published loss of ``model`` as ``loss(pred, target, cloudy, cloudmask)``; a
+    classifier's cross-entropy with ``class_weights`` (one per class; None: all 1)."""
+    loss = model_record(model).loss
+    if class_weights is None:
+        return loss.function
+    if loss.name != "cross_entropy":
+        raise UsageError(f"class weights are for a classifier; {model} is trained with {loss.name}")
+    return functools.partial(loss.function, weight=class_weights)
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:

@@ -7,6 +7,13 @@ Examples
 >>> settings = TrainSettings("Align-CR", steps=30).resolved()
 >>> settings.model, settings.batch_size, settings.crop, settings.lr_decay_start
 ('align_cr', 2, 160, 10)
+
+A land-cover classifier (task ``"landcover"``): the level and the number of classes go
+into its configuration, and so into the checkpoint.
+
+>>> settings = TrainSettings("landcover_unet", steps=30, level=2).resolved()
+>>> settings.task, settings.config["level"], settings.config["n_classes"]
+('landcover', 2, 11)
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from typing import Any, ClassVar
 
 from ..devices import resolve_device
 from ..exceptions import UsageError, argument, check_integer, check_positive
-from ..models import model_record, model_spec
+from ..landcover import class_names
+from ..models import TASKS, model_record, model_spec
 from .recipe import (
     AMP_DTYPES,
     DECAY_START_FRACTION,
@@ -30,7 +38,19 @@ from .recipe import (
 )
 
 #: fields that define the run: recorded in the checkpoint, kept from it when resuming
-RUN_FIELDS = ("config", "batch_size", "crop", "lr", "lr_step", "lr_decay_start", "seed")
+RUN_FIELDS = (
+    "config",
+    "batch_size",
+    "crop",
+    "lr",
+    "lr_step",
+    "lr_decay_start",
+    "seed",
+    "level",
+    "class_weights",
+)
+#: the values of ``class_weights``: None (every class weighs 1) or "balanced"
+CLASS_WEIGHTS = (None, "balanced")
 
 
 @dataclasses.dataclass
@@ -41,7 +61,8 @@ class TrainSettings:
     Attributes
     ----------
     model
-        ``"dsen2_cr"``, ``"glf_cr"`` or ``"align_cr"``.
+        ``"dsen2_cr"``, ``"glf_cr"`` or ``"align_cr"``; ``"landcover_unet"`` for the
+        land-cover classifier.
     steps
         Optimiser steps in all (a resumed run goes on up to this many).
     config
@@ -67,6 +88,17 @@ class TrainSettings:
     amp
         Mixed precision on a GPU: ``"auto"`` (bf16 where supported, else fp16), ``"bf16"``,
         ``"fp16"`` or ``"off"``. Never used on the CPU.
+    task
+        ``"cloud_removal"`` (``cloudy`` and ``sar`` to ``cloudfree``) or ``"landcover"``
+        (``cloudfree`` to the WorldCover classes of ``landcover``); None: the model's.
+        Must be the model's task.
+    level
+        Land-cover task: the WorldCover level of the classes, 1 (seven groups; default)
+        or 2 (eleven classes). Nodata and ignored classes are left out of the loss.
+    class_weights
+        Land-cover task: None (every class weighs 1 in the cross-entropy) or
+        ``"balanced"`` (``n_pixels / (n_classes * n_pixels_of_class)`` over the labelled
+        pixels of the training data, as scikit-learn's ``class_weight="balanced"``).
     """
 
     model: str
@@ -82,6 +114,9 @@ class TrainSettings:
     num_workers: int = 0
     device: str = "auto"
     amp: str = "auto"
+    task: str | None = None
+    level: int | None = None
+    class_weights: str | None = None
 
     #: fields that define the run: kept from the checkpoint when resuming
     RUN_FIELDS: ClassVar[tuple[str, ...]] = RUN_FIELDS
@@ -108,6 +143,31 @@ class TrainSettings:
             check_positive("lr", self.lr)
         if self.amp not in ("auto", "off", *AMP_DTYPES):
             raise UsageError(f"{argument('amp', self.amp)}: use auto, off, bf16 or fp16")
+        if self.task is not None and self.task not in TASKS:
+            raise UsageError(f"{argument('task', self.task)}: use {' or '.join(TASKS)}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise UsageError(
+                f"{argument('class_weights', self.class_weights)}: use 'balanced' or none"
+            )
+
+    def _task_config(self, task: str, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` with the land-cover level and number of classes; checks that the
+        land-cover settings are not given to another task."""
+        if task != "landcover":
+            for name in ("level", "class_weights"):
+                if getattr(self, name) is not None:
+                    raise UsageError(
+                        f"{argument(name, getattr(self, name))}: for the landcover task "
+                        f"only, not {task} ({self.model})"
+                    )
+            return config
+        level = self.level if self.level is not None else config.get("level", 1)
+        if config.get("level", level) != level:
+            raise UsageError(
+                f"{argument('level', level)} differs from the configuration's "
+                f"level={config['level']}"
+            )
+        return {**config, "level": level, "n_classes": len(class_names(level))}
 
     def resolved(self) -> ResolvedSettings:
         """Every ``None`` replaced by its default, the device resolved; checked.
@@ -120,7 +180,11 @@ class TrainSettings:
         """
         record = model_record(self.model)
         self.check()
-        config = dict(self.config or {})
+        if self.task is not None and self.task != record.task:
+            raise UsageError(
+                f"{argument('task', self.task)}: {record.name} is a {record.task} model"
+            )
+        config = self._task_config(record.task, dict(self.config or {}))
         lr_step = self.lr_step or max(1, round(self.steps * LR_STEP_FRACTION))
         decay_start = self.lr_decay_start
         if decay_start is None:
@@ -140,6 +204,9 @@ class TrainSettings:
             num_workers=int(self.num_workers),
             device=resolve_device(self.device),
             amp=self.amp,
+            task=record.task,
+            level=config.get("level") if record.task == "landcover" else None,
+            class_weights=self.class_weights,
         )
 
     def run_fields(self) -> dict[str, Any]:
@@ -152,12 +219,17 @@ class TrainSettings:
             raise UsageError(
                 f"--model {self.model} does not match the checkpoint's {saved.get('model')!r}"
             )
+        task = model_record(self.model).task
+        level = self.level if self.level is not None else saved.get("level")
         updates: dict[str, Any] = {}
         for name in self.RUN_FIELDS:
             mine, theirs = getattr(self, name), saved.get(name)
             if mine is None or (name == "config" and not mine):
                 updates[name] = theirs
-            elif _normalised(mine) != _normalised(theirs):
+                continue
+            if name == "config":  # as resolved: with the level and classes it adds
+                mine = dataclasses.replace(self, level=level)._task_config(task, dict(mine))
+            if _normalised(mine) != _normalised(theirs):
                 raise UsageError(
                     f"{name}={mine!r} differs from the checkpoint's {theirs!r}; "
                     "leave it out to resume the same run"
@@ -170,7 +242,8 @@ def _normalised(value: Any) -> str:
 
 
 def _run_fields(settings: TrainSettings | ResolvedSettings) -> dict[str, Any]:
-    return {"model": settings.model, **{f: getattr(settings, f) for f in RUN_FIELDS}}
+    task = model_record(settings.model).task
+    return {"model": settings.model, "task": task, **{f: getattr(settings, f) for f in RUN_FIELDS}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +253,8 @@ class ResolvedSettings:
     The fields of :class:`TrainSettings`, each concrete: ``model`` is the registry name,
     ``config`` a dict, ``crop`` the crop side (the model's tile size where it has one),
     ``device`` the device itself (``"auto"`` resolved); ``checkpoint_every`` None still
-    means a checkpoint at the end only.
+    means a checkpoint at the end only; ``task`` the model's; ``level`` the land-cover
+    level (None for cloud removal), also in ``config`` with ``n_classes``.
     """
 
     model: str
@@ -196,6 +270,9 @@ class ResolvedSettings:
     num_workers: int
     device: str
     amp: str
+    task: str = "cloud_removal"
+    level: int | None = None
+    class_weights: str | None = None
 
     def run_fields(self) -> dict[str, Any]:
         """The fields that define the run, for the checkpoint."""

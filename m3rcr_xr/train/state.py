@@ -139,7 +139,9 @@ def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def export_weights(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
     """Write a training checkpoint's weights as safetensors, with the model name and its
-    configuration in the file's metadata (keys ``model``, ``config`` as JSON, ``step``)."""
+    configuration in the file's metadata (keys ``model``, ``config`` as JSON, ``step``,
+    ``task``; for a classifier ``level`` and ``n_classes`` too, which
+    :func:`m3rcr_xr.weights.read_weights` checks against the configuration)."""
     from safetensors.torch import save_file
 
     payload = read_training_checkpoint(checkpoint)
@@ -150,7 +152,12 @@ def export_weights(checkpoint: str | os.PathLike[str], out: str | os.PathLike[st
         "config": json.dumps(settings["config"]),
         "step": str(payload["step"]),
         "format": "m3rcr_xr",
+        "task": model_record(settings["model"]).task,
     }
+    if settings.get("level") is not None:  # a classifier: its classes, checked on loading
+        metadata.update(
+            level=str(settings["level"]), n_classes=str(settings["config"]["n_classes"])
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out), metadata=metadata)

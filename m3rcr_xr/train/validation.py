@@ -1,5 +1,9 @@
 """Validation during training: the benchmark's metrics on centre crops, per crop.
 
+A land-cover classifier is validated by its overall accuracy and mIoU on the centre
+crops' labelled pixels, from the confusion matrix of
+:func:`m3rcr_xr.metrics.semantic_metrics` (the semantic evaluation's own counts).
+
 The metric engine's bare-array layer does the work on each batch as NumPy arrays
 (:func:`m3rcr_xr.metrics.engine.group_sums`: the per-pixel quantities summed per cloud
 group, per crop); the small per-crop sums of all batches are kept, and the declared
@@ -15,19 +19,25 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor, nn
 
+from ..classify import no_data
+from ..landcover import IGNORE_INDEX
 from ..metrics import cell_sums, mean_over_patches, metrics_from_sums
 from ..metrics.engine import check_sums, group_sums
 from ..metrics.kernels import labels_block
+from ..metrics.semantic import semantic_metrics
 from ..metrics.sums import named_sums
 from ..normalize import denormalize_optical
 from ..schema import BANDS
-from .data import CropDataset, loader
+from .data import CropDataset, loader, step_tensors
 from .recipe import autocast
 
 #: the metrics a validation reports, and the log shows
 METRIC_NAMES = ("PSNR", "SSIM", "SAM", "MAE")
+#: the metrics of a classifier's validation
+CLASSIFIER_METRICS = ("OA", "mIoU")
 #: crops per forward pass in validation during training
 VAL_BATCH = 8
 
@@ -87,14 +97,17 @@ def validate_model(
     >>> sorted(result["input"]), result["input"]["all"]["n_patches"]
     (['all', 'clear', 'cloudy'], 2.0)
     """
+    if data.level is not None:
+        return _validate_classifier(model, data, batch_size, device, amp, num_workers)
     strata = ("all", "cloudy", "clear") if data.has_cloudmask else ("all",)
     was_training = model.training
     model.eval()
     sums: dict[str, list[np.ndarray]] = {"model": [], "input": []}
     try:
         for batch in loader(data, batch_size, num_workers):
+            inputs, _, _, _ = step_tensors(batch, device)
             with autocast(device, amp):
-                pred = model(batch["cloudy"].to(device), batch["sar"].to(device))
+                pred = model(*inputs)
             # no land cover: every pixel is land-cover nodata, in class "all" only
             cloud = batch["cloudmask"].numpy() > 0.5
             labels = labels_block(np.zeros(cloud.shape, np.uint8), cloud)
@@ -105,7 +118,46 @@ def validate_model(
     return {name: _summary(parts, strata, len(BANDS)) for name, parts in sums.items()}
 
 
+@torch.no_grad()
+def _validate_classifier(
+    model: nn.Module,
+    data: CropDataset,
+    batch_size: int,
+    device: str,
+    amp: torch.dtype | None,
+    num_workers: int,
+) -> Metrics:
+    """OA and mIoU of a classifier on ``data``'s crops, pooled over their pixels."""
+    was_training = model.training
+    model.eval()
+    labels, codes = [], []
+    try:
+        for batch in loader(data, batch_size, num_workers):
+            (optical,), _, _, _ = step_tensors(batch, device)
+            with autocast(device, amp):
+                logits = model(optical)
+            predicted = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            reflectance = np.round(_reflectance(batch["target"])).astype(np.uint16)
+            predicted[no_data(reflectance)] = IGNORE_INDEX
+            labels.append(predicted)
+            codes.append(batch["landcover"].numpy())
+    finally:
+        model.train(was_training)
+    dims = ("patch", "y", "x")
+    scores = semantic_metrics(
+        xr.DataArray(np.concatenate(labels), dims=dims, name="model"),
+        xr.DataArray(np.concatenate(codes), dims=dims, name="landcover"),
+        level=data.level,
+    )
+    values = {name: float(scores[name].sel(stratum="all")) for name in CLASSIFIER_METRICS}
+    return {"model": {"all": {**values, "n_patches": float(len(data))}}}
+
+
 def format_metrics(result: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """One line: each metric of the model on all pixels, and of the cloudy input."""
-    model, base = result["model"]["all"], result["input"]["all"]
+    """One line: each metric of the model on all pixels, and of the cloudy input (a
+    classifier: its OA and mIoU)."""
+    model = result["model"]["all"]
+    if "input" not in result:
+        return ", ".join(f"{m} {model[m]:.4g}" for m in CLASSIFIER_METRICS)
+    base = result["input"]["all"]
     return ", ".join(f"{m} {model[m]:.4g} (input {base[m]:.4g})" for m in METRIC_NAMES)

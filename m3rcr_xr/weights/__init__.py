@@ -138,9 +138,26 @@ def read_weights(path: str | Path) -> DefaultCheckpoint:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     if "model" not in metadata or "config" not in metadata:
         raise CheckpointError(f"{path}: the header does not name the model and its config")
-    return DefaultCheckpoint(
-        model=metadata["model"], path=path, config=json.loads(metadata["config"]), metadata=metadata
-    )
+    config = json.loads(metadata["config"])
+    _check_header(path, metadata, config)
+    return DefaultCheckpoint(model=metadata["model"], path=path, config=config, metadata=metadata)
+
+
+def _check_header(path: Path, metadata: dict[str, str], config: dict[str, Any]) -> None:
+    """The header's task, level and number of classes agree with its model and config."""
+    from ..models import model_record
+
+    task = model_record(metadata["model"]).task
+    if metadata.get("task", task) != task:
+        raise CheckpointError(
+            f"{path}: the header says task {metadata['task']!r}, but {metadata['model']} "
+            f"is a {task} model"
+        )
+    for key in ("level", "n_classes"):
+        if key in metadata and str(config.get(key)) != metadata[key]:
+            raise CheckpointError(
+                f"{path}: the header says {key}={metadata[key]}, its config {config.get(key)}"
+            )
 
 
 def default_checkpoint() -> DefaultCheckpoint:

@@ -3,7 +3,8 @@ download addresses, SHA-256, license and model card.
 
 Three sources, in this order (a name is taken once):
 
-1. the entries shipped with the package (today only ``"dsen2_cr-demo"``);
+1. the entries shipped with the package: the demo weights ``"dsen2_cr-demo"`` and the
+   demo land-cover classifier ``"landcover_unet-demo"`` (synthetic data only);
 2. registry files named by the ``M3RCR_WEIGHTS_REGISTRY`` environment variable
    (JSON or TOML, several separated by ``os.pathsep``), read at the first look-up, so
    that a lab publishes its weights by name to everyone who sets the variable, worker
@@ -134,19 +135,46 @@ class WeightsEntry:
             raise CheckpointError(f"{label}: {exc}") from exc
 
 
+def _shipped(
+    name: str, model: str, file: str, sha256: str, config: dict, card: str, size: int
+) -> WeightsEntry:
+    """An entry for a weights file shipped in this package, with its model card."""
+    folder = resources.files(__package__)
+    return WeightsEntry(
+        name=name,
+        model=model,
+        urls=(Path(str(folder.joinpath(file))).as_uri(),),
+        sha256=sha256,
+        config=config,
+        license="MIT",
+        model_card=Path(str(folder.joinpath(card))),
+        size=size,
+    )
+
+
 @functools.cache
 def _demo_entry() -> WeightsEntry:
-    folder = resources.files(__package__)
-    path = Path(str(folder.joinpath("dsen2_cr_demo.safetensors")))
-    return WeightsEntry(
-        name="dsen2_cr-demo",
-        model="dsen2_cr",
-        urls=(path.as_uri(),),
-        sha256="3caafe2522695c532c1d2ff8e8b8665c567102129c3b5feeeb31ccc94b61125c",
-        config={"n_resblocks": 4, "n_feats": 32},
-        license="MIT",
-        model_card=Path(str(folder.joinpath("MODEL_CARD.md"))),
-        size=309_392,
+    return _shipped(
+        "dsen2_cr-demo",
+        "dsen2_cr",
+        "dsen2_cr_demo.safetensors",
+        "3caafe2522695c532c1d2ff8e8b8665c567102129c3b5feeeb31ccc94b61125c",
+        {"n_resblocks": 4, "n_feats": 32},
+        "MODEL_CARD.md",
+        309_392,
+    )
+
+
+@functools.cache
+def _demo_classifier_entry() -> WeightsEntry:
+    return _shipped(
+        "landcover_unet-demo",
+        "landcover_unet",
+        "landcover_unet_demo.safetensors",
+        "c953613857cdd9669ace51b3ea95180f101a3bab08857351ef63ee7b905fba95",
+        {"depth": 2, "features": 16, "level": 1, "n_classes": 7},
+        "MODEL_CARD_landcover_unet.md",
+        478_620,
     )
 
 
@@ -186,7 +214,8 @@ def _all() -> dict[str, WeightsEntry]:
     """Every entry by name, shipped first, then files, then registered ones."""
     with _LOCK:
         merged: dict[str, WeightsEntry] = {}
-        for item in (_demo_entry(), *_file_entries(), *_REGISTERED.values()):
+        shipped = (_demo_entry(), _demo_classifier_entry())
+        for item in (*shipped, *_file_entries(), *_REGISTERED.values()):
             if item.name in merged:
                 raise CheckpointError(
                     f"weights name {item.name!r} registered twice (check ${REGISTRY_ENV})"
