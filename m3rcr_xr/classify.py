@@ -111,10 +111,6 @@ def classifier_ref(
 ) -> tuple[ModelRef, Any]:
     """The :class:`~m3rcr_xr.inference.ModelRef` of a classifier and its spec, checked
     (a cloud-removal model, a level it was not built for, weights that do not fit)."""
-    from .weights import UNTRAINED
-
-    # None is untrained, as documented (weights.resolve reads None as "the default entry")
-    checkpoint = UNTRAINED if checkpoint is None else checkpoint
     ref = ModelRef.create(classifier, checkpoint, config, device, precision)
     spec = ref.spec()
     _check_task(spec, "landcover", "classify")
@@ -188,7 +184,11 @@ def classify(
     classifier
         Registry name of a land-cover classifier (``"landcover_unet"``).
     checkpoint
-        Its weights; None: untrained (for tests: the labels then mean nothing).
+        Its weights, as for :func:`m3rcr_xr.decloud`: a registered name
+        (``"landcover_unet-demo"``), a path or a URL; ``"untrained"`` for random weights
+        (the labels then mean nothing). None: the classifier's default registered
+        weights; none has any today, so None raises :class:`CheckpointError` saying how
+        to get weights.
     config
         Architecture arguments (``{"preset": "small"}``, ``{"level": 2}``); must match
         the checkpoint.

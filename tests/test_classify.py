@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import m3rcr_xr
-from m3rcr_xr import ModelConfigError, SchemaError, UsageError, models
+from m3rcr_xr import CheckpointError, ModelConfigError, SchemaError, UsageError, models
 from m3rcr_xr.classify import classify
 from m3rcr_xr.inference import clear_model_cache, mirror_index, window
 from m3rcr_xr.landcover import IGNORE_INDEX, class_names
@@ -118,6 +118,7 @@ def test_bands_are_taken_in_the_classifiers_order(checkpoint):
     ("args", "kwargs", "error", "match"),
     [
         (("dsen2_cr",), {}, ModelConfigError, "dsen2_cr is a cloud_removal model"),
+        ((), {"checkpoint": None}, CheckpointError, "landcover_unet has no default weights"),
         ((), {"level": 2}, ModelConfigError, "built for WorldCover level 1"),
         ((), {"tile": 30}, ModelConfigError, "multiples of 4, got 30x30"),
         ((), {"overlap": 16}, ModelConfigError, "overlap=16"),
@@ -128,15 +129,16 @@ def test_bands_are_taken_in_the_classifiers_order(checkpoint):
 def test_bad_arguments_are_refused_before_any_work(args, kwargs, error, match):
     optical = m3rcr_xr.synthetic_scene((64, 64), chunks=32).cloudfree
     with raise_if_dask_computes(), pytest.raises(error, match=match):
-        classify(optical, *args, config=None if args else SMALL, **{"tile": 32, **kwargs})
+        options = {"checkpoint": "untrained", "config": None if args else SMALL, "tile": 32}
+        classify(optical, *args, **{**options, **kwargs})
 
 
 def test_inputs_that_are_not_optical_bands_are_refused():
     scene = m3rcr_xr.synthetic_scene((32, 32))
     with pytest.raises(SchemaError, match="sar: dims .* must be"):
-        classify(scene.sar, config=SMALL)
+        classify(scene.sar, checkpoint="untrained", config=SMALL)
     with pytest.raises(SchemaError, match="3 bands"):
-        classify(scene.cloudfree.isel(band=slice(0, 3)), config=SMALL)
+        classify(scene.cloudfree.isel(band=slice(0, 3)), checkpoint="untrained", config=SMALL)
     with pytest.raises(UsageError, match=r"classify\(\) needs a DataArray"):
         scene.m3rcr.classify(config=SMALL)
 

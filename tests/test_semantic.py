@@ -205,7 +205,12 @@ def test_evaluate_adds_the_semantic_variables_in_the_same_pass(scene, classifier
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"classifier": "dsen2_cr"}, ModelConfigError, "dsen2_cr is a cloud_removal model"),
+        (
+            {"classifier": "dsen2_cr-demo", "classifier_config": None},
+            ModelConfigError,
+            "dsen2_cr is a cloud_removal model",
+        ),
+        ({"classifier": None}, CheckpointError, "landcover_unet has no default weights"),
         ({"level": 2}, ModelConfigError, "built for WorldCover level 1 .*not level=2"),
         ({"landcover": None}, SchemaError, "landcover: the semantic evaluation needs"),
         ({"landcover": "lc"}, SchemaError, "landcover: variable 'lc' is missing"),
@@ -214,7 +219,7 @@ def test_evaluate_adds_the_semantic_variables_in_the_same_pass(scene, classifier
     ],
 )
 def test_bad_input_is_refused_before_any_work(scene, kwargs, error, match):
-    arguments = {"classifier": "landcover_unet", "classifier_config": SMALL, **kwargs}
+    arguments = {"classifier": "untrained", "classifier_config": SMALL, **kwargs}
     with raise_if_dask_computes(), pytest.raises(error, match=match):
         evaluate_semantic(scene, **arguments)
 
@@ -236,7 +241,7 @@ def test_real_samples_end_to_end(samples_dir, level):
     ds = m3rcr_xr.open_m3rcr(samples_dir / "train", samples_dir / "one_train_sample.csv")
     ds = ds.isel(y=slice(0, 96), x=slice(0, 96))
     result = ds.m3rcr.evaluate_semantic(
-        "cloudy", "cloudfree", classifier="landcover_unet",
+        "cloudy", "cloudfree", classifier="untrained",
         classifier_config={**SMALL, "level": level}, level=level, tile=32, overlap=8,
     )  # fmt: skip
     n = len(class_names(level))

@@ -268,8 +268,10 @@ def evaluate(
         cover and a ``level``): the variables of :func:`~m3rcr_xr.metrics.evaluate_semantic`
         are added, computed in the same pass as the other metrics.
     classifier, classifier_config, cloudy
-        With ``semantic``: the land-cover classifier (a registry name, a checkpoint file
-        of ``"landcover_unet"``, or None: untrained), its architecture, and the cloudy
+        With ``semantic``: the land-cover classifier (registered weights such as
+        ``"landcover_unet-demo"``, a checkpoint file of ``"landcover_unet"``, or
+        ``"untrained"``; see :func:`~m3rcr_xr.metrics.evaluate_semantic`), its
+        architecture, and the cloudy
         input to classify too (None or a missing name: left out).
     classify_options
         With ``semantic``: ``tile``, ``overlap``, ``batch_size``, ``device`` of the

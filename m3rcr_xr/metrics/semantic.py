@@ -408,18 +408,23 @@ def semantic_metrics(
 def _classifier(
     classifier: str | os.PathLike | None, config: Mapping[str, Any] | None
 ) -> tuple[str, str | os.PathLike | None, Mapping[str, Any] | None]:
-    """(model, checkpoint, configuration) of the ``classifier`` argument: a model name
-    (untrained), registered weights (``"landcover_unet-demo"``: their model and
-    configuration), a checkpoint file of the default classifier (a safetensors file of
-    ``m3rcr train --export``: the model and configuration of its header), or None (the
-    default classifier, untrained)."""
+    """(model, checkpoint, configuration) of the ``classifier`` argument: registered
+    weights (``"landcover_unet-demo"``: their model and configuration), a checkpoint file
+    of the default classifier (a safetensors file of ``m3rcr train --export``: the model
+    and configuration of its header), ``"untrained"`` (the default classifier with random
+    weights, asked for by name), or a model name or None: that model's (the default
+    classifier's) registered default weights, which none has today, so
+    :func:`m3rcr_xr.weights.resolve` raises :class:`CheckpointError` saying how to get
+    weights: a classifier never runs untrained silently."""
     from ..classify import DEFAULT_CLASSIFIER
     from ..weights import UNTRAINED, available, read_weights
 
     if classifier is None:
+        return DEFAULT_CLASSIFIER, None, config
+    text = str(classifier)
+    if text == UNTRAINED:
         log.warning("semantic evaluation with an untrained classifier: the scores mean nothing")
         return DEFAULT_CLASSIFIER, UNTRAINED, config
-    text = str(classifier)
     registered = {e.name: e for e in available()}
     if text in registered:
         return registered[text].model, text, config
@@ -429,7 +434,7 @@ def _classifier(
             return header.model, classifier, header.config
     if isinstance(classifier, os.PathLike) or Path(text).suffix:
         return DEFAULT_CLASSIFIER, classifier, config
-    return text, UNTRAINED, config
+    return text, None, config
 
 
 def semantic_setup(
@@ -535,11 +540,13 @@ def evaluate_semantic(
         Optical images (variable names or DataArrays, reflectance x10000). ``cloudy``
         is optional: None, or a name missing from ``ds``, leaves it out.
     classifier
-        A land-cover classifier: a model name (``"landcover_unet"``: untrained),
-        registered weights (``"landcover_unet-demo"``, the demo classifier trained on
-        synthetic scenes), a checkpoint file of ``"landcover_unet"`` (a safetensors file
-        of ``m3rcr train --export`` brings its configuration), or None (untrained,
-        logged as such).
+        A land-cover classifier: registered weights (``"landcover_unet-demo"``, the
+        demo classifier trained on synthetic scenes), a checkpoint file of
+        ``"landcover_unet"`` (a safetensors file of ``m3rcr train --export`` brings its
+        configuration), or ``"untrained"`` (random weights, logged as such). None or a
+        bare model name: its registered default weights; none has any today, so a
+        :class:`CheckpointError` says how to get weights (a classifier never runs
+        untrained silently).
     classifier_config
         Its architecture (``{"preset": "small"}``, ``{"level": 2}``): must match the
         checkpoint and ``level``.
