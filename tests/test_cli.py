@@ -303,7 +303,7 @@ def test_evaluate_semantic_prints_and_writes_both_tables(tmp_path, capsys):
     pd.testing.assert_series_equal(pred.IoU, target.IoU)
     # level 2 with an untrained classifier of that level
     argv = ["evaluate", str(tmp_path / "s.zarr"), "--semantic", "--level", "2"]
-    argv += ["--classifier", "landcover_unet", "--classifier-config", "preset=small"]
+    argv += ["--classifier", "untrained", "--classifier-config", "preset=small"]
     argv += ["--classifier-config", "level=2"]
     assert main(argv) == 0
     assert "built-up" in capsys.readouterr().out
