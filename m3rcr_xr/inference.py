@@ -57,7 +57,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import dask
 import dask.array as da
@@ -733,10 +733,10 @@ def _pad_axis(array: da.Array | np.ndarray, axis: int, target: int):
         return array
     tail = mirror_index(size, target)[size:]
     start = int(tail.min())
-    source = array[(slice(None),) * axis + (slice(start, None),)]
+    window = (slice(None),) * axis + (slice(start, None),)
     if isinstance(array, np.ndarray):
-        return np.concatenate([array, np.take(source, tail - start, axis=axis)], axis=axis)
-    source = source.rechunk({axis: -1})
+        return np.concatenate([array, np.take(array[window], tail - start, axis=axis)], axis=axis)
+    source = array[window].rechunk({axis: -1})
     chunks = (*source.chunks[:axis], (len(tail),), *source.chunks[axis + 1 :])
     extension = source.map_blocks(
         np.take, tail - start, axis=axis, chunks=chunks, dtype=array.dtype
@@ -894,7 +894,7 @@ Checkpoint = str | os.PathLike | None
 def _checkpoints(checkpoint: Checkpoint | Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
     """One checkpoint or a list of them (an ensemble) as a tuple."""
     if not isinstance(checkpoint, (list, tuple)):
-        return (checkpoint,)
+        return (cast(Checkpoint, checkpoint),)  # a str is a Sequence too: one checkpoint
     if not checkpoint:
         raise UsageError(f"{argument('checkpoint', checkpoint)}: an ensemble needs checkpoints")
     return tuple(checkpoint)
@@ -1078,6 +1078,7 @@ def decloud(
     inputs, cloudy = model_inputs(ds).chunk(), ds["cloudy"].chunk()  # no-op when lazy
     decloud_array = _decloud_collection if is_collection(ds) else _decloud_scene
     data = decloud_array(inputs.data, cloudy.data, job)
+    result: xr.DataArray | xr.Dataset
     result = _variable(ds, data[..., : job.channels, :, :], job, "decloud", composite)
     if uncertainty:
         std = _variable(ds, data[..., job.channels :, :, :], job, "decloud_std", composite)

@@ -167,8 +167,11 @@ def classifier_checkpoint(path: str | Path, seed: int = 2, **config: Any) -> Pat
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.05)
-                module.running_var.uniform_(0.001, 0.01)
+                mean, var = module.running_mean, module.running_var
+                if mean is None or var is None:
+                    raise RuntimeError(f"{module}: tracks no running statistics")
+                mean.normal_(0, 0.05)
+                var.uniform_(0.001, 0.01)
     path = Path(path)
     torch.save(net.state_dict(), path)
     return path

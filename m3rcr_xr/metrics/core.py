@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import xarray as xr
 
@@ -143,11 +143,13 @@ def _table(
     labels = group_labels(inputs["landcover"], inputs["cloudmask"], like=target_da)
     sums = grouped_sums(inputs["pred"], target_da, labels, per_patch=per_patch, engine=engine)
     sums = checked(sums, _name(pred, "pred"), _name(target, "target"))
-    counts, names = (None, {})
+    counts: xr.Dataset | None = None
+    names: dict[str, str] = {}
     if semantic is not None:
         counts, names = semantic_setup(
-            ds, pred, target, landcover=landcover, cloudmask=cloudmask, level=level,
-            strata=strata, **semantic,
+            ds, pred, target, landcover=landcover, cloudmask=cloudmask,
+            # None only without landcover, which semantic_setup refuses (after the classifier)
+            level=cast(int, level), strata=strata, **semantic,
         )  # fmt: skip
     if compute:
         sums, counts = _compute_sums(sums, counts)

@@ -476,8 +476,10 @@ def semantic_setup(
         raise SchemaError(
             f"cloudmask: strata {strata} need a cloud mask; pass strata=('all',) to go without"
         )
-    target_da = inputs["target"]
-    optical = {"pred": inputs["pred"], "target": target_da}
+    target_da, pred_da, landcover_da = inputs["target"], inputs["pred"], inputs["landcover"]
+    if target_da is None or pred_da is None or landcover_da is None:  # prepare_inputs raised
+        raise SchemaError("pred, target and landcover: the semantic evaluation needs all three")
+    optical = {"pred": pred_da, "target": target_da}
     cloudy_da = _optional_layer(ds, cloudy, "cloudy", False, "")
     if cloudy_da is not None:
         _check_grid(cloudy_da, "cloudy", target_da, {"band"})
@@ -490,10 +492,10 @@ def semantic_setup(
         key: classify_lazy(value, ref, spec, tile=tile, overlap=overlap, batch_size=batch_size)
         for key, value in optical.items()
     }
-    excluded = _excluded_pixels(inputs["pred"], target_da)
+    excluded = _excluded_pixels(pred_da, target_da)
     counts = semantic_counts(
         labels,
-        inputs["landcover"],
+        landcover_da,
         inputs["cloudmask"],
         excluded,
         level,

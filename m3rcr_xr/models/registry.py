@@ -27,6 +27,7 @@ from .checkpoint import (
 )
 from .interface import CloudRemovalNet, ModelSpec, check_size, constructor_arguments
 from .records import RECORDS, model_record
+from .unet import LandCoverUNet
 
 __all__ = [
     "MODELS",
@@ -40,7 +41,9 @@ __all__ = [
 ]
 
 #: the network classes by name (read from :data:`~m3rcr_xr.models.records.RECORDS`)
-MODELS: dict[str, type[CloudRemovalNet]] = {name: r.cls for name, r in RECORDS.items()}
+MODELS: dict[str, type[CloudRemovalNet] | type[LandCoverUNet]] = {
+    name: r.cls for name, r in RECORDS.items()
+}
 
 #: Named configurations by model (read from the records; a copy: editing it changes
 #: nothing). ``default`` is the published one; ``small`` is a tiny variant for tests and
@@ -74,7 +77,7 @@ def _expected(hint: Any) -> str:
     return {int: "an integer", float: "a number"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def _check_config(key: str, cls: type[CloudRemovalNet], config: Mapping[str, Any]) -> None:
+def _check_config(key: str, cls: type[nn.Module], config: Mapping[str, Any]) -> None:
     """Refuse unknown keys and values of the wrong type, naming the key, before the
     constructor turns them into an obscure torch error (``n_feats=16.5``)."""
     arguments = constructor_arguments(cls)
@@ -91,7 +94,9 @@ def _check_config(key: str, cls: type[CloudRemovalNet], config: Mapping[str, Any
             raise ModelConfigError(f"{key}: {name}={value!r} must be {_expected(hint)}")
 
 
-def build(name: str, *, preset: str | None = None, **config: Any) -> CloudRemovalNet:
+def build(
+    name: str, *, preset: str | None = None, **config: Any
+) -> CloudRemovalNet | LandCoverUNet:
     """Construct a network by name, in eval mode, with fresh (untrained) parameters.
 
     Parameters
@@ -137,7 +142,7 @@ def load(
     preset: str | None = None,
     device: str | torch.device | None = None,
     **config: Any,
-) -> CloudRemovalNet:
+) -> CloudRemovalNet | LandCoverUNet:
     """Build a network and load weights into it (strict), in eval mode.
 
     Parameters

@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dask
@@ -276,11 +276,12 @@ class CropDataset(Dataset):
 
 
 def step_tensors(
-    batch: dict[str, Tensor], device: str = "cpu"
+    batch: Mapping[str, Tensor], device: str = "cpu"
 ) -> tuple[tuple[Tensor, ...], Tensor, Tensor, Tensor]:
     """(the network's inputs, what its loss compares with, its optical input, the cloud
     mask) of a batch, on ``device``: ``(cloudy, sar)`` and ``target`` for cloud removal;
     ``(target,)`` (the cloud-free image) and ``labels`` for a classifier."""
+    inputs: tuple[str, ...]
     if "labels" in batch:
         inputs, truth, optical = ("target",), "labels", "target"
     else:

@@ -205,7 +205,7 @@ def train(
         checkpoint that cannot be resumed or does not match ``settings``.
     """
     start_time = time.perf_counter()
-    given = {"task": task, "level": level}
+    given: dict[str, Any] = {"task": task, "level": level}
     settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None})
     payload = read_training_checkpoint(resume) if resume is not None else None
     if payload is not None:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -52,7 +53,9 @@ def loss_function(model: str, class_weights: torch.Tensor | None = None) -> Loss
         return loss.function
     if loss.name != "cross_entropy":
         raise UsageError(f"class weights are for a classifier; {model} is trained with {loss.name}")
-    return functools.partial(loss.function, weight=class_weights)
+    # the cross-entropy takes a keyword ``weight`` beyond the LossFn form
+    function = cast(Callable[..., torch.Tensor], loss.function)
+    return functools.partial(function, weight=class_weights)
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:

@@ -23,6 +23,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from ..classify import no_data
+from ..exceptions import UsageError
 from ..landcover import IGNORE_INDEX
 from ..metrics import cell_sums, mean_over_patches, metrics_from_sums
 from ..metrics.engine import check_sums, group_sums
@@ -128,6 +129,9 @@ def _validate_classifier(
     num_workers: int,
 ) -> Metrics:
     """OA and mIoU of a classifier on ``data``'s crops, pooled over their pixels."""
+    level = data.level
+    if level is None:
+        raise UsageError("a classifier is validated on labelled crops (CropDataset level set)")
     was_training = model.training
     model.eval()
     labels, codes = [], []
@@ -147,7 +151,7 @@ def _validate_classifier(
     scores = semantic_metrics(
         xr.DataArray(np.concatenate(labels), dims=dims, name="model"),
         xr.DataArray(np.concatenate(codes), dims=dims, name="landcover"),
-        level=data.level,
+        level=level,
     )
     values = {name: float(scores[name].sel(stratum="all")) for name in CLASSIFIER_METRICS}
     return {"model": {"all": {**values, "n_patches": float(len(data))}}}
