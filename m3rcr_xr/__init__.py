@@ -81,3 +81,12 @@ __all__ = [
     "udm2_nodata",
     "validate",
 ]
+
+
+def __getattr__(name: str):
+    """``m3rcr_xr.plot`` on first use: matplotlib is imported only by those who draw."""
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.plot")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

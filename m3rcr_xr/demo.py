@@ -114,7 +114,7 @@ def run_demo(
         if isinstance(estimate, xr.DataArray):
             estimate = estimate.to_dataset()
         to_zarr(estimate, paths["decloud"], overwrite=True)
-        scene = scene.merge(open_zarr(paths["decloud"]))
+        scene = scene.assign(open_zarr(paths["decloud"]).data_vars)
         result = evaluate(
             scene, "decloud", "cloudfree", level=1, semantic=True, classifier=DEMO_CLASSIFIER
         )

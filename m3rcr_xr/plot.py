@@ -186,7 +186,7 @@ def quicklook(
     >>> scene = m3rcr_xr.synthetic_scene((64, 64))
     >>> both = m3rcr_xr.decloud(scene, config={"preset": "small"}, tta="flips",
     ...                         uncertainty=True)
-    >>> [ax.get_title() for ax in quicklook(scene.merge(both)).axes][:5]
+    >>> [ax.get_title() for ax in quicklook(scene.assign(both.data_vars)).axes][:5]
     ['cloudy', 'decloud', 'uncertainty (std)', 'cloud-free', 'land cover']
     """
     import matplotlib.pyplot as plt
