@@ -13,7 +13,7 @@ Examples
 --------
 >>> import m3rcr_xr
 >>> scene = m3rcr_xr.synthetic_scene((64, 64))
->>> labels = classify(scene["cloudfree"], config={"preset": "small"}, tile=32)
+>>> labels = classify(scene["cloudfree"], checkpoint="landcover_unet-demo", tile=32)
 >>> labels.dims, labels.dtype.name, labels.attrs["level"]
 (('y', 'x'), 'uint8', 1)
 """

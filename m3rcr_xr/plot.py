@@ -184,7 +184,7 @@ def quicklook(
     >>> matplotlib.use("Agg")
     >>> import m3rcr_xr
     >>> scene = m3rcr_xr.synthetic_scene((64, 64))
-    >>> both = m3rcr_xr.decloud(scene, config={"preset": "small"}, tta="flips",
+    >>> both = m3rcr_xr.decloud(scene, checkpoint="dsen2_cr-demo", tta="flips",
     ...                         uncertainty=True)
     >>> [ax.get_title() for ax in quicklook(scene.assign(both.data_vars)).axes][:5]
     ['cloudy', 'decloud', 'uncertainty (std)', 'cloud-free', 'land cover']

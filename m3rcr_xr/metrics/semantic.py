@@ -584,8 +584,8 @@ def evaluate_semantic(
     --------
     >>> import m3rcr_xr
     >>> scene = m3rcr_xr.synthetic_scene((64, 64))
-    >>> result = evaluate_semantic(scene, "cloudfree", "cloudfree", classifier="landcover_unet",
-    ...                            classifier_config={"preset": "small"}, tile=32)
+    >>> result = evaluate_semantic(scene, "cloudfree", "cloudfree",
+    ...                            classifier="landcover_unet-demo", tile=32)
     >>> float(result.agreement.sel(stratum="all"))
     1.0
     """

@@ -52,8 +52,7 @@ def split_semantic(result: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
     >>> import m3rcr_xr
     >>> scene = m3rcr_xr.synthetic_scene((64, 64))
     >>> result = m3rcr_xr.evaluate(scene, "cloudfree", "cloudfree", semantic=True,
-    ...     classifier="landcover_unet", classifier_config={"preset": "small"},
-    ...     classify_options={"tile": 32})
+    ...     classifier="landcover_unet-demo", classify_options={"tile": 32})
     >>> metrics, semantic = split_semantic(result)
     >>> sorted(semantic.dims)
     ['landcover_class', 'source', 'stratum']
