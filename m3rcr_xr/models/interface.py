@@ -108,23 +108,12 @@ class ModelSpec:
         return len(self.classes) or self.optical_channels
 
 
-class CloudRemovalNet(nn.Module):
-    """Base of the three networks: ``forward(cloudy, sar) -> cloud-free`` and a :class:`ModelSpec`.
-
-    Subclasses set :attr:`name`, :attr:`spec` (in ``__init__``) and implement
-    :meth:`output_conv` (the last convolution, zeroed by ``zero_residual_``).
-    """
+class Network(nn.Module):
+    """A network of this package: a registry :attr:`name` and a :class:`ModelSpec`
+    (set in ``__init__``) that its properties read."""
 
     name: ClassVar[str] = ""
-    #: the dataclass of the constructor's arguments, for networks whose constructor
-    #: takes one's fields (``GLFCR``, ``AlignCR``); None: the arguments of ``__init__``
-    config_class: ClassVar[type | None] = None
     spec: ModelSpec
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.config_class is not None:  # help() and inspect show the real arguments
-            cls.__signature__ = inspect.signature(cls.config_class)  # type: ignore[attr-defined]
 
     @property
     def optical_bands(self) -> tuple[str, ...]:
@@ -160,6 +149,23 @@ class CloudRemovalNet(nn.Module):
     def config(self) -> dict[str, Any]:
         """The constructor arguments, enough to rebuild the same architecture."""
         return dict(self.spec.config)
+
+
+class CloudRemovalNet(Network):
+    """Base of the three networks: ``forward(cloudy, sar) -> cloud-free`` and a :class:`ModelSpec`.
+
+    Subclasses set :attr:`name`, :attr:`spec` (in ``__init__``) and implement
+    :meth:`output_conv` (the last convolution, zeroed by ``zero_residual_``).
+    """
+
+    #: the dataclass of the constructor's arguments, for networks whose constructor
+    #: takes one's fields (``GLFCR``, ``AlignCR``); None: the arguments of ``__init__``
+    config_class: ClassVar[type | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.config_class is not None:  # help() and inspect show the real arguments
+            cls.__signature__ = inspect.signature(cls.config_class)  # type: ignore[attr-defined]
 
     def output_conv(self) -> nn.Conv2d:
         """The last convolution, whose output is the residual."""

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..exceptions import ModelConfigError
 from ..landcover import class_names
-from .interface import OPTICAL_BANDS, ModelSpec, check_size
+from .interface import OPTICAL_BANDS, ModelSpec, Network, check_size
 
 __all__ = ["LandCoverUNet"]
 
@@ -41,7 +41,7 @@ def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class LandCoverUNet(nn.Module):
+class LandCoverUNet(Network):
     """U-Net of ``depth`` down/up levels: (B, 4, H, W) optical to (B, classes, H, W) logits.
 
     Parameters
@@ -102,20 +102,6 @@ class LandCoverUNet(nn.Module):
         )
         self.merge = nn.ModuleList(_block(2 * widths[i], widths[i]) for i in reversed(range(depth)))
         self.classify = nn.Conv2d(features, len(classes), 1)
-
-    @property
-    def tile_size(self) -> int | None:
-        """None: any tile size that is a multiple of :attr:`tile_multiple`."""
-        return self.spec.tile_size
-
-    @property
-    def tile_multiple(self) -> int:
-        return self.spec.tile_multiple
-
-    @property
-    def config(self) -> dict:
-        """The constructor arguments, enough to rebuild the same architecture."""
-        return dict(self.spec.config)
 
     def forward(self, optical: Tensor, sar: Tensor | None = None) -> Tensor:
         """Class logits of each pixel.
