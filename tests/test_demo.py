@@ -8,7 +8,7 @@ from m3rcr_xr.exceptions import UsageError
 
 @pytest.mark.slow
 def test_demo_writes_every_output(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--size", "512"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--size", "256"]) == 0
     for name in (
         "scene.zarr",
         "decloud.zarr",
