@@ -16,7 +16,9 @@ memory above the size before the first run (psutil every 20 ms):
     ``m3rcr ingest`` of a quartet of GeoTIFFs (``open_quartet`` + ``to_zarr``: the 10 m
     layers aligned to the 3 m grid by coordinates, chunked Zarr v3, resumable steps)
     against a raw rasterio read of the same files, nearest upsampling of the 10 m layers
-    by index and a zarr-python write of the same five arrays, same chunks and codec.
+    by index and a zarr-python write of the same five arrays, same chunks and codec,
+    with zarr's defaults (each chunk is compared with the fill value, and skipped if
+    equal; ``to_zarr`` writes every chunk).
 ``stac``
     ``m3rcr_xr.open_stac`` + ``m3rcr_xr.to_zarr`` of a PlanetScope, a Sentinel-1 RTC
     (linear power) and a WorldCover item (STAC item collections on disk) against bare

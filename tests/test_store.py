@@ -55,6 +55,17 @@ def test_scene_chunks_follow_the_option(tmp_path):
     assert m3rcr_xr.open_zarr(tmp_path / "s.zarr").sar.encoding["chunks"] == (2, 128, 128)
 
 
+def test_chunks_of_only_the_fill_value_are_written_too(tmp_path):
+    scene = m3rcr_xr.synthetic_scene((256, 256), chunks=128)
+    with m3rcr_xr.set_options(scene_chunk=128):
+        m3rcr_xr.to_zarr(scene.assign(cloudmask=scene.cloudmask & False), tmp_path / "s.zarr")
+    chunks = [
+        path for path in (tmp_path / "s.zarr" / "cloudmask" / "c").rglob("*") if path.is_file()
+    ]
+    assert len(chunks) == 4  # all False, zarr's default would have skipped each one
+    assert not m3rcr_xr.open_zarr(tmp_path / "s.zarr").cloudmask.values.any()
+
+
 def test_collection_round_trip(tmp_path, samples_dir):
     collection = m3rcr_xr.open_m3rcr(samples_dir / "test")
     m3rcr_xr.to_zarr(collection, tmp_path / "c.zarr")
