@@ -200,12 +200,14 @@ def _decloud(args: argparse.Namespace) -> int:
     inputs = [args.input, *local]
     check_destination(args.output, inputs=inputs, overwrite=args.overwrite)
     ds = open_zarr(args.input)
-    if args.cog:  # a file for a scene, a folder of one GeoTIFF per patch for a collection
-        check_apart(args.cog, [args.output], role="output store")
-        names = patch_file_names(ds) if is_collection(ds) else None
-        if names is None:
-            _check_output_file(args.cog, "cog", COG_SUFFIXES, overwrite=args.overwrite)
-        check_cog_destination(args.cog, names=names, inputs=inputs, overwrite=args.overwrite)
+    collection = is_collection(ds)
+    cogs = _decloud_cogs(args, collection)
+    names = patch_file_names(ds) if cogs and collection else None
+    for cog in cogs.values():  # a file for a scene, a folder of GeoTIFFs for a collection
+        check_apart(cog, [args.output], role="output store")
+        if names is None and cog == args.cog:  # its suffix and folder are the _std file's
+            _check_output_file(cog, "cog", COG_SUFFIXES, overwrite=args.overwrite)
+        check_cog_destination(cog, names=names, inputs=inputs, overwrite=args.overwrite)
     result = decloud(
         ds,
         args.model,
@@ -223,10 +225,38 @@ def _decloud(args: argparse.Namespace) -> int:
     result = result if isinstance(result, xr.Dataset) else result.to_dataset()
     to_zarr(result, args.output, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.output}")
-    if args.cog:
-        to_cog(open_zarr(args.output)["decloud"], args.cog, overwrite=args.overwrite)
-        print(f"wrote {args.cog}")
+    for variable, cog in cogs.items():
+        to_cog(open_zarr(args.output)[variable], cog, overwrite=args.overwrite)
+        print(f"wrote {cog}")
     return 0
+
+
+def std_cog_path(path: str, *, collection: bool = False) -> str:
+    """Where ``m3rcr decloud --uncertainty --cog PATH`` writes ``decloud_std``: ``NAME_std.tif``
+    beside a scene's ``NAME.tif``; for a collection, the folder ``PATH_std`` beside the
+    folder ``PATH``, with the same file names (one kind of raster in each folder, so that
+    ``gdalbuildvrt`` or a glob over ``PATH/*.tif`` never mixes the two).
+
+    Examples
+    --------
+    >>> std_cog_path("out/decloud.tif")
+    'out/decloud_std.tif'
+    >>> std_cog_path("out/cogs/", collection=True)
+    'out/cogs_std'
+    """
+    out = Path(path)
+    out = out if out.name not in ("", "..") else out.resolve()  # "." or "..": name the folder
+    return str(out.with_name(f"{out.name}_std" if collection else f"{out.stem}_std{out.suffix}"))
+
+
+def _decloud_cogs(args: argparse.Namespace, collection: bool) -> dict[str, str]:
+    """The variables ``m3rcr decloud --cog`` writes as GeoTIFF, and where."""
+    if not args.cog:
+        return {}
+    cogs = {"decloud": args.cog}
+    if args.uncertainty:
+        cogs["decloud_std"] = std_cog_path(args.cog, collection=collection)
+    return cogs
 
 
 def _add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -275,7 +305,8 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cog",
         help="also write a Cloud-Optimised GeoTIFF here (a .tif for a scene, a folder of "
-        "one per patch for a collection)",
+        "one per patch for a collection); with --uncertainty, decloud_std beside it: "
+        "NAME_std.tif for a scene, the folder DIR_std (same file names) for a collection",
     )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_scheduler_arguments(p)

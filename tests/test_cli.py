@@ -27,6 +27,8 @@ from tests.rasters import (
 
 #: a small network with random weights, asked for explicitly (decloud never runs one silently)
 UNTRAINED_SMALL = ["--checkpoint", "untrained", "--config", "preset=small"]
+#: the cheapest run that writes decloud_std
+UNCERTAINTY = ["--tile", "32", "--tta", "flips", "--uncertainty"]
 
 
 def test_ingest_a_split_folder_then_info(tmp_path, samples_dir, capsys):
@@ -128,6 +130,8 @@ def test_decloud_writes_zarr_and_a_cog(tmp_path, capsys):
         assert cog.count == 4 and cog.crs.to_epsg() == 32632
     assert cog_validate(str(tmp_path / "d.tif"))[0]
     assert "wrote" in capsys.readouterr().out
+    # no --uncertainty, no decloud_std: no d_std.tif
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tif", "in.zarr", "out.zarr"]
 
 
 def test_decloud_bad_tile_exits_2_before_writing(tmp_path, capsys):
@@ -386,17 +390,48 @@ def test_decloud_never_replaces_a_cog_unasked(scene_store, tmp_path, capsys):
     assert cog.read_bytes()[:2] in (b"II", b"MM")
 
 
+def test_decloud_writes_the_uncertainty_beside_the_cog(scene_store, tmp_path, capsys):
+    import rasterio
+
+    cog, std = tmp_path / "d.tif", tmp_path / "d_std.tif"
+    argv = ["decloud", str(scene_store), str(tmp_path / "o.zarr"), *UNTRAINED_SMALL]
+    assert main([*argv, *UNCERTAINTY, "--cog", str(cog)]) == 0
+    assert f"wrote {cog}\nwrote {std}\n" in capsys.readouterr().out
+    assert cog_validate(str(std), strict=True)[0]
+    expected = m3rcr_xr.open_zarr(tmp_path / "o.zarr")["decloud_std"].values
+    with rasterio.open(std) as f:
+        assert f.descriptions == ("blue", "green", "red", "nir") and np.isnan(f.nodata)
+        assert np.array_equal(f.read()[:, :48, :40], expected, equal_nan=True)
+    assert (expected > 0).any()
+
+
+def test_decloud_never_replaces_an_uncertainty_cog_unasked(scene_store, tmp_path, capsys):
+    cog, std, out = tmp_path / "d.tif", tmp_path / "d_std.tif", tmp_path / "out.zarr"
+    std.write_bytes(b"not ours")
+    argv = ["decloud", str(scene_store), str(out), *UNTRAINED_SMALL, *UNCERTAINTY]
+    _fails_alone(capsys, [*argv, "--cog", str(cog)], f"{std}: exists; pass --overwrite", out, cog)
+    assert std.read_bytes() == b"not ours"
+
+
 def test_decloud_writes_a_cog_per_patch_of_a_collection(tmp_path, capsys):
+    """With --uncertainty, decloud_std goes to the folder beside, under the same names."""
     import rasterio
 
     m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(2, 32), tmp_path / "c.zarr")
     cogs = tmp_path / "cogs"
     argv = ["decloud", str(tmp_path / "c.zarr"), str(tmp_path / "out.zarr"), "--cog", str(cogs)]
-    assert main([*argv, *UNTRAINED_SMALL, "--tile", "32"]) == 0
+    assert main([*argv, *UNTRAINED_SMALL, *UNCERTAINTY]) == 0
     names = sorted(p.name for p in cogs.iterdir())
     assert names == ["synthetic_0_p_0.tif", "synthetic_1_p_0.tif"]
-    with rasterio.open(cogs / names[1]) as cog:
+    assert sorted(p.name for p in (tmp_path / "cogs_std").iterdir()) == names
+    std = m3rcr_xr.open_zarr(tmp_path / "out.zarr")["decloud_std"].isel(patch=1).values
+    with (
+        rasterio.open(cogs / names[1]) as cog,
+        rasterio.open(cogs.with_name("cogs_std") / names[1]) as spread,
+    ):
         assert cog.count == 4 and cog.crs.to_epsg() == 32632 and cog.shape == (32, 32)
+        assert spread.crs == cog.crs and spread.transform == cog.transform
+        assert np.array_equal(spread.read(), std, equal_nan=True)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
