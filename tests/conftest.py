@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,52 @@ def _quiet_progress():
 
     with m3rcr_xr.set_options(progress=False):
         yield
+
+
+#: the dask setting that says how a nanny starts its worker process
+START_METHOD = "distributed.worker.multiprocessing-method"
+
+
+@pytest.fixture(scope="session")
+def forked_workers() -> Callable[[], AbstractContextManager]:
+    """A context under which Dask's worker processes start from a fork server.
+
+    Dask spawns each worker as a fresh interpreter, which imports m3rcr_xr and torch
+    anew: seconds a worker on 2 cores. Forked from a server that imported them once (as
+    distributed's own test suite does), a worker is still a new process that gets its
+    target and arguments pickled, and ``sys.path`` and the working directory as spawn
+    passes them, with none of this process's state. The server starts here, in this
+    session's environment and the nannies' ``pre-spawn-environ`` (one thread for
+    OpenMP and BLAS). A spawned worker inherits the test's environment; a forked one
+    inherits the server's, so the context hands the nannies every variable set or
+    changed since (``distributed.nanny.environ``), which they set before the worker
+    starts. What still differs: a variable that the preloaded modules read on import
+    (``DASK_*``) and a removed one, which the context refuses.
+    """
+    import multiprocessing.forkserver
+
+    import dask
+    from distributed.utils import get_mp_context
+
+    with dask.config.set({START_METHOD: "forkserver"}):
+        context = get_mp_context()  # sets distributed's own preload list, once
+    context.set_forkserver_preload(["distributed", "m3rcr_xr", "torch"])
+    pre_spawn = dask.config.get("distributed.nanny.pre-spawn-environ")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in pre_spawn.items():
+            patch.setenv(name, str(value))
+        multiprocessing.forkserver.ensure_running()
+        server = dict(os.environ)
+
+    def forked() -> AbstractContextManager:
+        removed = sorted(set(server) - set(os.environ) - set(pre_spawn))
+        if removed:
+            raise RuntimeError(f"a forked worker would still see {removed}: spawn them")
+        changed = {name: value for name, value in os.environ.items() if server.get(name) != value}
+        environ = {**dask.config.get("distributed.nanny.environ"), **changed}
+        return dask.config.set({START_METHOD: "forkserver", "distributed.nanny.environ": environ})
+
+    return forked
 
 
 @pytest.fixture(scope="session")
