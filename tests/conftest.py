@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +64,24 @@ def _quiet_progress():
 START_METHOD = "distributed.worker.multiprocessing-method"
 
 
-@pytest.fixture(scope="session")
-def forked_workers() -> Callable[[], AbstractContextManager]:
-    """A context under which Dask's worker processes start from a fork server.
+@dataclass(frozen=True)
+class ForkServer:
+    """A started fork server: its ``context`` starts processes, ``environ`` is theirs."""
 
-    Dask spawns each worker as a fresh interpreter, which imports m3rcr_xr and torch
-    anew: seconds a worker on 2 cores. Forked from a server that imported them once (as
-    distributed's own test suite does), a worker is still a new process that gets its
-    target and arguments pickled, and ``sys.path`` and the working directory as spawn
-    passes them, with none of this process's state. The server starts here, in this
-    session's environment and the nannies' ``pre-spawn-environ`` (one thread for
-    OpenMP and BLAS). A spawned worker inherits the test's environment; a forked one
-    inherits the server's, so the context hands the nannies every variable set or
-    changed since (``distributed.nanny.environ``), which they set before the worker
-    starts. What still differs: a variable that the preloaded modules read on import
-    (``DASK_*``) and a removed one, which the context refuses.
+    context: multiprocessing.context.BaseContext
+    environ: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def fork_server() -> ForkServer:
+    """Processes forked from a server that imported m3rcr_xr and torch once.
+
+    A fresh interpreter imports them anew: seconds a process on 2 cores. Forked from the
+    server (as distributed's own test suite starts its workers), a process is still a
+    new one that gets its target and arguments pickled, and ``sys.path`` and the working
+    directory as spawn passes them, with none of this process's state. The server starts
+    here, in this session's environment and Dask nannies' ``pre-spawn-environ`` (one
+    thread for OpenMP and BLAS, as a Dask worker gets), which its processes inherit.
     """
     import multiprocessing.forkserver
 
@@ -85,12 +91,27 @@ def forked_workers() -> Callable[[], AbstractContextManager]:
     with dask.config.set({START_METHOD: "forkserver"}):
         context = get_mp_context()  # sets distributed's own preload list, once
     context.set_forkserver_preload(["distributed", "m3rcr_xr", "torch"])
-    pre_spawn = dask.config.get("distributed.nanny.pre-spawn-environ")
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in pre_spawn.items():
+        for name, value in dask.config.get("distributed.nanny.pre-spawn-environ").items():
             patch.setenv(name, str(value))
         multiprocessing.forkserver.ensure_running()
-        server = dict(os.environ)
+        return ForkServer(context, dict(os.environ))
+
+
+@pytest.fixture(scope="session")
+def forked_workers(fork_server) -> Callable[[], AbstractContextManager]:
+    """A context under which Dask's worker processes start from :func:`fork_server`.
+
+    A spawned worker inherits the test's environment; a forked one the server's, so the
+    context hands the nannies every variable set or changed since
+    (``distributed.nanny.environ``), which they set before the worker starts. What still
+    differs: a variable that the preloaded modules read on import (``DASK_*``), and a
+    removed one, which the context refuses.
+    """
+    import dask
+
+    server = fork_server.environ
+    pre_spawn = dask.config.get("distributed.nanny.pre-spawn-environ")
 
     def forked() -> AbstractContextManager:
         removed = sorted(set(server) - set(os.environ) - set(pre_spawn))
@@ -101,6 +122,15 @@ def forked_workers() -> Callable[[], AbstractContextManager]:
         return dask.config.set({START_METHOD: "forkserver", "distributed.nanny.environ": environ})
 
     return forked
+
+
+def run_script(code: str, *argv: str, stderr: Path) -> None:
+    """Run ``code`` as ``python -c code *argv`` would, its stderr into the file
+    ``stderr``: the target of a process started from :func:`fork_server`."""
+    with open(stderr, "w") as err:
+        os.dup2(err.fileno(), 2)
+    sys.argv = ["-c", *argv]
+    exec(code, {"__name__": "__main__"})
 
 
 @pytest.fixture(scope="session")
