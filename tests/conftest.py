@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,79 @@ def _quiet_progress():
 
     with m3rcr_xr.set_options(progress=False):
         yield
+
+
+#: the dask setting that says how a nanny starts its worker process
+START_METHOD = "distributed.worker.multiprocessing-method"
+
+
+@dataclass(frozen=True)
+class ForkServer:
+    """A started fork server: its ``context`` starts processes, ``environ`` is theirs."""
+
+    context: multiprocessing.context.BaseContext
+    environ: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def fork_server() -> ForkServer:
+    """Processes forked from a server that imported m3rcr_xr and torch once.
+
+    A fresh interpreter imports them anew: seconds a process on 2 cores. Forked from the
+    server (as distributed's own test suite starts its workers), a process is still a
+    new one that gets its target and arguments pickled, and ``sys.path`` and the working
+    directory as spawn passes them, with none of this process's state. The server starts
+    here, in this session's environment and Dask nannies' ``pre-spawn-environ`` (one
+    thread for OpenMP and BLAS, as a Dask worker gets), which its processes inherit.
+    """
+    import multiprocessing.forkserver
+
+    import dask
+    from distributed.utils import get_mp_context
+
+    with dask.config.set({START_METHOD: "forkserver"}):
+        context = get_mp_context()  # sets distributed's own preload list, once
+    context.set_forkserver_preload(["distributed", "m3rcr_xr", "torch"])
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in dask.config.get("distributed.nanny.pre-spawn-environ").items():
+            patch.setenv(name, str(value))
+        multiprocessing.forkserver.ensure_running()
+        return ForkServer(context, dict(os.environ))
+
+
+@pytest.fixture(scope="session")
+def forked_workers(fork_server) -> Callable[[], AbstractContextManager]:
+    """A context under which Dask's worker processes start from :func:`fork_server`.
+
+    A spawned worker inherits the test's environment; a forked one the server's, so the
+    context hands the nannies every variable set or changed since
+    (``distributed.nanny.environ``), which they set before the worker starts. What still
+    differs: a variable that the preloaded modules read on import (``DASK_*``), and a
+    removed one, which the context refuses.
+    """
+    import dask
+
+    server = fork_server.environ
+    pre_spawn = dask.config.get("distributed.nanny.pre-spawn-environ")
+
+    def forked() -> AbstractContextManager:
+        removed = sorted(set(server) - set(os.environ) - set(pre_spawn))
+        if removed:
+            raise RuntimeError(f"a forked worker would still see {removed}: spawn them")
+        changed = {name: value for name, value in os.environ.items() if server.get(name) != value}
+        environ = {**dask.config.get("distributed.nanny.environ"), **changed}
+        return dask.config.set({START_METHOD: "forkserver", "distributed.nanny.environ": environ})
+
+    return forked
+
+
+def run_script(code: str, *argv: str, stderr: Path) -> None:
+    """Run ``code`` as ``python -c code *argv`` would, its stderr into the file
+    ``stderr``: the target of a process started from :func:`fork_server`."""
+    with open(stderr, "w") as err:
+        os.dup2(err.fileno(), 2)
+    sys.argv = ["-c", *argv]
+    exec(code, {"__name__": "__main__"})
 
 
 @pytest.fixture(scope="session")

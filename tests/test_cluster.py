@@ -114,8 +114,9 @@ def test_gpu_layout_is_one_worker_per_gpu():
 
 # ------------------------------------------------------------ local clusters
 @pytest.mark.slow
-def test_cpu_cluster_shares_the_cores_among_workers(small_checkpoint):
+def test_cpu_cluster_shares_the_cores_among_workers(small_checkpoint, forked_workers):
     with (
+        forked_workers(),
         mc.local_cluster(2, gpus=0, threads_per_worker=1, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
@@ -134,10 +135,14 @@ def test_cpu_cluster_shares_the_cores_among_workers(small_checkpoint):
 
 
 @pytest.mark.slow
-def test_fake_gpus_get_one_pinned_worker_each(monkeypatch, small_checkpoint):
+def test_fake_gpus_get_one_pinned_worker_each(monkeypatch, small_checkpoint, forked_workers):
     monkeypatch.setattr(mc, "gpu_devices", lambda: ["0", "1"])
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # the layout without dask-cuda
-    with mc.local_cluster(dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        forked_workers(),
+        mc.local_cluster(dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         client.wait_for_workers(2)
         workers = client.scheduler_info()["workers"]
         names = {info["name"]: address for address, info in workers.items()}

@@ -7,8 +7,9 @@ from m3rcr_xr.exceptions import UsageError
 
 
 @pytest.mark.slow
-def test_demo_writes_every_output(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--size", "256"]) == 0
+def test_demo_writes_every_output(tmp_path, capsys, forked_workers):
+    with forked_workers():
+        assert main(["demo", "--out", str(tmp_path), "--size", "256"]) == 0
     for name in (
         "scene.zarr",
         "decloud.zarr",

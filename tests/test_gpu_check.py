@@ -7,11 +7,7 @@ CUDA calls, so that the one GPU run it gets does not fail on the rest.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,23 +17,14 @@ from benchmarks import gpu_check
 from benchmarks.reference import NAMES, fill_reference_parameters_
 from m3rcr_xr import models
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_smoke_mode_runs_every_part_on_the_cpu(tmp_path):
+def test_smoke_mode_runs_every_part_on_the_cpu(tmp_path, capfd, forked_workers):
+    # in this process: a fresh interpreter would import torch and m3rcr_xr again (seconds)
     out = tmp_path / "out" / "gpu_check.json"
-    command = ["-m", "benchmarks.gpu_check", "--device", "cpu", "--quick", "--out", str(out)]
-    run = subprocess.run(
-        [sys.executable, *command],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    report = json.loads(run.stdout)  # the JSON object is the whole of stdout
+    with forked_workers():
+        report = gpu_check.main(["--device", "cpu", "--quick", "--out", str(out)])
+    assert json.loads(capfd.readouterr().out) == report  # the JSON object is the whole of stdout
     assert json.loads(out.read_text()) == report
     assert set(report) == {"device", "quick", "skipped", "elapsed_s", *gpu_check.PARTS, "goals"}
     assert gpu_check.failures(report) == []

@@ -9,18 +9,27 @@ import pytest
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_task_stream
 
 import m3rcr_xr
+from m3rcr_xr.cluster import PRELOAD, TORCH_THREADS_ENV
 from m3rcr_xr.inference import decloud
 from tests.conftest import start_worker_probe, worker_probe_peaks
 
 SMALL = {"preset": "small"}
+#: each worker's torch on one core, as local_cluster lays them out: two workers whose torch
+#: took both cores each would oversubscribe them several times over (slowly)
+ONE_TORCH_THREAD = {"preload": [PRELOAD], "env": {TORCH_THREADS_ENV: "1"}}
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def process_cluster():
+def process_cluster(forked_workers):
     with (
+        forked_workers(),
         LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            **ONE_TORCH_THREAD,
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -56,7 +65,9 @@ def _some_tiles_done(client: Client) -> bool:
     return any(key.startswith("decloud-tiles") for key in map(str, client.who_has()))
 
 
-def test_gpu_annotated_tasks_run_only_where_the_resource_is(small_checkpoint, tmp_path):
+def test_gpu_annotated_tasks_run_only_where_the_resource_is(
+    small_checkpoint, tmp_path, forked_workers
+):
     workers = {
         "plain": {"cls": Nanny, "options": {"nthreads": 1, "dashboard": False}},
         "gpu": {
@@ -65,7 +76,11 @@ def test_gpu_annotated_tasks_run_only_where_the_resource_is(small_checkpoint, tm
         },
     }
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
-    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+    with (
+        forked_workers(),
+        SpecCluster(workers=workers, scheduler=scheduler) as cluster,
+        Client(cluster) as client,
+    ):
         client.wait_for_workers(2)
         gpu_worker = next(
             addr
@@ -95,9 +110,10 @@ def test_gpu_annotated_tasks_run_only_where_the_resource_is(small_checkpoint, tm
         assert set(tiles) == {gpu_worker}
 
 
-def test_a_worker_runs_one_tile_task_at_a_time_on_its_device(small_checkpoint):
+def test_a_worker_runs_one_tile_task_at_a_time_on_its_device(small_checkpoint, forked_workers):
     # the CPU treated as a GPU is: 4 threads, one tile task's forward passes at a time
     with (
+        forked_workers(),
         LocalCluster(
             n_workers=1, threads_per_worker=4, processes=True, dashboard_address=None
         ) as cluster,

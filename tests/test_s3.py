@@ -77,12 +77,16 @@ def test_no_store_there_is_a_store_error(bucket):
 
 
 @pytest.mark.slow
-def test_decloud_and_evaluate_on_s3_from_worker_processes(bucket, tiny_checkpoint):
+def test_decloud_and_evaluate_on_s3_from_worker_processes(bucket, tiny_checkpoint, forked_workers):
     """Workers in other processes read and write S3 with the environment's credentials."""
     scene = m3rcr_xr.synthetic_scene((256, 256), seed=7, chunks=128)
     with m3rcr_xr.set_options(scene_chunk=128):
         m3rcr_xr.to_zarr(scene, f"s3://{bucket}/scene.zarr")
-    with local_cluster(2, gpus=0, dashboard_address=None) as cluster, Client(cluster):
+    with (
+        forked_workers(),  # the credentials reach them as the test's environment
+        local_cluster(2, gpus=0, dashboard_address=None) as cluster,
+        Client(cluster),
+    ):
         ds = m3rcr_xr.open_zarr(f"s3://{bucket}/scene.zarr")
         out = m3rcr_xr.decloud(ds, "dsen2_cr", tiny_checkpoint, config=TINY, tile=64)
         m3rcr_xr.to_zarr(out.to_dataset(), f"s3://{bucket}/decloud.zarr")

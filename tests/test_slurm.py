@@ -171,10 +171,22 @@ def _decloud_on(client: Client, tiny_checkpoint: Path, **kwargs):
     return {e["worker"] for e in stream.data if "decloud-tiles" in str(e["key"])}
 
 
-def test_decloud_on_two_slurm_jobs_equals_the_local_result(slurm, tiny_checkpoint, tmp_path):
-    with _cluster(tmp_path) as cluster, Client(cluster) as client:
+@pytest.fixture(scope="class")
+def cpu_jobs(slurm, tmp_path_factory) -> Iterator[tuple]:
+    """A cluster of two running CPU jobs and its client, shared by the tests that only
+    compute on it (a job's start, and its worker's imports, take seconds). Class-scoped:
+    its jobs hold the node's cores, so they must end before other tests ask for jobs."""
+    with _cluster(tmp_path_factory.mktemp("logs")) as cluster, Client(cluster) as client:
         cluster.scale(jobs=2)
         _wait_running(cluster, client, 2)
+        yield cluster, client
+
+
+class TestOnTwoCpuJobs:
+    """Two tests on one cluster of two CPU jobs (:func:`cpu_jobs`)."""
+
+    def test_decloud_on_two_slurm_jobs_equals_the_local_result(self, cpu_jobs, tiny_checkpoint):
+        cluster, client = cpu_jobs
         assert set(_jobs(cluster).values()) == {"RUNNING N/A"}
         job_ids = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
         assert sorted(job_ids.values()) == _job_ids(cluster)
@@ -182,6 +194,22 @@ def test_decloud_on_two_slurm_jobs_equals_the_local_result(slurm, tiny_checkpoin
         assert set(threads.values()) == {1}
         tile_workers = _decloud_on(client, tiny_checkpoint)
         assert tile_workers == set(job_ids)
+
+    def test_the_cli_decloud_runs_on_the_slurm_cluster_it_is_given(
+        self, cpu_jobs, tiny_checkpoint, tmp_path
+    ):
+        cluster, client = cpu_jobs
+        scene, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+        m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((128, 128), seed=4, chunks=64), scene)
+        config = [f"--config={key}={value}" for key, value in TINY.items()]
+        argv = ["decloud", str(scene), str(out), "--checkpoint", str(tiny_checkpoint), *config]
+        with get_task_stream(client) as stream:
+            code = main([*argv, "--tile", "64", "--scheduler", cluster.scheduler_address])
+        assert code == 0
+        tile_workers = {e["worker"] for e in stream.data if "decloud-tiles" in str(e["key"])}
+        # on the jobs' workers, not in this process (the stream sees the cluster's tasks only)
+        assert tile_workers and tile_workers <= set(client.scheduler_info()["workers"])
+        assert m3rcr_xr.open_zarr(out)["decloud"].shape == (4, 128, 128)
 
 
 def test_gpu_jobs_get_a_gres_gpu_and_run_the_gpu_tasks(slurm, tiny_checkpoint, tmp_path):
@@ -199,19 +227,3 @@ def test_gpu_jobs_get_a_gres_gpu_and_run_the_gpu_tasks(slurm, tiny_checkpoint, t
         assert sorted(devices.values()) == ["0", "1"]  # Slurm gave each job its own
         tile_workers = _decloud_on(client, tiny_checkpoint, resources={"GPU": 1}, device="cpu")
         assert tile_workers == set(workers)
-
-
-def test_the_cli_decloud_runs_on_the_slurm_cluster_it_is_given(slurm, tiny_checkpoint, tmp_path):
-    scene, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
-    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((128, 128), seed=4, chunks=64), scene)
-    config = [f"--config={key}={value}" for key, value in TINY.items()]
-    argv = ["decloud", str(scene), str(out), "--checkpoint", str(tiny_checkpoint), *config]
-    with _cluster(tmp_path / "logs") as cluster, Client(cluster) as client:
-        cluster.scale(jobs=1)
-        _wait_running(cluster, client, 1)
-        with get_task_stream(client) as stream:
-            code = main([*argv, "--tile", "64", "--scheduler", cluster.scheduler_address])
-        assert code == 0
-        tile_workers = {e["worker"] for e in stream.data if "decloud-tiles" in str(e["key"])}
-        assert tile_workers == set(client.scheduler_info()["workers"])
-    assert m3rcr_xr.open_zarr(out)["decloud"].shape == (4, 128, 128)

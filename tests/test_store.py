@@ -1,8 +1,6 @@
 import errno
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -14,7 +12,15 @@ import zarr
 
 import m3rcr_xr
 from m3rcr_xr import store
-from tests.conftest import a_file, foreign_store, snapshot, unconsolidated_store, user_folder
+from tests.conftest import (
+    ForkServer,
+    a_file,
+    foreign_store,
+    run_script,
+    snapshot,
+    unconsolidated_store,
+    user_folder,
+)
 
 
 def test_scene_round_trip_keeps_values_and_crs(tmp_path, small_scene):
@@ -149,10 +155,18 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_killed_write_resumes_to_an_identical_store(tmp_path, monkeypatch):
+def _script_process(fork_server: ForkServer, code: str, *argv: str, stderr: Path):
+    """A started process that runs ``code`` with ``argv``, forked from the fork server
+    (a fresh interpreter would spend seconds importing m3rcr_xr)."""
+    args = (code, *argv)
+    process = fork_server.context.Process(target=run_script, args=args, kwargs={"stderr": stderr})
+    process.start()
+    return process
+
+
+def test_killed_write_resumes_to_an_identical_store(tmp_path, monkeypatch, fork_server):
     target = tmp_path / "killed.zarr"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), "9"], env=env)
+    proc = _script_process(fork_server, WRITER, str(target), "9", stderr=tmp_path / "err")
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -160,9 +174,9 @@ def test_killed_write_resumes_to_an_identical_store(tmp_path, monkeypatch):
             if done >= 3:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, "the writer finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        assert proc.is_alive(), "the writer finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
     finally:
         proc.kill()
     done = _steps_done(target)
@@ -423,25 +437,25 @@ TWO_WRITERS = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_two_writing_processes_one_is_refused_and_nothing_mixes(tmp_path, monkeypatch):
+def test_two_writing_processes_one_is_refused_and_nothing_mixes(tmp_path, monkeypatch, fork_server):
     target, signals = tmp_path / "s.zarr", tmp_path / "signals"
     signals.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
-    def writer(seed: int, role: str) -> subprocess.Popen:
-        args = [sys.executable, "-c", TWO_WRITERS, str(target), str(seed), role, str(signals)]
-        return subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    def writer(seed: int, role: str):
+        argv = (str(target), str(seed), role, str(signals))
+        return _script_process(fork_server, TWO_WRITERS, *argv, stderr=tmp_path / role)
 
     first, second = writer(9, "first"), writer(10, "second")
     try:
-        _, refused = second.communicate(timeout=120)
+        second.join(timeout=120)
         (signals / "go").touch()
-        _, first_err = first.communicate(timeout=120)
+        first.join(timeout=120)
     finally:
         first.kill()
         second.kill()
-    assert first.returncode == 0, first_err
-    assert second.returncode != 0
+    assert first.exitcode == 0, (tmp_path / "first").read_text()
+    refused = (tmp_path / "second").read_text()
+    assert second.exitcode not in (0, None), refused  # None: still running
     assert "StoreError" in refused and "another writer is writing this store" in refused
     monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
     with m3rcr_xr.set_options(patches_per_chunk=1):
