@@ -3,8 +3,11 @@
 :func:`to_cog` writes a (lazy) ``(band, y, x)`` array to a COG with odc-geo's
 ``save_cog_with_dask``: each block and each overview block is computed and compressed
 in its own task, written to a part file, and the parts are joined at the end, with no
-Zarr round trip and without holding the raw scene: peak memory hardly grows with the
-scene (see ``benchmarks/quick.py``, part ``cog``). Bands are interleaved by pixel.
+Zarr round trip and without holding the raw scene. Bands are interleaved by pixel.
+Peak memory grows with the width of the scene, not its area: while the overviews are
+built, about two rows of blocks wait for the rows below them (``2 * width * blocksize``
+pixels of every band; a smaller ``blocksize`` holds less), and the graph takes some
+16 KiB a block (see ``benchmarks/quick.py``, part ``cog``, and the README).
 
 The file's grid is odc-geo's COG layout: the scene's transform and CRS, the width and
 height rounded up (with nodata) to a multiple of ``2**levels`` so that each overview
@@ -244,7 +247,35 @@ def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwarg
     kwargs = {"compression": compress, "blocksize": size, **kwargs}
     tasks = sum(bag.npartitions for bag in save_cog_with_dask(array, "", **kwargs)["tiles"])
     writes = max(1, min(WRITES_PER_TASK, (MAX_PARTS - 1) // max(tasks, 1)))
-    return save_cog_with_dask(array, dst, writes_per_chunk=writes, spill_sz=SPILL_BYTES, **kwargs)
+    graph = save_cog_with_dask(array, dst, writes_per_chunk=writes, spill_sz=SPILL_BYTES, **kwargs)
+    return _late_roots_fused(graph)
+
+
+def _late_roots_fused(graph: Any) -> Any:
+    """``graph`` (a ``Delayed``) with each root task that feeds a single task with
+    other inputs fused into that task.
+
+    odc-geo's writer starts each part of the file from such a root (an empty
+    ``MPUChunk``), which joins the graph where a batch of compressed tiles is
+    appended to it. Dask's ordering ran these roots, and so the appends, late: at
+    8192x8192 (four float32 bands, 512-pixel blocks) 14 batches of four compressed
+    tiles, 196 MiB, waited for theirs, and memory grew with the area of the scene.
+    Fused, a batch is appended (and written) once it is compressed. Nothing runs
+    twice: each such root has one dependent.
+    """
+    from dask._task_spec import Task, convert_legacy_graph
+    from dask.core import reverse_dict
+    from dask.delayed import Delayed
+
+    dsk = convert_legacy_graph(dict(graph.__dask_graph__()))
+    dependents = reverse_dict({key: task.dependencies for key, task in dsk.items()})
+    roots = [key for key, task in dsk.items() if not task.dependencies]
+    for root in roots:
+        if len(dependents[root]) == 1:
+            (user,) = dependents[root]
+            if len(dsk[user].dependencies) > 1:
+                dsk[user] = Task.fuse(dsk.pop(root), dsk[user], key=user)
+    return Delayed(graph.key, dsk)
 
 
 def to_cog(

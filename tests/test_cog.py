@@ -2,11 +2,13 @@ import errno
 import os
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+from dask.callbacks import Callback
 from rio_cogeo.cogeo import cog_validate
 
 import m3rcr_xr
@@ -156,6 +158,38 @@ def _lazy_band(side: int) -> xr.DataArray:
     data = da.ones((1, side, side), chunks=(1, 1024, 1024), dtype="float64")  # np.ones writes
     coords = {"band": ["b"], "y": 5e6 - 3.0 * np.arange(side), "x": 4e5 + 3.0 * np.arange(side)}
     return xr.DataArray(data, dims=("band", "y", "x"), coords=coords).rio.write_crs(32632)
+
+
+class _HeldTiles(Callback):
+    """The most blocks of pixels and compressed tiles that dask held at once."""
+
+    peak = 0
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self.peak = max(self.peak, sum(map(_tiles, state["cache"].values())))
+
+
+def _tiles(value) -> int:
+    if isinstance(value, np.ndarray | bytes):
+        return 1
+    return sum(map(_tiles, value)) if isinstance(value, list | tuple) else 0
+
+
+def _held_tiles(height: int, width: int, tmp_path: Path) -> int:
+    data = da.random.default_rng(0).random((4, height, width), chunks=(4, 16, 16))
+    coords = {"band": list("bgrn"), "y": 5e6 - 3.0 * np.arange(height), "x": 4e5 + np.arange(width)}
+    scene = xr.DataArray(data, dims=("band", "y", "x"), coords=coords).rio.write_crs(32632)
+    with _HeldTiles() as held, dask.config.set(scheduler="synchronous"):
+        m3rcr_xr.to_cog(scene, tmp_path / f"{height}x{width}.tif", blocksize=16, progress=False)
+    return held.peak
+
+
+def test_the_tiles_held_grow_with_the_width_not_the_height(tmp_path):
+    """While the overviews are built, blocks wait for the next row of blocks: a band
+    as wide as the scene is held, however tall it is (each part of the file used to
+    wait for its seed, and compressed tiles piled up with the height too)."""
+    low, tall = _held_tiles(64, 64, tmp_path), _held_tiles(256, 64, tmp_path)
+    assert tall <= low, (low, tall)
 
 
 @pytest.mark.slow
