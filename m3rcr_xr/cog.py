@@ -25,6 +25,7 @@ complete, so a failure leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import posixpath
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from dask.utils import key_split
 
 from .exceptions import StoreError, UnsafePathError, UsageError, argument, check_integer
 from .options import OPTIONS
@@ -248,20 +250,22 @@ def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwarg
     tasks = sum(bag.npartitions for bag in save_cog_with_dask(array, "", **kwargs)["tiles"])
     writes = max(1, min(WRITES_PER_TASK, (MAX_PARTS - 1) // max(tasks, 1)))
     graph = save_cog_with_dask(array, dst, writes_per_chunk=writes, spill_sz=SPILL_BYTES, **kwargs)
-    return _late_roots_fused(graph)
+    return _seeds_fused(graph)
 
 
-def _late_roots_fused(graph: Any) -> Any:
-    """``graph`` (a ``Delayed``) with each root task that feeds a single task with
-    other inputs fused into that task.
+def _seeds_fused(graph: Any) -> Any:
+    """``graph`` (a ``Delayed``) with each seed of odc-geo's writer copied, and fused
+    into the task that appends to it.
 
-    odc-geo's writer starts each part of the file from such a root (an empty
-    ``MPUChunk``), which joins the graph where a batch of compressed tiles is
-    appended to it. Dask's ordering ran these roots, and so the appends, late: at
+    The writer starts each part of the file from a seed (an empty ``MPUChunk``, a root
+    task), which joins the graph where a batch of compressed tiles is appended to it:
+    ``mpu.append`` tasks. Dask's ordering ran these roots, and so the appends, late: at
     8192x8192 (four float32 bands, 512-pixel blocks) 14 batches of four compressed
-    tiles, 196 MiB, waited for theirs, and memory grew with the area of the scene.
-    Fused, a batch is appended (and written) once it is compressed. Nothing runs
-    twice: each such root has one dependent.
+    tiles, 196 MiB, waited for theirs. And the seed is a value held by the graph, which
+    the append grows in place: the tiles a part did not write in its own task (a batch
+    under ``SPILL_BYTES``, an overview level of fewer than 20 tiles, which odc-geo does
+    not batch) stayed referenced until the whole write was done. Fused, a batch is
+    appended once it is compressed; copied, what the append holds is let go with it.
     """
     from dask._task_spec import Task, convert_legacy_graph
     from dask.core import reverse_dict
@@ -269,12 +273,11 @@ def _late_roots_fused(graph: Any) -> Any:
 
     dsk = convert_legacy_graph(dict(graph.__dask_graph__()))
     dependents = reverse_dict({key: task.dependencies for key, task in dsk.items()})
-    roots = [key for key, task in dsk.items() if not task.dependencies]
-    for root in roots:
-        if len(dependents[root]) == 1:
-            (user,) = dependents[root]
-            if len(dsk[user].dependencies) > 1:
-                dsk[user] = Task.fuse(dsk.pop(root), dsk[user], key=user)
+    for root in [key for key, task in dsk.items() if not task.dependencies]:
+        users = list(dependents[root])
+        if len(users) == 1 and key_split(users[0]).startswith("mpu.append"):
+            seed = Task(root, copy.deepcopy, dsk.pop(root))
+            dsk[users[0]] = Task.fuse(seed, dsk[users[0]], key=users[0])
     return Delayed(graph.key, dsk)
 
 

@@ -2,6 +2,7 @@ import errno
 import os
 from pathlib import Path
 
+import cloudpickle
 import dask
 import dask.array as da
 import numpy as np
@@ -160,6 +161,15 @@ def _lazy_band(side: int) -> xr.DataArray:
     return xr.DataArray(data, dims=("band", "y", "x"), coords=coords).rio.write_crs(32632)
 
 
+def test_a_write_leaves_its_graph_as_it_was(tmp_path):
+    """The graph keeps no tile it wrote (odc-geo's writer appends the tiles of a part
+    to the part's seed, a value of the graph; they stayed until the write was done)."""
+    graph = cog._cog_graph(_scene(128, 16), tmp_path / "g.tif", "deflate", 16)
+    size = len(cloudpickle.dumps(graph))
+    graph.compute(scheduler="synchronous")
+    assert len(cloudpickle.dumps(graph)) == size
+
+
 class _HeldTiles(Callback):
     """The most blocks of pixels and compressed tiles that dask held at once."""
 
@@ -170,6 +180,7 @@ class _HeldTiles(Callback):
 
 
 def _tiles(value) -> int:
+    """Blocks of pixels (arrays) and compressed tiles (bytes) in a task's result."""
     if isinstance(value, np.ndarray | bytes):
         return 1
     return sum(map(_tiles, value)) if isinstance(value, list | tuple) else 0
@@ -177,17 +188,21 @@ def _tiles(value) -> int:
 
 def _held_tiles(height: int, width: int, tmp_path: Path) -> int:
     data = da.random.default_rng(0).random((4, height, width), chunks=(4, 16, 16))
-    coords = {"band": list("bgrn"), "y": 5e6 - 3.0 * np.arange(height), "x": 4e5 + np.arange(width)}
+    coords = {
+        "band": list("bgrn"),
+        "y": 5e6 - 3.0 * np.arange(height),
+        "x": 4e5 + 3.0 * np.arange(width),
+    }
     scene = xr.DataArray(data, dims=("band", "y", "x"), coords=coords).rio.write_crs(32632)
     with _HeldTiles() as held, dask.config.set(scheduler="synchronous"):
         m3rcr_xr.to_cog(scene, tmp_path / f"{height}x{width}.tif", blocksize=16, progress=False)
     return held.peak
 
 
-def test_the_tiles_held_grow_with_the_width_not_the_height(tmp_path):
+def test_the_tiles_held_do_not_grow_with_the_height(tmp_path):
     """While the overviews are built, blocks wait for the next row of blocks: a band
-    as wide as the scene is held, however tall it is (each part of the file used to
-    wait for its seed, and compressed tiles piled up with the height too)."""
+    as wide as the scene is held, whatever its height (compressed tiles used to wait
+    for the seed task of their part of the file, and piled up with the height too)."""
     low, tall = _held_tiles(64, 64, tmp_path), _held_tiles(256, 64, tmp_path)
     assert tall <= low, (low, tall)
 
@@ -196,8 +211,9 @@ def test_the_tiles_held_grow_with_the_width_not_the_height(tmp_path):
 def test_a_workers_memory_does_not_grow_with_the_scene(tmp_path):
     """One worker writes a scene and one 4x as large (512 MiB, above the worker's
     limit): it stays under the limit and its peak grows by a third of the raw growth
-    at most (memory follows the compressed size: see benchmarks/quick.py, part cog). Pause and
-    termination are off, so that a breach shows as a peak, not as a hang."""
+    at most (it grows with the width: about two rows of blocks wait for the overviews;
+    see the README's COG section). Pause and termination are off, so that a breach
+    shows as a peak, not as a hang."""
     import dask
     from distributed import Client, LocalCluster
 
