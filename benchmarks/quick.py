@@ -38,9 +38,9 @@ memory above the size before the first run (psutil every 20 ms):
 ``cog``
     ``m3rcr_xr.to_cog`` of a lazy float32 scene (4 bands, 512-pixel chunks) against
     rioxarray's ``to_raster(driver="COG")`` of the same scene (GDAL's COG driver, which
-    copies a whole image); ``to_cog`` is also run on a scene half as wide, and
-    ``peak_ratio_vs_half`` (its peak at the full size / at half the size) near 1 says
-    that its memory does not grow with the scene.
+    copies a whole image); ``to_cog`` is also run on a scene half as wide and half as
+    tall, and ``peak_ratio_vs_half`` is its peak at the full size / at that size (its
+    memory grows with the width only: about two rows of blocks; 1 would be flat).
 
 ``speed_ratio`` is baseline seconds / m3rcr_xr seconds (above 1: m3rcr_xr is faster);
 ``memory_ratio`` is m3rcr_xr peak / baseline peak (below 1: m3rcr_xr needs less).

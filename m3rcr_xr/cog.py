@@ -3,8 +3,12 @@
 :func:`to_cog` writes a (lazy) ``(band, y, x)`` array to a COG with odc-geo's
 ``save_cog_with_dask``: each block and each overview block is computed and compressed
 in its own task, written to a part file, and the parts are joined at the end, with no
-Zarr round trip and without holding the raw scene: peak memory hardly grows with the
-scene (see ``benchmarks/quick.py``, part ``cog``). Bands are interleaved by pixel.
+Zarr round trip and without holding the raw scene. Bands are interleaved by pixel.
+Peak memory grows with the width of the scene, not its area: while the overviews are
+built, about two rows of blocks wait for the rows below them (``2 * width * blocksize``
+pixels of every band; a smaller ``blocksize`` holds less), and the graph takes some
+16 KiB a block (see ``benchmarks/quick.py``, part ``cog``, and the README: 108, 153
+and 221 MiB at 2048, 4096 and 8192 pixels square, four float32 bands).
 
 The file's grid is odc-geo's COG layout: the scene's transform and CRS, the width and
 height rounded up (with nodata) to a multiple of ``2**levels`` so that each overview
@@ -22,6 +26,7 @@ complete, so a failure leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import posixpath
@@ -33,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from dask.utils import key_split
 
 from .exceptions import StoreError, UnsafePathError, UsageError, argument, check_integer
 from .options import OPTIONS
@@ -244,7 +250,36 @@ def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwarg
     kwargs = {"compression": compress, "blocksize": size, **kwargs}
     tasks = sum(bag.npartitions for bag in save_cog_with_dask(array, "", **kwargs)["tiles"])
     writes = max(1, min(WRITES_PER_TASK, (MAX_PARTS - 1) // max(tasks, 1)))
-    return save_cog_with_dask(array, dst, writes_per_chunk=writes, spill_sz=SPILL_BYTES, **kwargs)
+    graph = save_cog_with_dask(array, dst, writes_per_chunk=writes, spill_sz=SPILL_BYTES, **kwargs)
+    return _seeds_fused(graph)
+
+
+def _seeds_fused(graph: Any) -> Any:
+    """``graph`` (a ``Delayed``) with each seed of odc-geo's writer copied, and fused
+    into the task that appends to it.
+
+    The writer starts each part of the file from a seed (an empty ``MPUChunk``, a root
+    task), which joins the graph where a batch of compressed tiles is appended to it:
+    ``mpu.append`` tasks. Dask's ordering ran these roots, and so the appends, late: at
+    8192x8192 (four float32 bands, 512-pixel blocks) 14 batches of four compressed
+    tiles, 196 MiB, waited for theirs. And the seed is a value held by the graph, which
+    the append grows in place: the tiles a part did not write in its own task (a batch
+    under ``SPILL_BYTES``, an overview level of fewer than 20 tiles, which odc-geo does
+    not batch) stayed referenced until the whole write was done. Fused, a batch is
+    appended once it is compressed; copied, what the append holds is let go with it.
+    """
+    from dask._task_spec import Task, convert_legacy_graph
+    from dask.core import reverse_dict
+    from dask.delayed import Delayed
+
+    dsk = convert_legacy_graph(dict(graph.__dask_graph__()))
+    dependents = reverse_dict({key: task.dependencies for key, task in dsk.items()})
+    for root in [key for key, task in dsk.items() if not task.dependencies]:
+        users = list(dependents[root])
+        if len(users) == 1 and key_split(users[0]).startswith("mpu.append"):
+            seed = Task(root, copy.deepcopy, dsk.pop(root))
+            dsk[users[0]] = Task.fuse(seed, dsk[users[0]], key=users[0])
+    return Delayed(graph.key, dsk)
 
 
 def to_cog(
