@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import posixpath
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -225,9 +226,11 @@ def _decloud(args: argparse.Namespace) -> int:
     result = result if isinstance(result, xr.Dataset) else result.to_dataset()
     to_zarr(result, args.output, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.output}")
-    for variable, cog in cogs.items():
-        to_cog(open_zarr(args.output)[variable], cog, overwrite=args.overwrite)
-        print(f"wrote {cog}")
+    if cogs:
+        written = open_zarr(args.output)
+        for variable, cog in cogs.items():
+            to_cog(written[variable], cog, overwrite=args.overwrite)
+            print(f"wrote {cog}")
     return 0
 
 
@@ -243,7 +246,16 @@ def std_cog_path(path: str, *, collection: bool = False) -> str:
     'out/decloud_std.tif'
     >>> std_cog_path("out/cogs/", collection=True)
     'out/cogs_std'
+    >>> std_cog_path("s3://bucket/cogs/", collection=True)
+    's3://bucket/cogs_std'
     """
+    from .href import is_remote
+
+    if is_remote(path):  # a URL keeps its scheme's "//": only its last name changes
+        root, suffix = path.rstrip("/"), ""
+        if not collection:
+            root, suffix = posixpath.splitext(root)
+        return f"{root}_std{suffix}"
     out = Path(path)
     out = out if out.name not in ("", "..") else out.resolve()  # "." or "..": name the folder
     return str(out.with_name(f"{out.name}_std" if collection else f"{out.stem}_std{out.suffix}"))
