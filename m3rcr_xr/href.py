@@ -57,23 +57,20 @@ def name_of(href: PathType) -> PurePosixPath:
 
 def is_file(href: PathType) -> bool:
     """True when ``href`` is a file (a remote one is asked for, once)."""
-    if not is_remote(href):
-        return Path(href).is_file()
-    fs, path = fsspec.core.url_to_fs(str(href))
-    try:
-        return fs.isfile(path)
-    except OSError:  # unreachable host, refused credentials: not a file we can read
-        return False
+    return _is(href, "isfile") if is_remote(href) else Path(href).is_file()
 
 
 def is_dir(href: PathType) -> bool:
     """True when ``href`` is a folder (an object-store prefix holding objects)."""
-    if not is_remote(href):
-        return Path(href).is_dir()
-    fs, path = fsspec.core.url_to_fs(str(href))
+    return _is(href, "isdir") if is_remote(href) else Path(href).is_dir()
+
+
+def _is(url: PathType, test: str) -> bool:
+    """Ask the file system of ``url`` its ``isfile`` or ``isdir``."""
+    fs, path = fsspec.core.url_to_fs(str(url))
     try:
-        return fs.isdir(path)
-    except OSError:
+        return getattr(fs, test)(path)
+    except OSError:  # unreachable host, refused credentials: not one we can read
         return False
 
 
