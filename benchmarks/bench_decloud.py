@@ -16,6 +16,11 @@ seconds do.
 - ``tiny``: decloud (graph and compute) of scenes smaller than a tile, 1x1, 5x3 and
   64x64, over the decloud of a scene of exactly one tile with the same model; each is
   padded to one tile, so the goal is a ratio of about 1 (at most 2).
+- ``cluster_threads``: decloud on a plain ``LocalCluster()`` (the layout ``distributed``
+  picks: on few cores, one worker process per core), torch's threads shared among the
+  threads of every worker on the host (``m3rcr_xr.threads``) against each worker
+  taking the cores / its own threads (the rule before, which oversubscribes the cores
+  by the number of workers); ``speed_ratio`` is before / now, alternating rounds.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import m3rcr_xr
 from m3rcr_xr import inference, models
 
 CONFIG = {"n_resblocks": 4, "n_feats": 32}
-PARTS = ("throughput", "memory", "tiny")
+PARTS = ("throughput", "memory", "tiny", "cluster_threads")
 #: scenes smaller than the default tile (256) of the ``tiny`` part
 TINY_SHAPES = [(1, 1), (5, 3), (64, 64)]
 
@@ -160,6 +165,45 @@ def tiny(folder: Path, repeats: int, shapes: list[tuple[int, int]] = TINY_SHAPES
     return report
 
 
+def _set_torch_threads(count: int | None) -> None:
+    m3rcr_xr.set_options(torch_threads=count)
+
+
+def cluster_threads(size: int, rounds: int, folder: Path) -> dict:
+    """Decloud on a plain LocalCluster: torch threads shared by the host, and before."""
+    import dask.system
+    from distributed import Client, LocalCluster
+
+    checkpoint = _checkpoint(folder, CONFIG)
+    scene = m3rcr_xr.synthetic_scene((size, size), chunks=512)
+    seconds: dict[str, list[float]] = {"before": [], "now": []}
+    with LocalCluster(dashboard_address=None) as cluster, Client(cluster) as client:
+        scene = client.persist(scene)
+        out = m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=CONFIG)
+        nthreads = client.nthreads()
+        own_share = {
+            way: (dask.system.CPU_COUNT // max(nthreads.values()) if way == "before" else None)
+            for way in seconds
+        }
+        client.compute(out).result()  # warm-up: each worker builds the model
+        for _ in range(rounds):
+            for way, times in seconds.items():
+                client.run(_set_torch_threads, own_share[way])
+                start = time.perf_counter()
+                client.compute(out).result()
+                times.append(time.perf_counter() - start)
+    best = {way: min(times) for way, times in seconds.items()}
+    return {
+        "scene": f"{size}x{size}",
+        "cores": dask.system.CPU_COUNT,
+        "workers_x_threads": f"{len(nthreads)} x {max(nthreads.values())}",
+        "torch_threads_before": own_share["before"],
+        "before_s": round(best["before"], 2),
+        "now_s": round(best["now"], 2),
+        "speed_ratio": round(best["before"] / best["now"], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller scenes")
@@ -181,6 +225,7 @@ def main() -> None:
             "throughput": lambda: throughput(1024 if args.quick else 2048, 256, 1024, 8, folder),
             "memory": lambda: memory(4096 if args.quick else 8192, "1GB", folder),
             "tiny": lambda: tiny(folder, 2 if args.quick else 3, shapes),
+            "cluster_threads": lambda: cluster_threads(1024 if args.quick else 2048, 3, folder),
         }
         report = {"machine": {"cores": torch.get_num_threads(), "torch": torch.__version__}}
         report.update({part: runs[part]() for part in args.part or PARTS})

@@ -78,10 +78,10 @@ from .exceptions import (
     check_integer,
 )
 from .normalize import OPTICAL_SCALE, model_inputs, normalize_optical
-from .options import OPTIONS
 from .resources import annotate
 from .schema import OPTICAL_NODATA, is_collection, validate
 from .store import sources
+from .threads import tile_threads, torch_threads
 from .weights import UNTRAINED
 from .weights import resolve as resolve_weights
 from .weights.download import file_sha256  # noqa: F401 - kept importable from here
@@ -209,20 +209,6 @@ def _distributed_client() -> bool:
     return True
 
 
-def _torch_threads() -> int:
-    """Torch threads for this process, so parallel tasks don't oversubscribe the cores."""
-    if OPTIONS["torch_threads"] is not None:
-        return OPTIONS["torch_threads"]
-    cores = os.cpu_count() or 1
-    try:
-        from distributed import get_worker
-
-        tasks = get_worker().state.nthreads
-    except (ImportError, ValueError):
-        tasks = dask.config.get("num_workers", None) or cores
-    return max(1, cores // max(1, tasks))
-
-
 def cached_model(ref: ModelRef):
     """The model of ``ref`` in this process, built on first use; (model, device).
 
@@ -235,8 +221,6 @@ def cached_model(ref: ModelRef):
     key = (replace(ref, precision=DEFAULT_PRECISION), device)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            if device == "cpu":
-                torch.set_num_threads(_torch_threads())
             model = ref.build().to(device)
             if device.startswith("cuda") and model.spec.channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -557,13 +541,14 @@ def run_tiles(
     """Run (N, 6, T, T) normalised inputs through ``model`` in batches; (N, 4, T, T).
 
     On a CUDA device through :func:`_run_cuda` (page-locked copies, overlapped uploads,
-    autocast to ``precision``); elsewhere batch after batch. Either way under
+    autocast to ``precision``); elsewhere batch after batch, with torch's CPU threads
+    shared among the tasks (:func:`m3rcr_xr.threads.tile_threads`). Either way under
     :func:`device_lock`, and counted in :func:`tile_counts`.
     """
     if device.startswith("cuda"):
         outputs = _run_cuda(model, device, tiles, batch_size, autocast_dtype(precision, device))
     else:
-        with device_lock(device):
+        with device_lock(device), tile_threads(torch_threads()):
             outputs = _run_host(model, device, tiles, batch_size)
     _count_tiles(device, len(tiles))
     return outputs

@@ -23,7 +23,7 @@ _DEFAULTS: dict[str, Any] = {
     "scene_chunk": 1024,
     # patches per chunk along ``patch`` in a collection store
     "patches_per_chunk": 8,
-    # torch intra-op threads per worker; None = cores / workers
+    # torch intra-op threads per tile task; None = cores / tasks that run at once
     "torch_threads": None,
     # largest raster a reader opens, declared width x height x bands x bytes per value
     "max_raster_bytes": 64 * 2**30,
@@ -80,7 +80,8 @@ class set_options:  # noqa: N801 - named like xarray.set_options, used as a cont
     patches_per_chunk : int
         Patches per chunk in a collection store. Default 8.
     torch_threads : int or None
-        Torch threads per worker; None divides the cores among the workers.
+        Torch threads per tile task on the CPU; None divides the machine's cores
+        among the tasks that may run at once on it (:mod:`m3rcr_xr.threads`).
     max_raster_bytes : int
         Largest raster the readers open, as declared in its header (width x height x
         bands x bytes per value). Default 64 GiB: a larger declaration is refused

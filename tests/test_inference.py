@@ -1,5 +1,4 @@
 import contextlib
-import os
 import pickle
 import re
 
@@ -216,16 +215,6 @@ def test_checkpoint_that_does_not_match(small_scene, small_checkpoint):
 def test_missing_checkpoint(small_scene, tmp_path):
     with pytest.raises(m3rcr_xr.CheckpointError, match="does not exist"):
         decloud(small_scene, "dsen2_cr", tmp_path / "none.pt")
-
-
-def test_torch_threads_follow_the_option(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    with m3rcr_xr.set_options(torch_threads=3):
-        assert inference._torch_threads() == 3
-    with dask.config.set(num_workers=2):
-        assert inference._torch_threads() == 4  # the cores shared among the tasks
-    with dask.config.set(num_workers=16):
-        assert inference._torch_threads() == 1  # never none
 
 
 @pytest.mark.parametrize(("cuda", "expected"), [(False, "cpu"), (True, "cuda")])
