@@ -4,19 +4,17 @@ import os
 import signal
 import time
 
+import dask.system
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, get_task_stream
 
 import m3rcr_xr
-from m3rcr_xr.cluster import PRELOAD, TORCH_THREADS_ENV
+from m3rcr_xr import threads
 from m3rcr_xr.inference import decloud
 from tests.conftest import start_worker_probe, worker_probe_peaks
 
 SMALL = {"preset": "small"}
-#: each worker's torch on one core, as local_cluster lays them out: two workers whose torch
-#: took both cores each would oversubscribe them several times over (slowly)
-ONE_TORCH_THREAD = {"preload": [PRELOAD], "env": {TORCH_THREADS_ENV: "1"}}
 pytestmark = pytest.mark.slow
 
 
@@ -29,7 +27,6 @@ def process_cluster(forked_workers):
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            **ONE_TORCH_THREAD,
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -44,6 +41,9 @@ def test_two_process_workers_give_the_threaded_result(process_cluster, small_che
     threaded = out.compute(scheduler="threads")
     np.testing.assert_allclose(distributed.values, threaded.values, atol=0.1)
     assert len({event["worker"] for event in stream.data}) == 2
+    # a plain LocalCluster's workers share the cores: torch's threads of the two together
+    shares = process_cluster.run(threads.torch_threads)
+    assert set(shares.values()) == {max(1, dask.system.CPU_COUNT // 2)}
 
 
 def test_a_killed_worker_does_not_change_the_result(process_cluster, small_checkpoint):
