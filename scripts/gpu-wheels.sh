@@ -28,7 +28,14 @@ for tag in manylinux_2_17 manylinux_2_24 manylinux_2_26 manylinux_2_27 manylinux
 done
 
 mapfile -t PINS < <("$PYTHON" scripts/gpu_wheels.py pins)
+# the wheels of an earlier run are replaced; a folder of someone else's wheels is refused
+MARK="$DEST/.gpu-wheels"
+if compgen -G "$DEST/*.whl" > /dev/null && [ ! -e "$MARK" ]; then
+  echo "gpu-wheels: $DEST holds wheels this script did not write; name an empty DEST" >&2
+  exit 2
+fi
 mkdir -p "$DEST"
+touch "$MARK"
 rm -f "$DEST"/*.whl
 "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PY_VERSION" \
   --implementation cp "${PLATFORMS[@]}" -d "$DEST" "${PINS[@]}" 2> >(grep -v "is ignored: it is neither" >&2)

@@ -100,3 +100,14 @@ def test_problems_names_what_would_not_install_offline(gpu_wheels, tmp_path, mon
     _wheel(tmp_path, "gamma")
     assert gpu_wheels.problems(tmp_path, ["numpy"], limit_mib=1) == []
     assert gpu_wheels.problems(tmp_path, ["numpy"], limit_mib=0)[-1].endswith("more than 0 MiB")
+
+
+def test_the_script_refuses_a_folder_of_wheels_it_did_not_write(tmp_path):
+    mine = tmp_path / "mine-1.0-py3-none-any.whl"
+    mine.write_bytes(b"someone's wheel")
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "DEST": str(tmp_path)}
+    done = subprocess.run(
+        ["bash", str(SCRIPT.with_name("gpu-wheels.sh"))], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "did not write" in done.stderr  # before any download
+    assert mine.read_bytes() == b"someone's wheel"
