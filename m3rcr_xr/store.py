@@ -20,10 +20,11 @@ Safety rules, for local paths and fsspec URLs alike:
   decloud) and the size and modification time of each source file (the fingerprint
   of each source store). An unfinished store of other data is never resumed.
 * **One writer.** A writer holds :data:`LOCK` inside the store while it writes: an
-  OS lock (``flock``) on a local file, released by the OS when the process ends, so a
-  killed writer never blocks the resume; on object stores a marker object created
-  with a conditional write (``If-None-Match``), removed when the writer ends. The lock
-  file is not part of the Zarr hierarchy and is removed once the store is complete.
+  OS lock on a local file (``flock``; a byte-range lock on Windows), released by the OS
+  when the process ends, so a killed writer never blocks the resume; on object stores
+  a marker object created with a conditional write (``If-None-Match``), removed when
+  the writer ends. The lock file is not part of the Zarr hierarchy and is removed once
+  the store is complete.
 * **Completion.** The root ``zarr.json`` is only ever replaced whole (a temporary file
   and ``os.replace`` locally, one PUT on object stores). Completion is a single such
   write holding both the ``m3rcr_complete`` flag and the consolidated metadata, so a
@@ -34,12 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -415,21 +416,53 @@ def _locked(target: _Target) -> Iterator[None]:
             os.rmdir(target.path)
 
 
-@contextlib.contextmanager
-def _flock(target: _Target) -> Iterator[None]:
-    """An exclusive ``flock`` on the lock file; the OS drops it when the process dies.
+if sys.platform == "win32":
+    import msvcrt
 
-    The file is removed while still held, at the end; a writer that opened it just
-    before sees that its file is no longer the one at the path, and tries again.
-    """
-    path = target.key(LOCK)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    def _try_lock(fd: int) -> bool:
+        try:  # the file's first byte: locking past its end is allowed
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _release(fd: int, path: str) -> None:
+        # Windows removes no file that is open: closing (which unlocks) comes first; a
+        # writer that opened it meanwhile keeps it and removes it at its own end
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            return False
+        return True
+
+    def _release(fd: int, path: str) -> None:
+        # removed while still held: a writer that opened it just before finds that its
+        # file is no longer the one at the path (below), and tries again
+        os.unlink(path)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _flock(target: _Target) -> Iterator[None]:
+    """An exclusive OS lock on the lock file; the OS drops it when the process dies.
+
+    The file is removed at the end. It is never followed as a symbolic link, so the
+    lock cannot create or hold a file outside the store.
+    """
+    path = target.key(LOCK)
+    while True:
+        fd = _open_lock_file(path)
+        if not _try_lock(fd):
             os.close(fd)
-            raise StoreError(_busy(target, "another process holds its lock file")) from None
+            raise StoreError(_busy(target, "another process holds its lock file"))
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break
@@ -437,8 +470,16 @@ def _flock(target: _Target) -> Iterator[None]:
     try:
         yield
     finally:
-        os.unlink(path)
-        os.close(fd)
+        _release(fd, path)
+
+
+def _open_lock_file(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise StoreError(f"{path}: the store's lock file is a symbolic link; remove it") from None
 
 
 @contextlib.contextmanager

@@ -405,6 +405,74 @@ def test_object_stores_keep_one_writer_with_a_marker(small_scene):
     assert m3rcr_xr.is_complete("memory://one-writer/s.zarr") and not fs.exists(marker)
 
 
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_not_followed(tmp_path, small_scene):
+    (tmp_path / "s.zarr").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    (tmp_path / "s.zarr" / store.LOCK).symlink_to(elsewhere)
+    with pytest.raises(m3rcr_xr.StoreError, match="lock file is a symbolic link"):
+        m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
+    assert not elsewhere.exists()  # the link's target was not created
+    assert os.listdir(tmp_path / "s.zarr") == [store.LOCK]
+
+
+#: imports m3rcr_xr as on Windows (no fcntl; msvcrt faked with flock, which also
+#: refuses a second lock from the same process), then writes a store while another
+#: handle holds its lock, and once more when it is free
+AS_ON_WINDOWS = textwrap.dedent("""
+    import fcntl, importlib.abc, os, sys, types
+    import dask.array, distributed, fsspec, numpy, odc.geo, odc.stac, pystac, rioxarray, zarr
+
+    def locking(fd, mode, nbytes):
+        assert (mode, nbytes) == (msvcrt.LK_NBLCK, 1)
+        try:
+            flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PermissionError(13, "Permission denied") from None  # Windows' error
+
+    class NoFcntl(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "fcntl":
+                raise ModuleNotFoundError("No module named 'fcntl'")
+
+    flock = fcntl.flock
+    msvcrt = types.ModuleType("msvcrt")
+    msvcrt.LK_NBLCK, msvcrt.locking = 2, locking
+    sys.modules["msvcrt"] = msvcrt
+    del sys.modules["fcntl"]
+    sys.meta_path.insert(0, NoFcntl())
+    sys.platform, platform = "win32", sys.platform
+    import m3rcr_xr
+    from m3rcr_xr import store
+    sys.platform = platform
+    assert not hasattr(store, "fcntl")
+
+    target = os.path.join(sys.argv[1], "s.zarr")
+    scene = m3rcr_xr.synthetic_scene((64, 64), seed=3)
+    os.makedirs(target)
+    held = os.open(os.path.join(target, store.LOCK), os.O_RDWR | os.O_CREAT)
+    locking(held, msvcrt.LK_NBLCK, 1)
+    try:
+        m3rcr_xr.to_zarr(scene, target)
+    except m3rcr_xr.StoreError as error:
+        assert "another writer is writing this store" in str(error), error
+    else:
+        raise AssertionError("a held lock did not refuse the writer")
+    os.close(held)
+    m3rcr_xr.to_zarr(scene, target)
+    assert m3rcr_xr.is_complete(target) and store.LOCK not in os.listdir(target)
+""")
+
+
+def test_imports_and_locks_without_fcntl_as_on_windows(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", AS_ON_WINDOWS, str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
 #: one of two writers of a collection to one store; argv: store, seed, role, signals.
 #: The first pauses after its first step until the test says go; the second waits
 #: until the first is writing, then tries.
