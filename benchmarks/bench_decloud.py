@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import m3rcr_xr
-from m3rcr_xr import inference, models
+from m3rcr_xr import inference, models, normalize, tiling
 
 CONFIG = {"n_resblocks": 4, "n_feats": 32}
 PARTS = ("throughput", "memory", "tiny", "cluster_threads")
@@ -52,9 +52,9 @@ def _checkpoint(folder: Path, config: dict) -> Path:
     return path
 
 
-def plain_loop(inputs: np.ndarray, plan: inference.TilePlan, model, batch: int) -> float:
+def plain_loop(inputs: np.ndarray, plan: tiling.TilePlan, model, batch: int) -> float:
     """The published way: crop each tile, run batches, keep outputs; seconds."""
-    padded = inference._pad(inputs, plan)
+    padded = tiling.pad(inputs, plan)
     corners = [
         (r * plan.stride, c * plan.stride)
         for r in range(plan.shape[0])
@@ -78,13 +78,13 @@ def plain_loop(inputs: np.ndarray, plan: inference.TilePlan, model, batch: int) 
 def throughput(size: int, tile: int, chunk: int, batch: int, folder: Path) -> dict:
     checkpoint = _checkpoint(folder, CONFIG)
     scene = m3rcr_xr.synthetic_scene((size, size), chunks=chunk).persist()
-    inputs = inference.model_inputs(scene).values
+    inputs = normalize.model_inputs(scene).values
     model = models.load("dsen2_cr", checkpoint, **CONFIG)
     torch.set_num_threads(torch.get_num_threads())
     result = m3rcr_xr.decloud(
         scene, "dsen2_cr", checkpoint, config=CONFIG, tile=tile, batch_size=batch
     )
-    plan = inference.make_plan(tile, tile // 8, size, size)
+    plan = tiling.make_plan(tile, tile // 8, size, size)
     result.compute(scheduler="threads")  # warm-up: model built and cached
     loop_s, decloud_s = [], []
     for _ in range(2):

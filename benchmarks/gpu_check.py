@@ -21,7 +21,7 @@ Parts, in order
     Versions, the device, its memory and compute capability, torch's TF32 switches.
 ``golden``
     The networks with the reference parameters (:mod:`benchmarks.reference`) on the
-    golden inputs, through decloud's own tile path (:func:`m3rcr_xr.inference.run_tiles`):
+    golden inputs, through decloud's own tile path (:func:`m3rcr_xr.runner.run_tiles`):
     fp32 on the device against the golden CPU output, bf16 against fp32. Relative errors
     ``||a - b|| / ||b||`` of the output, and of the residual (output - cloudy input): the
     network's own part, a stricter measure.
@@ -36,7 +36,7 @@ Parts, in order
 ``cluster``
     ``m3rcr_xr.local_cluster()`` (one worker per GPU, its threads sharing the GPU, no
     ``resources``: the default path); each worker's tiles per device
-    (:func:`m3rcr_xr.inference.tile_counts`), its peak device memory, and the GPU it
+    (:func:`m3rcr_xr.runner.tile_counts`), its peak device memory, and the GPU it
     used against the GPU its ``CUDA_VISIBLE_DEVICES`` names.
 ``memory``
     Peak device memory of one batch through the tile path, per network and batch size
@@ -72,7 +72,7 @@ import torch
 
 import m3rcr_xr
 from benchmarks.reference import NAMES, fill_reference_parameters_, golden_inputs, golden_output
-from m3rcr_xr import inference, models
+from m3rcr_xr import inference, models, normalize, runner, tiling
 
 #: decloud / raw throughput at least; relative errors at most
 GOALS = {"ratio": 0.9, "bf16_vs_fp32": 1e-2, "fp32_vs_golden": 1e-3}
@@ -149,7 +149,7 @@ def synchronize(device: str) -> None:
 
 def free_device_memory(device: str) -> None:
     """Drop this process's models and cached device memory (before another part)."""
-    inference.clear_model_cache()
+    runner.clear_model_cache()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
 
@@ -225,9 +225,9 @@ def golden_errors(
         path = Path(tmp) / f"{name}.pt"
         torch.save(fill_reference_parameters_(models.build(name, **config)).state_dict(), path)
         for precision in precisions:
-            ref = inference.ModelRef.create(name, path, config, device, precision)
-            model, resolved = inference.cached_model(ref)
-            outputs[precision] = inference.run_tiles(model, resolved, inputs, 1, precision)
+            ref = runner.ModelRef.create(name, path, config, device, precision)
+            model, resolved = runner.cached_model(ref)
+            outputs[precision] = runner.run_tiles(model, resolved, inputs, 1, precision)
     errors = {
         "fp32_vs_golden": relative_error(outputs["fp32"], expected),
         "fp32_vs_golden_residual": relative_error(outputs["fp32"] - cloudy, expected - cloudy),
@@ -260,7 +260,7 @@ def part_golden(check: Check) -> dict[str, Any]:
 # --------------------------------------------------------------------- throughput
 def raw_loop(model, tiles: np.ndarray, batch: int, device: str, precision: str) -> np.ndarray:
     """What a plain PyTorch user writes: batches of tiles, copy, forward, copy back."""
-    dtype = inference.autocast_dtype(precision, device)
+    dtype = runner.autocast_dtype(precision, device)
     outputs = np.empty((len(tiles), inference.OPTICAL_CHANNELS, *tiles.shape[2:]), np.float32)
     with (
         torch.inference_mode(),
@@ -290,9 +290,9 @@ def grid_side(seconds_per_tile: float, target_s: float, group: int, cap: int) ->
     return min(whole if whole <= cap else side, cap)
 
 
-def crop_tiles(inputs: np.ndarray, plan: inference.TilePlan) -> np.ndarray:
+def crop_tiles(inputs: np.ndarray, plan: tiling.TilePlan) -> np.ndarray:
     """Every tile of ``plan`` from the (6, y, x) normalised scene, (N, 6, T, T)."""
-    padded = inference._pad(inputs, plan)
+    padded = tiling.pad(inputs, plan)
     rows, cols = plan.shape
     corners = [(r * plan.stride, c * plan.stride) for r in range(rows) for c in range(cols)]
     return np.stack([padded[:, y : y + plan.tile, x : x + plan.tile] for y, x in corners])
@@ -305,20 +305,20 @@ def measure_pair(
     args, device = check.args, check.device
     torch.manual_seed(0)
     raw_model = models.build(name, **config).to(device).eval()
-    plan0 = inference.make_plan(tile, tile // 8, tile, tile)
+    plan0 = tiling.make_plan(tile, tile // 8, tile, tile)
     probe = np.random.default_rng(0).random((2 * args.batch_size, 6, tile, tile), np.float32)
     raw_loop(raw_model, probe[: args.batch_size], args.batch_size, device, precision)  # warm-up
     per_tile = timed(
         lambda: raw_loop(raw_model, probe, args.batch_size, device, precision), device
     ) / len(probe)
-    group = inference._group_size(CHUNK, plan0.stride)
+    group = tiling.group_size(CHUNK, plan0.stride)
     cap = (min(scene.sizes["y"], scene.sizes["x"]) - tile) // plan0.stride + 1
     side = grid_side(per_tile, target_s, group, cap)
     size = (side - 1) * plan0.stride + tile  # the grid ends where the scene does
     part = scene.isel(y=slice(0, size), x=slice(0, size))
-    plan = inference.make_plan(tile, tile // 8, size, size)
+    plan = tiling.make_plan(tile, tile // 8, size, size)
     assert plan.shape == (side, side) and plan.padded_shape == (size, size)
-    tiles = crop_tiles(inference.model_inputs(part).values, plan)
+    tiles = crop_tiles(normalize.model_inputs(part).values, plan)
     result = m3rcr_xr.decloud(
         part,
         name,
@@ -400,7 +400,7 @@ def worker_report(dask_worker) -> dict[str, Any]:
         "nthreads": dask_worker.state.nthreads,
         "resources": dict(dask_worker.state.total_resources),
         "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "tiles": inference.tile_counts(),
+        "tiles": runner.tile_counts(),
     }
     if torch.cuda.is_available():
         report["gpu"] = gpu_identity(0)
@@ -419,7 +419,7 @@ def part_cluster(check: Check) -> dict[str, Any]:
     name = check.args.models[0]
     config, tile = setups(check.args.quick)[name]
     stride = tile - tile // 8
-    side = 3 if check.args.quick else 2 * inference._group_size(CHUNK, stride)
+    side = 3 if check.args.quick else 2 * tiling.group_size(CHUNK, stride)
     size = (side - 1) * stride + tile
     scene = m3rcr_xr.synthetic_scene((size, size), seed=2, chunks=CHUNK)
     layout = {} if check.cuda else {"gpus": 0, "n_workers": 1, "threads_per_worker": 2}
@@ -431,7 +431,7 @@ def part_cluster(check: Check) -> dict[str, Any]:
         Client(cluster) as client,
     ):
         client.wait_for_workers(len(cluster.worker_spec))
-        client.run(inference.tile_counts, reset=True)
+        client.run(runner.tile_counts, reset=True)
         result = m3rcr_xr.decloud(
             scene, name, "untrained", config=config, tile=tile, batch_size=check.args.batch_size
         )
@@ -507,13 +507,13 @@ def batch_peak(model, device: str, tile: int, batch: int) -> float | None:
     one = np.random.default_rng(batch).random((1, 6, tile, tile), np.float32)
     tiles = np.repeat(one, batch, axis=0)
     if not device.startswith("cuda"):
-        inference.run_tiles(model, device, tiles, batch)
+        runner.run_tiles(model, device, tiles, batch)
         return None
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
     try:
-        inference.run_tiles(model, device, tiles, batch)
+        runner.run_tiles(model, device, tiles, batch)
     finally:
         torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - base) / MIB
@@ -522,8 +522,8 @@ def batch_peak(model, device: str, tile: int, batch: int) -> float | None:
 def memory_of(check: Check, name: str, seconds: float) -> dict[str, Any]:
     """:func:`memory_sweep` of one network (fp32, decloud's model and tile path)."""
     config, tile = setups(check.args.quick)[name]
-    ref = inference.ModelRef.create(name, "untrained", config=config, device=check.device)
-    model, device = inference.cached_model(ref)
+    ref = runner.ModelRef.create(name, "untrained", config=config, device=check.device)
+    model, device = runner.cached_model(ref)
     free_mib = None
     if check.cuda:
         torch.cuda.empty_cache()

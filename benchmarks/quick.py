@@ -143,13 +143,13 @@ TILE, BATCH = 256, 8
 def setup_decloud(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
     """The two ways on the same in-memory scene and checkpoint (written by the parent)."""
     import m3rcr_xr
-    from m3rcr_xr import inference, models
+    from m3rcr_xr import models, normalize, tiling
 
     config = bench_decloud.CONFIG
     checkpoint = folder / "bench.pt"
     scene = m3rcr_xr.synthetic_scene((size, size), chunks=size).persist()
-    inputs = inference.model_inputs(scene).values
-    plan = inference.make_plan(TILE, TILE // 8, size, size)
+    inputs = normalize.model_inputs(scene).values
+    plan = tiling.make_plan(TILE, TILE // 8, size, size)
     result = m3rcr_xr.decloud(
         scene, "dsen2_cr", checkpoint, config=config, tile=TILE, batch_size=BATCH
     )
@@ -161,11 +161,11 @@ def setup_decloud(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
 
 
 def part_decloud(size: int, repeats: int, rounds: int, folder: Path) -> dict:
-    from m3rcr_xr import inference
+    from m3rcr_xr import tiling
 
     config = bench_decloud.CONFIG
     bench_decloud._checkpoint(folder, config)
-    plan = inference.make_plan(TILE, TILE // 8, size, size)
+    plan = tiling.make_plan(TILE, TILE // 8, size, size)
     return {
         "scene": f"{size}x{size}",
         "tile": TILE,
@@ -413,7 +413,7 @@ def plain_classification(images: list[np.ndarray], landcover: np.ndarray, plan, 
     kept), then count its confusion with the WorldCover labels by ``np.bincount``."""
     import torch
 
-    from m3rcr_xr import inference
+    from m3rcr_xr import tiling
     from m3rcr_xr.landcover import class_names, worldcover_labels
 
     truth = worldcover_labels(landcover, 1).astype(np.int64).ravel()
@@ -421,7 +421,7 @@ def plain_classification(images: list[np.ndarray], landcover: np.ndarray, plan, 
     rows, cols = plan.shape
     corners = [(r * plan.stride, c * plan.stride) for r in range(rows) for c in range(cols)]
     for image in images:
-        padded = inference._pad(image, plan)
+        padded = tiling.pad(image, plan)
         labels = np.empty(padded.shape[-2:], np.int64)
         with torch.inference_mode():
             for first in range(0, len(corners), BATCH):
@@ -441,7 +441,7 @@ def plain_classification(images: list[np.ndarray], landcover: np.ndarray, plan, 
 
 def setup_semantic(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
     import m3rcr_xr
-    from m3rcr_xr import inference, models
+    from m3rcr_xr import models, tiling
     from m3rcr_xr.normalize import normalize_optical
 
     scene = m3rcr_xr.synthetic_scene((size, size), chunks=size).persist()
@@ -450,7 +450,7 @@ def setup_semantic(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
         normalize_optical(scene[name].values.astype(np.float32))
         for name in ("decloud", "cloudfree", "cloudy")
     ]
-    plan = inference.make_plan(TILE, TILE // 8, size, size)
+    plan = tiling.make_plan(TILE, TILE // 8, size, size)
     options = {"classifier": "landcover_unet", "classifier_config": CLASSIFIER_CONFIG}
     model = models.build("landcover_unet", **CLASSIFIER_CONFIG).eval()
     landcover = scene.landcover.values
@@ -463,9 +463,9 @@ def setup_semantic(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
 
 
 def part_semantic(size: int, repeats: int, rounds: int, folder: Path) -> dict:
-    from m3rcr_xr import inference
+    from m3rcr_xr import tiling
 
-    plan = inference.make_plan(TILE, TILE // 8, size, size)
+    plan = tiling.make_plan(TILE, TILE // 8, size, size)
     return {
         "scene": f"{size}x{size}, 3 images classified",
         "tile": TILE,

@@ -29,9 +29,7 @@ import xarray as xr
 
 from .exceptions import ModelConfigError, SchemaError, UsageError, argument
 from .inference import (
-    DEFAULT_PRECISION,
     BlockOutput,
-    ModelRef,
     TileJob,
     _check_arguments,
     _check_task,
@@ -41,6 +39,7 @@ from .inference import (
 )
 from .landcover import IGNORE_INDEX
 from .normalize import normalize_optical
+from .runner import DEFAULT_PRECISION, ModelRef
 from .store import sources
 
 __all__ = ["DEFAULT_CLASSIFIER", "classify", "no_data"]
@@ -109,7 +108,7 @@ def classifier_ref(
     precision: str,
     level: int | None,
 ) -> tuple[ModelRef, Any]:
-    """The :class:`~m3rcr_xr.inference.ModelRef` of a classifier and its spec, checked
+    """The :class:`~m3rcr_xr.runner.ModelRef` of a classifier and its spec, checked
     (a cloud-removal model, a level it was not built for, weights that do not fit)."""
     ref = ModelRef.create(classifier, checkpoint, config, device, precision)
     spec = ref.spec()

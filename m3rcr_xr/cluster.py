@@ -261,7 +261,7 @@ def local_cluster(
         worker per GPU (``gpu-<id>``), which ``scale`` cannot grow (there is no more
         GPU): the same placement, with no dependency beyond ``distributed``. Either
         way a worker runs one tile task at a time on its GPU, its other threads reading
-        and writing (see :func:`m3rcr_xr.inference.device_lock`).
+        and writing (see :func:`m3rcr_xr.runner.device_lock`).
 
     Examples
     --------

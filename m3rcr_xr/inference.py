@@ -1,29 +1,22 @@
 """Decloud whole scenes and collections, tile by tile, on any Dask scheduler.
 
-How a scene is tiled
-    Tiles of the model's size ``T`` lie on one grid anchored at the scene origin, a
-    stride ``S = T - overlap`` apart; the last row and column of tiles reach past the
-    scene's bottom and right edges, where the input is mirrored (scenes smaller than a
-    tile are padded the same way). Each tile's output is weighted by a smooth window
-    (``sin^2``, never zero) and the weighted sum is divided by the sum of the weights,
-    so the weights of every pixel sum to one, edges included.
+The tiles lie on one grid over the scene (:mod:`m3rcr_xr.tiling`: a stride apart,
+mirrored past the edges, blended with weights that sum to one); they run through the
+network wherever the task lands (:mod:`m3rcr_xr.runner`: model references, a model
+cache per process, one tile task at a time per GPU).
 
 How it runs on Dask (two stages, so that no tile is computed twice)
     1. the tiles are taken in groups of ``g x g``; a group's task runs its tiles through
        the network and returns the weighted sums on the group's *canvas*: its block of
-       ``g*S`` pixels a side plus a spill of ``T - S`` pixels into its right and bottom
-       neighbours;
+       ``g*S`` pixels a side (``S`` the stride) plus a spill of ``T - S`` pixels into its
+       right and bottom neighbours (``T`` the tile);
     2. each output block adds its own canvas and the spills of its top, left and
        top-left neighbours, then divides by the weight sum.
     The result does not depend on the chunking (up to float rounding): each tile sees
-    the same pixels whatever the chunks. ``g`` follows the input's chunk size.
-
-The model travels as a :class:`ModelRef` (name, configuration, where its weights come
-from and their content hash, never the weights): each worker process fetches the weights
-itself (:func:`m3rcr_xr.weights.fetch`), builds the model once and caches it. What every
-tile task
-runs is one :class:`TileJob`: the plan, one reference per ensemble member, the batch
-size, the test-time transforms (:data:`TTA`) and whether to return the spread.
+    the same pixels whatever the chunks. ``g`` follows the input's chunk size. What
+    every tile task runs is one :class:`TileJob`: the plan, one
+    :class:`~m3rcr_xr.runner.ModelRef` per ensemble member, the batch size, the
+    test-time transforms (:data:`TTA`) and whether to return the spread.
 
 Ensembles, test-time augmentation and the uncertainty layer
     Each tile runs through every member under every transform (one batched call per
@@ -35,28 +28,13 @@ Ensembles, test-time augmentation and the uncertainty layer
     the overlaps, which would draw the tile grid into it; blended linearly it adds
     across canvases as the mean does, so it is as chunk-independent; and computed from
     deviations to the first prediction it is exactly 0 where the predictions agree.
-
-On a GPU (safe by default, and fast)
-    Each worker process runs the GPU work of one tile task at a time per device (a
-    process-wide lock per device, :func:`device_lock`), whatever its thread count, so
-    that tasks never contend for the device's memory; its other threads meanwhile
-    read, crop, blend and write. A task stages its tiles in page-locked host memory
-    before it takes the lock, then queues the uploads on a side stream and the forward
-    passes and downloads on the compute stream, and lets go of the lock before they
-    finish: the next task queues its own work behind them, so that the device need not
-    wait for the host between tasks.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import math
 import os
-import threading
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, cast
 
 import dask
@@ -66,285 +44,17 @@ import xarray as xr
 from dask import delayed
 
 from .cloudmask import warn_if_estimated
-
-# resolve_device and model_inputs live below this module; inference.X still names them
-from .devices import _device_name, check_device, resolve_device
-from .exceptions import (
-    CheckpointError,
-    ModelConfigError,
-    SchemaError,
-    UsageError,
-    argument,
-    check_integer,
-)
+from .devices import check_device
+from .exceptions import ModelConfigError, SchemaError, UsageError, argument, check_integer
 from .normalize import OPTICAL_SCALE, model_inputs, normalize_optical
 from .resources import annotate
+from .runner import DEFAULT_PRECISION, ModelRef, cached_model, run_tiles
 from .schema import OPTICAL_NODATA, is_collection, validate
 from .store import sources
-from .threads import tile_threads, torch_threads
-from .weights import UNTRAINED
-from .weights import resolve as resolve_weights
-from .weights.download import file_sha256  # noqa: F401 - kept importable from here
-from .weights.resolve import fetch_first
-
-log = logging.getLogger(__name__)
+from .tiling import TilePlan, block_end, group_size, groups, make_plan, pad, window
 
 OPTICAL_CHANNELS = 4
 DEFAULT_TILE = 256  # for models that take any size
-
-
-# ------------------------------------------------------------------------------ model
-#: how the tile forwards run on a CUDA GPU (see :func:`decloud`); a CPU runs float32
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-DEFAULT_PRECISION = "fp32"
-
-
-def check_precision(precision: str, device: str) -> None:
-    """Refuse an unknown precision, or a reduced one on a device that is not a GPU.
-
-    Raises
-    ------
-    UsageError
-        Naming the argument as the caller wrote it.
-    """
-    if precision not in PRECISIONS:
-        raise UsageError(
-            f"{argument('precision', precision)}: must be one of {', '.join(PRECISIONS)}"
-        )
-    if precision in ("bf16", "fp16") and not device.startswith(("auto", "cuda")):
-        raise UsageError(
-            f"{argument('precision', precision)} runs on a CUDA GPU only, not with "
-            f"{argument('device', device)}: the CPU runs float32"
-        )
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What a worker needs to build and run the model: small, hashable and picklable.
-
-    The weights never enter the task graph: ``sources`` says where to get them (a
-    registered name then its URLs, a URL, or a path) and ``sha256`` what they must be;
-    each worker process fetches them itself (:func:`m3rcr_xr.weights.fetch`, into its own
-    cache), checks the hash, builds the model once and keeps it in a cache.
-    ``checkpoint`` is the file on the client (checked there on the meta device), and
-    ``weights`` says how the user asked for it. ``device`` and ``precision`` say how the
-    worker runs it.
-    """
-
-    name: str
-    config: tuple[tuple[str, Any], ...] = ()
-    checkpoint: str | None = None
-    sha256: str | None = None
-    device: str = "auto"
-    precision: str = DEFAULT_PRECISION
-    sources: tuple[str, ...] = ()
-    weights: str = UNTRAINED
-
-    @classmethod
-    def create(
-        cls,
-        name: str | None,
-        checkpoint: str | os.PathLike | None = None,
-        config: Mapping[str, Any] | None = None,
-        device: str = "auto",
-        precision: str = DEFAULT_PRECISION,
-    ) -> ModelRef:
-        """Resolve ``checkpoint`` (:func:`m3rcr_xr.weights.resolve`) on the client.
-
-        ``name`` None takes the registered entry's model.
-        """
-        check_precision(precision, device)
-        found = resolve_weights(name, checkpoint, config)
-        return cls(
-            name=found.model,
-            config=tuple(sorted(found.config.items())),
-            checkpoint=None if found.path is None else str(found.path),
-            sha256=found.sha256,
-            device=device,
-            precision=precision,
-            sources=found.sources,
-            weights=found.label,
-        )
-
-    def spec(self):
-        """Check the configuration and the checkpoint's keys and shapes as :meth:`build`
-        would, on torch's ``meta`` device (no memory, no weights); return the model's
-        :class:`~m3rcr_xr.models.ModelSpec`. The client calls this; workers build."""
-        from . import models
-
-        return models.model_spec(self.name, self.checkpoint, **dict(self.config))
-
-    def build(self):
-        """Build the model on the CPU, in eval mode, with its weights fetched and checked
-        in this process (untrained only if asked for)."""
-        from . import models
-
-        config = dict(self.config)
-        if self.checkpoint is None:
-            return models.build(self.name, **config)
-        try:
-            path = fetch_first(self.sources or (self.checkpoint,), self.sha256)
-        except CheckpointError as exc:
-            raise CheckpointError(
-                f"{self.weights}: the checkpoint changed since decloud began, or cannot be "
-                f"fetched in this process (pid {os.getpid()}): {exc}"
-            ) from exc
-        return models.load(self.name, path, **config)
-
-
-_CACHE: dict[tuple[ModelRef, str], Any] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def _distributed_client() -> bool:
-    """Whether a ``distributed`` client is active: then tasks run on its workers."""
-    try:
-        from distributed import default_client
-    except ImportError:
-        return False
-    try:
-        default_client()
-    except ValueError:
-        return False
-    return True
-
-
-def cached_model(ref: ModelRef):
-    """The model of ``ref`` in this process, built on first use; (model, device).
-
-    One model per device whatever the precision (autocast is applied per call); on a
-    CUDA device in ``channels_last`` layout where its spec says that runs faster.
-    """
-    import torch
-
-    device = _device_name(resolve_device(ref.device))
-    key = (replace(ref, precision=DEFAULT_PRECISION), device)
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            model = ref.build().to(device)
-            if device.startswith("cuda") and model.spec.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            _CACHE[key] = model
-            log.info("built %s on %s (pid %d)", ref.name, device, os.getpid())
-        return _CACHE[key], device
-
-
-def clear_model_cache() -> None:
-    """Forget the models built in this process."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-
-
-# ----------------------------------------------------------------------------- device
-#: device types whose tile tasks run side by side, each with its share of the cores;
-#: on any other (a GPU), one tile task at a time per device (:func:`device_lock`)
-CONCURRENT_DEVICE_TYPES = frozenset({"cpu"})
-
-_DEVICE_LOCKS: dict[str, threading.Lock] = {}
-_COPY_STREAMS: dict[str, Any] = {}
-_TILE_COUNTS: Counter[str] = Counter()
-_STATE_LOCK = threading.Lock()  # guards the three above
-
-
-def device_lock(device: str) -> contextlib.AbstractContextManager:
-    """The lock that tile tasks of this process hold while they use ``device``.
-
-    Shared by every thread of the process, so that a worker with many threads runs the
-    GPU work of one tile task at a time per device (the others read, crop and blend
-    meanwhile): tasks never contend for the device's memory and streams. A no-op on the
-    CPU (:data:`CONCURRENT_DEVICE_TYPES`).
-    """
-    if device.split(":")[0] in CONCURRENT_DEVICE_TYPES:
-        return contextlib.nullcontext()
-    with _STATE_LOCK:
-        return _DEVICE_LOCKS.setdefault(device, threading.Lock())
-
-
-def tile_counts(reset: bool = False) -> dict[str, int]:
-    """Tiles this process has run through a network, per device (``"cuda:0"``...).
-
-    Examples
-    --------
-    >>> tile_counts()  # doctest: +SKIP
-    {'cuda:0': 240}
-    """
-    with _STATE_LOCK:
-        counts = dict(_TILE_COUNTS)
-        if reset:
-            _TILE_COUNTS.clear()
-    return counts
-
-
-def _count_tiles(device: str, tiles: int) -> None:
-    with _STATE_LOCK:
-        _TILE_COUNTS[device] += tiles
-
-
-def autocast_dtype(precision: str, device: str):
-    """The torch dtype the forwards run in under autocast on ``device``; None: float32.
-
-    ``"auto"`` is bf16 on GPUs that compute it natively (compute capability 8 and up),
-    float32 elsewhere. A CPU always runs float32.
-    """
-    import torch
-
-    if not device.startswith("cuda") or precision == "fp32":
-        return None
-    if precision == "auto":
-        native = torch.cuda.get_device_capability(device)[0] >= 8
-        return torch.bfloat16 if native else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-# ------------------------------------------------------------------------------- plan
-@dataclass(frozen=True)
-class TilePlan:
-    """Tiles of ``tile`` pixels, ``stride`` apart, covering ``height x width``."""
-
-    tile: int
-    overlap: int
-    height: int
-    width: int
-
-    @property
-    def stride(self) -> int:
-        return self.tile - self.overlap
-
-    @property
-    def spill(self) -> int:
-        """How far a group's canvas reaches into its neighbours."""
-        return self.overlap
-
-    def count(self, size: int) -> int:
-        """Tiles along an axis of ``size`` pixels."""
-        return math.ceil(max(size - self.tile, 0) / self.stride) + 1
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.count(self.height), self.count(self.width)
-
-    def padded(self, size: int) -> int:
-        """Extent of the tile grid along an axis of ``size`` pixels (>= size)."""
-        return (self.count(size) - 1) * self.stride + self.tile
-
-    @property
-    def padded_shape(self) -> tuple[int, int]:
-        return self.padded(self.height), self.padded(self.width)
-
-
-def make_plan(tile: int, overlap: int, height: int, width: int) -> TilePlan:
-    if not 0 <= overlap < tile / 2:
-        raise ModelConfigError(
-            f"{argument('overlap', overlap)}: must be in [0, tile/2) = [0, {tile / 2:g}) "
-            f"for tiles of {tile}"
-        )
-    return TilePlan(tile=tile, overlap=overlap, height=height, width=width)
-
-
-def window(tile: int) -> np.ndarray:
-    """Blending weights of one tile: a separable ``sin^2`` bump, positive everywhere."""
-    ramp = np.sin(np.pi * (np.arange(tile) + 0.5) / tile) ** 2
-    return np.outer(ramp, ramp)
 
 
 # ------------------------------------------------------------------------ what to run
@@ -440,8 +150,8 @@ CLOUD_FREE = BlockOutput(finish, OPTICAL_CHANNELS, np.float32)
 class TileJob:
     """What every tile task runs, shared by the scene and the collection paths.
 
-    Small, hashable and picklable: references to the models (:class:`ModelRef`), never
-    their weights.
+    Small, hashable and picklable: references to the models
+    (:class:`~m3rcr_xr.runner.ModelRef`), never their weights.
 
     Attributes
     ----------
@@ -511,10 +221,11 @@ def predict_tiles(tiles: np.ndarray, job: TileJob) -> np.ndarray:
     transform of ``job``, (N, C, T, T); with ``job.spread`` the population
     standard deviation of those predictions follows, (N, 2C, T, T).
 
-    Each member runs all the transforms of all the tiles in one :func:`run_tiles` call
-    (the transforms batched together), once each. The moments are running sums of the
-    deviations from the first prediction (shifted data): a model whose predictions agree
-    gives a spread of exactly 0, and a small spread does not vanish in the cancellation
+    Each member runs all the transforms of all the tiles in one
+    :func:`~m3rcr_xr.runner.run_tiles` call (the transforms batched together), once
+    each. The moments are running sums of the deviations from the first prediction
+    (shifted data): a model whose predictions agree gives a spread of exactly 0, and a
+    small spread does not vanish in the cancellation
     of ``E[x^2] - E[x]^2`` in large values.
     """
     predictions = _predictions(tiles, job)
@@ -532,100 +243,6 @@ def predict_tiles(tiles: np.ndarray, job: TileJob) -> np.ndarray:
         return mean
     std = np.sqrt(np.maximum(squares / job.samples - shift * shift, 0.0))
     return np.concatenate([mean, std], axis=1)
-
-
-# ---------------------------------------------------------------------- tile running
-def run_tiles(
-    model, device: str, tiles: np.ndarray, batch_size: int, precision: str = DEFAULT_PRECISION
-) -> np.ndarray:
-    """Run (N, 6, T, T) normalised inputs through ``model`` in batches; (N, 4, T, T).
-
-    On a CUDA device through :func:`_run_cuda` (page-locked copies, overlapped uploads,
-    autocast to ``precision``); elsewhere batch after batch, with torch's CPU threads
-    shared among the tasks (:func:`m3rcr_xr.threads.tile_threads`). Either way under
-    :func:`device_lock`, and counted in :func:`tile_counts`.
-    """
-    if device.startswith("cuda"):
-        outputs = _run_cuda(model, device, tiles, batch_size, autocast_dtype(precision, device))
-    else:
-        with device_lock(device), tile_threads(torch_threads()):
-            outputs = _run_host(model, device, tiles, batch_size)
-    _count_tiles(device, len(tiles))
-    return outputs
-
-
-def _run_host(model, device: str, tiles: np.ndarray, batch_size: int) -> np.ndarray:
-    import torch
-
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(tiles), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
-            batch = batch.to(device)
-            outputs.append(_forward(model, batch).float().cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.empty((0, model.spec.output_channels, 0, 0))
-
-
-def _forward(model, batch):
-    """The output of ``model`` on a batch of stacked inputs, as tiles blend it.
-
-    The inputs are split into the optical channels and the rest (the SAR channels,
-    none for a classifier); a classifier's logits become class probabilities, which
-    blend across overlaps into labels that do not depend on the tiling.
-    """
-    optical = model.spec.optical_channels
-    out = model(batch[:, :optical], batch[:, optical:])
-    return out.softmax(1) if model.spec.task == "landcover" else out
-
-
-def _copy_stream(device: str):
-    """This process's side stream for uploads to ``device`` (made once)."""
-    import torch
-
-    with _STATE_LOCK:
-        if device not in _COPY_STREAMS:
-            _COPY_STREAMS[device] = torch.cuda.Stream(device=device)
-        return _COPY_STREAMS[device]
-
-
-def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any) -> np.ndarray:
-    """:func:`run_tiles` on a CUDA device.
-
-    The tiles are staged in page-locked memory before the lock is taken; under it, every
-    batch's upload is queued on a side stream (so the next batch is copied while the
-    current one runs) and its forward pass and download on the compute stream. The lock
-    is released once the work is queued; the outputs are read when it is done.
-    """
-    import torch
-
-    staged = torch.empty(tiles.shape, dtype=torch.float32, pin_memory=True)
-    staged.numpy()[...] = tiles
-    outputs = torch.empty(
-        (len(tiles), model.spec.output_channels, *tiles.shape[2:]),
-        dtype=torch.float32,
-        pin_memory=True,
-    )
-    with device_lock(device), torch.cuda.device(device), torch.inference_mode():
-        compute, copy = torch.cuda.current_stream(), _copy_stream(device)
-        uploads = []
-        with torch.cuda.stream(copy):
-            for start in range(0, len(tiles), batch_size):
-                batch = staged[start : start + batch_size].to(device, non_blocking=True)
-                uploads.append((start, batch, copy.record_event()))
-        # one autocast block for all the batches: it casts each weight once per block,
-        # which is many small kernels for the attention networks, launch-bound on a GPU
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-            for start, batch, uploaded in uploads:
-                compute.wait_event(uploaded)
-                batch.record_stream(compute)  # made on the side stream, used on this one
-                if model.spec.channels_last:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                out = _forward(model, batch)
-                out = out.to(torch.float32, memory_format=torch.contiguous_format)
-                outputs[start : start + len(out)].copy_(out, non_blocking=True)
-        done = compute.record_event()
-    done.synchronize()
-    return outputs.numpy()
 
 
 def accumulate(inputs: np.ndarray, job: TileJob, rows: range, cols: range) -> np.ndarray:
@@ -650,20 +267,6 @@ def accumulate(inputs: np.ndarray, job: TileJob, rows: range, cols: range) -> np
 
 
 # ------------------------------------------------------------------------------ scene
-#: a group of tiles spans about this many pixels (or the chunk, if smaller): enough
-#: tiles per task to keep a device busy, small enough canvases to bound memory, and
-#: enough tasks to share among workers
-GROUP_PIXELS = 512
-
-
-def _group_size(chunk: int, stride: int) -> int:
-    return max(1, round(min(chunk, GROUP_PIXELS) / stride))
-
-
-def _edges(count: int, group: int) -> list[range]:
-    return [range(start, min(start + group, count)) for start in range(0, count, group)]
-
-
 def _assemble(
     cloudy: np.ndarray,
     own: np.ndarray,
@@ -685,58 +288,6 @@ def _assemble(
     return job.output.finish(total, cloudy, job.spread)
 
 
-def _block_end(group: range, stride: int, padded: int, last: bool) -> int:
-    return padded if last else group.stop * stride
-
-
-def mirror_index(size: int, target: int) -> np.ndarray:
-    """Source index of each of ``target`` positions along an axis of ``size`` that is
-    extended by mirroring: ``0 .. size-1, size-1 .. 0, 0 ..`` (period ``2 * size``).
-
-    The same as numpy's ``symmetric`` pad (edge repeated) however wide the pad, i.e.
-    as reflecting again and again until ``target`` is reached.
-
-    Examples
-    --------
-    >>> mirror_index(3, 8).tolist()
-    [0, 1, 2, 2, 1, 0, 0, 1]
-    """
-    position = np.arange(target) % (2 * size)
-    return np.where(position < size, position, 2 * size - 1 - position)
-
-
-def _pad_axis(array: da.Array | np.ndarray, axis: int, target: int):
-    """Mirror ``array``'s end along ``axis`` out to ``target``, in one operation.
-
-    The extension reads the last ``min(size, target - size)`` positions only (fewer than
-    a tile); with Dask it is taken from them in one block along ``axis``, so a scene
-    smaller than a tile grows to one tile in one step, not in rounds that double its
-    chunks (a 1x1 scene would otherwise end up in 256x256 chunks of one pixel).
-    """
-    size = array.shape[axis]
-    if target <= size:
-        return array
-    tail = mirror_index(size, target)[size:]
-    start = int(tail.min())
-    window = (slice(None),) * axis + (slice(start, None),)
-    if isinstance(array, np.ndarray):
-        return np.concatenate([array, np.take(array[window], tail - start, axis=axis)], axis=axis)
-    source = array[window].rechunk({axis: -1})
-    chunks = (*source.chunks[:axis], (len(tail),), *source.chunks[axis + 1 :])
-    extension = source.map_blocks(
-        np.take, tail - start, axis=axis, chunks=chunks, dtype=array.dtype
-    )
-    return da.concatenate([array, extension], axis=axis)
-
-
-def _pad(array: da.Array | np.ndarray, plan: TilePlan):
-    """Mirror the bottom and right edges out to the tile grid's extent (see
-    :func:`mirror_index`): any scene, however small, costs at most about one tile."""
-    for axis, target in zip((array.ndim - 2, array.ndim - 1), plan.padded_shape, strict=True):
-        array = _pad_axis(array, axis, target)
-    return array
-
-
 def _unoptimized(array: da.Array):
     """``array`` as one Delayed whose keys are those of the graph it comes from.
 
@@ -752,12 +303,12 @@ def _decloud_scene(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array
     then their standard deviations), in two stages (see module doc)."""
     plan = job.plan
     padded_h, padded_w = plan.padded_shape
-    padded = _pad(inputs, plan)
-    padded_cloudy = _pad(cloudy, plan)
-    group_y = _group_size(inputs.chunks[1][0], plan.stride)
-    group_x = _group_size(inputs.chunks[2][0], plan.stride)
-    row_groups = _edges(plan.shape[0], group_y)
-    col_groups = _edges(plan.shape[1], group_x)
+    padded = pad(inputs, plan)
+    padded_cloudy = pad(cloudy, plan)
+    group_y = group_size(inputs.chunks[1][0], plan.stride)
+    group_x = group_size(inputs.chunks[2][0], plan.stride)
+    row_groups = groups(plan.shape[0], group_y)
+    col_groups = groups(plan.shape[1], group_x)
     spill = plan.spill
     stride, tile = plan.stride, plan.tile
 
@@ -780,8 +331,8 @@ def _decloud_scene(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array
     for a, rows in enumerate(row_groups):
         line = []
         for b, cols in enumerate(col_groups):
-            height = _block_end(rows, stride, padded_h, a + 1 == len(row_groups)) - extent(rows)[0]
-            width = _block_end(cols, stride, padded_w, b + 1 == len(col_groups)) - extent(cols)[0]
+            height = block_end(rows, stride, padded_h, a + 1 == len(row_groups)) - extent(rows)[0]
+            width = block_end(cols, stride, padded_w, b + 1 == len(col_groups)) - extent(cols)[0]
             parts = [
                 canvases.get((a - 1, b)) if spill else None,
                 canvases.get((a, b - 1)) if spill else None,
@@ -809,7 +360,7 @@ def _decloud_patches(inputs: np.ndarray, cloudy: np.ndarray, job: TileJob) -> np
     shape = (inputs.shape[0], job.out_channels, plan.height, plan.width)
     out = np.empty(shape, job.output.dtype)
     for index, patch in enumerate(inputs):
-        canvas = accumulate(_pad(patch, plan), job, rows, cols)
+        canvas = accumulate(pad(patch, plan), job, rows, cols)
         canvas = canvas[:, : plan.height, : plan.width]
         out[index] = job.output.finish(canvas, cloudy[index], job.spread)
     return out
@@ -839,6 +390,19 @@ def _check_inputs(ds: xr.Dataset, composite: bool) -> None:
         raise SchemaError(
             f"{', '.join(missing)}: decloud needs this variable (have {list(ds.data_vars)})"
         )
+
+
+def _distributed_client() -> bool:
+    """Whether a ``distributed`` client is active: then tasks run on its workers."""
+    try:
+        from distributed import default_client
+    except ImportError:
+        return False
+    try:
+        default_client()
+    except ValueError:
+        return False
+    return True
 
 
 def _check_arguments(

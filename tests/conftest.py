@@ -304,7 +304,7 @@ def probe_tile_tasks(
     work at a time); ``patch`` is ``monkeypatch.setattr`` in a test, plain ``setattr``
     in a throw-away worker process (:func:`start_worker_probe`).
     """
-    from m3rcr_xr import inference
+    from m3rcr_xr import inference, runner
 
     global _PROBE
     probe = _PROBE = ConcurrencyProbe()
@@ -317,7 +317,7 @@ def probe_tile_tasks(
         return probed, device
 
     if exclusive_cpu:
-        patch(inference, "CONCURRENT_DEVICE_TYPES", frozenset())
+        patch(runner, "CONCURRENT_DEVICE_TYPES", frozenset())
     patch(inference, "cached_model", cached_model)
     patch(inference, "accumulate", probe.wrap("task", inference.accumulate))
     return probe

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 import m3rcr_xr
 from m3rcr_xr import CheckpointError, ModelConfigError, SchemaError, UsageError, models
 from m3rcr_xr.classify import classify
-from m3rcr_xr.inference import clear_model_cache, mirror_index, window
 from m3rcr_xr.landcover import IGNORE_INDEX, class_names
 from m3rcr_xr.normalize import normalize_optical
+from m3rcr_xr.runner import clear_model_cache
 from m3rcr_xr.testing import classifier_checkpoint, raise_if_dask_computes
+from m3rcr_xr.tiling import mirror_index, window
 
 SMALL = {"preset": "small"}
 
@@ -155,6 +156,6 @@ def test_decloud_refuses_a_classifier():
 def test_the_model_is_built_once_per_process(checkpoint, caplog):
     clear_model_cache()
     optical = m3rcr_xr.synthetic_scene((64, 64), chunks=32).cloudfree
-    with caplog.at_level("INFO", logger="m3rcr_xr.inference"):
+    with caplog.at_level("INFO", logger="m3rcr_xr.runner"):
         classify(optical, checkpoint=checkpoint, config=SMALL, tile=32).compute()
     assert sum("built landcover_unet" in r.getMessage() for r in caplog.records) == 1

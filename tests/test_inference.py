@@ -1,8 +1,6 @@
-import contextlib
 import pickle
 import re
 
-import dask
 import numpy as np
 import pytest
 import torch
@@ -11,9 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import m3rcr_xr
-from m3rcr_xr import cli, inference, models
+from m3rcr_xr import cli, devices, inference, models, runner
 from m3rcr_xr.exceptions import UsageError
-from m3rcr_xr.inference import ModelRef, decloud, make_plan, window
+from m3rcr_xr.inference import decloud
+from m3rcr_xr.runner import ModelRef
+from m3rcr_xr.tiling import make_plan
 from tests.conftest import probe_tile_tasks, raise_if_dask_computes
 
 SMALL = {"preset": "small"}
@@ -108,16 +108,6 @@ def test_scene_smaller_than_a_tile_and_odd_edges(small_checkpoint):
     assert out.shape == (4, 13, 29) and np.isfinite(out.values).all()
 
 
-def test_plan_covers_the_scene_with_positive_weights():
-    plan = make_plan(160, 20, 1000, 301)
-    assert plan.stride == 140
-    assert plan.shape == (7, 3)  # starts 0, 140, ... 840: the last tile ends at 1000
-    assert plan.padded_shape[0] >= 1000 and plan.padded_shape[0] - 1000 < plan.stride
-    assert (window(160) > 0).all()
-    with pytest.raises(m3rcr_xr.ModelConfigError, match="overlap"):
-        make_plan(32, 16, 100, 100)
-
-
 def test_composite_keeps_clear_pixels(small_checkpoint, small_scene):
     out = decloud(small_scene, "dsen2_cr", small_checkpoint, config=SMALL, composite=True).values
     clear = ~small_scene.cloudmask.values
@@ -169,7 +159,7 @@ def test_graph_carries_a_reference_not_the_weights(small_scene, tmp_path):
 
 
 def test_each_process_builds_the_model_once(small_checkpoint, monkeypatch):
-    inference.clear_model_cache()
+    runner.clear_model_cache()
     builds = []
     real_build = ModelRef.build
     monkeypatch.setattr(ModelRef, "build", lambda self: builds.append(1) or real_build(self))
@@ -184,7 +174,7 @@ def test_changed_checkpoint_is_refused(small_scene, tmp_path):
     out = decloud(small_scene, "dsen2_cr", path, config=SMALL)
     torch.manual_seed(1)
     torch.save(models.build("dsen2_cr", **SMALL).state_dict(), path)
-    inference.clear_model_cache()
+    runner.clear_model_cache()
     with pytest.raises(m3rcr_xr.CheckpointError, match="changed since decloud began"):
         out.compute()
 
@@ -220,8 +210,8 @@ def test_missing_checkpoint(small_scene, tmp_path):
 @pytest.mark.parametrize(("cuda", "expected"), [(False, "cpu"), (True, "cuda")])
 def test_device_auto_is_cuda_when_there_is_one(monkeypatch, cuda, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    assert inference.resolve_device("auto") == expected
-    assert inference.resolve_device("cpu") == "cpu"
+    assert devices.resolve_device("auto") == expected
+    assert devices.resolve_device("cpu") == "cpu"
 
 
 def test_result_round_trips_through_zarr(small_checkpoint, small_scene, tmp_path):
@@ -232,44 +222,7 @@ def test_result_round_trips_through_zarr(small_checkpoint, small_scene, tmp_path
     xr.testing.assert_allclose(back.decloud, out.compute())
 
 
-# -------------------------------------------------------------------- tiny scenes, padding
-def _pad_in_rounds(array: np.ndarray, target: tuple[int, int]) -> np.ndarray:
-    """Oracle: numpy's symmetric pad, in rounds of at most the array's size (one
-    reflection each)."""
-    while array.shape[-2:] != target:
-        widths = [(0, 0)] * (array.ndim - 2) + [
-            (0, min(goal - size, size)) for goal, size in zip(target, array.shape[-2:], strict=True)
-        ]
-        array = np.pad(array, widths, mode="symmetric")
-    return array
-
-
-@settings(max_examples=30, deadline=None)
-@given(
-    height=st.integers(1, 70),
-    width=st.integers(1, 70),
-    tile=st.sampled_from([16, 32, 64]),
-    chunk=st.integers(3, 40),
-    seed=st.integers(0, 2**16),
-)
-def test_padding_equals_numpy_symmetric_pad_in_rounds(height, width, tile, chunk, seed):
-    plan = make_plan(tile, tile // 8, height, width)
-    array = np.random.default_rng(seed).random((2, height, width), dtype=np.float32)
-    expected = _pad_in_rounds(array, plan.padded_shape)
-    np.testing.assert_array_equal(inference._pad(array, plan), expected)
-    lazy = inference._pad(dask.array.from_array(array, chunks=(2, chunk, chunk)), plan)
-    np.testing.assert_array_equal(lazy.compute(), expected)
-    assert len(lazy.chunks[1]) <= len(range(0, height, chunk)) + 1  # one block added
-
-
-def test_mirror_index_repeats_the_edge_with_period_twice_the_size():
-    assert inference.mirror_index(1, 4).tolist() == [0, 0, 0, 0]
-    assert inference.mirror_index(3, 10).tolist() == [0, 1, 2, 2, 1, 0, 0, 1, 2, 2]
-    np.testing.assert_array_equal(
-        inference.mirror_index(5, 37), np.pad(np.arange(5), (0, 32), mode="symmetric")
-    )
-
-
+# ------------------------------------------------------------------------- tiny scenes
 def _tasks(shape: tuple[int, int]) -> int:
     scene = m3rcr_xr.synthetic_scene(shape, seed=1)
     return len(
@@ -330,7 +283,7 @@ def test_a_device_this_process_does_not_have(small_scene, monkeypatch):
     with pytest.raises(UsageError, match="device='cuda': this process has 0 cuda"):
         decloud(small_scene, checkpoint="untrained", config=SMALL, device="cuda")
     with pytest.raises(UsageError, match="device='cuda'"):
-        inference.resolve_device("cuda")
+        devices.resolve_device("cuda")
 
 
 def test_numpy_integers_and_torch_devices_are_fine(zero_checkpoints):
@@ -405,21 +358,14 @@ def test_one_tile_task_at_a_time_per_exclusive_device(small_checkpoint, monkeypa
         assert probe.peak["forward"] > 1
 
 
-def test_device_lock_is_one_per_device_and_none_on_the_cpu():
-    assert isinstance(inference.device_lock("cpu"), contextlib.nullcontext)
-    lock = inference.device_lock("cuda:0")
-    assert lock is inference.device_lock("cuda:0")
-    assert lock is not inference.device_lock("cuda:1")
-
-
 def test_tile_counts_count_each_tile_once_per_device(small_checkpoint):
-    inference.tile_counts(reset=True)
+    runner.tile_counts(reset=True)
     scene = m3rcr_xr.synthetic_scene((300, 300), chunks=64)
     out = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48, device="cpu")
     out.compute(scheduler="threads")
     rows, cols = make_plan(48, 6, 300, 300).shape
-    assert inference.tile_counts(reset=True) == {"cpu": rows * cols}
-    assert inference.tile_counts() == {}
+    assert runner.tile_counts(reset=True) == {"cpu": rows * cols}
+    assert runner.tile_counts() == {}
 
 
 @pytest.mark.parametrize(
@@ -457,26 +403,6 @@ def test_a_cpu_runs_float32_whatever_the_precision(small_checkpoint, monkeypatch
     )
     assert set(seen) == {"fp32", "bf16"}  # the precision reaches the tile tasks
     np.testing.assert_array_equal(bf16, fp32)
-
-
-def test_autocast_dtype_per_device_and_precision(monkeypatch):
-    assert all(inference.autocast_dtype(p, "cpu") is None for p in inference.PRECISIONS)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert inference.autocast_dtype("auto", "cuda:0") is torch.bfloat16
-    assert inference.autocast_dtype("bf16", "cuda:0") is torch.bfloat16
-    assert inference.autocast_dtype("fp16", "cuda:0") is torch.float16
-    assert inference.autocast_dtype("fp32", "cuda:0") is None
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
-    assert inference.autocast_dtype("auto", "cuda:0") is None  # no native bf16: float32
-
-
-def test_one_cached_model_whatever_the_precision(small_checkpoint):
-    inference.clear_model_cache()
-    fp32, bf16 = (
-        inference.cached_model(ModelRef.create("dsen2_cr", small_checkpoint, SMALL, "cpu", p))[0]
-        for p in ("fp32", "auto")
-    )
-    assert fp32 is bf16
 
 
 @pytest.mark.parametrize("name", ["dsen2_cr", "glf_cr", "align_cr"])

@@ -11,7 +11,7 @@ import torch
 from distributed import Client, LocalCluster
 
 import m3rcr_xr
-from m3rcr_xr import inference, threads
+from m3rcr_xr import runner, threads
 from m3rcr_xr.inference import decloud
 
 SMALL = {"preset": "small"}
@@ -35,13 +35,13 @@ def torch_at_three():
 def threads_in_forwards(monkeypatch) -> list[int]:
     """Torch's thread count in each forward pass of a tile task."""
     seen: list[int] = []
-    forward = inference._forward
+    forward = runner._forward
 
     def counting(model, batch):
         seen.append(torch.get_num_threads())
         return forward(model, batch)
 
-    monkeypatch.setattr(inference, "_forward", counting)
+    monkeypatch.setattr(runner, "_forward", counting)
     return seen
 
 

@@ -8,9 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import m3rcr_xr
-from m3rcr_xr import cli, inference, models
+from m3rcr_xr import cli, models, runner, tiling
 from m3rcr_xr.exceptions import CheckpointError, ModelConfigError, UsageError
-from m3rcr_xr.inference import TTA, ModelRef, decloud, invert_transform, transform_tiles
+from m3rcr_xr.inference import TTA, decloud, invert_transform, transform_tiles
+from m3rcr_xr.runner import ModelRef
 from m3rcr_xr.testing import TINY, seeded_checkpoint
 from tests.conftest import raise_if_dask_computes
 
@@ -121,12 +122,12 @@ def test_decloud_and_std_do_not_depend_on_chunking(tiny_checkpoint, height, widt
 
 def test_forward_passes_are_tiles_times_members_times_transforms(tiny_members):
     scene = m3rcr_xr.synthetic_scene((100, 130), chunks=40)
-    inference.tile_counts(reset=True)
+    runner.tile_counts(reset=True)
     out = decloud(scene, "dsen2_cr", tiny_members, config=TINY, tile=32, overlap=4, tta="d4")
     out.compute()
-    plan = inference.make_plan(32, 4, 100, 130)
+    plan = tiling.make_plan(32, 4, 100, 130)
     tiles = plan.shape[0] * plan.shape[1]
-    assert sum(inference.tile_counts().values()) == tiles * 2 * 8
+    assert sum(runner.tile_counts().values()) == tiles * 2 * 8
 
 
 def test_collection_with_uncertainty(zero_members, tiny_members):
@@ -176,10 +177,10 @@ def test_composite_keeps_the_input_with_no_spread(small_scene, tiny_checkpoint):
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(small_scene, kwargs, error, match):
-    inference.tile_counts(reset=True)
+    runner.tile_counts(reset=True)
     with raise_if_dask_computes(), pytest.raises(error, match=match):
         decloud(small_scene, "dsen2_cr", **{"config": TINY, **kwargs})
-    assert inference.tile_counts() == {}
+    assert runner.tile_counts() == {}
 
 
 def test_an_ensemble_of_mismatched_members_is_refused(small_scene, tiny_members, small_checkpoint):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import m3rcr_xr
-from m3rcr_xr import inference, weights
+from m3rcr_xr import runner, weights
 from m3rcr_xr.cli import main
 from m3rcr_xr.exceptions import CheckpointError, ModelConfigError, UsageError
 from m3rcr_xr.weights import WeightsEntry, default_checkpoint
@@ -295,7 +295,7 @@ def test_the_entry_gives_model_and_config(lab_entry):
 
 def test_a_url_records_its_hash_and_source(server, tiny):
     url = f"{server[0]}/tiny.pt"
-    ref = inference.ModelRef.create("dsen2_cr", url, TINY, "cpu")
+    ref = runner.ModelRef.create("dsen2_cr", url, TINY, "cpu")
     assert (ref.sha256, ref.sources, ref.weights) == (tiny[1], (url,), url)
     assert len(pickle.dumps(ref)) < 1000
 
@@ -325,7 +325,7 @@ def test_workers_fetch_for_themselves(server, tiny, cache, tmp_path):
     assert graph < demo.stat().st_size / 4
     expected = m3rcr_xr.decloud(scene, checkpoint=DEMO, tile=64).compute(scheduler="sync")
     shutil.rmtree(cache)
-    inference.clear_model_cache()
+    runner.clear_model_cache()
     with (
         LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster,
         Client(cluster),
@@ -333,7 +333,7 @@ def test_workers_fetch_for_themselves(server, tiny, cache, tmp_path):
         got = out.compute()
     np.testing.assert_allclose(got.values, expected.values, rtol=1e-6)
     assert requests == ["/demo.safetensors", "/demo.safetensors"]  # client, then worker
-    inference.clear_model_cache()
+    runner.clear_model_cache()
 
 
 # --------------------------------------------------------------------- command line

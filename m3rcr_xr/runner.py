@@ -1,0 +1,328 @@
+"""Run tiles through a network on a device, in whatever process a task lands.
+
+The model travels in the task graph as a :class:`ModelRef` (name, configuration, where
+its weights come from and their content hash, never the weights): each worker process
+fetches the weights itself (:func:`m3rcr_xr.weights.fetch`), builds the model once and
+keeps it (:func:`cached_model`). :func:`run_tiles` runs a stack of normalised tiles
+through it in batches and counts them (:func:`tile_counts`).
+
+On a GPU (safe by default, and fast)
+    Each worker process runs the GPU work of one tile task at a time per device (a
+    process-wide lock per device, :func:`device_lock`), whatever its thread count, so
+    that tasks never contend for the device's memory; its other threads meanwhile
+    read, crop, blend and write. A task stages its tiles in page-locked host memory
+    before it takes the lock, then queues the uploads on a side stream and the forward
+    passes and downloads on the compute stream, and lets go of the lock before they
+    finish: the next task queues its own work behind them, so that the device need not
+    wait for the host between tasks.
+
+On the CPU
+    Tile tasks run side by side, each with its share of torch's threads
+    (:func:`m3rcr_xr.threads.tile_threads`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .devices import _device_name, resolve_device
+from .exceptions import CheckpointError, UsageError, argument
+from .threads import tile_threads, torch_threads
+from .weights import UNTRAINED
+from .weights import resolve as resolve_weights
+from .weights.resolve import fetch_first
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------ model
+#: how the tile forwards run on a CUDA GPU (see :func:`m3rcr_xr.decloud`); a CPU runs float32
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+DEFAULT_PRECISION = "fp32"
+
+
+def check_precision(precision: str, device: str) -> None:
+    """Refuse an unknown precision, or a reduced one on a device that is not a GPU.
+
+    Raises
+    ------
+    UsageError
+        Naming the argument as the caller wrote it.
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(
+            f"{argument('precision', precision)}: must be one of {', '.join(PRECISIONS)}"
+        )
+    if precision in ("bf16", "fp16") and not device.startswith(("auto", "cuda")):
+        raise UsageError(
+            f"{argument('precision', precision)} runs on a CUDA GPU only, not with "
+            f"{argument('device', device)}: the CPU runs float32"
+        )
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a worker needs to build and run the model: small, hashable and picklable.
+
+    The weights never enter the task graph: ``sources`` says where to get them (a
+    registered name then its URLs, a URL, or a path) and ``sha256`` what they must be;
+    each worker process fetches them itself (:func:`m3rcr_xr.weights.fetch`, into its own
+    cache), checks the hash, builds the model once and keeps it in a cache.
+    ``checkpoint`` is the file on the client (checked there on the meta device), and
+    ``weights`` says how the user asked for it. ``device`` and ``precision`` say how the
+    worker runs it.
+    """
+
+    name: str
+    config: tuple[tuple[str, Any], ...] = ()
+    checkpoint: str | None = None
+    sha256: str | None = None
+    device: str = "auto"
+    precision: str = DEFAULT_PRECISION
+    sources: tuple[str, ...] = ()
+    weights: str = UNTRAINED
+
+    @classmethod
+    def create(
+        cls,
+        name: str | None,
+        checkpoint: str | os.PathLike | None = None,
+        config: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        precision: str = DEFAULT_PRECISION,
+    ) -> ModelRef:
+        """Resolve ``checkpoint`` (:func:`m3rcr_xr.weights.resolve`) on the client.
+
+        ``name`` None takes the registered entry's model.
+        """
+        check_precision(precision, device)
+        found = resolve_weights(name, checkpoint, config)
+        return cls(
+            name=found.model,
+            config=tuple(sorted(found.config.items())),
+            checkpoint=None if found.path is None else str(found.path),
+            sha256=found.sha256,
+            device=device,
+            precision=precision,
+            sources=found.sources,
+            weights=found.label,
+        )
+
+    def spec(self):
+        """Check the configuration and the checkpoint's keys and shapes as :meth:`build`
+        would, on torch's ``meta`` device (no memory, no weights); return the model's
+        :class:`~m3rcr_xr.models.ModelSpec`. The client calls this; workers build."""
+        from . import models
+
+        return models.model_spec(self.name, self.checkpoint, **dict(self.config))
+
+    def build(self):
+        """Build the model on the CPU, in eval mode, with its weights fetched and checked
+        in this process (untrained only if asked for)."""
+        from . import models
+
+        config = dict(self.config)
+        if self.checkpoint is None:
+            return models.build(self.name, **config)
+        try:
+            path = fetch_first(self.sources or (self.checkpoint,), self.sha256)
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"{self.weights}: the checkpoint changed since decloud began, or cannot be "
+                f"fetched in this process (pid {os.getpid()}): {exc}"
+            ) from exc
+        return models.load(self.name, path, **config)
+
+
+_CACHE: dict[tuple[ModelRef, str], Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_model(ref: ModelRef):
+    """The model of ``ref`` in this process, built on first use; (model, device).
+
+    One model per device whatever the precision (autocast is applied per call); on a
+    CUDA device in ``channels_last`` layout where its spec says that runs faster.
+    """
+    import torch
+
+    device = _device_name(resolve_device(ref.device))
+    key = (replace(ref, precision=DEFAULT_PRECISION), device)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            model = ref.build().to(device)
+            if device.startswith("cuda") and model.spec.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            _CACHE[key] = model
+            log.info("built %s on %s (pid %d)", ref.name, device, os.getpid())
+        return _CACHE[key], device
+
+
+def clear_model_cache() -> None:
+    """Forget the models built in this process."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+# ----------------------------------------------------------------------------- device
+#: device types whose tile tasks run side by side, each with its share of the cores;
+#: on any other (a GPU), one tile task at a time per device (:func:`device_lock`)
+CONCURRENT_DEVICE_TYPES = frozenset({"cpu"})
+
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_COPY_STREAMS: dict[str, Any] = {}
+_TILE_COUNTS: Counter[str] = Counter()
+_STATE_LOCK = threading.Lock()  # guards the three above
+
+
+def device_lock(device: str) -> contextlib.AbstractContextManager:
+    """The lock that tile tasks of this process hold while they use ``device``.
+
+    Shared by every thread of the process, so that a worker with many threads runs the
+    GPU work of one tile task at a time per device (the others read, crop and blend
+    meanwhile): tasks never contend for the device's memory and streams. A no-op on the
+    CPU (:data:`CONCURRENT_DEVICE_TYPES`).
+    """
+    if device.split(":")[0] in CONCURRENT_DEVICE_TYPES:
+        return contextlib.nullcontext()
+    with _STATE_LOCK:
+        return _DEVICE_LOCKS.setdefault(device, threading.Lock())
+
+
+def tile_counts(reset: bool = False) -> dict[str, int]:
+    """Tiles this process has run through a network, per device (``"cuda:0"``...).
+
+    Examples
+    --------
+    >>> tile_counts()  # doctest: +SKIP
+    {'cuda:0': 240}
+    """
+    with _STATE_LOCK:
+        counts = dict(_TILE_COUNTS)
+        if reset:
+            _TILE_COUNTS.clear()
+    return counts
+
+
+def _count_tiles(device: str, tiles: int) -> None:
+    with _STATE_LOCK:
+        _TILE_COUNTS[device] += tiles
+
+
+def autocast_dtype(precision: str, device: str):
+    """The torch dtype the forwards run in under autocast on ``device``; None: float32.
+
+    ``"auto"`` is bf16 on GPUs that compute it natively (compute capability 8 and up),
+    float32 elsewhere. A CPU always runs float32.
+    """
+    import torch
+
+    if not device.startswith("cuda") or precision == "fp32":
+        return None
+    if precision == "auto":
+        native = torch.cuda.get_device_capability(device)[0] >= 8
+        return torch.bfloat16 if native else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+# ---------------------------------------------------------------------- tile running
+def run_tiles(
+    model, device: str, tiles: np.ndarray, batch_size: int, precision: str = DEFAULT_PRECISION
+) -> np.ndarray:
+    """Run (N, 6, T, T) normalised inputs through ``model`` in batches; (N, 4, T, T).
+
+    On a CUDA device through :func:`_run_cuda` (page-locked copies, overlapped uploads,
+    autocast to ``precision``); elsewhere batch after batch, with torch's CPU threads
+    shared among the tasks (:func:`m3rcr_xr.threads.tile_threads`). Either way under
+    :func:`device_lock`, and counted in :func:`tile_counts`.
+    """
+    if device.startswith("cuda"):
+        outputs = _run_cuda(model, device, tiles, batch_size, autocast_dtype(precision, device))
+    else:
+        with device_lock(device), tile_threads(torch_threads()):
+            outputs = _run_host(model, device, tiles, batch_size)
+    _count_tiles(device, len(tiles))
+    return outputs
+
+
+def _run_host(model, device: str, tiles: np.ndarray, batch_size: int) -> np.ndarray:
+    import torch
+
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(tiles), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
+            batch = batch.to(device)
+            outputs.append(_forward(model, batch).float().cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.empty((0, model.spec.output_channels, 0, 0))
+
+
+def _forward(model, batch):
+    """The output of ``model`` on a batch of stacked inputs, as tiles blend it.
+
+    The inputs are split into the optical channels and the rest (the SAR channels,
+    none for a classifier); a classifier's logits become class probabilities, which
+    blend across overlaps into labels that do not depend on the tiling.
+    """
+    optical = model.spec.optical_channels
+    out = model(batch[:, :optical], batch[:, optical:])
+    return out.softmax(1) if model.spec.task == "landcover" else out
+
+
+def _copy_stream(device: str):
+    """This process's side stream for uploads to ``device`` (made once)."""
+    import torch
+
+    with _STATE_LOCK:
+        if device not in _COPY_STREAMS:
+            _COPY_STREAMS[device] = torch.cuda.Stream(device=device)
+        return _COPY_STREAMS[device]
+
+
+def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any) -> np.ndarray:
+    """:func:`run_tiles` on a CUDA device.
+
+    The tiles are staged in page-locked memory before the lock is taken; under it, every
+    batch's upload is queued on a side stream (so the next batch is copied while the
+    current one runs) and its forward pass and download on the compute stream. The lock
+    is released once the work is queued; the outputs are read when it is done.
+    """
+    import torch
+
+    staged = torch.empty(tiles.shape, dtype=torch.float32, pin_memory=True)
+    staged.numpy()[...] = tiles
+    outputs = torch.empty(
+        (len(tiles), model.spec.output_channels, *tiles.shape[2:]),
+        dtype=torch.float32,
+        pin_memory=True,
+    )
+    with device_lock(device), torch.cuda.device(device), torch.inference_mode():
+        compute, copy = torch.cuda.current_stream(), _copy_stream(device)
+        uploads = []
+        with torch.cuda.stream(copy):
+            for start in range(0, len(tiles), batch_size):
+                batch = staged[start : start + batch_size].to(device, non_blocking=True)
+                uploads.append((start, batch, copy.record_event()))
+        # one autocast block for all the batches: it casts each weight once per block,
+        # which is many small kernels for the attention networks, launch-bound on a GPU
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            for start, batch, uploaded in uploads:
+                compute.wait_event(uploaded)
+                batch.record_stream(compute)  # made on the side stream, used on this one
+                if model.spec.channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                out = _forward(model, batch)
+                out = out.to(torch.float32, memory_format=torch.contiguous_format)
+                outputs[start : start + len(out)].copy_(out, non_blocking=True)
+        done = compute.record_event()
+    done.synchronize()
+    return outputs.numpy()
