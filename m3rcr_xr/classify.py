@@ -31,11 +31,11 @@ from .exceptions import ModelConfigError, SchemaError, UsageError, argument
 from .inference import (
     BlockOutput,
     TileJob,
-    _check_arguments,
-    _check_task,
-    _decloud_collection,
-    _decloud_scene,
-    _tiling,
+    check_task,
+    check_tile_arguments,
+    plan_tiles,
+    tile_collection,
+    tile_scene,
 )
 from .landcover import IGNORE_INDEX
 from .normalize import normalize_optical
@@ -112,7 +112,7 @@ def classifier_ref(
     (a cloud-removal model, a level it was not built for, weights that do not fit)."""
     ref = ModelRef.create(classifier, checkpoint, config, device, precision)
     spec = ref.spec()
-    _check_task(spec, "landcover", "classify")
+    check_task(spec, "landcover", "classify")
     check_level(spec, level)
     return ref, spec
 
@@ -129,10 +129,10 @@ def classify_lazy(
 ) -> xr.DataArray:
     """:func:`classify` with a checked classifier, always lazy (for one-pass evaluation)."""
     optical = _optical(optical, spec.optical_bands)
-    plan = _tiling(spec, tile, overlap, optical.sizes["y"], optical.sizes["x"])
+    plan = plan_tiles(spec, tile, overlap, optical.sizes["y"], optical.sizes["x"])
     raw = optical.chunk().data  # no-op when lazy
     inputs = normalize_optical(raw.astype(np.float32))
-    run = _decloud_collection if "patch" in optical.dims else _decloud_scene
+    run = tile_collection if "patch" in optical.dims else tile_scene
     job = TileJob(
         plan=plan,
         members=(ref,),
@@ -214,7 +214,7 @@ def classify(
         another ``level``, weights for another number of classes, bad tiling arguments,
         an input that is not 4 optical bands on ``(y, x)``.
     """
-    tile, overlap, batch_size, device = _check_arguments(tile, overlap, batch_size, device)
+    tile, overlap, batch_size, device = check_tile_arguments(tile, overlap, batch_size, device)
     ref, spec = classifier_ref(classifier, checkpoint, config, device, precision, level)
     result = classify_lazy(
         optical, ref, spec, tile=tile, overlap=overlap, batch_size=batch_size, resources=resources

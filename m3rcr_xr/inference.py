@@ -298,7 +298,7 @@ def _unoptimized(array: da.Array):
     return array.rechunk(-1).to_delayed(optimize_graph=False).item()
 
 
-def _decloud_scene(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
+def tile_scene(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
     """(6, y, x) lazy inputs to (C, y, x) lazy output (2C with ``job.spread``: the bands,
     then their standard deviations), in two stages (see module doc)."""
     plan = job.plan
@@ -366,7 +366,9 @@ def _decloud_patches(inputs: np.ndarray, cloudy: np.ndarray, job: TileJob) -> np
     return out
 
 
-def _decloud_collection(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
+def tile_collection(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
+    """(p, 6, y, x) lazy patches to (p, C, y, x) lazy output (2C with ``job.spread``):
+    each patch tiled on its own, a chunk of patches a task."""
     inputs = inputs.rechunk({1: -1, 2: -1, 3: -1})
     cloudy = cloudy.rechunk((inputs.chunks[0], -1, -1, -1))
     with annotate(_resources(job)):
@@ -405,7 +407,7 @@ def _distributed_client() -> bool:
     return True
 
 
-def _check_arguments(
+def check_tile_arguments(
     tile: int | None, overlap: int | None, batch_size: int, device: Any
 ) -> tuple[int | None, int | None, int, str]:
     """The tiling and running arguments of :func:`decloud`, checked, as plain ints.
@@ -421,7 +423,7 @@ def _check_arguments(
     return tile, overlap, batch_size, check_device(device, here=not _distributed_client())
 
 
-def _tiling(spec, tile: int | None, overlap: int | None, height: int, width: int) -> TilePlan:
+def plan_tiles(spec, tile: int | None, overlap: int | None, height: int, width: int) -> TilePlan:
     """The tile plan for a model of ``spec`` (:class:`~m3rcr_xr.models.ModelSpec`)."""
     from .models.interface import check_size
 
@@ -431,10 +433,11 @@ def _tiling(spec, tile: int | None, overlap: int | None, height: int, width: int
     return make_plan(tile, overlap, height, width)
 
 
-def _check_task(spec, task: str, use: str) -> None:
-    from .models.interface import check_task  # torch is imported only when a model runs
+def check_task(spec, task: str, use: str) -> None:
+    """Refuse a model of another task (a classifier for decloud, say), naming ``use``."""
+    from .models import interface  # torch is imported only when a model runs
 
-    check_task(spec, task, use)
+    interface.check_task(spec, task, use)
 
 
 Checkpoint = str | os.PathLike | None
@@ -605,18 +608,18 @@ def decloud(
     >>> list(both.data_vars)
     ['decloud', 'decloud_std']
     """
-    tile, overlap, batch_size, device = _check_arguments(tile, overlap, batch_size, device)
+    tile, overlap, batch_size, device = check_tile_arguments(tile, overlap, batch_size, device)
     check_tta(tta)
     checkpoints = _checkpoints(checkpoint)
     _check_spread(uncertainty, len(checkpoints), tta)
     _check_inputs(ds, composite)
     members = tuple(ModelRef.create(model, c, config, device, precision) for c in checkpoints)
     spec = _ensemble_spec(members)
-    _check_task(spec, "cloud_removal", "decloud")
+    check_task(spec, "cloud_removal", "decloud")
     if composite:
         warn_if_estimated(ds["cloudmask"], "decloud(composite=True)")
     job = TileJob(
-        plan=_tiling(spec, tile, overlap, ds.sizes["y"], ds.sizes["x"]),
+        plan=plan_tiles(spec, tile, overlap, ds.sizes["y"], ds.sizes["x"]),
         members=members,
         batch_size=batch_size,
         tta=tta,
@@ -625,7 +628,7 @@ def decloud(
     )
     eager = ds["cloudy"].chunks is None
     inputs, cloudy = model_inputs(ds).chunk(), ds["cloudy"].chunk()  # no-op when lazy
-    decloud_array = _decloud_collection if is_collection(ds) else _decloud_scene
+    decloud_array = tile_collection if is_collection(ds) else tile_scene
     data = decloud_array(inputs.data, cloudy.data, job)
     result: xr.DataArray | xr.Dataset
     result = _variable(ds, data[..., : job.channels, :, :], job, "decloud", composite)

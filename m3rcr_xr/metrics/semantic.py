@@ -461,9 +461,9 @@ def semantic_setup(
     weights), the inputs and their grids, the strata.
     """
     from ..classify import classifier_ref, classify_lazy
-    from ..inference import _check_arguments
+    from ..inference import check_tile_arguments
 
-    tile, overlap, batch_size, device = _check_arguments(tile, overlap, batch_size, device)
+    tile, overlap, batch_size, device = check_tile_arguments(tile, overlap, batch_size, device)
     name, checkpoint, config = _classifier(classifier, classifier_config)
     ref, spec = classifier_ref(name, checkpoint, config, device, "fp32", level)
     if landcover is None:
