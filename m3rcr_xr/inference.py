@@ -32,7 +32,9 @@ Ensembles, test-time augmentation and the uncertainty layer
 
 from __future__ import annotations
 
+import importlib
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -55,6 +57,38 @@ from .tiling import TilePlan, block_end, group_size, groups, make_plan, pad, win
 
 OPTICAL_CHANNELS = 4
 DEFAULT_TILE = 256  # for models that take any size
+
+#: public names that moved out of this module (to the module named), still found here
+#: with a DeprecationWarning
+_MOVED = {
+    **dict.fromkeys(
+        [
+            "CONCURRENT_DEVICE_TYPES",
+            "PRECISIONS",
+            "autocast_dtype",
+            "check_precision",
+            "clear_model_cache",
+            "device_lock",
+            "tile_counts",
+        ],
+        "runner",
+    ),
+    **dict.fromkeys(["GROUP_PIXELS", "mirror_index"], "tiling"),
+    "resolve_device": "devices",
+    "file_sha256": "weights.download",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    home = f"{__package__}.{_MOVED[name]}"
+    warnings.warn(
+        f"m3rcr_xr.inference.{name} is now {home}.{name}; import it from there",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(home), name)
 
 
 # ------------------------------------------------------------------------ what to run

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import m3rcr_xr
-from m3rcr_xr import cli, devices, inference, models, runner
+from m3rcr_xr import cli, devices, inference, models, runner, tiling
 from m3rcr_xr.exceptions import UsageError
 from m3rcr_xr.inference import decloud
 from m3rcr_xr.runner import ModelRef
@@ -417,3 +417,15 @@ def test_networks_give_the_same_output_in_channels_last(name):
         x = x.contiguous(memory_format=torch.channels_last)
         last = net(x[:, :4], x[:, 4:])
     torch.testing.assert_close(last, plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [("tile_counts", runner), ("clear_model_cache", runner), ("mirror_index", tiling)],
+)
+def test_names_that_moved_are_still_found_here_with_a_warning(name, home):
+    moved = rf"m3rcr_xr\.inference\.{name} is now {home.__name__}\.{name}"
+    with pytest.warns(DeprecationWarning, match=moved):
+        assert getattr(inference, name) is getattr(home, name)
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        inference.no_such_name  # noqa: B018
