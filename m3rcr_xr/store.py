@@ -18,7 +18,9 @@ Safety rules, for local paths and fsspec URLs alike:
   identity: the Dask graph's token (file names and modification times for rasters
   opened lazily, a content hash for arrays in memory, the checkpoint's hash for
   decloud) and the size and modification time of each source file (the fingerprint
-  of each source store). An unfinished store of other data is never resumed.
+  of each source store). An unfinished store of other data is never resumed. A resume
+  removes the temporary files (``KEY.<uuid>.partial``) of zarr's writes that a killed
+  writer cut off in the arrays' folders.
 * **One writer.** A writer holds :data:`LOCK` inside the store while it writes: an
   OS lock on a local file (``flock``; a byte-range lock on Windows), released by the OS
   when the process ends, so a killed writer never blocks the resume; on object stores
@@ -39,12 +41,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import dask.base
@@ -77,6 +81,8 @@ _ZARR_WRITE = {"consolidated": False, "zarr_format": 3, "write_empty_chunks": Tr
 READ_CACHE_BYTES = 16 * 2**20
 #: where a new root ``zarr.json`` is written before it replaces the old one (locally)
 _ROOT_TMP = "zarr.json.m3rcr-tmp"
+#: zarr-python's temporary file of a local write, left behind by a writer killed in it
+_ZARR_PARTIAL = re.compile(r"[^/]+\.[0-9a-f]{32}\.partial")
 #: errors of the file system that make a destination unwritable (named, not traced)
 _UNWRITABLE = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOTDIR}
 
@@ -590,6 +596,7 @@ def to_zarr(
             _initialise(ds, target.zarr_store, fingerprint)
         else:
             log.info("%s: resuming, %d of %d steps already written", store, len(done), len(steps))
+            _remove_partial_writes(target, ds)
         try:
             _write_steps(ds, target.zarr_store, target, dim, steps, done, progress)
         except M3RCRError:
@@ -743,6 +750,18 @@ def _set_attrs(target: _Target, attrs: dict[str, Any]) -> None:
     doc["attributes"] = {**(doc.get("attributes") or {}), **attrs}
     doc.pop("consolidated_metadata", None)
     _write_root(target, doc)
+
+
+def _remove_partial_writes(target: _Target, ds: xr.Dataset) -> None:
+    """Remove the temporary files of zarr's chunk and metadata writes (``KEY.<uuid
+    hex>.partial``) that a killed writer left in the arrays' folders of a local store;
+    the resume writes those keys again. Object stores have no such files."""
+    if not target.local:
+        return
+    for name in ds.variables:
+        for path in Path(target.key(str(name))).rglob("*.partial"):
+            if _ZARR_PARTIAL.fullmatch(path.name):
+                path.unlink(missing_ok=True)
 
 
 def _finish(target: _Target, ds: xr.Dataset) -> None:

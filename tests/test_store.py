@@ -139,6 +139,30 @@ def test_failed_write_is_incomplete_then_resumes(tmp_path, monkeypatch):
     assert snapshot(tmp_path / "c.zarr") == snapshot(tmp_path / "fresh.zarr")
 
 
+def test_a_resume_removes_the_temporary_files_of_writes_that_were_cut_off(tmp_path, monkeypatch):
+    import uuid
+
+    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+    collection = m3rcr_xr.synthetic_collection(4, 48, seed=5)
+    with m3rcr_xr.set_options(patches_per_chunk=2):
+        _recording(monkeypatch, fail_at=2)
+        with pytest.raises(OSError, match="disk went away"):
+            m3rcr_xr.to_zarr(collection, tmp_path / "c.zarr")
+        # what zarr leaves of a chunk and a metadata write when its process is killed
+        cut_off = [
+            tmp_path / "c.zarr" / "cloudy" / "c" / "1" / f"0.{uuid.uuid4().hex}.partial",
+            tmp_path / "c.zarr" / "sar" / f"zarr.{uuid.uuid4().hex}.partial",
+        ]
+        for path in cut_off:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"half a chunk")
+        _recording(monkeypatch)
+        m3rcr_xr.to_zarr(collection, tmp_path / "c.zarr")
+        m3rcr_xr.to_zarr(collection, tmp_path / "fresh.zarr")
+    assert not any(path.exists() for path in cut_off)
+    assert snapshot(tmp_path / "c.zarr") == snapshot(tmp_path / "fresh.zarr")
+
+
 #: writes a collection slowly (every task waits: the graph, and so the data's
 #: fingerprint, stays that of the plain collection); argv: store, seed
 WRITER = textwrap.dedent("""
