@@ -624,15 +624,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool) -> None:
+    """Warnings only (``verbose``: INFO too), distributed's included.
+
+    distributed sets its loggers to INFO when it is first imported, from dask's
+    ``logging.distributed`` setting: a cluster started by a command would otherwise
+    print its start-up chatter.
+    """
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        import dask
+
+        dask.config.set({"logging.distributed": "warning"})  # before distributed's import
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # or after it
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``m3rcr``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:  # distributed sets its own loggers to INFO
-        logging.getLogger("distributed").setLevel(logging.WARNING)
+    configure_logging(args.verbose)
     try:
         with command_line_names(), _scheduler_client(args):  # errors name --flags
             return args.func(args)

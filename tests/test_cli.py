@@ -104,6 +104,32 @@ def test_console_script_runs():
     assert "ingest" in result.stdout and "demo" in result.stdout
 
 
+#: the command line's logging set up, then distributed imported (as a command that
+#: starts a cluster does) and one of its loggers used; argv: verbose (0 or 1)
+DISTRIBUTED_CHATTER = """
+import logging, sys
+from m3rcr_xr import cli
+assert "distributed" not in sys.modules
+cli.configure_logging(verbose=bool(int(sys.argv[1])))
+import distributed
+logging.getLogger("distributed.scheduler").info("scheduler chatter")
+logging.getLogger("distributed.scheduler").warning("scheduler warning")
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_distributed_logs_only_warnings_unless_verbose(verbose):
+    result = subprocess.run(
+        [sys.executable, "-c", DISTRIBUTED_CHATTER, str(int(verbose))],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert "scheduler warning" in result.stderr
+    assert ("scheduler chatter" in result.stderr) == verbose
+
+
 def test_decloud_writes_zarr_and_a_cog(tmp_path, capsys):
     import rasterio
 
