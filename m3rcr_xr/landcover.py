@@ -128,7 +128,8 @@ def worldcover_labels(codes, level: int):
 
 
 def _apply_lookup(lookup: np.ndarray, codes):
-    """``lookup[codes]`` for NumPy, Dask and xarray objects (codes above 255: ignored)."""
+    """``lookup[codes]`` for NumPy, Dask and xarray objects (values that are no code:
+    negative, fractional, NaN, above 255: ignored)."""
     import xarray as xr
 
     if isinstance(codes, xr.DataArray):
@@ -137,6 +138,8 @@ def _apply_lookup(lookup: np.ndarray, codes):
         return codes.map_blocks(functools.partial(_apply_lookup, lookup), dtype=np.uint8)
     codes = np.asarray(codes)
     inside = (codes >= 0) & (codes < len(lookup))
+    if codes.dtype.kind == "f":  # 10.5 is no code (NaN fails the comparisons already)
+        inside &= codes == np.round(codes)
     labels = lookup[np.where(inside, codes, 0).astype(np.intp)]
     return np.where(inside, labels, IGNORE_INDEX).astype(np.uint8)
 

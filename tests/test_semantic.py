@@ -136,6 +136,29 @@ def test_labels_out_of_range_are_refused():
         semantic_metrics(labels, codes, level=2, strata=("cloudy",))
 
 
+def test_negative_labels_are_refused_as_out_of_range():
+    codes = xr.DataArray(np.full((2, 2), 10, "uint8"), dims=("y", "x"))
+    labels = xr.DataArray(np.array([[0, -1], [1, 255]], "int16"), dims=("y", "x"))
+    with pytest.raises(SchemaError, match="labels: 1 pixel.*level 1 .*0..6"):
+        semantic_metrics(labels, codes, level=1)
+
+
+@pytest.mark.parametrize("chunks", [None, 2])
+def test_land_cover_values_that_are_no_code_are_ignored_and_nan_is_nodata(chunks):
+    values = np.array([[10, 300, -1], [10.5, np.nan, 20]], "float32")
+    landcover = xr.DataArray(values, dims=("y", "x"))
+    labels = xr.DataArray(np.zeros((2, 3), "uint8"), dims=("y", "x"))
+    if chunks:
+        landcover, labels = landcover.chunk(chunks), labels.chunk(chunks)
+    result = semantic_metrics(labels, landcover, level=1)
+    assert result.attrs["n_landcover_nodata_pixels"] == 1  # NaN
+    assert result.attrs["n_landcover_ignored_pixels"] == 3  # 300, -1 and 10.5
+    assert float(result.OA.sel(stratum="all")) == 0.5  # tree right, grassland (1) wrong
+    wide = landcover.fillna(0).astype("int16")  # 300 and -1 as a signed integer file has them
+    attrs = semantic_metrics(labels, wide, level=1).attrs
+    assert (attrs["n_landcover_ignored_pixels"], attrs["n_landcover_nodata_pixels"]) == (2, 1)
+
+
 def test_evaluate_semantic_is_one_lazy_pass(scene, classifiers):
     scene = scene.chunk(32)
     kwargs = {"classifier": classifiers[1], "classifier_config": SMALL, "tile": 32}

@@ -89,7 +89,10 @@ SEMANTIC_RULE = (
     "counted; IoU and F1 are NaN for a class absent from both truth and prediction"
 )
 _CODES = 256  # land-cover codes are uint8
-_HISTOGRAM = _CODES + 1  # the codes of counted pixels, then the excluded pixels
+#: the histogram's bins: the codes of counted pixels, values that are no uint8 code
+#: (negative, above 255, fractional: a land cover of another type), then the excluded
+_OTHER = _CODES
+_HISTOGRAM = _CODES + 2
 
 
 # ------------------------------------------------------------------------- kernels
@@ -103,16 +106,23 @@ def _confusion_block(
     """Counts of (cloud, true, predicted) in a block, then of predicted labels out of
     range (neither a class nor :data:`IGNORE_INDEX`); shaped (1, ..., 1, 2 K^2 + 1)."""
     predicted, true = predicted.astype(np.int64), true.astype(np.int64)
-    keep = (predicted < n_classes) & (true < n_classes) & ~excluded
+    is_class = (predicted >= 0) & (predicted < n_classes)
+    keep = is_class & (true < n_classes) & ~excluded
     code = (cloud[keep].astype(np.int64) * n_classes + true[keep]) * n_classes + predicted[keep]
     counts = np.bincount(code, minlength=2 * n_classes**2)
-    bad = np.count_nonzero((predicted >= n_classes) & (predicted != IGNORE_INDEX) & ~excluded)
+    bad = np.count_nonzero(~is_class & (predicted != IGNORE_INDEX) & ~excluded)
     return np.append(counts, bad).reshape((1,) * predicted.ndim + (-1,))
 
 
 def _histogram_block(codes: np.ndarray, excluded: np.ndarray) -> np.ndarray:
-    """Land-cover codes of the counted pixels, then the number of excluded pixels."""
-    counts = np.bincount(codes[~excluded].astype(np.int64), minlength=_CODES)
+    """Land-cover codes of the counted pixels (NaN as nodata, as :func:`evaluate` takes
+    it), then how many are no uint8 code, then the number of excluded pixels."""
+    counted = codes[~excluded]
+    if counted.dtype != np.uint8:
+        is_code = (counted >= 0) & (counted < _CODES) & (counted == np.round(counted))
+        nan = np.isnan(counted) if counted.dtype.kind == "f" else False
+        counted = np.where(is_code, counted, np.where(nan, NODATA_CODE, _OTHER))
+    counts = np.bincount(counted.astype(np.int64), minlength=_OTHER + 1)
     return np.append(counts, np.count_nonzero(excluded)).reshape((1,) * codes.ndim + (-1,))
 
 
@@ -240,7 +250,8 @@ def semantic_counts(
     xarray.Dataset
         ``confusion`` (source, cloud, true_class, predicted_class), with ``agreement``
         ``agreement_confusion`` (cloud, true_class, predicted_class), ``histogram``
-        (code: the land-cover codes of counted pixels, then ``"excluded"``) and
+        (code: the land-cover codes of counted pixels, ``"other"`` for values that are no
+        uint8 code, then ``"excluded"``) and
         ``n_out_of_range`` (source): labels that are neither a class nor 255.
     """
     true = worldcover_labels(landcover, level)
@@ -257,7 +268,7 @@ def semantic_counts(
             "histogram": xr.DataArray(
                 _count(_histogram_block, landcover.data, excluded.data, length=_HISTOGRAM),
                 dims="code",
-                coords={"code": [*map(str, range(_CODES)), "excluded"]},
+                coords={"code": [*map(str, range(_CODES)), "other", "excluded"]},
             ),
         }
     )
@@ -275,7 +286,7 @@ def _landcover_attrs(histogram: np.ndarray, level: int) -> dict[str, int]:
     return {
         "n_nodata_pixels": int(histogram[-1]),
         "n_landcover_nodata_pixels": int(histogram[NODATA_CODE]),
-        "n_landcover_ignored_pixels": int(histogram[:_CODES][ignored].sum()),
+        "n_landcover_ignored_pixels": int(histogram[:_CODES][ignored].sum() + histogram[_OTHER]),
     }
 
 
