@@ -29,6 +29,7 @@ import re
 from os import PathLike
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import fsspec
 
@@ -45,24 +46,39 @@ def is_remote(href: PathType) -> bool:
     return match is not None and match["scheme"].lower() != "file"
 
 
+def local_path(href: PathType) -> Path:
+    """A local href as a :class:`~pathlib.Path`; a ``file://`` URL as the path it names.
+
+    Examples
+    --------
+    >>> local_path("file:///data/m3rcr%20test/a.tif").as_posix()
+    '/data/m3rcr test/a.tif'
+    """
+    if isinstance(href, str) and _SCHEME.match(href):  # file://, the only local scheme
+        return Path(url2pathname(urlsplit(href).path))
+    return Path(href)
+
+
 def as_href(href: PathType) -> str | Path:
     """A remote href unchanged, anything else as a :class:`~pathlib.Path`."""
-    return str(href) if is_remote(href) else Path(href)
+    return str(href) if is_remote(href) else local_path(href)
 
 
 def name_of(href: PathType) -> PurePosixPath:
     """The path part of ``href`` (for ``.stem``, ``.suffix``, ``.name``)."""
-    return PurePosixPath(urlsplit(str(href)).path if is_remote(href) else Path(href).as_posix())
+    if is_remote(href):
+        return PurePosixPath(urlsplit(str(href)).path)
+    return PurePosixPath(local_path(href).as_posix())
 
 
 def is_file(href: PathType) -> bool:
     """True when ``href`` is a file (a remote one is asked for, once)."""
-    return _is(href, "isfile") if is_remote(href) else Path(href).is_file()
+    return _is(href, "isfile") if is_remote(href) else local_path(href).is_file()
 
 
 def is_dir(href: PathType) -> bool:
     """True when ``href`` is a folder (an object-store prefix holding objects)."""
-    return _is(href, "isdir") if is_remote(href) else Path(href).is_dir()
+    return _is(href, "isdir") if is_remote(href) else local_path(href).is_dir()
 
 
 def _is(url: PathType, test: str) -> bool:
@@ -93,8 +109,8 @@ def join(root: PathType, relative: str) -> str | Path:
     if Path(relative).is_absolute() or _SCHEME.match(relative):
         raise UnsafePathError(f"{relative}: absolute path in a file list (must be under {root})")
     if not is_remote(root):
-        resolved = (Path(root) / relative).resolve()
-        if not resolved.is_relative_to(Path(root).resolve()):
+        resolved = (local_path(root) / relative).resolve()
+        if not resolved.is_relative_to(local_path(root).resolve()):
             raise UnsafePathError(f"{relative}: path escapes the data root {root}")
         return resolved
     base = str(root).rstrip("/")
@@ -107,7 +123,8 @@ def join(root: PathType, relative: str) -> str | Path:
 def glob(root: PathType, pattern: str) -> list[str]:
     """Paths under ``root`` that match ``pattern``, relative to ``root``, sorted."""
     if not is_remote(root):
-        return sorted(p.relative_to(root).as_posix() for p in Path(root).glob(pattern))
+        folder = local_path(root)
+        return sorted(p.relative_to(folder).as_posix() for p in folder.glob(pattern))
     fs, path = fsspec.core.url_to_fs(str(root))
     base = path.rstrip("/") + "/"
     return sorted(found[len(base) :] for found in fs.glob(base + pattern))

@@ -120,7 +120,7 @@ def read_items(source: ItemsLike) -> list[pystac.Item]:
 
 
 def _read_json_items(source: str | PathLike) -> list[pystac.Item]:
-    location = str(source) if href.is_remote(source) else os.path.abspath(source)
+    location = str(source) if href.is_remote(source) else os.path.abspath(href.local_path(source))
     stac_io = _FsspecStacIO()
     try:
         doc = json.loads(stac_io.read_text_from_href(location))

@@ -1,4 +1,5 @@
 import json
+import re
 import resource
 import shutil
 import time
@@ -438,6 +439,18 @@ def test_open_quartet_reads_https_as_it_reads_paths(samples_dir, test_quartet, m
             m3rcr_xr.open_quartet(missing)
         with pytest.raises(m3rcr_xr.MissingFileError, match=f"{url}/x.npy: cloudmask file"):
             m3rcr_xr.open_quartet(test_quartet["cloudy"], cloudmask=f"{url}/x.npy")
+
+
+def test_file_urls_are_the_paths_they_name(samples_dir, test_quartet):
+    local = m3rcr_xr.open_quartet(**test_quartet)
+    urls = {name: path.as_uri() for name, path in test_quartet.items()}
+    from_urls = m3rcr_xr.open_quartet(**urls)
+    xr.testing.assert_identical(from_urls.compute(), local.compute())
+    collection = m3rcr_xr.open_m3rcr((samples_dir / "test").as_uri())
+    assert collection.patch.values.tolist() == ["summer_33_p_1"]
+    missing = (samples_dir / "test" / "nothing.tif").as_uri()
+    with pytest.raises(m3rcr_xr.MissingFileError, match=f"^{re.escape(missing[7:])}: "):
+        m3rcr_xr.open_quartet(missing)
 
 
 def test_open_m3rcr_from_s3_with_a_filelist_under_its_root(samples_dir, bucket, tmp_path):
