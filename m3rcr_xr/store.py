@@ -10,17 +10,20 @@ Safety rules, for local paths and fsspec URLs alike:
 * **Destinations.** Without ``overwrite`` a store is only written where there is
   nothing, into an empty folder, or into an unfinished store of this library holding
   the same data (a resume). With ``overwrite`` a store of this library may also be
-  replaced; only its own keys (metadata and arrays) are removed, never other files.
+  replaced; only its own arrays (:data:`MEMBERS`, recorded when it was created) and
+  its root are removed, never other files, arrays or stores in its folder.
   Anything else (a file, a folder of other files, a Zarr store written by other
   software) is refused, even with ``overwrite``. A destination that is, contains or
-  lies inside one of the data's sources (:func:`sources`) is refused too.
+  lies inside one of the data's sources (:func:`sources`), or lies inside a store of
+  this library, is refused too.
 * **Resumes.** The fingerprint kept in the store covers the layout *and* the data's
   identity: the Dask graph's token (file names and modification times for rasters
   opened lazily, a content hash for arrays in memory, the checkpoint's hash for
   decloud) and the size and modification time of each source file (the fingerprint
   of each source store). An unfinished store of other data is never resumed. A resume
   removes the temporary files (``KEY.<uuid>.partial``) of zarr's writes that a killed
-  writer cut off in the arrays' folders.
+  writer cut off in the arrays' folders. A store killed before its first step was
+  written (while its arrays were being created) is started over.
 * **One writer.** A writer holds :data:`LOCK` inside the store while it writes: an
   OS lock on a local file (``flock``; a byte-range lock on Windows), released by the OS
   when the process ends, so a killed writer never blocks the resume; on object stores
@@ -47,7 +50,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +72,9 @@ log = logging.getLogger(__name__)
 COMPLETE = "m3rcr_complete"
 PROGRESS = "m3rcr_steps_done"
 FINGERPRINT = "m3rcr_fingerprint"
+#: the store's own arrays (its variables), recorded when it is created: all that an
+#: overwrite removes
+MEMBERS = "m3rcr_members"
 #: the writer's lock: a file (local) or a marker object (object stores) in the store
 LOCK = ".m3rcr-lock"
 #: chunks written per step: the unit of progress and of parallel work
@@ -238,10 +244,9 @@ def _inspect(target: _Target) -> tuple[_State, dict[str, Any] | None]:
     if doc is None:
         names = {_basename(p) for p in fs.ls(path, detail=False)}
         return ("empty" if names <= {LOCK, _ROOT_TMP} else "foreign"), None
-    attrs = doc.get("attributes") or {}
-    if doc.get("node_type") != "group" or not any(k.startswith("m3rcr_") for k in attrs):
+    if not _is_ours(doc):
         return "foreign", doc
-    return ("complete" if attrs.get(COMPLETE) else "unfinished"), doc
+    return ("complete" if doc["attributes"].get(COMPLETE) else "unfinished"), doc
 
 
 def _basename(path: str) -> str:
@@ -297,8 +302,38 @@ def check_destination(
     """
     target = _Target.of(store, storage_options)
     check_apart(store, inputs)
+    _refuse_inside_a_store(target)
     state, doc = _inspect(target)
     _refuse(target, state, doc, overwrite)
+
+
+def _refuse_inside_a_store(target: _Target) -> None:
+    """Refuse a destination in a folder of a store of this library: its own arrays
+    live there, and a store is replaced as a whole."""
+    parent = target.path
+    while "/" in parent.strip("/"):
+        parent = parent.rstrip("/").rsplit("/", 1)[0] or "/"
+        name = parent if target.local else target.fs.unstrip_protocol(parent)
+        enclosing = replace(target, name=name, path=parent)
+        doc = _read_json_quietly(enclosing, "zarr.json")
+        if doc is not None and _is_ours(doc):
+            raise StoreError(
+                f"{target.name}: lies inside {enclosing.name}, a store of this library; "
+                "write it somewhere else"
+            )
+
+
+def _read_json_quietly(target: _Target, key: str) -> dict[str, Any] | None:
+    """:func:`_read_json`, None for what cannot be read as a metadata document."""
+    with contextlib.suppress(StoreError, OSError):
+        return _read_json(target, key)
+    return None
+
+
+def _is_ours(doc: dict[str, Any]) -> bool:
+    """Whether a root ``zarr.json`` is that of a store of this library."""
+    attrs = doc.get("attributes") or {}
+    return doc.get("node_type") == "group" and any(str(k).startswith("m3rcr_") for k in attrs)
 
 
 # -------------------------------------------------------------------- identity
@@ -593,10 +628,10 @@ def to_zarr(
         fresh = planned is None
         done: set[int] = set() if planned is None else planned
         if fresh:
-            _initialise(ds, target.zarr_store, fingerprint)
+            _initialise(ds, target, fingerprint)
         else:
             log.info("%s: resuming, %d of %d steps already written", store, len(done), len(steps))
-            _remove_partial_writes(target, ds)
+            _remove_partial_writes(target, map(str, ds.variables))
         try:
             _write_steps(ds, target.zarr_store, target, dim, steps, done, progress)
         except M3RCRError:
@@ -618,7 +653,9 @@ def _plan(target: _Target, fingerprint: str, overwrite: bool) -> set[int] | None
     if doc is None:  # nothing there, or an empty folder
         return None
     attrs = doc["attributes"]
-    if overwrite:
+    # nothing written yet (killed while it was created or replaced): start it over
+    started = attrs.get(FINGERPRINT) in (fingerprint, "") and not attrs.get(PROGRESS)
+    if overwrite or started:
         _clear(target)
         return None
     if attrs.get(FINGERPRINT) != fingerprint:
@@ -631,35 +668,79 @@ def _plan(target: _Target, fingerprint: str, overwrite: bool) -> set[int] | None
 
 
 def _clear(target: _Target) -> None:
-    """Remove a store of this library: its metadata and arrays, nothing else.
+    """Remove a store of this library: its own arrays (:func:`_members`) and its root,
+    nothing else (another store, or a user's files or arrays in its folder, stay).
 
     The root is first marked unfinished with no fingerprint, so that a kill half-way
     leaves a store that is replaced again, never one that opens with arrays missing.
     """
-    _set_attrs(target, {COMPLETE: False, FINGERPRINT: "", PROGRESS: []})
+    doc = _read_json(target, "zarr.json")
+    if doc is None:
+        return
+    members = _members(target, doc)
+    _set_attrs(target, {COMPLETE: False, FINGERPRINT: "", PROGRESS: [], MEMBERS: members})
     fs = target.fs
-    for entry in fs.ls(target.path, detail=True):
-        member = entry["name"]
-        fs.invalidate_cache(member)
-        if entry["type"] != "directory" or not fs.exists(f"{member}/zarr.json"):
-            continue
-        for key in (f"{member}/c", f"{member}/zarr.json"):  # chunks, then metadata
+    _remove_partial_writes(target, members)
+    for name in members:
+        folder = target.key(name)
+        for key in (f"{folder}/c", f"{folder}/zarr.json"):  # chunks, then metadata
+            fs.invalidate_cache(key)
             if fs.exists(key):
                 fs.rm(key, recursive=True)
-        if target.local and not os.listdir(member):
-            os.rmdir(member)
+        if target.local and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
     fs.rm(target.key("zarr.json"))
 
 
-def _initialise(ds: xr.Dataset, store: Any, fingerprint: str) -> None:
+def _members(target: _Target, doc: dict[str, Any]) -> list[str]:
+    """The arrays of a store of this library, from its root ``zarr.json``.
+
+    As recorded when it was created (:data:`MEMBERS`); for a store written before they
+    were, its consolidated metadata (complete) or its folders that hold a Zarr array
+    (unfinished), never a group (another store). Each is a plain name in the store's
+    folder, or :class:`StoreError`.
+    """
+    attrs = doc.get("attributes") or {}
+    names = attrs.get(MEMBERS)
+    if names is None:
+        names = list(((doc.get("consolidated_metadata") or {}).get("metadata")) or {})
+    if not names and MEMBERS not in attrs:
+        names = [name for name in _folders(target) if _node_type(target, name) == "array"]
+    bad = [n for n in names if not isinstance(n, str) or n in ("", ".", "..") or "/" in n]
+    if bad:
+        raise StoreError(f"{target.name}: {MEMBERS} names {bad[0]!r}, not an array of the store")
+    return [str(n) for n in names]
+
+
+def _folders(target: _Target) -> list[str]:
+    """The names of the folders in the store's folder."""
+    entries = target.fs.ls(target.path, detail=True)
+    return [_basename(entry["name"]) for entry in entries if entry["type"] == "directory"]
+
+
+def _node_type(target: _Target, name: str) -> str | None:
+    """``"array"`` or ``"group"`` for a Zarr node in the folder ``name``, else None."""
+    return (_read_json_quietly(target, f"{name}/zarr.json") or {}).get("node_type")
+
+
+def _initialise(ds: xr.Dataset, target: _Target, fingerprint: str) -> None:
     """Create the arrays and write the in-memory coordinates; no data yet.
 
-    Mode ``"a"``, not ``"w"``: the destination was checked under the lock to hold no
-    Zarr node, and ``"w"`` would delete whatever else is in the folder.
+    The root comes first, with this library's attributes: a kill while the arrays are
+    created leaves a store that is recognised, and started over. Mode ``"a"``, not
+    ``"w"``: the destination was checked under the lock to hold no Zarr node, and
+    ``"w"`` would delete whatever else is in the folder.
     """
+    attrs = {
+        COMPLETE: False,
+        FINGERPRINT: fingerprint,
+        PROGRESS: [],
+        MEMBERS: sorted(str(name) for name in ds.variables),
+    }
+    _write_root(target, {"zarr_format": 3, "node_type": "group", "attributes": attrs})
     template = ds.copy()
-    template.attrs = {**ds.attrs, COMPLETE: False, FINGERPRINT: fingerprint, PROGRESS: []}
-    template.to_zarr(store, mode="a", compute=False, **_ZARR_WRITE)
+    template.attrs = {**ds.attrs, **attrs}
+    template.to_zarr(target.zarr_store, mode="a", compute=False, **_ZARR_WRITE)
 
 
 def _write_steps(
@@ -752,14 +833,14 @@ def _set_attrs(target: _Target, attrs: dict[str, Any]) -> None:
     _write_root(target, doc)
 
 
-def _remove_partial_writes(target: _Target, ds: xr.Dataset) -> None:
+def _remove_partial_writes(target: _Target, names: Iterable[str]) -> None:
     """Remove the temporary files of zarr's chunk and metadata writes (``KEY.<uuid
-    hex>.partial``) that a killed writer left in the arrays' folders of a local store;
-    the resume writes those keys again. Object stores have no such files."""
+    hex>.partial``) that a killed writer left in the folders of the arrays ``names`` of
+    a local store; a resume writes those keys again. Object stores have no such files."""
     if not target.local:
         return
-    for name in ds.variables:
-        for path in Path(target.key(str(name))).rglob("*.partial"):
+    for name in names:
+        for path in Path(target.key(name)).rglob("*.partial"):
             if _ZARR_PARTIAL.fullmatch(path.name):
                 path.unlink(missing_ok=True)
 

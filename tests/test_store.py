@@ -304,6 +304,75 @@ def test_fsspec_destinations_follow_the_same_rules(small_scene):
     assert not fs.exists("/safety/s.zarr/sar")
 
 
+def _their_array(root: Path) -> Path:
+    """A user's own Zarr array, put in the folder of a store of this library."""
+    zarr.create_array(root / "my_labels", shape=(4,), dtype="int32")[:] = [1, 2, 3, 4]
+    return root / "my_labels"
+
+
+@pytest.mark.parametrize("written_by", ["this version", "an older version"])
+def test_overwrite_removes_the_stores_own_arrays_only(tmp_path, small_scene, written_by):
+    import json
+
+    target = tmp_path / "s.zarr"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((32, 32)), target)
+    if written_by == "an older version":  # no list of members: the consolidated metadata
+        doc = json.loads((target / "zarr.json").read_text())
+        del doc["attributes"][store.MEMBERS]
+        (target / "zarr.json").write_text(json.dumps(doc))
+    theirs = _their_array(target)
+    (target / "notes.txt").write_text("mine")
+    before = snapshot(theirs)
+    m3rcr_xr.to_zarr(small_scene, target, overwrite=True)
+    assert snapshot(theirs) == before and (target / "notes.txt").read_text() == "mine"
+    xr.testing.assert_identical(m3rcr_xr.open_zarr(target).compute(), small_scene.compute())
+
+
+def test_a_store_inside_a_store_is_refused(tmp_path, small_scene):
+    m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
+    before = snapshot(tmp_path / "s.zarr")
+    for inner in ("inner.zarr", "cloudy/inner.zarr"):
+        with pytest.raises(m3rcr_xr.StoreError, match=r"lies inside .*s\.zarr, a store of this"):
+            m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr" / inner)
+    assert snapshot(tmp_path / "s.zarr") == before
+
+
+def test_member_names_that_leave_the_store_are_refused(tmp_path, small_scene):
+    import json
+
+    target = tmp_path / "s.zarr"
+    m3rcr_xr.to_zarr(small_scene, target)
+    doc = json.loads((target / "zarr.json").read_text())
+    doc["attributes"][store.MEMBERS] = ["cloudy", "../elsewhere"]
+    (target / "zarr.json").write_text(json.dumps(doc))
+    (tmp_path / "elsewhere").mkdir()
+    before = snapshot(tmp_path)
+    with pytest.raises(m3rcr_xr.StoreError, match="m3rcr_members names '../elsewhere'"):
+        m3rcr_xr.to_zarr(small_scene, target, overwrite=True)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_write_cut_off_while_its_arrays_are_created_starts_over(tmp_path, monkeypatch):
+    """A kill after the root and before every array exists: the next run starts over
+    (it failed on every run with xarray's "non-pre-existing variables")."""
+    real_set = zarr.storage.LocalStore.set
+
+    async def killed_at_sar(self, key, value, *args, **kwargs):
+        if key == "sar/zarr.json":
+            raise OSError("killed")
+        return await real_set(self, key, value, *args, **kwargs)
+
+    scene = m3rcr_xr.synthetic_scene((64, 64), seed=4)
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", killed_at_sar)
+    with pytest.raises(OSError, match="killed"):
+        m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", real_set)
+    assert not m3rcr_xr.is_complete(tmp_path / "s.zarr")
+    m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    m3rcr_xr.to_zarr(scene, tmp_path / "fresh.zarr")
+    assert snapshot(tmp_path / "s.zarr") == snapshot(tmp_path / "fresh.zarr")
+
+
 # ---------------------------------------------------------- point 2: own input
 @pytest.mark.parametrize(
     ("where", "how"),
