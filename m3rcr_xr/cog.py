@@ -43,7 +43,7 @@ from dask.utils import key_split
 from .exceptions import StoreError, UnsafePathError, UsageError, argument, check_integer
 from .options import OPTIONS
 from .progress import compute_with_progress
-from .schema import is_collection
+from .schema import check_patch_ids, is_collection, repeated
 from .store import _Target, _write_errors, check_apart, sources
 
 log = logging.getLogger(__name__)
@@ -90,13 +90,25 @@ def patch_file_names(collection: xr.Dataset | xr.DataArray) -> list[str]:
 
     Raises
     ------
+    SchemaError
+        Repeated patch ids.
     UnsafePathError
         A patch id that is not a plain file name (a path separator, ``..``).
+    StoreError
+        Patch ids that differ only by case: one file on macOS and Windows.
     """
+    check_patch_ids(collection)
     names = [f"{patch}{SUFFIX}" for patch in np.asarray(collection["patch"].values).tolist()]
     for name in names:
         if Path(name).name != name or name.startswith("."):
             raise UnsafePathError(f"patch {name[: -len(SUFFIX)]!r}: not a plain file name")
+    folded = repeated(name.casefold() for name in names)
+    if folded:
+        clash = [name for name in names if name.casefold() in folded]
+        raise StoreError(
+            f"{', '.join(clash)}: file names that differ only by case are one file on "
+            "macOS and Windows; patch ids must differ by more than case"
+        )
     return names
 
 

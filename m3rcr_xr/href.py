@@ -28,7 +28,7 @@ import posixpath
 import re
 from os import PathLike
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import fsspec
@@ -104,8 +104,12 @@ def join(root: PathType, relative: str) -> str | Path:
 
     A file list names files under its data root only: an absolute path or URL, or one
     that resolves (``..``, symbolic links for local roots) outside the root, raises
-    :class:`UnsafePathError`. A remote root is held to the same rule on its URL path.
+    :class:`UnsafePathError`, as does a NUL byte (no file system takes one). A remote
+    root is held to the same rule on its URL path, also once percent-decoded
+    (``%2e%2e/``): a server may decode it before it normalises the path.
     """
+    if "\0" in relative:
+        raise UnsafePathError(f"{relative!r}: a NUL byte in a file list path")
     if Path(relative).is_absolute() or _SCHEME.match(relative):
         raise UnsafePathError(f"{relative}: absolute path in a file list (must be under {root})")
     if not is_remote(root):
@@ -114,9 +118,10 @@ def join(root: PathType, relative: str) -> str | Path:
             raise UnsafePathError(f"{relative}: path escapes the data root {root}")
         return resolved
     base = str(root).rstrip("/")
-    joined = posixpath.normpath(posixpath.join(urlsplit(base).path or "/", relative))
-    if not (joined + "/").startswith(urlsplit(base).path.rstrip("/") + "/"):
-        raise UnsafePathError(f"{relative}: path escapes the data root {root}")
+    for path in (relative, unquote(relative)):
+        joined = posixpath.normpath(posixpath.join(urlsplit(base).path or "/", path))
+        if not (joined + "/").startswith(urlsplit(base).path.rstrip("/") + "/"):
+            raise UnsafePathError(f"{relative}: path escapes the data root {root}")
     return f"{base}/{posixpath.normpath(relative)}"
 
 

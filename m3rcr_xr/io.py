@@ -65,7 +65,7 @@ from .exceptions import (
 )
 from .landcover import NODATA_CODE, to_worldcover
 from .options import OPTIONS
-from .schema import BANDS, OPTICAL_NODATA, POLARIZATIONS, validate
+from .schema import BANDS, OPTICAL_NODATA, POLARIZATIONS, repeated, validate
 
 log = logging.getLogger(__name__)
 
@@ -625,6 +625,7 @@ def open_m3rcr(
     quartets = read_filelist(filelist) if filelist is not None else discover(root)
     if not quartets:
         raise InputFileError(f"{root}: no quartets found")
+    _check_patch_ids(quartets, root if filelist is None else filelist)
     scenes = [_open_patch(q, root, align) for q in quartets]
     meta = {
         "patch": [q.patch_id for q in quartets],
@@ -638,6 +639,21 @@ def open_m3rcr(
     if chunks:
         collection = collection.chunk(dict(chunks))
     return validate(collection)
+
+
+def _check_patch_ids(quartets: Sequence[Quartet], source: PathType) -> None:
+    """Refuse quartets whose cloudy files give one patch id (:attr:`Quartet.patch_id`),
+    naming the files, before any is opened."""
+    twice = repeated(quartet.patch_id for quartet in quartets)
+    if twice:
+        files = "; ".join(
+            f"{patch!r} from {', '.join(q.cloudy for q in quartets if q.patch_id == patch)}"
+            for patch in twice
+        )
+        raise InputFileError(
+            f"{source}: patch ids (the cloudy file's name) must be unique; repeated: {files}; "
+            "rename the files"
+        )
 
 
 def _open_patch(quartet: Quartet, root: str | Path, align: AlignMethod) -> xr.Dataset:

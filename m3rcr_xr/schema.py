@@ -22,12 +22,14 @@ Collection
     Many patches stacked along a leading ``patch`` dim, the same variables. Each patch
     keeps its own grid as coordinates ``x(patch, x)``, ``y(patch, y)`` and ``epsg(patch)``,
     with per-patch ``season``, ``aoi``, ``split`` and ``source`` (path relative to the
-    dataset root).
+    dataset root). The ``patch`` ids are unique: per-patch metrics, stores and the
+    GeoTIFFs of :func:`m3rcr_xr.to_cog` are keyed by them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping
 
 import numpy as np
 import rioxarray  # noqa: F401 - registers the .rio accessor used by the data model
@@ -89,9 +91,33 @@ def validate(ds: xr.Dataset, *, required: tuple[str, ...] = REQUIRED) -> xr.Data
     _check_labels(ds, "polarization", POLARIZATIONS)
     if collection:
         _check_collection_coords(ds)
+        check_patch_ids(ds)
     else:
         _check_scene_grid(ds)
     return ds
+
+
+def repeated(values: Iterable[Hashable]) -> list[Hashable]:
+    """The values that occur more than once, in the order they first occur.
+
+    Examples
+    --------
+    >>> repeated(["a", "b", "a", "c", "b"])
+    ['a', 'b']
+    """
+    return [value for value, count in Counter(values).items() if count > 1]
+
+
+def check_patch_ids(collection: xr.Dataset | xr.DataArray) -> None:
+    """Refuse a collection whose ``patch`` ids are not unique (:class:`SchemaError`
+    naming the repeated ids)."""
+    if "patch" not in collection.coords:
+        return
+    twice = repeated(np.asarray(collection["patch"].values).tolist())
+    if twice:
+        raise SchemaError(
+            f"patch: ids must be unique in a collection; repeated: {', '.join(map(repr, twice))}"
+        )
 
 
 def _check_variable(da: xr.DataArray, name: str, dims: tuple[str, ...], dtype: np.dtype) -> None:

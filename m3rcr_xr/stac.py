@@ -134,7 +134,7 @@ def _read_json_items(source: str | PathLike) -> list[pystac.Item]:
         return [found] if isinstance(found, pystac.Item) else list(found.get_items(recursive=True))  # type: ignore[attr-defined]
     except InputFileError:  # a file that cannot be read, already named
         raise
-    except (ValueError, KeyError, AttributeError, pystac.STACError) as err:
+    except (ValueError, KeyError, AttributeError, pystac.STACError, pystac.STACTypeError) as err:
         raise InputFileError(
             f"{source}: not a STAC item, item collection or catalog ({err})"
         ) from err

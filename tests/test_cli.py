@@ -241,6 +241,16 @@ def test_ingest_a_filelist_row_with_an_empty_path(samples_dir, tmp_path, capsys)
     assert not dest.exists()
 
 
+def test_ingest_a_filelist_with_a_nul_byte(tmp_path, capsys):
+    csv = tmp_path / "l.csv"
+    csv.write_text("a/cf.tif,a/cloudy.tif,a/s1.tif,a/lc.tif,a/c\0m.npy\n")
+    (tmp_path / "data").mkdir()
+    dest = tmp_path / "never.zarr"
+    assert main(["ingest", str(csv), str(dest), "--root", str(tmp_path / "data")]) == 2
+    _one_error_line(capsys, r"'a/c\x00m.npy'", "NUL byte")
+    assert not dest.exists()
+
+
 def test_ingest_a_cloudy_raster_without_crs(tmp_path, capsys):
     cloudy = write_raster(
         tmp_path / "nocrs.tif", np.ones((4, 30, 30), "uint16"), OPTICAL_GRID, None

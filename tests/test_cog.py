@@ -70,6 +70,20 @@ def test_a_collection_becomes_one_cog_per_patch_named_by_patch(tmp_path):
             assert np.array_equal(f.read(), patch.values)
 
 
+@pytest.mark.parametrize(
+    ("ids", "error", "match"),
+    [
+        (["a", "b", "a"], m3rcr_xr.SchemaError, "repeated: 'a'"),
+        (["a", "b", "A"], m3rcr_xr.StoreError, "a.tif, A.tif: file names that differ only by case"),
+    ],
+)
+def test_patch_ids_that_give_one_file_are_refused_before_any_work(tmp_path, ids, error, match):
+    cloudy = m3rcr_xr.synthetic_collection(3, 32)["cloudy"].assign_coords(patch=ids)
+    with pytest.raises(error, match=match):
+        m3rcr_xr.to_cog(cloudy, tmp_path / "cogs", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_dataarray_accessor_writes_too(tmp_path):
     scene = _scene(64)
     assert scene.m3rcr.to_cog(tmp_path / "a.tif") == [tmp_path / "a.tif"]

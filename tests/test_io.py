@@ -179,6 +179,18 @@ def test_filelist_paths_must_stay_under_root(samples_dir, tmp_path, row):
         m3rcr_xr.open_m3rcr(samples_dir / "test", csv)
 
 
+def test_filelist_rows_with_one_patch_id_are_refused_naming_the_files(tmp_path):
+    csv = tmp_path / "list.csv"  # refused before any file is opened: none exists
+    csv.write_text(
+        "".join(f"{d}/cf.tif,{d}/cloudy.tif,{d}/s1.tif,{d}/lc.tif,{d}/m.npy\n" for d in "ab")
+    )
+    with pytest.raises(
+        m3rcr_xr.InputFileError,
+        match="list.csv: patch ids .* repeated: 'cloudy' from a/cloudy.tif, b/cloudy.tif",
+    ):
+        m3rcr_xr.open_m3rcr(tmp_path, csv)
+
+
 def test_filelist_with_wrong_columns(tmp_path):
     csv = tmp_path / "list.csv"
     csv.write_text("a.tif,b.tif\n")

@@ -48,3 +48,9 @@ def test_collection_needs_per_patch_coordinates(small_scene):
     collection = xr.concat([small_scene.drop_vars(["x", "y", "spatial_ref"])] * 2, dim="patch")
     with pytest.raises(m3rcr_xr.SchemaError, match=r"y\(patch, y\)"):
         validate(collection)
+
+
+def test_repeated_patch_ids_are_refused():
+    collection = m3rcr_xr.synthetic_collection(4, 16).assign_coords(patch=["a", "b", "a", "b"])
+    with pytest.raises(m3rcr_xr.SchemaError, match="patch: ids must be unique.*repeated: 'a', 'b'"):
+        validate(collection)

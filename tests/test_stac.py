@@ -289,3 +289,23 @@ def test_quartet_options_with_stac_items_are_a_usage_error(catalog, tmp_path, ca
     assert main(["ingest", items, str(tmp_path / "x.zarr"), "--cloudfree", "cf.tif"]) == 2
     assert "--cloudfree cf.tif: not with STAC items" in capsys.readouterr().err
     assert not (tmp_path / "x.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        '{"type": "Feature", "geometry": null, "properties": {}}',
+        "{}",
+        '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}}]}',
+    ],
+)
+def test_json_that_is_not_stac_is_named(tmp_path, capsys, doc):
+    path = tmp_path / "aoi.geojson"
+    path.write_text(doc)
+    with pytest.raises(InputFileError, match="aoi.geojson: not a STAC item, item collection"):
+        m3rcr_xr.open_stac(path)
+    dest = tmp_path / "never.zarr"
+    assert main(["ingest", str(path), str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"m3rcr ingest: error: {path}: not a STAC") and err.count("\n") == 1
+    assert not dest.exists()

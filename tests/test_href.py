@@ -1,0 +1,26 @@
+"""Where the data lives (m3rcr_xr.href): joins that stay under the data root."""
+
+import pytest
+
+from m3rcr_xr import href
+from m3rcr_xr.exceptions import UnsafePathError
+
+ROOT = "https://example.org/m3rcr/test"
+
+
+@pytest.mark.parametrize(
+    "relative", ["%2e%2e/train/a.tif", "%2E%2E/train/a.tif", "..%2ftrain/a.tif"]
+)
+def test_percent_encoded_dot_segments_cannot_escape_a_remote_root(relative):
+    with pytest.raises(UnsafePathError, match=f"{relative}: path escapes the data root {ROOT}"):
+        href.join(ROOT, relative)
+
+
+def test_percent_encoded_names_under_a_remote_root_are_kept():
+    assert href.join(ROOT, "S1/a%20b.tif") == f"{ROOT}/S1/a%20b.tif"
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_nul_byte_is_refused_naming_the_entry(tmp_path, remote):
+    with pytest.raises(UnsafePathError, match=r"'a/c\\x00m.npy': a NUL byte"):
+        href.join(ROOT if remote else tmp_path, "a/c\0m.npy")
