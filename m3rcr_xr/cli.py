@@ -39,7 +39,8 @@ def _check_output_file(
     Its suffix must be one of ``suffixes`` and its folder must exist and be writable
     (a typo in a folder name fails now, not after hours of computing). With ``overwrite``
     False, an existing file is refused: the command replaces only what the user asked
-    it to; with None (commands that replace their own outputs), it is not checked.
+    it to; with None, the command checks it itself (train replaces only its own
+    checkpoints and exported weights).
 
     Raises
     ------
@@ -477,11 +478,12 @@ TASK_MODELS = {"cloud_removal": None, "landcover": "landcover_unet"}
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainSettings, export_weights, train
+    from .train import TrainSettings, check_export_destination, export_weights, train
 
-    _check_output_file(args.out, "out", CHECKPOINT_SUFFIXES)
+    _check_output_file(args.out, "out", CHECKPOINT_SUFFIXES)  # and train checks it is ours
     if args.export:
         _check_output_file(args.export, "export", EXPORT_SUFFIXES)
+        check_export_destination(args.export, name="export")
     # each setting is the option of its name (--batch-size: batch_size), but --workers
     options = {
         field.name: getattr(args, "workers" if field.name == "num_workers" else field.name)

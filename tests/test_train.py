@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -91,6 +92,25 @@ def test_cli_train(collection_store, val_store, tmp_path, capsys):
         ]
     )
     assert status == 2 and "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--out", "--export"])
+def test_cli_train_refuses_a_users_file(collection_store, tmp_path, capsys, flag):
+    """A file at --out or --export that m3rcr did not write: exit 2, one line naming it,
+    before any training (no checkpoint written), the file byte for byte as it was."""
+    ckpt, exported = tmp_path / "run.pth", tmp_path / "w.safetensors"
+    mine = ckpt if flag == "--out" else exported
+    mine.write_bytes(b"MY PRECIOUS WEIGHTS\n")
+    argv = ["train", str(collection_store), "--model", "dsen2_cr", "--config", "preset=small"]
+    argv += ["--steps", "1", "--crop", str(TILE), "--out", str(ckpt), "--export", str(exported)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"m3rcr train: error: {flag} {mine}: the file exists and is not "
+        + ("a training checkpoint written" if flag == "--out" else "weights exported")
+        + f" by m3rcr_xr; choose another {flag} or remove it"
+    ]
+    assert mine.read_bytes() == b"MY PRECIOUS WEIGHTS\n"
+    assert sorted(os.listdir(tmp_path)) == [mine.name]
 
 
 def test_shipped_weights_beat_the_cloudy_input():

@@ -1,13 +1,19 @@
-"""Checkpoints: the published layout, exact resume, refusals."""
+"""Checkpoints: the published layout, exact resume, refusals, exports; files that are
+not this library's are never replaced."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
+import safetensors.torch
 import torch
 
 from m3rcr_xr import models
 from m3rcr_xr.exceptions import CheckpointError, UsageError
-from m3rcr_xr.train import TrainSettings, read_training_checkpoint, train
+from m3rcr_xr.train import TrainSettings, export_weights, read_training_checkpoint, train
 
 from .train_runs import SMALL, run_settings, weights
 
@@ -70,3 +76,106 @@ def test_resume_refuses_otherrun_settings(collection_store, tmp_path):
             resume=first.checkpoint,
             progress=False,
         )
+
+
+class _Planted:
+    """A pickle that, were it ever unpickled, would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _users_file(kind: str, path: Path) -> bytes:
+    """Write a file of the user's at ``path``, of ``kind``; its bytes."""
+    if kind == "text":
+        path.write_bytes(b"MY PRECIOUS WEIGHTS\n")
+    elif kind == "state_dict":  # readable, but no training state
+        torch.save({"module.weight": torch.ones(3)}, path)
+    elif kind == "pickle":  # code that weights_only=True must refuse, never run
+        torch.save({"network": _Planted(path.with_name("unpickled"))}, path)
+    elif kind == "safetensors":  # weights, but not exported by this library
+        safetensors.torch.save_file({"weight": torch.ones(3)}, str(path), metadata={"a": "b"})
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def one_step(collection_store, tmp_path_factory) -> Path:
+    """A checkpoint of a one-step run (copy it before writing over it)."""
+    out = tmp_path_factory.mktemp("one_step") / "run.pth"
+    return train(collection_store, out, run_settings(1), progress=False).checkpoint
+
+
+def test_out_replaces_an_earlier_run_and_the_resumed_one(collection_store, one_step, tmp_path):
+    out = Path(shutil.copy(one_step, tmp_path / "run.pth"))
+    resumed = train(collection_store, out, run_settings(2), resume=out, progress=False)
+    assert sorted(resumed.losses) == [2] and read_training_checkpoint(out)["step"] == 2
+    fresh = train(collection_store, out, run_settings(1, seed=4), progress=False)
+    assert read_training_checkpoint(out)["settings"]["seed"] == 4 and fresh.checkpoint == out
+    assert sorted(os.listdir(tmp_path)) == ["run.pth"]  # no temporary file left
+
+
+@pytest.mark.parametrize("kind", ["text", "state_dict", "pickle", "safetensors"])
+def test_out_refuses_a_users_file_before_any_work(tmp_path, kind):
+    mine = tmp_path / "mine.pth"
+    before = _users_file(kind, mine)
+    with pytest.raises(CheckpointError) as caught:  # the data is not even opened
+        train(tmp_path / "missing.zarr", mine, run_settings(1), progress=False)
+    assert str(caught.value) == (
+        f"out={str(mine)!r}: the file exists and is not a training checkpoint written by "
+        "m3rcr_xr; choose another out or remove it"
+    )
+    assert mine.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["mine.pth"]  # nothing unpickled, nothing written
+
+
+def test_out_refuses_a_folder(tmp_path):
+    (tmp_path / "run.pth").mkdir()
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        train(tmp_path / "missing.zarr", tmp_path / "run.pth", run_settings(1), progress=False)
+
+
+def test_an_interrupted_checkpoint_leaves_the_last_one(
+    collection_store, one_step, tmp_path, monkeypatch
+):
+    out = Path(shutil.copy(one_step, tmp_path / "run.pth"))
+    before = out.read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(before[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(collection_store, out, run_settings(2), resume=out, progress=False)
+    assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["run.pth"]
+
+
+def test_export_replaces_only_weights_it_exported(one_step, tmp_path):
+    exported = export_weights(one_step, tmp_path / "w.safetensors")
+    assert export_weights(one_step, exported) == exported  # its own: replaced
+    for kind in ("text", "state_dict", "safetensors"):
+        mine = tmp_path / f"{kind}.safetensors"
+        before = _users_file(kind, mine)
+        with pytest.raises(CheckpointError, match="is not weights exported by m3rcr_xr; choose"):
+            export_weights(one_step, mine)
+        assert mine.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["w.safetensors", "text.safetensors", "state_dict.safetensors", "safetensors.safetensors"]
+    )
+
+
+def test_an_interrupted_export_leaves_the_old_file(one_step, tmp_path, monkeypatch):
+    exported = export_weights(one_step, tmp_path / "w.safetensors")
+    before = exported.read_bytes()
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(before[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_weights(one_step, exported)
+    assert exported.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["w.safetensors"]

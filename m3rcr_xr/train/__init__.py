@@ -28,7 +28,13 @@ from .data import CropDataset
 from .loop import TrainResult, train, train_step
 from .recipe import PUBLISHED, autocast_dtype, loss_function, make_optimizer, make_scheduler
 from .settings import ResolvedSettings, TrainSettings
-from .state import CHECKPOINT_KEYS, export_weights, read_training_checkpoint
+from .state import (
+    CHECKPOINT_KEYS,
+    check_checkpoint_destination,
+    check_export_destination,
+    export_weights,
+    read_training_checkpoint,
+)
 from .validation import validate_model
 
 __all__ = [
@@ -39,6 +45,8 @@ __all__ = [
     "TrainResult",
     "TrainSettings",
     "autocast_dtype",
+    "check_checkpoint_destination",
+    "check_export_destination",
     "export_weights",
     "loss_function",
     "make_optimizer",

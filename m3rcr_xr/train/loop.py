@@ -35,6 +35,7 @@ from .recipe import (
 )
 from .settings import ResolvedSettings, TrainSettings
 from .state import (
+    check_checkpoint_destination,
     checkpoint_payload,
     read_training_checkpoint,
     save_checkpoint,
@@ -184,7 +185,10 @@ def train(
         Align-CR, whose losses use it); for the land-cover task, ``cloudfree`` and
         ``landcover``.
     out
-        Checkpoint path, written every ``settings.checkpoint_every`` steps and at the end.
+        Checkpoint path, written every ``settings.checkpoint_every`` steps and at the end
+        (each time to a temporary file renamed over it). An existing file there is
+        replaced only when it is a training checkpoint of this library (an earlier run's,
+        the one resumed): see :func:`check_checkpoint_destination`.
     settings
         See :class:`TrainSettings`.
     val
@@ -202,9 +206,11 @@ def train(
     ------
     UsageError, SchemaError, ModelConfigError, CheckpointError
         Bad settings, data without the variables needed, a crop the model cannot take, a
-        checkpoint that cannot be resumed or does not match ``settings``.
+        checkpoint that cannot be resumed or does not match ``settings``, a file at
+        ``out`` that is not a training checkpoint of this library.
     """
     start_time = time.perf_counter()
+    out = check_checkpoint_destination(out)
     given: dict[str, Any] = {"task": task, "level": level}
     settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None})
     payload = read_training_checkpoint(resume) if resume is not None else None
@@ -221,7 +227,6 @@ def train(
     if val is not None:
         val_data = CropDataset(val, resolved.crop, mode="center", level=resolved.level)
     log.info("training %s", run.describe(data))
-    out = Path(out)
     losses, metrics = _loop(run, data, out, val_data, show_progress(progress))
     if not losses:  # nothing left to do: write the state reached (and validate it)
         metrics = run.validate(val_data)

@@ -6,14 +6,20 @@ Python), the sampler position and the run's settings: a run resumed from one con
 exactly as the uninterrupted run would (bit for bit on the CPU). They are written with
 ``torch.save`` and read back with ``torch.load(weights_only=True)``; the weights load
 with :func:`m3rcr_xr.models.load`.
+
+Checkpoints and exported weights are written to a temporary file beside their path, then
+renamed over it, and replace only a file of their own kind written by this library
+(:func:`check_checkpoint_destination`, :func:`check_export_destination`): a user's file of
+the same name is refused before any work, never overwritten.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +27,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..exceptions import CheckpointError
+from ..exceptions import CheckpointError, argument
 from ..models import extract_state_dict, model_record
 from ..models.checkpoint import read_checkpoint
+from ..weights import read_weights
 from .settings import ResolvedSettings
+
+log = logging.getLogger(__name__)
 
 #: what a checkpoint holds to resume a run. The weights entry keeps its published name,
 #: "network": the published code saves and loads ``{'network': ...}``, every model
 #: record's ``checkpoint_key`` is "network", and models.load and every checkpoint
 #: written so far read it there; another name would break all three.
 CHECKPOINT_KEYS = ("network", "optimizer", "scheduler", "step", "rng", "sampler", "settings")
+#: the ``format`` entry of an exported file's safetensors metadata: weights of this library
+EXPORT_FORMAT = "m3rcr_xr"
 
 
 def rng_state() -> dict[str, Any]:
@@ -84,10 +95,85 @@ def seed_everything(seed: int) -> None:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
+    _replace_atomically(path, lambda partial: torch.save(payload, partial))
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file beside ``path`` (hidden, named for this process), then
+    rename it over ``path``: readers and a crash see the old file or the new one, never
+    half of one. The temporary file is removed when the write fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def check_checkpoint_destination(path: str | os.PathLike[str], *, name: str = "out") -> Path:
+    """Refuse, before any work, a checkpoint path that :func:`train` may not write.
+
+    Training replaces its checkpoint as it goes, and an earlier run's (the one resumed,
+    say); any other file there is the user's and is left alone. A file is a checkpoint
+    of this library when :func:`read_training_checkpoint` reads it (with
+    ``torch.load(weights_only=True)``: nothing is unpickled beyond tensors and plain
+    containers).
+
+    Parameters
+    ----------
+    path
+        The checkpoint to write.
+    name
+        The argument that gave it, for the message (``out``; ``--out`` on the CLI).
+
+    Raises
+    ------
+    CheckpointError
+        Something other than a training checkpoint of m3rcr_xr is at ``path``.
+    """
+    return _check_own_file(path, name, read_training_checkpoint, "a training checkpoint written")
+
+
+def check_export_destination(path: str | os.PathLike[str], *, name: str = "out") -> Path:
+    """Refuse, before any work, a path that :func:`export_weights` may not write: an
+    existing file is replaced only when it holds weights this library exported (a
+    safetensors file whose header names the model and config and has ``format``
+    ``"m3rcr_xr"``; only the header is read).
+
+    Raises
+    ------
+    CheckpointError
+        Something else is at ``path``.
+    """
+    return _check_own_file(path, name, _read_export_header, "weights exported")
+
+
+def _read_export_header(path: Path) -> None:
+    if read_weights(path).metadata.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{path}: its header has no format={EXPORT_FORMAT!r}")
+
+
+def _check_own_file(
+    path: str | os.PathLike[str], name: str, read: Callable[[Path], Any], what: str
+) -> Path:
+    """``path``, if nothing is there or ``read`` reads the file there (as ``what`` by
+    m3rcr_xr); a CheckpointError naming the argument ``name`` otherwise."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return path
+    try:
+        if not path.is_file():  # a folder, a dangling link...
+            raise CheckpointError(f"{path}: not a file")
+        read(path)
+    except CheckpointError as exc:
+        log.debug("not replacing %s: %s", path, exc)
+        raise CheckpointError(
+            f"{argument(name, str(path))}: the file exists and is not {what} by m3rcr_xr; "
+            f"choose another {argument(name)} or remove it"
+        ) from None
+    return path
 
 
 def checkpoint_payload(
@@ -141,9 +227,20 @@ def export_weights(checkpoint: str | os.PathLike[str], out: str | os.PathLike[st
     """Write a training checkpoint's weights as safetensors, with the model name and its
     configuration in the file's metadata (keys ``model``, ``config`` as JSON, ``step``,
     ``task``; for a classifier ``level`` and ``n_classes`` too, which
-    :func:`m3rcr_xr.weights.read_weights` checks against the configuration)."""
+    :func:`m3rcr_xr.weights.read_weights` checks against the configuration).
+
+    The file is written beside ``out`` and renamed over it; an existing ``out`` is
+    replaced only when it holds weights this library exported (see
+    :func:`check_export_destination`).
+
+    Raises
+    ------
+    CheckpointError
+        ``checkpoint`` is no training checkpoint, or ``out`` is a file of someone else.
+    """
     from safetensors.torch import save_file
 
+    out = check_export_destination(out)
     payload = read_training_checkpoint(checkpoint)
     state = {k: v.contiguous() for k, v in extract_state_dict(payload).items()}
     settings = payload["settings"]
@@ -151,14 +248,12 @@ def export_weights(checkpoint: str | os.PathLike[str], out: str | os.PathLike[st
         "model": str(settings["model"]),
         "config": json.dumps(settings["config"]),
         "step": str(payload["step"]),
-        "format": "m3rcr_xr",
+        "format": EXPORT_FORMAT,
         "task": model_record(settings["model"]).task,
     }
     if settings.get("level") is not None:  # a classifier: its classes, checked on loading
         metadata.update(
             level=str(settings["level"]), n_classes=str(settings["config"]["n_classes"])
         )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata=metadata)
+    _replace_atomically(out, lambda partial: save_file(state, str(partial), metadata=metadata))
     return out
