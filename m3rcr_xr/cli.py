@@ -406,7 +406,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         [args.out, semantic_table_path(args.out)] if args.out and args.semantic else [args.out]
     )
     for path in filter(None, outputs):
-        _check_output_file(path, "out", TABLE_SUFFIXES)
+        _check_output_file(path, "out", TABLE_SUFFIXES, overwrite=args.overwrite)
     if not args.semantic and (args.classifier or args.classifier_config):
         raise UsageError("--classifier and --classifier-config go with --semantic")
     result = evaluate(
@@ -450,6 +450,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--out",
         help="also write the table: a .csv or .json path (with --semantic, the semantic "
         "table too, beside it: NAME_semantic.csv)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the --out table(s) if they exist"
     )
     p.add_argument(
         "--semantic",

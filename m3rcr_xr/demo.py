@@ -21,7 +21,7 @@ import xarray as xr
 from .exceptions import UsageError, argument, check_integer
 from .inference import decloud
 from .metrics import evaluate, split_semantic, write_table
-from .store import open_zarr, to_zarr
+from .store import is_complete, open_zarr, to_zarr
 from .synthetic import synthetic_scene
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,40 @@ def _semantic_figure(result: xr.Dataset):
     return figure
 
 
+#: the file that marks a folder as the demo's: its outputs there are replaced by the next run
+MARK = ".m3rcr-demo"
+#: what the demo writes into its folder
+OUTPUTS = (
+    "scene.zarr",
+    "decloud.zarr",
+    "metrics.csv",
+    "semantic.csv",
+    "quicklook.png",
+    "metrics_by_class.png",
+    "semantic.png",
+)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``out`` that is a file, or a folder of files the demo did not write.
+
+    The demo replaces its outputs in its own folder (marked by :data:`MARK`; a folder of
+    an earlier version holds the demo's outputs only, its scene a store of this
+    library). A new or empty folder is taken.
+    """
+    flag = argument("out", str(out))
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag}: {out} is a file, not a folder")
+    if not out.is_dir() or (out / MARK).is_file():
+        return
+    names = {entry.name for entry in out.iterdir()}
+    earlier = names <= set(OUTPUTS) and is_complete(out / "scene.zarr")
+    if names and not earlier:
+        raise UsageError(
+            f"{flag}: {out} holds files the demo did not write; choose a new or empty folder"
+        )
+
+
 def run_demo(
     out: str | Path, *, size: int = 2048, seed: int = DEMO_SEED, tta: str | None = DEMO_TTA
 ) -> dict[str, Path]:
@@ -82,7 +116,7 @@ def run_demo(
     ------
     UsageError
         Before any work: ``size`` not an integer from 1 to :data:`MAX_SIZE`, or ``out``
-        an existing file.
+        an existing file or a folder of files the demo did not write.
 
     Examples
     --------
@@ -94,10 +128,10 @@ def run_demo(
     check_integer("size", size, maximum=MAX_SIZE)
     check_tta(tta)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{argument('out', str(out))}: {out} is a file, not a folder")
+    _check_out(out)
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARK).touch()
     paths = {
         "scene": out / "scene.zarr",
         "decloud": out / "decloud.zarr",

@@ -493,6 +493,27 @@ def test_evaluate_checks_its_table_path_before_computing(
     _fails_alone(capsys, argv, match.format(path=path, folder=path.parent), path)
 
 
+@pytest.mark.parametrize("semantic", [False, True])
+def test_evaluate_replaces_an_existing_table_only_with_overwrite(
+    scene_store, tmp_path, capsys, monkeypatch, semantic
+):
+    from m3rcr_xr import metrics
+
+    table = tmp_path / "m.csv"
+    theirs = table.with_name("m_semantic.csv") if semantic else table
+    theirs.write_text("my,own\n1,2\n")
+    monkeypatch.setattr(metrics, "evaluate", lambda *a, **k: pytest.fail("evaluate ran"))
+    argv = ["evaluate", str(scene_store), "--pred", "cloudy", "--out", str(table)]
+    argv += ["--semantic"] if semantic else []
+    assert main(argv) == 2
+    assert f"--out {theirs}: {theirs} exists; pass --overwrite" in capsys.readouterr().err
+    assert theirs.read_text() == "my,own\n1,2\n"
+    monkeypatch.undo()
+    if not semantic:
+        assert main([*argv, "--overwrite"]) == 0
+        assert "PSNR" in table.read_text()
+
+
 @pytest.mark.parametrize(
     ("flags", "match"),
     [

@@ -22,7 +22,7 @@ def test_demo_writes_every_output(tmp_path, capsys, forked_workers):
         assert (tmp_path / name).exists(), name
     out = capsys.readouterr().out
     assert "Dask dashboard: http" in out
-    assert "whole scene: PSNR" in out
+    assert "whole scene: PSNR" in out and (tmp_path / ".m3rcr-demo").is_file()
     assert "mIoU, cloudy pixels: target" in out
     result = m3rcr_xr.open_zarr(tmp_path / "decloud.zarr")
     decloud = result["decloud"]
@@ -64,3 +64,23 @@ def test_the_demo_folder_cannot_be_a_file(tmp_path):
     with pytest.raises(UsageError, match="out='.*taken': .* is a file, not a folder"):
         run_demo(str(taken), size=16)
     assert taken.read_text() == "mine"
+
+
+def test_a_folder_of_the_users_files_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "metrics.csv").write_text("my,own\n")
+    assert main(["demo", "--out", str(tmp_path), "--size", "16"]) == 2
+    assert "holds files the demo did not write" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+    assert (tmp_path / "metrics.csv").read_text() == "my,own\n"
+
+
+@pytest.mark.parametrize("made_by", ["this version", "an earlier version"])
+def test_the_demos_own_folder_is_taken_again(tmp_path, made_by):
+    from m3rcr_xr.demo import MARK, _check_out
+
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((16, 16)), tmp_path / "scene.zarr")
+    (tmp_path / "metrics.csv").write_text("PSNR\n")
+    if made_by == "this version":
+        (tmp_path / MARK).touch()
+        (tmp_path / "notes.txt").write_text("added by hand")
+    _check_out(tmp_path)  # no error
