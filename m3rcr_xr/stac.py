@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import pystac
 import rasterio
@@ -420,8 +421,34 @@ def _sar(items, assets: Mapping[str, str], scene: GeoBox, optical: xr.DataArray,
     array = to_db(power).assign_coords(polarization=list(POLARIZATIONS)).rename("sar")
     array = fill_nan_with_mean(array.rio.write_crs(power.rio.crs), per_band=True)
     aligned = _on_scene(array, native, optical, np.nan)
+    if native is None:  # loaded onto the scene's grid: the mean went beyond the items too
+        geoboxes = [item_geobox(item, assets["vv"]) for item in items]
+        reach = abs(geoboxes[0].resolution.x) / 2  # as align_to: half a pixel beyond the edge
+        aligned = aligned.where(_inside(_union(geoboxes, scene.crs).buffer(reach), optical))
     aligned.attrs = sar_attrs(array.attrs["nan_fill"], "coords")
     return _rechunk_like(aligned, optical), sources
+
+
+def _inside(footprint: Geometry, like: xr.DataArray) -> xr.DataArray:
+    """Whether each pixel centre of ``like``'s grid lies in ``footprint`` (in its CRS),
+    lazily, block by block on the chunks of ``like``."""
+    from rasterio.features import geometry_mask
+
+    transform = like.rio.transform()
+    height, width = like.sizes["y"], like.sizes["x"]
+    chunks = like.chunks[-2:] if like.chunks is not None else ((height,), (width,))
+
+    def block(_: np.ndarray, block_info: dict) -> np.ndarray:
+        (top, bottom), (left, right) = block_info[0]["array-location"]
+        return geometry_mask(
+            [footprint.geom],
+            out_shape=(bottom - top, right - left),
+            transform=transform * Affine.translation(left, top),
+            invert=True,
+        )
+
+    mask = da.zeros((height, width), chunks=chunks, dtype=bool).map_blocks(block, dtype=bool)
+    return xr.DataArray(mask, dims=("y", "x"), coords={"y": like["y"], "x": like["x"]})
 
 
 def _landcover(items, assets: Mapping[str, str], scene, optical: xr.DataArray, chunks: Any):

@@ -207,6 +207,30 @@ def test_items_in_two_utm_zones_make_one_mosaic(tmp_path, files):
     assert in_33.rio.crs == "EPSG:32633"
 
 
+@pytest.mark.parametrize("zone", [ZONE32, "EPSG:32633"])
+def test_sar_is_nan_beyond_its_items_in_any_crs(tmp_path, files, zone):
+    """SAR items covering the scene's western half: NaN beyond them, as open_quartet
+    leaves it, whether they are loaded on their own grid (the scene's CRS) or onto the
+    scene's (another CRS: the band mean filled all there before)."""
+    from odc.geo.geobox import GeoBox
+
+    half = GeoBox((30, 15), COARSE, ZONE32)
+    if zone != ZONE32:
+        half = GeoBox.from_bbox(half.extent.to_crs(zone).boundingbox, zone, resolution=10)
+    power = np.full((1, *half.shape), 0.01, np.float32)  # -20 dB
+    sar = {name: tmp_path / f"{name}.tif" for name in ("vv", "vh")}
+    for path in sar.values():
+        write_raster(path, power, half.transform, zone)
+    optical = [stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})]
+    with raise_if_dask_computes():
+        scene = m3rcr_xr.open_stac(optical, sar_items=[stac_item("s", sar)])
+    values = scene["sar"].values
+    # the items end 150 m (50 px) east of the scene's west edge; in zone 33 their grid is
+    # turned by the zones' convergence, and its bounding box reaches some pixels further
+    assert np.isnan(values[:, :, 60:]).all()
+    np.testing.assert_array_equal(values[:, :, :45], -20.0)
+
+
 def test_an_item_without_the_asset_or_a_crs_is_refused(files):
     item = stac_item("no-proj", {"ortho_analytic_4b_sr": files["cloudy"]})
     for key in ("proj:code", "proj:epsg"):
