@@ -68,13 +68,57 @@ def _array(obj: xr.Dataset | xr.DataArray, variable: str | None) -> xr.DataArray
 def _with_nodata(array: xr.DataArray) -> xr.DataArray:
     """``array`` with its nodata in ``encoding`` (the rioxarray way): the one it
     declares (rioxarray's, else this library's ``attrs["nodata"]``), else NaN for
-    floats; integers without one get none."""
-    nodata = array.rio.encoded_nodata
-    for fallback in (array.rio.nodata, array.attrs.get("nodata")):
-        nodata = fallback if nodata is None else nodata
-    if nodata is None and array.dtype.kind == "f":
-        nodata = np.nan
-    return array if nodata is None else array.rio.write_nodata(nodata, encoded=True)
+    floats; integers without one get none. :class:`UsageError` for one that does not
+    fit the array's dtype."""
+    try:  # rioxarray casts a declared nodata to the dtype as it reads it
+        nodata = array.rio.encoded_nodata
+        for fallback in (array.rio.nodata, array.attrs.get("nodata")):
+            nodata = fallback if nodata is None else nodata
+        if nodata is None and array.dtype.kind == "f":
+            nodata = np.nan
+        return array if nodata is None else array.rio.write_nodata(nodata, encoded=True)
+    except (OverflowError, ValueError) as err:
+        raise UsageError(
+            f"{array.name or 'array'}: its nodata is no value of its dtype {array.dtype} ({err})"
+        ) from None
+
+
+#: TIFF codecs that keep every value (``none``: no compression)
+LOSSLESS = ("deflate", "zstd", "lzw", "lzma", "packbits", "none")
+#: lossy codecs, and the band counts they take, for 8-bit data only
+LOSSY_8BIT = {"jpeg": (1, 3), "webp": (3, 4)}
+
+
+def _writable(array: xr.DataArray, compress: str, overview_resampling: str) -> xr.DataArray:
+    """``array`` as a COG takes it, or :class:`UsageError` before any work: a CRS; a
+    ``band`` dim (a scalar ``band`` coordinate becomes one band); bool as uint8 (TIFF
+    has no one-byte bool: it would be written as bits, and read back scrambled); a
+    ``compress`` that keeps its values; an ``overview_resampling`` GDAL knows."""
+    from odc.geo.warp import resampling_s2rio
+
+    if not is_collection(array) and array.rio.crs is None:
+        raise UsageError(f"{array.name or 'array'}: has no CRS; set one with rio.write_crs")
+    if "band" in array.coords and "band" not in array.dims:
+        array = array.expand_dims("band", axis=array.dims.index("y"))
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    codec = str(compress).lower()
+    bands = array.sizes.get("band", 1)
+    if codec not in LOSSLESS and not (
+        array.dtype == np.uint8 and bands in LOSSY_8BIT.get(codec, ())
+    ):
+        raise UsageError(
+            f"{argument('compress', compress)}: not for {bands} band(s) of {array.dtype}; "
+            f"use one of {', '.join(LOSSLESS)} (jpeg: 1 or 3 bands of uint8, webp: 3 or 4)"
+        )
+    try:
+        resampling_s2rio(overview_resampling)
+    except ValueError:
+        raise UsageError(
+            f"{argument('overview_resampling', overview_resampling)}: not a resampling "
+            "method (nearest, average, bilinear, mode...)"
+        ) from None
+    return array
 
 
 def _patch_scene(collection: xr.DataArray, index: int) -> xr.DataArray:
@@ -260,6 +304,10 @@ def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwarg
         many = array.sizes["band"] > 1
         array = array.transpose(*(("y", "x", "band") if many else ("band", "y", "x")))
     kwargs = {"compression": compress, "blocksize": size, **kwargs}
+    if str(compress).lower() not in LOSSY_8BIT:
+        # bands, not colours: odc-geo tags 3 or 4 samples as RGB(A), and GDAL then takes
+        # the fourth (NIR) for an alpha mask and the first (blue) for red
+        kwargs["photometric"] = "minisblack"
     tasks = sum(bag.npartitions for bag in save_cog_with_dask(array, "", **kwargs)["tiles"])
     writes = max(1, min(WRITES_PER_TASK, (MAX_PARTS - 1) // max(tasks, 1)))
     graph = save_cog_with_dask(array, dst, writes_per_chunk=writes, spill_sz=SPILL_BYTES, **kwargs)
@@ -311,7 +359,11 @@ def to_cog(
 
     Streams a lazy array through Dask (odc-geo's ``save_cog_with_dask``): blocks and
     overview blocks are computed and compressed in parallel tasks, never the whole
-    raw scene at once. Band descriptions come from the ``band``
+    raw scene at once. odc-geo extends the image on its right and bottom edges to a
+    multiple of ``2 ** overview levels`` pixels (fewer than ``blocksize`` at most; none
+    for a scene within one block), with the nodata value, so that each overview halves
+    it exactly. Bands are tagged as bands (``MINISBLACK``), not as colours: GDAL would
+    take a fourth band for alpha. Band descriptions come from the ``band``
     coordinate, nodata from the array (``rio.encoded_nodata`` or ``rio.nodata``; NaN
     for floats that declare none), the georeference from its CRS and coordinates.
 
@@ -330,7 +382,8 @@ def to_cog(
         Replace existing files of the same names (nothing else is ever touched).
     compress
         TIFF compression, as rioxarray's ``to_raster`` names it: ``"deflate"``,
-        ``"zstd"``, ``"lzw"``...
+        ``"zstd"``, ``"lzw"``... (``"jpeg"``, ``"webp"``: 8-bit data only). A bool
+        array (a cloud mask) is written as uint8 0/1.
     level
         Compression level; default the codec's.
     blocksize
@@ -354,7 +407,10 @@ def to_cog(
         Before any work: see :func:`check_cog_destination`; while writing: a full or
         read-only file system (nothing is left behind).
     UsageError
-        ``blocksize`` not a positive multiple of 16; ``variable`` not in the Dataset.
+        Before any work: ``blocksize`` not a positive multiple of 16; ``variable`` not in
+        the Dataset; no CRS; a ``compress`` that would change the values (a lossy codec
+        other than for 8-bit data: :data:`LOSSLESS`, :data:`LOSSY_8BIT`); an unknown
+        ``overview_resampling``; a nodata that is no value of the dtype.
 
     Examples
     --------
@@ -366,7 +422,7 @@ def to_cog(
     blocksize = check_integer("blocksize", blocksize, minimum=16)
     if blocksize % 16:
         raise UsageError(f"{argument('blocksize', blocksize)}: must be a multiple of 16")
-    array = _array(obj, variable)
+    array = _writable(_array(obj, variable), compress, overview_resampling)
     collection = is_collection(array)
     names = patch_file_names(array) if collection else None
     files = check_cog_destination(
@@ -377,6 +433,7 @@ def to_cog(
         storage_options=storage_options,
     )
     scenes = [_patch_scene(array, i) for i in range(len(files))] if collection else [array]
+    scenes = [_with_nodata(scene) for scene in scenes]
     target = _Target.of(path, storage_options)
     options = {"level": level, "overview_resampling": overview_resampling}
     show = OPTIONS["progress"] if progress is None else progress
@@ -407,7 +464,7 @@ def _write(
     with _cleaned(partials, folder):
         folder.mkdir(exist_ok=True)
         graphs = [
-            _cog_graph(_with_nodata(scene), partial, compress, blocksize, **options)
+            _cog_graph(scene, partial, compress, blocksize, **options)
             for scene, partial in zip(scenes, partials, strict=True)
         ]
         with warnings.catch_warnings():

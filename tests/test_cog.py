@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import xarray as xr
 from dask.callbacks import Callback
+from rasterio.enums import ColorInterp, MaskFlags
 from rio_cogeo.cogeo import cog_validate
 
 import m3rcr_xr
@@ -56,6 +57,51 @@ def test_a_single_band_is_written_too(tmp_path):
     with rasterio.open(tmp_path / "b.tif") as f:
         assert f.count == 1 and f.descriptions == ("b",)
         np.testing.assert_array_equal(f.read(), band.values)
+
+
+def test_a_bool_mask_is_written_as_zeros_and_ones(tmp_path):
+    mask = m3rcr_xr.synthetic_scene((100, 70), chunks=64)["cloudmask"]
+    m3rcr_xr.to_cog(mask, tmp_path / "m.tif", blocksize=16, progress=False)
+    with rasterio.open(tmp_path / "m.tif") as src:  # grown to 104 x 72 for 3 overviews
+        assert src.dtypes[0] == "uint8" and src.shape == (104, 72)
+        np.testing.assert_array_equal(src.read(1)[:100, :70], mask.values.astype("uint8"))
+    assert cog_validate(str(tmp_path / "m.tif"))[0]
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_four_bands_are_bands_not_red_green_blue_alpha(tmp_path, dtype):
+    scene = m3rcr_xr.synthetic_scene((64, 64), chunks=64)["cloudy"].astype(dtype)
+    m3rcr_xr.to_cog(scene, tmp_path / "c.tif", progress=False)
+    with rasterio.open(tmp_path / "c.tif") as src:
+        assert ColorInterp.alpha not in src.colorinterp and ColorInterp.red not in src.colorinterp
+        assert all(flags != [MaskFlags.alpha] for flags in src.mask_flag_enums)
+        assert (src.read_masks(1) == 255).all()  # the NIR band masks nothing
+
+
+def test_a_band_selected_by_label_is_one_band(tmp_path):
+    red = _scene(64).sel(band="red")
+    m3rcr_xr.to_cog(red, tmp_path / "r.tif", progress=False)
+    with rasterio.open(tmp_path / "r.tif") as src:
+        assert src.count == 1 and src.descriptions == ("red",)
+        np.testing.assert_array_equal(src.read(1), red.values)
+
+
+@pytest.mark.parametrize(
+    ("change", "options", "match"),
+    [
+        (lambda a: a, {"compress": "jpeg"}, "compress='jpeg': not for 4 band.s. of uint16"),
+        (lambda a: a, {"compress": "foo"}, "compress='foo': not for"),
+        (lambda a: a, {"overview_resampling": "bogus"}, "overview_resampling='bogus': not a"),
+        (lambda a: a.assign_attrs(nodata=-1), {}, "cloudy: its nodata is no value of its dtype"),
+        (lambda a: a.drop_vars("spatial_ref"), {}, "cloudy: has no CRS"),
+    ],
+    ids=["lossy", "unknown-codec", "resampling", "nodata", "no-crs"],
+)
+def test_what_a_cog_cannot_hold_is_refused_before_any_work(tmp_path, change, options, match):
+    scene = m3rcr_xr.synthetic_scene((64, 64), chunks=64)["cloudy"]
+    with raise_if_dask_computes(), pytest.raises(m3rcr_xr.UsageError, match=match):
+        m3rcr_xr.to_cog(change(scene), tmp_path / "c.tif", progress=False, **options)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_collection_becomes_one_cog_per_patch_named_by_patch(tmp_path):
