@@ -217,6 +217,27 @@ def test_http_downloads_once_into_the_cache(server, tiny, cache):
     assert requests == ["/tiny.pt"]  # the cached file is reused, checked by its hash
 
 
+def test_a_url_without_a_hash_is_held_to_its_first_download(server, tiny, cache):
+    base, requests = server
+    path, sha256 = tiny
+    url = f"{base}/tiny.pt"
+    got = weights.fetch(url)
+    got.write_bytes(b"tampered")  # the cached file changed: fetched again
+    assert weights.fetch(url).read_bytes() == path.read_bytes()
+    assert requests == ["/tiny.pt", "/tiny.pt"]
+    path.write_bytes(path.read_bytes() + b"changed")  # the URL serves another file now
+    got.write_bytes(b"tampered")
+    with pytest.raises(CheckpointError, match=f"expected {sha256} .recorded at its first"):
+        weights.fetch(url)
+
+
+def test_a_local_path_may_hold_a_hash_sign(tiny, tmp_path):
+    path = tmp_path / "w#1.pt"
+    path.write_bytes(tiny[0].read_bytes())
+    found = weights.resolve(None, path.as_posix(), TINY)
+    assert (found.path, found.sha256, found.label) == (path, tiny[1], path.as_posix())
+
+
 def test_a_hash_mismatch_removes_the_download(server, tiny, cache):
     url, wrong = f"{server[0]}/tiny.pt", "ab" * 32
     with pytest.raises(CheckpointError) as info:

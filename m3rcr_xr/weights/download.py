@@ -155,7 +155,11 @@ def fetch_url(url: str, known_hash: str | None = None) -> tuple[Path, str]:
     """The local file of ``url`` and its SHA-256, downloaded into the cache if needed.
 
     A ``file://`` URL is read in place. A download whose hash is not ``known_hash`` is
-    deleted; a cached file whose hash is not ``known_hash`` is downloaded again.
+    deleted; a cached file whose hash is not ``known_hash`` is downloaded again. Without
+    ``known_hash`` (nor a ``#sha256=`` fragment), the hash of the first download is
+    recorded beside it in the cache and stands for ``known_hash`` from then on: a cached
+    file changed since is downloaded again, and a URL that now serves another file is
+    refused.
 
     Raises
     ------
@@ -163,8 +167,6 @@ def fetch_url(url: str, known_hash: str | None = None) -> tuple[Path, str]:
         Naming the URL: a hash mismatch (expected and actual), or a download that
         failed (nothing is left in the cache).
     """
-    import pooch
-
     url, fragment_hash = split_url(url)
     if known_hash and fragment_hash and known_hash != fragment_hash:
         raise CheckpointError(f"{url}: two different hashes given ({known_hash}, {fragment_hash})")
@@ -173,6 +175,28 @@ def fetch_url(url: str, known_hash: str | None = None) -> tuple[Path, str]:
     if scheme == "file":
         path = _local_path(url)
         return path, check_file(path, known_hash, url)
+    record = _hash_record(url)
+    recorded = record.read_text().strip() if known_hash is None and record.is_file() else None
+    if recorded is not None and _SHA256.fullmatch(recorded) is None:
+        raise CheckpointError(f"{record}: not a SHA-256; delete it to fetch {url} anew")
+    path, sha256 = _download(url, known_hash or recorded, scheme, recorded is not None)
+    if known_hash is None and recorded is None:
+        record.write_text(sha256 + "\n")  # checked by every later fetch without a hash
+    return path, sha256
+
+
+def _hash_record(url: str) -> Path:
+    """Where the hash of ``url``'s first download (fetched without one) is kept."""
+    cached = cached_file(url)
+    return cached.with_name(f"{cached.name}.sha256")
+
+
+def _download(url: str, known_hash: str | None, scheme: str, recorded: bool) -> tuple[Path, str]:
+    """``url`` into the cache through pooch (again if the cached file is not
+    ``known_hash``, which was ``recorded`` at its first download or given), and its
+    SHA-256."""
+    import pooch
+
     if scheme in _POOCH_SCHEMES:
         show = OPTIONS["progress"] and scheme != "doi"
         recorder = _Recorder(pooch.downloaders.choose_downloader(url, progressbar=show))
@@ -192,9 +216,10 @@ def fetch_url(url: str, known_hash: str | None = None) -> tuple[Path, str]:
     except ValueError as exc:
         if recorder.sha256 is None or recorder.sha256 == known_hash:
             raise CheckpointError(f"{url}: cannot download ({exc})") from exc
+        first = " (recorded at its first download)" if recorded else ""
         raise CheckpointError(
-            f"{url}: SHA-256 mismatch: expected {known_hash}, downloaded {recorder.sha256} "
-            "(the download was deleted)"
+            f"{url}: SHA-256 mismatch: expected {known_hash}{first}, downloaded "
+            f"{recorder.sha256} (the download was deleted)"
         ) from exc
     except Exception as exc:  # requests, botocore, fsspec, OS errors: all mean "not here"
         raise CheckpointError(f"{url}: cannot download ({type(exc).__name__}: {exc})") from exc

@@ -231,7 +231,9 @@ def resolve(
     if found is not None:
         key, config = _from_entry(found, model, config)
         return ResolvedWeights(key, config, path, sha256, (found.name, *found.urls), found.name)
-    label = split_url(checkpoint)[0] if isinstance(checkpoint, str) else os.fspath(checkpoint)
+    label = os.fspath(checkpoint)
+    if "://" in label:  # a URL: without its #sha256= (a path may hold a "#" of its own)
+        label = split_url(label)[0]
     source = label if "://" in label else str(path)
     key = model_record(model or DEFAULT_MODEL).name
     return ResolvedWeights(key, dict(config or {}), path, sha256, (source,), label)
