@@ -45,9 +45,7 @@ def _figures(scene: xr.Dataset, result: xr.Dataset, out: Path) -> dict[str, Path
     from .plot import metrics_by_class, quicklook
 
     paths = {
-        "quicklook": out / "quicklook.png",
-        "metrics_by_class": out / "metrics_by_class.png",
-        "semantic_figure": out / "semantic.png",
+        key: out / OUTPUTS[key] for key in ("quicklook", "metrics_by_class", "semantic_figure")
     }
     quicklook(scene).savefig(paths["quicklook"], dpi=100, bbox_inches="tight")
     metrics_by_class(result, ["PSNR", "SSIM", "SAM", "MAE"]).savefig(
@@ -72,16 +70,16 @@ def _semantic_figure(result: xr.Dataset):
 
 #: the file that marks a folder as the demo's: its outputs there are replaced by the next run
 MARK = ".m3rcr-demo"
-#: what the demo writes into its folder
-OUTPUTS = (
-    "scene.zarr",
-    "decloud.zarr",
-    "metrics.csv",
-    "semantic.csv",
-    "quicklook.png",
-    "metrics_by_class.png",
-    "semantic.png",
-)
+#: what the demo writes into its folder, by the keys of the paths it returns
+OUTPUTS = {
+    "scene": "scene.zarr",
+    "decloud": "decloud.zarr",
+    "metrics": "metrics.csv",
+    "semantic": "semantic.csv",
+    "quicklook": "quicklook.png",
+    "metrics_by_class": "metrics_by_class.png",
+    "semantic_figure": "semantic.png",
+}
 
 
 def _check_out(out: Path) -> None:
@@ -97,7 +95,7 @@ def _check_out(out: Path) -> None:
     if not out.is_dir() or (out / MARK).is_file():
         return
     names = {entry.name for entry in out.iterdir()}
-    earlier = names <= set(OUTPUTS) and is_complete(out / "scene.zarr")
+    earlier = names <= set(OUTPUTS.values()) and is_complete(out / OUTPUTS["scene"])
     if names and not earlier:
         raise UsageError(
             f"{flag}: {out} holds files the demo did not write; choose a new or empty folder"
@@ -132,12 +130,7 @@ def run_demo(
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARK).touch()
-    paths = {
-        "scene": out / "scene.zarr",
-        "decloud": out / "decloud.zarr",
-        "metrics": out / "metrics.csv",
-        "semantic": out / "semantic.csv",
-    }
+    paths = {key: out / OUTPUTS[key] for key in ("scene", "decloud", "metrics", "semantic")}
     with local_cluster() as cluster, cluster.get_client() as client:
         print(f"Dask dashboard: {client.dashboard_link}")
         to_zarr(synthetic_scene((size, size), seed=seed), paths["scene"], overwrite=True)

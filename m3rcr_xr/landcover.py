@@ -78,6 +78,22 @@ def class_codes(level: int) -> tuple[tuple[int, ...], ...]:
     return tuple(codes for _, codes in _groups(level))
 
 
+def is_code(values: np.ndarray) -> np.ndarray:
+    """Where ``values`` can be land-cover codes: whole numbers from 0 to 255 (NaN,
+    negative, fractional and larger values cannot), whatever their dtype.
+
+    Examples
+    --------
+    >>> is_code(np.array([10, 300, -1, 10.5, np.nan, 0])).tolist()
+    [True, False, False, False, False, True]
+    """
+    values = np.asarray(values)
+    inside = (values >= 0) & (values <= 255)
+    if values.dtype.kind == "f":
+        inside &= values == np.round(values)
+    return inside
+
+
 def code_to_index(level: int) -> np.ndarray:
     """A lookup table of 256 entries: WorldCover code to class index, -1 for none.
 
@@ -137,9 +153,7 @@ def _apply_lookup(lookup: np.ndarray, codes):
     if not isinstance(codes, np.ndarray) and hasattr(codes, "map_blocks"):
         return codes.map_blocks(functools.partial(_apply_lookup, lookup), dtype=np.uint8)
     codes = np.asarray(codes)
-    inside = (codes >= 0) & (codes < len(lookup))
-    if codes.dtype.kind == "f":  # 10.5 is no code (NaN fails the comparisons already)
-        inside &= codes == np.round(codes)
+    inside = is_code(codes)  # the lookup has an entry for each of the 256 codes
     labels = lookup[np.where(inside, codes, 0).astype(np.intp)]
     return np.where(inside, labels, IGNORE_INDEX).astype(np.uint8)
 

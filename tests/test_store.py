@@ -119,13 +119,20 @@ def _recording(monkeypatch, fail_at: int | None = None) -> list[slice]:
     return regions
 
 
-def test_failed_write_is_incomplete_then_resumes(tmp_path, monkeypatch):
+def _failed_write(monkeypatch, target: Path, patches: int, fail_at: int) -> xr.Dataset:
+    """A collection of ``patches`` whose write to ``target`` (one chunk of patches a
+    step, under ``patches_per_chunk``) failed at the step starting at ``fail_at``."""
     monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
-    collection = m3rcr_xr.synthetic_collection(6, 48, seed=5)
+    collection = m3rcr_xr.synthetic_collection(patches, 48, seed=5)
+    _recording(monkeypatch, fail_at=fail_at)
+    with pytest.raises(OSError, match="disk went away"):
+        m3rcr_xr.to_zarr(collection, target)
+    return collection
+
+
+def test_failed_write_is_incomplete_then_resumes(tmp_path, monkeypatch):
     with m3rcr_xr.set_options(patches_per_chunk=2):
-        _recording(monkeypatch, fail_at=4)
-        with pytest.raises(OSError, match="disk went away"):
-            m3rcr_xr.to_zarr(collection, tmp_path / "c.zarr")
+        collection = _failed_write(monkeypatch, tmp_path / "c.zarr", 6, fail_at=4)
         assert not m3rcr_xr.is_complete(tmp_path / "c.zarr")
         with pytest.raises(m3rcr_xr.StoreError, match=r"incomplete \(2 step"):
             m3rcr_xr.open_zarr(tmp_path / "c.zarr")
@@ -142,12 +149,8 @@ def test_failed_write_is_incomplete_then_resumes(tmp_path, monkeypatch):
 def test_a_resume_removes_the_temporary_files_of_writes_that_were_cut_off(tmp_path, monkeypatch):
     import uuid
 
-    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
-    collection = m3rcr_xr.synthetic_collection(4, 48, seed=5)
     with m3rcr_xr.set_options(patches_per_chunk=2):
-        _recording(monkeypatch, fail_at=2)
-        with pytest.raises(OSError, match="disk went away"):
-            m3rcr_xr.to_zarr(collection, tmp_path / "c.zarr")
+        collection = _failed_write(monkeypatch, tmp_path / "c.zarr", 4, fail_at=2)
         # what zarr leaves of a chunk and a metadata write when its process is killed
         cut_off = [
             tmp_path / "c.zarr" / "cloudy" / "c" / "1" / f"0.{uuid.uuid4().hex}.partial",

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..landcover import NODATA_CODE, WORLDCOVER_CODES, code_to_index
+from ..landcover import NODATA_CODE, WORLDCOVER_CODES, code_to_index, is_code
 from ..normalize import normalize_optical
 
 SSIM_WINDOW = 11
@@ -157,9 +157,8 @@ def labels_block(landcover: np.ndarray, cloud: np.ndarray) -> np.ndarray:
     if codes.dtype == np.uint8:
         index = _CODE_INDEX[codes]
     else:
-        known = np.isfinite(codes) & (codes >= 0) & (codes <= 255)
-        index = _CODE_INDEX[np.where(known, codes, 0).astype(np.intp)]
-        index = np.where(known & (codes == np.round(codes)), index, -1)
+        known = is_code(codes)
+        index = np.where(known, _CODE_INDEX[np.where(known, codes, 0).astype(np.intp)], -1)
         missing |= np.isnan(codes) if codes.dtype.kind == "f" else False
     index = np.where(index < 0, UNKNOWN_LABEL, index)
     index = np.where(missing, NODATA_LABEL, index).astype(np.int16)

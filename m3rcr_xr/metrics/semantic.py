@@ -61,6 +61,7 @@ from ..landcover import (
     NODATA_CODE,
     class_names,
     ignored_classes,
+    is_code,
     worldcover_labels,
 )
 from .cells import STRATA, check_strata, strata_matrix
@@ -119,9 +120,8 @@ def _histogram_block(codes: np.ndarray, excluded: np.ndarray) -> np.ndarray:
     it), then how many are no uint8 code, then the number of excluded pixels."""
     counted = codes[~excluded]
     if counted.dtype != np.uint8:
-        is_code = (counted >= 0) & (counted < _CODES) & (counted == np.round(counted))
         nan = np.isnan(counted) if counted.dtype.kind == "f" else False
-        counted = np.where(is_code, counted, np.where(nan, NODATA_CODE, _OTHER))
+        counted = np.where(is_code(counted), counted, np.where(nan, NODATA_CODE, _OTHER))
     counts = np.bincount(counted.astype(np.int64), minlength=_OTHER + 1)
     return np.append(counts, np.count_nonzero(excluded)).reshape((1,) * codes.ndim + (-1,))
 
