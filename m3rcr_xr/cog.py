@@ -20,7 +20,7 @@ Safety rules, as for :func:`m3rcr_xr.to_zarr`: an existing file is replaced only
 ``overwrite=True`` (other files of a destination folder are never touched); a
 destination that is, contains or lies inside an input is refused; and each file is
 written under a hidden temporary name in its own folder and renamed once every file is
-complete, so a failure leaves nothing half-written.
+complete, all or none, so a failure leaves nothing half-written and no mix of old and new.
 """
 
 from __future__ import annotations
@@ -471,5 +471,28 @@ def _write(
             # odc-geo warps overviews between bare arrays, which rasterio warns about
             warnings.filterwarnings("ignore", message="Dataset has no geotransform")
             compute_with_progress(*graphs, show=show)
+        _commit(partials, files)
+
+
+def _commit(partials: Sequence[Path], files: Sequence[Path]) -> None:
+    """Rename each partial file over its file, all or none: an existing file is first
+    set aside under a hidden name, and if a rename fails, the files already renamed are
+    put back as they were (those that did not exist are removed)."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
         for partial, file in zip(partials, files, strict=True):
+            previous = _partial(file).with_suffix(".previous") if file.exists() else None
+            if previous is not None:
+                os.replace(file, previous)
+            done.append((file, previous))
             os.replace(partial, file)
+    except BaseException:
+        for file, previous in reversed(done):
+            if previous is None:
+                file.unlink(missing_ok=True)
+            elif previous.exists():
+                os.replace(previous, file)
+        raise
+    for _, previous in done:
+        if previous is not None:
+            previous.unlink()

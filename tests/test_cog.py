@@ -200,6 +200,25 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no partial file, no part folder, no folder
 
 
+def test_a_failed_rename_puts_every_file_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "synthetic_0_p_0.tif").write_bytes(b"first version")  # replaced, then put back
+    before = snapshot(tmp_path)
+    replace = os.replace
+
+    def second_fails(src, dst):
+        if str(src).endswith(".partial") and "synthetic_1_p_0" in str(dst):
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_fails)
+    collection = m3rcr_xr.synthetic_collection(3, 16)
+    with pytest.raises(m3rcr_xr.StoreError, match="Disk quota exceeded"):
+        m3rcr_xr.to_cog(collection, out, variable="cloudy", overwrite=True)
+    assert snapshot(tmp_path) == before  # the first file is the user's again, no new one
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_an_unwritable_folder_is_refused(tmp_path):
     locked = tmp_path / "locked"
