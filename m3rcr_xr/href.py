@@ -105,8 +105,8 @@ def join(root: PathType, relative: str) -> str | Path:
     A file list names files under its data root only: an absolute path or URL, or one
     that resolves (``..``, symbolic links for local roots) outside the root, raises
     :class:`UnsafePathError`, as does a NUL byte (no file system takes one). A remote
-    root is held to the same rule on its URL path, also once percent-decoded
-    (``%2e%2e/``): a server may decode it before it normalises the path.
+    root is held to the same rules on its URL path, also once percent-decoded
+    (``%2e%2e/``, ``%00``): a server may decode it before it normalises the path.
     """
     if "\0" in relative:
         raise UnsafePathError(f"{relative!r}: a NUL byte in a file list path")
@@ -118,6 +118,8 @@ def join(root: PathType, relative: str) -> str | Path:
             raise UnsafePathError(f"{relative}: path escapes the data root {root}")
         return resolved
     base = str(root).rstrip("/")
+    if "\0" in unquote(relative):
+        raise UnsafePathError(f"{relative!r}: a percent-encoded NUL byte in a file list path")
     for path in (relative, unquote(relative)):
         joined = posixpath.normpath(posixpath.join(urlsplit(base).path or "/", path))
         if not (joined + "/").startswith(urlsplit(base).path.rstrip("/") + "/"):

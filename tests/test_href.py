@@ -24,3 +24,9 @@ def test_percent_encoded_names_under_a_remote_root_are_kept():
 def test_a_nul_byte_is_refused_naming_the_entry(tmp_path, remote):
     with pytest.raises(UnsafePathError, match=r"'a/c\\x00m.npy': a NUL byte"):
         href.join(ROOT if remote else tmp_path, "a/c\0m.npy")
+
+
+def test_a_percent_encoded_nul_byte_is_refused_under_a_remote_root_only(tmp_path):
+    with pytest.raises(UnsafePathError, match="'a/c%00m.npy': a percent-encoded NUL byte"):
+        href.join(ROOT, "a/c%00m.npy")
+    assert href.join(tmp_path, "a/c%00m.npy") == tmp_path.resolve() / "a/c%00m.npy"
