@@ -210,6 +210,8 @@ def quicklook(
         )
         if name in small
     ]
+    # one compute for all panels: decloud and its std share their tile tasks
+    small = small[[name for name, _ in panels]].compute()
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3), squeeze=False)
     for ax, (name, title) in zip(axes[0], panels, strict=True):
         if name == std:

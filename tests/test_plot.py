@@ -157,3 +157,18 @@ def test_quicklook_draws_the_uncertainty_panel(tmp_path):
     assert image.get_clim() == (0.0, 400.0)  # 0 to the 99th percentile of the band mean
     merged.savefig(tmp_path / "quicklook.png")
     plt.close("all")
+
+
+def test_quicklook_runs_each_tile_once():
+    import m3rcr_xr
+    from m3rcr_xr import runner
+
+    scene = m3rcr_xr.synthetic_scene((64, 64)).chunk(32)
+    both = m3rcr_xr.decloud(
+        scene, checkpoint="dsen2_cr-demo", tile=32, overlap=8, tta="flips", uncertainty=True
+    )
+    runner.tile_counts(reset=True)
+    both.compute()
+    once = runner.tile_counts(reset=True)
+    plt.close(quicklook(scene.assign(both.data_vars)))
+    assert runner.tile_counts(reset=True) == once  # decloud and its std share their tiles
