@@ -517,7 +517,8 @@ def _ensemble_spec(members: tuple[ModelRef, ...]):
                 f"{ref.weights} is {ref.name} {dict(ref.config)}, "
                 f"{first.weights} is {first.name} {dict(first.config)}"
             )
-    hashes = [ref.sha256 for ref in members if ref.sha256 is not None]
+    # untrained members are one network too (ModelRef.untrained_seed)
+    hashes = [ref.sha256 or ref.weights for ref in members]
     if len(set(hashes)) < len(hashes):
         raise UsageError(
             f"{argument('checkpoint')}: the same weights appear twice in the ensemble "

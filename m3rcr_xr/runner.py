@@ -24,6 +24,7 @@ On the CPU
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -117,6 +118,14 @@ class ModelRef:
             weights=found.label,
         )
 
+    def untrained_seed(self) -> int:
+        """The seed of the random weights of ``checkpoint="untrained"``, from the model's
+        name and configuration: every process builds the same network, so that a result
+        does not depend on which worker ran a tile, and a resumed store is finished by
+        the network that began it (the graph's token is the same)."""
+        text = repr((self.name, self.config)).encode()
+        return int.from_bytes(hashlib.sha256(text).digest()[:8], "little")
+
     def spec(self):
         """Check the configuration and the checkpoint's keys and shapes as :meth:`build`
         would, on torch's ``meta`` device (no memory, no weights); return the model's
@@ -127,12 +136,16 @@ class ModelRef:
 
     def build(self):
         """Build the model on the CPU, in eval mode, with its weights fetched and checked
-        in this process (untrained only if asked for)."""
+        in this process (untrained only if asked for: see :meth:`untrained_seed`)."""
+        import torch
+
         from . import models
 
         config = dict(self.config)
         if self.checkpoint is None:
-            return models.build(self.name, **config)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.untrained_seed())
+                return models.build(self.name, **config)
         try:
             path = fetch_first(self.sources or (self.checkpoint,), self.sha256)
         except CheckpointError as exc:
@@ -159,12 +172,25 @@ def cached_model(ref: ModelRef):
     key = (replace(ref, precision=DEFAULT_PRECISION), device)
     with _CACHE_LOCK:
         if key not in _CACHE:
+            _forget_replaced(key)
             model = ref.build().to(device)
             if device.startswith("cuda") and model.spec.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             _CACHE[key] = model
             log.info("built %s on %s (pid %d)", ref.name, device, os.getpid())
         return _CACHE[key], device
+
+
+def _forget_replaced(key: tuple[ModelRef, str]) -> None:
+    """Drop the models built from earlier contents of the same checkpoint on the same
+    device (a file rewritten by training, say): they can never run again, since a
+    worker checks the hash, and would otherwise stay in memory (on the GPU) for good."""
+    ref, device = key
+    if ref.checkpoint is None:
+        return
+    for old in [k for k in _CACHE if k[1] == device and k[0].checkpoint == ref.checkpoint]:
+        if old[0].sha256 != ref.sha256:
+            del _CACHE[old]
 
 
 def clear_model_cache() -> None:

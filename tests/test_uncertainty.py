@@ -188,6 +188,8 @@ def test_an_ensemble_of_mismatched_members_is_refused(small_scene, tiny_members,
         decloud(small_scene, "dsen2_cr", [tiny_members[0], small_checkpoint], config=TINY)
     with pytest.raises(UsageError, match="the same weights appear twice"):
         decloud(small_scene, "dsen2_cr", [tiny_members[0], tiny_members[0]], config=TINY)
+    with pytest.raises(UsageError, match="the same weights appear twice"):  # one network
+        decloud(small_scene, "dsen2_cr", ["untrained", "untrained"], config=TINY)
 
 
 def test_members_resolved_to_other_families_are_refused(small_scene, tiny_members, monkeypatch):
