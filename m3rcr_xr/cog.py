@@ -303,7 +303,9 @@ def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwarg
         # one band stays a plane: tifffile refuses a single sample interleaved by pixel
         many = array.sizes["band"] > 1
         array = array.transpose(*(("y", "x", "band") if many else ("band", "y", "x")))
-    kwargs = {"compression": compress, "blocksize": size, **kwargs}
+    # no band statistics: odc-geo computes them from an overview level in a graph of
+    # their own, which ran every block of the source twice (a lazy decloud's network too)
+    kwargs = {"compression": compress, "blocksize": size, "stats": False, **kwargs}
     if str(compress).lower() not in LOSSY_8BIT:
         # bands, not colours: odc-geo tags 3 or 4 samples as RGB(A), and GDAL then takes
         # the fourth (NIR) for an alpha mask and the first (blue) for red
