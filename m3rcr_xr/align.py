@@ -201,7 +201,7 @@ def align_to(
         if layer.rio.crs is None or target.rio.crs is None:
             raise AlignmentError(f"{layer.name or 'layer'}: no CRS; cannot align by coordinates")
         if layer.rio.crs != target.rio.crs:
-            return _reproject(layer, target, fill)
+            return _with_grid_of(_reproject(layer, target, fill), target)
         _check_overlap(layer, target)
         src = layer.rio.transform()
         rows = containing_index(target["y"].values, src.f, src.e, layer.sizes["y"])
@@ -209,7 +209,19 @@ def align_to(
         out = _take(layer, rows, cols, fill, target)
     else:
         raise UsageError(f"{argument('align', method)}: must be 'coords' or 'shape'")
-    return out.assign_coords(y=target["y"].values, x=target["x"].values)
+    return _with_grid_of(out.assign_coords(y=target["y"].values, x=target["x"].values), target)
+
+
+def _with_grid_of(out: xr.DataArray, target: xr.DataArray) -> xr.DataArray:
+    """``out`` (on ``target``'s pixels) georeferenced as ``target``: the layer's own
+    grid mapping (its CRS and 10 m transform) would tell rioxarray a wrong transform."""
+    mapping = out.rio.grid_mapping
+    out = out.drop_vars([mapping] if mapping in out.coords else [])
+    out.attrs.pop("grid_mapping", None)
+    out.encoding.pop("grid_mapping", None)
+    if target.rio.crs is None:
+        return out
+    return out.rio.write_crs(target.rio.crs).rio.write_transform(target.rio.transform())
 
 
 def _bounds_in(layer: xr.DataArray, crs) -> tuple[float, float, float, float]:

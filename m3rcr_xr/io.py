@@ -189,15 +189,25 @@ def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> 
     return array
 
 
-def read_cloudmask(path: PathType, shape: tuple[int, int]) -> np.ndarray:
+def read_cloudmask(
+    path: PathType, shape: tuple[int, int], like: xr.DataArray | None = None
+) -> np.ndarray:
     """Read a boolean cloud mask from ``.npy`` (never unpickling) or a GeoTIFF.
 
     Shape and dtype are checked from the header, before the values are read: a file
-    that declares a huge array is refused without reading it.
+    that declares a huge array is refused without reading it. A GeoTIFF with a CRS must
+    lie on the grid of ``like`` (the optical layer), rows in either order; one without,
+    like a ``.npy``, is taken pixel for pixel.
+
+    Raises
+    ------
+    AlignmentError
+        A georeferenced GeoTIFF in another CRS or on another grid than ``like``.
     """
     path = href.as_href(path)
     if not href.is_file(path):
         raise MissingFileError(f"{path}: cloudmask file does not exist")
+    mask: np.ndarray | xr.DataArray
     if href.name_of(path).suffix.lower() == ".npy":
         try:  # memory-mapped (locally): only the header is read until the checks pass
             mask = _load_npy(path, shape)
@@ -207,6 +217,9 @@ def read_cloudmask(path: PathType, shape: tuple[int, int]) -> np.ndarray:
             raise InputFileError(f"{path}: cloudmask is not a readable .npy file ({err})") from err
     else:
         mask = open_raster(path, "cloudmask", 1, chunks=None).isel(band=0, drop=True)
+        if like is not None and mask.rio.crs is not None and mask.shape == shape:
+            mask = _oriented_like(mask, like)
+            _check_same_grid(mask, like, path)
     if mask.shape != shape:
         raise InputFileError(f"{path}: cloudmask has shape {mask.shape}, optical grid is {shape}")
     if mask.dtype.kind not in "biu":
@@ -440,20 +453,34 @@ def _cloudmask(
         return mask
     if Path(source).suffix.lower() != ".npy" and is_udm2(source):
         classes = check_classes(classes, "udm2_classes")
-        udm2 = open_udm2(source, chunks=chunks)
+        udm2 = _oriented_like(open_udm2(source, chunks=chunks), optical)
         _check_same_grid(udm2.isel(band=0), optical.isel(band=0), source)
         layers["cloudy"] = mask_nodata(optical, udm2_nodata(udm2))
         return udm2_cloudmask(udm2, classes)
-    values: Any = read_cloudmask(source, (optical.sizes["y"], optical.sizes["x"]))
+    grid = optical.isel(band=0)
+    values: Any = read_cloudmask(source, (grid.sizes["y"], grid.sizes["x"]), like=grid)
     if optical.chunks is not None:
         values = da.from_array(values, chunks=optical.data.chunks[1:])
     return xr.DataArray(values, dims=("y", "x"), attrs={"long_name": "cloud mask, True = cloud"})
 
 
+def _oriented_like(array: xr.DataArray, optical: xr.DataArray) -> xr.DataArray:
+    """``array`` with its rows in the order of ``optical``'s: a mask stored south-up
+    for a north-up scene (or the reverse) covers the same pixels, read backwards."""
+    if array.sizes["y"] < 2 or optical.sizes["y"] < 2:
+        return array
+    if (array.y[-1] - array.y[0]) * (optical.y[-1] - optical.y[0]) >= 0:
+        return array
+    array = array.isel(y=slice(None, None, -1))
+    return array.rio.write_transform(array.rio.transform(recalc=True))
+
+
 def _check_same_grid(array: xr.DataArray, optical: xr.DataArray, path: PathType) -> None:
     if array.rio.crs != optical.rio.crs:
         raise AlignmentError(f"{path}: CRS {array.rio.crs} differs from cloudy's {optical.rio.crs}")
-    if array.shape != optical.shape or array.rio.transform() != optical.rio.transform():
+    if array.shape != optical.shape or not array.rio.transform().almost_equals(
+        optical.rio.transform(), precision=1e-6
+    ):
         raise AlignmentError(
             f"{path}: grid differs from cloudy's (shape {array.shape}, "
             f"transform {tuple(array.rio.transform())[:6]})"

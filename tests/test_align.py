@@ -143,3 +143,19 @@ def test_pixel_centres_is_a_deprecated_alias_of_pixel_centers():
         old = align.pixel_centres(transform, 2, 3)
     new = align.pixel_centers(transform, 2, 3)
     assert [a.tolist() for a in old] == [a.tolist() for a in new] == [[195, 185], [105, 115, 125]]
+
+
+@pytest.mark.parametrize(
+    ("method", "crs"), [("coords", "EPSG:32632"), ("coords", "EPSG:32633"), ("shape", "EPSG:32632")]
+)
+def test_the_result_is_georeferenced_as_the_target(method, crs):
+    target = _grid("EPSG:32632", 699_000, 5_000_000, 3.0, (120, 150))
+    left, top = (699_000 - 20, 5_000_000 + 20)
+    if crs == "EPSG:32633":
+        left, top = Transformer.from_crs("EPSG:32632", crs, always_xy=True).transform(left, top)
+        left, top = np.floor(left) - 200, np.ceil(top) + 200
+    layer = _grid(crs, left, top, 10.0, (60, 70))
+    aligned = align_to(layer, target, method=method)
+    assert aligned.rio.crs == target.rio.crs
+    assert aligned.rio.transform() == target.rio.transform()
+    assert aligned.rio.bounds() == target.rio.bounds()

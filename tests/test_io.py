@@ -390,10 +390,39 @@ def test_geotiff_cloudmask_is_shape_checked_before_it_is_read(copied, tmp_path):
     with pytest.raises(m3rcr_xr.InputFileError, match=r"mask.tif: cloudmask has shape \(90, 90\)"):
         m3rcr_xr.open_quartet(copied["cloudy"], cloudmask=mask)
     values = np.random.default_rng(2).random((1, 300, 300)) < 0.3
-    fits = write_raster(tmp_path / "fits.tif", values.astype("uint8"), OPTICAL_GRID, CRS)
+    with rasterio.open(copied["cloudy"]) as src:
+        grid, crs = src.transform, src.crs
+    fits = write_raster(tmp_path / "fits.tif", values.astype("uint8"), grid, crs)
     with raise_if_dask_computes():
         ds = m3rcr_xr.open_quartet(copied["cloudy"], cloudmask=fits)
     np.testing.assert_array_equal(ds.cloudmask.values, values[0])
+
+
+def _mask_on(tmp_path, name, transform, crs=CRS, rows=slice(0, 10)):
+    """A cloud mask GeoTIFF for :data:`OPTICAL_GRID`'s scene, cloud over ``rows``."""
+    values = np.zeros((1, 30, 30), "uint8")
+    values[0, rows] = 1
+    with warnings.catch_warnings():  # an unreferenced one: GDAL says so
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        return write_raster(tmp_path / name, values, transform, crs)
+
+
+def test_a_geotiff_cloudmask_must_lie_on_the_optical_grid(tmp_path):
+    cloudy = write_optical(tmp_path / "cloudy.tif", np.full((4, 30, 30), 900, "uint16"))
+    south_up = Affine(3, 0, OPTICAL_GRID.c, 0, 3, OPTICAL_GRID.f - 90)  # the same pixels
+    mask = _mask_on(tmp_path, "south_up.tif", south_up, rows=slice(20, 30))
+    ds = m3rcr_xr.open_quartet(cloudy, cloudmask=mask)
+    assert ds.cloudmask.values[:10].all() and not ds.cloudmask.values[10:].any()
+    east = OPTICAL_GRID * Affine.translation(300, 0)
+    for path, match in [
+        (_mask_on(tmp_path, "east.tif", east), "east.tif: grid differs from cloudy's"),
+        (_mask_on(tmp_path, "utm33.tif", OPTICAL_GRID, "EPSG:32633"), "utm33.tif: CRS EPSG:32633"),
+    ]:
+        with pytest.raises(m3rcr_xr.AlignmentError, match=match):
+            m3rcr_xr.open_quartet(cloudy, cloudmask=path)
+    unreferenced = _mask_on(tmp_path, "plain.tif", None, crs=None)  # taken pixel for pixel
+    with pytest.warns(rasterio.errors.NotGeoreferencedWarning):
+        assert m3rcr_xr.open_quartet(cloudy, cloudmask=unreferenced).cloudmask.values[:10].all()
 
 
 # ---------------------------------------------------------------------------- file lists
