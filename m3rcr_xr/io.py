@@ -216,10 +216,11 @@ def read_cloudmask(
         except (OSError, EOFError) as err:
             raise InputFileError(f"{path}: cloudmask is not a readable .npy file ({err})") from err
     else:
-        mask = open_raster(path, "cloudmask", 1, chunks=None).isel(band=0, drop=True)
-        if like is not None and mask.rio.crs is not None and mask.shape == shape:
-            mask = _oriented_like(mask, like)
-            _check_same_grid(mask, like, path)
+        raster = open_raster(path, "cloudmask", 1, chunks=None).isel(band=0, drop=True)
+        if like is not None and raster.rio.crs is not None and raster.shape == shape:
+            raster = _oriented_like(raster, like)
+            _check_same_grid(raster, like, path)
+        mask = raster
     if mask.shape != shape:
         raise InputFileError(f"{path}: cloudmask has shape {mask.shape}, optical grid is {shape}")
     if mask.dtype.kind not in "biu":
