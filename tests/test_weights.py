@@ -427,3 +427,31 @@ def test_weights_fetch_exits_2_on_bad_input(capsys, closed_port, cache):
     url = f"http://127.0.0.1:{closed_port}/w.pt"
     _fails(capsys, ["weights", "fetch", url], url)
     assert _files(cache) == []
+
+
+def test_an_exported_file_brings_its_model_and_configuration(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    state = torch.load(seeded_checkpoint(tmp_path / "w.pt", **TINY), weights_only=True)
+    header = {"model": "dsen2_cr", "config": json.dumps(TINY), "task": "cloud_removal"}
+    exported = tmp_path / "run.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, exported, metadata=header)
+    found = weights.resolve(None, exported)
+    assert (found.model, found.config) == ("dsen2_cr", TINY)  # as m3rcr train --export wrote
+    scene = m3rcr_xr.synthetic_scene((32, 32))
+    assert m3rcr_xr.decloud(scene, checkpoint=exported, tile=32).shape == (4, 32, 32)
+    with pytest.raises(ModelConfigError, match="the weights .*run.safetensors' are for dsen2_cr"):
+        weights.resolve("glf_cr", exported)
+    with pytest.raises(ModelConfigError, match="were trained with"):
+        weights.resolve(None, exported, {"n_resblocks": 9})
+    plain = tmp_path / "plain.safetensors"  # no header of ours: the arguments given apply
+    save_file({k: v.contiguous() for k, v in state.items()}, plain)
+    assert weights.resolve(None, plain, TINY).config == TINY
+
+
+def test_a_configuration_that_leaves_derived_arguments_out_agrees():
+    demo = {"depth": 2, "features": 16}  # the demo classifier's, n_classes from its level
+    assert weights.resolve(None, "landcover_unet-demo", demo).config["n_classes"] == 7
+    with pytest.raises(ModelConfigError, match="were trained with"):
+        weights.resolve(None, "landcover_unet-demo", {**demo, "level": 2})

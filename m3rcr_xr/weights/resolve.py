@@ -17,7 +17,7 @@ from typing import Any
 
 from ..exceptions import CheckpointError, ModelConfigError, argument
 from .download import check_file, check_sha256, fetch_url, split_url
-from .registry import UNTRAINED, WeightsEntry, available, entry
+from .registry import UNTRAINED, available, entry
 
 __all__ = ["DEFAULT_MODEL", "ResolvedWeights", "fetch", "fetch_first", "resolve"]
 
@@ -134,6 +134,17 @@ def fetch_first(sources: Iterable[str], known_hash: str) -> Path:
     raise CheckpointError("; ".join(errors) or "no source of weights given")
 
 
+def _same_architecture(model: str, given: Mapping[str, Any], theirs: Mapping[str, Any]) -> bool:
+    """Whether two configurations build the same network: the same arguments, where an
+    argument left at None (one the model derives, as a classifier's ``n_classes`` from
+    its ``level``) agrees with any value."""
+    ours, other = _effective(model, given), _effective(model, theirs)
+    return all(
+        ours.get(name) is None or other.get(name) is None or ours.get(name) == other.get(name)
+        for name in ours.keys() | other.keys()
+    )
+
+
 def _effective(model: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """The constructor arguments ``config`` means: defaults, then preset, then keys."""
     from ..models.records import model_record
@@ -146,29 +157,52 @@ def _effective(model: str, config: Mapping[str, Any]) -> dict[str, Any]:
     return {**defaults, **record.presets.get(preset, {"preset": preset}), **rest}
 
 
-def _from_entry(
-    found: WeightsEntry, model: str | None, config: Mapping[str, Any] | None
+def _theirs(
+    weights: str,
+    found: tuple[str, Mapping[str, Any]],
+    model: str | None,
+    config: Mapping[str, Any] | None,
 ) -> tuple[str, dict[str, Any]]:
-    """The entry's model and configuration, refusing a different ``model`` or ``config``.
+    """The model and configuration ``found`` with the ``weights`` (a registered entry's,
+    or an exported file's header), refusing a different ``model`` or ``config``.
 
     Raises
     ------
     ModelConfigError
-        ``model`` or ``config`` given and not the entry's.
+        ``model`` or ``config`` given and not those of the weights.
     """
     from ..models.records import model_record
 
-    key = model_record(found.model).name
+    key, found_config = model_record(found[0]).name, dict(found[1])
     if model is not None and model_record(model).name != key:
+        raise ModelConfigError(f"{argument('model', model)}: the weights {weights!r} are for {key}")
+    if config is not None and not _same_architecture(key, config, found_config):
         raise ModelConfigError(
-            f"{argument('model', model)}: the weights {found.name!r} are for {key}"
+            f"{argument('config', dict(config))}: the weights {weights!r} were trained "
+            f"with {found_config}; leave the configuration out to use theirs"
         )
-    if config is not None and _effective(key, config) != _effective(key, found.config):
-        raise ModelConfigError(
-            f"{argument('config', dict(config))}: the weights {found.name!r} were trained "
-            f"with {dict(found.config)}; leave the configuration out to use theirs"
-        )
-    return key, dict(found.config)
+    return key, found_config
+
+
+def _exported(path: Path) -> tuple[str, dict[str, Any]] | None:
+    """The model and configuration in the header of a safetensors file that
+    ``m3rcr train --export`` wrote (checked by :func:`~m3rcr_xr.weights.read_weights`);
+    None for any other file."""
+    from safetensors import safe_open
+
+    from . import read_weights
+
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            ours = "model" in (handle.metadata() or {})
+    except Exception:  # not safetensors after all: loading it says what is wrong
+        return None
+    if not ours:
+        return None
+    header = read_weights(path)
+    return header.model, header.config
 
 
 def _no_weights(model: str) -> CheckpointError:
@@ -192,13 +226,14 @@ def resolve(
     Parameters
     ----------
     model
-        Registry key of the network; None: the entry's, else ``"dsen2_cr"``.
+        Registry key of the network; None: the entry's (or the header's of a file that
+        ``m3rcr train --export`` wrote), else ``"dsen2_cr"``.
     checkpoint
         A registered name, a URL, a path, ``"untrained"``, or None (the model's default
         entry). See :func:`fetch`.
     config
-        Architecture arguments; with a registered entry, None takes the entry's, and a
-        different one is refused.
+        Architecture arguments; with a registered entry or an exported file, None takes
+        theirs, and a different one is refused.
 
     Raises
     ------
@@ -229,11 +264,15 @@ def resolve(
         return ResolvedWeights(model_record(model or DEFAULT_MODEL).name, dict(config or {}))
     path, sha256, found = _fetch(checkpoint, None)
     if found is not None:
-        key, config = _from_entry(found, model, config)
+        key, config = _theirs(found.name, (found.model, found.config), model, config)
         return ResolvedWeights(key, config, path, sha256, (found.name, *found.urls), found.name)
     label = os.fspath(checkpoint)
     if "://" in label:  # a URL: without its #sha256= (a path may hold a "#" of its own)
         label = split_url(label)[0]
     source = label if "://" in label else str(path)
+    header = _exported(path)
+    if header is not None:
+        key, config = _theirs(label, header, model, config)
+        return ResolvedWeights(key, config, path, sha256, (source,), label)
     key = model_record(model or DEFAULT_MODEL).name
     return ResolvedWeights(key, dict(config or {}), path, sha256, (source,), label)
