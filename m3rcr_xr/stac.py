@@ -2,8 +2,9 @@
 
 :func:`open_stac` returns the same *scene* as :func:`m3rcr_xr.open_quartet` (see
 :mod:`m3rcr_xr.schema`), from STAC items instead of files: the optical items define
-the grid (one CRS, 3 m), several of them are mosaicked into one scene (the first item
-with a valid pixel wins), and the 10 m layers go onto that grid as ``align="coords"``
+the grid (one CRS, 3 m, north-up), several of them are mosaicked into one scene (the
+first item with a valid pixel wins, the whole pixel: all its bands and its UDM2 from
+that item), and the 10 m layers go onto that grid as ``align="coords"``
 puts them: by nearest, each optical pixel centre taking the coarse pixel that holds it.
 
 The asset layouts it knows (:data:`ASSETS`; any name can be overridden with
@@ -29,6 +30,7 @@ not half-way through a write.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -44,13 +46,22 @@ import pystac
 import rasterio
 import xarray as xr
 from affine import Affine
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import BoundingBox, Geometry, box, unary_union
 from rasterio.errors import RasterioError
 
 from . import href
-from .align import align_to, fill_nan_with_mean
-from .cloudmask import DEFAULT_CLASSES, check_classes, mask_nodata, udm2_cloudmask, udm2_nodata
+from .align import align_to, check_north_up, fill_nan_with_mean
+from .cloudmask import (
+    BLACKFILL_BIT,
+    DEFAULT_CLASSES,
+    check_classes,
+    mask_nodata,
+    udm2_cloudmask,
+    udm2_nodata,
+)
 from .cloudmask import UDM2_BANDS as CLOUDMASK_UDM2_BANDS
 from .exceptions import AlignmentError, InputFileError, UsageError, argument
 from .io import (
@@ -173,6 +184,8 @@ def item_geobox(item: pystac.Item, asset_name: str) -> GeoBox:
     ------
     InputFileError
         Naming the item: it has no such asset, or no CRS, shape or transform.
+    AlignmentError
+        Naming the item: its grid is rotated or sheared.
     """
     asset = _asset(item, asset_name)
     crs = _crs(item, asset)
@@ -185,22 +198,33 @@ def item_geobox(item: pystac.Item, asset_name: str) -> GeoBox:
             f"STAC item {item.id!r}: asset {asset_name!r} has no {' or '.join(missing)} "
             "(the proj extension: proj:code or proj:epsg, proj:shape, proj:transform)"
         )
+    check_north_up(Affine(*transform[:6]), f"STAC item {item.id!r} asset {asset_name!r}")
     return GeoBox(tuple(shape), Affine(*transform[:6]), crs)
 
 
 # -------------------------------------------------------------------------- grids
 def snapped_geobox(bounds: BoundingBox, crs: Any, grid: Affine) -> GeoBox:
-    """The smallest grid that covers ``bounds``, with the pixels of ``grid`` (size and
-    phase), so that one item alone gives back its own grid exactly."""
+    """The smallest north-up grid that covers ``bounds``, with the pixels of ``grid``
+    (size and phase), so that one item alone gives back its own grid exactly (a
+    south-up item, positive y step, its pixels on the north-up grid of the same lines).
+
+    Examples
+    --------
+    >>> south_up = Affine(3, 0, 500001, 0, 3, 3999822)  # 60 rows up to y = 4000002
+    >>> geobox = snapped_geobox(BoundingBox(500001, 3999822, 500181, 4000002), None, south_up)
+    >>> tuple(geobox.transform)[:6], geobox.shape
+    ((3.0, 0.0, 500001.0, 0.0, -3.0, 4000002.0), Shape2d(x=60, y=60))
+    """
 
     def edges(low: float, high: float, origin: float, step: float) -> tuple[float, int]:
         first = math.floor(round((low - origin) / step, 6))
         last = math.ceil(round((high - origin) / step, 6))
         return origin + first * step, max(last - first, 1)
 
-    left, width = edges(bounds.left, bounds.right, grid.c, grid.a)
-    top, height = edges(-bounds.top, -bounds.bottom, -grid.f, -grid.e)
-    return GeoBox((height, width), Affine(grid.a, 0, left, 0, grid.e, -top), crs)
+    step_x, step_y = abs(grid.a), abs(grid.e)  # the same pixel lines, north-up
+    left, width = edges(bounds.left, bounds.right, grid.c, step_x)
+    top, height = edges(-bounds.top, -bounds.bottom, -grid.f, step_y)
+    return GeoBox((height, width), Affine(step_x, 0, left, 0, -step_y, -top), crs)
 
 
 def _union(geoboxes: Sequence[GeoBox], crs: Any) -> Geometry:
@@ -325,22 +349,35 @@ def _one_group(*_: Any) -> int:
     return 0
 
 
+def _each_item(_item: Any, _parsed: Any, index: int) -> int:
+    """odc-stac's ``groupby``: each item a layer of its own, in the order given."""
+    return index
+
+
 def _load(
-    items: Sequence[pystac.Item], bands: list[str], geobox: GeoBox, chunks: Any, **kwargs: Any
+    items: Sequence[pystac.Item],
+    bands: list[str],
+    geobox: GeoBox,
+    chunks: Any,
+    *,
+    per_item: bool = False,
+    **kwargs: Any,
 ) -> xr.Dataset:
+    """The bands on ``geobox``: fused band by band into one scene by odc-stac (the first
+    item with data wins), or with ``per_item`` one layer per item along ``time``."""
     import odc.stac
 
     loaded = odc.stac.load(
         items,
         bands=bands,
         geobox=geobox,
-        groupby=_one_group,
+        groupby=_each_item if per_item else _one_group,
         preserve_original_order=True,  # the first item given wins where they overlap
         resampling="nearest",
-        chunks=chunks,
+        chunks=None if chunks is None else {"time": 1, **chunks},
         **kwargs,
     )
-    return loaded.isel(time=0, drop=True)
+    return loaded if per_item else loaded.isel(time=0, drop=True)
 
 
 def _stack(loaded: xr.Dataset, names: Sequence[str], dim: str) -> xr.DataArray:
@@ -354,24 +391,168 @@ def _band_names(asset_name: str, count: int) -> list[str]:
     return [f"{asset_name}.{i}" for i in range(1, count + 1)] if count > 1 else [asset_name]
 
 
+# ------------------------------------------------------------------------- mosaic
+def _first_valid_index(
+    items: Sequence[Sequence[np.ndarray]], optical_count: int, nodata: float | None = None
+) -> np.ndarray:
+    """For each pixel, the index in ``items`` of the first item whose pixel is valid (0
+    where none is): the item that gives all the pixel's bands, UDM2 included.
+
+    ``items[i]`` holds item i's optical bands, each (1, y, x), then its UDM2's band 8
+    if it has one. A pixel is valid where its optical bands are not all missing (0, NaN
+    or the declared ``nodata``: a dark pixel may read 0 in one band) and not UDM2
+    blackfill (band 8, bit 0). A UDM2 declares no nodata: its 0 is a value, so it is
+    never fused band by band.
+
+    Examples
+    --------
+    >>> dark = [np.array([[[0, 0]]]), np.array([[[300, 0]]])]  # a dark pixel, a missing one
+    >>> later = [np.array([[[5000, 5000]]]), np.array([[[5000, 5000]]])]
+    >>> _first_valid_index([dark, later], 2).tolist()
+    [[0, 1]]
+    """
+    index = np.zeros(items[0][0].shape[1:], np.uint16)
+    done = np.zeros(index.shape, bool)
+    for position, bands in enumerate(items):
+        take = _valid(bands, optical_count, nodata) & ~done
+        index[take] = position
+        done |= take
+    return index
+
+
+def _valid(bands: Sequence[np.ndarray], optical_count: int, nodata: float | None) -> np.ndarray:
+    valid = np.zeros(bands[0].shape[1:], bool)
+    for block in bands[:optical_count]:
+        valid |= (block[0] != 0) & ~np.isnan(block[0]) & (block[0] != nodata)
+    if len(bands) > optical_count:  # the UDM2's band 8
+        valid &= (bands[optical_count][0] & BLACKFILL_BIT) == 0
+    return valid
+
+
+def _pick(index: np.ndarray, blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """One band (y, x): each pixel from ``blocks[index]`` (blocks (1, y, x), one per item)."""
+    picked = blocks[0][0].copy()
+    for position, block in enumerate(blocks[1:], start=1):
+        chosen = index == position
+        picked[chosen] = block[0][chosen]
+    return picked
+
+
+def _tile_items(
+    geobox: GeoBox, chunks: Sequence[Sequence[int]], footprints: Sequence[Geometry]
+) -> dict[tuple[int, int], list[int]]:
+    """For each tile (row, column) of ``geobox`` cut by ``chunks`` (y, x), the items whose
+    footprint reaches it (item 0 where none does: odc-stac's empty fill)."""
+    ychunks, xchunks = chunks
+    tiles: dict[tuple[int, int], list[int]] = {}
+    ystarts, xstarts = np.cumsum((0, *ychunks)), np.cumsum((0, *xchunks))
+    for j, k in itertools.product(range(len(ychunks)), range(len(xchunks))):
+        tile = geobox[ystarts[j] : ystarts[j + 1], xstarts[k] : xstarts[k + 1]].extent
+        tiles[j, k] = [i for i, f in enumerate(footprints) if f.intersects(tile)] or [0]
+    return tiles
+
+
+def _tiled(
+    name: str, graph: dict[Any, Any], like: da.Array, dependencies: list[Any], dtype: Any
+) -> da.Array:
+    """A (y, x) dask array of the tasks ``graph`` on the spatial chunks of ``like``."""
+    layer = HighLevelGraph.from_collections(name, graph, dependencies=dependencies)
+    return da.Array(layer, name, chunks=like.chunks[1:], dtype=dtype)
+
+
+def _lazy_mosaic(
+    bands: Sequence[da.Array],
+    validity: Sequence[da.Array],
+    optical_count: int,
+    nodata: float | None,
+    tiles: Mapping[tuple[int, int], list[int]],
+) -> list[da.Array]:
+    """Each of ``bands`` (item, y, x) as one mosaic band (y, x), tile by tile: a task per
+    tile picks each pixel's item from the ``validity`` bands (:func:`_first_valid_index`),
+    a task per band and tile takes its pixels. A tile reads only its items (``tiles``),
+    and a band is read only where it is used."""
+    token = tokenize(*bands, optical_count, nodata)
+    index_name = f"stac-mosaic-index-{token}"
+    index_graph = {
+        (index_name, j, k): (
+            _first_valid_index,
+            [[(band.name, i, j, k) for band in validity] for i in items],
+            optical_count,
+            nodata,
+        )
+        for (j, k), items in tiles.items()
+    }
+    index = _tiled(index_name, index_graph, bands[0], list(validity), np.uint16)
+    mosaic = []
+    for band in bands:
+        name = f"stac-mosaic-{band.name}-{token}"
+        graph = {
+            (name, j, k): (_pick, (index_name, j, k), [(band.name, i, j, k) for i in items])
+            for (j, k), items in tiles.items()
+        }
+        mosaic.append(_tiled(name, graph, band, [index, band], band.dtype))
+    return mosaic
+
+
+def _mosaic(
+    loaded: xr.Dataset, bands: Sequence[str], optical_count: int, footprints: Sequence[Geometry]
+) -> xr.DataArray:
+    """The bands of odc-stac's per-item layers (optical, then UDM2) as one mosaic (band,
+    y, x), each pixel whole from the first item where it is valid."""
+    if loaded.sizes["time"] == 1:  # one item: nothing to choose, its bands as they are
+        merged = xr.concat([loaded[name] for name in bands], "band").isel(time=0)
+        return merged.drop_vars("time").rio.write_crs(loaded.rio.crs)
+    arrays = [loaded[name].data for name in bands]
+    validity = arrays[:optical_count] + arrays[optical_count + UDM2_BANDS - 1 :]  # + band 8
+    nodata = loaded[bands[0]].attrs.get("nodata")
+    if isinstance(arrays[0], da.Array):
+        tiles = _tile_items(loaded.odc.geobox, arrays[0].chunks[1:], footprints)
+        picked = _lazy_mosaic(arrays, validity, optical_count, nodata, tiles)
+        merged = da.stack(picked)
+    else:  # chunks=None: loaded already
+        items = [[a[i : i + 1] for a in validity] for i in range(loaded.sizes["time"])]
+        index = _first_valid_index(items, optical_count, nodata)
+        merged = np.stack([_pick(index, [a[i : i + 1] for i in range(len(a))]) for a in arrays])
+    coords = {"y": loaded["y"], "x": loaded["x"]}
+    array = xr.DataArray(merged, dims=("band", "y", "x"), coords=coords)
+    return array.rio.write_crs(loaded.rio.crs)
+
+
+def _footprints(items: Sequence[pystac.Item], asset_name: str, scene: GeoBox) -> list[Geometry]:
+    """Where each item may have data on the scene: its grid and its STAC geometry (odc-stac
+    reads an item in the tiles its geometry reaches), a scene pixel wider."""
+    margin, crs = 2 * abs(scene.resolution.x), scene.crs
+    assert crs is not None  # the scene's grid has the items' CRS or the one asked for
+    shapes = []
+    for item in items:
+        shape = item_geobox(item, asset_name).extent.to_crs(crs)
+        if item.geometry:
+            shape = shape.union(Geometry(item.geometry, "EPSG:4326").to_crs(crs))
+        shapes.append(shape.buffer(margin))
+    return shapes
+
+
 def _optical(
-    items: Sequence[pystac.Item], asset_name: str, geobox: GeoBox, chunks: Any
-) -> tuple[xr.DataArray, list[str]]:
-    sources = _prepared(items, asset_name, len(BANDS), "optical")
-    bands = _band_names(asset_name, len(BANDS))
-    array = _stack(_load(items, bands, geobox, chunks), bands, "band")
-    return describe_optical(_as_uint16(array, sources[0], "cloudy"), "cloudy"), sources
-
-
-def _udm2(
-    items: Sequence[pystac.Item], asset_name: str, geobox: GeoBox, chunks: Any
-) -> tuple[xr.DataArray, list[str]]:
-    sources = _prepared(items, asset_name, UDM2_BANDS, "udm2")
-    bands = _band_names(asset_name, UDM2_BANDS)
-    array = _stack(_load(items, bands, geobox, chunks), bands, "udm2_band")
-    array = array.assign_coords(udm2_band=np.arange(1, UDM2_BANDS + 1))
-    array.attrs = {"long_name": "PlanetScope usable data mask (UDM2)"}
-    return array, sources
+    items: Sequence[pystac.Item], names: Mapping[str, str], udm2: bool, scene: GeoBox, chunks: Any
+) -> tuple[xr.DataArray, xr.DataArray | None, list[str]]:
+    """The optical mosaic and, with ``udm2``, the UDM2 of the same items (each pixel's
+    bands all from one item, :func:`_first_valid`), and the files read."""
+    sources = _prepared(items, names["optical"], len(BANDS), "optical")
+    bands = _band_names(names["optical"], len(BANDS))
+    if udm2:
+        sources += _prepared(items, names["udm2"], UDM2_BANDS, "udm2")
+        bands += _band_names(names["udm2"], UDM2_BANDS)
+    loaded = _load(items, bands, scene, chunks, per_item=True)
+    merged = _mosaic(loaded, bands, len(BANDS), _footprints(items, names["optical"], scene))
+    optical = merged.isel(band=slice(0, len(BANDS))).astype(loaded[bands[0]].dtype)
+    optical.attrs = {"_FillValue": loaded[bands[0]].attrs.get("nodata")}
+    optical = describe_optical(_as_uint16(optical, sources[0], "cloudy"), "cloudy")
+    if not udm2:
+        return optical, None, sources
+    mask = merged.isel(band=slice(len(BANDS), None)).astype(loaded[bands[-1]].dtype)
+    mask = mask.rename(band="udm2_band").assign_coords(udm2_band=np.arange(1, UDM2_BANDS + 1))
+    mask.attrs = {"long_name": "PlanetScope usable data mask (UDM2)"}
+    return optical, mask, sources
 
 
 def _coarse(
@@ -513,7 +694,9 @@ def open_stac(
         PlanetScope items (4-band surface reflectance): an item, an item collection, a
         catalog, a list of items, or the path or URL (``https://``, ``s3://``) of their
         JSON. Several are mosaicked into one scene, the first given winning where they
-        overlap; items in other CRSs (UTM zones) are reprojected onto one.
+        overlap: each pixel whole from the first item where it is valid (not 0 in all
+        bands, not UDM2 blackfill); items in other CRSs (UTM zones) are reprojected onto
+        one, items stored south-up onto the north-up grid of the same pixels.
     sar_items, landcover_items
         Sentinel-1 RTC items (``vv``, ``vh`` in linear power) and WorldCover items
         (``map``), in the same forms; optional.
@@ -545,7 +728,8 @@ def open_stac(
         The JSON or an asset cannot be read; an item lacks an asset asked for, or the
         ``proj`` fields (CRS, shape, transform); an asset has the wrong band count.
     AlignmentError
-        An item overlaps neither the scene nor the other optical items.
+        An item overlaps neither the scene nor the other optical items, or its grid is
+        rotated.
 
     Examples
     --------
@@ -561,14 +745,13 @@ def open_stac(
     scene = optical_geobox(
         optical_list, names["optical"], bbox=bbox, crs=crs, resolution=resolution
     )
-    optical, sources = _optical(optical_list, names["optical"], scene, stac_chunks)
-    layers: dict[str, xr.DataArray] = {"cloudy": optical}
     without = [item for item in optical_list if names["udm2"] not in item.assets]
-    if not without:
-        layers["udm2"], found = _udm2(optical_list, names["udm2"], scene, stac_chunks)
-        sources += found
-    elif assets and "udm2" in assets:  # asked for by name: its absence is an error
+    if without and assets and "udm2" in assets:  # asked for by name: its absence is an error
         _asset(without[0], names["udm2"])
+    optical, udm2, sources = _optical(optical_list, names, not without, scene, stac_chunks)
+    layers: dict[str, xr.DataArray] = {"cloudy": optical}
+    if udm2 is not None:
+        layers["udm2"] = udm2
     for given, opener, name in (
         (sar_items, _sar, "sar"),
         (landcover_items, _landcover, "landcover"),

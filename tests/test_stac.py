@@ -333,3 +333,104 @@ def test_json_that_is_not_stac_is_named(tmp_path, capsys, doc):
     err = capsys.readouterr().err
     assert err.startswith(f"m3rcr ingest: error: {path}: not a STAC") and err.count("\n") == 1
     assert not dest.exists()
+
+
+def _planet_item(root: Path, name: str, optical, udm2, transform, crs=ZONE32):
+    """A PlanetScope item: 4-band optical (nodata 0) and, unless None, an 8-band UDM2."""
+    assets = {
+        "ortho_analytic_4b_sr": write_raster(root / f"{name}.tif", optical, transform, crs, 0)
+    }
+    if udm2 is not None:
+        assets["ortho_udm2"] = write_raster(root / f"{name}_udm2.tif", udm2, transform, crs)
+    return stac_item(name, assets)
+
+
+def _mosaic_dependencies(array: xr.DataArray) -> dict[tuple, set[int]]:
+    """For each tile of a mosaic, the items (odc-stac's layer index) its choice reads."""
+    from dask.core import get_dependencies
+
+    graph = dict(array.data.__dask_graph__())
+    tiles = {}
+    for key in graph:
+        if isinstance(key, tuple) and str(key[0]).startswith("stac-mosaic-index-"):
+            tiles[key[1:]] = {dep[1] for dep in get_dependencies(graph, key)}
+    return tiles
+
+
+@pytest.mark.parametrize("chunks", [None, 7])
+def test_a_mosaic_takes_each_pixel_whole_from_the_first_valid_item(tmp_path, chunks):
+    """A's blackfill (UDM2 band 8, bit 0; optical 0) over B's data: B's pixels there,
+    optical and UDM2 alike; where A is valid and clear, A's pixels and A's clear mask,
+    though B is cloudy there (odc-stac fused each band on its own: A's blackfill won,
+    and B's cloud flag landed on A's pixels)."""
+    height = 6
+    a = np.full((4, height, 20), 1000, np.uint16)
+    a[:, :, 15:] = 0  # blackfill: not imaged
+    a_udm2 = np.zeros((8, height, 20), np.uint8)
+    a_udm2[0, :, :15] = 1  # clear
+    a_udm2[7, :, 15:] = 1  # blackfill
+    b = np.full((4, height, 20), 2000, np.uint16)
+    b_udm2 = np.zeros((8, height, 20), np.uint8)
+    b_udm2[5] = 1  # cloud: all of B (columns 10..29 of the scene)
+    items = [
+        _planet_item(tmp_path, "a", a, a_udm2, OPTICAL),
+        _planet_item(tmp_path, "b", b, b_udm2, OPTICAL * Affine.translation(10, 0)),
+    ]
+    with raise_if_dask_computes():
+        scene = m3rcr_xr.open_stac(items, chunks=chunks)
+    if chunks is not None:  # a tile reads only the items that reach it
+        tiles = _mosaic_dependencies(scene["cloudy"])  # 5 columns of tiles, 7 px wide
+        assert (tiles[0, 0], tiles[0, 2], tiles[0, 4]) == ({0}, {0, 1}, {1})
+    row = scene["cloudy"].sel(band="blue").values[0]
+    np.testing.assert_array_equal(row, [1000] * 15 + [2000] * 15)
+    np.testing.assert_array_equal(scene["cloudmask"].values[0], [False] * 15 + [True] * 15)
+
+
+@pytest.mark.parametrize("chunks", [None, 4])
+def test_a_dark_pixel_is_kept_whole_not_patched_from_the_next_item(tmp_path, chunks):
+    """README, Nodata: a real dark pixel may read 0 in one band; only all bands 0 is
+    missing. The first item's pixel stays whole, the next item fills its missing one."""
+    a = np.full((4, 8, 8), 300, np.uint16)
+    a[0, 5, 5] = 0  # water: blue 0, a valid pixel
+    a[:, 2, 3] = 0  # missing
+    b = np.full((4, 8, 8), 5000, np.uint16)
+    items = [
+        _planet_item(tmp_path, "a", a, None, OPTICAL),
+        _planet_item(tmp_path, "b", b, None, OPTICAL),
+    ]
+    cloudy = m3rcr_xr.open_stac(items, chunks=chunks)["cloudy"].values
+    np.testing.assert_array_equal(cloudy[:, 5, 5], [0, 300, 300, 300])
+    np.testing.assert_array_equal(cloudy[:, 2, 3], [5000] * 4)
+    assert (cloudy[:, :2] == 300).all()
+
+
+def _south_up(path: Path, north_up: Path, out: Path) -> Path:
+    """``north_up`` stored south-up (rows reversed, positive y step) at ``out``."""
+    import rasterio
+
+    with rasterio.open(north_up) as src:
+        transform = src.transform * Affine.translation(0, src.height) * Affine.scale(1, -1)
+        return write_raster(out, src.read()[:, ::-1], transform, src.crs, src.nodata)
+
+
+def test_south_up_items_are_read_onto_the_north_up_grid(files, tmp_path):
+    """Items stored south-up (proj:transform with e > 0): the scene is the north-up one
+    of the same pixels (before: an empty one-row scene, and a false "does not overlap"
+    for the land cover)."""
+    optical = _south_up(tmp_path, files["cloudy"], tmp_path / "cloudy_s.tif")
+    codes = _south_up(tmp_path, files["landcover"], tmp_path / "map_s.tif")
+    items = [stac_item("south", {"ortho_analytic_4b_sr": optical})]
+    assert items[0].properties["proj:transform"][4] == 3  # south-up
+    with raise_if_dask_computes():
+        scene = m3rcr_xr.open_stac(items, landcover_items=[stac_item("wc", {"map": codes})])
+    north = m3rcr_xr.open_quartet(files["cloudy"], landcover=files["landcover"])
+    assert scene.rio.transform() == OPTICAL
+    np.testing.assert_array_equal(scene["cloudy"].values, north["cloudy"].values)
+    np.testing.assert_array_equal(scene["landcover"].values, north["landcover"].values)
+
+
+def test_a_rotated_item_is_refused_naming_it(files):
+    item = stac_item("turned", {"ortho_analytic_4b_sr": files["cloudy"]})
+    item.properties["proj:transform"] = [3, 0.5, 735_000, 0.5, -3, 4_985_010]
+    with pytest.raises(AlignmentError, match="STAC item 'turned'.*rotated"):
+        m3rcr_xr.open_stac([item])
