@@ -3,6 +3,7 @@ not this library's are never replaced."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -11,11 +12,19 @@ import pytest
 import safetensors.torch
 import torch
 
+import m3rcr_xr
 from m3rcr_xr import models
+from m3rcr_xr.cli import main
 from m3rcr_xr.exceptions import CheckpointError, UsageError
-from m3rcr_xr.train import TrainSettings, export_weights, read_training_checkpoint, train
+from m3rcr_xr.train import (
+    CropDataset,
+    TrainSettings,
+    export_weights,
+    read_training_checkpoint,
+    train,
+)
 
-from .train_runs import SMALL, run_settings, weights
+from .train_runs import SMALL, TILE, run_settings, weights
 
 
 def test_checkpoint_layout_and_round_trip(collection_store, tmp_path):
@@ -179,3 +188,74 @@ def test_an_interrupted_export_leaves_the_old_file(one_step, tmp_path, monkeypat
     with pytest.raises(OSError, match="No space left"):
         export_weights(one_step, exported)
     assert exported.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["w.safetensors"]
+
+
+@pytest.fixture(scope="module")
+def other_store(tmp_path_factory) -> Path:
+    """Other training data: two synthetic patches, not those of ``collection_store``."""
+    path = tmp_path_factory.mktemp("other") / "other.zarr"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(2, 64, seed=99), path, progress=False)
+    return path
+
+
+def test_the_checkpoint_records_its_data(collection_store, one_step):
+    recorded = read_training_checkpoint(one_step)["data"]
+    assert recorded == {"train": CropDataset(collection_store, TILE).identity(), "val": None}
+    assert recorded["train"]["source"] == str(collection_store)
+
+
+def test_identity_of_a_dataset_follows_sizes_variables_and_patches():
+    ds = m3rcr_xr.synthetic_collection(2, 64, seed=1)
+    same = CropDataset(m3rcr_xr.synthetic_collection(2, 64, seed=1), TILE).identity()
+    assert CropDataset(ds, TILE).identity() == same == {**same, "source": "dataset"}
+    renamed = ds.assign_coords(patch=["a", "b"])
+    others = [renamed, ds.isel(x=slice(0, 48)), ds.drop_vars("cloudmask")]
+    fingerprints = {CropDataset(d, TILE).identity()["fingerprint"] for d in [ds, *others]}
+    assert len(fingerprints) == 4
+
+
+def test_resume_refuses_other_data(collection_store, other_store, val_store, one_step, tmp_path):
+    """A run resumed on another store (or validated on another one) would not go on as
+    it would have: refused before any step, naming both."""
+    with pytest.raises(UsageError) as caught:
+        train(other_store, tmp_path / "b.pth", run_settings(2), resume=one_step, progress=False)
+    message = str(caught.value)
+    assert f"resume={str(one_step)!r}: the checkpoint's training data is " in message
+    assert str(collection_store) in message and f"not {other_store} (fingerprint" in message
+    first = train(
+        collection_store, tmp_path / "v.pth", run_settings(1), val=val_store, progress=False
+    )
+    with pytest.raises(UsageError, match="the checkpoint's validation data is"):
+        train(
+            collection_store,
+            tmp_path / "b.pth",
+            run_settings(2),
+            val=other_store,
+            resume=first.checkpoint,
+            progress=False,
+        )
+    assert sorted(os.listdir(tmp_path)) == ["v.pth"]
+
+
+def test_an_older_checkpoint_without_its_data_resumes(collection_store, one_step, tmp_path, caplog):
+    payload = read_training_checkpoint(one_step)
+    del payload["data"]
+    torch.save(payload, tmp_path / "old.pth")
+    with caplog.at_level(logging.WARNING, logger="m3rcr_xr.train"):
+        result = train(
+            collection_store,
+            tmp_path / "b.pth",
+            run_settings(2),
+            resume=tmp_path / "old.pth",
+            progress=False,
+        )
+    assert sorted(result.losses) == [2]
+    assert "records no identity of its training data" in caplog.text
+
+
+def test_cli_resume_on_other_data_is_refused(other_store, one_step, tmp_path, capsys):
+    argv = ["train", str(other_store), "--model", "dsen2_cr", "--steps", "2"]
+    assert main([*argv, "--resume", str(one_step), "--out", str(tmp_path / "b.pth")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"m3rcr train: error: --resume {one_step}: the checkpoint's training")
+    assert not (tmp_path / "b.pth").exists()

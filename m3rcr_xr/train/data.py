@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -26,6 +28,7 @@ import dask
 import numpy as np
 import torch
 import xarray as xr
+import zarr
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -33,7 +36,7 @@ from ..exceptions import SchemaError, UsageError, argument
 from ..landcover import class_names, worldcover_labels
 from ..normalize import model_inputs, normalize_optical
 from ..schema import is_collection
-from ..store import open_zarr
+from ..store import FINGERPRINT, open_zarr
 
 #: variables a crop reads; cloudmask is optional
 CROP_VARS = ("cloudy", "cloudfree", "sar", "cloudmask")
@@ -199,6 +202,34 @@ class CropDataset(Dataset):
     def label(self) -> str:
         """The store's path, or "dataset" for an xarray Dataset (for messages)."""
         return self._path or "dataset"
+
+    def identity(self) -> dict[str, str]:
+        """What identifies the data, for a checkpoint: ``source`` (:attr:`label`) and
+        ``fingerprint``, the store's own (``m3rcr_fingerprint``, written by
+        :func:`m3rcr_xr.to_zarr`: it changes with the data), else a hash of the sizes,
+        the variable names and the patch ids (a Dataset, or a store of another writer).
+
+        Examples
+        --------
+        >>> import m3rcr_xr
+        >>> data = CropDataset(m3rcr_xr.synthetic_collection(2, 64), 32, mode="center")
+        >>> data.identity()["source"], len(data.identity()["fingerprint"])
+        ('dataset', 64)
+        """
+        fingerprint = ""
+        if self._path is not None:
+            fingerprint = str(zarr.open_group(self._path, mode="r").attrs.get(FINGERPRINT, ""))
+        if not fingerprint:
+            ds = self._dataset()
+            patches = ds["patch"].values.tolist() if "patch" in ds.coords else []
+            described = {
+                "sizes": {str(k): int(v) for k, v in ds.sizes.items()},
+                "variables": sorted(map(str, ds.data_vars)),
+                "patches": [str(p) for p in patches],
+            }
+            text = json.dumps(described, sort_keys=True).encode()
+            fingerprint = hashlib.sha256(text).hexdigest()
+        return {"source": self.label, "fingerprint": fingerprint}
 
     @property
     def has_cloudmask(self) -> bool:

@@ -36,6 +36,7 @@ from .recipe import (
 from .settings import ResolvedSettings, TrainSettings
 from .state import (
     check_checkpoint_destination,
+    check_same_data,
     checkpoint_payload,
     read_training_checkpoint,
     save_checkpoint,
@@ -95,8 +96,14 @@ class TrainResult:
 class _Run:
     """The state of one training run: model, optimiser, scheduler, scaler, device."""
 
-    def __init__(self, settings: ResolvedSettings, resume: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self,
+        settings: ResolvedSettings,
+        resume: Mapping[str, Any] | None,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
         self.settings = settings
+        self.data = data  # the identities of the run's data, for its checkpoints
         self.device = settings.device
         self.amp = autocast_dtype(self.device, settings.amp)
         if self.device.startswith("cuda"):  # as the published seed_torch: reproducible
@@ -133,6 +140,7 @@ class _Run:
             self.scheduler,
             self.scaler,
             metrics,
+            self.data,
         )
         save_checkpoint(path, payload)
         log.info("step %d: wrote %s", self.step, path)
@@ -195,7 +203,10 @@ def train(
         Validation data (centre crops), checked at each checkpoint and at the end.
     resume
         A checkpoint of this function to continue from; unset run fields of ``settings``
-        are taken from it, and the run goes on exactly as if it had not stopped.
+        are taken from it, and the run goes on exactly as if it had not stopped. It must
+        be resumed on the data it was trained on (and validated on, where both have
+        validation data): the checkpoint records their identity
+        (:meth:`CropDataset.identity`).
     progress
         Show a progress bar with the loss; default: the ``progress`` option.
     task, level
@@ -206,7 +217,8 @@ def train(
     ------
     UsageError, SchemaError, ModelConfigError, CheckpointError
         Bad settings, data without the variables needed, a crop the model cannot take, a
-        checkpoint that cannot be resumed or does not match ``settings``, a file at
+        checkpoint that cannot be resumed or does not match ``settings`` or the data, a
+        file at
         ``out`` that is not a training checkpoint of this library.
     """
     start_time = time.perf_counter()
@@ -217,7 +229,6 @@ def train(
     if payload is not None:
         settings = settings.merged(payload["settings"])
     resolved = settings.resolved()
-    run = _Run(resolved, payload)
     data = CropDataset(
         source, resolved.crop, mode="random", seed=resolved.seed, level=resolved.level
     )
@@ -226,6 +237,13 @@ def train(
     val_data = None
     if val is not None:
         val_data = CropDataset(val, resolved.crop, mode="center", level=resolved.level)
+    identities = {
+        "train": data.identity(),
+        "val": None if val_data is None else val_data.identity(),
+    }
+    if payload is not None:
+        check_same_data(str(resume), payload, identities)
+    run = _Run(resolved, payload, identities)
     log.info("training %s", run.describe(data))
     losses, metrics = _loop(run, data, out, val_data, show_progress(progress))
     if not losses:  # nothing left to do: write the state reached (and validate it)

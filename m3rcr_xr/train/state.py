@@ -2,7 +2,8 @@
 
 Checkpoints follow the published layout (``network``: the state dict with ``module.``
 keys, ``optimizer``, ``scheduler``), plus ``step``, the random states (torch, NumPy,
-Python), the sampler position and the run's settings: a run resumed from one continues
+Python), the sampler position, the run's settings and the identity of its data (``data``:
+see :meth:`CropDataset.identity`, checked on resuming): a run resumed from one continues
 exactly as the uninterrupted run would (bit for bit on the CPU). They are written with
 ``torch.save`` and read back with ``torch.load(weights_only=True)``; the weights load
 with :func:`m3rcr_xr.models.load`.
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..exceptions import CheckpointError, argument
+from ..exceptions import CheckpointError, UsageError, argument
 from ..models import extract_state_dict, model_record
 from ..models.checkpoint import read_checkpoint
 from ..weights import read_weights
@@ -185,7 +186,10 @@ def checkpoint_payload(
     scheduler: Any,
     scaler: Any,
     metrics: Mapping[str, Any] | None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """What :func:`train` saves; ``data``: the identities of its training (``train``)
+    and validation (``val``, None without) data."""
     record = model_record(settings.model)
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload: dict[str, Any] = {
@@ -197,11 +201,50 @@ def checkpoint_payload(
         "sampler": {"next": next_sample, "seed": settings.seed},
         "settings": settings.run_fields(),
     }
+    if data is not None:
+        payload["data"] = dict(data)
     if scaler is not None:
         payload["scaler"] = scaler.state_dict()
     if metrics:
         payload["metrics"] = json.loads(json.dumps(metrics))  # plain floats and strings
     return payload
+
+
+def check_same_data(
+    resume: str | os.PathLike[str], payload: Mapping[str, Any], data: Mapping[str, Any]
+) -> None:
+    """Refuse to resume the checkpoint ``payload`` (read from ``resume``) on other data
+    than it was trained (and validated) on; ``data`` as ``checkpoint_payload`` takes it.
+    Validation data is compared when both the checkpoint and the run have some. A
+    checkpoint written before the data was recorded resumes, with a warning.
+
+    Raises
+    ------
+    UsageError
+        Naming both sources and their fingerprints.
+    """
+    saved = payload.get("data")
+    if saved is None:
+        log.warning(
+            "%s records no identity of its training data (an older checkpoint): "
+            "cannot check that %s is the data it was trained on",
+            resume,
+            data["train"]["source"],
+        )
+        return
+    for role, what in (("train", "training"), ("val", "validation")):
+        mine, theirs = data.get(role), saved.get(role)
+        if mine is None or theirs is None or mine["fingerprint"] == theirs["fingerprint"]:
+            continue
+        raise UsageError(
+            f"{argument('resume', str(resume))}: the checkpoint's {what} data is "
+            f"{_described(theirs)}, not {_described(mine)}; resume on the same data "
+            "or start a new run"
+        )
+
+
+def _described(identity: Mapping[str, str]) -> str:
+    return f"{identity['source']} (fingerprint {identity['fingerprint'][:12]})"
 
 
 def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
