@@ -18,6 +18,8 @@ from m3rcr_xr.train import (
     train,
     train_step,
 )
+from m3rcr_xr.train.recipe import steps_scheduler
+from m3rcr_xr.train.settings import TrainSettings
 
 from .train_runs import SMALL, TILE, run_settings
 
@@ -54,6 +56,66 @@ def test_learning_rate_halves_as_published(collection_store, tmp_path):
     ckpt = read_training_checkpoint(result.checkpoint)
     # steps 1..4 at lr, 5..6 at lr/2, 7..8 at lr/4, ... after step 12: lr/32
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 / 32)
+
+
+def _rates(steps: int, lr_step: int, lr_decay_start: int) -> list[float]:
+    """The rate of each optimiser step 1..steps, as the training loop sets it."""
+    optimizer = make_optimizer(torch.nn.Linear(1, 1), 1.0)
+    scheduler = make_scheduler(optimizer, lr_step, lr_decay_start=lr_decay_start)
+    rates = []
+    for step in range(1, steps + 1):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if steps_scheduler(step, lr_decay_start, lr_step):
+            scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("lr_step", [1, 2, 3, 5])
+@pytest.mark.parametrize("lr_decay_start", [0, 1, 2, 4, 5, 7])
+def test_learning_rate_halves_when_documented(lr_step, lr_decay_start):
+    """ "Halves after step lr_decay_start and every lr_step steps after", for every
+    value: step s runs at 0.5 ** (the number of those halvings before it)."""
+    halvings = [
+        len([k for k in range(20) if lr_decay_start + k * lr_step < step]) for step in range(1, 16)
+    ]
+    assert _rates(15, lr_step, lr_decay_start) == [0.5**n for n in halvings]
+
+
+def test_the_default_schedule_is_the_published_one():
+    """The defaults over 30 steps: the published loop's StepLR(5), stepped after each
+    epoch >= 10 - 5 (a step here is an epoch there)."""
+    settings = TrainSettings("dsen2_cr", 30).resolved()
+    assert (settings.lr_decay_start, settings.lr_step) == (10, 5)
+    optimizer = make_optimizer(torch.nn.Linear(1, 1), 1.0)
+    published = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)
+    rates = []
+    for epoch in range(30):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if epoch >= 10 - 5:
+            published.step()
+    assert _rates(30, 5, 10) == rates
+
+
+@pytest.mark.parametrize("lr_decay_start", [0, 1])
+def test_resume_keeps_an_early_schedule(collection_store, tmp_path, lr_decay_start):
+    schedule = {"lr_step": 3, "lr_decay_start": lr_decay_start, "batch_size": 1}
+    whole = train(collection_store, tmp_path / "w.pth", run_settings(5, **schedule), progress=False)
+    part = train(collection_store, tmp_path / "p.pth", run_settings(2, **schedule), progress=False)
+    resumed = train(
+        collection_store,
+        tmp_path / "r.pth",
+        TrainSettings("dsen2_cr", 5),
+        resume=part.checkpoint,
+        progress=False,
+    )
+    assert {**part.losses, **resumed.losses} == whole.losses
+    rates = [
+        read_training_checkpoint(r.checkpoint)["optimizer"]["param_groups"][0]["lr"]
+        for r in (whole, resumed)
+    ]
+    assert rates[0] == rates[1] == pytest.approx(1e-3 * _rates(6, 3, lr_decay_start)[-1])
 
 
 def test_loss_goes_down_on_a_fixed_batch(collection_store):

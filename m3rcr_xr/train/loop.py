@@ -113,7 +113,9 @@ class _Run:
         self.model = build(settings.model, **settings.config).to(self.device).train()
         check_tile(self.model, settings.crop)
         self.optimizer = make_optimizer(self.model, settings.lr)
-        self.scheduler = make_scheduler(self.optimizer, settings.lr_step)
+        self.scheduler = make_scheduler(
+            self.optimizer, settings.lr_step, lr_decay_start=settings.lr_decay_start
+        )
         self.scaler = grad_scaler() if self.amp == torch.float16 else None
         self.step = 0
         self.next_sample = 0  # the sampler's state: sample number of the next crop

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -68,14 +69,45 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(record.param_groups(model, lr))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, lr_step: int) -> StepLR:
-    """StepLR halving the rate every ``lr_step`` scheduler steps (published gamma 0.5)."""
-    return StepLR(optimizer, step_size=lr_step, gamma=LR_GAMMA)
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, lr_step: int, lr_decay_start: int | None = None
+) -> StepLR:
+    """StepLR halving the rate every ``lr_step`` scheduler steps (published gamma 0.5).
+
+    With ``lr_decay_start`` (stepped as :func:`steps_scheduler` says), the rate halves
+    after optimiser step ``lr_decay_start`` and every ``lr_step`` steps after, for any
+    ``lr_decay_start >= 0``. The published loop starts stepping the scheduler
+    ``lr_step`` steps before the first halving; when ``lr_decay_start < lr_step`` that
+    start lies before step 1, so the steps it would have taken before the run are taken
+    here (all of them for ``lr_decay_start=0``: the run starts at half the rate).
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(1, 1)
+    >>> optimizer = torch.optim.Adam(net.parameters(), lr=1.0)
+    >>> scheduler = make_scheduler(optimizer, 3, lr_decay_start=1)
+    >>> rates = []
+    >>> for step in range(1, 8):
+    ...     rates.append(optimizer.param_groups[0]["lr"])  # the rate of this step
+    ...     if steps_scheduler(step, 1, 3):
+    ...         scheduler.step()
+    >>> rates  # halved after step 1, then after steps 4 and 7
+    [1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25]
+    """
+    scheduler = StepLR(optimizer, step_size=lr_step, gamma=LR_GAMMA)
+    early = 0 if lr_decay_start is None else max(0, lr_step - lr_decay_start)
+    if early:  # the last of those steps (StepLR halves on a multiple of lr_step only)
+        scheduler.last_epoch = early - 1
+        with warnings.catch_warnings():  # stepped before any optimiser step, on purpose
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            scheduler.step()
+    return scheduler
 
 
 def steps_scheduler(step: int, lr_decay_start: int, lr_step: int) -> bool:
     """Whether the scheduler steps after optimiser step ``step`` (1-based): as the
-    published loop after epoch ``step - 1`` (``epoch >= start - lr_step``)."""
+    published loop after epoch ``step - 1`` (``epoch >= start - lr_step``); the steps
+    before step 1 are :func:`make_scheduler`'s."""
     return step - 1 >= lr_decay_start - lr_step
 
 
