@@ -498,7 +498,7 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError("--model is required (dsen2_cr, glf_cr or align_cr)")
     settings = TrainSettings(**{**options, "config": _parse_config(args.config)})
     result = train(args.store, args.out, settings, val=args.val, resume=args.resume, progress=True)
-    print(f"wrote {result.checkpoint} (step {result.settings.steps}, {result.wall_s:.0f} s)")
+    print(f"wrote {result.checkpoint} (step {result.step}, {result.wall_s:.0f} s)")
     for stratum, values in result.metrics.get("model", {}).items():
         if "input" not in result.metrics:  # a classifier
             print(f"validation {stratum}: OA {values['OA']:.4g}, mIoU {values['mIoU']:.4g}")

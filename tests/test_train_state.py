@@ -259,3 +259,25 @@ def test_cli_resume_on_other_data_is_refused(other_store, one_step, tmp_path, ca
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"m3rcr train: error: --resume {one_step}: the checkpoint's training")
     assert not (tmp_path / "b.pth").exists()
+
+
+def test_resume_refuses_fewer_steps_than_the_checkpoint(collection_store, tmp_path, capsys):
+    """Resumed to fewer steps than its checkpoint has run, a run has nothing to go on
+    with (its checkpoint would hold the later step): refused; to as many, the checkpoint
+    is written again, and the command line says which step it holds."""
+    two = train(collection_store, tmp_path / "two.pth", run_settings(2), progress=False)
+    with pytest.raises(UsageError) as caught:
+        train(collection_store, tmp_path / "b.pth", run_settings(1), resume=two.checkpoint)
+    assert str(caught.value) == (
+        f"steps=1 is below the step of resume={str(two.checkpoint)!r}, 2: there is nothing "
+        "to go on with (ask for 2 steps or more)"
+    )
+    argv = ["train", str(collection_store), "--model", "dsen2_cr", "--resume", str(two.checkpoint)]
+    out = tmp_path / "c.pth"
+    assert main([*argv, "--steps", "1", "--out", str(out)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("m3rcr train: error: --steps 1 is below the step of --resume ")
+    assert sorted(os.listdir(tmp_path)) == ["two.pth"]
+    assert main([*argv, "--steps", "2", "--out", str(out)]) == 0
+    assert f"wrote {out} (step 2, " in capsys.readouterr().out
+    assert read_training_checkpoint(out)["step"] == 2

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..exceptions import SchemaError
+from ..exceptions import SchemaError, UsageError, argument
 from ..models import build, check_tile, extract_state_dict, load_state_dict_into, model_record
 from ..models.records import LossFn
 from ..progress import progress_bar, show_progress
@@ -84,13 +84,14 @@ def train_step(
 class TrainResult:
     """What :func:`train` did: the checkpoint, the settings it ran with, the loss of every
     step it ran, the last validation (see :func:`validate_model`; empty without validation
-    data), its wall time."""
+    data), its wall time, the step of the checkpoint it wrote."""
 
     checkpoint: Path
     settings: ResolvedSettings
     losses: dict[int, float]
     metrics: dict[str, Any]
     wall_s: float
+    step: int = 0
 
 
 class _Run:
@@ -208,7 +209,7 @@ def train(
         are taken from it, and the run goes on exactly as if it had not stopped. It must
         be resumed on the data it was trained on (and validated on, where both have
         validation data): the checkpoint records their identity
-        (:meth:`CropDataset.identity`).
+        (:meth:`CropDataset.identity`). ``settings.steps`` may not be below its step.
     progress
         Show a progress bar with the loss; default: the ``progress`` option.
     task, level
@@ -230,6 +231,7 @@ def train(
     payload = read_training_checkpoint(resume) if resume is not None else None
     if payload is not None:
         settings = settings.merged(payload["settings"])
+        _check_steps_left(settings.steps, int(payload["step"]), str(resume))
     resolved = settings.resolved()
     data = CropDataset(
         source, resolved.crop, mode="random", seed=resolved.seed, level=resolved.level
@@ -251,7 +253,18 @@ def train(
     if not losses:  # nothing left to do: write the state reached (and validate it)
         metrics = run.validate(val_data)
         run.save(out, metrics)
-    return TrainResult(out, resolved, losses, metrics, time.perf_counter() - start_time)
+    wall_s = time.perf_counter() - start_time
+    return TrainResult(out, resolved, losses, metrics, wall_s, step=run.step)
+
+
+def _check_steps_left(steps: int, reached: int, resume: str) -> None:
+    """Refuse to resume a checkpoint of step ``reached`` to fewer ``steps``: the run
+    cannot go back, and its checkpoint would still hold step ``reached``."""
+    if steps < reached:
+        raise UsageError(
+            f"{argument('steps', steps)} is below the step of {argument('resume', resume)}, "
+            f"{reached}: there is nothing to go on with (ask for {reached} steps or more)"
+        )
 
 
 def _loop(
