@@ -539,6 +539,41 @@ def test_losses_match_published_loops_on_batches() -> None:
         ec_charbonnier_loss(pred, target, mask[:2])
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_losses_leave_nodata_out(name: str) -> None:
+    """With ``valid``, a loss is the loss of the valid pixels alone; a sample without
+    one contributes nothing; every pixel valid: the published loss, bit for bit."""
+    loss = RECORDS[name].loss.function
+    gen = torch.Generator().manual_seed(6)
+    pred, target, cloudy = (
+        torch.rand(2, 4, 6, 6, generator=gen, dtype=torch.float64) for _ in range(3)
+    )
+    mask = (torch.rand(2, 6, 6, generator=gen) > 0.4).double()
+    published = loss(pred, target, cloudy, mask)
+    assert torch.equal(loss(pred, target, cloudy, mask, valid=torch.ones(2, 6, 6)), published)
+    valid = torch.ones(2, 6, 6)
+    valid[..., :2] = 0  # the first two columns: no data
+
+    def part(x: torch.Tensor, samples: slice = slice(None)) -> torch.Tensor:
+        return x[samples, ..., 2:]
+
+    masked = loss(pred, target, cloudy, mask, valid=valid)
+    torch.testing.assert_close(masked, loss(part(pred), part(target), part(cloudy), part(mask)))
+    changed = pred.clone()
+    changed[..., :2] = 100.0
+    assert torch.equal(loss(changed, target, cloudy, mask, valid=valid), masked)
+    valid[1] = 0  # the second sample: no data at all
+    first = slice(0, 1)
+    torch.testing.assert_close(
+        loss(pred, target, cloudy, mask, valid=valid),
+        loss(*(part(x, first) for x in (pred, target, cloudy, mask))),
+    )
+    pred.requires_grad_(True)
+    nothing = loss(pred, target, cloudy, mask, valid=torch.zeros(2, 6, 6))
+    nothing.backward()
+    assert float(nothing.detach()) == 0.0 and pred.grad is not None and not pred.grad.any()
+
+
 def test_one_record_per_model() -> None:
     assert tuple(RECORDS) == NAMES + CLASSIFIERS
     for name, record in RECORDS.items():

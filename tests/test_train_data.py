@@ -49,6 +49,29 @@ def test_crop_values_are_the_store_normalised(collection_store):
     assert item["window"].tolist() == [patch, y0, x0]
 
 
+def test_crops_mark_nodata_invalid():
+    """``valid`` is 0 on the data model's nodata: every band of ``cloudy`` 0, or a band
+    of ``cloudfree`` 0; a classifier's labels are ignored where its input has none."""
+    from m3rcr_xr.landcover import worldcover_labels
+
+    ds = m3rcr_xr.synthetic_collection(1, 64, seed=2).compute()
+    ds["cloudy"][{"x": slice(0, 16)}] = 0  # outside the footprint
+    ds["cloudfree"][{"band": 1, "y": slice(40, None)}] = 0  # the target lacks a band
+    ds["cloudy"][{"band": 0, "y": slice(0, 8)}] = 0  # one dark band: data all the same
+    item = CropDataset(ds, 64, mode="center")[0]
+    target_valid = np.ones((64, 64), dtype=bool)
+    target_valid[40:] = False
+    expected = target_valid.copy()
+    expected[:, :16] = False
+    assert item["valid"].dtype == torch.float32
+    np.testing.assert_array_equal(item["valid"].numpy(), expected)
+    labelled = CropDataset(ds, 64, mode="center", level=1)[0]
+    np.testing.assert_array_equal(labelled["valid"].numpy(), target_valid)
+    labels = worldcover_labels(ds["landcover"].values[0], 1)
+    np.testing.assert_array_equal(labelled["labels"].numpy()[target_valid], labels[target_valid])
+    assert (labelled["labels"].numpy()[~target_valid] == 255).all()
+
+
 def test_the_british_centre_still_works_with_a_warning(val_store):
     with pytest.warns(DeprecationWarning, match="use 'center'"):
         data = CropDataset(val_store, 160, mode="centre")

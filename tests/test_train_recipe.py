@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import m3rcr_xr
 from m3rcr_xr import models
 from m3rcr_xr.exceptions import UsageError
 from m3rcr_xr.train import (
@@ -126,6 +127,20 @@ def test_loss_goes_down_on_a_fixed_batch(collection_store):
     optimizer = make_optimizer(net, 3e-3)
     losses = [train_step(net, batch, optimizer, loss_function("dsen2_cr")) for _ in range(15)]
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_a_crop_without_data_teaches_nothing():
+    """Crops entirely outside the footprint (every band 0): no loss, no update."""
+    ds = m3rcr_xr.synthetic_collection(2, TILE, seed=3).compute()
+    for name in ("cloudy", "cloudfree"):
+        ds[name][:] = 0
+    batch = torch.utils.data.default_collate(list(CropDataset(ds, TILE, mode="center")))
+    assert not batch["valid"].any()
+    net = models.build("dsen2_cr", **SMALL).train()
+    before = [p.detach().clone() for p in net.parameters()]
+    optimizer = make_optimizer(net, 1e-3)
+    assert train_step(net, batch, optimizer, loss_function("dsen2_cr")) == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
 
 
 def test_autocast_only_on_a_gpu(collection_store, monkeypatch):

@@ -39,7 +39,7 @@ from .interface import (
     ModelSpec,
     check_task,
 )
-from .losses import CARLLoss, ECCharbonnierLoss, carl_loss, ec_charbonnier_loss
+from .losses import CARLLoss, ECCharbonnierLoss, carl_loss, ec_charbonnier_loss, l1_loss
 from .records import RECORDS, ModelRecord, model_record
 from .registry import (
     MODELS,
@@ -79,6 +79,7 @@ __all__ = [
     "ec_charbonnier_loss",
     "extract_state_dict",
     "kernel2d_conv",
+    "l1_loss",
     "load",
     "load_state_dict_into",
     "model_record",

@@ -9,6 +9,11 @@
 
 Both average per sample, then over the batch, as the published loops do; the cloud mask
 may be (B, H, W) (as the published loader gives it) or (B, 1 or C, H, W).
+
+Each takes ``valid`` too (the shape of the cloud mask; 1 where the pixel has data): the
+means then run over the valid pixels of each sample, and over the samples that have one
+(a sample without contributes nothing). With every pixel valid, or ``valid=None``, the
+loss is the published one, computed the published way.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CARLLoss", "ECCharbonnierLoss", "carl_loss", "ec_charbonnier_loss"]
+__all__ = ["CARLLoss", "ECCharbonnierLoss", "carl_loss", "ec_charbonnier_loss", "l1_loss"]
 
 
 def _mask(cloudmask: Tensor, like: Tensor) -> Tensor:
@@ -29,8 +34,51 @@ def _mask(cloudmask: Tensor, like: Tensor) -> Tensor:
     return cloudmask.to(like.dtype)
 
 
-def _per_sample_mean(x: Tensor) -> Tensor:
-    return x.flatten(1).mean(dim=1)
+def _per_sample_mean(x: Tensor, weights: Tensor | None = None) -> Tensor:
+    """(B,) means of (B, ...) ``x``; with ``weights`` (0 or 1, broadcast to ``x``) over
+    the pixels weighted 1 (0 for a sample without one)."""
+    if weights is None:
+        return x.flatten(1).mean(dim=1)
+    counts = weights.expand_as(x).flatten(1).sum(dim=1)
+    return (x * weights).flatten(1).sum(dim=1) / counts.clamp(min=1)
+
+
+def _valid_weights(valid: Tensor | None, like: Tensor) -> Tensor | None:
+    """``valid`` as weights shaped for ``like``; None when every pixel is valid (the
+    published means then apply unchanged)."""
+    if valid is None:
+        return None
+    weights = (_mask(valid, like) > 0).to(like.dtype)
+    return None if bool(weights.all()) else weights
+
+
+def _batch_mean(per_sample: Tensor, weights: Tensor | None) -> Tensor:
+    """The mean of per-sample losses, over the samples with a valid pixel."""
+    if weights is None:
+        return per_sample.mean()
+    has_data = weights.flatten(1).any(dim=1)
+    if not bool(has_data.any()):
+        return (per_sample * 0).sum()  # zero, still part of the graph
+    return per_sample[has_data].mean()
+
+
+def l1_loss(pred: Tensor, target: Tensor, *, valid: Tensor | None = None) -> Tensor:
+    """Mean absolute error of GLF-CR (``torch.nn.functional.l1_loss``); with ``valid``,
+    over the valid pixels of each sample, then over the samples.
+
+    Examples
+    --------
+    >>> pred, target = torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2)
+    >>> target[..., 0] = 3.0  # the first column: far off, and no data
+    >>> float(l1_loss(pred, target)), float(l1_loss(pred, target, valid=torch.ones(1, 2, 2)))
+    (2.0, 2.0)
+    >>> float(l1_loss(pred, target, valid=torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])))
+    1.0
+    """
+    weights = _valid_weights(valid, pred)
+    if weights is None:
+        return nn.functional.l1_loss(pred, target)
+    return _batch_mean(_per_sample_mean(torch.abs(pred - target), weights), weights)
 
 
 def ec_charbonnier_loss(
@@ -41,6 +89,7 @@ def ec_charbonnier_loss(
     cloud_weight: float = 5.0,
     alpha: float = 0.45,
     epsilon: float = 1e-3,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """Edge/cloud-weighted Charbonnier loss of Align-CR.
 
@@ -52,11 +101,14 @@ def ec_charbonnier_loss(
         (B, C, H, W).
     cloudmask
         (B, H, W) or (B, 1, H, W); 1 on clouds.
+    valid
+        As ``cloudmask``; 1 where the pixel has data (None: every pixel).
     """
     mask = _mask(cloudmask, pred)
+    weights = _valid_weights(valid, pred)
     penalty = torch.pow((pred - target) ** 2 + epsilon**2, alpha)
     weighted = (1.0 + cloud_weight * mask) * penalty
-    return _per_sample_mean(weighted).mean()
+    return _batch_mean(_per_sample_mean(weighted, weights), weights)
 
 
 def carl_loss(
@@ -66,6 +118,7 @@ def carl_loss(
     cloudmask: Tensor,
     *,
     weight: float = 1.0,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """Cloud-adaptive regularised loss (CARL) of DSen2-CR.
 
@@ -78,12 +131,15 @@ def carl_loss(
         (B, C, H, W).
     cloudmask
         (B, H, W) or (B, 1, H, W); 1 on clouds.
+    valid
+        As ``cloudmask``; 1 where the pixel has data (None: every pixel).
     """
     mask = _mask(cloudmask, pred)
+    weights = _valid_weights(valid, pred)
     to_target = torch.abs(pred - target)
     adaptive = (1.0 - mask) * torch.abs(pred - cloudy) + mask * to_target
-    per_sample = _per_sample_mean(adaptive) + weight * _per_sample_mean(to_target)
-    return per_sample.mean()
+    per_sample = _per_sample_mean(adaptive, weights) + weight * _per_sample_mean(to_target, weights)
+    return _batch_mean(per_sample, weights)
 
 
 class ECCharbonnierLoss(nn.Module):

@@ -14,10 +14,10 @@ checkpoint layout. Building (:mod:`~m3rcr_xr.models.registry`), training
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
@@ -27,7 +27,7 @@ from .aligncr import AlignCR
 from .dsen2cr import DSen2CR
 from .glfcr import GLFCR
 from .interface import CloudRemovalNet, constructor_arguments
-from .losses import carl_loss, ec_charbonnier_loss
+from .losses import carl_loss, ec_charbonnier_loss, l1_loss
 from .unet import LandCoverUNet
 
 __all__ = [
@@ -39,32 +39,57 @@ __all__ = [
     "model_record",
 ]
 
-#: ``loss(pred, target, cloudy, cloudmask)``, the form the training loop calls
-LossFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+class LossFn(Protocol):
+    """``loss(pred, target, cloudy, cloudmask, *, valid=None)``, the form the training
+    loop calls: ``valid`` (as ``cloudmask``, 1 where the pixel has optical data) leaves
+    nodata out of the means; None counts every pixel."""
+
+    def __call__(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        cloudy: Tensor,
+        cloudmask: Tensor,
+        /,
+        *,
+        valid: Tensor | None = None,
+    ) -> Tensor: ...
 
 
-def _l1(pred: Tensor, target: Tensor, cloudy: Tensor, cloudmask: Tensor) -> Tensor:
-    return nn.functional.l1_loss(pred, target)
+def _l1(
+    pred: Tensor, target: Tensor, cloudy: Tensor, cloudmask: Tensor, *, valid: Tensor | None = None
+) -> Tensor:
+    return l1_loss(pred, target, valid=valid)
 
 
 def _cross_entropy(
-    logits: Tensor, labels: Tensor, cloudy: Tensor, cloudmask: Tensor, weight: Tensor | None = None
+    logits: Tensor,
+    labels: Tensor,
+    cloudy: Tensor,
+    cloudmask: Tensor,
+    weight: Tensor | None = None,
+    *,
+    valid: Tensor | None = None,
 ) -> Tensor:
-    """Cross-entropy over the labelled pixels (``IGNORE_INDEX`` left out), ``weight`` per
-    class (None: all 1)."""
+    """Cross-entropy over the labelled pixels (``IGNORE_INDEX`` left out: nodata of the
+    input among them, so ``valid`` is not needed), ``weight`` per class (None: all 1)."""
     weight = None if weight is None else weight.to(logits.device)
     return nn.functional.cross_entropy(
         logits, labels.long(), weight=weight, ignore_index=IGNORE_INDEX
     )
 
 
-def _ec_charbonnier(pred: Tensor, target: Tensor, cloudy: Tensor, cloudmask: Tensor) -> Tensor:
-    return ec_charbonnier_loss(pred, target, cloudmask)
+def _ec_charbonnier(
+    pred: Tensor, target: Tensor, cloudy: Tensor, cloudmask: Tensor, *, valid: Tensor | None = None
+) -> Tensor:
+    return ec_charbonnier_loss(pred, target, cloudmask, valid=valid)
 
 
 @dataclass(frozen=True)
 class TrainingLoss:
-    """A published training loss: its name, ``function(pred, target, cloudy, cloudmask)``,
+    """A published training loss: its name, ``function(pred, target, cloudy, cloudmask,
+    *, valid=None)`` (see :class:`LossFn`),
     and whether it reads the cloud mask (then the training data must have one)."""
 
     name: str

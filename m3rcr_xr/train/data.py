@@ -32,8 +32,9 @@ import zarr
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..classify import no_data
 from ..exceptions import SchemaError, UsageError, argument
-from ..landcover import class_names, worldcover_labels
+from ..landcover import IGNORE_INDEX, class_names, worldcover_labels
 from ..normalize import model_inputs, normalize_optical
 from ..schema import is_collection
 from ..store import FINGERPRINT, open_zarr
@@ -76,14 +77,17 @@ class CropDataset(Dataset):
     for xarray): wrap it in a ``torch.utils.data.DataLoader``. Item ``i`` is a dict of
     float32 tensors, ``cloudy`` (4, T, T) and ``sar`` (2, T, T) as the networks take them
     (:func:`m3rcr_xr.normalize.model_inputs`), ``target`` (4, T, T) the cloud-free image
-    in [0, 1], ``cloudmask`` (T, T) in {0, 1}, and ``window``: (patch or -1 for a scene,
-    first row, first column).
+    in [0, 1], ``cloudmask`` (T, T) in {0, 1}, ``valid`` (T, T): 1 where the pixel has
+    optical data, 0 on the data model's nodata (every band of ``cloudy`` 0, or a band of
+    ``cloudfree`` 0 or not finite; the training losses leave those pixels out), and
+    ``window``: (patch or -1 for a scene, first row, first column).
 
     With ``level`` set (crops for a land-cover classifier), item ``i`` holds ``target``
     (the cloud-free image, the classifier's input), ``landcover`` (T, T) the WorldCover
     codes (uint8), ``labels`` (T, T) their class indices at ``level``
-    (:func:`m3rcr_xr.landcover.worldcover_labels`, 255 where ignored; int64, as
-    ``cross_entropy`` takes them), ``cloudmask`` and ``window``; the source then needs
+    (:func:`m3rcr_xr.landcover.worldcover_labels`, 255 where ignored, and where the
+    cloud-free input has no data; int64, as ``cross_entropy`` takes them),
+    ``cloudmask``, ``valid`` and ``window``; the source then needs
     ``cloudfree`` and ``landcover`` only.
 
     Parameters
@@ -115,7 +119,7 @@ class CropDataset(Dataset):
     >>> data.window(0)
     (0, 70, 70)
     >>> sorted(data[0])
-    ['cloudmask', 'cloudy', 'sar', 'target', 'window']
+    ['cloudmask', 'cloudy', 'sar', 'target', 'valid', 'window']
     >>> batch = next(iter(DataLoader(data, batch_size=2)))
     >>> tuple(batch["cloudy"].shape), tuple(batch["sar"].shape)
     ((2, 4, 160, 160), (2, 2, 160, 160))
@@ -128,7 +132,7 @@ class CropDataset(Dataset):
 
     >>> labelled = CropDataset(m3rcr_xr.synthetic_collection(1, 64), 32, mode="center", level=1)
     >>> sorted(labelled[0]), labelled[0]["labels"].dtype
-    (['cloudmask', 'labels', 'landcover', 'target', 'window'], torch.int64)
+    (['cloudmask', 'labels', 'landcover', 'target', 'valid', 'window'], torch.int64)
     """
 
     def __init__(
@@ -284,14 +288,17 @@ class CropDataset(Dataset):
         else:
             mask = np.zeros((self.tile, self.tile), dtype=np.float32)
         patch, y0, x0 = self.window(index)
+        valid = _valid(crop)
         item = {
             "target": torch.from_numpy(target),
             "cloudmask": torch.from_numpy(mask),
+            "valid": torch.from_numpy(valid.astype(np.float32)),
             "window": torch.tensor([-1 if patch is None else patch, y0, x0]),
         }
         if self.level is not None:
             codes = crop["landcover"].values.astype(np.uint8)
             labels = worldcover_labels(codes, self.level).astype(np.int64)
+            labels[~valid] = IGNORE_INDEX  # nothing to classify there
             return {
                 **item,
                 "landcover": torch.from_numpy(codes),
@@ -304,6 +311,15 @@ class CropDataset(Dataset):
             "sar": torch.from_numpy(np.ascontiguousarray(inputs[n_optical:])),
             **item,
         }
+
+
+def _valid(crop: xr.Dataset) -> np.ndarray:
+    """(y, x) True where a crop has optical data: not every band of ``cloudy`` 0 (when
+    read), no band of ``cloudfree`` 0 or not finite (the data model's nodata)."""
+    valid = ~no_data(crop["cloudfree"].values)
+    if "cloudy" in crop:
+        valid &= (crop["cloudy"].values != 0).any(axis=0)
+    return valid
 
 
 def step_tensors(

@@ -61,14 +61,16 @@ def train_step(
     """One optimiser step on ``batch``; returns the loss.
 
     ``batch`` is a batch of :class:`CropDataset` (for a classifier, with ``labels``: the
-    network classifies the cloud-free ``target``). The forward pass runs under autocast
+    network classifies the cloud-free ``target``); its ``valid`` pixels (optical data),
+    when it has them, go to ``loss_fn`` as ``valid=``. The forward pass runs under autocast
     when ``amp`` is a dtype (GPU only); the loss is computed in float32. ``scaler`` (a
     ``torch.amp.GradScaler``) scales fp16 gradients.
     """
     inputs, target, optical, mask = step_tensors(batch, device)
+    valid = batch["valid"].to(device, non_blocking=True) if "valid" in batch else None
     with autocast(device, amp):
         pred = model(*inputs)
-    loss = loss_fn(pred.float(), target, optical, mask)
+    loss = loss_fn(pred.float(), target, optical, mask, valid=valid)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
