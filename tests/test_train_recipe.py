@@ -142,6 +142,11 @@ def test_a_crop_without_data_teaches_nothing():
     assert train_step(net, batch, optimizer, loss_function("dsen2_cr")) == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
 
+    def older_loss(pred, target, cloudy, cloudmask):  # a user's, written before `valid`
+        return (pred - target).abs().mean()
+
+    assert train_step(net, batch, optimizer, older_loss) > 0.0  # counts every pixel, as before
+
 
 def test_autocast_only_on_a_gpu(collection_store, monkeypatch):
     assert autocast_dtype("cpu") is None and autocast_dtype("cpu", "off") is None

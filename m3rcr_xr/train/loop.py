@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,15 @@ from .validation import VAL_BATCH, format_metrics, validate_model
 log = logging.getLogger(__name__)
 
 
+def _takes_valid(loss_fn: Callable[..., Tensor]) -> bool:
+    """Whether ``loss_fn`` takes the keyword ``valid`` (a user's loss may predate it)."""
+    try:
+        parameters = inspect.signature(loss_fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it as before
+        return False
+    return any(p.name == "valid" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def train_step(
     model: nn.Module,
     batch: Mapping[str, Tensor],
@@ -62,15 +72,18 @@ def train_step(
 
     ``batch`` is a batch of :class:`CropDataset` (for a classifier, with ``labels``: the
     network classifies the cloud-free ``target``); its ``valid`` pixels (optical data),
-    when it has them, go to ``loss_fn`` as ``valid=``. The forward pass runs under autocast
+    when it has them, go to ``loss_fn`` as ``valid=`` if it takes that keyword (a loss of
+    four arguments, as before, counts every pixel). The forward pass runs under autocast
     when ``amp`` is a dtype (GPU only); the loss is computed in float32. ``scaler`` (a
     ``torch.amp.GradScaler``) scales fp16 gradients.
     """
     inputs, target, optical, mask = step_tensors(batch, device)
-    valid = batch["valid"].to(device, non_blocking=True) if "valid" in batch else None
+    extra = {}
+    if "valid" in batch and _takes_valid(loss_fn):
+        extra["valid"] = batch["valid"].to(device, non_blocking=True)
     with autocast(device, amp):
         pred = model(*inputs)
-    loss = loss_fn(pred.float(), target, optical, mask, valid=valid)
+    loss = loss_fn(pred.float(), target, optical, mask, **extra)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
