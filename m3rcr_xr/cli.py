@@ -1,5 +1,6 @@
-"""The ``m3rcr`` command line: ``ingest``, ``info``, ``decloud``, ``demo``, ``train``,
-``weights``.
+"""The ``m3rcr`` command line: ``ingest`` M3R-CR files or STAC items into Zarr, ``info``
+on a store, ``decloud`` it, ``evaluate`` a prediction, ``train`` a network, list or
+fetch ``weights``, or run the whole job on synthetic data (``demo``).
 
 Bad input ends with exit status 2 and one line naming the file and the problem.
 """
@@ -13,7 +14,7 @@ import logging
 import os
 import posixpath
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .exceptions import M3RCRError, UsageError, argument, command_line_names
@@ -60,6 +61,10 @@ def _check_output_file(
         raise UsageError(f"{flag}: folder {folder} is not writable")
     if target.is_dir():
         raise UsageError(f"{flag}: {target} is a folder")
+    if os.path.lexists(target) and not target.exists():  # writing would follow the link
+        raise UsageError(
+            f"{flag}: {target} is a symbolic link to {os.readlink(target)}, which does not exist"
+        )
     if overwrite is False and target.exists():
         raise UsageError(f"{flag}: {target} exists; pass {argument('overwrite')} to replace it")
     return target
@@ -117,30 +122,78 @@ def _scheduler_client(args: argparse.Namespace) -> contextlib.AbstractContextMan
     return connect(address, scheduler_file=scheduler_file, timeout=args.scheduler_timeout)
 
 
+#: the ``ingest`` options each kind of source takes (any other given is refused)
+INGEST_FLAGS = {
+    "STAC items": ("sar", "landcover", "bbox", "crs"),
+    "a split folder": ("align",),
+    "a file-list CSV": ("root", "align"),
+    "a cloudy GeoTIFF": ("cloudfree", "sar", "landcover", "cloudmask", "udm2_classes", "align"),
+}
+
+
+def _ingest_source(source: str | Path) -> str:
+    """The kind of an ``ingest`` source: a key of :data:`INGEST_FLAGS`."""
+    from . import href
+
+    suffix = href.name_of(source).suffix.lower()
+    if suffix in STAC_SUFFIXES:
+        return "STAC items"
+    if href.is_dir(source):
+        return "a split folder"
+    return "a file-list CSV" if suffix == ".csv" else "a cloudy GeoTIFF"
+
+
+def _as_typed(value: object) -> object:
+    """An option's value as typed: ``--bbox``'s numbers spaced, ``--udm2-classes``'s
+    names (a tuple) comma-separated."""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return ",".join(value) if isinstance(value, tuple) else value
+
+
+def _check_ingest_flags(args: argparse.Namespace, kind: str) -> None:
+    """Refuse an option that ``kind`` of source does not take: it would be ignored."""
+    from .io import ESTIMATE
+
+    for flag in sorted({flag for flags in INGEST_FLAGS.values() for flag in flags}):
+        value = getattr(args, flag)
+        if value is not None and flag not in INGEST_FLAGS[kind]:
+            takes = " or ".join(k for k, flags in INGEST_FLAGS.items() if flag in flags)
+            raise UsageError(
+                f"{argument(flag, _as_typed(value))}: not with {kind} (only with {takes})"
+            )
+    mask = args.cloudmask
+    if args.udm2_classes and (mask is None or mask == ESTIMATE or mask.lower().endswith(".npy")):
+        raise UsageError(
+            f"{argument('udm2_classes', _as_typed(args.udm2_classes))}: only with a UDM2 "
+            f"GeoTIFF as {argument('cloudmask')} "
+            f"({'there is none' if mask is None else f'not {mask!r}'})"
+        )
+
+
 def _ingest(args: argparse.Namespace) -> int:
     from . import href
     from .io import ESTIMATE, open_m3rcr, open_quartet
     from .store import check_destination, to_zarr
 
+    source = href.as_href(args.src)
+    kind = _ingest_source(source)
+    _check_ingest_flags(args, kind)
     mask = None if args.cloudmask == ESTIMATE else args.cloudmask
     inputs = (args.src, args.root, args.cloudfree, args.sar, args.landcover, mask)
     check_destination(args.dest, inputs=[p for p in inputs if p], overwrite=args.overwrite)
-    source = href.as_href(args.src)
-    suffix = href.name_of(source).suffix.lower()
-    if suffix in STAC_SUFFIXES:
+    align = {"align": args.align} if args.align else {}  # else the readers' default
+    if kind == "STAC items":
         from .stac import open_stac
 
-        for flag in ("cloudfree", "cloudmask", "root"):
-            if getattr(args, flag):
-                raise UsageError(f"{argument(flag, getattr(args, flag))}: not with STAC items")
         ds = open_stac(
             source, sar_items=args.sar, landcover_items=args.landcover, bbox=args.bbox, crs=args.crs
         )
-    elif href.is_dir(source):
-        ds = open_m3rcr(source, align=args.align)
-    elif suffix == ".csv":
+    elif kind == "a split folder":
+        ds = open_m3rcr(source, **align)
+    elif kind == "a file-list CSV":
         root = args.root or (source.rsplit("/", 1)[0] if isinstance(source, str) else source.parent)
-        ds = open_m3rcr(root, source, align=args.align)
+        ds = open_m3rcr(root, source, **align)
     else:
         ds = open_quartet(
             source,
@@ -148,7 +201,7 @@ def _ingest(args: argparse.Namespace) -> int:
             args.sar,
             args.landcover,
             args.cloudmask,
-            align=args.align,
+            **align,
             **({"udm2_classes": args.udm2_classes} if args.udm2_classes else {}),
         )
     to_zarr(ds, args.dest, overwrite=args.overwrite)
@@ -327,7 +380,16 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ingest", help="read M3R-CR files into a Zarr store")
+    with command_line_names():
+        takes = "; ".join(
+            f"with {kind}: {', '.join(argument(flag) for flag in flags)}"
+            for kind, flags in INGEST_FLAGS.items()
+        )
+    p = sub.add_parser(
+        "ingest",
+        help="read M3R-CR files into a Zarr store",
+        epilog=f"Options by source (others are refused): {takes}.",
+    )
     p.add_argument(
         "src",
         help="a split folder (train/, test/), a file-list CSV, a cloudy GeoTIFF (then "
@@ -337,8 +399,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dest", help="the Zarr store to write (path or fsspec URL)")
     p.add_argument("--root", help="data root of a CSV's paths (default: the CSV's folder)")
     p.add_argument("--cloudfree", help="cloud-free GeoTIFF of a quartet")
-    p.add_argument("--sar", help="Sentinel-1 GeoTIFF of a quartet")
-    p.add_argument("--landcover", help="WorldCover GeoTIFF of a quartet")
+    p.add_argument("--sar", help="Sentinel-1 GeoTIFF of a quartet (STAC JSON with STAC)")
+    p.add_argument("--landcover", help="WorldCover GeoTIFF of a quartet (STAC JSON with STAC)")
     p.add_argument(
         "--cloudmask",
         help="cloud mask of a quartet: .npy, 1-band GeoTIFF, a Planet UDM2 GeoTIFF (8 bands; "
@@ -349,9 +411,9 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         "--udm2-classes",
         type=_names,
         metavar="CLASS,...",
-        help="UDM2 classes that count as cloud, of clear, snow, shadow, light_haze, "
-        "heavy_haze, cloud (default cloud,heavy_haze,shadow; add light_haze for the haze "
-        "of UDM2.1)",
+        help="with a UDM2 --cloudmask: the classes that count as cloud, of clear, snow, "
+        "shadow, light_haze, heavy_haze, cloud (default cloud,heavy_haze,shadow; add "
+        "light_haze for the haze of UDM2.1)",
     )
     p.add_argument(
         "--bbox",
@@ -364,8 +426,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--align",
         choices=("coords", "shape"),
-        default="coords",
-        help="put the 10 m layers on the 3 m grid by coordinates or by shape",
+        help="not STAC: put the 10 m layers on the 3 m grid by coordinates (default) or by shape",
     )
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_scheduler_arguments(p)
@@ -621,7 +682,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="m3rcr", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split()).replace("``", "")
+    parser = argparse.ArgumentParser(prog="m3rcr", description=summary)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
@@ -629,28 +691,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(verbose: bool) -> None:
-    """Warnings only (``verbose``: INFO too), distributed's included.
+@contextlib.contextmanager
+def command_logging(verbose: bool) -> Iterator[None]:
+    """While a command runs: this library's log on stderr, warnings only (``verbose``:
+    INFO too), distributed's included; everything as it was afterwards.
 
-    distributed sets its loggers to INFO when it is first imported, from dask's
-    ``logging.distributed`` setting: a cluster started by a command would otherwise
-    print its start-up chatter.
+    Only the ``m3rcr_xr`` logger gets a level and a handler (its own, never a second
+    one), so that ``main`` called again in the same process, with or without ``-v``,
+    logs as asked and leaves the caller's logging alone. distributed sets its loggers
+    to INFO when it is first imported, from dask's ``logging.distributed`` setting: a
+    cluster started by a command would otherwise print its start-up chatter.
     """
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        import dask
+    import dask
 
-        dask.config.set({"logging.distributed": "warning"})  # before distributed's import
-        logging.getLogger("distributed").setLevel(logging.WARNING)  # or after it
+    level = logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler()  # sys.stderr of now: pytest's capture, a caller's
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    distributed_log = logging.getLogger("distributed")
+    before = log.level, distributed_log.level
+    log.setLevel(level)
+    log.addHandler(handler)
+    try:
+        if verbose:
+            yield
+            return
+        with dask.config.set({"logging.distributed": "warning"}):  # before its import
+            distributed_log.setLevel(logging.WARNING)  # or after it
+            yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(before[0])
+        distributed_log.setLevel(before[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``m3rcr``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
     try:
-        with command_line_names(), _scheduler_client(args):  # errors name --flags
+        with command_logging(args.verbose), command_line_names(), _scheduler_client(args):
             return args.func(args)
     except M3RCRError as err:
         print(f"m3rcr {args.command}: error: {err}", file=sys.stderr)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -243,7 +244,10 @@ def local_cluster(
         ``CUDA_VISIBLE_DEVICES``), a count, a list of device ids, or 0 for CPU workers.
         Each GPU worker sees only its own device and advertises ``GPU=1``.
     threads_per_worker
-        Parallel tasks per worker; default: the cores divided among the workers.
+        Parallel tasks per worker; default: the cores divided among the workers. The
+        cores are those this process may use (``dask.system.CPU_COUNT``: CPU affinity
+        and cgroup quotas, as ``distributed.LocalCluster`` counts them), not the
+        machine's.
     memory_limit
         Per worker (``"auto"``: the machine's memory shared in proportion to threads).
     dashboard_address
@@ -269,7 +273,10 @@ def local_cluster(
     >>> with local_cluster(gpus=0, dashboard_address=None) as cluster:  # doctest: +SKIP
     ...     client = Client(cluster)
     """
-    cores = os.cpu_count() or 1
+    import dask.system
+
+    # the cores this process may use (affinity, cgroup quota), as distributed counts them
+    cores = dask.system.CPU_COUNT
     devices = _select_gpus(gpus)
     if devices:
         layout = gpu_layout(cores, devices, n_workers, threads_per_worker)
@@ -467,7 +474,7 @@ def slurm_cluster(
     *,
     gpus_per_job: int = 0,
     cores: int,
-    memory: str,
+    memory: str | None = None,
     walltime: str,
     processes: int | None = None,
     mem_per_gpu: str | None = None,
@@ -485,14 +492,18 @@ def slurm_cluster(
         per GPU, each pinned to its GPU and advertising ``GPU=1``.
     cores, memory, walltime
         Per job, as dask-jobqueue takes them (``memory`` is shared among the job's
-        workers and written as ``--mem``).
+        workers as their Dask memory limit, ``--memory-limit``, and written as
+        ``--mem``). With ``mem_per_gpu``, ``memory`` defaults to what Slurm gives the
+        job (``mem_per_gpu`` x ``gpus_per_job``) and may not be more.
     processes
         Worker processes per job on the CPU (default: about sqrt(cores)); with GPUs it
         is ``gpus_per_job``.
     mem_per_gpu
-        Ask for memory per GPU instead (``--mem-per-gpu``); the ``--mem`` line that
-        dask-jobqueue always writes is then left out, as Slurm refuses both
-        (dask-jobqueue#698).
+        Ask for memory per GPU instead (``--mem-per-gpu``, Slurm's units: ``16G``,
+        ``512M``, a bare number in MiB); the ``--mem`` line that dask-jobqueue always
+        writes is then left out, as Slurm refuses both (dask-jobqueue#698). The workers'
+        memory limit comes from it, so that Dask spills and pauses before Slurm's
+        cgroup ends the job.
     python
         The workers' Python; default this one (``sys.executable``), so that jobs import
         the same m3rcr_xr.
@@ -504,6 +515,12 @@ def slurm_cluster(
     -------
     dask_jobqueue.SLURMCluster
         No job is submitted yet: ``cluster.scale(jobs=n)`` or ``cluster.adapt(...)``.
+
+    Raises
+    ------
+    UsageError
+        ``mem_per_gpu`` without ``gpus_per_job``, in units Slurm does not take, or less
+        than ``memory`` per job.
 
     Examples
     --------
@@ -522,10 +539,49 @@ def slurm_cluster(
             raise UsageError("mem_per_gpu needs gpus_per_job >= 1")
         directives.append(f"--mem-per-gpu={mem_per_gpu}")
         options["job_directives_skip"] = [*kwargs.get("job_directives_skip", []), "--mem="]
+        memory = _job_memory(memory, mem_per_gpu, gpus_per_job)
     options["job_extra_directives"] = directives
     return jobqueue.SLURMCluster(
         queue=queue, cores=cores, memory=memory, walltime=walltime, **options
     )
+
+
+#: Slurm's memory units (binary; a bare number is MiB)
+_SLURM_UNITS = {"": 2**20, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _slurm_bytes(name: str, text: str) -> int:
+    """A Slurm memory size (``16G``, ``512M``, ``2048``: MiB) in bytes.
+
+    Examples
+    --------
+    >>> _slurm_bytes("mem_per_gpu", "16G") == 16 * 2**30
+    True
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)\s*", str(text), flags=re.IGNORECASE)
+    if match is None:
+        raise UsageError(
+            f"{argument(name, text)}: expected a Slurm memory size such as 16G or 512M"
+        )
+    return int(match[1]) * _SLURM_UNITS[match[2].upper()]
+
+
+def _job_memory(memory: str | None, mem_per_gpu: str, gpus_per_job: int) -> str:
+    """The job's ``memory`` for dask-jobqueue with ``--mem-per-gpu``: what Slurm gives
+    the job, or less; its workers' memory limits are shares of it."""
+    from dask.utils import format_bytes, parse_bytes
+
+    given = _slurm_bytes("mem_per_gpu", mem_per_gpu) * gpus_per_job
+    if memory is None:
+        return str(given)
+    if parse_bytes(memory) > given:
+        raise UsageError(
+            f"{argument('memory', memory)} is more than Slurm gives the job "
+            f"({argument('mem_per_gpu', mem_per_gpu)} x {argument('gpus_per_job', gpus_per_job)}"
+            f" = {format_bytes(given)}): the workers would not spill or pause before "
+            f"Slurm ends the job; leave {argument('memory')} out or lower it"
+        )
+    return memory
 
 
 def pbs_cluster(

@@ -91,6 +91,10 @@ _ROOT_TMP = "zarr.json.m3rcr-tmp"
 _ZARR_PARTIAL = re.compile(r"[^/]+\.[0-9a-f]{32}\.partial")
 #: errors of the file system that make a destination unwritable (named, not traced)
 _UNWRITABLE = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+#: errors of a path that make a destination unwritable when they are about its own path
+#: or a folder above it (a symbolic link to nothing, a name too long); about another
+#: path, they are an input's, and not the destination's to name
+_BAD_PATH = {errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
 
 #: the encodings of a data variable that :func:`to_zarr` keeps (codecs, fill value and
 #: stored dtype); the others, chunks included, are its own (:func:`store_chunks`)
@@ -123,7 +127,10 @@ class _Target:
         if not isinstance(store, str | os.PathLike):
             raise StoreError(f"{store!r}: expected a path or an fsspec URL for a store")
         options = dict(storage_options or {})
-        fs, path = fsspec.core.url_to_fs(os.fspath(store), **options)
+        try:
+            fs, path = fsspec.core.url_to_fs(os.fspath(store), **options)
+        except (ValueError, ImportError) as err:  # an unknown protocol, a backend missing
+            raise StoreError(f"{os.fspath(store)}: cannot open this location ({err})") from err
         return cls(os.fspath(store), fs, path.rstrip("/") or "/", tuple(options.items()))
 
     @property
@@ -210,6 +217,35 @@ def check_apart(destination: str | os.PathLike, inputs: Iterable[Any], role: str
 
 
 # ------------------------------------------------------------------ what is there
+def _access_errors() -> tuple[type[BaseException], ...]:
+    """The errors of reaching a store: the file system's, and those of the object-store
+    clients loaded (credentials not found, endpoint not reachable), which are no
+    ``OSError``. A client not loaded raised none."""
+    errors: list[type[BaseException]] = [OSError]
+    for module, name in (
+        ("botocore.exceptions", "BotoCoreError"),
+        ("google.auth.exceptions", "GoogleAuthError"),
+    ):
+        error = getattr(sys.modules.get(module), name, None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            errors.append(error)
+    return tuple(errors)
+
+
+def _reason(err: BaseException) -> str:
+    return (err.strerror if isinstance(err, OSError) else None) or str(err) or type(err).__name__
+
+
+@contextlib.contextmanager
+def _reaching(target: _Target) -> Iterator[None]:
+    """An error of the file system or object store reaching ``target`` as a
+    :class:`StoreError` naming the store and the reason."""
+    try:
+        yield
+    except _access_errors() as err:
+        raise StoreError(f"{target.name}: cannot reach the store ({_reason(err)})") from err
+
+
 def _read_json(target: _Target, key: str) -> dict[str, Any] | None:
     """The JSON document at ``key`` of the store, None when there is none."""
     target.fs.invalidate_cache(target.key(key))  # s3fs sizes files from cached listings
@@ -217,8 +253,8 @@ def _read_json(target: _Target, key: str) -> dict[str, Any] | None:
         raw = target.fs.cat_file(target.key(key))
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
-    except PermissionError as err:
-        raise StoreError(f"{target.name}: cannot read {key} ({err.strerror or err})") from err
+    except _access_errors() as err:
+        raise StoreError(f"{target.name}: cannot read {key} ({_reason(err)})") from err
     try:
         doc = json.loads(raw)
     except ValueError as err:
@@ -235,15 +271,16 @@ def _inspect(target: _Target) -> tuple[_State, dict[str, Any] | None]:
     its root group; a folder holding nothing but a writer's lock counts as empty.
     """
     fs, path = target.fs, target.path
-    fs.invalidate_cache(path)  # object stores cache listings; other writers change them
-    if fs.isfile(path):
-        return "file", None
-    if not fs.isdir(path):
-        return "missing", None
-    doc = _read_json(target, "zarr.json")
-    if doc is None:
-        names = {_basename(p) for p in fs.ls(path, detail=False)}
-        return ("empty" if names <= {LOCK, _ROOT_TMP} else "foreign"), None
+    with _reaching(target):
+        fs.invalidate_cache(path)  # object stores cache listings; other writers change them
+        if fs.isfile(path):
+            return "file", None
+        if not fs.isdir(path):
+            return "missing", None
+        doc = _read_json(target, "zarr.json")
+        if doc is None:
+            names = {_basename(p) for p in fs.ls(path, detail=False)}
+            return ("empty" if names <= {LOCK, _ROOT_TMP} else "foreign"), None
     if not _is_ours(doc):
         return "foreign", doc
     return ("complete" if doc["attributes"].get(COMPLETE) else "unfinished"), doc
@@ -298,13 +335,43 @@ def check_destination(
     ------
     StoreError
         The destination is a file, a folder or Zarr store this library did not
-        write, a complete store (without ``overwrite``), or overlaps an input.
+        write, a complete store (without ``overwrite``), or overlaps an input; a local path
+        where no folder can be made (a symbolic link to nothing, a name too long); or
+        the file system or object store cannot be reached (no credentials...).
     """
     target = _Target.of(store, storage_options)
     check_apart(store, inputs)
+    state, doc = _inspect(target)  # first: a store out of reach is named as such
     _refuse_inside_a_store(target)
-    state, doc = _inspect(target)
     _refuse(target, state, doc, overwrite)
+    if state == "missing" and target.local:
+        _check_creatable(target)
+
+
+def _check_creatable(target: _Target) -> None:
+    """Refuse a local destination where nothing is and no folder can be made: a
+    symbolic link to nothing (at the path or a folder above it), a name too long, a
+    file on the way."""
+    try:
+        os.lstat(target.path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise StoreError(f"{target.name}: no store can be made there ({_reason(err)})") from err
+    else:  # something, yet neither file nor folder: a link that leads nowhere, say
+        raise StoreError(f"{target.name}: {_not_a_folder(target.path)}; choose another one")
+    above = os.path.dirname(target.path)
+    while not os.path.lexists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise StoreError(f"{target.name}: no store can be made there ({_not_a_folder(above)})")
+
+
+def _not_a_folder(path: str) -> str:
+    """What ``path``, no folder, is instead."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+    return f"{path} is not a folder"
 
 
 def _refuse_inside_a_store(target: _Target) -> None:
@@ -557,11 +624,20 @@ def _write_errors(target: _Target) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if not isinstance(err, PermissionError) and err.errno not in _UNWRITABLE:
+        ours = err.errno in _BAD_PATH and _on_the_way(target, err.filename)
+        if not (isinstance(err, PermissionError) or err.errno in _UNWRITABLE or ours):
             raise
         where = f" ({err.filename})" if err.filename else ""
-        reason = err.strerror or str(err) or type(err).__name__
-        raise StoreError(f"{target.name}: writing the store failed: {reason}{where}") from err
+        raise StoreError(f"{target.name}: writing the store failed: {_reason(err)}{where}") from err
+
+
+def _on_the_way(target: _Target, filename: Any) -> bool:
+    """Whether ``filename`` (of an OSError) is the local store's path, inside it, or a
+    folder above it."""
+    if not target.local or not isinstance(filename, str | os.PathLike):
+        return False
+    path, other = os.path.abspath(target.path), os.path.abspath(filename)
+    return other == path or os.path.commonpath([path, other]) in (path, other)
 
 
 # ------------------------------------------------------------------------ writing

@@ -1,4 +1,6 @@
+import argparse
 import errno
+import logging
 import os
 import shutil
 import subprocess
@@ -12,7 +14,7 @@ from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
 import m3rcr_xr
-from m3rcr_xr import store
+from m3rcr_xr import cli, store
 from m3rcr_xr.cli import main
 from tests.conftest import a_file, foreign_store, snapshot, unconsolidated_store, user_folder
 from tests.rasters import (
@@ -110,10 +112,10 @@ DISTRIBUTED_CHATTER = """
 import logging, sys
 from m3rcr_xr import cli
 assert "distributed" not in sys.modules
-cli.configure_logging(verbose=bool(int(sys.argv[1])))
-import distributed
-logging.getLogger("distributed.scheduler").info("scheduler chatter")
-logging.getLogger("distributed.scheduler").warning("scheduler warning")
+with cli.command_logging(verbose=bool(int(sys.argv[1]))):
+    import distributed
+    logging.getLogger("distributed.scheduler").info("scheduler chatter")
+    logging.getLogger("distributed.scheduler").warning("scheduler warning")
 """
 
 
@@ -726,3 +728,119 @@ def test_your_own_area_from_stac_to_a_cog(tmp_path, capsys):
     assert 0 < blackfill.sum() < blackfill.size
     np.testing.assert_array_equal(np.isnan(values), np.broadcast_to(blackfill, values.shape))
     assert f"wrote {cog}" in capsys.readouterr().out
+
+
+# ------------------------------------------------------- ingest flags by source
+@pytest.mark.parametrize(
+    ("source", "flags", "needles"),
+    [
+        ("c.tif", ["--bbox", "0", "0", "1", "1"], ["--bbox 0.0 0.0 1.0 1.0: not with a cloudy"]),
+        ("c.tif", ["--crs", "EPSG:4326"], ["--crs EPSG:4326: not with a cloudy GeoTIFF"]),
+        ("c.tif", ["--root", "r"], ["--root r: not with a cloudy", "only with a file-list CSV"]),
+        ("FOLDER", ["--cloudmask", "estimate"], ["--cloudmask estimate: not with a split"]),
+        ("FOLDER", ["--sar", "/nonexistent.tif"], ["--sar /nonexistent.tif: not with a split"]),
+        ("FOLDER", ["--udm2-classes", "a,b"], ["--udm2-classes a,b: not with a split folder"]),
+        ("list.csv", ["--cloudfree", "f.tif"], ["--cloudfree f.tif: not with a file-list CSV"]),
+        ("items.json", ["--align", "shape"], ["--align shape: not with STAC items", "GeoTIFF)"]),
+        ("items.json", ["--cloudmask", "m.npy"], ["--cloudmask m.npy: not with STAC items"]),
+        (
+            "c.tif",
+            ["--udm2-classes", "cloud"],
+            ["--udm2-classes cloud: only with a UDM2", "(there is none)"],
+        ),
+        (
+            "c.tif",
+            ["--cloudmask", "estimate", "--udm2-classes", "cloud"],
+            ["--udm2-classes cloud", "UDM2 GeoTIFF as --cloudmask (not 'estimate')"],
+        ),
+    ],
+)
+def test_ingest_refuses_a_flag_its_source_would_ignore(tmp_path, capsys, source, flags, needles):
+    src = tmp_path if source == "FOLDER" else tmp_path / source  # refused before it is read
+    dest = tmp_path / "never.zarr"
+    assert main(["ingest", str(src), str(dest), *flags]) == 2
+    _one_error_line(capsys, *needles)
+    assert not dest.exists()
+
+
+def test_ingest_help_lists_the_options_of_each_source(capsys):
+    with pytest.raises(SystemExit):
+        main(["ingest", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "with STAC items: --sar, --landcover, --bbox, --crs;" in out
+    assert "with a cloudy GeoTIFF: --cloudfree, --sar, --landcover, --cloudmask, --udm2" in out
+
+
+# ------------------------------------------------------------- errors, logging
+def test_the_summary_names_every_command():
+    parser = cli.build_parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert all(name in parser.description for name in commands.choices), parser.description
+    assert "``" not in parser.description and parser.description.endswith("(demo).")
+
+
+@pytest.fixture
+def dangling(tmp_path) -> Path:
+    """A symbolic link to a folder that does not exist."""
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere" / "dir")
+    return link
+
+
+@pytest.mark.parametrize(
+    ("dest", "needles"),
+    [
+        ("dangling", ["dangling is a symbolic link to", "nowhere/dir, which does not exist"]),
+        ("dangling/x.zarr", ["no store can be made there", "dangling is a symbolic link"]),
+        ("a" * 300 + ".zarr", ["no store can be made there (File name too long)"]),
+        ("foo://x.zarr", ["foo://x.zarr: cannot open this location (Protocol not known: foo)"]),
+        ("m3rcrtest://x.zarr", ["cannot open this location (install no_such_module"]),
+    ],
+)
+def test_a_destination_out_of_reach_is_one_line_before_any_work(
+    tmp_path, dangling, capsys, monkeypatch, dest, needles
+):
+    from fsspec.registry import known_implementations
+
+    monkeypatch.setitem(  # a protocol whose backend is not installed (gcsfs for gs://)
+        known_implementations,
+        "m3rcrtest",
+        {"class": "no_such_module.FileSystem", "err": "install no_such_module"},
+    )
+    monkeypatch.chdir(tmp_path)
+    # an empty folder: read after the destination is checked, it would fail otherwise
+    (tmp_path / "split").mkdir()
+    assert main(["ingest", "split", dest]) == 2
+    _one_error_line(capsys, f"m3rcr ingest: error: {dest}", *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "split"]
+    assert not (tmp_path / "nowhere").exists()  # nothing made where the link points
+
+
+def test_evaluate_refuses_a_dangling_out_before_evaluating(tmp_path, capsys, monkeypatch):
+    link = tmp_path / "t.csv"
+    link.symlink_to(tmp_path / "nowhere" / "t.csv")
+    monkeypatch.setattr("m3rcr_xr.metrics.evaluate", pytest.fail)  # no work at all
+    assert main(["evaluate", str(tmp_path / "s.zarr"), "--out", str(link)]) == 2
+    _one_error_line(capsys, f"--out {link}: {link} is a symbolic link to", "does not exist")
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_main_twice_logs_as_each_call_asks_and_leaves_logging_as_it_was(monkeypatch, capsys):
+    import dask
+
+    seen = []
+
+    def logs(args):
+        cli.log.info("info of the command")
+        seen.append(dask.config.get("logging.distributed", None))
+        return 0
+
+    monkeypatch.setattr(cli, "_info", logs)
+    logger, before = logging.getLogger("m3rcr_xr"), logging.getLogger("m3rcr_xr").level
+    handlers, setting = list(logger.handlers), dask.config.get("logging.distributed", None)
+    for verbose in (False, True, True, False):
+        assert main(["-v", "info", "s.zarr"] if verbose else ["info", "s.zarr"]) == 0
+        assert capsys.readouterr().err.count("INFO m3rcr_xr: info of the command") == verbose
+        assert logger.handlers == handlers and logger.level == before
+        assert dask.config.get("logging.distributed", None) == setting
+    assert seen[0] == "warning" and seen[3] == "warning"

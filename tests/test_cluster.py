@@ -32,7 +32,8 @@ from m3rcr_xr.exceptions import InputFileError, MissingFileError, UsageError
 from tests.conftest import TINY
 
 SMALL = {"preset": "small"}
-CORES = os.cpu_count() or 1
+#: the cores local_cluster shares out: those this process may use
+CORES = dask.system.CPU_COUNT
 
 
 # ------------------------------------------------------------------- detection
@@ -211,6 +212,21 @@ def test_the_gpu_layout_without_dask_cuda_and_the_cpu_layout_without_gpus(monkey
     assert mc.local_cluster(gpus=0) == "CPU workers"
 
 
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_local_cluster_shares_the_cores_this_process_may_use(monkeypatch, gpus):
+    """dask's count (CPU affinity, cgroup quota), not the machine's ``os.cpu_count()``."""
+    layouts = []
+    monkeypatch.setattr(mc, "_cpu_cluster", lambda layout, *args: layouts.append(layout))
+    monkeypatch.setattr(mc, "_gpu_cluster", lambda layout, *args: layouts.append(layout))
+    monkeypatch.setattr(mc, "_dask_cuda", lambda: None)
+    monkeypatch.setattr(mc, "gpu_devices", lambda: ["0", "1"])
+    monkeypatch.setattr(os, "cpu_count", lambda: 256)
+    monkeypatch.setattr(dask.system, "CPU_COUNT", 12)
+    mc.local_cluster(gpus=gpus)
+    expected = mc.gpu_layout(12, ["0", "1"]) if gpus else mc.cpu_layout(12)
+    assert layouts == [expected]
+
+
 # ------------------------------------------------------------- worker preload
 def test_dask_setup_sets_torch_threads_and_pins_by_rank(monkeypatch):
     monkeypatch.setenv(mc.TORCH_THREADS_ENV, "3")
@@ -263,6 +279,24 @@ def test_slurm_mem_per_gpu_drops_the_mem_line():
         directives = _directives(cluster.job_script())
     assert "--mem-per-gpu=8G" in directives and "--gres=gpu:1" in directives
     assert not any(re.match(r"--mem=", d) for d in directives)
+
+
+def _memory_limits(script: str) -> list[str]:
+    words = script.strip().splitlines()[-1].split()
+    return [words[i + 1] for i, word in enumerate(words) if word == "--memory-limit"]
+
+
+def test_slurm_mem_per_gpu_sizes_the_workers_memory_limit():
+    """Slurm gives the job mem_per_gpu x GPUs: the workers' limits share that, not more."""
+    job = {"gpus_per_job": 2, "cores": 8, "walltime": "01:00:00", "mem_per_gpu": "16G"}
+    with mc.slurm_cluster("gpu", **job) as cluster:
+        assert _memory_limits(cluster.job_script()) == ["16.00GiB"]  # a worker per GPU
+    with mc.slurm_cluster("gpu", **job, memory="20GB") as cluster:  # less: the user's
+        assert _memory_limits(cluster.job_script()) == ["9.31GiB"]  # 10 GB
+    with pytest.raises(UsageError, match=r"memory='64GB' is more than Slurm gives.*32\.00 GiB"):
+        mc.slurm_cluster("gpu", **job, memory="64GB")
+    with pytest.raises(UsageError, match="mem_per_gpu='16GB': expected a Slurm memory size"):
+        mc.slurm_cluster("gpu", **{**job, "mem_per_gpu": "16GB"})
 
 
 def test_slurm_cpu_job_has_no_gpu_and_sets_torch_threads():

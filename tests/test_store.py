@@ -12,6 +12,7 @@ import zarr
 
 import m3rcr_xr
 from m3rcr_xr import store
+from m3rcr_xr.testing import raise_if_dask_computes
 from tests.conftest import (
     ForkServer,
     a_file,
@@ -695,6 +696,80 @@ def test_a_full_or_read_only_file_system_is_a_store_error(tmp_path, monkeypatch,
         m3rcr_xr.StoreError, match=f"s.zarr: writing the store failed: {os.strerror(code)}"
     ):
         m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
+
+
+@pytest.mark.parametrize(
+    ("dest", "message"),
+    [
+        ("link", "link is a symbolic link to .*nowhere, which does not exist"),
+        ("link/s.zarr", "no store can be made there \\(.*link is a symbolic link to"),
+        ("a" * 300 + ".zarr", "no store can be made there \\(File name too long\\)"),
+        ("file/s.zarr", "no store can be made there \\(Not a directory\\)"),
+    ],
+    ids=["dangling-link", "below-a-dangling-link", "name-too-long", "below-a-file"],
+)
+def test_a_destination_where_no_folder_can_be_made_is_refused_before_any_work(
+    tmp_path, small_scene, dest, message
+):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("a user's file")
+    before = snapshot(tmp_path)
+    with raise_if_dask_computes(), pytest.raises(m3rcr_xr.StoreError, match=message):
+        m3rcr_xr.to_zarr(small_scene, tmp_path / dest)
+    assert snapshot(tmp_path) == before and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("code", [errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG])
+def test_a_path_error_is_the_stores_only_on_its_own_path(tmp_path, monkeypatch, small_scene, code):
+    """Raised on the store's path (a link changed under the writer): a StoreError naming
+    it; on another path (an input that went away): the error itself."""
+    where: list[str] = []
+
+    def fails(ds, store, dim, region, show=False):
+        raise OSError(code, os.strerror(code), where[0])
+
+    monkeypatch.setattr(store, "_write_step", fails)
+    where.append(str(tmp_path / "s.zarr" / "cloudy" / "c"))
+    with pytest.raises(
+        m3rcr_xr.StoreError, match=f"s.zarr: writing the store failed: {os.strerror(code)}"
+    ):
+        m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
+    where[0] = str(tmp_path / "input.tif")
+    with pytest.raises(OSError) as raised:
+        m3rcr_xr.to_zarr(small_scene, tmp_path / "t.zarr")
+    assert not isinstance(raised.value, m3rcr_xr.StoreError) and raised.value.errno == code
+
+
+def test_a_location_fsspec_cannot_open_is_a_store_error(monkeypatch, small_scene):
+    from fsspec.registry import known_implementations
+
+    monkeypatch.setitem(  # a protocol whose backend is not installed (gcsfs for gs://)
+        known_implementations, "m3rcrtest", {"class": "no_such_module.FS", "err": "pip install it"}
+    )
+    with pytest.raises(m3rcr_xr.StoreError, match="foo://x.zarr: cannot open this location"):
+        m3rcr_xr.open_zarr("foo://x.zarr")
+    assert not m3rcr_xr.is_complete("foo://x.zarr")
+    with pytest.raises(m3rcr_xr.StoreError, match=r"m3rcrtest://x.zarr: .* \(pip install it\)"):
+        m3rcr_xr.to_zarr(small_scene, "m3rcrtest://x.zarr")
+
+
+def test_no_object_store_credentials_is_a_store_error(monkeypatch, tmp_path, small_scene):
+    """botocore's NoCredentialsError is no OSError; nothing leaves this machine (no
+    instance metadata, an endpoint on loopback that nothing listens on)."""
+    s3fs = pytest.importorskip("s3fs")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    s3fs.S3FileSystem.clear_instance_cache()
+    options = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}}
+    message = "s3://b/s.zarr: cannot reach the store \\(Unable to locate credentials\\)"
+    with pytest.raises(m3rcr_xr.StoreError, match=message):
+        m3rcr_xr.to_zarr(small_scene, "s3://b/s.zarr", storage_options=options)
+    with pytest.raises(m3rcr_xr.StoreError, match=message):
+        m3rcr_xr.open_zarr("s3://b/s.zarr", storage_options=options)
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
