@@ -536,7 +536,7 @@ def _optical(
     items: Sequence[pystac.Item], names: Mapping[str, str], udm2: bool, scene: GeoBox, chunks: Any
 ) -> tuple[xr.DataArray, xr.DataArray | None, list[str]]:
     """The optical mosaic and, with ``udm2``, the UDM2 of the same items (each pixel's
-    bands all from one item, :func:`_first_valid`), and the files read."""
+    bands all from one item, :func:`_first_valid_index`), and the files read."""
     sources = _prepared(items, names["optical"], len(BANDS), "optical")
     bands = _band_names(names["optical"], len(BANDS))
     if udm2:
