@@ -13,7 +13,8 @@ the tests run it)::
 Progress lines go to stderr; one JSON object is printed last, and written to ``--out``
 after each part, so that a run cut short keeps what it measured. A time budget
 (``--budget-s``) shortens the later parts or skips them (``skipped`` says which); a part
-that fails records its error and the others still run.
+that fails records its error and the others still run. Where a decloud / raw ratio falls
+short, ``benchmarks/gpu_threads.py`` tells where the time goes.
 
 Parts, in order
 ---------------

@@ -50,7 +50,7 @@ from .devices import check_device
 from .exceptions import ModelConfigError, SchemaError, UsageError, argument, check_integer
 from .normalize import OPTICAL_SCALE, model_inputs, normalize_optical
 from .resources import annotate
-from .runner import DEFAULT_PRECISION, ModelRef, cached_model, run_tiles
+from .runner import DEFAULT_PRECISION, ModelRef, cached_model, run_tiles, tile_task_slot
 from .schema import OPTICAL_NODATA, is_collection, validate
 from .store import sources
 from .tiling import TilePlan, block_end, group_size, groups, make_plan, pad, window
@@ -290,13 +290,15 @@ def accumulate(inputs: np.ndarray, job: TileJob, rows: range, cols: range) -> np
     tile, stride = job.plan.tile, job.plan.stride
     top, left = rows.start * stride, cols.start * stride
     corners = [(r * stride - top, c * stride - left) for r in rows for c in cols]
-    crops = np.stack([inputs[:, y : y + tile, x : x + tile] for y, x in corners])
-    outputs = predict_tiles(crops, job)
-    canvas = np.zeros((outputs.shape[1] + 1, *inputs.shape[1:]), dtype=np.float64)
-    weights = window(tile)
-    for (y, x), out in zip(corners, outputs, strict=True):
-        canvas[:-1, y : y + tile, x : x + tile] += weights * out
-        canvas[-1, y : y + tile, x : x + tile] += weights
+    _, device = cached_model(job.members[0])  # the members share the device
+    with tile_task_slot(device):
+        crops = np.stack([inputs[:, y : y + tile, x : x + tile] for y, x in corners])
+        outputs = predict_tiles(crops, job)
+        canvas = np.zeros((outputs.shape[1] + 1, *inputs.shape[1:]), dtype=np.float64)
+        weights = window(tile)
+        for (y, x), out in zip(corners, outputs, strict=True):
+            canvas[:-1, y : y + tile, x : x + tile] += weights * out
+            canvas[-1, y : y + tile, x : x + tile] += weights
     return canvas
 
 

@@ -298,7 +298,9 @@ _PROBE: ConcurrencyProbe | None = None
 def probe_tile_tasks(
     exclusive_cpu: bool, delay: float = 0.02, patch: Callable[..., None] = setattr
 ) -> ConcurrencyProbe:
-    """Count the tile tasks and the forward passes that run at once in this process.
+    """Count the tile tasks, their predictions (:func:`m3rcr_xr.inference.predict_tiles`,
+    within the task's :func:`m3rcr_xr.runner.tile_task_slot`) and the forward passes that
+    run at once in this process.
 
     ``exclusive_cpu`` treats the CPU as a GPU would be treated (one tile task's device
     work at a time); ``patch`` is ``monkeypatch.setattr`` in a test, plain ``setattr``
@@ -320,6 +322,7 @@ def probe_tile_tasks(
         patch(runner, "CONCURRENT_DEVICE_TYPES", frozenset())
     patch(inference, "cached_model", cached_model)
     patch(inference, "accumulate", probe.wrap("task", inference.accumulate))
+    patch(inference, "predict_tiles", probe.wrap("predict", inference.predict_tiles, delay))
     return probe
 
 

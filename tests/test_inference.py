@@ -340,8 +340,8 @@ def test_with_a_distributed_client_the_workers_check_the_device(small_scene):
 
 
 # ------------------------------------------------------------ GPU path, on the CPU
-# There is no GPU here: the per-device lock is shown with the CPU treated as a GPU is,
-# and the rest of the GPU path (streams, page-locked copies, autocast) runs in
+# There is no GPU here: the per-device lock and slots are shown with the CPU treated as a
+# GPU is, and the rest of the GPU path (streams, page-locked copies, autocast) runs in
 # benchmarks/gpu_check.py on a GPU.
 @pytest.mark.parametrize("exclusive", [True, False])
 def test_one_tile_task_at_a_time_per_exclusive_device(small_checkpoint, monkeypatch, exclusive):
@@ -350,12 +350,15 @@ def test_one_tile_task_at_a_time_per_exclusive_device(small_checkpoint, monkeypa
     out = decloud(
         scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48, batch_size=2, device="cpu"
     )
-    out.compute(scheduler="threads", num_workers=4)
+    out.compute(scheduler="threads", num_workers=8)
     assert probe.peak["task"] > 1  # the other threads go on cropping and blending
     if exclusive:
         assert probe.peak["forward"] == 1
-    else:  # the probe does see forward passes overlap where they may
+        # a pipeline of tasks in their host work, no more: the others wait for a slot
+        assert 1 < probe.peak["predict"] <= runner.TILE_TASKS_PER_DEVICE
+    else:  # the probe does see forward passes and predictions overlap where they may
         assert probe.peak["forward"] > 1
+        assert probe.peak["predict"] > runner.TILE_TASKS_PER_DEVICE
 
 
 def test_tile_counts_count_each_tile_once_per_device(small_checkpoint):

@@ -1,0 +1,139 @@
+"""Where decloud's time goes against a raw PyTorch loop on one device: the tile path
+alone, and decloud under the threaded scheduler with more or fewer threads.
+
+``benchmarks/gpu_check.py`` measures decloud / raw; this tells why a ratio falls short.
+The same tiles of one synthetic scene run, interleaved, repeat after repeat:
+
+``raw``
+    :func:`benchmarks.gpu_check.raw_loop` with its own model (seed 0).
+``raw_decloud_model``
+    The raw loop with the model decloud builds (its untrained weights).
+``run_tiles_1_call`` / ``run_tiles_9_calls``
+    decloud's tile path (:func:`m3rcr_xr.runner.run_tiles`) on all the tiles at once,
+    and in nine calls, as decloud's nine tile tasks make them.
+``decloud_N_threads``
+    ``decloud`` computed with the threaded scheduler: as many threads as cores, and 4.
+``decloud_short_switch``
+    As many threads as cores, with the interpreter's switch interval at 0.2 ms
+    (5 ms by default): how much the threads that crop and blend hold up the one that
+    launches the forward passes.
+
+Each entry gives the seconds of each repeat and ``ratio``: the best raw time over the
+variant's best. On a GPU machine (after ``scripts/gpu-check.sh`` installed the wheels):
+``PYTHONPATH=$PWD:/tmp/site python3 -m benchmarks.gpu_threads``; on a CPU,
+``python -m benchmarks.gpu_threads --device cpu --quick`` is its smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import dask
+import torch
+
+import m3rcr_xr
+from benchmarks.gpu_check import CHUNK, crop_tiles, raw_loop, setups, timed
+from m3rcr_xr import models, normalize, runner, tiling
+
+#: (network, precision) measured by default on a GPU; a CPU runs float32 only
+DEFAULT_CASES = ("glf_cr:bf16", "align_cr:bf16", "glf_cr:fp32")
+#: decloud's tile tasks on the scene measured (3 x 3 groups of tiles)
+TASKS = 9
+
+
+def decloud_runner(result, workers: int, interval: float | None = None) -> Callable[[], Any]:
+    """Compute ``result`` with ``workers`` threads (and that switch interval)."""
+
+    def run() -> None:
+        before = sys.getswitchinterval()
+        if interval is not None:
+            sys.setswitchinterval(interval)
+        try:
+            dask.compute(result.data, scheduler="threads", num_workers=workers)
+        finally:
+            sys.setswitchinterval(before)
+
+    return run
+
+
+def variants(name: str, precision: str, args: argparse.Namespace) -> dict[str, Callable]:
+    """The ways to run the same tiles of one scene (see the module's docstring)."""
+    config, tile = setups(args.quick)[name]
+    stride = tile - tile // 8
+    chunk = stride if args.quick else CHUNK  # quick: one tile a task
+    side = tiling.group_size(chunk, stride) * 3
+    size = (side - 1) * stride + tile
+    scene = m3rcr_xr.synthetic_scene((size, size), seed=1, chunks=chunk)[["cloudy", "sar"]]
+    scene = scene.persist(scheduler="threads")
+    plan = tiling.make_plan(tile, tile // 8, size, size)
+    tiles = crop_tiles(normalize.model_inputs(scene).values, plan)
+    torch.manual_seed(0)
+    raw_model = models.build(name, **config).to(args.device).eval()
+    ref = runner.ModelRef.create(name, "untrained", config, args.device, precision)
+    model, device = runner.cached_model(ref)
+    result = m3rcr_xr.decloud(
+        scene, name, "untrained", config=config, tile=tile, batch_size=args.batch_size,
+        device=args.device, precision=precision,
+    )  # fmt: skip
+    batch, cores, calls = args.batch_size, os.cpu_count() or 1, len(tiles) // TASKS
+    return {
+        "raw": lambda: raw_loop(raw_model, tiles, batch, device, precision),
+        "raw_decloud_model": lambda: raw_loop(model, tiles, batch, device, precision),
+        "run_tiles_1_call": lambda: runner.run_tiles(model, device, tiles, batch, precision),
+        f"run_tiles_{TASKS}_calls": lambda: [
+            runner.run_tiles(model, device, tiles[i : i + calls], batch, precision)
+            for i in range(0, len(tiles), calls)
+        ],
+        f"decloud_{cores}_threads": decloud_runner(result, cores),
+        "decloud_4_threads": decloud_runner(result, 4),
+        "decloud_short_switch": decloud_runner(result, cores, interval=2e-4),
+    }
+
+
+def measure(name: str, precision: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Every variant once to warm up, then ``args.repeats`` rounds of all of them."""
+    ways = variants(name, precision, args)
+    for run in ways.values():
+        run()
+    seconds: dict[str, list[float]] = {key: [] for key in ways}
+    for _ in range(args.repeats):
+        for key, run in ways.items():
+            seconds[key].append(round(timed(run, args.device), 3))
+    raw = min(seconds["raw"])
+    runner.clear_model_cache()
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {key: {"s": s, "ratio": round(raw / min(s), 3)} for key, s in seconds.items()}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:1 ... or cpu")
+    parser.add_argument("--quick", action="store_true", help="small networks, tiny scenes")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    parser.add_argument(
+        "--cases", nargs="+", help=f"network:precision (default {' '.join(DEFAULT_CASES)})"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    cases = args.cases or (DEFAULT_CASES if args.device.startswith("cuda") else ("glf_cr:fp32",))
+    report: dict[str, Any] = {"device": args.device, "quick": args.quick}
+    for case in cases:
+        name, precision = case.split(":")
+        report[case] = measure(name, precision, args)
+        print(f"[gpu_threads] {case}: {json.dumps(report[case])}", file=sys.stderr, flush=True)
+    print(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()

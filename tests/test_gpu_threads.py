@@ -1,0 +1,21 @@
+"""benchmarks.gpu_threads: its quick mode end to end on the CPU (the GPU run is by hand)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import gpu_threads
+
+
+@pytest.mark.slow
+def test_quick_mode_times_every_variant_against_the_raw_loop(capfd):
+    report = gpu_threads.main(["--device", "cpu", "--quick", "--repeats", "1"])
+    assert json.loads(capfd.readouterr().out) == report  # the JSON object is the whole of stdout
+    entry = report.pop("glf_cr:fp32")
+    assert report == {"device": "cpu", "quick": True}
+    assert entry["raw"]["ratio"] == 1.0
+    assert {"run_tiles_9_calls", "decloud_4_threads", "decloud_short_switch"} <= set(entry)
+    for timing in entry.values():
+        assert len(timing["s"]) == 1 and timing["s"][0] > 0 and timing["ratio"] > 0
