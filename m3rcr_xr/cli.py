@@ -143,32 +143,14 @@ def _ingest_source(source: str | Path) -> str:
     return "a file-list CSV" if suffix == ".csv" else "a cloudy GeoTIFF"
 
 
-def _as_typed(value: object) -> object:
-    """An option's value as typed: ``--bbox``'s numbers spaced, ``--udm2-classes``'s
-    names (a tuple) comma-separated."""
-    if isinstance(value, list):
-        return " ".join(map(str, value))
-    return ",".join(value) if isinstance(value, tuple) else value
-
-
 def _check_ingest_flags(args: argparse.Namespace, kind: str) -> None:
-    """Refuse an option that ``kind`` of source does not take: it would be ignored."""
-    from .io import ESTIMATE
-
+    """Refuse an option that ``kind`` of source does not take: it would be ignored (the
+    reader refuses ``--udm2-classes`` without a UDM2 ``--cloudmask`` itself)."""
     for flag in sorted({flag for flags in INGEST_FLAGS.values() for flag in flags}):
         value = getattr(args, flag)
         if value is not None and flag not in INGEST_FLAGS[kind]:
             takes = " or ".join(k for k, flags in INGEST_FLAGS.items() if flag in flags)
-            raise UsageError(
-                f"{argument(flag, _as_typed(value))}: not with {kind} (only with {takes})"
-            )
-    mask = args.cloudmask
-    if args.udm2_classes and (mask is None or mask == ESTIMATE or mask.lower().endswith(".npy")):
-        raise UsageError(
-            f"{argument('udm2_classes', _as_typed(args.udm2_classes))}: only with a UDM2 "
-            f"GeoTIFF as {argument('cloudmask')} "
-            f"({'there is none' if mask is None else f'not {mask!r}'})"
-        )
+            raise UsageError(f"{argument(flag, value)}: not with {kind} (only with {takes})")
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -201,8 +183,8 @@ def _ingest(args: argparse.Namespace) -> int:
             args.sar,
             args.landcover,
             args.cloudmask,
+            udm2_classes=args.udm2_classes,
             **align,
-            **({"udm2_classes": args.udm2_classes} if args.udm2_classes else {}),
         )
     to_zarr(ds, args.dest, overwrite=args.overwrite)
     print(f"wrote {args.dest}")

@@ -117,6 +117,34 @@ def check_classes(classes: Sequence[str], name: str = "classes") -> tuple[str, .
     return tuple(classes)
 
 
+def udm2_classes_for(classes: Sequence[str] | None, missing: str | None = None) -> tuple[str, ...]:
+    """The UDM2 classes a reader flags as cloud: ``classes`` (checked), or
+    :data:`DEFAULT_CLASSES` for None.
+
+    ``missing`` says why the reader has no UDM2 to apply them to (None: it has one):
+    classes given there would be ignored, so they are refused (:class:`UsageError`,
+    naming the argument ``udm2_classes``).
+
+    Examples
+    --------
+    >>> udm2_classes_for(None)
+    ('cloud', 'heavy_haze', 'shadow')
+    >>> udm2_classes_for(None, "there is no cloud mask")
+    ('cloud', 'heavy_haze', 'shadow')
+    >>> udm2_classes_for(["cloud"], "there is none")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    m3rcr_xr.exceptions.UsageError: udm2_classes=['cloud']: only with a Planet UDM2 ...
+    """
+    if classes is None:
+        return DEFAULT_CLASSES
+    if missing is not None:
+        raise UsageError(
+            f"{argument('udm2_classes', classes)}: only with a Planet UDM2 cloud mask; {missing}"
+        )
+    return check_classes(classes, "udm2_classes")
+
+
 def udm2_cloudmask(udm2: xr.DataArray, classes: Sequence[str] = DEFAULT_CLASSES) -> xr.DataArray:
     """The cloud mask (y, x) bool of a UDM2: True where any of ``classes`` is flagged.
 

@@ -86,18 +86,22 @@ def argument(name: str, value: Any = _UNSET) -> str:
     """How an error message names an argument, for whoever called.
 
     ``batch_size=0`` from Python, ``--batch-size 0`` from the command line, so that a
-    message tells the user what to change where they typed it.
+    message tells the user what to change where they typed it. On the command line a
+    list is an option's values as typed, spaced (``--bbox 1 2 3 4``), and a tuple its
+    comma-separated names (``--udm2-classes cloud,shadow``).
 
     Examples
     --------
     >>> argument("batch_size", 0)
     'batch_size=0'
     >>> with command_line_names():
-    ...     argument("batch_size", 0), argument("overwrite")
-    ('--batch-size 0', '--overwrite')
+    ...     argument("batch_size", 0), argument("overwrite"), argument("bbox", [1, 2, 3, 4])
+    ('--batch-size 0', '--overwrite', '--bbox 1 2 3 4')
     """
     if _COMMAND_LINE.get():
         flag = "--" + name.replace("_", "-")
+        if isinstance(value, list | tuple):
+            value = (" " if isinstance(value, list) else ",").join(map(str, value))
         return flag if value is _UNSET or value is True else f"{flag} {value}"
     return name if value is _UNSET else f"{name}={value!r}"
 

@@ -44,12 +44,11 @@ from rasterio.errors import RasterioError
 from . import href
 from .align import AlignMethod, align_to, check_north_up, fill_nan_with_mean
 from .cloudmask import (
-    DEFAULT_CLASSES,
-    check_classes,
     estimate_cloudmask,
     is_udm2,
     mask_nodata,
     open_udm2,
+    udm2_classes_for,
     udm2_cloudmask,
     udm2_nodata,
     warn_if_estimated,
@@ -386,7 +385,7 @@ def open_quartet(
     *,
     chunks: Any = "auto",
     align: AlignMethod = "coords",
-    udm2_classes: Sequence[str] = DEFAULT_CLASSES,
+    udm2_classes: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Open one M3R-CR quartet (or any scene in that form) as a lazy scene.
 
@@ -412,7 +411,8 @@ def open_quartet(
         ``"shape"``: by array shape, as the published loader does.
     udm2_classes
         The UDM2 classes that count as cloud (:data:`m3rcr_xr.cloudmask.UDM2_CLASSES`);
-        default cloud, heavy haze and shadow. Add ``"light_haze"`` for UDM2.1's haze.
+        default (None) cloud, heavy haze and shadow. Add ``"light_haze"`` for UDM2.1's
+        haze. Refused without a UDM2 ``cloudmask``, where they would be ignored.
 
     Returns
     -------
@@ -434,7 +434,9 @@ def open_quartet(
         layers["sar"] = _rechunk_like(_sar(sar, optical, chunks, align), optical)
     if landcover is not None:
         layers["landcover"] = _rechunk_like(_landcover(landcover, optical, chunks, align), optical)
-    if cloudmask is not None:
+    if cloudmask is None:
+        udm2_classes_for(udm2_classes, "there is no cloud mask")
+    else:
         layers["cloudmask"] = _cloudmask(cloudmask, layers, chunks, udm2_classes)
     ds = _assemble(layers, optical)
     files = (cloudy, cloudfree, sar, landcover, None if cloudmask == ESTIMATE else cloudmask)
@@ -443,21 +445,23 @@ def open_quartet(
 
 
 def _cloudmask(
-    source: PathType, layers: dict[str, xr.DataArray], chunks: Any, classes: Sequence[str]
+    source: PathType, layers: dict[str, xr.DataArray], chunks: Any, classes: Sequence[str] | None
 ) -> xr.DataArray:
     """The cloud mask from ``source``: ``"estimate"``, a Planet UDM2 (whose blackfill
     becomes nodata 0 in ``layers["cloudy"]``), a ``.npy`` or a 1-band GeoTIFF."""
     optical = layers["cloudy"]
     if source == ESTIMATE:
+        udm2_classes_for(classes, "the cloud mask is estimated")
         mask = estimate_cloudmask(optical)
         warn_if_estimated(mask, "open_quartet", stacklevel=4)
         return mask
     if Path(source).suffix.lower() != ".npy" and is_udm2(source):
-        classes = check_classes(classes, "udm2_classes")
+        classes = udm2_classes_for(classes)
         udm2 = _oriented_like(open_udm2(source, chunks=chunks), optical)
         _check_same_grid(udm2.isel(band=0), optical.isel(band=0), source)
         layers["cloudy"] = mask_nodata(optical, udm2_nodata(udm2))
         return udm2_cloudmask(udm2, classes)
+    udm2_classes_for(classes, f"{source} is not one (8 bands of uint8)")
     grid = optical.isel(band=0)
     values: Any = read_cloudmask(source, (grid.sizes["y"], grid.sizes["x"]), like=grid)
     if optical.chunks is not None:

@@ -56,9 +56,8 @@ from . import href
 from .align import align_to, check_north_up, fill_nan_with_mean
 from .cloudmask import (
     BLACKFILL_BIT,
-    DEFAULT_CLASSES,
-    check_classes,
     mask_nodata,
+    udm2_classes_for,
     udm2_cloudmask,
     udm2_nodata,
 )
@@ -662,14 +661,16 @@ def _stac_chunks(chunks: Any) -> dict[str, int] | None:
     return None if spatial is None else {k: v for k, v in spatial.items() if k in ("y", "x")}
 
 
-def with_cloudmask(ds: xr.Dataset, classes: Sequence[str] = DEFAULT_CLASSES) -> xr.Dataset:
-    """The scene with its ``udm2`` turned into ``cloudmask`` (``classes`` flagged) and its
-    blackfill into optical nodata (0 in every band of ``cloudy``), as
-    :func:`m3rcr_xr.open_quartet` does with a UDM2 file; unchanged without ``udm2``."""
+def with_cloudmask(ds: xr.Dataset, classes: Sequence[str] | None = None) -> xr.Dataset:
+    """The scene with its ``udm2`` turned into ``cloudmask`` (``classes`` flagged; None:
+    :data:`~m3rcr_xr.cloudmask.DEFAULT_CLASSES`) and its blackfill into optical nodata (0
+    in every band of ``cloudy``), as :func:`m3rcr_xr.open_quartet` does with a UDM2 file;
+    unchanged without ``udm2``, where ``classes`` are refused."""
     if "udm2" not in ds:
+        udm2_classes_for(classes, "the optical items have no 'udm2' asset")
         return ds
     udm2 = ds["udm2"].rename(udm2_band="band").assign_coords(band=list(CLOUDMASK_UDM2_BANDS))
-    cloudmask = udm2_cloudmask(udm2, check_classes(classes, "udm2_classes"))
+    cloudmask = udm2_cloudmask(udm2, udm2_classes_for(classes))
     cloudy = mask_nodata(ds["cloudy"], udm2_nodata(udm2))
     return ds.drop_vars("udm2").assign(cloudy=cloudy, cloudmask=cloudmask)
 
@@ -684,7 +685,7 @@ def open_stac(
     resolution: float = 3.0,
     chunks: Any = "auto",
     assets: Mapping[str, str] | None = None,
-    udm2_classes: Sequence[str] = DEFAULT_CLASSES,
+    udm2_classes: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Open a scene from STAC items: PlanetScope optical, Sentinel-1 RTC, WorldCover.
 
@@ -712,7 +713,8 @@ def open_stac(
         Asset names instead of :data:`ASSETS`, e.g. ``{"optical": "analytic_sr"}``
         (layers ``optical``, ``udm2``, ``vv``, ``vh``, ``landcover``).
     udm2_classes
-        The UDM2 classes that count as cloud (see :func:`m3rcr_xr.cloudmask.udm2_cloudmask`).
+        The UDM2 classes that count as cloud (see :func:`m3rcr_xr.cloudmask.udm2_cloudmask`);
+        refused when the optical items have no ``udm2`` asset, where they would be ignored.
 
     Returns
     -------

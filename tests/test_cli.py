@@ -743,16 +743,6 @@ def test_your_own_area_from_stac_to_a_cog(tmp_path, capsys):
         ("list.csv", ["--cloudfree", "f.tif"], ["--cloudfree f.tif: not with a file-list CSV"]),
         ("items.json", ["--align", "shape"], ["--align shape: not with STAC items", "GeoTIFF)"]),
         ("items.json", ["--cloudmask", "m.npy"], ["--cloudmask m.npy: not with STAC items"]),
-        (
-            "c.tif",
-            ["--udm2-classes", "cloud"],
-            ["--udm2-classes cloud: only with a UDM2", "(there is none)"],
-        ),
-        (
-            "c.tif",
-            ["--cloudmask", "estimate", "--udm2-classes", "cloud"],
-            ["--udm2-classes cloud", "UDM2 GeoTIFF as --cloudmask (not 'estimate')"],
-        ),
     ],
 )
 def test_ingest_refuses_a_flag_its_source_would_ignore(tmp_path, capsys, source, flags, needles):

@@ -1,3 +1,4 @@
+import re
 import warnings
 
 import numpy as np
@@ -236,6 +237,44 @@ def test_cli_ingest_refuses_an_unknown_udm2_class(udm2_scene, tmp_path, capsys):
     assert cli.main([*argv, "--udm2-classes", "cloud,fog"]) == 2
     assert "--udm2-classes" in capsys.readouterr().err
     assert not (tmp_path / "s.zarr").exists()
+
+
+def _other_masks(tmp_path) -> dict[str, tuple[str | None, str]]:
+    """Cloud masks that are not a UDM2, with what the refusal says about each."""
+    ones = np.ones(SHAPE, np.uint8)
+    npy = tmp_path / "mask.npy"
+    np.save(npy, ones.astype(bool))
+    tif = write_raster(tmp_path / "mask.tif", ones[None], OPTICAL_GRID, CRS)
+    return {
+        "none": (None, "there is no cloud mask"),
+        "estimate": ("estimate", "the cloud mask is estimated"),
+        ".npy": (str(npy), f"{npy} is not one (8 bands of uint8)"),
+        "1-band GeoTIFF": (str(tif), f"{tif} is not one (8 bands of uint8)"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["none", "estimate", ".npy", "1-band GeoTIFF"])
+def test_udm2_classes_without_a_udm2_are_refused_not_ignored(udm2_scene, tmp_path, capsys, kind):
+    cloudy = udm2_scene[0]
+    mask, why = _other_masks(tmp_path)[kind]
+    with pytest.raises(
+        UsageError,
+        match=re.escape(f"udm2_classes=('cloud',): only with a Planet UDM2 cloud mask; {why}"),
+    ):
+        m3rcr_xr.open_quartet(cloudy, cloudmask=mask, udm2_classes=("cloud",))
+    dest = tmp_path / "s.zarr"
+    argv = ["ingest", str(cloudy), str(dest), *(["--cloudmask", mask] if mask else [])]
+    assert cli.main([*argv, "--udm2-classes", "cloud,shadow"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--udm2-classes cloud,shadow: only with a Planet UDM2 cloud mask; {why}")
+    assert len(err.splitlines()) == 1 and not dest.exists()
+
+
+def test_stac_udm2_classes_without_a_udm2_asset_are_refused():
+    scene = m3rcr_xr.synthetic_scene((32, 32))
+    assert m3rcr_xr.stac.with_cloudmask(scene) is scene
+    with pytest.raises(UsageError, match="udm2_classes=.*the optical items have no 'udm2' asset"):
+        m3rcr_xr.stac.with_cloudmask(scene, ["cloud"])
 
 
 def test_cli_ingest_estimates_a_mask(tmp_path):
