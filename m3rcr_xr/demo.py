@@ -21,7 +21,7 @@ import xarray as xr
 from .exceptions import UsageError, argument, check_integer
 from .inference import decloud
 from .metrics import evaluate, split_semantic, write_table
-from .store import is_complete, open_zarr, to_zarr
+from .store import folder_obstacle, is_complete, open_zarr, to_zarr
 from .synthetic import synthetic_scene
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,9 @@ def _check_out(out: Path) -> None:
     flag = argument("out", str(out))
     if out.exists() and not out.is_dir():
         raise UsageError(f"{flag}: {out} is a file, not a folder")
+    obstacle = folder_obstacle(out)
+    if obstacle is not None:
+        raise UsageError(f"{flag}: {obstacle}")
     if not out.is_dir() or (out / MARK).is_file():
         return
     names = {entry.name for entry in out.iterdir()}
@@ -114,7 +117,8 @@ def run_demo(
     ------
     UsageError
         Before any work: ``size`` not an integer from 1 to :data:`MAX_SIZE`, or ``out``
-        an existing file or a folder of files the demo did not write.
+        an existing file, a folder of files the demo did not write, or a place where no
+        folder can be made or written.
 
     Examples
     --------
@@ -128,8 +132,13 @@ def run_demo(
     out = Path(out)
     _check_out(out)
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARK).touch()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARK).touch()
+    except OSError as err:  # a folder that cannot be written: read-only, /proc...
+        raise UsageError(
+            f"{argument('out', str(out))}: cannot write there ({err.strerror})"
+        ) from err
     paths = {key: out / OUTPUTS[key] for key in ("scene", "decloud", "metrics", "semantic")}
     with local_cluster() as cluster, cluster.get_client() as client:
         print(f"Dask dashboard: {client.dashboard_link}")

@@ -73,9 +73,10 @@ _UNSET = object()
 
 
 @contextmanager
-def command_line_names() -> Iterator[None]:
-    """Within this block, :func:`argument` names command-line flags (the CLI uses it)."""
-    token = _COMMAND_LINE.set(True)
+def command_line_names(on: bool = True) -> Iterator[None]:
+    """Within this block, :func:`argument` names command-line flags (the CLI uses it);
+    with ``on=False``, Python arguments, whoever called (the fields of a file)."""
+    token = _COMMAND_LINE.set(on)
     try:
         yield
     finally:

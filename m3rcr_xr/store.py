@@ -349,22 +349,37 @@ def check_destination(
 
 
 def _check_creatable(target: _Target) -> None:
-    """Refuse a local destination where nothing is and no folder can be made: a
-    symbolic link to nothing (at the path or a folder above it), a name too long, a
-    file on the way."""
+    """Refuse a local destination where nothing is and no folder can be made."""
+    obstacle = folder_obstacle(target.path, "store")
+    if obstacle is not None:
+        raise StoreError(f"{target.name}: {obstacle}")
+
+
+def folder_obstacle(path: str | os.PathLike, what: str = "folder") -> str | None:
+    """What keeps a new folder (for a ``what``) from being made at local ``path``, where
+    no folder is yet; None if nothing does: a symbolic link to nothing (at the path or a
+    folder above it), a name too long, a file on the way.
+
+    Examples
+    --------
+    >>> folder_obstacle("/dev/null/out")
+    'no folder can be made there (Not a directory)'
+    """
+    path = os.fspath(path)
     try:
-        os.lstat(target.path)
+        os.lstat(path)
     except FileNotFoundError:
         pass
     except OSError as err:
-        raise StoreError(f"{target.name}: no store can be made there ({_reason(err)})") from err
-    else:  # something, yet neither file nor folder: a link that leads nowhere, say
-        raise StoreError(f"{target.name}: {_not_a_folder(target.path)}; choose another one")
-    above = os.path.dirname(target.path)
+        return f"no {what} can be made there ({_reason(err)})"
+    else:  # something, yet not a folder: a file, or a link that leads nowhere
+        return None if os.path.isdir(path) else f"{_not_a_folder(path)}; choose another one"
+    above = os.path.dirname(path)
     while not os.path.lexists(above):
         above = os.path.dirname(above)
     if not os.path.isdir(above):
-        raise StoreError(f"{target.name}: no store can be made there ({_not_a_folder(above)})")
+        return f"no {what} can be made there ({_not_a_folder(above)})"
+    return None
 
 
 def _not_a_folder(path: str) -> str:

@@ -1,3 +1,6 @@
+import errno
+import os
+
 import pytest
 
 import m3rcr_xr
@@ -64,6 +67,38 @@ def test_the_demo_folder_cannot_be_a_file(tmp_path):
     with pytest.raises(UsageError, match="out='.*taken': .* is a file, not a folder"):
         run_demo(str(taken), size=16)
     assert taken.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("place", "says"),
+    [
+        ("link", "is a symbolic link to"),
+        ("under a file", "no folder can be made there"),
+        ("unwritable", "cannot write there (Read-only file system)"),
+    ],
+)
+def test_a_demo_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, monkeypatch, place, says):
+    (tmp_path / "mine.txt").write_text("mine")
+    out = {
+        "link": tmp_path / "dangling",
+        "under a file": tmp_path / "mine.txt" / "demo",
+        "unwritable": tmp_path / "demo",
+    }[place]
+    if place == "link":
+        out.symlink_to(tmp_path / "nowhere")
+    if place == "unwritable":
+
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(out))
+
+        monkeypatch.setattr(m3rcr_xr.demo.Path, "mkdir", read_only)
+    assert main(["demo", "--out", str(out), "--size", "16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {out}: " in err[0] and says in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["mine.txt", *(["dangling"] if place == "link" else [])]
+    )
+    assert (tmp_path / "mine.txt").read_text() == "mine"
 
 
 def test_a_folder_of_the_users_files_is_refused_before_any_work(tmp_path, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import pickle
+import re
 import shutil
 import socket
 import threading
@@ -193,6 +194,42 @@ def test_a_bad_registry_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv(weights.REGISTRY_ENV, str(file))
     with pytest.raises(CheckpointError, match=r"bad.json: entry 'x': unknown fields \['url'\]"):
         weights.available()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("config", "abc", "config='abc': must be a table of architecture arguments"),
+        ("size", "big", "size='big': must be a number of bytes"),
+        ("name", 5, "name=5: must be text"),
+        ("model", ["a"], "model=['a']: must be text"),
+        ("urls", 5, "urls=5: must be a URL or a list of URLs"),
+        ("urls", ["file:///w.pt", 5], "must be a URL or a list of URLs"),
+        ("default", "yes", "default='yes': must be true or false"),
+        ("sha256", "abc", "sha256='abc': not a SHA-256"),  # a field, not a --flag
+    ],
+)
+def test_a_registry_field_of_the_wrong_type_is_one_line_naming_it(
+    tmp_path, monkeypatch, capsys, field, value, says
+):
+    table = {"name": "x", "model": "dsen2_cr", "urls": "file:///w.pt", "sha256": "0" * 64}
+    file = tmp_path / "bad.json"
+    file.write_text(json.dumps({"weights": [{**table, field: value}]}))
+    monkeypatch.setenv(weights.REGISTRY_ENV, str(file))
+    with pytest.raises(CheckpointError, match=re.escape("bad.json: entry ")) as error:
+        weights.available()
+    assert says in str(error.value)
+    assert main(["weights", "list"]) == 2  # every command reads the registry: one line, exit 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]
+
+
+def test_every_registry_field_has_its_type_check():
+    from dataclasses import fields
+
+    from m3rcr_xr.weights.registry import _FIELD_CHECKS
+
+    assert set(_FIELD_CHECKS) == {f.name for f in fields(WeightsEntry)}
 
 
 # --------------------------------------------------------------------------- fetching

@@ -41,7 +41,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..exceptions import CheckpointError, UsageError, argument
+from ..exceptions import CheckpointError, UsageError, argument, command_line_names
 from .download import check_sha256
 
 __all__ = ["REGISTRY_ENV", "WeightsEntry", "available", "entry", "register", "unregister"]
@@ -129,10 +129,38 @@ class WeightsEntry:
             raise CheckpointError(
                 f"{label}: unknown fields {unknown}, missing {missing}; fields: {sorted(known)}"
             )
+        for name, value in data.items():
+            if not _FIELD_CHECKS[name][0](value):
+                raise CheckpointError(f"{label}: {name}={value!r}: {_FIELD_CHECKS[name][1]}")
         try:
-            return cls(**data)
+            with command_line_names(False):  # a file's fields, whoever reads it
+                return cls(**data)
         except UsageError as exc:
             raise CheckpointError(f"{label}: {exc}") from exc
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+#: the types a registry file's fields must have (JSON and TOML values), and what to say
+_FIELD_CHECKS = {
+    "name": (_is_text, "must be text"),
+    "model": (_is_text, "must be text"),
+    "urls": (
+        lambda v: _is_text(v) or (isinstance(v, list) and all(map(_is_text, v))),
+        "must be a URL or a list of URLs",
+    ),
+    "sha256": (_is_text, "must be text"),
+    "config": (lambda v: isinstance(v, dict), "must be a table of architecture arguments"),
+    "license": (_is_text, "must be text"),
+    "model_card": (_is_text, "must be text"),
+    "default": (lambda v: isinstance(v, bool), "must be true or false"),
+    "size": (
+        lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+        "must be a number of bytes",
+    ),
+}
 
 
 def _shipped(
