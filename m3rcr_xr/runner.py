@@ -241,9 +241,9 @@ def tile_task_slot(device: str) -> contextlib.AbstractContextManager:
     time take it from the launching thread: on an H200, decloud of GLF-CR in bf16 ran
     at 0.86 of a raw PyTorch loop with 16 threads and 0.97 with 4, before this limit.
     Three places keep the device fed, one task staging while one runs and one blends
-    (with 16 threads: 0.93 with three places, 0.86 with two); the worker's other
-    threads wait for a place without holding the interpreter, and its reading and
-    writing tasks go on. A no-op on the CPU (:data:`CONCURRENT_DEVICE_TYPES`), where tasks share the
+    (with 16 threads: 0.93 with three places, 0.86 with two). A task waiting for a
+    place holds its worker thread but not the interpreter; the threads left go on
+    reading and writing. A no-op on the CPU (:data:`CONCURRENT_DEVICE_TYPES`), where tasks share the
     cores instead.
     """
     if device.split(":")[0] in CONCURRENT_DEVICE_TYPES:
