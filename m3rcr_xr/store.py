@@ -374,7 +374,7 @@ def folder_obstacle(path: str | os.PathLike, what: str = "folder") -> str | None
         return f"no {what} can be made there ({_reason(err)})"
     else:  # something, yet not a folder: a file, or a link that leads nowhere
         return None if os.path.isdir(path) else f"{_not_a_folder(path)}; choose another one"
-    above = os.path.dirname(path)
+    above = os.path.dirname(os.path.abspath(path))  # "name" alone: its folder is "."
     while not os.path.lexists(above):
         above = os.path.dirname(above)
     if not os.path.isdir(above):

@@ -7,6 +7,7 @@ import m3rcr_xr
 from m3rcr_xr.cli import main
 from m3rcr_xr.demo import MAX_SIZE, run_demo
 from m3rcr_xr.exceptions import UsageError
+from m3rcr_xr.store import folder_obstacle
 
 
 @pytest.mark.slow
@@ -99,6 +100,15 @@ def test_a_demo_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, monkeyp
         ["mine.txt", *(["dangling"] if place == "link" else [])]
     )
     assert (tmp_path / "mine.txt").read_text() == "mine"
+
+
+@pytest.mark.timeout(10)
+def test_a_bare_relative_out_is_checked_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert folder_obstacle("demo-output") is None  # the demo's default --out
+    assert folder_obstacle(os.path.join("demo-output", "x")) is None
+    (tmp_path / "mine.txt").write_text("mine")
+    assert "no folder can be made there" in folder_obstacle(os.path.join("mine.txt", "x"))
 
 
 def test_a_folder_of_the_users_files_is_refused_before_any_work(tmp_path, capsys):
