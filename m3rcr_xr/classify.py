@@ -24,6 +24,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -131,7 +132,10 @@ def classify_lazy(
     optical = _optical(optical, spec.optical_bands)
     plan = plan_tiles(spec, tile, overlap, optical.sizes["y"], optical.sizes["x"])
     raw = optical.chunk().data  # no-op when lazy
-    inputs = normalize_optical(raw.astype(np.float32))
+    values = raw.astype(np.float32)
+    # a pixel without data (NaN, as in a decloud result) enters the network as 0: a NaN
+    # would spread through its receptive field and relabel its neighbours
+    inputs = normalize_optical(da.where(da.isfinite(values), values, 0))
     run = tile_collection if "patch" in optical.dims else tile_scene
     job = TileJob(
         plan=plan,

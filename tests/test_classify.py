@@ -99,6 +99,21 @@ def test_pixels_without_data_are_ignored(checkpoint):
     assert int(labels.isel(x=2)[0]) != IGNORE_INDEX  # 0 is reflectance in floats
 
 
+def test_a_pixel_without_data_leaves_its_neighbours_labels_alone(checkpoint):
+    """A decloud result has NaN where its input had no data: only those pixels change."""
+    optical = m3rcr_xr.synthetic_scene((40, 40), chunks=20).cloudfree.astype("float32")
+    hole = xr.zeros_like(optical.isel(band=0, drop=True), dtype=bool)
+    hole[10:14, 7] = True
+    for nan_in in (optical.band.notnull(), optical.band == "nir"):  # every band, or one
+        missing = hole & nan_in
+        # the network sees reflectance 0 there (floats: data, not nodata), as in the hole
+        zeros = classify(optical.where(~missing, 0), checkpoint=checkpoint, config=SMALL, tile=32)
+        labels = classify(optical.where(~missing), checkpoint=checkpoint, config=SMALL, tile=32)
+        labels, zeros = labels.values, zeros.values
+        np.testing.assert_array_equal(labels[hole.values], IGNORE_INDEX)
+        np.testing.assert_array_equal(labels[~hole.values], zeros[~hole.values])
+
+
 def test_a_collection_is_classified_patch_by_patch(checkpoint):
     collection = m3rcr_xr.synthetic_collection(3, 40).chunk({"patch": 2})
     kwargs = {"checkpoint": checkpoint, "config": SMALL, "tile": 32}
