@@ -445,9 +445,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .metrics import TABLE_SUFFIXES, evaluate, split_semantic, write_table
     from .store import open_zarr
 
-    outputs = (
-        [args.out, semantic_table_path(args.out)] if args.out and args.semantic else [args.out]
-    )
+    # one path (or None) a table: the metrics, then with --semantic the semantic scores
+    semantic_out = semantic_table_path(args.out) if args.out else None
+    outputs = [args.out, semantic_out] if args.semantic else [args.out]
     for path in filter(None, outputs):
         _check_output_file(path, "out", TABLE_SUFFIXES, overwrite=args.overwrite)
     if not args.semantic and (args.classifier or args.classifier_config):
@@ -463,7 +463,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         classifier_config=_parse_config(args.classifier_config or []) or None,
     )
     tables = split_semantic(result) if args.semantic else (result,)
-    for table, path in zip(tables, outputs, strict=False):
+    for table, path in zip(tables, outputs, strict=True):
         print(table.to_dataframe().to_string())
         if path:
             write_table(table, path)
