@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, jaccard_
 import m3rcr_xr
 from m3rcr_xr import CheckpointError, ModelConfigError, SchemaError, UsageError
 from m3rcr_xr.classify import classify
-from m3rcr_xr.landcover import IGNORE_INDEX, class_names, worldcover_labels
+from m3rcr_xr.landcover import IGNORE_INDEX, class_names, ignored_classes, worldcover_labels
 from m3rcr_xr.metrics import evaluate, evaluate_semantic, semantic_metrics
 from m3rcr_xr.testing import CountingScheduler, classifier_checkpoint, raise_if_dask_computes
 
@@ -59,6 +59,7 @@ def _sklearn(labels: np.ndarray, codes: np.ndarray, keep: np.ndarray, level: int
     classes = list(range(len(class_names(level))))
     options = {"labels": classes, "average": None, "zero_division": 0}
     absent = ~np.isin(classes, np.concatenate([y_true, y_pred]))  # ours: NaN, not 0
+    absent |= np.isin(class_names(level), ignored_classes(level))  # never judged: NaN
     return {
         "confusion": confusion_matrix(y_true, y_pred, labels=classes),
         "OA": accuracy_score(y_true, y_pred),
@@ -105,6 +106,21 @@ def test_a_class_absent_from_truth_and_prediction_has_no_iou():
     assert float(result.mIoU) == pytest.approx(0.5)
     assert float(result.OA) == pytest.approx(2 / 3)
     assert result.attrs["n_landcover_ignored_pixels"] == 1  # 70 is "unknown" at level 1
+
+
+def test_pixels_predicted_unknown_are_errors_and_unknown_is_not_averaged():
+    """Level 1's "unknown" is never a true label: predicting it is an error of the true
+    class, and its own IoU (0 by construction) does not enter mIoU."""
+    codes = xr.DataArray(np.array([[10, 10], [20, 20]], "uint8"), dims=("y", "x"))
+    perfect = worldcover_labels(codes.values, 1)
+    one_unknown = perfect.copy()
+    one_unknown[0, 0] = class_names(1).index("unknown")
+    result = semantic_metrics(xr.DataArray(one_unknown, dims=("y", "x")), codes, level=1)
+    iou = result.sel(stratum="all").IoU.to_series()
+    assert iou["forest land"] == pytest.approx(0.5) and iou["rangeland"] == 1.0
+    assert np.isnan(iou["unknown"])
+    assert float(result.sel(stratum="all").mIoU) == pytest.approx(0.75)
+    assert float(result.sel(stratum="all").OA) == pytest.approx(0.75)
 
 
 @settings(max_examples=8, deadline=None)

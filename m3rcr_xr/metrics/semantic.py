@@ -18,7 +18,9 @@ Which pixels count
   land-cover nodata (0), codes that are not WorldCover classes and, at level 1, the
   "unknown" group are ignored (attributes ``n_landcover_nodata_pixels`` and
   ``n_landcover_ignored_pixels``). The level-1 "unknown" class keeps its row and column
-  in the confusion matrix: its row is empty, and pixels predicted as it count as errors.
+  in the confusion matrix: its row is empty, and pixels predicted as it count as errors
+  (of their true class, and in OA); its own IoU and F1 are NaN, as it is never judged,
+  so that mIoU leaves it out.
 - A source's own pixels without data (a band of ``cloudy`` at 0) are labelled
   :data:`~m3rcr_xr.landcover.IGNORE_INDEX` by the classifier and not counted for it;
   ``n_labelled`` counts what each source was judged on.
@@ -29,8 +31,9 @@ Scores from a confusion matrix ``C`` (rows: true class, columns: predicted class
 ``F1 = 2 C_kk / (row_k + col_k)``, NaN for a class absent from both truth and
 prediction; ``mIoU`` is the mean of the IoUs that are defined. They equal
 scikit-learn's ``accuracy_score``, ``jaccard_score`` and ``f1_score`` with
-``average=None, labels=range(K)``, except for an absent class, where scikit-learn gives
-``zero_division`` (0 by default) and these give NaN, so that mIoU leaves it out.
+``average=None, labels=range(K)``, except for an absent class and an ignored one
+(level 1's "unknown"), where scikit-learn gives ``zero_division`` (0 by default) or 0
+and these give NaN, so that mIoU leaves them out.
 
 Examples
 --------
@@ -171,13 +174,17 @@ def _confusion(
 
 
 # -------------------------------------------------------------------------- scores
-def confusion_scores(confusion: xr.DataArray) -> xr.Dataset:
+def confusion_scores(confusion: xr.DataArray, ignored: Sequence[str] = ()) -> xr.Dataset:
     """OA, mIoU, per-class IoU and F1, and the pixels counted, of confusion matrices.
 
     Parameters
     ----------
     confusion
         Counts with dims ``(..., true_class, predicted_class)`` over the same classes.
+    ignored
+        Classes that are never true labels (:func:`~m3rcr_xr.landcover.ignored_classes`):
+        their IoU and F1 are NaN, and mIoU leaves them out; pixels predicted as them
+        still count as errors.
 
     Returns
     -------
@@ -190,8 +197,9 @@ def confusion_scores(confusion: xr.DataArray) -> xr.Dataset:
     true = confusion.sum("predicted_class").rename(true_class="landcover_class")
     predicted = confusion.sum("true_class").rename(predicted_class="landcover_class")
     union = true + predicted - hits
-    iou = hits / union.where(union > 0)
-    f1 = 2 * hits / (true + predicted).where(union > 0)
+    judged = (union > 0) & ~union["landcover_class"].isin(list(ignored))
+    iou = hits / union.where(judged)
+    f1 = 2 * hits / (true + predicted).where(judged)
     total = confusion.sum(("true_class", "predicted_class"))
     return xr.Dataset(
         {
@@ -312,7 +320,7 @@ def semantic_table(
                     f"{IGNORE_INDEX}: labels of another level?"
                 )
     confusion = _by_stratum(counts["confusion"], strata)
-    result = confusion_scores(confusion).assign(confusion=confusion)
+    result = confusion_scores(confusion, ignored_classes(level)).assign(confusion=confusion)
     if "agreement_confusion" in counts:
         matrix = _by_stratum(counts["agreement_confusion"], strata)
         scores = confusion_scores(matrix)
