@@ -241,6 +241,17 @@ def test_evaluate_adds_the_semantic_variables_in_the_same_pass(scene, classifier
     assert table.attrs["n_valid_pixels"] == 64 * 63 and table.attrs["classifier"]
 
 
+def test_dataarrays_without_a_dataset_leave_cloudy_out(scene, classifiers):
+    arrays = {name: scene[name] for name in ("landcover", "cloudmask")}
+    options = {"classifier": classifiers[1], "classifier_config": SMALL, "tile": 32}
+    alone = evaluate_semantic(None, scene.decloud, scene.cloudfree, **arrays, **options)
+    named = evaluate_semantic(scene, "decloud", "cloudfree", None, **options)
+    assert list(alone.source.values) == ["pred", "target"]
+    xr.testing.assert_equal(alone.confusion, named.confusion)
+    with pytest.raises(SchemaError, match=r"^cloudy: 3 bands, the target has 4"):
+        evaluate_semantic(scene, cloudy=scene.cloudy.isel(band=slice(3)), **options)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

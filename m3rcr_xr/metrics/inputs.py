@@ -84,15 +84,16 @@ def _check_grid(array: xr.DataArray, role: str, ref: xr.DataArray, allowed: set[
         raise SchemaError(f"{role}: CRS {crs} does not match the target's CRS {ref_crs}")
 
 
-def _match_bands(pred: xr.DataArray, target: xr.DataArray) -> xr.DataArray:
+def _match_bands(pred: xr.DataArray, target: xr.DataArray, role: str = "pred") -> xr.DataArray:
+    """``pred`` (the input named ``role``) with its bands in the target's order."""
     if pred.sizes["band"] != target.sizes["band"]:
         raise SchemaError(
-            f"pred: {pred.sizes['band']} bands, the target has {target.sizes['band']}"
+            f"{role}: {pred.sizes['band']} bands, the target has {target.sizes['band']}"
         )
     if "band" in pred.coords and "band" in target.coords:
         labels, wanted = list(pred["band"].values), list(target["band"].values)
         if sorted(map(str, labels)) != sorted(map(str, wanted)):
-            raise SchemaError(f"pred: bands {labels} do not match the target's {wanted}")
+            raise SchemaError(f"{role}: bands {labels} do not match the target's {wanted}")
         if labels != wanted:
             pred = pred.sel(band=target["band"].values)
     return pred
@@ -120,8 +121,11 @@ def _optional_layer(
 ) -> xr.DataArray | None:
     if item is None:
         return None
-    if isinstance(item, str) and ds is not None and item not in ds.data_vars and not needed:
-        return None
+    if isinstance(item, str) and not needed:
+        if ds is None and item == role:  # the default name, with no dataset: none given
+            return None
+        if ds is not None and item not in ds.data_vars:
+            return None
     return _resolve(ds, item, role, hint)
 
 

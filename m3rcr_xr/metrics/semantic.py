@@ -502,7 +502,7 @@ def semantic_setup(
     cloudy_da = _optional_layer(ds, cloudy, "cloudy", False, "")
     if cloudy_da is not None:
         _check_grid(cloudy_da, "cloudy", target_da, {"band"})
-        cloudy_da = _match_bands(cloudy_da.transpose(*target_da.dims), target_da)
+        cloudy_da = _match_bands(cloudy_da.transpose(*target_da.dims), target_da, "cloudy")
         optical["cloudy"] = (
             cloudy_da.chunk(target_da.chunksizes) if is_lazy(target_da) else cloudy_da
         )
