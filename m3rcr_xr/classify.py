@@ -97,7 +97,7 @@ def check_level(spec: Any, level: int | None) -> None:
         raise ModelConfigError(
             f"{spec.name}: built for WorldCover level {spec.config.get('level')} "
             f"({len(spec.classes)} classes), not {argument('level', level)}; build it with "
-            f"config={{'level': {level}}} (and weights trained for it)"
+            f"{argument('config', {'level': level})} (and weights trained for it)"
         )
 
 

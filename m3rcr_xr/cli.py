@@ -507,7 +507,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--classifier",
         metavar="NAME|CKPT",
         help="with --semantic: registered weights (landcover_unet-demo: synthetic data "
-        "only), a checkpoint of landcover_unet, or a model name (untrained)",
+        "only), a checkpoint of landcover_unet, or 'untrained' (random weights: tests)",
     )
     p.add_argument(
         "--classifier-config",

@@ -7,10 +7,11 @@ Each class also derives from the built-in exception a caller would expect
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from numbers import Integral, Real
+from types import MappingProxyType
 from typing import Any
 
 
@@ -69,6 +70,10 @@ class M3RCRWarning(UserWarning):
 # --------------------------------------------------------------- naming arguments
 #: True while the command line runs: errors then name flags, not Python arguments
 _COMMAND_LINE: ContextVar[bool] = ContextVar("m3rcr_command_line", default=False)
+#: arguments a caller passed on under another name (:func:`argument_names`)
+_RENAMED: ContextVar[Mapping[str, str]] = ContextVar(
+    "m3rcr_renamed_arguments", default=MappingProxyType({})
+)
 _UNSET = object()
 
 
@@ -83,13 +88,32 @@ def command_line_names(on: bool = True) -> Iterator[None]:
         _COMMAND_LINE.reset(token)
 
 
+@contextmanager
+def argument_names(**renamed: str) -> Iterator[None]:
+    """Within this block, :func:`argument` names an argument as the caller called it:
+    ``renamed[name]`` (a function that passes its ``classifier`` on as ``checkpoint``).
+
+    Examples
+    --------
+    >>> with argument_names(checkpoint="classifier"):
+    ...     argument("checkpoint", "x.pt")
+    "classifier='x.pt'"
+    """
+    token = _RENAMED.set({**_RENAMED.get(), **renamed})
+    try:
+        yield
+    finally:
+        _RENAMED.reset(token)
+
+
 def argument(name: str, value: Any = _UNSET) -> str:
     """How an error message names an argument, for whoever called.
 
     ``batch_size=0`` from Python, ``--batch-size 0`` from the command line, so that a
     message tells the user what to change where they typed it. On the command line a
-    list is an option's values as typed, spaced (``--bbox 1 2 3 4``), and a tuple its
-    comma-separated names (``--udm2-classes cloud,shadow``).
+    list is an option's values as typed, spaced (``--bbox 1 2 3 4``), a tuple its
+    comma-separated names (``--udm2-classes cloud,shadow``), and a mapping the option
+    once for each ``KEY=VALUE`` (``--config level=2``).
 
     Examples
     --------
@@ -99,8 +123,11 @@ def argument(name: str, value: Any = _UNSET) -> str:
     ...     argument("batch_size", 0), argument("overwrite"), argument("bbox", [1, 2, 3, 4])
     ('--batch-size 0', '--overwrite', '--bbox 1 2 3 4')
     """
+    name = _RENAMED.get().get(name, name)
     if _COMMAND_LINE.get():
         flag = "--" + name.replace("_", "-")
+        if isinstance(value, dict):
+            return " ".join(f"{flag} {key}={item}" for key, item in value.items())
         if isinstance(value, list | tuple):
             value = (" " if isinstance(value, list) else ",").join(map(str, value))
         return flag if value is _UNSET or value is True else f"{flag} {value}"

@@ -13,6 +13,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, jaccard_
 import m3rcr_xr
 from m3rcr_xr import CheckpointError, ModelConfigError, SchemaError, UsageError
 from m3rcr_xr.classify import classify
+from m3rcr_xr.cli import main
 from m3rcr_xr.landcover import IGNORE_INDEX, class_names, ignored_classes, worldcover_labels
 from m3rcr_xr.metrics import evaluate, evaluate_semantic, semantic_metrics
 from m3rcr_xr.testing import CountingScheduler, classifier_checkpoint, raise_if_dask_computes
@@ -272,6 +273,22 @@ def test_bad_input_is_refused_before_any_work(scene, kwargs, error, match):
     arguments = {"classifier": "untrained", "classifier_config": SMALL, **kwargs}
     with raise_if_dask_computes(), pytest.raises(error, match=match):
         evaluate_semantic(scene, **arguments)
+
+
+def test_refusals_name_the_classifier_arguments(scene, classifiers, tmp_path, capsys):
+    """The classifier's weights and configuration are evaluate's classifier arguments."""
+    with pytest.raises(CheckpointError, match="Pass classifier='NAME'.* or classifier='untra"):
+        evaluate_semantic(scene, classifier="landcover_unet")
+    with pytest.raises(ModelConfigError, match=r"build it with classifier_config=\{'level': 2\}"):
+        evaluate_semantic(scene, classifier=classifiers[1], classifier_config=SMALL, level=2)
+    with pytest.raises(ModelConfigError, match="^classifier_config={'depth': 3}: the weights"):
+        evaluate_semantic(scene, classifier="landcover_unet-demo", classifier_config={"depth": 3})
+    m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    argv = ["evaluate", str(tmp_path / "s.zarr"), "--pred", "decloud", "--semantic"]
+    assert main([*argv, "--classifier", "landcover_unet-demo", "--level", "2"]) == 2
+    assert "build it with --classifier-config level=2 (and" in capsys.readouterr().err
+    assert main([*argv, "--classifier", "landcover_unet"]) == 2
+    assert "Pass --classifier NAME with weights" in capsys.readouterr().err
 
 
 def test_a_checkpoint_for_another_number_of_classes_is_refused(scene, classifiers):

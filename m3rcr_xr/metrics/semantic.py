@@ -58,7 +58,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..exceptions import CheckpointError, SchemaError, UsageError, argument
+from ..exceptions import CheckpointError, SchemaError, UsageError, argument, argument_names
 from ..landcover import (
     IGNORE_INDEX,
     NODATA_CODE,
@@ -484,7 +484,9 @@ def semantic_setup(
 
     tile, overlap, batch_size, device = check_tile_arguments(tile, overlap, batch_size, device)
     name, checkpoint, config = _classifier(classifier, classifier_config)
-    ref, spec = classifier_ref(name, checkpoint, config, device, "fp32", level)
+    # the classifier's checkpoint and config are this function's classifier arguments
+    with argument_names(checkpoint="classifier", config="classifier_config"):
+        ref, spec = classifier_ref(name, checkpoint, config, device, "fp32", level)
     if landcover is None:
         raise SchemaError("landcover: the semantic evaluation needs WorldCover land cover")
     need_cloudmask = strata != ("all",)
