@@ -48,6 +48,8 @@ def _check_output_file(
     UsageError
         Naming the flag and the path.
     """
+    from .store import dangling_link
+
     target = Path(path)
     flag = argument(name, path)
     if target.suffix.lower() not in suffixes:
@@ -61,10 +63,9 @@ def _check_output_file(
         raise UsageError(f"{flag}: folder {folder} is not writable")
     if target.is_dir():
         raise UsageError(f"{flag}: {target} is a folder")
-    if os.path.lexists(target) and not target.exists():  # writing would follow the link
-        raise UsageError(
-            f"{flag}: {target} is a symbolic link to {os.readlink(target)}, which does not exist"
-        )
+    link = dangling_link(target)
+    if link is not None:
+        raise UsageError(f"{flag}: {link}")
     if overwrite is False and target.exists():
         raise UsageError(f"{flag}: {target} exists; pass {argument('overwrite')} to replace it")
     return target

@@ -384,9 +384,16 @@ def folder_obstacle(path: str | os.PathLike, what: str = "folder") -> str | None
 
 def _not_a_folder(path: str) -> str:
     """What ``path``, no folder, is instead."""
+    return dangling_link(path) or f"{path} is not a folder"
+
+
+def dangling_link(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it is a symbolic link to nothing (a write would follow it);
+    None otherwise."""
+    path = os.fspath(path)
     if os.path.islink(path) and not os.path.exists(path):
         return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
-    return f"{path} is not a folder"
+    return None
 
 
 def _refuse_inside_a_store(target: _Target) -> None:
