@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .exceptions import SchemaError, UsageError, argument
+from .exceptions import SchemaError, UsageError, argument, check_integer, check_positive
 from .landcover import WORLDCOVER, class_names, colors
 from .metrics import ALL_CLASSES, METRICS
 
@@ -173,6 +173,7 @@ def quicklook(
     ``max_size`` pixels a side before anything is read. The uncertainty panel
     (``decloud_std`` of :func:`m3rcr_xr.decloud` with ``uncertainty=True``, or ``std``)
     shows the standard deviation averaged over the bands, from 0 to its 99th percentile.
+    ``stretch``: the reflectance (x10000) drawn white in the true-colour panels.
 
     Returns
     -------
@@ -191,6 +192,8 @@ def quicklook(
     """
     import matplotlib.pyplot as plt
 
+    max_size = check_integer("max_size", max_size)
+    stretch = check_positive("stretch", stretch)
     if isinstance(decloud, xr.DataArray):
         ds = ds.assign(decloud=decloud)
         decloud = "decloud"
@@ -370,6 +373,8 @@ def iou_bars(
     _draw(ax, values, name, dim="source")
     ax.set_ylim(0, 1)
     ax.set_title(f"{name}, {stratum}")
-    ax.legend(handles=_strata_legend(values["source"].values), title="source", fontsize="small")
+    ax.legend(
+        handles=_strata_legend(values["source"].values.tolist()), title="source", fontsize="small"
+    )
     fig.tight_layout()
     return fig

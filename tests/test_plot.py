@@ -172,3 +172,19 @@ def test_quicklook_runs_each_tile_once():
     once = runner.tile_counts(reset=True)
     plt.close(quicklook(scene.assign(both.data_vars)))
     assert runner.tile_counts(reset=True) == once  # decloud and its std share their tiles
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"max_size": 0}, "max_size=0: must be an integer >= 1"),
+        ({"max_size": 10.5}, "max_size=10.5: must be an integer"),
+        ({"stretch": 0}, "stretch=0: must be a finite number > 0"),
+        ({"stretch": -3000}, "stretch=-3000: must be a finite number > 0"),
+    ],
+)
+def test_quicklook_refuses_a_size_or_stretch_that_would_draw_nothing(option, message):
+    import m3rcr_xr
+
+    with pytest.raises(UsageError, match=message):
+        quicklook(m3rcr_xr.synthetic_scene((16, 16)), **option)
