@@ -507,13 +507,13 @@ def _mosaic(
     if isinstance(arrays[0], da.Array):
         tiles = _tile_items(loaded.odc.geobox, arrays[0].chunks[1:], footprints)
         picked = _lazy_mosaic(arrays, validity, optical_count, nodata, tiles)
-        merged = da.stack(picked)
+        stacked = da.stack(picked)
     else:  # chunks=None: loaded already
         items = [[a[i : i + 1] for a in validity] for i in range(loaded.sizes["time"])]
         index = _first_valid_index(items, optical_count, nodata)
-        merged = np.stack([_pick(index, [a[i : i + 1] for i in range(len(a))]) for a in arrays])
+        stacked = np.stack([_pick(index, [a[i : i + 1] for i in range(len(a))]) for a in arrays])
     coords = {"y": loaded["y"], "x": loaded["x"]}
-    array = xr.DataArray(merged, dims=("band", "y", "x"), coords=coords)
+    array = xr.DataArray(stacked, dims=("band", "y", "x"), coords=coords)
     return array.rio.write_crs(loaded.rio.crs)
 
 
@@ -582,7 +582,7 @@ def to_db(power: xr.DataArray) -> xr.DataArray:
     array([  0., -20., -50.], dtype=float32)
     """
     floored = power.where(np.isnan(power) | (power > SAR_POWER_FLOOR), SAR_POWER_FLOOR)
-    return (10 * np.log10(floored)).astype("float32")
+    return (10 * xr.ufuncs.log10(floored)).astype("float32")
 
 
 def _on_scene(array: xr.DataArray, native: GeoBox | None, optical: xr.DataArray, fill: Any):

@@ -82,7 +82,7 @@ CHUNKS_PER_STEP = 8
 #: zarr's options for every write. Every chunk is written, even one holding only the
 #: fill value: zarr's test of each chunk against it (``write_empty_chunks=False``, its
 #: default) took a quarter of an ingest's CPU time, and a scene has few empty chunks
-_ZARR_WRITE = {"consolidated": False, "zarr_format": 3, "write_empty_chunks": True}
+_ZARR_WRITE: dict[str, Any] = {"consolidated": False, "zarr_format": 3, "write_empty_chunks": True}
 #: GDAL's block cache while a store is written, unless the user sets GDAL_CACHEMAX
 READ_CACHE_BYTES = 16 * 2**20
 #: where a new root ``zarr.json`` is written before it replaces the old one (locally)

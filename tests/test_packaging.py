@@ -4,17 +4,11 @@ pyproject.toml, with the same lower bounds, and no test tool; the package is typ
 
 from __future__ import annotations
 
-import sys
+import tomllib
 from pathlib import Path
 
-import pytest
 import yaml
 from packaging.requirements import Requirement
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    tomllib = pytest.importorskip("tomli")
 
 REPO = Path(__file__).resolve().parents[1]
 #: extras that are part of what a user runs (environment.yml has them), not tools
@@ -100,3 +94,17 @@ def test_the_package_is_typed_and_mypy_is_configured():
     assert "py.typed" in config["tool"]["setuptools"]["package-data"]["m3rcr_xr"]
     assert config["tool"]["mypy"]["files"] == ["m3rcr_xr"]
     assert "mypy" in (REPO / "Makefile").read_text()
+
+
+def test_one_minimum_python_everywhere():
+    """zarr 3 and ``tomllib`` need 3.11: the package metadata, conda, the type checker,
+    the linter and the README's set-up line all say the same minimum."""
+    config = _pyproject()
+    minimum = _lower_bound(Requirement(f"python{config['project']['requires-python']}"))
+    spec = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda = next(e for e in spec["dependencies"] if isinstance(e, str) and e.startswith("python"))
+    assert minimum == "3.11"
+    assert _lower_bound(Requirement(conda)) == minimum
+    assert config["tool"]["mypy"]["python_version"] == minimum
+    assert config["tool"]["ruff"]["target-version"] == "py" + minimum.replace(".", "")
+    assert f"(Python {minimum}+, `make`)" in (REPO / "README.md").read_text()

@@ -52,7 +52,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
@@ -413,8 +413,11 @@ def semantic_metrics(
         if layer is not None:
             _check_grid(layer, role, labels, set())
     order = list(labels.dims)
-    layers = xr.unify_chunks(
-        *(a.transpose(*order) for a in (labels, landcover, cloudmask) if a is not None)
+    layers = cast(
+        tuple[xr.DataArray, ...],
+        xr.unify_chunks(
+            *(a.transpose(*order) for a in (labels, landcover, cloudmask) if a is not None)
+        ),
     )
     counts = semantic_counts(
         {"labels": layers[0]}, layers[1], layers[2] if cloudmask is not None else None, None, level

@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -215,8 +214,6 @@ def _read_file(path: Path) -> list[WeightsEntry]:
     try:
         text = path.read_text(encoding="utf-8-sig")
         if path.suffix.lower() == ".toml":
-            if sys.version_info < (3, 11):
-                raise CheckpointError(f"{path}: TOML registry files need Python 3.11+; use JSON")
             import tomllib
 
             data = tomllib.loads(text)
