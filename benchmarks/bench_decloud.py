@@ -11,6 +11,11 @@ seconds do.
 - ``tiles_computed_per_needed``: tiles decloud runs / tiles of that grid (1.0: no tile
   is computed twice, whatever the chunking); ``overlap_cost``: tiles of that grid /
   tiles of a grid without overlap.
+- ``store``: decloud of an in-memory scene written to Zarr (``to_zarr``: steps of
+  :data:`m3rcr_xr.store.CHUNKS_PER_STEP` chunk rows, one compute each, so that a killed
+  write resumes) against the same decloud computed into memory; ``speed_ratio`` is
+  memory s / Zarr s, and ``tiles_run_per_needed_*`` the tiles each way runs over the
+  tiles of the grid (above 1 for Zarr: the tiles next to a step's edge run in both).
 - ``memory``: decloud of a lazy synthetic scene to Zarr on a one-worker LocalCluster
   whose memory limit is several times smaller than the scene; peak worker memory.
 - ``tiny``: decloud (graph and compute) of scenes smaller than a tile, 1x1, 5x3 and
@@ -37,10 +42,11 @@ import numpy as np
 import torch
 
 import m3rcr_xr
-from m3rcr_xr import inference, models, normalize, tiling
+from m3rcr_xr import inference, models, normalize, runner, tiling
+from m3rcr_xr.store import CHUNKS_PER_STEP
 
 CONFIG = {"n_resblocks": 4, "n_feats": 32}
-PARTS = ("throughput", "memory", "tiny", "cluster_threads")
+PARTS = ("throughput", "store", "memory", "tiny", "cluster_threads")
 #: scenes smaller than the default tile (256) of the ``tiny`` part
 TINY_SHAPES = [(1, 1), (5, 3), (64, 64)]
 
@@ -87,11 +93,13 @@ def throughput(size: int, tile: int, chunk: int, batch: int, folder: Path) -> di
     plan = tiling.make_plan(tile, tile // 8, size, size)
     result.compute(scheduler="threads")  # warm-up: model built and cached
     loop_s, decloud_s = [], []
+    runner.tile_counts(reset=True)
     for _ in range(2):
         loop_s.append(plain_loop(inputs, plan, model, batch))
         start = time.perf_counter()
         result.compute(scheduler="threads")
         decloud_s.append(time.perf_counter() - start)
+    tiles_run = sum(runner.tile_counts(reset=True).values()) / 2
     no_overlap = math.ceil(size / tile) ** 2
     return {
         "scene": f"{size}x{size}",
@@ -102,7 +110,7 @@ def throughput(size: int, tile: int, chunk: int, batch: int, folder: Path) -> di
         "plain_loop_s": round(min(loop_s), 2),
         "decloud_s": round(min(decloud_s), 2),
         "throughput_ratio": round(min(loop_s) / min(decloud_s), 3),
-        "tiles_computed_per_needed": 1.0,
+        "tiles_computed_per_needed": round(tiles_run / (plan.shape[0] * plan.shape[1]), 3),
         "overlap_cost": round(plan.shape[0] * plan.shape[1] / no_overlap, 3),
     }
 
@@ -136,6 +144,43 @@ def memory(size: int, limit: str, folder: Path) -> dict:
         "peak_worker_GB": round(peak / 1e9, 2),
         "peak_over_limit": round(peak / limit_bytes, 2),
         "seconds": round(seconds, 1),
+    }
+
+
+def store(size: int, chunk: int, folder: Path) -> dict:
+    """Decloud written to Zarr over several steps against decloud computed into memory,
+    the same graph, in this process; and the tiles each runs over the tiles of the grid."""
+    checkpoint = _checkpoint(folder, CONFIG)
+    tile = 128
+    scene = m3rcr_xr.synthetic_scene((size, size), chunks=chunk).persist()
+    result = m3rcr_xr.decloud(scene, "dsen2_cr", checkpoint, config=CONFIG, tile=tile)
+    tiles = math.prod(tiling.make_plan(tile, tile // 8, size, size).shape)
+    result.compute(scheduler="threads")  # warm-up: model built and cached
+    seconds: dict[str, list[float]] = {"memory": [], "zarr": []}
+    runs = {"memory": 0.0, "zarr": 0.0}
+    with m3rcr_xr.set_options(scene_chunk=chunk):
+        for attempt in range(2):
+            for way in seconds:
+                runner.tile_counts(reset=True)
+                start = time.perf_counter()
+                if way == "memory":
+                    result.compute(scheduler="threads")
+                else:
+                    target = folder / f"store-{attempt}.zarr"
+                    m3rcr_xr.to_zarr(result.to_dataset(), target, progress=False)
+                seconds[way].append(time.perf_counter() - start)
+                runs[way] = sum(runner.tile_counts(reset=True).values())
+    best = {way: min(times) for way, times in seconds.items()}
+    return {
+        "scene": f"{size}x{size}",
+        "chunk": chunk,
+        "steps": math.ceil(math.ceil(size / chunk) / CHUNKS_PER_STEP),
+        "tile": tile,
+        "memory_s": round(best["memory"], 2),
+        "zarr_s": round(best["zarr"], 2),
+        "speed_ratio": round(best["memory"] / best["zarr"], 3),
+        "tiles_run_per_needed_memory": round(runs["memory"] / tiles, 3),
+        "tiles_run_per_needed_zarr": round(runs["zarr"] / tiles, 3),
     }
 
 
@@ -221,6 +266,7 @@ def main() -> None:
         folder = Path(tmp)
         runs = {
             "throughput": lambda: throughput(1024 if args.quick else 2048, 256, 1024, 8, folder),
+            "store": lambda: store(1024 if args.quick else 2048, 64 if args.quick else 128, folder),
             "memory": lambda: memory(4096 if args.quick else 8192, "1GB", folder),
             "tiny": lambda: tiny(folder, 2 if args.quick else 3, shapes),
             "cluster_threads": lambda: cluster_threads(1024 if args.quick else 2048, 3, folder),

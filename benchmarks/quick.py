@@ -451,7 +451,7 @@ def setup_semantic(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
         for name in ("decloud", "cloudfree", "cloudy")
     ]
     plan = tiling.make_plan(TILE, TILE // 8, size, size)
-    options = {"classifier": "landcover_unet", "classifier_config": CLASSIFIER_CONFIG}
+    options = {"classifier": "untrained", "classifier_config": CLASSIFIER_CONFIG}
     model = models.build("landcover_unet", **CLASSIFIER_CONFIG).eval()
     landcover = scene.landcover.values
     return {
@@ -503,7 +503,9 @@ def setup_cog(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
     ours, theirs = folder / f"m3rcr-{size}.tif", folder / f"rio-{size}.tif"
     return {
         "m3rcr_xr": lambda: m3rcr_xr.to_cog(scene, ours, overwrite=True, blocksize=COG_CHUNK),
-        "baseline": lambda: scene.rio.to_raster(theirs, driver="COG", compress="DEFLATE"),
+        "baseline": lambda: scene.rio.to_raster(
+            theirs, driver="COG", compress="DEFLATE", overview_resampling="NEAREST"
+        ),
     }
 
 
