@@ -215,6 +215,11 @@ class TileJob:
     resources: tuple[tuple[str, float], ...] | None = None
     output: BlockOutput = CLOUD_FREE
 
+    def __dask_tokenize__(self) -> tuple:
+        # the tiles a forward pass takes and where the tasks run change no output: a
+        # write resumed with a smaller batch (out of GPU memory) is the same data
+        return (type(self).__name__, self.plan, self.members, self.tta, self.spread, self.output)
+
     @property
     def channels(self) -> int:
         """Channels of the output (the optical bands; one for labels)."""

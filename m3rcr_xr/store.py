@@ -61,7 +61,7 @@ import xarray as xr
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from .exceptions import M3RCRError, StoreError, argument
+from .exceptions import M3RCRError, SchemaError, StoreError, argument
 from .options import OPTIONS
 from .progress import compute_with_progress, progress_bar, show_progress
 from .resources import annotate, required_resources
@@ -135,8 +135,12 @@ class _Target:
 
     @property
     def zarr_store(self) -> Any:
-        """What xarray and zarr are given: the name, or a store holding the options."""
-        if not self.storage_options or self.local:
+        """What xarray and zarr are given: the absolute path (fsspec's: ``~`` expanded,
+        no ``file://``, which zarr would not take), the URL, or a store holding the
+        options."""
+        if self.local:
+            return self.path
+        if not self.storage_options:
             return self.name
         return zarr.storage.FsspecStore.from_url(
             self.url, storage_options=dict(self.storage_options)
@@ -503,6 +507,12 @@ def _prepare(ds: xr.Dataset) -> xr.Dataset:
     # coordinates are small: keep them in memory so they are written with the metadata;
     # strings as variable-length UTF-8, the string type Zarr v3 specifies
     ds = ds.assign_coords({name: _plain(ds[name]) for name in ds.coords})
+    # so are data variables without the dim the steps write along (a per-band gain):
+    # written with the metadata too, as no step writes them
+    dim = _write_dim(ds)
+    ds = ds.assign(
+        {name: var.compute() for name, var in ds.data_vars.items() if dim not in var.dims}
+    )
     for name, var in ds.variables.items():
         kept = KEPT_ENCODING if name in ds.data_vars else ()
         var.encoding = {key: var.encoding[key] for key in kept if key in var.encoding}
@@ -604,12 +614,18 @@ def _flock(target: _Target) -> Iterator[None]:
 
 
 def _open_lock_file(path: str) -> int:
+    return _open_own_file(path, os.O_RDWR, "the store's lock file")
+
+
+def _open_own_file(path: str, flags: int, what: str) -> int:
+    """Open (create) a file of the store's own, never through a symbolic link someone
+    put in its place: that would write wherever the link points."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        return os.open(path, flags | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as error:
         if error.errno != errno.ELOOP:
             raise
-        raise StoreError(f"{path}: the store's lock file is a symbolic link; remove it") from None
+        raise StoreError(f"{path}: {what} is a symbolic link; remove it") from None
 
 
 @contextlib.contextmanager
@@ -705,6 +721,9 @@ def to_zarr(
         Before anything is written: the destination is not one of the above, overlaps
         a source of ``ds``, is being written by another process, or is an unfinished
         store of other data; or the file system is read-only or full.
+    SchemaError
+        Before anything is written: a variable's name cannot name an array of a store
+        (empty, ``.``, ``..``, or with a ``/``, which Zarr would take for a group).
 
     Examples
     --------
@@ -714,6 +733,7 @@ def to_zarr(
     CRS.from_epsg(32632)
     """
     validate(ds, required=())
+    _check_names(ds)
     target = _Target.of(store, storage_options)
     inputs = sources(ds)
     check_destination(store, inputs=inputs, overwrite=overwrite, storage_options=storage_options)
@@ -726,7 +746,12 @@ def to_zarr(
         fresh = planned is None
         done: set[int] = set() if planned is None else planned
         if fresh:
-            _initialise(ds, target, fingerprint)
+            try:
+                _initialise(ds, target, fingerprint)
+            except Exception:
+                # no data written yet (an encoding zarr refuses, say): take it back
+                _clear(target)
+                raise
         else:
             log.info("%s: resuming, %d of %d steps already written", store, len(done), len(steps))
             _remove_partial_writes(target, map(str, ds.variables))
@@ -751,8 +776,9 @@ def _plan(target: _Target, fingerprint: str, overwrite: bool) -> set[int] | None
     if doc is None:  # nothing there, or an empty folder
         return None
     attrs = doc["attributes"]
-    # nothing written yet (killed while it was created or replaced): start it over
-    started = attrs.get(FINGERPRINT) in (fingerprint, "") and not attrs.get(PROGRESS)
+    # no step written yet (killed while it was created, replaced or writing its first
+    # steps): it holds none of its data, so it is started over, whatever data it was for
+    started = not attrs.get(PROGRESS)
     if overwrite or started:
         _clear(target)
         return None
@@ -804,10 +830,24 @@ def _members(target: _Target, doc: dict[str, Any]) -> list[str]:
         names = list(((doc.get("consolidated_metadata") or {}).get("metadata")) or {})
     if not names and MEMBERS not in attrs:
         names = [name for name in _folders(target) if _node_type(target, name) == "array"]
-    bad = [n for n in names if not isinstance(n, str) or n in ("", ".", "..") or "/" in n]
+    bad = [n for n in names if not _array_name(n)]
     if bad:
         raise StoreError(f"{target.name}: {MEMBERS} names {bad[0]!r}, not an array of the store")
     return [str(n) for n in names]
+
+
+def _array_name(name: Any) -> bool:
+    """Whether ``name`` can name an array at a store's root: a string, not a path."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+
+
+def _check_names(ds: xr.Dataset) -> None:
+    for name in ds.variables:
+        if not _array_name(name):
+            raise SchemaError(
+                f"variable {name!r}: not a name a Zarr store can hold as an array (a string, "
+                "not empty, '.' or '..', without '/'); rename it"
+            )
 
 
 def _folders(target: _Target) -> list[str]:
@@ -962,7 +1002,8 @@ def _write_root(target: _Target, doc: dict[str, Any]) -> None:
         target.fs.pipe_file(target.key("zarr.json"), data)  # one PUT: all or nothing
         return
     tmp = target.key(_ROOT_TMP)
-    with open(tmp, "wb") as handle:
+    flags = os.O_WRONLY | os.O_TRUNC
+    with os.fdopen(_open_own_file(tmp, flags, "the root's temporary file"), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

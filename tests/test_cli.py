@@ -649,10 +649,14 @@ def test_a_complete_store_names_the_flag(tmp_path, train_quartet, capsys):
 def test_ingest_over_an_unfinished_store_of_other_data(
     tmp_path, train_quartet, monkeypatch, capsys
 ):
-    def disk_went_away(*args, **kwargs):
-        raise OSError("disk went away")
+    write_step = store._write_step
 
-    with monkeypatch.context() as patch:
+    def disk_went_away(ds, where, dim, region, show=False):
+        if region.start:  # after the first step is written and recorded
+            raise OSError("disk went away")
+        write_step(ds, where, dim, region, show)
+
+    with monkeypatch.context() as patch, m3rcr_xr.set_options(scene_chunk=32):
         patch.setattr(store, "_write_step", disk_went_away)
         with pytest.raises(OSError, match="disk went away"):
             m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((300, 300)), tmp_path / "q.zarr")

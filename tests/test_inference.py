@@ -361,6 +361,20 @@ def test_one_tile_task_at_a_time_per_exclusive_device(small_checkpoint, monkeypa
         assert probe.peak["predict"] > runner.TILE_TASKS_PER_DEVICE
 
 
+def test_the_batch_size_and_resources_leave_the_data_the_same(small_checkpoint, tmp_path):
+    """They change how tiles run, not what comes out: the same keys (so a write cut off
+    by running out of GPU memory resumes with a smaller batch), the same values."""
+    scene = m3rcr_xr.synthetic_scene((96, 80), chunks=48)
+    runs = [
+        decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48, **options)
+        for options in ({"batch_size": 8}, {"batch_size": 2}, {"resources": {"GPU": 1}})
+    ]
+    assert len({run.data.name for run in runs}) == 1
+    other = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48, tta="flips")
+    assert other.data.name != runs[0].data.name
+    np.testing.assert_array_equal(runs[0].values, runs[1].values)
+
+
 def test_tile_counts_count_each_tile_once_per_device(small_checkpoint):
     runner.tile_counts(reset=True)
     scene = m3rcr_xr.synthetic_scene((300, 300), chunks=64)

@@ -5,6 +5,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
@@ -32,6 +33,41 @@ def test_scene_round_trip_keeps_values_and_crs(tmp_path, small_scene):
     xr.testing.assert_identical(back.compute(), small_scene.compute())
     assert back.cloudy.encoding["chunks"] == (4, 300, 420)  # all bands of a pixel in a chunk
     assert zarr.open_group(tmp_path / "s.zarr").metadata.zarr_format == 3
+
+
+@pytest.mark.parametrize("collection", [False, True], ids=["scene", "collection"])
+def test_variables_without_the_written_dim_round_trip(tmp_path, collection):
+    """A per-band gain or count has no y (no patch): no step writes it, so it is written
+    with the metadata, lazy or not, rather than left as the fill value."""
+    ds = (
+        m3rcr_xr.synthetic_collection(3, 32, seed=1)
+        if collection
+        else m3rcr_xr.synthetic_scene((40, 32), seed=1)
+    )
+    ds["band_gain"] = xr.DataArray(da.from_array(np.array([1.5, 2.5, 3.5, 4.5])), dims="band")
+    ds["saturated"] = ("band", np.array([12, 0, 7, 3], "int32"))
+    m3rcr_xr.to_zarr(ds, tmp_path / "s.zarr")
+    back = m3rcr_xr.open_zarr(tmp_path / "s.zarr")
+    xr.testing.assert_identical(back.compute(), ds.compute())
+
+
+@pytest.mark.parametrize("name", ["vv/vh", "..", ""])
+def test_a_variable_name_that_is_a_path_is_refused_before_anything_is_written(tmp_path, name):
+    scene = m3rcr_xr.synthetic_scene((32, 32)).rename(sar=name)
+    with raise_if_dask_computes(), pytest.raises(m3rcr_xr.SchemaError, match="rename it"):
+        m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("spelling", ["~/s.zarr", "file://{home}/s.zarr", "local://{home}/s.zarr"])
+def test_a_local_store_written_as_a_url_or_from_home_is_written_there(
+    tmp_path, monkeypatch, spelling
+):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=1)
+    m3rcr_xr.to_zarr(scene, spelling.format(home=tmp_path))
+    assert m3rcr_xr.is_complete(tmp_path / "s.zarr")
+    xr.testing.assert_identical(m3rcr_xr.open_zarr(tmp_path / "s.zarr").compute(), scene.compute())
 
 
 def test_given_encodings_are_kept_and_chunks_are_the_stores(tmp_path):
@@ -433,6 +469,41 @@ def test_an_unfinished_store_of_other_data_is_not_resumed(tmp_path, monkeypatch)
     assert snapshot(target) == snapshot(tmp_path / "fresh.zarr")
 
 
+def test_an_unfinished_store_with_no_step_written_is_started_over_for_any_data(
+    tmp_path, monkeypatch
+):
+    """It holds none of its data (killed before its first step was recorded): writing
+    other data there starts it over rather than asking for overwrite=True."""
+    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+    target = tmp_path / "c.zarr"
+    first, other = (m3rcr_xr.synthetic_collection(4, 32, seed=s) for s in (5, 6))
+    with m3rcr_xr.set_options(patches_per_chunk=1):
+        _recording(monkeypatch, fail_at=0)
+        with pytest.raises(OSError, match="disk went away"):
+            m3rcr_xr.to_zarr(first, target)
+        assert not m3rcr_xr.is_complete(target)
+        written = _recording(monkeypatch)
+        m3rcr_xr.to_zarr(other, target)
+        assert len(written) == 4
+        m3rcr_xr.to_zarr(other, tmp_path / "fresh.zarr")
+    assert snapshot(target) == snapshot(tmp_path / "fresh.zarr")
+
+
+def test_a_store_whose_arrays_could_not_be_created_is_taken_back(tmp_path):
+    """zarr refuses an encoding (a Zarr v2 codec in a v3 store) while the arrays are
+    created: nothing is left, and the corrected call writes the store."""
+    import numcodecs
+
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=1)
+    scene["cloudy"].encoding["compressors"] = [numcodecs.Blosc()]
+    with pytest.raises(TypeError):
+        m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+    del scene["cloudy"].encoding["compressors"]
+    m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    assert m3rcr_xr.is_complete(tmp_path / "s.zarr")
+
+
 def _geotiff_scene(folder: Path, value: int) -> dict[str, Path]:
     """cloudy and sar GeoTIFFs on one 64 x 48 grid, cloudy filled with ``value``."""
     from affine import Affine
@@ -502,14 +573,25 @@ def test_object_stores_keep_one_writer_with_a_marker(small_scene):
     assert m3rcr_xr.is_complete("memory://one-writer/s.zarr") and not fs.exists(marker)
 
 
-def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_not_followed(tmp_path, small_scene):
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [(store.LOCK, "lock file"), (store._ROOT_TMP, "root's temporary file")],
+)
+@pytest.mark.parametrize("target_exists", [False, True], ids=["dangling", "to-a-file"])
+def test_a_file_of_the_store_that_is_a_symbolic_link_is_refused_and_not_followed(
+    tmp_path, small_scene, name, what, target_exists
+):
     (tmp_path / "s.zarr").mkdir()
-    elsewhere = tmp_path / "elsewhere"
-    (tmp_path / "s.zarr" / store.LOCK).symlink_to(elsewhere)
-    with pytest.raises(m3rcr_xr.StoreError, match="lock file is a symbolic link"):
+    elsewhere = tmp_path / "thesis.txt"
+    if target_exists:
+        elsewhere.write_text("a user's thesis")
+    (tmp_path / "s.zarr" / name).symlink_to(elsewhere)
+    with pytest.raises(m3rcr_xr.StoreError, match=f"{what} is a symbolic link; remove it"):
         m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
-    assert not elsewhere.exists()  # the link's target was not created
-    assert os.listdir(tmp_path / "s.zarr") == [store.LOCK]
+    # the link's target was neither created nor written
+    assert elsewhere.exists() == target_exists
+    assert not target_exists or elsewhere.read_text() == "a user's thesis"
+    assert sorted(os.listdir(tmp_path / "s.zarr")) in ([name], sorted([name, store.LOCK]))
 
 
 #: imports m3rcr_xr as on Windows (no fcntl; msvcrt faked with flock, which also
