@@ -22,8 +22,10 @@ Safety rules, for local paths and fsspec URLs alike:
   decloud) and the size and modification time of each source file (the fingerprint
   of each source store). An unfinished store of other data is never resumed. A resume
   removes the temporary files (``KEY.<uuid>.partial``) of zarr's writes that a killed
-  writer cut off in the arrays' folders. A store killed before its first step was
-  written (while its arrays were being created) is started over.
+  writer cut off in the arrays' folders. A store with no step recorded (killed while
+  its arrays were created or its first steps written) holds none of its data: it is
+  started over, whatever data it was for. Variables without the dim the steps write
+  along are written with the metadata.
 * **One writer.** A writer holds :data:`LOCK` inside the store while it writes: an
   OS lock on a local file (``flock``; a byte-range lock on Windows), released by the OS
   when the process ends, so a killed writer never blocks the resume; on object stores
