@@ -168,7 +168,10 @@ def _reproject(layer: xr.DataArray, target: xr.DataArray, fill) -> xr.DataArray:
 
     _check_overlap(layer, target)  # also proves the transform exists, before any work
     geobox = GeoBox(target.rio.shape, target.rio.transform(), target.rio.crs)
-    return xr_reproject(layer, geobox, resampling="nearest", dst_nodata=fill)
+    out = xr_reproject(layer, geobox, resampling="nearest", dst_nodata=fill)
+    # odc-geo names a geographic grid's dims latitude/longitude: back to target's y/x
+    out = out.rename(dict(zip(out.dims[-2:], ("y", "x"), strict=True)))
+    return out.assign_coords(y=target["y"].values, x=target["x"].values)
 
 
 def align_to(
@@ -254,7 +257,13 @@ def _check_overlap(layer: xr.DataArray, target: xr.DataArray) -> None:
         )
 
 
-def fill_nan_with_mean(sar: xr.DataArray, *, per_band: bool = True) -> xr.DataArray:
+def fill_nan_with_mean(
+    sar: xr.DataArray,
+    *,
+    per_band: bool = True,
+    covered: xr.DataArray | None = None,
+    region: xr.DataArray | None = None,
+) -> xr.DataArray:
     """Fill holes with the mean of the valid values, as the published loader does.
 
     Holes are NaN and +-inf alike: an infinite value is no measurement, and would
@@ -262,10 +271,46 @@ def fill_nan_with_mean(sar: xr.DataArray, *, per_band: bool = True) -> xr.DataAr
     the finite values only. The published loader uses one mean over all bands
     (``per_band=False``); by default each polarization takes its own mean. Lazy on Dask
     arrays. The choice is recorded in ``attrs["nan_fill"]``.
+
+    With ``covered`` (boolean, y/x: where the layer has data, :func:`covered_by`) only
+    the holes there are filled; every pixel outside it is NaN, never a mean. The mean is
+    taken over ``region`` (default: ``covered``; the whole array without either).
+
+    Examples
+    --------
+    >>> sar = xr.DataArray(np.array([[-10.0, np.nan, -20.0, np.nan]]), dims=("y", "x"))
+    >>> covered = xr.DataArray(np.array([[True, True, True, False]]), dims=("y", "x"))
+    >>> fill_nan_with_mean(sar, covered=covered).values
+    array([[-10., -15., -20.,  nan]])
     """
     dims = ["y", "x"] if per_band else None
     finite = sar.where(np.isfinite(sar))
-    mean = finite.mean(dim=dims, skipna=True)
+    region = covered if region is None else region
+    values = finite if region is None else finite.where(region)
+    # summed in float64: the same mean whatever the chunks (open_stac's or open_quartet's)
+    mean = values.astype(np.float64).mean(dim=dims, skipna=True).astype(sar.dtype)
     filled = finite.fillna(mean)
+    if covered is not None:
+        filled = filled.where(covered)
     filled.attrs = {**sar.attrs, "nan_fill": "band mean" if per_band else "image mean"}
     return filled
+
+
+def covered_by(layer: xr.DataArray, target: xr.DataArray) -> xr.DataArray:
+    """Where ``layer`` reaches on the grid of ``target`` aligned by coordinates (boolean
+    y/x, lazy as :func:`align_to`): the pixels it gives a value, hole or not.
+
+    Examples
+    --------
+    >>> import rioxarray  # noqa: F401 - the .rio accessor
+    >>> def grid(y, x):
+    ...     zeros = xr.DataArray(np.zeros((len(y), len(x))), coords={"y": y, "x": x})
+    ...     return zeros.rio.write_crs("EPSG:32632")
+    >>> coarse = grid([15.0, 5.0], [5.0, 15.0])  # 10 m pixels, x 0 to 20
+    >>> covered_by(coarse, grid([15.0, 9.0], [3.0, 9.0, 21.0, 27.0])).values
+    array([[ True,  True,  True, False],
+           [ True,  True,  True, False]])
+    """
+    plane = layer.isel({d: 0 for d in layer.dims[:-2]}, drop=True)
+    ones = xr.ones_like(plane, dtype=np.uint8).rio.write_crs(layer.rio.crs)
+    return align_to(ones, target, method="coords", fill=0).astype(bool)

@@ -8,7 +8,13 @@ from rasterio.enums import Resampling
 
 import m3rcr_xr
 from m3rcr_xr import align
-from m3rcr_xr.align import align_to, containing_index, fill_nan_with_mean, shape_index
+from m3rcr_xr.align import (
+    align_to,
+    containing_index,
+    fill_nan_with_mean,
+    pixel_centers,
+    shape_index,
+)
 from tests.rasters import write_raster
 
 
@@ -159,3 +165,30 @@ def test_the_result_is_georeferenced_as_the_target(method, crs):
     assert aligned.rio.crs == target.rio.crs
     assert aligned.rio.transform() == target.rio.transform()
     assert aligned.rio.bounds() == target.rio.bounds()
+
+
+def test_a_geographic_target_takes_the_layer_on_its_own_y_x():
+    """odc-geo names a geographic grid's dims latitude/longitude: align_to gives the
+    target's y/x back, its coordinates, and the layer's values by nearest."""
+    step = 2.7e-5
+    grid = Affine(step, 0, 9.12, 0, -step, 45.76)
+    y, x = pixel_centers(grid, 60, 60)
+    target = xr.DataArray(np.zeros((60, 60), np.uint16), coords={"y": y, "x": x})
+    target = target.rio.write_crs("EPSG:4326").rio.write_transform(grid)
+    layer = target.rio.reproject("EPSG:32632", resolution=10).astype("float32")
+    layer = layer.copy(data=np.arange(layer.size, dtype="float32").reshape(layer.shape))
+    out = align_to(layer.chunk(16), target.chunk(20))
+    assert out.dims == ("y", "x")
+    np.testing.assert_array_equal(out.y.values, y)
+    np.testing.assert_array_equal(out.x.values, x)
+    back = out.rio.reproject("EPSG:32632", shape=layer.shape, transform=layer.rio.transform())
+    assert np.isin(out.values[np.isfinite(out.values)], layer.values).all()
+    assert np.isfinite(back.values).any()
+
+
+def test_holes_filled_only_where_covered_with_the_mean_over_the_region():
+    sar = xr.DataArray(np.array([[-10.0, np.nan, -20.0, -40.0, np.nan]]), dims=("y", "x"))
+    covered = xr.DataArray(np.array([[True, True, True, True, False]]), dims=("y", "x"))
+    region = covered & xr.DataArray(np.array([[True, True, True, False, True]]), dims=("y", "x"))
+    out = fill_nan_with_mean(sar.chunk(2), covered=covered, region=region)
+    np.testing.assert_array_equal(out.values, [[-10.0, -15.0, -20.0, -40.0, np.nan]])

@@ -272,7 +272,10 @@ def test_infinite_sar_values_are_holes_filled_with_the_finite_mean(tmp_path, nod
     sar = ds.sar.values
     assert np.isfinite(sar).all()
     holes = ~np.isfinite(raw) | (raw == nodata)
-    means = [raw[b][~holes[b]].mean() for b in range(2)]
+    # the mean over the scene's pixels: each 3 m pixel its 10 m pixel's value
+    taken = np.floor((np.arange(30) * 3 + 1.5) / 10).astype(int)
+    on_scene = np.where(holes, np.nan, raw)[:, taken][:, :, taken].astype(np.float64)
+    means = np.nanmean(on_scene, axis=(1, 2))
     # optical rows 0..2 lie in SAR row 0 (a 3 m pixel in a 10 m one)
     np.testing.assert_allclose(sar[:, 1, 1], means, rtol=1e-5)
     np.testing.assert_allclose(sar[:, 4, 0], means, rtol=1e-5)
@@ -510,3 +513,47 @@ def test_open_m3rcr_from_s3_with_a_filelist_under_its_root(samples_dir, bucket, 
     fs.pipe_file(f"{bucket}/escape.csv", (",".join(line) + "\n").encode())
     with pytest.raises(m3rcr_xr.UnsafePathError, match="escapes the data root s3://"):
         m3rcr_xr.open_m3rcr(f"s3://{bucket}/test", f"s3://{bucket}/escape.csv")
+
+
+def test_a_sar_hole_takes_the_mean_over_the_scene_and_nan_lies_beyond_the_file(tmp_path):
+    """A SAR file reaching 90 m east of the scene (-30 dB there, -10 dB on it) with a
+    hole: the hole takes the scene's mean, not the file's; a file covering the west of
+    the scene only leaves NaN beyond it (half a 10 m pixel on, the edge value)."""
+    optical = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    db = np.full((2, 9, 18), -10.0, np.float32)
+    db[:, :, 9:] = -30.0
+    db[:, 4, 4] = np.nan
+    wide = write_coarse(tmp_path / "wide.tif", db)
+    with raise_if_dask_computes():
+        ds = m3rcr_xr.open_quartet(optical, sar=wide, chunks=16)
+    np.testing.assert_array_equal(ds.sar.values, -10.0)  # the hole too
+    west = write_coarse(tmp_path / "west.tif", db[:, :, :4])  # x 0 to 40 m
+    sar = m3rcr_xr.open_quartet(optical, sar=west, chunks=16).sar.values
+    np.testing.assert_array_equal(sar[:, :, :15], -10.0)  # centres up to 43.5 m
+    assert np.isnan(sar[:, :, 15:]).all()
+
+
+def test_a_geographic_optical_grid_takes_a_projected_sar(tmp_path, capsys):
+    """Optical in EPSG:4326, SAR in UTM: the SAR on the optical y/x, by nearest; the
+    CLI ingests it."""
+    from pyproj import Transformer
+
+    from m3rcr_xr.cli import main
+
+    lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(500_045, 3_999_975)
+    step = 2e-5  # about 2 m: the scene lies inside the SAR's 90 m
+    grid = Affine(step, 0, lon - 15 * step, 0, -step, lat + 15 * step)
+    optical = write_raster(tmp_path / "cloudy.tif", _reflectance("uint16"), grid, "EPSG:4326")
+    db = np.arange(2 * 9 * 9, dtype=np.float32).reshape(2, 9, 9) - 200
+    sar = write_coarse(tmp_path / "sar.tif", db)
+    ds = m3rcr_xr.open_quartet(optical, sar=sar, chunks=16)
+    assert ds.sar.dims == ("polarization", "y", "x")
+    np.testing.assert_array_equal(ds.sar.y.values, ds.cloudy.y.values)
+    to_utm = Transformer.from_crs("EPSG:4326", CRS, always_xy=True)
+    x, y = to_utm.transform(*np.meshgrid(ds.x.values, ds.y.values))
+    rows = np.floor((COARSE_GRID.f - y) / 10).astype(int)
+    cols = np.floor((x - COARSE_GRID.c) / 10).astype(int)
+    expected = db[:, rows, cols]
+    agree = (ds.sar.values == expected).mean()
+    assert agree > 0.99  # nearest: a pixel centre on a 10 m line may go either way
+    assert main(["ingest", str(optical), str(tmp_path / "q.zarr"), "--sar", str(sar)]) == 0

@@ -434,3 +434,75 @@ def test_a_rotated_item_is_refused_naming_it(files):
     item.properties["proj:transform"] = [3, 0.5, 735_000, 0.5, -3, 4_985_010]
     with pytest.raises(AlignmentError, match="STAC item 'turned'.*rotated"):
         m3rcr_xr.open_stac([item])
+
+
+def _sar_items(tmp_path: Path, name: str, box, zone: str, power: np.ndarray):
+    paths = {pol: tmp_path / f"{name}-{pol}.tif" for pol in ("vv", "vh")}
+    for path in paths.values():
+        write_raster(path, power, box.transform, zone)
+    return stac_item(name, paths)
+
+
+def _in_zone(box, zone: str):
+    from odc.geo.geobox import GeoBox
+
+    if zone == ZONE32:
+        return box
+    return GeoBox.from_bbox(box.extent.to_crs(zone).boundingbox, zone, resolution=10)
+
+
+@pytest.mark.parametrize("zone", [ZONE32, "EPSG:32633"])
+def test_a_gap_between_sar_items_is_nan_not_their_mean(tmp_path, files, zone):
+    """Two items (-20 dB west, -30 dB east), 100 m apart: the gap is no hole to fill."""
+    from odc.geo.geobox import GeoBox
+
+    items = []
+    for name, x0, power in (("w", 735_000, 0.01), ("e", 735_200, 0.001)):
+        box = _in_zone(GeoBox((30, 10), Affine(10, 0, x0, 0, -10, 4_985_010), ZONE32), zone)
+        items.append(_sar_items(tmp_path, name, box, zone, np.full((1, *box.shape), power)))
+    optical = [stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})]
+    values = m3rcr_xr.open_stac(optical, sar_items=items)["sar"].values
+    assert set(np.unique(values[np.isfinite(values)])) == {-20.0, -30.0}
+    assert np.isnan(values[:, :, 45:55]).any(axis=2).all()  # x 735135 to 735165
+
+
+def test_beyond_a_sar_items_edge_is_nan_not_the_band_mean(tmp_path, files):
+    """An item in another CRS, -10 dB west to -30 dB east: its eastern edge ends at
+    about -30 dB, and nothing beyond it takes the mean (-20 dB)."""
+    from odc.geo.geobox import GeoBox
+
+    box = _in_zone(GeoBox((30, 15), COARSE, ZONE32), "EPSG:32633")
+    db = np.broadcast_to(np.linspace(-10, -30, box.shape[1]), box.shape)
+    item = _sar_items(tmp_path, "s", box, "EPSG:32633", (10 ** (db / 10))[None])
+    optical = [stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})]
+    vv = m3rcr_xr.open_stac(optical, sar_items=[item])["sar"].values[0]
+    last = [row[np.isfinite(row)][-1] for row in vv]
+    assert max(last) < -28
+
+
+def test_a_hole_takes_the_mean_over_the_scene_as_open_quartet_whatever_the_bbox(tmp_path, files):
+    """A SAR file reaching beyond the scene (-30 dB there, -10 dB on it) with a hole in
+    the scene: open_stac fills it as open_quartet does, with a wider ``bbox=`` too."""
+    from pyproj import Transformer
+
+    db = np.full((2, 60, 60), -10.0, np.float32)
+    db[:, :, 30:] = -30.0
+    db[:, 5, 5] = np.nan
+    power = np.where(np.isnan(db), np.nan, 10 ** (db / 10)).astype(np.float32)
+    write_raster(tmp_path / "s1_db.tif", db, COARSE, ZONE32)
+    vv = write_raster(tmp_path / "vv.tif", power[:1], COARSE, ZONE32)
+    vh = write_raster(tmp_path / "vh.tif", power[1:], COARSE, ZONE32)
+    sar_items = [stac_item("s", {"vv": vv, "vh": vh})]
+    optical = [stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})]
+    quartet = m3rcr_xr.open_quartet(files["cloudy"], sar=tmp_path / "s1_db.tif")
+    with raise_if_dask_computes():
+        scene = m3rcr_xr.open_stac(optical, sar_items=sar_items, chunks=32)
+    np.testing.assert_allclose(scene["sar"].values, quartet["sar"].values, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(scene["sar"].values, -10.0)  # the hole (18, 18) too
+    to_lonlat = Transformer.from_crs(ZONE32, "EPSG:4326", always_xy=True)
+    west, south = to_lonlat.transform(735_000, 4_985_010 - 288)
+    east, north = to_lonlat.transform(735_600, 4_985_010)
+    with raise_if_dask_computes():
+        wide = m3rcr_xr.open_stac(optical, sar_items=sar_items, bbox=(west, south, east, north))
+    hole = wide["sar"].sel(y=quartet.y[18], x=quartet.x[18], method="nearest")
+    np.testing.assert_array_equal(hole.values, -10.0)
