@@ -111,3 +111,13 @@ def test_goals_and_failures_from_what_was_measured():
     nothing = gpu_check.goals({}, {"ratio": 3, "bf16_vs_fp32": 0, "fp32_vs_golden": 0})
     assert nothing["ratio"] == {"goal": 0.9, "worst": None, "met": None, "measured": "0 of 3"}
     assert gpu_check.failures(report) == ["throughput c fp32"]
+
+
+def test_the_raw_loop_in_channels_last_gives_the_same_output():
+    torch.manual_seed(0)
+    model = models.build("dsen2_cr", n_resblocks=1, n_feats=8).eval()
+    tiles = np.random.default_rng(0).random((3, 6, 24, 24), np.float32)
+    plain = gpu_check.raw_loop(model, tiles, 2, "cpu", "fp32")
+    model = model.to(memory_format=torch.channels_last)
+    last = gpu_check.raw_loop(model, tiles, 2, "cpu", "fp32", channels_last=True)
+    np.testing.assert_allclose(last, plain, rtol=1e-5, atol=1e-6)
