@@ -258,11 +258,7 @@ def _check_overlap(layer: xr.DataArray, target: xr.DataArray) -> None:
 
 
 def fill_nan_with_mean(
-    sar: xr.DataArray,
-    *,
-    per_band: bool = True,
-    covered: xr.DataArray | None = None,
-    region: xr.DataArray | None = None,
+    sar: xr.DataArray, *, per_band: bool = True, covered: xr.DataArray | None = None
 ) -> xr.DataArray:
     """Fill holes with the mean of the valid values, as the published loader does.
 
@@ -272,9 +268,8 @@ def fill_nan_with_mean(
     (``per_band=False``); by default each polarization takes its own mean. Lazy on Dask
     arrays. The choice is recorded in ``attrs["nan_fill"]``.
 
-    With ``covered`` (boolean, y/x: where the layer has data, :func:`covered_by`) only
-    the holes there are filled; every pixel outside it is NaN, never a mean. The mean is
-    taken over ``region`` (default: ``covered``; the whole array without either).
+    With ``covered`` (boolean, y/x: where the layer has data) only the holes there are
+    filled, with the mean over it; every pixel outside it is NaN, never a mean.
 
     Examples
     --------
@@ -285,32 +280,10 @@ def fill_nan_with_mean(
     """
     dims = ["y", "x"] if per_band else None
     finite = sar.where(np.isfinite(sar))
-    region = covered if region is None else region
-    values = finite if region is None else finite.where(region)
-    # summed in float64: the same mean whatever the chunks (open_stac's or open_quartet's)
-    mean = values.astype(np.float64).mean(dim=dims, skipna=True).astype(sar.dtype)
-    filled = finite.fillna(mean)
+    if covered is not None:
+        finite = finite.where(covered)
+    filled = finite.fillna(finite.mean(dim=dims, skipna=True))
     if covered is not None:
         filled = filled.where(covered)
     filled.attrs = {**sar.attrs, "nan_fill": "band mean" if per_band else "image mean"}
     return filled
-
-
-def covered_by(layer: xr.DataArray, target: xr.DataArray) -> xr.DataArray:
-    """Where ``layer`` reaches on the grid of ``target`` aligned by coordinates (boolean
-    y/x, lazy as :func:`align_to`): the pixels it gives a value, hole or not.
-
-    Examples
-    --------
-    >>> import rioxarray  # noqa: F401 - the .rio accessor
-    >>> def grid(y, x):
-    ...     zeros = xr.DataArray(np.zeros((len(y), len(x))), coords={"y": y, "x": x})
-    ...     return zeros.rio.write_crs("EPSG:32632")
-    >>> coarse = grid([15.0, 5.0], [5.0, 15.0])  # 10 m pixels, x 0 to 20
-    >>> covered_by(coarse, grid([15.0, 9.0], [3.0, 9.0, 21.0, 27.0])).values
-    array([[ True,  True,  True, False],
-           [ True,  True,  True, False]])
-    """
-    plane = layer.isel({d: 0 for d in layer.dims[:-2]}, drop=True)
-    ones = xr.ones_like(plane, dtype=np.uint8).rio.write_crs(layer.rio.crs)
-    return align_to(ones, target, method="coords", fill=0).astype(bool)

@@ -14,9 +14,8 @@ Values are checked as they are read (lazily, chunk by chunk), never wrapped arou
 
 - optical layers become uint16 exactly (NaN and the declared nodata become 0), or
   raise :class:`InputFileError` naming the file and the values found;
-- SAR: NaN, +-inf and the declared nodata are holes, filled with the band mean over the
-  scene (:func:`m3rcr_xr.align.fill_nan_with_mean`; the image mean with
-  ``align="shape"``, as the published loader fills NaN); NaN where the file ends;
+- SAR: NaN, +-inf and the declared nodata are holes, filled as the published loader
+  fills NaN (:func:`m3rcr_xr.align.fill_nan_with_mean`);
 - land cover: codes outside ESA WorldCover become nodata 0, with an
   :class:`M3RCRWarning` (:func:`m3rcr_xr.landcover.to_worldcover`).
 """
@@ -43,7 +42,7 @@ import xarray as xr
 from rasterio.errors import RasterioError
 
 from . import href
-from .align import AlignMethod, align_to, check_north_up, covered_by, fill_nan_with_mean
+from .align import AlignMethod, align_to, check_north_up, fill_nan_with_mean
 from .cloudmask import (
     estimate_cloudmask,
     is_udm2,
@@ -335,12 +334,11 @@ def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod)
     # NaN and +-inf are holes (fill_nan_with_mean), as is a value beyond float32's range
     array = array.astype("float32").rename(band="polarization")
     array = array.assign_coords(polarization=list(POLARIZATIONS))
-    if align == "shape":  # the published loader: one mean over the image, all of it
-        aligned = align_to(fill_nan_with_mean(array, per_band=False), optical, method=align)
-    else:  # each polarization its own mean, over the scene: as open_stac fills them
-        aligned = align_to(array, optical, method=align, fill=np.nan)
-        aligned = fill_nan_with_mean(aligned, covered=covered_by(array, optical))
-    aligned.attrs = sar_attrs(aligned.attrs["nan_fill"], align)
+    # the published loader fills holes with one mean over the image; by coordinates we
+    # fill each polarization with its own mean
+    array = fill_nan_with_mean(array, per_band=align != "shape")
+    aligned = align_to(array, optical, method=align, fill=np.nan)
+    aligned.attrs = sar_attrs(array.attrs["nan_fill"], align)
     return aligned
 
 

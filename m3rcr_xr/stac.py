@@ -591,77 +591,24 @@ def _on_scene(array: xr.DataArray, native: GeoBox | None, optical: xr.DataArray,
     return align_to(array, optical, method="coords", fill=fill)
 
 
-def _template(geobox: GeoBox, like: xr.DataArray) -> xr.DataArray:
-    """An empty (lazy zeros) y/x array on ``geobox``, chunked as ``like``."""
-    from odc.geo.xr import xr_zeros
-
-    chunks = like.data.chunksize[-2:] if like.chunks is not None else None
-    zeros = xr_zeros(geobox, "uint8", chunks=chunks)
-    return zeros.rename(dict(zip(zeros.dims, ("y", "x"), strict=True))).rio.write_crs(geobox.crs)
-
-
-def _covered(
-    geoboxes: Sequence[GeoBox], native: GeoBox | None, array: xr.DataArray, target: xr.DataArray
-) -> xr.DataArray:
-    """Where the items give ``target``'s pixels a value (hole or not): inside their union
-    once reprojected (odc-stac's nearest, as ``align_to`` reprojects); on their own grid,
-    the pixels that take a coarse pixel inside an item, as ``align="coords"`` takes them
-    (the edge pixel up to half a coarse pixel beyond the items' outer edges)."""
-    union = _union(geoboxes, target.rio.crs)
-    if native is None:
-        return _inside(union, target)
-    inside = _inside(union, array).astype(np.uint8).rio.write_crs(array.rio.crs)
-    return align_to(inside, target, method="coords", fill=0).astype(bool)
-
-
-def _sar(
-    items,
-    assets: Mapping[str, str],
-    scene: GeoBox,
-    optical: xr.DataArray,
-    chunks: Any,
-    footprint: Geometry,
-):
-    """SAR in dB on the scene: NaN where no item reaches; holes inside the items take
-    the band mean over the optical ``footprint`` (whatever ``bbox=`` cut), as
-    :func:`m3rcr_xr.open_quartet` takes it over its optical file."""
-    geoboxes = [item_geobox(item, assets["vv"]) for item in items]
-    _check_overlap(items, geoboxes, scene.extent)
-    bounds = [scene.extent.boundingbox, footprint.boundingbox]
-    whole = snapped_geobox(_bounds_union(bounds), scene.crs, scene.transform)
-    around = whole.shape != scene.shape or whole.transform != scene.transform
-    target = _template(whole, optical) if around else optical
+def _sar(items, assets: Mapping[str, str], scene: GeoBox, optical: xr.DataArray, chunks: Any):
     power, native, sources = _coarse(
-        items, [assets["vv"], assets["vh"]], whole, chunks, "polarization", dtype="float32"
+        items, [assets["vv"], assets["vh"]], scene, chunks, "polarization", dtype="float32"
     )
     nodata = power.attrs["_FillValue"]
     if nodata is not None and not np.isnan(nodata):  # declared nodata: holes, as NaN
         power = power.where(power != nodata)
     array = to_db(power).assign_coords(polarization=list(POLARIZATIONS)).rename("sar")
     array = array.rio.write_crs(power.rio.crs)
-    covered = _covered(geoboxes, native, array, target)
-    region = covered & _inside(footprint, target)
-    aligned = fill_nan_with_mean(
-        _on_scene(array, native, target, np.nan), covered=covered, region=region
-    )
-    if around:  # the scene's part of it, on the scene's grid
-        col, row = (~whole.transform) * (scene.transform.c, scene.transform.f)
-        height, width = scene.shape
-        aligned = aligned.isel(
-            y=slice(round(row), round(row) + height), x=slice(round(col), round(col) + width)
-        ).assign_coords(y=optical["y"].values, x=optical["x"].values)
-        aligned = aligned.rio.write_transform(optical.rio.transform())
-    aligned.attrs = sar_attrs(aligned.attrs["nan_fill"], "coords")
+    # holes only inside the items: odc-stac's empty fill beyond them (a gap between two
+    # items, the window's edge) is no measurement, and stays NaN rather than the mean;
+    # on the items' own grid, align_to then gives the half pixel beyond the edge its value
+    geoboxes = [item_geobox(item, assets["vv"]) for item in items]
+    covered = _inside(_union(geoboxes, array.rio.crs), array)
+    array = fill_nan_with_mean(array, per_band=True, covered=covered)
+    aligned = _on_scene(array, native, optical, np.nan)
+    aligned.attrs = sar_attrs(array.attrs["nan_fill"], "coords")
     return _rechunk_like(aligned, optical), sources
-
-
-def _bounds_union(bounds: Sequence[BoundingBox]) -> BoundingBox:
-    return BoundingBox(
-        min(b.left for b in bounds),
-        min(b.bottom for b in bounds),
-        max(b.right for b in bounds),
-        max(b.top for b in bounds),
-    )
 
 
 def _inside(footprint: Geometry, like: xr.DataArray) -> xr.DataArray:
@@ -755,10 +702,10 @@ def open_stac(
         one, items stored south-up onto the north-up grid of the same pixels.
     sar_items, landcover_items
         Sentinel-1 RTC items (``vv``, ``vh`` in linear power) and WorldCover items
-        (``map``), in the same forms; optional. SAR is NaN where no item reaches (in
-        the scene's CRS the edge value half a 10 m pixel beyond the items' outer edge,
-        as ``align="coords"``; NaN beside a gap between items); its holes inside the
-        items take the band mean over the optical items' footprint, whatever ``bbox``.
+        (``map``), in the same forms; optional. SAR is NaN where no item reaches (a gap
+        between items, beyond them; on the items' own grid, the edge value half a 10 m
+        pixel beyond their outer edge, as ``align="coords"``); its holes inside the
+        items take the band mean over the items' part of the loaded window.
     bbox
         (west, south, east, north) in degrees; default: the optical items' extent.
     crs
@@ -805,8 +752,6 @@ def open_stac(
     scene = optical_geobox(
         optical_list, names["optical"], bbox=bbox, crs=crs, resolution=resolution
     )
-    geoboxes = [item_geobox(item, names["optical"]) for item in optical_list]
-    footprint = _union(geoboxes, scene.crs)  # the optical items', whatever bbox= cuts
     without = [item for item in optical_list if names["udm2"] not in item.assets]
     if without and assets and "udm2" in assets:  # asked for by name: its absence is an error
         _asset(without[0], names["udm2"])
@@ -823,8 +768,7 @@ def open_stac(
         items = read_items(given)
         if not items:
             raise InputFileError(f"{given}: no STAC items found for {name}")
-        extra = {"footprint": footprint} if name == "sar" else {}
-        layers[name], found = opener(items, names, scene, optical, stac_chunks, **extra)
+        layers[name], found = opener(items, names, scene, optical, stac_chunks)
         sources += found
     ds = _assemble(layers, optical)
     ds.encoding["source"] = list(dict.fromkeys(sources))

@@ -478,31 +478,3 @@ def test_beyond_a_sar_items_edge_is_nan_not_the_band_mean(tmp_path, files):
     vv = m3rcr_xr.open_stac(optical, sar_items=[item])["sar"].values[0]
     last = [row[np.isfinite(row)][-1] for row in vv]
     assert max(last) < -28
-
-
-def test_a_hole_takes_the_mean_over_the_scene_as_open_quartet_whatever_the_bbox(tmp_path, files):
-    """A SAR file reaching beyond the scene (-30 dB there, -10 dB on it) with a hole in
-    the scene: open_stac fills it as open_quartet does, with a wider ``bbox=`` too."""
-    from pyproj import Transformer
-
-    db = np.full((2, 60, 60), -10.0, np.float32)
-    db[:, :, 30:] = -30.0
-    db[:, 5, 5] = np.nan
-    power = np.where(np.isnan(db), np.nan, 10 ** (db / 10)).astype(np.float32)
-    write_raster(tmp_path / "s1_db.tif", db, COARSE, ZONE32)
-    vv = write_raster(tmp_path / "vv.tif", power[:1], COARSE, ZONE32)
-    vh = write_raster(tmp_path / "vh.tif", power[1:], COARSE, ZONE32)
-    sar_items = [stac_item("s", {"vv": vv, "vh": vh})]
-    optical = [stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})]
-    quartet = m3rcr_xr.open_quartet(files["cloudy"], sar=tmp_path / "s1_db.tif")
-    with raise_if_dask_computes():
-        scene = m3rcr_xr.open_stac(optical, sar_items=sar_items, chunks=32)
-    np.testing.assert_allclose(scene["sar"].values, quartet["sar"].values, rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(scene["sar"].values, -10.0)  # the hole (18, 18) too
-    to_lonlat = Transformer.from_crs(ZONE32, "EPSG:4326", always_xy=True)
-    west, south = to_lonlat.transform(735_000, 4_985_010 - 288)
-    east, north = to_lonlat.transform(735_600, 4_985_010)
-    with raise_if_dask_computes():
-        wide = m3rcr_xr.open_stac(optical, sar_items=sar_items, bbox=(west, south, east, north))
-    hole = wide["sar"].sel(y=quartet.y[18], x=quartet.x[18], method="nearest")
-    np.testing.assert_array_equal(hole.values, -10.0)
