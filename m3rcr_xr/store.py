@@ -20,7 +20,8 @@ Safety rules, for local paths and fsspec URLs alike:
   identity: the Dask graph's token (file names and modification times for rasters
   opened lazily, a content hash for arrays in memory, the checkpoint's hash for
   decloud) and the size and modification time of each source file (the fingerprint
-  of each source store). An unfinished store of other data is never resumed. A resume
+  of each source store of this library; the size and time of every file of a store of
+  other software). An unfinished store of other data is never resumed. A resume
   removes the temporary files (``KEY.<uuid>.partial``) of zarr's writes that a killed
   writer cut off in the arrays' folders. A store with no step recorded (killed while
   its arrays were created or its first steps written) holds none of its data: it is
@@ -482,11 +483,35 @@ def _source_identity(source: str) -> str:
         info = target.fs.info(target.path)
     except FileNotFoundError:
         return "missing"
+    except _access_errors() as err:
+        # the options an input was opened with are not kept: without what the file
+        # system finds itself, it cannot be identified, and a resume could mix data
+        raise StoreError(
+            f"{source}: cannot reach this input to identify the data ({_reason(err)}); "
+            "credentials given only in storage_options= when it was opened are not used "
+            "here: set them in the environment (or the file system's configuration)"
+        ) from err
     if info.get("type") == "directory":
         attrs = (_read_json(target, "zarr.json") or {}).get("attributes") or {}
-        return str(attrs.get(FINGERPRINT, ""))
+        return str(attrs.get(FINGERPRINT, "")) or _listing_identity(target)
+    return _file_identity(info)
+
+
+def _file_identity(info: dict[str, Any]) -> str:
     changed = info.get("mtime", info.get("ETag", info.get("LastModified")))
     return f"{info.get('size')}:{changed}"
+
+
+def _listing_identity(target: _Target) -> str:
+    """A folder without this library's fingerprint (a Zarr store of other software): a
+    hash of every file in it with its size and modification time, so that a chunk
+    rewritten in place changes it (the folder's own time does not). One listing: a
+    request per thousand keys on object stores."""
+    digest = hashlib.sha256()
+    files = target.fs.find(target.path, detail=True)
+    for name in sorted(files):
+        digest.update(f"{name[len(target.path) :]}\x00{_file_identity(files[name])}\n".encode())
+    return digest.hexdigest()
 
 
 def _coordinate_bytes(values: np.ndarray) -> bytes:

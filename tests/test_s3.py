@@ -137,3 +137,27 @@ def test_storage_options_reach_the_file_system(bucket, endpoint, monkeypatch):
     _same(m3rcr_xr.open_zarr(url, storage_options=options), scene)
     with pytest.raises(StoreError, match="a complete store exists"):
         m3rcr_xr.to_zarr(scene, url, storage_options=options)
+
+
+def test_a_source_opened_with_storage_options_only_is_a_store_error_not_a_traceback(
+    bucket, endpoint, monkeypatch, tmp_path
+):
+    """Its credentials are not kept with the data: identifying it for the fingerprint
+    fails, said in one line naming the source, before anything is written."""
+    import s3fs
+
+    options = {
+        "key": "m3rcr-test-key",
+        "secret": "m3rcr-test-secret",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
+    url = f"s3://{bucket}/src.zarr"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((32, 32), seed=1), url)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3fs.S3FileSystem.clear_instance_cache()
+    ds = m3rcr_xr.open_zarr(url, storage_options=options)
+    with pytest.raises(StoreError, match=f"{url}: cannot reach this input.*storage_options="):
+        m3rcr_xr.to_zarr(ds, tmp_path / "copy.zarr")
+    assert not (tmp_path / "copy.zarr").exists()

@@ -533,6 +533,29 @@ def test_corrected_input_files_are_not_resumed(tmp_path, monkeypatch):
         assert written == []
 
 
+def test_a_zarr_source_of_other_software_corrected_in_place_is_not_resumed(tmp_path, monkeypatch):
+    """A plain xarray store as the input: a chunk rewritten in place changes neither the
+    folder's time nor dask's token, but the store's listing (sizes, times) does."""
+    source = tmp_path / "theirs.zarr"
+    m3rcr_xr.synthetic_scene((64, 16), seed=1).to_zarr(source, zarr_format=3, consolidated=False)
+
+    def opened() -> xr.Dataset:
+        return xr.open_zarr(source, consolidated=False, decode_coords="all").chunk(y=16)
+
+    with m3rcr_xr.set_options(scene_chunk=16):
+        monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+        _recording(monkeypatch, fail_at=32)
+        with pytest.raises(OSError, match="disk went away"):
+            m3rcr_xr.to_zarr(opened(), tmp_path / "s.zarr")
+        written = _recording(monkeypatch)
+        time.sleep(0.01)  # a later modification time, whatever the file system's clock
+        cloudy = zarr.open_array(source / "cloudy", mode="r+")
+        cloudy[:, :16] = cloudy[:, :16] + 1000  # corrected in place
+        with pytest.raises(m3rcr_xr.StoreError, match="unfinished store of other data"):
+            m3rcr_xr.to_zarr(opened(), tmp_path / "s.zarr")
+        assert written == []
+
+
 def test_an_input_file_that_changed_changes_the_fingerprint(tmp_path):
     files = _geotiff_scene(tmp_path, 100)
 
