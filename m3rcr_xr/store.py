@@ -776,8 +776,10 @@ def to_zarr(
             try:
                 _initialise(ds, target, fingerprint)
             except Exception:
-                # no data written yet (an encoding zarr refuses, say): take it back
-                _clear(target)
+                # no data written yet (an encoding zarr refuses, say): take it back; if
+                # that fails too (a full disk), the next write starts it over anyway
+                with contextlib.suppress(Exception):
+                    _clear(target)
                 raise
         else:
             log.info("%s: resuming, %d of %d steps already written", store, len(done), len(steps))

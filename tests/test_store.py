@@ -448,14 +448,21 @@ def test_a_destination_holding_the_input_files_is_refused(tmp_path, train_quarte
 
 
 # ----------------------------------------------------- point 3: resume identity
-def test_an_unfinished_store_of_other_data_is_not_resumed(tmp_path, monkeypatch):
+def _cut_off_then_other_data(monkeypatch, target: Path, fail_at: int) -> xr.Dataset:
+    """A collection of 4 patches (a step each) whose write to ``target`` failed at the
+    step starting at ``fail_at``; returned: a collection of other values, same grid."""
     monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
-    target = tmp_path / "c.zarr"
     first, other = (m3rcr_xr.synthetic_collection(4, 32, seed=s) for s in (5, 6))
+    _recording(monkeypatch, fail_at=fail_at)
+    with pytest.raises(OSError, match="disk went away"):
+        m3rcr_xr.to_zarr(first, target)
+    return other
+
+
+def test_an_unfinished_store_of_other_data_is_not_resumed(tmp_path, monkeypatch):
+    target = tmp_path / "c.zarr"
     with m3rcr_xr.set_options(patches_per_chunk=1):
-        _recording(monkeypatch, fail_at=2)
-        with pytest.raises(OSError, match="disk went away"):
-            m3rcr_xr.to_zarr(first, target)
+        other = _cut_off_then_other_data(monkeypatch, target, fail_at=2)
         written = _recording(monkeypatch)
         before = snapshot(target)
         with pytest.raises(
@@ -474,13 +481,9 @@ def test_an_unfinished_store_with_no_step_written_is_started_over_for_any_data(
 ):
     """It holds none of its data (killed before its first step was recorded): writing
     other data there starts it over rather than asking for overwrite=True."""
-    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
     target = tmp_path / "c.zarr"
-    first, other = (m3rcr_xr.synthetic_collection(4, 32, seed=s) for s in (5, 6))
     with m3rcr_xr.set_options(patches_per_chunk=1):
-        _recording(monkeypatch, fail_at=0)
-        with pytest.raises(OSError, match="disk went away"):
-            m3rcr_xr.to_zarr(first, target)
+        other = _cut_off_then_other_data(monkeypatch, target, fail_at=0)
         assert not m3rcr_xr.is_complete(target)
         written = _recording(monkeypatch)
         m3rcr_xr.to_zarr(other, target)
