@@ -20,13 +20,14 @@ Safety rules, for local paths and fsspec URLs alike:
   identity: the Dask graph's token (file names and modification times for rasters
   opened lazily, a content hash for arrays in memory, the checkpoint's hash for
   decloud) and the size and modification time of each source file (the fingerprint
-  of each source store of this library; the size and time of every file of a store of
-  other software). An unfinished store of other data is never resumed. A resume
-  removes the temporary files (``KEY.<uuid>.partial``) of zarr's writes that a killed
-  writer cut off in the arrays' folders. A store with no step recorded (killed while
-  its arrays were created or its first steps written) holds none of its data: it is
-  started over, whatever data it was for. Variables without the dim the steps write
-  along are written with the metadata.
+  of each source store of this library; the listing of a Zarr store of other
+  software: each key's size and modification time, or ETag). An unfinished store of
+  other data is never resumed. A resume removes the temporary files
+  (``KEY.<uuid>.partial``) of zarr's writes that a killed writer cut off in the
+  arrays' folders. A store with no step recorded (killed while its arrays were
+  created or its first steps written) holds none of its data: it is started over,
+  whatever data it was for. Variables without the dim the steps write along are
+  written with the metadata.
 * **One writer.** A writer holds :data:`LOCK` inside the store while it writes: an
   OS lock on a local file (``flock``; a byte-range lock on Windows), released by the OS
   when the process ends, so a killed writer never blocks the resume; on object stores
@@ -167,6 +168,28 @@ class _Target:
         return protocol, os.path.realpath(self.path) if self.local else self.path
 
 
+class Source(str):
+    """A source's path or URL (a plain ``str`` to any reader) that also holds the
+    ``storage_options`` it was opened with, so that :func:`to_zarr` can reach it again
+    to identify it (credentials given only as options, none in the environment).
+
+    The options stay out of its ``str``, ``repr`` and JSON form: they are never
+    printed, nor written to a store's attributes.
+    """
+
+    storage_options: dict[str, Any]
+
+    def __new__(cls, url: str, storage_options: dict[str, Any] | None = None) -> Source:
+        source = super().__new__(cls, url)
+        source.storage_options = dict(storage_options or {})
+        return source
+
+
+def _options(source: Any) -> dict[str, Any]:
+    """The ``storage_options`` a source was opened with (:class:`Source`), else none."""
+    return dict(source.storage_options) if isinstance(source, Source) else {}
+
+
 def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
     """Where the data of ``obj`` was read from: paths and URLs, sorted, no repeats.
 
@@ -174,19 +197,23 @@ def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
     own convention (``xr.open_dataset`` sets it), extended to a list for data
     assembled from many files. The readers of this library fill it in:
     :func:`m3rcr_xr.open_quartet` and :func:`m3rcr_xr.open_m3rcr` with their files,
-    :func:`open_zarr` with the store, :func:`m3rcr_xr.decloud` with its input's.
+    :func:`open_zarr` with the store (a :class:`Source`, holding the
+    ``storage_options`` it was opened with, which this list keeps),
+    :func:`m3rcr_xr.decloud` with its input's.
     """
     holders: list[Any] = [obj, *obj.variables.values()] if isinstance(obj, xr.Dataset) else [obj]
     if isinstance(obj, xr.DataArray):
         holders += list(obj.coords.values())
-    found: set[str] = set()
+    found: dict[str, Source] = {}
     for holder in holders:
         value = holder.encoding.get("source")
         if value is None:
             continue
-        values = [value] if isinstance(value, str | os.PathLike) else value
-        found.update(_Target.of(v).url for v in values)
-    return sorted(found)
+        for v in [value] if isinstance(value, str | os.PathLike) else value:
+            source = Source(_Target.of(v).url, _options(v))
+            if source.storage_options or source not in found:  # one opened with options wins
+                found[source] = source
+    return [found[url] for url in sorted(found)]
 
 
 def _overlap(destination: _Target, source: _Target) -> str | None:
@@ -244,13 +271,13 @@ def _reason(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _reaching(target: _Target) -> Iterator[None]:
+def _reaching(target: _Target, what: str = "the store") -> Iterator[None]:
     """An error of the file system or object store reaching ``target`` as a
-    :class:`StoreError` naming the store and the reason."""
+    :class:`StoreError` naming it (``what`` it is) and the reason."""
     try:
         yield
     except _access_errors() as err:
-        raise StoreError(f"{target.name}: cannot reach the store ({_reason(err)})") from err
+        raise StoreError(f"{target.name}: cannot reach {what} ({_reason(err)})") from err
 
 
 def _read_json(target: _Target, key: str) -> dict[str, Any] | None:
@@ -475,43 +502,50 @@ def _fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
 
 
 def _source_identity(source: str) -> str:
-    """What changes when an input changes: a store's own fingerprint, else a file's
-    size and modification time (ETag or date on object stores)."""
-    target = _Target.of(source)
-    target.fs.invalidate_cache(target.path)
-    try:
-        info = target.fs.info(target.path)
-    except FileNotFoundError:
-        return "missing"
-    except _access_errors() as err:
-        # the options an input was opened with are not kept: without what the file
-        # system finds itself, it cannot be identified, and a resume could mix data
-        raise StoreError(
-            f"{source}: cannot reach this input to identify the data ({_reason(err)}); "
-            "credentials given only in storage_options= when it was opened are not used "
-            "here: set them in the environment (or the file system's configuration)"
-        ) from err
-    if info.get("type") == "directory":
+    """What changes when an input changes: a store's own fingerprint; else, for a
+    folder (a Zarr store of other software), its listing (:func:`_listing_identity`);
+    else a file's size and modification time (ETag or date on object stores).
+
+    The source is reached with the ``storage_options`` it was opened with
+    (:class:`Source`); a source out of reach is a :class:`StoreError` naming it.
+    """
+    target = _Target.of(source, _options(source))
+    with _reaching(target, "the input"):
+        target.fs.invalidate_cache(target.path)
+        try:
+            info = target.fs.info(target.path)
+        except FileNotFoundError:
+            return "missing"
+        if info.get("type") != "directory":
+            return _version(info)
         attrs = (_read_json(target, "zarr.json") or {}).get("attributes") or {}
-        return str(attrs.get(FINGERPRINT, "")) or _listing_identity(target)
-    return _file_identity(info)
-
-
-def _file_identity(info: dict[str, Any]) -> str:
-    changed = info.get("mtime", info.get("ETag", info.get("LastModified")))
-    return f"{info.get('size')}:{changed}"
+        return str(attrs.get(FINGERPRINT) or _listing_identity(target))
 
 
 def _listing_identity(target: _Target) -> str:
-    """A folder without this library's fingerprint (a Zarr store of other software): a
-    hash of every file in it with its size and modification time, so that a chunk
-    rewritten in place changes it (the folder's own time does not). One listing: a
-    request per thousand keys on object stores."""
+    """A digest of every key under a folder with its size and modification time (ETag
+    on object stores): any chunk rewritten in place changes it, which a Dask token of
+    an ``xr.open_zarr`` store (its top folder's modification time) misses.
+
+    It costs one recursive listing: a ``stat`` of each file locally, one request per
+    1000 keys on S3 (a store of 100 000 chunks: 100 requests), nothing read.
+    """
     digest = hashlib.sha256()
-    files = target.fs.find(target.path, detail=True)
-    for name in sorted(files):
-        digest.update(f"{name[len(target.path) :]}\x00{_file_identity(files[name])}\n".encode())
-    return digest.hexdigest()
+    listing = target.fs.find(target.path, detail=True)
+    for name in sorted(listing):
+        relative = name[len(target.path) :]
+        digest.update(f"{relative}\0{_version(listing[name])}\0".encode())
+    return f"listing:{digest.hexdigest()}"
+
+
+#: what each fsspec file system reports that changes when a file is rewritten
+_VERSION_KEYS = ("mtime", "ETag", "etag", "LastModified", "last_modified", "updated")
+
+
+def _version(info: dict[str, Any]) -> str:
+    """A file's size and its first of :data:`_VERSION_KEYS`."""
+    changed = next((info[key] for key in _VERSION_KEYS if info.get(key) is not None), None)
+    return f"{info.get('size')}:{changed}"
 
 
 def _coordinate_bytes(values: np.ndarray) -> bytes:
@@ -1062,7 +1096,9 @@ def open_zarr(
     ``storage_options`` go to the fsspec file system of a URL, as in :func:`to_zarr`.
 
     The result records the store in ``encoding["source"]`` (of the dataset and of
-    each variable), so that :func:`to_zarr` never writes over its own input.
+    each variable), so that :func:`to_zarr` never writes over its own input; a
+    :class:`Source`, which keeps ``storage_options`` for :func:`to_zarr` to identify
+    the input again (never printed nor written).
 
     Raises
     ------
@@ -1085,7 +1121,7 @@ def open_zarr(
     ds = ds.assign_coords({name: _unicode(ds[name].load()) for name in ds.coords})
     ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("m3rcr_")}
     for holder in (ds, *ds.variables.values()):
-        holder.encoding["source"] = target.url
+        holder.encoding["source"] = Source(target.url, dict(target.storage_options))
     return validate(ds, required=()) if validate_schema else ds
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import s3fs
 import xarray as xr
+import zarr
 from distributed import Client
 
 import m3rcr_xr
@@ -120,16 +121,22 @@ def test_s3_keeps_other_objects_and_one_writer(bucket):
     assert not fs.exists(f"{bucket}/scene.zarr/{store.LOCK}")
 
 
-def test_storage_options_reach_the_file_system(bucket, endpoint, monkeypatch):
-    """Credentials and endpoint given as storage_options, none in the environment."""
+def _options_only(monkeypatch, endpoint: str) -> dict:
+    """The bucket's credentials and endpoint as storage_options, none in the environment."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # nothing leaves this machine
     s3fs.S3FileSystem.clear_instance_cache()
-    options = {
+    return {
         "key": "m3rcr-test-key",
         "secret": "m3rcr-test-secret",
         "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
     }
+
+
+def test_storage_options_reach_the_file_system(bucket, endpoint, monkeypatch):
+    """Credentials and endpoint given as storage_options, none in the environment."""
+    options = _options_only(monkeypatch, endpoint)
     scene = m3rcr_xr.synthetic_scene((64, 48), seed=9)
     url = f"s3://{bucket}/options.zarr"
     m3rcr_xr.to_zarr(scene, url, storage_options=options)
@@ -139,25 +146,46 @@ def test_storage_options_reach_the_file_system(bucket, endpoint, monkeypatch):
         m3rcr_xr.to_zarr(scene, url, storage_options=options)
 
 
-def test_a_source_opened_with_storage_options_only_is_a_store_error_not_a_traceback(
-    bucket, endpoint, monkeypatch, tmp_path
-):
-    """Its credentials are not kept with the data: identifying it for the fingerprint
-    fails, said in one line naming the source, before anything is written."""
-    import s3fs
+def test_data_read_with_storage_options_can_be_written(bucket, endpoint, monkeypatch, tmp_path):
+    """The source is reached again, to identify it, with the options it was opened
+    with, also through decloud; the secret is neither printed nor written."""
+    options = _options_only(monkeypatch, endpoint)
+    scene = m3rcr_xr.synthetic_scene((64, 64), seed=10)
+    m3rcr_xr.to_zarr(scene, f"s3://{bucket}/src.zarr", storage_options=options)
+    ds = m3rcr_xr.open_zarr(f"s3://{bucket}/src.zarr", storage_options=options)
+    out = m3rcr_xr.decloud(
+        ds, "dsen2_cr", checkpoint="untrained", config={"n_resblocks": 1, "n_feats": 8}, tile=32
+    )
+    m3rcr_xr.to_zarr(ds, tmp_path / "copy.zarr")
+    m3rcr_xr.to_zarr(out.to_dataset(), tmp_path / "decloud.zarr")
+    _same(m3rcr_xr.open_zarr(tmp_path / "copy.zarr"), scene)
+    secret = options["secret"]
+    assert secret not in repr(ds.encoding) + repr(ds["cloudy"].encoding) + str(store.sources(out))
+    written = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 20 and not any(secret.encode() in data for data in written)
 
-    options = {
-        "key": "m3rcr-test-key",
-        "secret": "m3rcr-test-secret",
-        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-    }
+
+def test_a_source_out_of_reach_is_a_store_error_naming_it(bucket, endpoint, monkeypatch, tmp_path):
+    """A source named without its options (as xarray's own open_zarr records it) and no
+    credentials in the environment: it cannot be identified, and nothing is written."""
+    _options_only(monkeypatch, endpoint)
     url = f"s3://{bucket}/src.zarr"
-    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((32, 32), seed=1), url)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    s3fs.S3FileSystem.clear_instance_cache()
-    ds = m3rcr_xr.open_zarr(url, storage_options=options)
-    with pytest.raises(StoreError, match=f"{url}: cannot reach this input.*storage_options="):
-        m3rcr_xr.to_zarr(ds, tmp_path / "copy.zarr")
-    assert not (tmp_path / "copy.zarr").exists()
+    scene = m3rcr_xr.synthetic_scene((64, 48), seed=11)
+    scene.encoding["source"] = url
+    message = rf"^{url}: cannot reach the input \(Unable to locate credentials\)$"
+    with pytest.raises(StoreError, match=message):
+        m3rcr_xr.to_zarr(scene, tmp_path / "copy.zarr")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_zarr_store_of_other_software_on_s3_changed_in_place_is_told_apart(bucket):
+    """Such a source is identified by its listing: each key with its ETag."""
+    url = f"s3://{bucket}/theirs.zarr"
+    values = zarr.open_group(url, mode="w").create_array(
+        "values", shape=(8,), chunks=(4,), dtype="i4"
+    )
+    values[:] = np.arange(8)
+    first = store._source_identity(url)
+    assert store._source_identity(url) == first
+    values[4:] = 0  # one chunk rewritten in place: same keys, same size
+    assert store._source_identity(url) != first

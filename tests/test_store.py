@@ -3,6 +3,7 @@ import os
 import signal
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -536,29 +537,6 @@ def test_corrected_input_files_are_not_resumed(tmp_path, monkeypatch):
         assert written == []
 
 
-def test_a_zarr_source_of_other_software_corrected_in_place_is_not_resumed(tmp_path, monkeypatch):
-    """A plain xarray store as the input: a chunk rewritten in place changes neither the
-    folder's time nor dask's token, but the store's listing (sizes, times) does."""
-    source = tmp_path / "theirs.zarr"
-    m3rcr_xr.synthetic_scene((64, 16), seed=1).to_zarr(source, zarr_format=3, consolidated=False)
-
-    def opened() -> xr.Dataset:
-        return xr.open_zarr(source, consolidated=False, decode_coords="all").chunk(y=16)
-
-    with m3rcr_xr.set_options(scene_chunk=16):
-        monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
-        _recording(monkeypatch, fail_at=32)
-        with pytest.raises(OSError, match="disk went away"):
-            m3rcr_xr.to_zarr(opened(), tmp_path / "s.zarr")
-        written = _recording(monkeypatch)
-        time.sleep(0.01)  # a later modification time, whatever the file system's clock
-        cloudy = zarr.open_array(source / "cloudy", mode="r+")
-        cloudy[:, :16] = cloudy[:, :16] + 1000  # corrected in place
-        with pytest.raises(m3rcr_xr.StoreError, match="unfinished store of other data"):
-            m3rcr_xr.to_zarr(opened(), tmp_path / "s.zarr")
-        assert written == []
-
-
 def test_an_input_file_that_changed_changes_the_fingerprint(tmp_path):
     files = _geotiff_scene(tmp_path, 100)
 
@@ -573,6 +551,61 @@ def test_an_input_file_that_changed_changes_the_fingerprint(tmp_path):
         handle.write(b"\0")  # the graph's token (name, mtime) misses it
     os.utime(files["sar"], ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert fingerprint() != first
+
+
+def _their_scene(path: Path) -> xr.Dataset:
+    """A scene in a Zarr store written by xarray itself (no m3rcr_* attributes), opened
+    as a user of xarray opens it."""
+    if not path.exists():
+        with warnings.catch_warnings():  # zarr: fixed-width strings have no v3 spec
+            warnings.simplefilter("ignore")
+            scene = m3rcr_xr.synthetic_scene((64, 16), seed=1)
+            scene.to_zarr(path, zarr_format=3, consolidated=False)
+    return xr.open_zarr(path, consolidated=False, decode_coords="all")
+
+
+def test_a_zarr_store_of_other_software_corrected_in_place_is_not_resumed(tmp_path, monkeypatch):
+    """xarray's token of such a store covers its top folder's modification time only,
+    which a chunk rewritten in place leaves alone; the store's listing does not."""
+    source, target = tmp_path / "theirs.zarr", tmp_path / "copy.zarr"
+    with m3rcr_xr.set_options(scene_chunk=16):
+        monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+        _recording(monkeypatch, fail_at=32)
+        with pytest.raises(OSError, match="disk went away"):
+            m3rcr_xr.to_zarr(_their_scene(source), target)
+        assert store.sources(_their_scene(source)) == [str(source)]
+
+        def fingerprint() -> str:
+            ds = _their_scene(source)
+            return store._fingerprint(store._prepare(ds), store.sources(ds))
+
+        first = fingerprint()
+        assert fingerprint() == first  # reopened unchanged: a resume is allowed
+        cloudy = zarr.open_array(source / "cloudy", mode="r+")
+        cloudy[:, 32:48] = cloudy[:, 32:48] + 1000  # the rows not yet copied, corrected
+        assert fingerprint() != first
+        written, before = _recording(monkeypatch), snapshot(target)
+        with pytest.raises(m3rcr_xr.StoreError, match="unfinished store of other data"):
+            m3rcr_xr.to_zarr(_their_scene(source), target)
+        assert written == [] and snapshot(target) == before
+
+
+def test_a_source_keeps_its_storage_options_out_of_sight():
+    """The options a store was opened with travel with its name (through copies,
+    pickles and :func:`store.sources`), never into its text."""
+    import copy
+    import json
+    import pickle
+
+    options = {"key": "k", "secret": "SECRET"}
+    opened = store.Source("s3://b/s.zarr", options)
+    data = xr.Dataset({"a": ("y", [1, 2])})
+    data.encoding["source"] = "s3://b/s.zarr"  # the same store, named without options
+    data["a"].encoding["source"] = [opened]
+    (found,) = store.sources(data)
+    for kept in (found, copy.deepcopy(found), pickle.loads(pickle.dumps(found))):
+        assert kept == "s3://b/s.zarr" and kept.storage_options == options
+        assert "SECRET" not in repr(kept) + str(kept) + f"{kept}" + json.dumps([kept])
 
 
 # ---------------------------------------------------------- point 4: one writer
