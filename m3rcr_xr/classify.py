@@ -38,7 +38,7 @@ from .inference import (
     tile_collection,
     tile_scene,
 )
-from .landcover import IGNORE_INDEX
+from .landcover import IGNORE_INDEX, label_attrs
 from .normalize import normalize_optical
 from .runner import DEFAULT_PRECISION, ModelRef
 from .store import sources
@@ -146,14 +146,8 @@ def classify_lazy(
     )
     data = run(inputs, raw, job)[..., 0, :, :]
     template = optical.isel(band=0, drop=True)
-    codes = np.arange(len(spec.classes), dtype=np.uint8)
     attrs = {
-        "long_name": "land-cover class",
-        "flag_values": codes,
-        "flag_meanings": " ".join(name.replace(" ", "_") for name in spec.classes),
-        "classes": ", ".join(spec.classes),
-        "level": spec.config["level"],
-        "ignore_index": IGNORE_INDEX,
+        **label_attrs(spec.config["level"]),
         "model": ref.name,
         "config": repr(dict(ref.config)),
         "tile": plan.tile,
@@ -208,7 +202,8 @@ def classify(
         Class indices, uint8, dims ``([patch,] y, x)`` with the input's coordinates;
         :data:`~m3rcr_xr.landcover.IGNORE_INDEX` (255) where the input has no data (a
         non-finite band, or a band at 0 in integer reflectance). The class names are in
-        ``attrs["flag_meanings"]`` (CF) and ``attrs["classes"]``. Lazy for a
+        ``attrs["flag_meanings"]`` (CF) and ``attrs["classes"]``; ``attrs["nodata"]``
+        is 255, so a GeoTIFF of it masks the pixels without a label. Lazy for a
         Dask-backed input, in memory for an in-memory one.
 
     Raises

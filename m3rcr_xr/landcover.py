@@ -140,16 +140,41 @@ def worldcover_labels(codes, level: int):
     for name in ignored_classes(level):
         table[table == class_names(level).index(name)] = -1
     lookup = np.where(table < 0, IGNORE_INDEX, table).astype(np.uint8)
-    return _apply_lookup(lookup, codes)
+    return _apply_lookup(lookup, codes, label_attrs(level))
 
 
-def _apply_lookup(lookup: np.ndarray, codes):
+def label_attrs(level: int) -> dict[str, object]:
+    """The attributes of an array of class indices at ``level`` (CF flags).
+
+    :data:`IGNORE_INDEX` is its ``nodata``: a pixel without a label, which a GeoTIFF
+    (:func:`m3rcr_xr.to_cog`) then masks. Index 0 is a class.
+
+    Examples
+    --------
+    >>> label_attrs(1)["flag_meanings"]
+    'forest_land rangeland agriculture urban barren water unknown'
+    """
+    classes = class_names(level)
+    return {
+        "long_name": "land-cover class",
+        "flag_values": np.arange(len(classes), dtype=np.uint8),
+        "flag_meanings": " ".join(name.replace(" ", "_") for name in classes),
+        "classes": ", ".join(classes),
+        "level": level,
+        "ignore_index": IGNORE_INDEX,
+        "nodata": IGNORE_INDEX,
+    }
+
+
+def _apply_lookup(lookup: np.ndarray, codes, attrs: dict[str, object] | None = None):
     """``lookup[codes]`` for NumPy, Dask and xarray objects (values that are no code:
-    negative, fractional, NaN, above 255: ignored)."""
+    negative, fractional, NaN, above 255: ignored); a DataArray's result has ``attrs``
+    only, none of the codes' (their nodata 0 is a class index here)."""
     import xarray as xr
 
     if isinstance(codes, xr.DataArray):
-        return codes.copy(data=_apply_lookup(lookup, codes.data))
+        data = _apply_lookup(lookup, codes.data)
+        return xr.DataArray(data, codes.coords, codes.dims, codes.name, attrs)
     if not isinstance(codes, np.ndarray) and hasattr(codes, "map_blocks"):
         return codes.map_blocks(functools.partial(_apply_lookup, lookup), dtype=np.uint8)
     codes = np.asarray(codes)

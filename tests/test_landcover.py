@@ -78,3 +78,30 @@ def test_worldcover_labels_ignore_nodata_unknown_codes_and_ignored_classes(level
     np.testing.assert_array_equal(
         landcover.worldcover_labels(np.array([300, -1]), level), landcover.IGNORE_INDEX
     )
+
+
+def test_worldcover_labels_of_a_dataarray_carry_label_attrs_not_the_codes(tmp_path):
+    """The land cover's nodata 0 is class index 0 (tree cover / forest land) among
+    labels: carried over, a GeoTIFF of the labels masked every pixel of that class."""
+    import rasterio
+    import xarray as xr
+
+    import m3rcr_xr
+
+    codes = np.array([[10, 10, 0], [20, 30, 10]], dtype=np.uint8)
+    landcover_ = xr.DataArray(
+        codes,
+        dims=("y", "x"),
+        coords={"y": [15.0, 5.0], "x": [5.0, 15.0, 25.0]},
+        attrs={"long_name": "ESA WorldCover class code", "nodata": 0},
+        name="landcover",
+    ).rio.write_crs(32633)
+    labels = landcover.worldcover_labels(landcover_, 2)
+    assert labels.attrs["nodata"] == landcover.IGNORE_INDEX and "long_name" in labels.attrs
+    assert labels.attrs.keys() == landcover.label_attrs(2).keys() and labels.name == "landcover"
+    assert labels.rio.crs == landcover_.rio.crs
+    (written,) = m3rcr_xr.to_cog(labels, tmp_path / "labels.tif")
+    with rasterio.open(written) as cog:
+        assert cog.nodata == landcover.IGNORE_INDEX
+        masked = cog.read_masks(1)[:2, :3] == 0
+    np.testing.assert_array_equal(masked, codes == 0)

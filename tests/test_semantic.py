@@ -160,6 +160,19 @@ def test_negative_labels_are_refused_as_out_of_range():
         semantic_metrics(labels, codes, level=1)
 
 
+@pytest.mark.parametrize("chunks", [None, 1])
+def test_fractional_labels_are_refused_not_truncated(chunks):
+    """A labelling resampled bilinearly is no labelling: 1.9 is not class 1."""
+    codes = xr.DataArray(np.array([[10, 20], [40, 50]], "uint8"), dims=("y", "x"))
+    labels = xr.DataArray(np.array([[0.0, 1.9], [2.5, 3.0]]), dims=("y", "x"))
+    if chunks:
+        codes, labels = codes.chunk(chunks), labels.chunk(chunks)
+    with pytest.raises(SchemaError, match="labels: 2 pixel.*no whole numbers"):
+        semantic_metrics(labels, codes, level=1).compute()
+    whole = semantic_metrics(labels.round(), codes, level=1)
+    assert int(whole.n_labelled.sel(stratum="all")) == 4
+
+
 @pytest.mark.parametrize("chunks", [None, 2])
 def test_land_cover_values_that_are_no_code_are_ignored_and_nan_is_nodata(chunks):
     values = np.array([[10, 300, -1], [10.5, np.nan, 20]], "float32")

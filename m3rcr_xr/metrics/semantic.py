@@ -109,7 +109,9 @@ def _confusion_block(
 ) -> np.ndarray:
     """Counts of (cloud, true, predicted) in a block, then of predicted labels out of
     range (neither a class nor :data:`IGNORE_INDEX`); shaped (1, ..., 1, 2 K^2 + 1)."""
-    predicted, true = predicted.astype(np.int64), true.astype(np.int64)
+    # a fraction or NaN is no label (-1: out of range), never truncated into a class
+    predicted = np.where(is_code(predicted), predicted, -1).astype(np.int64)
+    true = true.astype(np.int64)
     is_class = (predicted >= 0) & (predicted < n_classes)
     keep = is_class & (true < n_classes) & ~excluded
     code = (cloud[keep].astype(np.int64) * n_classes + true[keep]) * n_classes + predicted[keep]
@@ -317,7 +319,7 @@ def semantic_table(
                 raise SchemaError(
                     f"{name}: {int(bad)} pixel(s) have class indices that are not classes of "
                     f"WorldCover level {level} (0..{len(class_names(level)) - 1}) nor "
-                    f"{IGNORE_INDEX}: labels of another level?"
+                    f"{IGNORE_INDEX} (or no whole numbers): labels of another level?"
                 )
     confusion = _by_stratum(counts["confusion"], strata)
     result = confusion_scores(confusion, ignored_classes(level)).assign(confusion=confusion)
