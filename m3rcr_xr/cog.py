@@ -12,9 +12,11 @@ and 221 MiB at 2048, 4096 and 8192 pixels square, four float32 bands).
 
 The file's grid is odc-geo's COG layout: the scene's transform and CRS, the width and
 height rounded up (with nodata) to a multiple of ``2**levels`` so that each overview
-halves the one above exactly. A collection (a ``patch`` dim) becomes a folder of one
-GeoTIFF per patch, named by the ``patch`` coordinate (the id :func:`m3rcr_xr.open_m3rcr`
-takes from the cloudy file's name).
+halves the one above exactly; overviews go down to one block, but stop while every side
+keeps 2 pixels (a side of one pixel is grown to 2: odc-geo cannot write one). A
+collection (a ``patch`` dim) becomes a folder of one GeoTIFF per patch, named by the
+``patch`` coordinate (the id :func:`m3rcr_xr.open_m3rcr` takes from the cloudy file's
+name).
 
 Safety rules, as for :func:`m3rcr_xr.to_zarr`: an existing file is replaced only with
 ``overwrite=True`` (other files of a destination folder are never touched); a
@@ -33,11 +35,13 @@ import posixpath
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from dask.base import is_dask_collection
 from dask.utils import key_split
 
 from .exceptions import StoreError, UnsafePathError, UsageError, argument, check_integer
@@ -68,10 +72,14 @@ def _array(obj: xr.Dataset | xr.DataArray, variable: str | None) -> xr.DataArray
 def _with_nodata(array: xr.DataArray) -> xr.DataArray:
     """``array`` with its nodata in ``encoding`` (the rioxarray way): the one it
     declares (rioxarray's, else this library's ``attrs["nodata"]``), else NaN for
-    floats; integers without one get none. :class:`UsageError` for one that does not
-    fit the array's dtype."""
+    floats; integers without one get none. An encoded nodata is written as
+    ``rio.to_raster`` writes it: NaN filled with it, and the dtype of the encoding (a
+    masked read of uint16 is uint16 again), see :func:`_encoded`. :class:`UsageError`
+    for a nodata that does not fit the array's dtype."""
     try:  # rioxarray casts a declared nodata to the dtype as it reads it
         nodata = array.rio.encoded_nodata
+        if nodata is not None:
+            return _encoded(array, nodata).rio.write_nodata(nodata, encoded=True)
         for fallback in (array.rio.nodata, array.attrs.get("nodata")):
             nodata = fallback if nodata is None else nodata
         if nodata is None and array.dtype.kind == "f":
@@ -83,8 +91,37 @@ def _with_nodata(array: xr.DataArray) -> xr.DataArray:
         ) from None
 
 
-#: TIFF codecs that keep every value (``none``: no compression)
-LOSSLESS = ("deflate", "zstd", "lzw", "lzma", "packbits", "none")
+def _encoded(array: xr.DataArray, nodata: float) -> xr.DataArray:
+    """``array`` (decoded: nodata as NaN) with NaN as ``nodata`` again, in the integer
+    dtype of its encoding (``encoding["dtype"]``) where it has one and no scale or
+    offset: the pixels carry the nodata the file declares, and GDAL masks them.
+    Lazy; a block with a value that dtype cannot hold is a :class:`UsageError`."""
+    if array.dtype.kind != "f" or np.isnan(nodata):
+        return array
+    filled = array.fillna(nodata)
+    dtype = np.dtype(array.encoding.get("dtype", array.dtype))
+    scaled = (array.encoding.get("scale_factor", 1), array.encoding.get("add_offset", 0))
+    if dtype.kind not in "iu" or scaled != (1, 0):
+        return filled
+    cast = partial(_exactly, dtype=dtype, name=str(array.name or "array"))
+    data = filled.data
+    data = data.map_blocks(cast, dtype=dtype) if is_dask_collection(data) else cast(data)
+    return filled.copy(data=data)
+
+
+def _exactly(block: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """``block`` as ``dtype``, or :class:`UsageError` for a value it changes."""
+    cast = block.astype(dtype)
+    if not np.array_equal(cast, block):
+        raise UsageError(
+            f"{name}: has values its encoding's dtype {dtype} cannot hold; drop "
+            f'encoding["dtype"] to write them as {block.dtype}'
+        )
+    return cast
+
+
+#: TIFF codecs that keep every value (no ``none``: odc-geo cannot write a COG uncompressed)
+LOSSLESS = ("deflate", "zstd", "lzw", "lzma", "packbits")
 #: lossy codecs, and the band counts they take, for 8-bit data only
 LOSSY_8BIT = {"jpeg": (1, 3), "webp": (3, 4)}
 
@@ -92,8 +129,9 @@ LOSSY_8BIT = {"jpeg": (1, 3), "webp": (3, 4)}
 def _writable(array: xr.DataArray, compress: str, overview_resampling: str) -> xr.DataArray:
     """``array`` as a COG takes it, or :class:`UsageError` before any work: a CRS; a
     ``band`` dim (a scalar ``band`` coordinate becomes one band); bool as uint8 (TIFF
-    has no one-byte bool: it would be written as bits, and read back scrambled); a
-    ``compress`` that keeps its values; an ``overview_resampling`` GDAL knows."""
+    has no one-byte bool: it would be written as bits, and read back scrambled); no
+    ``long_name`` but one name a band (see :func:`_band_names_kept`); a ``compress``
+    that keeps its values; an ``overview_resampling`` GDAL knows."""
     from odc.geo.warp import resampling_s2rio
 
     if not is_collection(array) and array.rio.crs is None:
@@ -102,14 +140,21 @@ def _writable(array: xr.DataArray, compress: str, overview_resampling: str) -> x
         array = array.expand_dims("band", axis=array.dims.index("y"))
     if array.dtype == bool:
         array = array.astype(np.uint8)
+    array = _band_names_kept(array)
     codec = str(compress).lower()
     bands = array.sizes.get("band", 1)
     if codec not in LOSSLESS and not (
         array.dtype == np.uint8 and bands in LOSSY_8BIT.get(codec, ())
     ):
+        what = (
+            f"not for {bands} band(s) of {array.dtype}"
+            if codec in LOSSY_8BIT
+            else "not a compression to_cog writes"
+        )
         raise UsageError(
-            f"{argument('compress', compress)}: not for {bands} band(s) of {array.dtype}; "
-            f"use one of {', '.join(LOSSLESS)} (jpeg: 1 or 3 bands of uint8, webp: 3 or 4)"
+            f"{argument('compress', compress)}: {what}; use one of {', '.join(LOSSLESS)} "
+            "(jpeg: 1 or 3 bands of uint8, webp: 3 or 4; none: odc-geo writes no "
+            "uncompressed COG)"
         )
     try:
         resampling_s2rio(overview_resampling)
@@ -119,6 +164,22 @@ def _writable(array: xr.DataArray, compress: str, overview_resampling: str) -> x
             "method (nearest, average, bilinear, mode...)"
         ) from None
     return array
+
+
+def _band_names_kept(array: xr.DataArray) -> xr.DataArray:
+    """``array`` without a ``long_name`` that is not one name a band (rioxarray reads a
+    GeoTIFF's name tag into a string ``long_name``, which odc-geo would take for the
+    names of the bands, and refuse for another count of bands). Band descriptions come
+    from a string ``band`` coordinate, else from such a ``long_name``."""
+    long_name = array.attrs.get("long_name")
+    if long_name is None:
+        return array
+    names = np.atleast_1d(np.asarray(long_name, dtype=object))
+    if names.ndim == 1 and names.size == array.sizes.get("band", 1):
+        return array
+    kept = array.copy(deep=False)
+    kept.attrs = {key: value for key, value in array.attrs.items() if key != "long_name"}
+    return kept
 
 
 def _patch_scene(collection: xr.DataArray, index: int) -> xr.DataArray:
@@ -298,6 +359,7 @@ def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwarg
     """
     from odc.geo.cog import save_cog_with_dask
 
+    array = _two_pixels_at_least(array)
     array = array.chunk({"y": size, "x": size, **({"band": -1} if "band" in array.dims else {})})
     if "band" in array.dims:
         # one band stays a plane: tifffile refuses a single sample interleaved by pixel
@@ -305,7 +367,8 @@ def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwarg
         array = array.transpose(*(("y", "x", "band") if many else ("band", "y", "x")))
     # no band statistics: odc-geo computes them from an overview level in a graph of
     # their own, which ran every block of the source twice (a lazy decloud's network too)
-    kwargs = {"compression": compress, "blocksize": size, "stats": False, **kwargs}
+    blocksize = _blocksizes((array.sizes["y"], array.sizes["x"]), size)
+    kwargs = {"compression": compress, "blocksize": blocksize, "stats": False, **kwargs}
     if str(compress).lower() not in LOSSY_8BIT:
         # bands, not colours: odc-geo tags 3 or 4 samples as RGB(A), and GDAL then takes
         # the fourth (NIR) for an alpha mask and the first (blue) for red
@@ -314,6 +377,43 @@ def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwarg
     writes = max(1, min(WRITES_PER_TASK, (MAX_PARTS - 1) // max(tasks, 1)))
     graph = save_cog_with_dask(array, dst, writes_per_chunk=writes, spill_sz=SPILL_BYTES, **kwargs)
     return _seeds_fused(graph)
+
+
+def _two_pixels_at_least(array: xr.DataArray) -> xr.DataArray:
+    """``array`` with a side of one pixel grown by a pixel of its nodata (0 for
+    integers without one) on the bottom or right, as odc-geo grows the image: odc-geo
+    computes the grid of a level below its last, which has a side of 0 pixels there."""
+    short = [dim for dim in ("y", "x") if array.sizes[dim] == 1]
+    if not short:
+        return array
+    transform = array.rio.transform()
+    origin_step = {"x": (transform.c, transform.a), "y": (transform.f, transform.e)}
+    nodata = array.rio.encoded_nodata
+    grown = array.pad({dim: (0, 1) for dim in short}, constant_values=nodata or 0)
+    centres = np.arange(2) + 0.5
+    grown = grown.assign_coords(
+        {dim: origin_step[dim][0] + origin_step[dim][1] * centres for dim in short}
+    ).assign_attrs(array.attrs)
+    return grown if nodata is None else grown.rio.write_nodata(nodata, encoded=True)
+
+
+def _blocksizes(shape: tuple[int, int], size: int) -> list[int]:
+    """odc-geo's ``blocksize``: ``size`` at each level, and overviews down to one
+    block, as odc-geo makes them, but never down to a side of one pixel.
+
+    odc-geo makes as many levels as the last block size of the list needs to fit the
+    image, and computes the grid of the level below the last one too: a side of one
+    pixel in the last level is a side of 0 there, and a ``ZeroDivisionError``. So the
+    levels stop while every side keeps 2 pixels (odc-geo rounds the sides up to a
+    multiple of ``2**levels``), and the list ends with a block size (never a level's
+    block) that gives odc-geo that many levels.
+    """
+    levels = 0
+    while size < max(shape) >> levels:  # odc-geo's count: halve until one block
+        levels += 1
+    levels = min(levels, (min(shape) - 1).bit_length() - 1)
+    last = -(-max(max(shape) >> levels, 1) // 16) * 16  # a multiple of 16 fitting it
+    return [size] * (levels + 1) + [last]
 
 
 def _seeds_fused(graph: Any) -> Any:
@@ -365,9 +465,15 @@ def to_cog(
     multiple of ``2 ** overview levels`` pixels (fewer than ``blocksize`` at most; none
     for a scene within one block), with the nodata value, so that each overview halves
     it exactly. Bands are tagged as bands (``MINISBLACK``), not as colours: GDAL would
-    take a fourth band for alpha. Band descriptions come from the ``band``
-    coordinate, nodata from the array (``rio.encoded_nodata`` or ``rio.nodata``; NaN
-    for floats that declare none), the georeference from its CRS and coordinates.
+    take a fourth band for alpha. Overviews go down to one block, but stop while every
+    side keeps 2 pixels (a side of one pixel is grown to 2 with nodata). Band
+    descriptions come from a string ``band`` coordinate (else from a ``long_name`` of
+    one name a band; another ``long_name``, such as the name tag rioxarray reads, is
+    left out), nodata from the array (``rio.encoded_nodata`` or ``rio.nodata``; NaN for
+    floats that declare none), the georeference from its CRS and coordinates. An
+    encoded nodata is written as ``rio.to_raster`` writes it: a masked read (NaN for
+    nodata, ``encoding["dtype"]`` uint16) is written with NaN as its encoded nodata, in
+    the dtype of its encoding.
 
     Parameters
     ----------
@@ -384,7 +490,8 @@ def to_cog(
         Replace existing files of the same names (nothing else is ever touched).
     compress
         TIFF compression, as rioxarray's ``to_raster`` names it: ``"deflate"``,
-        ``"zstd"``, ``"lzw"``... (``"jpeg"``, ``"webp"``: 8-bit data only). A bool
+        ``"zstd"``, ``"lzw"``, ``"lzma"``, ``"packbits"`` (``"jpeg"``, ``"webp"``:
+        8-bit data only; not ``"none"``: odc-geo writes no uncompressed COG). A bool
         array (a cloud mask) is written as uint8 0/1.
     level
         Compression level; default the codec's.
@@ -412,7 +519,9 @@ def to_cog(
         Before any work: ``blocksize`` not a positive multiple of 16; ``variable`` not in
         the Dataset; no CRS; a ``compress`` that would change the values (a lossy codec
         other than for 8-bit data: :data:`LOSSLESS`, :data:`LOSSY_8BIT`); an unknown
-        ``overview_resampling``; a nodata that is no value of the dtype.
+        ``overview_resampling``; a nodata that is no value of the dtype. While writing
+        (nothing is left behind): values of a masked array that the integer dtype of
+        its encoding cannot hold (drop ``encoding["dtype"]`` to write floats).
 
     Examples
     --------

@@ -8,9 +8,11 @@ import dask.array as da
 import numpy as np
 import pytest
 import rasterio
+import rioxarray
 import xarray as xr
 from dask.callbacks import Callback
 from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.transform import Affine
 from rio_cogeo.cogeo import cog_validate
 
 import m3rcr_xr
@@ -49,6 +51,73 @@ def test_integer_bands_take_the_declared_nodata(tmp_path):
     m3rcr_xr.to_cog(cloudy, tmp_path / "c.tif")
     with rasterio.open(tmp_path / "c.tif") as f:
         assert f.nodata == 0 and f.dtypes[0] == "uint16"
+
+
+def _masked_read(tmp_path: Path) -> xr.DataArray:
+    """A uint16 GeoTIFF with 100 pixels of nodata 0, read masked by rioxarray: float32,
+    NaN where nodata, ``encoding`` uint16 with ``_FillValue`` 0."""
+    cloudy = m3rcr_xr.synthetic_scene((64, 64))["cloudy"].load()
+    cloudy[:, :10, :10] = 0
+    cloudy.rio.write_nodata(0).rio.to_raster(tmp_path / "src.tif")
+    return rioxarray.open_rasterio(tmp_path / "src.tif", masked=True, chunks={})
+
+
+def test_a_masked_read_is_written_with_its_nodata_in_its_pixels(tmp_path):
+    """As ``rio.to_raster`` writes it: NaN as the encoded nodata, in the encoded dtype
+    (the file declared nodata 0 and held NaN, which GDAL took for valid pixels)."""
+    masked = _masked_read(tmp_path)
+    with raise_if_dask_computes():
+        cog._with_nodata(masked)
+    m3rcr_xr.to_cog(masked, tmp_path / "c.tif", blocksize=32, progress=False)
+    with rasterio.open(tmp_path / "c.tif") as f:
+        assert f.dtypes[0] == "uint16" and f.nodata == 0
+        nodata = f.read_masks(1) == 0
+        values = f.read()
+    assert np.array_equal(nodata, np.isnan(masked.values[0])) and nodata.sum() == 100
+    np.testing.assert_array_equal(values, masked.fillna(0).values)
+
+
+def test_values_the_encoded_dtype_cannot_hold_are_refused(tmp_path):
+    masked = _masked_read(tmp_path)
+    halves = masked.copy(data=masked.data / 2)  # keeps the encoding: uint16
+    with pytest.raises(m3rcr_xr.UsageError, match="dtype uint16 cannot hold; drop encoding"):
+        m3rcr_xr.to_cog(halves, tmp_path / "c.tif", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.tif"]
+
+
+@pytest.mark.parametrize(
+    ("long_name", "descriptions"),
+    [(None, (None,) * 4), (("b", "g", "r", "n"), ("b", "g", "r", "n"))],
+    ids=["name-tag", "one-a-band"],
+)
+def test_a_long_name_is_band_names_only_with_one_a_band(tmp_path, long_name, descriptions):
+    """rioxarray reads the name a GeoTIFF was written with into ``long_name`` (a
+    string, for four numbered bands): odc-geo took it for band names and refused."""
+    m3rcr_xr.synthetic_scene((32, 32))["cloudy"].rio.to_raster(tmp_path / "src.tif")
+    read = rioxarray.open_rasterio(tmp_path / "src.tif", chunks={})
+    assert read.attrs["long_name"] == "cloudy" and read["band"].dtype.kind == "i"
+    read = read if long_name is None else read.assign_attrs(long_name=long_name)
+    m3rcr_xr.to_cog(read, tmp_path / "c.tif", progress=False)
+    with rasterio.open(tmp_path / "c.tif") as f:
+        assert f.descriptions == descriptions
+        np.testing.assert_array_equal(f.read(), read.values)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (40, 1), (1000, 3)])
+def test_a_scene_one_or_few_pixels_across_is_written(tmp_path, shape):
+    """odc-geo computed the grid of a level of a side of 0 pixels: ZeroDivisionError."""
+    height, width = shape
+    data = np.random.default_rng(0).random((2, *shape), dtype="float32")
+    coords = {"y": 5e6 - 3.0 * (np.arange(height) + 0.5), "x": 4e5 + 3.0 * (np.arange(width) + 0.5)}
+    scene = xr.DataArray(data, dims=("band", "y", "x"), coords=coords).rio.write_crs(32632)
+    # one pixel across: its size is in the transform only
+    scene = scene.rio.write_transform(Affine(3.0, 0.0, 4e5, 0.0, -3.0, 5e6)).chunk(16)
+    m3rcr_xr.to_cog(scene, tmp_path / "s.tif", blocksize=16, progress=False)
+    read = rioxarray.open_rasterio(tmp_path / "s.tif")
+    assert read.rio.crs == scene.rio.crs and read.rio.transform() == scene.rio.transform()
+    np.testing.assert_array_equal(read.values[:, :height, :width], scene.values)
+    assert np.isnan(read.values[:, height:]).all() and np.isnan(read.values[:, :, width:]).all()
+    assert min(read.shape[1:]) >= 2
 
 
 def test_a_single_band_is_written_too(tmp_path):
@@ -90,12 +159,13 @@ def test_a_band_selected_by_label_is_one_band(tmp_path):
     ("change", "options", "match"),
     [
         (lambda a: a, {"compress": "jpeg"}, "compress='jpeg': not for 4 band.s. of uint16"),
-        (lambda a: a, {"compress": "foo"}, "compress='foo': not for"),
+        (lambda a: a, {"compress": "foo"}, "compress='foo': not a compression to_cog"),
+        (lambda a: a, {"compress": "none"}, "compress='none': not a compression to_cog"),
         (lambda a: a, {"overview_resampling": "bogus"}, "overview_resampling='bogus': not a"),
         (lambda a: a.assign_attrs(nodata=-1), {}, "cloudy: its nodata is no value of its dtype"),
         (lambda a: a.drop_vars("spatial_ref"), {}, "cloudy: has no CRS"),
     ],
-    ids=["lossy", "unknown-codec", "resampling", "nodata", "no-crs"],
+    ids=["lossy", "unknown-codec", "uncompressed", "resampling", "nodata", "no-crs"],
 )
 def test_what_a_cog_cannot_hold_is_refused_before_any_work(tmp_path, change, options, match):
     scene = m3rcr_xr.synthetic_scene((64, 64), chunks=64)["cloudy"]
