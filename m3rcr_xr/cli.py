@@ -76,7 +76,7 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-OVERWRITE_HELP = "replace a store written by m3rcr (other folders and files never are)"
+OVERWRITE_HELP = "replace a store or GeoTIFF written by m3rcr (other folders and files never are)"
 
 
 def _positive_seconds(text: str) -> float:

@@ -19,7 +19,8 @@ collection (a ``patch`` dim) becomes a folder of one GeoTIFF per patch, named by
 name).
 
 Safety rules, as for :func:`m3rcr_xr.to_zarr`: an existing file is replaced only with
-``overwrite=True`` (other files of a destination folder are never touched); a
+``overwrite=True``, and only a GeoTIFF of this library (:func:`check_replaceable`: its
+TIFF ``Software`` tag; other files of a destination folder are never touched); a
 destination that is, contains or lies inside an input is refused; and each file is
 written under a hidden temporary name in its own folder and renamed once every file is
 complete, all or none, so a failure leaves nothing half-written and no mix of old and new.
@@ -32,6 +33,7 @@ import copy
 import logging
 import os
 import posixpath
+import struct
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -240,7 +242,7 @@ def check_cog_destination(
     inputs
         Paths or URLs of the inputs; a destination that overlaps one is refused.
     overwrite
-        Allow replacing existing files of those names.
+        Allow replacing existing files of those names that this library wrote.
     storage_options
         fsspec options for a URL destination (credentials, endpoint).
 
@@ -253,8 +255,9 @@ def check_cog_destination(
     ------
     StoreError
         A folder (or bucket) that does not exist or is not writable, a file where a
-        folder is needed or the reverse, an existing file (without ``overwrite``), or an
-        overlap with an input.
+        folder is needed or the reverse, an existing file (without ``overwrite``; with
+        it, one of other software: :func:`check_replaceable`), or an overlap with an
+        input.
     """
     check_apart(path, inputs)
     target = _Target.of(path, storage_options)
@@ -273,8 +276,8 @@ def check_cog_destination(
     for file in files:
         if file.is_dir():
             raise StoreError(f"{file}: is a folder, not a GeoTIFF")
-        if file.exists() and not overwrite:
-            raise StoreError(f"{file}: exists; pass {argument('overwrite', True)} to replace it")
+        if file.exists() or file.is_symlink():
+            check_replaceable(file, overwrite=overwrite)
     return files
 
 
@@ -289,21 +292,76 @@ def _check_remote(target: _Target, names: Sequence[str] | None, overwrite: bool)
     for key in keys:
         if fs.isdir(key):
             raise StoreError(f"{fs.unstrip_protocol(key)}: is a folder, not a GeoTIFF")
-        if fs.exists(key) and not overwrite:
-            raise StoreError(
-                f"{fs.unstrip_protocol(key)}: exists; pass {argument('overwrite', True)} "
-                "to replace it"
-            )
+        if fs.exists(key):
+            check_replaceable(fs.unstrip_protocol(key), overwrite=overwrite, fs=fs)
     return [fs.unstrip_protocol(key) for key in keys]
 
 
+def check_replaceable(file: str | os.PathLike, *, overwrite: bool, fs: Any = None) -> None:
+    """Refuse to replace the existing ``file`` unless ``overwrite`` and it is a GeoTIFF
+    of this library (its TIFF ``Software`` tag names :data:`SOFTWARE`): a user's file
+    of the same name is never replaced, whatever its content.
+
+    Raises
+    ------
+    StoreError
+        ``file`` without ``overwrite``; else a file of other software, one that is no
+        TIFF, or a symbolic link.
+    """
+    if not overwrite:
+        raise StoreError(f"{file}: exists; pass {argument('overwrite', True)} to replace it")
+    only_ours = (
+        f"{argument('overwrite', True)} replaces only GeoTIFFs of m3rcr_xr: remove it "
+        "yourself or choose another name"
+    )
+    if fs is None and os.path.islink(file):
+        raise StoreError(f"{file}: is a symbolic link; {only_ours}")
+    try:
+        with open(file, "rb") if fs is None else fs.open(file, "rb") as handle:
+            software = _software(handle)
+    except OSError as err:
+        raise StoreError(f"{file}: cannot be read to check who wrote it ({err})") from None
+    if not software.startswith(SOFTWARE):
+        raise StoreError(
+            f"{file}: was not written by m3rcr_xr (TIFF Software tag: {software or 'none'}); "
+            f"{only_ours}"
+        )
+
+
+#: the start of the TIFF ``Software`` tag of each file :func:`to_cog` writes
+SOFTWARE = "m3rcr_xr"
+
+
+def _software_tag() -> str:
+    from . import __version__
+
+    return f"{SOFTWARE} {__version__}"
+
+
+def _software(handle: Any) -> str:
+    """The TIFF ``Software`` tag of an open file; "" for none, or for no TIFF."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(handle) as tiff:
+            tag = tiff.pages.first.tags.get(305)
+    except (tifffile.TiffFileError, ValueError, IndexError, EOFError, struct.error):
+        return ""
+    return str(tag.value) if tag is not None else ""
+
+
 @contextlib.contextmanager
-def _uploaded(target: _Target, urls: Sequence[str]) -> Iterator[Path]:
+def _uploaded(target: _Target, urls: Sequence[str], overwrite: bool) -> Iterator[Path]:
     """A temporary local folder; on success its files (named as the last part of each
     URL) are uploaded, each in one request or multipart upload, which S3 makes visible
-    only once complete; on failure the objects already uploaded are removed."""
+    only once complete; on failure the objects already uploaded are removed. Objects
+    that exist by then are checked again (:func:`check_replaceable`) before any upload."""
     with tempfile.TemporaryDirectory(prefix=".m3rcr-cog-") as folder:
         yield Path(folder)
+        target.fs.invalidate_cache()
+        for url in urls:
+            if target.fs.exists(url):
+                check_replaceable(url, overwrite=overwrite, fs=target.fs)
         done: list[str] = []
         try:
             for url in urls:
@@ -369,6 +427,7 @@ def _cog_graph(array: xr.DataArray, dst: Path, compress: str, size: int, **kwarg
     # their own, which ran every block of the source twice (a lazy decloud's network too)
     blocksize = _blocksizes((array.sizes["y"], array.sizes["x"]), size)
     kwargs = {"compression": compress, "blocksize": blocksize, "stats": False, **kwargs}
+    kwargs["software"] = _software_tag()  # what overwrite=True checks (check_replaceable)
     if str(compress).lower() not in LOSSY_8BIT:
         # bands, not colours: odc-geo tags 3 or 4 samples as RGB(A), and GDAL then takes
         # the fourth (NIR) for an alpha mask and the first (blue) for red
@@ -487,7 +546,9 @@ def to_cog(
     variable
         The variable of a Dataset to write; default ``"decloud"``.
     overwrite
-        Replace existing files of the same names (nothing else is ever touched).
+        Replace existing files of the same names that this library wrote (their TIFF
+        ``Software`` tag starts with ``m3rcr_xr``); a file of other software is refused
+        even then, and nothing else is ever touched.
     compress
         TIFF compression, as rioxarray's ``to_raster`` names it: ``"deflate"``,
         ``"zstd"``, ``"lzw"``, ``"lzma"``, ``"packbits"`` (``"jpeg"``, ``"webp"``:
@@ -551,11 +612,11 @@ def to_cog(
     with _write_errors(target):
         if target.local:
             folder = Path(path) if collection else Path(path).parent
-            _write(scenes, files, folder, compress, blocksize, show, options)
+            _write(scenes, files, folder, compress, blocksize, show, options, overwrite)
         else:
-            with _uploaded(target, files) as folder:
+            with _uploaded(target, files, overwrite) as folder:
                 local = [folder / posixpath.basename(url) for url in files]
-                _write(scenes, local, folder, compress, blocksize, show, options)
+                _write(scenes, local, folder, compress, blocksize, show, options, overwrite)
     log.info("wrote %d GeoTIFF(s) to %s", len(files), path)
     return files
 
@@ -568,6 +629,7 @@ def _write(
     blocksize: int,
     show: bool,
     options: dict[str, Any],
+    overwrite: bool,
 ) -> None:
     """Write each scene to its file in ``folder`` (made if missing), under a partial
     name renamed at the end; on failure nothing is left (see :func:`_cleaned`)."""
@@ -582,17 +644,21 @@ def _write(
             # odc-geo warps overviews between bare arrays, which rasterio warns about
             warnings.filterwarnings("ignore", message="Dataset has no geotransform")
             compute_with_progress(*graphs, show=show)
-        _commit(partials, files)
+        _commit(partials, files, overwrite)
 
 
-def _commit(partials: Sequence[Path], files: Sequence[Path]) -> None:
+def _commit(partials: Sequence[Path], files: Sequence[Path], overwrite: bool) -> None:
     """Rename each partial file over its file, all or none: an existing file is first
     set aside under a hidden name, and if a rename fails, the files already renamed are
-    put back as they were (those that did not exist are removed)."""
+    put back as they were (those that did not exist are removed). Each existing file is
+    checked again (:func:`check_replaceable`): it may have come while the work ran."""
     done: list[tuple[Path, Path | None]] = []
     try:
         for partial, file in zip(partials, files, strict=True):
-            previous = _partial(file).with_suffix(".previous") if file.exists() else None
+            exists = file.exists() or file.is_symlink()
+            if exists:
+                check_replaceable(file, overwrite=overwrite)
+            previous = _partial(file).with_suffix(".previous") if exists else None
             if previous is not None:
                 os.replace(file, previous)
             done.append((file, previous))

@@ -425,8 +425,14 @@ def test_decloud_never_replaces_a_cog_unasked(scene_store, tmp_path, capsys):
     argv = ["decloud", str(scene_store), str(out), *UNTRAINED_SMALL, "--cog", str(cog)]
     _fails_alone(capsys, argv, f"--cog {cog}: {cog} exists; pass --overwrite", out)
     assert cog.read_bytes() == b"not ours"
-    assert main([*argv, "--tile", "32", "--overwrite"]) == 0  # asked: replaced
-    assert cog.read_bytes()[:2] in (b"II", b"MM")
+    # asked, it still replaces only a GeoTIFF of m3rcr_xr, before any work
+    _fails_alone(capsys, [*argv, "--overwrite"], f"{cog}: was not written by m3rcr_xr", out)
+    assert cog.read_bytes() == b"not ours"
+    cog.unlink()
+    assert main([*argv, "--tile", "32"]) == 0
+    first = cog.read_bytes()
+    assert main([*argv, "--tile", "16", "--overwrite"]) == 0  # its own: replaced
+    assert cog.read_bytes()[:2] in (b"II", b"MM") and cog.read_bytes() != first
 
 
 def test_decloud_writes_the_uncertainty_beside_the_cog(scene_store, tmp_path, capsys):

@@ -227,12 +227,63 @@ def test_each_block_of_the_source_is_computed_once(tmp_path):
 
 def test_an_existing_file_is_kept_without_overwrite(tmp_path):
     path = tmp_path / "mine.tif"
-    path.write_bytes(b"not ours")
+    m3rcr_xr.to_cog(_scene(32), path)
+    before = snapshot(tmp_path)
     with pytest.raises(m3rcr_xr.StoreError, match="exists; pass overwrite=True"):
         m3rcr_xr.to_cog(_scene(64), path)
-    assert snapshot(tmp_path) == {"mine.tif": b"not ours"}
+    assert snapshot(tmp_path) == before
     m3rcr_xr.to_cog(_scene(64), path, overwrite=True)
     assert cog_validate(str(path))[0]
+    with rasterio.open(path) as cog:
+        assert cog.shape == (64, 64)
+
+
+def _their_geotiff(path):
+    _scene(32).rio.to_raster(path)  # rioxarray's GeoTIFF: no m3rcr_xr Software tag
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda path: path.write_bytes(b"not ours"), "was not written by m3rcr_xr .*tag: none"),
+        (_their_geotiff, "was not written by m3rcr_xr"),
+        (
+            lambda path: path.symlink_to(m3rcr_xr.to_cog(_scene(32), path.with_name("o.tif"))[0]),
+            "is a symbolic link",
+        ),
+    ],
+    ids=["no-tiff", "rioxarray", "link"],
+)
+def test_overwrite_replaces_only_geotiffs_of_m3rcr(tmp_path, make, match):
+    """A user's file of the same name is never replaced, ``overwrite`` or not."""
+    path = tmp_path / "d.tif"
+    make(path)
+    before = snapshot(tmp_path)
+    with pytest.raises(m3rcr_xr.StoreError, match=f"d.tif: {match}.*remove it yourself"):
+        m3rcr_xr.to_cog(_scene(64), path, overwrite=True)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_file_that_comes_during_the_work_is_not_replaced(tmp_path, monkeypatch):
+    """The destination was free when checked; the user's file written while the blocks
+    were computed is kept, and nothing of this write is left."""
+    import m3rcr_xr.cog as cog_module
+
+    compute = cog_module.compute_with_progress
+
+    def user_writes_meanwhile(*graphs, **kwargs):
+        compute(*graphs, **kwargs)
+        _their_geotiff(tmp_path / "d.tif")
+
+    monkeypatch.setattr(cog_module, "compute_with_progress", user_writes_meanwhile)
+    for overwrite in (False, True):
+        (tmp_path / "d.tif").unlink(missing_ok=True)
+        with pytest.raises(m3rcr_xr.StoreError, match="d.tif: (exists|was not written)"):
+            m3rcr_xr.to_cog(_scene(64), tmp_path / "d.tif", overwrite=overwrite)
+        assert sorted(os.listdir(tmp_path)) == ["d.tif"]
+        with rasterio.open(tmp_path / "d.tif") as theirs:
+            assert theirs.shape == (32, 32)
 
 
 def test_a_collection_folder_keeps_other_files(tmp_path):
@@ -244,7 +295,11 @@ def test_a_collection_folder_keeps_other_files(tmp_path):
     before = snapshot(tmp_path)
     with pytest.raises(m3rcr_xr.StoreError, match="synthetic_0_p_0.tif: exists"):
         m3rcr_xr.to_cog(collection, out, variable="cloudy")
+    with pytest.raises(m3rcr_xr.StoreError, match="synthetic_0_p_0.tif: was not written"):
+        m3rcr_xr.to_cog(collection, out, variable="cloudy", overwrite=True)
     assert snapshot(tmp_path) == before
+    (out / "synthetic_0_p_0.tif").unlink()
+    m3rcr_xr.to_cog(collection, out, variable="cloudy")
     m3rcr_xr.to_cog(collection, out, variable="cloudy", overwrite=True)
     assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 3
 
@@ -287,7 +342,8 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
 def test_a_failed_rename_puts_every_file_back(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "synthetic_0_p_0.tif").write_bytes(b"first version")  # replaced, then put back
+    collection = m3rcr_xr.synthetic_collection(3, 16)
+    m3rcr_xr.to_cog(collection.isel(patch=[0]), out, variable="cloudfree")  # replaced, put back
     before = snapshot(tmp_path)
     replace = os.replace
 
@@ -297,7 +353,6 @@ def test_a_failed_rename_puts_every_file_back(tmp_path, monkeypatch):
         replace(src, dst)
 
     monkeypatch.setattr(os, "replace", second_fails)
-    collection = m3rcr_xr.synthetic_collection(3, 16)
     with pytest.raises(m3rcr_xr.StoreError, match="Disk quota exceeded"):
         m3rcr_xr.to_cog(collection, out, variable="cloudy", overwrite=True)
     assert snapshot(tmp_path) == before  # the first file is the user's again, no new one
@@ -437,15 +492,21 @@ def test_a_scene_is_uploaded_to_object_storage_as_a_valid_cog(bucket, tmp_path):
     assert cog_validate(str(local), strict=True)[0]
 
 
-def test_an_existing_object_is_kept_without_overwrite(bucket):
+def test_an_existing_object_is_kept_without_overwrite(bucket, tmp_path):
     import s3fs
 
-    s3fs.S3FileSystem().pipe_file(f"{bucket}/mine.tif", b"not ours")
-    with pytest.raises(m3rcr_xr.StoreError, match=f"s3://{bucket}/mine.tif: exists; pass"):
-        m3rcr_xr.to_cog(_scene(64), f"s3://{bucket}/mine.tif")
-    assert _objects(bucket) == {f"{bucket}/mine.tif": b"not ours"}
+    s3fs.S3FileSystem().pipe_file(f"{bucket}/theirs.tif", b"not ours")
+    with pytest.raises(m3rcr_xr.StoreError, match=f"s3://{bucket}/theirs.tif: exists; pass"):
+        m3rcr_xr.to_cog(_scene(64), f"s3://{bucket}/theirs.tif")
+    with pytest.raises(m3rcr_xr.StoreError, match=f"s3://{bucket}/theirs.tif: was not written"):
+        m3rcr_xr.to_cog(_scene(64), f"s3://{bucket}/theirs.tif", overwrite=True)
+    assert _objects(bucket) == {f"{bucket}/theirs.tif": b"not ours"}
+    m3rcr_xr.to_cog(_scene(32), f"s3://{bucket}/mine.tif")
     m3rcr_xr.to_cog(_scene(64), f"s3://{bucket}/mine.tif", overwrite=True)
-    assert _objects(bucket)[f"{bucket}/mine.tif"][:2] == b"II"  # a TIFF now
+    local = tmp_path / "mine.tif"
+    local.write_bytes(_objects(bucket)[f"{bucket}/mine.tif"])
+    with rasterio.open(local) as cog:
+        assert cog.shape == (64, 64)  # replaced
 
 
 def test_a_failed_upload_leaves_no_object(bucket, monkeypatch):
