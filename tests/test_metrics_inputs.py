@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 import rioxarray  # noqa: F401 - registers .rio
+import xarray as xr
 
 from m3rcr_xr import SchemaError, metrics
+from m3rcr_xr.metrics.dispatch import is_lazy
+from m3rcr_xr.synthetic import synthetic_collection
+from m3rcr_xr.testing import raise_if_dask_computes
 from tests.metrics_scenes import assert_same_result, make_scene
 
 
@@ -48,3 +52,36 @@ def test_missing_variables_are_named():
     with pytest.raises(SchemaError, match="'cloudmask' is missing"):
         metrics.evaluate(ds.drop_vars("cloudmask"))
     assert metrics.evaluate(ds.drop_vars("cloudmask"), strata=("all",)).sizes["stratum"] == 1
+
+
+def _collection(seed: int) -> xr.Dataset:
+    """An in-memory collection: patch coordinates and 2-D ``x``, ``y`` as open_m3rcr's."""
+    ds = synthetic_collection(3, 32, seed=seed)
+    return ds.assign(decloud=(ds.cloudy / 2 + ds.cloudfree / 2).astype("float32")).compute()
+
+
+@pytest.mark.parametrize("protocol", ["pooled", "per_patch"])
+def test_a_collection_chunked_by_patch_is_checked_without_computing(protocol):
+    """Chunking makes the non-index coordinates (epsg, aoi..., the 2-D x and y) dask
+    arrays: the grid check compares them by graph, never by computing them."""
+    ds = _collection(seed=21)
+    lazy = ds.chunk({"patch": 1})
+    assert is_lazy(lazy.epsg) and is_lazy(lazy.x)
+    with raise_if_dask_computes():
+        same_graph = metrics.evaluate(lazy, protocol=protocol, compute=False)
+        in_memory_pred = metrics.evaluate(lazy, ds.decloud, protocol=protocol, compute=False)
+    expected = metrics.evaluate(ds, protocol=protocol)
+    assert_same_result(same_graph.compute(), expected)
+    assert_same_result(in_memory_pred.compute(), expected)
+
+
+def test_patch_coordinates_that_differ_are_refused():
+    """In memory, as a collection opened from a store has them (a dask-backed coordinate
+    of another graph is not compared: that would compute it)."""
+    ds = _collection(seed=22)
+    other = ds.decloud.assign_coords(aoi=("patch", ["a", "b", "c"]))
+    with pytest.raises(SchemaError, match="pred: grid does not match.*coordinate 'aoi'"):
+        metrics.evaluate(ds, other)
+    shifted = ds.landcover.assign_coords(x=ds.x + 3.0)
+    with pytest.raises(SchemaError, match="landcover: grid does not match.*coordinate 'x'"):
+        metrics.evaluate(ds, landcover=shifted)

@@ -331,3 +331,20 @@ def test_real_samples_end_to_end(samples_dir, level):
     confusion = result.confusion.sel(stratum="all")
     assert (confusion.sum(("true_class", "predicted_class")) == labelled).all()
     assert result.OA.notnull().all() and np.isfinite(result.mIoU.sel(stratum="all")).all()
+
+
+@pytest.mark.parametrize("chunks", [None, {"patch": 1}], ids=["as-opened", "by-patch"])
+def test_semantic_evaluation_of_a_collection_builds_without_computing(chunks):
+    """The cloudy input is checked on the target's grid as given, not on coordinates made
+    dask arrays by the unified chunks; a collection chunked by patch has them anyway."""
+    opened = m3rcr_xr.synthetic_collection(2, 32, seed=8)  # dask data, coordinates in memory
+    opened = opened.assign(decloud=(opened.cloudy / 2 + opened.cloudfree / 2).astype("f4"))
+    ds = opened.compute()
+    lazy = ds.chunk(chunks) if chunks else opened
+    kwargs = {"classifier": "untrained", "classifier_config": SMALL}
+    options = {"semantic": True, "classify_options": {"tile": 32}, **kwargs}
+    with raise_if_dask_computes():
+        table = evaluate(lazy, compute=False, **options)
+    expected = evaluate(ds, **options)
+    xr.testing.assert_allclose(table.compute(), expected)
+    assert list(expected.source.values) == ["pred", "target", "cloudy"]

@@ -8,6 +8,7 @@ sizes, coordinates, CRS, bands) and on the same spatial chunks.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ import xarray as xr
 
 from ..exceptions import SchemaError, UsageError
 from .dispatch import is_lazy
+
+log = logging.getLogger(__name__)
 
 #: the dims of a pixel grid
 PIXEL_DIMS = ("y", "x")
@@ -51,10 +54,20 @@ def _crs(array: xr.DataArray) -> Any:
         return None
 
 
-def _same_values(a: xr.DataArray, b: xr.DataArray) -> bool:
-    va, vb = np.asarray(a.values), np.asarray(b.values)
-    if va.shape != vb.shape:
+def _same_values(a: xr.DataArray, b: xr.DataArray) -> bool | None:
+    """Whether two coordinates hold the same values; ``None`` when only computing tells.
+
+    As xarray's ``lazy_array_equiv``, nothing computes: coordinates of other shapes
+    differ, dask-backed ones (a non-index coordinate of a dataset chunked along its dim)
+    with the same dask name are the same graph, hence equal; a dask-backed one against
+    another graph or an in-memory array is unknown. Index coordinates (``patch``, and
+    ``x``, ``y`` of a scene) are always in memory, so they are always compared.
+    """
+    if a.shape != b.shape:
         return False
+    if is_lazy(a, b):
+        return True if is_lazy(a) and is_lazy(b) and a.data.name == b.data.name else None
+    va, vb = np.asarray(a.values), np.asarray(b.values)
     if np.issubdtype(va.dtype, np.number) and np.issubdtype(vb.dtype, np.number):
         return bool(np.allclose(va, vb, rtol=0, atol=1e-6, equal_nan=True))
     return bool(np.array_equal(va, vb))
@@ -75,10 +88,15 @@ def _check_grid(array: xr.DataArray, role: str, ref: xr.DataArray, allowed: set[
             )
     for name in set(array.coords) & set(ref.coords):
         dims = set(array[name].dims)
-        if dims and dims <= set(grid) and not _same_values(array[name], ref[name]):
+        if not dims or not dims <= set(grid):
+            continue
+        same = _same_values(array[name], ref[name])
+        if same is False:
             raise SchemaError(
                 f"{role}: grid does not match the target: coordinate {name!r} differs"
             )
+        if same is None:  # comparing would compute: building a graph must not
+            log.debug("%s: coordinate %r is a dask array, not compared", role, name)
     crs, ref_crs = _crs(array), _crs(ref)
     if crs is not None and ref_crs is not None and crs != ref_crs:
         raise SchemaError(f"{role}: CRS {crs} does not match the target's CRS {ref_crs}")
@@ -129,6 +147,13 @@ def _optional_layer(
     return _resolve(ds, item, role, hint)
 
 
+def _optical(array: xr.DataArray, role: str, target: xr.DataArray) -> xr.DataArray:
+    """``array`` (the optical input named ``role``) checked on the target's grid and bands,
+    with its dims and bands in the target's order."""
+    _check_grid(array, role, target, {"band"})
+    return _match_bands(array.transpose(*target.dims), target, role)
+
+
 def prepare_inputs(
     ds: xr.Dataset | None,
     pred: Any,
@@ -138,8 +163,14 @@ def prepare_inputs(
     *,
     need_cloudmask: bool,
     per_patch: bool,
+    cloudy: Any = None,
 ) -> dict[str, xr.DataArray | None]:
     """Resolve names to DataArrays, check their grids, order dims and unify chunks.
+
+    ``cloudy``, optional (the semantic evaluation classifies it too), is checked as
+    ``pred`` is; a name missing from ``ds`` leaves it out. Grids are checked before the
+    chunks are unified, on the coordinates as given: chunking turns a non-index
+    coordinate into a dask array, which is not compared (see :func:`_same_values`).
 
     Raises
     ------
@@ -154,9 +185,10 @@ def prepare_inputs(
         raise SchemaError("protocol 'per_patch' needs a collection (a 'patch' dim)")
     order = [d for d in ("patch", "band", *PIXEL_DIMS) if d in target_da.dims]
     target_da = target_da.transpose(*order)
-    _check_grid(pred_da, "pred", target_da, {"band"})
-    pred_da = _match_bands(pred_da.transpose(*order), target_da)
-    layers: dict[str, xr.DataArray | None] = {"pred": pred_da, "target": target_da}
+    layers: dict[str, xr.DataArray | None] = {
+        "pred": _optical(pred_da, "pred", target_da),
+        "target": target_da,
+    }
     hints = {
         "landcover": " (pass landcover=None to evaluate without classes)",
         "cloudmask": " (pass strata=('all',) to evaluate without a cloud mask)",
@@ -170,4 +202,6 @@ def prepare_inputs(
             _check_grid(layer, role, target_da, set())
             layer = layer.transpose(*[d for d in order if d != "band"])
         layers[role] = layer
+    cloudy_da = _optional_layer(ds, cloudy, "cloudy", False, "")
+    layers["cloudy"] = None if cloudy_da is None else _optical(cloudy_da, "cloudy", target_da)
     return _unify_chunks(layers)

@@ -69,7 +69,7 @@ from ..landcover import (
 )
 from .cells import STRATA, check_strata, strata_matrix
 from .dispatch import is_lazy
-from .inputs import _check_grid, _match_bands, _optional_layer, prepare_inputs
+from .inputs import _check_grid, prepare_inputs
 from .kernels import _excluded
 
 log = logging.getLogger(__name__)
@@ -496,7 +496,14 @@ def semantic_setup(
         raise SchemaError("landcover: the semantic evaluation needs WorldCover land cover")
     need_cloudmask = strata != ("all",)
     inputs = prepare_inputs(
-        ds, pred, target, landcover, cloudmask, need_cloudmask=need_cloudmask, per_patch=False
+        ds,
+        pred,
+        target,
+        landcover,
+        cloudmask,
+        need_cloudmask=need_cloudmask,
+        per_patch=False,
+        cloudy=cloudy,
     )
     if need_cloudmask and inputs["cloudmask"] is None:
         raise SchemaError(
@@ -506,13 +513,8 @@ def semantic_setup(
     if target_da is None or pred_da is None or landcover_da is None:  # prepare_inputs raised
         raise SchemaError("pred, target and landcover: the semantic evaluation needs all three")
     optical = {"pred": pred_da, "target": target_da}
-    cloudy_da = _optional_layer(ds, cloudy, "cloudy", False, "")
-    if cloudy_da is not None:
-        _check_grid(cloudy_da, "cloudy", target_da, {"band"})
-        cloudy_da = _match_bands(cloudy_da.transpose(*target_da.dims), target_da, "cloudy")
-        optical["cloudy"] = (
-            cloudy_da.chunk(target_da.chunksizes) if is_lazy(target_da) else cloudy_da
-        )
+    if inputs["cloudy"] is not None:
+        optical["cloudy"] = inputs["cloudy"]
     names = {key: str(value.name or key) for key, value in optical.items()}
     labels = {
         key: classify_lazy(value, ref, spec, tile=tile, overlap=overlap, batch_size=batch_size)
@@ -617,10 +619,21 @@ def evaluate_semantic(
     """
     strata = check_strata(level, strata)
     counts, names = semantic_setup(
-        ds, pred, target, cloudy, classifier=classifier, classifier_config=classifier_config,
-        level=level, strata=strata, landcover=landcover, cloudmask=cloudmask, tile=tile,
-        overlap=overlap, batch_size=batch_size, device=device,
-    )  # fmt: skip
+        ds,
+        pred,
+        target,
+        cloudy,
+        classifier=classifier,
+        classifier_config=classifier_config,
+        level=level,
+        strata=strata,
+        landcover=landcover,
+        cloudmask=cloudmask,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+    )
     if compute:
         counts = _compute(counts)
     result = semantic_table(counts, strata, level, names)
