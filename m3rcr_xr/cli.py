@@ -218,7 +218,9 @@ def _parse_config(items: Sequence[str]) -> dict[str, object]:
             raise UsageError(f"--config {item!r}: expected KEY=VALUE")
         try:
             config[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        # what literal_eval raises on text that is no literal: {[1]: 2} (an unhashable
+        # key), an expression nested too deep, one too big to hold
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             config[key] = text
     return config
 
@@ -644,7 +646,10 @@ def _add_weights(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_weights_list)
     actions = p.add_subparsers(dest="action")
     listing = actions.add_parser("list", help="the registered weights (the default)")
-    listing.add_argument("--model", help="list only the weights of this model")
+    # SUPPRESS: absent here, the subparser's default would replace ``weights --model X``
+    listing.add_argument(
+        "--model", default=argparse.SUPPRESS, help="list only the weights of this model"
+    )
     listing.set_defaults(func=_weights_list)
     get = actions.add_parser("fetch", help="download weights into the cache; print the file")
     get.add_argument("name", help="a registered name or a URL")

@@ -41,7 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .exceptions import InputFileError, MissingFileError, UsageError, argument, check_positive
+from .exceptions import (
+    InputFileError,
+    MissingFileError,
+    UsageError,
+    argument,
+    check_integer,
+    check_positive,
+)
 from .options import set_options
 
 log = logging.getLogger(__name__)
@@ -124,6 +131,7 @@ def _select_gpus(gpus: GpuSpec) -> list[str]:
             raise UsageError(f"gpus must be 'auto', a count or a list of ids, not {gpus!r}")
         return gpu_devices()
     if isinstance(gpus, int):
+        check_integer("gpus", gpus, minimum=0)  # True is no count of GPUs
         found = gpu_devices()
         if not 0 <= gpus <= len(found):
             raise UsageError(f"gpus={gpus}: this machine has {len(found)} GPU(s) {found}")
@@ -147,8 +155,27 @@ class WorkerLayout:
 
 
 def _positive(name: str, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or value < 1):
-        raise UsageError(f"{name} must be a positive integer, not {value!r}")
+    if value is not None:
+        check_integer(name, value)
+
+
+def _byte_size(name: str, value: str) -> int:
+    """A memory size as Dask reads it (``32GB``, ``16 GiB``), in bytes; a
+    :class:`UsageError` naming ``name`` where dask would raise a bare ``ValueError``.
+
+    Examples
+    --------
+    >>> _byte_size("memory", "2 KiB")
+    2048
+    """
+    from dask.utils import parse_bytes
+
+    try:
+        return parse_bytes(value)
+    except (ValueError, TypeError) as error:
+        raise UsageError(
+            f"{argument(name, value)}: expected a memory size such as 32GB or 16GiB"
+        ) from error
 
 
 def cpu_layout(
@@ -275,6 +302,8 @@ def local_cluster(
     """
     import dask.system
 
+    if isinstance(memory_limit, str) and memory_limit != "auto":
+        _byte_size("memory_limit", memory_limit)  # before any process starts
     # the cores this process may use (affinity, cgroup quota), as distributed counts them
     cores = dask.system.CPU_COUNT
     devices = _select_gpus(gpus)
@@ -434,8 +463,13 @@ def _require_jobqueue():
 
 def _job_layout(cores: int, gpus_per_job: int, processes: int | None) -> WorkerLayout:
     _positive("cores", cores)
-    if not isinstance(gpus_per_job, int) or gpus_per_job < 0:
-        raise UsageError(f"gpus_per_job must be an integer >= 0, not {gpus_per_job!r}")
+    _positive("processes", processes)
+    check_integer("gpus_per_job", gpus_per_job, minimum=0)
+    if gpus_per_job > cores:  # each worker needs a thread: --nthreads 0 otherwise
+        raise UsageError(
+            f"gpus_per_job={gpus_per_job} > cores={cores}: a job runs one worker process "
+            "per GPU, each on a core of its own"
+        )
     if gpus_per_job:
         if processes not in (None, gpus_per_job):
             raise UsageError(
@@ -443,10 +477,8 @@ def _job_layout(cores: int, gpus_per_job: int, processes: int | None) -> WorkerL
                 "a job runs one worker process per GPU"
             )
         return gpu_layout(cores, [str(i) for i in range(gpus_per_job)])
-    if processes is not None:
-        _positive("processes", processes)
-        if processes > cores:
-            raise UsageError(f"processes={processes} > cores={cores}")
+    if processes is not None and processes > cores:
+        raise UsageError(f"processes={processes} > cores={cores}")
     return cpu_layout(cores, processes)
 
 
@@ -519,8 +551,10 @@ def slurm_cluster(
     Raises
     ------
     UsageError
-        ``mem_per_gpu`` without ``gpus_per_job``, in units Slurm does not take, or less
-        than ``memory`` per job.
+        A count that is not an integer (``True`` included) or out of range, more GPUs
+        or processes than ``cores``, a ``memory`` Dask cannot read, ``mem_per_gpu``
+        without ``gpus_per_job``, in units Slurm does not take, or less than ``memory``
+        per job.
 
     Examples
     --------
@@ -530,6 +564,8 @@ def slurm_cluster(
     """
     jobqueue = _require_jobqueue()
     layout = _job_layout(cores, gpus_per_job, processes)
+    if memory is not None:
+        _byte_size("memory", memory)
     options = _jobqueue_kwargs(layout, gpus_per_job, python, kwargs)
     directives = list(kwargs.get("job_extra_directives", []))
     if gpus_per_job:
@@ -569,12 +605,12 @@ def _slurm_bytes(name: str, text: str) -> int:
 def _job_memory(memory: str | None, mem_per_gpu: str, gpus_per_job: int) -> str:
     """The job's ``memory`` for dask-jobqueue with ``--mem-per-gpu``: what Slurm gives
     the job, or less; its workers' memory limits are shares of it."""
-    from dask.utils import format_bytes, parse_bytes
+    from dask.utils import format_bytes
 
     given = _slurm_bytes("mem_per_gpu", mem_per_gpu) * gpus_per_job
     if memory is None:
         return str(given)
-    if parse_bytes(memory) > given:
+    if _byte_size("memory", memory) > given:
         raise UsageError(
             f"{argument('memory', memory)} is more than Slurm gives the job "
             f"({argument('mem_per_gpu', mem_per_gpu)} x {argument('gpus_per_job', gpus_per_job)}"
@@ -607,15 +643,15 @@ def pbs_cluster(
         No job is submitted yet: ``cluster.scale(jobs=n)``.
     """
     jobqueue = _require_jobqueue()
-    from dask.utils import parse_bytes
     from dask_jobqueue.pbs import pbs_format_bytes_ceil
 
     layout = _job_layout(cores, gpus_per_job, processes)
+    size = _byte_size("memory", memory)
     options = _jobqueue_kwargs(layout, gpus_per_job, python, kwargs)
     if "resource_spec" not in options:
         gpu_part = f":ngpus={gpus_per_job}" if gpus_per_job else ""
         options["resource_spec"] = (
-            f"select=1:ncpus={cores}{gpu_part}:mem={pbs_format_bytes_ceil(parse_bytes(memory))}"
+            f"select=1:ncpus={cores}{gpu_part}:mem={pbs_format_bytes_ceil(size)}"
         )
     return jobqueue.PBSCluster(
         queue=queue, cores=cores, memory=memory, walltime=walltime, **options

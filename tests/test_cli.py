@@ -407,6 +407,8 @@ def test_demo_refuses_a_file_as_its_folder(tmp_path, capsys):
         (["--device", "cuda:99"], "--device cuda:99: this process has"),
         (["--config", "n_feats=16.5"], "dsen2_cr: n_feats=16.5 must be an integer"),
         (["--config", "n_feets=16"], "unknown configuration key 'n_feets'"),
+        (["--config", "n_feats={{[1]:2}}"], "n_feats='{[1]:2}' must be an integer"),
+        (["--config", "res_scale=1e999"], "dsen2_cr: res_scale=inf must be a finite number"),
         (["--cog", "{tmp}/d.png"], "write a .tif/.tiff file, not '.png'"),
         (["--cog", "{tmp}/d"], "write a .tif/.tiff file, not 'no suffix'"),
         (["--cog", "{tmp}/no/d.tif"], "/no does not exist"),

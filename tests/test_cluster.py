@@ -77,6 +77,26 @@ def test_a_gpu_count_beyond_the_machine_is_refused(monkeypatch):
         mc.local_cluster(gpus=2)
     with pytest.raises(UsageError, match="'auto'"):
         mc.local_cluster(gpus="all")
+    with pytest.raises(UsageError, match="gpus=True: must be an integer >= 0, not bool"):
+        mc.local_cluster(gpus=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_workers": True}, "n_workers=True: must be an integer >= 1, not bool"),
+        ({"threads_per_worker": 0}, "threads_per_worker=0: must be an integer >= 1"),
+        ({"memory_limit": "lots"}, "memory_limit='lots': expected a memory size"),
+    ],
+)
+def test_bad_local_cluster_arguments_are_refused_before_any_process(monkeypatch, kwargs, match):
+    monkeypatch.setattr(mc, "_cpu_cluster", _no_cluster)
+    with pytest.raises(UsageError, match=match):
+        mc.local_cluster(gpus=0, **kwargs)
+
+
+def _no_cluster(*args, **kwargs):
+    raise AssertionError("a cluster was started")
 
 
 # ---------------------------------------------------------------------- layout
@@ -109,8 +129,10 @@ def test_gpu_layout_is_one_worker_per_gpu():
     assert mc.gpu_layout(16, ["0", "1", "2", "3"], n_workers=2).gpus == ("0", "1")
     with pytest.raises(UsageError, match="one worker per GPU"):
         mc.gpu_layout(16, ["0"], n_workers=2)
-    with pytest.raises(UsageError, match="positive"):
+    with pytest.raises(UsageError, match="n_workers=0: must be an integer >= 1"):
         mc.cpu_layout(4, n_workers=0)
+    with pytest.raises(UsageError, match="threads_per_worker=True: must be an integer"):
+        mc.gpu_layout(4, ["0"], threads_per_worker=True)
 
 
 # ------------------------------------------------------------ local clusters
@@ -318,6 +340,30 @@ def test_bad_job_arguments_are_refused():
         mc.slurm_cluster("q", cores=4, memory="8GB", walltime="01:00:00", mem_per_gpu="1G")
     with pytest.raises(UsageError, match="gpus_per_job"):
         mc.pbs_cluster("q", gpus_per_job=-1, cores=4, memory="8GB", walltime="01:00:00")
+
+
+@pytest.mark.parametrize("make", [mc.slurm_cluster, mc.pbs_cluster])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"gpus_per_job": True}, "gpus_per_job=True: must be an integer >= 0, not bool"),
+        ({"gpus_per_job": 4, "cores": 2}, "gpus_per_job=4 > cores=2"),
+        ({"processes": True}, "processes=True: must be an integer >= 1, not bool"),
+        ({"cores": True}, "cores=True: must be an integer >= 1, not bool"),
+        ({"memory": "lots"}, "memory='lots': expected a memory size such as 32GB"),
+    ],
+)
+def test_bad_job_sizes_are_refused_naming_the_argument(make, kwargs, match):
+    job = {"cores": 8, "memory": "32GB", "walltime": "01:00:00", **kwargs}
+    with pytest.raises(UsageError, match=match):
+        make("q", **job)
+
+
+def test_slurm_memory_beside_mem_per_gpu_must_be_a_size():
+    with pytest.raises(UsageError, match="memory='lots': expected a memory size"):
+        mc.slurm_cluster(
+            "q", gpus_per_job=2, cores=8, mem_per_gpu="16G", memory="lots", walltime="01:00:00"
+        )
 
 
 def test_pbs_job_asks_for_gpus_in_the_select_statement():

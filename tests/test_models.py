@@ -391,6 +391,10 @@ def test_dsen2cr_takes_any_size_and_checks_inputs() -> None:
         ("dsen2_cr", {"n_feats": True}, "n_feats=True must be an integer"),
         ("dsen2_cr", {"res_scale": "0.1"}, "res_scale='0.1' must be a number"),
         ("glf_cr", {"mlp_ratio": None}, "mlp_ratio=None must be a number"),
+        ("dsen2_cr", {"res_scale": float("inf")}, "res_scale=inf must be a finite number"),
+        ("dsen2_cr", {"res_scale": 1e999}, "res_scale=inf must be a finite number"),
+        ("glf_cr", {"drop_path_rate": np.float64("nan")}, "drop_path_rate=.*nan.* finite"),
+        ("align_cr", {"mlp_ratio": -np.inf}, "mlp_ratio=-inf must be a finite number"),
         ("align_cr", {"deform_backend": "cuda"}, "deform_backend='cuda' must be one of 'auto'"),
     ],
 )

@@ -429,6 +429,27 @@ def test_weights_lists_and_fetches(capsys, lab_entry, tiny):
     assert capsys.readouterr().out.strip() == str(tiny[0])
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["weights", "--model", "landcover_unet"],
+        ["weights", "--model", "landcover_unet", "list"],
+        ["weights", "list", "--model", "landcover_unet"],
+    ],
+)
+def test_weights_model_filters_before_or_after_list(capsys, argv):
+    assert main(argv) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[:2] for row in rows] == [["landcover_unet-demo", "landcover_unet"]]
+
+
+@pytest.mark.parametrize(
+    "argv", [["weights", "--model", "bogus", "list"], ["weights", "list", "--model", "bogus"]]
+)
+def test_weights_of_an_unknown_model_are_refused_before_or_after_list(capsys, argv):
+    _fails(capsys, argv, "unknown model 'bogus'")
+
+
 def test_decloud_by_name_on_the_command_line(scene_store, tmp_path, capsys):
     assert main(["decloud", str(scene_store), str(tmp_path / "o.zarr"), "--checkpoint", DEMO]) == 0
     out = m3rcr_xr.open_zarr(tmp_path / "o.zarr")["decloud"]

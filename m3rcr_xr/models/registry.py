@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -78,8 +79,9 @@ def _expected(hint: Any) -> str:
 
 
 def _check_config(key: str, cls: type[nn.Module], config: Mapping[str, Any]) -> None:
-    """Refuse unknown keys and values of the wrong type, naming the key, before the
-    constructor turns them into an obscure torch error (``n_feats=16.5``)."""
+    """Refuse unknown keys, values of the wrong type and numbers that are not finite,
+    naming the key, before the constructor turns them into an obscure torch error
+    (``n_feats=16.5``) or a network of NaN (``res_scale=inf``)."""
     arguments = constructor_arguments(cls)
     known = list(arguments)
     unknown = [name for name in config if name not in known]
@@ -92,6 +94,9 @@ def _check_config(key: str, cls: type[nn.Module], config: Mapping[str, Any]) -> 
         hint = arguments[name][0]
         if not _accepts(hint, value):
             raise ModelConfigError(f"{key}: {name}={value!r} must be {_expected(hint)}")
+        # NaN or inf builds, then fills every output with NaN (res_scale=1e999)
+        if hint is float and not math.isfinite(value):
+            raise ModelConfigError(f"{key}: {name}={value!r} must be a finite number")
 
 
 def build(
@@ -116,8 +121,8 @@ def build(
     UnknownModelError
         Unknown name (a :class:`ModelConfigError`).
     ModelConfigError
-        Unknown preset, unknown argument or one of the wrong type (naming it), or a
-        configuration the constructor rejects.
+        Unknown preset, unknown argument, one of the wrong type or a float that is NaN
+        or infinite (naming it), or a configuration the constructor rejects.
     """
     record = model_record(name)
     key, cls, presets = record.name, record.cls, record.presets
