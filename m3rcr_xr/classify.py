@@ -40,6 +40,7 @@ from .inference import (
 )
 from .landcover import IGNORE_INDEX, label_attrs
 from .normalize import normalize_optical
+from .resources import resource_items
 from .runner import DEFAULT_PRECISION, ModelRef
 from .store import sources
 
@@ -141,7 +142,7 @@ def classify_lazy(
         plan=plan,
         members=(ref,),
         batch_size=batch_size,
-        resources=None if resources is None else tuple(sorted(resources.items())),
+        resources=resource_items(resources),
         output=LABELS,
     )
     data = run(inputs, raw, job)[..., 0, :, :]

@@ -203,7 +203,7 @@ def _info(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), size=args.size, tta=None if args.tta == "none" else args.tta)
+    run_demo(Path(args.out), size=args.size, tta=args.tta)
     return 0
 
 
@@ -346,7 +346,8 @@ def _add_decloud(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--tta",
-        help="test-time augmentation: flips (4 passes a tile) or d4 (8), averaged",
+        help="test-time augmentation: flips (4 passes a tile) or d4 (8), averaged; "
+        "none (the default) runs each tile once",
     )
     p.add_argument(
         "--uncertainty",

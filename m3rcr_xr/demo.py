@@ -128,7 +128,7 @@ def run_demo(
     from .inference import check_tta
 
     check_integer("size", size, maximum=MAX_SIZE)
-    check_tta(tta)
+    tta = check_tta(tta)
     out = Path(out)
     _check_out(out)
     start = time.perf_counter()

@@ -175,3 +175,19 @@ def check_positive(name: str, value: Any) -> float:
     if not isinstance(value, Real) or isinstance(value, bool) or not 0 < float(value) < math.inf:
         raise UsageError(f"{argument(name, value)}: must be a finite number > 0")
     return float(value)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool (numpy's too): ``"yes"`` or ``1`` is no switch.
+
+    Raises
+    ------
+    UsageError
+        Naming the argument as the caller wrote it (see :func:`argument`).
+    """
+    numpy_bool = getattr(getattr(value, "dtype", None), "kind", None) == "b" and not getattr(
+        value, "shape", None
+    )
+    if not (isinstance(value, bool) or numpy_bool):
+        raise UsageError(f"{argument(name, value)}: must be True or False")
+    return bool(value)

@@ -47,9 +47,17 @@ from dask import delayed
 
 from .cloudmask import warn_if_estimated
 from .devices import check_device
-from .exceptions import ModelConfigError, SchemaError, UsageError, argument, check_integer
+from .exceptions import (
+    ModelConfigError,
+    SchemaError,
+    UsageError,
+    argument,
+    check_flag,
+    check_integer,
+)
 from .normalize import OPTICAL_SCALE, model_inputs, normalize_optical
-from .resources import annotate
+from .options import OPTIONS
+from .resources import annotate, resource_items
 from .runner import DEFAULT_PRECISION, ModelRef, cached_model, run_tiles, tile_task_slot
 from .schema import OPTICAL_NODATA, is_collection, validate
 from .store import sources
@@ -104,17 +112,19 @@ TTA: dict[str | None, tuple[tuple[int, bool], ...]] = {
 }
 
 
-def check_tta(tta: str | None) -> tuple[tuple[int, bool], ...]:
-    """The transforms of ``tta`` (see :data:`TTA`).
+def check_tta(tta: str | None) -> str | None:
+    """``tta`` as a key of :data:`TTA`: ``"none"`` (as the CLI and the ``tta``
+    attribute spell it) is None.
 
     Raises
     ------
     UsageError
         An unknown name, naming the argument as the caller wrote it.
     """
-    if tta not in TTA:
-        raise UsageError(f"{argument('tta', tta)}: must be one of flips, d4 (or None)")
-    return TTA[tta]
+    name = None if tta == "none" else tta
+    if name not in TTA:
+        raise UsageError(f"{argument('tta', tta)}: must be one of flips, d4 or none")
+    return name
 
 
 def transform_tiles(tiles: np.ndarray, turn: tuple[int, bool]) -> np.ndarray:
@@ -464,12 +474,36 @@ def check_tile_arguments(
     return tile, overlap, batch_size, check_device(device, here=not _distributed_client())
 
 
+#: bytes of the arrays of one tile the engine makes besides the network's own: the
+#: blending window (float64), the tile's six input channels (float32), and its share of
+#: the canvas (four bands and the weight, float64)
+TILE_BYTES_PER_PIXEL = 8 + 6 * 4 + 5 * 8
+
+
 def plan_tiles(spec, tile: int | None, overlap: int | None, height: int, width: int) -> TilePlan:
-    """The tile plan for a model of ``spec`` (:class:`~m3rcr_xr.models.ModelSpec`)."""
+    """The tile plan for a model of ``spec`` (:class:`~m3rcr_xr.models.ModelSpec`).
+
+    Raises
+    ------
+    SchemaError
+        A scene without pixels (a crop outside it, say).
+    UsageError
+        A ``tile`` whose arrays (:data:`TILE_BYTES_PER_PIXEL`, the network's aside)
+        are beyond the ``max_raster_bytes`` option: a typo such as ``tile=100000``
+        fails now, not in a worker out of memory.
+    """
     from .models.interface import check_size
 
+    if not height or not width:
+        raise SchemaError(f"the scene has no pixels ({height} x {width}): nothing to run")
     tile = tile or spec.tile_size or DEFAULT_TILE
     check_size(spec, tile)
+    need, limit = tile * tile * TILE_BYTES_PER_PIXEL, OPTIONS["max_raster_bytes"]
+    if need > limit:
+        raise UsageError(
+            f"{argument('tile', tile)}: one tile needs {need / 2**30:.0f} GiB besides the "
+            f"network, beyond the max_raster_bytes option ({limit / 2**30:g} GiB)"
+        )
     overlap = tile // 8 if overlap is None else overlap
     return make_plan(tile, overlap, height, width)
 
@@ -486,11 +520,17 @@ Checkpoint = str | os.PathLike | None
 
 def _checkpoints(checkpoint: Checkpoint | Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
     """One checkpoint or a list of them (an ensemble) as a tuple."""
-    if not isinstance(checkpoint, (list, tuple)):
-        return (cast(Checkpoint, checkpoint),)  # a str is a Sequence too: one checkpoint
-    if not checkpoint:
+    # a str is a Sequence too: one checkpoint
+    checkpoints = tuple(checkpoint) if isinstance(checkpoint, list | tuple) else (checkpoint,)
+    if not checkpoints:
         raise UsageError(f"{argument('checkpoint', checkpoint)}: an ensemble needs checkpoints")
-    return tuple(checkpoint)
+    for one in checkpoints:
+        if not (one is None or isinstance(one, str | os.PathLike)):
+            raise UsageError(
+                f"{argument('checkpoint', one)}: must be a file, URL or registered name "
+                f"(or a list of them), not {type(one).__name__}"
+            )
+    return cast(tuple[Checkpoint, ...], checkpoints)
 
 
 def _check_spread(uncertainty: bool, members: int, tta: str | None) -> None:
@@ -600,8 +640,8 @@ def decloud(
     tta
         Test-time augmentation: ``"flips"`` runs each tile also mirrored left-right,
         up-down and both, ``"d4"`` under all 8 quarter turns and mirrors (inputs
-        transformed alike, outputs transformed back), and averages; None: once. Costs
-        4 or 8 forward passes a tile (per member).
+        transformed alike, outputs transformed back), and averages; None (or
+        ``"none"``): once. Costs 4 or 8 forward passes a tile (per member).
     uncertainty
         Also return ``decloud_std``: the standard deviation of the predictions of each
         pixel over the members and transforms, in the units of ``cloudy``, blended across
@@ -651,7 +691,10 @@ def decloud(
     ['decloud', 'decloud_std']
     """
     tile, overlap, batch_size, device = check_tile_arguments(tile, overlap, batch_size, device)
-    check_tta(tta)
+    tta = check_tta(tta)
+    items = resource_items(resources)
+    composite = check_flag("composite", composite)
+    uncertainty = check_flag("uncertainty", uncertainty)
     checkpoints = _checkpoints(checkpoint)
     _check_spread(uncertainty, len(checkpoints), tta)
     _check_inputs(ds, composite)
@@ -665,8 +708,8 @@ def decloud(
         members=members,
         batch_size=batch_size,
         tta=tta,
-        spread=bool(uncertainty),
-        resources=None if resources is None else tuple(sorted(resources.items())),
+        spread=uncertainty,
+        resources=items,
     )
     eager = ds["cloudy"].chunks is None
     inputs, cloudy = model_inputs(ds).chunk(), ds["cloudy"].chunk()  # no-op when lazy

@@ -15,12 +15,41 @@ from typing import Any
 import dask
 import xarray as xr
 
+from .exceptions import UsageError, argument, check_positive
+
 
 def annotate(resources: Mapping[str, float] | None) -> contextlib.AbstractContextManager:
     """Annotate the tasks built inside with worker ``resources``; no-op for None."""
     if not resources:
         return contextlib.nullcontext()
     return dask.annotate(resources=dict(resources))
+
+
+def resource_items(resources: Any) -> tuple[tuple[str, float], ...] | None:
+    """``resources`` (``{"GPU": 1}``) as sorted items, checked: names and amounts > 0.
+
+    Raises
+    ------
+    UsageError
+        Not a mapping of names to finite numbers above 0 (``"GPU"``, ``{"GPU": "x"}``):
+        a worker would never match it, and the tasks would wait forever.
+
+    Examples
+    --------
+    >>> resource_items({"GPU": 1, "MEM": 2.5})
+    (('GPU', 1.0), ('MEM', 2.5))
+    """
+    if resources is None:
+        return None
+    if not isinstance(resources, Mapping) or not all(isinstance(k, str) for k in resources):
+        raise UsageError(
+            f"{argument('resources', resources)}: must map resource names to amounts, "
+            "such as {'GPU': 1}"
+        )
+    return tuple(
+        (name, check_positive(f"resources[{name!r}]", amount))
+        for name, amount in sorted(resources.items())
+    )
 
 
 def _layers(ds: xr.Dataset) -> Iterator[Any]:

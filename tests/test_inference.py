@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import m3rcr_xr
 from m3rcr_xr import cli, devices, inference, models, runner, tiling
-from m3rcr_xr.exceptions import UsageError
+from m3rcr_xr.exceptions import SchemaError, UsageError
 from m3rcr_xr.inference import decloud
 from m3rcr_xr.runner import ModelRef
 from m3rcr_xr.tiling import make_plan
@@ -271,11 +271,40 @@ def test_a_collection_of_one_pixel_patches(zero_checkpoints, small_checkpoint):
             {"device": f"cuda:{torch.cuda.device_count()}"},
             r"device='cuda:\d+': this process has \d+ cuda",
         ),
+        ({"resources": "GPU"}, "resources='GPU': must map resource names to amounts"),
+        ({"resources": {"GPU": "x"}}, r"resources\['GPU'\]='x': must be a finite number > 0"),
+        ({"resources": {"GPU": 0}}, r"resources\['GPU'\]=0"),
+        ({"composite": "yes"}, "composite='yes': must be True or False"),
+        ({"uncertainty": 1, "tta": "flips"}, "uncertainty=1: must be True or False"),
+        ({"tile": 100_000}, "tile=100000: one tile needs 671 GiB .* max_raster_bytes"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(small_scene, kwargs, match):
     with raise_if_dask_computes(), pytest.raises(UsageError, match=match):
         decloud(small_scene, "dsen2_cr", checkpoint="untrained", config=SMALL, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"checkpoint": 5}, "checkpoint=5: must be a file, URL or registered name"),
+        ({"checkpoint": ["untrained", 5]}, "checkpoint=5: must be a file"),
+        ({"checkpoint": "untrained", "config": "small"}, "config='small': must map settings"),
+    ],
+)
+def test_checkpoints_and_configs_of_another_type_are_refused(small_scene, kwargs, match):
+    with raise_if_dask_computes(), pytest.raises(UsageError, match=match):
+        decloud(small_scene, "dsen2_cr", **kwargs)
+
+
+def test_an_empty_scene_is_refused_before_any_work(small_scene):
+    with pytest.raises(SchemaError, match=r"the scene has no pixels \(0 x 420\)"):
+        decloud(small_scene.isel(y=slice(0, 0)), checkpoint="untrained", config=SMALL)
+
+
+def test_tta_none_is_no_tta(small_scene):
+    once = decloud(small_scene, checkpoint="untrained", config=SMALL, tta="none")
+    xr.testing.assert_identical(once, decloud(small_scene, checkpoint="untrained", config=SMALL))
 
 
 def test_a_device_this_process_does_not_have(small_scene, monkeypatch):

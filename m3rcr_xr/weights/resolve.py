@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import CheckpointError, ModelConfigError, argument
+from ..exceptions import CheckpointError, ModelConfigError, UsageError, argument
 from .download import check_file, check_sha256, fetch_url, split_url
 from .registry import UNTRAINED, available, entry
 
@@ -242,6 +242,8 @@ def resolve(
         says how to get weights).
     ModelConfigError
         ``model`` or ``config`` that are not those of the registered entry.
+    UsageError
+        A ``config`` that is no mapping.
 
     Examples
     --------
@@ -254,6 +256,11 @@ def resolve(
     """
     from ..models.records import model_record
 
+    if config is not None and not isinstance(config, Mapping):
+        raise UsageError(
+            f"{argument('config', config)}: must map settings to values, such as "
+            "{'preset': 'small'}"
+        )
     if checkpoint is None:
         key = model_record(model or DEFAULT_MODEL).name
         defaults = [e for e in available(key) if e.default]
