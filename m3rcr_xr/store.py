@@ -475,13 +475,27 @@ def _write_dim(ds: xr.Dataset) -> str:
     return "patch" if is_collection(ds) else "y"
 
 
-def _fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
-    """What identifies the data being written, the same in every process.
+def data_fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
+    """What identifies ``ds``'s data, the same in every process: the fingerprint
+    :func:`to_zarr` keeps to resume a write, and training checkpoints to refuse a resume
+    on other data.
 
     Layout, dtypes, coordinates and attributes; the Dask token of each data variable
     (its graph: file names and modification times of lazily opened rasters, a
     content hash of arrays from memory, the checkpoint hash of decloud); and the
-    identity of each input (:func:`_source_identity`), which the token may miss.
+    identity of each input (``inputs``, usually :func:`sources`: a store's own
+    fingerprint, the listing of a Zarr store of other software, a file's size and
+    modification time), which the token may miss. Nothing is read but metadata and
+    listings; an array in memory is hashed.
+
+    Examples
+    --------
+    >>> import m3rcr_xr
+    >>> ds = m3rcr_xr.synthetic_collection(1, 32, seed=1)
+    >>> data_fingerprint(ds) == data_fingerprint(m3rcr_xr.synthetic_collection(1, 32, seed=1))
+    True
+    >>> data_fingerprint(ds) == data_fingerprint(m3rcr_xr.synthetic_collection(1, 32, seed=2))
+    False
     """
     digest = hashlib.sha256()
     digest.update(json.dumps({k: int(v) for k, v in ds.sizes.items()}, sort_keys=True).encode())
@@ -801,7 +815,7 @@ def to_zarr(
     ds = _prepare(ds)
     dim = _write_dim(ds)
     steps = _steps(ds, dim)
-    fingerprint = _fingerprint(ds, inputs)
+    fingerprint = data_fingerprint(ds, inputs)
     with _write_errors(target), _locked(target), _quiet_lock_listing():
         planned = _plan(target, fingerprint, overwrite)
         fresh = planned is None

@@ -714,3 +714,15 @@ def test_the_cross_entropy_loss_ignores_unlabelled_pixels() -> None:
     none = torch.zeros(1, 2, 2)
     expected = torch.nn.functional.cross_entropy(logits[..., :1, :1], labels[..., :1, :1].long())
     torch.testing.assert_close(loss(logits, labels, none, none), expected)
+
+
+def test_the_cross_entropy_loss_of_no_labelled_pixel_is_zero() -> None:
+    """Not torch's NaN (a mean over no pixel), which would ruin the weights."""
+    loss = RECORDS["landcover_unet"].loss.function
+    logits = torch.randn(2, 7, 2, 2, requires_grad=True)
+    labels = torch.full((2, 2, 2), 255, dtype=torch.uint8)
+    none = torch.zeros(2, 2, 2)
+    value = loss(logits, labels, none, none)
+    assert float(value.detach()) == 0.0
+    value.backward()  # still part of the graph
+    assert logits.grad is not None and not logits.grad.any()

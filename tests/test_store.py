@@ -542,7 +542,7 @@ def test_an_input_file_that_changed_changes_the_fingerprint(tmp_path):
 
     def fingerprint() -> str:
         scene = m3rcr_xr.open_quartet(**files)
-        return store._fingerprint(store._prepare(scene), store.sources(scene))
+        return store.data_fingerprint(store._prepare(scene), store.sources(scene))
 
     first = fingerprint()
     assert fingerprint() == first  # reopening the same files: the same data
@@ -577,7 +577,7 @@ def test_a_zarr_store_of_other_software_corrected_in_place_is_not_resumed(tmp_pa
 
         def fingerprint() -> str:
             ds = _their_scene(source)
-            return store._fingerprint(store._prepare(ds), store.sources(ds))
+            return store.data_fingerprint(store._prepare(ds), store.sources(ds))
 
         first = fingerprint()
         assert fingerprint() == first  # reopened unchanged: a resume is allowed

@@ -8,13 +8,15 @@ import os
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 import m3rcr_xr
 import m3rcr_xr.train
 from m3rcr_xr import models
 from m3rcr_xr.cli import main
+from m3rcr_xr.testing import raise_if_dask_computes
 
-from .train_runs import SMALL, TILE, weights
+from .train_runs import SMALL, TILE, run_settings, weights
 
 
 def test_the_package_keeps_the_names_of_the_module():
@@ -174,10 +176,15 @@ def test_balanced_class_weights_follow_the_label_counts():
     from m3rcr_xr.train.data import balanced_class_weights
 
     scene = m3rcr_xr.synthetic_collection(2, 64, seed=4)
+    # no optical data there: the crops' labels are 255, and the counts leave them out
+    empty = xr.DataArray([True, False], dims="patch") & xr.DataArray(np.arange(64) < 40, dims="x")
+    scene["cloudfree"] = scene["cloudfree"].where(~empty, 0)
     data = m3rcr_xr.train.CropDataset(scene, TILE, level=1)
-    labels = worldcover_labels(scene.landcover.values, 1).ravel()
+    labels = worldcover_labels(scene.landcover.values, 1)
+    labels = np.concatenate([labels[0, :, 40:].ravel(), labels[1].ravel()])
     counts = np.bincount(labels[labels < 7], minlength=7)
-    weights = balanced_class_weights(data).numpy()
+    with raise_if_dask_computes(1):  # one pass over the chunks, counted chunk by chunk
+        weights = balanced_class_weights(data).numpy()
     present = counts > 0
     expected = counts.sum() / (7 * counts[present])
     np.testing.assert_allclose(weights[present], expected, rtol=1e-6)
@@ -259,3 +266,24 @@ def test_cli_train_landcover(collection_store, val_store, tmp_path, capsys):
     assert "--model is required" in capsys.readouterr().err
     assert main([*bad, "--model", "dsen2_cr", "--out", str(tmp_path / "x.pth")]) == 2
     assert "--level 2: for the landcover task only" in capsys.readouterr().err
+
+
+def _unreachable(block: np.ndarray) -> np.ndarray:
+    raise OSError("connection reset while reading the validation store")
+
+
+def test_a_validation_that_fails_loses_no_training(tmp_path):
+    """The checkpoint is written before the validation: a read error of the validation
+    data leaves the run's state, complete and resumable."""
+    scenes = m3rcr_xr.synthetic_collection(2, TILE, seed=3).compute()
+    val = m3rcr_xr.synthetic_collection(1, TILE, seed=500)
+    val["cloudfree"] = val["cloudfree"].copy(
+        data=val["cloudfree"].data.map_blocks(_unreachable, dtype="uint16")
+    )
+    out = tmp_path / "run.pth"
+    with pytest.raises(OSError, match="connection reset"):
+        m3rcr_xr.train.train(scenes, out, run_settings(1), val=val, progress=False)
+    saved = m3rcr_xr.train.read_training_checkpoint(out)
+    assert saved["step"] == 1 and "metrics" not in saved
+    resumed = m3rcr_xr.train.train(scenes, out, run_settings(2), resume=out, progress=False)
+    assert sorted(resumed.losses) == [2]

@@ -16,6 +16,7 @@ import m3rcr_xr
 from m3rcr_xr import models
 from m3rcr_xr.cli import main
 from m3rcr_xr.exceptions import CheckpointError, UsageError
+from m3rcr_xr.testing import raise_if_dask_computes
 from m3rcr_xr.train import (
     CropDataset,
     TrainSettings,
@@ -204,14 +205,47 @@ def test_the_checkpoint_records_its_data(collection_store, one_step):
     assert recorded["train"]["source"] == str(collection_store)
 
 
-def test_identity_of_a_dataset_follows_sizes_variables_and_patches():
+def test_identity_of_a_dataset_follows_its_data():
+    """Sizes, variables, patch ids and values: other images of the same layout are
+    other data."""
     ds = m3rcr_xr.synthetic_collection(2, 64, seed=1)
     same = CropDataset(m3rcr_xr.synthetic_collection(2, 64, seed=1), TILE).identity()
     assert CropDataset(ds, TILE).identity() == same == {**same, "source": "dataset"}
     renamed = ds.assign_coords(patch=["a", "b"])
-    others = [renamed, ds.isel(x=slice(0, 48)), ds.drop_vars("cloudmask")]
-    fingerprints = {CropDataset(d, TILE).identity()["fingerprint"] for d in [ds, *others]}
-    assert len(fingerprints) == 4
+    other_values = m3rcr_xr.synthetic_collection(2, 64, seed=2).assign_coords(patch=ds.patch)
+    changed = ds.compute()
+    changed["cloudfree"][0, 0, 0, 0] += 1  # in memory: a hash of the values
+    others = [renamed, ds.isel(x=slice(0, 48)), ds.drop_vars("cloudmask"), other_values]
+    fingerprints = {
+        CropDataset(d, TILE).identity()["fingerprint"] for d in [ds, *others, ds.compute(), changed]
+    }
+    assert len(fingerprints) == 7
+
+
+def test_identity_of_an_opened_store_reads_no_data(collection_store):
+    """The Dataset of an opened store: its graph and the store's own fingerprint."""
+    data = CropDataset(m3rcr_xr.open_zarr(collection_store), TILE)
+    with raise_if_dask_computes():
+        identity = data.identity()
+    assert identity == CropDataset(m3rcr_xr.open_zarr(collection_store), TILE).identity()
+    assert identity["source"] == "dataset"
+
+
+def test_resume_on_a_dataset_of_other_values_is_refused(tmp_path, caplog):
+    first = m3rcr_xr.synthetic_collection(2, TILE, seed=1).compute()
+    other = m3rcr_xr.synthetic_collection(2, TILE, seed=2).compute()
+    run = train(first, tmp_path / "a.pth", run_settings(1), progress=False)
+    with pytest.raises(UsageError, match="training data is dataset .* not dataset"):
+        train(other, tmp_path / "b.pth", run_settings(2), resume=run.checkpoint, progress=False)
+    legacy = read_training_checkpoint(run.checkpoint)  # by layout only, as before
+    legacy["data"]["train"]["fingerprint"] = "0" * 64
+    torch.save(legacy, tmp_path / "old.pth")
+    with caplog.at_level(logging.WARNING, logger="m3rcr_xr.train"):
+        resumed = train(
+            first, tmp_path / "b.pth", run_settings(2), resume=tmp_path / "old.pth", progress=False
+        )
+    assert sorted(resumed.losses) == [2]
+    assert "by its sizes, variables and patch ids only" in caplog.text
 
 
 def test_resume_refuses_other_data(collection_store, other_store, val_store, one_step, tmp_path):

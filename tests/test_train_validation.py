@@ -66,6 +66,38 @@ def test_validation_equals_evaluate_per_patch(batch_size):
     assert result["model"]["all"]["n_patches"] == 3
 
 
+def test_validation_leaves_out_pixels_without_input_data():
+    """Where the cloudy input has no data (integer 0), decloud writes NaN and evaluate
+    leaves the pixel out: the validation's scores are evaluate_per_patch's there too."""
+    scenes = m3rcr_xr.synthetic_collection(2, TILE, seed=21, cloud_cover=0.5).compute()
+    scenes["cloudy"][{"x": slice(0, 8)}] = 0
+    data = CropDataset(scenes, TILE, mode="center")  # the centre crop: the whole patch
+    torch.manual_seed(0)
+    net = models.build("dsen2_cr", **SMALL).eval()
+    result = validate_model(net, data)
+    batch = torch.utils.data.default_collate([data[i] for i in range(len(data))])
+    with torch.no_grad():
+        pred = _reflectance(net(batch["cloudy"], batch["sar"]))
+    no_input = (scenes["cloudy"].values == 0).all(axis=1, keepdims=True)
+    pred.values[np.broadcast_to(no_input, pred.shape)] = np.nan  # as decloud writes it
+    # the input: the engine's integer nodata rule on the raw values
+    for name, values in {"model": pred, "input": scenes["cloudy"]}.items():
+        table = evaluate_per_patch(
+            None,
+            values,
+            scenes["cloudfree"],
+            landcover=None,
+            cloudmask=scenes["cloudmask"] > 0.5,
+            level=None,
+            strata=("all", "cloudy", "clear"),
+        )
+        expected = mean_over_patches(table).sel(landcover_class="all")
+        for stratum, scores in result[name].items():
+            for metric in ("PSNR", "SSIM", "SAM", "MAE"):
+                want = float(expected[metric].sel(stratum=stratum))
+                assert scores[metric] == pytest.approx(want, rel=1e-5), (name, stratum, metric)
+
+
 def test_validation_without_a_cloudmask_has_stratum_all_only():
     scenes = m3rcr_xr.synthetic_collection(2, 48, seed=5).drop_vars("cloudmask")
     data = CropDataset(scenes, TILE, mode="center")

@@ -73,11 +73,14 @@ def _cross_entropy(
     valid: Tensor | None = None,
 ) -> Tensor:
     """Cross-entropy over the labelled pixels (``IGNORE_INDEX`` left out: nodata of the
-    input among them, so ``valid`` is not needed), ``weight`` per class (None: all 1)."""
+    input among them, so ``valid`` is not needed), ``weight`` per class (None: all 1);
+    zero, still part of the graph, without a labelled pixel (torch's mean over none is
+    NaN)."""
+    labels = labels.long()
+    if not bool((labels != IGNORE_INDEX).any()):
+        return (logits * 0).sum()
     weight = None if weight is None else weight.to(logits.device)
-    return nn.functional.cross_entropy(
-        logits, labels.long(), weight=weight, ignore_index=IGNORE_INDEX
-    )
+    return nn.functional.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE_INDEX)
 
 
 def _ec_charbonnier(

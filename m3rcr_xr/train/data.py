@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -37,7 +35,7 @@ from ..exceptions import SchemaError, UsageError, argument
 from ..landcover import IGNORE_INDEX, class_names, worldcover_labels
 from ..normalize import model_inputs, normalize_optical
 from ..schema import is_collection
-from ..store import FINGERPRINT, open_zarr
+from ..store import FINGERPRINT, data_fingerprint, open_zarr, sources
 
 #: variables a crop reads; cloudmask is optional
 CROP_VARS = ("cloudy", "cloudfree", "sar", "cloudmask")
@@ -45,6 +43,9 @@ CROP_VARS = ("cloudy", "cloudfree", "sar", "cloudmask")
 LABEL_VARS = ("cloudfree", "landcover", "cloudmask")
 
 Source = str | os.PathLike[str] | xr.Dataset
+#: how the fingerprint of an xarray Dataset (:meth:`CropDataset.identity`) begins;
+#: checkpoints of earlier versions identified one by its sizes, variables and patch ids
+DATASET_PREFIX = "dataset:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,30 +210,25 @@ class CropDataset(Dataset):
 
     def identity(self) -> dict[str, str]:
         """What identifies the data, for a checkpoint: ``source`` (:attr:`label`) and
-        ``fingerprint``, the store's own (``m3rcr_fingerprint``, written by
-        :func:`m3rcr_xr.to_zarr`: it changes with the data), else a hash of the sizes,
-        the variable names and the patch ids (a Dataset, or a store of another writer).
+        ``fingerprint``: a store's own (``m3rcr_fingerprint``, written by
+        :func:`m3rcr_xr.to_zarr`: it changes with the data); for an xarray Dataset,
+        :data:`DATASET_PREFIX` and :func:`m3rcr_xr.store.data_fingerprint` of it (the
+        Dask tokens of its variables, a hash of their values for arrays in memory, and
+        the fingerprint of each store it was opened from). Nothing is read but metadata.
 
         Examples
         --------
         >>> import m3rcr_xr
         >>> data = CropDataset(m3rcr_xr.synthetic_collection(2, 64), 32, mode="center")
-        >>> data.identity()["source"], len(data.identity()["fingerprint"])
-        ('dataset', 64)
+        >>> data.identity()["source"], data.identity()["fingerprint"][:8]
+        ('dataset', 'dataset:')
         """
         fingerprint = ""
         if self._path is not None:
             fingerprint = str(zarr.open_group(self._path, mode="r").attrs.get(FINGERPRINT, ""))
         if not fingerprint:
             ds = self._dataset()
-            patches = ds["patch"].values.tolist() if "patch" in ds.coords else []
-            described = {
-                "sizes": {str(k): int(v) for k, v in ds.sizes.items()},
-                "variables": sorted(map(str, ds.data_vars)),
-                "patches": [str(p) for p in patches],
-            }
-            text = json.dumps(described, sort_keys=True).encode()
-            fingerprint = hashlib.sha256(text).hexdigest()
+            fingerprint = DATASET_PREFIX + data_fingerprint(ds, sources(ds))
         return {"source": self.label, "fingerprint": fingerprint}
 
     @property
@@ -342,13 +338,16 @@ def step_tensors(
 
 def balanced_class_weights(data: CropDataset) -> Tensor:
     """Class weights ``n / (n_classes * n_k)`` over the labelled pixels of all of
-    ``data``'s source (scikit-learn's ``class_weight="balanced"``); 1 for a class with
-    no pixel (it adds nothing to the loss anyway)."""
+    ``data``'s source, as the loss sees them (none where the cloud-free input has no
+    data), scikit-learn's ``class_weight="balanced"``; 1 for a class with no pixel (it
+    adds nothing to the loss anyway). The labels are counted chunk by chunk."""
     if data.level is None:
         raise UsageError("class weights are for a classifier's crops (level set)")
-    with _synchronous():
-        labels = worldcover_labels(data._dataset()["landcover"].data, data.level)
-        counts = np.bincount(np.asarray(labels).ravel(), minlength=256)
+    ds = data._dataset()
+    labels = worldcover_labels(ds["landcover"].data, data.level)
+    labels = np.where(no_data(ds["cloudfree"].data), np.uint8(IGNORE_INDEX), labels)
+    with _synchronous():  # np.* dispatch to dask for a lazy source
+        counts = np.asarray(np.bincount(np.ravel(labels), minlength=256))
     n_classes = len(class_names(data.level))
     counts = counts[:n_classes].astype(np.float64)
     weights = np.divide(counts.sum(), n_classes * counts, out=np.ones(n_classes), where=counts > 0)

@@ -7,6 +7,7 @@ import inspect
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..exceptions import SchemaError, UsageError, argument
+from ..landcover import IGNORE_INDEX
 from ..models import build, check_tile, extract_state_dict, load_state_dict_into, model_record
 from ..models.records import LossFn
 from ..progress import progress_bar, show_progress
@@ -58,6 +60,14 @@ def _takes_valid(loss_fn: Callable[..., Tensor]) -> bool:
     return any(p.name == "valid" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
+def _has_data(batch: Mapping[str, Tensor], uses_valid: bool) -> bool:
+    """Whether the loss sees a pixel of ``batch``: a labelled one (a classifier's batch),
+    a valid one (``uses_valid``: the loss takes them), else any."""
+    if "labels" in batch:
+        return bool((batch["labels"] != IGNORE_INDEX).any())
+    return not uses_valid or bool(batch["valid"].any())
+
+
 def train_step(
     model: nn.Module,
     batch: Mapping[str, Tensor],
@@ -76,10 +86,18 @@ def train_step(
     four arguments, as before, counts every pixel). The forward pass runs under autocast
     when ``amp`` is a dtype (GPU only); the loss is computed in float32. ``scaler`` (a
     ``torch.amp.GradScaler``) scales fp16 gradients.
+
+    A batch the loss sees no pixel of (no valid pixel, for a loss that takes ``valid``;
+    no labelled one, for a classifier) changes nothing and returns 0.0: no forward pass
+    (batch-norm statistics), no optimiser step (Adam's moments would still move the
+    weights), no scaler update.
     """
+    uses_valid = "valid" in batch and _takes_valid(loss_fn)
+    if not _has_data(batch, uses_valid):
+        return 0.0
     inputs, target, optical, mask = step_tensors(batch, device)
     extra = {}
-    if "valid" in batch and _takes_valid(loss_fn):
+    if uses_valid:
         extra["valid"] = batch["valid"].to(device, non_blocking=True)
     with autocast(device, amp):
         pred = model(*inputs)
@@ -163,6 +181,16 @@ class _Run:
         save_checkpoint(path, payload)
         log.info("step %d: wrote %s", self.step, path)
 
+    def checkpoint(self, path: Path, val_data: CropDataset | None) -> dict[str, Any]:
+        """Save the state reached, then validate it on ``val_data`` (if any) and save it
+        again with the metrics: a validation that fails (a read error of its store)
+        never loses the training done. Returns the metrics (empty without ``val_data``)."""
+        self.save(path, None)
+        metrics = self.validate(val_data)
+        if metrics:
+            self.save(path, metrics)
+        return metrics
+
     def validate(self, data: CropDataset | None) -> dict[str, Any]:
         if data is None:
             return {}
@@ -212,7 +240,8 @@ def train(
         ``landcover``.
     out
         Checkpoint path, written every ``settings.checkpoint_every`` steps and at the end
-        (each time to a temporary file renamed over it). An existing file there is
+        (each time to a temporary file renamed over it), before the validation and again
+        with its metrics: a validation that fails loses no training. An existing file there is
         replaced only when it is a training checkpoint of this library (an earlier run's,
         the one resumed): see :func:`check_checkpoint_destination`.
     settings
@@ -266,8 +295,7 @@ def train(
     log.info("training %s", run.describe(data))
     losses, metrics = _loop(run, data, out, val_data, show_progress(progress))
     if not losses:  # nothing left to do: write the state reached (and validate it)
-        metrics = run.validate(val_data)
-        run.save(out, metrics)
+        metrics = run.checkpoint(out, val_data)
     wall_s = time.perf_counter() - start_time
     return TrainResult(out, resolved, losses, metrics, wall_s, step=run.step)
 
@@ -286,7 +314,11 @@ def _loop(
     run: _Run, data: CropDataset, out: Path, val_data: CropDataset | None, show: bool
 ) -> tuple[dict[int, float], dict[str, Any]]:
     """Steps ``run.step + 1 .. settings.steps``, with a checkpoint (and a validation)
-    every ``checkpoint_every`` steps and at the end; the losses and the last metrics."""
+    every ``checkpoint_every`` steps and at the end; the losses and the last metrics.
+
+    A step is a batch drawn: one without data (see :func:`train_step`) changes no weight,
+    yet counts, and the learning-rate schedule follows the count, so the schedule, the
+    checkpoints and a resume depend on the step number alone."""
     settings = run.settings
     losses: dict[int, float] = {}
     metrics: dict[str, Any] = {}
@@ -316,14 +348,21 @@ def _loop(
                 scaler=run.scaler,
             )
             if settings.steps_scheduler(run.step):
-                run.scheduler.step()
+                _step_scheduler(run.scheduler)
             bar.set_postfix(
                 loss=f"{losses[run.step]:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2g}"
             )
             bar.update(1)
             if settings.checkpoints_at(run.step):
-                metrics = run.validate(val_data)
-                run.save(out, metrics)
+                metrics = run.checkpoint(out, val_data)
             if run.step >= settings.steps:
                 break
     return losses, metrics
+
+
+def _step_scheduler(scheduler: Any) -> None:
+    """``scheduler.step()``; quiet when no optimiser step has been taken yet (the first
+    batches had no data): the schedule follows the step count all the same."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        scheduler.step()

@@ -32,6 +32,7 @@ from ..exceptions import CheckpointError, UsageError, argument
 from ..models import extract_state_dict, model_record
 from ..models.checkpoint import read_checkpoint
 from ..weights import read_weights
+from .data import DATASET_PREFIX
 from .settings import ResolvedSettings
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,9 @@ def check_same_data(
     """Refuse to resume the checkpoint ``payload`` (read from ``resume``) on other data
     than it was trained (and validated) on; ``data`` as ``checkpoint_payload`` takes it.
     Validation data is compared when both the checkpoint and the run have some. A
-    checkpoint written before the data was recorded resumes, with a warning.
+    checkpoint written before the data was recorded resumes, with a warning, and so
+    does one that identified an xarray Dataset by its layout only (before its values
+    were).
 
     Raises
     ------
@@ -236,6 +239,15 @@ def check_same_data(
         mine, theirs = data.get(role), saved.get(role)
         if mine is None or theirs is None or mine["fingerprint"] == theirs["fingerprint"]:
             continue
+        if _by_layout(theirs) and _by_layout(mine) is False:
+            log.warning(
+                "%s identifies its %s data, an xarray Dataset, by its sizes, variables "
+                "and patch ids only (an older checkpoint): cannot check that it is the "
+                "data it was trained on",
+                resume,
+                what,
+            )
+            continue
         raise UsageError(
             f"{argument('resume', str(resume))}: the checkpoint's {what} data is "
             f"{_described(theirs)}, not {_described(mine)}; resume on the same data "
@@ -243,8 +255,17 @@ def check_same_data(
         )
 
 
+def _by_layout(identity: Mapping[str, str]) -> bool | None:
+    """For the identity of an xarray Dataset, whether it is the layout-only one of
+    earlier versions (no :data:`DATASET_PREFIX`); None for a store's."""
+    if identity["source"] != "dataset":
+        return None
+    return not identity["fingerprint"].startswith(DATASET_PREFIX)
+
+
 def _described(identity: Mapping[str, str]) -> str:
-    return f"{identity['source']} (fingerprint {identity['fingerprint'][:12]})"
+    fingerprint = identity["fingerprint"].removeprefix(DATASET_PREFIX)
+    return f"{identity['source']} (fingerprint {fingerprint[:12]})"
 
 
 def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -49,9 +49,16 @@ def _reflectance(values: Tensor) -> np.ndarray:
     return denormalize_optical(values.float().cpu().numpy())
 
 
-def _crop_sums(pred: Tensor, target: Tensor, labels: np.ndarray, name: str) -> np.ndarray:
-    """(quantity, crop, group) sums of one batch; raises on a NaN or infinite ``pred``."""
-    sums = group_sums(_reflectance(pred), _reflectance(target), labels)
+def _crop_sums(
+    pred: Tensor, target: Tensor, labels: np.ndarray, nodata: np.ndarray, name: str
+) -> np.ndarray:
+    """(quantity, crop, group) sums of one batch, without the ``nodata`` (crop, y, x)
+    pixels; raises on a NaN or infinite ``pred`` elsewhere."""
+    values = _reflectance(pred)
+    # NaN in every band: the engine's nodata of a float prediction, as decloud writes it
+    # where the cloudy input has none (the crop's float values no longer tell)
+    values[np.broadcast_to(nodata[:, None], values.shape)] = np.nan
+    sums = group_sums(values, _reflectance(target), labels)
     return check_sums(sums, pred_name=name, target_name="cloudfree")
 
 
@@ -81,7 +88,9 @@ def validate_model(
 
     The metrics are those of :func:`m3rcr_xr.metrics.evaluate` per crop, averaged over
     the crops (its ``per_patch`` protocol, as the published validation averages per-batch
-    scores), for the strata all, cloudy and clear (all only without a cloud mask).
+    scores), for the strata all, cloudy and clear (all only without a cloud mask). The
+    crops' nodata (``valid`` 0: no data in the cloudy input or the cloud-free target) is
+    left out, as evaluate leaves out what decloud writes there (NaN).
 
     Returns
     -------
@@ -112,8 +121,12 @@ def validate_model(
             # no land cover: every pixel is land-cover nodata, in class "all" only
             cloud = batch["cloudmask"].numpy() > 0.5
             labels = labels_block(np.zeros(cloud.shape, np.uint8), cloud)
-            sums["model"].append(_crop_sums(pred, batch["target"], labels, "model"))
-            sums["input"].append(_crop_sums(batch["cloudy"], batch["target"], labels, "cloudy"))
+            nodata = batch["valid"].numpy() == 0
+            for key, name, values in (
+                ("model", "model", pred),
+                ("input", "cloudy", batch["cloudy"]),
+            ):
+                sums[key].append(_crop_sums(values, batch["target"], labels, nodata, name))
     finally:
         model.train(was_training)
     return {name: _summary(parts, strata, len(BANDS)) for name, parts in sums.items()}
