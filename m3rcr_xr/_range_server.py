@@ -21,6 +21,8 @@ class _RangeRequestHandler(SimpleHTTPRequestHandler):
 
     def send_head(self) -> Any:
         wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
+        if wanted and wanted[2] and int(wanted[2]) < int(wanted[1]):
+            wanted = None  # an invalid range (end before start): ignored (RFC 9110), whole file
         path = self.translate_path(self.path)
         if wanted is None or not os.path.isfile(path):
             return super().send_head()

@@ -19,7 +19,7 @@ Pixels of the optical grid outside the coarse layer become ``fill`` (NaN for SAR
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import dask.array as da
 import numpy as np
@@ -27,6 +27,8 @@ import xarray as xr
 from affine import Affine
 
 from .exceptions import AlignmentError, UsageError, argument
+
+XarrayT = TypeVar("XarrayT", xr.DataArray, xr.Dataset)
 
 AlignMethod = Literal["coords", "shape"]
 
@@ -160,6 +162,13 @@ def _window(index: np.ndarray) -> tuple[int, int]:
     return int(inside.min()), int(inside.max()) + 1
 
 
+def yx_dims(data: XarrayT) -> XarrayT:
+    """``data`` with its grid's dims named ``y``, ``x``, as a scene has them: odc-geo and
+    odc-stac name a geographic grid's dims ``latitude``, ``longitude``."""
+    geographic = {"latitude": "y", "longitude": "x"}
+    return data.rename({old: new for old, new in geographic.items() if old in data.dims})
+
+
 def _reproject(layer: xr.DataArray, target: xr.DataArray, fill) -> xr.DataArray:
     """Reproject ``layer`` onto the grid of ``target`` with odc-geo (lazy on Dask)."""
     import odc.geo.xr  # noqa: F401 - registers the .odc accessor
@@ -168,9 +177,7 @@ def _reproject(layer: xr.DataArray, target: xr.DataArray, fill) -> xr.DataArray:
 
     _check_overlap(layer, target)  # also proves the transform exists, before any work
     geobox = GeoBox(target.rio.shape, target.rio.transform(), target.rio.crs)
-    out = xr_reproject(layer, geobox, resampling="nearest", dst_nodata=fill)
-    # odc-geo names a geographic grid's dims latitude/longitude: back to target's y/x
-    out = out.rename(dict(zip(out.dims[-2:], ("y", "x"), strict=True)))
+    out = yx_dims(xr_reproject(layer, geobox, resampling="nearest", dst_nodata=fill))
     return out.assign_coords(y=target["y"].values, x=target["x"].values)
 
 

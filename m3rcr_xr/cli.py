@@ -188,7 +188,7 @@ def _ingest(args: argparse.Namespace) -> int:
             **align,
         )
     to_zarr(ds, args.dest, overwrite=args.overwrite)
-    print(f"wrote {args.dest}")
+    print(f"wrote {href.redacted(args.dest)}")
     return 0
 
 

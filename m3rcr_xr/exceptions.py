@@ -16,7 +16,16 @@ from typing import Any
 
 
 class M3RCRError(Exception):
-    """Root of every error raised by m3rcr_xr."""
+    """Root of every error raised by m3rcr_xr.
+
+    Its message shows no credentials of the URLs it names (a password, a presigned
+    URL's signature or token: :func:`m3rcr_xr.href.redacted`).
+    """
+
+    def __init__(self, *args: object) -> None:
+        from .href import redacted  # href raises these errors: imported once one is made
+
+        super().__init__(*(redacted(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class SchemaError(M3RCRError, ValueError):

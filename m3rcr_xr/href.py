@@ -16,6 +16,8 @@ Examples
 (True, False)
 >>> join("https://example.org/m3rcr/test", "S1/a.tif")
 'https://example.org/m3rcr/test/S1/a.tif'
+>>> redacted("https://alice:S3CRET@example.org/a.tif?X-Amz-Signature=ab12&v=2")
+'https://alice@example.org/a.tif?X-Amz-Signature=...&v=2'
 >>> join("https://example.org/m3rcr/test", "../train/a.tif")
 Traceback (most recent call last):
 ...
@@ -38,12 +40,42 @@ from .exceptions import InputFileError, UnsafePathError
 PathType = str | PathLike
 #: a URL scheme (``s3://``, ``https://``); ``file://`` is a local path
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+#: a URL within a text (a message, an error of GDAL or fsspec that quotes one), without
+#: the punctuation that follows it in a sentence
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]]*[^\s'\"<>()\[\]:.,;]")
+#: a URL's password and the query parameters that hold credentials (presigned URLs:
+#: ``X-Amz-Signature``, ``X-Amz-Credential``, ``X-Amz-Security-Token``, ``sig``, ``token``)
+_PASSWORD = re.compile(r"^(?P<user>[^:@/]*):[^@/]*@")
+_SECRET_PARAMETER = re.compile(
+    r"(?P<key>(?:^|&)[^=&]*(?:sig|token|credential|secret|passw|key|auth)[^=&]*=)[^&]*",
+    re.IGNORECASE,
+)
 
 
 def is_remote(href: PathType) -> bool:
     """True for a URL with a scheme other than ``file://``."""
     match = _SCHEME.match(str(href)) if isinstance(href, str) else None
     return match is not None and match["scheme"].lower() != "file"
+
+
+def redacted(text: object) -> str:
+    """``text`` (a URL, or a message that quotes URLs) with their credentials hidden: the
+    password of ``user:password@`` dropped, the values of credential-like query
+    parameters (signatures, tokens, keys) as ``...``; for messages and logs.
+
+    Examples
+    --------
+    >>> redacted("https://h/a.tif?sig=x%2By&sv=2022: HTTP 403 (/vsicurl/https://u:p@h/b)")
+    'https://h/a.tif?sig=...&sv=2022: HTTP 403 (/vsicurl/https://u@h/b)'
+    """
+    return _URL.sub(lambda match: _redacted_url(match[0]), str(text))
+
+
+def _redacted_url(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    location, mark, query = _PASSWORD.sub(r"\g<user>@", rest).partition("?")
+    query = _SECRET_PARAMETER.sub(r"\g<key>...", query)
+    return f"{scheme}://{location}{mark}{query}"
 
 
 def local_path(href: PathType) -> Path:

@@ -499,8 +499,12 @@ def _assemble(layers: dict[str, xr.DataArray], optical: xr.DataArray) -> xr.Data
         array = array.drop_vars([c for c in array.coords if c not in array.dims])
         variables[name] = array.assign_coords(coords)
     ds = xr.Dataset(variables)
-    ds["y"].attrs = {"units": "metre", "long_name": "y coordinate of pixel centre"}
-    ds["x"].attrs = {"units": "metre", "long_name": "x coordinate of pixel centre"}
+    if optical.rio.crs is not None and optical.rio.crs.is_geographic:  # CF's units
+        ds["y"].attrs = {"units": "degrees_north", "long_name": "latitude of pixel centre"}
+        ds["x"].attrs = {"units": "degrees_east", "long_name": "longitude of pixel centre"}
+    else:
+        ds["y"].attrs = {"units": "metre", "long_name": "y coordinate of pixel centre"}
+        ds["x"].attrs = {"units": "metre", "long_name": "x coordinate of pixel centre"}
     return ds.rio.write_crs(optical.rio.crs).rio.write_transform(optical.rio.transform())
 
 

@@ -23,9 +23,9 @@ The asset layouts it knows (:data:`ASSETS`; any name can be overridden with
     ESA WorldCover class codes.
 
 Items need the ``proj`` extension (a CRS, ``proj:shape`` and ``proj:transform``):
-it gives each item's grid without opening its files. Each asset's header is still
-read once at open time, so that a missing or unreachable file fails now, naming it,
-not half-way through a write.
+it gives each item's grid without opening its files. Each asset's header and last
+block are still read once at open time, so that a missing, unreachable or truncated
+file fails now, naming it, not half-way through a write.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import pyproj
 import pystac
 import rasterio
 import xarray as xr
@@ -53,7 +54,7 @@ from odc.geo.geom import BoundingBox, Geometry, box, unary_union
 from rasterio.errors import RasterioError
 
 from . import href
-from .align import align_to, check_north_up, fill_nan_with_mean
+from .align import align_to, check_north_up, fill_nan_with_mean, yx_dims
 from .cloudmask import (
     BLACKFILL_BIT,
     mask_nodata,
@@ -62,11 +63,12 @@ from .cloudmask import (
     udm2_nodata,
 )
 from .cloudmask import UDM2_BANDS as CLOUDMASK_UDM2_BANDS
-from .exceptions import AlignmentError, InputFileError, UsageError, argument
+from .exceptions import AlignmentError, InputFileError, UsageError, argument, check_positive
 from .io import (
     _as_uint16,
     _assemble,
     _check_header,
+    _check_readable,
     _map_blocks,
     _rechunk_like,
     _spatial_chunks,
@@ -238,28 +240,48 @@ def _check_overlap(items: Sequence[pystac.Item], geoboxes: Sequence[GeoBox], sce
             raise AlignmentError(f"STAC item {item.id!r}: does not overlap the scene's extent")
 
 
+def _check_crs(crs: Any) -> None:
+    """Refuse a ``crs`` that pyproj does not know, before any item is read."""
+    if crs is None:
+        return
+    try:
+        pyproj.CRS.from_user_input(crs)
+    except (pyproj.exceptions.CRSError, TypeError) as err:
+        raise UsageError(f"{argument('crs', crs)}: not a CRS ({err})") from err
+
+
 def optical_geobox(
     items: Sequence[pystac.Item],
     asset_name: str,
     *,
     bbox: Sequence[float] | None = None,
     crs: Any = None,
-    resolution: float = 3.0,
+    resolution: float | None = None,
 ) -> GeoBox:
     """The scene's grid: the optical items' extent (or ``bbox``, lon/lat), in ``crs``
-    (default: the first item's), ``resolution`` metres, on the first item's pixel phase.
+    (default: the first item's, projected or geographic), ``resolution`` in the CRS's
+    units, on the first item's pixel phase. The default resolution: 3 (metres) in a
+    projected CRS; in a geographic one, the first item's pixel size there (degrees).
 
     Raises
     ------
+    UsageError
+        ``crs`` is not a CRS; ``resolution`` is not a positive number.
     InputFileError
         An item without the asset or its ``proj`` fields.
     AlignmentError
         An item that overlaps neither ``bbox`` nor the other items.
     """
+    _check_crs(crs)
+    if resolution is not None:
+        check_positive("resolution", resolution)
     geoboxes = [item_geobox(item, asset_name) for item in items]
     first = geoboxes[0]
     target = crs if crs is not None else first.crs
     assert target is not None  # item_geobox refuses an item without a CRS
+    if resolution is None:
+        geographic = pyproj.CRS.from_user_input(str(target)).is_geographic
+        resolution = abs(first.to_crs(target).resolution.x) if geographic else 3.0
     if bbox is not None:
         west, south, east, north = bbox
         region = box(west, south, east, north, "EPSG:4326").to_crs(target)
@@ -297,12 +319,14 @@ def _coarse_geobox(geoboxes: Sequence[GeoBox], scene: GeoBox) -> GeoBox | None:
 # ------------------------------------------------------------------------ headers
 def _header(item: pystac.Item, asset_name: str) -> tuple[str, int, str, float | None]:
     """(href, band count, dtype, nodata) from the asset's file header, checked as
-    :func:`m3rcr_xr.io.open_raster` checks a file."""
+    :func:`m3rcr_xr.io.open_raster` checks a file (its last block read: a truncated
+    file fails now, not half-way through a write)."""
     location = item.assets[asset_name].get_absolute_href() or item.assets[asset_name].href
     what = f"STAC item {item.id!r} asset {asset_name!r}"
     try:
         with rasterio.open(location) as src:
             _check_header(location, what, src)
+            _check_readable(location, src)
             return location, src.count, src.dtypes[0], src.nodata
     except RasterioError as err:
         raise InputFileError(f"{location}: {what} cannot be read ({err})") from err
@@ -541,7 +565,7 @@ def _optical(
     if udm2:
         sources += _prepared(items, names["udm2"], UDM2_BANDS, "udm2")
         bands += _band_names(names["udm2"], UDM2_BANDS)
-    loaded = _load(items, bands, scene, chunks, per_item=True)
+    loaded = yx_dims(_load(items, bands, scene, chunks, per_item=True))
     merged = _mosaic(loaded, bands, len(BANDS), _footprints(items, names["optical"], scene))
     optical = merged.isel(band=slice(0, len(BANDS))).astype(loaded[bands[0]].dtype)
     optical.attrs = {"_FillValue": loaded[bands[0]].attrs.get("nodata")}
@@ -568,7 +592,7 @@ def _coarse(
     geoboxes = [item_geobox(item, asset_names[0]) for item in items]
     _check_overlap(items, geoboxes, scene.extent)
     native = _coarse_geobox(geoboxes, scene)
-    loaded = _load(items, list(asset_names), native or scene, chunks, **kwargs)
+    loaded = yx_dims(_load(items, list(asset_names), native or scene, chunks, **kwargs))
     return _stack(loaded, asset_names, dim), native, sources
 
 
@@ -684,7 +708,7 @@ def open_stac(
     landcover_items: ItemsLike | None = None,
     bbox: Sequence[float] | None = None,
     crs: Any = None,
-    resolution: float = 3.0,
+    resolution: float | None = None,
     chunks: Any = "auto",
     assets: Mapping[str, str] | None = None,
     udm2_classes: Sequence[str] | None = None,
@@ -709,9 +733,11 @@ def open_stac(
     bbox
         (west, south, east, north) in degrees; default: the optical items' extent.
     crs
-        CRS of the scene; default: the first optical item's.
+        CRS of the scene, projected or geographic; default: the first optical item's.
     resolution
-        Pixel size in metres (3 for PlanetScope).
+        Pixel size in the units of the scene's CRS: metres in a projected CRS (default
+        3, PlanetScope's), degrees in a geographic one (default: the first optical
+        item's pixel size there).
     chunks
         As in :func:`m3rcr_xr.open_quartet`: ``"auto"``, an int, a dict or None.
     assets
@@ -731,6 +757,8 @@ def open_stac(
 
     Raises
     ------
+    UsageError
+        ``crs`` is not a CRS, ``resolution`` not a positive number.
     InputFileError
         The JSON or an asset cannot be read; an item lacks an asset asked for, or the
         ``proj`` fields (CRS, shape, transform); an asset has the wrong band count.
@@ -746,6 +774,7 @@ def open_stac(
     """
     names = _asset_names(assets)
     stac_chunks = _stac_chunks(chunks)
+    _check_crs(crs)
     optical_list = read_items(optical_items)
     if not optical_list:
         raise InputFileError(f"{optical_items}: no STAC items found")

@@ -3,6 +3,7 @@ by path, over HTTP (a range-serving server on loopback) and on S3 (moto)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import s3fs
 import xarray as xr
 from affine import Affine
+from odc.geo.geobox import GeoBox
 
 import m3rcr_xr
 from m3rcr_xr import stac
@@ -478,3 +480,87 @@ def test_beyond_a_sar_items_edge_is_nan_not_the_band_mean(tmp_path, files):
     vv = m3rcr_xr.open_stac(optical, sar_items=[item])["sar"].values[0]
     last = [row[np.isfinite(row)][-1] for row in vv]
     assert max(last) < -28
+
+
+def test_a_truncated_asset_is_refused_at_open_naming_it_and_nothing_is_written(
+    files, tmp_path, capsys
+):
+    truncated = tmp_path / "cut.tif"
+    raw = files["cloudy"].read_bytes()
+    truncated.write_bytes(raw[: len(raw) - 3000])  # the header whole, the last strip cut
+    item = stac_item("cut", {"ortho_analytic_4b_sr": truncated})
+    (tmp_path / "item.json").write_text(json.dumps(item.to_dict()))
+    what = f"{truncated}: STAC item 'cut' asset 'ortho_analytic_4b_sr' cannot be read"
+    with pytest.raises(InputFileError, match=what):
+        m3rcr_xr.open_stac([item], chunks=None)
+    dest = tmp_path / "out.zarr"
+    assert main(["ingest", str(tmp_path / "item.json"), str(dest)]) == 2
+    assert f"m3rcr ingest: error: {what}" in capsys.readouterr().err
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("crs", ["EPSG:99999", "nonsense"])
+def test_a_crs_that_is_not_one_is_a_usage_error(files, tmp_path, capsys, crs):
+    item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
+    with pytest.raises(UsageError, match=f"crs='{crs}': not a CRS"):
+        m3rcr_xr.open_stac([item], crs=crs)
+    (tmp_path / "item.json").write_text(json.dumps(item.to_dict()))
+    dest = tmp_path / "out.zarr"
+    assert main(["ingest", str(tmp_path / "item.json"), str(dest), "--crs", crs]) == 2
+    assert f"m3rcr ingest: error: --crs {crs}: not a CRS" in capsys.readouterr().err
+    assert not dest.exists()
+
+
+def test_a_geographic_scene_from_an_item_stored_in_lon_lat(files, tmp_path):
+    """An optical item stored in EPSG:4326 (its grid kept, y/x in degrees) and SAR items
+    in UTM, reprojected onto it: written and read back through the command line."""
+    grid = GeoBox((96, 96), OPTICAL, ZONE32).to_crs("EPSG:4326")
+    cloudy = np.random.default_rng(1).integers(1, 10_000, (4, *grid.shape), dtype=np.uint16)
+    path = write_raster(tmp_path / "ll.tif", cloudy, grid.transform, "EPSG:4326", nodata=0)
+    optical = pystac.ItemCollection([stac_item("ll", {"ortho_analytic_4b_sr": path})])
+    sar = pystac.ItemCollection([stac_item("s1", {"vv": files["vv"], "vh": files["vh"]})])
+    optical.save_object(dest_href=str(tmp_path / "optical.json"))
+    sar.save_object(dest_href=str(tmp_path / "sar.json"))
+    dest = tmp_path / "out.zarr"
+    args = [
+        "ingest",
+        str(tmp_path / "optical.json"),
+        str(dest),
+        "--sar",
+        str(tmp_path / "sar.json"),
+    ]
+    assert main(args) == 0
+    scene = m3rcr_xr.open_zarr(dest).compute()
+    assert scene.rio.crs == "EPSG:4326" and scene.rio.transform() == grid.transform
+    np.testing.assert_array_equal(scene["cloudy"].values, cloudy)
+    assert scene["y"].attrs["units"] == "degrees_north"
+    assert scene["sar"].dims == ("polarization", "y", "x") and scene["sar"].notnull().any()
+
+
+def test_a_geographic_crs_for_projected_items(files):
+    item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
+    scene = m3rcr_xr.open_stac([item], crs="EPSG:4326", chunks=None)
+    assert scene.rio.crs == "EPSG:4326" and scene["cloudy"].dims == ("band", "y", "x")
+    # 3 m in degrees at 45 N: 2.7e-5 of latitude, 3.8e-5 of longitude
+    assert 2.7e-5 <= scene.rio.resolution()[0] <= 3.8e-5
+    finer = m3rcr_xr.open_stac([item], crs="EPSG:4326", resolution=1e-5, chunks=None)
+    assert finer.rio.resolution() == pytest.approx((1e-5, -1e-5))
+    valid = scene["cloudy"].values[scene["cloudy"].values > 0]
+    assert np.isin(valid, np.asarray(m3rcr_xr.open_quartet(files["cloudy"])["cloudy"])).all()
+
+
+def test_credentials_in_urls_are_never_in_a_message(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    with serve_directory(tmp_path) as url:
+        host = url.split("//")[1]
+        item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
+        item.assets["ortho_analytic_4b_sr"].href = f"http://alice:S3CRET@{host}/gone.tif"
+        with pytest.raises(InputFileError, match=f"http://alice@{host}/gone.tif: ") as caught:
+            m3rcr_xr.open_stac([item])
+        presigned = f"{url}/missing.json?X-Amz-Credential=AKIDSECRET&X-Amz-Signature=S3CRET"
+        for source in (f"http://alice:S3CRET@{host}/missing.json", presigned):
+            assert main(["ingest", source, str(tmp_path / "out.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "X-Amz-Credential=...&X-Amz-Signature=...: STAC JSON cannot be read" in err
+    for secret in ("S3CRET", "AKIDSECRET"):
+        assert secret not in str(caught.value) and secret not in err

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 from ..exceptions import CheckpointError, UsageError, argument
+from ..href import redacted
 from ..options import OPTIONS
 
 __all__ = ["CACHE_ENV", "cache_dir", "cached_file", "fetch_url", "file_sha256", "split_url"]
@@ -205,7 +206,7 @@ def _download(url: str, known_hash: str | None, scheme: str, recorded: bool) -> 
     # pooch logs through a stderr handler of its own, bound to the stream of the moment;
     # the download is logged here, through logging, instead
     pooch.get_logger().setLevel(logging.WARNING)
-    log.info("fetching %s into %s", url, cache_dir())
+    log.info("fetching %s into %s", redacted(url), cache_dir())
     try:
         path = pooch.retrieve(
             url,
