@@ -10,11 +10,14 @@ Planet UDM2 (:func:`open_udm2`, :func:`udm2_cloudmask`, :func:`udm2_nodata`)
     https://docs.planet.com/data/imagery/udm/). Bands 1-6 are mutually exclusive 0/1
     class flags: 1 clear, 2 snow, 3 shadow, 4 light haze, 5 heavy haze, 6 cloud;
     band 7 is the classifier's confidence (0-100 %); band 8 is the legacy UDM bitmask,
-    whose bit 0 marks *blackfill*: pixels the spacecraft did not image, which become the
-    scene's nodata. UDM2.1 (every scene processed from 29 November 2023) keeps the
-    8-band layout but has a single haze class, written to band 4 (light haze); band 5
-    (heavy haze) is always 0 (Planet, "All About UDM2.1"). The default classes (cloud,
-    heavy haze, shadow) therefore mask no haze on UDM2.1: add ``"light_haze"`` to mask it.
+    whose bit 0 marks *blackfill* (pixels the spacecraft did not image) and bits 2-7
+    band 1-6 of the image missing (lost in downlink) or suspect (downlink errors)
+    (Planet, "Unusable Data Mask"). Blackfill and a flag on any of the image's 4 bands
+    make the pixel *unusable* (:func:`udm2_nodata`): the scene's nodata. UDM2.1 (every
+    scene processed from 29 November 2023) keeps the 8-band layout but has a single haze
+    class, written to band 4 (light haze); band 5 (heavy haze) is always 0 (Planet, "All
+    About UDM2.1"). The default classes (cloud, heavy haze, shadow) therefore mask no
+    haze on UDM2.1: add ``"light_haze"`` to mask it.
 An estimate from the 4 PlanetScope bands (:func:`estimate_cloudmask`)
     A spectral test after Fmask (Zhu & Woodcock 2012, *Remote Sens. Environ.* 118:83-94)
     without its thermal and SWIR tests, which PlanetScope lacks: the haze-optimised
@@ -63,6 +66,8 @@ UDM2_CLASSES = ("clear", "snow", "shadow", "light_haze", "heavy_haze", "cloud")
 DEFAULT_CLASSES = ("cloud", "heavy_haze", "shadow")
 #: bit 0 of the legacy UDM (band 8): blackfill, not imaged
 BLACKFILL_BIT = 1
+#: bit 2 of the legacy UDM: band 1 of the image missing or suspect; bits 3-7 bands 2-6
+FIRST_BAND_BIT = 1 << 2
 
 #: default thresholds of :func:`estimate_cloudmask`, tuned on the two M3R-CR samples
 ESTIMATE_DEFAULTS = {
@@ -163,10 +168,25 @@ def udm2_cloudmask(udm2: xr.DataArray, classes: Sequence[str] = DEFAULT_CLASSES)
     return mask.rename("cloudmask")
 
 
-def udm2_nodata(udm2: xr.DataArray) -> xr.DataArray:
-    """True (y, x) where the UDM2 marks blackfill (band 8, bit 0): pixels not imaged."""
-    nodata = (udm2.sel(band="udm1", drop=True) & BLACKFILL_BIT) != 0
-    nodata.attrs = {"long_name": "not imaged (UDM2 blackfill)"}
+def unusable_bits(band_count: int = len(BANDS)) -> int:
+    """The bits of the legacy UDM (UDM2 band 8) that make a pixel of a ``band_count``-band
+    image unusable: blackfill (bit 0) and any of its bands missing or suspect (bits 2 to
+    ``1 + band_count``: a band lost in downlink reads 0 or garbage, not reflectance).
+
+    Examples
+    --------
+    >>> bin(unusable_bits(4))  # PlanetScope 4-band: bits 0, 2, 3, 4, 5
+    '0b111101'
+    """
+    return BLACKFILL_BIT | sum(FIRST_BAND_BIT << band for band in range(band_count))
+
+
+def udm2_nodata(udm2: xr.DataArray, band_count: int = len(BANDS)) -> xr.DataArray:
+    """True (y, x) where the UDM2 makes a pixel of a ``band_count``-band image unusable
+    (band 8, :func:`unusable_bits`): not imaged (blackfill), or one of its bands missing
+    or suspect."""
+    nodata = (udm2.sel(band="udm1", drop=True) & unusable_bits(band_count)) != 0
+    nodata.attrs = {"long_name": "unusable (UDM2 blackfill or band missing/suspect)"}
     return nodata.rename("nodata")
 
 
@@ -176,7 +196,10 @@ def mask_nodata(optical: xr.DataArray, nodata: xr.DataArray) -> xr.DataArray:
     0 is the library's optical nodata: decloud and the metrics read it as such.
     """
     masked = optical.where(~nodata, OPTICAL_NODATA).astype(optical.dtype)
-    masked.attrs = {**optical.attrs, "nodata_source": "Planet UDM2 blackfill"}
+    masked.attrs = {
+        **optical.attrs,
+        "nodata_source": "Planet UDM2 blackfill or band missing/suspect",
+    }
     return masked
 
 

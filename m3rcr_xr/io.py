@@ -400,8 +400,9 @@ def open_quartet(
     cloudmask
         The cloud mask, on the optical grid: a boolean ``.npy`` or 1-band GeoTIFF (the
         dataset's masks); a Planet UDM2 GeoTIFF (recognised by its 8 uint8 bands), whose
-        ``udm2_classes`` make the mask and whose blackfill (not imaged) pixels become
-        nodata 0 in ``cloudy``; or ``"estimate"``, a spectral test on ``cloudy``
+        ``udm2_classes`` make the mask and whose unusable pixels (not imaged, or a band
+        missing or suspect: :func:`m3rcr_xr.udm2_nodata`) become nodata 0 in
+        ``cloudy``; or ``"estimate"``, a spectral test on ``cloudy``
         (:func:`m3rcr_xr.estimate_cloudmask`), with an :class:`M3RCRWarning`.
     chunks
         ``"auto"`` (the ``scene_chunk`` option, 1024 px), an int, a dict of ``y``/``x``
@@ -447,8 +448,8 @@ def open_quartet(
 def _cloudmask(
     source: PathType, layers: dict[str, xr.DataArray], chunks: Any, classes: Sequence[str] | None
 ) -> xr.DataArray:
-    """The cloud mask from ``source``: ``"estimate"``, a Planet UDM2 (whose blackfill
-    becomes nodata 0 in ``layers["cloudy"]``), a ``.npy`` or a 1-band GeoTIFF."""
+    """The cloud mask from ``source``: ``"estimate"``, a Planet UDM2 (whose unusable
+    pixels become nodata 0 in ``layers["cloudy"]``), a ``.npy`` or a 1-band GeoTIFF."""
     optical = layers["cloudy"]
     if source == ESTIMATE:
         udm2_classes_for(classes, "the cloud mask is estimated")

@@ -14,13 +14,17 @@ The asset layouts it knows (:data:`ASSETS`; any name can be overridden with
     PlanetScope surface reflectance, 4 bands (blue, green, red, NIR), uint16
     reflectance x10000, nodata 0.
 ``ortho_udm2``
-    PlanetScope's usable data mask (8 bands), loaded as the variable ``udm2``
-    (``udm2_band``, y, x) when every optical item has it.
+    PlanetScope's usable data mask (8 bands), read when every optical item has it: it
+    gives ``cloudmask`` and the optical nodata, and is not kept in the scene.
 ``vv``, ``vh``
     Sentinel-1 RTC backscatter in linear power, converted to dB (``10 log10``; powers
     at or below :data:`SAR_POWER_FLOOR` become :data:`SAR_DB_FLOOR`, -50 dB).
 ``map``
     ESA WorldCover class codes.
+
+A ``scale``/``offset`` in an asset's ``raster:bands`` (value = raw x scale + offset)
+is applied to SAR and to land cover (an integer offset; a scale is refused); optical
+assets must store reflectance x10000 (scale 1 or 0.0001, offset 0), else are refused.
 
 Items need the ``proj`` extension (a CRS, ``proj:shape`` and ``proj:transform``):
 it gives each item's grid without opening its files. Each asset's header and last
@@ -55,14 +59,14 @@ from rasterio.errors import RasterioError
 
 from . import href
 from .align import align_to, check_north_up, fill_nan_with_mean, yx_dims
+from .cloudmask import UDM2_BANDS as CLOUDMASK_UDM2_BANDS
 from .cloudmask import (
-    BLACKFILL_BIT,
     mask_nodata,
     udm2_classes_for,
     udm2_cloudmask,
     udm2_nodata,
+    unusable_bits,
 )
-from .cloudmask import UDM2_BANDS as CLOUDMASK_UDM2_BANDS
 from .exceptions import AlignmentError, InputFileError, UsageError, argument, check_positive
 from .io import (
     _as_uint16,
@@ -337,15 +341,76 @@ def _headers(items: Sequence[pystac.Item], asset_name: str) -> list[tuple[str, i
         return list(pool.map(lambda item: _header(item, asset_name), items))
 
 
+def _declared_bands(asset: pystac.Asset) -> tuple[str, list[dict[str, Any]]]:
+    """The bands an asset declares: the key (``raster:bands``, or STAC 1.1's ``bands``)
+    and its list of band objects; ``("", [])`` where it declares none."""
+    for key in ("raster:bands", "bands"):
+        if asset.extra_fields.get(key):
+            return key, list(asset.extra_fields[key])
+    return "", []
+
+
 def _declare_bands(item: pystac.Item, asset_name: str, header: tuple) -> None:
     """Give odc-stac the band layout of an asset from its file header, where the item
-    does not declare it (``raster:bands``): without it, odc-stac reads band 1 only."""
+    does not declare it (``raster:bands``): without it, odc-stac reads band 1 only. A
+    declared layout must have the file's band count (odc-stac fails on it otherwise)."""
     asset = item.assets[asset_name]
-    if asset.extra_fields.get("raster:bands") or asset.extra_fields.get("bands"):
-        return
-    _, count, dtype, nodata = header
-    band = {"data_type": dtype, **({"nodata": nodata} if nodata is not None else {})}
-    asset.extra_fields["raster:bands"] = [dict(band) for _ in range(count)]
+    location, count, dtype, nodata = header
+    key, declared = _declared_bands(asset)
+    if declared and len(declared) != count:
+        raise InputFileError(
+            f"{location}: STAC item {item.id!r} asset {asset_name!r} declares "
+            f"{len(declared)} band(s) in {key!r}, the file has {count}"
+        )
+    if not declared:
+        band = {"data_type": dtype, **({"nodata": nodata} if nodata is not None else {})}
+        asset.extra_fields["raster:bands"] = [dict(band) for _ in range(count)]
+
+
+def _scaling(item: pystac.Item, asset_name: str) -> list[tuple[float, float]]:
+    """(scale, offset) of each band the asset declares (STAC raster extension: value =
+    raw * scale + offset; ``raster:scale`` in STAC 1.1 ``bands``), (1, 0) where absent.
+    odc-stac reads the raw values: the readers apply these themselves."""
+    key, declared = _declared_bands(item.assets[asset_name])
+    prefix = "raster:" if key == "bands" else ""
+    try:
+        return [
+            (float(band.get(f"{prefix}scale", 1)), float(band.get(f"{prefix}offset", 0)))
+            for band in declared
+        ]
+    except (TypeError, ValueError, AttributeError) as err:
+        raise InputFileError(
+            f"STAC item {item.id!r} asset {asset_name!r}: unreadable scale or offset in "
+            f"{key!r} ({err})"
+        ) from err
+
+
+def _layer_scaling(items: Sequence[pystac.Item], asset_name: str) -> tuple[float, float]:
+    """The (scale, offset) of a 1-band asset, the same in every item: odc-stac fuses the
+    items' raw values into one layer, so one scaling must fit them all."""
+    first = (_scaling(items[0], asset_name) or [(1.0, 0.0)])[0]
+    for item in items[1:]:
+        scaling = (_scaling(item, asset_name) or [(1.0, 0.0)])[0]
+        if not np.allclose(scaling, first):
+            raise InputFileError(
+                f"STAC item {item.id!r} asset {asset_name!r}: scale, offset {scaling} differ "
+                f"from item {items[0].id!r}'s {first}; the items of a layer must share them"
+            )
+    return first
+
+
+def _check_reflectance(items: Sequence[pystac.Item], asset_name: str) -> None:
+    """Refuse optical assets whose declared scale/offset make the stored values anything
+    but reflectance x10000 (scale 1, as PlanetScope SR declares none, or 0.0001 for
+    reflectance; offset 0): the library would otherwise guess at their meaning."""
+    for item in items:
+        for scale, offset in _scaling(item, asset_name):
+            if offset != 0 or not (math.isclose(scale, 1) or math.isclose(scale, 1e-4)):
+                raise InputFileError(
+                    f"STAC item {item.id!r} asset {asset_name!r}: scale {scale:g}, offset "
+                    f"{offset:g} in its band metadata; the optical layer must store "
+                    "reflectance x10000 (scale 1 or 0.0001, offset 0)"
+                )
 
 
 def _prepared(
@@ -423,8 +488,9 @@ def _first_valid_index(
 
     ``items[i]`` holds item i's optical bands, each (1, y, x), then its UDM2's band 8
     if it has one. A pixel is valid where its optical bands are not all missing (0, NaN
-    or the declared ``nodata``: a dark pixel may read 0 in one band) and not UDM2
-    blackfill (band 8, bit 0). A UDM2 declares no nodata: its 0 is a value, so it is
+    or the declared ``nodata``: a dark pixel may read 0 in one band) and not unusable
+    in its UDM2's band 8 (blackfill, or one of its bands missing or suspect:
+    :func:`m3rcr_xr.cloudmask.unusable_bits`). A UDM2 declares no nodata: its 0 is a value, so it is
     never fused band by band.
 
     Examples
@@ -448,7 +514,7 @@ def _valid(bands: Sequence[np.ndarray], optical_count: int, nodata: float | None
     for block in bands[:optical_count]:
         valid |= (block[0] != 0) & ~np.isnan(block[0]) & (block[0] != nodata)
     if len(bands) > optical_count:  # the UDM2's band 8
-        valid &= (bands[optical_count][0] & BLACKFILL_BIT) == 0
+        valid &= (bands[optical_count][0] & unusable_bits(optical_count)) == 0
     return valid
 
 
@@ -561,6 +627,7 @@ def _optical(
     """The optical mosaic and, with ``udm2``, the UDM2 of the same items (each pixel's
     bands all from one item, :func:`_first_valid_index`), and the files read."""
     sources = _prepared(items, names["optical"], len(BANDS), "optical")
+    _check_reflectance(items, names["optical"])
     bands = _band_names(names["optical"], len(BANDS))
     if udm2:
         sources += _prepared(items, names["udm2"], UDM2_BANDS, "udm2")
@@ -622,6 +689,13 @@ def _sar(items, assets: Mapping[str, str], scene: GeoBox, optical: xr.DataArray,
     nodata = power.attrs["_FillValue"]
     if nodata is not None and not np.isnan(nodata):  # declared nodata: holes, as NaN
         power = power.where(power != nodata)
+    scaling = [_layer_scaling(items, assets[name]) for name in ("vv", "vh")]
+    if any(pair != (1, 0) for pair in scaling):  # stored scaled: raw * scale + offset
+        scale, offset = (
+            xr.DataArray(np.asarray(v, "float32"), dims="polarization")
+            for v in zip(*scaling, strict=True)
+        )
+        power = power * scale + offset
     array = to_db(power).assign_coords(polarization=list(POLARIZATIONS)).rename("sar")
     array = array.rio.write_crs(power.rio.crs)
     # holes only inside the items: odc-stac's empty fill beyond them (a gap between two
@@ -660,6 +734,15 @@ def _inside(footprint: Geometry, like: xr.DataArray) -> xr.DataArray:
 def _landcover(items, assets: Mapping[str, str], scene, optical: xr.DataArray, chunks: Any):
     codes, native, sources = _coarse(items, [assets["landcover"]], scene, chunks, "band")
     nodata = codes.attrs["_FillValue"]
+    scale, offset = _layer_scaling(items, assets["landcover"])
+    if scale != 1 or offset != int(offset):
+        raise InputFileError(
+            f"STAC item {items[0].id!r} asset {assets['landcover']!r}: scale {scale:g}, "
+            f"offset {offset:g}: land-cover values so scaled are no class codes"
+        )
+    if offset:  # codes stored shifted: the declared nodata is a stored value
+        codes = codes.astype("int32") + int(offset)
+        nodata = None if nodata is None else nodata + offset
     array = _map_blocks(
         to_worldcover,
         codes.isel(band=0, drop=True),
@@ -689,8 +772,9 @@ def _stac_chunks(chunks: Any) -> dict[str, int] | None:
 
 def with_cloudmask(ds: xr.Dataset, classes: Sequence[str] | None = None) -> xr.Dataset:
     """The scene with its ``udm2`` turned into ``cloudmask`` (``classes`` flagged; None:
-    :data:`~m3rcr_xr.cloudmask.DEFAULT_CLASSES`) and its blackfill into optical nodata (0
-    in every band of ``cloudy``), as :func:`m3rcr_xr.open_quartet` does with a UDM2 file;
+    :data:`~m3rcr_xr.cloudmask.DEFAULT_CLASSES`) and its unusable pixels (blackfill, a
+    band missing or suspect: :func:`~m3rcr_xr.cloudmask.udm2_nodata`) into optical nodata
+    (0 in every band of ``cloudy``), as :func:`m3rcr_xr.open_quartet` does with a UDM2 file;
     unchanged without ``udm2``, where ``classes`` are refused."""
     if "udm2" not in ds:
         udm2_classes_for(classes, "the optical items have no 'udm2' asset")
@@ -722,8 +806,9 @@ def open_stac(
         catalog, a list of items, or the path or URL (``https://``, ``s3://``) of their
         JSON. Several are mosaicked into one scene, the first given winning where they
         overlap: each pixel whole from the first item where it is valid (not 0 in all
-        bands, not UDM2 blackfill); items in other CRSs (UTM zones) are reprojected onto
-        one, items stored south-up onto the north-up grid of the same pixels.
+        bands, not unusable in its UDM2: blackfill, a band missing or suspect); items in
+        other CRSs (UTM zones) are reprojected onto one, items stored south-up onto the
+        north-up grid of the same pixels.
     sar_items, landcover_items
         Sentinel-1 RTC items (``vv``, ``vh`` in linear power) and WorldCover items
         (``map``), in the same forms; optional. SAR is NaN where no item reaches (a gap
@@ -752,7 +837,7 @@ def open_stac(
     xr.Dataset
         A scene: ``cloudy``, and ``sar``, ``landcover`` when their items are given;
         ``cloudmask`` from the UDM2 when every optical item has that asset (its
-        blackfill becomes optical nodata, 0 in ``cloudy``). ``encoding["source"]`` lists
+        unusable pixels become optical nodata, 0 in ``cloudy``). ``encoding["source"]`` lists
         the files read.
 
     Raises
@@ -761,7 +846,11 @@ def open_stac(
         ``crs`` is not a CRS, ``resolution`` not a positive number.
     InputFileError
         The JSON or an asset cannot be read; an item lacks an asset asked for, or the
-        ``proj`` fields (CRS, shape, transform); an asset has the wrong band count.
+        ``proj`` fields (CRS, shape, transform); an asset has the wrong band count, or
+        declares (``raster:bands``) another count than its file has; an optical asset
+        declares a scale/offset other than reflectance x10000 as stored (scale 1 or
+        0.0001, offset 0), a land-cover one a scale other than 1; the items of a SAR or
+        land-cover layer declare different scales/offsets.
     AlignmentError
         An item overlaps neither the scene nor the other optical items, or its grid is
         rotated.

@@ -78,6 +78,28 @@ def test_udm2_gives_the_planted_mask_and_nodata(udm2_scene, classes):
     assert ds["cloudmask"].attrs["udm2_classes"] == ", ".join(classes)
 
 
+def test_udm2_nodata_is_blackfill_or_a_band_missing_or_suspect(tmp_path):
+    """Band 8 (legacy UDM): bit 0 blackfill, bits 2-7 bands 1-6 lost in downlink or
+    suspect. A 4-band image is unusable where bit 0 or bits 2-5 are set; bit 1 (legacy
+    cloud) and bits 6-7 (bands it does not have) leave it usable. open_quartet then
+    reads such pixels as nodata, 0 in every band, although their other bands hold data."""
+    bits = np.array([0b1, 0b10, 0b100, 0b100000, 0b1000000, 0b10000000], np.uint8)
+    udm2 = np.zeros((8, 1, bits.size), np.uint8)
+    udm2[7, 0] = bits
+    array = xr.DataArray(udm2, dims=("band", "y", "x"), coords={"band": list(UDM2_BANDS)})
+    expected = [True, False, True, True, False, False]
+    assert udm2_nodata(array).values[0].tolist() == expected
+    cloudy = np.full((4, *SHAPE), 1000, np.uint16)
+    cloudy[0, 0, :3] = 0  # blue lost in downlink where bit 2 is set
+    full = np.zeros((8, *SHAPE), np.uint8)
+    full[7, 0, : bits.size] = bits
+    ds = m3rcr_xr.open_quartet(
+        write_optical(tmp_path / "cloudy.tif", cloudy),
+        cloudmask=write_raster(tmp_path / "udm2.tif", full, OPTICAL_GRID, CRS),
+    )
+    assert (ds["cloudy"].values[:, 0, : bits.size] == 0).all(axis=0).tolist() == expected
+
+
 def test_udm2_default_classes(udm2_scene):
     cloudy, udm2, _ = udm2_scene
     ds = m3rcr_xr.open_quartet(cloudy, cloudmask=udm2)

@@ -4,6 +4,7 @@ by path, over HTTP (a range-serving server on loopback) and on S3 (moto)."""
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import s3fs
 import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
+from rasterio import open as rasterio_open
 
 import m3rcr_xr
 from m3rcr_xr import stac
@@ -564,3 +566,91 @@ def test_credentials_in_urls_are_never_in_a_message(files, tmp_path, capsys, mon
     assert "X-Amz-Credential=...&X-Amz-Signature=...: STAC JSON cannot be read" in err
     for secret in ("S3CRET", "AKIDSECRET"):
         assert secret not in str(caught.value) and secret not in err
+
+
+@pytest.mark.parametrize("chunks", [None, 4])
+def test_a_band_lost_in_downlink_is_taken_from_the_next_item(tmp_path, chunks):
+    """UDM2 band 8, bit 2: the first item's blue is missing at (5, 5) (it reads 0, like
+    a dark pixel). The pixel comes whole from the next item; alone, it is nodata."""
+    a = np.full((4, 8, 8), 1000, np.uint16)
+    a[0, 5, 5] = 0
+    a_udm2 = np.zeros((8, 8, 8), np.uint8)
+    a_udm2[7, 5, 5] = 0b100
+    b = np.full((4, 8, 8), 2000, np.uint16)
+    a_item = _planet_item(tmp_path, "a", a, a_udm2, OPTICAL)
+    b_item = _planet_item(tmp_path, "b", b, np.zeros((8, 8, 8), np.uint8), OPTICAL)
+    cloudy = m3rcr_xr.open_stac([a_item, b_item], chunks=chunks)["cloudy"].values
+    np.testing.assert_array_equal(cloudy[:, 5, 5], [2000] * 4)
+    assert (cloudy[:, 4] == 1000).all()
+    alone = m3rcr_xr.open_stac([a_item], chunks=chunks)["cloudy"].values
+    np.testing.assert_array_equal(alone[:, 5, 5], [0] * 4)
+
+
+def _declare(item: pystac.Item, asset: str, count: int = 1, **fields) -> pystac.Item:
+    item.assets[asset].extra_fields["raster:bands"] = [dict(fields) for _ in range(count)]
+    return item
+
+
+@pytest.mark.parametrize("chunks", [None, 16])
+def test_sar_stored_scaled_is_scaled_before_db(tmp_path, files, chunks):
+    """raster:bands scale/offset (value = raw * scale + offset): linear power stored as
+    uint16 x 10000 reads -20 and -30 dB, not 20 and 10 dB; lazily."""
+    paths = {}
+    for pol, raw in (("vv", 100), ("vh", 10)):
+        paths[pol] = write_raster(
+            tmp_path / f"{pol}.tif", np.full((1, 30, 30), raw, np.uint16), COARSE, ZONE32
+        )
+    item = stac_item("s1", paths)
+    for pol in paths:
+        _declare(item, pol, data_type="uint16", scale=0.0001, offset=0)
+    optical = stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})
+    with raise_if_dask_computes() if chunks else nullcontext():
+        scene = m3rcr_xr.open_stac([optical], sar_items=[item], chunks=chunks)
+    np.testing.assert_allclose(scene["sar"].values[:, 0, 0], [-20, -30], atol=1e-4)
+
+
+def test_land_cover_offset_is_applied_and_a_scale_refused(tmp_path, files):
+    codes = np.full((1, 30, 30), 5, np.uint8)  # stored minus 5: 10, tree cover
+    path = write_raster(tmp_path / "map.tif", codes, COARSE, ZONE32)
+    optical = stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})
+    shifted = _declare(stac_item("wc", {"map": path}), "map", offset=5)
+    scene = m3rcr_xr.open_stac([optical], landcover_items=[shifted])
+    assert (scene["landcover"].values == 10).all()
+    scaled = _declare(stac_item("wc", {"map": path}), "map", scale=2)
+    with pytest.raises(InputFileError, match="STAC item 'wc' asset 'map': scale 2.*no class"):
+        m3rcr_xr.open_stac([optical], landcover_items=[scaled])
+
+
+def test_optical_scale_is_reflectance_x10000_or_refused(files):
+    """PlanetScope SR declaring scale 0.0001 stores reflectance x10000: read as stored;
+    any other scale or offset is refused rather than guessed at."""
+    item = _declare(
+        stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]}),
+        "ortho_analytic_4b_sr",
+        4,
+        scale=0.0001,
+        offset=0,
+    )
+    with rasterio_open(files["cloudy"]) as src:
+        expected = src.read()
+    np.testing.assert_array_equal(m3rcr_xr.open_stac([item])["cloudy"].values, expected)
+    for fields in ({"scale": 1, "offset": -1000}, {"scale": 0.01}):
+        _declare(item, "ortho_analytic_4b_sr", 4, **fields)
+        with pytest.raises(InputFileError, match="STAC item 'p' asset 'ortho_analytic_4b_sr'"):
+            m3rcr_xr.open_stac([item])
+
+
+def test_a_band_count_unlike_the_files_is_refused_in_one_line(tmp_path, files, capsys):
+    """raster:bands of 1 entry on the 4-band optical asset (odc-stac: KeyError)."""
+    item = _declare(
+        stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]}), "ortho_analytic_4b_sr"
+    )
+    with pytest.raises(InputFileError, match="asset 'ortho_analytic_4b_sr' declares 1 band"):
+        m3rcr_xr.open_stac([item])
+    path = tmp_path / "item.json"
+    path.write_text(json.dumps(item.to_dict()))
+    dest = tmp_path / "out.zarr"
+    assert main(["ingest", str(path), str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert "declares 1 band(s) in 'raster:bands', the file has 4" in err
+    assert err.count("\n") == 1 and not dest.exists()
