@@ -22,7 +22,7 @@ from .exceptions import UsageError, argument, check_integer
 from .inference import decloud
 from .metrics import evaluate, split_semantic, write_table
 from .store import folder_obstacle, is_complete, open_zarr, to_zarr
-from .synthetic import synthetic_scene
+from .synthetic import SYNTHETIC_TITLE, synthetic_scene
 
 log = logging.getLogger(__name__)
 #: the demo scene's seed: the demo weights never saw it in training
@@ -82,12 +82,17 @@ OUTPUTS = {
 }
 
 
+#: the root attribute of the stores the demo writes: only those it replaces
+STAMP = "m3rcr_demo"
+
+
 def _check_out(out: Path) -> None:
     """Refuse an ``out`` that is a file, or a folder of files the demo did not write.
 
     The demo replaces its outputs in its own folder (marked by :data:`MARK`; a folder of
-    an earlier version holds the demo's outputs only, its scene a store of this
-    library). A new or empty folder is taken.
+    an earlier version holds the demo's outputs only). Its stores there are replaced only
+    when the demo wrote them (:func:`_written_by_demo`): a store of the user's own named
+    ``scene.zarr`` is refused, marked folder or not. A new or empty folder is taken.
     """
     flag = argument("out", str(out))
     if out.exists() and not out.is_dir():
@@ -95,14 +100,38 @@ def _check_out(out: Path) -> None:
     obstacle = folder_obstacle(out)
     if obstacle is not None:
         raise UsageError(f"{flag}: {obstacle}")
-    if not out.is_dir() or (out / MARK).is_file():
+    if not out.is_dir():
         return
+    for key in ("scene", "decloud"):
+        store = out / OUTPUTS[key]
+        if store.exists() and not _written_by_demo(store, key):
+            raise UsageError(
+                f"{flag}: {store} is not a store the demo wrote; choose a new or empty folder"
+            )
     names = {entry.name for entry in out.iterdir()}
     earlier = names <= set(OUTPUTS.values()) and is_complete(out / OUTPUTS["scene"])
-    if names and not earlier:
+    if names and not (earlier or (out / MARK).is_file()):
         raise UsageError(
             f"{flag}: {out} holds files the demo did not write; choose a new or empty folder"
         )
+
+
+def _written_by_demo(store: Path, key: str) -> bool:
+    """Whether the demo wrote ``store`` (its output ``key``): this version stamps its
+    stores (:data:`STAMP`); an earlier one's scene is the synthetic scene of
+    :data:`DEMO_SEED`, its decloud that of :data:`DEMO_WEIGHTS`."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(store), mode="r")
+        if group.attrs.get(STAMP):
+            return True
+        if key == "scene":
+            attrs = group.attrs
+            return attrs.get("title") == SYNTHETIC_TITLE and attrs.get("seed") == DEMO_SEED
+        return group["decloud"].attrs.get("checkpoint") == DEMO_WEIGHTS
+    except (OSError, KeyError, ValueError, TypeError, zarr.errors.BaseZarrError):
+        return False  # no Zarr store, or not one of ours
 
 
 def run_demo(
@@ -142,14 +171,15 @@ def run_demo(
     paths = {key: out / OUTPUTS[key] for key in ("scene", "decloud", "metrics", "semantic")}
     with local_cluster() as cluster, cluster.get_client() as client:
         print(f"Dask dashboard: {client.dashboard_link}")
-        to_zarr(synthetic_scene((size, size), seed=seed), paths["scene"], overwrite=True)
+        scene = synthetic_scene((size, size), seed=seed).assign_attrs({STAMP: 1})
+        to_zarr(scene, paths["scene"], overwrite=True)
         scene = open_zarr(paths["scene"])
         estimate = decloud(  # registered weights: model and config come with them
             scene, checkpoint=DEMO_WEIGHTS, tta=tta, uncertainty=bool(tta)
         )
         if isinstance(estimate, xr.DataArray):
             estimate = estimate.to_dataset()
-        to_zarr(estimate, paths["decloud"], overwrite=True)
+        to_zarr(estimate.assign_attrs({STAMP: 1}), paths["decloud"], overwrite=True)
         scene = scene.assign(open_zarr(paths["decloud"]).data_vars)
         result = evaluate(
             scene, "decloud", "cloudfree", level=1, semantic=True, classifier=DEMO_CLASSIFIER

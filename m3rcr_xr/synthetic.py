@@ -29,6 +29,9 @@ from dask.base import tokenize
 from .align import containing_index
 from .schema import BANDS, POLARIZATIONS, validate
 
+#: the ``title`` attribute of a synthetic scene
+SYNTHETIC_TITLE = "m3rcr_xr synthetic scene"
+
 OPTICAL_RES = 3.0
 COARSE_RES = 10.0
 #: the 10 m grid starts this far (x, y) from the optical origin, as in M3R-CR's files
@@ -312,7 +315,7 @@ def synthetic_scene(
     ds = xr.Dataset(
         data,
         coords=coords,
-        attrs={"title": "m3rcr_xr synthetic scene", "seed": seed, "cloud_cover": cover},
+        attrs={"title": SYNTHETIC_TITLE, "seed": seed, "cloud_cover": cover},
     )
     ds = ds.rio.write_crs(crs).rio.write_transform()
     return validate(ds)

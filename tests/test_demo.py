@@ -8,6 +8,7 @@ from m3rcr_xr.cli import main
 from m3rcr_xr.demo import MAX_SIZE, run_demo
 from m3rcr_xr.exceptions import UsageError
 from m3rcr_xr.store import folder_obstacle
+from tests.conftest import snapshot
 
 
 @pytest.mark.slow
@@ -121,11 +122,33 @@ def test_a_folder_of_the_users_files_is_refused_before_any_work(tmp_path, capsys
 
 @pytest.mark.parametrize("made_by", ["this version", "an earlier version"])
 def test_the_demos_own_folder_is_taken_again(tmp_path, made_by):
-    from m3rcr_xr.demo import MARK, _check_out
+    from m3rcr_xr.demo import DEMO_SEED, MARK, STAMP, _check_out
 
-    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((16, 16)), tmp_path / "scene.zarr")
-    (tmp_path / "metrics.csv").write_text("PSNR\n")
+    scene = m3rcr_xr.synthetic_scene((16, 16), seed=DEMO_SEED)
     if made_by == "this version":
+        scene = m3rcr_xr.synthetic_scene((16, 16), seed=1).assign_attrs({STAMP: 1})
         (tmp_path / MARK).touch()
         (tmp_path / "notes.txt").write_text("added by hand")
+    m3rcr_xr.to_zarr(scene, tmp_path / "scene.zarr")
+    (tmp_path / "metrics.csv").write_text("PSNR\n")
     _check_out(tmp_path)  # no error
+
+
+@pytest.mark.parametrize("marked", [False, True])
+@pytest.mark.parametrize("store", ["scene.zarr", "decloud.zarr"])
+def test_a_store_of_the_users_own_under_a_demo_name_is_refused(tmp_path, capsys, marked, store):
+    """A user's scene named scene.zarr is no demo output, even in the demo's folder."""
+    from m3rcr_xr.demo import DEMO_SEED, MARK
+
+    if marked:
+        (tmp_path / MARK).touch()
+    scene = m3rcr_xr.synthetic_scene((16, 16), seed=7)
+    if store == "decloud.zarr":
+        demo_scene = m3rcr_xr.synthetic_scene((16, 16), seed=DEMO_SEED)
+        m3rcr_xr.to_zarr(demo_scene, tmp_path / "scene.zarr")  # an earlier demo's
+        scene = scene[["cloudfree"]].rename(cloudfree="decloud").astype("float32")
+    m3rcr_xr.to_zarr(scene, tmp_path / store)
+    before = snapshot(tmp_path)
+    assert main(["demo", "--out", str(tmp_path), "--size", "16"]) == 2
+    assert f"{store} is not a store the demo wrote" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
