@@ -26,11 +26,11 @@ import csv
 import logging
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from io import StringIO
 from os import PathLike
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import dask.array as da
@@ -510,6 +510,13 @@ def _assemble(layers: dict[str, xr.DataArray], optical: xr.DataArray) -> xr.Data
 
 
 # --------------------------------------------------------------------------- collection
+_LAYERS = "|".join(LAYOUT_PREFIX.values())
+#: a file named as the dataset names them: ``{layer prefix}_{season}_{aoi}_p_{n}``
+_LAYER_NAME = re.compile(rf"^(?P<prefix>{_LAYERS})_(?P<patch>[A-Za-z]+_\w+?_p_\d+)$")
+#: a folder of the dataset's layout: ``{layer prefix}_{season}[_{aoi}]``
+_LAYER_FOLDER = re.compile(rf"^(?P<prefix>{_LAYERS})_[A-Za-z]+(?:_\w+)?$")
+
+
 @dataclass(frozen=True)
 class Quartet:
     """The files of one patch, relative to the dataset root."""
@@ -542,6 +549,42 @@ class Quartet:
         """Paths (or URLs) of the present layers, each checked to stay inside ``root``."""
         return {name: safe_join(root, rel) for name, rel in vars(self).items() if rel}
 
+    def mismatch(self) -> str | None:
+        """What shows that the files are not one patch's layers, or None.
+
+        Only files named as the dataset names them (``S1_fall_1_p_457.tif`` in
+        ``S1_fall/S1_fall_1/``) are checked: each must carry its own layer's prefix (in
+        its name and in such folders), and all must name one patch. Files named
+        otherwise (a user's own) are taken as given.
+
+        Examples
+        --------
+        >>> Quartet("planet_cloudy_fall_1_p_1.tif", "planet_cloudfree_fall_1_p_2.tif").mismatch()
+        'files of different patches: fall_1_p_1 (cloudy); fall_1_p_2 (cloudfree)'
+        >>> Quartet("my_cloudy.tif", "planet_cloudfree_fall_1_p_2.tif").mismatch() is None
+        True
+        """
+        patches: dict[str, list[str]] = {}
+        for column, relative in vars(self).items():
+            path = PurePosixPath(relative or "")
+            match = _LAYER_NAME.match(path.stem)
+            if match is None:
+                continue
+            folders = (_LAYER_FOLDER.match(part) for part in path.parent.parts)
+            found = {match["prefix"], *(m["prefix"] for m in folders if m)}
+            found.discard(LAYOUT_PREFIX[column])
+            if found:
+                return (
+                    f"column {column!r} holds {relative!r}, a {' and '.join(sorted(found))} "
+                    f"file (expected the {LAYOUT_PREFIX[column]}_ prefix); the columns are "
+                    f"{', '.join(FILELIST_COLUMNS)}"
+                )
+            patches.setdefault(match["patch"], []).append(column)
+        if len(patches) < 2:
+            return None
+        listed = (f"{patch} ({', '.join(columns)})" for patch, columns in patches.items())
+        return f"files of different patches: {'; '.join(listed)}"
+
 
 def safe_join(root: PathType, relative: str) -> str | Path:
     """``root / relative``, refusing anything outside ``root`` (:func:`m3rcr_xr.href.join`)."""
@@ -564,42 +607,63 @@ def _read_utf8(path: str | Path) -> str:
         ) from err
 
 
+def _csv_rows(path: str | Path) -> Iterator[tuple[int, list[str]]]:
+    """The line number and stripped cells of each row of the CSV at ``path``.
+
+    Raises InputFileError naming the line that the csv module cannot parse.
+    """
+    reader = csv.reader(StringIO(_read_utf8(path), newline=""))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:  # e.g. a cell over csv.field_size_limit()
+            raise InputFileError(f"{path}:{reader.line_num}: not a CSV row: {err}") from err
+        yield reader.line_num, [cell.strip() for cell in row]
+
+
 def read_filelist(path: PathType) -> list[Quartet]:
     """Read a published file list (CSV, no header; cloudfree, cloudy, S1, landcover,
     cloudmask). Duplicate rows give a warning and are kept once.
 
     The CSV must be UTF-8 (a byte-order mark is ignored); blank rows are skipped, and
     every other row needs a path in each of the five columns, as the published lists
-    have.
+    have. Files named as the dataset names them (``planet_cloudy_fall_1_p_457.tif``,
+    ``S1_fall_1_p_457.tif``...) must be in their layer's column and of the row's patch
+    (:meth:`Quartet.mismatch`); files named otherwise are taken as given.
 
     Raises
     ------
     InputFileError
-        Naming the CSV and the line: not UTF-8, a wrong number of columns, an empty path
-        (and its column).
+        Naming the CSV and the line: not UTF-8, not parsable as CSV, a wrong number of
+        columns, an empty path (and its column), a dataset-named file in another
+        layer's column or of another patch.
     """
     path = href.as_href(path)
     if not href.is_file(path):
         raise MissingFileError(f"{path}: file list does not exist")
     quartets: list[Quartet] = []
-    reader = csv.reader(StringIO(_read_utf8(path), newline=""))
-    for row in reader:
-        row = [cell.strip() for cell in row]
+    for line, row in _csv_rows(path):
         if not any(row):
             continue
         if len(row) != len(FILELIST_COLUMNS):
             raise InputFileError(
-                f"{path}:{reader.line_num}: expected {len(FILELIST_COLUMNS)} columns "
+                f"{path}:{line}: expected {len(FILELIST_COLUMNS)} columns "
                 f"({', '.join(FILELIST_COLUMNS)}), got {len(row)}"
             )
         fields = dict(zip(FILELIST_COLUMNS, row, strict=True))
         empty = [name for name, value in fields.items() if not value]
         if empty:
             raise InputFileError(
-                f"{path}:{reader.line_num}: empty path in column {empty[0]!r} "
+                f"{path}:{line}: empty path in column {empty[0]!r} "
                 f"(columns: {', '.join(FILELIST_COLUMNS)})"
             )
-        quartets.append(Quartet(**fields))
+        quartet = Quartet(**fields)
+        mismatch = quartet.mismatch()
+        if mismatch:
+            raise InputFileError(f"{path}:{line}: {mismatch}")
+        quartets.append(quartet)
     unique = list(dict.fromkeys(quartets))
     if len(unique) < len(quartets):
         warnings.warn(
@@ -642,8 +706,8 @@ def open_m3rcr(
     root
         The split folder, holding ``planet_cloudy_{season}/...`` and its siblings.
     filelist
-        A CSV in the published format, paths relative to ``root``. Without it, the
-        quartets are found by walking the layout.
+        A CSV in the published format, paths relative to ``root``, checked as in
+        :func:`read_filelist`. Without it, the quartets are found by walking the layout.
     chunks
         Dask chunks of the result, e.g. ``{"patch": 16}``; default one patch a chunk.
     align
@@ -654,7 +718,8 @@ def open_m3rcr(
     xr.Dataset
         A collection: the scene variables with a leading ``patch`` dim, per-patch grids
         ``x(patch, x)``, ``y(patch, y)``, ``epsg(patch)`` and ``season``, ``aoi``,
-        ``split``, ``source`` (cloudy path relative to ``root``).
+        ``split`` (the name of ``root``, also when given as ``.``), ``source`` (cloudy
+        path relative to ``root``).
     """
     root = href.as_href(root)
     if not href.is_dir(root):
@@ -668,7 +733,7 @@ def open_m3rcr(
         "patch": [q.patch_id for q in quartets],
         "season": [q.season for q in quartets],
         "aoi": [q.aoi for q in quartets],
-        "split": [href.name_of(root).name] * len(quartets),
+        "split": [_split_name(root)] * len(quartets),
         "source": [q.cloudy for q in quartets],
     }
     collection = stack_scenes(scenes, meta)
@@ -676,6 +741,13 @@ def open_m3rcr(
     if chunks:
         collection = collection.chunk(dict(chunks))
     return validate(collection)
+
+
+def _split_name(root: str | Path) -> str:
+    """The name of the split folder ``root``: ``train`` also for ``.`` inside it."""
+    if href.is_remote(root):
+        return href.name_of(root).name
+    return href.local_path(root).resolve().name
 
 
 def _check_patch_ids(quartets: Sequence[Quartet], source: PathType) -> None:

@@ -243,6 +243,16 @@ def test_ingest_a_filelist_row_with_an_empty_path(samples_dir, tmp_path, capsys)
     assert not dest.exists()
 
 
+def test_ingest_a_filelist_with_a_cell_over_the_csv_field_limit(samples_dir, tmp_path, capsys):
+    csv, row = _filelist(samples_dir, tmp_path)
+    row[3] = "a" * 200_000
+    csv.write_text(",".join(row) + "\n")
+    dest = tmp_path / "never.zarr"
+    assert main(["ingest", str(csv), str(dest), "--root", str(samples_dir / "test")]) == 2
+    _one_error_line(capsys, "list.csv:1:", "not a CSV row: field larger than field limit")
+    assert not dest.exists()
+
+
 def test_ingest_a_filelist_with_a_nul_byte(tmp_path, capsys):
     csv = tmp_path / "l.csv"
     csv.write_text("a/cf.tif,a/cloudy.tif,a/s1.tif,a/lc.tif,a/c\0m.npy\n")
