@@ -272,8 +272,9 @@ def fill_nan_with_mean(
     Holes are NaN and +-inf alike: an infinite value is no measurement, and would
     otherwise make the mean, and so every filled hole, infinite. The mean is taken over
     the finite values only. The published loader uses one mean over all bands
-    (``per_band=False``); by default each polarization takes its own mean. Lazy on Dask
-    arrays. The choice is recorded in ``attrs["nan_fill"]``.
+    (``per_band=False``) of the SAR once resampled to the optical shape; by default each
+    polarization takes its own mean. Lazy on Dask arrays. The choice is recorded in
+    ``attrs["nan_fill"]``.
 
     With ``covered`` (boolean, y/x: where the layer has data) only the holes there are
     filled, with the mean over it; every pixel outside it is NaN, never a mean.

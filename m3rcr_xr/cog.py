@@ -46,7 +46,14 @@ import xarray as xr
 from dask.base import is_dask_collection
 from dask.utils import key_split
 
-from .exceptions import StoreError, UnsafePathError, UsageError, argument, check_integer
+from .exceptions import (
+    SchemaError,
+    StoreError,
+    UnsafePathError,
+    UsageError,
+    argument,
+    check_integer,
+)
 from .options import OPTIONS
 from .progress import compute_with_progress
 from .schema import check_patch_ids, is_collection, repeated
@@ -185,9 +192,22 @@ def _band_names_kept(array: xr.DataArray) -> xr.DataArray:
 
 
 def _patch_scene(collection: xr.DataArray, index: int) -> xr.DataArray:
-    """Patch ``index`` of a collection as a scene: its own grid and CRS (``epsg``)."""
+    """Patch ``index`` of a collection as a scene: its own grid and CRS (``epsg``).
+
+    Raises
+    ------
+    SchemaError
+        Its ``epsg`` is no EPSG code: -1, which earlier versions recorded for a CRS
+        without one (a store written then has lost that patch's georeference).
+    """
     patch = collection.isel(patch=index)
     crs = int(patch["epsg"])
+    if crs <= 0:
+        raise SchemaError(
+            f"patch {patch['patch'].item()}: epsg {crs} is no EPSG code, so its CRS is "
+            "unknown; a collection records each patch's CRS as an EPSG code (open the "
+            "patch's files again, reprojected to a CRS that has one)"
+        )
     patch = patch.drop_vars([name for name in patch.coords if patch[name].ndim == 0])
     return patch.rio.write_crs(crs)
 

@@ -15,7 +15,10 @@ Values are checked as they are read (lazily, chunk by chunk), never wrapped arou
 - optical layers become uint16 exactly (NaN and the declared nodata become 0), or
   raise :class:`InputFileError` naming the file and the values found;
 - SAR: NaN, +-inf and the declared nodata are holes, filled as the published loader
-  fills NaN (:func:`m3rcr_xr.align.fill_nan_with_mean`);
+  fills NaN (:func:`m3rcr_xr.align.fill_nan_with_mean`; with ``align="shape"`` after
+  resampling, as that loader);
+- bands are taken by position, or by name where the file's band descriptions name
+  them (:func:`band_order`);
 - land cover: codes outside ESA WorldCover become nodata 0, with an
   :class:`M3RCRWarning` (:func:`m3rcr_xr.landcover.to_worldcover`).
 """
@@ -148,16 +151,29 @@ def _check_readable(path: PathType, src: rasterio.DatasetReader) -> None:
     src.read(window=window)
 
 
-def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> xr.DataArray:
+def open_raster(
+    path: PathType,
+    name: str,
+    count: int,
+    chunks: Any = "auto",
+    *,
+    bands: Sequence[str] | None = None,
+) -> xr.DataArray:
     """Open one GeoTIFF lazily as (band, y, x), after checking that it is whole.
 
     ``path`` may be a remote href (``https://``, ``s3://``), read by GDAL.
+
+    With ``bands`` (the names expected, in the library's order), a file whose band
+    descriptions name exactly these bands, in any order and any case, has its bands put
+    in that order (lazily); one without descriptions, or describing its bands by other
+    names ("Band 1"), is taken by position (see :func:`band_order`).
 
     Raises
     ------
     MissingFileError, InputFileError
         The file is missing, unreadable or truncated, or has not ``count`` bands; its
-        declared size or its blocks are beyond the limits of :func:`_check_header`.
+        declared size or its blocks are beyond the limits of :func:`_check_header`; its
+        band descriptions name ``bands`` but not each exactly once.
     AlignmentError
         Its grid is rotated or sheared.
 
@@ -174,6 +190,7 @@ def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> 
                 raise InputFileError(f"{path}: {name} has {src.count} band(s), expected {count}")
             _check_header(path, name, src)
             _check_readable(path, src)
+            order = band_order(src.descriptions, bands, f"{path}: {name}")
         array = rioxarray.open_rasterio(
             path, chunks=_spatial_chunks(chunks), mask_and_scale=False, lock=False
         )
@@ -182,10 +199,49 @@ def open_raster(path: PathType, name: str, count: int, chunks: Any = "auto") -> 
         raise InputFileError(f"{path}: {name} {what} ({err})") from err
     if not isinstance(array, xr.DataArray):  # a container of several subdatasets
         raise InputFileError(f"{path}: {name} holds several subdatasets, not one raster")
+    if order is not None:
+        array = array.isel(band=order)
     array.attrs = {key: value for key, value in array.attrs.items() if key == "_FillValue"}
     array.encoding = {"source": str(path)}  # xarray's convention; see store.sources
     array.name = name
     return array
+
+
+def band_order(
+    descriptions: Sequence[str | None], bands: Sequence[str] | None, source: str
+) -> list[int] | None:
+    """Where each of ``bands`` lies in a file whose bands are ``descriptions``.
+
+    ``None`` (take the bands by position) when there is nothing to expect, when the
+    descriptions name none of ``bands`` (missing, or generic like "Band 1": the M3R-CR
+    files have none), or when they name them in the library's order already.
+
+    Raises
+    ------
+    InputFileError
+        The descriptions name some of ``bands`` but not each exactly once: which band is
+        which cannot be told, and taking them by position could label red as blue.
+
+    Examples
+    --------
+    >>> band_order(["VH", "VV"], ["VV", "VH"], "s1.tif: sar")
+    [1, 0]
+    >>> band_order([None, None], ["VV", "VH"], "s1.tif: sar") is None
+    True
+    """
+    if bands is None:
+        return None
+    names = [(text or "").strip().lower() for text in descriptions]
+    expected = [band.lower() for band in bands]
+    if not set(names) & set(expected):
+        return None
+    if sorted(names) != sorted(expected):
+        raise InputFileError(
+            f"{source} band descriptions {tuple(descriptions)} do not name each of "
+            f"{tuple(bands)} exactly once; cannot tell which band is which"
+        )
+    order = [names.index(band) for band in expected]
+    return None if order == list(range(len(order))) else order
 
 
 def read_cloudmask(
@@ -301,7 +357,7 @@ def _as_uint16(array: xr.DataArray, path: PathType, name: str) -> xr.DataArray:
 
 
 def _optical(path: PathType, name: str, chunks: Any) -> xr.DataArray:
-    array = open_raster(path, name, len(BANDS), chunks)
+    array = open_raster(path, name, len(BANDS), chunks, bands=BANDS)
     _require_georeference(array, path, name, "a scene needs one for its optical grid")
     return describe_optical(_as_uint16(array, path, name), name)
 
@@ -325,7 +381,7 @@ def _by_coords_needs(align: AlignMethod) -> str:
 
 
 def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod) -> xr.DataArray:
-    array = open_raster(path, "sar", len(POLARIZATIONS), chunks)
+    array = open_raster(path, "sar", len(POLARIZATIONS), chunks, bands=POLARIZATIONS)
     if align == "coords":
         _require_georeference(array, path, "sar", _by_coords_needs(align))
     nodata = array.attrs.get("_FillValue")
@@ -334,11 +390,11 @@ def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod)
     # NaN and +-inf are holes (fill_nan_with_mean), as is a value beyond float32's range
     array = array.astype("float32").rename(band="polarization")
     array = array.assign_coords(polarization=list(POLARIZATIONS))
-    # the published loader fills holes with one mean over the image; by coordinates we
-    # fill each polarization with its own mean
-    array = fill_nan_with_mean(array, per_band=align != "shape")
-    aligned = align_to(array, optical, method=align, fill=np.nan)
-    aligned.attrs = sar_attrs(array.attrs["nan_fill"], align)
+    if align == "shape":  # as the published loader: one mean over the resampled image
+        aligned = fill_nan_with_mean(align_to(array, optical, method=align), per_band=False)
+    else:  # each polarization its own mean, over the file; pixels beyond it stay NaN
+        aligned = align_to(fill_nan_with_mean(array), optical, method=align, fill=np.nan)
+    aligned.attrs = sar_attrs("image mean" if align == "shape" else "band mean", align)
     return aligned
 
 
@@ -409,7 +465,8 @@ def open_quartet(
         chunk sizes, or ``None`` to load into memory.
     align
         ``"coords"``: the 10 m layers go onto the optical grid by coordinates;
-        ``"shape"``: by array shape, as the published loader does.
+        ``"shape"``: by array shape, as the published loader does (SAR holes then take
+        one mean over the resampled SAR, as in that loader).
     udm2_classes
         The UDM2 classes that count as cloud (:data:`m3rcr_xr.cloudmask.UDM2_CLASSES`);
         default (None) cloud, heavy haze and shadow. Add ``"light_haze"`` for UDM2.1's
@@ -779,7 +836,13 @@ def stack_scenes(scenes: Sequence[xr.Dataset], meta: Mapping[str, Sequence[str]]
         Scenes of one shape and one set of variables, in any CRS.
     meta
         Per-patch labels: ``patch`` (ids), ``season``, ``aoi``, ``split``, ``source``.
+
+    Raises
+    ------
+    SchemaError
+        Scenes of several shapes or sets of variables, or one whose CRS has no EPSG code.
     """
+    epsg = [_epsg(scene, label) for scene, label in zip(scenes, meta["source"], strict=True)]
     shapes = {(s.sizes["y"], s.sizes["x"]) for s in scenes}
     if len(shapes) > 1:
         raise SchemaError(f"patches differ in shape {sorted(shapes)}; a collection needs one")
@@ -796,7 +859,20 @@ def stack_scenes(scenes: Sequence[xr.Dataset], meta: Mapping[str, Sequence[str]]
             "patch": list(meta["patch"]),
             "y": (("patch", "y"), np.stack([s["y"].values for s in scenes])),
             "x": (("patch", "x"), np.stack([s["x"].values for s in scenes])),
-            "epsg": ("patch", np.array([s.rio.crs.to_epsg() or -1 for s in scenes], np.int32)),
+            "epsg": ("patch", np.array(epsg, np.int32)),
             **labels,
         }
     )
+
+
+def _epsg(scene: xr.Dataset, label: str) -> int:
+    """The EPSG code of a scene's CRS; :class:`SchemaError` naming its file if none."""
+    code = scene.rio.crs.to_epsg()
+    if code is None:
+        file = (scene.encoding.get("source") or [label])[0]
+        raise SchemaError(
+            f"{file}: CRS {scene.rio.crs.to_string()!r} has no EPSG code; a collection "
+            "records each patch's CRS as an EPSG code (reproject the patch to one, or "
+            "open it alone with open_quartet)"
+        )
+    return code

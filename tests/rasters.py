@@ -22,8 +22,10 @@ def write_raster(
     transform: Affine | None,
     crs: str | None,
     nodata: float | None = None,
+    descriptions: tuple[str | None, ...] = (),
 ) -> Path:
-    """Write (bands, rows, cols) ``data`` as a GeoTIFF (no georeference where None)."""
+    """Write (bands, rows, cols) ``data`` as a GeoTIFF (no georeference where None),
+    its bands described (named) by ``descriptions`` if given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     bands, height, width = data.shape
     with rasterio.open(
@@ -39,6 +41,9 @@ def write_raster(
         nodata=nodata,
     ) as dst:
         dst.write(data)
+        for band, text in enumerate(descriptions, start=1):
+            if text is not None:
+                dst.set_band_description(band, text)
     return path
 
 

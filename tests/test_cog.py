@@ -186,6 +186,16 @@ def test_a_collection_becomes_one_cog_per_patch_named_by_patch(tmp_path):
             assert np.array_equal(f.read(), patch.values)
 
 
+def test_a_patch_stored_without_an_epsg_code_is_refused_before_any_work(tmp_path):
+    """Earlier versions stored a CRS without an EPSG code as epsg -1: no GeoTIFF can be
+    georeferenced from it."""
+    collection = m3rcr_xr.synthetic_collection(2, 32)
+    collection = collection.assign_coords(epsg=("patch", np.array([32632, -1], np.int32)))
+    with pytest.raises(m3rcr_xr.SchemaError, match="patch synthetic_1_p_0: epsg -1 is no EPSG"):
+        collection.m3rcr.to_cog(tmp_path / "out", variable="cloudy")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("ids", "error", "match"),
     [

@@ -609,3 +609,80 @@ def test_a_geographic_optical_grid_takes_a_projected_sar(tmp_path, capsys):
     agree = (ds.sar.values == expected).mean()
     assert agree > 0.99  # nearest: a pixel centre on a 10 m line may go either way
     assert main(["ingest", str(optical), str(tmp_path / "q.zarr"), "--sar", str(sar)]) == 0
+
+
+def _described(tmp_path, optical=(), sar=()):
+    """An optical and a SAR file whose bands hold their position (1, 2, ...) and are
+    described by ``optical`` and ``sar``."""
+    values = np.arange(1, 5, dtype=np.uint16)[:, None, None] * np.ones((4, 30, 30), np.uint16)
+    cloudy = write_raster(tmp_path / "cloudy.tif", values, OPTICAL_GRID, CRS, descriptions=optical)
+    db = -np.arange(1, 3, dtype=np.float32)[:, None, None] * np.ones((2, 9, 9), np.float32)
+    return cloudy, write_raster(tmp_path / "sar.tif", db, COARSE_GRID, CRS, descriptions=sar)
+
+
+@pytest.mark.parametrize(
+    ("optical", "sar", "bands", "polarizations"),
+    [
+        (("Red", "green", "BLUE", "nir"), ("VH", "VV"), [3, 2, 1, 4], [-2, -1]),
+        (("blue", "green", "red", "nir"), ("vv", "vh"), [1, 2, 3, 4], [-1, -2]),
+        (("Band 1", "Band 2", "Band 3", "Band 4"), ("HH", "HV"), [1, 2, 3, 4], [-1, -2]),
+        ((), (), [1, 2, 3, 4], [-1, -2]),  # no descriptions, as the M3R-CR files
+    ],
+)
+def test_bands_named_by_their_descriptions_are_put_in_order(
+    tmp_path, optical, sar, bands, polarizations
+):
+    cloudy, s1 = _described(tmp_path, optical, sar)
+    with raise_if_dask_computes():
+        ds = m3rcr_xr.open_quartet(cloudy, cloudfree=cloudy, sar=s1, chunks=16)
+    for name in ("cloudy", "cloudfree"):
+        assert ds[name].sel(band=["blue", "green", "red", "nir"])[:, 0, 0].values.tolist() == bands
+    assert ds.sar.sel(polarization=["VV", "VH"])[:, 0, 0].values.tolist() == polarizations
+
+
+@pytest.mark.parametrize(
+    ("optical", "sar", "name"),
+    [
+        (("red", "red", "blue", "nir"), (), "cloudy.tif: cloudy"),
+        (("red", "green", "blue", None), (), "cloudy.tif: cloudy"),
+        (("red", "green", "blue", "alpha"), (), "cloudy.tif: cloudy"),
+        ((), ("VV", "VV"), "sar.tif: sar"),
+        ((), ("VH", None), "sar.tif: sar"),
+    ],
+)
+def test_descriptions_naming_the_bands_but_not_each_once_are_refused(tmp_path, optical, sar, name):
+    cloudy, s1 = _described(tmp_path, optical, sar)
+    with pytest.raises(m3rcr_xr.InputFileError, match=f"{name} band descriptions .* exactly once"):
+        m3rcr_xr.open_quartet(cloudy, sar=s1)
+
+
+def test_shape_alignment_fills_sar_holes_with_the_mean_of_the_resampled_image(tmp_path):
+    """As the published loader: nearest resampling to the optical shape, then one NaN
+    mean over the resampled array (10 m pixels repeated 3 or 4 times), not the file's."""
+    db = np.random.default_rng(3).uniform(-25, 0, (2, 9, 9)).astype("float32")
+    db[:, 2:5, 1:3] = np.nan
+    optical = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    path = write_coarse(tmp_path / "sar.tif", db)
+    with rasterio.open(path) as src:  # the published get_sar_image, upsampled
+        reference = src.read(out_shape=(2, 30, 30), resampling=rasterio.enums.Resampling.nearest)
+    holes = np.isnan(reference)
+    reference[holes] = np.nanmean(reference)
+    with raise_if_dask_computes():
+        ds = m3rcr_xr.open_quartet(optical, sar=path, align="shape", chunks=16)
+    sar = ds.sar.values
+    np.testing.assert_array_equal(sar[~holes], reference[~holes])
+    np.testing.assert_allclose(sar[holes], reference[holes], rtol=1e-6)
+    assert ds.sar.attrs["nan_fill"] == "image mean"
+
+
+def test_a_patch_whose_crs_has_no_epsg_code_is_refused_in_a_collection(tmp_path):
+    """A collection stores each patch's CRS as an EPSG code: a LAEA proj string has none,
+    and would have been stored as -1, its georeference lost."""
+    from m3rcr_xr.io import stack_scenes
+
+    laea = "+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +ellps=GRS80 +units=m"
+    path = write_raster(tmp_path / "cloudy.tif", _reflectance("uint16"), OPTICAL_GRID, laea)
+    scene = m3rcr_xr.open_quartet(path)
+    meta = {name: ["p"] for name in ("patch", "season", "aoi", "split", "source")}
+    with pytest.raises(m3rcr_xr.SchemaError, match=r"cloudy.tif: CRS .* has no EPSG code"):
+        stack_scenes([scene], meta)
