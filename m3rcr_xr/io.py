@@ -37,7 +37,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import dask.array as da
-import fsspec
 import numpy as np
 import rasterio
 import rioxarray
@@ -66,6 +65,7 @@ from .exceptions import (
     argument,
 )
 from .landcover import NODATA_CODE, to_worldcover
+from .npy import NpyFile, open_npy
 from .options import OPTIONS
 from .schema import BANDS, OPTICAL_NODATA, POLARIZATIONS, repeated, validate
 
@@ -245,14 +245,22 @@ def band_order(
 
 
 def read_cloudmask(
-    path: PathType, shape: tuple[int, int], like: xr.DataArray | None = None
-) -> np.ndarray:
+    path: PathType,
+    shape: tuple[int, int],
+    like: xr.DataArray | None = None,
+    chunks: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+) -> np.ndarray | da.Array:
     """Read a boolean cloud mask from ``.npy`` (never unpickling) or a GeoTIFF.
 
     Shape and dtype are checked from the header, before the values are read: a file
     that declares a huge array is refused without reading it. A GeoTIFF with a CRS must
     lie on the grid of ``like`` (the optical layer), rows in either order; one without,
     like a ``.npy``, is taken pixel for pixel.
+
+    With ``chunks`` (Dask's ``(row chunks, column chunks)``, e.g. the optical layer's),
+    nothing more is read: a lazy Dask array comes back, each chunk read and made boolean
+    when computed, its graph holding the path, never the values. Without, the mask is
+    read into memory.
 
     Raises
     ------
@@ -262,42 +270,44 @@ def read_cloudmask(
     path = href.as_href(path)
     if not href.is_file(path):
         raise MissingFileError(f"{path}: cloudmask file does not exist")
-    mask: np.ndarray | xr.DataArray
     if href.name_of(path).suffix.lower() == ".npy":
-        try:  # memory-mapped (locally): only the header is read until the checks pass
-            mask = _load_npy(path, shape)
-        except ValueError as err:  # object arrays need pickle: refused; or truncated
-            raise InputFileError(f"{path}: cloudmask is not a plain array ({err})") from err
-        except (OSError, EOFError) as err:
-            raise InputFileError(f"{path}: cloudmask is not a readable .npy file ({err})") from err
+        npy = _open_npy(path)
+        _check_mask(path, npy, shape)
+        if npy.truncated:
+            raise InputFileError(
+                f"{path}: cloudmask is not a readable .npy file (its header declares "
+                f"{npy.nbytes} bytes of data, it holds {max(npy.size - npy.offset, 0)})"
+            )
+        mask: Any = da.from_array(npy, chunks=chunks or -1, fancy=False, asarray=True)
     else:
-        raster = open_raster(path, "cloudmask", 1, chunks=None).isel(band=0, drop=True)
+        # chunk sizes, not tuples, which would not fit a mask of the wrong shape
+        spatial = None if chunks is None else {"y": max(chunks[0]), "x": max(chunks[1])}
+        raster = open_raster(path, "cloudmask", 1, chunks=spatial).isel(band=0, drop=True)
         if like is not None and raster.rio.crs is not None and raster.shape == shape:
-            raster = _oriented_like(raster, like)
+            raster = _oriented_like(raster, like)  # lazily: rows read backwards
             _check_same_grid(raster, like, path)
-        mask = raster
+        _check_mask(path, raster, shape)
+        mask = raster.data
+    if chunks is None:
+        return np.asarray(mask).astype(bool)
+    return mask.rechunk(chunks).astype(bool)
+
+
+def _open_npy(path: str | Path) -> NpyFile:
+    """The header of a ``.npy`` cloud mask; an object array (which needs pickle) refused."""
+    try:
+        return open_npy(path)
+    except ValueError as err:
+        raise InputFileError(f"{path}: cloudmask is not a plain array ({err})") from err
+    except (OSError, EOFError) as err:
+        raise InputFileError(f"{path}: cloudmask is not a readable .npy file ({err})") from err
+
+
+def _check_mask(path: PathType, mask: Any, shape: tuple[int, int]) -> None:
     if mask.shape != shape:
         raise InputFileError(f"{path}: cloudmask has shape {mask.shape}, optical grid is {shape}")
     if mask.dtype.kind not in "biu":
         raise InputFileError(f"{path}: cloudmask has dtype {mask.dtype}, expected bool")
-    return np.asarray(mask).astype(bool)
-
-
-def _load_npy(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """A ``.npy`` array, never unpickled: memory-mapped locally; a remote one is read
-    only when its header declares ``shape`` and an integer dtype (else a stand-in of
-    the declared shape and dtype, holding nothing, for the caller to refuse)."""
-    if not href.is_remote(path):
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    with fsspec.open(str(path), "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0}
-        header = read_header.get(version, np.lib.format.read_array_header_2_0)
-        declared, _, dtype = header(handle)
-        if declared != shape or dtype.kind not in "biu":
-            return np.broadcast_to(np.zeros((), dtype), declared)
-        handle.seek(0)
-        return np.load(handle, allow_pickle=False)
 
 
 # ------------------------------------------------------------------------------ quartet
@@ -521,9 +531,9 @@ def _cloudmask(
         return udm2_cloudmask(udm2, classes)
     udm2_classes_for(classes, f"{source} is not one (8 bands of uint8)")
     grid = optical.isel(band=0)
-    values: Any = read_cloudmask(source, (grid.sizes["y"], grid.sizes["x"]), like=grid)
-    if optical.chunks is not None:
-        values = da.from_array(values, chunks=optical.data.chunks[1:])
+    shape = (grid.sizes["y"], grid.sizes["x"])
+    blocks = None if grid.chunks is None else grid.data.chunks
+    values = read_cloudmask(source, shape, like=grid, chunks=blocks)
     return xr.DataArray(values, dims=("y", "x"), attrs={"long_name": "cloud mask, True = cloud"})
 
 

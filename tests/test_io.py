@@ -5,6 +5,7 @@ import shutil
 import time
 import warnings
 
+import cloudpickle
 import numpy as np
 import pytest
 import rasterio
@@ -396,6 +397,47 @@ def test_geotiff_cloudmask_is_shape_checked_before_it_is_read(copied, tmp_path):
     with raise_if_dask_computes():
         ds = m3rcr_xr.open_quartet(copied["cloudy"], cloudmask=fits)
     np.testing.assert_array_equal(ds.cloudmask.values, values[0])
+
+
+@pytest.fixture(scope="module")
+def masked_scene(tmp_path_factory):
+    """A 512 x 512 scene and its cloud mask (values 0, 1, 2) as .npy (C, and Fortran
+    big-endian) and GeoTIFF (north-up, south-up); the mask as booleans."""
+    folder = tmp_path_factory.mktemp("masked")
+    side = 512
+    cloudy = write_optical(folder / "cloudy.tif", np.full((4, side, side), 900, "uint16"))
+    values = np.random.default_rng(5).integers(0, 3, (side, side), dtype="uint8")
+    np.save(folder / "mask.npy", values)
+    np.save(folder / "fortran.npy", np.asfortranarray(values.astype(">u2")))
+    write_raster(folder / "mask.tif", values[None], OPTICAL_GRID, CRS)
+    south_up = Affine(3, 0, OPTICAL_GRID.c, 0, 3, OPTICAL_GRID.f - 3 * side)
+    write_raster(folder / "south_up.tif", values[None, ::-1], south_up, CRS)
+    return cloudy, values != 0
+
+
+@pytest.mark.parametrize("name", ["mask.npy", "fortran.npy", "mask.tif", "south_up.tif"])
+@pytest.mark.parametrize("chunks", [128, {"y": 200, "x": 512}, {"y": 500, "x": 77}])
+def test_a_cloudmask_is_read_chunk_by_chunk_when_computed(masked_scene, name, chunks):
+    """Opening reads no mask value (the graph holds the path, not the values) and the
+    chunks computed are the mask read whole."""
+    cloudy, expected = masked_scene
+    path = cloudy.parent / name
+    with raise_if_dask_computes():
+        ds = m3rcr_xr.open_quartet(cloudy, cloudmask=path, chunks=chunks)
+    mask = ds.cloudmask
+    assert mask.data.chunks == ds.cloudy.data.chunks[1:]
+    assert len(cloudpickle.dumps(dict(mask.data.__dask_graph__()))) < expected.size // 4
+    np.testing.assert_array_equal(mask.values, expected)
+    eager = m3rcr_xr.open_quartet(cloudy, cloudmask=path, chunks=None).cloudmask
+    assert isinstance(eager.variable._data, np.ndarray)
+    np.testing.assert_array_equal(eager.values, expected)
+
+
+def test_a_truncated_npy_cloudmask_is_refused_at_open(copied):
+    data = copied["cloudmask"].read_bytes()
+    copied["cloudmask"].write_bytes(data[:-10])
+    with pytest.raises(m3rcr_xr.InputFileError, match="cloudmask is not a readable .npy file"):
+        m3rcr_xr.open_quartet(**copied)
 
 
 def _mask_on(tmp_path, name, transform, crs=CRS, rows=slice(0, 10)):

@@ -1,0 +1,71 @@
+import pickle
+
+import dask.array as da
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from m3rcr_xr.npy import open_npy
+from m3rcr_xr.testing import serve_directory
+
+VALUES = np.arange(37 * 23, dtype=">u2").reshape(37, 23)  # big-endian: kept as stored
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The same values saved in C and in Fortran order."""
+    folder = tmp_path_factory.mktemp("npy")
+    np.save(folder / "c.npy", VALUES)
+    np.save(folder / "f.npy", np.asfortranarray(VALUES))
+    return folder
+
+
+def _slice(size: int):
+    return st.tuples(st.integers(0, size), st.integers(0, size), st.integers(1, 3)).map(
+        lambda t: slice(min(t[:2]), max(t[:2]), t[2])
+    )
+
+
+@pytest.mark.parametrize("order", ["c", "f"])
+@given(rows=_slice(37), cols=_slice(23))
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_a_slice_reads_what_numpy_reads(saved, order, rows, cols):
+    npy = open_npy(saved / f"{order}.npy")
+    assert (npy.shape, npy.dtype, npy.fortran_order) == (VALUES.shape, VALUES.dtype, order == "f")
+    np.testing.assert_array_equal(npy[rows, cols], VALUES[rows, cols])
+
+
+def test_remote_files_are_read_by_range_as_local_ones(saved):
+    with serve_directory(saved) as url:
+        for order in "cf":
+            local, remote = open_npy(saved / f"{order}.npy"), open_npy(f"{url}/{order}.npy")
+            assert (remote.shape, remote.offset, remote.size) == (
+                local.shape,
+                local.offset,
+                local.size,
+            )
+            for key in [(slice(3, 30), slice(5, 6)), (slice(0, 37), slice(22, 23))]:
+                np.testing.assert_array_equal(remote[key], VALUES[key])
+            lazy = da.from_array(remote, chunks=(10, 7))
+            np.testing.assert_array_equal(lazy.compute(), VALUES)
+
+
+def test_a_dask_array_on_a_file_holds_its_path_not_its_values(tmp_path):
+    np.save(tmp_path / "big.npy", np.ones((1000, 1000), "uint8"))
+    lazy = da.from_array(open_npy(tmp_path / "big.npy"), chunks=250)
+    assert len(pickle.dumps(dict(lazy.__dask_graph__()))) < 20_000  # the file: 1 MB
+    assert int(lazy.sum()) == 1_000_000
+
+
+def test_an_object_array_is_refused_and_a_short_file_is_seen(tmp_path):
+    np.save(tmp_path / "objects.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="holds Python objects"):
+        open_npy(tmp_path / "objects.npy")
+    np.save(tmp_path / "short.npy", np.zeros((100, 100), "uint8"))
+    assert not open_npy(tmp_path / "short.npy").truncated
+    data = (tmp_path / "short.npy").read_bytes()
+    (tmp_path / "short.npy").write_bytes(data[:-1])
+    assert open_npy(tmp_path / "short.npy").truncated
