@@ -53,7 +53,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -516,9 +516,10 @@ def data_fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
 
 
 def _source_identity(source: str) -> str:
-    """What changes when an input changes: a store's own fingerprint; else, for a
-    folder (a Zarr store of other software), its listing (:func:`_listing_identity`);
-    else a file's size and modification time (ETag or date on object stores).
+    """What changes when an input changes: for a folder (a Zarr store), its listing
+    (:func:`_listing_identity`: a chunk rewritten in place changes it), after a store of
+    this library's own fingerprint (the data it was written from); else a file's size
+    and modification time (ETag or date on object stores).
 
     The source is reached with the ``storage_options`` it was opened with
     (:class:`Source`); a source out of reach is a :class:`StoreError` naming it.
@@ -533,7 +534,7 @@ def _source_identity(source: str) -> str:
         if info.get("type") != "directory":
             return _version(info)
         attrs = (_read_json(target, "zarr.json") or {}).get("attributes") or {}
-        return str(attrs.get(FINGERPRINT) or _listing_identity(target))
+        return f"{attrs.get(FINGERPRINT, '')}:{_listing_identity(target)}"
 
 
 def _listing_identity(target: _Target) -> str:
@@ -817,7 +818,7 @@ def to_zarr(
     steps = _steps(ds, dim)
     fingerprint = data_fingerprint(ds, inputs)
     with _write_errors(target), _locked(target), _quiet_lock_listing():
-        planned = _plan(target, fingerprint, overwrite)
+        planned = _plan(target, fingerprint, overwrite, [str(name) for name in ds.variables])
         fresh = planned is None
         done: set[int] = set() if planned is None else planned
         if fresh:
@@ -845,13 +846,17 @@ def to_zarr(
         _finish(target, ds)
 
 
-def _plan(target: _Target, fingerprint: str, overwrite: bool) -> set[int] | None:
+def _plan(
+    target: _Target, fingerprint: str, overwrite: bool, names: Sequence[str]
+) -> set[int] | None:
     """Under the lock: the steps an earlier, unfinished run of the same data wrote
-    (to skip), or None to start afresh (after removing a store being replaced)."""
+    (to skip), or None to start afresh (after removing a store being replaced). The
+    arrays ``names`` are checked first to take nothing of the folder but the store's."""
     state, doc = _inspect(target)
     _refuse(target, state, doc, overwrite)
     if doc is None:  # nothing there, or an empty folder
         return None
+    _check_free(target, doc, names)
     attrs = doc["attributes"]
     # no step written yet (killed while it was created, replaced or writing its first
     # steps): it holds none of its data, so it is started over, whatever data it was for
@@ -866,6 +871,25 @@ def _plan(target: _Target, fingerprint: str, overwrite: bool) -> set[int] | None
             "start it over"
         )
     return set(attrs.get(PROGRESS, []))
+
+
+def _check_free(target: _Target, doc: dict[str, Any], names: Sequence[str]) -> None:
+    """Refuse ``names`` of arrays to write that name a file or folder beside the store's
+    own arrays (a user's array added to its folder): Zarr would write into it, and
+    the next replacement would remove it as the store's.
+
+    Raises
+    ------
+    StoreError
+        Naming them.
+    """
+    there = {_basename(path) for path in target.fs.ls(target.path, detail=False)}
+    taken = sorted(set(names) & there - set(_members(target, doc)))
+    if taken:
+        raise StoreError(
+            f"{target.name}: {', '.join(map(repr, taken))} in its folder is not the store's "
+            "own (another program's array or file); remove or rename it, or the variable"
+        )
 
 
 def _clear(target: _Target) -> None:

@@ -369,6 +369,24 @@ def test_overwrite_removes_the_stores_own_arrays_only(tmp_path, small_scene, wri
     xr.testing.assert_identical(m3rcr_xr.open_zarr(target).compute(), small_scene.compute())
 
 
+@pytest.mark.parametrize("kind", ["array", "file"])
+def test_a_variable_named_as_a_users_array_in_the_folder_is_refused(tmp_path, kind):
+    """The user's ``my_labels`` beside the store's arrays: writing a variable of that
+    name would write into it (and list it as the store's), or remove it on failure."""
+    target = tmp_path / "s.zarr"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((32, 32)), target)
+    if kind == "array":
+        _their_array(target)
+    else:
+        (target / "my_labels").write_text("mine")
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=5)
+    scene = scene.assign(my_labels=scene["cloudy"].isel(band=0).astype("float32"))
+    before = snapshot(tmp_path)
+    with pytest.raises(m3rcr_xr.StoreError, match="'my_labels' in its folder is not the"):
+        m3rcr_xr.to_zarr(scene, target, overwrite=True)
+    assert snapshot(tmp_path) == before
+
+
 def test_a_store_inside_a_store_is_refused(tmp_path, small_scene):
     m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
     before = snapshot(tmp_path / "s.zarr")
@@ -564,19 +582,31 @@ def _their_scene(path: Path) -> xr.Dataset:
     return xr.open_zarr(path, consolidated=False, decode_coords="all")
 
 
-def test_a_zarr_store_of_other_software_corrected_in_place_is_not_resumed(tmp_path, monkeypatch):
+def _source_scene(path: Path, writer: str) -> xr.Dataset:
+    """A scene in a Zarr store of ``writer`` ("xarray" or "m3rcr_xr"), opened."""
+    if writer == "xarray":
+        return _their_scene(path)
+    if not path.exists():
+        m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 16), seed=1), path)
+    return m3rcr_xr.open_zarr(path)
+
+
+@pytest.mark.parametrize("writer", ["xarray", "m3rcr_xr"])
+def test_a_zarr_store_corrected_in_place_is_not_resumed(tmp_path, monkeypatch, writer):
     """xarray's token of such a store covers its top folder's modification time only,
-    which a chunk rewritten in place leaves alone; the store's listing does not."""
-    source, target = tmp_path / "theirs.zarr", tmp_path / "copy.zarr"
+    which a chunk rewritten in place leaves alone, and so does the fingerprint a store
+    of this library keeps (the data it was written from); the store's listing does not."""
+    source, target = tmp_path / "source.zarr", tmp_path / "copy.zarr"
     with m3rcr_xr.set_options(scene_chunk=16):
+        _source_scene(source, writer)
         monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
         _recording(monkeypatch, fail_at=32)
         with pytest.raises(OSError, match="disk went away"):
-            m3rcr_xr.to_zarr(_their_scene(source), target)
-        assert store.sources(_their_scene(source)) == [str(source)]
+            m3rcr_xr.to_zarr(_source_scene(source, writer), target)
+        assert store.sources(_source_scene(source, writer)) == [str(source)]
 
         def fingerprint() -> str:
-            ds = _their_scene(source)
+            ds = _source_scene(source, writer)
             return store.data_fingerprint(store._prepare(ds), store.sources(ds))
 
         first = fingerprint()
@@ -586,7 +616,7 @@ def test_a_zarr_store_of_other_software_corrected_in_place_is_not_resumed(tmp_pa
         assert fingerprint() != first
         written, before = _recording(monkeypatch), snapshot(target)
         with pytest.raises(m3rcr_xr.StoreError, match="unfinished store of other data"):
-            m3rcr_xr.to_zarr(_their_scene(source), target)
+            m3rcr_xr.to_zarr(_source_scene(source, writer), target)
         assert written == [] and snapshot(target) == before
 
 
