@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -255,6 +256,29 @@ def test_malicious_pickle_is_refused(tmp_path: Path, kind: str) -> None:
         load("dsen2_cr", path, preset="small")
     assert not marker.exists(), "checkpoint loading executed code from the pickle"
     assert "weights_only=True" in str(info.value) and "exec" in str(info.value)
+
+
+class _SystemCall:
+    """Unpickling this would run a shell command (``os.system``, module ``posix``)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_blocked_module_is_refused_without_torchs_advice(tmp_path: Path) -> None:
+    """torch words a blocked module "unsupported GLOBAL ... is blocked", after its advice
+    to rerun with weights_only=False, which is never passed on."""
+    marker = tmp_path / "executed.txt"
+    path = tmp_path / "evil.pth"
+    torch.save({"network": {"head.0.weight": torch.zeros(1)}, "hook": _SystemCall(marker)}, path)
+    with pytest.raises(CheckpointError, match="refused to load") as info:
+        load("dsen2_cr", path, preset="small")
+    message = str(info.value)
+    assert "system" in message and "re-save trusted ones as a bare state dict" in message
+    assert "False" not in message and not marker.exists()
 
 
 def test_checkpoint_errors_are_clear(tmp_path: Path) -> None:

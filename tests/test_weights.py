@@ -26,7 +26,7 @@ from m3rcr_xr import runner, weights
 from m3rcr_xr.cli import main
 from m3rcr_xr.exceptions import CheckpointError, ModelConfigError, UsageError
 from m3rcr_xr.weights import WeightsEntry, default_checkpoint
-from m3rcr_xr.weights.download import file_sha256
+from m3rcr_xr.weights.download import cached_file, file_sha256
 from tests.conftest import TINY, seeded_checkpoint
 
 DEMO = "dsen2_cr-demo"
@@ -57,6 +57,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.requests.append(self.path)
+        if self.path.startswith("/nolength/"):  # a body that ends when the connection closes
+            body = Path(self.directory, self.path.removeprefix("/nolength/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+            return
         super().do_GET()
 
 
@@ -207,6 +215,7 @@ def test_a_bad_registry_file_is_named(tmp_path, monkeypatch):
         ("urls", ["file:///w.pt", 5], "must be a URL or a list of URLs"),
         ("default", "yes", "default='yes': must be true or false"),
         ("sha256", "abc", "sha256='abc': not a SHA-256"),  # a field, not a --flag
+        ("model", "nosuch", "entry 'x': unknown model 'nosuch'; available: dsen2_cr"),
     ],
 )
 def test_a_registry_field_of_the_wrong_type_is_one_line_naming_it(
@@ -266,6 +275,37 @@ def test_a_url_without_a_hash_is_held_to_its_first_download(server, tiny, cache)
     got.write_bytes(b"tampered")
     with pytest.raises(CheckpointError, match=f"expected {sha256} .recorded at its first"):
         weights.fetch(url)
+
+
+def test_a_read_only_cache_only_loses_the_record(server, tiny, cache, monkeypatch, caplog):
+    """A shared cache filled ahead of a job, then read-only: a URL fetched without a
+    hash is used with a warning, as its hash cannot be recorded."""
+    url = f"{server[0]}/tiny.pt"
+    got = weights.fetch(url, known_hash=tiny[1])  # filled as a registered entry would be
+    write_text = Path.write_text
+
+    def read_only(self, *args, **kwargs):
+        if self.parent == cache:
+            raise PermissionError(13, "Permission denied", str(self))
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    assert weights.fetch(url) == got
+    assert "cannot record its SHA-256" in caplog.text and _files(cache) == [got.name]
+
+
+def test_a_download_of_unknown_length_is_never_trusted_later(server, tiny, cache, caplog):
+    """Without Content-Length (nor chunks) a download cut short looks whole: with no
+    hash, it is used once, neither recorded nor cached as the URL's file."""
+    base, requests = server
+    url = f"{base}/nolength/tiny.pt"
+    first = weights.fetch(url)
+    assert first.read_bytes() == tiny[0].read_bytes()
+    assert "the server gave no length" in caplog.text
+    assert first != cached_file(url) and not cached_file(url).exists()
+    assert not any(name.endswith(".sha256") for name in _files(cache))
+    assert weights.fetch(url) == first and requests == ["/nolength/tiny.pt"] * 2
+    assert weights.fetch(url, known_hash=tiny[1]) == cached_file(url)  # a hash proves it
 
 
 def test_a_local_path_may_hold_a_hash_sign(tiny, tmp_path):
@@ -356,6 +396,27 @@ def test_a_url_records_its_hash_and_source(server, tiny):
     ref = runner.ModelRef.create("dsen2_cr", url, TINY, "cpu")
     assert (ref.sha256, ref.sources, ref.weights) == (tiny[1], (url,), url)
     assert len(pickle.dumps(ref)) < 1000
+
+
+@pytest.mark.parametrize(
+    ("netloc", "query", "secret"),
+    [
+        ("alice:s3cret@", "", "s3cret"),
+        ("", "?X-Amz-Credential=AKIDX&X-Amz-Signature=beef", "AKIDX"),
+    ],
+)
+def test_credentials_of_a_url_stay_out_of_results(server, tiny, tmp_path, netloc, query, secret):
+    url = server[0].replace("://", f"://{netloc}") + f"/tiny.pt{query}"
+    found = weights.resolve(None, url, TINY)
+    assert secret not in found.label and found.sources == (url,)  # workers download it
+    out = m3rcr_xr.decloud(m3rcr_xr.synthetic_scene((32, 32)), checkpoint=url, config=TINY)
+    assert secret not in repr(out.attrs) and out.attrs["checkpoint"] == found.label
+    m3rcr_xr.to_zarr(out.to_dataset(), tmp_path / "o.zarr")
+    assert not [
+        f
+        for f in (tmp_path / "o.zarr").rglob("*")
+        if f.is_file() and secret.encode() in f.read_bytes()
+    ]
 
 
 def test_workers_fetch_for_themselves(server, tiny, cache, tmp_path):
@@ -493,6 +554,7 @@ def test_an_exported_file_brings_its_model_and_configuration(tmp_path):
 
     state = torch.load(seeded_checkpoint(tmp_path / "w.pt", **TINY), weights_only=True)
     header = {"model": "dsen2_cr", "config": json.dumps(TINY), "task": "cloud_removal"}
+    header["format"] = weights.EXPORT_FORMAT
     exported = tmp_path / "run.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, exported, metadata=header)
     found = weights.resolve(None, exported)
@@ -506,6 +568,63 @@ def test_an_exported_file_brings_its_model_and_configuration(tmp_path):
     plain = tmp_path / "plain.safetensors"  # no header of ours: the arguments given apply
     save_file({k: v.contiguous() for k, v in state.items()}, plain)
     assert weights.resolve(None, plain, TINY).config == TINY
+
+
+def _safetensors(path: Path, **metadata: str) -> Path:
+    """The TINY weights as a safetensors file with this header."""
+    import torch
+    from safetensors.torch import save_file
+
+    state = torch.load(seeded_checkpoint(path.with_suffix(".pt"), **TINY), weights_only=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, path, metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize("config", ["{not json", "[1, 2]", "null"])
+def test_an_exported_header_with_a_bad_config_is_named(tmp_path, capsys, scene_store, config):
+    path = _safetensors(
+        tmp_path / "run.safetensors", model="dsen2_cr", config=config, format=weights.EXPORT_FORMAT
+    )
+    says = "run.safetensors: the header config is not a JSON object"
+    with pytest.raises(CheckpointError, match=says):
+        weights.read_weights(path)
+    with pytest.raises(CheckpointError, match=says):
+        weights.resolve(None, path)
+    _fails(
+        capsys,
+        ["decloud", str(scene_store), str(tmp_path / "o.zarr"), "--checkpoint", str(path)],
+        says,
+    )
+
+
+def test_an_exported_header_of_an_unknown_model_is_named(tmp_path):
+    path = _safetensors(
+        tmp_path / "run.safetensors", model="nosuch", config="{}", format="m3rcr_xr"
+    )
+    with pytest.raises(
+        CheckpointError, match="run.safetensors: the header names an unknown model 'nosuch'"
+    ):
+        weights.resolve(None, path)
+
+
+def test_another_tools_header_naming_its_model_is_not_ours(tmp_path):
+    path = _safetensors(tmp_path / "lab.safetensors", format="pt", model="DSen2-CR (our lab)")
+    assert weights.exported_weights(path) is None
+    found = weights.resolve("dsen2_cr", path, TINY)
+    assert (found.model, found.config, found.path) == ("dsen2_cr", TINY, path)
+    assert m3rcr_xr.decloud(
+        m3rcr_xr.synthetic_scene((32, 32)), checkpoint=path, config=TINY, tile=32
+    ).shape == (4, 32, 32)
+
+
+@pytest.mark.parametrize("name", [DEMO, "landcover_unet-demo"])
+def test_the_shipped_weights_are_exported_ones(name):
+    header = weights.exported_weights(weights.fetch(name))
+    assert header is not None and header.metadata["format"] == weights.EXPORT_FORMAT
+    assert (header.model, header.config) == (
+        weights.entry(name).model,
+        dict(weights.entry(name).config),
+    )
 
 
 def test_a_configuration_that_leaves_derived_arguments_out_agrees():

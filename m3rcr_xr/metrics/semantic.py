@@ -47,7 +47,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -58,7 +57,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..exceptions import CheckpointError, SchemaError, UsageError, argument, argument_names
+from ..exceptions import SchemaError, UsageError, argument, argument_names
 from ..landcover import (
     IGNORE_INDEX,
     NODATA_CODE,
@@ -441,7 +440,7 @@ def _classifier(
     :func:`m3rcr_xr.weights.resolve` raises :class:`CheckpointError` saying how to get
     weights: a classifier never runs untrained silently."""
     from ..classify import DEFAULT_CLASSIFIER
-    from ..weights import UNTRAINED, available, read_weights
+    from ..weights import UNTRAINED, available, exported_weights
 
     if classifier is None:
         return DEFAULT_CLASSIFIER, None, config
@@ -453,8 +452,8 @@ def _classifier(
     if text in registered:
         return registered[text].model, text, config
     if Path(text).suffix == ".safetensors" and config is None:
-        with contextlib.suppress(CheckpointError):  # no header of ours: the default model
-            header = read_weights(text)
+        header = exported_weights(text)  # None: not ours, the default model
+        if header is not None:
             return header.model, classifier, header.config
     if isinstance(classifier, os.PathLike) or Path(text).suffix:
         return DEFAULT_CLASSIFIER, classifier, config

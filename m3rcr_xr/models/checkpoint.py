@@ -41,6 +41,12 @@ CheckpointSource = str | os.PathLike[str] | Mapping[str, Any]
 
 _PREFIX = "module."
 _MAX_LISTED = 20
+#: paragraphs of torch's weights-only error never passed on: the advice to load with
+#: ``weights_only=False``, which runs the pickle's code, and the pointer to its docs
+_TORCH_ADVICE = re.compile(
+    r"weights_only\W+(?:set to|=)\W*False|^Check the documentation",
+    re.IGNORECASE,
+)
 # New-style weight-norm parametrisation names -> the legacy names the models use.
 _WN_RENAMES = {
     ".parametrizations.weight.original0": ".weight_g",
@@ -95,7 +101,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = _unpickler_detail(exc)
-        if "Unsupported global" in detail:
+        if "unsupported global" in detail.lower():
             raise CheckpointError(
                 f"{path}: refused to load: the pickle references code beyond tensors and plain "
                 "containers, and unpickling it could run arbitrary code (torch.load with "
@@ -114,14 +120,18 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _unpickler_detail(exc: BaseException) -> str:
-    """The informative part of torch's weights-only error (its first line otherwise)."""
+    """The informative part of torch's weights-only error: its ``WeightsUnpickler error``,
+    else its first paragraph that is not torch's advice to load with
+    ``weights_only=False`` (which would run the pickle's code) nor its pointer to the
+    documentation."""
     text = str(exc)
     match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, flags=re.DOTALL)
     if match:
         detail = " ".join(match.group(1).split())
         return detail.split(". Please use")[0]
-    text = text.strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    paragraphs = (" ".join(part.split()) for part in re.split(r"\n\s*\n", text))
+    kept = [p for p in paragraphs if p and not _TORCH_ADVICE.search(p)]
+    return kept[0].rstrip(".") if kept else type(exc).__name__
 
 
 def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, Tensor]:

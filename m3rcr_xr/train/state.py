@@ -31,7 +31,7 @@ from torch import nn
 from ..exceptions import CheckpointError, UsageError, argument
 from ..models import extract_state_dict, model_record
 from ..models.checkpoint import read_checkpoint
-from ..weights import read_weights
+from ..weights import EXPORT_FORMAT, exported_weights
 from .data import DATASET_PREFIX
 from .settings import ResolvedSettings
 
@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 #: record's ``checkpoint_key`` is "network", and models.load and every checkpoint
 #: written so far read it there; another name would break all three.
 CHECKPOINT_KEYS = ("network", "optimizer", "scheduler", "step", "rng", "sampler", "settings")
-#: the ``format`` entry of an exported file's safetensors metadata: weights of this library
-EXPORT_FORMAT = "m3rcr_xr"
 
 
 def rng_state() -> dict[str, Any]:
@@ -153,7 +151,7 @@ def check_export_destination(path: str | os.PathLike[str], *, name: str = "out")
 
 
 def _read_export_header(path: Path) -> None:
-    if read_weights(path).metadata.get("format") != EXPORT_FORMAT:
+    if exported_weights(path) is None:
         raise CheckpointError(f"{path}: its header has no format={EXPORT_FORMAT!r}")
 
 

@@ -37,7 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import CheckpointError
+from ..exceptions import CheckpointError, UnknownModelError
 from .download import CACHE_ENV, cache_dir
 from .registry import REGISTRY_ENV, UNTRAINED, WeightsEntry, available, entry, register, unregister
 from .resolve import ResolvedWeights, fetch, resolve
@@ -45,6 +45,7 @@ from .resolve import ResolvedWeights, fetch, resolve
 __all__ = [
     "CACHE_ENV",
     "DEMO_WEIGHTS",
+    "EXPORT_FORMAT",
     "REGISTRY_ENV",
     "UNTRAINED",
     "DefaultCheckpoint",
@@ -54,6 +55,7 @@ __all__ = [
     "cache_dir",
     "default_checkpoint",
     "entry",
+    "exported_weights",
     "fetch",
     "read_weights",
     "register",
@@ -63,6 +65,10 @@ __all__ = [
 
 #: file name of the demo weights inside this package
 DEMO_WEIGHTS = "dsen2_cr_demo.safetensors"
+#: the ``format`` entry of the safetensors header of weights this library exported
+#: (``m3rcr train --export``): a file without it is another tool's, whatever else its
+#: header says
+EXPORT_FORMAT = "m3rcr_xr"
 _FILES = contextlib.ExitStack()
 atexit.register(_FILES.close)
 
@@ -126,28 +132,68 @@ def read_weights(path: str | Path) -> DefaultCheckpoint:
     Raises
     ------
     CheckpointError
-        The file is unreadable or its header does not name the model and configuration.
+        The file is unreadable, or its header does not name a known model and a
+        configuration (a JSON object) that agree.
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    metadata = _header(path)
     if "model" not in metadata or "config" not in metadata:
         raise CheckpointError(f"{path}: the header does not name the model and its config")
-    config = json.loads(metadata["config"])
+    try:
+        config = json.loads(metadata["config"])
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path}: the header config is not a JSON object: {metadata['config'][:80]!r}"
+        )
     _check_header(path, metadata, config)
     return DefaultCheckpoint(model=metadata["model"], path=path, config=config, metadata=metadata)
+
+
+def exported_weights(path: str | Path) -> DefaultCheckpoint | None:
+    """:func:`read_weights` of a safetensors file that ``m3rcr train --export`` wrote
+    (its header's ``format`` is :data:`EXPORT_FORMAT`); None for any other file, such as
+    another tool's safetensors, whatever its header holds.
+
+    Raises
+    ------
+    CheckpointError
+        A file of this library's format whose header is wrong (see :func:`read_weights`).
+
+    Examples
+    --------
+    >>> from m3rcr_xr import weights
+    >>> weights.exported_weights(weights.default_checkpoint().path).model
+    'dsen2_cr'
+    """
+    path = Path(path)
+    try:
+        ours = _header(path).get("format") == EXPORT_FORMAT
+    except CheckpointError:  # not safetensors after all: loading it says what is wrong
+        return None
+    return read_weights(path) if ours else None
+
+
+def _header(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file's header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
 def _check_header(path: Path, metadata: dict[str, str], config: dict[str, Any]) -> None:
     """The header's task, level and number of classes agree with its model and config."""
     from ..models import model_record
 
-    task = model_record(metadata["model"]).task
+    try:
+        task = model_record(metadata["model"]).task
+    except UnknownModelError as exc:
+        raise CheckpointError(f"{path}: the header names an {exc}") from exc
     if metadata.get("task", task) != task:
         raise CheckpointError(
             f"{path}: the header says task {metadata['task']!r}, but {metadata['model']} "

@@ -6,6 +6,12 @@ streaming through fsspec. pooch writes a temporary file beside the destination a
 moves it into place only once its SHA-256 matches, so an interrupted or failed download
 leaves nothing behind, and a file in the cache is always a whole one.
 
+Without a hash, only the transfer can tell a whole file: an HTTP response with neither
+``Content-Length`` nor chunked encoding ends when the server closes the connection, and
+a download cut short looks whole. Such a download (no hash given, none recorded) is
+used once, from ``unverified-NAME`` beside the URL's file in the cache, with a warning:
+its hash is not recorded and the next fetch without a hash downloads it again.
+
 The cache is the ``weights_cache`` option if set, else the ``M3RCR_CACHE`` environment
 variable, else ``pooch.os_cache("m3rcr_xr")`` (``~/.cache/m3rcr_xr`` on Linux). Workers
 of a cluster use their own (set the variable in their environment to share one).
@@ -140,11 +146,21 @@ def _fsspec_download(url: str, output_file: str, pooch_obj: Any, check_only: boo
 
 class _Recorder:
     """Wraps a pooch downloader to keep the hash of what it wrote: pooch deletes a file
-    whose hash does not match, and our error names the hash it had."""
+    whose hash does not match, and our error names the hash it had. For HTTP, also
+    whether the response's length was known (:meth:`framing`)."""
 
-    def __init__(self, download: Callable[..., Any]) -> None:
+    def __init__(self, download: Callable[..., Any] = _fsspec_download) -> None:
         self.download = download
         self.sha256: str | None = None
+        self.whole = True  # False: nothing told where the body ends, but a closed connection
+
+    def framing(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        """A requests response hook: a body with neither ``Content-Length`` nor chunked
+        encoding ends when the server closes the connection, so a download cut short
+        looks whole (requests raises for a short body of the other two)."""
+        encoding = response.headers.get("Transfer-Encoding", "").lower()
+        self.whole = "Content-Length" in response.headers or "chunked" in encoding
+        return response
 
     def __call__(self, url: str, output_file: str, pooch_obj: Any, **kwargs: Any) -> Any:
         result = self.download(url, output_file, pooch_obj, **kwargs)
@@ -160,7 +176,8 @@ def fetch_url(url: str, known_hash: str | None = None) -> tuple[Path, str]:
     ``known_hash`` (nor a ``#sha256=`` fragment), the hash of the first download is
     recorded beside it in the cache and stands for ``known_hash`` from then on: a cached
     file changed since is downloaded again, and a URL that now serves another file is
-    refused.
+    refused. An HTTP download without a hash whose length the server did not give (see
+    the module's docstring) is neither recorded nor kept as the URL's file.
 
     Raises
     ------
@@ -180,10 +197,27 @@ def fetch_url(url: str, known_hash: str | None = None) -> tuple[Path, str]:
     recorded = record.read_text().strip() if known_hash is None and record.is_file() else None
     if recorded is not None and _SHA256.fullmatch(recorded) is None:
         raise CheckpointError(f"{record}: not a SHA-256; delete it to fetch {url} anew")
-    path, sha256 = _download(url, known_hash or recorded, scheme, recorded is not None)
+    path, sha256, whole = _download(url, known_hash or recorded, scheme, recorded is not None)
     if known_hash is None and recorded is None:
-        record.write_text(sha256 + "\n")  # checked by every later fetch without a hash
+        if not whole:
+            return _unproven(url, path), sha256
+        _record(url, record, sha256)
     return path, sha256
+
+
+def _record(url: str, record: Path, sha256: str) -> None:
+    """Keep ``sha256`` in ``record``, checked by every later fetch of ``url`` without a
+    hash; a cache that cannot be written (a read-only shared one) only loses that check."""
+    try:
+        record.write_text(sha256 + "\n")
+    except OSError as exc:
+        log.warning(
+            "%s: cannot record its SHA-256 in %s (%s); later fetches without a hash will "
+            "not check the cached file",
+            redacted(url),
+            record,
+            exc,
+        )
 
 
 def _hash_record(url: str) -> Path:
@@ -192,17 +226,22 @@ def _hash_record(url: str) -> Path:
     return cached.with_name(f"{cached.name}.sha256")
 
 
-def _download(url: str, known_hash: str | None, scheme: str, recorded: bool) -> tuple[Path, str]:
+def _download(
+    url: str, known_hash: str | None, scheme: str, recorded: bool
+) -> tuple[Path, str, bool]:
     """``url`` into the cache through pooch (again if the cached file is not
-    ``known_hash``, which was ``recorded`` at its first download or given), and its
-    SHA-256."""
+    ``known_hash``, which was ``recorded`` at its first download or given), its SHA-256,
+    and False for a download whose end only a closed connection marked (see
+    :meth:`_Recorder.framing`)."""
     import pooch
 
-    if scheme in _POOCH_SCHEMES:
-        show = OPTIONS["progress"] and scheme != "doi"
-        recorder = _Recorder(pooch.downloaders.choose_downloader(url, progressbar=show))
-    else:
-        recorder = _Recorder(_fsspec_download)
+    recorder = _Recorder()
+    show = OPTIONS["progress"] and scheme != "doi"
+    if scheme in ("http", "https"):
+        hooks = {"response": recorder.framing}
+        recorder.download = pooch.HTTPDownloader(progressbar=show, hooks=hooks)
+    elif scheme in _POOCH_SCHEMES:
+        recorder.download = pooch.downloaders.choose_downloader(url, progressbar=show)
     # pooch logs through a stderr handler of its own, bound to the stream of the moment;
     # the download is logged here, through logging, instead
     pooch.get_logger().setLevel(logging.WARNING)
@@ -224,4 +263,18 @@ def _download(url: str, known_hash: str | None, scheme: str, recorded: bool) -> 
         ) from exc
     except Exception as exc:  # requests, botocore, fsspec, OS errors: all mean "not here"
         raise CheckpointError(f"{url}: cannot download ({type(exc).__name__}: {exc})") from exc
-    return Path(path), known_hash or recorder.sha256 or file_sha256(path)
+    sha256 = known_hash or recorder.sha256 or file_sha256(path)
+    return Path(path), sha256, recorder.whole
+
+
+def _unproven(url: str, path: Path) -> Path:
+    """A download of no known hash that may have been cut short, moved off the URL's
+    cache file (to ``unverified-NAME`` beside it) and not recorded: the next fetch
+    without a hash downloads it again."""
+    log.warning(
+        "%s: the server gave no length, so a download cut short cannot be told from a "
+        "whole one; give the file's SHA-256 (known_hash= or #sha256=) to have it checked "
+        "and cached",
+        redacted(url),
+    )
+    return path.replace(path.with_name(f"unverified-{path.name}"))

@@ -118,7 +118,9 @@ class WeightsEntry:
         Raises
         ------
         CheckpointError
-            Missing or unknown fields, naming ``source`` and the entry.
+            Missing or unknown fields, a field of the wrong type or value, or a model
+            that is not one of :func:`m3rcr_xr.models.available`, naming ``source`` and
+            the entry.
         """
         known = {f.name for f in fields(cls)}
         label = f"{source}: entry {data.get('name', '?')!r}"
@@ -128,13 +130,16 @@ class WeightsEntry:
             raise CheckpointError(
                 f"{label}: unknown fields {unknown}, missing {missing}; fields: {sorted(known)}"
             )
+        from ..models.records import model_record
+
         for name, value in data.items():
             if not _FIELD_CHECKS[name][0](value):
                 raise CheckpointError(f"{label}: {name}={value!r}: {_FIELD_CHECKS[name][1]}")
         try:
             with command_line_names(False):  # a file's fields, whoever reads it
+                model_record(data["model"])  # unknown: refused here, not at a later look-up
                 return cls(**data)
-        except UsageError as exc:
+        except UsageError as exc:  # UnknownModelError is one too
             raise CheckpointError(f"{label}: {exc}") from exc
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import CheckpointError, ModelConfigError, UsageError, argument
+from ..href import redacted
 from .download import check_file, check_sha256, fetch_url, split_url
 from .registry import UNTRAINED, available, entry
 
@@ -43,7 +44,9 @@ class ResolvedWeights:
         Where another process gets the same file: the entry's name then its URLs, the
         URL, or the path; each is checked against :attr:`sha256`.
     label
-        How the weights were asked for (the name, URL, path or ``"untrained"``).
+        How the weights were asked for: the name, the path, ``"untrained"``, or the URL
+        without its credentials (see :func:`m3rcr_xr.href.redacted`); results record it
+        as their ``checkpoint`` attribute.
     """
 
     model: str
@@ -186,23 +189,14 @@ def _theirs(
 
 def _exported(path: Path) -> tuple[str, dict[str, Any]] | None:
     """The model and configuration in the header of a safetensors file that
-    ``m3rcr train --export`` wrote (checked by :func:`~m3rcr_xr.weights.read_weights`);
+    ``m3rcr train --export`` wrote (see :func:`~m3rcr_xr.weights.exported_weights`);
     None for any other file."""
-    from safetensors import safe_open
-
-    from . import read_weights
+    from . import exported_weights
 
     if path.suffix.lower() != ".safetensors":
         return None
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            ours = "model" in (handle.metadata() or {})
-    except Exception:  # not safetensors after all: loading it says what is wrong
-        return None
-    if not ours:
-        return None
-    header = read_weights(path)
-    return header.model, header.config
+    header = exported_weights(path)
+    return None if header is None else (header.model, header.config)
 
 
 def _no_weights(model: str) -> CheckpointError:
@@ -277,6 +271,9 @@ def resolve(
     if "://" in label:  # a URL: without its #sha256= (a path may hold a "#" of its own)
         label = split_url(label)[0]
     source = label if "://" in label else str(path)
+    # the label goes into results' attributes and messages: no password nor signature
+    # (the source, which workers download from, keeps them)
+    label = redacted(label)
     header = _exported(path)
     if header is not None:
         key, config = _theirs(label, header, model, config)
