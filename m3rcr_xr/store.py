@@ -69,7 +69,7 @@ from .exceptions import M3RCRError, SchemaError, StoreError, argument
 from .options import OPTIONS
 from .progress import compute_with_progress, progress_bar, show_progress
 from .resources import annotate, required_resources
-from .schema import is_collection, validate
+from .schema import VARIABLES, is_collection, validate
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ _UNWRITABLE = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPER
 _BAD_PATH = {errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
 
 #: the encodings of a data variable that :func:`to_zarr` keeps (codecs, fill value and
-#: stored dtype); the others, chunks included, are its own (:func:`store_chunks`)
+#: stored dtype); the others, chunks included, are its own (:func:`store_chunks`). On a
+#: variable of the schema, a packing or a dtype that would not read back as the schema's
+#: dtype is refused (:func:`_check_decoded_dtypes`)
 KEPT_ENCODING = (
     "compressors",
     "filters",
@@ -591,12 +593,50 @@ def _prepare(ds: xr.Dataset) -> xr.Dataset:
     )
     for name, var in ds.variables.items():
         kept = KEPT_ENCODING if name in ds.data_vars else ()
-        var.encoding = {key: var.encoding[key] for key in kept if key in var.encoding}
-        if var.dtype.kind != "f":
+        encoding = {key: var.encoding[key] for key in kept if key in var.encoding}
+        attrs = dict(var.attrs)  # a new dict: the caller's variables keep theirs
+        # a nodata declared the way rioxarray.open_rasterio declares it (in attrs), which
+        # xarray refuses to write next to an encoded one
+        fill = attrs.pop("_FillValue", None)
+        if var.dtype.kind == "f":
+            if fill is not None:  # where xarray's decoding puts it: NaN when read
+                encoding.setdefault("_FillValue", fill)
+        else:
             # an integer _FillValue would read back masked, as floats: the data model's
             # integers keep their nodata as a value (attrs["nodata"])
-            var.encoding.pop("_FillValue", None)
+            encoding.pop("_FillValue", None)
+            if fill is not None and var.dtype.kind in "iu":
+                attrs.setdefault("nodata", fill)
+        var.encoding, var.attrs = encoding, attrs
+    _check_decoded_dtypes(ds)
     return ds
+
+
+def _check_decoded_dtypes(ds: xr.Dataset) -> None:
+    """Refuse an encoding of a variable of the schema that would read back in another
+    dtype than the schema's: :func:`open_zarr` would refuse the store it wrote.
+
+    A packed variable (``scale_factor``, ``add_offset``) reads back unpacked as float64
+    or int64, whatever its dtype (JSON attributes keep no float32); a ``dtype`` without
+    them reads back as that dtype.
+    """
+    for name, var in ds.data_vars.items():
+        if str(name) not in VARIABLES:
+            continue
+        expected = VARIABLES[str(name)][1]
+        packing = [key for key in ("scale_factor", "add_offset") if key in var.encoding]
+        stored = var.encoding.get("dtype")
+        if packing:
+            how, reads = f"{packing[0]}={var.encoding[packing[0]]!s}", "float64 or int64"
+        elif stored is not None and np.dtype(stored) != expected:
+            how, reads = f"dtype={np.dtype(stored)}", str(np.dtype(stored))
+        else:
+            continue
+        raise SchemaError(
+            f"{name}: encoding {how} would read back as {reads}, not the schema's "
+            f"{expected}, and the store would not open; remove it from "
+            f"ds[{name!r}].encoding"
+        )
 
 
 def _plain(coord: xr.DataArray) -> xr.DataArray:
@@ -768,7 +808,12 @@ def to_zarr(
     The encodings a data variable carries are kept (:data:`KEPT_ENCODING`: codecs such as
     ``compressors``, a float's ``_FillValue``, ``dtype``); its chunks are the store's own
     (:func:`store_chunks`), whatever ``encoding["chunks"]`` says. An integer's
-    ``_FillValue`` is dropped: it would read back masked, as floats. Every chunk is
+    ``_FillValue`` is dropped: it would read back masked, as floats. A ``_FillValue`` in
+    the attributes (as ``rioxarray.open_rasterio`` declares nodata) goes where xarray's
+    decoding puts it: a float's into its encoding, an integer's into ``attrs["nodata"]``
+    unless that is set. On a variable of the schema, an encoding that would not read
+    back in the schema's dtype (``scale_factor``, ``add_offset``, another ``dtype``) is
+    refused, as :func:`open_zarr` would refuse the store. Every chunk is
     written, even one holding only the fill value (xarray's ``write_empty_chunks=True``):
     zarr's test of each chunk against the fill value costs more than the few empty
     chunks of a scene would save.
@@ -799,7 +844,8 @@ def to_zarr(
         store of other data; or the file system is read-only or full.
     SchemaError
         Before anything is written: a variable's name cannot name an array of a store
-        (empty, ``.``, ``..``, or with a ``/``, which Zarr would take for a group).
+        (empty, ``.``, ``..``, or with a ``/``, which Zarr would take for a group); an
+        encoding of a variable of the schema would not read back in its dtype.
 
     Examples
     --------

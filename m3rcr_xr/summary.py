@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
+from rasterio.crs import CRS
 
 from .landcover import WORLDCOVER
 from .schema import is_collection
@@ -56,12 +59,25 @@ def describe(ds: xr.Dataset, *, stats: bool = False) -> str:
             counts = pd.Series(np.asarray(ds[name].values)).value_counts().to_dict()
             lines.append(f"{name}: {counts}")
     else:
-        transform = ds.rio.transform()
+        resolution = abs(ds.rio.transform().a)
+        # bounds to a tenth of a pixel: 0.1 m at 3 m, 1e-6 degrees at 2.7e-5 degrees
+        digits = max(0, math.ceil(-math.log10(resolution or 1))) + 1
         lines.append(
-            f"scene: {ds.sizes['y']}x{ds.sizes['x']} px at {abs(transform.a):g} m; "
-            f"CRS {ds.rio.crs}; bounds {tuple(round(b, 1) for b in ds.rio.bounds())}"
+            f"scene: {ds.sizes['y']}x{ds.sizes['x']} px at {resolution:g} "
+            f"{_unit(ds.rio.crs)}; CRS {ds.rio.crs}; "
+            f"bounds {tuple(round(b, digits) for b in ds.rio.bounds())}"
         )
     lines.append(layout(ds).to_string())
     if stats:
         lines.extend(f"{key}: {value:.4f}" for key, value in statistics(ds).items() if value)
     return "\n".join(lines)
+
+
+def _unit(crs: CRS | None) -> str:
+    """The unit of the coordinates of ``crs``: degrees (geographic), m or its own."""
+    if crs is None:
+        return "(no CRS)"
+    if crs.is_geographic:
+        return "degrees"
+    unit = crs.linear_units
+    return "m" if unit in ("metre", "meter") else unit

@@ -92,6 +92,51 @@ def test_given_encodings_are_kept_and_chunks_are_the_stores(tmp_path):
     assert "_FillValue" not in back.decloud.attrs
 
 
+def test_a_nodata_declared_in_attrs_as_rioxarray_does_is_written(tmp_path):
+    """rioxarray.open_rasterio declares nodata in ``attrs["_FillValue"]``, which xarray
+    refuses next to an encoded one: a float's is encoded (NaN when read), an
+    integer's kept as ``attrs["nodata"]`` (the integers are not masked)."""
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=1)
+    scene["sar"][0, 0, 0] = -9999.0
+    scene["sar"].attrs["_FillValue"] = np.float32(-9999.0)
+    scene["cloudy"].attrs["_FillValue"] = np.uint16(0)
+    m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    back = m3rcr_xr.open_zarr(tmp_path / "s.zarr").compute()
+    assert back.sar.encoding["_FillValue"] == -9999.0 and "_FillValue" not in back.sar.attrs
+    assert np.isnan(back.sar[0, 0, 0]) and back.sar.dtype == np.float32
+    np.testing.assert_array_equal(back.sar.values.ravel()[1:], scene.sar.values.ravel()[1:])
+    assert back.cloudy.dtype == np.uint16 and back.cloudy.attrs == {"nodata": 0}
+    xr.testing.assert_equal(back.cloudy, scene.cloudy)
+    assert scene["cloudy"].attrs == {"_FillValue": 0}  # the caller's scene is unchanged
+
+
+@pytest.mark.parametrize(
+    ("name", "encoding", "named"),
+    [
+        (
+            "sar",
+            {"dtype": "int16", "scale_factor": np.float32(0.01), "_FillValue": np.int16(-1)},
+            "scale_factor=0.01",
+        ),
+        ("sar", {"dtype": "float16"}, "dtype=float16"),
+        ("cloudy", {"add_offset": 1}, "add_offset=1"),
+    ],
+)
+def test_an_encoding_that_would_not_read_back_in_the_schema_dtype_is_refused(
+    tmp_path, name, encoding, named
+):
+    """The store would be complete, and open_zarr would refuse it; a variable outside
+    the schema keeps such an encoding."""
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=1)
+    scene[name].encoding.update(encoding)
+    with raise_if_dask_computes(), pytest.raises(m3rcr_xr.SchemaError, match=f"{name}: .*{named}"):
+        m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+    m3rcr_xr.to_zarr(scene.rename({name: "extra"}), tmp_path / "s.zarr")
+    back = m3rcr_xr.open_zarr(tmp_path / "s.zarr")
+    assert {key: back.extra.encoding[key] for key in encoding} == encoding
+
+
 def test_scene_chunks_follow_the_option(tmp_path):
     scene = m3rcr_xr.synthetic_scene((200, 300), chunks=64)
     with m3rcr_xr.set_options(scene_chunk=128):

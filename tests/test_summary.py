@@ -40,6 +40,20 @@ def test_describe_a_scene(scene):
     assert shown and describe(scene, stats=True) == "\n".join([text, *shown])
 
 
+def test_describe_a_geographic_scene():
+    """Degrees, not metres, and bounds to a tenth of a pixel (not rounded to 11, 45)."""
+    res = 2.7e-5
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=1).drop_vars("spatial_ref")
+    scene = scene.assign_coords(
+        y=45.0 - res * (np.arange(32) + 0.5), x=11.0 + res * (np.arange(32) + 0.5)
+    )
+    first = describe(scene.rio.write_crs("EPSG:4326")).splitlines()[0]
+    assert first == (
+        "scene: 32x32 px at 2.7e-05 degrees; CRS EPSG:4326; "
+        "bounds (11.0, 44.999136, 11.000864, 45.0)"
+    )
+
+
 def test_describe_a_collection():
     collection = m3rcr_xr.synthetic_collection(3, 32)
     lines = describe(collection).splitlines()
