@@ -741,8 +741,12 @@ def _landcover(items, assets: Mapping[str, str], scene, optical: xr.DataArray, c
             f"offset {offset:g}: land-cover values so scaled are no class codes"
         )
     if offset:  # codes stored shifted: the declared nodata is a stored value
-        codes = codes.astype("int32") + int(offset)
-        nodata = None if nodata is None else nodata + offset
+        # odc-stac's empty fill where no item is (a gap, beyond them) is no stored
+        # value: shifted, it would read as a class; it stays nodata
+        geoboxes = [item_geobox(item, assets["landcover"]) for item in items]
+        covered = _inside(_union(geoboxes, codes.rio.crs), codes)
+        nodata = -1 if nodata is None else nodata + offset
+        codes = (codes.astype("int32") + int(offset)).where(covered, nodata)
     array = _map_blocks(
         to_worldcover,
         codes.isel(band=0, drop=True),

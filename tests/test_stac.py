@@ -621,6 +621,31 @@ def test_land_cover_offset_is_applied_and_a_scale_refused(tmp_path, files):
         m3rcr_xr.open_stac([optical], landcover_items=[scaled])
 
 
+@pytest.mark.parametrize("chunks", [None, 32])
+def test_a_land_cover_offset_leaves_places_without_an_item_nodata(tmp_path, chunks):
+    """Two land-cover items with a gap between them, stored 0 with offset 10 (tree
+    cover), no nodata declared: the gap (odc-stac's empty fill) stays nodata 0."""
+    optical = write_raster(
+        tmp_path / "o.tif",
+        np.full((4, 96, 96), 500, np.uint16),
+        Affine(3, 0, 735_000, 0, -3, 4_985_010),
+        ZONE32,
+        nodata=0,
+    )
+    items = []
+    for name, left in (("a", 735_000), ("b", 735_200)):
+        tile = np.zeros((1, 30, 10), np.uint8)
+        path = write_raster(
+            tmp_path / f"{name}.tif", tile, Affine(10, 0, left, 0, -10, 4_985_010), ZONE32
+        )
+        items.append(_declare(stac_item(name, {"map": path}), "map", data_type="uint8", offset=10))
+    scene = stac_item("o", {"ortho_analytic_4b_sr": optical})
+    landcover = m3rcr_xr.open_stac([scene], landcover_items=items, chunks=chunks)["landcover"]
+    landcover = landcover.values
+    assert (landcover[:, :30] == 10).all() and (landcover[:, 70:] == 10).all()
+    assert (landcover[:, 40:60] == 0).all()
+
+
 def test_optical_scale_is_reflectance_x10000_or_refused(files):
     """PlanetScope SR declaring scale 0.0001 stores reflectance x10000: read as stored;
     any other scale or offset is refused rather than guessed at."""
