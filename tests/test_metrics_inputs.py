@@ -75,9 +75,23 @@ def test_a_collection_chunked_by_patch_is_checked_without_computing(protocol):
     assert_same_result(in_memory_pred.compute(), expected)
 
 
+@pytest.mark.parametrize("protocol", ["pooled", "per_patch"])
+def test_dask_coordinates_that_differ_are_refused_when_computed(protocol):
+    """A prediction of another place, both chunked by patch: its 2-D x and its aoi are
+    dask arrays of another graph, compared in the computation, not while it is built."""
+    ds = _collection(seed=23)
+    lazy = ds.chunk({"patch": 1})
+    moved = ds.assign_coords(x=ds.x + 50_000.0).chunk({"patch": 1})
+    renamed = ds.assign_coords(aoi=("patch", ["a", "b", "c"])).chunk({"patch": 1})
+    for other, name in ((moved, "x"), (renamed, "aoi")):
+        with raise_if_dask_computes():
+            result = metrics.evaluate(lazy, other.decloud, protocol=protocol, compute=False)
+        with pytest.raises(SchemaError, match=f"pred: grid does not match.*'{name}' differs"):
+            result.compute()
+
+
 def test_patch_coordinates_that_differ_are_refused():
-    """In memory, as a collection opened from a store has them (a dask-backed coordinate
-    of another graph is not compared: that would compute it)."""
+    """In memory, as a collection opened from a store has them, before any work."""
     ds = _collection(seed=22)
     other = ds.decloud.assign_coords(aoi=("patch", ["a", "b", "c"]))
     with pytest.raises(SchemaError, match="pred: grid does not match.*coordinate 'aoi'"):

@@ -299,7 +299,8 @@ def evaluate(
     ------
     SchemaError
         Missing variables, mismatched grids or CRS, bad arguments; a prediction that is
-        all NaN / inf, or NaN / inf where the target has data (at compute time when lazy).
+        all NaN / inf, or NaN / inf where the target has data, or coordinates that are
+        dask arrays and differ (these at compute time when lazy).
 
     Warns
     -----

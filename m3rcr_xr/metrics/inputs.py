@@ -8,17 +8,16 @@ sizes, coordinates, CRS, bands) and on the same spatial chunks.
 
 from __future__ import annotations
 
-import logging
+import functools
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 
 from ..exceptions import SchemaError, UsageError
 from .dispatch import is_lazy
-
-log = logging.getLogger(__name__)
 
 #: the dims of a pixel grid
 PIXEL_DIMS = ("y", "x")
@@ -67,14 +66,54 @@ def _same_values(a: xr.DataArray, b: xr.DataArray) -> bool | None:
         return False
     if is_lazy(a, b):
         return True if is_lazy(a) and is_lazy(b) and a.data.name == b.data.name else None
-    va, vb = np.asarray(a.values), np.asarray(b.values)
+    return _equal(np.asarray(a.values), np.asarray(b.values))
+
+
+def _equal(va: np.ndarray, vb: np.ndarray) -> bool:
     if np.issubdtype(va.dtype, np.number) and np.issubdtype(vb.dtype, np.number):
         return bool(np.allclose(va, vb, rtol=0, atol=1e-6, equal_nan=True))
     return bool(np.array_equal(va, vb))
 
 
-def _check_grid(array: xr.DataArray, role: str, ref: xr.DataArray, allowed: set[str]) -> None:
-    """``array`` must lie on the grid of ``ref``: dims, sizes, coordinates and CRS."""
+#: a coordinate not compared while the graph is built: (name, the array's, the target's)
+Unchecked = list[tuple[str, xr.DataArray, xr.DataArray]]
+
+
+def _checked_when_computed(array: xr.DataArray, role: str, unchecked: Unchecked) -> xr.DataArray:
+    """``array`` whose blocks, when computed, compare the ``unchecked`` coordinates (dask
+    arrays: comparing them while the graph is built would compute) over their extent,
+    and raise :class:`SchemaError` where they differ, in the same pass as the sums."""
+    if not unchecked:
+        return array
+    letters = {dim: chr(ord("a") + i) for i, dim in enumerate(array.dims)}
+
+    def index(item: xr.DataArray) -> str:
+        return "".join(letters[dim] for dim in item.dims)
+
+    args: list[Any] = [da.asarray(array.data), index(array)]
+    for _, mine, theirs in unchecked:
+        args += [da.asarray(mine.data), index(mine), da.asarray(theirs.data), index(theirs)]
+    names = [name for name, _, _ in unchecked]
+    check = functools.partial(_same_or_raise, role=role, names=names)
+    data = da.blockwise(check, index(array), *args, dtype=array.dtype, align_arrays=True)
+    return array.copy(data=data)
+
+
+def _same_or_raise(block: np.ndarray, *coordinates: np.ndarray, role: str, names: list[str]):
+    for name, mine, theirs in zip(names, coordinates[::2], coordinates[1::2], strict=True):
+        if not _equal(np.asarray(mine), np.asarray(theirs)):
+            raise SchemaError(
+                f"{role}: grid does not match the target: coordinate {name!r} differs"
+            )
+    return block
+
+
+def _check_grid(
+    array: xr.DataArray, role: str, ref: xr.DataArray, allowed: set[str]
+) -> xr.DataArray:
+    """``array`` must lie on the grid of ``ref``: dims, sizes, coordinates and CRS. The
+    coordinates that are dask arrays are compared when the result is computed
+    (:func:`_checked_when_computed`): ``array`` is returned with that check in it."""
     grid = [d for d in ref.dims if d in ("patch", *PIXEL_DIMS)]
     require_dims(array, grid, role)
     extra = [d for d in array.dims if d not in allowed | set(grid)]
@@ -86,7 +125,8 @@ def _check_grid(array: xr.DataArray, role: str, ref: xr.DataArray, allowed: set[
                 f"{role}: grid does not match the target: {dim} has "
                 f"{array.sizes[dim]} pixels, the target {ref.sizes[dim]}"
             )
-    for name in set(array.coords) & set(ref.coords):
+    unchecked: Unchecked = []
+    for name in sorted(set(array.coords) & set(ref.coords), key=str):
         dims = set(array[name].dims)
         if not dims or not dims <= set(grid):
             continue
@@ -95,11 +135,12 @@ def _check_grid(array: xr.DataArray, role: str, ref: xr.DataArray, allowed: set[
             raise SchemaError(
                 f"{role}: grid does not match the target: coordinate {name!r} differs"
             )
-        if same is None:  # comparing would compute: building a graph must not
-            log.debug("%s: coordinate %r is a dask array, not compared", role, name)
+        if same is None:  # comparing now would compute: building a graph must not
+            unchecked.append((str(name), array[name], ref[name]))
     crs, ref_crs = _crs(array), _crs(ref)
     if crs is not None and ref_crs is not None and crs != ref_crs:
         raise SchemaError(f"{role}: CRS {crs} does not match the target's CRS {ref_crs}")
+    return _checked_when_computed(array, role, unchecked)
 
 
 def _match_bands(pred: xr.DataArray, target: xr.DataArray, role: str = "pred") -> xr.DataArray:
@@ -150,7 +191,7 @@ def _optional_layer(
 def _optical(array: xr.DataArray, role: str, target: xr.DataArray) -> xr.DataArray:
     """``array`` (the optical input named ``role``) checked on the target's grid and bands,
     with its dims and bands in the target's order."""
-    _check_grid(array, role, target, {"band"})
+    array = _check_grid(array, role, target, {"band"})
     return _match_bands(array.transpose(*target.dims), target, role)
 
 
@@ -170,7 +211,8 @@ def prepare_inputs(
     ``cloudy``, optional (the semantic evaluation classifies it too), is checked as
     ``pred`` is; a name missing from ``ds`` leaves it out. Grids are checked before the
     chunks are unified, on the coordinates as given: chunking turns a non-index
-    coordinate into a dask array, which is not compared (see :func:`_same_values`).
+    coordinate into a dask array, which is compared when the result is computed (a
+    :class:`SchemaError` then), never while the graph is built.
 
     Raises
     ------
@@ -199,7 +241,7 @@ def prepare_inputs(
     ):
         layer = _optional_layer(ds, item, role, needed, hints[role])
         if layer is not None:
-            _check_grid(layer, role, target_da, set())
+            layer = _check_grid(layer, role, target_da, set())
             layer = layer.transpose(*[d for d in order if d != "band"])
         layers[role] = layer
     cloudy_da = _optional_layer(ds, cloudy, "cloudy", False, "")

@@ -410,9 +410,9 @@ def semantic_metrics(
             f"{labels.name or 'labels'}: labels of WorldCover level {labels.attrs['level']}, "
             f"not {argument('level', level)}"
         )
-    for role, layer in (("landcover", landcover), ("cloudmask", cloudmask)):
-        if layer is not None:
-            _check_grid(layer, role, labels, set())
+    landcover = _check_grid(landcover, "landcover", labels, set())
+    if cloudmask is not None:
+        cloudmask = _check_grid(cloudmask, "cloudmask", labels, set())
     order = list(labels.dims)
     layers = cast(
         tuple[xr.DataArray, ...],
