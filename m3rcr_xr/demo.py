@@ -122,6 +122,8 @@ def _written_by_demo(store: Path, key: str) -> bool:
     :data:`DEMO_SEED`, its decloud that of :data:`DEMO_WEIGHTS`."""
     import zarr
 
+    if store.is_dir() and not any(store.iterdir()):
+        return True  # emptied by a run that replaced it, then was cut off
     try:
         group = zarr.open_group(str(store), mode="r")
         if group.attrs.get(STAMP):

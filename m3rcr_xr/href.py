@@ -45,7 +45,7 @@ _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]]*[^\s'\"<>()\[\]:.,;]")
 #: a URL's password and the query parameters that hold credentials (presigned URLs:
 #: ``X-Amz-Signature``, ``X-Amz-Credential``, ``X-Amz-Security-Token``, ``sig``, ``token``)
-_PASSWORD = re.compile(r"^(?P<user>[^:@/]*):[^@/]*@")
+_PASSWORD = re.compile(r"^(?P<user>[^:@/]*):[^/]*@")  # to the last "@" (one may be in it)
 _SECRET_PARAMETER = re.compile(
     r"(?P<key>(?:^|&)[^=&]*(?:sig|token|credential|secret|passw|key|auth)[^=&]*=)[^&]*",
     re.IGNORECASE,

@@ -28,6 +28,7 @@ import fsspec
 import numpy as np
 
 from . import href
+from .exceptions import InputFileError
 
 _READ_HEADER = {(1, 0): np.lib.format.read_array_header_1_0}
 
@@ -47,6 +48,8 @@ class NpyFile:
     fortran_order: bool
     offset: int
     size: int
+    #: size and modification time (ETag remotely) at open: each read checks it
+    version: str = ""
 
     @property
     def ndim(self) -> int:
@@ -62,30 +65,51 @@ class NpyFile:
         return self.offset + self.nbytes > self.size
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        fs, path = fsspec.core.url_to_fs(str(self.path))
+        if _version(fs, path) != self.version:  # its header may no longer be this one
+            raise InputFileError(
+                f"{href.redacted(self.path)}: changed since it was opened; open it again"
+            )
         if not href.is_remote(self.path):
             order: Literal["F", "C"] = "F" if self.fortran_order else "C"
             mapped = np.memmap(self.path, self.dtype, "r", self.offset, self.shape, order)
             return np.array(mapped[key])  # a copy: the map closes with this task
-        return self._read_range(key)
+        return self._read_range(fs, path, key)
 
-    def _read_range(self, key: Any) -> np.ndarray:
+    def _read_range(self, fs: Any, path: str, key: Any) -> np.ndarray:
         """``self[key]`` of a remote 2-D file: the contiguous band of rows (C order) or
-        columns (Fortran order) that ``key`` spans, in one range request."""
-        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        columns (Fortran order) that ``key`` spans, in one range request (all of them
+        for a key other than a slice of step > 0 there)."""
+        given: tuple[Any, ...] = np.index_exp[key]
+        rows, cols, *_ = (*given, slice(None), slice(None))
+        if rows is Ellipsis:
+            rows = slice(None)
         major, minor = (cols, rows) if self.fortran_order else (rows, cols)
         extent, length = (self.shape[::-1] if self.fortran_order else self.shape)[:2]
-        start, stop, _ = major.indices(extent)
-        stop = max(stop, start)
+        band_key = major
+        if isinstance(major, slice) and (major.step or 1) > 0:
+            start, stop, _ = major.indices(extent)
+            stop = max(stop, start)
+            band_key = slice(None, None, major.step)
+        else:
+            start, stop = 0, extent
         step = length * self.dtype.itemsize
-        fs, path = fsspec.core.url_to_fs(str(self.path))
         first = self.offset + start * step
         data = fs.cat_file(path, start=first, end=first + (stop - start) * step)
         band = np.frombuffer(data, self.dtype).reshape(stop - start, length)
-        band = band[:: major.step or 1, minor]
-        return np.array(band.T if self.fortran_order else band)
+        if self.fortran_order:
+            return np.array(band.T[minor, band_key])
+        return np.array(band[band_key, minor])
 
     def __dask_tokenize__(self) -> tuple:
-        return (type(self).__name__, str(self.path), self.shape, str(self.dtype), self.size)
+        return (type(self).__name__, str(self.path), self.shape, str(self.dtype), self.version)
+
+
+def _version(fs: Any, path: str) -> str:
+    """A file's size and modification time (ETag remotely), as a resume identifies it."""
+    from .store import _version as version_of
+
+    return version_of(fs.info(path))
 
 
 def open_npy(path: str | Path) -> NpyFile:
@@ -106,4 +130,7 @@ def open_npy(path: str | Path) -> NpyFile:
         offset = handle.tell()
     if dtype.hasobject:
         raise ValueError(f"an array of dtype {dtype} holds Python objects, refused unpickled")
-    return NpyFile(path, tuple(shape), dtype, fortran_order, offset, fs.size(fspath))
+    info = fs.info(fspath)
+    return NpyFile(
+        path, tuple(shape), dtype, fortran_order, offset, int(info["size"]), _version(fs, fspath)
+    )

@@ -598,6 +598,7 @@ def _prepare(ds: xr.Dataset) -> xr.Dataset:
         # a nodata declared the way rioxarray.open_rasterio declares it (in attrs), which
         # xarray refuses to write next to an encoded one
         fill = attrs.pop("_FillValue", None)
+        _unpacked(attrs, encoding)
         if var.dtype.kind == "f":
             if fill is not None:  # where xarray's decoding puts it: NaN when read
                 encoding.setdefault("_FillValue", fill)
@@ -610,6 +611,24 @@ def _prepare(ds: xr.Dataset) -> xr.Dataset:
         var.encoding, var.attrs = encoding, attrs
     _check_decoded_dtypes(ds)
     return ds
+
+
+#: packing a variable may declare (rioxarray: in attrs, as it reads a file), and its
+#: value that changes nothing
+_PACKING = {"scale_factor": 1, "add_offset": 0}
+
+
+def _unpacked(attrs: dict[str, Any], encoding: dict[str, Any]) -> None:
+    """Packing declared in ``attrs`` (as ``rioxarray.open_rasterio`` declares it, which
+    xarray refuses to write next to an encoded one) moved into ``encoding``, and packing
+    that changes nothing (scale 1, offset 0) dropped from both: a variable is never
+    scaled by it, and read back in its own dtype."""
+    for key, identity in _PACKING.items():
+        value = attrs.pop(key, None)
+        if value is not None:
+            encoding.setdefault(key, value)
+        if key in encoding and np.all(np.asarray(encoding[key]) == identity):
+            del encoding[key]
 
 
 def _check_decoded_dtypes(ds: xr.Dataset) -> None:

@@ -275,6 +275,21 @@ def test_overwrite_replaces_only_geotiffs_of_m3rcr(tmp_path, make, match):
     assert snapshot(tmp_path) == before
 
 
+def test_a_malformed_tiff_is_refused_not_a_traceback(tmp_path, monkeypatch):
+    """tifffile raises many kinds of error on a malformed file (TypeError among them):
+    any is a file this library did not write."""
+    import tifffile
+
+    def malformed(*args, **kwargs):
+        raise TypeError("int() argument must be a string")
+
+    path = tmp_path / "d.tif"
+    m3rcr_xr.to_cog(_scene(32), path)
+    monkeypatch.setattr(tifffile, "TiffFile", malformed)
+    with pytest.raises(m3rcr_xr.StoreError, match="d.tif: was not written by m3rcr_xr"):
+        m3rcr_xr.to_cog(_scene(64), path, overwrite=True)
+
+
 def test_a_file_that_comes_during_the_work_is_not_replaced(tmp_path, monkeypatch):
     """The destination was free when checked; the user's file written while the blocks
     were computed is kept, and nothing of this write is left."""

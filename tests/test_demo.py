@@ -134,6 +134,16 @@ def test_the_demos_own_folder_is_taken_again(tmp_path, made_by):
     _check_out(tmp_path)  # no error
 
 
+def test_a_demo_store_emptied_by_a_cut_off_run_is_taken(tmp_path):
+    """A run that removed its old scene.zarr and was killed before writing the new one
+    leaves the folder empty: the demo's still."""
+    from m3rcr_xr.demo import MARK, _check_out
+
+    (tmp_path / MARK).touch()
+    (tmp_path / "scene.zarr").mkdir()
+    _check_out(tmp_path)  # no error
+
+
 @pytest.mark.parametrize("marked", [False, True])
 @pytest.mark.parametrize("store", ["scene.zarr", "decloud.zarr"])
 def test_a_store_of_the_users_own_under_a_demo_name_is_refused(tmp_path, capsys, marked, store):

@@ -36,6 +36,7 @@ def test_a_percent_encoded_nul_byte_is_refused_under_a_remote_root_only(tmp_path
     ("url", "shown"),
     [
         ("https://alice:S3CRET@h/a.tif", "https://alice@h/a.tif"),
+        ("https://alice:S3@CRET@h/a@b.tif", "https://alice@h/a@b.tif"),  # "@" in it
         (
             "https://b.s3.amazonaws.com/a.tif?X-Amz-Credential=AKID&X-Amz-Signature=S3CRET"
             "&X-Amz-Security-Token=T0K&X-Amz-Expires=60",

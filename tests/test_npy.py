@@ -47,7 +47,14 @@ def test_remote_files_are_read_by_range_as_local_ones(saved):
                 local.offset,
                 local.size,
             )
-            for key in [(slice(3, 30), slice(5, 6)), (slice(0, 37), slice(22, 23))]:
+            for key in [
+                (slice(3, 30), slice(5, 6)),
+                (slice(0, 37), slice(22, 23)),
+                (slice(None, None, -1), slice(None)),  # any other key: the whole extent
+                (slice(30, 3, -2), slice(None, None, -3)),
+                (4, slice(2, 9)),
+                (Ellipsis,),
+            ]:
                 np.testing.assert_array_equal(remote[key], VALUES[key])
             lazy = da.from_array(remote, chunks=(10, 7))
             np.testing.assert_array_equal(lazy.compute(), VALUES)
@@ -69,3 +76,23 @@ def test_an_object_array_is_refused_and_a_short_file_is_seen(tmp_path):
     data = (tmp_path / "short.npy").read_bytes()
     (tmp_path / "short.npy").write_bytes(data[:-1])
     assert open_npy(tmp_path / "short.npy").truncated
+
+
+@pytest.mark.parametrize("change", ["order", "truncated"])
+def test_a_file_changed_after_it_was_opened_is_refused(tmp_path, change):
+    """Its header is fixed at open: read with it, another layout would be mis-read
+    (a C-order file replacing a Fortran one comes back transposed)."""
+    import os
+
+    from m3rcr_xr import InputFileError
+
+    path = tmp_path / "m.npy"
+    np.save(path, np.asfortranarray(VALUES))
+    npy = open_npy(path)
+    if change == "order":
+        np.save(path, VALUES)
+    else:
+        path.write_bytes(path.read_bytes()[:-100])
+    os.utime(path, ns=(1, 1))  # even within one tick of the clock: the time differs
+    with pytest.raises(InputFileError, match="m.npy: changed since it was opened"):
+        npy[0:3, 0:3]
