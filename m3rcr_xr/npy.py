@@ -29,6 +29,7 @@ import numpy as np
 
 from . import href
 from .exceptions import InputFileError
+from .store import _version as version_of
 
 _READ_HEADER = {(1, 0): np.lib.format.read_array_header_1_0}
 
@@ -107,8 +108,6 @@ class NpyFile:
 
 def _version(fs: Any, path: str) -> str:
     """A file's size and modification time (ETag remotely), as a resume identifies it."""
-    from .store import _version as version_of
-
     return version_of(fs.info(path))
 
 

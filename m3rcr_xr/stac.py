@@ -701,12 +701,18 @@ def _sar(items, assets: Mapping[str, str], scene: GeoBox, optical: xr.DataArray,
     # holes only inside the items: odc-stac's empty fill beyond them (a gap between two
     # items, the window's edge) is no measurement, and stays NaN rather than the mean;
     # on the items' own grid, align_to then gives the half pixel beyond the edge its value
-    geoboxes = [item_geobox(item, assets["vv"]) for item in items]
-    covered = _inside(_union(geoboxes, array.rio.crs), array)
+    covered = _covered(items, assets["vv"], array)
     array = fill_nan_with_mean(array, per_band=True, covered=covered)
     aligned = _on_scene(array, native, optical, np.nan)
     aligned.attrs = sar_attrs(array.attrs["nan_fill"], "coords")
     return _rechunk_like(aligned, optical), sources
+
+
+def _covered(items: Sequence[pystac.Item], asset_name: str, like: xr.DataArray) -> xr.DataArray:
+    """Where on ``like``'s grid the items' ``asset_name`` has pixels (see :func:`_inside`):
+    the rest is odc-stac's empty fill, no stored value."""
+    geoboxes = [item_geobox(item, asset_name) for item in items]
+    return _inside(_union(geoboxes, like.rio.crs), like)
 
 
 def _inside(footprint: Geometry, like: xr.DataArray) -> xr.DataArray:
@@ -743,8 +749,7 @@ def _landcover(items, assets: Mapping[str, str], scene, optical: xr.DataArray, c
     if offset:  # codes stored shifted: the declared nodata is a stored value
         # odc-stac's empty fill where no item is (a gap, beyond them) is no stored
         # value: shifted, it would read as a class; it stays nodata
-        geoboxes = [item_geobox(item, assets["landcover"]) for item in items]
-        covered = _inside(_union(geoboxes, codes.rio.crs), codes)
+        covered = _covered(items, assets["landcover"], codes)
         nodata = -1 if nodata is None else nodata + offset
         codes = (codes.astype("int32") + int(offset)).where(covered, nodata)
     array = _map_blocks(

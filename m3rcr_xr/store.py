@@ -643,7 +643,7 @@ def _check_decoded_dtypes(ds: xr.Dataset) -> None:
         if str(name) not in VARIABLES:
             continue
         expected = VARIABLES[str(name)][1]
-        packing = [key for key in ("scale_factor", "add_offset") if key in var.encoding]
+        packing = [key for key in _PACKING if key in var.encoding]
         stored = var.encoding.get("dtype")
         if packing:
             how, reads = f"{packing[0]}={var.encoding[packing[0]]!s}", "float64 or int64"

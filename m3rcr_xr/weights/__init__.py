@@ -136,7 +136,11 @@ def read_weights(path: str | Path) -> DefaultCheckpoint:
         configuration (a JSON object) that agree.
     """
     path = Path(path)
-    metadata = _header(path)
+    return _described(path, _header(path))
+
+
+def _described(path: Path, metadata: dict[str, str]) -> DefaultCheckpoint:
+    """The weights a header ``metadata`` of ``path`` describes (see :func:`read_weights`)."""
     if "model" not in metadata or "config" not in metadata:
         raise CheckpointError(f"{path}: the header does not name the model and its config")
     try:
@@ -169,10 +173,10 @@ def exported_weights(path: str | Path) -> DefaultCheckpoint | None:
     """
     path = Path(path)
     try:
-        ours = _header(path).get("format") == EXPORT_FORMAT
+        metadata = _header(path)
     except CheckpointError:  # not safetensors after all: loading it says what is wrong
         return None
-    return read_weights(path) if ours else None
+    return _described(path, metadata) if metadata.get("format") == EXPORT_FORMAT else None
 
 
 def _header(path: Path) -> dict[str, str]:
