@@ -446,7 +446,13 @@ def semantic_table_path(path: str) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .metrics import TABLE_SUFFIXES, evaluate, split_semantic, write_table
+    from .metrics import (
+        TABLE_SUFFIXES,
+        check_table_replaceable,
+        evaluate,
+        split_semantic,
+        write_table,
+    )
     from .store import open_zarr
 
     # one path (or None) a table: the metrics, then with --semantic the semantic scores
@@ -454,6 +460,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     outputs = [args.out, semantic_out] if args.semantic else [args.out]
     for path in filter(None, outputs):
         _check_output_file(path, "out", TABLE_SUFFIXES, overwrite=args.overwrite)
+        check_table_replaceable(path)  # --overwrite replaces only an earlier table
     if not args.semantic and (args.classifier or args.classifier_config):
         raise UsageError("--classifier and --classifier-config go with --semantic")
     result = evaluate(
@@ -499,7 +506,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "table too, beside it: NAME_semantic.csv)",
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace the --out table(s) if they exist"
+        "--overwrite",
+        action="store_true",
+        help="replace the --out table(s) of an earlier evaluate (other files never are)",
     )
     p.add_argument(
         "--semantic",

@@ -529,10 +529,16 @@ def test_evaluate_replaces_an_existing_table_only_with_overwrite(
     assert main(argv) == 2
     assert f"--out {theirs}: {theirs} exists; pass --overwrite" in capsys.readouterr().err
     assert theirs.read_text() == "my,own\n1,2\n"
+    assert main([*argv, "--overwrite"]) == 2  # a user's file, even with --overwrite
+    assert f"{theirs}: is not a table m3rcr_xr wrote" in capsys.readouterr().err
+    assert theirs.read_text() == "my,own\n1,2\n"
+    theirs.unlink()
     monkeypatch.undo()
     if not semantic:
-        assert main([*argv, "--overwrite"]) == 0
-        assert "PSNR" in table.read_text()
+        assert main(argv) == 0
+        first = table.read_text()
+        assert main([*argv, "--level", "2", "--overwrite"]) == 0  # its own table
+        assert "PSNR" in table.read_text() and table.read_text() != first
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ One idea per module, each layer on the one below:
 - :mod:`.inputs`: input resolution and grid checks;
 - :mod:`.sums`: the engine's sums as labelled DataArrays;
 - :mod:`.core`: the thin xarray layer, :func:`evaluate` and :func:`evaluate_per_patch`;
-- :mod:`.tables`: :func:`write_table`;
+- :mod:`.tables`: :func:`write_table`, :func:`check_table_replaceable`;
 - :mod:`.semantic`: land-cover accuracy of a result through a classifier
   (:func:`evaluate_semantic`, :func:`semantic_metrics`), confusion counts per chunk;
 - :mod:`.maps`: the public per-pixel API (:func:`ssim_map`, :func:`sam_map`,
@@ -131,7 +131,13 @@ from .semantic import (
     semantic_metrics,
 )
 from .sums import checked, group_labels, grouped_sums
-from .tables import SEMANTIC_SCORES, TABLE_SUFFIXES, split_semantic, write_table
+from .tables import (
+    SEMANTIC_SCORES,
+    TABLE_SUFFIXES,
+    check_table_replaceable,
+    split_semantic,
+    write_table,
+)
 
 __all__ = [
     "AGGREGATIONS",
@@ -163,6 +169,7 @@ __all__ = [
     "UNKNOWN_LABEL",
     "Aggregation",
     "cell_sums",
+    "check_table_replaceable",
     "checked",
     "chunk_pass",
     "column_seam",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from ..exceptions import UsageError
+from ..exceptions import StoreError, UsageError
+from ..files import replace_atomically
 
 #: file suffixes :func:`write_table` writes
 TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".json")
@@ -23,21 +25,77 @@ def write_table(result: xr.Dataset, path: str | Any) -> None:
     """Write an :func:`evaluate` result as CSV (``.csv``) or JSON (``.json``).
 
     The JSON holds ``{"attrs": ..., "rows": [one object per (stratum, class)]}`` with
-    NaN as null; the CSV has one row per (stratum, class).
+    NaN as null; the CSV has one row per (stratum, class). An existing file at ``path``
+    is replaced only when it is such a table (:func:`check_table_replaceable`), and
+    only once the new one is complete: a failure leaves the old file as it was.
+
+    Raises
+    ------
+    UsageError
+        ``path`` with another suffix.
+    StoreError
+        ``path`` an existing file that is not a table of this library, or a link.
     """
     path = Path(path)
     table = result.to_dataframe().reset_index()
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        table.to_csv(path, index=False)
-    elif suffix == ".json":
-        rows = json.loads(table.to_json(orient="records", double_precision=15))
-        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in result.attrs.items()}
-        path.write_text(json.dumps({"attrs": attrs, "rows": rows}, indent=1))
-    else:
+    if suffix not in TABLE_SUFFIXES:
         raise UsageError(
             f"{path}: write {' or '.join(TABLE_SUFFIXES)}, not {suffix or 'no suffix'!r}"
         )
+    check_table_replaceable(path)
+    if suffix == ".csv":
+        text = table.to_csv(index=False)
+    else:
+        rows = json.loads(table.to_json(orient="records", double_precision=15))
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in result.attrs.items()}
+        text = json.dumps({"attrs": attrs, "rows": rows}, indent=1)
+    replace_atomically(
+        path, lambda partial: partial.write_text(text), check=check_table_replaceable
+    )
+
+
+def check_table_replaceable(path: str | os.PathLike[str]) -> None:
+    """Refuse ``path`` unless it is absent or a table :func:`write_table` wrote: a CSV
+    whose header names the columns ``stratum`` and ``landcover_class`` (every
+    :func:`evaluate` table has both), or a JSON object of ``attrs`` and ``rows``. A
+    user's file of that name is never replaced.
+
+    Raises
+    ------
+    StoreError
+        Naming the file: another file, a folder or a symbolic link.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise StoreError(f"{path}: is a symbolic link; {_ONLY_TABLES}")
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise StoreError(f"{path}: is not a file; {_ONLY_TABLES}")
+    if not _is_table(path):
+        raise StoreError(f"{path}: is not a table m3rcr_xr wrote; {_ONLY_TABLES}")
+
+
+_ONLY_TABLES = (
+    "only tables of m3rcr_xr evaluate are replaced: remove it yourself or choose another name"
+)
+#: a JSON larger than this is no table of ours (they hold a few hundred rows)
+_MAX_TABLE_BYTES = 64 * 2**20
+
+
+def _is_table(path: Path) -> bool:
+    try:
+        if path.suffix.lower() == ".csv":
+            with path.open(encoding="utf-8") as handle:
+                header = handle.readline(4096).strip().split(",")
+            return {"stratum", "landcover_class"} <= set(header)
+        if path.stat().st_size > _MAX_TABLE_BYTES:
+            return False
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(content, dict) and set(content) == {"attrs", "rows"}
 
 
 def split_semantic(result: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:

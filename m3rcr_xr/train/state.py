@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..exceptions import CheckpointError, UsageError, argument
+from ..files import replace_atomically
 from ..models import extract_state_dict, model_record
 from ..models.checkpoint import read_checkpoint
 from ..weights import EXPORT_FORMAT, exported_weights
@@ -95,21 +96,7 @@ def seed_everything(seed: int) -> None:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
-    _replace_atomically(path, lambda partial: torch.save(payload, partial))
-
-
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary file beside ``path`` (hidden, named for this process), then
-    rename it over ``path``: readers and a crash see the old file or the new one, never
-    half of one. The temporary file is removed when the write fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    replace_atomically(path, lambda partial: torch.save(payload, partial))
 
 
 def check_checkpoint_destination(path: str | os.PathLike[str], *, name: str = "out") -> Path:
@@ -317,5 +304,5 @@ def export_weights(checkpoint: str | os.PathLike[str], out: str | os.PathLike[st
         metadata.update(
             level=str(settings["level"]), n_classes=str(settings["config"]["n_classes"])
         )
-    _replace_atomically(out, lambda partial: save_file(state, str(partial), metadata=metadata))
+    replace_atomically(out, lambda partial: save_file(state, str(partial), metadata=metadata))
     return out

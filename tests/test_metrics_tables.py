@@ -1,0 +1,93 @@
+"""Tests of m3rcr_xr/metrics/tables.py: tables written whole, a user's file kept."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+import m3rcr_xr
+from m3rcr_xr.exceptions import StoreError
+from m3rcr_xr.metrics import check_table_replaceable, write_table
+
+
+@pytest.fixture(scope="module")
+def result():
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=3)
+    return m3rcr_xr.evaluate(scene, "cloudy", "cloudfree").compute()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_write_table_replaces_its_own_table(result, tmp_path, suffix):
+    path = tmp_path / f"m{suffix}"
+    write_table(result.isel(landcover_class=[0]), path)
+    first = path.read_text()
+    write_table(result, path)
+    assert path.read_text() != first
+    if suffix == ".csv":
+        assert len(pd.read_csv(path)) == result.sizes["stratum"] * result.sizes["landcover_class"]
+    else:
+        assert set(json.loads(path.read_text())) == {"attrs", "rows"}
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("m.csv", "my,own\n1,2\n"),
+        ("m.csv", "stratum,value\nall,3\n"),  # one of our columns is not enough
+        ("m.json", '{"rows": [1, 2]}'),
+        ("m.json", '{"attrs": {}, "rows": [], "mine": 1}'),
+        ("m.json", "not json"),
+    ],
+)
+def test_write_table_never_replaces_a_users_file(result, tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(StoreError, match=f"{path}: is not a table m3rcr_xr wrote"):
+        write_table(result, path)
+    assert path.read_text() == content
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_write_table_refuses_a_link_and_a_folder(result, tmp_path):
+    (tmp_path / "theirs.csv").write_text("stratum,landcover_class\n")
+    link = tmp_path / "m.csv"
+    link.symlink_to(tmp_path / "theirs.csv")
+    with pytest.raises(StoreError, match="is a symbolic link"):
+        write_table(result, link)
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(StoreError, match="is not a file"):
+        check_table_replaceable(tmp_path / "d.csv")
+
+
+def test_write_table_keeps_a_file_that_appears_while_it_writes(result, tmp_path, monkeypatch):
+    from m3rcr_xr.metrics import tables
+
+    path = tmp_path / "m.csv"
+    replace_atomically = tables.replace_atomically
+
+    def user_writes_meanwhile(target, write, **kwargs):
+        def both(partial):
+            path.write_text("my,own\n")
+            write(partial)
+
+        replace_atomically(target, both, **kwargs)
+
+    monkeypatch.setattr(tables, "replace_atomically", user_writes_meanwhile)
+    with pytest.raises(StoreError, match="is not a table"):
+        write_table(result, path)
+    assert path.read_text() == "my,own\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]
+
+
+def test_write_table_leaves_the_old_table_when_writing_fails(result, tmp_path, monkeypatch):
+    path = tmp_path / "m.csv"
+    write_table(result, path)
+    before = path.read_text()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        write_table(result, path)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]
