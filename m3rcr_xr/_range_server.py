@@ -1,8 +1,10 @@
 """An HTTP file server with range requests, for :func:`m3rcr_xr.testing.serve_directory`.
 
-Run as a script (``python _range_server.py ROOT``): it prints its port, then serves the
-files under ROOT on 127.0.0.1 until killed. Python's own server answers a range request
-with the whole file; GDAL's ``/vsicurl/`` reads files by ranges.
+Run as a script (``python _range_server.py ROOT [QUERY]``): it prints its port, then
+serves the files under ROOT on 127.0.0.1 until killed. Python's own server answers a
+range request with the whole file; GDAL's ``/vsicurl/`` reads files by ranges. With
+QUERY, a request whose query string is not exactly QUERY, byte for byte, is refused
+(403), as a presigned URL whose signature does not match.
 """
 
 from __future__ import annotations
@@ -14,12 +16,19 @@ import sys
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class _RangeRequestHandler(SimpleHTTPRequestHandler):
     """Python's file server, plus the HTTP range requests GDAL's ``/vsicurl/`` makes."""
 
+    #: the query string every request must carry; None: any
+    query: str | None = None
+
     def send_head(self) -> Any:
+        if self.query is not None and urlsplit(self.path).query != self.query:
+            self.send_error(403, "signature does not match")
+            return None
         wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
         if wanted and wanted[2] and int(wanted[2]) < int(wanted[1]):
             wanted = None  # an invalid range (end before start): ignored (RFC 9110), whole file
@@ -47,11 +56,12 @@ class _RangeRequestHandler(SimpleHTTPRequestHandler):
         """Quiet: tests read the files, not the log."""
 
 
-def main(root: str) -> None:
+def main(root: str, query: str | None = None) -> None:
+    _RangeRequestHandler.query = query
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_RangeRequestHandler, directory=root))
     print(server.server_port, flush=True)
     server.serve_forever()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

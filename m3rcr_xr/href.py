@@ -2,7 +2,8 @@
 
 The readers take a remote href wherever they take a path. Rasters are read by GDAL
 (rasterio turns ``https://`` into ``/vsicurl/`` and ``s3://`` into ``/vsis3/``); other
-files (``.npy`` masks, file lists, STAC JSON) through fsspec. Credentials and endpoints
+files (``.npy`` masks, file lists, STAC JSON) through fsspec (:func:`filesystem`: a URL
+is requested as written, its query string too). Credentials and endpoints
 come from where GDAL and s3fs look for them: ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL_S3`` (s3fs) and ``AWS_S3_ENDPOINT``,
 ``AWS_HTTPS``, ``AWS_VIRTUAL_HOSTING`` (GDAL), or the machine's role.
@@ -26,11 +27,14 @@ m3rcr_xr.exceptions.UnsafePathError: ../train/a.tif: path escapes the data root 
 
 from __future__ import annotations
 
+import glob as globbing
 import posixpath
 import re
+import sys
 from os import PathLike
 from pathlib import Path, PurePosixPath
-from urllib.parse import unquote, urlsplit
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 from urllib.request import url2pathname
 
 import fsspec
@@ -50,6 +54,9 @@ _SECRET_PARAMETER = re.compile(
     r"(?P<key>(?:^|&)[^=&]*(?:sig|token|credential|secret|passw|key|auth)[^=&]*=)[^&]*",
     re.IGNORECASE,
 )
+#: what a URL may hold as written (RFC 3986: reserved, unreserved, percent escapes);
+#: anything else (a space, non-ASCII) is percent-encoded before it is requested
+_URL_CHARACTERS = "!#$%&'()*+,/:;=?@[]~"
 
 
 def is_remote(href: PathType) -> bool:
@@ -115,20 +122,75 @@ def is_dir(href: PathType) -> bool:
 
 def _is(url: PathType, test: str) -> bool:
     """Ask the file system of ``url`` its ``isfile`` or ``isdir``."""
-    fs, path = fsspec.core.url_to_fs(str(url))
+    fs, path = filesystem(url)
     try:
         return getattr(fs, test)(path)
-    except OSError:  # unreachable host, refused credentials: not one we can read
+    except read_errors():  # unreachable host, refused credentials: not one we can read
         return False
+
+
+def filesystem(href: PathType) -> tuple[Any, str]:
+    """The fsspec file system of ``href`` and its path there, naming exactly ``href``.
+
+    fsspec's HTTP file system would re-encode a URL (aiohttp decodes ``%2F`` in a query
+    string): a presigned URL's signature, computed over the URL as issued, would no
+    longer match. Here an ``https://`` URL is requested as written; only characters no
+    URL may hold (a space, non-ASCII) are percent-encoded, as curl and requests do. The
+    path is never a glob pattern: open it with ``fs.open``, never ``fsspec.open_files``
+    (a ``?`` is part of an S3 key, a ``[`` of a query string).
+
+    Examples
+    --------
+    >>> fs, path = filesystem("https://h/a b.json?X-Amz-Credential=K%2F2024&X-Amz-Signature=9f")
+    >>> path
+    'https://h/a%20b.json?X-Amz-Credential=K%2F2024&X-Amz-Signature=9f'
+    """
+    url = str(href)
+    if _SCHEME.match(url) and url.split(":", 1)[0].lower() in ("http", "https"):
+        return fsspec.core.url_to_fs(quote(url, safe=_URL_CHARACTERS), encoded=True)
+    return fsspec.core.url_to_fs(url)
+
+
+def read_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean a file cannot be read: ``OSError`` (s3fs raises botocore's
+    errors as these), ``ValueError``, and aiohttp's ``ClientError`` (fsspec's HTTP raises
+    it for a status other than 404: an expired signature's 403) once aiohttp is in use."""
+    aiohttp = sys.modules.get("aiohttp")
+    return (OSError, ValueError, *((aiohttp.ClientError,) if aiohttp else ()))
+
+
+def cause(err: BaseException) -> BaseException | None:
+    """``err`` as the cause of an error that wraps it (``raise ... from cause(err)``), or
+    None where it, or an error it chains, quotes a credential (:func:`redacted`): a
+    traceback prints the messages of the whole chain, a wrapping error's message only
+    ``redacted`` (:class:`~m3rcr_xr.exceptions.M3RCRError`).
+
+    Examples
+    --------
+    >>> cause(OSError("https://h/a.json: 403")) is None
+    False
+    >>> cause(OSError("https://h/a.json?X-Amz-Signature=9f: 403")) is None
+    True
+    """
+    seen: set[int] = set()
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        texts = [str(link), *(str(arg) for arg in link.args)]
+        if any(redacted(text) != text for text in texts):
+            return None
+        link = link.__cause__ or link.__context__
+    return err
 
 
 def read_bytes(href: PathType, what: str) -> bytes:
     """The bytes of a local or remote file; :class:`InputFileError` naming it otherwise."""
+    fs, path = filesystem(href)
     try:
-        with fsspec.open(str(href), "rb") as handle:
+        with fs.open(path, "rb") as handle:
             return handle.read()
-    except (OSError, ValueError) as err:  # aiohttp's and botocore's errors are OSErrors
-        raise InputFileError(f"{href}: {what} cannot be read ({err})") from err
+    except read_errors() as err:
+        raise InputFileError(f"{href}: {what} cannot be read ({err})") from cause(err)
 
 
 def join(root: PathType, relative: str) -> str | Path:
@@ -164,6 +226,6 @@ def glob(root: PathType, pattern: str) -> list[str]:
     if not is_remote(root):
         folder = local_path(root)
         return sorted(p.relative_to(folder).as_posix() for p in folder.glob(pattern))
-    fs, path = fsspec.core.url_to_fs(str(root))
-    base = path.rstrip("/") + "/"
-    return sorted(found[len(base) :] for found in fs.glob(base + pattern))
+    fs, path = filesystem(root)
+    base = path.rstrip("/") + "/"  # a pattern below it: its own "[", "?" or "*" escaped
+    return sorted(found[len(base) :] for found in fs.glob(globbing.escape(base) + pattern))

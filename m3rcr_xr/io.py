@@ -196,7 +196,7 @@ def open_raster(
         )
     except RasterioError as err:
         what = "cannot be read" if href.is_remote(path) else "is not a readable GeoTIFF"
-        raise InputFileError(f"{path}: {name} {what} ({err})") from err
+        raise InputFileError(f"{path}: {name} {what} ({err})") from href.cause(err)
     if not isinstance(array, xr.DataArray):  # a container of several subdatasets
         raise InputFileError(f"{path}: {name} holds several subdatasets, not one raster")
     if order is not None:
@@ -295,12 +295,15 @@ def read_cloudmask(
 
 def _open_npy(path: str | Path) -> NpyFile:
     """The header of a ``.npy`` cloud mask; an object array (which needs pickle) refused."""
+    unreadable: tuple[type[Exception], ...] = (*href.read_errors(), EOFError)
     try:
         return open_npy(path)
     except ValueError as err:
         raise InputFileError(f"{path}: cloudmask is not a plain array ({err})") from err
-    except (OSError, EOFError) as err:
-        raise InputFileError(f"{path}: cloudmask is not a readable .npy file ({err})") from err
+    except unreadable as err:
+        raise InputFileError(
+            f"{path}: cloudmask is not a readable .npy file ({err})"
+        ) from href.cause(err)
 
 
 def _check_mask(path: PathType, mask: Any, shape: tuple[int, int]) -> None:

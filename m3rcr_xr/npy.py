@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import fsspec
 import numpy as np
 
 from . import href
@@ -66,11 +65,17 @@ class NpyFile:
         return self.offset + self.nbytes > self.size
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        fs, path = fsspec.core.url_to_fs(str(self.path))
+        try:
+            return self._read(key)
+        except InputFileError:
+            raise
+        except href.read_errors() as err:  # at compute time: an expired signature's 403...
+            raise InputFileError(f"{self.path}: cannot be read ({err})") from href.cause(err)
+
+    def _read(self, key: Any) -> np.ndarray:
+        fs, path = href.filesystem(self.path)
         if _version(fs, path) != self.version:  # its header may no longer be this one
-            raise InputFileError(
-                f"{href.redacted(self.path)}: changed since it was opened; open it again"
-            )
+            raise InputFileError(f"{self.path}: changed since it was opened; open it again")
         if not href.is_remote(self.path):
             order: Literal["F", "C"] = "F" if self.fortran_order else "C"
             mapped = np.memmap(self.path, self.dtype, "r", self.offset, self.shape, order)
@@ -121,7 +126,7 @@ def open_npy(path: str | Path) -> NpyFile:
     OSError, EOFError
         The file cannot be read.
     """
-    fs, fspath = fsspec.core.url_to_fs(str(path))
+    fs, fspath = href.filesystem(path)
     with fs.open(fspath, "rb") as handle:
         version = np.lib.format.read_magic(handle)
         read_header = _READ_HEADER.get(version, np.lib.format.read_array_header_2_0)

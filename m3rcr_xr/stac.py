@@ -154,7 +154,7 @@ def _read_json_items(source: str | PathLike) -> list[pystac.Item]:
     except (ValueError, KeyError, AttributeError, pystac.STACError, pystac.STACTypeError) as err:
         raise InputFileError(
             f"{source}: not a STAC item, item collection or catalog ({err})"
-        ) from err
+        ) from href.cause(err)
 
 
 def _crs(item: pystac.Item, asset: pystac.Asset) -> str | None:
@@ -333,7 +333,7 @@ def _header(item: pystac.Item, asset_name: str) -> tuple[str, int, str, float | 
             _check_readable(location, src)
             return location, src.count, src.dtypes[0], src.nodata
     except RasterioError as err:
-        raise InputFileError(f"{location}: {what} cannot be read ({err})") from err
+        raise InputFileError(f"{location}: {what} cannot be read ({err})") from href.cause(err)
 
 
 def _headers(items: Sequence[pystac.Item], asset_name: str) -> list[tuple[str, int, str, Any]]:

@@ -125,9 +125,12 @@ def stac_item(item_id: str, assets: Mapping[str, str | Path], when: datetime | N
 
 
 @contextlib.contextmanager
-def serve_directory(root: str | Path) -> Iterator[str]:
+def serve_directory(root: str | Path, query: str | None = None) -> Iterator[str]:
     """Serve the files under ``root`` over HTTP on loopback, with range requests (as
     GDAL's ``/vsicurl/`` needs); yields the base URL, ``http://127.0.0.1:PORT``.
+
+    With ``query``, only requests whose query string is exactly ``query`` (as sent, not
+    decoded) are answered, others refused with 403: a presigned URL's server.
 
     The server runs in a child process: GDAL holds the GIL while it reads, so a server
     thread in the reading process would never answer.
@@ -139,7 +142,9 @@ def serve_directory(root: str | Path) -> Iterator[str]:
     """
     server = Path(__file__).with_name("_range_server.py")  # run as a script: no package import
     child = subprocess.Popen(
-        [sys.executable, str(server), str(root)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(server), str(root), *([query] if query is not None else [])],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout is not None

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -218,6 +219,25 @@ def bucket(endpoint: str, monkeypatch, tmp_path) -> Iterator[str]:
     s3fs.S3FileSystem().mkdir(name)
     yield name
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+# ------------------------------------------------------------ presigned URLs
+#: the query string of a presigned URL, as issued: percent escapes that aiohttp would
+#: decode (%2F) or a server would read otherwise (%2B), credentials that must not show
+PRESIGNED = (
+    "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20240101%2Fus-east-1"
+    "&X-Amz-Signature=S1GN%2B%2FSECRET"
+)
+#: the same URL with an expired signature: the server answers 403
+EXPIRED = PRESIGNED.replace("S1GN", "OLDS1GN")
+
+
+def assert_no_credential(err: BaseException) -> None:
+    """Neither the message nor the full traceback of ``err`` (its chain included) shows
+    a credential of :data:`PRESIGNED`."""
+    shown = "".join(traceback.format_exception(err))
+    assert "S1GN" not in shown and "AKIDEXAMPLE" not in shown, shown
+    assert "X-Amz-Signature=..." in str(err)
 
 
 # ------------------------------------------------------- data-safety helpers

@@ -1,9 +1,15 @@
 """Where the data lives (m3rcr_xr.href): joins that stay under the data root."""
 
+import traceback
+
+import fsspec
 import pytest
+import s3fs
 
 from m3rcr_xr import href
 from m3rcr_xr.exceptions import InputFileError, UnsafePathError
+from m3rcr_xr.testing import serve_directory
+from tests.conftest import EXPIRED, PRESIGNED, assert_no_credential
 
 ROOT = "https://example.org/m3rcr/test"
 
@@ -58,3 +64,58 @@ def test_no_error_message_holds_a_url_credential():
     err = InputFileError(f"https://u:S3CRET@h/a.tif?token=S3CRET: cannot be read ({cause})")
     assert "S3CRET" not in str(err)
     assert str(err).startswith("https://u@h/a.tif?token=...: cannot be read")
+
+
+# ------------------------------------------------------------ presigned URLs
+def test_a_presigned_url_is_requested_as_written(tmp_path):
+    """Its query string byte for byte (aiohttp would decode %2F: the signature fails)."""
+    (tmp_path / "item.json").write_bytes(b'{"type": "Feature"}')
+    with serve_directory(tmp_path, query=PRESIGNED) as url:
+        assert href.is_file(f"{url}/item.json?{PRESIGNED}")
+        assert href.read_bytes(f"{url}/item.json?{PRESIGNED}", "STAC JSON") == (
+            b'{"type": "Feature"}'
+        )
+        assert not href.is_file(f"{url}/item.json?{EXPIRED}")
+        with pytest.raises(InputFileError, match="item.json.*: STAC JSON cannot be read") as err:
+            href.read_bytes(f"{url}/item.json?{EXPIRED}", "STAC JSON")
+    assert_no_credential(err.value)
+
+
+def test_a_url_is_requested_with_only_what_no_url_may_hold_encoded():
+    _, path = href.filesystem("https://h/m3rcr test/é.json?sig=a%2Fb+c&v=[1]")
+    assert path == "https://h/m3rcr%20test/%C3%A9.json?sig=a%2Fb+c&v=[1]"
+
+
+def test_a_glob_under_a_root_takes_its_name_literally():
+    fs = fsspec.filesystem("memory")
+    fs.pipe({"/m3rcr/t?st[1]/a.tif": b"1", "/m3rcr/tzst1/b.tif": b"2"})
+    try:
+        assert href.glob("memory://m3rcr/t?st[1]", "*.tif") == ["a.tif"]
+    finally:
+        fs.rm("/m3rcr", recursive=True)
+
+
+def test_a_cause_quoting_a_credential_is_left_out_of_the_traceback():
+    def wrapped(cause: Exception) -> InputFileError:
+        try:
+            raise cause
+        except OSError as err:
+            try:
+                raise InputFileError(f"a.json: cannot be read ({err})") from href.cause(err)
+            except InputFileError as wrapper:
+                return wrapper
+
+    plain = wrapped(OSError("https://h/a.json: 404"))
+    assert plain.__cause__ is not None
+    assert "OSError: https://h/a.json: 404" in "".join(traceback.format_exception(plain))
+    inner = ValueError(f"https://h/a.json?{PRESIGNED}")  # deeper in the chain
+    outer = OSError("HTTP error")
+    outer.__cause__ = inner
+    for secret in (OSError(f"https://h/a.json?{PRESIGNED}: 403"), outer):
+        assert "S1GN" not in "".join(traceback.format_exception(wrapped(secret)))
+
+
+def test_an_s3_key_with_glob_characters_is_read_as_named(bucket):
+    s3fs.S3FileSystem().pipe(f"{bucket}/a?b[1].json", b"{}")
+    assert href.is_file(f"s3://{bucket}/a?b[1].json")
+    assert href.read_bytes(f"s3://{bucket}/a?b[1].json", "STAC JSON") == b"{}"

@@ -16,7 +16,8 @@ import m3rcr_xr
 from m3rcr_xr.exceptions import OptionError
 from m3rcr_xr.io import discover, open_raster, read_filelist
 from m3rcr_xr.normalize import normalize_sar
-from tests.conftest import raise_if_dask_computes
+from m3rcr_xr.testing import serve_directory
+from tests.conftest import EXPIRED, PRESIGNED, assert_no_credential, raise_if_dask_computes
 from tests.rasters import (
     COARSE_GRID,
     CRS,
@@ -583,6 +584,29 @@ def test_open_quartet_reads_https_as_it_reads_paths(samples_dir, test_quartet, m
             m3rcr_xr.open_quartet(missing)
         with pytest.raises(m3rcr_xr.MissingFileError, match=f"{url}/x.npy: cloudmask file"):
             m3rcr_xr.open_quartet(test_quartet["cloudy"], cloudmask=f"{url}/x.npy")
+
+
+def test_presigned_urls_of_rasters_masks_and_file_lists(tmp_path, monkeypatch):
+    """Each read with its query string as issued (the server requires it); an expired
+    one fails naming the file without its credentials."""
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    np.save(tmp_path / "mask.npy", np.eye(30, dtype=bool))
+    (tmp_path / "list.csv").write_text("a.tif,b.tif,S1.tif,lc.tif,mask.npy\n")
+    local = m3rcr_xr.open_quartet(tmp_path / "cloudy.tif", cloudmask=tmp_path / "mask.npy")
+    with serve_directory(tmp_path, query=PRESIGNED) as url:
+        remote = m3rcr_xr.open_quartet(
+            f"{url}/cloudy.tif?{PRESIGNED}", cloudmask=f"{url}/mask.npy?{PRESIGNED}", chunks=16
+        )
+        xr.testing.assert_identical(remote.compute(), local.compute())
+        assert read_filelist(f"{url}/list.csv?{PRESIGNED}")[0].cloudmask == "mask.npy"
+        for cloudy, mask in [("cloudy.tif", None), ("cloudy.tif", "mask.npy")]:
+            with pytest.raises(m3rcr_xr.InputFileError, match=f"{mask or cloudy}.*: ") as err:
+                m3rcr_xr.open_quartet(
+                    f"{url}/{cloudy}?{PRESIGNED if mask else EXPIRED}",
+                    cloudmask=mask and f"{url}/{mask}?{EXPIRED}",
+                )
+            assert_no_credential(err.value)
 
 
 def test_file_urls_are_the_paths_they_name(samples_dir, test_quartet):

@@ -1,3 +1,4 @@
+import dataclasses
 import pickle
 
 import dask.array as da
@@ -6,8 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from m3rcr_xr.exceptions import InputFileError
 from m3rcr_xr.npy import open_npy
 from m3rcr_xr.testing import serve_directory
+from tests.conftest import EXPIRED, PRESIGNED, assert_no_credential
 
 VALUES = np.arange(37 * 23, dtype=">u2").reshape(37, 23)  # big-endian: kept as stored
 
@@ -96,3 +99,14 @@ def test_a_file_changed_after_it_was_opened_is_refused(tmp_path, change):
     os.utime(path, ns=(1, 1))  # even within one tick of the clock: the time differs
     with pytest.raises(InputFileError, match="m.npy: changed since it was opened"):
         npy[0:3, 0:3]
+
+
+def test_a_presigned_url_is_read_by_range_and_an_expired_one_named_redacted(saved):
+    with serve_directory(saved, query=PRESIGNED) as url:
+        remote = open_npy(f"{url}/c.npy?{PRESIGNED}")
+        np.testing.assert_array_equal(remote[3:9, 2:5], VALUES[3:9, 2:5])
+        expired = dataclasses.replace(remote, path=f"{url}/c.npy?{EXPIRED}")
+        lazy = da.from_array(expired, chunks=(10, 7))
+        with pytest.raises(InputFileError, match=r"c\.npy\?.*: cannot be read") as err:
+            lazy.compute()  # a signature that expires between open and compute
+    assert_no_credential(err.value)

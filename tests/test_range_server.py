@@ -41,3 +41,16 @@ def test_a_range_is_served_and_an_invalid_one_ignored(
     server, byte_range, status, content_range, body
 ):
     assert _get(server, byte_range) == (status, content_range, body)
+
+
+def test_a_required_query_string_is_compared_as_sent(tmp_path):
+    (tmp_path / "f.bin").write_bytes(b"data")
+    with serve_directory(tmp_path, query="sig=a%2Fb") as url:
+        served = urlsplit(url)
+        statuses = []
+        for target in ("/f.bin?sig=a%2Fb", "/f.bin?sig=a/b", "/f.bin"):
+            connection = http.client.HTTPConnection(served.hostname, served.port, timeout=10)
+            connection.request("GET", target)
+            statuses.append(connection.getresponse().status)
+            connection.close()
+    assert statuses == [200, 403, 403]

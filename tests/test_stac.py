@@ -21,7 +21,7 @@ from m3rcr_xr import stac
 from m3rcr_xr.cli import main
 from m3rcr_xr.exceptions import AlignmentError, InputFileError, UsageError
 from m3rcr_xr.testing import raise_if_dask_computes, serve_directory, stac_item
-from tests.conftest import snapshot
+from tests.conftest import EXPIRED, PRESIGNED, assert_no_credential, snapshot
 from tests.rasters import write_raster
 
 #: 96 x 96 px at 3 m and 30 x 30 px at 10 m over the same corner, UTM 32N near 12 E
@@ -155,6 +155,41 @@ def test_the_same_catalog_over_http(catalog, quartet, monkeypatch):
 def test_the_same_catalog_on_s3(catalog, quartet, bucket):
     s3fs.S3FileSystem().put(str(catalog.parent), f"{bucket}/stac", recursive=True)
     assert_same_scene(open_catalog(f"s3://{bucket}/stac"), quartet)
+
+
+def test_presigned_items_and_assets_over_http(files, quartet, tmp_path, monkeypatch):
+    """Item JSON and GeoTIFFs behind presigned URLs (the query string required as
+    issued); an expired one fails naming it without its credentials."""
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    layers = {
+        "planet": {"ortho_analytic_4b_sr": "cloudy", "ortho_udm2": "udm2"},
+        "s1": {"vv": "vv", "vh": "vh"},
+        "worldcover": {"map": "landcover"},
+    }
+    for path in files.values():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    with serve_directory(tmp_path, query=PRESIGNED) as url:
+        for layer, assets in layers.items():
+            item = stac_item(layer, {asset: files[name] for asset, name in assets.items()})
+            for asset in item.assets.values():
+                asset.href = f"{url}/{Path(asset.href).name}?{PRESIGNED}"
+            (tmp_path / f"{layer}.json").write_text(json.dumps(item.to_dict()))
+        scene = m3rcr_xr.open_stac(
+            f"{url}/planet.json?{PRESIGNED}",
+            sar_items=f"{url}/s1.json?{PRESIGNED}",
+            landcover_items=f"{url}/worldcover.json?{PRESIGNED}",
+        )
+        assert_same_scene(scene, quartet)
+        for expired in (f"{url}/planet.json?{EXPIRED}", [_expired_assets(url, files)]):
+            with pytest.raises(InputFileError, match="cannot be read") as err:
+                m3rcr_xr.open_stac(expired)
+            assert_no_credential(err.value)
+
+
+def _expired_assets(url: str, files: dict[str, Path]) -> pystac.Item:
+    item = stac_item("expired", {"ortho_analytic_4b_sr": files["cloudy"]})
+    item.assets["ortho_analytic_4b_sr"].href = f"{url}/cloudy.tif?{EXPIRED}"
+    return item
 
 
 def test_items_in_memory_and_an_item_collection(catalog, quartet, tmp_path):
