@@ -16,8 +16,12 @@ import posixpath
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .exceptions import M3RCRError, UsageError, argument, command_line_names
+from .exceptions import M3RCRError, SchemaError, UsageError, argument, command_line_names
+
+if TYPE_CHECKING:
+    import xarray
 
 log = logging.getLogger("m3rcr_xr")
 EXIT_BAD_INPUT = 2
@@ -453,7 +457,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         split_semantic,
         write_table,
     )
-    from .store import open_zarr
 
     # one path (or None) a table: the metrics, then with --semantic the semantic scores
     semantic_out = semantic_table_path(args.out) if args.out else None
@@ -464,7 +467,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not args.semantic and (args.classifier or args.classifier_config):
         raise UsageError("--classifier and --classifier-config go with --semantic")
     result = evaluate(
-        open_zarr(args.store),
+        _open_stores(args.store),
         args.pred,
         args.target,
         level=args.level,
@@ -482,9 +485,46 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_stores(paths: Sequence[str]) -> xarray.Dataset:
+    """The variables of the stores ``paths`` as one Dataset (``m3rcr evaluate
+    scene.zarr decloud.zarr``: the target in one, the prediction in the other).
+
+    Raises
+    ------
+    SchemaError
+        A variable in two of them, or stores on other grids (coordinates that differ).
+    """
+    import xarray as xr
+
+    from .store import open_zarr
+
+    stores = {path: open_zarr(path) for path in paths}
+    if len(stores) == 1:
+        return next(iter(stores.values()))
+    seen: dict[str, str] = {}
+    for path, ds in stores.items():
+        for name in map(str, ds.data_vars):
+            if name in seen:
+                raise SchemaError(f"{name}: a variable of both {seen[name]} and {path}")
+            seen[name] = path
+    try:  # coordinates are read at open: comparing them computes no data variable
+        return xr.merge(
+            list(stores.values()), join="exact", compat="equals", combine_attrs="override"
+        )
+    except (ValueError, xr.MergeError) as err:
+        raise SchemaError(
+            f"{', '.join(stores)}: not on one grid, so not evaluated together ({err})"
+        ) from None
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="metrics per land-cover class of a prediction")
-    p.add_argument("store", help="a Zarr store holding the prediction and the target")
+    p.add_argument(
+        "store",
+        nargs="+",
+        help="the Zarr store(s) holding the prediction and the target, their variables "
+        "merged: e.g. the scene store, then the decloud store written from it",
+    )
     p.add_argument("--pred", default="decloud", help="prediction variable (default decloud)")
     p.add_argument("--target", default="cloudfree", help="target variable (default cloudfree)")
     p.add_argument(

@@ -326,6 +326,28 @@ def test_ingest_landcover_codes_outside_worldcover(tmp_path):
     assert stored[0, 0] == 0 and (stored[5:, 5:] == 50).all()
 
 
+def test_evaluate_a_decloud_store_against_its_scene_store(scene_store, tmp_path, capsys):
+    out = tmp_path / "decloud.zarr"
+    flags = ["--config", "preset=small", "--checkpoint", "untrained", "--tile", "32"]
+    assert main(["decloud", str(scene_store), str(out), *flags]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(scene_store), str(out), "--out", str(tmp_path / "m.csv")]) == 0
+    table = pd.read_csv(tmp_path / "m.csv").set_index(["stratum", "landcover_class"])
+    scene = m3rcr_xr.open_zarr(scene_store).assign(m3rcr_xr.open_zarr(out).data_vars)
+    expected = m3rcr_xr.evaluate(scene).PSNR.sel(stratum="all", landcover_class="all")
+    assert table.PSNR["all", "all"] == pytest.approx(float(expected))
+
+
+def test_evaluate_refuses_stores_that_do_not_go_together(scene_store, tmp_path, capsys):
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((48, 40), seed=5), tmp_path / "again.zarr")
+    argv = ["evaluate", str(scene_store), str(tmp_path / "again.zarr")]
+    _fails_alone(capsys, argv, f"cloudy: a variable of both {scene_store} and {argv[2]}")
+    shifted = m3rcr_xr.synthetic_scene((48, 40), seed=2)[["cloudfree"]].rename(cloudfree="d")
+    m3rcr_xr.to_zarr(shifted.assign_coords(x=shifted.x + 3), tmp_path / "shifted.zarr")
+    argv = ["evaluate", str(scene_store), str(tmp_path / "shifted.zarr"), "--pred", "d"]
+    _fails_alone(capsys, argv, "not on one grid, so not evaluated together")
+
+
 def test_evaluate_an_infinite_prediction(tmp_path, capsys):
     scene = m3rcr_xr.synthetic_scene((64, 64), chunks=32)
     decloud = scene.cloudfree.astype("float32")
