@@ -42,17 +42,18 @@ def _figures(scene: xr.Dataset, result: xr.Dataset, out: Path) -> dict[str, Path
     import matplotlib
 
     matplotlib.use("Agg")
-    from .plot import metrics_by_class, quicklook
+    from .plot import metrics_by_class, quicklook, save_and_close
 
-    paths = {
-        key: out / OUTPUTS[key] for key in ("quicklook", "metrics_by_class", "semantic_figure")
+    # each figure is closed once written: a notebook that reruns the demo keeps none
+    figures = {
+        "quicklook": lambda: quicklook(scene),
+        "metrics_by_class": lambda: metrics_by_class(result, ["PSNR", "SSIM", "SAM", "MAE"]),
+        "semantic_figure": lambda: _semantic_figure(result),
     }
-    quicklook(scene).savefig(paths["quicklook"], dpi=100, bbox_inches="tight")
-    metrics_by_class(result, ["PSNR", "SSIM", "SAM", "MAE"]).savefig(
-        paths["metrics_by_class"], dpi=100, bbox_inches="tight"
-    )
-    _semantic_figure(result).savefig(paths["semantic_figure"], dpi=100, bbox_inches="tight")
-    return paths
+    return {
+        key: save_and_close(draw(), out / OUTPUTS[key], dpi=100, bbox_inches="tight")
+        for key, draw in figures.items()
+    }
 
 
 def _semantic_figure(result: xr.Dataset):
@@ -60,11 +61,12 @@ def _semantic_figure(result: xr.Dataset):
     each class for the target, the result and the cloudy input."""
     import matplotlib.pyplot as plt
 
-    from .plot import confusion_matrix, iou_bars
+    from .plot import closed_on_error, confusion_matrix, iou_bars
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    confusion_matrix(result, "pred", ax=left)
-    iou_bars(result, ax=right)
+    with closed_on_error(figure):
+        confusion_matrix(result, "pred", ax=left)
+        iou_bars(result, ax=right)
     return figure
 
 

@@ -16,7 +16,9 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,9 +27,36 @@ import xarray as xr
 from .exceptions import SchemaError, UsageError, argument, check_integer, check_positive
 from .landcover import WORLDCOVER, class_names, colors
 from .metrics import ALL_CLASSES, METRICS
+from .schema import is_collection
 
 _HATCHES = ("", "//", "..", "xx")
 _ALL_COLOR = "#555555"
+
+
+@contextmanager
+def closed_on_error(figure: Any) -> Iterator[Any]:
+    """Yield ``figure``; close it if drawing into it fails, so that pyplot does not
+    keep a half-drawn figure open (a quick-look holds tens of MiB)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        yield figure
+    except BaseException:
+        plt.close(figure)
+        raise
+
+
+def save_and_close(figure: Any, path: str | Path, **savefig: Any) -> Path:
+    """Write ``figure`` to ``path`` (``savefig`` keywords passed on), then close it
+    whatever happens: a function that writes a figure to a file and returns the path
+    keeps nothing open in pyplot."""
+    import matplotlib.pyplot as plt
+
+    try:
+        figure.savefig(path, **savefig)
+    finally:
+        plt.close(figure)
+    return Path(path)
 
 
 def _metrics_to_draw(result: xr.Dataset, metric: str | Sequence[str] | None) -> list[str]:
@@ -169,8 +198,12 @@ def quicklook(
 ) -> Any:
     """Cloudy, decloud, its uncertainty, cloud-free and land cover of a scene, side by side.
 
-    Panels appear for the variables present; large scenes are decimated to about
-    ``max_size`` pixels a side before anything is read. The uncertainty panel
+    Panels appear for the variables present. A scene larger than ``max_size`` pixels a
+    side is drawn from every n-th pixel (a strided ``isel``); that still reads every
+    chunk of the scene (and computes every tile of a lazy decloud result), only the
+    figure is small. To preview a large store cheaply, draw a window of it:
+    ``quicklook(ds.isel(y=slice(0, 1024), x=slice(0, 1024)))`` reads only the chunks
+    of the window. The uncertainty panel
     (``decloud_std`` of :func:`m3rcr_xr.decloud` with ``uncertainty=True``, or ``std``)
     shows the standard deviation averaged over the bands, from 0 to its 99th percentile.
     ``stretch``: the reflectance (x10000) drawn white in the true-colour panels.
@@ -178,6 +211,12 @@ def quicklook(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Raises
+    ------
+    SchemaError
+        ``ds`` is a collection, before anything is read: draw one of its patches,
+        ``ds.isel(patch=i)``.
 
     Examples
     --------
@@ -192,6 +231,11 @@ def quicklook(
     """
     import matplotlib.pyplot as plt
 
+    if is_collection(ds):
+        raise SchemaError(
+            f"quicklook draws one scene, not a collection of {ds.sizes['patch']} patches: "
+            "select one with ds.isel(patch=i)"
+        )
     max_size = check_integer("max_size", max_size)
     stretch = check_positive("stretch", stretch)
     if isinstance(decloud, xr.DataArray):
@@ -216,16 +260,17 @@ def quicklook(
     # one compute for all panels: decloud and its std share their tile tasks
     small = small[[name for name, _ in panels]].compute()
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3), squeeze=False)
-    for ax, (name, title) in zip(axes[0], panels, strict=True):
-        if name == std:
-            _uncertainty_image(ax, small[name])
-        elif name == "landcover":
-            ax.imshow(_landcover_image(small[name]), interpolation="nearest")
-        else:
-            ax.imshow(_true_colour(small[name], stretch), interpolation="nearest")
-        ax.set_title(title)
-        ax.set_axis_off()
-    fig.tight_layout()
+    with closed_on_error(fig):
+        for ax, (name, title) in zip(axes[0], panels, strict=True):
+            if name == std:
+                _uncertainty_image(ax, small[name])
+            elif name == "landcover":
+                ax.imshow(_landcover_image(small[name]), interpolation="nearest")
+            else:
+                ax.imshow(_true_colour(small[name], stretch), interpolation="nearest")
+            ax.set_title(title)
+            ax.set_axis_off()
+        fig.tight_layout()
     return fig
 
 

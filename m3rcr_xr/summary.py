@@ -47,7 +47,12 @@ def statistics(ds: xr.Dataset) -> dict[str, float]:
 
 
 def describe(ds: xr.Dataset, *, stats: bool = False) -> str:
-    """A text summary of a scene or collection."""
+    """A text summary of a scene or collection.
+
+    With ``stats``, the :func:`statistics` too, but for the shares of land-cover
+    classes the data does not have (a cloud fraction of 0 is shown: no cloud, not
+    no cloud mask).
+    """
     lines = []
     if is_collection(ds):
         epsg = sorted({int(e) for e in np.asarray(ds["epsg"].values)})
@@ -69,7 +74,12 @@ def describe(ds: xr.Dataset, *, stats: bool = False) -> str:
         )
     lines.append(layout(ds).to_string())
     if stats:
-        lines.extend(f"{key}: {value:.4f}" for key, value in statistics(ds).items() if value)
+        # a land-cover class the scene lacks is noise; a cloud fraction of 0 is news
+        lines.extend(
+            f"{key}: {value:.4f}"
+            for key, value in statistics(ds).items()
+            if value or not key.startswith("landcover ")
+        )
     return "\n".join(lines)
 
 

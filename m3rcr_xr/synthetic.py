@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from numbers import Integral, Real
 from typing import Any
 
 import dask.array as da
@@ -27,6 +28,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from .align import containing_index
+from .exceptions import UsageError, argument, check_integer
 from .schema import BANDS, POLARIZATIONS, validate
 
 #: the ``title`` attribute of a synthetic scene
@@ -204,8 +206,32 @@ def _coarse_block(seed: int, y0: int, x0: int, h: int, w: int):
 
 
 # ---------------------------------------------------------------------------- scene
-def _normalise_chunks(chunks: int | tuple[int, int]) -> tuple[int, int]:
-    return (chunks, chunks) if isinstance(chunks, int) else (int(chunks[0]), int(chunks[1]))
+def _positive_pair(name: str, value: Any, *, one_for_both: bool = False) -> tuple[int, int]:
+    """``value`` as two ints >= 1: a pair of integers, or with ``one_for_both`` one
+    integer for both (a chunk edge).
+
+    Raises
+    ------
+    UsageError
+        Anything else, before any work: a float, a bool, 0, a negative size.
+    """
+    pair = (value, value) if one_for_both and isinstance(value, Integral) else value
+    a_pair = (
+        isinstance(pair, Sequence | np.ndarray) and not isinstance(pair, str) and len(pair) == 2
+    )
+    if a_pair and all(
+        isinstance(n, Integral) and not isinstance(n, bool) and int(n) >= 1 for n in pair
+    ):
+        return int(pair[0]), int(pair[1])
+    what = "an integer >= 1 or (y, x), two of them" if one_for_both else "two integers >= 1"
+    raise UsageError(f"{argument(name, value)}: must be {what}")
+
+
+def _check_cloud_cover(value: Any) -> float:
+    """``cloud_cover`` as a float, if it is a number in [0, 1] (not NaN, not a bool)."""
+    if not isinstance(value, Real) or isinstance(value, bool) or not 0 <= float(value) <= 1:
+        raise UsageError(f"{argument('cloud_cover', value)}: must be a number from 0 to 1")
+    return float(value)
 
 
 def _render_block(render, block_info: dict[Any, Any]) -> np.ndarray:
@@ -258,7 +284,8 @@ def synthetic_scene(
     shape
         (height, width) in optical pixels (3 m).
     seed
-        Everything is a function of the seed and the pixel position.
+        An integer >= 0 (numpy's too); everything is a function of the seed and the
+        pixel position.
     chunks
         Dask chunk edge (or (y, x)); values do not depend on it.
     cloud_cover
@@ -266,15 +293,22 @@ def synthetic_scene(
     crs
         CRS of the grid; the origin is at (400000, 5000000) in its units.
 
+    Raises
+    ------
+    UsageError
+        Before any work: ``shape`` or ``chunks`` not integers >= 1, ``seed`` not an
+        integer >= 0, ``cloud_cover`` not a number in [0, 1].
+
     Examples
     --------
     >>> scene = synthetic_scene((256, 256), seed=1, chunks=128)
     >>> sorted(scene.data_vars)
     ['cloudfree', 'cloudmask', 'cloudy', 'landcover', 'sar']
     """
-    height, width = (int(shape[0]), int(shape[1]))
-    cover = float(np.clip(cloud_cover, 0.0, 1.0))
-    chunk_yx = _normalise_chunks(chunks)
+    height, width = _positive_pair("shape", shape)
+    seed = check_integer("seed", seed, minimum=0)
+    chunk_yx = _positive_pair("chunks", chunks, one_for_both=True)
+    cover = _check_cloud_cover(cloud_cover)
     token = tokenize(seed, height, width, chunk_yx, cover)
 
     def optical(index: int):
@@ -327,6 +361,12 @@ def synthetic_collection(
     """A lazy collection of synthetic patches (patch ``i`` drawn with seed ``seed + i``),
     in the form :func:`m3rcr_xr.open_m3rcr` returns.
 
+    Raises
+    ------
+    UsageError
+        Before any work: ``n_patches`` or ``patch_size`` not an integer >= 1, or
+        ``seed`` and ``cloud_cover`` as :func:`synthetic_scene` refuses them.
+
     Examples
     --------
     >>> synthetic_collection(3, 64).sizes["patch"]
@@ -334,6 +374,10 @@ def synthetic_collection(
     """
     from .io import stack_scenes
 
+    n_patches = check_integer("n_patches", n_patches)
+    patch_size = check_integer("patch_size", patch_size)
+    seed = check_integer("seed", seed, minimum=0)
+    _check_cloud_cover(cloud_cover)
     scenes = [
         synthetic_scene(
             (patch_size, patch_size), seed=seed + i, chunks=patch_size, cloud_cover=cloud_cover

@@ -162,3 +162,42 @@ def test_a_store_of_the_users_own_under_a_demo_name_is_refused(tmp_path, capsys,
     assert main(["demo", "--out", str(tmp_path), "--size", "16"]) == 2
     assert f"{store} is not a store the demo wrote" in capsys.readouterr().err
     assert snapshot(tmp_path) == before
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    from m3rcr_xr.demo import DEMO_CLASSIFIER
+
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=3)
+    scene = scene.assign(decloud=scene.cloudfree.astype("float32") * 1.01)
+    result = m3rcr_xr.evaluate(
+        scene, "decloud", "cloudfree", level=1, semantic=True, classifier=DEMO_CLASSIFIER
+    )
+    return scene, result
+
+
+def test_the_demo_figures_are_closed_once_written(tmp_path, tiny_result):
+    """Each figure holds tens of MiB: a notebook running the demo again keeps none."""
+    import matplotlib.pyplot as plt
+
+    from m3rcr_xr.demo import OUTPUTS, _figures
+
+    before = plt.get_fignums()
+    paths = _figures(*tiny_result, tmp_path)
+    assert plt.get_fignums() == before
+    assert sorted(p.name for p in paths.values()) == sorted(
+        OUTPUTS[k] for k in ("quicklook", "metrics_by_class", "semantic_figure")
+    )
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths.values())
+
+
+def test_a_figure_that_fails_to_draw_is_closed(tmp_path, tiny_result):
+    import matplotlib.pyplot as plt
+
+    from m3rcr_xr.demo import _figures
+
+    scene, result = tiny_result
+    before = plt.get_fignums()
+    with pytest.raises(m3rcr_xr.SchemaError, match="no 'confusion' variable"):
+        _figures(scene, result.drop_vars("confusion"), tmp_path)
+    assert plt.get_fignums() == before

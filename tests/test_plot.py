@@ -188,3 +188,39 @@ def test_quicklook_refuses_a_size_or_stretch_that_would_draw_nothing(option, mes
 
     with pytest.raises(UsageError, match=message):
         quicklook(m3rcr_xr.synthetic_scene((16, 16)), **option)
+
+
+def test_quicklook_refuses_a_collection_before_reading_it():
+    import m3rcr_xr
+    from m3rcr_xr.testing import raise_if_dask_computes
+
+    before = plt.get_fignums()
+    with (
+        raise_if_dask_computes(),
+        pytest.raises(SchemaError, match=r"collection of 2 patches: .*ds\.isel\(patch=i\)"),
+    ):
+        quicklook(m3rcr_xr.synthetic_collection(2, 16))
+    assert plt.get_fignums() == before
+
+
+def test_a_quicklook_that_fails_to_draw_leaves_no_figure_open():
+    import m3rcr_xr
+
+    scene = m3rcr_xr.synthetic_scene((16, 16))
+    before = plt.get_fignums()
+    with pytest.raises(KeyError, match="band"):  # a decloud without its bands
+        quicklook(scene, decloud=scene.cloudy.isel(band=0, drop=True))
+    assert plt.get_fignums() == before
+
+
+def test_save_and_close_closes_even_when_writing_fails(tmp_path):
+    from m3rcr_xr.plot import save_and_close
+
+    before = plt.get_fignums()
+    fig, _ = plt.subplots()
+    assert save_and_close(fig, tmp_path / "a.png") == tmp_path / "a.png"
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    fig, _ = plt.subplots()
+    with pytest.raises(FileNotFoundError):
+        save_and_close(fig, tmp_path / "missing" / "a.png")
+    assert plt.get_fignums() == before

@@ -36,8 +36,24 @@ def test_statistics_of_what_is_there(scene):
 def test_describe_a_scene(scene):
     text = describe(scene)
     assert text.startswith("scene: 64x64 px at 3 m; CRS EPSG:")
-    shown = [f"{key}: {value:.4f}" for key, value in statistics(scene).items() if value]
+    stats = statistics(scene)
+    shown = [f"{k}: {v:.4f}" for k, v in stats.items() if v or not k.startswith("landcover ")]
     assert shown and describe(scene, stats=True) == "\n".join([text, *shown])
+
+
+def test_statistics_of_zero_are_shown_but_absent_classes_are_not():
+    """No cloud is told apart from no cloud mask."""
+    clear = m3rcr_xr.synthetic_scene((32, 32), seed=5, chunks=32, cloud_cover=0.0)
+    lines = describe(clear, stats=True).splitlines()
+    assert "cloud fraction: 0.0000" in lines
+    assert "cloudy nodata fraction: 0.0000" in lines
+    assert not [
+        line for line in lines if line.startswith("landcover ") and line.endswith(" 0.0000")
+    ]
+    assert not any(
+        "cloud fraction" in line
+        for line in describe(clear.drop_vars("cloudmask"), stats=True).splitlines()
+    )
 
 
 def test_describe_a_geographic_scene():

@@ -79,3 +79,49 @@ def test_collection_is_valid():
     assert collection.sizes == {"patch": 3, "band": 4, "y": 40, "x": 40, "polarization": 2}
     first = m3rcr_xr.synthetic_scene((40, 40), seed=2).cloudy.values
     np.testing.assert_array_equal(collection.cloudy.values[0], first)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"seed": 1.5}, r"seed=1\.5: must be an integer >= 0, not float"),
+        ({"seed": -1}, r"seed=-1: must be an integer >= 0"),
+        ({"cloud_cover": float("nan")}, r"cloud_cover=nan: must be a number from 0 to 1"),
+        ({"cloud_cover": 7}, r"cloud_cover=7: must be a number from 0 to 1"),
+        ({"cloud_cover": True}, r"cloud_cover=True"),
+        ({"chunks": 0}, r"chunks=0: must be an integer >= 1 or \(y, x\)"),
+        ({"chunks": (32, 0)}, r"chunks=\(32, 0\)"),
+        ({"chunks": 16.0}, r"chunks=16\.0"),
+        ({"shape": (-4, 64)}, r"shape=\(-4, 64\): must be two integers >= 1"),
+        ({"shape": (64,)}, r"shape=\(64,\)"),
+        ({"shape": (64.0, 64)}, r"shape=\(64\.0, 64\)"),
+    ],
+)
+def test_arguments_it_cannot_take_are_refused_before_any_work(arguments, message):
+    with raise_if_dask_computes(), pytest.raises(m3rcr_xr.UsageError, match=message):
+        m3rcr_xr.synthetic_scene(**{"shape": (32, 32), **arguments})
+
+
+def test_numpy_integers_are_seeds_and_sizes():
+    scene = m3rcr_xr.synthetic_scene(
+        (np.int64(24), np.int32(20)), seed=np.int64(3), chunks=np.int32(16)
+    )
+    assert scene.attrs["seed"] == 3 and type(scene.attrs["seed"]) is int
+    assert scene.cloudy.data.chunks == ((4,), (16, 8), (16, 4))
+    np.testing.assert_array_equal(
+        scene.cloudy.values, m3rcr_xr.synthetic_scene((24, 20), seed=3).cloudy.values
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"n_patches": 0}, "n_patches=0"),
+        ({"patch_size": -8}, "patch_size=-8"),
+        ({"seed": 0.5}, "seed=0.5"),
+        ({"cloud_cover": -0.1}, "cloud_cover=-0.1"),
+    ],
+)
+def test_a_collection_refuses_them_too(arguments, message):
+    with raise_if_dask_computes(), pytest.raises(m3rcr_xr.UsageError, match=message):
+        synthetic_collection(**{"n_patches": 2, "patch_size": 16, **arguments})
