@@ -283,6 +283,13 @@ def std_cog_path(path: str, *, collection: bool = False) -> str:
     folder ``PATH``, with the same file names (one kind of raster in each folder, so that
     ``gdalbuildvrt`` or a glob over ``PATH/*.tif`` never mixes the two).
 
+    Raises
+    ------
+    UsageError
+        ``PATH`` is a bucket root (``s3://bucket/``, any fsspec protocol) or a filesystem
+        root (``/``, a drive): nothing is beside it (``s3://bucket_std`` would be another
+        bucket, bucket names being global).
+
     Examples
     --------
     >>> std_cog_path("out/decloud.tif")
@@ -291,16 +298,34 @@ def std_cog_path(path: str, *, collection: bool = False) -> str:
     'out/cogs_std'
     >>> std_cog_path("s3://bucket/cogs/", collection=True)
     's3://bucket/cogs_std'
+    >>> std_cog_path("s3://bucket/", collection=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    m3rcr_xr.exceptions.UsageError: cog='s3://bucket/': a bucket root has no folder beside ...
     """
+    from urllib.parse import urlsplit
+
     from .href import is_remote
 
-    if is_remote(path):  # a URL keeps its scheme's "//": only its last name changes
+    remote = is_remote(path)
+    if remote:  # a URL keeps its scheme's "//": only its last name changes
         root, suffix = path.rstrip("/"), ""
         if not collection:
             root, suffix = posixpath.splitext(root)
+        named = bool(urlsplit(path).path.strip("/"))  # the netloc is the bucket (or host)
+    else:
+        out = Path(path)
+        out = out if out.name not in ("", "..") else out.resolve()  # "." or "..": name the folder
+        named = bool(out.name)  # "/" or a drive resolves to no name
+    if not named:
+        what, inside = ("a bucket root", "the bucket") if remote else ("the filesystem root", "it")
+        wanted = f"a folder inside {inside}" if collection else f"a GeoTIFF file in {inside}"
+        raise UsageError(
+            f"{argument('cog', path)}: {what} has no folder beside it for decloud_std; "
+            f"give {wanted}"
+        )
+    if remote:
         return f"{root}_std{suffix}"
-    out = Path(path)
-    out = out if out.name not in ("", "..") else out.resolve()  # "." or "..": name the folder
     return str(out.with_name(f"{out.name}_std" if collection else f"{out.stem}_std{out.suffix}"))
 
 

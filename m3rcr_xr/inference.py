@@ -32,6 +32,7 @@ Ensembles, test-time augmentation and the uncertainty layer
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import warnings
@@ -545,33 +546,72 @@ def _check_spread(uncertainty: bool, members: int, tta: str | None) -> None:
 def _ensemble_spec(members: tuple[ModelRef, ...]):
     """The :class:`~m3rcr_xr.models.ModelSpec` of the members, checked to be one:
     every checkpoint fits the model and configuration (as :meth:`ModelRef.spec`), and
-    the members are one model family and configuration, each checkpoint once.
+    the members are one model family and configuration, and distinct networks.
 
     Raises
     ------
     ModelConfigError
         Members of different families or configurations (naming both).
     UsageError
-        A checkpoint given twice.
+        The same weights twice, in any files (naming both).
     """
-    specs = [ref.spec() for ref in members]
+    if len(members) == 1:
+        return members[0].spec()
     first = members[0]
-    for ref, spec in zip(members[1:], specs[1:], strict=True):
-        if (ref.name, ref.config, spec) != (first.name, first.config, specs[0]):
+    for ref in members[1:]:  # before reading any checkpoint: the spec follows from these
+        if (ref.name, ref.config) != (first.name, first.config):
             raise ModelConfigError(
                 f"{argument('checkpoint')}: ensemble members must be one model family and "
                 "configuration: "
                 f"{ref.weights} is {ref.name} {dict(ref.config)}, "
                 f"{first.weights} is {first.name} {dict(first.config)}"
             )
-    # untrained members are one network too (ModelRef.untrained_seed)
-    hashes = [ref.sha256 or ref.weights for ref in members]
-    if len(set(hashes)) < len(hashes):
-        raise UsageError(
-            f"{argument('checkpoint')}: the same weights appear twice in the ensemble "
-            f"({', '.join(ref.weights for ref in members)})"
-        )
+    specs, digests = zip(*(_member_spec(ref) for ref in members), strict=True)
+    seen: dict[str, ModelRef] = {}
+    for ref, digest in zip(members, digests, strict=True):
+        if digest in seen:
+            raise UsageError(
+                f"{argument('checkpoint')}: the same weights appear twice in the ensemble: "
+                f"{seen[digest].weights} and {ref.weights} hold the same tensors"
+            )
+        seen[digest] = ref
     return specs[0]
+
+
+def _member_spec(ref: ModelRef) -> tuple[Any, str]:
+    """The spec of an ensemble member (as :meth:`ModelRef.spec`) and a digest of its
+    weights, from one read of its checkpoint: the same tensors saved in two formats
+    (safetensors and ``.pth``, a bare state dict and the published layout) digest alike,
+    where the files' hashes differ."""
+    from . import models
+
+    if ref.checkpoint is None:  # untrained: one network per configuration (untrained_seed)
+        return ref.spec(), ref.weights
+    raw = models.read_checkpoint(ref.checkpoint)
+    spec = models.model_spec(ref.name, raw, **dict(ref.config))
+    return spec, _weights_digest(models.extract_state_dict(raw))
+
+
+def _weights_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 of a state dict's tensors: their names (sorted), shapes, dtypes and bytes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a = {"w": torch.ones(2), "b": torch.zeros(1)}
+    >>> _weights_digest(a) == _weights_digest(dict(reversed(a.items())))
+    True
+    >>> _weights_digest(a) == _weights_digest({**a, "w": torch.ones(2, dtype=torch.float64)})
+    False
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(repr((name, tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def decloud(

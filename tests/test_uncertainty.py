@@ -246,3 +246,19 @@ def test_the_graph_carries_one_reference_per_member(small_scene, tmp_path):
     }
     weights = (tmp_path / "default-1.pt").stat().st_size
     assert graph["both"] < 1.3 * graph["one"] and graph["both"] < weights / 10
+
+
+def test_the_same_weights_in_two_formats_are_one_member(small_scene, tiny_members, tmp_path):
+    # the file hashes differ; the tensors do not: one network, whose spread would be 0
+    from safetensors.torch import save_file
+
+    state = torch.load(tiny_members[0], weights_only=True)
+    copy = tmp_path / "copy.safetensors"
+    save_file(state, copy)
+    published = tmp_path / "published.pth"  # the published layout, as nn.DataParallel saves
+    torch.save({"network": {f"module.{k}": v for k, v in state.items()}}, published)
+    for twin in (copy, published):
+        with pytest.raises(UsageError, match=f"{tiny_members[0]} and {twin} hold the same"):
+            decloud(small_scene, "dsen2_cr", [tiny_members[0], twin], config=TINY)
+    out = decloud(small_scene, "dsen2_cr", [copy, tiny_members[1]], config=TINY, uncertainty=True)
+    assert out.decloud.attrs["members"] == 2
