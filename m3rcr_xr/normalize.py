@@ -61,9 +61,8 @@ def normalize_sar(values: Any, polarizations: tuple[str, ...] = POLARIZATIONS, a
         ``axis`` runs over ``polarizations`` (default: channels of (..., C, H, W)).
     """
     if isinstance(values, (xr.DataArray, xr.Dataset)):
-        pols = [str(p) for p in values["polarization"].values]
-        low = xr.DataArray([SAR_RANGE_DB[p][0] for p in pols], dims="polarization")
-        high = xr.DataArray([SAR_RANGE_DB[p][1] for p in pols], dims="polarization")
+        pols = tuple(str(p) for p in values["polarization"].values)
+        low, high = (xr.DataArray(b, dims="polarization") for b in _sar_bounds(pols, 1, 0))
         return ((values.clip(low, high) - low) / (high - low)).astype("float32")
     low, high = _sar_bounds(tuple(polarizations), values.ndim, axis)
     if not isinstance(values, np.ndarray) and type(values).__module__.startswith("torch"):

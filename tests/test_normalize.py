@@ -3,6 +3,7 @@ import pytest
 import torch
 import xarray as xr
 
+from m3rcr_xr.exceptions import SchemaError
 from m3rcr_xr.normalize import (
     denormalize_optical,
     normalize_optical,
@@ -37,5 +38,8 @@ def test_sar_same_on_numpy_torch_and_xarray():
 
 
 def test_sar_unknown_polarization():
-    with pytest.raises(ValueError, match="unknown polarization"):
+    with pytest.raises(SchemaError, match="unknown polarization"):
         normalize_sar(np.zeros((1, 2, 2)), polarizations=("HH",))
+    da = xr.DataArray(np.zeros((2, 2, 2)), dims=("polarization", "y", "x"))
+    with pytest.raises(SchemaError, match=r"sar: unknown polarization\(s\) \['HH'\]"):
+        normalize_sar(da.assign_coords(polarization=["VV", "HH"]))
