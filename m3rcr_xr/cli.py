@@ -211,7 +211,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_config(items: Sequence[str]) -> dict[str, object]:
+def _parse_config(items: Sequence[str], flag: str = "--config") -> dict[str, object]:
     """``["n_feats=16", "preset=small"]`` to a dict, numbers as numbers."""
     import ast
 
@@ -219,7 +219,7 @@ def _parse_config(items: Sequence[str]) -> dict[str, object]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--config {item!r}: expected KEY=VALUE")
+            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE")
         try:
             config[key] = ast.literal_eval(text)
         # what literal_eval raises on text that is no literal: {[1]: 2} (an unhashable
@@ -229,6 +229,16 @@ def _parse_config(items: Sequence[str]) -> dict[str, object]:
     return config
 
 
+def _check_config(model: str | None, config: dict[str, object]) -> None:
+    """Refuse a ``config`` that ``model`` cannot take (an unknown key, a wrong type, a size
+    out of range, too many parameters: :func:`m3rcr_xr.models.check_config`) before any
+    data are opened or weights fetched; None: a model known only from the weights."""
+    if config and model is not None:
+        from .models import check_config
+
+        check_config(model, config)
+
+
 def _decloud(args: argparse.Namespace) -> int:
     import xarray as xr
 
@@ -236,9 +246,12 @@ def _decloud(args: argparse.Namespace) -> int:
     from .inference import decloud
     from .schema import is_collection
     from .store import check_apart, check_destination, open_zarr, to_zarr
+    from .weights.resolve import known_model
 
     config = _parse_config(args.config)  # arguments first, then the data
     checkpoints = args.checkpoint or [None]
+    for checkpoint in checkpoints:
+        _check_config(known_model(args.model, checkpoint), config)
     # a registered name, a URL or "untrained" is no file the output could overlap
     local = [c for c in checkpoints if c and "://" not in c and Path(c).exists()]
     inputs = [args.input, *local]
@@ -491,6 +504,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         check_table_replaceable(path)  # --overwrite replaces only an earlier table
     if not args.semantic and (args.classifier or args.classifier_config):
         raise UsageError("--classifier and --classifier-config go with --semantic")
+    classifier_config = _parse_config(args.classifier_config or [], "--classifier-config")
+    if classifier_config:  # the classifier's model, known without its weights, takes it
+        from .metrics.semantic import _classifier
+
+        _check_config(_classifier(args.classifier, classifier_config)[0], classifier_config)
     result = evaluate(
         _open_stores(args.store),
         args.pred,
@@ -499,7 +517,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         semantic=args.semantic,
         classifier=args.classifier,
-        classifier_config=_parse_config(args.classifier_config or []) or None,
+        classifier_config=classifier_config or None,
     )
     tables = split_semantic(result) if args.semantic else (result,)
     for table, path in zip(tables, outputs, strict=True):

@@ -135,7 +135,9 @@ class ModelRef:
         :class:`~m3rcr_xr.models.ModelSpec`. The client calls this; workers build."""
         from . import models
 
-        return models.model_spec(self.name, self.checkpoint, **dict(self.config))
+        return models.model_spec(
+            self.name, self.checkpoint, sha256=self.sha256, **dict(self.config)
+        )
 
     def build(self):
         """Build the model on the CPU, in eval mode, with its weights fetched and checked
@@ -156,7 +158,9 @@ class ModelRef:
                 f"{self.weights}: the checkpoint changed since decloud began, or cannot be "
                 f"fetched in this process (pid {os.getpid()}): {exc}"
             ) from exc
-        return models.load(self.name, path, **config)
+        # loaded from the bytes checked against the hash, not from a second read of a
+        # file that another process may have replaced meanwhile
+        return models.load(self.name, path, sha256=self.sha256, **config)
 
 
 _CACHE: dict[tuple[ModelRef, str], Any] = {}

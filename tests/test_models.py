@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import inspect
 import json
 import os
@@ -42,6 +43,7 @@ from m3rcr_xr.models import (
     load,
     model_record,
     model_spec,
+    read_checkpoint,
     registry,
     zero_residual_,
 )
@@ -649,10 +651,11 @@ def test_model_spec_builds_nothing_and_checks_like_load(name, tmp_path) -> None:
 
 def test_model_spec_allocates_no_parameters(monkeypatch) -> None:
     built = []
-    real = registry.build
-    monkeypatch.setattr(registry, "build", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    real = registry._construct
+    monkeypatch.setattr(registry, "_construct", lambda *a: built.append(real(*a)) or built[-1])
+    registry._cached_meta.cache_clear()
     model_spec("dsen2_cr")
-    assert all(p.is_meta for p in built[0].parameters())
+    assert built and all(p.is_meta for model in built for p in model.parameters())
 
 
 def test_fusion_networks_share_their_config_and_keep_their_signatures():
@@ -750,3 +753,62 @@ def test_the_cross_entropy_loss_of_no_labelled_pixel_is_zero() -> None:
     assert float(value.detach()) == 0.0
     value.backward()  # still part of the graph
     assert logits.grad is not None and not logits.grad.any()
+
+
+# ------------------------------------------------- configurations checked before building
+@pytest.mark.parametrize("name", NAMES)
+def test_check_config_counts_the_parameters_of_the_network(name) -> None:
+    count = registry.check_config(name, {"preset": "small"})
+    assert count == sum(p.numel() for p in build(name, preset="small").parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "counts"),
+    [
+        ("dsen2_cr", {"n_resblocks": 5}),
+        ("glf_cr", {"n_blocks": 4, "n_layers": 4}),
+        ("align_cr", {"n_blocks": 4, "n_layers": 3, "n_sfe_blocks": 4}),
+    ],
+)
+def test_large_layer_counts_are_extrapolated_exactly(monkeypatch, name, counts) -> None:
+    """The count interpolated from networks of 1, 2 and 3 layers is the count itself."""
+    real = sum(p.numel() for p in build(name, preset="small", **counts).parameters())
+    monkeypatch.setattr(registry, "_COUNTED_LAYERS", 3)
+    assert registry.parameter_count(name, preset="small", **counts) == real
+
+
+def test_a_network_too_large_is_refused_without_building_it(monkeypatch) -> None:
+    built = []
+    real = registry._construct
+    monkeypatch.setattr(registry, "_construct", lambda *a: built.append(real(*a)) or built[-1])
+    says = r"dsen2_cr: \{'n_resblocks': 100000000\} makes a network of 118,016,000,023,300"
+    with pytest.raises(ModelConfigError, match=says):
+        build("dsen2_cr", n_resblocks=100_000_000)
+    assert len(built) <= 3  # networks of 1, 2 and 3 blocks, on the meta device
+    assert all(p.is_meta for model in built for p in model.parameters())
+    with pytest.raises(ModelConfigError, match="more than the 2,147,483,648"):
+        registry.check_config("dsen2_cr", {"n_feats": 100_000})  # wide, not deep
+    with pytest.raises(ModelConfigError, match="need 1 <= depth <= 16"):
+        registry.check_config("landcover_unet", {"depth": 10**6})
+
+
+def test_check_config_names_what_is_wrong() -> None:
+    with pytest.raises(ModelConfigError, match="unknown configuration key 'n_resblock'; known"):
+        registry.check_config("dsen2_cr", {"n_resblock": 4})
+    with pytest.raises(ModelConfigError, match="n_feats='8' must be an integer"):
+        registry.check_config("dsen2_cr", {"n_feats": "8"})
+    with pytest.raises(ModelConfigError, match="n_feats >= 1"):
+        registry.check_config("dsen2_cr", {"n_feats": 0})
+    with pytest.raises(ModelConfigError, match="unknown preset 'tiny'"):
+        registry.check_config("glf_cr", {"preset": "tiny"})
+
+
+def test_read_checkpoint_checks_the_bytes_it_loads(tmp_path) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(build("dsen2_cr", preset="small").state_dict(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert set(read_checkpoint(path, sha256=digest)) == set(
+        build("dsen2_cr", preset="small").state_dict()
+    )
+    with pytest.raises(CheckpointError, match=f"w.pt: SHA-256 mismatch: expected {'0' * 64}"):
+        load("dsen2_cr", path, preset="small", sha256="0" * 64)

@@ -78,3 +78,9 @@ def test_resolved_run_fields_resume_to_the_same_settings():
         1,
         32,
     )
+
+
+def test_a_configuration_is_refused_before_the_data_even_with_a_crop() -> None:
+    settings = TrainSettings("dsen2_cr", steps=1, crop=32, config={"n_resblock": 4})
+    with pytest.raises(ModelConfigError, match="unknown configuration key 'n_resblock'"):
+        settings.resolved()

@@ -632,3 +632,98 @@ def test_a_configuration_that_leaves_derived_arguments_out_agrees():
     assert weights.resolve(None, "landcover_unet-demo", demo).config["n_classes"] == 7
     with pytest.raises(ModelConfigError, match="were trained with"):
         weights.resolve(None, "landcover_unet-demo", {**demo, "level": 2})
+
+
+# ------------------------------------------- the bytes loaded are the bytes checked
+def _replaced_after_hashing(monkeypatch, path: Path, other: Path) -> None:
+    """Another process replaces ``path`` by ``other`` just after its hash is taken (a
+    shared cache, a concurrent download of the same URL)."""
+    from m3rcr_xr.weights import download
+
+    def hash_then_replace(target):
+        digest = file_sha256(target)
+        shutil.copy(other, path)
+        return digest
+
+    monkeypatch.setattr(download, "file_sha256", hash_then_replace)
+
+
+def test_a_checkpoint_replaced_after_its_hash_is_checked_is_never_loaded(
+    tiny, tmp_path, monkeypatch
+):
+    import torch
+
+    path, sha256 = tiny
+    ref = runner.ModelRef.create("dsen2_cr", path, TINY)
+    state = torch.load(path, weights_only=True)
+    forged = tmp_path / "forged.pt"  # the same shapes: it would load unnoticed
+    torch.save({k: torch.zeros_like(v) for k, v in state.items()}, forged)
+    _replaced_after_hashing(monkeypatch, path, forged)
+    runner.clear_model_cache()
+    with pytest.raises(CheckpointError, match=f"expected {sha256}.*changed since it was checked"):
+        ref.build()
+    runner.clear_model_cache()
+
+
+def test_an_exported_header_is_read_from_the_bytes_hashed(tmp_path, monkeypatch):
+    """The configuration comes from the bytes whose hash the workers check, not from a
+    file that replaced them (whose weights they would refuse, or, with the same shapes
+    and another ``res_scale``, run under the wrong configuration)."""
+    first = _safetensors(
+        tmp_path / "run.safetensors",
+        model="dsen2_cr",
+        config=json.dumps(TINY),
+        format=weights.EXPORT_FORMAT,
+    )
+    other = _safetensors(
+        tmp_path / "other.safetensors",
+        model="dsen2_cr",
+        config=json.dumps({**TINY, "res_scale": 9.0}),
+        format=weights.EXPORT_FORMAT,
+    )
+    _replaced_after_hashing(monkeypatch, first, other)
+    with pytest.raises(CheckpointError, match="run.safetensors: SHA-256 mismatch"):
+        weights.resolve(None, first)
+
+
+def test_described_weights_load_the_bytes_described(tmp_path):
+    path = weights.default_checkpoint().path
+    mine = tmp_path / "demo.safetensors"
+    shutil.copy(path, mine)
+    described = weights.read_weights(mine)
+    assert described.sha256 == file_sha256(path)
+    assert described.load() is not None
+    _safetensors(mine, model="dsen2_cr", config=json.dumps(TINY), format=weights.EXPORT_FORMAT)
+    with pytest.raises(CheckpointError, match="demo.safetensors: SHA-256 mismatch"):
+        described.load()
+
+
+# ------------------------------------------- configurations refused at the entry
+def test_a_configuration_is_refused_before_any_weights_are_fetched(closed_port):
+    url = f"http://127.0.0.1:{closed_port}/w.pt"
+    says = "unknown configuration key 'n_resblock'; known: n_resblocks, n_feats"
+    for model, checkpoint in [("dsen2_cr", url), (None, "untrained"), (None, DEMO)]:
+        with pytest.raises(ModelConfigError, match=says):
+            weights.resolve(model, checkpoint, {"n_resblock": 4})
+    with pytest.raises(ModelConfigError, match="118,016,000,023,300 parameters"):
+        weights.resolve(None, "untrained", {"n_resblocks": 100_000_000})
+
+
+def test_decloud_refuses_a_configuration_before_opening_the_data(tmp_path, capsys, monkeypatch):
+    from m3rcr_xr import store
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were opened")
+
+    monkeypatch.setattr(store, "open_zarr", no_data)
+    argv = ["decloud", str(tmp_path / "in.zarr"), str(tmp_path / "o.zarr")]
+    _fails(capsys, [*argv, "--config", "n_resblock=4"], "'n_resblock'", "known: n_resblocks")
+    _fails(capsys, [*argv, "--checkpoint", DEMO, "--config", "n_feats=0.5"], "n_feats=0.5")
+    _fails(capsys, [*argv, "--config", "n_resblocks=100000000"], "parameters, more than")
+    _fails(
+        capsys,
+        ["evaluate", str(tmp_path / "s.zarr"), "--semantic", "--classifier-config", "dept=2"],
+        "'dept'",
+        "known: level, n_classes, depth, features",
+    )
+    assert not (tmp_path / "o.zarr").exists()

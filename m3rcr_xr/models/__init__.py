@@ -42,19 +42,23 @@ from .interface import (
 from .losses import CARLLoss, ECCharbonnierLoss, carl_loss, ec_charbonnier_loss, l1_loss
 from .records import RECORDS, ModelRecord, model_record
 from .registry import (
+    MAX_PARAMETERS,
     MODELS,
     PRESETS,
     available,
     build,
+    check_config,
     check_tile,
     load,
     model_spec,
+    parameter_count,
     zero_residual_,
 )
 from .unet import LandCoverUNet
 
 __all__ = [
     "GLFCR",
+    "MAX_PARAMETERS",
     "MODELS",
     "OPTICAL_BANDS",
     "PRESETS",
@@ -73,6 +77,7 @@ __all__ = [
     "available",
     "build",
     "carl_loss",
+    "check_config",
     "check_task",
     "check_tile",
     "deform_conv2d",
@@ -84,6 +89,7 @@ __all__ = [
     "load_state_dict_into",
     "model_record",
     "model_spec",
+    "parameter_count",
     "read_checkpoint",
     "torchvision_available",
     "zero_residual_",

@@ -11,10 +11,16 @@ Accepted inputs:
 ``.pth``/``.pt`` files are read with ``torch.load(..., weights_only=True)``: a pickle that
 would construct arbitrary objects (and so could run code) is refused with a
 :class:`~m3rcr_xr.exceptions.CheckpointError`, never executed.
+
+A file is read once into memory, and loaded from those bytes: with a known SHA-256
+(``sha256=``), the bytes loaded are the bytes checked, even if another process replaces
+the file meanwhile (a shared cache, a concurrent download of the same URL).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import pickle
@@ -35,6 +41,8 @@ __all__ = [
     "extract_state_dict",
     "load_state_dict_into",
     "read_checkpoint",
+    "read_verified",
+    "safetensors_metadata",
 ]
 
 CheckpointSource = str | os.PathLike[str] | Mapping[str, Any]
@@ -54,23 +62,76 @@ _WN_RENAMES = {
 }
 
 
-def _is_safetensors(path: Path) -> bool:
+def _is_safetensors(data: bytes) -> bool:
     """Sniff the safetensors header: 8-byte little-endian length, then a JSON object."""
-    with path.open("rb") as fh:
-        head = fh.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
+    if len(data) < 9 or data[8:9] != b"{":
         return False
-    (length,) = struct.unpack("<Q", head[:8])
-    return 0 < length <= path.stat().st_size - 8
+    (length,) = struct.unpack("<Q", data[:8])
+    return 0 < length <= len(data) - 8
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_verified(path: str | os.PathLike[str], sha256: str | None = None) -> bytes:
+    """The bytes of a checkpoint file, read once, and checked against ``sha256`` if given.
+
+    Whatever is made of the file (its tensors, its header) is made of these bytes, so
+    that a file replaced after its hash was checked is never used unchecked.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing or unreadable, or its bytes are not ``sha256`` (both hashes
+        named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from exc
+    if sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise CheckpointError(
+                f"{path}: SHA-256 mismatch: expected {sha256}, the file has {actual} (it "
+                "changed since it was checked)"
+            )
+    return data
+
+
+def safetensors_metadata(data: bytes, source: object = "checkpoint") -> dict[str, str]:
+    """The ``__metadata__`` of the header of safetensors ``data`` (empty if it has none).
+
+    Raises
+    ------
+    CheckpointError
+        ``data`` has no readable safetensors header (naming ``source``).
+    """
+    try:
+        if not _is_safetensors(data):
+            raise ValueError("no safetensors header")
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + length])
+        metadata = header.get("__metadata__") or {}
+        if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        ):
+            raise ValueError("the header's __metadata__ does not map text to text")
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{source}: not a readable safetensors file ({exc})") from exc
+    return dict(metadata)
+
+
+def read_checkpoint(path: str | os.PathLike[str], *, sha256: str | None = None) -> dict[str, Any]:
     """Read a checkpoint file without executing code.
 
     Parameters
     ----------
     path
         A ``torch.save`` file (zip or legacy format) or a safetensors file.
+    sha256
+        The file's expected SHA-256 (hex): the bytes are read once, checked, and loaded
+        (see :func:`read_verified`).
 
     Returns
     -------
@@ -80,25 +141,25 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises
     ------
     CheckpointError
-        The file is missing or unreadable, holds pickled objects beyond tensors and plain
-        containers (refused by ``weights_only=True``), or is not a mapping.
+        The file is missing or unreadable, is not ``sha256``, holds pickled objects
+        beyond tensors and plain containers (refused by ``weights_only=True``), or is not
+        a mapping.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors" or _is_safetensors(path):
+    data = read_verified(path, sha256)
+    if path.suffix == ".safetensors" or _is_safetensors(data):
         try:
-            from safetensors.torch import load_file
+            from safetensors.torch import load
         except ImportError as exc:  # pragma: no cover - safetensors is a dependency
             raise CheckpointError(
                 f"{path}: reading safetensors needs the safetensors package"
             ) from exc
         try:
-            return dict(load_file(str(path), device="cpu"))
+            return dict(load(data))
         except Exception as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = _unpickler_detail(exc)
         if "unsupported global" in detail.lower():

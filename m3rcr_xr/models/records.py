@@ -135,6 +135,11 @@ class ModelRecord:
     checkpoint_key, checkpoint_prefix
         The published checkpoint layout: the state dict under ``checkpoint_key``, its
         keys prefixed ``checkpoint_prefix`` (``nn.DataParallel``'s ``module.``).
+    layer_counts
+        The constructor arguments that repeat layers whose sizes do not depend on them
+        (DSen2-CR's ``n_resblocks``), so that the parameters are a polynomial of degree
+        2 at most in each: :func:`m3rcr_xr.models.parameter_count` extrapolates a large
+        one rather than build it.
     """
 
     cls: type[CloudRemovalNet] | type[LandCoverUNet]
@@ -146,6 +151,7 @@ class ModelRecord:
     task: str = "cloud_removal"
     checkpoint_key: str = "network"
     checkpoint_prefix: str = "module."
+    layer_counts: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -203,6 +209,7 @@ RECORDS: Mapping[str, ModelRecord] = MappingProxyType(
                 presets=_presets({"n_resblocks": 2, "n_feats": 16}),
                 loss=CARL,
                 published_batch_size=1,
+                layer_counts=("n_resblocks",),
             ),
             ModelRecord(
                 cls=GLFCR,
@@ -210,6 +217,7 @@ RECORDS: Mapping[str, ModelRecord] = MappingProxyType(
                 presets=_presets(dict(_WINDOWED_SMALL)),
                 loss=L1,
                 published_batch_size=1,
+                layer_counts=("n_blocks", "n_layers"),
             ),
             ModelRecord(
                 cls=AlignCR,
@@ -218,6 +226,7 @@ RECORDS: Mapping[str, ModelRecord] = MappingProxyType(
                 loss=EC_CHARBONNIER,
                 published_batch_size=2,
                 lr_groups=(("SFAlign", 0.1),),
+                layer_counts=("n_blocks", "n_layers", "n_sfe_blocks"),
             ),
             ModelRecord(
                 cls=LandCoverUNet,

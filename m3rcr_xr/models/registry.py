@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 from typing import Any
 
@@ -31,15 +33,26 @@ from .records import RECORDS, model_record
 from .unet import LandCoverUNet
 
 __all__ = [
+    "MAX_PARAMETERS",
     "MODELS",
     "PRESETS",
     "available",
     "build",
+    "check_config",
     "check_tile",
     "load",
     "model_spec",
+    "parameter_count",
     "zero_residual_",
 ]
+
+#: the most parameters a network may have (2**31, 8 GiB of float32 weights, many times
+#: the published networks'): a configuration beyond it is refused before it is built,
+#: where building it would exhaust the memory or run for hours
+MAX_PARAMETERS = 2**31
+#: a layer count (:attr:`~m3rcr_xr.models.records.ModelRecord.layer_counts`) above this
+#: is not built to count the parameters: the count is extrapolated (see :func:`parameter_count`)
+_COUNTED_LAYERS = 32
 
 #: the network classes by name (read from :data:`~m3rcr_xr.models.records.RECORDS`)
 MODELS: dict[str, type[CloudRemovalNet] | type[LandCoverUNet]] = {
@@ -99,6 +112,133 @@ def _check_config(key: str, cls: type[nn.Module], config: Mapping[str, Any]) -> 
             raise ModelConfigError(f"{key}: {name}={value!r} must be a finite number")
 
 
+def _merged(
+    name: str, preset: str | None, config: Mapping[str, Any]
+) -> tuple[type[nn.Module], str, dict[str, Any]]:
+    """The class, registry name and constructor arguments of ``name`` with ``preset``
+    and ``config`` (checked by :func:`_check_config`)."""
+    record = model_record(name)
+    key, cls, presets = record.name, record.cls, record.presets
+    preset_name = preset or "default"
+    if preset_name not in presets:
+        raise ModelConfigError(f"{key}: unknown preset {preset!r}; available: {', '.join(presets)}")
+    _check_config(key, cls, config)
+    return cls, key, {**presets[preset_name], **config}
+
+
+def _construct(cls: Callable[..., Any], key: str, merged: Mapping[str, Any], given: Any) -> Any:
+    """``cls(**merged)``, with the constructor's own errors as :class:`ModelConfigError`."""
+    try:
+        return cls(**merged)
+    except ModelConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:  # torch's own checks
+        raise ModelConfigError(f"{key}: cannot be built with {given or merged}: {exc}") from exc
+
+
+def _build_meta(cls: Callable[..., Any], key: str, items: tuple[tuple[str, Any], ...]) -> Any:
+    with torch.device("meta"):
+        return _construct(cls, key, dict(items), dict(items)).eval()
+
+
+# meta networks hold no memory: the client checks a configuration at its entry, then
+# reads the spec and checks the checkpoint's shapes, on one build
+_cached_meta = functools.lru_cache(maxsize=16)(_build_meta)
+
+
+def _meta_network(cls: Callable[..., Any], key: str, merged: Mapping[str, Any]) -> Any:
+    """The network of ``merged`` on torch's meta device (shapes only, no memory)."""
+    items = tuple(sorted(merged.items()))
+    try:
+        hash(items)
+    except TypeError:  # a value of no fixed type (n_classes=[7]): the constructor says
+        return _build_meta(cls, key, items)
+    return _cached_meta(cls, key, items)
+
+
+def _lagrange(node: int, x: int) -> int:
+    """The Lagrange basis polynomial of the nodes 1, 2, 3 that is 1 at ``node``, at ``x``
+    (an integer for an integer ``x``: each is a product of consecutive integers over 2)."""
+    others = [n for n in (1, 2, 3) if n != node]
+    return (x - others[0]) * (x - others[1]) // ((node - others[0]) * (node - others[1]))
+
+
+def _count(cls: Callable[..., Any], key: str, merged: dict[str, Any]) -> int:
+    """The parameters of ``cls(**merged)``, counted on the meta device; the layer counts
+    above :data:`_COUNTED_LAYERS` extrapolated from builds with 1, 2 and 3 such layers."""
+    names = [n for n in model_record(key).layer_counts if merged.get(n, 0) > _COUNTED_LAYERS]
+    total = 0
+    for nodes in itertools.product((1, 2, 3), repeat=len(names)):
+        network = _meta_network(cls, key, {**merged, **dict(zip(names, nodes, strict=True))})
+        weight = math.prod(_lagrange(n, merged[name]) for n, name in zip(nodes, names, strict=True))
+        total += weight * sum(p.numel() for p in network.parameters())
+    return total
+
+
+def parameter_count(name: str, *, preset: str | None = None, **config: Any) -> int:
+    """The number of parameters of the network :func:`build` makes, without making it.
+
+    Counted on torch's ``meta`` device (no memory). Each layer count of the model (its
+    record's :attr:`~m3rcr_xr.models.records.ModelRecord.layer_counts`, such as
+    DSen2-CR's ``n_resblocks``) repeats layers of sizes that do not depend on it, so
+    its parameters are a polynomial of degree 2 at most in it: above 32, the count
+    is interpolated from networks of 1, 2 and 3 such layers, exactly, and quickly
+    however large it is.
+
+    Raises
+    ------
+    ModelConfigError
+        As :func:`build`.
+
+    Examples
+    --------
+    >>> parameter_count("dsen2_cr", preset="small")
+    10740
+    >>> parameter_count("dsen2_cr", n_resblocks=100_000_000)
+    118016000023300
+    """
+    cls, key, merged = _merged(name, preset, config)
+    return _count(cls, key, merged)
+
+
+def check_config(name: str, config: Mapping[str, Any] | None = None) -> int:
+    """Refuse a configuration that ``name`` cannot take, before anything is built; return
+    the network's number of parameters.
+
+    Parameters
+    ----------
+    name
+        As for :func:`build`.
+    config
+        Constructor arguments, and ``preset`` (as ``decloud(config=...)`` takes them).
+
+    Raises
+    ------
+    ModelConfigError
+        As :func:`build`: an unknown preset or key (naming the known ones), a value of the
+        wrong type, a size out of range; or more than :data:`MAX_PARAMETERS` parameters.
+
+    Examples
+    --------
+    >>> check_config("dsen2_cr", {"n_resblocks": 4, "n_feats": 32})
+    76900
+    >>> check_config("dsen2_cr", {"n_resblock": 4})
+    Traceback (most recent call last):
+    ...
+    m3rcr_xr.exceptions.ModelConfigError: dsen2_cr: unknown configuration key 'n_resblock'; ...
+    """
+    config = dict(config or {})
+    preset = config.pop("preset", None)
+    cls, key, merged = _merged(name, preset, config)
+    count = _count(cls, key, merged)
+    if count > MAX_PARAMETERS:
+        raise ModelConfigError(
+            f"{key}: {merged} makes a network of {count:,} parameters, more than the "
+            f"{MAX_PARAMETERS:,} this library builds (m3rcr_xr.models.MAX_PARAMETERS)"
+        )
+    return count
+
+
 def build(
     name: str, *, preset: str | None = None, **config: Any
 ) -> CloudRemovalNet | LandCoverUNet:
@@ -122,22 +262,13 @@ def build(
         Unknown name (a :class:`ModelConfigError`).
     ModelConfigError
         Unknown preset, unknown argument, one of the wrong type or a float that is NaN
-        or infinite (naming it), or a configuration the constructor rejects.
+        or infinite (naming it), a configuration the constructor rejects, or one of more
+        than :data:`MAX_PARAMETERS` parameters (see :func:`check_config`: refused before
+        anything is allocated).
     """
-    record = model_record(name)
-    key, cls, presets = record.name, record.cls, record.presets
-    preset_name = preset or "default"
-    if preset_name not in presets:
-        raise ModelConfigError(f"{key}: unknown preset {preset!r}; available: {', '.join(presets)}")
-    _check_config(key, cls, config)
-    merged = {**presets[preset_name], **config}
-    try:
-        model = cls(**merged)
-    except ModelConfigError:
-        raise
-    except (TypeError, ValueError, RuntimeError) as exc:  # torch's own checks
-        raise ModelConfigError(f"{key}: cannot be built with {config or merged}: {exc}") from exc
-    return model.eval()
+    cls, key, merged = _merged(name, preset, config)
+    check_config(key, {"preset": preset, **config})
+    return _construct(cls, key, merged, config).eval()
 
 
 def load(
@@ -146,6 +277,7 @@ def load(
     *,
     preset: str | None = None,
     device: str | torch.device | None = None,
+    sha256: str | None = None,
     **config: Any,
 ) -> CloudRemovalNet | LandCoverUNet:
     """Build a network and load weights into it (strict), in eval mode.
@@ -163,16 +295,20 @@ def load(
         trained with.
     device
         Device to move the model to after loading (default: stay on CPU).
+    sha256
+        The checkpoint file's SHA-256 (hex): the weights loaded are the bytes checked
+        (see :func:`~m3rcr_xr.models.checkpoint.read_verified`).
 
     Raises
     ------
     CheckpointError
-        Unsafe or unreadable file, or keys/shapes that do not match (listed).
+        Unsafe or unreadable file, one that is not ``sha256``, or keys/shapes that do not
+        match (listed).
     ModelConfigError
         As for :func:`build`.
     """
     model = build(name, preset=preset, **config)
-    raw = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+    raw = _read(checkpoint, sha256)
     load_state_dict_into(model, extract_state_dict(raw))
     if device is not None:
         model = model.to(device)
@@ -184,6 +320,7 @@ def model_spec(
     checkpoint: CheckpointSource | None = None,
     *,
     preset: str | None = None,
+    sha256: str | None = None,
     **config: Any,
 ) -> ModelSpec:
     """The spec of a network, checked as :func:`load` checks it, without its weights.
@@ -196,7 +333,7 @@ def model_spec(
     ----------
     name, preset, **config
         As for :func:`build`.
-    checkpoint
+    checkpoint, sha256
         As for :func:`load`; its keys and shapes are compared with the network's.
 
     Raises
@@ -204,12 +341,18 @@ def model_spec(
     ModelConfigError, CheckpointError
         As :func:`load` raises them.
     """
-    with torch.device("meta"):
-        model = build(name, preset=preset, **config)
+    cls, key, merged = _merged(name, preset, config)
+    check_config(key, {"preset": preset, **config})
+    model = _meta_network(cls, key, merged)
     if checkpoint is not None:
-        raw = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
-        check_state_dict(model, extract_state_dict(raw))
+        check_state_dict(model, extract_state_dict(_read(checkpoint, sha256)))
     return model.spec
+
+
+def _read(checkpoint: CheckpointSource, sha256: str | None) -> Mapping[str, Any]:
+    if isinstance(checkpoint, Mapping):
+        return checkpoint
+    return read_checkpoint(checkpoint, sha256=sha256)
 
 
 def check_tile(model: nn.Module, size: int | tuple[int, int]) -> None:

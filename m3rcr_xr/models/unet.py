@@ -26,7 +26,11 @@ from ..exceptions import ModelConfigError
 from ..landcover import class_names
 from .interface import OPTICAL_BANDS, ModelSpec, Network, check_size
 
-__all__ = ["LandCoverUNet"]
+__all__ = ["MAX_DEPTH", "LandCoverUNet"]
+
+#: the most levels: tile sides are multiples of ``2 ** depth`` (65536 pixels at 16), and
+#: the channels double at each level, so that a deeper one is no network to build
+MAX_DEPTH = 16
 
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -52,7 +56,8 @@ class LandCoverUNet(Network):
         Output channels; must be the number of classes at ``level`` (it is part of the
         configuration so that a checkpoint's configuration records it). None: that number.
     depth
-        Down-sampling levels; tile sides must be multiples of ``2 ** depth``.
+        Down-sampling levels (:data:`MAX_DEPTH` at most); tile sides must be multiples
+        of ``2 ** depth``.
     features
         Channels of the first level, doubled at each level down.
     """
@@ -71,10 +76,10 @@ class LandCoverUNet(Network):
                 f"{self.name}: n_classes={n_classes} does not fit level={level}, which has "
                 f"{len(classes)} classes ({', '.join(classes)})"
             )
-        if depth < 1 or features < 1:
+        if not 1 <= depth <= MAX_DEPTH or features < 1:
             raise ModelConfigError(
-                f"{self.name}: need depth >= 1 and features >= 1, got depth={depth}, "
-                f"features={features}"
+                f"{self.name}: need 1 <= depth <= {MAX_DEPTH} and features >= 1, got "
+                f"depth={depth}, features={features}"
             )
         self.spec = ModelSpec(
             name=self.name,

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from ..devices import resolve_device
 from ..exceptions import UsageError, argument, check_integer, check_positive
 from ..landcover import class_names
-from ..models import TASKS, model_record, model_spec
+from ..models import TASKS, check_config, model_record, model_spec
 from .recipe import (
     AMP_DTYPES,
     DECAY_START_FRACTION,
@@ -189,6 +189,7 @@ class TrainSettings:
         decay_start = self.lr_decay_start
         if decay_start is None:
             decay_start = max(1, round(self.steps * DECAY_START_FRACTION))
+        check_config(record.name, config)  # with a crop too: before any data are opened
         crop = self.crop or model_spec(record.name, **config).tile_size or PUBLISHED_CROP
         return ResolvedSettings(
             model=record.name,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
 import warnings
 from collections.abc import Iterator
@@ -87,12 +88,16 @@ class DefaultCheckpoint:
         Architecture arguments the weights were trained with.
     metadata
         Everything the file's header records (``model``, ``config``, ``step``...).
+    sha256
+        The SHA-256 of the bytes the header was read from: :meth:`load` loads those
+        bytes or none (None: not known).
     """
 
     model: str
     path: Path
     config: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
+    sha256: str | None = field(default=None, compare=False)
 
     def __iter__(self) -> Iterator[Any]:
         """Unpacks as ``path, config``; deprecated, as it drops :attr:`model`.
@@ -112,7 +117,7 @@ class DefaultCheckpoint:
         """The network with these weights, in eval mode (see :func:`m3rcr_xr.models.load`)."""
         from ..models import load
 
-        return load(self.model, self.path, device=device, **self.config)
+        return load(self.model, self.path, device=device, sha256=self.sha256, **self.config)
 
 
 def _package_file(name: str) -> Path:
@@ -125,21 +130,27 @@ def _package_file(name: str) -> Path:
     return Path(_FILES.enter_context(resources.as_file(resource)))
 
 
-def read_weights(path: str | Path) -> DefaultCheckpoint:
+def read_weights(path: str | Path, *, sha256: str | None = None) -> DefaultCheckpoint:
     """Describe a safetensors file written by ``m3rcr train --export``: the model name and
     configuration come from its header.
+
+    ``sha256``: the file's expected SHA-256; the header is read from the bytes checked,
+    and :meth:`DefaultCheckpoint.load` loads those bytes or none.
 
     Raises
     ------
     CheckpointError
-        The file is unreadable, or its header does not name a known model and a
-        configuration (a JSON object) that agree.
+        The file is unreadable or not ``sha256``, or its header does not name a known
+        model and a configuration (a JSON object) that agree.
     """
+    from ..models.checkpoint import read_verified, safetensors_metadata
+
     path = Path(path)
-    return _described(path, _header(path))
+    data = read_verified(path, sha256)
+    return _described(path, safetensors_metadata(data, path), hashlib.sha256(data).hexdigest())
 
 
-def _described(path: Path, metadata: dict[str, str]) -> DefaultCheckpoint:
+def _described(path: Path, metadata: dict[str, str], sha256: str) -> DefaultCheckpoint:
     """The weights a header ``metadata`` of ``path`` describes (see :func:`read_weights`)."""
     if "model" not in metadata or "config" not in metadata:
         raise CheckpointError(f"{path}: the header does not name the model and its config")
@@ -152,10 +163,10 @@ def _described(path: Path, metadata: dict[str, str]) -> DefaultCheckpoint:
             f"{path}: the header config is not a JSON object: {metadata['config'][:80]!r}"
         )
     _check_header(path, metadata, config)
-    return DefaultCheckpoint(model=metadata["model"], path=path, config=config, metadata=metadata)
+    return DefaultCheckpoint(metadata["model"], path, config, metadata, sha256)
 
 
-def exported_weights(path: str | Path) -> DefaultCheckpoint | None:
+def exported_weights(path: str | Path, *, sha256: str | None = None) -> DefaultCheckpoint | None:
     """:func:`read_weights` of a safetensors file that ``m3rcr train --export`` wrote
     (its header's ``format`` is :data:`EXPORT_FORMAT`); None for any other file, such as
     another tool's safetensors, whatever its header holds.
@@ -163,7 +174,8 @@ def exported_weights(path: str | Path) -> DefaultCheckpoint | None:
     Raises
     ------
     CheckpointError
-        A file of this library's format whose header is wrong (see :func:`read_weights`).
+        A file of this library's format whose header is wrong (see :func:`read_weights`),
+        or a file that is not ``sha256``.
 
     Examples
     --------
@@ -171,23 +183,19 @@ def exported_weights(path: str | Path) -> DefaultCheckpoint | None:
     >>> weights.exported_weights(weights.default_checkpoint().path).model
     'dsen2_cr'
     """
+    from ..models.checkpoint import read_verified, safetensors_metadata
+
     path = Path(path)
+    if not path.is_file():
+        return None  # loading it says what is wrong
+    data = read_verified(path, sha256)
     try:
-        metadata = _header(path)
+        metadata = safetensors_metadata(data, path)
     except CheckpointError:  # not safetensors after all: loading it says what is wrong
         return None
-    return _described(path, metadata) if metadata.get("format") == EXPORT_FORMAT else None
-
-
-def _header(path: Path) -> dict[str, str]:
-    """The metadata of a safetensors file's header."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if metadata.get("format") != EXPORT_FORMAT:
+        return None
+    return _described(path, metadata, hashlib.sha256(data).hexdigest())
 
 
 def _check_header(path: Path, metadata: dict[str, str], config: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from ..href import redacted
 from .download import check_file, check_sha256, fetch_url, split_url
 from .registry import UNTRAINED, available, entry
 
-__all__ = ["DEFAULT_MODEL", "ResolvedWeights", "fetch", "fetch_first", "resolve"]
+__all__ = ["DEFAULT_MODEL", "ResolvedWeights", "fetch", "fetch_first", "known_model", "resolve"]
 
 #: the model when neither ``model`` nor a registered entry names one
 DEFAULT_MODEL = "dsen2_cr"
@@ -187,16 +187,51 @@ def _theirs(
     return key, found_config
 
 
-def _exported(path: Path) -> tuple[str, dict[str, Any]] | None:
+def _exported(path: Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
     """The model and configuration in the header of a safetensors file that
     ``m3rcr train --export`` wrote (see :func:`~m3rcr_xr.weights.exported_weights`);
-    None for any other file."""
+    None for any other file. The header is read from bytes of ``sha256``: those the
+    workers load."""
     from . import exported_weights
 
     if path.suffix.lower() != ".safetensors":
         return None
-    header = exported_weights(path)
+    header = exported_weights(path, sha256=sha256)
     return None if header is None else (header.model, header.config)
+
+
+def known_model(
+    model: str | None, checkpoint: str | os.PathLike | None, default: str = DEFAULT_MODEL
+) -> str | None:
+    """The registry key of the model that ``checkpoint`` is for, where it is known
+    without fetching the weights: ``model`` if given, else a registered entry's, else
+    ``default`` for None or ``"untrained"``; None for a path or a URL (the header of
+    a file that ``m3rcr train --export`` wrote may name another).
+
+    Examples
+    --------
+    >>> known_model(None, "dsen2_cr-demo"), known_model(None, "w.pth")
+    ('dsen2_cr', None)
+    """
+    from ..models.records import model_record
+
+    if model is not None:
+        return model_record(model).name
+    if checkpoint is None or checkpoint == UNTRAINED:
+        return model_record(default).name
+    text = os.fspath(checkpoint)
+    if isinstance(checkpoint, str) and _is_name(text) and text in {e.name for e in available()}:
+        return model_record(entry(text).model).name
+    return None
+
+
+def _checked(model: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``config`` as a dict, refused (:class:`ModelConfigError`) unless ``model`` takes it
+    (:func:`m3rcr_xr.models.check_config`: keys, types, sizes, number of parameters)."""
+    from ..models.registry import check_config
+
+    check_config(model, config)
+    return dict(config or {})
 
 
 def _no_weights(model: str) -> CheckpointError:
@@ -235,7 +270,11 @@ def resolve(
         As :func:`fetch`, or None given for a model without a default entry (the message
         says how to get weights).
     ModelConfigError
-        ``model`` or ``config`` that are not those of the registered entry.
+        ``model`` or ``config`` that are not those of the registered entry, or a
+        ``config`` the model cannot take (:func:`m3rcr_xr.models.check_config`: an
+        unknown key, a value of the wrong type, a size out of range, too many
+        parameters), refused before any weights are fetched where the model is known
+        without them (:func:`known_model`).
     UsageError
         A ``config`` that is no mapping.
 
@@ -255,6 +294,9 @@ def resolve(
             f"{argument('config', config)}: must map settings to values, such as "
             "{'preset': 'small'}"
         )
+    early = known_model(model, checkpoint)
+    if early is not None and config is not None:
+        _checked(early, config)  # before a download: a typo is said at once
     if checkpoint is None:
         key = model_record(model or DEFAULT_MODEL).name
         defaults = [e for e in available(key) if e.default]
@@ -262,11 +304,13 @@ def resolve(
             raise _no_weights(key)
         checkpoint = defaults[0].name
     if isinstance(checkpoint, str) and checkpoint == UNTRAINED:
-        return ResolvedWeights(model_record(model or DEFAULT_MODEL).name, dict(config or {}))
+        key = model_record(model or DEFAULT_MODEL).name
+        return ResolvedWeights(key, _checked(key, config))
     path, sha256, found = _fetch(checkpoint, None)
     if found is not None:
         key, config = _theirs(found.name, (found.model, found.config), model, config)
-        return ResolvedWeights(key, config, path, sha256, (found.name, *found.urls), found.name)
+        sources = (found.name, *found.urls)
+        return ResolvedWeights(key, _checked(key, config), path, sha256, sources, found.name)
     label = os.fspath(checkpoint)
     if "://" in label:  # a URL: without its #sha256= (a path may hold a "#" of its own)
         label = split_url(label)[0]
@@ -274,9 +318,9 @@ def resolve(
     # the label goes into results' attributes and messages: no password nor signature
     # (the source, which workers download from, keeps them)
     label = redacted(label)
-    header = _exported(path)
+    header = _exported(path, sha256)
     if header is not None:
         key, config = _theirs(label, header, model, config)
-        return ResolvedWeights(key, config, path, sha256, (source,), label)
+        return ResolvedWeights(key, _checked(key, config), path, sha256, (source,), label)
     key = model_record(model or DEFAULT_MODEL).name
-    return ResolvedWeights(key, dict(config or {}), path, sha256, (source,), label)
+    return ResolvedWeights(key, _checked(key, config), path, sha256, (source,), label)
