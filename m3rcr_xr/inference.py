@@ -587,7 +587,7 @@ def _member_spec(ref: ModelRef) -> tuple[Any, str]:
 
     if ref.checkpoint is None:  # untrained: one network per configuration (untrained_seed)
         return ref.spec(), ref.weights
-    raw = models.read_checkpoint(ref.checkpoint)
+    raw = models.read_checkpoint(ref.checkpoint, sha256=ref.sha256)  # the bytes hashed
     spec = models.model_spec(ref.name, raw, **dict(ref.config))
     return spec, _weights_digest(models.extract_state_dict(raw))
 
