@@ -1,14 +1,17 @@
 """An HTTP file server with range requests, for :func:`m3rcr_xr.testing.serve_directory`.
 
-Run as a script (``python _range_server.py ROOT [QUERY]``): it prints its port, then
-serves the files under ROOT on 127.0.0.1 until killed. Python's own server answers a
-range request with the whole file; GDAL's ``/vsicurl/`` reads files by ranges. With
-QUERY, a request whose query string is not exactly QUERY, byte for byte, is refused
-(403), as a presigned URL whose signature does not match.
+Run as a script (``python _range_server.py ROOT [--query QUERY] [--no-last-modified]``):
+it prints its port, then serves the files under ROOT on 127.0.0.1 until killed.
+Python's own server answers a range request with the whole file; GDAL's ``/vsicurl/``
+reads files by ranges. With QUERY, a request whose query string is not exactly QUERY,
+byte for byte, is refused (403), as a presigned URL whose signature does not match.
+Python's server sends ``Last-Modified`` and no ``ETag``; with ``--no-last-modified``,
+neither, as a server that tells nothing of a file's version.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import re
@@ -24,6 +27,12 @@ class _RangeRequestHandler(SimpleHTTPRequestHandler):
 
     #: the query string every request must carry; None: any
     query: str | None = None
+    #: whether responses carry the file's Last-Modified header
+    last_modified = True
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if self.last_modified or keyword.lower() != "last-modified":
+            super().send_header(keyword, value)
 
     def send_head(self) -> Any:
         if self.query is not None and urlsplit(self.path).query != self.query:
@@ -56,12 +65,19 @@ class _RangeRequestHandler(SimpleHTTPRequestHandler):
         """Quiet: tests read the files, not the log."""
 
 
-def main(root: str, query: str | None = None) -> None:
-    _RangeRequestHandler.query = query
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_RangeRequestHandler, directory=root))
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("root")
+    parser.add_argument("--query")
+    parser.add_argument("--no-last-modified", dest="last_modified", action="store_false")
+    args = parser.parse_args(argv)
+    _RangeRequestHandler.query = args.query
+    _RangeRequestHandler.last_modified = args.last_modified
+    handler = partial(_RangeRequestHandler, directory=args.root)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     print(server.server_port, flush=True)
     server.serve_forever()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(sys.argv[1:])

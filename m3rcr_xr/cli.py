@@ -242,6 +242,7 @@ def _check_config(model: str | None, config: dict[str, object]) -> None:
 def _decloud(args: argparse.Namespace) -> int:
     import xarray as xr
 
+    from . import href
     from .cog import check_cog_destination, patch_file_names, to_cog
     from .inference import decloud
     from .schema import is_collection
@@ -263,7 +264,15 @@ def _decloud(args: argparse.Namespace) -> int:
     for cog in cogs.values():  # a file for a scene, a folder of GeoTIFFs for a collection
         check_apart(cog, [args.output], role="output store")
         if names is None and cog == args.cog:  # its suffix and folder are the _std file's
-            _check_output_file(cog, "cog", COG_SUFFIXES, overwrite=args.overwrite)
+            if not href.is_remote(cog):
+                path = str(href.local_path(cog))  # a file:// URL as the path it names
+                _check_output_file(path, "cog", COG_SUFFIXES, overwrite=args.overwrite)
+            elif (suffix := href.name_of(cog).suffix).lower() not in COG_SUFFIXES:
+                # a URL: its suffix only; its bucket and object are check_cog_destination's
+                raise UsageError(
+                    f"{argument('cog', href.redacted(cog))}: write a {'/'.join(COG_SUFFIXES)} "
+                    f"file, not {suffix or 'no suffix'!r}"
+                )
         check_cog_destination(cog, names=names, inputs=inputs, overwrite=args.overwrite)
     result = decloud(
         ds,
@@ -281,12 +290,12 @@ def _decloud(args: argparse.Namespace) -> int:
     )
     result = result if isinstance(result, xr.Dataset) else result.to_dataset()
     to_zarr(result, args.output, overwrite=args.overwrite, progress=True)
-    print(f"wrote {args.output}")
+    print(f"wrote {href.redacted(args.output)}")
     if cogs:
         written = open_zarr(args.output)
         for variable, cog in cogs.items():
             to_cog(written[variable], cog, overwrite=args.overwrite)
-            print(f"wrote {cog}")
+            print(f"wrote {href.redacted(cog)}")
     return 0
 
 

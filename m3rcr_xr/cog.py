@@ -53,10 +53,11 @@ from .exceptions import (
     argument,
     check_integer,
 )
+from .href import local_path, redacted
 from .options import OPTIONS
 from .progress import compute_with_progress
 from .schema import check_patch_ids, is_collection, repeated
-from .store import _Target, _write_errors, check_apart, sources
+from .store import _check_bucket, _Target, _write_errors, check_apart, sources
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ def check_cog_destination(
     target = _Target.of(path, storage_options)
     if not target.local:
         return _check_remote(target, names, overwrite)
-    path = Path(path)
+    path = local_path(path)  # a file:// URL as the path it names
     folder = path if names is not None else path.parent
     if names is not None and path.exists() and not path.is_dir():
         raise StoreError(f"{path}: is a file; a collection is written to a folder")
@@ -304,9 +305,7 @@ def _check_remote(target: _Target, names: Sequence[str] | None, overwrite: bool)
     """:func:`check_cog_destination` on object storage: the objects' URLs."""
     fs = target.fs
     fs.invalidate_cache()  # s3fs answers from cached listings
-    bucket = target.path.split("/")[0]
-    if not fs.exists(bucket):
-        raise StoreError(f"{target.name}: bucket {bucket} does not exist")
+    _check_bucket(target)
     keys = [target.path] if names is None else [target.key(name) for name in names]
     for key in keys:
         if fs.isdir(key):
@@ -373,27 +372,53 @@ def _software(handle: Any) -> str:
 def _uploaded(target: _Target, urls: Sequence[str], overwrite: bool) -> Iterator[Path]:
     """A temporary local folder; on success its files (named as the last part of each
     URL) are uploaded, each in one request or multipart upload, which S3 makes visible
-    only once complete; on failure the objects already uploaded are removed. Objects
-    that exist by then are checked again (:func:`check_replaceable`) before any upload."""
+    only once complete. All or none, as :func:`_commit` locally: an existing object is
+    first copied aside, under a hidden name beside it; if an upload fails, the copies
+    are put back and the objects that did not exist are removed; once all are
+    uploaded, the copies are removed. Objects that exist by then are checked again
+    (:func:`check_replaceable`) before any upload."""
+    fs = target.fs
     with tempfile.TemporaryDirectory(prefix=".m3rcr-cog-") as folder:
         yield Path(folder)
-        target.fs.invalidate_cache()
-        for url in urls:
-            if target.fs.exists(url):
-                check_replaceable(url, overwrite=overwrite, fs=target.fs)
-        done: list[str] = []
+        fs.invalidate_cache()
+        existing = [url for url in urls if fs.exists(url)]
+        for url in existing:
+            check_replaceable(url, overwrite=overwrite, fs=fs)
+        done: list[tuple[str, str | None]] = []
         try:
             for url in urls:
-                target.fs.put_file(str(Path(folder) / posixpath.basename(url)), url)
-                done.append(url)
+                previous = _beside(url, "previous") if url in existing else None
+                if previous is not None:
+                    fs.cp_file(url, previous)  # server-side; not copy: it globs
+                done.append((url, previous))
+                fs.put_file(str(Path(folder) / posixpath.basename(url)), url)
         except BaseException:
-            for url in done:
-                target.fs.rm_file(url)
+            for url, previous in reversed(done):
+                if previous is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        fs.rm_file(url)
+                else:
+                    fs.cp_file(previous, url)
+                    fs.rm_file(previous)
             raise
+        for _, previous in done:
+            if previous is not None:
+                fs.rm_file(previous)
+
+
+def _hidden(name: str, kind: str) -> str:
+    """The hidden name of this process's ``kind`` of copy of the file ``name``."""
+    return f".{name}.{os.getpid()}.{kind}"
+
+
+def _beside(url: str, kind: str) -> str:
+    """:func:`_hidden` of the object ``url``, in its folder."""
+    folder, name = posixpath.split(url)
+    return f"{folder}/{_hidden(name, kind)}"
 
 
 def _partial(file: Path) -> Path:
-    return file.with_name(f".{file.name}.{os.getpid()}.partial")
+    return file.with_name(_hidden(file.name, "partial"))
 
 
 @contextlib.contextmanager
@@ -630,13 +655,13 @@ def to_cog(
     show = OPTIONS["progress"] if progress is None else progress
     with _write_errors(target):
         if target.local:
-            folder = Path(path) if collection else Path(path).parent
+            folder = local_path(path) if collection else local_path(path).parent
             _write(scenes, files, folder, compress, blocksize, show, options, overwrite)
         else:
             with _uploaded(target, files, overwrite) as folder:
                 local = [folder / posixpath.basename(url) for url in files]
                 _write(scenes, local, folder, compress, blocksize, show, options, overwrite)
-    log.info("wrote %d GeoTIFF(s) to %s", len(files), path)
+    log.info("wrote %d GeoTIFF(s) to %s", len(files), redacted(path))
     return files
 
 
@@ -677,7 +702,7 @@ def _commit(partials: Sequence[Path], files: Sequence[Path], overwrite: bool) ->
             exists = file.exists() or file.is_symlink()
             if exists:
                 check_replaceable(file, overwrite=overwrite)
-            previous = _partial(file).with_suffix(".previous") if exists else None
+            previous = file.with_name(_hidden(file.name, "previous")) if exists else None
             if previous is not None:
                 os.replace(file, previous)
             done.append((file, previous))

@@ -21,8 +21,10 @@ Safety rules, for local paths and fsspec URLs alike:
   opened lazily, a content hash for arrays in memory, the checkpoint's hash for
   decloud) and the size and modification time of each source file (the fingerprint
   of each source store of this library; the listing of a Zarr store of other
-  software: each key's size and modification time, or ETag). An unfinished store of
-  other data is never resumed. A resume removes the temporary files
+  software: each key's size and modification time, or ETag; over HTTP, the
+  ``ETag``, ``Content-MD5``, ``Digest`` or ``Last-Modified`` header). An unfinished
+  store of other data is never resumed, nor one written from an input that reports its
+  size alone (a change of it could not be seen). A resume removes the temporary files
   (``KEY.<uuid>.partial``) of zarr's writes that a killed writer cut off in the
   arrays' folders. A store with no step recorded (killed while its arrays were
   created or its first steps written) holds none of its data: it is started over,
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import logging
@@ -66,6 +69,7 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 
 from .exceptions import M3RCRError, SchemaError, StoreError, argument
+from .href import redacted
 from .options import OPTIONS
 from .progress import compute_with_progress, progress_bar, show_progress
 from .resources import annotate, required_resources
@@ -380,8 +384,28 @@ def check_destination(
     state, doc = _inspect(target)  # first: a store out of reach is named as such
     _refuse_inside_a_store(target)
     _refuse(target, state, doc, overwrite)
-    if state == "missing" and target.local:
-        _check_creatable(target)
+    if state == "missing":
+        if target.local:
+            _check_creatable(target)
+        else:
+            _check_bucket(target)
+
+
+def _check_bucket(target: _Target) -> None:
+    """Refuse a location on object storage (S3, GCS, Azure: a file system with
+    buckets) whose bucket does not exist, or cannot be reached (no credentials): its
+    first write would fail half-way, with the client's own error. Other file systems
+    make folders as they write."""
+    split = getattr(target.fs, "split_path", None)
+    if split is None:
+        return
+    bucket = split(target.path)[0]
+    with _reaching(target, f"bucket {bucket}"):
+        target.fs.invalidate_cache(bucket)
+        try:
+            target.fs.info(bucket)
+        except FileNotFoundError:
+            raise StoreError(f"{target.name}: bucket {bucket} does not exist") from None
 
 
 def _check_creatable(target: _Target) -> None:
@@ -499,6 +523,11 @@ def data_fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
     >>> data_fingerprint(ds) == data_fingerprint(m3rcr_xr.synthetic_collection(1, 32, seed=2))
     False
     """
+    return _fingerprint(ds, _identities(inputs))
+
+
+def _fingerprint(ds: xr.Dataset, identities: dict[str, tuple[str, bool]]) -> str:
+    """:func:`data_fingerprint`, given the inputs' identities (:func:`_identities`)."""
     digest = hashlib.sha256()
     digest.update(json.dumps({k: int(v) for k, v in ds.sizes.items()}, sort_keys=True).encode())
     for name in sorted(ds.variables, key=str):
@@ -512,16 +541,25 @@ def data_fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
     digest.update(
         dask.base.tokenize(*(ds[name].data for name in sorted(ds.data_vars, key=str))).encode()
     )
-    for source in sorted(inputs):
-        digest.update(f"{source}:{_source_identity(source)}".encode())
+    for source, (identity, _) in sorted(identities.items()):
+        digest.update(f"{source}:{identity}".encode())
     return digest.hexdigest()
 
 
-def _source_identity(source: str) -> str:
-    """What changes when an input changes: for a folder (a Zarr store), its listing
-    (:func:`_listing_identity`: a chunk rewritten in place changes it), after a store of
-    this library's own fingerprint (the data it was written from); else a file's size
-    and modification time (ETag or date on object stores).
+def _identities(inputs: Iterable[str]) -> dict[str, tuple[str, bool]]:
+    """:func:`_source_identity` of each input, each reached once."""
+    return {source: _source_identity(source) for source in inputs}
+
+
+def _source_identity(source: str) -> tuple[str, bool]:
+    """What changes when an input changes, and whether a change can be seen at all.
+
+    For a folder (a Zarr store), its listing (:func:`_listing_identity`: a chunk
+    rewritten in place changes it), after a store of this library's own fingerprint (the
+    data it was written from); else a file's size and version (:func:`_version`:
+    modification time, ETag, HTTP ``Last-Modified``...). A file that reports its size
+    alone (an HTTP server that sends no ``ETag`` nor ``Last-Modified``) is not
+    versioned (False): a file replaced by one of the same size looks the same.
 
     The source is reached with the ``storage_options`` it was opened with
     (:class:`Source`); a source out of reach is a :class:`StoreError` naming it.
@@ -532,11 +570,11 @@ def _source_identity(source: str) -> str:
         try:
             info = target.fs.info(target.path)
         except FileNotFoundError:
-            return "missing"
+            return "missing", True
         if info.get("type") != "directory":
-            return _version(info)
+            return _version(info), _changed(info) is not None
         attrs = (_read_json(target, "zarr.json") or {}).get("attributes") or {}
-        return f"{attrs.get(FINGERPRINT, '')}:{_listing_identity(target)}"
+        return f"{attrs.get(FINGERPRINT, '')}:{_listing_identity(target)}", True
 
 
 def _listing_identity(target: _Target) -> str:
@@ -555,14 +593,33 @@ def _listing_identity(target: _Target) -> str:
     return f"listing:{digest.hexdigest()}"
 
 
-#: what each fsspec file system reports that changes when a file is rewritten
-_VERSION_KEYS = ("mtime", "ETag", "etag", "LastModified", "last_modified", "updated")
+#: what each fsspec file system reports that changes when a file is rewritten: local
+#: and SFTP ``mtime``; S3 ``ETag``, ``LastModified``; GCS ``etag``, ``updated``; Azure
+#: ``last_modified``; HTTP the response's ``ETag``, ``Content-MD5``, ``Digest`` or
+#: ``Last-Modified`` header (as fsspec's ``HTTPFileSystem.info`` names them); memory
+#: ``created`` (a file is replaced whole)
+_VERSION_KEYS = (
+    "mtime",
+    "ETag",
+    "etag",
+    "LastModified",
+    "last_modified",
+    "updated",
+    "Content-MD5",
+    "Digest",
+    "Last-Modified",
+    "created",
+)
+
+
+def _changed(info: dict[str, Any]) -> Any:
+    """A file's first of :data:`_VERSION_KEYS`; None when it reports none."""
+    return next((info[key] for key in _VERSION_KEYS if info.get(key) is not None), None)
 
 
 def _version(info: dict[str, Any]) -> str:
-    """A file's size and its first of :data:`_VERSION_KEYS`."""
-    changed = next((info[key] for key in _VERSION_KEYS if info.get(key) is not None), None)
-    return f"{info.get('size')}:{changed}"
+    """A file's size and its first of :data:`_VERSION_KEYS` (:func:`_changed`)."""
+    return f"{info.get('size')}:{_changed(info)}"
 
 
 def _coordinate_bytes(values: np.ndarray) -> bytes:
@@ -784,7 +841,7 @@ def _marker(target: _Target) -> Iterator[None]:
     try:
         yield
     finally:
-        target.fs.rm(key)
+        target.fs.rm_file(key)  # not rm: it takes a name with glob characters for a pattern
 
 
 def _busy(target: _Target, why: str) -> str:
@@ -859,8 +916,9 @@ def to_zarr(
     ------
     StoreError
         Before anything is written: the destination is not one of the above, overlaps
-        a source of ``ds``, is being written by another process, or is an unfinished
-        store of other data; or the file system is read-only or full.
+        a source of ``ds``, is being written by another process, is an unfinished
+        store of other data (or of an input that reports no version), or lies in a
+        bucket that does not exist; or the file system is read-only or full.
     SchemaError
         Before anything is written: a variable's name cannot name an array of a store
         (empty, ``.``, ``..``, or with a ``/``, which Zarr would take for a group); an
@@ -881,12 +939,22 @@ def to_zarr(
     ds = _prepare(ds)
     dim = _write_dim(ds)
     steps = _steps(ds, dim)
-    fingerprint = data_fingerprint(ds, inputs)
+    identities = _identities(inputs)
+    fingerprint = _fingerprint(ds, identities)
+    unversioned = [source for source, (_, versioned) in identities.items() if not versioned]
     with _write_errors(target), _locked(target), _quiet_lock_listing():
-        planned = _plan(target, fingerprint, overwrite, [str(name) for name in ds.variables])
+        names = [str(name) for name in ds.variables]
+        planned = _plan(target, fingerprint, overwrite, names, unversioned)
         fresh = planned is None
         done: set[int] = set() if planned is None else planned
         if fresh:
+            if unversioned:
+                log.warning(
+                    "%s: %s%s; if this write is interrupted, it cannot be resumed",
+                    redacted(store),
+                    _unversioned(unversioned[0]),
+                    f" (and {len(unversioned) - 1} other(s))" if len(unversioned) > 1 else "",
+                )
             try:
                 _initialise(ds, target, fingerprint)
             except Exception:
@@ -896,7 +964,12 @@ def to_zarr(
                     _clear(target)
                 raise
         else:
-            log.info("%s: resuming, %d of %d steps already written", store, len(done), len(steps))
+            log.info(
+                "%s: resuming, %d of %d steps already written",
+                redacted(store),
+                len(done),
+                len(steps),
+            )
             _remove_partial_writes(target, map(str, ds.variables))
         try:
             _write_steps(ds, target.zarr_store, target, dim, steps, done, progress)
@@ -912,11 +985,17 @@ def to_zarr(
 
 
 def _plan(
-    target: _Target, fingerprint: str, overwrite: bool, names: Sequence[str]
+    target: _Target,
+    fingerprint: str,
+    overwrite: bool,
+    names: Sequence[str],
+    unversioned: Sequence[str] = (),
 ) -> set[int] | None:
     """Under the lock: the steps an earlier, unfinished run of the same data wrote
     (to skip), or None to start afresh (after removing a store being replaced). The
-    arrays ``names`` are checked first to take nothing of the folder but the store's."""
+    arrays ``names`` are checked first to take nothing of the folder but the store's.
+    A resume from an ``unversioned`` input (:func:`_source_identity`) is refused: the
+    store could mix the old file's pixels with the new one's."""
     state, doc = _inspect(target)
     _refuse(target, state, doc, overwrite)
     if doc is None:  # nothing there, or an empty folder
@@ -935,7 +1014,20 @@ def _plan(
             f"or the same files changed since); pass {argument('overwrite', True)} to "
             "start it over"
         )
+    if unversioned:
+        raise StoreError(
+            f"{target.name}: cannot resume this unfinished store: {_unversioned(unversioned[0])}"
+            f"; pass {argument('overwrite', True)} to start it over"
+        )
     return set(attrs.get(PROGRESS, []))
+
+
+def _unversioned(source: str) -> str:
+    """Why a write from ``source`` (an input that reports no version) cannot resume."""
+    return (
+        f"the input {redacted(source)} reports its size but no version (no ETag nor "
+        "Last-Modified), so a change since the first run cannot be detected"
+    )
 
 
 def _check_free(target: _Target, doc: dict[str, Any], names: Sequence[str]) -> None:
@@ -969,17 +1061,33 @@ def _clear(target: _Target) -> None:
         return
     members = _members(target, doc)
     _set_attrs(target, {COMPLETE: False, FINGERPRINT: "", PROGRESS: [], MEMBERS: members})
-    fs = target.fs
     _remove_partial_writes(target, members)
     for name in members:
         folder = target.key(name)
         for key in (f"{folder}/c", f"{folder}/zarr.json"):  # chunks, then metadata
-            fs.invalidate_cache(key)
-            if fs.exists(key):
-                fs.rm(key, recursive=True)
+            _remove(target, key)
         if target.local and os.path.isdir(folder) and not os.listdir(folder):
             os.rmdir(folder)
-    fs.rm(target.key("zarr.json"))
+    _remove(target, target.key("zarr.json"))
+
+
+def _remove(target: _Target, key: str) -> None:
+    """Remove the file or folder ``key`` of the store and all under it, exactly that.
+
+    fsspec's ``rm`` takes a path with glob characters for a pattern (but on the local
+    file system): a variable ``x[1]`` would take a user's array ``x1`` beside it. Such
+    a path is listed instead (``find`` takes no pattern) and its keys removed one by
+    one; what ``rm`` lists under a plain path is removed as listed, in batches (S3:
+    1000 keys a request), folders included.
+    """
+    fs = target.fs
+    fs.invalidate_cache(key)
+    if target.local or not glob.has_magic(key):
+        if fs.exists(key):
+            fs.rm(key, recursive=True)
+        return
+    for found in fs.find(key):
+        fs.rm_file(found)
 
 
 def _members(target: _Target, doc: dict[str, Any]) -> list[str]:

@@ -125,12 +125,16 @@ def stac_item(item_id: str, assets: Mapping[str, str | Path], when: datetime | N
 
 
 @contextlib.contextmanager
-def serve_directory(root: str | Path, query: str | None = None) -> Iterator[str]:
+def serve_directory(
+    root: str | Path, query: str | None = None, *, last_modified: bool = True
+) -> Iterator[str]:
     """Serve the files under ``root`` over HTTP on loopback, with range requests (as
     GDAL's ``/vsicurl/`` needs); yields the base URL, ``http://127.0.0.1:PORT``.
 
     With ``query``, only requests whose query string is exactly ``query`` (as sent, not
-    decoded) are answered, others refused with 403: a presigned URL's server.
+    decoded) are answered, others refused with 403: a presigned URL's server. Files
+    are versioned by their ``Last-Modified`` header alone (no ``ETag``), and not at all
+    without ``last_modified``: a server that tells nothing of a file's version.
 
     The server runs in a child process: GDAL holds the GIL while it reads, so a server
     thread in the reading process would never answer.
@@ -142,7 +146,13 @@ def serve_directory(root: str | Path, query: str | None = None) -> Iterator[str]
     """
     server = Path(__file__).with_name("_range_server.py")  # run as a script: no package import
     child = subprocess.Popen(
-        [sys.executable, str(server), str(root), *([query] if query is not None else [])],
+        [
+            sys.executable,
+            str(server),
+            str(root),
+            *([f"--query={query}"] if query is not None else []),
+            *([] if last_modified else ["--no-last-modified"]),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -485,6 +485,30 @@ def test_decloud_writes_the_uncertainty_beside_the_cog(scene_store, tmp_path, ca
     assert (expected > 0).any()
 
 
+def test_decloud_writes_a_scene_cog_to_object_storage(bucket, scene_store, capsys):
+    """A URL's suffix is checked before any work, its bucket by check_cog_destination."""
+    import s3fs
+
+    cog, out = f"s3://{bucket}/d.tif", f"s3://{bucket}/out.zarr"
+    argv = ["decloud", str(scene_store), out, *UNTRAINED_SMALL]
+    _fails_alone(capsys, [*argv, "--cog", f"s3://{bucket}/d.png"], "d.png: write a .tif/.tiff")
+    assert main([*argv, "--cog", cog]) == 0
+    assert capsys.readouterr().out.endswith(f"wrote {out}\nwrote {cog}\n")
+    assert s3fs.S3FileSystem().cat_file(cog)[:2] in (b"II", b"MM")
+
+
+def test_decloud_prints_no_password_of_a_url(scene_store, capsys):
+    """Neither in what it wrote, nor in its log (-v: to_cog's INFO lines too)."""
+    where = "memory://alice:S3CRET@m3rcr-cli"
+    argv = ["-v", "decloud", str(scene_store), f"{where}/out.zarr", *UNTRAINED_SMALL]
+    assert main([*argv, "--cog", f"{where}/d.tif"]) == 0
+    shown = capsys.readouterr()
+    assert "S3CRET" not in shown.out + shown.err
+    wrote = "wrote memory://alice@m3rcr-cli/out.zarr\nwrote memory://alice@m3rcr-cli/d.tif\n"
+    assert wrote in shown.out
+    assert "wrote 1 GeoTIFF(s) to memory://alice@m3rcr-cli/d.tif" in shown.err
+
+
 def test_decloud_never_replaces_an_uncertainty_cog_unasked(scene_store, tmp_path, capsys):
     cog, std, out = tmp_path / "d.tif", tmp_path / "d_std.tif", tmp_path / "out.zarr"
     std.write_bytes(b"not ours")

@@ -528,32 +528,81 @@ def test_an_existing_object_is_kept_without_overwrite(bucket, tmp_path):
     assert _objects(bucket) == {f"{bucket}/theirs.tif": b"not ours"}
     m3rcr_xr.to_cog(_scene(32), f"s3://{bucket}/mine.tif")
     m3rcr_xr.to_cog(_scene(64), f"s3://{bucket}/mine.tif", overwrite=True)
+    objects = _objects(bucket)  # the copy of the one replaced, kept while uploading, is gone
+    assert sorted(objects) == [f"{bucket}/mine.tif", f"{bucket}/theirs.tif"]
     local = tmp_path / "mine.tif"
-    local.write_bytes(_objects(bucket)[f"{bucket}/mine.tif"])
+    local.write_bytes(objects[f"{bucket}/mine.tif"])
     with rasterio.open(local) as cog:
         assert cog.shape == (64, 64)  # replaced
 
 
-def test_a_failed_upload_leaves_no_object(bucket, monkeypatch):
-    """The second patch's upload fails: the first, already uploaded, is removed."""
+def _upload_fails(monkeypatch, at: int) -> list[str]:
+    """s3fs's upload number ``at`` fails, as a connection reset would; returns the
+    objects whose upload was asked for."""
     import s3fs
 
     put_file = s3fs.S3FileSystem._put_file  # the sync put_file calls it
-    calls = []
+    calls: list[str] = []
 
-    async def second_fails(self, lpath, rpath, **kwargs):
+    async def fails(self, lpath, rpath, **kwargs):
         calls.append(rpath)
-        if len(calls) == 2:
+        if len(calls) == at:
             raise OSError(errno.EIO, "connection reset")
         return await put_file(self, lpath, rpath, **kwargs)
 
-    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", second_fails)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", fails)
     s3fs.S3FileSystem.clear_instance_cache()  # instances bind their sync methods when made
+    return calls
+
+
+def test_a_failed_upload_leaves_no_object(bucket, monkeypatch):
+    """The second patch's upload fails: the first, already uploaded, is removed."""
+    calls = _upload_fails(monkeypatch, at=2)
     with pytest.raises(OSError, match="connection reset"):
         m3rcr_xr.to_cog(m3rcr_xr.synthetic_collection(2, 16), f"s3://{bucket}/c", variable="cloudy")
     assert len(calls) == 2 and _objects(bucket) == {}
 
 
+def test_a_failed_overwrite_on_object_storage_puts_every_object_back(bucket, monkeypatch):
+    """As locally, all or none: the third upload fails; the first object, which
+    replaced one, is put back as it was; the second, new, is removed; no copy is left
+    (nor after a write that succeeds: test_an_existing_object_is_kept_without_overwrite)."""
+    import s3fs
+
+    url = f"s3://{bucket}/c"
+    collection = m3rcr_xr.synthetic_collection(3, 16, seed=1)
+    m3rcr_xr.to_cog(collection, url, variable="cloudy")
+    s3fs.S3FileSystem().rm_file(f"{bucket}/c/synthetic_2_p_0.tif")
+    before = _objects(bucket)
+    changed = collection.assign(cloudy=collection["cloudy"] // 2)
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="connection reset"):
+        calls = _upload_fails(patch, at=3)
+        m3rcr_xr.to_cog(changed, url, variable="cloudy", overwrite=True)
+    assert len(calls) == 3 and _objects(bucket) == before
+
+
 def test_a_missing_bucket_is_refused_before_any_work(bucket):
     with pytest.raises(m3rcr_xr.StoreError, match="bucket no-such-bucket does not exist"):
         m3rcr_xr.to_cog(_scene(64), "s3://no-such-bucket/d.tif")
+
+
+def test_no_credentials_are_named_as_such_not_as_a_missing_bucket(bucket, monkeypatch):
+    import s3fs
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # nothing leaves this machine
+    s3fs.S3FileSystem.clear_instance_cache()
+    url = f"s3://{bucket}/d.tif"
+    message = rf"^{url}: cannot reach bucket {bucket} \(Unable to locate credentials\)$"
+    with pytest.raises(m3rcr_xr.StoreError, match=message):
+        m3rcr_xr.to_cog(_scene(64), url)
+
+
+def test_a_file_url_is_a_local_path(tmp_path):
+    """As to_zarr takes it: file:///... names the local file."""
+    url = (tmp_path / "d.tif").as_uri()
+    assert m3rcr_xr.to_cog(_scene(64), url) == [tmp_path / "d.tif"]
+    assert cog_validate(str(tmp_path / "d.tif"), strict=True)[0]
+    with pytest.raises(m3rcr_xr.StoreError, match="d.tif: exists; pass overwrite=True"):
+        m3rcr_xr.to_cog(_scene(64), url)

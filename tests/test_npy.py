@@ -82,23 +82,28 @@ def test_an_object_array_is_refused_and_a_short_file_is_seen(tmp_path):
 
 
 @pytest.mark.parametrize("change", ["order", "truncated"])
-def test_a_file_changed_after_it_was_opened_is_refused(tmp_path, change):
+@pytest.mark.parametrize("where", ["local", "http"])
+def test_a_file_changed_after_it_was_opened_is_refused(tmp_path, change, where):
     """Its header is fixed at open: read with it, another layout would be mis-read
-    (a C-order file replacing a Fortran one comes back transposed)."""
+    (a C-order file replacing a Fortran one comes back transposed). Over HTTP, by
+    its Last-Modified (all that Python's server sends)."""
+    import contextlib
     import os
 
     from m3rcr_xr import InputFileError
 
     path = tmp_path / "m.npy"
     np.save(path, np.asfortranarray(VALUES))
-    npy = open_npy(path)
-    if change == "order":
-        np.save(path, VALUES)
-    else:
-        path.write_bytes(path.read_bytes()[:-100])
-    os.utime(path, ns=(1, 1))  # even within one tick of the clock: the time differs
-    with pytest.raises(InputFileError, match="m.npy: changed since it was opened"):
-        npy[0:3, 0:3]
+    served = serve_directory(tmp_path) if where == "http" else contextlib.nullcontext()
+    with served as url:
+        npy = open_npy(f"{url}/m.npy" if url else path)
+        if change == "order":
+            np.save(path, VALUES)
+        else:
+            path.write_bytes(path.read_bytes()[:-100])
+        os.utime(path, ns=(1, 1))  # even within one tick of the clock: the time differs
+        with pytest.raises(InputFileError, match="m.npy: changed since it was opened"):
+            npy[0:3, 0:3]
 
 
 def test_a_presigned_url_is_read_by_range_and_an_expired_one_named_redacted(saved):

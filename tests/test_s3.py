@@ -189,3 +189,16 @@ def test_a_zarr_store_of_other_software_on_s3_changed_in_place_is_told_apart(buc
     assert store._source_identity(url) == first
     values[4:] = 0  # one chunk rewritten in place: same keys, same size
     assert store._source_identity(url) != first
+
+
+def test_a_missing_bucket_is_named_before_anything_is_written(bucket, tmp_path, capsys):
+    """Not the client's FileNotFoundError from the writer's first object (its lock)."""
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=12)
+    url = "s3://no-such-bucket/s.zarr"
+    with pytest.raises(StoreError, match=rf"^{url}: bucket no-such-bucket does not exist$"):
+        m3rcr_xr.to_zarr(scene, url)
+    m3rcr_xr.to_zarr(scene, tmp_path / "in.zarr")
+    argv = ["decloud", str(tmp_path / "in.zarr"), url, "--checkpoint", "untrained"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"m3rcr decloud: error: {url}: bucket no-such-bucket does not exist\n"

@@ -14,7 +14,7 @@ import zarr
 
 import m3rcr_xr
 from m3rcr_xr import store
-from m3rcr_xr.testing import raise_if_dask_computes
+from m3rcr_xr.testing import raise_if_dask_computes, serve_directory
 from tests.conftest import (
     ForkServer,
     a_file,
@@ -667,6 +667,87 @@ def test_a_zarr_store_corrected_in_place_is_not_resumed(tmp_path, monkeypatch, w
         with pytest.raises(m3rcr_xr.StoreError, match="unfinished store of other data"):
             m3rcr_xr.to_zarr(_source_scene(source, writer), target)
         assert written == [] and snapshot(target) == before
+
+
+def _http_input(served: Path, url: str) -> xr.Dataset:
+    """A scene read (as far as to_zarr can tell) from ``served/a.tif``, served at ``url``."""
+    scene = m3rcr_xr.synthetic_scene((64, 16), seed=1)
+    scene.encoding["source"] = f"{url}/a.tif"
+    return scene
+
+
+def test_a_resume_sees_an_http_input_replaced(tmp_path, monkeypatch):
+    """An HTTP input replaced by a file of the same size: its Last-Modified (all that
+    Python's server sends) tells them apart, its size alone would not."""
+    served, target = tmp_path / "served", tmp_path / "s.zarr"
+    served.mkdir()
+    (served / "a.tif").write_bytes(b"A" * 100)
+    first = os.stat(served / "a.tif").st_mtime_ns
+    with serve_directory(served) as url, m3rcr_xr.set_options(scene_chunk=16):
+        monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+        _recording(monkeypatch, fail_at=16)
+        with pytest.raises(OSError, match="disk went away"):
+            m3rcr_xr.to_zarr(_http_input(served, url), target)
+        written = _recording(monkeypatch)
+        (served / "a.tif").write_bytes(b"B" * 100)  # replaced: same size, a later date
+        os.utime(served / "a.tif", ns=(first + 10**10, first + 10**10))
+        with pytest.raises(m3rcr_xr.StoreError, match="unfinished store of other data"):
+            m3rcr_xr.to_zarr(_http_input(served, url), target)
+        (served / "a.tif").write_bytes(b"A" * 100)  # the first file again: resumed
+        os.utime(served / "a.tif", ns=(first, first))
+        m3rcr_xr.to_zarr(_http_input(served, url), target)
+    assert written == [slice(16, 32), slice(32, 48), slice(48, 64)]
+
+
+def test_a_resume_from_an_input_with_no_version_is_refused(tmp_path, monkeypatch, caplog):
+    """A server that sends neither ETag nor Last-Modified: a change of the input could
+    not be seen, so the first write warns and a resume is refused."""
+    served, target = tmp_path / "served", tmp_path / "s.zarr"
+    served.mkdir()
+    (served / "a.tif").write_bytes(b"A" * 100)
+    with (
+        serve_directory(served, last_modified=False) as url,
+        m3rcr_xr.set_options(scene_chunk=16),
+    ):
+        monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+        _recording(monkeypatch, fail_at=16)
+        with pytest.raises(OSError, match="disk went away"):
+            m3rcr_xr.to_zarr(_http_input(served, url), target)
+        assert f"{url}/a.tif reports its size but no version" in caplog.text
+        assert "if this write is interrupted, it cannot be resumed" in caplog.text
+        written, before = _recording(monkeypatch), snapshot(target)
+        refused = rf"{target}: cannot resume .*: the input {url}/a.tif reports .*overwrite=True"
+        with pytest.raises(m3rcr_xr.StoreError, match=refused):
+            m3rcr_xr.to_zarr(_http_input(served, url), target)
+        assert written == [] and snapshot(target) == before
+        m3rcr_xr.to_zarr(_http_input(served, url), target, overwrite=True)
+    assert m3rcr_xr.is_complete(target) and len(written) == 4
+
+
+@pytest.mark.parametrize("where", ["memory", "s3"])
+def test_overwrite_keeps_an_array_a_variables_glob_characters_would_match(tmp_path, request, where):
+    """fsspec's rm takes x[1] for a pattern, which matches a user's array x1 (a
+    local store is removed with shutil, which takes none)."""
+    import fsspec
+
+    if where == "s3":
+        root = f"s3://{request.getfixturevalue('bucket')}"  # moto on loopback
+    else:
+        root = f"memory://glob-{tmp_path.name}"
+    fs, path = fsspec.core.url_to_fs(root)
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=1)
+    ds = scene[["landcover"]].rename(landcover="x[1]")  # few arrays: few requests
+    m3rcr_xr.to_zarr(ds, f"{root}/s.zarr")
+    theirs = zarr.create_array(f"{root}/s.zarr/x1", shape=(4,), chunks=(2,), dtype="i4")
+    theirs[:] = np.arange(4)
+    before = fs.find(f"{path}/s.zarr/x1")
+    m3rcr_xr.to_zarr(ds, f"{root}/s.zarr", overwrite=True)
+    assert fs.find(f"{path}/s.zarr/x1") == before and len(before) == 3
+    np.testing.assert_array_equal(zarr.open_array(f"{root}/s.zarr/x1")[:], np.arange(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr: x1 is no member of the store's group
+        back = m3rcr_xr.open_zarr(f"{root}/s.zarr", validate_schema=False).compute()
+    xr.testing.assert_identical(back, ds.compute())
 
 
 def test_a_source_keeps_its_storage_options_out_of_sight():
