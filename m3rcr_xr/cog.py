@@ -279,6 +279,11 @@ def check_cog_destination(
         it, one of other software: :func:`check_replaceable`), or an overlap with an
         input.
     """
+    if names is None and str(path).endswith(("/", os.sep)):  # "cogs/" was written as a file
+        raise StoreError(
+            f"{path}: a scene is written to one GeoTIFF file, not a folder (a folder is "
+            "for a collection, one GeoTIFF a patch)"
+        )
     check_apart(path, inputs)
     target = _Target.of(path, storage_options)
     if not target.local:

@@ -346,6 +346,14 @@ def test_unreachable_destinations_are_refused(tmp_path, where, match):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("folder", ["cogs/", "memory://bucket/cogs/"])
+def test_a_scene_to_a_folder_path_is_refused(tmp_path, monkeypatch, folder):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(m3rcr_xr.StoreError, match="a scene is written to one GeoTIFF file"):
+        m3rcr_xr.to_cog(_scene(64), folder)
+    assert list(tmp_path.iterdir()) == []  # before: a file named "cogs"
+
+
 def test_a_destination_inside_an_input_is_refused(tmp_path):
     m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64)), tmp_path / "s.zarr")
     scene = m3rcr_xr.open_zarr(tmp_path / "s.zarr")
