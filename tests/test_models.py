@@ -420,6 +420,9 @@ def test_dsen2cr_takes_any_size_and_checks_inputs() -> None:
         ("dsen2_cr", {"res_scale": float("inf")}, "res_scale=inf must be a finite number"),
         ("dsen2_cr", {"res_scale": 1e999}, "res_scale=inf must be a finite number"),
         ("glf_cr", {"drop_path_rate": np.float64("nan")}, "drop_path_rate=.*nan.* finite"),
+        ("glf_cr", {"drop_path_rate": 1.0}, r"drop_path_rate=1.0 must be in \[0, 1\)"),
+        ("glf_cr", {"drop_path_rate": 1.5}, r"drop_path_rate=1.5 must be in \[0, 1\)"),
+        ("glf_cr", {"drop_path_rate": -0.5}, r"drop_path_rate=-0.5 must be in \[0, 1\)"),
         ("align_cr", {"mlp_ratio": -np.inf}, "mlp_ratio=-inf must be a finite number"),
         ("align_cr", {"deform_backend": "cuda"}, "deform_backend='cuda' must be one of 'auto'"),
     ],
@@ -790,6 +793,16 @@ def test_a_network_too_large_is_refused_without_building_it(monkeypatch) -> None
         registry.check_config("dsen2_cr", {"n_feats": 100_000})  # wide, not deep
     with pytest.raises(ModelConfigError, match="need 1 <= depth <= 16"):
         registry.check_config("landcover_unet", {"depth": 10**6})
+
+
+def test_drop_path_rate_is_checked_before_a_build() -> None:
+    """1 would drop every path (0/0: NaN in training); the published 0.2 and rates
+    just below 1 train to finite outputs."""
+    with pytest.raises(ModelConfigError, match="drop_path_rate=1"):
+        registry.check_config("glf_cr", {"preset": "small", "drop_path_rate": 1})
+    torch.manual_seed(0)
+    net = build("glf_cr", preset="small", drop_path_rate=0.99).train()
+    assert bool(net(*_inputs(32)).isfinite().all())
 
 
 def test_check_config_names_what_is_wrong() -> None:

@@ -221,6 +221,11 @@ def test_landcover_checkpoint_resume_and_export(collection_store, tmp_path):
     reference = models.load("landcover_unet", whole.checkpoint, **config).state_dict()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
+    # the checkpoint itself classifies with its own configuration (small, level 1)
+    optical = m3rcr_xr.synthetic_collection(1, TILE, seed=8).cloudfree
+    expected = m3rcr_xr.classify(optical, checkpoint=whole.checkpoint, config=config, tile=TILE)
+    got = m3rcr_xr.classify(optical, checkpoint=whole.checkpoint, tile=TILE)
+    np.testing.assert_array_equal(got.values, expected.values)
     exported = export_weights(whole.checkpoint, tmp_path / "lc.safetensors")
     header = read_weights(exported)
     assert header.model == "landcover_unet" and header.config["level"] == 1
@@ -261,6 +266,11 @@ def test_cli_train_landcover(collection_store, val_store, tmp_path, capsys):
     from m3rcr_xr.weights import read_weights
 
     assert read_weights(exported).config["n_classes"] == 11
+    one = ["train", str(collection_store), "--task", "landcover", "--steps", "1", "--crop", "16"]
+    assert main([*one, "--batch-size", "1", "--out", str(tmp_path / "x.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "error: --crop 16 with --batch-size 1: landcover_unet of depth 4 " in err
+    assert "use --batch-size 2 or more, or --crop 32 or more" in err
     bad = ["train", str(collection_store), "--level", "2", "--steps", "1"]
     assert main([*bad, "--out", str(tmp_path / "x.pth")]) == 2
     assert "--model is required" in capsys.readouterr().err
@@ -287,3 +297,58 @@ def test_a_validation_that_fails_loses_no_training(tmp_path):
     assert saved["step"] == 1 and "metrics" not in saved
     resumed = m3rcr_xr.train.train(scenes, out, run_settings(2), resume=out, progress=False)
     assert sorted(resumed.losses) == [2]
+
+
+def _nan_from_step(step: int):
+    """The loss of the small DSen2-CR run, NaN from its ``step``-th call on."""
+    calls = []
+
+    def make(model, weights):
+        loss = m3rcr_xr.train.loss_function(model, weights)
+
+        def nan_later(*args, **kwargs):
+            calls.append(1)
+            value = loss(*args, **kwargs)
+            return value * float("nan") if len(calls) >= step else value
+
+        return nan_later
+
+    return make
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_keeping_the_last_checkpoint(tmp_path, monkeypatch):
+    """No checkpoint of NaN weights: the run stops at the step, the file keeps the last
+    good one (resumable), and the weights had no step with NaN gradients."""
+    from m3rcr_xr.exceptions import UsageError
+    from m3rcr_xr.train import loop
+
+    scenes = m3rcr_xr.synthetic_collection(2, TILE, seed=3).compute()
+    out = tmp_path / "run.pth"
+    monkeypatch.setattr(loop, "loss_function", _nan_from_step(3))
+    with pytest.raises(UsageError, match=rf"step 3: the loss is nan, .*{out.name} keeps step 2"):
+        m3rcr_xr.train.train(scenes, out, run_settings(4, checkpoint_every=2), progress=False)
+    saved = m3rcr_xr.train.read_training_checkpoint(out)
+    assert saved["step"] == 2
+    assert all(bool(v.isfinite().all()) for v in weights(out).values())
+    monkeypatch.setattr(loop, "loss_function", _nan_from_step(1))
+    with pytest.raises(UsageError, match=r"step 1: .*nothing was written to .*new.pth"):
+        m3rcr_xr.train.train(scenes, tmp_path / "new.pth", run_settings(2), progress=False)
+    assert not (tmp_path / "new.pth").exists()
+
+
+def test_train_step_takes_no_step_on_a_loss_that_is_not_finite():
+    from m3rcr_xr.exceptions import UsageError
+    from m3rcr_xr.train import CropDataset, make_optimizer, train_step
+
+    model = models.build("dsen2_cr", **SMALL).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = CropDataset(m3rcr_xr.synthetic_collection(1, TILE, seed=3), TILE, mode="center")
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=1)))
+    loss = m3rcr_xr.train.loss_function("dsen2_cr", None)
+
+    def infinite(*args, **kwargs):
+        return loss(*args, **kwargs) * float("inf")
+
+    with pytest.raises(UsageError, match="the loss is inf, not a finite number"):
+        train_step(model, batch, make_optimizer(model, 1e-3), infinite)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)

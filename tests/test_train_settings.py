@@ -84,3 +84,25 @@ def test_a_configuration_is_refused_before_the_data_even_with_a_crop() -> None:
     settings = TrainSettings("dsen2_cr", steps=1, crop=32, config={"n_resblock": 4})
     with pytest.raises(ModelConfigError, match="unknown configuration key 'n_resblock'"):
         settings.resolved()
+
+
+def test_a_drop_path_rate_of_one_is_refused_before_the_data() -> None:
+    settings = TrainSettings("glf_cr", 1, config={"preset": "small", "drop_path_rate": 1.0})
+    with pytest.raises(ModelConfigError, match=r"drop_path_rate=1.0 must be in \[0, 1\)"):
+        settings.resolved()
+
+
+@pytest.mark.parametrize(("crop", "batch_size", "depth"), [(16, 1, 4), (4, 1, 2)])
+def test_a_batch_the_unet_pools_to_one_pixel_is_refused(crop, batch_size, depth) -> None:
+    """Its batch norm would fail in training (one value per channel at the bottom)."""
+    config = {"depth": depth, "features": 2}
+    settings = TrainSettings("landcover_unet", 1, config=config, crop=crop, batch_size=batch_size)
+    with pytest.raises(
+        UsageError,
+        match=rf"crop={crop} with batch_size=1: .* use batch_size 2 or more, or crop "
+        rf"{2 ** (depth + 1)} or more",
+    ):
+        settings.resolved()
+    bigger = dataclasses.replace(settings, crop=2 ** (depth + 1))
+    assert dataclasses.replace(settings, batch_size=2).resolved().batch_size == 2
+    assert bigger.resolved().crop == 2 ** (depth + 1)

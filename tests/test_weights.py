@@ -570,6 +570,66 @@ def test_an_exported_file_brings_its_model_and_configuration(tmp_path):
     assert weights.resolve(None, plain, TINY).config == TINY
 
 
+def _training_checkpoint(path: Path, settings: object) -> Path:
+    """The TINY weights in the layout of a checkpoint of ``m3rcr train``, with these
+    ``settings`` (the optimiser state and the rest are not read for decloud)."""
+    import torch
+
+    state = torch.load(seeded_checkpoint(path.with_suffix(".w"), **TINY), weights_only=True)
+    network = {f"module.{k}": v for k, v in state.items()}
+    torch.save({"network": network, "step": 1, "settings": settings}, path)
+    return path
+
+
+def test_a_training_checkpoint_brings_its_model_and_configuration(tmp_path):
+    """Its settings count as an exported header's: a run trained with res_scale=1 loads
+    strictly under the default 0.1 (no shape changes) and would be silently wrong."""
+    trained = {**TINY, "res_scale": 1.0}
+    run = _training_checkpoint(tmp_path / "run.pth", {"model": "DSen2-CR", "config": trained})
+    found = weights.resolve(None, run)
+    assert (found.model, found.config, found.sha256) == ("dsen2_cr", trained, file_sha256(run))
+    assert weights.resolve("dsen2_cr", run, trained).config == trained
+    with pytest.raises(ModelConfigError, match=r"'.*run.pth' were trained with .*'res_scale': 1"):
+        weights.resolve("dsen2_cr", run, TINY)
+    with pytest.raises(ModelConfigError, match="the weights .*run.pth' are for dsen2_cr"):
+        weights.resolve("glf_cr", run)
+    scene = m3rcr_xr.synthetic_scene((32, 32))
+    out = m3rcr_xr.decloud(scene, checkpoint=run, tile=32)
+    assert out.attrs["config"] == repr(dict(sorted(trained.items())))
+    expected = m3rcr_xr.decloud(scene, "dsen2_cr", run, config=trained, tile=32)
+    np.testing.assert_array_equal(out.values, expected.values)
+    plain = _training_checkpoint(tmp_path / "plain.pth", None)  # no settings: those given
+    assert weights.resolve(None, plain, trained).config == trained
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"model": "nosuch", "config": {}}, "run.pth: the training settings name an unknown"),
+        ({"model": "dsen2_cr", "config": [1]}, "run.pth: the training settings' config is not"),
+    ],
+)
+def test_wrong_training_settings_are_named(tmp_path, settings, says):
+    with pytest.raises(CheckpointError, match=says):
+        weights.resolve(None, _training_checkpoint(tmp_path / "run.pth", settings))
+
+
+def test_a_misspelt_key_is_refused_with_weights_of_their_own(tmp_path):
+    """Not taken as agreeing with the weights' configuration, which lacks it."""
+    run = _training_checkpoint(tmp_path / "run.pth", {"model": "dsen2_cr", "config": TINY})
+    exported = _safetensors(
+        tmp_path / "run.safetensors",
+        model="dsen2_cr",
+        config=json.dumps(TINY),
+        format=weights.EXPORT_FORMAT,
+    )
+    for checkpoint in (run, exported):
+        with pytest.raises(ModelConfigError, match="unknown configuration key 'res_scal'"):
+            weights.resolve(None, checkpoint, {**TINY, "res_scal": 1.0})
+        with pytest.raises(ModelConfigError, match="res_scale=None must be a number"):
+            weights.resolve(None, checkpoint, {**TINY, "res_scale": None})
+
+
 def _safetensors(path: Path, **metadata: str) -> Path:
     """The TINY weights as a safetensors file with this header."""
     import torch

@@ -152,7 +152,7 @@ class GLFCR(FusionRDN):
         Channels before the pixel shuffle of ``UPNet`` (published: 256; multiple of 4).
     drop_path_rate
         Largest stochastic-depth rate, reached linearly over all dense layers (published:
-        0.2). Active in training only.
+        0.2; ``0 <= drop_path_rate < 1``). Active in training only.
 
     Notes
     -----
@@ -172,6 +172,11 @@ class GLFCR(FusionRDN):
         if c.growth_rate % c.num_heads:
             raise ModelConfigError(
                 f"glf_cr: growth_rate {c.growth_rate} must be a multiple of num_heads {c.num_heads}"
+            )
+        if not 0 <= c.drop_path_rate < 1:  # 1 drops every path: 0/0, a network of NaN
+            raise ModelConfigError(
+                f"glf_cr: drop_path_rate={c.drop_path_rate!r} must be in [0, 1) (a probability "
+                "below 1; published: 0.2)"
             )
         window, _ = resolve_window(resolution, c.window_size, c.window_size // 2)
         self.spec = ModelSpec(

@@ -91,6 +91,12 @@ def train_step(
     no labelled one, for a classifier) changes nothing and returns 0.0: no forward pass
     (batch-norm statistics), no optimiser step (Adam's moments would still move the
     weights), no scaler update.
+
+    Raises
+    ------
+    UsageError
+        The loss is not finite (NaN or infinite: the training diverged); no optimiser step
+        is taken, so the weights stay those of the last step.
     """
     uses_valid = "valid" in batch and _takes_valid(loss_fn)
     if not _has_data(batch, uses_valid):
@@ -102,6 +108,12 @@ def train_step(
     with autocast(device, amp):
         pred = model(*inputs)
     loss = loss_fn(pred.float(), target, optical, mask, **extra)
+    if not torch.isfinite(loss.detach()).all():  # its gradients would spoil every weight
+        raise UsageError(
+            f"the loss is {float(loss.detach())}, not a finite number: the training "
+            "diverged (a learning rate too high, or a configuration that makes a network "
+            "of NaN)"
+        )
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
@@ -152,6 +164,7 @@ class _Run:
         )
         self.scaler = grad_scaler() if self.amp == torch.float16 else None
         self.step = 0
+        self.saved = 0  # the step of the checkpoint this run wrote last (0: none)
         self.next_sample = 0  # the sampler's state: sample number of the next crop
         if resume is not None:
             self._restore(resume)
@@ -179,6 +192,7 @@ class _Run:
             self.data,
         )
         save_checkpoint(path, payload)
+        self.saved = self.step
         log.info("step %d: wrote %s", self.step, path)
 
     def checkpoint(self, path: Path, val_data: CropDataset | None) -> dict[str, Any]:
@@ -338,15 +352,7 @@ def _loop(
         for batch in batches:
             run.step += 1
             run.next_sample += len(batch["window"])
-            losses[run.step] = train_step(
-                run.model,
-                batch,
-                run.optimizer,
-                loss_fn,
-                device=run.device,
-                amp=run.amp,
-                scaler=run.scaler,
-            )
+            losses[run.step] = _step(run, batch, loss_fn, out)
             if settings.steps_scheduler(run.step):
                 _step_scheduler(run.scheduler)
             bar.set_postfix(
@@ -358,6 +364,24 @@ def _loop(
             if run.step >= settings.steps:
                 break
     return losses, metrics
+
+
+def _step(run: _Run, batch: Mapping[str, Tensor], loss_fn: LossFn, out: Path) -> float:
+    """:func:`train_step` of ``run``; a loss that is not finite stops the run, naming the
+    step and the checkpoint at ``out`` that is kept (none is written from this step)."""
+    try:
+        return train_step(
+            run.model,
+            batch,
+            run.optimizer,
+            loss_fn,
+            device=run.device,
+            amp=run.amp,
+            scaler=run.scaler,
+        )
+    except UsageError as exc:
+        kept = f"{out} keeps step {run.saved}" if run.saved else f"nothing was written to {out}"
+        raise UsageError(f"step {run.step}: {exc}; {kept}") from exc
 
 
 def _step_scheduler(scheduler: Any) -> None:

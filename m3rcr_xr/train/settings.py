@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from ..devices import resolve_device
 from ..exceptions import UsageError, argument, check_integer, check_positive
 from ..landcover import class_names
-from ..models import TASKS, check_config, model_record, model_spec
+from ..models import TASKS, ModelSpec, check_config, model_record, model_spec
 from .recipe import (
     AMP_DTYPES,
     DECAY_START_FRACTION,
@@ -190,13 +190,16 @@ class TrainSettings:
         if decay_start is None:
             decay_start = max(1, round(self.steps * DECAY_START_FRACTION))
         check_config(record.name, config)  # with a crop too: before any data are opened
-        crop = self.crop or model_spec(record.name, **config).tile_size or PUBLISHED_CROP
+        spec = model_spec(record.name, **config)
+        crop = int(self.crop or spec.tile_size or PUBLISHED_CROP)
+        batch_size = int(self.batch_size or record.published_batch_size)
+        _check_batch_norm(spec, batch_size, crop)
         return ResolvedSettings(
             model=record.name,
             steps=int(self.steps),
             config=config,
-            batch_size=int(self.batch_size or record.published_batch_size),
-            crop=int(crop),
+            batch_size=batch_size,
+            crop=crop,
             lr=PUBLISHED_LR if self.lr is None else float(self.lr),
             lr_step=int(lr_step),
             lr_decay_start=int(decay_start),
@@ -236,6 +239,26 @@ class TrainSettings:
                     "leave it out to resume the same run"
                 )
         return dataclasses.replace(self, **updates)
+
+
+def _check_batch_norm(spec: ModelSpec, batch_size: int, crop: int) -> None:
+    """Refuse a batch of one crop that the land-cover U-Net pools down to one pixel: the
+    batch norm of its bottom, in training, needs more than one value per channel.
+
+    Raises
+    ------
+    UsageError
+        Naming ``crop`` and ``batch_size`` and what would do.
+    """
+    depth = spec.config.get("depth") if spec.task == "landcover" else None
+    if depth is None or batch_size > 1 or crop >= 2 ** (depth + 1):
+        return
+    raise UsageError(
+        f"{argument('crop', crop)} with {argument('batch_size', batch_size)}: {spec.name} "
+        f"of depth {depth} pools each crop to {crop >> depth}x{crop >> depth} "
+        "pixels, and its batch norm needs more than one value per channel in training; "
+        f"use {argument('batch_size')} 2 or more, or {argument('crop')} {2 ** (depth + 1)} or more"
+    )
 
 
 def _normalised(value: Any) -> str:

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import CheckpointError, ModelConfigError, UsageError, argument
+from ..exceptions import (
+    CheckpointError,
+    ModelConfigError,
+    UnknownModelError,
+    UsageError,
+    argument,
+)
 from ..href import redacted
 from .download import check_file, check_sha256, fetch_url, split_url
 from .registry import UNTRAINED, available, entry
@@ -167,18 +173,23 @@ def _theirs(
     config: Mapping[str, Any] | None,
 ) -> tuple[str, dict[str, Any]]:
     """The model and configuration ``found`` with the ``weights`` (a registered entry's,
-    or an exported file's header), refusing a different ``model`` or ``config``.
+    an exported file's header, a training checkpoint's settings), refusing a different
+    ``model`` or ``config``.
 
     Raises
     ------
     ModelConfigError
-        ``model`` or ``config`` given and not those of the weights.
+        ``model`` or ``config`` given and not those of the weights, or a ``config`` the
+        model cannot take (an unknown or misspelt key, a value of the wrong type: see
+        :func:`_checked`), refused before it is compared.
     """
     from ..models.records import model_record
 
     key, found_config = model_record(found[0]).name, dict(found[1])
     if model is not None and model_record(model).name != key:
         raise ModelConfigError(f"{argument('model', model)}: the weights {weights!r} are for {key}")
+    if config is not None:  # a misspelt key is refused, never taken as agreeing
+        _checked(key, config)
     if config is not None and not _same_architecture(key, config, found_config):
         raise ModelConfigError(
             f"{argument('config', dict(config))}: the weights {weights!r} were trained "
@@ -187,17 +198,47 @@ def _theirs(
     return key, found_config
 
 
-def _exported(path: Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
-    """The model and configuration in the header of a safetensors file that
-    ``m3rcr train --export`` wrote (see :func:`~m3rcr_xr.weights.exported_weights`);
-    None for any other file. The header is read from bytes of ``sha256``: those the
-    workers load."""
+def _carried(path: Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
+    """The model and configuration that the file ``path`` carries: the header of a
+    safetensors file that ``m3rcr train --export`` wrote (see
+    :func:`~m3rcr_xr.weights.exported_weights`), or the settings of a training checkpoint
+    that ``m3rcr train`` wrote (``--checkpoint run.pth``); None for any other file (another
+    tool's weights, a bare state dict). Read from bytes of ``sha256``: those the workers
+    load, with no other read of the file.
+
+    Raises
+    ------
+    CheckpointError
+        The file is not ``sha256``, is no readable checkpoint, or carries a model or a
+        configuration that are wrong (an unknown model, a config that is no mapping).
+    """
     from . import exported_weights
 
-    if path.suffix.lower() != ".safetensors":
-        return None
-    header = exported_weights(path, sha256=sha256)
-    return None if header is None else (header.model, header.config)
+    if path.suffix.lower() == ".safetensors":
+        header = exported_weights(path, sha256=sha256)
+        return None if header is None else (header.model, header.config)
+    return _trained(path, sha256)
+
+
+def _trained(path: Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
+    """The model and configuration in the ``settings`` of a training checkpoint (see
+    :func:`m3rcr_xr.train.train`); None for a checkpoint without them."""
+    from ..models.checkpoint import read_checkpoint
+    from ..models.records import model_record
+
+    settings = read_checkpoint(path, sha256=sha256).get("settings")
+    if not isinstance(settings, Mapping) or "model" not in settings:
+        return None  # published or bare weights: the model and config given apply
+    try:
+        key = model_record(str(settings["model"])).name
+    except UnknownModelError as exc:
+        raise CheckpointError(f"{path}: the training settings name an {exc}") from exc
+    config = settings.get("config")
+    if not isinstance(config, Mapping):
+        raise CheckpointError(
+            f"{path}: the training settings' config is not a mapping: {str(config)[:80]!r}"
+        )
+    return key, dict(config)
 
 
 def known_model(
@@ -206,7 +247,8 @@ def known_model(
     """The registry key of the model that ``checkpoint`` is for, where it is known
     without fetching the weights: ``model`` if given, else a registered entry's, else
     ``default`` for None or ``"untrained"``; None for a path or a URL (the header of
-    a file that ``m3rcr train --export`` wrote may name another).
+    a file that ``m3rcr train --export`` wrote, or the settings of a training
+    checkpoint, may name another).
 
     Examples
     --------
@@ -256,21 +298,24 @@ def resolve(
     ----------
     model
         Registry key of the network; None: the entry's (or the header's of a file that
-        ``m3rcr train --export`` wrote), else ``"dsen2_cr"``.
+        ``m3rcr train --export`` wrote, or the settings' of a training checkpoint that
+        ``m3rcr train`` wrote), else ``"dsen2_cr"``.
     checkpoint
         A registered name, a URL, a path, ``"untrained"``, or None (the model's default
         entry). See :func:`fetch`.
     config
-        Architecture arguments; with a registered entry or an exported file, None takes
-        theirs, and a different one is refused.
+        Architecture arguments; with a registered entry, an exported file or a training
+        checkpoint, None takes theirs, and a different one is refused.
 
     Raises
     ------
     CheckpointError
         As :func:`fetch`, or None given for a model without a default entry (the message
-        says how to get weights).
+        says how to get weights), or a file that is no readable checkpoint, or whose
+        header or training settings name no known model and configuration.
     ModelConfigError
-        ``model`` or ``config`` that are not those of the registered entry, or a
+        ``model`` or ``config`` that are not those of the registered entry (exported
+        file, training checkpoint), or a
         ``config`` the model cannot take (:func:`m3rcr_xr.models.check_config`: an
         unknown key, a value of the wrong type, a size out of range, too many
         parameters), refused before any weights are fetched where the model is known
@@ -318,9 +363,9 @@ def resolve(
     # the label goes into results' attributes and messages: no password nor signature
     # (the source, which workers download from, keeps them)
     label = redacted(label)
-    header = _exported(path, sha256)
-    if header is not None:
-        key, config = _theirs(label, header, model, config)
+    carried = _carried(path, sha256)
+    if carried is not None:  # an exported file or a training checkpoint: like an entry
+        key, config = _theirs(label, carried, model, config)
         return ResolvedWeights(key, _checked(key, config), path, sha256, (source,), label)
     key = model_record(model or DEFAULT_MODEL).name
     return ResolvedWeights(key, _checked(key, config), path, sha256, (source,), label)
