@@ -47,6 +47,7 @@ import numpy as np
 import xarray as xr
 from dask import delayed
 
+from . import runner
 from .cloudmask import warn_if_estimated
 from .devices import check_device
 from .exceptions import (
@@ -381,20 +382,23 @@ def _canvases(padded: da.Array, job: TileJob, spans: dict[tuple[int, int], tuple
     """Stage 1 (see module doc): each group's canvas, a Delayed, by its place ``(a, b)``.
 
     A task runs the tiles of consecutive groups together, enough of them to fill a
-    forward batch (:func:`~m3rcr_xr.tiling.runs`), whatever the chunks make the groups.
+    forward batch (:func:`~m3rcr_xr.tiling.runs`), whatever the chunks make the groups
+    (on a GPU: :func:`_joins_groups`; one group a task on this process's CPU).
     Each group's canvas keeps a key of its own, from its place alone: the batch size
-    changes neither the output's keys nor its values (each tile's prediction does not
-    depend on the tiles it runs with), nor how its tiles blend.
+    changes neither the output's keys nor how the tiles blend, and the values only as
+    much as the network's own rounding changes with the tiles it runs with (none for
+    most; about 1e-7 relative for oneDNN's convolutions on a CPU).
     """
     places = list(spans)
     canvases = {}
-    for run in runs([len(rows) * len(cols) for rows, cols in spans.values()], job.batch_size):
+    batch = job.batch_size if _joins_groups(job) else 1
+    for run in runs([len(rows) * len(cols) for rows, cols in spans.values()], batch):
         chosen = places[run.start : run.stop]
         regions = []
         for place in chosen:
             (y0, y1), (x0, x1) = (_extent(job.plan, group) for group in spans[place])
             regions.append(_unoptimized(padded[:, y0:y1, x0:x1]))
-        token = dask.base.tokenize(padded, job, job.batch_size, run)
+        token = dask.base.tokenize(padded, job, batch, run)
         task = delayed(accumulate, pure=True)(
             regions,
             job,
@@ -407,6 +411,24 @@ def _canvases(padded: da.Array, job: TileJob, spans: dict[tuple[int, int], tuple
                 task, index, dask_key_name=f"decloud-tiles-{token}"
             )
     return canvases
+
+
+def _joins_groups(job: TileJob) -> bool:
+    """Whether a scene's task joins groups to fill its forward batches: where the tiles
+    run one task at a time per device (a GPU), and with a ``distributed`` client (its
+    workers choose the device). Not where this process runs them on its CPU: there
+    tile tasks share the cores, each with a fixed share of torch's threads
+    (:mod:`m3rcr_xr.threads`), so that fewer, larger tasks would leave cores idle on a
+    scene of few groups, and a batch gains nothing on a CPU.
+    """
+    from .devices import resolve_device  # not a name of this module: it moved (_MOVED)
+
+    device = job.members[0].device  # the members share the device
+    if device == "auto":
+        if _distributed_client():
+            return True
+        device = resolve_device(device)
+    return device.split(":")[0] not in runner.CONCURRENT_DEVICE_TYPES
 
 
 def tile_scene(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:

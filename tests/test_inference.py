@@ -511,6 +511,7 @@ def _count_batches(monkeypatch) -> list[list[int]]:
 @pytest.mark.parametrize("name", ["dsen2_cr", "glf_cr", "align_cr"])  # default tiles
 @pytest.mark.parametrize("chunk", [1024, 2048])
 def test_forward_batches_are_full_but_the_last_of_a_task(monkeypatch, name, chunk):
+    monkeypatch.setattr(runner, "CONCURRENT_DEVICE_TYPES", frozenset())  # the CPU as a GPU
     tasks = _count_batches(monkeypatch)
     scene = m3rcr_xr.synthetic_scene((700, 680), seed=1, chunks=chunk)[["cloudy", "sar"]]
     results = {}
@@ -526,6 +527,17 @@ def test_forward_batches_are_full_but_the_last_of_a_task(monkeypatch, name, chun
         assert sum(map(sum, tasks)) == plan.shape[0] * plan.shape[1]
     # the same groups blend the same way: the batch size changes nothing
     np.testing.assert_array_equal(results[8], results[32])
+
+
+def test_on_this_process_cpu_a_task_runs_one_group(monkeypatch):
+    """Tasks share the cores there: more, smaller tasks keep them busy."""
+    tasks = _count_batches(monkeypatch)
+    scene = m3rcr_xr.synthetic_scene((300, 300), seed=1, chunks=64)[["cloudy", "sar"]]
+    out = decloud(scene, "dsen2_cr", "untrained", config=SMALL, tile=48, batch_size=8)
+    out.data.compute(scheduler="synchronous")
+    rows, cols = make_plan(48, 6, 300, 300).shape
+    group = tiling.group_size(64, 42)
+    assert len(tasks) == len(tiling.groups(rows, group)) * len(tiling.groups(cols, group))
 
 
 def test_a_collection_runs_the_tiles_of_all_its_patches_together(monkeypatch):
