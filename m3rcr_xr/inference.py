@@ -383,7 +383,7 @@ def _canvases(padded: da.Array, job: TileJob, spans: dict[tuple[int, int], tuple
 
     A task runs the tiles of consecutive groups together, enough of them to fill a
     forward batch (:func:`~m3rcr_xr.tiling.runs`), whatever the chunks make the groups
-    (on a GPU: :func:`_joins_groups`; one group a task on this process's CPU).
+    (on a GPU: :func:`_fills_batches`; one group a task on this process's CPU).
     Each group's canvas keeps a key of its own, from its place alone: the batch size
     changes neither the output's keys nor how the tiles blend, and the values only as
     much as the network's own rounding changes with the tiles it runs with (none for
@@ -391,7 +391,7 @@ def _canvases(padded: da.Array, job: TileJob, spans: dict[tuple[int, int], tuple
     """
     places = list(spans)
     canvases = {}
-    batch = job.batch_size if _joins_groups(job) else 1
+    batch = job.batch_size if _fills_batches(job) else 1
     for run in runs([len(rows) * len(cols) for rows, cols in spans.values()], batch):
         chosen = places[run.start : run.stop]
         regions = []
@@ -413,13 +413,14 @@ def _canvases(padded: da.Array, job: TileJob, spans: dict[tuple[int, int], tuple
     return canvases
 
 
-def _joins_groups(job: TileJob) -> bool:
-    """Whether a scene's task joins groups to fill its forward batches: where the tiles
-    run one task at a time per device (a GPU), and with a ``distributed`` client (its
-    workers choose the device). Not where this process runs them on its CPU: there
-    tile tasks share the cores, each with a fixed share of torch's threads
-    (:mod:`m3rcr_xr.threads`), so that fewer, larger tasks would leave cores idle on a
-    scene of few groups, and a batch gains nothing on a CPU.
+def _fills_batches(job: TileJob) -> bool:
+    """Whether a task joins groups (a scene's) or patches (a collection's) to fill its
+    forward batches: where the tiles run one task at a time per device (a GPU), and with
+    a ``distributed`` client (its workers choose the device). Not where this process
+    runs them on its CPU: there tile tasks share the cores, each with a fixed share of
+    torch's threads (:mod:`m3rcr_xr.threads`), so that fewer, larger tasks would leave
+    cores idle on a scene of few groups, and larger batches ran slower (a collection
+    of 256-pixel patches, eight a batch, took 2.3 times as long as one at a time).
     """
     from .devices import resolve_device  # not a name of this module: it moved (_MOVED)
 
@@ -468,19 +469,23 @@ def _resources(job: TileJob) -> dict[str, float] | None:
 
 
 # ------------------------------------------------------------------------- collection
-def _decloud_patches(inputs: np.ndarray, cloudy: np.ndarray, job: TileJob) -> np.ndarray:
+def _decloud_patches(
+    inputs: np.ndarray, cloudy: np.ndarray, job: TileJob, together: bool = True
+) -> np.ndarray:
     """(p, 6, y, x) patches to (p, C, y, x) (2C with ``job.spread``): each patch tiled
-    on its own, the tiles of all of them run through the network together (full
-    batches of ``job.batch_size``, however few tiles a patch has)."""
+    on its own; with ``together`` the tiles of all of them run through the network
+    together (full batches of ``job.batch_size``, however few tiles a patch has)."""
     plan = job.plan
     span = (range(plan.shape[0]), range(plan.shape[1]))
-    padded = [pad(patch, plan) for patch in inputs]
-    canvases = accumulate(padded, job, [span] * len(padded))
-    shape = (inputs.shape[0], job.out_channels, plan.height, plan.width)
-    out = np.empty(shape, job.output.dtype)
-    for index, canvas in enumerate(canvases):
-        canvas = canvas[:, : plan.height, : plan.width]
-        out[index] = job.output.finish(canvas, cloudy[index], job.spread)
+    count = len(inputs)
+    shares = [range(count)] if together else [range(i, i + 1) for i in range(count)]
+    out = np.empty((count, job.out_channels, plan.height, plan.width), job.output.dtype)
+    for share in shares:
+        padded = [pad(inputs[index], plan) for index in share]
+        canvases = accumulate(padded, job, [span] * len(share))
+        for index, canvas in zip(share, canvases, strict=True):
+            canvas = canvas[:, : plan.height, : plan.width]
+            out[index] = job.output.finish(canvas, cloudy[index], job.spread)
     return out
 
 
@@ -495,6 +500,7 @@ def tile_collection(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Arra
             inputs,
             cloudy,
             job,
+            _fills_batches(job),
             dtype=job.output.dtype,
             chunks=(inputs.chunks[0], (job.out_channels,), *inputs.chunks[2:]),
             name=f"decloud-patches-{dask.base.tokenize(inputs, job)}",

@@ -543,13 +543,19 @@ def test_on_this_process_cpu_a_task_runs_one_group(monkeypatch):
 def test_a_collection_runs_the_tiles_of_all_its_patches_together(monkeypatch):
     collection = m3rcr_xr.synthetic_collection(8, 64, seed=1)[["cloudy", "sar"]]
     collection = collection.chunk({"patch": 8})
-    expected = decloud(collection, "dsen2_cr", "untrained", config=SMALL, tile=64, batch_size=1)
-    expected = expected.values
     seen: list[int] = []
     real_forward = runner._forward
     monkeypatch.setattr(runner, "_forward", lambda m, b: seen.append(len(b)) or real_forward(m, b))
-    out = decloud(collection, "dsen2_cr", "untrained", config=SMALL, tile=64, batch_size=8)
-    np.testing.assert_allclose(out.values, expected, rtol=1e-6, atol=1e-6 * 10000)
+
+    def run():
+        seen.clear()
+        out = decloud(collection, "dsen2_cr", "untrained", config=SMALL, tile=64, batch_size=8)
+        return out.values
+
+    expected = run()
+    assert seen == [1] * 8  # on this process's CPU, one patch at a time: faster there
+    monkeypatch.setattr(runner, "CONCURRENT_DEVICE_TYPES", frozenset())  # the CPU as a GPU
+    np.testing.assert_allclose(run(), expected, rtol=1e-6, atol=1e-6 * 10000)
     assert seen == [8]  # was eight batches of one tile, one per patch
 
 
