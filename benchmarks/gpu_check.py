@@ -30,7 +30,12 @@ Parts, in order
     Each network at its default size and tile, in fp32 and bf16: tiles per second of
     ``m3rcr_xr.decloud`` (a scene in memory, the threaded scheduler, to NumPy) and of a
     raw PyTorch loop over the same tiles (normalised in host memory already; batch,
-    copy, forward, copy back), same device, same batch size; ``ratio`` = decloud / raw.
+    copy, forward, copy back), same device, same ``--batch-size``; ``ratio`` = decloud /
+    raw. The forward batches each ran, counted (``decloud_batches``: size -> passes,
+    from a hook on decloud's forward call; ``raw_batches``), say whether the two ran
+    equal batches (``same_batches``): they do where the scene is whole groups of tiles
+    and a group's tiles divide the batch or the batch divides them (the default sizes),
+    since decloud's tasks join groups into full batches (:func:`m3rcr_xr.tiling.runs`).
     Where decloud runs the network in ``channels_last`` (DSen2-CR on CUDA), the raw loop
     runs in that layout too: ``ratio_same_layout``, the part of the ratio not due to it.
     The scene is sized from a first timing of the raw loop, so that a run takes about
@@ -54,6 +59,8 @@ Parts, in order
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import functools
 import importlib.metadata
 import json
@@ -63,9 +70,10 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -292,7 +300,8 @@ def timed(run: Callable[[], Any], device: str) -> float:
 def grid_side(seconds_per_tile: float, target_s: float, group: int, cap: int) -> int:
     """Tiles per side of a square scene that takes about ``target_s``, at most ``cap``:
     whole groups of ``group`` tiles a side (rounded down, one at least) where they fit,
-    so that no forward pass runs a part of a batch that the raw loop does not."""
+    so that decloud's forward batches are the raw loop's where the group's tiles divide
+    the batch or the batch divides them (``same_batches`` in the report says whether)."""
     side = max(1, math.floor(math.sqrt(target_s / max(seconds_per_tile, 1e-9))))
     whole = max(group, side // group * group)
     return min(whole if whole <= cap else side, cap)
@@ -304,6 +313,35 @@ def crop_tiles(inputs: np.ndarray, plan: tiling.TilePlan) -> np.ndarray:
     rows, cols = plan.shape
     corners = [(r * plan.stride, c * plan.stride) for r in range(rows) for c in range(cols)]
     return np.stack([padded[:, y : y + plan.tile, x : x + plan.tile] for y, x in corners])
+
+
+def batch_sizes(tiles: int, batch: int) -> dict[int, int]:
+    """The forward batches of the raw loop over ``tiles`` tiles: size -> passes.
+
+    >>> batch_sizes(20, 8)
+    {8: 2, 4: 1}
+    """
+    sizes = {batch: tiles // batch} if tiles >= batch else {}
+    return {**sizes, tiles % batch: 1} if tiles % batch else sizes
+
+
+@contextlib.contextmanager
+def counted_batches() -> Iterator[collections.Counter]:
+    """The forward batches of decloud's tile path (:func:`m3rcr_xr.runner.run_tiles`)
+    while in the block, by size, whatever thread runs them."""
+    seen: collections.Counter = collections.Counter()
+    lock, forward = threading.Lock(), runner._forward
+
+    def counting(model, batch):
+        with lock:
+            seen[len(batch)] += 1
+        return forward(model, batch)
+
+    runner._forward = counting
+    try:
+        yield seen
+    finally:
+        runner._forward = forward
 
 
 def measure_pair(
@@ -341,18 +379,22 @@ def measure_pair(
     def run_decloud():
         return dask.compute(result.data, scheduler="threads", num_workers=os.cpu_count())[0]
 
-    out = run_decloud()  # warm-up: the model built and cached, page-locked memory allocated
+    with counted_batches() as batches:  # the warm-up: untimed
+        out = run_decloud()  # the model built and cached, page-locked memory allocated
     raw_s, decloud_s = [], []
     for _ in range(args.repeats):
         raw_s.append(
             timed(lambda: raw_loop(raw_model, tiles, args.batch_size, device, precision), device)
         )
         decloud_s.append(timed(run_decloud, device))
-    n = len(tiles)
+    n, raw_batches = len(tiles), batch_sizes(len(tiles), args.batch_size)
     same = same_layout(check, raw_model, tiles, precision, min(decloud_s))
     entry = {
         "tile": tile,
         "batch_size": args.batch_size,
+        "decloud_batches": {str(k): v for k, v in sorted(batches.items(), reverse=True)},
+        "raw_batches": {str(k): v for k, v in raw_batches.items()},
+        "same_batches": dict(batches) == raw_batches,
         "scene": f"{size}x{size}",
         "tiles": n,
         "raw_tiles_per_s": round(n / min(raw_s), 2),

@@ -125,18 +125,29 @@ def gpu_devices() -> list[str]:
 
 
 def _select_gpus(gpus: GpuSpec) -> list[str]:
-    """``"auto"``: every visible GPU; an int: the first ``n`` of them; a list: those ids."""
+    """``"auto"``: every visible GPU; an int: the first ``n`` of them; a list: those ids,
+    each among :func:`gpu_devices` (a ``CUDA_VISIBLE_DEVICES`` entry, not torch's index
+    within it)."""
     if isinstance(gpus, str):
         if gpus != "auto":
             raise UsageError(f"gpus must be 'auto', a count or a list of ids, not {gpus!r}")
         return gpu_devices()
+    found = gpu_devices()
     if isinstance(gpus, int):
         check_integer("gpus", gpus, minimum=0)  # True is no count of GPUs
-        found = gpu_devices()
         if not 0 <= gpus <= len(found):
             raise UsageError(f"gpus={gpus}: this machine has {len(found)} GPU(s) {found}")
         return found[:gpus]
-    return [str(device) for device in gpus]
+    chosen = [str(device) for device in gpus]
+    # a worker given an id it cannot see would advertise GPU=1 and run on the CPU, or
+    # on a GPU outside the job's allocation
+    unknown = [device for device in chosen if device not in found]
+    if unknown:
+        raise UsageError(
+            f"{argument('gpus', list(gpus))}: no GPU {', '.join(unknown)} here; this process "
+            f"may use {found or 'none'} (CUDA_VISIBLE_DEVICES ids)"
+        )
+    return chosen
 
 
 # --------------------------------------------------------------------- layout
@@ -442,14 +453,47 @@ def pin_gpu(name: Any) -> str | None:
     return device
 
 
+def missing_gpu(worker: Any) -> str | None:
+    """Why ``worker``, which advertises the ``GPU`` resource, has no GPU to run on
+    (torch sees no CUDA device in its process); None when it has one or advertises none.
+
+    Tasks that ask for ``resources={"GPU": 1}`` land on such a worker and, with
+    ``device="auto"``, would run on its CPU without a word.
+    """
+    if not worker.state.total_resources.get(GPU_RESOURCE):
+        return None
+    if _torch_gpu_count():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (
+        f"worker {worker.name} advertises {GPU_RESOURCE}=1 but torch sees no CUDA device "
+        f"in it (CUDA_VISIBLE_DEVICES={visible!r}, torch {_torch_build()})"
+    )
+
+
+def _torch_build() -> str:
+    import torch
+
+    return f"{torch.__version__}, CUDA {torch.version.cuda or 'none'}"
+
+
 def dask_setup(worker: Any) -> None:
-    """Dask preload hook, run in each worker process before any task (see module doc)."""
+    """Dask preload hook, run in each worker process before any task (see module doc).
+
+    A worker that advertises a GPU it cannot use says so in an error in its log (see
+    :func:`missing_gpu`), and its tile tasks with ``device="auto"`` fail naming it
+    (:func:`m3rcr_xr.runner.cached_model`): it still starts, since a batch job's worker
+    that dies at its start leaves the client waiting without a word.
+    """
     threads = os.environ.get(TORCH_THREADS_ENV)
     if threads:
         set_options(torch_threads=int(threads))
     if os.environ.get(PIN_GPU_ENV) == "1":
         device = pin_gpu(worker.name)
         log.info("worker %s pinned to GPU %s", worker.name, device)
+    problem = missing_gpu(worker)  # after pinning: CUDA starts with the worker's own GPU
+    if problem:
+        log.error("%s: its tile tasks with device='auto' will fail", problem)
 
 
 # ----------------------------------------------------------------- batch jobs

@@ -6,10 +6,11 @@ network wherever the task lands (:mod:`m3rcr_xr.runner`: model references, a mod
 cache per process, one tile task at a time per GPU).
 
 How it runs on Dask (two stages, so that no tile is computed twice)
-    1. the tiles are taken in groups of ``g x g``; a group's task runs its tiles through
-       the network and returns the weighted sums on the group's *canvas*: its block of
-       ``g*S`` pixels a side (``S`` the stride) plus a spill of ``T - S`` pixels into its
-       right and bottom neighbours (``T`` the tile);
+    1. the tiles are taken in groups of ``g x g``, and a task runs the tiles of enough
+       consecutive groups to fill a forward batch (:func:`m3rcr_xr.tiling.runs`)
+       through the network; it returns, per group, the weighted sums on the group's
+       *canvas*: its block of ``g*S`` pixels a side (``S`` the stride) plus a spill of
+       ``T - S`` pixels into its right and bottom neighbours (``T`` the tile);
     2. each output block adds its own canvas and the spills of its top, left and
        top-left neighbours, then divides by the weight sum.
     The result does not depend on the chunking (up to float rounding): each tile sees
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import operator
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,6 +48,7 @@ import numpy as np
 import xarray as xr
 from dask import delayed
 
+from . import runner
 from .cloudmask import warn_if_estimated
 from .devices import check_device
 from .exceptions import (
@@ -62,7 +65,7 @@ from .resources import annotate, resource_items
 from .runner import DEFAULT_PRECISION, ModelRef, cached_model, run_tiles, tile_task_slot
 from .schema import OPTICAL_NODATA, is_collection, validate
 from .store import sources
-from .tiling import TilePlan, block_end, group_size, groups, make_plan, pad, window
+from .tiling import TilePlan, block_end, group_size, groups, make_plan, pad, runs, window
 
 OPTICAL_CHANNELS = 4
 DEFAULT_TILE = 256  # for models that take any size
@@ -295,27 +298,48 @@ def predict_tiles(tiles: np.ndarray, job: TileJob) -> np.ndarray:
     return np.concatenate([mean, std], axis=1)
 
 
-def accumulate(inputs: np.ndarray, job: TileJob, rows: range, cols: range) -> np.ndarray:
-    """Weighted sums of the tiles ``rows x cols`` (tile indices) on their canvas.
+def _corners(plan: TilePlan, rows: range, cols: range) -> list[tuple[int, int]]:
+    """Where the tiles ``rows x cols`` (tile indices) begin on their canvas."""
+    top, left = rows.start * plan.stride, cols.start * plan.stride
+    return [(r * plan.stride - top, c * plan.stride - left) for r in rows for c in cols]
 
-    ``inputs`` (6, h, w) holds the padded scene from the first tile's corner. Returns
-    (C + 1, h, w) float64: the C weighted bands of each tile's mean prediction
-    (:func:`predict_tiles`), then the weight sum; with ``job.spread``, (2C + 1, h, w):
-    the weighted per-tile standard deviations come between the two.
+
+def accumulate(
+    inputs: Sequence[np.ndarray], job: TileJob, spans: Sequence[tuple[range, range]]
+) -> list[np.ndarray]:
+    """Weighted sums of the tiles of each span ``(rows, cols)`` (tile indices) on its
+    canvas; the tiles of every span run through the network together, ``job.batch_size``
+    a forward pass (a span of few tiles would leave the batches part empty).
+
+    ``inputs[i]`` (6, h, w) holds the padded scene from the first tile's corner of
+    ``spans[i]``. Returns one (C + 1, h, w) float64 canvas per span: the C weighted
+    bands of each tile's mean prediction (:func:`predict_tiles`), then the weight sum;
+    with ``job.spread``, (2C + 1, h, w): the weighted per-tile standard deviations come
+    between the two.
     """
-    tile, stride = job.plan.tile, job.plan.stride
-    top, left = rows.start * stride, cols.start * stride
-    corners = [(r * stride - top, c * stride - left) for r in rows for c in cols]
+    if not spans:  # a chunk of no patches
+        return []
+    tile = job.plan.tile
+    corners = [_corners(job.plan, rows, cols) for rows, cols in spans]
     _, device = cached_model(job.members[0])  # the members share the device
     with tile_task_slot(device):
-        crops = np.stack([inputs[:, y : y + tile, x : x + tile] for y, x in corners])
-        outputs = predict_tiles(crops, job)
-        canvas = np.zeros((outputs.shape[1] + 1, *inputs.shape[1:]), dtype=np.float64)
+        crops = [
+            array[:, y : y + tile, x : x + tile]
+            for array, spots in zip(inputs, corners, strict=True)
+            for y, x in spots
+        ]
+        outputs = predict_tiles(np.stack(crops), job)
         weights = window(tile)
-        for (y, x), out in zip(corners, outputs, strict=True):
-            canvas[:-1, y : y + tile, x : x + tile] += weights * out
-            canvas[-1, y : y + tile, x : x + tile] += weights
-    return canvas
+        canvases, first = [], 0
+        for array, spots in zip(inputs, corners, strict=True):
+            shape = (outputs.shape[1] + 1, *array.shape[1:])
+            canvas = np.zeros(shape, dtype=np.float64)
+            for (y, x), out in zip(spots, outputs[first : first + len(spots)], strict=True):
+                canvas[:-1, y : y + tile, x : x + tile] += weights * out
+                canvas[-1, y : y + tile, x : x + tile] += weights
+            canvases.append(canvas)
+            first += len(spots)
+    return canvases
 
 
 # ------------------------------------------------------------------------------ scene
@@ -350,47 +374,89 @@ def _unoptimized(array: da.Array):
     return array.rechunk(-1).to_delayed(optimize_graph=False).item()
 
 
+def _extent(plan: TilePlan, group: range) -> tuple[int, int]:
+    """The pixels the tiles of ``group`` (tile indices along an axis) cover."""
+    return group.start * plan.stride, (group.stop - 1) * plan.stride + plan.tile
+
+
+def _canvases(padded: da.Array, job: TileJob, spans: dict[tuple[int, int], tuple[range, range]]):
+    """Stage 1 (see module doc): each group's canvas, a Delayed, by its place ``(a, b)``.
+
+    A task runs the tiles of consecutive groups together, enough of them to fill a
+    forward batch (:func:`~m3rcr_xr.tiling.runs`), whatever the chunks make the groups
+    (on a GPU: :func:`_fills_batches`; one group a task on this process's CPU).
+    Each group's canvas keeps a key of its own, from its place alone: the batch size
+    changes neither the output's keys nor how the tiles blend, and the values only as
+    much as the network's own rounding changes with the tiles it runs with (none for
+    most; about 1e-7 relative for oneDNN's convolutions on a CPU).
+    """
+    places = list(spans)
+    canvases = {}
+    batch = job.batch_size if _fills_batches(job) else 1
+    for run in runs([len(rows) * len(cols) for rows, cols in spans.values()], batch):
+        chosen = places[run.start : run.stop]
+        regions = []
+        for place in chosen:
+            (y0, y1), (x0, x1) = (_extent(job.plan, group) for group in spans[place])
+            regions.append(_unoptimized(padded[:, y0:y1, x0:x1]))
+        token = dask.base.tokenize(padded, job, batch, run)
+        task = delayed(accumulate, pure=True)(
+            regions,
+            job,
+            [spans[place] for place in chosen],
+            dask_key_name=f"decloud-tiles-run-{token}",
+        )
+        for index, place in enumerate(chosen):
+            token = dask.base.tokenize(padded, job, *place)
+            canvases[place] = delayed(operator.getitem, pure=True)(
+                task, index, dask_key_name=f"decloud-tiles-{token}"
+            )
+    return canvases
+
+
+def _fills_batches(job: TileJob) -> bool:
+    """Whether a task joins groups (a scene's) or patches (a collection's) to fill its
+    forward batches: where the tiles run one task at a time per device (a GPU), and with
+    a ``distributed`` client (its workers choose the device). Not where this process
+    runs them on its CPU: there tile tasks share the cores, each with a fixed share of
+    torch's threads (:mod:`m3rcr_xr.threads`), so that fewer, larger tasks would leave
+    cores idle on a scene of few groups, and larger batches ran slower (a collection
+    of 256-pixel patches, eight a batch, took 2.3 times as long as one at a time).
+    """
+    from .devices import resolve_device  # not a name of this module: it moved (_MOVED)
+
+    device = job.members[0].device  # the members share the device
+    if device == "auto":
+        if _distributed_client():
+            return True
+        device = resolve_device(device)
+    return device.split(":")[0] not in runner.CONCURRENT_DEVICE_TYPES
+
+
 def tile_scene(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
     """(6, y, x) lazy inputs to (C, y, x) lazy output (2C with ``job.spread``: the bands,
     then their standard deviations), in two stages (see module doc)."""
     plan = job.plan
     padded_h, padded_w = plan.padded_shape
-    padded = pad(inputs, plan)
     padded_cloudy = pad(cloudy, plan)
-    group_y = group_size(inputs.chunks[1][0], plan.stride)
-    group_x = group_size(inputs.chunks[2][0], plan.stride)
-    row_groups = groups(plan.shape[0], group_y)
-    col_groups = groups(plan.shape[1], group_x)
-    spill = plan.spill
-    stride, tile = plan.stride, plan.tile
-
-    def extent(group: range) -> tuple[int, int]:
-        return group.start * stride, (group.stop - 1) * stride + tile
-
+    row_groups = groups(plan.shape[0], group_size(inputs.chunks[1][0], plan.stride))
+    col_groups = groups(plan.shape[1], group_size(inputs.chunks[2][0], plan.stride))
+    spans = {(a, b): (r, c) for a, r in enumerate(row_groups) for b, c in enumerate(col_groups)}
     with annotate(_resources(job)):
-        canvases = {}
-        for a, rows in enumerate(row_groups):
-            for b, cols in enumerate(col_groups):
-                (y0, y1), (x0, x1) = extent(rows), extent(cols)
-                canvases[a, b] = delayed(accumulate, pure=True)(
-                    _unoptimized(padded[:, y0:y1, x0:x1]),
-                    job,
-                    rows,
-                    cols,
-                    dask_key_name=f"decloud-tiles-{dask.base.tokenize(padded, job, a, b)}",
-                )
+        canvases = _canvases(pad(inputs, plan), job, spans)
+    spill = plan.spill
     blocks = []
     for a, rows in enumerate(row_groups):
         line = []
         for b, cols in enumerate(col_groups):
-            height = block_end(rows, stride, padded_h, a + 1 == len(row_groups)) - extent(rows)[0]
-            width = block_end(cols, stride, padded_w, b + 1 == len(col_groups)) - extent(cols)[0]
+            y0, x0 = _extent(plan, rows)[0], _extent(plan, cols)[0]
+            height = block_end(rows, plan.stride, padded_h, a + 1 == len(row_groups)) - y0
+            width = block_end(cols, plan.stride, padded_w, b + 1 == len(col_groups)) - x0
             parts = [
                 canvases.get((a - 1, b)) if spill else None,
                 canvases.get((a, b - 1)) if spill else None,
                 canvases.get((a - 1, b - 1)) if spill else None,
             ]
-            y0, x0 = extent(rows)[0], extent(cols)[0]
             block = delayed(_assemble, pure=True)(
                 padded_cloudy[:, y0 : y0 + height, x0 : x0 + width], canvases[a, b], *parts, job
             )
@@ -404,17 +470,23 @@ def _resources(job: TileJob) -> dict[str, float] | None:
 
 
 # ------------------------------------------------------------------------- collection
-def _decloud_patches(inputs: np.ndarray, cloudy: np.ndarray, job: TileJob) -> np.ndarray:
+def _decloud_patches(
+    inputs: np.ndarray, cloudy: np.ndarray, job: TileJob, together: bool = True
+) -> np.ndarray:
     """(p, 6, y, x) patches to (p, C, y, x) (2C with ``job.spread``): each patch tiled
-    on its own."""
+    on its own; with ``together`` the tiles of all of them run through the network
+    together (full batches of ``job.batch_size``, however few tiles a patch has)."""
     plan = job.plan
-    rows, cols = range(plan.shape[0]), range(plan.shape[1])
-    shape = (inputs.shape[0], job.out_channels, plan.height, plan.width)
-    out = np.empty(shape, job.output.dtype)
-    for index, patch in enumerate(inputs):
-        canvas = accumulate(pad(patch, plan), job, rows, cols)
-        canvas = canvas[:, : plan.height, : plan.width]
-        out[index] = job.output.finish(canvas, cloudy[index], job.spread)
+    span = (range(plan.shape[0]), range(plan.shape[1]))
+    count = len(inputs)
+    shares = [range(count)] if together else [range(i, i + 1) for i in range(count)]
+    out = np.empty((count, job.out_channels, plan.height, plan.width), job.output.dtype)
+    for share in shares:
+        padded = [pad(inputs[index], plan) for index in share]
+        canvases = accumulate(padded, job, [span] * len(share))
+        for index, canvas in zip(share, canvases, strict=True):
+            canvas = canvas[:, : plan.height, : plan.width]
+            out[index] = job.output.finish(canvas, cloudy[index], job.spread)
     return out
 
 
@@ -429,6 +501,7 @@ def tile_collection(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Arra
             inputs,
             cloudy,
             job,
+            _fills_batches(job),
             dtype=job.output.dtype,
             chunks=(inputs.chunks[0], (job.out_channels,), *inputs.chunks[2:]),
             name=f"decloud-patches-{dask.base.tokenize(inputs, job)}",

@@ -27,6 +27,7 @@ On the CPU
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -179,6 +180,8 @@ def cached_model(ref: ModelRef):
     key = (replace(ref, precision=DEFAULT_PRECISION), device)
     with _CACHE_LOCK:
         if key not in _CACHE:
+            if ref.device == "auto" and device == "cpu":
+                _refuse_a_missing_gpu()
             _forget_replaced(key)
             model = ref.build().to(device)
             if device.startswith("cuda") and model.spec.channels_last:
@@ -186,6 +189,25 @@ def cached_model(ref: ModelRef):
             _CACHE[key] = model
             log.info("built %s on %s (pid %d)", ref.name, device, os.getpid())
         return _CACHE[key], device
+
+
+def _refuse_a_missing_gpu() -> None:
+    """Refuse to run on the CPU of a ``distributed`` worker that advertises a GPU it has
+    not (:func:`m3rcr_xr.cluster.missing_gpu`): tasks placed there for its GPU."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    from .cluster import missing_gpu
+
+    problem = missing_gpu(worker)
+    if problem:
+        raise UsageError(
+            f"{argument('device', 'auto')} would run on the CPU: {problem}; give the worker "
+            "its GPU, or pass device='cpu'"
+        )
 
 
 def _forget_replaced(key: tuple[ModelRef, str]) -> None:
@@ -279,17 +301,37 @@ def _count_tiles(device: str, tiles: int) -> None:
 def autocast_dtype(precision: str, device: str):
     """The torch dtype the forwards run in under autocast on ``device``; None: float32.
 
-    ``"auto"`` is bf16 on GPUs that compute it natively (compute capability 8 and up),
-    float32 elsewhere. A CPU always runs float32.
+    ``"auto"`` is bf16 on GPUs that compute it natively (compute capability 8 and up:
+    A100, H100, RTX 30xx...), float32 elsewhere. An explicit ``"bf16"`` on an older GPU
+    (V100, T4) runs, emulated and slower than float32: a warning says so, once per
+    device and process. The capability decides, not ``torch.cuda.is_bf16_supported()``,
+    which counts emulation as support. A CPU always runs float32.
     """
     import torch
 
     if not device.startswith("cuda") or precision == "fp32":
         return None
+    native = torch.cuda.get_device_capability(device)[0] >= 8
     if precision == "auto":
-        native = torch.cuda.get_device_capability(device)[0] >= 8
         return torch.bfloat16 if native else None
+    if precision == "bf16" and not native:
+        _warn_emulated_bf16(device)
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+@functools.cache
+def _warn_emulated_bf16(device: str) -> None:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    log.warning(
+        "precision='bf16' on %s (compute capability %d.%d): this GPU has no native "
+        "bf16, which runs emulated and slower than float32; precision='auto' takes "
+        "float32 here, 'fp16' is native",
+        device,
+        major,
+        minor,
+    )
 
 
 # ---------------------------------------------------------------------- tile running

@@ -24,6 +24,8 @@ import functools
 from collections.abc import Iterator
 
 import dask
+import dask.base
+import dask.local
 import dask.system
 
 from .options import OPTIONS
@@ -48,15 +50,44 @@ def parallel_tasks() -> int:
     In a ``distributed`` worker the threads of every worker on its host, as the
     scheduler counts them (a ``LocalCluster`` splits the cores among several worker
     processes: each worker's own threads would count a share as the whole); else the
-    threads of Dask's local scheduler.
+    threads of Dask's local scheduler (:func:`local_threads`).
     """
     try:
         from distributed import get_worker
 
         worker = get_worker()
     except (ImportError, ValueError):
-        return dask.config.get("num_workers", None) or dask.system.CPU_COUNT
+        return local_threads()
     return _host_threads(worker.address) or worker.state.nthreads
+
+
+def local_threads() -> int:
+    """Threads of Dask's local scheduler, as its configuration says: 1 under the
+    synchronous scheduler (``dask.config.set(scheduler="synchronous")``), else the
+    ``num_workers`` setting, else the cores.
+
+    A task cannot see the arguments of the ``compute()`` that runs it: with
+    ``compute(scheduler="synchronous")`` or ``compute(num_workers=n)`` each tile task
+    still counts the cores as shared by ``CPU_COUNT`` tasks. Set them in the
+    configuration instead (``with dask.config.set(scheduler="synchronous")``, or
+    ``num_workers=n``), or set the ``torch_threads`` option.
+
+    Examples
+    --------
+    >>> with dask.config.set(scheduler="synchronous"):
+    ...     local_threads()
+    1
+    >>> with dask.config.set(scheduler="threads", num_workers=3):
+    ...     local_threads()
+    3
+    """
+    try:
+        scheduler = dask.base.get_scheduler()
+    except (RuntimeError, ValueError):  # "distributed" in the configuration, no client
+        scheduler = None
+    if scheduler is dask.local.get_sync:
+        return 1
+    return dask.config.get("num_workers", None) or dask.system.CPU_COUNT
 
 
 @functools.cache

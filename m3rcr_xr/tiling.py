@@ -6,7 +6,8 @@ past the scene's bottom and right edges, where the input is mirrored (:func:`pad
 scenes smaller than a tile are padded the same way). Each tile's output is weighted by
 a smooth window (:func:`window`, ``sin^2``, never zero) and the weighted sum is divided
 by the sum of the weights, so the weights of every pixel sum to one, edges included.
-Tiles are run in square groups (:func:`group_size`, :func:`groups`), one task each;
+Tiles are blended in square groups (:func:`group_size`, :func:`groups`), and run in
+tasks of consecutive groups that fill a forward batch (:func:`runs`);
 :mod:`m3rcr_xr.inference` builds decloud's graph on this grid.
 
 Examples
@@ -19,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dask.array as da
@@ -85,9 +87,9 @@ def window(tile: int) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
-#: a group of tiles spans about this many pixels (or the chunk, if smaller): enough
-#: tiles per task to keep a device busy, small enough canvases to bound memory, and
-#: enough tasks to share among workers
+#: a group of tiles spans about this many pixels (or the chunk, if smaller): small
+#: enough canvases to bound memory, and enough of them to share among workers (a task
+#: joins groups until they fill a forward batch: :func:`runs`)
 GROUP_PIXELS = 512
 
 
@@ -99,6 +101,33 @@ def group_size(chunk: int, stride: int) -> int:
 def groups(count: int, group: int) -> list[range]:
     """The tile indices ``0 .. count-1`` in runs of ``group`` (the last may be shorter)."""
     return [range(start, min(start + group, count)) for start in range(0, count, group)]
+
+
+def runs(sizes: Sequence[int], batch_size: int) -> list[range]:
+    """Consecutive runs of the groups of ``sizes[i]`` tiles, each the fewest groups that
+    hold ``batch_size`` tiles or more (the last run may hold fewer): one task runs a
+    run's tiles, so that its forward passes are full but its last.
+
+    Groups follow the chunks (:func:`group_size`) and the blending follows the groups,
+    while the batch size follows the device: joining groups in a task, rather than
+    sizing the groups from the batch, leaves the output the same for any batch size.
+
+    Examples
+    --------
+    >>> runs([4, 4, 2, 4, 1], batch_size=8)
+    [range(0, 2), range(2, 5)]
+    >>> runs([25, 25, 10], batch_size=8)
+    [range(0, 1), range(1, 2), range(2, 3)]
+    """
+    found, start, tiles = [], 0, 0
+    for index, size in enumerate(sizes):
+        tiles += size
+        if tiles >= batch_size:
+            found.append(range(start, index + 1))
+            start, tiles = index + 1, 0
+    if start < len(sizes):
+        found.append(range(start, len(sizes)))
+    return found
 
 
 def block_end(group: range, stride: int, padded: int, last: bool) -> int:

@@ -81,6 +81,20 @@ def test_a_gpu_count_beyond_the_machine_is_refused(monkeypatch):
         mc.local_cluster(gpus=True)
 
 
+def test_gpu_ids_this_process_cannot_use_are_refused(monkeypatch):
+    # inside a job given GPUs 2 and 3: torch's index 0 is no id of theirs
+    monkeypatch.setattr(mc, "gpu_devices", lambda: ["2", "3"])
+    monkeypatch.setattr(mc, "_gpu_cluster", lambda layout, *args: layout.gpus)
+    monkeypatch.setattr(mc, "_dask_cuda", lambda: None)
+    message = r"gpus=\[0, '7'\]: no GPU 0, 7 here; this process may use \['2', '3'\]"
+    with pytest.raises(UsageError, match=message):
+        mc.local_cluster(gpus=[0, "7"])
+    assert mc.local_cluster(gpus=[3]) == ("3",)
+    monkeypatch.setattr(mc, "gpu_devices", lambda: [])
+    with pytest.raises(UsageError, match=r"no GPU 0 here; this process may use none"):
+        mc.local_cluster(gpus=[0])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -255,9 +269,48 @@ def test_dask_setup_sets_torch_threads_and_pins_by_rank(monkeypatch):
     monkeypatch.setenv(mc.PIN_GPU_ENV, "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
     with m3rcr_xr.set_options(torch_threads=None):
-        mc.dask_setup(SimpleNamespace(name="SLURMCluster-7-1"))
+        mc.dask_setup(_worker("SLURMCluster-7-1"))
         assert m3rcr_xr.get_options()["torch_threads"] == 3
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+def _worker(name: str, **resources: float) -> SimpleNamespace:
+    """What the preload reads of a Dask worker."""
+    return SimpleNamespace(name=name, state=SimpleNamespace(total_resources=resources))
+
+
+def test_a_worker_advertising_a_gpu_torch_cannot_see_logs_an_error(monkeypatch, caplog):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    monkeypatch.setattr(mc, "_torch_gpu_count", lambda: 0)
+    with caplog.at_level("ERROR", logger="m3rcr_xr.cluster"):
+        mc.dask_setup(_worker("cpu-worker"))  # no GPU asked: none missing
+        assert caplog.records == []
+        mc.dask_setup(_worker("gpu-7", GPU=1))
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        "worker gpu-7 advertises GPU=1 but torch sees no CUDA device in it "
+        "(CUDA_VISIBLE_DEVICES='7', torch "
+    )
+    monkeypatch.setattr(mc, "_torch_gpu_count", lambda: 1)
+    assert mc.missing_gpu(_worker("gpu-0", GPU=1)) is None
+
+
+def test_device_auto_on_a_worker_without_its_gpu_fails_naming_it(monkeypatch):
+    from m3rcr_xr import runner
+
+    runner.clear_model_cache()
+    monkeypatch.setattr(mc, "_torch_gpu_count", lambda: 0)
+    monkeypatch.setattr(distributed, "get_worker", lambda: _worker("gpu-7", GPU=1))
+    ref = runner.ModelRef.create("dsen2_cr", "untrained", config={"preset": "small"})
+    with pytest.raises(UsageError, match=r"device='auto' would run on the CPU: worker gpu-7 "):
+        runner.cached_model(ref)
+    explicit = runner.ModelRef.create(
+        "dsen2_cr", "untrained", config={"preset": "small"}, device="cpu"
+    )
+    assert runner.cached_model(explicit)[1] == "cpu"  # the CPU asked for: it runs there
+    monkeypatch.setattr(distributed, "get_worker", lambda: _worker("cpu-worker"))
+    assert runner.cached_model(ref)[1] == "cpu"
+    runner.clear_model_cache()
 
 
 @pytest.mark.parametrize(

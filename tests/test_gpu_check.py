@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+import m3rcr_xr
 from benchmarks import gpu_check
 from benchmarks.reference import NAMES, fill_reference_parameters_
 from m3rcr_xr import models
+from m3rcr_xr.tiling import make_plan
 
 
 @pytest.mark.slow
@@ -33,6 +35,8 @@ def test_smoke_mode_runs_every_part_on_the_cpu(tmp_path, capfd, forked_workers):
     for entry in report["throughput"].values():
         assert entry["ratio"] > 0 and entry["decloud_finite"]
         assert entry["tiles"] > 0 and len(entry["raw_s"]) == len(entry["decloud_s"]) == 1
+        assert entry["same_batches"] and entry["decloud_batches"] == entry["raw_batches"]
+        assert sum(int(k) * v for k, v in entry["decloud_batches"].items()) == entry["tiles"]
     cluster = report["cluster"]
     assert cluster["tiles_run"] == cluster["tiles"] > 1
     assert cluster["every_tile_on_its_worker_device"] and cluster["finite"]
@@ -121,3 +125,15 @@ def test_the_raw_loop_in_channels_last_gives_the_same_output():
     model = model.to(memory_format=torch.channels_last)
     last = gpu_check.raw_loop(model, tiles, 2, "cpu", "fp32", channels_last=True)
     np.testing.assert_allclose(last, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_counted_batches_are_those_decloud_runs():
+    scene = m3rcr_xr.synthetic_scene((100, 100), seed=1, chunks=1024)[["cloudy", "sar"]]
+    out = m3rcr_xr.decloud(
+        scene, "dsen2_cr", "untrained", config={"preset": "small"}, tile=32, batch_size=8
+    )
+    with gpu_check.counted_batches() as batches:
+        out.data.compute(scheduler="threads")
+    plan = make_plan(32, 4, 100, 100)  # 4 x 4 tiles: one group, one task
+    assert dict(batches) == gpu_check.batch_sizes(plan.shape[0] * plan.shape[1], 8) == {8: 2}
+    assert gpu_check.batch_sizes(3, 8) == {3: 1} and gpu_check.batch_sizes(25, 8) == {8: 3, 1: 1}

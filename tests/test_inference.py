@@ -71,9 +71,10 @@ def test_weights_that_do_not_sum_to_one_would_show(zero_checkpoints, monkeypatch
     real_accumulate = inference.accumulate
 
     def leaky(*args, **kwargs):
-        canvas = real_accumulate(*args, **kwargs)
-        canvas[-1] *= 1.001  # a weight sum off by 0.1 %
-        return canvas
+        canvases = real_accumulate(*args, **kwargs)
+        for canvas in canvases:
+            canvas[-1] *= 1.001  # a weight sum off by 0.1 %
+        return canvases
 
     monkeypatch.setattr(inference, "accumulate", leaky)
     scene = m3rcr_xr.synthetic_scene((64, 64), chunks=64)
@@ -475,3 +476,92 @@ def test_names_that_moved_are_still_found_here_with_a_warning(name, home):
         assert getattr(inference, name) is getattr(home, name)
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         inference.no_such_name  # noqa: B018
+
+
+# ------------------------------------------------------------- forward batches
+class _PlainNet:
+    """A network stand-in, exact per tile whatever it runs with: the forward batches
+    decloud makes are counted without the cost of a real network at default tiles."""
+
+    spec = models.model_spec("dsen2_cr", preset="small")
+
+    def __call__(self, optical, sar):
+        return optical * 0.5 + sar.mean(1, keepdim=True)
+
+
+def _count_batches(monkeypatch) -> list[list[int]]:
+    """The forward batches of each tile task (one list per task), as they run."""
+    tasks: list[list[int]] = []
+    real_run_tiles, real_forward = inference.run_tiles, runner._forward
+
+    def run_tiles(*args, **kwargs):
+        tasks.append([])
+        return real_run_tiles(*args, **kwargs)
+
+    def forward(model, batch):
+        tasks[-1].append(len(batch))
+        return real_forward(model, batch)
+
+    monkeypatch.setattr(inference, "cached_model", lambda ref: (_PlainNet(), "cpu"))
+    monkeypatch.setattr(inference, "run_tiles", run_tiles)
+    monkeypatch.setattr(runner, "_forward", forward)
+    return tasks
+
+
+@pytest.mark.parametrize("name", ["dsen2_cr", "glf_cr", "align_cr"])  # default tiles
+@pytest.mark.parametrize("chunk", [1024, 2048])
+def test_forward_batches_are_full_but_the_last_of_a_task(monkeypatch, name, chunk):
+    monkeypatch.setattr(runner, "CONCURRENT_DEVICE_TYPES", frozenset())  # the CPU as a GPU
+    tasks = _count_batches(monkeypatch)
+    scene = m3rcr_xr.synthetic_scene((700, 680), seed=1, chunks=chunk)[["cloudy", "sar"]]
+    results = {}
+    for batch_size in (8, 32):
+        tasks.clear()
+        out = decloud(scene, name, "untrained", batch_size=batch_size, device="cpu")
+        results[batch_size] = out.data.compute(scheduler="synchronous")
+        assert all(size == batch_size for task in tasks for size in task[:-1]), tasks
+        assert all(0 < task[-1] <= batch_size for task in tasks)
+        short = [task for task in tasks if sum(task) < batch_size]
+        assert len(short) <= 1, tasks  # a task joins groups until they fill a batch
+        plan = make_plan(out.attrs["tile"], out.attrs["overlap"], 700, 680)
+        assert sum(map(sum, tasks)) == plan.shape[0] * plan.shape[1]
+    # the same groups blend the same way: the batch size changes nothing
+    np.testing.assert_array_equal(results[8], results[32])
+
+
+def test_on_this_process_cpu_a_task_runs_one_group(monkeypatch):
+    """Tasks share the cores there: more, smaller tasks keep them busy."""
+    tasks = _count_batches(monkeypatch)
+    scene = m3rcr_xr.synthetic_scene((300, 300), seed=1, chunks=64)[["cloudy", "sar"]]
+    out = decloud(scene, "dsen2_cr", "untrained", config=SMALL, tile=48, batch_size=8)
+    out.data.compute(scheduler="synchronous")
+    rows, cols = make_plan(48, 6, 300, 300).shape
+    group = tiling.group_size(64, 42)
+    assert len(tasks) == len(tiling.groups(rows, group)) * len(tiling.groups(cols, group))
+
+
+def test_a_collection_runs_the_tiles_of_all_its_patches_together(monkeypatch):
+    collection = m3rcr_xr.synthetic_collection(8, 64, seed=1)[["cloudy", "sar"]]
+    collection = collection.chunk({"patch": 8})
+    seen: list[int] = []
+    real_forward = runner._forward
+    monkeypatch.setattr(runner, "_forward", lambda m, b: seen.append(len(b)) or real_forward(m, b))
+
+    def run():
+        seen.clear()
+        out = decloud(collection, "dsen2_cr", "untrained", config=SMALL, tile=64, batch_size=8)
+        return out.values
+
+    expected = run()
+    assert seen == [1] * 8  # on this process's CPU, one patch at a time: faster there
+    monkeypatch.setattr(runner, "CONCURRENT_DEVICE_TYPES", frozenset())  # the CPU as a GPU
+    np.testing.assert_allclose(run(), expected, rtol=1e-6, atol=1e-6 * 10000)
+    assert seen == [8]  # was eight batches of one tile, one per patch
+
+
+def test_a_collection_runs_one_tile_task_at_a_time_per_exclusive_device(monkeypatch):
+    probe = probe_tile_tasks(True, patch=monkeypatch.setattr)
+    collection = m3rcr_xr.synthetic_collection(6, 40, seed=1).chunk({"patch": 1})
+    out = decloud(collection, "dsen2_cr", "untrained", config=SMALL, tile=40, device="cpu")
+    out.compute(scheduler="threads", num_workers=6)
+    assert probe.peak["task"] > 1 and probe.peak["forward"] == 1

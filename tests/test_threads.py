@@ -105,3 +105,17 @@ def test_a_pool_thread_that_ran_torch_before_gets_the_count_too(torch_at_three):
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(stale).result() == 2
         assert pool.submit(torch.get_num_threads).result() == 5
+
+
+def test_one_task_at_a_time_gets_every_core(
+    eight_cores, threads_in_forwards, small_scene, small_checkpoint
+):
+    out = decloud(small_scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=64)
+    for setting in ({"scheduler": "synchronous"}, {"scheduler": "threads", "num_workers": 1}):
+        threads_in_forwards.clear()
+        with dask.config.set(setting):
+            out.data.compute()
+        assert set(threads_in_forwards) == {8}, setting
+    threads_in_forwards.clear()
+    out.data.compute(scheduler="threads")  # as many tasks at once as cores
+    assert set(threads_in_forwards) == {1}

@@ -77,3 +77,17 @@ def test_the_grid_covers_each_pixel_once_or_twice_and_groups_split_it(size, tile
     runs = tiling.groups(count, group)
     assert [i for run in runs for i in run] == list(range(count))
     assert all(len(run) == group for run in runs[:-1])
+
+
+@given(
+    sizes=st.lists(st.integers(1, 40), max_size=30),
+    batch_size=st.integers(1, 64),
+)
+def test_runs_are_the_fewest_groups_that_fill_a_batch(sizes, batch_size):
+    found = tiling.runs(sizes, batch_size)
+    assert [i for run in found for i in run] == list(range(len(sizes)))  # each once, in order
+    for index, run in enumerate(found):
+        tiles = sum(sizes[i] for i in run)
+        if index + 1 < len(found):
+            assert tiles >= batch_size  # a full batch at least
+        assert tiles - sizes[run[-1]] < batch_size  # without its last group, none
