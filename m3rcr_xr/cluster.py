@@ -50,6 +50,7 @@ from .exceptions import (
     check_positive,
 )
 from .options import set_options
+from .resources import GPU_RESOURCE
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ log = logging.getLogger(__name__)
 TORCH_THREADS_ENV = "M3RCR_TORCH_THREADS"
 #: environment variable: "1" makes the workers of a multi-GPU job take one GPU each
 PIN_GPU_ENV = "M3RCR_PIN_GPU"
-#: the worker resource that decloud's GPU-annotated tasks ask for
-GPU_RESOURCE = "GPU"
 #: the module the workers preload (this one: see :func:`dask_setup`)
 PRELOAD = __name__
 

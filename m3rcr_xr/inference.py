@@ -61,7 +61,8 @@ from .exceptions import (
 )
 from .normalize import OPTICAL_SCALE, model_inputs, normalize_optical
 from .options import OPTIONS
-from .resources import annotate, resource_items
+from .progress import distributed_client
+from .resources import GPU_RESOURCE, annotate, resource_items
 from .runner import DEFAULT_PRECISION, ModelRef, cached_model, run_tiles, tile_task_slot
 from .schema import OPTICAL_NODATA, is_collection, validate
 from .store import sources
@@ -416,21 +417,32 @@ def _canvases(padded: da.Array, job: TileJob, spans: dict[tuple[int, int], tuple
 
 def _fills_batches(job: TileJob) -> bool:
     """Whether a task joins groups (a scene's) or patches (a collection's) to fill its
-    forward batches: where the tiles run one task at a time per device (a GPU), and with
-    a ``distributed`` client (its workers choose the device). Not where this process
-    runs them on its CPU: there tile tasks share the cores, each with a fixed share of
-    torch's threads (:mod:`m3rcr_xr.threads`), so that fewer, larger tasks would leave
-    cores idle on a scene of few groups, and larger batches ran slower (a collection
-    of 256-pixel patches, eight a batch, took 2.3 times as long as one at a time).
+    forward batches: where the tiles run one task at a time per device (a GPU). Not
+    on a CPU: there tile tasks share the cores, each with a fixed share of torch's
+    threads (:mod:`m3rcr_xr.threads`), so that fewer, larger tasks would leave cores
+    idle on a scene of few groups, and larger batches ran slower (a collection of
+    256-pixel patches, eight a batch, took 2.3 times as long as one at a time). With
+    ``device="auto"`` and a ``distributed`` client the workers choose the device: the
+    tasks fill batches when the tile tasks ask for a GPU (``resources``) or a worker
+    has one (:func:`_cluster_has_gpus`).
     """
     from .devices import resolve_device  # not a name of this module: it moved (_MOVED)
 
     device = job.members[0].device  # the members share the device
     if device == "auto":
-        if _distributed_client():
-            return True
+        client = distributed_client()
+        if client is not None:
+            return GPU_RESOURCE in dict(job.resources or ()) or _cluster_has_gpus(client)
         device = resolve_device(device)
     return device.split(":")[0] not in runner.CONCURRENT_DEVICE_TYPES
+
+
+def _cluster_has_gpus(client: Any) -> bool:
+    """Whether a worker of ``client``'s cluster advertises a ``GPU`` resource
+    (:func:`m3rcr_xr.local_cluster` and :func:`m3rcr_xr.slurm_cluster` give one to each
+    GPU worker) or reports a GPU (``distributed``'s NVML monitor, dask-cuda's workers)."""
+    workers = client.scheduler_info().get("workers", {}).values()
+    return any(info.get("resources", {}).get(GPU_RESOURCE) or info.get("gpu") for info in workers)
 
 
 def tile_scene(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
@@ -519,19 +531,6 @@ def _check_inputs(ds: xr.Dataset, composite: bool) -> None:
         )
 
 
-def _distributed_client() -> bool:
-    """Whether a ``distributed`` client is active: then tasks run on its workers."""
-    try:
-        from distributed import default_client
-    except ImportError:
-        return False
-    try:
-        default_client()
-    except ValueError:
-        return False
-    return True
-
-
 def check_tile_arguments(
     tile: int | None, overlap: int | None, batch_size: int, device: Any
 ) -> tuple[int | None, int | None, int, str]:
@@ -545,7 +544,7 @@ def check_tile_arguments(
     tile = None if tile is None else check_integer("tile", tile)
     overlap = None if overlap is None else check_integer("overlap", overlap, minimum=0)
     batch_size = check_integer("batch_size", batch_size)
-    return tile, overlap, batch_size, check_device(device, here=not _distributed_client())
+    return tile, overlap, batch_size, check_device(device, here=not distributed_client())
 
 
 #: bytes of the arrays of one tile the engine makes besides the network's own: the

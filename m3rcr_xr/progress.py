@@ -44,7 +44,8 @@ def progress_bar(total: int, desc: str, disable: bool = False) -> tqdm:
     )
 
 
-def _distributed_client() -> Any | None:
+def distributed_client() -> Any | None:
+    """The active ``distributed`` client (tasks then run on its workers), or None."""
     try:
         from distributed import get_client
     except ImportError:  # pragma: no cover - distributed is a dependency
@@ -67,7 +68,7 @@ def _local_bar(show: bool) -> Iterator[None]:
 
 def compute_with_progress(*collections: Any, show: bool = True, **kwargs: Any) -> tuple:
     """``dask.compute(*collections)`` with a progress bar on any scheduler."""
-    client = _distributed_client()
+    client = distributed_client()
     if client is None or dask.config.get("scheduler", None) not in (None, "dask.distributed"):
         with _local_bar(show):
             return dask.compute(*collections, **kwargs)

@@ -17,6 +17,10 @@ import xarray as xr
 
 from .exceptions import UsageError, argument, check_positive
 
+#: the worker resource that decloud's GPU-annotated tasks ask for, and that the
+#: clusters of :mod:`m3rcr_xr.cluster` give each GPU worker
+GPU_RESOURCE = "GPU"
+
 
 def annotate(resources: Mapping[str, float] | None) -> contextlib.AbstractContextManager:
     """Annotate the tasks built inside with worker ``resources``; no-op for None."""

@@ -540,6 +540,33 @@ def test_on_this_process_cpu_a_task_runs_one_group(monkeypatch):
     assert len(tasks) == len(tiling.groups(rows, group)) * len(tiling.groups(cols, group))
 
 
+class _FakeClient:
+    def __init__(self, *workers):
+        self.workers = {f"tcp://w{i}": info for i, info in enumerate(workers)}
+
+    def scheduler_info(self):
+        return {"workers": self.workers}
+
+
+@pytest.mark.parametrize(
+    ("workers", "resources", "fills"),
+    [
+        ([{"resources": {}}, {}], None, False),  # a CPU cluster: the demo's, the CLI's
+        ([{"resources": {}}, {"resources": {"GPU": 1}}], None, True),  # local_cluster(gpus=)
+        ([{"resources": {}, "gpu": {"name": "H100"}}], None, True),  # dask-cuda, NVML
+        ([{"resources": {}}], (("GPU", 1.0),), True),  # the tasks ask for one
+    ],
+)
+def test_with_device_auto_tasks_fill_batches_only_on_a_cluster_with_gpus(
+    monkeypatch, workers, resources, fills
+):
+    monkeypatch.setattr(inference, "distributed_client", lambda: _FakeClient(*workers))
+    member = ModelRef.create("dsen2_cr", "untrained", SMALL, "auto", "fp32")
+    plan = make_plan(48, 6, 64, 64)
+    job = inference.TileJob(plan=plan, members=(member,), batch_size=8, resources=resources)
+    assert inference._fills_batches(job) is fills
+
+
 def test_a_collection_runs_the_tiles_of_all_its_patches_together(monkeypatch):
     collection = m3rcr_xr.synthetic_collection(8, 64, seed=1)[["cloudy", "sar"]]
     collection = collection.chunk({"patch": 8})
