@@ -57,7 +57,15 @@ from .href import local_path, redacted
 from .options import OPTIONS
 from .progress import compute_with_progress
 from .schema import check_patch_ids, is_collection, repeated
-from .store import _check_bucket, _Target, _write_errors, check_apart, sources
+from .store import (
+    _check_bucket,
+    _reaching,
+    _reason,
+    _Target,
+    _write_errors,
+    check_apart,
+    sources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +321,9 @@ def _check_remote(target: _Target, names: Sequence[str] | None, overwrite: bool)
     _check_bucket(target)
     keys = [target.path] if names is None else [target.key(name) for name in names]
     for key in keys:
-        if fs.isdir(key):
+        with _reaching(target, "the destination"):  # the listing the upload needs
+            folder = fs.isdir(key)
+        if folder:
             raise StoreError(f"{fs.unstrip_protocol(key)}: is a folder, not a GeoTIFF")
         if fs.exists(key):
             check_replaceable(fs.unstrip_protocol(key), overwrite=overwrite, fs=fs)
@@ -397,18 +407,42 @@ def _uploaded(target: _Target, urls: Sequence[str], overwrite: bool) -> Iterator
                     fs.cp_file(url, previous)  # server-side; not copy: it globs
                 done.append((url, previous))
                 fs.put_file(str(Path(folder) / posixpath.basename(url)), url)
-        except BaseException:
-            for url, previous in reversed(done):
-                if previous is None:
-                    with contextlib.suppress(FileNotFoundError):
-                        fs.rm_file(url)
-                else:
-                    fs.cp_file(previous, url)
-                    fs.rm_file(previous)
+        except BaseException as err:
+            left = _put_back(fs, done)
+            if left:  # the upload's error stays the one raised; these say what to repair
+                note = "not rolled back: " + "; ".join(left)
+                log.error("%s", note)
+                err.add_note(note)
             raise
         for _, previous in done:
             if previous is not None:
                 fs.rm_file(previous)
+
+
+def _put_back(fs: Any, done: Sequence[tuple[str, str | None]]) -> list[str]:
+    """Undo the uploads ``done`` by :func:`_uploaded` (each URL and its copy aside, None
+    for an object that did not exist), the last first: each copy put back and removed,
+    each new object removed. One that fails (the network that broke the upload is
+    often still down) does not stop the others; returns what is left, and where."""
+    left: list[str] = []
+    for url, previous in reversed(done):
+        try:
+            if previous is None:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm_file(url)
+            else:
+                fs.cp_file(previous, url)
+        except Exception as err:
+            what = f"not put back from {previous}" if previous else "not removed"
+            left.append(f"{url}: {what} ({_reason(err)})")
+            continue
+        if previous is None:
+            continue
+        try:
+            fs.rm_file(previous)
+        except Exception as err:
+            left.append(f"{url}: put back, its copy {previous} not removed ({_reason(err)})")
+    return left
 
 
 def _hidden(name: str, kind: str) -> str:

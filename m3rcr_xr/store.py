@@ -395,7 +395,16 @@ def _check_bucket(target: _Target) -> None:
     """Refuse a location on object storage (S3, GCS, Azure: a file system with
     buckets) whose bucket does not exist, or cannot be reached (no credentials): its
     first write would fail half-way, with the client's own error. Other file systems
-    make folders as they write."""
+    make folders as they write.
+
+    What the write needs is the listing of its own prefix, which :func:`_inspect` (or
+    :func:`~m3rcr_xr.cog.check_cog_destination`) makes; the bucket is queried only
+    because fsspec answers a listing in a missing bucket as one of an empty prefix
+    (``FileNotFoundError``). A principal may write a prefix yet not query its bucket
+    (``s3:ListBucket`` limited to a prefix, GCS object roles, an Azure SAS of a
+    prefix): a refusal of the query (``PermissionError``) refuses nothing, what the
+    principal may do under the prefix decides.
+    """
     split = getattr(target.fs, "split_path", None)
     if split is None:
         return
@@ -406,6 +415,8 @@ def _check_bucket(target: _Target) -> None:
             target.fs.info(bucket)
         except FileNotFoundError:
             raise StoreError(f"{target.name}: bucket {bucket} does not exist") from None
+        except PermissionError as err:
+            log.debug("%s: bucket %s not queried (%s)", target.name, bucket, _reason(err))
 
 
 def _check_creatable(target: _Target) -> None:

@@ -221,6 +221,24 @@ def bucket(endpoint: str, monkeypatch, tmp_path) -> Iterator[str]:
     s3fs.S3FileSystem.clear_instance_cache()
 
 
+def forbid_head_bucket(monkeypatch) -> None:
+    """s3fs's HeadBucket answered by the 403 AWS gives a principal allowed a prefix but
+    not the bucket (``s3:ListBucket`` with an ``s3:prefix`` condition): listing and
+    writing under the prefix still work."""
+    import s3fs
+    from botocore.exceptions import ClientError
+
+    call = s3fs.S3FileSystem._call_s3
+
+    async def refused(self, method, *args, **kwargs):
+        if method == "head_bucket":
+            raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadBucket")
+        return await call(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", refused)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 # ------------------------------------------------------------ presigned URLs
 #: the query string of a presigned URL, as issued: percent escapes that aiohttp would
 #: decode (%2F) or a server would read otherwise (%2B), credentials that must not show

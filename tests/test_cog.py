@@ -18,7 +18,7 @@ from rio_cogeo.cogeo import cog_validate
 import m3rcr_xr
 from m3rcr_xr import cog
 from m3rcr_xr.testing import raise_if_dask_computes
-from tests.conftest import snapshot
+from tests.conftest import forbid_head_bucket, snapshot
 
 
 def _scene(size: int, chunks: int = 256) -> xr.DataArray:
@@ -605,6 +605,56 @@ def test_no_credentials_are_named_as_such_not_as_a_missing_bucket(bucket, monkey
     message = rf"^{url}: cannot reach bucket {bucket} \(Unable to locate credentials\)$"
     with pytest.raises(m3rcr_xr.StoreError, match=message):
         m3rcr_xr.to_cog(_scene(64), url)
+
+
+def test_a_principal_that_may_not_query_the_bucket_uploads_under_its_prefix(bucket, monkeypatch):
+    forbid_head_bucket(monkeypatch)
+    url = f"s3://{bucket}/team-a/d.tif"
+    assert m3rcr_xr.to_cog(_scene(64), url) == [url]
+    assert list(_objects(bucket)) == [f"{bucket}/team-a/d.tif"]
+
+
+def test_a_failed_put_back_does_not_stop_the_rollback_nor_hide_the_error(bucket, monkeypatch):
+    """The third upload fails, then putting back the second object's copy fails (the
+    rollback goes from the last): the first is put back all the same, the upload's
+    error is the one raised, and it names the object not put back and where its copy
+    is."""
+    import s3fs
+
+    url = f"s3://{bucket}/c"
+    collection = m3rcr_xr.synthetic_collection(3, 16, seed=1)
+    m3rcr_xr.to_cog(collection, url, variable="cloudy")
+    before = _objects(bucket)
+    changed = collection.assign(cloudy=collection["cloudy"] // 2)
+    cp_file = s3fs.S3FileSystem._cp_file
+    put_back: list[str] = []
+
+    async def fails_once(self, path1, path2, **kwargs):
+        if path1.endswith(".previous"):
+            put_back.append(path1)
+            if len(put_back) == 2:
+                raise OSError(errno.EHOSTUNREACH, "network is unreachable")
+        return await cp_file(self, path1, path2, **kwargs)
+
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="connection reset") as err:
+        _upload_fails(patch, at=3)
+        patch.setattr(s3fs.S3FileSystem, "_cp_file", fails_once)
+        m3rcr_xr.to_cog(changed, url, variable="cloudy", overwrite=True)
+    assert len(put_back) == 3
+    copy = put_back[1]
+    name = copy.split("/")[-1].split(".")[1]  # .NAME.tif.PID.previous
+    assert copy == f"s3://{bucket}/c/.{name}.tif.{os.getpid()}.previous"
+    (note,) = err.value.__notes__
+    assert note == (
+        f"not rolled back: s3://{bucket}/c/{name}.tif: not put back from {copy} "
+        "(network is unreachable)"
+    )
+    after = _objects(bucket)
+    key, kept = f"{bucket}/c/{name}.tif", copy.removeprefix("s3://")
+    assert after[kept] == before[key] != after[key]  # uploaded; the earlier one is aside
+    assert {k: v for k, v in after.items() if k not in (key, kept)} == {
+        k: v for k, v in before.items() if k != key
+    }
 
 
 def test_a_file_url_is_a_local_path(tmp_path):

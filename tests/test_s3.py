@@ -21,7 +21,7 @@ from m3rcr_xr import store
 from m3rcr_xr.cli import main
 from m3rcr_xr.cluster import local_cluster
 from m3rcr_xr.exceptions import StoreError
-from tests.conftest import TINY
+from tests.conftest import TINY, forbid_head_bucket
 
 
 def _same(a: xr.Dataset, b: xr.Dataset) -> None:
@@ -202,3 +202,15 @@ def test_a_missing_bucket_is_named_before_anything_is_written(bucket, tmp_path, 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err == f"m3rcr decloud: error: {url}: bucket no-such-bucket does not exist\n"
+
+
+def test_a_principal_that_may_not_query_the_bucket_writes_under_its_prefix(bucket, monkeypatch):
+    """Only a bucket that does not exist is refused; a 403 on the bucket itself is not
+    (the user may write the prefix): the write decides."""
+    forbid_head_bucket(monkeypatch)
+    with pytest.raises(PermissionError):  # the refusal is in place
+        s3fs.S3FileSystem().info(bucket)
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=3)
+    url = f"s3://{bucket}/team-a/scene.zarr"
+    m3rcr_xr.to_zarr(scene, url)
+    _same(m3rcr_xr.open_zarr(url), scene)
