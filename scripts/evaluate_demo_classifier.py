@@ -24,7 +24,7 @@ import m3rcr_xr
 STRATA = ("all", "cloudy")
 SOURCES = ("target", "pred", "cloudy")
 #: the level-2 run on the real samples: an untrained classifier of the 11 classes
-LEVEL2 = {"classifier": "landcover_unet", "classifier_config": {"level": 2, "preset": "small"}}
+LEVEL2 = {"classifier": "untrained", "classifier_config": {"level": 2, "preset": "small"}}
 
 
 def open_any(path: str) -> xr.Dataset:

@@ -2,7 +2,7 @@
 # Reproduce the demo land-cover classifier shipped in
 # m3rcr_xr/weights/landcover_unet_demo.safetensors: a tiny U-Net trained with
 # `m3rcr train --task landcover` on the cloud-free images of synthetic patches, then
-# judged on held-out synthetic patches (m3rcr_xr/weights/MODEL_CARD_landcover.md).
+# judged on held-out synthetic patches (m3rcr_xr/weights/MODEL_CARD_landcover_unet.md).
 #
 #   scripts/train_demo_classifier.sh            # from the repository root
 #   PYTHON=.venv/bin/python WORK=/tmp/demo-weights scripts/train_demo_classifier.sh

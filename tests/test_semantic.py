@@ -208,6 +208,22 @@ def test_evaluate_semantic_is_one_lazy_pass(scene, classifiers):
     assert result.attrs["classifier"] == "landcover_unet"
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("lazy", [True, False])
+def test_a_prediction_not_finite_in_some_band_is_refused_as_by_evaluate(
+    scene, classifiers, bad, lazy
+):
+    decloud = scene.decloud.where((scene.band != "green") | (scene.y > scene.y[8]), bad)
+    scene = scene.assign(decloud=decloud)  # band 1 bad on 8 rows, the target there valid
+    scene = scene.chunk(32) if lazy else scene.compute()
+    kwargs = {"classifier": classifiers[1], "classifier_config": SMALL, "tile": 32}
+    match = r"prediction 'decloud' is NaN or infinite in some band at \d+ pixel\(s\)"
+    with pytest.raises(SchemaError, match=match):
+        with raise_if_dask_computes():  # lazy: the graph builds, the check runs in it
+            result = evaluate_semantic(scene, compute=False, **kwargs)
+        result.compute()
+
+
 def test_evaluate_semantic_counts_what_semantic_metrics_counts(scene, classifiers):
     """The pipeline's confusion of each source is that of its classification."""
     result = evaluate_semantic(

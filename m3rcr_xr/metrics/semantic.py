@@ -219,14 +219,34 @@ def _by_stratum(counts: xr.DataArray, strata: Sequence[str]) -> xr.DataArray:
 
 
 # ---------------------------------------------------------------------- the counts
-def _excluded_pixels(pred: xr.DataArray, target: xr.DataArray) -> xr.DataArray:
-    """Pixels :func:`~m3rcr_xr.metrics.evaluate` excludes, (…, y, x) bool, lazily."""
+def _excluded_pixels(
+    pred: xr.DataArray, target: xr.DataArray, names: tuple[str, str] = ("pred", "target")
+) -> xr.DataArray:
+    """Pixels :func:`~m3rcr_xr.metrics.evaluate` excludes, (…, y, x) bool, lazily; a
+    prediction NaN or infinite in some band where the target has data raises
+    :class:`SchemaError` when computed, as in ``evaluate`` (the classifier would leave
+    such a pixel unlabelled: the prediction scored on fewer pixels than the others)."""
     data = pred.data, target.data
     if is_lazy(*data):
-        flags = da.map_blocks(_excluded, *data, drop_axis=pred.ndim - 3, dtype=bool)
+        flags = da.map_blocks(
+            _checked_excluded, *data, names=names, drop_axis=pred.ndim - 3, dtype=bool
+        )
     else:
-        flags = _excluded(*(np.asarray(d) for d in data))
+        flags = _checked_excluded(np.asarray(data[0]), np.asarray(data[1]), names)
     return xr.DataArray(flags, dims=[d for d in target.dims if d != "band"])
+
+
+def _checked_excluded(
+    pred_raw: np.ndarray, target_raw: np.ndarray, names: tuple[str, str]
+) -> np.ndarray:
+    excluded = _excluded(pred_raw, target_raw)
+    bad = int((~np.isfinite(pred_raw)).any(axis=-3)[~excluded].sum())
+    if bad:
+        raise SchemaError(
+            f"prediction {names[0]!r} is NaN or infinite in some band at {bad} pixel(s) "
+            f"where the target {names[1]!r} has data"
+        )
+    return excluded
 
 
 def semantic_counts(
@@ -515,11 +535,11 @@ def semantic_setup(
     if inputs["cloudy"] is not None:
         optical["cloudy"] = inputs["cloudy"]
     names = {key: str(value.name or key) for key, value in optical.items()}
+    excluded = _excluded_pixels(pred_da, target_da, (names["pred"], names["target"]))
     labels = {
         key: classify_lazy(value, ref, spec, tile=tile, overlap=overlap, batch_size=batch_size)
         for key, value in optical.items()
     }
-    excluded = _excluded_pixels(pred_da, target_da)
     counts = semantic_counts(
         labels,
         landcover_da,
