@@ -825,3 +825,70 @@ def test_read_checkpoint_checks_the_bytes_it_loads(tmp_path) -> None:
     )
     with pytest.raises(CheckpointError, match=f"w.pt: SHA-256 mismatch: expected {'0' * 64}"):
         load("dsen2_cr", path, preset="small", sha256="0" * 64)
+
+
+def _small_state() -> dict[str, torch.Tensor]:
+    return {k: v.contiguous() for k, v in build("dsen2_cr", preset="small").state_dict().items()}
+
+
+def _saved(path: Path, state: dict[str, torch.Tensor], **save: object) -> Path:
+    if path.suffix == ".safetensors":
+        save_file(state, path)
+    else:
+        torch.save(state, path, **save)
+    return path
+
+
+def _replaced_once_hashed(monkeypatch, path: Path, other: Path, *, rename: bool) -> None:
+    """Another process replaces ``path`` by ``other`` just after it was opened and hashed:
+    by a rename (pooch, this library's writers), or rewriting it in place."""
+    from m3rcr_xr.models import checkpoint
+
+    class Replaced(checkpoint.VerifiedFile):
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            if rename:
+                os.replace(other, path)
+            else:
+                path.write_bytes(other.read_bytes())
+                stat = path.stat()  # a clock too coarse to tell the writes apart is no excuse
+                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+
+    monkeypatch.setattr(checkpoint, "VerifiedFile", Replaced)
+
+
+@pytest.mark.parametrize(
+    ("name", "mmap", "rename"),
+    [
+        ("w.safetensors", False, True),  # mapped through the path
+        ("w.pt", True, True),  # the settings of a training checkpoint, mapped
+        ("w.pt", False, False),  # read from the descriptor hashed, rewritten in place
+    ],
+)
+def test_a_checkpoint_changed_once_hashed_is_never_used(tmp_path, monkeypatch, name, mmap, rename):
+    state = _small_state()
+    path = _saved(tmp_path / name, state)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    forged = _saved(tmp_path / f"forged{path.suffix}", {k: v + 1 for k, v in state.items()})
+    _replaced_once_hashed(monkeypatch, path, forged, rename=rename)
+    with pytest.raises(CheckpointError, match=f"{name}: the file changed since it was checked"):
+        read_checkpoint(path, sha256=digest, mmap=mmap)
+
+
+def test_a_checkpoint_renamed_over_once_hashed_loads_what_was_hashed(tmp_path, monkeypatch):
+    """Read from the descriptor hashed: a file renamed over the path is not what is read."""
+    state = _small_state()
+    path = _saved(tmp_path / "w.pt", state)
+    forged = _saved(tmp_path / "forged.pt", {k: v + 1 for k, v in state.items()})
+    _replaced_once_hashed(monkeypatch, path, forged, rename=True)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    loaded = read_checkpoint(path, sha256=digest)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_read_checkpoint_maps_tensors_where_asked(tmp_path, zipped):
+    state = _small_state()
+    path = _saved(tmp_path / "w.pt", state, _use_new_zipfile_serialization=zipped)
+    loaded = read_checkpoint(path, mmap=True)  # the legacy format is read whole
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())

@@ -758,6 +758,42 @@ def test_described_weights_load_the_bytes_described(tmp_path):
         described.load()
 
 
+def test_an_exported_header_is_read_without_the_tensors(tmp_path):
+    """Only the header is read (the tensors cut off do not matter), and the file hashed
+    only where a hash is given."""
+    path = _safetensors(
+        tmp_path / "run.safetensors",
+        model="dsen2_cr",
+        config=json.dumps(TINY),
+        format=weights.EXPORT_FORMAT,
+    )
+    data = path.read_bytes()
+    path.write_bytes(data[: 8 + int.from_bytes(data[:8], "little") + 1])
+    header = weights.exported_weights(path)
+    assert (header.model, header.config, header.sha256) == ("dsen2_cr", TINY, None)
+    sha256 = file_sha256(path)
+    assert weights.exported_weights(path, sha256=sha256).sha256 == sha256
+    assert weights.read_weights(path).sha256 == sha256
+
+
+def test_training_settings_are_read_with_the_tensors_mapped(tmp_path, monkeypatch):
+    """resolve looks at a training checkpoint's settings without reading its weights
+    into memory (the workers load them)."""
+    import torch
+
+    run = _training_checkpoint(tmp_path / "run.pth", {"model": "dsen2_cr", "config": TINY})
+    loads = []
+    real = torch.load
+
+    def recorded(*args, **kwargs):
+        loads.append(kwargs.get("mmap"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recorded)
+    assert weights.resolve(None, run).config == TINY
+    assert loads == [True]
+
+
 # ------------------------------------------- configurations refused at the entry
 def test_a_configuration_is_refused_before_any_weights_are_fetched(closed_port):
     url = f"http://127.0.0.1:{closed_port}/w.pt"

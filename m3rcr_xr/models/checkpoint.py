@@ -12,23 +12,25 @@ Accepted inputs:
 would construct arbitrary objects (and so could run code) is refused with a
 :class:`~m3rcr_xr.exceptions.CheckpointError`, never executed.
 
-A file is read once into memory, and loaded from those bytes: with a known SHA-256
-(``sha256=``), the bytes loaded are the bytes checked, even if another process replaces
-the file meanwhile (a shared cache, a concurrent download of the same URL).
+A file is opened once, hashed from that descriptor and loaded from it (a safetensors
+file: memory-mapped through its path, checked to still name the file hashed): with a
+known SHA-256 (``sha256=``), what is loaded is the file checked, even if another process
+replaces the file meanwhile (a shared cache, a concurrent download of the same URL), and
+memory holds the tensors once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import pickle
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor, nn
@@ -37,11 +39,12 @@ from ..exceptions import CheckpointError
 
 __all__ = [
     "CheckpointSource",
+    "VerifiedFile",
     "check_state_dict",
     "extract_state_dict",
     "load_state_dict_into",
+    "open_verified",
     "read_checkpoint",
-    "read_verified",
     "safetensors_metadata",
 ]
 
@@ -62,19 +65,70 @@ _WN_RENAMES = {
 }
 
 
-def _is_safetensors(data: bytes) -> bool:
-    """Sniff the safetensors header: 8-byte little-endian length, then a JSON object."""
-    if len(data) < 9 or data[8:9] != b"{":
-        return False
-    (length,) = struct.unpack("<Q", data[:8])
-    return 0 < length <= len(data) - 8
+class VerifiedFile:
+    """A checkpoint file open for reading, its hash checked on what this descriptor reads.
+
+    Made by :func:`open_verified`. ``handle`` reads the file hashed (positioned at its
+    start); ``sha256`` is its hash (None where none was asked for).
+    """
+
+    def __init__(self, path: Path, handle: BinaryIO, sha256: str | None) -> None:
+        self.path, self.handle, self.sha256 = path, handle, sha256
+        self._identity = _identity(os.fstat(handle.fileno()))
+
+    def check_unchanged(self, *, by_path: bool = False) -> None:
+        """Raise unless the file is still the one hashed: not rewritten in place (its
+        size and modification time, read from the open descriptor) and, ``by_path``,
+        still the file that :attr:`path` names (not replaced by a rename, as pooch and
+        this library replace files), for what is read through the path rather than
+        :attr:`handle` (a memory map).
+
+        An in-place rewrite that keeps the size and the modification time to the
+        nanosecond goes unseen: no writer of weights does that, and a descriptor cannot
+        lock a file against another process on every system.
+
+        Raises
+        ------
+        CheckpointError
+            The file changed since it was checked.
+        """
+        now: list[tuple[int, int, int, int] | None] = [_identity(os.fstat(self.handle.fileno()))]
+        if by_path:
+            try:
+                now.append(_identity(os.stat(self.path)))
+            except OSError:
+                now.append(None)
+        if any(found != self._identity for found in now):
+            raise CheckpointError(
+                f"{self.path}: the file changed since it was checked (replaced or rewritten "
+                "while it was read); nothing of it was used"
+            )
+
+    def header(self, size: int) -> bytes:
+        """The first ``size`` bytes (at most), read from :attr:`handle`, which is then back
+        at the start."""
+        self.handle.seek(0)
+        data = self.handle.read(size)
+        self.handle.seek(0)
+        return data
 
 
-def read_verified(path: str | os.PathLike[str], sha256: str | None = None) -> bytes:
-    """The bytes of a checkpoint file, read once, and checked against ``sha256`` if given.
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
-    Whatever is made of the file (its tensors, its header) is made of these bytes, so
-    that a file replaced after its hash was checked is never used unchecked.
+
+@contextmanager
+def open_verified(
+    path: str | os.PathLike[str], sha256: str | None = None, *, digest: bool = False
+) -> Iterator[VerifiedFile]:
+    """Open a checkpoint file, hash it from that descriptor (1 MiB at a time) and check
+    the hash against ``sha256`` if given; ``digest``: hash it even without ``sha256``.
+
+    Whatever is made of the file (its tensors, its header) is read from the descriptor
+    hashed, or through its path after :meth:`VerifiedFile.check_unchanged` said it still
+    names the file hashed; so a file replaced after its hash was checked is never used
+    unchecked, and memory stays that of what is loaded (about the file's size), never a
+    second copy.
 
     Raises
     ------
@@ -86,43 +140,64 @@ def read_verified(path: str | os.PathLike[str], sha256: str | None = None) -> by
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        data = path.read_bytes()
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, after the caller's use
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from exc
-    if sha256 is not None:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != sha256:
+    with handle:
+        actual = None
+        if sha256 is not None or digest:
+            hasher = hashlib.sha256()
+            try:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    hasher.update(block)
+            except OSError as exc:
+                raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from exc
+            actual = hasher.hexdigest()
+            handle.seek(0)
+        if sha256 is not None and actual != sha256:
             raise CheckpointError(
                 f"{path}: SHA-256 mismatch: expected {sha256}, the file has {actual} (it "
                 "changed since it was checked)"
             )
-    return data
+        yield VerifiedFile(path, handle, actual)
 
 
-def safetensors_metadata(data: bytes, source: object = "checkpoint") -> dict[str, str]:
-    """The ``__metadata__`` of the header of safetensors ``data`` (empty if it has none).
+def _is_safetensors(opened: VerifiedFile) -> bool:
+    """Sniff the safetensors header: 8-byte little-endian length, then a JSON object."""
+    data = opened.header(9)
+    if len(data) < 9 or data[8:9] != b"{":
+        return False
+    (length,) = struct.unpack("<Q", data[:8])
+    return 0 < length <= os.fstat(opened.handle.fileno()).st_size - 8
+
+
+def safetensors_metadata(opened: VerifiedFile) -> dict[str, str]:
+    """The ``__metadata__`` of the header of an open safetensors file (empty if it has
+    none), read from its descriptor: the header only, never the tensors.
 
     Raises
     ------
     CheckpointError
-        ``data`` has no readable safetensors header (naming ``source``).
+        The file has no readable safetensors header.
     """
     try:
-        if not _is_safetensors(data):
+        if not _is_safetensors(opened):
             raise ValueError("no safetensors header")
-        (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + length])
+        (length,) = struct.unpack("<Q", opened.header(8))
+        header = json.loads(opened.header(8 + length)[8:])
         metadata = header.get("__metadata__") or {}
         if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
         ):
             raise ValueError("the header's __metadata__ does not map text to text")
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError(f"{source}: not a readable safetensors file ({exc})") from exc
+    except (ValueError, AttributeError) as exc:  # also JSON that is no object
+        raise CheckpointError(f"{opened.path}: not a readable safetensors file ({exc})") from exc
     return dict(metadata)
 
 
-def read_checkpoint(path: str | os.PathLike[str], *, sha256: str | None = None) -> dict[str, Any]:
+def read_checkpoint(
+    path: str | os.PathLike[str], *, sha256: str | None = None, mmap: bool = False
+) -> dict[str, Any]:
     """Read a checkpoint file without executing code.
 
     Parameters
@@ -130,8 +205,12 @@ def read_checkpoint(path: str | os.PathLike[str], *, sha256: str | None = None) 
     path
         A ``torch.save`` file (zip or legacy format) or a safetensors file.
     sha256
-        The file's expected SHA-256 (hex): the bytes are read once, checked, and loaded
-        (see :func:`read_verified`).
+        The file's expected SHA-256 (hex): what is loaded is the file hashed (see
+        :func:`open_verified`).
+    mmap
+        Map the tensors of a ``torch.save`` file of the zip format instead of reading
+        them (``torch.load(mmap=True)``), to look at its other entries cheaply; a file
+        of the legacy format is read whole. A safetensors file is always mapped.
 
     Returns
     -------
@@ -141,25 +220,46 @@ def read_checkpoint(path: str | os.PathLike[str], *, sha256: str | None = None) 
     Raises
     ------
     CheckpointError
-        The file is missing or unreadable, is not ``sha256``, holds pickled objects
-        beyond tensors and plain containers (refused by ``weights_only=True``), or is not
-        a mapping.
+        The file is missing or unreadable, is not ``sha256``, changed while it was
+        read, holds pickled objects beyond tensors and plain containers (refused by
+        ``weights_only=True``), or is not a mapping.
     """
     path = Path(path)
-    data = read_verified(path, sha256)
-    if path.suffix == ".safetensors" or _is_safetensors(data):
-        try:
-            from safetensors.torch import load
-        except ImportError as exc:  # pragma: no cover - safetensors is a dependency
-            raise CheckpointError(
-                f"{path}: reading safetensors needs the safetensors package"
-            ) from exc
-        try:
-            return dict(load(data))
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    with open_verified(path, sha256) as opened:
+        if path.suffix == ".safetensors" or _is_safetensors(opened):
+            return _read_safetensors(opened)
+        obj = _torch_load(opened, mmap=mmap and opened.header(4) == b"PK\x03\x04")
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def _read_safetensors(opened: VerifiedFile) -> dict[str, Any]:
+    """The tensors of a safetensors file, memory-mapped through its path, once the path
+    is known to name the file hashed, and again after."""
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        from safetensors.torch import load_file
+    except ImportError as exc:  # pragma: no cover - safetensors is a dependency
+        raise CheckpointError(
+            f"{opened.path}: reading safetensors needs the safetensors package"
+        ) from exc
+    opened.check_unchanged(by_path=True)
+    try:
+        tensors = dict(load_file(os.fspath(opened.path), device="cpu"))
+    except Exception as exc:
+        raise CheckpointError(f"{opened.path}: not a readable safetensors file ({exc})") from exc
+    opened.check_unchanged(by_path=True)
+    return tensors
+
+
+def _torch_load(opened: VerifiedFile, *, mmap: bool) -> Any:
+    """``torch.load(weights_only=True)`` of the descriptor hashed, or, ``mmap``, of the
+    path mapped (checked to name the file hashed before and after)."""
+    path = opened.path
+    opened.check_unchanged(by_path=mmap)
+    try:
+        source: Any = os.fspath(path) if mmap else opened.handle
+        obj = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         detail = _unpickler_detail(exc)
         if "unsupported global" in detail.lower():
@@ -175,9 +275,8 @@ def read_checkpoint(path: str | os.PathLike[str], *, sha256: str | None = None) 
         ) from exc
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
-    return dict(obj)
+    opened.check_unchanged(by_path=mmap)
+    return obj
 
 
 def _unpickler_detail(exc: BaseException) -> str:

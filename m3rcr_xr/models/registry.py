@@ -297,7 +297,7 @@ def load(
         Device to move the model to after loading (default: stay on CPU).
     sha256
         The checkpoint file's SHA-256 (hex): the weights loaded are the bytes checked
-        (see :func:`~m3rcr_xr.models.checkpoint.read_verified`).
+        (see :func:`~m3rcr_xr.models.checkpoint.open_verified`).
 
     Raises
     ------

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import json
 import warnings
 from collections.abc import Iterator
@@ -134,8 +133,10 @@ def read_weights(path: str | Path, *, sha256: str | None = None) -> DefaultCheck
     """Describe a safetensors file written by ``m3rcr train --export``: the model name and
     configuration come from its header.
 
-    ``sha256``: the file's expected SHA-256; the header is read from the bytes checked,
-    and :meth:`DefaultCheckpoint.load` loads those bytes or none.
+    ``sha256``: the file's expected SHA-256. The file is hashed in any case (its
+    :attr:`~DefaultCheckpoint.sha256`), and its header read from the file hashed (the
+    header only, not the tensors), so that :meth:`DefaultCheckpoint.load` loads that file
+    or none.
 
     Raises
     ------
@@ -143,14 +144,23 @@ def read_weights(path: str | Path, *, sha256: str | None = None) -> DefaultCheck
         The file is unreadable or not ``sha256``, or its header does not name a known
         model and a configuration (a JSON object) that agree.
     """
-    from ..models.checkpoint import read_verified, safetensors_metadata
-
     path = Path(path)
-    data = read_verified(path, sha256)
-    return _described(path, safetensors_metadata(data, path), hashlib.sha256(data).hexdigest())
+    return _described(path, *_header(path, sha256, digest=True))
 
 
-def _described(path: Path, metadata: dict[str, str], sha256: str) -> DefaultCheckpoint:
+def _header(
+    path: Path, sha256: str | None = None, *, digest: bool = False
+) -> tuple[dict[str, str], str | None]:
+    """The metadata in the safetensors header of ``path`` (the header only, not the
+    tensors), and the file's SHA-256 (see
+    :func:`~m3rcr_xr.models.checkpoint.open_verified`)."""
+    from ..models.checkpoint import open_verified, safetensors_metadata
+
+    with open_verified(path, sha256, digest=digest) as opened:
+        return safetensors_metadata(opened), opened.sha256
+
+
+def _described(path: Path, metadata: dict[str, str], sha256: str | None) -> DefaultCheckpoint:
     """The weights a header ``metadata`` of ``path`` describes (see :func:`read_weights`)."""
     if "model" not in metadata or "config" not in metadata:
         raise CheckpointError(f"{path}: the header does not name the model and its config")
@@ -171,11 +181,15 @@ def exported_weights(path: str | Path, *, sha256: str | None = None) -> DefaultC
     (its header's ``format`` is :data:`EXPORT_FORMAT`); None for any other file, such as
     another tool's safetensors, whatever its header holds.
 
+    Only the header is read, and the file hashed only where it is of this library's
+    format and ``sha256`` is given (the result's :attr:`~DefaultCheckpoint.sha256`; None
+    without it): a look that costs little, even for a large file.
+
     Raises
     ------
     CheckpointError
-        A file of this library's format whose header is wrong (see :func:`read_weights`),
-        or a file that is not ``sha256``.
+        A file of this library's format whose header is wrong (see :func:`read_weights`)
+        or that is not ``sha256`` (any other file's hash is checked where it is loaded).
 
     Examples
     --------
@@ -183,19 +197,18 @@ def exported_weights(path: str | Path, *, sha256: str | None = None) -> DefaultC
     >>> weights.exported_weights(weights.default_checkpoint().path).model
     'dsen2_cr'
     """
-    from ..models.checkpoint import read_verified, safetensors_metadata
-
     path = Path(path)
     if not path.is_file():
         return None  # loading it says what is wrong
-    data = read_verified(path, sha256)
     try:
-        metadata = safetensors_metadata(data, path)
+        metadata, _ = _header(path)  # is it ours? No hash needed to say no
     except CheckpointError:  # not safetensors after all: loading it says what is wrong
         return None
     if metadata.get("format") != EXPORT_FORMAT:
         return None
-    return _described(path, metadata, hashlib.sha256(data).hexdigest())
+    if sha256 is not None:  # ours: described from the file hashed
+        metadata, _ = _header(path, sha256)
+    return _described(path, metadata, sha256)
 
 
 def _check_header(path: Path, metadata: dict[str, str], config: dict[str, Any]) -> None:

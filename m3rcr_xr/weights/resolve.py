@@ -203,8 +203,8 @@ def _carried(path: Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
     safetensors file that ``m3rcr train --export`` wrote (see
     :func:`~m3rcr_xr.weights.exported_weights`), or the settings of a training checkpoint
     that ``m3rcr train`` wrote (``--checkpoint run.pth``); None for any other file (another
-    tool's weights, a bare state dict). Read from bytes of ``sha256``: those the workers
-    load, with no other read of the file.
+    tool's weights, a bare state dict). Read from the file hashed ``sha256``, the one the
+    workers load: its header only, or its settings with its tensors memory-mapped.
 
     Raises
     ------
@@ -222,11 +222,15 @@ def _carried(path: Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
 
 def _trained(path: Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
     """The model and configuration in the ``settings`` of a training checkpoint (see
-    :func:`m3rcr_xr.train.train`); None for a checkpoint without them."""
+    :func:`m3rcr_xr.train.train`); None for a checkpoint without them.
+
+    The tensors are memory-mapped, not read (``mmap=True``: a zip-format ``torch.save``
+    file; the legacy format, long out of use, is read whole): only the settings are
+    looked at here, the workers load the weights."""
     from ..models.checkpoint import read_checkpoint
     from ..models.records import model_record
 
-    settings = read_checkpoint(path, sha256=sha256).get("settings")
+    settings = read_checkpoint(path, sha256=sha256, mmap=True).get("settings")
     if not isinstance(settings, Mapping) or "model" not in settings:
         return None  # published or bare weights: the model and config given apply
     try:
