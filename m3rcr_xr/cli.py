@@ -640,7 +640,6 @@ def _train(args: argparse.Namespace) -> int:
         field.name: getattr(args, "workers" if field.name == "num_workers" else field.name)
         for field in dataclasses.fields(TrainSettings)
     }
-    options["class_weights"] = None if args.class_weights == "none" else args.class_weights
     options["model"] = args.model or TASK_MODELS.get(args.task or "cloud_removal")
     if options["model"] is None:
         raise UsageError("--model is required (dsen2_cr, glf_cr or align_cr)")

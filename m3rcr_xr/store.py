@@ -512,7 +512,12 @@ def _write_dim(ds: xr.Dataset) -> str:
     return "patch" if is_collection(ds) else "y"
 
 
-def data_fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
+def data_fingerprint(
+    ds: xr.Dataset,
+    inputs: Iterable[str] = (),
+    *,
+    identities: dict[str, tuple[str, bool]] | None = None,
+) -> str:
     """What identifies ``ds``'s data, the same in every process: the fingerprint
     :func:`to_zarr` keeps to resume a write, and training checkpoints to refuse a resume
     on other data.
@@ -522,8 +527,10 @@ def data_fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
     content hash of arrays from memory, the checkpoint hash of decloud); and the
     identity of each input (``inputs``, usually :func:`sources`: a store's own
     fingerprint, the listing of a Zarr store of other software, a file's size and
-    modification time), which the token may miss. Nothing is read but metadata and
-    listings; an array in memory is hashed.
+    modification time), which the token may miss; or their ``identities``, as
+    :func:`source_identities` gives them (to reach each input once when the caller
+    needs them too). Nothing is read but metadata and listings; an array in memory is
+    hashed.
 
     Examples
     --------
@@ -534,11 +541,11 @@ def data_fingerprint(ds: xr.Dataset, inputs: Iterable[str] = ()) -> str:
     >>> data_fingerprint(ds) == data_fingerprint(m3rcr_xr.synthetic_collection(1, 32, seed=2))
     False
     """
-    return _fingerprint(ds, _identities(inputs))
+    return _fingerprint(ds, source_identities(inputs) if identities is None else identities)
 
 
 def _fingerprint(ds: xr.Dataset, identities: dict[str, tuple[str, bool]]) -> str:
-    """:func:`data_fingerprint`, given the inputs' identities (:func:`_identities`)."""
+    """:func:`data_fingerprint`, given the inputs' identities (:func:`source_identities`)."""
     digest = hashlib.sha256()
     digest.update(json.dumps({k: int(v) for k, v in ds.sizes.items()}, sort_keys=True).encode())
     for name in sorted(ds.variables, key=str):
@@ -557,8 +564,18 @@ def _fingerprint(ds: xr.Dataset, identities: dict[str, tuple[str, bool]]) -> str
     return digest.hexdigest()
 
 
-def _identities(inputs: Iterable[str]) -> dict[str, tuple[str, bool]]:
-    """:func:`_source_identity` of each input, each reached once."""
+def source_identities(inputs: Iterable[str]) -> dict[str, tuple[str, bool]]:
+    """For each input (a path or URL, as :func:`sources` lists them), what changes when
+    it changes, and whether a change can be seen at all, each input reached once.
+
+    A store (a folder): its own fingerprint, if it is one of this library's (the data it
+    was written from), and a digest of its listing (each key's size and modification
+    time, or ETag: a chunk rewritten in place changes it); one listing, no chunk read.
+    A file: its size and version (modification time, ETag, HTTP ``Last-Modified``...);
+    one that reports its size alone (an HTTP server that sends neither ``ETag`` nor
+    ``Last-Modified``) is not versioned (False): a file replaced by one of the same
+    size looks the same. An input out of reach is a :class:`StoreError` naming it.
+    """
     return {source: _source_identity(source) for source in inputs}
 
 
@@ -950,7 +967,7 @@ def to_zarr(
     ds = _prepare(ds)
     dim = _write_dim(ds)
     steps = _steps(ds, dim)
-    identities = _identities(inputs)
+    identities = source_identities(inputs)
     fingerprint = _fingerprint(ds, identities)
     unversioned = [source for source, (_, versioned) in identities.items() if not versioned]
     with _write_errors(target), _locked(target), _quiet_lock_listing():

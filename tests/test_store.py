@@ -620,6 +620,28 @@ def test_an_input_file_that_changed_changes_the_fingerprint(tmp_path):
     assert fingerprint() != first
 
 
+def test_source_identities_see_a_chunk_rewritten_and_an_unversioned_file(tmp_path):
+    """A store's identity: its own fingerprint and its listing (a chunk rewritten in
+    place changes the latter only); a file served with no version is flagged. Given to
+    data_fingerprint, the identities give what its inputs give."""
+    path, served = tmp_path / "s.zarr", tmp_path / "served"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(1, 16, seed=1), path)
+    served.mkdir()
+    (served / "a.tif").write_bytes(b"A" * 10)
+    with serve_directory(served, last_modified=False) as url:
+        found = store.source_identities([str(path), f"{url}/a.tif"])
+    (before, versioned), (_, http_versioned) = found[str(path)], found[f"{url}/a.tif"]
+    assert versioned and not http_versioned
+    ds = m3rcr_xr.open_zarr(path)
+    identities = store.source_identities(store.sources(ds))
+    assert store.data_fingerprint(ds, identities=identities) == store.data_fingerprint(
+        ds, store.sources(ds)
+    )
+    zarr.open_array(path / "cloudy", mode="r+")[0, 0, 0, 0] = 7
+    after, _ = store.source_identities([str(path)])[str(path)]
+    assert after != before and after.split(":")[0] == before.split(":")[0]
+
+
 def _their_scene(path: Path) -> xr.Dataset:
     """A scene in a Zarr store written by xarray itself (no m3rcr_* attributes), opened
     as a user of xarray opens it."""

@@ -191,7 +191,7 @@ def test_balanced_class_weights_follow_the_label_counts():
     assert np.all(weights[~present] == 1.0)
 
 
-def test_landcover_checkpoint_resume_and_export(collection_store, tmp_path):
+def test_landcover_checkpoint_resume_and_export(collection_store, tmp_path, capsys):
     """The header records task, level and classes; a resumed run is the uninterrupted
     one bit for bit; the export loads and its header is checked against its config."""
     from m3rcr_xr.exceptions import CheckpointError
@@ -216,6 +216,13 @@ def test_landcover_checkpoint_resume_and_export(collection_store, tmp_path):
         resume=first.checkpoint,
     )
     assert second.losses == {3: whole.losses[3]}
+    # "none" on the command line is a value, not "the checkpoint's": refused, as typed
+    argv = ["train", str(collection_store), "--task", "landcover", "--steps", "3"]
+    argv += ["--class-weights", "none", "--resume", str(first.checkpoint)]
+    assert main([*argv, "--out", str(tmp_path / "none.pth")]) == 2
+    assert "error: --class-weights none differs from the checkpoint's 'balanced'" in (
+        capsys.readouterr().err
+    )
     config = {**LANDCOVER, "level": 1}
     resumed = models.load("landcover_unet", second.checkpoint, **config).state_dict()
     reference = models.load("landcover_unet", whole.checkpoint, **config).state_dict()

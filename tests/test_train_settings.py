@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from m3rcr_xr.exceptions import ModelConfigError, UsageError
+from m3rcr_xr.exceptions import ModelConfigError, UsageError, command_line_names
 from m3rcr_xr.train import ResolvedSettings, TrainSettings, train
 
 from .train_runs import run_settings
@@ -106,3 +106,23 @@ def test_a_batch_the_unet_pools_to_one_pixel_is_refused(crop, batch_size, depth)
     bigger = dataclasses.replace(settings, crop=2 ** (depth + 1))
     assert dataclasses.replace(settings, batch_size=2).resolved().batch_size == 2
     assert bigger.resolved().crop == 2 ** (depth + 1)
+
+
+def test_merged_refuses_a_conflicting_value_named_as_the_caller_wrote_it():
+    """ "none" is a value of its own: against a balanced run it conflicts (None keeps the
+    checkpoint's); conflicts name the argument as typed, in Python or on the CLI."""
+    saved = TrainSettings("landcover_unet", 2, class_weights="balanced").resolved().run_fields()
+    plain = TrainSettings("landcover_unet", 2).resolved().run_fields()
+    assert plain["class_weights"] is None  # as checkpoints have always recorded it
+    with pytest.raises(UsageError, match=r"^class_weights='none' differs .* 'balanced'"):
+        TrainSettings("landcover_unet", 3, class_weights="none").merged(saved)
+    with command_line_names(), pytest.raises(UsageError, match=r"^--class-weights none differs"):
+        TrainSettings("landcover_unet", 3, class_weights="none").merged(saved)
+    with command_line_names(), pytest.raises(UsageError, match=r"^--level 2 differs .* 1;"):
+        TrainSettings("landcover_unet", 3, level=2).merged(saved)
+    with pytest.raises(UsageError, match=r"^model='dsen2_cr' does not match"):
+        TrainSettings("dsen2_cr", 3).merged(saved)
+    resumed = TrainSettings("landcover_unet", 3, class_weights="none").merged(plain)
+    assert resumed.resolved().class_weights is None
+    assert TrainSettings("landcover_unet", 3).merged(saved).resolved().class_weights == "balanced"
+    assert TrainSettings("dsen2_cr", 3, class_weights="none").resolved().class_weights is None

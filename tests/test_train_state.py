@@ -8,15 +8,18 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
+import zarr
 
 import m3rcr_xr
 from m3rcr_xr import models
 from m3rcr_xr.cli import main
 from m3rcr_xr.exceptions import CheckpointError, UsageError
-from m3rcr_xr.testing import raise_if_dask_computes
+from m3rcr_xr.store import FINGERPRINT
+from m3rcr_xr.testing import raise_if_dask_computes, serve_directory
 from m3rcr_xr.train import (
     CropDataset,
     TrainSettings,
@@ -269,6 +272,53 @@ def test_resume_refuses_other_data(collection_store, other_store, val_store, one
             progress=False,
         )
     assert sorted(os.listdir(tmp_path)) == ["v.pth"]
+
+
+def test_resume_on_a_store_rewritten_in_place_is_refused(collection_store, tmp_path, caplog):
+    """A chunk rewritten in place (an xarray region write) keeps the store's own
+    fingerprint (the data it was written from): its listing tells. An older checkpoint,
+    which kept that fingerprint alone, cannot tell: it resumes, with a warning."""
+    path = tmp_path / "train.zarr"
+    shutil.copytree(collection_store, path)
+    run = train(path, tmp_path / "a.pth", run_settings(1), progress=False)
+    cloudfree = zarr.open_group(path, mode="r+")["cloudfree"]
+    cloudfree[0] = np.asarray(cloudfree[0]) // 2 + 1  # every pixel of a patch, in place
+    refused = r"training data is .*train.zarr \(fingerprint .*, listing .*\), not .*, listing"
+    with pytest.raises(UsageError, match=refused):
+        train(path, tmp_path / "b.pth", run_settings(2), resume=run.checkpoint, progress=False)
+    assert not (tmp_path / "b.pth").exists()
+    older = read_training_checkpoint(run.checkpoint)
+    written_from = zarr.open_group(path, mode="r").attrs[FINGERPRINT]
+    older["data"]["train"] = {"source": str(path), "fingerprint": written_from}
+    torch.save(older, tmp_path / "old.pth")
+    with caplog.at_level(logging.WARNING, logger="m3rcr_xr.train"):
+        resumed = train(
+            path, tmp_path / "b.pth", run_settings(2), resume=tmp_path / "old.pth", progress=False
+        )
+    assert sorted(resumed.losses) == [2]
+    assert "a store, by the data it was written from (not its chunks) only" in caplog.text
+
+
+def test_resume_on_data_with_no_version_is_refused(tmp_path, caplog):
+    """A source that reports no version (an HTTP server with neither ETag nor
+    Last-Modified) could be replaced by a file of the same size unseen: the first run
+    warns, its checkpoint records it, and a resume is refused, as to_zarr refuses."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "a.tif").write_bytes(b"A" * 100)
+    ds = m3rcr_xr.synthetic_collection(2, TILE, seed=1)
+    with serve_directory(served, last_modified=False) as url:
+        ds.encoding["source"] = f"{url}/a.tif"
+        with caplog.at_level(logging.WARNING, logger="m3rcr_xr.train"):
+            run = train(ds, tmp_path / "a.pth", run_settings(1), progress=False)
+        assert f"dataset: the input {url}/a.tif reports its size but no version" in caplog.text
+        assert "if this run is interrupted, it cannot be resumed" in caplog.text
+        recorded = read_training_checkpoint(run.checkpoint)["data"]["train"]
+        assert recorded["unversioned"] == [f"{url}/a.tif"]
+        refused = rf"^resume=.*: cannot resume on this training data: the input {url}/a.tif "
+        with pytest.raises(UsageError, match=refused + "reports its size but no version"):
+            train(ds, tmp_path / "a.pth", run_settings(2), resume=run.checkpoint, progress=False)
+    assert read_training_checkpoint(run.checkpoint)["step"] == 1
 
 
 def test_an_older_checkpoint_without_its_data_resumes(collection_store, one_step, tmp_path, caplog):

@@ -11,7 +11,7 @@ from torch import nn
 import m3rcr_xr
 from m3rcr_xr import models
 from m3rcr_xr.exceptions import SchemaError
-from m3rcr_xr.metrics import evaluate_per_patch, mean_over_patches
+from m3rcr_xr.metrics import evaluate, evaluate_per_patch, mean_over_patches
 from m3rcr_xr.normalize import denormalize_optical
 from m3rcr_xr.train import CropDataset, validate_model
 
@@ -96,6 +96,20 @@ def test_validation_leaves_out_pixels_without_input_data():
             for metric in ("PSNR", "SSIM", "SAM", "MAE"):
                 want = float(expected[metric].sel(stratum=stratum))
                 assert scores[metric] == pytest.approx(want, rel=1e-5), (name, stratum, metric)
+
+
+def test_the_input_baseline_is_evaluate_on_the_cloudy_image():
+    """evaluate leaves out the pixels of the cloudy image where any band is 0 (its
+    integer nodata), not only where all are: the validation's input baseline too."""
+    scenes = m3rcr_xr.synthetic_collection(2, TILE, seed=21, cloud_cover=0.5).compute()
+    scenes["cloudy"][{"band": 1, "x": slice(0, 8)}] = 0  # one band 0: nodata to evaluate
+    data = CropDataset(scenes, TILE, mode="center")  # the centre crop: the whole patch
+    result = validate_model(models.build("dsen2_cr", **SMALL), data)["input"]
+    expected = evaluate(scenes, "cloudy", protocol="per_patch", level=None, landcover=None)
+    for stratum, scores in result.items():
+        for metric in ("PSNR", "SSIM", "SAM", "MAE", "n_patches"):
+            want = float(expected[metric].sel(stratum=stratum).squeeze())
+            assert scores[metric] == pytest.approx(want, rel=1e-5), (stratum, metric)
 
 
 def test_validation_without_a_cloudmask_has_stratum_all_only():

@@ -26,16 +26,16 @@ import dask
 import numpy as np
 import torch
 import xarray as xr
-import zarr
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..classify import no_data
 from ..exceptions import SchemaError, UsageError, argument
+from ..href import redacted
 from ..landcover import IGNORE_INDEX, class_names, worldcover_labels
 from ..normalize import model_inputs, normalize_optical
 from ..schema import is_collection
-from ..store import FINGERPRINT, data_fingerprint, open_zarr, sources
+from ..store import data_fingerprint, open_zarr, source_identities, sources
 
 #: variables a crop reads; cloudmask is optional
 CROP_VARS = ("cloudy", "cloudfree", "sar", "cloudmask")
@@ -46,6 +46,9 @@ Source = str | os.PathLike[str] | xr.Dataset
 #: how the fingerprint of an xarray Dataset (:meth:`CropDataset.identity`) begins;
 #: checkpoints of earlier versions identified one by its sizes, variables and patch ids
 DATASET_PREFIX = "dataset:"
+#: how the fingerprint of a store path (:meth:`CropDataset.identity`) begins; checkpoints
+#: of earlier versions kept its ``m3rcr_fingerprint`` attribute alone (no listing)
+STORE_PREFIX = "store:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,28 +211,38 @@ class CropDataset(Dataset):
         """The store's path, or "dataset" for an xarray Dataset (for messages)."""
         return self._path or "dataset"
 
-    def identity(self) -> dict[str, str]:
-        """What identifies the data, for a checkpoint: ``source`` (:attr:`label`) and
-        ``fingerprint``: a store's own (``m3rcr_fingerprint``, written by
-        :func:`m3rcr_xr.to_zarr`: it changes with the data); for an xarray Dataset,
+    def identity(self) -> dict[str, Any]:
+        """What identifies the data, for a checkpoint: ``source`` (:attr:`label`),
+        ``fingerprint`` and ``unversioned``.
+
+        For a store path, the ``fingerprint`` is :data:`STORE_PREFIX` and the store's
+        identity of :func:`m3rcr_xr.store.source_identities` (its ``m3rcr_fingerprint``,
+        the data it was written from, and a digest of its listing: a chunk rewritten in
+        place changes it; one listing, no chunk read). For an xarray Dataset, it is
         :data:`DATASET_PREFIX` and :func:`m3rcr_xr.store.data_fingerprint` of it (the
         Dask tokens of its variables, a hash of their values for arrays in memory, and
-        the fingerprint of each store it was opened from). Nothing is read but metadata.
+        the identity of each source it was read from). ``unversioned`` lists the sources
+        that report no version (an HTTP file without ``ETag`` nor ``Last-Modified``),
+        whose replacement by a file of the same size cannot be seen: a run on such data
+        cannot be resumed. Nothing is read but metadata and listings.
 
         Examples
         --------
         >>> import m3rcr_xr
         >>> data = CropDataset(m3rcr_xr.synthetic_collection(2, 64), 32, mode="center")
-        >>> data.identity()["source"], data.identity()["fingerprint"][:8]
-        ('dataset', 'dataset:')
+        >>> identity = data.identity()
+        >>> identity["source"], identity["fingerprint"][:8], identity["unversioned"]
+        ('dataset', 'dataset:', [])
         """
-        fingerprint = ""
         if self._path is not None:
-            fingerprint = str(zarr.open_group(self._path, mode="r").attrs.get(FINGERPRINT, ""))
-        if not fingerprint:
+            identities = source_identities([self._path])
+            fingerprint = STORE_PREFIX + identities[self._path][0]
+        else:
             ds = self._dataset()
-            fingerprint = DATASET_PREFIX + data_fingerprint(ds, sources(ds))
-        return {"source": self.label, "fingerprint": fingerprint}
+            identities = source_identities(sources(ds))
+            fingerprint = DATASET_PREFIX + data_fingerprint(ds, identities=identities)
+        unversioned = [redacted(src) for src, (_, versioned) in identities.items() if not versioned]
+        return {"source": self.label, "fingerprint": fingerprint, "unversioned": unversioned}
 
     @property
     def has_cloudmask(self) -> bool:

@@ -45,6 +45,7 @@ from .state import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    warn_unversioned,
 )
 from .validation import VAL_BATCH, format_metrics, validate_model
 
@@ -305,6 +306,8 @@ def train(
     }
     if payload is not None:
         check_same_data(str(resume), payload, identities)
+    else:
+        warn_unversioned(identities)
     run = _Run(resolved, payload, identities)
     log.info("training %s", run.describe(data))
     losses, metrics = _loop(run, data, out, val_data, show_progress(progress))

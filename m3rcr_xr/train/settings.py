@@ -49,8 +49,9 @@ RUN_FIELDS = (
     "level",
     "class_weights",
 )
-#: the values of ``class_weights``: None (every class weighs 1) or "balanced"
-CLASS_WEIGHTS = (None, "balanced")
+#: the values of ``class_weights``: None (unset: "none", or the checkpoint's when
+#: resuming), "none" (every class weighs 1) or "balanced"
+CLASS_WEIGHTS = (None, "none", "balanced")
 
 
 @dataclasses.dataclass
@@ -96,9 +97,10 @@ class TrainSettings:
         Land-cover task: the WorldCover level of the classes, 1 (seven groups; default)
         or 2 (eleven classes). Nodata and ignored classes are left out of the loss.
     class_weights
-        Land-cover task: None (every class weighs 1 in the cross-entropy) or
-        ``"balanced"`` (``n_pixels / (n_classes * n_pixels_of_class)`` over the labelled
-        pixels of the training data, as scikit-learn's ``class_weight="balanced"``).
+        Land-cover task: ``"none"`` (every class weighs 1 in the cross-entropy; the
+        default) or ``"balanced"`` (``n_pixels / (n_classes * n_pixels_of_class)`` over
+        the labelled pixels of the training data, as scikit-learn's
+        ``class_weight="balanced"``). ``"none"`` suits any task; None is unset.
     """
 
     model: str
@@ -147,7 +149,7 @@ class TrainSettings:
             raise UsageError(f"{argument('task', self.task)}: use {' or '.join(TASKS)}")
         if self.class_weights not in CLASS_WEIGHTS:
             raise UsageError(
-                f"{argument('class_weights', self.class_weights)}: use 'balanced' or none"
+                f"{argument('class_weights', self.class_weights)}: use 'balanced' or 'none'"
             )
 
     def _task_config(self, task: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +157,7 @@ class TrainSettings:
         land-cover settings are not given to another task."""
         if task != "landcover":
             for name in ("level", "class_weights"):
-                if getattr(self, name) is not None:
+                if getattr(self, name) not in (None, "none"):
                     raise UsageError(
                         f"{argument(name, getattr(self, name))}: for the landcover task "
                         f"only, not {task} ({self.model})"
@@ -210,7 +212,7 @@ class TrainSettings:
             amp=self.amp,
             task=record.task,
             level=config.get("level") if record.task == "landcover" else None,
-            class_weights=self.class_weights,
+            class_weights="balanced" if self.class_weights == "balanced" else None,
         )
 
     def run_fields(self) -> dict[str, Any]:
@@ -218,24 +220,35 @@ class TrainSettings:
         return _run_fields(self)
 
     def merged(self, saved: Mapping[str, Any]) -> TrainSettings:
-        """Fill unset run fields from a checkpoint's; raise where they disagree."""
+        """Fill unset run fields from a checkpoint's; raise where they disagree.
+
+        Raises
+        ------
+        UsageError
+            A field set to another value than the checkpoint's, named as the caller
+            wrote it (``level=2``; ``--level 2`` on the command line).
+        """
         if model_record(self.model).name != saved.get("model"):
             raise UsageError(
-                f"--model {self.model} does not match the checkpoint's {saved.get('model')!r}"
+                f"{argument('model', self.model)} does not match the checkpoint's "
+                f"{saved.get('model')!r}"
             )
         task = model_record(self.model).task
         level = self.level if self.level is not None else saved.get("level")
         updates: dict[str, Any] = {}
         for name in self.RUN_FIELDS:
-            mine, theirs = getattr(self, name), saved.get(name)
-            if mine is None or (name == "config" and not mine):
+            given, theirs = getattr(self, name), saved.get(name)
+            if given is None or (name == "config" and not given):
                 updates[name] = theirs
                 continue
+            mine = given
             if name == "config":  # as resolved: with the level and classes it adds
                 mine = dataclasses.replace(self, level=level)._task_config(task, dict(mine))
+            elif name == "class_weights":  # a checkpoint records "none" as None
+                mine = None if given == "none" else given
             if _normalised(mine) != _normalised(theirs):
                 raise UsageError(
-                    f"{name}={mine!r} differs from the checkpoint's {theirs!r}; "
+                    f"{argument(name, given)} differs from the checkpoint's {theirs!r}; "
                     "leave it out to resume the same run"
                 )
         return dataclasses.replace(self, **updates)

@@ -33,7 +33,7 @@ from ..files import replace_atomically
 from ..models import extract_state_dict, model_record
 from ..models.checkpoint import read_checkpoint
 from ..weights import EXPORT_FORMAT, exported_weights
-from .data import DATASET_PREFIX
+from .data import DATASET_PREFIX, STORE_PREFIX
 from .settings import ResolvedSettings
 
 log = logging.getLogger(__name__)
@@ -200,16 +200,19 @@ def check_same_data(
     resume: str | os.PathLike[str], payload: Mapping[str, Any], data: Mapping[str, Any]
 ) -> None:
     """Refuse to resume the checkpoint ``payload`` (read from ``resume``) on other data
-    than it was trained (and validated) on; ``data`` as ``checkpoint_payload`` takes it.
+    than it was trained (and validated) on, or on data with a source that reports no
+    version (a change of it could not be seen, as :func:`m3rcr_xr.to_zarr` refuses to
+    resume a store of such data); ``data`` as ``checkpoint_payload`` takes it.
     Validation data is compared when both the checkpoint and the run have some. A
-    checkpoint written before the data was recorded resumes, with a warning, and so
-    does one that identified an xarray Dataset by its layout only (before its values
-    were).
+    checkpoint written before the data was recorded resumes, with a warning, and so do
+    checkpoints that identified an xarray Dataset by its layout only (before its values
+    were) or a store by its ``m3rcr_fingerprint`` only (before its listing was), on a
+    store of that fingerprint.
 
     Raises
     ------
     UsageError
-        Naming both sources and their fingerprints.
+        Naming both sources and their fingerprints, or the source with no version.
     """
     saved = payload.get("data")
     if saved is None:
@@ -219,28 +222,71 @@ def check_same_data(
             resume,
             data["train"]["source"],
         )
-        return
     for role, what in (("train", "training"), ("val", "validation")):
-        mine, theirs = data.get(role), saved.get(role)
-        if mine is None or theirs is None or mine["fingerprint"] == theirs["fingerprint"]:
+        mine, theirs = data.get(role), (saved or {}).get(role)
+        if mine is None:
             continue
-        if _by_layout(theirs) and _by_layout(mine) is False:
-            log.warning(
-                "%s identifies its %s data, an xarray Dataset, by its sizes, variables "
-                "and patch ids only (an older checkpoint): cannot check that it is the "
-                "data it was trained on",
-                resume,
-                what,
+        if theirs is not None and not _same(resume, mine, theirs, what):
+            raise UsageError(
+                f"{argument('resume', str(resume))}: the checkpoint's {what} data is "
+                f"{_described(theirs)}, not {_described(mine)}; resume on the same data "
+                "or start a new run"
             )
-            continue
-        raise UsageError(
-            f"{argument('resume', str(resume))}: the checkpoint's {what} data is "
-            f"{_described(theirs)}, not {_described(mine)}; resume on the same data "
-            "or start a new run"
-        )
+        if mine.get("unversioned"):
+            raise UsageError(
+                f"{argument('resume', str(resume))}: cannot resume on this {what} data: "
+                f"{_unversioned(mine['unversioned'])}; start a new run"
+            )
 
 
-def _by_layout(identity: Mapping[str, str]) -> bool | None:
+def warn_unversioned(data: Mapping[str, Any]) -> None:
+    """Warn, at the start of a run, that a checkpoint of it cannot be resumed on ``data``
+    (as ``checkpoint_payload`` takes it) read from a source that reports no version, as
+    :func:`m3rcr_xr.to_zarr` warns before a write it could not resume."""
+    for identity in filter(None, data.values()):
+        if identity.get("unversioned"):
+            log.warning(
+                "%s: %s; if this run is interrupted, it cannot be resumed",
+                identity["source"],
+                _unversioned(identity["unversioned"]),
+            )
+
+
+def _unversioned(unversioned: list[str]) -> str:
+    """Why a run on data read from the ``unversioned`` sources (which report no
+    version) cannot be resumed, in :func:`m3rcr_xr.to_zarr`'s words."""
+    others = f" (and {len(unversioned) - 1} other(s))" if len(unversioned) > 1 else ""
+    return (
+        f"the input {unversioned[0]}{others} reports its size but no version (no ETag nor "
+        "Last-Modified), so a change since the first run cannot be detected"
+    )
+
+
+def _same(resume: Any, mine: Mapping[str, Any], theirs: Mapping[str, Any], what: str) -> bool:
+    """Whether ``mine`` is the data ``theirs`` identifies; True with a warning where an
+    older checkpoint's identity cannot tell (a Dataset's layout, a store's own
+    fingerprint alone, matching)."""
+    if mine["fingerprint"] == theirs["fingerprint"]:
+        return True
+    if _by_layout(theirs) and _by_layout(mine) is False:
+        weaker = "an xarray Dataset, by its sizes, variables and patch ids"
+    elif _older_store(theirs) and mine["fingerprint"].startswith(
+        f"{STORE_PREFIX}{theirs['fingerprint']}:"  # a store of the fingerprint it kept
+    ):
+        weaker = "a store, by the data it was written from (not its chunks)"
+    else:
+        return False
+    log.warning(
+        "%s identifies its %s data, %s only (an older checkpoint): cannot check that it "
+        "is the data it was trained on",
+        resume,
+        what,
+        weaker,
+    )
+    return True
+
+
+def _by_layout(identity: Mapping[str, Any]) -> bool | None:
     """For the identity of an xarray Dataset, whether it is the layout-only one of
     earlier versions (no :data:`DATASET_PREFIX`); None for a store's."""
     if identity["source"] != "dataset":
@@ -248,9 +294,26 @@ def _by_layout(identity: Mapping[str, str]) -> bool | None:
     return not identity["fingerprint"].startswith(DATASET_PREFIX)
 
 
-def _described(identity: Mapping[str, str]) -> str:
-    fingerprint = identity["fingerprint"].removeprefix(DATASET_PREFIX)
-    return f"{identity['source']} (fingerprint {fingerprint[:12]})"
+def _older_store(identity: Mapping[str, Any]) -> bool:
+    """Whether ``identity`` is a store's of earlier versions: its ``m3rcr_fingerprint``
+    alone (no :data:`STORE_PREFIX`)."""
+    return identity["source"] != "dataset" and not identity["fingerprint"].startswith(
+        (STORE_PREFIX, DATASET_PREFIX)
+    )
+
+
+def _parts(identity: Mapping[str, Any]) -> list[str]:
+    """The fingerprint without its prefix, split: ``[fingerprint]`` for a Dataset or an
+    older store; for a store, ``[its m3rcr_fingerprint, "listing", digest]``
+    (:func:`m3rcr_xr.store.source_identities`)."""
+    fingerprint = identity["fingerprint"]
+    return fingerprint.removeprefix(DATASET_PREFIX).removeprefix(STORE_PREFIX).split(":")
+
+
+def _described(identity: Mapping[str, Any]) -> str:
+    parts = _parts(identity)
+    listing = f", listing {parts[-1][:12]}" if len(parts) > 1 else ""
+    return f"{identity['source']} (fingerprint {parts[0][:12]}{listing})"
 
 
 def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -90,7 +90,9 @@ def validate_model(
     the crops (its ``per_patch`` protocol, as the published validation averages per-batch
     scores), for the strata all, cloudy and clear (all only without a cloud mask). The
     crops' nodata (``valid`` 0: no data in the cloudy input or the cloud-free target) is
-    left out, as evaluate leaves out what decloud writes there (NaN).
+    left out, as evaluate leaves out what decloud writes there (NaN); the input's
+    scores also leave out its pixels where any band is 0, as evaluate does on the
+    ``cloudy`` image (the data model's nodata of an integer image).
 
     Returns
     -------
@@ -122,11 +124,14 @@ def validate_model(
             cloud = batch["cloudmask"].numpy() > 0.5
             labels = labels_block(np.zeros(cloud.shape, np.uint8), cloud)
             nodata = batch["valid"].numpy() == 0
-            for key, name, values in (
-                ("model", "model", pred),
-                ("input", "cloudy", batch["cloudy"]),
+            # the input is an integer image: evaluate leaves out its pixels where any
+            # band is 0 (normalised 0 is reflectance 0), the model's where all are
+            input_nodata = nodata | (batch["cloudy"] == 0).any(dim=1).numpy()
+            for key, name, values, left_out in (
+                ("model", "model", pred, nodata),
+                ("input", "cloudy", batch["cloudy"], input_nodata),
             ):
-                sums[key].append(_crop_sums(values, batch["target"], labels, nodata, name))
+                sums[key].append(_crop_sums(values, batch["target"], labels, left_out, name))
     finally:
         model.train(was_training)
     return {name: _summary(parts, strata, len(BANDS)) for name, parts in sums.items()}
