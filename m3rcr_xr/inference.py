@@ -454,8 +454,9 @@ def tile_scene(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
     row_groups = groups(plan.shape[0], group_size(inputs.chunks[1][0], plan.stride))
     col_groups = groups(plan.shape[1], group_size(inputs.chunks[2][0], plan.stride))
     spans = {(a, b): (r, c) for a, r in enumerate(row_groups) for b, c in enumerate(col_groups)}
+    padded = pad(inputs, plan)  # out of the annotation: only the tile tasks ask for it
     with annotate(_resources(job)):
-        canvases = _canvases(pad(inputs, plan), job, spans)
+        canvases = _canvases(padded, job, spans)
     spill = plan.spill
     blocks = []
     for a, rows in enumerate(row_groups):

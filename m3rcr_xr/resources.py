@@ -63,9 +63,14 @@ def _layers(ds: xr.Dataset) -> Iterator[Any]:
 
 
 def required_resources(ds: xr.Dataset) -> dict[str, float] | None:
-    """The worker resources some task behind ``ds`` asks for, or None."""
+    """The worker resources some task behind ``ds`` asks for, or None.
+
+    A layer's annotation may also be a function of the task key (dask gives one to a
+    layer that merges graphs built under different annotations); those are skipped:
+    the tile tasks' own layers carry the mapping.
+    """
     for layer in _layers(ds):
         resources = (getattr(layer, "annotations", None) or {}).get("resources")
-        if resources:
+        if resources and isinstance(resources, Mapping):
             return dict(resources)
     return None
