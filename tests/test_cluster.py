@@ -480,7 +480,7 @@ def test_connect_to_a_dead_address_fails_within_the_timeout():
     start = time.monotonic()
     with pytest.raises(UsageError, match=f"no Dask scheduler answered at {address} within 1 s"):
         connect(address, timeout=1)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 15  # the default timeout is 30 s
 
 
 def test_a_missing_or_foreign_scheduler_file_is_named(tmp_path):

@@ -362,7 +362,7 @@ def test_a_tiny_file_declaring_a_huge_raster_fails_fast(tmp_path, width, bands, 
     start = time.perf_counter()
     with pytest.raises(m3rcr_xr.InputFileError, match=f"huge.tif: cloudy.*{message}"):
         m3rcr_xr.open_quartet(path) if bands == 4 else open_raster(path, "cloudy", 1)
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 10  # reading the declared pixels would take minutes
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 100 * 1024
 
