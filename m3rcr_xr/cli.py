@@ -80,6 +80,11 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def _name_or_none(text: str) -> str | None:
+    """A variable name, or None for ``none`` (go without that variable)."""
+    return None if text == "none" else text
+
+
 OVERWRITE_HELP = "replace a store or GeoTIFF written by m3rcr (other folders and files never are)"
 
 
@@ -498,13 +503,16 @@ def semantic_table_path(path: str) -> str:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .metrics import (
+        STRATA,
         TABLE_SUFFIXES,
         check_table_replaceable,
         evaluate,
         split_semantic,
         write_table,
     )
+    from .metrics.cells import check_strata
 
+    strata = check_strata(args.level, STRATA if args.strata is None else args.strata)
     # one path (or None) a table: the metrics, then with --semantic the semantic scores
     semantic_out = semantic_table_path(args.out) if args.out else None
     outputs = [args.out, semantic_out] if args.semantic else [args.out]
@@ -524,6 +532,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.target,
         level=args.level,
         protocol=args.protocol,
+        strata=strata,
+        landcover=args.landcover,
+        cloudmask=args.cloudmask,
         semantic=args.semantic,
         classifier=args.classifier,
         classifier_config=classifier_config or None,
@@ -591,6 +602,23 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         choices=("pooled", "per_patch"),
         default="pooled",
         help="pool all pixels, or average per-patch metrics (collections)",
+    )
+    p.add_argument(
+        "--landcover",
+        type=_name_or_none,
+        default="landcover",
+        metavar="VAR|none",
+        help="land-cover variable (default landcover), or none: no classes, only all",
+    )
+    p.add_argument(
+        "--cloudmask", default="cloudmask", help="cloud-mask variable (default cloudmask)"
+    )
+    p.add_argument(
+        "--strata",
+        type=_names,
+        metavar="STRATUM,...",
+        help="cloud strata, of all, cloudy, clear (default all three); all alone needs no "
+        "cloud mask",
     )
     p.add_argument(
         "--out",

@@ -121,16 +121,20 @@ def argument(name: str, value: Any = _UNSET) -> str:
     ``batch_size=0`` from Python, ``--batch-size 0`` from the command line, so that a
     message tells the user what to change where they typed it. On the command line a
     list is an option's values as typed, spaced (``--bbox 1 2 3 4``), a tuple its
-    comma-separated names (``--udm2-classes cloud,shadow``), and a mapping the option
-    once for each ``KEY=VALUE`` (``--config level=2``).
+    comma-separated names (``--udm2-classes cloud,shadow``), a mapping the option
+    once for each ``KEY=VALUE`` (``--config level=2``), and None the word ``none``, as
+    the options that can go without a value take it (``--landcover none``).
 
     Examples
     --------
-    >>> argument("batch_size", 0)
-    'batch_size=0'
+    >>> argument("batch_size", 0), argument("landcover", None)
+    ('batch_size=0', 'landcover=None')
     >>> with command_line_names():
     ...     argument("batch_size", 0), argument("overwrite"), argument("bbox", [1, 2, 3, 4])
     ('--batch-size 0', '--overwrite', '--bbox 1 2 3 4')
+    >>> with command_line_names():
+    ...     argument("landcover", None), argument("strata", ("all",))
+    ('--landcover none', '--strata all')
     """
     name = _RENAMED.get().get(name, name)
     if _COMMAND_LINE.get():
@@ -139,6 +143,8 @@ def argument(name: str, value: Any = _UNSET) -> str:
             return " ".join(f"{flag} {key}={item}" for key, item in value.items())
         if isinstance(value, list | tuple):
             value = (" " if isinstance(value, list) else ",").join(map(str, value))
+        if value is None:
+            value = "none"
         return flag if value is _UNSET or value is True else f"{flag} {value}"
     return name if value is _UNSET else f"{name}={value!r}"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
@@ -390,6 +391,50 @@ def test_evaluate_semantic_refusals(scene_store, capsys):
     _fails_alone(capsys, [*argv, "--classifier", "x"], "--classifier and --classifier-config go")
     argv += ["--semantic", "--level", "2", "--classifier", "landcover_unet-demo"]
     _fails_alone(capsys, argv, "built for WorldCover level 1")
+
+
+def _predicted_scene() -> xr.Dataset:
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=4)
+    return scene.assign(decloud=scene.cloudfree.astype("float32") * 1.01)
+
+
+def test_evaluate_reads_the_land_cover_and_cloud_mask_it_is_told(tmp_path):
+    scene = _predicted_scene()
+    renamed = scene.rename(landcover="lc", cloudmask="cm")
+    m3rcr_xr.to_zarr(renamed, tmp_path / "renamed.zarr")
+    argv = ["evaluate", str(tmp_path / "renamed.zarr"), "--out", str(tmp_path / "r.csv")]
+    assert main([*argv, "--landcover", "lc", "--cloudmask", "cm"]) == 0
+    table = pd.read_csv(tmp_path / "r.csv").set_index(["stratum", "landcover_class"])
+    expected = m3rcr_xr.evaluate(scene).PSNR.to_series()
+    pd.testing.assert_series_equal(table.PSNR, expected, check_names=False)
+
+
+def test_evaluate_goes_without_land_cover_or_cloud_mask(tmp_path, capsys):
+    """A store without land cover (STAC items ingested without --landcover) or without a
+    cloud mask is evaluated; the refusals name the flags to go without them."""
+    scene = _predicted_scene()
+    m3rcr_xr.to_zarr(scene.drop_vars("landcover"), tmp_path / "no_lc.zarr")
+    argv = ["evaluate", str(tmp_path / "no_lc.zarr")]
+    assert main(argv) == 2
+    _one_error_line(capsys, "'landcover' is missing", "(pass --landcover none to evaluate")
+    assert main([*argv, "--landcover", "none", "--out", str(tmp_path / "a.csv")]) == 0
+    table = pd.read_csv(tmp_path / "a.csv")
+    assert set(table.landcover_class) == {"all"} and len(table) == 3
+    _fails_alone(capsys, [*argv, "--landcover", "none", "--semantic"], "got --level 1, --lan")
+
+    m3rcr_xr.to_zarr(scene.drop_vars("cloudmask"), tmp_path / "no_cm.zarr")
+    argv = ["evaluate", str(tmp_path / "no_cm.zarr")]
+    assert main(argv) == 2
+    _one_error_line(capsys, "'cloudmask' is missing", "(pass --strata all to evaluate")
+    assert main([*argv, "--strata", "all", "--out", str(tmp_path / "s.csv")]) == 0
+    assert set(pd.read_csv(tmp_path / "s.csv").stratum) == {"all"}
+
+
+@pytest.mark.parametrize("strata", ["all,fog", "clear,clear"])
+def test_evaluate_refuses_bad_strata_before_reading(tmp_path, capsys, strata):
+    out = tmp_path / "m.csv"
+    argv = ["evaluate", str(tmp_path / "absent.zarr"), "--strata", strata, "--out", str(out)]
+    _fails_alone(capsys, argv, f"--strata {strata}: must be distinct values of", out)
 
 
 # ------------------------------------------------- argument and output-path checks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import dask
 import numpy as np
 import pytest
@@ -302,6 +304,20 @@ def test_bad_input_is_refused_before_any_work(scene, kwargs, error, match):
     arguments = {"classifier": "untrained", "classifier_config": SMALL, **kwargs}
     with raise_if_dask_computes(), pytest.raises(error, match=match):
         evaluate_semantic(scene, **arguments)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [evaluate_semantic, functools.partial(evaluate, semantic=True)],
+    ids=["semantic", "evaluate"],
+)
+def test_a_missing_land_cover_gets_no_hint_to_go_without(scene, run):
+    """The semantic evaluation needs the land cover: no hint to pass landcover=None."""
+    arguments = {"classifier": "untrained", "classifier_config": SMALL}
+    with raise_if_dask_computes(), pytest.raises(SchemaError) as refused:
+        run(scene.drop_vars("landcover"), **arguments)
+    assert "'landcover' is missing" in str(refused.value)
+    assert "landcover=None" not in str(refused.value)
 
 
 def test_refusals_name_the_classifier_arguments(scene, classifiers, tmp_path, capsys):

@@ -131,12 +131,19 @@ def _table(
     if landcover is None:
         level = None
     inputs = prepare_inputs(
-        ds, pred, target, landcover, cloudmask, need_cloudmask=need_cloudmask, per_patch=per_patch
+        ds,
+        pred,
+        target,
+        landcover,
+        cloudmask,
+        need_cloudmask=need_cloudmask,
+        per_patch=per_patch,
+        landcover_required=semantic is not None,
     )
     if need_cloudmask and inputs["cloudmask"] is None:
         raise SchemaError(
             f"cloudmask: strata {strata} need a cloud mask; "
-            "pass strata=('all',) to evaluate without one"
+            f"pass {argument('strata', ('all',))} to evaluate without one"
         )
     target_da = inputs["target"]
     assert target_da is not None and inputs["pred"] is not None

@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..exceptions import SchemaError, UsageError
+from ..exceptions import SchemaError, UsageError, argument
 from .dispatch import is_lazy
 
 #: the dims of a pixel grid
@@ -205,14 +205,19 @@ def prepare_inputs(
     need_cloudmask: bool,
     per_patch: bool,
     cloudy: Any = None,
+    landcover_required: bool = False,
 ) -> dict[str, xr.DataArray | None]:
     """Resolve names to DataArrays, check their grids, order dims and unify chunks.
 
     ``cloudy``, optional (the semantic evaluation classifies it too), is checked as
-    ``pred`` is; a name missing from ``ds`` leaves it out. Grids are checked before the
-    chunks are unified, on the coordinates as given: chunking turns a non-index
-    coordinate into a dask array, which is compared when the result is computed (a
-    :class:`SchemaError` then), never while the graph is built.
+    ``pred`` is; a name missing from ``ds`` leaves it out. A missing ``landcover``, or a
+    missing ``cloudmask`` that is needed, is refused with a hint on going without it,
+    naming the argument as the caller gives it (:func:`~m3rcr_xr.exceptions.argument`);
+    none for the land cover where it is ``landcover_required`` (the semantic
+    evaluation). Grids are checked before the chunks are unified, on the coordinates as
+    given: chunking turns a non-index coordinate into a dask array, which is compared
+    when the result is computed (a :class:`SchemaError` then), never while the graph is
+    built.
 
     Raises
     ------
@@ -231,9 +236,10 @@ def prepare_inputs(
         "pred": _optical(pred_da, "pred", target_da),
         "target": target_da,
     }
+    without_classes = f" (pass {argument('landcover', None)} to evaluate without classes)"
     hints = {
-        "landcover": " (pass landcover=None to evaluate without classes)",
-        "cloudmask": " (pass strata=('all',) to evaluate without a cloud mask)",
+        "landcover": "" if landcover_required else without_classes,
+        "cloudmask": f" (pass {argument('strata', ('all',))} to evaluate without a cloud mask)",
     }
     for role, item, needed in (
         ("landcover", landcover, True),

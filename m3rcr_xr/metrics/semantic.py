@@ -523,10 +523,12 @@ def semantic_setup(
         need_cloudmask=need_cloudmask,
         per_patch=False,
         cloudy=cloudy,
+        landcover_required=True,
     )
     if need_cloudmask and inputs["cloudmask"] is None:
         raise SchemaError(
-            f"cloudmask: strata {strata} need a cloud mask; pass strata=('all',) to go without"
+            f"cloudmask: strata {strata} need a cloud mask; "
+            f"pass {argument('strata', ('all',))} to go without"
         )
     target_da, pred_da, landcover_da = inputs["target"], inputs["pred"], inputs["landcover"]
     if target_da is None or pred_da is None or landcover_da is None:  # prepare_inputs raised
