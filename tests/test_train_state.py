@@ -259,6 +259,7 @@ def test_resume_refuses_other_data(collection_store, other_store, val_store, one
     message = str(caught.value)
     assert f"resume={str(one_step)!r}: the checkpoint's training data is " in message
     assert str(collection_store) in message and f"not {other_store} (fingerprint" in message
+    assert "written from the same data" not in message
     first = train(
         collection_store, tmp_path / "v.pth", run_settings(1), val=val_store, progress=False
     )
@@ -284,7 +285,7 @@ def test_resume_on_a_store_rewritten_in_place_is_refused(collection_store, tmp_p
     cloudfree = zarr.open_group(path, mode="r+")["cloudfree"]
     cloudfree[0] = np.asarray(cloudfree[0]) // 2 + 1  # every pixel of a patch, in place
     refused = r"training data is .*train.zarr \(fingerprint .*, listing .*\), not .*, listing"
-    with pytest.raises(UsageError, match=refused):
+    with pytest.raises(UsageError, match=refused + ".*written from the same data, but its"):
         train(path, tmp_path / "b.pth", run_settings(2), resume=run.checkpoint, progress=False)
     assert not (tmp_path / "b.pth").exists()
     older = read_training_checkpoint(run.checkpoint)
@@ -297,6 +298,20 @@ def test_resume_on_a_store_rewritten_in_place_is_refused(collection_store, tmp_p
         )
     assert sorted(resumed.losses) == [2]
     assert "a store, by the data it was written from (not its chunks) only" in caplog.text
+
+
+def test_a_copy_of_the_store_resumes_where_it_kept_the_times(collection_store, one_step, tmp_path):
+    """A store moved to other disks with its modification times (cp -a) is the same
+    data; one copied without them (cp -r) cannot be told from one rewritten in place:
+    refused, saying so."""
+    kept = shutil.copytree(collection_store, tmp_path / "kept.zarr")
+    resumed = train(kept, tmp_path / "b.pth", run_settings(2), resume=one_step, progress=False)
+    assert sorted(resumed.losses) == [2]
+    lost = shutil.copytree(collection_store, tmp_path / "lost.zarr", copy_function=shutil.copyfile)
+    for file in filter(Path.is_file, lost.rglob("*")):  # a later second: other times
+        os.utime(file, ns=(file.stat().st_atime_ns, file.stat().st_mtime_ns + 10**9))
+    with pytest.raises(UsageError, match="same data, but its files changed since.*cp -a"):
+        train(lost, tmp_path / "c.pth", run_settings(2), resume=one_step, progress=False)
 
 
 def test_resume_on_data_with_no_version_is_refused(tmp_path, caplog):

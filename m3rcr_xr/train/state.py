@@ -229,8 +229,8 @@ def check_same_data(
         if theirs is not None and not _same(resume, mine, theirs, what):
             raise UsageError(
                 f"{argument('resume', str(resume))}: the checkpoint's {what} data is "
-                f"{_described(theirs)}, not {_described(mine)}; resume on the same data "
-                "or start a new run"
+                f"{_described(theirs)}, not {_described(mine)}{_listing_only(mine, theirs)}"
+                "; resume on the same data or start a new run"
             )
         if mine.get("unversioned"):
             raise UsageError(
@@ -308,6 +308,19 @@ def _parts(identity: Mapping[str, Any]) -> list[str]:
     (:func:`m3rcr_xr.store.source_identities`)."""
     fingerprint = identity["fingerprint"]
     return fingerprint.removeprefix(DATASET_PREFIX).removeprefix(STORE_PREFIX).split(":")
+
+
+def _listing_only(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> str:
+    """Why two stores written from the same data differ, where only their listings do:
+    a chunk rewritten in place, or a copy that did not keep modification times."""
+    ours, others = _parts(mine), _parts(theirs)
+    if len(ours) == len(others) > 1 and ours[0] == others[0]:
+        return (
+            " (written from the same data, but its files changed since: a chunk rewritten"
+            " in place, or a copy of the store that did not keep modification times, as"
+            " cp -a and rsync -a do)"
+        )
+    return ""
 
 
 def _described(identity: Mapping[str, Any]) -> str:
