@@ -511,6 +511,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         write_table,
     )
     from .metrics.cells import check_strata
+    from .store import check_apart
 
     strata = check_strata(args.level, STRATA if args.strata is None else args.strata)
     # one path (or None) a table: the metrics, then with --semantic the semantic scores
@@ -518,6 +519,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     outputs = [args.out, semantic_out] if args.semantic else [args.out]
     for path in filter(None, outputs):
         _check_output_file(path, "out", TABLE_SUFFIXES, overwrite=args.overwrite)
+        check_apart(path, args.store)  # a file in a store is no part of it
         check_table_replaceable(path)  # --overwrite replaces only an earlier table
     if not args.semantic and (args.classifier or args.classifier_config):
         raise UsageError("--classifier and --classifier-config go with --semantic")

@@ -606,6 +606,15 @@ def test_evaluate_checks_its_table_path_before_computing(
     _fails_alone(capsys, argv, match.format(path=path, folder=path.parent), path)
 
 
+def test_evaluate_writes_no_table_into_a_store_it_reads(scene_store, capsys, monkeypatch):
+    from m3rcr_xr import metrics
+
+    monkeypatch.setattr(metrics, "evaluate", lambda *a, **k: pytest.fail("evaluate ran"))
+    path = scene_store / "m.csv"
+    argv = ["evaluate", str(scene_store), "--pred", "cloudy", "--out", str(path)]
+    _fails_alone(capsys, argv, f"m.csv: the destination lies inside the input {scene_store}", path)
+
+
 @pytest.mark.parametrize("semantic", [False, True])
 def test_evaluate_replaces_an_existing_table_only_with_overwrite(
     scene_store, tmp_path, capsys, monkeypatch, semantic
