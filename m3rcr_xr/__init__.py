@@ -15,6 +15,7 @@ from .cloudmask import estimate_cloudmask, open_udm2, udm2_cloudmask, udm2_nodat
 from .cluster import local_cluster, pbs_cluster, slurm_cluster
 from .cog import to_cog
 from .exceptions import (
+    AccessDeniedError,
     AlignmentError,
     CheckpointError,
     InputFileError,
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BANDS",
     "POLARIZATIONS",
+    "AccessDeniedError",
     "AlignmentError",
     "CheckpointError",
     "InputFileError",

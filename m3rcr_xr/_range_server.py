@@ -1,10 +1,12 @@
 """An HTTP file server with range requests, for :func:`m3rcr_xr.testing.serve_directory`.
 
-Run as a script (``python _range_server.py ROOT [--query QUERY] [--no-last-modified]``):
-it prints its port, then serves the files under ROOT on 127.0.0.1 until killed.
-Python's own server answers a range request with the whole file; GDAL's ``/vsicurl/``
-reads files by ranges. With QUERY, a request whose query string is not exactly QUERY,
-byte for byte, is refused (403), as a presigned URL whose signature does not match.
+Run as a script (``python _range_server.py ROOT [--query QUERY] [--refuse STATUS]
+[--no-last-modified]``): it prints its port, then serves the files under ROOT on
+127.0.0.1 until killed. Python's own server answers a range request with the whole
+file; GDAL's ``/vsicurl/`` reads files by ranges. With QUERY, a request whose query
+string is not exactly QUERY, byte for byte, is refused with STATUS (403, as S3 answers
+a presigned URL whose signature does not match or has expired; 401, as a server that
+wants credentials).
 Python's server sends ``Last-Modified`` and no ``ETag``; with ``--no-last-modified``,
 neither, as a server that tells nothing of a file's version.
 """
@@ -27,6 +29,8 @@ class _RangeRequestHandler(SimpleHTTPRequestHandler):
 
     #: the query string every request must carry; None: any
     query: str | None = None
+    #: the status that refuses a request without that query string
+    refuse = 403
     #: whether responses carry the file's Last-Modified header
     last_modified = True
 
@@ -36,7 +40,7 @@ class _RangeRequestHandler(SimpleHTTPRequestHandler):
 
     def send_head(self) -> Any:
         if self.query is not None and urlsplit(self.path).query != self.query:
-            self.send_error(403, "signature does not match")
+            self.send_error(self.refuse, "signature does not match or has expired")
             return None
         wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
         if wanted and wanted[2] and int(wanted[2]) < int(wanted[1]):
@@ -69,9 +73,11 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("root")
     parser.add_argument("--query")
+    parser.add_argument("--refuse", type=int, default=403)
     parser.add_argument("--no-last-modified", dest="last_modified", action="store_false")
     args = parser.parse_args(argv)
     _RangeRequestHandler.query = args.query
+    _RangeRequestHandler.refuse = args.refuse
     _RangeRequestHandler.last_modified = args.last_modified
     handler = partial(_RangeRequestHandler, directory=args.root)
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -40,6 +40,11 @@ class MissingFileError(InputFileError, FileNotFoundError):
     """An input file does not exist."""
 
 
+class AccessDeniedError(InputFileError, PermissionError):
+    """A server refused to serve an input (HTTP 401 or 403): credentials missing or
+    refused, or a presigned URL whose signature has expired."""
+
+
 class UnsafePathError(InputFileError):
     """A path from a file list points outside the data root."""
 

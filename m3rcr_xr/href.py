@@ -31,15 +31,17 @@ import glob as globbing
 import posixpath
 import re
 import sys
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
 from os import PathLike
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from urllib.request import url2pathname
 
 import fsspec
 
-from .exceptions import InputFileError, UnsafePathError
+from .exceptions import AccessDeniedError, InputFileError, UnsafePathError
 
 PathType = str | PathLike
 #: a URL scheme (``s3://``, ``https://``); ``file://`` is a local path
@@ -53,6 +55,16 @@ _PASSWORD = re.compile(r"^(?P<user>[^:@/]*):[^/]*@")  # to the last "@" (one may
 _SECRET_PARAMETER = re.compile(
     r"(?P<key>(?:^|&)[^=&]*(?:sig|token|credential|secret|passw|key|auth)[^=&]*=)[^&]*",
     re.IGNORECASE,
+)
+#: the statuses of a server that refuses access: credentials missing or refused (401),
+#: access forbidden (403: S3's answer to a presigned URL whose signature has expired)
+_REFUSED = (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN)
+#: how GDAL's ``/vsicurl/`` reports a status (``HTTP response code: 403 - ...``)
+_GDAL_STATUS = re.compile(r"HTTP response code: (?P<status>\d{3})\b")
+#: the query parameters that make a URL presigned, a signature that expires: AWS
+#: (Signature Version 4 and 2), Google Cloud Storage, an Azure shared access signature
+_PRESIGNED = frozenset(
+    {"x-amz-signature", "x-amz-expires", "signature", "x-goog-signature", "sig", "se"}
 )
 #: what a URL may hold as written (RFC 3986: reserved, unreserved, percent escapes);
 #: anything else (a space, non-ASCII) is percent-encoded before it is requested
@@ -110,22 +122,36 @@ def name_of(href: PathType) -> PurePosixPath:
     return PurePosixPath(local_path(href).as_posix())
 
 
-def is_file(href: PathType) -> bool:
-    """True when ``href`` is a file (a remote one is asked for, once)."""
-    return _is(href, "isfile") if is_remote(href) else local_path(href).is_file()
+def is_file(href: PathType, what: str = "") -> bool:
+    """True when ``href`` is a file (a remote one is asked for, once).
+
+    Raises
+    ------
+    AccessDeniedError
+        A server refused access to it (:func:`raise_if_refused`, naming ``what`` it
+        holds): whether it exists cannot be told.
+    """
+    if not is_remote(href):
+        return local_path(href).is_file()
+    # its info, not fsspec's isfile: that answers False for any error, a refusal too
+    return _asked(href, what, lambda fs, path: fs.info(path)["type"] == "file")
 
 
-def is_dir(href: PathType) -> bool:
-    """True when ``href`` is a folder (an object-store prefix holding objects)."""
-    return _is(href, "isdir") if is_remote(href) else local_path(href).is_dir()
+def is_dir(href: PathType, what: str = "") -> bool:
+    """True when ``href`` is a folder (an object-store prefix holding objects); raises
+    as :func:`is_file` does."""
+    if not is_remote(href):
+        return local_path(href).is_dir()
+    return _asked(href, what, lambda fs, path: fs.isdir(path))
 
 
-def _is(url: PathType, test: str) -> bool:
-    """Ask the file system of ``url`` its ``isfile`` or ``isdir``."""
+def _asked(url: PathType, what: str, test: Callable[[Any, str], bool]) -> bool:
+    """``test(fs, path)`` on the file system of ``url``: False where it cannot be read."""
     fs, path = filesystem(url)
     try:
-        return getattr(fs, test)(path)
-    except read_errors():  # unreachable host, refused credentials: not one we can read
+        return test(fs, path)
+    except read_errors() as err:  # unreachable host, an S3 key refused: not one we can read
+        raise_if_refused(url, err, what)  # a server that refuses access says nothing of it
         return False
 
 
@@ -159,6 +185,16 @@ def read_errors() -> tuple[type[Exception], ...]:
     return (OSError, ValueError, *((aiohttp.ClientError,) if aiohttp else ()))
 
 
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the errors it chains (its cause, or the error it was raised in)."""
+    seen: set[int] = set()
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
+
+
 def cause(err: BaseException) -> BaseException | None:
     """``err`` as the cause of an error that wraps it (``raise ... from cause(err)``), or
     None where it, or an error it chains, quotes a credential (:func:`redacted`): a
@@ -172,15 +208,78 @@ def cause(err: BaseException) -> BaseException | None:
     >>> cause(OSError("https://h/a.json?X-Amz-Signature=9f: 403")) is None
     True
     """
-    seen: set[int] = set()
-    link: BaseException | None = err
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
+    for link in _chain(err):
         texts = [str(link), *(str(arg) for arg in link.args)]
         if any(redacted(text) != text for text in texts):
             return None
-        link = link.__cause__ or link.__context__
     return err
+
+
+def refused_status(err: BaseException) -> HTTPStatus | None:
+    """The status (401, 403) of the server that refused the request ``err`` reports, or
+    an error it chains: aiohttp's error (fsspec's HTTP raises ``FileNotFoundError`` from
+    it) or GDAL's message; None for any other failure (a 404 included).
+
+    Examples
+    --------
+    >>> refused_status(OSError("HTTP response code: 403 - Failure writing output"))
+    <HTTPStatus.FORBIDDEN: 403>
+    >>> refused_status(OSError("HTTP response code: 404")) is None
+    True
+    """
+    aiohttp = sys.modules.get("aiohttp")
+    for link in _chain(err):
+        if aiohttp and isinstance(link, aiohttp.ClientResponseError):
+            status = link.status
+        elif found := _GDAL_STATUS.search(str(link)):
+            status = int(found["status"])
+        else:
+            continue
+        if status in _REFUSED:
+            return HTTPStatus(status)
+    return None
+
+
+def is_presigned(url: PathType) -> bool:
+    """True for a URL whose query string carries a signature that expires: S3's
+    ``X-Amz-Signature``, ``X-Amz-Expires`` or ``Signature``, Google's
+    ``X-Goog-Signature``, an Azure SAS's ``sig`` or ``se``.
+
+    Examples
+    --------
+    >>> is_presigned("https://b.s3.amazonaws.com/a.tif?X-Amz-Expires=60&X-Amz-Signature=9f")
+    True
+    >>> is_presigned("https://h/a.tif?version=2")
+    False
+    """
+    query = urlsplit(str(url)).query if is_remote(url) else ""
+    return any(key.lower() in _PRESIGNED for key, _ in parse_qsl(query, keep_blank_values=True))
+
+
+def raise_if_refused(url: PathType, err: BaseException, what: str = "") -> None:
+    """Raise :class:`~m3rcr_xr.exceptions.AccessDeniedError` naming ``url`` (and
+    ``what`` it holds: "cloudy", "STAC JSON") when ``err`` says a server refused access
+    (:func:`refused_status`), saying that a presigned URL's signature may have expired;
+    return otherwise. A reader calls it where it catches a read error, before it raises
+    its own: a refusal must not read as a file that is missing or damaged.
+
+    Examples
+    --------
+    >>> raise_if_refused("https://h/a.tif?X-Amz-Signature=9f", OSError("HTTP response code: 403"))
+    Traceback (most recent call last):
+    ...
+    m3rcr_xr.exceptions.AccessDeniedError: https://h/a.tif?X-Amz-Signature=...: cannot be
+    read: access refused (HTTP 403 Forbidden); the URL is presigned: its signature may have expired
+    """
+    status = refused_status(err)
+    if status is None:
+        return
+    expired = "; the URL is presigned: its signature may have expired" if is_presigned(url) else ""
+    role = f"{what} " if what else ""
+    raise AccessDeniedError(
+        f"{url}: {role}cannot be read: access refused (HTTP {status.value} {status.phrase})"
+        f"{expired}"
+    ) from cause(err)
 
 
 def read_bytes(href: PathType, what: str) -> bytes:
@@ -190,6 +289,7 @@ def read_bytes(href: PathType, what: str) -> bytes:
         with fs.open(path, "rb") as handle:
             return handle.read()
     except read_errors() as err:
+        raise_if_refused(href, err, what)
         raise InputFileError(f"{href}: {what} cannot be read ({err})") from cause(err)
 
 

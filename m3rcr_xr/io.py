@@ -174,6 +174,9 @@ def open_raster(
         The file is missing, unreadable or truncated, or has not ``count`` bands; its
         declared size or its blocks are beyond the limits of :func:`_check_header`; its
         band descriptions name ``bands`` but not each exactly once.
+    AccessDeniedError
+        A server refused access to it (HTTP 401, 403: for a presigned URL, its signature
+        may have expired).
     AlignmentError
         Its grid is rotated or sheared.
 
@@ -195,6 +198,7 @@ def open_raster(
             path, chunks=_spatial_chunks(chunks), mask_and_scale=False, lock=False
         )
     except RasterioError as err:
+        href.raise_if_refused(path, err, name)
         what = "cannot be read" if href.is_remote(path) else "is not a readable GeoTIFF"
         raise InputFileError(f"{path}: {name} {what} ({err})") from href.cause(err)
     if not isinstance(array, xr.DataArray):  # a container of several subdatasets
@@ -268,7 +272,7 @@ def read_cloudmask(
         A georeferenced GeoTIFF in another CRS or on another grid than ``like``.
     """
     path = href.as_href(path)
-    if not href.is_file(path):
+    if not href.is_file(path, "cloudmask"):
         raise MissingFileError(f"{path}: cloudmask file does not exist")
     if href.name_of(path).suffix.lower() == ".npy":
         npy = _open_npy(path)
@@ -301,6 +305,7 @@ def _open_npy(path: str | Path) -> NpyFile:
     except ValueError as err:
         raise InputFileError(f"{path}: cloudmask is not a plain array ({err})") from err
     except unreadable as err:
+        href.raise_if_refused(path, err, "cloudmask")
         raise InputFileError(
             f"{path}: cloudmask is not a readable .npy file ({err})"
         ) from href.cause(err)
@@ -711,7 +716,7 @@ def read_filelist(path: PathType) -> list[Quartet]:
         layer's column or of another patch.
     """
     path = href.as_href(path)
-    if not href.is_file(path):
+    if not href.is_file(path, "file list"):
         raise MissingFileError(f"{path}: file list does not exist")
     quartets: list[Quartet] = []
     for line, row in _csv_rows(path):
@@ -792,7 +797,7 @@ def open_m3rcr(
         path relative to ``root``).
     """
     root = href.as_href(root)
-    if not href.is_dir(root):
+    if not href.is_dir(root, "dataset root"):
         raise MissingFileError(f"{root}: dataset root is not a folder")
     quartets = read_filelist(filelist) if filelist is not None else discover(root)
     if not quartets:

@@ -70,6 +70,7 @@ class NpyFile:
         except InputFileError:
             raise
         except href.read_errors() as err:  # at compute time: an expired signature's 403...
+            href.raise_if_refused(self.path, err)
             raise InputFileError(f"{self.path}: cannot be read ({err})") from href.cause(err)
 
     def _read(self, key: Any) -> np.ndarray:

@@ -333,6 +333,7 @@ def _header(item: pystac.Item, asset_name: str) -> tuple[str, int, str, float | 
             _check_readable(location, src)
             return location, src.count, src.dtypes[0], src.nodata
     except RasterioError as err:
+        href.raise_if_refused(location, err, what)
         raise InputFileError(f"{location}: {what} cannot be read ({err})") from href.cause(err)
 
 
@@ -861,6 +862,9 @@ def open_stac(
         declares a scale/offset other than reflectance x10000 as stored (scale 1 or
         0.0001, offset 0), a land-cover one a scale other than 1; the items of a SAR or
         land-cover layer declare different scales/offsets.
+    AccessDeniedError
+        A server refused access to the JSON or an asset (HTTP 401, 403: for a presigned
+        URL, its signature may have expired).
     AlignmentError
         An item overlaps neither the scene nor the other optical items, or its grid is
         rotated.

@@ -126,15 +126,17 @@ def stac_item(item_id: str, assets: Mapping[str, str | Path], when: datetime | N
 
 @contextlib.contextmanager
 def serve_directory(
-    root: str | Path, query: str | None = None, *, last_modified: bool = True
+    root: str | Path, query: str | None = None, *, refuse: int = 403, last_modified: bool = True
 ) -> Iterator[str]:
     """Serve the files under ``root`` over HTTP on loopback, with range requests (as
     GDAL's ``/vsicurl/`` needs); yields the base URL, ``http://127.0.0.1:PORT``.
 
     With ``query``, only requests whose query string is exactly ``query`` (as sent, not
-    decoded) are answered, others refused with 403: a presigned URL's server. Files
-    are versioned by their ``Last-Modified`` header alone (no ``ETag``), and not at all
-    without ``last_modified``: a server that tells nothing of a file's version.
+    decoded) are answered, others refused with ``refuse``: 403, as S3 refuses a presigned
+    URL whose signature does not match or has expired, or 401, as a server that wants
+    credentials. Files are versioned by their ``Last-Modified`` header alone (no
+    ``ETag``), and not at all without ``last_modified``: a server that tells nothing of a
+    file's version.
 
     The server runs in a child process: GDAL holds the GIL while it reads, so a server
     thread in the reading process would never answer.
@@ -150,7 +152,7 @@ def serve_directory(
             sys.executable,
             str(server),
             str(root),
-            *([f"--query={query}"] if query is not None else []),
+            *([f"--query={query}", f"--refuse={refuse}"] if query is not None else []),
             *([] if last_modified else ["--no-last-modified"]),
         ],
         stdout=subprocess.PIPE,

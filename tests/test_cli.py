@@ -1,5 +1,6 @@
 import argparse
 import errno
+import json
 import logging
 import os
 import shutil
@@ -18,7 +19,16 @@ import m3rcr_xr
 from m3rcr_xr import cli, store
 from m3rcr_xr.cli import main
 from m3rcr_xr.exceptions import UsageError
-from tests.conftest import a_file, foreign_store, snapshot, unconsolidated_store, user_folder
+from m3rcr_xr.testing import serve_directory, stac_item
+from tests.conftest import (
+    EXPIRED,
+    PRESIGNED,
+    a_file,
+    foreign_store,
+    snapshot,
+    unconsolidated_store,
+    user_folder,
+)
 from tests.rasters import (
     COARSE_GRID,
     CRS,
@@ -89,6 +99,34 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, train_quar
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.tif: sar file does not exist" in err[0]
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize(("status", "phrase"), [(403, "Forbidden"), (401, "Unauthorized")])
+@pytest.mark.parametrize("source", ["GeoTIFF", "STAC asset"])
+def test_ingest_a_refused_url_exits_2_saying_access_was_refused(
+    tmp_path, capsys, monkeypatch, source, status, phrase
+):
+    """An expired presigned URL (S3's 403) or one without credentials (401), given or
+    an item's asset: one line naming it, without its signature; nothing written."""
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    cloudy = write_optical(tmp_path / "cloudy.tif", np.ones((4, 30, 30), np.uint16))
+    dest = tmp_path / "never.zarr"
+    with serve_directory(tmp_path, query=PRESIGNED, refuse=status) as url:
+        src = f"{url}/cloudy.tif?{EXPIRED}"
+        if source == "STAC asset":
+            item = stac_item("p1", {"ortho_analytic_4b_sr": cloudy})
+            item.assets["ortho_analytic_4b_sr"].href = src
+            (tmp_path / "item.json").write_text(json.dumps(item.to_dict()))
+            src = str(tmp_path / "item.json")
+        assert main(["ingest", src, str(dest)]) == 2
+    line = _one_error_line(
+        capsys,
+        f"{url}/cloudy.tif?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=...&",
+        f"cannot be read: access refused (HTTP {status} {phrase}); the URL is presigned: "
+        "its signature may have expired",
+    )
+    assert "S1GN" not in line
     assert not dest.exists()
 
 

@@ -7,7 +7,7 @@ import pytest
 import s3fs
 
 from m3rcr_xr import href
-from m3rcr_xr.exceptions import InputFileError, UnsafePathError
+from m3rcr_xr.exceptions import AccessDeniedError, InputFileError, UnsafePathError
 from m3rcr_xr.testing import serve_directory
 from tests.conftest import EXPIRED, PRESIGNED, assert_no_credential
 
@@ -75,10 +75,43 @@ def test_a_presigned_url_is_requested_as_written(tmp_path):
         assert href.read_bytes(f"{url}/item.json?{PRESIGNED}", "STAC JSON") == (
             b'{"type": "Feature"}'
         )
-        assert not href.is_file(f"{url}/item.json?{EXPIRED}")
-        with pytest.raises(InputFileError, match="item.json.*: STAC JSON cannot be read") as err:
+
+
+@pytest.mark.parametrize(("status", "phrase"), [(403, "Forbidden"), (401, "Unauthorized")])
+def test_a_refused_url_is_access_denied_not_missing(tmp_path, status, phrase):
+    """A 401 or 403 says nothing of the file: it is no "does not exist"; a presigned
+    URL's message says its signature may have expired. A 404 is still no file."""
+    (tmp_path / "item.json").write_bytes(b"{}")
+    refused = f"cannot be read: access refused \\(HTTP {status} {phrase}\\)"
+    expired = "; the URL is presigned: its signature may have expired"
+    with serve_directory(tmp_path, query=PRESIGNED, refuse=status) as url:
+        with pytest.raises(AccessDeniedError, match=f"item.json\\?.*: {refused}{expired}$") as err:
+            href.is_file(f"{url}/item.json?{EXPIRED}")
+        assert_no_credential(err.value)
+        with pytest.raises(AccessDeniedError, match=f"STAC JSON {refused}{expired}$") as err:
             href.read_bytes(f"{url}/item.json?{EXPIRED}", "STAC JSON")
-    assert_no_credential(err.value)
+        assert_no_credential(err.value)
+        with pytest.raises(AccessDeniedError, match=f"^{url}/item.json: folder {refused}$"):
+            href.is_dir(f"{url}/item.json", "folder")  # not presigned: nothing may expire
+        assert not href.is_file(f"{url}/gone.json?{PRESIGNED}")
+    assert isinstance(err.value, PermissionError)
+
+
+@pytest.mark.parametrize(
+    ("query", "presigned"),
+    [
+        ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=60&X-Amz-Signature=9f", True),
+        ("AWSAccessKeyId=AKID&Expires=1700000000&Signature=9f%3D", True),  # S3 V2
+        ("X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Signature=9f", True),
+        ("sv=2022-11-02&se=2024-01-01T00%3A00Z&sp=r&sig=9f%3D", True),  # Azure SAS
+        ("x-amz-signature=9f", True),
+        ("version=2&signed=true", False),
+        ("", False),
+    ],
+)
+def test_a_presigned_url_is_told_by_its_signature_parameters(query, presigned):
+    assert href.is_presigned(f"https://h/a.tif?{query}") is presigned
+    assert not href.is_presigned(f"data/a.tif?{query}")  # a local name may hold a "?"
 
 
 def test_a_url_is_requested_with_only_what_no_url_may_hold_encoded():

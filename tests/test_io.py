@@ -609,6 +609,36 @@ def test_presigned_urls_of_rasters_masks_and_file_lists(tmp_path, monkeypatch):
             assert_no_credential(err.value)
 
 
+@pytest.mark.parametrize(("status", "phrase"), [(403, "Forbidden"), (401, "Unauthorized")])
+def test_a_refused_raster_mask_or_file_list_is_access_denied_not_missing(
+    tmp_path, monkeypatch, status, phrase
+):
+    """An expired presigned URL (S3's 403) or one without credentials (401): each reader
+    says access was refused, naming the file and its role; a 404 is still missing."""
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    np.save(tmp_path / "mask.npy", np.eye(30, dtype=bool))
+    refused = f"cannot be read: access refused \\(HTTP {status} {phrase}\\)"
+    expired = "; the URL is presigned: its signature may have expired$"
+    with serve_directory(tmp_path, query=PRESIGNED, refuse=status) as url:
+        cloudy, mask = f"{url}/cloudy.tif?{PRESIGNED}", f"{url}/mask.npy?{EXPIRED}"
+        for call, needle in [
+            (lambda: m3rcr_xr.open_quartet(f"{url}/cloudy.tif?{EXPIRED}"), f"cloudy {refused}"),
+            (lambda: m3rcr_xr.open_quartet(cloudy, cloudmask=mask), f"cloudmask {refused}"),
+            (lambda: read_filelist(f"{url}/list.csv?{EXPIRED}"), f"file list {refused}"),
+        ]:
+            with pytest.raises(m3rcr_xr.AccessDeniedError, match=needle + expired) as err:
+                call()
+            assert_no_credential(err.value)
+        with pytest.raises(
+            m3rcr_xr.AccessDeniedError, match=f"^{url}/cloudy.tif: cloudy {refused}$"
+        ):
+            m3rcr_xr.open_quartet(f"{url}/cloudy.tif")  # not presigned: nothing to expire
+        gone = f"{url}/gone.npy?{PRESIGNED}"
+        with pytest.raises(m3rcr_xr.MissingFileError, match="gone.npy.*: cloudmask file does not"):
+            m3rcr_xr.open_quartet(cloudy, cloudmask=gone)
+
+
 def test_file_urls_are_the_paths_they_name(samples_dir, test_quartet):
     local = m3rcr_xr.open_quartet(**test_quartet)
     urls = {name: path.as_uri() for name, path in test_quartet.items()}

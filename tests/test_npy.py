@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from m3rcr_xr.exceptions import InputFileError
+from m3rcr_xr.exceptions import AccessDeniedError
 from m3rcr_xr.npy import open_npy
 from m3rcr_xr.testing import serve_directory
 from tests.conftest import EXPIRED, PRESIGNED, assert_no_credential
@@ -112,6 +112,7 @@ def test_a_presigned_url_is_read_by_range_and_an_expired_one_named_redacted(save
         np.testing.assert_array_equal(remote[3:9, 2:5], VALUES[3:9, 2:5])
         expired = dataclasses.replace(remote, path=f"{url}/c.npy?{EXPIRED}")
         lazy = da.from_array(expired, chunks=(10, 7))
-        with pytest.raises(InputFileError, match=r"c\.npy\?.*: cannot be read") as err:
+        refused = r"cannot be read: access refused \(HTTP 403 Forbidden\); the URL is presigned"
+        with pytest.raises(AccessDeniedError, match=rf"c\.npy\?.*: {refused}") as err:
             lazy.compute()  # a signature that expires between open and compute
     assert_no_credential(err.value)

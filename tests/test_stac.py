@@ -159,7 +159,7 @@ def test_the_same_catalog_on_s3(catalog, quartet, bucket):
 
 def test_presigned_items_and_assets_over_http(files, quartet, tmp_path, monkeypatch):
     """Item JSON and GeoTIFFs behind presigned URLs (the query string required as
-    issued); an expired one fails naming it without its credentials."""
+    issued); an expired one: test_a_refused_item_or_asset_is_access_denied."""
     monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
     layers = {
         "planet": {"ortho_analytic_4b_sr": "cloudy", "ortho_udm2": "udm2"},
@@ -180,16 +180,26 @@ def test_presigned_items_and_assets_over_http(files, quartet, tmp_path, monkeypa
             landcover_items=f"{url}/worldcover.json?{PRESIGNED}",
         )
         assert_same_scene(scene, quartet)
-        for expired in (f"{url}/planet.json?{EXPIRED}", [_expired_assets(url, files)]):
-            with pytest.raises(InputFileError, match="cannot be read") as err:
+
+
+@pytest.mark.parametrize(("status", "phrase"), [(403, "Forbidden"), (401, "Unauthorized")])
+def test_a_refused_item_or_asset_is_access_denied(files, tmp_path, monkeypatch, status, phrase):
+    """An expired presigned URL (S3's 403) or one without credentials (401), of the item
+    JSON or of an asset: access refused, naming it without its credentials."""
+    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    (tmp_path / "cloudy.tif").write_bytes(files["cloudy"].read_bytes())
+    item = stac_item("expired", {"ortho_analytic_4b_sr": files["cloudy"]})
+    (tmp_path / "planet.json").write_text(json.dumps(item.to_dict()))
+    refused = f"cannot be read: access refused \\(HTTP {status} {phrase}\\); the URL is presigned"
+    with serve_directory(tmp_path, query=PRESIGNED, refuse=status) as url:
+        item.assets["ortho_analytic_4b_sr"].href = f"{url}/cloudy.tif?{EXPIRED}"
+        for expired, what in [
+            (f"{url}/planet.json?{EXPIRED}", "STAC JSON"),
+            ([item], "STAC item 'expired' asset 'ortho_analytic_4b_sr'"),
+        ]:
+            with pytest.raises(m3rcr_xr.AccessDeniedError, match=f"{what} {refused}") as err:
                 m3rcr_xr.open_stac(expired)
             assert_no_credential(err.value)
-
-
-def _expired_assets(url: str, files: dict[str, Path]) -> pystac.Item:
-    item = stac_item("expired", {"ortho_analytic_4b_sr": files["cloudy"]})
-    item.assets["ortho_analytic_4b_sr"].href = f"{url}/cloudy.tif?{EXPIRED}"
-    return item
 
 
 def test_items_in_memory_and_an_item_collection(catalog, quartet, tmp_path):
