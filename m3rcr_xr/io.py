@@ -41,6 +41,8 @@ import numpy as np
 import rasterio
 import rioxarray
 import xarray as xr
+from affine import Affine
+from odc.geo.geobox import GeoBox
 from rasterio.errors import RasterioError
 
 from . import href
@@ -233,12 +235,10 @@ def band_order(
     >>> band_order([None, None], ["VV", "VH"], "s1.tif: sar") is None
     True
     """
-    if bands is None:
+    if bands is None or not names_any(descriptions, bands):
         return None
-    names = [(text or "").strip().lower() for text in descriptions]
+    names = _band_labels(descriptions)
     expected = [band.lower() for band in bands]
-    if not set(names) & set(expected):
-        return None
     if sorted(names) != sorted(expected):
         raise InputFileError(
             f"{source} band descriptions {tuple(descriptions)} do not name each of "
@@ -246,6 +246,22 @@ def band_order(
         )
     order = [names.index(band) for band in expected]
     return None if order == list(range(len(order))) else order
+
+
+def names_any(descriptions: Sequence[str | None], bands: Sequence[str]) -> bool:
+    """Whether ``descriptions`` name any of ``bands`` (any case): then :func:`band_order`
+    goes by them, else by position.
+
+    Examples
+    --------
+    >>> names_any(["Band 1", "Band 2"], ["VV", "VH"]), names_any(["vh", None], ["VV", "VH"])
+    (False, True)
+    """
+    return bool(set(_band_labels(descriptions)) & {band.lower() for band in bands})
+
+
+def _band_labels(descriptions: Sequence[str | None]) -> list[str]:
+    return [(text or "").strip().lower() for text in descriptions]
 
 
 def read_cloudmask(
@@ -556,16 +572,29 @@ def _oriented_like(array: xr.DataArray, optical: xr.DataArray) -> xr.DataArray:
     return array.rio.write_transform(array.rio.transform(recalc=True))
 
 
-def _check_same_grid(array: xr.DataArray, optical: xr.DataArray, path: PathType) -> None:
-    if array.rio.crs != optical.rio.crs:
-        raise AlignmentError(f"{path}: CRS {array.rio.crs} differs from cloudy's {optical.rio.crs}")
-    if array.shape != optical.shape or not array.rio.transform().almost_equals(
-        optical.rio.transform(), precision=1e-6
-    ):
+def _check_same_grid(
+    array: xr.DataArray | GeoBox, optical: xr.DataArray | GeoBox, path: PathType
+) -> None:
+    """Refuse ``array`` (a layer, or a file's grid) unless it has ``optical``'s CRS,
+    shape and transform, ``path`` naming it."""
+    (crs, shape, transform), (optical_crs, optical_shape, optical_transform) = (
+        _grid(array),
+        _grid(optical),
+    )
+    if crs != optical_crs:
+        raise AlignmentError(f"{path}: CRS {crs} differs from cloudy's {optical_crs}")
+    if shape != optical_shape or not transform.almost_equals(optical_transform, precision=1e-6):
         raise AlignmentError(
-            f"{path}: grid differs from cloudy's (shape {array.shape}, "
-            f"transform {tuple(array.rio.transform())[:6]})"
+            f"{path}: grid differs from cloudy's (shape {shape}, transform {tuple(transform)[:6]})"
         )
+
+
+def _grid(layer: xr.DataArray | GeoBox) -> tuple[Any, tuple[int, ...], Affine]:
+    """(CRS, shape, transform) of a layer (y, x) or of a grid, its CRS as rioxarray's."""
+    if isinstance(layer, GeoBox):
+        crs = None if layer.crs is None else rasterio.crs.CRS.from_wkt(layer.crs.to_wkt())
+        return crs, tuple(layer.shape), layer.transform
+    return layer.rio.crs, layer.shape, layer.rio.transform()
 
 
 def _assemble(layers: dict[str, xr.DataArray], optical: xr.DataArray) -> xr.Dataset:

@@ -12,10 +12,14 @@ The asset layouts it knows (:data:`ASSETS`; any name can be overridden with
 
 ``ortho_analytic_4b_sr``
     PlanetScope surface reflectance, 4 bands (blue, green, red, NIR), uint16
-    reflectance x10000, nodata 0.
+    reflectance x10000, nodata 0. Bands named by the asset (``eo:bands`` common names,
+    STAC 1.1 ``bands``) or else by the file's band descriptions are put in that order by
+    name, as :func:`m3rcr_xr.io.band_order` does for ``open_quartet``; unnamed, by
+    position.
 ``ortho_udm2``
     PlanetScope's usable data mask (8 bands), read when every optical item has it: it
-    gives ``cloudmask`` and the optical nodata, and is not kept in the scene.
+    gives ``cloudmask`` and the optical nodata, and is not kept in the scene. Its file
+    must lie on its optical file's grid, as ``open_quartet`` requires.
 ``vv``, ``vh``
     Sentinel-1 RTC backscatter in linear power, converted to dB (``10 log10``; powers
     at or below :data:`SAR_POWER_FLOOR` become :data:`SAR_DB_FLOOR`, -50 dB).
@@ -42,7 +46,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -73,11 +77,14 @@ from .io import (
     _assemble,
     _check_header,
     _check_readable,
+    _check_same_grid,
     _map_blocks,
     _rechunk_like,
     _spatial_chunks,
+    band_order,
     describe_optical,
     landcover_attrs,
+    names_any,
     sar_attrs,
 )
 from .landcover import NODATA_CODE, to_worldcover
@@ -321,23 +328,34 @@ def _coarse_geobox(geoboxes: Sequence[GeoBox], scene: GeoBox) -> GeoBox | None:
 
 
 # ------------------------------------------------------------------------ headers
-def _header(item: pystac.Item, asset_name: str) -> tuple[str, int, str, float | None]:
-    """(href, band count, dtype, nodata) from the asset's file header, checked as
-    :func:`m3rcr_xr.io.open_raster` checks a file (its last block read: a truncated
-    file fails now, not half-way through a write)."""
+class _Header(NamedTuple):
+    """What an asset's file header says: odc-stac reads the file on its own grid."""
+
+    location: str
+    band_count: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    grid: GeoBox
+
+
+def _header(item: pystac.Item, asset_name: str) -> _Header:
+    """The asset's file header, checked as :func:`m3rcr_xr.io.open_raster` checks a file
+    (its last block read: a truncated file fails now, not half-way through a write)."""
     location = item.assets[asset_name].get_absolute_href() or item.assets[asset_name].href
     what = f"STAC item {item.id!r} asset {asset_name!r}"
     try:
         with rasterio.open(location) as src:
             _check_header(location, what, src)
             _check_readable(location, src)
-            return location, src.count, src.dtypes[0], src.nodata
+            grid = GeoBox(src.shape, src.transform, src.crs)
+            return _Header(location, src.count, src.dtypes[0], src.nodata, src.descriptions, grid)
     except RasterioError as err:
         href.raise_if_refused(location, err, what)
         raise InputFileError(f"{location}: {what} cannot be read ({err})") from href.cause(err)
 
 
-def _headers(items: Sequence[pystac.Item], asset_name: str) -> list[tuple[str, int, str, Any]]:
+def _headers(items: Sequence[pystac.Item], asset_name: str) -> list[_Header]:
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
         return list(pool.map(lambda item: _header(item, asset_name), items))
 
@@ -351,12 +369,12 @@ def _declared_bands(asset: pystac.Asset) -> tuple[str, list[dict[str, Any]]]:
     return "", []
 
 
-def _declare_bands(item: pystac.Item, asset_name: str, header: tuple) -> None:
+def _declare_bands(item: pystac.Item, asset_name: str, header: _Header) -> None:
     """Give odc-stac the band layout of an asset from its file header, where the item
     does not declare it (``raster:bands``): without it, odc-stac reads band 1 only. A
     declared layout must have the file's band count (odc-stac fails on it otherwise)."""
     asset = item.assets[asset_name]
-    location, count, dtype, nodata = header
+    location, count, dtype, nodata = header[:4]
     key, declared = _declared_bands(asset)
     if declared and len(declared) != count:
         raise InputFileError(
@@ -416,9 +434,9 @@ def _check_reflectance(items: Sequence[pystac.Item], asset_name: str) -> None:
 
 def _prepared(
     items: Sequence[pystac.Item], asset_name: str, count: int | None, layer: str
-) -> list[str]:
+) -> list[_Header]:
     """Check the asset of every item (proj fields, header, band count), declare its
-    band layout for odc-stac; return the files' hrefs."""
+    band layout for odc-stac; return the files' headers."""
     for item in items:
         item_geobox(item, asset_name)
     headers = _headers(items, asset_name)
@@ -429,7 +447,63 @@ def _prepared(
                 f"band(s); {layer} needs {count}"
             )
         _declare_bands(item, asset_name, header)
-    return [header[0] for header in headers]
+    return headers
+
+
+def _stac_band_names(asset: pystac.Asset) -> tuple[str, list[str | None]]:
+    """The band names an asset declares: the key (``eo:bands``, or STAC 1.1's ``bands``)
+    and each band's common name, else its name; ``("", [])`` where it declares none."""
+    for key, common in (("eo:bands", "common_name"), ("bands", "eo:common_name")):
+        if asset.extra_fields.get(key):
+            bands = [band if isinstance(band, Mapping) else {} for band in asset.extra_fields[key]]
+            return key, [band.get(common) or band.get("name") for band in bands]
+    return "", []
+
+
+def _optical_order(item: pystac.Item, asset_name: str, header: _Header) -> list[int] | None:
+    """Where blue, green, red and nir lie in an optical asset's file (as
+    :func:`m3rcr_xr.io.band_order` finds them), by the names the item gives its bands,
+    else by the file's band descriptions; None, by position (Planet's 4-band SR is
+    BGRN), where neither names them.
+
+    Raises
+    ------
+    InputFileError
+        Naming the asset: its names do not name each band once, or the item's and the
+        file's name them in different orders.
+    """
+    what = f"STAC item {item.id!r} asset {asset_name!r}"
+    key, declared = _stac_band_names(item.assets[asset_name])
+    from_item = band_order(declared, BANDS, f"{what} ({key})")
+    from_file = band_order(header.descriptions, BANDS, f"{header.location}: {what}")
+    if not names_any(declared, BANDS):
+        return from_file
+    if names_any(header.descriptions, BANDS) and from_item != from_file:
+        raise InputFileError(
+            f"{header.location}: {what} names its bands {tuple(declared)} in {key!r}, "
+            f"its file's band descriptions {header.descriptions} otherwise; cannot tell "
+            "which band is which"
+        )
+    return from_item
+
+
+def _check_udm2_grids(
+    items: Sequence[pystac.Item],
+    asset_name: str,
+    udm2: Sequence[_Header],
+    optical: Sequence[_Header],
+) -> None:
+    """Refuse a UDM2 file off its optical file's grid (CRS, shape, transform; either may
+    be stored south-up), as :func:`m3rcr_xr.open_quartet` refuses it: odc-stac would
+    resample it onto the scene, each mask pixel over another pixel, or none."""
+    for item, mask, image in zip(items, udm2, optical, strict=True):
+        where = f"{mask.location}: STAC item {item.id!r} asset {asset_name!r}"
+        _check_same_grid(_north_up(mask.grid), _north_up(image.grid), where)
+
+
+def _north_up(grid: GeoBox) -> GeoBox:
+    """The same pixels on a north-up grid (rows in the other order where stored south-up)."""
+    return grid.flipy() if grid.transform.e > 0 else grid
 
 
 # ------------------------------------------------------------------------ loading
@@ -478,6 +552,28 @@ def _stack(loaded: xr.Dataset, names: Sequence[str], dim: str) -> xr.DataArray:
 
 def _band_names(asset_name: str, count: int) -> list[str]:
     return [f"{asset_name}.{i}" for i in range(1, count + 1)] if count > 1 else [asset_name]
+
+
+def _in_band_order(
+    loaded: xr.Dataset, bands: Sequence[str], orders: Sequence[list[int] | None]
+) -> xr.Dataset:
+    """odc-stac's per-item layers with ``bands`` (an asset's, named by position in its
+    file) in the library's order, item by item along ``time``: each item's file may
+    order them its own way (``orders``, None: in order already); lazily."""
+    if all(order is None for order in orders):
+        return loaded
+    identity = list(range(len(bands)))
+    reordered = {
+        name: xr.concat(
+            [
+                loaded[bands[(order or identity)[position]]].isel(time=[i])
+                for i, order in enumerate(orders)
+            ],
+            "time",
+        )
+        for position, name in enumerate(bands)
+    }
+    return loaded.assign(reordered)
 
 
 # ------------------------------------------------------------------------- mosaic
@@ -627,13 +723,18 @@ def _optical(
 ) -> tuple[xr.DataArray, xr.DataArray | None, list[str]]:
     """The optical mosaic and, with ``udm2``, the UDM2 of the same items (each pixel's
     bands all from one item, :func:`_first_valid_index`), and the files read."""
-    sources = _prepared(items, names["optical"], len(BANDS), "optical")
+    headers = _prepared(items, names["optical"], len(BANDS), "optical")
     _check_reflectance(items, names["optical"])
+    orders = [_optical_order(i, names["optical"], h) for i, h in zip(items, headers, strict=True)]
     bands = _band_names(names["optical"], len(BANDS))
+    sources = [header.location for header in headers]
     if udm2:
-        sources += _prepared(items, names["udm2"], UDM2_BANDS, "udm2")
+        udm2_headers = _prepared(items, names["udm2"], UDM2_BANDS, "udm2")
+        _check_udm2_grids(items, names["udm2"], udm2_headers, headers)
+        sources += [header.location for header in udm2_headers]
         bands += _band_names(names["udm2"], UDM2_BANDS)
     loaded = yx_dims(_load(items, bands, scene, chunks, per_item=True))
+    loaded = _in_band_order(loaded, bands[: len(BANDS)], orders)
     merged = _mosaic(loaded, bands, len(BANDS), _footprints(items, names["optical"], scene))
     optical = merged.isel(band=slice(0, len(BANDS))).astype(loaded[bands[0]].dtype)
     optical.attrs = {"_FillValue": loaded[bands[0]].attrs.get("nodata")}
@@ -656,7 +757,7 @@ def _coarse(
 ) -> tuple[xr.DataArray, GeoBox | None, list[str]]:
     """The assets (one band each) stacked along ``dim``, on their own grid where they
     share the scene's CRS (else on the scene's); the declared nodata in ``_FillValue``."""
-    sources = [h for name in asset_names for h in _prepared(items, name, 1, dim)]
+    sources = [h.location for name in asset_names for h in _prepared(items, name, 1, dim)]
     geoboxes = [item_geobox(item, asset_names[0]) for item in items]
     _check_overlap(items, geoboxes, scene.extent)
     native = _coarse_geobox(geoboxes, scene)
@@ -861,13 +962,15 @@ def open_stac(
         declares (``raster:bands``) another count than its file has; an optical asset
         declares a scale/offset other than reflectance x10000 as stored (scale 1 or
         0.0001, offset 0), a land-cover one a scale other than 1; the items of a SAR or
-        land-cover layer declare different scales/offsets.
+        land-cover layer declare different scales/offsets; an optical asset's band names
+        (the item's or its file's) do not name each band once, or the item's and its
+        file's disagree.
     AccessDeniedError
         A server refused access to the JSON or an asset (HTTP 401, 403: for a presigned
         URL, its signature may have expired).
     AlignmentError
         An item overlaps neither the scene nor the other optical items, or its grid is
-        rotated.
+        rotated; a UDM2 file is not on its optical file's grid (CRS, shape, transform).
 
     Examples
     --------

@@ -724,3 +724,114 @@ def test_a_band_count_unlike_the_files_is_refused_in_one_line(tmp_path, files, c
     err = capsys.readouterr().err
     assert "declares 1 band(s) in 'raster:bands', the file has 4" in err
     assert err.count("\n") == 1 and not dest.exists()
+
+
+RGBN = ("red", "green", "blue", "nir")
+BGRN = ("blue", "green", "red", "nir")
+
+
+def _rgbn(root: Path, name: str, descriptions: tuple[str, ...] = ()) -> Path:
+    """An optical file storing red, green, blue, nir (3000, 2000, 1000, 4000)."""
+    data = np.stack([np.full((8, 8), v, np.uint16) for v in (3000, 2000, 1000, 4000)])
+    return write_raster(root / f"{name}.tif", data, OPTICAL, ZONE32, 0, descriptions)
+
+
+def _name_bands(item: pystac.Item, key: str, names: tuple[str, ...]) -> pystac.Item:
+    """The optical asset's bands named in ``key``: STAC 1.0's ``eo:bands`` (common
+    names) or STAC 1.1's ``bands`` (``eo:common_name``)."""
+    field = "common_name" if key == "eo:bands" else "eo:common_name"
+    bands = [{"name": f"b{i}", field: name} for i, name in enumerate(names, start=1)]
+    item.assets["ortho_analytic_4b_sr"].extra_fields[key] = bands
+    return item
+
+
+@pytest.mark.parametrize("chunks", [None, 4])
+@pytest.mark.parametrize("named_in", ["file", "eo:bands", "bands"])
+def test_optical_bands_are_put_in_order_by_their_names(tmp_path, named_in, chunks):
+    """A file storing red, green, blue, nir, named so by its band descriptions (as
+    open_quartet reads them) or by the item (eo:bands; STAC 1.1 bands): blue, green,
+    red, nir in the scene (before: by position, red and blue swapped); lazily."""
+    path = _rgbn(tmp_path, "o", RGBN if named_in == "file" else ())
+    item = stac_item("o", {"ortho_analytic_4b_sr": path})
+    if named_in != "file":
+        _name_bands(item, named_in, RGBN)
+    with raise_if_dask_computes() if chunks else nullcontext():
+        cloudy = m3rcr_xr.open_stac([item], chunks=chunks)["cloudy"]
+    np.testing.assert_array_equal(cloudy.values[:, 0, 0], [1000, 2000, 3000, 4000])
+    if named_in == "file":
+        quartet = m3rcr_xr.open_quartet(path, chunks=None)["cloudy"]
+        np.testing.assert_array_equal(cloudy.values, quartet.values)
+
+
+@pytest.mark.parametrize("chunks", [None, 4])
+def test_items_of_a_mosaic_each_put_in_order_by_their_own_names(tmp_path, chunks):
+    """A's file is BGRN by position (Planet's SR: no names), B's RGBN by its names: each
+    item's bands in the library's order, where the mosaic takes A's pixels and B's."""
+    a = np.stack([np.full((8, 8), v, np.uint16) for v in (100, 200, 300, 400)])
+    a[:, :, 4:] = 0  # A has no data on the right: B's pixels there
+    items = [
+        stac_item(
+            "a", {"ortho_analytic_4b_sr": write_raster(tmp_path / "a.tif", a, OPTICAL, ZONE32, 0)}
+        ),
+        stac_item("b", {"ortho_analytic_4b_sr": _rgbn(tmp_path, "b", RGBN)}),
+    ]
+    with raise_if_dask_computes() if chunks else nullcontext():
+        cloudy = m3rcr_xr.open_stac(items, chunks=chunks)["cloudy"]
+    np.testing.assert_array_equal(cloudy.values[:, 0, 0], [100, 200, 300, 400])
+    np.testing.assert_array_equal(cloudy.values[:, 0, 7], [1000, 2000, 3000, 4000])
+
+
+def test_band_names_that_disagree_or_name_bands_twice_are_refused(tmp_path):
+    """The item's names against its file's: which band is which cannot be told, so
+    refused naming the asset; names that name a band twice are refused as open_quartet
+    refuses them; names that name no band (b1..b4) leave the bands by position."""
+    described = _rgbn(tmp_path, "described", RGBN)
+    item = _name_bands(stac_item("p", {"ortho_analytic_4b_sr": described}), "eo:bands", BGRN)
+    with pytest.raises(InputFileError, match="STAC item 'p' asset 'ortho_analytic_4b_sr'.*file"):
+        m3rcr_xr.open_stac([item])
+    plain = _rgbn(tmp_path, "plain")
+    twice = ("red", "red", "blue", "nir")
+    item = _name_bands(stac_item("p", {"ortho_analytic_4b_sr": plain}), "eo:bands", twice)
+    with pytest.raises(InputFileError, match="asset 'ortho_analytic_4b_sr'.*exactly once"):
+        m3rcr_xr.open_stac([item])
+    unnamed = ("b1", "b2", "b3", "b4")
+    item = _name_bands(stac_item("p", {"ortho_analytic_4b_sr": described}), "eo:bands", unnamed)
+    cloudy = m3rcr_xr.open_stac([item], chunks=None)["cloudy"]  # the file's names
+    np.testing.assert_array_equal(cloudy.values[:, 0, 0], [1000, 2000, 3000, 4000])
+
+
+@pytest.mark.parametrize(
+    "udm2_grid",
+    [
+        OPTICAL * Affine.translation(0.5, 0),  # half a pixel east
+        OPTICAL * Affine.translation(4, 0),  # 4 pixels east
+        Affine(3, 0, 735_000, 0, -3, 4_985_010 + 3),  # a row north
+    ],
+)
+def test_a_udm2_off_its_optical_grid_is_refused_as_open_quartet_refuses_it(tmp_path, udm2_grid):
+    """odc-stac would resample it onto the scene: 4 pixels off, the first 4 columns took
+    a UDM2 of zeros, read as clear and usable. Refused, naming the asset (the item's
+    proj fields, from the optical file, say nothing of the UDM2's own grid)."""
+    optical = write_raster(
+        tmp_path / "o.tif", np.full((4, 96, 96), 1000, np.uint16), OPTICAL, ZONE32, 0
+    )
+    udm2 = write_raster(tmp_path / "u.tif", np.zeros((8, 96, 96), np.uint8), udm2_grid, ZONE32)
+    with pytest.raises(AlignmentError, match="grid differs"):
+        m3rcr_xr.open_quartet(optical, cloudmask=udm2)
+    item = stac_item("o", {"ortho_analytic_4b_sr": optical, "ortho_udm2": udm2})
+    with pytest.raises(AlignmentError, match=r"u\.tif: STAC item 'o' asset 'ortho_udm2': grid"):
+        m3rcr_xr.open_stac([item])
+
+
+def test_a_udm2_in_another_crs_is_refused_and_one_stored_south_up_read(files, tmp_path):
+    """The same pixels stored south-up are the optical grid (as open_quartet reads
+    them); another CRS is not."""
+    south_up = _south_up(tmp_path, files["udm2"], tmp_path / "udm2_s.tif")
+    item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"], "ortho_udm2": south_up})
+    north = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"], "ortho_udm2": files["udm2"]})
+    scene, expected = (m3rcr_xr.open_stac([i], chunks=None) for i in (item, north))
+    np.testing.assert_array_equal(scene["cloudmask"].values, expected["cloudmask"].values)
+    other_crs = write_raster(tmp_path / "u33.tif", _read(files["udm2"]), OPTICAL, "EPSG:32633")
+    item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"], "ortho_udm2": other_crs})
+    with pytest.raises(AlignmentError, match="asset 'ortho_udm2': CRS EPSG:32633 differs"):
+        m3rcr_xr.open_stac([item])
