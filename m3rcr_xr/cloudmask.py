@@ -43,7 +43,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import rasterio
 import xarray as xr
 from rasterio.errors import RasterioError
 
@@ -83,8 +82,10 @@ ESTIMATE_DEFAULTS = {
 def is_udm2(path: str | os.PathLike) -> bool:
     """True when ``path`` is a raster of 8 bands: the form of a Planet UDM2 (a 1-band
     cloud mask never has 8); :func:`open_udm2` checks the rest."""
+    from .io import _quietly_opened  # io imports this module for open_quartet
+
     try:
-        with rasterio.open(path) as src:
+        with _quietly_opened(path) as src:
             return src.count == len(UDM2_BANDS)
     except RasterioError:
         return False

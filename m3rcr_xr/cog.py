@@ -144,17 +144,16 @@ LOSSY_8BIT = {"jpeg": (1, 3), "webp": (3, 4)}
 
 
 def _writable(array: xr.DataArray, compress: str, overview_resampling: str) -> xr.DataArray:
-    """``array`` as a COG takes it, or :class:`UsageError` before any work: a CRS; a
-    ``band`` dim (a scalar ``band`` coordinate becomes one band); bool as uint8 (TIFF
-    has no one-byte bool: it would be written as bits, and read back scrambled); no
+    """``array`` as a COG takes it, or :class:`UsageError` before any work: a CRS; its
+    bands as a ``band`` dim (:func:`_with_band_dim`); bool as uint8 (TIFF has no
+    one-byte bool: it would be written as bits, and read back scrambled); no
     ``long_name`` but one name a band (see :func:`_band_names_kept`); a ``compress``
     that keeps its values; an ``overview_resampling`` GDAL knows."""
     from odc.geo.warp import resampling_s2rio
 
     if not is_collection(array) and array.rio.crs is None:
         raise UsageError(f"{array.name or 'array'}: has no CRS; set one with rio.write_crs")
-    if "band" in array.coords and "band" not in array.dims:
-        array = array.expand_dims("band", axis=array.dims.index("y"))
+    array = _with_band_dim(array)
     if array.dtype == bool:
         array = array.astype(np.uint8)
     array = _band_names_kept(array)
@@ -181,6 +180,33 @@ def _writable(array: xr.DataArray, compress: str, overview_resampling: str) -> x
             "method (nearest, average, bilinear, mode...)"
         ) from None
     return array
+
+
+def _with_band_dim(array: xr.DataArray) -> xr.DataArray:
+    """``array`` with its bands as the ``band`` dim odc-geo writes as bands (and names
+    from a string coordinate): a scalar ``band`` coordinate becomes one band, and another
+    dim than ``patch``, ``y`` and ``x`` is the bands (a scene's ``sar``: ``polarization``,
+    VV and VH). odc-geo took such a dim for bands but named them from ``long_name``.
+
+    Raises
+    ------
+    UsageError
+        No ``y`` or ``x`` dim, or more than one other dim: not an image of bands.
+    """
+    bands = [dim for dim in array.dims if dim not in ("patch", "y", "x")]
+    if "band" in array.coords and "band" not in array.dims:
+        bands.append("band")
+    spatial = {"y", "x"} <= set(array.dims)
+    if not spatial or len(bands) > 1:
+        what = f"bands along {' and '.join(map(str, bands))}" if spatial else "not both y and x"
+        raise UsageError(
+            f"{array.name or 'array'}: dims {array.dims}, {what}; to_cog writes "
+            "([patch,] [band,] y, x), the bands along one dim of any name (select or "
+            "stack the others)"
+        )
+    if "band" in array.coords and "band" not in array.dims:
+        return array.expand_dims("band", axis=array.dims.index("y"))
+    return array.rename({bands[0]: "band"}) if bands and bands[0] != "band" else array
 
 
 def _band_names_kept(array: xr.DataArray) -> xr.DataArray:
@@ -608,11 +634,13 @@ def to_cog(
     for a scene within one block), with the nodata value, so that each overview halves
     it exactly. Bands are tagged as bands (``MINISBLACK``), not as colours: GDAL would
     take a fourth band for alpha. Overviews go down to one block, but stop while every
-    side keeps 2 pixels (a side of one pixel is grown to 2 with nodata). Band
-    descriptions come from a string ``band`` coordinate (else from a ``long_name`` of
-    one name a band; another ``long_name``, such as the name tag rioxarray reads, is
-    left out), nodata from the array (``rio.encoded_nodata`` or ``rio.nodata``; NaN for
-    floats that declare none), the georeference from its CRS and coordinates. An
+    side keeps 2 pixels (a side of one pixel is grown to 2 with nodata). The bands are
+    the ``band`` dim, or the one dim other than ``patch``, ``y`` and ``x`` (``sar``:
+    ``polarization``). Band descriptions come from that dim's string coordinate (VV,
+    VH; else from a ``long_name`` of one name a band; another ``long_name``, such as
+    the name tag rioxarray reads, is left out), nodata from the array
+    (``rio.encoded_nodata`` or ``rio.nodata``; NaN for floats that declare none), the
+    georeference from its CRS and coordinates. An
     encoded nodata is written as ``rio.to_raster`` writes it: a masked read (NaN for
     nodata, ``encoding["dtype"]`` uint16) is written with NaN as its encoded nodata, in
     the dtype of its encoding.
@@ -620,8 +648,8 @@ def to_cog(
     Parameters
     ----------
     obj
-        A DataArray ``([patch,] [band,] y, x)`` with a CRS, or a Dataset (then
-        ``variable`` is written).
+        A DataArray ``([patch,] [band,] y, x)`` with a CRS, its bands along ``band`` or
+        another dim (``polarization``), or a Dataset (then ``variable`` is written).
     path
         A ``.tif`` file for a scene; a folder for a collection (one
         ``<patch id>.tif`` each). A path or an fsspec URL (``s3://bucket/key.tif``):
@@ -661,7 +689,8 @@ def to_cog(
         read-only file system (nothing is left behind).
     UsageError
         Before any work: ``blocksize`` not a positive multiple of 16; ``variable`` not in
-        the Dataset; no CRS; a ``compress`` that would change the values (a lossy codec
+        the Dataset; no CRS; dims other than ``([patch,] [band,] y, x)`` (bands along
+        two dims); a ``compress`` that would change the values (a lossy codec
         other than for 8-bit data: :data:`LOSSLESS`, :data:`LOSSY_8BIT`); an unknown
         ``overview_resampling``; a nodata that is no value of the dtype. While writing
         (nothing is left behind): values of a masked array that the integer dtype of

@@ -43,7 +43,7 @@ import rioxarray
 import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from . import href
 from .align import AlignMethod, align_to, check_north_up, fill_nan_with_mean
@@ -173,7 +173,8 @@ def open_raster(
     Raises
     ------
     MissingFileError, InputFileError
-        The file is missing, unreadable or truncated, or has not ``count`` bands; its
+        The file is missing, unreadable or truncated, STAC JSON (which GDAL opens as
+        the assets it names), or has not ``count`` bands (none: no raster); its
         declared size or its blocks are beyond the limits of :func:`_check_header`; its
         band descriptions name ``bands`` but not each exactly once.
     AccessDeniedError
@@ -190,9 +191,8 @@ def open_raster(
     if not href.is_remote(path) and not Path(path).is_file():
         raise MissingFileError(f"{path}: {name} file does not exist")
     try:
-        with rasterio.open(path) as src:
-            if src.count != count:
-                raise InputFileError(f"{path}: {name} has {src.count} band(s), expected {count}")
+        with _quietly_opened(path) as src:
+            _check_count(path, name, src, count)
             _check_header(path, name, src)
             _check_readable(path, src)
             order = band_order(src.descriptions, bands, f"{path}: {name}")
@@ -211,6 +211,42 @@ def open_raster(
     array.encoding = {"source": str(path)}  # xarray's convention; see store.sources
     array.name = name
     return array
+
+
+def _quietly_opened(path: PathType) -> rasterio.DatasetReader:
+    """``rasterio.open(path)`` without its ``NotGeoreferencedWarning``: a file GDAL opens
+    with no bands (STAC JSON of several assets) has no grid either, and is refused by
+    :func:`_check_count`; of a raster with bands and no grid, rioxarray warns as it
+    opens it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
+
+
+#: the layers :func:`m3rcr_xr.open_stac` reads from STAC items
+STAC_LAYERS = ("cloudy", "sar", "landcover")
+#: GDAL's drivers of STAC JSON: an item opens as its asset, or with no bands for several
+STAC_DRIVERS = ("STACIT", "STACTA")
+
+
+def _check_count(path: PathType, name: str, src: rasterio.DatasetReader, count: int) -> None:
+    """Refuse a file of ``name`` that is not a raster of ``count`` bands: STAC JSON
+    (which GDAL opens, through the assets it names), or a file with no bands at all (a
+    container of subdatasets)."""
+    if src.driver in STAC_DRIVERS:
+        where = (
+            "; STAC items are read only with the optical layer as STAC items too "
+            "(m3rcr_xr.open_stac; m3rcr ingest ITEMS.json DEST): here a GeoTIFF is expected"
+        )
+        raise InputFileError(
+            f"{path}: {name} is STAC JSON, not a raster{where if name in STAC_LAYERS else ''}"
+        )
+    if src.count == 0:
+        held = src.subdatasets
+        which = f" but {len(held)} subdatasets (give one, such as {held[0]})" if held else ""
+        raise InputFileError(f"{path}: {name} has no bands{which}: not one raster")
+    if src.count != count:
+        raise InputFileError(f"{path}: {name} has {src.count} band(s), expected {count}")
 
 
 def band_order(

@@ -45,6 +45,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from numbers import Real
 from os import PathLike
 from typing import Any, NamedTuple
 
@@ -251,6 +252,84 @@ def _check_overlap(items: Sequence[pystac.Item], geoboxes: Sequence[GeoBox], sce
             raise AlignmentError(f"STAC item {item.id!r}: does not overlap the scene's extent")
 
 
+def _degrees(extent: Geometry) -> str:
+    """``extent``'s bounds in degrees, as a bbox is given: "west, south, east, north"."""
+    return ", ".join(f"{value:.5f}" for value in extent.to_crs("EPSG:4326").boundingbox)
+
+
+def _check_in_bbox(
+    items: Sequence[pystac.Item], geoboxes: Sequence[GeoBox], bbox: Any, region: Geometry
+) -> None:
+    """Refuse a ``bbox`` (``region`` in the scene's CRS) that misses the optical items,
+    or one of them, naming it and where the items lie in degrees."""
+    missed = [
+        (item, geobox)
+        for item, geobox in zip(items, geoboxes, strict=True)
+        if not geobox.extent.to_crs(region.crs).intersects(region)  # type: ignore[arg-type]
+    ]
+    if len(missed) == len(items):
+        raise AlignmentError(
+            f"{argument('bbox', bbox)}: does not overlap the optical items (their extent in "
+            f"degrees, west, south, east, north: {_degrees(_union(geoboxes, 'EPSG:4326'))})"
+        )
+    if missed:
+        item, geobox = missed[0]
+        raise AlignmentError(
+            f"STAC item {item.id!r}: does not overlap {argument('bbox', bbox)} (its extent "
+            f"in degrees, west, south, east, north: {_degrees(geobox.extent)})"
+        )
+
+
+def _check_bbox(bbox: Any) -> tuple[float, float, float, float] | None:
+    """``bbox`` as (west, south, east, north) floats, or :class:`UsageError` before any
+    item is read: four finite numbers, in degrees (whatever the scene's CRS), south below
+    north and west below east. A box across the antimeridian (west > east, as STAC
+    writes one) is refused, not swapped: swapped, it would be another region.
+
+    Examples
+    --------
+    >>> _check_bbox([11, 44.5, 12, 45])
+    (11.0, 44.5, 12.0, 45.0)
+    >>> _check_bbox((735000, 4984700, 735288, 4985010))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    m3rcr_xr.exceptions.UsageError: bbox=(735000, 4984700, 735288, 4985010): out of range: ...
+    """
+    if bbox is None:
+        return None
+    name = argument("bbox", bbox)
+    values = list(bbox) if isinstance(bbox, Sequence | np.ndarray) else []
+    if isinstance(bbox, str) or len(values) != 4 or not all(_finite(v) for v in values):
+        raise UsageError(
+            f"{name}: must be four finite numbers: west, south, east, north in degrees"
+        )
+    west, south, east, north = map(float, values)
+    if not (max(abs(west), abs(east)) <= 180 and max(abs(south), abs(north)) <= 90):
+        raise UsageError(
+            f"{name}: out of range: a bbox is in degrees (longitude, latitude: EPSG:4326), "
+            "whatever the scene's CRS; west and east from -180 to 180, south and north "
+            "from -90 to 90"
+        )
+    if south >= north:
+        raise UsageError(f"{name}: south {south:g} must be less than north {north:g}")
+    if west == east:
+        raise UsageError(f"{name}: west {west:g} must be less than east {east:g}")
+    if west > east:
+        raise UsageError(
+            f"{name}: west {west:g} > east {east:g} is a box across the antimeridian (180 "
+            "degrees), as STAC writes one, which is not supported: split it there, "
+            f"({west:g}, {south:g}, 180, {north:g}) and (-180, {south:g}, {east:g}, "
+            f"{north:g}), and open each (or swap west and east if they were given the "
+            "wrong way round)"
+        )
+    return west, south, east, north
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (numpy's too), not a bool."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_crs(crs: Any) -> None:
     """Refuse a ``crs`` that pyproj does not know, before any item is read."""
     if crs is None:
@@ -269,21 +348,26 @@ def optical_geobox(
     crs: Any = None,
     resolution: float | None = None,
 ) -> GeoBox:
-    """The scene's grid: the optical items' extent (or ``bbox``, lon/lat), in ``crs``
-    (default: the first item's, projected or geographic), ``resolution`` in the CRS's
-    units, on the first item's pixel phase. The default resolution: 3 (metres) in a
-    projected CRS; in a geographic one, the first item's pixel size there (degrees).
+    """The scene's grid: the optical items' extent (or ``bbox``: west, south, east,
+    north in degrees, west below east), in ``crs`` (default: the first item's,
+    projected or geographic), ``resolution`` in the CRS's units, on the first item's
+    pixel phase. The default resolution: 3 (metres) in a projected CRS; in a geographic
+    one, the first item's pixel size there (degrees).
 
     Raises
     ------
     UsageError
-        ``crs`` is not a CRS; ``resolution`` is not a positive number.
+        ``crs`` is not a CRS; ``resolution`` is not a positive number; ``bbox`` is not
+        four numbers in degrees with south below north and west below east (a box
+        across the antimeridian, west > east in STAC, is refused: split it there).
     InputFileError
         An item without the asset or its ``proj`` fields.
     AlignmentError
-        An item that overlaps neither ``bbox`` nor the other items.
+        ``bbox`` misses the items, or one of them; without ``bbox``, an item that
+        overlaps none of the items before it.
     """
     _check_crs(crs)
+    checked = _check_bbox(bbox)
     if resolution is not None:
         check_positive("resolution", resolution)
     geoboxes = [item_geobox(item, asset_name) for item in items]
@@ -293,10 +377,9 @@ def optical_geobox(
     if resolution is None:
         geographic = pyproj.CRS.from_user_input(str(target)).is_geographic
         resolution = abs(first.to_crs(target).resolution.x) if geographic else 3.0
-    if bbox is not None:
-        west, south, east, north = bbox
-        region = box(west, south, east, north, "EPSG:4326").to_crs(target)
-        _check_overlap(items, geoboxes, region)
+    if checked is not None:
+        region = box(*checked, "EPSG:4326").to_crs(target)
+        _check_in_bbox(items, geoboxes, bbox, region)
     else:
         region = _union(geoboxes, target)
         for index, item in enumerate(items[1:], start=1):
@@ -928,7 +1011,9 @@ def open_stac(
         pixel beyond their outer edge, as ``align="coords"``); its holes inside the
         items take the band mean over the items' part of the loaded window.
     bbox
-        (west, south, east, north) in degrees; default: the optical items' extent.
+        (west, south, east, north) in degrees (EPSG:4326, whatever ``crs`` is), west
+        below east; default: the optical items' extent. A box across the antimeridian
+        (west > east, as STAC writes one) is refused: split it at 180 degrees.
     crs
         CRS of the scene, projected or geographic; default: the first optical item's.
     resolution
@@ -955,7 +1040,8 @@ def open_stac(
     Raises
     ------
     UsageError
-        ``crs`` is not a CRS, ``resolution`` not a positive number.
+        ``crs`` is not a CRS, ``resolution`` not a positive number, ``bbox`` not four
+        numbers in degrees with south below north and west below east.
     InputFileError
         The JSON or an asset cannot be read; an item lacks an asset asked for, or the
         ``proj`` fields (CRS, shape, transform); an asset has the wrong band count, or
@@ -969,8 +1055,9 @@ def open_stac(
         A server refused access to the JSON or an asset (HTTP 401, 403: for a presigned
         URL, its signature may have expired).
     AlignmentError
-        An item overlaps neither the scene nor the other optical items, or its grid is
-        rotated; a UDM2 file is not on its optical file's grid (CRS, shape, transform).
+        ``bbox`` misses the optical items, or one of them; an item overlaps neither the
+        scene nor the other optical items, or its grid is rotated; a UDM2 file is not on
+        its optical file's grid (CRS, shape, transform).
 
     Examples
     --------
@@ -981,6 +1068,7 @@ def open_stac(
     names = _asset_names(assets)
     stac_chunks = _stac_chunks(chunks)
     _check_crs(crs)
+    _check_bbox(bbox)
     optical_list = read_items(optical_items)
     if not optical_list:
         raise InputFileError(f"{optical_items}: no STAC items found")

@@ -921,6 +921,55 @@ def test_ingest_refuses_a_flag_its_source_would_ignore(tmp_path, capsys, source,
     assert not dest.exists()
 
 
+@pytest.fixture
+def stac_json(tmp_path) -> dict[str, Path]:
+    """The files of a STAC scene, and STAC JSON of its optical and SAR items."""
+    from m3rcr_xr.testing import stac_item
+    from tests.test_stac import scene_files
+
+    files = scene_files(tmp_path)
+    layers = {"planet": {"ortho_analytic_4b_sr": files["cloudy"]}, "s1": {"vv": files["vv"]}}
+    for name, assets in layers.items():
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(stac_item(name, assets).to_dict()))
+    return files
+
+
+@pytest.mark.parametrize(
+    ("source", "flags", "needles"),
+    [
+        ("cloudy", ["--sar", "s1"], ["s1.json: sar is STAC JSON, not a raster; STAC items are"]),
+        (
+            "planet",
+            ["--bbox", "735000", "4984700", "735288", "4985010"],
+            ["--bbox 735000.0 4984700.0 735288.0 4985010.0: out of range: a bbox is in degrees"],
+        ),
+        (
+            "planet",
+            ["--bbox", "12", "44", "11", "45"],
+            ["--bbox 12.0 44.0 11.0 45.0: west 12 > east 11 is a box across the antimeridian"],
+        ),
+        (
+            "planet",
+            ["--bbox", "0", "0", "0.1", "0.1"],
+            ["--bbox 0.0 0.0 0.1 0.1: does not overlap the optical items (their extent in"],
+        ),
+    ],
+    ids=["stac-json-for-a-geotiff", "bbox-in-metres", "bbox-east-to-west", "bbox-elsewhere"],
+)
+def test_ingest_names_the_argument_that_is_wrong(
+    stac_json, tmp_path, capsys, source, flags, needles
+):
+    """These named the wrong cause: "sar has 0 band(s), expected 2" after a rasterio
+    warning; "STAC item 'planet': does not overlap the scene's extent" for a bbox in
+    metres or beside the items; and a bbox east to west was swapped silently."""
+    dest = tmp_path / "never.zarr"
+    flags = [str(stac_json[flag]) if flag in stac_json else flag for flag in flags]
+    assert main(["ingest", str(stac_json[source]), str(dest), *flags]) == 2
+    _one_error_line(capsys, *needles)
+    assert not dest.exists()
+
+
 def test_ingest_help_lists_the_options_of_each_source(capsys):
     with pytest.raises(SystemExit):
         main(["ingest", "--help"])

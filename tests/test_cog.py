@@ -155,17 +155,54 @@ def test_a_band_selected_by_label_is_one_band(tmp_path):
         np.testing.assert_array_equal(src.read(1), red.values)
 
 
+@pytest.mark.parametrize("long_name", [None, "Sentinel-1 backscatter"])
+def test_sar_is_written_as_its_polarizations_named(tmp_path, long_name):
+    """A scene's ``sar`` (dims polarization, y, x): odc-geo's raw ValueError "Found 1
+    band names (['Sentinel-1 backscatter']), expected 2 bands", and two bands without
+    names, one after the other, where it has no ``long_name``."""
+    sar = m3rcr_xr.synthetic_scene((64, 64), chunks=32)["sar"]
+    sar = sar if long_name is None else sar.assign_attrs(long_name=long_name)
+    m3rcr_xr.to_cog(sar, tmp_path / "s.tif", blocksize=32, progress=False)
+    with rasterio.open(tmp_path / "s.tif") as src:
+        assert src.descriptions == ("VV", "VH") and src.interleaving.name == "pixel"
+        np.testing.assert_array_equal(src.read(), sar.values)
+
+
+def test_a_collections_sar_is_one_cog_of_named_polarizations_per_patch(tmp_path):
+    collection = m3rcr_xr.synthetic_collection(2, 32)
+    written = m3rcr_xr.to_cog(collection, tmp_path / "out", variable="sar", progress=False)
+    for index, path in enumerate(written):
+        with rasterio.open(path) as src:
+            assert src.descriptions == ("VV", "VH")
+            np.testing.assert_array_equal(src.read(), collection["sar"][index].values)
+
+
 @pytest.mark.parametrize(
     ("change", "options", "match"),
     [
         (lambda a: a, {"compress": "jpeg"}, "compress='jpeg': not for 4 band.s. of uint16"),
+        (
+            lambda a: a.expand_dims(time=2),
+            {},
+            r"cloudy: dims \('time', 'band', 'y', 'x'\), bands along time and band; to_cog writes",
+        ),
+        (lambda a: a.rename(x="lon"), {}, r"cloudy: dims \('band', 'y', 'lon'\), not both y and x"),
         (lambda a: a, {"compress": "foo"}, "compress='foo': not a compression to_cog"),
         (lambda a: a, {"compress": "none"}, "compress='none': not a compression to_cog"),
         (lambda a: a, {"overview_resampling": "bogus"}, "overview_resampling='bogus': not a"),
         (lambda a: a.assign_attrs(nodata=-1), {}, "cloudy: its nodata is no value of its dtype"),
         (lambda a: a.drop_vars("spatial_ref"), {}, "cloudy: has no CRS"),
     ],
-    ids=["lossy", "unknown-codec", "uncompressed", "resampling", "nodata", "no-crs"],
+    ids=[
+        "lossy",
+        "two-band-dims",
+        "no-x",
+        "unknown-codec",
+        "uncompressed",
+        "resampling",
+        "nodata",
+        "no-crs",
+    ],
 )
 def test_what_a_cog_cannot_hold_is_refused_before_any_work(tmp_path, change, options, match):
     scene = m3rcr_xr.synthetic_scene((64, 64), chunks=64)["cloudy"]

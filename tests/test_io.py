@@ -16,7 +16,7 @@ import m3rcr_xr
 from m3rcr_xr.exceptions import OptionError
 from m3rcr_xr.io import discover, open_raster, read_filelist
 from m3rcr_xr.normalize import normalize_sar
-from m3rcr_xr.testing import serve_directory
+from m3rcr_xr.testing import serve_directory, stac_item
 from tests.conftest import EXPIRED, PRESIGNED, assert_no_credential, raise_if_dask_computes
 from tests.rasters import (
     COARSE_GRID,
@@ -139,6 +139,47 @@ def test_wrong_band_count(copied, tmp_path):
     three = write_raster(tmp_path / "three.tif", np.concatenate([data, data[:1]]), transform, crs)
     with pytest.raises(m3rcr_xr.InputFileError, match="three.tif: sar has 3 band"):
         m3rcr_xr.open_quartet(copied["cloudy"], sar=three)
+
+
+@pytest.mark.parametrize(
+    ("name", "form", "match"),
+    [
+        ("sar", "stac", "s1.json: sar is STAC JSON, not a raster; STAC items are read only with"),
+        ("sar", "one-asset", "s1.json: sar is STAC JSON, not a raster; STAC items are read"),
+        ("cloudmask", "stac", "s1.json: cloudmask is STAC JSON, not a raster$"),
+        ("sar", "gpkg", "two.gpkg: sar has no bands but 2 subdatasets .give one, such as GPKG:"),
+    ],
+)
+def test_stac_json_or_a_file_without_bands_is_no_raster_and_says_so(
+    copied, tmp_path, name, form, match
+):
+    """GDAL opens STAC JSON (its STACIT driver) with no bands and no grid: this was "sar
+    has 0 band(s), expected 2", after a NotGeoreferencedWarning; an item of one asset
+    it opens as that asset, which was read, not the items."""
+    if form != "gpkg":
+        path = tmp_path / "s1.json"
+        names = ["sar"] if form == "one-asset" else ["vv", "vh"]
+        item = stac_item("s1", dict.fromkeys(names, copied["sar"]))
+        path.write_text(json.dumps(item.to_dict()))
+    else:  # two rasters in one file: GDAL opens it with none, and lists them
+        path = tmp_path / "two.gpkg"
+        for table, append in (("a", "NO"), ("b", "YES")):
+            grid = {"crs": CRS, "transform": OPTICAL_GRID, "width": 4, "height": 4}
+            with rasterio.open(
+                path,
+                "w",
+                "GPKG",
+                count=1,
+                dtype="uint8",
+                **grid,
+                RASTER_TABLE=table,
+                APPEND_SUBDATASET=append,
+            ) as dst:
+                dst.write(np.zeros((1, 4, 4), np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rasterio.errors.NotGeoreferencedWarning)
+        with pytest.raises(m3rcr_xr.InputFileError, match=match):
+            m3rcr_xr.open_quartet(copied["cloudy"], **{name: path})
 
 
 def test_extents_that_do_not_overlap(copied, tmp_path):

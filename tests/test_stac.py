@@ -4,6 +4,7 @@ by path, over HTTP (a range-serving server on loopback) and on S3 (moto)."""
 from __future__ import annotations
 
 import json
+import re
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -300,8 +301,68 @@ def test_items_that_do_not_overlap_are_refused(files, tmp_path):
     optical = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
     with pytest.raises(AlignmentError, match="STAC item 'far-s1': does not overlap"):
         m3rcr_xr.open_stac([optical], sar_items=[sar])
-    with pytest.raises(AlignmentError, match="STAC item 'p': does not overlap"):
+    with pytest.raises(
+        AlignmentError,
+        match=r"bbox=\(0.0, 0.0, 0.1, 0.1\): does not overlap the optical items \(their "
+        r"extent in degrees, west, south, east, north: 11.98046, 44.97694, 11.98424, 44.97963\)",
+    ):
         m3rcr_xr.open_stac([optical], bbox=(0.0, 0.0, 0.1, 0.1))
+
+
+def test_a_bbox_that_misses_one_of_the_items_names_it(files, tmp_path):
+    far = Affine(3, 0, 800_000, 0, -3, 4_985_010)
+    write_raster(tmp_path / "far.tif", _read(files["cloudy"]), far, ZONE32, nodata=0)
+    items = [
+        stac_item("near", {"ortho_analytic_4b_sr": files["cloudy"]}),
+        stac_item("far", {"ortho_analytic_4b_sr": tmp_path / "far.tif"}),
+    ]
+    with pytest.raises(AlignmentError, match=r"STAC item 'far': does not overlap bbox=\["):
+        stac.optical_geobox(items, "ortho_analytic_4b_sr", bbox=list(items[0].bbox))
+
+
+@pytest.mark.parametrize(
+    ("bbox", "match"),
+    [
+        ((735_000, 4_984_700, 735_288, 4_985_010), "out of range: a bbox is in degrees"),
+        ((-181, 44, 12, 45), "out of range: a bbox is in degrees"),
+        ((12, 44, 11, 45), "west 12 > east 11 is a box across the antimeridian"),
+        ((11, 45, 12, 44), "south 45 must be less than north 44"),
+        ((11, 44, 11, 45), "west 11 must be less than east 11"),
+        ((11, 44, 12), "must be four finite numbers"),
+        ((11, 44, float("nan"), 45), "must be four finite numbers"),
+        ((True, 44, 12, 45), "must be four finite numbers"),
+        ("11 44 12 45", "must be four finite numbers"),
+    ],
+    ids=[
+        "metres",
+        "longitude",
+        "antimeridian",
+        "south-north",
+        "empty",
+        "three",
+        "nan",
+        "bool",
+        "str",
+    ],
+)
+def test_a_bbox_not_in_degrees_nor_west_to_east_is_refused_before_any_item_is_read(
+    files, bbox, match
+):
+    """West > east was swapped silently: (12, 45, 11, 44), STAC's box across the
+    antimeridian, opened another region (the 11-12 E box, 37839 x 27633 pixels); a bbox in
+    metres was "STAC item ...: does not overlap the scene's extent"."""
+    with pytest.raises(UsageError, match=f"^bbox={re.escape(repr(bbox))}: {match}"):
+        m3rcr_xr.open_stac("/nonexistent/items.json", bbox=bbox)
+    item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
+    with pytest.raises(UsageError, match=match):
+        stac.optical_geobox([item], "ortho_analytic_4b_sr", bbox=bbox)
+
+
+def test_a_bbox_of_numpy_numbers_covers_the_items_it_names(files):
+    item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
+    geobox = stac.optical_geobox([item], "ortho_analytic_4b_sr", bbox=np.array(item.bbox))
+    assert geobox.crs == ZONE32 and geobox.extent.contains(GeoBox((96, 96), OPTICAL, ZONE32).extent)
+    assert geobox.shape[0] < 96 + 10 and geobox.shape[1] < 96 + 10
 
 
 def test_an_unreachable_url_is_named_and_nothing_is_written(
