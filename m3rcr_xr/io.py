@@ -16,7 +16,11 @@ Values are checked as they are read (lazily, chunk by chunk), never wrapped arou
   raise :class:`InputFileError` naming the file and the values found;
 - SAR: NaN, +-inf and the declared nodata are holes, filled as the published loader
   fills NaN (:func:`m3rcr_xr.align.fill_nan_with_mean`; with ``align="shape"`` after
-  resampling, as that loader);
+  resampling, as that loader); a chunk that plainly holds linear power, not dB, raises
+  :class:`InputFileError` (:func:`check_sar_unit`);
+- a scale/offset in a file's header (value = raw x scale + offset) is applied to SAR;
+  optical files may declare only reflectance x10000 as stored (scale 1 or 0.0001,
+  offset 0), the other layers none: anything else is refused naming the file;
 - bands are taken by position, or by name where the file's band descriptions name
   them (:func:`band_order`);
 - land cover: codes outside ESA WorldCover become nodata 0, with an
@@ -27,9 +31,11 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import StringIO
 from os import PathLike
@@ -91,6 +97,12 @@ _PATCH_NAME = re.compile(r"^planet_cloudy_(?P<season>[A-Za-z]+)_(?P<aoi>\w+?)_p_
 #: can be retiled with ``gdal_translate -co TILED=YES``.
 MAX_BLOCK_BYTES = 256 * 2**20
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
+#: a chunk with fewer finite SAR values than this is not judged by :func:`check_sar_unit`
+#: (too few to tell dB from power); the file's other chunks still are
+SAR_UNIT_MIN_VALUES = 64
+#: a dB chunk whose finite values all lie in [0, this] holds linear power
+#: (:func:`check_sar_unit`)
+LINEAR_POWER_MAX = 1.5
 #: ``open_quartet(cloudmask=ESTIMATE)`` estimates the mask from the optical bands
 ESTIMATE = "estimate"
 
@@ -160,6 +172,7 @@ def open_raster(
     chunks: Any = "auto",
     *,
     bands: Sequence[str] | None = None,
+    scaled: bool = False,
 ) -> xr.DataArray:
     """Open one GeoTIFF lazily as (band, y, x), after checking that it is whole.
 
@@ -170,13 +183,19 @@ def open_raster(
     in that order (lazily); one without descriptions, or describing its bands by other
     names ("Band 1"), is taken by position (see :func:`band_order`).
 
+    The values are read raw. A scale/offset in the header (value = raw x scale + offset)
+    other than (1, 0) is refused, unless ``scaled``: then it is kept, in band order, as
+    ``attrs["scales"]`` and ``attrs["offsets"]`` (rioxarray's names), for the caller to
+    apply or check (:func:`header_scaling`).
+
     Raises
     ------
     MissingFileError, InputFileError
         The file is missing, unreadable or truncated, STAC JSON (which GDAL opens as
         the assets it names), or has not ``count`` bands (none: no raster); its
         declared size or its blocks are beyond the limits of :func:`_check_header`; its
-        band descriptions name ``bands`` but not each exactly once.
+        band descriptions name ``bands`` but not each exactly once; without ``scaled``,
+        its header declares a scale or offset.
     AccessDeniedError
         A server refused access to it (HTTP 401, 403: for a presigned URL, its signature
         may have expired).
@@ -196,9 +215,18 @@ def open_raster(
             _check_header(path, name, src)
             _check_readable(path, src)
             order = band_order(src.descriptions, bands, f"{path}: {name}")
-        array = rioxarray.open_rasterio(
-            path, chunks=_spatial_chunks(chunks), mask_and_scale=False, lock=False
-        )
+            scaling = _file_scaling(src, order)
+        if scaling and not scaled:
+            scales, offsets = zip(*scaling, strict=True)
+            raise InputFileError(
+                f"{path}: {name} declares scale {_listed(scales)}, offset {_listed(offsets)} "
+                f"in its header (value = raw x scale + offset); {name} values are read as "
+                "stored, so a scaled file is refused rather than misread"
+            )
+        with _per_band_scaling_expected(scaling):
+            array = rioxarray.open_rasterio(
+                path, chunks=_spatial_chunks(chunks), mask_and_scale=False, lock=False
+            )
     except RasterioError as err:
         href.raise_if_refused(path, err, name)
         what = "cannot be read" if href.is_remote(path) else "is not a readable GeoTIFF"
@@ -208,6 +236,8 @@ def open_raster(
     if order is not None:
         array = array.isel(band=order)
     array.attrs = {key: value for key, value in array.attrs.items() if key == "_FillValue"}
+    if scaling:
+        array.attrs["scales"], array.attrs["offsets"] = zip(*scaling, strict=True)
     array.encoding = {"source": str(path)}  # xarray's convention; see store.sources
     array.name = name
     return array
@@ -247,6 +277,63 @@ def _check_count(path: PathType, name: str, src: rasterio.DatasetReader, count: 
         raise InputFileError(f"{path}: {name} has no bands{which}: not one raster")
     if src.count != count:
         raise InputFileError(f"{path}: {name} has {src.count} band(s), expected {count}")
+
+
+def _file_scaling(
+    src: rasterio.DatasetReader, order: list[int] | None
+) -> list[tuple[float, float]]:
+    """The header's (scale, offset) of each band, in ``order``; ``[]`` where all are (1, 0)."""
+    scaling = [(float(s), float(o)) for s, o in zip(src.scales, src.offsets, strict=True)]
+    if all(pair == (1.0, 0.0) for pair in scaling):
+        return []
+    return scaling if order is None else [scaling[index] for index in order]
+
+
+@contextmanager
+def _per_band_scaling_expected(scaling: Sequence[tuple[float, float]]) -> Iterator[None]:
+    """Silence rioxarray's warning that bands differ in scale or offset, which
+    :func:`open_raster` keeps band by band (the warnings filters are process-wide:
+    changed only for such a file)."""
+    if len(set(scaling)) < 2:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "(Scales|Offsets) differ across bands")
+        yield
+
+
+def _listed(values: Sequence[float]) -> str:
+    """One value if all are equal, else each: ``0.01`` or ``(0.01, 1)``."""
+    if len(set(values)) == 1:
+        return f"{values[0]:g}"
+    return f"({', '.join(f'{value:g}' for value in values)})"
+
+
+def header_scaling(array: xr.DataArray) -> list[tuple[float, float]]:
+    """The (scale, offset) of each band of a raster opened with ``scaled=True``
+    (:func:`open_raster`); ``[]`` where its header declares none."""
+    return list(zip(array.attrs.get("scales", ()), array.attrs.get("offsets", ()), strict=True))
+
+
+def apply_scaling(
+    array: xr.DataArray, scaling: Sequence[tuple[float, float]], dim: str
+) -> xr.DataArray:
+    """``array`` as ``raw x scale + offset`` in float32, with the i-th (scale, offset)
+    of ``scaling`` along ``dim``; unchanged where all are (1, 0) (or none given)."""
+    if all(tuple(pair) == (1, 0) for pair in scaling):
+        return array
+    scale, offset = (
+        xr.DataArray(np.asarray(values, "float32"), dims=dim)
+        for values in zip(*scaling, strict=True)
+    )
+    return array.astype("float32") * scale + offset
+
+
+def is_reflectance_x10000(scale: float, offset: float) -> bool:
+    """Whether values stored with this scale/offset are reflectance x10000 as stored:
+    scale 1 (the values themselves) or 0.0001 (they are reflectance once scaled),
+    offset 0."""
+    return offset == 0 and (math.isclose(scale, 1) or math.isclose(scale, 1e-4))
 
 
 def band_order(
@@ -427,9 +514,22 @@ def _as_uint16(array: xr.DataArray, path: PathType, name: str) -> xr.DataArray:
 
 
 def _optical(path: PathType, name: str, chunks: Any) -> xr.DataArray:
-    array = open_raster(path, name, len(BANDS), chunks, bands=BANDS)
+    array = open_raster(path, name, len(BANDS), chunks, bands=BANDS, scaled=True)
+    _check_reflectance_scaling(array, path, name)
     _require_georeference(array, path, name, "a scene needs one for its optical grid")
     return describe_optical(_as_uint16(array, path, name), name)
+
+
+def _check_reflectance_scaling(array: xr.DataArray, path: PathType, name: str) -> None:
+    """Refuse an optical file whose header scale/offset make its values anything but
+    reflectance x10000 as stored (:func:`is_reflectance_x10000`)."""
+    for scale, offset in header_scaling(array):
+        if not is_reflectance_x10000(scale, offset):
+            raise InputFileError(
+                f"{path}: {name} declares scale {scale:g}, offset {offset:g} in its header "
+                "(value = raw x scale + offset); the optical layer must store reflectance "
+                "x10000 (scale 1 or 0.0001, offset 0)"
+            )
 
 
 def describe_optical(array: xr.DataArray, name: str) -> xr.DataArray:
@@ -451,14 +551,15 @@ def _by_coords_needs(align: AlignMethod) -> str:
 
 
 def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod) -> xr.DataArray:
-    array = open_raster(path, "sar", len(POLARIZATIONS), chunks, bands=POLARIZATIONS)
+    array = open_raster(path, "sar", len(POLARIZATIONS), chunks, bands=POLARIZATIONS, scaled=True)
     if align == "coords":
         _require_georeference(array, path, "sar", _by_coords_needs(align))
-    nodata = array.attrs.get("_FillValue")
+    nodata, scaling = array.attrs.get("_FillValue"), header_scaling(array)
     if nodata is not None and not np.isnan(nodata):  # declared nodata: holes, as NaN
         array = array.where(array != nodata)
     # NaN and +-inf are holes (fill_nan_with_mean), as is a value beyond float32's range
-    array = array.astype("float32").rename(band="polarization")
+    array = apply_scaling(array.astype("float32"), scaling, "band")
+    array = check_sar_unit(array, "dB", f"{path}: sar").rename(band="polarization")
     array = array.assign_coords(polarization=list(POLARIZATIONS))
     if align == "shape":  # as the published loader: one mean over the resampled image
         aligned = fill_nan_with_mean(align_to(array, optical, method=align), per_band=False)
@@ -466,6 +567,58 @@ def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod)
         aligned = align_to(fill_nan_with_mean(array), optical, method=align, fill=np.nan)
     aligned.attrs = sar_attrs("image mean" if align == "shape" else "band mean", align)
     return aligned
+
+
+def check_sar_unit(array: xr.DataArray, unit: str, source: str) -> xr.DataArray:
+    """``array`` (SAR in ``unit``: ``"dB"`` or ``"power"``, linear), each chunk checked
+    when it is read (lazily, as the optical values are) by :func:`_check_sar_chunk`."""
+    return _map_blocks(_check_sar_chunk, array, "float32", unit=unit, source=source)
+
+
+def _check_sar_chunk(values: np.ndarray, unit: str, source: str) -> np.ndarray:
+    """``values`` (one chunk of SAR), unless they are plainly in the other unit than
+    ``unit``: then :class:`InputFileError` naming ``source`` and the values found.
+
+    Each reader assumes one unit, and a file in the other reads without any error into
+    a scene of constants: dB read as power is below the power floor everywhere (-50 dB);
+    power read as dB is about 0 dB everywhere, the top of the normalised range. The
+    thresholds leave real data alone (the M3R-CR samples' dB, -36 to +11.5, trips
+    neither in any window of 8 x 8 pixels or more; tests/test_io.py checks them):
+
+    - ``"power"``: more than half the finite values negative. Power is never negative
+      but for thermal-noise residue at a few pixels, while dB of land and water is
+      below 0 almost everywhere (-25 to -5 dB). Zeros do not count: a power file's
+      empty fill is 0.
+    - ``"dB"``: every finite value in [0, :data:`LINEAR_POWER_MAX`], at least
+      :data:`SAR_UNIT_MIN_VALUES` of them above 0. Power of natural surfaces lies below
+      1 (0 dB), up to 1.5 with the odd bright pixel; dB that close to 0 over a whole
+      chunk is no terrain. A chunk of zeros (an undeclared fill) is not judged.
+
+    A chunk with fewer than :data:`SAR_UNIT_MIN_VALUES` finite values is not judged.
+    """
+    finite = values[np.isfinite(values)]
+    if finite.size < SAR_UNIT_MIN_VALUES:
+        return values
+    if unit == "power":
+        negative = np.count_nonzero(finite < 0)
+        if negative > finite.size / 2:
+            raise InputFileError(
+                f"{source}: {negative} of the {finite.size} finite values of a chunk are "
+                f"negative (found {finite.min():g} to {finite.max():g}): this is "
+                "backscatter in dB, not the linear power expected (never negative)"
+            )
+    elif (
+        finite.min() >= 0
+        and finite.max() <= LINEAR_POWER_MAX
+        and np.count_nonzero(finite) >= SAR_UNIT_MIN_VALUES
+    ):
+        raise InputFileError(
+            f"{source}: all {finite.size} finite values of a chunk lie in "
+            f"[0, {LINEAR_POWER_MAX:g}] (found {finite.min():g} to {finite.max():g}): this "
+            "is linear power, not the backscatter in dB expected (10 log10 of power, "
+            "-25 to -5 over land); convert it to dB"
+        )
+    return values
 
 
 def sar_attrs(nan_fill: str, align: str) -> dict[str, str]:
@@ -518,11 +671,16 @@ def open_quartet(
     Parameters
     ----------
     cloudy, cloudfree
-        4-band PlanetScope GeoTIFFs (blue, green, red, NIR; reflectance x10000).
+        4-band PlanetScope GeoTIFFs (blue, green, red, NIR; reflectance x10000, read as
+        stored: a header scale other than 1 or 0.0001, or an offset, is refused).
     sar
-        2-band Sentinel-1 GeoTIFF (VV, VH in dB), at any resolution and CRS.
+        2-band Sentinel-1 GeoTIFF (VV, VH in dB), at any resolution and CRS; a scale/offset
+        in its header is applied (dB x100 stored as int16 with scale 0.01). A chunk of
+        linear power instead raises :class:`InputFileError` when read
+        (:func:`check_sar_unit`).
     landcover
-        1-band ESA WorldCover GeoTIFF, at any resolution and CRS.
+        1-band ESA WorldCover GeoTIFF, at any resolution and CRS (class codes as stored:
+        a header scale/offset is refused).
     cloudmask
         The cloud mask, on the optical grid: a boolean ``.npy`` or 1-band GeoTIFF (the
         dataset's masks); a Planet UDM2 GeoTIFF (recognised by its 8 uint8 bands), whose

@@ -22,13 +22,17 @@ The asset layouts it knows (:data:`ASSETS`; any name can be overridden with
     must lie on its optical file's grid, as ``open_quartet`` requires.
 ``vv``, ``vh``
     Sentinel-1 RTC backscatter in linear power, converted to dB (``10 log10``; powers
-    at or below :data:`SAR_POWER_FLOOR` become :data:`SAR_DB_FLOOR`, -50 dB).
+    at or below :data:`SAR_POWER_FLOOR` become :data:`SAR_DB_FLOOR`, -50 dB). A chunk
+    mostly negative (dB, not power) raises :class:`InputFileError` when read
+    (:func:`m3rcr_xr.io.check_sar_unit`).
 ``map``
     ESA WorldCover class codes.
 
 A ``scale``/``offset`` in an asset's ``raster:bands`` (value = raw x scale + offset)
 is applied to SAR and to land cover (an integer offset; a scale is refused); optical
 assets must store reflectance x10000 (scale 1 or 0.0001, offset 0), else are refused.
+A scale/offset in a file's header counts as declared where the item declares none; one
+the item declares must agree with the header's (unless that is 1, 0), else is refused.
 
 Items need the ``proj`` extension (a CRS, ``proj:shape`` and ``proj:transform``):
 it gives each item's grid without opening its files. Each asset's header and last
@@ -82,8 +86,11 @@ from .io import (
     _map_blocks,
     _rechunk_like,
     _spatial_chunks,
+    apply_scaling,
     band_order,
+    check_sar_unit,
     describe_optical,
+    is_reflectance_x10000,
     landcover_attrs,
     names_any,
     sar_attrs,
@@ -412,7 +419,8 @@ def _coarse_geobox(geoboxes: Sequence[GeoBox], scene: GeoBox) -> GeoBox | None:
 
 # ------------------------------------------------------------------------ headers
 class _Header(NamedTuple):
-    """What an asset's file header says: odc-stac reads the file on its own grid."""
+    """What an asset's file header says (:func:`_header`): odc-stac reads the file on
+    its own grid."""
 
     location: str
     band_count: int
@@ -420,11 +428,13 @@ class _Header(NamedTuple):
     nodata: float | None
     descriptions: tuple[str | None, ...]
     grid: GeoBox
+    #: (scale, offset) of each band: value = raw x scale + offset
+    scaling: tuple[tuple[float, float], ...]
 
 
 def _header(item: pystac.Item, asset_name: str) -> _Header:
-    """The asset's file header, checked as :func:`m3rcr_xr.io.open_raster` checks a file
-    (its last block read: a truncated file fails now, not half-way through a write)."""
+    """The asset's file header, checked as :func:`m3rcr_xr.io.open_raster` checks a
+    file (its last block read: a truncated file fails now, not half-way through a write)."""
     location = item.assets[asset_name].get_absolute_href() or item.assets[asset_name].href
     what = f"STAC item {item.id!r} asset {asset_name!r}"
     try:
@@ -432,7 +442,10 @@ def _header(item: pystac.Item, asset_name: str) -> _Header:
             _check_header(location, what, src)
             _check_readable(location, src)
             grid = GeoBox(src.shape, src.transform, src.crs)
-            return _Header(location, src.count, src.dtypes[0], src.nodata, src.descriptions, grid)
+            scaling = tuple(zip(map(float, src.scales), map(float, src.offsets), strict=True))
+            return _Header(
+                location, src.count, src.dtypes[0], src.nodata, src.descriptions, grid, scaling
+            )
     except RasterioError as err:
         href.raise_if_refused(location, err, what)
         raise InputFileError(f"{location}: {what} cannot be read ({err})") from href.cause(err)
@@ -455,18 +468,66 @@ def _declared_bands(asset: pystac.Asset) -> tuple[str, list[dict[str, Any]]]:
 def _declare_bands(item: pystac.Item, asset_name: str, header: _Header) -> None:
     """Give odc-stac the band layout of an asset from its file header, where the item
     does not declare it (``raster:bands``): without it, odc-stac reads band 1 only. A
-    declared layout must have the file's band count (odc-stac fails on it otherwise)."""
+    declared layout must have the file's band count (odc-stac fails on it otherwise).
+
+    The header's scale/offset (other than 1, 0) goes into each band that declares none,
+    so that the readers apply or check it as a declared one (odc-stac reads raw values);
+    a band that declares one must agree with it (:func:`_with_header_scaling`).
+    """
     asset = item.assets[asset_name]
-    location, count, dtype, nodata = header[:4]
     key, declared = _declared_bands(asset)
-    if declared and len(declared) != count:
+    what = f"{header.location}: STAC item {item.id!r} asset {asset_name!r}"
+    if declared and len(declared) != header.band_count:
         raise InputFileError(
-            f"{location}: STAC item {item.id!r} asset {asset_name!r} declares "
-            f"{len(declared)} band(s) in {key!r}, the file has {count}"
+            f"{what} declares {len(declared)} band(s) in {key!r}, the file has {header.band_count}"
         )
-    if not declared:
-        band = {"data_type": dtype, **({"nodata": nodata} if nodata is not None else {})}
-        asset.extra_fields["raster:bands"] = [dict(band) for _ in range(count)]
+    if declared:
+        asset.extra_fields[key] = [
+            _with_header_scaling(band, pair, key, what)
+            for band, pair in zip(declared, header.scaling, strict=True)
+        ]
+        return
+    nodata = {"nodata": header.nodata} if header.nodata is not None else {}
+    asset.extra_fields["raster:bands"] = [
+        {"data_type": header.dtype, **nodata, **_scaling_fields(pair, "")}
+        for pair in header.scaling
+    ]
+
+
+def _scaling_fields(pair: tuple[float, float], prefix: str) -> dict[str, float]:
+    """A band object's fields for (scale, offset): none for (1, 0)."""
+    if pair == (1.0, 0.0):
+        return {}
+    return {f"{prefix}scale": pair[0], f"{prefix}offset": pair[1]}
+
+
+def _with_header_scaling(
+    band: dict[str, Any], header: tuple[float, float], key: str, what: str
+) -> dict[str, Any]:
+    """A declared band object with its file header's (scale, offset) where it declares
+    none; refused where it declares another and the header's is not (1, 0): which one
+    the stored values follow cannot be told."""
+    prefix = "raster:" if key == "bands" else ""
+    if header == (1.0, 0.0):
+        return band
+    if not any(f"{prefix}{field}" in band for field in ("scale", "offset")):
+        return {**band, **_scaling_fields(header, prefix)}
+    declared = _band_scaling(band, prefix, key, what)
+    if not np.allclose(declared, header):
+        raise InputFileError(
+            f"{what} declares scale {declared[0]:g}, offset {declared[1]:g} in {key!r}, its "
+            f"file's header scale {header[0]:g}, offset {header[1]:g}; they must agree "
+            "(or one be left out): which one the stored values follow cannot be told"
+        )
+    return band
+
+
+def _band_scaling(band: Any, prefix: str, key: str, what: str) -> tuple[float, float]:
+    """(scale, offset) of one declared band object, (1, 0) where absent."""
+    try:
+        return float(band.get(f"{prefix}scale", 1)), float(band.get(f"{prefix}offset", 0))
+    except (TypeError, ValueError, AttributeError) as err:
+        raise InputFileError(f"{what}: unreadable scale or offset in {key!r} ({err})") from err
 
 
 def _scaling(item: pystac.Item, asset_name: str) -> list[tuple[float, float]]:
@@ -475,16 +536,8 @@ def _scaling(item: pystac.Item, asset_name: str) -> list[tuple[float, float]]:
     odc-stac reads the raw values: the readers apply these themselves."""
     key, declared = _declared_bands(item.assets[asset_name])
     prefix = "raster:" if key == "bands" else ""
-    try:
-        return [
-            (float(band.get(f"{prefix}scale", 1)), float(band.get(f"{prefix}offset", 0)))
-            for band in declared
-        ]
-    except (TypeError, ValueError, AttributeError) as err:
-        raise InputFileError(
-            f"STAC item {item.id!r} asset {asset_name!r}: unreadable scale or offset in "
-            f"{key!r} ({err})"
-        ) from err
+    what = f"STAC item {item.id!r} asset {asset_name!r}"
+    return [_band_scaling(band, prefix, key, what) for band in declared]
 
 
 def _layer_scaling(items: Sequence[pystac.Item], asset_name: str) -> tuple[float, float]:
@@ -507,11 +560,11 @@ def _check_reflectance(items: Sequence[pystac.Item], asset_name: str) -> None:
     reflectance; offset 0): the library would otherwise guess at their meaning."""
     for item in items:
         for scale, offset in _scaling(item, asset_name):
-            if offset != 0 or not (math.isclose(scale, 1) or math.isclose(scale, 1e-4)):
+            if not is_reflectance_x10000(scale, offset):
                 raise InputFileError(
                     f"STAC item {item.id!r} asset {asset_name!r}: scale {scale:g}, offset "
-                    f"{offset:g} in its band metadata; the optical layer must store "
-                    "reflectance x10000 (scale 1 or 0.0001, offset 0)"
+                    f"{offset:g} in its band metadata (or its file's header); the optical "
+                    "layer must store reflectance x10000 (scale 1 or 0.0001, offset 0)"
                 )
 
 
@@ -872,18 +925,14 @@ def _sar(items, assets: Mapping[str, str], scene: GeoBox, optical: xr.DataArray,
     power, native, sources = _coarse(
         items, [assets["vv"], assets["vh"]], scene, chunks, "polarization", dtype="float32"
     )
-    nodata = power.attrs["_FillValue"]
+    crs, nodata = power.rio.crs, power.attrs["_FillValue"]
     if nodata is not None and not np.isnan(nodata):  # declared nodata: holes, as NaN
         power = power.where(power != nodata)
     scaling = [_layer_scaling(items, assets[name]) for name in ("vv", "vh")]
-    if any(pair != (1, 0) for pair in scaling):  # stored scaled: raw * scale + offset
-        scale, offset = (
-            xr.DataArray(np.asarray(v, "float32"), dims="polarization")
-            for v in zip(*scaling, strict=True)
-        )
-        power = power * scale + offset
+    power = apply_scaling(power, scaling, "polarization")  # stored scaled: raw * scale + offset
+    power = _checked_power(power, [assets["vv"], assets["vh"]], items, sources)
     array = to_db(power).assign_coords(polarization=list(POLARIZATIONS)).rename("sar")
-    array = array.rio.write_crs(power.rio.crs)
+    array = array.rio.write_crs(crs)
     # holes only inside the items: odc-stac's empty fill beyond them (a gap between two
     # items, the window's edge) is no measurement, and stays NaN rather than the mean;
     # on the items' own grid, align_to then gives the half pixel beyond the edge its value
@@ -892,6 +941,21 @@ def _sar(items, assets: Mapping[str, str], scene: GeoBox, optical: xr.DataArray,
     aligned = _on_scene(array, native, optical, np.nan)
     aligned.attrs = sar_attrs(array.attrs["nan_fill"], "coords")
     return _rechunk_like(aligned, optical), sources
+
+
+def _checked_power(
+    power: xr.DataArray, asset_names: Sequence[str], items: Sequence[pystac.Item], hrefs: list[str]
+) -> xr.DataArray:
+    """``power`` (polarization, y, x), each polarization's chunks checked when read to
+    hold linear power, not dB (:func:`m3rcr_xr.io.check_sar_unit`); an error names the
+    asset and its files (``hrefs``: each asset's, one per item, in turn)."""
+    ids = ", ".join(repr(item.id) for item in items)
+    checked = []
+    for index, name in enumerate(asset_names):
+        files = ", ".join(hrefs[index * len(items) : (index + 1) * len(items)])
+        source = f"{files}: STAC item{'s' * (len(items) > 1)} {ids} asset {name!r}"
+        checked.append(check_sar_unit(power.isel(polarization=[index]), "power", source))
+    return xr.concat(checked, "polarization")
 
 
 def _covered(items: Sequence[pystac.Item], asset_name: str, like: xr.DataArray) -> xr.DataArray:
@@ -1050,7 +1114,9 @@ def open_stac(
         0.0001, offset 0), a land-cover one a scale other than 1; the items of a SAR or
         land-cover layer declare different scales/offsets; an optical asset's band names
         (the item's or its file's) do not name each band once, or the item's and its
-        file's disagree.
+        file's disagree; an asset declares another scale/offset than its file's header
+        (where that is not 1, 0). When a chunk is read: SAR assets holding dB, not
+        linear power (:func:`m3rcr_xr.io.check_sar_unit`).
     AccessDeniedError
         A server refused access to the JSON or an asset (HTTP 401, 403: for a presigned
         URL, its signature may have expired).

@@ -23,9 +23,12 @@ def write_raster(
     crs: str | None,
     nodata: float | None = None,
     descriptions: tuple[str | None, ...] = (),
+    scales: tuple[float, ...] = (),
+    offsets: tuple[float, ...] = (),
 ) -> Path:
     """Write (bands, rows, cols) ``data`` as a GeoTIFF (no georeference where None),
-    its bands described (named) by ``descriptions`` if given."""
+    its bands described (named) by ``descriptions`` if given, and with the header's
+    ``scales`` and ``offsets`` (value = raw x scale + offset) if given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     bands, height, width = data.shape
     with rasterio.open(
@@ -44,6 +47,10 @@ def write_raster(
         for band, text in enumerate(descriptions, start=1):
             if text is not None:
                 dst.set_band_description(band, text)
+        if scales:
+            dst.scales = scales
+        if offsets:
+            dst.offsets = offsets
     return path
 
 

@@ -4,6 +4,7 @@ import resource
 import shutil
 import time
 import warnings
+from contextlib import nullcontext
 
 import cloudpickle
 import numpy as np
@@ -320,6 +321,127 @@ def test_infinite_sar_values_are_holes_filled_with_the_finite_mean(tmp_path, nod
     np.testing.assert_allclose(sar[:, 1, 1], means, rtol=1e-5)
     np.testing.assert_allclose(sar[:, 4, 0], means, rtol=1e-5)
     assert ds.sar.attrs["nan_fill"] == "band mean"
+
+
+@pytest.mark.parametrize("chunks", [None, 4])
+def test_a_sar_files_header_scale_and_offset_are_applied_after_its_nodata(tmp_path, chunks):
+    """dB stored as int16 with a scale in the header (value = raw x scale + offset),
+    bands described VH, VV, each with its own scale and offset: -12 and -19 dB, not
+    -1200 and -900; the nodata is the stored value, a hole, not -327.68 dB."""
+    raw = np.stack([np.full((9, 9), -900, np.int16), np.full((9, 9), -1200, np.int16)])
+    raw[:, 4, 4] = -32768
+    sar = write_raster(
+        tmp_path / "sar.tif",
+        raw,
+        COARSE_GRID,
+        CRS,
+        nodata=-32768,
+        descriptions=("VH", "VV"),
+        scales=(0.02, 0.01),
+        offsets=(-1.0, 0.0),
+    )
+    optical = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    with raise_if_dask_computes() if chunks else nullcontext():
+        ds = m3rcr_xr.open_quartet(optical, sar=sar, chunks=chunks)
+    values = ds.sar.sel(polarization=["VV", "VH"]).values
+    assert values.dtype == np.float32
+    np.testing.assert_allclose(values[:, 0, 0], [-12, -19], rtol=1e-6)
+    np.testing.assert_allclose(values[:, 13, 13], [-12, -19], rtol=1e-6)  # the hole
+
+
+@pytest.mark.parametrize(
+    ("layer", "scales", "offsets", "found"),
+    [
+        ("cloudy", (1.0,) * 4, (-1000.0,) * 4, "scale 1, offset -1000"),  # S2 L2A's
+        ("cloudy", (0.01,) * 4, (0.0,) * 4, "scale 0.01, offset 0"),
+        ("landcover", (2.0,), (0.0,), "scale 2, offset 0"),
+        ("landcover", (1.0,), (10.0,), "scale 1, offset 10"),
+    ],
+)
+def test_a_header_scale_or_offset_of_optical_or_land_cover_is_refused(
+    tmp_path, layer, scales, offsets, found
+):
+    """Optical values are reflectance x10000 and land cover class codes, as stored: a
+    header that scales them is refused at open, naming the file, not ignored."""
+    optical = write_optical(tmp_path / "plain.tif", _reflectance("uint16"))
+    if layer == "cloudy":
+        data, grid = _reflectance("uint16"), OPTICAL_GRID
+    else:
+        data, grid = np.full((1, 9, 9), 10, np.uint8), COARSE_GRID
+    path = write_raster(tmp_path / "scaled.tif", data, grid, CRS, scales=scales, offsets=offsets)
+    files = {"cloudy": path} if layer == "cloudy" else {"cloudy": optical, layer: path}
+    with pytest.raises(m3rcr_xr.InputFileError, match=f"scaled.tif: {layer} declares {found}"):
+        m3rcr_xr.open_quartet(**files)
+
+
+def test_an_optical_header_scale_of_0001_is_reflectance_x10000_as_stored(tmp_path):
+    """uint16 with scale 0.0001 (HLS's, and what open_stac reads as stored)."""
+    data = _reflectance("uint16")
+    path = write_optical(tmp_path / "cloudy.tif", data)
+    with rasterio.open(path, "r+") as dst:
+        dst.scales = (1e-4,) * 4
+    np.testing.assert_array_equal(m3rcr_xr.open_quartet(path).cloudy.values, data)
+
+
+@pytest.mark.parametrize("chunks", [None, 16])
+def test_sar_in_linear_power_is_refused_when_read_not_taken_for_db(tmp_path, chunks):
+    """Power 0.003 to 0.3 read as dB is about 0 dB everywhere: VV normalised to 1.0."""
+    db = np.random.default_rng(2).uniform(-25, -5, (2, 9, 9))
+    sar = write_coarse(tmp_path / "linear.tif", (10 ** (db / 10)).astype(np.float32))
+    optical = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    message = r"linear.tif: sar: all 162 finite values of a chunk lie in \[0, 1.5\] \(found"
+    if chunks is None:
+        with pytest.raises(m3rcr_xr.InputFileError, match=message):
+            m3rcr_xr.open_quartet(optical, sar=sar, chunks=None)
+        return
+    with raise_if_dask_computes():
+        ds = m3rcr_xr.open_quartet(optical, sar=sar, chunks=chunks)
+    with pytest.raises(m3rcr_xr.InputFileError, match=message):
+        ds.sar.compute()
+
+
+def test_sar_in_db_close_to_0_or_a_fill_of_zeros_is_not_taken_for_power(tmp_path):
+    """Bright dB (above 1.5 somewhere in the chunk), a chunk of 0 (an undeclared fill),
+    or fewer than SAR_UNIT_MIN_VALUES values in (0, 1.5] among zeros: all read as dB."""
+    from m3rcr_xr.io import SAR_UNIT_MIN_VALUES
+
+    optical = write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    bright = np.random.default_rng(3).uniform(0, 1.5, (2, 9, 9)).astype(np.float32)
+    bright[0, 0, 0] = 1.6
+    zeros = np.zeros((2, 9, 9), np.float32)
+    few = zeros.copy()
+    few.flat[: SAR_UNIT_MIN_VALUES - 1] = 0.5
+    for name, db in (("bright", bright), ("zeros", zeros), ("few", few)):
+        sar = write_coarse(tmp_path / f"{name}.tif", db)
+        assert m3rcr_xr.open_quartet(optical, sar=sar).sar.max() <= 1.6
+
+
+@pytest.mark.parametrize("size", [8, 16, 32, 90])
+def test_the_sar_unit_check_leaves_the_real_samples_alone(shared_dir, size):
+    """The two real quartets' SAR (dB, -36 to +11.5) passes the dB check, and their power
+    the power check, in every window of ``size`` pixels (the chunks a file may be read
+    in), band by band and both bands together; their dB fails the power check."""
+    from m3rcr_xr.io import _check_sar_chunk
+
+    for path in sorted(shared_dir.glob("data/m3rcr-samples/*/S1_*/*/*.tif")):
+        with rasterio.open(path) as src:
+            db = src.read().astype(np.float32)
+        step = max(size // 2, 1)
+        for top in range(0, 90 - size + 1, step):
+            for left in range(0, 90 - size + 1, step):
+                window = db[:, top : top + size, left : left + size]
+                for chunk in (window, window[:1], window[1:]):
+                    _check_sar_chunk(chunk, "dB", str(path))
+                    _check_sar_chunk(10 ** (chunk / 10), "power", str(path))
+                    with pytest.raises(m3rcr_xr.InputFileError, match="this is backscatter in dB"):
+                        _check_sar_chunk(chunk, "power", str(path))
+
+
+@pytest.mark.parametrize("quartet", ["train_quartet", "test_quartet"])
+def test_the_real_quartets_sar_reads_in_small_chunks(request, quartet):
+    files = request.getfixturevalue(quartet)
+    sar = m3rcr_xr.open_quartet(files["cloudy"], sar=files["sar"], chunks=32).sar.values
+    assert np.isfinite(sar).all() and sar.max() < 12
 
 
 def test_landcover_codes_outside_worldcover_become_nodata_with_a_warning(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pystac
 import pytest
+import rasterio
 import s3fs
 import xarray as xr
 from affine import Affine
@@ -713,6 +714,125 @@ def test_sar_stored_scaled_is_scaled_before_db(tmp_path, files, chunks):
     with raise_if_dask_computes() if chunks else nullcontext():
         scene = m3rcr_xr.open_stac([optical], sar_items=[item], chunks=chunks)
     np.testing.assert_allclose(scene["sar"].values[:, 0, 0], [-20, -30], atol=1e-4)
+
+
+def _power_x10000(tmp_path: Path, **header) -> dict[str, Path]:
+    """vv and vh: linear power 0.01 and 0.001 stored as uint16 x10000, ``header`` the
+    file header's ``scales``/``offsets``."""
+    return {
+        pol: write_raster(
+            tmp_path / f"{pol}.tif", np.full((1, 30, 30), raw, np.uint16), COARSE, ZONE32, **header
+        )
+        for pol, raw in (("vv", 100), ("vh", 10))
+    }
+
+
+@pytest.mark.parametrize("chunks", [None, 16])
+@pytest.mark.parametrize(
+    ("key", "fields"),
+    [
+        (None, {}),  # no raster:bands: the header's layout and scale
+        ("raster:bands", {"data_type": "uint16"}),  # declared, without a scale
+        ("raster:bands", {"scale": 0.0001}),  # the header's scale, declared too
+        ("bands", {"raster:scale": 0.0001, "data_type": "uint16"}),  # STAC 1.1
+    ],
+)
+def test_a_files_header_scale_counts_where_the_item_declares_none(
+    tmp_path, files, chunks, key, fields
+):
+    """Power x10000 with scale 0.0001 in the file header: -20 and -30 dB, not +20 and
+    +10 (the raw values read as power), and the scale applied once."""
+    item = stac_item("s1", _power_x10000(tmp_path, scales=(1e-4,)))
+    for pol in ("vv", "vh"):
+        if key:
+            item.assets[pol].extra_fields[key] = [dict(fields)]
+    optical = stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})
+    with raise_if_dask_computes() if chunks else nullcontext():
+        scene = m3rcr_xr.open_stac([optical], sar_items=[item], chunks=chunks)
+    np.testing.assert_allclose(scene["sar"].values[:, 0, 0], [-20, -30], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("key", "fields", "declared"),
+    [
+        ("raster:bands", {"scale": 1}, "scale 1, offset 0 in 'raster:bands'"),
+        ("raster:bands", {"offset": 0.5}, "scale 1, offset 0.5 in 'raster:bands'"),
+        ("bands", {"raster:scale": 0.001}, "scale 0.001, offset 0 in 'bands'"),
+    ],
+)
+def test_a_scale_declared_unlike_the_files_header_is_refused(
+    tmp_path, files, key, fields, declared
+):
+    paths = _power_x10000(tmp_path, scales=(1e-4,))
+    item = stac_item("s1", paths)
+    item.assets["vv"].extra_fields[key] = [dict(fields)]
+    optical = stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})
+    what = f"{paths['vv']}: STAC item 's1' asset 'vv' declares {declared}, its file's header"
+    with pytest.raises(InputFileError, match=f"{what} scale 0.0001, offset 0; they must agree"):
+        m3rcr_xr.open_stac([optical], sar_items=[item])
+
+
+def test_an_optical_files_header_offset_is_refused_and_its_0001_scale_read_as_stored(tmp_path):
+    """Sentinel-2 L2A's offset -1000 (value = raw - 1000) in the header, no raster:bands:
+    refused, not read as raw; scale 0.0001 is reflectance x10000 as stored."""
+    data = np.full((4, 96, 96), 2000, np.uint16)
+    shifted = write_raster(
+        tmp_path / "o.tif", data, OPTICAL, ZONE32, nodata=0, offsets=(-1000.0,) * 4
+    )
+    item = stac_item("o", {"ortho_analytic_4b_sr": shifted})
+    with pytest.raises(
+        InputFileError, match="STAC item 'o' asset 'ortho_analytic_4b_sr': scale 1, offset -1000"
+    ):
+        m3rcr_xr.open_stac([item])
+    scaled = write_raster(tmp_path / "r.tif", data, OPTICAL, ZONE32, nodata=0, scales=(1e-4,) * 4)
+    scene = m3rcr_xr.open_stac([stac_item("r", {"ortho_analytic_4b_sr": scaled})])
+    assert (scene["cloudy"].values == 2000).all()
+
+
+@pytest.mark.parametrize("chunks", [None, 16])
+def test_sar_assets_holding_db_are_refused_when_read_not_floored(tmp_path, files, chunks):
+    """vv in dB (-25 to -5), vh in power: every dB value is below the power floor, and
+    the scene's VV would be -50 dB throughout. The error names vv's file and asset."""
+    db = np.random.default_rng(4).uniform(-25, -5, (1, 30, 30)).astype(np.float32)
+    vv = write_raster(tmp_path / "vv_db.tif", db, COARSE, ZONE32)
+    item = stac_item("s1", {"vv": vv, "vh": files["vh"]})
+    optical = stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})
+    message = rf"{vv}: STAC item 's1' asset 'vv': (\d+) of the \1 finite values of a chunk are"
+    if chunks is None:
+        with pytest.raises(InputFileError, match=message):
+            m3rcr_xr.open_stac([optical], sar_items=[item], chunks=None)
+        return
+    with raise_if_dask_computes():
+        scene = m3rcr_xr.open_stac([optical], sar_items=[item], chunks=chunks)
+    with pytest.raises(InputFileError, match=message):
+        scene["sar"].compute()
+
+
+@pytest.mark.parametrize("quartet", ["train_quartet", "test_quartet"])
+def test_the_real_quartets_sar_as_power_assets_is_read_and_as_db_refused(
+    request, tmp_path, quartet
+):
+    """The real samples' SAR (dB) written as vv/vh linear power reads as open_quartet
+    reads the dB file; the dB itself as assets is refused."""
+    paths = request.getfixturevalue(quartet)
+    with rasterio_open(paths["sar"]) as src:
+        db, profile = src.read(), src.profile
+    written = {}
+    for unit, values in (("db", db), ("power", 10 ** (db / 10))):
+        for index, pol in enumerate(("vv", "vh")):
+            path = tmp_path / f"{pol}_{unit}.tif"
+            with rasterio.open(path, "w", **{**profile, "count": 1}) as dst:
+                dst.write(values[index : index + 1])
+            written[pol, unit] = path
+    optical = stac_item("o", {"ortho_analytic_4b_sr": paths["cloudy"]})
+    power = stac_item("s1", {"vv": written["vv", "power"], "vh": written["vh", "power"]})
+    scene = m3rcr_xr.open_stac([optical], sar_items=[power])
+    expected = m3rcr_xr.open_quartet(paths["cloudy"], sar=paths["sar"])["sar"].values
+    np.testing.assert_allclose(scene["sar"].values, expected, rtol=0, atol=1e-4)
+    in_db = stac_item("s1", {"vv": written["vv", "db"], "vh": written["vh", "db"]})
+    scene = m3rcr_xr.open_stac([optical], sar_items=[in_db])
+    with pytest.raises(InputFileError, match=r"v[vh]_db.tif: STAC item 's1' asset 'v[vh]': "):
+        scene["sar"].compute()
 
 
 def test_land_cover_offset_is_applied_and_a_scale_refused(tmp_path, files):
