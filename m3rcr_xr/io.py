@@ -585,10 +585,10 @@ def _check_sar_chunk(values: np.ndarray, unit: str, source: str) -> np.ndarray:
     thresholds leave real data alone (the M3R-CR samples' dB, -36 to +11.5, trips
     neither in any window of 8 x 8 pixels or more; tests/test_io.py checks them):
 
-    - ``"power"``: more than half the finite values negative. Power is never negative
-      but for thermal-noise residue at a few pixels, while dB of land and water is
-      below 0 almost everywhere (-25 to -5 dB). Zeros do not count: a power file's
-      empty fill is 0.
+    - ``"power"``: more than half the finite values at or below -1. Power is never
+      negative but for thermal-noise residue (of the order of -0.001, over calm water
+      in much of a chunk: not counted), while dB of land and water is below -1 almost
+      everywhere (-25 to -5 dB). Zeros do not count: a power file's empty fill is 0.
     - ``"dB"``: every finite value in [0, :data:`LINEAR_POWER_MAX`], at least
       :data:`SAR_UNIT_MIN_VALUES` of them above 0. Power of natural surfaces lies below
       1 (0 dB), up to 1.5 with the odd bright pixel; dB that close to 0 over a whole
@@ -600,11 +600,11 @@ def _check_sar_chunk(values: np.ndarray, unit: str, source: str) -> np.ndarray:
     if finite.size < SAR_UNIT_MIN_VALUES:
         return values
     if unit == "power":
-        negative = np.count_nonzero(finite < 0)
+        negative = np.count_nonzero(finite <= -1)
         if negative > finite.size / 2:
             raise InputFileError(
                 f"{source}: {negative} of the {finite.size} finite values of a chunk are "
-                f"negative (found {finite.min():g} to {finite.max():g}): this is "
+                f"-1 or less (found {finite.min():g} to {finite.max():g}): this is "
                 "backscatter in dB, not the linear power expected (never negative)"
             )
     elif (

@@ -416,6 +416,16 @@ def test_sar_in_db_close_to_0_or_a_fill_of_zeros_is_not_taken_for_power(tmp_path
         assert m3rcr_xr.open_quartet(optical, sar=sar).sar.max() <= 1.6
 
 
+def test_power_with_thermal_noise_residue_is_not_taken_for_db():
+    """Noise removal leaves small negative powers, over calm water in much of a chunk:
+    power all the same, where dB is -1 or less almost everywhere."""
+    from m3rcr_xr.io import _check_sar_chunk
+
+    residue = np.random.default_rng(4).uniform(-0.003, 0.002, (2, 16, 16)).astype(np.float32)
+    assert (residue < 0).mean() > 0.5
+    assert _check_sar_chunk(residue, "power", "vh.tif") is residue
+
+
 @pytest.mark.parametrize("size", [8, 16, 32, 90])
 def test_the_sar_unit_check_leaves_the_real_samples_alone(shared_dir, size):
     """The two real quartets' SAR (dB, -36 to +11.5) passes the dB check, and their power
