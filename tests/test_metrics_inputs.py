@@ -52,6 +52,11 @@ def test_missing_variables_are_named():
     with pytest.raises(SchemaError, match=r"'cloudmask' is missing.*strata=\('all',\)"):
         metrics.evaluate(ds.drop_vars("cloudmask"))
     assert metrics.evaluate(ds.drop_vars("cloudmask"), strata=("all",)).sizes["stratum"] == 1
+    no_cloudmask = r"strata other than 'all' need a cloud mask \(pass strata=\('all',\)"
+    with pytest.raises(SchemaError, match=no_cloudmask):
+        metrics.evaluate(ds, cloudmask=None)
+    with pytest.raises(SchemaError, match=no_cloudmask):
+        metrics.evaluate_semantic(ds, cloudmask=None, classifier="untrained")
 
 
 def _collection(seed: int) -> xr.Dataset:

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import xarray as xr
 
-from ..exceptions import M3RCRWarning, SchemaError, UsageError, argument
+from ..exceptions import M3RCRWarning, UsageError, argument
 from ..landcover import NODATA_CODE
 from ..options import OPTIONS
 from .aggregations import PSNR_IF_PERFECT, mean_over_patches, metrics_from_sums
@@ -140,11 +140,6 @@ def _table(
         per_patch=per_patch,
         landcover_required=semantic is not None,
     )
-    if need_cloudmask and inputs["cloudmask"] is None:
-        raise SchemaError(
-            f"cloudmask: strata {strata} need a cloud mask; "
-            f"pass {argument('strata', ('all',))} to evaluate without one"
-        )
     target_da = inputs["target"]
     assert target_da is not None and inputs["pred"] is not None
     labels = group_labels(inputs["landcover"], inputs["cloudmask"], like=target_da)

@@ -222,8 +222,9 @@ def prepare_inputs(
     Raises
     ------
     SchemaError
-        A missing variable, mismatched grids (dims, sizes, coordinates, CRS, bands), or a
-        per-patch protocol without a ``patch`` dim.
+        A missing variable (the cloud mask too, given as None, where ``need_cloudmask``),
+        mismatched grids (dims, sizes, coordinates, CRS, bands), or a per-patch protocol
+        without a ``patch`` dim.
     """
     target_da = _resolve(ds, target, "target")
     pred_da = _resolve(ds, pred, "pred")
@@ -250,6 +251,10 @@ def prepare_inputs(
             layer = _check_grid(layer, role, target_da, set())
             layer = layer.transpose(*[d for d in order if d != "band"])
         layers[role] = layer
+    if need_cloudmask and layers["cloudmask"] is None:  # cloudmask=None given
+        raise SchemaError(
+            f"cloudmask: the strata other than 'all' need a cloud mask{hints['cloudmask']}"
+        )
     cloudy_da = _optional_layer(ds, cloudy, "cloudy", False, "")
     layers["cloudy"] = None if cloudy_da is None else _optical(cloudy_da, "cloudy", target_da)
     return _unify_chunks(layers)

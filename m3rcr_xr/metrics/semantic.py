@@ -525,11 +525,6 @@ def semantic_setup(
         cloudy=cloudy,
         landcover_required=True,
     )
-    if need_cloudmask and inputs["cloudmask"] is None:
-        raise SchemaError(
-            f"cloudmask: strata {strata} need a cloud mask; "
-            f"pass {argument('strata', ('all',))} to go without"
-        )
     target_da, pred_da, landcover_da = inputs["target"], inputs["pred"], inputs["landcover"]
     if target_da is None or pred_da is None or landcover_da is None:  # prepare_inputs raised
         raise SchemaError("pred, target and landcover: the semantic evaluation needs all three")
