@@ -231,8 +231,7 @@ def open_raster(
         href.raise_if_refused(path, err, name)
         what = "cannot be read" if href.is_remote(path) else "is not a readable GeoTIFF"
         raise InputFileError(f"{path}: {name} {what} ({err})") from href.cause(err)
-    if not isinstance(array, xr.DataArray):  # a container of several subdatasets
-        raise InputFileError(f"{path}: {name} holds several subdatasets, not one raster")
+    assert isinstance(array, xr.DataArray)  # _check_count refused containers of subdatasets
     if order is not None:
         array = array.isel(band=order)
     array.attrs = {key: value for key, value in array.attrs.items() if key == "_FillValue"}
