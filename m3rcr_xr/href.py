@@ -218,7 +218,10 @@ def cause(err: BaseException) -> BaseException | None:
 def refused_status(err: BaseException) -> HTTPStatus | None:
     """The status (401, 403) of the server that refused the request ``err`` reports, or
     an error it chains: aiohttp's error (fsspec's HTTP raises ``FileNotFoundError`` from
-    it) or GDAL's message; None for any other failure (a 404 included).
+    it), GDAL's message, or an object store's ``PermissionError`` (s3fs, gcsfs and adlfs
+    raise it for a 403, S3's ``AccessDenied``); None for any other failure (a 404
+    included). Only a remote read's errors are asked: a local ``PermissionError`` is no
+    server's.
 
     Examples
     --------
@@ -233,6 +236,8 @@ def refused_status(err: BaseException) -> HTTPStatus | None:
             status = link.status
         elif found := _GDAL_STATUS.search(str(link)):
             status = int(found["status"])
+        elif isinstance(link, PermissionError):
+            status = HTTPStatus.FORBIDDEN
         else:
             continue
         if status in _REFUSED:
@@ -271,7 +276,7 @@ def raise_if_refused(url: PathType, err: BaseException, what: str = "") -> None:
     m3rcr_xr.exceptions.AccessDeniedError: https://h/a.tif?X-Amz-Signature=...: cannot be
     read: access refused (HTTP 403 Forbidden); the URL is presigned: its signature may have expired
     """
-    status = refused_status(err)
+    status = refused_status(err) if is_remote(url) else None
     if status is None:
         return
     expired = "; the URL is presigned: its signature may have expired" if is_presigned(url) else ""

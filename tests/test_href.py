@@ -97,6 +97,22 @@ def test_a_refused_url_is_access_denied_not_missing(tmp_path, status, phrase):
     assert isinstance(err.value, PermissionError)
 
 
+def test_an_object_store_that_refuses_access_is_access_denied(tmp_path, monkeypatch):
+    """s3fs, gcsfs and adlfs raise ``PermissionError`` for a 403 (S3's AccessDenied): a
+    key that may not be read is no key that does not exist. A local file that may not be
+    read is no server's refusal."""
+
+    class Refusing:
+        def info(self, path):
+            raise PermissionError(13, "Access Denied")
+
+    monkeypatch.setattr(href, "filesystem", lambda url: (Refusing(), str(url)[5:]))
+    refused = r"^s3://b/mask.tif: cloudmask cannot be read: access refused \(HTTP 403 Forbidden\)$"
+    with pytest.raises(AccessDeniedError, match=refused):
+        href.is_file("s3://b/mask.tif", "cloudmask")
+    href.raise_if_refused(tmp_path / "a.tif", PermissionError(13, "Permission denied"))
+
+
 @pytest.mark.parametrize(
     ("query", "presigned"),
     [
