@@ -25,6 +25,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("m3rcr_xr")
 EXIT_BAD_INPUT = 2
+#: the exit status after Ctrl-C (128 + SIGINT, as a shell reports it)
+EXIT_INTERRUPTED = 130
+#: what an interrupted command leaves, by command (a store is resumed, never mixed)
+RESUMING = {
+    command: "; what was written is kept: run the same command again to go on"
+    for command in ("ingest", "decloud", "demo")
+} | {"train": "; a run goes on from its last checkpoint (--checkpoint-every N) with --resume"}
 #: file suffixes of the files the commands write besides their stores
 COG_SUFFIXES = (".tif", ".tiff")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
@@ -852,6 +859,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except M3RCRError as err:
         print(f"m3rcr {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through dask
+        print(f"m3rcr {args.command}: interrupted{RESUMING.get(args.command, '')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

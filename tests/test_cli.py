@@ -146,6 +146,24 @@ def test_console_script_runs():
     assert "ingest" in result.stdout and "demo" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["decloud", "s.zarr", "d.zarr"], "; what was written is kept: run the same command"),
+        (["info", "s.zarr"], ""),
+    ],
+)
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch, argv, said):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, f"_{argv[0]}", interrupted)
+    assert main(argv) == 130
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"m3rcr {argv[0]}: interrupted{said}")
+    assert said or line == "m3rcr info: interrupted"
+
+
 #: the command line's logging set up, then distributed imported (as a command that
 #: starts a cluster does) and one of its loggers used; argv: verbose (0 or 1)
 DISTRIBUTED_CHATTER = """
