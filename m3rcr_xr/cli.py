@@ -535,8 +535,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         from .metrics.semantic import _classifier
 
         _check_config(_classifier(args.classifier, classifier_config)[0], classifier_config)
+    stores = _open_stores(args.store)
+    if args.pred not in stores.data_vars and len(args.store) == 1:  # the decloud store left out
+        raise SchemaError(
+            f"{argument('pred', args.pred)}: {args.store[0]} has no variable {args.pred!r} "
+            f"(it has {sorted(map(str, stores.data_vars))}); give the store that holds the "
+            "prediction too: m3rcr evaluate SCENE.zarr DECLOUD.zarr"
+        )
     result = evaluate(
-        _open_stores(args.store),
+        stores,
         args.pred,
         args.target,
         level=args.level,

@@ -396,6 +396,13 @@ def test_evaluate_a_decloud_store_against_its_scene_store(scene_store, tmp_path,
     assert table.PSNR["all", "all"] == pytest.approx(float(expected))
 
 
+def test_evaluate_of_the_scene_store_alone_asks_for_the_decloud_store(scene_store, capsys):
+    assert main(["evaluate", str(scene_store)]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith(f"m3rcr evaluate: error: --pred decloud: {scene_store} has no ")
+    assert said.endswith("too: m3rcr evaluate SCENE.zarr DECLOUD.zarr\n")
+
+
 def test_evaluate_refuses_stores_that_do_not_go_together(scene_store, tmp_path, capsys):
     m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((48, 40), seed=5), tmp_path / "again.zarr")
     argv = ["evaluate", str(scene_store), str(tmp_path / "again.zarr")]

@@ -295,7 +295,7 @@ def test_dataarrays_without_a_dataset_leave_cloudy_out(scene, classifiers):
         ({"classifier": None}, CheckpointError, "landcover_unet has no default weights"),
         ({"level": 2}, ModelConfigError, "built for WorldCover level 1 .*not level=2"),
         ({"landcover": None}, SchemaError, "landcover: the semantic evaluation needs"),
-        ({"landcover": "lc"}, SchemaError, "landcover: variable 'lc' is missing"),
+        ({"landcover": "lc"}, SchemaError, "landcover='lc': variable 'lc' is missing"),
         ({"tile": 30}, ModelConfigError, "multiples of 4"),
         ({"batch_size": 0}, UsageError, "batch_size=0"),
     ],

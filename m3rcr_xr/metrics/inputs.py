@@ -40,7 +40,7 @@ def _resolve(ds: xr.Dataset | None, item: Any, role: str, hint: str = "") -> xr.
         raise UsageError(f"{role}: {item!r} is a variable name but no dataset was given")
     if item not in ds.data_vars:
         raise SchemaError(
-            f"{role}: variable {item!r} is missing from the dataset "
+            f"{argument(role, item)}: variable {item!r} is missing from the dataset "
             f"(have {sorted(map(str, ds.data_vars))}){hint}"
         )
     return ds[item]
