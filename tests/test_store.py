@@ -373,6 +373,17 @@ def test_overwrite_replaces_only_the_stores_own_keys(tmp_path, small_scene):
     )
 
 
+def test_written_from_is_a_complete_store_of_the_same_data(tmp_path, small_scene):
+    target = tmp_path / "s.zarr"
+    assert not store.written_from(small_scene, target)  # nothing there
+    m3rcr_xr.to_zarr(small_scene, target)
+    assert store.written_from(small_scene, target)
+    assert not store.written_from(small_scene[["cloudy"]], target)
+    assert not store.written_from(m3rcr_xr.synthetic_scene((64, 80), seed=4), target)
+    store._set_attrs(store._Target.of(target), {store.COMPLETE: False})  # unfinished
+    assert not store.written_from(small_scene, target)
+
+
 @pytest.mark.filterwarnings("ignore:Object at README.txt is not recognized")
 def test_fsspec_destinations_follow_the_same_rules(small_scene):
     import fsspec
