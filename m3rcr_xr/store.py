@@ -1128,6 +1128,30 @@ def _clear(target: _Target) -> None:
     _remove(target, target.key("zarr.json"))
 
 
+def remove_store(
+    store: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Remove a store of this library, complete or not, as a replacement does: its own
+    arrays and its root (:func:`_clear`), nothing else in its folder, which goes too
+    when nothing else was in it; nothing there is left as it is, an empty folder removed.
+
+    Raises
+    ------
+    StoreError
+        Anything else there (a file, a folder of other files, a Zarr store of other
+        software), or another writer is writing the store.
+    """
+    target = _Target.of(store, storage_options)
+    state, doc = _inspect(target)
+    if state == "missing":
+        return
+    _refuse(target, state, doc, overwrite=True)
+    with _write_errors(target), _locked(target):
+        _clear(target)
+    if target.local and not os.listdir(target.path):
+        os.rmdir(target.path)
+
+
 def _remove(target: _Target, key: str) -> None:
     """Remove the file or folder ``key`` of the store and all under it, exactly that.
 
