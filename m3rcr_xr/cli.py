@@ -18,7 +18,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .exceptions import M3RCRError, SchemaError, UsageError, argument, command_line_names
+from .exceptions import (
+    M3RCRError,
+    SchemaError,
+    StoreError,
+    UsageError,
+    argument,
+    command_line_names,
+)
 
 if TYPE_CHECKING:
     import xarray
@@ -258,7 +265,7 @@ def _decloud(args: argparse.Namespace) -> int:
     from .cog import check_cog_destination, patch_file_names, to_cog
     from .inference import decloud
     from .schema import is_collection
-    from .store import check_apart, check_destination, open_zarr, to_zarr
+    from .store import check_apart, check_destination, is_complete, open_zarr, to_zarr
     from .weights.resolve import known_model
 
     config = _parse_config(args.config)  # arguments first, then the data
@@ -268,7 +275,10 @@ def _decloud(args: argparse.Namespace) -> int:
     # a registered name, a URL or "untrained" is no file the output could overlap
     local = [c for c in checkpoints if c and "://" not in c and Path(c).exists()]
     inputs = [args.input, *local]
-    check_destination(args.output, inputs=inputs, overwrite=args.overwrite)
+    # a complete store with --cog: a run cut off while it wrote the GeoTIFFs, perhaps;
+    # the store is taken as it is if it holds this run's data (_check_reused)
+    reused = bool(args.cog) and not args.overwrite and is_complete(args.output)
+    check_destination(args.output, inputs=inputs, overwrite=args.overwrite or reused)
     ds = open_zarr(args.input)
     collection = is_collection(ds)
     cogs = _decloud_cogs(args, collection)
@@ -301,14 +311,45 @@ def _decloud(args: argparse.Namespace) -> int:
         uncertainty=args.uncertainty,
     )
     result = result if isinstance(result, xr.Dataset) else result.to_dataset()
-    to_zarr(result, args.output, overwrite=args.overwrite, progress=True)
-    print(f"wrote {href.redacted(args.output)}")
+    if reused:
+        _check_reused(result, args.output, cogs)
+        print(f"{href.redacted(args.output)} is complete: writing the GeoTIFFs from it")
+    else:
+        to_zarr(result, args.output, overwrite=args.overwrite, progress=True)
+        print(f"wrote {href.redacted(args.output)}")
     if cogs:
         written = open_zarr(args.output)
         for variable, cog in cogs.items():
             to_cog(written[variable], cog, overwrite=args.overwrite)
             print(f"wrote {href.redacted(cog)}")
     return 0
+
+
+def _check_reused(result: xarray.Dataset, output: str, cogs: dict[str, str]) -> None:
+    """Refuse to write the GeoTIFFs from the complete store ``output`` unless it was
+    written from ``result``'s data (the same inputs and settings: the fingerprint
+    :func:`m3rcr_xr.to_zarr` keeps), saying how to write them from it as it is.
+
+    Raises
+    ------
+    StoreError
+        ``output`` holds other data.
+    """
+    from .href import redacted
+    from .store import written_from
+
+    if written_from(result, output):
+        return
+    name = redacted(output)
+    calls = "; ".join(
+        f"m3rcr_xr.to_cog(m3rcr_xr.open_zarr({name!r})[{variable!r}], {redacted(cog)!r})"
+        for variable, cog in cogs.items()
+    )
+    raise StoreError(
+        f"{name}: a complete store of other data exists (other inputs or settings than "
+        f"this run's); pass {argument('overwrite')} to replace it, or write the GeoTIFFs "
+        f"of the store as it is: {calls}"
+    )
 
 
 def std_cog_path(path: str, *, collection: bool = False) -> str:

@@ -21,7 +21,7 @@ import xarray as xr
 from .exceptions import UsageError, argument, check_integer
 from .inference import decloud
 from .metrics import evaluate, split_semantic, write_table
-from .store import folder_obstacle, is_complete, open_zarr, to_zarr
+from .store import folder_obstacle, is_complete, open_zarr, remove_store, to_zarr
 from .synthetic import SYNTHETIC_TITLE, synthetic_scene
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ OUTPUTS = {
     "metrics_by_class": "metrics_by_class.png",
     "semantic_figure": "semantic.png",
 }
+#: the outputs that are files: the tables and figures
+FILES = ("metrics", "semantic", "quicklook", "metrics_by_class", "semantic_figure")
 
 
 #: the root attribute of the stores the demo writes: only those it replaces
@@ -138,6 +140,19 @@ def _written_by_demo(store: Path, key: str) -> bool:
         return False  # no Zarr store, or not one of ours
 
 
+def _remove_earlier(out: Path) -> None:
+    """Remove an earlier run's decloud store and files (:data:`FILES`, by their exact
+    names) from the demo's own folder ``out``, accepted by :func:`_check_out`, before a
+    run writes its scene (which replaces the earlier one): a run cut off leaves no
+    output of another run beside its own. The store goes as a replacement would remove
+    it, its own arrays only."""
+    remove_store(out / OUTPUTS["decloud"])
+    for key in FILES:
+        path = out / OUTPUTS[key]
+        if path.is_file() or path.is_symlink():  # a link, not what it points to
+            path.unlink()
+
+
 def run_demo(
     out: str | Path, *, size: int = 2048, seed: int = DEMO_SEED, tta: str | None = DEMO_TTA
 ) -> dict[str, Path]:
@@ -145,6 +160,10 @@ def run_demo(
 
     ``tta`` (see :func:`m3rcr_xr.decloud`): with one, ``decloud.zarr`` holds
     ``decloud_std`` too and the quick-look shows it; None runs each tile once.
+
+    The outputs of an earlier run in ``out`` are removed before any is written, so that
+    a run cut off (Ctrl-C) leaves only its own: never its new scene beside the earlier
+    tables and figures.
 
     Raises
     ------
@@ -168,6 +187,7 @@ def run_demo(
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARK).touch()
+        _remove_earlier(out)
     except OSError as err:  # a folder that cannot be written: read-only, /proc...
         raise UsageError(
             f"{argument('out', str(out))}: cannot write there ({err.strerror})"

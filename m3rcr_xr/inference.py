@@ -230,10 +230,13 @@ class TileJob:
     resources: tuple[tuple[str, float], ...] | None = None
     output: BlockOutput = CLOUD_FREE
 
-    def __dask_tokenize__(self) -> tuple:
+    def __dask_tokenize__(self) -> object:
         # the tiles a forward pass takes and where the tasks run change no output: a
-        # write resumed with a smaller batch (out of GPU memory) is the same data
-        return (type(self).__name__, self.plan, self.members, self.tta, self.spread, self.output)
+        # write resumed with a smaller batch (out of GPU memory) is the same data.
+        # Normalised here: dask hashes what this returns as text, where the output's
+        # function would show its address, another in every process (no resume)
+        fields = (type(self).__name__, self.plan, self.members, self.tta, self.spread, self.output)
+        return dask.base.normalize_token(fields)
 
     @property
     def channels(self) -> int:

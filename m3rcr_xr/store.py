@@ -964,11 +964,9 @@ def to_zarr(
     target = _Target.of(store, storage_options)
     inputs = sources(ds)
     check_destination(store, inputs=inputs, overwrite=overwrite, storage_options=storage_options)
-    ds = _prepare(ds)
+    ds, identities, fingerprint = _identified(ds, inputs)
     dim = _write_dim(ds)
     steps = _steps(ds, dim)
-    identities = source_identities(inputs)
-    fingerprint = _fingerprint(ds, identities)
     unversioned = [source for source, (_, versioned) in identities.items() if not versioned]
     with _write_errors(target), _locked(target), _quiet_lock_listing():
         names = [str(name) for name in ds.variables]
@@ -1010,6 +1008,37 @@ def to_zarr(
                 _clear(target)
             raise
         _finish(target, ds)
+
+
+def _identified(
+    ds: xr.Dataset, inputs: Sequence[str]
+) -> tuple[xr.Dataset, dict[str, tuple[str, bool]], str]:
+    """``ds`` as :func:`to_zarr` writes it (:func:`_prepare`), the identities of its
+    ``inputs`` (:func:`sources`, taken before: the prepared variables no longer name
+    them) and the fingerprint :func:`to_zarr` keeps in the store."""
+    prepared = _prepare(ds)
+    identities = source_identities(inputs)
+    return prepared, identities, _fingerprint(prepared, identities)
+
+
+def written_from(
+    ds: xr.Dataset, store: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
+) -> bool:
+    """Whether ``store`` is a complete store that :func:`to_zarr` wrote from ``ds``'s
+    data: the fingerprint it keeps is the one :func:`to_zarr` computes for ``ds`` (the
+    same layout and inputs, none changed since). Reads metadata and listings only;
+    nothing of ``ds`` is computed but what :func:`to_zarr` computes before it writes
+    (coordinates, variables without the dim it writes along).
+
+    Raises
+    ------
+    StoreError
+        An input of ``ds`` out of reach.
+    """
+    state, doc = _inspect(_Target.of(store, storage_options))
+    if state != "complete" or doc is None:
+        return False
+    return doc["attributes"].get(FINGERPRINT) == _identified(ds, sources(ds))[2]
 
 
 def _plan(
@@ -1097,6 +1126,30 @@ def _clear(target: _Target) -> None:
         if target.local and os.path.isdir(folder) and not os.listdir(folder):
             os.rmdir(folder)
     _remove(target, target.key("zarr.json"))
+
+
+def remove_store(
+    store: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Remove a store of this library, complete or not, as a replacement does: its own
+    arrays and its root (:func:`_clear`), nothing else in its folder, which goes too
+    when nothing else was in it; nothing there is left as it is, an empty folder removed.
+
+    Raises
+    ------
+    StoreError
+        Anything else there (a file, a folder of other files, a Zarr store of other
+        software), or another writer is writing the store.
+    """
+    target = _Target.of(store, storage_options)
+    state, doc = _inspect(target)
+    if state == "missing":
+        return
+    _refuse(target, state, doc, overwrite=True)
+    with _write_errors(target), _locked(target):
+        _clear(target)
+    if target.local and not os.listdir(target.path):
+        os.rmdir(target.path)
 
 
 def _remove(target: _Target, key: str) -> None:

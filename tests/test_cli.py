@@ -802,6 +802,71 @@ def test_a_failed_cog_write_leaves_no_partial_file(scene_store, tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]  # no d.tif, no partial
 
 
+def test_a_run_cut_off_in_its_cogs_writes_them_from_its_complete_store(
+    scene_store, tmp_path, capsys, monkeypatch
+):
+    """Cut off after "wrote o.zarr" (a full disk here; Ctrl-C alike): the same command
+    again writes the GeoTIFFs from the store (it holds this run's data), without
+    running the network again or --overwrite."""
+    import rasterio
+
+    from m3rcr_xr import cog as cog_module
+
+    def cut_off(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out, cog, std = tmp_path / "o.zarr", tmp_path / "d.tif", tmp_path / "d_std.tif"
+    argv = [
+        "decloud",
+        str(scene_store),
+        str(out),
+        *UNTRAINED_SMALL,
+        *UNCERTAINTY,
+        "--cog",
+        str(cog),
+    ]
+    monkeypatch.setattr(cog_module, "_cog_graph", cut_off)
+    assert main(argv) == 2
+    assert store.is_complete(out) and not cog.exists() and not std.exists()
+    capsys.readouterr()
+    monkeypatch.undo()
+    before = snapshot(out)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the store was written again")
+
+    monkeypatch.setattr(store, "to_zarr", never)
+    assert main(argv) == 0
+    shown = capsys.readouterr().out
+    assert f"{out} is complete: writing the GeoTIFFs from it\nwrote {cog}\nwrote {std}\n" in shown
+    assert snapshot(out) == before
+    assert cog_validate(str(std), strict=True)[0]
+    with rasterio.open(cog) as f:
+        expected = m3rcr_xr.open_zarr(out)["decloud"].values
+        assert np.array_equal(f.read()[:, :48, :40], expected, equal_nan=True)
+
+
+def test_a_complete_store_of_other_settings_is_refused_saying_how_to_write_its_cogs(
+    scene_store, tmp_path, capsys
+):
+    out, cog = tmp_path / "o.zarr", tmp_path / "d.tif"
+    argv = ["decloud", str(scene_store), str(out), *UNTRAINED_SMALL]
+    assert main([*argv, "--tile", "32"]) == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    call = f"m3rcr_xr.to_cog(m3rcr_xr.open_zarr('{out}')['decloud'], '{cog}')"
+    _fails_alone(
+        capsys,
+        [*argv, "--tile", "16", "--cog", str(cog)],
+        f"{out}: a complete store of other data exists (other inputs or settings than this "
+        f"run's); pass --overwrite to replace it, or write the GeoTIFFs of the store as it "
+        f"is: {call}",
+        cog,
+    )
+    _fails_alone(capsys, [*argv, "--tile", "16"], "a complete store exists; pass --overwrite", cog)
+    assert snapshot(out) == before
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -1,5 +1,7 @@
+import contextlib
 import errno
 import os
+import types
 
 import pytest
 
@@ -162,6 +164,40 @@ def test_a_store_of_the_users_own_under_a_demo_name_is_refused(tmp_path, capsys,
     assert main(["demo", "--out", str(tmp_path), "--size", "16"]) == 2
     assert f"{store} is not a store the demo wrote" in capsys.readouterr().err
     assert snapshot(tmp_path) == before
+
+
+def _no_cluster():
+    """In place of local_cluster: a client-less context (the demo computes on threads)."""
+    client = contextlib.nullcontext(types.SimpleNamespace(dashboard_link="-"))
+    return contextlib.nullcontext(types.SimpleNamespace(get_client=lambda: client))
+
+
+def test_a_run_cut_off_leaves_nothing_of_the_earlier_run(tmp_path, monkeypatch):
+    """Ctrl-C once the new scene is written: the earlier run's decloud store, tables and
+    figures are gone (removed before it), not left beside the new scene; a file of the
+    user's in the folder stays."""
+    from m3rcr_xr import cluster, demo
+
+    (tmp_path / demo.MARK).touch()
+    earlier = m3rcr_xr.synthetic_scene((32, 32), seed=1).assign_attrs({demo.STAMP: 1})
+    m3rcr_xr.to_zarr(earlier, tmp_path / "scene.zarr")
+    estimate = earlier[["cloudfree"]].rename(cloudfree="decloud").astype("float32")
+    m3rcr_xr.to_zarr(estimate, tmp_path / "decloud.zarr")
+    for name in ("metrics.csv", "semantic.csv", "quicklook.png", "metrics_by_class.png"):
+        (tmp_path / name).write_text("of the earlier run")
+    (tmp_path / "semantic.png").symlink_to(tmp_path / "notes.txt")  # the link goes, not notes
+    (tmp_path / "notes.txt").write_text("mine")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cluster, "local_cluster", _no_cluster)
+    monkeypatch.setattr(demo, "decloud", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path, size=16, tta=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [demo.MARK, "notes.txt", "scene.zarr"]
+    assert m3rcr_xr.open_zarr(tmp_path / "scene.zarr").sizes["y"] == 16  # the new run's
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 @pytest.fixture(scope="module")

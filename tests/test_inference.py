@@ -1,5 +1,8 @@
 import pickle
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -403,6 +406,30 @@ def test_the_batch_size_and_resources_leave_the_data_the_same(small_checkpoint, 
     other = decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, tile=48, tta="flips")
     assert other.data.name != runs[0].data.name
     np.testing.assert_array_equal(runs[0].values, runs[1].values)
+
+
+#: the key of a small decloud, printed by another process
+KEY_ELSEWHERE = """
+import m3rcr_xr
+scene = m3rcr_xr.synthetic_scene((40, 40), seed=1)
+print(m3rcr_xr.decloud(scene, checkpoint="untrained", config={"preset": "small"}).data.name)
+"""
+
+
+def test_the_decloud_keys_are_the_same_in_every_process():
+    """They make a decloud store's fingerprint: a run started again after a Ctrl-C (a new
+    process) finds the same, to resume the store or write its GeoTIFFs from it. Each
+    process used to hash the address of the output's function into them."""
+    scene = m3rcr_xr.synthetic_scene((40, 40), seed=1)
+    here = decloud(scene, checkpoint="untrained", config=SMALL).data.name
+    there = subprocess.run(
+        [sys.executable, "-c", KEY_ELSEWHERE],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert there.stdout.split()[-1] == here
 
 
 def test_tile_counts_count_each_tile_once_per_device(small_checkpoint):

@@ -373,6 +373,34 @@ def test_overwrite_replaces_only_the_stores_own_keys(tmp_path, small_scene):
     )
 
 
+def test_written_from_is_a_complete_store_of_the_same_data(tmp_path, small_scene):
+    target = tmp_path / "s.zarr"
+    assert not store.written_from(small_scene, target)  # nothing there
+    m3rcr_xr.to_zarr(small_scene, target)
+    assert store.written_from(small_scene, target)
+    assert not store.written_from(small_scene[["cloudy"]], target)
+    assert not store.written_from(m3rcr_xr.synthetic_scene((64, 80), seed=4), target)
+    store._set_attrs(store._Target.of(target), {store.COMPLETE: False})  # unfinished
+    assert not store.written_from(small_scene, target)
+
+
+@pytest.mark.filterwarnings("ignore:Object at README.txt is not recognized")
+def test_remove_store_removes_only_the_stores_own_keys(tmp_path, small_scene):
+    kept, gone = tmp_path / "kept.zarr", tmp_path / "gone.zarr"
+    for target in (kept, gone):
+        m3rcr_xr.to_zarr(small_scene, target)
+    (kept / "README.txt").write_text("mine")
+    store.remove_store(kept)
+    store.remove_store(gone)
+    assert os.listdir(kept) == ["README.txt"] and not gone.exists()
+    store.remove_store(gone)  # nothing there: nothing to do
+    folder = user_folder(tmp_path / "mine")
+    before = snapshot(folder)
+    with pytest.raises(m3rcr_xr.StoreError, match="is a folder of other files"):
+        store.remove_store(folder)
+    assert snapshot(folder) == before
+
+
 @pytest.mark.filterwarnings("ignore:Object at README.txt is not recognized")
 def test_fsspec_destinations_follow_the_same_rules(small_scene):
     import fsspec
