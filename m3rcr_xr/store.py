@@ -1132,8 +1132,8 @@ def remove_store(
     store: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
 ) -> None:
     """Remove a store of this library, complete or not, as a replacement does: its own
-    arrays and its root (:func:`_clear`), nothing else in its folder, which goes too
-    when nothing else was in it; nothing there is left as it is, an empty folder removed.
+    arrays and root metadata (:func:`_clear`), nothing else; a local folder left empty
+    goes too. Nothing there is nothing to do.
 
     Raises
     ------
