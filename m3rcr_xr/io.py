@@ -766,19 +766,24 @@ def _oriented_like(array: xr.DataArray, optical: xr.DataArray) -> xr.DataArray:
 
 
 def _check_same_grid(
-    array: xr.DataArray | GeoBox, optical: xr.DataArray | GeoBox, path: PathType
+    array: xr.DataArray | GeoBox,
+    optical: xr.DataArray | GeoBox,
+    path: PathType,
+    reference: str = "cloudy's",
 ) -> None:
     """Refuse ``array`` (a layer, or a file's grid) unless it has ``optical``'s CRS,
-    shape and transform, ``path`` naming it."""
+    shape and transform, ``path`` naming it and ``reference`` naming ``optical``."""
     (crs, shape, transform), (optical_crs, optical_shape, optical_transform) = (
         _grid(array),
         _grid(optical),
     )
     if crs != optical_crs:
-        raise AlignmentError(f"{path}: CRS {crs} differs from cloudy's {optical_crs}")
+        raise AlignmentError(f"{path}: CRS {crs} differs from {reference} {optical_crs}")
     if shape != optical_shape or not transform.almost_equals(optical_transform, precision=1e-6):
         raise AlignmentError(
-            f"{path}: grid differs from cloudy's (shape {shape}, transform {tuple(transform)[:6]})"
+            f"{path}: grid differs from {reference} (shape {shape}, transform "
+            f"{tuple(transform)[:6]}; {reference}: shape {optical_shape}, transform "
+            f"{tuple(optical_transform)[:6]})"
         )
 
 

@@ -17,8 +17,9 @@ The asset layouts it knows (:data:`ASSETS`; any name can be overridden with
     name, as :func:`m3rcr_xr.io.band_order` does for ``open_quartet``; unnamed, by
     position.
 ``ortho_udm2``
-    PlanetScope's usable data mask (8 bands), read when every optical item has it: it
-    gives ``cloudmask`` and the optical nodata, and is not kept in the scene. Its file
+    PlanetScope's usable data mask (8 bands), read when every optical item in the scene
+    has it (items outside a ``bbox`` are left out): it gives ``cloudmask`` and the
+    optical nodata, and is not kept in the scene. Its file
     must lie on its optical file's grid, as ``open_quartet`` requires.
 ``vv``, ``vh``
     Sentinel-1 RTC backscatter in linear power, converted to dB (``10 log10``; powers
@@ -35,7 +36,8 @@ A scale/offset in a file's header counts as declared where the item declares non
 the item declares must agree with the header's (unless that is 1, 0), else is refused.
 
 Items need the ``proj`` extension (a CRS, ``proj:shape`` and ``proj:transform``):
-it gives each item's grid without opening its files. Each asset's header and last
+it gives each item's grid without opening its files; an optical asset's must be its
+file's grid. Each asset's header and last
 block are still read once at open time, so that a missing, unreachable or truncated
 file fails now, naming it, not half-way through a write.
 """
@@ -264,27 +266,63 @@ def _degrees(extent: Geometry) -> str:
     return ", ".join(f"{value:.5f}" for value in extent.to_crs("EPSG:4326").boundingbox)
 
 
-def _check_in_bbox(
-    items: Sequence[pystac.Item], geoboxes: Sequence[GeoBox], bbox: Any, region: Geometry
-) -> None:
-    """Refuse a ``bbox`` (``region`` in the scene's CRS) that misses the optical items,
-    or one of them, naming it and where the items lie in degrees."""
-    missed = [
-        (item, geobox)
-        for item, geobox in zip(items, geoboxes, strict=True)
-        if not geobox.extent.to_crs(region.crs).intersects(region)  # type: ignore[arg-type]
-    ]
-    if len(missed) == len(items):
+def _check_in_bbox(geoboxes: Sequence[GeoBox], bbox: Any, region: Geometry) -> None:
+    """Refuse a ``bbox`` (``region`` in the scene's CRS) that misses all the optical
+    items, naming where they lie in degrees (those it misses among others are left out
+    by :func:`_overlapping`)."""
+    if not any(_overlaps(geobox, region) for geobox in geoboxes):
         raise AlignmentError(
             f"{argument('bbox', bbox)}: does not overlap the optical items (their extent in "
             f"degrees, west, south, east, north: {_degrees(_union(geoboxes, 'EPSG:4326'))})"
         )
-    if missed:
-        item, geobox = missed[0]
+
+
+def _overlaps(geobox: GeoBox, region: Geometry) -> bool:
+    """Whether ``geobox`` shares an area with ``region``: an edge alone gives no pixel."""
+    extent = geobox.extent.to_crs(region.crs)  # type: ignore[arg-type]
+    return extent.intersects(region) and not extent.touches(region)
+
+
+def _overlapping(
+    items: Sequence[pystac.Item], asset_name: str, scene: GeoBox, layer: str
+) -> list[pystac.Item]:
+    """The items whose ``asset_name`` overlaps the scene; the others (a search over a
+    larger area than ``bbox``) give it no pixel and are left out, logged at INFO.
+
+    Raises
+    ------
+    AlignmentError
+        None of them overlaps the scene, naming them and where they lie in degrees.
+    """
+    geoboxes = [item_geobox(item, asset_name) for item in items]
+    inside = [_overlaps(geobox, scene.extent) for geobox in geoboxes]
+    if not any(inside):
         raise AlignmentError(
-            f"STAC item {item.id!r}: does not overlap {argument('bbox', bbox)} (its extent "
-            f"in degrees, west, south, east, north: {_degrees(geobox.extent)})"
+            f"{layer} STAC item{'s' * (len(items) > 1)} {_ids(items)}: none overlaps the "
+            f"scene's extent (in degrees, west, south, east, north: theirs "
+            f"{_degrees(_union(geoboxes, 'EPSG:4326'))}, the scene's {_degrees(scene.extent)})"
         )
+    outside = [item for item, kept in zip(items, inside, strict=True) if not kept]
+    if outside:
+        log.info(
+            "%d %s STAC item(s) left out, outside the scene's extent: %s",
+            len(outside),
+            layer,
+            _ids(outside),
+        )
+    return [item for item, kept in zip(items, inside, strict=True) if kept]
+
+
+def _ids(items: Sequence[pystac.Item], shown: int = 5) -> str:
+    """The ids of ``items``, the first ``shown`` of them and how many more.
+
+    Examples
+    --------
+    >>> _ids([pystac.Item(f"s{i}", None, None, "2020-07-01T00:00:00Z", {}) for i in range(7)], 2)
+    "'s0', 's1' and 5 more"
+    """
+    ids = ", ".join(repr(item.id) for item in items[:shown])
+    return ids + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def _check_bbox(bbox: Any) -> tuple[float, float, float, float] | None:
@@ -370,8 +408,9 @@ def optical_geobox(
     InputFileError
         An item without the asset or its ``proj`` fields.
     AlignmentError
-        ``bbox`` misses the items, or one of them; without ``bbox``, an item that
-        overlaps none of the items before it.
+        ``bbox`` misses all the items (those it misses among others are left to
+        :func:`_overlapping`); without ``bbox``, an item that overlaps none of the items
+        before it.
     """
     _check_crs(crs)
     checked = _check_bbox(bbox)
@@ -386,7 +425,7 @@ def optical_geobox(
         resolution = abs(first.to_crs(target).resolution.x) if geographic else 3.0
     if checked is not None:
         region = box(*checked, "EPSG:4326").to_crs(target)
-        _check_in_bbox(items, geoboxes, bbox, region)
+        _check_in_bbox(geoboxes, bbox, region)
     else:
         region = _union(geoboxes, target)
         for index, item in enumerate(items[1:], start=1):
@@ -637,6 +676,19 @@ def _check_udm2_grids(
         _check_same_grid(_north_up(mask.grid), _north_up(image.grid), where)
 
 
+def _check_proj_grids(
+    items: Sequence[pystac.Item], asset_name: str, headers: Sequence[_Header]
+) -> None:
+    """Refuse an optical asset whose file's grid (CRS, shape, transform; either may be
+    stored south-up) is not the one its ``proj`` fields give: the scene's grid is built
+    from those fields, while odc-stac reads the pixels where the file says they lie, so
+    the scene's extent would be off (cut short, or an edge of empty fill)."""
+    for item, header in zip(items, headers, strict=True):
+        where = f"{header.location}: STAC item {item.id!r} asset {asset_name!r}"
+        declared = _north_up(item_geobox(item, asset_name))
+        _check_same_grid(_north_up(header.grid), declared, where, "its proj fields'")
+
+
 def _north_up(grid: GeoBox) -> GeoBox:
     """The same pixels on a north-up grid (rows in the other order where stored south-up)."""
     return grid.flipy() if grid.transform.e > 0 else grid
@@ -860,6 +912,7 @@ def _optical(
     """The optical mosaic and, with ``udm2``, the UDM2 of the same items (each pixel's
     bands all from one item, :func:`_first_valid_index`), and the files read."""
     headers = _prepared(items, names["optical"], len(BANDS), "optical")
+    _check_proj_grids(items, names["optical"], headers)
     _check_reflectance(items, names["optical"])
     orders = [_optical_order(i, names["optical"], h) for i, h in zip(items, headers, strict=True)]
     bands = _band_names(names["optical"], len(BANDS))
@@ -895,7 +948,6 @@ def _coarse(
     share the scene's CRS (else on the scene's); the declared nodata in ``_FillValue``."""
     sources = [h.location for name in asset_names for h in _prepared(items, name, 1, dim)]
     geoboxes = [item_geobox(item, asset_names[0]) for item in items]
-    _check_overlap(items, geoboxes, scene.extent)
     native = _coarse_geobox(geoboxes, scene)
     loaded = yx_dims(_load(items, list(asset_names), native or scene, chunks, **kwargs))
     return _stack(loaded, asset_names, dim), native, sources
@@ -1077,7 +1129,9 @@ def open_stac(
     bbox
         (west, south, east, north) in degrees (EPSG:4326, whatever ``crs`` is), west
         below east; default: the optical items' extent. A box across the antimeridian
-        (west > east, as STAC writes one) is refused: split it at 180 degrees.
+        (west > east, as STAC writes one) is refused: split it at 180 degrees. Items
+        outside the scene (those of a search over a larger area) are left out, logged
+        at INFO with their ids.
     crs
         CRS of the scene, projected or geographic; default: the first optical item's.
     resolution
@@ -1097,9 +1151,9 @@ def open_stac(
     -------
     xr.Dataset
         A scene: ``cloudy``, and ``sar``, ``landcover`` when their items are given;
-        ``cloudmask`` from the UDM2 when every optical item has that asset (its
-        unusable pixels become optical nodata, 0 in ``cloudy``). ``encoding["source"]`` lists
-        the files read.
+        ``cloudmask`` from the UDM2 when every optical item in the scene has that asset
+        (its unusable pixels become optical nodata, 0 in ``cloudy``).
+        ``encoding["source"]`` lists the files read (not those of items left out).
 
     Raises
     ------
@@ -1121,9 +1175,12 @@ def open_stac(
         A server refused access to the JSON or an asset (HTTP 401, 403: for a presigned
         URL, its signature may have expired).
     AlignmentError
-        ``bbox`` misses the optical items, or one of them; an item overlaps neither the
-        scene nor the other optical items, or its grid is rotated; a UDM2 file is not on
-        its optical file's grid (CRS, shape, transform).
+        ``bbox`` misses all the optical items (items it misses among others are left
+        out, logged at INFO; so are SAR and land-cover items outside the scene, and
+        none of a layer's inside is refused); without ``bbox``, an optical item overlaps
+        none of the items before it; an item's grid is rotated; an optical file is not
+        on the grid its item's ``proj`` fields give, or a UDM2 file not on its optical
+        file's grid (CRS, shape, transform).
 
     Examples
     --------
@@ -1141,6 +1198,7 @@ def open_stac(
     scene = optical_geobox(
         optical_list, names["optical"], bbox=bbox, crs=crs, resolution=resolution
     )
+    optical_list = _overlapping(optical_list, names["optical"], scene, "optical")
     without = [item for item in optical_list if names["udm2"] not in item.assets]
     if without and assets and "udm2" in assets:  # asked for by name: its absence is an error
         _asset(without[0], names["udm2"])
@@ -1148,15 +1206,16 @@ def open_stac(
     layers: dict[str, xr.DataArray] = {"cloudy": optical}
     if udm2 is not None:
         layers["udm2"] = udm2
-    for given, opener, name in (
-        (sar_items, _sar, "sar"),
-        (landcover_items, _landcover, "landcover"),
+    for given, opener, name, asset in (
+        (sar_items, _sar, "sar", "vv"),
+        (landcover_items, _landcover, "landcover", "landcover"),
     ):
         if given is None:
             continue
         items = read_items(given)
         if not items:
             raise InputFileError(f"{given}: no STAC items found for {name}")
+        items = _overlapping(items, names[asset], scene, name)
         layers[name], found = opener(items, names, scene, optical, stac_chunks)
         sources += found
     ds = _assemble(layers, optical)

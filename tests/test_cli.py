@@ -1060,6 +1060,29 @@ def test_ingest_names_the_argument_that_is_wrong(
     assert not dest.exists()
 
 
+def test_ingest_of_a_larger_search_with_a_bbox_leaves_the_items_outside_out(
+    stac_json, tmp_path, capsys
+):
+    """`m3rcr ingest ITEMS.json --bbox` of a search over a larger area: the item outside
+    the bbox is left out, named in the log (before: refused, "STAC item 'far': does not
+    overlap bbox=...")."""
+    import pystac
+
+    from tests.test_stac import far_items
+
+    planet = pystac.Item.from_file(str(stac_json["planet"]))
+    far = far_items(tmp_path, stac_json)["optical"]
+    pystac.ItemCollection([planet, far]).save_object(dest_href=str(tmp_path / "search.json"))
+    dest, west, south, east, north = tmp_path / "area.zarr", *planet.bbox
+    bbox = [str(v) for v in (west, south, east, north)]
+    assert main(["-v", "ingest", str(tmp_path / "search.json"), str(dest), "--bbox", *bbox]) == 0
+    err = capsys.readouterr().err
+    assert "1 optical STAC item(s) left out, outside the scene's extent: 'far'" in err
+    alone = stac_item("planet", {"ortho_analytic_4b_sr": stac_json["cloudy"]})
+    expected = m3rcr_xr.open_stac([alone], bbox=planet.bbox, chunks=None)
+    xr.testing.assert_equal(m3rcr_xr.open_zarr(dest).compute(), expected)
+
+
 def test_ingest_help_lists_the_options_of_each_source(capsys):
     with pytest.raises(SystemExit):
         main(["ingest", "--help"])

@@ -300,7 +300,9 @@ def test_items_that_do_not_overlap_are_refused(files, tmp_path):
     write_raster(tmp_path / "vh.tif", _read(files["vh"]), far, ZONE32)
     sar = stac_item("far-s1", {"vv": tmp_path / "vv.tif", "vh": tmp_path / "vh.tif"})
     optical = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
-    with pytest.raises(AlignmentError, match="STAC item 'far-s1': does not overlap"):
+    with pytest.raises(
+        AlignmentError, match="sar STAC item 'far-s1': none overlaps the scene's extent"
+    ):
         m3rcr_xr.open_stac([optical], sar_items=[sar])
     with pytest.raises(
         AlignmentError,
@@ -310,15 +312,58 @@ def test_items_that_do_not_overlap_are_refused(files, tmp_path):
         m3rcr_xr.open_stac([optical], bbox=(0.0, 0.0, 0.1, 0.1))
 
 
-def test_a_bbox_that_misses_one_of_the_items_names_it(files, tmp_path):
-    far = Affine(3, 0, 800_000, 0, -3, 4_985_010)
-    write_raster(tmp_path / "far.tif", _read(files["cloudy"]), far, ZONE32, nodata=0)
-    items = [
-        stac_item("near", {"ortho_analytic_4b_sr": files["cloudy"]}),
-        stac_item("far", {"ortho_analytic_4b_sr": tmp_path / "far.tif"}),
+def far_items(tmp_path: Path, files: dict[str, Path]) -> dict[str, pystac.Item]:
+    """Items of each layer 65 km east of the scene's files: optical without a UDM2."""
+    far, coarse = Affine(3, 0, 800_000, 0, -3, 4_985_010), Affine(10, 0, 800_000, 0, -10, 4_985_010)
+    paths = {"far.tif": ("cloudy", far), "far-vv.tif": ("vv", coarse)}
+    paths |= {"far-vh.tif": ("vh", coarse), "far-map.tif": ("landcover", coarse)}
+    for name, (layer, transform) in paths.items():
+        nodata = 0 if layer == "cloudy" else None
+        write_raster(tmp_path / name, _read(files[layer]), transform, ZONE32, nodata=nodata)
+    return {
+        "optical": stac_item("far", {"ortho_analytic_4b_sr": tmp_path / "far.tif"}),
+        "sar": stac_item("far-s1", {"vv": tmp_path / "far-vv.tif", "vh": tmp_path / "far-vh.tif"}),
+        "landcover": stac_item("far-wc", {"map": tmp_path / "far-map.tif"}),
+    }
+
+
+def test_items_outside_a_bbox_are_left_out(files, tmp_path, caplog):
+    """The items of a search over a larger area than ``bbox``: those outside it give no
+    pixel and are left out, logged (before: "STAC item 'far': does not overlap bbox=..."
+    for the optical ones, "does not overlap the scene's extent" for SAR and land cover).
+    A far optical item without a UDM2 does not take the cloud mask from the scene, and
+    its files are no source of it (the store's fingerprint)."""
+    near = {
+        "optical": stac_item(
+            "near", {"ortho_analytic_4b_sr": files["cloudy"], "ortho_udm2": files["udm2"]}
+        ),
+        "sar": stac_item("s1", {"vv": files["vv"], "vh": files["vh"]}),
+        "landcover": stac_item("wc", {"map": files["landcover"]}),
+    }
+    far = far_items(tmp_path, files)
+    bbox = list(near["optical"].bbox)
+
+    def scene(layers: dict[str, list[pystac.Item]]) -> xr.Dataset:
+        return m3rcr_xr.open_stac(
+            layers["optical"],
+            sar_items=layers["sar"],
+            landcover_items=layers["landcover"],
+            bbox=bbox,
+            assets={"udm2": "ortho_udm2"},  # asked for by name: a far item lacks it
+            chunks=None,
+        )
+
+    with caplog.at_level("INFO", logger="m3rcr_xr.stac"):
+        mixed = scene({name: [item, far[name]] for name, item in near.items()})
+    alone = scene({name: [item] for name, item in near.items()})
+    xr.testing.assert_identical(mixed, alone)
+    assert "cloudmask" in mixed
+    assert mixed.encoding["source"] == alone.encoding["source"]
+    logged = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert logged == [
+        f"1 {name} STAC item(s) left out, outside the scene's extent: '{far[name].id}'"
+        for name in ("optical", "sar", "landcover")
     ]
-    with pytest.raises(AlignmentError, match=r"STAC item 'far': does not overlap bbox=\["):
-        stac.optical_geobox(items, "ortho_analytic_4b_sr", bbox=list(items[0].bbox))
 
 
 @pytest.mark.parametrize(
@@ -1016,3 +1061,39 @@ def test_a_udm2_in_another_crs_is_refused_and_one_stored_south_up_read(files, tm
     item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"], "ortho_udm2": other_crs})
     with pytest.raises(AlignmentError, match="asset 'ortho_udm2': CRS EPSG:32633 differs"):
         m3rcr_xr.open_stac([item])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        (
+            "proj:transform",
+            [3, 0, 734_988, 0, -3, 4_985_010],  # 4 pixels west of the file
+            r"grid differs from its proj fields' \(shape \(96, 96\), transform \(3.0, 0.0, "
+            r"735000.0, 0.0, -3.0, 4985010.0\); its proj fields': shape \(96, 96\), "
+            r"transform \(3.0, 0.0, 734988.0, 0.0, -3.0, 4985010.0\)\)",
+        ),
+        ("proj:shape", [96, 100], r"grid differs .* its proj fields': shape \(96, 100\)"),
+        ("proj:code", "EPSG:32633", "CRS EPSG:32632 differs from its proj fields' EPSG:32633"),
+    ],
+)
+def test_an_optical_asset_off_its_items_proj_grid_is_refused(files, field, value, match):
+    """The scene's grid is built from the proj fields, while odc-stac reads the pixels
+    where the file says: 4 pixels off, the scene's first 4 columns were empty fill and
+    the file's last 4 cut off. Refused, naming the file, item and asset and both grids."""
+    item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
+    item.properties[field] = value
+    prefix = re.escape(f"{files['cloudy']}: STAC item 'p' asset 'ortho_analytic_4b_sr': ")
+    with pytest.raises(AlignmentError, match=prefix + match):
+        m3rcr_xr.open_stac([item])
+
+
+def test_proj_fields_north_up_for_a_file_stored_south_up_are_its_grid(files, tmp_path):
+    """The same pixels, the proj fields' lines in the other order: the same grid (as
+    for a UDM2), read as the file stores them."""
+    south_up = _south_up(tmp_path, files["cloudy"], tmp_path / "cloudy_s.tif")
+    item = stac_item("p", {"ortho_analytic_4b_sr": south_up})
+    item.properties["proj:transform"] = list(OPTICAL)[:6]
+    scene = m3rcr_xr.open_stac([item], chunks=None)
+    assert scene.rio.transform() == OPTICAL
+    np.testing.assert_array_equal(scene["cloudy"].values, _read(files["cloudy"]))
