@@ -781,9 +781,8 @@ def _check_same_grid(
         raise AlignmentError(f"{path}: CRS {crs} differs from {reference} {optical_crs}")
     if shape != optical_shape or not transform.almost_equals(optical_transform, precision=1e-6):
         raise AlignmentError(
-            f"{path}: grid differs from {reference} (shape {shape}, transform "
-            f"{tuple(transform)[:6]}; {reference}: shape {optical_shape}, transform "
-            f"{tuple(optical_transform)[:6]})"
+            f"{path}: grid (shape {shape}, transform {tuple(transform)[:6]}) differs from "
+            f"{reference} (shape {optical_shape}, transform {tuple(optical_transform)[:6]})"
         )
 
 

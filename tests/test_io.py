@@ -631,7 +631,7 @@ def test_a_geotiff_cloudmask_must_lie_on_the_optical_grid(tmp_path):
     assert ds.cloudmask.values[:10].all() and not ds.cloudmask.values[10:].any()
     east = OPTICAL_GRID * Affine.translation(300, 0)
     for path, match in [
-        (_mask_on(tmp_path, "east.tif", east), "east.tif: grid differs from cloudy's"),
+        (_mask_on(tmp_path, "east.tif", east), "east.tif: grid .* differs from cloudy's"),
         (_mask_on(tmp_path, "utm33.tif", OPTICAL_GRID, "EPSG:32633"), "utm33.tif: CRS EPSG:32633"),
     ]:
         with pytest.raises(m3rcr_xr.AlignmentError, match=match):
