@@ -231,18 +231,17 @@ def refused_status(err: BaseException) -> HTTPStatus | None:
     True
     """
     aiohttp = sys.modules.get("aiohttp")
-    for link in _chain(err):
+    links = list(_chain(err))
+    for link in links:  # a status the server sent, first
         if aiohttp and isinstance(link, aiohttp.ClientResponseError):
             status = link.status
         elif found := _GDAL_STATUS.search(str(link)):
             status = int(found["status"])
-        elif isinstance(link, PermissionError):
-            status = HTTPStatus.FORBIDDEN
         else:
             continue
-        if status in _REFUSED:
-            return HTTPStatus(status)
-    return None
+        return HTTPStatus(status) if status in _REFUSED else None
+    refused = any(isinstance(link, PermissionError) for link in links)
+    return HTTPStatus.FORBIDDEN if refused else None
 
 
 def is_presigned(url: PathType) -> bool:

@@ -110,10 +110,12 @@ def test_ingest_a_refused_url_exits_2_saying_access_was_refused(
     """An expired presigned URL (S3's 403) or one without credentials (401), given or
     an item's asset: one line naming it, without its signature; nothing written."""
     monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
-    cloudy = write_optical(tmp_path / "cloudy.tif", np.ones((4, 30, 30), np.uint16))
+    # a name of each case's own: GDAL caches a URL's answer, and the port may be reused
+    name = f"cloudy-{status}-{source[0]}.tif"
+    cloudy = write_optical(tmp_path / name, np.ones((4, 30, 30), np.uint16))
     dest = tmp_path / "never.zarr"
     with serve_directory(tmp_path, query=PRESIGNED, refuse=status) as url:
-        src = f"{url}/cloudy.tif?{EXPIRED}"
+        src = f"{url}/{name}?{EXPIRED}"
         if source == "STAC asset":
             item = stac_item("p1", {"ortho_analytic_4b_sr": cloudy})
             item.assets["ortho_analytic_4b_sr"].href = src
@@ -122,7 +124,7 @@ def test_ingest_a_refused_url_exits_2_saying_access_was_refused(
         assert main(["ingest", src, str(dest)]) == 2
     line = _one_error_line(
         capsys,
-        f"{url}/cloudy.tif?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=...&",
+        f"{url}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=...&",
         f"cannot be read: access refused (HTTP {status} {phrase}); the URL is presigned: "
         "its signature may have expired",
     )

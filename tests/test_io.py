@@ -789,24 +789,24 @@ def test_a_refused_raster_mask_or_file_list_is_access_denied_not_missing(
     """An expired presigned URL (S3's 403) or one without credentials (401): each reader
     says access was refused, naming the file and its role; a 404 is still missing."""
     monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
-    write_optical(tmp_path / "cloudy.tif", _reflectance("uint16"))
+    # a name of each case's own: GDAL caches a URL's answer, and the port may be reused
+    name = f"cloudy-{status}.tif"
+    write_optical(tmp_path / name, _reflectance("uint16"))
     np.save(tmp_path / "mask.npy", np.eye(30, dtype=bool))
     refused = f"cannot be read: access refused \\(HTTP {status} {phrase}\\)"
     expired = "; the URL is presigned: its signature may have expired$"
     with serve_directory(tmp_path, query=PRESIGNED, refuse=status) as url:
-        cloudy, mask = f"{url}/cloudy.tif?{PRESIGNED}", f"{url}/mask.npy?{EXPIRED}"
+        cloudy, mask = f"{url}/{name}?{PRESIGNED}", f"{url}/mask.npy?{EXPIRED}"
         for call, needle in [
-            (lambda: m3rcr_xr.open_quartet(f"{url}/cloudy.tif?{EXPIRED}"), f"cloudy {refused}"),
+            (lambda: m3rcr_xr.open_quartet(f"{url}/{name}?{EXPIRED}"), f"cloudy {refused}"),
             (lambda: m3rcr_xr.open_quartet(cloudy, cloudmask=mask), f"cloudmask {refused}"),
             (lambda: read_filelist(f"{url}/list.csv?{EXPIRED}"), f"file list {refused}"),
         ]:
             with pytest.raises(m3rcr_xr.AccessDeniedError, match=needle + expired) as err:
                 call()
             assert_no_credential(err.value)
-        with pytest.raises(
-            m3rcr_xr.AccessDeniedError, match=f"^{url}/cloudy.tif: cloudy {refused}$"
-        ):
-            m3rcr_xr.open_quartet(f"{url}/cloudy.tif")  # not presigned: nothing to expire
+        with pytest.raises(m3rcr_xr.AccessDeniedError, match=f"^{url}/{name}: cloudy {refused}$"):
+            m3rcr_xr.open_quartet(f"{url}/{name}")  # not presigned: nothing to expire
         gone = f"{url}/gone.npy?{PRESIGNED}"
         with pytest.raises(m3rcr_xr.MissingFileError, match="gone.npy.*: cloudmask file does not"):
             m3rcr_xr.open_quartet(cloudy, cloudmask=gone)

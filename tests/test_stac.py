@@ -189,12 +189,14 @@ def test_a_refused_item_or_asset_is_access_denied(files, tmp_path, monkeypatch, 
     """An expired presigned URL (S3's 403) or one without credentials (401), of the item
     JSON or of an asset: access refused, naming it without its credentials."""
     monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
-    (tmp_path / "cloudy.tif").write_bytes(files["cloudy"].read_bytes())
+    # a name of each case's own: GDAL caches a URL's answer, and the port may be reused
+    name = f"cloudy-{status}.tif"
+    (tmp_path / name).write_bytes(files["cloudy"].read_bytes())
     item = stac_item("expired", {"ortho_analytic_4b_sr": files["cloudy"]})
     (tmp_path / "planet.json").write_text(json.dumps(item.to_dict()))
     refused = f"cannot be read: access refused \\(HTTP {status} {phrase}\\); the URL is presigned"
     with serve_directory(tmp_path, query=PRESIGNED, refuse=status) as url:
-        item.assets["ortho_analytic_4b_sr"].href = f"{url}/cloudy.tif?{EXPIRED}"
+        item.assets["ortho_analytic_4b_sr"].href = f"{url}/{name}?{EXPIRED}"
         for expired, what in [
             (f"{url}/planet.json?{EXPIRED}", "STAC JSON"),
             ([item], "STAC item 'expired' asset 'ortho_analytic_4b_sr'"),
