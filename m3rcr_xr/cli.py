@@ -148,7 +148,7 @@ def _scheduler_client(args: argparse.Namespace) -> contextlib.AbstractContextMan
 
 #: the ``ingest`` options each kind of source takes (any other given is refused)
 INGEST_FLAGS = {
-    "STAC items": ("sar", "landcover", "bbox", "crs"),
+    "STAC items": ("sar", "landcover", "bbox", "crs", "sar_unit"),
     "a split folder": ("align",),
     "a file-list CSV": ("root", "align"),
     "a cloudy GeoTIFF": ("cloudfree", "sar", "landcover", "cloudmask", "udm2_classes", "align"),
@@ -192,8 +192,14 @@ def _ingest(args: argparse.Namespace) -> int:
     if kind == "STAC items":
         from .stac import open_stac
 
+        unit = {"sar_unit": args.sar_unit} if args.sar_unit else {}  # else open_stac's
         ds = open_stac(
-            source, sar_items=args.sar, landcover_items=args.landcover, bbox=args.bbox, crs=args.crs
+            source,
+            sar_items=args.sar,
+            landcover_items=args.landcover,
+            bbox=args.bbox,
+            crs=args.crs,
+            **unit,
         )
     elif kind == "a split folder":
         ds = open_m3rcr(source, **align)
@@ -513,6 +519,12 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         help="STAC: the scene's extent in degrees (default: the optical items')",
     )
     p.add_argument("--crs", help="STAC: the scene's CRS (default: the first optical item's)")
+    p.add_argument(
+        "--sar-unit",
+        choices=("power", "dB"),
+        help="STAC: what the --sar items' vv, vh assets hold: linear power (default; "
+        "converted to dB) or dB",
+    )
     p.add_argument(
         "--align",
         choices=("coords", "shape"),

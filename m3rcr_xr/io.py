@@ -558,7 +558,8 @@ def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod)
         array = array.where(array != nodata)
     # NaN and +-inf are holes (fill_nan_with_mean), as is a value beyond float32's range
     array = apply_scaling(array.astype("float32"), scaling, "band")
-    array = check_sar_unit(array, "dB", f"{path}: sar").rename(band="polarization")
+    array = check_sar_unit(array, "dB", f"{path}: sar", "convert it to dB")
+    array = array.rename(band="polarization")
     array = array.assign_coords(polarization=list(POLARIZATIONS))
     if align == "shape":  # as the published loader: one mean over the resampled image
         aligned = fill_nan_with_mean(align_to(array, optical, method=align), per_band=False)
@@ -568,15 +569,19 @@ def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod)
     return aligned
 
 
-def check_sar_unit(array: xr.DataArray, unit: str, source: str) -> xr.DataArray:
+def check_sar_unit(array: xr.DataArray, unit: str, source: str, hint: str = "") -> xr.DataArray:
     """``array`` (SAR in ``unit``: ``"dB"`` or ``"power"``, linear), each chunk checked
-    when it is read (lazily, as the optical values are) by :func:`_check_sar_chunk`."""
-    return _map_blocks(_check_sar_chunk, array, "float32", unit=unit, source=source)
+    when it is read (lazily, as the optical values are) by :func:`_check_sar_chunk`;
+    ``hint`` ends its error (what to do: convert, or the argument that reads the other
+    unit), made now: chunks are read in other threads, where :func:`argument` would not
+    name an argument as the caller did (``--sar-unit dB`` on the command line)."""
+    return _map_blocks(_check_sar_chunk, array, "float32", unit=unit, source=source, hint=hint)
 
 
-def _check_sar_chunk(values: np.ndarray, unit: str, source: str) -> np.ndarray:
+def _check_sar_chunk(values: np.ndarray, unit: str, source: str, hint: str = "") -> np.ndarray:
     """``values`` (one chunk of SAR), unless they are plainly in the other unit than
-    ``unit``: then :class:`InputFileError` naming ``source`` and the values found.
+    ``unit``: then :class:`InputFileError` naming ``source`` and the values found,
+    ``hint`` after them where given.
 
     Each reader assumes one unit, and a file in the other reads without any error into
     a scene of constants: dB read as power is below the power floor everywhere (-50 dB);
@@ -598,13 +603,14 @@ def _check_sar_chunk(values: np.ndarray, unit: str, source: str) -> np.ndarray:
     finite = values[np.isfinite(values)]
     if finite.size < SAR_UNIT_MIN_VALUES:
         return values
+    hint = f"; {hint}" if hint else ""
     if unit == "power":
         negative = np.count_nonzero(finite <= -1)
         if negative > finite.size / 2:
             raise InputFileError(
                 f"{source}: {negative} of the {finite.size} finite values of a chunk are "
                 f"-1 or less (found {finite.min():g} to {finite.max():g}): this is "
-                "backscatter in dB, not the linear power expected (never negative)"
+                f"backscatter in dB, not the linear power expected (never negative){hint}"
             )
     elif (
         finite.min() >= 0
@@ -615,7 +621,7 @@ def _check_sar_chunk(values: np.ndarray, unit: str, source: str) -> np.ndarray:
             f"{source}: all {finite.size} finite values of a chunk lie in "
             f"[0, {LINEAR_POWER_MAX:g}] (found {finite.min():g} to {finite.max():g}): this "
             "is linear power, not the backscatter in dB expected (10 log10 of power, "
-            "-25 to -5 over land); convert it to dB"
+            f"-25 to -5 over land){hint}"
         )
     return values
 

@@ -25,7 +25,8 @@ The asset layouts it knows (:data:`ASSETS`; any name can be overridden with
     Sentinel-1 RTC backscatter in linear power, converted to dB (``10 log10``; powers
     at or below :data:`SAR_POWER_FLOOR` become :data:`SAR_DB_FLOOR`, -50 dB). A chunk
     mostly negative (dB, not power) raises :class:`InputFileError` when read
-    (:func:`m3rcr_xr.io.check_sar_unit`).
+    (:func:`m3rcr_xr.io.check_sar_unit`). Assets in dB are read as they are with
+    ``sar_unit="dB"``; then a chunk of linear power is refused.
 ``map``
     ESA WorldCover class codes.
 
@@ -44,6 +45,7 @@ file fails now, naming it, not half-way through a write.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -115,6 +117,8 @@ UDM2_BANDS = 8
 #: linear SAR power at or below this (zeros included) is taken as this value: -50 dB
 SAR_POWER_FLOOR = 1e-5
 SAR_DB_FLOOR = 10 * math.log10(SAR_POWER_FLOOR)
+#: what SAR assets may hold (``sar_unit=``): linear power (converted to dB) or dB
+SAR_UNITS = ("power", "dB")
 #: asset headers read at once when an open checks them (remote reads wait on the network)
 HEADER_THREADS = 8
 
@@ -973,17 +977,26 @@ def _on_scene(array: xr.DataArray, native: GeoBox | None, optical: xr.DataArray,
     return align_to(array, optical, method="coords", fill=fill)
 
 
-def _sar(items, assets: Mapping[str, str], scene: GeoBox, optical: xr.DataArray, chunks: Any):
-    power, native, sources = _coarse(
+def _sar(
+    items,
+    assets: Mapping[str, str],
+    scene: GeoBox,
+    optical: xr.DataArray,
+    chunks: Any,
+    *,
+    unit: str,
+):
+    stored, native, sources = _coarse(
         items, [assets["vv"], assets["vh"]], scene, chunks, "polarization", dtype="float32"
     )
-    crs, nodata = power.rio.crs, power.attrs["_FillValue"]
+    crs, nodata = stored.rio.crs, stored.attrs["_FillValue"]
     if nodata is not None and not np.isnan(nodata):  # declared nodata: holes, as NaN
-        power = power.where(power != nodata)
+        stored = stored.where(stored != nodata)
     scaling = [_layer_scaling(items, assets[name]) for name in ("vv", "vh")]
-    power = apply_scaling(power, scaling, "polarization")  # stored scaled: raw * scale + offset
-    power = _checked_power(power, [assets["vv"], assets["vh"]], items, sources)
-    array = to_db(power).assign_coords(polarization=list(POLARIZATIONS)).rename("sar")
+    stored = apply_scaling(stored, scaling, "polarization")  # stored scaled: raw * scale + offset
+    stored = _checked_unit(stored, unit, [assets["vv"], assets["vh"]], items, sources)
+    array = to_db(stored) if unit == "power" else stored
+    array = array.assign_coords(polarization=list(POLARIZATIONS)).rename("sar")
     array = array.rio.write_crs(crs)
     # holes only inside the items: odc-stac's empty fill beyond them (a gap between two
     # items, the window's edge) is no measurement, and stays NaN rather than the mean;
@@ -995,19 +1008,41 @@ def _sar(items, assets: Mapping[str, str], scene: GeoBox, optical: xr.DataArray,
     return _rechunk_like(aligned, optical), sources
 
 
-def _checked_power(
-    power: xr.DataArray, asset_names: Sequence[str], items: Sequence[pystac.Item], hrefs: list[str]
+def _checked_unit(
+    sar: xr.DataArray,
+    unit: str,
+    asset_names: Sequence[str],
+    items: Sequence[pystac.Item],
+    hrefs: list[str],
 ) -> xr.DataArray:
-    """``power`` (polarization, y, x), each polarization's chunks checked when read to
-    hold linear power, not dB (:func:`m3rcr_xr.io.check_sar_unit`); an error names the
-    asset and its files (``hrefs``: each asset's, one per item, in turn)."""
+    """``sar`` (polarization, y, x), each polarization's chunks checked when read to
+    hold ``unit`` (:data:`SAR_UNITS`), not the other (:func:`m3rcr_xr.io.check_sar_unit`);
+    an error names the asset, its files (``hrefs``: each asset's, one per item, in turn)
+    and the ``sar_unit`` that reads the other unit."""
     ids = ", ".join(repr(item.id) for item in items)
+    other = SAR_UNITS[1 - SAR_UNITS.index(unit)]
+    hint = f"pass {argument('sar_unit', other)} if the assets hold {other}"
     checked = []
     for index, name in enumerate(asset_names):
         files = ", ".join(hrefs[index * len(items) : (index + 1) * len(items)])
         source = f"{files}: STAC item{'s' * (len(items) > 1)} {ids} asset {name!r}"
-        checked.append(check_sar_unit(power.isel(polarization=[index]), "power", source))
+        checked.append(check_sar_unit(sar.isel(polarization=[index]), unit, source, hint))
     return xr.concat(checked, "polarization")
+
+
+def _check_sar_unit_argument(sar_unit: Any) -> None:
+    """:class:`UsageError` unless ``sar_unit`` is one of :data:`SAR_UNITS`.
+
+    Examples
+    --------
+    >>> _check_sar_unit_argument("dB")
+    >>> _check_sar_unit_argument("db")
+    Traceback (most recent call last):
+    ...
+    m3rcr_xr.exceptions.UsageError: sar_unit='db': must be power or dB
+    """
+    if sar_unit not in SAR_UNITS:
+        raise UsageError(f"{argument('sar_unit', sar_unit)}: must be {' or '.join(SAR_UNITS)}")
 
 
 def _covered(items: Sequence[pystac.Item], asset_name: str, like: xr.DataArray) -> xr.DataArray:
@@ -1107,6 +1142,7 @@ def open_stac(
     chunks: Any = "auto",
     assets: Mapping[str, str] | None = None,
     udm2_classes: Sequence[str] | None = None,
+    sar_unit: str = "power",
 ) -> xr.Dataset:
     """Open a scene from STAC items: PlanetScope optical, Sentinel-1 RTC, WorldCover.
 
@@ -1121,7 +1157,7 @@ def open_stac(
         other CRSs (UTM zones) are reprojected onto one, items stored south-up onto the
         north-up grid of the same pixels.
     sar_items, landcover_items
-        Sentinel-1 RTC items (``vv``, ``vh`` in linear power) and WorldCover items
+        Sentinel-1 RTC items (``vv``, ``vh``, in ``sar_unit``) and WorldCover items
         (``map``), in the same forms; optional. SAR is NaN where no item reaches (a gap
         between items, beyond them; on the items' own grid, the edge value half a 10 m
         pixel beyond their outer edge, as ``align="coords"``); its holes inside the
@@ -1146,6 +1182,11 @@ def open_stac(
     udm2_classes
         The UDM2 classes that count as cloud (see :func:`m3rcr_xr.cloudmask.udm2_cloudmask`);
         refused when the optical items have no ``udm2`` asset, where they would be ignored.
+    sar_unit
+        What the ``vv``, ``vh`` assets hold (after their ``raster:bands`` scale/offset):
+        ``"power"`` (linear; converted to dB, powers at or below
+        :data:`SAR_POWER_FLOOR` taken as -50 dB) or ``"dB"`` (read as it is; the
+        operational deliveries and some catalogues).
 
     Returns
     -------
@@ -1159,7 +1200,8 @@ def open_stac(
     ------
     UsageError
         ``crs`` is not a CRS, ``resolution`` not a positive number, ``bbox`` not four
-        numbers in degrees with south below north and west below east.
+        numbers in degrees with south below north and west below east, ``sar_unit`` not
+        ``"power"`` or ``"dB"``.
     InputFileError
         The JSON or an asset cannot be read; an item lacks an asset asked for, or the
         ``proj`` fields (CRS, shape, transform); an asset has the wrong band count, or
@@ -1169,8 +1211,9 @@ def open_stac(
         land-cover layer declare different scales/offsets; an optical asset's band names
         (the item's or its file's) do not name each band once, or the item's and its
         file's disagree; an asset declares another scale/offset than its file's header
-        (where that is not 1, 0). When a chunk is read: SAR assets holding dB, not
-        linear power (:func:`m3rcr_xr.io.check_sar_unit`).
+        (where that is not 1, 0). When a chunk is read: SAR assets holding dB where
+        ``sar_unit`` is ``"power"``, or linear power where it is ``"dB"``
+        (:func:`m3rcr_xr.io.check_sar_unit`).
     AccessDeniedError
         A server refused access to the JSON or an asset (HTTP 401, 403: for a presigned
         URL, its signature may have expired).
@@ -1192,6 +1235,7 @@ def open_stac(
     stac_chunks = _stac_chunks(chunks)
     _check_crs(crs)
     _check_bbox(bbox)
+    _check_sar_unit_argument(sar_unit)
     optical_list = read_items(optical_items)
     if not optical_list:
         raise InputFileError(f"{optical_items}: no STAC items found")
@@ -1207,7 +1251,7 @@ def open_stac(
     if udm2 is not None:
         layers["udm2"] = udm2
     for given, opener, name, asset in (
-        (sar_items, _sar, "sar", "vv"),
+        (sar_items, functools.partial(_sar, unit=sar_unit), "sar", "vv"),
         (landcover_items, _landcover, "landcover", "landcover"),
     ):
         if given is None:

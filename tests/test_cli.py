@@ -1003,6 +1003,7 @@ def test_your_own_area_from_stac_to_a_cog(tmp_path, capsys):
         ("list.csv", ["--cloudfree", "f.tif"], ["--cloudfree f.tif: not with a file-list CSV"]),
         ("items.json", ["--align", "shape"], ["--align shape: not with STAC items", "GeoTIFF)"]),
         ("items.json", ["--cloudmask", "m.npy"], ["--cloudmask m.npy: not with STAC items"]),
+        ("c.tif", ["--sar-unit", "dB"], ["--sar-unit dB: not with a cloudy", "only with STAC"]),
     ],
 )
 def test_ingest_refuses_a_flag_its_source_would_ignore(tmp_path, capsys, source, flags, needles):
@@ -1085,11 +1086,30 @@ def test_ingest_of_a_larger_search_with_a_bbox_leaves_the_items_outside_out(
     xr.testing.assert_equal(m3rcr_xr.open_zarr(dest).compute(), expected)
 
 
+def test_ingest_of_stac_sar_in_db_with_sar_unit_db(stac_json, tmp_path, capsys):
+    """`--sar-unit dB`: vv/vh assets in dB are read as they are; without it they are
+    refused when read, the message naming `--sar-unit dB` (before: no such option)."""
+    from tests.test_stac import db_assets
+
+    (tmp_path / "s1_db.json").write_text(
+        json.dumps(stac_item("s1", db_assets(tmp_path, stac_json)).to_dict())
+    )
+    args = ["ingest", str(stac_json["planet"]), "--sar", str(tmp_path / "s1_db.json")]
+    assert main([*args, str(tmp_path / "power.zarr")]) == 2
+    _one_error_line(capsys, "asset 'v", "not the linear power expected", "pass --sar-unit dB if")
+    assert main([*args, str(tmp_path / "db.zarr"), "--sar-unit", "dB"]) == 0
+    power = stac_item("s1", {"vv": stac_json["vv"], "vh": stac_json["vh"]})
+    optical = stac_item("planet", {"ortho_analytic_4b_sr": stac_json["cloudy"]})
+    expected = m3rcr_xr.open_stac([optical], sar_items=[power])["sar"].values
+    sar = m3rcr_xr.open_zarr(tmp_path / "db.zarr")["sar"].values
+    np.testing.assert_allclose(sar, expected, rtol=0, atol=1e-5)
+
+
 def test_ingest_help_lists_the_options_of_each_source(capsys):
     with pytest.raises(SystemExit):
         main(["ingest", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "with STAC items: --sar, --landcover, --bbox, --crs;" in out
+    assert "with STAC items: --sar, --landcover, --bbox, --crs, --sar-unit;" in out
     assert "with a cloudy GeoTIFF: --cloudfree, --sar, --landcover, --cloudmask, --udm2" in out
 
 

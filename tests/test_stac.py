@@ -19,7 +19,7 @@ from odc.geo.geobox import GeoBox
 from rasterio import open as rasterio_open
 
 import m3rcr_xr
-from m3rcr_xr import stac
+from m3rcr_xr import stac, store
 from m3rcr_xr.cli import main
 from m3rcr_xr.exceptions import AlignmentError, InputFileError, UsageError
 from m3rcr_xr.testing import raise_if_dask_computes, serve_directory, stac_item
@@ -845,6 +845,7 @@ def test_sar_assets_holding_db_are_refused_when_read_not_floored(tmp_path, files
     item = stac_item("s1", {"vv": vv, "vh": files["vh"]})
     optical = stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})
     message = rf"{vv}: STAC item 's1' asset 'vv': (\d+) of the \1 finite values of a chunk are"
+    message += r".*not the linear power expected \(never negative\); pass sar_unit='dB' if the "
     if chunks is None:
         with pytest.raises(InputFileError, match=message):
             m3rcr_xr.open_stac([optical], sar_items=[item], chunks=None)
@@ -853,6 +854,96 @@ def test_sar_assets_holding_db_are_refused_when_read_not_floored(tmp_path, files
         scene = m3rcr_xr.open_stac([optical], sar_items=[item], chunks=chunks)
     with pytest.raises(InputFileError, match=message):
         scene["sar"].compute()
+
+
+def db_assets(root: Path, files: dict[str, Path]) -> dict[str, Path]:
+    """vv and vh in dB: the quartet's SAR file (``files["sar"]``), one band each."""
+    with rasterio_open(files["sar"]) as src:
+        db = src.read()
+    return {
+        pol: write_raster(root / f"{pol}_db.tif", db[index : index + 1], COARSE, ZONE32)
+        for index, pol in enumerate(("vv", "vh"))
+    }
+
+
+@pytest.mark.parametrize("chunks", [None, 16])
+def test_sar_assets_in_db_are_read_as_they_are_with_sar_unit_db(tmp_path, files, quartet, chunks):
+    """sar_unit="dB": no conversion, the quartet's SAR as open_quartet reads its dB file
+    (before: refused as dB, not the linear power expected); lazily."""
+    optical = stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})
+    item = stac_item("s1", db_assets(tmp_path, files))
+    with raise_if_dask_computes() if chunks else nullcontext():
+        scene = m3rcr_xr.open_stac([optical], sar_items=[item], chunks=chunks, sar_unit="dB")
+    np.testing.assert_allclose(scene["sar"].values, quartet["sar"].values, rtol=0, atol=1e-5)
+    assert scene["sar"].dtype == np.float32 and scene["sar"].attrs == quartet["sar"].attrs
+
+
+def test_sar_in_db_stored_scaled_is_scaled_with_sar_unit_db(tmp_path, files):
+    """dB x100 stored as int16, scale 0.01 in raster:bands: -12 and -20.5 dB."""
+    paths = {
+        pol: write_raster(
+            tmp_path / f"{pol}.tif", np.full((1, 30, 30), raw, np.int16), COARSE, ZONE32
+        )
+        for pol, raw in (("vv", -1200), ("vh", -2050))
+    }
+    item = stac_item("s1", paths)
+    for pol in paths:
+        _declare(item, pol, data_type="int16", scale=0.01, offset=0)
+    optical = stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})
+    scene = m3rcr_xr.open_stac([optical], sar_items=[item], sar_unit="dB")
+    np.testing.assert_allclose(scene["sar"].values[:, 0, 0], [-12, -20.5], atol=1e-4)
+
+
+@pytest.mark.parametrize("chunks", [None, 16])
+def test_linear_power_given_as_db_is_refused_when_read(files, chunks):
+    """Power read as dB is about 0 dB everywhere: refused as open_quartet refuses it,
+    naming the asset and sar_unit='power'."""
+    optical = stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})
+    item = stac_item("s1", {"vv": files["vv"], "vh": files["vh"]})
+    message = (
+        rf"{files['vv'].parent}/v[vh].tif: STAC item 's1' asset 'v[vh]': all \d+ finite values "
+        r"of a chunk lie in \[0, 1.5\].*-5 over land\); pass sar_unit='power' if the assets "
+        "hold power$"
+    )
+    with pytest.raises(InputFileError, match=message):
+        m3rcr_xr.open_stac([optical], sar_items=[item], chunks=chunks, sar_unit="dB").compute()
+
+
+@pytest.mark.parametrize("unit", ["db", "", None, "linear"])
+def test_a_sar_unit_other_than_power_or_db_is_refused_before_any_item_is_read(unit):
+    with pytest.raises(UsageError, match=rf"^sar_unit={unit!r}: must be power or dB$"):
+        m3rcr_xr.open_stac("/nonexistent/items.json", sar_unit=unit)
+
+
+def test_a_store_written_with_one_sar_unit_is_not_resumed_with_the_other(
+    tmp_path, files, monkeypatch
+):
+    """The same files read in the other unit are other data: the write cut off with
+    sar_unit="dB" is refused with "power" (the default), and resumed with "dB"."""
+    optical = stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})
+    item = stac_item("s1", db_assets(tmp_path, files))
+    write_step, target = store._write_step, tmp_path / "s.zarr"
+
+    def disk_went_away(ds, where, dim, region, show=False):
+        if region.start:  # after the first step is written and recorded
+            raise OSError("disk went away")
+        write_step(ds, where, dim, region, show)
+
+    def scene(**unit) -> xr.Dataset:
+        return m3rcr_xr.open_stac([optical], sar_items=[item], chunks=32, **unit)
+
+    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)  # three steps of 32 rows
+    with m3rcr_xr.set_options(scene_chunk=32):
+        with monkeypatch.context() as patch:
+            patch.setattr(store, "_write_step", disk_went_away)
+            with pytest.raises(OSError, match="disk went away"):
+                m3rcr_xr.to_zarr(scene(sar_unit="dB"), target)
+        before = snapshot(target)
+        with pytest.raises(m3rcr_xr.StoreError, match="an unfinished store of other data"):
+            m3rcr_xr.to_zarr(scene(), target)
+        assert snapshot(target) == before
+        m3rcr_xr.to_zarr(scene(sar_unit="dB"), target)  # the same data: resumed
+    xr.testing.assert_equal(m3rcr_xr.open_zarr(target).compute(), scene(sar_unit="dB").compute())
 
 
 @pytest.mark.parametrize("quartet", ["train_quartet", "test_quartet"])
