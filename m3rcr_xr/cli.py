@@ -36,9 +36,12 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 #: what an interrupted command leaves, by command (a store is resumed, never mixed)
 RESUMING = {
-    command: "; what was written is kept: run the same command again to go on"
-    for command in ("ingest", "decloud", "demo")
-} | {"train": "; a run goes on from its last checkpoint (--checkpoint-every N) with --resume"}
+    command: "; what was written is kept: the same command (without --overwrite) goes on"
+    for command in ("ingest", "decloud")
+} | {
+    "demo": "; run it again to start over",
+    "train": "; a run goes on from its last checkpoint (--checkpoint-every N) with --resume",
+}
 #: file suffixes of the files the commands write besides their stores
 COG_SUFFIXES = (".tif", ".tiff")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")
@@ -342,14 +345,16 @@ def _check_reused(result: xarray.Dataset, output: str, cogs: dict[str, str]) -> 
         ``output`` holds other data.
     """
     from .href import redacted
-    from .store import written_from
+    from .store import open_zarr, written_from
 
     if written_from(result, output):
         return
     name = redacted(output)
+    held = open_zarr(output).data_vars
     calls = "; ".join(
         f"m3rcr_xr.to_cog(m3rcr_xr.open_zarr({name!r})[{variable!r}], {redacted(cog)!r})"
         for variable, cog in cogs.items()
+        if variable in held
     )
     raise StoreError(
         f"{name}: a complete store of other data exists (other inputs or settings than "
@@ -589,7 +594,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         _check_config(_classifier(args.classifier, classifier_config)[0], classifier_config)
     stores = _open_stores(args.store)
-    if args.pred not in stores.data_vars and len(args.store) == 1:  # the decloud store left out
+    left_out = args.pred == "decloud" and len(args.store) == 1  # the decloud store, perhaps
+    if left_out and args.pred not in stores.data_vars:
         raise SchemaError(
             f"{argument('pred', args.pred)}: {args.store[0]} has no variable {args.pred!r} "
             f"(it has {sorted(map(str, stores.data_vars))}); give the store that holds the "

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import xarray as xr
 
-from .exceptions import UsageError, argument, check_integer
+from .exceptions import StoreError, UsageError, argument, check_integer
 from .inference import decloud
-from .metrics import evaluate, split_semantic, write_table
+from .metrics import check_table_replaceable, evaluate, split_semantic, write_table
 from .store import folder_obstacle, is_complete, open_zarr, remove_store, to_zarr
 from .synthetic import SYNTHETIC_TITLE, synthetic_scene
 
@@ -118,6 +118,11 @@ def _check_out(out: Path) -> None:
         raise UsageError(
             f"{flag}: {out} holds files the demo did not write; choose a new or empty folder"
         )
+    for key in ("metrics", "semantic"):  # removed before a run (_remove_earlier): ours only
+        try:
+            check_table_replaceable(out / OUTPUTS[key])
+        except StoreError as err:
+            raise UsageError(f"{flag}: {err}") from err
 
 
 def _written_by_demo(store: Path, key: str) -> bool:

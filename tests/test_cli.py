@@ -151,7 +151,8 @@ def test_console_script_runs():
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
-        (["decloud", "s.zarr", "d.zarr"], "; what was written is kept: run the same command"),
+        (["decloud", "s.zarr", "d.zarr"], "; what was written is kept: the same command"),
+        (["demo"], "; run it again to start over"),
         (["info", "s.zarr"], ""),
     ],
 )
@@ -865,6 +866,10 @@ def test_a_complete_store_of_other_settings_is_refused_saying_how_to_write_its_c
         f"is: {call}",
         cog,
     )
+    # with --uncertainty: the store holds no decloud_std, so no call of it is offered
+    assert main([*argv, "--tile", "32", "--tta", "flips", "--uncertainty", "--cog", str(cog)]) == 2
+    said = capsys.readouterr().err
+    assert said.endswith(f"as it is: {call}\n") and "decloud_std" not in said
     _fails_alone(capsys, [*argv, "--tile", "16"], "a complete store exists; pass --overwrite", cog)
     assert snapshot(out) == before
 

@@ -132,7 +132,7 @@ def test_the_demos_own_folder_is_taken_again(tmp_path, made_by):
         (tmp_path / MARK).touch()
         (tmp_path / "notes.txt").write_text("added by hand")
     m3rcr_xr.to_zarr(scene, tmp_path / "scene.zarr")
-    (tmp_path / "metrics.csv").write_text("PSNR\n")
+    (tmp_path / "metrics.csv").write_text("stratum,landcover_class,PSNR\n")
     _check_out(tmp_path)  # no error
 
 
@@ -183,7 +183,9 @@ def test_a_run_cut_off_leaves_nothing_of_the_earlier_run(tmp_path, monkeypatch):
     m3rcr_xr.to_zarr(earlier, tmp_path / "scene.zarr")
     estimate = earlier[["cloudfree"]].rename(cloudfree="decloud").astype("float32")
     m3rcr_xr.to_zarr(estimate, tmp_path / "decloud.zarr")
-    for name in ("metrics.csv", "semantic.csv", "quicklook.png", "metrics_by_class.png"):
+    for name in ("metrics.csv", "semantic.csv"):  # tables of an earlier run
+        (tmp_path / name).write_text("stratum,landcover_class,PSNR\nall,all,30\n")
+    for name in ("quicklook.png", "metrics_by_class.png"):
         (tmp_path / name).write_text("of the earlier run")
     (tmp_path / "semantic.png").symlink_to(tmp_path / "notes.txt")  # the link goes, not notes
     (tmp_path / "notes.txt").write_text("mine")
@@ -237,3 +239,17 @@ def test_a_figure_that_fails_to_draw_is_closed(tmp_path, tiny_result):
     with pytest.raises(m3rcr_xr.SchemaError, match="no 'confusion' variable"):
         _figures(scene, result.drop_vars("confusion"), tmp_path)
     assert plt.get_fignums() == before
+
+
+@pytest.mark.parametrize("table", ["metrics.csv", "semantic.csv"])
+def test_a_table_of_the_users_own_under_a_demo_name_is_refused(tmp_path, capsys, table):
+    """A run removes the earlier run's tables before it writes: a file of the user's of
+    that name, in the demo's own folder, is refused first and kept."""
+    from m3rcr_xr.demo import MARK
+
+    (tmp_path / MARK).touch()
+    (tmp_path / table).write_text("my own numbers")
+    before = snapshot(tmp_path)
+    assert main(["demo", "--out", str(tmp_path), "--size", "16"]) == 2
+    assert f"{table}: is not a table m3rcr_xr wrote" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before

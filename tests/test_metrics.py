@@ -329,7 +329,9 @@ def test_cli_prints_the_table_and_writes_csv_and_json(tmp_path, capsys):
     assert written["attrs"]["n_nodata_pixels"] == expected.attrs["n_nodata_pixels"]
     assert len(written["rows"]) == 3 * 8
     assert cli.main(["evaluate", str(store), "--pred", "nope"]) == 2
-    assert "scene.zarr has no variable 'nope' (it has [" in capsys.readouterr().err
+    said = capsys.readouterr().err  # a name mistyped: no hint of a store left out
+    assert "--pred nope: variable 'nope' is missing from the dataset (have [" in said
+    assert "DECLOUD.zarr" not in said
 
 
 def test_on_a_distributed_cluster_errors_and_values_come_back():
