@@ -521,14 +521,21 @@ def _optical(path: PathType, name: str, chunks: Any) -> xr.DataArray:
 
 def _check_reflectance_scaling(array: xr.DataArray, path: PathType, name: str) -> None:
     """Refuse an optical file whose header scale/offset make its values anything but
-    reflectance x10000 as stored (:func:`is_reflectance_x10000`)."""
+    reflectance x10000 as stored (:func:`check_reflectance`)."""
     for scale, offset in header_scaling(array):
-        if not is_reflectance_x10000(scale, offset):
-            raise InputFileError(
-                f"{path}: {name} declares scale {scale:g}, offset {offset:g} in its header "
-                "(value = raw x scale + offset); the optical layer must store reflectance "
-                "x10000 (scale 1 or 0.0001, offset 0)"
-            )
+        check_reflectance(scale, offset, f"{path}: {name} declares", "in its header")
+
+
+def check_reflectance(scale: float, offset: float, what: str, where: str) -> None:
+    """Refuse optical values stored with a scale/offset that make them anything but
+    reflectance x10000 (:func:`is_reflectance_x10000`): the library would otherwise
+    guess at their meaning; ``what`` and ``where`` name the file and the metadata."""
+    if not is_reflectance_x10000(scale, offset):
+        raise InputFileError(
+            f"{what} scale {scale:g}, offset {offset:g} {where} (value = raw x scale + "
+            "offset); the optical layer must store reflectance x10000 (scale 1 or 0.0001, "
+            "offset 0)"
+        )
 
 
 def describe_optical(array: xr.DataArray, name: str) -> xr.DataArray:

@@ -92,9 +92,9 @@ from .io import (
     _spatial_chunks,
     apply_scaling,
     band_order,
+    check_reflectance,
     check_sar_unit,
     describe_optical,
-    is_reflectance_x10000,
     landcover_attrs,
     names_any,
     sar_attrs,
@@ -603,12 +603,8 @@ def _check_reflectance(items: Sequence[pystac.Item], asset_name: str) -> None:
     reflectance; offset 0): the library would otherwise guess at their meaning."""
     for item in items:
         for scale, offset in _scaling(item, asset_name):
-            if not is_reflectance_x10000(scale, offset):
-                raise InputFileError(
-                    f"STAC item {item.id!r} asset {asset_name!r}: scale {scale:g}, offset "
-                    f"{offset:g} in its band metadata (or its file's header); the optical "
-                    "layer must store reflectance x10000 (scale 1 or 0.0001, offset 0)"
-                )
+            where = "in its band metadata (or its file's header)"
+            check_reflectance(scale, offset, f"STAC item {item.id!r} asset {asset_name!r}:", where)
 
 
 def _prepared(
