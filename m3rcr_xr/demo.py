@@ -51,7 +51,9 @@ def _figures(scene: xr.Dataset, result: xr.Dataset, out: Path) -> dict[str, Path
         "semantic_figure": lambda: _semantic_figure(result),
     }
     return {
-        key: save_and_close(draw(), out / OUTPUTS[key], dpi=100, bbox_inches="tight")
+        key: save_and_close(
+            draw(), out / OUTPUTS[key], dpi=100, bbox_inches="tight", metadata=FIGURE_STAMP
+        )
         for key, draw in figures.items()
     }
 
@@ -84,6 +86,8 @@ OUTPUTS = {
 }
 #: the outputs that are files: the tables and figures
 FILES = ("metrics", "semantic", "quicklook", "metrics_by_class", "semantic_figure")
+#: the PNG text the demo writes into its figures: only figures holding it are replaced
+FIGURE_STAMP = {"Source": "m3rcr_xr demo"}
 
 
 #: the root attribute of the stores the demo writes: only those it replaces
@@ -96,7 +100,9 @@ def _check_out(out: Path) -> None:
     The demo replaces its outputs in its own folder (marked by :data:`MARK`; a folder of
     an earlier version holds the demo's outputs only). Its stores there are replaced only
     when the demo wrote them (:func:`_written_by_demo`): a store of the user's own named
-    ``scene.zarr`` is refused, marked folder or not. A new or empty folder is taken.
+    ``scene.zarr`` is refused, marked folder or not, and so are a table or a figure of
+    the user's under a demo name (tables :func:`write_table` did not write, figures
+    without :data:`FIGURE_STAMP`). A new or empty folder is taken.
     """
     flag = argument("out", str(out))
     if out.exists() and not out.is_dir():
@@ -118,11 +124,19 @@ def _check_out(out: Path) -> None:
         raise UsageError(
             f"{flag}: {out} holds files the demo did not write; choose a new or empty folder"
         )
-    for key in ("metrics", "semantic"):  # removed before a run (_remove_earlier): ours only
+    # the files are removed before a run (_remove_earlier): ours only
+    for key in ("metrics", "semantic"):
         try:
             check_table_replaceable(out / OUTPUTS[key])
         except StoreError as err:
             raise UsageError(f"{flag}: {err}") from err
+    for key in ("quicklook", "metrics_by_class", "semantic_figure"):
+        figure = out / OUTPUTS[key]
+        if (figure.exists() or figure.is_symlink()) and not _is_demo_figure(figure):
+            raise UsageError(
+                f"{flag}: {figure} is not a figure the demo wrote; remove it yourself "
+                "or choose a new or empty folder"
+            )
 
 
 def _written_by_demo(store: Path, key: str) -> bool:
@@ -145,6 +159,20 @@ def _written_by_demo(store: Path, key: str) -> bool:
         return False  # no Zarr store, or not one of ours
 
 
+def _is_demo_figure(path: Path) -> bool:
+    """Whether ``path`` is a PNG file (not a link) holding :data:`FIGURE_STAMP`."""
+    from PIL import Image
+
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with Image.open(path) as image:
+            text = image.info  # the PNG's text chunks before its pixels
+            return all(text.get(key) == value for key, value in FIGURE_STAMP.items())
+    except (OSError, ValueError, SyntaxError):  # no image, or a broken one
+        return False
+
+
 def _remove_earlier(out: Path) -> None:
     """Remove an earlier run's decloud store and files (:data:`FILES`, by their exact
     names) from the demo's own folder ``out``, accepted by :func:`_check_out`, before a
@@ -153,9 +181,7 @@ def _remove_earlier(out: Path) -> None:
     it, its own arrays only."""
     remove_store(out / OUTPUTS["decloud"])
     for key in FILES:
-        path = out / OUTPUTS[key]
-        if path.is_file() or path.is_symlink():  # a link, not what it points to
-            path.unlink()
+        (out / OUTPUTS[key]).unlink(missing_ok=True)
 
 
 def run_demo(

@@ -185,9 +185,8 @@ def test_a_run_cut_off_leaves_nothing_of_the_earlier_run(tmp_path, monkeypatch):
     m3rcr_xr.to_zarr(estimate, tmp_path / "decloud.zarr")
     for name in ("metrics.csv", "semantic.csv"):  # tables of an earlier run
         (tmp_path / name).write_text("stratum,landcover_class,PSNR\nall,all,30\n")
-    for name in ("quicklook.png", "metrics_by_class.png"):
-        (tmp_path / name).write_text("of the earlier run")
-    (tmp_path / "semantic.png").symlink_to(tmp_path / "notes.txt")  # the link goes, not notes
+    for name in ("quicklook.png", "metrics_by_class.png", "semantic.png"):
+        _png(tmp_path / name, demo.FIGURE_STAMP)  # figures of an earlier run
     (tmp_path / "notes.txt").write_text("mine")
 
     def interrupted(*args, **kwargs):
@@ -253,3 +252,44 @@ def test_a_table_of_the_users_own_under_a_demo_name_is_refused(tmp_path, capsys,
     assert main(["demo", "--out", str(tmp_path), "--size", "16"]) == 2
     assert f"{table}: is not a table m3rcr_xr wrote" in capsys.readouterr().err
     assert snapshot(tmp_path) == before
+
+
+def _png(path, metadata=None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(1, 1))
+    figure.savefig(path, metadata=metadata)
+    plt.close(figure)
+
+
+@pytest.mark.parametrize("figure", ["quicklook.png", "metrics_by_class.png", "semantic.png"])
+@pytest.mark.parametrize("kind", ["own figure", "link", "text"])
+def test_a_figure_of_the_users_own_under_a_demo_name_is_refused(tmp_path, capsys, figure, kind):
+    """A run removes the earlier run's figures before it writes: the user's own PNG of
+    that name (or a link, or another file), in the demo's own folder, is refused first
+    and kept."""
+    from m3rcr_xr.demo import MARK
+
+    (tmp_path / MARK).touch()
+    if kind == "own figure":
+        _png(tmp_path / figure)  # drawn by matplotlib, not by the demo
+    elif kind == "link":
+        _png(tmp_path / "mine.png")
+        (tmp_path / figure).symlink_to(tmp_path / "mine.png")
+    else:
+        (tmp_path / figure).write_text("my notes")
+    before = snapshot(tmp_path)
+    assert main(["demo", "--out", str(tmp_path), "--size", "16"]) == 2
+    assert f"{tmp_path / figure} is not a figure the demo wrote" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+    assert (tmp_path / figure).exists()
+
+
+def test_the_demo_figures_carry_its_stamp(tmp_path, tiny_result):
+    from m3rcr_xr.demo import _figures, _is_demo_figure
+
+    paths = _figures(*tiny_result, tmp_path)
+    assert all(_is_demo_figure(path) for path in paths.values())
