@@ -138,8 +138,8 @@ def argument(name: str, value: Any = _UNSET) -> str:
     ...     argument("batch_size", 0), argument("overwrite"), argument("bbox", [1, 2, 3, 4])
     ('--batch-size 0', '--overwrite', '--bbox 1 2 3 4')
     >>> with command_line_names():
-    ...     argument("landcover", None), argument("strata", ("all",))
-    ('--landcover none', '--strata all')
+    ...     argument("landcover", None), argument("strata", ("all",)), argument("strata", ())
+    ('--landcover none', '--strata all', "--strata ''")
     """
     name = _RENAMED.get().get(name, name)
     if _COMMAND_LINE.get():
@@ -150,6 +150,8 @@ def argument(name: str, value: Any = _UNSET) -> str:
             value = (" " if isinstance(value, list) else ",").join(map(str, value))
         if value is None:
             value = "none"
+        if value == "":  # as a shell takes an empty value
+            value = "''"
         return flag if value is _UNSET or value is True else f"{flag} {value}"
     return name if value is _UNSET else f"{name}={value!r}"
 

@@ -496,11 +496,18 @@ def test_evaluate_goes_without_land_cover_or_cloud_mask(tmp_path, capsys):
     assert set(pd.read_csv(tmp_path / "s.csv").stratum) == {"all"}
 
 
-@pytest.mark.parametrize("strata", ["all,fog", "clear,clear"])
-def test_evaluate_refuses_bad_strata_before_reading(tmp_path, capsys, strata):
+@pytest.mark.parametrize(
+    "strata, says",
+    [
+        ("all,fog", "--strata all,fog: unknown stratum 'fog'"),
+        ("clear,clear", "--strata clear,clear: 'clear' given twice"),
+        (",", "--strata '': no stratum given; strata are distinct values of all, cloudy, clear"),
+    ],
+)
+def test_evaluate_refuses_bad_strata_before_reading(tmp_path, capsys, strata, says):
     out = tmp_path / "m.csv"
     argv = ["evaluate", str(tmp_path / "absent.zarr"), "--strata", strata, "--out", str(out)]
-    _fails_alone(capsys, argv, f"--strata {strata}: must be distinct values of", out)
+    _fails_alone(capsys, argv, says, out)
 
 
 # ------------------------------------------------- argument and output-path checks

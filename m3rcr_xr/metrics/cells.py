@@ -27,12 +27,26 @@ def check_strata(level: int | None, strata: Sequence[str]) -> tuple[str, ...]:
         Naming the argument as the caller wrote it.
     """
     strata = (strata,) if isinstance(strata, str) else tuple(strata)
-    unknown = [s for s in strata if s not in STRATA]
-    if not strata or unknown or len(set(strata)) != len(strata):
-        raise UsageError(f"{argument('strata', strata)}: must be distinct values of {STRATA}")
+    problem = _strata_problem(strata)
+    if problem is not None:
+        raise UsageError(
+            f"{argument('strata', strata)}: {problem}; strata are distinct values of "
+            f"{', '.join(STRATA)}"
+        )
     if level is not None:
         class_names(level)  # raises UsageError for a level other than 1 or 2
     return strata
+
+
+def _strata_problem(strata: tuple[str, ...]) -> str | None:
+    """What is wrong with ``strata``, for a message; None: nothing."""
+    if not strata:
+        return "no stratum given"
+    unknown = [s for s in strata if s not in STRATA]
+    if unknown:
+        return f"unknown stratum {unknown[0]!r}"
+    twice = [s for s in STRATA if strata.count(s) > 1]
+    return f"{twice[0]!r} given twice" if twice else None
 
 
 def strata_matrix(strata: Sequence[str]) -> xr.DataArray:
