@@ -496,6 +496,13 @@ def test_evaluate_goes_without_land_cover_or_cloud_mask(tmp_path, capsys):
     assert set(pd.read_csv(tmp_path / "s.csv").stratum) == {"all"}
 
 
+def test_evaluate_of_a_variable_without_bands_is_one_line(tmp_path, capsys):
+    """``--pred cloudmask`` (2-D): exit 2 and a line naming pred, not a traceback."""
+    m3rcr_xr.to_zarr(_predicted_scene(), tmp_path / "scene.zarr")
+    assert main(["evaluate", str(tmp_path / "scene.zarr"), "--pred", "cloudmask"]) == 2
+    _one_error_line(capsys, "pred: dims ('y', 'x') lack ['band']")
+
+
 @pytest.mark.parametrize(
     "strata, says",
     [

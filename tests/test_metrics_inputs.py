@@ -41,6 +41,14 @@ def test_grids_that_do_not_match_are_refused():
         metrics.evaluate(ds, landcover=ds.landcover.isel(x=slice(0, 10)))
 
 
+def test_a_prediction_without_bands_is_refused_naming_it():
+    """A 2-D variable (a cloud mask, say) as ``pred``: a SchemaError naming it, not
+    xarray's ValueError from a transpose."""
+    ds = make_scene(seed=19)
+    with pytest.raises(SchemaError, match=r"pred: dims \('y', 'x'\) lack \['band'\]"):
+        metrics.evaluate(ds, ds.cloudmask.astype("float32"))
+
+
 def test_missing_variables_are_named():
     ds = make_scene(seed=18)
     with pytest.raises(SchemaError, match="'cloudfree' is missing"):

@@ -49,3 +49,17 @@ def test_streamed_sums_equal_flox_map_reduce_over_a_halo_exchange():
         dtype=np.float64,
     )
     np.testing.assert_allclose(streamed.values.reshape(sums.shape), sums.compute(), rtol=1e-12)
+
+
+def test_the_maps_are_lazy_and_equal_the_numpy_ones():
+    """Building either map computes nothing and keeps the chunks (np.clip, for one, would
+    load both images whole)."""
+    from m3rcr_xr.testing import raise_if_dask_computes
+
+    ds = make_scene((40, 48), seed=5)
+    pred, target = ds.decloud.astype("float32") / 1e4, ds.cloudfree.astype("float32") / 1e4
+    for draw in (metrics.sam_map, metrics.ssim_map):
+        with raise_if_dask_computes():
+            lazy = draw(pred.chunk(y=16, x=24), target.chunk(y=16, x=24))
+        assert lazy.chunks is not None
+        np.testing.assert_allclose(lazy.values, draw(pred, target).values, rtol=1e-6)

@@ -191,6 +191,7 @@ def _optional_layer(
 def _optical(array: xr.DataArray, role: str, target: xr.DataArray) -> xr.DataArray:
     """``array`` (the optical input named ``role``) checked on the target's grid and bands,
     with its dims and bands in the target's order."""
+    require_dims(array, ("band",), role)
     array = _check_grid(array, role, target, {"band"})
     return _match_bands(array.transpose(*target.dims), target, role)
 

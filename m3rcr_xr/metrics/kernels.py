@@ -86,7 +86,9 @@ def spectral_angle(dot: Any, norm1: Any, norm2: Any) -> Any:
     Dask or xarray arrays."""
     eps = np.float32(SAM_EPS)
     cosine = dot / np.sqrt(np.maximum(norm1, eps) * np.maximum(norm2, eps))
-    return np.arccos(np.clip(cosine, -1, 1)) / np.float32(np.pi) * np.float32(180)
+    # ufuncs, not np.clip: xarray and dask dispatch them lazily, np.clip computes
+    cosine = np.minimum(np.maximum(cosine, -1), 1)
+    return np.arccos(cosine) / np.float32(np.pi) * np.float32(180)
 
 
 def pred_nodata(pred_raw: np.ndarray) -> np.ndarray:
