@@ -21,7 +21,14 @@ import xarray as xr
 from .exceptions import StoreError, UsageError, argument, check_integer
 from .inference import decloud
 from .metrics import check_table_replaceable, evaluate, split_semantic, write_table
-from .store import folder_obstacle, is_complete, open_zarr, remove_store, to_zarr
+from .store import (
+    check_destination,
+    folder_obstacle,
+    is_complete,
+    open_zarr,
+    remove_store,
+    to_zarr,
+)
 from .synthetic import SYNTHETIC_TITLE, synthetic_scene
 
 log = logging.getLogger(__name__)
@@ -110,6 +117,11 @@ def _check_out(out: Path) -> None:
     obstacle = folder_obstacle(out)
     if obstacle is not None:
         raise UsageError(f"{flag}: {obstacle}")
+    for key in ("scene", "decloud"):  # not inside a store, say, before a folder is made
+        try:
+            check_destination(out / OUTPUTS[key], overwrite=True)
+        except StoreError as err:
+            raise UsageError(f"{flag}: {err}") from err
     if not out.is_dir():
         return
     for key in ("scene", "decloud"):

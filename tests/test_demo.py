@@ -293,3 +293,14 @@ def test_the_demo_figures_carry_its_stamp(tmp_path, tiny_result):
 
     paths = _figures(*tiny_result, tmp_path)
     assert all(_is_demo_figure(path) for path in paths.values())
+
+
+def test_a_demo_folder_inside_a_store_is_refused_before_any_work(tmp_path, capsys):
+    """``--out mine.zarr/demo``: refused before the cluster starts, and nothing (no
+    marker file) is written into the user's store."""
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((16, 16)), tmp_path / "mine.zarr")
+    before = snapshot(tmp_path)
+    assert main(["demo", "--out", str(tmp_path / "mine.zarr" / "demo"), "--size", "16"]) == 2
+    out, err = capsys.readouterr()
+    assert "lies inside" in err and "mine.zarr" in err and "dashboard" not in out
+    assert snapshot(tmp_path) == before
