@@ -47,6 +47,7 @@ import xarray as xr
 from rasterio.errors import RasterioError
 
 from .exceptions import InputFileError, M3RCRWarning, SchemaError, UsageError, argument
+from .rasters import open_raster, quietly_opened
 from .schema import BANDS, OPTICAL_NODATA
 
 #: the 8 bands of a UDM2 GeoTIFF, in order (names after Planet's, ``haze_light`` etc.)
@@ -82,10 +83,8 @@ ESTIMATE_DEFAULTS = {
 def is_udm2(path: str | os.PathLike) -> bool:
     """True when ``path`` is a raster of 8 bands: the form of a Planet UDM2 (a 1-band
     cloud mask never has 8); :func:`open_udm2` checks the rest."""
-    from .io import _quietly_opened  # io imports this module for open_quartet
-
     try:
-        with _quietly_opened(path) as src:
+        with quietly_opened(path) as src:
             return src.count == len(UDM2_BANDS)
     except RasterioError:
         return False
@@ -100,8 +99,6 @@ def open_udm2(path: str | os.PathLike, *, chunks: Any = "auto") -> xr.DataArray:
     MissingFileError, InputFileError
         Missing or unreadable, or not 8 bands of uint8 (the message names the file).
     """
-    from .io import open_raster  # io imports this module for open_quartet
-
     array = open_raster(path, "udm2", len(UDM2_BANDS), chunks)
     if array.dtype != np.uint8:
         raise InputFileError(

@@ -14,7 +14,7 @@ The asset layouts it knows (:data:`ASSETS`; any name can be overridden with
     PlanetScope surface reflectance, 4 bands (blue, green, red, NIR), uint16
     reflectance x10000, nodata 0. Bands named by the asset (``eo:bands`` common names,
     STAC 1.1 ``bands``) or else by the file's band descriptions are put in that order by
-    name, as :func:`m3rcr_xr.io.band_order` does for ``open_quartet``; unnamed, by
+    name, as :func:`m3rcr_xr.rasters.band_order` does for ``open_quartet``; unnamed, by
     position.
 ``ortho_udm2``
     PlanetScope's usable data mask (8 bands), read when every optical item in the scene
@@ -82,24 +82,26 @@ from .cloudmask import (
 )
 from .exceptions import AlignmentError, InputFileError, UsageError, argument, check_positive
 from .io import (
-    _as_uint16,
     _assemble,
-    _check_header,
-    _check_readable,
     _check_same_grid,
-    _map_blocks,
     _rechunk_like,
-    _spatial_chunks,
-    apply_scaling,
-    band_order,
-    check_reflectance,
     check_sar_unit,
     describe_optical,
     landcover_attrs,
-    names_any,
     sar_attrs,
 )
 from .landcover import NODATA_CODE, to_worldcover
+from .rasters import (
+    apply_scaling,
+    as_uint16,
+    band_order,
+    check_header,
+    check_readable,
+    check_reflectance,
+    map_blocks,
+    names_any,
+    spatial_chunks,
+)
 from .schema import BANDS, POLARIZATIONS, validate
 
 log = logging.getLogger(__name__)
@@ -476,14 +478,14 @@ class _Header(NamedTuple):
 
 
 def _header(item: pystac.Item, asset_name: str) -> _Header:
-    """The asset's file header, checked as :func:`m3rcr_xr.io.open_raster` checks a
+    """The asset's file header, checked as :func:`m3rcr_xr.rasters.open_raster` checks a
     file (its last block read: a truncated file fails now, not half-way through a write)."""
     location = item.assets[asset_name].get_absolute_href() or item.assets[asset_name].href
     what = f"STAC item {item.id!r} asset {asset_name!r}"
     try:
         with rasterio.open(location) as src:
-            _check_header(location, what, src)
-            _check_readable(location, src)
+            check_header(location, what, src)
+            check_readable(src)
             grid = GeoBox(src.shape, src.transform, src.crs)
             scaling = tuple(zip(map(float, src.scales), map(float, src.offsets), strict=True))
             return _Header(
@@ -637,7 +639,7 @@ def _stac_band_names(asset: pystac.Asset) -> tuple[str, list[str | None]]:
 
 def _optical_order(item: pystac.Item, asset_name: str, header: _Header) -> list[int] | None:
     """Where blue, green, red and nir lie in an optical asset's file (as
-    :func:`m3rcr_xr.io.band_order` finds them), by the names the item gives its bands,
+    :func:`m3rcr_xr.rasters.band_order` finds them), by the names the item gives its bands,
     else by the file's band descriptions; None, by position (Planet's 4-band SR is
     BGRN), where neither names them.
 
@@ -927,7 +929,7 @@ def _optical(
     merged = _mosaic(loaded, bands, len(BANDS), _footprints(items, names["optical"], scene))
     optical = merged.isel(band=slice(0, len(BANDS))).astype(loaded[bands[0]].dtype)
     optical.attrs = {"_FillValue": loaded[bands[0]].attrs.get("nodata")}
-    optical = describe_optical(_as_uint16(optical, sources[0], "cloudy"), "cloudy")
+    optical = describe_optical(as_uint16(optical, sources[0], "cloudy"), "cloudy")
     if not udm2:
         return optical, None, sources
     mask = merged.isel(band=slice(len(BANDS), None)).astype(loaded[bands[-1]].dtype)
@@ -1085,7 +1087,7 @@ def _landcover(items, assets: Mapping[str, str], scene, optical: xr.DataArray, c
         covered = _covered(items, assets["landcover"], codes)
         nodata = -1 if nodata is None else nodata + offset
         codes = (codes.astype("int32") + int(offset)).where(covered, nodata)
-    array = _map_blocks(
+    array = map_blocks(
         to_worldcover,
         codes.isel(band=0, drop=True),
         "uint8",
@@ -1108,7 +1110,7 @@ def _asset_names(assets: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _stac_chunks(chunks: Any) -> dict[str, int] | None:
-    spatial = _spatial_chunks(chunks)
+    spatial = spatial_chunks(chunks)
     return None if spatial is None else {k: v for k, v in spatial.items() if k in ("y", "x")}
 
 
