@@ -590,9 +590,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--classifier and --classifier-config go with --semantic")
     classifier_config = _parse_config(args.classifier_config or [], "--classifier-config")
     if classifier_config:  # the classifier's model, known without its weights, takes it
-        from .metrics.semantic import _classifier
+        from .metrics.semantic import resolve_classifier
 
-        _check_config(_classifier(args.classifier, classifier_config)[0], classifier_config)
+        _check_config(resolve_classifier(args.classifier, classifier_config)[0], classifier_config)
     stores = _open_stores(args.store)
     left_out = args.pred == "decloud" and len(args.store) == 1  # the decloud store, perhaps
     if left_out and args.pred not in stores.data_vars:

@@ -142,7 +142,7 @@ def read_cloudmask(
         raster = open_raster(path, "cloudmask", 1, chunks=spatial).isel(band=0, drop=True)
         if like is not None and raster.rio.crs is not None and raster.shape == shape:
             raster = _oriented_like(raster, like)  # lazily: rows read backwards
-            _check_same_grid(raster, like, path)
+            check_same_grid(raster, like, path)
         _check_mask(path, raster, shape)
         mask = raster.data
     if chunks is None:
@@ -318,7 +318,9 @@ def landcover_attrs(align: str) -> dict[str, Any]:
     return {"long_name": "ESA WorldCover 2020 class code", "nodata": NODATA_CODE, "align": align}
 
 
-def _rechunk_like(array: xr.DataArray, like: xr.DataArray) -> xr.DataArray:
+def rechunk_like(array: xr.DataArray, like: xr.DataArray) -> xr.DataArray:
+    """``array`` (a layer on the optical grid) with ``like``'s pixel chunks, or in
+    memory when ``like`` is."""
     if like.chunks is None:
         return array.compute()
     return array.chunk({"y": like.chunksizes["y"], "x": like.chunksizes["x"]})
@@ -384,16 +386,16 @@ def open_quartet(
     layers: dict[str, xr.DataArray] = {"cloudy": optical}
     if cloudfree is not None:
         layers["cloudfree"] = _optical(cloudfree, "cloudfree", chunks)
-        _check_same_grid(layers["cloudfree"], optical, cloudfree)
+        check_same_grid(layers["cloudfree"], optical, cloudfree)
     if sar is not None:
-        layers["sar"] = _rechunk_like(_sar(sar, optical, chunks, align), optical)
+        layers["sar"] = rechunk_like(_sar(sar, optical, chunks, align), optical)
     if landcover is not None:
-        layers["landcover"] = _rechunk_like(_landcover(landcover, optical, chunks, align), optical)
+        layers["landcover"] = rechunk_like(_landcover(landcover, optical, chunks, align), optical)
     if cloudmask is None:
         udm2_classes_for(udm2_classes, "there is no cloud mask")
     else:
         layers["cloudmask"] = _cloudmask(cloudmask, layers, chunks, udm2_classes)
-    ds = _assemble(layers, optical)
+    ds = assemble_layers(layers, optical)
     files = (cloudy, cloudfree, sar, landcover, None if cloudmask == ESTIMATE else cloudmask)
     ds.encoding["source"] = [str(p) for p in files if p]
     return validate(ds)
@@ -413,7 +415,7 @@ def _cloudmask(
     if Path(source).suffix.lower() != ".npy" and is_udm2(source):
         classes = udm2_classes_for(classes)
         udm2 = _oriented_like(open_udm2(source, chunks=chunks), optical)
-        _check_same_grid(udm2.isel(band=0), optical.isel(band=0), source)
+        check_same_grid(udm2.isel(band=0), optical.isel(band=0), source)
         layers["cloudy"] = mask_nodata(optical, udm2_nodata(udm2))
         return udm2_cloudmask(udm2, classes)
     udm2_classes_for(classes, f"{source} is not one (8 bands of uint8)")
@@ -435,7 +437,7 @@ def _oriented_like(array: xr.DataArray, optical: xr.DataArray) -> xr.DataArray:
     return array.rio.write_transform(array.rio.transform(recalc=True))
 
 
-def _check_same_grid(
+def check_same_grid(
     array: xr.DataArray | GeoBox,
     optical: xr.DataArray | GeoBox,
     path: PathType,
@@ -464,7 +466,9 @@ def _grid(layer: xr.DataArray | GeoBox) -> tuple[Any, tuple[int, ...], Affine]:
     return layer.rio.crs, layer.shape, layer.rio.transform()
 
 
-def _assemble(layers: dict[str, xr.DataArray], optical: xr.DataArray) -> xr.Dataset:
+def assemble_layers(layers: dict[str, xr.DataArray], optical: xr.DataArray) -> xr.Dataset:
+    """The scene of ``layers`` (each on ``optical``'s grid), on ``optical``'s ``y``/``x``
+    coordinates and CRS."""
     coords = {"y": optical["y"].values, "x": optical["x"].values}
     variables = {}
     for name, array in layers.items():

@@ -82,12 +82,12 @@ from .cloudmask import (
 )
 from .exceptions import AlignmentError, InputFileError, UsageError, argument, check_positive
 from .io import (
-    _assemble,
-    _check_same_grid,
-    _rechunk_like,
+    assemble_layers,
+    check_same_grid,
     check_sar_unit,
     describe_optical,
     landcover_attrs,
+    rechunk_like,
     sar_attrs,
 )
 from .landcover import NODATA_CODE, to_worldcover
@@ -675,7 +675,7 @@ def _check_udm2_grids(
     resample it onto the scene, each mask pixel over another pixel, or none."""
     for item, mask, image in zip(items, udm2, optical, strict=True):
         where = f"{mask.location}: STAC item {item.id!r} asset {asset_name!r}"
-        _check_same_grid(_north_up(mask.grid), _north_up(image.grid), where)
+        check_same_grid(_north_up(mask.grid), _north_up(image.grid), where)
 
 
 def _check_proj_grids(
@@ -688,7 +688,7 @@ def _check_proj_grids(
     for item, header in zip(items, headers, strict=True):
         where = f"{header.location}: STAC item {item.id!r} asset {asset_name!r}"
         declared = _north_up(item_geobox(item, asset_name))
-        _check_same_grid(_north_up(header.grid), declared, where, "its proj fields'")
+        check_same_grid(_north_up(header.grid), declared, where, "its proj fields'")
 
 
 def _north_up(grid: GeoBox) -> GeoBox:
@@ -1003,7 +1003,7 @@ def _sar(
     array = fill_nan_with_mean(array, per_band=True, covered=covered)
     aligned = _on_scene(array, native, optical, np.nan)
     aligned.attrs = sar_attrs(array.attrs["nan_fill"], "coords")
-    return _rechunk_like(aligned, optical), sources
+    return rechunk_like(aligned, optical), sources
 
 
 def _checked_unit(
@@ -1096,7 +1096,7 @@ def _landcover(items, assets: Mapping[str, str], scene, optical: xr.DataArray, c
     ).rio.write_crs(codes.rio.crs)
     aligned = _on_scene(array.rename("landcover"), native, optical, NODATA_CODE)
     aligned.attrs = landcover_attrs("coords")
-    return _rechunk_like(aligned, optical), sources
+    return rechunk_like(aligned, optical), sources
 
 
 def _asset_names(assets: Mapping[str, str] | None) -> dict[str, str]:
@@ -1260,6 +1260,6 @@ def open_stac(
         items = _overlapping(items, names[asset], scene, name)
         layers[name], found = opener(items, names, scene, optical, stac_chunks)
         sources += found
-    ds = _assemble(layers, optical)
+    ds = assemble_layers(layers, optical)
     ds.encoding["source"] = list(dict.fromkeys(sources))
     return validate(with_cloudmask(ds, udm2_classes))

@@ -108,7 +108,7 @@ def _same_or_raise(block: np.ndarray, *coordinates: np.ndarray, role: str, names
     return block
 
 
-def _check_grid(
+def check_grid(
     array: xr.DataArray, role: str, ref: xr.DataArray, allowed: set[str]
 ) -> xr.DataArray:
     """``array`` must lie on the grid of ``ref``: dims, sizes, coordinates and CRS. The
@@ -192,7 +192,7 @@ def _optical(array: xr.DataArray, role: str, target: xr.DataArray) -> xr.DataArr
     """``array`` (the optical input named ``role``) checked on the target's grid and bands,
     with its dims and bands in the target's order."""
     require_dims(array, ("band",), role)
-    array = _check_grid(array, role, target, {"band"})
+    array = check_grid(array, role, target, {"band"})
     return _match_bands(array.transpose(*target.dims), target, role)
 
 
@@ -249,7 +249,7 @@ def prepare_inputs(
     ):
         layer = _optional_layer(ds, item, role, needed, hints[role])
         if layer is not None:
-            layer = _check_grid(layer, role, target_da, set())
+            layer = check_grid(layer, role, target_da, set())
             layer = layer.transpose(*[d for d in order if d != "band"])
         layers[role] = layer
     if need_cloudmask and layers["cloudmask"] is None:  # cloudmask=None given

@@ -99,7 +99,7 @@ def pred_nodata(pred_raw: np.ndarray) -> np.ndarray:
     return np.isnan(pred_raw).all(axis=-3)
 
 
-def _excluded(pred_raw: np.ndarray, target_raw: np.ndarray) -> np.ndarray:
+def excluded_pixels(pred_raw: np.ndarray, target_raw: np.ndarray) -> np.ndarray:
     """Pixels excluded as nodata: target 0 / NaN / +-inf in any band, or prediction
     nodata (:func:`pred_nodata`).
 
@@ -121,7 +121,7 @@ def quantities_block(pred_raw: np.ndarray, target_raw: np.ndarray, halo: int) ->
     """
     p = normalize_optical(pred_raw.astype(np.float32, copy=False))
     t = normalize_optical(target_raw.astype(np.float32, copy=False))
-    excluded = _excluded(pred_raw, target_raw)
+    excluded = excluded_pixels(pred_raw, target_raw)
     nan_pred = ~np.isfinite(pred_raw).all(axis=-3)  # any band
     keep = ~excluded[..., None, :, :]
     p, t = np.where(keep, p, np.float32(0)), np.where(keep, t, np.float32(0))

@@ -68,8 +68,8 @@ from ..landcover import (
 )
 from .cells import STRATA, check_strata, strata_matrix
 from .dispatch import is_lazy
-from .inputs import _check_grid, prepare_inputs
-from .kernels import _excluded
+from .inputs import check_grid, prepare_inputs
+from .kernels import excluded_pixels
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def _excluded_pixels(
 def _checked_excluded(
     pred_raw: np.ndarray, target_raw: np.ndarray, names: tuple[str, str]
 ) -> np.ndarray:
-    excluded = _excluded(pred_raw, target_raw)
+    excluded = excluded_pixels(pred_raw, target_raw)
     bad = int((~np.isfinite(pred_raw)).any(axis=-3)[~excluded].sum())
     if bad:
         raise SchemaError(
@@ -430,9 +430,9 @@ def semantic_metrics(
             f"{labels.name or 'labels'}: labels of WorldCover level {labels.attrs['level']}, "
             f"not {argument('level', level)}"
         )
-    landcover = _check_grid(landcover, "landcover", labels, set())
+    landcover = check_grid(landcover, "landcover", labels, set())
     if cloudmask is not None:
-        cloudmask = _check_grid(cloudmask, "cloudmask", labels, set())
+        cloudmask = check_grid(cloudmask, "cloudmask", labels, set())
     order = list(labels.dims)
     layers = cast(
         tuple[xr.DataArray, ...],
@@ -448,7 +448,7 @@ def semantic_metrics(
     return result.isel(source=0, drop=True)
 
 
-def _classifier(
+def resolve_classifier(
     classifier: str | os.PathLike | None, config: Mapping[str, Any] | None
 ) -> tuple[str, str | os.PathLike | None, Mapping[str, Any] | None]:
     """(model, checkpoint, configuration) of the ``classifier`` argument: registered
@@ -507,7 +507,7 @@ def semantic_setup(
     from ..inference import check_tile_arguments
 
     tile, overlap, batch_size, device = check_tile_arguments(tile, overlap, batch_size, device)
-    name, checkpoint, config = _classifier(classifier, classifier_config)
+    name, checkpoint, config = resolve_classifier(classifier, classifier_config)
     # the classifier's checkpoint and config are this function's classifier arguments
     with argument_names(checkpoint="classifier", config="classifier_config"):
         ref, spec = classifier_ref(name, checkpoint, config, device, "fp32", level)
