@@ -291,20 +291,23 @@ def _decloud(args: argparse.Namespace) -> int:
     ds = open_zarr(args.input)
     collection = is_collection(ds)
     cogs = _decloud_cogs(args, collection)
+    kept = _kept_cogs(args.output, cogs) if reused else set()
     names = patch_file_names(ds) if cogs and collection else None
-    for cog in cogs.values():  # a file for a scene, a folder of GeoTIFFs for a collection
+    for variable, cog in cogs.items():  # a file for a scene, a folder for a collection
         check_apart(cog, [args.output], role="output store")
         if names is None and cog == args.cog:  # its suffix and folder are the _std file's
             if not href.is_remote(cog):
                 path = str(href.local_path(cog))  # a file:// URL as the path it names
-                _check_output_file(path, "cog", COG_SUFFIXES, overwrite=args.overwrite)
+                overwrite = None if variable in kept else args.overwrite  # kept: checked
+                _check_output_file(path, "cog", COG_SUFFIXES, overwrite=overwrite)
             elif (suffix := href.name_of(cog).suffix).lower() not in COG_SUFFIXES:
                 # a URL: its suffix only; its bucket and object are check_cog_destination's
                 raise UsageError(
                     f"{argument('cog', href.redacted(cog))}: write a {'/'.join(COG_SUFFIXES)} "
                     f"file, not {suffix or 'no suffix'!r}"
                 )
-        check_cog_destination(cog, names=names, inputs=inputs, overwrite=args.overwrite)
+        if variable not in kept:
+            check_cog_destination(cog, names=names, inputs=inputs, overwrite=args.overwrite)
     result = decloud(
         ds,
         args.model,
@@ -329,9 +332,29 @@ def _decloud(args: argparse.Namespace) -> int:
     if cogs:
         written = open_zarr(args.output)
         for variable, cog in cogs.items():
+            if variable in kept:
+                print(f"kept {href.redacted(cog)}: written from this store already")
+                continue
             to_cog(written[variable], cog, overwrite=args.overwrite)
             print(f"wrote {href.redacted(cog)}")
     return 0
+
+
+def _kept_cogs(output: str, cogs: dict[str, str]) -> set[str]:
+    """The variables of ``cogs`` whose GeoTIFF a rerun on the complete store ``output``
+    keeps: written from the store's variable with the options ``m3rcr decloud`` writes
+    with (:func:`m3rcr_xr.cog.written_from`), by a run cut off before the next one. Any
+    other file there is checked as before any write (and refused without --overwrite).
+    """
+    from .cog import written_from
+    from .store import open_zarr
+
+    written = open_zarr(output)
+    return {
+        variable
+        for variable, cog in cogs.items()
+        if variable in written.data_vars and written_from(written[variable], cog)
+    }
 
 
 def _check_reused(result: xarray.Dataset, output: str, cogs: dict[str, str]) -> None:

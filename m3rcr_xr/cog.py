@@ -24,12 +24,17 @@ TIFF ``Software`` tag; other files of a destination folder are never touched); a
 destination that is, contains or lies inside an input is refused; and each file is
 written under a hidden temporary name in its own folder and renamed once every file is
 complete, all or none, so a failure leaves nothing half-written and no mix of old and new.
+Each file records what it was written from (its data's identity and the options) in its
+``ImageDescription`` tag, so that :func:`written_from` tells whether it is what a call
+would write again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -64,6 +69,7 @@ from .store import (
     _Target,
     _write_errors,
     check_apart,
+    data_fingerprint,
     sources,
 )
 
@@ -377,7 +383,7 @@ def check_replaceable(file: str | os.PathLike, *, overwrite: bool, fs: Any = Non
         raise StoreError(f"{file}: is a symbolic link; {only_ours}")
     try:
         with open(file, "rb") if fs is None else fs.open(file, "rb") as handle:
-            software = _software(handle)
+            software = _tags(handle).get(SOFTWARE_TAG, "")
     except OSError as err:
         raise StoreError(f"{file}: cannot be read to check who wrote it ({err})") from None
     if not software.startswith(SOFTWARE):
@@ -397,16 +403,88 @@ def _software_tag() -> str:
     return f"{SOFTWARE} {__version__}"
 
 
-def _software(handle: Any) -> str:
-    """The TIFF ``Software`` tag of an open file; "" for none, or for no TIFF."""
+#: the TIFF tags of a file :func:`to_cog` wrote: who wrote it (:func:`check_replaceable`),
+#: and what from (``ImageDescription``: :func:`written_from`)
+SOFTWARE_TAG, SOURCE_TAG = 305, 270
+
+
+def _tags(handle: Any) -> dict[int, str]:
+    """The ``Software`` and ``ImageDescription`` tags of an open file, those it has;
+    none for no TIFF."""
     import tifffile
 
     try:
         with tifffile.TiffFile(handle) as tiff:
-            tag = tiff.pages.first.tags.get(305)
+            tags = tiff.pages.first.tags
+            return {
+                code: str(tags[code].value) for code in (SOFTWARE_TAG, SOURCE_TAG) if code in tags
+            }
     except Exception:  # a malformed file (tifffile raises many kinds of error): no tag
-        return ""
-    return str(tag.value) if tag is not None else ""
+        return {}
+
+
+def _records(
+    array: xr.DataArray,
+    names: Sequence[str] | None,
+    compress: str,
+    level: int | None,
+    blocksize: int,
+    overview_resampling: str,
+) -> list[str]:
+    """What each file :func:`to_cog` writes of ``array`` (one per name of ``names`` for a
+    collection) is written from, as its ``ImageDescription`` records it: a digest of the
+    data's identity (:func:`m3rcr_xr.store.data_fingerprint`: a store's own fingerprint,
+    a lazy graph's inputs), of the options that shape the file, of this library's
+    version, and of the patch's file name. The same in every process."""
+    name = array.name if array.name is not None else "data"
+    data = data_fingerprint(array.to_dataset(name=name), sources(array))
+    shaping = [_software_tag(), data, str(compress).lower(), level, blocksize, overview_resampling]
+    common = json.dumps(shaping)
+    return [
+        f"{SOFTWARE} source {hashlib.sha256(f'{common}{file}'.encode()).hexdigest()}"
+        for file in names or [""]
+    ]
+
+
+def written_from(
+    obj: xr.DataArray | xr.Dataset,
+    path: str | os.PathLike,
+    *,
+    variable: str | None = None,
+    compress: str = "deflate",
+    level: int | None = None,
+    blocksize: int = 512,
+    overview_resampling: str = "nearest",
+    storage_options: dict[str, Any] | None = None,
+) -> bool:
+    """Whether ``path`` holds what :func:`to_cog` writes of ``obj`` with these options
+    (those of :func:`to_cog`): each of its files (one per patch for a collection) is a
+    GeoTIFF of this library recording the same data, options and version in its TIFF
+    ``ImageDescription``. A file of an earlier version records nothing: False. Reads
+    the files' first tags, and of ``obj`` what :func:`m3rcr_xr.store.data_fingerprint`
+    reads (metadata and listings; an array in memory is hashed).
+
+    Raises
+    ------
+    UsageError
+        ``variable`` not in the Dataset.
+    StoreError
+        An input of ``obj`` out of reach.
+    """
+    array = _array(obj, variable)
+    names = patch_file_names(array) if is_collection(array) else None
+    target = _Target.of(path, storage_options)
+    keys = [target.path] if names is None else [target.key(name) for name in names]
+    records = _records(array, names, compress, level, blocksize, overview_resampling)
+    for key, record in zip(keys, records, strict=True):
+        try:
+            with target.fs.open(key, "rb") as handle:
+                tags = _tags(handle)
+        except OSError:  # missing, a folder, out of reach
+            return False
+        if not tags.get(SOFTWARE_TAG, "").startswith(SOFTWARE) or tags.get(SOURCE_TAG) != record:
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -659,7 +737,13 @@ def to_cog(
     overwrite
         Replace existing files of the same names that this library wrote (their TIFF
         ``Software`` tag starts with ``m3rcr_xr``); a file of other software is refused
-        even then, and nothing else is ever touched.
+        even then, and nothing else is ever touched. Each file records what it was
+        written from in its TIFF ``ImageDescription`` (``m3rcr_xr source`` and a digest
+        of the data's identity, :func:`m3rcr_xr.store.data_fingerprint`: a store's
+        fingerprint, a lazy graph's inputs; of the options that shape the file; of this
+        library's version; and of a patch's file name): :func:`written_from` tells
+        whether an existing file holds what a call would write (``m3rcr decloud
+        --cog`` run again keeps such a file).
     compress
         TIFF compression, as rioxarray's ``to_raster`` names it: ``"deflate"``,
         ``"zstd"``, ``"lzw"``, ``"lzma"``, ``"packbits"`` (``"jpeg"``, ``"webp"``:
@@ -706,7 +790,8 @@ def to_cog(
     blocksize = check_integer("blocksize", blocksize, minimum=16)
     if blocksize % 16:
         raise UsageError(f"{argument('blocksize', blocksize)}: must be a multiple of 16")
-    array = _writable(_array(obj, variable), compress, overview_resampling)
+    source = _array(obj, variable)
+    array = _writable(source, compress, overview_resampling)
     collection = is_collection(array)
     names = patch_file_names(array) if collection else None
     files = check_cog_destination(
@@ -718,17 +803,20 @@ def to_cog(
     )
     scenes = [_patch_scene(array, i) for i in range(len(files))] if collection else [array]
     scenes = [_with_nodata(scene) for scene in scenes]
+    records = _records(source, names, compress, level, blocksize, overview_resampling)
     target = _Target.of(path, storage_options)
     options = {"level": level, "overview_resampling": overview_resampling}
     show = OPTIONS["progress"] if progress is None else progress
     with _write_errors(target):
         if target.local:
             folder = local_path(path) if collection else local_path(path).parent
-            _write(scenes, files, folder, compress, blocksize, show, options, overwrite)
+            _write(scenes, files, records, folder, compress, blocksize, show, options, overwrite)
         else:
             with _uploaded(target, files, overwrite) as folder:
                 local = [folder / posixpath.basename(url) for url in files]
-                _write(scenes, local, folder, compress, blocksize, show, options, overwrite)
+                _write(
+                    scenes, local, records, folder, compress, blocksize, show, options, overwrite
+                )
     log.info("wrote %d GeoTIFF(s) to %s", len(files), redacted(path))
     return files
 
@@ -736,6 +824,7 @@ def to_cog(
 def _write(
     scenes: Sequence[xr.DataArray],
     files: Sequence[Path],
+    records: Sequence[str],
     folder: Path,
     compress: str,
     blocksize: int,
@@ -743,14 +832,15 @@ def _write(
     options: dict[str, Any],
     overwrite: bool,
 ) -> None:
-    """Write each scene to its file in ``folder`` (made if missing), under a partial
+    """Write each scene to its file in ``folder`` (made if missing), its record of what
+    it is written from (:func:`_records`) as its ``ImageDescription``, under a partial
     name renamed at the end; on failure nothing is left (see :func:`_cleaned`)."""
     partials = [_partial(file) for file in files]
     with _cleaned(partials, folder):
         folder.mkdir(exist_ok=True)
         graphs = [
-            _cog_graph(scene, partial, compress, blocksize, **options)
-            for scene, partial in zip(scenes, partials, strict=True)
+            _cog_graph(scene, partial, compress, blocksize, description=record, **options)
+            for scene, partial, record in zip(scenes, partials, records, strict=True)
         ]
         with warnings.catch_warnings():
             # odc-geo warps overviews between bare arrays, which rasterio warns about

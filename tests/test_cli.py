@@ -863,6 +863,99 @@ def test_a_run_cut_off_in_its_cogs_writes_them_from_its_complete_store(
         assert np.array_equal(f.read()[:, :48, :40], expected, equal_nan=True)
 
 
+def _cut_off_between_the_cogs(argv: list[str], monkeypatch) -> None:
+    """Run ``argv``, and Ctrl-C it as it starts its second GeoTIFF (the first written)."""
+    from m3rcr_xr import cog as cog_module
+
+    to_cog, calls = cog_module.to_cog, []
+
+    def cut_off(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return to_cog(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cog_module, "to_cog", cut_off)
+        assert main(argv) == cli.EXIT_INTERRUPTED
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the store was written again")
+
+
+def test_a_run_cut_off_between_its_cogs_keeps_the_first_and_writes_the_second(
+    scene_store, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C after "wrote OUT.tif": the same command again keeps OUT.tif (written from
+    the store with the same options, as it records) and writes OUT_std.tif, without
+    running the network again or --overwrite. Before, it was refused at OUT.tif."""
+    out, cog, std = tmp_path / "o.zarr", tmp_path / "d.tif", tmp_path / "d_std.tif"
+    argv = [
+        "decloud",
+        str(scene_store),
+        str(out),
+        *UNTRAINED_SMALL,
+        *UNCERTAINTY,
+        "--cog",
+        str(cog),
+    ]
+    _cut_off_between_the_cogs(argv, monkeypatch)
+    assert store.is_complete(out) and cog.exists() and not std.exists()
+    capsys.readouterr()
+    first, written_at = cog.read_bytes(), cog.stat().st_mtime_ns
+    monkeypatch.setattr(store, "to_zarr", _never)
+    assert main(argv) == 0
+    assert (
+        f"{out} is complete: writing the GeoTIFFs from it\nkept {cog}: written from this "
+        f"store already\nwrote {std}\n"
+    ) in capsys.readouterr().out
+    assert cog.read_bytes() == first and cog.stat().st_mtime_ns == written_at
+    assert cog_validate(str(std), strict=True)[0]
+    assert main(argv) == 0  # once more: both kept
+    assert f"kept {cog}: written from this store already\nkept {std}: " in capsys.readouterr().out
+
+
+def test_a_rerun_keeps_only_a_cog_of_its_store_written_as_it_writes_it(
+    scene_store, tmp_path, capsys, monkeypatch
+):
+    """A GeoTIFF of m3rcr_xr from another store or with other options, or a user's, at
+    OUT.tif (or OUT_std.tif) is refused without --overwrite, as before, and kept."""
+    out, cog, std = tmp_path / "o.zarr", tmp_path / "d.tif", tmp_path / "d_std.tif"
+    argv = [
+        "decloud",
+        str(scene_store),
+        str(out),
+        *UNTRAINED_SMALL,
+        *UNCERTAINTY,
+        "--cog",
+        str(cog),
+    ]
+    _cut_off_between_the_cogs(argv, monkeypatch)
+    capsys.readouterr()
+    ours = cog.read_bytes()
+    decloud = m3rcr_xr.open_zarr(out)["decloud"]
+    others = [
+        lambda: m3rcr_xr.to_cog(m3rcr_xr.open_zarr(scene_store)["cloudy"], cog),
+        lambda: m3rcr_xr.to_cog(decloud, cog, blocksize=256),
+        lambda: decloud.rio.to_raster(cog),  # a user's GeoTIFF of the same data
+    ]
+    for write in others:
+        cog.unlink()
+        write()
+        before = cog.read_bytes()
+        _fails_alone(capsys, argv, f"--cog {cog}: {cog} exists; pass --overwrite", std)
+        assert cog.read_bytes() == before
+    cog.write_bytes(ours)  # the one it wrote, under its name again
+    std.write_bytes(b"not ours")
+    _fails_alone(capsys, argv, f"{std}: exists; pass --overwrite")
+    assert std.read_bytes() == b"not ours" and cog.read_bytes() == ours
+    std.unlink()
+    monkeypatch.setattr(store, "to_zarr", _never)
+    assert main(argv) == 0
+    assert f"kept {cog}: written from this store already\nwrote {std}\n" in capsys.readouterr().out
+
+
 def test_a_complete_store_of_other_settings_is_refused_saying_how_to_write_its_cogs(
     scene_store, tmp_path, capsys
 ):

@@ -312,6 +312,109 @@ def test_overwrite_replaces_only_geotiffs_of_m3rcr(tmp_path, make, match):
     assert snapshot(tmp_path) == before
 
 
+#: a GeoTIFF of a store's cloudy bands written by another process: its record
+COG_ELSEWHERE = """
+import sys, tifffile, m3rcr_xr
+m3rcr_xr.to_cog(m3rcr_xr.open_zarr(sys.argv[1])["cloudy"], sys.argv[2], progress=False)
+with tifffile.TiffFile(sys.argv[2]) as tiff:
+    print(tiff.pages.first.tags[270].value)
+"""
+
+
+def _record(path: Path) -> str:
+    with rasterio.open(path) as f:  # GDAL reads it as the file's ImageDescription
+        return f.tags()["TIFFTAG_IMAGEDESCRIPTION"]
+
+
+def test_a_cog_records_what_it_was_written_from_the_same_in_every_process(tmp_path):
+    """What ``written_from`` compares (a rerun of ``m3rcr decloud --cog`` keeps such a
+    file): the store's fingerprint, not anything of the process that wrote it."""
+    import subprocess
+    import sys
+
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((48, 40), seed=3), tmp_path / "s.zarr")
+    cloudy = m3rcr_xr.open_zarr(tmp_path / "s.zarr")["cloudy"]
+    here, there = tmp_path / "here.tif", tmp_path / "there.tif"
+    m3rcr_xr.to_cog(cloudy, here)
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", COG_ELSEWHERE, str(tmp_path / "s.zarr"), str(there)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert _record(here).startswith("m3rcr_xr source ")
+    assert elsewhere.stdout.split("\n")[-2] == _record(here) == _record(there)
+    assert cog.written_from(cloudy, there) and cog.written_from(
+        cloudy.to_dataset(), here, variable="cloudy"
+    )
+    with rasterio.open(here) as f:  # what GDAL reads is as it was
+        assert f.descriptions == ("blue", "green", "red", "nir") and f.nodata is None
+        assert f.tags()["TIFFTAG_SOFTWARE"].startswith("m3rcr_xr")
+    assert np.array_equal(rioxarray.open_rasterio(here).values, cloudy.values)
+    cog.check_replaceable(here, overwrite=True)  # its Software tag is read as before
+
+
+def _without_record(monkeypatch, array, path):
+    """``array`` written as earlier versions wrote it: no ImageDescription."""
+    graph = cog._cog_graph
+    with monkeypatch.context() as patched:
+        patched.setattr(cog, "_cog_graph", lambda *args, description, **kw: graph(*args, **kw))
+        m3rcr_xr.to_cog(array, path)
+
+
+@pytest.mark.parametrize(
+    ("write", "options"),
+    [
+        (lambda array, path: m3rcr_xr.to_cog(array, path, blocksize=256), {}),
+        (lambda array, path: m3rcr_xr.to_cog(array, path), {"compress": "zstd"}),
+        (lambda array, path: m3rcr_xr.to_cog(array, path), {"overview_resampling": "average"}),
+        (lambda array, path: m3rcr_xr.to_cog(array + 1, path), {}),
+        (lambda array, path: m3rcr_xr.to_cog(array.isel(x=slice(1, None)), path), {}),
+        (lambda array, path: array.rio.to_raster(path), {}),
+        (lambda array, path: path.write_bytes(b"not ours"), {}),
+        (lambda array, path: None, {}),
+    ],
+    ids=[
+        "blocksize",
+        "compress",
+        "resampling",
+        "other-data",
+        "other-grid",
+        "rioxarray",
+        "no-tiff",
+        "none",
+    ],
+)
+def test_a_file_of_other_data_or_options_is_not_written_from_them(tmp_path, write, options):
+    array = _scene(64)
+    path = tmp_path / "d.tif"
+    write(array, path)
+    assert not cog.written_from(array, path, **options)
+    m3rcr_xr.to_cog(array, tmp_path / "ours.tif", **options)
+    assert cog.written_from(array, tmp_path / "ours.tif", **options)
+
+
+def test_a_cog_of_an_earlier_version_records_nothing_it_was_written_from(tmp_path, monkeypatch):
+    array = _scene(32)
+    _without_record(monkeypatch, array, tmp_path / "d.tif")
+    assert not cog.written_from(array, tmp_path / "d.tif")
+    cog.check_replaceable(tmp_path / "d.tif", overwrite=True)  # still ours to replace
+
+
+def test_a_collection_is_written_from_its_data_only_with_every_patch(tmp_path):
+    collection = m3rcr_xr.synthetic_collection(2, 32)
+    m3rcr_xr.to_cog(collection, tmp_path / "cogs", variable="cloudy")
+    assert cog.written_from(collection, tmp_path / "cogs", variable="cloudy")
+    assert not cog.written_from(collection, tmp_path / "cogs", variable="cloudfree")
+    first, second = sorted((tmp_path / "cogs").iterdir())
+    first.rename(tmp_path / "aside.tif")
+    assert not cog.written_from(collection, tmp_path / "cogs", variable="cloudy")
+    second.rename(first)  # a patch's file under another patch's name
+    (tmp_path / "aside.tif").rename(second)
+    assert not cog.written_from(collection, tmp_path / "cogs", variable="cloudy")
+
+
 def test_a_malformed_tiff_is_refused_not_a_traceback(tmp_path, monkeypatch):
     """tifffile raises many kinds of error on a malformed file (TypeError among them):
     any is a file this library did not write."""
