@@ -755,12 +755,19 @@ TASK_MODELS = {"cloud_removal": None, "landcover": "landcover_unet"}
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainSettings, check_export_destination, export_weights, train
+    from .train import (
+        TrainSettings,
+        check_export_destination,
+        check_outside_data,
+        export_weights,
+        train,
+    )
 
     _check_output_file(args.out, "out", CHECKPOINT_SUFFIXES)  # and train checks it is ours
     if args.export:
         _check_output_file(args.export, "export", EXPORT_SUFFIXES)
-        check_export_destination(args.export, name="export")
+        check_outside_data(args.export, args.store, args.val)
+        check_export_destination(args.export, name="export", overwrite=args.overwrite)
     # each setting is the option of its name (--batch-size: batch_size), but --workers
     options = {
         field.name: getattr(args, "workers" if field.name == "num_workers" else field.name)
@@ -770,7 +777,15 @@ def _train(args: argparse.Namespace) -> int:
     if options["model"] is None:
         raise UsageError("--model is required (dsen2_cr, glf_cr or align_cr)")
     settings = TrainSettings(**{**options, "config": _parse_config(args.config)})
-    result = train(args.store, args.out, settings, val=args.val, resume=args.resume, progress=True)
+    result = train(
+        args.store,
+        args.out,
+        settings,
+        val=args.val,
+        resume=args.resume,
+        progress=True,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {result.checkpoint} (step {result.step}, {result.wall_s:.0f} s)")
     for stratum, values in result.metrics.get("model", {}).items():
         if "input" not in result.metrics:  # a classifier
@@ -785,7 +800,7 @@ def _train(args: argparse.Namespace) -> int:
             )
         )
     if args.export:
-        print(f"wrote {export_weights(result.checkpoint, args.export)}")
+        print(f"wrote {export_weights(result.checkpoint, args.export, overwrite=args.overwrite)}")
     return 0
 
 
@@ -824,7 +839,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="write the checkpoint (and validate) every N steps",
     )
-    p.add_argument("--resume", metavar="CKPT", help="continue the run of this checkpoint")
+    p.add_argument(
+        "--resume",
+        metavar="CKPT",
+        help="continue the run of this checkpoint (it may be the --out file itself)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the --out checkpoint of another run and --export weights of m3rcr "
+        "(other files never are)",
+    )
     p.add_argument("--val", metavar="STORE", help="validation store (centre crops)")
     p.add_argument(
         "--workers", "--num-workers", type=int, default=0, help="DataLoader worker processes"

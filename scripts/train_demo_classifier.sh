@@ -22,6 +22,8 @@ mkdir -p "$WORK"
 # the synthetic stores of the demo weights (train 100-163, val 1000-1007, held-out 3000-3015)
 "$PYTHON" scripts/demo_data.py "$WORK"
 
+# a checkpoint there is this run's, stopped or done: it goes on (--out is the same file);
+# --overwrite replaces the weights at $OUT (the shipped ones, by default)
 RESUME=()
 if [ -f "$CKPT" ]; then RESUME=(--resume "$CKPT"); fi
 
@@ -30,7 +32,7 @@ start=$(date +%s)
     --config depth=2 --config features=16 \
     --steps 240 --batch-size 8 --crop 96 --lr 3e-3 --seed 7 --workers 1 \
     --checkpoint-every 80 --val "$WORK/val.zarr" --device cpu \
-    --out "$CKPT" --export "$OUT" ${RESUME[@]+"${RESUME[@]}"}
+    --out "$CKPT" --export "$OUT" --overwrite ${RESUME[@]+"${RESUME[@]}"}
 echo "training wall time: $(( $(date +%s) - start )) s"
 
 "$PYTHON" scripts/evaluate_demo_classifier.py --classifier "$OUT" \

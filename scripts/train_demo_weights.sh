@@ -22,6 +22,8 @@ mkdir -p "$WORK"
 # and 16 held-out test patches (3000-3015), 300 x 300 pixels each as in M3R-CR
 "$PYTHON" scripts/demo_data.py "$WORK"
 
+# a checkpoint there is this run's, stopped or done: it goes on (--out is the same file);
+# --overwrite replaces the weights at $OUT (the shipped ones, by default)
 RESUME=()
 if [ -f "$CKPT" ]; then RESUME=(--resume "$CKPT"); fi
 
@@ -30,7 +32,7 @@ start=$(date +%s)
     --config n_resblocks=4 --config n_feats=32 \
     --steps 300 --batch-size 4 --crop 128 --lr 1e-3 --seed 7 --workers 2 \
     --checkpoint-every 100 --val "$WORK/val.zarr" --device cpu \
-    --out "$CKPT" --export "$OUT" ${RESUME[@]+"${RESUME[@]}"}
+    --out "$CKPT" --export "$OUT" --overwrite ${RESUME[@]+"${RESUME[@]}"}
 echo "training wall time: $(( $(date +%s) - start )) s"
 
 "$PYTHON" scripts/evaluate_demo_weights.py --weights "$OUT" \

@@ -49,8 +49,10 @@ def train_members(work: Path) -> list[Path]:
     _stores(work)
     paths = []
     for seed in MEMBER_SEEDS:
-        out = work / f"member-{seed}.safetensors"
+        out, ckpt = work / f"member-{seed}.safetensors", work / f"member-{seed}.pth"
         if not out.exists():
+            # a checkpoint there is this member's, stopped before its export: it goes on
+            resume = ["--resume", str(ckpt)] if ckpt.exists() else []
             start = time.perf_counter()
             # fmt: off
             cli.main([
@@ -58,7 +60,7 @@ def train_members(work: Path) -> list[Path]:
                 "--config", "n_resblocks=4", "--config", "n_feats=32",
                 "--steps", "300", "--batch-size", "4", "--crop", "128", "--lr", "1e-3",
                 "--seed", str(seed), "--workers", "2", "--device", "cpu",
-                "--out", str(work / f"member-{seed}.pth"), "--export", str(out),
+                "--out", str(ckpt), "--export", str(out), *resume,
             ])
             # fmt: on
             print(f"member seed {seed}: {time.perf_counter() - start:.0f} s")

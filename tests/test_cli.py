@@ -749,6 +749,24 @@ def test_train_refuses_arguments_before_any_work(scene_store, tmp_path, capsys, 
     _fails_alone(capsys, [*argv, *flags], match.format(tmp=tmp_path), run, tmp_path / "run.txt")
 
 
+@pytest.mark.parametrize("flag", ["--out", "--export"])
+@pytest.mark.parametrize("role", ["training store", "validation store"])
+def test_train_writes_no_file_into_a_store_it_reads(scene_store, tmp_path, capsys, flag, role):
+    """A checkpoint or weights inside a store changes its listing (the resume then
+    refuses the store as rewritten): refused before any work, the store as it was."""
+    val = shutil.copytree(scene_store, tmp_path / "val.zarr")
+    store = scene_store if role == "training store" else val
+    files = {"--out": tmp_path / "run.pth", "--export": tmp_path / "w.safetensors"}
+    files[flag] = store / files[flag].name
+    before = snapshot(store)
+    argv = ["train", str(scene_store), "--model", "dsen2_cr", "--steps", "1", "--val", str(val)]
+    argv += ["--config", "preset=small", "--crop", "32"]  # data it could train on
+    argv += ["--out", str(files["--out"]), "--export", str(files["--export"])]
+    says = f"{files[flag]}: the destination lies inside the {role} {store}; write it somewhere"
+    _fails_alone(capsys, argv, says, *files.values())
+    assert snapshot(store) == before
+
+
 # ------------------------------------------------------ data safety: destinations
 # Each case ends with exit status 2 and one line naming the path and the problem, and
 # every file that was there before is still there, byte for byte.

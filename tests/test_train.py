@@ -115,6 +115,42 @@ def test_cli_train_refuses_a_users_file(collection_store, tmp_path, capsys, flag
     assert sorted(os.listdir(tmp_path)) == [mine.name]
 
 
+def test_cli_train_replaces_another_run_only_with_overwrite(collection_store, tmp_path, capsys):
+    """A second run into --out and --export of a finished one: exit 2, one line saying
+    what the file holds and the ways on, both files byte for byte as they were; the run
+    resumed writes its own checkpoint; --overwrite replaces them."""
+    ckpt, exported = tmp_path / "run.pth", tmp_path / "w.safetensors"
+    argv = ["train", str(collection_store), "--model", "dsen2_cr", "--config", "preset=small"]
+    argv += ["--crop", str(TILE), "--batch-size", "2", "--out", str(ckpt)]
+    assert main([*argv, "--steps", "1", "--export", str(exported)]) == 0
+    capsys.readouterr()
+    before = {path: path.read_bytes() for path in (ckpt, exported)}
+    assert main([*argv, "--steps", "1", "--seed", "2"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"m3rcr train: error: --out {ckpt}: the file holds another run, a training checkpoint "
+        f"of dsen2_cr at step 1 trained on {collection_store}; pass --resume {ckpt} to "
+        "continue it, --overwrite to replace it, or choose another --out"
+    ]
+    resumed = [*argv, "--steps", "2", "--resume", str(ckpt), "--export", str(exported)]
+    assert main(resumed) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"m3rcr train: error: --export {exported}: the file holds weights exported by "
+        "m3rcr_xr (dsen2_cr, step 1); pass --overwrite to replace them, or choose another "
+        "--export"
+    ]
+    assert {path: path.read_bytes() for path in before} == before
+    assert sorted(os.listdir(tmp_path)) == ["run.pth", "w.safetensors"]
+    assert main(resumed[:-2]) == 0  # the run resumed goes on in its own file
+    assert m3rcr_xr.train.read_training_checkpoint(ckpt)["step"] == 2
+    assert main([*resumed, "--overwrite"]) == 0
+    from m3rcr_xr.weights import read_weights
+
+    assert read_weights(exported).metadata["step"] == "2"
+    assert main([*argv, "--steps", "1", "--seed", "2", "--overwrite"]) == 0
+    saved = m3rcr_xr.train.read_training_checkpoint(ckpt)
+    assert (saved["step"], saved["settings"]["seed"]) == (1, 2)
+
+
 def test_shipped_weights_beat_the_cloudy_input():
     from m3rcr_xr.weights import default_checkpoint
 

@@ -17,7 +17,7 @@ import zarr
 import m3rcr_xr
 from m3rcr_xr import models
 from m3rcr_xr.cli import main
-from m3rcr_xr.exceptions import CheckpointError, UsageError
+from m3rcr_xr.exceptions import CheckpointError, StoreError, UsageError
 from m3rcr_xr.store import FINGERPRINT
 from m3rcr_xr.testing import raise_if_dask_computes, serve_directory
 from m3rcr_xr.train import (
@@ -28,6 +28,7 @@ from m3rcr_xr.train import (
     train,
 )
 
+from .conftest import snapshot
 from .train_runs import SMALL, TILE, run_settings, weights
 
 
@@ -121,13 +122,49 @@ def one_step(collection_store, tmp_path_factory) -> Path:
     return train(collection_store, out, run_settings(1), progress=False).checkpoint
 
 
-def test_out_replaces_an_earlier_run_and_the_resumed_one(collection_store, one_step, tmp_path):
+def test_out_replaces_the_run_resumed_and_another_only_with_overwrite(
+    collection_store, one_step, tmp_path
+):
+    """The run resumed goes on in its own file (named any way); another run's checkpoint
+    there is refused before any work, byte for byte as it was, and replaced only with
+    overwrite."""
     out = Path(shutil.copy(one_step, tmp_path / "run.pth"))
-    resumed = train(collection_store, out, run_settings(2), resume=out, progress=False)
+    link = tmp_path / "link.pth"
+    link.symlink_to(out.name)  # the checkpoint resumed, by another name
+    resumed = train(collection_store, out, run_settings(2), resume=link, progress=False)
     assert sorted(resumed.losses) == [2] and read_training_checkpoint(out)["step"] == 2
-    fresh = train(collection_store, out, run_settings(1, seed=4), progress=False)
+    before = out.read_bytes()
+    with pytest.raises(CheckpointError) as caught:  # the data is not even opened
+        train(tmp_path / "missing.zarr", out, run_settings(1, seed=4), progress=False)
+    assert str(caught.value) == (
+        f"out={str(out)!r}: the file holds another run, a training checkpoint of dsen2_cr "
+        f"at step 2 trained on {collection_store}; pass resume={str(out)!r} to continue it, "
+        "overwrite=True to replace it, or choose another out"
+    )
+    assert out.read_bytes() == before
+    fresh = train(collection_store, out, run_settings(1, seed=4), progress=False, overwrite=True)
     assert read_training_checkpoint(out)["settings"]["seed"] == 4 and fresh.checkpoint == out
-    assert sorted(os.listdir(tmp_path)) == ["run.pth"]  # no temporary file left
+    assert sorted(os.listdir(tmp_path)) == ["link.pth", "run.pth"]  # no temporary file left
+
+
+def test_a_resume_into_another_runs_checkpoint_is_refused(collection_store, one_step, tmp_path):
+    other = Path(shutil.copy(one_step, tmp_path / "other.pth"))
+    before = other.read_bytes()
+    with pytest.raises(CheckpointError, match=r"other.pth'?: the file holds another run, .*step 1"):
+        train(collection_store, other, run_settings(2), resume=one_step, progress=False)
+    assert other.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["other.pth"]
+
+
+@pytest.mark.parametrize("store", ["train", "val"])
+def test_out_inside_a_store_it_reads_is_refused(collection_store, val_store, store):
+    """A checkpoint in the training or validation store would change its listing (and
+    so its identity: the resume would be refused as a store rewritten in place)."""
+    inside = (collection_store if store == "train" else val_store) / "run.pth"
+    role = {"train": "training store", "val": "validation store"}[store]
+    before = snapshot(inside.parent)
+    with pytest.raises(StoreError, match=f"the destination lies inside the {role} "):
+        train(collection_store, inside, run_settings(1), val=val_store, progress=False)
+    assert snapshot(inside.parent) == before
 
 
 @pytest.mark.parametrize("kind", ["text", "state_dict", "pickle", "safetensors"])
@@ -166,14 +203,22 @@ def test_an_interrupted_checkpoint_leaves_the_last_one(
     assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["run.pth"]
 
 
-def test_export_replaces_only_weights_it_exported(one_step, tmp_path):
+def test_export_replaces_only_weights_it_exported_with_overwrite(one_step, tmp_path):
     exported = export_weights(one_step, tmp_path / "w.safetensors")
-    assert export_weights(one_step, exported) == exported  # its own: replaced
+    before = exported.read_bytes()
+    with pytest.raises(CheckpointError) as caught:
+        export_weights(one_step, exported)
+    assert str(caught.value) == (
+        f"out={str(exported)!r}: the file holds weights exported by m3rcr_xr (dsen2_cr, "
+        "step 1); pass overwrite=True to replace them, or choose another out"
+    )
+    assert exported.read_bytes() == before
+    assert export_weights(one_step, exported, overwrite=True) == exported  # its own: replaced
     for kind in ("text", "state_dict", "safetensors"):
         mine = tmp_path / f"{kind}.safetensors"
         before = _users_file(kind, mine)
         with pytest.raises(CheckpointError, match="is not weights exported by m3rcr_xr; choose"):
-            export_weights(one_step, mine)
+            export_weights(one_step, mine, overwrite=True)
         assert mine.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["w.safetensors", "text.safetensors", "state_dict.safetensors", "safetensors.safetensors"]
@@ -190,7 +235,7 @@ def test_an_interrupted_export_leaves_the_old_file(one_step, tmp_path, monkeypat
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        export_weights(one_step, exported)
+        export_weights(one_step, exported, overwrite=True)
     assert exported.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["w.safetensors"]
 
 
@@ -350,6 +395,8 @@ def test_an_older_checkpoint_without_its_data_resumes(collection_store, one_step
         )
     assert sorted(result.losses) == [2]
     assert "records no identity of its training data" in caplog.text
+    with pytest.raises(CheckpointError, match=r"at step 1 \(its training data not recorded\);"):
+        train(collection_store, tmp_path / "old.pth", run_settings(1), progress=False)
 
 
 def test_cli_resume_on_other_data_is_refused(other_store, one_step, tmp_path, capsys):

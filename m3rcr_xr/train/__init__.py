@@ -32,6 +32,7 @@ from .state import (
     CHECKPOINT_KEYS,
     check_checkpoint_destination,
     check_export_destination,
+    check_outside_data,
     export_weights,
     read_training_checkpoint,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "autocast_dtype",
     "check_checkpoint_destination",
     "check_export_destination",
+    "check_outside_data",
     "export_weights",
     "loss_function",
     "make_optimizer",

@@ -39,6 +39,7 @@ from .recipe import (
 from .settings import ResolvedSettings, TrainSettings
 from .state import (
     check_checkpoint_destination,
+    check_outside_data,
     check_same_data,
     checkpoint_payload,
     read_training_checkpoint,
@@ -243,6 +244,7 @@ def train(
     progress: bool | None = None,
     task: str | None = None,
     level: int | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a network on a scene or collection store with the published recipe.
 
@@ -257,8 +259,9 @@ def train(
         Checkpoint path, written every ``settings.checkpoint_every`` steps and at the end
         (each time to a temporary file renamed over it), before the validation and again
         with its metrics: a validation that fails loses no training. An existing file there is
-        replaced only when it is a training checkpoint of this library (an earlier run's,
-        the one resumed): see :func:`check_checkpoint_destination`.
+        replaced only when it is the ``resume`` checkpoint, or with ``overwrite`` a
+        training checkpoint of this library: see :func:`check_checkpoint_destination`.
+        It may not lie inside the training or validation store.
     settings
         See :class:`TrainSettings`.
     val
@@ -274,17 +277,23 @@ def train(
     task, level
         Shorthands for ``settings.task`` and ``settings.level`` (set there when given):
         ``task="landcover", level=1`` trains a classifier of the seven level-1 groups.
+    overwrite
+        Replace the training checkpoint of another run at ``out`` (never a file of
+        another kind).
 
     Raises
     ------
     UsageError, SchemaError, ModelConfigError, CheckpointError
         Bad settings, data without the variables needed, a crop the model cannot take, a
         checkpoint that cannot be resumed or does not match ``settings`` or the data, a
-        file at
-        ``out`` that is not a training checkpoint of this library.
+        file at ``out`` that is not a training checkpoint of this library, or another
+        run's without ``overwrite``.
+    StoreError
+        ``out`` lies inside the training or validation store.
     """
     start_time = time.perf_counter()
-    out = check_checkpoint_destination(out)
+    check_outside_data(out, source, val)
+    out = check_checkpoint_destination(out, resume=resume, overwrite=overwrite)
     given: dict[str, Any] = {"task": task, "level": level}
     settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None})
     payload = read_training_checkpoint(resume) if resume is not None else None

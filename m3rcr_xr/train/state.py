@@ -11,7 +11,8 @@ with :func:`m3rcr_xr.models.load`.
 Checkpoints and exported weights are written to a temporary file beside their path, then
 renamed over it, and replace only a file of their own kind written by this library
 (:func:`check_checkpoint_destination`, :func:`check_export_destination`): a user's file of
-the same name is refused before any work, never overwritten.
+the same name is refused before any work, never overwritten, and so is another run's
+checkpoint or exported weights unless the caller resumes that run or asks to overwrite.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,11 +33,13 @@ from ..exceptions import CheckpointError, UsageError, argument
 from ..files import replace_atomically
 from ..models import extract_state_dict, model_record
 from ..models.checkpoint import read_checkpoint
-from ..weights import EXPORT_FORMAT, exported_weights
-from .data import DATASET_PREFIX, STORE_PREFIX
+from ..store import check_apart
+from ..weights import EXPORT_FORMAT, DefaultCheckpoint, exported_weights
+from .data import DATASET_PREFIX, STORE_PREFIX, Source
 from .settings import ResolvedSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: what a checkpoint holds to resume a run. The weights entry keeps its published name,
 #: "network": the published code saves and loads ``{'network': ...}``, every model
@@ -99,12 +102,20 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     replace_atomically(path, lambda partial: torch.save(payload, partial))
 
 
-def check_checkpoint_destination(path: str | os.PathLike[str], *, name: str = "out") -> Path:
+def check_checkpoint_destination(
+    path: str | os.PathLike[str],
+    *,
+    name: str = "out",
+    resume: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Refuse, before any work, a checkpoint path that :func:`train` may not write.
 
-    Training replaces its checkpoint as it goes, and an earlier run's (the one resumed,
-    say); any other file there is the user's and is left alone. A file is a checkpoint
-    of this library when :func:`read_training_checkpoint` reads it (with
+    Training replaces its checkpoint as it goes. A training checkpoint of this library
+    already there holds a run of its own: it is replaced only by the run that continues
+    it (``resume`` is that file) or with ``overwrite``. Any other file there is the
+    user's and is left alone, ``overwrite`` or not. A file is a checkpoint of this
+    library when :func:`read_training_checkpoint` reads it (with
     ``torch.load(weights_only=True)``: nothing is unpickled beyond tensors and plain
     containers).
 
@@ -114,53 +125,115 @@ def check_checkpoint_destination(path: str | os.PathLike[str], *, name: str = "o
         The checkpoint to write.
     name
         The argument that gave it, for the message (``out``; ``--out`` on the CLI).
+    resume
+        The checkpoint the run resumes, if any.
+    overwrite
+        Replace a training checkpoint of another run.
 
     Raises
     ------
     CheckpointError
-        Something other than a training checkpoint of m3rcr_xr is at ``path``.
+        Something other than a training checkpoint of m3rcr_xr is at ``path``, or one
+        of another run without ``overwrite``: naming its step and training data, and
+        how to continue or replace it.
     """
-    return _check_own_file(path, name, read_training_checkpoint, "a training checkpoint written")
+    path, payload = _check_own_file(
+        path, name, read_training_checkpoint, "a training checkpoint written"
+    )
+    if payload is not None and not overwrite and not _same_file(path, resume):
+        raise CheckpointError(
+            f"{argument(name, str(path))}: the file holds another run, a training "
+            f"checkpoint of {payload['settings']['model']} at step {payload['step']} "
+            f"{_trained_on(payload)}; pass {argument('resume', str(path))} to continue "
+            f"it, {argument('overwrite', True)} to replace it, or choose another {argument(name)}"
+        )
+    return path
 
 
-def check_export_destination(path: str | os.PathLike[str], *, name: str = "out") -> Path:
+def check_export_destination(
+    path: str | os.PathLike[str], *, name: str = "out", overwrite: bool = False
+) -> Path:
     """Refuse, before any work, a path that :func:`export_weights` may not write: an
-    existing file is replaced only when it holds weights this library exported (a
-    safetensors file whose header names the model and config and has ``format``
-    ``"m3rcr_xr"``; only the header is read).
+    existing file is replaced only with ``overwrite`` and only when it holds weights
+    this library exported (a safetensors file whose header names the model and config
+    and has ``format`` ``"m3rcr_xr"``; only the header is read).
 
     Raises
     ------
     CheckpointError
-        Something else is at ``path``.
+        Something else is at ``path``, or exported weights without ``overwrite``.
     """
-    return _check_own_file(path, name, _read_export_header, "weights exported")
+    path, exported = _check_own_file(path, name, _read_export_header, "weights exported")
+    if exported is not None and not overwrite:
+        raise CheckpointError(
+            f"{argument(name, str(path))}: the file holds weights exported by m3rcr_xr "
+            f"({exported.model}, step {exported.metadata.get('step', '?')}); pass "
+            f"{argument('overwrite', True)} to replace them, or choose another {argument(name)}"
+        )
+    return path
 
 
-def _read_export_header(path: Path) -> None:
-    if exported_weights(path) is None:
+def check_outside_data(
+    path: str | os.PathLike[str], source: Source, val: Source | None = None
+) -> None:
+    """Refuse, before any work, a file to write (a checkpoint, exported weights) that is
+    or lies inside the training store ``source`` or the validation store ``val``: a file
+    in a store is no part of it, and it changes the store's listing, by which a resume
+    knows its data (xarray Datasets have no place to overlap).
+
+    Raises
+    ------
+    StoreError
+        Naming the file and the store (see :func:`m3rcr_xr.store.check_apart`).
+    """
+    for data, role in ((source, "training store"), (val, "validation store")):
+        if isinstance(data, str | os.PathLike):
+            check_apart(path, [data], role=role)
+
+
+def _read_export_header(path: Path) -> DefaultCheckpoint:
+    exported = exported_weights(path)
+    if exported is None:
         raise CheckpointError(f"{path}: its header has no format={EXPORT_FORMAT!r}")
+    return exported
 
 
 def _check_own_file(
-    path: str | os.PathLike[str], name: str, read: Callable[[Path], Any], what: str
-) -> Path:
-    """``path``, if nothing is there or ``read`` reads the file there (as ``what`` by
-    m3rcr_xr); a CheckpointError naming the argument ``name`` otherwise."""
+    path: str | os.PathLike[str], name: str, read: Callable[[Path], T], what: str
+) -> tuple[Path, T | None]:
+    """``path`` and what ``read`` reads there (None where nothing is), if the file
+    there is ``what`` by m3rcr_xr; a CheckpointError naming the argument ``name``
+    otherwise."""
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
-        return path
+        return path, None
     try:
         if not path.is_file():  # a folder, a dangling link...
             raise CheckpointError(f"{path}: not a file")
-        read(path)
+        return path, read(path)
     except CheckpointError as exc:
         log.debug("not replacing %s: %s", path, exc)
         raise CheckpointError(
             f"{argument(name, str(path))}: the file exists and is not {what} by m3rcr_xr; "
             f"choose another {argument(name)} or remove it"
         ) from None
-    return path
+
+
+def _same_file(path: Path, other: str | os.PathLike[str] | None) -> bool:
+    """Whether ``other`` is the file at ``path`` (links and other spellings resolved)."""
+    try:
+        return other is not None and path.samefile(other)
+    except OSError:  # one of them is missing: not the same file
+        return False
+
+
+def _trained_on(payload: Mapping[str, Any]) -> str:
+    """What a checkpoint was trained on, for messages: "trained on STORE"."""
+    identity = (payload.get("data") or {}).get("train")
+    if identity is None:  # an older checkpoint
+        return "(its training data not recorded)"
+    source = identity["source"]
+    return "trained on an xarray Dataset" if source == "dataset" else f"trained on {source}"
 
 
 def checkpoint_payload(
@@ -348,24 +421,27 @@ def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return payload
 
 
-def export_weights(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+def export_weights(
+    checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
     """Write a training checkpoint's weights as safetensors, with the model name and its
     configuration in the file's metadata (keys ``model``, ``config`` as JSON, ``step``,
     ``task``; for a classifier ``level`` and ``n_classes`` too, which
     :func:`m3rcr_xr.weights.read_weights` checks against the configuration).
 
     The file is written beside ``out`` and renamed over it; an existing ``out`` is
-    replaced only when it holds weights this library exported (see
-    :func:`check_export_destination`).
+    replaced only with ``overwrite`` and when it holds weights this library exported
+    (see :func:`check_export_destination`).
 
     Raises
     ------
     CheckpointError
-        ``checkpoint`` is no training checkpoint, or ``out`` is a file of someone else.
+        ``checkpoint`` is no training checkpoint, or ``out`` is a file of someone else,
+        or exported weights without ``overwrite``.
     """
     from safetensors.torch import save_file
 
-    out = check_export_destination(out)
+    out = check_export_destination(out, overwrite=overwrite)
     payload = read_training_checkpoint(checkpoint)
     state = {k: v.contiguous() for k, v in extract_state_dict(payload).items()}
     settings = payload["settings"]
