@@ -21,6 +21,7 @@ from m3rcr_xr.exceptions import (
     CheckpointError,
     M3RCRError,
     ModelConfigError,
+    SchemaError,
     UnknownModelError,
     UsageError,
 )
@@ -568,8 +569,10 @@ def test_losses_match_published_loops_on_batches() -> None:
     torch.testing.assert_close(
         carl_loss(pred, target, cloudy, mask), _published_carl(pred, target, cloudy, mask)
     )
-    with pytest.raises(ValueError, match="cloudmask"):
+    with pytest.raises(SchemaError, match=r"cloudmask \(2, 1, 6, 5\) does not fit pred \(3, 4"):
         ec_charbonnier_loss(pred, target, mask[:2])
+    with pytest.raises(SchemaError, match=r"valid \(2, 1, 6, 5\) does not fit pred"):
+        carl_loss(pred, target, cloudy, mask, valid=mask[:2])
 
 
 @pytest.mark.parametrize("name", NAMES)
