@@ -618,7 +618,7 @@ def test_one_record_per_model() -> None:
         assert PRESETS[name] == {k: dict(v) for k, v in record.presets.items()}
         assert model_record(name.upper().replace("_", "-")) is record
         assert model_record(record.cls.__name__.lower()) is record  # dsen2cr, glfcr, aligncr
-    assert [RECORDS[n].default_tile for n in NAMES] == [None, 160, 160]
+    assert [model_spec(n).tile_size for n in NAMES] == [None, 160, 160]  # published
     assert [RECORDS[n].published_batch_size for n in NAMES] == [1, 1, 2]
     assert [RECORDS[n].loss.name for n in NAMES] == ["carl", "l1", "ec_charbonnier"]
     assert not RECORDS["glf_cr"].loss.needs_cloudmask

@@ -264,12 +264,8 @@ def read_checkpoint(
 def _read_safetensors(opened: VerifiedFile) -> dict[str, Any]:
     """The tensors of a safetensors file, memory-mapped through its path, once the path
     is known to name the file hashed, and again after."""
-    try:
-        from safetensors.torch import load_file
-    except ImportError as exc:  # pragma: no cover - safetensors is a dependency
-        raise CheckpointError(
-            f"{opened.path}: reading safetensors needs the safetensors package"
-        ) from exc
+    from safetensors.torch import load_file
+
     opened.check_unchanged(by_path=True)
     try:
         tensors = dict(load_file(os.fspath(opened.path), device="cpu"))
