@@ -282,7 +282,7 @@ def _decloud(args: argparse.Namespace) -> int:
     for checkpoint in checkpoints:
         _check_config(known_model(args.model, checkpoint), config)
     # a registered name, a URL or "untrained" is no file the output could overlap
-    local = [c for c in checkpoints if c and "://" not in c and Path(c).exists()]
+    local = [c for c in checkpoints if c and not href.is_remote(c) and href.local_path(c).exists()]
     inputs = [args.input, *local]
     # a complete store with --cog: a run cut off while it wrote the GeoTIFFs, perhaps;
     # the store is taken as it is if it holds this run's data (_check_reused)

@@ -1,6 +1,8 @@
 """Which device a network runs on: ``"auto"`` resolved, a named device checked.
 
 Shared by training and inference, and below both: nothing here knows of tiles or crops.
+The autocast dtype of a precision on a device is decided here too
+(:func:`autocast_dtype`), once for both.
 
 Examples
 --------
@@ -12,10 +14,17 @@ Examples
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from typing import Any
 
 from .exceptions import UsageError, argument
+
+log = logging.getLogger(__name__)
+
+#: the precisions below float32 that a CUDA GPU runs under autocast
+REDUCED_PRECISIONS = ("bf16", "fp16")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -87,3 +96,47 @@ def _device_name(device: str) -> str:
     if device == "cuda":
         return f"cuda:{torch.cuda.current_device()}"
     return device
+
+
+def autocast_dtype(precision: str, device: str, name: str = "precision") -> Any:
+    """The torch dtype a network runs in under autocast on ``device``; None: float32.
+
+    ``precision`` is ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"``: bf16 on GPUs that
+    compute it natively (compute capability 8 and up: A100, H100, RTX 30xx...), float32
+    elsewhere. An explicit ``"bf16"`` on an older GPU (V100, T4) runs, emulated and
+    slower than float32: a warning says so, naming the argument ``name``, once per
+    device and process. The capability decides, not ``torch.cuda.is_bf16_supported()``,
+    which counts emulation as support. A CPU always runs float32 (refusing a reduced
+    precision there is the caller's).
+
+    Examples
+    --------
+    >>> autocast_dtype("bf16", "cpu") is None
+    True
+    """
+    import torch
+
+    if not device.startswith("cuda") or precision == "fp32":
+        return None
+    native = torch.cuda.get_device_capability(device)[0] >= 8
+    if precision == "auto":
+        return torch.bfloat16 if native else None
+    if precision == "bf16" and not native:
+        _warn_emulated_bf16(device, name)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+@functools.cache
+def _warn_emulated_bf16(device: str, name: str) -> None:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    log.warning(
+        "%s on %s (compute capability %d.%d): this GPU has no native bf16, which runs "
+        "emulated and slower than float32; %s takes float32 here, 'fp16' is native",
+        argument(name, "bf16"),
+        device,
+        major,
+        minor,
+        argument(name, "auto"),
+    )

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from os import PathLike
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from urllib.request import url2pathname
 
@@ -69,6 +69,17 @@ _PRESIGNED = frozenset(
 #: what a URL may hold as written (RFC 3986: reserved, unreserved, percent escapes);
 #: anything else (a space, non-ASCII) is percent-encoded before it is requested
 _URL_CHARACTERS = "!#$%&'()*+,/:;=?@[]~"
+
+
+def has_scheme(href: PathType) -> TypeGuard[str]:
+    """True for a URL, ``file://`` included (:func:`is_remote` leaves it out).
+
+    Examples
+    --------
+    >>> has_scheme("file:///data/w.pth"), has_scheme("data/w.pth"), has_scheme("a/b://c")
+    (True, False, False)
+    """
+    return isinstance(href, str) and _SCHEME.match(href) is not None
 
 
 def is_remote(href: PathType) -> bool:
@@ -105,7 +116,7 @@ def local_path(href: PathType) -> Path:
     >>> local_path("file:///data/m3rcr%20test/a.tif").as_posix()
     '/data/m3rcr test/a.tif'
     """
-    if isinstance(href, str) and _SCHEME.match(href):  # file://, the only local scheme
+    if has_scheme(href):  # file://, the only local scheme
         return Path(url2pathname(urlsplit(href).path))
     return Path(href)
 

@@ -46,10 +46,8 @@ def progress_bar(total: int, desc: str, disable: bool = False) -> tqdm:
 
 def distributed_client() -> Any | None:
     """The active ``distributed`` client (tasks then run on its workers), or None."""
-    try:
-        from distributed import get_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
+    from distributed import get_client
+
     with contextlib.suppress(ValueError):
         return get_client()
     return None

@@ -27,7 +27,6 @@ On the CPU
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import os
@@ -39,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .devices import _device_name, resolve_device
+from .devices import REDUCED_PRECISIONS, _device_name, autocast_dtype, resolve_device
 from .exceptions import CheckpointError, UsageError, argument
 from .threads import tile_threads, torch_threads
 from .weights import UNTRAINED
@@ -51,7 +50,7 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------ model
 #: how the tile forwards run on a CUDA GPU (see :func:`m3rcr_xr.decloud`); a CPU runs float32
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+PRECISIONS = ("fp32", *REDUCED_PRECISIONS, "auto")
 DEFAULT_PRECISION = "fp32"
 
 
@@ -67,7 +66,7 @@ def check_precision(precision: str, device: str) -> None:
         raise UsageError(
             f"{argument('precision', precision)}: must be one of {', '.join(PRECISIONS)}"
         )
-    if precision in ("bf16", "fp16") and not device.startswith(("auto", "cuda")):
+    if precision in REDUCED_PRECISIONS and not device.startswith(("auto", "cuda")):
         raise UsageError(
             f"{argument('precision', precision)} runs on a CUDA GPU only, not with "
             f"{argument('device', device)}: the CPU runs float32"
@@ -296,42 +295,6 @@ def tile_counts(reset: bool = False) -> dict[str, int]:
 def _count_tiles(device: str, tiles: int) -> None:
     with _STATE_LOCK:
         _TILE_COUNTS[device] += tiles
-
-
-def autocast_dtype(precision: str, device: str):
-    """The torch dtype the forwards run in under autocast on ``device``; None: float32.
-
-    ``"auto"`` is bf16 on GPUs that compute it natively (compute capability 8 and up:
-    A100, H100, RTX 30xx...), float32 elsewhere. An explicit ``"bf16"`` on an older GPU
-    (V100, T4) runs, emulated and slower than float32: a warning says so, once per
-    device and process. The capability decides, not ``torch.cuda.is_bf16_supported()``,
-    which counts emulation as support. A CPU always runs float32.
-    """
-    import torch
-
-    if not device.startswith("cuda") or precision == "fp32":
-        return None
-    native = torch.cuda.get_device_capability(device)[0] >= 8
-    if precision == "auto":
-        return torch.bfloat16 if native else None
-    if precision == "bf16" and not native:
-        _warn_emulated_bf16(device)
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-@functools.cache
-def _warn_emulated_bf16(device: str) -> None:
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(device)
-    log.warning(
-        "precision='bf16' on %s (compute capability %d.%d): this GPU has no native "
-        "bf16, which runs emulated and slower than float32; precision='auto' takes "
-        "float32 here, 'fp16' is native",
-        device,
-        major,
-        minor,
-    )
 
 
 # ---------------------------------------------------------------------- tile running

@@ -809,6 +809,22 @@ def test_decloud_into_its_own_input_deletes_nothing(tmp_path, capsys, out, how):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("as_url", [False, True])
+def test_decloud_over_its_checkpoint_is_refused(tmp_path, capsys, small_checkpoint, as_url):
+    """A checkpoint inside the output store is refused as a path and as a file:// URL
+    (which was taken for a remote one and left out of the check)."""
+    for name in ("S.zarr", "out.zarr"):
+        m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64)), tmp_path / name, progress=False)
+    weights = tmp_path / "out.zarr" / "w.pth"
+    shutil.copy(small_checkpoint, weights)
+    before = snapshot(tmp_path)
+    checkpoint = weights.as_uri() if as_url else str(weights)
+    args = ["decloud", str(tmp_path / "S.zarr"), str(tmp_path / "out.zarr"), "--overwrite"]
+    assert main([*args, "--checkpoint", checkpoint, "--config", "preset=small"]) == 2
+    assert f"the destination contains the input {checkpoint}" in _one_error_line(capsys)
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize(
     ("cog", "role"), [("S.zarr/d.tif", "input"), ("out.zarr/d.tif", "output store")]
 )

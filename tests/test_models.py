@@ -21,6 +21,7 @@ from m3rcr_xr.exceptions import (
     CheckpointError,
     M3RCRError,
     ModelConfigError,
+    SchemaError,
     UnknownModelError,
     UsageError,
 )
@@ -284,7 +285,7 @@ def test_a_blocked_module_is_refused_without_torchs_advice(tmp_path: Path) -> No
 
 
 def test_checkpoint_errors_are_clear(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="nope.pth: checkpoint file does not exist"):
         load("dsen2_cr", tmp_path / "nope.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
@@ -568,8 +569,10 @@ def test_losses_match_published_loops_on_batches() -> None:
     torch.testing.assert_close(
         carl_loss(pred, target, cloudy, mask), _published_carl(pred, target, cloudy, mask)
     )
-    with pytest.raises(ValueError, match="cloudmask"):
+    with pytest.raises(SchemaError, match=r"cloudmask \(2, 1, 6, 5\) does not fit pred \(3, 4"):
         ec_charbonnier_loss(pred, target, mask[:2])
+    with pytest.raises(SchemaError, match=r"valid \(2, 1, 6, 5\) does not fit pred"):
+        carl_loss(pred, target, cloudy, mask, valid=mask[:2])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -615,7 +618,7 @@ def test_one_record_per_model() -> None:
         assert PRESETS[name] == {k: dict(v) for k, v in record.presets.items()}
         assert model_record(name.upper().replace("_", "-")) is record
         assert model_record(record.cls.__name__.lower()) is record  # dsen2cr, glfcr, aligncr
-    assert [RECORDS[n].default_tile for n in NAMES] == [None, 160, 160]
+    assert [model_spec(n).tile_size for n in NAMES] == [None, 160, 160]  # published
     assert [RECORDS[n].published_batch_size for n in NAMES] == [1, 1, 2]
     assert [RECORDS[n].loss.name for n in NAMES] == ["carl", "l1", "ec_charbonnier"]
     assert not RECORDS["glf_cr"].loss.needs_cloudmask

@@ -11,6 +11,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual alias
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from m3rcr_xr.exceptions import SchemaError, UsageError
 from m3rcr_xr.models import deform_conv2d, kernel2d_conv, torchvision_available
 from m3rcr_xr.models.attention import (
     relative_position_index,
@@ -131,14 +132,20 @@ def test_deform_conv2d_gradients() -> None:
 def test_deform_conv2d_rejects_bad_shapes() -> None:
     x = torch.zeros(1, 4, 6, 6)
     weight = torch.zeros(2, 4, 3, 3)
-    with pytest.raises(ValueError, match="offset"):
+    with pytest.raises(SchemaError, match="offset has 17 channels, not a multiple of 2 . 9"):
         deform_conv2d(x, torch.zeros(1, 17, 6, 6), weight, padding=1)
-    with pytest.raises(ValueError, match="offset is"):
+    with pytest.raises(SchemaError, match=r"offset is \(5, 5\) pixels, the output \(6, 6\)"):
         deform_conv2d(x, torch.zeros(1, 18, 5, 5), weight, padding=1)
-    with pytest.raises(ValueError, match="mask"):
+    with pytest.raises(SchemaError, match="mask has 8 channels, expected 9"):
         deform_conv2d(x, torch.zeros(1, 18, 6, 6), weight, padding=1, mask=torch.ones(1, 8, 6, 6))
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(SchemaError, match="weight has 3 input channels per group"):
+        deform_conv2d(x, torch.zeros(1, 18, 6, 6), torch.zeros(2, 3, 3, 3), padding=1)
+    with pytest.raises(SchemaError, match="input has 4 channels, which the 3 offset groups"):
+        deform_conv2d(x, torch.zeros(1, 54, 6, 6), weight, padding=1)
+    with pytest.raises(UsageError, match="backend='cuda': use 'auto', 'torch' or 'torchvision'"):
         deform_conv2d(x, torch.zeros(1, 18, 6, 6), weight, padding=1, backend="cuda")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="in_channels=8: not a multiple of deformable_groups=3"):
+        DCNv2Pack(8, 6, 3, padding=1, deformable_groups=3)
 
 
 def test_dcnv2pack_layout_and_init() -> None:
@@ -210,9 +217,9 @@ def test_kernel2d_tap_layout_and_replicate_border() -> None:
     kernel[:, 5] = 1.0  # tap (row 1, col 2): the right-hand neighbour
     expected = torch.cat((feat[..., 1:], feat[..., -1:]), dim=-1)  # replicated last column
     torch.testing.assert_close(kernel2d_conv(feat, kernel, 3), expected)
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(UsageError, match="ksize=2: kernel2d_conv needs an odd kernel size"):
         kernel2d_conv(feat, torch.zeros(1, 4, 3, 4), 2)
-    with pytest.raises(ValueError, match="kernel must be"):
+    with pytest.raises(SchemaError, match="kernel must be"):
         kernel2d_conv(feat, torch.zeros(1, 8, 3, 4), 3)
 
 

@@ -340,7 +340,7 @@ def test_what_this_library_did_not_write_is_never_written_over(
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
-def testa_file_is_not_a_destination(tmp_path, small_scene, overwrite):
+def test_a_file_is_not_a_destination(tmp_path, small_scene, overwrite):
     target = tmp_path / "scene.zarr"
     target.write_bytes(b"not a store")
     with pytest.raises(m3rcr_xr.StoreError, match="is a file, not a Zarr store"):

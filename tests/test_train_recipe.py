@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import m3rcr_xr
-from m3rcr_xr import models
+from m3rcr_xr import devices, models, runner
 from m3rcr_xr.exceptions import UsageError
 from m3rcr_xr.train import (
     CropDataset,
@@ -160,11 +160,10 @@ def test_autocast_only_on_a_gpu(collection_store, monkeypatch):
     assert autocast_dtype("cpu") is None and autocast_dtype("cpu", "off") is None
     with pytest.raises(UsageError, match="GPU"):
         autocast_dtype("cpu", "bf16")
-    monkeypatch.setattr("m3rcr_xr.train.recipe._cuda_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert autocast_dtype("cuda") == torch.bfloat16
     assert autocast_dtype("cuda:0", "fp16") == torch.float16
-    monkeypatch.setattr("m3rcr_xr.train.recipe._cuda_bf16_supported", lambda: False)
-    assert autocast_dtype("cuda") == torch.float16
+    assert autocast_dtype("cuda:0", "off") is None
 
     def no_autocast(*args, **kwargs):
         raise AssertionError("autocast used on the CPU")
@@ -177,3 +176,22 @@ def test_autocast_only_on_a_gpu(collection_store, monkeypatch):
     assert np.isfinite(
         train_step(net, batch, optimizer, loss_function("dsen2_cr"), amp=autocast_dtype("cpu"))
     )
+
+
+def test_amp_auto_picks_what_inference_picks(monkeypatch, caplog):
+    """A V100 (7.0) emulates bf16, which torch counts as support: training's "auto"
+    took emulated bf16 there while inference's took float32; both take float32 now."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    for capability, dtype in (((7, 0), None), ((8, 6), torch.bfloat16)):
+        monkeypatch.setattr(
+            torch.cuda, "get_device_capability", lambda device=None, c=capability: c
+        )
+        assert autocast_dtype("cuda:0") is runner.autocast_dtype("auto", "cuda:0") is dtype
+    assert autocast_dtype("cuda:0", "off") is runner.autocast_dtype("fp32", "cuda:0") is None
+    devices._warn_emulated_bf16.cache_clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    with caplog.at_level("WARNING", logger="m3rcr_xr.devices"):
+        assert autocast_dtype("cuda:0", "bf16") is torch.bfloat16
+    assert caplog.messages[0].startswith("amp='bf16' on cuda:0 (compute capability 7.0)")
+    assert "amp='auto' takes float32 here" in caplog.messages[0]

@@ -153,6 +153,7 @@ def test_an_unknown_name_lists_the_registered_ones(lab_entry):
         ({"name": "a/b"}, "without '/'"),
         ({"name": "untrained"}, "not 'untrained'"),
         ({"urls": "weights.pt"}, "give one or more URLs"),
+        ({"urls": "mirror/weights.pt?from=s3://b"}, "give one or more URLs"),  # a path
         ({"sha256": "abc"}, "sha256='abc': not a SHA-256"),
     ],
 )

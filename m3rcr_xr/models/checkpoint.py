@@ -40,6 +40,8 @@ from ..exceptions import CheckpointError
 __all__ = [
     "CheckpointSource",
     "VerifiedFile",
+    "check_digest",
+    "check_is_file",
     "check_state_dict",
     "extract_state_dict",
     "load_state_dict_into",
@@ -117,6 +119,36 @@ def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+def check_is_file(path: Path, source: object = None) -> None:
+    """Refuse a checkpoint ``path`` that is not a file, naming it as ``source`` (the
+    caller's spelling: a ``file://`` URL...; None: ``path``).
+
+    Raises
+    ------
+    CheckpointError
+        ``path`` is missing or not a file.
+    """
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path if source is None else source}: checkpoint file does not exist"
+        )
+
+
+def check_digest(source: object, expected: str | None, actual: str | None) -> None:
+    """Refuse a file ``source`` whose SHA-256 ``actual`` is not ``expected`` (if given).
+
+    Raises
+    ------
+    CheckpointError
+        Naming ``source`` and both hashes.
+    """
+    if expected is not None and actual != expected:
+        raise CheckpointError(
+            f"{source}: SHA-256 mismatch: expected {expected}, the file has {actual} (another "
+            "file, or it changed since it was checked)"
+        )
+
+
 @contextmanager
 def open_verified(
     path: str | os.PathLike[str], sha256: str | None = None, *, digest: bool = False
@@ -137,8 +169,7 @@ def open_verified(
         named).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    check_is_file(path)
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below, after the caller's use
     except OSError as exc:
@@ -154,11 +185,7 @@ def open_verified(
                 raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from exc
             actual = hasher.hexdigest()
             handle.seek(0)
-        if sha256 is not None and actual != sha256:
-            raise CheckpointError(
-                f"{path}: SHA-256 mismatch: expected {sha256}, the file has {actual} (it "
-                "changed since it was checked)"
-            )
+        check_digest(path, sha256, actual)
         yield VerifiedFile(path, handle, actual)
 
 
@@ -237,12 +264,8 @@ def read_checkpoint(
 def _read_safetensors(opened: VerifiedFile) -> dict[str, Any]:
     """The tensors of a safetensors file, memory-mapped through its path, once the path
     is known to name the file hashed, and again after."""
-    try:
-        from safetensors.torch import load_file
-    except ImportError as exc:  # pragma: no cover - safetensors is a dependency
-        raise CheckpointError(
-            f"{opened.path}: reading safetensors needs the safetensors package"
-        ) from exc
+    from safetensors.torch import load_file
+
     opened.check_unchanged(by_path=True)
     try:
         tensors = dict(load_file(os.fspath(opened.path), device="cpu"))

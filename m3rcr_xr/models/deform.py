@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual alias
 from torch import Tensor, nn
 
+from ..exceptions import SchemaError, UsageError, argument
+
 __all__ = [
     "DCNv2Pack",
     "deform_conv2d",
@@ -107,6 +109,14 @@ def deform_conv2d(
     Tensor
         (B, C_out, H_out, W_out).
 
+    Raises
+    ------
+    SchemaError
+        ``weight``, ``offset`` or ``mask`` does not fit ``input`` (the pure PyTorch
+        backend checks; torchvision raises its own).
+    UsageError
+        An unknown ``backend``.
+
     Notes
     -----
     A sampling point ``(y, x)`` is read by bilinear interpolation; each of its four
@@ -114,7 +124,7 @@ def deform_conv2d(
     kernel does (and as ``grid_sample(padding_mode="zeros")`` does).
     """
     if backend not in ("auto", "torch", "torchvision"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'torchvision', not {backend!r}")
+        raise UsageError(f"{argument('backend', backend)}: use 'auto', 'torch' or 'torchvision'")
     if backend != "torch":
         ops = _torchvision_ops()
         if ops is not None:
@@ -143,19 +153,34 @@ def _deform_conv2d_torch(
     c_out, c_in_per_group, kh, kw = weight.shape
     taps = kh * kw
     if c_in % c_in_per_group:
-        raise ValueError(f"weight has {c_in_per_group} input channels per group; input {c_in}")
+        raise SchemaError(
+            f"{argument('weight')} has {c_in_per_group} input channels per group, which do "
+            f"not divide the {c_in} of {argument('input')}"
+        )
     n_groups = c_in // c_in_per_group
     if offset.shape[1] % (2 * taps):
-        raise ValueError(f"offset has {offset.shape[1]} channels, not a multiple of 2*{taps}")
+        raise SchemaError(
+            f"{argument('offset')} has {offset.shape[1]} channels, not a multiple of 2 * {taps} "
+            "(the kernel's taps)"
+        )
     n_off = offset.shape[1] // (2 * taps)
     if c_in % n_off:
-        raise ValueError(f"{c_in} input channels cannot be split into {n_off} offset groups")
+        raise SchemaError(
+            f"{argument('input')} has {c_in} channels, which the {n_off} offset groups of "
+            f"{argument('offset')} do not split"
+        )
     h_out = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     if offset.shape[-2:] != (h_out, w_out):
-        raise ValueError(f"offset is {tuple(offset.shape[-2:])}, output is {(h_out, w_out)}")
+        raise SchemaError(
+            f"{argument('offset')} is {tuple(offset.shape[-2:])} pixels, the output "
+            f"{(h_out, w_out)}"
+        )
     if mask is not None and mask.shape[1] != n_off * taps:
-        raise ValueError(f"mask has {mask.shape[1]} channels, expected {n_off * taps}")
+        raise SchemaError(
+            f"{argument('mask')} has {mask.shape[1]} channels, expected {n_off * taps} (offset "
+            "groups x taps)"
+        )
 
     device = x.device
     # Positions in at least float32: in half precision a pixel coordinate near 100 keeps
@@ -234,7 +259,10 @@ class DCNv2Pack(nn.Module):
     ) -> None:
         super().__init__()
         if in_channels % deformable_groups:
-            raise ValueError(f"{in_channels} channels do not split into {deformable_groups}")
+            raise UsageError(
+                f"{argument('in_channels', in_channels)}: not a multiple of "
+                f"{argument('deformable_groups', deformable_groups)}"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size)
@@ -314,13 +342,22 @@ def kernel2d_conv(feat: Tensor, kernel: Tensor, ksize: int) -> Tensor:
     -------
     Tensor
         (B, C, H, W).
+
+    Raises
+    ------
+    UsageError
+        An even ``ksize``.
+    SchemaError
+        ``kernel`` is not (B, C * ksize**2, H, W).
     """
     if ksize % 2 != 1:
-        raise ValueError(f"kernel2d_conv needs an odd kernel size, not {ksize}")
+        raise UsageError(f"{argument('ksize', ksize)}: kernel2d_conv needs an odd kernel size")
     b, c, h, w = feat.shape
     taps = ksize * ksize
     if kernel.shape != (b, c * taps, h, w):
-        raise ValueError(f"kernel must be {(b, c * taps, h, w)}, not {tuple(kernel.shape)}")
+        raise SchemaError(
+            f"{argument('kernel')} must be {(b, c * taps, h, w)}, not {tuple(kernel.shape)}"
+        )
     pad = ksize // 2
     padded = F.pad(feat, (pad, pad, pad, pad), mode="replicate")
     weights = kernel.reshape(b, c, taps, h, w)

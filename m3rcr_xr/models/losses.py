@@ -21,15 +21,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..exceptions import SchemaError, argument
+
 __all__ = ["CARLLoss", "ECCharbonnierLoss", "carl_loss", "ec_charbonnier_loss", "l1_loss"]
 
 
-def _mask(cloudmask: Tensor, like: Tensor) -> Tensor:
+def _mask(cloudmask: Tensor, like: Tensor, name: str = "cloudmask") -> Tensor:
+    """``cloudmask`` (the argument ``name``) with a channel axis, in the dtype of ``like``."""
     if cloudmask.ndim == like.ndim - 1:
         cloudmask = cloudmask.unsqueeze(1)
     if cloudmask.ndim != like.ndim or cloudmask.shape[0] != like.shape[0]:
-        raise ValueError(
-            f"cloudmask {tuple(cloudmask.shape)} does not fit predictions {tuple(like.shape)}"
+        raise SchemaError(
+            f"{argument(name)} {tuple(cloudmask.shape)} does not fit {argument('pred')} "
+            f"{tuple(like.shape)}"
         )
     return cloudmask.to(like.dtype)
 
@@ -48,7 +52,7 @@ def _valid_weights(valid: Tensor | None, like: Tensor) -> Tensor | None:
     published means then apply unchanged)."""
     if valid is None:
         return None
-    weights = (_mask(valid, like) > 0).to(like.dtype)
+    weights = (_mask(valid, like, "valid") > 0).to(like.dtype)
     return None if bool(weights.all()) else weights
 
 

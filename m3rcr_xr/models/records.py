@@ -26,7 +26,7 @@ from ..landcover import IGNORE_INDEX
 from .aligncr import AlignCR
 from .dsen2cr import DSen2CR
 from .glfcr import GLFCR
-from .interface import CloudRemovalNet, constructor_arguments
+from .interface import CloudRemovalNet
 from .losses import carl_loss, ec_charbonnier_loss, l1_loss
 from .unet import LandCoverUNet
 
@@ -157,12 +157,6 @@ class ModelRecord:
     def name(self) -> str:
         """Registry name (``"dsen2_cr"``...), the class's own."""
         return self.cls.name
-
-    @property
-    def default_tile(self) -> int | None:
-        """The tile size of the published configuration (``None``: any size)."""
-        argument = constructor_arguments(self.cls).get("input_size")
-        return None if argument is None else argument[1]
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups of ``model`` at base rate ``lr`` (see :attr:`lr_groups`)."""

@@ -107,7 +107,7 @@ def train_step(
     extra = {}
     if uses_valid:
         extra["valid"] = batch["valid"].to(device, non_blocking=True)
-    with autocast(device, amp):
+    with autocast(amp):
         pred = model(*inputs)
     loss = loss_fn(pred.float(), target, optical, mask, **extra)
     if not torch.isfinite(loss.detach()).all():  # its gradients would spoil every weight

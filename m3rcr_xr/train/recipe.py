@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import StepLR
 
-from ..exceptions import UsageError
+from .. import devices
+from ..exceptions import UsageError, argument
 from ..models import RECORDS, model_record
 from ..models.records import LossFn
 
@@ -43,7 +44,6 @@ LR_GAMMA = 0.5
 #: the published schedule over 30 epochs: first halving at epoch 10, then every 5
 DECAY_START_FRACTION = 10 / 30
 LR_STEP_FRACTION = 5 / 30
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def loss_function(model: str, class_weights: torch.Tensor | None = None) -> LossFn:
@@ -111,29 +111,23 @@ def steps_scheduler(step: int, lr_decay_start: int, lr_step: int) -> bool:
     return step - 1 >= lr_decay_start - lr_step
 
 
-def _cuda_bf16_supported() -> bool:
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-
-
 def autocast_dtype(device: str, amp: str = "auto") -> torch.dtype | None:
     """The autocast dtype on ``device``: None on the CPU (and with ``amp="off"``).
+
+    As inference's precision of the same name (:func:`m3rcr_xr.devices.autocast_dtype`),
+    ``"off"`` being its ``"fp32"``: ``"auto"`` is bf16 on GPUs that compute it natively
+    (compute capability 8 and up), float32 elsewhere.
 
     Raises
     ------
     UsageError
         ``amp`` names a dtype but the device is not a GPU.
     """
-    if amp == "off":
-        return None
-    if not str(device).startswith("cuda"):
-        if amp != "auto":
-            raise UsageError(
-                f"amp={amp!r}: mixed precision runs on a CUDA GPU only, not on {device}"
-            )
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if _cuda_bf16_supported() else torch.float16
-    return AMP_DTYPES[amp]
+    if amp in devices.REDUCED_PRECISIONS and not str(device).startswith("cuda"):
+        raise UsageError(
+            f"{argument('amp', amp)}: mixed precision runs on a CUDA GPU only, not on {device}"
+        )
+    return devices.autocast_dtype("fp32" if amp == "off" else amp, str(device), name="amp")
 
 
 def grad_scaler() -> Any:
@@ -144,8 +138,8 @@ def grad_scaler() -> Any:
     return torch.cuda.amp.GradScaler()  # pragma: no cover - torch < 2.3
 
 
-def autocast(device: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` on a CUDA ``device`` to ``dtype``; nothing when ``dtype`` is None."""
+def autocast(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on CUDA to ``dtype``; nothing when ``dtype`` is None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=dtype)

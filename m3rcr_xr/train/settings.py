@@ -23,12 +23,11 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..devices import resolve_device
+from ..devices import REDUCED_PRECISIONS, resolve_device
 from ..exceptions import UsageError, argument, check_integer, check_positive
 from ..landcover import class_names
 from ..models import TASKS, ModelSpec, check_config, model_record, model_spec
 from .recipe import (
-    AMP_DTYPES,
     DECAY_START_FRACTION,
     LR_STEP_FRACTION,
     PUBLISHED_CROP,
@@ -87,8 +86,9 @@ class TrainSettings:
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     amp
-        Mixed precision on a GPU: ``"auto"`` (bf16 where supported, else fp16), ``"bf16"``,
-        ``"fp16"`` or ``"off"``. Never used on the CPU.
+        Mixed precision on a GPU: ``"auto"`` (bf16 where the GPU computes it natively,
+        compute capability 8 and up; else float32, as inference's ``precision="auto"``),
+        ``"bf16"``, ``"fp16"`` or ``"off"``. Never used on the CPU.
     task
         ``"cloud_removal"`` (``cloudy`` and ``sar`` to ``cloudfree``) or ``"landcover"``
         (``cloudfree`` to the WorldCover classes of ``landcover``); None: the model's.
@@ -143,7 +143,7 @@ class TrainSettings:
                 check_integer(name, getattr(self, name), minimum)
         if self.lr is not None:
             check_positive("lr", self.lr)
-        if self.amp not in ("auto", "off", *AMP_DTYPES):
+        if self.amp not in ("auto", "off", *REDUCED_PRECISIONS):
             raise UsageError(f"{argument('amp', self.amp)}: use auto, off, bf16 or fp16")
         if self.task is not None and self.task not in TASKS:
             raise UsageError(f"{argument('task', self.task)}: use {' or '.join(TASKS)}")

@@ -118,7 +118,7 @@ def validate_model(
     try:
         for batch in loader(data, batch_size, num_workers):
             inputs, _, _, _ = step_tensors(batch, device)
-            with autocast(device, amp):
+            with autocast(amp):
                 pred = model(*inputs)
             # no land cover: every pixel is land-cover nodata, in class "all" only
             cloud = batch["cloudmask"].numpy() > 0.5
@@ -156,7 +156,7 @@ def _validate_classifier(
     try:
         for batch in loader(data, batch_size, num_workers):
             (optical,), _, _, _ = step_tensors(batch, device)
-            with autocast(device, amp):
+            with autocast(amp):
                 logits = model(optical)
             predicted = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
             reflectance = np.round(_reflectance(batch["target"])).astype(np.uint16)

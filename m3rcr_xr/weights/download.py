@@ -19,7 +19,6 @@ of a cluster use their own (set the variable in their environment to share one).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -46,12 +45,17 @@ _SHA256 = re.compile(r"(?:sha256:)?([0-9a-fA-F]{64})")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Content hash of a file (hex), so that a worker never runs weights that changed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Content hash of a file (hex), so that a worker never runs weights that changed.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing or unreadable.
+    """
+    from ..models.checkpoint import open_verified
+
+    with open_verified(path, digest=True) as opened:
+        return str(opened.sha256)
 
 
 def check_sha256(value: str | None, name: str = "known_hash") -> str | None:
@@ -123,13 +127,11 @@ def check_file(path: Path, known_hash: str | None, source: str) -> str:
         The file does not exist, or its hash is not ``known_hash`` (both named). The file
         is left alone: it is the user's.
     """
-    if not path.is_file():
-        raise CheckpointError(f"{source}: checkpoint file does not exist")
+    from ..models.checkpoint import check_digest, check_is_file
+
+    check_is_file(path, source)
     actual = file_sha256(path)
-    if known_hash is not None and actual != known_hash:
-        raise CheckpointError(
-            f"{source}: SHA-256 mismatch: expected {known_hash}, the file has {actual}"
-        )
+    check_digest(source, known_hash, actual)
     return actual
 
 

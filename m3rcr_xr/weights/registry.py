@@ -41,6 +41,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..exceptions import CheckpointError, UsageError, argument, command_line_names
+from ..href import has_scheme
 from .download import check_sha256
 
 __all__ = ["REGISTRY_ENV", "WeightsEntry", "available", "entry", "register", "unregister"]
@@ -93,13 +94,13 @@ class WeightsEntry:
 
     def __post_init__(self) -> None:
         name = str(self.name)
-        if not name or "/" in name or "\\" in name or "://" in name or name == UNTRAINED:
+        if not name or "/" in name or "\\" in name or name == UNTRAINED:  # no URL either
             raise UsageError(
                 f"{argument('name', self.name)}: a weights name must be non-empty, without "
-                f"'/', '\\' or '://', and not {UNTRAINED!r}"
+                f"'/' or '\\', and not {UNTRAINED!r}"
             )
         urls = (self.urls,) if isinstance(self.urls, str) else tuple(map(str, self.urls))
-        if not urls or not all("://" in url for url in urls):
+        if not urls or not all(has_scheme(url) for url in urls):
             raise UsageError(f"{name}: {argument('urls', self.urls)}: give one or more URLs")
         object.__setattr__(self, "urls", urls)
         object.__setattr__(self, "sha256", check_sha256(self.sha256, "sha256"))

@@ -22,7 +22,7 @@ from ..exceptions import (
     UsageError,
     argument,
 )
-from ..href import redacted
+from ..href import has_scheme, redacted
 from .download import check_file, check_sha256, fetch_url, split_url
 from .registry import UNTRAINED, available, entry
 
@@ -64,12 +64,12 @@ class ResolvedWeights:
 
 
 def _is_name(text: str) -> bool:
-    return "://" not in text and "/" not in text and os.sep not in text
+    return "/" not in text and os.sep not in text  # a URL has a "/" too
 
 
 def _fetch(source: str | os.PathLike, known_hash: str | None) -> tuple[Path, str, Any]:
     """(local file, its SHA-256, the entry or None) for a name, URL or path."""
-    if isinstance(source, str) and "://" in source:
+    if has_scheme(source):  # file:// too: fetch_url reads it in place
         return (*fetch_url(source, known_hash), None)
     text = os.fspath(source)
     if isinstance(source, str) and _is_name(text) and text in {e.name for e in available()}:
@@ -361,9 +361,9 @@ def resolve(
         sources = (found.name, *found.urls)
         return ResolvedWeights(key, _checked(key, config), path, sha256, sources, found.name)
     label = os.fspath(checkpoint)
-    if "://" in label:  # a URL: without its #sha256= (a path may hold a "#" of its own)
+    if has_scheme(label):  # a URL: without its #sha256= (a path may hold a "#" of its own)
         label = split_url(label)[0]
-    source = label if "://" in label else str(path)
+    source = label if has_scheme(label) else str(path)
     # the label goes into results' attributes and messages: no password nor signature
     # (the source, which workers download from, keeps them)
     label = redacted(label)
