@@ -859,7 +859,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--amp",
         choices=("auto", "bf16", "fp16", "off"),
         default="auto",
-        help="mixed precision on a GPU (never on the CPU)",
+        help="mixed precision on a GPU (never on the CPU); auto: bf16 where the GPU has it "
+        "natively (compute capability 8 and up), else float32 (default auto)",
     )
     p.add_argument(
         "--export",
