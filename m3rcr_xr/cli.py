@@ -325,7 +325,7 @@ def _decloud(args: argparse.Namespace) -> int:
     result = result if isinstance(result, xr.Dataset) else result.to_dataset()
     if reused:
         _check_reused(result, args.output, cogs)
-        print(f"{href.redacted(args.output)} is complete: writing the GeoTIFFs from it")
+        print(f"{href.redacted(args.output)} is complete: its GeoTIFFs come from it")
     else:
         to_zarr(result, args.output, overwrite=args.overwrite, progress=True)
         print(f"wrote {href.redacted(args.output)}")

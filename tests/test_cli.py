@@ -889,7 +889,7 @@ def test_a_run_cut_off_in_its_cogs_writes_them_from_its_complete_store(
     monkeypatch.setattr(store, "to_zarr", never)
     assert main(argv) == 0
     shown = capsys.readouterr().out
-    assert f"{out} is complete: writing the GeoTIFFs from it\nwrote {cog}\nwrote {std}\n" in shown
+    assert f"{out} is complete: its GeoTIFFs come from it\nwrote {cog}\nwrote {std}\n" in shown
     assert snapshot(out) == before
     assert cog_validate(str(std), strict=True)[0]
     with rasterio.open(cog) as f:
@@ -941,7 +941,7 @@ def test_a_run_cut_off_between_its_cogs_keeps_the_first_and_writes_the_second(
     monkeypatch.setattr(store, "to_zarr", _never)
     assert main(argv) == 0
     assert (
-        f"{out} is complete: writing the GeoTIFFs from it\nkept {cog}: written from this "
+        f"{out} is complete: its GeoTIFFs come from it\nkept {cog}: written from this "
         f"store already\nwrote {std}\n"
     ) in capsys.readouterr().out
     assert cog.read_bytes() == first and cog.stat().st_mtime_ns == written_at
