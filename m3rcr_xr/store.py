@@ -16,6 +16,14 @@ Safety rules, for local paths and fsspec URLs alike:
   software) is refused, even with ``overwrite``. A destination that is, contains or
   lies inside one of the data's sources (:func:`sources`), or lies inside a store of
   this library, is refused too.
+* **Which stores are ours.** A store carries ``m3rcr_*`` root attributes and a random
+  identifier, written once when it is created, both in its attributes
+  (:data:`STORE_ID`) and in an object of its own (:data:`ID_OBJECT`, no Zarr node).
+  Other software that copies a store (``xr.open_zarr(S).to_zarr(...)``) keeps the
+  attributes, not the object: such a copy is a Zarr store of other software, never
+  complete, replaced, resumed or removed. A byte copy (``cp -a``, ``rsync -a``,
+  ``aws s3 sync``) keeps the object and is ours; so is a store of an earlier version,
+  with no identifier.
 * **Resumes.** The fingerprint kept in the store covers the layout *and* the data's
   identity: the Dask graph's token (file names and modification times for rasters
   opened lazily, a content hash for arrays in memory, the checkpoint's hash for
@@ -39,7 +47,9 @@ Safety rules, for local paths and fsspec URLs alike:
 * **Completion.** The root ``zarr.json`` is only ever replaced whole (a temporary file
   and ``os.replace`` locally, one PUT on object stores). Completion is a single such
   write holding both the ``m3rcr_complete`` flag and the consolidated metadata, so a
-  kill at any moment leaves a complete store or an unfinished one that resumes.
+  kill at any moment leaves a complete store or an unfinished one that resumes. Before
+  it, the inputs are identified again: a store whose input changed while it was
+  written (another process re-ingested it) is left unfinished, and not resumed.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import sys
 import time
@@ -85,6 +96,14 @@ FINGERPRINT = "m3rcr_fingerprint"
 MEMBERS = "m3rcr_members"
 #: the writer's lock: a file (local) or a marker object (object stores) in the store
 LOCK = ".m3rcr-lock"
+#: the store's identifier, a random string written once when it is created, both in this
+#: root attribute and in the store's own object :data:`ID_OBJECT`. Other software that
+#: copies the store (``xr.open_zarr(S).to_zarr(...)``) keeps the attributes, not the
+#: object: a root whose identifier has no matching object is such a copy, never a store
+#: of this library
+STORE_ID = "m3rcr_store_id"
+#: the object (no Zarr node) that holds the store's identifier, beside its root
+ID_OBJECT = ".m3rcr-store"
 #: chunks written per step: the unit of progress and of parallel work
 CHUNKS_PER_STEP = 8
 #: zarr's options for every write. Every chunk is written, even one holding only the
@@ -95,6 +114,10 @@ _ZARR_WRITE: dict[str, Any] = {"consolidated": False, "zarr_format": 3, "write_e
 READ_CACHE_BYTES = 16 * 2**20
 #: where a new root ``zarr.json`` is written before it replaces the old one (locally)
 _ROOT_TMP = "zarr.json.m3rcr-tmp"
+#: the files of the store's own that are no Zarr node: a folder of these alone is empty
+_OWN_FILES = frozenset({LOCK, ID_OBJECT, _ROOT_TMP})
+#: what a root that carries an identifier without its object (:func:`_is_ours`) is
+_COPY = "a copy of a store of m3rcr_xr written by other software (xarray's to_zarr, say)"
 #: zarr-python's temporary file of a local write, left behind by a writer killed in it
 _ZARR_PARTIAL = re.compile(r"[^/]+\.[0-9a-f]{32}\.partial")
 #: errors of the file system that make a destination unwritable (named, not traced)
@@ -286,15 +309,22 @@ def _reaching(target: _Target, what: str = "the store") -> Iterator[None]:
         raise StoreError(f"{target.name}: cannot reach {what} ({_reason(err)})") from err
 
 
-def _read_json(target: _Target, key: str) -> dict[str, Any] | None:
-    """The JSON document at ``key`` of the store, None when there is none."""
+def _read(target: _Target, key: str) -> bytes | None:
+    """The bytes at ``key`` of the store, None when there is none."""
     target.fs.invalidate_cache(target.key(key))  # s3fs sizes files from cached listings
     try:
-        raw = target.fs.cat_file(target.key(key))
+        return bytes(target.fs.cat_file(target.key(key)))
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
     except _access_errors() as err:
         raise StoreError(f"{target.name}: cannot read {key} ({_reason(err)})") from err
+
+
+def _read_json(target: _Target, key: str) -> dict[str, Any] | None:
+    """The JSON document at ``key`` of the store, None when there is none."""
+    raw = _read(target, key)
+    if raw is None:
+        return None
     try:
         doc = json.loads(raw)
     except ValueError as err:
@@ -308,7 +338,9 @@ def _inspect(target: _Target) -> tuple[_State, dict[str, Any] | None]:
     """What is at ``target``, and its root ``zarr.json`` when it has one.
 
     A store of this library is recognised by ``m3rcr_*`` keys in the attributes of
-    its root group; a folder holding nothing but a writer's lock counts as empty.
+    its root group and its identifier (:func:`_is_ours`); a folder holding nothing but
+    files of a store's own (a writer's lock, an identifier left by a store removed or
+    created half-way) counts as empty.
     """
     fs, path = target.fs, target.path
     with _reaching(target):
@@ -320,9 +352,9 @@ def _inspect(target: _Target) -> tuple[_State, dict[str, Any] | None]:
         doc = _read_json(target, "zarr.json")
         if doc is None:
             names = {_basename(p) for p in fs.ls(path, detail=False)}
-            return ("empty" if names <= {LOCK, _ROOT_TMP} else "foreign"), None
-    if not _is_ours(doc):
-        return "foreign", doc
+            return ("empty" if names <= _OWN_FILES else "foreign"), None
+        if not _is_ours(target, doc):
+            return "foreign", doc
     return ("complete" if doc["attributes"].get(COMPLETE) else "unfinished"), doc
 
 
@@ -337,10 +369,12 @@ def _refuse(target: _Target, state: _State, doc: dict[str, Any] | None, overwrit
         raise StoreError(f"{target.name}: is a file, not a Zarr store; choose another destination")
     if state == "foreign":
         what = "a Zarr store of other software" if doc else "a folder of other files"
+        if doc and _copied(doc):
+            what = _COPY
         raise StoreError(
             f"{target.name}: is {what}, not a store written by m3rcr_xr; it is never "
-            f"written over, even with {argument('overwrite', True)}: choose a new or "
-            "empty folder"
+            f"written over (replaced or resumed), even with {argument('overwrite', True)}: "
+            "choose a new or empty folder"
         )
     if state == "complete" and not overwrite:
         raise StoreError(
@@ -476,7 +510,7 @@ def _refuse_inside_a_store(target: _Target) -> None:
         name = parent if target.local else target.fs.unstrip_protocol(parent)
         enclosing = replace(target, name=name, path=parent)
         doc = _read_json_quietly(enclosing, "zarr.json")
-        if doc is not None and _is_ours(doc):
+        if doc is not None and _is_ours(enclosing, doc):
             raise StoreError(
                 f"{target.name}: lies inside {enclosing.name}, a store of this library; "
                 "write it somewhere else"
@@ -490,10 +524,27 @@ def _read_json_quietly(target: _Target, key: str) -> dict[str, Any] | None:
     return None
 
 
-def _is_ours(doc: dict[str, Any]) -> bool:
-    """Whether a root ``zarr.json`` is that of a store of this library."""
+def _is_ours(target: _Target, doc: dict[str, Any]) -> bool:
+    """Whether ``doc``, the root ``zarr.json`` at ``target``, is that of a store of this
+    library: ``m3rcr_*`` keys in its group's attributes, and its identifier
+    (:data:`STORE_ID`) the one in the store's :data:`ID_OBJECT`. A root whose
+    identifier has no matching object is a copy that other software wrote
+    (:func:`_copied`); one with no identifier is a store of an earlier version, known by
+    its attributes alone.
+    """
     attrs = doc.get("attributes") or {}
-    return doc.get("node_type") == "group" and any(str(k).startswith("m3rcr_") for k in attrs)
+    if doc.get("node_type") != "group" or not any(str(k).startswith("m3rcr_") for k in attrs):
+        return False
+    if STORE_ID not in attrs:
+        return True
+    stored = _read(target, ID_OBJECT)
+    return stored is not None and stored.decode(errors="replace") == str(attrs[STORE_ID])
+
+
+def _copied(doc: dict[str, Any]) -> bool:
+    """Whether a root ``zarr.json`` that is no store of this library's (:func:`_is_ours`)
+    is :data:`_COPY`: it carries a store's identifier."""
+    return STORE_ID in (doc.get("attributes") or {})
 
 
 # -------------------------------------------------------------------- identity
@@ -584,10 +635,11 @@ def _source_identity(source: str) -> tuple[str, bool]:
 
     For a folder (a Zarr store), its listing (:func:`_listing_identity`: a chunk
     rewritten in place changes it), after a store of this library's own fingerprint (the
-    data it was written from); else a file's size and version (:func:`_version`:
-    modification time, ETag, HTTP ``Last-Modified``...). A file that reports its size
-    alone (an HTTP server that sends no ``ETag`` nor ``Last-Modified``) is not
-    versioned (False): a file replaced by one of the same size looks the same.
+    data it was written from; not that of a copy other software wrote); else a file's
+    size and version (:func:`_version`: modification time, ETag, HTTP
+    ``Last-Modified``...). A file that reports its size alone (an HTTP server that
+    sends no ``ETag`` nor ``Last-Modified``) is not versioned (False): a file replaced
+    by one of the same size looks the same.
 
     The source is reached with the ``storage_options`` it was opened with
     (:class:`Source`); a source out of reach is a :class:`StoreError` naming it.
@@ -601,7 +653,9 @@ def _source_identity(source: str) -> tuple[str, bool]:
             return "missing", True
         if info.get("type") != "directory":
             return _version(info), _changed(info) is not None
-        attrs = (_read_json(target, "zarr.json") or {}).get("attributes") or {}
+        doc = _read_json(target, "zarr.json")
+        # a copy that other software wrote keeps the fingerprint, not (always) the data
+        attrs = doc["attributes"] if doc is not None and _is_ours(target, doc) else {}
         return f"{attrs.get(FINGERPRINT, '')}:{_listing_identity(target)}", True
 
 
@@ -943,10 +997,13 @@ def to_zarr(
     Raises
     ------
     StoreError
-        Before anything is written: the destination is not one of the above, overlaps
-        a source of ``ds``, is being written by another process, is an unfinished
-        store of other data (or of an input that reports no version), or lies in a
-        bucket that does not exist; or the file system is read-only or full.
+        Before anything is written: the destination is not one of the above (a copy of
+        a store of this library that other software wrote, such as xarray's
+        ``to_zarr``, included), overlaps a source of ``ds``, is being written by another
+        process, is an unfinished store of other data (or of an input that reports no
+        version), or lies in a bucket that does not exist; or the file system is
+        read-only or full. After the last step: an input of ``ds`` changed while it was
+        read (the store is left unfinished).
     SchemaError
         Before anything is written: a variable's name cannot name an array of a store
         (empty, ``.``, ``..``, or with a ``/``, which Zarr would take for a group); an
@@ -968,7 +1025,7 @@ def to_zarr(
     dim = _write_dim(ds)
     steps = _steps(ds, dim)
     unversioned = [source for source, (_, versioned) in identities.items() if not versioned]
-    with _write_errors(target), _locked(target), _quiet_lock_listing():
+    with _write_errors(target), _locked(target), _quiet_own_files():
         names = [str(name) for name in ds.variables]
         planned = _plan(target, fingerprint, overwrite, names, unversioned)
         fresh = planned is None
@@ -1007,7 +1064,32 @@ def to_zarr(
             if fresh:
                 _clear(target)
             raise
+        _check_unchanged(target, inputs, identities)
         _finish(target, ds)
+
+
+def _check_unchanged(
+    target: _Target, inputs: Sequence[str], identities: dict[str, tuple[str, bool]]
+) -> None:
+    """Refuse to complete a store whose ``inputs`` changed while it was written from them
+    (another process re-ingested one): its steps may hold both versions. Each input is
+    identified once more (:func:`source_identities`), against its ``identities`` taken
+    before the first step.
+
+    Raises
+    ------
+    StoreError
+        Naming the input. The store is left unfinished, and a resume refuses it: its
+        fingerprint is that of the input as it was.
+    """
+    now = source_identities(inputs)
+    changed = [source for source in inputs if now[source] != identities[source]]
+    if changed:
+        raise StoreError(
+            f"{target.name}: the input {redacted(changed[0])} changed while it was read, so "
+            "the store may mix its old and new data; it is left unfinished and cannot be "
+            f"resumed: write it again with {argument('overwrite', True)}"
+        )
 
 
 def _identified(
@@ -1112,34 +1194,41 @@ def _clear(target: _Target) -> None:
 
     The root is first marked unfinished with no fingerprint, so that a kill half-way
     leaves a store that is replaced again, never one that opens with arrays missing.
+    Its identifier (:data:`ID_OBJECT`) goes last: a kill before leaves a root that it
+    matches, one after a folder that counts as empty.
     """
     doc = _read_json(target, "zarr.json")
-    if doc is None:
-        return
-    members = _members(target, doc)
-    _set_attrs(target, {COMPLETE: False, FINGERPRINT: "", PROGRESS: [], MEMBERS: members})
-    _remove_partial_writes(target, members)
-    for name in members:
-        folder = target.key(name)
-        for key in (f"{folder}/c", f"{folder}/zarr.json"):  # chunks, then metadata
-            _remove(target, key)
-        if target.local and os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
-    _remove(target, target.key("zarr.json"))
+    if doc is not None:
+        members = _members(target, doc)
+        _set_attrs(target, {COMPLETE: False, FINGERPRINT: "", PROGRESS: [], MEMBERS: members})
+        _remove_partial_writes(target, members)
+        for name in members:
+            folder = target.key(name)
+            for key in (f"{folder}/c", f"{folder}/zarr.json"):  # chunks, then metadata
+                _remove(target, key)
+            if target.local and os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        _remove(target, target.key("zarr.json"))
+    identifier = target.key(ID_OBJECT)
+    target.fs.invalidate_cache(identifier)
+    # a file only: a link or a folder in its place (a write refused it) is not the store's
+    if target.fs.isfile(identifier) and not (target.local and os.path.islink(identifier)):
+        target.fs.rm_file(identifier)
 
 
 def remove_store(
     store: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
 ) -> None:
     """Remove a store of this library, complete or not, as a replacement does: its own
-    arrays and root metadata (:func:`_clear`), nothing else; a local folder left empty
-    goes too. Nothing there is nothing to do.
+    arrays, root metadata and identifier (:func:`_clear`), nothing else; a local folder
+    left empty goes too. Nothing there is nothing to do.
 
     Raises
     ------
     StoreError
         Anything else there (a file, a folder of other files, a Zarr store of other
-        software), or another writer is writing the store.
+        software, a copy of a store of this library that other software wrote), or
+        another writer is writing the store.
     """
     target = _Target.of(store, storage_options)
     state, doc = _inspect(target)
@@ -1203,6 +1292,8 @@ def _check_names(ds: xr.Dataset) -> None:
                 f"variable {name!r}: not a name a Zarr store can hold as an array (a string, "
                 "not empty, '.' or '..', without '/'); rename it"
             )
+        if name in _OWN_FILES:
+            raise SchemaError(f"variable {name!r}: names a file of the store's own; rename it")
 
 
 def _folders(target: _Target) -> list[str]:
@@ -1219,16 +1310,20 @@ def _node_type(target: _Target, name: str) -> str | None:
 def _initialise(ds: xr.Dataset, target: _Target, fingerprint: str) -> None:
     """Create the arrays and write the in-memory coordinates; no data yet.
 
-    The root comes first, with this library's attributes: a kill while the arrays are
-    created leaves a store that is recognised, and started over. Mode ``"a"``, not
-    ``"w"``: the destination was checked under the lock to hold no Zarr node, and
-    ``"w"`` would delete whatever else is in the folder.
+    The store's new identifier comes first (:data:`ID_OBJECT`: alone, the folder counts
+    as empty), then the root, with this library's attributes and the identifier: a kill
+    while the arrays are created leaves a store that is recognised, and started over.
+    Mode ``"a"``, not ``"w"``: the destination was checked under the lock to hold no
+    Zarr node, and ``"w"`` would delete whatever else is in the folder.
     """
+    store_id = secrets.token_hex(16)
+    _write_own(target, ID_OBJECT, store_id.encode(), "the store's identifier")
     attrs = {
         COMPLETE: False,
         FINGERPRINT: fingerprint,
         PROGRESS: [],
         MEMBERS: sorted(str(name) for name in ds.variables),
+        STORE_ID: store_id,
     }
     _write_root(target, {"zarr_format": 3, "node_type": "group", "attributes": attrs})
     template = ds.copy()
@@ -1305,12 +1400,13 @@ def _write_step(ds: xr.Dataset, store: Any, dim: str, region: slice, show: bool 
 
 
 @contextlib.contextmanager
-def _quiet_lock_listing() -> Iterator[None]:
-    """Zarr warns about the lock file when it lists the store's members: it is not
-    part of the hierarchy, and zarr is right to skip it."""
+def _quiet_own_files() -> Iterator[None]:
+    """Zarr warns about the lock file and the identifier when it lists the store's
+    members: they are not part of the hierarchy, and zarr is right to skip them."""
+    names = "|".join(map(re.escape, (LOCK, ID_OBJECT)))
     with warnings.catch_warnings():
         warnings.filterwarnings(
-            "ignore", message=f"Object at {LOCK} is not recognized", category=UserWarning
+            "ignore", message=f"Object at ({names}) is not recognized", category=UserWarning
         )
         yield
 
@@ -1354,21 +1450,30 @@ def _write_root(target: _Target, doc: dict[str, Any]) -> None:
     """Replace the root ``zarr.json`` whole: readers and a kill see the old or the new."""
     data = json.dumps(doc, indent=2).encode()
     if not target.local:
-        target.fs.pipe_file(target.key("zarr.json"), data)  # one PUT: all or nothing
+        _write_own(target, "zarr.json", data, "the root")  # one PUT: all or nothing
         return
-    tmp = target.key(_ROOT_TMP)
+    _write_own(target, _ROOT_TMP, data, "the root's temporary file")
+    os.replace(target.key(_ROOT_TMP), target.key("zarr.json"))
+
+
+def _write_own(target: _Target, name: str, data: bytes, what: str) -> None:
+    """Write the store's own file ``name`` (``what`` it is, for messages): one PUT on
+    object stores; locally, synced, never through a symbolic link in its place."""
+    if not target.local:
+        target.fs.pipe_file(target.key(name), data)
+        return
     flags = os.O_WRONLY | os.O_TRUNC
-    with os.fdopen(_open_own_file(tmp, flags, "the root's temporary file"), "wb") as handle:
+    with os.fdopen(_open_own_file(target.key(name), flags, what), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, target.key("zarr.json"))
 
 
 # ------------------------------------------------------------------------ reading
 def is_complete(store: Any, *, storage_options: dict[str, Any] | None = None) -> bool:
     """True when ``store`` is a store of this library written to the end by
-    :func:`to_zarr`; False for anything else, never an error."""
+    :func:`to_zarr` (or a byte copy of one, which keeps its identifier); False for
+    anything else, a copy that other software wrote included, never an error."""
     try:
         state, _ = _inspect(_Target.of(store, storage_options))
     except StoreError:
@@ -1396,7 +1501,8 @@ def open_zarr(
     ------
     StoreError
         Nothing there; not a store of this library (a file, a folder of other files,
-        a Zarr store of other software); or a store not written to the end.
+        a Zarr store of other software, a copy of a store of this library that other
+        software wrote); or a store not written to the end.
     """
     target = _Target.of(store, storage_options)
     state, doc = _inspect(target)
@@ -1420,6 +1526,11 @@ def open_zarr(
 def _check_readable(target: _Target, state: _State, doc: dict[str, Any] | None) -> None:
     if state == "missing":
         raise StoreError(f"{target.name}: no Zarr store there")
+    if state == "foreign" and doc is not None and _copied(doc):
+        raise StoreError(
+            f"{target.name}: is {_COPY}, not a store written by m3rcr_xr; open it with "
+            "xarray.open_zarr"
+        )
     if state in ("file", "empty", "foreign"):
         what = {
             "file": "a file",
