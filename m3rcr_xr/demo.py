@@ -27,6 +27,7 @@ from .store import (
     is_complete,
     open_zarr,
     remove_store,
+    store_state,
     to_zarr,
 )
 from .synthetic import SYNTHETIC_TITLE, synthetic_scene
@@ -157,7 +158,7 @@ def _written_by_demo(store: Path, key: str) -> bool:
     :data:`DEMO_SEED`, its decloud that of :data:`DEMO_WEIGHTS`."""
     import zarr
 
-    if store.is_dir() and not any(store.iterdir()):
+    if store_state(store) == "empty":
         return True  # emptied by a run that replaced it, then was cut off
     try:
         group = zarr.open_group(str(store), mode="r")

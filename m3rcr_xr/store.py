@@ -141,7 +141,7 @@ KEPT_ENCODING = (
     "add_offset",
 )
 
-_State = Literal["missing", "file", "empty", "foreign", "unfinished", "complete"]
+StoreState = Literal["missing", "file", "empty", "foreign", "unfinished", "complete"]
 
 
 # ----------------------------------------------------------------------- locations
@@ -334,7 +334,7 @@ def _read_json(target: _Target, key: str) -> dict[str, Any] | None:
     return doc
 
 
-def _inspect(target: _Target) -> tuple[_State, dict[str, Any] | None]:
+def _inspect(target: _Target) -> tuple[StoreState, dict[str, Any] | None]:
     """What is at ``target``, and its root ``zarr.json`` when it has one.
 
     A store of this library is recognised by ``m3rcr_*`` keys in the attributes of
@@ -362,7 +362,9 @@ def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _refuse(target: _Target, state: _State, doc: dict[str, Any] | None, overwrite: bool) -> None:
+def _refuse(
+    target: _Target, state: StoreState, doc: dict[str, Any] | None, overwrite: bool
+) -> None:
     """Raise for a destination never to be written, or a complete store not to be
     replaced; return for one that may be (what to do with it is decided later)."""
     if state == "file":
@@ -1470,15 +1472,29 @@ def _write_own(target: _Target, name: str, data: bytes, what: str) -> None:
 
 
 # ------------------------------------------------------------------------ reading
+def store_state(store: Any, *, storage_options: dict[str, Any] | None = None) -> StoreState:
+    """What is at ``store``: ``"missing"``; ``"file"``; ``"empty"`` (a folder, or one
+    holding only files of a store's own: a lock, an identifier); ``"foreign"`` (a
+    folder or Zarr store of other software, or a copy of one of this library's that
+    other software wrote); or a store of this library, ``"unfinished"`` or
+    ``"complete"``. Reads metadata and a listing only.
+
+    Raises
+    ------
+    StoreError
+        ``store`` cannot be reached (no credentials, a bucket that does not exist...).
+    """
+    return _inspect(_Target.of(store, storage_options))[0]
+
+
 def is_complete(store: Any, *, storage_options: dict[str, Any] | None = None) -> bool:
     """True when ``store`` is a store of this library written to the end by
     :func:`to_zarr` (or a byte copy of one, which keeps its identifier); False for
     anything else, a copy that other software wrote included, never an error."""
     try:
-        state, _ = _inspect(_Target.of(store, storage_options))
+        return store_state(store, storage_options=storage_options) == "complete"
     except StoreError:
         return False
-    return state == "complete"
 
 
 def open_zarr(
@@ -1523,7 +1539,7 @@ def open_zarr(
     return validate(ds, required=()) if validate_schema else ds
 
 
-def _check_readable(target: _Target, state: _State, doc: dict[str, Any] | None) -> None:
+def _check_readable(target: _Target, state: StoreState, doc: dict[str, Any] | None) -> None:
     if state == "missing":
         raise StoreError(f"{target.name}: no Zarr store there")
     if state == "foreign" and doc is not None and _copied(doc):

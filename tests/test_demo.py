@@ -136,13 +136,17 @@ def test_the_demos_own_folder_is_taken_again(tmp_path, made_by):
     _check_out(tmp_path)  # no error
 
 
-def test_a_demo_store_emptied_by_a_cut_off_run_is_taken(tmp_path):
+@pytest.mark.parametrize("left", [(), (".m3rcr-lock",), (".m3rcr-lock", ".m3rcr-store")])
+def test_a_demo_store_emptied_by_a_cut_off_run_is_taken(tmp_path, left):
     """A run that removed its old scene.zarr and was killed before writing the new one
-    leaves the folder empty: the demo's still."""
+    leaves the folder empty, or holding only the store's own lock and identifier: the
+    demo's still."""
     from m3rcr_xr.demo import MARK, _check_out
 
     (tmp_path / MARK).touch()
     (tmp_path / "scene.zarr").mkdir()
+    for name in left:
+        (tmp_path / "scene.zarr" / name).write_text("")
     _check_out(tmp_path)  # no error
 
 
