@@ -42,8 +42,10 @@ Safety rules, for local paths and fsspec URLs alike:
   OS lock on a local file (``flock``; a byte-range lock on Windows), released by the OS
   when the process ends, so a killed writer never blocks the resume; on object stores
   a marker object created with a conditional write (``If-None-Match``), removed when
-  the writer ends. The lock file is not part of the Zarr hierarchy and is removed once
-  the store is complete.
+  the writer ends; a rerun takes over the marker of a killed writer when that writer
+  provably no longer runs (same machine, boot and PID namespace; its pid free or
+  another process's), and refuses otherwise. The lock file is not part of the Zarr
+  hierarchy and is removed once the store is complete.
 * **Completion.** The root ``zarr.json`` is only ever replaced whole (a temporary file
   and ``os.replace`` locally, one PUT on object stores). Completion is a single such
   write holding both the ``m3rcr_complete`` flag and the consolidated metadata, so a
@@ -909,23 +911,118 @@ def _marker(target: _Target) -> Iterator[None]:
     """A marker object made by a conditional write, for object stores.
 
     Object stores have no locks that end with a process: a writer that is killed
-    leaves the marker, and the message says which object to delete.
+    leaves the marker. A rerun takes it over when its writer provably no longer runs
+    (:func:`_gone`); otherwise the message says which object to delete.
     """
     key = target.key(LOCK)
-    owner = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.ctime()}
-    try:
-        with target.fs.open(key, "xb") as handle:
-            handle.write(json.dumps(owner).encode())
-    except FileExistsError:
-        holder = _read_json(target, LOCK) or {}
+    owner = _owner()
+    holder = _claim(target, key, owner)
+    if holder is not None and _gone(holder):
+        holder = _take_over(target, key, holder, owner)
+    if holder is not None:
         raise StoreError(
             _busy(target, f"marker {target.fs.unstrip_protocol(key)} from {holder}")
             + "; if that writer is no longer running, delete the marker and run again"
-        ) from None
+        )
     try:
         yield
     finally:
         target.fs.rm_file(key)  # not rm: it takes a name with glob characters for a pattern
+
+
+def _claim(target: _Target, key: str, owner: dict[str, Any]) -> dict[str, Any] | None:
+    """Write the marker ``owner`` unless there is one: None when written, else the
+    record of the writer that holds it."""
+    try:
+        with target.fs.open(key, "xb") as handle:
+            handle.write(json.dumps(owner).encode())
+    except FileExistsError:
+        return _read_json(target, LOCK) or {}
+    return None
+
+
+def _take_over(
+    target: _Target, key: str, stale: dict[str, Any], owner: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Replace the marker ``stale`` of a writer that no longer runs by ``owner``, once:
+    None when taken, else the record of the writer that holds it now.
+
+    Of reruns racing for it, the first to write its marker wins; the others find that
+    marker (a live writer's) in the stale one's place, or fail the conditional write.
+    Deletes are unconditional: a rerun that read the stale marker just before another
+    replaced it could still remove the new one (a window of one request).
+    """
+    if _read_json(target, LOCK) == stale:
+        try:
+            target.fs.rm_file(key)
+        except FileNotFoundError:
+            pass  # another rerun removed it first
+        else:
+            log.warning(
+                "%s: removed the marker %s of a writer that is no longer running "
+                "(host %s, pid %s, since %s)",
+                target.name,
+                target.fs.unstrip_protocol(key),
+                stale.get("host"),
+                stale.get("pid"),
+                stale.get("since"),
+            )
+    return _claim(target, key, owner)
+
+
+def _owner() -> dict[str, Any]:
+    """This writer's record in the marker: what the message of a refused writer shows
+    (host, pid, since) and, on Linux, what tells whether it still runs (:func:`_gone`)."""
+    pid = os.getpid()
+    owner = {"host": socket.gethostname(), "pid": pid, "since": time.ctime()}
+    return {**owner, **(_machine() or {}), "started": _started(pid)}
+
+
+def _machine() -> dict[str, Any] | None:
+    """This process's boot and PID namespace, in which (with the host name) a pid names
+    one process: None without Linux's /proc."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return {"boot_id": boot, "pid_namespace": namespace}
+
+
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (field 22 of
+    /proc/PID/stat): a pid reused by a later process has another. None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the name, which may hold ")"
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def _gone(holder: dict[str, Any]) -> bool:
+    """Whether the writer of the marker ``holder`` provably no longer runs.
+
+    It ran on this machine since its last boot and in this PID namespace, and its pid
+    is now free or another process's (one started at another time). Anything else (a
+    marker of another machine, of another container with the same host name, of a
+    version without these fields; no /proc) is no proof.
+    """
+    pid, started, machine = holder.get("pid"), holder.get("started"), _machine()
+    if machine is None or holder.get("host") != socket.gethostname():
+        return False  # no /proc (never on Windows, where os.kill below ends the process)
+    if any(holder.get(name) != value for name, value in machine.items()):
+        return False
+    if type(pid) is not int or not 0 < pid < 2**31 or type(started) is not int:
+        return False  # pid 0 or below would signal process groups
+    try:
+        os.kill(pid, 0)  # signal 0 sends nothing: it asks whether the pid exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # another user's process has it
+    now = _started(pid)
+    return now is not None and now != started
 
 
 def _busy(target: _Target, why: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -237,6 +238,20 @@ def forbid_head_bucket(monkeypatch) -> None:
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", refused)
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+def killed_writer() -> dict[str, Any]:
+    """The marker record of a writer on this machine that was killed (SIGKILL) since:
+    this process's record with the pid and start time of a child gone (and reaped)."""
+    from m3rcr_xr import store
+
+    if store._machine() is None:
+        pytest.skip("needs Linux's /proc to tell that a writer no longer runs")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    record = {**store._owner(), "pid": child.pid, "started": store._started(child.pid)}
+    child.kill()
+    child.wait()
+    return record
 
 
 # ------------------------------------------------------------ presigned URLs

@@ -9,6 +9,8 @@ HPC login node.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import s3fs
@@ -21,7 +23,7 @@ from m3rcr_xr import store
 from m3rcr_xr.cli import main
 from m3rcr_xr.cluster import local_cluster
 from m3rcr_xr.exceptions import StoreError
-from tests.conftest import TINY, forbid_head_bucket
+from tests.conftest import TINY, forbid_head_bucket, killed_writer
 
 
 def _same(a: xr.Dataset, b: xr.Dataset) -> None:
@@ -40,9 +42,9 @@ def test_a_scene_goes_to_s3_and_back(bucket):
     _same(m3rcr_xr.open_zarr(url), scene)
 
 
-def test_an_interrupted_write_to_s3_resumes(bucket, monkeypatch):
-    scene = m3rcr_xr.synthetic_scene((144, 16), seed=6, chunks=16)
-    url = f"s3://{bucket}/resumed.zarr"
+def _dies_on_second_step(monkeypatch) -> list[slice]:
+    """Every step of the writes that follow recorded (the regions of the list returned),
+    and the second one raised instead of written."""
     write_step = store._write_step
     calls: list[slice] = []
 
@@ -52,8 +54,16 @@ def test_an_interrupted_write_to_s3_resumes(bucket, monkeypatch):
             raise RuntimeError("killed half-way")
         write_step(ds, where, dim, region, show)
 
+    monkeypatch.setattr(store, "_write_step", dies_on_second_step)
+    return calls
+
+
+def test_an_interrupted_write_to_s3_resumes(bucket, monkeypatch):
+    scene = m3rcr_xr.synthetic_scene((144, 16), seed=6, chunks=16)
+    url = f"s3://{bucket}/resumed.zarr"
+    write_step = store._write_step
     with m3rcr_xr.set_options(scene_chunk=16):
-        monkeypatch.setattr(store, "_write_step", dies_on_second_step)
+        calls = _dies_on_second_step(monkeypatch)
         with pytest.raises(RuntimeError, match="half-way"):
             m3rcr_xr.to_zarr(scene, url)
         with pytest.raises(StoreError, match="incomplete"):
@@ -119,6 +129,26 @@ def test_s3_keeps_other_objects_and_one_writer(bucket):
     m3rcr_xr.to_zarr(scene, url)
     assert m3rcr_xr.is_complete(url)
     assert not fs.exists(f"{bucket}/scene.zarr/{store.LOCK}")
+
+
+def test_a_write_killed_on_s3_resumes_over_the_marker_it_left(bucket, monkeypatch, caplog):
+    """A writer killed (SIGKILL, the OOM killer) leaves its marker; a rerun on the same
+    machine takes it over, with a warning, and resumes."""
+    scene = m3rcr_xr.synthetic_scene((144, 16), seed=6, chunks=16)
+    url, marker = f"s3://{bucket}/killed.zarr", f"{bucket}/killed.zarr/{store.LOCK}"
+    with m3rcr_xr.set_options(scene_chunk=16):
+        calls = _dies_on_second_step(monkeypatch)
+        with pytest.raises(RuntimeError, match="half-way"):
+            m3rcr_xr.to_zarr(scene, url)
+        dead = killed_writer()  # a kill, unlike this error, leaves the marker
+        s3fs.S3FileSystem().pipe_file(marker, json.dumps(dead).encode())
+        m3rcr_xr.to_zarr(scene, url)
+    assert calls[0] not in calls[2:] and len(calls) > 2  # the step written is kept
+    _same(m3rcr_xr.open_zarr(url), scene)
+    assert not s3fs.S3FileSystem().exists(marker)
+    assert f"of a writer that is no longer running (host {dead['host']}, pid {dead['pid']}" in (
+        caplog.text
+    )
 
 
 def _options_only(monkeypatch, endpoint: str) -> dict:

@@ -1,8 +1,10 @@
 import errno
+import json
 import os
 import signal
 import textwrap
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from tests.conftest import (
     ForkServer,
     a_file,
     foreign_store,
+    killed_writer,
     run_script,
     snapshot,
     unconsolidated_store,
@@ -987,6 +990,66 @@ def test_object_stores_keep_one_writer_with_a_marker(small_scene):
     fs.rm(marker)
     m3rcr_xr.to_zarr(small_scene, "memory://one-writer/s.zarr")
     assert m3rcr_xr.is_complete("memory://one-writer/s.zarr") and not fs.exists(marker)
+
+
+def _left_marker(record: dict) -> tuple[str, str]:
+    """A new store's URL on the memory file system and its marker, holding ``record``."""
+    import fsspec
+
+    marker = f"/{uuid.uuid4().hex}/s.zarr/{store.LOCK}"
+    fsspec.filesystem("memory").pipe_file(marker, json.dumps(record).encode())
+    return f"memory:/{marker.removesuffix(f'/{store.LOCK}')}", marker
+
+
+@pytest.mark.parametrize("how", ["killed", "its pid reused"])
+def test_the_marker_of_a_writer_gone_from_this_machine_is_taken_over(small_scene, caplog, how):
+    mine = store._owner()
+    dead = killed_writer() if how == "killed" else {**mine, "started": mine["started"] + 1}
+    url, marker = _left_marker(dead)
+    m3rcr_xr.to_zarr(small_scene, url)
+    fs = store._Target.of(url).fs
+    assert m3rcr_xr.is_complete(url) and not fs.exists(marker)
+    assert (
+        f"{url}: removed the marker {fs.unstrip_protocol(marker)} of a writer that is no "
+        "longer running "
+        f"(host {dead['host']}, pid {dead['pid']}, since {dead['since']})"
+    ) in caplog.text
+
+
+#: markers whose writer may still run: how each is made of a killed writer's record
+_NO_PROOF = {
+    "alive": lambda dead: store._owner(),
+    "of another host": lambda dead: {**dead, "host": "node-7"},
+    "of another boot": lambda dead: {**dead, "boot_id": "another-boot"},
+    "of another pid namespace": lambda dead: {**dead, "pid_namespace": 1},
+    "of no start time": lambda dead: {k: v for k, v in dead.items() if k != "started"},
+    "of an earlier version": lambda dead: {k: dead[k] for k in ("host", "pid", "since")},
+    "read without /proc": lambda dead: dead,
+}
+
+
+@pytest.mark.parametrize("how", list(_NO_PROOF))
+def test_a_marker_of_a_writer_that_may_still_run_is_refused_and_kept(small_scene, monkeypatch, how):
+    record = _NO_PROOF[how](killed_writer())
+    url, marker = _left_marker(record)
+    if how == "read without /proc":
+        monkeypatch.setattr(store, "_machine", lambda: None)
+    with pytest.raises(m3rcr_xr.StoreError, match=f"{url}: another writer.*delete the marker"):
+        m3rcr_xr.to_zarr(small_scene, url)
+    fs = store._Target.of(url).fs
+    assert fs.ls(marker.removesuffix(f"/{store.LOCK}"), detail=False) == [marker]
+    assert json.loads(fs.cat_file(marker)) == record
+
+
+def test_of_two_reruns_taking_over_one_stale_marker_one_wins():
+    dead = killed_writer()
+    url, _ = _left_marker(dead)
+    target = store._Target.of(url)
+    first, second = store._owner(), {**store._owner(), "since": "a moment later"}
+    assert store._take_over(target, target.key(store.LOCK), dead, first) is None
+    # the second finds the first's marker, of a live writer, in the stale one's place
+    assert store._take_over(target, target.key(store.LOCK), dead, second) == first
+    assert store._read_json(target, store.LOCK) == first
 
 
 @pytest.mark.parametrize(
