@@ -241,7 +241,7 @@ def test_decloud_bad_tile_exits_2_before_writing(tmp_path, capsys):
         ]
     )
     assert code == 2
-    assert "built for 32x32 tiles only" in capsys.readouterr().err
+    _one_error_line(capsys, "built for 32x32 tiles only", "use tiles of 32 or build the model")
     assert not (tmp_path / "out.zarr").exists()
 
 
@@ -737,6 +737,11 @@ def test_evaluate_replaces_an_existing_table_only_with_overwrite(
         (["--workers", "-1"], "--num-workers -1: must be an integer >= 0"),
         (["--device", "cuda:99"], "--device cuda:99: this process has"),
         (["--config", "n_feats=16.5"], "dsen2_cr: n_feats=16.5 must be an integer"),
+        (
+            ["--model", "glf_cr", "--config", "preset=small", "--crop", "48"],
+            "got 48x48; use --crop 32 or build it with --config preset=small --config "
+            "input_size=48",
+        ),
         (["--out", "{tmp}/run.txt"], "--out {tmp}/run.txt: write a .pth/.pt/.ckpt file"),
         (["--out", "{tmp}/no/run.pth"], "/no does not exist"),
         (["--export", "{tmp}/w.pth"], "write a .safetensors file, not '.pth'"),

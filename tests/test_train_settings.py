@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_published_defaults_resolve_once_into_concrete_settings(monkeypatch):
 
 def test_crop_defaults_to_the_tile_size_of_the_configuration():
     assert TrainSettings("glf_cr", 3, config={"preset": "small"}).resolved().crop == 32
-    assert TrainSettings("glf_cr", 3, config={"preset": "small"}, crop=64).resolved().crop == 64
+    assert TrainSettings("dsen2_cr", 3, crop=64).resolved().crop == 64
     assert TrainSettings("dsen2_cr", 3).resolved().crop == 160  # any size: the published
 
 
@@ -84,6 +85,16 @@ def test_a_configuration_is_refused_before_the_data_even_with_a_crop() -> None:
     settings = TrainSettings("dsen2_cr", steps=1, crop=32, config={"n_resblock": 4})
     with pytest.raises(ModelConfigError, match="unknown configuration key 'n_resblock'"):
         settings.resolved()
+
+
+def test_a_crop_the_model_cannot_take_is_refused_naming_the_settings_that_would_do() -> None:
+    """Before the data: a GLF-CR is built for one tile size, the crop's or its own."""
+    settings = TrainSettings("glf_cr", 1, config={"preset": "small"}, crop=48)
+    says = "use crop=32 or build it with config={'preset': 'small', 'input_size': 48}"
+    with pytest.raises(ModelConfigError, match=f"got 48x48; {re.escape(says)}$"):
+        settings.resolved()
+    built = dataclasses.replace(settings, config={"preset": "small", "input_size": 48})
+    assert built.resolved().crop == 48
 
 
 def test_a_drop_path_rate_of_one_is_refused_before_the_data() -> None:

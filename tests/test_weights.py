@@ -14,7 +14,7 @@ import re
 import shutil
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -693,6 +693,108 @@ def test_a_configuration_that_leaves_derived_arguments_out_agrees():
     assert weights.resolve(None, "landcover_unet-demo", demo).config["n_classes"] == 7
     with pytest.raises(ModelConfigError, match="were trained with"):
         weights.resolve(None, "landcover_unet-demo", {**demo, "level": 2})
+
+
+# ----------------------------------------- an entry agrees with what its file carries
+@pytest.fixture
+def entry_of() -> Iterator[Callable[..., str]]:
+    """Registers a file under a new name with a model and config, for this test only."""
+    names: list[str] = []
+
+    def registered(path: Path, config: dict, model: str = "dsen2_cr") -> str:
+        names.append(f"lab-{len(names)}")
+        sha256 = file_sha256(path)
+        weights.register(WeightsEntry(names[-1], model, (path.as_uri(),), sha256, config=config))
+        return names[-1]
+
+    yield registered
+    for name in names:
+        weights.unregister(name)
+
+
+def _carrying(kind: str, folder: Path, config: Mapping[str, object]) -> Path:
+    """The TINY weights in a file that says they were trained with ``config``: exported
+    by ``m3rcr train --export``, or a checkpoint of ``m3rcr train``."""
+    if kind == "exported":
+        return _safetensors(
+            folder / "run.safetensors",
+            model="dsen2_cr",
+            config=json.dumps(config),
+            format=weights.EXPORT_FORMAT,
+        )
+    return _training_checkpoint(folder / "run.pth", {"model": "dsen2_cr", "config": config})
+
+
+@pytest.mark.parametrize("kind", ["exported", "training"])
+@pytest.mark.parametrize(
+    ("model", "config", "says"),
+    [  # res_scale leaves the shapes alone: the weights would load and run another network
+        ("dsen2_cr", {**TINY, "res_scale": 1.0}, "dsen2_cr with config {'n_resblocks': 1, "),
+        ("glf_cr", {}, "glf_cr with config {}"),
+    ],
+    ids=["res_scale", "model"],
+)
+def test_an_entry_that_its_file_contradicts_is_refused(
+    tmp_path, entry_of, kind, model, config, says
+):
+    path = _carrying(kind, tmp_path, TINY)
+    name = entry_of(path, config, model)
+    needles = (
+        f"weights '{name}' (registered by m3rcr_xr.weights.register() in this process): "
+        f"the entry says {says}",
+        f"but its file {path} was trained as dsen2_cr with config {dict(TINY)}",
+    )
+    for call in (
+        lambda: weights.resolve(None, name),
+        lambda: m3rcr_xr.decloud(m3rcr_xr.synthetic_scene((32, 32)), checkpoint=name, tile=32),
+    ):
+        with pytest.raises(ModelConfigError) as caught:
+            call()
+        assert all(needle in str(caught.value) for needle in needles), caught.value
+
+
+def test_the_refusal_of_an_entry_names_its_registry_file(
+    tmp_path, monkeypatch, capsys, scene_store
+):
+    path = _carrying("exported", tmp_path, TINY)
+    table = {"name": "from-file", "model": "dsen2_cr", "urls": [path.as_uri()]}
+    table |= {"sha256": file_sha256(path), "config": {**TINY, "res_scale": 1.0}}
+    file = tmp_path / "registry.json"
+    file.write_text(json.dumps({"weights": [table]}))
+    monkeypatch.setenv(weights.REGISTRY_ENV, str(file))
+    says = f"weights 'from-file' (listed in {file} (${weights.REGISTRY_ENV})): the entry says"
+    with pytest.raises(ModelConfigError, match=re.escape(says)):
+        weights.resolve(None, "from-file")
+    argv = ["decloud", str(scene_store), str(tmp_path / "o.zarr"), "--checkpoint", "from-file"]
+    _fails(capsys, argv, says, str(path))
+    assert not (tmp_path / "o.zarr").exists()
+
+
+@pytest.mark.parametrize("kind", ["exported", "training"])
+@pytest.mark.parametrize("config", [TINY, {**TINY, "res_scale": 0.1, "kernel_size": 3}])
+def test_an_entry_that_agrees_with_its_file_up_to_defaults_is_taken(
+    tmp_path, entry_of, kind, config
+):
+    path = _carrying(kind, tmp_path, TINY)
+    found = weights.resolve(None, entry_of(path, config))
+    assert (found.model, found.config, found.path) == ("dsen2_cr", config, path)
+    scene = m3rcr_xr.synthetic_scene((32, 32))
+    by_name = m3rcr_xr.decloud(scene, checkpoint=found.label, tile=32)
+    np.testing.assert_array_equal(
+        by_name.values, m3rcr_xr.decloud(scene, checkpoint=path, tile=32).values
+    )
+
+
+@pytest.mark.parametrize("kind", ["bare", "published", "another tool's"])
+def test_an_entry_of_a_file_that_carries_no_configuration_is_taken(tmp_path, tiny, entry_of, kind):
+    """Nothing to compare: the entry's configuration applies, as before."""
+    path = {
+        "bare": lambda: tiny[0],
+        "published": lambda: _training_checkpoint(tmp_path / "published.pth", None),
+        "another tool's": lambda: _safetensors(tmp_path / "lab.safetensors", format="pt"),
+    }[kind]()
+    config = {**TINY, "res_scale": 1.0}
+    assert weights.resolve(None, entry_of(path, config)).config == config
 
 
 # ------------------------------------------- the bytes loaded are the bytes checked

@@ -210,16 +210,23 @@ class CloudRemovalNet(Network):
         check_size(spec, (int(cloudy.shape[-2]), int(cloudy.shape[-1])))
 
 
-def check_size(spec: ModelSpec, size: int | tuple[int, int]) -> None:
-    """Raise :class:`ModelConfigError` unless a tile of ``size`` fits ``spec``."""
+def check_size(spec: ModelSpec, size: int | tuple[int, int], remedy: str | None = None) -> None:
+    """Raise :class:`ModelConfigError` unless a tile of ``size`` fits ``spec``.
+
+    ``remedy``: what the message tells to change where the model takes tiles of one size
+    only and ``size`` is another, in the caller's words (training names its ``crop``);
+    by default, tiles of that size or a model built for ``size``.
+    """
     height, width = (size, size) if isinstance(size, int) else size
     if height < 1 or width < 1:
         raise ModelConfigError(f"{spec.name}: tile size must be positive, got {(height, width)}")
     if spec.tile_size is not None and (height, width) != (spec.tile_size, spec.tile_size):
+        remedy = remedy or (
+            f"use tiles of {spec.tile_size} or build the model with input_size={height}"
+        )
         raise ModelConfigError(
             f"{spec.name}: built for {spec.tile_size}x{spec.tile_size} tiles only (its windowed "
-            f"attention is fixed at construction), got {height}x{width}; use tiles of "
-            f"{spec.tile_size} or build the model with input_size={height}"
+            f"attention is fixed at construction), got {height}x{width}; {remedy}"
         )
     multiple = spec.tile_multiple
     if height % multiple or width % multiple:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..exceptions import SchemaError, UsageError, argument
 from ..landcover import IGNORE_INDEX
-from ..models import build, check_tile, extract_state_dict, load_state_dict_into, model_record
+from ..models import build, extract_state_dict, load_state_dict_into, model_record
 from ..models.records import LossFn
 from ..progress import progress_bar, show_progress
 from .data import (
@@ -159,7 +159,6 @@ class _Run:
             torch.backends.cudnn.deterministic = True
         seed_everything(settings.seed)
         self.model = build(settings.model, **settings.config).to(self.device).train()
-        check_tile(self.model, settings.crop)
         self.optimizer = make_optimizer(self.model, settings.lr)
         self.scheduler = make_scheduler(
             self.optimizer, settings.lr_step, lr_decay_start=settings.lr_decay_start

@@ -27,6 +27,7 @@ from ..devices import REDUCED_PRECISIONS, resolve_device
 from ..exceptions import UsageError, argument, check_integer, check_positive
 from ..landcover import class_names
 from ..models import TASKS, ModelSpec, check_config, model_record, model_spec
+from ..models.interface import check_size
 from .recipe import (
     DECAY_START_FRACTION,
     LR_STEP_FRACTION,
@@ -195,6 +196,7 @@ class TrainSettings:
         spec = model_spec(record.name, **config)
         crop = int(self.crop or spec.tile_size or PUBLISHED_CROP)
         batch_size = int(self.batch_size or record.published_batch_size)
+        _check_crop(spec, config, crop)
         _check_batch_norm(spec, batch_size, crop)
         return ResolvedSettings(
             model=record.name,
@@ -252,6 +254,24 @@ class TrainSettings:
                     "leave it out to resume the same run"
                 )
         return dataclasses.replace(self, **updates)
+
+
+def _check_crop(spec: ModelSpec, config: Mapping[str, Any], crop: int) -> None:
+    """Refuse a ``crop`` that the model of ``spec``, built with ``config``, cannot take
+    (a GLF-CR is built for one tile size), before any data are opened, naming the
+    settings that would do.
+
+    Raises
+    ------
+    ModelConfigError
+        Naming ``crop`` and the ``config`` with ``input_size`` for it.
+    """
+    check_size(
+        spec,
+        crop,
+        f"use {argument('crop', spec.tile_size)} or build it with "
+        f"{argument('config', {**config, 'input_size': crop})}",
+    )
 
 
 def _check_batch_norm(spec: ModelSpec, batch_size: int, crop: int) -> None:

@@ -44,7 +44,15 @@ from ..exceptions import CheckpointError, UsageError, argument, command_line_nam
 from ..href import has_scheme
 from .download import check_sha256
 
-__all__ = ["REGISTRY_ENV", "WeightsEntry", "available", "entry", "register", "unregister"]
+__all__ = [
+    "REGISTRY_ENV",
+    "WeightsEntry",
+    "available",
+    "entry",
+    "origin",
+    "register",
+    "unregister",
+]
 
 #: environment variable naming registry files (JSON or TOML), separated by os.pathsep
 REGISTRY_ENV = "M3RCR_WEIGHTS_REGISTRY"
@@ -70,6 +78,9 @@ class WeightsEntry:
         The file's SHA-256 (hex); every fetch checks it.
     config
         Architecture arguments the weights were trained with (``decloud`` applies them).
+        Where the file says what it was trained with (``m3rcr train --export`` weights, a
+        training checkpoint), :func:`~m3rcr_xr.weights.resolve` refuses an entry whose
+        model or config is not that.
     license
         The weights' license (an SPDX identifier where there is one).
     model_card
@@ -213,7 +224,8 @@ def _demo_classifier_entry() -> WeightsEntry:
 
 _LOCK = threading.Lock()
 _REGISTERED: dict[str, WeightsEntry] = {}
-_FILES: dict[str, tuple[WeightsEntry, ...]] = {}  # by the variable's value: read once
+#: the entries of the registry files by the variable's value (read once), each with its file
+_FILES: dict[str, tuple[tuple[Path, WeightsEntry], ...]] = {}
 
 
 def _read_file(path: Path) -> list[WeightsEntry]:
@@ -233,11 +245,12 @@ def _read_file(path: Path) -> list[WeightsEntry]:
     return [WeightsEntry.from_dict(t, str(path)) for t in tables]
 
 
-def _file_entries() -> tuple[WeightsEntry, ...]:
+def _file_entries() -> tuple[tuple[Path, WeightsEntry], ...]:
+    """The entries of the files named by ``$M3RCR_WEIGHTS_REGISTRY``, each with its file."""
     value = os.environ.get(REGISTRY_ENV, "")
     if value not in _FILES:
         paths = [Path(p) for p in value.split(os.pathsep) if p]
-        _FILES[value] = tuple(e for p in paths for e in _read_file(p))
+        _FILES[value] = tuple((p, e) for p in paths for e in _read_file(p))
     return _FILES[value]
 
 
@@ -246,7 +259,8 @@ def _all() -> dict[str, WeightsEntry]:
     with _LOCK:
         merged: dict[str, WeightsEntry] = {}
         shipped = (_demo_entry(), _demo_classifier_entry())
-        for item in (*shipped, *_file_entries(), *_REGISTERED.values()):
+        listed = (item for _, item in _file_entries())
+        for item in (*shipped, *listed, *_REGISTERED.values()):
             if item.name in merged:
                 raise CheckpointError(
                     f"weights name {item.name!r} registered twice (check ${REGISTRY_ENV})"
@@ -299,6 +313,23 @@ def entry(name: str) -> WeightsEntry:
             f"{', '.join(items)} (see m3rcr_xr.weights.available() or `m3rcr weights`)"
         )
     return items[name]
+
+
+def origin(name: str) -> str:
+    """Where the entry called ``name`` comes from, for messages that blame it: this
+    process's :func:`register`, a registry file (named), or this package.
+
+    Examples
+    --------
+    >>> origin("dsen2_cr-demo")
+    'shipped with m3rcr_xr'
+    """
+    entry(name)  # an unknown name is refused, listing the registered ones
+    with _LOCK:
+        if name in _REGISTERED:
+            return "registered by m3rcr_xr.weights.register() in this process"
+        files = [path for path, item in _file_entries() if item.name == name]
+    return f"listed in {files[0]} (${REGISTRY_ENV})" if files else "shipped with m3rcr_xr"
 
 
 def register(new: WeightsEntry, *, replace: bool = False) -> WeightsEntry:

@@ -24,7 +24,7 @@ from ..exceptions import (
 )
 from ..href import has_scheme, redacted
 from .download import check_file, check_sha256, fetch_url, split_url
-from .registry import UNTRAINED, available, entry
+from .registry import UNTRAINED, WeightsEntry, available, entry, origin
 
 __all__ = ["DEFAULT_MODEL", "ResolvedWeights", "fetch", "fetch_first", "known_model", "resolve"]
 
@@ -198,13 +198,14 @@ def _theirs(
     return key, found_config
 
 
-def _carried(path: Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
+def _carried(path: Path, sha256: str | None) -> tuple[str, dict[str, Any]] | None:
     """The model and configuration that the file ``path`` carries: the header of a
     safetensors file that ``m3rcr train --export`` wrote (see
     :func:`~m3rcr_xr.weights.exported_weights`), or the settings of a training checkpoint
     that ``m3rcr train`` wrote (``--checkpoint run.pth``); None for any other file (another
     tool's weights, a bare state dict). Read from the file hashed ``sha256``, the one the
-    workers load: its header only, or its settings with its tensors memory-mapped.
+    workers load (None: as it is, not hashed again): its header only, or its settings
+    with its tensors memory-mapped.
 
     Raises
     ------
@@ -220,7 +221,7 @@ def _carried(path: Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
     return _trained(path, sha256)
 
 
-def _trained(path: Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
+def _trained(path: Path, sha256: str | None) -> tuple[str, dict[str, Any]] | None:
     """The model and configuration in the ``settings`` of a training checkpoint (see
     :func:`m3rcr_xr.train.train`); None for a checkpoint without them.
 
@@ -243,6 +244,39 @@ def _trained(path: Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
             f"{path}: the training settings' config is not a mapping: {str(config)[:80]!r}"
         )
     return key, dict(config)
+
+
+def _check_entry(found: WeightsEntry, path: Path) -> None:
+    """Refuse the registered entry ``found`` where its model or configuration is not the
+    one its file ``path`` carries (see :func:`_carried`; a file that carries none, such
+    as a bare state dict, takes the entry's): weights that another ``res_scale`` or
+    ``drop_path_rate`` leaves the same shapes load strictly and run another network
+    than the one trained. They agree as a ``config`` given agrees with the weights
+    (:func:`_same_architecture`: up to defaults and derived arguments).
+
+    The file was checked against the entry's SHA-256 as it was fetched, and is read here
+    without being hashed again: what is read only decides a refusal (the entry's
+    configuration is the one used, and the workers check the hash of what they load).
+
+    Raises
+    ------
+    ModelConfigError
+        They disagree; naming the entry, where it was registered (:func:`origin`), the
+        file and both models and configurations.
+    """
+    from ..models.records import model_record
+
+    carried = _carried(path, None)
+    if carried is None:
+        return
+    key, theirs = carried
+    ours = model_record(found.model).name
+    if ours != key or not _same_architecture(key, found.config, theirs):
+        raise ModelConfigError(
+            f"weights {found.name!r} ({origin(found.name)}): the entry says {ours} with "
+            f"config {dict(found.config)}, but its file {path} was trained as {key} with "
+            f"config {theirs}; correct the entry"
+        )
 
 
 def known_model(
@@ -319,7 +353,8 @@ def resolve(
         header or training settings name no known model and configuration.
     ModelConfigError
         ``model`` or ``config`` that are not those of the registered entry (exported
-        file, training checkpoint), or a
+        file, training checkpoint), a registered entry whose model or config is not the
+        one its file carries (an exported file, a training checkpoint), or a
         ``config`` the model cannot take (:func:`m3rcr_xr.models.check_config`: an
         unknown key, a value of the wrong type, a size out of range, too many
         parameters), refused before any weights are fetched where the model is known
@@ -357,6 +392,7 @@ def resolve(
         return ResolvedWeights(key, _checked(key, config))
     path, sha256, found = _fetch(checkpoint, None)
     if found is not None:
+        _check_entry(found, path)  # the entry first: its mistake, not the caller's
         key, config = _theirs(found.name, (found.model, found.config), model, config)
         sources = (found.name, *found.urls)
         return ResolvedWeights(key, _checked(key, config), path, sha256, sources, found.name)
