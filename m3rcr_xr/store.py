@@ -42,10 +42,10 @@ Safety rules, for local paths and fsspec URLs alike:
   OS lock on a local file (``flock``; a byte-range lock on Windows), released by the OS
   when the process ends, so a killed writer never blocks the resume; on object stores
   a marker object created with a conditional write (``If-None-Match``), removed when
-  the writer ends; a rerun takes over the marker of a killed writer when that writer
-  provably no longer runs (same machine, boot and PID namespace; its pid free or
-  another process's), and refuses otherwise. The lock file is not part of the Zarr
-  hierarchy and is removed once the store is complete.
+  the writer ends; a rerun (one at a time: :data:`_TAKEOVER`) takes over the marker of
+  a killed writer when that writer provably no longer runs (same machine, boot and PID
+  namespace; its pid free or another process's), and refuses otherwise. The lock file
+  is not part of the Zarr hierarchy and is removed once the store is complete.
 * **Completion.** The root ``zarr.json`` is only ever replaced whole (a temporary file
   and ``os.replace`` locally, one PUT on object stores). Completion is a single such
   write holding both the ``m3rcr_complete`` flag and the consolidated metadata, so a
@@ -116,8 +116,11 @@ _ZARR_WRITE: dict[str, Any] = {"consolidated": False, "zarr_format": 3, "write_e
 READ_CACHE_BYTES = 16 * 2**20
 #: where a new root ``zarr.json`` is written before it replaces the old one (locally)
 _ROOT_TMP = "zarr.json.m3rcr-tmp"
+#: the object a rerun holds while it takes over a stale marker (object stores): made by
+#: a conditional write, it lets one rerun at a time remove that marker
+_TAKEOVER = LOCK + ".takeover"
 #: the files of the store's own that are no Zarr node: a folder of these alone is empty
-_OWN_FILES = frozenset({LOCK, ID_OBJECT, _ROOT_TMP})
+_OWN_FILES = frozenset({LOCK, _TAKEOVER, ID_OBJECT, _ROOT_TMP})
 #: what a root that carries an identifier without its object (:func:`_is_ours`) is
 _COPY = "a copy of a store of m3rcr_xr written by other software (xarray's to_zarr, say)"
 #: zarr-python's temporary file of a local write, left behind by a writer killed in it
@@ -916,9 +919,9 @@ def _marker(target: _Target) -> Iterator[None]:
     """
     key = target.key(LOCK)
     owner = _owner()
-    holder = _claim(target, key, owner)
+    holder = _claim(target, LOCK, owner)
     if holder is not None and _gone(holder):
-        holder = _take_over(target, key, holder, owner)
+        holder = _take_over(target, holder, owner)
     if holder is not None:
         raise StoreError(
             _busy(target, f"marker {target.fs.unstrip_protocol(key)} from {holder}")
@@ -930,44 +933,61 @@ def _marker(target: _Target) -> Iterator[None]:
         target.fs.rm_file(key)  # not rm: it takes a name with glob characters for a pattern
 
 
-def _claim(target: _Target, key: str, owner: dict[str, Any]) -> dict[str, Any] | None:
-    """Write the marker ``owner`` unless there is one: None when written, else the
-    record of the writer that holds it."""
+def _claim(target: _Target, name: str, owner: dict[str, Any]) -> dict[str, Any] | None:
+    """Write the object ``name`` of the store, holding ``owner``, unless there is one:
+    None when written, else the record of the writer that holds it."""
     try:
-        with target.fs.open(key, "xb") as handle:
+        with target.fs.open(target.key(name), "xb") as handle:
             handle.write(json.dumps(owner).encode())
     except FileExistsError:
-        return _read_json(target, LOCK) or {}
+        return _read_json(target, name) or {}
     return None
 
 
 def _take_over(
-    target: _Target, key: str, stale: dict[str, Any], owner: dict[str, Any]
+    target: _Target, stale: dict[str, Any], owner: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Replace the marker ``stale`` of a writer that no longer runs by ``owner``, once:
     None when taken, else the record of the writer that holds it now.
 
-    Of reruns racing for it, the first to write its marker wins; the others find that
-    marker (a live writer's) in the stale one's place, or fail the conditional write.
     Deletes are unconditional: a rerun that read the stale marker just before another
-    replaced it could still remove the new one (a window of one request).
+    replaced it would remove the new one. So a rerun removes the marker only while it
+    holds :data:`_TAKEOVER` (made by a conditional write), and only if the marker is
+    still the stale one then: of reruns racing for it, the others find the winner's
+    marker in the stale one's place, or fail to make :data:`_TAKEOVER` and are refused,
+    as when a rerun killed while it held it left it.
     """
-    if _read_json(target, LOCK) == stale:
-        try:
-            target.fs.rm_file(key)
-        except FileNotFoundError:
-            pass  # another rerun removed it first
-        else:
-            log.warning(
-                "%s: removed the marker %s of a writer that is no longer running "
-                "(host %s, pid %s, since %s)",
-                target.name,
-                target.fs.unstrip_protocol(key),
-                stale.get("host"),
-                stale.get("pid"),
-                stale.get("since"),
+    key, claim = target.key(LOCK), target.key(_TAKEOVER)
+    taker = _claim(target, _TAKEOVER, owner)
+    if taker is not None:
+        raise StoreError(
+            _busy(
+                target,
+                f"a rerun taking over its stale marker holds {target.fs.unstrip_protocol(claim)}"
+                f" from {taker}",
             )
-    return _claim(target, key, owner)
+            + "; if no writer is running (that takeover was cut off), delete that object and"
+            " run again"
+        )
+    try:
+        if _read_json(target, LOCK) == stale:
+            try:
+                target.fs.rm_file(key)
+            except FileNotFoundError:
+                pass  # deleted by hand meanwhile
+            else:
+                log.warning(
+                    "%s: removed the marker %s of a writer that is no longer running "
+                    "(host %s, pid %s, since %s)",
+                    target.name,
+                    target.fs.unstrip_protocol(key),
+                    stale.get("host"),
+                    stale.get("pid"),
+                    stale.get("since"),
+                )
+        return _claim(target, LOCK, owner)
+    finally:
+        target.fs.rm_file(claim)
 
 
 def _owner() -> dict[str, Any]:
@@ -1502,7 +1522,7 @@ def _write_step(ds: xr.Dataset, store: Any, dim: str, region: slice, show: bool 
 def _quiet_own_files() -> Iterator[None]:
     """Zarr warns about the lock file and the identifier when it lists the store's
     members: they are not part of the hierarchy, and zarr is right to skip them."""
-    names = "|".join(map(re.escape, (LOCK, ID_OBJECT)))
+    names = "|".join(map(re.escape, (LOCK, _TAKEOVER, ID_OBJECT)))
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=f"Object at ({names}) is not recognized", category=UserWarning

@@ -146,6 +146,7 @@ def test_a_write_killed_on_s3_resumes_over_the_marker_it_left(bucket, monkeypatc
     assert calls[0] not in calls[2:] and len(calls) > 2  # the step written is kept
     _same(m3rcr_xr.open_zarr(url), scene)
     assert not s3fs.S3FileSystem().exists(marker)
+    assert not s3fs.S3FileSystem().exists(marker.replace(store.LOCK, store._TAKEOVER))
     assert f"of a writer that is no longer running (host {dead['host']}, pid {dead['pid']}" in (
         caplog.text
     )

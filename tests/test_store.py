@@ -1,3 +1,4 @@
+import contextlib
 import errno
 import json
 import os
@@ -55,7 +56,7 @@ def test_variables_without_the_written_dim_round_trip(tmp_path, collection):
     xr.testing.assert_identical(back.compute(), ds.compute())
 
 
-@pytest.mark.parametrize("name", ["vv/vh", "..", "", store.ID_OBJECT, store.LOCK])
+@pytest.mark.parametrize("name", ["vv/vh", "..", "", store.ID_OBJECT, store.LOCK, store._TAKEOVER])
 def test_a_variable_name_that_is_a_path_is_refused_before_anything_is_written(tmp_path, name):
     scene = m3rcr_xr.synthetic_scene((32, 32)).rename(sar=name)
     with raise_if_dask_computes(), pytest.raises(m3rcr_xr.SchemaError, match="rename it"):
@@ -1009,6 +1010,7 @@ def test_the_marker_of_a_writer_gone_from_this_machine_is_taken_over(small_scene
     m3rcr_xr.to_zarr(small_scene, url)
     fs = store._Target.of(url).fs
     assert m3rcr_xr.is_complete(url) and not fs.exists(marker)
+    assert not fs.exists(marker.replace(store.LOCK, store._TAKEOVER))
     assert (
         f"{url}: removed the marker {fs.unstrip_protocol(marker)} of a writer that is no "
         "longer running "
@@ -1046,10 +1048,65 @@ def test_of_two_reruns_taking_over_one_stale_marker_one_wins():
     url, _ = _left_marker(dead)
     target = store._Target.of(url)
     first, second = store._owner(), {**store._owner(), "since": "a moment later"}
-    assert store._take_over(target, target.key(store.LOCK), dead, first) is None
+    assert store._take_over(target, dead, first) is None
     # the second finds the first's marker, of a live writer, in the stale one's place
-    assert store._take_over(target, target.key(store.LOCK), dead, second) == first
+    assert store._take_over(target, dead, second) == first
     assert store._read_json(target, store.LOCK) == first
+
+
+def test_a_rerun_cannot_take_over_a_marker_while_another_rerun_is_removing_it(monkeypatch):
+    """Rerun B reads the stale marker again before it removes it; rerun A takes it over
+    then, whole. Deletes are unconditional: B removed A's marker and wrote its own, and
+    both wrote the store. A is refused now: B holds the takeover's object."""
+    dead = killed_writer()
+    url, _ = _left_marker(dead)
+    target = store._Target.of(url)
+    mine = store._owner()
+    owners = iter([{**mine, "since": "B"}, {**mine, "since": "A"}])
+    monkeypatch.setattr(store, "_owner", lambda: next(owners))
+    read, reads, held, won, refused = store._read_json, [], contextlib.ExitStack(), [], []
+
+    def a_takes_over_after_bs_read_again(target_: store._Target, name: str) -> dict | None:
+        doc = read(target_, name)
+        reads.append(name)
+        if reads.count(store.LOCK) == 2:  # B's first read found it stale, this is again
+            try:
+                held.enter_context(store._marker(target))
+            except m3rcr_xr.StoreError as err:
+                refused.append(str(err))
+            else:
+                won.append("A")
+        return doc
+
+    monkeypatch.setattr(store, "_read_json", a_takes_over_after_bs_read_again)
+    with held, store._marker(target):
+        won.append("B")
+        assert won == ["B"]
+        assert read(target, store.LOCK)["since"] == "B"
+    claim = target.fs.unstrip_protocol(target.key(store._TAKEOVER))
+    assert len(refused) == 1 and f"holds {claim} from" in refused[0]
+    assert not any(target.fs.exists(target.key(n)) for n in (store.LOCK, store._TAKEOVER))
+
+
+def test_a_takeover_cut_off_is_refused_naming_its_object(small_scene):
+    """A rerun killed while it took over a stale marker leaves the takeover's object:
+    no rerun may take the marker over then (the first may still run), until it is
+    deleted."""
+    url, marker = _left_marker(killed_writer())
+    taker = marker.replace(store.LOCK, store._TAKEOVER)
+    fs = store._Target.of(url).fs
+    fs.pipe_file(taker, json.dumps(killed_writer()).encode())
+    with pytest.raises(
+        m3rcr_xr.StoreError,
+        match=f"{url}: another writer.*a rerun taking over its stale marker holds "
+        f"{fs.unstrip_protocol(taker)} from .*that takeover was cut off.*delete that object",
+    ):
+        m3rcr_xr.to_zarr(small_scene, url)
+    assert sorted(fs.ls(marker.removesuffix(f"/{store.LOCK}"), detail=False)) == [marker, taker]
+    assert store.store_state(url) == "empty"
+    fs.rm_file(taker)
+    m3rcr_xr.to_zarr(small_scene, url)
+    assert m3rcr_xr.is_complete(url) and not fs.exists(marker) and not fs.exists(taker)
 
 
 @pytest.mark.parametrize(
