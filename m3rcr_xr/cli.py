@@ -273,8 +273,9 @@ def _decloud(args: argparse.Namespace) -> int:
     from . import href
     from .cog import check_cog_destination, patch_file_names, to_cog
     from .inference import decloud
+    from .location import check_apart
     from .schema import is_collection
-    from .store import check_apart, check_destination, is_complete, open_zarr, to_zarr
+    from .store import check_destination, is_complete, open_zarr, to_zarr
     from .weights.resolve import known_model
 
     config = _parse_config(args.config)  # arguments first, then the data
@@ -590,6 +591,7 @@ def semantic_table_path(path: str) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .location import check_apart
     from .metrics import (
         STRATA,
         TABLE_SUFFIXES,
@@ -599,7 +601,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         write_table,
     )
     from .metrics.cells import check_strata
-    from .store import check_apart
 
     strata = check_strata(args.level, STRATA if args.strata is None else args.strata)
     # one path (or None) a table: the metrics, then with --semantic the semantic scores

@@ -59,19 +59,11 @@ from .exceptions import (
     check_integer,
 )
 from .href import local_path, redacted
+from .location import Target, check_apart, check_bucket, reaching, reason, write_errors
 from .options import OPTIONS
 from .progress import compute_with_progress
 from .schema import check_patch_ids, is_collection, repeated
-from .store import (
-    _check_bucket,
-    _reaching,
-    _reason,
-    _Target,
-    _write_errors,
-    check_apart,
-    data_fingerprint,
-    sources,
-)
+from .store import data_fingerprint, sources
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +317,7 @@ def check_cog_destination(
             "for a collection, one GeoTIFF a patch)"
         )
     check_apart(path, inputs)
-    target = _Target.of(path, storage_options)
+    target = Target.of(path, storage_options)
     if not target.local:
         return _check_remote(target, names, overwrite)
     path = local_path(path)  # a file:// URL as the path it names
@@ -346,14 +338,14 @@ def check_cog_destination(
     return files
 
 
-def _check_remote(target: _Target, names: Sequence[str] | None, overwrite: bool) -> list[str]:
+def _check_remote(target: Target, names: Sequence[str] | None, overwrite: bool) -> list[str]:
     """:func:`check_cog_destination` on object storage: the objects' URLs."""
     fs = target.fs
     fs.invalidate_cache()  # s3fs answers from cached listings
-    _check_bucket(target)
+    check_bucket(target)
     keys = [target.path] if names is None else [target.key(name) for name in names]
     for key in keys:
-        with _reaching(target, "the destination"):  # the listing the upload needs
+        with reaching(target, "the destination"):  # the listing the upload needs
             folder = fs.isdir(key)
         if folder:
             raise StoreError(f"{fs.unstrip_protocol(key)}: is a folder, not a GeoTIFF")
@@ -473,7 +465,7 @@ def written_from(
     """
     array = _array(obj, variable)
     names = patch_file_names(array) if is_collection(array) else None
-    target = _Target.of(path, storage_options)
+    target = Target.of(path, storage_options)
     keys = [target.path] if names is None else [target.key(name) for name in names]
     records = _records(array, names, compress, level, blocksize, overview_resampling)
     for key, record in zip(keys, records, strict=True):
@@ -488,7 +480,7 @@ def written_from(
 
 
 @contextlib.contextmanager
-def _uploaded(target: _Target, urls: Sequence[str], overwrite: bool) -> Iterator[Path]:
+def _uploaded(target: Target, urls: Sequence[str], overwrite: bool) -> Iterator[Path]:
     """A temporary local folder; on success its files (named as the last part of each
     URL) are uploaded, each in one request or multipart upload, which S3 makes visible
     only once complete. All or none, as :func:`_commit` locally: an existing object is
@@ -538,14 +530,14 @@ def _put_back(fs: Any, done: Sequence[tuple[str, str | None]]) -> list[str]:
                 fs.cp_file(previous, url)
         except Exception as err:
             what = f"not put back from {previous}" if previous else "not removed"
-            left.append(f"{url}: {what} ({_reason(err)})")
+            left.append(f"{url}: {what} ({reason(err)})")
             continue
         if previous is None:
             continue
         try:
             fs.rm_file(previous)
         except Exception as err:
-            left.append(f"{url}: put back, its copy {previous} not removed ({_reason(err)})")
+            left.append(f"{url}: put back, its copy {previous} not removed ({reason(err)})")
     return left
 
 
@@ -804,10 +796,10 @@ def to_cog(
     scenes = [_patch_scene(array, i) for i in range(len(files))] if collection else [array]
     scenes = [_with_nodata(scene) for scene in scenes]
     records = _records(source, names, compress, level, blocksize, overview_resampling)
-    target = _Target.of(path, storage_options)
+    target = Target.of(path, storage_options)
     options = {"level": level, "overview_resampling": overview_resampling}
     show = OPTIONS["progress"] if progress is None else progress
-    with _write_errors(target):
+    with write_errors(target):
         if target.local:
             folder = local_path(path) if collection else local_path(path).parent
             _write(scenes, files, records, folder, compress, blocksize, show, options, overwrite)

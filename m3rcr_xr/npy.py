@@ -28,7 +28,7 @@ import numpy as np
 
 from . import href
 from .exceptions import InputFileError
-from .store import _version as version_of
+from .location import version_of
 
 _READ_HEADER = {(1, 0): np.lib.format.read_array_header_1_0}
 

@@ -38,14 +38,9 @@ Safety rules, for local paths and fsspec URLs alike:
   created or its first steps written) holds none of its data: it is started over,
   whatever data it was for. Variables without the dim the steps write along are
   written with the metadata.
-* **One writer.** A writer holds :data:`LOCK` inside the store while it writes: an
-  OS lock on a local file (``flock``; a byte-range lock on Windows), released by the OS
-  when the process ends, so a killed writer never blocks the resume; on object stores
-  a marker object created with a conditional write (``If-None-Match``), removed when
-  the writer ends; a rerun (one at a time: :data:`_TAKEOVER`) takes over the marker of
-  a killed writer when that writer provably no longer runs (same machine, boot and PID
-  namespace; its pid free or another process's), and refuses otherwise. The lock file
-  is not part of the Zarr hierarchy and is removed once the store is complete.
+* **One writer.** A writer holds the store's lock while it writes (an OS lock on a
+  local file, a marker object on object stores; a killed writer never blocks the
+  resume): see :mod:`m3rcr_xr.locks` for its rules.
 * **Completion.** The root ``zarr.json`` is only ever replaced whole (a temporary file
   and ``os.replace`` locally, one PUT on object stores). Completion is a single such
   write holding both the ``m3rcr_complete`` flag and the consolidated metadata, so a
@@ -57,7 +52,6 @@ Safety rules, for local paths and fsspec URLs alike:
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import hashlib
 import json
@@ -65,24 +59,33 @@ import logging
 import os
 import re
 import secrets
-import socket
-import sys
-import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import dask.base
-import fsspec
 import numpy as np
 import xarray as xr
 import zarr
-from fsspec.implementations.local import LocalFileSystem
 
 from .exceptions import M3RCRError, SchemaError, StoreError, argument
 from .href import redacted
+from .location import (
+    Target,
+    check_apart,
+    check_bucket,
+    open_own_file,
+    reaching,
+    read_bytes,
+    read_json,
+    reason,
+    version_of,
+    version_stamp,
+    write_errors,
+)
+from .locks import LOCK, TAKEOVER, locked
 from .options import OPTIONS
 from .progress import compute_with_progress, progress_bar, show_progress
 from .resources import annotate, required_resources
@@ -96,8 +99,6 @@ FINGERPRINT = "m3rcr_fingerprint"
 #: the store's own arrays (its variables), recorded when it is created: all that an
 #: overwrite removes
 MEMBERS = "m3rcr_members"
-#: the writer's lock: a file (local) or a marker object (object stores) in the store
-LOCK = ".m3rcr-lock"
 #: the store's identifier, a random string written once when it is created, both in this
 #: root attribute and in the store's own object :data:`ID_OBJECT`. Other software that
 #: copies the store (``xr.open_zarr(S).to_zarr(...)``) keeps the attributes, not the
@@ -116,21 +117,12 @@ _ZARR_WRITE: dict[str, Any] = {"consolidated": False, "zarr_format": 3, "write_e
 READ_CACHE_BYTES = 16 * 2**20
 #: where a new root ``zarr.json`` is written before it replaces the old one (locally)
 _ROOT_TMP = "zarr.json.m3rcr-tmp"
-#: the object a rerun holds while it takes over a stale marker (object stores): made by
-#: a conditional write, it lets one rerun at a time remove that marker
-_TAKEOVER = LOCK + ".takeover"
 #: the files of the store's own that are no Zarr node: a folder of these alone is empty
-_OWN_FILES = frozenset({LOCK, _TAKEOVER, ID_OBJECT, _ROOT_TMP})
+_OWN_FILES = frozenset({LOCK, TAKEOVER, ID_OBJECT, _ROOT_TMP})
 #: what a root that carries an identifier without its object (:func:`_is_ours`) is
 _COPY = "a copy of a store of m3rcr_xr written by other software (xarray's to_zarr, say)"
 #: zarr-python's temporary file of a local write, left behind by a writer killed in it
 _ZARR_PARTIAL = re.compile(r"[^/]+\.[0-9a-f]{32}\.partial")
-#: errors of the file system that make a destination unwritable (named, not traced)
-_UNWRITABLE = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENOTDIR}
-#: errors of a path that make a destination unwritable when they are about its own path
-#: or a folder above it (a symbolic link to nothing, a name too long); about another
-#: path, they are an input's, and not the destination's to name
-_BAD_PATH = {errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
 
 #: the encodings of a data variable that :func:`to_zarr` keeps (codecs, fill value and
 #: stored dtype); the others, chunks included, are its own (:func:`store_chunks`). On a
@@ -149,59 +141,7 @@ KEPT_ENCODING = (
 StoreState = Literal["missing", "file", "empty", "foreign", "unfinished", "complete"]
 
 
-# ----------------------------------------------------------------------- locations
-@dataclass(frozen=True)
-class _Target:
-    """A store's location: ``name`` as the caller wrote it, a file system and a path."""
-
-    name: str
-    fs: fsspec.AbstractFileSystem
-    path: str
-    storage_options: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def of(cls, store: Any, storage_options: dict[str, Any] | None = None) -> _Target:
-        """``storage_options`` go to the fsspec file system (credentials, endpoint)."""
-        if not isinstance(store, str | os.PathLike):
-            raise StoreError(f"{store!r}: expected a path or an fsspec URL for a store")
-        options = dict(storage_options or {})
-        try:
-            fs, path = fsspec.core.url_to_fs(os.fspath(store), **options)
-        except (ValueError, ImportError) as err:  # an unknown protocol, a backend missing
-            raise StoreError(f"{os.fspath(store)}: cannot open this location ({err})") from err
-        return cls(os.fspath(store), fs, path.rstrip("/") or "/", tuple(options.items()))
-
-    @property
-    def zarr_store(self) -> Any:
-        """What xarray and zarr are given: the absolute path (fsspec's: ``~`` expanded,
-        no ``file://``, which zarr would not take), the URL, or a store holding the
-        options."""
-        if self.local:
-            return self.path
-        if not self.storage_options:
-            return self.name
-        return zarr.storage.FsspecStore.from_url(
-            self.url, storage_options=dict(self.storage_options)
-        )
-
-    @property
-    def local(self) -> bool:
-        return isinstance(self.fs, LocalFileSystem)
-
-    @property
-    def url(self) -> str:
-        """The location in one form: an absolute path, or a URL with its protocol."""
-        return self.path if self.local else self.fs.unstrip_protocol(self.path)
-
-    def key(self, name: str) -> str:
-        return f"{self.path}/{name}"
-
-    def resolved(self) -> tuple[str, str]:
-        """(protocol, path) with symbolic links resolved, to compare locations."""
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return protocol, os.path.realpath(self.path) if self.local else self.path
-
-
+# ------------------------------------------------------------------------ sources
 class Source(str):
     """A source's path or URL (a plain ``str`` to any reader) that also holds the
     ``storage_options`` it was opened with, so that :func:`to_zarr` can reach it again
@@ -244,102 +184,14 @@ def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
         if value is None:
             continue
         for v in [value] if isinstance(value, str | os.PathLike) else value:
-            source = Source(_Target.of(v).url, _options(v))
+            source = Source(Target.of(v).url, _options(v))
             if source.storage_options or source not in found:  # one opened with options wins
                 found[source] = source
     return [found[url] for url in sorted(found)]
 
 
-def _overlap(destination: _Target, source: _Target) -> str | None:
-    """How ``destination`` overlaps ``source`` ("is", "contains", "lies inside"), if it does."""
-    (dest_protocol, dest), (src_protocol, src) = destination.resolved(), source.resolved()
-    if dest_protocol != src_protocol:
-        return None
-    if dest == src:
-        return "is"
-    if src.startswith(dest.rstrip("/") + "/"):
-        return "contains"
-    if dest.startswith(src.rstrip("/") + "/"):
-        return "lies inside"
-    return None
-
-
-def check_apart(destination: str | os.PathLike, inputs: Iterable[Any], role: str = "input") -> None:
-    """Refuse a destination (a store or a file) that is, contains or lies inside one of
-    ``inputs`` (paths or fsspec URLs, symbolic links resolved): writing it would destroy
-    what is being read (or written: ``role`` names what the others are in messages).
-
-    Raises
-    ------
-    StoreError
-        Naming the destination, the input and how they overlap.
-    """
-    target = _Target.of(destination)
-    for source in inputs:
-        how = _overlap(target, _Target.of(source))
-        if how is not None:
-            raise StoreError(
-                f"{target.name}: the destination {how} the {role} {os.fspath(source)}; "
-                "write it somewhere else"
-            )
-
-
 # ------------------------------------------------------------------ what is there
-def _access_errors() -> tuple[type[BaseException], ...]:
-    """The errors of reaching a store: the file system's, and those of the object-store
-    clients loaded (credentials not found, endpoint not reachable), which are no
-    ``OSError``. A client not loaded raised none."""
-    errors: list[type[BaseException]] = [OSError]
-    for module, name in (
-        ("botocore.exceptions", "BotoCoreError"),
-        ("google.auth.exceptions", "GoogleAuthError"),
-    ):
-        error = getattr(sys.modules.get(module), name, None)
-        if isinstance(error, type) and issubclass(error, BaseException):
-            errors.append(error)
-    return tuple(errors)
-
-
-def _reason(err: BaseException) -> str:
-    return (err.strerror if isinstance(err, OSError) else None) or str(err) or type(err).__name__
-
-
-@contextlib.contextmanager
-def _reaching(target: _Target, what: str = "the store") -> Iterator[None]:
-    """An error of the file system or object store reaching ``target`` as a
-    :class:`StoreError` naming it (``what`` it is) and the reason."""
-    try:
-        yield
-    except _access_errors() as err:
-        raise StoreError(f"{target.name}: cannot reach {what} ({_reason(err)})") from err
-
-
-def _read(target: _Target, key: str) -> bytes | None:
-    """The bytes at ``key`` of the store, None when there is none."""
-    target.fs.invalidate_cache(target.key(key))  # s3fs sizes files from cached listings
-    try:
-        return bytes(target.fs.cat_file(target.key(key)))
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-    except _access_errors() as err:
-        raise StoreError(f"{target.name}: cannot read {key} ({_reason(err)})") from err
-
-
-def _read_json(target: _Target, key: str) -> dict[str, Any] | None:
-    """The JSON document at ``key`` of the store, None when there is none."""
-    raw = _read(target, key)
-    if raw is None:
-        return None
-    try:
-        doc = json.loads(raw)
-    except ValueError as err:
-        raise StoreError(f"{target.name}: {key} is not valid JSON ({err})") from err
-    if not isinstance(doc, dict):
-        raise StoreError(f"{target.name}: {key} is not a Zarr metadata document")
-    return doc
-
-
-def _inspect(target: _Target) -> tuple[StoreState, dict[str, Any] | None]:
+def _inspect(target: Target) -> tuple[StoreState, dict[str, Any] | None]:
     """What is at ``target``, and its root ``zarr.json`` when it has one.
 
     A store of this library is recognised by ``m3rcr_*`` keys in the attributes of
@@ -348,13 +200,13 @@ def _inspect(target: _Target) -> tuple[StoreState, dict[str, Any] | None]:
     created half-way) counts as empty.
     """
     fs, path = target.fs, target.path
-    with _reaching(target):
+    with reaching(target):
         fs.invalidate_cache(path)  # object stores cache listings; other writers change them
         if fs.isfile(path):
             return "file", None
         if not fs.isdir(path):
             return "missing", None
-        doc = _read_json(target, "zarr.json")
+        doc = read_json(target, "zarr.json")
         if doc is None:
             names = {_basename(p) for p in fs.ls(path, detail=False)}
             return ("empty" if names <= _OWN_FILES else "foreign"), None
@@ -367,9 +219,7 @@ def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _refuse(
-    target: _Target, state: StoreState, doc: dict[str, Any] | None, overwrite: bool
-) -> None:
+def _refuse(target: Target, state: StoreState, doc: dict[str, Any] | None, overwrite: bool) -> None:
     """Raise for a destination never to be written, or a complete store not to be
     replaced; return for one that may be (what to do with it is decided later)."""
     if state == "file":
@@ -420,7 +270,7 @@ def check_destination(
         where no folder can be made (a symbolic link to nothing, a name too long); or
         the file system or object store cannot be reached (no credentials...).
     """
-    target = _Target.of(store, storage_options)
+    target = Target.of(store, storage_options)
     check_apart(store, inputs)
     state, doc = _inspect(target)  # first: a store out of reach is named as such
     _refuse_inside_a_store(target)
@@ -429,38 +279,10 @@ def check_destination(
         if target.local:
             _check_creatable(target)
         else:
-            _check_bucket(target)
+            check_bucket(target)
 
 
-def _check_bucket(target: _Target) -> None:
-    """Refuse a location on object storage (S3, GCS, Azure: a file system with
-    buckets) whose bucket does not exist, or cannot be reached (no credentials): its
-    first write would fail half-way, with the client's own error. Other file systems
-    make folders as they write.
-
-    What the write needs is the listing of its own prefix, which :func:`_inspect` (or
-    :func:`~m3rcr_xr.cog.check_cog_destination`) makes; the bucket is queried only
-    because fsspec answers a listing in a missing bucket as one of an empty prefix
-    (``FileNotFoundError``). A principal may write a prefix yet not query its bucket
-    (``s3:ListBucket`` limited to a prefix, GCS object roles, an Azure SAS of a
-    prefix): a refusal of the query (``PermissionError``) refuses nothing, what the
-    principal may do under the prefix decides.
-    """
-    split = getattr(target.fs, "split_path", None)
-    if split is None:
-        return
-    bucket = split(target.path)[0]
-    with _reaching(target, f"bucket {bucket}"):
-        target.fs.invalidate_cache(bucket)
-        try:
-            target.fs.info(bucket)
-        except FileNotFoundError:
-            raise StoreError(f"{target.name}: bucket {bucket} does not exist") from None
-        except PermissionError as err:
-            log.debug("%s: bucket %s not queried (%s)", target.name, bucket, _reason(err))
-
-
-def _check_creatable(target: _Target) -> None:
+def _check_creatable(target: Target) -> None:
     """Refuse a local destination where nothing is and no folder can be made."""
     obstacle = folder_obstacle(target.path, "store")
     if obstacle is not None:
@@ -483,7 +305,7 @@ def folder_obstacle(path: str | os.PathLike, what: str = "folder") -> str | None
     except FileNotFoundError:
         pass
     except OSError as err:
-        return f"no {what} can be made there ({_reason(err)})"
+        return f"no {what} can be made there ({reason(err)})"
     else:  # something, yet not a folder: a file, or a link that leads nowhere
         return None if os.path.isdir(path) else f"{_not_a_folder(path)}; choose another one"
     above = os.path.dirname(os.path.abspath(path))  # "name" alone: its folder is "."
@@ -508,7 +330,7 @@ def dangling_link(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _refuse_inside_a_store(target: _Target) -> None:
+def _refuse_inside_a_store(target: Target) -> None:
     """Refuse a destination in a folder of a store of this library: its own arrays
     live there, and a store is replaced as a whole."""
     parent = target.path
@@ -524,14 +346,14 @@ def _refuse_inside_a_store(target: _Target) -> None:
             )
 
 
-def _read_json_quietly(target: _Target, key: str) -> dict[str, Any] | None:
-    """:func:`_read_json`, None for what cannot be read as a metadata document."""
+def _read_json_quietly(target: Target, key: str) -> dict[str, Any] | None:
+    """:func:`~m3rcr_xr.location.read_json`, None for what cannot be read as a metadata document."""
     with contextlib.suppress(StoreError, OSError):
-        return _read_json(target, key)
+        return read_json(target, key)
     return None
 
 
-def _is_ours(target: _Target, doc: dict[str, Any]) -> bool:
+def _is_ours(target: Target, doc: dict[str, Any]) -> bool:
     """Whether ``doc``, the root ``zarr.json`` at ``target``, is that of a store of this
     library: ``m3rcr_*`` keys in its group's attributes, and its identifier
     (:data:`STORE_ID`) the one in the store's :data:`ID_OBJECT`. A root whose
@@ -544,7 +366,7 @@ def _is_ours(target: _Target, doc: dict[str, Any]) -> bool:
         return False
     if STORE_ID not in attrs:
         return True
-    stored = _read(target, ID_OBJECT)
+    stored = read_bytes(target, ID_OBJECT)
     return stored is not None and stored.decode(errors="replace") == str(attrs[STORE_ID])
 
 
@@ -643,7 +465,7 @@ def _source_identity(source: str) -> tuple[str, bool]:
     For a folder (a Zarr store), its listing (:func:`_listing_identity`: a chunk
     rewritten in place changes it), after a store of this library's own fingerprint (the
     data it was written from; not that of a copy other software wrote); else a file's
-    size and version (:func:`_version`: modification time, ETag, HTTP
+    size and version (:func:`~m3rcr_xr.location.version_of`: modification time, ETag, HTTP
     ``Last-Modified``...). A file that reports its size alone (an HTTP server that
     sends no ``ETag`` nor ``Last-Modified``) is not versioned (False): a file replaced
     by one of the same size looks the same.
@@ -651,22 +473,22 @@ def _source_identity(source: str) -> tuple[str, bool]:
     The source is reached with the ``storage_options`` it was opened with
     (:class:`Source`); a source out of reach is a :class:`StoreError` naming it.
     """
-    target = _Target.of(source, _options(source))
-    with _reaching(target, "the input"):
+    target = Target.of(source, _options(source))
+    with reaching(target, "the input"):
         target.fs.invalidate_cache(target.path)
         try:
             info = target.fs.info(target.path)
         except FileNotFoundError:
             return "missing", True
         if info.get("type") != "directory":
-            return _version(info), _changed(info) is not None
-        doc = _read_json(target, "zarr.json")
+            return version_of(info), version_stamp(info) is not None
+        doc = read_json(target, "zarr.json")
         # a copy that other software wrote keeps the fingerprint, not (always) the data
         attrs = doc["attributes"] if doc is not None and _is_ours(target, doc) else {}
         return f"{attrs.get(FINGERPRINT, '')}:{_listing_identity(target)}", True
 
 
-def _listing_identity(target: _Target) -> str:
+def _listing_identity(target: Target) -> str:
     """A digest of every key under a folder with its size and modification time (ETag
     on object stores): any chunk rewritten in place changes it, which a Dask token of
     an ``xr.open_zarr`` store (its top folder's modification time) misses.
@@ -678,37 +500,8 @@ def _listing_identity(target: _Target) -> str:
     listing = target.fs.find(target.path, detail=True)
     for name in sorted(listing):
         relative = name[len(target.path) :]
-        digest.update(f"{relative}\0{_version(listing[name])}\0".encode())
+        digest.update(f"{relative}\0{version_of(listing[name])}\0".encode())
     return f"listing:{digest.hexdigest()}"
-
-
-#: what each fsspec file system reports that changes when a file is rewritten: local
-#: and SFTP ``mtime``; S3 ``ETag``, ``LastModified``; GCS ``etag``, ``updated``; Azure
-#: ``last_modified``; HTTP the response's ``ETag``, ``Content-MD5``, ``Digest`` or
-#: ``Last-Modified`` header (as fsspec's ``HTTPFileSystem.info`` names them); memory
-#: ``created`` (a file is replaced whole)
-_VERSION_KEYS = (
-    "mtime",
-    "ETag",
-    "etag",
-    "LastModified",
-    "last_modified",
-    "updated",
-    "Content-MD5",
-    "Digest",
-    "Last-Modified",
-    "created",
-)
-
-
-def _changed(info: dict[str, Any]) -> Any:
-    """A file's first of :data:`_VERSION_KEYS`; None when it reports none."""
-    return next((info[key] for key in _VERSION_KEYS if info.get(key) is not None), None)
-
-
-def _version(info: dict[str, Any]) -> str:
-    """A file's size and its first of :data:`_VERSION_KEYS` (:func:`_changed`)."""
-    return f"{info.get('size')}:{_changed(info)}"
 
 
 def _coordinate_bytes(values: np.ndarray) -> bytes:
@@ -815,262 +608,6 @@ def _unicode(coord: xr.DataArray) -> xr.DataArray:
     return coord
 
 
-# ------------------------------------------------------------------------- locks
-@contextlib.contextmanager
-def _locked(target: _Target) -> Iterator[None]:
-    """Hold the store's lock while writing; refuse when another writer holds it.
-
-    The folder of a local store is created here (and removed again if it is still
-    empty at the end and this writer created it).
-    """
-    created = target.local and not target.fs.isdir(target.path)
-    if target.local:
-        os.makedirs(target.path, exist_ok=True)
-        hold = _flock(target)
-    else:
-        hold = _marker(target)
-    try:
-        with hold:
-            yield
-    finally:
-        if created and not os.listdir(target.path):
-            os.rmdir(target.path)
-
-
-if sys.platform == "win32":
-    import msvcrt
-
-    def _try_lock(fd: int) -> bool:
-        try:  # the file's first byte: locking past its end is allowed
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-
-    def _release(fd: int, path: str) -> None:
-        # Windows removes no file that is open: closing (which unlocks) comes first; a
-        # writer that opened it meanwhile keeps it and removes it at its own end
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-else:
-    import fcntl
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def _release(fd: int, path: str) -> None:
-        # removed while still held: a writer that opened it just before finds that its
-        # file is no longer the one at the path (below), and tries again
-        os.unlink(path)
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _flock(target: _Target) -> Iterator[None]:
-    """An exclusive OS lock on the lock file; the OS drops it when the process dies.
-
-    The file is removed at the end. It is never followed as a symbolic link, so the
-    lock cannot create or hold a file outside the store.
-    """
-    path = target.key(LOCK)
-    while True:
-        fd = _open_lock_file(path)
-        if not _try_lock(fd):
-            os.close(fd)
-            raise StoreError(_busy(target, "another process holds its lock file"))
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-        os.close(fd)
-    try:
-        yield
-    finally:
-        _release(fd, path)
-
-
-def _open_lock_file(path: str) -> int:
-    return _open_own_file(path, os.O_RDWR, "the store's lock file")
-
-
-def _open_own_file(path: str, flags: int, what: str) -> int:
-    """Open (create) a file of the store's own, never through a symbolic link someone
-    put in its place: that would write wherever the link points."""
-    try:
-        return os.open(path, flags | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError as error:
-        if error.errno != errno.ELOOP:
-            raise
-        raise StoreError(f"{path}: {what} is a symbolic link; remove it") from None
-
-
-@contextlib.contextmanager
-def _marker(target: _Target) -> Iterator[None]:
-    """A marker object made by a conditional write, for object stores.
-
-    Object stores have no locks that end with a process: a writer that is killed
-    leaves the marker. A rerun takes it over when its writer provably no longer runs
-    (:func:`_gone`); otherwise the message says which object to delete.
-    """
-    key = target.key(LOCK)
-    owner = _owner()
-    holder = _claim(target, LOCK, owner)
-    if holder is not None and _gone(holder):
-        holder = _take_over(target, holder, owner)
-    if holder is not None:
-        raise StoreError(
-            _busy(target, f"marker {target.fs.unstrip_protocol(key)} from {holder}")
-            + "; if that writer is no longer running, delete the marker and run again"
-        )
-    try:
-        yield
-    finally:
-        target.fs.rm_file(key)  # not rm: it takes a name with glob characters for a pattern
-
-
-def _claim(target: _Target, name: str, owner: dict[str, Any]) -> dict[str, Any] | None:
-    """Write the object ``name`` of the store, holding ``owner``, unless there is one:
-    None when written, else the record of the writer that holds it."""
-    try:
-        with target.fs.open(target.key(name), "xb") as handle:
-            handle.write(json.dumps(owner).encode())
-    except FileExistsError:
-        return _read_json(target, name) or {}
-    return None
-
-
-def _take_over(
-    target: _Target, stale: dict[str, Any], owner: dict[str, Any]
-) -> dict[str, Any] | None:
-    """Replace the marker ``stale`` of a writer that no longer runs by ``owner``, once:
-    None when taken, else the record of the writer that holds it now.
-
-    Deletes are unconditional: a rerun that read the stale marker just before another
-    replaced it would remove the new one. So a rerun removes the marker only while it
-    holds :data:`_TAKEOVER` (made by a conditional write), and only if the marker is
-    still the stale one then: of reruns racing for it, the others find the winner's
-    marker in the stale one's place, or fail to make :data:`_TAKEOVER` and are refused,
-    as when a rerun killed while it held it left it.
-    """
-    key, claim = target.key(LOCK), target.key(_TAKEOVER)
-    taker = _claim(target, _TAKEOVER, owner)
-    if taker is not None:
-        raise StoreError(
-            _busy(
-                target,
-                f"a rerun taking over its stale marker holds {target.fs.unstrip_protocol(claim)}"
-                f" from {taker}",
-            )
-            + "; if no writer is running (that takeover was cut off), delete that object and"
-            " run again"
-        )
-    try:
-        if _read_json(target, LOCK) == stale:
-            try:
-                target.fs.rm_file(key)
-            except FileNotFoundError:
-                pass  # deleted by hand meanwhile
-            else:
-                log.warning(
-                    "%s: removed the marker %s of a writer that is no longer running "
-                    "(host %s, pid %s, since %s)",
-                    target.name,
-                    target.fs.unstrip_protocol(key),
-                    stale.get("host"),
-                    stale.get("pid"),
-                    stale.get("since"),
-                )
-        return _claim(target, LOCK, owner)
-    finally:
-        target.fs.rm_file(claim)
-
-
-def _owner() -> dict[str, Any]:
-    """This writer's record in the marker: what the message of a refused writer shows
-    (host, pid, since) and, on Linux, what tells whether it still runs (:func:`_gone`)."""
-    pid = os.getpid()
-    owner = {"host": socket.gethostname(), "pid": pid, "since": time.ctime()}
-    return {**owner, **(_machine() or {}), "started": _started(pid)}
-
-
-def _machine() -> dict[str, Any] | None:
-    """This process's boot and PID namespace, in which (with the host name) a pid names
-    one process: None without Linux's /proc."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-    return {"boot_id": boot, "pid_namespace": namespace}
-
-
-def _started(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot (field 22 of
-    /proc/PID/stat): a pid reused by a later process has another. None when unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()  # after the name, which may hold ")"
-    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
-
-
-def _gone(holder: dict[str, Any]) -> bool:
-    """Whether the writer of the marker ``holder`` provably no longer runs.
-
-    It ran on this machine since its last boot and in this PID namespace, and its pid
-    is now free or another process's (one started at another time). Anything else (a
-    marker of another machine, of another container with the same host name, of a
-    version without these fields; no /proc) is no proof.
-    """
-    pid, started, machine = holder.get("pid"), holder.get("started"), _machine()
-    if machine is None or holder.get("host") != socket.gethostname():
-        return False  # no /proc (never on Windows, where os.kill below ends the process)
-    if any(holder.get(name) != value for name, value in machine.items()):
-        return False
-    if type(pid) is not int or not 0 < pid < 2**31 or type(started) is not int:
-        return False  # pid 0 or below would signal process groups
-    try:
-        os.kill(pid, 0)  # signal 0 sends nothing: it asks whether the pid exists
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # another user's process has it
-    now = _started(pid)
-    return now is not None and now != started
-
-
-def _busy(target: _Target, why: str) -> str:
-    return f"{target.name}: another writer is writing this store ({why})"
-
-
-@contextlib.contextmanager
-def _write_errors(target: _Target) -> Iterator[None]:
-    """A full, read-only or forbidden destination as a StoreError naming it."""
-    try:
-        yield
-    except OSError as err:
-        ours = err.errno in _BAD_PATH and _on_the_way(target, err.filename)
-        if not (isinstance(err, PermissionError) or err.errno in _UNWRITABLE or ours):
-            raise
-        where = f" ({err.filename})" if err.filename else ""
-        raise StoreError(f"{target.name}: writing the store failed: {_reason(err)}{where}") from err
-
-
-def _on_the_way(target: _Target, filename: Any) -> bool:
-    """Whether ``filename`` (of an OSError) is the local store's path, inside it, or a
-    folder above it."""
-    if not target.local or not isinstance(filename, str | os.PathLike):
-        return False
-    path, other = os.path.abspath(target.path), os.path.abspath(filename)
-    return other == path or os.path.commonpath([path, other]) in (path, other)
-
-
 # ------------------------------------------------------------------------ writing
 def to_zarr(
     ds: xr.Dataset,
@@ -1137,14 +674,14 @@ def to_zarr(
     """
     validate(ds, required=())
     _check_names(ds)
-    target = _Target.of(store, storage_options)
+    target = Target.of(store, storage_options)
     inputs = sources(ds)
     check_destination(store, inputs=inputs, overwrite=overwrite, storage_options=storage_options)
     ds, identities, fingerprint = _identified(ds, inputs)
     dim = _write_dim(ds)
     steps = _steps(ds, dim)
     unversioned = [source for source, (_, versioned) in identities.items() if not versioned]
-    with _write_errors(target), _locked(target), _quiet_own_files():
+    with write_errors(target), locked(target), _quiet_own_files():
         names = [str(name) for name in ds.variables]
         planned = _plan(target, fingerprint, overwrite, names, unversioned)
         fresh = planned is None
@@ -1188,7 +725,7 @@ def to_zarr(
 
 
 def _check_unchanged(
-    target: _Target, inputs: Sequence[str], identities: dict[str, tuple[str, bool]]
+    target: Target, inputs: Sequence[str], identities: dict[str, tuple[str, bool]]
 ) -> None:
     """Refuse to complete a store whose ``inputs`` changed while it was written from them
     (another process re-ingested one): its steps may hold both versions. Each input is
@@ -1236,14 +773,14 @@ def written_from(
     StoreError
         An input of ``ds`` out of reach.
     """
-    state, doc = _inspect(_Target.of(store, storage_options))
+    state, doc = _inspect(Target.of(store, storage_options))
     if state != "complete" or doc is None:
         return False
     return doc["attributes"].get(FINGERPRINT) == _identified(ds, sources(ds))[2]
 
 
 def _plan(
-    target: _Target,
+    target: Target,
     fingerprint: str,
     overwrite: bool,
     names: Sequence[str],
@@ -1288,7 +825,7 @@ def _unversioned(source: str) -> str:
     )
 
 
-def _check_free(target: _Target, doc: dict[str, Any], names: Sequence[str]) -> None:
+def _check_free(target: Target, doc: dict[str, Any], names: Sequence[str]) -> None:
     """Refuse ``names`` of arrays to write that name a file or folder beside the store's
     own arrays (a user's array added to its folder): Zarr would write into it, and
     the next replacement would remove it as the store's.
@@ -1307,7 +844,7 @@ def _check_free(target: _Target, doc: dict[str, Any], names: Sequence[str]) -> N
         )
 
 
-def _clear(target: _Target) -> None:
+def _clear(target: Target) -> None:
     """Remove a store of this library: its own arrays (:func:`_members`) and its root,
     nothing else (another store, or a user's files or arrays in its folder, stay).
 
@@ -1316,7 +853,7 @@ def _clear(target: _Target) -> None:
     Its identifier (:data:`ID_OBJECT`) goes last: a kill before leaves a root that it
     matches, one after a folder that counts as empty.
     """
-    doc = _read_json(target, "zarr.json")
+    doc = read_json(target, "zarr.json")
     if doc is not None:
         members = _members(target, doc)
         _set_attrs(target, {COMPLETE: False, FINGERPRINT: "", PROGRESS: [], MEMBERS: members})
@@ -1349,18 +886,18 @@ def remove_store(
         software, a copy of a store of this library that other software wrote), or
         another writer is writing the store.
     """
-    target = _Target.of(store, storage_options)
+    target = Target.of(store, storage_options)
     state, doc = _inspect(target)
     if state == "missing":
         return
     _refuse(target, state, doc, overwrite=True)
-    with _write_errors(target), _locked(target):
+    with write_errors(target), locked(target):
         _clear(target)
     if target.local and not os.listdir(target.path):
         os.rmdir(target.path)
 
 
-def _remove(target: _Target, key: str) -> None:
+def _remove(target: Target, key: str) -> None:
     """Remove the file or folder ``key`` of the store and all under it, exactly that.
 
     fsspec's ``rm`` takes a path with glob characters for a pattern (but on the local
@@ -1379,7 +916,7 @@ def _remove(target: _Target, key: str) -> None:
         fs.rm_file(found)
 
 
-def _members(target: _Target, doc: dict[str, Any]) -> list[str]:
+def _members(target: Target, doc: dict[str, Any]) -> list[str]:
     """The arrays of a store of this library, from its root ``zarr.json``.
 
     As recorded when it was created (:data:`MEMBERS`); for a store written before they
@@ -1415,18 +952,18 @@ def _check_names(ds: xr.Dataset) -> None:
             raise SchemaError(f"variable {name!r}: names a file of the store's own; rename it")
 
 
-def _folders(target: _Target) -> list[str]:
+def _folders(target: Target) -> list[str]:
     """The names of the folders in the store's folder."""
     entries = target.fs.ls(target.path, detail=True)
     return [_basename(entry["name"]) for entry in entries if entry["type"] == "directory"]
 
 
-def _node_type(target: _Target, name: str) -> str | None:
+def _node_type(target: Target, name: str) -> str | None:
     """``"array"`` or ``"group"`` for a Zarr node in the folder ``name``, else None."""
     return (_read_json_quietly(target, f"{name}/zarr.json") or {}).get("node_type")
 
 
-def _initialise(ds: xr.Dataset, target: _Target, fingerprint: str) -> None:
+def _initialise(ds: xr.Dataset, target: Target, fingerprint: str) -> None:
     """Create the arrays and write the in-memory coordinates; no data yet.
 
     The store's new identifier comes first (:data:`ID_OBJECT`: alone, the folder counts
@@ -1453,7 +990,7 @@ def _initialise(ds: xr.Dataset, target: _Target, fingerprint: str) -> None:
 def _write_steps(
     ds: xr.Dataset,
     store: Any,
-    target: _Target,
+    target: Target,
     dim: str,
     steps: list[slice],
     done: set[int],
@@ -1522,7 +1059,7 @@ def _write_step(ds: xr.Dataset, store: Any, dim: str, region: slice, show: bool 
 def _quiet_own_files() -> Iterator[None]:
     """Zarr warns about the lock file and the identifier when it lists the store's
     members: they are not part of the hierarchy, and zarr is right to skip them."""
-    names = "|".join(map(re.escape, (LOCK, _TAKEOVER, ID_OBJECT)))
+    names = "|".join(map(re.escape, (LOCK, TAKEOVER, ID_OBJECT)))
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=f"Object at ({names}) is not recognized", category=UserWarning
@@ -1530,10 +1067,10 @@ def _quiet_own_files() -> Iterator[None]:
         yield
 
 
-def _set_attrs(target: _Target, attrs: dict[str, Any]) -> None:
+def _set_attrs(target: Target, attrs: dict[str, Any]) -> None:
     """Update the root group's attributes in one atomic write of the root ``zarr.json``;
     consolidated metadata is dropped, as only a complete store has it."""
-    doc = _read_json(target, "zarr.json")
+    doc = read_json(target, "zarr.json")
     if doc is None:
         raise StoreError(f"{target.name}: zarr.json disappeared while writing the store")
     doc["attributes"] = {**(doc.get("attributes") or {}), **attrs}
@@ -1541,7 +1078,7 @@ def _set_attrs(target: _Target, attrs: dict[str, Any]) -> None:
     _write_root(target, doc)
 
 
-def _remove_partial_writes(target: _Target, names: Iterable[str]) -> None:
+def _remove_partial_writes(target: Target, names: Iterable[str]) -> None:
     """Remove the temporary files of zarr's chunk and metadata writes (``KEY.<uuid
     hex>.partial``) that a killed writer left in the folders of the arrays ``names`` of
     a local store; a resume writes those keys again. Object stores have no such files."""
@@ -1553,19 +1090,19 @@ def _remove_partial_writes(target: _Target, names: Iterable[str]) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _finish(target: _Target, ds: xr.Dataset) -> None:
+def _finish(target: Target, ds: xr.Dataset) -> None:
     """The last step, one atomic write: the complete flag with the consolidated
     metadata (zarr-python's inline form: each array's ``zarr.json`` under its name)."""
     members = {}
     for name in ds.variables:
-        members[str(name)] = _read_json(target, f"{name}/zarr.json")
-    doc = _read_json(target, "zarr.json") or {}
+        members[str(name)] = read_json(target, f"{name}/zarr.json")
+    doc = read_json(target, "zarr.json") or {}
     doc["attributes"] = {**doc.get("attributes", {}), COMPLETE: True}
     doc["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": members}
     _write_root(target, doc)
 
 
-def _write_root(target: _Target, doc: dict[str, Any]) -> None:
+def _write_root(target: Target, doc: dict[str, Any]) -> None:
     """Replace the root ``zarr.json`` whole: readers and a kill see the old or the new."""
     data = json.dumps(doc, indent=2).encode()
     if not target.local:
@@ -1575,14 +1112,14 @@ def _write_root(target: _Target, doc: dict[str, Any]) -> None:
     os.replace(target.key(_ROOT_TMP), target.key("zarr.json"))
 
 
-def _write_own(target: _Target, name: str, data: bytes, what: str) -> None:
+def _write_own(target: Target, name: str, data: bytes, what: str) -> None:
     """Write the store's own file ``name`` (``what`` it is, for messages): one PUT on
     object stores; locally, synced, never through a symbolic link in its place."""
     if not target.local:
         target.fs.pipe_file(target.key(name), data)
         return
     flags = os.O_WRONLY | os.O_TRUNC
-    with os.fdopen(_open_own_file(target.key(name), flags, what), "wb") as handle:
+    with os.fdopen(open_own_file(target.key(name), flags, what), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -1601,7 +1138,7 @@ def store_state(store: Any, *, storage_options: dict[str, Any] | None = None) ->
     StoreError
         ``store`` cannot be reached (no credentials, a bucket that does not exist...).
     """
-    return _inspect(_Target.of(store, storage_options))[0]
+    return _inspect(Target.of(store, storage_options))[0]
 
 
 def is_complete(store: Any, *, storage_options: dict[str, Any] | None = None) -> bool:
@@ -1637,7 +1174,7 @@ def open_zarr(
         a Zarr store of other software, a copy of a store of this library that other
         software wrote); or a store not written to the end.
     """
-    target = _Target.of(store, storage_options)
+    target = Target.of(store, storage_options)
     state, doc = _inspect(target)
     _check_readable(target, state, doc)
     with warnings.catch_warnings():
@@ -1656,7 +1193,7 @@ def open_zarr(
     return validate(ds, required=()) if validate_schema else ds
 
 
-def _check_readable(target: _Target, state: StoreState, doc: dict[str, Any] | None) -> None:
+def _check_readable(target: Target, state: StoreState, doc: dict[str, Any] | None) -> None:
     if state == "missing":
         raise StoreError(f"{target.name}: no Zarr store there")
     if state == "foreign" and doc is not None and _copied(doc):

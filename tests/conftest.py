@@ -243,15 +243,28 @@ def forbid_head_bucket(monkeypatch) -> None:
 def killed_writer() -> dict[str, Any]:
     """The marker record of a writer on this machine that was killed (SIGKILL) since:
     this process's record with the pid and start time of a child gone (and reaped)."""
-    from m3rcr_xr import store
+    from m3rcr_xr import locks
 
-    if store._machine() is None:
+    if locks._machine() is None:
         pytest.skip("needs Linux's /proc to tell that a writer no longer runs")
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    record = {**store._owner(), "pid": child.pid, "started": store._started(child.pid)}
+    record = {**locks._owner(), "pid": child.pid, "started": locks._started(child.pid)}
     child.kill()
     child.wait()
     return record
+
+
+def left_marker(record: dict) -> tuple[str, str]:
+    """A new store's URL on the memory file system and its marker, holding ``record``."""
+    import json
+
+    import fsspec
+
+    from m3rcr_xr.locks import LOCK
+
+    marker = f"/{uuid.uuid4().hex}/s.zarr/{LOCK}"
+    fsspec.filesystem("memory").pipe_file(marker, json.dumps(record).encode())
+    return f"memory:/{marker.removesuffix(f'/{LOCK}')}", marker
 
 
 # ------------------------------------------------------------ presigned URLs

@@ -19,10 +19,11 @@ import zarr
 from distributed import Client
 
 import m3rcr_xr
-from m3rcr_xr import store
+from m3rcr_xr import locks, store
 from m3rcr_xr.cli import main
 from m3rcr_xr.cluster import local_cluster
 from m3rcr_xr.exceptions import StoreError
+from m3rcr_xr.location import Target
 from tests.conftest import TINY, forbid_head_bucket, killed_writer
 
 
@@ -124,18 +125,18 @@ def test_s3_keeps_other_objects_and_one_writer(bucket):
 
     url = f"s3://{bucket}/scene.zarr"
     held = pytest.raises(StoreError, match="another writer is writing this store.*delete the")
-    with store._locked(store._Target.of(url)), held:
+    with locks.locked(Target.of(url)), held:
         m3rcr_xr.to_zarr(scene, url)
     m3rcr_xr.to_zarr(scene, url)
     assert m3rcr_xr.is_complete(url)
-    assert not fs.exists(f"{bucket}/scene.zarr/{store.LOCK}")
+    assert not fs.exists(f"{bucket}/scene.zarr/{locks.LOCK}")
 
 
 def test_a_write_killed_on_s3_resumes_over_the_marker_it_left(bucket, monkeypatch, caplog):
     """A writer killed (SIGKILL, the OOM killer) leaves its marker; a rerun on the same
     machine takes it over, with a warning, and resumes."""
     scene = m3rcr_xr.synthetic_scene((144, 16), seed=6, chunks=16)
-    url, marker = f"s3://{bucket}/killed.zarr", f"{bucket}/killed.zarr/{store.LOCK}"
+    url, marker = f"s3://{bucket}/killed.zarr", f"{bucket}/killed.zarr/{locks.LOCK}"
     with m3rcr_xr.set_options(scene_chunk=16):
         calls = _dies_on_second_step(monkeypatch)
         with pytest.raises(RuntimeError, match="half-way"):
@@ -146,7 +147,7 @@ def test_a_write_killed_on_s3_resumes_over_the_marker_it_left(bucket, monkeypatc
     assert calls[0] not in calls[2:] and len(calls) > 2  # the step written is kept
     _same(m3rcr_xr.open_zarr(url), scene)
     assert not s3fs.S3FileSystem().exists(marker)
-    assert not s3fs.S3FileSystem().exists(marker.replace(store.LOCK, store._TAKEOVER))
+    assert not s3fs.S3FileSystem().exists(marker.replace(locks.LOCK, locks.TAKEOVER))
     assert f"of a writer that is no longer running (host {dead['host']}, pid {dead['pid']}" in (
         caplog.text
     )

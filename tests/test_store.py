@@ -1,4 +1,3 @@
-import contextlib
 import errno
 import json
 import os
@@ -16,13 +15,15 @@ import xarray as xr
 import zarr
 
 import m3rcr_xr
-from m3rcr_xr import store
+from m3rcr_xr import locks, store
+from m3rcr_xr.location import Target
 from m3rcr_xr.testing import raise_if_dask_computes, serve_directory
 from tests.conftest import (
     ForkServer,
     a_file,
     foreign_store,
     killed_writer,
+    left_marker,
     run_script,
     snapshot,
     unconsolidated_store,
@@ -56,7 +57,7 @@ def test_variables_without_the_written_dim_round_trip(tmp_path, collection):
     xr.testing.assert_identical(back.compute(), ds.compute())
 
 
-@pytest.mark.parametrize("name", ["vv/vh", "..", "", store.ID_OBJECT, store.LOCK, store._TAKEOVER])
+@pytest.mark.parametrize("name", ["vv/vh", "..", "", store.ID_OBJECT, locks.LOCK, locks.TAKEOVER])
 def test_a_variable_name_that_is_a_path_is_refused_before_anything_is_written(tmp_path, name):
     scene = m3rcr_xr.synthetic_scene((32, 32)).rename(sar=name)
     with raise_if_dask_computes(), pytest.raises(m3rcr_xr.SchemaError, match="rename it"):
@@ -247,7 +248,6 @@ def test_failed_write_is_incomplete_then_resumes(tmp_path, monkeypatch):
 
 
 def test_a_resume_removes_the_temporary_files_of_writes_that_were_cut_off(tmp_path, monkeypatch):
-    import uuid
 
     with m3rcr_xr.set_options(patches_per_chunk=2):
         collection = _failed_write(monkeypatch, tmp_path / "c.zarr", 4, fail_at=2)
@@ -365,7 +365,7 @@ def test_an_empty_folder_is_written_and_keeps_no_lock(tmp_path, small_scene):
     (tmp_path / "empty.zarr").mkdir()
     m3rcr_xr.to_zarr(small_scene, tmp_path / "empty.zarr")
     assert m3rcr_xr.is_complete(tmp_path / "empty.zarr")
-    assert store.LOCK not in os.listdir(tmp_path / "empty.zarr")
+    assert locks.LOCK not in os.listdir(tmp_path / "empty.zarr")
 
 
 @pytest.mark.filterwarnings("ignore:Object at README.txt is not recognized")
@@ -393,7 +393,7 @@ def test_written_from_is_a_complete_store_of_the_same_data(tmp_path, small_scene
     assert store.written_from(small_scene, target)
     assert not store.written_from(small_scene[["cloudy"]], target)
     assert not store.written_from(m3rcr_xr.synthetic_scene((64, 80), seed=4), target)
-    store._set_attrs(store._Target.of(target), {store.COMPLETE: False})  # unfinished
+    store._set_attrs(Target.of(target), {store.COMPLETE: False})  # unfinished
     assert not store.written_from(small_scene, target)
 
 
@@ -971,9 +971,9 @@ def test_a_source_keeps_its_storage_options_out_of_sight():
 
 # ---------------------------------------------------------- point 4: one writer
 def test_a_second_writer_in_this_process_is_refused(tmp_path, small_scene):
-    target = store._Target.of(tmp_path / "s.zarr")
+    target = Target.of(tmp_path / "s.zarr")
     busy = pytest.raises(m3rcr_xr.StoreError, match="another writer is writing this store")
-    with store._locked(target), busy:
+    with locks.locked(target), busy:
         m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
     m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")  # the lock went with its holder
     assert m3rcr_xr.is_complete(tmp_path / "s.zarr")
@@ -983,7 +983,7 @@ def test_object_stores_keep_one_writer_with_a_marker(small_scene):
     import fsspec
 
     fs = fsspec.filesystem("memory")
-    marker = f"/one-writer/s.zarr/{store.LOCK}"
+    marker = f"/one-writer/s.zarr/{locks.LOCK}"
     fs.pipe_file(marker, b'{"host": "node-7", "pid": 4242}')
     with pytest.raises(m3rcr_xr.StoreError, match="node-7.*delete the marker"):
         m3rcr_xr.to_zarr(small_scene, "memory://one-writer/s.zarr")
@@ -993,24 +993,15 @@ def test_object_stores_keep_one_writer_with_a_marker(small_scene):
     assert m3rcr_xr.is_complete("memory://one-writer/s.zarr") and not fs.exists(marker)
 
 
-def _left_marker(record: dict) -> tuple[str, str]:
-    """A new store's URL on the memory file system and its marker, holding ``record``."""
-    import fsspec
-
-    marker = f"/{uuid.uuid4().hex}/s.zarr/{store.LOCK}"
-    fsspec.filesystem("memory").pipe_file(marker, json.dumps(record).encode())
-    return f"memory:/{marker.removesuffix(f'/{store.LOCK}')}", marker
-
-
 @pytest.mark.parametrize("how", ["killed", "its pid reused"])
 def test_the_marker_of_a_writer_gone_from_this_machine_is_taken_over(small_scene, caplog, how):
-    mine = store._owner()
+    mine = locks._owner()
     dead = killed_writer() if how == "killed" else {**mine, "started": mine["started"] + 1}
-    url, marker = _left_marker(dead)
+    url, marker = left_marker(dead)
     m3rcr_xr.to_zarr(small_scene, url)
-    fs = store._Target.of(url).fs
+    fs = Target.of(url).fs
     assert m3rcr_xr.is_complete(url) and not fs.exists(marker)
-    assert not fs.exists(marker.replace(store.LOCK, store._TAKEOVER))
+    assert not fs.exists(marker.replace(locks.LOCK, locks.TAKEOVER))
     assert (
         f"{url}: removed the marker {fs.unstrip_protocol(marker)} of a writer that is no "
         "longer running "
@@ -1020,7 +1011,7 @@ def test_the_marker_of_a_writer_gone_from_this_machine_is_taken_over(small_scene
 
 #: markers whose writer may still run: how each is made of a killed writer's record
 _NO_PROOF = {
-    "alive": lambda dead: store._owner(),
+    "alive": lambda dead: locks._owner(),
     "of another host": lambda dead: {**dead, "host": "node-7"},
     "of another boot": lambda dead: {**dead, "boot_id": "another-boot"},
     "of another pid namespace": lambda dead: {**dead, "pid_namespace": 1},
@@ -1033,68 +1024,23 @@ _NO_PROOF = {
 @pytest.mark.parametrize("how", list(_NO_PROOF))
 def test_a_marker_of_a_writer_that_may_still_run_is_refused_and_kept(small_scene, monkeypatch, how):
     record = _NO_PROOF[how](killed_writer())
-    url, marker = _left_marker(record)
+    url, marker = left_marker(record)
     if how == "read without /proc":
-        monkeypatch.setattr(store, "_machine", lambda: None)
+        monkeypatch.setattr(locks, "_machine", lambda: None)
     with pytest.raises(m3rcr_xr.StoreError, match=f"{url}: another writer.*delete the marker"):
         m3rcr_xr.to_zarr(small_scene, url)
-    fs = store._Target.of(url).fs
-    assert fs.ls(marker.removesuffix(f"/{store.LOCK}"), detail=False) == [marker]
+    fs = Target.of(url).fs
+    assert fs.ls(marker.removesuffix(f"/{locks.LOCK}"), detail=False) == [marker]
     assert json.loads(fs.cat_file(marker)) == record
-
-
-def test_of_two_reruns_taking_over_one_stale_marker_one_wins():
-    dead = killed_writer()
-    url, _ = _left_marker(dead)
-    target = store._Target.of(url)
-    first, second = store._owner(), {**store._owner(), "since": "a moment later"}
-    assert store._take_over(target, dead, first) is None
-    # the second finds the first's marker, of a live writer, in the stale one's place
-    assert store._take_over(target, dead, second) == first
-    assert store._read_json(target, store.LOCK) == first
-
-
-def test_a_rerun_cannot_take_over_a_marker_while_another_rerun_is_removing_it(monkeypatch):
-    """Rerun B reads the stale marker again before it removes it; rerun A takes it over
-    then, whole. Deletes are unconditional: B removed A's marker and wrote its own, and
-    both wrote the store. A is refused now: B holds the takeover's object."""
-    dead = killed_writer()
-    url, _ = _left_marker(dead)
-    target = store._Target.of(url)
-    mine = store._owner()
-    owners = iter([{**mine, "since": "B"}, {**mine, "since": "A"}])
-    monkeypatch.setattr(store, "_owner", lambda: next(owners))
-    read, reads, held, won, refused = store._read_json, [], contextlib.ExitStack(), [], []
-
-    def a_takes_over_after_bs_read_again(target_: store._Target, name: str) -> dict | None:
-        doc = read(target_, name)
-        reads.append(name)
-        if reads.count(store.LOCK) == 2:  # B's first read found it stale, this is again
-            try:
-                held.enter_context(store._marker(target))
-            except m3rcr_xr.StoreError as err:
-                refused.append(str(err))
-            else:
-                won.append("A")
-        return doc
-
-    monkeypatch.setattr(store, "_read_json", a_takes_over_after_bs_read_again)
-    with held, store._marker(target):
-        won.append("B")
-        assert won == ["B"]
-        assert read(target, store.LOCK)["since"] == "B"
-    claim = target.fs.unstrip_protocol(target.key(store._TAKEOVER))
-    assert len(refused) == 1 and f"holds {claim} from" in refused[0]
-    assert not any(target.fs.exists(target.key(n)) for n in (store.LOCK, store._TAKEOVER))
 
 
 def test_a_takeover_cut_off_is_refused_naming_its_object(small_scene):
     """A rerun killed while it took over a stale marker leaves the takeover's object:
     no rerun may take the marker over then (the first may still run), until it is
     deleted."""
-    url, marker = _left_marker(killed_writer())
-    taker = marker.replace(store.LOCK, store._TAKEOVER)
-    fs = store._Target.of(url).fs
+    url, marker = left_marker(killed_writer())
+    taker = marker.replace(locks.LOCK, locks.TAKEOVER)
+    fs = Target.of(url).fs
     fs.pipe_file(taker, json.dumps(killed_writer()).encode())
     with pytest.raises(
         m3rcr_xr.StoreError,
@@ -1102,7 +1048,7 @@ def test_a_takeover_cut_off_is_refused_naming_its_object(small_scene):
         f"{fs.unstrip_protocol(taker)} from .*that takeover was cut off.*delete that object",
     ):
         m3rcr_xr.to_zarr(small_scene, url)
-    assert sorted(fs.ls(marker.removesuffix(f"/{store.LOCK}"), detail=False)) == [marker, taker]
+    assert sorted(fs.ls(marker.removesuffix(f"/{locks.LOCK}"), detail=False)) == [marker, taker]
     assert store.store_state(url) == "empty"
     fs.rm_file(taker)
     m3rcr_xr.to_zarr(small_scene, url)
@@ -1112,7 +1058,7 @@ def test_a_takeover_cut_off_is_refused_naming_its_object(small_scene):
 @pytest.mark.parametrize(
     ("name", "what"),
     [
-        (store.LOCK, "lock file"),
+        (locks.LOCK, "lock file"),
         (store._ROOT_TMP, "root's temporary file"),
         (store.ID_OBJECT, "store's identifier"),
     ],
@@ -1131,7 +1077,7 @@ def test_a_file_of_the_store_that_is_a_symbolic_link_is_refused_and_not_followed
     # the link's target was neither created nor written
     assert elsewhere.exists() == target_exists
     assert not target_exists or elsewhere.read_text() == "a user's thesis"
-    assert sorted(os.listdir(tmp_path / "s.zarr")) in ([name], sorted([name, store.LOCK]))
+    assert sorted(os.listdir(tmp_path / "s.zarr")) in ([name], sorted([name, locks.LOCK]))
 
 
 #: imports m3rcr_xr as on Windows (no fcntl; msvcrt faked with flock, which also
@@ -1161,14 +1107,14 @@ AS_ON_WINDOWS = textwrap.dedent("""
     sys.meta_path.insert(0, NoFcntl())
     sys.platform, platform = "win32", sys.platform
     import m3rcr_xr
-    from m3rcr_xr import store
+    from m3rcr_xr import locks
     sys.platform = platform
-    assert not hasattr(store, "fcntl")
+    assert not hasattr(locks, "fcntl")
 
     target = os.path.join(sys.argv[1], "s.zarr")
     scene = m3rcr_xr.synthetic_scene((64, 64), seed=3)
     os.makedirs(target)
-    held = os.open(os.path.join(target, store.LOCK), os.O_RDWR | os.O_CREAT)
+    held = os.open(os.path.join(target, locks.LOCK), os.O_RDWR | os.O_CREAT)
     locking(held, msvcrt.LK_NBLCK, 1)
     try:
         m3rcr_xr.to_zarr(scene, target)
@@ -1178,7 +1124,7 @@ AS_ON_WINDOWS = textwrap.dedent("""
         raise AssertionError("a held lock did not refuse the writer")
     os.close(held)
     m3rcr_xr.to_zarr(scene, target)
-    assert m3rcr_xr.is_complete(target) and store.LOCK not in os.listdir(target)
+    assert m3rcr_xr.is_complete(target) and locks.LOCK not in os.listdir(target)
 """)
 
 

@@ -31,9 +31,9 @@ from torch import nn
 
 from ..exceptions import CheckpointError, UsageError, argument
 from ..files import replace_atomically
+from ..location import check_apart
 from ..models import extract_state_dict, model_record
 from ..models.checkpoint import read_checkpoint
-from ..store import check_apart
 from ..weights import EXPORT_FORMAT, DefaultCheckpoint, exported_weights
 from .data import DATASET_PREFIX, STORE_PREFIX, Source
 from .settings import ResolvedSettings
@@ -184,7 +184,7 @@ def check_outside_data(
     Raises
     ------
     StoreError
-        Naming the file and the store (see :func:`m3rcr_xr.store.check_apart`).
+        Naming the file and the store (see :func:`m3rcr_xr.location.check_apart`).
     """
     for data, role in ((source, "training store"), (val, "validation store")):
         if isinstance(data, str | os.PathLike):

@@ -1,0 +1,257 @@
+"""The store's lock: one writer at a time, for local paths and fsspec URLs alike.
+
+A writer holds :data:`LOCK` inside the store while it writes (:func:`locked`): an OS
+lock on a local file (``flock``; a byte-range lock on Windows), released by the OS when
+the process ends, so a killed writer never blocks the resume; on object stores a
+marker object created with a conditional write (``If-None-Match``), removed when the
+writer ends; a rerun (one at a time: :data:`TAKEOVER`) takes over the marker of a
+killed writer when that writer provably no longer runs (same machine, boot and PID
+namespace; its pid free or another process's), and refuses otherwise. The lock file is
+not part of the Zarr hierarchy and is removed once the store is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .exceptions import StoreError
+from .location import Target, open_own_file, read_json
+
+log = logging.getLogger(__name__)
+
+#: the writer's lock: a file (local) or a marker object (object stores) in the store
+LOCK = ".m3rcr-lock"
+#: the object a rerun holds while it takes over a stale marker (object stores): made by
+#: a conditional write, it lets one rerun at a time remove that marker
+TAKEOVER = LOCK + ".takeover"
+
+
+@contextlib.contextmanager
+def locked(target: Target) -> Iterator[None]:
+    """Hold the store's lock while writing; refuse when another writer holds it.
+
+    The folder of a local store is created here (and removed again if it is still
+    empty at the end and this writer created it).
+    """
+    created = target.local and not target.fs.isdir(target.path)
+    if target.local:
+        os.makedirs(target.path, exist_ok=True)
+        hold = _flock(target)
+    else:
+        hold = _marker(target)
+    try:
+        with hold:
+            yield
+    finally:
+        if created and not os.listdir(target.path):
+            os.rmdir(target.path)
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        try:  # the file's first byte: locking past its end is allowed
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _release(fd: int, path: str) -> None:
+        # Windows removes no file that is open: closing (which unlocks) comes first; a
+        # writer that opened it meanwhile keeps it and removes it at its own end
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _release(fd: int, path: str) -> None:
+        # removed while still held: a writer that opened it just before finds that its
+        # file is no longer the one at the path (below), and tries again
+        os.unlink(path)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _flock(target: Target) -> Iterator[None]:
+    """An exclusive OS lock on the lock file; the OS drops it when the process dies.
+
+    The file is removed at the end. It is never followed as a symbolic link, so the
+    lock cannot create or hold a file outside the store.
+    """
+    path = target.key(LOCK)
+    while True:
+        fd = _open_lock_file(path)
+        if not _try_lock(fd):
+            os.close(fd)
+            raise StoreError(_busy(target, "another process holds its lock file"))
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        _release(fd, path)
+
+
+def _open_lock_file(path: str) -> int:
+    return open_own_file(path, os.O_RDWR, "the store's lock file")
+
+
+@contextlib.contextmanager
+def _marker(target: Target) -> Iterator[None]:
+    """A marker object made by a conditional write, for object stores.
+
+    Object stores have no locks that end with a process: a writer that is killed
+    leaves the marker. A rerun takes it over when its writer provably no longer runs
+    (:func:`_gone`); otherwise the message says which object to delete.
+    """
+    key = target.key(LOCK)
+    owner = _owner()
+    holder = _claim(target, LOCK, owner)
+    if holder is not None and _gone(holder):
+        holder = _take_over(target, holder, owner)
+    if holder is not None:
+        raise StoreError(
+            _busy(target, f"marker {target.fs.unstrip_protocol(key)} from {holder}")
+            + "; if that writer is no longer running, delete the marker and run again"
+        )
+    try:
+        yield
+    finally:
+        target.fs.rm_file(key)  # not rm: it takes a name with glob characters for a pattern
+
+
+def _claim(target: Target, name: str, owner: dict[str, Any]) -> dict[str, Any] | None:
+    """Write the object ``name`` of the store, holding ``owner``, unless there is one:
+    None when written, else the record of the writer that holds it."""
+    try:
+        with target.fs.open(target.key(name), "xb") as handle:
+            handle.write(json.dumps(owner).encode())
+    except FileExistsError:
+        return read_json(target, name) or {}
+    return None
+
+
+def _take_over(
+    target: Target, stale: dict[str, Any], owner: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Replace the marker ``stale`` of a writer that no longer runs by ``owner``, once:
+    None when taken, else the record of the writer that holds it now.
+
+    Deletes are unconditional: a rerun that read the stale marker just before another
+    replaced it would remove the new one. So a rerun removes the marker only while it
+    holds :data:`TAKEOVER` (made by a conditional write), and only if the marker is
+    still the stale one then: of reruns racing for it, the others find the winner's
+    marker in the stale one's place, or fail to make :data:`TAKEOVER` and are refused,
+    as when a rerun killed while it held it left it.
+    """
+    key, claim = target.key(LOCK), target.key(TAKEOVER)
+    taker = _claim(target, TAKEOVER, owner)
+    if taker is not None:
+        raise StoreError(
+            _busy(
+                target,
+                f"a rerun taking over its stale marker holds {target.fs.unstrip_protocol(claim)}"
+                f" from {taker}",
+            )
+            + "; if no writer is running (that takeover was cut off), delete that object and"
+            " run again"
+        )
+    try:
+        if read_json(target, LOCK) == stale:
+            try:
+                target.fs.rm_file(key)
+            except FileNotFoundError:
+                pass  # deleted by hand meanwhile
+            else:
+                log.warning(
+                    "%s: removed the marker %s of a writer that is no longer running "
+                    "(host %s, pid %s, since %s)",
+                    target.name,
+                    target.fs.unstrip_protocol(key),
+                    stale.get("host"),
+                    stale.get("pid"),
+                    stale.get("since"),
+                )
+        return _claim(target, LOCK, owner)
+    finally:
+        target.fs.rm_file(claim)
+
+
+def _owner() -> dict[str, Any]:
+    """This writer's record in the marker: what the message of a refused writer shows
+    (host, pid, since) and, on Linux, what tells whether it still runs (:func:`_gone`)."""
+    pid = os.getpid()
+    owner = {"host": socket.gethostname(), "pid": pid, "since": time.ctime()}
+    return {**owner, **(_machine() or {}), "started": _started(pid)}
+
+
+def _machine() -> dict[str, Any] | None:
+    """This process's boot and PID namespace, in which (with the host name) a pid names
+    one process: None without Linux's /proc."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return {"boot_id": boot, "pid_namespace": namespace}
+
+
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (field 22 of
+    /proc/PID/stat): a pid reused by a later process has another. None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after the name, which may hold ")"
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def _gone(holder: dict[str, Any]) -> bool:
+    """Whether the writer of the marker ``holder`` provably no longer runs.
+
+    It ran on this machine since its last boot and in this PID namespace, and its pid
+    is now free or another process's (one started at another time). Anything else (a
+    marker of another machine, of another container with the same host name, of a
+    version without these fields; no /proc) is no proof.
+    """
+    pid, started, machine = holder.get("pid"), holder.get("started"), _machine()
+    if machine is None or holder.get("host") != socket.gethostname():
+        return False  # no /proc (never on Windows, where os.kill below ends the process)
+    if any(holder.get(name) != value for name, value in machine.items()):
+        return False
+    if type(pid) is not int or not 0 < pid < 2**31 or type(started) is not int:
+        return False  # pid 0 or below would signal process groups
+    try:
+        os.kill(pid, 0)  # signal 0 sends nothing: it asks whether the pid exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # another user's process has it
+    now = _started(pid)
+    return now is not None and now != started
+
+
+def _busy(target: Target, why: str) -> str:
+    return f"{target.name}: another writer is writing this store ({why})"

@@ -1,0 +1,57 @@
+"""The store's lock (m3rcr_xr/locks.py): of reruns taking over a stale marker, one wins.
+
+Writers refused or let through by the lock end to end (:func:`m3rcr_xr.to_zarr`) are
+tested in tests/test_store.py and tests/test_s3.py.
+"""
+
+import contextlib
+
+import m3rcr_xr
+from m3rcr_xr import locks
+from m3rcr_xr.location import Target, read_json
+from tests.conftest import killed_writer, left_marker
+
+
+def test_of_two_reruns_taking_over_one_stale_marker_one_wins():
+    dead = killed_writer()
+    url, _ = left_marker(dead)
+    target = Target.of(url)
+    first, second = locks._owner(), {**locks._owner(), "since": "a moment later"}
+    assert locks._take_over(target, dead, first) is None
+    # the second finds the first's marker, of a live writer, in the stale one's place
+    assert locks._take_over(target, dead, second) == first
+    assert read_json(target, locks.LOCK) == first
+
+
+def test_a_rerun_cannot_take_over_a_marker_while_another_rerun_is_removing_it(monkeypatch):
+    """Rerun B reads the stale marker again before it removes it; rerun A takes it over
+    then, whole. Deletes are unconditional: B removed A's marker and wrote its own, and
+    both wrote the store. A is refused now: B holds the takeover's object."""
+    dead = killed_writer()
+    url, _ = left_marker(dead)
+    target = Target.of(url)
+    mine = locks._owner()
+    owners = iter([{**mine, "since": "B"}, {**mine, "since": "A"}])
+    monkeypatch.setattr(locks, "_owner", lambda: next(owners))
+    reads, held, won, refused = [], contextlib.ExitStack(), [], []
+
+    def a_takes_over_after_bs_read_again(target_: Target, name: str) -> dict | None:
+        doc = read_json(target_, name)
+        reads.append(name)
+        if reads.count(locks.LOCK) == 2:  # B's first read found it stale, this is again
+            try:
+                held.enter_context(locks._marker(target))
+            except m3rcr_xr.StoreError as err:
+                refused.append(str(err))
+            else:
+                won.append("A")
+        return doc
+
+    monkeypatch.setattr(locks, "read_json", a_takes_over_after_bs_read_again)
+    with held, locks._marker(target):
+        won.append("B")
+        assert won == ["B"]
+        assert read_json(target, locks.LOCK)["since"] == "B"
+    claim = target.fs.unstrip_protocol(target.key(locks.TAKEOVER))
+    assert len(refused) == 1 and f"holds {claim} from" in refused[0]
+    assert not any(target.fs.exists(target.key(n)) for n in (locks.LOCK, locks.TAKEOVER))
