@@ -96,6 +96,9 @@ OUTPUTS = {
 FILES = ("metrics", "semantic", "quicklook", "metrics_by_class", "semantic_figure")
 #: the PNG text the demo writes into its figures: only figures holding it are replaced
 FIGURE_STAMP = {"Source": "m3rcr_xr demo"}
+#: what the demo writes into its :data:`MARK`: its figures there carry the stamp (a mark
+#: of an earlier version is empty, and its figures carry none)
+MARK_TEXT = "m3rcr_xr demo: figures stamped\n"
 
 
 #: the root attribute of the stores the demo writes: only those it replaces
@@ -137,15 +140,24 @@ def _check_out(out: Path) -> None:
         raise UsageError(
             f"{flag}: {out} holds files the demo did not write; choose a new or empty folder"
         )
-    # the files are removed before a run (_remove_earlier): ours only
+    _check_files(out, flag)
+
+
+def _check_files(out: Path, flag: str) -> None:
+    """Refuse a table or a figure in the demo's folder ``out`` that the demo did not
+    write: they are removed before a run (:func:`_remove_earlier`). A folder of an
+    earlier version (no :data:`MARK_TEXT` in its mark) holds figures without the stamp:
+    any PNG there is taken for one, as that version did."""
     for key in ("metrics", "semantic"):
         try:
             check_table_replaceable(out / OUTPUTS[key])
         except StoreError as err:
             raise UsageError(f"{flag}: {err}") from err
+    mark = out / MARK
+    stamped = mark.is_file() and mark.read_text(errors="replace") == MARK_TEXT
     for key in ("quicklook", "metrics_by_class", "semantic_figure"):
         figure = out / OUTPUTS[key]
-        if (figure.exists() or figure.is_symlink()) and not _is_demo_figure(figure):
+        if (figure.exists() or figure.is_symlink()) and not _is_demo_figure(figure, stamped):
             raise UsageError(
                 f"{flag}: {figure} is not a figure the demo wrote; remove it yourself "
                 "or choose a new or empty folder"
@@ -172,8 +184,9 @@ def _written_by_demo(store: Path, key: str) -> bool:
         return False  # no Zarr store, or not one of ours
 
 
-def _is_demo_figure(path: Path) -> bool:
-    """Whether ``path`` is a PNG file (not a link) holding :data:`FIGURE_STAMP`."""
+def _is_demo_figure(path: Path, stamped: bool = True) -> bool:
+    """Whether ``path`` is a PNG file (not a link) holding :data:`FIGURE_STAMP`; any PNG
+    file where the figures are not ``stamped`` (a folder of an earlier version)."""
     from PIL import Image
 
     if path.is_symlink() or not path.is_file():
@@ -181,6 +194,8 @@ def _is_demo_figure(path: Path) -> bool:
     try:
         with Image.open(path) as image:
             text = image.info  # the PNG's text chunks before its pixels
+            if not stamped:
+                return image.format == "PNG"
             return all(text.get(key) == value for key, value in FIGURE_STAMP.items())
     except (OSError, ValueError, SyntaxError):  # no image, or a broken one
         return False
@@ -230,7 +245,7 @@ def run_demo(
     start = time.perf_counter()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / MARK).touch()
+        (out / MARK).write_text(MARK_TEXT)
         _remove_earlier(out)
     except OSError as err:  # a folder that cannot be written: read-only, /proc...
         raise UsageError(

@@ -275,9 +275,9 @@ def test_a_figure_of_the_users_own_under_a_demo_name_is_refused(tmp_path, capsys
     """A run removes the earlier run's figures before it writes: the user's own PNG of
     that name (or a link, or another file), in the demo's own folder, is refused first
     and kept."""
-    from m3rcr_xr.demo import MARK
+    from m3rcr_xr.demo import MARK, MARK_TEXT
 
-    (tmp_path / MARK).touch()
+    (tmp_path / MARK).write_text(MARK_TEXT)  # a folder of this version: figures stamped
     if kind == "own figure":
         _png(tmp_path / figure)  # drawn by matplotlib, not by the demo
     elif kind == "link":
@@ -308,3 +308,28 @@ def test_a_demo_folder_inside_a_store_is_refused_before_any_work(tmp_path, capsy
     out, err = capsys.readouterr()
     assert "lies inside" in err and "mine.zarr" in err and "dashboard" not in out
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("mark", [None, ""])
+def test_a_folder_of_an_earlier_demo_takes_its_unstamped_figures(tmp_path, mark):
+    """The figures of an earlier version carry no stamp: in its folder (an empty mark, or
+    no mark and the demo's outputs alone) any PNG under a figure's name is taken for
+    one, as that version did, and a run marks the folder so that the next takes only
+    stamped figures. Another file under a figure's name is still refused."""
+    from m3rcr_xr import demo
+
+    m3rcr_xr.to_zarr(
+        m3rcr_xr.synthetic_scene((16, 16), seed=demo.DEMO_SEED), tmp_path / "scene.zarr"
+    )
+    if mark is not None:
+        (tmp_path / demo.MARK).write_text(mark)
+    for name in ("quicklook.png", "metrics_by_class.png"):
+        _png(tmp_path / name)  # an earlier version's: no stamp
+    demo._check_out(tmp_path)  # taken
+    (tmp_path / "semantic.png").write_text("not a figure")
+    with pytest.raises(UsageError, match="semantic.png is not a figure the demo wrote"):
+        demo._check_out(tmp_path)
+    (tmp_path / "semantic.png").unlink()
+    (tmp_path / demo.MARK).write_text(demo.MARK_TEXT)  # what a run of this version writes
+    with pytest.raises(UsageError, match="quicklook.png is not a figure the demo wrote"):
+        demo._check_out(tmp_path)
