@@ -18,6 +18,7 @@ Pixels of the optical grid outside the coarse layer become ``fill`` (NaN for SAR
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Literal, TypeVar
 
@@ -91,7 +92,7 @@ def _take(
     """Orthogonal take along y and x (-1 marks pixels outside the layer, which become
     ``fill``), lazily in the chunks of ``target`` when ``layer`` is on Dask."""
     if (rows < 0).all() or (cols < 0).all():
-        raise AlignmentError(f"{layer.name or 'layer'}: does not overlap the optical grid")
+        raise AlignmentError(f"{_label(layer)}: does not overlap the optical grid")
     outside = bool((rows < 0).any() or (cols < 0).any())
     dtype = layer.dtype
     if outside and np.isnan(fill) and dtype.kind != "f":
@@ -182,7 +183,12 @@ def _reproject(layer: xr.DataArray, target: xr.DataArray, fill) -> xr.DataArray:
 
 
 def align_to(
-    layer: xr.DataArray, target: xr.DataArray, *, method: AlignMethod = "coords", fill=np.nan
+    layer: xr.DataArray,
+    target: xr.DataArray,
+    *,
+    method: AlignMethod = "coords",
+    fill=np.nan,
+    source: str | os.PathLike | None = None,
 ) -> xr.DataArray:
     """Put ``layer`` (y, x last, rioxarray georeference) onto the grid of ``target``.
 
@@ -196,12 +202,18 @@ def align_to(
         ``"coords"``: by coordinates; ``"shape"``: by array shape (published loader).
     fill
         Value for optical pixels outside the layer.
+    source
+        The file ``layer`` was read from, for messages; default its
+        ``encoding["source"]``.
 
     Returns
     -------
     xr.DataArray
         ``layer`` on the ``y``/``x`` coordinates of ``target``, lazy if ``layer`` is.
     """
+    if source is not None:  # the messages name it (_label)
+        layer = layer.copy(deep=False)
+        layer.encoding["source"] = os.fspath(source)
     height, width = target.sizes["y"], target.sizes["x"]
     if method == "shape":
         rows = shape_index(layer.sizes["y"], height)
@@ -209,7 +221,7 @@ def align_to(
         out = layer.isel(y=rows, x=cols)
     elif method == "coords":
         if layer.rio.crs is None or target.rio.crs is None:
-            raise AlignmentError(f"{layer.name or 'layer'}: no CRS; cannot align by coordinates")
+            raise AlignmentError(f"{_label(layer)}: no CRS; cannot align by coordinates")
         if layer.rio.crs != target.rio.crs:
             return _with_grid_of(_reproject(layer, target, fill), target)
         _check_overlap(layer, target)
@@ -245,22 +257,32 @@ def _bounds_in(layer: xr.DataArray, crs) -> tuple[float, float, float, float]:
         moved = transform_bounds(layer.rio.crs, crs, *bounds)
     except Exception as err:  # rasterio/PROJ raise several types for impossible transforms
         raise AlignmentError(
-            f"{layer.name or 'layer'}: cannot reproject from {layer.rio.crs} to {crs}: {err}"
+            f"{_label(layer)}: cannot reproject from {layer.rio.crs} to {crs}: {err}"
         ) from err
     if not np.all(np.isfinite(moved)):
-        raise AlignmentError(
-            f"{layer.name or 'layer'}: cannot reproject from {layer.rio.crs} to {crs}"
-        )
+        raise AlignmentError(f"{_label(layer)}: cannot reproject from {layer.rio.crs} to {crs}")
     return moved
+
+
+def _label(layer: xr.DataArray) -> str:
+    """How a message names ``layer``: its name, and its file where it was read from one
+    (``encoding["source"]``), so that the file at fault is known in a collection."""
+    name = layer.name or "layer"
+    source = layer.encoding.get("source")
+    return f"{name} ({source})" if isinstance(source, str | os.PathLike) else str(name)
 
 
 def _check_overlap(layer: xr.DataArray, target: xr.DataArray) -> None:
     left, bottom, right, top = _bounds_in(layer, target.rio.crs)
     t_left, t_bottom, t_right, t_top = target.rio.bounds()
     if left >= t_right or right <= t_left or bottom >= t_top or top <= t_bottom:
+        extent = f"its extent {(left, bottom, right, top)}"
+        if layer.rio.crs != target.rio.crs:  # moved into the optical CRS: say where it is
+            own = tuple(layer.rio.bounds())
+            extent += f" in the optical {target.rio.crs} ({own} in its {layer.rio.crs})"
         raise AlignmentError(
-            f"{layer.name or 'layer'}: extent {(left, bottom, right, top)} does not overlap "
-            f"the optical extent {(t_left, t_bottom, t_right, t_top)}"
+            f"{_label(layer)}: does not overlap the optical image: {extent}, the optical "
+            f"extent {(t_left, t_bottom, t_right, t_top)}"
         )
 
 

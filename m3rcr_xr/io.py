@@ -226,9 +226,10 @@ def _sar(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignMethod)
     array = array.rename(band="polarization")
     array = array.assign_coords(polarization=list(POLARIZATIONS))
     if align == "shape":  # as the published loader: one mean over the resampled image
-        aligned = fill_nan_with_mean(align_to(array, optical, method=align), per_band=False)
+        aligned = align_to(array, optical, method=align, source=path)
+        aligned = fill_nan_with_mean(aligned, per_band=False)
     else:  # each polarization its own mean, over the file; pixels beyond it stay NaN
-        aligned = align_to(fill_nan_with_mean(array), optical, method=align, fill=np.nan)
+        aligned = align_to(fill_nan_with_mean(array), optical, method=align, source=path)
     aligned.attrs = sar_attrs("image mean" if align == "shape" else "band mean", align)
     return aligned
 
@@ -308,7 +309,7 @@ def _landcover(path: PathType, optical: xr.DataArray, chunks: Any, align: AlignM
     array = map_blocks(
         to_worldcover, array, "uint8", nodata=nodata, source=f"{path}: landcover"
     ).rename("landcover")
-    aligned = align_to(array, optical, method=align, fill=NODATA_CODE)
+    aligned = align_to(array, optical, method=align, fill=NODATA_CODE, source=path)
     aligned.attrs = landcover_attrs(align)
     return aligned
 

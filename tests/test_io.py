@@ -184,8 +184,23 @@ def test_extents_that_do_not_overlap(copied, tmp_path):
     with rasterio.open(copied["sar"]) as src:
         data, transform, crs = src.read(), src.transform, src.crs
     far = write_raster(tmp_path / "far.tif", data, transform * Affine.translation(500, 0), crs)
-    with pytest.raises(m3rcr_xr.AlignmentError, match="does not overlap"):
+    with pytest.raises(m3rcr_xr.AlignmentError, match="does not overlap") as caught:
         m3rcr_xr.open_quartet(copied["cloudy"], sar=far)
+    assert str(caught.value).startswith(f"sar ({far}): does not overlap the optical image")
+
+
+def test_a_layer_in_another_crs_off_the_scene_is_named_with_its_own_extent(copied, tmp_path):
+    """SAR in another CRS, far away (Europe): the message names the file and gives its
+    extent in its own CRS beside the one moved into the optical CRS."""
+    with rasterio.open(copied["sar"]) as src:
+        data = src.read()
+    europe = Affine(1e-4, 0, 10.0, 0, -1e-4, 50.0)
+    other = write_raster(tmp_path / "other.tif", data, europe, "EPSG:4326")
+    with pytest.raises(m3rcr_xr.AlignmentError) as caught:
+        m3rcr_xr.open_quartet(copied["cloudy"], sar=other)
+    message = str(caught.value)
+    assert message.startswith(f"sar ({other}): does not overlap the optical image")
+    assert "in its EPSG:4326" in message and "(10.0, " in message
 
 
 def test_crs_that_cannot_be_reprojected(copied, tmp_path):
