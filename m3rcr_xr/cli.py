@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import posixpath
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -387,60 +386,10 @@ def _check_reused(result: xarray.Dataset, output: str, cogs: dict[str, str]) -> 
     )
 
 
-def std_cog_path(path: str, *, collection: bool = False) -> str:
-    """Where ``m3rcr decloud --uncertainty --cog PATH`` writes ``decloud_std``: ``NAME_std.tif``
-    beside a scene's ``NAME.tif``; for a collection, the folder ``PATH_std`` beside the
-    folder ``PATH``, with the same file names (one kind of raster in each folder, so that
-    ``gdalbuildvrt`` or a glob over ``PATH/*.tif`` never mixes the two).
-
-    Raises
-    ------
-    UsageError
-        ``PATH`` is a bucket root (``s3://bucket/``, any fsspec protocol) or a filesystem
-        root (``/``, a drive): nothing is beside it (``s3://bucket_std`` would be another
-        bucket, bucket names being global).
-
-    Examples
-    --------
-    >>> std_cog_path("out/decloud.tif")
-    'out/decloud_std.tif'
-    >>> std_cog_path("out/cogs/", collection=True)
-    'out/cogs_std'
-    >>> std_cog_path("s3://bucket/cogs/", collection=True)
-    's3://bucket/cogs_std'
-    >>> std_cog_path("s3://bucket/", collection=True)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    m3rcr_xr.exceptions.UsageError: cog='s3://bucket/': a bucket root has no folder beside ...
-    """
-    from urllib.parse import urlsplit
-
-    from .href import is_remote
-
-    remote = is_remote(path)
-    if remote:  # a URL keeps its scheme's "//": only its last name changes
-        root, suffix = path.rstrip("/"), ""
-        if not collection:
-            root, suffix = posixpath.splitext(root)
-        named = bool(urlsplit(path).path.strip("/"))  # the netloc is the bucket (or host)
-    else:
-        out = Path(path)
-        out = out if out.name not in ("", "..") else out.resolve()  # "." or "..": name the folder
-        named = bool(out.name)  # "/" or a drive resolves to no name
-    if not named:
-        what, inside = ("a bucket root", "the bucket") if remote else ("the filesystem root", "it")
-        wanted = f"a folder inside {inside}" if collection else f"a GeoTIFF file in {inside}"
-        raise UsageError(
-            f"{argument('cog', path)}: {what} has no folder beside it for decloud_std; "
-            f"give {wanted}"
-        )
-    if remote:
-        return f"{root}_std{suffix}"
-    return str(out.with_name(f"{out.name}_std" if collection else f"{out.stem}_std{out.suffix}"))
-
-
 def _decloud_cogs(args: argparse.Namespace, collection: bool) -> dict[str, str]:
     """The variables ``m3rcr decloud --cog`` writes as GeoTIFF, and where."""
+    from .cog import std_cog_path
+
     if not args.cog:
         return {}
     cogs = {"decloud": args.cog}
@@ -583,13 +532,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_demo)
 
 
-def semantic_table_path(path: str) -> str:
-    """Where ``m3rcr evaluate --semantic --out PATH`` writes the semantic table:
-    ``NAME_semantic.SUFFIX`` beside ``PATH``."""
-    out = Path(path)
-    return str(out.with_name(f"{out.stem}_semantic{out.suffix}"))
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from .location import check_apart
     from .metrics import (
@@ -597,6 +539,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         TABLE_SUFFIXES,
         check_table_replaceable,
         evaluate,
+        semantic_table_path,
         split_semantic,
         write_table,
     )

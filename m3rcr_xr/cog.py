@@ -44,6 +44,7 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import xarray as xr
@@ -58,7 +59,7 @@ from .exceptions import (
     argument,
     check_integer,
 )
-from .href import local_path, redacted
+from .href import is_remote, local_path, redacted
 from .location import Target, check_apart, check_bucket, reaching, reason, write_errors
 from .options import OPTIONS
 from .progress import compute_with_progress
@@ -269,6 +270,54 @@ def patch_file_names(collection: xr.Dataset | xr.DataArray) -> list[str]:
             "macOS and Windows; patch ids must differ by more than case"
         )
     return names
+
+
+def std_cog_path(path: str, *, collection: bool = False) -> str:
+    """Where ``m3rcr decloud --uncertainty --cog PATH`` writes ``decloud_std``: ``NAME_std.tif``
+    beside a scene's ``NAME.tif``; for a collection, the folder ``PATH_std`` beside the
+    folder ``PATH``, with the same file names (one kind of raster in each folder, so that
+    ``gdalbuildvrt`` or a glob over ``PATH/*.tif`` never mixes the two).
+
+    Raises
+    ------
+    UsageError
+        ``PATH`` is a bucket root (``s3://bucket/``, any fsspec protocol) or a filesystem
+        root (``/``, a drive): nothing is beside it (``s3://bucket_std`` would be another
+        bucket, bucket names being global).
+
+    Examples
+    --------
+    >>> std_cog_path("out/decloud.tif")
+    'out/decloud_std.tif'
+    >>> std_cog_path("out/cogs/", collection=True)
+    'out/cogs_std'
+    >>> std_cog_path("s3://bucket/cogs/", collection=True)
+    's3://bucket/cogs_std'
+    >>> std_cog_path("s3://bucket/", collection=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    m3rcr_xr.exceptions.UsageError: cog='s3://bucket/': a bucket root has no folder beside ...
+    """
+    remote = is_remote(path)
+    if remote:  # a URL keeps its scheme's "//": only its last name changes
+        root, suffix = path.rstrip("/"), ""
+        if not collection:
+            root, suffix = posixpath.splitext(root)
+        named = bool(urlsplit(path).path.strip("/"))  # the netloc is the bucket (or host)
+    else:
+        out = Path(path)
+        out = out if out.name not in ("", "..") else out.resolve()  # "." or "..": name the folder
+        named = bool(out.name)  # "/" or a drive resolves to no name
+    if not named:
+        what, inside = ("a bucket root", "the bucket") if remote else ("the filesystem root", "it")
+        wanted = f"a folder inside {inside}" if collection else f"a GeoTIFF file in {inside}"
+        raise UsageError(
+            f"{argument('cog', path)}: {what} has no folder beside it for decloud_std; "
+            f"give {wanted}"
+        )
+    if remote:
+        return f"{root}_std{suffix}"
+    return str(out.with_name(f"{out.name}_std" if collection else f"{out.stem}_std{out.suffix}"))
 
 
 def _files(path: Path, names: Sequence[str] | None) -> list[Path]:

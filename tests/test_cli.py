@@ -18,7 +18,6 @@ from rio_cogeo.cogeo import cog_validate
 import m3rcr_xr
 from m3rcr_xr import cli, store
 from m3rcr_xr.cli import main
-from m3rcr_xr.exceptions import UsageError
 from m3rcr_xr.testing import serve_directory, stac_item
 from tests.conftest import (
     EXPIRED,
@@ -1337,28 +1336,6 @@ def test_main_twice_logs_as_each_call_asks_and_leaves_logging_as_it_was(monkeypa
         assert logger.handlers == handlers and logger.level == before
         assert dask.config.get("logging.distributed", None) == setting
     assert seen[0] == "warning" and seen[3] == "warning"
-
-
-@pytest.mark.parametrize("collection", [True, False])
-@pytest.mark.parametrize("root", ["s3://bucket/", "s3://bucket", "gs://b/", "/"])
-def test_std_cog_path_refuses_a_root_with_nothing_beside_it(root, collection):
-    # s3://bucket_std would be another bucket (names are global); "/" has no parent
-    where = "the filesystem root" if root == "/" else "a bucket root"
-    with pytest.raises(UsageError, match=f"{where} has no folder beside it for decloud_std"):
-        cli.std_cog_path(root, collection=collection)
-
-
-@pytest.mark.parametrize(
-    ("path", "collection", "expected"),
-    [
-        ("s3://bucket/cogs/", True, "s3://bucket/cogs_std"),
-        ("s3://bucket/d.tif", False, "s3://bucket/d_std.tif"),  # a file beside, as locally
-        ("/d.tif", False, "/d_std.tif"),
-        ("/cogs", True, "/cogs_std"),
-    ],
-)
-def test_std_cog_path_is_beside_the_cog(path, collection, expected):
-    assert cli.std_cog_path(path, collection=collection) == expected
 
 
 @pytest.mark.parametrize("cog", ["s3://bucket/", "/"])

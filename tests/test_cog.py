@@ -247,6 +247,30 @@ def test_patch_ids_that_give_one_file_are_refused_before_any_work(tmp_path, ids,
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("collection", [True, False])
+@pytest.mark.parametrize("root", ["s3://bucket/", "s3://bucket", "gs://b/", "/"])
+def test_std_cog_path_refuses_a_root_with_nothing_beside_it(root, collection):
+    # s3://bucket_std would be another bucket (names are global); "/" has no parent
+    where = "the filesystem root" if root == "/" else "a bucket root"
+    with pytest.raises(
+        m3rcr_xr.UsageError, match=f"{where} has no folder beside it for decloud_std"
+    ):
+        cog.std_cog_path(root, collection=collection)
+
+
+@pytest.mark.parametrize(
+    ("path", "collection", "expected"),
+    [
+        ("s3://bucket/cogs/", True, "s3://bucket/cogs_std"),
+        ("s3://bucket/d.tif", False, "s3://bucket/d_std.tif"),  # a file beside, as locally
+        ("/d.tif", False, "/d_std.tif"),
+        ("/cogs", True, "/cogs_std"),
+    ],
+)
+def test_std_cog_path_is_beside_the_cog(path, collection, expected):
+    assert cog.std_cog_path(path, collection=collection) == expected
+
+
 def test_the_dataarray_accessor_writes_too(tmp_path):
     scene = _scene(64)
     assert scene.m3rcr.to_cog(tmp_path / "a.tif") == [tmp_path / "a.tif"]

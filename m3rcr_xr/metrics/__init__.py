@@ -38,7 +38,8 @@ One idea per module, each layer on the one below:
 - :mod:`.inputs`: input resolution and grid checks;
 - :mod:`.sums`: the engine's sums as labelled DataArrays;
 - :mod:`.core`: the thin xarray layer, :func:`evaluate` and :func:`evaluate_per_patch`;
-- :mod:`.tables`: :func:`write_table`, :func:`check_table_replaceable`;
+- :mod:`.tables`: :func:`write_table`, :func:`check_table_replaceable`,
+  :func:`semantic_table_path`;
 - :mod:`.semantic`: land-cover accuracy of a result through a classifier
   (:func:`evaluate_semantic`, :func:`semantic_metrics`), confusion counts per chunk;
 - :mod:`.maps`: the public per-pixel API (:func:`ssim_map`, :func:`sam_map`,
@@ -135,6 +136,7 @@ from .tables import (
     SEMANTIC_SCORES,
     TABLE_SUFFIXES,
     check_table_replaceable,
+    semantic_table_path,
     split_semantic,
     write_table,
 )
@@ -188,6 +190,7 @@ __all__ = [
     "row_seam",
     "sam_map",
     "semantic_metrics",
+    "semantic_table_path",
     "split_semantic",
     "ssim_map",
     "streamed_sums",

@@ -98,6 +98,19 @@ def _is_table(path: Path) -> bool:
     return isinstance(content, dict) and set(content) == {"attrs", "rows"}
 
 
+def semantic_table_path(path: str) -> str:
+    """Where ``m3rcr evaluate --semantic --out PATH`` writes the semantic table:
+    ``NAME_semantic.SUFFIX`` beside ``PATH``.
+
+    Examples
+    --------
+    >>> semantic_table_path("out/table.csv")
+    'out/table_semantic.csv'
+    """
+    out = Path(path)
+    return str(out.with_name(f"{out.stem}_semantic{out.suffix}"))
+
+
 def split_semantic(result: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
     """An ``evaluate(..., semantic=True)`` result as two tables: the metrics by
     (stratum, landcover_class), and the semantic scores by (source, stratum,
