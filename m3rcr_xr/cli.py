@@ -72,10 +72,7 @@ def _check_output_file(
 
     target = Path(path)
     flag = argument(name, path)
-    if target.suffix.lower() not in suffixes:
-        raise UsageError(
-            f"{flag}: write a {'/'.join(suffixes)} file, not {target.suffix or 'no suffix'!r}"
-        )
+    _check_suffix(flag, target.suffix, suffixes)
     folder = target.parent
     if not folder.is_dir():
         raise UsageError(f"{flag}: folder {folder} does not exist")
@@ -89,6 +86,14 @@ def _check_output_file(
     if overwrite is False and target.exists():
         raise UsageError(f"{flag}: {target} exists; pass {argument('overwrite')} to replace it")
     return target
+
+
+def _check_suffix(flag: str, suffix: str, suffixes: Sequence[str]) -> None:
+    """Refuse a file ``suffix`` (any case) not in ``suffixes``, naming ``flag``."""
+    if suffix.lower() not in suffixes:
+        raise UsageError(
+            f"{flag}: write a {'/'.join(suffixes)} file, not {suffix or 'no suffix'!r}"
+        )
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -269,45 +274,13 @@ def _check_config(model: str | None, config: dict[str, object]) -> None:
 def _decloud(args: argparse.Namespace) -> int:
     import xarray as xr
 
-    from . import href
-    from .cog import check_cog_destination, patch_file_names, to_cog
     from .inference import decloud
-    from .location import check_apart
-    from .schema import is_collection
-    from .store import check_destination, is_complete, open_zarr, to_zarr
-    from .weights.resolve import known_model
+    from .store import open_zarr
 
-    config = _parse_config(args.config)  # arguments first, then the data
-    checkpoints = args.checkpoint or [None]
-    for checkpoint in checkpoints:
-        _check_config(known_model(args.model, checkpoint), config)
-    # a registered name, a URL or "untrained" is no file the output could overlap
-    local = [c for c in checkpoints if c and not href.is_remote(c) and href.local_path(c).exists()]
-    inputs = [args.input, *local]
-    # a complete store with --cog: a run cut off while it wrote the GeoTIFFs, perhaps;
-    # the store is taken as it is if it holds this run's data (_check_reused)
-    reused = bool(args.cog) and not args.overwrite and is_complete(args.output)
-    check_destination(args.output, inputs=inputs, overwrite=args.overwrite or reused)
+    config, checkpoints, inputs = _decloud_inputs(args)  # arguments first, then the data
+    reused = _check_decloud_store(args, inputs)
     ds = open_zarr(args.input)
-    collection = is_collection(ds)
-    cogs = _decloud_cogs(args, collection)
-    kept = _kept_cogs(args.output, cogs) if reused else set()
-    names = patch_file_names(ds) if cogs and collection else None
-    for variable, cog in cogs.items():  # a file for a scene, a folder for a collection
-        check_apart(cog, [args.output], role="output store")
-        if names is None and cog == args.cog:  # its suffix and folder are the _std file's
-            if not href.is_remote(cog):
-                path = str(href.local_path(cog))  # a file:// URL as the path it names
-                overwrite = None if variable in kept else args.overwrite  # kept: checked
-                _check_output_file(path, "cog", COG_SUFFIXES, overwrite=overwrite)
-            elif (suffix := href.name_of(cog).suffix).lower() not in COG_SUFFIXES:
-                # a URL: its suffix only; its bucket and object are check_cog_destination's
-                raise UsageError(
-                    f"{argument('cog', href.redacted(cog))}: write a {'/'.join(COG_SUFFIXES)} "
-                    f"file, not {suffix or 'no suffix'!r}"
-                )
-        if variable not in kept:
-            check_cog_destination(cog, names=names, inputs=inputs, overwrite=args.overwrite)
+    cogs, kept = _check_decloud_cogs(args, ds, inputs, reused=reused)
     result = decloud(
         ds,
         args.model,
@@ -323,21 +296,110 @@ def _decloud(args: argparse.Namespace) -> int:
         uncertainty=args.uncertainty,
     )
     result = result if isinstance(result, xr.Dataset) else result.to_dataset()
+    _write_decloud(args, result, cogs, kept, reused=reused)
+    return 0
+
+
+def _decloud_inputs(
+    args: argparse.Namespace,
+) -> tuple[dict[str, object], list[str | None], list[str]]:
+    """The ``--config`` of ``m3rcr decloud``, its checkpoints (None: the model's
+    registered weights) and the inputs no output may overlap (the input store and the
+    checkpoint files), checked before any data are read: a config the model of each
+    checkpoint cannot take is refused (:func:`_check_config`)."""
+    from . import href
+    from .weights.resolve import known_model
+
+    config = _parse_config(args.config)
+    checkpoints = args.checkpoint or [None]
+    for checkpoint in checkpoints:
+        _check_config(known_model(args.model, checkpoint), config)
+    # a registered name, a URL or "untrained" is no file the output could overlap
+    local = [c for c in checkpoints if c and not href.is_remote(c) and href.local_path(c).exists()]
+    return config, checkpoints, [args.input, *local]
+
+
+def _check_decloud_store(args: argparse.Namespace, inputs: Sequence[str]) -> bool:
+    """Check the output store of ``m3rcr decloud`` before the input is read
+    (:func:`m3rcr_xr.store.check_destination`); True where it is taken as it is: a
+    complete store with ``--cog`` and without ``--overwrite``, a run cut off while it
+    wrote the GeoTIFFs, perhaps (:func:`_check_reused` checks it holds this run's data).
+    """
+    from .store import check_destination, is_complete
+
+    reused = bool(args.cog) and not args.overwrite and is_complete(args.output)
+    check_destination(args.output, inputs=inputs, overwrite=args.overwrite or reused)
+    return reused
+
+
+def _check_decloud_cogs(
+    args: argparse.Namespace, ds: xarray.Dataset, inputs: Sequence[str], *, reused: bool
+) -> tuple[dict[str, str], set[str]]:
+    """Check, before any work, the GeoTIFFs ``m3rcr decloud --cog`` writes from ``ds``;
+    return them (:func:`_decloud_cogs`) and the variables whose GeoTIFF a ``reused``
+    store keeps (:func:`_kept_cogs`): those are not checked as destinations again."""
+    from .cog import check_cog_destination, patch_file_names
+    from .location import check_apart
+    from .schema import is_collection
+
+    collection = is_collection(ds)
+    cogs = _decloud_cogs(args, collection)
+    kept = _kept_cogs(args.output, cogs) if reused else set()
+    names = patch_file_names(ds) if cogs and collection else None
+    for variable, cog in cogs.items():  # a file for a scene, a folder for a collection
+        check_apart(cog, [args.output], role="output store")
+        if names is None and cog == args.cog:  # its suffix and folder are the _std file's
+            overwrite = None if variable in kept else args.overwrite  # kept: checked
+            _check_cog_file(cog, overwrite=overwrite)
+        if variable not in kept:
+            check_cog_destination(cog, names=names, inputs=inputs, overwrite=args.overwrite)
+    return cogs, kept
+
+
+def _check_cog_file(cog: str, *, overwrite: bool | None) -> None:
+    """Check the GeoTIFF file ``--cog`` of a scene: a path (or ``file://`` URL) as
+    :func:`_check_output_file` does; a URL by its suffix only (its bucket and object are
+    :func:`m3rcr_xr.cog.check_cog_destination`'s)."""
+    from . import href
+
+    if not href.is_remote(cog):
+        path = str(href.local_path(cog))  # a file:// URL as the path it names
+        _check_output_file(path, "cog", COG_SUFFIXES, overwrite=overwrite)
+    else:
+        flag = argument("cog", href.redacted(cog))
+        _check_suffix(flag, href.name_of(cog).suffix, COG_SUFFIXES)
+
+
+def _write_decloud(
+    args: argparse.Namespace,
+    result: xarray.Dataset,
+    cogs: dict[str, str],
+    kept: set[str],
+    *,
+    reused: bool,
+) -> None:
+    """Write ``result`` to the output store of ``m3rcr decloud`` (a ``reused`` store:
+    check that it holds ``result``'s data instead), then the GeoTIFFs ``cogs`` from the
+    store written, but those ``kept``; print each."""
+    from . import href
+    from .cog import to_cog
+    from .store import open_zarr, to_zarr
+
     if reused:
         _check_reused(result, args.output, cogs)
         print(f"{href.redacted(args.output)} is complete: its GeoTIFFs come from it")
     else:
         to_zarr(result, args.output, overwrite=args.overwrite, progress=True)
         print(f"wrote {href.redacted(args.output)}")
-    if cogs:
-        written = open_zarr(args.output)
-        for variable, cog in cogs.items():
-            if variable in kept:
-                print(f"kept {href.redacted(cog)}: written from this store already")
-                continue
-            to_cog(written[variable], cog, overwrite=args.overwrite)
-            print(f"wrote {href.redacted(cog)}")
-    return 0
+    if not cogs:
+        return
+    written = open_zarr(args.output)
+    for variable, cog in cogs.items():
+        if variable in kept:
+            print(f"kept {href.redacted(cog)}: written from this store already")
+            continue
+        to_cog(written[variable], cog, overwrite=args.overwrite)
+        print(f"wrote {href.redacted(cog)}")
 
 
 def _kept_cogs(output: str, cogs: dict[str, str]) -> set[str]:
@@ -533,41 +595,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .location import check_apart
-    from .metrics import (
-        STRATA,
-        TABLE_SUFFIXES,
-        check_table_replaceable,
-        evaluate,
-        semantic_table_path,
-        split_semantic,
-        write_table,
-    )
+    from .metrics import STRATA, evaluate
     from .metrics.cells import check_strata
 
     strata = check_strata(args.level, STRATA if args.strata is None else args.strata)
-    # one path (or None) a table: the metrics, then with --semantic the semantic scores
-    semantic_out = semantic_table_path(args.out) if args.out else None
-    outputs = [args.out, semantic_out] if args.semantic else [args.out]
-    for path in filter(None, outputs):
-        _check_output_file(path, "out", TABLE_SUFFIXES, overwrite=args.overwrite)
-        check_apart(path, args.store)  # a file in a store is no part of it
-        check_table_replaceable(path)  # --overwrite replaces only an earlier table
-    if not args.semantic and (args.classifier or args.classifier_config):
-        raise UsageError("--classifier and --classifier-config go with --semantic")
-    classifier_config = _parse_config(args.classifier_config or [], "--classifier-config")
-    if classifier_config:  # the classifier's model, known without its weights, takes it
-        from .metrics.semantic import resolve_classifier
-
-        _check_config(resolve_classifier(args.classifier, classifier_config)[0], classifier_config)
+    outputs = _evaluate_tables(args)
+    classifier_config = _classifier_config(args)
     stores = _open_stores(args.store)
-    left_out = args.pred == "decloud" and len(args.store) == 1  # the decloud store, perhaps
-    if left_out and args.pred not in stores.data_vars:
-        raise SchemaError(
-            f"{argument('pred', args.pred)}: {args.store[0]} has no variable {args.pred!r} "
-            f"(it has {sorted(map(str, stores.data_vars))}); give the store that holds the "
-            "prediction too: m3rcr evaluate SCENE.zarr DECLOUD.zarr"
-        )
+    _check_prediction_held(args, stores)
     result = evaluate(
         stores,
         args.pred,
@@ -581,13 +616,76 @@ def _evaluate(args: argparse.Namespace) -> int:
         classifier=args.classifier,
         classifier_config=classifier_config or None,
     )
-    tables = split_semantic(result) if args.semantic else (result,)
+    _print_tables(result, outputs, semantic=args.semantic)
+    return 0
+
+
+def _evaluate_tables(args: argparse.Namespace) -> list[str | None]:
+    """Where ``m3rcr evaluate`` writes its tables, one path (or None) a table: the
+    metrics, then with ``--semantic`` the semantic scores beside them
+    (:func:`m3rcr_xr.metrics.semantic_table_path`); each checked before any work.
+
+    Raises
+    ------
+    UsageError
+        A path that cannot be written, or one that exists without ``--overwrite``.
+    StoreError
+        A path inside a store it reads, or a file that is no table of ``evaluate``.
+    """
+    from .location import check_apart
+    from .metrics import TABLE_SUFFIXES, check_table_replaceable, semantic_table_path
+
+    semantic_out = semantic_table_path(args.out) if args.out else None
+    outputs = [args.out, semantic_out] if args.semantic else [args.out]
+    for path in filter(None, outputs):
+        _check_output_file(path, "out", TABLE_SUFFIXES, overwrite=args.overwrite)
+        check_apart(path, args.store)  # a file in a store is no part of it
+        check_table_replaceable(path)  # --overwrite replaces only an earlier table
+    return outputs
+
+
+def _classifier_config(args: argparse.Namespace) -> dict[str, object]:
+    """The ``--classifier-config`` of ``m3rcr evaluate``, refused (with ``--classifier``)
+    without ``--semantic``, and where the classifier's model cannot take it."""
+    if not args.semantic and (args.classifier or args.classifier_config):
+        raise UsageError("--classifier and --classifier-config go with --semantic")
+    classifier_config = _parse_config(args.classifier_config or [], "--classifier-config")
+    if classifier_config:  # the classifier's model, known without its weights, takes it
+        from .metrics.semantic import resolve_classifier
+
+        _check_config(resolve_classifier(args.classifier, classifier_config)[0], classifier_config)
+    return classifier_config
+
+
+def _check_prediction_held(args: argparse.Namespace, stores: xarray.Dataset) -> None:
+    """Refuse the default ``--pred decloud`` missing from the one store given: the
+    decloud store was left out, perhaps; say how to give both.
+
+    Raises
+    ------
+    SchemaError
+        Naming the store, its variables and the command with both stores.
+    """
+    left_out = args.pred == "decloud" and len(args.store) == 1  # the decloud store, perhaps
+    if left_out and args.pred not in stores.data_vars:
+        raise SchemaError(
+            f"{argument('pred', args.pred)}: {args.store[0]} has no variable {args.pred!r} "
+            f"(it has {sorted(map(str, stores.data_vars))}); give the store that holds the "
+            "prediction too: m3rcr evaluate SCENE.zarr DECLOUD.zarr"
+        )
+
+
+def _print_tables(result: xarray.Dataset, outputs: Sequence[str | None], *, semantic: bool) -> None:
+    """Print the table(s) of ``result`` (with ``semantic``: the metrics, then the
+    semantic scores) and write each to its path of ``outputs``, where there is one."""
+    from .metrics import split_semantic, write_table
+
+    tables = split_semantic(result) if semantic else (result,)
     for table, path in zip(tables, outputs, strict=True):
         print(table.to_dataframe().to_string())
         if path:
             write_table(table, path)
             print(f"wrote {path}")
-    return 0
 
 
 def _open_stores(paths: Sequence[str]) -> xarray.Dataset:
