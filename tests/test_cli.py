@@ -857,6 +857,18 @@ def test_a_failed_cog_write_leaves_no_partial_file(scene_store, tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]  # no d.tif, no partial
 
 
+def _cog_run(scene_store, tmp_path):
+    """``m3rcr decloud --uncertainty --cog d.tif`` of ``scene_store``: the output store,
+    the two GeoTIFF paths and the command line."""
+    out, cog, std = tmp_path / "o.zarr", tmp_path / "d.tif", tmp_path / "d_std.tif"
+    argv = ["decloud", str(scene_store), str(out), *UNTRAINED_SMALL, *UNCERTAINTY]
+    return out, cog, std, [*argv, "--cog", str(cog)]
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the store was written again")
+
+
 def test_a_run_cut_off_in_its_cogs_writes_them_from_its_complete_store(
     scene_store, tmp_path, capsys, monkeypatch
 ):
@@ -870,27 +882,14 @@ def test_a_run_cut_off_in_its_cogs_writes_them_from_its_complete_store(
     def cut_off(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    out, cog, std = tmp_path / "o.zarr", tmp_path / "d.tif", tmp_path / "d_std.tif"
-    argv = [
-        "decloud",
-        str(scene_store),
-        str(out),
-        *UNTRAINED_SMALL,
-        *UNCERTAINTY,
-        "--cog",
-        str(cog),
-    ]
+    out, cog, std, argv = _cog_run(scene_store, tmp_path)
     monkeypatch.setattr(cog_module, "_cog_graph", cut_off)
     assert main(argv) == 2
     assert store.is_complete(out) and not cog.exists() and not std.exists()
     capsys.readouterr()
     monkeypatch.undo()
     before = snapshot(out)
-
-    def never(*args, **kwargs):
-        raise AssertionError("the store was written again")
-
-    monkeypatch.setattr(store, "to_zarr", never)
+    monkeypatch.setattr(store, "to_zarr", _never)
     assert main(argv) == 0
     shown = capsys.readouterr().out
     assert f"{out} is complete: its GeoTIFFs come from it\nwrote {cog}\nwrote {std}\n" in shown
@@ -901,9 +900,11 @@ def test_a_run_cut_off_in_its_cogs_writes_them_from_its_complete_store(
         assert np.array_equal(f.read()[:, :48, :40], expected, equal_nan=True)
 
 
-def _cut_off_between_the_cogs(argv: list[str], monkeypatch) -> None:
-    """Run ``argv``, and Ctrl-C it as it starts its second GeoTIFF (the first written)."""
+def _cut_off_between_the_cogs(scene_store, tmp_path, monkeypatch):
+    """:func:`_cog_run`, Ctrl-C-ed as it starts its second GeoTIFF (the first written)."""
     from m3rcr_xr import cog as cog_module
+
+    out, cog, std, argv = _cog_run(scene_store, tmp_path)
 
     to_cog, calls = cog_module.to_cog, []
 
@@ -916,10 +917,7 @@ def _cut_off_between_the_cogs(argv: list[str], monkeypatch) -> None:
     with monkeypatch.context() as patched:
         patched.setattr(cog_module, "to_cog", cut_off)
         assert main(argv) == cli.EXIT_INTERRUPTED
-
-
-def _never(*args, **kwargs):
-    raise AssertionError("the store was written again")
+    return out, cog, std, argv
 
 
 def test_a_run_cut_off_between_its_cogs_keeps_the_first_and_writes_the_second(
@@ -928,17 +926,7 @@ def test_a_run_cut_off_between_its_cogs_keeps_the_first_and_writes_the_second(
     """Ctrl-C after "wrote OUT.tif": the same command again keeps OUT.tif (written from
     the store with the same options, as it records) and writes OUT_std.tif, without
     running the network again or --overwrite. Before, it was refused at OUT.tif."""
-    out, cog, std = tmp_path / "o.zarr", tmp_path / "d.tif", tmp_path / "d_std.tif"
-    argv = [
-        "decloud",
-        str(scene_store),
-        str(out),
-        *UNTRAINED_SMALL,
-        *UNCERTAINTY,
-        "--cog",
-        str(cog),
-    ]
-    _cut_off_between_the_cogs(argv, monkeypatch)
+    out, cog, std, argv = _cut_off_between_the_cogs(scene_store, tmp_path, monkeypatch)
     assert store.is_complete(out) and cog.exists() and not std.exists()
     capsys.readouterr()
     first, written_at = cog.read_bytes(), cog.stat().st_mtime_ns
@@ -959,17 +947,7 @@ def test_a_rerun_keeps_only_a_cog_of_its_store_written_as_it_writes_it(
 ):
     """A GeoTIFF of m3rcr_xr from another store or with other options, or a user's, at
     OUT.tif (or OUT_std.tif) is refused without --overwrite, as before, and kept."""
-    out, cog, std = tmp_path / "o.zarr", tmp_path / "d.tif", tmp_path / "d_std.tif"
-    argv = [
-        "decloud",
-        str(scene_store),
-        str(out),
-        *UNTRAINED_SMALL,
-        *UNCERTAINTY,
-        "--cog",
-        str(cog),
-    ]
-    _cut_off_between_the_cogs(argv, monkeypatch)
+    out, cog, std, argv = _cut_off_between_the_cogs(scene_store, tmp_path, monkeypatch)
     capsys.readouterr()
     ours = cog.read_bytes()
     decloud = m3rcr_xr.open_zarr(out)["decloud"]
