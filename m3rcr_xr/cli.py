@@ -33,13 +33,16 @@ log = logging.getLogger("m3rcr_xr")
 EXIT_BAD_INPUT = 2
 #: the exit status after Ctrl-C (128 + SIGINT, as a shell reports it)
 EXIT_INTERRUPTED = 130
+#: the exit status when the reader of the output went away (as Python's own)
+EXIT_BROKEN_PIPE = 1
 #: what an interrupted command leaves, by command (a store is resumed, never mixed)
 RESUMING = {
     command: "; what was written is kept: the same command (without --overwrite) goes on"
     for command in ("ingest", "decloud")
 } | {
     "demo": "; run it again to start over",
-    "train": "; a run goes on from its last checkpoint (--checkpoint-every N) with --resume",
+    "train": "; a run goes on from the checkpoint it last wrote with --resume RUN.pth (none "
+    "is written before its end without --checkpoint-every N)",
 }
 #: file suffixes of the files the commands write besides their stores
 COG_SUFFIXES = (".tif", ".tiff")
@@ -1012,13 +1015,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with command_logging(args.verbose), command_line_names(), _scheduler_client(args):
-            return args.func(args)
+            status = args.func(args)
+            sys.stdout.flush()  # here, where a reader gone away is caught, not at exit
+            return status
     except M3RCRError as err:
         print(f"m3rcr {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through dask
         print(f"m3rcr {args.command}: interrupted{RESUMING.get(args.command, '')}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `m3rcr info STORE | head -1`: the reader went away
+        # what is left to flush at exit goes nowhere, rather than raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

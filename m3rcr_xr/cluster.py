@@ -33,8 +33,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +60,10 @@ log = logging.getLogger(__name__)
 TORCH_THREADS_ENV = "M3RCR_TORCH_THREADS"
 #: environment variable: "1" makes the workers of a multi-GPU job take one GPU each
 PIN_GPU_ENV = "M3RCR_PIN_GPU"
+#: environment variable: "1" for the workers of :func:`local_cluster`, which ignore Ctrl-C
+#: (SIGINT): the terminal sends it to the whole process group, and the client, which
+#: owns them, closes them itself; each would print a traceback of its own otherwise
+LOCAL_WORKER_ENV = "M3RCR_LOCAL_WORKER"
 #: the module the workers preload (this one: see :func:`dask_setup`)
 PRELOAD = __name__
 
@@ -243,7 +249,11 @@ def _worker_spec(
 ) -> dict[str, Any]:
     from distributed import Nanny
 
-    env = {TORCH_THREADS_ENV: str(layout.torch_threads), **extra.pop("env", {})}
+    env = {
+        TORCH_THREADS_ENV: str(layout.torch_threads),
+        LOCAL_WORKER_ENV: "1",
+        **extra.pop("env", {}),
+    }
     options: dict[str, Any] = {
         "nthreads": layout.threads_per_worker,
         "memory_limit": memory_limit,
@@ -487,6 +497,11 @@ def dask_setup(worker: Any) -> None:
     threads = os.environ.get(TORCH_THREADS_ENV)
     if threads:
         set_options(torch_threads=int(threads))
+    if (
+        os.environ.get(LOCAL_WORKER_ENV) == "1"
+        and threading.current_thread() is threading.main_thread()
+    ):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.environ.get(PIN_GPU_ENV) == "1":
         device = pin_gpu(worker.name)
         log.info("worker %s pinned to GPU %s", worker.name, device)

@@ -34,7 +34,14 @@ def replace_atomically(
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
+        # the mode any new file gets here (0o666 less the umask): some writers make
+        # theirs readable by their owner only (safetensors: 0o600), unlike every other
+        # file the library writes
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        mode = os.fstat(fd).st_mode & 0o777
+        os.close(fd)
         write(partial)
+        os.chmod(partial, mode)
         if check is not None:
             check(path)
         os.replace(partial, path)

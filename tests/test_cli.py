@@ -152,6 +152,10 @@ def test_console_script_runs():
     [
         (["decloud", "s.zarr", "d.zarr"], "; what was written is kept: the same command"),
         (["demo"], "; run it again to start over"),
+        (
+            ["train", "s", "--out", "r.pth", "--model", "dsen2_cr", "--steps", "1"],
+            "; a run goes on from the ",
+        ),
         (["info", "s.zarr"], ""),
     ],
 )
@@ -164,6 +168,19 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch, argv, said):
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"m3rcr {argv[0]}: interrupted{said}")
     assert said or line == "m3rcr info: interrupted"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """``m3rcr info STORE | true``: the pipe closed before the output is written; exit
+    1 (as Python's own), no BrokenPipeError traceback."""
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((16, 16)), tmp_path / "s.zarr")
+    command = [sys.executable, "-m", "m3rcr_xr.cli", "info", str(tmp_path / "s.zarr")]
+    read, write = os.pipe()
+    os.close(read)  # no reader: the first write fails with EPIPE
+    with os.fdopen(write, "wb") as stdout:
+        done = subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == cli.EXIT_BROKEN_PIPE
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
 
 
 #: the command line's logging set up, then distributed imported (as a command that

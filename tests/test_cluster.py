@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -169,6 +170,9 @@ def test_cpu_cluster_shares_the_cores_among_workers(small_checkpoint, forked_wor
         result = client.compute(out).result()
         np.testing.assert_allclose(result.values, out.compute(scheduler="threads").values, atol=0.1)
         assert set(client.run(torch.get_num_threads).values()) == {expected}
+        # Ctrl-C in a terminal reaches the workers too: they leave it to the client
+        ignored = client.run(lambda: signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        assert set(ignored.values()) == {True}
 
 
 @pytest.mark.slow
@@ -272,6 +276,24 @@ def test_dask_setup_sets_torch_threads_and_pins_by_rank(monkeypatch):
         mc.dask_setup(_worker("SLURMCluster-7-1"))
         assert m3rcr_xr.get_options()["torch_threads"] == 3
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+def test_only_the_workers_of_a_local_cluster_ignore_ctrl_c(monkeypatch):
+    """A local cluster's workers leave SIGINT to the client that owns them (each printed
+    a traceback of its own on Ctrl-C); a worker started otherwise (``dask worker
+    --preload``, a batch job's) still stops on it."""
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        monkeypatch.delenv(mc.LOCAL_WORKER_ENV, raising=False)
+        mc.dask_setup(_worker("cpu-worker"))
+        assert signal.getsignal(signal.SIGINT) is before
+        monkeypatch.setenv(mc.LOCAL_WORKER_ENV, "1")
+        mc.dask_setup(_worker("cpu-worker"))
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    spec = mc._worker_spec(mc.cpu_layout(2, 1), None, "1GiB", {})
+    assert spec["options"]["env"][mc.LOCAL_WORKER_ENV] == "1"
 
 
 def _worker(name: str, **resources: float) -> SimpleNamespace:
