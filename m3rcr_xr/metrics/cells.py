@@ -38,6 +38,12 @@ def check_strata(level: int | None, strata: Sequence[str]) -> tuple[str, ...]:
     return strata
 
 
+def needs_cloudmask(strata: Sequence[str]) -> bool:
+    """Whether ``strata`` (checked: :func:`check_strata`) need a cloud mask: any but
+    ``all``."""
+    return any(s != "all" for s in strata)
+
+
 def _strata_problem(strata: tuple[str, ...]) -> str | None:
     """What is wrong with ``strata``, for a message; None: nothing."""
     if not strata:

@@ -18,7 +18,7 @@ from ..exceptions import M3RCRWarning, UsageError, argument
 from ..landcover import NODATA_CODE
 from ..options import OPTIONS
 from .aggregations import PSNR_IF_PERFECT, mean_over_patches, metrics_from_sums
-from .cells import STRATA, cell_sums, check_strata
+from .cells import STRATA, cell_sums, check_strata, needs_cloudmask
 from .dispatch import is_lazy
 from .engine import DEFAULT_ENGINE
 from .inputs import prepare_inputs
@@ -127,7 +127,6 @@ def _table(
     semantic evaluation (computed with the sums, in one pass).
     """
     strata = check_strata(level, strata)
-    need_cloudmask = any(s != "all" for s in strata)
     if landcover is None:
         level = None
     inputs = prepare_inputs(
@@ -136,7 +135,7 @@ def _table(
         target,
         landcover,
         cloudmask,
-        need_cloudmask=need_cloudmask,
+        need_cloudmask=needs_cloudmask(strata),
         per_patch=per_patch,
         landcover_required=semantic is not None,
     )

@@ -66,7 +66,7 @@ from ..landcover import (
     is_code,
     worldcover_labels,
 )
-from .cells import STRATA, check_strata, strata_matrix
+from .cells import STRATA, check_strata, needs_cloudmask, strata_matrix
 from .dispatch import is_lazy
 from .inputs import check_grid, prepare_inputs
 from .kernels import excluded_pixels
@@ -421,7 +421,7 @@ def semantic_metrics(
     strata = check_strata(
         level, STRATA if strata is None and cloudmask is not None else strata or ("all",)
     )
-    if cloudmask is None and strata != ("all",):
+    if cloudmask is None and needs_cloudmask(strata):
         raise UsageError(
             f"{argument('strata', strata)}: the strata other than 'all' need a cloud mask"
         )
@@ -513,14 +513,13 @@ def semantic_setup(
         ref, spec = classifier_ref(name, checkpoint, config, device, "fp32", level)
     if landcover is None:
         raise SchemaError("landcover: the semantic evaluation needs WorldCover land cover")
-    need_cloudmask = strata != ("all",)
     inputs = prepare_inputs(
         ds,
         pred,
         target,
         landcover,
         cloudmask,
-        need_cloudmask=need_cloudmask,
+        need_cloudmask=needs_cloudmask(strata),
         per_patch=False,
         cloudy=cloudy,
         landcover_required=True,
