@@ -121,6 +121,9 @@ def _check_out(out: Path) -> None:
     obstacle = folder_obstacle(out)
     if obstacle is not None:
         raise UsageError(f"{flag}: {obstacle}")
+    mark = out / MARK
+    if mark.is_symlink() or (mark.exists() and not mark.is_file()):  # a run writes it
+        raise UsageError(f"{flag}: {mark} is not the demo's mark file; choose another folder")
     for key in ("scene", "decloud"):  # not inside a store, say, before a folder is made
         try:
             check_destination(out / OUTPUTS[key], overwrite=True)

@@ -333,3 +333,14 @@ def test_a_folder_of_an_earlier_demo_takes_its_unstamped_figures(tmp_path, mark)
     (tmp_path / demo.MARK).write_text(demo.MARK_TEXT)  # what a run of this version writes
     with pytest.raises(UsageError, match="quicklook.png is not a figure the demo wrote"):
         demo._check_out(tmp_path)
+
+
+def test_a_mark_that_is_a_link_is_refused_and_what_it_points_to_kept(tmp_path, capsys):
+    """A run writes its mark file: through a link it would write into the user's file."""
+    from m3rcr_xr.demo import MARK
+
+    (tmp_path / "mine.txt").write_text("my notes")
+    (tmp_path / MARK).symlink_to(tmp_path / "mine.txt")
+    assert main(["demo", "--out", str(tmp_path), "--size", "16"]) == 2
+    assert "is not the demo's mark file" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "my notes"
