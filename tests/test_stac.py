@@ -406,13 +406,6 @@ def test_a_bbox_not_in_degrees_nor_west_to_east_is_refused_before_any_item_is_re
         stac.optical_geobox([item], "ortho_analytic_4b_sr", bbox=bbox)
 
 
-def test_a_bbox_of_numpy_numbers_covers_the_items_it_names(files):
-    item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
-    geobox = stac.optical_geobox([item], "ortho_analytic_4b_sr", bbox=np.array(item.bbox))
-    assert geobox.crs == ZONE32 and geobox.extent.contains(GeoBox((96, 96), OPTICAL, ZONE32).extent)
-    assert geobox.shape[0] < 96 + 10 and geobox.shape[1] < 96 + 10
-
-
 def test_an_unreachable_url_is_named_and_nothing_is_written(
     catalog, files, tmp_path, capsys, monkeypatch
 ):
@@ -449,21 +442,6 @@ def test_the_command_line_ingests_a_stac_catalog(catalog, quartet, tmp_path):
     assert code == 0
     assert_same_scene(m3rcr_xr.open_zarr(dest), quartet)
     assert snapshot(catalog.parent) == before
-
-
-def test_to_db_floors_zero_power():
-    power = xr.DataArray(np.array([1e-3, 0.0, -1.0, np.nan], dtype=np.float32))
-    db = stac.to_db(power).values
-    np.testing.assert_allclose(db[:3], [-30.0, stac.SAR_DB_FLOOR, stac.SAR_DB_FLOOR])
-    assert np.isnan(db[3]) and pytest.approx(-50.0) == stac.SAR_DB_FLOOR
-
-
-def test_the_scene_grid_is_the_first_items_grid(files):
-    item = stac_item("p", {"ortho_analytic_4b_sr": files["cloudy"]})
-    geobox = stac.optical_geobox([item], "ortho_analytic_4b_sr")
-    assert geobox.transform == OPTICAL and geobox.shape == (96, 96)
-    half = stac.optical_geobox([item], "ortho_analytic_4b_sr", resolution=6.0)
-    assert half.shape == (48, 48) and half.transform.a == 6.0
 
 
 def test_quartet_options_with_stac_items_are_a_usage_error(catalog, tmp_path, capsys):
