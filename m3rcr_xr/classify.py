@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from .exceptions import ModelConfigError, SchemaError, UsageError, argument
+from .identity import sources
 from .inference import (
     BlockOutput,
     TileJob,
@@ -42,7 +43,6 @@ from .landcover import IGNORE_INDEX, label_attrs
 from .normalize import normalize_optical
 from .resources import resource_items
 from .runner import DEFAULT_PRECISION, ModelRef
-from .store import sources
 
 __all__ = ["DEFAULT_CLASSIFIER", "classify", "no_data"]
 

@@ -32,9 +32,7 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -87,33 +85,19 @@ def _visible_devices() -> list[str] | None:
     return ids
 
 
-def _torch_gpu_count() -> int | None:
-    try:
-        import torch
-    except ImportError:
-        return None
+def _torch_gpu_count() -> int:
+    """CUDA devices torch sees in this process."""
+    import torch
+
     return int(torch.cuda.device_count())
-
-
-def _nvidia_smi_gpu_count() -> int:
-    """GPUs that ``nvidia-smi -L`` lists (0 without the tool or a driver)."""
-    if shutil.which("nvidia-smi") is None:
-        return 0
-    try:
-        listing = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(line.startswith("GPU ") for line in listing.splitlines())
 
 
 def gpu_devices() -> list[str]:
     """CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` entries.
 
-    The count comes from torch (``torch.cuda.device_count()``), else ``nvidia-smi``; the
-    ids from ``CUDA_VISIBLE_DEVICES`` when it is set (so a batch job's allocation is
-    kept), else ``0 .. n-1``.
+    The count comes from torch (``torch.cuda.device_count()``); the ids from
+    ``CUDA_VISIBLE_DEVICES`` when it is set (so a batch job's allocation is kept), else
+    ``0 .. n-1``.
 
     Examples
     --------
@@ -121,8 +105,6 @@ def gpu_devices() -> list[str]:
     ['0', '1']
     """
     count = _torch_gpu_count()
-    if count is None:
-        count = _nvidia_smi_gpu_count()
     visible = _visible_devices()
     if visible is None:
         return [str(index) for index in range(count)]
@@ -287,9 +269,9 @@ def local_cluster(
         Worker processes. With GPUs: one per GPU (fewer takes the first ones). On the
         CPU: by default about the square root of the cores (``distributed``'s split).
     gpus
-        ``"auto"`` (every GPU torch or ``nvidia-smi`` sees, within
-        ``CUDA_VISIBLE_DEVICES``), a count, a list of device ids, or 0 for CPU workers.
-        Each GPU worker sees only its own device and advertises ``GPU=1``.
+        ``"auto"`` (every GPU torch sees, within ``CUDA_VISIBLE_DEVICES``), a count, a
+        list of device ids, or 0 for CPU workers. Each GPU worker sees only its own
+        device and advertises ``GPU=1``.
     threads_per_worker
         Parallel tasks per worker; default: the cores divided among the workers. The
         cores are those this process may use (``dask.system.CPU_COUNT``: CPU affinity

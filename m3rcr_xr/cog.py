@@ -60,11 +60,11 @@ from .exceptions import (
     check_integer,
 )
 from .href import is_remote, local_path, redacted
+from .identity import data_fingerprint, sources
 from .location import Target, check_apart, check_bucket, reaching, reason, write_errors
 from .options import OPTIONS
 from .progress import compute_with_progress
 from .schema import check_patch_ids, is_collection, repeated
-from .store import data_fingerprint, sources
 
 log = logging.getLogger(__name__)
 
@@ -474,7 +474,7 @@ def _records(
 ) -> list[str]:
     """What each file :func:`to_cog` writes of ``array`` (one per name of ``names`` for a
     collection) is written from, as its ``ImageDescription`` records it: a digest of the
-    data's identity (:func:`m3rcr_xr.store.data_fingerprint`: a store's own fingerprint,
+    data's identity (:func:`m3rcr_xr.identity.data_fingerprint`: a store's own fingerprint,
     a lazy graph's inputs), of the options that shape the file, of this library's
     version, and of the patch's file name. The same in every process."""
     name = array.name if array.name is not None else "data"
@@ -502,7 +502,7 @@ def written_from(
     (those of :func:`to_cog`): each of its files (one per patch for a collection) is a
     GeoTIFF of this library recording the same data, options and version in its TIFF
     ``ImageDescription``. A file of an earlier version records nothing: False. Reads
-    the files' first tags, and of ``obj`` what :func:`m3rcr_xr.store.data_fingerprint`
+    the files' first tags, and of ``obj`` what :func:`m3rcr_xr.identity.data_fingerprint`
     reads (metadata and listings; an array in memory is hashed).
 
     Raises
@@ -780,7 +780,7 @@ def to_cog(
         ``Software`` tag starts with ``m3rcr_xr``); a file of other software is refused
         even then, and nothing else is ever touched. Each file records what it was
         written from in its TIFF ``ImageDescription`` (``m3rcr_xr source`` and a digest
-        of the data's identity, :func:`m3rcr_xr.store.data_fingerprint`: a store's
+        of the data's identity, :func:`m3rcr_xr.identity.data_fingerprint`: a store's
         fingerprint, a lazy graph's inputs; of the options that shape the file; of this
         library's version; and of a patch's file name): :func:`written_from` tells
         whether an existing file holds what a call would write (``m3rcr decloud

@@ -59,13 +59,13 @@ from .exceptions import (
     check_flag,
     check_integer,
 )
+from .identity import sources
 from .normalize import OPTICAL_SCALE, model_inputs, normalize_optical
 from .options import OPTIONS
 from .progress import distributed_client
 from .resources import GPU_RESOURCE, annotate, resource_items
 from .runner import DEFAULT_PRECISION, ModelRef, cached_model, run_tiles, tile_task_slot
 from .schema import OPTICAL_NODATA, is_collection, validate
-from .store import sources
 from .tiling import TilePlan, block_end, group_size, groups, make_plan, pad, runs, window
 
 OPTICAL_CHANNELS = 4

@@ -182,7 +182,7 @@ def open_raster(
     array.attrs = {key: value for key, value in array.attrs.items() if key == "_FillValue"}
     if scaling:
         array.attrs["scales"], array.attrs["offsets"] = zip(*scaling, strict=True)
-    array.encoding = {"source": str(path)}  # xarray's convention; see store.sources
+    array.encoding = {"source": str(path)}  # xarray's convention; see identity.sources
     array.name = name
     return array
 

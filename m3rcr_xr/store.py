@@ -14,23 +14,24 @@ Safety rules, for local paths and fsspec URLs alike:
   its root are removed, never other files, arrays or stores in its folder.
   Anything else (a file, a folder of other files, a Zarr store written by other
   software) is refused, even with ``overwrite``. A destination that is, contains or
-  lies inside one of the data's sources (:func:`sources`), or lies inside a store of
-  this library, is refused too.
+  lies inside one of the data's sources (:func:`~m3rcr_xr.identity.sources`), or lies
+  inside a store of this library, is refused too.
 * **Which stores are ours.** A store carries ``m3rcr_*`` root attributes and a random
   identifier, written once when it is created, both in its attributes
-  (:data:`STORE_ID`) and in an object of its own (:data:`ID_OBJECT`, no Zarr node).
+  (:data:`~m3rcr_xr.identity.STORE_ID`) and in an object of its own
+  (:data:`~m3rcr_xr.identity.ID_OBJECT`, no Zarr node).
   Other software that copies a store (``xr.open_zarr(S).to_zarr(...)``) keeps the
   attributes, not the object: such a copy is a Zarr store of other software, never
   complete, replaced, resumed or removed. A byte copy (``cp -a``, ``rsync -a``,
   ``aws s3 sync``) keeps the object and is ours; so is a store of an earlier version,
   with no identifier.
-* **Resumes.** The fingerprint kept in the store covers the layout *and* the data's
-  identity: the Dask graph's token (file names and modification times for rasters
-  opened lazily, a content hash for arrays in memory, the checkpoint's hash for
-  decloud) and the size and modification time of each source file (the fingerprint
-  of each source store of this library; the listing of a Zarr store of other
-  software: each key's size and modification time, or ETag; over HTTP, the
-  ``ETag``, ``Content-MD5``, ``Digest`` or ``Last-Modified`` header). An unfinished
+* **Resumes.** The fingerprint kept in the store (:mod:`m3rcr_xr.identity`) covers the
+  layout *and* the data's identity: the Dask graph's token (file names and
+  modification times for rasters opened lazily, a content hash for arrays in memory,
+  the checkpoint's hash for decloud) and the size and modification time of each
+  source file (the fingerprint of each source store of this library; the listing of a
+  Zarr store of other software: each key's size and modification time, or ETag; over
+  HTTP, the ``ETag``, ``Content-MD5``, ``Digest`` or ``Last-Modified`` header). An unfinished
   store of other data is never resumed, nor one written from an input that reports its
   size alone (a change of it could not be seen). A resume removes the temporary files
   (``KEY.<uuid>.partial``) of zarr's writes that a killed writer cut off in the
@@ -53,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -65,24 +65,30 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-import dask.base
 import numpy as np
 import xarray as xr
 import zarr
 
 from .exceptions import M3RCRError, SchemaError, StoreError, argument
 from .href import redacted
+from .identity import (
+    FINGERPRINT,
+    ID_OBJECT,
+    STORE_ID,
+    Source,
+    data_fingerprint,
+    is_ours,
+    source_identities,
+    sources,
+)
 from .location import (
     Target,
     check_apart,
     check_bucket,
     open_own_file,
     reaching,
-    read_bytes,
     read_json,
     reason,
-    version_of,
-    version_stamp,
     write_errors,
 )
 from .locks import LOCK, TAKEOVER, locked
@@ -95,18 +101,9 @@ log = logging.getLogger(__name__)
 
 COMPLETE = "m3rcr_complete"
 PROGRESS = "m3rcr_steps_done"
-FINGERPRINT = "m3rcr_fingerprint"
 #: the store's own arrays (its variables), recorded when it is created: all that an
 #: overwrite removes
 MEMBERS = "m3rcr_members"
-#: the store's identifier, a random string written once when it is created, both in this
-#: root attribute and in the store's own object :data:`ID_OBJECT`. Other software that
-#: copies the store (``xr.open_zarr(S).to_zarr(...)``) keeps the attributes, not the
-#: object: a root whose identifier has no matching object is such a copy, never a store
-#: of this library
-STORE_ID = "m3rcr_store_id"
-#: the object (no Zarr node) that holds the store's identifier, beside its root
-ID_OBJECT = ".m3rcr-store"
 #: chunks written per step: the unit of progress and of parallel work
 CHUNKS_PER_STEP = 8
 #: zarr's options for every write. Every chunk is written, even one holding only the
@@ -119,7 +116,8 @@ READ_CACHE_BYTES = 16 * 2**20
 _ROOT_TMP = "zarr.json.m3rcr-tmp"
 #: the files of the store's own that are no Zarr node: a folder of these alone is empty
 _OWN_FILES = frozenset({LOCK, TAKEOVER, ID_OBJECT, _ROOT_TMP})
-#: what a root that carries an identifier without its object (:func:`_is_ours`) is
+#: what a root that carries an identifier without its object
+#: (:func:`~m3rcr_xr.identity.is_ours`) is
 _COPY = "a copy of a store of m3rcr_xr written by other software (xarray's to_zarr, say)"
 #: zarr-python's temporary file of a local write, left behind by a writer killed in it
 _ZARR_PARTIAL = re.compile(r"[^/]+\.[0-9a-f]{32}\.partial")
@@ -141,63 +139,14 @@ KEPT_ENCODING = (
 StoreState = Literal["missing", "file", "empty", "foreign", "unfinished", "complete"]
 
 
-# ------------------------------------------------------------------------ sources
-class Source(str):
-    """A source's path or URL (a plain ``str`` to any reader) that also holds the
-    ``storage_options`` it was opened with, so that :func:`to_zarr` can reach it again
-    to identify it (credentials given only as options, none in the environment).
-
-    The options stay out of its ``str``, ``repr`` and JSON form: they are never
-    printed, nor written to a store's attributes.
-    """
-
-    storage_options: dict[str, Any]
-
-    def __new__(cls, url: str, storage_options: dict[str, Any] | None = None) -> Source:
-        source = super().__new__(cls, url)
-        source.storage_options = dict(storage_options or {})
-        return source
-
-
-def _options(source: Any) -> dict[str, Any]:
-    """The ``storage_options`` a source was opened with (:class:`Source`), else none."""
-    return dict(source.storage_options) if isinstance(source, Source) else {}
-
-
-def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
-    """Where the data of ``obj`` was read from: paths and URLs, sorted, no repeats.
-
-    Taken from ``encoding["source"]`` of ``obj`` and of each of its variables, xarray's
-    own convention (``xr.open_dataset`` sets it), extended to a list for data
-    assembled from many files. The readers of this library fill it in:
-    :func:`m3rcr_xr.open_quartet` and :func:`m3rcr_xr.open_m3rcr` with their files,
-    :func:`open_zarr` with the store (a :class:`Source`, holding the
-    ``storage_options`` it was opened with, which this list keeps),
-    :func:`m3rcr_xr.decloud` with its input's.
-    """
-    holders: list[Any] = [obj, *obj.variables.values()] if isinstance(obj, xr.Dataset) else [obj]
-    if isinstance(obj, xr.DataArray):
-        holders += list(obj.coords.values())
-    found: dict[str, Source] = {}
-    for holder in holders:
-        value = holder.encoding.get("source")
-        if value is None:
-            continue
-        for v in [value] if isinstance(value, str | os.PathLike) else value:
-            source = Source(Target.of(v).url, _options(v))
-            if source.storage_options or source not in found:  # one opened with options wins
-                found[source] = source
-    return [found[url] for url in sorted(found)]
-
-
 # ------------------------------------------------------------------ what is there
 def _inspect(target: Target) -> tuple[StoreState, dict[str, Any] | None]:
     """What is at ``target``, and its root ``zarr.json`` when it has one.
 
     A store of this library is recognised by ``m3rcr_*`` keys in the attributes of
-    its root group and its identifier (:func:`_is_ours`); a folder holding nothing but
-    files of a store's own (a writer's lock, an identifier left by a store removed or
-    created half-way) counts as empty.
+    its root group and its identifier (:func:`~m3rcr_xr.identity.is_ours`); a folder
+    holding nothing but files of a store's own (a writer's lock, an identifier left by
+    a store removed or created half-way) counts as empty.
     """
     fs, path = target.fs, target.path
     with reaching(target):
@@ -210,7 +159,7 @@ def _inspect(target: Target) -> tuple[StoreState, dict[str, Any] | None]:
         if doc is None:
             names = {_basename(p) for p in fs.ls(path, detail=False)}
             return ("empty" if names <= _OWN_FILES else "foreign"), None
-        if not _is_ours(target, doc):
+        if not is_ours(target, doc):
             return "foreign", doc
     return ("complete" if doc["attributes"].get(COMPLETE) else "unfinished"), doc
 
@@ -339,7 +288,7 @@ def _refuse_inside_a_store(target: Target) -> None:
         name = parent if target.local else target.fs.unstrip_protocol(parent)
         enclosing = replace(target, name=name, path=parent)
         doc = _read_json_quietly(enclosing, "zarr.json")
-        if doc is not None and _is_ours(enclosing, doc):
+        if doc is not None and is_ours(enclosing, doc):
             raise StoreError(
                 f"{target.name}: lies inside {enclosing.name}, a store of this library; "
                 "write it somewhere else"
@@ -353,30 +302,14 @@ def _read_json_quietly(target: Target, key: str) -> dict[str, Any] | None:
     return None
 
 
-def _is_ours(target: Target, doc: dict[str, Any]) -> bool:
-    """Whether ``doc``, the root ``zarr.json`` at ``target``, is that of a store of this
-    library: ``m3rcr_*`` keys in its group's attributes, and its identifier
-    (:data:`STORE_ID`) the one in the store's :data:`ID_OBJECT`. A root whose
-    identifier has no matching object is a copy that other software wrote
-    (:func:`_copied`); one with no identifier is a store of an earlier version, known by
-    its attributes alone.
-    """
-    attrs = doc.get("attributes") or {}
-    if doc.get("node_type") != "group" or not any(str(k).startswith("m3rcr_") for k in attrs):
-        return False
-    if STORE_ID not in attrs:
-        return True
-    stored = read_bytes(target, ID_OBJECT)
-    return stored is not None and stored.decode(errors="replace") == str(attrs[STORE_ID])
-
-
 def _copied(doc: dict[str, Any]) -> bool:
-    """Whether a root ``zarr.json`` that is no store of this library's (:func:`_is_ours`)
-    is :data:`_COPY`: it carries a store's identifier."""
+    """Whether a root ``zarr.json`` that is no store of this library's
+    (:func:`~m3rcr_xr.identity.is_ours`) is :data:`_COPY`: it carries a store's
+    identifier."""
     return STORE_ID in (doc.get("attributes") or {})
 
 
-# -------------------------------------------------------------------- identity
+# ------------------------------------------------------------------------- layout
 def store_chunks(ds: xr.Dataset) -> dict[str, int]:
     """The chunking of a store: ~1024 px a side for a scene, a few patches for a
     collection; all bands (and polarizations) of a pixel in one chunk."""
@@ -390,124 +323,6 @@ def store_chunks(ds: xr.Dataset) -> dict[str, int]:
 
 def _write_dim(ds: xr.Dataset) -> str:
     return "patch" if is_collection(ds) else "y"
-
-
-def data_fingerprint(
-    ds: xr.Dataset,
-    inputs: Iterable[str] = (),
-    *,
-    identities: dict[str, tuple[str, bool]] | None = None,
-) -> str:
-    """What identifies ``ds``'s data, the same in every process: the fingerprint
-    :func:`to_zarr` keeps to resume a write, and training checkpoints to refuse a resume
-    on other data.
-
-    Layout, dtypes, coordinates and attributes; the Dask token of each data variable
-    (its graph: file names and modification times of lazily opened rasters, a
-    content hash of arrays from memory, the checkpoint hash of decloud); and the
-    identity of each input (``inputs``, usually :func:`sources`: a store's own
-    fingerprint, the listing of a Zarr store of other software, a file's size and
-    modification time), which the token may miss; or their ``identities``, as
-    :func:`source_identities` gives them (to reach each input once when the caller
-    needs them too). Nothing is read but metadata and listings; an array in memory is
-    hashed.
-
-    Examples
-    --------
-    >>> import m3rcr_xr
-    >>> ds = m3rcr_xr.synthetic_collection(1, 32, seed=1)
-    >>> data_fingerprint(ds) == data_fingerprint(m3rcr_xr.synthetic_collection(1, 32, seed=1))
-    True
-    >>> data_fingerprint(ds) == data_fingerprint(m3rcr_xr.synthetic_collection(1, 32, seed=2))
-    False
-    """
-    return _fingerprint(ds, source_identities(inputs) if identities is None else identities)
-
-
-def _fingerprint(ds: xr.Dataset, identities: dict[str, tuple[str, bool]]) -> str:
-    """:func:`data_fingerprint`, given the inputs' identities (:func:`source_identities`)."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps({k: int(v) for k, v in ds.sizes.items()}, sort_keys=True).encode())
-    for name in sorted(ds.variables, key=str):
-        var = ds.variables[name]
-        digest.update(f"{name}:{var.dims}:{var.dtype}".encode())
-        digest.update(json.dumps(var.attrs, sort_keys=True, default=str).encode())
-        digest.update(json.dumps(var.encoding, sort_keys=True, default=repr).encode())
-        if name in ds.coords:
-            digest.update(_coordinate_bytes(var.values))
-    digest.update(json.dumps(ds.attrs, sort_keys=True, default=str).encode())
-    digest.update(
-        dask.base.tokenize(*(ds[name].data for name in sorted(ds.data_vars, key=str))).encode()
-    )
-    for source, (identity, _) in sorted(identities.items()):
-        digest.update(f"{source}:{identity}".encode())
-    return digest.hexdigest()
-
-
-def source_identities(inputs: Iterable[str]) -> dict[str, tuple[str, bool]]:
-    """For each input (a path or URL, as :func:`sources` lists them), what changes when
-    it changes, and whether a change can be seen at all, each input reached once.
-
-    A store (a folder): its own fingerprint, if it is one of this library's (the data it
-    was written from), and a digest of its listing (each key's size and modification
-    time, or ETag: a chunk rewritten in place changes it); one listing, no chunk read.
-    A file: its size and version (modification time, ETag, HTTP ``Last-Modified``...);
-    one that reports its size alone (an HTTP server that sends neither ``ETag`` nor
-    ``Last-Modified``) is not versioned (False): a file replaced by one of the same
-    size looks the same. An input out of reach is a :class:`StoreError` naming it.
-    """
-    return {source: _source_identity(source) for source in inputs}
-
-
-def _source_identity(source: str) -> tuple[str, bool]:
-    """What changes when an input changes, and whether a change can be seen at all.
-
-    For a folder (a Zarr store), its listing (:func:`_listing_identity`: a chunk
-    rewritten in place changes it), after a store of this library's own fingerprint (the
-    data it was written from; not that of a copy other software wrote); else a file's
-    size and version (:func:`~m3rcr_xr.location.version_of`: modification time, ETag, HTTP
-    ``Last-Modified``...). A file that reports its size alone (an HTTP server that
-    sends no ``ETag`` nor ``Last-Modified``) is not versioned (False): a file replaced
-    by one of the same size looks the same.
-
-    The source is reached with the ``storage_options`` it was opened with
-    (:class:`Source`); a source out of reach is a :class:`StoreError` naming it.
-    """
-    target = Target.of(source, _options(source))
-    with reaching(target, "the input"):
-        target.fs.invalidate_cache(target.path)
-        try:
-            info = target.fs.info(target.path)
-        except FileNotFoundError:
-            return "missing", True
-        if info.get("type") != "directory":
-            return version_of(info), version_stamp(info) is not None
-        doc = read_json(target, "zarr.json")
-        # a copy that other software wrote keeps the fingerprint, not (always) the data
-        attrs = doc["attributes"] if doc is not None and _is_ours(target, doc) else {}
-        return f"{attrs.get(FINGERPRINT, '')}:{_listing_identity(target)}", True
-
-
-def _listing_identity(target: Target) -> str:
-    """A digest of every key under a folder with its size and modification time (ETag
-    on object stores): any chunk rewritten in place changes it, which a Dask token of
-    an ``xr.open_zarr`` store (its top folder's modification time) misses.
-
-    It costs one recursive listing: a ``stat`` of each file locally, one request per
-    1000 keys on S3 (a store of 100 000 chunks: 100 requests), nothing read.
-    """
-    digest = hashlib.sha256()
-    listing = target.fs.find(target.path, detail=True)
-    for name in sorted(listing):
-        relative = name[len(target.path) :]
-        digest.update(f"{relative}\0{version_of(listing[name])}\0".encode())
-    return f"listing:{digest.hexdigest()}"
-
-
-def _coordinate_bytes(values: np.ndarray) -> bytes:
-    if values.dtype.kind in "OUT":  # strings: hash the text, not object pointers
-        return "\x00".join(map(str, values.ravel())).encode()
-    return np.ascontiguousarray(values).tobytes()
 
 
 def _steps(ds: xr.Dataset, dim: str) -> list[slice]:
@@ -729,8 +544,8 @@ def _check_unchanged(
 ) -> None:
     """Refuse to complete a store whose ``inputs`` changed while it was written from them
     (another process re-ingested one): its steps may hold both versions. Each input is
-    identified once more (:func:`source_identities`), against its ``identities`` taken
-    before the first step.
+    identified once more (:func:`~m3rcr_xr.identity.source_identities`), against its
+    ``identities`` taken before the first step.
 
     Raises
     ------
@@ -752,11 +567,11 @@ def _identified(
     ds: xr.Dataset, inputs: Sequence[str]
 ) -> tuple[xr.Dataset, dict[str, tuple[str, bool]], str]:
     """``ds`` as :func:`to_zarr` writes it (:func:`_prepare`), the identities of its
-    ``inputs`` (:func:`sources`, taken before: the prepared variables no longer name
-    them) and the fingerprint :func:`to_zarr` keeps in the store."""
+    ``inputs`` (:func:`~m3rcr_xr.identity.sources`, taken before: the prepared variables
+    no longer name them) and the fingerprint :func:`to_zarr` keeps in the store."""
     prepared = _prepare(ds)
     identities = source_identities(inputs)
-    return prepared, identities, _fingerprint(prepared, identities)
+    return prepared, identities, data_fingerprint(prepared, identities=identities)
 
 
 def written_from(
@@ -789,8 +604,8 @@ def _plan(
     """Under the lock: the steps an earlier, unfinished run of the same data wrote
     (to skip), or None to start afresh (after removing a store being replaced). The
     arrays ``names`` are checked first to take nothing of the folder but the store's.
-    A resume from an ``unversioned`` input (:func:`_source_identity`) is refused: the
-    store could mix the old file's pixels with the new one's."""
+    A resume from an ``unversioned`` input (:func:`~m3rcr_xr.identity.source_identities`)
+    is refused: the store could mix the old file's pixels with the new one's."""
     state, doc = _inspect(target)
     _refuse(target, state, doc, overwrite)
     if doc is None:  # nothing there, or an empty folder
@@ -1164,8 +979,8 @@ def open_zarr(
 
     The result records the store in ``encoding["source"]`` (of the dataset and of
     each variable), so that :func:`to_zarr` never writes over its own input; a
-    :class:`Source`, which keeps ``storage_options`` for :func:`to_zarr` to identify
-    the input again (never printed nor written).
+    :class:`~m3rcr_xr.identity.Source`, which keeps ``storage_options`` for
+    :func:`to_zarr` to identify the input again (never printed nor written).
 
     Raises
     ------

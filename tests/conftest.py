@@ -331,6 +331,22 @@ def unconsolidated_store(root: Path) -> Path:
     return root
 
 
+def geotiff_scene(folder: Path, value: int) -> dict[str, Path]:
+    """cloudy and sar GeoTIFFs on one 64 x 48 grid, cloudy filled with ``value``."""
+    import numpy as np
+    from affine import Affine
+
+    from tests.rasters import write_raster
+
+    transform = Affine(3.0, 0, 500000, 0, -3.0, 4000000)
+    cloudy = np.full((4, 64, 48), value, dtype="uint16")
+    sar = np.full((2, 64, 48), -12.5, dtype="float32")
+    return {
+        "cloudy": write_raster(folder / "cloudy.tif", cloudy, transform, "EPSG:32632"),
+        "sar": write_raster(folder / "sar.tif", sar, transform, "EPSG:32632"),
+    }
+
+
 # ------------------------------------------------------------- concurrent tile tasks
 class ConcurrencyProbe:
     """Counts, per label, how many calls of the functions it wraps run at once."""

@@ -889,6 +889,65 @@ def test_a_checkpoint_renamed_over_once_hashed_loads_what_was_hashed(tmp_path, m
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
+def _counted_hashes(monkeypatch) -> list[str]:
+    """The files that :mod:`m3rcr_xr.models.checkpoint` hashes from now on, one entry a
+    SHA-256 computed."""
+    from types import SimpleNamespace
+
+    from m3rcr_xr.models import checkpoint
+
+    hashed: list[str] = []
+
+    def sha256(*args: bytes) -> object:
+        hashed.append("sha256")
+        return hashlib.sha256(*args)
+
+    monkeypatch.setattr(checkpoint, "hashlib", SimpleNamespace(sha256=sha256))
+    return hashed
+
+
+def test_decloud_hashes_a_checkpoint_given_by_path_once(tmp_path, monkeypatch):
+    """Resolved (its hash, then its training settings read from the bytes hashed), checked
+    on the meta device and loaded by a task in this process: it was hashed at each step,
+    three times before the first task ran."""
+    import m3rcr_xr
+    from m3rcr_xr import runner
+    from m3rcr_xr.testing import TINY, seeded_checkpoint
+
+    path = seeded_checkpoint(tmp_path / "w.pth", **TINY)
+    runner.clear_model_cache()
+    hashed = _counted_hashes(monkeypatch)
+    scene = m3rcr_xr.synthetic_scene((32, 32), seed=1)
+    out = m3rcr_xr.decloud(scene, "dsen2_cr", str(path), config=TINY, tile=32)
+    assert len(hashed) == 1
+    out.compute(scheduler="synchronous")
+    assert len(hashed) == 1
+    runner.clear_model_cache()
+
+
+def test_a_checkpoint_rewritten_in_place_is_hashed_again(tmp_path, monkeypatch):
+    """Even with its size and modification time set back: its change time moved."""
+    import time
+
+    state = _small_state()
+    path = _saved(tmp_path / "w.pt", state)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    hashed = _counted_hashes(monkeypatch)
+    read_checkpoint(path, sha256=digest)
+    read_checkpoint(path, sha256=digest)  # unchanged: not hashed again
+    assert len(hashed) == 1
+    stat = path.stat()
+    time.sleep(0.05)  # past a coarse clock's tick
+    (tmp_path / "forged").mkdir()  # w.pt too: torch.save names its archive after the file
+    forged = _saved(tmp_path / "forged" / "w.pt", {k: v + 1 for k, v in state.items()})
+    path.write_bytes(forged.read_bytes())  # the same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    with pytest.raises(CheckpointError, match=f"expected {digest}"):
+        read_checkpoint(path, sha256=digest)
+    assert len(hashed) == 2
+
+
 @pytest.mark.parametrize("zipped", [True, False])
 def test_read_checkpoint_maps_tensors_where_asked(tmp_path, zipped):
     state = _small_state()

@@ -15,13 +15,14 @@ import xarray as xr
 import zarr
 
 import m3rcr_xr
-from m3rcr_xr import locks, store
+from m3rcr_xr import identity, locks, store
 from m3rcr_xr.location import Target
 from m3rcr_xr.testing import raise_if_dask_computes, serve_directory
 from tests.conftest import (
     ForkServer,
     a_file,
     foreign_store,
+    geotiff_scene,
     killed_writer,
     left_marker,
     run_script,
@@ -57,7 +58,9 @@ def test_variables_without_the_written_dim_round_trip(tmp_path, collection):
     xr.testing.assert_identical(back.compute(), ds.compute())
 
 
-@pytest.mark.parametrize("name", ["vv/vh", "..", "", store.ID_OBJECT, locks.LOCK, locks.TAKEOVER])
+@pytest.mark.parametrize(
+    "name", ["vv/vh", "..", "", identity.ID_OBJECT, locks.LOCK, locks.TAKEOVER]
+)
 def test_a_variable_name_that_is_a_path_is_refused_before_anything_is_written(tmp_path, name):
     scene = m3rcr_xr.synthetic_scene((32, 32)).rename(sar=name)
     with raise_if_dask_computes(), pytest.raises(m3rcr_xr.SchemaError, match="rename it"):
@@ -196,7 +199,7 @@ def _content(root: Path) -> dict[str, bytes]:
     """:func:`snapshot` of a store of this library less its identifier (random, one a
     store): what two writes of the same data share, byte for byte."""
     files = snapshot(root)
-    store_id = files.pop(store.ID_OBJECT)
+    store_id = files.pop(identity.ID_OBJECT)
     files["zarr.json"] = files["zarr.json"].replace(store_id, b"")
     return files
 
@@ -382,7 +385,7 @@ def test_overwrite_replaces_only_the_stores_own_keys(tmp_path, small_scene):
     assert (tmp_path / "notes.txt").read_text() == "kept beside the store"
     assert not (target / "sar").exists()  # the old store's arrays are gone
     assert sorted(os.listdir(target)) == sorted(
-        ["README.txt", "zarr.json", store.ID_OBJECT, *map(str, smaller.variables)]
+        ["README.txt", "zarr.json", identity.ID_OBJECT, *map(str, smaller.variables)]
     )
 
 
@@ -495,7 +498,7 @@ def _users_copy(source: str, copy: str) -> None:
         mine["cloudy"] = mine.cloudy.clip(0, 3000)
         mine["ndvi"] = mine.cloudfree.sel(band="nir") - mine.cloudfree.sel(band="red")
         mine.to_zarr(copy)
-    assert store.STORE_ID in zarr.open_group(copy, mode="r").attrs  # kept by xarray
+    assert identity.STORE_ID in zarr.open_group(copy, mode="r").attrs  # kept by xarray
 
 
 COPIED = "a copy of a store of m3rcr_xr written by other software"
@@ -527,11 +530,11 @@ def test_a_byte_copy_stays_a_store_of_this_library(tmp_path, monkeypatch):
     with m3rcr_xr.set_options(patches_per_chunk=2):
         collection = _failed_write(monkeypatch, tmp_path / "c.zarr", 6, fail_at=4)
         shutil.copytree(tmp_path / "c.zarr", tmp_path / "copy.zarr")
-        store_id = _root_attrs(tmp_path / "copy.zarr")[store.STORE_ID]
+        store_id = _root_attrs(tmp_path / "copy.zarr")[identity.STORE_ID]
         written = _recording(monkeypatch)
         m3rcr_xr.to_zarr(collection, tmp_path / "copy.zarr")  # resumed
         assert written == [slice(4, 6)]
-        assert _root_attrs(tmp_path / "copy.zarr")[store.STORE_ID] == store_id  # kept
+        assert _root_attrs(tmp_path / "copy.zarr")[identity.STORE_ID] == store_id  # kept
         shutil.copytree(tmp_path / "copy.zarr", tmp_path / "again.zarr")
         assert m3rcr_xr.is_complete(tmp_path / "again.zarr")
         m3rcr_xr.to_zarr(collection.isel(patch=[0]), tmp_path / "again.zarr", overwrite=True)
@@ -551,9 +554,9 @@ def _as_written_by_an_earlier_version(root: Path) -> None:
     import json
 
     doc = json.loads((root / "zarr.json").read_text())
-    del doc["attributes"][store.STORE_ID]
+    del doc["attributes"][identity.STORE_ID]
     (root / "zarr.json").write_text(json.dumps(doc))
-    (root / store.ID_OBJECT).unlink()
+    (root / identity.ID_OBJECT).unlink()
 
 
 def test_a_store_of_an_earlier_version_is_still_a_store_of_this_library(tmp_path, monkeypatch):
@@ -568,7 +571,7 @@ def test_a_store_of_an_earlier_version_is_still_a_store_of_this_library(tmp_path
         m3rcr_xr.to_zarr(collection, tmp_path / "c.zarr")  # resumed
         assert written == [slice(4, 6)] and m3rcr_xr.is_complete(tmp_path / "c.zarr")
         m3rcr_xr.to_zarr(collection, complete, overwrite=True)
-    assert store.STORE_ID in _root_attrs(complete)  # replaced: a store of this version
+    assert identity.STORE_ID in _root_attrs(complete)  # replaced: a store of this version
     store.remove_store(tmp_path / "c.zarr")
     assert not (tmp_path / "c.zarr").exists()
 
@@ -579,7 +582,7 @@ def test_a_copy_on_object_storage_is_told_from_the_store_and_a_synced_one(bucket
     fs, root = fsspec.filesystem("s3"), f"s3://{bucket}"
     scene = m3rcr_xr.synthetic_scene((32, 32), seed=1)[["cloudy", "cloudfree"]]
     m3rcr_xr.to_zarr(scene, f"{root}/s.zarr")
-    assert fs.exists(f"{bucket}/s.zarr/{store.ID_OBJECT}")
+    assert fs.exists(f"{bucket}/s.zarr/{identity.ID_OBJECT}")
     fs.copy(f"{bucket}/s.zarr", f"{bucket}/synced.zarr", recursive=True)  # aws s3 sync
     assert m3rcr_xr.is_complete(f"{root}/synced.zarr")
     _users_copy(f"{root}/s.zarr", f"{root}/mine.zarr")
@@ -642,7 +645,7 @@ def test_a_destination_overlapping_an_input_is_refused(tmp_path, where, how):
     out = m3rcr_xr.decloud(
         scene, "dsen2_cr", checkpoint="untrained", config={"n_resblocks": 1, "n_feats": 8}, tile=32
     )
-    assert store.sources(out) == [str(tmp_path / "in.zarr")]  # decloud keeps its input's
+    assert identity.sources(out) == [str(tmp_path / "in.zarr")]  # decloud keeps its input's
     for data in (scene, out.to_dataset()):
         with pytest.raises(m3rcr_xr.StoreError, match=f"the destination {how} the input"):
             m3rcr_xr.to_zarr(data, tmp_path / where, overwrite=True)
@@ -657,7 +660,7 @@ def test_a_destination_holding_the_input_files_is_refused(tmp_path, train_quarte
     files = {name: shutil.copy(path, folder) for name, path in train_quartet.items()}
     before = snapshot(folder)
     scene = m3rcr_xr.open_quartet(**files)
-    assert store.sources(scene) == sorted(map(str, files.values()))
+    assert identity.sources(scene) == sorted(map(str, files.values()))
     for overwrite in (False, True):
         with pytest.raises(m3rcr_xr.StoreError, match="the destination contains the input"):
             m3rcr_xr.to_zarr(scene, folder, overwrite=overwrite)
@@ -724,71 +727,18 @@ def test_a_store_whose_arrays_could_not_be_created_is_taken_back(tmp_path):
     assert m3rcr_xr.is_complete(tmp_path / "s.zarr")
 
 
-def _geotiff_scene(folder: Path, value: int) -> dict[str, Path]:
-    """cloudy and sar GeoTIFFs on one 64 x 48 grid, cloudy filled with ``value``."""
-    from affine import Affine
-
-    from tests.rasters import write_raster
-
-    transform = Affine(3.0, 0, 500000, 0, -3.0, 4000000)
-    cloudy = np.full((4, 64, 48), value, dtype="uint16")
-    sar = np.full((2, 64, 48), -12.5, dtype="float32")
-    return {
-        "cloudy": write_raster(folder / "cloudy.tif", cloudy, transform, "EPSG:32632"),
-        "sar": write_raster(folder / "sar.tif", sar, transform, "EPSG:32632"),
-    }
-
-
 def test_corrected_input_files_are_not_resumed(tmp_path, monkeypatch):
-    files = _geotiff_scene(tmp_path / "in", 100)
+    files = geotiff_scene(tmp_path / "in", 100)
     with m3rcr_xr.set_options(scene_chunk=16):
         monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
         _recording(monkeypatch, fail_at=32)
         with pytest.raises(OSError, match="disk went away"):
             m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "s.zarr")
         written = _recording(monkeypatch)
-        _geotiff_scene(tmp_path / "in", 200)  # the same files, corrected
+        geotiff_scene(tmp_path / "in", 200)  # the same files, corrected
         with pytest.raises(m3rcr_xr.StoreError, match="unfinished store of other data"):
             m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "s.zarr")
         assert written == []
-
-
-def test_an_input_file_that_changed_changes_the_fingerprint(tmp_path):
-    files = _geotiff_scene(tmp_path, 100)
-
-    def fingerprint() -> str:
-        scene = m3rcr_xr.open_quartet(**files)
-        return store.data_fingerprint(store._prepare(scene), store.sources(scene))
-
-    first = fingerprint()
-    assert fingerprint() == first  # reopening the same files: the same data
-    stat = files["sar"].stat()
-    with files["sar"].open("ab") as handle:  # same modification time, other size:
-        handle.write(b"\0")  # the graph's token (name, mtime) misses it
-    os.utime(files["sar"], ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert fingerprint() != first
-
-
-def test_source_identities_see_a_chunk_rewritten_and_an_unversioned_file(tmp_path):
-    """A store's identity: its own fingerprint and its listing (a chunk rewritten in
-    place changes the latter only); a file served with no version is flagged. Given to
-    data_fingerprint, the identities give what its inputs give."""
-    path, served = tmp_path / "s.zarr", tmp_path / "served"
-    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(1, 16, seed=1), path)
-    served.mkdir()
-    (served / "a.tif").write_bytes(b"A" * 10)
-    with serve_directory(served, last_modified=False) as url:
-        found = store.source_identities([str(path), f"{url}/a.tif"])
-    (before, versioned), (_, http_versioned) = found[str(path)], found[f"{url}/a.tif"]
-    assert versioned and not http_versioned
-    ds = m3rcr_xr.open_zarr(path)
-    identities = store.source_identities(store.sources(ds))
-    assert store.data_fingerprint(ds, identities=identities) == store.data_fingerprint(
-        ds, store.sources(ds)
-    )
-    zarr.open_array(path / "cloudy", mode="r+")[0, 0, 0, 0] = 7
-    after, _ = store.source_identities([str(path)])[str(path)]
-    assert after != before and after.split(":")[0] == before.split(":")[0]
 
 
 def _their_scene(path: Path) -> xr.Dataset:
@@ -823,11 +773,11 @@ def test_a_zarr_store_corrected_in_place_is_not_resumed(tmp_path, monkeypatch, w
         _recording(monkeypatch, fail_at=32)
         with pytest.raises(OSError, match="disk went away"):
             m3rcr_xr.to_zarr(_source_scene(source, writer), target)
-        assert store.sources(_source_scene(source, writer)) == [str(source)]
+        assert identity.sources(_source_scene(source, writer)) == [str(source)]
 
         def fingerprint() -> str:
             ds = _source_scene(source, writer)
-            return store.data_fingerprint(store._prepare(ds), store.sources(ds))
+            return identity.data_fingerprint(store._prepare(ds), identity.sources(ds))
 
         first = fingerprint()
         assert fingerprint() == first  # reopened unchanged: a resume is allowed
@@ -951,24 +901,6 @@ def test_overwrite_keeps_an_array_a_variables_glob_characters_would_match(tmp_pa
     xr.testing.assert_identical(back, ds.compute())
 
 
-def test_a_source_keeps_its_storage_options_out_of_sight():
-    """The options a store was opened with travel with its name (through copies,
-    pickles and :func:`store.sources`), never into its text."""
-    import copy
-    import json
-    import pickle
-
-    options = {"key": "k", "secret": "SECRET"}
-    opened = store.Source("s3://b/s.zarr", options)
-    data = xr.Dataset({"a": ("y", [1, 2])})
-    data.encoding["source"] = "s3://b/s.zarr"  # the same store, named without options
-    data["a"].encoding["source"] = [opened]
-    (found,) = store.sources(data)
-    for kept in (found, copy.deepcopy(found), pickle.loads(pickle.dumps(found))):
-        assert kept == "s3://b/s.zarr" and kept.storage_options == options
-        assert "SECRET" not in repr(kept) + str(kept) + f"{kept}" + json.dumps([kept])
-
-
 # ---------------------------------------------------------- point 4: one writer
 def test_a_second_writer_in_this_process_is_refused(tmp_path, small_scene):
     target = Target.of(tmp_path / "s.zarr")
@@ -1060,7 +992,7 @@ def test_a_takeover_cut_off_is_refused_naming_its_object(small_scene):
     [
         (locks.LOCK, "lock file"),
         (store._ROOT_TMP, "root's temporary file"),
-        (store.ID_OBJECT, "store's identifier"),
+        (identity.ID_OBJECT, "store's identifier"),
     ],
 )
 @pytest.mark.parametrize("target_exists", [False, True], ids=["dangling", "to-a-file"])

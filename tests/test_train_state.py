@@ -18,7 +18,7 @@ import m3rcr_xr
 from m3rcr_xr import models
 from m3rcr_xr.cli import main
 from m3rcr_xr.exceptions import CheckpointError, StoreError, UsageError
-from m3rcr_xr.store import FINGERPRINT
+from m3rcr_xr.identity import FINGERPRINT
 from m3rcr_xr.testing import raise_if_dask_computes, serve_directory
 from m3rcr_xr.train import (
     CropDataset,

@@ -253,6 +253,15 @@ def test_a_path_and_a_file_url_are_read_in_place(tiny, cache):
     assert path.is_file() and _files(cache) == []  # a user's file is never removed
 
 
+def test_a_file_url_is_decoded_once_and_names_a_local_file(tiny, cache):
+    """As every file:// URL of the library (href.local_path): a file named ``a%20b.pt``
+    is ``a%2520b.pt`` in its URL, not ``a b.pt``; a URL with a host is refused."""
+    path = tiny[0].rename(tiny[0].with_name("a%20b.pt"))
+    assert weights.fetch(path.as_uri()) == path
+    with pytest.raises(CheckpointError, match="must name a local file"):
+        weights.fetch(f"file://server{path}")
+
+
 def test_http_downloads_once_into_the_cache(server, tiny, cache):
     base, requests = server
     path, sha256 = tiny

@@ -16,7 +16,9 @@ A file is opened once, hashed from that descriptor and loaded from it (a safeten
 file: memory-mapped through its path, checked to still name the file hashed): with a
 known SHA-256 (``sha256=``), what is loaded is the file checked, even if another process
 replaces the file meanwhile (a shared cache, a concurrent download of the same URL), and
-memory holds the tensors once.
+memory holds the tensors once. A process hashes a file once while it is unchanged (the
+same file, size, modification and change times): the client that resolves a checkpoint,
+reads its settings and checks it on the meta device reads it whole once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import pickle
 import re
 import struct
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +63,11 @@ _TORCH_ADVICE = re.compile(
     r"weights_only\W+(?:set to|=)\W*False|^Check the documentation",
     re.IGNORECASE,
 )
+#: the SHA-256 of files hashed in this process, by their :func:`_version`: at most
+#: :data:`_MAX_DIGESTS`, the oldest dropped first
+_DIGESTS: dict[tuple[int, ...], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+_MAX_DIGESTS = 256
 # New-style weight-norm parametrisation names -> the legacy names the models use.
 _WN_RENAMES = {
     ".parametrizations.weight.original0": ".weight_g",
@@ -153,8 +161,9 @@ def check_digest(source: object, expected: str | None, actual: str | None) -> No
 def open_verified(
     path: str | os.PathLike[str], sha256: str | None = None, *, digest: bool = False
 ) -> Iterator[VerifiedFile]:
-    """Open a checkpoint file, hash it from that descriptor (1 MiB at a time) and check
-    the hash against ``sha256`` if given; ``digest``: hash it even without ``sha256``.
+    """Open a checkpoint file, hash it from that descriptor (1 MiB at a time, unless this
+    process hashed it unchanged already: :func:`_file_digest`) and check the hash against
+    ``sha256`` if given; ``digest``: hash it even without ``sha256``.
 
     Whatever is made of the file (its tensors, its header) is read from the descriptor
     hashed, or through its path after :meth:`VerifiedFile.check_unchanged` said it still
@@ -175,18 +184,42 @@ def open_verified(
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from exc
     with handle:
-        actual = None
-        if sha256 is not None or digest:
-            hasher = hashlib.sha256()
-            try:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    hasher.update(block)
-            except OSError as exc:
-                raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from exc
-            actual = hasher.hexdigest()
-            handle.seek(0)
+        actual = _file_digest(path, handle) if sha256 is not None or digest else None
         check_digest(path, sha256, actual)
         yield VerifiedFile(path, handle, actual)
+
+
+def _file_digest(path: Path, handle: BinaryIO) -> str:
+    """The SHA-256 of the file open as ``handle`` (``path``, for messages), hashed 1 MiB at
+    a time, or the one hashed earlier in this process from the same file unchanged (its
+    :func:`_version`): a checkpoint resolved, checked on the meta device and loaded by one
+    process is read whole once, not once a step. ``handle`` is left at the start."""
+    version = _version(handle)
+    known = _DIGESTS.get(version)
+    if known is not None:
+        return known
+    hasher = hashlib.sha256()
+    try:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from exc
+    handle.seek(0)
+    actual = hasher.hexdigest()
+    if _version(handle) == version:  # not one changed while it was hashed
+        with _DIGESTS_LOCK:
+            if len(_DIGESTS) >= _MAX_DIGESTS:
+                del _DIGESTS[next(iter(_DIGESTS))]
+            _DIGESTS[version] = actual
+    return actual
+
+
+def _version(handle: BinaryIO) -> tuple[int, ...]:
+    """What tells one state of an open file from another: its :func:`_identity` and its
+    change time, which no process can set (a file rewritten in place with its size and
+    modification time set back still moves it)."""
+    stat = os.fstat(handle.fileno())
+    return (*_identity(stat), stat.st_ctime_ns)
 
 
 def _is_safetensors(opened: VerifiedFile) -> bool:

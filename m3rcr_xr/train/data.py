@@ -32,10 +32,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..classify import no_data
 from ..exceptions import SchemaError, UsageError, argument
 from ..href import redacted
+from ..identity import data_fingerprint, source_identities, sources
 from ..landcover import IGNORE_INDEX, class_names, worldcover_labels
 from ..normalize import model_inputs, normalize_optical
 from ..schema import is_collection
-from ..store import data_fingerprint, open_zarr, source_identities, sources
+from ..store import open_zarr
 
 #: variables a crop reads; cloudmask is optional
 CROP_VARS = ("cloudy", "cloudfree", "sar", "cloudmask")
@@ -216,10 +217,10 @@ class CropDataset(Dataset):
         ``fingerprint`` and ``unversioned``.
 
         For a store path, the ``fingerprint`` is :data:`STORE_PREFIX` and the store's
-        identity of :func:`m3rcr_xr.store.source_identities` (its ``m3rcr_fingerprint``,
+        identity of :func:`m3rcr_xr.identity.source_identities` (its ``m3rcr_fingerprint``,
         the data it was written from, and a digest of its listing: a chunk rewritten in
         place changes it; one listing, no chunk read). For an xarray Dataset, it is
-        :data:`DATASET_PREFIX` and :func:`m3rcr_xr.store.data_fingerprint` of it (the
+        :data:`DATASET_PREFIX` and :func:`m3rcr_xr.identity.data_fingerprint` of it (the
         Dask tokens of its variables, a hash of their values for arrays in memory, and
         the identity of each source it was read from). ``unversioned`` lists the sources
         that report no version (an HTTP file without ``ETag`` nor ``Last-Modified``),

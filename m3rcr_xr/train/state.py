@@ -378,7 +378,7 @@ def _older_store(identity: Mapping[str, Any]) -> bool:
 def _parts(identity: Mapping[str, Any]) -> list[str]:
     """The fingerprint without its prefix, split: ``[fingerprint]`` for a Dataset or an
     older store; for a store, ``[its m3rcr_fingerprint, "listing", digest]``
-    (:func:`m3rcr_xr.store.source_identities`)."""
+    (:func:`m3rcr_xr.identity.source_identities`)."""
     fingerprint = identity["fingerprint"]
     return fingerprint.removeprefix(DATASET_PREFIX).removeprefix(STORE_PREFIX).split(":")
 

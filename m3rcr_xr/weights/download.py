@@ -26,11 +26,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
-from urllib.request import url2pathname
+from urllib.parse import urlsplit, urlunsplit
 
 from ..exceptions import CheckpointError, UsageError, argument
-from ..href import redacted
+from ..href import local_path, redacted
 from ..options import OPTIONS
 
 __all__ = ["CACHE_ENV", "cache_dir", "cached_file", "fetch_url", "file_sha256", "split_url"]
@@ -112,10 +111,11 @@ def cached_file(url: str) -> Path:
 
 
 def _local_path(url: str) -> Path:
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
+    """The file a ``file://`` URL names (:func:`~m3rcr_xr.href.local_path`), which must
+    be on this machine: no host but ``localhost``."""
+    if urlsplit(url).netloc not in ("", "localhost"):
         raise CheckpointError(f"{url}: a file:// URL must name a local file (no host)")
-    return Path(url2pathname(unquote(parts.path)))
+    return local_path(url)
 
 
 def check_file(path: Path, known_hash: str | None, source: str) -> str:

@@ -1,0 +1,234 @@
+"""Identities: what data a store or a file was written from, and which stores are ours.
+
+A write resumed, a GeoTIFF kept on a rerun and a training run resumed each carry on
+from what an earlier run did with some data; they do so only on the same data, so that
+a store, a file or a model never mixes two inputs (a file re-ingested since, a chunk
+corrected in place, a store replaced). What identifies data is found without reading
+it: metadata, listings and Dask tokens.
+
+* :func:`sources`: where data was read from (xarray's ``encoding["source"]``), each a
+  :class:`Source` that keeps the ``storage_options`` it was opened with;
+* :func:`source_identities`: for each source, what changes when it changes (a store's
+  own fingerprint and its listing, a file's size and version), and whether a change can
+  be seen at all;
+* :func:`data_fingerprint`: a digest of a Dataset's layout, its Dask graph and its
+  sources' identities, the same in every process. :func:`~m3rcr_xr.store.to_zarr` keeps
+  it in the store (:data:`FINGERPRINT`) to resume only the same data;
+  :func:`m3rcr_xr.cog.written_from` and training checkpoints compare it too;
+* :func:`is_ours`: whether a Zarr store is one of this library's, by its identifier
+  (:data:`STORE_ID`, matched by the object :data:`ID_OBJECT`): only such a store's
+  fingerprint says what it was written from (a copy that other software wrote keeps
+  the attribute, not always the data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import dask.base
+import numpy as np
+import xarray as xr
+
+from .location import Target, reaching, read_bytes, read_json, version_of, version_stamp
+
+#: the root attribute in which a store keeps the fingerprint of the data it was written
+#: from (:func:`data_fingerprint`)
+FINGERPRINT = "m3rcr_fingerprint"
+#: the store's identifier, a random string written once when it is created, both in this
+#: root attribute and in the store's own object :data:`ID_OBJECT`. Other software that
+#: copies the store (``xr.open_zarr(S).to_zarr(...)``) keeps the attributes, not the
+#: object: a root whose identifier has no matching object is such a copy, never a store
+#: of this library
+STORE_ID = "m3rcr_store_id"
+#: the object (no Zarr node) that holds the store's identifier, beside its root
+ID_OBJECT = ".m3rcr-store"
+
+
+# ------------------------------------------------------------------------ sources
+class Source(str):
+    """A source's path or URL (a plain ``str`` to any reader) that also holds the
+    ``storage_options`` it was opened with, so that :func:`~m3rcr_xr.store.to_zarr` can
+    reach it again to identify it (credentials given only as options, none in the
+    environment).
+
+    The options stay out of its ``str``, ``repr`` and JSON form: they are never
+    printed, nor written to a store's attributes.
+    """
+
+    storage_options: dict[str, Any]
+
+    def __new__(cls, url: str, storage_options: dict[str, Any] | None = None) -> Source:
+        source = super().__new__(cls, url)
+        source.storage_options = dict(storage_options or {})
+        return source
+
+
+def _options(source: Any) -> dict[str, Any]:
+    """The ``storage_options`` a source was opened with (:class:`Source`), else none."""
+    return dict(source.storage_options) if isinstance(source, Source) else {}
+
+
+def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
+    """Where the data of ``obj`` was read from: paths and URLs, sorted, no repeats.
+
+    Taken from ``encoding["source"]`` of ``obj`` and of each of its variables, xarray's
+    own convention (``xr.open_dataset`` sets it), extended to a list for data
+    assembled from many files. The readers of this library fill it in:
+    :func:`m3rcr_xr.open_quartet` and :func:`m3rcr_xr.open_m3rcr` with their files,
+    :func:`m3rcr_xr.open_zarr` with the store (a :class:`Source`, holding the
+    ``storage_options`` it was opened with, which this list keeps),
+    :func:`m3rcr_xr.decloud` with its input's.
+    """
+    holders: list[Any] = [obj, *obj.variables.values()] if isinstance(obj, xr.Dataset) else [obj]
+    if isinstance(obj, xr.DataArray):
+        holders += list(obj.coords.values())
+    found: dict[str, Source] = {}
+    for holder in holders:
+        value = holder.encoding.get("source")
+        if value is None:
+            continue
+        for v in [value] if isinstance(value, str | os.PathLike) else value:
+            source = Source(Target.of(v).url, _options(v))
+            if source.storage_options or source not in found:  # one opened with options wins
+                found[source] = source
+    return [found[url] for url in sorted(found)]
+
+
+# ----------------------------------------------------------------- stores of ours
+def is_ours(target: Target, doc: dict[str, Any]) -> bool:
+    """Whether ``doc``, the root ``zarr.json`` at ``target``, is that of a store of this
+    library: ``m3rcr_*`` keys in its group's attributes, and its identifier
+    (:data:`STORE_ID`) the one in the store's :data:`ID_OBJECT`. A root whose
+    identifier has no matching object is a copy that other software wrote; one with no
+    identifier is a store of an earlier version, known by its attributes alone.
+    """
+    attrs = doc.get("attributes") or {}
+    if doc.get("node_type") != "group" or not any(str(k).startswith("m3rcr_") for k in attrs):
+        return False
+    if STORE_ID not in attrs:
+        return True
+    stored = read_bytes(target, ID_OBJECT)
+    return stored is not None and stored.decode(errors="replace") == str(attrs[STORE_ID])
+
+
+# ------------------------------------------------------------------- fingerprints
+def data_fingerprint(
+    ds: xr.Dataset,
+    inputs: Iterable[str] = (),
+    *,
+    identities: dict[str, tuple[str, bool]] | None = None,
+) -> str:
+    """What identifies ``ds``'s data, the same in every process: the fingerprint
+    :func:`~m3rcr_xr.store.to_zarr` keeps to resume a write, and training checkpoints to
+    refuse a resume on other data.
+
+    Layout, dtypes, coordinates and attributes; the Dask token of each data variable
+    (its graph: file names and modification times of lazily opened rasters, a
+    content hash of arrays from memory, the checkpoint hash of decloud); and the
+    identity of each input (``inputs``, usually :func:`sources`: a store's own
+    fingerprint, the listing of a Zarr store of other software, a file's size and
+    modification time), which the token may miss; or their ``identities``, as
+    :func:`source_identities` gives them (to reach each input once when the caller
+    needs them too). Nothing is read but metadata and listings; an array in memory is
+    hashed.
+
+    Examples
+    --------
+    >>> import m3rcr_xr
+    >>> ds = m3rcr_xr.synthetic_collection(1, 32, seed=1)
+    >>> data_fingerprint(ds) == data_fingerprint(m3rcr_xr.synthetic_collection(1, 32, seed=1))
+    True
+    >>> data_fingerprint(ds) == data_fingerprint(m3rcr_xr.synthetic_collection(1, 32, seed=2))
+    False
+    """
+    return _fingerprint(ds, source_identities(inputs) if identities is None else identities)
+
+
+def _fingerprint(ds: xr.Dataset, identities: dict[str, tuple[str, bool]]) -> str:
+    """:func:`data_fingerprint`, given the inputs' identities (:func:`source_identities`)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({k: int(v) for k, v in ds.sizes.items()}, sort_keys=True).encode())
+    for name in sorted(ds.variables, key=str):
+        var = ds.variables[name]
+        digest.update(f"{name}:{var.dims}:{var.dtype}".encode())
+        digest.update(json.dumps(var.attrs, sort_keys=True, default=str).encode())
+        digest.update(json.dumps(var.encoding, sort_keys=True, default=repr).encode())
+        if name in ds.coords:
+            digest.update(_coordinate_bytes(var.values))
+    digest.update(json.dumps(ds.attrs, sort_keys=True, default=str).encode())
+    digest.update(
+        dask.base.tokenize(*(ds[name].data for name in sorted(ds.data_vars, key=str))).encode()
+    )
+    for source, (identity, _) in sorted(identities.items()):
+        digest.update(f"{source}:{identity}".encode())
+    return digest.hexdigest()
+
+
+def source_identities(inputs: Iterable[str]) -> dict[str, tuple[str, bool]]:
+    """For each input (a path or URL, as :func:`sources` lists them), what changes when
+    it changes, and whether a change can be seen at all, each input reached once.
+
+    A store (a folder): its own fingerprint, if it is one of this library's (the data it
+    was written from), and a digest of its listing (each key's size and modification
+    time, or ETag: a chunk rewritten in place changes it); one listing, no chunk read.
+    A file: its size and version (modification time, ETag, HTTP ``Last-Modified``...);
+    one that reports its size alone (an HTTP server that sends neither ``ETag`` nor
+    ``Last-Modified``) is not versioned (False): a file replaced by one of the same
+    size looks the same. An input out of reach is a :class:`StoreError` naming it.
+    """
+    return {source: _source_identity(source) for source in inputs}
+
+
+def _source_identity(source: str) -> tuple[str, bool]:
+    """What changes when an input changes, and whether a change can be seen at all.
+
+    For a folder (a Zarr store), its listing (:func:`_listing_identity`: a chunk
+    rewritten in place changes it), after a store of this library's own fingerprint (the
+    data it was written from; not that of a copy other software wrote); else a file's
+    size and version (:func:`~m3rcr_xr.location.version_of`: modification time, ETag, HTTP
+    ``Last-Modified``...). A file that reports its size alone (an HTTP server that
+    sends no ``ETag`` nor ``Last-Modified``) is not versioned (False): a file replaced
+    by one of the same size looks the same.
+
+    The source is reached with the ``storage_options`` it was opened with
+    (:class:`Source`); a source out of reach is a :class:`StoreError` naming it.
+    """
+    target = Target.of(source, _options(source))
+    with reaching(target, "the input"):
+        target.fs.invalidate_cache(target.path)
+        try:
+            info = target.fs.info(target.path)
+        except FileNotFoundError:
+            return "missing", True
+        if info.get("type") != "directory":
+            return version_of(info), version_stamp(info) is not None
+        doc = read_json(target, "zarr.json")
+        # a copy that other software wrote keeps the fingerprint, not (always) the data
+        attrs = doc["attributes"] if doc is not None and is_ours(target, doc) else {}
+        return f"{attrs.get(FINGERPRINT, '')}:{_listing_identity(target)}", True
+
+
+def _listing_identity(target: Target) -> str:
+    """A digest of every key under a folder with its size and modification time (ETag
+    on object stores): any chunk rewritten in place changes it, which a Dask token of
+    an ``xr.open_zarr`` store (its top folder's modification time) misses.
+
+    It costs one recursive listing: a ``stat`` of each file locally, one request per
+    1000 keys on S3 (a store of 100 000 chunks: 100 requests), nothing read.
+    """
+    digest = hashlib.sha256()
+    listing = target.fs.find(target.path, detail=True)
+    for name in sorted(listing):
+        relative = name[len(target.path) :]
+        digest.update(f"{relative}\0{version_of(listing[name])}\0".encode())
+    return f"listing:{digest.hexdigest()}"
+
+
+def _coordinate_bytes(values: np.ndarray) -> bytes:
+    if values.dtype.kind in "OUT":  # strings: hash the text, not object pointers
+        return "\x00".join(map(str, values.ravel())).encode()
+    return np.ascontiguousarray(values).tobytes()

@@ -1,0 +1,85 @@
+"""What identifies data (m3rcr_xr/identity.py): sources, their identities, fingerprints.
+
+Writes that resume, or refuse to, by these identities (:func:`m3rcr_xr.to_zarr` end to
+end) are tested in tests/test_store.py and tests/test_s3.py.
+"""
+
+import os
+
+import numpy as np
+import xarray as xr
+import zarr
+
+import m3rcr_xr
+from m3rcr_xr import identity, store
+from m3rcr_xr.testing import serve_directory
+from tests.conftest import geotiff_scene
+
+
+def test_an_input_file_that_changed_changes_the_fingerprint(tmp_path):
+    files = geotiff_scene(tmp_path, 100)
+
+    def fingerprint() -> str:
+        scene = m3rcr_xr.open_quartet(**files)
+        return identity.data_fingerprint(store._prepare(scene), identity.sources(scene))
+
+    first = fingerprint()
+    assert fingerprint() == first  # reopening the same files: the same data
+    stat = files["sar"].stat()
+    with files["sar"].open("ab") as handle:  # same modification time, other size:
+        handle.write(b"\0")  # the graph's token (name, mtime) misses it
+    os.utime(files["sar"], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fingerprint() != first
+
+
+def test_source_identities_see_a_chunk_rewritten_and_an_unversioned_file(tmp_path):
+    """A store's identity: its own fingerprint and its listing (a chunk rewritten in
+    place changes the latter only); a file served with no version is flagged. Given to
+    data_fingerprint, the identities give what its inputs give."""
+    path, served = tmp_path / "s.zarr", tmp_path / "served"
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(1, 16, seed=1), path)
+    served.mkdir()
+    (served / "a.tif").write_bytes(b"A" * 10)
+    with serve_directory(served, last_modified=False) as url:
+        found = identity.source_identities([str(path), f"{url}/a.tif"])
+    (before, versioned), (_, http_versioned) = found[str(path)], found[f"{url}/a.tif"]
+    assert versioned and not http_versioned
+    ds = m3rcr_xr.open_zarr(path)
+    identities = identity.source_identities(identity.sources(ds))
+    assert identity.data_fingerprint(ds, identities=identities) == identity.data_fingerprint(
+        ds, identity.sources(ds)
+    )
+    zarr.open_array(path / "cloudy", mode="r+")[0, 0, 0, 0] = 7
+    after, _ = identity.source_identities([str(path)])[str(path)]
+    assert after != before and after.split(":")[0] == before.split(":")[0]
+
+
+def test_a_source_keeps_its_storage_options_out_of_sight():
+    """The options a store was opened with travel with its name (through copies,
+    pickles and :func:`identity.sources`), never into its text."""
+    import copy
+    import json
+    import pickle
+
+    options = {"key": "k", "secret": "SECRET"}
+    opened = identity.Source("s3://b/s.zarr", options)
+    data = xr.Dataset({"a": ("y", [1, 2])})
+    data.encoding["source"] = "s3://b/s.zarr"  # the same store, named without options
+    data["a"].encoding["source"] = [opened]
+    (found,) = identity.sources(data)
+    for kept in (found, copy.deepcopy(found), pickle.loads(pickle.dumps(found))):
+        assert kept == "s3://b/s.zarr" and kept.storage_options == options
+        assert "SECRET" not in repr(kept) + str(kept) + f"{kept}" + json.dumps([kept])
+
+
+def test_a_zarr_store_of_other_software_on_s3_changed_in_place_is_told_apart(bucket):
+    """Such a source is identified by its listing: each key with its ETag."""
+    url = f"s3://{bucket}/theirs.zarr"
+    values = zarr.open_group(url, mode="w").create_array(
+        "values", shape=(8,), chunks=(4,), dtype="i4"
+    )
+    values[:] = np.arange(8)
+    first = identity._source_identity(url)
+    assert identity._source_identity(url) == first
+    values[4:] = 0  # one chunk rewritten in place: same keys, same size
+    assert identity._source_identity(url) != first
