@@ -3,8 +3,9 @@
 Run from the repository root::
 
     python -m benchmarks.bench_metrics [--size 4096] [--scene 20000] [--chunk 1024]
+        [--patches 128]
 
-Prints one JSON object with three parts (``--part`` picks; each runs in its own Python
+Prints one JSON object with four parts (``--part`` picks; each runs in its own Python
 process so that peak memory is its own):
 
 ``compare``
@@ -27,6 +28,12 @@ process so that peak memory is its own):
     ``dask.array`` random chunks: seconds, peak resident memory above the process's
     baseline (psutil sampling every 20 ms) and, for scale, the bytes the scene's inputs
     would take in memory.
+``patches``
+    The graph ``evaluate(protocol="per_patch", compute=False)`` builds for a
+    :func:`m3rcr_xr.synthetic_collection` of ``patches`` and of 4 x ``patches`` patches
+    of 64 x 64 pixels, one patch a chunk (as ``open_m3rcr`` gives a split): seconds, peak
+    resident memory above the baseline and tasks at each size, and their ratios, large
+    / small: about 4 when building is linear in the patches, 16 when it is quadratic.
 ``scene_halo`` (only on request)
     The same lazy scene through the alternative design (halo exchange + flox
     map-reduce on dask arrays): seconds and peak memory, to compare with ``scene``.
@@ -48,6 +55,8 @@ import numpy as np
 
 CODES = np.array([10, 20, 30, 40, 50, 60, 80, 90, 0], dtype=np.uint8)
 STRATA = ("all", "cloudy", "clear")
+#: edge of the patches of the collections of part ``patches``
+PATCH_SIZE = 64
 
 
 # --------------------------------------------------------------------- NumPy baseline
@@ -329,14 +338,51 @@ def part_scene_halo(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _per_patch_graph(n_patches: int, patch_size: int = PATCH_SIZE) -> dict[str, float]:
+    """Seconds, peak memory (MiB) and tasks of the per-patch graph of a collection."""
+    import m3rcr_xr
+    from m3rcr_xr import metrics
+
+    ds = m3rcr_xr.synthetic_collection(n_patches, patch_size)
+    ds = ds.assign(decloud=ds.cloudy.astype("float32"))
+    with PeakRSS() as rss:
+        seconds, lazy = _timed(lambda: metrics.evaluate(ds, protocol="per_patch", compute=False))
+    return {
+        "seconds": seconds,
+        "peak_mib": (rss.peak - rss.baseline) / 2**20,
+        "tasks": len(lazy.PSNR.data.__dask_graph__()),
+    }
+
+
+def part_patches(args: argparse.Namespace) -> dict[str, Any]:
+    """Graph build of the per-patch protocol at ``patches`` and 4 x ``patches``."""
+    _per_patch_graph(2)  # first-call costs (imports, caches) out of the timing
+    sizes = (args.patches, 4 * args.patches)
+    small, large = (_per_patch_graph(n) for n in sizes)
+    return {
+        "patches": list(sizes),
+        "patch_size": PATCH_SIZE,
+        **{
+            f"build_{key}": [round(small[key], 2), round(large[key], 2)]
+            for key in ("seconds", "peak_mib", "tasks")
+        },
+        **{
+            f"{key}_ratio": round(large[key] / max(small[key], 0.01), 2)
+            for key in ("seconds", "peak_mib", "tasks")
+        },
+        "ratio_means": "at 4 x patches / at patches: about 4 if linear, 16 if quadratic",
+    }
+
+
 PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "compare": part_compare,
     "flox": part_flox,
     "scene": part_scene,
+    "patches": part_patches,
     "scene_halo": part_scene_halo,
 }
 #: run by default (scene_halo takes as long as scene, and is only for comparison)
-DEFAULT_PARTS = ("compare", "flox", "scene")
+DEFAULT_PARTS = ("compare", "flox", "scene", "patches")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -344,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=4096, help="in-memory scene edge")
     parser.add_argument("--scene", type=int, default=20000, help="lazy scene edge")
     parser.add_argument("--chunk", type=int, default=1024, help="chunk edge")
+    parser.add_argument("--patches", type=int, default=128, help="patches of the small collection")
     parser.add_argument(
         "--part",
         choices=sorted(PARTS),
@@ -371,6 +418,8 @@ def main(argv: list[str] | None = None) -> None:
             str(args.scene),
             "--chunk",
             str(args.chunk),
+            "--patches",
+            str(args.patches),
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         report[part] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -10,12 +10,15 @@ edge strips; small seam tasks do the pixels within ``HALO`` of a border between 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import product
 from typing import Any
 
 import dask.array as da
 import flox
 import numpy as np
-from dask import delayed
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+from dask.typing import Key
 
 from ..exceptions import SchemaError
 from .dispatch import is_lazy, map_blocks
@@ -174,50 +177,74 @@ def _add(*parts: Any) -> Any:
     return total
 
 
-def _tree_sum(parts: list[Any], fan_in: int = 8) -> Any:
-    add = delayed(_add, pure=True)
+def _tree_sum(parts: list[Key], name: str, k: int, fan_in: int = 8) -> dict[Key, Any]:
+    """Tasks adding the results ``parts`` ``fan_in`` at a time, up to the key ``(name, k)``."""
+    tasks: dict[Key, Any] = {}
+    level = 0
     while len(parts) > 1:
-        parts = [add(*parts[i : i + fan_in]) for i in range(0, len(parts), fan_in)]
-    return add(parts[0])
+        sums: dict[Key, Any] = {
+            (name, k, level, n): (_add, *parts[start : start + fan_in])
+            for n, start in enumerate(range(0, len(parts), fan_in))
+        }
+        tasks.update(sums)
+        parts, level = list(sums), level + 1
+    tasks[name, k] = (_add, parts[0])
+    return tasks
 
 
-def _patch_chunk_sums(pred: np.ndarray, target: np.ndarray, labels: np.ndarray, engine: str) -> Any:
-    """Delayed (quantity, patch, group) sums of one chunk of patches: chunks, then seams."""
-    ny, nx = labels.shape
-    step = delayed(chunk_pass, pure=True)
-    grid = [
-        [
-            step(
-                pred[i, j],
-                target[i, j],
-                labels[i, j],
-                (i > 0, i < ny - 1, j > 0, j < nx - 1),
-                engine,
-            )
-            for j in range(nx)
-        ]
-        for i in range(ny)
-    ]
+def _patch_chunk_tasks(
+    inputs: Sequence[str], token: str, k: int, grid: Sequence[int], engine: str
+) -> tuple[dict[Key, Any], Key]:
+    """The tasks of chunk ``k`` of patches, and the key of its (quantity, patch, group)
+    sums: a :func:`chunk_pass` per spatial chunk of the (rows, columns) ``grid``, the
+    seams between them, the tree sum of all.
 
-    def at(i: int, j: int) -> Any:
-        return grid[i][j] if 0 <= j < nx else None
+    ``inputs``: the names of the (patch, band, y, x) prediction and target and the
+    (patch, y, x) labels, on the same chunks (``band`` in one).
+    """
+    pred, target, labels = inputs
+    ny, nx = grid
 
-    parts: list[Any] = [cell for row in grid for cell in row]
-    parts += [
-        delayed(row_seam, pure=True)(
-            [at(i, j - 1), at(i, j), at(i, j + 1)],
-            [at(i + 1, j - 1), at(i + 1, j), at(i + 1, j + 1)],
+    def cell(i: int, j: int) -> Key:
+        return (f"chunk_pass-{token}", k, i, j)
+
+    def near(i: int, j: int) -> Key | None:  # None past the image's left or right edge
+        return cell(i, j) if 0 <= j < nx else None
+
+    cells: dict[Key, Any] = {
+        cell(i, j): (
+            chunk_pass,
+            (pred, k, 0, i, j),
+            (target, k, 0, i, j),
+            (labels, k, i, j),
+            (i > 0, i < ny - 1, j > 0, j < nx - 1),
             engine,
         )
-        for i in range(ny - 1)
-        for j in range(nx)
-    ]
-    parts += [
-        delayed(column_seam, pure=True)(grid[i][j], grid[i][j + 1], i > 0, i < ny - 1, engine)
-        for i in range(ny)
-        for j in range(nx - 1)
-    ]
-    return _tree_sum(parts)
+        for i, j in product(range(ny), range(nx))
+    }
+    rows: dict[Key, Any] = {
+        (f"row_seam-{token}", k, i, j): (
+            row_seam,
+            [near(i, j - 1), cell(i, j), near(i, j + 1)],
+            [near(i + 1, j - 1), cell(i + 1, j), near(i + 1, j + 1)],
+            engine,
+        )
+        for i, j in product(range(ny - 1), range(nx))
+    }
+    columns: dict[Key, Any] = {
+        (f"column_seam-{token}", k, i, j): (
+            column_seam,
+            cell(i, j),
+            cell(i, j + 1),
+            i > 0,
+            i < ny - 1,
+            engine,
+        )
+        for i, j in product(range(ny), range(nx - 1))
+    }
+    name = f"chunk_sums-{token}"
+    total = _tree_sum([*cells, *rows, *columns], name, k)
+    return {**cells, **rows, **columns, **total}, (name, k)
 
 
 def _at_least_min_chunk(chunks: tuple[int, ...]) -> tuple[int, ...]:
@@ -240,20 +267,28 @@ def streamed_sums(
     between chunks from those strips. No task but a chunk's own holds the chunk, so
     memory is bounded by the chunk size however large the scene (a halo exchange keeps
     a row of chunks waiting for their neighbours). Each pixel is computed from the same
-    neighbourhood as in one piece, so no value depends on the chunking.
+    neighbourhood as in one piece, so no value depends on the chunking. All the tasks
+    make one graph layer, built in time linear in the number of chunks.
     """
     spatial = {axis: _at_least_min_chunk(labels.chunks[axis]) for axis in (-2, -1)}
     arrays = [
         a.rechunk({a.ndim + axis: c for axis, c in spatial.items()}) for a in (pred, target, labels)
     ]
-    blocks = [a.to_delayed(optimize_graph=False) for a in arrays]
-    per_chunk = [
-        _patch_chunk_sums(blocks[0][k, 0], blocks[1][k, 0], blocks[2][k], engine)
-        for k in range(labels.numblocks[0])
-    ]  # one per chunk of patches
-    total = delayed(np.concatenate, pure=True)(per_chunk, axis=1)
+    token = tokenize(*arrays, engine)
+    name = f"m3rcr-metric-sums-{token}"
+    inputs, grid = [a.name for a in arrays], arrays[2].numblocks[1:]
+    tasks: dict[Key, Any] = {}
+    per_chunk = []  # the keys of the sums of each chunk of patches
+    for k in range(labels.numblocks[0]):
+        chunk_tasks, key = _patch_chunk_tasks(inputs, token, k, grid, engine)
+        tasks.update(chunk_tasks)
+        per_chunk.append(key)
+    tasks[name, 0, 0, 0] = (np.concatenate, per_chunk, 1)  # along patch
+    # all in one layer: a layer per task (a ``delayed`` call each) merged all the layers
+    # of the inputs once per task, quadratic in the number of chunks
+    graph = HighLevelGraph.from_collections(name, tasks, dependencies=arrays)
     shape = (len(QUANTITIES), labels.shape[0], N_LABELS)
-    return da.from_delayed(total, shape=shape, dtype=np.float64)
+    return da.Array(graph, name, chunks=tuple((n,) for n in shape), dtype=np.float64)
 
 
 def group_sums(pred: Any, target: Any, labels: Any, engine: str = DEFAULT_ENGINE) -> Any:
