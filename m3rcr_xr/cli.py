@@ -13,9 +13,9 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .exceptions import (
     M3RCRError,
@@ -283,7 +283,7 @@ def _decloud(args: argparse.Namespace) -> int:
     config, checkpoints, inputs = _decloud_inputs(args)  # arguments first, then the data
     reused = _check_decloud_store(args, inputs)
     ds = open_zarr(args.input)
-    cogs, kept = _check_decloud_cogs(args, ds, inputs, reused=reused)
+    cogs, kept, output = _check_decloud_cogs(args, ds, inputs, reused=reused)
     result = decloud(
         ds,
         args.model,
@@ -299,7 +299,7 @@ def _decloud(args: argparse.Namespace) -> int:
         uncertainty=args.uncertainty,
     )
     result = result if isinstance(result, xr.Dataset) else result.to_dataset()
-    _write_decloud(args, result, cogs, kept, reused=reused)
+    _write_decloud(args, result, cogs, kept, output)
     return 0
 
 
@@ -335,19 +335,40 @@ def _check_decloud_store(args: argparse.Namespace, inputs: Sequence[str]) -> boo
     return reused
 
 
+class _Output(NamedTuple):
+    """The output store of ``m3rcr decloud``, opened, and the identities of its data's
+    inputs (:func:`m3rcr_xr.identity.source_identities` of the store), taken once a
+    command for all its GeoTIFFs and the records of what they are written from (each
+    GeoTIFF opened the store again, and listed it again)."""
+
+    store: xarray.Dataset
+    identities: dict[str, tuple[str, bool]]
+
+
+def _open_output(output: str) -> _Output:
+    """The complete output store ``output``, opened and identified (:class:`_Output`)."""
+    from .identity import source_identities, sources
+    from .store import open_zarr
+
+    store = open_zarr(output)
+    return _Output(store, source_identities(sources(store)))
+
+
 def _check_decloud_cogs(
     args: argparse.Namespace, ds: xarray.Dataset, inputs: Sequence[str], *, reused: bool
-) -> tuple[dict[str, str], set[str]]:
+) -> tuple[dict[str, str], set[str], _Output | None]:
     """Check, before any work, the GeoTIFFs ``m3rcr decloud --cog`` writes from ``ds``;
-    return them (:func:`_decloud_cogs`) and the variables whose GeoTIFF a ``reused``
-    store keeps (:func:`_kept_cogs`): those are not checked as destinations again."""
+    return them (:func:`_decloud_cogs`), the variables whose GeoTIFF a ``reused`` store
+    keeps (:func:`_kept_cogs`; those are not checked as destinations again), and that
+    store, opened (None where the output is to be written)."""
     from .cog import check_cog_destination, patch_file_names
     from .location import check_apart
     from .schema import is_collection
 
     collection = is_collection(ds)
     cogs = _decloud_cogs(args, collection)
-    kept = _kept_cogs(args.output, cogs) if reused else set()
+    output = _open_output(args.output) if reused else None
+    kept = _kept_cogs(output, cogs) if output is not None else set()
     names = patch_file_names(ds) if cogs and collection else None
     for variable, cog in cogs.items():  # a file for a scene, a folder for a collection
         check_apart(cog, [args.output], role="output store")
@@ -356,7 +377,7 @@ def _check_decloud_cogs(
             _check_cog_file(cog, overwrite=overwrite)
         if variable not in kept:
             check_cog_destination(cog, names=names, inputs=inputs, overwrite=args.overwrite)
-    return cogs, kept
+    return cogs, kept, output
 
 
 def _check_cog_file(cog: str, *, overwrite: bool | None) -> None:
@@ -378,54 +399,55 @@ def _write_decloud(
     result: xarray.Dataset,
     cogs: dict[str, str],
     kept: set[str],
-    *,
-    reused: bool,
+    reused: _Output | None,
 ) -> None:
-    """Write ``result`` to the output store of ``m3rcr decloud`` (a ``reused`` store:
-    check that it holds ``result``'s data instead), then the GeoTIFFs ``cogs`` from the
-    store written, but those ``kept``; print each."""
+    """Write ``result`` to the output store of ``m3rcr decloud`` (a ``reused`` store,
+    opened: check that it holds ``result``'s data instead), then the GeoTIFFs ``cogs``
+    from the store written, but those ``kept``; print each."""
     from . import href
     from .cog import to_cog
-    from .store import open_zarr, to_zarr
+    from .store import to_zarr
 
-    if reused:
-        _check_reused(result, args.output, cogs)
+    if reused is not None:
+        _check_reused(result, args.output, cogs, reused.store.data_vars)
         print(f"{href.redacted(args.output)} is complete: its GeoTIFFs come from it")
     else:
         to_zarr(result, args.output, overwrite=args.overwrite, progress=True)
         print(f"wrote {href.redacted(args.output)}")
     if not cogs:
         return
-    written = open_zarr(args.output)
+    written, identities = reused or _open_output(args.output)
     for variable, cog in cogs.items():
         if variable in kept:
             print(f"kept {href.redacted(cog)}: written from this store already")
             continue
-        to_cog(written[variable], cog, overwrite=args.overwrite)
+        to_cog(written[variable], cog, overwrite=args.overwrite, identities=identities)
         print(f"wrote {href.redacted(cog)}")
 
 
-def _kept_cogs(output: str, cogs: dict[str, str]) -> set[str]:
+def _kept_cogs(output: _Output, cogs: dict[str, str]) -> set[str]:
     """The variables of ``cogs`` whose GeoTIFF a rerun on the complete store ``output``
     keeps: written from the store's variable with the options ``m3rcr decloud`` writes
     with (:func:`m3rcr_xr.cog.written_from`), by a run cut off before the next one. Any
     other file there is checked as before any write (and refused without --overwrite).
     """
     from .cog import written_from
-    from .store import open_zarr
 
-    written = open_zarr(output)
+    store, identities = output
     return {
         variable
         for variable, cog in cogs.items()
-        if variable in written.data_vars and written_from(written[variable], cog)
+        if variable in store.data_vars and written_from(store[variable], cog, identities=identities)
     }
 
 
-def _check_reused(result: xarray.Dataset, output: str, cogs: dict[str, str]) -> None:
+def _check_reused(
+    result: xarray.Dataset, output: str, cogs: dict[str, str], held: Collection[Hashable]
+) -> None:
     """Refuse to write the GeoTIFFs from the complete store ``output`` unless it was
     written from ``result``'s data (the same inputs and settings: the fingerprint
-    :func:`m3rcr_xr.to_zarr` keeps), saying how to write them from it as it is.
+    :func:`m3rcr_xr.to_zarr` keeps), saying how to write them from it as it is (its
+    variables ``held``).
 
     Raises
     ------
@@ -433,12 +455,11 @@ def _check_reused(result: xarray.Dataset, output: str, cogs: dict[str, str]) -> 
         ``output`` holds other data.
     """
     from .href import redacted
-    from .store import open_zarr, written_from
+    from .store import written_from
 
     if written_from(result, output):
         return
     name = redacted(output)
-    held = open_zarr(output).data_vars
     calls = "; ".join(
         f"m3rcr_xr.to_cog(m3rcr_xr.open_zarr({name!r})[{variable!r}], {redacted(cog)!r})"
         for variable, cog in cogs.items()

@@ -40,12 +40,13 @@ import os
 import posixpath
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import dask
 import numpy as np
 import xarray as xr
 from dask.base import is_dask_collection
@@ -73,16 +74,29 @@ SUFFIX = ".tif"
 
 
 def _array(obj: xr.Dataset | xr.DataArray, variable: str | None) -> xr.DataArray:
-    """The DataArray to write: ``obj`` itself, or its ``variable`` (default ``decloud``)."""
+    """The DataArray to write: ``obj`` itself, or its ``variable`` (default ``decloud``),
+    its coordinates in memory (:func:`_coordinates_loaded`)."""
     if isinstance(obj, xr.DataArray):
-        return obj
+        return _coordinates_loaded(obj)
     name = variable or "decloud"
     if name not in obj.data_vars:
         raise UsageError(
             f"{argument('variable', name)}: not a variable of the dataset "
             f"(it has {sorted(map(str, obj.data_vars))})"
         )
-    return obj[name]
+    return _coordinates_loaded(obj[name])
+
+
+def _coordinates_loaded(array: xr.DataArray) -> xr.DataArray:
+    """``array`` with its Dask-backed coordinates (a collection's ``y``, ``x`` and
+    ``epsg`` after ``xr.open_zarr`` or ``.chunk()``) computed together, in one graph:
+    the record of what a file is written from, the patches' names and their grids each
+    read them, which computed each coordinate again each time."""
+    lazy = [name for name, coord in array.coords.items() if coord.chunks is not None]
+    if not lazy:
+        return array
+    loaded = dask.compute(*(array.coords[name].variable for name in lazy))
+    return array.assign_coords(dict(zip(lazy, loaded, strict=True)))
 
 
 def _with_nodata(array: xr.DataArray) -> xr.DataArray:
@@ -242,6 +256,11 @@ def _patch_scene(collection: xr.DataArray, index: int) -> xr.DataArray:
             "patch's files again, reprojected to a CRS that has one)"
         )
     patch = patch.drop_vars([name for name in patch.coords if patch[name].ndim == 0])
+    # its y and x (rows of the collection's 2-D coordinates) indexed, as a scene's: not
+    # indexed, the write's chunking made them lazy, and odc-geo computed them twice
+    for dim in ("y", "x"):
+        if dim in patch.coords and dim not in patch.xindexes:
+            patch = patch.set_xindex(dim)
     return patch.rio.write_crs(crs)
 
 
@@ -471,14 +490,16 @@ def _records(
     level: int | None,
     blocksize: int,
     overview_resampling: str,
+    identities: dict[str, tuple[str, bool]] | None = None,
 ) -> list[str]:
     """What each file :func:`to_cog` writes of ``array`` (one per name of ``names`` for a
     collection) is written from, as its ``ImageDescription`` records it: a digest of the
     data's identity (:func:`m3rcr_xr.identity.data_fingerprint`: a store's own fingerprint,
-    a lazy graph's inputs), of the options that shape the file, of this library's
-    version, and of the patch's file name. The same in every process."""
+    a lazy graph's inputs, given their ``identities`` or reached here), of the options
+    that shape the file, of this library's version, and of the patch's file name. The
+    same in every process."""
     name = array.name if array.name is not None else "data"
-    data = data_fingerprint(array.to_dataset(name=name), sources(array))
+    data = data_fingerprint(array.to_dataset(name=name), sources(array), identities=identities)
     shaping = [_software_tag(), data, str(compress).lower(), level, blocksize, overview_resampling]
     common = json.dumps(shaping)
     return [
@@ -497,13 +518,15 @@ def written_from(
     blocksize: int = 512,
     overview_resampling: str = "nearest",
     storage_options: dict[str, Any] | None = None,
+    identities: dict[str, tuple[str, bool]] | None = None,
 ) -> bool:
     """Whether ``path`` holds what :func:`to_cog` writes of ``obj`` with these options
-    (those of :func:`to_cog`): each of its files (one per patch for a collection) is a
-    GeoTIFF of this library recording the same data, options and version in its TIFF
-    ``ImageDescription``. A file of an earlier version records nothing: False. Reads
-    the files' first tags, and of ``obj`` what :func:`m3rcr_xr.identity.data_fingerprint`
-    reads (metadata and listings; an array in memory is hashed).
+    (those of :func:`to_cog`, ``identities`` too): each of its files (one per patch for
+    a collection) is a GeoTIFF of this library recording the same data, options and
+    version in its TIFF ``ImageDescription``. A file of an earlier version records
+    nothing: False. Reads the files' first tags, and of ``obj`` what
+    :func:`m3rcr_xr.identity.data_fingerprint` reads (metadata and listings, but none
+    given as ``identities``; an array in memory is hashed; coordinates are computed).
 
     Raises
     ------
@@ -516,7 +539,7 @@ def written_from(
     names = patch_file_names(array) if is_collection(array) else None
     target = Target.of(path, storage_options)
     keys = [target.path] if names is None else [target.key(name) for name in names]
-    records = _records(array, names, compress, level, blocksize, overview_resampling)
+    records = _records(array, names, compress, level, blocksize, overview_resampling, identities)
     for key, record in zip(keys, records, strict=True):
         try:
             with target.fs.open(key, "rb") as handle:
@@ -559,9 +582,30 @@ def _uploaded(target: Target, urls: Sequence[str], overwrite: bool) -> Iterator[
                 log.error("%s", note)
                 err.add_note(note)
             raise
-        for _, previous in done:
+        for url, previous in done:
             if previous is not None:
                 fs.rm_file(previous)
+                _warn_of_sidecar(url, fs.exists)
+
+
+#: the suffix of GDAL's sidecar of a raster (``OUT.tif.aux.xml``): what GDAL or QGIS
+#: computed of it (statistics, histograms) or was told (nodata, a colour table)
+SIDECAR = ".aux.xml"
+
+
+def _warn_of_sidecar(file: str, exists: Callable[[str], bool]) -> None:
+    """Log a warning for GDAL's sidecar of ``file``, just replaced, where ``exists`` finds
+    one: it describes the file replaced, and GDAL (QGIS) reads it with the new one. It
+    stays: this library did not write it."""
+    sidecar = f"{file}{SIDECAR}"
+    if exists(sidecar):
+        log.warning(
+            "%s: a GDAL sidecar of %s, which was just replaced: it describes the replaced "
+            "file (statistics, histograms, nodata), and GDAL and QGIS read it with the new "
+            "one; remove it (m3rcr_xr did not write it, and leaves it as it is)",
+            redacted(sidecar),
+            redacted(file),
+        )
 
 
 def _put_back(fs: Any, done: Sequence[tuple[str, str | None]]) -> list[str]:
@@ -743,6 +787,7 @@ def to_cog(
     overview_resampling: str = "nearest",
     progress: bool | None = None,
     storage_options: dict[str, Any] | None = None,
+    identities: dict[str, tuple[str, bool]] | None = None,
 ) -> list[Any]:
     """Write a scene (or each patch of a collection) to Cloud-Optimised GeoTIFF.
 
@@ -778,13 +823,15 @@ def to_cog(
     overwrite
         Replace existing files of the same names that this library wrote (their TIFF
         ``Software`` tag starts with ``m3rcr_xr``); a file of other software is refused
-        even then, and nothing else is ever touched. Each file records what it was
-        written from in its TIFF ``ImageDescription`` (``m3rcr_xr source`` and a digest
-        of the data's identity, :func:`m3rcr_xr.identity.data_fingerprint`: a store's
-        fingerprint, a lazy graph's inputs; of the options that shape the file; of this
-        library's version; and of a patch's file name): :func:`written_from` tells
-        whether an existing file holds what a call would write (``m3rcr decloud
-        --cog`` run again keeps such a file).
+        even then, and nothing else is ever touched: GDAL's sidecar of a file replaced
+        (``OUT.tif.aux.xml``), which describes that file, stays, and a warning names it.
+        Each file records what it was written from in its TIFF ``ImageDescription``
+        (``m3rcr_xr source`` and a digest of the data's identity,
+        :func:`m3rcr_xr.identity.data_fingerprint`: a store's fingerprint, a lazy
+        graph's inputs; of the options that shape the file; of this library's version;
+        and of a patch's file name): :func:`written_from` tells whether an existing file
+        holds what a call would write (``m3rcr decloud --cog`` run again keeps such a
+        file).
     compress
         TIFF compression, as rioxarray's ``to_raster`` names it: ``"deflate"``,
         ``"zstd"``, ``"lzw"``, ``"lzma"``, ``"packbits"`` (``"jpeg"``, ``"webp"``:
@@ -801,6 +848,12 @@ def to_cog(
     storage_options
         fsspec options for a URL ``path`` (credentials, endpoint), as for
         :func:`m3rcr_xr.to_zarr`.
+    identities
+        The identities of ``obj``'s inputs, as
+        ``source_identities(sources(obj))`` (:mod:`m3rcr_xr.identity`) gives them, for
+        the record: taken once by a caller that writes (or checks, with
+        :func:`written_from`) several variables of one store, where each call would
+        list the store again. Default: reached here.
 
     Returns
     -------
@@ -844,7 +897,7 @@ def to_cog(
     )
     scenes = [_patch_scene(array, i) for i in range(len(files))] if collection else [array]
     scenes = [_with_nodata(scene) for scene in scenes]
-    records = _records(source, names, compress, level, blocksize, overview_resampling)
+    records = _records(source, names, compress, level, blocksize, overview_resampling, identities)
     target = Target.of(path, storage_options)
     options = {"level": level, "overview_resampling": overview_resampling}
     show = OPTIONS["progress"] if progress is None else progress
@@ -913,6 +966,7 @@ def _commit(partials: Sequence[Path], files: Sequence[Path], overwrite: bool) ->
             elif previous.exists():
                 os.replace(previous, file)
         raise
-    for _, previous in done:
+    for file, previous in done:
         if previous is not None:
             previous.unlink()
+            _warn_of_sidecar(str(file), os.path.exists)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -957,6 +958,44 @@ def test_a_run_cut_off_between_its_cogs_keeps_the_first_and_writes_the_second(
     assert cog_validate(str(std), strict=True)[0]
     assert main(argv) == 0  # once more: both kept
     assert f"kept {cog}: written from this store already\nkept {std}: " in capsys.readouterr().out
+
+
+def _opens_and_listings(monkeypatch, path: Path) -> Counter:
+    """Counts, from now on, of the opens (``open_zarr``) and listings (its identity) of
+    the store at ``path``."""
+    from m3rcr_xr import identity
+
+    counts: Counter = Counter()
+    open_zarr, listing = store.open_zarr, identity._listing_identity
+
+    def opened(where, *args, **kwargs):
+        counts["opens"] += Path(where) == path
+        return open_zarr(where, *args, **kwargs)
+
+    def listed(target):
+        counts["listings"] += Path(target.path) == path
+        return listing(target)
+
+    monkeypatch.setattr(store, "open_zarr", opened)
+    monkeypatch.setattr(identity, "_listing_identity", listed)
+    return counts
+
+
+def test_a_rerun_opens_and_lists_its_store_once(scene_store, tmp_path, capsys, monkeypatch):
+    """A rerun on the complete store opened it twice (to see which GeoTIFFs it keeps,
+    then to write the others) and listed it once a GeoTIFF, kept or written, to identify
+    the data; a run that writes the store and two GeoTIFFs listed it twice. Once now."""
+    out, cog, std, argv = _cut_off_between_the_cogs(scene_store, tmp_path, monkeypatch)
+    counts = _opens_and_listings(monkeypatch, out)
+    assert main(argv) == 0
+    assert f"kept {cog}: written from this store already\nwrote {std}\n" in capsys.readouterr().out
+    assert counts == {"opens": 1, "listings": 1}
+    counts.clear()
+    assert main(argv) == 0  # both kept
+    assert counts == {"opens": 1, "listings": 1}
+    counts.clear()
+    assert main([*argv, "--overwrite"]) == 0  # the store and both GeoTIFFs written
+    assert counts == {"opens": 1, "listings": 1}
 
 
 def test_a_rerun_keeps_only_a_cog_of_its_store_written_as_it_writes_it(

@@ -1,4 +1,5 @@
 import errno
+import logging
 import os
 from pathlib import Path
 
@@ -309,6 +310,29 @@ def test_an_existing_file_is_kept_without_overwrite(tmp_path):
         assert cog.shape == (64, 64)
 
 
+def test_a_gdal_sidecar_of_a_replaced_file_is_kept_and_warned_of(tmp_path, caplog):
+    """GDAL keeps the statistics it computed of d.tif in d.tif.aux.xml, and shows them
+    for the file that replaces d.tif: not the library's to remove, so it says so."""
+    path, sidecar = tmp_path / "d.tif", tmp_path / "d.tif.aux.xml"
+    m3rcr_xr.to_cog(_scene(32), path)
+    with rasterio.open(path) as f:  # as gdalinfo -stats or QGIS do
+        f.stats()
+    kept = sidecar.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="m3rcr_xr.cog"):
+        assert m3rcr_xr.to_cog(_scene(32) * 2, path, overwrite=True) == [path]
+    assert sidecar.read_bytes() == kept
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(
+        f"{sidecar}: a GDAL sidecar of {path}, which was just replaced: it describes the "
+        "replaced file (statistics"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="m3rcr_xr.cog"):
+        m3rcr_xr.to_cog(_scene(32), tmp_path / "new.tif")  # nothing replaced, no sidecar
+        m3rcr_xr.to_cog(_scene(32), tmp_path / "new.tif", overwrite=True)
+    assert not caplog.records
+
+
 def _their_geotiff(path):
     _scene(32).rio.to_raster(path)  # rioxarray's GeoTIFF: no m3rcr_xr Software tag
     return path
@@ -437,6 +461,43 @@ def test_a_collection_is_written_from_its_data_only_with_every_patch(tmp_path):
     second.rename(first)  # a patch's file under another patch's name
     (tmp_path / "aside.tif").rename(second)
     assert not cog.written_from(collection, tmp_path / "cogs", variable="cloudy")
+
+
+def test_lazy_coordinates_are_computed_once_for_the_record_and_the_patches(tmp_path):
+    """A collection ``.chunk()``-ed (or opened with ``xr.open_zarr``) has lazy ``y``, ``x``,
+    ``epsg``...: the record computed each of its 7 coordinates, and each patch its
+    ``epsg``, and its grid twice in odc-geo (14 graphs for 2 patches, 7 for
+    ``written_from``): all are computed in one graph now, the write in another."""
+    collection = m3rcr_xr.synthetic_collection(2, 32)["cloudy"].chunk()
+    assert collection["epsg"].chunks is not None and collection["x"].chunks is not None
+    with raise_if_dask_computes(2):
+        m3rcr_xr.to_cog(collection, tmp_path / "cogs", progress=False)
+    with raise_if_dask_computes(1):
+        assert cog.written_from(collection, tmp_path / "cogs")
+    loaded = collection.load()
+    with raise_if_dask_computes(1):  # a collection in memory: the write alone
+        m3rcr_xr.to_cog(loaded, tmp_path / "cogs", overwrite=True, progress=False)
+
+
+def test_identities_given_are_not_taken_again(tmp_path, monkeypatch):
+    """``m3rcr decloud --cog`` identifies its store once for all its GeoTIFFs (it was
+    listed again for each one): given, the record is the same as where it is taken."""
+    from m3rcr_xr import identity
+
+    m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((32, 32)), tmp_path / "s.zarr")
+    cloudy = m3rcr_xr.open_zarr(tmp_path / "s.zarr")["cloudy"]
+    identities = identity.source_identities(identity.sources(cloudy))
+    with monkeypatch.context() as patched:
+        patched.setattr(identity, "_listing_identity", _never_listed)
+        m3rcr_xr.to_cog(cloudy, tmp_path / "c.tif", identities=identities)
+        assert cog.written_from(cloudy, tmp_path / "c.tif", identities=identities)
+    assert cog.written_from(cloudy, tmp_path / "c.tif")
+    m3rcr_xr.to_cog(cloudy, tmp_path / "d.tif")
+    assert _record(tmp_path / "d.tif") == _record(tmp_path / "c.tif")
+
+
+def _never_listed(target):
+    raise AssertionError(f"{target.path} listed again")
 
 
 def test_a_malformed_tiff_is_refused_not_a_traceback(tmp_path, monkeypatch):
@@ -707,6 +768,19 @@ def test_an_existing_object_is_kept_without_overwrite(bucket, tmp_path):
     local.write_bytes(objects[f"{bucket}/mine.tif"])
     with rasterio.open(local) as cog:
         assert cog.shape == (64, 64)  # replaced
+
+
+def test_a_gdal_sidecar_of_a_replaced_object_is_kept_and_warned_of(bucket, caplog):
+    import s3fs
+
+    url = f"s3://{bucket}/mine.tif"
+    m3rcr_xr.to_cog(_scene(32), url)
+    s3fs.S3FileSystem().pipe_file(f"{bucket}/mine.tif.aux.xml", b"<PAMDataset/>")
+    with caplog.at_level(logging.WARNING, logger="m3rcr_xr.cog"):
+        assert m3rcr_xr.to_cog(_scene(64), url, overwrite=True) == [url]
+    assert _objects(bucket)[f"{bucket}/mine.tif.aux.xml"] == b"<PAMDataset/>"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"{url}.aux.xml: a GDAL sidecar of {url}, which was just")
 
 
 def _upload_fails(monkeypatch, at: int) -> list[str]:
