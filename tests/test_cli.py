@@ -738,6 +738,69 @@ def test_evaluate_replaces_an_existing_table_only_with_overwrite(
         assert "PSNR" in table.read_text() and table.read_text() != first
 
 
+class _Killed(BaseException):
+    """A kill, as far as the files on disk can tell: nothing after it is written."""
+
+
+def _semantic_runs(scene_store: Path) -> dict[str, xr.Dataset]:
+    """evaluate(..., semantic=True) results of ``--pred cloudy`` and ``cloudfree``, told
+    apart by their PSNR (the semantic scores: stand-ins, without the classifier)."""
+    from m3rcr_xr.metrics import SEMANTIC_SCORES
+
+    run = m3rcr_xr.evaluate(m3rcr_xr.open_zarr(scene_store), "cloudy", "cloudfree").compute()
+    runs = {}
+    for offset, pred in enumerate(("cloudy", "cloudfree")):
+        psnr = run.PSNR - offset
+        by_source = psnr.expand_dims(source=["pred", "target"])
+        runs[pred] = run.assign(PSNR=psnr, **dict.fromkeys(SEMANTIC_SCORES, by_source))
+    return runs
+
+
+def test_evaluate_never_leaves_tables_of_two_runs(scene_store, tmp_path, capsys, monkeypatch):
+    """Killed as its metrics table replaced the earlier run's, ``evaluate --semantic
+    --overwrite`` left the earlier semantic table beside it; a run without
+    ``--semantic`` left it too. Both tables go together now."""
+    from m3rcr_xr import metrics
+
+    runs = _semantic_runs(scene_store)
+
+    def evaluate(stores, pred, *args, semantic, **kwargs):
+        return runs[pred] if semantic else metrics.split_semantic(runs[pred])[0]
+
+    monkeypatch.setattr(metrics, "evaluate", evaluate)
+    out, beside = tmp_path / "pair.csv", tmp_path / "pair_semantic.csv"
+    argv = ["evaluate", str(scene_store), "--semantic", "--out", str(out), "--overwrite"]
+    assert main([*argv, "--pred", "cloudy"]) == 0
+    first = out.read_text()
+    replace = os.replace
+
+    def killed_in(source, destination):
+        replace(source, destination)
+        if Path(destination) == out:
+            raise _Killed
+
+    monkeypatch.setattr(os, "replace", killed_in)
+    with pytest.raises(_Killed):
+        main([*argv, "--pred", "cloudfree"])
+    assert out.read_text() != first
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # not the earlier semantic
+    monkeypatch.setattr(os, "replace", replace)
+    assert main([*argv, "--pred", "cloudfree"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, beside.name]
+    # without --semantic: the earlier semantic table goes, with --overwrite only
+    plain = ["evaluate", str(scene_store), "--pred", "cloudy", "--out", str(out)]
+    out.unlink()
+    capsys.readouterr()
+    _fails_alone(capsys, plain, f"{beside} holds the semantic scores of an earlier run", out)
+    assert main([*plain, "--overwrite"]) == 0
+    said = f"removed {beside}: the semantic table of an earlier run\nwrote {out}\n"
+    assert capsys.readouterr().out.endswith(said)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    beside.write_text("source,mine\n")  # a user's file of that name stays
+    assert main([*plain, "--overwrite"]) == 0
+    assert beside.read_text() == "source,mine\n"
+
+
 @pytest.mark.parametrize(
     ("flags", "match"),
     [
