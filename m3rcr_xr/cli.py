@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -1034,7 +1035,13 @@ def command_logging(verbose: bool) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``m3rcr``; returns the exit status."""
+    """Entry point of ``m3rcr``; returns the exit status.
+
+    Without ``argv`` (the console script: the command line of this process, which ends
+    when this returns), Ctrl-C is ignored once the command is over: its work is done
+    and said, and Python's shutdown would report it as a traceback and exit 0 all the
+    same. Given ``argv`` (a caller's Python, the tests), the handler is left as it is.
+    """
     args = build_parser().parse_args(argv)
     try:
         with command_logging(args.verbose), command_line_names(), _scheduler_client(args):
@@ -1051,6 +1058,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # what is left to flush at exit goes nowhere, rather than raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    finally:
+        if argv is None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

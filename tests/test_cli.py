@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -181,6 +182,31 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
         done = subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True)
     assert done.returncode == cli.EXIT_BROKEN_PIPE
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+
+
+#: a command as the console script runs it (``main()``), then Ctrl-C as the process
+#: ends (threads joined, modules torn down), the command's work done and said
+CTRL_C_AT_EXIT = """
+import os, signal, sys
+from m3rcr_xr import cli
+cli._info = lambda args: print("done") or 0
+sys.argv = ["m3rcr", "info", "s.zarr"]
+status = cli.main()
+os.kill(os.getpid(), signal.SIGINT)
+sys.exit(status)
+"""
+
+
+def test_ctrl_c_after_the_command_is_over_is_ignored(monkeypatch):
+    """It was a KeyboardInterrupt traceback from Python's shutdown, and exit 0; the
+    handler is left as it is when main is given its arguments (as here)."""
+    done = subprocess.run([sys.executable, "-c", CTRL_C_AT_EXIT], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "done\n"), done.stderr
+    assert "KeyboardInterrupt" not in done.stderr
+    monkeypatch.setattr(cli, "_info", lambda args: 0)
+    handler = signal.getsignal(signal.SIGINT)
+    assert main(["info", "s.zarr"]) == 0
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 #: the command line's logging set up, then distributed imported (as a command that
