@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from pathlib import Path
@@ -623,7 +624,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .metrics.cells import check_strata
 
     strata = check_strata(args.level, STRATA if args.strata is None else args.strata)
-    outputs = _evaluate_tables(args)
+    paths, earlier = _evaluate_tables(args)
     classifier_config = _classifier_config(args)
     stores = _open_stores(args.store)
     _check_prediction_held(args, stores)
@@ -640,14 +641,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         classifier=args.classifier,
         classifier_config=classifier_config or None,
     )
-    _print_tables(result, outputs, semantic=args.semantic)
+    _print_tables(result, paths, earlier, semantic=args.semantic)
     return 0
 
 
-def _evaluate_tables(args: argparse.Namespace) -> list[str | None]:
-    """Where ``m3rcr evaluate`` writes its tables, one path (or None) a table: the
-    metrics, then with ``--semantic`` the semantic scores beside them
-    (:func:`m3rcr_xr.metrics.semantic_table_path`); each checked before any work.
+def _evaluate_tables(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Where ``m3rcr evaluate`` writes its tables (none without ``--out``): the metrics,
+    then with ``--semantic`` the semantic scores beside them
+    (:func:`m3rcr_xr.metrics.semantic_table_path`); and the earlier table it removes:
+    without ``--semantic``, the semantic table of an earlier run there, which would
+    be left beside this run's metrics. Each checked before any work.
 
     Raises
     ------
@@ -657,15 +660,29 @@ def _evaluate_tables(args: argparse.Namespace) -> list[str | None]:
         A path inside a store it reads, or a file that is no table of ``evaluate``.
     """
     from .location import check_apart
-    from .metrics import TABLE_SUFFIXES, check_table_replaceable, semantic_table_path
+    from .metrics import (
+        TABLE_SUFFIXES,
+        check_table_replaceable,
+        is_semantic_table,
+        semantic_table_path,
+    )
 
-    semantic_out = semantic_table_path(args.out) if args.out else None
+    if not args.out:
+        return [], []
+    semantic_out = semantic_table_path(args.out)
     outputs = [args.out, semantic_out] if args.semantic else [args.out]
-    for path in filter(None, outputs):
+    earlier = [semantic_out] if not args.semantic and is_semantic_table(semantic_out) else []
+    for path in outputs:
         _check_output_file(path, "out", TABLE_SUFFIXES, overwrite=args.overwrite)
         check_apart(path, args.store)  # a file in a store is no part of it
         check_table_replaceable(path)  # --overwrite replaces only an earlier table
-    return outputs
+    if earlier and not args.overwrite:  # a table of ours beside --out: checked with it
+        raise UsageError(
+            f"{argument('out', args.out)}: {earlier[0]} holds the semantic scores of an "
+            "earlier run, which would be left beside this run's table (no --semantic); "
+            f"pass {argument('overwrite')} to remove it"
+        )
+    return outputs, earlier
 
 
 def _classifier_config(args: argparse.Namespace) -> dict[str, object]:
@@ -699,17 +716,24 @@ def _check_prediction_held(args: argparse.Namespace, stores: xarray.Dataset) -> 
         )
 
 
-def _print_tables(result: xarray.Dataset, outputs: Sequence[str | None], *, semantic: bool) -> None:
+def _print_tables(
+    result: xarray.Dataset, paths: Sequence[str], earlier: Sequence[str], *, semantic: bool
+) -> None:
     """Print the table(s) of ``result`` (with ``semantic``: the metrics, then the
-    semantic scores) and write each to its path of ``outputs``, where there is one."""
-    from .metrics import split_semantic, write_table
+    semantic scores) and write them to ``paths`` (none: print only), together
+    (:func:`m3rcr_xr.metrics.write_tables`: a kill leaves no table beside one of another
+    run), removing the ``earlier`` semantic table."""
+    from .metrics import split_semantic, write_tables
 
     tables = split_semantic(result) if semantic else (result,)
-    for table, path in zip(tables, outputs, strict=True):
+    for table in tables:
         print(table.to_dataframe().to_string())
-        if path:
-            write_table(table, path)
-            print(f"wrote {path}")
+    if paths:
+        write_tables(list(zip(tables, paths, strict=True)), remove=earlier)
+    for path in earlier:
+        print(f"removed {path}: the semantic table of an earlier run")
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def _open_stores(paths: Sequence[str]) -> xarray.Dataset:
@@ -1032,7 +1056,13 @@ def command_logging(verbose: bool) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``m3rcr``; returns the exit status."""
+    """Entry point of ``m3rcr``; returns the exit status.
+
+    Without ``argv`` (the console script: the command line of this process, which ends
+    when this returns), Ctrl-C is ignored once the command is over: its work is done
+    and said, and Python's shutdown would report it as a traceback and exit 0 all the
+    same. Given ``argv`` (a caller's Python, the tests), the handler is left as it is.
+    """
     args = build_parser().parse_args(argv)
     try:
         with command_logging(args.verbose), command_line_names(), _scheduler_client(args):
@@ -1049,6 +1079,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # what is left to flush at exit goes nowhere, rather than raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    finally:
+        if argv is None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

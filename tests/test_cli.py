@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -182,6 +183,31 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
         done = subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True)
     assert done.returncode == cli.EXIT_BROKEN_PIPE
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+
+
+#: a command as the console script runs it (``main()``), then Ctrl-C as the process
+#: ends (threads joined, modules torn down), the command's work done and said
+CTRL_C_AT_EXIT = """
+import os, signal, sys
+from m3rcr_xr import cli
+cli._info = lambda args: print("done") or 0
+sys.argv = ["m3rcr", "info", "s.zarr"]
+status = cli.main()
+os.kill(os.getpid(), signal.SIGINT)
+sys.exit(status)
+"""
+
+
+def test_ctrl_c_after_the_command_is_over_is_ignored(monkeypatch):
+    """It was a KeyboardInterrupt traceback from Python's shutdown, and exit 0; the
+    handler is left as it is when main is given its arguments (as here)."""
+    done = subprocess.run([sys.executable, "-c", CTRL_C_AT_EXIT], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "done\n"), done.stderr
+    assert "KeyboardInterrupt" not in done.stderr
+    monkeypatch.setattr(cli, "_info", lambda args: 0)
+    handler = signal.getsignal(signal.SIGINT)
+    assert main(["info", "s.zarr"]) == 0
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 #: the command line's logging set up, then distributed imported (as a command that
@@ -737,6 +763,69 @@ def test_evaluate_replaces_an_existing_table_only_with_overwrite(
         first = table.read_text()
         assert main([*argv, "--level", "2", "--overwrite"]) == 0  # its own table
         assert "PSNR" in table.read_text() and table.read_text() != first
+
+
+class _Killed(BaseException):
+    """A kill, as far as the files on disk can tell: nothing after it is written."""
+
+
+def _semantic_runs(scene_store: Path) -> dict[str, xr.Dataset]:
+    """evaluate(..., semantic=True) results of ``--pred cloudy`` and ``cloudfree``, told
+    apart by their PSNR (the semantic scores: stand-ins, without the classifier)."""
+    from m3rcr_xr.metrics import SEMANTIC_SCORES
+
+    run = m3rcr_xr.evaluate(m3rcr_xr.open_zarr(scene_store), "cloudy", "cloudfree").compute()
+    runs = {}
+    for offset, pred in enumerate(("cloudy", "cloudfree")):
+        psnr = run.PSNR - offset
+        by_source = psnr.expand_dims(source=["pred", "target"])
+        runs[pred] = run.assign(PSNR=psnr, **dict.fromkeys(SEMANTIC_SCORES, by_source))
+    return runs
+
+
+def test_evaluate_never_leaves_tables_of_two_runs(scene_store, tmp_path, capsys, monkeypatch):
+    """Killed as its metrics table replaced the earlier run's, ``evaluate --semantic
+    --overwrite`` left the earlier semantic table beside it; a run without
+    ``--semantic`` left it too. Both tables go together now."""
+    from m3rcr_xr import metrics
+
+    runs = _semantic_runs(scene_store)
+
+    def evaluate(stores, pred, *args, semantic, **kwargs):
+        return runs[pred] if semantic else metrics.split_semantic(runs[pred])[0]
+
+    monkeypatch.setattr(metrics, "evaluate", evaluate)
+    out, beside = tmp_path / "pair.csv", tmp_path / "pair_semantic.csv"
+    argv = ["evaluate", str(scene_store), "--semantic", "--out", str(out), "--overwrite"]
+    assert main([*argv, "--pred", "cloudy"]) == 0
+    first = out.read_text()
+    replace = os.replace
+
+    def killed_in(source, destination):
+        replace(source, destination)
+        if Path(destination) == out:
+            raise _Killed
+
+    monkeypatch.setattr(os, "replace", killed_in)
+    with pytest.raises(_Killed):
+        main([*argv, "--pred", "cloudfree"])
+    assert out.read_text() != first
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # not the earlier semantic
+    monkeypatch.setattr(os, "replace", replace)
+    assert main([*argv, "--pred", "cloudfree"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, beside.name]
+    # without --semantic: the earlier semantic table goes, with --overwrite only
+    plain = ["evaluate", str(scene_store), "--pred", "cloudy", "--out", str(out)]
+    out.unlink()
+    capsys.readouterr()
+    _fails_alone(capsys, plain, f"{beside} holds the semantic scores of an earlier run", out)
+    assert main([*plain, "--overwrite"]) == 0
+    said = f"removed {beside}: the semantic table of an earlier run\nwrote {out}\n"
+    assert capsys.readouterr().out.endswith(said)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    beside.write_text("source,mine\n")  # a user's file of that name stays
+    assert main([*plain, "--overwrite"]) == 0
+    assert beside.read_text() == "source,mine\n"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,12 @@ import pytest
 
 import m3rcr_xr
 from m3rcr_xr.exceptions import StoreError
-from m3rcr_xr.metrics import check_table_replaceable, write_table
+from m3rcr_xr.metrics import (
+    check_table_replaceable,
+    is_semantic_table,
+    write_table,
+    write_tables,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +71,17 @@ def test_write_table_keeps_a_file_that_appears_while_it_writes(result, tmp_path,
     from m3rcr_xr.metrics import tables
 
     path = tmp_path / "m.csv"
-    replace_atomically = tables.replace_atomically
+    replace_together = tables.replace_together
 
-    def user_writes_meanwhile(target, write, **kwargs):
+    def user_writes_meanwhile(writers, **kwargs):
         def both(partial):
             path.write_text("my,own\n")
             write(partial)
 
-        replace_atomically(target, both, **kwargs)
+        ((target, write),) = writers
+        replace_together([(target, both)], **kwargs)
 
-    monkeypatch.setattr(tables, "replace_atomically", user_writes_meanwhile)
+    monkeypatch.setattr(tables, "replace_together", user_writes_meanwhile)
     with pytest.raises(StoreError, match="is not a table"):
         write_table(result, path)
     assert path.read_text() == "my,own\n"
@@ -91,3 +97,23 @@ def test_write_table_leaves_the_old_table_when_writing_fails(result, tmp_path, m
         write_table(result, path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_write_tables_writes_a_pair_and_removes_an_earlier_semantic_table(result, tmp_path, suffix):
+    metrics, semantic = result, result.expand_dims(source=["pred"])  # as split_semantic's
+    pair = [tmp_path / f"m{suffix}", tmp_path / f"m_semantic{suffix}"]
+    write_tables(list(zip((metrics, semantic), pair, strict=True)))
+    assert [is_semantic_table(path) for path in pair] == [False, True]
+    write_tables([(metrics, pair[0])], remove=[pair[1]])
+    assert [p.name for p in tmp_path.iterdir()] == [pair[0].name]
+    assert not is_semantic_table(tmp_path / f"absent{suffix}")
+
+
+def test_write_tables_never_removes_a_users_file(result, tmp_path):
+    theirs = tmp_path / "m_semantic.csv"
+    theirs.write_text("source,mine\n")
+    with pytest.raises(StoreError, match=f"{theirs}: is not a table m3rcr_xr wrote"):
+        write_tables([(result, tmp_path / "m.csv")], remove=[theirs])
+    assert [p.name for p in tmp_path.iterdir()] == [theirs.name]
+    assert not is_semantic_table(theirs)

@@ -38,8 +38,9 @@ One idea per module, each layer on the one below:
 - :mod:`.inputs`: input resolution and grid checks;
 - :mod:`.sums`: the engine's sums as labelled DataArrays;
 - :mod:`.core`: the thin xarray layer, :func:`evaluate` and :func:`evaluate_per_patch`;
-- :mod:`.tables`: :func:`write_table`, :func:`check_table_replaceable`,
-  :func:`semantic_table_path`;
+- :mod:`.tables`: :func:`write_table`, :func:`write_tables`,
+  :func:`check_table_replaceable`, :func:`semantic_table_path`,
+  :func:`is_semantic_table`;
 - :mod:`.semantic`: land-cover accuracy of a result through a classifier
   (:func:`evaluate_semantic`, :func:`semantic_metrics`), confusion counts per chunk;
 - :mod:`.maps`: the public per-pixel API (:func:`ssim_map`, :func:`sam_map`,
@@ -136,9 +137,11 @@ from .tables import (
     SEMANTIC_SCORES,
     TABLE_SUFFIXES,
     check_table_replaceable,
+    is_semantic_table,
     semantic_table_path,
     split_semantic,
     write_table,
+    write_tables,
 )
 
 __all__ = [
@@ -182,6 +185,7 @@ __all__ = [
     "gaussian_window",
     "group_labels",
     "grouped_sums",
+    "is_semantic_table",
     "mean_over_patches",
     "metrics_from_sums",
     "pixel_quantities",
@@ -195,4 +199,5 @@ __all__ = [
     "ssim_map",
     "streamed_sums",
     "write_table",
+    "write_tables",
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import numpy as np
 import xarray as xr
 
 from ..exceptions import StoreError, UsageError
-from ..files import replace_atomically
+from ..files import replace_together
 
 #: file suffixes :func:`write_table` writes
 TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".json")
@@ -36,23 +38,59 @@ def write_table(result: xr.Dataset, path: str | Any) -> None:
     StoreError
         ``path`` an existing file that is not a table of this library, or a link.
     """
-    path = Path(path)
-    table = result.to_dataframe().reset_index()
+    write_tables([(result, path)])
+
+
+def write_tables(
+    tables: Sequence[tuple[xr.Dataset, str | os.PathLike[str]]],
+    *,
+    remove: Sequence[str | os.PathLike[str]] = (),
+) -> None:
+    """Write tables that belong together (the metrics and semantic tables of one
+    result, :func:`split_semantic`), each as :func:`write_table` does, and remove the
+    earlier tables of ``remove`` (a semantic table beside a metrics table replaced by
+    one without): a kill at any moment leaves the old first table alone, or the first
+    new ones, never a table of this run beside one of another
+    (:func:`m3rcr_xr.files.replace_together`).
+
+    Raises
+    ------
+    UsageError
+        A path with another suffix than :data:`TABLE_SUFFIXES`.
+    StoreError
+        A path (or one of ``remove``) that is a file but no table of this library, or a
+        link.
+    """
+    paths = [Path(path) for _, path in tables]
+    removed = [Path(path) for path in remove]
+    for path in paths:
+        _check_suffix(path)
+    for path in [*paths, *removed]:
+        check_table_replaceable(path)
+    writers = [
+        (path, functools.partial(Path.write_text, data=_table_text(result, path)))
+        for (result, _), path in zip(tables, paths, strict=True)
+    ]
+    replace_together(writers, remove=removed, check=check_table_replaceable)
+
+
+def _check_suffix(path: Path) -> None:
+    """Refuse a table ``path`` whose suffix is not one of :data:`TABLE_SUFFIXES`."""
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise UsageError(
             f"{path}: write {' or '.join(TABLE_SUFFIXES)}, not {suffix or 'no suffix'!r}"
         )
-    check_table_replaceable(path)
-    if suffix == ".csv":
-        text = table.to_csv(index=False)
-    else:
-        rows = json.loads(table.to_json(orient="records", double_precision=15))
-        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in result.attrs.items()}
-        text = json.dumps({"attrs": attrs, "rows": rows}, indent=1)
-    replace_atomically(
-        path, lambda partial: partial.write_text(text), check=check_table_replaceable
-    )
+
+
+def _table_text(result: xr.Dataset, path: Path) -> str:
+    """``result`` as the text of the table ``path``: CSV or JSON by its suffix."""
+    table = result.to_dataframe().reset_index()
+    if path.suffix.lower() == ".csv":
+        return str(table.to_csv(index=False))
+    rows = json.loads(table.to_json(orient="records", double_precision=15))
+    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in result.attrs.items()}
+    return json.dumps({"attrs": attrs, "rows": rows}, indent=1)
 
 
 def check_table_replaceable(path: str | os.PathLike[str]) -> None:
@@ -85,17 +123,35 @@ _MAX_TABLE_BYTES = 64 * 2**20
 
 
 def _is_table(path: Path) -> bool:
+    return _columns(path) is not None
+
+
+def _columns(path: Path) -> set[str] | None:
+    """The columns of ``path`` when it is a table :func:`write_table` wrote (of a JSON
+    table: those of its first row, none without rows), else None."""
     try:
         if path.suffix.lower() == ".csv":
             with path.open(encoding="utf-8") as handle:
-                header = handle.readline(4096).strip().split(",")
-            return {"stratum", "landcover_class"} <= set(header)
+                columns = set(handle.readline(4096).strip().split(","))
+            return columns if {"stratum", "landcover_class"} <= columns else None
         if path.stat().st_size > _MAX_TABLE_BYTES:
-            return False
+            return None
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(content, dict) and set(content) == {"attrs", "rows"}
+        return None
+    if not (isinstance(content, dict) and set(content) == {"attrs", "rows"}):
+        return None
+    rows = content["rows"]
+    first = rows[0] if isinstance(rows, list) and rows else None
+    return set(first) if isinstance(first, dict) else set()
+
+
+def is_semantic_table(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a table of semantic scores :func:`write_table` wrote: the
+    second table of :func:`split_semantic`, the one with a column ``source`` (not a
+    link)."""
+    path = Path(path)
+    return path.is_file() and not path.is_symlink() and "source" in (_columns(path) or ())
 
 
 def semantic_table_path(path: str) -> str:
