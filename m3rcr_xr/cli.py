@@ -404,9 +404,11 @@ def _write_decloud(
 ) -> None:
     """Write ``result`` to the output store of ``m3rcr decloud`` (a ``reused`` store,
     opened: check that it holds ``result``'s data instead), then the GeoTIFFs ``cogs``
-    from the store written, but those ``kept``; print each."""
+    from the store written, but those ``kept``, replaced together
+    (:func:`m3rcr_xr.cog.to_cogs`: a cut-off run leaves no pair of two runs); print
+    each."""
     from . import href
-    from .cog import to_cog
+    from .cog import to_cogs
     from .store import to_zarr
 
     if reused is not None:
@@ -418,11 +420,11 @@ def _write_decloud(
     if not cogs:
         return
     written, identities = reused or _open_output(args.output)
-    for variable, cog in cogs.items():
-        if variable in kept:
-            print(f"kept {href.redacted(cog)}: written from this store already")
-            continue
-        to_cog(written[variable], cog, overwrite=args.overwrite, identities=identities)
+    paths = {variable: cog for variable, cog in cogs.items() if variable not in kept}
+    for cog in (cog for variable, cog in cogs.items() if variable in kept):
+        print(f"kept {href.redacted(cog)}: written from this store already")
+    to_cogs(written, paths, overwrite=args.overwrite, identities=identities)
+    for cog in paths.values():
         print(f"wrote {href.redacted(cog)}")
 
 

@@ -23,7 +23,10 @@ Safety rules, as for :func:`m3rcr_xr.to_zarr`: an existing file is replaced only
 TIFF ``Software`` tag; other files of a destination folder are never touched); a
 destination that is, contains or lies inside an input is refused; and each file is
 written under a hidden temporary name in its own folder and renamed once every file is
-complete, all or none, so a failure leaves nothing half-written and no mix of old and new.
+complete, all or none, so a failure leaves nothing half-written and no mix of old and new
+(:func:`to_cogs`: of several variables, ``decloud`` and ``decloud_std``, renamed together).
+A killed write leaves its hidden files; the next write of the same files removes those
+of a process that no longer runs (:func:`_remove_stale`).
 Each file records what it was written from (its data's identity and the options) in its
 ``ImageDescription`` tag, so that :func:`written_from` tells whether it is what a call
 would write again.
@@ -38,12 +41,13 @@ import json
 import logging
 import os
 import posixpath
+import re
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import dask
@@ -63,6 +67,7 @@ from .exceptions import (
 from .href import is_remote, local_path, redacted
 from .identity import data_fingerprint, sources
 from .location import Target, check_apart, check_bucket, reaching, reason, write_errors
+from .locks import pid_free
 from .options import OPTIONS
 from .progress import compute_with_progress
 from .schema import check_patch_ids, is_collection, repeated
@@ -552,17 +557,24 @@ def written_from(
 
 
 @contextlib.contextmanager
-def _uploaded(target: Target, urls: Sequence[str], overwrite: bool) -> Iterator[Path]:
-    """A temporary local folder; on success its files (named as the last part of each
-    URL) are uploaded, each in one request or multipart upload, which S3 makes visible
-    only once complete. All or none, as :func:`_commit` locally: an existing object is
-    first copied aside, under a hidden name beside it; if an upload fails, the copies
-    are put back and the objects that did not exist are removed; once all are
-    uploaded, the copies are removed. Objects that exist by then are checked again
-    (:func:`check_replaceable`) before any upload."""
-    fs = target.fs
-    with tempfile.TemporaryDirectory(prefix=".m3rcr-cog-") as folder:
-        yield Path(folder)
+def _uploaded(fs: Any, plans: Sequence[_Plan], overwrite: bool) -> Iterator[list[Path]]:
+    """A temporary local folder for each plan (a collection's files and its ``_std``
+    folder's have the same names); on success the files written there (the plan's
+    ``names``) are uploaded to the plan's URLs on ``fs``, each in one request or
+    multipart upload, which S3 makes visible only once complete. All or none, as
+    :func:`_commit` locally: an existing object is first copied aside, under a hidden
+    name beside it; if an upload fails, the copies are put back and the objects that did
+    not exist are removed; once all are uploaded, the copies are removed. Objects that
+    exist by then are checked again (:func:`check_replaceable`) before any upload."""
+    with tempfile.TemporaryDirectory(prefix=".m3rcr-cog-") as temporary:
+        folders = [Path(temporary, str(index)) for index in range(len(plans))]
+        yield folders
+        local = {
+            url: folder / name
+            for plan, folder in zip(plans, folders, strict=True)
+            for url, name in zip(plan.files, plan.names, strict=True)
+        }
+        urls = list(local)
         fs.invalidate_cache()
         existing = [url for url in urls if fs.exists(url)]
         for url in existing:
@@ -574,7 +586,7 @@ def _uploaded(target: Target, urls: Sequence[str], overwrite: bool) -> Iterator[
                 if previous is not None:
                     fs.cp_file(url, previous)  # server-side; not copy: it globs
                 done.append((url, previous))
-                fs.put_file(str(Path(folder) / posixpath.basename(url)), url)
+                fs.put_file(str(local[url]), url)
         except BaseException as err:
             left = _put_back(fs, done)
             if left:  # the upload's error stays the one raised; these say what to repair
@@ -649,24 +661,86 @@ def _partial(file: Path) -> Path:
     return file.with_name(_hidden(file.name, "partial"))
 
 
+#: the suffix of odc-geo's folder of the parts of a file ``F``: ``.F.parts``
+_PARTS = ".parts"
+
+
+def _remove_partial(partial: Path) -> None:
+    """Remove a partial file and odc-geo's folder of its parts (``.PARTIAL.parts``),
+    those there: odc-geo writes the parts, then renames the first to the partial file
+    and appends the others to it."""
+    partial.unlink(missing_ok=True)
+    parts = partial.with_name(f".{partial.name}{_PARTS}")
+    if parts.is_dir() and not parts.is_symlink():
+        for part in parts.iterdir():
+            part.unlink(missing_ok=True)
+        parts.rmdir()
+
+
 @contextlib.contextmanager
-def _cleaned(partials: Sequence[Path], folder: Path) -> Iterator[None]:
-    """Remove the partial files (and odc-geo's part folders) and, if this call made it,
-    the folder, when the block fails."""
-    created = not folder.exists()
+def _cleaned(partials: Sequence[Path], folders: Sequence[Path]) -> Iterator[None]:
+    """Remove the partial files (and odc-geo's part folders) and the folders this call
+    made, when the block fails."""
+    created = [folder for folder in dict.fromkeys(folders) if not folder.exists()]
     try:
         yield
     except BaseException:
         for partial in partials:
-            partial.unlink(missing_ok=True)
-            parts = partial.with_name(f".{partial.name}.parts")
-            if parts.is_dir():
-                for part in parts.iterdir():
-                    part.unlink()
-                parts.rmdir()
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+            _remove_partial(partial)
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise
+
+
+#: the hidden copies :func:`to_cog` makes of a file ``NAME`` (:func:`_hidden`):
+#: ``.NAME.PID.partial`` (being written) and ``.NAME.PID.previous`` (the file it
+#: replaces, set aside while it renames); and odc-geo's folder of the parts of a partial
+#: file, ``..NAME.PID.partial.parts``
+_COPY = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]{1,10})\.(?P<kind>partial|previous)")
+
+
+def _copies(folder: Path) -> Iterator[tuple[Path, str, int, str]]:
+    """The hidden copies (:data:`_COPY`) in ``folder``: each one's path, the name of its
+    file, the pid it is named for and its kind (``partial``, ``previous``, or ``parts``:
+    a folder of parts)."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        parts = entry.name.startswith("..") and entry.name.endswith(f".partial{_PARTS}")
+        found = _COPY.fullmatch(entry.name[1 : -len(_PARTS)] if parts else entry.name)
+        if found is not None and entry.is_dir(follow_symlinks=False) == parts:
+            kind = "parts" if parts else found["kind"]
+            yield Path(entry.path), found["name"], int(found["pid"]), kind
+
+
+def _remove_stale(folder: Path, names: Collection[str]) -> None:
+    """Remove the hidden copies (:func:`_copies`) of the files ``names`` of ``folder``
+    that a write killed there left behind (its ``_cleaned`` never ran): those named for
+    a process of this machine that no longer runs (:func:`~m3rcr_xr.locks.pid_free`), or
+    for this one (a pid used again). Another process's live write keeps its own. A
+    copy set aside goes only where its file is there again; else it holds the file as
+    it was before a write cut off in its renames, and a warning names it."""
+    wanted = set(names)
+    for path, name, pid, kind in _copies(folder):
+        if name not in wanted or (pid != os.getpid() and not pid_free(pid)):
+            continue  # another file's, or a live write's own
+        if kind == "previous" and not os.path.lexists(folder / name):
+            log.warning(
+                "%s: %s as it was before a write of it was cut off; rename it back to keep "
+                "it (the next write of %s removes it)",
+                path,
+                name,
+                name,
+            )
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another rerun removed it first
+            if kind == "parts":
+                _remove_partial(path.with_name(path.name[1 : -len(_PARTS)]))
+            else:
+                path.unlink()
 
 
 #: compressed bytes a part of odc-geo's writer gathers before it goes to disk
@@ -807,7 +881,8 @@ def to_cog(
     georeference from its CRS and coordinates. An
     encoded nodata is written as ``rio.to_raster`` writes it: a masked read (NaN for
     nodata, ``encoding["dtype"]`` uint16) is written with NaN as its encoded nodata, in
-    the dtype of its encoding.
+    the dtype of its encoding. Several variables of a Dataset that go together
+    (``decloud`` and ``decloud_std``) are replaced all or none by :func:`to_cogs`.
 
     Parameters
     ----------
@@ -881,11 +956,149 @@ def to_cog(
     >>> m3rcr_xr.to_cog(scene["cloudy"], "cloudy.tif")  # doctest: +SKIP
     [PosixPath('cloudy.tif')]
     """
-    blocksize = check_integer("blocksize", blocksize, minimum=16)
+    (files,) = _write_cogs(
+        [(obj, variable, path)],
+        overwrite=overwrite,
+        shape=_Shape(compress, level, blocksize, overview_resampling),
+        progress=progress,
+        storage_options=storage_options,
+        identities=identities,
+    )
+    return files
+
+
+def to_cogs(
+    ds: xr.Dataset,
+    paths: Mapping[str, str | os.PathLike],
+    *,
+    overwrite: bool = False,
+    compress: str = "deflate",
+    level: int | None = None,
+    blocksize: int = 512,
+    overview_resampling: str = "nearest",
+    progress: bool | None = None,
+    storage_options: dict[str, Any] | None = None,
+    identities: dict[str, tuple[str, bool]] | None = None,
+) -> dict[str, list[Any]]:
+    """Write several variables of ``ds`` to GeoTIFFs, each as :func:`to_cog` writes it,
+    and replace them all or none: ``decloud`` and its ``decloud_std`` are never left
+    from two different writes (``m3rcr decloud --uncertainty --cog`` writes them so).
+
+    Every destination is checked before any work; the files are written one variable
+    after the other under hidden partial names, and renamed together once all are
+    complete (on object storage: uploaded together, see :func:`to_cog`). A failure, or
+    Ctrl-C, leaves the files that were there as they were.
+
+    Parameters
+    ----------
+    ds
+        The Dataset of the variables.
+    paths
+        Each variable to write, and where (a file for a scene, a folder for a
+        collection, as ``path`` of :func:`to_cog`): all local, or all on one object store.
+    overwrite, compress, level, blocksize, overview_resampling
+        As for :func:`to_cog`, for every file.
+    progress, storage_options, identities
+        As for :func:`to_cog`.
+
+    Returns
+    -------
+    dict
+        The files written of each variable: paths, or URLs on object storage.
+
+    Raises
+    ------
+    UsageError
+        ``ds`` no Dataset, or paths on several file systems (or local and remote); else
+        as :func:`to_cog`.
+    StoreError
+        Two paths that are, contain or lie inside one another; else as :func:`to_cog`.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise UsageError(f"to_cogs writes variables of a Dataset, not a {type(ds).__name__}")
+    written = _write_cogs(
+        [(ds, variable, path) for variable, path in paths.items()],
+        overwrite=overwrite,
+        shape=_Shape(compress, level, blocksize, overview_resampling),
+        progress=progress,
+        storage_options=storage_options,
+        identities=identities,
+    )
+    return dict(zip(paths, written, strict=True))
+
+
+class _Shape(NamedTuple):
+    """The options of :func:`to_cog` that shape a file (and its record: :func:`_records`)."""
+
+    compress: str
+    level: int | None
+    blocksize: int
+    overview_resampling: str
+
+
+class _Plan(NamedTuple):
+    """One destination of a write, checked: a scene's file or a collection's folder."""
+
+    target: Target
+    #: the files, as :func:`to_cog` returns them: paths, or URLs on object storage
+    files: list[Any]
+    #: their names, in their folder
+    names: list[str]
+    scenes: list[xr.DataArray]
+    #: what each file is written from (:func:`_records`)
+    records: list[str]
+    #: their local folder; None on object storage (a temporary one, :func:`_uploaded`)
+    folder: Path | None
+
+
+def _write_cogs(
+    writes: Sequence[tuple[xr.DataArray | xr.Dataset, str | None, str | os.PathLike]],
+    *,
+    overwrite: bool,
+    shape: _Shape,
+    progress: bool | None,
+    storage_options: dict[str, Any] | None,
+    identities: dict[str, tuple[str, bool]] | None,
+) -> list[list[Any]]:
+    """:func:`to_cog` of each ``(obj, variable, path)`` of ``writes``, all checked
+    before any work, committed together (:func:`_commit`, :func:`_uploaded`)."""
+    blocksize = check_integer("blocksize", shape.blocksize, minimum=16)
     if blocksize % 16:
         raise UsageError(f"{argument('blocksize', blocksize)}: must be a multiple of 16")
+    shape = shape._replace(blocksize=blocksize)
+    plans = [
+        _plan(obj, variable, path, shape, overwrite, storage_options, identities)
+        for obj, variable, path in writes
+    ]
+    _check_together(plans)
+    if not plans:
+        return []
+    show = OPTIONS["progress"] if progress is None else progress
+    target = plans[0].target
+    if target.local:
+        folders = [plan.folder for plan in plans if plan.folder is not None]
+        _write(plans, folders, shape, show, overwrite)
+    else:
+        with write_errors(target), _uploaded(target.fs, plans, overwrite) as folders:
+            _write(plans, folders, shape, show, overwrite)
+    for plan in plans:
+        log.info("wrote %d GeoTIFF(s) to %s", len(plan.files), redacted(plan.target.name))
+    return [plan.files for plan in plans]
+
+
+def _plan(
+    obj: xr.DataArray | xr.Dataset,
+    variable: str | None,
+    path: str | os.PathLike,
+    shape: _Shape,
+    overwrite: bool,
+    storage_options: dict[str, Any] | None,
+    identities: dict[str, tuple[str, bool]] | None,
+) -> _Plan:
+    """What :func:`to_cog` writes of ``obj`` (its ``variable``) to ``path``, checked
+    before any work (see its Raises)."""
     source = _array(obj, variable)
-    array = _writable(source, compress, overview_resampling)
+    array = _writable(source, shape.compress, shape.overview_resampling)
     collection = is_collection(array)
     names = patch_file_names(array) if collection else None
     files = check_cog_destination(
@@ -897,62 +1110,101 @@ def to_cog(
     )
     scenes = [_patch_scene(array, i) for i in range(len(files))] if collection else [array]
     scenes = [_with_nodata(scene) for scene in scenes]
-    records = _records(source, names, compress, level, blocksize, overview_resampling, identities)
+    records = _records(source, names, *shape, identities)
     target = Target.of(path, storage_options)
-    options = {"level": level, "overview_resampling": overview_resampling}
-    show = OPTIONS["progress"] if progress is None else progress
-    with write_errors(target):
-        if target.local:
-            folder = local_path(path) if collection else local_path(path).parent
-            _write(scenes, files, records, folder, compress, blocksize, show, options, overwrite)
-        else:
-            with _uploaded(target, files, overwrite) as folder:
-                local = [folder / posixpath.basename(url) for url in files]
-                _write(
-                    scenes, local, records, folder, compress, blocksize, show, options, overwrite
-                )
-    log.info("wrote %d GeoTIFF(s) to %s", len(files), redacted(path))
-    return files
+    folder = None
+    if target.local:
+        folder = local_path(path) if collection else local_path(path).parent
+    if names is None:  # a scene: its file's name
+        names = [files[0].name if target.local else posixpath.basename(files[0])]
+    return _Plan(target, files, names, scenes, records, folder)
+
+
+def _check_together(plans: Sequence[_Plan]) -> None:
+    """Refuse plans that :func:`_write_cogs` cannot commit together: destinations that
+    are, contain or lie inside one another (their files would clash), or on more than
+    one file system (local and object storage: no rename or upload spans both).
+
+    Raises
+    ------
+    StoreError
+        Overlapping destinations.
+    UsageError
+        Several file systems.
+    """
+    for index, plan in enumerate(plans):
+        check_apart(
+            plan.target.name,
+            [other.target.name for other in plans[:index]],
+            "GeoTIFF of another variable",
+        )
+    if len({plan.target.fs for plan in plans}) > 1:
+        raise UsageError(
+            f"{', '.join(redacted(plan.target.name) for plan in plans)}: GeoTIFFs written "
+            "together are all local, or all on one object store"
+        )
 
 
 def _write(
-    scenes: Sequence[xr.DataArray],
-    files: Sequence[Path],
-    records: Sequence[str],
-    folder: Path,
-    compress: str,
-    blocksize: int,
-    show: bool,
-    options: dict[str, Any],
-    overwrite: bool,
+    plans: Sequence[_Plan], folders: Sequence[Path], shape: _Shape, show: bool, overwrite: bool
 ) -> None:
-    """Write each scene to its file in ``folder`` (made if missing), its record of what
-    it is written from (:func:`_records`) as its ``ImageDescription``, under a partial
-    name renamed at the end; on failure nothing is left (see :func:`_cleaned`)."""
+    """Write the files of each plan in its local folder of ``folders`` under partial
+    names (:func:`_write_partials`), one plan after the other, then rename them all at
+    once (:func:`_commit`): a failure, or a kill, before the renames leaves every file
+    there as it was. On failure nothing is left (:func:`_cleaned`)."""
+    files = [
+        folder / name for plan, folder in zip(plans, folders, strict=True) for name in plan.names
+    ]
     partials = [_partial(file) for file in files]
-    with _cleaned(partials, folder):
-        folder.mkdir(exist_ok=True)
-        graphs = [
-            _cog_graph(scene, partial, compress, blocksize, description=record, **options)
-            for scene, partial, record in zip(scenes, partials, records, strict=True)
-        ]
-        with warnings.catch_warnings():
-            # odc-geo warps overviews between bare arrays, which rasterio warns about
-            warnings.filterwarnings("ignore", message="Dataset has no geotransform")
-            compute_with_progress(*graphs, show=show)
-        _commit(partials, files, overwrite)
+    with _cleaned(partials, folders):
+        for plan, folder in zip(plans, folders, strict=True):
+            with write_errors(plan.target):
+                _write_partials(plan, folder, shape, show)
+        with write_errors(plans[0].target):
+            _commit(partials, files, overwrite)
+
+
+def _write_partials(plan: _Plan, folder: Path, shape: _Shape, show: bool) -> None:
+    """Write each scene of ``plan`` to the partial file of its file in ``folder`` (made
+    if missing), its record of what it is written from (:func:`_records`) as its
+    ``ImageDescription``, once what a killed write of these files left there is removed
+    (:func:`_remove_stale`)."""
+    folder.mkdir(exist_ok=True)
+    _remove_stale(folder, plan.names)
+    graphs = [
+        _cog_graph(
+            scene,
+            _partial(folder / name),
+            shape.compress,
+            shape.blocksize,
+            description=record,
+            level=shape.level,
+            overview_resampling=shape.overview_resampling,
+        )
+        for scene, name, record in zip(plan.scenes, plan.names, plan.records, strict=True)
+    ]
+    with warnings.catch_warnings():
+        # odc-geo warps overviews between bare arrays, which rasterio warns about
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+        compute_with_progress(*graphs, show=show)
 
 
 def _commit(partials: Sequence[Path], files: Sequence[Path], overwrite: bool) -> None:
     """Rename each partial file over its file, all or none: an existing file is first
     set aside under a hidden name, and if a rename fails, the files already renamed are
     put back as they were (those that did not exist are removed). Each existing file is
-    checked again (:func:`check_replaceable`): it may have come while the work ran."""
+    checked again (:func:`check_replaceable`): it may have come while the work ran;
+    those there before the first rename are checked first, so that the renames follow
+    one another and a kill finds them done or not, but for a moment."""
+    checked = [file.exists() or file.is_symlink() for file in files]
+    for file, exists in zip(files, checked, strict=True):
+        if exists:
+            check_replaceable(file, overwrite=overwrite)
     done: list[tuple[Path, Path | None]] = []
     try:
-        for partial, file in zip(partials, files, strict=True):
+        for partial, file, was in zip(partials, files, checked, strict=True):
             exists = file.exists() or file.is_symlink()
-            if exists:
+            if exists and not was:  # it came meanwhile
                 check_replaceable(file, overwrite=overwrite)
             previous = file.with_name(_hidden(file.name, "previous")) if exists else None
             if previous is not None:

@@ -241,16 +241,27 @@ def _gone(holder: dict[str, Any]) -> bool:
         return False  # no /proc (never on Windows, where os.kill below ends the process)
     if any(holder.get(name) != value for name, value in machine.items()):
         return False
-    if type(pid) is not int or not 0 < pid < 2**31 or type(started) is not int:
-        return False  # pid 0 or below would signal process groups
+    if type(pid) is not int or type(started) is not int:
+        return False
+    if pid_free(pid):
+        return True
+    now = _started(pid)
+    return now is not None and now != started
+
+
+def pid_free(pid: int) -> bool:
+    """Whether no process of this PID namespace has the pid ``pid`` now. False where
+    that is no answer: on Windows (where ``os.kill`` ends the process), for a pid of 0
+    or below (it would signal process groups) or beyond any pid."""
+    if sys.platform == "win32" or not 0 < pid < 2**31:
+        return False
     try:
         os.kill(pid, 0)  # signal 0 sends nothing: it asks whether the pid exists
     except ProcessLookupError:
         return True
     except PermissionError:
         pass  # another user's process has it
-    now = _started(pid)
-    return now is not None and now != started
+    return False
 
 
 def _busy(target: Target, why: str) -> str:

@@ -1007,33 +1007,47 @@ def test_a_run_cut_off_in_its_cogs_writes_them_from_its_complete_store(
         assert np.array_equal(f.read()[:, :48, :40], expected, equal_nan=True)
 
 
-def _cut_off_between_the_cogs(scene_store, tmp_path, monkeypatch):
-    """:func:`_cog_run`, Ctrl-C-ed as it starts its second GeoTIFF (the first written)."""
-    from m3rcr_xr import cog as cog_module
-
+def _second_cog_missing(scene_store, tmp_path):
+    """:func:`_cog_run`, run, its second GeoTIFF then removed (by hand; or a run of an
+    earlier version, which wrote one GeoTIFF after the other, was cut off between them)."""
     out, cog, std, argv = _cog_run(scene_store, tmp_path)
-
-    to_cog, calls = cog_module.to_cog, []
-
-    def cut_off(*args, **kwargs):
-        calls.append(args)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return to_cog(*args, **kwargs)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(cog_module, "to_cog", cut_off)
-        assert main(argv) == cli.EXIT_INTERRUPTED
+    assert main(argv) == 0
+    std.unlink()
     return out, cog, std, argv
 
 
-def test_a_run_cut_off_between_its_cogs_keeps_the_first_and_writes_the_second(
+def test_a_run_cut_off_in_its_second_cog_replaces_neither(
     scene_store, tmp_path, capsys, monkeypatch
 ):
-    """Ctrl-C after "wrote OUT.tif": the same command again keeps OUT.tif (written from
-    the store with the same options, as it records) and writes OUT_std.tif, without
+    """A run cut off (Ctrl-C here, a kill alike) while it wrote OUT_std.tif had replaced
+    OUT.tif already: OUT.tif of the new run beside OUT_std.tif of the one before, and
+    nothing said so. Both are renamed together now, once both are written."""
+    from m3rcr_xr import cog as cog_module
+
+    _, cog, std, argv = _cog_run(scene_store, tmp_path)
+    assert main(argv) == 0
+    pair = cog.read_bytes(), std.read_bytes()
+    graph, calls = cog_module._cog_graph, []
+
+    def cut_off_in_the_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return graph(*args, **kwargs)
+
+    monkeypatch.setattr(cog_module, "_cog_graph", cut_off_in_the_second)
+    assert main([*argv, "--tta", "d4", "--overwrite"]) == cli.EXIT_INTERRUPTED
+    assert (cog.read_bytes(), std.read_bytes()) == pair
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tif", "d_std.tif", "o.zarr"]
+
+
+def test_a_rerun_keeps_the_cog_of_its_store_and_writes_the_missing_one(
+    scene_store, tmp_path, capsys, monkeypatch
+):
+    """OUT_std.tif missing beside OUT.tif: the same command again keeps OUT.tif (written
+    from the store with the same options, as it records) and writes OUT_std.tif, without
     running the network again or --overwrite. Before, it was refused at OUT.tif."""
-    out, cog, std, argv = _cut_off_between_the_cogs(scene_store, tmp_path, monkeypatch)
+    out, cog, std, argv = _second_cog_missing(scene_store, tmp_path)
     assert store.is_complete(out) and cog.exists() and not std.exists()
     capsys.readouterr()
     first, written_at = cog.read_bytes(), cog.stat().st_mtime_ns
@@ -1074,7 +1088,7 @@ def test_a_rerun_opens_and_lists_its_store_once(scene_store, tmp_path, capsys, m
     """A rerun on the complete store opened it twice (to see which GeoTIFFs it keeps,
     then to write the others) and listed it once a GeoTIFF, kept or written, to identify
     the data; a run that writes the store and two GeoTIFFs listed it twice. Once now."""
-    out, cog, std, argv = _cut_off_between_the_cogs(scene_store, tmp_path, monkeypatch)
+    out, cog, std, argv = _second_cog_missing(scene_store, tmp_path)
     counts = _opens_and_listings(monkeypatch, out)
     assert main(argv) == 0
     assert f"kept {cog}: written from this store already\nwrote {std}\n" in capsys.readouterr().out
@@ -1092,7 +1106,7 @@ def test_a_rerun_keeps_only_a_cog_of_its_store_written_as_it_writes_it(
 ):
     """A GeoTIFF of m3rcr_xr from another store or with other options, or a user's, at
     OUT.tif (or OUT_std.tif) is refused without --overwrite, as before, and kept."""
-    out, cog, std, argv = _cut_off_between_the_cogs(scene_store, tmp_path, monkeypatch)
+    out, cog, std, argv = _second_cog_missing(scene_store, tmp_path)
     capsys.readouterr()
     ours = cog.read_bytes()
     decloud = m3rcr_xr.open_zarr(out)["decloud"]

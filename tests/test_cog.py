@@ -19,7 +19,7 @@ from rio_cogeo.cogeo import cog_validate
 import m3rcr_xr
 from m3rcr_xr import cog
 from m3rcr_xr.testing import raise_if_dask_computes
-from tests.conftest import forbid_head_bucket, snapshot
+from tests.conftest import forbid_head_bucket, killed_writer, run_script, snapshot
 
 
 def _scene(size: int, chunks: int = 256) -> xr.DataArray:
@@ -536,6 +536,29 @@ def test_a_file_that_comes_during_the_work_is_not_replaced(tmp_path, monkeypatch
             assert theirs.shape == (32, 32)
 
 
+def test_a_file_that_comes_while_the_others_are_checked_is_not_replaced(tmp_path, monkeypatch):
+    """The files there are checked before the first rename; one that comes then is
+    checked as it is reached, and the renames done are undone."""
+    out = tmp_path / "out"
+    collection = m3rcr_xr.synthetic_collection(2, 16)
+    m3rcr_xr.to_cog(collection.isel(patch=[0]), out, variable="cloudy")
+    check = cog.check_replaceable
+
+    def user_writes_the_second(file, **kwargs):
+        if Path(file).name == "synthetic_0_p_0.tif":
+            _their_geotiff(out / "synthetic_1_p_0.tif")
+        check(file, **kwargs)
+
+    monkeypatch.setattr(cog, "check_replaceable", user_writes_the_second)
+    ours = (out / "synthetic_0_p_0.tif").read_bytes()
+    with pytest.raises(m3rcr_xr.StoreError, match="synthetic_1_p_0.tif: was not written by"):
+        m3rcr_xr.to_cog(collection, out, variable="cloudfree", overwrite=True)
+    assert sorted(os.listdir(out)) == ["synthetic_0_p_0.tif", "synthetic_1_p_0.tif"]
+    assert (out / "synthetic_0_p_0.tif").read_bytes() == ours
+    with rasterio.open(out / "synthetic_1_p_0.tif") as theirs:
+        assert theirs.shape == (32, 32)
+
+
 def test_a_collection_folder_keeps_other_files(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -614,6 +637,114 @@ def test_a_failed_rename_puts_every_file_back(tmp_path, monkeypatch):
     with pytest.raises(m3rcr_xr.StoreError, match="Disk quota exceeded"):
         m3rcr_xr.to_cog(collection, out, variable="cloudy", overwrite=True)
     assert snapshot(tmp_path) == before  # the first file is the user's again, no new one
+
+
+def _pair(seed: int) -> xr.Dataset:
+    """Two variables of a collection of two patches, as decloud and decloud_std."""
+    return m3rcr_xr.synthetic_collection(2, 16, seed=seed)[["cloudy", "cloudfree"]]
+
+
+def test_a_pair_failing_in_its_second_variable_replaces_neither(tmp_path, monkeypatch):
+    """to_cog once a variable replaced the first before the second was written: a
+    failure (Ctrl-C, a kill) in between left a pair of two writes. to_cogs renames
+    both once both are written."""
+    paths = {"cloudy": tmp_path / "a", "cloudfree": tmp_path / "b"}
+    assert cog.to_cogs(_pair(1), paths) == {
+        name: [path / "synthetic_1_p_0.tif", path / "synthetic_2_p_0.tif"]
+        for name, path in paths.items()
+    }
+    before = snapshot(tmp_path)
+    graph = cog._cog_graph
+
+    def second_fails(array, dst, *args, **kwargs):
+        if dst.parent == paths["cloudfree"]:
+            raise KeyboardInterrupt
+        return graph(array, dst, *args, **kwargs)
+
+    monkeypatch.setattr(cog, "_cog_graph", second_fails)
+    with pytest.raises(KeyboardInterrupt):
+        cog.to_cogs(_pair(1).map(lambda v: v // 2), paths, overwrite=True)
+    assert snapshot(tmp_path) == before  # no partial left either
+
+
+KILLED_IN_THE_SECOND = """
+import os, sys
+from odc.geo.cog import _mpu_fs
+from m3rcr_xr import cog, synthetic_collection
+
+finalise = _mpu_fs.MPUFileSink.finalise
+
+def killed_in_the_second(self, *args, **kwargs):  # as its first patch's parts are joined
+    if self._dst.parent.name == "b":
+        os._exit(9)
+    return finalise(self, *args, **kwargs)
+
+_mpu_fs.MPUFileSink.finalise = killed_in_the_second
+pair = synthetic_collection(2, 16, seed=1)[["cloudy", "cloudfree"]].map(lambda v: v // 2)
+cog.to_cogs(pair, {"cloudy": sys.argv[1], "cloudfree": sys.argv[2]}, overwrite=True)
+"""
+
+
+def test_a_pair_killed_in_its_second_variable_is_left_whole_and_the_rerun_cleans_up(
+    tmp_path, fork_server
+):
+    """Killed as it joined the second variable's first file: the pair is the earlier
+    write's, and the hidden files the kill left (the first variable's partial files,
+    the second's parts) were there forever; the next write of those files removes them."""
+    paths = {"cloudy": tmp_path / "a", "cloudfree": tmp_path / "b"}
+    cog.to_cogs(_pair(1), paths)
+    before = snapshot(tmp_path)
+    args = (KILLED_IN_THE_SECOND, *map(str, paths.values()))
+    process = fork_server.context.Process(
+        target=run_script, args=args, kwargs={"stderr": tmp_path.parent / "err"}
+    )
+    process.start()
+    process.join(60)
+    assert process.exitcode == 9, (tmp_path.parent / "err").read_text()
+    visible = {name: data for name, data in snapshot(tmp_path).items() if "/." not in name}
+    assert visible == before
+    left = {(path.parent.name, path.suffix) for path in tmp_path.glob("*/.*")}
+    assert left == {("a", ".partial"), ("b", ".parts")}
+    cog.to_cogs(_pair(1).map(lambda v: v // 2), paths, overwrite=True)
+    assert list(tmp_path.glob("*/.*")) == []
+    assert snapshot(tmp_path) != before
+
+
+def test_what_a_killed_write_left_is_removed_by_the_next_write_of_the_file(tmp_path):
+    """Its partial file, its parts, a copy of the file it was replacing: of a process
+    gone. A live process's (pid 1) and those of other files stay."""
+    dead = killed_writer()["pid"]
+    m3rcr_xr.to_cog(_scene(32), tmp_path / "d.tif")  # there: its copy aside is stale
+    stale = [f".d.tif.{dead}.partial", f".d.tif.{dead}.previous"]
+    kept = [".d.tif.1.partial", f".e.tif.{dead}.partial", f".e.tif.{dead}.previous"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"left")
+    parts = tmp_path / f"..d.tif.{dead}.partial.parts"
+    parts.mkdir()
+    (parts / "p0001.bin").write_bytes(b"left")
+    m3rcr_xr.to_cog(_scene(64), tmp_path / "d.tif", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "d.tif"])
+
+
+def test_a_copy_a_killed_write_set_aside_stays_while_its_file_is_missing(tmp_path, caplog):
+    """Killed between its two renames, a write left the file only as its copy aside."""
+    previous = tmp_path / f".d.tif.{killed_writer()['pid']}.previous"
+    previous.write_bytes(b"the file as it was")
+    with caplog.at_level(logging.WARNING, logger="m3rcr_xr.cog"):
+        m3rcr_xr.to_cog(_scene(32), tmp_path / "d.tif")
+    assert previous.read_bytes() == b"the file as it was"
+    assert f"{previous}: d.tif as it was before a write of it was cut off" in caplog.text
+
+
+def test_destinations_written_together_are_apart_and_on_one_file_system(tmp_path):
+    pair = _pair(1)
+    with pytest.raises(m3rcr_xr.StoreError, match="the destination is the GeoTIFF of another"):
+        cog.to_cogs(pair, {"cloudy": tmp_path / "a", "cloudfree": tmp_path / "a"})
+    with pytest.raises(m3rcr_xr.UsageError, match="all local, or all on one object store"):
+        cog.to_cogs(pair, {"cloudy": tmp_path / "a", "cloudfree": "memory://m3rcr-pair/b"})
+    with pytest.raises(m3rcr_xr.UsageError, match="variables of a Dataset, not a DataArray"):
+        cog.to_cogs(pair["cloudy"], {"cloudy": tmp_path / "a"})
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
@@ -903,3 +1034,23 @@ def test_a_file_url_is_a_local_path(tmp_path):
     assert cog_validate(str(tmp_path / "d.tif"), strict=True)[0]
     with pytest.raises(m3rcr_xr.StoreError, match="d.tif: exists; pass overwrite=True"):
         m3rcr_xr.to_cog(_scene(64), url)
+
+
+def test_a_pair_of_collections_is_uploaded_together(bucket, monkeypatch):
+    """Their files have the same names (cogs/, cogs_std/): each is staged in a folder of
+    its own. The last upload fails: none of the pair is left."""
+    urls = {"cloudy": f"s3://{bucket}/cogs", "cloudfree": f"s3://{bucket}/cogs_std"}
+    written = cog.to_cogs(_pair(1), urls)
+    assert written["cloudfree"] == [
+        f"{urls['cloudfree']}/synthetic_1_p_0.tif",
+        f"{urls['cloudfree']}/synthetic_2_p_0.tif",
+    ]
+    objects = _objects(bucket)
+    assert len(objects) == 4
+    key = f"{bucket}/cogs_std/synthetic_2_p_0.tif"
+    with rasterio.MemoryFile(objects[key]) as memory, memory.open() as f:
+        np.testing.assert_array_equal(f.read(), _pair(1)["cloudfree"].isel(patch=1).values)
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="connection reset"):
+        calls = _upload_fails(patch, at=4)
+        cog.to_cogs(_pair(1).map(lambda v: v // 2), urls, overwrite=True)
+    assert len(calls) == 4 and _objects(bucket) == objects

@@ -5,6 +5,7 @@ tested in tests/test_store.py and tests/test_s3.py.
 """
 
 import contextlib
+import os
 
 import m3rcr_xr
 from m3rcr_xr import locks
@@ -55,3 +56,10 @@ def test_a_rerun_cannot_take_over_a_marker_while_another_rerun_is_removing_it(mo
     claim = target.fs.unstrip_protocol(target.key(locks.TAKEOVER))
     assert len(refused) == 1 and f"holds {claim} from" in refused[0]
     assert not any(target.fs.exists(target.key(n)) for n in (locks.LOCK, locks.TAKEOVER))
+
+
+def test_a_pid_is_free_only_when_no_process_has_it():
+    """What tells a killed writer's leftovers (a GeoTIFF's partial file) from a live one's."""
+    assert locks.pid_free(killed_writer()["pid"])
+    assert not locks.pid_free(os.getpid()) and not locks.pid_free(1)
+    assert not locks.pid_free(0) and not locks.pid_free(-1)  # process groups: no answer
