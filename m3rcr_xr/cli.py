@@ -56,6 +56,26 @@ STAC_SUFFIXES = (".json", ".geojson")
 MODEL_HELP = "model name, e.g. dsen2_cr (an unknown name is refused with the known ones)"
 
 
+def _resuming(args: argparse.Namespace) -> str:
+    """What the line of an interrupted command says of how to go on (:data:`RESUMING`).
+
+    ``m3rcr decloud --cog ... --overwrite`` cut off left the GeoTIFFs of an earlier run
+    as they were (they are replaced all or none): the same command without --overwrite
+    refuses them (it keeps only those written from its complete store), so they are to
+    be removed first; with --overwrite the run starts over.
+    """
+    if args.command != "decloud" or not (args.cog and args.overwrite):
+        return RESUMING.get(args.command, "")
+    from .href import redacted
+
+    std = " (and its _std beside it)" if args.uncertainty else ""
+    return (
+        "; what was written is kept: the same command without --overwrite goes on once "
+        f"the GeoTIFFs an earlier run left at {redacted(args.cog)}{std} are removed (else "
+        "it may refuse them); with --overwrite it starts over"
+    )
+
+
 def _check_output_file(
     path: str, name: str, suffixes: Sequence[str], *, overwrite: bool | None = None
 ) -> Path:
@@ -1075,7 +1095,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"m3rcr {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through dask
-        print(f"m3rcr {args.command}: interrupted{RESUMING.get(args.command, '')}", file=sys.stderr)
+        print(f"m3rcr {args.command}: interrupted{_resuming(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `m3rcr info STORE | head -1`: the reader went away
         # what is left to flush at exit goes nowhere, rather than raise again

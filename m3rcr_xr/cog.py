@@ -26,7 +26,8 @@ written under a hidden temporary name in its own folder and renamed once every f
 complete, all or none, so a failure leaves nothing half-written and no mix of old and new
 (:func:`to_cogs`: of several variables, ``decloud`` and ``decloud_std``, renamed together).
 A killed write leaves its hidden files; the next write of the same files removes those
-of a process that no longer runs (:func:`_remove_stale`).
+of a process of this machine that no longer runs (:func:`_remove_stale`), and the next
+upload the temporary folders of such a process (:func:`_remove_stale_uploads`).
 Each file records what it was written from (its data's identity and the options) in its
 ``ImageDescription`` tag, so that :func:`written_from` tells whether it is what a call
 would write again.
@@ -42,6 +43,7 @@ import logging
 import os
 import posixpath
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -64,10 +66,19 @@ from .exceptions import (
     argument,
     check_integer,
 )
+from .files import (
+    OWNER,
+    hidden_copies,
+    hidden_name,
+    hidden_path,
+    left_behind,
+    no_longer_runs,
+    owner,
+    remove_stale,
+)
 from .href import is_remote, local_path, redacted
 from .identity import data_fingerprint, sources
 from .location import Target, check_apart, check_bucket, reaching, reason, write_errors
-from .locks import pid_free
 from .options import OPTIONS
 from .progress import compute_with_progress
 from .schema import check_patch_ids, is_collection, repeated
@@ -565,8 +576,13 @@ def _uploaded(fs: Any, plans: Sequence[_Plan], overwrite: bool) -> Iterator[list
     :func:`_commit` locally: an existing object is first copied aside, under a hidden
     name beside it; if an upload fails, the copies are put back and the objects that did
     not exist are removed; once all are uploaded, the copies are removed. Objects that
-    exist by then are checked again (:func:`check_replaceable`) before any upload."""
-    with tempfile.TemporaryDirectory(prefix=".m3rcr-cog-") as temporary:
+    exist by then are checked again (:func:`check_replaceable`) before any upload.
+
+    The folder (in ``TMPDIR``, :data:`UPLOADS`) is named for this process and machine:
+    those a killed upload left, full-size GeoTIFFs, are removed first
+    (:func:`_remove_stale_uploads`)."""
+    _remove_stale_uploads(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"{UPLOADS}{owner()}-") as temporary:
         folders = [Path(temporary, str(index)) for index in range(len(plans))]
         yield folders
         local = {
@@ -646,19 +662,40 @@ def _put_back(fs: Any, done: Sequence[tuple[str, str | None]]) -> list[str]:
     return left
 
 
-def _hidden(name: str, kind: str) -> str:
-    """The hidden name of this process's ``kind`` of copy of the file ``name``."""
-    return f".{name}.{os.getpid()}.{kind}"
+#: the start of the name of :func:`_uploaded`'s temporary folders, in ``TMPDIR``:
+#: ``.m3rcr-cog-<machine>-<pid>-<random>`` (:func:`m3rcr_xr.files.owner`)
+UPLOADS = ".m3rcr-cog-"
+_UPLOAD = re.compile(rf"{re.escape(UPLOADS)}{OWNER}-.+", re.DOTALL)
+
+
+def _remove_stale_uploads(root: Path) -> None:
+    """Remove the temporary folders of :func:`_uploaded` in ``root`` (``TMPDIR``) that a
+    killed upload left: of this user, named for a process of this machine that no
+    longer runs (:func:`m3rcr_xr.files.no_longer_runs`). Another machine's (a
+    ``TMPDIR`` shared), or a live process's (this one's other uploads too), stay; so do
+    those of earlier versions (``.m3rcr-cog-<random>``: no process to tell by)."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        found = _UPLOAD.fullmatch(entry.name)
+        if found is None or not no_longer_runs(found["machine"], int(found["pid"])):
+            continue
+        with contextlib.suppress(OSError):  # removed meanwhile by another upload's cleanup
+            ours = entry.stat(follow_symlinks=False).st_uid == os.getuid()
+            if ours and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
 
 
 def _beside(url: str, kind: str) -> str:
-    """:func:`_hidden` of the object ``url``, in its folder."""
+    """:func:`m3rcr_xr.files.hidden_name` of the object ``url``, in its folder."""
     folder, name = posixpath.split(url)
-    return f"{folder}/{_hidden(name, kind)}"
+    return f"{folder}/{hidden_name(name, kind)}"
 
 
 def _partial(file: Path) -> Path:
-    return file.with_name(_hidden(file.name, "partial"))
+    return hidden_path(file, "partial")
 
 
 #: the suffix of odc-geo's folder of the parts of a file ``F``: ``.F.parts``
@@ -693,54 +730,24 @@ def _cleaned(partials: Sequence[Path], folders: Sequence[Path]) -> Iterator[None
         raise
 
 
-#: the hidden copies :func:`to_cog` makes of a file ``NAME`` (:func:`_hidden`):
-#: ``.NAME.PID.partial`` (being written) and ``.NAME.PID.previous`` (the file it
-#: replaces, set aside while it renames); and odc-geo's folder of the parts of a partial
-#: file, ``..NAME.PID.partial.parts``
-_COPY = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]{1,10})\.(?P<kind>partial|previous)")
-
-
-def _copies(folder: Path) -> Iterator[tuple[Path, str, int, str]]:
-    """The hidden copies (:data:`_COPY`) in ``folder``: each one's path, the name of its
-    file, the pid it is named for and its kind (``partial``, ``previous``, or ``parts``:
-    a folder of parts)."""
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        parts = entry.name.startswith("..") and entry.name.endswith(f".partial{_PARTS}")
-        found = _COPY.fullmatch(entry.name[1 : -len(_PARTS)] if parts else entry.name)
-        if found is not None and entry.is_dir(follow_symlinks=False) == parts:
-            kind = "parts" if parts else found["kind"]
-            yield Path(entry.path), found["name"], int(found["pid"]), kind
-
-
 def _remove_stale(folder: Path, names: Collection[str]) -> None:
-    """Remove the hidden copies (:func:`_copies`) of the files ``names`` of ``folder``
-    that a write killed there left behind (its ``_cleaned`` never ran): those named for
-    a process of this machine that no longer runs (:func:`~m3rcr_xr.locks.pid_free`), or
-    for this one (a pid used again). Another process's live write keeps its own. A
-    copy set aside goes only where its file is there again; else it holds the file as
-    it was before a write cut off in its renames, and a warning names it."""
-    wanted = set(names)
-    for path, name, pid, kind in _copies(folder):
-        if name not in wanted or (pid != os.getpid() and not pid_free(pid)):
-            continue  # another file's, or a live write's own
-        if kind == "previous" and not os.path.lexists(folder / name):
-            log.warning(
-                "%s: %s as it was before a write of it was cut off; rename it back to keep "
-                "it (the next write of %s removes it)",
-                path,
-                name,
-                name,
-            )
-            continue
-        with contextlib.suppress(FileNotFoundError):  # another rerun removed it first
-            if kind == "parts":
-                _remove_partial(path.with_name(path.name[1 : -len(_PARTS)]))
-            else:
-                path.unlink()
+    """Remove what a killed write of the files ``names`` of ``folder`` left (its
+    :func:`_cleaned` never ran): its hidden copies (:func:`m3rcr_xr.files.remove_stale`:
+    ``.NAME.<machine>-<pid>.partial`` and ``.previous``, those of a process of this
+    machine that no longer runs, or of this one) and odc-geo's folders of the parts of
+    such a partial file (``..NAME.<machine>-<pid>.partial.parts``)."""
+    remove_stale(folder, names)
+    for parts in hidden_copies(folder, names, hidden_of=_parts_of):
+        if parts.kind == "partial" and left_behind(parts):
+            with contextlib.suppress(FileNotFoundError):  # another rerun removed it first
+                _remove_partial(parts.path.with_name(parts.path.name[1 : -len(_PARTS)]))
+
+
+def _parts_of(entry: os.DirEntry[str]) -> str | None:
+    """The partial file whose parts the folder ``entry`` holds (``.PARTIAL.parts``), or
+    None for another entry."""
+    parts = entry.name.startswith("..") and entry.name.endswith(_PARTS)
+    return entry.name[1 : -len(_PARTS)] if parts and entry.is_dir(follow_symlinks=False) else None
 
 
 #: compressed bytes a part of odc-geo's writer gathers before it goes to disk
@@ -1206,7 +1213,7 @@ def _commit(partials: Sequence[Path], files: Sequence[Path], overwrite: bool) ->
             exists = file.exists() or file.is_symlink()
             if exists and not was:  # it came meanwhile
                 check_replaceable(file, overwrite=overwrite)
-            previous = file.with_name(_hidden(file.name, "previous")) if exists else None
+            previous = hidden_path(file, "previous") if exists else None
             if previous is not None:
                 os.replace(file, previous)
             done.append((file, previous))

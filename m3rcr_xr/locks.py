@@ -13,6 +13,8 @@ not part of the Zarr hierarchy and is removed once the store is complete.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -215,6 +217,24 @@ def _machine() -> dict[str, Any] | None:
     except OSError:
         return None
     return {"boot_id": boot, "pid_namespace": namespace}
+
+
+@functools.cache
+def machine_token() -> str:
+    """A short digest of where a pid names one process: the host name, and on Linux
+    the boot and PID namespace (:func:`_machine`), as :func:`_gone` tells them apart.
+    Hidden files named with it (:func:`m3rcr_xr.files.hidden_name`) are judged only by
+    the processes that share it: on a folder shared between machines (NFS, a cluster's
+    scratch), another machine's pid says nothing here. Without /proc (macOS) it is the
+    host name's alone. The same all through a process (taken once).
+
+    Examples
+    --------
+    >>> len(machine_token())
+    8
+    """
+    where = [socket.gethostname(), _machine()]
+    return hashlib.sha256(json.dumps(where, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _started(pid: int) -> int | None:

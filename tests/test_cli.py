@@ -1021,7 +1021,9 @@ def test_a_run_cut_off_in_its_second_cog_replaces_neither(
 ):
     """A run cut off (Ctrl-C here, a kill alike) while it wrote OUT_std.tif had replaced
     OUT.tif already: OUT.tif of the new run beside OUT_std.tif of the one before, and
-    nothing said so. Both are renamed together now, once both are written."""
+    nothing said so. Both are renamed together now, once both are written. Its line
+    said the same command without --overwrite goes on, which refused the pair of the
+    run before (other data): it says to remove them first, which works."""
     from m3rcr_xr import cog as cog_module
 
     _, cog, std, argv = _cog_run(scene_store, tmp_path)
@@ -1036,9 +1038,22 @@ def test_a_run_cut_off_in_its_second_cog_replaces_neither(
         return graph(*args, **kwargs)
 
     monkeypatch.setattr(cog_module, "_cog_graph", cut_off_in_the_second)
+    capsys.readouterr()
     assert main([*argv, "--tta", "d4", "--overwrite"]) == cli.EXIT_INTERRUPTED
     assert (cog.read_bytes(), std.read_bytes()) == pair
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.tif", "d_std.tif", "o.zarr"]
+    # its line said "the same command (without --overwrite) goes on": refused at d.tif
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "m3rcr decloud: interrupted; what was written is kept: the same command without "
+        f"--overwrite goes on once the GeoTIFFs an earlier run left at {cog} (and its _std "
+        "beside it) are removed (else it may refuse them); with --overwrite it starts over"
+    )
+    _fails_alone(capsys, [*argv, "--tta", "d4"], f"--cog {cog}: {cog} exists; pass --overwrite")
+    cog.unlink()
+    std.unlink()
+    monkeypatch.setattr(store, "to_zarr", _never)  # as it says: the store is kept
+    assert main([*argv, "--tta", "d4"]) == 0
+    assert f"wrote {cog}\nwrote {std}\n" in capsys.readouterr().out
 
 
 def test_a_rerun_keeps_the_cog_of_its_store_and_writes_the_missing_one(

@@ -17,7 +17,7 @@ from rasterio.transform import Affine
 from rio_cogeo.cogeo import cog_validate
 
 import m3rcr_xr
-from m3rcr_xr import cog
+from m3rcr_xr import cog, locks
 from m3rcr_xr.testing import raise_if_dask_computes
 from tests.conftest import forbid_head_bucket, killed_writer, run_script, snapshot
 
@@ -712,28 +712,54 @@ def test_a_pair_killed_in_its_second_variable_is_left_whole_and_the_rerun_cleans
 
 def test_what_a_killed_write_left_is_removed_by_the_next_write_of_the_file(tmp_path):
     """Its partial file, its parts, a copy of the file it was replacing: of a process
-    gone. A live process's (pid 1) and those of other files stay."""
-    dead = killed_writer()["pid"]
+    of this machine gone (or named so by an earlier version, without the machine). A
+    live process's (pid 1), another machine's and those of other files stay."""
+    dead, here = killed_writer()["pid"], locks.machine_token()
+    other = "0badc0de" if here != "0badc0de" else "0ddba11e"
     m3rcr_xr.to_cog(_scene(32), tmp_path / "d.tif")  # there: its copy aside is stale
-    stale = [f".d.tif.{dead}.partial", f".d.tif.{dead}.previous"]
-    kept = [".d.tif.1.partial", f".e.tif.{dead}.partial", f".e.tif.{dead}.previous"]
+    stale = [f".d.tif.{here}-{dead}.partial", f".d.tif.{here}-{dead}.previous"]
+    stale += [f".d.tif.{dead}.partial"]  # an earlier version's
+    kept = [f".d.tif.{here}-1.partial", f".e.tif.{here}-{dead}.partial"]
+    kept += [f".e.tif.{here}-{dead}.previous", f".d.tif.{other}-{dead}.partial"]
     for name in stale + kept:
         (tmp_path / name).write_bytes(b"left")
-    parts = tmp_path / f"..d.tif.{dead}.partial.parts"
-    parts.mkdir()
-    (parts / "p0001.bin").write_bytes(b"left")
+    for parts in [f"..d.tif.{here}-{dead}.partial.parts", f"..d.tif.{dead}.partial.parts"]:
+        (tmp_path / parts).mkdir()
+        (tmp_path / parts / "p0001.bin").write_bytes(b"left")
+    kept.append(f"..d.tif.{other}-{dead}.partial.parts")
+    (tmp_path / kept[-1]).mkdir()
     m3rcr_xr.to_cog(_scene(64), tmp_path / "d.tif", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "d.tif"])
 
 
 def test_a_copy_a_killed_write_set_aside_stays_while_its_file_is_missing(tmp_path, caplog):
     """Killed between its two renames, a write left the file only as its copy aside."""
-    previous = tmp_path / f".d.tif.{killed_writer()['pid']}.previous"
+    previous = tmp_path / f".d.tif.{locks.machine_token()}-{killed_writer()['pid']}.previous"
     previous.write_bytes(b"the file as it was")
-    with caplog.at_level(logging.WARNING, logger="m3rcr_xr.cog"):
+    with caplog.at_level(logging.WARNING, logger="m3rcr_xr.files"):
         m3rcr_xr.to_cog(_scene(32), tmp_path / "d.tif")
     assert previous.read_bytes() == b"the file as it was"
     assert f"{previous}: d.tif as it was before a write of it was cut off" in caplog.text
+
+
+def test_an_upload_removes_the_folders_killed_uploads_left(tmp_path, monkeypatch):
+    """A killed upload left its folder in TMPDIR (``.m3rcr-cog-*``), full-size GeoTIFFs,
+    for good. The next upload removes those of this machine's processes gone; another
+    machine's (a TMPDIR shared), a live process's and an earlier version's stay."""
+    import tempfile
+
+    dead, here = killed_writer()["pid"], locks.machine_token()
+    other = "0badc0de" if here != "0badc0de" else "0ddba11e"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale = [f".m3rcr-cog-{here}-{dead}-abc123"]
+    kept = [f".m3rcr-cog-{other}-{dead}-abc123", f".m3rcr-cog-{here}-1-abc123"]
+    kept += [".m3rcr-cog-abc123", "mine"]
+    for name in stale + kept:
+        (tmp_path / name / "0").mkdir(parents=True)
+        (tmp_path / name / "0" / "d.tif").write_bytes(b"a GeoTIFF")
+    (written,) = m3rcr_xr.to_cog(_scene(32), f"memory://m3rcr-uploads-{dead}/d.tif")
+    assert written.endswith(f"m3rcr-uploads-{dead}/d.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
 
 def test_destinations_written_together_are_apart_and_on_one_file_system(tmp_path):
@@ -1012,8 +1038,8 @@ def test_a_failed_put_back_does_not_stop_the_rollback_nor_hide_the_error(bucket,
         m3rcr_xr.to_cog(changed, url, variable="cloudy", overwrite=True)
     assert len(put_back) == 3
     copy = put_back[1]
-    name = copy.split("/")[-1].split(".")[1]  # .NAME.tif.PID.previous
-    assert copy == f"s3://{bucket}/c/.{name}.tif.{os.getpid()}.previous"
+    name = copy.split("/")[-1].split(".")[1]  # .NAME.tif.MACHINE-PID.previous
+    assert copy == f"s3://{bucket}/c/.{name}.tif.{locks.machine_token()}-{os.getpid()}.previous"
     (note,) = err.value.__notes__
     assert note == (
         f"not rolled back: s3://{bucket}/c/{name}.tif: not put back from {copy} "

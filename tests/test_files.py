@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 
 import pytest
 
+from m3rcr_xr import locks
 from m3rcr_xr.files import replace_atomically, replace_together
+from tests.conftest import killed_writer
 
 
 def test_a_file_written_owner_only_gets_the_mode_of_any_new_file(tmp_path):
@@ -74,3 +77,59 @@ def test_files_replaced_together_are_all_written_and_checked_first(tmp_path):
     (tmp_path / "b").unlink()
     replace_together(writers, remove=[tmp_path / "gone"])  # absent: nothing to remove
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a": "new", "b": "new"}
+
+
+def _killed_in_its_write(path) -> int:
+    """``replace_atomically(path, ...)`` in a forked child killed (``os._exit``, no
+    ``except`` runs) halfway through its write; returns the child's pid, reaped."""
+    pid = os.fork()
+    if pid == 0:  # the child
+
+        def killed(partial):
+            partial.write_text("half of a checkpoint")
+            os._exit(9)
+
+        try:
+            replace_atomically(path, killed)
+        finally:
+            os._exit(1)  # never here
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 9
+    return pid
+
+
+def test_a_killed_write_leaves_a_partial_the_next_write_removes(tmp_path):
+    """SIGKILLed (or OOM-killed) inside its write, ``replace_atomically`` left
+    ``.NAME.PID.partial`` for good, as big as a checkpoint, and one more each kill."""
+    if locks._machine() is None:
+        pytest.skip("needs Linux's /proc to tell that a writer no longer runs")
+    target = tmp_path / "run.pth"
+    target.write_text("the checkpoint before")
+    pid = _killed_in_its_write(target)
+    (partial,) = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert partial == f".run.pth.{locks.machine_token()}-{pid}.partial"
+    assert target.read_text() == "the checkpoint before"
+    replace_atomically(target, lambda partial: partial.write_text("new"))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"run.pth": "new"}
+
+
+def test_what_another_machine_or_a_live_write_left_stays(tmp_path, caplog):
+    """A folder shared between machines (NFS): another machine's partial file, whose
+    pid is free here, is its live write, perhaps; so is a live process's here. Both
+    stay; a partial of an earlier version (no machine in its name) goes when its pid is
+    free here, and those of other files stay."""
+    dead, here = killed_writer()["pid"], locks.machine_token()
+    other = "0badc0de" if here != "0badc0de" else "0ddba11e"
+    gone = [f".t.csv.{here}-{dead}.partial", f".t.csv.{dead}.partial"]  # the last: earlier
+    kept = [
+        f".t.csv.{other}-{dead}.partial",
+        f".t.csv.{here}-1.partial",
+        f".u.csv.{here}-{dead}.partial",
+    ]
+    for name in gone + kept:
+        (tmp_path / name).write_text("left")
+    with caplog.at_level(logging.WARNING, logger="m3rcr_xr.files"):
+        replace_atomically(tmp_path / "t.csv", lambda partial: partial.write_text("new"))
+    assert {p.name for p in tmp_path.iterdir()} == {*kept, "t.csv"}
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"{tmp_path / kept[0]}: kept: left by a write of t.csv on another")

@@ -7,6 +7,8 @@ tested in tests/test_store.py and tests/test_s3.py.
 import contextlib
 import os
 
+import pytest
+
 import m3rcr_xr
 from m3rcr_xr import locks
 from m3rcr_xr.location import Target, read_json
@@ -63,3 +65,18 @@ def test_a_pid_is_free_only_when_no_process_has_it():
     assert locks.pid_free(killed_writer()["pid"])
     assert not locks.pid_free(os.getpid()) and not locks.pid_free(1)
     assert not locks.pid_free(0) and not locks.pid_free(-1)  # process groups: no answer
+
+
+def test_the_machine_token_tells_boots_and_pid_namespaces_apart(monkeypatch):
+    """What names the hidden files of a write (m3rcr_xr.files): a pid says whether the
+    writer runs only where the token is this one."""
+    here, machine = locks.machine_token(), locks._machine()
+    if machine is None:
+        pytest.skip("needs Linux's /proc")
+    for other in ({"boot_id": "another boot"}, {"pid_namespace": 1}):
+        monkeypatch.setattr(locks, "_machine", lambda other=other: {**machine, **other})
+        locks.machine_token.cache_clear()
+        try:
+            assert locks.machine_token() != here
+        finally:
+            locks.machine_token.cache_clear()
