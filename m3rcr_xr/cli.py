@@ -663,7 +663,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         classifier=args.classifier,
         classifier_config=classifier_config or None,
     )
-    _print_tables(result, paths, earlier, semantic=args.semantic)
+    _print_tables(result, paths, earlier, semantic=args.semantic, overwrite=args.overwrite)
     return 0
 
 
@@ -739,19 +739,25 @@ def _check_prediction_held(args: argparse.Namespace, stores: xarray.Dataset) -> 
 
 
 def _print_tables(
-    result: xarray.Dataset, paths: Sequence[str], earlier: Sequence[str], *, semantic: bool
+    result: xarray.Dataset,
+    paths: Sequence[str],
+    earlier: Sequence[str],
+    *,
+    semantic: bool,
+    overwrite: bool,
 ) -> None:
     """Print the table(s) of ``result`` (with ``semantic``: the metrics, then the
     semantic scores) and write them to ``paths`` (none: print only), together
     (:func:`m3rcr_xr.metrics.write_tables`: a kill leaves no table beside one of another
-    run), removing the ``earlier`` semantic table."""
+    run), removing the ``earlier`` semantic table. Without ``overwrite``, a table that
+    another run wrote there meanwhile is refused and kept."""
     from .metrics import split_semantic, write_tables
 
     tables = split_semantic(result) if semantic else (result,)
     for table in tables:
         print(table.to_dataframe().to_string())
     if paths:
-        write_tables(list(zip(tables, paths, strict=True)), remove=earlier)
+        write_tables(list(zip(tables, paths, strict=True)), remove=earlier, overwrite=overwrite)
     for path in earlier:
         print(f"removed {path}: the semantic table of an earlier run")
     for path in paths:

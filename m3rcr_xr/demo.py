@@ -12,14 +12,18 @@ result and the cloudy input, in the same pass), and drawn. Outputs in ``out``:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import xarray as xr
 
 from .exceptions import StoreError, UsageError, argument, check_integer
 from .inference import decloud
+from .locks import _try_lock  # the OS lock of an open file: flock (Windows: a byte range)
 from .metrics import check_table_replaceable, evaluate, split_semantic, write_table
 from .store import (
     check_destination,
@@ -215,6 +219,74 @@ def _remove_earlier(out: Path) -> None:
         (out / OUTPUTS[key]).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _this_runs_folder(out: Path) -> Iterator[None]:
+    """Make ``out`` this run's folder until the block ends: checked (:func:`_check_out`),
+    marked (:data:`MARK_TEXT`), the earlier run's outputs removed
+    (:func:`_remove_earlier`), and its mark locked (:func:`_lock_mark`), so that a second
+    demo in the folder is refused at its start instead of mixing its outputs with this
+    run's. The OS drops the lock when the process ends, a kill included.
+
+    A mark already there is locked before the folder is checked: a folder another demo
+    is writing is refused as such, not for its unfinished outputs. A new mark is made
+    only once the folder passed, as before.
+
+    Raises
+    ------
+    UsageError
+        ``out`` refused (:func:`_check_out`), held by another demo, or not writable.
+    """
+    held = _lock_earlier_mark(out)
+    try:
+        _check_out(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if held is None:
+                held = _lock_mark(out, os.open(out / MARK, _MARK_FLAGS | os.O_CREAT, 0o644))
+            os.ftruncate(held, 0)
+            os.write(held, MARK_TEXT.encode())
+            _remove_earlier(out)
+        except OSError as err:  # a folder that cannot be written: read-only, /proc...
+            raise UsageError(
+                f"{argument('out', str(out))}: cannot write there ({err.strerror})"
+            ) from err
+        yield
+    finally:
+        if held is not None:
+            os.close(held)  # unlocks it
+
+
+#: how the demo opens its mark: to write it, never through a link someone put there
+_MARK_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)
+
+
+def _lock_earlier_mark(out: Path) -> int | None:
+    """The :data:`MARK` already in ``out``, locked (:func:`_lock_mark`); None where no
+    mark file can be opened (:func:`_check_out` judges what is there)."""
+    try:
+        fd = os.open(out / MARK, _MARK_FLAGS)
+    except OSError:
+        return None
+    return _lock_mark(out, fd)
+
+
+def _lock_mark(out: Path, fd: int) -> int:
+    """Lock the mark of ``out`` open as ``fd``: ``fd``, whose closing unlocks it.
+
+    Raises
+    ------
+    UsageError
+        Another process (a demo) holds the lock; ``fd`` is closed.
+    """
+    if not _try_lock(fd):
+        os.close(fd)
+        raise UsageError(
+            f"{argument('out', str(out))}: another demo is writing this folder; wait for it "
+            "to end or choose another folder"
+        )
+    return fd
+
+
 def run_demo(
     out: str | Path, *, size: int = 2048, seed: int = DEMO_SEED, tta: str | None = DEMO_TTA
 ) -> dict[str, Path]:
@@ -225,14 +297,15 @@ def run_demo(
 
     The outputs of an earlier run in ``out`` are removed before any is written, so that
     a run cut off (Ctrl-C) leaves only its own: never its new scene beside the earlier
-    tables and figures.
+    tables and figures. A run holds the folder until it ends: a second demo there is
+    refused meanwhile, never mixing its outputs with this run's.
 
     Raises
     ------
     UsageError
         Before any work: ``size`` not an integer from 1 to :data:`MAX_SIZE`, or ``out``
-        an existing file, a folder of files the demo did not write, or a place where no
-        folder can be made or written.
+        an existing file, a folder of files the demo did not write, one another demo is
+        writing, or a place where no folder can be made or written.
 
     Examples
     --------
@@ -244,40 +317,32 @@ def run_demo(
     check_integer("size", size, maximum=MAX_SIZE)
     tta = check_tta(tta)
     out = Path(out)
-    _check_out(out)
     start = time.perf_counter()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MARK).write_text(MARK_TEXT)
-        _remove_earlier(out)
-    except OSError as err:  # a folder that cannot be written: read-only, /proc...
-        raise UsageError(
-            f"{argument('out', str(out))}: cannot write there ({err.strerror})"
-        ) from err
-    paths = {key: out / OUTPUTS[key] for key in ("scene", "decloud", "metrics", "semantic")}
-    with local_cluster() as cluster, cluster.get_client() as client:
-        print(f"Dask dashboard: {client.dashboard_link}")
-        scene = synthetic_scene((size, size), seed=seed).assign_attrs({STAMP: 1})
-        to_zarr(scene, paths["scene"], overwrite=True)
-        scene = open_zarr(paths["scene"])
-        estimate = decloud(  # registered weights: model and config come with them
-            scene, checkpoint=DEMO_WEIGHTS, tta=tta, uncertainty=bool(tta)
-        )
-        if isinstance(estimate, xr.DataArray):
-            estimate = estimate.to_dataset()
-        to_zarr(estimate.assign_attrs({STAMP: 1}), paths["decloud"], overwrite=True)
-        scene = scene.assign(open_zarr(paths["decloud"]).data_vars)
-        result = evaluate(
-            scene, "decloud", "cloudfree", level=1, semantic=True, classifier=DEMO_CLASSIFIER
-        )
-        baseline = evaluate(scene, "cloudy", "cloudfree", level=1, strata=("all",))
-    metrics, semantic = split_semantic(result)
-    write_table(metrics, paths["metrics"])
-    write_table(semantic, paths["semantic"])
-    paths.update(_figures(scene, result, out))
-    _print_summary(metrics, baseline)
-    _print_semantic(semantic)
-    print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs in {out}/")
+    with _this_runs_folder(out):
+        paths = {key: out / OUTPUTS[key] for key in ("scene", "decloud", "metrics", "semantic")}
+        with local_cluster() as cluster, cluster.get_client() as client:
+            print(f"Dask dashboard: {client.dashboard_link}")
+            scene = synthetic_scene((size, size), seed=seed).assign_attrs({STAMP: 1})
+            to_zarr(scene, paths["scene"], overwrite=True)
+            scene = open_zarr(paths["scene"])
+            estimate = decloud(  # registered weights: model and config come with them
+                scene, checkpoint=DEMO_WEIGHTS, tta=tta, uncertainty=bool(tta)
+            )
+            if isinstance(estimate, xr.DataArray):
+                estimate = estimate.to_dataset()
+            to_zarr(estimate.assign_attrs({STAMP: 1}), paths["decloud"], overwrite=True)
+            scene = scene.assign(open_zarr(paths["decloud"]).data_vars)
+            result = evaluate(
+                scene, "decloud", "cloudfree", level=1, semantic=True, classifier=DEMO_CLASSIFIER
+            )
+            baseline = evaluate(scene, "cloudy", "cloudfree", level=1, strata=("all",))
+        metrics, semantic = split_semantic(result)
+        write_table(metrics, paths["metrics"])
+        write_table(semantic, paths["semantic"])
+        paths.update(_figures(scene, result, out))
+        _print_summary(metrics, baseline)
+        _print_semantic(semantic)
+        print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs in {out}/")
     return paths
 
 

@@ -47,16 +47,25 @@ def closed_on_error(figure: Any) -> Iterator[Any]:
 
 
 def save_and_close(figure: Any, path: str | Path, **savefig: Any) -> Path:
-    """Write ``figure`` to ``path`` (``savefig`` keywords passed on), then close it
-    whatever happens: a function that writes a figure to a file and returns the path
-    keeps nothing open in pyplot."""
+    """Write ``figure`` to ``path`` (``savefig`` keywords passed on; the format that of
+    the suffix unless given), then close it whatever happens: a function that writes a
+    figure to a file and returns the path keeps nothing open in pyplot.
+
+    The file is written whole or not at all (:func:`m3rcr_xr.files.replace_atomically`):
+    a run killed while it writes leaves the earlier file, or none, never half a PNG.
+    """
     import matplotlib.pyplot as plt
 
+    from .files import replace_atomically
+
+    path = Path(path)
+    # the temporary file's suffix is no format: matplotlib is told the destination's
+    savefig.setdefault("format", path.suffix[1:].lower() or plt.rcParams["savefig.format"])
     try:
-        figure.savefig(path, **savefig)
+        replace_atomically(path, lambda partial: figure.savefig(partial, **savefig))
     finally:
         plt.close(figure)
-    return Path(path)
+    return path
 
 
 def _metrics_to_draw(result: xr.Dataset, metric: str | Sequence[str] | None) -> list[str]:

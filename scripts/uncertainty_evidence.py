@@ -27,6 +27,7 @@ from scipy.stats import spearmanr
 import m3rcr_xr
 from m3rcr_xr import cli
 from m3rcr_xr.landcover import WORLDCOVER
+from m3rcr_xr.plot import save_and_close
 from m3rcr_xr.weights import default_checkpoint
 
 #: seeds of the extra members (the demo weights were trained with seed 7); one extra
@@ -139,7 +140,7 @@ def draw(curves: dict[str, np.ndarray], path: Path) -> None:
     ax.set_title("Held-out synthetic patches: error by deciles of decloud_std")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_and_close(fig, path, dpi=90)  # whole or not at all
 
 
 def evidence(

@@ -828,6 +828,37 @@ def test_evaluate_never_leaves_tables_of_two_runs(scene_store, tmp_path, capsys,
     assert beside.read_text() == "source,mine\n"
 
 
+@pytest.mark.parametrize("other", ["with --semantic", "without"])
+def test_evaluate_keeps_the_tables_another_run_wrote_meanwhile(
+    scene_store, tmp_path, capsys, monkeypatch, other
+):
+    """Two ``evaluate --semantic --out T`` started together, without ``--overwrite``,
+    both found no T at their start and both said "wrote": the second to finish had
+    replaced the first's tables. It is refused now, naming the file; the first's stay."""
+    from m3rcr_xr import metrics
+
+    runs = _semantic_runs(scene_store)
+    out, beside = tmp_path / "ev.csv", tmp_path / "ev_semantic.csv"
+    first = metrics.split_semantic(runs["cloudy"])
+    first = first if other == "with --semantic" else first[:1]
+
+    def evaluate(stores, pred, *args, **kwargs):
+        metrics.write_tables(list(zip(first, [out, beside], strict=False)))  # the other run
+        return runs[pred]
+
+    monkeypatch.setattr(metrics, "evaluate", evaluate)
+    argv = ["evaluate", str(scene_store), "--semantic", "--out", str(out), "--pred", "cloudfree"]
+    assert main(argv) == 2
+    said = f"m3rcr evaluate: error: {out}: exists (another run may have written it meanwhile); "
+    _one_error_line(capsys, said + "pass --overwrite to replace it")
+    tables = snapshot(tmp_path)  # the other run's, and no temporary file of this one
+    assert sorted(tables) == sorted(p.name for p in (out, beside)[: len(first)])
+    monkeypatch.setattr(metrics, "evaluate", lambda stores, pred, *a, **k: runs[pred])
+    assert main(argv) == 2  # at the start, as before
+    assert main([*argv, "--overwrite"]) == 0  # asked: replaced
+    assert snapshot(tmp_path) != tables
+
+
 @pytest.mark.parametrize(
     ("flags", "match"),
     [

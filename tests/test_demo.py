@@ -203,6 +203,57 @@ def test_a_run_cut_off_leaves_nothing_of_the_earlier_run(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [demo.MARK, "notes.txt", "scene.zarr"]
     assert m3rcr_xr.open_zarr(tmp_path / "scene.zarr").sizes["y"] == 16  # the new run's
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / demo.MARK).read_text() == demo.MARK_TEXT
+    with _held(tmp_path / demo.MARK):  # the run's lock went with it
+        pass
+
+
+@contextlib.contextmanager
+def _held(mark):
+    """The lock a running demo holds on its mark, taken on another open file of it
+    (which flock refuses to this process too); refused when another holds it."""
+    import fcntl
+
+    fd = os.open(mark, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("first", ["running", "marking the folder as the second checks it"])
+def test_a_second_demo_in_the_same_folder_is_refused_at_its_start(
+    tmp_path, capsys, monkeypatch, first
+):
+    """Two demos in one folder both ran, each removing and writing outputs: a run killed
+    left its scene beside the other's tables and figures. A demo holds its folder's mark
+    locked now, and a second one there is refused at its start (exit 2, one line),
+    whether the first marked the folder before it started or while it checked the
+    folder; nothing of the first's is touched."""
+    from m3rcr_xr import demo
+
+    monkeypatch.setattr(demo, "synthetic_scene", lambda *a, **k: pytest.fail("it ran"))
+    with contextlib.ExitStack() as running:
+        if first == "running":
+            (tmp_path / demo.MARK).write_text(demo.MARK_TEXT)
+            (tmp_path / "metrics.csv").write_text("stratum,landcover_class,PSNR\nall,all,3\n")
+            running.enter_context(_held(tmp_path / demo.MARK))
+        else:
+            check = demo._check_out
+
+            def first_marks_meanwhile(out):
+                check(out)
+                running.enter_context(_held(out / demo.MARK))
+
+            monkeypatch.setattr(demo, "_check_out", first_marks_meanwhile)
+        before = snapshot(tmp_path)
+        assert main(["demo", "--out", str(tmp_path), "--size", "16"]) == 2
+        after = snapshot(tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    said = f"m3rcr demo: error: --out {tmp_path}: another demo is writing this folder;"
+    assert len(err) == 1 and err[0].startswith(said)
+    assert after == (before if first == "running" else {demo.MARK: b""})  # the first's
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +293,34 @@ def test_a_figure_that_fails_to_draw_is_closed(tmp_path, tiny_result):
     with pytest.raises(m3rcr_xr.SchemaError, match="no 'confusion' variable"):
         _figures(scene, result.drop_vars("confusion"), tmp_path)
     assert plt.get_fignums() == before
+
+
+class _Killed(BaseException):
+    """A kill, as far as the files on disk can tell: nothing after it is written."""
+
+
+def test_a_run_killed_while_it_writes_a_figure_leaves_none_the_rerun_refuses(
+    tmp_path, tiny_result, monkeypatch
+):
+    """Killed as it wrote quicklook.png, the demo left a truncated PNG there, which the
+    rerun refused as no figure of its own. A figure is written whole or not at all."""
+    from matplotlib.figure import Figure
+
+    from m3rcr_xr import demo
+
+    (tmp_path / demo.MARK).write_text(demo.MARK_TEXT)
+
+    def killed(figure, fname, **kwargs):
+        with open(fname, "wb") as half:
+            half.write(b"\x89PNG\r\n\x1a\n")  # its first bytes only
+        raise _Killed
+
+    monkeypatch.setattr(Figure, "savefig", killed)
+    with pytest.raises(_Killed):
+        demo._figures(*tiny_result, tmp_path)
+    monkeypatch.undo()
+    assert not (tmp_path / "quicklook.png").exists()
+    demo._check_out(tmp_path)  # the rerun takes the folder
 
 
 @pytest.mark.parametrize("table", ["metrics.csv", "semantic.csv"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -117,3 +118,32 @@ def test_write_tables_never_removes_a_users_file(result, tmp_path):
         write_tables([(result, tmp_path / "m.csv")], remove=[theirs])
     assert [p.name for p in tmp_path.iterdir()] == [theirs.name]
     assert not is_semantic_table(theirs)
+
+
+def test_write_tables_without_overwrite_keeps_a_table_written_meanwhile(
+    result, tmp_path, monkeypatch
+):
+    """A table of this library that appeared after the start (another run's) was taken
+    for one to replace; without ``overwrite`` it is refused, at the rename too, and kept."""
+    from m3rcr_xr.metrics import tables
+
+    path = tmp_path / "m.csv"
+    table_text = tables._table_text
+
+    def another_run_writes_meanwhile(table, target):
+        path.write_text(table_text(result.isel(landcover_class=[0]), path))
+        return table_text(table, target)
+
+    monkeypatch.setattr(tables, "_table_text", another_run_writes_meanwhile)
+    said = re.escape(f"{path}: exists (another run may have written it meanwhile); pass ")
+    said += "overwrite=True to replace it"
+    with pytest.raises(StoreError, match=said):
+        write_tables([(result, path)], overwrite=False)
+    theirs = path.read_text()
+    assert len(pd.read_csv(path)) == 1 * result.sizes["stratum"]  # the other run's
+    assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match=said):  # there from the start
+        write_tables([(result, path)], overwrite=False)
+    write_tables([(result, path)])  # overwrite: its own table is replaced
+    assert path.read_text() != theirs

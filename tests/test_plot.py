@@ -221,6 +221,38 @@ def test_save_and_close_closes_even_when_writing_fails(tmp_path):
     assert save_and_close(fig, tmp_path / "a.png") == tmp_path / "a.png"
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
     fig, _ = plt.subplots()
-    with pytest.raises(FileNotFoundError):
-        save_and_close(fig, tmp_path / "missing" / "a.png")
+    with pytest.raises(ValueError, match="Format 'nope' is not supported"):
+        save_and_close(fig, tmp_path / "a.nope")
     assert plt.get_fignums() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temporary file left
+
+
+def test_a_figure_killed_while_written_leaves_no_half_file(tmp_path):
+    """Killed inside ``savefig`` (a forked child that ``os._exit``s there, as SIGKILL
+    would end it), ``save_and_close`` left a truncated PNG at the path, which the demo's
+    rerun refused as no figure of its own. The earlier file stays whole now."""
+    import os
+
+    from m3rcr_xr.plot import save_and_close
+
+    path = tmp_path / "a.png"
+    fig, _ = plt.subplots()
+    save_and_close(fig, path)
+    earlier = path.read_bytes()
+    pid = os.fork()
+    if pid == 0:  # the child: whatever happens, it never returns into pytest
+        try:
+            fig, _ = plt.subplots()
+
+            def killed(fname, **kwargs):
+                with open(fname, "wb") as half:
+                    half.write(earlier[:16])
+                os._exit(9)
+
+            fig.savefig = killed
+            save_and_close(fig, path)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 9
+    assert path.read_bytes() == earlier

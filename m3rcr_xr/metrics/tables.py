@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..exceptions import StoreError, UsageError
+from ..exceptions import StoreError, UsageError, argument
 from ..files import replace_together
 
 #: file suffixes :func:`write_table` writes
@@ -45,6 +45,7 @@ def write_tables(
     tables: Sequence[tuple[xr.Dataset, str | os.PathLike[str]]],
     *,
     remove: Sequence[str | os.PathLike[str]] = (),
+    overwrite: bool = True,
 ) -> None:
     """Write tables that belong together (the metrics and semantic tables of one
     result, :func:`split_semantic`), each as :func:`write_table` does, and remove the
@@ -53,25 +54,40 @@ def write_tables(
     new ones, never a table of this run beside one of another
     (:func:`m3rcr_xr.files.replace_together`).
 
+    With ``overwrite`` False, no file is replaced or removed: one there is refused, and
+    so is one that appeared by the time the tables are renamed in (another run's,
+    written while this one computed), which stays as it is.
+
     Raises
     ------
     UsageError
         A path with another suffix than :data:`TABLE_SUFFIXES`.
     StoreError
         A path (or one of ``remove``) that is a file but no table of this library, or a
-        link.
+        link; without ``overwrite``, any file there.
     """
     paths = [Path(path) for _, path in tables]
     removed = [Path(path) for path in remove]
+    check = check_table_replaceable if overwrite else _check_free
     for path in paths:
         _check_suffix(path)
     for path in [*paths, *removed]:
-        check_table_replaceable(path)
+        check(path)
     writers = [
         (path, functools.partial(Path.write_text, data=_table_text(result, path)))
         for (result, _), path in zip(tables, paths, strict=True)
     ]
-    replace_together(writers, remove=removed, check=check_table_replaceable)
+    replace_together(writers, remove=removed, check=check)
+
+
+def _check_free(path: Path) -> None:
+    """Refuse any file at ``path`` (a link too): one written since the caller looked,
+    by another run perhaps, is never replaced unasked."""
+    if path.exists() or path.is_symlink():
+        raise StoreError(
+            f"{path}: exists (another run may have written it meanwhile); "
+            f"pass {argument('overwrite', True)} to replace it"
+        )
 
 
 def _check_suffix(path: Path) -> None:
