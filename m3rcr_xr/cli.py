@@ -873,19 +873,12 @@ TASK_MODELS = {"cloud_removal": None, "landcover": "landcover_unet"}
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import (
-        TrainSettings,
-        check_export_destination,
-        check_outside_data,
-        export_weights,
-        train,
-    )
+    from .train import TrainSettings, train
 
-    _check_output_file(args.out, "out", CHECKPOINT_SUFFIXES)  # and train checks it is ours
+    # and train checks they are its own to write, and holds them for the run
+    _check_output_file(args.out, "out", CHECKPOINT_SUFFIXES)
     if args.export:
         _check_output_file(args.export, "export", EXPORT_SUFFIXES)
-        check_outside_data(args.export, args.store, args.val)
-        check_export_destination(args.export, name="export", overwrite=args.overwrite)
     # each setting is the option of its name (--batch-size: batch_size), but --workers
     options = {
         field.name: getattr(args, "workers" if field.name == "num_workers" else field.name)
@@ -903,6 +896,7 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=True,
         overwrite=args.overwrite,
+        export=args.export,
     )
     print(f"wrote {result.checkpoint} (step {result.step}, {result.wall_s:.0f} s)")
     for stratum, values in result.metrics.get("model", {}).items():
@@ -917,8 +911,8 @@ def _train(args: argparse.Namespace) -> int:
                 for name in ("PSNR", "SSIM", "SAM", "MAE")
             )
         )
-    if args.export:
-        print(f"wrote {export_weights(result.checkpoint, args.export, overwrite=args.overwrite)}")
+    if result.export is not None:
+        print(f"wrote {result.export}")
     return 0
 
 

@@ -8,6 +8,11 @@ writer ends; a rerun (one at a time: :data:`TAKEOVER`) takes over the marker of 
 killed writer when that writer provably no longer runs (same machine, boot and PID
 namespace; its pid free or another process's), and refuses otherwise. The lock file is
 not part of the Zarr hierarchy and is removed once the store is complete.
+
+A local file that a run writes as it goes (a training checkpoint, exported weights) has
+the same OS lock, on a hidden file beside it (:func:`locked_file`): a second run on
+the same path is refused at its start, not left to replace the first one's file with
+its own as it goes.
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .exceptions import StoreError
+from .exceptions import M3RCRError, StoreError, argument
 from .location import Target, open_own_file, read_json
 
 log = logging.getLogger(__name__)
@@ -44,18 +49,77 @@ def locked(target: Target) -> Iterator[None]:
     The folder of a local store is created here (and removed again if it is still
     empty at the end and this writer created it).
     """
-    created = target.local and not target.fs.isdir(target.path)
-    if target.local:
-        os.makedirs(target.path, exist_ok=True)
-        hold = _flock(target)
-    else:
-        hold = _marker(target)
-    try:
-        with hold:
+    if not target.local:
+        with _marker(target):
             yield
+        return
+    busy = _busy(target, "another process holds its lock file")
+    with _folder(target.path), _flock(target.key(LOCK), "the store's lock file", busy, StoreError):
+        yield
+
+
+@contextlib.contextmanager
+def locked_file(
+    path: str | os.PathLike[str], name: str, error: Callable[[str], M3RCRError]
+) -> Iterator[None]:
+    """Hold the lock of the local file ``path`` while this process writes it; refuse
+    when another process, or another writer of this one, holds it.
+
+    The lock is the OS lock of :func:`locked` on a hidden file beside ``path``
+    (:func:`lock_file`), released by the OS when the process ends and removed at the
+    end (a killed writer leaves the empty file; the next writer takes it). Its folder is
+    created here if need be (and removed again if it is still empty at the end).
+
+    Parameters
+    ----------
+    path
+        The file to write, a local path.
+    name
+        The argument that gave it, for messages (``out``: ``--out`` on the CLI).
+    error
+        The exception of a refusal, made from its message.
+
+    Raises
+    ------
+    error
+        Another writer holds the lock, or ``path`` is a URL (a run writes local
+        files), naming the argument and the path.
+    """
+    flag = argument(name, os.fspath(path))
+    if "://" in os.fspath(path):  # a path to Path(): s3://b/x.pth would be in folder s3:/b
+        raise error(f"{flag}: a URL; this file is written on the local file system only")
+    lock = lock_file(path)
+    busy = (
+        f"{flag}: another run is writing this file (it holds {lock}); wait for it to end "
+        f"or choose another {argument(name)}"
+    )
+    with _folder(str(lock.parent)), _flock(str(lock), f"the lock file of {flag}", busy, error):
+        yield
+
+
+def lock_file(path: str | os.PathLike[str]) -> Path:
+    """The lock file of the local file ``path`` (:func:`locked_file`): beside it, hidden.
+
+    Examples
+    --------
+    >>> lock_file("runs/run.pth").as_posix()
+    'runs/.run.pth.m3rcr-lock'
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}{LOCK}")
+
+
+@contextlib.contextmanager
+def _folder(path: str) -> Iterator[None]:
+    """The folder ``path``, created if missing and then removed again at the end if it
+    is still empty (nothing was written there)."""
+    created = not os.path.isdir(path)
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield
     finally:
-        if created and not os.listdir(target.path):
-            os.rmdir(target.path)
+        if created and not os.listdir(path):
+            os.rmdir(path)
 
 
 if sys.platform == "win32":
@@ -87,27 +151,28 @@ else:
 
     def _release(fd: int, path: str) -> None:
         # removed while still held: a writer that opened it just before finds that its
-        # file is no longer the one at the path (below), and tries again
-        os.unlink(path)
+        # file is no longer the one at the path (below), and tries again. Only if it
+        # is still this one: a user may have removed it, and another writer made its own
+        if _is_open_file(path, fd):
+            os.unlink(path)
         os.close(fd)
 
 
 @contextlib.contextmanager
-def _flock(target: Target) -> Iterator[None]:
-    """An exclusive OS lock on the lock file; the OS drops it when the process dies.
+def _flock(path: str, what: str, busy: str, error: Callable[[str], M3RCRError]) -> Iterator[None]:
+    """An exclusive OS lock on the lock file ``path`` (``what`` it is, for messages);
+    the OS drops it when the process dies. Held: ``error(busy)``.
 
     The file is removed at the end. It is never followed as a symbolic link, so the
-    lock cannot create or hold a file outside the store.
+    lock cannot create or hold a file elsewhere.
     """
-    path = target.key(LOCK)
     while True:
-        fd = _open_lock_file(path)
+        fd = open_own_file(path, os.O_RDWR, what)
         if not _try_lock(fd):
             os.close(fd)
-            raise StoreError(_busy(target, "another process holds its lock file"))
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
+            raise error(busy)
+        if _is_open_file(path, fd):  # not removed by the writer that held it meanwhile
+            break
         os.close(fd)
     try:
         yield
@@ -115,8 +180,14 @@ def _flock(target: Target) -> Iterator[None]:
         _release(fd, path)
 
 
-def _open_lock_file(path: str) -> int:
-    return open_own_file(path, os.O_RDWR, "the store's lock file")
+def _is_open_file(path: str, fd: int) -> bool:
+    """Whether the file at ``path`` is the one open as ``fd``."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 @contextlib.contextmanager

@@ -1,16 +1,21 @@
-"""The store's lock (m3rcr_xr/locks.py): of reruns taking over a stale marker, one wins.
+"""The store's lock (m3rcr_xr/locks.py): of reruns taking over a stale marker, one wins;
+the lock of a file a run writes.
 
-Writers refused or let through by the lock end to end (:func:`m3rcr_xr.to_zarr`) are
-tested in tests/test_store.py and tests/test_s3.py.
+Writers refused or let through by the lock end to end (:func:`m3rcr_xr.to_zarr`,
+:func:`m3rcr_xr.train.train`) are tested in tests/test_store.py, tests/test_s3.py and
+tests/test_train_state.py.
 """
 
 import contextlib
 import os
+import subprocess
+import sys
 
 import pytest
 
 import m3rcr_xr
 from m3rcr_xr import locks
+from m3rcr_xr.exceptions import CheckpointError
 from m3rcr_xr.location import Target, read_json
 from tests.conftest import killed_writer, left_marker
 
@@ -80,3 +85,75 @@ def test_the_machine_token_tells_boots_and_pid_namespaces_apart(monkeypatch):
             assert locks.machine_token() != here
         finally:
             locks.machine_token.cache_clear()
+
+
+#: holds an OS lock on the file argv[1] (as a run in another process does) until its
+#: stdin closes, then ends without removing the file (as a killed run leaves it)
+HOLDER = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the holder uses fcntl")
+def test_a_file_lock_refuses_a_writer_while_another_process_holds_it(tmp_path):
+    """The lock of a file a run writes (a checkpoint): beside it, hidden; held by another
+    process, a second writer is refused, naming the file; once that process is gone (the
+    lock file left behind), the next writer takes it and removes it at its end."""
+    out = tmp_path / "run.pth"
+    lock = tmp_path / ".run.pth.m3rcr-lock"
+    assert locks.lock_file(out) == lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        with (
+            pytest.raises(CheckpointError) as caught,
+            locks.locked_file(out, "out", CheckpointError),
+        ):
+            pass
+        assert str(caught.value) == (
+            f"out={str(out)!r}: another run is writing this file (it holds {lock}); wait for "
+            "it to end or choose another out"
+        )
+    finally:
+        holder.communicate()
+    assert os.listdir(tmp_path) == [lock.name]  # the holder's, left
+    with locks.locked_file(out, "out", CheckpointError):
+        out.write_text("written")
+    assert os.listdir(tmp_path) == ["run.pth"]
+
+
+def test_a_file_lock_makes_its_folder_for_the_run_and_refuses_a_url(tmp_path):
+    out = tmp_path / "runs" / "run.pth"
+    with locks.locked_file(out, "out", CheckpointError):
+        assert os.listdir(out.parent) == [".run.pth.m3rcr-lock"]
+    assert os.listdir(tmp_path) == []  # nothing was written there: removed again
+    with (
+        pytest.raises(CheckpointError, match=r"^out='s3://b/run.pth': a URL; this file is"),
+        locks.locked_file("s3://b/run.pth", "out", CheckpointError),
+    ):
+        pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_lock_file_removed_while_held_is_not_removed_from_its_next_holder(tmp_path):
+    """Someone removed the lock file of a writer that holds it: the writer ended with
+    FileNotFoundError, or, when another writer had made its own lock file meanwhile,
+    removed that one, and a third writer ran beside the second."""
+    target = Target.of(tmp_path / "s.zarr")
+    lock = tmp_path / "s.zarr" / locks.LOCK
+    with locks.locked(target):
+        lock.unlink()
+    with contextlib.ExitStack() as second:
+        with locks.locked(target):
+            lock.unlink()
+            second.enter_context(locks.locked(target))
+        assert lock.exists()  # the second writer's, held
+        with pytest.raises(m3rcr_xr.StoreError, match="another writer is writing this store"):
+            second.enter_context(locks.locked(target))
+    assert not lock.exists()

@@ -14,6 +14,8 @@ import m3rcr_xr
 import m3rcr_xr.train
 from m3rcr_xr import models
 from m3rcr_xr.cli import main
+from m3rcr_xr.exceptions import CheckpointError
+from m3rcr_xr.locks import locked_file
 from m3rcr_xr.testing import raise_if_dask_computes
 
 from .train_runs import SMALL, TILE, run_settings, weights
@@ -149,6 +151,25 @@ def test_cli_train_replaces_another_run_only_with_overwrite(collection_store, tm
     assert main([*argv, "--steps", "1", "--seed", "2", "--overwrite"]) == 0
     saved = m3rcr_xr.train.read_training_checkpoint(ckpt)
     assert (saved["step"], saved["settings"]["seed"]) == (1, 2)
+
+
+@pytest.mark.parametrize("flag", ["--out", "--export"])
+def test_cli_train_refuses_a_file_another_run_is_writing(collection_store, tmp_path, capsys, flag):
+    """Another run holds --out or --export (its lock, as a run holds it from its start to
+    its end): exit 2 before any training, one line naming the flag and the file, nothing
+    written (both runs trained and replaced each other's files)."""
+    ckpt, exported = tmp_path / "run.pth", tmp_path / "w.safetensors"
+    held = ckpt if flag == "--out" else exported
+    argv = ["train", str(collection_store), "--model", "dsen2_cr", "--config", "preset=small"]
+    argv += ["--steps", "1", "--crop", str(TILE), "--out", str(ckpt), "--export", str(exported)]
+    with locked_file(held, "another run", CheckpointError):
+        assert main(argv) == 2
+        lock = held.with_name(f".{held.name}.m3rcr-lock")
+        assert capsys.readouterr().err.splitlines() == [
+            f"m3rcr train: error: {flag} {held}: another run is writing this file (it holds "
+            f"{lock}); wait for it to end or choose another {flag}"
+        ]
+        assert os.listdir(tmp_path) == [lock.name]  # the other run's
 
 
 def test_shipped_weights_beat_the_cloudy_input():

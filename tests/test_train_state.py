@@ -3,10 +3,14 @@ not this library's are never replaced."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,11 +28,12 @@ from m3rcr_xr.train import (
     CropDataset,
     TrainSettings,
     export_weights,
+    loop,
     read_training_checkpoint,
     train,
 )
 
-from .conftest import snapshot
+from .conftest import run_script, snapshot
 from .train_runs import SMALL, TILE, run_settings, weights
 
 
@@ -229,14 +234,167 @@ def test_an_interrupted_export_leaves_the_old_file(one_step, tmp_path, monkeypat
     exported = export_weights(one_step, tmp_path / "w.safetensors")
     before = exported.read_bytes()
 
-    def disk_full(tensors, filename, metadata=None):
-        Path(filename).write_bytes(before[:100])
+    def disk_full(partial: Path, data: bytes) -> None:
+        with open(partial, "wb") as handle:
+            handle.write(data[:100])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
     with pytest.raises(OSError, match="No space left"):
         export_weights(one_step, exported, overwrite=True)
     assert exported.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["w.safetensors"]
+
+
+def _raised(function: Callable[..., Any], *args: Any, **kwargs: Any) -> BaseException | None:
+    """Call ``function`` in another thread; what it raised (None: nothing)."""
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            function(*args, **kwargs)
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join()
+    return raised[0] if raised else None
+
+
+def _after_each_checkpoint(monkeypatch, then: Callable[[Path, dict], None]) -> None:
+    """Run ``then(path, payload)`` after :func:`train` writes each of its checkpoints."""
+    save = loop.save_checkpoint
+
+    def save_then(path: Path, payload: dict) -> None:
+        save(path, payload)
+        then(path, payload)
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then)
+
+
+def test_a_second_run_on_a_file_of_a_running_one_is_refused_at_its_start(
+    collection_store, tmp_path, monkeypatch
+):
+    """Two runs on one out (or export) mixed their files: each checkpoint replaced the
+    other's, and the export was the other run's weights. A run holds the lock of its
+    files from start to end: a second one, started while the first runs, is refused,
+    naming the file; the files are the first run's alone, and no lock file is left."""
+    out, exported = tmp_path / "run.pth", tmp_path / "w.safetensors"
+    refused: list[BaseException | None] = []
+
+    def second_runs(path: Path, payload: dict) -> None:
+        if refused:
+            return
+        for other_out, other_export in [
+            (out, tmp_path / "b.safetensors"),
+            (tmp_path / "b.pth", exported),
+        ]:
+            settings = run_settings(1, seed=4)
+            refused.append(
+                _raised(
+                    train,
+                    collection_store,
+                    other_out,
+                    settings,
+                    export=other_export,
+                    progress=False,
+                )
+            )
+
+    _after_each_checkpoint(monkeypatch, second_runs)
+    first = train(
+        collection_store, out, run_settings(2, checkpoint_every=1), export=exported, progress=False
+    )
+    assert [type(error) for error in refused] == [CheckpointError, CheckpointError]
+    for error, (name, path) in zip(refused, [("out", out), ("export", exported)], strict=True):
+        assert str(error) == (
+            f"{name}={str(path)!r}: another run is writing this file (it holds "
+            f"{path.with_name(f'.{path.name}.m3rcr-lock')}); wait for it to end or choose "
+            f"another {name}"
+        )
+    payload = read_training_checkpoint(out)
+    assert (payload["settings"]["seed"], payload["step"]) == (3, 2)
+    assert first.export == exported
+    mine = weights(out)
+    theirs = models.load("dsen2_cr", exported, **SMALL).state_dict()
+    assert all(torch.equal(theirs[k], mine[k]) for k in mine)
+    assert sorted(os.listdir(tmp_path)) == ["run.pth", "w.safetensors"]
+
+
+def test_export_is_the_runs_weights_not_the_file_at_out(
+    collection_store, one_step, tmp_path, monkeypatch, capsys
+):
+    """--export was read back from --out after the run: a file put there meanwhile
+    (another run's checkpoint) was exported as this run's weights. The export is the
+    weights the run ends with."""
+    ckpt, exported = tmp_path / "run.pth", tmp_path / "w.safetensors"
+    written: list[dict] = []
+
+    def replaced(path: Path, payload: dict) -> None:
+        written.append(payload)
+        shutil.copy(one_step, path)
+
+    _after_each_checkpoint(monkeypatch, replaced)
+    argv = ["train", str(collection_store), "--model", "dsen2_cr", "--config", "preset=small"]
+    argv += ["--steps", "2", "--batch-size", "2", "--crop", str(TILE), "--seed", "5"]
+    assert main([*argv, "--out", str(ckpt), "--export", str(exported)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {exported}"
+    runs = models.extract_state_dict(written[-1])
+    header = safetensors.torch.load_file(exported)
+    assert header.keys() == runs.keys() and all(torch.equal(header[k], runs[k]) for k in runs)
+    assert not torch.equal(header["head.0.weight"], weights(one_step)["head.0.weight"])
+
+
+def test_a_users_file_at_export_during_the_run_is_kept_naming_export(
+    collection_store, tmp_path, monkeypatch, capsys
+):
+    """A file of the user's put at --export while the run trains is checked again, kept,
+    and the refusal names --export (it said --out)."""
+    ckpt, exported = tmp_path / "run.pth", tmp_path / "w.safetensors"
+    _after_each_checkpoint(monkeypatch, lambda *_: exported.write_bytes(b"MY WEIGHTS\n"))
+    argv = ["train", str(collection_store), "--model", "dsen2_cr", "--config", "preset=small"]
+    argv += ["--steps", "1", "--crop", str(TILE), "--out", str(ckpt), "--export", str(exported)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (  # after the progress bar
+        f"m3rcr train: error: --export {exported}: the file exists and is not weights "
+        "exported by m3rcr_xr; choose another --export or remove it"
+    )
+    assert exported.read_bytes() == b"MY WEIGHTS\n"
+    assert sorted(os.listdir(tmp_path)) == ["run.pth", "w.safetensors"]
+
+
+EXPORT = "import sys; from m3rcr_xr.train import export_weights; export_weights(*sys.argv[1:])"
+
+
+def test_exported_weights_are_the_same_bytes_in_every_process(one_step, tmp_path, fork_server):
+    """Weights are known by their hash: the same checkpoint exported in two processes (and
+    twice in this one) gave other bytes, safetensors writing the metadata in a random
+    order. It is sorted now, first in the header."""
+    files = [tmp_path / f"{n}.safetensors" for n in range(4)]
+    processes = [
+        fork_server.context.Process(
+            target=run_script,
+            args=(EXPORT, str(one_step), str(path)),
+            kwargs={"stderr": tmp_path / f"err{n}"},
+        )
+        for n, path in enumerate(files[:2])
+    ]
+    for process in processes:
+        process.start()
+    for path in files[2:]:
+        export_weights(one_step, path)
+    for n, process in enumerate(processes):
+        process.join(60)
+        assert process.exitcode == 0, (tmp_path / f"err{n}").read_text()
+    first = files[0].read_bytes()
+    assert [path.read_bytes() == first for path in files] == [True] * 4
+    header = json.loads(first[8 : 8 + int.from_bytes(first[:8], "little")])
+    metadata = header["__metadata__"]
+    assert next(iter(header)) == "__metadata__" and list(metadata) == sorted(metadata)
+    assert metadata["model"] == "dsen2_cr" and metadata["step"] == "1"
+    exported, trained = safetensors.torch.load_file(files[0]), weights(one_step)
+    assert exported.keys() == trained.keys()
+    assert all(torch.equal(exported[k], trained[k]) for k in trained)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..exceptions import SchemaError, UsageError, argument
 from ..landcover import IGNORE_INDEX
+from ..location import check_apart
 from ..models import build, extract_state_dict, load_state_dict_into, model_record
 from ..models.records import LossFn
 from ..progress import progress_bar, show_progress
@@ -39,6 +40,7 @@ from .recipe import (
 from .settings import ResolvedSettings, TrainSettings
 from .state import (
     check_checkpoint_destination,
+    check_export_destination,
     check_outside_data,
     check_same_data,
     checkpoint_payload,
@@ -47,6 +49,8 @@ from .state import (
     seed_everything,
     set_rng_state,
     warn_unversioned,
+    write_export,
+    writing,
 )
 from .validation import VAL_BATCH, format_metrics, validate_model
 
@@ -131,7 +135,8 @@ def train_step(
 class TrainResult:
     """What :func:`train` did: the checkpoint, the settings it ran with, the loss of every
     step it ran, the last validation (see :func:`validate_model`; empty without validation
-    data), its wall time, the step of the checkpoint it wrote."""
+    data), its wall time, the step of the checkpoint it wrote, the weights it exported
+    (None without ``export``)."""
 
     checkpoint: Path
     settings: ResolvedSettings
@@ -139,6 +144,7 @@ class TrainResult:
     metrics: dict[str, Any]
     wall_s: float
     step: int = 0
+    export: Path | None = None
 
 
 class _Run:
@@ -180,8 +186,9 @@ class _Run:
         self.step = int(payload["step"])
         self.next_sample = int(payload["sampler"]["next"])
 
-    def save(self, path: Path, metrics: Mapping[str, Any] | None) -> None:
-        payload = checkpoint_payload(
+    def payload(self, metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The state reached, as a checkpoint holds it."""
+        return checkpoint_payload(
             self.step,
             self.next_sample,
             self.settings,
@@ -192,7 +199,9 @@ class _Run:
             metrics,
             self.data,
         )
-        save_checkpoint(path, payload)
+
+    def save(self, path: Path, metrics: Mapping[str, Any] | None) -> None:
+        save_checkpoint(path, self.payload(metrics))
         self.saved = self.step
         log.info("step %d: wrote %s", self.step, path)
 
@@ -244,6 +253,7 @@ def train(
     task: str | None = None,
     level: int | None = None,
     overwrite: bool = False,
+    export: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train a network on a scene or collection store with the published recipe.
 
@@ -260,7 +270,8 @@ def train(
         with its metrics: a validation that fails loses no training. An existing file there is
         replaced only when it is the ``resume`` checkpoint, or with ``overwrite`` a
         training checkpoint of this library: see :func:`check_checkpoint_destination`.
-        It may not lie inside the training or validation store.
+        It may not lie inside the training or validation store. The run holds its lock
+        (``.NAME.m3rcr-lock`` beside it) from start to end: another run on it is refused.
     settings
         See :class:`TrainSettings`.
     val
@@ -277,8 +288,12 @@ def train(
         Shorthands for ``settings.task`` and ``settings.level`` (set there when given):
         ``task="landcover", level=1`` trains a classifier of the seven level-1 groups.
     overwrite
-        Replace the training checkpoint of another run at ``out`` (never a file of
-        another kind).
+        Replace the training checkpoint of another run at ``out`` and weights exported at
+        ``export`` (never a file of another kind).
+    export
+        Also write the weights the run ends with as safetensors (see
+        :func:`export_weights`) there, at the end; checked and locked from the start as
+        ``out`` is.
 
     Raises
     ------
@@ -286,13 +301,42 @@ def train(
         Bad settings, data without the variables needed, a crop the model cannot take, a
         checkpoint that cannot be resumed or does not match ``settings`` or the data, a
         file at ``out`` that is not a training checkpoint of this library, or another
-        run's without ``overwrite``.
+        run's without ``overwrite`` (and at ``export``, as for :func:`export_weights`),
+        or another run writing ``out`` or ``export`` now.
     StoreError
-        ``out`` lies inside the training or validation store.
+        ``out`` or ``export`` lies inside the training or validation store, or they are
+        one file.
     """
     start_time = time.perf_counter()
-    check_outside_data(out, source, val)
-    out = check_checkpoint_destination(out, resume=resume, overwrite=overwrite)
+    for path in (out, export):
+        if path is not None:
+            check_outside_data(path, source, val)
+    if export is not None:
+        check_apart(export, [out], role="checkpoint")
+    with writing({"out": out, "export": export}):
+        out = check_checkpoint_destination(out, resume=resume, overwrite=overwrite)
+        weights = None
+        if export is not None:
+            weights = check_export_destination(export, name="export", overwrite=overwrite)
+        run, losses, metrics = _run(source, out, settings, val, resume, progress, task, level)
+        if weights is not None:  # the weights of this run, not of the file at out now
+            write_export(run.payload(None), weights, name="export", overwrite=overwrite)
+    wall_s = time.perf_counter() - start_time
+    return TrainResult(out, run.settings, losses, metrics, wall_s, step=run.step, export=weights)
+
+
+def _run(
+    source: Source,
+    out: Path,
+    settings: TrainSettings,
+    val: Source | None,
+    resume: str | os.PathLike[str] | None,
+    progress: bool | None,
+    task: str | None,
+    level: int | None,
+) -> tuple[_Run, dict[int, float], dict[str, Any]]:
+    """The run of :func:`train` (its arguments), once its files are its own: the run's
+    state at the end, its losses and last metrics."""
     given: dict[str, Any] = {"task": task, "level": level}
     settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None})
     payload = read_training_checkpoint(resume) if resume is not None else None
@@ -321,8 +365,7 @@ def train(
     losses, metrics = _loop(run, data, out, val_data, show_progress(progress))
     if not losses:  # nothing left to do: write the state reached (and validate it)
         metrics = run.checkpoint(out, val_data)
-    wall_s = time.perf_counter() - start_time
-    return TrainResult(out, resolved, losses, metrics, wall_s, step=run.step)
+    return run, losses, metrics
 
 
 def _check_steps_left(steps: int, reached: int, resume: str) -> None:

@@ -13,15 +13,20 @@ renamed over it, and replace only a file of their own kind written by this libra
 (:func:`check_checkpoint_destination`, :func:`check_export_destination`): a user's file of
 the same name is refused before any work, never overwritten, and so is another run's
 checkpoint or exported weights unless the caller resumes that run or asks to overwrite.
+A run holds the lock of each file it writes (:func:`writing`) from its start to its end,
+so a second run on the same path is refused at its start. Exported weights are the same
+bytes for the same weights (:func:`safetensors_bytes`): files are known by their hash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping
+import struct
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +37,7 @@ from torch import nn
 from ..exceptions import CheckpointError, UsageError, argument
 from ..files import replace_atomically
 from ..location import check_apart
+from ..locks import locked_file
 from ..models import extract_state_dict, model_record
 from ..models.checkpoint import read_checkpoint
 from ..weights import EXPORT_FORMAT, DefaultCheckpoint, exported_weights
@@ -100,6 +106,25 @@ def seed_everything(seed: int) -> None:
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
     replace_atomically(path, lambda partial: torch.save(payload, partial))
+
+
+@contextlib.contextmanager
+def writing(files: Mapping[str, str | os.PathLike[str] | None]) -> Iterator[None]:
+    """Hold the lock of each file a run writes (``files``: by the argument that gave it,
+    ``out``, ``export``; None: no such file) while the run lasts: a second run on one of
+    them is refused at its start, and the first writes its files alone
+    (:func:`m3rcr_xr.locks.locked_file`).
+
+    Raises
+    ------
+    CheckpointError
+        Another run is writing one of the files, naming it and its argument.
+    """
+    with contextlib.ExitStack() as held:
+        for name, path in files.items():
+            if path is not None:
+                held.enter_context(locked_file(path, name, CheckpointError))
+        yield
 
 
 def check_checkpoint_destination(
@@ -429,20 +454,29 @@ def export_weights(
     ``task``; for a classifier ``level`` and ``n_classes`` too, which
     :func:`m3rcr_xr.weights.read_weights` checks against the configuration).
 
-    The file is written beside ``out`` and renamed over it; an existing ``out`` is
-    replaced only with ``overwrite`` and when it holds weights this library exported
-    (see :func:`check_export_destination`).
+    The file is written beside ``out`` and renamed over it, holding the lock of ``out``
+    meanwhile (see :func:`writing`); an existing ``out`` is replaced only with
+    ``overwrite`` and when it holds weights this library exported (see
+    :func:`check_export_destination`). The same weights give the same bytes.
 
     Raises
     ------
     CheckpointError
         ``checkpoint`` is no training checkpoint, or ``out`` is a file of someone else,
-        or exported weights without ``overwrite``.
+        or exported weights without ``overwrite``, or another run is writing ``out``.
     """
-    from safetensors.torch import save_file
+    with writing({"out": out}):
+        out = check_export_destination(out, overwrite=overwrite)
+        return write_export(read_training_checkpoint(checkpoint), out, overwrite=overwrite)
 
-    out = check_export_destination(out, overwrite=overwrite)
-    payload = read_training_checkpoint(checkpoint)
+
+def write_export(
+    payload: Mapping[str, Any], out: Path, *, name: str = "out", overwrite: bool = False
+) -> Path:
+    """Write the weights of the training checkpoint ``payload`` (as
+    :func:`checkpoint_payload` makes it) as :func:`export_weights` does, to ``out``,
+    checked again (:func:`check_export_destination`; ``name``: the argument that gave
+    it) just before the file is renamed in."""
     state = {k: v.contiguous() for k, v in extract_state_dict(payload).items()}
     settings = payload["settings"]
     metadata = {
@@ -456,5 +490,39 @@ def export_weights(
         metadata.update(
             level=str(settings["level"]), n_classes=str(settings["config"]["n_classes"])
         )
-    replace_atomically(out, lambda partial: save_file(state, str(partial), metadata=metadata))
+    replace_atomically(
+        out,
+        lambda partial: partial.write_bytes(safetensors_bytes(state, metadata)),
+        check=lambda path: _recheck_export(path, name, overwrite),
+    )
     return out
+
+
+def _recheck_export(path: Path, name: str, overwrite: bool) -> None:
+    """:func:`check_export_destination`, again: a user's file may have come meanwhile."""
+    check_export_destination(path, name=name, overwrite=overwrite)
+
+
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """The safetensors file of ``tensors`` with ``metadata``, the same bytes for the same
+    input, in any process.
+
+    safetensors orders the tensors (by alignment, then name) but writes the metadata in
+    the order of a Rust ``HashMap``, random in each process: here the metadata is sorted
+    by key, first in the header, which is padded with spaces as safetensors pads it (the
+    data starts 8-byte aligned).
+
+    Examples
+    --------
+    >>> raw = safetensors_bytes({"w": torch.zeros(2)}, {"model": "m", "format": "f"})
+    >>> raw[8:50]
+    b'{"__metadata__":{"format":"f","model":"m"}'
+    """
+    from safetensors.torch import save
+
+    raw = save(dict(tensors))
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = {"__metadata__": dict(sorted(metadata.items())), **json.loads(raw[8 : 8 + length])}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + length :]
