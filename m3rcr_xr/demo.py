@@ -23,7 +23,7 @@ import xarray as xr
 
 from .exceptions import StoreError, UsageError, argument, check_integer
 from .inference import decloud
-from .locks import _try_lock  # the OS lock of an open file: flock (Windows: a byte range)
+from .locks import try_lock  # the OS lock of an open file: flock (Windows: a byte range)
 from .metrics import check_table_replaceable, evaluate, split_semantic, write_table
 from .store import (
     check_destination,
@@ -278,7 +278,7 @@ def _lock_mark(out: Path, fd: int) -> int:
     UsageError
         Another process (a demo) holds the lock; ``fd`` is closed.
     """
-    if not _try_lock(fd):
+    if not try_lock(fd):
         os.close(fd)
         raise UsageError(
             f"{argument('out', str(out))}: another demo is writing this folder; wait for it "

@@ -125,7 +125,9 @@ def _folder(path: str) -> Iterator[None]:
 if sys.platform == "win32":
     import msvcrt
 
-    def _try_lock(fd: int) -> bool:
+    def try_lock(fd: int) -> bool:
+        """Lock the open file ``fd`` for this process without waiting: False where
+        another process holds it. The OS releases it when the process ends."""
         try:  # the file's first byte: locking past its end is allowed
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except OSError:
@@ -142,7 +144,9 @@ if sys.platform == "win32":
 else:
     import fcntl
 
-    def _try_lock(fd: int) -> bool:
+    def try_lock(fd: int) -> bool:
+        """Lock the open file ``fd`` for this process without waiting: False where
+        another process holds it. The OS releases it when the process ends."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -168,7 +172,7 @@ def _flock(path: str, what: str, busy: str, error: Callable[[str], M3RCRError]) 
     """
     while True:
         fd = open_own_file(path, os.O_RDWR, what)
-        if not _try_lock(fd):
+        if not try_lock(fd):
             os.close(fd)
             raise error(busy)
         if _is_open_file(path, fd):  # not removed by the writer that held it meanwhile
