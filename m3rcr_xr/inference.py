@@ -60,6 +60,7 @@ from .exceptions import (
     check_integer,
 )
 from .identity import sources
+from .io import rechunk_like
 from .normalize import OPTICAL_SCALE, model_inputs, normalize_optical
 from .options import OPTIONS
 from .progress import distributed_client
@@ -855,11 +856,15 @@ def _variable(
     """
     template = ds["cloudy"]
     result = xr.DataArray(data, dims=template.dims, coords=template.coords, name=name)
+    # the masks on the output's blocks (the tile groups): on the input's chunks, the
+    # where would cut each block at every chunk edge into slivers
     if composite:
-        kept = template.astype(np.float32) if name == "decloud" else np.float32(0)
-        result = result.where(ds["cloudmask"], kept)
+        kept: xr.DataArray | np.float32 = np.float32(0)
+        if name == "decloud":
+            kept = rechunk_like(template, result).astype(np.float32)
+        result = result.where(rechunk_like(ds["cloudmask"], result), kept)
     # optical nodata in (all bands 0) is NaN out; the network saw it filled, as ever
-    result = result.where((template != OPTICAL_NODATA).any("band"))
+    result = result.where(rechunk_like((template != OPTICAL_NODATA).any("band"), result))
     member = job.members[0]
     result.attrs = {
         "long_name": _LONG_NAMES[name],

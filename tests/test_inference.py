@@ -99,6 +99,20 @@ def test_result_does_not_depend_on_chunking(small_checkpoint):
     assert np.abs(odd - whole).max() <= 0.1
 
 
+@pytest.mark.parametrize("composite", [False, True])
+def test_the_output_blocks_are_the_tile_groups_whatever_the_input_chunks(composite):
+    """The nodata mask (and composite's cloud mask and input) take the output's blocks:
+    on the input's chunks the where cut each group's block into slivers."""
+    scene = m3rcr_xr.synthetic_scene((300, 260), chunks=100)
+    with raise_if_dask_computes():
+        out = decloud(scene, "dsen2_cr", "untrained", config=SMALL, tile=48, composite=composite)
+    plan = make_plan(48, 6, 300, 260)
+    group = tiling.group_size(100, plan.stride)
+    for axis, size in ((1, 300), (2, 260)):
+        starts = [rows.start * plan.stride for rows in tiling.groups(plan.count(size), group)]
+        assert out.chunks[axis] == tuple(np.diff([*starts, size])), out.chunks
+
+
 def test_dask_result_equals_in_memory_result(small_checkpoint, small_scene):
     lazy = decloud(small_scene, "dsen2_cr", small_checkpoint, config=SMALL)
     eager = decloud(small_scene.compute(), "dsen2_cr", small_checkpoint, config=SMALL)
