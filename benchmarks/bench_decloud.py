@@ -12,12 +12,14 @@ seconds do.
   is computed twice, whatever the chunking); ``overlap_cost``: tiles of that grid /
   tiles of a grid without overlap.
 - ``store``: decloud of an in-memory scene written to Zarr (``to_zarr``: steps of
-  :data:`m3rcr_xr.store.CHUNKS_PER_STEP` chunk rows, one compute each, so that a killed
+  :data:`m3rcr_xr.store.CHUNKS_PER_STEP` chunk rows here, one compute each, so that a killed
   write resumes) against the same decloud computed into memory; ``speed_ratio`` is
   memory s / Zarr s, and ``tiles_run_per_needed_*`` the tiles each way runs over the
   tiles of the grid (above 1 for Zarr: the tiles next to a step's edge run in both).
 - ``memory``: decloud of a lazy synthetic scene to Zarr on a one-worker LocalCluster
-  whose memory limit is several times smaller than the scene; peak worker memory.
+  whose memory limit is several times smaller than the scene; peak worker memory (the
+  threaded scheduler's, in one process, against the same decloud computed into memory:
+  ``python -m benchmarks.quick --parts store``).
 - ``tiny``: decloud (graph and compute) of scenes smaller than a tile, 1x1, 5x3 and
   64x64, over the decloud of a scene of exactly one tile with the same model; each is
   padded to one tile, so the goal is a ratio of about 1 (at most 2).

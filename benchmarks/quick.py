@@ -42,6 +42,14 @@ memory above the size before the first run (psutil every 20 ms):
     tall, and ``peak_ratio_vs_half`` is its peak at the full size / at that size (its
     memory grows with the width only: about two rows of blocks; 1 would be flat).
 
+``store``
+    ``m3rcr_xr.decloud`` of a lazy synthetic scene (1024-pixel chunks, the tiny
+    DSen2-CR of :data:`TINY`, threaded scheduler) written by ``m3rcr_xr.to_zarr``
+    against the same decloud computed into memory, which holds the whole output; also
+    run on a scene half as wide and half as tall, and ``peak_ratio_vs_half`` is its
+    peak at the full size / at that size (4 would be memory that grows with the area,
+    1 flat).
+
 ``speed_ratio`` is baseline seconds / m3rcr_xr seconds (above 1: m3rcr_xr is faster);
 ``memory_ratio`` is m3rcr_xr peak / baseline peak (below 1: m3rcr_xr needs less).
 """
@@ -510,16 +518,47 @@ def setup_cog(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
 
 
 def part_cog(size: int, repeats: int, rounds: int, folder: Path) -> dict:
-    half = size // 2
-    result = compare("cog", folder, size, repeats, rounds)
-    peak_half = max(
-        run_child("cog", "m3rcr_xr", folder, half, repeats)["peak_mib"] for _ in range(rounds)
-    )
     return {
         "scene": f"{size}x{size}, 4 bands float32, lazy, chunks {COG_CHUNK}",
+        **compare_with_half_size("cog", folder, size, repeats, rounds),
+    }
+
+
+def compare_with_half_size(part: str, folder: Path, size: int, repeats: int, rounds: int) -> dict:
+    """:func:`compare`, and m3rcr_xr's largest peak on a scene half as wide and half as
+    tall: ``peak_ratio_vs_half`` is the peak at ``size`` over that one."""
+    result = compare(part, folder, size, repeats, rounds)
+    peak_half = max(
+        run_child(part, "m3rcr_xr", folder, size // 2, repeats)["peak_mib"] for _ in range(rounds)
+    )
+    return {
         **result,
         "m3rcr_xr_peak_mib_half_size": round(peak_half),
         "peak_ratio_vs_half": round(result["m3rcr_xr_peak_mib"] / max(peak_half, 1.0), 3),
+    }
+
+
+# ----------------------------------------------------------------------------- store
+#: a DSen2-CR small enough that its own memory stays small beside the scene's
+TINY = {"n_resblocks": 1, "n_feats": 8}
+
+
+def setup_store(folder: Path, size: int) -> dict[str, Callable[[], Any]]:
+    import m3rcr_xr
+
+    scene = m3rcr_xr.synthetic_scene((size, size), chunks=1024)
+    result = m3rcr_xr.decloud(scene, "dsen2_cr", "untrained", config=TINY)
+    target = folder / f"decloud-{size}.zarr"
+    return {
+        "m3rcr_xr": lambda: m3rcr_xr.to_zarr(result.to_dataset(), target, overwrite=True),
+        "baseline": lambda: result.compute(scheduler="threads"),
+    }
+
+
+def part_store(size: int, repeats: int, rounds: int, folder: Path) -> dict:
+    return {
+        "scene": f"{size}x{size}, lazy, chunks 1024, dsen2_cr {TINY}",
+        **compare_with_half_size("store", folder, size, repeats, rounds),
     }
 
 
@@ -530,6 +569,7 @@ SETUPS = {
     "metrics": setup_metrics,
     "cog": setup_cog,
     "semantic": setup_semantic,
+    "store": setup_store,
 }
 
 
@@ -577,6 +617,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )
     parser.add_argument("--cog-size", type=int, default=4096)
     parser.add_argument("--semantic-size", type=int, default=2048)
+    parser.add_argument("--store-size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per process")
     parser.add_argument("--rounds", type=int, default=3, help="processes per way, alternating")
     parser.add_argument("--child", nargs=2, metavar=("PART", "WAY"), help=argparse.SUPPRESS)
@@ -597,6 +638,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "metrics": part_metrics,
             "cog": part_cog,
             "semantic": part_semantic,
+            "store": part_store,
         }
         report = {
             "machine": machine(),

@@ -8,11 +8,14 @@ cache per process, one tile task at a time per GPU).
 How it runs on Dask (two stages, so that no tile is computed twice)
     1. the tiles are taken in groups of ``g x g``, and a task runs the tiles of enough
        consecutive groups to fill a forward batch (:func:`m3rcr_xr.tiling.runs`)
-       through the network; it returns, per group, the weighted sums on the group's
-       *canvas*: its block of ``g*S`` pixels a side (``S`` the stride) plus a spill of
-       ``T - S`` pixels into its right and bottom neighbours (``T`` the tile);
-    2. each output block adds its own canvas and the spills of its top, left and
-       top-left neighbours, then divides by the weight sum.
+       through the network, summing them, weighted, on each group's *canvas*: its block
+       of ``g*S`` pixels a side (``S`` the stride) plus a spill of ``T - S`` pixels into
+       its right and bottom neighbours (``T`` the tile). It finishes (divides by the
+       weight sum) the part of each block that no neighbour's spill reaches and hands
+       on that and the thin strips where spills meet, never a canvas (float64 sums,
+       2.6 times the block's bytes, which would wait for all its neighbours);
+    2. each output block adds the spills of its top, left and top-left neighbours to
+       its strips, finishes them and joins the parts.
     The result does not depend on the chunking (up to float rounding): each tile sees
     the same pixels whatever the chunks. ``g`` follows the input's chunk size. What
     every tile task runs is one :class:`TileJob`: the plan, one
@@ -40,7 +43,7 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import dask
 import dask.array as da
@@ -60,6 +63,7 @@ from .exceptions import (
     check_integer,
 )
 from .identity import sources
+from .io import rechunk_like
 from .normalize import OPTICAL_SCALE, model_inputs, normalize_optical
 from .options import OPTIONS
 from .progress import distributed_client
@@ -347,25 +351,71 @@ def accumulate(
 
 
 # ------------------------------------------------------------------------------ scene
+class _Cut(NamedTuple):
+    """A group's canvas (:func:`accumulate`) cut where its output block meets its
+    neighbours' canvases (:func:`_cut`): all but ``inner`` are raw weighted sums, a
+    strip ``spill`` pixels wide or none."""
+
+    #: the block but its top rows and left columns, finished: no neighbour reaches it
+    inner: np.ndarray
+    #: the block's top rows and, below them, its left columns, which the spills of the
+    #: blocks above, on the left and above-left add to; and the input there
+    top: np.ndarray
+    side: np.ndarray
+    base_top: np.ndarray
+    base_side: np.ndarray
+    #: what spills into the block below (the one below-right at its end), and into the
+    #: block on the right
+    bottom: np.ndarray
+    right: np.ndarray
+
+
+def _cut(canvas: np.ndarray, base: np.ndarray, top: int, left: int, job: TileJob) -> _Cut:
+    """A group's ``canvas`` cut (see :class:`_Cut`) at the end of its tile task, the part
+    of its block that no neighbour reaches finished at once, so that the canvas goes
+    with the task.
+
+    ``base`` is the input of the block (its size: the block's), ``top`` and ``left``
+    the rows and columns that the neighbours' spills reach (0 where there is none).
+    Dask's order may assemble a block long after its group ran (once its neighbours
+    have run too): what waits is the finished part (decloud's float32 bands: 0.4 of
+    the canvas's float64 bands and weights) and thin strips.
+    """
+    height, width = base.shape[1:]
+    return _Cut(
+        inner=job.output.finish(
+            canvas[:, top:height, left:width], base[:, top:, left:], job.spread
+        ),
+        top=canvas[:, :top, :width].copy(),
+        side=canvas[:, top:height, :left].copy(),
+        base_top=base[:, :top].copy(),
+        base_side=base[:, top:, :left].copy(),
+        bottom=canvas[:, height:].copy(),
+        right=canvas[:, :height, width:].copy(),
+    )
+
+
 def _assemble(
-    cloudy: np.ndarray,
-    own: np.ndarray,
-    up: np.ndarray | None,
-    left: np.ndarray | None,
-    corner: np.ndarray | None,
-    job: TileJob,
+    own: _Cut, up: _Cut | None, left: _Cut | None, corner: _Cut | None, job: TileJob
 ) -> np.ndarray:
-    """One output block: its canvas plus the spills of its neighbours, finished."""
-    height, width = cloudy.shape[1:]
-    spill = job.plan.spill
-    total = own[:, :height, :width].copy()
+    """Stage 2: one output block, from its cut canvas (:func:`_cut`) and the spills of
+    its neighbours' (each pixel's sums added in the same order as to the whole canvas
+    before it was cut, its own then above, left, above-left: the same to the bit)."""
+    rows, cols = own.top.shape[1], own.side.shape[2]
+    width = own.top.shape[2]
+    top, side = own.top.copy(), own.side.copy()
     if up is not None:
-        total[:, :spill, :width] += up[:, -spill:, :width]
+        top += up.bottom[:, :, :width]
     if left is not None:
-        total[:, :height, :spill] += left[:, :height, -spill:]
+        top[:, :, :cols] += left.right[:, :rows]
+        side += left.right[:, rows:]
     if corner is not None:
-        total[:, :spill, :spill] += corner[:, -spill:, -spill:]
-    return job.output.finish(total, cloudy, job.spread)
+        top[:, :, :cols] += corner.bottom[:, :, corner.bottom.shape[2] - cols :]
+    block = np.empty((job.out_channels, rows + own.inner.shape[1], width), job.output.dtype)
+    block[:, :rows] = job.output.finish(top, own.base_top, job.spread)
+    block[:, rows:, :cols] = job.output.finish(side, own.base_side, job.spread)
+    block[:, rows:, cols:] = own.inner
+    return block
 
 
 def _unoptimized(array: da.Array):
@@ -383,39 +433,88 @@ def _extent(plan: TilePlan, group: range) -> tuple[int, int]:
     return group.start * plan.stride, (group.stop - 1) * plan.stride + plan.tile
 
 
-def _canvases(padded: da.Array, job: TileJob, spans: dict[tuple[int, int], tuple[range, range]]):
-    """Stage 1 (see module doc): each group's canvas, a Delayed, by its place ``(a, b)``.
+_Place = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Group:
+    """A group of a scene's tiles (``rows x cols``, tile indices) and its output block:
+    its last stride of tiles, or the grid's end (:func:`~m3rcr_xr.tiling.block_end`)."""
+
+    rows: range
+    cols: range
+    #: the block, on the padded grid
+    block: tuple[slice, slice]
+    #: the rows and columns at the block's top and left that the spills of the groups
+    #: above and on the left reach (0 where there is none)
+    reach: tuple[int, int]
+
+    @property
+    def tiles(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, cols = self.block
+        return rows.stop - rows.start, cols.stop - cols.start
+
+
+def _group(plan: TilePlan, rows: range, cols: range, last_row: bool, last_col: bool) -> _Group:
+    """The group of tiles ``rows x cols`` (see :class:`_Group`)."""
+    (y0, _), (x0, _) = _extent(plan, rows), _extent(plan, cols)
+    padded_h, padded_w = plan.padded_shape
+    block = (
+        slice(y0, block_end(rows, plan.stride, padded_h, last_row)),
+        slice(x0, block_end(cols, plan.stride, padded_w, last_col)),
+    )
+    return _Group(rows, cols, block, (plan.spill if y0 else 0, plan.spill if x0 else 0))
+
+
+def _cuts(padded: da.Array, padded_cloudy: da.Array, job: TileJob, groups: dict[_Place, _Group]):
+    """Stage 1 (see module doc): each group's canvas, cut (:class:`_Cut`), a Delayed, by
+    its place ``(a, b)``.
 
     A task runs the tiles of consecutive groups together, enough of them to fill a
     forward batch (:func:`~m3rcr_xr.tiling.runs`), whatever the chunks make the groups
-    (on a GPU: :func:`_fills_batches`; one group a task on this process's CPU).
-    Each group's canvas keeps a key of its own, from its place alone: the batch size
-    changes neither the output's keys nor how the tiles blend, and the values only as
-    much as the network's own rounding changes with the tiles it runs with (none for
-    most; about 1e-7 relative for oneDNN's convolutions on a CPU).
+    (on a GPU: :func:`_fills_batches`; one group a task on this process's CPU), and
+    cuts their canvases (:func:`_cut_groups`). Each group's cut keeps a key of its own,
+    from its place alone: the batch size changes neither the output's keys nor how the
+    tiles blend, and the values only as much as the network's own rounding changes
+    with the tiles it runs with (none for most; about 1e-7 relative for oneDNN's
+    convolutions on a CPU).
     """
-    places = list(spans)
-    canvases = {}
+    places = list(groups)
+    cuts = {}
     batch = job.batch_size if _fills_batches(job) else 1
-    for run in runs([len(rows) * len(cols) for rows, cols in spans.values()], batch):
-        chosen = places[run.start : run.stop]
-        regions = []
-        for place in chosen:
-            (y0, y1), (x0, x1) = (_extent(job.plan, group) for group in spans[place])
+    for run in runs([groups[place].tiles for place in places], batch):
+        chosen = [groups[place] for place in places[run.start : run.stop]]
+        regions, bases = [], []
+        for group in chosen:
+            (y0, y1), (x0, x1) = (_extent(job.plan, span) for span in (group.rows, group.cols))
             regions.append(_unoptimized(padded[:, y0:y1, x0:x1]))
-        token = dask.base.tokenize(padded, job, batch, run)
-        task = delayed(accumulate, pure=True)(
-            regions,
-            job,
-            [spans[place] for place in chosen],
-            dask_key_name=f"decloud-tiles-run-{token}",
+            bases.append(_unoptimized(padded_cloudy[(slice(None), *group.block)]))
+        token = dask.base.tokenize(padded, padded_cloudy, job, batch, run)
+        task = delayed(_cut_groups, pure=True)(
+            regions, bases, job, chosen, dask_key_name=f"decloud-tiles-run-{token}"
         )
-        for index, place in enumerate(chosen):
-            token = dask.base.tokenize(padded, job, *place)
-            canvases[place] = delayed(operator.getitem, pure=True)(
+        for index, place in enumerate(places[run.start : run.stop]):
+            token = dask.base.tokenize(padded, padded_cloudy, job, *place)
+            cuts[place] = delayed(operator.getitem, pure=True)(
                 task, index, dask_key_name=f"decloud-tiles-{token}"
             )
-    return canvases
+    return cuts
+
+
+def _cut_groups(
+    inputs: list[np.ndarray], bases: list[np.ndarray], job: TileJob, groups: list[_Group]
+) -> list[_Cut]:
+    """The tiles of ``groups`` run through the network (:func:`accumulate`), and each
+    group's canvas cut (:func:`_cut`) in the same task: no canvas outlives it."""
+    canvases = accumulate(inputs, job, [(group.rows, group.cols) for group in groups])
+    return [
+        _cut(canvas, base, *group.reach, job)
+        for canvas, base, group in zip(canvases, bases, groups, strict=True)
+    ]
 
 
 def _fills_batches(job: TileJob) -> bool:
@@ -452,31 +551,25 @@ def tile_scene(inputs: da.Array, cloudy: da.Array, job: TileJob) -> da.Array:
     """(6, y, x) lazy inputs to (C, y, x) lazy output (2C with ``job.spread``: the bands,
     then their standard deviations), in two stages (see module doc)."""
     plan = job.plan
-    padded_h, padded_w = plan.padded_shape
     padded_cloudy = pad(cloudy, plan)
     row_groups = groups(plan.shape[0], group_size(inputs.chunks[1][0], plan.stride))
     col_groups = groups(plan.shape[1], group_size(inputs.chunks[2][0], plan.stride))
-    spans = {(a, b): (r, c) for a, r in enumerate(row_groups) for b, c in enumerate(col_groups)}
     padded = pad(inputs, plan)  # out of the annotation: only the tile tasks ask for it
+    found = {
+        (a, b): _group(plan, rows, cols, a + 1 == len(row_groups), b + 1 == len(col_groups))
+        for a, rows in enumerate(row_groups)
+        for b, cols in enumerate(col_groups)
+    }
     with annotate(_resources(job)):
-        canvases = _canvases(padded, job, spans)
-    spill = plan.spill
+        cuts = _cuts(padded, padded_cloudy, job, found)
     blocks = []
-    for a, rows in enumerate(row_groups):
+    for a in range(len(row_groups)):
         line = []
-        for b, cols in enumerate(col_groups):
-            y0, x0 = _extent(plan, rows)[0], _extent(plan, cols)[0]
-            height = block_end(rows, plan.stride, padded_h, a + 1 == len(row_groups)) - y0
-            width = block_end(cols, plan.stride, padded_w, b + 1 == len(col_groups)) - x0
-            parts = [
-                canvases.get((a - 1, b)) if spill else None,
-                canvases.get((a, b - 1)) if spill else None,
-                canvases.get((a - 1, b - 1)) if spill else None,
-            ]
-            block = delayed(_assemble, pure=True)(
-                padded_cloudy[:, y0 : y0 + height, x0 : x0 + width], canvases[a, b], *parts, job
-            )
-            line.append(da.from_delayed(block, (job.out_channels, height, width), job.output.dtype))
+        for b in range(len(col_groups)):
+            parts = [cuts.get((a - 1, b)), cuts.get((a, b - 1)), cuts.get((a - 1, b - 1))]
+            block = delayed(_assemble, pure=True)(cuts[a, b], *parts, job)
+            shape = (job.out_channels, *found[a, b].shape)
+            line.append(da.from_delayed(block, shape, job.output.dtype))
         blocks.append(line)
     return da.block(blocks)[:, : plan.height, : plan.width]
 
@@ -855,11 +948,15 @@ def _variable(
     """
     template = ds["cloudy"]
     result = xr.DataArray(data, dims=template.dims, coords=template.coords, name=name)
+    # the masks on the output's blocks (the tile groups): on the input's chunks, the
+    # where would cut each block at every chunk edge into slivers
     if composite:
-        kept = template.astype(np.float32) if name == "decloud" else np.float32(0)
-        result = result.where(ds["cloudmask"], kept)
+        kept: xr.DataArray | np.float32 = np.float32(0)
+        if name == "decloud":
+            kept = rechunk_like(template, result).astype(np.float32)
+        result = result.where(rechunk_like(ds["cloudmask"], result), kept)
     # optical nodata in (all bands 0) is NaN out; the network saw it filled, as ever
-    result = result.where((template != OPTICAL_NODATA).any("band"))
+    result = result.where(rechunk_like((template != OPTICAL_NODATA).any("band"), result))
     member = job.members[0]
     result.attrs = {
         "long_name": _LONG_NAMES[name],

@@ -320,11 +320,11 @@ def landcover_attrs(align: str) -> dict[str, Any]:
 
 
 def rechunk_like(array: xr.DataArray, like: xr.DataArray) -> xr.DataArray:
-    """``array`` (a layer on the optical grid) with ``like``'s pixel chunks, or in
-    memory when ``like`` is."""
+    """``array`` (a layer on ``like``'s grid) with ``like``'s chunks along the dims they
+    share, or in memory when ``like`` is."""
     if like.chunks is None:
         return array.compute()
-    return array.chunk({"y": like.chunksizes["y"], "x": like.chunksizes["x"]})
+    return array.chunk({dim: like.chunksizes[dim] for dim in array.dims if dim in like.dims})
 
 
 def open_quartet(

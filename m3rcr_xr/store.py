@@ -56,6 +56,7 @@ import contextlib
 import glob
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -104,8 +105,18 @@ PROGRESS = "m3rcr_steps_done"
 #: the store's own arrays (its variables), recorded when it is created: all that an
 #: overwrite removes
 MEMBERS = "m3rcr_members"
-#: chunks written per step: the unit of progress and of parallel work
+#: the most chunks a step writes: the unit of progress and of parallel work
 CHUNKS_PER_STEP = 8
+#: the most pixels a step writes (a scene's rows x its width, a collection's patches x
+#: their pixels), but one chunk: a step is one compute, and what the scheduler holds
+#: in it grows with its pixels (decloud: about 13 bytes a pixel), so a scene wider than
+#: 8192 pixels writes fewer than :data:`CHUNKS_PER_STEP` chunk rows a step
+PIXELS_PER_STEP = 8192 * 8192
+#: the chunks a step of the store writes, recorded when it is created: a resume writes
+#: the steps the store began with, whatever the plan of the version that resumes it
+STEP_CHUNKS = "m3rcr_chunks_per_step"
+#: the steps of a store that records none (:data:`STEP_CHUNKS`): every earlier version's
+_EARLIER_STEP_CHUNKS = 8
 #: zarr's options for every write. Every chunk is written, even one holding only the
 #: fill value: zarr's test of each chunk against it (``write_empty_chunks=False``, its
 #: default) took a quarter of an ingest's CPU time, and a scene has few empty chunks
@@ -325,11 +336,26 @@ def _write_dim(ds: xr.Dataset) -> str:
     return "patch" if is_collection(ds) else "y"
 
 
-def _steps(ds: xr.Dataset, dim: str) -> list[slice]:
-    """Regions along ``dim``, each a whole number of chunks."""
+def _chunks_per_step(ds: xr.Dataset, dim: str) -> int:
+    """How many chunks along ``dim`` a step of a new store writes: at most
+    :data:`CHUNKS_PER_STEP` and :data:`PIXELS_PER_STEP` pixels, at least one.
+
+    Examples
+    --------
+    >>> import m3rcr_xr
+    >>> scene = m3rcr_xr.synthetic_scene((16_384, 16_384), chunks=1024)
+    >>> _chunks_per_step(scene, "y"), _chunks_per_step(scene.isel(x=slice(8192)), "y")
+    (4, 8)
+    """
+    pixels = ds.chunksizes[dim][0] * math.prod(ds.sizes[d] for d in ("y", "x") if d != dim)
+    return max(1, min(CHUNKS_PER_STEP, PIXELS_PER_STEP // pixels))
+
+
+def _steps(ds: xr.Dataset, dim: str, chunks_per_step: int) -> list[slice]:
+    """Regions along ``dim``, each ``chunks_per_step`` chunks (the last may be fewer)."""
     sizes = ds.chunksizes[dim]
     bounds = np.cumsum((0, *sizes))
-    starts = bounds[::CHUNKS_PER_STEP]
+    starts = bounds[::chunks_per_step]
     ends = [*starts[1:], bounds[-1]]
     return [slice(int(a), int(b)) for a, b in zip(starts, ends, strict=True) if b > a]
 
@@ -494,13 +520,16 @@ def to_zarr(
     check_destination(store, inputs=inputs, overwrite=overwrite, storage_options=storage_options)
     ds, identities, fingerprint = _identified(ds, inputs)
     dim = _write_dim(ds)
-    steps = _steps(ds, dim)
+    chunks_per_step = _chunks_per_step(ds, dim)
     unversioned = [source for source, (_, versioned) in identities.items() if not versioned]
     with write_errors(target), locked(target), _quiet_own_files():
         names = [str(name) for name in ds.variables]
         planned = _plan(target, fingerprint, overwrite, names, unversioned)
         fresh = planned is None
-        done: set[int] = set() if planned is None else planned
+        done: set[int] = set()
+        if planned is not None:  # a resume writes the steps the store began with
+            done, chunks_per_step = planned
+        steps = _steps(ds, dim, chunks_per_step)
         if fresh:
             if unversioned:
                 log.warning(
@@ -510,7 +539,7 @@ def to_zarr(
                     f" (and {len(unversioned) - 1} other(s))" if len(unversioned) > 1 else "",
                 )
             try:
-                _initialise(ds, target, fingerprint)
+                _initialise(ds, target, fingerprint, chunks_per_step)
             except Exception:
                 # no data written yet (an encoding zarr refuses, say): take it back; if
                 # that fails too (a full disk), the next write starts it over anyway
@@ -600,12 +629,13 @@ def _plan(
     overwrite: bool,
     names: Sequence[str],
     unversioned: Sequence[str] = (),
-) -> set[int] | None:
+) -> tuple[set[int], int] | None:
     """Under the lock: the steps an earlier, unfinished run of the same data wrote
-    (to skip), or None to start afresh (after removing a store being replaced). The
-    arrays ``names`` are checked first to take nothing of the folder but the store's.
-    A resume from an ``unversioned`` input (:func:`~m3rcr_xr.identity.source_identities`)
-    is refused: the store could mix the old file's pixels with the new one's."""
+    (to skip) and its chunks a step (:data:`STEP_CHUNKS`), or None to start afresh
+    (after removing a store being replaced). The arrays ``names`` are checked first to
+    take nothing of the folder but the store's. A resume from an ``unversioned`` input
+    (:func:`~m3rcr_xr.identity.source_identities`) is refused: the store could mix the
+    old file's pixels with the new one's; so is one whose steps cannot be known."""
     state, doc = _inspect(target)
     _refuse(target, state, doc, overwrite)
     if doc is None:  # nothing there, or an empty folder
@@ -629,7 +659,14 @@ def _plan(
             f"{target.name}: cannot resume this unfinished store: {_unversioned(unversioned[0])}"
             f"; pass {argument('overwrite', True)} to start it over"
         )
-    return set(attrs.get(PROGRESS, []))
+    chunks_per_step = attrs.get(STEP_CHUNKS, _EARLIER_STEP_CHUNKS)
+    if type(chunks_per_step) is not int or chunks_per_step < 1:
+        raise StoreError(
+            f"{target.name}: cannot resume this unfinished store: its {STEP_CHUNKS} "
+            f"({attrs[STEP_CHUNKS]!r}) is no number of chunks, so its steps are unknown; "
+            f"pass {argument('overwrite', True)} to start it over"
+        )
+    return set(attrs.get(PROGRESS, [])), chunks_per_step
 
 
 def _unversioned(source: str) -> str:
@@ -778,8 +815,9 @@ def _node_type(target: Target, name: str) -> str | None:
     return (_read_json_quietly(target, f"{name}/zarr.json") or {}).get("node_type")
 
 
-def _initialise(ds: xr.Dataset, target: Target, fingerprint: str) -> None:
-    """Create the arrays and write the in-memory coordinates; no data yet.
+def _initialise(ds: xr.Dataset, target: Target, fingerprint: str, chunks_per_step: int) -> None:
+    """Create the arrays and write the in-memory coordinates; no data yet. The root
+    records the store's steps (:data:`STEP_CHUNKS`).
 
     The store's new identifier comes first (:data:`ID_OBJECT`: alone, the folder counts
     as empty), then the root, with this library's attributes and the identifier: a kill
@@ -793,6 +831,7 @@ def _initialise(ds: xr.Dataset, target: Target, fingerprint: str) -> None:
         COMPLETE: False,
         FINGERPRINT: fingerprint,
         PROGRESS: [],
+        STEP_CHUNKS: chunks_per_step,
         MEMBERS: sorted(str(name) for name in ds.variables),
         STORE_ID: store_id,
     }

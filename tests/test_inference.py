@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from hypothesis import HealthCheck, given, settings
+from dask.callbacks import Callback
+from dask.sizeof import sizeof
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import m3rcr_xr
@@ -53,6 +55,7 @@ def test_building_the_graph_computes_nothing(small_scene):
     tile=st.sampled_from([16, 24, 40]),
     overlap=st.integers(0, 7),
 )
+@example(height=150, width=150, chunk=32, tile=16, overlap=0)  # groups that spill nothing
 def test_zero_residual_returns_the_input_exactly(
     zero_checkpoints, height, width, chunk, tile, overlap
 ):
@@ -97,6 +100,42 @@ def test_result_does_not_depend_on_chunking(small_checkpoint):
         scene.chunk({"y": 77, "x": 130}), "dsen2_cr", small_checkpoint, config=SMALL, tile=96
     ).values
     assert np.abs(odd - whole).max() <= 0.1
+
+
+@pytest.mark.parametrize("composite", [False, True])
+def test_the_output_blocks_are_the_tile_groups_whatever_the_input_chunks(composite):
+    """The nodata mask (and composite's cloud mask and input) take the output's blocks:
+    on the input's chunks the where cut each group's block into slivers."""
+    scene = m3rcr_xr.synthetic_scene((300, 260), chunks=100)
+    with raise_if_dask_computes():
+        out = decloud(scene, "dsen2_cr", "untrained", config=SMALL, tile=48, composite=composite)
+    plan = make_plan(48, 6, 300, 260)
+    group = tiling.group_size(100, plan.stride)
+    for axis, size in ((1, 300), (2, 260)):
+        starts = [rows.start * plan.stride for rows in tiling.groups(plan.count(size), group)]
+        assert out.chunks[axis] == tuple(np.diff([*starts, size])), out.chunks
+
+
+def test_what_a_tile_task_hands_on_is_about_its_block_not_its_canvas():
+    """A group's float64 canvas (weighted sums and weights: 2.6 times its float32 block)
+    waited for the blocks of all its neighbours, which Dask's order may run much later:
+    most of a decloud's memory. The tile task now finishes what no neighbour reaches and
+    hands on that and thin strips (:class:`inference._Cut`)."""
+    scene = m3rcr_xr.synthetic_scene((560, 560), chunks=256)
+    out = decloud(scene, "dsen2_cr", "untrained", config=SMALL, tile=64)
+    handed_on = []
+
+    def record(key, result, dsk, state, worker_id):
+        name = key[0] if isinstance(key, tuple) else key
+        if name.startswith("decloud-tiles-") and not name.startswith("decloud-tiles-run-"):
+            handed_on.append(sizeof(result))
+
+    with Callback(posttask=record):
+        out.data.compute(scheduler="threads")
+    stride = make_plan(64, 8, 560, 560).stride
+    side = tiling.group_size(256, stride) * stride  # of a group's block
+    block = 4 * out.sizes["band"] * side**2  # float32
+    assert len(handed_on) == 4 and max(handed_on) < 1.3 * block, (handed_on, block)
 
 
 def test_dask_result_equals_in_memory_result(small_checkpoint, small_scene):

@@ -679,6 +679,88 @@ def _cut_off_then_other_data(monkeypatch, target: Path, fail_at: int) -> xr.Data
     return other
 
 
+#: a scene of ten chunk rows of 16 x 40 pixels (option scene_chunk=16)
+STEP_SCENE = (160, 40)
+
+
+def _chunk_rows_a_step(monkeypatch, rows: int) -> None:
+    """The step plan of a new store: ``rows`` chunk rows of :data:`STEP_SCENE` a step."""
+    monkeypatch.setattr(store, "PIXELS_PER_STEP", rows * 16 * STEP_SCENE[1])
+
+
+def test_a_step_holds_at_most_pixels_per_step_and_the_store_records_its_steps(
+    tmp_path, monkeypatch
+):
+    """A step is one compute, whose memory grows with its pixels: a wide scene writes
+    fewer chunk rows a step (one at least), and the store records how many."""
+    scene = m3rcr_xr.synthetic_scene(STEP_SCENE, seed=2)
+    written = _recording(monkeypatch)
+    with m3rcr_xr.set_options(scene_chunk=16):
+        _chunk_rows_a_step(monkeypatch, 3)
+        m3rcr_xr.to_zarr(scene, tmp_path / "a.zarr")
+        assert written == [slice(0, 48), slice(48, 96), slice(96, 144), slice(144, 160)]
+        assert zarr.open_group(tmp_path / "a.zarr").attrs[store.STEP_CHUNKS] == 3
+        written.clear()
+        monkeypatch.setattr(store, "PIXELS_PER_STEP", 1)  # less than a chunk row: one
+        m3rcr_xr.to_zarr(scene, tmp_path / "b.zarr")
+        assert written == [slice(start, start + 16) for start in range(0, 160, 16)]
+        written.clear()
+        monkeypatch.setattr(store, "PIXELS_PER_STEP", 10**12)  # CHUNKS_PER_STEP still holds
+        m3rcr_xr.to_zarr(scene, tmp_path / "c.zarr")
+        assert written == [slice(0, 128), slice(128, 160)]
+
+
+def _arrays(root: Path) -> dict[str, bytes]:
+    """The arrays of a store (its chunks and their metadata): the data, whatever the
+    root records of how it was written."""
+    return {key: value for key, value in _content(root).items() if key != "zarr.json"}
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "an earlier version's"])
+def test_a_resume_writes_the_steps_the_store_began_with(tmp_path, monkeypatch, recorded):
+    """Whatever the plan of the version that resumes it: its steps done are counted in
+    the store's own steps, and a store of an earlier version, which records none, made
+    steps of 8 chunks."""
+    scene = m3rcr_xr.synthetic_scene(STEP_SCENE, seed=3)
+    target = tmp_path / "s.zarr"
+    with m3rcr_xr.set_options(scene_chunk=16):
+        _chunk_rows_a_step(monkeypatch, 2 if recorded else 8)
+        _recording(monkeypatch, fail_at=64 if recorded else 128)
+        with pytest.raises(OSError, match="disk went away"):
+            m3rcr_xr.to_zarr(scene, target)
+        if not recorded:
+            root = json.loads((target / "zarr.json").read_text())
+            del root["attributes"][store.STEP_CHUNKS]
+            (target / "zarr.json").write_text(json.dumps(root))
+        _chunk_rows_a_step(monkeypatch, 8 if recorded else 2)
+        written = _recording(monkeypatch)
+        m3rcr_xr.to_zarr(scene, target)
+        assert written == (
+            [slice(64, 96), slice(96, 128), slice(128, 160)] if recorded else [slice(128, 160)]
+        )
+        m3rcr_xr.to_zarr(scene, tmp_path / "fresh.zarr")
+    assert _arrays(target) == _arrays(tmp_path / "fresh.zarr")
+    xr.testing.assert_identical(m3rcr_xr.open_zarr(target).compute(), scene.compute())
+
+
+@pytest.mark.parametrize("steps", [0, "2", 2.0, True])
+def test_a_store_whose_steps_are_unknown_is_not_resumed(tmp_path, monkeypatch, steps):
+    scene = m3rcr_xr.synthetic_scene(STEP_SCENE, seed=3)
+    target = tmp_path / "s.zarr"
+    with m3rcr_xr.set_options(scene_chunk=16):
+        _chunk_rows_a_step(monkeypatch, 2)
+        _recording(monkeypatch, fail_at=64)
+        with pytest.raises(OSError, match="disk went away"):
+            m3rcr_xr.to_zarr(scene, target)
+        store._set_attrs(Target.of(target), {store.STEP_CHUNKS: steps})
+        written = _recording(monkeypatch)
+        with pytest.raises(m3rcr_xr.StoreError, match=f"{store.STEP_CHUNKS}.*overwrite=True"):
+            m3rcr_xr.to_zarr(scene, target)
+        assert written == []
+        m3rcr_xr.to_zarr(scene, target, overwrite=True)
+    xr.testing.assert_identical(m3rcr_xr.open_zarr(target).compute(), scene.compute())
+
+
 def test_an_unfinished_store_of_other_data_is_not_resumed(tmp_path, monkeypatch):
     target = tmp_path / "c.zarr"
     with m3rcr_xr.set_options(patches_per_chunk=1):
