@@ -651,8 +651,8 @@ def _plan(
     if attrs.get(FINGERPRINT) != fingerprint:
         raise StoreError(
             f"{target.name}: an unfinished store of other data is there (other inputs, "
-            f"or the same files changed since); pass {argument('overwrite', True)} to "
-            "start it over"
+            "the same files changed since, or written by another version of m3rcr_xr); "
+            f"pass {argument('overwrite', True)} to start it over"
         )
     if unversioned:
         raise StoreError(
