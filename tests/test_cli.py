@@ -986,7 +986,7 @@ def test_a_failed_cog_write_leaves_no_partial_file(scene_store, tmp_path, capsys
         Path(path).write_bytes(b"half a GeoTIFF")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cog_module, "_cog_graph", crash)
+    monkeypatch.setattr(cog_module, "cog_graph", crash)
     cog = tmp_path / "d.tif"
     argv = ["decloud", str(scene_store), str(tmp_path / "o.zarr"), *UNTRAINED_SMALL]
     assert main([*argv, "--tile", "32", "--cog", str(cog)]) == 2
@@ -1021,7 +1021,7 @@ def test_a_run_cut_off_in_its_cogs_writes_them_from_its_complete_store(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     out, cog, std, argv = _cog_run(scene_store, tmp_path)
-    monkeypatch.setattr(cog_module, "_cog_graph", cut_off)
+    monkeypatch.setattr(cog_module, "cog_graph", cut_off)
     assert main(argv) == 2
     assert store.is_complete(out) and not cog.exists() and not std.exists()
     capsys.readouterr()
@@ -1060,7 +1060,7 @@ def test_a_run_cut_off_in_its_second_cog_replaces_neither(
     _, cog, std, argv = _cog_run(scene_store, tmp_path)
     assert main(argv) == 0
     pair = cog.read_bytes(), std.read_bytes()
-    graph, calls = cog_module._cog_graph, []
+    graph, calls = cog_module.cog_graph, []
 
     def cut_off_in_the_second(*args, **kwargs):
         calls.append(args)
@@ -1068,7 +1068,7 @@ def test_a_run_cut_off_in_its_second_cog_replaces_neither(
             raise KeyboardInterrupt
         return graph(*args, **kwargs)
 
-    monkeypatch.setattr(cog_module, "_cog_graph", cut_off_in_the_second)
+    monkeypatch.setattr(cog_module, "cog_graph", cut_off_in_the_second)
     capsys.readouterr()
     assert main([*argv, "--tta", "d4", "--overwrite"]) == cli.EXIT_INTERRUPTED
     assert (cog.read_bytes(), std.read_bytes()) == pair

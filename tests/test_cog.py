@@ -3,7 +3,6 @@ import logging
 import os
 from pathlib import Path
 
-import cloudpickle
 import dask
 import dask.array as da
 import numpy as np
@@ -18,6 +17,7 @@ from rio_cogeo.cogeo import cog_validate
 
 import m3rcr_xr
 from m3rcr_xr import cog, locks
+from m3rcr_xr.cog import arrays, destinations
 from m3rcr_xr.testing import raise_if_dask_computes
 from tests.conftest import forbid_head_bucket, killed_writer, run_script, snapshot
 
@@ -68,7 +68,7 @@ def test_a_masked_read_is_written_with_its_nodata_in_its_pixels(tmp_path):
     (the file declared nodata 0 and held NaN, which GDAL took for valid pixels)."""
     masked = _masked_read(tmp_path)
     with raise_if_dask_computes():
-        cog._with_nodata(masked)
+        arrays.with_nodata(masked)
     m3rcr_xr.to_cog(masked, tmp_path / "c.tif", blocksize=32, progress=False)
     with rasterio.open(tmp_path / "c.tif") as f:
         assert f.dtypes[0] == "uint16" and f.nodata == 0
@@ -248,39 +248,9 @@ def test_patch_ids_that_give_one_file_are_refused_before_any_work(tmp_path, ids,
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("collection", [True, False])
-@pytest.mark.parametrize("root", ["s3://bucket/", "s3://bucket", "gs://b/", "/"])
-def test_std_cog_path_refuses_a_root_with_nothing_beside_it(root, collection):
-    # s3://bucket_std would be another bucket (names are global); "/" has no parent
-    where = "the filesystem root" if root == "/" else "a bucket root"
-    with pytest.raises(
-        m3rcr_xr.UsageError, match=f"{where} has no folder beside it for decloud_std"
-    ):
-        cog.std_cog_path(root, collection=collection)
-
-
-@pytest.mark.parametrize(
-    ("path", "collection", "expected"),
-    [
-        ("s3://bucket/cogs/", True, "s3://bucket/cogs_std"),
-        ("s3://bucket/d.tif", False, "s3://bucket/d_std.tif"),  # a file beside, as locally
-        ("/d.tif", False, "/d_std.tif"),
-        ("/cogs", True, "/cogs_std"),
-    ],
-)
-def test_std_cog_path_is_beside_the_cog(path, collection, expected):
-    assert cog.std_cog_path(path, collection=collection) == expected
-
-
 def test_the_dataarray_accessor_writes_too(tmp_path):
     scene = _scene(64)
     assert scene.m3rcr.to_cog(tmp_path / "a.tif") == [tmp_path / "a.tif"]
-
-
-def test_building_the_graph_computes_nothing(tmp_path):
-    with raise_if_dask_computes():
-        graph = cog._cog_graph(_scene(64), tmp_path / "x.tif", "deflate", 32)
-    assert hasattr(graph, "compute")
 
 
 def test_each_block_of_the_source_is_computed_once(tmp_path):
@@ -405,9 +375,9 @@ def test_a_cog_records_what_it_was_written_from_the_same_in_every_process(tmp_pa
 
 def _without_record(monkeypatch, array, path):
     """``array`` written as earlier versions wrote it: no ImageDescription."""
-    graph = cog._cog_graph
+    graph = cog.cog_graph
     with monkeypatch.context() as patched:
-        patched.setattr(cog, "_cog_graph", lambda *args, description, **kw: graph(*args, **kw))
+        patched.setattr(cog, "cog_graph", lambda *args, description, **kw: graph(*args, **kw))
         m3rcr_xr.to_cog(array, path)
 
 
@@ -542,14 +512,14 @@ def test_a_file_that_comes_while_the_others_are_checked_is_not_replaced(tmp_path
     out = tmp_path / "out"
     collection = m3rcr_xr.synthetic_collection(2, 16)
     m3rcr_xr.to_cog(collection.isel(patch=[0]), out, variable="cloudy")
-    check = cog.check_replaceable
+    check = destinations.check_replaceable
 
     def user_writes_the_second(file, **kwargs):
         if Path(file).name == "synthetic_0_p_0.tif":
             _their_geotiff(out / "synthetic_1_p_0.tif")
         check(file, **kwargs)
 
-    monkeypatch.setattr(cog, "check_replaceable", user_writes_the_second)
+    monkeypatch.setattr(destinations, "check_replaceable", user_writes_the_second)
     ours = (out / "synthetic_0_p_0.tif").read_bytes()
     with pytest.raises(m3rcr_xr.StoreError, match="synthetic_1_p_0.tif: was not written by"):
         m3rcr_xr.to_cog(collection, out, variable="cloudfree", overwrite=True)
@@ -654,14 +624,14 @@ def test_a_pair_failing_in_its_second_variable_replaces_neither(tmp_path, monkey
         for name, path in paths.items()
     }
     before = snapshot(tmp_path)
-    graph = cog._cog_graph
+    graph = cog.cog_graph
 
     def second_fails(array, dst, *args, **kwargs):
         if dst.parent == paths["cloudfree"]:
             raise KeyboardInterrupt
         return graph(array, dst, *args, **kwargs)
 
-    monkeypatch.setattr(cog, "_cog_graph", second_fails)
+    monkeypatch.setattr(cog, "cog_graph", second_fails)
     with pytest.raises(KeyboardInterrupt):
         cog.to_cogs(_pair(1).map(lambda v: v // 2), paths, overwrite=True)
     assert snapshot(tmp_path) == before  # no partial left either
@@ -792,15 +762,6 @@ def _lazy_band(side: int) -> xr.DataArray:
     data = da.ones((1, side, side), chunks=(1, 1024, 1024), dtype="float64")  # np.ones writes
     coords = {"band": ["b"], "y": 5e6 - 3.0 * np.arange(side), "x": 4e5 + 3.0 * np.arange(side)}
     return xr.DataArray(data, dims=("band", "y", "x"), coords=coords).rio.write_crs(32632)
-
-
-def test_a_write_leaves_its_graph_as_it_was(tmp_path):
-    """The graph keeps no tile it wrote (odc-geo's writer appends the tiles of a part
-    to the part's seed, a value of the graph; they stayed until the write was done)."""
-    graph = cog._cog_graph(_scene(128, 16), tmp_path / "g.tif", "deflate", 16)
-    size = len(cloudpickle.dumps(graph))
-    graph.compute(scheduler="synchronous")
-    assert len(cloudpickle.dumps(graph)) == size
 
 
 class _HeldTiles(Callback):
