@@ -235,9 +235,11 @@ def remove_stale(folder: Path, names: Collection[str]) -> None:
             continue
         if copy.kind == "previous" and not os.path.lexists(folder / copy.name):
             log.warning(
-                "%s: %s as it was before a write of it was cut off; rename it back to keep "
-                "it (the next write of %s removes it)",
+                "%s: %s as it was before a write of it was cut off; this write puts a new "
+                "%s in its place: copy it elsewhere now to keep it (the next write of %s "
+                "removes it)",
                 copy.path,
+                copy.name,
                 copy.name,
                 copy.name,
             )

@@ -82,18 +82,26 @@ def locked_file(
     Raises
     ------
     error
-        Another writer holds the lock, or ``path`` is a URL (a run writes local
-        files), naming the argument and the path.
+        Another writer holds the lock, ``path`` is a URL (a run writes local files)
+        or a folder, or its folder cannot be made or written; naming the argument and
+        the path.
     """
     flag = argument(name, os.fspath(path))
     if "://" in os.fspath(path):  # a path to Path(): s3://b/x.pth would be in folder s3:/b
         raise error(f"{flag}: a URL; this file is written on the local file system only")
+    if Path(path).name in ("", "..") or os.path.isdir(path):  # ".", "/", "runs/"
+        raise error(f"{flag}: a folder; give the path of a file")
     lock = lock_file(path)
     busy = (
         f"{flag}: another run is writing this file (it holds {lock}); wait for it to end "
         f"or choose another {argument(name)}"
     )
-    with _folder(str(lock.parent)), _flock(str(lock), f"the lock file of {flag}", busy, error):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(_folder(str(lock.parent)))
+            held.enter_context(_flock(str(lock), f"the lock file of {flag}", busy, error))
+        except OSError as err:  # a folder that cannot be made or written, say
+            raise error(f"{flag}: cannot write there ({err.strerror or err})") from None
         yield
 
 

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -207,6 +208,20 @@ def test_ctrl_c_after_the_command_is_over_is_ignored(monkeypatch):
     monkeypatch.setattr(cli, "_info", lambda args: 0)
     handler = signal.getsignal(signal.SIGINT)
     assert main(["info", "s.zarr"]) == 0
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_main_without_arguments_in_another_thread_returns_its_status(monkeypatch):
+    """Only the main thread may set a signal handler: main() run in a thread of a
+    caller's program raised ValueError instead of returning the command's status."""
+    monkeypatch.setattr(sys, "argv", ["m3rcr", "info", "s.zarr"])
+    monkeypatch.setattr(cli, "_info", lambda args: 0)
+    handler = signal.getsignal(signal.SIGINT)
+    statuses = []
+    thread = threading.Thread(target=lambda: statuses.append(main()))
+    thread.start()
+    thread.join()
+    assert statuses == [0]
     assert signal.getsignal(signal.SIGINT) is handler
 
 

@@ -141,6 +141,25 @@ def test_a_file_lock_makes_its_folder_for_the_run_and_refuses_a_url(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_file_lock_refuses_a_folder_and_a_place_it_cannot_write(tmp_path, monkeypatch):
+    """A folder, or a path under a file, is refused in the caller's error, not a bare
+    ValueError or OSError, and leaves nothing behind."""
+    monkeypatch.chdir(tmp_path)
+    for folder in (".", "..", "/", str(tmp_path)):
+        with (
+            pytest.raises(CheckpointError, match=r": a folder; give the path of a file$"),
+            locks.locked_file(folder, "out", CheckpointError),
+        ):
+            pass
+    (tmp_path / "plain").write_text("a file, not a folder")
+    with (
+        pytest.raises(CheckpointError, match=r"^out='plain/run.pth': cannot write there \("),
+        locks.locked_file("plain/run.pth", "out", CheckpointError),
+    ):
+        pass
+    assert os.listdir(tmp_path) == ["plain"]
+
+
 def test_a_lock_file_removed_while_held_is_not_removed_from_its_next_holder(tmp_path):
     """Someone removed the lock file of a writer that holds it: the writer ended with
     FileNotFoundError, or, when another writer had made its own lock file meanwhile,
