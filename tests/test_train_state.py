@@ -188,7 +188,7 @@ def test_out_refuses_a_users_file_before_any_work(tmp_path, kind):
 
 def test_out_refuses_a_folder(tmp_path):
     (tmp_path / "run.pth").mkdir()
-    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+    with pytest.raises(CheckpointError, match=r"run.pth': a folder; give the path of a file$"):
         train(tmp_path / "missing.zarr", tmp_path / "run.pth", run_settings(1), progress=False)
 
 
