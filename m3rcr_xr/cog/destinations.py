@@ -303,13 +303,19 @@ def commit(partials: Sequence[Path], files: Sequence[Path], overwrite: bool) -> 
             done.append((file, previous))
             os.replace(partial, file)
     except BaseException:
-        for file, previous in reversed(done):
-            if previous is None:
-                file.unlink(missing_ok=True)
-            elif previous.exists():
-                os.replace(previous, file)
+        _undo(done)
         raise
     for file, previous in done:
         if previous is not None:
             previous.unlink()
             warn_of_sidecar(str(file), os.path.exists)
+
+
+def _undo(done: Sequence[tuple[Path, Path | None]]) -> None:
+    """Undo :func:`commit`'s renames ``done`` (each file and the copy it set aside, or
+    None), last first: a file that did not exist is removed, another gets its copy back."""
+    for file, previous in reversed(done):
+        if previous is None:
+            file.unlink(missing_ok=True)
+        elif previous.exists():
+            os.replace(previous, file)
