@@ -70,9 +70,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from .exceptions import M3RCRError, SchemaError, StoreError, argument
-from .href import redacted
-from .identity import (
+from ..exceptions import M3RCRError, SchemaError, StoreError, argument
+from ..href import redacted
+from ..identity import (
     FINGERPRINT,
     ID_OBJECT,
     STORE_ID,
@@ -82,7 +82,7 @@ from .identity import (
     source_identities,
     sources,
 )
-from .location import (
+from ..location import (
     Target,
     check_apart,
     check_bucket,
@@ -92,11 +92,11 @@ from .location import (
     reason,
     write_errors,
 )
-from .locks import LOCK, TAKEOVER, locked
-from .options import OPTIONS
-from .progress import compute_with_progress, progress_bar, show_progress
-from .resources import annotate, required_resources
-from .schema import VARIABLES, is_collection, validate
+from ..locks import LOCK, TAKEOVER, locked
+from ..options import OPTIONS
+from ..progress import compute_with_progress, progress_bar, show_progress
+from ..resources import annotate, required_resources
+from ..schema import VARIABLES, is_collection, validate
 
 log = logging.getLogger(__name__)
 
