@@ -21,6 +21,7 @@ from rio_cogeo.cogeo import cog_validate
 import m3rcr_xr
 from m3rcr_xr import cli, store
 from m3rcr_xr.cli import main
+from m3rcr_xr.store import writing
 from m3rcr_xr.testing import serve_directory, stac_item
 from tests.conftest import (
     EXPIRED,
@@ -1252,7 +1253,7 @@ def test_a_complete_store_names_the_flag(tmp_path, train_quartet, capsys):
 def test_ingest_over_an_unfinished_store_of_other_data(
     tmp_path, train_quartet, monkeypatch, capsys
 ):
-    write_step = store._write_step
+    write_step = writing._write_step
 
     def disk_went_away(ds, where, dim, region, show=False):
         if region.start:  # after the first step is written and recorded
@@ -1260,7 +1261,7 @@ def test_ingest_over_an_unfinished_store_of_other_data(
         write_step(ds, where, dim, region, show)
 
     with monkeypatch.context() as patch, m3rcr_xr.set_options(scene_chunk=32):
-        patch.setattr(store, "_write_step", disk_went_away)
+        patch.setattr(writing, "_write_step", disk_went_away)
         with pytest.raises(OSError, match="disk went away"):
             m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((300, 300)), tmp_path / "q.zarr")
     before = snapshot(tmp_path / "q.zarr")
@@ -1296,7 +1297,7 @@ def test_info_on_what_m3rcr_did_not_write(tmp_path, capsys, make, message):
 
 
 @pytest.mark.parametrize(
-    ("step", "code"), [("_initialise", errno.EROFS), ("_write_step", errno.ENOSPC)]
+    ("step", "code"), [("initialise", errno.EROFS), ("writing._write_step", errno.ENOSPC)]
 )
 def test_a_read_only_or_full_file_system_exits_2(
     tmp_path, train_quartet, monkeypatch, capsys, step, code
@@ -1304,7 +1305,7 @@ def test_a_read_only_or_full_file_system_exits_2(
     def unwritable(*args, **kwargs):
         raise OSError(code, os.strerror(code), str(tmp_path / "q.zarr"))
 
-    monkeypatch.setattr(store, step, unwritable)
+    monkeypatch.setattr(f"m3rcr_xr.store.{step}", unwritable)
     assert main(_ingest_args(train_quartet, tmp_path / "q.zarr")) == 2
     assert f"q.zarr: writing the store failed: {os.strerror(code)}" in _one_error_line(capsys)
 

@@ -11,7 +11,8 @@ import xarray as xr
 import zarr
 
 import m3rcr_xr
-from m3rcr_xr import identity, store
+from m3rcr_xr import identity
+from m3rcr_xr.store import layout
 from m3rcr_xr.testing import serve_directory
 from tests.conftest import geotiff_scene
 
@@ -21,7 +22,7 @@ def test_an_input_file_that_changed_changes_the_fingerprint(tmp_path):
 
     def fingerprint() -> str:
         scene = m3rcr_xr.open_quartet(**files)
-        return identity.data_fingerprint(store._prepare(scene), identity.sources(scene))
+        return identity.data_fingerprint(layout.prepare(scene), identity.sources(scene))
 
     first = fingerprint()
     assert fingerprint() == first  # reopening the same files: the same data

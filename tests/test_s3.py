@@ -18,11 +18,12 @@ import xarray as xr
 from distributed import Client
 
 import m3rcr_xr
-from m3rcr_xr import identity, locks, store
+from m3rcr_xr import identity, locks
 from m3rcr_xr.cli import main
 from m3rcr_xr.cluster import local_cluster
 from m3rcr_xr.exceptions import StoreError
 from m3rcr_xr.location import Target
+from m3rcr_xr.store import writing
 from tests.conftest import TINY, forbid_head_bucket, killed_writer
 
 
@@ -45,7 +46,7 @@ def test_a_scene_goes_to_s3_and_back(bucket):
 def _dies_on_second_step(monkeypatch) -> list[slice]:
     """Every step of the writes that follow recorded (the regions of the list returned),
     and the second one raised instead of written."""
-    write_step = store._write_step
+    write_step = writing._write_step
     calls: list[slice] = []
 
     def dies_on_second_step(ds, where, dim, region, show=False):
@@ -54,21 +55,21 @@ def _dies_on_second_step(monkeypatch) -> list[slice]:
             raise RuntimeError("killed half-way")
         write_step(ds, where, dim, region, show)
 
-    monkeypatch.setattr(store, "_write_step", dies_on_second_step)
+    monkeypatch.setattr(writing, "_write_step", dies_on_second_step)
     return calls
 
 
 def test_an_interrupted_write_to_s3_resumes(bucket, monkeypatch):
     scene = m3rcr_xr.synthetic_scene((144, 16), seed=6, chunks=16)
     url = f"s3://{bucket}/resumed.zarr"
-    write_step = store._write_step
+    write_step = writing._write_step
     with m3rcr_xr.set_options(scene_chunk=16):
         calls = _dies_on_second_step(monkeypatch)
         with pytest.raises(RuntimeError, match="half-way"):
             m3rcr_xr.to_zarr(scene, url)
         with pytest.raises(StoreError, match="incomplete"):
             m3rcr_xr.open_zarr(url)
-        monkeypatch.setattr(store, "_write_step", write_step)
+        monkeypatch.setattr(writing, "_write_step", write_step)
         m3rcr_xr.to_zarr(scene, url)
     assert len(calls) == 2
     _same(m3rcr_xr.open_zarr(url), scene)

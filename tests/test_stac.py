@@ -19,9 +19,10 @@ from odc.geo.geobox import GeoBox
 from rasterio import open as rasterio_open
 
 import m3rcr_xr
-from m3rcr_xr import stac, store
+from m3rcr_xr import stac
 from m3rcr_xr.cli import main
 from m3rcr_xr.exceptions import AlignmentError, InputFileError, UsageError
+from m3rcr_xr.store import layout, writing
 from m3rcr_xr.testing import raise_if_dask_computes, serve_directory, stac_item
 from tests.conftest import EXPIRED, PRESIGNED, assert_no_credential, snapshot
 from tests.rasters import write_raster
@@ -900,7 +901,7 @@ def test_a_store_written_with_one_sar_unit_is_not_resumed_with_the_other(
     sar_unit="dB" is refused with "power" (the default), and resumed with "dB"."""
     optical = stac_item("o", {"ortho_analytic_4b_sr": files["cloudy"]})
     item = stac_item("s1", db_assets(tmp_path, files))
-    write_step, target = store._write_step, tmp_path / "s.zarr"
+    write_step, target = writing._write_step, tmp_path / "s.zarr"
 
     def disk_went_away(ds, where, dim, region, show=False):
         if region.start:  # after the first step is written and recorded
@@ -910,10 +911,10 @@ def test_a_store_written_with_one_sar_unit_is_not_resumed_with_the_other(
     def scene(**unit) -> xr.Dataset:
         return m3rcr_xr.open_stac([optical], sar_items=[item], chunks=32, **unit)
 
-    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)  # three steps of 32 rows
+    monkeypatch.setattr(layout, "CHUNKS_PER_STEP", 1)  # three steps of 32 rows
     with m3rcr_xr.set_options(scene_chunk=32):
         with monkeypatch.context() as patch:
-            patch.setattr(store, "_write_step", disk_went_away)
+            patch.setattr(writing, "_write_step", disk_went_away)
             with pytest.raises(OSError, match="disk went away"):
                 m3rcr_xr.to_zarr(scene(sar_unit="dB"), target)
         before = snapshot(target)

@@ -17,6 +17,8 @@ import zarr
 import m3rcr_xr
 from m3rcr_xr import identity, locks, store
 from m3rcr_xr.location import Target
+from m3rcr_xr.store import layout, writing
+from m3rcr_xr.store.root import ROOT_TMP, set_attrs
 from m3rcr_xr.testing import raise_if_dask_computes, serve_directory
 from tests.conftest import (
     ForkServer,
@@ -205,7 +207,7 @@ def _content(root: Path) -> dict[str, bytes]:
 
 
 #: the real step writer, before any test wraps it
-WRITE_STEP = store._write_step
+WRITE_STEP = writing._write_step
 
 
 def _recording(monkeypatch, fail_at: int | None = None) -> list[slice]:
@@ -219,14 +221,14 @@ def _recording(monkeypatch, fail_at: int | None = None) -> list[slice]:
             raise OSError("disk went away")
         WRITE_STEP(ds, where, dim, region, show)
 
-    monkeypatch.setattr(store, "_write_step", write_step)
+    monkeypatch.setattr(writing, "_write_step", write_step)
     return regions
 
 
 def _failed_write(monkeypatch, target: Path, patches: int, fail_at: int) -> xr.Dataset:
     """A collection of ``patches`` whose write to ``target`` (one chunk of patches a
     step, under ``patches_per_chunk``) failed at the step starting at ``fail_at``."""
-    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+    monkeypatch.setattr(layout, "CHUNKS_PER_STEP", 1)
     collection = m3rcr_xr.synthetic_collection(patches, 48, seed=5)
     _recording(monkeypatch, fail_at=fail_at)
     with pytest.raises(OSError, match="disk went away"):
@@ -275,8 +277,8 @@ WRITER = textwrap.dedent("""
     import sys, time
     from dask.callbacks import Callback
     import m3rcr_xr
-    from m3rcr_xr import store
-    store.CHUNKS_PER_STEP = 1
+    from m3rcr_xr.store import layout
+    layout.CHUNKS_PER_STEP = 1
     Callback(posttask=lambda *args: time.sleep(0.03)).register()
 
     collection = m3rcr_xr.synthetic_collection(10, 48, seed=int(sys.argv[2]))
@@ -314,7 +316,7 @@ def test_killed_write_resumes_to_an_identical_store(tmp_path, monkeypatch, fork_
     with pytest.raises(m3rcr_xr.StoreError, match="incomplete"):
         m3rcr_xr.open_zarr(target)
 
-    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+    monkeypatch.setattr(layout, "CHUNKS_PER_STEP", 1)
     collection = m3rcr_xr.synthetic_collection(10, 48, seed=9)
     with m3rcr_xr.set_options(patches_per_chunk=1):
         m3rcr_xr.to_zarr(collection, target)
@@ -396,7 +398,7 @@ def test_written_from_is_a_complete_store_of_the_same_data(tmp_path, small_scene
     assert store.written_from(small_scene, target)
     assert not store.written_from(small_scene[["cloudy"]], target)
     assert not store.written_from(m3rcr_xr.synthetic_scene((64, 80), seed=4), target)
-    store._set_attrs(Target.of(target), {store.COMPLETE: False})  # unfinished
+    set_attrs(Target.of(target), {store.COMPLETE: False})  # unfinished
     assert not store.written_from(small_scene, target)
 
 
@@ -671,7 +673,7 @@ def test_a_destination_holding_the_input_files_is_refused(tmp_path, train_quarte
 def _cut_off_then_other_data(monkeypatch, target: Path, fail_at: int) -> xr.Dataset:
     """A collection of 4 patches (a step each) whose write to ``target`` failed at the
     step starting at ``fail_at``; returned: a collection of other values, same grid."""
-    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+    monkeypatch.setattr(layout, "CHUNKS_PER_STEP", 1)
     first, other = (m3rcr_xr.synthetic_collection(4, 32, seed=s) for s in (5, 6))
     _recording(monkeypatch, fail_at=fail_at)
     with pytest.raises(OSError, match="disk went away"):
@@ -685,7 +687,7 @@ STEP_SCENE = (160, 40)
 
 def _chunk_rows_a_step(monkeypatch, rows: int) -> None:
     """The step plan of a new store: ``rows`` chunk rows of :data:`STEP_SCENE` a step."""
-    monkeypatch.setattr(store, "PIXELS_PER_STEP", rows * 16 * STEP_SCENE[1])
+    monkeypatch.setattr(layout, "PIXELS_PER_STEP", rows * 16 * STEP_SCENE[1])
 
 
 def test_a_step_holds_at_most_pixels_per_step_and_the_store_records_its_steps(
@@ -701,11 +703,11 @@ def test_a_step_holds_at_most_pixels_per_step_and_the_store_records_its_steps(
         assert written == [slice(0, 48), slice(48, 96), slice(96, 144), slice(144, 160)]
         assert zarr.open_group(tmp_path / "a.zarr").attrs[store.STEP_CHUNKS] == 3
         written.clear()
-        monkeypatch.setattr(store, "PIXELS_PER_STEP", 1)  # less than a chunk row: one
+        monkeypatch.setattr(layout, "PIXELS_PER_STEP", 1)  # less than a chunk row: one
         m3rcr_xr.to_zarr(scene, tmp_path / "b.zarr")
         assert written == [slice(start, start + 16) for start in range(0, 160, 16)]
         written.clear()
-        monkeypatch.setattr(store, "PIXELS_PER_STEP", 10**12)  # CHUNKS_PER_STEP still holds
+        monkeypatch.setattr(layout, "PIXELS_PER_STEP", 10**12)  # CHUNKS_PER_STEP still holds
         m3rcr_xr.to_zarr(scene, tmp_path / "c.zarr")
         assert written == [slice(0, 128), slice(128, 160)]
 
@@ -752,7 +754,7 @@ def test_a_store_whose_steps_are_unknown_is_not_resumed(tmp_path, monkeypatch, s
         _recording(monkeypatch, fail_at=64)
         with pytest.raises(OSError, match="disk went away"):
             m3rcr_xr.to_zarr(scene, target)
-        store._set_attrs(Target.of(target), {store.STEP_CHUNKS: steps})
+        set_attrs(Target.of(target), {store.STEP_CHUNKS: steps})
         written = _recording(monkeypatch)
         with pytest.raises(m3rcr_xr.StoreError, match=f"{store.STEP_CHUNKS}.*overwrite=True"):
             m3rcr_xr.to_zarr(scene, target)
@@ -812,7 +814,7 @@ def test_a_store_whose_arrays_could_not_be_created_is_taken_back(tmp_path):
 def test_corrected_input_files_are_not_resumed(tmp_path, monkeypatch):
     files = geotiff_scene(tmp_path / "in", 100)
     with m3rcr_xr.set_options(scene_chunk=16):
-        monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+        monkeypatch.setattr(layout, "CHUNKS_PER_STEP", 1)
         _recording(monkeypatch, fail_at=32)
         with pytest.raises(OSError, match="disk went away"):
             m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "s.zarr")
@@ -851,7 +853,7 @@ def test_a_zarr_store_corrected_in_place_is_not_resumed(tmp_path, monkeypatch, w
     source, target = tmp_path / "source.zarr", tmp_path / "copy.zarr"
     with m3rcr_xr.set_options(scene_chunk=16):
         _source_scene(source, writer)
-        monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+        monkeypatch.setattr(layout, "CHUNKS_PER_STEP", 1)
         _recording(monkeypatch, fail_at=32)
         with pytest.raises(OSError, match="disk went away"):
             m3rcr_xr.to_zarr(_source_scene(source, writer), target)
@@ -859,7 +861,7 @@ def test_a_zarr_store_corrected_in_place_is_not_resumed(tmp_path, monkeypatch, w
 
         def fingerprint() -> str:
             ds = _source_scene(source, writer)
-            return identity.data_fingerprint(store._prepare(ds), identity.sources(ds))
+            return identity.data_fingerprint(layout.prepare(ds), identity.sources(ds))
 
         first = fingerprint()
         assert fingerprint() == first  # reopened unchanged: a resume is allowed
@@ -878,17 +880,17 @@ def test_an_input_replaced_while_it_is_read_leaves_the_store_unfinished(tmp_path
     source, target = tmp_path / "in.zarr", tmp_path / "out.zarr"
     with m3rcr_xr.set_options(scene_chunk=16):
         m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 16), seed=1), source)
-        monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+        monkeypatch.setattr(layout, "CHUNKS_PER_STEP", 1)
 
         def reingested_after_the_first_step(ds, where, dim, region, show=False):
             WRITE_STEP(ds, where, dim, region, show)
             if region.start == 0:
-                monkeypatch.setattr(store, "_write_step", WRITE_STEP)
+                monkeypatch.setattr(writing, "_write_step", WRITE_STEP)
                 new = m3rcr_xr.synthetic_scene((64, 16), seed=2)
                 m3rcr_xr.to_zarr(new, source, overwrite=True)
-                monkeypatch.setattr(store, "_write_step", reingested_after_the_first_step)
+                monkeypatch.setattr(writing, "_write_step", reingested_after_the_first_step)
 
-        monkeypatch.setattr(store, "_write_step", reingested_after_the_first_step)
+        monkeypatch.setattr(writing, "_write_step", reingested_after_the_first_step)
         with pytest.raises(m3rcr_xr.StoreError, match=r"input .*in\.zarr changed while it"):
             m3rcr_xr.to_zarr(m3rcr_xr.open_zarr(source)[["cloudy"]], target)
         assert not m3rcr_xr.is_complete(target)
@@ -917,7 +919,7 @@ def test_a_resume_sees_an_http_input_replaced(tmp_path, monkeypatch):
     (served / "a.tif").write_bytes(b"A" * 100)
     first = os.stat(served / "a.tif").st_mtime_ns
     with serve_directory(served) as url, m3rcr_xr.set_options(scene_chunk=16):
-        monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+        monkeypatch.setattr(layout, "CHUNKS_PER_STEP", 1)
         _recording(monkeypatch, fail_at=16)
         with pytest.raises(OSError, match="disk went away"):
             m3rcr_xr.to_zarr(_http_input(served, url), target)
@@ -942,7 +944,7 @@ def test_a_resume_from_an_input_with_no_version_is_refused(tmp_path, monkeypatch
         serve_directory(served, last_modified=False) as url,
         m3rcr_xr.set_options(scene_chunk=16),
     ):
-        monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+        monkeypatch.setattr(layout, "CHUNKS_PER_STEP", 1)
         _recording(monkeypatch, fail_at=16)
         with pytest.raises(OSError, match="disk went away"):
             m3rcr_xr.to_zarr(_http_input(served, url), target)
@@ -1073,7 +1075,7 @@ def test_a_takeover_cut_off_is_refused_naming_its_object(small_scene):
     ("name", "what"),
     [
         (locks.LOCK, "lock file"),
-        (store._ROOT_TMP, "root's temporary file"),
+        (ROOT_TMP, "root's temporary file"),
         (identity.ID_OBJECT, "store's identifier"),
     ],
 )
@@ -1158,10 +1160,10 @@ def test_imports_and_locks_without_fcntl_as_on_windows(tmp_path):
 TWO_WRITERS = textwrap.dedent("""
     import os, sys, time
     import m3rcr_xr
-    from m3rcr_xr import store
+    from m3rcr_xr.store import layout, writing
     target, seed, role, signals = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    store.CHUNKS_PER_STEP = 1
-    write_step = store._write_step
+    layout.CHUNKS_PER_STEP = 1
+    write_step = writing._write_step
 
     def wait_for(name):
         while not os.path.exists(os.path.join(signals, name)):
@@ -1174,7 +1176,7 @@ TWO_WRITERS = textwrap.dedent("""
         write_step(ds, where, dim, region, show)
 
     if role == "first":
-        store._write_step = paused
+        writing._write_step = paused
     else:
         wait_for("writing")
     collection = m3rcr_xr.synthetic_collection(3, 32, seed=seed)
@@ -1204,7 +1206,7 @@ def test_two_writing_processes_one_is_refused_and_nothing_mixes(tmp_path, monkey
     refused = (tmp_path / "second").read_text()
     assert second.exitcode not in (0, None), refused  # None: still running
     assert "StoreError" in refused and "another writer is writing this store" in refused
-    monkeypatch.setattr(store, "CHUNKS_PER_STEP", 1)
+    monkeypatch.setattr(layout, "CHUNKS_PER_STEP", 1)
     with m3rcr_xr.set_options(patches_per_chunk=1):
         m3rcr_xr.to_zarr(m3rcr_xr.synthetic_collection(3, 32, seed=9), tmp_path / "fresh.zarr")
     assert _content(target) == _content(tmp_path / "fresh.zarr")  # the first writer's only
@@ -1212,22 +1214,22 @@ def test_two_writing_processes_one_is_refused_and_nothing_mixes(tmp_path, monkey
 
 # ------------------------------------------------------ point 5: completion last
 def test_a_kill_while_completing_leaves_a_store_that_finishes(tmp_path, monkeypatch, small_scene):
-    write_root = store._write_root
+    write_root = writing.write_root
 
     def killed_while_completing(target, doc):
         if doc["attributes"].get(store.COMPLETE):  # half a new root, never renamed
-            (Path(target.path) / store._ROOT_TMP).write_bytes(b'{"attributes": {"m3r')
+            (Path(target.path) / ROOT_TMP).write_bytes(b'{"attributes": {"m3r')
             raise RuntimeError("killed")
         write_root(target, doc)
 
-    monkeypatch.setattr(store, "_write_root", killed_while_completing)
+    monkeypatch.setattr(writing, "write_root", killed_while_completing)
     with pytest.raises(RuntimeError, match="killed"):
         m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
     assert not m3rcr_xr.is_complete(tmp_path / "s.zarr")
     with pytest.raises(m3rcr_xr.StoreError, match="incomplete"):
         m3rcr_xr.open_zarr(tmp_path / "s.zarr")
 
-    monkeypatch.setattr(store, "_write_root", write_root)
+    monkeypatch.setattr(writing, "write_root", write_root)
     written = _recording(monkeypatch)
     m3rcr_xr.to_zarr(small_scene, tmp_path / "s.zarr")
     assert written == []  # every step was there: only the completion was missing
@@ -1274,7 +1276,7 @@ def test_a_full_or_read_only_file_system_is_a_store_error(tmp_path, monkeypatch,
     def unwritable(ds, where, dim, region, show=False):
         raise OSError(code, os.strerror(code), str(where))
 
-    monkeypatch.setattr(store, "_write_step", unwritable)
+    monkeypatch.setattr(writing, "_write_step", unwritable)
     with pytest.raises(
         m3rcr_xr.StoreError, match=f"s.zarr: writing the store failed: {os.strerror(code)}"
     ):
@@ -1311,7 +1313,7 @@ def test_a_path_error_is_the_stores_only_on_its_own_path(tmp_path, monkeypatch, 
     def fails(ds, store, dim, region, show=False):
         raise OSError(code, os.strerror(code), where[0])
 
-    monkeypatch.setattr(store, "_write_step", fails)
+    monkeypatch.setattr(writing, "_write_step", fails)
     where.append(str(tmp_path / "s.zarr" / "cloudy" / "c"))
     with pytest.raises(
         m3rcr_xr.StoreError, match=f"s.zarr: writing the store failed: {os.strerror(code)}"
