@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from .exceptions import (
+from ..exceptions import (
     M3RCRError,
     SchemaError,
     StoreError,
@@ -67,7 +67,7 @@ def _resuming(args: argparse.Namespace) -> str:
     """
     if args.command != "decloud" or not (args.cog and args.overwrite):
         return RESUMING.get(args.command, "")
-    from .href import redacted
+    from ..href import redacted
 
     std = " (and its _std beside it)" if args.uncertainty else ""
     return (
@@ -93,7 +93,7 @@ def _check_output_file(
     UsageError
         Naming the flag and the path.
     """
-    from .store import dangling_link
+    from ..store import dangling_link
 
     target = Path(path)
     flag = argument(name, path)
@@ -146,7 +146,7 @@ def _positive_seconds(text: str) -> float:
 
 def _add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
     """``--scheduler ADDRESS | --scheduler-file FILE``: compute on a running Dask cluster."""
-    from .cluster import SCHEDULER_TIMEOUT
+    from ..cluster import SCHEDULER_TIMEOUT
 
     group = parser.add_argument_group("running Dask cluster (default: this machine's cores)")
     where = group.add_mutually_exclusive_group()
@@ -173,7 +173,7 @@ def _scheduler_client(args: argparse.Namespace) -> contextlib.AbstractContextMan
     scheduler_file = getattr(args, "scheduler_file", None)
     if address is None and scheduler_file is None:
         return contextlib.nullcontext()
-    from .cluster import connect
+    from ..cluster import connect
 
     return connect(address, scheduler_file=scheduler_file, timeout=args.scheduler_timeout)
 
@@ -189,7 +189,7 @@ INGEST_FLAGS = {
 
 def _ingest_source(source: str | Path) -> str:
     """The kind of an ``ingest`` source: a key of :data:`INGEST_FLAGS`."""
-    from . import href
+    from .. import href
 
     suffix = href.name_of(source).suffix.lower()
     if suffix in STAC_SUFFIXES:
@@ -210,9 +210,9 @@ def _check_ingest_flags(args: argparse.Namespace, kind: str) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from . import href
-    from .io import ESTIMATE, open_m3rcr, open_quartet
-    from .store import check_destination, to_zarr
+    from .. import href
+    from ..io import ESTIMATE, open_m3rcr, open_quartet
+    from ..store import check_destination, to_zarr
 
     source = href.as_href(args.src)
     kind = _ingest_source(source)
@@ -222,7 +222,7 @@ def _ingest(args: argparse.Namespace) -> int:
     check_destination(args.dest, inputs=[p for p in inputs if p], overwrite=args.overwrite)
     align = {"align": args.align} if args.align else {}  # else the readers' default
     if kind == "STAC items":
-        from .stac import open_stac
+        from ..stac import open_stac
 
         unit = {"sar_unit": args.sar_unit} if args.sar_unit else {}  # else open_stac's
         ds = open_stac(
@@ -254,15 +254,15 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .store import open_zarr
-    from .summary import describe
+    from ..store import open_zarr
+    from ..summary import describe
 
     print(describe(open_zarr(args.store), stats=args.stats))
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(Path(args.out), size=args.size, tta=args.tta)
     return 0
@@ -291,7 +291,7 @@ def _check_config(model: str | None, config: dict[str, object]) -> None:
     out of range, too many parameters: :func:`m3rcr_xr.models.check_config`) before any
     data are opened or weights fetched; None: a model known only from the weights."""
     if config and model is not None:
-        from .models import check_config
+        from ..models import check_config
 
         check_config(model, config)
 
@@ -299,8 +299,8 @@ def _check_config(model: str | None, config: dict[str, object]) -> None:
 def _decloud(args: argparse.Namespace) -> int:
     import xarray as xr
 
-    from .inference import decloud
-    from .store import open_zarr
+    from ..inference import decloud
+    from ..store import open_zarr
 
     config, checkpoints, inputs = _decloud_inputs(args)  # arguments first, then the data
     reused = _check_decloud_store(args, inputs)
@@ -332,8 +332,8 @@ def _decloud_inputs(
     registered weights) and the inputs no output may overlap (the input store and the
     checkpoint files), checked before any data are read: a config the model of each
     checkpoint cannot take is refused (:func:`_check_config`)."""
-    from . import href
-    from .weights.resolve import known_model
+    from .. import href
+    from ..weights.resolve import known_model
 
     config = _parse_config(args.config)
     checkpoints = args.checkpoint or [None]
@@ -350,7 +350,7 @@ def _check_decloud_store(args: argparse.Namespace, inputs: Sequence[str]) -> boo
     complete store with ``--cog`` and without ``--overwrite``, a run cut off while it
     wrote the GeoTIFFs, perhaps (:func:`_check_reused` checks it holds this run's data).
     """
-    from .store import check_destination, is_complete
+    from ..store import check_destination, is_complete
 
     reused = bool(args.cog) and not args.overwrite and is_complete(args.output)
     check_destination(args.output, inputs=inputs, overwrite=args.overwrite or reused)
@@ -369,8 +369,8 @@ class _Output(NamedTuple):
 
 def _open_output(output: str) -> _Output:
     """The complete output store ``output``, opened and identified (:class:`_Output`)."""
-    from .identity import source_identities, sources
-    from .store import open_zarr
+    from ..identity import source_identities, sources
+    from ..store import open_zarr
 
     store = open_zarr(output)
     return _Output(store, source_identities(sources(store)))
@@ -383,9 +383,9 @@ def _check_decloud_cogs(
     return them (:func:`_decloud_cogs`), the variables whose GeoTIFF a ``reused`` store
     keeps (:func:`_kept_cogs`; those are not checked as destinations again), and that
     store, opened (None where the output is to be written)."""
-    from .cog import check_cog_destination, patch_file_names
-    from .location import check_apart
-    from .schema import is_collection
+    from ..cog import check_cog_destination, patch_file_names
+    from ..location import check_apart
+    from ..schema import is_collection
 
     collection = is_collection(ds)
     cogs = _decloud_cogs(args, collection)
@@ -406,7 +406,7 @@ def _check_cog_file(cog: str, *, overwrite: bool | None) -> None:
     """Check the GeoTIFF file ``--cog`` of a scene: a path (or ``file://`` URL) as
     :func:`_check_output_file` does; a URL by its suffix only (its bucket and object are
     :func:`m3rcr_xr.cog.check_cog_destination`'s)."""
-    from . import href
+    from .. import href
 
     if not href.is_remote(cog):
         path = str(href.local_path(cog))  # a file:// URL as the path it names
@@ -428,9 +428,9 @@ def _write_decloud(
     from the store written, but those ``kept``, replaced together
     (:func:`m3rcr_xr.cog.to_cogs`: a cut-off run leaves no pair of two runs); print
     each."""
-    from . import href
-    from .cog import to_cogs
-    from .store import to_zarr
+    from .. import href
+    from ..cog import to_cogs
+    from ..store import to_zarr
 
     if reused is not None:
         _check_reused(result, args.output, cogs, reused.store.data_vars)
@@ -455,7 +455,7 @@ def _kept_cogs(output: _Output, cogs: dict[str, str]) -> set[str]:
     with (:func:`m3rcr_xr.cog.written_from`), by a run cut off before the next one. Any
     other file there is checked as before any write (and refused without --overwrite).
     """
-    from .cog import written_from
+    from ..cog import written_from
 
     store, identities = output
     return {
@@ -478,8 +478,8 @@ def _check_reused(
     StoreError
         ``output`` holds other data.
     """
-    from .href import redacted
-    from .store import written_from
+    from ..href import redacted
+    from ..store import written_from
 
     if written_from(result, output):
         return
@@ -498,7 +498,7 @@ def _check_reused(
 
 def _decloud_cogs(args: argparse.Namespace, collection: bool) -> dict[str, str]:
     """The variables ``m3rcr decloud --cog`` writes as GeoTIFF, and where."""
-    from .cog import std_cog_path
+    from ..cog import std_cog_path
 
     if not args.cog:
         return {}
@@ -643,8 +643,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .metrics import STRATA, evaluate
-    from .metrics.cells import check_strata
+    from ..metrics import STRATA, evaluate
+    from ..metrics.cells import check_strata
 
     strata = check_strata(args.level, STRATA if args.strata is None else args.strata)
     paths, earlier = _evaluate_tables(args)
@@ -682,8 +682,8 @@ def _evaluate_tables(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     StoreError
         A path inside a store it reads, or a file that is no table of ``evaluate``.
     """
-    from .location import check_apart
-    from .metrics import (
+    from ..location import check_apart
+    from ..metrics import (
         TABLE_SUFFIXES,
         check_table_replaceable,
         is_semantic_table,
@@ -715,7 +715,7 @@ def _classifier_config(args: argparse.Namespace) -> dict[str, object]:
         raise UsageError("--classifier and --classifier-config go with --semantic")
     classifier_config = _parse_config(args.classifier_config or [], "--classifier-config")
     if classifier_config:  # the classifier's model, known without its weights, takes it
-        from .metrics.semantic import resolve_classifier
+        from ..metrics.semantic import resolve_classifier
 
         _check_config(resolve_classifier(args.classifier, classifier_config)[0], classifier_config)
     return classifier_config
@@ -752,7 +752,7 @@ def _print_tables(
     (:func:`m3rcr_xr.metrics.write_tables`: a kill leaves no table beside one of another
     run), removing the ``earlier`` semantic table. Without ``overwrite``, a table that
     another run wrote there meanwhile is refused and kept."""
-    from .metrics import split_semantic, write_tables
+    from ..metrics import split_semantic, write_tables
 
     tables = split_semantic(result) if semantic else (result,)
     for table in tables:
@@ -776,7 +776,7 @@ def _open_stores(paths: Sequence[str]) -> xarray.Dataset:
     """
     import xarray as xr
 
-    from .store import open_zarr
+    from ..store import open_zarr
 
     stores = {path: open_zarr(path) for path in paths}
     if len(stores) == 1:
@@ -874,7 +874,7 @@ TASK_MODELS = {"cloud_removal": None, "landcover": "landcover_unet"}
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainSettings, train
+    from ..train import TrainSettings, train
 
     # and train checks they are its own to write, and holds them for the run
     _check_output_file(args.out, "out", CHECKPOINT_SUFFIXES)
@@ -984,8 +984,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _weights_list(args: argparse.Namespace) -> int:
-    from .weights import available
-    from .weights.download import cached_file
+    from ..weights import available
+    from ..weights.download import cached_file
 
     rows = [("name", "model", "size", "license", "cached", "default")]
     for e in available(args.model):
@@ -1000,7 +1000,7 @@ def _weights_list(args: argparse.Namespace) -> int:
 
 
 def _weights_fetch(args: argparse.Namespace) -> int:
-    from .weights import fetch
+    from ..weights import fetch
 
     print(fetch(args.name, known_hash=args.known_hash))
     return 0
@@ -1107,6 +1107,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv is None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
