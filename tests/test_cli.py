@@ -167,7 +167,7 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch, argv, said):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, f"_{argv[0]}", interrupted)
+    monkeypatch.setattr(f"m3rcr_xr.cli.{argv[0]}._{argv[0]}", interrupted)
     assert main(argv) == 130
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"m3rcr {argv[0]}: interrupted{said}")
@@ -192,7 +192,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
 CTRL_C_AT_EXIT = """
 import os, signal, sys
 from m3rcr_xr import cli
-cli._info = lambda args: print("done") or 0
+cli.info._info = lambda args: print("done") or 0
 sys.argv = ["m3rcr", "info", "s.zarr"]
 status = cli.main()
 os.kill(os.getpid(), signal.SIGINT)
@@ -206,7 +206,7 @@ def test_ctrl_c_after_the_command_is_over_is_ignored(monkeypatch):
     done = subprocess.run([sys.executable, "-c", CTRL_C_AT_EXIT], capture_output=True, text=True)
     assert (done.returncode, done.stdout) == (0, "done\n"), done.stderr
     assert "KeyboardInterrupt" not in done.stderr
-    monkeypatch.setattr(cli, "_info", lambda args: 0)
+    monkeypatch.setattr(cli.info, "_info", lambda args: 0)
     handler = signal.getsignal(signal.SIGINT)
     assert main(["info", "s.zarr"]) == 0
     assert signal.getsignal(signal.SIGINT) is handler
@@ -216,7 +216,7 @@ def test_main_without_arguments_in_another_thread_returns_its_status(monkeypatch
     """Only the main thread may set a signal handler: main() run in a thread of a
     caller's program raised ValueError instead of returning the command's status."""
     monkeypatch.setattr(sys, "argv", ["m3rcr", "info", "s.zarr"])
-    monkeypatch.setattr(cli, "_info", lambda args: 0)
+    monkeypatch.setattr(cli.info, "_info", lambda args: 0)
     handler = signal.getsignal(signal.SIGINT)
     statuses = []
     thread = threading.Thread(target=lambda: statuses.append(main()))
@@ -1526,7 +1526,7 @@ def test_main_twice_logs_as_each_call_asks_and_leaves_logging_as_it_was(monkeypa
         seen.append(dask.config.get("logging.distributed", None))
         return 0
 
-    monkeypatch.setattr(cli, "_info", logs)
+    monkeypatch.setattr(cli.info, "_info", logs)
     logger, before = logging.getLogger("m3rcr_xr"), logging.getLogger("m3rcr_xr").level
     handlers, setting = list(logger.handlers), dask.config.get("logging.distributed", None)
     for verbose in (False, True, True, False):

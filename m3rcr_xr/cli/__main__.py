@@ -1,0 +1,8 @@
+"""``python -m m3rcr_xr.cli``: the ``m3rcr`` command, where the console script is not
+on the PATH (``python -m m3rcr_xr.cli train ...`` in scripts/train_demo_*.sh)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
