@@ -83,7 +83,7 @@ import torch
 
 import m3rcr_xr
 from benchmarks.reference import NAMES, fill_reference_parameters_, golden_inputs, golden_output
-from m3rcr_xr import inference, models, normalize, runner, tiling
+from m3rcr_xr import blending, inference, models, normalize, runner, tiling
 
 #: decloud / raw throughput at least; relative errors at most
 GOALS = {"ratio": 0.9, "bf16_vs_fp32": 1e-2, "fp32_vs_golden": 1e-3}
@@ -229,7 +229,7 @@ def golden_errors(
     """Relative errors of the reference-filled network ``name`` on the golden inputs,
     through decloud's tile path on ``device``, in each of ``precisions``."""
     inputs = golden_inputs(folder)
-    cloudy = inputs[:, : inference.OPTICAL_CHANNELS]
+    cloudy = inputs[:, : blending.OPTICAL_CHANNELS]
     expected = golden_output(folder, name)
     outputs = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -276,7 +276,7 @@ def raw_loop(
     with ``channels_last`` each batch in that layout (the model must be in it too)."""
     dtype = runner.autocast_dtype(precision, device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    outputs = np.empty((len(tiles), inference.OPTICAL_CHANNELS, *tiles.shape[2:]), np.float32)
+    outputs = np.empty((len(tiles), blending.OPTICAL_CHANNELS, *tiles.shape[2:]), np.float32)
     with (
         torch.inference_mode(),
         torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None),
@@ -284,7 +284,7 @@ def raw_loop(
         for start in range(0, len(tiles), batch):
             x = torch.from_numpy(tiles[start : start + batch]).to(device)
             x = x.contiguous(memory_format=layout)
-            out = model(x[:, : inference.OPTICAL_CHANNELS], x[:, inference.OPTICAL_CHANNELS :])
+            out = model(x[:, : blending.OPTICAL_CHANNELS], x[:, blending.OPTICAL_CHANNELS :])
             outputs[start : start + batch] = out.float().cpu().numpy()
     return outputs
 

@@ -2,9 +2,9 @@
 
 The M3R-CR benchmark (PlanetScope + Sentinel-1 + WorldCover + cloud masks) as xarray
 objects on Dask and Zarr. Data flows one way: readers (:mod:`m3rcr_xr.io`), then
-stores (:mod:`m3rcr_xr.store`), then inference (:mod:`m3rcr_xr.inference`, on the tile
-grid of :mod:`m3rcr_xr.tiling`, run by :mod:`m3rcr_xr.runner`) or metrics. The data
-model is in :mod:`m3rcr_xr.schema`.
+stores (:mod:`m3rcr_xr.store`), then inference (:mod:`m3rcr_xr.inference`, on the tiling
+engine of :mod:`m3rcr_xr.engine`: the tile grid of :mod:`m3rcr_xr.tiling`, run by
+:mod:`m3rcr_xr.runner`) or metrics. The data model is in :mod:`m3rcr_xr.schema`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 :func:`classify` runs a land-cover classifier (:class:`~m3rcr_xr.models.LandCoverUNet`,
 ``"landcover_unet"``) over a scene or a collection through the tiling engine of
-:func:`m3rcr_xr.decloud` (:mod:`m3rcr_xr.inference`): the same tile grid, mirrored
+:func:`m3rcr_xr.decloud` (:mod:`m3rcr_xr.engine`): the same tile grid, mirrored
 edges, two-stage group assembly and per-worker model cache. Each tile's logits become
 class probabilities (softmax) that are blended across the overlaps with the same
 ``sin^2`` window; the label of a pixel is the class of highest blended probability, so
@@ -28,17 +28,10 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .blending import BlockOutput, TileJob
+from .engine import check_task, check_tile_arguments, plan_tiles, tile_collection, tile_scene
 from .exceptions import ModelConfigError, SchemaError, UsageError, argument
 from .identity import sources
-from .inference import (
-    BlockOutput,
-    TileJob,
-    check_task,
-    check_tile_arguments,
-    plan_tiles,
-    tile_collection,
-    tile_scene,
-)
 from .landcover import IGNORE_INDEX, label_attrs
 from .normalize import normalize_optical
 from .resources import resource_items

@@ -312,7 +312,7 @@ def run_demo(
     >>> run_demo(Path("demo-output"), size=512)  # doctest: +SKIP
     """
     from .cluster import local_cluster
-    from .inference import check_tta
+    from .tta import check_tta
 
     check_integer("size", size, maximum=MAX_SIZE)
     tta = check_tta(tta)

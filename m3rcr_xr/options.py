@@ -26,7 +26,7 @@ _DEFAULTS: dict[str, Any] = {
     # torch intra-op threads per tile task; None = cores / tasks that run at once
     "torch_threads": None,
     # largest raster a reader opens (declared width x height x bands x bytes per value),
-    # and largest set of arrays the tiling engine makes for one tile (inference.plan_tiles)
+    # and largest set of arrays the tiling engine makes for one tile (engine.plan_tiles)
     "max_raster_bytes": 64 * 2**30,
     # folder of downloaded weights; None = $M3RCR_CACHE, else pooch.os_cache("m3rcr_xr")
     "weights_cache": None,

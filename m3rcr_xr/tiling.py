@@ -8,7 +8,7 @@ a smooth window (:func:`window`, ``sin^2``, never zero) and the weighted sum is 
 by the sum of the weights, so the weights of every pixel sum to one, edges included.
 Tiles are blended in square groups (:func:`group_size`, :func:`groups`), and run in
 tasks of consecutive groups that fill a forward batch (:func:`runs`);
-:mod:`m3rcr_xr.inference` builds decloud's graph on this grid.
+:mod:`m3rcr_xr.engine` builds the graph of decloud and classify on this grid.
 
 Examples
 --------

@@ -380,7 +380,7 @@ _PROBE: ConcurrencyProbe | None = None
 def probe_tile_tasks(
     exclusive_cpu: bool, delay: float = 0.02, patch: Callable[..., None] = setattr
 ) -> ConcurrencyProbe:
-    """Count the tile tasks, their predictions (:func:`m3rcr_xr.inference.predict_tiles`,
+    """Count the tile tasks, their predictions (:func:`m3rcr_xr.blending.predict_tiles`,
     within the task's :func:`m3rcr_xr.runner.tile_task_slot`) and the forward passes that
     run at once in this process.
 
@@ -388,11 +388,11 @@ def probe_tile_tasks(
     work at a time); ``patch`` is ``monkeypatch.setattr`` in a test, plain ``setattr``
     in a throw-away worker process (:func:`start_worker_probe`).
     """
-    from m3rcr_xr import inference, runner
+    from m3rcr_xr import blending, engine, runner
 
     global _PROBE
     probe = _PROBE = ConcurrencyProbe()
-    real_cached_model = inference.cached_model
+    real_cached_model = blending.cached_model
 
     def cached_model(ref):
         model, device = real_cached_model(ref)
@@ -402,9 +402,9 @@ def probe_tile_tasks(
 
     if exclusive_cpu:
         patch(runner, "CONCURRENT_DEVICE_TYPES", frozenset())
-    patch(inference, "cached_model", cached_model)
-    patch(inference, "accumulate", probe.wrap("task", inference.accumulate))
-    patch(inference, "predict_tiles", probe.wrap("predict", inference.predict_tiles, delay))
+    patch(blending, "cached_model", cached_model)
+    patch(engine, "accumulate", probe.wrap("task", engine.accumulate))
+    patch(blending, "predict_tiles", probe.wrap("predict", blending.predict_tiles, delay))
     return probe
 
 

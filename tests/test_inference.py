@@ -14,7 +14,18 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import m3rcr_xr
-from m3rcr_xr import cli, devices, inference, models, runner, tiling
+from m3rcr_xr import (
+    blending,
+    cli,
+    devices,
+    engine,
+    ensembles,
+    inference,
+    models,
+    runner,
+    tiling,
+    tta,
+)
 from m3rcr_xr.exceptions import SchemaError, UsageError
 from m3rcr_xr.inference import decloud
 from m3rcr_xr.runner import ModelRef
@@ -73,8 +84,8 @@ def test_zero_residual_with_a_fixed_size_model(zero_checkpoints):
 
 
 def test_weights_that_do_not_sum_to_one_would_show(zero_checkpoints, monkeypatch):
-    monkeypatch.setattr(inference, "window", lambda tile: np.full((tile, tile), 1.0))
-    real_accumulate = inference.accumulate
+    monkeypatch.setattr(blending, "window", lambda tile: np.full((tile, tile), 1.0))
+    real_accumulate = engine.accumulate
 
     def leaky(*args, **kwargs):
         canvases = real_accumulate(*args, **kwargs)
@@ -82,7 +93,7 @@ def test_weights_that_do_not_sum_to_one_would_show(zero_checkpoints, monkeypatch
             canvas[-1] *= 1.001  # a weight sum off by 0.1 %
         return canvases
 
-    monkeypatch.setattr(inference, "accumulate", leaky)
+    monkeypatch.setattr(engine, "accumulate", leaky)
     scene = m3rcr_xr.synthetic_scene((64, 64), chunks=64)
     out = decloud(scene, "dsen2_cr", zero_checkpoints["dsen2_cr"], config=SMALL, tile=32)
     assert np.abs(out.values - scene.cloudy.values).max() > 1
@@ -120,7 +131,7 @@ def test_what_a_tile_task_hands_on_is_about_its_block_not_its_canvas():
     """A group's float64 canvas (weighted sums and weights: 2.6 times its float32 block)
     waited for the blocks of all its neighbours, which Dask's order may run much later:
     most of a decloud's memory. The tile task now finishes what no neighbour reaches and
-    hands on that and thin strips (:class:`inference._Cut`)."""
+    hands on that and thin strips (:class:`blending.Cut`)."""
     scene = m3rcr_xr.synthetic_scene((560, 560), chunks=256)
     out = decloud(scene, "dsen2_cr", "untrained", config=SMALL, tile=64)
     handed_on = []
@@ -507,8 +518,8 @@ def test_the_command_line_names_the_precision_flag(tmp_path, capsys):
 def test_a_cpu_runs_float32_whatever_the_precision(small_checkpoint, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # device="auto" is the CPU
     seen = []
-    real_run_tiles = inference.run_tiles
-    monkeypatch.setattr(inference, "run_tiles", lambda *a: seen.append(a[4]) or real_run_tiles(*a))
+    real_run_tiles = blending.run_tiles
+    monkeypatch.setattr(blending, "run_tiles", lambda *a: seen.append(a[4]) or real_run_tiles(*a))
     scene = m3rcr_xr.synthetic_scene((100, 100), chunks=64)
     fp32, bf16 = (
         decloud(scene, "dsen2_cr", small_checkpoint, config=SMALL, precision=p).values
@@ -534,7 +545,15 @@ def test_networks_give_the_same_output_in_channels_last(name):
 
 @pytest.mark.parametrize(
     ("name", "home"),
-    [("tile_counts", runner), ("clear_model_cache", runner), ("mirror_index", tiling)],
+    [
+        ("tile_counts", runner),
+        ("clear_model_cache", runner),
+        ("mirror_index", tiling),
+        ("transform_tiles", tta),
+        ("accumulate", blending),
+        ("OPTICAL_CHANNELS", blending),
+        ("TILE_BYTES_PER_PIXEL", engine),
+    ],
 )
 def test_names_that_moved_are_still_found_here_with_a_warning(name, home):
     moved = rf"m3rcr_xr\.inference\.{name} is now {home.__name__}\.{name}"
@@ -542,6 +561,23 @@ def test_names_that_moved_are_still_found_here_with_a_warning(name, home):
         assert getattr(inference, name) is getattr(home, name)
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         inference.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [
+        ("TTA", tta),  # decloud's API
+        ("DEFAULT_TILE", engine),
+        ("Checkpoint", ensembles),
+        ("check_tta", tta),  # what decloud's code imports
+        ("TileJob", blending),
+        ("plan_tiles", engine),
+        ("tile_scene", engine),
+    ],
+)
+def test_names_decloud_uses_are_found_here_without_a_warning(name, home, recwarn):
+    assert getattr(inference, name) is getattr(home, name)
+    assert not recwarn.list
 
 
 # ------------------------------------------------------------- forward batches
@@ -558,7 +594,7 @@ class _PlainNet:
 def _count_batches(monkeypatch) -> list[list[int]]:
     """The forward batches of each tile task (one list per task), as they run."""
     tasks: list[list[int]] = []
-    real_run_tiles, real_forward = inference.run_tiles, runner._forward
+    real_run_tiles, real_forward = blending.run_tiles, runner._forward
 
     def run_tiles(*args, **kwargs):
         tasks.append([])
@@ -568,8 +604,8 @@ def _count_batches(monkeypatch) -> list[list[int]]:
         tasks[-1].append(len(batch))
         return real_forward(model, batch)
 
-    monkeypatch.setattr(inference, "cached_model", lambda ref: (_PlainNet(), "cpu"))
-    monkeypatch.setattr(inference, "run_tiles", run_tiles)
+    monkeypatch.setattr(blending, "cached_model", lambda ref: (_PlainNet(), "cpu"))
+    monkeypatch.setattr(blending, "run_tiles", run_tiles)
     monkeypatch.setattr(runner, "_forward", forward)
     return tasks
 
@@ -604,33 +640,6 @@ def test_on_this_process_cpu_a_task_runs_one_group(monkeypatch):
     rows, cols = make_plan(48, 6, 300, 300).shape
     group = tiling.group_size(64, 42)
     assert len(tasks) == len(tiling.groups(rows, group)) * len(tiling.groups(cols, group))
-
-
-class _FakeClient:
-    def __init__(self, *workers):
-        self.workers = {f"tcp://w{i}": info for i, info in enumerate(workers)}
-
-    def scheduler_info(self):
-        return {"workers": self.workers}
-
-
-@pytest.mark.parametrize(
-    ("workers", "resources", "fills"),
-    [
-        ([{"resources": {}}, {}], None, False),  # a CPU cluster: the demo's, the CLI's
-        ([{"resources": {}}, {"resources": {"GPU": 1}}], None, True),  # local_cluster(gpus=)
-        ([{"resources": {}, "gpu": {"name": "H100"}}], None, True),  # dask-cuda, NVML
-        ([{"resources": {}}], (("GPU", 1.0),), True),  # the tasks ask for one
-    ],
-)
-def test_with_device_auto_tasks_fill_batches_only_on_a_cluster_with_gpus(
-    monkeypatch, workers, resources, fills
-):
-    monkeypatch.setattr(inference, "distributed_client", lambda: _FakeClient(*workers))
-    member = ModelRef.create("dsen2_cr", "untrained", SMALL, "auto", "fp32")
-    plan = make_plan(48, 6, 64, 64)
-    job = inference.TileJob(plan=plan, members=(member,), batch_size=8, resources=resources)
-    assert inference._fills_batches(job) is fills
 
 
 def test_a_collection_runs_the_tiles_of_all_its_patches_together(monkeypatch):

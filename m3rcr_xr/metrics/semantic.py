@@ -504,7 +504,7 @@ def semantic_setup(
     weights), the inputs and their grids, the strata.
     """
     from ..classify import classifier_ref, classify_lazy
-    from ..inference import check_tile_arguments
+    from ..engine import check_tile_arguments
 
     tile, overlap, batch_size, device = check_tile_arguments(tile, overlap, batch_size, device)
     name, checkpoint, config = resolve_classifier(classifier, classifier_config)
