@@ -975,6 +975,34 @@ def test_a_gdal_mask_beside_a_destination_object_is_refused(bucket):
     m3rcr_xr.to_cog(_scene(64), f"s3://{bucket}/cogs/other.tif")  # its own name: written
 
 
+def test_a_pair_another_run_uploaded_meanwhile_is_kept_whole(bucket, monkeypatch):
+    """As on a local disk (test_a_pair_another_run_wrote_meanwhile_is_kept_whole): the
+    objects another run uploaded while this one computed are kept, this run's refused."""
+    paths = {"cloudy": f"s3://{bucket}/d.tif", "cloudfree": f"s3://{bucket}/d_std.tif"}
+    scene = m3rcr_xr.synthetic_scene((32, 32))[["cloudy", "cloudfree"]]
+    cog.to_cogs(scene, paths)
+    compute = cog.compute_with_progress
+
+    def another_run_ends_first(*graphs, **kwargs):
+        compute(*graphs, **kwargs)
+        monkeypatch.setattr(cog, "compute_with_progress", compute)
+        cog.to_cogs(scene.map(lambda v: v // 2), paths, overwrite=True)
+
+    monkeypatch.setattr(cog, "compute_with_progress", another_run_ends_first)
+    before = None
+
+    def snapshot_after_the_other(*args, **kwargs):
+        nonlocal before
+        before = _objects(bucket)
+        return check(*args, **kwargs)
+
+    check = destinations.check_replaceable
+    monkeypatch.setattr(cog.uploads, "check_replaceable", snapshot_after_the_other)
+    with pytest.raises(m3rcr_xr.StoreError, match=r"d\.tif: written while this run computed"):
+        cog.to_cogs(scene.map(lambda v: v * 2), paths, overwrite=True)
+    assert before is not None and _objects(bucket) == before
+
+
 def _upload_fails(monkeypatch, at: int) -> list[str]:
     """s3fs's upload number ``at`` fails, as a connection reset would; returns the
     objects whose upload was asked for."""

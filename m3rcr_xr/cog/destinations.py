@@ -358,11 +358,15 @@ def _check_unchanged(
     for file, was, now in zip(files, before, versions(files), strict=True):
         if now is not None and now != was:
             check_replaceable(file, overwrite=overwrite)
-            raise StoreError(
-                f"{file}: written while this run computed (by another run writing the same "
-                "file?): it is left as it is, and nothing of this run was written; run "
-                "again to replace it"
-            )
+            raise written_meanwhile(file)
+
+
+def written_meanwhile(file: str | os.PathLike) -> StoreError:
+    """The refusal of ``file``, written while this run computed."""
+    return StoreError(
+        f"{file}: written while this run computed (by another run writing the same file?): "
+        "it is left as it is, and nothing of this run was written; run again to replace it"
+    )
 
 
 def _rename(partials: Sequence[Path], files: Sequence[Path], overwrite: bool) -> None:
