@@ -115,10 +115,26 @@ def local_path(href: PathType) -> Path:
     --------
     >>> local_path("file:///data/m3rcr%20test/a.tif").as_posix()
     '/data/m3rcr test/a.tif'
+
+    Raises
+    ------
+    InputFileError
+        A URL naming another host (``file://server/data/a.tif``), outside Windows
+        (where it is the share ``\\\\server\\data\\a.tif``): not this machine's path
+        ``/data/a.tif``, which would be read or written in its place.
     """
-    if has_scheme(href):  # file://, the only local scheme
-        return Path(url2pathname(urlsplit(href).path))
-    return Path(href)
+    if not has_scheme(href):
+        return Path(href)
+    url = urlsplit(href)  # file://, the only local scheme
+    if url.netloc.lower() in ("", "localhost"):
+        return Path(url2pathname(url.path))
+    if sys.platform == "win32":
+        return Path(url2pathname(f"//{url.netloc}{url.path}"))
+    raise InputFileError(
+        f"{redacted(href)}: a file:// URL of the host {url.netloc!r}: only this machine's "
+        "files can be named so (file:///path, file://localhost/path); mount its folder "
+        "and give the local path"
+    )
 
 
 def as_href(href: PathType) -> str | Path:

@@ -34,6 +34,7 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 
 from .exceptions import StoreError
+from .href import local_path
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,11 @@ class Target:
         if not isinstance(store, str | os.PathLike):
             raise StoreError(f"{store!r}: expected a path or an fsspec URL for a store")
         options = dict(storage_options or {})
+        location = os.fspath(store)
+        if location[:7].lower() == "file://":  # fsspec reads file://host/p as ./host/p
+            location = str(local_path(location))  # another host's is refused
         try:
-            fs, path = fsspec.core.url_to_fs(os.fspath(store), **options)
+            fs, path = fsspec.core.url_to_fs(location, **options)
         except (ValueError, ImportError) as err:  # an unknown protocol, a backend missing
             raise StoreError(f"{os.fspath(store)}: cannot open this location ({err})") from err
         return cls(os.fspath(store), fs, path.rstrip("/") or "/", tuple(options.items()))

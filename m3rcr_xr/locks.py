@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -176,7 +177,8 @@ def _flock(path: str, what: str, busy: str, error: Callable[[str], M3RCRError]) 
     the OS drops it when the process dies. Held: ``error(busy)``.
 
     The file is removed at the end. It is never followed as a symbolic link, so the
-    lock cannot create or hold a file elsewhere.
+    lock cannot create or hold a file elsewhere, and a file of that name that is not a
+    lock file (:func:`_is_lock_file`) is refused, not taken and removed.
     """
     while True:
         fd = open_own_file(path, os.O_RDWR, what)
@@ -186,10 +188,33 @@ def _flock(path: str, what: str, busy: str, error: Callable[[str], M3RCRError]) 
         if _is_open_file(path, fd):  # not removed by the writer that held it meanwhile
             break
         os.close(fd)
+    if not _is_lock_file(fd):
+        os.close(fd)
+        raise error(
+            f"{path}: {what} is a file that holds data, which m3rcr_xr's lock files never "
+            "do; it is not removed: rename or remove it yourself"
+        )
     try:
         yield
     finally:
         _release(fd, path)
+
+
+def _is_lock_file(fd: int) -> bool:
+    """Whether the open file ``fd`` can be a lock file of this library: empty (as every
+    local one is made), or an object store's marker (:func:`_owner`) copied here with
+    its store."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > 4096:  # a marker is ~200 bytes
+        return False
+    if info.st_size == 0:
+        return True
+    os.lseek(fd, 0, os.SEEK_SET)  # not os.pread: Windows has none
+    try:
+        record = json.loads(os.read(fd, info.st_size))
+    except ValueError:  # not JSON, or not text
+        return False
+    return isinstance(record, dict) and {"host", "pid"} <= record.keys()
 
 
 def _is_open_file(path: str, fd: int) -> bool:

@@ -280,6 +280,30 @@ def test_an_existing_file_is_kept_without_overwrite(tmp_path):
         assert cog.shape == (64, 64)
 
 
+@pytest.mark.parametrize("sidecar", [".msk", ".OVR"])
+def test_a_gdal_mask_or_overviews_beside_a_destination_is_refused(tmp_path, sidecar):
+    """GDAL reads OUT.tif.msk as the mask of whatever OUT.tif is: one left by a user's
+    gdal_translate masked every pixel of the GeoTIFF written in its place (and a stale
+    .ovr shows the old pixels when zoomed out). Refused before any work, replacing or
+    not; the sidecar is not the library's to remove."""
+    path = tmp_path / "d.tif"
+    m3rcr_xr.to_cog(_scene(64), path)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(path, "r+") as f:
+        f.write_mask(np.zeros((64, 64), "uint8"))  # as gdal_translate -mask does
+    (tmp_path / "d.tif.msk").rename(tmp_path / f"d.tif{sidecar}")
+    before = snapshot(tmp_path)
+    with pytest.raises(m3rcr_xr.StoreError, match=rf"d\.tif\{sidecar}: GDAL's external"):
+        m3rcr_xr.to_cog(_scene(64) * 2, path, overwrite=True)
+    path.unlink()  # a new file there: the same
+    with pytest.raises(m3rcr_xr.StoreError, match=rf"d\.tif\{sidecar}: GDAL's external"):
+        m3rcr_xr.to_cog(_scene(64), path)
+    assert snapshot(tmp_path) == {k: v for k, v in before.items() if k != "d.tif"}
+    (tmp_path / f"d.tif{sidecar}").unlink()
+    m3rcr_xr.to_cog(_scene(64), path)
+    with rasterio.open(path) as cog:
+        assert cog.dataset_mask().any()
+
+
 def test_a_gdal_sidecar_of_a_replaced_file_is_kept_and_warned_of(tmp_path, caplog):
     """GDAL keeps the statistics it computed of d.tif in d.tif.aux.xml, and shows them
     for the file that replaces d.tif: not the library's to remove, so it says so."""
@@ -637,6 +661,44 @@ def test_a_pair_failing_in_its_second_variable_replaces_neither(tmp_path, monkey
     assert snapshot(tmp_path) == before  # no partial left either
 
 
+def test_a_pair_another_run_wrote_meanwhile_is_kept_whole(tmp_path, monkeypatch):
+    """Two runs writing the same pair with overwrite=True: the second to end replaced
+    the first's files one by one, and its renames could interleave with the first's,
+    ending with one run's d.tif beside the other's d_std.tif. A file written while a
+    run computed is refused now, the other run's pair kept whole."""
+    paths = {"cloudy": tmp_path / "d.tif", "cloudfree": tmp_path / "d_std.tif"}
+    scene = m3rcr_xr.synthetic_scene((32, 32))[["cloudy", "cloudfree"]]
+    cog.to_cogs(scene, paths)
+    compute = cog.compute_with_progress
+    other = scene.map(lambda v: v // 2)
+
+    def another_run_ends_first(*graphs, **kwargs):
+        compute(*graphs, **kwargs)
+        monkeypatch.setattr(cog, "compute_with_progress", compute)
+        cog.to_cogs(other, paths, overwrite=True)
+
+    monkeypatch.setattr(cog, "compute_with_progress", another_run_ends_first)
+    with pytest.raises(m3rcr_xr.StoreError, match=r"d\.tif: written while this run computed"):
+        cog.to_cogs(scene.map(lambda v: v * 2), paths, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["d.tif", "d_std.tif"]  # no partial left
+    for name, path in paths.items():
+        np.testing.assert_array_equal(rioxarray.open_rasterio(path).values, other[name].values)
+
+
+def test_a_commit_while_another_run_renames_the_same_files_is_refused(tmp_path):
+    """The renames hold the OS lock of the first file: another run's, at that moment,
+    never interleave with them."""
+    path = tmp_path / "d.tif"
+    m3rcr_xr.to_cog(_scene(32), path)
+    before = snapshot(tmp_path)
+    with (
+        locks.locked_file(path, "path", m3rcr_xr.StoreError),
+        pytest.raises(m3rcr_xr.StoreError, match=r"another run is writing this file"),
+    ):
+        m3rcr_xr.to_cog(_scene(32) * 2, path, overwrite=True)
+    assert snapshot(tmp_path) == before
+
+
 KILLED_IN_THE_SECOND = """
 import os, sys
 from odc.geo.cog import _mpu_fs
@@ -899,6 +961,46 @@ def test_a_gdal_sidecar_of_a_replaced_object_is_kept_and_warned_of(bucket, caplo
     assert _objects(bucket)[f"{bucket}/mine.tif.aux.xml"] == b"<PAMDataset/>"
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith(f"{url}.aux.xml: a GDAL sidecar of {url}, which was just")
+
+
+def test_a_gdal_mask_beside_a_destination_object_is_refused(bucket):
+    import s3fs
+
+    m3rcr_xr.to_cog(_scene(32), f"s3://{bucket}/cogs/mine.tif")
+    s3fs.S3FileSystem().pipe_file(f"{bucket}/cogs/mine.tif.msk", b"II*\x00")
+    before = _objects(bucket)
+    with pytest.raises(m3rcr_xr.StoreError, match=rf"s3://{bucket}/cogs/mine\.tif\.msk: GDAL's"):
+        m3rcr_xr.to_cog(_scene(64), f"s3://{bucket}/cogs/mine.tif", overwrite=True)
+    assert _objects(bucket) == before
+    m3rcr_xr.to_cog(_scene(64), f"s3://{bucket}/cogs/other.tif")  # its own name: written
+
+
+def test_a_pair_another_run_uploaded_meanwhile_is_kept_whole(bucket, monkeypatch):
+    """As on a local disk (test_a_pair_another_run_wrote_meanwhile_is_kept_whole): the
+    objects another run uploaded while this one computed are kept, this run's refused."""
+    paths = {"cloudy": f"s3://{bucket}/d.tif", "cloudfree": f"s3://{bucket}/d_std.tif"}
+    scene = m3rcr_xr.synthetic_scene((32, 32))[["cloudy", "cloudfree"]]
+    cog.to_cogs(scene, paths)
+    compute = cog.compute_with_progress
+
+    def another_run_ends_first(*graphs, **kwargs):
+        compute(*graphs, **kwargs)
+        monkeypatch.setattr(cog, "compute_with_progress", compute)
+        cog.to_cogs(scene.map(lambda v: v // 2), paths, overwrite=True)
+
+    monkeypatch.setattr(cog, "compute_with_progress", another_run_ends_first)
+    before = None
+
+    def snapshot_after_the_other(*args, **kwargs):
+        nonlocal before
+        before = _objects(bucket)
+        return check(*args, **kwargs)
+
+    check = destinations.check_replaceable
+    monkeypatch.setattr(cog.uploads, "check_replaceable", snapshot_after_the_other)
+    with pytest.raises(m3rcr_xr.StoreError, match=r"d\.tif: written while this run computed"):
+        cog.to_cogs(scene.map(lambda v: v * 2), paths, overwrite=True)
+    assert before is not None and _objects(bucket) == before
 
 
 def _upload_fails(monkeypatch, at: int) -> list[str]:

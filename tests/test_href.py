@@ -168,3 +168,12 @@ def test_an_s3_key_with_glob_characters_is_read_as_named(bucket):
     s3fs.S3FileSystem().pipe(f"{bucket}/a?b[1].json", b"{}")
     assert href.is_file(f"s3://{bucket}/a?b[1].json")
     assert href.read_bytes(f"s3://{bucket}/a?b[1].json", "STAC JSON") == b"{}"
+
+
+def test_a_file_url_of_another_host_is_refused_not_read_as_a_local_path(tmp_path):
+    """``file://server/data/a.tif`` named ``/data/a.tif`` of this machine (and fsspec
+    took ``file://localhost/p`` for ``./localhost/p``): another file than the one meant."""
+    assert href.local_path(f"file://localhost{tmp_path}/a.tif") == tmp_path / "a.tif"
+    assert href.local_path(f"file://LOCALHOST{tmp_path}/a.tif") == tmp_path / "a.tif"
+    with pytest.raises(InputFileError, match=r"^file://server/data/a.tif: a file:// URL of"):
+        href.local_path("file://server/data/a.tif")

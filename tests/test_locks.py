@@ -7,6 +7,7 @@ tests/test_train_state.py.
 """
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -176,3 +177,31 @@ def test_a_lock_file_removed_while_held_is_not_removed_from_its_next_holder(tmp_
         with pytest.raises(m3rcr_xr.StoreError, match="another writer is writing this store"):
             second.enter_context(locks.locked(target))
     assert not lock.exists()
+
+
+def test_a_file_of_a_lock_files_name_that_holds_data_is_refused_and_kept(tmp_path):
+    """A user's file named as a lock file (``.run.pth.m3rcr-lock``) was taken as the
+    lock and removed at the end; lock files are empty (or an object store's marker,
+    copied with its store), so one that holds anything else is refused and kept."""
+    out = tmp_path / "run.pth"
+    lock = locks.lock_file(out)
+    lock.write_text("my notes")
+    with (
+        pytest.raises(CheckpointError, match=r"m3rcr-lock: the lock file of out='.*run\.pth' is"),
+        locks.locked_file(out, "out", CheckpointError),
+    ):
+        pass
+    assert lock.read_text() == "my notes"
+    lock.write_text(json.dumps(locks._owner()))  # a marker copied from an object store
+    with locks.locked_file(out, "out", CheckpointError):
+        pass
+    assert not lock.exists()
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    (store / locks.LOCK).write_bytes(b"\x00\x01binary")
+    with (
+        pytest.raises(m3rcr_xr.StoreError, match="the store's lock file is a file that holds"),
+        locks.locked(Target.of(store)),
+    ):
+        pass
+    assert (store / locks.LOCK).read_bytes() == b"\x00\x01binary"

@@ -1399,3 +1399,18 @@ def test_writes_leave_a_users_gdal_cachemax_alone(tmp_path, monkeypatch):
     before, seen = get_gdal_config("GDAL_CACHEMAX"), []
     m3rcr_xr.to_zarr(_cache_probe(seen), tmp_path / "s.zarr")
     assert seen and set(seen) == {before}
+
+
+def test_a_store_at_a_file_url_with_a_host_is_written_where_it_names_or_refused(
+    tmp_path, monkeypatch
+):
+    """fsspec took ``file://localhost/p`` (and ``file://server/p``) for ``./localhost/p``:
+    the store went into a folder of the working directory."""
+    monkeypatch.chdir(tmp_path)
+    ds = m3rcr_xr.synthetic_scene((32, 32))
+    m3rcr_xr.to_zarr(ds, f"file://localhost{tmp_path}/s.zarr")
+    assert sorted(os.listdir(tmp_path)) == ["s.zarr"]
+    assert m3rcr_xr.is_complete(tmp_path / "s.zarr")
+    with pytest.raises(m3rcr_xr.InputFileError, match=r"a file:// URL of the host 'server'"):
+        m3rcr_xr.to_zarr(ds, f"file://server{tmp_path}/t.zarr")
+    assert sorted(os.listdir(tmp_path)) == ["s.zarr"]

@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 import xarray as xr
 
 from ..exceptions import UsageError, argument, check_integer
+from ..files import versions
 from ..href import local_path, redacted
 from ..identity import sources
 from ..location import Target, check_apart, write_errors
@@ -159,6 +160,8 @@ def to_cog(
         ``Software`` tag starts with ``m3rcr_xr``); a file of other software is refused
         even then, and nothing else is ever touched: GDAL's sidecar of a file replaced
         (``OUT.tif.aux.xml``), which describes that file, stays, and a warning names it.
+        GDAL's external mask or overviews of a file to write (``OUT.tif.msk``,
+        ``OUT.tif.ovr``: GDAL would read them with the new file) are refused.
         Each file records what it was written from in its TIFF ``ImageDescription``
         (``m3rcr_xr source`` and a digest of the data's identity,
         :func:`m3rcr_xr.identity.data_fingerprint`: a store's fingerprint, a lazy
@@ -399,13 +402,13 @@ def _write(
     files = [
         folder / name for plan, folder in zip(plans, folders, strict=True) for name in plan.names
     ]
-    partials = [partial_path(file) for file in files]
+    partials, before = [partial_path(file) for file in files], versions(files)
     with cleaned(partials, folders):
         for plan, folder in zip(plans, folders, strict=True):
             with write_errors(plan.target):
                 _write_partials(plan, folder, shape, show)
         with write_errors(plans[0].target):
-            commit(partials, files, overwrite)
+            commit(partials, files, overwrite, before)
 
 
 def _write_partials(plan: Plan, folder: Path, shape: _Shape, show: bool) -> None:

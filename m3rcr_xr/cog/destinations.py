@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 import xarray as xr
 
 from ..exceptions import StoreError, UsageError, argument
-from ..files import hidden_copies, hidden_path, left_behind, remove_stale
+from ..files import Version, hidden_copies, hidden_path, left_behind, remove_stale, versions
 from ..href import is_remote, local_path, redacted
 from ..location import Target, check_apart, check_bucket, reaching
+from ..locks import locked_file
 from .records import SOFTWARE, SOFTWARE_TAG, tiff_tags
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,8 @@ def check_cog_destination(
     StoreError
         A folder (or bucket) that does not exist or is not writable, a file where a
         folder is needed or the reverse, an existing file (without ``overwrite``; with
-        it, one of other software: :func:`check_replaceable`), or an overlap with an
-        input.
+        it, one of other software: :func:`check_replaceable`), GDAL's mask or overviews
+        beside a file (:func:`check_no_sidecars`), or an overlap with an input.
     """
     if names is None and str(path).endswith(("/", os.sep)):  # "cogs/" was written as a file
         raise StoreError(
@@ -137,6 +138,7 @@ def check_cog_destination(
             raise StoreError(f"{file}: is a folder, not a GeoTIFF")
         if file.exists() or file.is_symlink():
             check_replaceable(file, overwrite=overwrite)
+        check_no_sidecars(str(file), os.path.lexists)
     return files
 
 
@@ -146,6 +148,8 @@ def _check_remote(target: Target, names: Sequence[str] | None, overwrite: bool) 
     fs.invalidate_cache()  # s3fs answers from cached listings
     check_bucket(target)
     keys = [target.path] if names is None else [target.key(name) for name in names]
+    with reaching(target, "the destination"):  # one listing for the sidecars of all
+        listed = _names_in(fs, posixpath.dirname(keys[0]))
     for key in keys:
         with reaching(target, "the destination"):  # the listing the upload needs
             folder = fs.isdir(key)
@@ -153,7 +157,17 @@ def _check_remote(target: Target, names: Sequence[str] | None, overwrite: bool) 
             raise StoreError(f"{fs.unstrip_protocol(key)}: is a folder, not a GeoTIFF")
         if fs.exists(key):
             check_replaceable(fs.unstrip_protocol(key), overwrite=overwrite, fs=fs)
+        check_no_sidecars(fs.unstrip_protocol(key), lambda url: posixpath.basename(url) in listed)
     return [fs.unstrip_protocol(key) for key in keys]
+
+
+def _names_in(fs: Any, folder: str) -> set[str]:
+    """The names of the objects in ``folder`` of the object store ``fs`` (none where
+    there is no such folder yet)."""
+    try:
+        return {posixpath.basename(key.rstrip("/")) for key in fs.ls(folder, detail=False)}
+    except FileNotFoundError:
+        return set()
 
 
 def check_replaceable(file: str | os.PathLike, *, overwrite: bool, fs: Any = None) -> None:
@@ -205,6 +219,33 @@ class Plan(NamedTuple):
 #: the suffix of GDAL's sidecar of a raster (``OUT.tif.aux.xml``): what GDAL or QGIS
 #: computed of it (statistics, histograms) or was told (nodata, a colour table)
 SIDECAR = ".aux.xml"
+
+
+#: GDAL's sidecars that change what a raster holds when GDAL opens it (``OUT.tif.msk``:
+#: which pixels are valid; ``OUT.tif.ovr``: its overviews, shown when zoomed out), with
+#: what each is, for messages; GDAL also looks for them in capitals
+READ_WITH = {".msk": "external mask (which pixels are valid)", ".ovr": "external overviews"}
+
+
+def check_no_sidecars(file: str, exists: Callable[[str], bool]) -> None:
+    """Refuse to write ``file`` where ``exists`` finds a GDAL sidecar of that name that
+    GDAL would read as part of the new file (:data:`READ_WITH`): one of a file removed
+    or about to be replaced, it would mask the new pixels or show the old ones. It is
+    not this library's to remove.
+
+    Raises
+    ------
+    StoreError
+        Naming the sidecar and what GDAL would make of it.
+    """
+    for suffix, what in READ_WITH.items():
+        for sidecar in (f"{file}{suffix}", f"{file}{suffix.upper()}"):
+            if exists(sidecar):
+                raise StoreError(
+                    f"{redacted(sidecar)}: GDAL's {what} of {redacted(file)}, which GDAL "
+                    f"and QGIS would read with the GeoTIFF written there; remove it (it is "
+                    "not m3rcr_xr's to remove) or choose another name"
+                )
 
 
 def warn_of_sidecar(file: str, exists: Callable[[str], bool]) -> None:
@@ -280,13 +321,56 @@ def _parts_of(entry: os.DirEntry[str]) -> str | None:
     return entry.name[1 : -len(_PARTS)] if parts and entry.is_dir(follow_symlinks=False) else None
 
 
-def commit(partials: Sequence[Path], files: Sequence[Path], overwrite: bool) -> None:
+def commit(
+    partials: Sequence[Path],
+    files: Sequence[Path],
+    overwrite: bool,
+    before: Sequence[Version | None],
+) -> None:
     """Rename each partial file over its file, all or none: an existing file is first
     set aside under a hidden name, and if a rename fails, the files already renamed are
-    put back as they were (those that did not exist are removed). Each existing file is
-    checked again (:func:`check_replaceable`): it may have come while the work ran;
-    those there before the first rename are checked first, so that the renames follow
-    one another and a kill finds them done or not, but for a moment."""
+    put back as they were (those that did not exist are removed). A file written since
+    ``before`` (:func:`~m3rcr_xr.files.versions` of ``files`` when the work began) is
+    refused (:func:`_check_unchanged`); each existing file is checked again
+    (:func:`check_replaceable`), those there first, so that the renames follow one
+    another and a kill finds them done or not, but for a moment. The renames hold the OS
+    lock of the first file (:func:`~m3rcr_xr.locks.locked_file`): two runs' never
+    interleave."""
+    with locked_file(files[0], "path", StoreError):
+        _check_unchanged(files, before, overwrite)
+        _rename(partials, files, overwrite)
+
+
+def _check_unchanged(
+    files: Sequence[Path], before: Sequence[Version | None], overwrite: bool
+) -> None:
+    """Refuse a file of ``files`` written (made, replaced, rewritten) since ``before``,
+    ``overwrite`` or not: another run writing the same GeoTIFFs (``decloud.tif`` and
+    ``decloud_std.tif``) would otherwise end with one's file beside the other's. A
+    user's file, or one without ``overwrite``, is named as :func:`check_replaceable`
+    does; one removed meanwhile is no obstacle.
+
+    Raises
+    ------
+    StoreError
+        Naming the file.
+    """
+    for file, was, now in zip(files, before, versions(files), strict=True):
+        if now is not None and now != was:
+            check_replaceable(file, overwrite=overwrite)
+            raise written_meanwhile(file)
+
+
+def written_meanwhile(file: str | os.PathLike) -> StoreError:
+    """The refusal of ``file``, written while this run computed."""
+    return StoreError(
+        f"{file}: written while this run computed (by another run writing the same file?): "
+        "it is left as it is, and nothing of this run was written; run again to replace it"
+    )
+
+
+def _rename(partials: Sequence[Path], files: Sequence[Path], overwrite: bool) -> None:
+    """:func:`commit`'s renames."""
     checked = [file.exists() or file.is_symlink() for file in files]
     for file, exists in zip(files, checked, strict=True):
         if exists:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..files import OWNER, hidden_name, no_longer_runs, owner
 from ..location import reason
-from .destinations import Plan, check_replaceable, warn_of_sidecar
+from .destinations import Plan, check_replaceable, warn_of_sidecar, written_meanwhile
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,9 @@ def uploaded(fs: Any, plans: Sequence[Plan], overwrite: bool) -> Iterator[list[P
     :func:`commit` locally: an existing object is first copied aside, under a hidden
     name beside it; if an upload fails, the copies are put back and the objects that did
     not exist are removed; once all are uploaded, the copies are removed. Objects that
-    exist by then are checked again (:func:`check_replaceable`) before any upload.
+    exist by then are checked again (:func:`check_replaceable`) before any upload, and
+    one written since the work began (by another run) is refused just before its upload
+    (:func:`_check_unchanged_object`).
 
     The folder (in ``TMPDIR``, :data:`UPLOADS`) is named for this process and machine:
     those a killed upload left, full-size GeoTIFFs, are removed first
@@ -38,20 +40,21 @@ def uploaded(fs: Any, plans: Sequence[Plan], overwrite: bool) -> Iterator[list[P
     _remove_stale_uploads(Path(tempfile.gettempdir()))
     with tempfile.TemporaryDirectory(prefix=f"{UPLOADS}{owner()}-") as temporary:
         folders = [Path(temporary, str(index)) for index in range(len(plans))]
+        urls = [url for plan in plans for url in plan.files]
+        before = _versions(fs, urls)
         yield folders
         local = {
             url: folder / name
             for plan, folder in zip(plans, folders, strict=True)
             for url, name in zip(plan.files, plan.names, strict=True)
         }
-        urls = list(local)
-        fs.invalidate_cache()
-        existing = [url for url in urls if fs.exists(url)]
+        existing = [url for url, now in zip(urls, _versions(fs, urls), strict=True) if now]
         for url in existing:
             check_replaceable(url, overwrite=overwrite, fs=fs)
         done: list[tuple[str, str | None]] = []
         try:
-            for url in urls:
+            for url, was in zip(urls, before, strict=True):
+                _check_unchanged_object(fs, url, was)
                 previous = _beside(url, "previous") if url in existing else None
                 if previous is not None:
                     fs.cp_file(url, previous)  # server-side; not copy: it globs
@@ -68,6 +71,43 @@ def uploaded(fs: Any, plans: Sequence[Plan], overwrite: bool) -> Iterator[list[P
             if previous is not None:
                 fs.rm_file(previous)
                 warn_of_sidecar(url, fs.exists)
+
+
+def _versions(fs: Any, urls: Sequence[str]) -> list[tuple[str, ...] | None]:
+    """What tells one version of each object of ``urls`` from another (its size and the
+    store's tag of its content or version: S3's ``ETag``, GCS's ``generation``...),
+    asked afresh; None where there is no object."""
+    fs.invalidate_cache()  # s3fs answers from cached listings
+    found: list[tuple[str, ...] | None] = []
+    for url in urls:
+        try:
+            info = fs.info(url)
+        except FileNotFoundError:
+            found.append(None)
+            continue
+        found.append(tuple(str(info.get(key)) for key in _VERSION_KEYS))
+    return found
+
+
+#: the keys of an object's fsspec ``info`` that change when it is written again
+_VERSION_KEYS = ("type", "size", "ETag", "etag", "generation", "LastModified", "last_modified")
+
+
+def _check_unchanged_object(fs: Any, url: str, was: tuple[str, ...] | None) -> None:
+    """Refuse to upload over the object ``url`` when it is not as it was (``was``, of
+    :func:`_versions`) when the work began: another run wrote it meanwhile, and this
+    one's files would end beside that one's (``decloud.tif`` of one, ``decloud_std.tif``
+    of the other). Asked just before its upload, so that of two runs uploading at once
+    the second to reach a file is refused, and its uploads done are put back.
+
+    Raises
+    ------
+    StoreError
+        Naming the object (:func:`~m3rcr_xr.cog.destinations.written_meanwhile`).
+    """
+    (now,) = _versions(fs, [url])
+    if now is not None and now != was:
+        raise written_meanwhile(url)
 
 
 def _put_back(fs: Any, done: Sequence[tuple[str, str | None]]) -> list[str]:
