@@ -44,9 +44,9 @@ import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
-from . import href
-from .align import AlignMethod, align_to, fill_nan_with_mean
-from .cloudmask import (
+from .. import href
+from ..align import AlignMethod, align_to, fill_nan_with_mean
+from ..cloudmask import (
     estimate_cloudmask,
     is_udm2,
     mask_nodata,
@@ -56,7 +56,7 @@ from .cloudmask import (
     udm2_nodata,
     warn_if_estimated,
 )
-from .exceptions import (
+from ..exceptions import (
     AlignmentError,
     InputFileError,
     M3RCRWarning,
@@ -64,9 +64,9 @@ from .exceptions import (
     SchemaError,
     argument,
 )
-from .landcover import NODATA_CODE, to_worldcover
-from .npy import NpyFile, open_npy
-from .rasters import (
+from ..landcover import NODATA_CODE, to_worldcover
+from ..npy import NpyFile, open_npy
+from ..rasters import (
     apply_scaling,
     as_uint16,
     check_reflectance,
@@ -74,7 +74,7 @@ from .rasters import (
     map_blocks,
     open_raster,
 )
-from .schema import BANDS, OPTICAL_NODATA, POLARIZATIONS, repeated, validate
+from ..schema import BANDS, OPTICAL_NODATA, POLARIZATIONS, repeated, validate
 
 log = logging.getLogger(__name__)
 
