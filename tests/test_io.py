@@ -247,13 +247,6 @@ def test_filelist_rows_with_one_patch_id_are_refused_naming_the_files(tmp_path):
         m3rcr_xr.open_m3rcr(tmp_path, csv)
 
 
-def test_filelist_with_wrong_columns(tmp_path):
-    csv = tmp_path / "list.csv"
-    csv.write_text("a.tif,b.tif\n")
-    with pytest.raises(m3rcr_xr.InputFileError, match="list.csv:1: expected 5 columns"):
-        read_filelist(csv)
-
-
 # ------------------------------------------------------------------------ wrong values
 def _reflectance(dtype: str, seed: int = 0) -> np.ndarray:
     """(4, 30, 30) whole reflectance values in [1, 12000], as ``dtype``."""
@@ -426,37 +419,6 @@ def test_sar_in_db_close_to_0_or_a_fill_of_zeros_is_not_taken_for_power(tmp_path
     for name, db in (("bright", bright), ("zeros", zeros), ("few", few)):
         sar = write_coarse(tmp_path / f"{name}.tif", db)
         assert m3rcr_xr.open_quartet(optical, sar=sar).sar.max() <= 1.6
-
-
-def test_power_with_thermal_noise_residue_is_not_taken_for_db():
-    """Noise removal leaves small negative powers, over calm water in much of a chunk:
-    power all the same, where dB is -1 or less almost everywhere."""
-    from m3rcr_xr.io import _check_sar_chunk
-
-    residue = np.random.default_rng(4).uniform(-0.003, 0.002, (2, 16, 16)).astype(np.float32)
-    assert (residue < 0).mean() > 0.5
-    assert _check_sar_chunk(residue, "power", "vh.tif") is residue
-
-
-@pytest.mark.parametrize("size", [8, 16, 32, 90])
-def test_the_sar_unit_check_leaves_the_real_samples_alone(shared_dir, size):
-    """The two real quartets' SAR (dB, -36 to +11.5) passes the dB check, and their power
-    the power check, in every window of ``size`` pixels (the chunks a file may be read
-    in), band by band and both bands together; their dB fails the power check."""
-    from m3rcr_xr.io import _check_sar_chunk
-
-    for path in sorted(shared_dir.glob("data/m3rcr-samples/*/S1_*/*/*.tif")):
-        with rasterio.open(path) as src:
-            db = src.read().astype(np.float32)
-        step = max(size // 2, 1)
-        for top in range(0, 90 - size + 1, step):
-            for left in range(0, 90 - size + 1, step):
-                window = db[:, top : top + size, left : left + size]
-                for chunk in (window, window[:1], window[1:]):
-                    _check_sar_chunk(chunk, "dB", str(path))
-                    _check_sar_chunk(10 ** (chunk / 10), "power", str(path))
-                    with pytest.raises(m3rcr_xr.InputFileError, match="this is backscatter in dB"):
-                        _check_sar_chunk(chunk, "power", str(path))
 
 
 @pytest.mark.parametrize("quartet", ["train_quartet", "test_quartet"])
@@ -632,88 +594,7 @@ def test_a_geotiff_cloudmask_must_lie_on_the_optical_grid(tmp_path):
         assert m3rcr_xr.open_quartet(cloudy, cloudmask=unreferenced).cloudmask.values[:10].all()
 
 
-# ---------------------------------------------------------------------------- file lists
-def test_filelist_that_is_not_utf8_names_the_line(tmp_path):
-    csv = tmp_path / "list.csv"
-    csv.write_bytes(b"a,b,c,d,e\ncaf\xe9.tif,b,c,d,e\n")
-    with pytest.raises(m3rcr_xr.InputFileError, match="list.csv:2: file list is not UTF-8"):
-        read_filelist(csv)
-
-
-def test_filelist_with_a_byte_order_mark(samples_dir, tmp_path):
-    text = (samples_dir / "one_test_sample.csv").read_text()
-    csv = tmp_path / "list.csv"
-    csv.write_bytes("\ufeff".encode() + text.replace("\n", "\r\n").encode())
-    (quartet,) = read_filelist(csv)
-    assert quartet.cloudfree.startswith("planet_cloudfree_summer/")
-    assert m3rcr_xr.open_m3rcr(samples_dir / "test", csv).sizes["patch"] == 1
-
-
-@pytest.mark.parametrize("column", range(5))
-def test_filelist_row_with_an_empty_path_names_line_and_column(tmp_path, column):
-    row = ["a.tif", "b.tif", "c.tif", "d.tif", "e.npy"]
-    row[column] = "  "
-    csv = tmp_path / "list.csv"
-    csv.write_text("\n" + ",".join(row) + "\n")  # a blank first line is skipped, but counted
-    name = ("cloudfree", "cloudy", "sar", "landcover", "cloudmask")[column]
-    with pytest.raises(m3rcr_xr.InputFileError, match=f"list.csv:2: empty path in column '{name}'"):
-        read_filelist(csv)
-
-
-def _sample_row(samples_dir) -> list[str]:
-    return (samples_dir / "one_test_sample.csv").read_text().splitlines()[0].split(",")
-
-
-def test_filelist_row_with_swapped_layers_names_line_and_column(samples_dir, tmp_path):
-    row = _sample_row(samples_dir)
-    row[0], row[1] = row[1], row[0]
-    csv = tmp_path / "list.csv"
-    csv.write_text(",".join(row) + "\n")
-    with pytest.raises(
-        m3rcr_xr.InputFileError,
-        match=r"list.csv:1: column 'cloudy' holds 'planet_cloudfree_summer/.*_p_1.tif', "
-        "a planet_cloudfree file",
-    ):
-        read_filelist(csv)
-
-
-def test_filelist_row_with_a_file_in_another_layers_folder(samples_dir, tmp_path):
-    row = _sample_row(samples_dir)
-    row[2] = row[2].replace("S1_summer/S1_summer_33/", "landcover_summer/landcover_summer_33/")
-    csv = tmp_path / "list.csv"
-    csv.write_text(",".join(row) + "\n")
-    with pytest.raises(m3rcr_xr.InputFileError, match="list.csv:1: column 'sar' .* a landcover"):
-        read_filelist(csv)
-
-
-def test_filelist_row_mixing_two_patches_names_the_patches(samples_dir, tmp_path):
-    row = _sample_row(samples_dir)
-    row[2:] = [path.replace("_p_1.", "_p_2.") for path in row[2:]]
-    csv = tmp_path / "list.csv"
-    csv.write_text("\n" + ",".join(row) + "\n")
-    with pytest.raises(
-        m3rcr_xr.InputFileError,
-        match=r"list.csv:2: files of different patches: summer_33_p_1 \(cloudy, cloudfree\); "
-        r"summer_33_p_2 \(sar, landcover, cloudmask\)",
-    ):
-        read_filelist(csv)
-
-
-def test_filelist_row_with_a_users_own_file_names_is_taken_as_given(samples_dir, tmp_path):
-    row = _sample_row(samples_dir)
-    row[4] = "masks/planet_cloudy_udm2.tif"  # not the dataset's naming: not checked
-    csv = tmp_path / "list.csv"
-    csv.write_text(",".join(row) + "\n" + "b/cf.tif,b/cloudy.tif,b/s1.tif,b/lc.tif,b/m.npy\n")
-    assert [q.cloudmask for q in read_filelist(csv)] == [row[4], "b/m.npy"]
-
-
-def test_filelist_with_a_cell_over_the_csv_field_limit_names_the_line(tmp_path):
-    csv = tmp_path / "list.csv"
-    csv.write_text("a,b,c,d,e\n" + "a" * 200_000 + ",b,c,d,e\n")
-    with pytest.raises(m3rcr_xr.InputFileError, match="list.csv:2: not a CSV row: field larger"):
-        read_filelist(csv)
-
-
+# ----------------------------------------------------------------------------- arguments
 @pytest.mark.parametrize(("cwd", "root"), [("test", "."), ("test", "./"), ("test/S1_summer", "..")])
 def test_split_label_of_a_relative_root(samples_dir, monkeypatch, cwd, root):
     monkeypatch.chdir(samples_dir / cwd)
