@@ -49,23 +49,23 @@ def owner() -> str:
     return f"{machine_token()}-{os.getpid()}"
 
 
-#: what tells one version of a file from another (:func:`version_of`)
-Version = tuple[int, int, int, int]
+#: what tells one version of a file from another (:func:`stat_version`)
+StatVersion = tuple[int, int, int, int]
 
 
-def version_of(info: os.stat_result) -> Version:
+def stat_version(info: os.stat_result) -> StatVersion:
     """The device, inode, size and modification time of a file's ``os.stat``: a file
     replaced or rewritten differs in one of them."""
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
-def versions(paths: Sequence[Path]) -> list[Version | None]:
-    """:func:`version_of` each of ``paths`` (a link itself, not followed), None where
+def versions(paths: Sequence[Path]) -> list[StatVersion | None]:
+    """:func:`stat_version` each of ``paths`` (a link itself, not followed), None where
     nothing is."""
-    found: list[Version | None] = []
+    found: list[StatVersion | None] = []
     for path in paths:
         try:
-            found.append(version_of(os.lstat(path)))
+            found.append(stat_version(os.lstat(path)))
         except FileNotFoundError:
             found.append(None)
     return found

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import xarray as xr
 
 from ..exceptions import StoreError, UsageError, argument
-from ..files import Version, hidden_copies, hidden_path, left_behind, remove_stale, versions
+from ..files import StatVersion, hidden_copies, hidden_path, left_behind, remove_stale, versions
 from ..href import is_remote, local_path, redacted
 from ..location import Target, check_apart, check_bucket, reaching
 from ..locks import locked_file
@@ -325,7 +325,7 @@ def commit(
     partials: Sequence[Path],
     files: Sequence[Path],
     overwrite: bool,
-    before: Sequence[Version | None],
+    before: Sequence[StatVersion | None],
 ) -> None:
     """Rename each partial file over its file, all or none: an existing file is first
     set aside under a hidden name, and if a rename fails, the files already renamed are
@@ -342,7 +342,7 @@ def commit(
 
 
 def _check_unchanged(
-    files: Sequence[Path], before: Sequence[Version | None], overwrite: bool
+    files: Sequence[Path], before: Sequence[StatVersion | None], overwrite: bool
 ) -> None:
     """Refuse a file of ``files`` written (made, replaced, rewritten) since ``before``,
     ``overwrite`` or not: another run writing the same GeoTIFFs (``decloud.tif`` and

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import OWNER, hidden_name, no_longer_runs, owner
-from ..location import reason
+from ..location import reason, version_of
 from .destinations import Plan, check_replaceable, warn_of_sidecar, written_meanwhile
 
 log = logging.getLogger(__name__)
@@ -73,27 +73,21 @@ def uploaded(fs: Any, plans: Sequence[Plan], overwrite: bool) -> Iterator[list[P
                 warn_of_sidecar(url, fs.exists)
 
 
-def _versions(fs: Any, urls: Sequence[str]) -> list[tuple[str, ...] | None]:
-    """What tells one version of each object of ``urls`` from another (its size and the
-    store's tag of its content or version: S3's ``ETag``, GCS's ``generation``...),
-    asked afresh; None where there is no object."""
+def _versions(fs: Any, urls: Sequence[str]) -> list[str | None]:
+    """:func:`~m3rcr_xr.location.version_of` each object of ``urls`` (its size and the
+    store's tag of its version: S3's ``ETag``...), asked afresh; None where there is no
+    object."""
     fs.invalidate_cache()  # s3fs answers from cached listings
-    found: list[tuple[str, ...] | None] = []
+    found: list[str | None] = []
     for url in urls:
         try:
-            info = fs.info(url)
+            found.append(version_of(fs.info(url)))
         except FileNotFoundError:
             found.append(None)
-            continue
-        found.append(tuple(str(info.get(key)) for key in _VERSION_KEYS))
     return found
 
 
-#: the keys of an object's fsspec ``info`` that change when it is written again
-_VERSION_KEYS = ("type", "size", "ETag", "etag", "generation", "LastModified", "last_modified")
-
-
-def _check_unchanged_object(fs: Any, url: str, was: tuple[str, ...] | None) -> None:
+def _check_unchanged_object(fs: Any, url: str, was: str | None) -> None:
     """Refuse to upload over the object ``url`` when it is not as it was (``was``, of
     :func:`_versions`) when the work began: another run wrote it meanwhile, and this
     one's files would end beside that one's (``decloud.tif`` of one, ``decloud_std.tif``

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..exceptions import CheckpointError
-from ..files import Version, version_of
+from ..files import StatVersion, stat_version
 
 __all__ = [
     "CheckpointSource",
@@ -85,7 +85,7 @@ class VerifiedFile:
 
     def __init__(self, path: Path, handle: BinaryIO, sha256: str | None) -> None:
         self.path, self.handle, self.sha256 = path, handle, sha256
-        self._identity = version_of(os.fstat(handle.fileno()))
+        self._identity = stat_version(os.fstat(handle.fileno()))
 
     def check_unchanged(self, *, by_path: bool = False) -> None:
         """Raise unless the file is still the one hashed: not rewritten in place (its
@@ -103,10 +103,10 @@ class VerifiedFile:
         CheckpointError
             The file changed since it was checked.
         """
-        now: list[Version | None] = [version_of(os.fstat(self.handle.fileno()))]
+        now: list[StatVersion | None] = [stat_version(os.fstat(self.handle.fileno()))]
         if by_path:
             try:
-                now.append(version_of(os.stat(self.path)))
+                now.append(stat_version(os.stat(self.path)))
             except OSError:
                 now.append(None)
         if any(found != self._identity for found in now):
@@ -213,11 +213,11 @@ def _file_digest(path: Path, handle: BinaryIO) -> str:
 
 def _version(handle: BinaryIO) -> tuple[int, ...]:
     """What tells one state of an open file from another: its
-    :func:`~m3rcr_xr.files.version_of` and its change time, which no process can set (a
+    :func:`~m3rcr_xr.files.stat_version` and its change time, which no process can set (a
     file rewritten in place with its size and modification time set back still moves
     it)."""
     stat = os.fstat(handle.fileno())
-    return (*version_of(stat), stat.st_ctime_ns)
+    return (*stat_version(stat), stat.st_ctime_ns)
 
 
 def _is_safetensors(opened: VerifiedFile) -> bool:
