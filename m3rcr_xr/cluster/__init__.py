@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .exceptions import (
+from ..exceptions import (
     InputFileError,
     MissingFileError,
     UsageError,
@@ -49,8 +49,8 @@ from .exceptions import (
     check_integer,
     check_positive,
 )
-from .options import set_options
-from .resources import GPU_RESOURCE
+from ..options import set_options
+from ..resources import GPU_RESOURCE
 
 log = logging.getLogger(__name__)
 
