@@ -1,22 +1,24 @@
-"""m3rcr_xr.cluster: worker layouts, GPU detection and pinning, job scripts.
+"""m3rcr_xr.cluster: the local clusters (m3rcr_xr.cluster.local) and a running one
+(m3rcr_xr.cluster.scheduler).
 
 The local clusters are real (worker processes); GPUs are faked by replacing the
-detection, since CI has none. The Slurm clusters here only write job scripts; jobs on a
-real Slurm are in test_slurm.py. :func:`connect` and the command line's ``--scheduler``
-run against a cluster the tests start.
+detection, since CI has none. :func:`connect` and the command line's ``--scheduler`` run
+against a cluster the tests start. The GPUs, layouts, worker preload and job scripts
+have test files of their own (test_cluster_gpus.py, test_cluster_layout.py,
+test_cluster_workers.py, test_cluster_jobqueue.py); jobs on a real Slurm are in
+test_slurm.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import sys
 import time
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 
 import dask
 import distributed
@@ -37,36 +39,9 @@ SMALL = {"preset": "small"}
 CORES = dask.system.CPU_COUNT
 
 
-# ------------------------------------------------------------------- detection
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("0,1", ["0", "1"]),
-        ("", []),
-        ("-1", []),
-        ("2, 3,-1,4", ["2", "3"]),
-        ("GPU-8f1c,GPU-77aa", ["GPU-8f1c", "GPU-77aa"]),
-    ],
-)
-def test_cuda_visible_devices_is_read_as_cuda_reads_it(monkeypatch, value, expected):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
-    assert mc._visible_devices() == expected
-
-
-def test_gpu_devices_counts_with_torch_and_keeps_the_visible_ids(monkeypatch):
-    monkeypatch.setattr(mc, "_torch_gpu_count", lambda: 2)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert mc.gpu_devices() == ["0", "1"]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert mc.gpu_devices() == ["3", "5"]
-
-
-def test_no_gpu_here_is_no_gpu():
-    assert mc.gpu_devices() == [] or torch.cuda.is_available()
-
-
+# ---------------------------------------------------------------- GPUs chosen
 def test_a_gpu_count_beyond_the_machine_is_refused(monkeypatch):
-    monkeypatch.setattr(mc, "gpu_devices", lambda: ["0"])
+    monkeypatch.setattr(mc.gpus, "gpu_devices", lambda: ["0"])
     with pytest.raises(UsageError, match="has 1 GPU"):
         mc.local_cluster(gpus=2)
     with pytest.raises(UsageError, match="'auto'"):
@@ -77,14 +52,14 @@ def test_a_gpu_count_beyond_the_machine_is_refused(monkeypatch):
 
 def test_gpu_ids_this_process_cannot_use_are_refused(monkeypatch):
     # inside a job given GPUs 2 and 3: torch's index 0 is no id of theirs
-    monkeypatch.setattr(mc, "gpu_devices", lambda: ["2", "3"])
-    monkeypatch.setattr(mc, "_gpu_cluster", lambda layout, *args: layout.gpus)
-    monkeypatch.setattr(mc, "_dask_cuda", lambda: None)
+    monkeypatch.setattr(mc.gpus, "gpu_devices", lambda: ["2", "3"])
+    monkeypatch.setattr(mc.local, "_gpu_cluster", lambda layout, *args: layout.gpus)
+    monkeypatch.setattr(mc.local, "_dask_cuda", lambda: None)
     message = r"gpus=\[0, '7'\]: no GPU 0, 7 here; this process may use \['2', '3'\]"
     with pytest.raises(UsageError, match=message):
         mc.local_cluster(gpus=[0, "7"])
     assert mc.local_cluster(gpus=[3]) == ("3",)
-    monkeypatch.setattr(mc, "gpu_devices", lambda: [])
+    monkeypatch.setattr(mc.gpus, "gpu_devices", lambda: [])
     with pytest.raises(UsageError, match=r"no GPU 0 here; this process may use none"):
         mc.local_cluster(gpus=[0])
 
@@ -98,49 +73,13 @@ def test_gpu_ids_this_process_cannot_use_are_refused(monkeypatch):
     ],
 )
 def test_bad_local_cluster_arguments_are_refused_before_any_process(monkeypatch, kwargs, match):
-    monkeypatch.setattr(mc, "_cpu_cluster", _no_cluster)
+    monkeypatch.setattr(mc.local, "_cpu_cluster", _no_cluster)
     with pytest.raises(UsageError, match=match):
         mc.local_cluster(gpus=0, **kwargs)
 
 
 def _no_cluster(*args, **kwargs):
     raise AssertionError("a cluster was started")
-
-
-# ---------------------------------------------------------------------- layout
-@pytest.mark.parametrize(
-    ("cores", "n_workers", "threads", "expected"),
-    [
-        (2, None, None, (2, 1, 1)),
-        (32, None, None, (8, 4, 1)),
-        (8, 2, None, (2, 4, 1)),
-        (8, None, 2, (4, 2, 1)),
-        (8, 2, 1, (2, 1, 4)),
-        (1, 1, 1, (1, 1, 1)),
-    ],
-)
-def test_cpu_layout_never_oversubscribes(cores, n_workers, threads, expected):
-    layout = mc.cpu_layout(cores, n_workers, threads)
-    assert (layout.n_workers, layout.threads_per_worker, layout.torch_threads) == expected
-    assert layout.n_workers * layout.threads_per_worker * layout.torch_threads <= max(
-        cores, layout.n_workers * layout.threads_per_worker
-    )
-
-
-def test_gpu_layout_is_one_worker_per_gpu():
-    layout = mc.gpu_layout(16, ["0", "1", "2", "3"])
-    assert (layout.n_workers, layout.threads_per_worker, layout.gpus) == (
-        4,
-        4,
-        ("0", "1", "2", "3"),
-    )
-    assert mc.gpu_layout(16, ["0", "1", "2", "3"], n_workers=2).gpus == ("0", "1")
-    with pytest.raises(UsageError, match="one worker per GPU"):
-        mc.gpu_layout(16, ["0"], n_workers=2)
-    with pytest.raises(UsageError, match="n_workers=0: must be an integer >= 1"):
-        mc.cpu_layout(4, n_workers=0)
-    with pytest.raises(UsageError, match="threads_per_worker=True: must be an integer"):
-        mc.gpu_layout(4, ["0"], threads_per_worker=True)
 
 
 # ------------------------------------------------------------ local clusters
@@ -170,7 +109,7 @@ def test_cpu_cluster_shares_the_cores_among_workers(small_checkpoint, forked_wor
 
 @pytest.mark.slow
 def test_fake_gpus_get_one_pinned_worker_each(monkeypatch, small_checkpoint, forked_workers):
-    monkeypatch.setattr(mc, "gpu_devices", lambda: ["0", "1"])
+    monkeypatch.setattr(mc.gpus, "gpu_devices", lambda: ["0", "1"])
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # the layout without dask-cuda
     with (
         forked_workers(),
@@ -219,7 +158,7 @@ def fake_dask_cuda(monkeypatch):
 
 
 def test_dask_cuda_makes_the_gpu_cluster_when_installed(monkeypatch, fake_dask_cuda):
-    monkeypatch.setattr(mc, "gpu_devices", lambda: ["0", "1"])
+    monkeypatch.setattr(mc.gpus, "gpu_devices", lambda: ["0", "1"])
     cluster = mc.local_cluster(dashboard_address=None, env={"MY_VAR": "x"}, resources={"MEM": 2})
     assert isinstance(cluster, FakeLocalCUDACluster)
     layout = mc.gpu_layout(CORES, ["0", "1"])
@@ -235,11 +174,11 @@ def test_dask_cuda_makes_the_gpu_cluster_when_installed(monkeypatch, fake_dask_c
 
 
 def test_the_gpu_layout_without_dask_cuda_and_the_cpu_layout_without_gpus(monkeypatch):
-    monkeypatch.setattr(mc, "_gpu_cluster", lambda *args: "one worker per GPU")
-    monkeypatch.setattr(mc, "_cpu_cluster", lambda *args: "CPU workers")
-    monkeypatch.setattr(mc, "gpu_devices", lambda: ["0"])
+    monkeypatch.setattr(mc.local, "_gpu_cluster", lambda *args: "one worker per GPU")
+    monkeypatch.setattr(mc.local, "_cpu_cluster", lambda *args: "CPU workers")
+    monkeypatch.setattr(mc.gpus, "gpu_devices", lambda: ["0"])
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # not installed
-    assert mc._dask_cuda() is None
+    assert mc.local._dask_cuda() is None
     assert mc.local_cluster() == "one worker per GPU"
     monkeypatch.setitem(sys.modules, "dask_cuda", ModuleType("dask_cuda"))
     assert mc.local_cluster(gpus=0) == "CPU workers"
@@ -249,202 +188,15 @@ def test_the_gpu_layout_without_dask_cuda_and_the_cpu_layout_without_gpus(monkey
 def test_local_cluster_shares_the_cores_this_process_may_use(monkeypatch, gpus):
     """dask's count (CPU affinity, cgroup quota), not the machine's ``os.cpu_count()``."""
     layouts = []
-    monkeypatch.setattr(mc, "_cpu_cluster", lambda layout, *args: layouts.append(layout))
-    monkeypatch.setattr(mc, "_gpu_cluster", lambda layout, *args: layouts.append(layout))
-    monkeypatch.setattr(mc, "_dask_cuda", lambda: None)
-    monkeypatch.setattr(mc, "gpu_devices", lambda: ["0", "1"])
+    monkeypatch.setattr(mc.local, "_cpu_cluster", lambda layout, *args: layouts.append(layout))
+    monkeypatch.setattr(mc.local, "_gpu_cluster", lambda layout, *args: layouts.append(layout))
+    monkeypatch.setattr(mc.local, "_dask_cuda", lambda: None)
+    monkeypatch.setattr(mc.gpus, "gpu_devices", lambda: ["0", "1"])
     monkeypatch.setattr(os, "cpu_count", lambda: 256)
     monkeypatch.setattr(dask.system, "CPU_COUNT", 12)
     mc.local_cluster(gpus=gpus)
     expected = mc.gpu_layout(12, ["0", "1"]) if gpus else mc.cpu_layout(12)
     assert layouts == [expected]
-
-
-# ------------------------------------------------------------- worker preload
-def test_dask_setup_sets_torch_threads_and_pins_by_rank(monkeypatch):
-    monkeypatch.setenv(mc.TORCH_THREADS_ENV, "3")
-    monkeypatch.setenv(mc.PIN_GPU_ENV, "1")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
-    with m3rcr_xr.set_options(torch_threads=None):
-        mc.dask_setup(_worker("SLURMCluster-7-1"))
-        assert m3rcr_xr.get_options()["torch_threads"] == 3
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
-
-
-def test_only_the_workers_of_a_local_cluster_ignore_ctrl_c(monkeypatch):
-    """A local cluster's workers leave SIGINT to the client that owns them (each printed
-    a traceback of its own on Ctrl-C); a worker started otherwise (``dask worker
-    --preload``, a batch job's) still stops on it."""
-    before = signal.getsignal(signal.SIGINT)
-    try:
-        monkeypatch.delenv(mc.LOCAL_WORKER_ENV, raising=False)
-        mc.dask_setup(_worker("cpu-worker"))
-        assert signal.getsignal(signal.SIGINT) is before
-        monkeypatch.setenv(mc.LOCAL_WORKER_ENV, "1")
-        mc.dask_setup(_worker("cpu-worker"))
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, before)
-    spec = mc._worker_spec(mc.cpu_layout(2, 1), None, "1GiB", {})
-    assert spec["options"]["env"][mc.LOCAL_WORKER_ENV] == "1"
-
-
-def _worker(name: str, **resources: float) -> SimpleNamespace:
-    """What the preload reads of a Dask worker."""
-    return SimpleNamespace(name=name, state=SimpleNamespace(total_resources=resources))
-
-
-def test_a_worker_advertising_a_gpu_torch_cannot_see_logs_an_error(monkeypatch, caplog):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
-    monkeypatch.setattr(mc, "_torch_gpu_count", lambda: 0)
-    with caplog.at_level("ERROR", logger="m3rcr_xr.cluster"):
-        mc.dask_setup(_worker("cpu-worker"))  # no GPU asked: none missing
-        assert caplog.records == []
-        mc.dask_setup(_worker("gpu-7", GPU=1))
-    (record,) = caplog.records
-    assert record.getMessage().startswith(
-        "worker gpu-7 advertises GPU=1 but torch sees no CUDA device in it "
-        "(CUDA_VISIBLE_DEVICES='7', torch "
-    )
-    monkeypatch.setattr(mc, "_torch_gpu_count", lambda: 1)
-    assert mc.missing_gpu(_worker("gpu-0", GPU=1)) is None
-
-
-def test_device_auto_on_a_worker_without_its_gpu_fails_naming_it(monkeypatch):
-    from m3rcr_xr import runner
-
-    runner.clear_model_cache()
-    monkeypatch.setattr(mc, "_torch_gpu_count", lambda: 0)
-    monkeypatch.setattr(distributed, "get_worker", lambda: _worker("gpu-7", GPU=1))
-    ref = runner.ModelRef.create("dsen2_cr", "untrained", config={"preset": "small"})
-    with pytest.raises(UsageError, match=r"device='auto' would run on the CPU: worker gpu-7 "):
-        runner.cached_model(ref)
-    explicit = runner.ModelRef.create(
-        "dsen2_cr", "untrained", config={"preset": "small"}, device="cpu"
-    )
-    assert runner.cached_model(explicit)[1] == "cpu"  # the CPU asked for: it runs there
-    monkeypatch.setattr(distributed, "get_worker", lambda: _worker("cpu-worker"))
-    assert runner.cached_model(ref)[1] == "cpu"
-    runner.clear_model_cache()
-
-
-@pytest.mark.parametrize(
-    ("name", "rank"),
-    [("job-0", 0), ("job-3", 3), ("job", 0), ("tcp://1.2.3.4:5", 0), (7, 0), ("-2", 0)],
-)
-def test_rank_comes_from_the_worker_name(name, rank):
-    assert mc._rank(name) == rank
-
-
-# ------------------------------------------------------------------ job scripts
-def _directives(script: str, prefix: str = "#SBATCH") -> list[str]:
-    return [line.split(None, 1)[1] for line in script.splitlines() if line.startswith(prefix)]
-
-
-def test_slurm_job_asks_for_gpus_and_advertises_them():
-    with mc.slurm_cluster(
-        "gpu",
-        gpus_per_job=2,
-        cores=8,
-        memory="16GB",
-        walltime="00:30:00",
-        job_extra_directives=["--exclusive"],
-    ) as cluster:
-        script = cluster.job_script()
-    directives = _directives(script)
-    assert "--gres=gpu:2" in directives and "--exclusive" in directives
-    assert "-p gpu" in directives and any(d.startswith("--mem=") for d in directives)
-    command = script.strip().splitlines()[-1]
-    assert command.startswith(f"{sys.executable} -m distributed.cli.dask_worker")
-    assert "--nworkers 2" in command and "--nthreads 4" in command
-    assert "--resources GPU=1" in command and "--preload m3rcr_xr.cluster" in command
-    assert f"export {mc.PIN_GPU_ENV}=1" in script
-    assert f"export {mc.TORCH_THREADS_ENV}=1" in script
-
-
-def test_slurm_mem_per_gpu_drops_the_mem_line():
-    with mc.slurm_cluster(
-        None, gpus_per_job=1, cores=4, memory="8GB", walltime="01:00:00", mem_per_gpu="8G"
-    ) as cluster:
-        directives = _directives(cluster.job_script())
-    assert "--mem-per-gpu=8G" in directives and "--gres=gpu:1" in directives
-    assert not any(re.match(r"--mem=", d) for d in directives)
-
-
-def _memory_limits(script: str) -> list[str]:
-    words = script.strip().splitlines()[-1].split()
-    return [words[i + 1] for i, word in enumerate(words) if word == "--memory-limit"]
-
-
-def test_slurm_mem_per_gpu_sizes_the_workers_memory_limit():
-    """Slurm gives the job mem_per_gpu x GPUs: the workers' limits share that, not more."""
-    job = {"gpus_per_job": 2, "cores": 8, "walltime": "01:00:00", "mem_per_gpu": "16G"}
-    with mc.slurm_cluster("gpu", **job) as cluster:
-        assert _memory_limits(cluster.job_script()) == ["16.00GiB"]  # a worker per GPU
-    with mc.slurm_cluster("gpu", **job, memory="20GB") as cluster:  # less: the user's
-        assert _memory_limits(cluster.job_script()) == ["9.31GiB"]  # 10 GB
-    with pytest.raises(UsageError, match=r"memory='64GB' is more than Slurm gives.*32\.00 GiB"):
-        mc.slurm_cluster("gpu", **job, memory="64GB")
-    with pytest.raises(UsageError, match="mem_per_gpu='16GB': expected a Slurm memory size"):
-        mc.slurm_cluster("gpu", **{**job, "mem_per_gpu": "16GB"})
-
-
-def test_slurm_cpu_job_has_no_gpu_and_sets_torch_threads():
-    with mc.slurm_cluster(
-        "cpu", cores=8, memory="16GB", walltime="01:00:00", processes=2
-    ) as cluster:
-        script = cluster.job_script()
-    assert "gres" not in script and "GPU=" not in script and mc.PIN_GPU_ENV not in script
-    assert "--nworkers 2" in script and "--nthreads 4" in script
-    assert f"export {mc.TORCH_THREADS_ENV}=1" in script
-
-
-def test_bad_job_arguments_are_refused():
-    with pytest.raises(UsageError, match="one worker process per GPU"):
-        mc.slurm_cluster(
-            "q", gpus_per_job=2, processes=1, cores=4, memory="8GB", walltime="01:00:00"
-        )
-    with pytest.raises(UsageError, match="mem_per_gpu needs"):
-        mc.slurm_cluster("q", cores=4, memory="8GB", walltime="01:00:00", mem_per_gpu="1G")
-    with pytest.raises(UsageError, match="gpus_per_job"):
-        mc.pbs_cluster("q", gpus_per_job=-1, cores=4, memory="8GB", walltime="01:00:00")
-
-
-@pytest.mark.parametrize("make", [mc.slurm_cluster, mc.pbs_cluster])
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"gpus_per_job": True}, "gpus_per_job=True: must be an integer >= 0, not bool"),
-        ({"gpus_per_job": 4, "cores": 2}, "gpus_per_job=4 > cores=2"),
-        ({"processes": True}, "processes=True: must be an integer >= 1, not bool"),
-        ({"cores": True}, "cores=True: must be an integer >= 1, not bool"),
-        ({"memory": "lots"}, "memory='lots': expected a memory size such as 32GB"),
-    ],
-)
-def test_bad_job_sizes_are_refused_naming_the_argument(make, kwargs, match):
-    job = {"cores": 8, "memory": "32GB", "walltime": "01:00:00", **kwargs}
-    with pytest.raises(UsageError, match=match):
-        make("q", **job)
-
-
-def test_slurm_memory_beside_mem_per_gpu_must_be_a_size():
-    with pytest.raises(UsageError, match="memory='lots': expected a memory size"):
-        mc.slurm_cluster(
-            "q", gpus_per_job=2, cores=8, mem_per_gpu="16G", memory="lots", walltime="01:00:00"
-        )
-
-
-def test_pbs_job_asks_for_gpus_in_the_select_statement():
-    with mc.pbs_cluster(
-        "gpuq", gpus_per_job=1, cores=4, memory="8GB", walltime="01:00:00"
-    ) as cluster:
-        script = cluster.job_script()
-    assert re.search(r"^#PBS -l select=1:ncpus=4:ngpus=1:mem=\d+MB$", script, re.MULTILINE)
-    assert "--resources GPU=1" in script and "--preload m3rcr_xr.cluster" in script
-    with mc.pbs_cluster(
-        "q", cores=4, memory="8GB", walltime="01:00:00", resource_spec="nodes=1:ppn=4"
-    ) as cluster:
-        assert "#PBS -l nodes=1:ppn=4" in cluster.job_script()
 
 
 # -------------------------------------------------------- a running cluster: connect
