@@ -33,6 +33,7 @@ import dask.base
 import numpy as np
 import xarray as xr
 
+from .exceptions import StoreError
 from .location import Target, reaching, read_bytes, read_json, version_of, version_stamp
 
 #: the root attribute in which a store keeps the fingerprint of the data it was written
@@ -232,3 +233,40 @@ def _coordinate_bytes(values: np.ndarray) -> bytes:
     if values.dtype.kind in "OUT":  # strings: hash the text, not object pointers
         return "\x00".join(map(str, values.ravel())).encode()
     return np.ascontiguousarray(values).tobytes()
+
+
+# ------------------------------------------------- the input a prediction was made from
+#: the attribute of a prediction (``decloud``, ``decloud_std``) that holds the
+#: fingerprint of the store it was made from (:func:`store_fingerprint`), where its
+#: input came from exactly one store of this library: it tells a prediction of one scene
+#: from that of another on the same grid
+INPUT_FINGERPRINT = "input_fingerprint"
+
+
+def own_sources(array: xr.DataArray) -> list[str]:
+    """:func:`sources` of ``array``'s own variable, not of its coordinates: those of
+    stores merged together (``xr.merge``) are taken from the first store."""
+    return sources(array.drop_vars(list(array.coords)))
+
+
+def store_fingerprint(inputs: Iterable[str]) -> str | None:
+    """The fingerprint (:data:`FINGERPRINT`) that the one store ``inputs`` name keeps,
+    where they name exactly one store of this library: what its data were written from.
+
+    None for anything else: no input or several, a file, a Zarr store of other
+    software or a copy of one of this library's that other software wrote (which keeps
+    the attribute, not always the data), a store out of reach or whose fingerprint is
+    cleared (an unfinished one). Reads the root ``zarr.json`` and the identifier
+    :func:`is_ours` compares; no listing, no chunk.
+    """
+    found = list(inputs)
+    if len(found) != 1:
+        return None
+    try:
+        target = Target.of(found[0], _options(found[0]))
+        doc = read_json(target, "zarr.json")
+        if doc is None or not is_ours(target, doc):
+            return None
+    except StoreError:  # out of reach: not known, which checks nothing
+        return None
+    return str(doc["attributes"].get(FINGERPRINT) or "") or None

@@ -41,7 +41,7 @@ from .engine import (
 )
 from .ensembles import Checkpoint, check_spread, ensemble_checkpoints, ensemble_spec
 from .exceptions import SchemaError, check_flag
-from .identity import sources
+from .identity import INPUT_FINGERPRINT, sources, store_fingerprint
 from .io import rechunk_like
 from .normalize import model_inputs
 from .resources import resource_items
@@ -195,6 +195,11 @@ def decloud(
         ``uncertainty=True`` a Dataset
         of ``decloud`` and ``decloud_std`` (same dims, units and dtype). Lazy for a
         Dask-backed input (nothing is computed yet); in memory for an in-memory input.
+        Attributes: the model, its configuration, checkpoints and tiling; and where
+        ``ds``'s data come from one store of this library alone (:func:`m3rcr_xr.open_zarr`),
+        ``input_fingerprint``: the fingerprint that store keeps, by which
+        :func:`m3rcr_xr.evaluate` refuses the prediction against the target of another
+        scene.
 
     Raises
     ------
@@ -251,10 +256,12 @@ def decloud(
     inputs, cloudy = model_inputs(ds).chunk(), ds["cloudy"].chunk()  # no-op when lazy
     decloud_array = tile_collection if is_collection(ds) else tile_scene
     data = decloud_array(inputs.data, cloudy.data, job)
+    made_from = store_fingerprint(sources(ds))
     result: xr.DataArray | xr.Dataset
-    result = _variable(ds, data[..., : job.channels, :, :], job, "decloud", composite)
+    result = _variable(ds, data[..., : job.channels, :, :], job, "decloud", composite, made_from)
     if uncertainty:
-        std = _variable(ds, data[..., job.channels :, :, :], job, "decloud_std", composite)
+        spread = data[..., job.channels :, :, :]
+        std = _variable(ds, spread, job, "decloud_std", composite, made_from)
         result = xr.Dataset({"decloud": result, "decloud_std": std})
     return result.compute() if eager else result  # in memory in, in memory out
 
@@ -266,9 +273,16 @@ _LONG_NAMES = {
 
 
 def _variable(
-    ds: xr.Dataset, data: da.Array, job: TileJob, name: str, composite: bool
+    ds: xr.Dataset,
+    data: da.Array,
+    job: TileJob,
+    name: str,
+    composite: bool,
+    made_from: str | None,
 ) -> xr.DataArray:
-    """``data`` as the variable ``name`` on the grid of ``cloudy``, with its attributes.
+    """``data`` as the variable ``name`` on the grid of ``cloudy``, with its attributes:
+    ``made_from``, the fingerprint of the store ``ds`` came from (None: not one store
+    of this library), as :data:`~m3rcr_xr.identity.INPUT_FINGERPRINT`.
 
     With ``composite``, where the cloudy input is kept the estimate is that input and
     its spread 0.
@@ -298,6 +312,8 @@ def _variable(
         "checkpoint": ", ".join(ref.weights for ref in job.members),
         "checkpoint_sha256": ", ".join(ref.sha256 or "" for ref in job.members),
     }
+    if made_from is not None:  # evaluate refuses it against the target of another scene
+        result.attrs[INPUT_FINGERPRINT] = made_from
     result = result.rio.write_nodata(np.nan, encoded=True)  # _FillValue in encoding
     result.encoding["source"] = sources(ds)  # to_zarr never writes over its own input
     return result

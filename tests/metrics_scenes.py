@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import rioxarray  # noqa: F401 - registers .rio
 import xarray as xr
 
+import m3rcr_xr
 from m3rcr_xr import metrics
+from m3rcr_xr.cli.evaluate import _open_stores
+from m3rcr_xr.testing import TINY
 
 BANDS = ["blue", "green", "red", "nir"]
 CODES = np.array([10, 20, 30, 40, 50, 60, 80, 90, 0], dtype="uint8")
@@ -44,3 +49,23 @@ def assert_same_result(actual: xr.Dataset, expected: xr.Dataset, rtol: float = 1
         np.testing.assert_allclose(
             actual[name].values, expected[name].values, rtol=rtol, equal_nan=True, err_msg=name
         )
+
+
+#: decloud of a tiny untrained network: predictions of a scene, quickly
+TINY_DECLOUD = {"model": "dsen2_cr", "checkpoint": "untrained", "config": TINY, "tile": 32}
+
+
+def scene_stores(folder: Path) -> dict[str, Path]:
+    """Stores of two 64 x 64 synthetic scenes on one grid, ``a`` and ``b``, and
+    ``decloud_a``: the decloud store written from ``a``."""
+    paths = {name: folder / f"{name}.zarr" for name in ("a", "b", "decloud_a")}
+    for name, seed in (("a", 1), ("b", 2)):
+        m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64), seed=seed), paths[name])
+    estimate = m3rcr_xr.decloud(m3rcr_xr.open_zarr(paths["a"]), **TINY_DECLOUD)
+    m3rcr_xr.to_zarr(estimate.to_dataset(), paths["decloud_a"])
+    return paths
+
+
+def merged_stores(*paths: Path) -> xr.Dataset:
+    """The stores ``paths`` merged as ``m3rcr evaluate`` merges them."""
+    return _open_stores([str(path) for path in paths])

@@ -32,6 +32,7 @@ from tests.conftest import (
     unconsolidated_store,
     user_folder,
 )
+from tests.metrics_scenes import scene_stores
 from tests.rasters import (
     COARSE_GRID,
     CRS,
@@ -473,6 +474,18 @@ def test_evaluate_refuses_stores_that_do_not_go_together(scene_store, tmp_path, 
     m3rcr_xr.to_zarr(shifted.assign_coords(x=shifted.x + 3), tmp_path / "shifted.zarr")
     argv = ["evaluate", str(scene_store), str(tmp_path / "shifted.zarr"), "--pred", "d"]
     _fails_alone(capsys, argv, "not on one grid, so not evaluated together")
+
+
+def test_evaluate_refuses_a_prediction_of_another_scene(tmp_path, capsys):
+    """Scene B on the grid of scene A, given with the decloud store of A: exit 2."""
+    stores = scene_stores(tmp_path)
+    argv = ["evaluate", str(stores["b"]), str(stores["decloud_a"]), "--strata", "all"]
+    said = (
+        "--pred decloud: the prediction was made from another input than the target "
+        f"'cloudfree' of {stores['b']}"
+    )
+    _fails_alone(capsys, argv, said)
+    assert main(["evaluate", str(stores["a"]), str(stores["decloud_a"]), "--strata", "all"]) == 0
 
 
 def test_evaluate_an_infinite_prediction(tmp_path, capsys):

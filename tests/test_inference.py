@@ -1,3 +1,4 @@
+import json
 import pickle
 import re
 import subprocess
@@ -54,6 +55,27 @@ def test_building_the_graph_computes_nothing(small_scene):
     assert out.dtype == np.float32 and out.chunks is not None
     assert out.rio.crs == small_scene.rio.crs
     np.testing.assert_array_equal(out.x, small_scene.x)
+
+
+def test_a_prediction_records_the_store_it_was_made_from(tmp_path):
+    """The fingerprint of the one store of this library its input came from, on every
+    output variable, read without computing; none for a scene of memory or of several
+    stores, whose origin no fingerprint tells."""
+    from m3rcr_xr.identity import FINGERPRINT
+    from m3rcr_xr.testing import TINY
+
+    for seed in (1, 2):
+        m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((64, 64), seed=seed), tmp_path / f"{seed}.zarr")
+    root = json.loads((tmp_path / "1.zarr" / "zarr.json").read_text())
+    scene = m3rcr_xr.open_zarr(tmp_path / "1.zarr")
+    tiny = {"checkpoint": "untrained", "config": TINY, "tile": 32}
+    with raise_if_dask_computes():
+        out = decloud(scene, "dsen2_cr", tta="flips", uncertainty=True, **tiny)
+    for name in ("decloud", "decloud_std"):
+        assert out[name].attrs["input_fingerprint"] == root["attributes"][FINGERPRINT]
+    other = m3rcr_xr.open_zarr(tmp_path / "2.zarr").sar
+    for ds in (scene.assign(sar=other), scene.load().drop_encoding()):
+        assert "input_fingerprint" not in decloud(ds, "dsen2_cr", **tiny).attrs
 
 
 @settings(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,19 @@ import rasterio
 import xarray as xr
 from rasterio.enums import Resampling
 
+import m3rcr_xr
 from m3rcr_xr import M3RCRWarning, SchemaError, UsageError, metrics
 from m3rcr_xr.landcover import class_names
 from m3rcr_xr.normalize import normalize_sar
-from tests.metrics_scenes import assert_same_result, make_scene
+from m3rcr_xr.testing import raise_if_dask_computes
+from tests.conftest import geotiff_scene
+from tests.metrics_scenes import (
+    TINY_DECLOUD,
+    assert_same_result,
+    make_scene,
+    merged_stores,
+    scene_stores,
+)
 
 BANDS = ["blue", "green", "red", "nir"]
 SAMPLES = {
@@ -368,3 +378,78 @@ def test_nan_in_some_bands_where_the_target_has_data_is_still_an_error():
     partial[0, 2, 3] = np.nan
     with pytest.raises(SchemaError, match="NaN or infinite"):
         metrics.evaluate(ds.assign(decloud=partial))
+
+
+# ------------------------------------------------------------- a prediction's own scene
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, Path]:
+    return scene_stores(tmp_path_factory.mktemp("pairing"))
+
+
+def _another_input(target: str, store: Path) -> str:
+    return re.escape(
+        f"pred='decloud': the prediction was made from another input than the target "
+        f"{target!r} of {store} (its input_fingerprint differs)"
+    )
+
+
+def test_a_prediction_of_another_scene_is_refused_before_any_work(stores):
+    """Scene B on scene A's grid merges with the decloud store of A: its PSNR would be
+    that of another scene's prediction. Refused, in either order of the stores, and
+    for a lazy prediction of A given with B's target."""
+    refused = _another_input("cloudfree", stores["b"])
+    for paths in ((stores["b"], stores["decloud_a"]), (stores["decloud_a"], stores["b"])):
+        with raise_if_dask_computes(), pytest.raises(SchemaError, match=refused):
+            metrics.evaluate(merged_stores(*paths))
+    lazy = m3rcr_xr.decloud(m3rcr_xr.open_zarr(stores["a"]), **TINY_DECLOUD)
+    with raise_if_dask_computes(), pytest.raises(SchemaError, match=refused):
+        metrics.evaluate(
+            None, lazy, m3rcr_xr.open_zarr(stores["b"]).cloudfree, landcover=None, strata=("all",)
+        )
+    right = metrics.evaluate(merged_stores(stores["a"], stores["decloud_a"]), strata=("all",))
+    assert right.attrs["n_valid_pixels"] == 64 * 64
+
+
+def test_a_prediction_of_the_same_files_ingested_again_is_scored(tmp_path):
+    """The same files ingested again make a store of the same fingerprint: the
+    prediction of one is scored against the other; not once the files changed."""
+    files = geotiff_scene(tmp_path, 100)
+    for name in ("first", "again"):
+        m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / f"{name}.zarr")
+    estimate = m3rcr_xr.decloud(m3rcr_xr.open_zarr(tmp_path / "first.zarr"), **TINY_DECLOUD)
+    m3rcr_xr.to_zarr(estimate.to_dataset(), tmp_path / "decloud.zarr")
+    scored = {"target": "cloudy", "landcover": None, "strata": ("all",)}
+    ds = merged_stores(tmp_path / "again.zarr", tmp_path / "decloud.zarr")
+    assert metrics.evaluate(ds, **scored).attrs["n_valid_pixels"] == 64 * 48
+    geotiff_scene(tmp_path, 200)  # the same files, corrected
+    m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "changed.zarr")
+    ds = merged_stores(tmp_path / "changed.zarr", tmp_path / "decloud.zarr")
+    with pytest.raises(SchemaError, match=_another_input("cloudy", tmp_path / "changed.zarr")):
+        metrics.evaluate(ds, **scored)
+
+
+def test_no_pairing_is_checked_where_either_side_is_unknown(stores, tmp_path):
+    """A prediction of a scene in memory, a target in memory, a prediction written
+    with its target in one store: nothing tells another scene, nothing is refused."""
+    b = m3rcr_xr.open_zarr(stores["b"])
+    of_memory = m3rcr_xr.decloud(m3rcr_xr.synthetic_scene((64, 64), seed=1), **TINY_DECLOUD)
+    assert "input_fingerprint" not in of_memory.attrs
+    metrics.evaluate(b.assign(decloud=of_memory), strata=("all",))
+    decloud_a = m3rcr_xr.open_zarr(stores["decloud_a"]).decloud
+    metrics.evaluate(None, decloud_a, b.cloudfree.drop_encoding(), landcover=None, strata=("all",))
+    together = merged_stores(stores["a"], stores["decloud_a"])
+    m3rcr_xr.to_zarr(together, tmp_path / "together.zarr")
+    metrics.evaluate(m3rcr_xr.open_zarr(tmp_path / "together.zarr"), strata=("all",))
+
+
+def test_a_prediction_as_target_is_compared_by_the_input_it_was_made_from(stores, tmp_path):
+    """Two predictions of scene A are scored against each other; one of scene B
+    against one of scene A is refused."""
+    for name, scene in (("tta", "a"), ("decloud_b", "b")):
+        estimate = m3rcr_xr.decloud(m3rcr_xr.open_zarr(stores[scene]), **TINY_DECLOUD)
+        m3rcr_xr.to_zarr(estimate.rename(name).to_dataset(), tmp_path / f"{name}.zarr")
+    alone = {"landcover": None, "strata": ("all",)}
+    ds = merged_stores(stores["decloud_a"], tmp_path / "tta.zarr", tmp_path / "decloud_b.zarr")
+    assert metrics.evaluate(ds, "decloud", "tta", **alone).PSNR.notnull().all()
+    with pytest.raises(SchemaError, match=_another_input("decloud_b", tmp_path / "decloud_b.zarr")):
+        metrics.evaluate(ds, "decloud", "decloud_b", **alone)

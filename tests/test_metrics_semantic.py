@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import dask
 import numpy as np
@@ -19,6 +20,7 @@ from m3rcr_xr.cli import main
 from m3rcr_xr.landcover import IGNORE_INDEX, class_names, ignored_classes, worldcover_labels
 from m3rcr_xr.metrics import evaluate, evaluate_semantic, semantic_metrics
 from m3rcr_xr.testing import CountingScheduler, classifier_checkpoint, raise_if_dask_computes
+from tests.metrics_scenes import merged_stores, scene_stores
 
 SMALL = {"preset": "small"}
 #: WorldCover codes, nodata and a code that is not WorldCover
@@ -346,6 +348,21 @@ def test_evaluate_refuses_semantic_with_the_per_patch_protocol(scene):
         evaluate(scene, semantic=True, protocol="per_patch")
     with pytest.raises(UsageError, match="classify_options.*unknown \\['tiles'\\]"):
         evaluate(scene, semantic=True, classify_options={"tiles": 32})
+
+
+def test_a_prediction_of_another_scene_is_refused_before_any_work(tmp_path):
+    """Scene B's target against the prediction of scene A, on the same grid."""
+    stores = scene_stores(tmp_path)
+    ds = merged_stores(stores["b"], stores["decloud_a"])
+    refused = re.escape(
+        "pred='decloud': the prediction was made from another input than the target "
+        f"'cloudfree' of {stores['b']}"
+    )
+    with raise_if_dask_computes(), pytest.raises(SchemaError, match=refused):
+        evaluate_semantic(ds, classifier="untrained", classifier_config=SMALL)
+    right = merged_stores(stores["a"], stores["decloud_a"])
+    with raise_if_dask_computes():
+        evaluate_semantic(right, classifier="untrained", classifier_config=SMALL, compute=False)
 
 
 @pytest.mark.parametrize("level", [1, 2])

@@ -153,7 +153,9 @@ def _print_tables(
 
 def _open_stores(paths: Sequence[str]) -> xarray.Dataset:
     """The variables of the stores ``paths`` as one Dataset (``m3rcr evaluate
-    scene.zarr decloud.zarr``: the target in one, the prediction in the other).
+    scene.zarr decloud.zarr``: the target in one, the prediction in the other). Each
+    variable keeps its own store in ``encoding["source"]`` (its coordinates are the
+    first store's), by which the evaluation refuses a prediction of another scene.
 
     Raises
     ------

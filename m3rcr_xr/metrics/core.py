@@ -244,7 +244,13 @@ def evaluate(
         A scene or a collection; None when every input is given as a DataArray.
     pred, target
         Variable names in ``ds`` or DataArrays, dims ``([patch,] band, y, x)``, reflectance
-        x10000 (normalised here to [0, 1] as the reference does).
+        x10000 (normalised here to [0, 1] as the reference does). A prediction of
+        :func:`m3rcr_xr.decloud` made from another scene than the target's store is
+        refused (its ``input_fingerprint``, that of the store it was made from, against
+        the fingerprint of the one store of this library the target comes from; see
+        :func:`~m3rcr_xr.metrics.inputs.check_paired`); where either is unknown (a
+        prediction of files or of several stores, a target in memory, both written in
+        one store) nothing is checked.
     protocol
         ``"pooled"``: each metric over all pixels of the cell (PSNR from the pooled MSE).
         ``"per_patch"`` (collections): each metric per patch, then the mean over the
@@ -299,7 +305,8 @@ def evaluate(
     Raises
     ------
     SchemaError
-        Missing variables, mismatched grids or CRS, bad arguments; a prediction that is
+        Missing variables, a prediction made from another input than the target,
+        mismatched grids or CRS, bad arguments; a prediction that is
         all NaN / inf, or NaN / inf where the target has data, or coordinates that are
         dask arrays and differ (these at compute time when lazy).
 

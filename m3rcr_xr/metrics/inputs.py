@@ -3,7 +3,8 @@
 :func:`prepare_inputs` turns the ``pred``, ``target``, ``landcover`` and ``cloudmask``
 arguments of :func:`~m3rcr_xr.metrics.evaluate` (variable names or DataArrays) into
 DataArrays with dims in the engine's order, checked to lie on the target's grid (dims,
-sizes, coordinates, CRS, bands) and on the same spatial chunks.
+sizes, coordinates, CRS, bands) and on the same spatial chunks, and the prediction to
+be made from the target's scene (:func:`check_paired`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 import xarray as xr
 
 from ..exceptions import SchemaError, UsageError, argument
+from ..href import redacted
+from ..identity import INPUT_FINGERPRINT, own_sources, store_fingerprint
 from .dispatch import is_lazy
 
 #: the dims of a pixel grid
@@ -143,6 +146,40 @@ def check_grid(
     return _checked_when_computed(array, role, unchecked)
 
 
+def check_paired(pred: xr.DataArray, target: xr.DataArray, name: Any) -> None:
+    """Refuse a prediction made from another input than its target: stores merged on
+    their grid alone (``m3rcr evaluate sceneB.zarr decloudA.zarr``) pair whatever scenes
+    they hold.
+
+    The prediction's :data:`~m3rcr_xr.identity.INPUT_FINGERPRINT` (the fingerprint of
+    the store :func:`m3rcr_xr.decloud` read) is compared with the target's own (a
+    prediction as target), else with the fingerprint of the one store of this library
+    the target variable comes from (:func:`~m3rcr_xr.identity.store_fingerprint`: its
+    root ``zarr.json`` read, nothing else). No check where either is unknown: a
+    prediction without the attribute (of files, of several stores, of a copy that
+    other software wrote), a target of memory, files or several stores; nor where both
+    come from the one store (written together, paired by whoever wrote them). A scene
+    re-ingested from the same files keeps its fingerprint, so its prediction passes.
+
+    Raises
+    ------
+    SchemaError
+        Naming the prediction ``name`` and the target's store.
+    """
+    made_from = pred.attrs.get(INPUT_FINGERPRINT)
+    store = own_sources(target)
+    if not made_from or store == own_sources(pred):
+        return
+    expected = target.attrs.get(INPUT_FINGERPRINT) or store_fingerprint(store)
+    if expected is not None and expected != made_from:
+        where = ", ".join(map(redacted, store)) or "memory"
+        raise SchemaError(
+            f"{argument('pred', name)}: the prediction was made from another input than "
+            f"the target {target.name!r} of {where} (its {INPUT_FINGERPRINT} differs): "
+            "evaluate it against the target of the scene it was made from"
+        )
+
+
 def _match_bands(pred: xr.DataArray, target: xr.DataArray, role: str = "pred") -> xr.DataArray:
     """``pred`` (the input named ``role``) with its bands in the target's order."""
     if pred.sizes["band"] != target.sizes["band"]:
@@ -224,12 +261,14 @@ def prepare_inputs(
     ------
     SchemaError
         A missing variable (the cloud mask too, given as None, where ``need_cloudmask``),
+        a prediction made from another input than the target (:func:`check_paired`),
         mismatched grids (dims, sizes, coordinates, CRS, bands), or a per-patch protocol
         without a ``patch`` dim.
     """
     target_da = _resolve(ds, target, "target")
     pred_da = _resolve(ds, pred, "pred")
     require_dims(target_da, ("band", *PIXEL_DIMS), "target")
+    check_paired(pred_da, target_da, pred if isinstance(pred, str) else pred_da.name)
     if per_patch and "patch" not in target_da.dims:
         raise SchemaError("protocol 'per_patch' needs a collection (a 'patch' dim)")
     order = [d for d in ("patch", "band", *PIXEL_DIMS) if d in target_da.dims]

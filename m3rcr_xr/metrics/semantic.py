@@ -583,7 +583,9 @@ def evaluate_semantic(
         A scene or a collection; None when every input is a DataArray.
     pred, target, cloudy
         Optical images (variable names or DataArrays, reflectance x10000). ``cloudy``
-        is optional: None, or a name missing from ``ds``, leaves it out.
+        is optional: None, or a name missing from ``ds``, leaves it out. A prediction
+        made from another scene than the target is refused, as by
+        :func:`~m3rcr_xr.metrics.evaluate`.
     classifier
         A land-cover classifier: registered weights (``"landcover_unet-demo"``, the
         demo classifier trained on synthetic scenes), a checkpoint file of
@@ -621,7 +623,8 @@ def evaluate_semantic(
     ------
     ModelConfigError, CheckpointError, SchemaError, UsageError
         Before any work: a cloud-removal model as classifier, a classifier of another
-        level or number of classes, no land cover, grids that differ, bad arguments.
+        level or number of classes, no land cover, a prediction made from another input
+        than the target, grids that differ, bad arguments.
 
     Examples
     --------
