@@ -87,9 +87,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """``m3rcr_xr.plot`` on first use: matplotlib is imported only by those who draw."""
-    if name == "plot":
+    """``m3rcr_xr.plot`` and ``m3rcr_xr.cli`` on first use: matplotlib is imported only
+    by those who draw, argparse's command line by those who ask for it."""
+    if name in ("plot", "cli"):
         import importlib
 
-        return importlib.import_module(f"{__name__}.plot")
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1561,3 +1561,14 @@ def test_decloud_refuses_a_root_cog_folder_before_any_work(tmp_path, capsys, mon
     assert main([*argv, "--cog", cog]) == 2
     _one_error_line(capsys, f"--cog {cog}: ", "no folder beside it", "give a folder inside")
     assert not out.exists()
+
+
+def test_the_cli_package_is_reached_from_the_package_and_imported_without_running():
+    """``help(m3rcr_xr.cli)`` after ``import m3rcr_xr`` (an AttributeError), and tools that
+    import every module (pydoc, sphinx) ran the command line at ``cli.__main__``."""
+    code = (
+        "import importlib, m3rcr_xr; importlib.import_module('m3rcr_xr.cli.__main__'); "
+        "print(m3rcr_xr.cli.main.__module__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "m3rcr_xr.cli\n"), done.stderr

@@ -1,6 +1,8 @@
-"""Dask clusters for decloud: one machine (:func:`local_cluster`) or an HPC batch system
-(:func:`slurm_cluster`, :func:`pbs_cluster`, thin helpers over dask-jobqueue), and a
-client of one that is already running (:func:`connect`).
+"""Dask clusters for decloud, on one machine or an HPC batch system.
+
+One machine (:func:`local_cluster`) or an HPC batch system (:func:`slurm_cluster`,
+:func:`pbs_cluster`, thin helpers over dask-jobqueue), and a client of one that is
+already running (:func:`connect`).
 
 Every worker made here
 

@@ -11,17 +11,17 @@ open reads and takes bands by name where the file's band descriptions name them 
 never wrapped around:
 
 - optical layers become uint16 exactly (NaN and the declared nodata become 0), or
-  raise :class:`InputFileError` naming the file and the values found
+  raise :class:`~m3rcr_xr.exceptions.InputFileError` naming the file and the values found
   (:func:`m3rcr_xr.rasters.as_uint16`);
 - SAR: NaN, +-inf and the declared nodata are holes, filled as the published loader
   fills NaN (:func:`m3rcr_xr.align.fill_nan_with_mean`; with ``align="shape"`` after
   resampling, as that loader); a chunk that plainly holds linear power, not dB, raises
-  :class:`InputFileError` (:func:`check_sar_unit`);
+  :class:`~m3rcr_xr.exceptions.InputFileError` (:func:`~m3rcr_xr.io.layers.check_sar_unit`);
 - a scale/offset in a file's header (value = raw x scale + offset) is applied to SAR;
   optical files may declare only reflectance x10000 as stored (scale 1 or 0.0001,
   offset 0), the other layers none: anything else is refused naming the file;
 - land cover: codes outside ESA WorldCover become nodata 0, with an
-  :class:`M3RCRWarning` (:func:`m3rcr_xr.landcover.to_worldcover`).
+  :class:`~m3rcr_xr.exceptions.M3RCRWarning` (:func:`m3rcr_xr.landcover.to_worldcover`).
 
 Its modules: :mod:`~m3rcr_xr.io.layers` reads the optical, SAR and land-cover layers,
 :mod:`~m3rcr_xr.io.cloudmasks` the cloud mask, :mod:`~m3rcr_xr.io.grids` checks them

@@ -112,8 +112,8 @@ def check_sar_unit(array: xr.DataArray, unit: str, source: str, hint: str = "") 
 
 def _check_sar_chunk(values: np.ndarray, unit: str, source: str, hint: str = "") -> np.ndarray:
     """``values`` (one chunk of SAR), unless they are plainly in the other unit than
-    ``unit``: then :class:`InputFileError` naming ``source`` and the values found,
-    ``hint`` after them where given.
+    ``unit``: then :class:`~m3rcr_xr.exceptions.InputFileError` naming ``source`` and
+    the values found, ``hint`` after them where given.
 
     Each reader assumes one unit, and a file in the other reads without any error into
     a scene of constants: dB read as power is below the power floor everywhere (-50 dB);

@@ -38,8 +38,8 @@ def open_quartet(
     sar
         2-band Sentinel-1 GeoTIFF (VV, VH in dB), at any resolution and CRS; a scale/offset
         in its header is applied (dB x100 stored as int16 with scale 0.01). A chunk of
-        linear power instead raises :class:`InputFileError` when read
-        (:func:`check_sar_unit`).
+        linear power instead raises :class:`~m3rcr_xr.exceptions.InputFileError` when read
+        (:func:`~m3rcr_xr.io.layers.check_sar_unit`).
     landcover
         1-band ESA WorldCover GeoTIFF, at any resolution and CRS (class codes as stored:
         a header scale/offset is refused).
@@ -49,7 +49,7 @@ def open_quartet(
         ``udm2_classes`` make the mask and whose unusable pixels (not imaged, or a band
         missing or suspect: :func:`m3rcr_xr.udm2_nodata`) become nodata 0 in
         ``cloudy``; or ``"estimate"``, a spectral test on ``cloudy``
-        (:func:`m3rcr_xr.estimate_cloudmask`), with an :class:`M3RCRWarning`.
+        (:func:`m3rcr_xr.estimate_cloudmask`), with an :class:`~m3rcr_xr.exceptions.M3RCRWarning`.
     chunks
         ``"auto"`` (the ``scene_chunk`` option, 1024 px), an int, a dict of ``y``/``x``
         chunk sizes, or ``None`` to load into memory.

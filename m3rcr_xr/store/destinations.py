@@ -78,7 +78,8 @@ def check_destination(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> None:
-    """Refuse a destination :func:`to_zarr` would not write, before any work is done.
+    """Refuse a destination :func:`~m3rcr_xr.store.to_zarr` would not write, before any
+    work is done.
 
     Reads only; the command line calls it with its own input arguments before it
     opens them.
@@ -91,7 +92,7 @@ def check_destination(
         Paths or URLs of the inputs; a destination that is, contains or lies inside
         one of them is refused.
     overwrite, storage_options
-        As in :func:`to_zarr`.
+        As in :func:`~m3rcr_xr.store.to_zarr`.
 
     Raises
     ------

@@ -26,8 +26,9 @@ CHUNKS_PER_STEP = 8
 #: in it grows with its pixels (decloud: about 13 bytes a pixel), so a scene wider than
 #: 8192 pixels writes fewer than :data:`CHUNKS_PER_STEP` chunk rows a step
 PIXELS_PER_STEP = 8192 * 8192
-#: the encodings of a data variable that :func:`to_zarr` keeps (codecs, fill value and
-#: stored dtype); the others, chunks included, are its own (:func:`store_chunks`). On a
+#: the encodings of a data variable that :func:`~m3rcr_xr.store.to_zarr` keeps (codecs,
+#: fill value and stored dtype); the others, chunks included, are its own
+#: (:func:`store_chunks`). On a
 #: variable of the schema, a packing or a dtype that would not read back as the schema's
 #: dtype is refused (:func:`_check_decoded_dtypes`)
 KEPT_ENCODING = (
@@ -159,7 +160,7 @@ def _unpacked(attrs: dict[str, Any], encoding: dict[str, Any]) -> None:
 
 def _check_decoded_dtypes(ds: xr.Dataset) -> None:
     """Refuse an encoding of a variable of the schema that would read back in another
-    dtype than the schema's: :func:`open_zarr` would refuse the store it wrote.
+    dtype than the schema's: :func:`~m3rcr_xr.store.open_zarr` would refuse the store it wrote.
 
     A packed variable (``scale_factor``, ``add_offset``) reads back unpacked as float64
     or int64, whatever its dtype (JSON attributes keep no float32); a ``dtype`` without

@@ -34,7 +34,7 @@ def store_state(store: Any, *, storage_options: dict[str, Any] | None = None) ->
 
 def is_complete(store: Any, *, storage_options: dict[str, Any] | None = None) -> bool:
     """True when ``store`` is a store of this library written to the end by
-    :func:`to_zarr` (or a byte copy of one, which keeps its identifier); False for
+    :func:`~m3rcr_xr.store.to_zarr` (or a byte copy of one, which keeps its identifier); False for
     anything else, a copy that other software wrote included, never an error."""
     try:
         return store_state(store, storage_options=storage_options) == "complete"
@@ -49,14 +49,15 @@ def open_zarr(
     validate_schema: bool = True,
     storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset:
-    """Open a store written by :func:`to_zarr`, lazily, with its CRS.
+    """Open a store written by :func:`~m3rcr_xr.store.to_zarr`, lazily, with its CRS.
 
-    ``storage_options`` go to the fsspec file system of a URL, as in :func:`to_zarr`.
+    ``storage_options`` go to the fsspec file system of a URL, as in
+    :func:`~m3rcr_xr.store.to_zarr`.
 
     The result records the store in ``encoding["source"]`` (of the dataset and of
-    each variable), so that :func:`to_zarr` never writes over its own input; a
+    each variable), so that :func:`~m3rcr_xr.store.to_zarr` never writes over its own input; a
     :class:`~m3rcr_xr.identity.Source`, which keeps ``storage_options`` for
-    :func:`to_zarr` to identify the input again (never printed nor written).
+    :func:`~m3rcr_xr.store.to_zarr` to identify the input again (never printed nor written).
 
     Raises
     ------

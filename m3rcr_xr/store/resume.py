@@ -31,10 +31,10 @@ _EARLIER_STEP_CHUNKS = 8
 def written_from(
     ds: xr.Dataset, store: str | os.PathLike, *, storage_options: dict[str, Any] | None = None
 ) -> bool:
-    """Whether ``store`` is a complete store that :func:`to_zarr` wrote from ``ds``'s
-    data: the fingerprint it keeps is the one :func:`to_zarr` computes for ``ds`` (the
+    """Whether ``store`` is a complete store that :func:`~m3rcr_xr.store.to_zarr` wrote
+    from ``ds``'s data: the fingerprint it keeps is the one it computes for ``ds`` (the
     same layout and inputs, none changed since). Reads metadata and listings only;
-    nothing of ``ds`` is computed but what :func:`to_zarr` computes before it writes
+    nothing of ``ds`` is computed but what ``to_zarr`` computes before it writes
     (coordinates, variables without the dim it writes along).
 
     Raises
@@ -51,9 +51,9 @@ def written_from(
 def identified(
     ds: xr.Dataset, inputs: Sequence[str]
 ) -> tuple[xr.Dataset, dict[str, tuple[str, bool]], str]:
-    """``ds`` as :func:`to_zarr` writes it (:func:`prepare`), the identities of its
+    """``ds`` as :func:`~m3rcr_xr.store.to_zarr` writes it (:func:`prepare`), the identities of its
     ``inputs`` (:func:`~m3rcr_xr.identity.sources`, taken before: the prepared variables
-    no longer name them) and the fingerprint :func:`to_zarr` keeps in the store."""
+    no longer name them) and the fingerprint :func:`~m3rcr_xr.store.to_zarr` keeps in the store."""
     prepared = prepare(ds)
     identities = source_identities(inputs)
     return prepared, identities, data_fingerprint(prepared, identities=identities)
