@@ -7,10 +7,12 @@ corrected in place, a store replaced). What identifies data is found without rea
 it: metadata, listings and Dask tokens.
 
 * :func:`sources`: where data was read from (xarray's ``encoding["source"]``), each a
-  :class:`Source` that keeps the ``storage_options`` it was opened with;
+  :class:`Source` that keeps the ``storage_options`` it was opened with, and a file's
+  identity when it was opened (:func:`opened_file`);
 * :func:`source_identities`: for each source, what changes when it changes (a store's
   own fingerprint and its listing, a file's size and version), and whether a change can
-  be seen at all;
+  be seen at all; a file changed since it was opened is refused there (and by
+  :func:`check_since_open`);
 * :func:`data_fingerprint`: a digest of a Dataset's layout, its Dask graph and its
   sources' identities, the same in every process. :func:`~m3rcr_xr.store.to_zarr` keeps
   it in the store (:data:`FINGERPRINT`) to resume only the same data;
@@ -33,7 +35,8 @@ import dask.base
 import numpy as np
 import xarray as xr
 
-from .exceptions import StoreError
+from .exceptions import InputFileError, StoreError
+from .href import redacted
 from .location import Target, reaching, read_bytes, read_json, version_of, version_stamp
 
 #: the root attribute in which a store keeps the fingerprint of the data it was written
@@ -54,17 +57,26 @@ class Source(str):
     """A source's path or URL (a plain ``str`` to any reader) that also holds the
     ``storage_options`` it was opened with, so that :func:`~m3rcr_xr.store.to_zarr` can
     reach it again to identify it (credentials given only as options, none in the
-    environment).
+    environment), and, for a file, its identity when it was opened (``at_open``,
+    :func:`opened_file`; None where unknown), so that a file changed since is refused
+    (:func:`source_identities`).
 
     The options stay out of its ``str``, ``repr`` and JSON form: they are never
     printed, nor written to a store's attributes.
     """
 
     storage_options: dict[str, Any]
+    at_open: tuple[str, bool] | None
 
-    def __new__(cls, url: str, storage_options: dict[str, Any] | None = None) -> Source:
+    def __new__(
+        cls,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        at_open: tuple[str, bool] | None = None,
+    ) -> Source:
         source = super().__new__(cls, url)
         source.storage_options = dict(storage_options or {})
+        source.at_open = at_open
         return source
 
 
@@ -73,16 +85,38 @@ def _options(source: Any) -> dict[str, Any]:
     return dict(source.storage_options) if isinstance(source, Source) else {}
 
 
+def _at_open(source: Any) -> tuple[str, bool] | None:
+    """A file's identity when it was opened (:class:`Source`), else None."""
+    return source.at_open if isinstance(source, Source) else None
+
+
+def opened_file(path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Source:
+    """``path``, a file being opened, as a :class:`Source` that holds its identity now
+    (:func:`_source_identity`), for xarray's ``encoding["source"]``: a lazy array keeps
+    reading the file long after it was opened (GDAL's block cache, rioxarray's open
+    handle), so :func:`source_identities` refuses one that changed since.
+
+    The readers of this library call it once their files are opened
+    (:func:`m3rcr_xr.open_quartet`, :func:`m3rcr_xr.open_stac`). It costs one
+    ``fs.info`` of the file: a ``stat`` locally, a HEAD request remotely.
+    """
+    source = Source(os.fspath(path), storage_options)
+    source.at_open = _source_identity(source)
+    return source
+
+
 def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
     """Where the data of ``obj`` was read from: paths and URLs, sorted, no repeats.
 
     Taken from ``encoding["source"]`` of ``obj`` and of each of its variables, xarray's
     own convention (``xr.open_dataset`` sets it), extended to a list for data
     assembled from many files. The readers of this library fill it in:
-    :func:`m3rcr_xr.open_quartet` and :func:`m3rcr_xr.open_m3rcr` with their files,
-    :func:`m3rcr_xr.open_zarr` with the store (a :class:`Source`, holding the
-    ``storage_options`` it was opened with, which this list keeps),
-    :func:`m3rcr_xr.decloud` with its input's.
+    :func:`m3rcr_xr.open_quartet`, :func:`m3rcr_xr.open_m3rcr` and
+    :func:`m3rcr_xr.open_stac` with their files (each a :class:`Source` holding its
+    identity when it was opened, :func:`opened_file`), :func:`m3rcr_xr.open_zarr` with
+    the store (a :class:`Source`, holding the ``storage_options`` it was opened with),
+    :func:`m3rcr_xr.decloud` with its input's. This list keeps both; of a source named
+    twice, it keeps the options and the identity at open that either holds.
     """
     holders: list[Any] = [obj, *obj.variables.values()] if isinstance(obj, xr.Dataset) else [obj]
     if isinstance(obj, xr.DataArray):
@@ -93,10 +127,19 @@ def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
         if value is None:
             continue
         for v in [value] if isinstance(value, str | os.PathLike) else value:
-            source = Source(Target.of(v).url, _options(v))
-            if source.storage_options or source not in found:  # one opened with options wins
-                found[source] = source
+            source = Source(Target.of(v).url, _options(v), _at_open(v))
+            found[source] = _merged(found[source], source) if source in found else source
     return [found[url] for url in sorted(found)]
+
+
+def _merged(kept: Source, other: Source) -> Source:
+    """One source named twice: the options of the one opened with them (``other``'s if
+    both are), the identity at open of the one that holds it (``kept``'s if both do)."""
+    return Source(
+        kept,
+        other.storage_options or kept.storage_options,
+        kept.at_open if kept.at_open is not None else other.at_open,
+    )
 
 
 # ----------------------------------------------------------------- stores of ours
@@ -132,10 +175,11 @@ def data_fingerprint(
     content hash of arrays from memory, the checkpoint hash of decloud); and the
     identity of each input (``inputs``, usually :func:`sources`: a store's own
     fingerprint, the listing of a Zarr store of other software, a file's size and
-    modification time), which the token may miss; or their ``identities``, as
-    :func:`source_identities` gives them (to reach each input once when the caller
-    needs them too). Nothing is read but metadata and listings; an array in memory is
-    hashed.
+    version: :func:`~m3rcr_xr.location.version_of`), which the token may miss; or their
+    ``identities``, as :func:`source_identities` gives them (to reach each input once
+    when the caller needs them too). Nothing is read but metadata and listings; an array
+    in memory is hashed. A file changed since it was opened is refused
+    (:func:`source_identities`).
 
     Examples
     --------
@@ -169,19 +213,65 @@ def _fingerprint(ds: xr.Dataset, identities: dict[str, tuple[str, bool]]) -> str
     return digest.hexdigest()
 
 
-def source_identities(inputs: Iterable[str]) -> dict[str, tuple[str, bool]]:
+def source_identities(
+    inputs: Iterable[str], *, since_open: bool = True
+) -> dict[str, tuple[str, bool]]:
     """For each input (a path or URL, as :func:`sources` lists them), what changes when
     it changes, and whether a change can be seen at all, each input reached once.
 
     A store (a folder): its own fingerprint, if it is one of this library's (the data it
     was written from), and a digest of its listing (each key's size and modification
-    time, or ETag: a chunk rewritten in place changes it); one listing, no chunk read.
-    A file: its size and version (modification time, ETag, HTTP ``Last-Modified``...);
-    one that reports its size alone (an HTTP server that sends neither ``ETag`` nor
-    ``Last-Modified``) is not versioned (False): a file replaced by one of the same
-    size looks the same. An input out of reach is a :class:`StoreError` naming it.
+    time, or ETag: a chunk rewritten in place changes it; what a copy that keeps the
+    times keeps, :func:`_listing_identity`); one listing, no chunk read. A file: its
+    size and version (:func:`~m3rcr_xr.location.version_of`: modification time, inode
+    and change time locally, ETag, HTTP ``Last-Modified``...); one that reports its
+    size alone (an HTTP server that sends neither ``ETag`` nor ``Last-Modified``) is not
+    versioned (False): a file replaced by one of the same size looks the same.
+
+    With ``since_open``, a file whose identity when it was opened is known
+    (:func:`opened_file`) and differs now is refused: what a lazy array read of it
+    before (GDAL's block cache) and what it reads after would be of two files.
+
+    Raises
+    ------
+    StoreError
+        An input out of reach, naming it.
+    InputFileError
+        With ``since_open``: a file changed since it was opened, naming it.
     """
-    return {source: _source_identity(source) for source in inputs}
+    identities = {source: _source_identity(source) for source in inputs}
+    if since_open:
+        for source, identity in identities.items():
+            _check_since_open(source, identity)
+    return identities
+
+
+def check_since_open(inputs: Iterable[str]) -> None:
+    """Refuse those of ``inputs`` (as :func:`sources` lists them) that changed since they
+    were opened, as :func:`source_identities` does; only those whose identity at open is
+    known (:func:`opened_file`) are reached, one ``fs.info`` each.
+
+    Raises
+    ------
+    InputFileError
+        A file changed since it was opened, naming it.
+    StoreError
+        Such a file out of reach, naming it.
+    """
+    for source in inputs:
+        if _at_open(source) is not None:
+            _check_since_open(source, _source_identity(source))
+
+
+def _check_since_open(source: str, identity: tuple[str, bool]) -> None:
+    """Refuse ``source`` if its ``identity`` now is not the one it had when it was opened
+    (:class:`Source`, :func:`opened_file`)."""
+    at_open = _at_open(source)
+    if at_open is not None and at_open != identity:
+        raise InputFileError(
+            f"{redacted(source)}: changed since it was opened (rewritten or replaced), so "
+            "what was read of it may mix its old and new data; open it again"
+        )
 
 
 def _source_identity(source: str) -> tuple[str, bool]:
@@ -190,10 +280,10 @@ def _source_identity(source: str) -> tuple[str, bool]:
     For a folder (a Zarr store), its listing (:func:`_listing_identity`: a chunk
     rewritten in place changes it), after a store of this library's own fingerprint (the
     data it was written from; not that of a copy other software wrote); else a file's
-    size and version (:func:`~m3rcr_xr.location.version_of`: modification time, ETag, HTTP
-    ``Last-Modified``...). A file that reports its size alone (an HTTP server that
-    sends no ``ETag`` nor ``Last-Modified``) is not versioned (False): a file replaced
-    by one of the same size looks the same.
+    size and version (:func:`~m3rcr_xr.location.version_of`: modification time, a local
+    file's inode and change time, ETag, HTTP ``Last-Modified``...). A file that reports
+    its size alone (an HTTP server that sends no ``ETag`` nor ``Last-Modified``) is not
+    versioned (False): a file replaced by one of the same size looks the same.
 
     The source is reached with the ``storage_options`` it was opened with
     (:class:`Source`); a source out of reach is a :class:`StoreError` naming it.
@@ -216,7 +306,11 @@ def _source_identity(source: str) -> tuple[str, bool]:
 def _listing_identity(target: Target) -> str:
     """A digest of every key under a folder with its size and modification time (ETag
     on object stores): any chunk rewritten in place changes it, which a Dask token of
-    an ``xr.open_zarr`` store (its top folder's modification time) misses.
+    an ``xr.open_zarr`` store (its top folder's modification time) misses. Not a local
+    key's inode and change time (:func:`~m3rcr_xr.location.version_of`, ``portable``): a
+    store copied with its times (``cp -a``, ``rsync -a``) is the same data, and a resume
+    (of training too) on the copy goes on; a chunk rewritten in place with its size kept
+    and its modification time set back goes unseen.
 
     It costs one recursive listing: a ``stat`` of each file locally, one request per
     1000 keys on S3 (a store of 100 000 chunks: 100 requests), nothing read.
@@ -225,7 +319,7 @@ def _listing_identity(target: Target) -> str:
     listing = target.fs.find(target.path, detail=True)
     for name in sorted(listing):
         relative = name[len(target.path) :]
-        digest.update(f"{relative}\0{version_of(listing[name])}\0".encode())
+        digest.update(f"{relative}\0{version_of(listing[name], portable=True)}\0".encode())
     return f"listing:{digest.hexdigest()}"
 
 

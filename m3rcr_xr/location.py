@@ -14,7 +14,8 @@ where they read and write:
 * keys of a location read whole (:func:`read_bytes`, :func:`read_json`), files of a
   store's own opened never through a symbolic link (:func:`open_own_file`);
 * a file's version as its file system lists it (:func:`version_of`: size and
-  modification time, ETag, HTTP ``Last-Modified``...).
+  modification time, a local file's inode and change time, ETag, HTTP
+  ``Last-Modified``...).
 """
 
 from __future__ import annotations
@@ -278,7 +279,19 @@ def version_stamp(info: dict[str, Any]) -> Any:
     return next((info[key] for key in _VERSION_KEYS if info.get(key) is not None), None)
 
 
-def version_of(info: dict[str, Any]) -> str:
+def version_of(info: dict[str, Any], *, portable: bool = False) -> str:
     """A file's size and its first of :data:`_VERSION_KEYS` (:func:`version_stamp`), from
-    ``info``, its entry in an fsspec listing (``fs.info(path)``)."""
-    return f"{info.get('size')}:{version_stamp(info)}"
+    ``info``, its entry in an fsspec listing (``fs.info(path)``); for a local file, its
+    inode and change time too (``ino``, and ``created``: fsspec's name for
+    ``st_ctime``): a file rewritten in place with its size kept and its modification
+    time set back (``os.utime``) moves the change time, which no process can set, and a
+    file replaced has another inode. A file copied with its times (``cp -p``) counts
+    as another.
+
+    ``portable``: the size and stamp alone, which a copy that keeps the times (``cp -a``,
+    ``rsync -a``) keeps too: for the keys of a store, whose copy on other disks is the
+    same data (its rewrite in place with the times set back goes unseen)."""
+    version = f"{info.get('size')}:{version_stamp(info)}"
+    if "ino" in info and not portable:  # the local file system's (LocalFileSystem)
+        version += f":{info['ino']}:{info.get('created')}"
+    return version

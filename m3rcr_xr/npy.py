@@ -48,7 +48,7 @@ class NpyFile:
     fortran_order: bool
     offset: int
     size: int
-    #: size and modification time (ETag remotely) at open: each read checks it
+    #: its version at open (:func:`~m3rcr_xr.location.version_of`): each read checks it
     version: str = ""
 
     @property
@@ -113,7 +113,8 @@ class NpyFile:
 
 
 def _version(fs: Any, path: str) -> str:
-    """A file's size and modification time (ETag remotely), as a resume identifies it."""
+    """A file's version (:func:`~m3rcr_xr.location.version_of`: size and modification
+    time, inode and change time locally, ETag remotely), as a resume identifies it."""
     return version_of(fs.info(path))
 
 

@@ -1,6 +1,7 @@
 import errno
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import dask
@@ -19,7 +20,7 @@ import m3rcr_xr
 from m3rcr_xr import cog, locks
 from m3rcr_xr.cog import arrays, destinations
 from m3rcr_xr.testing import raise_if_dask_computes
-from tests.conftest import forbid_head_bucket, killed_writer, run_script, snapshot
+from tests.conftest import forbid_head_bucket, geotiff_scene, killed_writer, run_script, snapshot
 
 
 def _scene(size: int, chunks: int = 256) -> xr.DataArray:
@@ -395,6 +396,18 @@ def test_a_cog_records_what_it_was_written_from_the_same_in_every_process(tmp_pa
         assert f.tags()["TIFFTAG_SOFTWARE"].startswith("m3rcr_xr")
     assert np.array_equal(rioxarray.open_rasterio(here).values, cloudy.values)
     cog.check_replaceable(here, overwrite=True)  # its Software tag is read as before
+
+
+def test_a_scene_whose_file_changed_since_it_was_opened_is_refused(tmp_path):
+    """Refused before any work, as by ``to_zarr``: the GeoTIFF could mix the rows of
+    the old file read before (GDAL's cache) with the new one's."""
+    files = geotiff_scene(tmp_path / "in", 100)
+    scene = m3rcr_xr.open_quartet(**files)
+    os.replace(files["sar"], tmp_path / "old.tif")
+    shutil.copyfile(tmp_path / "old.tif", files["sar"])  # the same pixels, another file
+    with pytest.raises(m3rcr_xr.InputFileError, match=r"sar\.tif: changed since it was opened"):
+        m3rcr_xr.to_cog(scene, tmp_path / "c.tif", variable="sar")
+    assert sorted(os.listdir(tmp_path)) == ["in", "old.tif"]
 
 
 def _without_record(monkeypatch, array, path):

@@ -7,6 +7,7 @@ end) are tested in tests/test_store.py and tests/test_s3.py.
 import os
 
 import numpy as np
+import pytest
 import xarray as xr
 import zarr
 
@@ -71,6 +72,45 @@ def test_a_source_keeps_its_storage_options_out_of_sight():
     for kept in (found, copy.deepcopy(found), pickle.loads(pickle.dumps(found))):
         assert kept == "s3://b/s.zarr" and kept.storage_options == options
         assert "SECRET" not in repr(kept) + str(kept) + f"{kept}" + json.dumps([kept])
+
+
+def test_a_local_file_rewritten_with_its_size_and_time_kept_is_told_apart(tmp_path):
+    """Size and modification time alone are the same (``os.utime`` sets the latter
+    back); the change time, which no process sets, is not."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"A" * 100)
+    first, before = identity._source_identity(str(path)), path.stat()
+    with path.open("r+b") as handle:  # in place: the same inode
+        handle.write(b"B")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_ino == before.st_ino
+    assert identity._source_identity(str(path)) != first
+
+
+def test_a_file_changed_since_it_was_opened_is_refused(tmp_path):
+    """The identity a file had when it was opened travels with its name (copies,
+    pickles, :func:`identity.sources`, which keeps it where the file is named twice),
+    and :func:`identity.source_identities` refuses the file once it differs."""
+    import copy
+    import pickle
+
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"A" * 100)
+    data = xr.Dataset({"a": ("y", [1, 2])})
+    data.encoding["source"] = [identity.opened_file(path)]
+    data["a"].encoding["source"] = str(path)  # the same file, named without it
+    (found,) = identity.sources(data)
+    for kept in (found, copy.deepcopy(found), pickle.loads(pickle.dumps(found))):
+        assert kept == str(path) and kept.at_open == identity._source_identity(str(path))
+    assert identity.source_identities([found]) == {str(path): found.at_open}
+    os.replace(path, tmp_path / "old.bin")  # replaced: another file of the same size
+    path.write_bytes(b"A" * 100)
+    with pytest.raises(m3rcr_xr.InputFileError, match=r"a\.bin: changed since it was opened"):
+        identity.source_identities([found])
+    with pytest.raises(m3rcr_xr.InputFileError, match="changed since it was opened"):
+        identity.data_fingerprint(data, identity.sources(data))
+    now = identity.source_identities([found], since_open=False)  # a write's own check
+    assert now[str(path)] != found.at_open
 
 
 def test_a_zarr_store_of_other_software_on_s3_changed_in_place_is_told_apart(bucket):

@@ -147,6 +147,18 @@ def _read(path: Path) -> np.ndarray:
         return src.read()
 
 
+def test_a_scene_whose_asset_changed_since_it_was_opened_is_refused(files, tmp_path):
+    """Each asset's file is identified as its header is read, as open_quartet's files
+    are: one replaced since (the same pixels, another file) is refused before any write."""
+    scene = open_catalog(write_catalog(tmp_path / "catalog", files).parent, chunks=32)
+    vv = tmp_path / "catalog" / "s1" / "vv.tif"
+    vv.rename(tmp_path / "old.tif")
+    vv.write_bytes((tmp_path / "old.tif").read_bytes())
+    with pytest.raises(InputFileError, match=r"s1/vv\.tif: changed since it was opened"):
+        m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_the_same_catalog_over_http(catalog, quartet, monkeypatch):
     monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")  # no folder listings
     with serve_directory(catalog.parent) as url:

@@ -825,6 +825,88 @@ def test_corrected_input_files_are_not_resumed(tmp_path, monkeypatch):
         assert written == []
 
 
+def _rewritten_in_place(path: Path, times_kept: bool = False) -> None:
+    """Other pixels written into the GeoTIFF at ``path`` (its inode kept), as an editor
+    or ``gdal_calc`` does; with ``times_kept``, its size and modification time as they
+    were (``os.utime``), which only its change time betrays."""
+    import rasterio
+
+    before = path.stat()
+    with rasterio.open(path, "r+") as raster:
+        raster.write(raster.read()[:, ::-1] + 1)
+    if times_kept:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = path.stat()
+        assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+            before.st_ino,
+            before.st_size,
+            before.st_mtime_ns,
+        )
+
+
+def _interrupted_quartet(tmp_path: Path, monkeypatch) -> dict[str, Path]:
+    """GeoTIFF inputs whose write to ``tmp_path / "s.zarr"`` failed after two steps."""
+    files = geotiff_scene(tmp_path / "in", 100)
+    monkeypatch.setattr(layout, "CHUNKS_PER_STEP", 1)
+    _recording(monkeypatch, fail_at=32)
+    with pytest.raises(OSError, match="disk went away"):
+        m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "s.zarr")
+    return files
+
+
+def test_untouched_input_files_are_resumed(tmp_path, monkeypatch):
+    """Reopened unchanged (read meanwhile, which moves no change time), the files are
+    the same data: the resume writes the steps left only."""
+    with m3rcr_xr.set_options(scene_chunk=16):
+        files = _interrupted_quartet(tmp_path, monkeypatch)
+        m3rcr_xr.open_quartet(**files).load()
+        written = _recording(monkeypatch)
+        m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "s.zarr")
+    assert written == [slice(32, 48), slice(48, 64)]
+    assert m3rcr_xr.is_complete(tmp_path / "s.zarr")
+
+
+def test_an_input_rewritten_in_place_with_its_times_set_back_is_not_resumed(tmp_path, monkeypatch):
+    """Its size and modification time as they were, the file's change time (which no
+    process sets) tells it apart: the resume would have mixed the rows of both files."""
+    with m3rcr_xr.set_options(scene_chunk=16):
+        files = _interrupted_quartet(tmp_path, monkeypatch)
+        _rewritten_in_place(files["cloudy"], times_kept=True)
+        written, before = _recording(monkeypatch), snapshot(tmp_path / "s.zarr")
+        with pytest.raises(m3rcr_xr.StoreError, match="unfinished store of other data"):
+            m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "s.zarr")
+    assert written == [] and snapshot(tmp_path / "s.zarr") == before
+
+
+def _replaced(path: Path) -> None:
+    """The GeoTIFF at ``path`` replaced by another (written beside it, renamed over it,
+    as a download or a re-export does)."""
+    import rasterio
+
+    with rasterio.open(path) as raster:
+        profile, values = raster.profile, raster.read()
+    with rasterio.open(path.with_suffix(".new.tif"), "w", **profile) as raster:
+        raster.write(values[:, ::-1] + 1)
+    os.replace(path.with_suffix(".new.tif"), path)
+
+
+@pytest.mark.parametrize("change", [_rewritten_in_place, _replaced], ids=["in place", "replaced"])
+def test_a_scene_whose_file_changed_since_it_was_opened_is_refused(tmp_path, change):
+    """The lazy scene read its top rows (GDAL caches their blocks; rioxarray keeps the
+    file open) before the file changed: the store held rows of the old file (all of
+    them, a file replaced) and rows of the new one, and was complete."""
+    files = geotiff_scene(tmp_path / "in", 100)
+    with m3rcr_xr.set_options(scene_chunk=16):
+        scene = m3rcr_xr.open_quartet(**files)
+        scene["cloudy"][:, :32].compute()  # a look at the top of the scene
+        change(files["cloudy"])
+        with pytest.raises(m3rcr_xr.InputFileError, match=r"cloudy\.tif: changed since it was"):
+            m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+        assert not (tmp_path / "s.zarr").exists()
+        m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "s.zarr")  # opened again
+    assert (m3rcr_xr.open_zarr(tmp_path / "s.zarr")["cloudy"][:, 0].values == 101).all()
+
+
 def _their_scene(path: Path) -> xr.Dataset:
     """A scene in a Zarr store written by xarray itself (no m3rcr_* attributes), opened
     as a user of xarray opens it."""

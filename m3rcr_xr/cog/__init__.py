@@ -55,7 +55,7 @@ import xarray as xr
 from ..exceptions import UsageError, argument, check_integer
 from ..files import versions
 from ..href import local_path, redacted
-from ..identity import sources
+from ..identity import check_since_open, sources
 from ..location import Target, check_apart, write_errors
 from ..options import OPTIONS
 from ..progress import compute_with_progress
@@ -202,6 +202,9 @@ def to_cog(
     StoreError
         Before any work: see :func:`check_cog_destination`; while writing: a full or
         read-only file system (nothing is left behind).
+    InputFileError
+        Before any work: a file of ``obj`` changed since it was opened (as
+        :func:`m3rcr_xr.to_zarr` refuses it); open it again.
     UsageError
         Before any work: ``blocksize`` not a positive multiple of 16; ``variable`` not in
         the Dataset; no CRS; dims other than ``([patch,] [band,] y, x)`` (bands along
@@ -348,13 +351,12 @@ def _plan(
     array = writable(source, shape.compress, shape.overview_resampling)
     collection = is_collection(array)
     names = patch_file_names(array) if collection else None
+    inputs = sources(obj)
     files = check_cog_destination(
-        path,
-        names=names,
-        inputs=sources(obj),
-        overwrite=overwrite,
-        storage_options=storage_options,
+        path, names=names, inputs=inputs, overwrite=overwrite, storage_options=storage_options
     )
+    # the record may name none of them (a variable of a scene: only the scene does)
+    check_since_open(inputs)
     scenes = [patch_scene(array, i) for i in range(len(files))] if collection else [array]
     scenes = [with_nodata(scene) for scene in scenes]
     records = source_records(source, names, *shape, identities)

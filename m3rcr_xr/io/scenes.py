@@ -11,6 +11,7 @@ import xarray as xr
 from ..align import AlignMethod
 from ..cloudmask import udm2_classes_for
 from ..href import PathType
+from ..identity import opened_file
 from ..schema import validate
 from .cloudmasks import ESTIMATE, cloudmask_layer
 from .grids import check_same_grid, rechunk_like
@@ -65,7 +66,13 @@ def open_quartet(
     Returns
     -------
     xr.Dataset
-        A scene (see :mod:`m3rcr_xr.schema`).
+        A scene (see :mod:`m3rcr_xr.schema`). Its ``encoding["source"]`` lists the
+        files, each with its identity once opened (size, modification time, inode and
+        change time locally; ETag remotely: :func:`m3rcr_xr.identity.opened_file`, one
+        ``stat`` or HEAD request a file): a file changed since (rewritten in place or
+        replaced) is refused by :func:`m3rcr_xr.to_zarr`, :func:`m3rcr_xr.to_cog` and
+        training, as the scene could mix pixels of the old file (read before, still in
+        GDAL's cache) with the new one's; open it again.
 
     Examples
     --------
@@ -90,7 +97,9 @@ def open_quartet(
         layers["cloudmask"] = cloudmask_layer(cloudmask, layers, chunks, udm2_classes)
     ds = assemble_layers(layers, optical)
     files = (cloudy, cloudfree, sar, landcover, None if cloudmask == ESTIMATE else cloudmask)
-    ds.encoding["source"] = [str(p) for p in files if p]
+    # each file's identity now, its layers open: one changed before the scene is written
+    # is refused (identity.source_identities)
+    ds.encoding["source"] = [opened_file(str(p)) for p in files if p]
     return validate(ds)
 
 

@@ -202,7 +202,10 @@ def open_stac(
         A scene: ``cloudy``, and ``sar``, ``landcover`` when their items are given;
         ``cloudmask`` from the UDM2 when every optical item in the scene has that asset
         (its unusable pixels become optical nodata, 0 in ``cloudy``).
-        ``encoding["source"]`` lists the files read (not those of items left out).
+        ``encoding["source"]`` lists the files read (not those of items left out), each
+        with its identity when its header was read (one HEAD request a remote file): a
+        file changed since is refused when the scene is written, as in
+        :func:`m3rcr_xr.open_quartet`.
 
     Raises
     ------

@@ -16,6 +16,7 @@ from rasterio.errors import RasterioError
 
 from .. import href
 from ..exceptions import InputFileError
+from ..identity import opened_file
 from ..io import check_same_grid
 from ..rasters import band_order, check_header, check_readable, check_reflectance, names_any
 from ..schema import BANDS
@@ -39,6 +40,7 @@ class _Header(NamedTuple):
     """What an asset's file header says (:func:`_header`): odc-stac reads the file on
     its own grid."""
 
+    #: the file, with its identity when its header was read (:func:`opened_file`)
     location: str
     band_count: int
     dtype: str
@@ -61,7 +63,13 @@ def _header(item: pystac.Item, asset_name: str) -> _Header:
             grid = GeoBox(src.shape, src.transform, src.crs)
             scaling = tuple(zip(map(float, src.scales), map(float, src.offsets), strict=True))
             return _Header(
-                location, src.count, src.dtypes[0], src.nodata, src.descriptions, grid, scaling
+                opened_file(location),  # its identity at open: one changed since is refused
+                src.count,
+                src.dtypes[0],
+                src.nodata,
+                src.descriptions,
+                grid,
+                scaling,
             )
     except RasterioError as err:
         href.raise_if_refused(location, err, what)

@@ -29,16 +29,22 @@ Safety rules, for local paths and fsspec URLs alike:
   layout *and* the data's identity: the Dask graph's token (file names and
   modification times for rasters opened lazily, a content hash for arrays in memory,
   the checkpoint's hash for decloud) and the size and modification time of each
-  source file (the fingerprint of each source store of this library; the listing of a
-  Zarr store of other software: each key's size and modification time, or ETag; over
-  HTTP, the ``ETag``, ``Content-MD5``, ``Digest`` or ``Last-Modified`` header). An unfinished
-  store of other data is never resumed, nor one written from an input that reports its
-  size alone (a change of it could not be seen). A resume removes the temporary files
-  (``KEY.<uuid>.partial``) of zarr's writes that a killed writer cut off in the
-  arrays' folders. A store with no step recorded (killed while its arrays were
-  created or its first steps written) holds none of its data: it is started over,
-  whatever data it was for. Variables without the dim the steps write along are
-  written with the metadata.
+  source file, with its inode and change time locally, which tell a file rewritten in
+  place with its modification time set back (the fingerprint of each source store of
+  this library; the listing of a Zarr store of other software: each key's size and
+  modification time, or ETag; over HTTP, the ``ETag``, ``Content-MD5``, ``Digest`` or
+  ``Last-Modified`` header). An unfinished store of other data is never resumed, nor
+  one written from an input that reports its size alone (a change of it could not be
+  seen). A resume removes the temporary files (``KEY.<uuid>.partial``) of zarr's
+  writes that a killed writer cut off in the arrays' folders. A store with no step
+  recorded (killed while its arrays were created or its first steps written) holds
+  none of its data: it is started over, whatever data it was for. Variables without
+  the dim the steps write along are written with the metadata.
+* **Inputs changed since they were opened.** A lazy scene keeps reading its files
+  after it was opened (GDAL's block cache holds what was looked at): a file changed
+  since (rewritten or replaced) would give the store rows of both. Each file's
+  identity when it was opened (:func:`~m3rcr_xr.identity.opened_file`) is compared
+  with the one taken before anything is written, and such a file is refused.
 * **One writer.** A writer holds the store's lock while it writes (an OS lock on a
   local file, a marker object on object stores; a killed writer never blocks the
   resume): see :mod:`m3rcr_xr.locks` for its rules.
@@ -170,6 +176,9 @@ def to_zarr(
         version), or lies in a bucket that does not exist; or the file system is
         read-only or full. After the last step: an input of ``ds`` changed while it was
         read (the store is left unfinished).
+    InputFileError
+        Before anything is written: a file of ``ds`` changed since it was opened
+        (:func:`m3rcr_xr.open_quartet`, :func:`m3rcr_xr.open_stac`); open it again.
     SchemaError
         Before anything is written: a variable's name cannot name an array of a store
         (empty, ``.``, ``..``, or with a ``/``, which Zarr would take for a group); an

@@ -41,6 +41,8 @@ def written_from(
     ------
     StoreError
         An input of ``ds`` out of reach.
+    InputFileError
+        A file of ``ds`` changed since it was opened (as :func:`to_zarr` refuses it).
     """
     state, doc = inspect_store(Target.of(store, storage_options))
     if state != "complete" or doc is None:
@@ -147,7 +149,7 @@ def check_unchanged(
         Naming the input. The store is left unfinished, and a resume refuses it: its
         fingerprint is that of the input as it was.
     """
-    now = source_identities(inputs)
+    now = source_identities(inputs, since_open=False)  # against the start, said below
     changed = [source for source in inputs if now[source] != identities[source]]
     if changed:
         raise StoreError(
