@@ -49,28 +49,6 @@ def owner() -> str:
     return f"{machine_token()}-{os.getpid()}"
 
 
-#: what tells one version of a file from another (:func:`stat_version`)
-StatVersion = tuple[int, int, int, int]
-
-
-def stat_version(info: os.stat_result) -> StatVersion:
-    """The device, inode, size and modification time of a file's ``os.stat``: a file
-    replaced or rewritten differs in one of them."""
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
-
-
-def versions(paths: Sequence[Path]) -> list[StatVersion | None]:
-    """:func:`stat_version` each of ``paths`` (a link itself, not followed), None where
-    nothing is."""
-    found: list[StatVersion | None] = []
-    for path in paths:
-        try:
-            found.append(stat_version(os.lstat(path)))
-        except FileNotFoundError:
-            found.append(None)
-    return found
-
-
 def hidden_name(name: str, kind: str) -> str:
     """The hidden name of this process's ``kind`` of copy of the file ``name``:
     ``partial`` (being written) or ``previous`` (the file it replaces, set aside).

@@ -295,3 +295,16 @@ def version_of(info: dict[str, Any], *, portable: bool = False) -> str:
     if "ino" in info and not portable:  # the local file system's (LocalFileSystem)
         version += f":{info['ino']}:{info.get('created')}"
     return version
+
+
+def versions(fs: fsspec.AbstractFileSystem, paths: Iterable[Any]) -> list[str | None]:
+    """:func:`version_of` each of ``paths`` on ``fs``, asked afresh (one ``stat``, or one
+    request, each); None where there is nothing."""
+    fs.invalidate_cache()  # s3fs answers from cached listings
+    found: list[str | None] = []
+    for path in paths:
+        try:
+            found.append(version_of(fs.info(path)))
+        except FileNotFoundError:
+            found.append(None)
+    return found

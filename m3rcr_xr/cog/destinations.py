@@ -15,11 +15,12 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import xarray as xr
+from fsspec.implementations.local import LocalFileSystem
 
 from ..exceptions import StoreError, UsageError, argument
-from ..files import StatVersion, hidden_copies, hidden_path, left_behind, remove_stale, versions
+from ..files import hidden_copies, hidden_path, left_behind, remove_stale
 from ..href import is_remote, local_path, redacted
-from ..location import Target, check_apart, check_bucket, reaching
+from ..location import Target, check_apart, check_bucket, reaching, versions
 from ..locks import locked_file
 from .records import SOFTWARE, SOFTWARE_TAG, tiff_tags
 
@@ -325,12 +326,12 @@ def commit(
     partials: Sequence[Path],
     files: Sequence[Path],
     overwrite: bool,
-    before: Sequence[StatVersion | None],
+    before: Sequence[str | None],
 ) -> None:
     """Rename each partial file over its file, all or none: an existing file is first
     set aside under a hidden name, and if a rename fails, the files already renamed are
     put back as they were (those that did not exist are removed). A file written since
-    ``before`` (:func:`~m3rcr_xr.files.versions` of ``files`` when the work began) is
+    ``before`` (:func:`~m3rcr_xr.location.versions` of ``files`` when the work began) is
     refused (:func:`_check_unchanged`); each existing file is checked again
     (:func:`check_replaceable`), those there first, so that the renames follow one
     another and a kill finds them done or not, but for a moment. The renames hold the OS
@@ -341,9 +342,7 @@ def commit(
         _rename(partials, files, overwrite)
 
 
-def _check_unchanged(
-    files: Sequence[Path], before: Sequence[StatVersion | None], overwrite: bool
-) -> None:
+def _check_unchanged(files: Sequence[Path], before: Sequence[str | None], overwrite: bool) -> None:
     """Refuse a file of ``files`` written (made, replaced, rewritten) since ``before``,
     ``overwrite`` or not: another run writing the same GeoTIFFs (``decloud.tif`` and
     ``decloud_std.tif``) would otherwise end with one's file beside the other's. A
@@ -355,7 +354,7 @@ def _check_unchanged(
     StoreError
         Naming the file.
     """
-    for file, was, now in zip(files, before, versions(files), strict=True):
+    for file, was, now in zip(files, before, versions(LocalFileSystem(), files), strict=True):
         if now is not None and now != was:
             check_replaceable(file, overwrite=overwrite)
             raise written_meanwhile(file)

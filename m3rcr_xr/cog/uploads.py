@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import OWNER, hidden_name, no_longer_runs, owner
-from ..location import reason, version_of
+from ..location import reason, versions
 from .destinations import Plan, check_replaceable, warn_of_sidecar, written_meanwhile
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,14 @@ def uploaded(fs: Any, plans: Sequence[Plan], overwrite: bool) -> Iterator[list[P
     with tempfile.TemporaryDirectory(prefix=f"{UPLOADS}{owner()}-") as temporary:
         folders = [Path(temporary, str(index)) for index in range(len(plans))]
         urls = [url for plan in plans for url in plan.files]
-        before = _versions(fs, urls)
+        before = versions(fs, urls)
         yield folders
         local = {
             url: folder / name
             for plan, folder in zip(plans, folders, strict=True)
             for url, name in zip(plan.files, plan.names, strict=True)
         }
-        existing = [url for url, now in zip(urls, _versions(fs, urls), strict=True) if now]
+        existing = [url for url, now in zip(urls, versions(fs, urls), strict=True) if now]
         for url in existing:
             check_replaceable(url, overwrite=overwrite, fs=fs)
         done: list[tuple[str, str | None]] = []
@@ -73,33 +73,20 @@ def uploaded(fs: Any, plans: Sequence[Plan], overwrite: bool) -> Iterator[list[P
                 warn_of_sidecar(url, fs.exists)
 
 
-def _versions(fs: Any, urls: Sequence[str]) -> list[str | None]:
-    """:func:`~m3rcr_xr.location.version_of` each object of ``urls`` (its size and the
-    store's tag of its version: S3's ``ETag``...), asked afresh; None where there is no
-    object."""
-    fs.invalidate_cache()  # s3fs answers from cached listings
-    found: list[str | None] = []
-    for url in urls:
-        try:
-            found.append(version_of(fs.info(url)))
-        except FileNotFoundError:
-            found.append(None)
-    return found
-
-
 def _check_unchanged_object(fs: Any, url: str, was: str | None) -> None:
     """Refuse to upload over the object ``url`` when it is not as it was (``was``, of
-    :func:`_versions`) when the work began: another run wrote it meanwhile, and this
-    one's files would end beside that one's (``decloud.tif`` of one, ``decloud_std.tif``
-    of the other). Asked just before its upload, so that of two runs uploading at once
-    the second to reach a file is refused, and its uploads done are put back.
+    :func:`~m3rcr_xr.location.versions`) when the work began: another run wrote it
+    meanwhile, and this one's files would end beside that one's (``decloud.tif`` of one,
+    ``decloud_std.tif`` of the other). Asked just before its upload, so that of two runs
+    uploading at once the second to reach a file is refused, and its uploads done are
+    put back.
 
     Raises
     ------
     StoreError
         Naming the object (:func:`~m3rcr_xr.cog.destinations.written_meanwhile`).
     """
-    (now,) = _versions(fs, [url])
+    (now,) = versions(fs, [url])
     if now is not None and now != was:
         raise written_meanwhile(url)
 

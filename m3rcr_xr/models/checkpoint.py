@@ -39,7 +39,6 @@ import torch
 from torch import Tensor, nn
 
 from ..exceptions import CheckpointError
-from ..files import StatVersion, stat_version
 
 __all__ = [
     "CheckpointSource",
@@ -85,7 +84,7 @@ class VerifiedFile:
 
     def __init__(self, path: Path, handle: BinaryIO, sha256: str | None) -> None:
         self.path, self.handle, self.sha256 = path, handle, sha256
-        self._identity = stat_version(os.fstat(handle.fileno()))
+        self._identity = _identity(os.fstat(handle.fileno()))
 
     def check_unchanged(self, *, by_path: bool = False) -> None:
         """Raise unless the file is still the one hashed: not rewritten in place (its
@@ -103,10 +102,10 @@ class VerifiedFile:
         CheckpointError
             The file changed since it was checked.
         """
-        now: list[StatVersion | None] = [stat_version(os.fstat(self.handle.fileno()))]
+        now: list[tuple[int, int, int, int] | None] = [_identity(os.fstat(self.handle.fileno()))]
         if by_path:
             try:
-                now.append(stat_version(os.stat(self.path)))
+                now.append(_identity(os.stat(self.path)))
             except OSError:
                 now.append(None)
         if any(found != self._identity for found in now):
@@ -122,6 +121,10 @@ class VerifiedFile:
         data = self.handle.read(size)
         self.handle.seek(0)
         return data
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def check_is_file(path: Path, source: object = None) -> None:
@@ -212,12 +215,11 @@ def _file_digest(path: Path, handle: BinaryIO) -> str:
 
 
 def _version(handle: BinaryIO) -> tuple[int, ...]:
-    """What tells one state of an open file from another: its
-    :func:`~m3rcr_xr.files.stat_version` and its change time, which no process can set (a
-    file rewritten in place with its size and modification time set back still moves
-    it)."""
+    """What tells one state of an open file from another: its :func:`_identity` and its
+    change time, which no process can set (a file rewritten in place with its size and
+    modification time set back still moves it)."""
     stat = os.fstat(handle.fileno())
-    return (*stat_version(stat), stat.st_ctime_ns)
+    return (*_identity(stat), stat.st_ctime_ns)
 
 
 def _is_safetensors(opened: VerifiedFile) -> bool:
