@@ -265,9 +265,10 @@ def _after_each_checkpoint(monkeypatch, then: Callable[[Path, dict], None]) -> N
     """Run ``then(path, payload)`` after :func:`train` writes each of its checkpoints."""
     save = loop.save_checkpoint
 
-    def save_then(path: Path, payload: dict) -> None:
-        save(path, payload)
+    def save_then(path: Path, payload: dict, found: str | None) -> str | None:
+        written = save(path, payload, found)
         then(path, payload)
+        return written
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then)
 
@@ -585,3 +586,21 @@ def test_resume_refuses_fewer_steps_than_the_checkpoint(collection_store, tmp_pa
     assert main([*argv, "--steps", "2", "--out", str(out)]) == 0
     assert f"wrote {out} (step 2, " in capsys.readouterr().out
     assert read_training_checkpoint(out)["step"] == 2
+
+
+def test_a_users_file_at_out_during_the_run_is_kept(
+    collection_store, tmp_path, monkeypatch, capsys
+):
+    """A file put at --out while the run trained (after its first checkpoint) was
+    replaced by the next checkpoint. It is kept now, and the run stops naming --out."""
+    ckpt = tmp_path / "run.pth"
+    _after_each_checkpoint(monkeypatch, lambda path, _: path.write_bytes(b"MY NOTES\n"))
+    argv = ["train", str(collection_store), "--model", "dsen2_cr", "--config", "preset=small"]
+    argv += ["--steps", "2", "--checkpoint-every", "1", "--crop", str(TILE), "--out", str(ckpt)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"m3rcr train: error: --out {ckpt}: another file was put there while this run "
+        "trained; it is left as it is, and this run stops: train again with another --out"
+    )
+    assert ckpt.read_bytes() == b"MY NOTES\n"
+    assert sorted(os.listdir(tmp_path)) == ["run.pth"]

@@ -32,11 +32,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
 from ..exceptions import CheckpointError, UsageError, argument
 from ..files import replace_atomically
-from ..location import check_apart
+from ..location import check_apart, versions
 from ..locks import locked_file
 from ..models import extract_state_dict, model_record
 from ..models.checkpoint import read_checkpoint
@@ -103,9 +104,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
-    replace_atomically(path, lambda partial: torch.save(payload, partial))
+def save_checkpoint(path: Path, payload: dict[str, Any], found: str | None) -> str | None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file.
+
+    ``found`` is the :func:`file_version` of what was at ``path`` when the run began, or
+    of the checkpoint it wrote last: another file there by the rename (one written by
+    hand while the run trained) is refused and kept. Returns the version written, the
+    ``found`` of the next save.
+
+    Raises
+    ------
+    CheckpointError
+        Another file at ``path``, naming it.
+    """
+    replace_atomically(
+        path,
+        lambda partial: torch.save(payload, partial),
+        check=lambda here: _check_found(here, found),
+    )
+    return file_version(path)
+
+
+def file_version(path: Path) -> str | None:
+    """The version of the local file ``path`` (:func:`~m3rcr_xr.location.versions`: its
+    size, times and inode), None where there is none."""
+    return versions(LocalFileSystem(), [path])[0]
+
+
+def _check_found(path: Path, found: str | None) -> None:
+    if file_version(path) != found:
+        raise CheckpointError(
+            f"{argument('out', str(path))}: another file was put there while this run "
+            f"trained; it is left as it is, and this run stops: train again with another "
+            f"{argument('out')}"
+        )
 
 
 @contextlib.contextmanager
