@@ -194,10 +194,34 @@ def _flock(path: str, what: str, busy: str, error: Callable[[str], M3RCRError]) 
             f"{path}: {what} is a file that holds data, which m3rcr_xr's lock files never "
             "do; it is not removed: rename or remove it yourself"
         )
+    held = _HELD[fd] = object()
     try:
         yield
     finally:
-        _release(fd, path)
+        if _HELD.get(fd) is held:  # not a child forked meanwhile: it closed its copy
+            del _HELD[fd]
+            _release(fd, path)
+
+
+#: the lock files this process holds, by file descriptor: a child it forks (a DataLoader
+#: worker, a ``fork`` multiprocessing pool) closes its copies at once. An OS lock
+#: (``flock``) belongs to the open file, which fork shares: a child that outlived a
+#: killed writer (a worker ends seconds after its parent) held the writer's lock, and a
+#: rerun then was refused as if the writer still ran.
+_HELD: dict[int, object] = {}
+
+
+def _close_held_in_child() -> None:
+    """In a child just forked: close its copies of the lock files (the parent's lock is
+    held by the parent's own descriptors, and goes with the parent)."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 def _is_lock_file(fd: int) -> bool:

@@ -205,3 +205,40 @@ def test_a_file_of_a_lock_files_name_that_holds_data_is_refused_and_kept(tmp_pat
     ):
         pass
     assert (store / locks.LOCK).read_bytes() == b"\x00\x01binary"
+
+
+FORKS_THEN_DIES = """
+import os, sys, time
+from m3rcr_xr import locks
+from m3rcr_xr.exceptions import CheckpointError
+
+with locks.locked_file(sys.argv[1], "out", CheckpointError):
+    child = os.fork()
+    if child == 0:  # a DataLoader worker: it outlives its killed parent a while
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)  # not the test's pipe, which it would keep open
+        os.dup2(quiet, 2)
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    os._exit(9)  # killed while it holds the lock
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_child_forked_by_a_writer_does_not_hold_its_lock_after_it(tmp_path):
+    """flock's lock belongs to the open file, which a forked child shares: a DataLoader
+    worker alive after its training run was killed held that run's lock, and the rerun
+    was refused as if the run went on. A forked child closes its copies at once."""
+    out = tmp_path / "run.pth"
+    done = subprocess.run(
+        [sys.executable, "-c", FORKS_THEN_DIES, str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 9, done.stderr
+    child = int(done.stdout)
+    try:
+        os.kill(child, 0)  # still alive
+        with locks.locked_file(out, "out", CheckpointError):
+            pass
+    finally:
+        os.kill(child, 9)
