@@ -25,6 +25,7 @@ import errno
 import json
 import logging
 import os
+import posixpath
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -295,6 +296,20 @@ def version_of(info: dict[str, Any], *, portable: bool = False) -> str:
     if "ino" in info and not portable:  # the local file system's (LocalFileSystem)
         version += f":{info['ino']}:{info.get('created')}"
     return version
+
+
+def listing(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, dict[str, Any]]:
+    """The entries of ``folder`` on ``fs`` by name (fsspec ``info`` dicts: ``type``,
+    ``size``, a version for :func:`version_of`), asked afresh in one listing; none where
+    there is no such folder. On object storage one request per 1000 entries, where
+    asking for each object costs one or two (s3fs follows a missing object's HEAD with
+    a LIST)."""
+    fs.invalidate_cache(folder)
+    try:
+        entries = fs.ls(folder, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {posixpath.basename(entry["name"].rstrip("/")): entry for entry in entries}
 
 
 def versions(fs: fsspec.AbstractFileSystem, paths: Iterable[Any]) -> list[str | None]:

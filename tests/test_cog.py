@@ -1156,3 +1156,25 @@ def test_a_pair_of_collections_is_uploaded_together(bucket, monkeypatch):
         calls = _upload_fails(patch, at=4)
         cog.to_cogs(_pair(1).map(lambda v: v // 2), urls, overwrite=True)
     assert len(calls) == 4 and _objects(bucket) == objects
+
+
+def test_a_collection_to_an_object_store_is_checked_by_listings_not_per_object(
+    bucket, monkeypatch
+):
+    """Asking for each object (a HEAD, and a LIST after it where there is none) cost 6
+    requests a patch before a fresh upload (385 for 64 patches): one listing of the
+    folder tells what is there, its versions and its sidecars."""
+    import s3fs
+
+    asked: list[str] = []
+    info = s3fs.S3FileSystem._info
+
+    async def counted(self, path, *args, **kwargs):
+        asked.append(path)
+        return await info(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_info", counted)
+    collection = m3rcr_xr.synthetic_collection(8, 16)
+    m3rcr_xr.to_cog(collection, f"s3://{bucket}/cogs", variable="cloudy")
+    assert len(asked) <= 2, asked  # the bucket's; none an object
+    assert len(_objects(bucket)) == 8

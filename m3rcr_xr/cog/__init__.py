@@ -321,6 +321,9 @@ def _write_cogs(
         for obj, variable, path in writes
     ]
     _check_together(plans)
+    # once for all (each file asked once); a record may name none of them (a variable
+    # of a scene: only the scene does)
+    check_since_open(dict.fromkeys(i for obj, _, _ in writes for i in sources(obj)))
     if not plans:
         return []
     show = OPTIONS["progress"] if progress is None else progress
@@ -355,8 +358,6 @@ def _plan(
     files = check_cog_destination(
         path, names=names, inputs=inputs, overwrite=overwrite, storage_options=storage_options
     )
-    # the record may name none of them (a variable of a scene: only the scene does)
-    check_since_open(inputs)
     scenes = [patch_scene(array, i) for i in range(len(files))] if collection else [array]
     scenes = [with_nodata(scene) for scene in scenes]
     records = source_records(source, names, *shape, identities)

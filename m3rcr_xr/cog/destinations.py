@@ -20,7 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ..exceptions import StoreError, UsageError, argument
 from ..files import hidden_copies, hidden_path, left_behind, remove_stale
 from ..href import is_remote, local_path, redacted
-from ..location import Target, check_apart, check_bucket, reaching, versions
+from ..location import Target, check_apart, check_bucket, listing, reaching, versions
 from ..locks import locked_file
 from .records import SOFTWARE, SOFTWARE_TAG, tiff_tags
 
@@ -134,12 +134,13 @@ def check_cog_destination(
     if not os.access(parent, os.W_OK | os.X_OK):
         raise StoreError(f"{path}: folder {parent} is not writable")
     files = _files(path, names)
+    present = set(os.listdir(folder)) if folder.is_dir() else set()  # one listing, not 4 a file
     for file in files:
         if file.is_dir():
             raise StoreError(f"{file}: is a folder, not a GeoTIFF")
         if file.exists() or file.is_symlink():
             check_replaceable(file, overwrite=overwrite)
-        check_no_sidecars(str(file), os.path.lexists)
+        check_no_sidecars(str(file), lambda sidecar: os.path.basename(sidecar) in present)
     return files
 
 
@@ -149,26 +150,16 @@ def _check_remote(target: Target, names: Sequence[str] | None, overwrite: bool) 
     fs.invalidate_cache()  # s3fs answers from cached listings
     check_bucket(target)
     keys = [target.path] if names is None else [target.key(name) for name in names]
-    with reaching(target, "the destination"):  # one listing for the sidecars of all
-        listed = _names_in(fs, posixpath.dirname(keys[0]))
+    with reaching(target, "the destination"):  # one listing for all, not requests a file
+        entries = listing(fs, posixpath.dirname(keys[0]))
     for key in keys:
-        with reaching(target, "the destination"):  # the listing the upload needs
-            folder = fs.isdir(key)
-        if folder:
-            raise StoreError(f"{fs.unstrip_protocol(key)}: is a folder, not a GeoTIFF")
-        if fs.exists(key):
-            check_replaceable(fs.unstrip_protocol(key), overwrite=overwrite, fs=fs)
-        check_no_sidecars(fs.unstrip_protocol(key), lambda url: posixpath.basename(url) in listed)
+        url, entry = fs.unstrip_protocol(key), entries.get(posixpath.basename(key))
+        if entry is not None and entry.get("type") == "directory":
+            raise StoreError(f"{url}: is a folder, not a GeoTIFF")
+        if entry is not None:
+            check_replaceable(url, overwrite=overwrite, fs=fs)
+        check_no_sidecars(url, lambda sidecar: posixpath.basename(sidecar) in entries)
     return [fs.unstrip_protocol(key) for key in keys]
-
-
-def _names_in(fs: Any, folder: str) -> set[str]:
-    """The names of the objects in ``folder`` of the object store ``fs`` (none where
-    there is no such folder yet)."""
-    try:
-        return {posixpath.basename(key.rstrip("/")) for key in fs.ls(folder, detail=False)}
-    except FileNotFoundError:
-        return set()
 
 
 def check_replaceable(file: str | os.PathLike, *, overwrite: bool, fs: Any = None) -> None:

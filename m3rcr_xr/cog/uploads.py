@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import OWNER, hidden_name, no_longer_runs, owner
-from ..location import reason, versions
+from ..location import listing, reason, version_of
 from .destinations import Plan, check_replaceable, warn_of_sidecar, written_meanwhile
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,9 @@ def uploaded(fs: Any, plans: Sequence[Plan], overwrite: bool) -> Iterator[list[P
     name beside it; if an upload fails, the copies are put back and the objects that did
     not exist are removed; once all are uploaded, the copies are removed. Objects that
     exist by then are checked again (:func:`check_replaceable`) before any upload, and
-    one written since the work began (by another run) is refused just before its upload
-    (:func:`_check_unchanged_object`).
+    one written since the work began (by another run) is refused
+    (:func:`_check_unchanged_objects`): one listing of each folder before the work and
+    one after it.
 
     The folder (in ``TMPDIR``, :data:`UPLOADS`) is named for this process and machine:
     those a killed upload left, full-size GeoTIFFs, are removed first
@@ -41,20 +42,21 @@ def uploaded(fs: Any, plans: Sequence[Plan], overwrite: bool) -> Iterator[list[P
     with tempfile.TemporaryDirectory(prefix=f"{UPLOADS}{owner()}-") as temporary:
         folders = [Path(temporary, str(index)) for index in range(len(plans))]
         urls = [url for plan in plans for url in plan.files]
-        before = versions(fs, urls)
+        before = _entries(fs, urls)
         yield folders
         local = {
             url: folder / name
             for plan, folder in zip(plans, folders, strict=True)
             for url, name in zip(plan.files, plan.names, strict=True)
         }
-        existing = [url for url, now in zip(urls, versions(fs, urls), strict=True) if now]
+        now = _entries(fs, urls)
+        existing = [url for url in urls if url in now]
         for url in existing:
             check_replaceable(url, overwrite=overwrite, fs=fs)
+        _check_unchanged_objects(existing, before, now)
         done: list[tuple[str, str | None]] = []
         try:
-            for url, was in zip(urls, before, strict=True):
-                _check_unchanged_object(fs, url, was)
+            for url in urls:
                 previous = _beside(url, "previous") if url in existing else None
                 if previous is not None:
                     fs.cp_file(url, previous)  # server-side; not copy: it globs
@@ -70,25 +72,37 @@ def uploaded(fs: Any, plans: Sequence[Plan], overwrite: bool) -> Iterator[list[P
         for url, previous in done:
             if previous is not None:
                 fs.rm_file(previous)
-                warn_of_sidecar(url, fs.exists)
+                warn_of_sidecar(url, now.__contains__)  # its neighbours were listed too
 
 
-def _check_unchanged_object(fs: Any, url: str, was: str | None) -> None:
-    """Refuse to upload over the object ``url`` when it is not as it was (``was``, of
-    :func:`~m3rcr_xr.location.versions`) when the work began: another run wrote it
-    meanwhile, and this one's files would end beside that one's (``decloud.tif`` of one,
-    ``decloud_std.tif`` of the other). Asked just before its upload, so that of two runs
-    uploading at once the second to reach a file is refused, and its uploads done are
-    put back.
+def _entries(fs: Any, urls: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The listing entries (fsspec ``info``) of the objects of the folders of ``urls``
+    that exist, by URL: one listing a folder, not one or two requests an object."""
+    found: dict[str, dict[str, Any]] = {}
+    for folder in dict.fromkeys(posixpath.dirname(url) for url in urls):
+        found.update({f"{folder}/{name}": entry for name, entry in listing(fs, folder).items()})
+    return found
+
+
+def _check_unchanged_objects(
+    urls: Sequence[str], before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]
+) -> None:
+    """Refuse to upload over an object of ``urls`` that is not as it was (``before``, of
+    :func:`_entries`) when the work began, by ``now``: another run wrote it meanwhile,
+    and this one's files would end beside that one's (``decloud.tif`` of one,
+    ``decloud_std.tif`` of the other). Checked before any upload: two runs whose uploads
+    overlap in time can still interleave (object stores have no lock that ends with a
+    process here).
 
     Raises
     ------
     StoreError
         Naming the object (:func:`~m3rcr_xr.cog.destinations.written_meanwhile`).
     """
-    (now,) = versions(fs, [url])
-    if now is not None and now != was:
-        raise written_meanwhile(url)
+    for url in urls:
+        was = before.get(url)
+        if was is None or version_of(was) != version_of(now[url]):
+            raise written_meanwhile(url)
 
 
 def _put_back(fs: Any, done: Sequence[tuple[str, str | None]]) -> list[str]:
