@@ -1158,9 +1158,7 @@ def test_a_pair_of_collections_is_uploaded_together(bucket, monkeypatch):
     assert len(calls) == 4 and _objects(bucket) == objects
 
 
-def test_a_collection_to_an_object_store_is_checked_by_listings_not_per_object(
-    bucket, monkeypatch
-):
+def test_a_collection_to_an_object_store_is_checked_by_listings_not_per_object(bucket, monkeypatch):
     """Asking for each object (a HEAD, and a LIST after it where there is none) cost 6
     requests a patch before a fresh upload (385 for 64 patches): one listing of the
     folder tells what is there, its versions and its sidecars."""
