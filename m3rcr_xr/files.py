@@ -49,6 +49,22 @@ def owner() -> str:
     return f"{machine_token()}-{os.getpid()}"
 
 
+def versions(paths: Sequence[Path]) -> list[tuple[int, ...] | None]:
+    """What each local file of ``paths`` is now (a link itself, not followed): its
+    device, inode, size and modification time, which a file written (replaced, or
+    rewritten in place) changes; None where nothing is. Not its change time, which
+    ``chmod`` moves too."""
+    found: list[tuple[int, ...] | None] = []
+    for path in paths:
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            found.append(None)
+            continue
+        found.append((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+    return found
+
+
 def hidden_name(name: str, kind: str) -> str:
     """The hidden name of this process's ``kind`` of copy of the file ``name``:
     ``partial`` (being written) or ``previous`` (the file it replaces, set aside).

@@ -223,8 +223,8 @@ def source_identities(
     was written from), and a digest of its listing (each key's size and modification
     time, or ETag: a chunk rewritten in place changes it; what a copy that keeps the
     times keeps, :func:`_listing_identity`); one listing, no chunk read. A file: its
-    size and version (:func:`~m3rcr_xr.location.version_of`: modification time, inode
-    and change time locally, ETag, HTTP ``Last-Modified``...); one that reports its
+    size and version (:func:`~m3rcr_xr.location.version_of`: modification time and
+    inode locally, ETag, HTTP ``Last-Modified``...); one that reports its
     size alone (an HTTP server that sends neither ``ETag`` nor ``Last-Modified``) is not
     versioned (False): a file replaced by one of the same size looks the same.
 
@@ -281,7 +281,7 @@ def _source_identity(source: str) -> tuple[str, bool]:
     rewritten in place changes it), after a store of this library's own fingerprint (the
     data it was written from; not that of a copy other software wrote); else a file's
     size and version (:func:`~m3rcr_xr.location.version_of`: modification time, a local
-    file's inode and change time, ETag, HTTP ``Last-Modified``...). A file that reports
+    file's inode, ETag, HTTP ``Last-Modified``...). A file that reports
     its size alone (an HTTP server that sends no ``ETag`` nor ``Last-Modified``) is not
     versioned (False): a file replaced by one of the same size looks the same.
 
@@ -307,7 +307,7 @@ def _listing_identity(target: Target) -> str:
     """A digest of every key under a folder with its size and modification time (ETag
     on object stores): any chunk rewritten in place changes it, which a Dask token of
     an ``xr.open_zarr`` store (its top folder's modification time) misses. Not a local
-    key's inode and change time (:func:`~m3rcr_xr.location.version_of`, ``portable``): a
+    key's inode (:func:`~m3rcr_xr.location.version_of`, ``portable``): a
     store copied with its times (``cp -a``, ``rsync -a``) is the same data, and a resume
     (of training too) on the copy goes on; a chunk rewritten in place with its size kept
     and its modification time set back goes unseen.

@@ -14,7 +14,7 @@ where they read and write:
 * keys of a location read whole (:func:`read_bytes`, :func:`read_json`), files of a
   store's own opened never through a symbolic link (:func:`open_own_file`);
 * a file's version as its file system lists it (:func:`version_of`: size and
-  modification time, a local file's inode and change time, ETag, HTTP
+  modification time, a local file's inode, ETag, HTTP
   ``Last-Modified``...).
 """
 
@@ -283,18 +283,18 @@ def version_stamp(info: dict[str, Any]) -> Any:
 def version_of(info: dict[str, Any], *, portable: bool = False) -> str:
     """A file's size and its first of :data:`_VERSION_KEYS` (:func:`version_stamp`), from
     ``info``, its entry in an fsspec listing (``fs.info(path)``); for a local file, its
-    inode and change time too (``ino``, and ``created``: fsspec's name for
-    ``st_ctime``): a file rewritten in place with its size kept and its modification
-    time set back (``os.utime``) moves the change time, which no process can set, and a
-    file replaced has another inode. A file copied with its times (``cp -p``) counts
-    as another.
+    inode too (``ino``): a file replaced (renamed over, or copied with its times and
+    moved in: ``cp -p``) is another, with its size and modification time kept. Not its
+    change time, which would see a rewrite in place with the modification time set back
+    (``os.utime``) but moves with ``chmod``, ``chown`` and hard links (backups), none of
+    which change the data: refusing those broke reruns and evaluations.
 
     ``portable``: the size and stamp alone, which a copy that keeps the times (``cp -a``,
     ``rsync -a``) keeps too: for the keys of a store, whose copy on other disks is the
-    same data (its rewrite in place with the times set back goes unseen)."""
+    same data."""
     version = f"{info.get('size')}:{version_stamp(info)}"
     if "ino" in info and not portable:  # the local file system's (LocalFileSystem)
-        version += f":{info['ino']}:{info.get('created')}"
+        version += f":{info['ino']}"
     return version
 
 
@@ -310,16 +310,3 @@ def listing(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, dict[str, A
     except FileNotFoundError:
         return {}
     return {posixpath.basename(entry["name"].rstrip("/")): entry for entry in entries}
-
-
-def versions(fs: fsspec.AbstractFileSystem, paths: Iterable[Any]) -> list[str | None]:
-    """:func:`version_of` each of ``paths`` on ``fs``, asked afresh (one ``stat``, or one
-    request, each); None where there is nothing."""
-    fs.invalidate_cache()  # s3fs answers from cached listings
-    found: list[str | None] = []
-    for path in paths:
-        try:
-            found.append(version_of(fs.info(path)))
-        except FileNotFoundError:
-            found.append(None)
-    return found

@@ -272,7 +272,8 @@ def _marker(target: Target) -> Iterator[None]:
     try:
         yield
     finally:
-        target.fs.rm_file(key)  # not rm: it takes a name with glob characters for a pattern
+        if os.getpid() == owner["pid"]:  # not a child forked meanwhile: the marker is ours
+            target.fs.rm_file(key)  # not rm: it takes a name with glob characters for a pattern
 
 
 def _claim(target: Target, name: str, owner: dict[str, Any]) -> dict[str, Any] | None:

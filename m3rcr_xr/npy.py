@@ -114,7 +114,7 @@ class NpyFile:
 
 def _version(fs: Any, path: str) -> str:
     """A file's version (:func:`~m3rcr_xr.location.version_of`: size and modification
-    time, inode and change time locally, ETag remotely), as a resume identifies it."""
+    time, inode locally, ETag remotely), as a resume identifies it."""
     return version_of(fs.info(path))
 
 

@@ -667,6 +667,27 @@ def test_decloud_never_replaces_a_cog_unasked(scene_store, tmp_path, capsys):
     assert cog.read_bytes()[:2] in (b"II", b"MM") and cog.read_bytes() != first
 
 
+def test_decloud_refused_by_another_run_renaming_its_cog_names_cog(scene_store, tmp_path, capsys):
+    """Another run renaming the same GeoTIFF at that moment: the refusal said "choose
+    another --path", an option decloud does not have."""
+    from m3rcr_xr import locks
+    from m3rcr_xr.exceptions import StoreError
+
+    cog, out = tmp_path / "d.tif", tmp_path / "out.zarr"
+    argv = ["decloud", str(scene_store), str(out), *UNTRAINED_SMALL, "--cog", str(cog)]
+    with locks.locked_file(cog, "path", StoreError):
+        assert main(argv) == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(
+            "another run is writing this file (it holds "
+            f"{tmp_path / '.d.tif.m3rcr-lock'}); wait for it to end or choose another --cog"
+        )
+    )
+    assert not cog.exists()
+
+
 def test_decloud_writes_the_uncertainty_beside_the_cog(scene_store, tmp_path, capsys):
     import rasterio
 

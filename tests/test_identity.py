@@ -74,16 +74,22 @@ def test_a_source_keeps_its_storage_options_out_of_sight():
         assert "SECRET" not in repr(kept) + str(kept) + f"{kept}" + json.dumps([kept])
 
 
-def test_a_local_file_rewritten_with_its_size_and_time_kept_is_told_apart(tmp_path):
-    """Size and modification time alone are the same (``os.utime`` sets the latter
-    back); the change time, which no process sets, is not."""
+def test_a_local_file_replaced_with_its_size_and_time_kept_is_told_apart(tmp_path):
+    """Size and modification time alone are the same (``cp -p`` then ``mv``); its inode
+    is not. A ``chmod`` (or a hard link, a ``chown``), which changes no data, keeps the
+    identity: the change time it moves was part of it, and refused reruns."""
     path = tmp_path / "a.bin"
     path.write_bytes(b"A" * 100)
     first, before = identity._source_identity(str(path)), path.stat()
-    with path.open("r+b") as handle:  # in place: the same inode
-        handle.write(b"B")
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert path.stat().st_size == before.st_size and path.stat().st_ino == before.st_ino
+    path.chmod(0o444)
+    os.link(path, tmp_path / "backup.bin")
+    assert identity._source_identity(str(path)) == first
+    other = tmp_path / "b.bin"
+    other.write_bytes(b"B" * 100)
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(other, path)
+    assert path.stat().st_size == before.st_size
+    assert path.stat().st_mtime_ns == before.st_mtime_ns
     assert identity._source_identity(str(path)) != first
 
 

@@ -825,23 +825,13 @@ def test_corrected_input_files_are_not_resumed(tmp_path, monkeypatch):
         assert written == []
 
 
-def _rewritten_in_place(path: Path, times_kept: bool = False) -> None:
+def _rewritten_in_place(path: Path) -> None:
     """Other pixels written into the GeoTIFF at ``path`` (its inode kept), as an editor
-    or ``gdal_calc`` does; with ``times_kept``, its size and modification time as they
-    were (``os.utime``), which only its change time betrays."""
+    or ``gdal_calc`` does."""
     import rasterio
 
-    before = path.stat()
     with rasterio.open(path, "r+") as raster:
         raster.write(raster.read()[:, ::-1] + 1)
-    if times_kept:
-        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-        after = path.stat()
-        assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
-            before.st_ino,
-            before.st_size,
-            before.st_mtime_ns,
-        )
 
 
 def _interrupted_quartet(tmp_path: Path, monkeypatch) -> dict[str, Path]:
@@ -866,16 +856,33 @@ def test_untouched_input_files_are_resumed(tmp_path, monkeypatch):
     assert m3rcr_xr.is_complete(tmp_path / "s.zarr")
 
 
-def test_an_input_rewritten_in_place_with_its_times_set_back_is_not_resumed(tmp_path, monkeypatch):
-    """Its size and modification time as they were, the file's change time (which no
-    process sets) tells it apart: the resume would have mixed the rows of both files."""
+def test_an_input_replaced_with_its_size_and_times_kept_is_not_resumed(tmp_path, monkeypatch):
+    """Its size and modification time as they were (``cp -p`` then ``mv``), the file's
+    inode tells it apart: the resume would have mixed the rows of both files. A
+    ``chmod`` of the inputs (read-only raw data) changes no data: the resume goes on."""
     with m3rcr_xr.set_options(scene_chunk=16):
         files = _interrupted_quartet(tmp_path, monkeypatch)
-        _rewritten_in_place(files["cloudy"], times_kept=True)
+        files["cloudy"].chmod(0o444)
+        stat = files["cloudy"].stat()
+        _replaced(files["cloudy"])
+        os.utime(files["cloudy"], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert files["cloudy"].stat().st_size == stat.st_size
         written, before = _recording(monkeypatch), snapshot(tmp_path / "s.zarr")
         with pytest.raises(m3rcr_xr.StoreError, match="unfinished store of other data"):
             m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "s.zarr")
     assert written == [] and snapshot(tmp_path / "s.zarr") == before
+
+
+def test_a_chmod_of_the_inputs_does_not_stop_a_resume(tmp_path, monkeypatch):
+    """Made read-only while the write was cut off (their change time moves), the files
+    hold the same data: the resume writes the steps left."""
+    with m3rcr_xr.set_options(scene_chunk=16):
+        files = _interrupted_quartet(tmp_path, monkeypatch)
+        for path in files.values():
+            path.chmod(0o444)
+        written = _recording(monkeypatch)
+        m3rcr_xr.to_zarr(m3rcr_xr.open_quartet(**files), tmp_path / "s.zarr")
+    assert written == [slice(32, 48), slice(48, 64)]
 
 
 def _replaced(path: Path) -> None:

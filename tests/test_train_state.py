@@ -588,6 +588,16 @@ def test_resume_refuses_fewer_steps_than_the_checkpoint(collection_store, tmp_pa
     assert read_training_checkpoint(out)["step"] == 2
 
 
+def test_a_chmod_of_out_during_the_run_is_no_other_file(collection_store, tmp_path, monkeypatch):
+    """The checkpoint made read-only for others while the run trains (its change time
+    moves, its data does not) is the run's own: the next checkpoint replaces it."""
+    ckpt = tmp_path / "run.pth"
+    _after_each_checkpoint(monkeypatch, lambda path, _: path.chmod(0o640))
+    argv = ["train", str(collection_store), "--model", "dsen2_cr", "--config", "preset=small"]
+    argv += ["--steps", "2", "--checkpoint-every", "1", "--crop", str(TILE), "--out", str(ckpt)]
+    assert main(argv) == 0
+
+
 def test_a_users_file_at_out_during_the_run_is_kept(
     collection_store, tmp_path, monkeypatch, capsys
 ):

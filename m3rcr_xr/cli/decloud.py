@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Collection, Hashable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..exceptions import StoreError, argument
+from ..exceptions import StoreError, argument, argument_names
 from .arguments import (
     MODEL_HELP,
     OVERWRITE_HELP,
@@ -181,7 +181,8 @@ def _write_decloud(
     paths = {variable: cog for variable, cog in cogs.items() if variable not in kept}
     for cog in (cog for variable, cog in cogs.items() if variable in kept):
         print(f"kept {href.redacted(cog)}: written from this store already")
-    to_cogs(written, paths, overwrite=args.overwrite, identities=identities)
+    with argument_names(path="cog"):  # to_cogs' messages name --cog
+        to_cogs(written, paths, overwrite=args.overwrite, identities=identities)
     for cog in paths.values():
         print(f"wrote {href.redacted(cog)}")
 

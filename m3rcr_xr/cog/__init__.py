@@ -51,12 +51,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import xarray as xr
-from fsspec.implementations.local import LocalFileSystem
 
 from ..exceptions import UsageError, argument, check_integer
+from ..files import versions
 from ..href import local_path, redacted
 from ..identity import check_since_open, sources
-from ..location import Target, check_apart, versions, write_errors
+from ..location import Target, check_apart, write_errors
 from ..options import OPTIONS
 from ..progress import compute_with_progress
 from ..schema import is_collection
@@ -406,7 +406,7 @@ def _write(
         folder / name for plan, folder in zip(plans, folders, strict=True) for name in plan.names
     ]
     partials = [partial_path(file) for file in files]
-    before = versions(LocalFileSystem(), files)
+    before = versions(files)
     with cleaned(partials, folders):
         for plan, folder in zip(plans, folders, strict=True):
             with write_errors(plan.target):

@@ -15,12 +15,11 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import xarray as xr
-from fsspec.implementations.local import LocalFileSystem
 
 from ..exceptions import StoreError, UsageError, argument
-from ..files import hidden_copies, hidden_path, left_behind, remove_stale
+from ..files import hidden_copies, hidden_path, left_behind, remove_stale, versions
 from ..href import is_remote, local_path, redacted
-from ..location import Target, check_apart, check_bucket, listing, reaching, versions
+from ..location import Target, check_apart, check_bucket, listing, reaching
 from ..locks import locked_file
 from .records import SOFTWARE, SOFTWARE_TAG, tiff_tags
 
@@ -317,12 +316,12 @@ def commit(
     partials: Sequence[Path],
     files: Sequence[Path],
     overwrite: bool,
-    before: Sequence[str | None],
+    before: Sequence[tuple[int, ...] | None],
 ) -> None:
     """Rename each partial file over its file, all or none: an existing file is first
     set aside under a hidden name, and if a rename fails, the files already renamed are
     put back as they were (those that did not exist are removed). A file written since
-    ``before`` (:func:`~m3rcr_xr.location.versions` of ``files`` when the work began) is
+    ``before`` (:func:`~m3rcr_xr.files.versions` of ``files`` when the work began) is
     refused (:func:`_check_unchanged`); each existing file is checked again
     (:func:`check_replaceable`), those there first, so that the renames follow one
     another and a kill finds them done or not, but for a moment. The renames hold the OS
@@ -333,7 +332,9 @@ def commit(
         _rename(partials, files, overwrite)
 
 
-def _check_unchanged(files: Sequence[Path], before: Sequence[str | None], overwrite: bool) -> None:
+def _check_unchanged(
+    files: Sequence[Path], before: Sequence[tuple[int, ...] | None], overwrite: bool
+) -> None:
     """Refuse a file of ``files`` written (made, replaced, rewritten) since ``before``,
     ``overwrite`` or not: another run writing the same GeoTIFFs (``decloud.tif`` and
     ``decloud_std.tif``) would otherwise end with one's file beside the other's. A
@@ -345,7 +346,7 @@ def _check_unchanged(files: Sequence[Path], before: Sequence[str | None], overwr
     StoreError
         Naming the file.
     """
-    for file, was, now in zip(files, before, versions(LocalFileSystem(), files), strict=True):
+    for file, was, now in zip(files, before, versions(files), strict=True):
         if now is not None and now != was:
             check_replaceable(file, overwrite=overwrite)
             raise written_meanwhile(file)

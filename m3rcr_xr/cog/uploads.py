@@ -29,11 +29,10 @@ def uploaded(fs: Any, plans: Sequence[Plan], overwrite: bool) -> Iterator[list[P
     multipart upload, which S3 makes visible only once complete. All or none, as
     :func:`commit` locally: an existing object is first copied aside, under a hidden
     name beside it; if an upload fails, the copies are put back and the objects that did
-    not exist are removed; once all are uploaded, the copies are removed. Objects that
-    exist by then are checked again (:func:`check_replaceable`) before any upload, and
-    one written since the work began (by another run) is refused
-    (:func:`_check_unchanged_objects`): one listing of each folder before the work and
-    one after it.
+    not exist are removed; once all are uploaded, the copies are removed. Objects
+    written since the work began (by another run) are refused before any upload
+    (:func:`_check_unchanged_objects`): one listing of each folder before the work (the
+    destination's check made one too) and one after it.
 
     The folder (in ``TMPDIR``, :data:`UPLOADS`) is named for this process and machine:
     those a killed upload left, full-size GeoTIFFs, are removed first
@@ -51,9 +50,7 @@ def uploaded(fs: Any, plans: Sequence[Plan], overwrite: bool) -> Iterator[list[P
         }
         now = _entries(fs, urls)
         existing = [url for url in urls if url in now]
-        for url in existing:
-            check_replaceable(url, overwrite=overwrite, fs=fs)
-        _check_unchanged_objects(existing, before, now)
+        _check_unchanged_objects(fs, existing, (before, now), overwrite)
         done: list[tuple[str, str | None]] = []
         try:
             for url in urls:
@@ -85,24 +82,33 @@ def _entries(fs: Any, urls: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def _check_unchanged_objects(
-    urls: Sequence[str], before: dict[str, dict[str, Any]], now: dict[str, dict[str, Any]]
+    fs: Any,
+    urls: Sequence[str],
+    listings: tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]],
+    overwrite: bool,
 ) -> None:
-    """Refuse to upload over an object of ``urls`` that is not as it was (``before``, of
-    :func:`_entries`) when the work began, by ``now``: another run wrote it meanwhile,
-    and this one's files would end beside that one's (``decloud.tif`` of one,
-    ``decloud_std.tif`` of the other). Checked before any upload: two runs whose uploads
-    overlap in time can still interleave (object stores have no lock that ends with a
-    process here).
+    """Refuse to upload over an object of ``urls`` (those there now) that is not as it
+    was when the work began (``listings``: :func:`_entries` then and now): another run
+    wrote it meanwhile, and this one's files would end beside that one's
+    (``decloud.tif`` of one, ``decloud_std.tif`` of the other). One unchanged was
+    checked when the destination was (:func:`check_replaceable`), and is not read
+    again. Checked before any upload: two runs whose uploads overlap in time can still
+    interleave (object stores have no lock that ends with a process here).
 
     Raises
     ------
     StoreError
-        Naming the object (:func:`~m3rcr_xr.cog.destinations.written_meanwhile`).
+        Naming the object: a user's, or one there without ``overwrite``, as
+        :func:`check_replaceable` does; else
+        :func:`~m3rcr_xr.cog.destinations.written_meanwhile`.
     """
+    before, now = listings
     for url in urls:
         was = before.get(url)
-        if was is None or version_of(was) != version_of(now[url]):
-            raise written_meanwhile(url)
+        if was is not None and version_of(was) == version_of(now[url]):
+            continue
+        check_replaceable(url, overwrite=overwrite, fs=fs)
+        raise written_meanwhile(url)
 
 
 def _put_back(fs: Any, done: Sequence[tuple[str, str | None]]) -> list[str]:

@@ -67,8 +67,8 @@ def open_quartet(
     -------
     xr.Dataset
         A scene (see :mod:`m3rcr_xr.schema`). Its ``encoding["source"]`` lists the
-        files, each with its identity once opened (size, modification time, inode and
-        change time locally; ETag remotely: :func:`m3rcr_xr.identity.opened_file`, one
+        files, each with its identity once opened (size, modification time and inode
+        locally; ETag remotely: :func:`m3rcr_xr.identity.opened_file`, one
         ``stat`` or HEAD request a file): a file changed since (rewritten in place or
         replaced) is refused by :func:`m3rcr_xr.to_zarr`, :func:`m3rcr_xr.to_cog` and
         training, as the scene could mix pixels of the old file (read before, still in

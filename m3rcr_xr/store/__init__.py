@@ -29,8 +29,8 @@ Safety rules, for local paths and fsspec URLs alike:
   layout *and* the data's identity: the Dask graph's token (file names and
   modification times for rasters opened lazily, a content hash for arrays in memory,
   the checkpoint's hash for decloud) and the size and modification time of each
-  source file, with its inode and change time locally, which tell a file rewritten in
-  place with its modification time set back (the fingerprint of each source store of
+  source file, with its inode locally, which tells a file replaced by one of the same
+  size and time (the fingerprint of each source store of
   this library; the listing of a Zarr store of other software: each key's size and
   modification time, or ETag; over HTTP, the ``ETag``, ``Content-MD5``, ``Digest`` or
   ``Last-Modified`` header). An unfinished store of other data is never resumed, nor

@@ -156,9 +156,13 @@ class _Run:
         settings: ResolvedSettings,
         resume: Mapping[str, Any] | None,
         data: Mapping[str, Any] | None = None,
+        found: tuple[int, ...] | None = None,
     ) -> None:
         self.settings = settings
         self.data = data  # the identities of the run's data, for its checkpoints
+        # what is at its out (its version): what was there at the start, then the
+        # checkpoint it wrote last; another file there is not replaced (save_checkpoint)
+        self.found = found
         self.device = settings.device
         self.amp = autocast_dtype(self.device, settings.amp)
         if self.device.startswith("cuda"):  # as the published seed_torch: reproducible
@@ -173,7 +177,6 @@ class _Run:
         self.scaler = grad_scaler() if self.amp == torch.float16 else None
         self.step = 0
         self.saved = 0  # the step of the checkpoint this run wrote last (0: none)
-        self.found: str | None = None  # what is at its out: its last checkpoint, or what was
         self.next_sample = 0  # the sampler's state: sample number of the next crop
         if resume is not None:
             self._restore(resume)
@@ -317,13 +320,10 @@ def train(
         check_apart(export, [out], role="checkpoint")
     with writing({"out": out, "export": export}):
         out = check_checkpoint_destination(out, resume=resume, overwrite=overwrite)
-        found = file_version(out)  # a file put there while the run trains is not replaced
         weights = None
         if export is not None:
             weights = check_export_destination(export, name="export", overwrite=overwrite)
-        run, losses, metrics = _run(
-            source, (out, found), settings, val, resume, progress, task, level
-        )
+        run, losses, metrics = _run(source, out, settings, val, resume, progress, task, level)
         if weights is not None:  # the weights of this run, not of the file at out now
             write_export(run.payload(None), weights, name="export", overwrite=overwrite)
     wall_s = time.perf_counter() - start_time
@@ -332,7 +332,7 @@ def train(
 
 def _run(
     source: Source,
-    destination: tuple[Path, str | None],
+    out: Path,
     settings: TrainSettings,
     val: Source | None,
     resume: str | os.PathLike[str] | None,
@@ -340,10 +340,9 @@ def _run(
     task: str | None,
     level: int | None,
 ) -> tuple[_Run, dict[int, float], dict[str, Any]]:
-    """The run of :func:`train` (its arguments; ``destination``: ``out`` and the version
-    of what was there at the start), once its files are its own: the run's state at the
-    end, its losses and last metrics."""
-    out, found = destination
+    """The run of :func:`train` (its arguments), once its files are its own: the run's
+    state at the end, its losses and last metrics."""
+    found = file_version(out)  # what is at out now: a file put there meanwhile is kept
     given: dict[str, Any] = {"task": task, "level": level}
     settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None})
     payload = read_training_checkpoint(resume) if resume is not None else None
@@ -367,8 +366,7 @@ def _run(
         check_same_data(str(resume), payload, identities)
     else:
         warn_unversioned(identities)
-    run = _Run(resolved, payload, identities)
-    run.found = found
+    run = _Run(resolved, payload, identities, found)
     log.info("training %s", run.describe(data))
     losses, metrics = _loop(run, data, out, val_data, show_progress(progress))
     if not losses:  # nothing left to do: write the state reached (and validate it)

@@ -32,12 +32,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
 from ..exceptions import CheckpointError, UsageError, argument
-from ..files import replace_atomically
-from ..location import check_apart, versions
+from ..files import replace_atomically, versions
+from ..location import check_apart
 from ..locks import locked_file
 from ..models import extract_state_dict, model_record
 from ..models.checkpoint import read_checkpoint
@@ -104,7 +103,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any], found: str | None) -> str | None:
+def save_checkpoint(
+    path: Path, payload: dict[str, Any], found: tuple[int, ...] | None
+) -> tuple[int, ...] | None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves half a file.
 
     ``found`` is the :func:`file_version` of what was at ``path`` when the run began, or
@@ -125,13 +126,13 @@ def save_checkpoint(path: Path, payload: dict[str, Any], found: str | None) -> s
     return file_version(path)
 
 
-def file_version(path: Path) -> str | None:
-    """The version of the local file ``path`` (:func:`~m3rcr_xr.location.versions`: its
-    size, times and inode), None where there is none."""
-    return versions(LocalFileSystem(), [path])[0]
+def file_version(path: Path) -> tuple[int, ...] | None:
+    """The version of the local file ``path`` (:func:`~m3rcr_xr.files.versions`: its
+    inode, size and modification time), None where there is none."""
+    return versions([path])[0]
 
 
-def _check_found(path: Path, found: str | None) -> None:
+def _check_found(path: Path, found: tuple[int, ...] | None) -> None:
     if file_version(path) != found:
         raise CheckpointError(
             f"{argument('out', str(path))}: another file was put there while this run "
