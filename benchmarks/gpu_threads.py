@@ -17,6 +17,14 @@ The same tiles of one synthetic scene run, interleaved, repeat after repeat:
     As many threads as cores, with the interpreter's switch interval at 0.2 ms
     (5 ms by default): how much the threads that crop and blend hold up the one that
     launches the forward passes.
+``raw_batch_N``
+    The raw loop with four times the batch: how much of a forward pass is the host's
+    kernel launches, which a larger batch shares among more tiles.
+``raw_cuda_graph`` (CUDA only)
+    The raw loop replaying one CUDA graph of a full batch's forward pass (captured
+    before the timing; a partial last batch runs eagerly): what the launches cost,
+    and what a graphed tile path would give. Where capture fails, its error is
+    reported instead.
 
 Each entry gives the seconds of each repeat and ``ratio``: the best raw time over the
 variant's best. On a GPU machine (after ``scripts/gpu-check.sh`` installed the wheels):
@@ -34,11 +42,12 @@ from collections.abc import Callable
 from typing import Any
 
 import dask
+import numpy as np
 import torch
 
 import m3rcr_xr
 from benchmarks.gpu_check import CHUNK, crop_tiles, raw_loop, setups, timed
-from m3rcr_xr import models, normalize, runner, tiling
+from m3rcr_xr import blending, models, normalize, runner, tiling
 
 #: (network, precision) measured by default on a GPU; a CPU runs float32 only
 DEFAULT_CASES = ("glf_cr:bf16", "align_cr:bf16", "glf_cr:fp32")
@@ -61,8 +70,51 @@ def decloud_runner(result, workers: int, interval: float | None = None) -> Calla
     return run
 
 
-def variants(name: str, precision: str, args: argparse.Namespace) -> dict[str, Callable]:
-    """The ways to run the same tiles of one scene (see the module's docstring)."""
+def graphed_raw_loop(
+    model, tiles: np.ndarray, batch: int, device: str, precision: str
+) -> Callable[[], np.ndarray]:
+    """The raw loop over ``tiles`` replaying a CUDA graph of one full batch's forward
+    pass, captured here (after three eager passes on a side stream, as capture needs)."""
+    dtype = runner.autocast_dtype(precision, device)
+    channels = blending.OPTICAL_CHANNELS
+    with torch.inference_mode():  # one inference tensor, refilled in inference mode
+        static = torch.zeros((batch, *tiles.shape[1:]), device=device)
+
+    def forward() -> torch.Tensor:  # autocast's cast cache cannot outlive a capture
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None, cache_enabled=False):
+            return model(static[:, :channels], static[:, channels:])
+
+    with torch.inference_mode():
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                forward()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = forward()
+
+    def run() -> np.ndarray:
+        full = len(tiles) // batch * batch
+        outputs = np.empty((len(tiles), channels, *tiles.shape[2:]), np.float32)
+        with torch.inference_mode():
+            for start in range(0, full, batch):
+                static.copy_(torch.from_numpy(tiles[start : start + batch]))
+                graph.replay()
+                outputs[start : start + batch] = static_out.float().cpu().numpy()
+        if full < len(tiles):
+            outputs[full:] = raw_loop(model, tiles[full:], batch, device, precision)
+        return outputs
+
+    return run
+
+
+def variants(
+    name: str, precision: str, args: argparse.Namespace
+) -> tuple[dict[str, Callable], dict[str, dict]]:
+    """The ways to run the same tiles of one scene (see the module's docstring), and
+    those that could not be set up, with their errors."""
     config, tile = setups(args.quick)[name]
     stride = tile - tile // 8
     chunk = stride if args.quick else CHUNK  # quick: one tile a task
@@ -81,7 +133,8 @@ def variants(name: str, precision: str, args: argparse.Namespace) -> dict[str, C
         device=args.device, precision=precision,
     )  # fmt: skip
     batch, cores, calls = args.batch_size, os.cpu_count() or 1, len(tiles) // TASKS
-    return {
+    graphed, errors = graphed_variant(raw_model, tiles, batch, device, precision)
+    ways = {
         "raw": lambda: raw_loop(raw_model, tiles, batch, device, precision),
         "raw_decloud_model": lambda: raw_loop(model, tiles, batch, device, precision),
         "run_tiles_1_call": lambda: runner.run_tiles(model, device, tiles, batch, precision),
@@ -92,12 +145,28 @@ def variants(name: str, precision: str, args: argparse.Namespace) -> dict[str, C
         f"decloud_{cores}_threads": decloud_runner(result, cores),
         "decloud_4_threads": decloud_runner(result, 4),
         "decloud_short_switch": decloud_runner(result, cores, interval=2e-4),
+        f"raw_batch_{4 * batch}": lambda: raw_loop(raw_model, tiles, 4 * batch, device, precision),
+        **graphed,
     }
+    return ways, errors
+
+
+def graphed_variant(
+    model, tiles: np.ndarray, batch: int, device: str, precision: str
+) -> tuple[dict[str, Callable], dict[str, dict]]:
+    """``raw_cuda_graph`` on a CUDA device, or its capture error (reported, not raised:
+    capture fails on an op that waits for the host); nothing elsewhere."""
+    if not device.startswith("cuda"):
+        return {}, {}
+    try:
+        return {"raw_cuda_graph": graphed_raw_loop(model, tiles, batch, device, precision)}, {}
+    except Exception as error:
+        return {}, {"raw_cuda_graph": {"error": f"{type(error).__name__}: {error}"}}
 
 
 def measure(name: str, precision: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every variant once to warm up, then ``args.repeats`` rounds of all of them."""
-    ways = variants(name, precision, args)
+    ways, failed = variants(name, precision, args)
     for run in ways.values():
         run()
     seconds: dict[str, list[float]] = {key: [] for key in ways}
@@ -108,7 +177,7 @@ def measure(name: str, precision: str, args: argparse.Namespace) -> dict[str, An
     runner.clear_model_cache()
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return {key: {"s": s, "ratio": round(raw / min(s), 3)} for key, s in seconds.items()}
+    return {key: {"s": s, "ratio": round(raw / min(s), 3)} for key, s in seconds.items()} | failed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -44,6 +44,26 @@ def test_smoke_mode_runs_every_part_on_the_cpu(tmp_path, capfd, forked_workers):
     assert report["goals"]["ratio"]["measured"] == "3 of 3"
 
 
+def test_parts_runs_only_the_parts_named(capfd):
+    args = [
+        "--device",
+        "cpu",
+        "--quick",
+        "--models",
+        "dsen2_cr",
+        "--parts",
+        "machine",
+        "throughput",
+    ]
+    report = gpu_check.main(args)
+    capfd.readouterr()
+    assert {"machine", "throughput"} <= set(report)
+    assert not {"golden", "cluster", "memory"} & set(report)
+    assert set(report["throughput"]) == {"dsen2_cr fp32"}
+    assert report["goals"]["ratio"]["measured"] == "1 of 1"
+    assert report["goals"]["fp32_vs_golden"]["measured"] == "0 of 0"
+
+
 def test_golden_errors_compare_the_tile_path_with_the_reference(tmp_path):
     net = fill_reference_parameters_(models.build("dsen2_cr", preset="small"))
     inputs = torch.rand(1, 6, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -17,5 +17,17 @@ def test_quick_mode_times_every_variant_against_the_raw_loop(capfd):
     assert report == {"device": "cpu", "quick": True}
     assert entry["raw"]["ratio"] == 1.0
     assert {"run_tiles_9_calls", "decloud_4_threads", "decloud_short_switch"} <= set(entry)
+    assert "raw_batch_32" in entry and "raw_cuda_graph" not in entry  # batch 8 by default
     for timing in entry.values():
         assert len(timing["s"]) == 1 and timing["s"][0] > 0 and timing["ratio"] > 0
+
+
+def test_a_variant_that_cannot_be_set_up_is_reported_with_its_error(monkeypatch):
+    def failing(*args):
+        return {}, {"raw_cuda_graph": {"error": "RuntimeError: capture failed"}}
+
+    monkeypatch.setattr(gpu_threads, "graphed_variant", failing)
+    args = gpu_threads.parse_args(["--device", "cpu", "--quick", "--repeats", "1"])
+    entry = gpu_threads.measure("glf_cr", "fp32", args)
+    assert entry["raw_cuda_graph"] == {"error": "RuntimeError: capture failed"}
+    assert entry["raw"]["ratio"] == 1.0
