@@ -46,6 +46,13 @@ Parts, in order
     ``resources``: the default path); each worker's tiles per device
     (:func:`m3rcr_xr.runner.tile_counts`), its peak device memory, and the GPU it
     used against the GPU its ``CUDA_VISIBLE_DEVICES`` names.
+``demo``
+    ``make demo``'s job (:func:`m3rcr_xr.demo.run_demo`: ingest, decloud with
+    test-time augmentation and semantic evaluation with the demo weights, on
+    ``m3rcr_xr.local_cluster()``, hence on the GPU) on a ``--demo-size`` scene: its
+    seconds, and, given ``--demo-reference`` (a folder with the ``metrics.csv`` and
+    ``semantic.csv`` of a demo of that size run on a CPU), the largest difference of
+    each column of its tables from the CPU's.
 ``memory``
     Peak device memory of one batch through the tile path, per network and batch size
     (1, 2, 4 ... until the device runs out of memory, ``--max-batch`` or the budget), the
@@ -79,6 +86,7 @@ from typing import Any
 
 import dask
 import numpy as np
+import pandas as pd
 import torch
 
 import m3rcr_xr
@@ -90,8 +98,10 @@ GOALS = {"ratio": 0.9, "bf16_vs_fp32": 1e-2, "fp32_vs_golden": 1e-3}
 #: chunk edge of the scenes: groups of about GROUP_PIXELS, as decloud makes on real stores
 CHUNK = 1024
 MIB = 2**20
-#: seconds kept for the cluster and memory parts while the throughput part runs
-RESERVE_S = {"cluster": 40.0, "memory": 40.0}
+#: seconds kept for the later parts while the throughput part runs
+RESERVE_S = {"cluster": 40.0, "demo": 30.0, "memory": 40.0}
+#: the demo's tables that ``--demo-reference`` holds too
+DEMO_TABLES = ("metrics.csv", "semantic.csv")
 
 
 # ------------------------------------------------------------------------ the run
@@ -611,6 +621,50 @@ def memory_of(check: Check, name: str, seconds: float) -> dict[str, Any]:
     return entry
 
 
+def table_differences(ours: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float] | str:
+    """The largest absolute difference of each numeric column of two tables with the same
+    rows (matched on their text columns): NaN in both is no difference, NaN in one is
+    infinite. A string where their columns or rows differ."""
+    keys = list(ours.select_dtypes(exclude="number").columns)
+    if set(ours.columns) != set(reference.columns) or not keys:
+        return f"columns differ: {sorted(ours.columns)} and {sorted(reference.columns)}"
+    ours, reference = ours.set_index(keys).sort_index(), reference.set_index(keys).sort_index()
+    if not ours.index.equals(reference.index):
+        return "rows differ"
+    reference = reference[ours.columns].astype(float)
+    difference = (ours.astype(float) - reference).abs()
+    difference = difference.mask(ours.isna() != reference.isna(), np.inf).fillna(0.0)
+    return {column: float(difference[column].max()) for column in difference.columns}
+
+
+def demo_differences(out: Path, reference: Path) -> dict[str, Any]:
+    """:func:`table_differences` of each of :data:`DEMO_TABLES` in ``out`` and ``reference``."""
+    return {
+        name: table_differences(pd.read_csv(out / name), pd.read_csv(reference / name))
+        for name in DEMO_TABLES
+    }
+
+
+def part_demo(check: Check) -> dict[str, Any]:
+    from m3rcr_xr.demo import run_demo
+
+    if check.left() < RESERVE_S["demo"] and not check.args.quick:
+        check.skip("demo", f"{check.left():.0f} s left")
+        return {}
+    size = 128 if check.args.quick else check.args.demo_size
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "demo"
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # the JSON object is the whole of stdout
+            run_demo(out, size=size)
+        entry: dict[str, Any] = {"size": size, "seconds": round(time.perf_counter() - start, 1)}
+        metrics = pd.read_csv(out / "metrics.csv").set_index(["stratum", "landcover_class"])
+        entry["psnr_all"] = float(metrics.loc[("all", "all"), "PSNR"])
+        if check.args.demo_reference:
+            entry["cpu_reference"] = demo_differences(out, Path(check.args.demo_reference))
+    return entry
+
+
 def part_memory(check: Check) -> dict[str, Any]:
     results: dict[str, Any] = {"precision": "fp32"}
     for index, name in enumerate(check.args.models):
@@ -667,6 +721,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--golden-models", nargs="*", choices=NAMES, help="default: --models (quick: none)"
     )
+    parser.add_argument("--demo-size", type=int, default=1024, help="the demo's scene edge")
+    parser.add_argument(
+        "--demo-reference", help="a folder with the CSV tables of a CPU demo of that size"
+    )
     parser.add_argument(
         "--parts", nargs="+", default=list(PARTS), choices=PARTS, help="default: every part"
     )
@@ -684,6 +742,7 @@ PARTS: dict[str, Callable[[Check], Any]] = {
     "golden": part_golden,
     "throughput": part_throughput,
     "cluster": part_cluster,
+    "demo": part_demo,
     "memory": part_memory,
 }
 

@@ -7,6 +7,8 @@
 #   scripts/gpu-wheels.sh                                       # .whl/ (ignored by git)
 #   mkdir -p .device/golden                                     # .device/ (ignored by git)
 #   cp ../shared/reference/golden/{input,output}_*.npy .device/golden/
+#   .venv/bin/m3rcr demo --out /tmp/demo-cpu --size 1024              # the demo on a CPU:
+#   mkdir -p .device/demo-cpu && cp /tmp/demo-cpu/*.csv .device/demo-cpu/  # its tables
 # then, on the GPU machine, with .whl and .device carried beside this checkout:
 #   bash scripts/gpu-check.sh [more gpu_check arguments]
 set -euo pipefail
@@ -31,4 +33,7 @@ import m3rcr_xr  # noqa: E402
 
 print("cuda", torch.cuda.is_available(), "m3rcr_xr from", m3rcr_xr.__file__)
 PY
-exec python3 -m benchmarks.gpu_check --golden .device/golden --out "$OUT/gpu_check.json" "$@"
+REFERENCE=()  # the demo's tables on a CPU, where they were prepared
+if [ -d .device/demo-cpu ]; then REFERENCE=(--demo-reference .device/demo-cpu); fi
+exec python3 -m benchmarks.gpu_check --golden .device/golden --out "$OUT/gpu_check.json" \
+  "${REFERENCE[@]}" "$@"

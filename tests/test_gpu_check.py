@@ -10,6 +10,7 @@ import json
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -41,6 +42,8 @@ def test_smoke_mode_runs_every_part_on_the_cpu(tmp_path, capfd, forked_workers):
     assert cluster["tiles_run"] == cluster["tiles"] > 1
     assert cluster["every_tile_on_its_worker_device"] and cluster["finite"]
     assert all(report["memory"][name]["largest_batch_run"] == 2 for name in NAMES)
+    assert report["demo"]["size"] == 128 and np.isfinite(report["demo"]["psnr_all"])
+    assert "cpu_reference" not in report["demo"]  # none given
     assert report["goals"]["ratio"]["measured"] == "3 of 3"
 
 
@@ -62,6 +65,25 @@ def test_parts_runs_only_the_parts_named(capfd):
     assert set(report["throughput"]) == {"dsen2_cr fp32"}
     assert report["goals"]["ratio"]["measured"] == "1 of 1"
     assert report["goals"]["fp32_vs_golden"]["measured"] == "0 of 0"
+
+
+def test_demo_tables_are_compared_column_by_column_on_their_rows(tmp_path):
+    reference = pd.DataFrame(
+        {"stratum": ["all", "all"], "cls": ["a", "b"], "PSNR": [30.0, np.nan], "n": [5, 6]}
+    )
+    ours = reference.iloc[::-1].copy()  # the rows in another order
+    ours.loc[0, "PSNR"] = 30.25
+    assert gpu_check.table_differences(ours, reference) == {"PSNR": 0.25, "n": 0.0}
+    ours.loc[0, "PSNR"] = np.nan  # NaN on one side only
+    assert gpu_check.table_differences(ours, reference)["PSNR"] == np.inf
+    assert gpu_check.table_differences(ours.iloc[:1], reference) == "rows differ"
+    assert gpu_check.table_differences(ours.drop(columns="n"), reference).startswith("columns")
+    for folder in ("out", "ref"):
+        (tmp_path / folder).mkdir()
+        for name in gpu_check.DEMO_TABLES:
+            reference.to_csv(tmp_path / folder / name, index=False)
+    differences = gpu_check.demo_differences(tmp_path / "out", tmp_path / "ref")
+    assert differences == {name: {"PSNR": 0.0, "n": 0.0} for name in gpu_check.DEMO_TABLES}
 
 
 def test_golden_errors_compare_the_tile_path_with_the_reference(tmp_path):
