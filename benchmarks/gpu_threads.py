@@ -27,7 +27,12 @@ The same tiles of one synthetic scene run, interleaved, repeat after repeat:
     reported instead.
 
 Each entry gives the seconds of each repeat and ``ratio``: the best raw time over the
-variant's best. On a GPU machine (after ``scripts/gpu-check.sh`` installed the wheels):
+variant's best. ``profile`` then runs ``raw`` and ``decloud_N_threads`` once more each
+under torch's profiler (:func:`profiled`): the device's busy time against the wall time,
+and the kernel launches and their host time, which tell whether the device waited for
+the host (the profiler slows the host, so its wall times are longer than the timings').
+
+On a GPU machine (after ``scripts/gpu-check.sh`` installed the wheels):
 ``PYTHONPATH=$PWD:/tmp/site python3 -m benchmarks.gpu_threads``; on a CPU,
 ``python -m benchmarks.gpu_threads --device cpu --quick`` is its smoke test.
 """
@@ -174,10 +179,36 @@ def measure(name: str, precision: str, args: argparse.Namespace) -> dict[str, An
         for key, run in ways.items():
             seconds[key].append(round(timed(run, args.device), 3))
     raw = min(seconds["raw"])
+    threaded = f"decloud_{os.cpu_count() or 1}_threads"
+    profiles = {key: profiled(ways[key], args.device) for key in ("raw", threaded)}
     runner.clear_model_cache()
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
-    return {key: {"s": s, "ratio": round(raw / min(s), 3)} for key, s in seconds.items()} | failed
+    timings = {key: {"s": s, "ratio": round(raw / min(s), 3)} for key, s in seconds.items()}
+    return timings | failed | {"profile": profiles}
+
+
+def profiled(run: Callable[[], Any], device: str) -> dict[str, float]:
+    """``run()`` once under torch's profiler: its wall seconds, the device's busy seconds
+    (kernels and copies, each counted once) and their share of the wall time, and the
+    kernel launches with the host seconds they took (none on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as profiler:
+        wall = timed(run, device)
+    rows = profiler.key_averages()
+    busy = sum(row.self_device_time_total for row in rows) / 1e6
+    launches = [row for row in rows if row.key.startswith(("cudaLaunch", "cuLaunch"))]
+    return {
+        "wall_s": round(wall, 3),
+        "device_busy_s": round(busy, 3),
+        "busy": round(busy / wall, 3),
+        "launches": sum(row.count for row in launches),
+        "launch_host_s": round(sum(row.self_cpu_time_total for row in launches) / 1e6, 3),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -18,8 +19,12 @@ def test_quick_mode_times_every_variant_against_the_raw_loop(capfd):
     assert entry["raw"]["ratio"] == 1.0
     assert {"run_tiles_9_calls", "decloud_4_threads", "decloud_short_switch"} <= set(entry)
     assert "raw_batch_32" in entry and "raw_cuda_graph" not in entry  # batch 8 by default
+    profile = entry.pop("profile")
     for timing in entry.values():
         assert len(timing["s"]) == 1 and timing["s"][0] > 0 and timing["ratio"] > 0
+    assert set(profile) == {"raw", f"decloud_{os.cpu_count()}_threads"}
+    for run in profile.values():  # a CPU: no device time, no kernel launches
+        assert run["wall_s"] > 0 and run["device_busy_s"] == run["launches"] == 0
 
 
 def test_a_variant_that_cannot_be_set_up_is_reported_with_its_error(monkeypatch):
