@@ -44,6 +44,9 @@ def test_smoke_mode_runs_every_part_on_the_cpu(tmp_path, capfd, forked_workers):
     assert all(report["memory"][name]["largest_batch_run"] == 2 for name in NAMES)
     assert report["demo"]["size"] == 128 and np.isfinite(report["demo"]["psnr_all"])
     assert "cpu_reference" not in report["demo"]  # none given
+    for name in NAMES:  # a straight run, and one stopped halfway and resumed: the same
+        entry = report["train"][name]
+        assert entry["finite"] and entry["resume_exact"] and entry["steps_per_s"] > 0
     assert report["goals"]["ratio"]["measured"] == "3 of 3"
 
 
