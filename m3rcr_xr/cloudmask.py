@@ -47,6 +47,7 @@ import xarray as xr
 from rasterio.errors import RasterioError
 
 from .exceptions import InputFileError, M3RCRWarning, SchemaError, UsageError, argument
+from .identity import opened_file, sources
 from .rasters import open_raster, quietly_opened
 from .schema import BANDS, OPTICAL_NODATA
 
@@ -94,6 +95,14 @@ def open_udm2(path: str | os.PathLike, *, chunks: Any = "auto") -> xr.DataArray:
     """Open a Planet UDM2 GeoTIFF lazily as (band, y, x) uint8, bands named by
     :data:`UDM2_BANDS`.
 
+    Its ``encoding["source"]`` is the file with its identity once opened
+    (:func:`m3rcr_xr.identity.opened_file`, one ``stat`` or HEAD request), and
+    :func:`udm2_cloudmask`, :func:`udm2_nodata` and :func:`mask_nodata` pass it on: a
+    scene that holds their results is refused by :func:`m3rcr_xr.to_zarr`,
+    :func:`m3rcr_xr.to_cog` and training if the file changed since (rewritten or
+    replaced), as it could mix pixels of the old file (read before, still in GDAL's
+    cache) with the new one's; open it again.
+
     Raises
     ------
     MissingFileError, InputFileError
@@ -104,7 +113,16 @@ def open_udm2(path: str | os.PathLike, *, chunks: Any = "auto") -> xr.DataArray:
         raise InputFileError(
             f"{path}: udm2 has dtype {array.dtype}, expected uint8 (Planet UDM2: 8 bands)"
         )
+    array.encoding["source"] = opened_file(array.encoding["source"])  # open: its identity now
     return array.assign_coords(band=list(UDM2_BANDS))
+
+
+def _read_from(result: xr.DataArray, *inputs: xr.DataArray) -> xr.DataArray:
+    """``result`` with the sources of ``inputs`` (:func:`~m3rcr_xr.identity.sources`,
+    with their identity at open) in its ``encoding``, which xarray's arithmetic drops: a
+    file changed since it was opened is refused wherever the result is written."""
+    result.encoding["source"] = [source for array in inputs for source in sources(array)]
+    return result
 
 
 def check_classes(classes: Sequence[str], name: str = "classes") -> tuple[str, ...]:
@@ -163,7 +181,7 @@ def udm2_cloudmask(udm2: xr.DataArray, classes: Sequence[str] = DEFAULT_CLASSES)
     mask = (udm2.sel(band=list(classes)) != 0).any("band")
     mask.attrs = {"long_name": "cloud mask, True = cloud", "source": "Planet UDM2"}
     mask.attrs["udm2_classes"] = ", ".join(classes)
-    return mask.rename("cloudmask")
+    return _read_from(mask.rename("cloudmask"), udm2)
 
 
 def unusable_bits(band_count: int = len(BANDS)) -> int:
@@ -185,7 +203,7 @@ def udm2_nodata(udm2: xr.DataArray, band_count: int = len(BANDS)) -> xr.DataArra
     or suspect."""
     nodata = (udm2.sel(band="udm1", drop=True) & unusable_bits(band_count)) != 0
     nodata.attrs = {"long_name": "unusable (UDM2 blackfill or band missing/suspect)"}
-    return nodata.rename("nodata")
+    return _read_from(nodata.rename("nodata"), udm2)
 
 
 def mask_nodata(optical: xr.DataArray, nodata: xr.DataArray) -> xr.DataArray:
@@ -198,7 +216,7 @@ def mask_nodata(optical: xr.DataArray, nodata: xr.DataArray) -> xr.DataArray:
         **optical.attrs,
         "nodata_source": "Planet UDM2 blackfill or band missing/suspect",
     }
-    return masked
+    return _read_from(masked, optical, nodata)
 
 
 # ----------------------------------------------------------------------------- estimate

@@ -97,7 +97,8 @@ def opened_file(path: str | os.PathLike, storage_options: dict[str, Any] | None 
     handle), so :func:`source_identities` refuses one that changed since.
 
     The readers of this library call it once their files are opened
-    (:func:`m3rcr_xr.open_quartet`, :func:`m3rcr_xr.open_stac`). It costs one
+    (:func:`m3rcr_xr.open_quartet`, :func:`m3rcr_xr.open_stac`,
+    :func:`m3rcr_xr.open_udm2`). It costs one
     ``fs.info`` of the file: a ``stat`` locally, a HEAD request remotely.
     """
     source = Source(os.fspath(path), storage_options)
@@ -113,7 +114,8 @@ def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
     assembled from many files. The readers of this library fill it in:
     :func:`m3rcr_xr.open_quartet`, :func:`m3rcr_xr.open_m3rcr` and
     :func:`m3rcr_xr.open_stac` with their files (each a :class:`Source` holding its
-    identity when it was opened, :func:`opened_file`), :func:`m3rcr_xr.open_zarr` with
+    identity when it was opened, :func:`opened_file`), :func:`m3rcr_xr.open_udm2` with
+    its file (and the masks made of it pass it on), :func:`m3rcr_xr.open_zarr` with
     the store (a :class:`Source`, holding the ``storage_options`` it was opened with),
     :func:`m3rcr_xr.decloud` with its input's. This list keeps both; of a source named
     twice, it keeps the options and the identity at open that either holds.

@@ -1,8 +1,11 @@
+import os
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import xarray as xr
 from affine import Affine
 from hypothesis import HealthCheck, given, settings
@@ -12,8 +15,10 @@ import m3rcr_xr
 from benchmarks.cloudmask_agreement import agreement_table
 from m3rcr_xr import cli
 from m3rcr_xr.cloudmask import (
+    DEFAULT_CLASSES,
     UDM2_BANDS,
     estimate_cloudmask,
+    mask_nodata,
     open_udm2,
     udm2_cloudmask,
     udm2_nodata,
@@ -138,6 +143,64 @@ def test_udm2_on_another_grid_is_refused(tmp_path):
     udm2 = write_raster(tmp_path / "udm2.tif", planted_udm2()[0], shifted, CRS)
     with pytest.raises(AlignmentError, match=r"udm2\.tif: grid .* differs"):
         m3rcr_xr.open_quartet(cloudy, cloudmask=udm2)
+
+
+def _scene_with_udm2(
+    cloudy: Path, udm2_path: Path, variables: tuple[str, ...] = ("cloudmask", "cloudy")
+) -> xr.Dataset:
+    """A scene put together by hand: the optical file of ``open_quartet``, and the UDM2
+    of ``open_udm2`` as its cloud mask and (or) as the optical layer's nodata."""
+    ds = m3rcr_xr.open_quartet(cloudy, chunks=16)
+    udm2 = open_udm2(udm2_path, chunks=16)
+    made = {
+        "cloudmask": udm2_cloudmask(udm2),
+        "cloudy": mask_nodata(ds["cloudy"], udm2_nodata(udm2)),
+    }
+    return ds.assign({name: made[name] for name in variables})
+
+
+def _rewritten_in_place(path: Path) -> None:
+    """Other flags written into the UDM2 at ``path``, its inode kept."""
+    with rasterio.open(path, "r+") as raster:
+        raster.write(raster.read()[:, ::-1])
+
+
+def _replaced(path: Path) -> None:
+    """The UDM2 at ``path`` replaced by another, written beside it and renamed over it."""
+    with rasterio.open(path) as raster:
+        flipped = raster.read()[:, :, ::-1]
+    os.replace(write_raster(path.with_suffix(".new.tif"), flipped, OPTICAL_GRID, CRS), path)
+
+
+@pytest.mark.parametrize("variable", ["cloudmask", "cloudy"])
+@pytest.mark.parametrize("change", [_rewritten_in_place, _replaced], ids=["in place", "replaced"])
+def test_a_udm2_changed_since_open_udm2_is_refused(udm2_scene, tmp_path, variable, change):
+    """Its top rows looked at (GDAL caches their blocks), then the file changed: the
+    store held the old file's rows and the new one's (in place), or all old ones
+    (replaced), complete and with no word. Refused now, nothing written, through the
+    mask (``udm2_cloudmask``) as through the nodata (``udm2_nodata``, ``mask_nodata``)."""
+    cloudy, path, _ = udm2_scene
+    scene = _scene_with_udm2(cloudy, path, (variable,))
+    scene[variable][..., :16, :].compute()
+    change(path)
+    with pytest.raises(InputFileError, match=r"udm2\.tif: changed since it was opened"):
+        m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+    opened_again = _scene_with_udm2(cloudy, path, (variable,))
+    m3rcr_xr.to_zarr(opened_again, tmp_path / "s.zarr")
+
+
+@pytest.mark.parametrize("chmod", [False, True], ids=["unchanged", "chmod"])
+def test_a_udm2_unchanged_since_open_udm2_is_written(udm2_scene, tmp_path, chmod):
+    """A ``chmod`` (read-only raw data) changes no data: the scene is written."""
+    cloudy, path, blackfill = udm2_scene
+    scene = _scene_with_udm2(cloudy, path)
+    if chmod:
+        path.chmod(0o444)
+    m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    written = m3rcr_xr.open_zarr(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(written["cloudmask"].values, stripes(*DEFAULT_CLASSES))
+    assert (written["cloudy"].values[:, blackfill] == 0).all()
 
 
 def test_unknown_udm2_class_is_a_usage_error():
