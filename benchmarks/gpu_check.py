@@ -58,8 +58,11 @@ Parts, in order
     recipe, ``amp="auto"``: bf16 on GPUs that compute it natively) on a synthetic
     scene store: its steps per second (over its wall time, its start included), first
     and last losses; and the same run stopped
-    halfway and resumed, which must give the same losses and weights (``resume_exact``;
-    the README says a resumed run goes on exactly as if it had not stopped).
+    halfway and resumed (on the straight run's learning-rate schedule), which must give
+    the same losses and weights (``resume_exact``; the README says a resumed run goes on
+    exactly as if it had not stopped). Its first half is the straight run's first half
+    again: ``repeat_exact`` says whether the device computed it alike, without which a
+    resume cannot be exact (atomic additions in some backward passes on a GPU).
 ``memory``
     Peak device memory of one batch through the tile path, per network and batch size
     (1, 2, 4 ... until the device runs out of memory, ``--max-batch`` or the budget), the
@@ -123,7 +126,12 @@ class Check:
         self.device = args.device
         self.cuda = args.device.startswith("cuda")
         self.start = time.perf_counter()
-        self.report: dict[str, Any] = {"device": args.device, "quick": args.quick, "skipped": []}
+        self.report: dict[str, Any] = {
+            "device": args.device,
+            "quick": args.quick,
+            "skipped": [],
+            "part_seconds": {},
+        }
         # a CPU runs float32 whatever the precision asked: bf16 is measured on GPUs only
         self.precisions = ("fp32", "bf16") if self.cuda else ("fp32",)
 
@@ -164,12 +172,14 @@ class Check:
     def run_part(self, name: str, part: Callable[[Check], Any]) -> None:
         """Run one part into the report (its errors recorded, not raised), then save."""
         self.log(f"{name} ...")
+        start = time.perf_counter()
         try:
             self.report[name] = part(self)
         except Exception as error:
             traceback.print_exc()
             self.report[name] = {"error": f"{type(error).__name__}: {error}"}
         free_device_memory(self.device)
+        self.report["part_seconds"][name] = round(time.perf_counter() - start, 1)
         self.save()
 
 
@@ -647,12 +657,22 @@ def table_differences(ours: pd.DataFrame, reference: pd.DataFrame) -> dict[str, 
     return {column: float(difference[column].max()) for column in difference.columns}
 
 
-def demo_differences(out: Path, reference: Path) -> dict[str, Any]:
-    """:func:`table_differences` of each of :data:`DEMO_TABLES` in ``out`` and ``reference``."""
-    return {
-        name: table_differences(pd.read_csv(out / name), pd.read_csv(reference / name))
-        for name in DEMO_TABLES
+def demo_differences(out: Path, reference: Path) -> dict[str, Any] | str:
+    """:func:`table_differences` of each of :data:`DEMO_TABLES` in ``out`` and
+    ``reference``; a string where the reference is a demo of another size."""
+    tables = {
+        name: (pd.read_csv(out / name), pd.read_csv(reference / name)) for name in DEMO_TABLES
     }
+    pixels = [scene_pixels(table) for table in tables["metrics.csv"]]
+    if pixels[0] != pixels[1]:
+        return f"not compared: the reference demo has {pixels[1]} pixels, this one {pixels[0]}"
+    return {name: table_differences(*pair) for name, pair in tables.items()}
+
+
+def scene_pixels(metrics: pd.DataFrame) -> int:
+    """The pixels a demo's ``metrics.csv`` scored: its whole scene's."""
+    whole = metrics.set_index(["stratum", "landcover_class"]).loc[("all", "all")]
+    return int(whole["n_pixels"] + whole["n_nodata"])
 
 
 def part_demo(check: Check) -> dict[str, Any]:
@@ -669,7 +689,7 @@ def part_demo(check: Check) -> dict[str, Any]:
             run_demo(out, size=size)
         entry: dict[str, Any] = {"size": size, "seconds": round(time.perf_counter() - start, 1)}
         metrics = pd.read_csv(out / "metrics.csv").set_index(["stratum", "landcover_class"])
-        entry["psnr_all"] = float(metrics.loc[("all", "all"), "PSNR"])
+        entry["psnr_all"] = float(metrics.loc[("all", "all"), "PSNR"])  # the whole scene's
         if check.args.demo_reference:
             entry["cpu_reference"] = demo_differences(out, Path(check.args.demo_reference))
     return entry
@@ -684,19 +704,26 @@ def train_once(check: Check, store: Path, out: Path, settings, resume: Path | No
 
 
 def train_entry(check: Check, store: Path, folder: Path, name: str) -> dict[str, Any]:
-    """One network's straight run, and the same run stopped halfway and resumed."""
+    """One network's straight run, and the same run stopped halfway and resumed: the
+    first half must give the straight run's losses (``repeat_exact``: the device computes
+    the same run twice alike), and then the resumed run its losses and weights too."""
     from m3rcr_xr.train import TrainSettings, autocast_dtype, read_training_checkpoint
 
     config, tile = setups(check.args.quick)[name]
-    steps, crop = (4, tile) if check.args.quick else (TRAIN_STEPS, None)  # None: published
+    steps, crop = (12, tile) if check.args.quick else (TRAIN_STEPS, None)  # None: published
     settings = TrainSettings(name, steps, config=config, crop=crop, device=check.device, amp="auto")
     straight = train_once(check, store, folder / f"{name}.pth", settings)
     half = folder / f"{name}-resumed.pth"
-    first = train_once(check, store, half, dataclasses.replace(settings, steps=steps // 2))
+    schedule = {k: getattr(straight.settings, k) for k in ("lr_step", "lr_decay_start")}
+    # the straight run's schedule: by default it follows the steps, and half as many
+    # would halve the rate at other steps
+    halfway = dataclasses.replace(settings, steps=steps // 2, **schedule)
+    first = train_once(check, store, half, halfway)
     second = train_once(check, store, half, settings, resume=half)
     ours = read_training_checkpoint(second.checkpoint)["network"]
     reference = read_training_checkpoint(straight.checkpoint)["network"]
     largest = max(float((ours[k].float() - v.float()).abs().max()) for k, v in reference.items())
+    stopped = {**first.losses, **second.losses}
     losses = list(straight.losses.values())
     return {
         "steps": steps,
@@ -707,7 +734,11 @@ def train_entry(check: Check, store: Path, folder: Path, name: str) -> dict[str,
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "finite": bool(np.isfinite(losses).all()),
-        "resume_exact": {**first.losses, **second.losses} == straight.losses and largest == 0,
+        "repeat_exact": all(straight.losses[k] == v for k, v in first.losses.items()),
+        "resume_exact": stopped == straight.losses and largest == 0,
+        "resume_largest_loss_difference": max(
+            abs(stopped[k] - v) for k, v in straight.losses.items()
+        ),
         "resume_largest_weight_difference": largest,
     }
 
@@ -721,12 +752,15 @@ def part_train(check: Check) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "train.zarr"
         m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((size, size), seed=3), store)
+        last_s = 0.0  # the previous network's seconds: about what the next one takes
         for name in check.args.models:
-            if check.left() < RESERVE_S["memory"] / 2 and not check.args.quick:
+            if check.left() < RESERVE_S["memory"] + last_s and not check.args.quick:
                 check.skip(f"train {name}", f"{check.left():.0f} s left")
                 continue
+            start = time.perf_counter()
             measure = functools.partial(train_entry, check, store, Path(tmp), name)
             results[name] = check.attempt(f"train {name}", measure)
+            last_s = time.perf_counter() - start
     return results
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -188,27 +189,51 @@ def measure(name: str, precision: str, args: argparse.Namespace) -> dict[str, An
     return timings | failed | {"profile": profiles}
 
 
-def profiled(run: Callable[[], Any], device: str) -> dict[str, float]:
-    """``run()`` once under torch's profiler: its wall seconds, the device's busy seconds
-    (kernels and copies, each counted once) and their share of the wall time, and the
-    kernel launches with the host seconds they took (none on a CPU)."""
+def profiled(run: Callable[[], Any], device: str) -> dict[str, Any]:
+    """``run()`` once under torch's profiler: its wall seconds, the seconds the device was
+    busy (:func:`busy_seconds`) and their share of the wall time, and the kernel launches
+    with the host seconds they took (none on a CPU); ``{"error": ...}`` where the profiler
+    fails, so that the timings already made are kept."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
     if device.startswith("cuda"):
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as profiler:
-        wall = timed(run, device)
-    rows = profiler.key_averages()
-    busy = sum(row.self_device_time_total for row in rows) / 1e6
-    launches = [row for row in rows if row.key.startswith(("cudaLaunch", "cuLaunch"))]
+    try:
+        with profile(activities=activities) as profiler:
+            wall = timed(run, device)
+        events = profiler.events()
+    except Exception as error:
+        return {"error": f"{type(error).__name__}: {error}"}
+    busy = busy_seconds(events)
+    # launches are recorded from every thread (CUPTI), unlike the aten ops of other threads
+    launches = [e for e in events if e.name.startswith(("cudaLaunch", "cuLaunch"))]
     return {
         "wall_s": round(wall, 3),
         "device_busy_s": round(busy, 3),
         "busy": round(busy / wall, 3),
-        "launches": sum(row.count for row in launches),
-        "launch_host_s": round(sum(row.self_cpu_time_total for row in launches) / 1e6, 3),
+        "launches": len(launches),
+        "launch_host_s": round(sum(e.self_cpu_time_total for e in launches) / 1e6, 3),
     }
+
+
+def busy_seconds(events) -> float:
+    """The seconds in which the device ran something: the union of the spans of its
+    kernels and copies (an upload on the side stream overlaps a forward pass), without
+    the profiler's user annotations, which span them."""
+    from torch.autograd import DeviceType
+
+    spans = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in events
+        if e.device_type == DeviceType.CUDA and not e.is_user_annotation
+    )
+    busy, reached = 0.0, -math.inf
+    for start, end in spans:
+        if end > reached:
+            busy += end - max(start, reached)
+            reached = end
+    return busy / 1e6
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -29,7 +29,11 @@ def test_smoke_mode_runs_every_part_on_the_cpu(tmp_path, capfd, forked_workers):
         report = gpu_check.main(["--device", "cpu", "--quick", "--out", str(out)])
     assert json.loads(capfd.readouterr().out) == report  # the JSON object is the whole of stdout
     assert json.loads(out.read_text()) == report
-    assert set(report) == {"device", "quick", "skipped", "elapsed_s", *gpu_check.PARTS, "goals"}
+    assert set(report) == {
+        *("device", "quick", "skipped", "part_seconds", "elapsed_s", "goals"),
+        *gpu_check.PARTS,
+    }
+    assert set(report["part_seconds"]) == set(gpu_check.PARTS)
     assert gpu_check.failures(report) == []
     assert report["skipped"] == ["golden: no --golden-models"]  # slow networks on a CPU
     assert set(report["throughput"]) == {f"{name} fp32" for name in NAMES}
@@ -46,7 +50,8 @@ def test_smoke_mode_runs_every_part_on_the_cpu(tmp_path, capfd, forked_workers):
     assert "cpu_reference" not in report["demo"]  # none given
     for name in NAMES:  # a straight run, and one stopped halfway and resumed: the same
         entry = report["train"][name]
-        assert entry["finite"] and entry["resume_exact"] and entry["steps_per_s"] > 0
+        assert entry["finite"] and entry["steps_per_s"] > 0
+        assert entry["repeat_exact"] and entry["resume_exact"], entry
     assert report["goals"]["ratio"]["measured"] == "3 of 3"
 
 
@@ -72,21 +77,35 @@ def test_parts_runs_only_the_parts_named(capfd):
 
 def test_demo_tables_are_compared_column_by_column_on_their_rows(tmp_path):
     reference = pd.DataFrame(
-        {"stratum": ["all", "all"], "cls": ["a", "b"], "PSNR": [30.0, np.nan], "n": [5, 6]}
+        {
+            "stratum": ["all", "all"],
+            "landcover_class": ["water", "all"],
+            "PSNR": [30.0, np.nan],
+            "n_pixels": [5, 6],
+            "n_nodata": [0, 2],
+        }
     )
     ours = reference.iloc[::-1].copy()  # the rows in another order
     ours.loc[0, "PSNR"] = 30.25
-    assert gpu_check.table_differences(ours, reference) == {"PSNR": 0.25, "n": 0.0}
+    expected = {"PSNR": 0.25, "n_pixels": 0.0, "n_nodata": 0.0}
+    assert gpu_check.table_differences(ours, reference) == expected
     ours.loc[0, "PSNR"] = np.nan  # NaN on one side only
     assert gpu_check.table_differences(ours, reference)["PSNR"] == np.inf
     assert gpu_check.table_differences(ours.iloc[:1], reference) == "rows differ"
-    assert gpu_check.table_differences(ours.drop(columns="n"), reference).startswith("columns")
+    assert gpu_check.table_differences(ours.drop(columns="n_nodata"), reference).startswith(
+        "columns"
+    )
     for folder in ("out", "ref"):
         (tmp_path / folder).mkdir()
         for name in gpu_check.DEMO_TABLES:
             reference.to_csv(tmp_path / folder / name, index=False)
     differences = gpu_check.demo_differences(tmp_path / "out", tmp_path / "ref")
-    assert differences == {name: {"PSNR": 0.0, "n": 0.0} for name in gpu_check.DEMO_TABLES}
+    zeros = dict.fromkeys(expected, 0.0)
+    assert differences == dict.fromkeys(gpu_check.DEMO_TABLES, zeros)
+    bigger = reference.assign(n_pixels=reference.n_pixels * 4)  # a demo of another size
+    bigger.to_csv(tmp_path / "ref" / "metrics.csv", index=False)
+    message = gpu_check.demo_differences(tmp_path / "out", tmp_path / "ref")
+    assert message == "not compared: the reference demo has 26 pixels, this one 8"
 
 
 def test_golden_errors_compare_the_tile_path_with_the_reference(tmp_path):

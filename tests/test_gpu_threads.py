@@ -36,3 +36,23 @@ def test_a_variant_that_cannot_be_set_up_is_reported_with_its_error(monkeypatch)
     entry = gpu_threads.measure("glf_cr", "fp32", args)
     assert entry["raw_cuda_graph"] == {"error": "RuntimeError: capture failed"}
     assert entry["raw"]["ratio"] == 1.0
+
+
+def test_busy_seconds_is_the_union_of_the_device_spans():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(start, end, device=DeviceType.CUDA, annotation=False):
+        span = SimpleNamespace(start=start, end=end)
+        return SimpleNamespace(time_range=span, device_type=device, is_user_annotation=annotation)
+
+    events = [
+        event(0, 400_000),  # a forward pass, 0.4 s
+        event(100_000, 500_000),  # an upload that overlaps it
+        event(200_000, 300_000),  # a kernel within both
+        event(800_000, 900_000),
+        event(0, 2_000_000, annotation=True),  # spans them all: not device work
+        event(0, 3_000_000, device=DeviceType.CPU),
+    ]
+    assert gpu_threads.busy_seconds(events) == 0.6

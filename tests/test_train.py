@@ -416,3 +416,18 @@ def test_train_step_takes_no_step_on_a_loss_that_is_not_finite():
     with pytest.raises(UsageError, match="the loss is inf, not a finite number"):
         train_step(model, batch, make_optimizer(model, 1e-3), infinite)
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+
+
+def test_training_on_a_gpu_leaves_cudnn_as_it_found_it(monkeypatch):
+    # a decloud after training keeps cuDNN's autotuned algorithms; no GPU needed to set them
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "benchmark", True)
+    monkeypatch.setattr(cudnn, "deterministic", False)
+    with m3rcr_xr.train.loop.reproducible_cudnn("cuda:0"):
+        assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
+    assert (cudnn.benchmark, cudnn.deterministic) == (True, False)
+    with pytest.raises(RuntimeError), m3rcr_xr.train.loop.reproducible_cudnn("cuda"):
+        raise RuntimeError("a run that fails")
+    assert (cudnn.benchmark, cudnn.deterministic) == (True, False)
+    with m3rcr_xr.train.loop.reproducible_cudnn("cpu"):  # nothing on a CPU
+        assert (cudnn.benchmark, cudnn.deterministic) == (True, False)

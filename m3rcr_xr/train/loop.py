@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +166,6 @@ class _Run:
         self.found = found
         self.device = settings.device
         self.amp = autocast_dtype(self.device, settings.amp)
-        if self.device.startswith("cuda"):  # as the published seed_torch: reproducible
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
         seed_everything(settings.seed)
         self.model = build(settings.model, **settings.config).to(self.device).train()
         self.optimizer = make_optimizer(self.model, settings.lr)
@@ -366,12 +364,30 @@ def _run(
         check_same_data(str(resume), payload, identities)
     else:
         warn_unversioned(identities)
-    run = _Run(resolved, payload, identities, found)
-    log.info("training %s", run.describe(data))
-    losses, metrics = _loop(run, data, out, val_data, show_progress(progress))
-    if not losses:  # nothing left to do: write the state reached (and validate it)
-        metrics = run.checkpoint(out, val_data)
+    with reproducible_cudnn(resolved.device):
+        run = _Run(resolved, payload, identities, found)
+        log.info("training %s", run.describe(data))
+        losses, metrics = _loop(run, data, out, val_data, show_progress(progress))
+        if not losses:  # nothing left to do: write the state reached (and validate it)
+            metrics = run.checkpoint(out, val_data)
     return run, losses, metrics
+
+
+@contextlib.contextmanager
+def reproducible_cudnn(device: str) -> Iterator[None]:
+    """cuDNN's deterministic algorithms, and no autotuning, while a run trains on a GPU
+    (as the published ``seed_torch``); the process's own settings again afterwards, so
+    that a decloud after training keeps the fastest algorithms. Nothing on a CPU."""
+    if not device.startswith("cuda"):
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    before = cudnn.benchmark, cudnn.deterministic
+    cudnn.benchmark, cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = before
 
 
 def _check_steps_left(steps: int, reached: int, resume: str) -> None:
