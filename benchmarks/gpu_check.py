@@ -57,10 +57,10 @@ Parts, in order
     A short training run of each network (:func:`m3rcr_xr.train.train`, the published
     recipe, ``amp="auto"``: bf16 on GPUs that compute it natively) on a synthetic
     scene store: its steps per second (over its wall time, its start included), first
-    and last losses; and the same run stopped
-    halfway and resumed (on the straight run's learning-rate schedule), which must give
-    the same losses and weights (``resume_exact``; the README says a resumed run goes on
-    exactly as if it had not stopped). Its first half is the straight run's first half
+    and last losses; and the same run stopped halfway and resumed (on the straight
+    run's learning-rate schedule), which must give the same losses and weights
+    (``resume_exact``; the README says a resumed run goes on exactly as if it had not
+    stopped). Its first half is the straight run's first half
     again: ``repeat_exact`` says whether the device computed it alike, without which a
     resume cannot be exact (atomic additions in some backward passes on a GPU).
 ``memory``
