@@ -101,7 +101,9 @@ def open_udm2(path: str | os.PathLike, *, chunks: Any = "auto") -> xr.DataArray:
     scene that holds their results is refused by :func:`m3rcr_xr.to_zarr`,
     :func:`m3rcr_xr.to_cog` and training if the file changed since (rewritten or
     replaced), as it could mix pixels of the old file (read before, still in GDAL's
-    cache) with the new one's; open it again.
+    cache) with the new one's; open it again. So is one removed since, while data of it
+    is lazy; results loaded into memory (``.load()``, ``.compute()``) are written
+    whatever became of the file.
 
     Raises
     ------
@@ -119,8 +121,9 @@ def open_udm2(path: str | os.PathLike, *, chunks: Any = "auto") -> xr.DataArray:
 
 def _read_from(result: xr.DataArray, *inputs: xr.DataArray) -> xr.DataArray:
     """``result`` with the sources of ``inputs`` (:func:`~m3rcr_xr.identity.sources`,
-    with their identity at open) in its ``encoding``, which xarray's arithmetic drops: a
-    file changed since it was opened is refused wherever the result is written."""
+    with their identity at open where their data is lazy) in its ``encoding``, which
+    xarray's arithmetic drops: a file changed since it was opened is refused wherever
+    the result is written."""
     result.encoding["source"] = [source for array in inputs for source in sources(array)]
     return result
 
@@ -176,6 +179,8 @@ def udm2_cloudmask(udm2: xr.DataArray, classes: Sequence[str] = DEFAULT_CLASSES)
     classes
         Names from :data:`UDM2_CLASSES`; default cloud, heavy haze and shadow. On UDM2.1
         all haze is ``"light_haze"``.
+
+    Its ``encoding["source"]`` names ``udm2``'s file, passed on as :func:`open_udm2` says.
     """
     classes = check_classes(classes)
     mask = (udm2.sel(band=list(classes)) != 0).any("band")
@@ -200,7 +205,10 @@ def unusable_bits(band_count: int = len(BANDS)) -> int:
 def udm2_nodata(udm2: xr.DataArray, band_count: int = len(BANDS)) -> xr.DataArray:
     """True (y, x) where the UDM2 makes a pixel of a ``band_count``-band image unusable
     (band 8, :func:`unusable_bits`): not imaged (blackfill), or one of its bands missing
-    or suspect."""
+    or suspect.
+
+    Its ``encoding["source"]`` names ``udm2``'s file, passed on as :func:`open_udm2` says.
+    """
     nodata = (udm2.sel(band="udm1", drop=True) & unusable_bits(band_count)) != 0
     nodata.attrs = {"long_name": "unusable (UDM2 blackfill or band missing/suspect)"}
     return _read_from(nodata.rename("nodata"), udm2)
@@ -210,6 +218,9 @@ def mask_nodata(optical: xr.DataArray, nodata: xr.DataArray) -> xr.DataArray:
     """``optical`` with ``OPTICAL_NODATA`` (0) where ``nodata`` is True, attrs kept.
 
     0 is the library's optical nodata: decloud and the metrics read it as such.
+
+    Its ``encoding["source"]`` names the files of ``optical`` and ``nodata``, passed on
+    as :func:`open_udm2` says.
     """
     masked = optical.where(~nodata, OPTICAL_NODATA).astype(optical.dtype)
     masked.attrs = {

@@ -119,6 +119,11 @@ def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
     the store (a :class:`Source`, holding the ``storage_options`` it was opened with),
     :func:`m3rcr_xr.decloud` with its input's. This list keeps both; of a source named
     twice, it keeps the options and the identity at open that either holds.
+
+    A source is listed with its identity at open only where named by data still to be
+    read (:func:`_lazy`): a variable in memory (``.load()``, ``.compute()``) cannot mix
+    a file's old and new data, so a file changed or removed since it was opened is
+    refused only while some data of it is lazy.
     """
     holders: list[Any] = [obj, *obj.variables.values()] if isinstance(obj, xr.Dataset) else [obj]
     if isinstance(obj, xr.DataArray):
@@ -128,10 +133,20 @@ def sources(obj: xr.Dataset | xr.DataArray) -> list[str]:
         value = holder.encoding.get("source")
         if value is None:
             continue
+        lazy = _lazy(holder)
         for v in [value] if isinstance(value, str | os.PathLike) else value:
-            source = Source(Target.of(v).url, _options(v), _at_open(v))
+            source = Source(Target.of(v).url, _options(v), _at_open(v) if lazy else None)
             found[source] = _merged(found[source], source) if source in found else source
     return [found[url] for url in sorted(found)]
+
+
+def _lazy(holder: xr.Dataset | xr.DataArray | xr.Variable) -> bool:
+    """Whether some data of ``holder`` is still to be read from its files (Dask, or
+    xarray's lazily indexed arrays), not all in memory (NumPy). A Dataset's own
+    ``encoding`` names the files of all its variables: lazy if any is."""
+    if isinstance(holder, xr.Dataset):
+        return any(_lazy(variable) for variable in holder.variables.values())
+    return not holder._in_memory
 
 
 def _merged(kept: Source, other: Source) -> Source:
@@ -269,11 +284,21 @@ def _check_since_open(source: str, identity: tuple[str, bool]) -> None:
     """Refuse ``source`` if its ``identity`` now is not the one it had when it was opened
     (:class:`Source`, :func:`opened_file`)."""
     at_open = _at_open(source)
-    if at_open is not None and at_open != identity:
+    if at_open is None or at_open == identity:
+        return
+    if identity == _MISSING:
         raise InputFileError(
-            f"{redacted(source)}: changed since it was opened (rewritten or replaced), so "
-            "what was read of it may mix its old and new data; open it again"
+            f"{redacted(source)}: removed since it was opened, and data of it is still to "
+            "be read (lazy); put it back, or load the data (.load()) before removing it"
         )
+    raise InputFileError(
+        f"{redacted(source)}: changed since it was opened (rewritten or replaced), so "
+        "what was read of it may mix its old and new data; open it again"
+    )
+
+
+#: the identity of a source that is not there (:func:`_source_identity`)
+_MISSING = ("missing", True)
 
 
 def _source_identity(source: str) -> tuple[str, bool]:
@@ -296,7 +321,7 @@ def _source_identity(source: str) -> tuple[str, bool]:
         try:
             info = target.fs.info(target.path)
         except FileNotFoundError:
-            return "missing", True
+            return _MISSING
         if info.get("type") != "directory":
             return version_of(info), version_stamp(info) is not None
         doc = read_json(target, "zarr.json")

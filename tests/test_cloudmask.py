@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import m3rcr_xr
 from benchmarks.cloudmask_agreement import agreement_table
-from m3rcr_xr import cli
+from m3rcr_xr import cli, identity
 from m3rcr_xr.cloudmask import (
     DEFAULT_CLASSES,
     UDM2_BANDS,
@@ -201,6 +201,46 @@ def test_a_udm2_unchanged_since_open_udm2_is_written(udm2_scene, tmp_path, chmod
     written = m3rcr_xr.open_zarr(tmp_path / "s.zarr")
     np.testing.assert_array_equal(written["cloudmask"].values, stripes(*DEFAULT_CLASSES))
     assert (written["cloudy"].values[:, blackfill] == 0).all()
+
+
+@pytest.mark.parametrize("variable", ["cloudmask", "cloudy"])
+def test_a_udm2_loaded_is_written_once_its_file_is_removed(udm2_scene, tmp_path, variable):
+    """A UDM2 downloaded for a while: its mask (or nodata) computed into a loaded scene,
+    then the file removed. In memory, nothing of it can mix: written (it was refused as
+    "changed since it was opened (rewritten or replaced)"). The same scene lazy, which
+    would still read the file, is refused, saying it was removed."""
+    cloudy, path, blackfill = udm2_scene
+    lazy = _scene_with_udm2(cloudy, path, (variable,))
+    loaded = m3rcr_xr.open_quartet(cloudy, chunks=16).load()
+    loaded[variable] = _scene_with_udm2(cloudy, path, (variable,))[variable].compute()
+    path.unlink()
+    with pytest.raises(InputFileError, match=r"udm2\.tif: removed since it was opened"):
+        m3rcr_xr.to_zarr(lazy, tmp_path / "lazy.zarr")
+    assert not (tmp_path / "lazy.zarr").exists()
+    m3rcr_xr.to_zarr(loaded, tmp_path / "s.zarr")
+    written = m3rcr_xr.open_zarr(tmp_path / "s.zarr")
+    if variable == "cloudmask":
+        np.testing.assert_array_equal(written["cloudmask"].values, stripes(*DEFAULT_CLASSES))
+    else:
+        assert (written["cloudy"].values[:, blackfill] == 0).all()
+
+
+def test_open_quartet_identifies_a_udm2_cloudmask_once(udm2_scene, monkeypatch):
+    """open_udm2 takes the UDM2's identity at open (a ``stat``, a HEAD request
+    remotely); open_quartet lists that one for the scene rather than taking it again."""
+    cloudy, path, _ = udm2_scene
+    taken: list[str] = []
+
+    def counted(file, *args, **kwargs):
+        taken.append(Path(file).name)
+        return identity.opened_file(file, *args, **kwargs)
+
+    for module in ("m3rcr_xr.cloudmask", "m3rcr_xr.io.scenes"):
+        monkeypatch.setattr(f"{module}.opened_file", counted)
+    ds = m3rcr_xr.open_quartet(cloudy, cloudmask=path, chunks=16)
+    assert sorted(taken) == ["cloudy.tif", "udm2.tif"]
+    listed = {Path(source).name: source.at_open for source in ds.encoding["source"]}
+    assert listed["udm2.tif"] == identity._source_identity(str(path))
 
 
 def test_unknown_udm2_class_is_a_usage_error():

@@ -102,7 +102,7 @@ def test_a_file_changed_since_it_was_opened_is_refused(tmp_path):
 
     path = tmp_path / "a.bin"
     path.write_bytes(b"A" * 100)
-    data = xr.Dataset({"a": ("y", [1, 2])})
+    data = xr.Dataset({"a": ("y", [1, 2])}).chunk()  # lazy: it would read the file
     data.encoding["source"] = [identity.opened_file(path)]
     data["a"].encoding["source"] = str(path)  # the same file, named without it
     (found,) = identity.sources(data)
@@ -117,6 +117,32 @@ def test_a_file_changed_since_it_was_opened_is_refused(tmp_path):
         identity.data_fingerprint(data, identity.sources(data))
     now = identity.source_identities([found], since_open=False)  # a write's own check
     assert now[str(path)] != found.at_open
+
+
+def test_a_source_of_data_in_memory_is_listed_without_its_identity_at_open(tmp_path):
+    """Only data still to be read can mix a file's old and new data: a variable in
+    memory names its file (the same list, the same fingerprint) without its identity at
+    open, so the file changed or removed is not refused; a Dataset's own sources keep it
+    while any of its variables is lazy."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"A" * 100)
+    data = xr.Dataset({"a": ("y", np.arange(4)), "b": ("y", np.arange(4))})
+    data["a"].encoding["source"] = [identity.opened_file(path)]
+    lazy = data.chunk()
+    assert identity.sources(data) == identity.sources(lazy) == [str(path)]
+    assert identity.sources(data)[0].at_open is None
+    assert identity.sources(lazy)[0].at_open == identity._source_identity(str(path))
+    assert identity.data_fingerprint(data, identity.sources(data)) == identity.data_fingerprint(
+        data, [str(path)]
+    )
+    whole = xr.Dataset({"a": ("y", np.arange(4))})
+    whole.encoding["source"] = [identity.opened_file(path)]
+    assert identity.sources(whole)[0].at_open is None
+    assert identity.sources(whole.assign(b=lazy["b"]))[0].at_open is not None
+    path.unlink()
+    identity.check_since_open(identity.sources(data))
+    with pytest.raises(m3rcr_xr.InputFileError, match=r"a\.bin: removed since it was opened"):
+        identity.check_since_open(identity.sources(lazy))
 
 
 def test_a_zarr_store_of_other_software_on_s3_changed_in_place_is_told_apart(bucket):

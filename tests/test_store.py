@@ -914,6 +914,29 @@ def test_a_scene_whose_file_changed_since_it_was_opened_is_refused(tmp_path, cha
     assert (m3rcr_xr.open_zarr(tmp_path / "s.zarr")["cloudy"][:, 0].values == 101).all()
 
 
+@pytest.mark.parametrize(
+    "change", [_rewritten_in_place, _replaced, Path.unlink], ids=["in place", "replaced", "removed"]
+)
+def test_a_loaded_scene_is_written_whatever_became_of_its_files(tmp_path, change):
+    """In memory (``.load()``), a scene cannot mix a file's old and new data: it is
+    written as it was loaded (it was refused as changed since it was opened)."""
+    files = geotiff_scene(tmp_path / "in", 100)
+    scene = m3rcr_xr.open_quartet(**files).load()
+    change(files["cloudy"])
+    m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    assert (m3rcr_xr.open_zarr(tmp_path / "s.zarr")["cloudy"].values == 100).all()
+
+
+def test_a_lazy_scene_whose_file_was_removed_is_refused_saying_so(tmp_path):
+    files = geotiff_scene(tmp_path / "in", 100)
+    scene = m3rcr_xr.open_quartet(**files)
+    scene["cloudy"] = scene["cloudy"].load()  # sar is still to be read
+    files["sar"].unlink()
+    with pytest.raises(m3rcr_xr.InputFileError, match=r"sar\.tif: removed since it was opened"):
+        m3rcr_xr.to_zarr(scene, tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def _their_scene(path: Path) -> xr.Dataset:
     """A scene in a Zarr store written by xarray itself (no m3rcr_* attributes), opened
     as a user of xarray opens it."""

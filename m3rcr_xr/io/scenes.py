@@ -11,7 +11,7 @@ import xarray as xr
 from ..align import AlignMethod
 from ..cloudmask import udm2_classes_for
 from ..href import PathType
-from ..identity import opened_file
+from ..identity import Source, opened_file
 from ..schema import validate
 from .cloudmasks import ESTIMATE, cloudmask_layer
 from .grids import check_same_grid, rechunk_like
@@ -72,7 +72,8 @@ def open_quartet(
         ``stat`` or HEAD request a file): a file changed since (rewritten in place or
         replaced) is refused by :func:`m3rcr_xr.to_zarr`, :func:`m3rcr_xr.to_cog` and
         training, as the scene could mix pixels of the old file (read before, still in
-        GDAL's cache) with the new one's; open it again.
+        GDAL's cache) with the new one's; open it again. Once loaded (``.load()``), the
+        scene is written whatever became of its files.
 
     Examples
     --------
@@ -96,11 +97,25 @@ def open_quartet(
     else:
         layers["cloudmask"] = cloudmask_layer(cloudmask, layers, chunks, udm2_classes)
     ds = assemble_layers(layers, optical)
-    files = (cloudy, cloudfree, sar, landcover, None if cloudmask == ESTIMATE else cloudmask)
     # each file's identity now, its layers open: one changed before the scene is written
     # is refused (identity.source_identities)
-    ds.encoding["source"] = [opened_file(str(p)) for p in files if p]
+    opened = [opened_file(str(p)) for p in (cloudy, cloudfree, sar, landcover) if p]
+    if cloudmask is not None and cloudmask != ESTIMATE:
+        opened.append(_opened_mask(cloudmask, layers["cloudmask"]))
+    ds.encoding["source"] = opened
     return validate(ds)
+
+
+def _opened_mask(path: PathType, mask: xr.DataArray) -> Source:
+    """The cloud mask file ``path`` with its identity at open: the one a UDM2's mask
+    carries (:func:`~m3rcr_xr.cloudmask.open_udm2` took it: one ``stat`` or HEAD request
+    saved), else taken now."""
+    carried = [
+        s
+        for s in mask.encoding.get("source", [])
+        if isinstance(s, Source) and s.at_open is not None
+    ]
+    return carried[0] if carried else opened_file(str(path))
 
 
 def assemble_layers(layers: dict[str, xr.DataArray], optical: xr.DataArray) -> xr.Dataset:

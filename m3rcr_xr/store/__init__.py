@@ -177,9 +177,9 @@ def to_zarr(
         read-only or full. After the last step: an input of ``ds`` changed while it was
         read (the store is left unfinished).
     InputFileError
-        Before anything is written: a file of ``ds`` changed since it was opened
-        (:func:`m3rcr_xr.open_quartet`, :func:`m3rcr_xr.open_stac`,
-        :func:`m3rcr_xr.open_udm2`); open it again.
+        Before anything is written: a file of ``ds`` changed (or removed) since it was
+        opened (:func:`m3rcr_xr.open_quartet`, :func:`m3rcr_xr.open_stac`,
+        :func:`m3rcr_xr.open_udm2`) while data of it is lazy; open it again.
     SchemaError
         Before anything is written: a variable's name cannot name an array of a store
         (empty, ``.``, ``..``, or with a ``/``, which Zarr would take for a group); an
