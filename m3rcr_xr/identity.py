@@ -146,7 +146,8 @@ def _lazy(holder: xr.Dataset | xr.DataArray | xr.Variable) -> bool:
     ``encoding`` names the files of all its variables: lazy if any is."""
     if isinstance(holder, xr.Dataset):
         return any(_lazy(variable) for variable in holder.variables.values())
-    return not holder._in_memory
+    # xarray's own test (no public one reads nothing); where it is gone, lazy: refused
+    return not getattr(holder, "_in_memory", False)
 
 
 def _merged(kept: Source, other: Source) -> Source:

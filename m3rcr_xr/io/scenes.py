@@ -110,11 +110,9 @@ def _opened_mask(path: PathType, mask: xr.DataArray) -> Source:
     """The cloud mask file ``path`` with its identity at open: the one a UDM2's mask
     carries (:func:`~m3rcr_xr.cloudmask.open_udm2` took it: one ``stat`` or HEAD request
     saved), else taken now."""
-    carried = [
-        s
-        for s in mask.encoding.get("source", [])
-        if isinstance(s, Source) and s.at_open is not None
-    ]
+    value = mask.encoding.get("source") or []
+    named = [value] if isinstance(value, str) else value  # one source, or a list
+    carried = [s for s in named if isinstance(s, Source) and s.at_open is not None]
     return carried[0] if carried else opened_file(str(path))
 
 
