@@ -60,9 +60,9 @@ Parts, in order
     and last losses; and the same run stopped halfway and resumed (on the straight
     run's learning-rate schedule), which must give the same losses and weights
     (``resume_exact``; the README says a resumed run goes on exactly as if it had not
-    stopped). Its first half is the straight run's first half
-    again: ``repeat_exact`` says whether the device computed it alike, without which a
-    resume cannot be exact (atomic additions in some backward passes on a GPU).
+    stopped). Its first half is the straight run's first half again: ``repeat_exact``
+    says whether the device computed it alike, without which a resume cannot be exact
+    (atomic additions in some backward passes on a GPU).
 ``memory``
     Peak device memory of one batch through the tile path, per network and batch size
     (1, 2, 4 ... until the device runs out of memory, ``--max-batch`` or the budget), the
@@ -669,9 +669,14 @@ def demo_differences(out: Path, reference: Path) -> dict[str, Any] | str:
     return {name: table_differences(*pair) for name, pair in tables.items()}
 
 
+def whole_scene(metrics: pd.DataFrame) -> pd.Series:
+    """The row of a demo's ``metrics.csv`` that scores its whole scene."""
+    return metrics.set_index(["stratum", "landcover_class"]).loc[("all", "all")]
+
+
 def scene_pixels(metrics: pd.DataFrame) -> int:
-    """The pixels a demo's ``metrics.csv`` scored: its whole scene's."""
-    whole = metrics.set_index(["stratum", "landcover_class"]).loc[("all", "all")]
+    """The pixels of a demo's scene, from its ``metrics.csv``."""
+    whole = whole_scene(metrics)
     return int(whole["n_pixels"] + whole["n_nodata"])
 
 
@@ -688,14 +693,13 @@ def part_demo(check: Check) -> dict[str, Any]:
         with contextlib.redirect_stdout(sys.stderr):  # the JSON object is the whole of stdout
             run_demo(out, size=size)
         entry: dict[str, Any] = {"size": size, "seconds": round(time.perf_counter() - start, 1)}
-        metrics = pd.read_csv(out / "metrics.csv").set_index(["stratum", "landcover_class"])
-        entry["psnr_all"] = float(metrics.loc[("all", "all"), "PSNR"])  # the whole scene's
+        entry["psnr_all"] = float(whole_scene(pd.read_csv(out / "metrics.csv"))["PSNR"])
         if check.args.demo_reference:
             entry["cpu_reference"] = demo_differences(out, Path(check.args.demo_reference))
     return entry
 
 
-def train_once(check: Check, store: Path, out: Path, settings, resume: Path | None = None):
+def train_once(store: Path, out: Path, settings, resume: Path | None = None):
     """:func:`m3rcr_xr.train.train` on ``store`` into ``out``, quietly."""
     from m3rcr_xr.train import train
 
@@ -712,14 +716,14 @@ def train_entry(check: Check, store: Path, folder: Path, name: str) -> dict[str,
     config, tile = setups(check.args.quick)[name]
     steps, crop = (12, tile) if check.args.quick else (TRAIN_STEPS, None)  # None: published
     settings = TrainSettings(name, steps, config=config, crop=crop, device=check.device, amp="auto")
-    straight = train_once(check, store, folder / f"{name}.pth", settings)
+    straight = train_once(store, folder / f"{name}.pth", settings)
     half = folder / f"{name}-resumed.pth"
     schedule = {k: getattr(straight.settings, k) for k in ("lr_step", "lr_decay_start")}
     # the straight run's schedule: by default it follows the steps, and half as many
     # would halve the rate at other steps
     halfway = dataclasses.replace(settings, steps=steps // 2, **schedule)
-    first = train_once(check, store, half, halfway)
-    second = train_once(check, store, half, settings, resume=half)
+    first = train_once(store, half, halfway)
+    second = train_once(store, half, settings, resume=half)
     ours = read_training_checkpoint(second.checkpoint)["network"]
     reference = read_training_checkpoint(straight.checkpoint)["network"]
     largest = max(float((ours[k].float() - v.float()).abs().max()) for k, v in reference.items())
