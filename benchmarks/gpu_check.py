@@ -148,6 +148,14 @@ class Check:
         self.report["skipped"].append(f"{what}: {reason}")
         self.log(f"skipped {what}: {reason}")
 
+    def short_of(self, what: str, seconds: float) -> bool:
+        """Whether less than ``seconds`` is left for ``what`` (never in quick mode):
+        then it is skipped, and the report says so."""
+        if self.args.quick or self.left() >= seconds:
+            return False
+        self.skip(what, f"{self.left():.0f} s left")
+        return True
+
     def save(self) -> None:
         self.report["elapsed_s"] = round(self.elapsed(), 1)
         if self.args.out is None:
@@ -517,8 +525,7 @@ def part_cluster(check: Check) -> dict[str, Any]:
 
     from m3rcr_xr import cluster as m3rcr_cluster
 
-    if check.left() < RESERVE_S["cluster"] and not check.args.quick:
-        check.skip("cluster", f"{check.left():.0f} s left")
+    if check.short_of("cluster", RESERVE_S["cluster"]):
         return {}
     name = check.args.models[0]
     config, tile = setups(check.args.quick)[name]
@@ -683,8 +690,7 @@ def scene_pixels(metrics: pd.DataFrame) -> int:
 def part_demo(check: Check) -> dict[str, Any]:
     from m3rcr_xr.demo import run_demo
 
-    if check.left() < RESERVE_S["demo"] and not check.args.quick:
-        check.skip("demo", f"{check.left():.0f} s left")
+    if check.short_of("demo", RESERVE_S["demo"]):
         return {}
     size = 128 if check.args.quick else check.args.demo_size
     with tempfile.TemporaryDirectory() as tmp:
@@ -748,8 +754,7 @@ def train_entry(check: Check, store: Path, folder: Path, name: str) -> dict[str,
 
 
 def part_train(check: Check) -> dict[str, Any]:
-    if check.left() < RESERVE_S["train"] and not check.args.quick:
-        check.skip("train", f"{check.left():.0f} s left")
+    if check.short_of("train", RESERVE_S["train"]):
         return {}
     size = 96 if check.args.quick else 512
     results: dict[str, Any] = {}
@@ -758,8 +763,7 @@ def part_train(check: Check) -> dict[str, Any]:
         m3rcr_xr.to_zarr(m3rcr_xr.synthetic_scene((size, size), seed=3), store)
         last_s = 0.0  # the previous network's seconds: about what the next one takes
         for name in check.args.models:
-            if check.left() < RESERVE_S["memory"] + last_s and not check.args.quick:
-                check.skip(f"train {name}", f"{check.left():.0f} s left")
+            if check.short_of(f"train {name}", RESERVE_S["memory"] + last_s):
                 continue
             start = time.perf_counter()
             measure = functools.partial(train_entry, check, store, Path(tmp), name)
