@@ -108,8 +108,9 @@ def _confusion_block(
 ) -> np.ndarray:
     """Counts of (cloud, true, predicted) in a block, then of predicted labels out of
     range (neither a class nor :data:`IGNORE_INDEX`); shaped (1, ..., 1, 2 K^2 + 1)."""
-    # a fraction or NaN is no label (-1: out of range), never truncated into a class
-    predicted = np.where(is_code(predicted), predicted, -1).astype(np.int64)
+    # a fraction or NaN is no label (-1: out of range), never truncated into a class;
+    # -1 as int64, since NumPy 2.5 refuses a Python -1 beside uint8 labels (NEP 50)
+    predicted = np.where(is_code(predicted), predicted, np.int64(-1)).astype(np.int64)
     true = true.astype(np.int64)
     is_class = (predicted >= 0) & (predicted < n_classes)
     keep = is_class & (true < n_classes) & ~excluded
