@@ -25,7 +25,9 @@ Parts, in order
     golden inputs, through decloud's own tile path (:func:`m3rcr_xr.runner.run_tiles`):
     fp32 on the device against the golden CPU output, bf16 against fp32. Relative errors
     ``||a - b|| / ||b||`` of the output, and of the residual (output - cloudy input): the
-    network's own part, a stricter measure.
+    network's own part, a stricter measure. The tile is one full batch, so on a GPU it
+    runs as a replay of a CUDA graph (:mod:`m3rcr_xr.cuda_graphs`); ``*_graph_vs_eager``
+    compares it with the same tile run eagerly.
 ``throughput``
     Each network at its default size and tile, in fp32 and bf16: tiles per second of
     ``m3rcr_xr.decloud`` (a scene in memory, the threaded scheduler, to NumPy) and of a
@@ -38,6 +40,9 @@ Parts, in order
     since decloud's tasks join groups into full batches (:func:`m3rcr_xr.tiling.runs`).
     Where decloud runs the network in ``channels_last`` (DSen2-CR on CUDA), the raw loop
     runs in that layout too: ``ratio_same_layout``, the part of the ratio not due to it.
+    ``cuda_graphs`` lists the graphs decloud captured for the network (its full batches
+    replay one: :mod:`m3rcr_xr.cuda_graphs`), or why a capture failed; the raw loop
+    launches every kernel, as a plain PyTorch user's does.
     The scene is sized from a first timing of the raw loop, so that a run takes about
     ``--target-s`` seconds, in whole groups of tiles; both are warmed up, and the best
     of ``--repeats`` runs of each is kept.
@@ -102,7 +107,7 @@ import torch
 
 import m3rcr_xr
 from benchmarks.reference import NAMES, fill_reference_parameters_, golden_inputs, golden_output
-from m3rcr_xr import blending, inference, models, normalize, runner, tiling
+from m3rcr_xr import blending, cuda_graphs, inference, models, normalize, runner, tiling
 
 #: decloud / raw throughput at least; relative errors at most
 GOALS = {"ratio": 0.9, "bf16_vs_fp32": 1e-2, "fp32_vs_golden": 1e-3}
@@ -269,7 +274,7 @@ def golden_errors(
     inputs = golden_inputs(folder)
     cloudy = inputs[:, : blending.OPTICAL_CHANNELS]
     expected = golden_output(folder, name)
-    outputs = {}
+    outputs, graphs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.pt"
         torch.save(fill_reference_parameters_(models.build(name, **config)).state_dict(), path)
@@ -277,6 +282,9 @@ def golden_errors(
             ref = runner.ModelRef.create(name, path, config, device, precision)
             model, resolved = runner.cached_model(ref)
             outputs[precision] = runner.run_tiles(model, resolved, inputs, 1, precision)
+            with m3rcr_xr.set_options(cuda_graphs=False):
+                eager = runner.run_tiles(model, resolved, inputs, 1, precision)
+            graphs[f"{precision}_graph_vs_eager"] = relative_error(outputs[precision], eager)
     errors = {
         "fp32_vs_golden": relative_error(outputs["fp32"], expected),
         "fp32_vs_golden_residual": relative_error(outputs["fp32"] - cloudy, expected - cloudy),
@@ -287,7 +295,7 @@ def golden_errors(
             outputs["bf16"] - cloudy, outputs["fp32"] - cloudy
         )
         errors["bf16_vs_golden"] = relative_error(outputs["bf16"], expected)
-    return errors
+    return errors | graphs
 
 
 def part_golden(check: Check) -> dict[str, Any]:
@@ -365,21 +373,22 @@ def batch_sizes(tiles: int, batch: int) -> dict[int, int]:
 
 @contextlib.contextmanager
 def counted_batches() -> Iterator[collections.Counter]:
-    """The forward batches of decloud's tile path (:func:`m3rcr_xr.runner.run_tiles`)
-    while in the block, by size, whatever thread runs them."""
+    """The forward batches of decloud's tile path while in the block, by size, whatever
+    thread runs them: each call of :func:`m3rcr_xr.runner.run_tiles` splits its tiles
+    into batches as :func:`batch_sizes` does (a replayed graph calls no forward)."""
     seen: collections.Counter = collections.Counter()
-    lock, forward = threading.Lock(), runner._forward
+    lock, run_tiles = threading.Lock(), blending.run_tiles
 
-    def counting(model, batch):
+    def counting(model, device, tiles, batch_size, *args):
         with lock:
-            seen[len(batch)] += 1
-        return forward(model, batch)
+            seen.update(batch_sizes(len(tiles), batch_size))
+        return run_tiles(model, device, tiles, batch_size, *args)
 
-    runner._forward = counting
+    blending.run_tiles = counting
     try:
         yield seen
     finally:
-        runner._forward = forward
+        blending.run_tiles = run_tiles
 
 
 def measure_pair(
@@ -445,8 +454,18 @@ def measure_pair(
         "decloud_s": [round(s, 3) for s in decloud_s],
         "decloud_finite": bool(np.isfinite(out).all()),
         **same,
+        "cuda_graphs": graphs_of(raw_model, runner.autocast_dtype(precision, device)),
     }
     return entry
+
+
+def graphs_of(model, dtype) -> list[dict[str, Any]]:
+    """The CUDA graphs of networks of ``model``'s class in ``dtype`` (none on a CPU)."""
+    return [
+        {key: entry[key] for key in ("shape", "captured", "error")}
+        for entry in cuda_graphs.cuda_graph_report()
+        if entry["model"] == type(model).__name__ and entry["dtype"] == str(dtype)
+    ]
 
 
 def same_layout(check: Check, raw_model, tiles: np.ndarray, precision: str, decloud_s: float):
@@ -620,6 +639,7 @@ def batch_peak(model, device: str, tile: int, batch: int) -> float | None:
     if not device.startswith("cuda"):
         runner.run_tiles(model, device, tiles, batch)
         return None
+    cuda_graphs.clear()  # the smaller batches' graphs: each batch's own memory only
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)

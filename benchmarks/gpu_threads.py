@@ -10,9 +10,13 @@ The same tiles of one synthetic scene run, interleaved, repeat after repeat:
     The raw loop with the model decloud builds (its untrained weights).
 ``run_tiles_1_call`` / ``run_tiles_9_calls``
     decloud's tile path (:func:`m3rcr_xr.runner.run_tiles`) on all the tiles at once,
-    and in nine calls, as decloud's nine tile tasks make them.
+    and in nine calls, as decloud's nine tile tasks make them (full batches replayed
+    from a CUDA graph on a GPU).
 ``decloud_N_threads``
     ``decloud`` computed with the threaded scheduler: as many threads as cores, and 4.
+``decloud_eager``
+    As many threads as cores, without CUDA graphs (every kernel launched, as before
+    :mod:`m3rcr_xr.cuda_graphs`; the same as ``decloud_N_threads`` on a CPU).
 ``decloud_short_switch``
     As many threads as cores, with the interpreter's switch interval at 0.2 ms
     (5 ms by default): how much the threads that crop and blend hold up the one that
@@ -61,15 +65,19 @@ DEFAULT_CASES = ("glf_cr:bf16", "align_cr:bf16", "glf_cr:fp32")
 TASKS = 9
 
 
-def decloud_runner(result, workers: int, interval: float | None = None) -> Callable[[], Any]:
-    """Compute ``result`` with ``workers`` threads (and that switch interval)."""
+def decloud_runner(
+    result, workers: int, interval: float | None = None, **options: Any
+) -> Callable[[], Any]:
+    """Compute ``result`` with ``workers`` threads (and that switch interval, and those
+    :func:`m3rcr_xr.set_options`)."""
 
     def run() -> None:
         before = sys.getswitchinterval()
         if interval is not None:
             sys.setswitchinterval(interval)
         try:
-            dask.compute(result.data, scheduler="threads", num_workers=workers)
+            with m3rcr_xr.set_options(**options):
+                dask.compute(result.data, scheduler="threads", num_workers=workers)
         finally:
             sys.setswitchinterval(before)
 
@@ -149,6 +157,7 @@ def variants(
             for i in range(0, len(tiles), calls)
         ],
         f"decloud_{cores}_threads": decloud_runner(result, cores),
+        "decloud_eager": decloud_runner(result, cores, cuda_graphs=False),
         "decloud_4_threads": decloud_runner(result, 4),
         "decloud_short_switch": decloud_runner(result, cores, interval=2e-4),
         f"raw_batch_{4 * batch}": lambda: raw_loop(raw_model, tiles, 4 * batch, device, precision),

@@ -30,6 +30,8 @@ _DEFAULTS: dict[str, Any] = {
     "max_raster_bytes": 64 * 2**30,
     # folder of downloaded weights; None = $M3RCR_CACHE, else pooch.os_cache("m3rcr_xr")
     "weights_cache": None,
+    # replay full forward batches on a CUDA GPU from CUDA graphs (m3rcr_xr.cuda_graphs)
+    "cuda_graphs": True,
 }
 
 
@@ -54,6 +56,7 @@ _VALIDATORS: dict[str, Callable[[Any], bool]] = {
     "torch_threads": _integer(1, optional=True),
     "max_raster_bytes": _integer(1),
     "weights_cache": lambda v: v is None or (isinstance(v, str | os.PathLike) and str(v) != ""),
+    "cuda_graphs": lambda v: isinstance(v, bool),
 }
 
 #: the current options; modules read them as ``OPTIONS[name]`` (as xarray does), users
@@ -91,6 +94,13 @@ class set_options:  # noqa: N801 - named like xarray.set_options, used as a cont
         Folder that downloaded weights go to (:func:`m3rcr_xr.weights.fetch`). Default
         None: the ``M3RCR_CACHE`` environment variable, else ``pooch.os_cache("m3rcr_xr")``.
         Worker processes read their own environment: set the variable there to share it.
+    cuda_graphs : bool
+        On a CUDA GPU, run each full batch of tiles by replaying a CUDA graph of the
+        network's forward pass, captured on first use per model, batch shape and
+        precision (:mod:`m3rcr_xr.cuda_graphs`): the attention networks are bound by
+        kernel launches otherwise. Default True; each graph keeps about one batch's
+        memory on the device. Worker processes read their own options: set it in
+        each of them (``Client.run``) to turn it off on a cluster.
     """
 
     def __init__(self, **kwargs: Any) -> None:

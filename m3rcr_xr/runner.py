@@ -14,10 +14,11 @@ On a GPU (safe by default, and fast)
     before it takes the lock, then queues the uploads on a side stream and the forward
     passes and downloads on the compute stream, and lets go of the lock before they
     finish: the next task queues its own work behind them, so that the device need not
-    wait for the host between tasks. At most :data:`TILE_TASKS_PER_DEVICE` tile tasks
-    of a process do their host work for one GPU at once (:func:`tile_task_slot`), so
-    that the threads that crop and blend leave the interpreter to the one that launches
-    the forward pass.
+    wait for the host between tasks. A full batch replays a CUDA graph of the forward
+    pass (:mod:`m3rcr_xr.cuda_graphs`): one launch instead of thousands. At most
+    :data:`TILE_TASKS_PER_DEVICE` tile tasks of a process do their host work for one
+    GPU at once (:func:`tile_task_slot`), so that the threads that crop and blend leave
+    the interpreter to the one that launches the forward passes.
 
 On the CPU
     Tile tasks run side by side, each with its share of torch's threads
@@ -38,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from . import cuda_graphs
+from .cuda_graphs import GraphKey, graphed_forward
 from .devices import REDUCED_PRECISIONS, _device_name, autocast_dtype, resolve_device
 from .exceptions import CheckpointError, UsageError, argument
 from .threads import tile_threads, torch_threads
@@ -222,9 +225,10 @@ def _forget_replaced(key: tuple[ModelRef, str]) -> None:
 
 
 def clear_model_cache() -> None:
-    """Forget the models built in this process."""
+    """Forget the models built in this process, and their CUDA graphs."""
     with _CACHE_LOCK:
         _CACHE.clear()
+    cuda_graphs.clear()
 
 
 # ----------------------------------------------------------------------------- device
@@ -356,8 +360,10 @@ def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any
 
     The tiles are staged in page-locked memory before the lock is taken; under it, every
     batch's upload is queued on a side stream (so the next batch is copied while the
-    current one runs) and its forward pass and download on the compute stream. The lock
-    is released once the work is queued; the outputs are read when it is done.
+    current one runs) and its forward pass and download on the compute stream: a full
+    batch as a replay of a CUDA graph (:mod:`m3rcr_xr.cuda_graphs`), a shorter one
+    eagerly. The lock is released once the work is queued; the outputs are read when
+    it is done.
     """
     import torch
 
@@ -369,23 +375,37 @@ def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any
         pin_memory=True,
     )
     with device_lock(device), torch.cuda.device(device), torch.inference_mode():
+        graphed = None
+        if len(tiles) >= batch_size:
+            key = GraphKey(device, (batch_size, *tiles.shape[1:]), dtype)
+            graphed = graphed_forward(model, key, _device_forward)
         compute, copy = torch.cuda.current_stream(), _copy_stream(device)
         uploads = []
         with torch.cuda.stream(copy):
             for start in range(0, len(tiles), batch_size):
                 batch = staged[start : start + batch_size].to(device, non_blocking=True)
                 uploads.append((start, batch, copy.record_event()))
-        # one autocast block for all the batches: it casts each weight once per block,
+        # one autocast block for the eager batches: it casts each weight once per block,
         # which is many small kernels for the attention networks, launch-bound on a GPU
         with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
             for start, batch, uploaded in uploads:
                 compute.wait_event(uploaded)
                 batch.record_stream(compute)  # made on the side stream, used on this one
-                if model.spec.channels_last:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                out = _forward(model, batch)
-                out = out.to(torch.float32, memory_format=torch.contiguous_format)
+                if graphed is not None and len(batch) == batch_size:
+                    out = graphed(batch)
+                else:
+                    out = _device_forward(model, batch)
                 outputs[start : start + len(out)].copy_(out, non_blocking=True)
         done = compute.record_event()
     done.synchronize()
     return outputs.numpy()
+
+
+def _device_forward(model, batch):
+    """:func:`_forward` on a CUDA device: in the model's layout, to contiguous float32."""
+    import torch
+
+    if model.spec.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    out = _forward(model, batch)
+    return out.to(torch.float32, memory_format=torch.contiguous_format)

@@ -42,6 +42,7 @@ def test_smoke_mode_runs_every_part_on_the_cpu(tmp_path, capfd, forked_workers):
         assert entry["tiles"] > 0 and len(entry["raw_s"]) == len(entry["decloud_s"]) == 1
         assert entry["same_batches"] and entry["decloud_batches"] == entry["raw_batches"]
         assert sum(int(k) * v for k, v in entry["decloud_batches"].items()) == entry["tiles"]
+        assert entry["cuda_graphs"] == []  # none on a CPU
     cluster = report["cluster"]
     assert cluster["tiles_run"] == cluster["tiles"] > 1
     assert cluster["every_tile_on_its_worker_device"] and cluster["finite"]
@@ -119,6 +120,7 @@ def test_golden_errors_compare_the_tile_path_with_the_reference(tmp_path):
     small = {"preset": "small"}
     errors = gpu_check.golden_errors(tmp_path, "dsen2_cr", small, "cpu", ("fp32",))
     assert errors["fp32_vs_golden"] < 1e-6 and errors["fp32_vs_golden_residual"] < 1e-5
+    assert errors["fp32_graph_vs_eager"] == 0.0  # no graphs on a CPU: eager twice
     np.save(tmp_path / "output_dsen2_cr.npy", expected * 1.01)  # a reference 1 % off
     errors = gpu_check.golden_errors(tmp_path, "dsen2_cr", small, "cpu", ("fp32",))
     assert 0.009 < errors["fp32_vs_golden"] < 0.011

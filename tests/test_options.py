@@ -35,6 +35,7 @@ def test_get_options_is_a_copy():
         ("torch_threads", 0),
         ("max_raster_bytes", True),
         ("progress", 1),
+        ("cuda_graphs", "yes"),
     ],
 )
 def test_refuses_bad_values(name, value):
