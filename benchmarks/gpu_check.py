@@ -69,7 +69,8 @@ Parts, in order
     says whether the device computed it alike, without which a resume cannot be exact
     (atomic additions in some backward passes on a GPU).
 ``memory``
-    Peak device memory of one batch through the tile path, per network and batch size
+    Peak device memory (reserved: :func:`batch_peak`) of one batch through the tile
+    path, its CUDA graph's pool included, per network and batch size
     (1, 2, 4 ... until the device runs out of memory, ``--max-batch`` or the budget), the
     largest batch that ran, and the largest that should fit (a line through the peaks).
 ``goals``
@@ -633,7 +634,10 @@ def fitted_largest_batch(peaks: dict[str, float | None], free_mib: float) -> int
 
 
 def batch_peak(model, device: str, tile: int, batch: int) -> float | None:
-    """Peak device memory (MiB above the model) of one batch through the tile path."""
+    """Peak device memory (MiB above the model) of one batch through the tile path: the
+    most the caching allocator held (reserved), which counts a CUDA graph's own pool
+    (the memory of its intermediate tensors, which it keeps once captured; tensors
+    allocated count it only while they live)."""
     one = np.random.default_rng(batch).random((1, 6, tile, tile), np.float32)
     tiles = np.repeat(one, batch, axis=0)
     if not device.startswith("cuda"):
@@ -642,12 +646,12 @@ def batch_peak(model, device: str, tile: int, batch: int) -> float | None:
     cuda_graphs.clear()  # the smaller batches' graphs: each batch's own memory only
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
+    base = torch.cuda.memory_reserved(device)
     try:
         runner.run_tiles(model, device, tiles, batch)
     finally:
         torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / MIB
+    return (torch.cuda.max_memory_reserved(device) - base) / MIB
 
 
 def memory_of(check: Check, name: str, seconds: float) -> dict[str, Any]:

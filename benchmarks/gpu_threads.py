@@ -26,9 +26,9 @@ The same tiles of one synthetic scene run, interleaved, repeat after repeat:
     kernel launches, which a larger batch shares among more tiles.
 ``raw_cuda_graph`` (CUDA only)
     The raw loop replaying one CUDA graph of a full batch's forward pass (captured
-    before the timing; a partial last batch runs eagerly): what the launches cost,
-    and what a graphed tile path would give. Where capture fails, its error is
-    reported instead.
+    before the timing, as decloud's tile path captures it; a partial last batch in its
+    first rows): what the launches cost. Where capture fails, its error is reported
+    instead.
 
 Each entry gives the seconds of each repeat and ``ratio``: the best raw time over the
 variant's best. ``profile`` then runs ``raw`` and ``decloud_N_threads`` once more each
@@ -57,7 +57,7 @@ import torch
 
 import m3rcr_xr
 from benchmarks.gpu_check import CHUNK, crop_tiles, raw_loop, setups, timed
-from m3rcr_xr import blending, models, normalize, runner, tiling
+from m3rcr_xr import blending, cuda_graphs, models, normalize, runner, tiling
 
 #: (network, precision) measured by default on a GPU; a CPU runs float32 only
 DEFAULT_CASES = ("glf_cr:bf16", "align_cr:bf16", "glf_cr:fp32")
@@ -88,37 +88,24 @@ def graphed_raw_loop(
     model, tiles: np.ndarray, batch: int, device: str, precision: str
 ) -> Callable[[], np.ndarray]:
     """The raw loop over ``tiles`` replaying a CUDA graph of one full batch's forward
-    pass, captured here (after three eager passes on a side stream, as capture needs)."""
-    dtype = runner.autocast_dtype(precision, device)
+    pass, captured here by the library's :func:`m3rcr_xr.cuda_graphs.capture` (a shorter
+    last batch in its first rows, as decloud's tile path runs it)."""
     channels = blending.OPTICAL_CHANNELS
-    with torch.inference_mode():  # one inference tensor, refilled in inference mode
-        static = torch.zeros((batch, *tiles.shape[1:]), device=device)
-
-    def forward() -> torch.Tensor:  # autocast's cast cache cannot outlive a capture
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None, cache_enabled=False):
-            return model(static[:, :channels], static[:, channels:])
-
+    dtype = runner.autocast_dtype(precision, device)
+    key = cuda_graphs.GraphKey(device, (batch, *tiles.shape[1:]), dtype)
     with torch.inference_mode():
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                forward()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = forward()
+        graphed = cuda_graphs.capture(
+            model, key, lambda net, x: net(x[:, :channels], x[:, channels:]).float()
+        )
+    if isinstance(graphed, str):
+        raise RuntimeError(graphed)
 
     def run() -> np.ndarray:
-        full = len(tiles) // batch * batch
         outputs = np.empty((len(tiles), channels, *tiles.shape[2:]), np.float32)
         with torch.inference_mode():
-            for start in range(0, full, batch):
-                static.copy_(torch.from_numpy(tiles[start : start + batch]))
-                graph.replay()
-                outputs[start : start + batch] = static_out.float().cpu().numpy()
-        if full < len(tiles):
-            outputs[full:] = raw_loop(model, tiles[full:], batch, device, precision)
+            for start in range(0, len(tiles), batch):
+                out = graphed(torch.from_numpy(tiles[start : start + batch]).to(device))
+                outputs[start : start + len(out)] = out.cpu().numpy()
         return outputs
 
     return run

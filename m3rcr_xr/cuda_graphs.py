@@ -10,11 +10,14 @@ the launching thread also shares the interpreter with the threads that crop and
 blend, which slowed it to 0.90 of the raw loop (Align-CR: 0.80). A replay is one
 launch a batch, which no thread holds up.
 
-The tile path (:func:`m3rcr_xr.runner.run_tiles`) replays the graph for every full
-batch; a shorter last batch runs eagerly. The ``cuda_graphs`` option
-(:func:`m3rcr_xr.set_options`) turns this off. A capture that fails is logged once
-and that model's batches of that shape run eagerly from then on, as they would
-without this module: a model that cannot be captured still runs.
+The tile path (:func:`m3rcr_xr.runner.run_tiles`) runs every batch through the graph of
+its full batch size: a shorter last batch fills the first rows of the graph's input
+(the networks compute each tile on its own, so the rows left over change nothing), so
+that no eager pass needs memory beside the graph's. The ``cuda_graphs`` option
+(:func:`m3rcr_xr.set_options`) turns this off. A capture that fails is logged, and
+graphs are off in the process from then on (a failed capture can leave torch's memory
+allocator believing a capture is under way): its batches run eagerly, as they would
+without this module.
 
 The cost is memory: each graph keeps the intermediate tensors of one batch in a pool of
 its own for as long as the model lives (:func:`clear` frees them), about the memory
@@ -51,60 +54,74 @@ class GraphKey:
 
 @dataclass
 class GraphedForward:
-    """A captured forward pass: copy a batch into ``static_input``, replay, read
-    ``static_output`` (overwritten by the next replay: read it on the same stream
-    before, as the tile path's download does)."""
+    """A captured forward pass: copy a batch into the first rows of ``static_input``,
+    replay, read as many rows of ``static_output``.
+
+    Both buffers are shared by every call: the next call overwrites them. Call it, and
+    read its output, on one stream (the tile path queues everything on the device's
+    default stream, under the device's lock), so that a replay starts only once the
+    previous output has been read.
+    """
 
     graph: Any
     static_input: Any
     static_output: Any
 
     def __call__(self, batch):
-        self.static_input.copy_(batch)
+        rows = len(batch)
+        self.static_input[:rows].copy_(batch)
         self.graph.replay()
-        return self.static_output
+        return self.static_output[:rows]
 
 
 #: per model (dropped with it), per key: the graph, or why it could not be captured
 _GRAPHS: weakref.WeakKeyDictionary[Any, dict[GraphKey, GraphedForward | str]] = (
     weakref.WeakKeyDictionary()
 )
-_LOCK = threading.Lock()
+#: per device: the stream that captures run on (one each, not one a capture: a stream
+#: that runs matrix products gets a cuBLAS workspace of its own)
+_STREAMS: dict[str, Any] = {}
+#: why graphs are off in this process since a capture failed; empty while they are on
+_FAILED: list[str] = []
+_LOCK = threading.Lock()  # guards the three above
 
 
 def graphed_forward(
     model, key: GraphKey, forward: Callable[[Any, Any], Any]
 ) -> GraphedForward | None:
     """The graph of ``forward(model, batch)`` for batches of ``key``, captured on first
-    use (:func:`capture`); ``None`` where the ``cuda_graphs`` option is off or the
-    capture failed (logged once; then its batches run eagerly).
+    use (:func:`capture`); ``None`` where the ``cuda_graphs`` option is off or a
+    capture failed in this process (logged once; its batches then run eagerly).
 
     Call it with the device's lock held (:func:`m3rcr_xr.runner.device_lock`), within
     ``torch.inference_mode()``: a capture needs the device to itself, and the graph's
     buffers are shared by every call.
     """
-    if not OPTIONS["cuda_graphs"]:
-        return None
     with _LOCK:
+        if not OPTIONS["cuda_graphs"] or _FAILED:
+            return None
         known = _GRAPHS.setdefault(model, {}).get(key)
     if known is None:
         known = capture(model, key, forward)
+        with _LOCK:
+            _GRAPHS.setdefault(model, {})[key] = known
+            if isinstance(known, str):
+                _FAILED.append(known)
         if isinstance(known, str):
             log.warning(
-                "no CUDA graph of %s for batches %s on %s (%s); they run eagerly",
+                "no CUDA graph of %s for batches %s on %s (%s); CUDA graphs are off in "
+                "this process from now on, and its batches run eagerly",
                 type(model).__name__,
                 "x".join(map(str, key.shape)),
                 key.device,
                 known,
             )
-        with _LOCK:
-            _GRAPHS.setdefault(model, {})[key] = known
     return known if isinstance(known, GraphedForward) else None
 
 
 def capture(model, key: GraphKey, forward: Callable[[Any, Any], Any]) -> GraphedForward | str:
     """Capture ``forward(model, batch)`` on a batch of zeros of ``key``'s shape, after
-    :data:`WARMUP_PASSES` eager passes on the capture's own stream; where the capture
+    :data:`WARMUP_PASSES` eager passes on the capture's stream; where the capture
     fails, the reason. An error of the warm-up, the network's own, is raised.
 
     Autocast runs inside the capture without its cache of cast weights (a cached cast
@@ -114,10 +131,10 @@ def capture(model, key: GraphKey, forward: Callable[[Any, Any], Any]) -> Graphed
     """
     import torch
 
-    stream = torch.cuda.Stream(key.device)  # a stream of this device, not of the first
     current = torch.cuda.current_stream(key.device)
+    static_input = torch.zeros(key.shape, device=key.device)  # on the current stream
+    stream = _capture_stream(key.device)
     stream.wait_stream(current)
-    static_input = torch.zeros(key.shape, device=key.device)
 
     def run():
         enabled = key.dtype is not None
@@ -134,10 +151,28 @@ def capture(model, key: GraphKey, forward: Callable[[Any, Any], Any]) -> Graphed
     except Exception as error:  # whatever the capture refused: these batches run eagerly
         # torch.cuda.graph leaves its stream current where the capture's end fails
         torch.cuda.set_stream(current)
-        return f"{type(error).__name__}: {error}"
+        return _reason(error)
     finally:
         current.wait_stream(stream)
     return GraphedForward(graph, static_input, static_output)
+
+
+def _capture_stream(device: str):
+    """This process's stream for captures on ``device`` (made once)."""
+    import torch
+
+    with _LOCK:
+        if device not in _STREAMS:
+            _STREAMS[device] = torch.cuda.Stream(device)
+        return _STREAMS[device]
+
+
+def _reason(error: BaseException) -> str:
+    """``error`` in one line, with the error it followed: a failed capture's own message
+    is often only that an earlier operation failed during the capture."""
+    text = f"{type(error).__name__}: {error}"
+    cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return text if cause is None else f"{text} (after {type(cause).__name__}: {cause})"
 
 
 def cuda_graph_report() -> list[dict[str, Any]]:
@@ -167,7 +202,7 @@ def cuda_graph_report() -> list[dict[str, Any]]:
 
 
 def clear() -> None:
-    """Forget the graphs of this process (and failed captures, which are tried again),
-    freeing their memory pools once nothing else holds them."""
+    """Forget the graphs of this process, freeing their memory pools once nothing else
+    holds them. Graphs stay off where a capture failed."""
     with _LOCK:
         _GRAPHS.clear()

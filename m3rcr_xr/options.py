@@ -99,7 +99,8 @@ class set_options:  # noqa: N801 - named like xarray.set_options, used as a cont
         network's forward pass, captured on first use per model, batch shape and
         precision (:mod:`m3rcr_xr.cuda_graphs`): the attention networks are bound by
         kernel launches otherwise. Default True; each graph keeps about one batch's
-        memory on the device. Worker processes read their own options: set it in
+        memory on the device, and a capture that fails turns them off in its process
+        (logged). Worker processes read their own options: set it in
         each of them (``Client.run``) to turn it off on a cluster.
     """
 

@@ -360,10 +360,11 @@ def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any
 
     The tiles are staged in page-locked memory before the lock is taken; under it, every
     batch's upload is queued on a side stream (so the next batch is copied while the
-    current one runs) and its forward pass and download on the compute stream: a full
-    batch as a replay of a CUDA graph (:mod:`m3rcr_xr.cuda_graphs`), a shorter one
-    eagerly. The lock is released once the work is queued; the outputs are read when
-    it is done.
+    current one runs) and its forward pass and download on the compute stream, the
+    device's default stream for every task: a replay of the CUDA graph of a full batch
+    (:mod:`m3rcr_xr.cuda_graphs`; a shorter batch fills its first rows), or eagerly
+    where graphs are off. The lock is released once the work is queued; the outputs
+    are read when it is done.
     """
     import torch
 
@@ -375,28 +376,26 @@ def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any
         pin_memory=True,
     )
     with device_lock(device), torch.cuda.device(device), torch.inference_mode():
-        graphed = None
-        if len(tiles) >= batch_size:
+        # every task on the device's default stream, whatever its thread's current one:
+        # a graph's buffers are read and refilled in the order its tasks queue them
+        compute, copy = torch.cuda.default_stream(device), _copy_stream(device)
+        with torch.cuda.stream(compute):
             key = GraphKey(device, (batch_size, *tiles.shape[1:]), dtype)
             graphed = graphed_forward(model, key, _device_forward)
-        compute, copy = torch.cuda.current_stream(), _copy_stream(device)
-        uploads = []
-        with torch.cuda.stream(copy):
-            for start in range(0, len(tiles), batch_size):
-                batch = staged[start : start + batch_size].to(device, non_blocking=True)
-                uploads.append((start, batch, copy.record_event()))
-        # one autocast block for the eager batches: it casts each weight once per block,
-        # which is many small kernels for the attention networks, launch-bound on a GPU
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-            for start, batch, uploaded in uploads:
-                compute.wait_event(uploaded)
-                batch.record_stream(compute)  # made on the side stream, used on this one
-                if graphed is not None and len(batch) == batch_size:
-                    out = graphed(batch)
-                else:
-                    out = _device_forward(model, batch)
-                outputs[start : start + len(out)].copy_(out, non_blocking=True)
-        done = compute.record_event()
+            uploads = []
+            with torch.cuda.stream(copy):
+                for start in range(0, len(tiles), batch_size):
+                    batch = staged[start : start + batch_size].to(device, non_blocking=True)
+                    uploads.append((start, batch, copy.record_event()))
+            # one autocast block where graphs are off: it casts each weight once per
+            # block, which is many small kernels, launch-bound on a GPU
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                for start, batch, uploaded in uploads:
+                    compute.wait_event(uploaded)
+                    batch.record_stream(compute)  # made on the side stream, used here
+                    out = _device_forward(model, batch) if graphed is None else graphed(batch)
+                    outputs[start : start + len(out)].copy_(out, non_blocking=True)
+            done = compute.record_event()
     done.synchronize()
     return outputs.numpy()
 

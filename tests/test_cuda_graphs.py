@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import m3rcr_xr
-from m3rcr_xr import cuda_graphs, runner
+from m3rcr_xr import cuda_graphs, models, runner
 from m3rcr_xr.cuda_graphs import GraphedForward, GraphKey
 
 KEY = GraphKey("cuda:0", (2, 3, 4, 4), torch.bfloat16)
@@ -53,6 +53,7 @@ def captures(monkeypatch):
         )
 
     monkeypatch.setattr(cuda_graphs, "capture", capture)
+    monkeypatch.setattr(cuda_graphs, "_FAILED", [])
     cuda_graphs.clear()
     yield made, failing
     cuda_graphs.clear()
@@ -81,8 +82,18 @@ def test_a_replay_copies_the_batch_in_and_returns_the_graphs_output(captures):
     batches = torch.rand((2, *KEY.shape))
     out = graphed(batches[0])
     torch.testing.assert_close(out, batches[0] * 2)
-    assert graphed(batches[1]) is out  # one buffer: read before the next replay
+    assert graphed(batches[1]).data_ptr() == out.data_ptr()  # read before the next replay
     torch.testing.assert_close(out, batches[1] * 2)
+
+
+def test_a_shorter_batch_fills_the_first_rows_of_the_graphs_input(captures):
+    net = torch.nn.Identity()
+    graphed = cuda_graphs.graphed_forward(net, KEY, double)
+    graphed(torch.full(KEY.shape, 7.0))
+    short = torch.rand((1, *KEY.shape[1:]))
+    out = graphed(short)
+    assert out.shape == short.shape
+    torch.testing.assert_close(out, short * 2)
 
 
 def test_the_option_off_captures_nothing(captures):
@@ -92,19 +103,43 @@ def test_the_option_off_captures_nothing(captures):
     assert made == [] and cuda_graphs.cuda_graph_report() == []
 
 
-def test_a_failed_capture_is_logged_once_and_its_batches_run_eagerly(captures, caplog):
+def test_a_failed_capture_turns_graphs_off_in_the_process(captures, caplog):
     made, failing = captures
+    net, other = torch.nn.Identity(), torch.nn.Identity()
+    kept = cuda_graphs.graphed_forward(other, KEY, double)
     failing.append("RuntimeError: operation not permitted when stream is capturing")
-    net = torch.nn.Identity()
+    shorter = GraphKey(KEY.device, (1, 3, 4, 4), KEY.dtype)
     with caplog.at_level(logging.WARNING, logger="m3rcr_xr.cuda_graphs"):
-        assert cuda_graphs.graphed_forward(net, KEY, double) is None
-        assert cuda_graphs.graphed_forward(net, KEY, double) is None  # not tried again
-    assert made == [KEY]
+        assert cuda_graphs.graphed_forward(net, shorter, double) is None
+        assert cuda_graphs.graphed_forward(net, shorter, double) is None  # not tried again
+        assert cuda_graphs.graphed_forward(net, KEY, double) is None  # nor another
+        assert cuda_graphs.graphed_forward(other, KEY, double) is None  # nor one made
+    assert made == [KEY, shorter] and kept is not None
     (record,) = caplog.records
-    assert "Identity" in record.message and "2x3x4x4" in record.message
-    assert "not permitted" in record.message and "run eagerly" in record.message
-    (entry,) = cuda_graphs.cuda_graph_report()
-    assert entry["captured"] is False and entry["error"].startswith("RuntimeError: operation")
+    assert "Identity" in record.message and "1x3x4x4" in record.message
+    assert "not permitted" in record.message and "off in this process" in record.message
+    failed = [e for e in cuda_graphs.cuda_graph_report() if not e["captured"]]
+    assert [e["error"][:21] for e in failed] == ["RuntimeError: operati"]
+
+
+def test_a_failures_reason_names_the_error_it_followed():
+    try:
+        try:
+            raise ValueError("a host sync (.item()) during the capture")
+        except ValueError:
+            raise RuntimeError("operation failed due to a previous error") from None
+    except RuntimeError as error:
+        reason = cuda_graphs._reason(error)  # as Python shows it: without the context
+        assert reason == "RuntimeError: operation failed due to a previous error"
+    try:
+        try:
+            raise ValueError("a host sync during the capture")
+        except ValueError:
+            raise RuntimeError("capture invalidated")  # noqa: B904 - the implicit context
+    except RuntimeError as error:
+        assert cuda_graphs._reason(error) == (
+            "RuntimeError: capture invalidated (after ValueError: a host sync during the capture)"
+        )
 
 
 def test_graphs_are_dropped_with_their_model_or_by_clear(captures):
@@ -117,3 +152,17 @@ def test_graphs_are_dropped_with_their_model_or_by_clear(captures):
     cuda_graphs.graphed_forward(kept, KEY, double)
     runner.clear_model_cache()  # the models' graphs go with the models
     assert cuda_graphs.cuda_graph_report() == []
+
+
+@pytest.mark.parametrize("name", ["dsen2_cr", "glf_cr", "align_cr", "landcover_unet"])
+def test_each_network_computes_each_tile_on_its_own(name):
+    """What a shorter batch in a graph's first rows relies on: the rows after it (the
+    previous batch's tiles) change nothing in its outputs."""
+    torch.manual_seed(0)
+    model = models.build(name, preset="small").eval()
+    sar = 0 if model.spec.task == "landcover" else 2
+    batch = torch.rand(3, model.spec.optical_channels + sar, 32, 32)
+    with torch.inference_mode():
+        alone = runner._forward(model, batch[:1])
+        padded = runner._forward(model, batch)[:1]
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-5)
