@@ -40,7 +40,7 @@ Parts, in order
     since decloud's tasks join groups into full batches (:func:`m3rcr_xr.tiling.runs`).
     Where decloud runs the network in ``channels_last`` (DSen2-CR on CUDA), the raw loop
     runs in that layout too: ``ratio_same_layout``, the part of the ratio not due to it.
-    ``cuda_graphs`` lists the graphs decloud captured for the network (its full batches
+    ``cuda_graphs`` lists the graphs decloud captured for the network (its batches
     replay one: :mod:`m3rcr_xr.cuda_graphs`), or why a capture failed; the raw loop
     launches every kernel, as a plain PyTorch user's does.
     The scene is sized from a first timing of the raw loop, so that a run takes about

@@ -10,8 +10,8 @@ The same tiles of one synthetic scene run, interleaved, repeat after repeat:
     The raw loop with the model decloud builds (its untrained weights).
 ``run_tiles_1_call`` / ``run_tiles_9_calls``
     decloud's tile path (:func:`m3rcr_xr.runner.run_tiles`) on all the tiles at once,
-    and in nine calls, as decloud's nine tile tasks make them (full batches replayed
-    from a CUDA graph on a GPU).
+    and in nine calls, as decloud's nine tile tasks make them (batches replayed from a
+    CUDA graph on a GPU).
 ``decloud_N_threads``
     ``decloud`` computed with the threaded scheduler: as many threads as cores, and 4.
 ``decloud_eager``

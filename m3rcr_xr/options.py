@@ -30,7 +30,7 @@ _DEFAULTS: dict[str, Any] = {
     "max_raster_bytes": 64 * 2**30,
     # folder of downloaded weights; None = $M3RCR_CACHE, else pooch.os_cache("m3rcr_xr")
     "weights_cache": None,
-    # replay full forward batches on a CUDA GPU from CUDA graphs (m3rcr_xr.cuda_graphs)
+    # replay forward batches on a CUDA GPU from CUDA graphs (m3rcr_xr.cuda_graphs)
     "cuda_graphs": True,
 }
 
@@ -95,7 +95,7 @@ class set_options:  # noqa: N801 - named like xarray.set_options, used as a cont
         None: the ``M3RCR_CACHE`` environment variable, else ``pooch.os_cache("m3rcr_xr")``.
         Worker processes read their own environment: set the variable there to share it.
     cuda_graphs : bool
-        On a CUDA GPU, run each full batch of tiles by replaying a CUDA graph of the
+        On a CUDA GPU, run each batch of tiles by replaying a CUDA graph of the
         network's forward pass, captured on first use per model, batch shape and
         precision (:mod:`m3rcr_xr.cuda_graphs`): the attention networks are bound by
         kernel launches otherwise. Default True; each graph keeps about one batch's

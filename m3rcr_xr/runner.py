@@ -14,7 +14,7 @@ On a GPU (safe by default, and fast)
     before it takes the lock, then queues the uploads on a side stream and the forward
     passes and downloads on the compute stream, and lets go of the lock before they
     finish: the next task queues its own work behind them, so that the device need not
-    wait for the host between tasks. A full batch replays a CUDA graph of the forward
+    wait for the host between tasks. Each batch replays a CUDA graph of the forward
     pass (:mod:`m3rcr_xr.cuda_graphs`): one launch instead of thousands. At most
     :data:`TILE_TASKS_PER_DEVICE` tile tasks of a process do their host work for one
     GPU at once (:func:`tile_task_slot`), so that the threads that crop and blend leave
