@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .devices import side_stream
 from .options import OPTIONS
 
 log = logging.getLogger(__name__)
@@ -78,12 +79,9 @@ class GraphedForward:
 _GRAPHS: weakref.WeakKeyDictionary[Any, dict[GraphKey, GraphedForward | str]] = (
     weakref.WeakKeyDictionary()
 )
-#: per device: the stream that captures run on (one each, not one a capture: a stream
-#: that runs matrix products gets a cuBLAS workspace of its own)
-_STREAMS: dict[str, Any] = {}
 #: why graphs are off in this process since a capture failed; empty while they are on
 _FAILED: list[str] = []
-_LOCK = threading.Lock()  # guards the three above
+_LOCK = threading.Lock()  # guards the two above
 
 
 def graphed_forward(
@@ -133,7 +131,7 @@ def capture(model, key: GraphKey, forward: Callable[[Any, Any], Any]) -> Graphed
 
     current = torch.cuda.current_stream(key.device)
     static_input = torch.zeros(key.shape, device=key.device)  # on the current stream
-    stream = _capture_stream(key.device)
+    stream = side_stream(key.device, "captures")
     stream.wait_stream(current)
 
     def run():
@@ -155,16 +153,6 @@ def capture(model, key: GraphKey, forward: Callable[[Any, Any], Any]) -> Graphed
     finally:
         current.wait_stream(stream)
     return GraphedForward(graph, static_input, static_output)
-
-
-def _capture_stream(device: str):
-    """This process's stream for captures on ``device`` (made once)."""
-    import torch
-
-    with _LOCK:
-        if device not in _STREAMS:
-            _STREAMS[device] = torch.cuda.Stream(device)
-        return _STREAMS[device]
 
 
 def _reason(error: BaseException) -> str:

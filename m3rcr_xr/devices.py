@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from typing import Any
 
 from .exceptions import UsageError, argument
@@ -140,3 +141,21 @@ def _warn_emulated_bf16(device: str, name: str) -> None:
         minor,
         argument(name, "auto"),
     )
+
+
+#: streams made once per process, by (purpose, device) (:func:`side_stream`)
+_STREAMS: dict[tuple[str, str], Any] = {}
+_STREAMS_LOCK = threading.Lock()
+
+
+def side_stream(device: str, purpose: str) -> Any:
+    """This process's CUDA stream on ``device`` for ``purpose`` (``"uploads"``,
+    ``"captures"``...), made on first use: one each, not one a call (a stream that runs
+    matrix products gets a cuBLAS workspace of its own)."""
+    import torch
+
+    with _STREAMS_LOCK:
+        key = (purpose, device)
+        if key not in _STREAMS:
+            _STREAMS[key] = torch.cuda.Stream(device)
+        return _STREAMS[key]

@@ -41,7 +41,13 @@ import numpy as np
 
 from . import cuda_graphs
 from .cuda_graphs import GraphKey, graphed_forward
-from .devices import REDUCED_PRECISIONS, _device_name, autocast_dtype, resolve_device
+from .devices import (
+    REDUCED_PRECISIONS,
+    _device_name,
+    autocast_dtype,
+    resolve_device,
+    side_stream,
+)
 from .exceptions import CheckpointError, UsageError, argument
 from .threads import tile_threads, torch_threads
 from .weights import UNTRAINED
@@ -242,9 +248,8 @@ TILE_TASKS_PER_DEVICE = 3
 
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
 _TASK_SLOTS: dict[str, threading.BoundedSemaphore] = {}
-_COPY_STREAMS: dict[str, Any] = {}
 _TILE_COUNTS: Counter[str] = Counter()
-_STATE_LOCK = threading.Lock()  # guards the four above
+_STATE_LOCK = threading.Lock()  # guards the three above
 
 
 def device_lock(device: str) -> contextlib.AbstractContextManager:
@@ -345,16 +350,6 @@ def _forward(model, batch):
     return out.softmax(1) if model.spec.task == "landcover" else out
 
 
-def _copy_stream(device: str):
-    """This process's side stream for uploads to ``device`` (made once)."""
-    import torch
-
-    with _STATE_LOCK:
-        if device not in _COPY_STREAMS:
-            _COPY_STREAMS[device] = torch.cuda.Stream(device=device)
-        return _COPY_STREAMS[device]
-
-
 def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any) -> np.ndarray:
     """:func:`run_tiles` on a CUDA device.
 
@@ -378,7 +373,7 @@ def _run_cuda(model, device: str, tiles: np.ndarray, batch_size: int, dtype: Any
     with device_lock(device), torch.cuda.device(device), torch.inference_mode():
         # every task on the device's default stream, whatever its thread's current one:
         # a graph's buffers are read and refilled in the order its tasks queue them
-        compute, copy = torch.cuda.default_stream(device), _copy_stream(device)
+        compute, copy = torch.cuda.default_stream(device), side_stream(device, "uploads")
         with torch.cuda.stream(compute):
             key = GraphKey(device, (batch_size, *tiles.shape[1:]), dtype)
             graphed = graphed_forward(model, key, _device_forward)

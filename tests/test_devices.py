@@ -37,3 +37,14 @@ def test_bf16_on_a_gpu_that_emulates_it_warns_once(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="m3rcr_xr.devices"):
         assert devices.autocast_dtype("bf16", "cuda:1") is torch.bfloat16
     assert caplog.records == []
+
+
+def test_a_side_stream_is_made_once_per_device_and_purpose(monkeypatch):
+    made = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: made.append(device) or object())
+    monkeypatch.setattr(devices, "_STREAMS", {})
+    uploads = devices.side_stream("cuda:0", "uploads")
+    assert devices.side_stream("cuda:0", "uploads") is uploads
+    assert devices.side_stream("cuda:0", "captures") is not uploads
+    assert devices.side_stream("cuda:1", "uploads") is not uploads
+    assert made == ["cuda:0", "cuda:0", "cuda:1"]
